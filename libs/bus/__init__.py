@@ -1,0 +1,1 @@
+"""The bus: JetStream connection, stream, publishing and consuming."""

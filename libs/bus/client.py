@@ -1,0 +1,257 @@
+"""The bus: nats-py JetStream with our stream, dedup ids and retry policy.
+
+- :meth:`Bus.connect` reconnects forever (a service outlives a NATS restart).
+- :meth:`Bus.ensure_stream` declares the one recorded stream idempotently.
+- :meth:`Bus.publish` sends an event with ``Nats-Msg-Id`` = event id and waits
+  for JetStream's ack, retrying retryable errors until one deadline; a retry
+  of a publish that did land is dropped by the server's duplicate window.
+- :meth:`Bus.publish_many` pipelines many publishes (a bounded window of
+  in-flight acks) for high-rate producers, with the same retry guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from libs.bus.errors import (
+    RETRYABLE_PUBLISH_ERRORS,
+    BusUnavailable,
+    PublishFailed,
+    StreamMismatch,
+)
+from libs.contract.codec import encode
+from libs.contract.envelope import Event
+from libs.contract.subjects import RECORDED_SUBJECTS, STREAM, subject_for
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+#: Named timeouts (seconds) for each phase.
+CONNECT_TIMEOUT = 2.0
+PUBLISH_ACK_TIMEOUT = 2.0
+PUBLISH_DEADLINE = 30.0
+RECONNECT_WAIT = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: subject, bytes and its dedup id."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+
+    @classmethod
+    def of(cls, event: Event, subject: str | None = None) -> Outgoing:
+        return cls(subject or subject_for(event), encode(event), str(event.id))
+
+
+def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+
+class Bus:
+    """A connected NATS client plus its JetStream context."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str,
+        user: str | None = None,
+        password: str | None = None,
+        max_pending_acks: int = 4096,
+    ) -> Bus:
+        """Connect, retrying the first connection for ``CONNECT_TIMEOUT`` x a few."""
+
+        async def on_error(e: Exception) -> None:
+            log.warning("nats error: %s", e)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        try:
+            nc = await nats.connect(
+                servers=[url],
+                name=name,
+                user=user,
+                password=password,
+                connect_timeout=CONNECT_TIMEOUT,
+                reconnect_time_wait=RECONNECT_WAIT,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                # Keep what is published while reconnecting; bounded (bytes).
+                pending_size=64 * 1024 * 1024,
+            )
+        except (nats.errors.NoServersError, OSError, nats.errors.Error) as e:
+            raise BusUnavailable(f"cannot connect to NATS at {url}: {e}") from e
+        js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)
+        return cls(nc, js)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Flush and close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.nc.is_connected:
+                await self.nc.drain()
+            else:
+                await self.nc.close()
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            log.debug("error while closing nats: %s", e)
+
+    # ------------------------------------------------------------ streams
+
+    async def ensure_stream(
+        self,
+        *,
+        name: str = STREAM,
+        subjects: Sequence[str] = RECORDED_SUBJECTS,
+        duplicate_window_s: float = 120.0,
+        max_msg_bytes: int = 1024 * 1024,
+        storage: js_api.StorageType = js_api.StorageType.FILE,
+    ) -> js_api.StreamInfo:
+        """Create the stream, or check the existing one captures ``subjects``.
+
+        The stream keeps everything (limits retention, no age limit): it is the
+        buffer between producers and the recorder, and its sequence is the
+        global order. Trimming it is an operator decision made after the
+        recorder has committed.
+        """
+        config = js_api.StreamConfig(
+            name=name,
+            subjects=list(subjects),
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=storage,
+            duplicate_window=duplicate_window_s,
+            max_msg_size=max_msg_bytes,
+            discard=js_api.DiscardPolicy.NEW,
+            allow_direct=True,
+        )
+        try:
+            info = await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return await self.js.add_stream(config)
+        have = set(info.config.subjects or [])
+        if not set(subjects) <= have:
+            try:
+                return await self.js.update_stream(config)
+            except nats.js.errors.APIError as e:
+                raise StreamMismatch(
+                    f"stream {name} captures {sorted(have)}, need {sorted(subjects)}: {e}"
+                ) from e
+        return info
+
+    # ------------------------------------------------------------ publish
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        subject: str | None = None,
+        deadline_s: float = PUBLISH_DEADLINE,
+    ) -> js_api.PubAck:
+        """Publish one event and wait for the stream to store it."""
+        return await self.publish_raw(Outgoing.of(event, subject), deadline_s=deadline_s)
+
+    async def publish_raw(
+        self, out: Outgoing, *, deadline_s: float = PUBLISH_DEADLINE
+    ) -> js_api.PubAck:
+        """Publish bytes with a dedup id, retrying until ``deadline_s``."""
+        end = time.monotonic() + deadline_s
+        attempt = 0
+        while True:
+            try:
+                return await self.js.publish(
+                    out.subject, out.data, headers={MSG_ID_HEADER: out.msg_id}
+                )
+            except RETRYABLE_PUBLISH_ERRORS as e:
+                if time.monotonic() >= end:
+                    raise PublishFailed(f"{out.subject}: no ack within {deadline_s}s: {e!r}") from e
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+            except nats.errors.ConnectionClosedError as e:
+                raise BusUnavailable("NATS connection is closed") from e
+
+    async def publish_many(
+        self,
+        events: Iterable[Event | Outgoing],
+        *,
+        window: int = 2048,
+        deadline_s: float = PUBLISH_DEADLINE,
+    ) -> int:
+        """Publish many messages pipelined, each acknowledged; returns the count.
+
+        Up to ``window`` publishes are in flight; a publish whose ack failed is
+        retried individually with the same dedup id. Order on the stream follows
+        the order given, except for retried messages.
+        """
+        pending: list[tuple[Outgoing, asyncio.Future[js_api.PubAck]]] = []
+        count = 0
+
+        async def settle(batch: list[tuple[Outgoing, asyncio.Future[js_api.PubAck]]]) -> None:
+            for out, fut in batch:
+                try:
+                    await asyncio.wait_for(fut, PUBLISH_ACK_TIMEOUT)
+                except RETRYABLE_PUBLISH_ERRORS:
+                    await self.publish_raw(out, deadline_s=deadline_s)
+
+        for item in events:
+            out = item if isinstance(item, Outgoing) else Outgoing.of(item)
+            try:
+                fut = await self.js.publish_async(
+                    out.subject, out.data, headers={MSG_ID_HEADER: out.msg_id}
+                )
+            except RETRYABLE_PUBLISH_ERRORS + (nats.js.errors.TooManyStalledMsgsError,):
+                await settle(pending)
+                pending = []
+                await self.publish_raw(out, deadline_s=deadline_s)
+                count += 1
+                continue
+            pending.append((out, fut))
+            count += 1
+            if len(pending) >= window:
+                await settle(pending)
+                pending = []
+        await settle(pending)
+        return count

@@ -1,0 +1,139 @@
+"""Durable pull consumers with strict decoding and dead-lettering.
+
+:func:`ensure_consumer` declares a durable pull consumer idempotently.
+:class:`EventConsumer` fetches batches, decodes each message strictly, hands
+good events to a handler and acks them after it returns; a message that does
+not decode is published to ``deadletter.<service>`` (raw bytes, subject,
+error), then acked, so one bad message never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from libs.bus.client import Bus
+from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.envelope import Clock, WallClock
+from libs.contract.events import AnyEvent
+from libs.contract.subjects import STREAM
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 1.0
+
+Handler = Callable[[AnyEvent, Msg], Awaitable[None]]
+DeadLetterHook = Callable[[str], None]
+
+
+async def ensure_consumer(
+    bus: Bus,
+    durable: str,
+    *,
+    filter_subject: str | None = None,
+    stream: str = STREAM,
+    ack_policy: js_api.AckPolicy = js_api.AckPolicy.EXPLICIT,
+    deliver_policy: js_api.DeliverPolicy = js_api.DeliverPolicy.ALL,
+    opt_start_seq: int | None = None,
+    ack_wait_s: float = 30.0,
+    max_ack_pending: int = 20_000,
+) -> js_api.ConsumerInfo:
+    """Create the durable consumer if it does not exist; return its info."""
+    try:
+        return await bus.js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        pass
+    config = js_api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=ack_policy,
+        deliver_policy=deliver_policy,
+        opt_start_seq=opt_start_seq,
+        ack_wait=ack_wait_s,
+        max_ack_pending=max_ack_pending,
+        max_deliver=-1,
+    )
+    return await bus.js.add_consumer(stream, config)
+
+
+def header_dict(msg: Msg) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (msg.headers or {}).items()}
+
+
+class EventConsumer:
+    """Pull, decode, handle, ack; dead-letter what does not decode."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        service: str,
+        durable: str,
+        filter_subject: str | None = None,
+        stream: str = STREAM,
+        batch: int = 256,
+        max_bytes: int = 256 * 1024,
+        clock: Clock | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
+    ) -> None:
+        self.bus = bus
+        self.service = service
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self.stream = stream
+        self.batch = batch
+        self.max_bytes = max_bytes
+        self.clock = clock or WallClock()
+        self.on_dead_letter = on_dead_letter
+
+    async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set (or forever)."""
+        await ensure_consumer(
+            self.bus, self.durable, filter_subject=self.filter_subject, stream=self.stream
+        )
+        sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=FETCH_TIMEOUT)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    return
+                for msg in msgs:
+                    await self._one(msg, handler)
+        finally:
+            await sub.unsubscribe()
+
+    async def _one(self, msg: Msg, handler: Handler) -> None:
+        try:
+            event = decode(msg.data, max_bytes=self.max_bytes)
+        except DecodeError as e:
+            await self.dead_letter(msg, e)
+            await msg.ack()
+            return
+        await handler(event, msg)
+        await msg.ack()
+
+    async def dead_letter(self, msg: Msg, error: DecodeError) -> None:
+        seq = msg.metadata.sequence.stream if msg.reply else None
+        record = dead_letter(
+            service=self.service,
+            subject=msg.subject,
+            data=msg.data,
+            error=error,
+            clock=self.clock,
+            source=self.service,
+            headers=header_dict(msg),
+            stream_seq=seq,
+        )
+        log.warning("dead-lettered message on %s: %s", msg.subject, error)
+        await self.bus.publish(record)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(error.reason)

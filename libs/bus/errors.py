@@ -1,0 +1,44 @@
+"""Bus errors. nats-py's exceptions are mapped to these at one choke point.
+
+    BusError
+    ├── BusUnavailable      could not connect / the connection is closed
+    ├── PublishFailed       no publish ack before the deadline (retries spent)
+    └── StreamMismatch      the stream exists with a config we cannot accept
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import nats.js.errors
+
+
+class BusError(Exception):
+    """Base of every bus error."""
+
+
+class BusUnavailable(BusError):
+    """NATS cannot be reached, or the connection has been closed."""
+
+
+class PublishFailed(BusError):
+    """A publish was not acknowledged by JetStream before its deadline."""
+
+
+class StreamMismatch(BusError):
+    """The stream exists but with subjects or storage we did not ask for."""
+
+
+#: Errors after which a publish is retried (with the same Nats-Msg-Id, so a
+#: retry of a publish that did land is deduplicated by the server).
+RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+)

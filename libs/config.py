@@ -1,0 +1,67 @@
+"""Configuration shared by every service: built once, frozen, refused if bad.
+
+``NATS_URL`` and ``DATABASE_URL`` are read as-is; everything else is
+``TRADEBUS_<NAME>``. A bad value stops start-up with :class:`ConfigError`,
+whose message names the offending environment variable.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
+
+
+class ConfigError(ValueError):
+    """Start-up configuration is invalid; the message names the variable."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: where NATS and Postgres are, who it is."""
+
+    model_config = SettingsConfigDict(env_prefix="TRADEBUS_", extra="forbid", frozen=True)
+
+    nats_url: str = Field(
+        default=DEFAULT_NATS_URL, validation_alias=AliasChoices("NATS_URL", "TRADEBUS_NATS_URL")
+    )
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    database_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL),
+        validation_alias=AliasChoices("DATABASE_URL", "TRADEBUS_DATABASE_URL"),
+    )
+    instance: str = Field(default_factory=socket.gethostname, min_length=1)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_json: bool = False
+    metrics_host: str = "127.0.0.1"
+    #: Port of the /metrics and /health endpoint; 0 picks a free one.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=1024 * 1024)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+_ALIASES = {"nats_url": "NATS_URL", "database_url": "DATABASE_URL"}
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build ``cls`` from the environment, turning errors into :class:`ConfigError`.
+
+    The message names the environment variable (``TRADEBUS_BATCH_SIZE``), the
+    value's problem, and never echoes a secret.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as e:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for err in e.errors(include_url=False, include_input=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = _ALIASES.get(field, f"{prefix}{field}".upper())
+            lines.append(f"{var}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from e

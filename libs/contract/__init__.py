@@ -1,0 +1,1 @@
+"""The event contract: envelope, every event type, subjects and the codec."""

@@ -1,0 +1,96 @@
+"""Bytes on the wire <-> events, and the dead-letter record for what won't decode.
+
+Decoding is strict: the envelope and payload must match the models exactly
+(``extra="forbid"``), and a message larger than the configured limit is
+refused before it is parsed. A refusal is a :class:`DecodeError`; callers turn
+it into a :class:`MessageDeadLettered` with :func:`dead_letter` and move on.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from libs.contract.envelope import Clock, Event
+from libs.contract.events import (
+    EVENT_ADAPTER,
+    AnyEvent,
+    DeadLetterPayload,
+    MessageDeadLettered,
+)
+
+#: Default ceiling on one encoded event (NATS itself allows 1 MiB).
+DEFAULT_MAX_BYTES = 256 * 1024
+
+#: Namespace for ids derived from a stream position (dead letters, gaps).
+DERIVED_ID_NAMESPACE = uuid.UUID("6f0f3c47-3b0e-4c7b-9a57-2f1d0b7f0a11")
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid event. ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(event: Event) -> bytes:
+    """Canonical JSON bytes of an event (Decimals as strings)."""
+    return event.model_dump_json().encode()
+
+
+def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
+    """Decode one event, or raise :class:`DecodeError` saying why not."""
+    if len(data) > max_bytes:
+        raise DecodeError("oversized", f"{len(data)} bytes > limit {max_bytes}")
+    try:
+        return EVENT_ADAPTER.validate_json(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)
+        first = errors[0] if errors else {"type": "invalid", "msg": str(e), "loc": ()}
+        reason = "malformed_json" if first["type"] == "json_invalid" else "invalid_event"
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise DecodeError(reason, f"{where}: {first['msg']}" if where else first["msg"]) from e
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """A deterministic id from parts, so that retries produce the same event."""
+    return uuid.uuid5(DERIVED_ID_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+def dead_letter(
+    *,
+    service: str,
+    subject: str,
+    data: bytes,
+    error: DecodeError | str,
+    clock: Clock,
+    source: str,
+    headers: Mapping[str, str] | None = None,
+    stream_seq: int | None = None,
+) -> MessageDeadLettered:
+    """The dead-letter event for a message that could not be decoded.
+
+    Its id derives from where the message was found (stream sequence, or the
+    bytes themselves), so redelivering the same bad message dead-letters it
+    once.
+    """
+    key = stream_seq if stream_seq is not None else base64.b64encode(data[:4096]).decode()
+    return MessageDeadLettered.create(
+        DeadLetterPayload(
+            service=service,
+            original_subject=subject,
+            error=str(error),
+            raw_b64=base64.b64encode(data).decode(),
+            raw_size=len(data),
+            headers=dict(headers or {}),
+            stream_seq=stream_seq,
+        ),
+        source=source,
+        clock=clock,
+        event_id=derived_id("deadletter", service, subject, key),
+    )

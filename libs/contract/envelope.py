@@ -1,0 +1,102 @@
+"""The one envelope every event on the bus carries.
+
+An event is a frozen pydantic model: the envelope fields below plus a typed
+``payload``. ``type`` is the discriminator (the class name), ``id`` doubles as
+the JetStream ``Nats-Msg-Id`` so that re-publishing an event is a no-op, and
+``correlation_id`` / ``causation_id`` let any event be walked back to the root
+of its chain (a fill to the signal that caused it) with ids alone.
+
+Time is integer nanoseconds since the Unix epoch: ``ts_event`` when the thing
+happened (exchange time for market data), ``ts_init`` when we created the
+event. Domain code never reads the wall clock; it is handed a :class:`Clock`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Prices, quantities and money: finite decimals, never floats.
+Money = Annotated[Decimal, Field(allow_inf_nan=False)]
+Price = Annotated[Decimal, Field(allow_inf_nan=False, gt=0)]
+Quantity = Annotated[Decimal, Field(allow_inf_nan=False, gt=0)]
+NonNegativeQuantity = Annotated[Decimal, Field(allow_inf_nan=False, ge=0)]
+#: Nanoseconds since the Unix epoch.
+Nanos = Annotated[int, Field(ge=0)]
+#: A subject token: a symbol, strategy or account name.
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
+
+
+class Clock(Protocol):
+    """Where domain code gets the time: wall clock live, simulated in backtests."""
+
+    def now_ns(self) -> int: ...
+
+
+class WallClock:
+    """The real clock, for adapters and services."""
+
+    def now_ns(self) -> int:
+        return time.time_ns()
+
+
+IdFactory = Callable[[], uuid.UUID]
+
+
+class Frozen(BaseModel):
+    """Base for payloads: immutable, and unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Frozen):
+    """The envelope. Subclasses fix ``type`` to a literal and type ``payload``."""
+
+    #: The subject template this event type is published on (see ``subjects``).
+    subject_template: ClassVar[str] = ""
+
+    id: uuid.UUID
+    type: str
+    ts_event: Nanos
+    ts_init: Nanos
+    source: Annotated[str, Field(min_length=1, max_length=128)]
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    payload: Any
+
+    @classmethod
+    def create(
+        cls,
+        payload: Any,
+        *,
+        source: str,
+        clock: Clock,
+        ts_event: int | None = None,
+        cause: Event | None = None,
+        event_id: uuid.UUID | None = None,
+        ids: IdFactory = uuid.uuid4,
+    ) -> Self:
+        """Build an event, chaining it to ``cause`` when there is one.
+
+        The root of a chain (no cause) is its own correlation id; every
+        descendant inherits the root's correlation id and names its direct
+        parent as causation id.
+        """
+        now = clock.now_ns()
+        eid = event_id if event_id is not None else ids()
+        type_name = cls.model_fields["type"].default
+        return cls(
+            id=eid,
+            type=type_name,
+            ts_event=now if ts_event is None else ts_event,
+            ts_init=now,
+            source=source,
+            correlation_id=cause.correlation_id if cause is not None else eid,
+            causation_id=cause.id if cause is not None else None,
+            payload=payload,
+        )

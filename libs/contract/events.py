@@ -1,0 +1,497 @@
+"""Every event tradebus carries, as one discriminated union.
+
+Names are past tense for facts (``FillReceived``) and imperative for commands
+(``SubmitOrder``). Each class fixes ``type`` to its own name and says which
+subject it travels on; :data:`EVENT_ADAPTER` decodes any of them from JSON.
+Adding an event: define its payload and class here, add it to ``AnyEvent``,
+then run ``make proto`` (a test fails until ``proto/`` matches).
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, TypeAdapter
+
+from libs.contract.envelope import (
+    Event,
+    Frozen,
+    Money,
+    Nanos,
+    NonNegativeQuantity,
+    Price,
+    Quantity,
+    Token,
+)
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
+AssetClass = Literal["equity", "option"]
+FeedName = Literal["polygon", "synthetic", "cache", "replay", "demo"]
+TradingState = Literal["active", "reducing", "halted"]
+
+
+# --------------------------------------------------------------- market data
+
+
+class TradePayload(Frozen):
+    symbol: Token
+    price: Price
+    size: Quantity
+    exchange: int | None = None
+    trade_id: str | None = None
+    conditions: tuple[int, ...] = ()
+    tape: int | None = None
+    sequence: int | None = None
+    feed: FeedName
+    backfilled: bool = False
+
+
+class TradePrinted(Event):
+    """A trade printed on the tape (Polygon ``T``)."""
+
+    subject_template = "md.trade.{symbol}"
+    type: Literal["TradePrinted"] = "TradePrinted"
+    payload: TradePayload
+
+
+class QuotePayload(Frozen):
+    symbol: Token
+    bid_price: Money
+    bid_size: NonNegativeQuantity
+    ask_price: Money
+    ask_size: NonNegativeQuantity
+    bid_exchange: int | None = None
+    ask_exchange: int | None = None
+    condition: int | None = None
+    indicators: tuple[int, ...] = ()
+    tape: int | None = None
+    sequence: int | None = None
+    feed: FeedName
+
+
+class QuoteUpdated(Event):
+    """The national best bid and offer changed (Polygon ``Q``)."""
+
+    subject_template = "md.quote.{symbol}"
+    type: Literal["QuoteUpdated"] = "QuoteUpdated"
+    payload: QuotePayload
+
+
+class BarPayload(Frozen):
+    symbol: Token
+    interval: Literal["1s", "1m"]
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: NonNegativeQuantity
+    vwap: Money | None = None
+    trades: int | None = None
+    start_ns: Nanos
+    end_ns: Nanos
+    feed: FeedName
+    backfilled: bool = False
+
+
+class BarClosed(Event):
+    """An aggregate bar closed (Polygon ``A`` / ``AM``, or REST gap-fill)."""
+
+    subject_template = "md.bar.{interval}.{symbol}"
+    type: Literal["BarClosed"] = "BarClosed"
+    payload: BarPayload
+
+
+class FeedStatusPayload(Frozen):
+    feed: FeedName
+    status: Literal[
+        "connected",
+        "authenticated",
+        "auth_failed",
+        "subscribed",
+        "disconnected",
+        "reconnecting",
+        "stale",
+        "recovered",
+        "gap_filled",
+        "max_connections",
+        "force_disconnect",
+        "slow_consumer",
+    ]
+    message: str = ""
+    gap_filled_bars: int | None = None
+
+
+class FeedStatusChanged(Event):
+    """The market-data feed's connection or health changed."""
+
+    subject_template = "md.status.{feed}"
+    type: Literal["FeedStatusChanged"] = "FeedStatusChanged"
+    payload: FeedStatusPayload
+
+
+# ------------------------------------------------------------------ strategy
+
+
+class SignalPayload(Frozen):
+    strategy: Token
+    symbol: Token
+    name: str
+    direction: Literal["long", "short", "flat"]
+    strength: Money | None = None
+    reason: str = ""
+
+
+class SignalGenerated(Event):
+    """A strategy saw something worth acting on; the root of an order chain."""
+
+    subject_template = "strategy.signal.{strategy}"
+    type: Literal["SignalGenerated"] = "SignalGenerated"
+    payload: SignalPayload
+
+
+class OrderIntentPayload(Frozen):
+    strategy: Token
+    account: Token
+    symbol: Token
+    side: Side
+    quantity: Quantity
+    order_type: OrderType = "market"
+    limit_price: Price | None = None
+    stop_price: Price | None = None
+    time_in_force: TimeInForce = "day"
+    asset_class: AssetClass = "equity"
+
+
+class OrderIntentCreated(Event):
+    """A strategy wants an order; only the risk-gate can turn it into one."""
+
+    subject_template = "strategy.intent.{strategy}"
+    type: Literal["OrderIntentCreated"] = "OrderIntentCreated"
+    payload: OrderIntentPayload
+
+
+class StrategyFaultPayload(Frozen):
+    strategy: Token
+    error: str
+    action: Literal["stopped", "restarted"]
+
+
+class StrategyFaulted(Event):
+    """A strategy raised; it was stopped or restarted, the others untouched."""
+
+    subject_template = "strategy.fault.{strategy}"
+    type: Literal["StrategyFaulted"] = "StrategyFaulted"
+    payload: StrategyFaultPayload
+
+
+# ---------------------------------------------------------------------- risk
+
+
+class ReasonCode(StrEnum):
+    """Why the risk-gate accepted or denied an intent."""
+
+    ACCEPTED = "accepted"
+    KILL_SWITCH = "kill_switch"
+    HALTED = "halted"
+    REDUCE_ONLY = "reduce_only"
+    MAX_GROSS_NOTIONAL = "max_gross_notional"
+    MAX_STRATEGY_POSITION = "max_strategy_position"
+    MAX_SYMBOL_POSITION = "max_symbol_position"
+    MAX_ORDER_QUANTITY = "max_order_quantity"
+    MAX_ORDER_NOTIONAL = "max_order_notional"
+    PRICE_BAND = "price_band"
+    NO_MARKET_PRICE = "no_market_price"
+    STRATEGY_RATE_LIMIT = "strategy_rate_limit"
+    ACCOUNT_RATE_LIMIT = "account_rate_limit"
+    DAILY_LOSS = "daily_loss"
+    UNKNOWN_STRATEGY = "unknown_strategy"
+    UNKNOWN_ACCOUNT = "unknown_account"
+
+
+class RiskDecisionPayload(Frozen):
+    intent_id: uuid.UUID
+    strategy: Token
+    account: Token
+    symbol: Token
+    decision: Literal["accepted", "denied"]
+    reason: ReasonCode
+    detail: str = ""
+    order_id: uuid.UUID | None = None
+
+
+class RiskDecisionMade(Event):
+    """The risk-gate's verdict on one intent."""
+
+    subject_template = "risk.decision.{strategy}"
+    type: Literal["RiskDecisionMade"] = "RiskDecisionMade"
+    payload: RiskDecisionPayload
+
+
+class TradingStatePayload(Frozen):
+    scope: Token  # "global" or an account name
+    state: TradingState
+    previous: TradingState
+    reason: str
+
+
+class TradingStateChanged(Event):
+    """An account (or everything) moved between active, reducing and halted."""
+
+    subject_template = "risk.state.{scope}"
+    type: Literal["TradingStateChanged"] = "TradingStateChanged"
+    payload: TradingStatePayload
+
+
+class BreakerPayload(Frozen):
+    account: Token
+    breaker: Literal["daily_loss", "connection_lost", "kill_switch"]
+    limit: Money | None = None
+    value: Money | None = None
+    detail: str = ""
+
+
+class BreakerTripped(Event):
+    """A circuit breaker fired; the account is flattened and halted."""
+
+    subject_template = "risk.breaker.{account}"
+    type: Literal["BreakerTripped"] = "BreakerTripped"
+    payload: BreakerPayload
+
+
+# -------------------------------------------------------- order commands
+
+
+class SubmitOrderPayload(Frozen):
+    order_id: uuid.UUID  # also the broker's client order id: idempotency key
+    intent_id: uuid.UUID | None = None
+    strategy: Token
+    account: Token
+    symbol: Token
+    side: Side
+    quantity: Quantity
+    order_type: OrderType = "market"
+    limit_price: Price | None = None
+    stop_price: Price | None = None
+    time_in_force: TimeInForce = "day"
+    asset_class: AssetClass = "equity"
+
+
+class SubmitOrder(Event):
+    """Send this order to the broker. Only the risk-gate may publish it."""
+
+    subject_template = "orders.cmd.{account}"
+    type: Literal["SubmitOrder"] = "SubmitOrder"
+    payload: SubmitOrderPayload
+
+
+class CancelOrderPayload(Frozen):
+    order_id: uuid.UUID
+    account: Token
+    reason: str = ""
+
+
+class CancelOrder(Event):
+    """Cancel one working order."""
+
+    subject_template = "orders.cmd.{account}"
+    type: Literal["CancelOrder"] = "CancelOrder"
+    payload: CancelOrderPayload
+
+
+class FlattenAccountPayload(Frozen):
+    account: Token
+    reason: str
+
+
+class FlattenAccount(Event):
+    """Cancel every open order and close every position of the account."""
+
+    subject_template = "orders.cmd.{account}"
+    type: Literal["FlattenAccount"] = "FlattenAccount"
+    payload: FlattenAccountPayload
+
+
+# -------------------------------------------------------------------- broker
+
+
+class OrderAcceptedPayload(Frozen):
+    order_id: uuid.UUID
+    account: Token
+    broker_order_id: str
+    symbol: Token
+
+
+class OrderAccepted(Event):
+    """The broker acknowledged the order."""
+
+    subject_template = "broker.ack.{account}"
+    type: Literal["OrderAccepted"] = "OrderAccepted"
+    payload: OrderAcceptedPayload
+
+
+class OrderRejectedPayload(Frozen):
+    order_id: uuid.UUID
+    account: Token
+    reason: str
+    code: str | None = None
+
+
+class OrderRejected(Event):
+    """The broker (or the gateway on its behalf) refused the order."""
+
+    subject_template = "broker.reject.{account}"
+    type: Literal["OrderRejected"] = "OrderRejected"
+    payload: OrderRejectedPayload
+
+
+class FillPayload(Frozen):
+    order_id: uuid.UUID
+    account: Token
+    broker_order_id: str
+    fill_id: str
+    symbol: Token
+    side: Side
+    quantity: Quantity
+    price: Price
+    cumulative_quantity: Quantity
+    leaves_quantity: NonNegativeQuantity
+    status: Literal["partial", "complete"]
+    commission: Money = Field(default=0)
+
+
+class FillReceived(Event):
+    """Some or all of an order was executed."""
+
+    subject_template = "broker.fill.{account}"
+    type: Literal["FillReceived"] = "FillReceived"
+    payload: FillPayload
+
+
+class OrderCanceledPayload(Frozen):
+    order_id: uuid.UUID
+    account: Token
+    broker_order_id: str | None = None
+    reason: str = ""
+
+
+class OrderCanceled(Event):
+    """The broker confirmed a cancel (or the order expired)."""
+
+    subject_template = "broker.cancel.{account}"
+    type: Literal["OrderCanceled"] = "OrderCanceled"
+    payload: OrderCanceledPayload
+
+
+class BrokerConnectionPayload(Frozen):
+    account: Token
+    broker: str
+    state: Literal["connected", "disconnected", "reconnecting"]
+    detail: str = ""
+
+
+class BrokerConnectionChanged(Event):
+    """The gateway's connection to a broker account went up or down."""
+
+    subject_template = "broker.conn.{account}"
+    type: Literal["BrokerConnectionChanged"] = "BrokerConnectionChanged"
+    payload: BrokerConnectionPayload
+
+
+# ------------------------------------------------------------------- control
+
+
+class OperatorActionPayload(Frozen):
+    operator: str
+    reason: str
+
+
+class KillSwitchEngaged(Event):
+    """The global kill switch is on: no new order passes the risk-gate."""
+
+    subject_template = "control.killswitch"
+    type: Literal["KillSwitchEngaged"] = "KillSwitchEngaged"
+    payload: OperatorActionPayload
+
+
+class KillSwitchReleased(Event):
+    """The global kill switch is off again."""
+
+    subject_template = "control.killswitch"
+    type: Literal["KillSwitchReleased"] = "KillSwitchReleased"
+    payload: OperatorActionPayload
+
+
+class ResumePayload(Frozen):
+    operator: str
+    reason: str
+    scope: Token  # "global" or an account name
+
+
+class TradingResumeRequested(Event):
+    """An operator asks to return a halted account (or everything) to active."""
+
+    subject_template = "control.resume"
+    type: Literal["TradingResumeRequested"] = "TradingResumeRequested"
+    payload: ResumePayload
+
+
+# --------------------------------------------------------------- dead letter
+
+
+class DeadLetterPayload(Frozen):
+    service: Token
+    original_subject: str
+    error: str
+    raw_b64: str  # the message exactly as received, base64
+    raw_size: int
+    headers: dict[str, str] = Field(default_factory=dict)
+    stream_seq: int | None = None
+
+
+class MessageDeadLettered(Event):
+    """A message could not be decoded; here it is, whole, with the reason."""
+
+    subject_template = "deadletter.{service}"
+    type: Literal["MessageDeadLettered"] = "MessageDeadLettered"
+    payload: DeadLetterPayload
+
+
+AnyEvent = Annotated[
+    TradePrinted
+    | QuoteUpdated
+    | BarClosed
+    | FeedStatusChanged
+    | SignalGenerated
+    | OrderIntentCreated
+    | StrategyFaulted
+    | RiskDecisionMade
+    | TradingStateChanged
+    | BreakerTripped
+    | SubmitOrder
+    | CancelOrder
+    | FlattenAccount
+    | OrderAccepted
+    | OrderRejected
+    | FillReceived
+    | OrderCanceled
+    | BrokerConnectionChanged
+    | KillSwitchEngaged
+    | KillSwitchReleased
+    | TradingResumeRequested
+    | MessageDeadLettered,
+    Field(discriminator="type"),
+]
+
+#: Decodes any event from JSON bytes (strictly: unknown fields are errors).
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+#: Every event class, by its ``type`` name (derived from the union above).
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls for cls in get_args(get_args(AnyEvent)[0])
+}
+
+__all__ = [name for name in dir() if not name.startswith("_")]
