@@ -1,0 +1,1 @@
+"""Local infrastructure: nats-server and PostgreSQL from wheels."""
