@@ -26,8 +26,11 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRADEBUS_", extra="forbid", frozen=True)
 
+    # Out of repr: a URL may carry credentials (nats://user:password@host).
     nats_url: str = Field(
-        default=DEFAULT_NATS_URL, validation_alias=AliasChoices("NATS_URL", "TRADEBUS_NATS_URL")
+        default=DEFAULT_NATS_URL,
+        validation_alias=AliasChoices("NATS_URL", "TRADEBUS_NATS_URL"),
+        repr=False,
     )
     nats_user: str | None = None
     nats_password: SecretStr | None = None
@@ -64,4 +67,5 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             field = str(err["loc"][0]) if err["loc"] else "?"
             var = _ALIASES.get(field, f"{prefix}{field}".upper())
             lines.append(f"{var}: {err['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(lines)) from e
+        # Not chained: pydantic's own message quotes the input, which may be a secret.
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

@@ -9,6 +9,7 @@ it into a :class:`MessageDeadLettered` with :func:`dead_letter` and move on.
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from collections.abc import Mapping
 
@@ -24,6 +25,9 @@ from libs.contract.events import (
 
 #: Default ceiling on one encoded event (NATS itself allows 1 MiB).
 DEFAULT_MAX_BYTES = 256 * 1024
+
+#: Most raw bytes a dead letter carries on the bus (the store keeps them all).
+MAX_DEAD_LETTER_RAW = 512 * 1024
 
 #: Namespace for ids derived from a stream position (dead letters, gaps).
 DERIVED_ID_NAMESPACE = uuid.UUID("6f0f3c47-3b0e-4c7b-9a57-2f1d0b7f0a11")
@@ -75,18 +79,24 @@ def dead_letter(
 ) -> MessageDeadLettered:
     """The dead-letter event for a message that could not be decoded.
 
-    Its id derives from where the message was found (stream sequence, or the
+    The raw bytes ride along whole up to :data:`MAX_DEAD_LETTER_RAW` (so the
+    dead letter itself fits in a NATS message); past that they are cut and
+    ``truncated`` says so. Its id derives from where the message was found (stream sequence, or the
     bytes themselves), so redelivering the same bad message dead-letters it
     once.
     """
-    key = stream_seq if stream_seq is not None else base64.b64encode(data[:4096]).decode()
+    # Without a stream position the key is a digest of the whole message: two
+    # different messages must never share an id, or the second would be
+    # deduplicated away (Nats-Msg-Id) and never recorded.
+    key = stream_seq if stream_seq is not None else "sha256:" + hashlib.sha256(data).hexdigest()
     return MessageDeadLettered.create(
         DeadLetterPayload(
             service=service,
             original_subject=subject,
             error=str(error),
-            raw_b64=base64.b64encode(data).decode(),
+            raw_b64=base64.b64encode(data[:MAX_DEAD_LETTER_RAW]).decode(),
             raw_size=len(data),
+            truncated=len(data) > MAX_DEAD_LETTER_RAW,
             headers=dict(headers or {}),
             stream_seq=stream_seq,
         ),

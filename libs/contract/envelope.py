@@ -19,15 +19,29 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-#: Prices, quantities and money: finite decimals, never floats.
-Money = Annotated[Decimal, Field(allow_inf_nan=False)]
-Price = Annotated[Decimal, Field(allow_inf_nan=False, gt=0)]
-Quantity = Annotated[Decimal, Field(allow_inf_nan=False, gt=0)]
-NonNegativeQuantity = Annotated[Decimal, Field(allow_inf_nan=False, ge=0)]
-#: Nanoseconds since the Unix epoch.
-Nanos = Annotated[int, Field(ge=0)]
+
+def _refuse_float(value: Any) -> Any:
+    # A float (a Python float, or a JSON number with a fraction or exponent,
+    # which the JSON parser has already rounded to a binary double) has lost
+    # digits before we see it: 12345678901234567890.12 would arrive as
+    # 12345678901234567000. Decimal strings and integers are exact; take only those.
+    if isinstance(value, float):
+        raise ValueError("must be a decimal string or an integer, not a float")
+    return value
+
+
+_Exact = BeforeValidator(_refuse_float)
+
+#: Prices, quantities and money: finite decimals, never floats (on the wire, strings).
+Money = Annotated[Decimal, Field(allow_inf_nan=False), _Exact]
+Price = Annotated[Decimal, Field(allow_inf_nan=False, gt=0), _Exact]
+Quantity = Annotated[Decimal, Field(allow_inf_nan=False, gt=0), _Exact]
+NonNegativeQuantity = Annotated[Decimal, Field(allow_inf_nan=False, ge=0), _Exact]
+#: Nanoseconds since the Unix epoch; at most a signed 64-bit integer, which is
+#: what the event store's BIGINT columns hold.
+Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
 

@@ -10,6 +10,7 @@ then run ``make proto`` (a test fails until ``proto/`` matches).
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal, get_args
 
@@ -360,7 +361,7 @@ class FillPayload(Frozen):
     cumulative_quantity: Quantity
     leaves_quantity: NonNegativeQuantity
     status: Literal["partial", "complete"]
-    commission: Money = Field(default=0)
+    commission: Money = Decimal("0")
 
 
 class FillReceived(Event):
@@ -448,6 +449,7 @@ class DeadLetterPayload(Frozen):
     error: str
     raw_b64: str  # the message exactly as received, base64
     raw_size: int
+    truncated: bool = False  # raw_b64 holds only the first part of a huge message
     headers: dict[str, str] = Field(default_factory=dict)
     stream_seq: int | None = None
 

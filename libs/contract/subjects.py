@@ -77,7 +77,7 @@ def subject_map() -> dict[str, dict[str, str]]:
         name: {
             "subject": cls.subject_template,
             "domain": cls.subject_template.split(".", 1)[0],
-            "doc": (cls.__doc__ or "").strip().splitlines()[0],
+            "doc": next(iter((cls.__doc__ or "").strip().splitlines()), ""),
         }
         for name, cls in sorted(EVENT_TYPES.items())
     }

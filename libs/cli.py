@@ -1,0 +1,136 @@
+"""CLI pieces every service group shares: settings errors, times, ``replay``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic_settings import BaseSettings
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from libs.config import ConfigError, ServiceSettings, load_settings
+from libs.contract.subjects import REPLAY_PREFIX
+
+S = TypeVar("S", bound=BaseSettings)
+
+err = Console(stderr=True)
+
+
+def settings_or_exit(cls: type[S]) -> S:
+    """Load settings; on a bad value print which variable and exit 2."""
+    try:
+        return load_settings(cls)
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def parse_time(value: str | None) -> int | None:
+    """Nanoseconds from an ISO 8601 time (UTC if no zone) or an integer of ns."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"not an ISO 8601 time or nanoseconds: {value!r}") from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1_000_000_000)
+
+
+def parse_rate(value: str | None) -> float | None:
+    """``200``, ``200/s`` or ``max`` (None) as messages per second."""
+    if value is None or value == "max":
+        return None
+    try:
+        rate = float(value.removesuffix("/s"))
+    except ValueError as e:
+        raise typer.BadParameter(f"rate must look like 500/s or max, got {value!r}") from e
+    if rate <= 0:
+        raise typer.BadParameter("rate must be positive")
+    return rate
+
+
+def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
+    """Give a service's CLI group its ``replay`` command."""
+
+    @group.command("replay")
+    def replay_cmd(
+        subject: Annotated[
+            str, typer.Option(help="NATS subject pattern to replay, e.g. 'md.bar.*.AAPL'")
+        ] = default_subject,
+        from_seq: Annotated[int, typer.Option(min=1, help="First sequence")] = 1,
+        to_seq: Annotated[int | None, typer.Option(min=1, help="Last sequence")] = None,
+        since: Annotated[str | None, typer.Option(help="ts_event >= this (ISO 8601)")] = None,
+        until: Annotated[str | None, typer.Option(help="ts_event < this (ISO 8601)")] = None,
+        rate: Annotated[str | None, typer.Option(help="Pace, e.g. 500/s (default: max)")] = None,
+        into: Annotated[
+            str, typer.Option(help="Subject prefix to publish under (never a live domain)")
+        ] = REPLAY_PREFIX,
+        dry_run: Annotated[bool, typer.Option(help="Count and list, publish nothing")] = False,
+        include_undecodable: Annotated[
+            bool, typer.Option(help="Also republish the raw bytes of undecodable messages")
+        ] = False,
+    ) -> None:
+        """Republish recorded events from the store onto NATS, in order."""
+        from libs.bus.client import Bus
+        from libs.replay import ReplayError, ReplayRequest, replay
+
+        settings = settings_or_exit(ServiceSettings)
+        request = ReplayRequest(
+            subject=subject,
+            from_seq=from_seq,
+            to_seq=to_seq,
+            since_ns=parse_time(since),
+            until_ns=parse_time(until),
+            rate_per_s=parse_rate(rate),
+            into=into,
+            dry_run=dry_run,
+            include_undecodable=include_undecodable,
+        )
+        try:
+            request.check()
+        except ReplayError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+
+        async def go() -> None:
+            bus = None
+            if not dry_run:
+                bus = await Bus.connect(
+                    settings.nats_url,
+                    name=f"{service}-replay",
+                    user=settings.nats_user,
+                    password=(
+                        settings.nats_password.get_secret_value()
+                        if settings.nats_password
+                        else None
+                    ),
+                )
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            ) as bar:
+                task = bar.add_task(f"replay {subject} -> {into}.", total=None)
+                try:
+                    result = await replay(
+                        settings.database_url.get_secret_value(),
+                        bus,
+                        request,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    )
+                finally:
+                    if bus is not None:
+                        await bus.close()
+            print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+
+        asyncio.run(go())

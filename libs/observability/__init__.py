@@ -1,0 +1,1 @@
+"""Logging set-up and the /metrics + /health endpoint every service serves."""

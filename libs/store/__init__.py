@@ -1,0 +1,1 @@
+"""The Postgres event store: schema, migrations, writer and readers."""

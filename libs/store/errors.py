@@ -1,0 +1,20 @@
+"""Event-store errors; asyncpg's are mapped to these where the store is used.
+
+    StoreError
+    ├── StoreUnavailable   Postgres cannot be reached or the connection broke
+    └── LockLost           this writer no longer holds the single-writer lock
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every event-store error."""
+
+
+class StoreUnavailable(StoreError):
+    """PostgreSQL cannot be reached, or the connection was lost."""
+
+
+class LockLost(StoreError):
+    """The single-writer lock is gone (connection lost): stop writing."""

@@ -1,0 +1,74 @@
+"""Run the event store's alembic migrations programmatically.
+
+``tradebus db upgrade`` calls :func:`upgrade`, which creates the database
+when it does not exist yet (handy for ``make run``) and migrates to head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+
+from libs.store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+
+
+def asyncpg_url(url: str) -> str:
+    """``postgresql://…`` as asyncpg wants it (drops a SQLAlchemy driver suffix)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}")
+    return urlunsplit(("postgresql", *parts[1:]))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL with SQLAlchemy's asyncpg driver named."""
+    return urlunsplit(("postgresql+asyncpg", *urlsplit(asyncpg_url(url))[1:]))
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(HERE / "alembic.ini"))
+    cfg.set_main_option("script_location", str(HERE / "migrations"))
+    # '%' must be escaped for configparser interpolation.
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    return cfg
+
+
+async def ensure_database(url: str) -> None:
+    """Create the URL's database if it is missing (connecting to ``postgres``)."""
+    parts = urlsplit(asyncpg_url(url))
+    name = parts.path.lstrip("/") or "postgres"
+    admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    try:
+        conn = await asyncpg.connect(admin, timeout=10)
+    except (OSError, asyncpg.PostgresError) as e:
+        raise StoreUnavailable(f"cannot reach PostgreSQL at {parts.hostname}:{parts.port}") from e
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            log.info("creating database %s", name)
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Create the database if needed and migrate it to ``revision``."""
+    asyncio.run(ensure_database(url))
+    command.upgrade(alembic_config(url), revision)
+
+
+async def upgrade_async(url: str, revision: str = "head") -> None:
+    """:func:`upgrade` from async code (alembic's env runs its own loop)."""
+    await ensure_database(url)
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)

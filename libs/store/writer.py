@@ -1,0 +1,205 @@
+"""The single writer of the ``events`` table.
+
+Invariant: rows are written in stream-sequence order, each batch in one
+transaction, and a batch must start right after the last committed sequence
+— so ``events.seq`` stays gapless and strictly increasing.
+
+Single writer: :meth:`EventWriter.open` takes a session-level advisory lock on
+the very connection that writes. A second recorder waits for the lock; when
+the holder dies its connection closes, Postgres frees the lock and the waiter
+takes over. Because the lock and the writes share one connection, a writer
+that lost its connection (and so its lock) cannot commit anything more: that
+is the fence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+import orjson
+
+from libs.contract.codec import derived_id
+from libs.store.errors import LockLost, StoreError, StoreUnavailable
+from libs.store.migrate import asyncpg_url
+from libs.store.schema import COPY_COLUMNS, DUPLICATE
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock key of the event-recorder ("tradebus" as an int).
+RECORDER_LOCK_KEY = 0x7472616465627573
+LOCK_POLL_INTERVAL = 0.25
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 30.0
+
+#: Errors that mean "the database went away": reconnect and start over.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One ``events`` row, in :data:`COPY_COLUMNS` order."""
+
+    seq: int
+    id: uuid.UUID
+    subject: str
+    type: str
+    ts_event: int
+    ts_init: int
+    source: str
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None
+    strategy: str | None
+    account: str | None
+    symbol: str | None
+    payload: str  # JSON text
+    raw: bytes | None
+
+
+class EventWriter:
+    """Holds the recorder lock and appends rows. Use :meth:`open`."""
+
+    def __init__(self, conn: asyncpg.Connection, last_seq: int) -> None:
+        self._conn = conn
+        self.last_seq = last_seq
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        lock_key: int = RECORDER_LOCK_KEY,
+        on_waiting: asyncio.Event | None = None,
+    ) -> EventWriter:
+        """Connect, wait for the single-writer lock, read the last sequence."""
+        try:
+            conn = await asyncpg.connect(
+                asyncpg_url(url),
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+                # Notice a silently dead client quickly, so its lock frees.
+                server_settings={
+                    "application_name": "tradebus-recorder",
+                    "tcp_keepalives_idle": "5",
+                    "tcp_keepalives_interval": "2",
+                    "tcp_keepalives_count": "3",
+                },
+            )
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
+            raise StoreUnavailable(f"cannot connect to the event store: {e}") from e
+        try:
+            announced = False
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+                if not announced:
+                    log.info("another recorder holds the writer lock; standing by")
+                    announced = True
+                    if on_waiting is not None:
+                        on_waiting.set()
+                await asyncio.sleep(LOCK_POLL_INTERVAL)
+            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+        except BaseException as e:
+            await conn.close(timeout=1)
+            if isinstance(e, CONNECTION_ERRORS):
+                raise StoreUnavailable(f"event store connection lost: {e}") from e
+            raise
+        log.info("holding the writer lock; last recorded sequence %d", last)
+        return cls(conn, int(last))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the lock by closing the connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._conn.close(timeout=2)
+        except CONNECTION_ERRORS:
+            self._conn.terminate()
+
+    async def write(self, rows: Sequence[Row]) -> int:
+        """Append ``rows`` (contiguous, starting at or before ``last_seq + 1``).
+
+        Rows at or below ``last_seq`` are already recorded and skipped, so
+        writing the same batch twice is a no-op. Returns rows newly written.
+        """
+        fresh = [r for r in rows if r.seq > self.last_seq]
+        if not fresh:
+            return 0
+        expected = self.last_seq + 1
+        for offset, row in enumerate(fresh):
+            if row.seq != expected + offset:
+                raise StoreError(
+                    f"refusing to write past a hole: expected seq {expected + offset}, "
+                    f"got {row.seq}"
+                )
+        try:
+            try:
+                async with self._conn.transaction():
+                    await self._conn.copy_records_to_table(
+                        "events", records=[astuple(r) for r in fresh], columns=COPY_COLUMNS
+                    )
+            except asyncpg.UniqueViolationError:
+                # An event id we already have, arriving again at a new stream
+                # position (re-published after the dedup window). Keep the
+                # position, mark it as a duplicate: the sequence stays gapless.
+                await self._write_with_duplicates(fresh)
+        except CONNECTION_ERRORS as e:
+            raise LockLost(f"event store connection lost while writing: {e}") from e
+        self.last_seq = fresh[-1].seq
+        return len(fresh)
+
+    async def _write_with_duplicates(self, rows: list[Row]) -> None:
+        ids = [r.id for r in rows]
+        async with self._conn.transaction():
+            known = {
+                rec["id"]: rec["seq"]
+                for rec in await self._conn.fetch(
+                    "SELECT id, seq FROM events WHERE id = ANY($1::uuid[])", ids
+                )
+            }
+            seen: dict[uuid.UUID, int] = {}
+            out: list[tuple[object, ...]] = []
+            for r in rows:
+                first = known.get(r.id, seen.get(r.id))
+                if first is None:
+                    seen[r.id] = r.seq
+                    out.append(astuple(r))
+                    continue
+                log.warning("event %s at seq %d duplicates seq %d", r.id, r.seq, first)
+                dup_id = derived_id("duplicate", r.seq)
+                payload = orjson.dumps({"duplicate_of": str(r.id), "first_seq": first}).decode()
+                out.append(
+                    astuple(
+                        Row(
+                            r.seq, dup_id, r.subject, DUPLICATE, r.ts_event, r.ts_init,
+                            r.source, dup_id, r.id, r.strategy, r.account, r.symbol,
+                            payload, None,
+                        )  # fmt: skip
+                    )
+                )
+            await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)

@@ -1,0 +1,118 @@
+"""Pure logic of the recorder: stream messages -> rows, and batch planning.
+
+Nothing here does I/O or reads the clock; it is table-tested in
+``tests/unit/test_recorder_domain.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from libs.contract.codec import DecodeError, decode, derived_id
+from libs.store.schema import MISSING, UNDECODABLE
+from libs.store.writer import Row
+
+RECORDER_SOURCE = "event-recorder"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """A message of the recorded stream, as far as the recorder cares."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ts_ns: int = 0  # when the stream stored it
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    row: Row
+    error: DecodeError | None = None
+
+
+def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
+    """The row for one message; an undecodable one keeps its raw bytes."""
+    try:
+        event = decode(msg.data, max_bytes=max_bytes)
+    except DecodeError as e:
+        rid = derived_id("undecodable", msg.seq)
+        payload = {"reason": e.reason, "error": e.detail, "size": len(msg.data)}
+        row = Row(
+            msg.seq, rid, msg.subject, UNDECODABLE, msg.ts_ns, msg.ts_ns, RECORDER_SOURCE,
+            rid, None, None, None, None, orjson.dumps(payload).decode(), msg.data,
+        )  # fmt: skip
+        return Converted(row, e)
+    p = event.payload
+    # The payload exactly as sent (already validated): no re-serialisation.
+    payload_json = orjson.dumps(orjson.loads(msg.data)["payload"]).decode()
+    row = Row(
+        msg.seq,
+        event.id,
+        msg.subject,
+        event.type,
+        event.ts_event,
+        event.ts_init,
+        event.source,
+        event.correlation_id,
+        event.causation_id,
+        getattr(p, "strategy", None),
+        getattr(p, "account", None),
+        getattr(p, "symbol", None),
+        payload_json,
+        None,
+    )
+    return Converted(row)
+
+
+def missing_row(seq: int, ts_ns: int) -> Row:
+    """The row for a stream position whose message no longer exists."""
+    rid = derived_id("missing", seq)
+    payload = orjson.dumps({"reason": "not in stream (deleted or expired before recording)"})
+    return Row(
+        seq, rid, "", MISSING, ts_ns, ts_ns, RECORDER_SOURCE, rid, None, None, None, None,
+        payload.decode(), None,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one fetched batch, given the next sequence to record."""
+
+    fresh: list[StreamMessage]  # contiguous from the first hole-free position
+    already: list[StreamMessage]  # at or below the last recorded sequence
+    holes: list[int]  # positions between next_seq and the batch to fetch first
+
+
+def plan(next_seq: int, batch: Iterable[StreamMessage], *, max_hole: int = 10_000) -> Plan:
+    """Sort a batch, split off what is already recorded, and list the holes.
+
+    A hole is a position between ``next_seq`` and a fetched message that was
+    not fetched (a redelivery that has not come back yet). The recorder reads
+    those positions directly from the stream before writing, so it never
+    writes past a hole. Holes beyond ``max_hole`` are left for the next batch.
+    """
+    msgs = sorted({m.seq: m for m in batch}.values(), key=lambda m: m.seq)
+    already = [m for m in msgs if m.seq < next_seq]
+    ahead = [m for m in msgs if m.seq >= next_seq]
+    holes: list[int] = []
+    expected = next_seq
+    fresh: list[StreamMessage] = []
+    for m in ahead:
+        gap = m.seq - expected
+        if gap > 0:
+            if len(holes) + gap > max_hole:
+                break
+            holes.extend(range(expected, m.seq))
+        fresh.append(m)
+        expected = m.seq + 1
+    return Plan(fresh=fresh, already=already, holes=holes)
+
+
+def merge(fresh: Sequence[StreamMessage], filled: Sequence[StreamMessage]) -> list[StreamMessage]:
+    """Fetched and hole-filled messages together, in sequence order."""
+    return sorted([*fresh, *filled], key=lambda m: m.seq)

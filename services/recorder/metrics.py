@@ -1,0 +1,33 @@
+"""The recorder's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_RECORDED = Counter(
+    "tradebus_recorder_events_recorded_total", "Stream positions committed to the event store"
+)
+BATCH_SECONDS = Histogram(
+    "tradebus_recorder_batch_seconds",
+    "Time to commit one batch (decode + write + ack)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SIZE = Histogram(
+    "tradebus_recorder_batch_size",
+    "Messages per committed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+CONSUMER_LAG = Gauge(
+    "tradebus_recorder_consumer_lag", "Messages in the stream not yet delivered to the recorder"
+)
+LAST_SEQUENCE = Gauge("tradebus_recorder_last_sequence", "Last committed stream sequence")
+DEAD_LETTERS = Counter(
+    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
+)
+HOLES_FILLED = Counter(
+    "tradebus_recorder_holes_filled_total", "Positions read directly from the stream"
+)
+RESTARTS = Counter(
+    "tradebus_recorder_restarts_total", "Times the recorder loop restarted after a fault", ["cause"]
+)
+IS_WRITER = Gauge("tradebus_recorder_is_writer", "1 while this instance holds the writer lock")

@@ -1,0 +1,199 @@
+"""The event-recorder: JetStream -> Postgres, in stream order, nothing lost.
+
+One cycle: take the writer lock (waiting while another recorder has it),
+read the last committed sequence, point the consumer right after it, then
+loop: fetch a batch, fill any holes by reading those positions directly,
+convert every message to a row (undecodable ones included, raw bytes kept),
+write the batch in one transaction, and only then ack (ack-all) the highest
+sequence written. Dead letters are published after the commit, with ids
+derived from their position so a retry does not repeat them.
+
+Any fault (NATS or Postgres away, lock lost) ends the cycle; the next one
+starts from what is committed, which is why a crash at any point loses
+nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from libs.bus.client import Bus
+from libs.bus.errors import BusError
+from libs.contract.codec import dead_letter
+from libs.contract.envelope import Clock, WallClock
+from libs.store.errors import StoreError
+from libs.store.writer import EventWriter, Row
+from services.recorder import metrics
+from services.recorder.adapters.stream import RecorderStream, to_stream_message
+from services.recorder.config import RecorderSettings
+from services.recorder.domain.rows import (
+    RECORDER_SOURCE,
+    StreamMessage,
+    merge,
+    missing_row,
+    plan,
+    to_row,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE = "recorder"
+
+
+class Recorder:
+    """Runs recorder cycles until stopped."""
+
+    def __init__(
+        self,
+        settings: RecorderSettings,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or WallClock()
+        self.stopping = asyncio.Event()
+        self.is_writer = False
+        self.last_seq = 0
+        self.started = time.monotonic()
+        self.waiting = asyncio.Event()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while running; says whether this instance writes or stands by."""
+        return True, {
+            "service": SERVICE,
+            "role": "writer" if self.is_writer else "standby",
+            "last_seq": self.last_seq,
+        }
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Cycle until :meth:`stop`; each fault restarts from the store."""
+        while not self.stopping.is_set():
+            try:
+                await self._cycle()
+            except (StoreError, BusError, nats.errors.Error, OSError, TimeoutError) as e:
+                cause = type(e).__name__
+                metrics.RESTARTS.labels(cause=cause).inc()
+                log.warning("recorder cycle ended (%s: %s); restarting", cause, e)
+                self._set_writer(False)
+                try:
+                    await asyncio.wait_for(
+                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
+                    )
+                except TimeoutError:
+                    pass
+
+    def _set_writer(self, value: bool) -> None:
+        self.is_writer = value
+        metrics.IS_WRITER.set(1 if value else 0)
+
+    async def _cycle(self) -> None:
+        s = self.settings
+        writer = await self._open_writer()
+        if writer is None:
+            return
+        async with writer:
+            self._set_writer(True)
+            self.last_seq = writer.last_seq
+            metrics.LAST_SEQUENCE.set(writer.last_seq)
+            bus = await Bus.connect(
+                s.nats_url,
+                name=f"recorder/{s.instance}",
+                user=s.nats_user,
+                password=s.nats_password.get_secret_value() if s.nats_password else None,
+            )
+            async with bus:
+                stream = RecorderStream(bus, ack_wait_s=s.ack_wait_s)
+                await stream.start_at(writer.last_seq + 1)
+                try:
+                    while not self.stopping.is_set():
+                        msgs = await stream.fetch(s.batch_size, s.fetch_timeout_s)
+                        if msgs:
+                            await self._record(msgs, writer, stream, bus)
+                finally:
+                    await stream.close()
+
+    async def _open_writer(self) -> EventWriter | None:
+        """Wait for the writer lock, unless asked to stop meanwhile."""
+        opening = asyncio.ensure_future(
+            EventWriter.open(self.settings.database_url.get_secret_value(), on_waiting=self.waiting)
+        )
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        done, _ = await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if opening in done:
+            stopping.cancel()
+            return opening.result()
+        opening.cancel()
+        try:
+            writer = await opening
+        except asyncio.CancelledError:
+            return None
+        await writer.close()
+        return None
+
+    async def _record(
+        self, msgs: list[Msg], writer: EventWriter, stream: RecorderStream, bus: Bus
+    ) -> None:
+        started = time.perf_counter()
+        incoming = [to_stream_message(m) for m in msgs]
+        p = plan(writer.last_seq + 1, incoming)
+        filled: list[StreamMessage] = []
+        extra_rows: list[Row] = []
+        for seq in p.holes:
+            msg = await stream.read(seq)
+            metrics.HOLES_FILLED.inc()
+            if msg is None:
+                log.error("stream position %d is gone; recording it as missing", seq)
+                extra_rows.append(missing_row(seq, self.clock.now_ns()))
+            else:
+                filled.append(msg)
+        rows: list[Row] = list(extra_rows)
+        dead: list[tuple[StreamMessage, str, Any]] = []
+        for m in merge(p.fresh, filled):
+            converted = to_row(m, max_bytes=self.settings.max_event_bytes)
+            rows.append(converted.row)
+            if converted.error is not None:
+                dead.append((m, converted.error.reason, converted.error))
+        rows.sort(key=lambda r: r.seq)
+        # Dead letters go out before the commit: their ids derive from the
+        # stream position, so if the commit fails and the batch is redone the
+        # server drops the repeats, and a recorded bad message always has its
+        # dead letter.
+        for m, reason, error in dead:
+            await self._dead_letter(bus, m, reason, error)
+        written = await writer.write(rows)
+        # Committed: now, and only now, acknowledge. Ack-all on the highest
+        # sequence we hold acknowledges every lower one; none of them is
+        # above the last committed sequence.
+        top = max(msgs, key=lambda m: m.metadata.sequence.stream)
+        if top.metadata.sequence.stream <= writer.last_seq:
+            await top.ack()
+        self.last_seq = writer.last_seq
+        metrics.EVENTS_RECORDED.inc(written)
+        metrics.LAST_SEQUENCE.set(writer.last_seq)
+        metrics.CONSUMER_LAG.set(top.metadata.num_pending or 0)
+        metrics.BATCH_SIZE.observe(len(rows))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _dead_letter(self, bus: Bus, m: StreamMessage, reason: str, error: Any) -> None:
+        record = dead_letter(
+            service=SERVICE,
+            subject=m.subject,
+            data=m.data,
+            error=error,
+            clock=self.clock,
+            source=f"{RECORDER_SOURCE}/{self.settings.instance}",
+            headers=m.headers,
+            stream_seq=m.seq,
+        )
+        log.warning("dead-lettered stream seq %d on %s: %s", m.seq, m.subject, error)
+        await bus.publish(record)
+        metrics.DEAD_LETTERS.labels(service=SERVICE, reason=reason).inc()
