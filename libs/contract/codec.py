@@ -26,8 +26,9 @@ from libs.contract.events import (
 #: Default ceiling on one encoded event (NATS itself allows 1 MiB).
 DEFAULT_MAX_BYTES = 256 * 1024
 
-#: Most raw bytes a dead letter carries on the bus (the store keeps them all).
-MAX_DEAD_LETTER_RAW = 512 * 1024
+#: Most raw bytes a dead letter carries on the bus (the recorder's row keeps
+#: them all). Small enough that the dead letter itself always decodes.
+MAX_DEAD_LETTER_RAW = 64 * 1024
 
 #: Namespace for ids derived from a stream position (dead letters, gaps).
 DERIVED_ID_NAMESPACE = uuid.UUID("6f0f3c47-3b0e-4c7b-9a57-2f1d0b7f0a11")
@@ -55,10 +56,13 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
         return EVENT_ADAPTER.validate_json(data)
     except ValidationError as e:
         errors = e.errors(include_url=False, include_input=False)
-        first = errors[0] if errors else {"type": "invalid", "msg": str(e), "loc": ()}
+        if not errors:
+            raise DecodeError("invalid_event", str(e)) from e
+        first = errors[0]
         reason = "malformed_json" if first["type"] == "json_invalid" else "invalid_event"
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise DecodeError(reason, f"{where}: {first['msg']}" if where else first["msg"]) from e
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"]
+        raise DecodeError(reason, f"{where}: {message}" if where else message) from e
 
 
 def derived_id(*parts: object) -> uuid.UUID:

@@ -13,8 +13,9 @@ Schemas are built in pydantic's *serialization* mode: they describe the bytes
 consumer receives. In that mode a ``Decimal`` is a string (validation mode
 would also admit JSON numbers, the very floats the contract refuses), and
 here the string also carries the exact pattern ``str(Decimal)`` produces.
-Every field is required, since the encoder writes defaults too. Constraints that only the decoder enforces (``gt=0`` on a price) are not
-repeated as JSON Schema keywords in that mode.
+Every field is required, since the encoder writes defaults too. Constraints
+that only the decoder enforces (``gt=0`` on a price) are not repeated as JSON
+Schema keywords in that mode.
 
 Output is deterministic: sorted keys, two-space indent, a trailing newline.
 """
@@ -126,9 +127,7 @@ def stale(root: Path, expected: Mapping[str, str]) -> list[str]:
     """
     actual = _existing(root)
     return sorted(
-        path
-        for path in expected.keys() | actual.keys()
-        if expected.get(path) != actual.get(path)
+        path for path in expected.keys() | actual.keys() if expected.get(path) != actual.get(path)
     )
 
 

@@ -214,7 +214,7 @@ class PostgresServer:
         if uid is not None:
             _open_prefix(self.data_dir.parent)
             os.chown(self.data_dir, uid, gid or -1)
-        subprocess.run(
+        done = subprocess.run(
             [
                 str(_pg_bin() / "initdb"),
                 "-D", str(self.data_dir),
@@ -223,11 +223,13 @@ class PostgresServer:
                 "-E", "UTF8",
                 "--no-sync",
             ],  # fmt: skip
-            check=True,
+            check=False,
             capture_output=True,
             user=uid,
             group=gid,
         )
+        if done.returncode != 0:
+            raise ServerError(f"initdb failed: {done.stderr.decode(errors='replace').strip()}")
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

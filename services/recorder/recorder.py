@@ -160,7 +160,9 @@ class Recorder:
         for m in merge(p.fresh, filled):
             converted = to_row(m, max_bytes=self.settings.max_event_bytes)
             rows.append(converted.row)
-            if converted.error is not None:
+            # A bad message on a dead-letter subject is recorded but not
+            # dead-lettered again: that way lies an endless loop.
+            if converted.error is not None and not m.subject.startswith("deadletter."):
                 dead.append((m, converted.error.reason, converted.error))
         rows.sort(key=lambda r: r.seq)
         # Dead letters go out before the commit: their ids derive from the

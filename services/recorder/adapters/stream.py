@@ -68,7 +68,6 @@ class RecorderStream:
             ack_wait=self.ack_wait_s,
             max_ack_pending=100_000,
             max_deliver=-1,
-            max_batch=50_000,
         )
         await self.bus.js.add_consumer(self.stream, config)
         self._sub = await self.bus.js.pull_subscribe_bind(

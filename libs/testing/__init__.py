@@ -1,0 +1,1 @@
+"""Test helpers shared by the test suites: waiting on conditions, servers."""

@@ -1,0 +1,44 @@
+"""Wait on a condition with a timeout, never on a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ConditionTimeout(AssertionError):
+    """The condition did not hold before the timeout."""
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "",
+) -> T:
+    """Poll ``condition`` (sync or async) until it returns something truthy.
+
+    Returns that value; raises :class:`ConditionTimeout` with the last value
+    (or exception) seen when ``timeout`` runs out.
+    """
+    end = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            last = value
+        except (AssertionError, OSError, ConnectionError) as e:
+            last = e
+        if time.monotonic() >= end:
+            raise ConditionTimeout(f"{message or 'condition'} not met in {timeout}s; last: {last!r}")
+        await asyncio.sleep(interval)  # polling interval, not synchronisation

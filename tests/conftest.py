@@ -1,0 +1,83 @@
+"""Fixtures: real NATS and Postgres (see libs.testing.infra), fresh per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from libs.bus.client import Bus
+from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.testing.infra import provide_nats, provide_postgres
+
+TEMPLATE_DB = "tradebus_template"
+
+
+@pytest.fixture(scope="session")
+def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("infra")
+
+
+@pytest.fixture(scope="session")
+def nats_url(infra_dir: Path) -> Iterator[str]:
+    with provide_nats(infra_dir) as (url, _server):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(infra_dir: Path) -> Iterator[str]:
+    with provide_postgres(infra_dir) as (url, _server):
+        yield url
+
+
+def _with_db(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(asyncpg_url(url))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_admin_url: str) -> str:
+    """A migrated database every test database is copied from (fast)."""
+    url = _with_db(pg_admin_url, TEMPLATE_DB)
+    conn = await asyncpg.connect(asyncpg_url(pg_admin_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+    finally:
+        await conn.close()
+    await upgrade_async(url)
+    return TEMPLATE_DB
+
+
+async def make_database(pg_admin_url: str, template: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(asyncpg_url(pg_admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return _with_db(pg_admin_url, name)
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str, template_db: str) -> str:
+    """A fresh, migrated database for this test."""
+    return await make_database(pg_admin_url, template_db)
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A bus on a clean slate: the recorded stream is deleted and recreated."""
+    b = await Bus.connect(nats_url, name="test")
+    try:
+        streams = await b.js.streams_info()
+        for info in streams:
+            await b.js.delete_stream(info.config.name)
+        await b.ensure_stream()
+        yield b
+    finally:
+        await b.close()
