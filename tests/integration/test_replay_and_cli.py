@@ -1,0 +1,143 @@
+"""Replay round trip and the read commands (events, audit) against a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+from libs.bus.client import Bus
+from libs.contract.codec import decode
+from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
+from libs.testing.procs import ServiceProcess
+from libs.testing.producer import make_trades
+from libs.testing.store import recorded_count
+from libs.testing.wait import eventually
+from tests.integration.test_recorder import order_chain
+
+
+def cli(*args: str, database_url: str, nats_url: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    if nats_url:
+        env["NATS_URL"] = nats_url
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def record(tmp_path: Path, bus: Bus, nats_url: str, database_url: str, events: list) -> None:  # type: ignore[type-arg]
+    rec = ServiceProcess(
+        ["recorder", "run"],
+        env={"NATS_URL": nats_url, "DATABASE_URL": database_url},
+        log_path=tmp_path / "rec.log",
+    ).start()
+    try:
+        await bus.publish_many(events)
+
+        async def done() -> bool:
+            return await recorded_count(database_url) >= len(events)
+
+        await eventually(done, timeout=30)
+    finally:
+        rec.terminate()
+
+
+async def test_replay_round_trip_same_events_in_order_under_prefix(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    events = list(make_trades(400, "rp"))
+    await record(tmp_path, bus, nats_url, database_url, events)
+    got: list[tuple[str, bytes, dict[str, str]]] = []
+    sub = await bus.nc.subscribe("replay.>")
+    live = await bus.nc.subscribe("md.>")  # live subjects must stay quiet
+    result = await replay(
+        database_url, bus, ReplayRequest(subject="md.trade.*", from_seq=101, to_seq=300)
+    )
+    assert (result.published, result.first_seq, result.last_seq) == (200, 101, 300)
+    while len(got) < 200:
+        msg = await sub.next_msg(timeout=5)
+        got.append((msg.subject, msg.data, dict(msg.headers or {})))
+    assert [decode(data) for _, data, _ in got] == events[100:300]
+    assert [s for s, _, _ in got] == [f"replay.md.trade.{e.payload.symbol}" for e in events[100:300]]
+    assert [int(h[ORIGINAL_SEQ_HEADER]) for _, _, h in got] == list(range(101, 301))
+    with pytest.raises(nats.errors.TimeoutError):
+        await live.next_msg(timeout=0.2)
+    # The replayed copies were not recorded: the stream does not capture replay.>.
+    assert (await bus.js.stream_info("TRADEBUS")).state.messages == 400
+
+
+async def test_replay_subject_filter_and_refusals(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    events = list(make_trades(80, "rf"))
+    await record(tmp_path, bus, nats_url, database_url, events)
+    dry = await replay(database_url, None, ReplayRequest(subject="md.trade.MSFT", dry_run=True))
+    assert dry.published == sum(1 for e in events if e.payload.symbol == "MSFT")
+    for bad in (ReplayRequest(into="md"), ReplayRequest(into=""), ReplayRequest(from_seq=5, to_seq=2)):
+        with pytest.raises(ReplayError):
+            await replay(database_url, bus, bad)
+    proc = await asyncio.to_thread(
+        cli, "recorder", "replay", "--into", "orders", database_url=database_url,
+        nats_url=nats_url,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "recorded domain" in proc.stderr
+    proc = await asyncio.to_thread(
+        cli, "recorder", "replay", "--subject", "md.>", "--rate", "2000/s", "--to-seq", "40",
+        database_url=database_url, nats_url=nats_url,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["published"], summary["first_seq"], summary["last_seq"]) == (40, 1, 40)
+
+
+async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    noise = list(make_trades(10, "noise"))
+    chain = order_chain()
+    await record(tmp_path, bus, nats_url, database_url, [*noise[:5], *chain, *noise[5:]])
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--subject", "broker.>", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [x["type"] for x in lines] == ["OrderAccepted", "FillReceived"]
+    for key in ("seq", "id", "subject", "type", "ts_event", "correlation_id", "causation_id",
+                "payload"):  # fmt: skip
+        assert key in lines[0]
+    fill = lines[1]
+    signal = chain[0]
+    assert fill["correlation_id"] == str(signal.id)  # type: ignore[attr-defined]
+    proc = await asyncio.to_thread(cli, "audit", fill["id"], "--json", database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    walked = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [w["type"] for w in walked] == [
+        "SignalGenerated", "OrderIntentCreated", "SubmitOrder", "OrderAccepted", "FillReceived",
+    ]  # fmt: skip
+    seqs = [w["seq"] for w in walked]
+    assert seqs == sorted(seqs)
+    # Each link names its parent: walk back from the fill by causation ids alone.
+    by_id = {w["id"]: w for w in walked}
+    node, path = fill["id"], []
+    while node:
+        path.append(by_id[node]["type"])
+        node = by_id[node]["causation_id"]
+    assert path[-1] == "SignalGenerated" and len(path) == 5
+    proc = await asyncio.to_thread(cli, "audit", fill["id"], database_url=database_url)
+    assert "SignalGenerated" in proc.stdout and "FillReceived" in proc.stdout
+    proc = await asyncio.to_thread(
+        cli, "audit", "00000000-0000-0000-0000-000000000000", database_url=database_url
+    )
+    assert proc.returncode == 1 and "no recorded event" in proc.stderr
