@@ -1,0 +1,150 @@
+"""Service settings: read from the environment, refused by name, secrets kept secret."""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import pytest
+from pydantic import Field, SecretStr
+
+from libs.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_NATS_URL,
+    ConfigError,
+    ServiceSettings,
+    load_settings,
+)
+
+SECRET = "hunter2-s3cr3t"  # noqa: S105 (a fake credential, to prove it never leaks)
+DB_URL = f"postgresql://trader:{SECRET}@db.internal:5432/tradebus"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TRADEBUS_*, NATS_URL or DATABASE_URL from the machine running the tests."""
+    for name in list(os.environ):
+        if name.startswith("TRADEBUS_") or name in {"NATS_URL", "DATABASE_URL"}:
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = load_settings(ServiceSettings)
+    assert settings.nats_url == DEFAULT_NATS_URL
+    assert settings.database_url.get_secret_value() == DEFAULT_DATABASE_URL
+    assert settings.log_level == "INFO"
+    assert settings.metrics_port == 0
+    assert settings.instance
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "problem"),
+    [
+        ("TRADEBUS_METRICS_PORT", "abc", "valid integer"),
+        ("TRADEBUS_METRICS_PORT", "70000", "less than or equal to 65535"),
+        ("TRADEBUS_METRICS_PORT", "-1", "greater than or equal to 0"),
+        ("TRADEBUS_LOG_LEVEL", "LOUD", "pattern"),
+        ("TRADEBUS_LOG_JSON", "maybe", "valid boolean"),
+        ("TRADEBUS_MAX_EVENT_BYTES", "10", "greater than or equal to 1024"),
+        ("TRADEBUS_INSTANCE", "", "at least 1 character"),
+    ],
+)
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+    message = str(info.value)
+    assert var in message
+    assert problem in message
+
+
+def test_every_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEBUS_METRICS_PORT", "abc")
+    monkeypatch.setenv("TRADEBUS_LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+    assert "TRADEBUS_METRICS_PORT" in str(info.value)
+    assert "TRADEBUS_LOG_LEVEL" in str(info.value)
+
+
+def test_values_are_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEBUS_METRICS_PORT", "9100")
+    monkeypatch.setenv("TRADEBUS_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("TRADEBUS_LOG_JSON", "true")
+    monkeypatch.setenv("METRICS_PORT", "1")  # unprefixed: not ours
+    settings = load_settings(ServiceSettings)
+    assert settings.metrics_port == 9100
+    assert settings.log_level == "DEBUG"
+    assert settings.log_json is True
+
+
+def test_database_and_nats_urls_are_read_without_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB_URL)
+    monkeypatch.setenv("NATS_URL", "nats://10.0.0.5:4222")
+    settings = load_settings(ServiceSettings)
+    assert settings.database_url.get_secret_value() == DB_URL
+    assert settings.nats_url == "nats://10.0.0.5:4222"
+
+
+def test_unprefixed_database_url_wins_over_prefixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEBUS_DATABASE_URL", "postgresql://other/db")
+    assert load_settings(ServiceSettings).database_url.get_secret_value() == "postgresql://other/db"
+    monkeypatch.setenv("DATABASE_URL", DB_URL)
+    assert load_settings(ServiceSettings).database_url.get_secret_value() == DB_URL
+
+
+def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEBUS_METRICS_PORT", "9100")
+    assert load_settings(ServiceSettings, metrics_port=9200).metrics_port == 9200
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(ServiceSettings)
+    with pytest.raises(ValueError, match="frozen"):
+        settings.metrics_port = 1  # type: ignore[misc]
+
+
+def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB_URL)
+    monkeypatch.setenv("NATS_URL", f"nats://trader:{SECRET}@10.0.0.5:4222")
+    monkeypatch.setenv("TRADEBUS_NATS_USER", "trader")
+    monkeypatch.setenv("TRADEBUS_NATS_PASSWORD", SECRET)
+    settings = load_settings(ServiceSettings)
+
+    assert settings.nats_password is not None
+    assert settings.nats_password.get_secret_value() == SECRET
+    for text in (repr(settings), str(settings), f"{settings!r}"):
+        assert SECRET not in text
+
+
+def test_secrets_stay_out_of_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB_URL)
+    monkeypatch.setenv("TRADEBUS_NATS_PASSWORD", SECRET)
+    monkeypatch.setenv("TRADEBUS_METRICS_PORT", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+
+    assert "TRADEBUS_METRICS_PORT" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value)
+
+
+class _KeyedSettings(ServiceSettings):
+    """A service with a credential of its own, checked for shape."""
+
+    api_key: SecretStr = Field(min_length=32)
+
+
+def test_a_refused_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The secret itself is the bad value: neither the message nor the printed
+    # traceback (which would include a chained pydantic error) may show it.
+    monkeypatch.setenv("TRADEBUS_API_KEY", SECRET)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_KeyedSettings)
+
+    assert "TRADEBUS_API_KEY" in str(info.value)
+    printed = "".join(traceback.format_exception(info.value))
+    assert SECRET not in printed
+    assert info.value.__cause__ is None
