@@ -76,6 +76,7 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     try:
         streams = await b.js.streams_info()
         for info in streams:
+            assert info.config.name is not None
             await b.js.delete_stream(info.config.name)
         await b.ensure_stream()
         yield b

@@ -61,6 +61,12 @@ class Outgoing:
         return cls(subject or subject_for(event), encode(event), str(event.id))
 
 
+RETRYABLE_PUBLISH_ERRORS_OR_STALLED: tuple[type[BaseException], ...] = (
+    *RETRYABLE_PUBLISH_ERRORS,
+    nats.js.errors.TooManyStalledMsgsError,
+)
+
+
 def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
@@ -137,7 +143,7 @@ class Bus:
                 await self.nc.drain()
             else:
                 await self.nc.close()
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             log.debug("error while closing nats: %s", e)
 
     # ------------------------------------------------------------ streams
@@ -242,7 +248,7 @@ class Bus:
                 fut = await self.js.publish_async(
                     out.subject, out.data, headers={MSG_ID_HEADER: out.msg_id}
                 )
-            except RETRYABLE_PUBLISH_ERRORS + (nats.js.errors.TooManyStalledMsgsError,):
+            except RETRYABLE_PUBLISH_ERRORS_OR_STALLED:
                 await settle(pending)
                 pending = []
                 await self.publish_raw(out, deadline_s=deadline_s)

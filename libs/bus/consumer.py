@@ -46,7 +46,8 @@ async def ensure_consumer(
 ) -> js_api.ConsumerInfo:
     """Create the durable consumer if it does not exist; return its info."""
     try:
-        return await bus.js.consumer_info(stream, durable)
+        info: js_api.ConsumerInfo = await bus.js.consumer_info(stream, durable)
+        return info
     except nats.js.errors.NotFoundError:
         pass
     config = js_api.ConsumerConfig(
@@ -102,7 +103,7 @@ class EventConsumer:
             while stop is None or not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=FETCH_TIMEOUT)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
                     return

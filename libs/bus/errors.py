@@ -1,9 +1,9 @@
 """Bus errors. nats-py's exceptions are mapped to these at one choke point.
 
-    BusError
-    ├── BusUnavailable      could not connect / the connection is closed
-    ├── PublishFailed       no publish ack before the deadline (retries spent)
-    └── StreamMismatch      the stream exists with a config we cannot accept
+BusError
+├── BusUnavailable      could not connect / the connection is closed
+├── PublishFailed       no publish ack before the deadline (retries spent)
+└── StreamMismatch      the stream exists with a config we cannot accept
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -99,10 +100,12 @@ class NatsServer:
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise ServerError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+            raise ServerError(
+                f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
+            )
         try:
             url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-            with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(url, timeout=0.5) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -111,12 +114,16 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
-            "-m", str(self.monitor_port),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
             "-js",
-            "-sd", str(self.store_dir),
-        ]  # fmt: skip
+            "-sd",
+            str(self.store_dir),
+        ]
         if self.config_file is not None:
             args += ["-c", str(self.config_file)]
         self._log_handle = self.log_file.open("ab")
@@ -217,12 +224,15 @@ class PostgresServer:
         done = subprocess.run(
             [
                 str(_pg_bin() / "initdb"),
-                "-D", str(self.data_dir),
+                "-D",
+                str(self.data_dir),
                 "--auth=trust",
-                "-U", "postgres",
-                "-E", "UTF8",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
                 "--no-sync",
-            ],  # fmt: skip
+            ],
             check=False,
             capture_output=True,
             user=uid,
@@ -247,14 +257,21 @@ class PostgresServer:
         self._initdb(uid, gid)
         args = [
             str(_pg_bin() / "postgres"),
-            "-D", str(self.data_dir),
-            "-h", "127.0.0.1",
-            "-p", str(self.port),
-            "-k", str(self.data_dir),
-            "-c", "max_connections=200",
-            "-c", f"fsync={'on' if self.fsync else 'off'}",
-            "-c", "synchronous_commit=on",
-        ]  # fmt: skip
+            "-D",
+            str(self.data_dir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.data_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            f"fsync={'on' if self.fsync else 'off'}",
+            "-c",
+            "synchronous_commit=on",
+        ]
         self._log_handle = self.log_file.open("ab")
         if uid is not None:
             os.chown(self.log_file, uid, gid or -1)
@@ -286,9 +303,11 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` (if missing) and return its URL."""
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ServerError(f"database name must be [A-Za-z0-9_]+: {name!r}")
         psql = str(_pg_bin() / "psql")
         exists = subprocess.run(
-            [psql, self.url(), "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            [psql, self.url(), "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608 - name checked
             check=True,
             capture_output=True,
             text=True,

@@ -1,8 +1,8 @@
 """Event-store errors; asyncpg's are mapped to these where the store is used.
 
-    StoreError
-    ├── StoreUnavailable   Postgres cannot be reached or the connection broke
-    └── LockLost           this writer no longer holds the single-writer lock
+StoreError
+├── StoreUnavailable   Postgres cannot be reached or the connection broke
+└── LockLost           this writer no longer holds the single-writer lock
 """
 
 from __future__ import annotations

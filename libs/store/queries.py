@@ -155,7 +155,7 @@ async def causal_chain(conn: asyncpg.Connection, event_id: uuid.UUID) -> list[Re
     event names its parent in ``causation_id``.
     """
     rows = await conn.fetch(
-        f"{SELECT} WHERE correlation_id = "
+        f"{SELECT} WHERE correlation_id = "  # noqa: S608 - constant column list
         "(SELECT correlation_id FROM events WHERE id = $1) ORDER BY seq",
         event_id,
     )
@@ -172,7 +172,9 @@ async def count_range(
     until_ns: int | None = None,
 ) -> int:
     where, args = _range_where(subject, from_seq, to_seq, since_ns, until_ns)
-    return int(await conn.fetchval(f"SELECT count(*) FROM events WHERE {where}", *args))
+    # `where` is built from fixed fragments; every value is a bind parameter.
+    sql = f"SELECT count(*) FROM events WHERE {where}"  # noqa: S608
+    return int(await conn.fetchval(sql, *args))
 
 
 def _range_where(

@@ -196,10 +196,21 @@ class EventWriter:
                 out.append(
                     astuple(
                         Row(
-                            r.seq, dup_id, r.subject, DUPLICATE, r.ts_event, r.ts_init,
-                            r.source, dup_id, r.id, r.strategy, r.account, r.symbol,
-                            payload, None,
-                        )  # fmt: skip
+                            r.seq,
+                            dup_id,
+                            r.subject,
+                            DUPLICATE,
+                            r.ts_event,
+                            r.ts_init,
+                            r.source,
+                            dup_id,
+                            r.id,
+                            r.strategy,
+                            r.account,
+                            r.symbol,
+                            payload,
+                            None,
+                        )
                     )
                 )
             await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)

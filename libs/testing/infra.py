@@ -53,7 +53,7 @@ def provide_nats(workdir: Path) -> Iterator[tuple[str, NatsServer | None]]:
         yield url, None
         return
     if docker_available():
-        from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
+        from testcontainers.nats import NatsContainer
 
         with NatsContainer().with_command("-js") as c:
             yield c.nats_uri(), None

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-T = TypeVar("T")
+from collections.abc import Callable
+from typing import Any
 
 
 class ConditionTimeout(AssertionError):
@@ -16,12 +14,12 @@ class ConditionTimeout(AssertionError):
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Any],
     *,
     timeout: float = 10.0,
     interval: float = 0.02,
     message: str = "",
-) -> T:
+) -> Any:
     """Poll ``condition`` (sync or async) until it returns something truthy.
 
     Returns that value; raises :class:`ConditionTimeout` with the last value
@@ -35,10 +33,12 @@ async def eventually(
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
             last = value
         except (AssertionError, OSError, ConnectionError) as e:
             last = e
         if time.monotonic() >= end:
-            raise ConditionTimeout(f"{message or 'condition'} not met in {timeout}s; last: {last!r}")
+            raise ConditionTimeout(
+                f"{message or 'condition'} not met in {timeout}s; last: {last!r}"
+            )
         await asyncio.sleep(interval)  # polling interval, not synchronisation

@@ -82,9 +82,13 @@ def register(app: typer.Typer) -> None:
         table = Table("seq", "ts_event", "type", "subject", "id", "correlation")
         for r in rows:
             table.add_row(
-                str(r.seq), _when(r.ts_event), r.type, r.subject, str(r.id)[:8],
+                str(r.seq),
+                _when(r.ts_event),
+                r.type,
+                r.subject,
+                str(r.id)[:8],
                 str(r.correlation_id)[:8],
-            )  # fmt: skip
+            )
         out.print(table)
 
     @app.command("audit")

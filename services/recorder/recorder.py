@@ -16,6 +16,7 @@ nothing and duplicates nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -84,12 +85,10 @@ class Recorder:
                 metrics.RESTARTS.labels(cause=cause).inc()
                 log.warning("recorder cycle ended (%s: %s); restarting", cause, e)
                 self._set_writer(False)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self.stopping.wait(), timeout=self.settings.retry_backoff_s
                     )
-                except TimeoutError:
-                    pass
 
     def _set_writer(self, value: bool) -> None:
         self.is_writer = value

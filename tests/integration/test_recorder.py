@@ -56,7 +56,9 @@ async def test_records_every_event_in_stream_order(
             lambda: _count_is(database_url, 3000), timeout=30, message=rec.log_text()[-2000:]
         )
         tl = await timeline(database_url)
-        assert tl.gapless and tl.count == 3000 and tl.distinct_ids == 3000
+        assert tl.gapless
+        assert tl.count == 3000
+        assert tl.distinct_ids == 3000
         order = await stream_order(bus)
         recorded = [(r["seq"], str(r["id"])) for r in await rows(database_url)]
         assert recorded == order
@@ -65,8 +67,12 @@ async def test_records_every_event_in_stream_order(
         assert first["symbol"] == "AAPL"
         assert orjson.loads(first["payload"])["price"] == str(events[0].payload.price)
         assert "tradebus_recorder_events_recorded_total 3000.0" in rec.metrics()
-        assert rec.health() == {"ok": True, "service": "recorder", "role": "writer",
-                                "last_seq": 3000}  # fmt: skip
+        assert rec.health() == {
+            "ok": True,
+            "service": "recorder",
+            "role": "writer",
+            "last_seq": 3000,
+        }
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
 
@@ -92,26 +98,40 @@ def order_chain() -> list[object]:
     order_id = uuid.uuid4()
     cmd = SubmitOrder.create(
         SubmitOrderPayload(
-            order_id=order_id, intent_id=intent.id, strategy="sma", account="acct-a",
-            symbol="AAPL", side="buy", quantity=Decimal(10),
-        ),  # fmt: skip
+            order_id=order_id,
+            intent_id=intent.id,
+            strategy="sma",
+            account="acct-a",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(10),
+        ),
         source="risk-gate",
         clock=CLOCK,
         cause=intent,
     )
     ack = OrderAccepted.create(
-        OrderAcceptedPayload(order_id=order_id, account="acct-a", broker_order_id="b-1",
-                             symbol="AAPL"),  # fmt: skip
+        OrderAcceptedPayload(
+            order_id=order_id, account="acct-a", broker_order_id="b-1", symbol="AAPL"
+        ),
         source="broker-gateway",
         clock=CLOCK,
         cause=cmd,
     )
     fill = FillReceived.create(
         FillPayload(
-            order_id=order_id, account="acct-a", broker_order_id="b-1", fill_id="f-1",
-            symbol="AAPL", side="buy", quantity=Decimal(10), price=Decimal("187.25"),
-            cumulative_quantity=Decimal(10), leaves_quantity=Decimal(0), status="complete",
-        ),  # fmt: skip
+            order_id=order_id,
+            account="acct-a",
+            broker_order_id="b-1",
+            fill_id="f-1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(10),
+            price=Decimal("187.25"),
+            cumulative_quantity=Decimal(10),
+            leaves_quantity=Decimal(0),
+            status="complete",
+        ),
         source="broker-gateway",
         clock=CLOCK,
         cause=ack,
@@ -159,13 +179,17 @@ async def test_bad_input_is_dead_lettered_recorded_and_does_not_stop_the_recorde
             assert p["raw_size"] == len(data)
             carried = base64.b64decode(p["raw_b64"])
             if p["truncated"]:  # the bus copy is capped; the row above has it all
-                assert len(data) > len(carried) and data.startswith(carried)
+                assert len(data) > len(carried)
+                assert data.startswith(carried)
             else:
                 assert carried == data
             assert letter["subject"] == "deadletter.recorder"
         assert [orjson.loads(r["payload"])["truncated"] for r in letters] == [
-            False, False, False, True,
-        ]  # fmt: skip
+            False,
+            False,
+            False,
+            True,
+        ]
         # Nothing loops: one more event lands at exactly the next position.
         marker = next(iter(make_trades(1, "marker")))
         await bus.publish(marker)
@@ -197,9 +221,13 @@ async def test_same_event_published_twice_is_recorded_once(
         await eventually(lambda: _count_is(database_url, 6), timeout=30)
         recorded = await rows(database_url)
         assert [r["type"] for r in recorded] == [
-            "SignalGenerated", "OrderIntentCreated", "SubmitOrder", "OrderAccepted",
-            "FillReceived", "DuplicateSuppressed",
-        ]  # fmt: skip
+            "SignalGenerated",
+            "OrderIntentCreated",
+            "SubmitOrder",
+            "OrderAccepted",
+            "FillReceived",
+            "DuplicateSuppressed",
+        ]
         assert recorded[-1]["causation_id"] == chain[0].id  # type: ignore[attr-defined]
         assert (await timeline(database_url)).gapless
     finally:

@@ -7,6 +7,7 @@ once, ``seq`` = 1..N with no gap, in the stream's own order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -46,9 +47,18 @@ class Producers:
         self.procs = [
             subprocess.Popen(
                 [
-                    sys.executable, "-m", "libs.testing.producer", "--nats", nats_url,
-                    "--count", str(per), "--source", f"{tag}-{i}", "--window", "512",
-                ],  # fmt: skip
+                    sys.executable,
+                    "-m",
+                    "libs.testing.producer",
+                    "--nats",
+                    nats_url,
+                    "--count",
+                    str(per),
+                    "--source",
+                    f"{tag}-{i}",
+                    "--window",
+                    "512",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
@@ -123,7 +133,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
     try:
         # Kill the recorder three times while it is busy writing batches.
         for target in (3_000, 9_000, 16_000):
-            await eventually(lambda t=target: reached(database_url, t), timeout=60)  # type: ignore[misc]
+            await eventually(functools.partial(reached, database_url, target), timeout=60)
             rec.kill()
             rec = recorder(tmp_path, nats_url, database_url, "r1").start()
         await producers.wait()
@@ -163,8 +173,10 @@ async def test_postgres_outage_mid_stream(
         server.stop()
         # Down until the recorder has noticed and retried several times.
         await eventually(
-            lambda: "tradebus_recorder_restarts_total" in rec.metrics()
-            and _restarts(rec.metrics()) >= 3,
+            lambda: (
+                "tradebus_recorder_restarts_total" in rec.metrics()
+                and _restarts(rec.metrics()) >= 3
+            ),
             timeout=30,
         )
         assert rec.alive

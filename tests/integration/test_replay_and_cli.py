@@ -69,7 +69,9 @@ async def test_replay_round_trip_same_events_in_order_under_prefix(
         msg = await sub.next_msg(timeout=5)
         got.append((msg.subject, msg.data, dict(msg.headers or {})))
     assert [decode(data) for _, data, _ in got] == events[100:300]
-    assert [s for s, _, _ in got] == [f"replay.md.trade.{e.payload.symbol}" for e in events[100:300]]
+    assert [s for s, _, _ in got] == [
+        f"replay.md.trade.{e.payload.symbol}" for e in events[100:300]
+    ]
     assert [int(h[ORIGINAL_SEQ_HEADER]) for _, _, h in got] == list(range(101, 301))
     with pytest.raises(nats.errors.TimeoutError):
         await live.next_msg(timeout=0.2)
@@ -84,19 +86,37 @@ async def test_replay_subject_filter_and_refusals(
     await record(tmp_path, bus, nats_url, database_url, events)
     dry = await replay(database_url, None, ReplayRequest(subject="md.trade.MSFT", dry_run=True))
     assert dry.published == sum(1 for e in events if e.payload.symbol == "MSFT")
-    for bad in (ReplayRequest(into="md"), ReplayRequest(into=""), ReplayRequest(from_seq=5, to_seq=2)):
+    for bad in (
+        ReplayRequest(into="md"),
+        ReplayRequest(into=""),
+        ReplayRequest(from_seq=5, to_seq=2),
+    ):
         with pytest.raises(ReplayError):
             await replay(database_url, bus, bad)
     proc = await asyncio.to_thread(
-        cli, "recorder", "replay", "--into", "orders", database_url=database_url,
+        cli,
+        "recorder",
+        "replay",
+        "--into",
+        "orders",
+        database_url=database_url,
         nats_url=nats_url,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2
     assert "recorded domain" in proc.stderr
     proc = await asyncio.to_thread(
-        cli, "recorder", "replay", "--subject", "md.>", "--rate", "2000/s", "--to-seq", "40",
-        database_url=database_url, nats_url=nats_url,
-    )  # fmt: skip
+        cli,
+        "recorder",
+        "replay",
+        "--subject",
+        "md.>",
+        "--rate",
+        "2000/s",
+        "--to-seq",
+        "40",
+        database_url=database_url,
+        nats_url=nats_url,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["published"], summary["first_seq"], summary["last_seq"]) == (40, 1, 40)
@@ -114,8 +134,16 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [x["type"] for x in lines] == ["OrderAccepted", "FillReceived"]
-    for key in ("seq", "id", "subject", "type", "ts_event", "correlation_id", "causation_id",
-                "payload"):  # fmt: skip
+    for key in (
+        "seq",
+        "id",
+        "subject",
+        "type",
+        "ts_event",
+        "correlation_id",
+        "causation_id",
+        "payload",
+    ):
         assert key in lines[0]
     fill = lines[1]
     signal = chain[0]
@@ -124,8 +152,12 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
     assert proc.returncode == 0, proc.stderr
     walked = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [w["type"] for w in walked] == [
-        "SignalGenerated", "OrderIntentCreated", "SubmitOrder", "OrderAccepted", "FillReceived",
-    ]  # fmt: skip
+        "SignalGenerated",
+        "OrderIntentCreated",
+        "SubmitOrder",
+        "OrderAccepted",
+        "FillReceived",
+    ]
     seqs = [w["seq"] for w in walked]
     assert seqs == sorted(seqs)
     # Each link names its parent: walk back from the fill by causation ids alone.
@@ -134,10 +166,13 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
     while node:
         path.append(by_id[node]["type"])
         node = by_id[node]["causation_id"]
-    assert path[-1] == "SignalGenerated" and len(path) == 5
+    assert path[-1] == "SignalGenerated"
+    assert len(path) == 5
     proc = await asyncio.to_thread(cli, "audit", fill["id"], database_url=database_url)
-    assert "SignalGenerated" in proc.stdout and "FillReceived" in proc.stdout
+    assert "SignalGenerated" in proc.stdout
+    assert "FillReceived" in proc.stdout
     proc = await asyncio.to_thread(
         cli, "audit", "00000000-0000-0000-0000-000000000000", database_url=database_url
     )
-    assert proc.returncode == 1 and "no recorded event" in proc.stderr
+    assert proc.returncode == 1
+    assert "no recorded event" in proc.stderr

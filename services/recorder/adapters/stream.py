@@ -80,7 +80,7 @@ class RecorderStream:
         assert self._sub is not None, "start_at() first"
         try:
             return await self._sub.fetch(batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
 
     async def read(self, seq: int) -> StreamMessage | None:

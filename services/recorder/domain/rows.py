@@ -43,9 +43,21 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         rid = derived_id("undecodable", msg.seq)
         payload = {"reason": e.reason, "error": e.detail, "size": len(msg.data)}
         row = Row(
-            msg.seq, rid, msg.subject, UNDECODABLE, msg.ts_ns, msg.ts_ns, RECORDER_SOURCE,
-            rid, None, None, None, None, orjson.dumps(payload).decode(), msg.data,
-        )  # fmt: skip
+            msg.seq,
+            rid,
+            msg.subject,
+            UNDECODABLE,
+            msg.ts_ns,
+            msg.ts_ns,
+            RECORDER_SOURCE,
+            rid,
+            None,
+            None,
+            None,
+            None,
+            orjson.dumps(payload).decode(),
+            msg.data,
+        )
         return Converted(row, e)
     p = event.payload
     # The payload exactly as sent (already validated): no re-serialisation.
@@ -74,9 +86,21 @@ def missing_row(seq: int, ts_ns: int) -> Row:
     rid = derived_id("missing", seq)
     payload = orjson.dumps({"reason": "not in stream (deleted or expired before recording)"})
     return Row(
-        seq, rid, "", MISSING, ts_ns, ts_ns, RECORDER_SOURCE, rid, None, None, None, None,
-        payload.decode(), None,
-    )  # fmt: skip
+        seq,
+        rid,
+        "",
+        MISSING,
+        ts_ns,
+        ts_ns,
+        RECORDER_SOURCE,
+        rid,
+        None,
+        None,
+        None,
+        None,
+        payload.decode(),
+        None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

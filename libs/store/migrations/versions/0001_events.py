@@ -26,12 +26,18 @@ def upgrade() -> None:
         sa.Column("id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("type", sa.Text(), nullable=False),
-        sa.Column("ts_event", sa.BigInteger(), nullable=False,
-                  comment="ns since epoch, when it happened"),
-        sa.Column("ts_init", sa.BigInteger(), nullable=False,
-                  comment="ns since epoch, when we created it"),
-        sa.Column("recorded_at", sa.DateTime(timezone=True),
-                  server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "ts_event", sa.BigInteger(), nullable=False, comment="ns since epoch, when it happened"
+        ),
+        sa.Column(
+            "ts_init", sa.BigInteger(), nullable=False, comment="ns since epoch, when we created it"
+        ),
+        sa.Column(
+            "recorded_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("correlation_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("causation_id", postgresql.UUID(as_uuid=True), nullable=True),
@@ -39,11 +45,15 @@ def upgrade() -> None:
         sa.Column("account", sa.Text(), nullable=True),
         sa.Column("symbol", sa.Text(), nullable=True),
         sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("raw", sa.LargeBinary(), nullable=True,
-                  comment="the message as received, when it did not decode"),
+        sa.Column(
+            "raw",
+            sa.LargeBinary(),
+            nullable=True,
+            comment="the message as received, when it did not decode",
+        ),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_events")),
         sa.UniqueConstraint("id", name=op.f("uq_events_id")),
-    )  # fmt: skip
+    )
     op.create_index(op.f("ix_events_correlation_id"), "events", ["correlation_id"])
     op.create_index(
         op.f("ix_events_causation_id"),
