@@ -1,0 +1,349 @@
+"""docker-compose.yml and the deploy/ files it points at hang together.
+
+No Docker needed: the files are parsed (YAML, JSON, a light regex reading of
+the NATS config and the Dockerfile) and checked against each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
+PYTHON_BASE = "python:3.12-slim"
+SERVICE_USERS = ("recorder", "marketdata", "strategy-runner", "risk-gate", "broker-gateway")
+NATS_USERS = {"admin", "operator", *SERVICE_USERS}
+READONLY_ROLE = "tradebus_readonly"
+RECORDER_METRICS = (
+    "tradebus_recorder_events_recorded_total",
+    "tradebus_recorder_batch_seconds",
+    "tradebus_recorder_batch_size",
+    "tradebus_recorder_consumer_lag",
+    "tradebus_dead_letters_total",
+)
+#: The only non-consumer JetStream API a service may call: on TRADEBUS alone.
+STREAM_API = {
+    "$JS.API.STREAM.INFO.TRADEBUS",
+    "$JS.API.STREAM.CREATE.TRADEBUS",
+    "$JS.API.DIRECT.GET.TRADEBUS",
+    "$JS.API.DIRECT.GET.TRADEBUS.>",
+}
+#: `${VAR}` or `${VAR:-dev default}`: how every credential enters compose.
+ENV_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(:-[^}]*)?\}$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+@pytest.fixture(scope="module")
+def nats_conf() -> str:
+    return NATS_CONF.read_text()
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path, for every bind mount (``./x:/y[:ro]``)."""
+    mounts: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        if source.startswith((".", "/")):
+            mounts[target] = (ROOT / source).resolve()
+    return mounts
+
+
+def dockerfile_of(service: dict[str, Any]) -> Path:
+    build = service["build"]
+    context = ROOT / build.get("context", ".")
+    return Path(context / build.get("dockerfile", "Dockerfile")).resolve()
+
+
+def nats_user_blocks(conf: str) -> dict[str, str]:
+    """Each user's text in the authorization block, from ``user:`` to the next."""
+    starts = list(re.finditer(r"^\s*user:\s*([\w-]+)\s*$", conf, re.MULTILINE))
+    ends = [m.start() for m in starts[1:]] + [len(conf)]
+    return {m.group(1): conf[m.start() : end] for m, end in zip(starts, ends, strict=True)}
+
+
+def publish_allow(block: str) -> list[str]:
+    match = re.search(r"publish:\s*\{\s*allow:\s*\[(.*?)\]", block, re.DOTALL)
+    assert match, block
+    return re.findall(r'"([^"]+)"', match.group(1))
+
+
+def publish_deny(block: str) -> list[str]:
+    match = re.search(r"deny:\s*\[(.*?)\]", block, re.DOTALL)
+    return re.findall(r'"([^"]+)"', match.group(1)) if match else []
+
+
+# ------------------------------------------------------------------ services
+
+
+def test_the_stack_has_its_services(services: dict[str, dict[str, Any]]) -> None:
+    assert {"nats", "postgres", "migrate", "recorder", "prometheus", "grafana"} <= set(services)
+
+
+@pytest.mark.parametrize(
+    ("service", "image"),
+    [
+        ("nats", "nats:"),
+        ("postgres", "postgres:"),
+        ("prometheus", "prom/prometheus:"),
+        ("grafana", "grafana/grafana:"),
+    ],
+)
+def test_infrastructure_uses_official_pinned_images(
+    services: dict[str, dict[str, Any]], service: str, image: str
+) -> None:
+    assert services[service]["image"].startswith(image)
+    assert not services[service]["image"].endswith(":latest")
+    assert "build" not in services[service]
+
+
+@pytest.mark.parametrize(
+    ("service", "command"),
+    [("migrate", ["db", "upgrade"]), ("recorder", ["recorder", "run"])],
+)
+def test_tradebus_services_are_built_and_run_their_command(
+    services: dict[str, dict[str, Any]], service: str, command: list[str]
+) -> None:
+    spec = services[service]
+    assert spec["build"]["args"]["SERVICE"] == "recorder"
+    assert spec["command"] == command
+
+
+def test_every_dockerfile_exists_and_builds_on_python_slim(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    built = [spec for spec in services.values() if "build" in spec]
+    assert built
+    for spec in built:
+        dockerfile = dockerfile_of(spec)
+        assert dockerfile.is_file(), dockerfile
+        bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.MULTILINE)
+        assert bases
+        assert set(bases) == {PYTHON_BASE}, bases
+
+
+def test_the_dockerfile_installs_only_the_package_as_non_root(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    text = dockerfile_of(services["recorder"]).read_text()
+    assert re.search(r"^ARG SERVICE\b", text, re.MULTILINE)
+    assert re.search(
+        r"""pip install -c constraints\.txt "\.\[\$\{EXTRA\}\]"$""", text, re.MULTILINE
+    )
+    copied = {
+        source
+        for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.MULTILINE)
+        for source in line.split()[:-1]
+    }
+    assert copied == {"pyproject.toml", "constraints.txt", "README.md", "libs/", "services/"}
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users
+    assert users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_migrations_wait_for_a_healthy_postgres(services: dict[str, dict[str, Any]]) -> None:
+    assert "healthcheck" in services["postgres"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"].get("restart", "no") == "no"
+
+
+def test_recorder_starts_after_nats_and_successful_migrations(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    depends = services["recorder"]["depends_on"]
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert depends["nats"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["nats"]
+
+
+def test_every_bind_mount_exists(services: dict[str, dict[str, Any]]) -> None:
+    for name, spec in services.items():
+        for target, source in bind_mounts(spec).items():
+            assert source.exists(), (name, target, source)
+
+
+# ---------------------------------------------------------------------- NATS
+
+
+def test_nats_runs_the_mounted_config_with_jetstream(services: dict[str, dict[str, Any]]) -> None:
+    nats = services["nats"]
+    mounts = bind_mounts(nats)
+    command = [str(arg) for arg in nats["command"]]
+    config_flag = next(i for i, arg in enumerate(command) if arg in {"-c", "--config"})
+    target = command[config_flag + 1]
+    assert mounts[target] == NATS_CONF.resolve()
+    assert {"-js", "--jetstream"} & set(command)
+    assert {"-sd", "--store_dir"} & set(command)
+
+
+def test_nats_config_has_one_user_per_service(nats_conf: str) -> None:
+    assert set(nats_user_blocks(nats_conf)) == NATS_USERS
+    assert re.search(r"^jetstream\s*\{", nats_conf, re.MULTILINE)
+    assert re.search(r"^http(_port)?:\s*\S+", nats_conf, re.MULTILINE)
+
+
+def test_nats_config_holds_no_literal_password(nats_conf: str) -> None:
+    values = re.findall(r"^\s*password:\s*(.+?)\s*$", nats_conf, re.MULTILINE)
+    assert len(values) == len(NATS_USERS)
+    for value in values:
+        # An unquoted $NAME is a variable nats-server resolves from its env.
+        assert re.fullmatch(r"\$[A-Z][A-Z0-9_]*", value), value
+
+
+def test_every_nats_password_variable_is_documented_and_set_by_compose(
+    nats_conf: str, services: dict[str, dict[str, Any]]
+) -> None:
+    variables = set(re.findall(r"^\s*password:\s*\$([A-Z0-9_]+)", nats_conf, re.MULTILINE))
+    header = nats_conf.split("authorization", 1)[0]
+    env = environment(services["nats"])
+    for variable in variables:
+        assert f"#   {variable}" in header, variable
+        reference = ENV_REFERENCE.match(env[variable])
+        assert reference, (variable, env[variable])
+        assert reference.group(1) == variable
+
+
+def test_only_risk_gate_publishes_orders_and_only_operator_control(nats_conf: str) -> None:
+    blocks = nats_user_blocks(nats_conf)
+    for user, block in blocks.items():
+        allow = publish_allow(block)
+        deny = publish_deny(block)
+        assert ("orders.cmd.>" in allow) == (user == "risk-gate"), user
+        assert ("control.>" in allow) == (user == "operator"), user
+        if user != "risk-gate":
+            assert "orders.cmd.>" in deny, user
+        if user != "operator":
+            assert "control.>" in deny, user
+        assert ">" not in allow, user
+        assert re.search(r'subscribe:\s*\{\s*allow:\s*\["_INBOX\.>"\]\s*\}', block), user
+
+
+@pytest.mark.parametrize("user", SERVICE_USERS)
+def test_services_reach_only_their_own_consumer(nats_conf: str, user: str) -> None:
+    durable = "event-recorder" if user == "recorder" else user
+    for subject in publish_allow(nats_user_blocks(nats_conf)[user]):
+        if subject.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")):
+            assert re.search(rf"\.TRADEBUS\.{re.escape(durable)}(\.>)?$", subject), subject
+        elif subject.startswith("$JS."):
+            assert subject in STREAM_API, subject
+
+
+# -------------------------------------------------------------- credentials
+
+
+def test_credentials_in_compose_come_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, spec in services.items():
+        for key, value in environment(spec).items():
+            if "PASSWORD" in key:
+                assert ENV_REFERENCE.match(value), (name, key, value)
+            if key == "DATABASE_URL":
+                password = value.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+                assert ENV_REFERENCE.match(password), (name, value)
+
+
+def test_services_use_their_own_nats_user(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["recorder"])
+    assert env["TRADEBUS_NATS_USER"] == "recorder"
+    reference = ENV_REFERENCE.match(env["TRADEBUS_NATS_PASSWORD"])
+    assert reference
+    assert reference.group(1) == "NATS_RECORDER_PASSWORD"
+
+
+# ------------------------------------------------- Postgres, Prometheus, Grafana
+
+
+def test_postgres_init_creates_a_read_only_role(services: dict[str, dict[str, Any]]) -> None:
+    init_dir = bind_mounts(services["postgres"])["/docker-entrypoint-initdb.d"]
+    sql = "\n".join(p.read_text() for p in sorted(init_dir.glob("*.sql")))
+    assert f"CREATE ROLE {READONLY_ROLE}" in sql
+    grants = re.findall(rf"GRANT\s+(\w+)\s+ON[^;]*\bTO\s+{READONLY_ROLE}", sql)
+    assert set(grants) == {"CONNECT", "USAGE", "SELECT"}
+    password_var = re.search(r"\\getenv\s+\w+\s+([A-Z_]+)", sql)
+    assert password_var
+    assert password_var.group(1) in environment(services["postgres"])
+
+
+def test_prometheus_scrapes_the_recorder_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+    config_path = bind_mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_path.read_text())
+    port = environment(services["recorder"])["TRADEBUS_METRICS_PORT"]
+    assert environment(services["recorder"])["TRADEBUS_METRICS_HOST"] == "0.0.0.0"
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert f"recorder:{port}" in targets
+
+
+def test_grafana_provisions_prometheus_and_the_read_only_database(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    mounts = bind_mounts(services["grafana"])
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = [
+        ds
+        for path in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for ds in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    by_type = {ds["type"]: ds for ds in datasources}
+    assert by_type["prometheus"]["url"] == "http://prometheus:9090"
+    postgres = by_type["grafana-postgresql-datasource"]
+    assert postgres["user"] == READONLY_ROLE
+    reference = re.fullmatch(r"\$\{([A-Z_]+)\}", postgres["secureJsonData"]["password"])
+    assert reference
+    assert reference.group(1) in environment(services["grafana"])
+
+    dashboards = [
+        yaml.safe_load(path.read_text())
+        for path in sorted((provisioning / "dashboards").glob("*.y*ml"))
+    ]
+    dashboard_dir = dashboards[0]["providers"][0]["options"]["path"]
+    assert dashboard_dir in mounts
+    uids = {ds["uid"] for ds in datasources}
+    for path in mounts[dashboard_dir].glob("*.json"):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in uids, (path.name, panel["title"])
+
+
+def test_recorder_dashboard_shows_the_recorder_metrics(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    dashboards = bind_mounts(services["grafana"])["/etc/grafana/dashboards/tradebus"]
+    board = json.loads((dashboards / "recorder.json").read_text())
+    expressions = " ".join(
+        target.get("expr", "") for panel in board["panels"] for target in panel["targets"]
+    )
+    for metric in RECORDER_METRICS:
+        assert metric in expressions, metric
+    assert "tradebus_recorder_batch_seconds_bucket" in expressions  # a histogram
