@@ -34,11 +34,18 @@ def _refuse_float(value: Any) -> Any:
 
 _Exact = BeforeValidator(_refuse_float)
 
-#: Prices, quantities and money: finite decimals, never floats (on the wire, strings).
-Money = Annotated[Decimal, Field(allow_inf_nan=False), _Exact]
-Price = Annotated[Decimal, Field(allow_inf_nan=False, gt=0), _Exact]
-Quantity = Annotated[Decimal, Field(allow_inf_nan=False, gt=0), _Exact]
-NonNegativeQuantity = Annotated[Decimal, Field(allow_inf_nan=False, ge=0), _Exact]
+#: Prices, quantities and money: finite decimals, never floats (on the wire, strings),
+#: at most 38 digits with 12 after the point (fits NUMERIC(38,12); no Overflow).
+Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12), _Exact]
+Price = Annotated[
+    Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, gt=0), _Exact
+]
+Quantity = Annotated[
+    Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, gt=0), _Exact
+]
+NonNegativeQuantity = Annotated[
+    Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, ge=0), _Exact
+]
 #: Nanoseconds since the Unix epoch; at most a signed 64-bit integer, which is
 #: what the event store's BIGINT columns hold.
 Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]

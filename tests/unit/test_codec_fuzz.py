@@ -95,8 +95,13 @@ time_in_forces = st.sampled_from(get_args(TimeInForce))
 
 def decimals(low: Decimal | None) -> st.SearchStrategy[Decimal]:
     """Finite decimals >= ``low``, of every shape str(Decimal) takes (1E+3, 0E-7, 5.00)."""
+    # The contract allows 38 digits, 12 after the point.
     plain = st.decimals(
-        min_value=low, max_value=Decimal("1e12"), allow_nan=False, allow_infinity=False
+        min_value=Decimal("-1e12") if low is None else low,
+        max_value=Decimal("1e12"),
+        allow_nan=False,
+        allow_infinity=False,
+        places=12,
     )
     scaled = st.builds(
         lambda digits, exponent: Decimal(digits).scaleb(exponent),
