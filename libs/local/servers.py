@@ -128,7 +128,11 @@ class NatsServer:
             args += ["-c", str(self.config_file)]
         self._log_handle = self.log_file.open("ab")
         self.proc = subprocess.Popen(args, stdout=self._log_handle, stderr=subprocess.STDOUT)
-        _wait(f"nats-server on {self.port}", self._healthy)
+        try:
+            _wait(f"nats-server on {self.port}", self._healthy)
+        except ServerError:
+            self.stop(kill=True)
+            raise
         return self
 
     def stop(self, *, kill: bool = False) -> None:
@@ -278,7 +282,11 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             args, stdout=self._log_handle, stderr=subprocess.STDOUT, user=uid, group=gid
         )
-        _wait(f"postgres on {self.port}", self._ready)
+        try:
+            _wait(f"postgres on {self.port}", self._ready)
+        except ServerError:
+            self.stop(kill=True)
+            raise
         return self
 
     def stop(self, *, kill: bool = False) -> None:
