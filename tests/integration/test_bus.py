@@ -1,0 +1,74 @@
+"""The bus library against a real JetStream: dedup, pipelining, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.bus.client import Bus, Outgoing
+from libs.bus.consumer import EventConsumer, ensure_consumer
+from libs.contract.codec import decode
+from libs.contract.events import AnyEvent, MessageDeadLettered
+from libs.testing.producer import make_trades
+from libs.testing.wait import eventually
+
+
+async def test_publish_is_deduplicated_by_event_id(bus: Bus) -> None:
+    event = next(iter(make_trades(1, "dedup")))
+    first = await bus.publish(event)
+    again = await bus.publish(event)
+    assert (first.seq, first.duplicate) == (1, None)
+    assert again.duplicate is True
+    assert (await bus.js.stream_info("TRADEBUS")).state.messages == 1
+
+
+async def test_publish_many_acks_every_message_in_order(bus: Bus) -> None:
+    events = list(make_trades(5000, "many"))
+    assert await bus.publish_many(events, window=256) == 5000
+    info = await bus.js.stream_info("TRADEBUS")
+    assert (info.state.messages, info.state.last_seq) == (5000, 5000)
+    last = await bus.js.get_msg("TRADEBUS", seq=5000)
+    assert last.headers is not None
+    assert last.headers["Nats-Msg-Id"] == str(events[-1].id)
+
+
+async def test_ensure_stream_and_consumer_are_idempotent(bus: Bus) -> None:
+    a = await bus.ensure_stream()
+    b = await bus.ensure_stream()
+    assert a.config.subjects == b.config.subjects
+    c1 = await ensure_consumer(bus, "idem", filter_subject="md.>")
+    c2 = await ensure_consumer(bus, "idem", filter_subject="md.>")
+    assert c1.name == c2.name == "idem"
+
+
+async def test_consumer_handles_good_events_and_dead_letters_bad_ones(bus: Bus) -> None:
+    good = list(make_trades(3, "cons"))
+    await bus.publish(good[0])
+    await bus.publish_raw(Outgoing("md.trade.AAPL", b"not json at all", "bad-1"))
+    await bus.publish_many(good[1:])
+    seen: list[AnyEvent] = []
+    letters: list[str] = []
+
+    async def handler(event: AnyEvent, _msg: object) -> None:
+        seen.append(event)
+
+    consumer = EventConsumer(
+        bus, service="test-svc", durable="test-svc", filter_subject="md.>",
+        on_dead_letter=letters.append,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(handler, stop=stop))
+    try:
+        await eventually(lambda: len(seen) == 3, timeout=10)
+        assert seen == good
+        assert letters == ["malformed_json"]
+        dead = await bus.js.get_msg("TRADEBUS", subject="deadletter.test-svc", direct=True)
+        assert dead.data is not None
+        letter = decode(dead.data)
+        assert isinstance(letter, MessageDeadLettered)
+        assert letter.payload.original_subject == "md.trade.AAPL"
+        assert letter.payload.stream_seq == 2
+        info = await bus.js.consumer_info("TRADEBUS", "test-svc")
+        assert info.num_ack_pending == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
