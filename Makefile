@@ -25,7 +25,7 @@ test: lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs services tests bench
+	$(VENV)/bin/mypy libs services tests $(wildcard bench)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
