@@ -236,11 +236,22 @@ class Bus:
         count = 0
 
         async def settle(batch: list[tuple[Outgoing, asyncio.Future[js_api.PubAck]]]) -> None:
+            # One ack deadline for the whole window (not one per message: a
+            # NATS restart would otherwise cost window x timeout), then retry
+            # whatever did not come back, one by one, with the same dedup ids.
+            if not batch:
+                return
+            _, late = await asyncio.wait([f for _, f in batch], timeout=PUBLISH_ACK_TIMEOUT)
+            for fut in late:
+                fut.cancel()
             for out, fut in batch:
-                try:
-                    await asyncio.wait_for(fut, PUBLISH_ACK_TIMEOUT)
-                except RETRYABLE_PUBLISH_ERRORS:
-                    await self.publish_raw(out, deadline_s=deadline_s)
+                if not fut.cancelled():
+                    error = fut.exception()
+                    if error is None:
+                        continue
+                    if not isinstance(error, RETRYABLE_PUBLISH_ERRORS):
+                        raise PublishFailed(f"{out.subject}: {error!r}") from error
+                await self.publish_raw(out, deadline_s=deadline_s)
 
         for item in events:
             out = item if isinstance(item, Outgoing) else Outgoing.of(item)

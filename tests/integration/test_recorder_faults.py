@@ -77,7 +77,7 @@ class Producers:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+            p.communicate()  # reap, and close the pipes
 
 
 async def assert_exactly_once_in_stream_order(bus: Bus, database_url: str, total: int) -> None:
