@@ -15,14 +15,14 @@ app = typer.Typer(help="A demo event source: seeded market data and order chains
 @app.command("run")
 def run(
     rate: Annotated[
-        str | None, typer.Option(help="Trades per second, e.g. 20/s  [default: 20/s]")
+        str | None, typer.Option(help="Trades per second, e.g. 20/s (default: 20/s)")
     ] = None,
     symbols: Annotated[
-        str | None, typer.Option(help="Comma-separated symbols  [default: AAPL,MSFT,NVDA,SPY]")
+        str | None, typer.Option(help="Comma-separated symbols (default: AAPL,MSFT,NVDA,SPY)")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the price path  [default: 7]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the price path (default: 7)")] = None,
     chain_every: Annotated[
-        float | None, typer.Option(help="Seconds between order chains  [default: 5]")
+        float | None, typer.Option(help="Seconds between order chains (default: 5)")
     ] = None,
 ) -> None:
     """Publish a seeded random walk (trades, 1m bars) and signal-to-fill chains until stopped."""

@@ -23,20 +23,20 @@ def register(app: typer.Typer) -> None:
         demo_rate: Annotated[str, typer.Option(help="Demo trades per second, e.g. 20/s")] = "20/s",
         nats_port: Annotated[
             int | None,
-            typer.Option(help="nats-server port (0: any) [default: 14222 if free, else any]"),
+            typer.Option(help="nats-server port; 0 for any (default: 14222 if free, else any)"),
         ] = None,
         nats_monitor_port: Annotated[
-            int | None, typer.Option(help="nats-server monitoring port [default: any]")
+            int | None, typer.Option(help="nats-server monitoring port (default: any)")
         ] = None,
         postgres_port: Annotated[
             int | None,
-            typer.Option(help="PostgreSQL port (0: any) [default: 15432 if free, else any]"),
+            typer.Option(help="PostgreSQL port; 0 for any (default: 15432 if free, else any)"),
         ] = None,
         metrics_port: Annotated[
             int | None,
             typer.Option(
-                help="First service's /metrics port, the next services count up "
-                "(0: any) [default: 19100 if free]"
+                help="First service's /metrics port, the next services count up; "
+                "0 for any (default: 19100 if free)"
             ),
         ] = None,
         stop_timeout: Annotated[
