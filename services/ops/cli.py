@@ -46,7 +46,13 @@ async def _connect() -> Any:
     from libs.store.migrate import asyncpg_url
 
     settings = settings_or_exit(ServiceSettings)
-    return await asyncpg.connect(asyncpg_url(settings.database_url.get_secret_value()))
+    try:
+        return await asyncpg.connect(
+            asyncpg_url(settings.database_url.get_secret_value()), timeout=10
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
+        raise typer.Exit(1) from e
 
 
 def register(app: typer.Typer) -> None:
