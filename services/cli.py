@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import typer
 
+from services.broker_gateway import cli as broker_gateway_cli
+from services.marketdata import cli as marketdata_cli
 from services.ops import cli as ops_cli
+from services.paper_broker import cli as paper_broker_cli
 from services.recorder import cli as recorder_cli
+from services.risk_gate import cli as risk_gate_cli
 from services.stack import cli as stack_cli
+from services.strategy_runner import cli as strategy_runner_cli
 
 app = typer.Typer(
     name="tradebus",
@@ -20,9 +25,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(recorder_cli.app, name="recorder")
+app.add_typer(marketdata_cli.app, name="marketdata")
+app.add_typer(strategy_runner_cli.app, name="strategy-runner")
+app.add_typer(risk_gate_cli.app, name="risk-gate")
+app.add_typer(broker_gateway_cli.app, name="broker-gateway")
+app.add_typer(paper_broker_cli.app, name="paper-broker")
 app.add_typer(ops_cli.db_app, name="db")
 ops_cli.register(app)
 stack_cli.register(app)
+risk_gate_cli.register(app)
+broker_gateway_cli.register(app)
 
 
 def main() -> None:
