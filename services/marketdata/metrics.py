@@ -1,0 +1,25 @@
+"""The marketdata service's Prometheus metrics (shared by every source)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MESSAGES_IN = Counter(
+    "tradebus_marketdata_messages_in_total", "Records received from the source", ["channel"]
+)
+EVENTS_OUT = Counter(
+    "tradebus_marketdata_events_out_total", "Events acknowledged by JetStream", ["channel"]
+)
+RECONNECTS = Counter(
+    "tradebus_marketdata_reconnects_total", "Feed reconnections", ["feed", "reason"]
+)
+GAP_FILLED_BARS = Counter(
+    "tradebus_marketdata_gap_filled_bars_total", "Bars published by REST gap-fill"
+)
+FEED_LAG = Gauge(
+    "tradebus_marketdata_feed_lag_seconds", "Now minus the event time of the latest record"
+)
+STALE = Gauge("tradebus_marketdata_stale", "1 while the feed is stale during market hours")
+DEAD_LETTERS = Counter(
+    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
+)
