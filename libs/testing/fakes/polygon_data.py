@@ -78,3 +78,60 @@ def rest_bar_to_am(symbol: str, bar: RestBar, *, day_volume: int = 0) -> dict[st
         "s": bar["t"],
         "e": bar["t"] + MINUTE_MS,
     }
+
+
+def trade(
+    symbol: str,
+    seq: int,
+    t_ms: int,
+    price: Decimal | str,
+    size: int = 100,
+    *,
+    exchange: int = 4,
+    conditions: tuple[int, ...] = (),
+    tape: int = 3,
+) -> dict[str, Any]:
+    """A WebSocket trade ``T`` event (``c`` left out when there are no conditions)."""
+    event: dict[str, Any] = {
+        "ev": "T",
+        "sym": symbol,
+        "i": str(52983525000000 + seq),
+        "x": exchange,
+        "p": Decimal(price),
+        "s": size,
+        "t": t_ms,
+        "q": seq,
+        "z": tape,
+    }
+    if conditions:
+        event["c"] = list(conditions)
+    return event
+
+
+def quote(
+    symbol: str,
+    seq: int,
+    t_ms: int,
+    bid: Decimal | str,
+    ask: Decimal | str,
+    *,
+    bid_size: int = 2,
+    ask_size: int = 3,
+    tape: int = 3,
+) -> dict[str, Any]:
+    """A WebSocket quote ``Q`` event (sizes in round lots, as Polygon sends them)."""
+    return {
+        "ev": "Q",
+        "sym": symbol,
+        "bx": 4,
+        "bp": Decimal(bid),
+        "bs": bid_size,
+        "ax": 7,
+        "ap": Decimal(ask),
+        "as": ask_size,
+        "c": 0,
+        "i": [604],
+        "t": t_ms,
+        "q": seq,
+        "z": tape,
+    }
