@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import datetime as dt
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 
 from libs.config import ServiceSettings
+
+
+def _per_second(value: Any) -> Any:
+    """``20`` or ``20/s`` -> 20."""
+    return value.strip().removesuffix("/s") if isinstance(value, str) else value
+
 
 Channel = Literal["trades", "quotes", "second_bars", "minute_bars"]
 
@@ -26,3 +33,32 @@ class MarketdataSettings(ServiceSettings):
     #: Exchange calendar for market hours (exchange-calendars code).
     calendar: str = "XNYS"
     cache_dir: str = ".tradebus/cache"
+
+    # ---- synthetic source (``--source synthetic``; CLI options override) ----
+    #: Ticks per second; each tick is one quote and one trade (plus any closed bars).
+    synthetic_rate: Annotated[float, BeforeValidator(_per_second)] = Field(
+        default=20.0, gt=0, le=1_000_000
+    )
+    #: Seed of the price path; the same seed gives the same prices and event ids.
+    synthetic_seed: int = 7
+    #: Salt for the synthetic ids (empty: ids depend on the seed alone, so a rerun
+    #: of the same seed is deduplicated; set one per run to record every run).
+    synthetic_run: str = Field(default="", max_length=64)
+
+    # ---- cache source (``--source cache``; CLI options override) ----
+    #: First and last New York day replayed from the cache.
+    cache_from: dt.date | None = None
+    cache_to: dt.date | None = None
+    #: ``max`` (as fast as JetStream acks) or ``10x`` (ten times real time).
+    cache_speed: str = Field(default="max", pattern=r"^(max|\d+(\.\d+)?x)$")
+    #: Bars to replay: ``minute`` (md.bar.1m.*) or ``second`` (md.bar.1s.*).
+    cache_timespan: Literal["minute", "second"] = "minute"
+
+    @property
+    def symbol_list(self) -> tuple[str, ...]:
+        """``symbols`` split, trimmed and upper-cased, without repeats."""
+        seen: dict[str, None] = {}
+        for s in self.symbols.split(","):
+            if s.strip():
+                seen[s.strip().upper()] = None
+        return tuple(seen)
