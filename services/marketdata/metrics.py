@@ -23,3 +23,17 @@ STALE = Gauge("tradebus_marketdata_stale", "1 while the feed is stale during mar
 DEAD_LETTERS = Counter(
     "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
 )
+
+# Synthetic and cache sources (services/marketdata/adapters/synthetic.py, cache.py).
+SCHEDULE_RESETS = Counter(
+    "tradebus_marketdata_schedule_resets_total",
+    "Times a paced source fell too far behind and restarted its pace from now",
+    ["feed"],
+)
+CACHE_BARS_REPLAYED = Counter(
+    "tradebus_marketdata_cache_bars_replayed_total", "Cached bars published by --source cache"
+)
+CACHE_REPLAY_POSITION = Gauge(
+    "tradebus_marketdata_cache_replay_position_seconds",
+    "Window start (Unix seconds) of the last cached bar published",
+)
