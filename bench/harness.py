@@ -1,0 +1,333 @@
+"""What the benchmarks stand on: processes, servers, the store, the clock.
+
+Publisher processes that start on a signal (``bench/publisher.py``), the
+recorder as a process, every child tracked so that all of them stop, fresh
+streams and fresh databases, polling the store, and the machine's CPU
+usage (so that a figure taken on a busy machine says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats.js.errors
+
+from libs.bus.client import Bus
+from libs.contract.subjects import RECORDER_CONSUMER, STREAM
+from libs.local.servers import PostgresServer
+from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.testing.procs import ServiceProcess
+
+HERE = Path(__file__).resolve().parent
+PUBLISHER = HERE / "publisher.py"
+INSTRUMENTED = HERE / "instrumented.py"
+TEMPLATE_DB = "bench_template"
+
+#: Named timeouts (seconds).
+READY_TIMEOUT = 60.0
+RECORDER_START_TIMEOUT = 30.0
+NATS_CONNECT_TIMEOUT = 10.0
+STOP_TIMEOUT = 15.0
+
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress, to stderr."""
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    """A phase failed (a process died, a count did not add up, a timeout)."""
+
+
+CpuSample = tuple[int, int]
+
+
+def cpu_sample() -> CpuSample:
+    """(busy, total) CPU ticks of the whole machine so far; (0, 0) without /proc."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def cpu_busy(before: CpuSample, after: CpuSample) -> float:
+    """Share of all cores busy between two samples: anything near 1.0 means the
+    machine, not the code under test, set the pace (and other jobs count too)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Children:
+    """Every child process the bench starts, so that all of them are stopped."""
+
+    def __init__(self) -> None:
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._services: list[ServiceProcess] = []
+
+    def add(self, proc: asyncio.subprocess.Process) -> asyncio.subprocess.Process:
+        self._procs.append(proc)
+        return proc
+
+    def add_service(self, svc: ServiceProcess) -> ServiceProcess:
+        self._services.append(svc)
+        return svc
+
+    def stop_all(self) -> None:
+        for svc in self._services:
+            svc.terminate(timeout=STOP_TIMEOUT)
+        for proc in self._procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        self._services.clear()
+        self._procs.clear()
+
+
+@dataclass
+class Published:
+    """What a group of publisher processes reported."""
+
+    count: int
+    go: float  # monotonic time the go signal was sent
+    start: float  # earliest publish start
+    end: float  # latest publish end
+    cpu: float = 0.0  # share of the machine's CPU busy meanwhile
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+class Publishers:
+    """P publisher processes: start them, let them go together, collect."""
+
+    def __init__(self, children: Children, nats_url: str, events: int, count: int, tag: str):
+        self.children = children
+        self.nats_url = nats_url
+        self.events = events
+        self.count = count
+        self.tag = tag
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.go_at = 0.0
+        self.cpu_at_go: CpuSample = (0, 0)
+
+    async def ready(self, log_dir: Path) -> None:
+        """Start the processes and wait until each has built its events and connected."""
+        share, extra = divmod(self.events, self.count)
+        for i in range(self.count):
+            n = share + (1 if i < extra else 0)
+            with (log_dir / f"publisher-{self.tag}-{i}.log").open("ab") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(PUBLISHER),
+                    "--nats", self.nats_url, "--count", str(n), "--source", f"bench-{self.tag}-{i}",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                )  # fmt: skip
+            self.procs.append(self.children.add(proc))
+        for proc in self.procs:
+            line = await self._line(proc, READY_TIMEOUT)
+            if not line.get("ready"):
+                raise BenchError(f"publisher not ready: {line}")
+
+    async def go(self) -> float:
+        self.cpu_at_go = cpu_sample()
+        self.go_at = time.monotonic()
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        for proc in self.procs:
+            assert proc.stdin is not None
+            await proc.stdin.drain()
+        return self.go_at
+
+    async def finish(self, timeout: float) -> Published:
+        results = [await self._line(proc, timeout) for proc in self.procs]
+        cpu = cpu_busy(self.cpu_at_go, cpu_sample())
+        for proc in self.procs:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        count = sum(int(r["count"]) for r in results)
+        if count != self.events:
+            raise BenchError(f"publishers sent {count} events, expected {self.events}")
+        return Published(
+            count,
+            self.go_at,
+            min(float(r["start"]) for r in results),
+            max(float(r["end"]) for r in results),
+            cpu,
+        )
+
+    @staticmethod
+    async def _line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
+        assert proc.stdout is not None
+        raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        if not raw:
+            await proc.wait()
+            raise BenchError(f"publisher exited with {proc.returncode} (see its log)")
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+
+def recorder_process(
+    children: Children, work: Path, nats_url: str, database_url: str, batch: int, name: str
+) -> ServiceProcess:
+    svc = ServiceProcess(
+        ["recorder", "run"],
+        env={"NATS_URL": nats_url, "DATABASE_URL": database_url, "TRADEBUS_BATCH_SIZE": str(batch)},
+        log_path=work / f"recorder-{name}.log",
+        name=f"bench-{name}",
+    )
+    return children.add_service(svc.start())
+
+
+def metric(text: str, name: str) -> float:
+    """One unlabelled sample from a Prometheus text page (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+# ---------------------------------------------------------------- NATS and Postgres
+
+
+async def bench_bus(nats_url: str) -> Bus:
+    """A bus for the bench's own checks; one that cannot connect fails the
+    bench instead of reconnecting forever (as a service's bus would)."""
+    async with asyncio.timeout(NATS_CONNECT_TIMEOUT):
+        return await Bus.connect(nats_url, name="bench")
+
+
+async def fresh_stream(nats_url: str) -> None:
+    """Delete every stream and create the recorded one, empty."""
+    async with await bench_bus(nats_url) as bus:
+        for info in await bus.js.streams_info():
+            if info.config.name:
+                await bus.js.delete_stream(info.config.name)
+        await bus.ensure_stream()
+
+
+async def stream_holds(nats_url: str, events: int) -> None:
+    async with await bench_bus(nats_url) as bus:
+        state = (await bus.js.stream_info(STREAM)).state
+    if (state.first_seq, state.last_seq, state.messages) != (1, events, events):
+        raise BenchError(f"stream holds {state.messages} ({state.first_seq}..{state.last_seq})")
+
+
+async def consumer_exists(nats_url: str) -> bool:
+    async with await bench_bus(nats_url) as bus:
+        try:
+            await bus.js.consumer_info(STREAM, RECORDER_CONSUMER)
+        except nats.js.errors.NotFoundError:
+            return False
+    return True
+
+
+class Database:
+    """Fresh databases on one Postgres server, copied from a migrated template."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self._serial = 0
+
+    async def migrate_template(self) -> None:
+        await upgrade_async(self.server.url(TEMPLATE_DB))
+
+    async def fresh(self, label: str) -> str:
+        self._serial += 1
+        name = f"bench_{label}_{self._serial}"
+        conn = await asyncpg.connect(asyncpg_url(self.server.url()))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        finally:
+            await conn.close()
+        return self.server.url(name)
+
+
+@contextlib.asynccontextmanager
+async def store_poller(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_url(url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def top_seq(conn: asyncpg.Connection) -> int:
+    # max(seq) reads one end of the primary key; the recorder writes seq
+    # gaplessly from 1, so max(seq) == N means all N rows are in.
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+
+
+@dataclass
+class Arrival:
+    first_at: float  # when rows were first seen
+    first_seq: int  # how many were in by then
+    done_at: float  # when all were seen
+    first_cpu: CpuSample
+    done_cpu: CpuSample
+
+
+async def wait_for_rows(
+    conn: asyncpg.Connection,
+    events: int,
+    *,
+    interval: float,
+    timeout: float,
+    recorder: ServiceProcess,
+) -> Arrival:
+    """Poll the store until it holds ``events`` rows."""
+    deadline = time.monotonic() + timeout
+    first_at, first_seq, first_cpu = 0.0, 0, cpu_sample()
+    while True:
+        top = await top_seq(conn)
+        now = time.monotonic()
+        if top and not first_seq:
+            first_at, first_seq, first_cpu = now, top, cpu_sample()
+        if top >= events:
+            return Arrival(first_at, first_seq, now, first_cpu, cpu_sample())
+        if not recorder.alive:
+            raise BenchError(f"recorder exited:\n{recorder.log_text()[-2000:]}")
+        if now > deadline:
+            raise BenchError(f"store holds {top} of {events} rows after {timeout}s")
+        await asyncio.sleep(interval)  # polling the store, not synchronisation
+
+
+async def check_timeline(url: str, events: int) -> None:
+    async with store_poller(url) as conn:
+        n, lo, hi = await conn.fetchrow("SELECT count(*), min(seq), max(seq) FROM events")
+    if (n, lo, hi) != (events, 1, events):
+        raise BenchError(f"store holds {n} rows, seq {lo}..{hi}; expected 1..{events}")
+
+
+@dataclass
+class Options:
+    events: int
+    producers: int
+    batch_size: int
+    fsync_off: bool
+    profile: Path | None
+    poll_interval: float
+
+    @property
+    def phase_timeout(self) -> float:
+        return 60.0 + self.events / 1000
