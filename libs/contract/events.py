@@ -362,6 +362,9 @@ class FillPayload(Frozen):
     leaves_quantity: NonNegativeQuantity
     status: Literal["partial", "complete"]
     commission: Money = Decimal("0")
+    #: The strategy the fill is booked to (the SubmitOrder's; for a flatten's
+    #: closing order, the strategy whose position it closed; None if nobody's).
+    strategy: Token | None = None
 
 
 class FillReceived(Event):
