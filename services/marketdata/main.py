@@ -1,0 +1,161 @@
+"""Wiring of the marketdata service: settings, source, bus, sink, metrics, signals.
+
+One source (Polygon live, synthetic or the local cache) runs until SIGTERM /
+SIGINT sets the stop event (or, for the cache, until the cache is replayed);
+everything it yields goes through the :class:`JetStreamSink`, which returns
+only once JetStream has acknowledged it. Exit codes: 0 after a clean stop or
+a finished replay, 1 when the bus or the source fails, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from typing import Any
+
+from libs.bus.client import Bus
+from libs.bus.errors import BusError
+from libs.config import ConfigError, load_settings
+from libs.contract.envelope import Clock, WallClock
+from libs.observability.http import MetricsServer
+from libs.observability.logs import setup_logging
+from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.cache import CacheError
+from services.marketdata.feed import FeedSource
+from services.marketdata.sink import JetStreamSink
+
+log = logging.getLogger(__name__)
+
+SERVICE = "marketdata"
+
+
+def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
+    """The source ``settings.source`` names; :class:`ConfigError` if it cannot be built."""
+    symbols = settings.symbol_list
+    if not symbols:
+        raise ConfigError("TRADEBUS_SYMBOLS: no symbols")
+    if settings.source == "synthetic":
+        from services.marketdata.adapters.synthetic import SyntheticSource
+        from services.marketdata.domain.synthetic import (
+            SyntheticConfig,
+            SyntheticMarket,
+            parse_channels,
+        )
+
+        try:
+            config = SyntheticConfig(
+                symbols=symbols,
+                seed=settings.synthetic_seed,
+                channels=parse_channels(settings.channels),
+                run=settings.synthetic_run,
+            )
+        except ValueError as e:
+            raise ConfigError(f"TRADEBUS_CHANNELS / TRADEBUS_SYMBOLS: {e}") from None
+        return SyntheticSource(SyntheticMarket(config), rate=settings.synthetic_rate, clock=clock)
+    if settings.source == "cache":
+        from services.marketdata.adapters.cache import CacheSource, ParquetCache
+        from services.marketdata.domain.cache import parse_speed
+
+        if settings.cache_from is None:
+            raise ConfigError("TRADEBUS_CACHE_FROM: --source cache needs --from (a date)")
+        end = settings.cache_to or settings.cache_from
+        if end < settings.cache_from:
+            raise ConfigError(f"TRADEBUS_CACHE_TO: {end} is before {settings.cache_from}")
+        return CacheSource(
+            ParquetCache(settings.cache_dir),
+            symbols,
+            settings.cache_from,
+            end,
+            timespan=settings.cache_timespan,
+            speed=parse_speed(settings.cache_speed),
+            clock=clock,
+        )
+    # Imported here: the live feed's dependencies are only needed when it runs.
+    from services.marketdata.adapters.polygon.client import (  # type: ignore[import-not-found,unused-ignore]
+        PolygonSource,
+    )
+
+    source: FeedSource = PolygonSource(settings, clock=clock)
+    return source
+
+
+class Service:
+    """The running service: its source, its sink and what /health reports."""
+
+    def __init__(self, settings: MarketdataSettings, source: FeedSource, sink: JetStreamSink):
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.stop = asyncio.Event()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        connected = bool(self.sink.bus.nc.is_connected)
+        last = self.sink.last_event_ns
+        detail: dict[str, Any] = {
+            "service": SERVICE,
+            "source": self.settings.source,
+            "connected": connected,
+            "published": self.sink.published,
+            "last_event_ns": last,
+            "last_event_time": (
+                dt.datetime.fromtimestamp(last / 1e9, tz=dt.UTC).isoformat()
+                if last is not None
+                else None
+            ),
+        }
+        ok = connected
+        # A source may report more (the live feed: connection state, staleness).
+        source_health = getattr(self.source, "health", None)
+        if callable(source_health):
+            source_ok, source_detail = source_health()
+            ok = ok and bool(source_ok)
+            detail["feed"] = source_detail
+        return ok, detail
+
+
+async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> None:
+    """Run the source until stopped (or done), publishing through JetStream."""
+    clock = clock or WallClock()
+    source = build_source(settings, clock)
+    bus = await Bus.connect(
+        settings.nats_url,
+        name=f"{SERVICE}/{settings.instance}",
+        user=settings.nats_user,
+        password=settings.nats_password.get_secret_value() if settings.nats_password else None,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(bus)
+        await bus.ensure_stream()
+        service = Service(settings, source, JetStreamSink(bus))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, service.stop.set)
+        await stack.enter_async_context(
+            MetricsServer(settings.metrics_host, settings.metrics_port, service.health)
+        )
+        log.info("marketdata: source %s, symbols %s", settings.source, settings.symbols)
+        await source.run(service.sink, service.stop)
+    log.info("marketdata stopped after %d events", service.sink.published)
+
+
+def main(settings: MarketdataSettings | None = None) -> int:
+    """Run the service; returns the process exit code."""
+    try:
+        settings = settings or load_settings(MarketdataSettings)
+    except ConfigError as e:
+        logging.getLogger(__name__).error("%s", e)
+        return 2
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    except (BusError, CacheError) as e:
+        log.error("marketdata stopped: %s", e)
+        return 1
+    return 0
