@@ -34,6 +34,23 @@ class MarketdataSettings(ServiceSettings):
     calendar: str = "XNYS"
     cache_dir: str = ".tradebus/cache"
 
+    # ---- Polygon live source (``--source polygon``) ----
+    #: Options contracts (``O:...`` symbols) are streamed from this URL.
+    polygon_options_ws_url: str = "wss://socket.polygon.io/options"
+    #: First reconnect delay; doubles (with jitter) up to ``polygon_reconnect_max_s``.
+    polygon_reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
+    polygon_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Delay before retrying after ``auth_failed`` or ``max_connections`` (slow on purpose).
+    polygon_auth_retry_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Named timeout for one phase of the handshake (open, connected frame, auth reply, acks).
+    polygon_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Longest outage gap-filled from REST (older bars are left out).
+    polygon_gapfill_max_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
+    #: Frames parsed but not yet published, at most (then the socket is not read).
+    polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
+    #: Most events handed to the sink in one call.
+    polygon_publish_batch: int = Field(default=4096, ge=1, le=100_000)
+
     # ---- synthetic source (``--source synthetic``; CLI options override) ----
     #: Ticks per second; each tick is one quote and one trade (plus any closed bars).
     synthetic_rate: Annotated[float, BeforeValidator(_per_second)] = Field(
