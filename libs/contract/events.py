@@ -211,6 +211,8 @@ class ReasonCode(StrEnum):
     DAILY_LOSS = "daily_loss"
     UNKNOWN_STRATEGY = "unknown_strategy"
     UNKNOWN_ACCOUNT = "unknown_account"
+    #: The intent is older than the risk-gate accepts (a backlog after an outage).
+    STALE_INTENT = "stale_intent"
 
 
 class RiskDecisionPayload(Frozen):
