@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import pyarrow as pa  # type: ignore[import-untyped,unused-ignore]
 import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
 
-from libs.contract.envelope import Clock, Event
+from libs.contract.envelope import Clock
 from services.marketdata import metrics
 from services.marketdata.domain.cache import (
     INTERVAL,
@@ -390,16 +390,14 @@ class CacheSource:
             )
         return plan
 
-    def _events(self) -> Iterator[tuple[int, Event]]:
+    def _bars(self) -> Iterator[tuple[str, CachedBar]]:
         plan = self._plan()
         streams = {s: self.cache.bars(self.timespan, s, days) for s, days in plan.items()}
-        for symbol, bar in merge_by_start(streams):
-            metrics.MESSAGES_IN.labels(channel=_channel(self.timespan)).inc()
-            yield bar.t, bar_event(symbol, self.timespan, bar, clock=self.clock, source=SOURCE)
+        return merge_by_start(streams)
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
         """Publish the cached bars in time order until done or ``stop``."""
-        events = self._events()
+        bars = self._bars()
         log.info(
             "replaying the %s cache for %s from %s to %s at %s",
             self.timespan,
@@ -409,23 +407,29 @@ class CacheSource:
             "max speed" if self.speed is None else f"{self.speed:g}x",
         )
         if self.speed is None:
-            await self._run_max(events, sink, stop)
+            await self._run_max(bars, sink, stop)
         else:
-            await self._run_paced(events, sink, stop, self.speed)
+            await self._run_paced(bars, sink, stop, self.speed)
         self.finished = not stop.is_set()
         log.info("cache replay %s: %d bars", "done" if self.finished else "stopped", self.published)
 
-    async def _send(self, sink: EventSink, batch: list[tuple[int, Event]]) -> None:
-        await sink.publish([e for _, e in batch])
+    async def _send(self, sink: EventSink, batch: list[tuple[str, CachedBar]]) -> None:
+        # Events are made now, so that ts_init is when they were published.
+        events = [
+            bar_event(symbol, self.timespan, bar, clock=self.clock, source=SOURCE)
+            for symbol, bar in batch
+        ]
+        metrics.MESSAGES_IN.labels(channel=_channel(self.timespan)).inc(len(batch))
+        await sink.publish(events)
         self.published += len(batch)
         metrics.CACHE_BARS_REPLAYED.inc(len(batch))
-        metrics.CACHE_REPLAY_POSITION.set(batch[-1][0] / 1000)
+        metrics.CACHE_REPLAY_POSITION.set(batch[-1][1].t / 1000)
 
     async def _run_max(
-        self, events: Iterator[tuple[int, Event]], sink: EventSink, stop: asyncio.Event
+        self, bars: Iterator[tuple[str, CachedBar]], sink: EventSink, stop: asyncio.Event
     ) -> None:
-        batch: list[tuple[int, Event]] = []
-        for item in events:
+        batch: list[tuple[str, CachedBar]] = []
+        for item in bars:
             batch.append(item)
             if len(batch) >= self.batch:
                 await self._send(sink, batch)
@@ -437,19 +441,21 @@ class CacheSource:
 
     async def _run_paced(
         self,
-        events: Iterator[tuple[int, Event]],
+        bars: Iterator[tuple[str, CachedBar]],
         sink: EventSink,
         stop: asyncio.Event,
         speed: float,
     ) -> None:
+        """Each window's bars together, ``speed`` times as fast as they happened."""
         began = time.monotonic()
         first: int | None = None
-        group: list[tuple[int, Event]] = []
+        group: list[tuple[str, CachedBar]] = []
 
         async def flush() -> bool:
             """Publish ``group`` when it is due; False if stopped meanwhile."""
             assert first is not None
-            delay = began + replay_offset_s(group[0][0], first, speed) - time.monotonic()
+            due = began + replay_offset_s(group[0][1].t, first, speed)
+            delay = due - time.monotonic()
             if delay > 0:
                 if delay > 10:
                     log.info("next bars in %.0fs (%gx real time)", delay, speed)
@@ -460,14 +466,14 @@ class CacheSource:
             await self._send(sink, group)
             return True
 
-        for t, event in events:
+        for symbol, bar in bars:
             if first is None:
-                first = t
-            if group and t != group[0][0]:
+                first = bar.t
+            if group and bar.t != group[0][1].t:
                 if not await flush():
                     return
                 group = []
-            group.append((t, event))
+            group.append((symbol, bar))
         if group:
             await flush()
 
