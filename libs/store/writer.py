@@ -18,9 +18,8 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import asyncpg
 import orjson
@@ -50,9 +49,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One ``events`` row, in :data:`COPY_COLUMNS` order."""
+class Row(NamedTuple):
+    """One ``events`` row, in :data:`COPY_COLUMNS` order (a tuple: COPY takes it as is)."""
 
     seq: int
     id: uuid.UUID
@@ -161,7 +159,7 @@ class EventWriter:
             try:
                 async with self._conn.transaction():
                     await self._conn.copy_records_to_table(
-                        "events", records=[astuple(r) for r in fresh], columns=COPY_COLUMNS
+                        "events", records=fresh, columns=COPY_COLUMNS
                     )
             except asyncpg.UniqueViolationError:
                 # An event id we already have, arriving again at a new stream
@@ -183,34 +181,24 @@ class EventWriter:
                 )
             }
             seen: dict[uuid.UUID, int] = {}
-            out: list[tuple[object, ...]] = []
+            out: list[Row] = []
             for r in rows:
                 first = known.get(r.id, seen.get(r.id))
                 if first is None:
                     seen[r.id] = r.seq
-                    out.append(astuple(r))
+                    out.append(r)
                     continue
                 log.warning("event %s at seq %d duplicates seq %d", r.id, r.seq, first)
                 dup_id = derived_id("duplicate", r.seq)
                 payload = orjson.dumps({"duplicate_of": str(r.id), "first_seq": first}).decode()
                 out.append(
-                    astuple(
-                        Row(
-                            r.seq,
-                            dup_id,
-                            r.subject,
-                            DUPLICATE,
-                            r.ts_event,
-                            r.ts_init,
-                            r.source,
-                            dup_id,
-                            r.id,
-                            r.strategy,
-                            r.account,
-                            r.symbol,
-                            payload,
-                            None,
-                        )
+                    r._replace(
+                        id=dup_id,
+                        type=DUPLICATE,
+                        correlation_id=dup_id,
+                        causation_id=r.id,
+                        payload=payload,
+                        raw=None,
                     )
                 )
             await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)

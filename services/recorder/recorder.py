@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 import nats.errors
-from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.errors import BusError
@@ -31,7 +30,7 @@ from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import StoreError
 from libs.store.writer import EventWriter, Row
 from services.recorder import metrics
-from services.recorder.adapters.stream import RecorderStream, to_stream_message
+from services.recorder.adapters.stream import Batch, RecorderStream
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.rows import (
     RECORDER_SOURCE,
@@ -114,9 +113,9 @@ class Recorder:
                 await stream.start_at(writer.last_seq + 1)
                 try:
                     while not self.stopping.is_set():
-                        msgs = await stream.fetch(s.batch_size, s.fetch_timeout_s)
-                        if msgs:
-                            await self._record(msgs, writer, stream, bus)
+                        batch = await stream.fetch(s.batch_size, s.fetch_timeout_s)
+                        if batch.messages:
+                            await self._record(batch, writer, stream, bus)
                 finally:
                     await stream.close()
 
@@ -139,10 +138,10 @@ class Recorder:
         return None
 
     async def _record(
-        self, msgs: list[Msg], writer: EventWriter, stream: RecorderStream, bus: Bus
+        self, batch: Batch, writer: EventWriter, stream: RecorderStream, bus: Bus
     ) -> None:
         started = time.perf_counter()
-        incoming = [to_stream_message(m) for m in msgs]
+        incoming = batch.messages
         p = plan(writer.last_seq + 1, incoming)
         filled: list[StreamMessage] = []
         extra_rows: list[Row] = []
@@ -174,13 +173,13 @@ class Recorder:
         # Committed: now, and only now, acknowledge. Ack-all on the highest
         # sequence we hold acknowledges every lower one; none of them is
         # above the last committed sequence.
-        top = max(msgs, key=lambda m: m.metadata.sequence.stream)
-        if top.metadata.sequence.stream <= writer.last_seq:
-            await top.ack()
+        top_seq = max(m.seq for m in incoming)
+        if batch.ack_subject is not None and top_seq <= writer.last_seq:
+            await stream.ack_all(batch.ack_subject)
         self.last_seq = writer.last_seq
         metrics.EVENTS_RECORDED.inc(written)
         metrics.LAST_SEQUENCE.set(writer.last_seq)
-        metrics.CONSUMER_LAG.set(top.metadata.num_pending or 0)
+        metrics.CONSUMER_LAG.set(batch.num_pending)
         metrics.BATCH_SIZE.observe(len(rows))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 

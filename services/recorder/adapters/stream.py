@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.subscription import Subscription
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
@@ -26,15 +28,31 @@ from services.recorder.domain.rows import StreamMessage
 log = logging.getLogger(__name__)
 
 
-def to_stream_message(msg: Msg) -> StreamMessage:
-    meta = msg.metadata
-    return StreamMessage(
-        seq=meta.sequence.stream,
-        subject=msg.subject,
-        data=msg.data,
-        headers={str(k): str(v) for k, v in (msg.headers or {}).items()},
-        ts_ns=int(meta.timestamp.timestamp() * 1e9) if meta.timestamp else 0,
-    )
+STATUS_HEADER = "Status"
+#: Statuses that end a pull request: no messages, request expired, conflict.
+TERMINAL_STATUSES = frozenset({"404", "408", "409"})
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one pull brought: messages, where to ack them, what is left."""
+
+    messages: list[StreamMessage]
+    ack_subject: str | None  # the reply subject of the highest sequence
+    num_pending: int
+
+
+def parse_ack_subject(reply: str) -> tuple[int, int, int]:
+    """(stream sequence, timestamp ns, pending) from a JetStream ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``,
+    or the v2 form with ``<domain>.<account hash>`` after ``ACK`` and a token
+    at the end. Parsing the tokens directly is exact (nats-py's metadata goes
+    through a float datetime) and much cheaper per message.
+    """
+    tokens = reply.split(".")
+    base = 0 if len(tokens) == 9 else 2
+    return int(tokens[base + 5]), int(tokens[base + 7]), int(tokens[base + 8])
 
 
 class RecorderStream:
@@ -52,7 +70,15 @@ class RecorderStream:
         self.stream = stream
         self.durable = durable
         self.ack_wait_s = ack_wait_s
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._buffer: list[Msg] = []
+        self._want = 0
+        self._done = asyncio.Event()
+
+    @property
+    def _next_subject(self) -> str:
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
 
     async def start_at(self, next_seq: int) -> None:
         """Point the durable consumer at ``next_seq`` (delete and recreate it)."""
@@ -70,18 +96,53 @@ class RecorderStream:
             max_deliver=-1,
         )
         await self.bus.js.add_consumer(self.stream, config)
-        self._sub = await self.bus.js.pull_subscribe_bind(
-            self.durable, stream=self.stream, pending_msgs_limit=200_000
+        self._inbox = self.bus.nc.new_inbox()
+        self._buffer = []
+        self._sub = await self.bus.nc.subscribe(
+            self._inbox, cb=self._on_message, pending_msgs_limit=500_000
         )
         log.info("recorder consumer starts at stream sequence %d", next_seq)
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to ``batch`` messages; an empty list when none came in ``timeout``."""
+    async def _on_message(self, msg: Msg) -> None:
+        # A pull delivers the messages, then (if it ended short) one status.
+        if not msg.data and msg.headers and STATUS_HEADER in msg.headers:
+            if msg.headers[STATUS_HEADER] in TERMINAL_STATUSES:
+                self._done.set()
+            return  # 100: idle heartbeat
+        self._buffer.append(msg)
+        if len(self._buffer) >= self._want:
+            self._done.set()
+
+    async def fetch(self, batch: int, timeout: float) -> Batch:
+        """Up to ``batch`` messages in one pull; empty when none came in ``timeout``.
+
+        A plain pull request answered into a callback subscription: nats-py's
+        ``fetch`` costs a task, a timer and a uuid per message, which was a
+        third of the recorder's time.
+        """
         assert self._sub is not None, "start_at() first"
-        try:
-            return await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
+        if len(self._buffer) < batch:
+            self._want = batch
+            self._done.clear()
+            want = batch - len(self._buffer)
+            request = orjson.dumps({"batch": want, "expires": int(timeout * 1e9)})
+            await self.bus.nc.publish(self._next_subject, request, reply=self._inbox)
+            with contextlib.suppress(TimeoutError):
+                # A little past the server's own expiry, so its 408 normally wins.
+                await asyncio.wait_for(self._done.wait(), timeout + 0.5)
+        msgs, self._buffer = self._buffer, []
+        out: list[StreamMessage] = []
+        top_seq, top_reply, pending = 0, None, 0
+        for m in msgs:
+            seq, ts_ns, left = parse_ack_subject(m.reply)
+            out.append(StreamMessage(seq, m.subject, m.data, m.headers or {}, ts_ns))
+            if seq > top_seq:
+                top_seq, top_reply, pending = seq, m.reply, left
+        return Batch(out, top_reply, pending)
+
+    async def ack_all(self, ack_subject: str) -> None:
+        """Acknowledge everything up to the message ``ack_subject`` belongs to."""
+        await self.bus.nc.publish(ack_subject, b"+ACK")
 
     async def read(self, seq: int) -> StreamMessage | None:
         """The message at ``seq`` read directly from the stream; None if gone."""

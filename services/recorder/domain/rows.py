@@ -59,7 +59,9 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
             msg.data,
         )
         return Converted(row, e)
-    p = event.payload
+    # Payload fields live in the model's __dict__; .get avoids pydantic's
+    # slow __getattr__ path for payloads without strategy/account/symbol.
+    fields = event.payload.__dict__
     # The payload exactly as sent (already validated): no re-serialisation.
     payload_json = orjson.dumps(orjson.loads(msg.data)["payload"]).decode()
     row = Row(
@@ -72,9 +74,9 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         event.source,
         event.correlation_id,
         event.causation_id,
-        getattr(p, "strategy", None),
-        getattr(p, "account", None),
-        getattr(p, "symbol", None),
+        fields.get("strategy"),
+        fields.get("account"),
+        fields.get("symbol"),
         payload_json,
         None,
     )
