@@ -172,8 +172,14 @@ def days_between(start: dt.date, end: dt.date, *, weekdays_only: bool = True) ->
 
 
 def bar_event_id(symbol: str, interval: str, start_ms: int) -> uuid.UUID:
-    """The id of a bar event: symbol + interval + window start (ms), as the live feed."""
-    return derived_id("bar", symbol, interval, start_ms)
+    """The id of a bar: exactly the live Polygon feed's for the same bar.
+
+    The parts must stay those of ``adapters/polygon/parse.py:bar_id``
+    (``polygon / bar / symbol / interval / window start ms``); a unit test holds
+    the two together. Then a bar replayed from the cache while the live feed
+    published it is one event, not two.
+    """
+    return derived_id("polygon", "bar", symbol, interval, start_ms)
 
 
 def bar_payload(symbol: str, timespan: Timespan, bar: CachedBar, feed: FeedName) -> BarPayload:
