@@ -88,8 +88,8 @@ def test_every_price_is_on_the_tick_grid(tick: str, seed: int) -> None:
             prices += [e.payload.bid_price, e.payload.ask_price]
             assert e.payload.bid_price < e.payload.ask_price
         elif isinstance(e, BarClosed):
-            p = e.payload
-            prices += [p.open, p.high, p.low, p.close]
+            b = e.payload
+            prices += [b.open, b.high, b.low, b.close]
     assert len(prices) > 9000
     for p in prices:
         assert isinstance(p, Decimal)
