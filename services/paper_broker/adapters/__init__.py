@@ -1,0 +1,1 @@
+"""What the paper broker talks to: its WebSocket clients, NATS prices, its journal."""

@@ -1,0 +1,1 @@
+"""The paper broker's pure logic: the fill model and the books."""

@@ -1,0 +1,478 @@
+"""The paper broker's books: orders, fills and positions per account.
+
+Pure and synchronous: time comes from an injected clock, ids from an injected
+factory. Every change is a :class:`TradeUpdate` (the facts the broker streams
+to its clients: ``new``, ``fill``, ``partial_fill``, ``canceled``), and
+:meth:`PaperBook.apply` is the only place that changes state. An update
+carries the order as it is *after* the change, so the journal of updates
+replays into exactly the same books (:meth:`PaperBook.apply` again), without
+the fill model.
+
+Invariants:
+
+- a client order id names at most one order per account: submitting it again
+  returns the existing order and changes nothing (the gateway's retries and
+  redeliveries rely on it);
+- an order's ``filled_qty`` only grows, up to ``qty``; each fill's execution
+  id is new;
+- a refused order (bad fields, untradable symbol, too large) is never created:
+  :class:`Refused` says why, as the broker's HTTP status and error code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Literal
+
+from libs.contract.envelope import Clock
+from services.paper_broker.domain.fill_model import (
+    FillModelConfig,
+    MarketUpdate,
+    Match,
+    OrderType,
+    Side,
+    WorkingOrder,
+    on_market,
+    on_submit,
+)
+
+TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
+OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected"]
+UpdateEvent = Literal["new", "fill", "partial_fill", "canceled", "rejected"]
+
+OPEN_STATUSES: frozenset[str] = frozenset({"new", "partially_filled"})
+#: Alpaca's limit on a client order id.
+MAX_CLIENT_ORDER_ID = 48
+#: Decimal places kept in an average fill or entry price.
+AVG_QUANTUM = Decimal("1e-12")
+
+# Alpaca's error codes (PROTOCOLS.md): 403 buying power and limits, 422 invalid.
+CODE_FORBIDDEN = 40310000
+CODE_UNPROCESSABLE = 42210000
+CODE_NOT_FOUND = 40410000
+
+
+class Refused(Exception):
+    """The broker says no: an HTTP status, Alpaca's error code, a message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSpec:
+    """What a client asks for (``POST /v2/orders``)."""
+
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType = "market"
+    time_in_force: TimeInForce = "day"
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    client_order_id: str | None = None
+    asset_class: str = "us_equity"
+
+
+@dataclass(frozen=True, slots=True)
+class PaperOrder:
+    """An order as the broker holds it (Alpaca's order object, typed)."""
+
+    id: str
+    client_order_id: str
+    account: str
+    symbol: str
+    asset_class: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    time_in_force: TimeInForce
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    status: OrderStatus
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    created_at_ns: int
+    updated_at_ns: int
+    filled_at_ns: int | None = None
+    canceled_at_ns: int | None = None
+    #: A stop or stop-limit order whose stop was reached (not journaled).
+    triggered: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled_qty
+
+
+@dataclass(frozen=True, slots=True)
+class TradeUpdate:
+    """One event of the ``trade_updates`` stream; ``order`` is the order after it."""
+
+    event: UpdateEvent
+    order: PaperOrder
+    ts_ns: int
+    execution_id: str | None = None
+    price: Decimal | None = None
+    qty: Decimal | None = None
+    position_qty: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A net position: positive long, negative short."""
+
+    symbol: str
+    asset_class: str
+    qty: Decimal
+    avg_entry_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class FillActivity:
+    """A fill as the account's activity list shows it (``activity_type: FILL``)."""
+
+    id: str
+    account: str
+    order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    ts_ns: int
+    order_status: OrderStatus
+
+    @property
+    def type(self) -> str:
+        return "fill" if self.leaves_qty == 0 else "partial_fill"
+
+
+@dataclass(frozen=True, slots=True)
+class BookConfig:
+    """Everything that decides what the broker accepts and how it fills."""
+
+    fill_model: FillModelConfig = field(default_factory=FillModelConfig)
+    #: Larger orders are refused (403), as a broker's per-order limit would.
+    max_order_quantity: Decimal | None = None
+    #: Symbols the broker refuses to trade (422 "not tradable").
+    untradable_symbols: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Account:
+    orders: dict[str, PaperOrder] = field(default_factory=dict)  # by id, in creation order
+    by_client_id: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)
+    fills: list[FillActivity] = field(default_factory=list)
+
+
+def _avg(old_avg: Decimal | None, old_qty: Decimal, price: Decimal, qty: Decimal) -> Decimal:
+    if old_avg is None or old_qty == 0:
+        return price
+    return ((old_avg * old_qty + price * qty) / (old_qty + qty)).quantize(AVG_QUANTUM)
+
+
+def _signed(side: Side, qty: Decimal) -> Decimal:
+    return qty if side == "buy" else -qty
+
+
+class PaperBook:
+    """Every account's orders and positions, and the last price of each symbol."""
+
+    def __init__(self, config: BookConfig, *, clock: Clock, ids: Callable[[], str]) -> None:
+        self.config = config
+        self.clock = clock
+        self.ids = ids
+        self._accounts: dict[str, _Account] = {}
+        self._last: dict[str, Decimal] = {}
+        # Working orders by symbol, (account, order id) in arrival order: a
+        # market update looks at these only, not at every order ever placed.
+        self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
+
+    # ------------------------------------------------------------- queries
+
+    def _account(self, account: str) -> _Account:
+        acct = self._accounts.get(account)
+        if acct is None:
+            acct = self._accounts[account] = _Account()
+        return acct
+
+    def last_price(self, symbol: str) -> Decimal | None:
+        return self._last.get(symbol)
+
+    def order(self, account: str, order_id: str) -> PaperOrder | None:
+        return self._account(account).orders.get(order_id)
+
+    def by_client_order_id(self, account: str, client_order_id: str) -> PaperOrder | None:
+        acct = self._account(account)
+        oid = acct.by_client_id.get(client_order_id)
+        return acct.orders.get(oid) if oid is not None else None
+
+    def orders(
+        self, account: str, status: Literal["open", "closed", "all"] = "open"
+    ) -> list[PaperOrder]:
+        """Orders in creation order (``status=open`` the working ones)."""
+        everything = self._account(account).orders.values()
+        if status == "all":
+            return list(everything)
+        want_open = status == "open"
+        return [o for o in everything if o.is_open == want_open]
+
+    def positions(self, account: str) -> list[Position]:
+        return sorted(self._account(account).positions.values(), key=lambda p: p.symbol)
+
+    def fills(self, account: str, order_id: str | None = None) -> list[FillActivity]:
+        fills = self._account(account).fills
+        return [f for f in fills if order_id is None or f.order_id == order_id]
+
+    # ------------------------------------------------------------ commands
+
+    def submit(self, account: str, spec: OrderSpec) -> tuple[PaperOrder, list[TradeUpdate]]:
+        """Accept an order (and fill what the market allows now), or refuse it.
+
+        A client order id already used in ``account`` returns that order and no
+        update: the submit is idempotent.
+        """
+        cid = spec.client_order_id
+        if cid:
+            existing = self.by_client_order_id(account, cid)
+            if existing is not None:
+                same = (existing.symbol, existing.side, existing.qty, existing.order_type) == (
+                    spec.symbol,
+                    spec.side,
+                    spec.qty,
+                    spec.order_type,
+                )
+                if not same:
+                    raise Refused(
+                        422,
+                        CODE_UNPROCESSABLE,
+                        f"client_order_id {cid} is already used by a different order",
+                    )
+                return existing, []
+        self._validate(spec)
+        now = self.clock.now_ns()
+        order = PaperOrder(
+            id=self.ids(),
+            client_order_id=cid or self.ids(),
+            account=account,
+            symbol=spec.symbol,
+            asset_class=spec.asset_class,
+            side=spec.side,
+            qty=spec.qty,
+            order_type=spec.order_type,
+            time_in_force=spec.time_in_force,
+            limit_price=spec.limit_price,
+            stop_price=spec.stop_price,
+            status="new",
+            filled_qty=Decimal(0),
+            filled_avg_price=None,
+            created_at_ns=now,
+            updated_at_ns=now,
+        )
+        updates = [self._emit(TradeUpdate("new", order, now))]
+        order = self._current(order)
+        last = self.last_price(order.symbol)
+        match = on_submit(self.config.fill_model, self._working(order), last)
+        if match.triggered:
+            order = self._set_triggered(order)
+        if order.time_in_force == "fok" and match.quantity < order.qty:
+            match = Match(Decimal(0), None, match.triggered)
+        if match.fills:
+            assert match.price is not None
+            updates.append(self._fill(order, match.quantity, match.price, now))
+            order = self._current(order)
+        if order.is_open and order.time_in_force in ("ioc", "fok"):
+            updates.append(self._cancel(order, now))
+        return self._current(order), updates
+
+    def cancel(self, account: str, order_id: str) -> list[TradeUpdate]:
+        """Cancel one working order (404 unknown, 422 no longer cancelable)."""
+        order = self.order(account, order_id)
+        if order is None:
+            raise Refused(404, CODE_NOT_FOUND, f"order {order_id} not found")
+        if not order.is_open:
+            message = f"order is not cancelable (it is {order.status})"
+            raise Refused(422, CODE_UNPROCESSABLE, message)
+        return [self._cancel(order, self.clock.now_ns())]
+
+    def cancel_all(self, account: str) -> list[TradeUpdate]:
+        now = self.clock.now_ns()
+        return [self._cancel(o, now) for o in self.orders(account, "open")]
+
+    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
+        """A market order closing each position (``DELETE /v2/positions``)."""
+        orders: list[PaperOrder] = []
+        updates: list[TradeUpdate] = []
+        for pos in self.positions(account):
+            spec = OrderSpec(
+                symbol=pos.symbol,
+                side="sell" if pos.qty > 0 else "buy",
+                qty=abs(pos.qty),
+                asset_class=pos.asset_class,
+            )
+            order, more = self.submit(account, spec)
+            orders.append(order)
+            updates.extend(more)
+        return orders, updates
+
+    def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
+        """A trade or bar: it becomes the last price and may fill working orders."""
+        self._last[update.symbol] = update.last
+        out: list[TradeUpdate] = []
+        for account, order_id in list(self._working_by_symbol.get(update.symbol, ())):
+            order = self._accounts[account].orders[order_id]
+            match = on_market(self.config.fill_model, self._working(order), update)
+            if match.triggered:
+                order = self._set_triggered(order)
+            if match.fills:
+                assert match.price is not None
+                out.append(self._fill(order, match.quantity, match.price, self.clock.now_ns()))
+        return out
+
+    def apply(self, update: TradeUpdate) -> None:
+        """Take one update into the books (live, and when replaying the journal)."""
+        order = update.order
+        acct = self._account(order.account)
+        acct.orders[order.id] = order
+        acct.by_client_id[order.client_order_id] = order.id
+        working = self._working_by_symbol.setdefault(order.symbol, {})
+        if order.is_open:
+            working[(order.account, order.id)] = None
+        else:
+            working.pop((order.account, order.id), None)
+        if update.event not in ("fill", "partial_fill"):
+            return
+        assert update.qty is not None
+        assert update.price is not None
+        assert update.execution_id is not None
+        self._book_position(acct, order, update.qty, update.price)
+        acct.fills.append(
+            FillActivity(
+                id=update.execution_id,
+                account=order.account,
+                order_id=order.id,
+                symbol=order.symbol,
+                side=order.side,
+                qty=update.qty,
+                price=update.price,
+                cum_qty=order.filled_qty,
+                leaves_qty=order.remaining,
+                ts_ns=update.ts_ns,
+                order_status=order.status,
+            )
+        )
+
+    def apply_all(self, updates: Iterable[TradeUpdate]) -> int:
+        count = 0
+        for u in updates:
+            self.apply(u)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------- helpers
+
+    def _validate(self, spec: OrderSpec) -> None:
+        def refuse(message: str, status: int = 422, code: int = CODE_UNPROCESSABLE) -> Refused:
+            return Refused(status, code, message)
+
+        if spec.qty <= 0:
+            raise refuse("qty must be > 0")
+        if spec.order_type in ("limit", "stop_limit") and spec.limit_price is None:
+            raise refuse(f"limit_price is required for {spec.order_type} orders")
+        if spec.order_type in ("stop", "stop_limit") and spec.stop_price is None:
+            raise refuse(f"stop_price is required for {spec.order_type} orders")
+        for name, price in (("limit_price", spec.limit_price), ("stop_price", spec.stop_price)):
+            if price is not None and price <= 0:
+                raise refuse(f"{name} must be > 0")
+        if spec.time_in_force in ("opg", "cls"):
+            raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
+        if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
+            raise refuse(f"client_order_id must be at most {MAX_CLIENT_ORDER_ID} characters")
+        if spec.symbol in self.config.untradable_symbols:
+            raise refuse(f"asset {spec.symbol} is not tradable")
+        limit = self.config.max_order_quantity
+        if limit is not None and spec.qty > limit:
+            raise refuse(
+                f"qty {spec.qty} exceeds the account's maximum order quantity {limit}",
+                status=403,
+                code=CODE_FORBIDDEN,
+            )
+
+    def _current(self, order: PaperOrder) -> PaperOrder:
+        return self._account(order.account).orders[order.id]
+
+    def _emit(self, update: TradeUpdate) -> TradeUpdate:
+        self.apply(update)
+        return update
+
+    def _working(self, order: PaperOrder) -> WorkingOrder:
+        return WorkingOrder(
+            side=order.side,
+            order_type=order.order_type,
+            remaining=order.remaining,
+            limit_price=order.limit_price,
+            stop_price=order.stop_price,
+            triggered=order.triggered,
+        )
+
+    def _set_triggered(self, order: PaperOrder) -> PaperOrder:
+        order = replace(order, triggered=True)
+        self._account(order.account).orders[order.id] = order
+        return order
+
+    def _fill(self, order: PaperOrder, qty: Decimal, price: Decimal, now: int) -> TradeUpdate:
+        filled = order.filled_qty + qty
+        done = filled == order.qty
+        after = replace(
+            order,
+            filled_qty=filled,
+            filled_avg_price=_avg(order.filled_avg_price, order.filled_qty, price, qty),
+            status="filled" if done else "partially_filled",
+            updated_at_ns=now,
+            filled_at_ns=now if done else order.filled_at_ns,
+        )
+        pos = self._account(order.account).positions.get(order.symbol)
+        position_qty = (pos.qty if pos else Decimal(0)) + _signed(order.side, qty)
+        return self._emit(
+            TradeUpdate(
+                "fill" if done else "partial_fill",
+                after,
+                now,
+                execution_id=self.ids(),
+                price=price,
+                qty=qty,
+                position_qty=position_qty,
+            )
+        )
+
+    def _cancel(self, order: PaperOrder, now: int) -> TradeUpdate:
+        after = replace(order, status="canceled", updated_at_ns=now, canceled_at_ns=now)
+        return self._emit(TradeUpdate("canceled", after, now))
+
+    @staticmethod
+    def _book_position(acct: _Account, order: PaperOrder, qty: Decimal, price: Decimal) -> None:
+        pos = acct.positions.get(order.symbol)
+        old = pos.qty if pos else Decimal(0)
+        delta = _signed(order.side, qty)
+        new = old + delta
+        if new == 0:
+            acct.positions.pop(order.symbol, None)
+            return
+        if pos is None or old == 0 or (old > 0) == (delta > 0):
+            avg = _avg(pos.avg_entry_price if pos else None, abs(old), price, qty)
+        elif (old > 0) != (new > 0):
+            avg = price  # flipped through zero: the new side's entry is this fill
+        else:
+            avg = pos.avg_entry_price  # reduced: the entry price of what is left stays
+        acct.positions[order.symbol] = Position(order.symbol, order.asset_class, new, avg)

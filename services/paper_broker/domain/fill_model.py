@@ -1,0 +1,236 @@
+"""The paper broker's fill model: when an order fills, how much, at what price.
+
+Pure and synchronous, with no clock and no state of its own: the paper broker
+calls it for every working order on every market update, and the backtest
+calls the very same functions, so both fill an order identically.
+
+The rules
+---------
+
+*Reference price.* A market update is a trade print (``md.trade.*``: its
+price) or a closed bar (``md.bar.*``: open, high, low, close). The *last
+price* of a symbol is the latest trade price or bar close.
+
+*Market orders* fill at the last price plus slippage: a buy at
+``last * (1 + slippage_bps / 10000)``, a sell at ``last * (1 - ...)``, rounded
+to ``price_decimals`` against the trader (a buy rounds up, a sell down). An
+order submitted before the symbol has any price waits for the first update.
+
+*Limit orders* fill when the market reaches the limit:
+
+- at submission, a marketable limit (buy: last ≤ limit; sell: last ≥ limit)
+  fills like a market order, but never worse than its limit;
+- resting, a buy fills when a trade prints at or below the limit (a bar's low
+  reaches it), a sell when a trade prints at or above it (a bar's high): at the
+  limit price, or at the bar's open when the bar opened through the limit.
+  With ``limit_fill_on_touch: false`` the market must trade *through* the
+  limit (strictly below a buy limit, above a sell limit), a more conservative
+  stand-in for queue position.
+
+*Stop orders* trigger when the market reaches the stop (buy: price or bar
+high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
+the trigger price (a trade's price; for a bar, the stop or the open if the bar
+gapped through it). *Stop-limit orders* trigger the same way, then work as
+a limit order from that same update on.
+
+*Partial fills.* One update fills at most ``max_fill_quantity`` of an order
+(unlimited when unset): an order larger than that fills in several partial
+fills, one per market update, the first at submission when the order is
+marketable.
+
+*Time in force.* ``day`` and ``gtc`` rest until filled or canceled (the paper
+broker does not expire day orders); ``ioc`` fills what one update allows at
+submission and cancels the rest; ``fok`` fills entirely at submission in one
+fill or not at all. ``opg`` and ``cls`` are refused by the paper broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Literal
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+
+BPS = Decimal(10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class FillModelConfig:
+    """The fill model's knobs (``fill_model:`` in ``paper.yaml``)."""
+
+    #: Adverse slippage on market (and triggered stop) fills, in basis points.
+    slippage_bps: Decimal = Decimal(0)
+    #: Largest quantity one market update fills; None fills any size at once.
+    max_fill_quantity: Decimal | None = None
+    #: Decimal places of a slipped fill price (rounded against the trader).
+    price_decimals: int = 4
+    #: A resting limit fills when the market touches it (True) or trades through it.
+    limit_fill_on_touch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.slippage_bps < 0:
+            raise ValueError("slippage_bps must be >= 0")
+        if self.max_fill_quantity is not None and self.max_fill_quantity <= 0:
+            raise ValueError("max_fill_quantity must be > 0")
+        if not 0 <= self.price_decimals <= 12:
+            raise ValueError("price_decimals must be between 0 and 12")
+
+
+@dataclass(frozen=True, slots=True)
+class MarketUpdate:
+    """A trade print or a closed bar for one symbol."""
+
+    symbol: str
+    kind: Literal["trade", "bar"]
+    #: The trade's price, or the bar's close: the symbol's new last price.
+    last: Decimal
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    ts_ns: int
+
+    @classmethod
+    def trade(cls, symbol: str, price: Decimal, ts_ns: int = 0) -> MarketUpdate:
+        return cls(symbol, "trade", price, price, price, price, ts_ns)
+
+    @classmethod
+    def bar(
+        cls,
+        symbol: str,
+        open_: Decimal,
+        high: Decimal,
+        low: Decimal,
+        close: Decimal,
+        ts_ns: int = 0,
+    ) -> MarketUpdate:
+        return cls(symbol, "bar", close, open_, high, low, ts_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingOrder:
+    """What the fill model needs to know about an order that can still fill."""
+
+    side: Side
+    order_type: OrderType
+    remaining: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    #: A stop or stop-limit order whose stop has been reached.
+    triggered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The outcome for one order and one update: maybe a trigger, maybe a fill."""
+
+    quantity: Decimal
+    price: Decimal | None
+    triggered: bool
+
+    @property
+    def fills(self) -> bool:
+        return self.quantity > 0
+
+
+NO_MATCH = Match(Decimal(0), None, False)
+
+
+def _slipped(config: FillModelConfig, side: Side, reference: Decimal) -> Decimal:
+    factor = config.slippage_bps / BPS
+    raw = reference * (1 + factor) if side == "buy" else reference * (1 - factor)
+    quantum = Decimal(1).scaleb(-config.price_decimals)
+    rounding = ROUND_CEILING if side == "buy" else ROUND_FLOOR
+    price = raw.quantize(quantum, rounding=rounding)
+    # Rounding a tiny price down must not make it zero.
+    return price if price > 0 else quantum
+
+
+def _chunk(config: FillModelConfig, remaining: Decimal) -> Decimal:
+    cap = config.max_fill_quantity
+    return remaining if cap is None else min(remaining, cap)
+
+
+def _stop_reached(order: WorkingOrder, update: MarketUpdate) -> Decimal | None:
+    """The trigger price if ``update`` reaches the order's stop, else None."""
+    stop = order.stop_price
+    assert stop is not None
+    if order.side == "buy":
+        if update.high >= stop:
+            return update.last if update.kind == "trade" else max(stop, update.open)
+    elif update.low <= stop:
+        return update.last if update.kind == "trade" else min(stop, update.open)
+    return None
+
+
+def _limit_price_when_resting(
+    config: FillModelConfig, order: WorkingOrder, update: MarketUpdate
+) -> Decimal | None:
+    """The fill price of a resting limit order on ``update``, or None."""
+    limit = order.limit_price
+    assert limit is not None
+    if order.side == "buy":
+        reached = update.low <= limit if config.limit_fill_on_touch else update.low < limit
+        if not reached:
+            return None
+        return min(limit, update.open) if update.kind == "bar" else limit
+    reached = update.high >= limit if config.limit_fill_on_touch else update.high > limit
+    if not reached:
+        return None
+    return max(limit, update.open) if update.kind == "bar" else limit
+
+
+def _marketable_limit_price(
+    config: FillModelConfig, order: WorkingOrder, reference: Decimal
+) -> Decimal | None:
+    """A limit order checked against ``reference`` as if it were a market order."""
+    limit = order.limit_price
+    assert limit is not None
+    if order.side == "buy":
+        return min(limit, _slipped(config, "buy", reference)) if reference <= limit else None
+    return max(limit, _slipped(config, "sell", reference)) if reference >= limit else None
+
+
+def on_submit(config: FillModelConfig, order: WorkingOrder, last: Decimal | None) -> Match:
+    """What a newly accepted order does against the symbol's last price.
+
+    The order meets the market as it is now: a market order fills, a
+    marketable limit fills, a stop whose level is already passed triggers
+    (and fills if it is a plain stop or its limit is marketable).
+    """
+    if last is None or order.remaining <= 0:
+        return NO_MATCH
+    return on_market(config, order, MarketUpdate.trade("", last), resting=False)
+
+
+def on_market(
+    config: FillModelConfig,
+    order: WorkingOrder,
+    update: MarketUpdate,
+    *,
+    resting: bool = True,
+) -> Match:
+    """What a working order does on one market update of its symbol."""
+    if order.remaining <= 0:
+        return NO_MATCH
+    triggered = order.triggered
+    reference = update.last
+    newly_triggered = False
+    if order.order_type in ("stop", "stop_limit") and not triggered:
+        trigger = _stop_reached(order, update)
+        if trigger is None:
+            return NO_MATCH
+        triggered = newly_triggered = True
+        reference = trigger
+
+    if order.order_type in ("market", "stop"):
+        price: Decimal | None = _slipped(config, order.side, reference)
+    elif newly_triggered or not resting:
+        # A stop-limit that just triggered, or a limit order arriving: marketable?
+        price = _marketable_limit_price(config, order, reference)
+    else:
+        price = _limit_price_when_resting(config, order, update)
+    if price is None:
+        return Match(Decimal(0), None, newly_triggered)
+    return Match(_chunk(config, order.remaining), price, newly_triggered)

@@ -1,0 +1,207 @@
+"""The paper broker's books (services/paper_broker/domain/book.py): pure, table-tested."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import pytest
+
+from services.paper_broker.domain.book import (
+    BookConfig,
+    OrderSpec,
+    PaperBook,
+    Refused,
+    TradeUpdate,
+)
+from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
+
+D = Decimal
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.t = 1_000
+
+    def now_ns(self) -> int:
+        self.t += 1
+        return self.t
+
+
+def book(**kwargs: object) -> PaperBook:
+    counter = itertools.count(1)
+    config = BookConfig(**kwargs)  # type: ignore[arg-type]
+    return PaperBook(config, clock=Ticks(), ids=lambda: f"id-{next(counter)}")
+
+
+def events(updates: list[TradeUpdate]) -> list[str]:
+    return [u.event for u in updates]
+
+
+def test_market_order_fills_at_once_and_books_the_position() -> None:
+    b = book(fill_model=FillModelConfig(slippage_bps=D(10)))
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    order, updates = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
+    assert events(updates) == ["new", "fill"]
+    assert order.status == "filled"
+    assert order.filled_avg_price == D("200.2")
+    fill = updates[1]
+    assert (fill.qty, fill.price, fill.position_qty) == (D(10), D("200.2"), D(10))
+    [pos] = b.positions("A")
+    assert (pos.symbol, pos.qty, pos.avg_entry_price) == ("AAPL", D(10), D("200.2"))
+    assert b.positions("B") == []
+
+
+def test_submit_is_idempotent_on_client_order_id() -> None:
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    first, _ = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
+    again, more = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
+    assert again == first
+    assert more == []
+    assert len(b.orders("A", "all")) == 1
+    assert b.positions("A")[0].qty == D(10)
+    # The same id in another account is another order.
+    other, _ = b.submit("B", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
+    assert other.id != first.id
+    # Reusing an id for a different order is refused, not silently merged.
+    with pytest.raises(Refused, match="already used") as e:
+        b.submit("A", OrderSpec("AAPL", "sell", D(10), client_order_id="c1"))
+    assert e.value.status == 422
+
+
+def test_large_order_fills_in_partial_fills_as_the_market_trades() -> None:
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(100)))
+    b.on_market(MarketUpdate.trade("MSFT", D(400)))
+    order, updates = b.submit("A", OrderSpec("MSFT", "sell", D(250)))
+    assert events(updates) == ["new", "partial_fill"]
+    assert order.status == "partially_filled"
+    u1 = b.on_market(MarketUpdate.trade("MSFT", D(401)))
+    u2 = b.on_market(MarketUpdate.trade("MSFT", D(402)))
+    assert events(u1 + u2) == ["partial_fill", "fill"]
+    assert [u.qty for u in updates[1:] + u1 + u2] == [D(100), D(100), D(50)]
+    final = b.order("A", order.id)
+    assert final is not None
+    assert final.filled_qty == D(250)
+    assert final.filled_avg_price == D("400.8")  # (400*100 + 401*100 + 402*50) / 250
+    fills = b.fills("A", order.id)
+    assert [(f.cum_qty, f.leaves_qty, f.type) for f in fills] == [
+        (D(100), D(150), "partial_fill"),
+        (D(200), D(50), "partial_fill"),
+        (D(250), D(0), "fill"),
+    ]
+    assert b.positions("A")[0].qty == D(-250)
+    # Other symbols do not move it.
+    assert b.on_market(MarketUpdate.trade("AAPL", D(1))) == []
+
+
+def test_limit_order_rests_then_fills_when_crossed_and_cancel_rules() -> None:
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    order, updates = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(199)))
+    assert events(updates) == ["new"]
+    assert [o.id for o in b.orders("A")] == [order.id]
+    assert b.on_market(MarketUpdate.trade("AAPL", D("199.5"))) == []
+    [fill] = b.on_market(MarketUpdate.trade("AAPL", D("198.9")))
+    assert (fill.event, fill.price) == ("fill", D(199))
+    assert b.orders("A") == []
+    with pytest.raises(Refused, match="not cancelable") as e:
+        b.cancel("A", order.id)
+    assert e.value.status == 422
+    with pytest.raises(Refused, match="not found") as e:
+        b.cancel("A", "nope")
+    assert e.value.status == 404
+
+
+def test_cancel_all_and_close_all() -> None:
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D(10)))
+    b.on_market(MarketUpdate.trade("MSFT", D(20)))
+    b.submit("A", OrderSpec("AAPL", "buy", D(3)))
+    b.submit("A", OrderSpec("MSFT", "sell", D(2)))
+    resting, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(5)))
+    canceled = b.cancel_all("A")
+    assert [(u.event, u.order.id) for u in canceled] == [("canceled", resting.id)]
+    orders, updates = b.close_all("A")
+    assert sorted((o.symbol, o.side, o.qty, o.status) for o in orders) == [
+        ("AAPL", "sell", D(3), "filled"),
+        ("MSFT", "buy", D(2), "filled"),
+    ]
+    assert events(updates) == ["new", "fill", "new", "fill"]
+    assert b.positions("A") == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "message"),
+    [
+        (OrderSpec("AAPL", "buy", D(0)), 422, "qty must be > 0"),
+        (OrderSpec("AAPL", "buy", D(1), "limit"), 422, "limit_price is required"),
+        (OrderSpec("AAPL", "buy", D(1), "stop"), 422, "stop_price is required"),
+        (OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(-1)), 422, "limit_price must be"),
+        (OrderSpec("AAPL", "buy", D(1), time_in_force="opg"), 422, "not supported"),
+        (OrderSpec("AAPL", "buy", D(1), client_order_id="x" * 49), 422, "at most 48"),
+        (OrderSpec("HALT", "buy", D(1)), 422, "not tradable"),
+        (OrderSpec("AAPL", "buy", D(1001)), 403, "maximum order quantity"),
+    ],
+)
+def test_bad_orders_are_refused_and_never_created(
+    spec: OrderSpec, status: int, message: str
+) -> None:
+    b = book(max_order_quantity=D(1000), untradable_symbols=frozenset({"HALT"}))
+    with pytest.raises(Refused, match=message) as e:
+        b.submit("A", spec)
+    assert e.value.status == status
+    assert b.orders("A", "all") == []
+
+
+def test_ioc_and_fok() -> None:
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(10)))
+    b.on_market(MarketUpdate.trade("AAPL", D(10)))
+    ioc, u = b.submit("A", OrderSpec("AAPL", "buy", D(25), time_in_force="ioc"))
+    assert events(u) == ["new", "partial_fill", "canceled"]
+    assert (ioc.status, ioc.filled_qty) == ("canceled", D(10))
+    fok, u = b.submit("A", OrderSpec("AAPL", "buy", D(25), time_in_force="fok"))
+    assert events(u) == ["new", "canceled"]
+    assert fok.filled_qty == 0
+    fok, u = b.submit("A", OrderSpec("AAPL", "buy", D(10), time_in_force="fok"))
+    assert events(u) == ["new", "fill"]
+    _, u = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", "ioc", limit_price=D(1)))
+    assert events(u) == ["new", "canceled"]
+
+
+@pytest.mark.parametrize(
+    ("trades", "qty", "avg"),
+    [
+        ([("buy", 10, 100), ("buy", 10, 110)], 20, "105"),
+        ([("buy", 10, 100), ("sell", 4, 120)], 6, "100"),  # reducing keeps the entry
+        ([("buy", 10, 100), ("sell", 15, 120)], -5, "120"),  # flipped: entry is the flip
+        ([("sell", 5, 50), ("sell", 5, 40)], -10, "45"),
+    ],
+)
+def test_position_average_entry(trades: list[tuple[str, int, int]], qty: int, avg: str) -> None:
+    b = book()
+    for side, q, price in trades:
+        b.on_market(MarketUpdate.trade("X", D(price)))
+        b.submit("A", OrderSpec("X", side, D(q)))  # type: ignore[arg-type]
+    [pos] = b.positions("A")
+    assert (pos.qty, pos.avg_entry_price) == (D(qty), D(avg))
+
+
+def test_replaying_the_updates_rebuilds_the_same_books() -> None:
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
+    journal: list[TradeUpdate] = []
+    b.on_market(MarketUpdate.trade("AAPL", D(10)))
+    journal += b.submit("A", OrderSpec("AAPL", "buy", D(5), client_order_id="c1"))[1]
+    journal += b.on_market(MarketUpdate.trade("AAPL", D(11)))
+    journal += b.submit("A", OrderSpec("AAPL", "sell", D(1), "limit", limit_price=D(50)))[1]
+    journal += b.submit("B", OrderSpec("MSFT", "sell", D(2)))[1]  # no price yet: rests
+    copy = book()
+    assert copy.apply_all(journal) == len(journal)
+    for acct in ("A", "B"):
+        assert copy.orders(acct, "all") == b.orders(acct, "all")
+        assert copy.positions(acct) == b.positions(acct)
+        assert copy.fills(acct) == b.fills(acct)
+    assert copy.by_client_order_id("A", "c1") == b.by_client_order_id("A", "c1")
+    # The replayed working orders are live: the next price fills them.
+    [fill] = copy.on_market(MarketUpdate.trade("MSFT", D(7)))
+    assert (fill.order.account, fill.event) == ("B", "fill")
