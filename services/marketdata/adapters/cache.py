@@ -447,7 +447,9 @@ class CacheSource:
         speed: float,
     ) -> None:
         """Each window's bars together, ``speed`` times as fast as they happened."""
-        began = time.monotonic()
+        # The clock starts with the first bar in hand (reading the first file
+        # can take a while); from then on each window is due at its offset.
+        began = 0.0
         first: int | None = None
         group: list[tuple[str, CachedBar]] = []
 
@@ -468,7 +470,7 @@ class CacheSource:
 
         for symbol, bar in bars:
             if first is None:
-                first = bar.t
+                first, began = bar.t, time.monotonic()
             if group and bar.t != group[0][1].t:
                 if not await flush():
                     return
