@@ -1,0 +1,133 @@
+"""What a strategy can see and do: the :class:`StrategyContext` port.
+
+The context is the strategy's whole world: a clock, its own positions and
+P&L (from its own fills and the last marks), what it has asked for and not
+yet got (pending intents), and two ways to act — emit a signal, emit an
+order intent caused by a signal. The host behind it differs live, in shadow
+mode and in a backtest; the strategy cannot tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from libs.contract.envelope import Clock
+from libs.contract.events import (
+    OrderIntentCreated,
+    OrderType,
+    Side,
+    SignalGenerated,
+    TimeInForce,
+)
+
+Direction = Literal["long", "short", "flat"]
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A strategy's position in one symbol, from its own fills (average cost).
+
+    ``quantity`` is signed (negative = short). ``realized_pnl`` is net of
+    commissions; ``unrealized_pnl`` is marked at ``mark`` (the last price seen),
+    or zero while there is no mark.
+    """
+
+    symbol: str
+    quantity: Decimal = ZERO
+    average_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    mark: Decimal | None = None
+
+    @property
+    def unrealized_pnl(self) -> Decimal:
+        if self.mark is None or self.quantity == 0:
+            return ZERO
+        return (self.mark - self.average_price) * self.quantity
+
+    @property
+    def is_flat(self) -> bool:
+        return self.quantity == 0
+
+
+@dataclass(frozen=True, slots=True)
+class PnL:
+    """A strategy's profit and loss over all its symbols."""
+
+    realized: Decimal = ZERO
+    unrealized: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.realized + self.unrealized
+
+
+class StrategyContext(Protocol):
+    """The port a strategy talks to. It never reaches NATS or a broker."""
+
+    @property
+    def name(self) -> str:
+        """The strategy's name (its subject token)."""
+        ...
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols it was configured for, in configuration order."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """Wall clock live, the replayed time in a backtest."""
+        ...
+
+    def now_ns(self) -> int:
+        """``clock.now_ns()``."""
+        ...
+
+    def position(self, symbol: str) -> Position:
+        """Its position in ``symbol`` (flat if it never traded it)."""
+        ...
+
+    @property
+    def positions(self) -> Mapping[str, Position]:
+        """Every symbol it has traded, flat ones included."""
+        ...
+
+    def pending(self, symbol: str) -> Decimal:
+        """Signed quantity of its intents in ``symbol`` not yet filled, denied,
+        rejected or canceled (buys positive, sells negative)."""
+        ...
+
+    def pnl(self) -> PnL:
+        """Realized and unrealized P&L over all its symbols."""
+        ...
+
+    def signal(
+        self,
+        symbol: str,
+        name: str,
+        direction: Direction,
+        reason: str = "",
+        strength: Decimal | None = None,
+    ) -> SignalGenerated:
+        """Emit a signal: the root of an order chain."""
+        ...
+
+    def order(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        *,
+        cause: SignalGenerated,
+        order_type: OrderType = "market",
+        limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+        time_in_force: TimeInForce = "day",
+    ) -> OrderIntentCreated:
+        """Emit an order intent caused by ``cause`` (one of this strategy's signals)."""
+        ...

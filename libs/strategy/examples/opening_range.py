@@ -1,0 +1,112 @@
+"""Opening-range breakout, in exchange time (America/New_York by default).
+
+Each trading day, the high and low of the bars that start in the first
+``range_minutes`` after ``session_open`` form the opening range. After it,
+the first bar that closes above the range high goes long ``quantity``; below
+the range low, short (with ``allow_short``). Once in, the opposite side of the
+range is the stop (exit to flat), and everything is flattened from
+``flatten_at`` on. At most ``max_entries`` entries per symbol per day.
+
+Times are read from the bars' own ``start_ns`` converted with ``zoneinfo``,
+never from a clock, so daylight saving and replayed history both work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
+from libs.strategy.context import Direction
+from libs.strategy.examples._common import exposure, trade_to
+
+NS = 1_000_000_000
+
+
+class OpeningRangeParams(StrategyParams):
+    range_minutes: int = Field(default=15, ge=1, le=240)
+    quantity: Decimal = Field(default=Decimal(100), gt=0)
+    session_open: dt.time = dt.time(9, 30)
+    flatten_at: dt.time = dt.time(15, 55)
+    timezone: str = "America/New_York"
+    allow_short: bool = True
+    max_entries: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {value!r}") from e
+        return value
+
+    @model_validator(mode="after")
+    def _times(self) -> OpeningRangeParams:
+        if self.flatten_at <= self.range_end:
+            raise ParamError(
+                "flatten_at", f"must be after the opening range ends ({self.range_end:%H:%M})"
+            )
+        return self
+
+    @property
+    def range_end(self) -> dt.time:
+        start = dt.datetime.combine(dt.date(2000, 1, 3), self.session_open)
+        return (start + dt.timedelta(minutes=self.range_minutes)).time()
+
+
+@dataclass(slots=True)
+class _Day:
+    date: dt.date
+    high: Decimal | None = None
+    low: Decimal | None = None
+    entries: int = 0
+
+
+class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
+    """Trade the break of the first minutes' range; stop at the other side; flat by the close."""
+
+    def on_start(self) -> None:
+        self._zone = ZoneInfo(self.params.timezone)
+        self._days: dict[str, _Day] = {}
+
+    def on_bar(self, bar: Bar) -> None:
+        p = self.params
+        local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
+        day = self._days.get(bar.symbol)
+        if day is None or day.date != local.date():
+            day = self._days[bar.symbol] = _Day(local.date())
+        t = local.time()
+        if t < p.session_open:
+            return
+        if t < p.range_end:
+            day.high = bar.high if day.high is None else max(day.high, bar.high)
+            day.low = bar.low if day.low is None else min(day.low, bar.low)
+            return
+        held = exposure(self.ctx, bar.symbol)
+        if t >= p.flatten_at:
+            if held != 0:
+                self._go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
+            return
+        if day.high is None or day.low is None:
+            return  # no opening range today (data started late)
+        if held > 0 and bar.close < day.low:
+            self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
+        elif held < 0 and bar.close > day.high:
+            self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} > range high")
+        elif held == 0 and day.entries < p.max_entries:
+            if bar.close > day.high:
+                day.entries += 1
+                reason = f"close {bar.close} > range high {day.high}"
+                self._go(bar, p.quantity, "orb_breakout", "long", reason)
+            elif bar.close < day.low and p.allow_short:
+                day.entries += 1
+                reason = f"close {bar.close} < range low {day.low}"
+                self._go(bar, -p.quantity, "orb_breakout", "short", reason)
+
+    def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> None:
+        trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)

@@ -1,0 +1,96 @@
+"""Pairs trade: two symbols, the z-score of their log-price spread.
+
+``symbols: [A, B]``. For every minute in which both have a bar (matched by
+bar start), the spread is ``ln(close_A) - hedge_ratio * ln(close_B)``. Its
+z-score is taken against the previous ``lookback`` spreads (the current one
+excluded, so a jump shows in full). Flat, ``z > entry_z`` sells the spread
+(sell A, buy B) and ``z < -entry_z`` buys it (buy A, sell B), each leg sized
+to about ``leg_notional`` (whole shares); in a trade, ``|z| < exit_z`` closes
+both legs. One signal (on A) causes both legs' intents, so the pair is one
+chain in the audit trail.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_FLOOR, Decimal
+from typing import ClassVar
+
+from pydantic import Field, model_validator
+
+from libs.contract.events import Side
+from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
+from libs.strategy.context import Direction
+from libs.strategy.examples._common import exposure
+from libs.strategy.indicators import Rolling, rounded
+
+
+class PairsParams(StrategyParams):
+    lookback: int = Field(default=60, ge=3, le=10_000)
+    entry_z: Decimal = Field(default=Decimal(2), gt=0, le=20)
+    exit_z: Decimal = Field(default=Decimal("0.5"), ge=0, le=20)
+    #: Units of ln(B) per unit of ln(A) in the spread.
+    hedge_ratio: Decimal = Field(default=Decimal(1), gt=0, le=100)
+    #: Money per leg; each leg trades floor(leg_notional / price) shares.
+    leg_notional: Decimal = Field(default=Decimal(10_000), gt=0)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> PairsParams:
+        if self.exit_z >= self.entry_z:
+            raise ParamError("exit_z", "must be < entry_z")
+        return self
+
+
+class PairsTrade(Strategy[PairsParams]):
+    """Mean reversion of the spread between two related symbols."""
+
+    symbol_count: ClassVar[int | None] = 2
+
+    def on_start(self) -> None:
+        self._a, self._b = self.ctx.symbols
+        self._spreads = Rolling(self.params.lookback)
+        self._last: dict[str, tuple[int, Decimal]] = {}
+
+    def on_bar(self, bar: Bar) -> None:
+        self._last[bar.symbol] = (bar.start_ns, bar.close)
+        a, b = self._last.get(self._a), self._last.get(self._b)
+        if a is None or b is None or a[0] != b[0]:
+            return  # wait for the other leg's bar of the same minute
+        p = self.params
+        price_a, price_b = a[1], b[1]
+        spread = price_a.ln() - p.hedge_ratio * price_b.ln()
+        ready = self._spreads.full
+        mean = self._spreads.mean() if ready else Decimal(0)
+        sd = self._spreads.stdev() if ready else Decimal(0)
+        self._spreads.push(spread)
+        del self._last[bar.symbol]  # each minute's pair is used once
+        if not ready or sd == 0:
+            return
+        z = rounded((spread - mean) / sd)
+        held_a, held_b = exposure(self.ctx, self._a), exposure(self.ctx, self._b)
+        if held_a == 0 and held_b == 0:
+            qty_a = (p.leg_notional / price_a).to_integral_value(ROUND_FLOOR)
+            qty_b = (p.leg_notional / price_b).to_integral_value(ROUND_FLOOR)
+            if qty_a == 0 or qty_b == 0:
+                return
+            if z > p.entry_z:
+                self._trade("pair_entry", "short", z, (("sell", qty_a), ("buy", qty_b)))
+            elif z < -p.entry_z:
+                self._trade("pair_entry", "long", z, (("buy", qty_a), ("sell", qty_b)))
+        elif abs(z) < p.exit_z:
+            legs: list[tuple[Side, Decimal]] = []
+            for held in (held_a, held_b):
+                legs.append(("sell" if held > 0 else "buy", abs(held)))
+            self._trade("pair_exit", "flat", z, tuple(legs))
+
+    def _trade(
+        self,
+        name: str,
+        direction: Direction,
+        z: Decimal,
+        legs: tuple[tuple[Side, Decimal], ...],
+    ) -> None:
+        reason = f"spread z={z} ({self._a} vs {self._b}, lookback {self.params.lookback})"
+        signal = self.ctx.signal(self._a, name, direction, reason=reason, strength=z)
+        for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True):
+            if quantity > 0:
+                self.ctx.order(symbol, side, quantity, cause=signal)

@@ -1,0 +1,78 @@
+"""Moving-average crossover: long when the fast SMA crosses above the slow one.
+
+On each closed bar the strategy updates a fast and a slow simple moving
+average of closes. When the fast crosses above the slow ("golden cross") it
+goes long ``quantity``; when it crosses below ("death cross") it goes short
+``quantity`` if ``allow_short``, else flat. The first comparison after the
+warm-up only sets the side; only a later change of side trades. Exposure
+(position plus pending intents) is what is compared to the target, so a
+repeated signal while an order is working does not double up.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import Field, model_validator
+
+from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
+from libs.strategy.context import Direction
+from libs.strategy.examples._common import trade_to
+from libs.strategy.indicators import Rolling, rounded
+
+
+class SmaCrossoverParams(StrategyParams):
+    fast_period: int = Field(default=10, ge=1, le=1000)
+    slow_period: int = Field(default=30, ge=2, le=5000)
+    #: Shares held while long (and while short, with ``allow_short``).
+    quantity: Decimal = Field(default=Decimal(100), gt=0)
+    allow_short: bool = False
+
+    @model_validator(mode="after")
+    def _periods(self) -> SmaCrossoverParams:
+        if self.fast_period >= self.slow_period:
+            raise ParamError("fast_period", "must be < slow_period")
+        return self
+
+
+class SmaCrossover(Strategy[SmaCrossoverParams]):
+    """Fast/slow simple moving-average crossover, per symbol."""
+
+    def on_start(self) -> None:
+        self._closes = {s: Rolling(self.params.slow_period) for s in self.ctx.symbols}
+        self._fast_above: dict[str, bool] = {}
+
+    def on_bar(self, bar: Bar) -> None:
+        closes = self._closes[bar.symbol]
+        closes.push(bar.close)
+        if not closes.full:
+            return
+        p = self.params
+        fast, slow = closes.mean_of_last(p.fast_period), closes.mean()
+        if fast == slow:
+            return
+        above = fast > slow
+        before = self._fast_above.get(bar.symbol)
+        self._fast_above[bar.symbol] = above
+        if before is None or before == above:
+            return
+        direction: Direction
+        if above:
+            target, direction = p.quantity, "long"
+        elif p.allow_short:
+            target, direction = -p.quantity, "short"
+        else:
+            target, direction = Decimal(0), "flat"
+        word = "above" if above else "below"
+        trade_to(
+            self.ctx,
+            bar.symbol,
+            target,
+            name="sma_cross",
+            direction=direction,
+            reason=(
+                f"SMA({p.fast_period})={rounded(fast)} crossed {word} "
+                f"SMA({p.slow_period})={rounded(slow)}"
+            ),
+            strength=rounded((fast - slow) / slow),
+        )

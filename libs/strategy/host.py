@@ -1,0 +1,465 @@
+"""One strategy instance, its books and its fault policy: pure and synchronous.
+
+:class:`StrategyHost` is what both the strategy-runner (one per asyncio task)
+and the in-memory runtime (backtests, unit tests) drive. It is handed events
+one at a time and returns the events the strategy emitted in answer, in
+order; it never does I/O.
+
+Invariants:
+
+- A callback's emissions are all-or-nothing. If a callback raises, whatever
+  it emitted before raising is dropped (half a pair trade must never reach
+  the risk-gate) and a ``StrategyFaulted`` event is emitted instead.
+- Books (positions, open intents) are updated *before* the strategy is
+  called, and also while it is stopped: positions are facts, not opinions.
+- After a fault the strategy is stopped, or — with ``restart="always"`` and
+  fewer than ``max_restarts`` restarts so far — replaced by a fresh instance
+  (``on_start`` again); its books survive the restart.
+- Ids are deterministic: injected, or derived from the strategy's name, the
+  input event's id and the emission's index, so that processing the same
+  input again yields the same ids (and JetStream drops the duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, Literal
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Clock, Event, IdFactory
+from libs.contract.events import (
+    BarClosed,
+    FillReceived,
+    OrderAccepted,
+    OrderCanceled,
+    OrderIntentCreated,
+    OrderIntentPayload,
+    OrderRejected,
+    OrderType,
+    QuoteUpdated,
+    RiskDecisionMade,
+    Side,
+    SignalGenerated,
+    SignalPayload,
+    StrategyFaulted,
+    StrategyFaultPayload,
+    TimeInForce,
+    TradePrinted,
+)
+from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
+from libs.strategy.context import Direction, PnL, Position
+from libs.strategy.ledger import IntentBook, Ledger, signed
+
+log = logging.getLogger(__name__)
+
+RestartPolicy = Literal["never", "always"]
+HostState = Literal["new", "running", "stopped"]
+
+#: Longest error text carried by a ``StrategyFaulted`` event.
+MAX_ERROR_CHARS = 2000
+
+MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated)
+BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
+
+
+class StrategyUsageError(ValueError):
+    """The strategy asked its context for something it may not do."""
+
+
+class _Context:
+    """The :class:`~libs.strategy.context.StrategyContext` a host gives its strategy."""
+
+    def __init__(self, host: StrategyHost) -> None:
+        self._host = host
+
+    @property
+    def name(self) -> str:
+        return self._host.name
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self._host.symbols
+
+    @property
+    def clock(self) -> Clock:
+        return self._host.clock
+
+    def now_ns(self) -> int:
+        return self._host.clock.now_ns()
+
+    def position(self, symbol: str) -> Position:
+        return self._host.ledger.position(symbol)
+
+    @property
+    def positions(self) -> Mapping[str, Position]:
+        return dict(self._host.ledger.positions)
+
+    def pending(self, symbol: str) -> Decimal:
+        return self._host.pending(symbol)
+
+    def pnl(self) -> PnL:
+        return self._host.ledger.pnl()
+
+    def signal(
+        self,
+        symbol: str,
+        name: str,
+        direction: Direction,
+        reason: str = "",
+        strength: Decimal | None = None,
+    ) -> SignalGenerated:
+        return self._host.emit_signal(symbol, name, direction, reason, strength)
+
+    def order(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        *,
+        cause: SignalGenerated,
+        order_type: OrderType = "market",
+        limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+        time_in_force: TimeInForce = "day",
+    ) -> OrderIntentCreated:
+        return self._host.emit_order(
+            symbol,
+            side,
+            quantity,
+            cause=cause,
+            order_type=order_type,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            time_in_force=time_in_force,
+        )
+
+
+class StrategyHost:
+    """Runs one strategy: routes events to its callbacks, keeps its books."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        strategy: type[Strategy[Any]],
+        params: StrategyParams | Mapping[str, Any],
+        symbols: tuple[str, ...],
+        account: str,
+        clock: Clock,
+        source: str = "strategy-runner",
+        ids: IdFactory | None = None,
+        restart: RestartPolicy = "never",
+        max_restarts: int = 0,
+    ) -> None:
+        self.name = name
+        self.strategy_cls = strategy
+        self.params = (
+            params
+            if isinstance(params, StrategyParams)
+            else strategy.params_model.model_validate(params)
+        )
+        self.symbols = symbols
+        self.account = account
+        self.clock = clock
+        self.source = source
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.ledger = Ledger()
+        self.intents = IntentBook()
+        self.state: HostState = "new"
+        self.restarts = 0
+        self.faults = 0
+        self.last_error: str | None = None
+        self._ids = ids
+        self._id_key = f"init/{name}"
+        self._id_n = 0
+        self._signals: set[uuid.UUID] = set()
+        self._outbox: list[Event] = []
+        self._instance: Strategy[Any] | None = None
+        self._context = _Context(self)
+
+    # ----------------------------------------------------------- lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def instance(self) -> Strategy[Any] | None:
+        """The live strategy object (a new one after each restart; None when stopped)."""
+        return self._instance
+
+    def start(self) -> list[Event]:
+        """Build the strategy and call ``on_start``."""
+        if self.state != "new":
+            return []
+        self.state = "running"
+        return self._spawn(None)
+
+    def stop(self) -> list[Event]:
+        """Call ``on_stop`` (if running) and stop; later events only update the books."""
+        if not self.running or self._instance is None:
+            self.state = "stopped"
+            return []
+        instance = self._instance
+        out = self._invoke(instance.on_stop, None, f"stop/{self.restarts}/{self.clock.now_ns()}")
+        self.state = "stopped"
+        return out
+
+    # -------------------------------------------------------------- events
+
+    def handle(self, event: Event) -> list[Event]:
+        """Apply ``event`` to the books, then call the strategy (if running)."""
+        call = self._apply(event)
+        if call is None or not self.running:
+            return []
+        return self._invoke(call, event, str(event.id))
+
+    def restore(self, event: Event) -> None:
+        """Apply ``event`` to the books without calling the strategy (rebuild, catch-up)."""
+        self._apply(event)
+
+    def pending(self, symbol: str) -> Decimal:
+        """Open intents in ``symbol``, including those emitted in the current callback."""
+        pending = self.intents.pending(symbol)
+        for e in self._outbox:
+            if isinstance(e, OrderIntentCreated) and e.payload.symbol == symbol:
+                pending += signed(e.payload.side, e.payload.quantity)
+        return pending
+
+    def owns_signal(self, signal_id: uuid.UUID) -> bool:
+        return signal_id in self._signals
+
+    def _apply(self, event: Event) -> Callable[[], None] | None:
+        """Update the books; return the callback to call, if any."""
+        if isinstance(event, MARKET_DATA):
+            return self._apply_market_data(event)
+        if isinstance(event, RiskDecisionMade):
+            return self._apply_decision(event)
+        if isinstance(event, FillReceived):
+            return self._apply_fill(event)
+        if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled):
+            return self._apply_order_update(event)
+        # Our own emissions read back (from the store or the stream).
+        if (
+            isinstance(event, SignalGenerated | OrderIntentCreated)
+            and event.payload.strategy == self.name
+        ):
+            self._commit(event)
+        return None
+
+    def _apply_market_data(
+        self, event: BarClosed | TradePrinted | QuoteUpdated
+    ) -> Callable[[], None] | None:
+        symbol = event.payload.symbol
+        if symbol not in self.symbols:
+            return None
+        instance = self._instance
+        if isinstance(event, BarClosed):
+            bar = event.payload
+            self.ledger.mark(symbol, bar.close)
+            return None if instance is None else lambda: instance.on_bar(bar)
+        if isinstance(event, TradePrinted):
+            trade = event.payload
+            self.ledger.mark(symbol, trade.price)
+            return None if instance is None else lambda: instance.on_trade(trade)
+        quote = event.payload
+        if quote.bid_price > 0 and quote.ask_price > 0:
+            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2)
+        return None if instance is None else lambda: instance.on_quote(quote)
+
+    def _apply_decision(self, event: RiskDecisionMade) -> Callable[[], None] | None:
+        p = event.payload
+        if p.strategy != self.name:
+            return None
+        intent = self.intents.get(p.intent_id)
+        if p.decision == "accepted":
+            self.intents.accepted(p.intent_id, p.order_id)
+            return None
+        if intent is None:
+            return None
+        self.intents.close(p.intent_id)
+        update = OrderUpdate(
+            kind="denied",
+            signal_id=event.correlation_id,
+            intent_id=p.intent_id,
+            order_id=None,
+            symbol=intent.symbol,
+            reason=f"{p.reason.value}: {p.detail}" if p.detail else p.reason.value,
+        )
+        return self._order_update_call(update)
+
+    def _apply_fill(self, event: FillReceived) -> Callable[[], None] | None:
+        fill = event.payload
+        if not self.ledger.apply_fill(fill):
+            return None
+        self.intents.filled(fill, event.correlation_id)
+        instance = self._instance
+        return None if instance is None else lambda: instance.on_fill(fill)
+
+    def _apply_order_update(
+        self, event: OrderAccepted | OrderRejected | OrderCanceled
+    ) -> Callable[[], None] | None:
+        p = event.payload
+        symbol = event.payload.symbol if isinstance(event, OrderAccepted) else None
+        intent = self.intents.find(p.order_id, event.correlation_id, symbol)
+        kind: OrderUpdateKind
+        if isinstance(event, OrderAccepted):
+            kind, reason = "accepted", ""
+        else:
+            kind = "rejected" if isinstance(event, OrderRejected) else "canceled"
+            reason = event.payload.reason
+            if intent is not None:
+                self.intents.close(intent.intent_id)
+        update = OrderUpdate(
+            kind=kind,
+            signal_id=event.correlation_id,
+            intent_id=intent.intent_id if intent is not None else None,
+            order_id=p.order_id,
+            symbol=intent.symbol if intent is not None else symbol,
+            reason=reason,
+        )
+        return self._order_update_call(update)
+
+    def _order_update_call(self, update: OrderUpdate) -> Callable[[], None] | None:
+        instance = self._instance
+        return None if instance is None else lambda: instance.on_order_update(update)
+
+    # ------------------------------------------------------------ emitting
+
+    def _next_id(self) -> uuid.UUID:
+        if self._ids is not None:
+            return self._ids()
+        self._id_n += 1
+        return derived_id("strategy", self.name, self._id_key, self._id_n)
+
+    def emit_signal(
+        self,
+        symbol: str,
+        name: str,
+        direction: Direction,
+        reason: str,
+        strength: Decimal | None,
+    ) -> SignalGenerated:
+        if symbol not in self.symbols:
+            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+        signal = SignalGenerated.create(
+            SignalPayload(
+                strategy=self.name,
+                symbol=symbol,
+                name=name,
+                direction=direction,
+                strength=strength,
+                reason=reason,
+            ),
+            source=self.source,
+            clock=self.clock,
+            ids=self._next_id,
+        )
+        self._outbox.append(signal)
+        return signal
+
+    def emit_order(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        *,
+        cause: SignalGenerated,
+        order_type: OrderType,
+        limit_price: Decimal | None,
+        stop_price: Decimal | None,
+        time_in_force: TimeInForce,
+    ) -> OrderIntentCreated:
+        if symbol not in self.symbols:
+            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+        if cause.payload.strategy != self.name or not (
+            cause.id in self._signals or any(e is cause for e in self._outbox)
+        ):
+            raise StrategyUsageError("an order's cause must be a signal this strategy emitted")
+        if order_type in ("limit", "stop_limit") and limit_price is None:
+            raise StrategyUsageError(f"a {order_type} order needs a limit_price")
+        if order_type in ("stop", "stop_limit") and stop_price is None:
+            raise StrategyUsageError(f"a {order_type} order needs a stop_price")
+        intent = OrderIntentCreated.create(
+            OrderIntentPayload(
+                strategy=self.name,
+                account=self.account,
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                order_type=order_type,
+                limit_price=limit_price,
+                stop_price=stop_price,
+                time_in_force=time_in_force,
+            ),
+            source=self.source,
+            clock=self.clock,
+            cause=cause,
+            ids=self._next_id,
+        )
+        self._outbox.append(intent)
+        return intent
+
+    def _commit(self, event: Event) -> None:
+        """Make an emitted (or read-back) signal or intent part of the books."""
+        if isinstance(event, SignalGenerated):
+            self._signals.add(event.id)
+        elif isinstance(event, OrderIntentCreated):
+            self._signals.add(event.correlation_id)
+            self.intents.add(event)
+
+    # --------------------------------------------------------- fault policy
+
+    def _invoke(self, call: Callable[[], None], cause: Event | None, key: str) -> list[Event]:
+        """Run one callback; all its emissions, or a fault and none of them."""
+        self._id_key, self._id_n = key, 0
+        self._outbox = []
+        try:
+            call()
+        except Exception as e:  # the strategy's fault, whatever it is: isolate it
+            self._outbox = []
+            return self._fault(e, cause)
+        out, self._outbox = self._outbox, []
+        for event in out:
+            self._commit(event)
+        return out
+
+    def _spawn(self, cause: Event | None) -> list[Event]:
+        def build_and_start() -> None:
+            self._instance = None
+            instance = self.strategy_cls(self.params, self._context)
+            self._instance = instance
+            instance.on_start()
+
+        return self._invoke(build_and_start, cause, f"start/{self.restarts}/{self.clock.now_ns()}")
+
+    def _fault(self, error: Exception, cause: Event | None) -> list[Event]:
+        self.faults += 1
+        text = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        self.last_error = text
+        restart = self.restart == "always" and self.restarts < self.max_restarts
+        action: Literal["stopped", "restarted"] = "restarted" if restart else "stopped"
+        log.error(
+            "strategy %s raised (%s); %s",
+            self.name,
+            text,
+            action,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        fault = StrategyFaulted.create(
+            StrategyFaultPayload(strategy=self.name, error=text, action=action),
+            source=self.source,
+            clock=self.clock,
+            cause=cause,
+            ids=self._next_id,
+        )
+        if not restart:
+            self.state = "stopped"
+            self._instance = None
+            return [fault]
+        self.restarts += 1
+        return [fault, *self._spawn(cause)]

@@ -1,0 +1,184 @@
+"""A strategy's books: positions and P&L from its fills, and its open intents.
+
+Both are pure and rebuilt by replaying the same events (from the store on
+start-up, from the bus afterwards), so they must be idempotent: a fill seen
+twice counts once.
+
+Positions use average cost: adding to a position re-weights the average
+price; reducing it realizes ``(price - average) x closed quantity`` (sign
+by side); crossing through zero realizes the closed part and opens the rest at
+the fill price. Commissions come off realized P&L.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from libs.contract.events import FillPayload, OrderIntentCreated, Side
+from libs.strategy.context import ZERO, PnL, Position
+
+
+def signed(side: Side, quantity: Decimal) -> Decimal:
+    """Buys positive, sells negative."""
+    return quantity if side == "buy" else -quantity
+
+
+def _sign(x: Decimal) -> int:
+    return (x > 0) - (x < 0)
+
+
+class Ledger:
+    """Positions per symbol from fills; marks for unrealized P&L."""
+
+    def __init__(self) -> None:
+        self._positions: dict[str, Position] = {}
+        self._seen_fills: set[tuple[str, str, str]] = set()
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return self._positions
+
+    def position(self, symbol: str) -> Position:
+        return self._positions.get(symbol) or Position(symbol)
+
+    def mark(self, symbol: str, price: Decimal) -> None:
+        """Record the last price of ``symbol`` (only symbols already held matter)."""
+        pos = self._positions.get(symbol)
+        if pos is not None and pos.mark != price:
+            self._positions[symbol] = replace(pos, mark=price)
+
+    def apply_fill(self, fill: FillPayload) -> bool:
+        """Apply a fill; False (and nothing changes) when it was already applied."""
+        key = (fill.account, fill.broker_order_id, fill.fill_id)
+        if key in self._seen_fills:
+            return False
+        self._seen_fills.add(key)
+        pos = self.position(fill.symbol)
+        q0, avg0 = pos.quantity, pos.average_price
+        dq = signed(fill.side, fill.quantity)
+        realized = pos.realized_pnl - fill.commission
+        new_q = q0 + dq
+        if q0 == 0 or _sign(q0) == _sign(dq):
+            avg = (avg0 * abs(q0) + fill.price * abs(dq)) / abs(new_q)
+        else:
+            closing = min(abs(dq), abs(q0))
+            realized += (fill.price - avg0) * closing * _sign(q0)
+            if new_q == 0:
+                avg = ZERO
+            elif _sign(new_q) == _sign(q0):
+                avg = avg0
+            else:
+                avg = fill.price
+        mark = pos.mark if pos.mark is not None else fill.price
+        self._positions[fill.symbol] = Position(fill.symbol, new_q, avg, realized, mark)
+        return True
+
+    def pnl(self) -> PnL:
+        realized = sum((p.realized_pnl for p in self._positions.values()), ZERO)
+        unrealized = sum((p.unrealized_pnl for p in self._positions.values()), ZERO)
+        return PnL(realized, unrealized)
+
+
+@dataclass(slots=True)
+class OpenIntent:
+    """An intent not yet finished: its remaining (unfilled) quantity."""
+
+    intent_id: uuid.UUID
+    signal_id: uuid.UUID
+    symbol: str
+    side: Side
+    remaining: Decimal
+    order_id: uuid.UUID | None = None
+
+
+class IntentBook:
+    """The strategy's intents that are still working, to answer ``pending``.
+
+    An intent is open from its emission until it is denied by the risk-gate,
+    completely filled, rejected or canceled. Broker events carry the order id;
+    the risk-gate's decision maps an order id to its intent. When the decision
+    was not seen, a broker event is matched to the oldest unmapped intent of
+    its signal (its correlation id) with the same symbol and side.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[uuid.UUID, OpenIntent] = {}
+        self._by_order: dict[uuid.UUID, uuid.UUID] = {}
+        self._seen: set[uuid.UUID] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def knows(self, intent_id: uuid.UUID) -> bool:
+        return intent_id in self._seen
+
+    def add(self, intent: OrderIntentCreated) -> bool:
+        """Open ``intent``; False when it was seen before (a replay)."""
+        if intent.id in self._seen:
+            return False
+        self._seen.add(intent.id)
+        p = intent.payload
+        self._open[intent.id] = OpenIntent(
+            intent.id, intent.correlation_id, p.symbol, p.side, p.quantity
+        )
+        return True
+
+    def pending(self, symbol: str) -> Decimal:
+        return sum(
+            (signed(i.side, i.remaining) for i in self._open.values() if i.symbol == symbol),
+            ZERO,
+        )
+
+    def get(self, intent_id: uuid.UUID) -> OpenIntent | None:
+        return self._open.get(intent_id)
+
+    def accepted(self, intent_id: uuid.UUID, order_id: uuid.UUID | None) -> None:
+        """The risk-gate made ``order_id`` from the intent."""
+        intent = self._open.get(intent_id)
+        if intent is not None and order_id is not None:
+            intent.order_id = order_id
+            self._by_order[order_id] = intent_id
+
+    def close(self, intent_id: uuid.UUID) -> OpenIntent | None:
+        """The intent is finished (denied, rejected, canceled, filled)."""
+        intent = self._open.pop(intent_id, None)
+        if intent is not None and intent.order_id is not None:
+            self._by_order.pop(intent.order_id, None)
+        return intent
+
+    def find(
+        self,
+        order_id: uuid.UUID,
+        signal_id: uuid.UUID,
+        symbol: str | None = None,
+        side: Side | None = None,
+    ) -> OpenIntent | None:
+        """The open intent behind broker order ``order_id``, mapping it if needed."""
+        intent_id = self._by_order.get(order_id)
+        if intent_id is not None:
+            return self._open.get(intent_id)
+        for intent in self._open.values():
+            if (
+                intent.order_id is None
+                and intent.signal_id == signal_id
+                and (symbol is None or intent.symbol == symbol)
+                and (side is None or intent.side == side)
+            ):
+                intent.order_id = order_id
+                self._by_order[order_id] = intent.intent_id
+                return intent
+        return None
+
+    def filled(self, fill: FillPayload, signal_id: uuid.UUID) -> OpenIntent | None:
+        """Take a fill off its intent; closes it when nothing is left to fill."""
+        intent = self.find(fill.order_id, signal_id, fill.symbol, fill.side)
+        if intent is None:
+            return None
+        # leaves_quantity is the broker's own count of what is left: exact, and
+        # min() keeps it right if fills arrive out of order.
+        intent.remaining = min(intent.remaining, fill.leaves_quantity)
+        if fill.status == "complete" or intent.remaining == 0:
+            self.close(intent.intent_id)
+        return intent

@@ -1,0 +1,109 @@
+"""Which strategies an event concerns: pure, shared by the runner and backtests.
+
+- Market data goes to every strategy configured for its symbol.
+- A strategy's own signals and intents (read back) and the risk-gate's
+  decisions name the strategy in their payload.
+- Broker events (acks, rejects, cancels, fills) do not name a strategy; they
+  carry the chain's correlation id, which is the id of the signal that
+  started it. The router remembers which strategy emitted each signal (and,
+  from accepted decisions, which strategy owns each order id) and routes by
+  that. Both maps are bounded (least recently used entries go first).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    FillReceived,
+    OrderAccepted,
+    OrderCanceled,
+    OrderIntentCreated,
+    OrderRejected,
+    QuoteUpdated,
+    RiskDecisionMade,
+    SignalGenerated,
+    TradePrinted,
+)
+
+#: Signals and orders remembered per router before the oldest are forgotten.
+DEFAULT_MAX_TRACKED = 200_000
+
+
+class _Lru:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[uuid.UUID, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: uuid.UUID, value: str) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def get(self, key: uuid.UUID) -> str | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+
+class Router:
+    """Routes events to strategy names."""
+
+    def __init__(self, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
+        self._by_symbol: dict[str, list[str]] = {}
+        self._names: set[str] = set()
+        self._by_signal = _Lru(max_tracked)
+        self._by_order = _Lru(max_tracked)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._names)
+
+    def add(self, name: str, symbols: Iterable[str]) -> None:
+        if name in self._names:
+            raise ValueError(f"strategy {name!r} is already routed")
+        self._names.add(name)
+        for symbol in symbols:
+            self._by_symbol.setdefault(symbol, []).append(name)
+
+    def note_emitted(self, name: str, events: Iterable[Event]) -> None:
+        """Remember the signals ``name`` emitted, so their chains route back to it."""
+        for event in events:
+            if isinstance(event, SignalGenerated | OrderIntentCreated):
+                self._by_signal.put(event.correlation_id, name)
+
+    def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
+        return self._by_signal.get(signal_id)
+
+    def route(self, event: Event) -> tuple[str, ...]:
+        """The names of the strategies ``event`` concerns (possibly none)."""
+        if isinstance(event, BarClosed | TradePrinted | QuoteUpdated):
+            return tuple(self._by_symbol.get(event.payload.symbol, ()))
+        if isinstance(event, SignalGenerated | OrderIntentCreated):
+            name = event.payload.strategy
+            if name not in self._names:
+                return ()
+            self._by_signal.put(event.correlation_id, name)
+            return (name,)
+        if isinstance(event, RiskDecisionMade):
+            name = event.payload.strategy
+            if name not in self._names:
+                return ()
+            if event.payload.order_id is not None:
+                self._by_order.put(event.payload.order_id, name)
+            return (name,)
+        if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled | FillReceived):
+            owner = self._by_signal.get(event.correlation_id) or self._by_order.get(
+                event.payload.order_id
+            )
+            return (owner,) if owner is not None else ()
+        return ()

@@ -1,0 +1,172 @@
+"""``strategies.yaml``: what to run, validated up front, errors named by key.
+
+::
+
+    strategies:
+      - name: sma-aapl              # unique; the subject token (strategy.intent.sma-aapl)
+        kind: sma_crossover         # a built-in kind, or module:Class
+        symbols: [AAPL]
+        account: paper-a            # where its intents go in live mode
+        mode: live                  # live | shadow
+        shadow_account: null        # the paper account shadow mode routes intents to
+        restart: always             # never | always (up to max_restarts)
+        max_restarts: 3
+        inbox_size: 1000            # bounded inbox of its task
+        overflow: drop_oldest       # drop_oldest (market data only) | block
+        params: {fast_period: 10, slow_period: 30, quantity: 100}
+
+Every problem in the file is reported at once, each as ``path: message``
+with the path spelled as in the file (``strategies[2].params.fast_period:
+must be < slow_period``), and the file is refused as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from libs.contract.envelope import Token
+from libs.strategy.base import ParamError, Strategy, StrategyParams
+from libs.strategy.host import RestartPolicy
+from libs.strategy.registry import UnknownStrategy, resolve
+
+Mode = Literal["live", "shadow"]
+Overflow = Literal["drop_oldest", "block"]
+
+
+class StrategyConfigError(ValueError):
+    """``strategies.yaml`` is invalid; ``problems`` holds one ``path: message`` each."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+class StrategySpec(BaseModel):
+    """One entry of ``strategies``; ``params`` is checked against its kind's model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Token
+    kind: str = Field(min_length=1)
+    symbols: tuple[Token, ...] = Field(min_length=1, max_length=500)
+    account: Token
+    mode: Mode = "live"
+    shadow_account: Token | None = None
+    restart: RestartPolicy = "never"
+    max_restarts: int = Field(default=3, ge=0, le=1000)
+    inbox_size: int = Field(default=1000, ge=1, le=1_000_000)
+    overflow: Overflow = "drop_oldest"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shadow(self) -> StrategySpec:
+        if self.mode == "shadow" and self.shadow_account is None:
+            raise ParamError("shadow_account", "required when mode is shadow")
+        if self.shadow_account is not None and self.shadow_account == self.account:
+            raise ParamError("shadow_account", "must differ from account")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ParamError("symbols", "must not repeat a symbol")
+        return self
+
+    @property
+    def order_account(self) -> str:
+        """Where the strategy's intents go: the shadow (paper) account in shadow mode."""
+        if self.mode == "shadow":
+            assert self.shadow_account is not None  # checked by _shadow
+            return self.shadow_account
+        return self.account
+
+
+class StrategiesFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategies: tuple[StrategySpec, ...] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedStrategy:
+    """A validated entry: its spec, its class and its typed params."""
+
+    spec: StrategySpec
+    cls: type[Strategy[Any]]
+    params: StrategyParams
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _problems(error: ValidationError, prefix: Sequence[int | str] = ()) -> list[str]:
+    lines = []
+    for err in error.errors(include_url=False, include_input=False):
+        loc: list[int | str] = [*prefix, *err["loc"]]
+        message = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ParamError):
+            loc.append(cause.field)
+            message = cause.message
+        else:
+            message = message.removeprefix("Value error, ")
+        lines.append(f"{_path(loc) or '(file)'}: {message}")
+    return lines
+
+
+def validate_strategies(data: Any, *, source: str = "strategies") -> list[LoadedStrategy]:
+    """Validate parsed ``strategies.yaml`` content; raise :class:`StrategyConfigError`."""
+    try:
+        parsed = StrategiesFile.model_validate(data)
+    except ValidationError as e:
+        raise StrategyConfigError(source, _problems(e)) from None
+    problems: list[str] = []
+    loaded: list[LoadedStrategy] = []
+    first_index: dict[str, int] = {}
+    for i, spec in enumerate(parsed.strategies):
+        where = f"strategies[{i}]"
+        if spec.name in first_index:
+            other = first_index[spec.name]
+            problems.append(f"{where}.name: {spec.name!r} is already used by strategies[{other}]")
+        first_index.setdefault(spec.name, i)
+        try:
+            cls = resolve(spec.kind)
+        except UnknownStrategy as e:
+            problems.append(f"{where}.kind: {e}")
+            continue
+        if cls.symbol_count is not None and len(spec.symbols) != cls.symbol_count:
+            problems.append(
+                f"{where}.symbols: {spec.kind} needs exactly {cls.symbol_count} symbols, "
+                f"got {len(spec.symbols)}"
+            )
+        try:
+            params = cls.params_model.model_validate(spec.params)
+        except ValidationError as e:
+            problems.extend(_problems(e, ("strategies", i, "params")))
+            continue
+        loaded.append(LoadedStrategy(spec, cls, params))
+    if problems:
+        raise StrategyConfigError(source, problems)
+    return loaded
+
+
+def load_strategies(path: str | Path) -> list[LoadedStrategy]:
+    """Read and validate ``strategies.yaml``; raise :class:`StrategyConfigError`."""
+    import yaml  # the runner's and backtest's dependency, not every service's
+
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise StrategyConfigError(source, [f"cannot read: {e.strerror or e}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise StrategyConfigError(source, [f"not valid YAML: {e}"]) from None
+    return validate_strategies(data, source=source)

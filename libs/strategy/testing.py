@@ -1,0 +1,227 @@
+"""Helpers for testing strategies (and for backtests): synthetic events, a probe.
+
+- :func:`bar` / :func:`bars` build ``BarClosed`` events with deterministic ids.
+- :func:`fill_chain` plays risk-gate and broker for one intent: an accepted
+  decision, the order command, the broker's ack and a fill, chained exactly as
+  the real services chain them (correlation id = the signal).
+- :func:`deny` is the risk-gate saying no.
+- :class:`EchoStrategy` signals and orders on every bar and raises on the
+  closes it is told to: a probe for fault handling (the runner's integration
+  test runs it as ``libs.strategy.testing:EchoStrategy``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+
+from pydantic import Field
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Event, IdFactory
+from libs.contract.events import (
+    BarClosed,
+    BarPayload,
+    FillPayload,
+    FillReceived,
+    OrderAccepted,
+    OrderAcceptedPayload,
+    OrderIntentCreated,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
+from libs.strategy.base import Bar, Strategy, StrategyParams
+
+MINUTE_NS = 60 * 1_000_000_000
+NEW_YORK = "America/New_York"
+
+
+class At:
+    """A clock stopped at one instant."""
+
+    def __init__(self, now_ns: int) -> None:
+        self._now = now_ns
+
+    def now_ns(self) -> int:
+        return self._now
+
+
+def ny_ns(day: dt.date, hour: int, minute: int) -> int:
+    """Nanoseconds of a New York wall-clock time (daylight saving applied)."""
+    from zoneinfo import ZoneInfo
+
+    local = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(NEW_YORK))
+    return int(local.timestamp()) * 1_000_000_000
+
+
+def bar(
+    symbol: str,
+    close: Decimal | int | str,
+    start_ns: int,
+    *,
+    high: Decimal | int | str | None = None,
+    low: Decimal | int | str | None = None,
+    open_: Decimal | int | str | None = None,
+    volume: int = 1000,
+    source: str = "test/marketdata",
+) -> BarClosed:
+    """A closed 1-minute bar starting at ``start_ns``; ``ts_event`` is its end."""
+    c = Decimal(close)
+    o = Decimal(open_) if open_ is not None else c
+    h = Decimal(high) if high is not None else max(o, c)
+    lo = Decimal(low) if low is not None else min(o, c)
+    end = start_ns + MINUTE_NS
+    return BarClosed.create(
+        BarPayload(
+            symbol=symbol,
+            interval="1m",
+            open=o,
+            high=h,
+            low=lo,
+            close=c,
+            volume=Decimal(volume),
+            start_ns=start_ns,
+            end_ns=end,
+            feed="synthetic",
+        ),
+        source=source,
+        clock=At(end),
+        event_id=derived_id("test-bar", symbol, start_ns, c),
+    )
+
+
+def bars(
+    symbol: str,
+    closes: Iterable[Decimal | int | str],
+    *,
+    start_ns: int = 1_700_000_000 * 1_000_000_000,
+    step_ns: int = MINUTE_NS,
+) -> list[BarClosed]:
+    """Consecutive 1-minute bars with these closes."""
+    return [bar(symbol, c, start_ns + i * step_ns) for i, c in enumerate(closes)]
+
+
+def fill_chain(
+    intent: OrderIntentCreated,
+    price: Decimal | int | str,
+    *,
+    ids: IdFactory,
+    quantity: Decimal | None = None,
+    commission: Decimal = Decimal(0),
+    at_ns: int | None = None,
+) -> list[Event]:
+    """Decision, command, ack and one fill for ``intent`` (complete unless ``quantity``)."""
+    p = intent.payload
+    clock = At(at_ns if at_ns is not None else intent.ts_event)
+    order_id = ids()
+    qty = quantity if quantity is not None else p.quantity
+    decision = RiskDecisionMade.create(
+        RiskDecisionPayload(
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            decision="accepted",
+            reason=ReasonCode.ACCEPTED,
+            order_id=order_id,
+        ),
+        source="test/risk-gate",
+        clock=clock,
+        cause=intent,
+        ids=ids,
+    )
+    command = SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=order_id,
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.quantity,
+        ),
+        source="test/risk-gate",
+        clock=clock,
+        cause=decision,
+        ids=ids,
+    )
+    ack = OrderAccepted.create(
+        OrderAcceptedPayload(
+            order_id=order_id, account=p.account, broker_order_id=f"b-{order_id}", symbol=p.symbol
+        ),
+        source="test/broker",
+        clock=clock,
+        cause=command,
+        ids=ids,
+    )
+    fill = FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account=p.account,
+            broker_order_id=f"b-{order_id}",
+            fill_id=f"f-{order_id}-1",
+            symbol=p.symbol,
+            side=p.side,
+            quantity=qty,
+            price=Decimal(price),
+            cumulative_quantity=qty,
+            leaves_quantity=p.quantity - qty,
+            status="complete" if qty == p.quantity else "partial",
+            commission=commission,
+        ),
+        source="test/broker",
+        clock=clock,
+        cause=ack,
+        ids=ids,
+    )
+    return [decision, command, ack, fill]
+
+
+def deny(
+    intent: OrderIntentCreated,
+    *,
+    ids: IdFactory,
+    reason: ReasonCode = ReasonCode.MAX_ORDER_QUANTITY,
+) -> RiskDecisionMade:
+    """The risk-gate's denial of ``intent``."""
+    p = intent.payload
+    return RiskDecisionMade.create(
+        RiskDecisionPayload(
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            decision="denied",
+            reason=reason,
+        ),
+        source="test/risk-gate",
+        clock=At(intent.ts_event),
+        cause=intent,
+        ids=ids,
+    )
+
+
+class EchoParams(StrategyParams):
+    quantity: Decimal = Field(default=Decimal(1), gt=0)
+    #: Closes on which ``on_bar`` raises (the probe's fault injection).
+    fail_on_close: tuple[Decimal, ...] = ()
+    #: Raise in ``on_start`` (a strategy that cannot even start).
+    fail_on_start: bool = False
+
+
+class EchoStrategy(Strategy[EchoParams]):
+    """Signals ``long`` and buys ``quantity`` on every bar; raises where told to."""
+
+    def on_start(self) -> None:
+        if self.params.fail_on_start:
+            raise RuntimeError("echo: told to fail on start")
+
+    def on_bar(self, bar: Bar) -> None:
+        signal = self.ctx.signal(bar.symbol, "echo", "long", reason=f"bar close {bar.close}")
+        self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+        if bar.close in self.params.fail_on_close:
+            raise RuntimeError(f"echo: told to fail on close {bar.close}")

@@ -1,0 +1,110 @@
+"""Opening-range breakout in New York exchange time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.strategy import InMemoryRuntime
+from libs.strategy.examples.opening_range import OpeningRangeBreakout
+from libs.strategy.testing import bar, fill_chain, ny_ns
+
+IDS = itertools.count(1)
+WINTER = dt.date(2024, 1, 8)  # EST, UTC-5
+SUMMER = dt.date(2024, 7, 8)  # EDT, UTC-4
+
+
+def next_id() -> uuid.UUID:
+    return uuid.UUID(int=next(IDS))
+
+
+def runtime(**params: object) -> InMemoryRuntime:
+    rt = InMemoryRuntime()
+    rt.add(
+        "orb",
+        OpeningRangeBreakout,
+        {"range_minutes": 3, "quantity": 50, **params},
+        symbols=("SPY",),
+    )
+    return rt
+
+
+def at(
+    day: dt.date, hhmm: str, close: str, high: str | None = None, low: str | None = None
+) -> Event:
+    h, m = (int(x) for x in hhmm.split(":"))
+    return bar("SPY", close, ny_ns(day, h, m), high=high or close, low=low or close)
+
+
+def intents(out: list[Event]) -> list[tuple[str, str, Decimal]]:
+    signals = {e.id: e for e in out if isinstance(e, SignalGenerated)}
+    return [
+        (signals[e.causation_id].payload.name, e.payload.side, e.payload.quantity)
+        for e in out
+        if isinstance(e, OrderIntentCreated) and e.causation_id is not None
+    ]
+
+
+def opening(day: dt.date) -> list[Event]:
+    return [
+        at(day, "09:29", "110", high="200"),  # pre-market: not part of the range
+        at(day, "09:30", "100", high="101", low="99"),
+        at(day, "09:31", "101", high="102", low="99.5"),
+        at(day, "09:32", "99", high="101.5", low="98.5"),
+    ]
+
+
+def test_new_york_time_is_used_with_daylight_saving() -> None:
+    utc_0930_winter = dt.datetime(2024, 1, 8, 14, 30, tzinfo=dt.UTC)
+    utc_0930_summer = dt.datetime(2024, 7, 8, 13, 30, tzinfo=dt.UTC)
+    assert ny_ns(WINTER, 9, 30) == int(utc_0930_winter.timestamp()) * 1_000_000_000
+    assert ny_ns(SUMMER, 9, 30) == int(utc_0930_summer.timestamp()) * 1_000_000_000
+
+
+def test_breakout_above_the_range_goes_long_then_the_range_low_stops_it_out() -> None:
+    for day in (WINTER, SUMMER):
+        rt = runtime()
+        out = rt.run([*opening(day), at(day, "09:33", "101.5"), at(day, "09:34", "102.5")])
+        assert intents(out) == [("orb_breakout", "buy", Decimal(50))]
+        signal = next(e for e in out if isinstance(e, SignalGenerated))
+        assert signal.payload.reason == "close 102.5 > range high 102"
+        intent = next(e for e in out if isinstance(e, OrderIntentCreated))
+        for event in fill_chain(intent, "102.5", ids=next_id):
+            rt.feed(event)
+        out = rt.run([at(day, "09:35", "98")])
+        assert intents(out) == [("orb_stop", "sell", Decimal(50))]
+
+
+def test_one_entry_per_day_and_a_new_range_the_next_day() -> None:
+    rt = runtime()
+    out = rt.run([*opening(WINTER), at(WINTER, "09:33", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    rt.feed(next(e for e in reversed(fill_chain(intent, 103, ids=next_id))))
+    rt.run([at(WINTER, "09:40", "98")])  # stopped out (sell pending)
+    assert intents(rt.run([at(WINTER, "09:41", "104")])) == []  # max_entries=1
+    nxt = WINTER + dt.timedelta(days=1)
+    out = rt.run([*opening(nxt), at(nxt, "09:33", "98")])
+    assert intents(out) == [("orb_breakout", "sell", Decimal(50))]
+
+
+def test_short_breakout_is_flattened_at_the_configured_time() -> None:
+    rt = runtime(flatten_at="15:55")
+    out = rt.run([*opening(WINTER), at(WINTER, "09:33", "98")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    assert intent.payload.side == "sell"
+    for event in fill_chain(intent, 98, ids=next_id):
+        rt.feed(event)
+    assert intents(rt.run([at(WINTER, "15:54", "99")])) == []
+    out = rt.run([at(WINTER, "15:55", "99")])
+    assert intents(out) == [("orb_flatten", "buy", Decimal(50))]
+
+
+def test_no_short_when_disallowed_and_no_trade_without_a_range() -> None:
+    rt = runtime(allow_short=False)
+    assert intents(rt.run([*opening(WINTER), at(WINTER, "09:33", "97")])) == []
+    late = runtime()
+    assert intents(late.run([at(WINTER, "10:00", "100"), at(WINTER, "10:01", "120")])) == []

@@ -1,0 +1,91 @@
+"""Pairs trade on the z-score of a log-price spread."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.strategy import InMemoryRuntime
+from libs.strategy.examples.pairs import PairsTrade
+from libs.strategy.testing import MINUTE_NS, bar, fill_chain
+
+IDS = itertools.count(1)
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+def next_id() -> uuid.UUID:
+    return uuid.UUID(int=next(IDS))
+
+
+def runtime() -> InMemoryRuntime:
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=("MSFT", "AAPL"),
+    )
+    return rt
+
+
+def minute(i: int, msft: str, aapl: str) -> list[Event]:
+    return [bar("MSFT", msft, T0 + i * MINUTE_NS), bar("AAPL", aapl, T0 + i * MINUTE_NS)]
+
+
+def history() -> list[Event]:
+    out: list[Event] = []
+    for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+        out += minute(i, msft, "100")
+    return out
+
+
+def legs(out: list[Event]) -> list[tuple[str, str, Decimal]]:
+    return [
+        (e.payload.symbol, e.payload.side, e.payload.quantity)
+        for e in out
+        if isinstance(e, OrderIntentCreated)
+    ]
+
+
+def test_a_wide_spread_sells_it_with_both_legs_under_one_signal() -> None:
+    rt = runtime()
+    assert rt.run(history()) == []
+    out = rt.run(minute(5, "105", "100"))
+    signals = [e for e in out if isinstance(e, SignalGenerated)]
+    assert len(signals) == 1
+    (signal,) = signals
+    assert signal.payload.symbol == "MSFT"
+    assert signal.payload.direction == "short"
+    assert signal.payload.strength is not None
+    assert signal.payload.strength > 2
+    assert legs(out) == [("MSFT", "sell", Decimal(95)), ("AAPL", "buy", Decimal(100))]
+    assert all(e.causation_id == signal.id for e in out if isinstance(e, OrderIntentCreated))
+
+
+def test_the_spread_reverting_closes_both_legs() -> None:
+    rt = runtime()
+    rt.run(history())
+    out = rt.run(minute(5, "105", "100"))
+    for intent in [e for e in out if isinstance(e, OrderIntentCreated)]:
+        for event in fill_chain(
+            intent, (intent.payload.symbol == "MSFT" and 105) or 100, ids=next_id
+        ):
+            rt.feed(event)
+    host = rt.hosts["pair"]
+    assert host.ledger.position("MSFT").quantity == -95
+    assert host.ledger.position("AAPL").quantity == 100
+    out = rt.run(minute(6, "100.5", "100"))
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
+    (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
+    assert signal.payload.name == "pair_exit"
+
+
+def test_a_negative_spread_buys_it_and_a_lone_leg_waits_for_its_partner() -> None:
+    rt = runtime()
+    rt.run(history())
+    assert rt.run([bar("MSFT", "95", T0 + 5 * MINUTE_NS)]) == []
+    out = rt.run([bar("AAPL", "100", T0 + 5 * MINUTE_NS)])
+    assert legs(out) == [("MSFT", "buy", Decimal(105)), ("AAPL", "sell", Decimal(100))]

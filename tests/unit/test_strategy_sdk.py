@@ -1,0 +1,326 @@
+"""The strategy SDK: in-memory runtime, books, routing, fault isolation."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TypeVar
+
+import pytest
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    FillReceived,
+    OrderAccepted,
+    OrderIntentCreated,
+    SignalGenerated,
+    StrategyFaulted,
+)
+from libs.strategy import (
+    Bar,
+    Fill,
+    InMemoryRuntime,
+    OrderUpdate,
+    Strategy,
+    StrategyParams,
+)
+from libs.strategy.ledger import Ledger
+from libs.strategy.testing import EchoStrategy, bar, bars, deny, fill_chain
+
+
+def counter_ids() -> Callable[[], uuid.UUID]:
+    n = itertools.count(1)
+    return lambda: uuid.UUID(int=next(n))
+
+
+T = TypeVar("T")
+
+
+def of_type(events: list[Event], cls: type[T]) -> list[T]:
+    return [e for e in events if isinstance(e, cls)]
+
+
+class ProbeParams(StrategyParams):
+    quantity: Decimal = Decimal(10)
+
+
+class Probe(Strategy[ProbeParams]):
+    """Buys on a bar closing at 100, records every callback."""
+
+    def on_start(self) -> None:
+        self.seen: list[object] = []
+
+    def on_bar(self, bar: Bar) -> None:
+        self.seen.append(bar)
+        if bar.close == 100:
+            signal = self.ctx.signal(bar.symbol, "probe", "long", reason="close is 100")
+            self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+
+    def on_fill(self, fill: Fill) -> None:
+        self.seen.append(fill)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        self.seen.append(update)
+
+
+def probe_seen(rt: InMemoryRuntime, name: str) -> list[object]:
+    instance = rt.hosts[name].instance
+    assert isinstance(instance, Probe)
+    return instance.seen
+
+
+def test_intent_is_caused_by_its_signal_and_stamped_with_market_time() -> None:
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",), account="acct-a")
+    b = bar("AAPL", 100, 1_700_000_000_000_000_000)
+    out = rt.run([b])
+    signal, intent = out
+    assert isinstance(signal, SignalGenerated)
+    assert isinstance(intent, OrderIntentCreated)
+    assert signal.correlation_id == signal.id
+    assert signal.causation_id is None
+    assert intent.causation_id == signal.id
+    assert intent.correlation_id == signal.id
+    assert intent.payload.account == "acct-a"
+    assert intent.payload.strategy == "p"
+    assert intent.payload.quantity == Decimal(10)
+    assert signal.ts_event == intent.ts_event == b.ts_event
+
+
+def test_runs_are_deterministic_with_derived_or_injected_ids() -> None:
+    data = bars("AAPL", [99, 100, 101, 100])
+
+    def run(ids: Callable[[], uuid.UUID] | None) -> list[dict[str, object]]:
+        rt = InMemoryRuntime(ids=ids)
+        rt.add("p", Probe, symbols=("AAPL",))
+        return [e.model_dump() for e in rt.run(data)]
+
+    derived = run(None)
+    assert len(derived) == 4
+    assert derived == run(None)
+    injected = run(counter_ids())
+    assert injected == run(counter_ids())
+    assert injected[0]["id"] == uuid.UUID(int=1)
+
+
+def test_a_raising_strategy_is_stopped_and_its_partial_emissions_dropped() -> None:
+    rt = InMemoryRuntime()
+    rt.add("echo", EchoStrategy, {"fail_on_close": ["13"]}, symbols=("MSFT",))
+    rt.add("p", Probe, symbols=("MSFT",))
+    first = rt.run([bar("MSFT", 12, 0)])
+    assert [type(e).__name__ for e in first] == ["SignalGenerated", "OrderIntentCreated"]
+
+    faulted = rt.feed(bar("MSFT", 13, 60_000_000_000))
+    assert len(faulted) == 1  # echo's signal and intent on the raising bar are dropped
+    (fault,) = faulted
+    assert isinstance(fault, StrategyFaulted)
+    assert fault.payload.strategy == "echo"
+    assert fault.payload.action == "stopped"
+    assert "told to fail on close 13" in fault.payload.error
+    assert fault.causation_id == bar("MSFT", 13, 60_000_000_000).id
+    assert rt.hosts["echo"].state == "stopped"
+
+    # The other strategy on the same symbol saw every bar and keeps trading.
+    after = rt.feed(bar("MSFT", 100, 120_000_000_000))
+    assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
+    assert len(probe_seen(rt, "p")) == 3
+
+
+def test_restart_policy_restarts_up_to_max_then_stops() -> None:
+    rt = InMemoryRuntime()
+    host = rt.add(
+        "echo",
+        EchoStrategy,
+        {"fail_on_close": ["13"]},
+        symbols=("MSFT",),
+        restart="always",
+        max_restarts=1,
+    )
+    rt.start()
+    first_instance = host.instance
+    out1 = rt.feed(bar("MSFT", 13, 0))
+    assert [f.payload.action for f in of_type(out1, StrategyFaulted)] == ["restarted"]
+    assert host.running
+    assert host.instance is not first_instance  # a fresh instance
+    assert len(of_type(rt.feed(bar("MSFT", 14, 60_000_000_000)), SignalGenerated)) == 1
+    out2 = rt.feed(bar("MSFT", 13, 120_000_000_000))
+    assert [f.payload.action for f in of_type(out2, StrategyFaulted)] == ["stopped"]
+    assert host.state == "stopped"
+    assert host.restarts == 1
+    assert host.faults == 2
+    assert rt.feed(bar("MSFT", 14, 180_000_000_000)) == []
+
+
+def test_a_strategy_failing_on_start_is_restarted_then_stopped() -> None:
+    rt = InMemoryRuntime()
+    host = rt.add(
+        "echo",
+        EchoStrategy,
+        {"fail_on_start": True},
+        symbols=("MSFT",),
+        restart="always",
+        max_restarts=2,
+    )
+    out = rt.start()
+    assert [f.payload.action for f in of_type(out, StrategyFaulted)] == [
+        "restarted",
+        "restarted",
+        "stopped",
+    ]
+    assert host.state == "stopped"
+
+
+def test_ordering_with_a_foreign_or_missing_signal_is_a_fault() -> None:
+    class Rogue(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            foreign = SignalGenerated.model_validate(
+                {
+                    **self.ctx.signal(bar.symbol, "x", "long").model_dump(),
+                    "payload": {
+                        "strategy": "someone-else",
+                        "symbol": bar.symbol,
+                        "name": "x",
+                        "direction": "long",
+                    },
+                }
+            )
+            self.ctx.order(bar.symbol, "buy", Decimal(1), cause=foreign)
+
+    rt = InMemoryRuntime()
+    rt.add("rogue", Rogue, symbols=("AAPL",))
+    (fault,) = rt.run([bar("AAPL", 1, 0)])
+    assert isinstance(fault, StrategyFaulted)
+    assert "cause must be a signal this strategy emitted" in fault.payload.error
+
+
+def test_trading_a_symbol_it_is_not_configured_for_is_a_fault() -> None:
+    class Wanderer(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            self.ctx.signal("TSLA", "x", "long")
+
+    rt = InMemoryRuntime()
+    rt.add("w", Wanderer, symbols=("AAPL",))
+    (fault,) = rt.run([bar("AAPL", 1, 0)])
+    assert isinstance(fault, StrategyFaulted)
+    assert "'TSLA' is not one of w's symbols" in fault.payload.error
+
+
+def test_fills_build_positions_and_pnl_and_reach_only_the_owner() -> None:
+    ids = counter_ids()
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    rt.add("other", Probe, symbols=("AAPL",))
+    out = rt.run([bar("AAPL", 100, 0)])
+    intent = next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == "p")
+    assert rt.hosts["p"].pending("AAPL") == Decimal(10)
+
+    chain = fill_chain(intent, "100.50", ids=ids, commission=Decimal("1"))
+    for event in chain:
+        rt.feed(event)
+    pos = rt.hosts["p"].ledger.position("AAPL")
+    assert pos.quantity == Decimal(10)
+    assert pos.average_price == Decimal("100.50")
+    assert rt.hosts["p"].pending("AAPL") == 0
+    assert rt.hosts["other"].ledger.position("AAPL").is_flat
+    seen = probe_seen(rt, "p")
+    assert [type(x).__name__ for x in seen[1:]] == ["OrderUpdate", "FillPayload"]
+    assert isinstance(seen[1], OrderUpdate)
+    assert seen[1].kind == "accepted"
+    assert seen[1].intent_id == intent.id
+
+    rt.feed(bar("AAPL", 103, 60_000_000_000))  # mark
+    pnl = rt.hosts["p"].ledger.pnl()
+    assert pnl.realized == Decimal(-1)  # commission
+    assert pnl.unrealized == Decimal("25.00")  # (103 - 100.50) x 10
+    # The same fill again (redelivery) changes nothing.
+    fill = of_type(chain, FillReceived)[0]
+    assert rt.feed(fill) == []
+    assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+
+
+def test_a_denied_intent_is_no_longer_pending_and_the_strategy_is_told() -> None:
+    ids = counter_ids()
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    intent = of_type(rt.run([bar("AAPL", 100, 0)]), OrderIntentCreated)[0]
+    rt.feed(deny(intent, ids=ids))
+    assert rt.hosts["p"].pending("AAPL") == 0
+    update = probe_seen(rt, "p")[-1]
+    assert isinstance(update, OrderUpdate)
+    assert update.kind == "denied"
+    assert update.intent_id == intent.id
+    assert update.reason == "max_order_quantity"
+
+
+def test_a_stopped_strategy_still_books_its_fills() -> None:
+    ids = counter_ids()
+    rt = InMemoryRuntime()
+    rt.add("echo", EchoStrategy, {"fail_on_close": ["2"]}, symbols=("MSFT",))
+    intent = of_type(rt.run([bar("MSFT", 1, 0)]), OrderIntentCreated)[0]
+    rt.feed(bar("MSFT", 2, 60_000_000_000))
+    assert rt.hosts["echo"].state == "stopped"
+    for event in fill_chain(intent, 1, ids=ids):
+        assert rt.feed(event) == []
+    assert rt.hosts["echo"].ledger.position("MSFT").quantity == Decimal(1)
+
+
+def test_restore_rebuilds_books_without_calling_the_strategy() -> None:
+    ids = counter_ids()
+    live = InMemoryRuntime()
+    live.add("p", Probe, symbols=("AAPL",))
+    history: list[Event] = list(live.run([bar("AAPL", 100, 0)]))
+    intent = of_type(history, OrderIntentCreated)[0]
+    history += fill_chain(intent, 100, ids=ids)
+
+    fresh = InMemoryRuntime()
+    host = fresh.add("p", Probe, symbols=("AAPL",))
+    for event in history:
+        fresh.restore(event)
+    fresh.start()
+    assert host.ledger.position("AAPL").quantity == Decimal(10)
+    assert host.pending("AAPL") == 0
+    assert probe_seen(fresh, "p") == []
+    # The restored signal still routes its chain's later events back.
+    later = OrderAccepted.model_validate(
+        {**of_type(history, OrderAccepted)[0].model_dump(), "id": uuid.uuid4()}
+    )
+    assert fresh.router.route(later) == ("p",)
+
+
+@pytest.mark.parametrize(
+    ("fills", "quantity", "average", "realized"),
+    [
+        ([("buy", 10, 100), ("buy", 10, 110)], 20, 105, 0),
+        ([("buy", 10, 100), ("sell", 4, 110)], 6, 100, 40),
+        ([("buy", 10, 100), ("sell", 15, 110)], -5, 110, 100),
+        ([("sell", 10, 50), ("buy", 10, 40)], 0, 0, 100),
+    ],
+)
+def test_ledger_average_cost(
+    fills: list[tuple[str, int, int]], quantity: int, average: int, realized: int
+) -> None:
+    ledger = Ledger()
+    for i, (side, qty, price) in enumerate(fills):
+        ledger.apply_fill(
+            Fill(
+                order_id=uuid.UUID(int=i + 1),
+                account="a",
+                broker_order_id=f"b{i}",
+                fill_id=f"f{i}",
+                symbol="X",
+                side="buy" if side == "buy" else "sell",
+                quantity=Decimal(qty),
+                price=Decimal(price),
+                cumulative_quantity=Decimal(qty),
+                leaves_quantity=Decimal(0),
+                status="complete",
+            )
+        )
+    pos = ledger.position("X")
+    assert (pos.quantity, pos.average_price, pos.realized_pnl) == (
+        Decimal(quantity),
+        Decimal(average),
+        Decimal(realized),
+    )
