@@ -115,11 +115,12 @@ def fetch(
     end = _date(to, "--to") or start
     if end < start:
         raise typer.BadParameter(f"{end} is before --from {start}", param_hint="--to")
-    if settings.polygon_api_key is None:
+    key = settings.polygon_api_key.get_secret_value().strip() if settings.polygon_api_key else ""
+    if not key:
         err.print("[red]error:[/red] POLYGON_API_KEY is not set")
         raise typer.Exit(2)
     cache = ParquetCache(settings.cache_dir)
-    client = rest_client(settings.polygon_api_key.get_secret_value(), settings.polygon_rest_url)
+    client = rest_client(key, settings.polygon_rest_url)
     symbol_list = settings.symbol_list
     today = new_york_day(WallClock().now_ns() // 1_000_000)
     total = len(symbol_list) * len(days_between(start, end))

@@ -144,7 +144,8 @@ def test_fetch_follows_pages_resumes_and_names_a_bad_key(tmp_path: Path) -> None
             "2024-03-04",
             env={**env, "POLYGON_API_KEY": ""},
         )
-        assert unset.returncode != 0
+        assert unset.returncode == 2
+        assert "POLYGON_API_KEY is not set" in unset.stderr
 
 
 async def stream_bars(bus: Bus) -> list[tuple[str, BarClosed, float]]:
