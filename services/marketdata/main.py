@@ -74,10 +74,12 @@ def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
             clock=clock,
         )
     # Imported here: the live feed's dependencies are only needed when it runs.
-    from services.marketdata.adapters.polygon.client import (  # type: ignore[import-not-found,unused-ignore]
-        PolygonSource,
-    )
-
+    try:
+        from services.marketdata.adapters.polygon.client import (  # type: ignore[import-not-found,unused-ignore]
+            PolygonSource,
+        )
+    except ImportError as e:
+        raise ConfigError(f"TRADEBUS_SOURCE: the polygon source is not available: {e}") from e
     source: FeedSource = PolygonSource(settings, clock=clock)
     return source
 
