@@ -1,0 +1,565 @@
+"""The Polygon live source: WebSocket ingest, supervision, REST gap-fill, staleness.
+
+:class:`PolygonSource` is a :class:`~services.marketdata.feed.FeedSource`. For
+each market it needs (``stocks``; ``options`` when ``O:`` symbols are
+configured) it keeps one WebSocket connection up, forever:
+
+- **handshake** (``PROTOCOLS.md``): the ``connected`` frame, then
+  ``{"action":"auth"}`` and its reply in a separate frame, then one
+  ``subscribe`` for every configured channel and symbol, acknowledged per
+  channel. Each phase has the named timeout ``polygon_connect_timeout_s``.
+- **supervision**: any end of a session (TCP drop, a close frame of any
+  code, a handshake timeout, ``force_disconnect``, ``slow_consumer``) is
+  reported and followed by a reconnect after exponential backoff with full
+  jitter (``polygon_reconnect_initial_s`` doubling to
+  ``polygon_reconnect_max_s``; back to the start after a healthy session).
+  ``auth_failed`` / ``auth_timeout`` and ``max_connections`` (another client
+  took our one connection) are retried slowly, every
+  ``polygon_auth_retry_s``, so we neither hammer the API nor keep kicking
+  the other client off.
+- **gap-fill**: after a reconnect, the minute bars of the outage come from
+  the REST aggregates (:mod:`.rest`), only those not already published, in
+  time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`).
+- **staleness**: no data for ``stale_after_s`` while the exchange calendar
+  says the market is open is reported (``stale``), as is the recovery.
+- **bad input**: a malformed frame or an invalid event is dead-lettered
+  (``MessageDeadLettered`` on ``deadletter.marketdata``) and the feed goes on.
+
+Every status (``connected``, ``authenticated``, ``subscribed``,
+``disconnected``, ``reconnecting``, ``auth_failed``, ``max_connections``,
+``force_disconnect``, ``slow_consumer``, ``stale``, ``recovered``,
+``gap_filled`` with its count) is a ``FeedStatusChanged`` on
+``md.status.polygon``, in order with the data. Frames are parsed as they
+arrive and handed, a batch at a time, to the sink by one publisher task
+through a bounded queue: when JetStream is slower than the feed, the queue
+fills, the socket is no longer read and TCP pushes back on Polygon (which
+may then send ``slow_consumer``); nothing is dropped.
+
+Why ``websockets`` and not the official ``massive.WebSocketClient``: that
+client reconnects inside ``connect()`` without telling its caller, so we
+could neither report a disconnect nor know when to gap-fill; a clean close
+ends it silently and ``max_reconnects`` ends it with an exception; it
+handles ``auth_failed`` but not ``auth_timeout``; and with ``raw=False`` a
+frame that is not JSON raises out of ``connect()`` and takes the feed down.
+So the connection speaks the same protocol with ``websockets`` directly
+(the library the official client uses underneath), and the REST side uses
+the official ``RESTClient`` (:mod:`.rest`).
+
+The API key goes into the auth frame and the REST client, nowhere else: the
+wire logger is held at INFO so that even ``TRADEBUS_LOG_LEVEL=DEBUG`` does
+not print the auth frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from libs.config import ConfigError
+from libs.contract.envelope import Clock, Event
+from libs.contract.events import FeedStatusChanged, FeedStatusPayload
+from services.marketdata import metrics
+from services.marketdata.adapters.polygon.parse import (
+    FEED,
+    MS,
+    PREFIX_OF_CHANNEL,
+    FrameParser,
+    Parsed,
+    rest_bar_event,
+    statuses_text,
+)
+from services.marketdata.adapters.polygon.rest import GapFillFetchError, PolygonRest
+from services.marketdata.adapters.polygon.schemas import RestAgg, ws_auth, ws_subscribe
+from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.gapfill import GapFiller, time_ordered
+from services.marketdata.domain.staleness import MarketHours, StaleMonitor
+from services.marketdata.feed import EventSink
+
+log = logging.getLogger(__name__)
+
+#: websockets logs every frame at DEBUG, the auth frame (our key) included.
+_WIRE_LOG = logging.getLogger(f"{__name__}.wire")
+_WIRE_LOG.setLevel(logging.INFO)
+
+#: Statuses after which the server closes the connection, and ours for them.
+KICKS = ("max_connections", "force_disconnect", "slow_consumer")
+#: Reasons retried slowly (``polygon_auth_retry_s``) rather than with backoff.
+SLOW_RETRY = ("auth_failed", "max_connections")
+#: A session that lasted this long was healthy: the backoff starts over.
+HEALTHY_SESSION_S = 10.0
+WS_MAX_FRAME = 16 * 1024 * 1024
+
+
+@dataclass
+class Link:
+    """One WebSocket connection: a market and what it subscribes to."""
+
+    market: str
+    url: str
+    channels: list[str]
+    #: The ledger of this connection's minute bars and its open gaps.
+    filler: GapFiller
+    state: str = "idle"
+    last_status: str = ""
+    sessions: int = 0
+
+
+@dataclass
+class _Outcome:
+    """How a session ended."""
+
+    reason: str  # dropped, closed, auth_failed, max_connections, ... (metric label)
+    message: str
+    subscribed: bool = False
+    data: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def parse_channels(value: str) -> list[str]:
+    """``trades,quotes,minute_bars`` -> Polygon prefixes ``T``, ``Q``, ``AM``."""
+    prefixes: list[str] = []
+    for name in (c.strip() for c in value.split(",")):
+        if not name:
+            continue
+        if name not in PREFIX_OF_CHANNEL:
+            known = ", ".join(PREFIX_OF_CHANNEL)
+            raise ConfigError(f"TRADEBUS_CHANNELS: unknown channel {name!r} (known: {known})")
+        prefixes.append(PREFIX_OF_CHANNEL[name])
+    if not prefixes:
+        raise ConfigError("TRADEBUS_CHANNELS: no channels")
+    return list(dict.fromkeys(prefixes))
+
+
+def _market_url(url: str, market: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigError(f"TRADEBUS_POLYGON_WS_URL: not a ws:// or wss:// URL for {market}")
+    return url
+
+
+class PolygonSource:
+    """Polygon's live feed as a ``FeedSource`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: MarketdataSettings,
+        *,
+        clock: Clock,
+        hours: MarketHours | None = None,
+        rest: PolygonRest | None = None,
+    ) -> None:
+        if settings.polygon_api_key is None or not settings.polygon_api_key.get_secret_value():
+            raise ConfigError("POLYGON_API_KEY: not set (the polygon source needs it)")
+        self.settings = settings
+        self.clock = clock
+        self._key = settings.polygon_api_key.get_secret_value()
+        self.source = f"marketdata/{settings.instance}"
+        prefixes = parse_channels(settings.channels)
+        symbols = settings.symbol_list
+        stocks = [s for s in symbols if not s.startswith("O:")]
+        options = [s for s in symbols if s.startswith("O:")]
+        self.links: list[Link] = []
+        max_gap_ns = int(settings.polygon_gapfill_max_s * 1e9)
+        for market, url, syms in (
+            ("stocks", settings.polygon_ws_url, stocks),
+            ("options", settings.polygon_options_ws_url, options),
+        ):
+            if syms:
+                subs = [f"{p}.{s}" for p in prefixes for s in syms]
+                bar_symbols = [s for s in syms if s != "*"] if "AM" in prefixes else []
+                filler = GapFiller(bar_symbols, max_gap_ns=max_gap_ns)
+                self.links.append(Link(market, _market_url(url, market), subs, filler))
+        self._rest = rest
+        self._hours = hours
+        self._parser = FrameParser(source=self.source, clock=clock)
+        self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue(
+            maxsize=settings.polygon_queue_frames
+        )
+        #: Reconnect times (ns) per link, for its gap-fill task.
+        self._gap_triggers: dict[str, asyncio.Queue[int]] = {
+            link.market: asyncio.Queue() for link in self.links
+        }
+        self._stale: StaleMonitor | None = None
+        self._rng = random.Random()  # noqa: S311 - backoff jitter, not crypto
+        #: Totals, for /health and tests.
+        self.published_frames = 0
+        self.gap_filled_bars = 0
+        self.dead_lettered = 0
+
+    # ------------------------------------------------------------ FeedSource
+
+    async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+        """Stream until ``stop`` is set; then close the sockets and flush what was parsed."""
+        if self._hours is None:
+            from services.marketdata.adapters.polygon.hours import ExchangeHours
+
+            self._hours = await asyncio.to_thread(ExchangeHours, self.settings.calendar)
+        if self._rest is None and any(link.filler.symbols for link in self.links):
+            self._rest = PolygonRest(self._key, self.settings.polygon_rest_url)
+        self._stale = StaleMonitor(
+            int(self.settings.stale_after_s * 1e9), self._hours, now_ns=self.clock.now_ns()
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                pump = tg.create_task(self._pump(sink), name="polygon-publish")
+                workers = [
+                    tg.create_task(self._supervise(link), name=f"polygon-{link.market}")
+                    for link in self.links
+                ]
+                workers.append(tg.create_task(self._watch_staleness(), name="polygon-stale"))
+                workers.extend(
+                    tg.create_task(self._gap_fill_loop(link), name=f"polygon-gapfill-{link.market}")
+                    for link in self.links
+                    if link.filler.symbols
+                )
+                await stop.wait()
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                await self._emit([self._status("disconnected", "stopped")])
+                await self._queue.put(None)  # the publisher drains the queue, then ends
+                await pump
+        except BaseExceptionGroup as eg:
+            # Let the service see the sink's own error (e.g. PublishFailed), not a group.
+            if len(eg.exceptions) == 1:
+                raise eg.exceptions[0] from None
+            raise
+        finally:
+            if self._rest is not None:
+                self._rest.close()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Connection state per market, staleness and counts (for /health)."""
+        return True, {
+            "links": {
+                link.market: {"state": link.state, "last_status": link.last_status}
+                for link in self.links
+            },
+            "stale": bool(self._stale and self._stale.stale),
+            "gap_filled_bars": self.gap_filled_bars,
+            "dead_lettered": self.dead_lettered,
+            "open_gaps": sum(len(link.filler.open_gaps()) for link in self.links),
+        }
+
+    # ------------------------------------------------------------ publishing
+
+    async def _pump(self, sink: EventSink) -> None:
+        """The one publisher: batches of queued events to the sink, in order."""
+        limit = self.settings.polygon_publish_batch
+        queue = self._queue
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            batch = item  # a fresh list per frame: ours to extend
+            done = False
+            while len(batch) < limit and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    done = True
+                    break
+                batch.extend(more)
+            await sink.publish(batch)
+            if done:
+                return
+
+    async def _emit(self, events: list[Event]) -> None:
+        if events:
+            await self._queue.put(events)
+
+    def _status(
+        self, status: str, message: str, *, link: Link | None = None, bars: int | None = None
+    ) -> FeedStatusChanged:
+        text = f"{link.market}: {message}" if link is not None else message
+        if link is not None:
+            link.last_status = status
+        log.info("polygon %s: %s", status, text)
+        payload = FeedStatusPayload.model_validate(
+            {"feed": FEED, "status": status, "message": text, "gap_filled_bars": bars}
+        )
+        return FeedStatusChanged.create(
+            payload,
+            source=self.source,
+            clock=self.clock,
+        )
+
+    # ------------------------------------------------------------ supervision
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (never below a tenth of the first delay)."""
+        first = self.settings.polygon_reconnect_initial_s
+        cap = min(self.settings.polygon_reconnect_max_s, first * 2**attempt)
+        return max(first / 10, self._rng.uniform(0, cap))
+
+    async def _supervise(self, link: Link) -> None:
+        """Keep ``link`` connected forever (until cancelled)."""
+        attempt = 0
+        while True:
+            link.sessions += 1
+            outcome = _Outcome("dropped", "")
+            try:
+                outcome = await self._session(link, outcome)
+            finally:
+                link.state = "disconnected"
+            metrics.RECONNECTS.labels(feed=FEED, reason=outcome.reason).inc()
+            lived = time.monotonic() - outcome.started
+            if outcome.subscribed and (outcome.data or lived >= HEALTHY_SESSION_S):
+                attempt = 0
+            if outcome.reason in SLOW_RETRY:
+                delay = self.settings.polygon_auth_retry_s
+            else:
+                delay = self._backoff(attempt)
+                attempt += 1
+            link.state = "reconnecting"
+            await self._emit(
+                [
+                    self._status(
+                        "reconnecting",
+                        f"in {delay:.2f}s after {outcome.reason}",
+                        link=link,
+                    )
+                ]
+            )
+            await asyncio.sleep(delay)
+
+    async def _session(self, link: Link, outcome: _Outcome) -> _Outcome:
+        """One connection, from the handshake to its end; says how it ended."""
+        timeout = self.settings.polygon_connect_timeout_s
+        link.state = "connecting"
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await connect(
+                    link.url,
+                    open_timeout=timeout,
+                    close_timeout=1,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    max_size=WS_MAX_FRAME,
+                    logger=_WIRE_LOG,
+                )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
+            outcome.reason = "connect_failed"
+            outcome.message = f"cannot connect: {type(e).__name__}: {e}"
+            await self._emit([self._status("disconnected", outcome.message, link=link)])
+            return outcome
+        try:
+            await self._converse(ws, link, outcome)
+        except ConnectionClosed as e:
+            self._ended(e, outcome)
+        except TimeoutError:
+            outcome.reason = "timeout"
+            outcome.message = f"no answer within {timeout}s during the handshake"
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if outcome.subscribed:
+            link.filler.on_disconnect(self.clock.now_ns())
+        await self._emit([self._status("disconnected", outcome.message, link=link)])
+        return outcome
+
+    @staticmethod
+    def _ended(e: ConnectionClosed, outcome: _Outcome) -> None:
+        if outcome.reason in KICKS or outcome.reason == "auth_failed":
+            return  # the server said why before closing
+        if e.rcvd is None:
+            outcome.reason = "dropped"
+            outcome.message = "connection lost without a close frame"
+        else:
+            code, why = e.rcvd.code, e.rcvd.reason
+            outcome.reason = "closed"
+            outcome.message = (
+                f"server closed the connection (code {code}{': ' + why if why else ''})"
+            )
+
+    async def _converse(self, ws: ClientConnection, link: Link, outcome: _Outcome) -> None:
+        timeout = self.settings.polygon_connect_timeout_s
+        # 1. The connected frame.
+        async with asyncio.timeout(timeout):
+            first = self._parser.parse(await ws.recv(decode=False))
+        if any(s.status == "connected" for s in first.statuses):
+            link.state = "connected"
+            await self._emit([self._status("connected", "connected", link=link)])
+        else:
+            log.warning("polygon %s: expected a connected status, got %s", link.market, first)
+        # 2. Auth, answered in a frame of its own.
+        await ws.send(json.dumps(ws_auth(self._key)))
+        async with asyncio.timeout(timeout):
+            reply = self._parser.parse(await ws.recv(decode=False))
+        names = {s.status for s in reply.statuses}
+        if "auth_success" not in names:
+            outcome.reason = "auth_failed"
+            said = statuses_text(reply.statuses) or "no auth reply"
+            outcome.message = f"authentication refused ({said}); retrying in "
+            outcome.message += f"{self.settings.polygon_auth_retry_s:g}s"
+            link.state = "auth_failed"
+            await self._emit([self._status("auth_failed", outcome.message, link=link)])
+            return
+        link.state = "authenticated"
+        await self._emit([self._status("authenticated", "authenticated", link=link)])
+        # 3. Subscribe; the acks come one per channel.
+        await ws.send(json.dumps(ws_subscribe(link.channels)))
+        pending = set(link.channels)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if pending:
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    async with asyncio.timeout(max(0.0, remaining)):
+                        frame = await ws.recv(decode=False)
+                except TimeoutError:
+                    log.warning(
+                        "polygon %s: no ack for %d channel(s) within %ss; going on",
+                        link.market,
+                        len(pending),
+                        timeout,
+                    )
+                    pending.clear()
+                    await self._subscribed(link, outcome)
+                    continue
+            else:
+                frame = await ws.recv(decode=False)
+            parsed = self._parser.parse(frame)
+            if parsed.statuses:
+                was_pending = bool(pending)
+                self._server_statuses(parsed, link, outcome, pending)
+                if was_pending and not pending:
+                    await self._subscribed(link, outcome)
+            await self._data(parsed, link, outcome)
+
+    async def _subscribed(self, link: Link, outcome: _Outcome) -> None:
+        now = self.clock.now_ns()
+        outcome.subscribed = True
+        link.state = "subscribed"
+        await self._emit(
+            [self._status("subscribed", f"{len(link.channels)} channel(s)", link=link)]
+        )
+        reconnect = link.filler.open_gaps()
+        link.filler.on_subscribed(now)
+        if reconnect:
+            self._gap_triggers[link.market].put_nowait(now)
+
+    def _server_statuses(
+        self, parsed: Parsed, link: Link, outcome: _Outcome, pending: set[str]
+    ) -> None:
+        for st in parsed.statuses:
+            if st.status == "success":
+                for verb in ("subscribed to: ", "unsubscribed to: "):
+                    if st.message.startswith(verb):
+                        pending.discard(st.message[len(verb) :].strip())
+            elif st.status in KICKS:
+                outcome.reason = st.status
+                outcome.message = f"{st.status}: {st.message}"
+                parsed.events.append(self._status(st.status, st.message, link=link))
+            else:
+                log.warning("polygon %s server status %s: %s", link.market, st.status, st.message)
+
+    async def _data(self, parsed: Parsed, link: Link, outcome: _Outcome) -> None:
+        events = parsed.events
+        if parsed.counts:
+            outcome.data = True
+            for channel, n in parsed.counts.items():
+                metrics.MESSAGES_IN.labels(channel=channel).inc(n)
+            now = self.clock.now_ns()
+            if parsed.newest_ns is not None:
+                metrics.FEED_LAG.set((now - parsed.newest_ns) / 1e9)
+            if self._stale is not None and self._stale.on_data(now) == "recovered":
+                metrics.STALE.set(0)
+                events.append(self._status("recovered", self._stale.reason))
+            filler = link.filler
+            if parsed.counts.get("minute_bars") and filler.symbols:
+                # A bar already gap-filled (or seen before) is not published again.
+                events = [
+                    e
+                    for e in events
+                    if e.type != "BarClosed"
+                    or e.payload.interval != "1m"
+                    or filler.admit(e.payload.symbol, e.payload.start_ns)
+                ]
+        for bad in parsed.rejected:
+            log.warning("polygon %s: dead-lettering %s: %s", link.market, bad.reason, bad.detail)
+            metrics.DEAD_LETTERS.labels(service="marketdata", reason=bad.reason).inc()
+            self.dead_lettered += 1
+            events.append(bad.dead_letter(market=link.market, source=self.source, clock=self.clock))
+        if events:
+            await self._queue.put(events)
+
+    # ------------------------------------------------------------ gap-fill
+
+    async def _gap_fill_loop(self, link: Link) -> None:
+        """Fill ``link``'s open gaps after each reconnect; failed fetches are retried."""
+        assert self._rest is not None
+        filler = link.filler
+        triggers = self._gap_triggers[link.market]
+        while True:
+            reconnect = await triggers.get()
+            attempt = 0
+            while True:
+                while not triggers.empty():
+                    reconnect = triggers.get_nowait()  # the newest reconnect wins
+                windows = filler.windows(reconnect)
+                if not windows:
+                    break
+                fetched = []
+                failed: list[str] = []
+                for window in windows:
+                    try:
+                        rows = await self._rest.minute_bars(
+                            window.symbol, window.first_start_ns, window.last_start_ns
+                        )
+                    except GapFillFetchError as e:
+                        log.error("polygon gap-fill %s: %s", window.symbol, e)
+                        failed.append(window.symbol)
+                        continue
+                    fetched.append((window, rows))
+                chosen: list[tuple[str, RestAgg]] = []
+                for window, rows in fetched:
+                    missing = filler.missing(window, rows, lambda r: r.t * MS)
+                    chosen.extend((window.symbol, r) for r in missing)
+                events: list[Event] = []
+                ts_init = self.clock.now_ns()
+                for symbol, row in time_ordered(chosen, lambda r: r.t):
+                    events.append(rest_bar_event(symbol, row, source=self.source, ts_init=ts_init))
+                for window, _rows in fetched:
+                    filler.filled(window)
+                if fetched:
+                    count = len(events)
+                    self.gap_filled_bars += count
+                    metrics.GAP_FILLED_BARS.inc(count)
+                    spans = ", ".join(f"{w.symbol} {w.bars} min" for w, _ in fetched)
+                    events.append(
+                        self._status(
+                            "gap_filled", f"{count} bar(s) from REST ({spans})", bars=count
+                        )
+                    )
+                    await self._emit(events)
+                if not failed:
+                    break
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning("polygon gap-fill: retrying %s in %.1fs", ",".join(failed), delay)
+                await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------ staleness
+
+    async def _watch_staleness(self) -> None:
+        assert self._stale is not None
+        every = min(1.0, self.settings.stale_after_s / 4)
+        while True:
+            await asyncio.sleep(every)  # a polling period, not synchronisation
+            transition = self._stale.check(self.clock.now_ns())
+            if transition == "stale":
+                metrics.STALE.set(1)
+                await self._emit([self._status("stale", self._stale.reason)])
+            elif transition == "recovered":
+                metrics.STALE.set(0)
+                await self._emit([self._status("recovered", self._stale.reason)])

@@ -1,0 +1,211 @@
+"""Gap-fill of minute bars after a feed outage: which window, which bars.
+
+Pure and synchronous; the caller passes every time in (ns since the epoch).
+
+The invariant: **every minute bar is published once**, whether it came live
+(Polygon ``AM``) or from REST after an outage. :class:`GapFiller` keeps, per
+symbol, the window starts of the bars already published (the ledger); live
+bars and REST bars both go through :meth:`GapFiller.admit`, which says yes
+once per (symbol, window start). Event ids also derive from (symbol, window
+start), so even a bar admitted twice after a restart is deduplicated by
+JetStream; the ledger is what makes it right beyond the duplicate window.
+
+The window of an outage, per symbol:
+
+- it starts at the minute after the last bar published before the
+  disconnect (or, for a symbol with no bar yet, at the minute the feed first
+  subscribed: what came before we started is not ours to fill);
+- it ends with the last minute *closed* at the reconnect (the bar starting at
+  ``s`` is closed once ``s + 1 min <= reconnect``): the bar of the minute in
+  progress comes live, and REST would only have a partial bar for it;
+- it reaches back at most ``max_gap_ns``.
+
+A second outage before the first one's gap-fill succeeded keeps the earlier
+start, so nothing is skipped; a gap whose fetch failed stays open and is
+retried. Bars inside the window that were published live meanwhile (a late
+``AM``) are skipped, and what is left is published in time order, marked
+``backfilled``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+MINUTE_NS = 60 * 1_000_000_000
+
+T = TypeVar("T")
+
+
+def floor_to(ts_ns: int, step_ns: int) -> int:
+    """``ts_ns`` rounded down to a multiple of ``step_ns``."""
+    return ts_ns - ts_ns % step_ns
+
+
+@dataclass(frozen=True, slots=True)
+class GapWindow:
+    """Bars of ``symbol`` whose window start is in ``[first_start_ns, last_start_ns]``."""
+
+    symbol: str
+    first_start_ns: int
+    last_start_ns: int
+    #: The outage generation this window was computed for (see :meth:`GapFiller.filled`).
+    generation: int
+
+    def contains(self, start_ns: int) -> bool:
+        return self.first_start_ns <= start_ns <= self.last_start_ns
+
+    @property
+    def bars(self) -> int:
+        """How many minute windows it spans."""
+        return (self.last_start_ns - self.first_start_ns) // MINUTE_NS + 1
+
+
+class GapFiller:
+    """The ledger of published minute bars and the open gaps, per symbol."""
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        *,
+        interval_ns: int = MINUTE_NS,
+        max_gap_ns: int = 24 * 3600 * 1_000_000_000,
+        retention_ns: int = 2 * 24 * 3600 * 1_000_000_000,
+    ) -> None:
+        if interval_ns <= 0 or max_gap_ns <= 0:
+            raise ValueError("interval_ns and max_gap_ns must be positive")
+        self.interval_ns = interval_ns
+        self.max_gap_ns = max_gap_ns
+        self.retention_ns = max(retention_ns, max_gap_ns + interval_ns)
+        self._symbols = tuple(dict.fromkeys(symbols))
+        self._published: dict[str, set[int]] = {s: set() for s in self._symbols}
+        self._last: dict[str, int] = {}
+        #: Where each symbol's open gap starts (absent: no gap).
+        self._gap_from: dict[str, int] = {}
+        self._session_start: int | None = None
+        self._generation = 0
+
+    # ---------------------------------------------------------------- ledger
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self._symbols
+
+    def last_published(self, symbol: str) -> int | None:
+        """Window start of the newest bar published for ``symbol``."""
+        return self._last.get(symbol)
+
+    def published(self, symbol: str, start_ns: int) -> bool:
+        return start_ns in self._published.get(symbol, ())
+
+    def admit(self, symbol: str, start_ns: int) -> bool:
+        """Record a bar about to be published; False if it already was (skip it)."""
+        seen = self._published.get(symbol)
+        if seen is None:
+            seen = self._published[symbol] = set()
+        if start_ns in seen:
+            return False
+        seen.add(start_ns)
+        last = self._last.get(symbol)
+        if last is None or start_ns > last:
+            self._last[symbol] = start_ns
+            if len(seen) > 2 * (self.retention_ns // self.interval_ns):
+                horizon = start_ns - self.retention_ns
+                self._published[symbol] = {s for s in seen if s >= horizon}
+        return True
+
+    def seed(self, symbol: str, last_start_ns: int) -> None:
+        """Start from a bar published before we ran (e.g. found on the stream at start-up).
+
+        Opens a gap from the minute after it, to be filled at the first connection.
+        """
+        self.admit(symbol, last_start_ns)
+        if symbol not in self._gap_from:
+            self._gap_from[symbol] = last_start_ns + self.interval_ns
+            self._generation += 1
+
+    # ---------------------------------------------------------------- outages
+
+    def on_subscribed(self, now_ns: int) -> None:
+        """The feed is subscribed; the first call marks where our session starts."""
+        if self._session_start is None:
+            self._session_start = floor_to(now_ns, self.interval_ns)
+
+    def on_disconnect(self, now_ns: int) -> None:
+        """The feed went down: open a gap for every symbol that has none open."""
+        if self._session_start is None:
+            return  # never subscribed: nothing was ours yet
+        self._generation += 1
+        for symbol in self._symbols:
+            if symbol in self._gap_from:
+                continue  # an earlier gap is still open: keep its (earlier) start
+            last = self._last.get(symbol)
+            self._gap_from[symbol] = (
+                last + self.interval_ns if last is not None else self._session_start
+            )
+
+    def open_gaps(self) -> dict[str, int]:
+        """Symbol -> start of its open gap."""
+        return dict(self._gap_from)
+
+    def windows(self, reconnect_ns: int) -> list[GapWindow]:
+        """What to fetch now that the feed is back (one window per symbol with a gap).
+
+        A gap with no closed minute in it (the feed was back within the same
+        minute) is closed here: that minute's bar comes live.
+        """
+        last_closed = floor_to(reconnect_ns, self.interval_ns) - self.interval_ns
+        horizon = floor_to(reconnect_ns - self.max_gap_ns, self.interval_ns)
+        out: list[GapWindow] = []
+        for symbol in self._symbols:
+            start = self._gap_from.get(symbol)
+            if start is None:
+                continue
+            start = max(floor_to(start + self.interval_ns - 1, self.interval_ns), horizon)
+            if start <= last_closed:
+                out.append(GapWindow(symbol, start, last_closed, self._generation))
+            else:
+                self._gap_from.pop(symbol, None)
+        return out
+
+    def missing(
+        self, window: GapWindow, bars: Iterable[T], start_of: Callable[[T], int]
+    ) -> list[T]:
+        """The bars of ``window`` not published yet, in time order, admitted to the ledger.
+
+        Bars outside the window, repeats and bars already published are left out.
+        """
+        chosen: dict[int, T] = {}
+        for bar in bars:
+            start = start_of(bar)
+            if (
+                window.contains(start)
+                and start not in chosen
+                and not self.published(window.symbol, start)
+            ):
+                chosen[start] = bar
+        ordered = sorted(chosen.items())
+        return [bar for start, bar in ordered if self.admit(window.symbol, start)]
+
+    def filled(self, window: GapWindow) -> None:
+        """``window`` was fetched and published: close the gap up to its end.
+
+        If the feed dropped again meanwhile (a newer generation), the gap stays
+        open from the minute after this window, so that outage is filled too.
+        """
+        if window.symbol not in self._gap_from:
+            return
+        if window.generation == self._generation:
+            del self._gap_from[window.symbol]
+        else:
+            self._gap_from[window.symbol] = max(
+                self._gap_from[window.symbol], window.last_start_ns + self.interval_ns
+            )
+
+
+def time_ordered(
+    bars: Iterable[tuple[str, T]], start_of: Callable[[T], int]
+) -> list[tuple[str, T]]:
+    """(symbol, bar) pairs of several symbols ordered by window start, then symbol."""
+    return sorted(bars, key=lambda sb: (start_of(sb[1]), sb[0]))
