@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from libs.contract.envelope import Token
 from libs.strategy.base import ParamError, Strategy, StrategyParams
@@ -86,7 +93,16 @@ class StrategySpec(BaseModel):
 class StrategiesFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    strategies: tuple[StrategySpec, ...] = Field(min_length=1)
+    # Emptiness is checked after the entries (a Field(min_length=1) would also
+    # report "at least 1 item" whenever any entry is invalid).
+    strategies: tuple[StrategySpec, ...]
+
+    @field_validator("strategies")
+    @classmethod
+    def _not_empty(cls, value: tuple[StrategySpec, ...]) -> tuple[StrategySpec, ...]:
+        if not value:
+            raise ValueError("must list at least one strategy")
+        return value
 
 
 @dataclass(frozen=True, slots=True)

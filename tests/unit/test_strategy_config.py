@@ -1,0 +1,139 @@
+"""strategies.yaml: the shipped file loads; every bad key is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.strategy.examples.pairs import PairsTrade
+from libs.strategy.examples.sma_crossover import SmaCrossover, SmaCrossoverParams
+from libs.strategy.spec import StrategyConfigError, load_strategies, validate_strategies
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOYED = ROOT / "deploy" / "config" / "strategies.yaml"
+
+
+def entry(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "sma",
+        "kind": "sma_crossover",
+        "symbols": ["AAPL"],
+        "account": "paper",
+        "params": {"fast_period": 5, "slow_period": 20},
+    }
+    return {**base, **overrides}
+
+
+def problems(*entries: dict[str, Any]) -> tuple[str, ...]:
+    with pytest.raises(StrategyConfigError) as info:
+        validate_strategies({"strategies": list(entries)})
+    return info.value.problems
+
+
+def test_the_deployed_file_loads_the_four_examples_on_the_demo_symbols() -> None:
+    loaded = load_strategies(DEPLOYED)
+    by_name = {s.spec.name: s for s in loaded}
+    assert len(loaded) == 4
+    assert {s.spec.kind for s in loaded} == {
+        "sma_crossover",
+        "opening_range_breakout",
+        "bollinger_reversion",
+        "pairs_trade",
+    }
+    assert {sym for s in loaded for sym in s.spec.symbols} == {"AAPL", "MSFT", "NVDA", "SPY"}
+    sma = by_name["sma-aapl"]
+    assert sma.cls is SmaCrossover
+    assert isinstance(sma.params, SmaCrossoverParams)
+    assert sma.params.slow_period == 20
+    shadow = by_name["bb-nvda"].spec
+    assert (shadow.mode, shadow.account, shadow.order_account) == ("shadow", "alpaca", "paper")
+    assert by_name["pairs-msft-aapl"].cls is PairsTrade
+
+
+def test_a_cross_field_param_error_names_the_field_and_the_entry() -> None:
+    good = entry()
+    bad = entry(name="bad", params={"fast_period": 30, "slow_period": 20})
+    assert problems(good, entry(name="two"), bad) == (
+        "strategies[2].params.fast_period: must be < slow_period",
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"kind": "no_such"}, "strategies[0].kind: unknown strategy 'no_such'"),
+        ({"kind": "os:path"}, "strategies[0].kind: 'os:path' is not a Strategy subclass"),
+        ({"colour": "red"}, "strategies[0].colour: Extra inputs are not permitted"),
+        ({"params": {"fast": 3}}, "strategies[0].params.fast: Extra inputs are not permitted"),
+        (
+            {"params": {"quantity": -1}},
+            "strategies[0].params.quantity: Input should be greater than 0",
+        ),
+        ({"mode": "shadow"}, "strategies[0].shadow_account: required when mode is shadow"),
+        (
+            {"mode": "shadow", "shadow_account": "paper"},
+            "strategies[0].shadow_account: must differ from account",
+        ),
+        ({"mode": "paper"}, "strategies[0].mode: Input should be 'live' or 'shadow'"),
+        ({"restart": "sometimes"}, "strategies[0].restart: Input should be 'never' or 'always'"),
+        ({"inbox_size": 0}, "strategies[0].inbox_size: Input should be greater than or equal to 1"),
+        ({"symbols": []}, "strategies[0].symbols: Tuple should have at least 1 item"),
+        ({"symbols": ["AAPL", "AAPL"]}, "strategies[0].symbols: must not repeat a symbol"),
+        ({"name": "has space"}, "strategies[0].name: String should match pattern"),
+        (
+            {"kind": "pairs_trade", "params": {}},
+            "strategies[0].symbols: pairs_trade needs exactly 2 symbols, got 1",
+        ),
+        (
+            {"kind": "pairs_trade", "symbols": ["A", "B"], "params": {"entry_z": 1, "exit_z": 2}},
+            "strategies[0].params.exit_z: must be < entry_z",
+        ),
+        (
+            {"kind": "opening_range_breakout", "params": {"timezone": "Mars/Olympus"}},
+            "strategies[0].params.timezone: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            {"kind": "opening_range_breakout", "params": {"flatten_at": "09:40"}},
+            "strategies[0].params.flatten_at: must be after the opening range ends (09:45)",
+        ),
+    ],
+)
+def test_each_bad_key_is_named(overrides: dict[str, Any], expected: str) -> None:
+    (problem,) = problems(entry(**overrides))
+    assert problem.startswith(expected), problem
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(
+        entry(params={"fast_period": 0}),
+        entry(name="sma", kind="nope"),
+    )
+    assert found == (
+        "strategies[0].params.fast_period: Input should be greater than or equal to 1",
+        "strategies[1].name: 'sma' is already used by strategies[0]",
+        "strategies[1].kind: unknown strategy 'nope' (one of bollinger_reversion, "
+        "opening_range_breakout, pairs_trade, sma_crossover, or 'module:Class')",
+    )
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(StrategyConfigError, match="strategies: Field required"):
+        validate_strategies({"strategy": []})
+    with pytest.raises(StrategyConfigError, match="strategies: must list at least one strategy"):
+        validate_strategies({"strategies": []})
+    bad_yaml = tmp_path / "s.yaml"
+    bad_yaml.write_text("strategies: [\n")
+    with pytest.raises(StrategyConfigError, match="not valid YAML"):
+        load_strategies(bad_yaml)
+    with pytest.raises(StrategyConfigError, match="cannot read"):
+        load_strategies(tmp_path / "missing.yaml")
+
+
+def test_an_import_path_kind_loads_a_custom_strategy() -> None:
+    (loaded,) = validate_strategies(
+        {"strategies": [entry(kind="libs.strategy.testing:EchoStrategy", params={"quantity": 2})]}
+    )
+    assert loaded.cls.__name__ == "EchoStrategy"
+    assert loaded.spec.order_account == "paper"
