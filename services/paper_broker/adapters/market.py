@@ -1,0 +1,127 @@
+"""Market prices for the paper broker: trades and bars from the recorded stream.
+
+The feed reads ``md.trade.>`` and ``md.bar.>`` through its own pull consumer,
+recreated at every (re)connection to start with the *last* message of each
+subject (so the broker knows every symbol's last price at once) and then
+follow new ones. Nothing is acknowledged: prices are not work items, and a
+price missed while NATS was away is superseded by the next one.
+
+A message that does not decode is counted and skipped: the recorder
+dead-letters it, the paper broker only needs prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.js import api as js_api
+
+from libs.bus.client import Bus
+from libs.bus.errors import BusError
+from libs.contract.codec import DecodeError, decode
+from libs.contract.events import BarClosed, TradePrinted
+from libs.contract.subjects import STREAM
+from services.paper_broker import metrics
+from services.paper_broker.domain.fill_model import MarketUpdate
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 512
+FETCH_TIMEOUT_S = 1.0
+RETRY_BACKOFF_S = 1.0
+#: A consumer nobody pulls from for this long is removed by the server.
+INACTIVE_THRESHOLD_S = 3600.0
+
+OnUpdate = Callable[[MarketUpdate], None]
+
+
+class PriceFeed(Protocol):
+    """Where the paper broker's prices come from (NATS live; tests push them)."""
+
+    async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None: ...
+
+
+def to_update(data: bytes) -> MarketUpdate | None:
+    """A trade or bar event as a market update; None for anything else."""
+    event = decode(data)
+    if isinstance(event, TradePrinted):
+        p = event.payload
+        return MarketUpdate.trade(p.symbol, p.price, event.ts_event)
+    if isinstance(event, BarClosed):
+        b = event.payload
+        return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, b.end_ns)
+    return None
+
+
+class NatsPriceFeed:
+    """Trades and bars from JetStream, reconnecting until stopped."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        name: str,
+        user: str | None,
+        password: str | None,
+        subjects: Sequence[str],
+        consumer: str,
+        stream: str = STREAM,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.user = user
+        self.password = password
+        self.subjects = list(subjects)
+        self.consumer = consumer
+        self.stream = stream
+        self.connected = False
+
+    async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._session(on_update, stop)
+            except (BusError, nats.errors.Error, OSError, TimeoutError) as e:
+                metrics.FEED_ERRORS.labels(cause=type(e).__name__).inc()
+                log.warning("market data feed interrupted (%s: %s); retrying", type(e).__name__, e)
+            self.connected = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=RETRY_BACKOFF_S)
+
+    async def _session(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
+        bus = await Bus.connect(self.url, name=self.name, user=self.user, password=self.password)
+        async with bus:
+            await bus.ensure_stream(name=self.stream)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await bus.js.delete_consumer(self.stream, self.consumer)
+            await bus.js.add_consumer(
+                self.stream,
+                js_api.ConsumerConfig(
+                    durable_name=self.consumer,
+                    filter_subjects=self.subjects,
+                    deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                    ack_policy=js_api.AckPolicy.NONE,
+                    inactive_threshold=INACTIVE_THRESHOLD_S,
+                ),
+            )
+            sub = await bus.js.pull_subscribe_bind(self.consumer, stream=self.stream)
+            self.connected = True
+            log.info("paper broker prices from %s", ", ".join(self.subjects))
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for msg in msgs:
+                    try:
+                        update = to_update(msg.data)
+                    except DecodeError:
+                        metrics.FEED_ERRORS.labels(cause="undecodable").inc()
+                        continue
+                    if update is not None:
+                        on_update(update)

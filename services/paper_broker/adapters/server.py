@@ -1,0 +1,365 @@
+"""The paper broker's WebSocket server: Alpaca's trade_updates stream plus order entry.
+
+One socket per client. The client authenticates (``authenticate`` with a key
+id and secret, answered ``authorized`` or ``unauthorized``), may ``listen`` to
+``trade_updates`` (every order event of its account), and sends order entry
+as ``request`` messages that mirror Alpaca's REST API (method, path, body),
+each answered by a ``response`` with an HTTP status. The protocol is written
+up in this service's README.
+
+Ordering: the trade updates a request causes are queued to every listening
+socket of the account *before* that request's response, and every update is
+appended to the journal before it is sent (write-ahead), so a client never
+sees an order the broker would forget on restart.
+
+Each socket has a bounded outbound queue; a client that lets it fill up is
+disconnected (``slow consumer``) rather than stalling everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from pydantic import SecretStr
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from services.paper_broker import metrics
+from services.paper_broker.adapters import wire
+from services.paper_broker.adapters.journal import Journal
+from services.paper_broker.domain.book import CODE_NOT_FOUND, PaperBook, Refused, TradeUpdate
+from services.paper_broker.domain.fill_model import MarketUpdate
+
+log = logging.getLogger(__name__)
+
+CODE_BAD_REQUEST = 40010000
+CODE_UNAUTHORIZED = 40110000
+#: Close codes: policy violation (auth), try again later (slow consumer).
+CLOSE_POLICY = 1008
+CLOSE_SLOW = 1013
+TRADE_UPDATES = "trade_updates"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One API key pair and the paper account it opens."""
+
+    key_id: str
+    secret_key: SecretStr
+    account: str
+
+
+@dataclass(eq=False, slots=True)
+class _Session:
+    ws: ServerConnection
+    queue: asyncio.Queue[bytes | None]
+    account: str | None = None
+    listening: bool = False
+    closed: bool = False
+    writer: asyncio.Task[None] | None = field(default=None)
+
+
+class PaperBrokerServer:
+    """Serves the books over WebSocket until closed."""
+
+    def __init__(
+        self,
+        book: PaperBook,
+        credentials: Sequence[Credentials],
+        *,
+        journal: Journal | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        auth_timeout_s: float = 10.0,
+        max_queue: int = 10_000,
+        binary_frames: bool = True,
+    ) -> None:
+        self.book = book
+        self._keys = {c.key_id: c for c in credentials}
+        self.journal = journal
+        self.host = host
+        self.port = port
+        self.auth_timeout_s = auth_timeout_s
+        self.max_queue = max_queue
+        self.binary_frames = binary_frames
+        self._sessions: set[_Session] = set()
+        self._server: Server | None = None
+
+    # ----------------------------------------------------------- lifecycle
+
+    async def start(self) -> Self:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            compression=None,  # latency over bandwidth: frames are small JSON
+            max_size=1024 * 1024,
+        )
+        self.port = int(next(iter(self._server.sockets)).getsockname()[1])
+        log.info("paper broker listening on ws://%s:%d/stream", self.host, self.port)
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, close every socket; safe to call twice."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        await server.wait_closed()
+
+    @property
+    def connections(self) -> int:
+        return len(self._sessions)
+
+    # -------------------------------------------------------------- market
+
+    def market(self, update: MarketUpdate) -> None:
+        """A price from the feed: it may fill working orders."""
+        metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
+        self._publish(self.book.on_market(update))
+
+    def _publish(self, updates: Sequence[TradeUpdate]) -> None:
+        if not updates:
+            return
+        if self.journal is not None:
+            self.journal.append(updates)
+        for u in updates:
+            if u.execution_id is not None:
+                metrics.FILLS.labels(account=u.order.account).inc()
+            frame = self._encode({"stream": TRADE_UPDATES, "data": wire.trade_update_json(u)})
+            for session in list(self._sessions):
+                if session.listening and session.account == u.order.account:
+                    self._send(session, frame)
+
+    # ----------------------------------------------------------- sessions
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        return orjson.dumps(message)
+
+    def _send(self, session: _Session, frame: bytes) -> None:
+        if session.closed:
+            return
+        try:
+            session.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            metrics.SLOW_CONSUMERS.inc()
+            log.warning("disconnecting a slow client of account %s", session.account)
+            session.closed = True
+            # The writer drains nothing more; closing wakes the handler up.
+            asyncio.get_running_loop().create_task(
+                session.ws.close(CLOSE_SLOW, "slow consumer"), name="close-slow-client"
+            )
+
+    async def _writer(self, session: _Session) -> None:
+        send: Callable[[bytes], Any]
+        if self.binary_frames:
+            send = session.ws.send
+        else:
+
+            async def send(frame: bytes) -> None:
+                await session.ws.send(frame.decode())
+
+        with contextlib.suppress(ConnectionClosed):
+            while (frame := await session.queue.get()) is not None:
+                await send(frame)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = _Session(ws, asyncio.Queue(self.max_queue))
+        session.writer = asyncio.create_task(self._writer(session), name="paper-writer")
+        self._sessions.add(session)
+        metrics.CONNECTIONS.set(len(self._sessions))
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await self._serve_session(session)
+        finally:
+            session.closed = True
+            self._sessions.discard(session)
+            metrics.CONNECTIONS.set(len(self._sessions))
+            with contextlib.suppress(asyncio.QueueFull):
+                session.queue.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await asyncio.wait_for(session.writer, timeout=2)
+
+    async def _serve_session(self, session: _Session) -> None:
+        ws = session.ws
+        try:
+            first = await asyncio.wait_for(ws.recv(), timeout=self.auth_timeout_s)
+        except TimeoutError:
+            await ws.close(CLOSE_POLICY, "authentication timeout")
+            return
+        await self._message(session, first)
+        async for raw in ws:
+            await self._message(session, raw)
+
+    async def _message(self, session: _Session, raw: str | bytes) -> None:
+        try:
+            # Decimals stay exact: a JSON number with a fraction is read as Decimal.
+            msg = json.loads(raw, parse_float=Decimal)
+        except ValueError:
+            self._send(session, self._error(CODE_BAD_REQUEST, "invalid JSON"))
+            return
+        if not isinstance(msg, dict):
+            self._send(session, self._error(CODE_BAD_REQUEST, "a message is a JSON object"))
+            return
+        action = msg.get("action")
+        raw_data = msg.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        if action == "authenticate":
+            await self._authenticate(session, data)
+        elif action == "listen":
+            self._listen(session, data)
+        elif action == "request":
+            self._request(session, data)
+        else:
+            self._send(session, self._error(CODE_BAD_REQUEST, f"unknown action {action!r}"))
+
+    def _error(self, code: int, message: str) -> bytes:
+        return self._encode({"stream": "error", "data": wire.error_json(code, message)})
+
+    async def _authenticate(self, session: _Session, data: dict[str, Any]) -> None:
+        key_id, secret = data.get("key_id"), data.get("secret_key")
+        cred = self._keys.get(key_id) if isinstance(key_id, str) else None
+        ok = (
+            cred is not None
+            and isinstance(secret, str)
+            and hmac.compare_digest(secret.encode(), cred.secret_key.get_secret_value().encode())
+        )
+        status = "authorized" if ok else "unauthorized"
+        reply = {"stream": "authorization", "data": {"status": status, "action": "authenticate"}}
+        self._send(session, self._encode(reply))
+        if not ok or cred is None:
+            metrics.AUTH_FAILURES.inc()
+            log.warning("refused a client: bad key id or secret")
+            # Let the writer flush the refusal before the close frame.
+            session.queue.put_nowait(None)
+            if session.writer is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await session.writer
+            session.closed = True
+            await session.ws.close(CLOSE_POLICY, "unauthorized")
+            return
+        session.account = cred.account
+        log.info("client authenticated for account %s", cred.account)
+
+    def _listen(self, session: _Session, data: dict[str, Any]) -> None:
+        if session.account is None:
+            refusal = {"status": "unauthorized", "action": "listen"}
+            reply = {"stream": "authorization", "data": refusal}
+            self._send(session, self._encode(reply))
+            return
+        streams = data.get("streams")
+        wanted = [s for s in streams if isinstance(s, str)] if isinstance(streams, list) else []
+        session.listening = TRADE_UPDATES in wanted
+        listening = [TRADE_UPDATES] if session.listening else []
+        self._send(session, self._encode({"stream": "listening", "data": {"streams": listening}}))
+
+    # ------------------------------------------------------------ requests
+
+    def _request(self, session: _Session, data: dict[str, Any]) -> None:
+        rid = data.get("id")
+        method = str(data.get("method", "GET")).upper()
+        target = str(data.get("path", ""))
+        if session.account is None:
+            status, body = 401, wire.error_json(CODE_UNAUTHORIZED, "not authenticated")
+        else:
+            parts = urlsplit(target)
+            query = parse_qs(parts.query)
+            try:
+                status, body = self._route(session.account, method, parts.path, query, data)
+            except Refused as e:
+                status, body = e.status, wire.error_json(e.code, e.message)
+        metrics.REQUESTS.labels(method=method, status=str(status)).inc()
+        reply = {"stream": "response", "data": {"id": rid, "status": status, "body": body}}
+        self._send(session, self._encode(reply))
+
+    def _route(
+        self,
+        account: str,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        data: dict[str, Any],
+    ) -> tuple[int, Any]:
+        book = self.book
+        one = {k: v[-1] for k, v in query.items() if v}
+        if path == "/v2/orders":
+            if method == "POST":
+                return self._submit(account, data.get("body"))
+            if method == "GET":
+                status = one.get("status", "open")
+                if status not in ("open", "closed", "all"):
+                    raise Refused(422, 42210000, "status must be open, closed or all")
+                return 200, [wire.order_json(o) for o in book.orders(account, status)]  # type: ignore[arg-type]
+            if method == "DELETE":
+                updates = book.cancel_all(account)
+                self._publish(updates)
+                return 207, [
+                    {"id": u.order.id, "status": 200, "body": wire.order_json(u.order)}
+                    for u in updates
+                ]
+        elif path == "/v2/orders:by_client_order_id" and method == "GET":
+            order = book.by_client_order_id(account, one.get("client_order_id", ""))
+            if order is None:
+                raise Refused(404, CODE_NOT_FOUND, "order not found")
+            return 200, wire.order_json(order)
+        elif path.startswith("/v2/orders/"):
+            order_id = path.removeprefix("/v2/orders/")
+            if method == "GET":
+                order = book.order(account, order_id)
+                if order is None:
+                    raise Refused(404, CODE_NOT_FOUND, "order not found")
+                return 200, wire.order_json(order)
+            if method == "DELETE":
+                self._publish(book.cancel(account, order_id))
+                return 204, None
+        elif path == "/v2/positions":
+            if method == "GET":
+                return 200, [
+                    wire.position_json(p, book.last_price(p.symbol))
+                    for p in book.positions(account)
+                ]
+            if method == "DELETE":
+                orders, updates = book.close_all(account)
+                self._publish(updates)
+                return 207, [
+                    {"symbol": o.symbol, "status": 200, "body": wire.order_json(o)} for o in orders
+                ]
+        elif path == "/v2/account/activities/FILL" and method == "GET":
+            fills = book.fills(account, one.get("order_id"))
+            return 200, [wire.activity_json(f) for f in fills]
+        elif path == "/v2/account" and method == "GET":
+            return 200, {"id": account, "account_number": account, "status": "ACTIVE"}
+        raise Refused(404, CODE_NOT_FOUND, f"no endpoint {method} {path}")
+
+    def _submit(self, account: str, body: Any) -> tuple[int, Any]:
+        try:
+            spec = wire.spec_from_json(body)
+            order, updates = self.book.submit(account, spec)
+        except Refused:
+            metrics.ORDERS.labels(account=account, outcome="refused").inc()
+            raise
+        metrics.ORDERS.labels(account=account, outcome="accepted" if updates else "repeated").inc()
+        self._publish(updates)
+        return 200, wire.order_json(order)

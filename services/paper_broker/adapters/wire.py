@@ -1,0 +1,238 @@
+"""The paper broker's wire format: Alpaca's JSON shapes, numbers as strings.
+
+Outbound (orders, trade updates, positions, fill activities, errors) and
+inbound (an order request's body) conversions between the books' typed
+objects and JSON, plus the journal's record format (a trade update with its
+account). Field names follow Alpaca's order object and ``trade_updates``
+stream (``../../shared/PROTOCOLS.md``); see this service's README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+from typing import Any, get_args
+
+from services.paper_broker.domain.book import (
+    CODE_UNPROCESSABLE,
+    FillActivity,
+    OrderSpec,
+    PaperOrder,
+    Position,
+    Refused,
+    TimeInForce,
+    TradeUpdate,
+)
+from services.paper_broker.domain.fill_model import OrderType
+
+ORDER_TYPES = get_args(OrderType)
+TIMES_IN_FORCE = get_args(TimeInForce)
+
+Json = dict[str, Any]
+
+
+def iso(ns: int | None) -> str | None:
+    """RFC 3339 UTC with microseconds, as Alpaca writes times."""
+    if ns is None:
+        return None
+    seconds, rest = divmod(ns, 1_000_000_000)
+    t = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).replace(microsecond=rest // 1000)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str | None) -> int | None:
+    if value is None:
+        return None
+    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
+def num(value: Decimal | None) -> str | None:
+    """A decimal as Alpaca sends numbers: a plain string, never exponent notation."""
+    return None if value is None else format(value, "f")
+
+
+def order_json(o: PaperOrder) -> Json:
+    """Alpaca's order object."""
+    return {
+        "id": o.id,
+        "client_order_id": o.client_order_id,
+        "created_at": iso(o.created_at_ns),
+        "updated_at": iso(o.updated_at_ns),
+        "submitted_at": iso(o.created_at_ns),
+        "filled_at": iso(o.filled_at_ns),
+        "expired_at": None,
+        "canceled_at": iso(o.canceled_at_ns),
+        "failed_at": None,
+        "asset_class": o.asset_class,
+        "symbol": o.symbol,
+        "notional": None,
+        "qty": num(o.qty),
+        "filled_qty": num(o.filled_qty),
+        "filled_avg_price": num(o.filled_avg_price),
+        "order_class": "",
+        "order_type": o.order_type,
+        "type": o.order_type,
+        "side": o.side,
+        "time_in_force": o.time_in_force,
+        "limit_price": num(o.limit_price),
+        "stop_price": num(o.stop_price),
+        "status": o.status,
+        "extended_hours": False,
+        "legs": None,
+    }
+
+
+def order_from_json(account: str, d: Json) -> PaperOrder:
+    """The inverse of :func:`order_json` (the journal reads it back)."""
+    avg = d.get("filled_avg_price")
+    return PaperOrder(
+        id=d["id"],
+        client_order_id=d["client_order_id"],
+        account=account,
+        symbol=d["symbol"],
+        asset_class=d["asset_class"],
+        side=d["side"],
+        qty=Decimal(d["qty"]),
+        order_type=d["type"],
+        time_in_force=d["time_in_force"],
+        limit_price=Decimal(d["limit_price"]) if d.get("limit_price") is not None else None,
+        stop_price=Decimal(d["stop_price"]) if d.get("stop_price") is not None else None,
+        status=d["status"],
+        filled_qty=Decimal(d["filled_qty"]),
+        filled_avg_price=Decimal(avg) if avg is not None else None,
+        created_at_ns=parse_iso(d["created_at"]) or 0,
+        updated_at_ns=parse_iso(d["updated_at"]) or 0,
+        filled_at_ns=parse_iso(d.get("filled_at")),
+        canceled_at_ns=parse_iso(d.get("canceled_at")),
+    )
+
+
+def trade_update_json(u: TradeUpdate) -> Json:
+    """The ``data`` of a ``trade_updates`` message."""
+    data: Json = {"event": u.event, "timestamp": iso(u.ts_ns), "order": order_json(u.order)}
+    if u.execution_id is not None:
+        data["execution_id"] = u.execution_id
+        data["price"] = num(u.price)
+        data["qty"] = num(u.qty)
+        data["position_qty"] = num(u.position_qty)
+    return data
+
+
+def journal_record(u: TradeUpdate) -> Json:
+    return {"account": u.order.account, "update": trade_update_json(u)}
+
+
+def trade_update_from_record(record: Json) -> TradeUpdate:
+    data = record["update"]
+    price, qty, pos = data.get("price"), data.get("qty"), data.get("position_qty")
+    return TradeUpdate(
+        event=data["event"],
+        order=order_from_json(record["account"], data["order"]),
+        ts_ns=parse_iso(data["timestamp"]) or 0,
+        execution_id=data.get("execution_id"),
+        price=Decimal(price) if price is not None else None,
+        qty=Decimal(qty) if qty is not None else None,
+        position_qty=Decimal(pos) if pos is not None else None,
+    )
+
+
+def position_json(p: Position, last: Decimal | None) -> Json:
+    """Alpaca's position object (``qty`` negative for a short)."""
+    current = last if last is not None else p.avg_entry_price
+    cost = p.qty * p.avg_entry_price
+    value = p.qty * current
+    return {
+        "symbol": p.symbol,
+        "asset_class": p.asset_class,
+        "exchange": "PAPER",
+        "qty": num(p.qty),
+        "qty_available": num(p.qty),
+        "side": "long" if p.qty > 0 else "short",
+        "avg_entry_price": num(p.avg_entry_price),
+        "cost_basis": num(cost),
+        "market_value": num(value),
+        "current_price": num(current),
+        "unrealized_pl": num(value - cost),
+    }
+
+
+def activity_json(f: FillActivity) -> Json:
+    """An account activity of type FILL (``GET /v2/account/activities/FILL``)."""
+    return {
+        "id": f.id,
+        "activity_type": "FILL",
+        "transaction_time": iso(f.ts_ns),
+        "type": f.type,
+        "price": num(f.price),
+        "qty": num(f.qty),
+        "side": f.side,
+        "symbol": f.symbol,
+        "leaves_qty": num(f.leaves_qty),
+        "order_id": f.order_id,
+        "cum_qty": num(f.cum_qty),
+        "order_status": f.order_status,
+    }
+
+
+def error_json(code: int, message: str) -> Json:
+    return {"code": code, "message": message}
+
+
+def _bad(message: str) -> Refused:
+    return Refused(422, CODE_UNPROCESSABLE, message)
+
+
+def _decimal(body: Json, name: str, *, required: bool = False) -> Decimal | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _bad(f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise _bad(f"{name} must be a number or a decimal string")
+    try:
+        out = Decimal(value)
+    except InvalidOperation as e:
+        raise _bad(f"{name} is not a number: {value!r}") from e
+    if not out.is_finite():
+        raise _bad(f"{name} must be finite")
+    return out
+
+
+def _choice(body: Json, name: str, allowed: tuple[str, ...], default: str | None = None) -> str:
+    value = body.get(name, default)
+    if value is None:
+        raise _bad(f"{name} is required")
+    if value not in allowed:
+        raise _bad(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def spec_from_json(body: Any) -> OrderSpec:
+    """An order request's body (``POST /v2/orders``), checked; 422 when malformed."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    symbol = body.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise _bad("symbol is required")
+    if body.get("notional") is not None:
+        raise _bad("notional orders are not supported by the paper broker; send qty")
+    if body.get("order_class") not in (None, "", "simple"):
+        raise _bad(f"order_class {body['order_class']!r} is not supported by the paper broker")
+    cid = body.get("client_order_id")
+    if cid is not None and not isinstance(cid, str):
+        raise _bad("client_order_id must be a string")
+    qty = _decimal(body, "qty", required=True)
+    assert qty is not None
+    return OrderSpec(
+        symbol=symbol,
+        side=_choice(body, "side", ("buy", "sell")),  # type: ignore[arg-type]
+        qty=qty,
+        order_type=_choice(body, "type", ORDER_TYPES, "market"),  # type: ignore[arg-type]
+        time_in_force=_choice(body, "time_in_force", TIMES_IN_FORCE, "day"),  # type: ignore[arg-type]
+        limit_price=_decimal(body, "limit_price"),
+        stop_price=_decimal(body, "stop_price"),
+        client_order_id=cid or None,
+        asset_class="us_option" if ":" in symbol else "us_equity",
+    )

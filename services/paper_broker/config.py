@@ -1,0 +1,144 @@
+"""Paper broker settings: the shared ``TRADEBUS_*`` ones plus ``paper.yaml``.
+
+``paper.yaml`` (example: ``deploy/config/paper.yaml``) names the accounts and
+the environment variables holding each one's API key pair, and sets the fill
+model. It is validated strictly (unknown keys are errors) and a bad value
+stops start-up with a message naming the key (``accounts.paper-a.key_id_env``)
+or the missing environment variable; a secret is never echoed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from libs.config import ConfigError, ServiceSettings
+from libs.contract.envelope import Token
+from services.paper_broker.adapters.server import Credentials
+from services.paper_broker.domain.book import BookConfig
+from services.paper_broker.domain.fill_model import FillModelConfig
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class PaperBrokerSettings(ServiceSettings):
+    #: ``paper.yaml``; without one, a single account ``paper`` whose keys are in
+    #: ``TRADEBUS_PAPER_KEY_ID`` / ``TRADEBUS_PAPER_SECRET_KEY``.
+    paper_config: Path | None = None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccountSection(_Strict):
+    """Where an account's API key pair comes from (environment variable names)."""
+
+    key_id_env: EnvName
+    secret_key_env: EnvName
+
+
+class FillModelSection(_Strict):
+    """See ``services/paper_broker/domain/fill_model.py`` for the rules."""
+
+    slippage_bps: Decimal = Field(default=Decimal(0), ge=0, le=10_000)
+    max_fill_quantity: Decimal | None = Field(default=None, gt=0)
+    price_decimals: int = Field(default=4, ge=0, le=12)
+    limit_fill_on_touch: bool = True
+
+
+class MarketDataSection(_Strict):
+    """Where prices come from: the recorded stream's trades and bars, or nowhere."""
+
+    source: Literal["nats", "none"] = "nats"
+    subjects: tuple[str, ...] = ("md.trade.>", "md.bar.>")
+    #: Name of the paper broker's pull consumer on the stream.
+    consumer: Token = "paper-broker"
+
+
+def _default_accounts() -> dict[str, AccountSection]:
+    return {
+        "paper": AccountSection(
+            key_id_env="TRADEBUS_PAPER_KEY_ID",
+            secret_key_env="TRADEBUS_PAPER_SECRET_KEY",  # noqa: S106 - a variable's name
+        )
+    }
+
+
+class PaperConfig(_Strict):
+    """The whole of ``paper.yaml``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    accounts: dict[Token, AccountSection] = Field(default_factory=_default_accounts, min_length=1)
+    fill_model: FillModelSection = FillModelSection()
+    #: Orders for more than this are refused (403), like a broker's order limit.
+    max_order_quantity: Decimal | None = Field(default=None, gt=0)
+    #: Symbols refused as not tradable (422).
+    untradable_symbols: tuple[Token, ...] = ()
+    market_data: MarketDataSection = MarketDataSection()
+    #: Journal file: state survives restarts. None keeps everything in memory.
+    journal: Path | None = None
+    journal_fsync: bool = False
+    #: A client that has not authenticated by then is disconnected.
+    auth_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Send JSON in binary frames, as Alpaca's paper stream does.
+    binary_frames: bool = True
+
+    def book_config(self) -> BookConfig:
+        fm = self.fill_model
+        return BookConfig(
+            fill_model=FillModelConfig(
+                slippage_bps=fm.slippage_bps,
+                max_fill_quantity=fm.max_fill_quantity,
+                price_decimals=fm.price_decimals,
+                limit_fill_on_touch=fm.limit_fill_on_touch,
+            ),
+            max_order_quantity=self.max_order_quantity,
+            untradable_symbols=frozenset(self.untradable_symbols),
+        )
+
+    def credentials(self, env: Mapping[str, str] | None = None) -> list[Credentials]:
+        """Each account's key pair, read from the environment variables named."""
+        env = os.environ if env is None else env
+        out: list[Credentials] = []
+        for account, section in self.accounts.items():
+            values = []
+            for key in ("key_id_env", "secret_key_env"):
+                var = getattr(section, key)
+                value = env.get(var)
+                if not value:
+                    raise ConfigError(
+                        f"accounts.{account}.{key}: environment variable {var} is not set"
+                    )
+                values.append(value)
+            out.append(Credentials(values[0], SecretStr(values[1]), account))
+        if len({c.key_id for c in out}) != len(out):
+            raise ConfigError("accounts: two accounts share one key id")
+        return out
+
+
+def load_paper_config(path: Path | None) -> PaperConfig:
+    """Read and validate ``paper.yaml`` (defaults when ``path`` is None)."""
+    if path is None:
+        return PaperConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return PaperConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in e.errors(include_url=False, include_input=False)
+        ]
+        raise ConfigError(f"{path}: " + "; ".join(lines)) from None

@@ -1,0 +1,89 @@
+"""Wiring of the paper broker: config, journal, books, WebSocket server, price feed.
+
+Start-up replays the journal into the books, then serves. SIGTERM/SIGINT
+stops the feed and the server, closes the journal and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from typing import Any
+
+from libs.contract.envelope import WallClock
+from libs.observability.http import MetricsServer
+from libs.observability.logs import setup_logging
+from services.paper_broker.adapters.journal import Journal
+from services.paper_broker.adapters.market import NatsPriceFeed
+from services.paper_broker.adapters.server import PaperBrokerServer
+from services.paper_broker.config import PaperBrokerSettings, PaperConfig
+from services.paper_broker.domain.book import PaperBook
+
+log = logging.getLogger(__name__)
+
+SERVICE = "paper-broker"
+
+
+async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
+    credentials = config.credentials()
+    book = PaperBook(config.book_config(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
+    journal = None
+    if config.journal is not None:
+        journal = Journal(config.journal, fsync=config.journal_fsync)
+        replayed = book.apply_all(journal.load())
+        log.info("replayed %d trade updates from %s", replayed, config.journal)
+        journal.open()
+    feed = None
+    if config.market_data.source == "nats":
+        feed = NatsPriceFeed(
+            url=settings.nats_url,
+            name=f"{SERVICE}/{settings.instance}",
+            user=settings.nats_user,
+            password=settings.nats_password.get_secret_value() if settings.nats_password else None,
+            subjects=config.market_data.subjects,
+            consumer=config.market_data.consumer,
+        )
+    server = PaperBrokerServer(
+        book,
+        credentials,
+        journal=journal,
+        host=config.host,
+        port=config.port,
+        auth_timeout_s=config.auth_timeout_s,
+        binary_frames=config.binary_frames,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        return True, {
+            "service": SERVICE,
+            "port": server.port,
+            "connections": server.connections,
+            "market_data": "none" if feed is None else ("up" if feed.connected else "down"),
+        }
+
+    try:
+        async with (
+            server,
+            MetricsServer(settings.metrics_host, settings.metrics_port, health),
+            asyncio.TaskGroup() as tasks,
+        ):
+            if feed is not None:
+                tasks.create_task(feed.run(server.market, stop), name="price-feed")
+            await stop.wait()
+    finally:
+        if journal is not None:
+            journal.close()
+    log.info("paper broker stopped")
+
+
+def main(settings: PaperBrokerSettings, config: PaperConfig) -> None:
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    asyncio.run(serve(settings, config))

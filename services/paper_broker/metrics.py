@@ -1,0 +1,26 @@
+"""The paper broker's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+ORDERS = Counter(
+    "tradebus_paper_orders_total",
+    "Order submissions by outcome (accepted, repeated client order id, refused)",
+    ["account", "outcome"],
+)
+FILLS = Counter("tradebus_paper_fills_total", "Fills (partial or complete)", ["account"])
+REQUESTS = Counter(
+    "tradebus_paper_requests_total", "Order-entry requests answered", ["method", "status"]
+)
+MARKET_UPDATES = Counter(
+    "tradebus_paper_market_updates_total", "Trades and bars taken from the feed", ["kind"]
+)
+CONNECTIONS = Gauge("tradebus_paper_connections", "Open client WebSocket connections")
+AUTH_FAILURES = Counter("tradebus_paper_auth_failures_total", "Refused authentications")
+SLOW_CONSUMERS = Counter(
+    "tradebus_paper_slow_consumers_total", "Clients disconnected for not reading their updates"
+)
+FEED_ERRORS = Counter(
+    "tradebus_paper_feed_errors_total", "Market-data messages or connections that failed", ["cause"]
+)
