@@ -1,15 +1,301 @@
-"""``tradebus risk-gate …`` and the risk operator commands."""
+"""``tradebus risk-gate …`` and the risk operator commands.
+
+- ``tradebus risk-gate run --config risk.yaml``: the gate itself;
+  ``risk-gate check --config risk.yaml`` validates a limits file.
+- ``tradebus kill-switch on|off --reason TEXT``: publishes
+  ``KillSwitchEngaged`` / ``KillSwitchReleased`` on ``control.killswitch``
+  (the operator NATS user may; nobody else can).
+- ``tradebus risk resume ACCOUNT|global --reason TEXT``: asks the gate to
+  return a halted (or reducing) scope to active.
+- ``tradebus risk status [--config risk.yaml] [--json]``: trading states,
+  kill switch, caps and their use, rebuilt from the event store.
+"""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
-from libs.cli import add_replay_command
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs.cli import add_replay_command, err, settings_or_exit
+from libs.config import ServiceSettings
+from libs.contract.envelope import Event, WallClock
 
 app = typer.Typer(help="The risk-gate: the only publisher of order commands.")
+kill_switch_app = typer.Typer(help="The global kill switch: no new order passes while it is on.")
+risk_app = typer.Typer(help="Risk operator commands: resume trading, show risk status.")
+out = Console()
 
 add_replay_command(app, "risk-gate", default_subject="risk.>")
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Risk limits file (default: $TRADEBUS_RISK_CONFIG)",
+        dir_okay=False,
+    ),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded with the event)")]
+OperatorOption = Annotated[
+    str | None, typer.Option("--operator", help="Who (default: $USER)", show_default=False)
+]
+
+
+def _limits_path(config: Path | None, required: bool) -> Path | None:
+    from services.risk_gate.config import RiskGateSettings
+
+    path = config or settings_or_exit(RiskGateSettings).risk_config
+    if path is None and required:
+        err.print("[red]error:[/red] no risk limits file: give --config or TRADEBUS_RISK_CONFIG")
+        raise typer.Exit(2)
+    return path
+
+
+def _load(path: Path) -> Any:
+    from services.risk_gate.config import RiskConfigError, load_limits
+
+    try:
+        return load_limits(path)
+    except RiskConfigError as e:
+        err.print("[red]error:[/red] invalid risk limits:")
+        err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(2) from e
+
+
+@app.command("run")
+def run(config: ConfigOption = None) -> None:
+    """Gate every order intent until stopped (SIGTERM)."""
+    from services.risk_gate.config import RiskGateSettings
+    from services.risk_gate.main import main
+
+    settings = settings_or_exit(RiskGateSettings)
+    path = _limits_path(config, required=True)
+    assert path is not None
+    _load(path)  # refuse a bad file before anything starts
+    raise typer.Exit(main(settings, path))
+
+
+@app.command("check")
+def check(config: ConfigOption = None) -> None:
+    """Validate a risk limits file and summarise it."""
+    path = _limits_path(config, required=True)
+    assert path is not None
+    limits = _load(path)
+    print(
+        f"{path}: ok, {len(limits.accounts)} accounts, {len(limits.strategies)} strategies "
+        f"({', '.join(sorted(limits.strategies)) or 'none'})"
+    )
+
+
+# ---------------------------------------------------------------- operator
+
+
+def _operator(name: str | None) -> str:
+    who = name or os.environ.get("USER") or getpass.getuser()
+    if not who:
+        err.print("[red]error:[/red] no operator name: give --operator")
+        raise typer.Exit(2)
+    return who
+
+
+def _publish(event: Event) -> None:
+    from libs.bus.client import Bus
+    from libs.bus.errors import BusError
+
+    settings = settings_or_exit(ServiceSettings)
+
+    async def go() -> None:
+        bus = await Bus.connect(
+            settings.nats_url,
+            name=f"operator/{settings.instance}",
+            user=settings.nats_user,
+            password=settings.nats_password.get_secret_value() if settings.nats_password else None,
+        )
+        async with bus:
+            await bus.publish(event, deadline_s=10)
+
+    try:
+        asyncio.run(go())
+    except BusError as e:
+        err.print(f"[red]error:[/red] not published: {e}")
+        raise typer.Exit(1) from e
+
+
+@kill_switch_app.command("on")
+def kill_switch_on(reason: ReasonOption, operator: OperatorOption = None) -> None:
+    """Engage the kill switch: every account's orders are canceled and positions
+    flattened, trading halts, and no new order passes until it is off and
+    trading is resumed (``tradebus risk resume global``)."""
+    from libs.contract.events import KillSwitchEngaged, OperatorActionPayload
+
+    who = _operator(operator)
+    event = KillSwitchEngaged.create(
+        OperatorActionPayload(operator=who, reason=reason),
+        source=f"operator/{who}",
+        clock=WallClock(),
+    )
+    _publish(event)
+    print(f"kill switch ENGAGED by {who}: {reason} (event {event.id})")
+
+
+@kill_switch_app.command("off")
+def kill_switch_off(reason: ReasonOption, operator: OperatorOption = None) -> None:
+    """Release the kill switch. Trading stays halted until ``risk resume global``."""
+    from libs.contract.events import KillSwitchReleased, OperatorActionPayload
+
+    who = _operator(operator)
+    event = KillSwitchReleased.create(
+        OperatorActionPayload(operator=who, reason=reason),
+        source=f"operator/{who}",
+        clock=WallClock(),
+    )
+    _publish(event)
+    print(f"kill switch released by {who}: {reason} (event {event.id})")
+    print("trading stays halted until: tradebus risk resume global --reason ...")
+
+
+@risk_app.command("resume")
+def resume(
+    scope: Annotated[str, typer.Argument(help="An account name, or 'global'")],
+    reason: ReasonOption,
+    operator: OperatorOption = None,
+) -> None:
+    """Ask the risk-gate to return a halted or reducing account (or everything) to active."""
+    from libs.contract.events import ResumePayload, TradingResumeRequested
+    from libs.contract.subjects import SubjectError, token
+
+    try:
+        token(scope)
+    except SubjectError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    who = _operator(operator)
+    event = TradingResumeRequested.create(
+        ResumePayload(operator=who, reason=reason, scope=scope),
+        source=f"operator/{who}",
+        clock=WallClock(),
+    )
+    _publish(event)
+    print(f"resume of {scope} requested by {who}: {reason} (event {event.id})")
+
+
+@risk_app.command("status")
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
+) -> None:
+    """Trading states, kill switch, caps and their use, rebuilt from the event store."""
+    from libs.store.errors import StoreUnavailable
+    from services.risk_gate.adapters.store import rebuild
+    from services.risk_gate.config import RiskGateSettings
+    from services.risk_gate.domain.limits import RiskLimits
+    from services.risk_gate.domain.state import RiskState
+    from services.risk_gate.domain.status import summarize
+
+    settings = settings_or_exit(RiskGateSettings)
+    path = _limits_path(config, required=False)
+    limits = _load(path) if path is not None else RiskLimits()
+    try:
+        rebuilt = asyncio.run(
+            rebuild(settings.database_url.get_secret_value(), RiskState.initial(limits))
+        )
+    except StoreUnavailable as e:
+        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
+        raise typer.Exit(1) from e
+    summary = {"as_of_seq": rebuilt.last_seq, **summarize(rebuilt.state, time.time_ns())}
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    _print_status(summary, limits_given=path is not None)
+
+
+def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
+    ks = s["kill_switch"]
+    out.print(f"risk status as of store sequence {s['as_of_seq']}, trading day {s['trading_day']}")
+    if ks["engaged"]:
+        out.print(f"[bold red]KILL SWITCH ON[/bold red] by {ks['operator']}: {ks['reason']}")
+    else:
+        out.print("kill switch off")
+    states = Table("scope", "state", "reason", title="trading states")
+    for scope, st in s["trading_states"].items():
+        color = {"active": "green", "reducing": "yellow", "halted": "red"}[st["state"]]
+        states.add_row(scope, f"[{color}]{st['state']}[/{color}]", st["reason"])
+    out.print(states)
+    accounts = Table(
+        "account",
+        "state",
+        "broker",
+        "day P&L",
+        "loss limit",
+        "used",
+        "open orders",
+        "orders/window",
+        "positions",
+        title="accounts",
+    )
+    for name, a in s["accounts"].items():
+        rate = a["rate"]
+        accounts.add_row(
+            name,
+            a["state"],
+            a["broker_connection"] or "-",
+            a["day_pnl"],
+            a["daily_loss_limit"] or "-",
+            _pct(a["daily_loss_used"]),
+            str(a["open_orders"]),
+            f"{rate['orders_in_window']}/{rate['max_orders']}" if rate.get("max_orders") else "-",
+            ", ".join(f"{k} {v}" for k, v in a["positions"].items()) or "-",
+        )
+    out.print(accounts)
+    strategies = Table(
+        "strategy",
+        "account",
+        "gross notional",
+        "cap",
+        "used",
+        "open orders",
+        "orders/window",
+        "positions (qty/max)",
+        title="strategies",
+    )
+    for name, st in s["strategies"].items():
+        rate = st["rate"]
+        for account, a in st["accounts"].items():
+            strategies.add_row(
+                name,
+                account,
+                a["gross_notional"],
+                a["max_gross_notional"],
+                _pct(a["gross_used"]),
+                str(a["open_orders"]),
+                f"{rate['orders_in_window']}/{rate['max_orders']}"
+                if rate.get("max_orders")
+                else "-",
+                ", ".join(f"{k} {v['quantity']}/{v['max']}" for k, v in a["positions"].items())
+                or "-",
+            )
+    out.print(strategies)
+    if not limits_given:
+        out.print("[dim](no --config: caps not shown)[/dim]")
+    pending = s["pending"]
+    if pending["intents"] or pending["orders"] or pending["reactions"]:
+        out.print(f"pending in the gate: {pending}")
+
+
+def _pct(used: str | None) -> str:
+    return "-" if used is None else f"{float(used):.1%}"
+
 
 def register(root: typer.Typer) -> None:
-    """Operator commands owned by the risk side (kill-switch, risk status)."""
+    """Operator commands owned by the risk side (kill-switch, risk resume/status)."""
+    root.add_typer(kill_switch_app, name="kill-switch")
+    root.add_typer(risk_app, name="risk")

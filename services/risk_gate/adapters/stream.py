@@ -1,0 +1,96 @@
+"""The risk-gate's durable JetStream consumer.
+
+The store, not the consumer, says how far the gate got: on every (re)start
+the durable ``risk-gate`` consumer is recreated to deliver from right after
+the last sequence the rebuild folded in, filtered to what the gate reads.
+Its pending count at creation is the backlog the gate replays without
+deciding anything (those intents may have been decided already, and their
+decisions are in that backlog); past it, the gate is live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from libs.bus.client import Bus
+from libs.contract.subjects import STREAM
+
+log = logging.getLogger(__name__)
+
+#: The durable name; NATS permissions allow the risk-gate user only this one.
+DURABLE = "risk-gate"
+
+#: What the gate reads: prices, intents, its own output, the broker, operators.
+FILTER_SUBJECTS = (
+    "md.trade.>",
+    "md.bar.>",
+    "strategy.intent.>",
+    "risk.>",
+    "orders.cmd.>",
+    "broker.>",
+    "control.>",
+)
+
+
+class RiskStream:
+    """The gate's consumer: recreated at a start sequence, then fetched from."""
+
+    def __init__(self, bus: Bus, *, stream: str = STREAM, ack_wait_s: float = 30.0) -> None:
+        self.bus = bus
+        self.stream = stream
+        self.ack_wait_s = ack_wait_s
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def start_at(self, next_seq: int) -> int:
+        """Deliver from ``next_seq`` on; returns how many messages were already there."""
+        info = await self.bus.ensure_stream(name=self.stream)
+        first = info.state.first_seq
+        if first > next_seq and info.state.messages:
+            log.warning(
+                "the stream starts at %d but the store ends at %d: sequences in between are "
+                "in neither (trimmed before they were recorded?)",
+                first,
+                next_seq - 1,
+            )
+        await self.close()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.bus.js.delete_consumer(self.stream, DURABLE)
+        config = js_api.ConsumerConfig(
+            durable_name=DURABLE,
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=next_seq,
+            ack_policy=js_api.AckPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=50_000,
+            max_deliver=-1,
+            filter_subjects=list(FILTER_SUBJECTS),
+        )
+        created = await self.bus.js.add_consumer(self.stream, config)
+        self._sub = await self.bus.js.pull_subscribe_bind(
+            DURABLE, stream=self.stream, pending_msgs_limit=50_000
+        )
+        backlog = int(created.num_pending or 0)
+        log.info("risk-gate consumer starts at sequence %d with %d to replay", next_seq, backlog)
+        return backlog
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to ``batch`` messages; an empty list when none came in ``timeout``."""
+        assert self._sub is not None, "start_at() first"
+        try:
+            return await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await sub.unsubscribe()

@@ -1,0 +1,87 @@
+"""The events the risk-gate emits, with ids derived from what caused them.
+
+Every id the gate mints is :func:`~libs.contract.codec.derived_id` of its
+cause: the decision, the order id (the broker's client order id) and the
+``SubmitOrder`` of an intent derive from the intent's id; a reaction's
+events derive from the event that triggered it. Deciding or reacting twice
+to the same thing therefore produces the same events, which JetStream's
+duplicate window drops and :func:`~services.risk_gate.domain.evolve.evolve`
+recognises, so a redelivered intent never becomes a second order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Event
+from libs.contract.events import OrderIntentCreated, SubmitOrder, SubmitOrderPayload
+
+#: The ``source`` of what the gate publishes (the instance is appended live).
+SOURCE = "risk-gate"
+
+E = TypeVar("E", bound=Event)
+
+
+def decision_id_for(intent_id: uuid.UUID) -> uuid.UUID:
+    return derived_id(SOURCE, "decision", intent_id)
+
+
+def order_id_for(intent_id: uuid.UUID) -> uuid.UUID:
+    """The order id (and broker client order id) an accepted intent gets."""
+    return derived_id(SOURCE, "order", intent_id)
+
+
+def submit_id_for(intent_id: uuid.UUID) -> uuid.UUID:
+    return derived_id(SOURCE, "submit", intent_id)
+
+
+def make(
+    cls: type[E],
+    payload: Any,
+    *,
+    event_id: uuid.UUID,
+    now_ns: int,
+    source: str,
+    correlation_id: uuid.UUID,
+    causation_id: uuid.UUID,
+) -> E:
+    """An event of ``cls`` with explicit ids (no clock, no random id)."""
+    return cls(
+        id=event_id,
+        type=cls.model_fields["type"].default,
+        ts_event=now_ns,
+        ts_init=now_ns,
+        source=source,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        payload=payload,
+    )
+
+
+def submit_order(intent: OrderIntentCreated, now_ns: int, *, source: str = SOURCE) -> SubmitOrder:
+    """The order command for an accepted intent, caused by its decision."""
+    p = intent.payload
+    return make(
+        SubmitOrder,
+        SubmitOrderPayload(
+            order_id=order_id_for(intent.id),
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.quantity,
+            order_type=p.order_type,
+            limit_price=p.limit_price,
+            stop_price=p.stop_price,
+            time_in_force=p.time_in_force,
+            asset_class=p.asset_class,
+        ),
+        event_id=submit_id_for(intent.id),
+        now_ns=now_ns,
+        source=source,
+        correlation_id=intent.correlation_id,
+        causation_id=decision_id_for(intent.id),
+    )

@@ -1,0 +1,382 @@
+"""``decide(state, intent, now) -> Decision``: every pre-trade check, in order.
+
+A denial is a value carrying a :class:`~libs.contract.events.ReasonCode` and
+a human-readable detail, never an exception. The first failing check wins,
+in this order (operator and breaker states before limits, so a halted
+account reports ``halted`` rather than whichever cap it would also break):
+
+==========================  =================================================
+reason                      denied when
+==========================  =================================================
+unknown_strategy            the strategy is not in the limits
+unknown_account             the account is not configured, or not the
+                            strategy's (its account or shadow account)
+stale_intent                the intent is older than ``max_intent_age_s``
+kill_switch                 the global kill switch is engaged
+halted                      the account or everything is halted
+reduce_only                 reducing, and the order would not reduce the
+                            account's position in the symbol
+daily_loss                  the account's day P&L is at or past its limit
+                            (its breaker has not tripped yet)
+no_market_price             no last price for the symbol (or too old)
+price_band                  a limit/stop price too far from the last price,
+                            or a limit/stop order without its price
+max_order_quantity          fat finger: the order's quantity
+max_order_notional          fat finger: quantity x price x multiplier
+max_strategy_position       the strategy's position in the symbol, with its
+                            open orders on the same side, past its cap
+max_symbol_position         past the strategy's per-symbol cap (or a symbol
+                            outside its list), or the account's net cap
+max_gross_notional          the strategy's gross exposure (positions + open
+                            orders + this order, at market) past its cap
+strategy_rate_limit         too many orders from the strategy in the window
+account_rate_limit          too many orders on the account in the window
+==========================  =================================================
+
+Position and exposure caps stop only what makes things bigger: an order that
+reduces an exposure above a (since lowered) cap passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    OrderIntentCreated,
+    OrderIntentPayload,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    Side,
+    SubmitOrder,
+)
+from services.risk_gate.domain.commands import (
+    SOURCE,
+    decision_id_for,
+    make,
+    order_id_for,
+    submit_order,
+)
+from services.risk_gate.domain.evolve import roll_day
+from services.risk_gate.domain.limits import GLOBAL, AccountLimits, StrategyLimits
+from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState, multiplier
+
+Verdict = tuple[ReasonCode, str]
+ACCEPT: Verdict = (ReasonCode.ACCEPTED, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one intent and the events that carry it."""
+
+    intent: OrderIntentCreated
+    reason: ReasonCode
+    detail: str
+    event: RiskDecisionMade
+    order: SubmitOrder | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is ReasonCode.ACCEPTED
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """The decision, then (if accepted) its order command: publish in this order."""
+        return (self.event,) if self.order is None else (self.event, self.order)
+
+
+def decide(
+    state: RiskState, intent: OrderIntentCreated, now_ns: int, *, source: str = SOURCE
+) -> Decision:
+    """Check ``intent`` against ``state`` at time ``now_ns``."""
+    state = roll_day(state, now_ns)
+    reason, detail = check(state, intent, now_ns)
+    accepted = reason is ReasonCode.ACCEPTED
+    p = intent.payload
+    decision = make(
+        RiskDecisionMade,
+        RiskDecisionPayload(
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            decision="accepted" if accepted else "denied",
+            reason=reason,
+            detail=detail,
+            order_id=order_id_for(intent.id) if accepted else None,
+        ),
+        event_id=decision_id_for(intent.id),
+        now_ns=now_ns,
+        source=source,
+        correlation_id=intent.correlation_id,
+        causation_id=intent.id,
+    )
+    order = submit_order(intent, now_ns, source=source) if accepted else None
+    return Decision(intent, reason, detail, decision, order)
+
+
+def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
+    """The first check ``intent`` fails, or ``(ACCEPTED, "")``."""
+    p = intent.payload
+    limits = state.limits
+    strategy = limits.strategies.get(p.strategy)
+    if strategy is None:
+        return ReasonCode.UNKNOWN_STRATEGY, f"strategy {p.strategy} has no risk limits"
+    account = limits.accounts.get(p.account)
+    if account is None:
+        return ReasonCode.UNKNOWN_ACCOUNT, f"account {p.account} has no risk limits"
+    if p.account not in (strategy.account, strategy.shadow_account):
+        return ReasonCode.UNKNOWN_ACCOUNT, (
+            f"strategy {p.strategy} trades account {strategy.account}, not {p.account}"
+        )
+    if limits.max_intent_age_s is not None:
+        age_ns = now_ns - intent.ts_event
+        if age_ns > limits.max_intent_age_s * NS:
+            return ReasonCode.STALE_INTENT, (
+                f"intent is {age_ns / NS:.1f}s old (max {limits.max_intent_age_s:g}s)"
+            )
+    for verdict in (
+        _control(state, p),
+        _daily_loss(state, p, account),
+    ):
+        if verdict is not ACCEPT:
+            return verdict
+    mark = state.mark(p.symbol)
+    max_age = limits.price_band.max_mark_age_s
+    if mark is None:
+        return ReasonCode.NO_MARKET_PRICE, f"no market price for {p.symbol}"
+    if max_age is not None and now_ns - mark.ts_ns > max_age * NS:
+        return ReasonCode.NO_MARKET_PRICE, (
+            f"last price of {p.symbol} is {(now_ns - mark.ts_ns) / NS:.1f}s old (max {max_age:g}s)"
+        )
+    for verdict in (
+        _price_band(state, p, mark),
+        _order_size(p, strategy, mark),
+        _positions(state, p, strategy, account),
+        _gross_notional(state, p, strategy, mark),
+        _rates(state, p, strategy, account, now_ns),
+    ):
+        if verdict is not ACCEPT:
+            return verdict
+    return ACCEPT
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _control(state: RiskState, p: OrderIntentPayload) -> Verdict:
+    ks = state.kill_switch
+    if ks.engaged:
+        return ReasonCode.KILL_SWITCH, f"kill switch engaged by {ks.operator}: {ks.reason}"
+    scopes = (GLOBAL, p.account)
+    for scope in scopes:
+        s = state.scope_state(scope)
+        if s.state == "halted":
+            return ReasonCode.HALTED, f"{scope} is halted: {s.reason}"
+    reducing = [scope for scope in scopes if state.scope_state(scope).state == "reducing"]
+    if reducing and not reduces_position(state, p.account, p.symbol, p.side, p.quantity):
+        return ReasonCode.REDUCE_ONLY, (
+            f"{reducing[0]} is reducing; {p.side} {p.quantity} {p.symbol} does not reduce "
+            f"the position of {state.account_position(p.account, p.symbol)}"
+        )
+    return ACCEPT
+
+
+def _daily_loss(state: RiskState, p: OrderIntentPayload, account: AccountLimits) -> Verdict:
+    pnl = state.day_pnl(p.account)
+    # Once the breaker has tripped (and halted the account) an operator's resume
+    # overrides it for the rest of the day; until then the loss itself denies.
+    if pnl <= -account.daily_loss_limit and state.loss_tripped.get(p.account) != state.day:
+        return ReasonCode.DAILY_LOSS, (
+            f"day P&L of {p.account} is {pnl}, limit -{account.daily_loss_limit}"
+        )
+    return ACCEPT
+
+
+def _price_band(state: RiskState, p: OrderIntentPayload, mark: Mark) -> Verdict:
+    band = state.limits.price_band.max_deviation
+    prices: list[tuple[str, Decimal]] = []
+    if p.order_type in ("limit", "stop_limit"):
+        if p.limit_price is None:
+            return ReasonCode.PRICE_BAND, f"a {p.order_type} order needs a limit price"
+        prices.append(("limit", p.limit_price))
+    if p.order_type in ("stop", "stop_limit"):
+        if p.stop_price is None:
+            return ReasonCode.PRICE_BAND, f"a {p.order_type} order needs a stop price"
+        prices.append(("stop", p.stop_price))
+    for name, price in prices:
+        deviation = abs(price - mark.price) / mark.price
+        if deviation > band:
+            return ReasonCode.PRICE_BAND, (
+                f"{name} price {price} is {deviation:.2%} from the last price {mark.price} "
+                f"(band {band:.2%})"
+            )
+    return ACCEPT
+
+
+def order_price(p: OrderIntentPayload, mark: Mark) -> Decimal:
+    """What one unit of the order is valued at: its limit (or stop) price, else the market."""
+    if p.limit_price is not None and p.order_type in ("limit", "stop_limit"):
+        return p.limit_price
+    if p.stop_price is not None and p.order_type == "stop":
+        return p.stop_price
+    return mark.price
+
+
+def _order_size(p: OrderIntentPayload, strategy: StrategyLimits, mark: Mark) -> Verdict:
+    if p.quantity > strategy.max_order_quantity:
+        return ReasonCode.MAX_ORDER_QUANTITY, (
+            f"quantity {p.quantity} > max {strategy.max_order_quantity} per order"
+        )
+    notional = p.quantity * order_price(p, mark) * multiplier(p.symbol)
+    if notional > strategy.max_order_notional:
+        return ReasonCode.MAX_ORDER_NOTIONAL, (
+            f"notional {notional} > max {strategy.max_order_notional} per order"
+        )
+    return ACCEPT
+
+
+def _open_by_side(
+    state: RiskState, *, account: str, symbol: str, strategy: str | None = None
+) -> tuple[Decimal, Decimal]:
+    buys = sells = ZERO
+    for o in state.open_orders(account=account, strategy=strategy, symbol=symbol):
+        if o.side == "buy":
+            buys += o.remaining
+        else:
+            sells += o.remaining
+    return buys, sells
+
+
+def _worst_after(
+    position: Decimal, buys: Decimal, sells: Decimal, side: Side, quantity: Decimal
+) -> Decimal:
+    """The signed position if every open order on ``side`` and this one fill."""
+    return position + buys + quantity if side == "buy" else position - sells - quantity
+
+
+def _past(after: Decimal, cap: Decimal, side: Side) -> bool:
+    return after > cap if side == "buy" else after < -cap
+
+
+def _positions(
+    state: RiskState, p: OrderIntentPayload, strategy: StrategyLimits, account: AccountLimits
+) -> Verdict:
+    pos = state.strategy_position(p.strategy, p.account, p.symbol)
+    buys, sells = _open_by_side(state, account=p.account, symbol=p.symbol, strategy=p.strategy)
+    after = _worst_after(pos, buys, sells, p.side, p.quantity)
+    if _past(after, strategy.max_position, p.side):
+        return ReasonCode.MAX_STRATEGY_POSITION, (
+            f"{p.strategy} position in {p.symbol} would reach {after} "
+            f"(position {pos}, open orders {buys if p.side == 'buy' else sells}), "
+            f"max {strategy.max_position}"
+        )
+    if strategy.symbols is not None:
+        sym = strategy.symbols.get(p.symbol)
+        if sym is None:
+            return ReasonCode.MAX_SYMBOL_POSITION, (
+                f"{p.symbol} is not among the symbols of {p.strategy}"
+            )
+        if _past(after, sym.max_position, p.side):
+            return ReasonCode.MAX_SYMBOL_POSITION, (
+                f"{p.strategy} position in {p.symbol} would reach {after}, "
+                f"max {sym.max_position} for {p.symbol}"
+            )
+    acct_sym = account.symbols.get(p.symbol)
+    if acct_sym is not None:
+        net = state.account_position(p.account, p.symbol)
+        abuys, asells = _open_by_side(state, account=p.account, symbol=p.symbol)
+        acct_after = _worst_after(net, abuys, asells, p.side, p.quantity)
+        if _past(acct_after, acct_sym.max_position, p.side):
+            return ReasonCode.MAX_SYMBOL_POSITION, (
+                f"account {p.account} position in {p.symbol} would reach {acct_after}, "
+                f"max {acct_sym.max_position}"
+            )
+    return ACCEPT
+
+
+def gross_exposure(
+    state: RiskState,
+    strategy: str,
+    account: str,
+    extra: tuple[str, Side, Decimal, Decimal] | None = None,
+) -> Decimal:
+    """Gross notional of ``strategy`` on ``account``: per symbol, the larger of
+    position + open buys and position - open sells (in absolute value), at
+    the last price; ``extra`` is one more order (symbol, side, quantity, price).
+    """
+    symbols = {
+        sym
+        for (st, acct, sym), pos in state.strategy_positions.items()
+        if st == strategy and acct == account and pos.quantity != 0
+    }
+    symbols.update(o.symbol for o in state.open_orders(account=account, strategy=strategy))
+    if extra is not None:
+        symbols.add(extra[0])
+    total = ZERO
+    for symbol in sorted(symbols):
+        pos = state.strategy_positions.get((strategy, account, symbol))
+        qty = pos.quantity if pos is not None else ZERO
+        buys, sells = _open_by_side(state, account=account, symbol=symbol, strategy=strategy)
+        price: Decimal | None = None
+        if extra is not None and extra[0] == symbol:
+            if extra[1] == "buy":
+                buys += extra[2]
+            else:
+                sells += extra[2]
+            price = extra[3]
+        mark = state.mark(symbol)
+        if mark is not None:
+            price = mark.price
+        if price is None:
+            price = pos.avg_price if pos is not None else ZERO
+        total += max(abs(qty + buys), abs(qty - sells)) * price * multiplier(symbol)
+    return total
+
+
+def _gross_notional(
+    state: RiskState, p: OrderIntentPayload, strategy: StrategyLimits, mark: Mark
+) -> Verdict:
+    before = gross_exposure(state, p.strategy, p.account)
+    after = gross_exposure(state, p.strategy, p.account, (p.symbol, p.side, p.quantity, mark.price))
+    if after > strategy.max_gross_notional and after > before:
+        return ReasonCode.MAX_GROSS_NOTIONAL, (
+            f"{p.strategy} gross notional would reach {after:.2f} "
+            f"(now {before:.2f}), max {strategy.max_gross_notional}"
+        )
+    return ACCEPT
+
+
+def _rates(
+    state: RiskState,
+    p: OrderIntentPayload,
+    strategy: StrategyLimits,
+    account: AccountLimits,
+    now_ns: int,
+) -> Verdict:
+    for reason, key, limit in (
+        (ReasonCode.STRATEGY_RATE_LIMIT, f"strategy:{p.strategy}", strategy.rate_limit),
+        (ReasonCode.ACCOUNT_RATE_LIMIT, f"account:{p.account}", account.rate_limit),
+    ):
+        if limit is None:
+            continue
+        n = state.orders_in_window(key, now_ns, limit.window_ns)
+        if n >= limit.max_orders:
+            return reason, (
+                f"{n} orders in the last {limit.per_seconds:g}s, max {limit.max_orders}"
+            )
+    return ACCEPT
+
+
+def reduces_position(
+    state: RiskState, account: str, symbol: str, side: Side, quantity: Decimal
+) -> bool:
+    """Whether the order (with the open orders on its side) only shrinks the
+    account's net position in ``symbol`` toward zero, without crossing it."""
+    pos = state.account_position(account, symbol)
+    buys, sells = _open_by_side(state, account=account, symbol=symbol)
+    if side == "buy":
+        return pos < 0 and buys + quantity <= -pos
+    return pos > 0 and sells + quantity <= pos

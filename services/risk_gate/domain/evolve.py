@@ -1,0 +1,430 @@
+"""``evolve(state, event) -> state``: fold one event into the risk state.
+
+Pure and synchronous: the same function rebuilds the state from the event
+store on start-up, keeps it current live, and runs inside the backtest.
+Events it does not care about return the state unchanged.
+
+The trading day rolls forward on the first event stamped in a new day
+(exchange time, :func:`~services.risk_gate.domain.state.trading_day`): day
+P&L starts again from the last marks, the daily-loss breaker re-arms.
+Trading states and the kill switch do not reset: what halted an account
+holds until an operator resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from decimal import Decimal
+from typing import Literal
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    BreakerTripped,
+    BrokerConnectionChanged,
+    FillReceived,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    OrderAccepted,
+    OrderCanceled,
+    OrderIntentCreated,
+    OrderRejected,
+    RiskDecisionMade,
+    SubmitOrder,
+    TradePrinted,
+    TradingResumeRequested,
+    TradingState,
+    TradingStateChanged,
+)
+from services.risk_gate.domain.limits import GLOBAL
+from services.risk_gate.domain.state import (
+    KillSwitch,
+    Mark,
+    Obligation,
+    ObligationKind,
+    Order,
+    Position,
+    RiskState,
+    ScopeState,
+    frozen_map,
+    multiplier,
+    trading_day,
+    with_item,
+    without,
+)
+
+#: What each obligation kind leaves the scope in once its reaction is applied.
+RESULTING_STATE: dict[ObligationKind, TradingState] = {
+    "daily_loss": "halted",
+    "connection_lost": "halted",
+    "kill_switch": "halted",
+    "resume": "active",
+    "reduce": "reducing",
+}
+
+#: The event types evolve reads; everything else leaves the state as it is.
+RELEVANT_TYPES = frozenset(
+    {
+        "TradePrinted",
+        "BarClosed",
+        "OrderIntentCreated",
+        "RiskDecisionMade",
+        "SubmitOrder",
+        "OrderAccepted",
+        "OrderRejected",
+        "OrderCanceled",
+        "FillReceived",
+        "KillSwitchEngaged",
+        "KillSwitchReleased",
+        "TradingResumeRequested",
+        "TradingStateChanged",
+        "BreakerTripped",
+        "BrokerConnectionChanged",
+    }
+)
+
+replace = dataclasses.replace
+
+
+def roll_day(state: RiskState, ts_ns: int) -> RiskState:
+    """Move ``state`` to the trading day of ``ts_ns`` if that day is later."""
+    day = trading_day(ts_ns, state.limits.trading_day)
+    if state.day is None:
+        return replace(state, day=day)
+    if day <= state.day:
+        return state
+
+    def mark(symbol: str) -> Decimal | None:
+        m = state.marks.get(symbol)
+        return m.price if m is not None else None
+
+    return replace(
+        state,
+        day=day,
+        positions=frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items()),
+        strategy_positions=frozen_map(
+            (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
+        ),
+        # Closed orders are kept for a day only to attribute late fills.
+        orders=frozen_map((k, o) for k, o in state.orders.items() if o.is_open),
+        decided=state.decided.roll(),
+        fills_seen=state.fills_seen.roll(),
+    )
+
+
+def evolve(state: RiskState, event: Event) -> RiskState:
+    """The state after ``event``."""
+    if event.type not in RELEVANT_TYPES:
+        return state
+    state = roll_day(state, event.ts_event)
+    match event:
+        case TradePrinted():
+            return _on_price(state, event, event.payload.symbol, event.payload.price)
+        case BarClosed():
+            return _on_price(state, event, event.payload.symbol, event.payload.close)
+        case OrderIntentCreated():
+            return _on_intent(state, event)
+        case RiskDecisionMade():
+            return _on_decision(state, event)
+        case SubmitOrder():
+            return _on_submit(state, event)
+        case OrderAccepted():
+            return _set_order(state, event.payload.order_id, status="working")
+        case OrderRejected() | OrderCanceled():
+            return _set_order(state, event.payload.order_id, status="closed")
+        case FillReceived():
+            return _on_fill(state, event)
+        case KillSwitchEngaged():
+            return _on_kill_switch(state, event)
+        case KillSwitchReleased():
+            p = event.payload
+            return replace(
+                state, kill_switch=KillSwitch(False, p.operator, p.reason, event.ts_event)
+            )
+        case TradingResumeRequested():
+            return _on_resume(state, event)
+        case TradingStateChanged():
+            return _on_state_changed(state, event)
+        case BreakerTripped():
+            if event.payload.breaker == "daily_loss" and state.day is not None:
+                tripped = with_item(state.loss_tripped, event.payload.account, state.day)
+                return replace(state, loss_tripped=tripped)
+            return state
+        case BrokerConnectionChanged():
+            return _on_connection(state, event)
+    return state
+
+
+def evolve_all(state: RiskState, events: list[Event] | tuple[Event, ...]) -> RiskState:
+    for e in events:
+        state = evolve(state, e)
+    return state
+
+
+# ------------------------------------------------------------ market data
+
+
+def _on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
+    current = state.marks.get(symbol)
+    if current is not None and current.ts_ns > event.ts_event:
+        return state  # an older print arriving late does not move the mark back
+    state = replace(state, marks=with_item(state.marks, symbol, Mark(price, event.ts_event)))
+    holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
+    return _check_loss(state, event, holders)
+
+
+def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskState:
+    """Record a daily-loss (or reduce-only) obligation for accounts past their limit."""
+    for account in sorted(accounts):
+        limits = state.limits.accounts.get(account)
+        if limits is None:
+            continue
+        pending = {o.kind for o in state.obligations if o.scope == account}
+        pnl = state.day_pnl(account)
+        if pnl <= -limits.daily_loss_limit:
+            if state.loss_tripped.get(account) == state.day or "daily_loss" in pending:
+                continue
+            state = _oblige(
+                state,
+                Obligation(
+                    "daily_loss",
+                    account,
+                    trigger.id,
+                    trigger.correlation_id,
+                    f"day P&L {pnl} reached the daily loss limit -{limits.daily_loss_limit}",
+                    limit=limits.daily_loss_limit,
+                    value=pnl,
+                ),
+            )
+        elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
+            if (
+                state.loss_reduced.get(account) == state.day
+                or state.scope_state(account).state != "active"
+                or pending & {"reduce", "daily_loss"}
+            ):
+                continue
+            state = _oblige(
+                state,
+                Obligation(
+                    "reduce",
+                    account,
+                    trigger.id,
+                    trigger.correlation_id,
+                    f"day P&L {pnl} reached the reduce-only level -{limits.reduce_only_at_loss}",
+                    limit=limits.reduce_only_at_loss,
+                    value=pnl,
+                ),
+            )
+    return state
+
+
+def _oblige(state: RiskState, obligation: Obligation) -> RiskState:
+    return replace(state, obligations=(*state.obligations, obligation))
+
+
+# ---------------------------------------------------------------- intents
+
+
+def _on_intent(state: RiskState, event: OrderIntentCreated) -> RiskState:
+    if event.id in state.decided or event.id in state.pending_intents:
+        return state  # a redelivered intent: decided (or about to be) once only
+    return replace(state, pending_intents=with_item(state.pending_intents, event.id, event))
+
+
+def _on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
+    p = event.payload
+    if p.intent_id in state.decided:
+        return state
+    intent = state.pending_intents.get(p.intent_id)
+    awaiting = state.awaiting_order
+    if p.decision == "accepted" and p.order_id is not None and intent is not None:
+        awaiting = with_item(awaiting, p.intent_id, intent)
+    return replace(
+        state,
+        decided=state.decided.add(p.intent_id),
+        pending_intents=without(state.pending_intents, p.intent_id),
+        awaiting_order=awaiting,
+    )
+
+
+def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
+    p = event.payload
+    if p.intent_id is not None:
+        state = replace(
+            state,
+            decided=state.decided.add(p.intent_id),
+            pending_intents=without(state.pending_intents, p.intent_id),
+            awaiting_order=without(state.awaiting_order, p.intent_id),
+        )
+    if p.order_id in state.orders:
+        return state
+    order = Order(
+        order_id=p.order_id,
+        intent_id=p.intent_id,
+        strategy=p.strategy,
+        account=p.account,
+        symbol=p.symbol,
+        side=p.side,
+        quantity=p.quantity,
+        remaining=p.quantity,
+        limit_price=p.limit_price,
+        ts_ns=event.ts_event,
+    )
+    windows = dict(state.rate_windows)
+    for key, limit in (
+        (f"strategy:{p.strategy}", state.limits.strategies.get(p.strategy)),
+        (f"account:{p.account}", state.limits.accounts.get(p.account)),
+    ):
+        if limit is None or limit.rate_limit is None:
+            continue
+        window = limit.rate_limit.window_ns
+        kept = tuple(ts for ts in windows.get(key, ()) if ts > event.ts_event - window)
+        windows[key] = (*kept, event.ts_event)
+    return replace(
+        state,
+        orders=with_item(state.orders, p.order_id, order),
+        rate_windows=frozen_map(windows),
+    )
+
+
+# ----------------------------------------------------------------- broker
+
+
+def _set_order(
+    state: RiskState, order_id: uuid.UUID, *, status: Literal["working", "closed"]
+) -> RiskState:
+    order = state.orders.get(order_id)
+    if order is None or order.status == "closed":
+        return state
+    remaining = Decimal(0) if status == "closed" else order.remaining
+    updated = replace(order, status=status, remaining=remaining)
+    return replace(state, orders=with_item(state.orders, order.order_id, updated))
+
+
+def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
+    p = event.payload
+    key = f"{p.account}/{p.fill_id}"
+    if key in state.fills_seen:
+        return state  # the same execution reported twice
+    orders = state.orders
+    order = orders.get(p.order_id)
+    if order is not None:
+        done = p.status == "complete" or p.leaves_quantity == 0
+        updated = replace(
+            order,
+            remaining=Decimal(0) if done else min(order.remaining, p.leaves_quantity),
+            status="closed" if done else order.status,
+        )
+        orders = with_item(orders, order.order_id, updated)
+    mult = multiplier(p.symbol)
+    account_key = (p.account, p.symbol)
+    position = state.positions.get(account_key, Position()).fill(
+        p.side, p.quantity, p.price, p.commission, mult
+    )
+    strategy_positions = state.strategy_positions
+    strategy = p.strategy or (order.strategy if order is not None else None)
+    if strategy is not None:
+        skey = (strategy, p.account, p.symbol)
+        sp = strategy_positions.get(skey, Position()).fill(
+            p.side, p.quantity, p.price, p.commission, mult
+        )
+        strategy_positions = with_item(strategy_positions, skey, sp)
+    marks = state.marks
+    current = marks.get(p.symbol)
+    if current is None or current.ts_ns <= event.ts_event:
+        marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
+    state = replace(
+        state,
+        orders=orders,
+        positions=with_item(state.positions, account_key, position),
+        strategy_positions=strategy_positions,
+        marks=marks,
+        fills_seen=state.fills_seen.add(key),
+    )
+    return _check_loss(state, event, {p.account})
+
+
+def _on_connection(state: RiskState, event: BrokerConnectionChanged) -> RiskState:
+    p = event.payload
+    previous = state.connections.get(p.account)
+    state = replace(state, connections=with_item(state.connections, p.account, p.state))
+    limits = state.limits.accounts.get(p.account)
+    if p.state != "disconnected" or previous == "disconnected" or limits is None:
+        return state
+    if not limits.flatten_on_disconnect:
+        return state
+    return _oblige(
+        state,
+        Obligation(
+            "connection_lost",
+            p.account,
+            event.id,
+            event.correlation_id,
+            f"broker connection lost ({p.broker}): {p.detail}".rstrip(": "),
+        ),
+    )
+
+
+# ---------------------------------------------------------------- control
+
+
+def _on_kill_switch(state: RiskState, event: KillSwitchEngaged) -> RiskState:
+    p = event.payload
+    was_on = state.kill_switch.engaged
+    state = replace(state, kill_switch=KillSwitch(True, p.operator, p.reason, event.ts_event))
+    if was_on:
+        return state
+    return _oblige(
+        state,
+        Obligation(
+            "kill_switch",
+            GLOBAL,
+            event.id,
+            event.correlation_id,
+            f"kill switch engaged by {p.operator}: {p.reason}",
+            operator=p.operator,
+        ),
+    )
+
+
+def _on_resume(state: RiskState, event: TradingResumeRequested) -> RiskState:
+    p = event.payload
+    halting_pending = any(o.scope == p.scope and o.kind != "resume" for o in state.obligations)
+    if state.scope_state(p.scope).state == "active" and not halting_pending:
+        return state  # nothing to resume
+    kept = tuple(o for o in state.obligations if not (o.kind == "resume" and o.scope == p.scope))
+    return replace(
+        state,
+        obligations=(
+            *kept,
+            Obligation(
+                "resume",
+                p.scope,
+                event.id,
+                event.correlation_id,
+                f"resumed by {p.operator}: {p.reason}",
+                operator=p.operator,
+            ),
+        ),
+    )
+
+
+def _on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState:
+    p = event.payload
+    states = with_item(state.states, p.scope, ScopeState(p.state, p.reason, event.ts_event))
+    done = [
+        o
+        for o in state.obligations
+        if o.trigger_id == event.causation_id
+        and o.scope == p.scope
+        and RESULTING_STATE[o.kind] == p.state
+    ]
+    state = replace(
+        state,
+        states=states,
+        obligations=tuple(o for o in state.obligations if o not in done),
+    )
+    if any(o.kind == "reduce" for o in done) and state.day is not None:
+        state = replace(state, loss_reduced=with_item(state.loss_reduced, p.scope, state.day))
+    return state

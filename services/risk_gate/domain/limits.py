@@ -1,0 +1,153 @@
+"""The risk limits (``risk.yaml``), as validated, frozen values.
+
+These models are what :func:`~services.risk_gate.domain.decide.decide` reads;
+the service loads them from YAML (``services/risk_gate/config.py``) and the
+backtest can build them in code. Unknown keys are errors (``extra="forbid"``),
+so a typo in the file (``max_gros_notional``) is refused, not ignored.
+
+Money, prices and quantities are ``Decimal``. A YAML number such as ``0.05``
+arrives as a float; it is taken as the decimal it was written as (its shortest
+``repr``), never as the binary double's long expansion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from libs.contract.envelope import Token
+
+GLOBAL = "global"
+
+
+def _decimal_from_config(value: Any) -> Any:
+    # YAML turns 0.05 into a float; repr() gives back the digits as written.
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+_Dec = BeforeValidator(_decimal_from_config)
+#: A positive amount: money, a quantity, a notional.
+Positive = Annotated[Decimal, _Dec, Field(gt=0, allow_inf_nan=False, max_digits=38)]
+#: A non-negative amount (0 allowed: "no position at all in this symbol").
+NonNegative = Annotated[Decimal, _Dec, Field(ge=0, allow_inf_nan=False, max_digits=38)]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RateLimit(_Config):
+    """At most ``max_orders`` orders in any ``per_seconds`` window."""
+
+    max_orders: int = Field(ge=1)
+    per_seconds: float = Field(gt=0, le=86_400)
+
+    @property
+    def window_ns(self) -> int:
+        return int(self.per_seconds * 1_000_000_000)
+
+
+class SymbolLimit(_Config):
+    """A cap on the absolute position in one symbol."""
+
+    max_position: NonNegative
+
+
+class AccountLimits(_Config):
+    """One broker account: its daily-loss breaker and order-rate limit."""
+
+    #: Day P&L (realized + unrealized) at or below minus this trips the breaker.
+    daily_loss_limit: Positive
+    #: Day P&L at or below minus this puts the account in ``reducing`` (optional).
+    reduce_only_at_loss: Positive | None = None
+    rate_limit: RateLimit | None = None
+    #: Caps on the account's net position per symbol, all strategies together.
+    symbols: dict[Token, SymbolLimit] = Field(default_factory=dict)
+    #: Cancel, flatten and halt when the broker connection is lost.
+    flatten_on_disconnect: bool = True
+
+    @model_validator(mode="after")
+    def _reduce_below_limit(self) -> Self:
+        if self.reduce_only_at_loss is not None and self.reduce_only_at_loss >= (
+            self.daily_loss_limit
+        ):
+            raise ValueError("reduce_only_at_loss must be smaller than daily_loss_limit")
+        return self
+
+
+class StrategyLimits(_Config):
+    """One strategy: where it trades and how big it may get."""
+
+    account: Token
+    #: The paper account its orders go to in shadow mode, if it has one.
+    shadow_account: Token | None = None
+    #: Open positions + open orders + this order, valued at market (per account).
+    max_gross_notional: Positive
+    #: Absolute position in any one symbol, open orders included.
+    max_position: Positive
+    #: Fat-finger caps on a single order.
+    max_order_quantity: Positive
+    max_order_notional: Positive
+    rate_limit: RateLimit | None = None
+    #: When given, the only symbols it may trade, each with its own cap.
+    symbols: dict[Token, SymbolLimit] | None = None
+
+
+class PriceBand(_Config):
+    """How far a limit or stop price may be from the last market price."""
+
+    #: As a fraction of the last price: 0.05 is 5 %.
+    max_deviation: Annotated[Decimal, _Dec, Field(gt=0, lt=1, allow_inf_nan=False)] = Decimal(
+        "0.05"
+    )
+    #: A last price older than this counts as no price at all (None: any age).
+    max_mark_age_s: float | None = Field(default=None, gt=0)
+
+
+class TradingDay(_Config):
+    """When the trading day starts, in exchange time (day P&L resets then)."""
+
+    timezone: str = "America/New_York"
+    start: dt.time = dt.time(4, 0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {value!r}") from e
+        return value
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+class RiskLimits(_Config):
+    """Everything the risk-gate checks against."""
+
+    trading_day: TradingDay = Field(default_factory=TradingDay)
+    price_band: PriceBand = Field(default_factory=PriceBand)
+    #: An intent older than this when decided is denied (None: no limit).
+    max_intent_age_s: float | None = Field(default=30.0, gt=0)
+    accounts: dict[Token, AccountLimits] = Field(default_factory=dict)
+    strategies: dict[Token, StrategyLimits] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _accounts_exist(self) -> Self:
+        if GLOBAL in self.accounts:
+            raise ValueError(f"accounts: {GLOBAL!r} is reserved for the global scope")
+        for name, s in self.strategies.items():
+            for key, account in (("account", s.account), ("shadow_account", s.shadow_account)):
+                if account is not None and account not in self.accounts:
+                    raise ValueError(
+                        f"strategies.{name}.{key}: account {account!r} is not under accounts"
+                    )
+        return self

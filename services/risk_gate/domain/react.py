@@ -1,0 +1,151 @@
+"""``react(state, now) -> events``: what the gate must publish because of its state.
+
+Two things are owed (see :mod:`~services.risk_gate.domain.state`):
+
+- the ``SubmitOrder`` of every accepted intent whose command is not out yet;
+- the reaction to every obligation, in the order the obligations arose:
+
+  ========================  ==================================================
+  obligation                events, in this order
+  ========================  ==================================================
+  daily_loss (account)      BreakerTripped, CancelOrder per open order,
+                            FlattenAccount, TradingStateChanged -> halted
+  connection_lost (acct)    the same, breaker ``connection_lost``
+  kill_switch (global)      per account: BreakerTripped(kill_switch), its
+                            CancelOrders, FlattenAccount; then
+                            TradingStateChanged(global) -> halted
+  resume (scope)            TradingStateChanged -> active
+  reduce (account)          TradingStateChanged -> reducing
+  ========================  ==================================================
+
+Each event is folded into a working copy of the state before the next is
+computed, so a reaction sees the effect of the ones before it (an order
+submitted first is then canceled by a breaker). The caller publishes the
+events in order and evolves its own state with each; the trailing
+``TradingStateChanged`` clears the obligation. All ids derive from the
+trigger, so reacting twice to the same obligation repeats the same events.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BreakerPayload,
+    BreakerTripped,
+    CancelOrder,
+    CancelOrderPayload,
+    FlattenAccount,
+    FlattenAccountPayload,
+    TradingStateChanged,
+    TradingStatePayload,
+)
+from services.risk_gate.domain.commands import SOURCE, make, submit_order
+from services.risk_gate.domain.evolve import RESULTING_STATE, evolve
+from services.risk_gate.domain.state import Obligation, RiskState
+
+E = TypeVar("E", bound=Event)
+Breaker = Literal["daily_loss", "connection_lost", "kill_switch"]
+
+
+def react(state: RiskState, now_ns: int, *, source: str = SOURCE) -> list[Event]:
+    """Every event owed by ``state``, in publishing order (empty when none)."""
+    out: list[Event] = []
+    for intent in list(state.awaiting_order.values()):
+        order = submit_order(intent, now_ns, source=source)
+        out.append(order)
+        state = evolve(state, order)
+    for obligation in state.obligations:
+        for e in _reaction(state, obligation, now_ns, source):
+            out.append(e)
+            state = evolve(state, e)
+    return out
+
+
+def _emit(
+    cls: type[E], payload: Any, ob: Obligation, now_ns: int, source: str, *parts: object
+) -> E:
+    return make(
+        cls,
+        payload,
+        event_id=derived_id(SOURCE, ob.kind, ob.scope, ob.trigger_id, *parts),
+        now_ns=now_ns,
+        source=source,
+        correlation_id=ob.correlation_id,
+        causation_id=ob.trigger_id,
+    )
+
+
+def _flatten(
+    state: RiskState, ob: Obligation, account: str, now_ns: int, source: str
+) -> list[Event]:
+    breaker: Breaker = (
+        "kill_switch"
+        if ob.kind == "kill_switch"
+        else ("daily_loss" if ob.kind == "daily_loss" else "connection_lost")
+    )
+    events: list[Event] = [
+        _emit(
+            BreakerTripped,
+            BreakerPayload(
+                account=account, breaker=breaker, limit=ob.limit, value=ob.value, detail=ob.reason
+            ),
+            ob,
+            now_ns,
+            source,
+            account,
+            "breaker",
+        )
+    ]
+    for order in sorted(state.open_orders(account=account), key=lambda o: (o.ts_ns, o.order_id)):
+        events.append(
+            _emit(
+                CancelOrder,
+                CancelOrderPayload(order_id=order.order_id, account=account, reason=ob.reason),
+                ob,
+                now_ns,
+                source,
+                account,
+                "cancel",
+                order.order_id,
+            )
+        )
+    events.append(
+        _emit(
+            FlattenAccount,
+            FlattenAccountPayload(account=account, reason=ob.reason),
+            ob,
+            now_ns,
+            source,
+            account,
+            "flatten",
+        )
+    )
+    return events
+
+
+def _reaction(state: RiskState, ob: Obligation, now_ns: int, source: str) -> list[Event]:
+    events: list[Event] = []
+    if ob.kind in ("daily_loss", "connection_lost"):
+        events.extend(_flatten(state, ob, ob.scope, now_ns, source))
+    elif ob.kind == "kill_switch":
+        for account in state.accounts_known():
+            events.extend(_flatten(state, ob, account, now_ns, source))
+    events.append(
+        _emit(
+            TradingStateChanged,
+            TradingStatePayload(
+                scope=ob.scope,
+                state=RESULTING_STATE[ob.kind],
+                previous=state.scope_state(ob.scope).state,
+                reason=ob.reason,
+            ),
+            ob,
+            now_ns,
+            source,
+            "state",
+        )
+    )
+    return events

@@ -1,0 +1,314 @@
+"""What the risk-gate knows, as one immutable value.
+
+:class:`RiskState` is rebuilt by folding every recorded event through
+:func:`~services.risk_gate.domain.evolve.evolve`; nothing in it comes from
+anywhere else. It is a frozen dataclass of read-only mappings, and evolve
+copies only the mapping it changes (copy-on-write), so an old state stays
+valid and table tests can compare states freely.
+
+Besides positions, orders, marks and P&L it holds the gate's *obligations*:
+things that must happen because of what was seen (a breaker that must trip,
+a kill switch that must flatten, a resume that must be applied, an accepted
+decision whose order command must go out). Evolve records an obligation; the
+reaction's events, once applied, clear it. A crash between seeing the cause
+and publishing the reaction therefore leaves the obligation in the rebuilt
+state, and the reaction is published then (with the same derived ids).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+from libs.contract.events import OrderIntentCreated, Side, TradingState
+from services.risk_gate.domain.limits import GLOBAL, RiskLimits, TradingDay
+
+ZERO = Decimal(0)
+NS = 1_000_000_000
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+ObligationKind = Literal["daily_loss", "connection_lost", "kill_switch", "resume", "reduce"]
+
+
+def frozen_map(items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> Mapping[K, V]:
+    """A read-only copy: state mappings are never changed in place."""
+    return MappingProxyType(dict(items))
+
+
+def with_item(m: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
+    d = dict(m)
+    d[key] = value
+    return MappingProxyType(d)
+
+
+def without(m: Mapping[K, V], key: K) -> Mapping[K, V]:
+    if key not in m:
+        return m
+    d = dict(m)
+    del d[key]
+    return MappingProxyType(d)
+
+
+def multiplier(symbol: str) -> Decimal:
+    """Contract size: 100 shares per option contract (``O:…``), 1 otherwise."""
+    return Decimal(100) if symbol.startswith("O:") else Decimal(1)
+
+
+def trading_day(ts_ns: int, day: TradingDay) -> dt.date:
+    """The trading day ``ts_ns`` belongs to, in exchange time.
+
+    A day starts at ``day.start`` local exchange time (04:00 New York by
+    default), so 03:59 still belongs to the previous day.
+    """
+    local = dt.datetime.fromtimestamp(ts_ns // NS, tz=day.zone)
+    start = dt.datetime.combine(local.date(), day.start, tzinfo=day.zone)
+    return local.date() if local >= start else local.date() - dt.timedelta(days=1)
+
+
+# ----------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The last market price of a symbol and when it printed."""
+
+    price: Decimal
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A net position with average-cost P&L, for the account or a strategy.
+
+    ``day_basis`` is what today's P&L is measured from: the cost of what was
+    bought today, and the last mark before the day started for what was
+    carried over. ``realized_day`` is net of commissions.
+    """
+
+    quantity: Decimal = ZERO
+    avg_price: Decimal = ZERO
+    day_basis: Decimal = ZERO
+    realized_day: Decimal = ZERO
+    realized_total: Decimal = ZERO
+
+    def fill(
+        self, side: Side, quantity: Decimal, price: Decimal, commission: Decimal, mult: Decimal
+    ) -> Position:
+        signed = quantity if side == "buy" else -quantity
+        q = self.quantity
+        new_q = q + signed
+        if q == 0 or (q > 0) == (signed > 0):
+            size = abs(new_q)
+            avg = (abs(q) * self.avg_price + quantity * price) / size
+            basis = (abs(q) * self.day_basis + quantity * price) / size
+            return Position(
+                new_q,
+                avg,
+                basis,
+                self.realized_day - commission,
+                self.realized_total - commission,
+            )
+        closing = min(quantity, abs(q))
+        direction = 1 if q > 0 else -1
+        realized_total = closing * (price - self.avg_price) * direction * mult
+        realized_day = closing * (price - self.day_basis) * direction * mult
+        if new_q == 0:
+            avg = basis = ZERO
+        elif quantity > closing:  # crossed through zero: the rest opens at this price
+            avg = basis = price
+        else:
+            avg, basis = self.avg_price, self.day_basis
+        return Position(
+            new_q,
+            avg,
+            basis,
+            self.realized_day + realized_day - commission,
+            self.realized_total + realized_total - commission,
+        )
+
+    def day_pnl(self, mark: Decimal | None, mult: Decimal) -> Decimal:
+        """Realized today plus the open quantity marked against the day basis."""
+        if mark is None or self.quantity == 0:
+            return self.realized_day
+        return self.realized_day + self.quantity * (mark - self.day_basis) * mult
+
+    def new_day(self, mark: Decimal | None) -> Position:
+        basis = mark if (mark is not None and self.quantity != 0) else self.avg_price
+        return replace(self, day_basis=basis, realized_day=ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order command the gate issued (or saw issued), and what is left of it."""
+
+    order_id: uuid.UUID
+    intent_id: uuid.UUID | None
+    strategy: str
+    account: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    remaining: Decimal
+    limit_price: Decimal | None
+    ts_ns: int
+    status: Literal["submitted", "working", "closed"] = "submitted"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status != "closed" and self.remaining > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeState:
+    """Trading state of one scope (an account, or ``global``)."""
+
+    state: TradingState = "active"
+    reason: str = ""
+    since_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitch:
+    engaged: bool = False
+    operator: str = ""
+    reason: str = ""
+    since_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """Something the gate must still do because of the event ``trigger_id``."""
+
+    kind: ObligationKind
+    scope: str
+    trigger_id: uuid.UUID
+    correlation_id: uuid.UUID
+    reason: str
+    limit: Decimal | None = None
+    value: Decimal | None = None
+    operator: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DayIds:
+    """Ids remembered for today and yesterday (enough for any redelivery)."""
+
+    today: frozenset[uuid.UUID | str] = frozenset()
+    yesterday: frozenset[uuid.UUID | str] = frozenset()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.today or key in self.yesterday
+
+    def add(self, key: uuid.UUID | str) -> DayIds:
+        if key in self:
+            return self
+        return DayIds(self.today | {key}, self.yesterday)
+
+    def roll(self) -> DayIds:
+        return DayIds(frozenset(), self.today)
+
+    def __len__(self) -> int:
+        return len(self.today) + len(self.yesterday)
+
+
+# ------------------------------------------------------------------ state
+
+#: (account, symbol) and (strategy, account, symbol) position keys.
+AccountKey = tuple[str, str]
+StrategyKey = tuple[str, str, str]
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """Positions, orders, marks, P&L, trading states and obligations."""
+
+    limits: RiskLimits
+    #: The current trading day (None until the first event).
+    day: dt.date | None = None
+    marks: Mapping[str, Mark] = field(default_factory=_empty)
+    positions: Mapping[AccountKey, Position] = field(default_factory=_empty)
+    strategy_positions: Mapping[StrategyKey, Position] = field(default_factory=_empty)
+    orders: Mapping[uuid.UUID, Order] = field(default_factory=_empty)
+    #: Submission times per rate-limit key (``strategy:<name>``, ``account:<name>``).
+    rate_windows: Mapping[str, tuple[int, ...]] = field(default_factory=_empty)
+    states: Mapping[str, ScopeState] = field(default_factory=_empty)
+    kill_switch: KillSwitch = KillSwitch()
+    connections: Mapping[str, str] = field(default_factory=_empty)
+    #: Account -> the trading day its daily-loss breaker last tripped.
+    loss_tripped: Mapping[str, dt.date] = field(default_factory=_empty)
+    #: Account -> the trading day it was last put in reducing for its loss.
+    loss_reduced: Mapping[str, dt.date] = field(default_factory=_empty)
+    obligations: tuple[Obligation, ...] = ()
+    #: Intents seen and not yet decided, in arrival order.
+    pending_intents: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
+    #: Accepted intents whose SubmitOrder has not been seen yet.
+    awaiting_order: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
+    decided: DayIds = DayIds()
+    fills_seen: DayIds = DayIds()
+
+    @classmethod
+    def initial(cls, limits: RiskLimits | None = None) -> RiskState:
+        return cls(limits=limits if limits is not None else RiskLimits())
+
+    # ---------------------------------------------------------- queries
+
+    def scope_state(self, scope: str) -> ScopeState:
+        return self.states.get(scope, ScopeState())
+
+    def mark(self, symbol: str) -> Mark | None:
+        return self.marks.get(symbol)
+
+    def open_orders(
+        self,
+        *,
+        account: str | None = None,
+        strategy: str | None = None,
+        symbol: str | None = None,
+    ) -> list[Order]:
+        return [
+            o
+            for o in self.orders.values()
+            if o.is_open
+            and (account is None or o.account == account)
+            and (strategy is None or o.strategy == strategy)
+            and (symbol is None or o.symbol == symbol)
+        ]
+
+    def account_position(self, account: str, symbol: str) -> Decimal:
+        p = self.positions.get((account, symbol))
+        return p.quantity if p is not None else ZERO
+
+    def strategy_position(self, strategy: str, account: str, symbol: str) -> Decimal:
+        p = self.strategy_positions.get((strategy, account, symbol))
+        return p.quantity if p is not None else ZERO
+
+    def day_pnl(self, account: str) -> Decimal:
+        """Realized + unrealized P&L of ``account`` since the trading day began."""
+        total = ZERO
+        for (acct, symbol), pos in self.positions.items():
+            if acct == account:
+                m = self.marks.get(symbol)
+                total += pos.day_pnl(m.price if m else None, multiplier(symbol))
+        return total
+
+    def orders_in_window(self, key: str, now_ns: int, window_ns: int) -> int:
+        return sum(1 for ts in self.rate_windows.get(key, ()) if ts > now_ns - window_ns)
+
+    def accounts_known(self) -> list[str]:
+        """Configured accounts plus any with open orders or positions."""
+        names = set(self.limits.accounts)
+        names.update(o.account for o in self.orders.values() if o.is_open)
+        names.update(acct for (acct, _), p in self.positions.items() if p.quantity != 0)
+        names.discard(GLOBAL)
+        return sorted(names)

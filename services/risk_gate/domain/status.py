@@ -1,0 +1,124 @@
+"""A plain summary of the risk state: states, kill switch, caps and their use.
+
+What ``tradebus risk status`` prints (and ``--json`` emits). Amounts are
+decimal strings; ``used`` is the fraction of a cap in use (``"0.42"``), or
+None where there is no cap.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from services.risk_gate.domain.decide import gross_exposure
+from services.risk_gate.domain.evolve import roll_day
+from services.risk_gate.domain.limits import GLOBAL, RateLimit
+from services.risk_gate.domain.state import ZERO, RiskState
+
+FOUR = Decimal("0.0001")
+
+
+def _used(value: Decimal, cap: Decimal | None) -> str | None:
+    if cap is None or cap == 0:
+        return None
+    return str((value / cap).quantize(FOUR))
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
+def _rate(state: RiskState, key: str, limit: RateLimit | None, now_ns: int) -> dict[str, Any]:
+    if limit is None:
+        return {"limit": None}
+    n = state.orders_in_window(key, now_ns, limit.window_ns)
+    return {
+        "orders_in_window": n,
+        "max_orders": limit.max_orders,
+        "per_seconds": limit.per_seconds,
+        "used": _used(Decimal(n), Decimal(limit.max_orders)),
+    }
+
+
+def summarize(state: RiskState, now_ns: int) -> dict[str, Any]:
+    """Everything an operator wants to see at a glance, JSON-ready."""
+    state = roll_day(state, now_ns)
+    limits = state.limits
+    ks = state.kill_switch
+    scopes = [GLOBAL, *sorted(set(limits.accounts) | (set(state.states) - {GLOBAL}))]
+    accounts: dict[str, Any] = {}
+    for name in sorted(set(limits.accounts) | set(state.accounts_known())):
+        acct = limits.accounts.get(name)
+        pnl = state.day_pnl(name)
+        loss = -pnl if pnl < 0 else ZERO
+        accounts[name] = {
+            "state": state.scope_state(name).state,
+            "broker_connection": state.connections.get(name),
+            "day_pnl": _money(pnl),
+            "daily_loss_limit": str(acct.daily_loss_limit) if acct else None,
+            "daily_loss_used": _used(loss, acct.daily_loss_limit if acct else None),
+            "breaker_tripped_today": state.loss_tripped.get(name) == state.day,
+            "open_orders": len(state.open_orders(account=name)),
+            "positions": {
+                sym: str(p.quantity)
+                for (a, sym), p in sorted(state.positions.items())
+                if a == name and p.quantity != 0
+            },
+            "rate": _rate(state, f"account:{name}", acct.rate_limit if acct else None, now_ns),
+        }
+    strategies: dict[str, Any] = {}
+    for name, s in sorted(limits.strategies.items()):
+        per_account: dict[str, Any] = {}
+        for account in sorted({s.account, *([s.shadow_account] if s.shadow_account else [])}):
+            gross = gross_exposure(state, name, account)
+            positions = {}
+            for (st, a, sym), p in sorted(state.strategy_positions.items()):
+                if st != name or a != account or p.quantity == 0:
+                    continue
+                cap = s.max_position
+                if s.symbols is not None and sym in s.symbols:
+                    cap = min(cap, s.symbols[sym].max_position)
+                positions[sym] = {
+                    "quantity": str(p.quantity),
+                    "max": str(cap),
+                    "used": _used(abs(p.quantity), cap),
+                }
+            per_account[account] = {
+                "gross_notional": _money(gross),
+                "max_gross_notional": str(s.max_gross_notional),
+                "gross_used": _used(gross, s.max_gross_notional),
+                "open_orders": len(state.open_orders(account=account, strategy=name)),
+                "positions": positions,
+            }
+        strategies[name] = {
+            "account": s.account,
+            "shadow_account": s.shadow_account,
+            "max_order_quantity": str(s.max_order_quantity),
+            "max_order_notional": str(s.max_order_notional),
+            "accounts": per_account,
+            "rate": _rate(state, f"strategy:{name}", s.rate_limit, now_ns),
+        }
+    return {
+        "trading_day": str(state.day) if state.day else None,
+        "kill_switch": {
+            "engaged": ks.engaged,
+            "operator": ks.operator or None,
+            "reason": ks.reason or None,
+            "since_ns": ks.since_ns or None,
+        },
+        "trading_states": {
+            scope: {
+                "state": state.scope_state(scope).state,
+                "reason": state.scope_state(scope).reason,
+                "since_ns": state.scope_state(scope).since_ns or None,
+            }
+            for scope in scopes
+        },
+        "accounts": accounts,
+        "strategies": strategies,
+        "pending": {
+            "intents": len(state.pending_intents),
+            "orders": len(state.awaiting_order),
+            "reactions": [f"{o.kind}:{o.scope}" for o in state.obligations],
+        },
+    }

@@ -1,0 +1,315 @@
+"""The risk-gate loop: rebuild, replay the backlog, then decide live.
+
+One cycle:
+
+1. **Rebuild** the state from the event store (every event up to the store's
+   last sequence N through ``evolve``).
+2. **Replay** the stream from N + 1 up to where it ended when the cycle
+   began (the consumer's backlog), through ``evolve`` only: whatever the
+   previous run decided or reacted to is in there, so nothing is decided
+   twice.
+3. **Go live**: apply what the state still owes (reactions to breakers,
+   kill switch, resumes; order commands of accepted intents), decide every
+   intent no decision was seen for, then handle each new message: evolve,
+   decide an intent, react, publish, and only then acknowledge.
+
+What the gate publishes it applies to its state at once (the next intent
+must see the order just submitted) and remembers by id, so that the copy
+coming back through the stream is not applied a second time. Ids derive
+from the cause (see ``domain/commands.py``), so an intent redelivered, or
+re-published under a new message id, never becomes a second order.
+
+Any NATS or Postgres fault ends the cycle; the next one starts again from
+the store, which is why a crash at any point loses no intent and repeats
+no order. Only one risk-gate instance may run at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from libs.bus.client import Bus
+from libs.bus.consumer import header_dict
+from libs.bus.errors import BusError
+from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.envelope import Clock, Event, WallClock
+from libs.contract.events import OrderIntentCreated, SubmitOrder
+from libs.store.errors import StoreError
+from services.risk_gate import metrics
+from services.risk_gate.adapters.store import rebuild
+from services.risk_gate.adapters.stream import RiskStream
+from services.risk_gate.config import RiskGateSettings
+from services.risk_gate.domain.commands import SOURCE
+from services.risk_gate.domain.decide import decide, gross_exposure
+from services.risk_gate.domain.evolve import evolve, roll_day
+from services.risk_gate.domain.limits import GLOBAL, RiskLimits
+from services.risk_gate.domain.react import react
+from services.risk_gate.domain.state import RiskState
+
+log = logging.getLogger(__name__)
+
+SERVICE = "risk-gate"
+#: Faults after which the gate rebuilds from the store and starts again.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    StoreError,
+    BusError,
+    nats.errors.Error,
+    OSError,
+    TimeoutError,
+)
+STATE_LEVEL = {"active": 0, "reducing": 1, "halted": 2}
+#: Own events not seen back after this long are forgotten (deduplicated by NATS).
+INFLIGHT_TTL_S = 600.0
+GAUGE_INTERVAL_S = 0.5
+
+
+class RiskGate:
+    """Runs gate cycles until stopped."""
+
+    def __init__(
+        self, settings: RiskGateSettings, limits: RiskLimits, *, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.limits = limits
+        self.clock = clock or WallClock()
+        self.source = f"{SOURCE}/{settings.instance}"
+        self.state = RiskState.initial(limits)
+        self.stopping = asyncio.Event()
+        self.phase = "starting"
+        self.last_seq = 0
+        self.bus: Bus | None = None
+        self._inflight: dict[uuid.UUID, float] = {}
+        self._gauges_at = 0.0
+
+    # ------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy once live (rebuilt and caught up) with NATS connected."""
+        connected = self.bus is not None and bool(self.bus.nc.is_connected)
+        ok = self.phase == "live" and connected
+        return ok, {
+            "service": SERVICE,
+            "phase": self.phase,
+            "last_seq": self.last_seq,
+            "kill_switch": self.state.kill_switch.engaged,
+            "states": {k: v.state for k, v in sorted(self.state.states.items())},
+        }
+
+    async def run(self) -> None:
+        """Cycle until :meth:`stop`; each fault rebuilds from the store."""
+        while not self.stopping.is_set():
+            try:
+                await self._cycle()
+            except RETRYABLE as e:
+                cause = type(e).__name__
+                metrics.RESTARTS.labels(cause=cause).inc()
+                log.warning("risk-gate cycle ended (%s: %s); rebuilding", cause, e)
+                self._set_phase("restarting")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
+                    )
+
+    # -------------------------------------------------------------- cycle
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        metrics.LIVE.set(1 if phase == "live" else 0)
+
+    async def _cycle(self) -> None:
+        s = self.settings
+        self._set_phase("rebuilding")
+        started = time.perf_counter()
+        rebuilt = await rebuild(s.database_url.get_secret_value(), RiskState.initial(self.limits))
+        self.state, self.last_seq = rebuilt.state, rebuilt.last_seq
+        self._inflight.clear()
+        metrics.REBUILD_EVENTS.set(rebuilt.events)
+        metrics.REBUILD_SECONDS.set(time.perf_counter() - started)
+        log.info(
+            "state rebuilt from %d events up to store sequence %d in %.2fs",
+            rebuilt.events,
+            rebuilt.last_seq,
+            time.perf_counter() - started,
+        )
+        bus = await Bus.connect(
+            s.nats_url,
+            name=f"{SERVICE}/{s.instance}",
+            user=s.nats_user,
+            password=s.nats_password.get_secret_value() if s.nats_password else None,
+        )
+        async with bus:
+            self.bus = bus
+            stream = RiskStream(bus)
+            try:
+                backlog = await stream.start_at(self.last_seq + 1)
+                self._set_phase("catching_up")
+                if backlog == 0:
+                    await self._go_live()
+                while not self.stopping.is_set():
+                    msgs = await stream.fetch(s.fetch_batch, s.fetch_timeout_s)
+                    if not msgs and self.phase != "live":
+                        await self._go_live()  # the backlog shrank (messages deleted)
+                    for msg in msgs:
+                        await self._on_message(msg)
+                        if self.phase != "live":
+                            backlog -= 1
+                            if backlog <= 0:
+                                await self._go_live()
+                    if msgs:
+                        # Ack-all: everything up to here is handled and what it
+                        # caused is published (publish before ack).
+                        await msgs[-1].ack()
+                    self._update_gauges()
+            finally:
+                await stream.close()
+                self.bus = None
+
+    async def _go_live(self) -> None:
+        """Settle what the rebuilt state owes, decide orphaned intents, go live."""
+        self._set_phase("live")
+        self.state = roll_day(self.state, self.clock.now_ns())
+        await self._react()
+        orphans = list(self.state.pending_intents.values())
+        for intent in orphans:
+            if intent.id in self.state.pending_intents:
+                await self._decide(intent)
+        await self._react()
+        log.info(
+            "live at sequence %d (%d undecided intents decided); kill switch %s; states %s",
+            self.last_seq,
+            len(orphans),
+            "ON" if self.state.kill_switch.engaged else "off",
+            {k: v.state for k, v in sorted(self.state.states.items())} or "all active",
+        )
+        self._update_gauges(force=True)
+
+    # ----------------------------------------------------------- messages
+
+    async def _on_message(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq <= self.last_seq:
+            return  # redelivered: already folded in
+        try:
+            event = decode(msg.data, max_bytes=self.settings.max_event_bytes)
+        except DecodeError as e:
+            await self._dead_letter(msg, seq, e)
+            self.last_seq = seq
+            return
+        if self._inflight.pop(event.id, None) is None:
+            self.state = evolve(self.state, event)
+            if self.phase == "live":
+                if isinstance(event, OrderIntentCreated):
+                    if event.id in self.state.pending_intents:
+                        await self._decide(event)
+                    else:
+                        metrics.DUPLICATE_INTENTS.inc()
+                        log.info("intent %s seen again; already decided", event.id)
+                await self._react()
+        self.last_seq = seq
+        metrics.LAST_SEQUENCE.set(seq)
+
+    async def _decide(self, intent: OrderIntentCreated) -> None:
+        started = time.perf_counter()
+        now = self.clock.now_ns()
+        self.state = roll_day(self.state, now)
+        d = decide(self.state, intent, now, source=self.source)
+        p = intent.payload
+        # The decision is stored before its order: an order is never out
+        # without the decision that allowed it.
+        for e in d.events:
+            await self._publish(e)
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        metrics.DECISIONS.labels(
+            decision="accepted" if d.accepted else "denied",
+            reason=d.reason.value,
+            strategy=p.strategy,
+        ).inc()
+        if not d.accepted:
+            metrics.ORDERS_DENIED.labels(reason=d.reason.value).inc()
+            log.info(
+                "denied %s %s %s %s for %s on %s: %s (%s)",
+                intent.id,
+                p.side,
+                p.quantity,
+                p.symbol,
+                p.strategy,
+                p.account,
+                d.reason.value,
+                d.detail,
+            )
+
+    async def _react(self) -> None:
+        for e in react(self.state, self.clock.now_ns(), source=self.source):
+            await self._publish(e)
+            if e.type == "BreakerTripped":
+                p = e.payload
+                metrics.BREAKER_TRIPS.labels(account=p.account, breaker=p.breaker).inc()
+                log.warning("breaker %s tripped on %s: %s", p.breaker, p.account, p.detail)
+            elif e.type == "TradingStateChanged":
+                p = e.payload
+                log.warning("%s: %s -> %s (%s)", p.scope, p.previous, p.state, p.reason)
+
+    async def _publish(self, event: Event) -> None:
+        """Publish, then apply: the state reflects it before the next message."""
+        assert self.bus is not None
+        ack = await self.bus.publish(event)
+        if not ack.duplicate:
+            # A duplicate (same id already in the stream) never comes back.
+            self._inflight[event.id] = time.monotonic()
+        self.state = evolve(self.state, event)
+        metrics.COMMANDS.labels(type=event.type).inc()
+        if isinstance(event, SubmitOrder):
+            metrics.ORDERS_SUBMITTED.labels(account=event.payload.account).inc()
+        if len(self._inflight) > 10_000:
+            cutoff = time.monotonic() - INFLIGHT_TTL_S
+            self._inflight = {k: t for k, t in self._inflight.items() if t > cutoff}
+
+    async def _dead_letter(self, msg: Msg, seq: int, error: DecodeError) -> None:
+        assert self.bus is not None
+        record = dead_letter(
+            service=SERVICE,
+            subject=msg.subject,
+            data=msg.data,
+            error=error,
+            clock=self.clock,
+            source=self.source,
+            headers=header_dict(msg),
+            stream_seq=seq,
+        )
+        log.warning("dead-lettered stream sequence %d on %s: %s", seq, msg.subject, error)
+        await self.bus.publish(record)
+        metrics.DEAD_LETTERS.labels(reason=error.reason).inc()
+
+    # ------------------------------------------------------------- gauges
+
+    def _update_gauges(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._gauges_at < GAUGE_INTERVAL_S:
+            return
+        self._gauges_at = now
+        st = self.state
+        metrics.KILL_SWITCH.set(1 if st.kill_switch.engaged else 0)
+        for scope in {GLOBAL, *self.limits.accounts, *st.states}:
+            metrics.TRADING_STATE.labels(scope=scope).set(STATE_LEVEL[st.scope_state(scope).state])
+        for name, acct in self.limits.accounts.items():
+            pnl = st.day_pnl(name)
+            metrics.DAY_PNL.labels(account=name).set(float(pnl))
+            loss = -pnl if pnl < 0 else 0
+            metrics.DAILY_LOSS_USED.labels(account=name).set(float(loss / acct.daily_loss_limit))
+            metrics.OPEN_ORDERS.labels(account=name).set(len(st.open_orders(account=name)))
+        for name, strat in self.limits.strategies.items():
+            gross = gross_exposure(st, name, strat.account)
+            metrics.GROSS_NOTIONAL_USED.labels(strategy=name, account=strat.account).set(
+                float(gross / strat.max_gross_notional)
+            )

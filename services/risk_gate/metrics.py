@@ -1,0 +1,57 @@
+"""The risk-gate's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter(
+    "tradebus_risk_decisions_total", "Intents decided", ["decision", "reason", "strategy"]
+)
+ORDERS_DENIED = Counter(
+    "tradebus_orders_denied_total", "Intents denied by the risk-gate", ["reason"]
+)
+ORDERS_SUBMITTED = Counter(
+    "tradebus_orders_submitted_total", "SubmitOrder commands published", ["account"]
+)
+COMMANDS = Counter(
+    "tradebus_risk_commands_total", "Order commands and state events published", ["type"]
+)
+BREAKER_TRIPS = Counter(
+    "tradebus_risk_breaker_trips_total", "Breakers tripped", ["account", "breaker"]
+)
+DUPLICATE_INTENTS = Counter(
+    "tradebus_risk_duplicate_intents_total", "Intents seen again after their decision"
+)
+DEAD_LETTERS = Counter(
+    "tradebus_risk_dead_letters_total", "Messages the risk-gate could not decode", ["reason"]
+)
+DECISION_SECONDS = Histogram(
+    "tradebus_risk_decision_seconds",
+    "From an intent's delivery to its decision (and order) being stored by JetStream",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+TRADING_STATE = Gauge(
+    "tradebus_risk_trading_state",
+    "Trading state per scope: 0 active, 1 reducing, 2 halted",
+    ["scope"],
+)
+KILL_SWITCH = Gauge("tradebus_risk_kill_switch", "1 while the global kill switch is engaged")
+DAY_PNL = Gauge("tradebus_risk_day_pnl", "Day P&L per account (realized + unrealized)", ["account"])
+DAILY_LOSS_USED = Gauge(
+    "tradebus_risk_daily_loss_used", "Day loss as a fraction of the daily-loss limit", ["account"]
+)
+GROSS_NOTIONAL_USED = Gauge(
+    "tradebus_risk_gross_notional_used",
+    "Strategy gross notional as a fraction of its cap",
+    ["strategy", "account"],
+)
+OPEN_ORDERS = Gauge("tradebus_risk_open_orders", "Open orders per account", ["account"])
+LAST_SEQUENCE = Gauge("tradebus_risk_last_sequence", "Last stream sequence folded into the state")
+REBUILD_EVENTS = Gauge(
+    "tradebus_risk_rebuild_events", "Events read from the store by the last rebuild"
+)
+REBUILD_SECONDS = Gauge("tradebus_risk_rebuild_seconds", "Duration of the last state rebuild")
+RESTARTS = Counter(
+    "tradebus_risk_restarts_total", "Rebuilds after NATS or Postgres went away", ["cause"]
+)
+LIVE = Gauge("tradebus_risk_live", "1 once the state is rebuilt and the gate decides intents")
