@@ -8,6 +8,9 @@ about a millisecond, so the answer is kept per minute.
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import exchange_calendars  # type: ignore[import-untyped]  # no type information shipped
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed
@@ -15,6 +18,16 @@ import pandas as pd  # type: ignore[import-untyped]  # no stubs installed
 from libs.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def _quietly(call: Callable[[], Any]) -> Any:
+    # exchange-calendars uses pandas APIs that pandas 3 deprecates; the
+    # warnings are theirs to fix and say nothing about our data.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return call()
+
 
 MINUTE_NS = 60 * 1_000_000_000
 
@@ -24,7 +37,7 @@ class ExchangeHours:
 
     def __init__(self, code: str) -> None:
         try:
-            self.calendar = exchange_calendars.get_calendar(code)
+            self.calendar = _quietly(lambda: exchange_calendars.get_calendar(code))
         except exchange_calendars.errors.InvalidCalendarName as e:
             raise ConfigError(f"TRADEBUS_CALENDAR: unknown exchange calendar {code!r}") from e
         self.code = code
@@ -36,10 +49,9 @@ class ExchangeHours:
         if minute != self._minute:
             self._minute = minute
             try:
+                stamp = pd.Timestamp(minute, unit="ns", tz="UTC")
                 self._open = bool(
-                    self.calendar.is_open_on_minute(
-                        pd.Timestamp(minute, unit="ns", tz="UTC"), ignore_breaks=True
-                    )
+                    _quietly(lambda: self.calendar.is_open_on_minute(stamp, ignore_breaks=True))
                 )
             except exchange_calendars.errors.MinuteOutOfBounds:
                 # Past the calendar's range: say open, so silence is still reported.

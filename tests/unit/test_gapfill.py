@@ -1,0 +1,155 @@
+"""Gap-fill windows and missing bars (pure domain, times in ns)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.marketdata.domain.gapfill import MINUTE_NS, GapFiller, GapWindow, time_ordered
+
+M = MINUTE_NS
+T0 = 1_700_000_040 * 1_000_000_000  # a minute boundary
+S = 1_000_000_000
+
+
+def minute(i: int) -> int:
+    return T0 + i * M
+
+
+def start(bar: int) -> int:
+    return bar
+
+
+def live(filler: GapFiller, symbol: str, *minutes: int) -> None:
+    for i in minutes:
+        assert filler.admit(symbol, minute(i))
+
+
+def test_no_gap_before_the_first_subscription_or_without_a_disconnect() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_disconnect(minute(1))  # never subscribed: nothing of ours was missed
+    assert f.windows(minute(5)) == []
+    f.on_subscribed(minute(5))
+    assert f.windows(minute(9)) == []
+
+
+def test_drop_in_the_middle_of_a_minute_fills_the_closed_minutes_after_the_last_bar() -> None:
+    f = GapFiller(["AAPL", "MSFT"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0, 1, 2)
+    live(f, "MSFT", 0, 1)
+    f.on_disconnect(minute(3) + 20 * S)  # in the middle of minute 3
+    windows = f.windows(minute(7) + 5 * S)  # back in minute 7: minutes up to 6 are closed
+
+    assert windows == [
+        GapWindow("AAPL", minute(3), minute(6), windows[0].generation),
+        GapWindow("MSFT", minute(2), minute(6), windows[1].generation),
+    ]
+    assert windows[0].bars == 4
+
+
+def test_missing_bars_are_those_not_published_in_time_order_once() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0, 1)
+    f.on_disconnect(minute(2) + 1)
+    [w] = f.windows(minute(8))
+    live(f, "AAPL", 5)  # a late live bar arrived while REST was asked
+
+    rest = [minute(i) for i in (7, 3, 1, 5, 4, 4, 8, 2)]  # unordered, a repeat, edges
+    missing = f.missing(w, rest, start)
+
+    assert missing == [minute(i) for i in (2, 3, 4, 7)]
+    # They are in the ledger now: neither a second fetch nor the live bar passes.
+    assert f.missing(w, rest, start) == []
+    assert not f.admit("AAPL", minute(3))
+    assert f.last_published("AAPL") == minute(7)
+
+
+def test_back_within_the_same_minute_leaves_nothing_to_fill() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0, 1, 2)
+    f.on_disconnect(minute(3) + 5 * S)
+    assert f.windows(minute(3) + 50 * S) == []
+    assert f.open_gaps() == {}
+
+
+def test_symbol_without_any_bar_is_filled_from_the_session_start() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(4) + 30 * S)
+    f.on_disconnect(minute(6))
+    [w] = f.windows(minute(9))
+    assert (w.first_start_ns, w.last_start_ns) == (minute(4), minute(8))
+
+
+def test_a_failed_fill_keeps_the_gap_and_a_second_outage_keeps_its_start() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    f.on_disconnect(minute(1) + 1)
+    [first] = f.windows(minute(4))
+    # The fetch failed (no filled()); the feed drops again later, after live bars.
+    live(f, "AAPL", 4, 5)
+    f.on_disconnect(minute(6) + 1)
+    [second] = f.windows(minute(9))
+    assert (second.first_start_ns, second.last_start_ns) == (minute(1), minute(8))
+    assert first.first_start_ns == second.first_start_ns
+    rest = [minute(i) for i in range(0, 9)]
+    assert f.missing(second, rest, start) == [minute(i) for i in (1, 2, 3, 6, 7, 8)]
+    f.filled(second)
+    assert f.open_gaps() == {}
+
+
+def test_an_outage_during_a_fill_reopens_the_gap_after_that_window() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    f.on_disconnect(minute(1) + 1)
+    [w] = f.windows(minute(4))
+    f.on_disconnect(minute(5) + 1)  # dropped again while REST was being asked
+    f.missing(w, [minute(i) for i in range(1, 4)], start)
+    f.filled(w)
+    assert f.open_gaps() == {"AAPL": minute(4)}
+    [w2] = f.windows(minute(8))
+    assert (w2.first_start_ns, w2.last_start_ns) == (minute(4), minute(7))
+
+
+def test_the_window_reaches_back_at_most_max_gap() -> None:
+    f = GapFiller(["AAPL"], max_gap_ns=10 * M)
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    f.on_disconnect(minute(1))
+    [w] = f.windows(minute(100) + 7 * S)
+    assert (w.first_start_ns, w.last_start_ns) == (minute(90), minute(99))
+
+
+def test_seed_opens_a_gap_from_a_bar_published_before_we_started() -> None:
+    f = GapFiller(["AAPL"])
+    f.seed("AAPL", minute(3))
+    f.on_subscribed(minute(10) + 2 * S)
+    [w] = f.windows(minute(10) + 2 * S)
+    assert (w.first_start_ns, w.last_start_ns) == (minute(4), minute(9))
+    assert not f.admit("AAPL", minute(3))
+
+
+def test_old_ledger_entries_are_pruned_beyond_retention() -> None:
+    f = GapFiller(["AAPL"], max_gap_ns=5 * M, retention_ns=10 * M)
+    for i in range(200):
+        assert f.admit("AAPL", minute(i))
+    assert f.published("AAPL", minute(199))
+    assert not f.published("AAPL", minute(100))
+
+
+def test_time_ordered_merges_symbols_by_window_start() -> None:
+    bars = [("MSFT", minute(2)), ("AAPL", minute(3)), ("AAPL", minute(2)), ("MSFT", minute(1))]
+    assert time_ordered(bars, start) == [
+        ("MSFT", minute(1)),
+        ("AAPL", minute(2)),
+        ("MSFT", minute(2)),
+        ("AAPL", minute(3)),
+    ]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        GapFiller(["AAPL"], interval_ns=0)

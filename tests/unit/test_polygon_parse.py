@@ -1,0 +1,255 @@
+"""Polygon wire format -> our events: fields, Decimals, ns times, ids, rejections."""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libs.contract.codec import decode, derived_id, encode
+from libs.contract.events import BarClosed, QuoteUpdated, TradePrinted
+from libs.contract.subjects import subject_for
+from services.marketdata.adapters.polygon.parse import (
+    FrameParser,
+    bar_id,
+    rest_bar_event,
+    statuses_text,
+)
+from services.marketdata.adapters.polygon.schemas import RestAgg, RestAggsResponse, RestError
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "polygon"
+NOW = 1_700_000_000_123_456_789
+
+
+class FixedClock:
+    def now_ns(self) -> int:
+        return NOW
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def parser() -> FrameParser:
+    return FrameParser(source="marketdata/test", clock=FixedClock())
+
+
+def test_stock_frame_becomes_trades_quotes_bars_in_frame_order() -> None:
+    parsed = parser().parse(fixture("ws_stocks_mixed.json"))
+
+    assert [type(e) for e in parsed.events] == [
+        TradePrinted,
+        TradePrinted,
+        QuoteUpdated,
+        BarClosed,
+        BarClosed,
+    ]
+    assert [s.message for s in parsed.statuses] == ["subscribed to: A.MSFT"]
+    assert parsed.counts == {"trades": 2, "quotes": 1, "second_bars": 1, "minute_bars": 1}
+    assert parsed.rejected == []
+
+    trade = parsed.events[0]
+    assert isinstance(trade, TradePrinted)
+    p = trade.payload
+    assert (p.symbol, p.price, p.size) == ("MSFT", Decimal("114.125"), Decimal("100"))
+    assert (p.exchange, p.trade_id, p.tape, p.sequence) == (4, "52983525034825", 3, 3681328)
+    assert p.conditions == (14, 41)
+    assert p.feed == "polygon"
+    assert trade.ts_event == 1536036818784 * 1_000_000
+    assert trade.ts_init == NOW
+    assert trade.id == derived_id("polygon", "T", "MSFT", 3681328)
+    assert trade.correlation_id == trade.id
+    assert subject_for(trade) == "md.trade.MSFT"
+    # A trade without conditions leaves out ``c``.
+    assert parsed.events[1].payload.conditions == ()
+
+    quote = parsed.events[2]
+    assert isinstance(quote, QuoteUpdated)
+    q = quote.payload
+    assert (q.bid_price, q.ask_price) == (Decimal("114.125"), Decimal("114.128"))
+    assert (q.bid_size, q.ask_size) == (Decimal(100), Decimal(160))
+    assert (q.bid_exchange, q.ask_exchange, q.condition, q.indicators) == (4, 7, 0, (604,))
+    assert quote.id == derived_id("polygon", "Q", "MSFT", 50385480)
+
+    second, minute = parsed.events[3], parsed.events[4]
+    assert isinstance(second, BarClosed)
+    assert isinstance(minute, BarClosed)
+    assert second.payload.interval == "1s"
+    assert subject_for(second) == "md.bar.1s.MSFT"
+    m = minute.payload
+    assert m.interval == "1m"
+    assert (m.open, m.high, m.low, m.close) == (
+        Decimal("114.06"),
+        Decimal("114.13"),
+        Decimal("114.05"),
+        Decimal("114.125"),
+    )
+    assert (m.volume, m.vwap) == (Decimal(41853), Decimal("114.0877"))
+    assert (m.start_ns, m.end_ns) == (1536036760000 * 10**6, 1536036820000 * 10**6)
+    assert minute.ts_event == m.end_ns
+    assert m.backfilled is False
+    assert minute.id == bar_id("MSFT", "1m", 1536036760000)
+    assert parsed.newest_ns == 1536036820000 * 10**6
+
+
+def test_option_records_without_optional_fields() -> None:
+    parsed = parser().parse(fixture("ws_options.json"))
+
+    trade, quote = parsed.events
+    assert trade.payload.symbol == "O:AMC210827C00032000"
+    assert (trade.payload.trade_id, trade.payload.tape) == (None, None)
+    assert trade.payload.conditions == (233,)
+    assert subject_for(trade) == "md.trade.O:AMC210827C00032000"
+    assert quote.payload.condition is None
+    assert quote.payload.indicators == ()
+
+
+def test_same_record_twice_gives_the_same_id() -> None:
+    a = parser().parse(fixture("ws_stocks_mixed.json")).events
+    b = parser().parse(fixture("ws_stocks_mixed.json")).events
+    assert [e.id for e in a] == [e.id for e in b]
+    assert len({e.id for e in a}) == len(a)
+
+
+def test_live_minute_bar_and_rest_bar_of_the_same_minute_share_their_id() -> None:
+    live = parser().parse(fixture("ws_stocks_mixed.json")).events[4]
+    rest = RestAgg.model_validate(
+        {"o": 114.06, "h": 114.13, "l": 114.05, "c": 114.125, "v": 41853, "t": 1536036760000}
+    )
+    backfilled = rest_bar_event("MSFT", rest, source="marketdata/other", ts_init=1)
+
+    assert backfilled.id == live.id
+    assert backfilled.payload.backfilled is True
+    assert backfilled.payload.end_ns == live.payload.end_ns
+    assert backfilled.ts_event == live.ts_event
+    assert subject_for(backfilled) == "md.bar.1m.MSFT"
+
+
+def test_events_satisfy_the_contract_when_decoded_strictly() -> None:
+    # Events are built without a second validation pass; the strict decoder
+    # (what the recorder runs) must accept every one of them unchanged.
+    for name in ("ws_stocks_mixed.json", "ws_options.json"):
+        for event in parser().parse(fixture(name)).events:
+            assert decode(encode(event)) == event
+
+
+def test_malformed_json_is_rejected_whole() -> None:
+    parsed = parser().parse(b'[{"ev":"T","sym":"MSFT",')
+    assert parsed.events == []
+    [bad] = parsed.rejected
+    assert bad.reason == "malformed_json"
+    assert bad.raw == b'[{"ev":"T","sym":"MSFT",'
+
+
+def test_a_frame_that_is_not_an_array_is_rejected() -> None:
+    [bad] = parser().parse(b'{"ev":"status","status":"connected"}').rejected
+    assert bad.reason == "not_an_array"
+
+
+def test_one_invalid_event_is_rejected_and_the_rest_of_the_frame_goes_through() -> None:
+    frame = json.dumps(
+        [
+            {"ev": "T", "sym": "MSFT", "x": 4, "p": 10.5, "s": 1, "t": 1, "q": 1},
+            {"ev": "T", "sym": "MSFT", "x": 4, "s": 1, "t": 2, "q": 2},  # no price
+            {"ev": "LULD", "T": "MSFT"},  # not a record we know
+            {"ev": "T", "sym": "MSFT", "x": 4, "p": 0, "s": 1, "t": 3, "q": 3},  # price 0
+            {"ev": "T", "sym": "BRK.B", "x": 4, "p": 1, "s": 1, "t": 4, "q": 4},  # not a token
+            {"ev": "T", "sym": "MSFT", "x": 4, "p": 10.6, "s": 1, "t": 5, "q": 5},
+        ]
+    ).encode()
+    parsed = parser().parse(frame)
+
+    assert [e.payload.sequence for e in parsed.events] == [1, 5]
+    assert [r.reason for r in parsed.rejected] == ["invalid_event"] * 4
+    assert json.loads(parsed.rejected[0].raw) == {
+        "ev": "T",
+        "sym": "MSFT",
+        "x": 4,
+        "s": 1,
+        "t": 2,
+        "q": 2,
+    }
+    assert "p" in parsed.rejected[0].detail
+    assert json.loads(parsed.rejected[3].raw)["sym"] == "BRK.B"
+
+
+def test_rejected_frame_becomes_a_dead_letter_with_its_bytes() -> None:
+    [bad] = parser().parse(b"not json at all").rejected
+    letter = bad.dead_letter(market="stocks", source="marketdata/test", clock=FixedClock())
+
+    assert subject_for(letter) == "deadletter.marketdata"
+    assert letter.payload.original_subject == "polygon.stocks"
+    assert base64.b64decode(letter.payload.raw_b64) == b"not json at all"
+    assert letter.payload.error.startswith("malformed_json")
+    assert decode(encode(letter)) == letter
+
+
+def test_unknown_fields_are_ignored() -> None:
+    frame = b'[{"ev":"T","sym":"MSFT","p":1.5,"s":3,"t":9,"q":1,"ds":"3.0","new":true}]'
+    [event] = parser().parse(frame).events
+    assert event.payload.price == Decimal("1.5")
+
+
+def test_status_frames_carry_no_events() -> None:
+    for name in ("ws_connected.json", "ws_auth_success.json", "ws_subscribed.json"):
+        parsed = parser().parse(fixture(name))
+        assert parsed.events == []
+        assert parsed.statuses
+    assert statuses_text(parser().parse(fixture("ws_auth_failed.json")).statuses) == (
+        "auth_failed: authentication failed"
+    )
+    [kick] = parser().parse(fixture("ws_max_connections.json")).statuses
+    assert kick.status == "max_connections"
+
+
+def test_rest_pages_and_error_bodies() -> None:
+    page = RestAggsResponse.model_validate_json(fixture("rest_aggs_page1.json"))
+    assert page.next_url is not None
+    assert "cursor=" in page.next_url
+    assert [r.t for r in page.results] == [1673274600000, 1673274660000]
+    assert page.results[0].vw == Decimal("131.6292")
+    assert RestAggsResponse.model_validate_json(fixture("rest_aggs_empty.json")).results == ()
+    error = RestError.model_validate_json(fixture("rest_error_unknown_key.json"))
+    assert error.text == "Unknown API Key"
+    refused = RestError.model_validate_json(fixture("rest_not_authorized.json"))
+    assert refused.status == "NOT_AUTHORIZED"
+    assert refused.text.startswith("You are not entitled")
+
+
+@pytest.mark.parametrize("text", ["0.0001", "190.16", "1234.5678", "0.1", "99999.99"])
+def test_prices_keep_the_digits_polygon_wrote(text: str) -> None:
+    frame = f'[{{"ev":"T","sym":"X","p":{text},"s":1,"t":1,"q":1}}]'.encode()
+    [event] = parser().parse(frame).events
+    assert event.payload.price == Decimal(text)
+    assert str(event.payload.price) == text
+
+
+prices = st.decimals(
+    min_value=Decimal("0.0001"), max_value=Decimal("99999"), places=4, allow_nan=False
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    price=prices,
+    size=st.integers(min_value=1, max_value=10**7),
+    seq=st.integers(min_value=0, max_value=2**53),
+    t=st.integers(min_value=0, max_value=4_000_000_000_000),
+    conditions=st.lists(st.integers(min_value=0, max_value=255), max_size=4),
+)
+def test_any_valid_trade_round_trips_through_the_contract(
+    price: Decimal, size: int, seq: int, t: int, conditions: list[int]
+) -> None:
+    record = {"ev": "T", "sym": "AAPL", "x": 4, "p": float(price), "s": size, "t": t, "q": seq}
+    if conditions:
+        record["c"] = conditions
+    [event] = parser().parse(json.dumps([record]).encode()).events
+    assert event.payload.price == price
+    assert event.ts_event == t * 1_000_000
+    assert event.payload.conditions == tuple(conditions)
+    assert decode(encode(event)) == event
