@@ -91,15 +91,16 @@ class StrategySpec(BaseModel):
 
 
 class StrategiesFile(BaseModel):
+    """The file's top level. Entries stay raw here: each is validated on its
+    own below, so that one bad entry does not hide another's problems."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Emptiness is checked after the entries (a Field(min_length=1) would also
-    # report "at least 1 item" whenever any entry is invalid).
-    strategies: tuple[StrategySpec, ...]
+    strategies: list[dict[str, Any]]
 
     @field_validator("strategies")
     @classmethod
-    def _not_empty(cls, value: tuple[StrategySpec, ...]) -> tuple[StrategySpec, ...]:
+    def _not_empty(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not value:
             raise ValueError("must list at least one strategy")
         return value
@@ -136,6 +137,47 @@ def _problems(error: ValidationError, prefix: Sequence[int | str] = ()) -> list[
     return lines
 
 
+def _entry(
+    i: int, raw: dict[str, Any], problems: list[str], names: dict[str, int]
+) -> LoadedStrategy | None:
+    """Validate one entry, adding every problem found to ``problems``."""
+    where = f"strategies[{i}]"
+    spec: StrategySpec | None = None
+    try:
+        spec = StrategySpec.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_problems(e, ("strategies", i)))
+    name = raw.get("name")
+    if isinstance(name, str):
+        if name in names:
+            problems.append(f"{where}.name: {name!r} is already used by strategies[{names[name]}]")
+        names.setdefault(name, i)
+    kind, params = raw.get("kind"), raw.get("params", {})
+    if not isinstance(kind, str) or not isinstance(params, dict):
+        return None  # already reported by the spec's own validation
+    try:
+        cls = resolve(kind)
+    except UnknownStrategy as e:
+        problems.append(f"{where}.kind: {e}")
+        return None
+    symbols = raw.get("symbols")
+    if (
+        cls.symbol_count is not None
+        and isinstance(symbols, list)
+        and symbols
+        and len(symbols) != cls.symbol_count
+    ):
+        problems.append(
+            f"{where}.symbols: {kind} needs exactly {cls.symbol_count} symbols, got {len(symbols)}"
+        )
+    try:
+        typed = cls.params_model.model_validate(params)
+    except ValidationError as e:
+        problems.extend(_problems(e, ("strategies", i, "params")))
+        return None
+    return LoadedStrategy(spec, cls, typed) if spec is not None else None
+
+
 def validate_strategies(data: Any, *, source: str = "strategies") -> list[LoadedStrategy]:
     """Validate parsed ``strategies.yaml`` content; raise :class:`StrategyConfigError`."""
     try:
@@ -144,29 +186,11 @@ def validate_strategies(data: Any, *, source: str = "strategies") -> list[Loaded
         raise StrategyConfigError(source, _problems(e)) from None
     problems: list[str] = []
     loaded: list[LoadedStrategy] = []
-    first_index: dict[str, int] = {}
-    for i, spec in enumerate(parsed.strategies):
-        where = f"strategies[{i}]"
-        if spec.name in first_index:
-            other = first_index[spec.name]
-            problems.append(f"{where}.name: {spec.name!r} is already used by strategies[{other}]")
-        first_index.setdefault(spec.name, i)
-        try:
-            cls = resolve(spec.kind)
-        except UnknownStrategy as e:
-            problems.append(f"{where}.kind: {e}")
-            continue
-        if cls.symbol_count is not None and len(spec.symbols) != cls.symbol_count:
-            problems.append(
-                f"{where}.symbols: {spec.kind} needs exactly {cls.symbol_count} symbols, "
-                f"got {len(spec.symbols)}"
-            )
-        try:
-            params = cls.params_model.model_validate(spec.params)
-        except ValidationError as e:
-            problems.extend(_problems(e, ("strategies", i, "params")))
-            continue
-        loaded.append(LoadedStrategy(spec, cls, params))
+    names: dict[str, int] = {}
+    for i, raw in enumerate(parsed.strategies):
+        entry = _entry(i, raw, problems, names)
+        if entry is not None:
+            loaded.append(entry)
     if problems:
         raise StrategyConfigError(source, problems)
     return loaded

@@ -1,0 +1,1 @@
+"""What the strategy-runner talks to: the event store (rebuild) and JetStream."""

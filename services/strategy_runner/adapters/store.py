@@ -1,0 +1,100 @@
+"""Rebuilding strategies' books from the event store at start-up.
+
+One snapshot is read up to the store's last sequence ``S`` (the runner then
+consumes the stream from ``S + 1``, so every event is applied exactly once):
+
+- every event of every chain a strategy started — its signals and intents,
+  the risk-gate's decisions, the broker's acks, rejects, cancels and fills —
+  found by correlation id = one of its signals' ids;
+- the last bar or trade of each of its symbols, for unrealized P&L.
+
+asyncpg errors are mapped to :mod:`libs.store.errors` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+from pydantic import ValidationError
+
+from libs.contract.envelope import Event
+from libs.contract.events import EVENT_ADAPTER
+from libs.store.errors import StoreUnavailable
+from libs.store.migrate import asyncpg_url
+from libs.store.writer import CONNECT_TIMEOUT, CONNECTION_ERRORS
+
+log = logging.getLogger(__name__)
+
+COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_id, payload"
+
+CHAINS_SQL = f"""
+SELECT {COLUMNS} FROM events
+WHERE seq <= $2 AND correlation_id IN (
+    SELECT id FROM events
+    WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
+)
+ORDER BY seq
+"""  # noqa: S608 - constant column list, values are bind parameters
+
+LAST_PRICE_SQL = f"""
+SELECT {COLUMNS} FROM events
+WHERE symbol = $1 AND type IN ('BarClosed', 'TradePrinted') AND seq <= $2
+ORDER BY seq DESC LIMIT 1
+"""  # noqa: S608 - constant column list, values are bind parameters
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the store holds for the strategies, up to ``last_seq``, in order."""
+
+    last_seq: int
+    events: list[Event]
+
+
+def _event(row: asyncpg.Record) -> Event | None:
+    envelope = {
+        "id": str(row["id"]),
+        "type": row["type"],
+        "ts_event": row["ts_event"],
+        "ts_init": row["ts_init"],
+        "source": row["source"],
+        "correlation_id": str(row["correlation_id"]),
+        "causation_id": str(row["causation_id"]) if row["causation_id"] else None,
+        "payload": orjson.loads(row["payload"]),
+    }
+    try:
+        event: Event = EVENT_ADAPTER.validate_python(envelope)
+    except ValidationError as e:
+        # Recorded under an older contract, or not an event at all (a hole row).
+        log.warning("skipping stored event seq %d (%s): %s", row["seq"], row["type"], e)
+        return None
+    return event
+
+
+async def load_history(
+    database_url: str, strategies: Sequence[str], symbols: Sequence[str]
+) -> History:
+    """Read the strategies' chains and their symbols' last prices."""
+    try:
+        conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
+    except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
+        raise StoreUnavailable(f"cannot reach the event store: {e}") from e
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            last_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+            rows = list(await conn.fetch(CHAINS_SQL, list(strategies), last_seq))
+            for symbol in sorted(set(symbols)):
+                row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
+                if row is not None:
+                    rows.append(row)
+    except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
+        raise StoreUnavailable(f"reading the event store failed: {e}") from e
+    finally:
+        await conn.close()
+    rows.sort(key=lambda r: r["seq"])
+    events = [e for e in map(_event, rows) if e is not None]
+    return History(last_seq, events)

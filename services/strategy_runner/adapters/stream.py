@@ -1,0 +1,66 @@
+"""The runner's durable consumer: what it reads, and from where.
+
+The event store decides where reading starts, not the consumer's ack floor:
+on every start the durable consumer is recreated at ``S + 1``, where ``S`` is
+the last sequence the store held when the books were rebuilt. Events up to
+``S`` are in the books already; everything after is applied from the stream,
+once.
+
+The filter is narrow on purpose: market data of the configured symbols only,
+the strategies' own signals and intents (read back, so that a chain started
+just before a crash still routes to its strategy), the risk-gate's decisions
+about them, and broker acks, rejects, cancels and fills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import nats.js.errors
+from nats.js import api as js_api
+
+from libs.bus.client import Bus
+from libs.contract.subjects import STREAM
+
+ACK_WAIT_S = 30.0
+MAX_ACK_PENDING = 20_000
+BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>")
+
+
+def filter_subjects(strategies: Iterable[str], symbols: Iterable[str]) -> list[str]:
+    """The subjects the runner consumes (non-overlapping, as JetStream requires)."""
+    out: list[str] = []
+    for symbol in sorted(set(symbols)):
+        out += [f"md.bar.*.{symbol}", f"md.trade.{symbol}", f"md.quote.{symbol}"]
+    for name in sorted(set(strategies)):
+        out += [f"strategy.signal.{name}", f"strategy.intent.{name}", f"risk.decision.{name}"]
+    out += BROKER_SUBJECTS
+    return out
+
+
+async def last_sequence(bus: Bus, stream: str = STREAM) -> int:
+    """The stream's last sequence right now."""
+    info = await bus.js.stream_info(stream)
+    return int(info.state.last_seq)
+
+
+async def reset_consumer(
+    bus: Bus, durable: str, subjects: list[str], start_seq: int, stream: str = STREAM
+) -> None:
+    """Recreate ``durable`` to deliver ``subjects`` from ``start_seq`` on."""
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_consumer(stream, durable)
+    await bus.js.add_consumer(
+        stream,
+        js_api.ConsumerConfig(
+            durable_name=durable,
+            filter_subjects=subjects,
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=MAX_ACK_PENDING,
+            max_deliver=-1,
+        ),
+    )

@@ -1,0 +1,28 @@
+"""strategy-runner settings: the shared ones plus ``TRADEBUS_*`` of its own.
+
+What to run is not here but in ``strategies.yaml`` (``--config``, or
+``TRADEBUS_STRATEGIES_CONFIG``), validated by :mod:`libs.strategy.spec`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from libs.config import ServiceSettings
+from libs.contract.envelope import Token
+
+
+class RunnerSettings(ServiceSettings):
+    #: Path of strategies.yaml (the ``--config`` option overrides it).
+    strategies_config: str = "deploy/config/strategies.yaml"
+    #: Durable JetStream consumer the runner reads through (NATS permissions
+    #: allow the ``strategy-runner`` user exactly this name).
+    consumer_name: Token = "strategy-runner"
+    #: Rebuild positions from the event store before starting (off: start flat).
+    rebuild_from_store: bool = True
+    #: Pause between attempts while NATS or Postgres is unreachable at start-up.
+    retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    #: How long SIGTERM waits for inboxes to drain and ``on_stop`` to run.
+    drain_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Most messages fetched from JetStream at once.
+    fetch_batch: int = Field(default=256, ge=1, le=10_000)

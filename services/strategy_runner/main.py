@@ -1,0 +1,43 @@
+"""Wiring of the strategy-runner: settings, logging, metrics, signals, the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from libs.bus.errors import BusError
+from libs.observability.http import MetricsServer
+from libs.observability.logs import setup_logging
+from libs.store.errors import StoreError
+from libs.strategy.spec import LoadedStrategy
+from services.strategy_runner.config import RunnerSettings
+from services.strategy_runner.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> None:
+    """Run the strategies until SIGTERM/SIGINT, then drain and return."""
+    runner = Runner(settings, strategies)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, runner.stop)
+    async with MetricsServer(settings.metrics_host, settings.metrics_port, runner.health):
+        await runner.run()
+    log.info("strategy-runner stopped")
+
+
+def main(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> int:
+    """Run the strategy-runner; returns the process exit code."""
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    failed = False
+    try:
+        asyncio.run(serve(settings, strategies))
+    except* (BusError, StoreError) as group:
+        for error in group.exceptions:
+            log.error("strategy-runner stopped: %s", error)
+        failed = True
+    return 1 if failed else 0

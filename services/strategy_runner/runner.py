@@ -1,0 +1,296 @@
+"""The strategy-runner: one dispatcher, one asyncio task per strategy.
+
+Start-up, in order (each step retried while NATS or Postgres is away):
+
+1. connect to NATS and make sure the stream exists;
+2. rebuild every strategy's books from the event store up to its last
+   sequence ``S`` (positions, P&L marks, open intents, signal ownership);
+3. note the stream's last sequence ``B``: events in ``(S, B]`` happened
+   while the runner was down; they update the books ("catch-up") but are not
+   shown to the strategies, which must not trade on stale data;
+4. recreate the durable consumer at ``S + 1`` and start the tasks.
+
+The dispatcher reads the consumer, routes each event (the shared
+:class:`~libs.strategy.routing.Router`) and puts it in the inbox of every
+strategy it concerns; each task takes events from its own bounded inbox,
+calls its :class:`~libs.strategy.host.StrategyHost` and publishes what the
+strategy emitted. A strategy that raises is stopped or restarted by its host
+(``StrategyFaulted`` is published); its task keeps running so that its
+books stay right, and no other task notices.
+
+SIGTERM: the dispatcher stops fetching, inboxes are closed and drained,
+every strategy's ``on_stop`` runs and its last emissions are published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from libs.bus.client import Bus
+from libs.bus.consumer import EventConsumer
+from libs.bus.errors import BusError
+from libs.contract.envelope import Clock, Event, WallClock
+from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
+from libs.contract.subjects import STREAM
+from libs.store.errors import StoreError
+from libs.strategy.host import StrategyHost
+from libs.strategy.runtime import InMemoryRuntime
+from libs.strategy.spec import LoadedStrategy
+from services.strategy_runner import metrics
+from services.strategy_runner.adapters.store import load_history
+from services.strategy_runner.adapters.stream import (
+    filter_subjects,
+    last_sequence,
+    reset_consumer,
+)
+from services.strategy_runner.config import RunnerSettings
+from services.strategy_runner.inbox import Inbox, Item, OverflowAction
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE = "strategy-runner"
+
+Publish = Callable[[list[Event]], Awaitable[None]]
+
+
+class StrategyTask:
+    """One strategy's inbox and the loop that feeds its host."""
+
+    def __init__(self, loaded: LoadedStrategy, host: StrategyHost, runtime: InMemoryRuntime):
+        self.name = loaded.spec.name
+        self.spec = loaded.spec
+        self.host = host
+        self.runtime = runtime
+        self.inbox = Inbox(loaded.spec.inbox_size, loaded.spec.overflow, self._overflowed)
+        self.emitted = 0
+
+    def _overflowed(self, action: OverflowAction) -> None:
+        metrics.INBOX_OVERFLOW.labels(strategy=self.name, action=action).inc()
+        if action == "dropped":
+            log.warning("strategy %s is behind: oldest market data dropped", self.name)
+
+    async def run(self, publish: Publish) -> None:
+        """Start the strategy, handle its inbox until closed, then stop it."""
+        await self._emit(self.host.start(), publish)
+        while (item := await self.inbox.get()) is not None:
+            metrics.INBOX_DEPTH.labels(strategy=self.name).set(len(self.inbox))
+            started = time.perf_counter()
+            if item.quiet:
+                self.host.restore(item.event)
+                out: list[Event] = []
+            else:
+                out = self.host.handle(item.event)
+            metrics.CALLBACK_SECONDS.labels(strategy=self.name).observe(
+                time.perf_counter() - started
+            )
+            await self._emit(out, publish)
+            if isinstance(item.event, FillReceived | BarClosed):
+                self.export_books()
+        await self._emit(self.host.stop(), publish)
+        metrics.RUNNING.labels(strategy=self.name).set(0)
+
+    async def _emit(self, events: list[Event], publish: Publish) -> None:
+        if events:
+            # Ownership first: a fill may come back before publish returns.
+            self.runtime.router.note_emitted(self.name, events)
+            await publish(events)
+            self.emitted += len(events)
+        for event in events:
+            metrics.EVENTS_EMITTED.labels(strategy=self.name, type=event.type).inc()
+            if isinstance(event, StrategyFaulted):
+                metrics.FAULTS.labels(strategy=self.name, action=event.payload.action).inc()
+        metrics.RUNNING.labels(strategy=self.name).set(1 if self.host.running else 0)
+
+    def export_books(self) -> None:
+        for symbol, position in self.host.ledger.positions.items():
+            metrics.POSITION.labels(strategy=self.name, symbol=symbol).set(float(position.quantity))
+        pnl = self.host.ledger.pnl()
+        metrics.PNL.labels(strategy=self.name, kind="realized").set(float(pnl.realized))
+        metrics.PNL.labels(strategy=self.name, kind="unrealized").set(float(pnl.unrealized))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.host.state,
+            "mode": self.spec.mode,
+            "account": self.host.account,
+            "restarts": self.host.restarts,
+            "faults": self.host.faults,
+            "last_error": self.host.last_error,
+            "inbox": len(self.inbox),
+            "emitted": self.emitted,
+        }
+
+
+class Runner:
+    """Runs the configured strategies until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        strategies: list[LoadedStrategy],
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self.catch_up_until = 0
+        self.bus: Bus | None = None
+        # The same runtime the backtest uses, minus its synchronous feed: the
+        # runner drives each host from its own task instead.
+        self.runtime = InMemoryRuntime(
+            clock=clock or WallClock(), source=f"{SERVICE}/{settings.instance}"
+        )
+        self.tasks: dict[str, StrategyTask] = {}
+        for loaded in strategies:
+            host = self.runtime.add_loaded(loaded)
+            self.tasks[loaded.spec.name] = StrategyTask(loaded, host, self.runtime)
+            metrics.RUNNING.labels(strategy=loaded.spec.name).set(0)
+        self.symbols = sorted({s for t in self.tasks.values() for s in t.spec.symbols})
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        connected = self.bus is not None and bool(self.bus.nc.is_connected)
+        ok = self.ready and connected
+        return ok, {
+            "service": SERVICE,
+            "ready": self.ready,
+            "connected": connected,
+            "strategies": {name: t.status() for name, t in self.tasks.items()},
+        }
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
+        """``attempt()`` until it works or we are stopped (then None)."""
+        while not self.stopping.is_set():
+            try:
+                return await attempt()
+            except (BusError, StoreError, nats.errors.Error, OSError, TimeoutError) as e:
+                log.warning("%s failed (%s: %s); retrying", what, type(e).__name__, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
+                    )
+        return None
+
+    async def _connect(self) -> Bus:
+        s = self.settings
+        return await Bus.connect(
+            s.nats_url,
+            name=f"{SERVICE}/{s.instance}",
+            user=s.nats_user,
+            password=s.nats_password.get_secret_value() if s.nats_password else None,
+        )
+
+    async def run(self) -> None:
+        """Start up, then dispatch until stopped; returns after a clean drain."""
+        bus = await self._retrying("connecting to NATS", self._connect)
+        if bus is None:
+            return
+        self.bus = bus
+        async with bus:
+            if await self._retrying("declaring the stream", bus.ensure_stream) is None:
+                return
+            start_seq = await self._rebuild()
+            if start_seq is None:
+                return
+            subjects = filter_subjects(self.tasks, self.symbols)
+
+            async def prepare() -> int:
+                until = await last_sequence(bus)
+                await reset_consumer(bus, self.settings.consumer_name, subjects, start_seq)
+                return until
+
+            until = await self._retrying("creating the consumer", prepare)
+            if until is None:
+                return
+            self.catch_up_until = until
+            log.info(
+                "strategy-runner: %d strategies on %s; books up to store sequence %d, "
+                "catching up to stream sequence %d",
+                len(self.tasks),
+                ",".join(self.symbols),
+                start_seq - 1,
+                until,
+            )
+            await self._serve(bus)
+
+    async def _rebuild(self) -> int | None:
+        """Restore the books from the store; the first stream sequence to consume."""
+        if not self.settings.rebuild_from_store:
+            return 1
+        url = self.settings.database_url.get_secret_value()
+        history = await self._retrying(
+            "reading the event store",
+            lambda: load_history(url, list(self.tasks), self.symbols),
+        )
+        if history is None:
+            return None
+        for event in history.events:
+            self.runtime.restore(event)
+        metrics.RESTORED.inc(len(history.events))
+        for task in self.tasks.values():
+            task.export_books()
+            positions = {
+                s: str(p.quantity) for s, p in task.host.ledger.positions.items() if p.quantity
+            }
+            log.info("strategy %s restored: positions %s", task.name, positions or "flat")
+        return history.last_seq + 1
+
+    async def _serve(self, bus: Bus) -> None:
+        consumer = EventConsumer(
+            bus,
+            service=SERVICE,
+            durable=self.settings.consumer_name,
+            stream=STREAM,
+            batch=self.settings.fetch_batch,
+            max_bytes=self.settings.max_event_bytes,
+            on_dead_letter=lambda reason: metrics.DEAD_LETTERS.labels(
+                service=SERVICE, reason=reason
+            ).inc(),
+        )
+
+        async def publish(events: list[Event]) -> None:
+            await bus.publish_many(events)
+
+        async with asyncio.TaskGroup() as group:
+            runs = [
+                group.create_task(task.run(publish), name=f"strategy:{name}")
+                for name, task in self.tasks.items()
+            ]
+            self.ready = True
+            try:
+                await consumer.run(self._dispatch, stop=self.stopping)
+            finally:
+                self.ready = False
+                for task in self.tasks.values():
+                    task.inbox.close()
+            _, late = await asyncio.wait(runs, timeout=self.settings.drain_timeout_s)
+            for run in late:
+                log.warning("%s did not drain in time; cancelled", run.get_name())
+                run.cancel()
+
+    async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
+        names = self.runtime.router.route(event)
+        if not names:
+            metrics.UNROUTED.labels(type=event.type).inc()
+            return
+        quiet = msg.metadata.sequence.stream <= self.catch_up_until
+        if quiet:
+            metrics.CATCH_UP.inc()
+        for name in names:
+            task = self.tasks[name]
+            await task.inbox.put(Item(event, quiet))
+            metrics.EVENTS_IN.labels(strategy=name, type=event.type).inc()
+            metrics.INBOX_DEPTH.labels(strategy=name).set(len(task.inbox))
