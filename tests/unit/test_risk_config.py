@@ -1,0 +1,71 @@
+"""risk.yaml: the example loads; a bad file is refused naming the offending key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from services.risk_gate.config import RiskConfigError, load_limits, parse_limits
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "config" / "risk.yaml"
+
+GOOD = """
+accounts:
+  a: {daily_loss_limit: 500}
+strategies:
+  s:
+    account: a
+    max_gross_notional: 1000
+    max_position: 10
+    max_order_quantity: 5
+    max_order_notional: 500
+"""
+
+
+def test_example_file_loads() -> None:
+    limits = load_limits(EXAMPLE)
+    assert set(limits.accounts) == {"paper", "alpaca"}
+    assert limits.strategies["bb-nvda"].shadow_account == "paper"
+    assert limits.price_band.max_deviation == Decimal("0.05")
+    assert limits.trading_day.start == dt.time(4, 0)
+
+
+def test_yaml_floats_are_read_as_the_decimals_written() -> None:
+    limits = parse_limits(GOOD + "price_band: {max_deviation: 0.07}\n")
+    assert limits.price_band.max_deviation == Decimal("0.07")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            GOOD.replace("max_position", "max_postion"),
+            "risk.yaml: strategies.s.max_postion: Extra inputs are not permitted",
+        ),
+        (GOOD.replace("max_position: 10", "max_position: -1"), "strategies.s.max_position"),
+        (GOOD.replace("account: a", "account: b"), "strategies.s.account: account 'b'"),
+        (GOOD + "  s: {}\n", "duplicate key 's'"),
+        (GOOD + "trading_day: {timezone: Mars/Olympus}\n", "unknown time zone"),
+        (
+            GOOD.replace(
+                "{daily_loss_limit: 500}", "{daily_loss_limit: 500, reduce_only_at_loss: 600}"
+            ),
+            "reduce_only_at_loss must be smaller",
+        ),
+        (GOOD.replace("a: {", "global: {").replace("account: a", "account: global"), "reserved"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("accounts: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_key(text: str, message: str) -> None:
+    with pytest.raises(RiskConfigError) as e:
+        parse_limits(text)
+    assert message in str(e.value)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RiskConfigError, match="cannot read"):
+        load_limits(tmp_path / "nope.yaml")

@@ -1,0 +1,665 @@
+"""The risk-gate's checks: one table row per rule and reason code, plus the
+"parameter typo" scenarios (a size 100x too large, an order loop) and the
+daily-loss breaker driven by fills and marks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    BarPayload,
+    FillPayload,
+    FillReceived,
+    KillSwitchEngaged,
+    OperatorActionPayload,
+    OrderIntentCreated,
+    OrderIntentPayload,
+    ReasonCode,
+    ResumePayload,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    TradePayload,
+    TradePrinted,
+    TradingResumeRequested,
+    TradingStateChanged,
+    TradingStatePayload,
+)
+from services.risk_gate.domain.commands import decision_id_for, order_id_for
+from services.risk_gate.domain.decide import decide, reduces_position
+from services.risk_gate.domain.evolve import evolve
+from services.risk_gate.domain.limits import RiskLimits
+from services.risk_gate.domain.react import react
+from services.risk_gate.domain.state import RiskState
+
+D = Decimal
+S = 1_000_000_000
+#: 2026-03-10 15:00 UTC = 11:00 New York (EDT): mid-session.
+T0 = 1_773_154_800 * S
+
+LIMITS = RiskLimits.model_validate(
+    {
+        "price_band": {"max_deviation": 0.05, "max_mark_age_s": 60},
+        "max_intent_age_s": 5,
+        "accounts": {
+            "acct": {
+                "daily_loss_limit": 1000,
+                "rate_limit": {"max_orders": 8, "per_seconds": 1},
+                "symbols": {"MSFT": {"max_position": 150}},
+            },
+            "paper": {"daily_loss_limit": 1000},
+            "other": {"daily_loss_limit": 1000},
+        },
+        "strategies": {
+            "sma": {
+                "account": "acct",
+                "shadow_account": "paper",
+                "max_gross_notional": 50_000,
+                "max_position": 300,
+                "max_order_quantity": 100,
+                "max_order_notional": 10_000,
+                "rate_limit": {"max_orders": 5, "per_seconds": 1},
+            },
+            "pairs": {
+                "account": "acct",
+                "max_gross_notional": 100_000,
+                "max_position": 1000,
+                "max_order_quantity": 1000,
+                "max_order_notional": 100_000,
+                "symbols": {"AAPL": {"max_position": 120}, "MSFT": {"max_position": 1000}},
+            },
+        },
+    }
+)
+
+
+class At:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+def trade(symbol: str, price: str | int, t: int = T0) -> TradePrinted:
+    return TradePrinted.create(
+        TradePayload(symbol=symbol, price=D(price), size=D(1), feed="synthetic"),
+        source="test",
+        clock=At(t),
+    )
+
+
+def bar(symbol: str, close: str | int, t: int = T0) -> BarClosed:
+    return BarClosed.create(
+        BarPayload(
+            symbol=symbol,
+            interval="1m",
+            open=D(close),
+            high=D(close),
+            low=D(close),
+            close=D(close),
+            volume=D(100),
+            start_ns=t - 60 * S,
+            end_ns=t,
+            feed="synthetic",
+        ),
+        source="test",
+        clock=At(t),
+    )
+
+
+def intent(
+    quantity: str | int = 10,
+    *,
+    side: str = "buy",
+    symbol: str = "AAPL",
+    strategy: str = "sma",
+    account: str = "acct",
+    t: int = T0,
+    cause: Event | None = None,
+    **extra: Any,
+) -> OrderIntentCreated:
+    return OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy=strategy,
+            account=account,
+            symbol=symbol,
+            side=side,
+            quantity=D(quantity),
+            **extra,
+        ),
+        source="test",
+        clock=At(t),
+        cause=cause,
+    )
+
+
+def fill(
+    order_id: uuid.UUID,
+    quantity: str | int,
+    price: str | int,
+    *,
+    side: str = "buy",
+    symbol: str = "AAPL",
+    account: str = "acct",
+    leaves: str | int = 0,
+    t: int = T0,
+    fill_id: str | None = None,
+    strategy: str | None = None,
+) -> FillReceived:
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account=account,
+            broker_order_id="b-1",
+            fill_id=fill_id or uuid.uuid4().hex,
+            symbol=symbol,
+            side=side,
+            quantity=D(quantity),
+            price=D(price),
+            cumulative_quantity=D(quantity),
+            leaves_quantity=D(leaves),
+            status="complete" if D(leaves) == 0 else "partial",
+            strategy=strategy,
+        ),
+        source="test",
+        clock=At(t),
+    )
+
+
+def state_change(scope: str, state: str, t: int = T0) -> TradingStateChanged:
+    return TradingStateChanged.create(
+        TradingStatePayload(scope=scope, state=state, previous="active", reason="test"),
+        source="test",
+        clock=At(t),
+    )
+
+
+def apply(state: RiskState, *events: Event) -> RiskState:
+    for e in events:
+        state = evolve(state, e)
+    return state
+
+
+def run_intent(state: RiskState, i: OrderIntentCreated, now: int) -> tuple[RiskState, Any]:
+    """What the gate does with one intent: evolve, decide, apply the decision."""
+    state = evolve(state, i)
+    d = decide(state, i, now)
+    return apply(state, *d.events), d
+
+
+def filled_position(
+    state: RiskState, quantity: int, price: int, *, symbol: str = "AAPL", strategy: str = "sma"
+) -> RiskState:
+    """An accepted order for ``quantity`` filled completely at ``price``."""
+    side = "buy" if quantity > 0 else "sell"
+    i = intent(abs(quantity), side=side, symbol=symbol, strategy=strategy)
+    state = evolve(state, i)
+    d = decide(state, i, T0)
+    assert d.accepted, d.detail
+    state = apply(state, *d.events)
+    return evolve(state, fill(order_id_for(i.id), abs(quantity), price, side=side, symbol=symbol))
+
+
+def base() -> RiskState:
+    return apply(RiskState.initial(LIMITS), trade("AAPL", 100), trade("MSFT", 50))
+
+
+def _without_obligations(s: RiskState) -> RiskState:
+    assert [o.kind for o in s.obligations] == ["daily_loss"]
+    return s
+
+
+def _old_mark(_: RiskState) -> RiskState:
+    return apply(RiskState.initial(LIMITS), trade("AAPL", 100, T0 - 61 * S))
+
+
+def _open_order(s: RiskState, quantity: int) -> RiskState:
+    i = intent(quantity)
+    s, d = run_intent(s, i, T0)
+    assert d.accepted, d.detail
+    return s
+
+
+def _with_limit_lowered(s: RiskState) -> RiskState:
+    lowered = LIMITS.model_copy(
+        update={
+            "strategies": {
+                **LIMITS.strategies,
+                "sma": LIMITS.strategies["sma"].model_copy(update={"max_position": D(20)}),
+            }
+        }
+    )
+    return replace(s, limits=lowered)
+
+
+def _gross_loaded(s: RiskState, limit: int | None = None) -> RiskState:
+    # 100 AAPL @ 100 held, 100 NVDA @ 50 held, 100 NVDA open: 10,000 + 10,000 = 20,000
+    s = filled_position(evolve(s, trade("NVDA", 50)), 100, 100)
+    s = filled_position(s, 100, 50, symbol="NVDA")
+    i = intent(100, symbol="NVDA")
+    s, d = run_intent(s, i, T0)
+    assert d.accepted, d.detail
+    cap = D(limit) if limit is not None else D(25_000)
+    strategies = {
+        **LIMITS.strategies,
+        "sma": LIMITS.strategies["sma"].model_copy(update={"max_gross_notional": cap}),
+    }
+    return replace(s, limits=LIMITS.model_copy(update={"strategies": strategies}))
+
+
+def _submitted(s: RiskState, n: int, strategy: str = "sma") -> RiskState:
+    for k in range(n):
+        side = "buy" if k % 2 == 0 else "sell"
+        i = intent(1, side=side, strategy=strategy, t=T0 - S // 2)
+        s, d = run_intent(s, i, T0 - S // 2)
+        assert d.accepted, d.detail
+    return s
+
+
+Setup = Callable[[RiskState], RiskState]
+
+
+def _noop(s: RiskState) -> RiskState:
+    return s
+
+
+# (name, setup, intent kwargs, now offset ns, expected reason, text in the detail)
+CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
+    ("accepted", _noop, {}, 0, ReasonCode.ACCEPTED, ""),
+    ("accepted on the shadow account", _noop, {"account": "paper"}, 0, ReasonCode.ACCEPTED, ""),
+    (
+        "unknown strategy",
+        _noop,
+        {"strategy": "smaa"},
+        0,
+        ReasonCode.UNKNOWN_STRATEGY,
+        "smaa",
+    ),
+    ("unknown account", _noop, {"account": "nope"}, 0, ReasonCode.UNKNOWN_ACCOUNT, "nope"),
+    (
+        "not the strategy's account",
+        _noop,
+        {"account": "other"},
+        0,
+        ReasonCode.UNKNOWN_ACCOUNT,
+        "trades account acct",
+    ),
+    ("stale intent", _noop, {}, 6 * S, ReasonCode.STALE_INTENT, "max 5s"),
+    (
+        "kill switch",
+        lambda s: evolve(
+            s,
+            KillSwitchEngaged.create(
+                OperatorActionPayload(operator="ann", reason="fat finger"),
+                source="op",
+                clock=At(T0),
+            ),
+        ),
+        {},
+        0,
+        ReasonCode.KILL_SWITCH,
+        "ann: fat finger",
+    ),
+    (
+        "account halted",
+        lambda s: evolve(s, state_change("acct", "halted")),
+        {},
+        0,
+        ReasonCode.HALTED,
+        "acct is halted",
+    ),
+    (
+        "everything halted",
+        lambda s: evolve(s, state_change("global", "halted")),
+        {},
+        0,
+        ReasonCode.HALTED,
+        "global is halted",
+    ),
+    (
+        "reducing: a buy on a flat book does not reduce",
+        lambda s: evolve(s, state_change("acct", "reducing")),
+        {},
+        0,
+        ReasonCode.REDUCE_ONLY,
+        "does not reduce",
+    ),
+    (
+        "reducing: a sell larger than the long position crosses zero",
+        lambda s: evolve(filled_position(s, 50, 100), state_change("acct", "reducing")),
+        {"side": "sell", "quantity": 60},
+        0,
+        ReasonCode.REDUCE_ONLY,
+        "position of 50",
+    ),
+    (
+        "reducing: a sell of part of the long position passes",
+        lambda s: evolve(filled_position(s, 50, 100), state_change("global", "reducing")),
+        {"side": "sell", "quantity": 30},
+        0,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "daily loss reached, breaker not yet tripped",
+        lambda s: _without_obligations(evolve(filled_position(s, 100, 100), trade("AAPL", 89))),
+        {"side": "sell", "quantity": 10},
+        0,
+        ReasonCode.DAILY_LOSS,
+        "-1100",
+    ),
+    ("no market price", _noop, {"symbol": "NVDA"}, 0, ReasonCode.NO_MARKET_PRICE, "NVDA"),
+    (
+        "market price too old",
+        _old_mark,
+        {},
+        0,
+        ReasonCode.NO_MARKET_PRICE,
+        "61.0s old",
+    ),
+    (
+        "limit price outside the band",
+        _noop,
+        {"order_type": "limit", "limit_price": D("106")},
+        0,
+        ReasonCode.PRICE_BAND,
+        "6.00% from the last price 100",
+    ),
+    (
+        "limit price inside the band",
+        _noop,
+        {"order_type": "limit", "limit_price": D("104.99")},
+        0,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "limit order without a limit price",
+        _noop,
+        {"order_type": "limit"},
+        0,
+        ReasonCode.PRICE_BAND,
+        "needs a limit price",
+    ),
+    (
+        "stop price outside the band",
+        _noop,
+        {"order_type": "stop", "stop_price": D("90")},
+        0,
+        ReasonCode.PRICE_BAND,
+        "stop price 90",
+    ),
+    (
+        "fat finger: size 100x too large",
+        _noop,
+        {"quantity": 1000},
+        0,
+        ReasonCode.MAX_ORDER_QUANTITY,
+        "1000 > max 100",
+    ),
+    (
+        "fat finger: notional at the limit price",
+        _noop,
+        {"quantity": 100, "order_type": "limit", "limit_price": D("104")},
+        0,
+        ReasonCode.MAX_ORDER_NOTIONAL,
+        "10400",
+    ),
+    (
+        "fat finger: notional of options (x100)",
+        lambda s: evolve(s, trade("O:AAPL260320C00100000", 2)),
+        {"quantity": 80, "symbol": "O:AAPL260320C00100000", "asset_class": "option"},
+        0,
+        ReasonCode.MAX_ORDER_NOTIONAL,
+        "16000",
+    ),
+    (
+        "strategy position: held + open orders + this order past the cap",
+        lambda s: _open_order(filled_position(filled_position(s, 100, 100), 100, 100), 100),
+        {"quantity": 10},
+        0,
+        ReasonCode.MAX_STRATEGY_POSITION,
+        "would reach 310 (position 200, open orders 100), max 300",
+    ),
+    (
+        "strategy position: a sell reducing a position above the cap passes",
+        lambda s: _with_limit_lowered(filled_position(s, 100, 100)),
+        {"side": "sell", "quantity": 50},
+        0,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "symbol outside the strategy's list",
+        _noop,
+        {"strategy": "pairs", "symbol": "NVDA"},
+        0,
+        ReasonCode.NO_MARKET_PRICE,
+        "",
+    ),
+    (
+        "symbol outside the strategy's list (priced)",
+        lambda s: evolve(s, trade("NVDA", 10)),
+        {"strategy": "pairs", "symbol": "NVDA"},
+        0,
+        ReasonCode.MAX_SYMBOL_POSITION,
+        "not among the symbols of pairs",
+    ),
+    (
+        "strategy per-symbol cap",
+        _noop,
+        {"strategy": "pairs", "quantity": 121},
+        0,
+        ReasonCode.MAX_SYMBOL_POSITION,
+        "max 120 for AAPL",
+    ),
+    (
+        "account per-symbol cap across strategies",
+        lambda s: filled_position(s, 100, 50, symbol="MSFT", strategy="pairs"),
+        {"symbol": "MSFT", "quantity": 60},
+        0,
+        ReasonCode.MAX_SYMBOL_POSITION,
+        "account acct position in MSFT would reach 160",
+    ),
+    (
+        "gross notional: positions elsewhere + this order",
+        lambda s: _gross_loaded(s),
+        {"quantity": 100},
+        0,
+        ReasonCode.MAX_GROSS_NOTIONAL,
+        "would reach 30000.00 (now 20000.00), max 25000",
+    ),
+    (
+        "gross notional: a reducing order passes above the cap",
+        lambda s: _gross_loaded(s, limit=10_000),
+        {"side": "sell", "quantity": 50, "symbol": "NVDA"},
+        0,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "strategy rate limit",
+        lambda s: _submitted(s, 5),
+        {},
+        0,
+        ReasonCode.STRATEGY_RATE_LIMIT,
+        "5 orders in the last 1s, max 5",
+    ),
+    (
+        "strategy rate limit: the window has passed",
+        lambda s: _submitted(s, 5),
+        {"t": T0 + S},
+        S,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "account rate limit",
+        lambda s: _submitted(s, 8, strategy="pairs"),
+        {},
+        0,
+        ReasonCode.ACCOUNT_RATE_LIMIT,
+        "8 orders in the last 1s, max 8",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "offset", "reason", "detail"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_each_check_has_its_reason(
+    setup: Setup, kwargs: dict[str, Any], offset: int, reason: ReasonCode, detail: str
+) -> None:
+    state = setup(base())
+    i = intent(**kwargs)
+    state = evolve(state, i)
+    d = decide(state, i, T0 + offset)
+    assert d.reason is reason, d.detail
+    assert detail in d.detail
+    assert d.event.payload.reason is reason
+    assert d.event.payload.detail == d.detail
+    if reason is ReasonCode.ACCEPTED:
+        assert d.event.payload.decision == "accepted"
+        assert d.order is not None
+    else:
+        assert d.event.payload.decision == "denied"
+        assert d.order is None
+        assert d.event.payload.order_id is None
+        assert d.events == (d.event,)
+
+
+def test_every_reason_code_is_exercised() -> None:
+    assert {case[4] for case in CASES} == set(ReasonCode)
+
+
+def test_ids_derive_from_the_intent_and_the_chain_stays_the_signals() -> None:
+    signal = SignalGenerated.create(
+        SignalPayload(strategy="sma", symbol="AAPL", name="cross", direction="long"),
+        source="test",
+        clock=At(T0),
+    )
+    i = intent(10, cause=signal)
+    state = evolve(base(), i)
+    first = decide(state, i, T0)
+    again = decide(state, i, T0 + S // 10)
+    assert first.accepted
+    assert first.order is not None
+    assert again.order is not None
+    assert first.event.id == again.event.id == decision_id_for(i.id)
+    assert first.order.id == again.order.id
+    assert first.order.payload.order_id == order_id_for(i.id) == first.event.payload.order_id
+    assert first.event.causation_id == i.id
+    assert first.order.causation_id == first.event.id
+    assert first.event.correlation_id == first.order.correlation_id == signal.id
+    assert first.order.payload.intent_id == i.id
+    assert (first.order.payload.side, first.order.payload.quantity) == ("buy", D(10))
+
+
+def test_a_decided_intent_seen_again_is_not_pending() -> None:
+    state = base()
+    i = intent(10)
+    state, d = run_intent(state, i, T0)
+    assert d.accepted
+    again = evolve(state, i)
+    assert i.id not in again.pending_intents
+    assert i.id in again.decided
+    assert len(again.open_orders()) == 1
+
+
+def test_typo_size_100x_never_becomes_an_order() -> None:
+    state = base()
+    meant = intent(10)
+    typo = intent(1000)
+    state, ok = run_intent(state, meant, T0)
+    state, denied = run_intent(state, typo, T0)
+    assert ok.accepted
+    assert denied.reason is ReasonCode.MAX_ORDER_QUANTITY
+    assert denied.order is None
+    assert [o.quantity for o in state.open_orders()] == [D(10)]
+
+
+def test_order_loop_is_stopped_by_the_rate_limit_and_the_position_cap() -> None:
+    """A strategy stuck in a loop sends the same buy 200 times in 2 seconds."""
+    state = base()
+    decisions = []
+    for k in range(200):
+        t = T0 + k * S // 100
+        i = intent(40, t=t)
+        state, d = run_intent(state, i, t)
+        decisions.append(d)
+    accepted = [d for d in decisions if d.accepted]
+    reasons = {d.reason for d in decisions if not d.accepted}
+    # 40 per order, cap 300 with open orders counted: 7 orders fit, the 8th would make 320.
+    assert len(accepted) == 7
+    assert sum(o.quantity for o in state.open_orders()) == D(280)
+    assert reasons == {ReasonCode.STRATEGY_RATE_LIMIT, ReasonCode.MAX_STRATEGY_POSITION}
+    # Within the first second at most 5 got through.
+    assert sum(1 for d in decisions[:100] if d.accepted) == 5
+    orders = [e for d in decisions for e in d.events if isinstance(e, SubmitOrder)]
+    assert len(orders) == 7
+
+
+def test_daily_loss_breaker_with_fills_and_marks() -> None:
+    """Long 100 @ 100, a resting order, the price slides: the breaker trips at -1000."""
+    state = base()
+    state = filled_position(state, 100, 100)
+    resting = intent(20, order_type="limit", limit_price=D("99"))
+    state, d = run_intent(state, resting, T0)
+    assert d.accepted
+    for price, t in (("95", 1), ("91", 2)):
+        state = evolve(state, trade("AAPL", price, T0 + t * S))
+        assert react(state, T0 + t * S) == []
+    assert state.day_pnl("acct") == D(-900)
+    state = evolve(state, bar("AAPL", "89.5", T0 + 3 * S))
+    assert state.day_pnl("acct") == D(-1050)
+    reaction = react(state, T0 + 3 * S)
+    assert [e.type for e in reaction] == [
+        "BreakerTripped",
+        "CancelOrder",
+        "FlattenAccount",
+        "TradingStateChanged",
+    ]
+    breaker, cancel, flatten, halted = reaction
+    assert breaker.payload.breaker == "daily_loss"
+    assert breaker.payload.value == D(-1050)
+    assert cancel.payload.order_id == order_id_for(resting.id)
+    assert flatten.payload.account == "acct"
+    assert (halted.payload.scope, halted.payload.state) == ("acct", "halted")
+    state = apply(state, *reaction)
+    assert react(state, T0 + 4 * S) == []
+    # Nothing new passes, not even at a better price...
+    state, d = run_intent(state, intent(1, t=T0 + 5 * S), T0 + 5 * S)
+    assert d.reason is ReasonCode.HALTED
+    # ... until an operator resumes the account.
+    resume = TradingResumeRequested.create(
+        ResumePayload(operator="ann", reason="reviewed", scope="acct"),
+        source="op",
+        clock=At(T0 + 6 * S),
+    )
+    state = evolve(state, resume)
+    (active,) = react(state, T0 + 6 * S)
+    assert (active.payload.state, active.payload.previous) == ("active", "halted")
+    state = evolve(state, active)
+    state, d = run_intent(state, intent(1, side="sell", t=T0 + 7 * S), T0 + 7 * S)
+    assert d.accepted, d.detail
+
+
+def test_reduces_position_counts_open_orders_on_the_same_side() -> None:
+    state = filled_position(base(), 100, 100)
+    assert reduces_position(state, "acct", "AAPL", "sell", D(100))
+    assert not reduces_position(state, "acct", "AAPL", "sell", D(101))
+    assert not reduces_position(state, "acct", "AAPL", "buy", D(1))
+    state, d = run_intent(state, intent(60, side="sell"), T0)
+    assert d.accepted
+    assert reduces_position(state, "acct", "AAPL", "sell", D(40))
+    assert not reduces_position(state, "acct", "AAPL", "sell", D(41))

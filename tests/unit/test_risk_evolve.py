@@ -1,0 +1,568 @@
+"""``evolve`` for every event the risk-gate reads, the trading-day reset, and
+the reactions (``react``) that obligations in the state produce."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    BarPayload,
+    BreakerPayload,
+    BreakerTripped,
+    BrokerConnectionChanged,
+    BrokerConnectionPayload,
+    FillPayload,
+    FillReceived,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    OperatorActionPayload,
+    OrderAccepted,
+    OrderAcceptedPayload,
+    OrderCanceled,
+    OrderCanceledPayload,
+    OrderIntentCreated,
+    OrderIntentPayload,
+    OrderRejected,
+    OrderRejectedPayload,
+    QuotePayload,
+    QuoteUpdated,
+    ReasonCode,
+    ResumePayload,
+    SubmitOrder,
+    TradePayload,
+    TradePrinted,
+    TradingResumeRequested,
+    TradingStateChanged,
+    TradingStatePayload,
+)
+from services.risk_gate.domain.commands import order_id_for
+from services.risk_gate.domain.decide import decide
+from services.risk_gate.domain.evolve import evolve
+from services.risk_gate.domain.limits import RiskLimits
+from services.risk_gate.domain.react import react
+from services.risk_gate.domain.state import Position, RiskState, trading_day
+
+D = Decimal
+S = 1_000_000_000
+#: 2026-03-10 15:00 UTC = 11:00 New York (EDT).
+T0 = 1_773_154_800 * S
+
+LIMITS = RiskLimits.model_validate(
+    {
+        "accounts": {
+            "acct": {"daily_loss_limit": 1000, "reduce_only_at_loss": 600},
+            "b": {"daily_loss_limit": 500, "flatten_on_disconnect": False},
+        },
+        "strategies": {
+            "sma": {
+                "account": "acct",
+                "max_gross_notional": 1_000_000,
+                "max_position": 1000,
+                "max_order_quantity": 1000,
+                "max_order_notional": 1_000_000,
+                "rate_limit": {"max_orders": 100, "per_seconds": 1},
+            },
+            "mr": {
+                "account": "b",
+                "max_gross_notional": 1_000_000,
+                "max_position": 1000,
+                "max_order_quantity": 1000,
+                "max_order_notional": 1_000_000,
+            },
+        },
+    }
+)
+
+
+class At:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+E = TypeVar("E", bound=Event)
+
+
+def ev(cls: type[E], payload: Any, t: int = T0, cause: Event | None = None) -> E:
+    return cls.create(payload, source="test", clock=At(t), cause=cause)
+
+
+def trade(symbol: str, price: str | int, t: int = T0) -> TradePrinted:
+    return ev(TradePrinted, TradePayload(symbol=symbol, price=D(price), size=D(1), feed="demo"), t)
+
+
+def bar(symbol: str, close: str | int, t: int = T0) -> BarClosed:
+    c = D(close)
+    payload = BarPayload(
+        symbol=symbol,
+        interval="1m",
+        open=c,
+        high=c,
+        low=c,
+        close=c,
+        volume=D(1),
+        start_ns=t - 60 * S,
+        end_ns=t,
+        feed="demo",
+    )
+    return ev(BarClosed, payload, t)
+
+
+def intent(quantity: int = 10, side: str = "buy", t: int = T0, **kw: Any) -> OrderIntentCreated:
+    fields: dict[str, Any] = {"strategy": "sma", "account": "acct", "symbol": "AAPL"} | kw
+    return ev(
+        OrderIntentCreated,
+        OrderIntentPayload(side=side, quantity=D(quantity), **fields),
+        t,
+    )
+
+
+def submitted(state: RiskState, i: OrderIntentCreated, now: int = T0) -> RiskState:
+    state = evolve(state, i)
+    d = decide(state, i, now)
+    assert d.accepted, d.detail
+    for e in d.events:
+        state = evolve(state, e)
+    return state
+
+
+def fill(
+    order_id: uuid.UUID,
+    quantity: str | int,
+    price: str | int,
+    *,
+    side: str = "buy",
+    leaves: str | int = 0,
+    account: str = "acct",
+    symbol: str = "AAPL",
+    fill_id: str | None = None,
+    commission: str | int = 0,
+    strategy: str | None = None,
+    t: int = T0,
+) -> FillReceived:
+    return ev(
+        FillReceived,
+        FillPayload(
+            order_id=order_id,
+            account=account,
+            broker_order_id="b",
+            fill_id=fill_id or uuid.uuid4().hex,
+            symbol=symbol,
+            side=side,
+            quantity=D(quantity),
+            price=D(price),
+            cumulative_quantity=D(quantity),
+            leaves_quantity=D(leaves),
+            status="partial" if D(leaves) else "complete",
+            commission=D(commission),
+            strategy=strategy,
+        ),
+        t,
+    )
+
+
+def op(cls: type[Any], scope: str | None = None, t: int = T0) -> Any:
+    if scope is None:
+        return ev(cls, OperatorActionPayload(operator="ann", reason="why"), t)
+    return ev(cls, ResumePayload(operator="ann", reason="ok", scope=scope), t)
+
+
+def conn(state: str, account: str = "acct", t: int = T0) -> BrokerConnectionChanged:
+    payload = BrokerConnectionPayload(account=account, broker="paper", state=state)
+    return ev(BrokerConnectionChanged, payload, t)
+
+
+def apply(state: RiskState, *events: Event) -> RiskState:
+    for e in events:
+        state = evolve(state, e)
+    return state
+
+
+def settle(state: RiskState, now: int = T0) -> tuple[RiskState, list[Event]]:
+    """React and apply the reaction, as the service does."""
+    out = react(state, now)
+    return apply(state, *out), out
+
+
+def start() -> RiskState:
+    return apply(RiskState.initial(LIMITS), trade("AAPL", 100), trade("MSFT", 50))
+
+
+# ------------------------------------------------------------------ marks
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param([trade("AAPL", 101, T0 + S)], D(101), id="trade"),
+        pytest.param([bar("AAPL", "99.5", T0 + S)], D("99.5"), id="bar close"),
+        pytest.param([trade("AAPL", 90, T0 - S)], D(100), id="older print ignored"),
+        pytest.param(
+            [trade("AAPL", 101, T0 + 2 * S), trade("AAPL", 102, T0 + S)],
+            D(101),
+            id="out of order",
+        ),
+    ],
+)
+def test_marks(events: list[Event], expected: Decimal) -> None:
+    state = apply(start(), *events)
+    mark = state.mark("AAPL")
+    assert mark is not None
+    assert mark.price == expected
+
+
+def test_irrelevant_events_leave_the_state_as_it_is() -> None:
+    state = start()
+    quote = ev(
+        QuoteUpdated,
+        QuotePayload(
+            symbol="AAPL",
+            bid_price=D(1),
+            bid_size=D(1),
+            ask_price=D(2),
+            ask_size=D(1),
+            feed="demo",
+        ),
+    )
+    assert evolve(state, quote) is state
+
+
+def test_evolve_does_not_change_its_input() -> None:
+    state = start()
+    before = (dict(state.marks), dict(state.orders), state.pending_intents)
+    i = intent()
+    after = submitted(state, i)
+    assert (dict(state.marks), dict(state.orders), state.pending_intents) == before
+    assert len(after.orders) == 1
+    assert not state.orders
+
+
+# ----------------------------------------------------------- orders, fills
+
+
+def test_intent_decision_and_order_command() -> None:
+    state = start()
+    i = intent(10)
+    state = evolve(state, i)
+    assert list(state.pending_intents) == [i.id]
+    d = decide(state, i, T0)
+    state = evolve(state, d.event)
+    assert not state.pending_intents
+    assert list(state.awaiting_order) == [i.id], "accepted, its order not out yet"
+    assert i.id in state.decided
+    assert d.order is not None
+    state = evolve(state, d.order)
+    assert not state.awaiting_order
+    (order,) = state.open_orders()
+    assert (order.order_id, order.remaining, order.status) == (
+        order_id_for(i.id),
+        D(10),
+        "submitted",
+    )
+    assert state.orders_in_window("strategy:sma", T0, S) == 1
+    # Applying the same command again reserves nothing more.
+    assert evolve(state, d.order).orders == state.orders
+
+
+def test_denied_decision_owes_no_order() -> None:
+    state = start()
+    i = intent(10, symbol="NVDA")
+    state = evolve(state, i)
+    d = decide(state, i, T0)
+    assert d.reason is ReasonCode.NO_MARKET_PRICE
+    state = evolve(state, d.event)
+    assert not state.awaiting_order
+    assert not state.pending_intents
+    assert react(state, T0) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "remaining"),
+    [
+        pytest.param(
+            lambda oid: ev(
+                OrderAccepted,
+                OrderAcceptedPayload(
+                    order_id=oid, account="acct", broker_order_id="b", symbol="AAPL"
+                ),
+            ),
+            "working",
+            D(10),
+            id="accepted",
+        ),
+        pytest.param(
+            lambda oid: ev(
+                OrderRejected, OrderRejectedPayload(order_id=oid, account="acct", reason="no")
+            ),
+            "closed",
+            D(0),
+            id="rejected",
+        ),
+        pytest.param(
+            lambda oid: ev(OrderCanceled, OrderCanceledPayload(order_id=oid, account="acct")),
+            "closed",
+            D(0),
+            id="canceled",
+        ),
+        pytest.param(lambda oid: fill(oid, 4, 100, leaves=6), "submitted", D(6), id="partial"),
+        pytest.param(lambda oid: fill(oid, 10, 100), "closed", D(0), id="complete"),
+    ],
+)
+def test_broker_events_update_the_order(make: Any, status: str, remaining: Decimal) -> None:
+    i = intent(10)
+    state = submitted(start(), i)
+    state = evolve(state, make(order_id_for(i.id)))
+    order = state.orders[order_id_for(i.id)]
+    assert (order.status, order.remaining) == (status, remaining)
+    assert len(state.open_orders()) == (1 if remaining else 0)
+
+
+def test_fills_book_account_and_strategy_positions_once() -> None:
+    i = intent(10)
+    state = submitted(start(), i)
+    f = fill(order_id_for(i.id), 10, 100, fill_id="x1")
+    state = evolve(state, f)
+    again = evolve(state, fill(order_id_for(i.id), 10, 100, fill_id="x1"))
+    assert state.account_position("acct", "AAPL") == D(10)
+    assert state.strategy_position("sma", "acct", "AAPL") == D(10)
+    assert again.positions == state.positions, "the same execution is booked once"
+    # A flatten's closing fill names the strategy it closes; no order of ours.
+    close = fill(uuid.uuid4(), 10, 100, side="sell", strategy="sma")
+    state = evolve(state, close)
+    assert state.account_position("acct", "AAPL") == 0
+    assert state.strategy_position("sma", "acct", "AAPL") == 0
+
+
+# (fills as (side, qty, price, commission), mark) -> (qty, avg, realized today, day P&L)
+PNL_CASES = [
+    ([("buy", 10, 100, 0)], 105, (10, 100, 0, 50)),
+    ([("buy", 10, 100, 0), ("buy", 10, 110, 0)], 100, (20, 105, 0, -100)),
+    ([("buy", 10, 100, 0), ("sell", 4, 110, 0)], 110, (6, 100, 40, 100)),
+    ([("buy", 10, 100, 1), ("sell", 10, 90, 1)], 90, (0, 0, -102, -102)),
+    ([("buy", 10, 100, 0), ("sell", 15, 90, 0)], 80, (-5, 90, -100, -50)),
+    ([("sell", 10, 100, 0), ("buy", 10, 105, 0)], 100, (0, 0, -50, -50)),
+    ([("sell", 10, 100, 0)], 103, (-10, 100, 0, -30)),
+]
+
+
+@pytest.mark.parametrize(("fills", "mark", "expected"), PNL_CASES)
+def test_average_cost_pnl(
+    fills: list[tuple[str, int, int, int]], mark: int, expected: tuple[int, int, int, int]
+) -> None:
+    state = start()
+    for k, (side, qty, price, commission) in enumerate(fills):
+        state = evolve(
+            state,
+            fill(uuid.uuid4(), qty, price, side=side, commission=commission, t=T0 + k + 1),
+        )
+    state = evolve(state, trade("AAPL", mark, T0 + S))
+    pos = state.positions[("acct", "AAPL")]
+    assert (pos.quantity, pos.avg_price, pos.realized_day, state.day_pnl("acct")) == tuple(
+        D(x) for x in expected
+    )
+
+
+def test_option_pnl_uses_the_contract_multiplier() -> None:
+    sym = "O:AAPL260320C00100000"
+    state = evolve(start(), fill(uuid.uuid4(), 2, "1.50", symbol=sym))
+    state = evolve(state, trade(sym, "1.20", T0 + S))
+    assert state.day_pnl("acct") == D("-60")
+
+
+# ------------------------------------------------------------ trading day
+
+
+@pytest.mark.parametrize(
+    ("utc", "day"),
+    [
+        ("2026-03-10T07:59:59+00:00", "2026-03-09"),  # 03:59:59 EDT
+        ("2026-03-10T08:00:00+00:00", "2026-03-10"),  # 04:00 EDT
+        ("2026-01-15T08:59:59+00:00", "2026-01-14"),  # 03:59:59 EST
+        ("2026-01-15T09:00:00+00:00", "2026-01-15"),  # 04:00 EST
+    ],
+)
+def test_trading_day_in_exchange_time(utc: str, day: str) -> None:
+    ns = int(dt.datetime.fromisoformat(utc).timestamp()) * S
+    assert trading_day(ns, LIMITS.trading_day) == dt.date.fromisoformat(day)
+
+
+def test_new_trading_day_resets_day_pnl_and_rearms_the_breaker() -> None:
+    state = start()
+    state = evolve(state, fill(uuid.uuid4(), 10, 100))
+    state = evolve(state, fill(uuid.uuid4(), 5, 90, side="sell"))
+    state = evolve(state, trade("AAPL", 80, T0 + S))
+    assert state.day_pnl("acct") == D(-50) + D(5) * D(-20)
+    tripped = ev(BreakerTripped, BreakerPayload(account="acct", breaker="daily_loss"))
+    state = evolve(state, tripped)
+    assert state.loss_tripped["acct"] == dt.date(2026, 3, 10)
+    # Next morning, 04:00 New York: a pre-market print at 82.
+    next_day = T0 + 17 * 3600 * S
+    state = evolve(state, trade("AAPL", 82, next_day))
+    assert state.day == dt.date(2026, 3, 11)
+    pos = state.positions[("acct", "AAPL")]
+    assert pos.realized_day == 0
+    assert pos.day_basis == D(80), "carried position measured from the last mark before the day"
+    assert pos.avg_price == D(100)
+    assert state.day_pnl("acct") == D(10)
+    assert state.loss_tripped["acct"] != state.day
+
+
+def test_position_new_day_when_flat_keeps_basis_at_cost() -> None:
+    p = Position(quantity=D(0), realized_day=D(5))
+    assert p.new_day(D(10)) == Position(realized_day=D(0))
+
+
+# ------------------------------------------------------- breaker and reactions
+
+
+def test_daily_loss_obligation_reaction_and_held_halt() -> None:
+    i = intent(20, t=T0)
+    state = submitted(start(), i)
+    other = intent(5, order_type="limit", limit_price=D(99))
+    state = submitted(state, other)
+    state = evolve(state, fill(order_id_for(i.id), 20, 100))
+    state = evolve(state, trade("AAPL", 50, T0 + S))
+    (ob,) = state.obligations
+    assert (ob.kind, ob.scope, ob.value) == ("daily_loss", "acct", D(-1000))
+    state = evolve(state, trade("AAPL", 1, T0 + 2 * S))
+    kinds = [o.kind for o in state.obligations]
+    assert kinds == ["daily_loss"], "one obligation, not one per print"
+    state, out = settle(state, T0 + 3 * S)
+    assert [e.type for e in out] == [
+        "BreakerTripped",
+        "CancelOrder",
+        "FlattenAccount",
+        "TradingStateChanged",
+    ]
+    assert all(e.causation_id == ob.trigger_id for e in out)
+    assert out[1].payload.order_id == order_id_for(other.id)
+    assert not state.obligations
+    assert state.scope_state("acct").state == "halted"
+    # Lower still: the breaker has tripped today, no second trip.
+    state = evolve(state, trade("AAPL", "0.5", T0 + 4 * S))
+    assert react(state, T0 + 4 * S) == []
+
+
+def test_reduce_only_level_before_the_breaker() -> None:
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100))
+    state = evolve(state, trade("AAPL", 35, T0 + S))
+    state, out = settle(state, T0 + S)
+    assert [(e.type, e.payload.state) for e in out] == [("TradingStateChanged", "reducing")]
+    assert state.scope_state("acct").state == "reducing"
+    # After a resume the same loss does not put it back in reducing today.
+    state = evolve(state, op(TradingResumeRequested, "acct"))
+    state, out = settle(state, T0 + S)
+    assert state.scope_state("acct").state == "active"
+    state = evolve(state, trade("AAPL", 36, T0 + 2 * S))
+    assert react(state, T0 + 2 * S) == []
+
+
+def test_reaction_ids_are_deterministic() -> None:
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100))
+    state = evolve(state, trade("AAPL", 1, T0 + S))
+    first = react(state, T0 + S)
+    second = react(state, T0 + 5 * S)
+    assert [e.id for e in first] == [e.id for e in second]
+
+
+def test_kill_switch_flattens_every_account_and_halts_everything_once() -> None:
+    i = intent(10)
+    state = submitted(start(), i)
+    state = evolve(state, fill(uuid.uuid4(), 3, 50, account="b", symbol="MSFT"))
+    state = evolve(state, op(KillSwitchEngaged))
+    assert state.kill_switch.engaged
+    state, out = settle(state)
+    where = [(e.type, getattr(e.payload, "account", None) or e.payload.scope) for e in out]
+    assert where == [
+        ("BreakerTripped", "acct"),
+        ("CancelOrder", "acct"),
+        ("FlattenAccount", "acct"),
+        ("BreakerTripped", "b"),
+        ("FlattenAccount", "b"),
+        ("TradingStateChanged", "global"),
+    ]
+    assert state.scope_state("global").state == "halted"
+    assert evolve(state, op(KillSwitchEngaged)).obligations == ()
+    state = evolve(state, op(KillSwitchReleased))
+    assert not state.kill_switch.engaged
+    assert state.scope_state("global").state == "halted", "held until resumed"
+    state, out = settle(evolve(state, op(TradingResumeRequested, "global")))
+    assert [e.payload.state for e in out] == ["active"]
+    assert state.scope_state("global").state == "active"
+
+
+@pytest.mark.parametrize(
+    ("events", "kinds"),
+    [
+        pytest.param([conn("disconnected")], ["connection_lost"], id="lost"),
+        pytest.param(
+            [conn("disconnected"), conn("disconnected")], ["connection_lost"], id="lost twice"
+        ),
+        pytest.param([conn("reconnecting")], [], id="reconnecting"),
+        pytest.param([conn("connected")], [], id="connected"),
+        pytest.param([conn("disconnected", "b")], [], id="no flatten configured"),
+        pytest.param([conn("disconnected", "unknown")], [], id="not our account"),
+    ],
+)
+def test_broker_connection(events: list[Event], kinds: list[str]) -> None:
+    state = apply(start(), *events)
+    assert [o.kind for o in state.obligations] == kinds
+
+
+def test_connection_lost_reaction_flattens_and_halts() -> None:
+    i = intent(10)
+    state = submitted(start(), i)
+    state, out = settle(evolve(state, conn("disconnected")))
+    assert [e.type for e in out] == [
+        "BreakerTripped",
+        "CancelOrder",
+        "FlattenAccount",
+        "TradingStateChanged",
+    ]
+    assert out[0].payload.breaker == "connection_lost"
+    assert state.scope_state("acct").state == "halted"
+    # Reconnecting does not resume by itself.
+    state = evolve(state, conn("connected"))
+    assert state.scope_state("acct").state == "halted"
+    assert react(state, T0) == []
+
+
+def test_resume_of_an_active_scope_is_a_no_op() -> None:
+    state = evolve(start(), op(TradingResumeRequested, "acct"))
+    assert state.obligations == ()
+
+
+def test_state_change_from_elsewhere_does_not_clear_an_obligation() -> None:
+    state = evolve(start(), conn("disconnected"))
+    unrelated = ev(
+        TradingStateChanged,
+        TradingStatePayload(scope="acct", state="halted", previous="active", reason="x"),
+    )
+    state = evolve(state, unrelated)
+    assert [o.kind for o in state.obligations] == ["connection_lost"]
+
+
+def test_accepted_decision_without_its_order_is_owed_after_a_crash() -> None:
+    """The decision was published, the process died before the order: the
+    rebuilt state owes the SubmitOrder, with the id it would have had."""
+    state = start()
+    i = intent(10)
+    state = evolve(state, i)
+    d = decide(state, i, T0)
+    state = evolve(state, d.event)
+    (owed,) = react(state, T0 + 3 * S)
+    assert isinstance(owed, SubmitOrder)
+    assert d.order is not None
+    assert owed.id == d.order.id
+    assert owed.payload == d.order.payload
+    state = evolve(state, owed)
+    assert react(state, T0 + 3 * S) == []
