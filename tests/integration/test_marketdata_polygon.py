@@ -1,0 +1,593 @@
+"""The Polygon live source against the fake Polygon WebSocket and REST servers.
+
+Real NATS JetStream (the service's own ``JetStreamSink``), real Postgres and
+the recorder as a process for the outage-and-recovery run; the fakes follow
+``PROTOCOLS.md`` (``libs/testing/fakes``). Time inside the source comes from
+an injected clock, so the gap-fill windows are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import orjson
+import pytest
+from nats.js import api as js_api
+from websockets.asyncio.client import connect
+
+from libs.bus.client import Bus
+from libs.contract.codec import decode
+from libs.contract.envelope import Event
+from libs.contract.events import BarClosed, FeedStatusChanged, MessageDeadLettered, TradePrinted
+from libs.contract.subjects import STREAM
+from libs.testing.fakes.polygon_data import (
+    MINUTE_MS,
+    make_minute_bars,
+    quote,
+    rest_bar_to_am,
+    trade,
+)
+from libs.testing.fakes.polygon_rest import FakePolygonRest
+from libs.testing.fakes.polygon_ws import FakePolygonWs
+from libs.testing.procs import ServiceProcess
+from libs.testing.store import rows
+from libs.testing.wait import eventually
+from services.marketdata import metrics
+from services.marketdata.adapters.polygon.client import PolygonSource
+from services.marketdata.adapters.polygon.parse import bar_id
+from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.staleness import AlwaysOpen
+from services.marketdata.sink import JetStreamSink
+
+KEY = "test-key-5f3a9c"
+T0 = 1_700_000_040_000  # ms, a minute boundary
+MS = 1_000_000
+
+
+class FakeClock:
+    def __init__(self, ms: int) -> None:
+        self.ns = ms * MS
+
+    def set_ms(self, ms: int) -> None:
+        self.ns = ms * MS
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+class CountingSink:
+    """The real JetStream sink, remembering every event the source handed it."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.inner = JetStreamSink(bus)
+        self.events: list[Event] = []
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await self.inner.publish(events)
+        self.events.extend(events)
+
+    def statuses(self) -> list[str]:
+        return [e.payload.status for e in self.events if isinstance(e, FeedStatusChanged)]
+
+    def status_messages(self, status: str) -> list[str]:
+        return [
+            e.payload.message
+            for e in self.events
+            if isinstance(e, FeedStatusChanged) and e.payload.status == status
+        ]
+
+    def bars(self) -> list[BarClosed]:
+        return [e for e in self.events if isinstance(e, BarClosed)]
+
+
+def make_settings(
+    ws: FakePolygonWs, rest: FakePolygonRest | None, **over: Any
+) -> MarketdataSettings:
+    values: dict[str, Any] = {
+        "polygon_api_key": KEY,
+        "polygon_ws_url": ws.url,
+        "polygon_rest_url": rest.url if rest else "http://127.0.0.1:9",
+        "symbols": "AAPL,MSFT",
+        "channels": "trades,quotes,minute_bars",
+        "polygon_reconnect_initial_s": 0.05,
+        "polygon_reconnect_max_s": 0.2,
+        "polygon_auth_retry_s": 0.5,
+        "polygon_connect_timeout_s": 5,
+        "stale_after_s": 60,
+        "instance": "md-test",
+    }
+    values.update(over)
+    return MarketdataSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(source: PolygonSource, sink: CountingSink) -> AsyncIterator[asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(sink, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+
+async def stream_events(bus: Bus) -> list[Event]:
+    """Every event on the recorded stream, in stream order."""
+    info = await bus.js.stream_info(STREAM)
+    last = info.state.last_seq
+    out: list[Event] = []
+    if last == 0:
+        return out
+    sub = await bus.js.subscribe(
+        ">", stream=STREAM, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            out.append(decode(msg.data))
+            if msg.metadata.sequence.stream >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def has_status(sink: CountingSink, status: str, count: int = 1) -> bool:
+    return sink.statuses().count(status) >= count
+
+
+# --------------------------------------------------------------------- flow
+
+
+async def test_normal_flow_handshake_subscribe_and_events_on_the_stream(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, channels="trades,quotes,minute_bars,second_bars")
+        sink = CountingSink(bus)
+        clock = FakeClock(T0)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        bars = make_minute_bars("AAPL", T0, 2)
+        before = metrics.MESSAGES_IN.labels(channel="trades")._value.get()
+        async with running(source, sink):
+            conn = await ws.wait_subscribed("T.AAPL", "Q.AAPL", "AM.MSFT", "A.MSFT")
+            await ws.publish(
+                [
+                    trade("AAPL", 7, T0 + 1, "190.16", conditions=(12,)),
+                    quote("AAPL", 8, T0 + 2, "190.15", "190.17"),
+                    trade("MSFT", 3, T0 + 3, "410.5"),
+                    trade("NVDA", 1, T0 + 4, "1"),  # not subscribed: the fake filters it
+                    rest_bar_to_am("AAPL", bars[0]),
+                ]
+            )
+            await eventually(lambda: len(sink.events) >= 7, timeout=10)
+
+        # One auth action then one subscribe with every channel, comma-separated.
+        assert [a["action"] for a in conn.actions] == ["auth", "subscribe"]
+        assert conn.actions[0]["params"] == KEY
+        assert set(conn.actions[1]["params"].split(",")) == {
+            f"{p}.{s}" for p in ("T", "Q", "AM", "A") for s in ("AAPL", "MSFT")
+        }
+        on_stream = await stream_events(bus)
+        data = [e for e in on_stream if not isinstance(e, FeedStatusChanged)]
+        assert [e.type for e in data] == [
+            "TradePrinted",
+            "QuoteUpdated",
+            "TradePrinted",
+            "BarClosed",
+        ]
+        assert data[0].payload.price == Decimal("190.16")
+        assert data[0].payload.conditions == (12,)
+        assert data[0].ts_event == (T0 + 1) * MS
+        assert data[3].id == bar_id("AAPL", "1m", T0)
+        statuses = [e.payload.status for e in on_stream if isinstance(e, FeedStatusChanged)]
+        assert statuses[:3] == ["connected", "authenticated", "subscribed"]
+        assert statuses[-1] == "disconnected"  # "stopped", on the way out
+        assert metrics.MESSAGES_IN.labels(channel="trades")._value.get() - before == 2
+
+
+async def test_auth_failure_is_reported_retried_slowly_and_the_key_never_logged(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "wrong-key-SECRET-71c2"  # noqa: S105 - a made-up key, to look for in logs
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, polygon_api_key=secret, polygon_auth_retry_s=0.4)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await eventually(lambda: ws.auth_failures >= 2, timeout=10)
+            first, second = ws.connections[0], ws.connections[1]
+        assert not first.subscriptions
+        assert not second.subscriptions
+        [message, *_] = sink.status_messages("auth_failed")
+        assert "auth_failed: authentication failed" in message
+        assert "retrying in 0.4s" in message
+        assert any("after auth_failed" in m for m in sink.status_messages("reconnecting"))
+        assert "subscribed" not in sink.statuses()
+    ours = [r for r in caplog.records if not r.name.startswith("websockets.server")]
+    assert ours
+    assert all(secret not in r.getMessage() for r in ours)
+    assert all(secret.encode() not in orjson.dumps(e.model_dump(mode="json")) for e in sink.events)
+
+
+async def test_auth_retry_waits_polygon_auth_retry_s(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, polygon_api_key="nope", polygon_auth_retry_s=0.6)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, CountingSink(bus)):
+            await ws.wait_connections(1)
+            started = time.monotonic()
+            await ws.wait_connections(2, timeout=10)
+            waited = time.monotonic() - started
+        assert waited >= 0.5
+
+
+# ------------------------------------------------------------------ outages
+
+
+@pytest.mark.parametrize("fault", ["tcp_drop", "close_1011"])
+async def test_outage_in_the_middle_of_a_minute_gap_fills_exactly_the_missing_bars(
+    bus: Bus, fault: str
+) -> None:
+    aapl = make_minute_bars("AAPL", T0, 9, skip=frozenset({3}))  # minute 3: no trades
+    msft = make_minute_bars("MSFT", T0, 9)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": aapl, "MSFT": msft}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(ws, rest, channels="trades,minute_bars")
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 5_000)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL", "AM.MSFT")
+            # Live: minutes 0 and 1 of both, then a trade in the middle of minute 2.
+            clock.set_ms(T0 + 2 * MINUTE_MS + 1_000)
+            await ws.publish([rest_bar_to_am("AAPL", aapl[0]), rest_bar_to_am("MSFT", msft[0])])
+            await ws.publish([rest_bar_to_am("AAPL", aapl[1]), rest_bar_to_am("MSFT", msft[1])])
+            clock.set_ms(T0 + 2 * MINUTE_MS + 30_000)
+            await ws.publish([trade("AAPL", 1, T0 + 2 * MINUTE_MS + 29_000, "100.5")])
+            await eventually(
+                lambda: (
+                    len(sink.bars()) == 4 and any(isinstance(e, TradePrinted) for e in sink.events)
+                )
+            )
+            # Down in the middle of minute 2; back in the middle of minute 6.
+            clock.set_ms(T0 + 6 * MINUTE_MS + 20_000)
+            if fault == "tcp_drop":
+                await ws.drop()
+            else:
+                await ws.close(1011, "internal error")
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+            # Late live bars: minute 5 was gap-filled already, minute 6 is new.
+            conn = await ws.wait_subscribed("AM.AAPL", "AM.MSFT")
+            clock.set_ms(T0 + 7 * MINUTE_MS + 1_000)
+            late = [rest_bar_to_am("AAPL", aapl[i]) for i in (3, 4)]  # minutes 4 and 5
+            await ws.publish(late, conn)
+            await ws.publish([rest_bar_to_am("MSFT", msft[6])], conn)
+            await eventually(
+                lambda: any(b.payload.start_ns == msft[6]["t"] * MS for b in sink.bars())
+            )
+
+        assert len(ws.connections) == 2
+        assert ws.connections[1].subscriptions == ws.connections[0].subscriptions
+        disconnected = sink.status_messages("disconnected")[0]
+        if fault == "tcp_drop":
+            assert "without a close frame" in disconnected
+        else:
+            assert "code 1011" in disconnected
+        # REST was asked for minutes 2..5 (6 is in progress at the reconnect).
+        asked = {r.path for r in rest.agg_requests()}
+        assert asked == {
+            f"/v2/aggs/ticker/{s}/range/1/minute/{T0 + 2 * MINUTE_MS}/{T0 + 5 * MINUTE_MS}"
+            for s in ("AAPL", "MSFT")
+        }
+        assert all(r.auth == "bearer" for r in rest.agg_requests())
+        backfilled = [
+            (b.payload.symbol, b.payload.start_ns // MS)
+            for b in sink.bars()
+            if b.payload.backfilled
+        ]
+
+        def minute(i: int) -> int:
+            return T0 + i * MINUTE_MS
+
+        # In time order across symbols; AAPL minute 3 had no trades so no bar.
+        assert backfilled == [
+            ("AAPL", minute(2)),
+            ("MSFT", minute(2)),
+            ("MSFT", minute(3)),
+            ("AAPL", minute(4)),
+            ("MSFT", minute(4)),
+            ("AAPL", minute(5)),
+            ("MSFT", minute(5)),
+        ]
+        [filled] = [
+            e
+            for e in sink.events
+            if isinstance(e, FeedStatusChanged) and e.payload.status == "gap_filled"
+        ]
+        assert filled.payload.gap_filled_bars == 7
+        # Every bar handed to the sink once (the late AM bars of minutes 4, 5 were not).
+        ids = [b.id for b in sink.bars()]
+        assert len(ids) == len(set(ids)) == 4 + 7 + 1
+        on_stream = [e for e in await stream_events(bus) if isinstance(e, BarClosed)]
+        assert sorted(e.id for e in on_stream) == sorted(ids)
+
+
+async def test_gap_fill_follows_next_url_pages(bus: Bus) -> None:
+    bars = make_minute_bars("AAPL", T0, 40)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY, page_size=7) as rest,
+    ):
+        settings = make_settings(ws, rest, symbols="AAPL", channels="minute_bars")
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 1)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL")
+            clock.set_ms(T0 + MINUTE_MS + 1)
+            await ws.publish([rest_bar_to_am("AAPL", bars[0])])
+            await eventually(lambda: len(sink.bars()) == 1)
+            clock.set_ms(T0 + 40 * MINUTE_MS)
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+        requests = rest.agg_requests("AAPL")
+        assert len(requests) == 6  # 39 bars, 7 a page
+        assert "cursor" not in requests[0].query
+        assert all("cursor" in r.query for r in requests[1:])
+        starts = [b.payload.start_ns // MS for b in sink.bars()]
+        assert starts == [b["t"] for b in bars]
+
+
+async def test_max_connections_is_reported_and_retried_slowly(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, polygon_auth_retry_s=0.6)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        before = metrics.RECONNECTS.labels(feed="polygon", reason="max_connections")._value.get()
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            # Another client with our key: the newest connection kicks the oldest (ours).
+            async with connect(ws.url) as other:
+                await other.recv()
+                await other.send(json.dumps({"action": "auth", "params": KEY}))
+                assert json.loads(await other.recv())[0]["status"] == "auth_success"
+                kicked = time.monotonic()
+                await eventually(lambda: has_status(sink, "max_connections"))
+                await ws.wait_connections(3, timeout=10)
+                assert time.monotonic() - kicked >= 0.5
+            await ws.wait_subscribed("T.AAPL")
+        [message] = sink.status_messages("max_connections")
+        assert "Maximum number of websocket connections exceeded" in message
+        assert any("after max_connections" in m for m in sink.status_messages("reconnecting"))
+        after = metrics.RECONNECTS.labels(feed="polygon", reason="max_connections")._value.get()
+        assert after - before == 1
+
+
+async def test_force_disconnect_is_reported_and_reconnected(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        sink = CountingSink(bus)
+        source = PolygonSource(make_settings(ws, None), clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            await ws.kick("force_disconnect", "Server requested disconnect")
+            await eventually(lambda: has_status(sink, "subscribed", 2), timeout=10)
+            await ws.publish([trade("AAPL", 1, T0, "10")])
+            await eventually(lambda: any(isinstance(e, TradePrinted) for e in sink.events))
+        assert sink.status_messages("force_disconnect") == ["stocks: Server requested disconnect"]
+        assert any("after force_disconnect" in m for m in sink.status_messages("reconnecting"))
+
+
+# -------------------------------------------------------------- bad input
+
+
+async def test_malformed_frame_is_dead_lettered_and_the_feed_goes_on(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        sink = CountingSink(bus)
+        source = PolygonSource(make_settings(ws, None), clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            await ws.send_raw('[{"ev":"T","sym":"AAPL",')
+            await ws.send_raw(
+                '[{"ev":"T","sym":"AAPL","p":1,"s":1,"t":1,"q":1},{"ev":"T","sym":"AAPL"}]'
+            )
+            await ws.publish([trade("AAPL", 2, T0, "10.25")])
+            await eventually(
+                lambda: sum(isinstance(e, TradePrinted) for e in sink.events) == 2, timeout=10
+            )
+        assert len(ws.connections) == 1  # never reconnected
+        on_stream = await stream_events(bus)
+        letters = [e for e in on_stream if isinstance(e, MessageDeadLettered)]
+        assert [e.payload.error.split(":")[0] for e in letters] == [
+            "malformed_json",
+            "invalid_event",
+        ]
+        assert all(e.payload.service == "marketdata" for e in letters)
+        assert base64.b64decode(letters[0].payload.raw_b64) == b'[{"ev":"T","sym":"AAPL",'
+        assert json.loads(base64.b64decode(letters[1].payload.raw_b64)) == {
+            "ev": "T",
+            "sym": "AAPL",
+        }
+        trades = [e for e in on_stream if isinstance(e, TradePrinted)]
+        assert [t.payload.sequence for t in trades] == [1, 2]
+
+
+async def test_stale_feed_is_reported_then_recovered(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        sink = CountingSink(bus)
+        clock = FakeClock(T0)
+        settings = make_settings(ws, None, stale_after_s=0.4)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            clock.set_ms(T0 + 1_000)  # a second of silence on the source's clock
+            await eventually(lambda: has_status(sink, "stale"), timeout=10)
+            assert metrics.STALE._value.get() == 1
+            assert source.health()[1]["stale"] is True
+            await ws.publish([trade("AAPL", 1, T0 + 1_000, "10")])
+            await eventually(lambda: has_status(sink, "recovered"), timeout=10)
+            assert metrics.STALE._value.get() == 0
+        [stale] = sink.status_messages("stale")
+        assert "no data for 1.0s during market hours" in stale
+        on_stream = [
+            e.payload.status for e in await stream_events(bus) if isinstance(e, FeedStatusChanged)
+        ]
+        assert on_stream.index("stale") < on_stream.index("recovered")
+
+
+# ------------------------------------------------- the whole day, as processes
+
+
+async def test_outage_and_recovery_records_every_minute_bar_of_the_day_once(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """``tradebus marketdata run --source polygon`` and the recorder, as processes.
+
+    The day is 30 minutes of bars for two symbols, all closed before the run
+    (the service's clock is the wall clock). Ten minutes come live, then the
+    TCP connection is cut in the middle of minute 10; after the reconnect the
+    rest comes from REST (paged) while late live bars of minutes 10-14 race
+    it; then a non-clean close, a reconnect with nothing left to fill, and a
+    few more late live bars. The recorded minute bars must be the fake's,
+    one for one.
+    """
+    now_ms = time.time_ns() // MS
+    day = now_ms - now_ms % MINUTE_MS - 36 * MINUTE_MS
+    fake_bars = {
+        "AAPL": make_minute_bars("AAPL", day, 30, skip=frozenset({4, 17, 18})),
+        "MSFT": make_minute_bars("MSFT", day, 30, seed=2, skip=frozenset({25})),
+    }
+    by_minute = {s: {(b["t"] - day) // MINUTE_MS: b for b in bars} for s, bars in fake_bars.items()}
+
+    def frame(first: int, last: int) -> list[dict[str, Any]]:
+        return [
+            rest_bar_to_am(s, by_minute[s][i])
+            for i in range(first, last + 1)
+            for s in ("AAPL", "MSFT")
+            if i in by_minute[s]
+        ]
+
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest(fake_bars, api_key=KEY, page_size=8) as rest,
+    ):
+        recorder = ServiceProcess(
+            ["recorder", "run"],
+            env={"NATS_URL": nats_url, "DATABASE_URL": database_url},
+            log_path=tmp_path / "recorder.log",
+            name="recorder",
+        ).start()
+        md = ServiceProcess(
+            ["marketdata", "run", "--source", "polygon"],
+            env={
+                "NATS_URL": nats_url,
+                "POLYGON_API_KEY": KEY,
+                "TRADEBUS_POLYGON_WS_URL": ws.url,
+                "TRADEBUS_POLYGON_REST_URL": rest.url,
+                "TRADEBUS_SYMBOLS": "AAPL,MSFT",
+                "TRADEBUS_CHANNELS": "trades,minute_bars",
+                "TRADEBUS_POLYGON_RECONNECT_INITIAL_S": "0.05",
+                "TRADEBUS_POLYGON_RECONNECT_MAX_S": "0.2",
+                "TRADEBUS_CALENDAR": "24/7",
+                "TRADEBUS_LOG_LEVEL": "DEBUG",
+            },
+            log_path=tmp_path / "marketdata.log",
+            name="md",
+        ).start()
+        try:
+            conn = await ws.wait_subscribed("AM.AAPL", "AM.MSFT", timeout=30)
+            for i in range(10):
+                await ws.publish(frame(i, i), conn)
+            await ws.publish([trade("AAPL", 1, day + 10 * MINUTE_MS + 5_000, "101.25")], conn)
+            await eventually(
+                lambda: _bars_on_stream(bus, 19), timeout=15, message=md.log_text()[-3000:]
+            )
+            await ws.drop()  # in the middle of minute 10
+            conn = await ws.wait_subscribed("AM.AAPL", "AM.MSFT", timeout=15)
+            await ws.publish(frame(10, 14), conn)  # late live bars race the gap-fill
+            await eventually(
+                lambda: _statuses_on_stream(bus, "gap_filled", 1),
+                timeout=15,
+                message=md.log_text()[-3000:],
+            )
+            await ws.close(1011, "internal error")
+            conn = await ws.wait_subscribed("AM.AAPL", "AM.MSFT", timeout=15)
+            await ws.publish(frame(26, 29), conn)  # already gap-filled: dropped as repeats
+            await eventually(lambda: _statuses_on_stream(bus, "gap_filled", 2), timeout=15)
+        finally:
+            assert md.terminate() == 0, md.log_text()[-3000:]
+        last = (await bus.js.stream_info(STREAM)).state.last_seq
+        await eventually(
+            lambda: _recorded_up_to(database_url, last),
+            timeout=30,
+            message=recorder.log_text()[-2000:],
+        )
+        assert recorder.terminate() == 0, recorder.log_text()[-2000:]
+
+    recorded = [
+        orjson.loads(r["payload"])
+        for r in await rows(database_url, "WHERE subject LIKE 'md.bar.1m.%' ORDER BY seq")
+    ]
+    got = sorted(
+        (
+            p["symbol"],
+            p["start_ns"] // MS,
+            Decimal(p["open"]),
+            Decimal(p["high"]),
+            Decimal(p["low"]),
+            Decimal(p["close"]),
+            Decimal(p["volume"]),
+        )
+        for p in recorded
+    )
+    want = sorted(
+        (s, b["t"], b["o"], b["h"], b["l"], b["c"], Decimal(b["v"]))
+        for s, bars in fake_bars.items()
+        for b in bars
+    )
+    assert len(recorded) == len(want) == 56  # none missing, none twice
+    assert got == want
+    # Minutes 0-9 came live, 15-29 from REST; 10-14 from whichever came first.
+    minute_of = {id(p): (p["start_ns"] // MS - day) // MINUTE_MS for p in recorded}
+    assert all(not p["backfilled"] for p in recorded if minute_of[id(p)] < 10)
+    assert all(p["backfilled"] for p in recorded if minute_of[id(p)] >= 15)
+    duplicates = await rows(database_url, "WHERE type = 'DuplicateSuppressed'")
+    assert duplicates == []
+    # REST was paged, with the key in the Authorization header only.
+    assert any("cursor" in r.query for r in rest.agg_requests())
+    assert all(r.auth == "bearer" for r in rest.agg_requests())
+    log_text = md.log_text()
+    assert "gap_filled" in log_text
+    assert KEY not in log_text
+
+
+async def _bars_on_stream(bus: Bus, count: int) -> bool:
+    return sum(isinstance(e, BarClosed) for e in await stream_events(bus)) >= count
+
+
+async def _statuses_on_stream(bus: Bus, status: str, count: int) -> bool:
+    found = [
+        e
+        for e in await stream_events(bus)
+        if isinstance(e, FeedStatusChanged) and e.payload.status == status
+    ]
+    return len(found) >= count
+
+
+async def _recorded_up_to(database_url: str, seq: int) -> bool:
+    found = await rows(database_url, "ORDER BY seq DESC LIMIT 1")
+    return bool(found) and found[0]["seq"] >= seq
