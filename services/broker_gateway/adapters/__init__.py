@@ -1,0 +1,1 @@
+"""What the gateway talks to: brokers (one adapter each), NATS, the event store."""

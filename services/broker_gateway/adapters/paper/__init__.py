@@ -1,0 +1,1 @@
+"""The paper broker adapter (``services/paper_broker``: Alpaca-shaped WebSocket)."""

@@ -1,0 +1,434 @@
+"""The paper broker adapter: one WebSocket for the account's events and order entry.
+
+The connection is supervised: connect, ``authenticate``, ``listen`` to
+``trade_updates``, then read until the connection dies; then reconnect with
+exponential backoff (with jitter) until closed. Its state changes are events
+on :meth:`PaperBroker.events`, in order with the order updates:
+
+- ``connected`` once authorized and listening;
+- ``disconnected`` as soon as the connection is found dead — the socket
+  closed, or no pong to our ping within ``heartbeat_timeout_s`` (a broker
+  that hangs without closing is caught within ``heartbeat_interval_s +
+  heartbeat_timeout_s``) — then ``reconnecting`` while retrying; both once
+  per outage.
+
+Order entry is a ``request`` per call, matched to its ``response`` by id,
+with ``request_timeout_s`` per call. A call made while disconnected, or cut
+by a disconnect, raises :class:`BrokerUnavailable` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from pydantic import SecretStr, ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from services.broker_gateway import metrics
+from services.broker_gateway.adapters.paper import parse, schemas
+from services.broker_gateway.domain.model import (
+    BrokerEvent,
+    BrokerFill,
+    BrokerOrder,
+    BrokerPosition,
+    ConnectionState,
+    ConnectionUpdate,
+    OrderRequest,
+)
+from services.broker_gateway.errors import (
+    AuthenticationFailed,
+    BrokerError,
+    BrokerUnavailable,
+    NotCancelable,
+    OrderNotFound,
+    OrderRefused,
+)
+
+log = logging.getLogger(__name__)
+
+#: Errors of opening a connection that mean "try again later".
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    InvalidHandshake,
+    ConnectionClosed,
+)
+HANDSHAKE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECT_ERRORS,
+    BrokerError,
+    ValidationError,
+    ValueError,
+)
+
+
+class PaperBroker:
+    """:class:`~services.broker_gateway.ports.BrokerPort` for the paper broker."""
+
+    broker = "paper"
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        url: str,
+        key_id: str,
+        secret_key: SecretStr,
+        heartbeat_interval_s: float = 5.0,
+        heartbeat_timeout_s: float = 5.0,
+        request_timeout_s: float = 5.0,
+        reconnect_initial_s: float = 0.25,
+        reconnect_max_s: float = 10.0,
+        max_events: int = 10_000,
+    ) -> None:
+        self.account = account
+        self.url = url
+        self._key_id = key_id
+        self._secret = secret_key
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.reconnect_initial_s = reconnect_initial_s
+        self.reconnect_max_s = reconnect_max_s
+        # Bounded: a full queue pauses the reader, and the socket pushes back.
+        self._events: asyncio.Queue[BrokerEvent] = asyncio.Queue(max_events)
+        self._ws: ClientConnection | None = None
+        self._up = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[schemas.Response]] = {}
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._outage_announced = False
+        self.state: ConnectionState | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"paper-{self.account}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        ws, self._ws = self._ws, None
+        self._up.clear()
+        if ws is not None:
+            with contextlib.suppress(*CONNECT_ERRORS):
+                await ws.close()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        while True:
+            yield await self._events.get()
+
+    # ----------------------------------------------------------- supervision
+
+    async def _state(self, state: ConnectionState, detail: str) -> None:
+        self.state = state
+        metrics.CONNECTED.labels(account=self.account).set(1 if state == "connected" else 0)
+        await self._events.put(ConnectionUpdate(state, detail))
+
+    async def _outage(self, detail: str) -> None:
+        """Announce an outage once: disconnected, then reconnecting."""
+        if self._outage_announced:
+            return
+        self._outage_announced = True
+        log.warning("broker %s disconnected: %s", self.account, detail)
+        await self._state("disconnected", detail)
+        await self._state("reconnecting", "")
+
+    async def _supervise(self) -> None:
+        backoff = self.reconnect_initial_s
+        while not self._closed:
+            try:
+                ws = await connect(
+                    self.url,
+                    open_timeout=self.request_timeout_s,
+                    ping_interval=None,  # our own heartbeat, with our own timeout
+                    close_timeout=1,
+                    compression=None,
+                    max_size=4 * 1024 * 1024,
+                )
+            except InvalidURI:
+                raise
+            except CONNECT_ERRORS as e:
+                await self._outage(f"cannot connect: {type(e).__name__}: {e}")
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
+                continue
+            try:
+                await self._handshake(ws)
+            except HANDSHAKE_ERRORS as e:
+                await self._outage(f"handshake failed: {type(e).__name__}: {e}")
+                with contextlib.suppress(*CONNECT_ERRORS):
+                    await ws.close()
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
+                continue
+            backoff = self.reconnect_initial_s
+            self._ws = ws
+            self._up.set()
+            self._outage_announced = False
+            log.info("broker %s connected (%s)", self.account, self.url)
+            await self._state("connected", self.url)
+            cause = await self._run(ws)
+            self._lost(ws)
+            await self._outage(cause)
+
+    async def _pause(self, backoff: float) -> None:
+        await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
+
+    def _lost(self, ws: ClientConnection) -> None:
+        """The connection is gone: stop using it, fail the calls waiting on it."""
+        self._up.clear()
+        self._ws = None
+        ws.transport.abort()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable(f"{self.account}: connection lost"))
+        self._pending.clear()
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        auth = {"key_id": self._key_id, "secret_key": self._secret.get_secret_value()}
+        await ws.send(orjson.dumps({"action": "authenticate", "data": auth}).decode())
+        reply = await self._expect(ws, "authorization")
+        status = schemas.Authorization.model_validate(reply.data).status
+        if status != "authorized":
+            raise AuthenticationFailed(f"{self.account}: broker answered {status}")
+        listen = {"action": "listen", "data": {"streams": ["trade_updates"]}}
+        await ws.send(orjson.dumps(listen).decode())
+        reply = await self._expect(ws, "listening")
+        if "trade_updates" not in schemas.Listening.model_validate(reply.data).streams:
+            raise BrokerUnavailable(f"{self.account}: the broker would not stream trade_updates")
+
+    async def _expect(self, ws: ClientConnection, stream: str) -> schemas.Envelope:
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            raw = await asyncio.wait_for(ws.recv(), max(deadline - time.monotonic(), 0.001))
+            message = schemas.Envelope.model_validate_json(raw)
+            if message.stream == stream:
+                return message
+            if message.stream == "authorization":  # unauthorized, for any action
+                raise AuthenticationFailed(f"{self.account}: {message.data}")
+
+    async def _run(self, ws: ClientConnection) -> str:
+        """Read and heartbeat until either ends; returns why the connection is lost."""
+        reader = asyncio.create_task(self._reader(ws), name=f"paper-read-{self.account}")
+        heart = asyncio.create_task(self._heartbeat(ws), name=f"paper-ping-{self.account}")
+        try:
+            done, _ = await asyncio.wait({reader, heart}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, heart):
+                task.cancel()
+            for task in (reader, heart):
+                with contextlib.suppress(asyncio.CancelledError, *CONNECT_ERRORS):
+                    await task
+        first = done.pop()
+        if first.cancelled():
+            return "canceled"
+        error = first.exception()
+        return f"{type(error).__name__}: {error}" if error else first.result()
+
+    async def _heartbeat(self, ws: ClientConnection) -> str:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                async with asyncio.timeout(self.heartbeat_timeout_s):
+                    pong = await ws.ping()
+                    await pong
+            except TimeoutError:
+                return f"no heartbeat answer within {self.heartbeat_timeout_s:g}s"
+            except ConnectionClosed as e:
+                return f"connection closed ({e})"
+
+    async def _reader(self, ws: ClientConnection) -> str:
+        try:
+            async for raw in ws:
+                await self._dispatch(raw)
+        except ConnectionClosed as e:
+            return f"connection closed ({e})"
+        return "connection closed by the broker"
+
+    async def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            message = schemas.Envelope.model_validate_json(raw)
+            if message.stream == "response":
+                response = schemas.Response.model_validate(message.data)
+                fut = self._pending.get(response.id or "")
+                if fut is not None and not fut.done():
+                    fut.set_result(response)
+            elif message.stream == "trade_updates":
+                update = parse.trade_update(schemas.TradeUpdate.model_validate(message.data))
+                if update is not None:
+                    await self._events.put(update)
+            elif message.stream == "error":
+                log.warning("broker %s says: %s", self.account, message.data)
+        except (ValidationError, ValueError) as e:
+            metrics.MALFORMED.labels(account=self.account).inc()
+            log.error("broker %s sent a message we cannot read: %s", self.account, e)
+
+    # ------------------------------------------------------------- requests
+
+    async def _call(self, call: str, method: str, path: str, body: Any = None) -> schemas.Response:
+        ws = self._ws
+        if ws is None or not self._up.is_set():
+            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
+            raise BrokerUnavailable(f"{self.account}: not connected to the broker")
+        rid = str(next(self._ids))
+        fut: asyncio.Future[schemas.Response] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        started = time.perf_counter()
+        request = {"id": rid, "method": method, "path": path}
+        if body is not None:
+            request["body"] = body
+        try:
+            await ws.send(orjson.dumps({"action": "request", "data": request}).decode())
+            return await asyncio.wait_for(fut, self.request_timeout_s)
+        except (ConnectionClosed, OSError) as e:
+            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
+            raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
+        except TimeoutError as e:
+            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="timeout").inc()
+            raise BrokerUnavailable(
+                f"{self.account}: no answer to {call} within {self.request_timeout_s:g}s"
+            ) from e
+        finally:
+            self._pending.pop(rid, None)
+            metrics.CALL_SECONDS.labels(account=self.account, call=call).observe(
+                time.perf_counter() - started
+            )
+
+    def _check(self, response: schemas.Response, call: str) -> Any:
+        """The body of a successful answer; the matching error otherwise."""
+        if 200 <= response.status < 300:
+            return response.body
+        body = response.body if isinstance(response.body, dict) else {}
+        error = schemas.ErrorBody.model_validate(body)
+        message = error.message or f"HTTP {response.status}"
+        code = str(error.code) if error.code is not None else str(response.status)
+        metrics.CALL_ERRORS.labels(
+            account=self.account, call=call, error=str(response.status)
+        ).inc()
+        if response.status == 404:
+            raise OrderNotFound(message)
+        if response.status == 401:
+            raise AuthenticationFailed(message)
+        if response.status == 429 or response.status >= 500:
+            raise BrokerUnavailable(f"{self.account}: {call}: {message}")
+        if call == "cancel" and response.status == 422:
+            raise NotCancelable(message)
+        raise OrderRefused(message, code)
+
+    def _read(self, model: type[schemas._Wire], body: Any) -> Any:
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            metrics.MALFORMED.labels(account=self.account).inc()
+            raise BrokerUnavailable(f"{self.account}: malformed answer: {e}") from e
+
+    def _orders(self, body: Any) -> list[BrokerOrder]:
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a list of orders")
+        return [parse.order(self._read(schemas.Order, o)) for o in body]
+
+    def _multi(self, body: Any) -> list[BrokerOrder]:
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
+        out = []
+        for item in body:
+            entry = self._read(schemas.MultiStatus, item)
+            if 200 <= entry.status < 300 and isinstance(entry.body, dict):
+                out.append(parse.order(self._read(schemas.Order, entry.body)))
+            elif not 200 <= entry.status < 300:
+                log.warning("broker %s: %s failed with %s", self.account, item, entry.status)
+        return out
+
+    # ------------------------------------------------------------ BrokerPort
+
+    async def submit(self, order: OrderRequest) -> BrokerOrder:
+        body = parse.order_request(order).model_dump(exclude_none=True)
+        response = await self._call("submit", "POST", "/v2/orders", body)
+        return parse.order(self._read(schemas.Order, self._check(response, "submit")))
+
+    async def cancel(
+        self, *, client_order_id: str | None = None, broker_order_id: str | None = None
+    ) -> None:
+        if broker_order_id is None:
+            if client_order_id is None:
+                raise ValueError("cancel needs an order id")
+            found = await self.get_order(client_order_id=client_order_id)
+            if found is None:
+                raise OrderNotFound(f"no order with client order id {client_order_id}")
+            broker_order_id = found.broker_order_id
+        response = await self._call("cancel", "DELETE", f"/v2/orders/{quote(broker_order_id)}")
+        self._check(response, "cancel")
+
+    async def cancel_all(self) -> list[BrokerOrder]:
+        response = await self._call("cancel_all", "DELETE", "/v2/orders")
+        return self._multi(self._check(response, "cancel_all"))
+
+    async def get_order(
+        self, *, client_order_id: str | None = None, broker_order_id: str | None = None
+    ) -> BrokerOrder | None:
+        if broker_order_id is not None:
+            path = f"/v2/orders/{quote(broker_order_id)}"
+        elif client_order_id is not None:
+            path = f"/v2/orders:by_client_order_id?client_order_id={quote(client_order_id)}"
+        else:
+            raise ValueError("get_order needs an order id")
+        response = await self._call("get_order", "GET", path)
+        try:
+            body = self._check(response, "get_order")
+        except OrderNotFound:
+            return None
+        return parse.order(self._read(schemas.Order, body))
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        response = await self._call("open_orders", "GET", "/v2/orders?status=open")
+        return self._orders(self._check(response, "open_orders"))
+
+    async def positions(self) -> list[BrokerPosition]:
+        response = await self._call("positions", "GET", "/v2/positions")
+        body = self._check(response, "positions")
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a list of positions")
+        return [parse.position(self._read(schemas.Position, p)) for p in body]
+
+    async def close_all(self) -> list[BrokerOrder]:
+        response = await self._call("close_all", "DELETE", "/v2/positions")
+        return self._multi(self._check(response, "close_all"))
+
+    async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
+        path = f"/v2/account/activities/FILL?order_id={quote(order.broker_order_id)}"
+        response = await self._call("order_fills", "GET", path)
+        body = self._check(response, "order_fills")
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a list of activities")
+        fills = [
+            parse.fill(self._read(schemas.FillActivity, f), order.client_order_id) for f in body
+        ]
+        return sorted(fills, key=lambda f: f.cumulative_quantity)

@@ -1,0 +1,496 @@
+"""The order tracker: broker facts in, our events out, each exactly once.
+
+One tracker per account. It knows every order of the account — the command
+that caused it, what the broker acknowledged, how much has been filled — and
+the account's positions per strategy and symbol. It is rebuilt on start-up
+by :meth:`OrderTracker.evolve`-ing the recorded order-path events, and every
+event it emits goes through :meth:`OrderTracker.evolve` as well, so live and
+rebuilt trackers are the same.
+
+Exactly once. Every event's id derives from broker facts, never from time
+or chance:
+
+- ``OrderAccepted`` / ``OrderRejected`` / ``OrderCanceled``: (account, order id);
+- ``FillReceived``: (account, order id, cumulative quantity after the fill).
+
+A fill is new only if it takes the order's cumulative quantity past what has
+been published (the *watermark*); the same fill seen again — from the stream
+and from a reconciliation query, before and after a reconnect or a restart —
+is dropped here, and if it were published again JetStream would drop it by
+its id. A fill whose cumulative quantity jumps past the watermark by more
+than its own size means fills were missed: the tracker publishes nothing for
+it and marks the order for reconciliation, which queries the broker and
+publishes the missing fills in order (:meth:`OrderTracker.reconcile`).
+
+Causation. An order's events name the command that caused it: the
+``SubmitOrder`` (so a fill's correlation id is the signal's), or for an
+``OrderCanceled`` the ``CancelOrder`` when there was one. A flatten's closing
+orders (made by the broker's close-all) are caused by the ``FlattenAccount``;
+each of their fills is booked to the strategies whose positions it closes
+(in strategy name order, each up to its position; the rest to nobody), as one
+``FillReceived`` per strategy with ``strategy`` set, so positions per
+strategy stay right. Orders nobody here placed are roots (no cause).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Clock, Event
+from libs.contract.events import (
+    AnyEvent,
+    CancelOrder,
+    FillPayload,
+    FillReceived,
+    FlattenAccount,
+    OrderAccepted,
+    OrderAcceptedPayload,
+    OrderCanceled,
+    OrderCanceledPayload,
+    OrderRejected,
+    OrderRejectedPayload,
+    SubmitOrder,
+)
+from services.broker_gateway.domain.model import (
+    BrokerFill,
+    BrokerOrder,
+    OrderRequest,
+    OrderUpdate,
+    Side,
+)
+
+ZERO = Decimal(0)
+#: Decimal places of a price the tracker computes (the contract allows 12).
+PRICE_QUANTUM = Decimal("1e-12")
+
+
+def canon(value: Decimal) -> str:
+    """A decimal's one spelling (``100``, not ``1E+2`` or ``100.00``), for ids."""
+    return format(value.normalize(), "f")
+
+
+def _signed(side: Side, quantity: Decimal) -> Decimal:
+    return quantity if side == "buy" else -quantity
+
+
+@dataclass(slots=True)
+class TrackedOrder:
+    """What the gateway knows about one order."""
+
+    order_id: uuid.UUID
+    symbol: str
+    #: The command the order's events are caused by (SubmitOrder or FlattenAccount).
+    cause: Event | None = None
+    strategy: str | None = None
+    side: Side | None = None
+    quantity: Decimal | None = None
+    client_order_id: str | None = None
+    broker_order_id: str | None = None
+    accepted: bool = False
+    #: "filled", "canceled" or "rejected" once nothing more can happen.
+    terminal: str | None = None
+    #: A closing order of a flatten: its fills are booked to strategies.
+    closing: bool = False
+    filled: Decimal = ZERO  # the watermark: cumulative quantity published
+    notional: Decimal = ZERO  # sum of quantity x price over published fills
+    cancel_cause: Event | None = None
+    #: A submit was attempted: the broker may know the order.
+    submitted: bool = False
+
+
+class OrderTracker:
+    """One account's orders and positions; turns broker facts into events."""
+
+    def __init__(self, account: str, *, clock: Clock, source: str) -> None:
+        self.account = account
+        self.clock = clock
+        self.source = source
+        self.orders: dict[uuid.UUID, TrackedOrder] = {}
+        self._by_client: dict[str, uuid.UUID] = {}
+        self._by_broker: dict[str, uuid.UUID] = {}
+        #: Net quantity per (strategy or None, symbol), from published fills.
+        self.positions: dict[tuple[str | None, str], Decimal] = {}
+        self._flattens: dict[uuid.UUID, FlattenAccount] = {}
+        #: The flatten whose close-all is under way: unknown orders are its.
+        self._flattening: FlattenAccount | None = None
+        #: Orders whose fills must be fetched from the broker (a gap was seen).
+        self.needs_reconcile: set[uuid.UUID] = set()
+
+    # ------------------------------------------------------------ lookups
+
+    def get(self, order_id: uuid.UUID) -> TrackedOrder | None:
+        return self.orders.get(order_id)
+
+    def find(self, order: BrokerOrder) -> TrackedOrder | None:
+        oid = self._by_client.get(order.client_order_id)
+        if oid is None:
+            oid = self._by_broker.get(order.broker_order_id)
+        return self.orders.get(oid) if oid is not None else None
+
+    def unsettled(self) -> list[TrackedOrder]:
+        """Orders the broker may know that are not done: what reconciliation checks."""
+        return [
+            t
+            for t in self.orders.values()
+            if t.terminal is None and (t.accepted or t.submitted or t.broker_order_id)
+        ]
+
+    def position(self, symbol: str, strategy: str | None = None) -> Decimal:
+        return self.positions.get((strategy, symbol), ZERO)
+
+    def _order(self, order_id: uuid.UUID, symbol: str) -> TrackedOrder:
+        t = self.orders.get(order_id)
+        if t is None:
+            t = self.orders[order_id] = TrackedOrder(order_id=order_id, symbol=symbol)
+        return t
+
+    def _index_broker(self, t: TrackedOrder, broker_order_id: str | None) -> None:
+        if broker_order_id and t.broker_order_id is None:
+            t.broker_order_id = broker_order_id
+            self._by_broker[broker_order_id] = t.order_id
+
+    # ------------------------------------------------------------- evolve
+
+    def evolve(self, event: AnyEvent) -> None:
+        """Take one order-path event of this account into the state."""
+        if getattr(event.payload, "account", None) != self.account:
+            return
+        if isinstance(event, SubmitOrder):
+            sp = event.payload
+            t = self._order(sp.order_id, sp.symbol)
+            if not isinstance(t.cause, SubmitOrder):
+                t.cause = event
+                t.strategy, t.side, t.quantity = sp.strategy, sp.side, sp.quantity
+                t.client_order_id = str(sp.order_id)
+                self._by_client[t.client_order_id] = t.order_id
+        elif isinstance(event, CancelOrder):
+            c = self.orders.get(event.payload.order_id)
+            if c is not None and c.cancel_cause is None:
+                c.cancel_cause = event
+        elif isinstance(event, FlattenAccount):
+            self._flattens[event.id] = event
+        elif isinstance(event, OrderAccepted):
+            ap = event.payload
+            t = self._order(ap.order_id, ap.symbol)
+            t.accepted = True
+            self._index_broker(t, ap.broker_order_id)
+            flatten = self._flattens.get(event.causation_id) if event.causation_id else None
+            if t.cause is None and flatten is not None:
+                t.cause, t.closing = flatten, True
+        elif isinstance(event, OrderRejected):
+            t = self._order(event.payload.order_id, "")
+            t.terminal = t.terminal or "rejected"
+        elif isinstance(event, OrderCanceled):
+            t = self._order(event.payload.order_id, "")
+            self._index_broker(t, event.payload.broker_order_id)
+            t.terminal = t.terminal or "canceled"
+        elif isinstance(event, FillReceived):
+            self._evolve_fill(event)
+
+    def _evolve_fill(self, event: FillReceived) -> None:
+        p = event.payload
+        t = self._order(p.order_id, p.symbol)
+        self._index_broker(t, p.broker_order_id)
+        if p.cumulative_quantity <= t.filled:
+            return  # already counted (the same fill recorded twice)
+        t.side = t.side or p.side
+        t.filled = p.cumulative_quantity
+        t.notional += p.quantity * p.price
+        strategy = p.strategy if p.strategy is not None else t.strategy
+        key = (strategy, p.symbol)
+        self.positions[key] = self.positions.get(key, ZERO) + _signed(p.side, p.quantity)
+        if p.leaves_quantity == 0:
+            t.terminal = "filled"
+
+    # ----------------------------------------------------------- emitting
+
+    def _emit(self, out: list[Event], event: AnyEvent) -> None:
+        self.evolve(event)
+        out.append(event)
+
+    def _ack(self, t: TrackedOrder, order: BrokerOrder, ts_ns: int, out: list[Event]) -> None:
+        if t.accepted:
+            return
+        self._emit(
+            out,
+            OrderAccepted.create(
+                OrderAcceptedPayload(
+                    order_id=t.order_id,
+                    account=self.account,
+                    broker_order_id=order.broker_order_id,
+                    symbol=order.symbol,
+                ),
+                source=self.source,
+                clock=self.clock,
+                ts_event=ts_ns or None,
+                cause=t.cause,
+                event_id=derived_id("broker.ack", self.account, t.order_id),
+            ),
+        )
+
+    def _reject(
+        self, t: TrackedOrder, reason: str, code: str | None, ts_ns: int | None, out: list[Event]
+    ) -> None:
+        if t.terminal is not None:
+            return
+        self._emit(
+            out,
+            OrderRejected.create(
+                OrderRejectedPayload(
+                    order_id=t.order_id,
+                    account=self.account,
+                    reason=reason or "rejected",
+                    code=code,
+                ),
+                source=self.source,
+                clock=self.clock,
+                ts_event=ts_ns,
+                cause=t.cause,
+                event_id=derived_id("broker.reject", self.account, t.order_id),
+            ),
+        )
+
+    def _cancel(
+        self, t: TrackedOrder, order: BrokerOrder, ts_ns: int, reason: str, out: list[Event]
+    ) -> None:
+        if t.terminal is not None:
+            return
+        self._emit(
+            out,
+            OrderCanceled.create(
+                OrderCanceledPayload(
+                    order_id=t.order_id,
+                    account=self.account,
+                    broker_order_id=order.broker_order_id,
+                    reason=reason or order.status,
+                ),
+                source=self.source,
+                clock=self.clock,
+                ts_event=ts_ns or None,
+                cause=t.cancel_cause or t.cause,
+                event_id=derived_id("broker.cancel", self.account, t.order_id),
+            ),
+        )
+
+    def _fill(
+        self,
+        t: TrackedOrder,
+        order: BrokerOrder,
+        quantity: Decimal,
+        price: Decimal,
+        fill_id: str,
+        ts_ns: int,
+        out: list[Event],
+    ) -> None:
+        """Publish ``quantity`` more of ``t`` at ``price`` (booked to strategies if closing)."""
+        total = t.quantity if t.quantity is not None else order.quantity
+        slices: list[tuple[str | None, Decimal]]
+        if t.closing and t.strategy is None:
+            slices = self._allocate(order.symbol, order.side, quantity)
+        else:
+            slices = [(t.strategy, quantity)]
+        cumulative = t.filled
+        for i, (strategy, q) in enumerate(slices):
+            cumulative += q
+            leaves = max(total - cumulative, ZERO)
+            self._emit(
+                out,
+                FillReceived.create(
+                    FillPayload(
+                        order_id=t.order_id,
+                        account=self.account,
+                        broker_order_id=order.broker_order_id,
+                        fill_id=fill_id if i == 0 else f"{fill_id}/{strategy or '-'}",
+                        symbol=order.symbol,
+                        side=order.side,
+                        quantity=q,
+                        price=price,
+                        cumulative_quantity=cumulative,
+                        leaves_quantity=leaves,
+                        status="complete" if leaves == 0 else "partial",
+                        strategy=strategy,
+                    ),
+                    source=self.source,
+                    clock=self.clock,
+                    ts_event=ts_ns or None,
+                    cause=t.cause,
+                    event_id=derived_id("broker.fill", self.account, t.order_id, canon(cumulative)),
+                ),
+            )
+
+    def _allocate(
+        self, symbol: str, side: Side, quantity: Decimal
+    ) -> list[tuple[str | None, Decimal]]:
+        """Split a closing fill over the strategies whose positions it reduces."""
+        reducing = [
+            (strategy, abs(qty))
+            for (strategy, sym), qty in sorted(
+                self.positions.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+            )
+            if sym == symbol and strategy is not None and (qty > 0 if side == "sell" else qty < 0)
+        ]
+        out: list[tuple[str | None, Decimal]] = []
+        left = quantity
+        for strategy, held in reducing:
+            if left <= 0:
+                break
+            take = min(left, held)
+            out.append((strategy, take))
+            left -= take
+        if left > 0:
+            out.append((None, left))
+        return out
+
+    # ----------------------------------------------------------- commands
+
+    def plan_submit(self, command: SubmitOrder) -> bool:
+        """Take the command in; True if the broker still has to be asked."""
+        self.evolve(command)
+        t = self.orders[command.payload.order_id]
+        return t.terminal is None and not t.accepted
+
+    def request(self, order_id: uuid.UUID) -> OrderRequest:
+        """The broker request for a submitted order (client order id = order id)."""
+        t = self.orders[order_id]
+        assert isinstance(t.cause, SubmitOrder)
+        p = t.cause.payload
+        t.submitted = True
+        return OrderRequest(
+            client_order_id=str(p.order_id),
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.quantity,
+            order_type=p.order_type,
+            limit_price=p.limit_price,
+            stop_price=p.stop_price,
+            time_in_force=p.time_in_force,
+            asset_class=p.asset_class,
+        )
+
+    def submitted(self, order_id: uuid.UUID, order: BrokerOrder) -> list[Event]:
+        """The broker answered a submit with ``order``: it is acknowledged.
+
+        Only the acknowledgement (or a rejection) is taken from the answer:
+        fills and cancels come from the stream, in order, with their own
+        prices, or from a reconciliation if the stream lost them.
+        """
+        t = self.orders[order_id]
+        self._index_broker(t, order.broker_order_id)
+        out: list[Event] = []
+        if order.status == "rejected":
+            self._reject(t, "rejected by the broker", None, order.updated_ns or None, out)
+        elif order.status != "pending":
+            self._ack(t, order, order.updated_ns, out)
+        return out
+
+    def refused(self, order_id: uuid.UUID, reason: str, code: str | None) -> list[Event]:
+        """The broker (or the gateway on its behalf) refused the order."""
+        out: list[Event] = []
+        self._reject(self.orders[order_id], reason, code, None, out)
+        return out
+
+    def flatten_started(self, command: FlattenAccount) -> None:
+        """A close-all is about to be sent: orders that appear now are its."""
+        self.evolve(command)
+        self._flattening = command
+
+    def flatten_done(self, orders: Sequence[BrokerOrder]) -> list[Event]:
+        """The close-all answered with its closing orders."""
+        flatten = self._flattening
+        assert flatten is not None, "flatten_started() first"
+        out: list[Event] = []
+        for order in orders:
+            t = self._closing_order(order, flatten)
+            if order.is_open or order.filled_quantity > 0:
+                self._ack(t, order, order.updated_ns, out)
+        self._flattening = None
+        return out
+
+    def _closing_order(self, order: BrokerOrder, flatten: FlattenAccount) -> TrackedOrder:
+        t = self.find(order) or self._external(order)
+        if t.cause is None:
+            t.cause, t.closing = flatten, True
+        return t
+
+    def _external(self, order: BrokerOrder) -> TrackedOrder:
+        """An order nobody here placed: a flatten's closing order, or someone else's."""
+        oid = derived_id("broker.order", self.account, order.broker_order_id)
+        t = self._order(oid, order.symbol)
+        t.side, t.quantity = order.side, order.quantity
+        t.client_order_id = order.client_order_id
+        self._by_client[order.client_order_id] = oid
+        self._index_broker(t, order.broker_order_id)
+        if self._flattening is not None and t.cause is None:
+            t.cause, t.closing = self._flattening, True
+        return t
+
+    # ------------------------------------------------------- broker facts
+
+    def on_update(self, update: OrderUpdate) -> list[Event]:
+        """One event of the broker's stream."""
+        order = update.order
+        t = self.find(order) or self._external(order)
+        self._index_broker(t, order.broker_order_id)
+        out: list[Event] = []
+        if update.kind == "rejected":
+            self._reject(t, update.reason or "rejected by the broker", None, update.ts_ns, out)
+            return out
+        self._ack(t, order, update.ts_ns, out)
+        if update.kind == "fill" and update.fill is not None:
+            fill = update.fill
+            if fill.cumulative_quantity > t.filled:
+                if fill.cumulative_quantity - fill.quantity > t.filled:
+                    # Fills between the watermark and this one were missed.
+                    self.needs_reconcile.add(t.order_id)
+                    return out
+                fid = (
+                    fill.execution_id
+                    or f"{order.broker_order_id}:{canon(fill.cumulative_quantity)}"
+                )
+                self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
+        elif update.kind in ("canceled", "expired"):
+            if order.filled_quantity > t.filled:
+                self.needs_reconcile.add(t.order_id)
+                return out  # the fills first; the reconciliation cancels it too
+            self._cancel(t, order, update.ts_ns, update.reason, out)
+        return out
+
+    def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
+        """Bring the order up to what the broker says: ack, missed fills, final state.
+
+        ``fills`` are the order's executions if the venue lists them; without
+        them (or past them) a fill is inferred from the cumulative quantity
+        and average price the broker reports.
+        """
+        t = self.find(order) or self._external(order)
+        self._index_broker(t, order.broker_order_id)
+        self.needs_reconcile.discard(t.order_id)
+        out: list[Event] = []
+        if order.status == "rejected":
+            self._reject(t, "rejected by the broker", None, order.updated_ns or None, out)
+            return out
+        if order.status == "pending":
+            return out
+        self._ack(t, order, order.updated_ns, out)
+        for f in sorted(fills or (), key=lambda f: f.cumulative_quantity):
+            if f.cumulative_quantity <= t.filled:
+                continue
+            if f.cumulative_quantity - f.quantity != t.filled:
+                break  # the list has a hole: infer the rest below
+            fid = f.execution_id or f"{order.broker_order_id}:{canon(f.cumulative_quantity)}"
+            self._fill(t, order, f.quantity, f.price, fid, f.ts_ns, out)
+        missing = order.filled_quantity - t.filled
+        if missing > 0 and order.filled_avg_price is not None:
+            total = order.filled_avg_price * order.filled_quantity
+            price = ((total - t.notional) / missing).quantize(PRICE_QUANTUM, ROUND_HALF_EVEN)
+            if price <= 0:
+                price = order.filled_avg_price
+            fid = f"reconciled:{order.broker_order_id}:{canon(order.filled_quantity)}"
+            self._fill(t, order, missing, price, fid, order.updated_ns, out)
+        if order.status in ("canceled", "expired"):
+            self._cancel(t, order, order.updated_ns, order.status, out)
+        return out

@@ -1,0 +1,41 @@
+"""Broker errors. Every adapter maps its venue's errors to these, at one place.
+
+BrokerError
+├── BrokerUnavailable     not connected, the connection broke, or no answer in time:
+│   │                     the call may be retried once connected (submit is idempotent)
+│   └── AuthenticationFailed  the broker refused our credentials
+├── OrderRefused          the broker said no to an order (its code and reason)
+├── OrderNotFound         no such order at the broker
+└── NotCancelable         the order can no longer be canceled (filled, canceled)
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every broker error."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached right now; retry once connected."""
+
+
+class AuthenticationFailed(BrokerUnavailable):
+    """The broker refused the credentials (retried: keys may be rotated)."""
+
+
+class OrderRefused(BrokerError):
+    """The broker refused an order; ``code`` is the venue's, as a string."""
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class OrderNotFound(BrokerError):
+    """The broker knows no such order."""
+
+
+class NotCancelable(BrokerError):
+    """The order is past canceling (already filled or canceled)."""

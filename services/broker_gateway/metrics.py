@@ -1,0 +1,42 @@
+"""The broker-gateway's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS = Counter(
+    "tradebus_broker_commands_total",
+    "Order commands handled, by type and outcome",
+    ["account", "type", "outcome"],
+)
+EVENTS_PUBLISHED = Counter(
+    "tradebus_broker_events_published_total", "Events published to the bus", ["account", "type"]
+)
+CONNECTED = Gauge(
+    "tradebus_broker_connected", "1 while the account's broker connection is up", ["account"]
+)
+CONNECTION_CHANGES = Counter(
+    "tradebus_broker_connection_changes_total",
+    "Broker connection state changes",
+    ["account", "state"],
+)
+CALL_SECONDS = Histogram(
+    "tradebus_broker_call_seconds",
+    "Broker call latency",
+    ["account", "call"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CALL_ERRORS = Counter(
+    "tradebus_broker_call_errors_total", "Broker calls that failed", ["account", "call", "error"]
+)
+RECONCILED_FILLS = Counter(
+    "tradebus_broker_reconciled_fills_total",
+    "Fills published by a reconciliation (missed on the stream)",
+    ["account"],
+)
+MALFORMED = Counter(
+    "tradebus_broker_malformed_messages_total", "Broker messages that did not parse", ["account"]
+)
+DEAD_LETTERS = Counter(
+    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
+)

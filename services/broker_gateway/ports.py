@@ -1,0 +1,124 @@
+"""The one interface every broker adapter implements (paper now; Alpaca, Tradier next).
+
+Shaped on what Alpaca and Tradier offer (``../shared/PROTOCOLS.md``):
+
+====================  ===================================  ======================================
+BrokerPort            Alpaca                               Tradier
+====================  ===================================  ======================================
+submit                POST /v2/orders (client_order_id)    POST /v1/accounts/{id}/orders (tag)
+cancel                DELETE /v2/orders/{id}               DELETE /v1/accounts/{id}/orders/{id}
+cancel_all            DELETE /v2/orders                    each open order's DELETE
+get_order             GET /v2/orders/{id},                 GET /v1/accounts/{id}/orders/{id},
+                      GET /v2/orders:by_client_order_id    the order list filtered by tag
+open_orders           GET /v2/orders?status=open           GET /v1/accounts/{id}/orders
+positions             GET /v2/positions                    GET /v1/accounts/{id}/positions
+close_all             DELETE /v2/positions                 a closing market order per position
+order_fills           account activities (FILL)            None: inferred from exec_quantity/avg
+events                trade_updates stream                 account events stream (order events)
+connection state      WebSocket ping/pong                  heartbeat frames (~60 s)
+====================  ===================================  ======================================
+
+The contract (``tests/integration/test_broker_contract.py`` runs it against
+every implementation):
+
+- :meth:`BrokerPort.submit` is idempotent on the request's
+  ``client_order_id``: submitting it again returns the existing order and
+  never places a second one (an adapter whose venue answers "duplicate"
+  fetches and returns the existing order).
+- Calls raise :class:`~services.broker_gateway.errors.BrokerUnavailable` when
+  the broker cannot be reached; they never hang past the adapter's request
+  timeout.
+- :meth:`BrokerPort.events` yields the account's order updates in the
+  broker's order and :class:`ConnectionUpdate`\\ s: ``disconnected`` as soon as
+  the connection is found dead (heartbeat timeout), ``reconnecting`` while
+  retrying, ``connected`` once authenticated and listening again. After
+  ``connected`` the caller reconciles (``get_order``, ``order_fills``,
+  ``open_orders``): updates sent while disconnected are not replayed.
+- Venue types never leave the adapter: everything crossing this interface is
+  in :mod:`services.broker_gateway.domain.model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from services.broker_gateway.domain.model import (
+    BrokerEvent,
+    BrokerFill,
+    BrokerOrder,
+    BrokerPosition,
+    OrderRequest,
+)
+
+
+class BrokerPort(Protocol):
+    """One broker account."""
+
+    @property
+    def broker(self) -> str:
+        """The venue's name (``paper``, ``alpaca``, ``tradier``)."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """True while authenticated and receiving the account's events."""
+        ...
+
+    async def start(self) -> None:
+        """Start connecting (and reconnecting, until :meth:`close`); returns at once."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect for good; idempotent."""
+        ...
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected; False if ``timeout`` passed first."""
+        ...
+
+    def events(self) -> AsyncIterator[BrokerEvent]:
+        """Order updates and connection changes, in order; one consumer."""
+        ...
+
+    async def submit(self, order: OrderRequest) -> BrokerOrder:
+        """Place an order, idempotently on ``order.client_order_id``.
+
+        Raises ``OrderRefused`` when the broker says no.
+        """
+        ...
+
+    async def cancel(
+        self, *, client_order_id: str | None = None, broker_order_id: str | None = None
+    ) -> None:
+        """Ask to cancel one order (the ``canceled`` update confirms it).
+
+        Raises ``OrderNotFound`` or ``NotCancelable``.
+        """
+        ...
+
+    async def cancel_all(self) -> list[BrokerOrder]:
+        """Ask to cancel every open order; returns the orders concerned."""
+        ...
+
+    async def get_order(
+        self, *, client_order_id: str | None = None, broker_order_id: str | None = None
+    ) -> BrokerOrder | None:
+        """One order by either id, or None if the broker does not know it."""
+        ...
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        """Every working order of the account."""
+        ...
+
+    async def positions(self) -> list[BrokerPosition]:
+        """Every open position of the account."""
+        ...
+
+    async def close_all(self) -> list[BrokerOrder]:
+        """Close every position with market orders; returns those orders."""
+        ...
+
+    async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
+        """The order's executions, oldest first, or None if the venue cannot list them."""
+        ...
