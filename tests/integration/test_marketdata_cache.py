@@ -182,8 +182,11 @@ def replay(tmp_path: Path, nats_url: str, cache: ParquetCache, *args: str, **env
         name="replay",
     ).start()
     assert proc.proc is not None
-    # The cache source ends by itself once everything is acknowledged.
-    assert proc.proc.wait(timeout=60) == 0, proc.log_text()[-2000:]
+    try:
+        # The cache source ends by itself once everything is acknowledged.
+        assert proc.proc.wait(timeout=60) == 0, proc.log_text()[-2000:]
+    finally:
+        proc.kill()
 
 
 async def test_cache_replay_at_max_publishes_exactly_the_cached_bars_in_time_order(
