@@ -1,0 +1,208 @@
+"""The strategy-runner as a real process on real NATS and Postgres.
+
+Two strategies: ``sma-x`` (moving-average crossover on AAPL, live) and
+``boom`` (the echo probe on MSFT, shadow mode, raises on a close of 13,
+restarted once then stopped). The test plays market data, risk-gate and
+broker; a recorder process writes everything to the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from libs.bus.client import Bus
+from libs.contract.events import OrderIntentCreated
+from libs.strategy.testing import MINUTE_NS, bar, fill_chain
+from libs.testing.procs import ServiceProcess
+from libs.testing.store import rows
+from libs.testing.wait import eventually
+
+T0 = 1_700_000_000 * 1_000_000_000
+ENVELOPE = (
+    "id",
+    "type",
+    "ts_event",
+    "ts_init",
+    "source",
+    "correlation_id",
+    "causation_id",
+    "payload",
+)
+CONFIG = """
+strategies:
+  - name: sma-x
+    kind: sma_crossover
+    symbols: [AAPL]
+    account: paper
+    params: {fast_period: 2, slow_period: 3, quantity: 10}
+  - name: boom
+    kind: libs.strategy.testing:EchoStrategy
+    symbols: [MSFT]
+    account: alpaca
+    mode: shadow
+    shadow_account: paper-shadow
+    restart: always
+    max_restarts: 1
+    params: {quantity: 1, fail_on_close: ["13"]}
+"""
+
+
+def service(
+    args: list[str], tmp_path: Path, nats_url: str, database_url: str, name: str
+) -> ServiceProcess:
+    return ServiceProcess(
+        args,
+        env={"NATS_URL": nats_url, "DATABASE_URL": database_url},
+        log_path=tmp_path / f"{name}.log",
+        name=name,
+    )
+
+
+class Timeline:
+    """The store's events of the given types, payloads decoded."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    async def of(self, *types: str) -> list[dict[str, Any]]:
+        quoted = ",".join(f"'{t}'" for t in types)
+        found = await rows(self.database_url, f"WHERE type IN ({quoted}) ORDER BY seq")
+        return [{**dict(r), "payload": orjson.loads(r["payload"])} for r in found]
+
+    async def count(self, type_: str, strategy: str, at_least: int) -> list[dict[str, Any]]:
+        found = [e for e in await self.of(type_) if e["strategy"] == strategy]
+        return found if len(found) >= at_least else []
+
+
+async def publish_bars(bus: Bus, symbol: str, closes: list[int], first_minute: int) -> None:
+    for i, close in enumerate(closes):
+        await bus.publish(bar(symbol, close, T0 + (first_minute + i) * MINUTE_NS))
+
+
+def metric(proc: ServiceProcess, line_start: str) -> float | None:
+    for line in proc.metrics().splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_runner_emits_isolates_faults_routes_fills_and_rebuilds(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    config = tmp_path / "strategies.yaml"
+    config.write_text(CONFIG)
+    run_args = ["strategy-runner", "run", "--config", str(config)]
+    started: list[ServiceProcess] = []
+
+    def start(args: list[str], name: str) -> ServiceProcess:
+        proc = service(args, tmp_path, nats_url, database_url, name).start()
+        started.append(proc)
+        return proc
+
+    try:
+        await _scenario(bus, start, run_args, Timeline(database_url))
+    finally:
+        for proc in started:
+            proc.kill()  # only what a failed assertion left running
+
+
+async def _scenario(
+    bus: Bus,
+    start: Callable[[list[str], str], ServiceProcess],
+    run_args: list[str],
+    store: Timeline,
+) -> None:
+    ids = itertools.count(1)
+    recorder = start(["recorder", "run"], "recorder")
+    runner = start(run_args, "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    # Phase 1: sma-x warms up on AAPL; boom faults on MSFT 13 (restarted), emits on 11,
+    # faults on 13 again (stopped).
+    await publish_bars(bus, "AAPL", [12, 11, 10], 0)
+    await publish_bars(bus, "MSFT", [10, 13, 11, 13], 0)
+    faults = await eventually(lambda: store.count("StrategyFaulted", "boom", 2), timeout=20)
+    assert [f["payload"]["action"] for f in faults] == ["restarted", "stopped"]
+    assert "echo: told to fail on close 13" in faults[0]["payload"]["error"]
+    health = runner.health()
+    assert health is not None
+    assert health["strategies"]["boom"]["state"] == "stopped"
+    assert health["strategies"]["sma-x"]["state"] == "running"
+
+    # Phase 2: after boom stopped, sma-x still trades: golden cross on 13.
+    await publish_bars(bus, "AAPL", [13], 3)
+    await publish_bars(bus, "MSFT", [12], 4)  # boom is stopped: no answer
+    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+    assert (buy["payload"]["side"], buy["payload"]["quantity"]) == ("buy", "10")
+    assert buy["payload"]["account"] == "paper"
+
+    # Every intent is caused by a signal of its own strategy, in the same chain.
+    signals = {s["id"]: s for s in await store.of("SignalGenerated")}
+    intents = await store.of("OrderIntentCreated")
+    for row in intents:
+        signal = signals[row["causation_id"]]
+        assert signal["correlation_id"] == signal["id"] == row["correlation_id"]
+        assert signal["strategy"] == row["strategy"]
+        assert signal["subject"] == f"strategy.signal.{row['strategy']}"
+        assert row["subject"] == f"strategy.intent.{row['strategy']}"
+    # boom answered bars 10 and 11 only, in shadow mode (its paper account).
+    boom = [i for i in intents if i["strategy"] == "boom"]
+    assert len(boom) == 2
+    assert {i["payload"]["account"] for i in boom} == {"paper-shadow"}
+    boom_bars = 'tradebus_strategy_events_in_total{strategy="boom",type="BarClosed"}'
+    await eventually(
+        lambda: (
+            metric(runner, boom_bars) == 5.0
+            and (runner.health() or {})["strategies"]["boom"]["inbox"] == 0
+        ),
+        timeout=10,
+    )
+    assert len(await store.count("OrderIntentCreated", "boom", 0)) == 2
+
+    # Phase 3: play risk-gate and broker for sma-x's buy: the fill reaches sma-x.
+    intent = OrderIntentCreated.model_validate({k: buy[k] for k in ENVELOPE})
+    await bus.publish_many(
+        fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
+    )
+    position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
+    await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
+    # A death cross now sells the filled position.
+    await publish_bars(bus, "AAPL", [9, 8], 4)
+    sells = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 2), timeout=20)
+    assert (sells[1]["payload"]["side"], sells[1]["payload"]["quantity"]) == ("sell", "10")
+    assert metric(runner, 'tradebus_strategy_faults_total{action="stopped",strategy="boom"}')
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+
+    # Restart. The buy's fill is in the store; the recorder is then stopped and
+    # the sell's fill is published, so it is only in the stream: the new runner
+    # must take the first from the store and the second from catch-up, once each.
+    sell = OrderIntentCreated.model_validate({k: sells[1][k] for k in ENVELOPE})
+    await eventually(lambda: _fill_recorded(store), timeout=20)
+    assert recorder.terminate() == 0, recorder.log_text()[-3000:]
+    await bus.publish_many(
+        fill_chain(sell, "8", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0 + 6 * MINUTE_NS)
+    )
+    again = start(run_args, "runner2")
+    await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+    realized = 'tradebus_strategy_pnl{kind="realized",strategy="sma-x"}'
+    # Bought 10 at 13.05 (store), sold 10 at 8 (catch-up): flat, realized -50.5.
+    await eventually(lambda: metric(again, realized) == -50.5, timeout=20)
+    assert metric(again, position) == 0.0
+    restored = metric(again, "tradebus_strategy_runner_restored_events_total")
+    catch_up = metric(again, "tradebus_strategy_runner_catch_up_events_total")
+    assert restored is not None
+    assert restored >= 6  # the buy's chain: signal, intent, decision, command, ack, fill
+    assert catch_up is not None
+    assert catch_up >= 3  # the sell's decision, ack and fill
+    # Catch-up events update the books only: sma-x emitted nothing on restart.
+    assert (again.health() or {})["strategies"]["sma-x"]["emitted"] == 0
+    assert again.terminate() == 0, again.log_text()[-3000:]
+
+
+async def _fill_recorded(store: Timeline) -> bool:
+    return bool(await store.of("FillReceived"))
