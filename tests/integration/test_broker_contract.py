@@ -1,0 +1,377 @@
+"""The BrokerPort contract, one suite run against every broker adapter.
+
+Each implementation comes with a harness: its adapter connected, through a
+TCP proxy that can cut or freeze the network, to a venue that the harness can
+move (set a symbol's price). The paper adapter runs against the real paper
+broker server (in this process, over a real WebSocket). The Alpaca and
+Tradier adapters will join with harnesses around their fake venues: add a
+parameter to the ``harness`` fixture, and every test here runs for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from pydantic import SecretStr
+
+from libs.contract.envelope import WallClock
+from libs.testing.wait import eventually
+from services.broker_gateway.adapters.paper import parse, schemas
+from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.domain.model import (
+    BrokerEvent,
+    ConnectionUpdate,
+    OrderRequest,
+    OrderUpdate,
+)
+from services.broker_gateway.errors import (
+    BrokerUnavailable,
+    NotCancelable,
+    OrderNotFound,
+    OrderRefused,
+)
+from services.broker_gateway.ports import BrokerPort
+from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.domain.book import BookConfig, PaperBook
+from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
+
+D = Decimal
+HEARTBEAT_INTERVAL_S = 0.2
+HEARTBEAT_TIMEOUT_S = 0.3
+
+
+class Proxy:
+    """A TCP proxy in front of a venue: pass traffic, cut it, or freeze it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.refusing = False
+
+    async def start(self) -> Proxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await src.read(65536):
+                await self._flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones (the venue is unreachable)."""
+        self.refusing = True
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def freeze(self) -> None:
+        """Stop forwarding without closing anything (the venue hangs)."""
+        self._flowing.clear()
+
+    def restore(self) -> None:
+        self.refusing = False
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class Events:
+    """Everything the port's event stream yields, collected in the background."""
+
+    def __init__(self, port: BrokerPort) -> None:
+        self.items: list[BrokerEvent] = []
+        self._task = asyncio.create_task(self._pump(port))
+
+    async def _pump(self, port: BrokerPort) -> None:
+        async for event in port.events():
+            self.items.append(event)
+
+    def states(self) -> list[str]:
+        return [e.state for e in self.items if isinstance(e, ConnectionUpdate)]
+
+    def updates(self, client_order_id: str) -> list[OrderUpdate]:
+        return [
+            e
+            for e in self.items
+            if isinstance(e, OrderUpdate) and e.order.client_order_id == client_order_id
+        ]
+
+    def kinds(self, client_order_id: str) -> list[str]:
+        return [u.kind for u in self.updates(client_order_id)]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@dataclass
+class Harness:
+    port: BrokerPort
+    proxy: Proxy
+    events: Events
+    #: Moves the venue's market: the symbol trades at this price.
+    set_price: Callable[[str, Decimal], Awaitable[None]]
+    #: The venue fills at most this much of an order per market update.
+    fill_size: Decimal
+    #: A symbol the venue refuses to trade.
+    untradable: str
+
+
+@contextlib.asynccontextmanager
+async def paper_harness() -> AsyncIterator[Harness]:
+    counter = itertools.count(1)
+    book = PaperBook(
+        BookConfig(
+            fill_model=FillModelConfig(max_fill_quantity=D(100)),
+            untradable_symbols=frozenset({"HALT"}),
+        ),
+        clock=WallClock(),
+        ids=lambda: f"po-{next(counter)}",
+    )
+    creds = [Credentials("key-a", SecretStr("secret-a"), "acct-a")]
+    server = await PaperBrokerServer(book, creds).start()
+    proxy = await Proxy(server.port).start()
+    port = PaperBroker(
+        account="acct-a",
+        url=f"ws://127.0.0.1:{proxy.port}/stream",
+        key_id="key-a",
+        secret_key=SecretStr("secret-a"),
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+        request_timeout_s=2.0,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.2,
+    )
+
+    async def set_price(symbol: str, price: Decimal) -> None:
+        server.market(MarketUpdate.trade(symbol, price))
+
+    events = Events(port)
+    await port.start()
+    try:
+        yield Harness(port, proxy, events, set_price, D(100), "HALT")
+    finally:
+        await port.close()
+        await events.close()
+        await proxy.close()
+        await server.close()
+
+
+@pytest.fixture(params=["paper"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    harnesses = {"paper": paper_harness}
+    async with harnesses[request.param]() as h:
+        assert await h.port.wait_connected(timeout=10), "the adapter never connected"
+        yield h
+
+
+def cid() -> str:
+    return str(uuid.uuid4())
+
+
+def market(symbol: str, side: str, qty: str, client_order_id: str) -> OrderRequest:
+    return OrderRequest(client_order_id, symbol, side, D(qty))  # type: ignore[arg-type]
+
+
+async def test_connects_and_says_so(broker: Harness) -> None:
+    assert broker.port.connected
+    await eventually(lambda: broker.events.states() == ["connected"], timeout=5)
+
+
+async def test_submit_fills_and_is_idempotent(broker: Harness) -> None:
+    await broker.set_price("AAPL", D("190.5"))
+    c = cid()
+    first = await broker.port.submit(market("AAPL", "buy", "10", c))
+    assert first.client_order_id == c
+    assert first.symbol == "AAPL"
+    await eventually(lambda: broker.events.kinds(c) == ["accepted", "fill"], timeout=5)
+    fill = broker.events.updates(c)[1].fill
+    assert fill is not None
+    assert (fill.quantity, fill.cumulative_quantity, fill.leaves_quantity) == (D(10), D(10), D(0))
+    assert fill.price == D("190.5")
+    # The same client order id again: the same order, nothing new placed or filled.
+    again = await broker.port.submit(market("AAPL", "buy", "10", c))
+    assert again.broker_order_id == first.broker_order_id
+    [pos] = await broker.port.positions()
+    assert (pos.symbol, pos.quantity) == ("AAPL", D(10))
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    assert (got.status, got.filled_quantity, got.filled_avg_price) == ("filled", D(10), D("190.5"))
+    assert broker.events.kinds(c) == ["accepted", "fill"]
+
+
+async def test_large_order_fills_in_partial_fills(broker: Harness) -> None:
+    await broker.set_price("MSFT", D(400))
+    c = cid()
+    qty = broker.fill_size * 2 + 5
+    order = await broker.port.submit(market("MSFT", "sell", str(qty), c))
+    for price in ("401", "402"):
+        await broker.set_price("MSFT", D(price))
+    await eventually(lambda: broker.events.kinds(c).count("fill") == 3, timeout=5)
+    fills = [u.fill for u in broker.events.updates(c) if u.fill is not None]
+    assert [f.cumulative_quantity for f in fills] == [broker.fill_size, broker.fill_size * 2, qty]
+    assert [f.leaves_quantity for f in fills] == [qty - broker.fill_size, D(5), D(0)]
+    listed = await broker.port.order_fills(order)
+    if listed is not None:  # a venue that lists executions lists these
+        assert [(f.quantity, f.price, f.cumulative_quantity) for f in listed] == [
+            (f.quantity, f.price, f.cumulative_quantity) for f in fills
+        ]
+
+
+async def test_refused_order_is_never_placed(broker: Harness) -> None:
+    c = cid()
+    with pytest.raises(OrderRefused) as e:
+        await broker.port.submit(market(broker.untradable, "buy", "1", c))
+    assert e.value.code
+    assert e.value.reason
+    assert await broker.port.get_order(client_order_id=c) is None
+
+
+async def test_limit_order_rests_then_cancel(broker: Harness) -> None:
+    await broker.set_price("NVDA", D(100))
+    c = cid()
+    request = OrderRequest(c, "NVDA", "buy", D(3), "limit", limit_price=D(90))
+    order = await broker.port.submit(request)
+    assert order.status == "accepted"
+    assert [o.client_order_id for o in await broker.port.open_orders()] == [c]
+    await broker.port.cancel(client_order_id=c)
+    await eventually(lambda: broker.events.kinds(c) == ["accepted", "canceled"], timeout=5)
+    assert await broker.port.open_orders() == []
+    with pytest.raises(NotCancelable):
+        await broker.port.cancel(broker_order_id=order.broker_order_id)
+    with pytest.raises(OrderNotFound):
+        await broker.port.cancel(client_order_id=cid())
+
+
+async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
+    await broker.set_price("AAPL", D(10))
+    await broker.set_price("SPY", D(20))
+    await broker.port.submit(market("AAPL", "buy", "7", cid()))
+    await broker.port.submit(market("SPY", "sell", "4", cid()))
+    resting = cid()
+    await broker.port.submit(OrderRequest(resting, "AAPL", "buy", D(1), "limit", limit_price=D(1)))
+    canceled = await broker.port.cancel_all()
+    assert [o.client_order_id for o in canceled] == [resting]
+    closing = await broker.port.close_all()
+    assert sorted((o.symbol, o.side, o.quantity) for o in closing) == [
+        ("AAPL", "sell", D(7)),
+        ("SPY", "buy", D(4)),
+    ]
+    await eventually(lambda: _flat(broker.port), timeout=5)
+
+
+async def _flat(port: BrokerPort) -> bool:
+    return await port.positions() == []
+
+
+async def test_unreachable_broker_is_reported_then_reconnected(broker: Harness) -> None:
+    await broker.set_price("AAPL", D(50))
+    c = cid()
+    await broker.port.submit(market("AAPL", "buy", "2", c))
+    broker.proxy.cut()
+    await eventually(
+        lambda: broker.events.states()[-2:] == ["disconnected", "reconnecting"], timeout=5
+    )
+    assert not broker.port.connected
+    with pytest.raises(BrokerUnavailable):
+        await broker.port.submit(market("AAPL", "buy", "1", cid()))
+    broker.proxy.restore()
+    assert await broker.port.wait_connected(timeout=5)
+    assert broker.events.states() == ["connected", "disconnected", "reconnecting", "connected"]
+    # The venue kept the order; asking again finds it.
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    assert got.filled_quantity == D(2)
+
+
+async def test_hung_broker_is_detected_by_the_heartbeat(broker: Harness) -> None:
+    broker.proxy.freeze()
+    started = asyncio.get_running_loop().time()
+    await eventually(lambda: "disconnected" in broker.events.states(), timeout=5)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed <= HEARTBEAT_INTERVAL_S + HEARTBEAT_TIMEOUT_S + 0.5
+    assert not broker.port.connected
+    broker.proxy.restore()
+    assert await broker.port.wait_connected(timeout=5)
+
+
+def test_paper_wire_format_parses_alpaca_shapes() -> None:
+    """Recorded-style payloads: numbers as strings or JSON numbers, extra fields ignored."""
+    raw = {
+        "event": "partial_fill",
+        "execution_id": "e-1",
+        "timestamp": "2026-01-05T14:30:00.123456Z",
+        "price": 101.25,
+        "qty": "40",
+        "position_qty": "40",
+        "extra": "ignored",
+        "order": {
+            "id": "o-1",
+            "client_order_id": "c-1",
+            "symbol": "AAPL",
+            "side": "buy",
+            "qty": "100",
+            "filled_qty": "40",
+            "filled_avg_price": "101.25",
+            "type": "limit",
+            "limit_price": "101.30",
+            "status": "partially_filled",
+            "updated_at": "2026-01-05T14:30:00.123456Z",
+            "legs": None,
+        },
+    }
+    update = parse.trade_update(schemas.TradeUpdate.model_validate(raw))
+    assert update is not None
+    assert update.kind == "fill"
+    assert update.fill is not None
+    assert update.fill.price == D("101.25")
+    assert (update.fill.cumulative_quantity, update.fill.leaves_quantity) == (D(40), D(60))
+    assert update.ts_ns == 1767623400123456000
+    assert update.order.status == "partially_filled"
+    pending = {**raw, "event": "pending_new", "order": {**raw["order"], "status": "pending_new"}}  # type: ignore[dict-item]
+    assert parse.trade_update(schemas.TradeUpdate.model_validate(pending)) is None
+    short = schemas.Position.model_validate(
+        {"symbol": "X", "qty": "5", "side": "short", "avg_entry_price": "3"}
+    )
+    assert parse.position(short).quantity == D(-5)
