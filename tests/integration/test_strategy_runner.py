@@ -9,15 +9,18 @@ broker; a recorder process writes everything to the store.
 from __future__ import annotations
 
 import itertools
+import secrets
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from libs.bus.client import Bus
 from libs.contract.events import OrderIntentCreated
+from libs.local.servers import NatsServer
 from libs.strategy.testing import MINUTE_NS, bar, fill_chain
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
@@ -206,3 +209,62 @@ async def _scenario(
 
 async def _fill_recorded(store: Timeline) -> bool:
     return bool(await store.of("FillReceived"))
+
+
+NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
+NATS_USERS = (
+    "admin",
+    "operator",
+    "recorder",
+    "marketdata",
+    "strategy-runner",
+    "risk-gate",
+    "broker-gateway",
+)
+
+
+async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
+    """With deploy/nats permissions on, the runner can create its consumer and emit."""
+    passwords = {u: f"pw{secrets.token_hex(12)}" for u in NATS_USERS}
+    server = NatsServer(tmp_path / "nats", config_file=NATS_CONFIG)
+    with pytest.MonkeyPatch.context() as mp:
+        for user, password in passwords.items():
+            mp.setenv(f"NATS_{user.upper().replace('-', '_')}_PASSWORD", password)
+        server.start()
+    runner: ServiceProcess | None = None
+    try:
+        async with await Bus.connect(
+            server.url, name="test-admin", user="admin", password=passwords["admin"]
+        ) as admin:
+            await admin.ensure_stream()
+        config = tmp_path / "strategies.yaml"
+        config.write_text(
+            "strategies:\n"
+            "  - {name: echo, kind: 'libs.strategy.testing:EchoStrategy', symbols: [NVDA],"
+            " account: paper}\n"
+        )
+        runner = ServiceProcess(
+            ["strategy-runner", "run", "--config", str(config)],
+            env={
+                "NATS_URL": server.url,
+                "TRADEBUS_NATS_USER": "strategy-runner",
+                "TRADEBUS_NATS_PASSWORD": passwords["strategy-runner"],
+                "TRADEBUS_REBUILD_FROM_STORE": "false",
+            },
+            log_path=tmp_path / "runner.log",
+            name="runner-perm",
+        ).start()
+        await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+        async with await Bus.connect(
+            server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
+        ) as md:
+            await md.publish(bar("NVDA", 100, T0))
+        emitted = (
+            'tradebus_strategy_events_emitted_total{strategy="echo",type="OrderIntentCreated"}'
+        )
+        await eventually(lambda: metric(runner, emitted) == 1.0, timeout=20)
+        assert runner.terminate() == 0, runner.log_text()[-3000:]
+    finally:
+        if runner is not None:
+            runner.kill()
+        server.stop()
