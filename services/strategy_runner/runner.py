@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
-from libs.bus.errors import BusError
+from libs.bus.errors import BusError, BusUnavailable
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
 from libs.contract.subjects import STREAM
@@ -271,7 +271,7 @@ class Runner:
             ]
             self.ready = True
             try:
-                await consumer.run(self._dispatch, stop=self.stopping)
+                await self._consume(consumer)
             finally:
                 self.ready = False
                 for task in self.tasks.values():
@@ -280,6 +280,25 @@ class Runner:
             for run in late:
                 log.warning("%s did not drain in time; cancelled", run.get_name())
                 run.cancel()
+
+    async def _consume(self, consumer: EventConsumer) -> None:
+        """Run the consumer until stopped, re-binding after transient NATS errors.
+
+        The durable consumer keeps its place on the server, so re-binding
+        continues where the last fetch left off.
+        """
+        while not self.stopping.is_set():
+            try:
+                await consumer.run(self._dispatch, stop=self.stopping)
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
+                    )
+                continue
+            if not self.stopping.is_set():
+                raise BusUnavailable("the NATS connection was closed")
 
     async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
         names = self.runtime.router.route(event)

@@ -6,6 +6,11 @@ the last sequence the store held when the books were rebuilt. Events up to
 ``S`` are in the books already; everything after is applied from the stream,
 once.
 
+Acknowledgements play no part (ack policy *none*): where to resume comes from
+the store, and with nothing to acknowledge nothing is ever redelivered — a
+dispatcher held up by a full ``block`` inbox for longer than an ack wait
+would otherwise see the same bar delivered twice.
+
 The filter is narrow on purpose: market data of the configured symbols only,
 the strategies' own signals and intents (read back, so that a chain started
 just before a crash still routes to its strategy), the risk-gate's decisions
@@ -23,8 +28,6 @@ from nats.js import api as js_api
 from libs.bus.client import Bus
 from libs.contract.subjects import STREAM
 
-ACK_WAIT_S = 30.0
-MAX_ACK_PENDING = 20_000
 BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>")
 
 
@@ -58,9 +61,7 @@ async def reset_consumer(
             filter_subjects=subjects,
             deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start_seq),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=MAX_ACK_PENDING,
-            max_deliver=-1,
+            # EventConsumer still acks each message: harmless, the server ignores it.
+            ack_policy=js_api.AckPolicy.NONE,
         ),
     )
