@@ -179,6 +179,7 @@ class StrategyHost:
         self._signals: set[uuid.UUID] = set()
         self._outbox: list[Event] = []
         self._instance: Strategy[Any] | None = None
+        self._stopping = False
         self._context = _Context(self)
 
     # ----------------------------------------------------------- lifecycle
@@ -205,8 +206,10 @@ class StrategyHost:
             self.state = "stopped"
             return []
         instance = self._instance
+        self._stopping = True  # a fault in on_stop stops; it never restarts
         out = self._invoke(instance.on_stop, None, f"stop/{self.restarts}/{self.clock.now_ns()}")
         self.state = "stopped"
+        self._instance = None
         return out
 
     # -------------------------------------------------------------- events
@@ -441,7 +444,9 @@ class StrategyHost:
         self.faults += 1
         text = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
         self.last_error = text
-        restart = self.restart == "always" and self.restarts < self.max_restarts
+        restart = (
+            self.restart == "always" and self.restarts < self.max_restarts and not self._stopping
+        )
         action: Literal["stopped", "restarted"] = "restarted" if restart else "stopped"
         log.error(
             "strategy %s raised (%s); %s",

@@ -172,6 +172,33 @@ def test_a_strategy_failing_on_start_is_restarted_then_stopped() -> None:
     assert host.state == "stopped"
 
 
+def test_on_stop_emissions_are_returned_and_a_raising_on_stop_is_not_restarted() -> None:
+    class Flattener(Strategy[ProbeParams]):
+        def on_stop(self) -> None:
+            signal = self.ctx.signal("AAPL", "shutdown", "flat", reason="stopping")
+            self.ctx.order("AAPL", "sell", Decimal(1), cause=signal)
+
+    class BadStop(Strategy[ProbeParams]):
+        def on_stop(self) -> None:
+            raise ValueError("cannot stop")
+
+    rt = InMemoryRuntime()
+    rt.add("flat", Flattener, symbols=("AAPL",))
+    rt.add("bad", BadStop, symbols=("AAPL",), restart="always", max_restarts=5)
+    rt.start()
+    out = rt.stop()
+    assert [type(e).__name__ for e in out] == [
+        "SignalGenerated",
+        "OrderIntentCreated",
+        "StrategyFaulted",
+    ]
+    fault = out[2]
+    assert isinstance(fault, StrategyFaulted)
+    assert fault.payload.action == "stopped"
+    assert rt.hosts["bad"].state == rt.hosts["flat"].state == "stopped"
+    assert rt.feed(bar("AAPL", 100, 0)) == []
+
+
 def test_ordering_with_a_foreign_or_missing_signal_is_a_fault() -> None:
     class Rogue(Strategy[ProbeParams]):
         def on_bar(self, bar: Bar) -> None:
