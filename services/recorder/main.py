@@ -31,4 +31,6 @@ async def serve(settings: RecorderSettings) -> None:
 def main(settings: RecorderSettings | None = None) -> None:
     settings = settings or load_settings(RecorderSettings)
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    asyncio.run(serve(settings))
+    import uvloop
+
+    uvloop.run(serve(settings))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -44,6 +45,20 @@ from services.recorder.domain.rows import (
 log = logging.getLogger(__name__)
 
 SERVICE = "recorder"
+
+#: Faults that end a cycle; the next one starts again from the store.
+RESTARTABLE = (StoreError, BusError, nats.errors.Error, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A converted batch on its way to the writer."""
+
+    rows: list[Row]
+    ack_subject: str | None
+    top_seq: int
+    num_pending: int
+    started: float
 
 
 class Recorder:
@@ -79,10 +94,11 @@ class Recorder:
         while not self.stopping.is_set():
             try:
                 await self._cycle()
-            except (StoreError, BusError, nats.errors.Error, OSError, TimeoutError) as e:
-                cause = type(e).__name__
+            except* RESTARTABLE as group:
+                first = group.exceptions[0]
+                cause = type(first).__name__
                 metrics.RESTARTS.labels(cause=cause).inc()
-                log.warning("recorder cycle ended (%s: %s); restarting", cause, e)
+                log.warning("recorder cycle ended (%s: %s); restarting", cause, first)
                 self._set_writer(False)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
@@ -111,11 +127,15 @@ class Recorder:
             async with bus:
                 stream = RecorderStream(bus, ack_wait_s=s.ack_wait_s)
                 await stream.start_at(writer.last_seq + 1)
+                # Two stages: the reader fetches, fills holes and converts the
+                # next batch while the writer commits (then acks) the previous
+                # one. The queue is FIFO and small, so batches stay contiguous
+                # and in order, and at most two are in memory.
+                queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
                 try:
-                    while not self.stopping.is_set():
-                        batch = await stream.fetch(s.batch_size, s.fetch_timeout_s)
-                        if batch.messages:
-                            await self._record(batch, writer, stream, bus)
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._read_loop(stream, bus, queue, writer.last_seq))
+                        tasks.create_task(self._write_loop(writer, stream, queue))
                 finally:
                     await stream.close()
 
@@ -137,23 +157,41 @@ class Recorder:
         await writer.close()
         return None
 
-    async def _record(
-        self, batch: Batch, writer: EventWriter, stream: RecorderStream, bus: Bus
+    async def _read_loop(
+        self,
+        stream: RecorderStream,
+        bus: Bus,
+        queue: asyncio.Queue[Prepared | None],
+        planned: int,
     ) -> None:
+        s = self.settings
+        while not self.stopping.is_set():
+            batch = await stream.fetch(s.batch_size, s.fetch_timeout_s)
+            if batch.messages:
+                prepared = await self._prepare(batch, planned, stream, bus)
+                if prepared.rows:
+                    planned = prepared.rows[-1].seq
+                await queue.put(prepared)
+        # Asked to stop: the writer commits what is queued, then ends. (On a
+        # fault the task group cancels both stages instead.)
+        await queue.put(None)
+
+    async def _prepare(
+        self, batch: Batch, planned: int, stream: RecorderStream, bus: Bus
+    ) -> Prepared:
+        """Rows for the positions after ``planned`` (holes filled), dead letters sent."""
         started = time.perf_counter()
-        incoming = batch.messages
-        p = plan(writer.last_seq + 1, incoming)
+        p = plan(planned + 1, batch.messages)
         filled: list[StreamMessage] = []
-        extra_rows: list[Row] = []
+        rows: list[Row] = []
         for seq in p.holes:
             msg = await stream.read(seq)
             metrics.HOLES_FILLED.inc()
             if msg is None:
                 log.error("stream position %d is gone; recording it as missing", seq)
-                extra_rows.append(missing_row(seq, self.clock.now_ns()))
+                rows.append(missing_row(seq, self.clock.now_ns()))
             else:
                 filled.append(msg)
-        rows: list[Row] = list(extra_rows)
         dead: list[tuple[StreamMessage, str, Any]] = []
         for m in merge(p.fresh, filled):
             converted = to_row(m, max_bytes=self.settings.max_event_bytes)
@@ -169,19 +207,25 @@ class Recorder:
         # dead letter.
         for m, reason, error in dead:
             await self._dead_letter(bus, m, reason, error)
-        written = await writer.write(rows)
-        # Committed: now, and only now, acknowledge. Ack-all on the highest
-        # sequence we hold acknowledges every lower one; none of them is
-        # above the last committed sequence.
-        top_seq = max(m.seq for m in incoming)
-        if batch.ack_subject is not None and top_seq <= writer.last_seq:
-            await stream.ack_all(batch.ack_subject)
-        self.last_seq = writer.last_seq
-        metrics.EVENTS_RECORDED.inc(written)
-        metrics.LAST_SEQUENCE.set(writer.last_seq)
-        metrics.CONSUMER_LAG.set(batch.num_pending)
-        metrics.BATCH_SIZE.observe(len(rows))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        top_seq = max(m.seq for m in batch.messages)
+        return Prepared(rows, batch.ack_subject, top_seq, batch.num_pending, started)
+
+    async def _write_loop(
+        self, writer: EventWriter, stream: RecorderStream, queue: asyncio.Queue[Prepared | None]
+    ) -> None:
+        while (prepared := await queue.get()) is not None:
+            written = await writer.write(prepared.rows)
+            # Committed: now, and only now, acknowledge. Ack-all on the
+            # highest sequence of the batch acknowledges every lower one, and
+            # none of them is above the last committed sequence.
+            if prepared.ack_subject is not None and prepared.top_seq <= writer.last_seq:
+                await stream.ack_all(prepared.ack_subject)
+            self.last_seq = writer.last_seq
+            metrics.EVENTS_RECORDED.inc(written)
+            metrics.LAST_SEQUENCE.set(writer.last_seq)
+            metrics.CONSUMER_LAG.set(prepared.num_pending)
+            metrics.BATCH_SIZE.observe(len(prepared.rows))
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
 
     async def _dead_letter(self, bus: Bus, m: StreamMessage, reason: str, error: Any) -> None:
         record = dead_letter(

@@ -77,6 +77,7 @@ class RecorderStream:
         self._inbox = ""
         self._buffer: list[Msg] = []
         self._remaining = 0  # messages the open pull request may still bring
+        self._expires_at = 0.0
         self._signal = asyncio.Event()
 
     @property
@@ -120,6 +121,9 @@ class RecorderStream:
 
     async def _request(self, batch: int, timeout: float) -> None:
         self._remaining = batch
+        # If the server never ends this request (it restarted, the connection
+        # dropped), we stop waiting for it after its expiry and ask again.
+        self._expires_at = time.monotonic() + timeout + 0.5
         request = orjson.dumps({"batch": batch, "expires": int(timeout * 1e9)})
         await self.bus.nc.publish(self._next_subject, request, reply=self._inbox)
 
@@ -139,10 +143,12 @@ class RecorderStream:
         most ``linger`` for more, so a trickle is recorded promptly.
         """
         assert self._sub is not None, "start_at() first"
+        if self._remaining and time.monotonic() >= self._expires_at:
+            self._remaining = 0  # lost: no messages and no status will come
         if self._remaining == 0 and len(self._buffer) < batch:
             await self._request(batch - len(self._buffer), timeout)
         # A little past the server's own expiry, so its 408 normally wins.
-        deadline = time.monotonic() + timeout + 0.5
+        deadline = min(time.monotonic() + timeout + 0.5, self._expires_at)
         while not self._buffer and self._remaining and time.monotonic() < deadline:
             await self._wait(deadline)
         lingering = time.monotonic() + linger
