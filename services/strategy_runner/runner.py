@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
@@ -145,6 +146,8 @@ class Runner:
         self.stopping = asyncio.Event()
         self.ready = False
         self.catch_up_until = 0
+        #: The stream sequence to read next (where a vanished consumer is recreated).
+        self.next_seq = 1
         self.bus: Bus | None = None
         # The same runtime the backtest uses, minus its synchronous feed: the
         # runner drives each host from its own task instead.
@@ -206,6 +209,7 @@ class Runner:
             if start_seq is None:
                 return
             subjects = filter_subjects(self.tasks, self.symbols)
+            self.next_seq = start_seq
 
             async def prepare() -> int:
                 until = await last_sequence(bus)
@@ -224,7 +228,7 @@ class Runner:
                 start_seq - 1,
                 until,
             )
-            await self._serve(bus)
+            await self._serve(bus, subjects)
 
     async def _rebuild(self) -> int | None:
         """Restore the books from the store; the first stream sequence to consume."""
@@ -248,7 +252,7 @@ class Runner:
             log.info("strategy %s restored: positions %s", task.name, positions or "flat")
         return history.last_seq + 1
 
-    async def _serve(self, bus: Bus) -> None:
+    async def _serve(self, bus: Bus, subjects: list[str]) -> None:
         consumer = EventConsumer(
             bus,
             service=SERVICE,
@@ -271,7 +275,7 @@ class Runner:
             ]
             self.ready = True
             try:
-                await self._consume(consumer)
+                await self._consume(bus, consumer, subjects)
             finally:
                 self.ready = False
                 for task in self.tasks.values():
@@ -281,14 +285,22 @@ class Runner:
                 log.warning("%s did not drain in time; cancelled", run.get_name())
                 run.cancel()
 
-    async def _consume(self, consumer: EventConsumer) -> None:
+    async def _consume(self, bus: Bus, consumer: EventConsumer, subjects: list[str]) -> None:
         """Run the consumer until stopped, re-binding after transient NATS errors.
 
         The durable consumer keeps its place on the server, so re-binding
-        continues where the last fetch left off.
+        continues where the last fetch left off. Should the consumer itself be
+        gone (a server that lost its state), it is recreated at the next
+        sequence rather than left to be re-made from the stream's start.
         """
+        name = self.settings.consumer_name
         while not self.stopping.is_set():
             try:
+                try:
+                    await bus.js.consumer_info(STREAM, name)
+                except nats.js.errors.NotFoundError:
+                    log.warning("consumer %s is gone; recreating it at %d", name, self.next_seq)
+                    await reset_consumer(bus, name, subjects, self.next_seq)
                 await consumer.run(self._dispatch, stop=self.stopping)
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)
@@ -301,11 +313,13 @@ class Runner:
                 raise BusUnavailable("the NATS connection was closed")
 
     async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        self.next_seq = seq + 1
         names = self.runtime.router.route(event)
         if not names:
             metrics.UNROUTED.labels(type=event.type).inc()
             return
-        quiet = msg.metadata.sequence.stream <= self.catch_up_until
+        quiet = seq <= self.catch_up_until
         if quiet:
             metrics.CATCH_UP.inc()
         for name in names:
