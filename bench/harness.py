@@ -29,7 +29,6 @@ from libs.testing.procs import ServiceProcess
 
 HERE = Path(__file__).resolve().parent
 PUBLISHER = HERE / "publisher.py"
-INSTRUMENTED = HERE / "instrumented.py"
 TEMPLATE_DB = "bench_template"
 
 #: Named timeouts (seconds).
@@ -325,7 +324,6 @@ class Options:
     producers: int
     batch_size: int
     fsync_off: bool
-    profile: Path | None
     poll_interval: float
 
     @property

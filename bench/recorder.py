@@ -17,9 +17,7 @@ producer processes (``--producers``):
    rows per second from the first committed batch to the last).
 
 With fsync off (unless ``--no-fsync-off``) the COPY and recorder figures
-are taken again on a second server. ``--profile DIR`` then profiles one more
-drain with py-spy (installed separately, not a project dependency) and one
-with a stopwatch around each step (``bench/instrumented.py``).
+are taken again on a second server.
 
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object. Everything it starts is stopped and removed on exit, Ctrl-C included.
@@ -41,12 +39,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import (  # bench/harness.py
-    HERE,
     RECORDER_START_TIMEOUT,
     STOP_TIMEOUT,
     BenchError,
@@ -67,7 +64,6 @@ from harness import (  # bench/harness.py
     stream_holds,
     wait_for_rows,
 )
-from profiling import profile, profile_table  # bench/profiling.py
 
 from libs.contract.codec import DEFAULT_MAX_BYTES, encode
 from libs.contract.subjects import subject_for
@@ -88,7 +84,7 @@ class Rows:
 
     tuples: list[tuple[Any, ...]]
     convert_rows_per_s: float
-    astuple_rows_per_s: float
+    tuple_rows_per_s: float
 
 
 def build_rows(events: int) -> Rows:
@@ -101,7 +97,7 @@ def build_rows(events: int) -> Rows:
     t0 = time.perf_counter()
     rows = [to_row(m, max_bytes=DEFAULT_MAX_BYTES).row for m in msgs]
     t1 = time.perf_counter()
-    tuples = [astuple(r) for r in rows]
+    tuples = [tuple(r) for r in rows]
     t2 = time.perf_counter()
     return Rows(tuples, events / (t1 - t0), events / (t2 - t1))
 
@@ -138,8 +134,9 @@ async def raw_publish(children: Children, work: Path, nats_url: str, opts: Optio
 class Drain:
     rate: float  # first committed batch to last
     rate_with_startup: float  # process start to last
-    # The recorder's own time inside batches (decode, write, ack; not fetch),
-    # from its metrics: events / batch_seconds is its rate if fetching were free.
+    # Sum of per-batch latencies (convert -> committed -> acked) from the
+    # recorder's metrics; batches overlap (two-stage pipeline), so this is a
+    # latency figure, not a rate.
     batch_seconds: float
     batches: int
     wall: float
@@ -219,7 +216,6 @@ class ServerFigures:
     copy_cpu: float = 0.0
     drain: Drain | None = None
     e2e: EndToEnd | None = None
-    profile: dict[str, Any] = field(default_factory=dict)
 
 
 async def postgres_phases(
@@ -248,8 +244,6 @@ async def postgres_phases(
         say(f"recorder end to end, fsync {label}: {opts.producers} producers while it runs")
         out.e2e = await end_to_end(children, work, nats_url, db, opts, label)
         say(f"  {out.e2e.rate:,.0f} events/s")
-        if fsync and opts.profile is not None:
-            out.profile = await profile(children, work, nats_url, db, opts)
         return out
     finally:
         children.stop_all()
@@ -283,9 +277,11 @@ def figures(
         "e2e_publish_events_per_s": round(on.e2e.publish.rate),
         "e2e_lag_after_last_publish_s": round(on.e2e.lag, 3),
         "drain_with_startup_events_per_s": round(on.drain.rate_with_startup),
-        "drain_inside_batches_events_per_s": round(opts.events / on.drain.batch_seconds),
+        "drain_mean_batch_latency_ms": round(
+            1000 * on.drain.batch_seconds / max(on.drain.batches, 1), 1
+        ),
         "to_row_rows_per_s": round(rows.convert_rows_per_s),
-        "astuple_rows_per_s": round(rows.astuple_rows_per_s),
+        "tuple_rows_per_s": round(rows.tuple_rows_per_s),
         "cpu_busy_share": {
             "raw_publish": round(raw_pub.cpu, 2),
             "raw_copy": round(on.copy_cpu, 2),
@@ -302,16 +298,6 @@ def figures(
             "recorder_end_to_end_events_per_s": round(s.e2e.rate),
             "ratio_vs_raw_publish": round(s.e2e.rate / raw_pub.rate, 3),
         }
-    if on.profile:
-        out["profile"] = {
-            "stopwatch_us_per_event": {
-                k: v["us_per_event"] for k, v in on.profile["stopwatch"]["steps"].items()
-            },
-            "stopwatch_events_per_s": on.profile["stopwatch"]["events_per_s"],
-            "what_if_astuple_getattr_fixed_events_per_s": on.profile["what_if"]["events_per_s"],
-        }
-        if "py_spy" in on.profile:
-            out["profile"]["py_spy_share"] = on.profile["py_spy"]["categories"]
     out["bench_seconds"] = round(seconds, 1)
     return out
 
@@ -321,7 +307,6 @@ def table(opts: Options, raw_pub: Published, rows: Rows, servers: list[ServerFig
     drains = [s.drain for s in servers if s.drain is not None]
     e2es = [s.e2e for s in servers if s.e2e is not None]
     pad = [""] * (len(servers) - 1)
-    n = opts.events
     lines: list[tuple[str, list[str]]] = [
         ("raw publish (events/s)", [f"{raw_pub.rate:,.0f}", *pad]),
         ("  machine CPU busy", [f"{raw_pub.cpu:.0%}", *pad]),
@@ -335,7 +320,10 @@ def table(opts: Options, raw_pub: Published, rows: Rows, servers: list[ServerFig
         ("  machine CPU busy", [f"{e.cpu:.0%}" for e in e2es]),
         ("recorder drain (events/s)", [f"{d.rate:,.0f}" for d in drains]),
         ("  with process start-up (events/s)", [f"{d.rate_with_startup:,.0f}" for d in drains]),
-        ("  inside batches only (events/s)", [f"{n / d.batch_seconds:,.0f}" for d in drains]),
+        (
+            "  mean batch latency (ms)",
+            [f"{1000 * d.batch_seconds / max(d.batches, 1):,.1f}" for d in drains],
+        ),
         ("  machine CPU busy", [f"{d.cpu:.0%}" for d in drains]),
     ]
     width = max(len(name) for name, _ in lines)
@@ -374,8 +362,6 @@ async def bench(opts: Options, work: Path) -> dict[str, Any]:
         children.stop_all()
         nats_server.stop()
     print(table(opts, raw_pub, rows, servers))
-    if servers[0].profile:
-        print(profile_table(servers[0].profile))
     return figures(opts, raw_pub, rows, servers, time.monotonic() - started)
 
 
@@ -432,15 +418,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--no-fsync-off", dest="fsync_off", action="store_false",
         help="skip the second pass on a Postgres with fsync off",
     )  # fmt: skip
-    ap.add_argument(
-        "--profile", type=Path, nargs="?", const=HERE / "results", default=None, metavar="DIR",
-        help="also profile a drain (py-spy + stopwatch); results in DIR (bench/results)",
-    )  # fmt: skip
     ap.add_argument("--poll-interval", type=float, default=0.01, help="store poll interval (s)")
     a = ap.parse_args(argv)
     if a.events < a.producers or a.producers < 1 or a.batch_size < 1:
         ap.error("need --events >= --producers >= 1 and --batch-size >= 1")
-    return Options(a.events, a.producers, a.batch_size, a.fsync_off, a.profile, a.poll_interval)
+    return Options(a.events, a.producers, a.batch_size, a.fsync_off, a.poll_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
