@@ -47,7 +47,13 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.react import react
-from services.risk_gate.domain.state import Position, RiskState, trading_day
+from services.risk_gate.domain.state import (
+    CLOSED_KEPT,
+    IdSet,
+    Position,
+    RiskState,
+    trading_day,
+)
 
 D = Decimal
 S = 1_000_000_000
@@ -321,7 +327,8 @@ def test_broker_events_update_the_order(make: Any, status: str, remaining: Decim
     i = intent(10)
     state = submitted(start(), i)
     state = evolve(state, make(order_id_for(i.id)))
-    order = state.orders[order_id_for(i.id)]
+    oid = order_id_for(i.id)
+    order = state.orders.get(oid) or state.closed_orders[oid]
     assert (order.status, order.remaining) == (status, remaining)
     assert len(state.open_orders()) == (1 if remaining else 0)
 
@@ -566,3 +573,38 @@ def test_accepted_decision_without_its_order_is_owed_after_a_crash() -> None:
     assert owed.payload == d.order.payload
     state = evolve(state, owed)
     assert react(state, T0 + 3 * S) == []
+
+
+def test_late_fill_after_a_cancel_is_booked_to_the_orders_strategy() -> None:
+    i = intent(10)
+    state = submitted(start(), i)
+    oid = order_id_for(i.id)
+    state = evolve(state, ev(OrderCanceled, OrderCanceledPayload(order_id=oid, account="acct")))
+    assert not state.open_orders()
+    state = evolve(state, fill(oid, 3, 100, leaves=7))
+    assert state.strategy_position("sma", "acct", "AAPL") == D(3)
+    assert not state.open_orders(), "a closed order stays closed"
+
+
+def test_closed_orders_are_bounded() -> None:
+    state = start()
+    for k in range(CLOSED_KEPT + 5):
+        t = T0 + k * S // 50  # 50 a second: under the rate limit
+        i = intent(1, side="buy" if k % 2 else "sell", t=t)
+        state = submitted(state, i, t)
+        state = evolve(state, fill(order_id_for(i.id), 1, 100, side=i.payload.side, t=t))
+    assert len(state.closed_orders) == CLOSED_KEPT
+    assert not state.orders
+    assert len(state.decided) == CLOSED_KEPT + 5
+
+
+def test_id_set_is_a_set() -> None:
+    ids = [uuid.uuid4() for _ in range(1000)]
+    s = IdSet()
+    for x in ids:
+        s = s.add(x)
+    assert s.add(ids[3]) is s
+    assert len(s) == 1000
+    assert all(x in s for x in ids)
+    assert uuid.uuid4() not in s
+    assert max(len(c) for c in s.chunks) <= 256

@@ -132,7 +132,8 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
             f"strategy {p.strategy} trades account {strategy.account}, not {p.account}"
         )
     if limits.max_intent_age_s is not None:
-        age_ns = now_ns - intent.ts_event
+        # ts_init: when the strategy made the intent (ts_event may be market time).
+        age_ns = now_ns - intent.ts_init
         if age_ns > limits.max_intent_age_s * NS:
             return ReasonCode.STALE_INTENT, (
                 f"intent is {age_ns / NS:.1f}s old (max {limits.max_intent_age_s:g}s)"

@@ -39,6 +39,8 @@ from libs.contract.events import (
 )
 from services.risk_gate.domain.limits import GLOBAL
 from services.risk_gate.domain.state import (
+    CLOSED_KEPT,
+    ZERO,
     KillSwitch,
     Mark,
     Obligation,
@@ -106,8 +108,6 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         strategy_positions=frozen_map(
             (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
         ),
-        # Closed orders are kept for a day only to attribute late fills.
-        orders=frozen_map((k, o) for k, o in state.orders.items() if o.is_open),
         decided=state.decided.roll(),
         fills_seen=state.fills_seen.roll(),
     )
@@ -257,7 +257,7 @@ def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
             pending_intents=without(state.pending_intents, p.intent_id),
             awaiting_order=without(state.awaiting_order, p.intent_id),
         )
-    if p.order_id in state.orders:
+    if p.order_id in state.orders or p.order_id in state.closed_orders:
         return state
     order = Order(
         order_id=p.order_id,
@@ -295,11 +295,22 @@ def _set_order(
     state: RiskState, order_id: uuid.UUID, *, status: Literal["working", "closed"]
 ) -> RiskState:
     order = state.orders.get(order_id)
-    if order is None or order.status == "closed":
+    if order is None:
         return state
-    remaining = Decimal(0) if status == "closed" else order.remaining
-    updated = replace(order, status=status, remaining=remaining)
+    if status == "closed":
+        return _close(state, order)
+    updated = replace(order, status=status)
     return replace(state, orders=with_item(state.orders, order.order_id, updated))
+
+
+def _close(state: RiskState, order: Order) -> RiskState:
+    """Move ``order`` from the open orders to the (bounded) closed ones."""
+    closed = with_item(
+        state.closed_orders, order.order_id, replace(order, status="closed", remaining=ZERO)
+    )
+    if len(closed) > CLOSED_KEPT:
+        closed = without(closed, next(iter(closed)))
+    return replace(state, orders=without(state.orders, order.order_id), closed_orders=closed)
 
 
 def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
@@ -307,16 +318,14 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     key = f"{p.account}/{p.fill_id}"
     if key in state.fills_seen:
         return state  # the same execution reported twice
-    orders = state.orders
-    order = orders.get(p.order_id)
-    if order is not None:
-        done = p.status == "complete" or p.leaves_quantity == 0
-        updated = replace(
-            order,
-            remaining=Decimal(0) if done else min(order.remaining, p.leaves_quantity),
-            status="closed" if done else order.status,
-        )
-        orders = with_item(orders, order.order_id, updated)
+    order = state.orders.get(p.order_id) or state.closed_orders.get(p.order_id)
+    if order is not None and order.is_open:
+        if p.status == "complete" or p.leaves_quantity == 0:
+            state = _close(state, order)
+        else:
+            remaining = min(order.remaining, p.leaves_quantity)
+            orders = with_item(state.orders, order.order_id, replace(order, remaining=remaining))
+            state = replace(state, orders=orders)
     mult = multiplier(p.symbol)
     account_key = (p.account, p.symbol)
     position = state.positions.get(account_key, Position()).fill(
@@ -336,7 +345,6 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
     state = replace(
         state,
-        orders=orders,
         positions=with_item(state.positions, account_key, position),
         strategy_positions=strategy_positions,
         marks=marks,

@@ -30,6 +30,8 @@ from services.risk_gate.domain.limits import GLOBAL, RiskLimits, TradingDay
 
 ZERO = Decimal(0)
 NS = 1_000_000_000
+#: Closed orders remembered (for fills that arrive after a cancel or reject).
+CLOSED_KEPT = 256
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -42,8 +44,16 @@ def frozen_map(items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> Mapping[K, 
     return MappingProxyType(dict(items))
 
 
+def _copy(m: Mapping[K, V]) -> dict[K, V]:
+    # A dict copy keeps the stored hashes; dict(mapping) would hash every key
+    # again (a UUID's hash is Python code: that was most of a decision's time).
+    if isinstance(m, MappingProxyType):
+        return m.copy()
+    return dict(m)
+
+
 def with_item(m: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
-    d = dict(m)
+    d = _copy(m)
     d[key] = value
     return MappingProxyType(d)
 
@@ -51,7 +61,7 @@ def with_item(m: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
 def without(m: Mapping[K, V], key: K) -> Mapping[K, V]:
     if key not in m:
         return m
-    d = dict(m)
+    d = _copy(m)
     del d[key]
     return MappingProxyType(d)
 
@@ -197,22 +207,50 @@ class Obligation:
 
 
 @dataclass(frozen=True, slots=True)
+class IdSet:
+    """A persistent set of ids: adding one copies one small chunk, not the set.
+
+    A day can hold tens of thousands of decided intents; copying a frozenset
+    of them on every decision would make each decision slower than the last.
+    """
+
+    chunks: tuple[frozenset[uuid.UUID | str], ...] = ()
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in c for c in reversed(self.chunks))
+
+    def add(self, key: uuid.UUID | str) -> IdSet:
+        if key in self:
+            return self
+        if self.chunks and len(self.chunks[-1]) < ID_CHUNK:
+            return IdSet((*self.chunks[:-1], self.chunks[-1] | {key}))
+        return IdSet((*self.chunks, frozenset((key,))))
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+ID_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
 class DayIds:
     """Ids remembered for today and yesterday (enough for any redelivery)."""
 
-    today: frozenset[uuid.UUID | str] = frozenset()
-    yesterday: frozenset[uuid.UUID | str] = frozenset()
+    today: IdSet = IdSet()
+    yesterday: IdSet = IdSet()
 
     def __contains__(self, key: object) -> bool:
         return key in self.today or key in self.yesterday
 
     def add(self, key: uuid.UUID | str) -> DayIds:
-        if key in self:
+        if key in self.yesterday:
             return self
-        return DayIds(self.today | {key}, self.yesterday)
+        today = self.today.add(key)
+        return self if today is self.today else DayIds(today, self.yesterday)
 
     def roll(self) -> DayIds:
-        return DayIds(frozenset(), self.today)
+        return DayIds(IdSet(), self.today)
 
     def __len__(self) -> int:
         return len(self.today) + len(self.yesterday)
@@ -239,7 +277,10 @@ class RiskState:
     marks: Mapping[str, Mark] = field(default_factory=_empty)
     positions: Mapping[AccountKey, Position] = field(default_factory=_empty)
     strategy_positions: Mapping[StrategyKey, Position] = field(default_factory=_empty)
+    #: Open orders only; an order leaves when it is filled, canceled or rejected.
     orders: Mapping[uuid.UUID, Order] = field(default_factory=_empty)
+    #: The last :data:`CLOSED_KEPT` closed orders, to attribute a late fill.
+    closed_orders: Mapping[uuid.UUID, Order] = field(default_factory=_empty)
     #: Submission times per rate-limit key (``strategy:<name>``, ``account:<name>``).
     rate_windows: Mapping[str, tuple[int, ...]] = field(default_factory=_empty)
     states: Mapping[str, ScopeState] = field(default_factory=_empty)
@@ -279,8 +320,7 @@ class RiskState:
         return [
             o
             for o in self.orders.values()
-            if o.is_open
-            and (account is None or o.account == account)
+            if (account is None or o.account == account)
             and (strategy is None or o.strategy == strategy)
             and (symbol is None or o.symbol == symbol)
         ]
@@ -308,7 +348,7 @@ class RiskState:
     def accounts_known(self) -> list[str]:
         """Configured accounts plus any with open orders or positions."""
         names = set(self.limits.accounts)
-        names.update(o.account for o in self.orders.values() if o.is_open)
+        names.update(o.account for o in self.orders.values())
         names.update(acct for (acct, _), p in self.positions.items() if p.quantity != 0)
         names.discard(GLOBAL)
         return sorted(names)

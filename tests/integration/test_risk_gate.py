@@ -1,0 +1,541 @@
+"""The risk-gate as a real process, with the recorder, on real NATS and Postgres.
+
+The test plays the strategy-runner (it publishes signals and intents) and,
+where needed, the broker-gateway (acks, fills, connection state). What is
+asserted is what the event store holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.bus.client import Bus, Outgoing
+from libs.contract.envelope import Event, WallClock
+from libs.contract.events import (
+    EVENT_ADAPTER,
+    BarClosed,
+    BarPayload,
+    BrokerConnectionChanged,
+    BrokerConnectionPayload,
+    FillPayload,
+    FillReceived,
+    OrderAccepted,
+    OrderAcceptedPayload,
+    OrderIntentCreated,
+    OrderIntentPayload,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    TradePayload,
+    TradePrinted,
+)
+from libs.store import queries
+from libs.store.migrate import asyncpg_url
+from libs.testing.procs import ServiceProcess
+from libs.testing.wait import eventually
+
+CLOCK = WallClock()
+D = Decimal
+
+LIMITS = """
+max_intent_age_s: 120
+accounts:
+  acct-a:
+    daily_loss_limit: 1000
+    rate_limit: {max_orders: 50, per_seconds: 1}
+  acct-b:
+    daily_loss_limit: 1000000
+strategies:
+  good:
+    account: acct-a
+    max_gross_notional: 100000
+    max_position: 500
+    max_order_quantity: 100
+    max_order_notional: 20000
+  typo:
+    account: acct-a
+    max_gross_notional: 50000
+    max_position: 200
+    max_order_quantity: 50
+    max_order_notional: 10000
+    rate_limit: {max_orders: 5, per_seconds: 1}
+  bulk:
+    account: acct-b
+    max_gross_notional: 100000000
+    max_position: 100000
+    max_order_quantity: 1000
+    max_order_notional: 1000000
+"""
+
+
+@dataclass
+class Stack:
+    """A recorder and a risk-gate, started; ``gate`` can be killed and restarted."""
+
+    tmp: Path
+    env: dict[str, str]
+    database_url: str
+    recorder: ServiceProcess
+    gate: ServiceProcess
+    starts: int = 1
+
+    def new_gate(self) -> ServiceProcess:
+        self.starts += 1
+        self.gate = _gate(self.tmp, self.env, f"risk-gate-{self.starts}")
+        return self.gate.start()
+
+    def logs(self) -> str:
+        return self.gate.log_text()[-3000:]
+
+
+def _gate(tmp: Path, env: dict[str, str], name: str) -> ServiceProcess:
+    return ServiceProcess(
+        ["risk-gate", "run", "--config", str(tmp / "risk.yaml")],
+        env=env,
+        log_path=tmp / f"{name}.log",
+        name=name,
+    )
+
+
+async def _live(gate: ServiceProcess) -> None:
+    await eventually(
+        lambda: (gate.health() or {}).get("ok"),
+        timeout=30,
+        message=f"risk-gate live; log: {gate.log_text()[-2000:]}",
+    )
+
+
+@pytest.fixture
+def limits_file(tmp_path: Path) -> Path:
+    path = tmp_path / "risk.yaml"
+    path.write_text(LIMITS)
+    return path
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str, limits_file: Path
+) -> AsyncIterator[Stack]:
+    env = {"NATS_URL": nats_url, "DATABASE_URL": database_url}
+    recorder = ServiceProcess(
+        ["recorder", "run"], env=env, log_path=tmp_path / "recorder.log", name="recorder"
+    ).start()
+    s = Stack(tmp_path, env, database_url, recorder, _gate(tmp_path, env, "risk-gate-1").start())
+    try:
+        await _live(s.gate)
+        yield s
+    finally:
+        code = s.gate.terminate()
+        recorder.terminate()
+        assert code == 0, s.logs()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def recorded(database_url: str, type_: str) -> list[Any]:
+    """Recorded events of one type, decoded (typed loosely: each test knows its type)."""
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        rows = await queries.list_events(conn, type_=type_, limit=100_000)
+    finally:
+        await conn.close()
+    return [EVENT_ADAPTER.validate_python(r.envelope()) for r in rows]
+
+
+async def wait_recorded(database_url: str, type_: str, n: int, timeout: float = 20) -> list[Any]:
+    async def enough() -> list[Any] | None:
+        got = await recorded(database_url, type_)
+        return got if len(got) >= n else None
+
+    result: list[Any] = await eventually(enough, timeout=timeout, message=f"{n} x {type_}")
+    return result
+
+
+def mark(symbol: str, price: str) -> TradePrinted:
+    return TradePrinted.create(
+        TradePayload(symbol=symbol, price=D(price), size=D(100), feed="synthetic"),
+        source="test/marketdata",
+        clock=CLOCK,
+    )
+
+
+def signal_and_intent(
+    strategy: str, quantity: int | str, side: str = "buy", account: str = "acct-a", **kw: Any
+) -> tuple[SignalGenerated, OrderIntentCreated]:
+    sig = SignalGenerated.create(
+        SignalPayload(strategy=strategy, symbol="AAPL", name="test", direction="long"),
+        source="test/strategy-runner",
+        clock=CLOCK,
+    )
+    intent = OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy=strategy,
+            account=account,
+            symbol="AAPL",
+            side=side,
+            quantity=D(quantity),
+            **kw,
+        ),
+        source="test/strategy-runner",
+        clock=CLOCK,
+        cause=sig,
+    )
+    return sig, intent
+
+
+async def submit_intent(bus: Bus, strategy: str, quantity: int | str, **kw: Any) -> uuid.UUID:
+    sig, intent = signal_and_intent(strategy, quantity, **kw)
+    await bus.publish_many([sig, intent])
+    return intent.id
+
+
+async def decision_for(database_url: str, intent_id: uuid.UUID) -> Any:
+    async def find() -> Any:
+        for d in await recorded(database_url, "RiskDecisionMade"):
+            if d.payload.intent_id == intent_id:
+                return d
+        return None
+
+    return await eventually(find, timeout=20, message=f"decision for {intent_id}")
+
+
+async def tradebus(env: dict[str, str], *args: str) -> str:
+    """Run ``tradebus ARGS`` as the operator would; returns stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def broker_ack_and_fill(
+    order: SubmitOrder, price: str, quantity: Decimal | None = None
+) -> list[Event]:
+    p = order.payload
+    ack = OrderAccepted.create(
+        OrderAcceptedPayload(
+            order_id=p.order_id,
+            account=p.account,
+            broker_order_id="b-" + p.order_id.hex[:8],
+            symbol=p.symbol,
+        ),
+        source="test/broker-gateway",
+        clock=CLOCK,
+        cause=order,
+    )
+    qty = quantity or p.quantity
+    fill = FillReceived.create(
+        FillPayload(
+            order_id=p.order_id,
+            account=p.account,
+            broker_order_id="b-" + p.order_id.hex[:8],
+            fill_id=uuid.uuid4().hex,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=qty,
+            price=D(price),
+            cumulative_quantity=qty,
+            leaves_quantity=p.quantity - qty,
+            status="complete" if qty == p.quantity else "partial",
+            strategy=p.strategy,
+        ),
+        source="test/broker-gateway",
+        clock=CLOCK,
+        cause=ack,
+    )
+    return [ack, fill]
+
+
+def by_intent(events: list[Any]) -> dict[uuid.UUID, list[Any]]:
+    out: dict[uuid.UUID, list[Any]] = {}
+    for e in events:
+        out.setdefault(e.payload.intent_id, []).append(e)
+    return out
+
+
+# -------------------------------------------------------------------- tests
+
+
+async def test_typo_strategy_never_gets_an_order_past_its_caps(stack: Stack, bus: Bus) -> None:
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    meant = await submit_intent(bus, "typo", 10)
+    typo = await submit_intent(bus, "typo", 1000)  # the parameter typo: 100x the size
+    # ... and an order loop: the same buy 40 times as fast as it can.
+    loop: list[Event] = []
+    loop_ids = []
+    for _ in range(40):
+        sig, intent = signal_and_intent("typo", 10)
+        loop += [sig, intent]
+        loop_ids.append(intent.id)
+    await bus.publish_many(loop)
+    decisions = await wait_recorded(db, "RiskDecisionMade", 42)
+
+    per_intent = by_intent(decisions)
+    assert set(per_intent) == {meant, typo, *loop_ids}
+    assert all(len(ds) == 1 for ds in per_intent.values()), "one decision per intent"
+    reasons = {i: ds[0].payload.reason.value for i, ds in per_intent.items()}
+    assert reasons[meant] == "accepted"
+    assert reasons[typo] == "max_order_quantity"
+    loop_reasons = [reasons[i] for i in loop_ids]
+    assert "strategy_rate_limit" in loop_reasons
+    assert set(loop_reasons) <= {"accepted", "strategy_rate_limit", "max_strategy_position"}
+    accepted = {i for i, r in reasons.items() if r == "accepted"}
+    assert 2 <= len(accepted) <= 20  # 10 each, a 200 position cap
+
+    orders = await recorded(db, "SubmitOrder")
+    assert {o.payload.intent_id for o in orders} == accepted, "no order for a denied intent"
+    assert len(orders) == len(accepted), "one order per accepted intent"
+    assert sum(o.payload.quantity for o in orders) <= D(200)
+    for o in orders:
+        (d,) = per_intent[o.payload.intent_id]
+        assert o.causation_id == d.id
+        assert o.payload.order_id == d.payload.order_id
+        assert d.causation_id == o.payload.intent_id
+    denials = [d for d in decisions if d.payload.decision == "denied"]
+    assert all(d.payload.detail for d in denials), "every denial says why"
+
+    # The same intent again under a new message id (a redelivery past the
+    # duplicate window): recorded again, decided once, ordered once.
+    (original,) = [e for e in await recorded(db, "OrderIntentCreated") if e.id == meant]
+    await bus.publish_raw(Outgoing("strategy.intent.typo", _encode(original), uuid.uuid4().hex))
+    await eventually(
+        lambda: "tradebus_risk_duplicate_intents_total 1.0" in stack.gate.metrics(),
+        timeout=10,
+        message="the gate saw the redelivered intent",
+    )
+    # A malformed intent is dead-lettered and does not stop the gate.
+    await bus.publish_raw(
+        Outgoing("strategy.intent.typo", b'{"type": "OrderIntentCreated"}', "bad-1")
+    )
+    letters = await wait_recorded(db, "MessageDeadLettered", 2)
+    assert {dl.payload.service for dl in letters} == {"risk-gate", "recorder"}
+    after = await submit_intent(bus, "good", 1)
+    assert (await decision_for(db, after)).payload.decision == "accepted"
+    assert len(by_intent(await recorded(db, "RiskDecisionMade"))[meant]) == 1
+    assert len([o for o in await recorded(db, "SubmitOrder") if o.payload.intent_id == meant]) == 1
+    metrics = stack.gate.metrics()
+    assert 'tradebus_orders_denied_total{reason="max_order_quantity"} 1.0' in metrics
+
+
+def _encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+async def _accepted_order(
+    db: str, bus: Bus, strategy: str, quantity: int, **kw: Any
+) -> SubmitOrder:
+    intent_id = await submit_intent(bus, strategy, quantity, **kw)
+    decision = await decision_for(db, intent_id)
+    assert decision.payload.decision == "accepted", decision.payload.detail
+
+    async def order() -> SubmitOrder | None:
+        for o in await recorded(db, "SubmitOrder"):
+            if o.payload.intent_id == intent_id:
+                assert isinstance(o, SubmitOrder)
+                return o
+        return None
+
+    result: SubmitOrder = await eventually(order, timeout=20, message="the order command")
+    return result
+
+
+async def test_daily_loss_breaker_flattens_and_halts_until_resumed(
+    stack: Stack, bus: Bus, limits_file: Path
+) -> None:
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    bought = await _accepted_order(db, bus, "good", 100)
+    await bus.publish_many(broker_ack_and_fill(bought, "100"))  # long 100 @ 100
+    resting = await _accepted_order(db, bus, "good", 10, order_type="limit", limit_price=D(99))
+    await bus.publish_many(broker_ack_and_fill(resting, "99")[:1])  # working, not filled
+    await bus.publish(mark("AAPL", "95"))  # -500: nothing happens
+    slide = BarClosed.create(
+        BarPayload(
+            symbol="AAPL",
+            interval="1m",
+            open=D(95),
+            high=D(95),
+            low=D(89),
+            close=D(89),
+            volume=D(1000),
+            start_ns=CLOCK.now_ns() - 60_000_000_000,
+            end_ns=CLOCK.now_ns(),
+            feed="synthetic",
+        ),
+        source="test/marketdata",
+        clock=CLOCK,
+    )
+    await bus.publish(slide)  # -1100: past the 1000 daily-loss limit
+
+    (breaker,) = await wait_recorded(db, "BreakerTripped", 1)
+    assert (breaker.payload.account, breaker.payload.breaker) == ("acct-a", "daily_loss")
+    assert breaker.payload.value == D(-1100)
+    assert breaker.causation_id == slide.id
+    (cancel,) = await wait_recorded(db, "CancelOrder", 1)
+    assert cancel.payload.order_id == resting.payload.order_id
+    (flatten,) = await wait_recorded(db, "FlattenAccount", 1)
+    assert flatten.payload.account == "acct-a"
+    (halted,) = await wait_recorded(db, "TradingStateChanged", 1)
+    assert (halted.payload.scope, halted.payload.state) == ("acct-a", "halted")
+
+    status = json.loads(
+        await tradebus(stack.env, "risk", "status", "--json", "--config", str(limits_file))
+    )
+    acct = status["accounts"]["acct-a"]
+    assert (acct["state"], acct["day_pnl"], acct["breaker_tripped_today"]) == (
+        "halted",
+        "-1100.00",
+        True,
+    )
+    assert (
+        status["strategies"]["good"]["accounts"]["acct-a"]["positions"]["AAPL"]["quantity"] == "100"
+    )
+
+    denied = await submit_intent(bus, "good", 1, side="sell")
+    d = await decision_for(db, denied)
+    assert (d.payload.decision, d.payload.reason.value) == ("denied", "halted")
+
+    out = await tradebus(stack.env, "risk", "resume", "acct-a", "--reason", "reviewed the losses")
+    assert "resume of acct-a requested" in out
+    states = await wait_recorded(db, "TradingStateChanged", 2)
+    assert (states[-1].payload.state, states[-1].payload.previous) == ("active", "halted")
+    allowed = await submit_intent(bus, "good", 1, side="sell")
+    assert (await decision_for(db, allowed)).payload.decision == "accepted"
+    orders = await recorded(db, "SubmitOrder")
+    assert {o.payload.intent_id for o in orders} == {
+        bought.payload.intent_id,
+        resting.payload.intent_id,
+        allowed,
+    }
+    assert len(await recorded(db, "BreakerTripped")) == 1, "the breaker trips once a day"
+
+
+async def test_kill_switch_holds_across_a_kill_9_restart(stack: Stack, bus: Bus) -> None:
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    before = await _accepted_order(db, bus, "good", 5)
+    out = await tradebus(stack.env, "kill-switch", "on", "--reason", "runaway", "--operator", "ann")
+    assert "kill switch ENGAGED by ann" in out
+    (engaged,) = await wait_recorded(db, "KillSwitchEngaged", 1)
+    assert engaged.payload.operator == "ann"
+    flattens = await wait_recorded(db, "FlattenAccount", 2)
+    assert {f.payload.account for f in flattens} == {"acct-a", "acct-b"}
+    (cancel,) = await wait_recorded(db, "CancelOrder", 1)
+    assert cancel.payload.order_id == before.payload.order_id
+    (halted,) = await wait_recorded(db, "TradingStateChanged", 1)
+    assert (halted.payload.scope, halted.payload.state) == ("global", "halted")
+
+    denied = await submit_intent(bus, "good", 5)
+    assert (await decision_for(db, denied)).payload.reason.value == "kill_switch"
+
+    stack.gate.kill()
+    while_down = await submit_intent(bus, "good", 5)  # decided on restart
+    stack.new_gate()
+    await _live(stack.gate)
+    after = await submit_intent(bus, "good", 5)
+    for intent_id in (while_down, after):
+        assert (await decision_for(db, intent_id)).payload.reason.value == "kill_switch"
+    assert [o.payload.intent_id for o in await recorded(db, "SubmitOrder")] == [
+        before.payload.intent_id
+    ]
+    assert len(await recorded(db, "FlattenAccount")) == 2, "no second reaction after restart"
+
+    await tradebus(stack.env, "kill-switch", "off", "--reason", "fixed", "--operator", "ann")
+    await wait_recorded(db, "KillSwitchReleased", 1)
+    still = await submit_intent(bus, "good", 5)
+    assert (await decision_for(db, still)).payload.reason.value == "halted"
+    await tradebus(stack.env, "risk", "resume", "global", "--reason", "fixed", "--operator", "ann")
+    await wait_recorded(db, "TradingStateChanged", 2)
+    resumed = await submit_intent(bus, "good", 5)
+    assert (await decision_for(db, resumed)).payload.decision == "accepted"
+
+
+async def test_broker_connection_lost_flattens_and_halts(stack: Stack, bus: Bus) -> None:
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    working = await _accepted_order(db, bus, "good", 5)
+    lost = BrokerConnectionChanged.create(
+        BrokerConnectionPayload(
+            account="acct-a", broker="paper", state="disconnected", detail="no heartbeat for 3s"
+        ),
+        source="test/broker-gateway",
+        clock=CLOCK,
+    )
+    await bus.publish(lost)
+    (breaker,) = await wait_recorded(db, "BreakerTripped", 1)
+    assert (breaker.payload.account, breaker.payload.breaker) == ("acct-a", "connection_lost")
+    assert breaker.causation_id == lost.id
+    (flatten,) = await wait_recorded(db, "FlattenAccount", 1)
+    assert (flatten.payload.account, flatten.causation_id) == ("acct-a", lost.id)
+    (cancel,) = await wait_recorded(db, "CancelOrder", 1)
+    assert cancel.payload.order_id == working.payload.order_id
+    (halted,) = await wait_recorded(db, "TradingStateChanged", 1)
+    assert (halted.payload.scope, halted.payload.state) == ("acct-a", "halted")
+    back = BrokerConnectionChanged.create(
+        BrokerConnectionPayload(account="acct-a", broker="paper", state="connected"),
+        source="test/broker-gateway",
+        clock=CLOCK,
+    )
+    await bus.publish(back)
+    denied = await submit_intent(bus, "good", 5)
+    d = await decision_for(db, denied)
+    assert (d.payload.reason.value, "connection lost" in d.payload.detail) == ("halted", True)
+    assert len(await recorded(db, "SubmitOrder")) == 1
+
+
+async def test_kill_9_mid_stream_loses_no_intent_and_repeats_no_order(
+    stack: Stack, bus: Bus
+) -> None:
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    n = 300
+    intents = []
+    for k in range(n):
+        intents += list(
+            signal_and_intent("bulk", 1, side="buy" if k % 2 else "sell", account="acct-b")
+        )
+    ids = [e.id for e in intents if isinstance(e, OrderIntentCreated)]
+
+    async def publish_steadily() -> None:
+        for k in range(0, len(intents), 10):
+            await bus.publish_many(intents[k : k + 10])
+            await asyncio.sleep(0.02)  # pacing the producer (~250 intents/s), not synchronisation
+
+    producer = asyncio.create_task(publish_steadily())
+    await wait_recorded(db, "RiskDecisionMade", 60)
+    stack.gate.kill()
+    killed_at = len(await recorded(db, "RiskDecisionMade"))
+    stack.new_gate()
+    await producer
+    await _live(stack.gate)
+    decisions = await wait_recorded(db, "RiskDecisionMade", n, timeout=60)
+    per_intent = by_intent(decisions)
+    assert set(per_intent) == set(ids), "every intent decided"
+    assert all(len(ds) == 1 for ds in per_intent.values()), "exactly once"
+    assert killed_at < n, "the gate was killed mid-stream"
+    orders = await recorded(db, "SubmitOrder")
+    accepted = {i for i, ds in per_intent.items() if ds[0].payload.decision == "accepted"}
+    assert len(accepted) == n
+    assert sorted(o.payload.intent_id for o in orders) == sorted(accepted), "one order each"
+    assert len({o.payload.order_id for o in orders}) == n
