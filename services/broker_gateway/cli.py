@@ -1,15 +1,100 @@
-"""``tradebus broker-gateway …``: order commands to brokers, broker events back."""
+"""``tradebus broker-gateway …``: order commands to brokers, broker events back.
+
+Also ``tradebus positions`` (registered on the root command by :func:`register`).
+"""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
 
-from libs.cli import add_replay_command
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs.cli import add_replay_command, err, settings_or_exit
+from libs.config import ServiceSettings
 
 app = typer.Typer(help="The broker-gateway: one adapter per broker account.")
 
 add_replay_command(app, "broker-gateway", default_subject="broker.>")
 
 
+@app.command("run")
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="brokers.yaml (env TRADEBUS_BROKERS_CONFIG)"),
+    ] = None,
+) -> None:
+    """Turn order commands into broker calls and broker events into events, until SIGTERM."""
+    from libs.config import ConfigError
+    from services.broker_gateway.config import (
+        GatewaySettings,
+        load_brokers_config,
+        resolve_accounts,
+    )
+    from services.broker_gateway.main import main
+
+    settings = settings_or_exit(GatewaySettings)
+    path = config or settings.brokers_config
+    if path is None:
+        err.print("[red]error:[/red] no brokers.yaml: pass --config or set TRADEBUS_BROKERS_CONFIG")
+        raise typer.Exit(2)
+    try:
+        accounts = resolve_accounts(load_brokers_config(path))
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    raise typer.Exit(main(settings, accounts))
+
+
 def register(root: typer.Typer) -> None:
     """Operator commands owned by the broker side (positions)."""
+
+    @root.command("positions")
+    def positions(
+        account: Annotated[str | None, typer.Option(help="Only this account")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    ) -> None:
+        """Positions and P&L per account, strategy and symbol (from the event store)."""
+        import asyncpg
+
+        from services.broker_gateway.positions import plain, read_positions, totals
+
+        settings = settings_or_exit(ServiceSettings)
+        try:
+            rows = asyncio.run(read_positions(settings.database_url.get_secret_value(), account))
+        except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+            err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
+            raise typer.Exit(1) from e
+        if as_json:
+            for r in rows:
+                print(json.dumps(r.as_json()))
+            return
+        table = Table(
+            "account",
+            "strategy",
+            "symbol",
+            "quantity",
+            "avg price",
+            "last price",
+            "realized P&L",
+            "unrealized P&L",
+        )
+        for r in rows:
+            table.add_row(
+                r.account,
+                r.strategy or "-",
+                r.symbol,
+                plain(r.quantity),
+                plain(r.avg_price) if r.quantity else "",
+                plain(r.last_price),
+                plain(r.realized_pnl),
+                plain(r.unrealized_pnl),
+            )
+        for acct, (realized, unrealized) in totals(rows).items():
+            table.add_row(acct, "[b]total[/b]", "", "", "", "", plain(realized), plain(unrealized))
+        Console().print(table)

@@ -173,6 +173,10 @@ class OrderTracker:
                 c.cancel_cause = event
         elif isinstance(event, FlattenAccount):
             self._flattens[event.id] = event
+            # The flatten cancels whatever is working: their cancels are its doing.
+            for t in self.orders.values():
+                if t.terminal is None and t.cancel_cause is None:
+                    t.cancel_cause = event
         elif isinstance(event, OrderAccepted):
             ap = event.payload
             t = self._order(ap.order_id, ap.symbol)

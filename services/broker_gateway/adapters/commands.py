@@ -1,0 +1,114 @@
+"""The gateway's durable consumer of ``orders.cmd.>``.
+
+Commands are handed to a dispatcher one by one, in stream order; the
+dispatcher acknowledges each once its broker call is done (see
+``gateway.py``), so a command taken by a gateway that then dies is delivered
+again after ``ack_wait`` and a command is never lost. A message that is not
+a valid event is dead-lettered and acknowledged.
+
+The consumer is created once. A new one starts ``max_submit_delay_s`` in the
+past: commands that recent are still worth executing, older ones from a
+stream that predates this gateway are not replayed at a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from libs.bus.client import Bus
+from libs.bus.consumer import EventConsumer
+from libs.contract.codec import DecodeError, decode
+from libs.contract.events import AnyEvent
+from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
+from services.broker_gateway import metrics
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 128
+FETCH_TIMEOUT_S = 1.0
+RETRY_PAUSE_S = 0.5
+
+Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
+
+
+class CommandConsumer:
+    """Pull ``orders.cmd.>`` and hand each command to ``dispatch``."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        durable: str,
+        service: str,
+        ack_wait_s: float,
+        start_back_s: float,
+        max_bytes: int,
+    ) -> None:
+        self.bus = bus
+        self.durable = durable
+        self.ack_wait_s = ack_wait_s
+        self.start_back_s = start_back_s
+        self.max_bytes = max_bytes
+        self._dead = EventConsumer(
+            bus,
+            service=service,
+            durable=durable,
+            on_dead_letter=lambda reason: metrics.DEAD_LETTERS.labels(
+                service=service, reason=reason
+            ).inc(),
+        )
+
+    async def ensure(self) -> None:
+        try:
+            await self.bus.js.consumer_info(STREAM, self.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        since = dt.datetime.now(tz=dt.UTC) - dt.timedelta(seconds=self.start_back_s)
+        await self.bus.js.add_consumer(
+            STREAM,
+            js_api.ConsumerConfig(
+                durable_name=self.durable,
+                filter_subject=ORDERS_CMD_ALL,
+                deliver_policy=js_api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=since,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s,
+                max_ack_pending=1000,
+                max_deliver=-1,
+            ),
+        )
+        log.info("created consumer %s on %s from %s", self.durable, ORDERS_CMD_ALL, since)
+
+    async def run(self, dispatch: Dispatch, stop: asyncio.Event) -> None:
+        await self.ensure()
+        sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=STREAM)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.Error as e:
+                    # NATS is reconnecting; the client retries on its own.
+                    log.warning("fetching commands failed (%s); retrying", e)
+                    await asyncio.sleep(RETRY_PAUSE_S)  # back-off, not synchronisation
+                    continue
+                for msg in msgs:
+                    try:
+                        event = decode(msg.data, max_bytes=self.max_bytes)
+                    except DecodeError as e:
+                        await self._dead.dead_letter(msg, e)
+                        await msg.ack()
+                        continue
+                    await dispatch(event, msg)
+        finally:
+            await sub.unsubscribe()

@@ -1,0 +1,335 @@
+"""The gateway at run time: commands to broker calls, broker facts to events.
+
+Per account, one :class:`AccountWorker` with two tasks:
+
+- **commands**, strictly in stream order: ``SubmitOrder`` -> ``submit`` with
+  client order id = order id (the broker keeps one order per id, so a
+  redelivered or re-published command never places a second order);
+  ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all`` then
+  ``close_all``. A command is acknowledged on NATS only once its broker call is
+  done. While the broker is unreachable the command is held (kept "in
+  progress" on NATS) and executed once it is back — except a ``SubmitOrder``
+  older than ``max_submit_delay_s``, which is rejected as ``stale`` (after
+  checking that the broker never got it).
+- **events**: the adapter's order updates through the :class:`OrderTracker`
+  (acks, fills, cancels, rejects), and its connection changes as
+  ``BrokerConnectionChanged``; on every ``connected`` the worker reconciles:
+  it asks the broker about each unsettled order and any open order it does not
+  know, and publishes what the stream did not tell it.
+
+Both tasks publish through one :class:`Outbox`, which publishes in the order
+events were produced, one at a time, so an order's ``OrderAccepted`` is on the
+stream before its first ``FillReceived``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from libs.bus.client import Bus
+from libs.contract.envelope import Clock, Event
+from libs.contract.events import (
+    AnyEvent,
+    BrokerConnectionChanged,
+    BrokerConnectionPayload,
+    CancelOrder,
+    FlattenAccount,
+    SubmitOrder,
+)
+from services.broker_gateway import metrics
+from services.broker_gateway.domain.model import ConnectionUpdate
+from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
+from services.broker_gateway.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    NotCancelable,
+    OrderNotFound,
+    OrderRefused,
+)
+from services.broker_gateway.ports import BrokerPort
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A command that failed this many times for a reason other than the broker
+#: being away is dead-lettered instead of blocking the account for ever.
+MAX_DELIVERIES = 5
+NAK_DELAY_S = 2.0
+
+
+class Outbox:
+    """Publishes events one at a time, in the order they were handed in."""
+
+    def __init__(self, bus: Bus, *, max_pending: int = 10_000) -> None:
+        self.bus = bus
+        self._queue: asyncio.Queue[tuple[Sequence[Event], asyncio.Future[None]]] = asyncio.Queue(
+            max_pending
+        )
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` and wait until JetStream has stored them all."""
+        if not events:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((events, done))
+        await done
+
+    async def run(self) -> None:
+        """Publish until cancelled; a publish that fails for good ends the service."""
+        while True:
+            events, done = await self._queue.get()
+            try:
+                for event in events:
+                    await self.bus.publish(event)
+                    account = str(getattr(event.payload, "account", ""))
+                    metrics.EVENTS_PUBLISHED.labels(account=account, type=event.type).inc()
+            except BaseException as e:
+                if not done.done():
+                    done.set_exception(e)
+                raise
+            if not done.done():
+                done.set_result(None)
+
+
+class AccountWorker:
+    """One broker account: its command queue, its event stream, its tracker."""
+
+    def __init__(
+        self,
+        account: str,
+        port: BrokerPort,
+        tracker: OrderTracker,
+        outbox: Outbox,
+        *,
+        clock: Clock,
+        source: str,
+        max_submit_delay_s: float,
+        ack_wait_s: float,
+        dead_letter: Callable[[Msg, str], Awaitable[None]],
+    ) -> None:
+        self.account = account
+        self.port = port
+        self.tracker = tracker
+        self.outbox = outbox
+        self.clock = clock
+        self.source = source
+        self.max_submit_delay_s = max_submit_delay_s
+        self.keepalive_s = max(ack_wait_s / 3, 0.2)
+        self.dead_letter = dead_letter
+        self.inbox: asyncio.Queue[tuple[AnyEvent, Msg]] = asyncio.Queue(1000)
+        self.handled = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ----------------------------------------------------------- commands
+
+    async def run_commands(self) -> None:
+        while True:
+            command, msg = await self.inbox.get()
+            self._idle.clear()
+            try:
+                await self.handle(command, msg)
+            except (BrokerError, ValueError) as e:
+                await self._failed(command, msg, e)
+            else:
+                await _ack(msg)
+                self.handled += 1
+            finally:
+                if self.inbox.empty():
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until the command under way (if any) is done and none is queued."""
+        await self._idle.wait()
+
+    async def _failed(self, command: AnyEvent, msg: Msg, error: Exception) -> None:
+        delivered = msg.metadata.num_delivered if msg.reply else 1
+        log.error(
+            "%s %s failed (delivery %d): %s: %s",
+            command.type,
+            command.id,
+            delivered,
+            type(error).__name__,
+            error,
+        )
+        metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="failed").inc()
+        if delivered >= MAX_DELIVERIES:
+            await self.dead_letter(msg, f"{type(error).__name__}: {error}")
+            await _ack(msg)
+        else:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=NAK_DELAY_S)
+
+    async def handle(self, command: AnyEvent, msg: Msg) -> None:
+        if isinstance(command, SubmitOrder):
+            outcome = await self._submit(command, msg)
+        elif isinstance(command, CancelOrder):
+            outcome = await self._cancel(command, msg)
+        elif isinstance(command, FlattenAccount):
+            outcome = await self._flatten(command, msg)
+        else:
+            outcome = "ignored"
+        metrics.COMMANDS.labels(account=self.account, type=command.type, outcome=outcome).inc()
+
+    async def _submit(self, command: SubmitOrder, msg: Msg) -> str:
+        order_id = command.payload.order_id
+        if not self.tracker.plan_submit(command):
+            log.info("order %s already at the broker; command %s is a repeat", order_id, command.id)
+            return "repeat"
+        request = self.tracker.request(order_id)
+        deadline = command.ts_init / 1e9 + self.max_submit_delay_s
+        while True:
+            if time.time() > deadline:
+                # Too old to send; but a crash may have sent it already: ask first.
+                found = await self._call(
+                    msg,
+                    "get_order",
+                    lambda: self.port.get_order(client_order_id=request.client_order_id),
+                )
+                if found is not None:
+                    await self.outbox.publish(self.tracker.submitted(order_id, found))
+                    return "accepted"
+                age = time.time() - command.ts_init / 1e9
+                reason = f"stale: not sent to the broker within {self.max_submit_delay_s:g}s"
+                log.warning("rejecting order %s: %s (%.1fs old)", order_id, reason, age)
+                await self.outbox.publish(self.tracker.refused(order_id, reason, "stale"))
+                return "stale"
+            try:
+                order = await self.port.submit(request)
+            except OrderRefused as e:
+                await self.outbox.publish(self.tracker.refused(order_id, e.reason, e.code))
+                return "rejected"
+            except BrokerUnavailable as e:
+                log.warning("order %s waits for the broker: %s", order_id, e)
+                await self._wait_connected(msg, deadline)
+                continue
+            await self.outbox.publish(self.tracker.submitted(order_id, order))
+            return "accepted"
+
+    async def _cancel(self, command: CancelOrder, msg: Msg) -> str:
+        self.tracker.evolve(command)
+        t = self.tracker.get(command.payload.order_id)
+        if t is None or t.terminal is not None:
+            log.info("cancel of order %s: nothing to cancel", command.payload.order_id)
+            return "nothing_to_cancel"
+        try:
+            await self._call(msg, "cancel", lambda: self._cancel_one(t))
+        except (OrderNotFound, NotCancelable) as e:
+            log.info("cancel of order %s: %s", command.payload.order_id, e)
+            return "not_cancelable"
+        return "sent"
+
+    async def _cancel_one(self, t: TrackedOrder) -> None:
+        await self.port.cancel(client_order_id=t.client_order_id, broker_order_id=t.broker_order_id)
+
+    async def _flatten(self, command: FlattenAccount, msg: Msg) -> str:
+        # From here until the close-all answers, orders the broker opens on
+        # its own are this flatten's closing orders.
+        self.tracker.flatten_started(command)
+        await self._call(msg, "cancel_all", self.port.cancel_all)
+        orders = await self._call(msg, "close_all", self.port.close_all)
+        await self.outbox.publish(self.tracker.flatten_done(orders))
+        log.info("flattened %s: %d closing orders (%s)", self.account, len(orders), command.id)
+        return "flattened"
+
+    async def _call(self, msg: Msg, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, retried whenever the broker is away, however long that takes."""
+        while True:
+            try:
+                return await call()
+            except BrokerUnavailable as e:
+                log.warning("%s on %s waits for the broker: %s", name, self.account, e)
+                await self._wait_connected(msg, None)
+
+    async def _wait_connected(self, msg: Msg, deadline: float | None) -> None:
+        """Until the broker is back (or ``deadline``), telling NATS we still work on ``msg``."""
+        while True:
+            timeout = self.keepalive_s
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.time(), 0))
+            if await self.port.wait_connected(timeout=timeout):
+                return
+            if deadline is not None and time.time() >= deadline:
+                return
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    # ------------------------------------------------------------- events
+
+    async def run_events(self) -> None:
+        async for event in self.port.events():
+            if isinstance(event, ConnectionUpdate):
+                await self._connection(event)
+                if event.state == "connected":
+                    await self.reconcile()
+                continue
+            await self.outbox.publish(self.tracker.on_update(event))
+            if self.tracker.needs_reconcile:
+                await self.reconcile(only=set(self.tracker.needs_reconcile))
+
+    async def _connection(self, update: ConnectionUpdate) -> None:
+        metrics.CONNECTION_CHANGES.labels(account=self.account, state=update.state).inc()
+        event = BrokerConnectionChanged.create(
+            BrokerConnectionPayload(
+                account=self.account,
+                broker=self.port.broker,
+                state=update.state,
+                detail=update.detail[:500],
+            ),
+            source=self.source,
+            clock=self.clock,
+        )
+        await self.outbox.publish([event])
+
+    async def reconcile(self, only: set[Any] | None = None) -> None:
+        """Ask the broker what we may have missed; publish the difference."""
+        published = 0
+        try:
+            for t in self.tracker.unsettled():
+                if only is not None and t.order_id not in only:
+                    continue
+                published += await self._reconcile_one(t)
+            if only is None:
+                for order in await self.port.open_orders():
+                    if self.tracker.find(order) is None:
+                        fills = await self.port.order_fills(order)
+                        events = self.tracker.reconcile(order, fills)
+                        published += len(events)
+                        await self.outbox.publish(events)
+        except BrokerUnavailable as e:
+            log.warning("reconciliation of %s interrupted: %s", self.account, e)
+            return
+        if published:
+            log.info("reconciliation of %s published %d events", self.account, published)
+
+    async def _reconcile_one(self, t: TrackedOrder) -> int:
+        if t.broker_order_id is not None:
+            order = await self.port.get_order(broker_order_id=t.broker_order_id)
+        elif t.client_order_id is not None:
+            order = await self.port.get_order(client_order_id=t.client_order_id)
+        else:
+            return 0
+        if order is None:
+            return 0
+        fills = await self.port.order_fills(order) if order.filled_quantity > t.filled else None
+        events = self.tracker.reconcile(order, fills)
+        fills_published = sum(1 for e in events if e.type == "FillReceived")
+        if fills_published:
+            metrics.RECONCILED_FILLS.labels(account=self.account).inc(fills_published)
+        await self.outbox.publish(events)
+        return len(events)
+
+
+async def _ack(msg: Msg) -> None:
+    # A lost ack only means a redelivery, which the tracker and the broker absorb.
+    with contextlib.suppress(nats.errors.Error):
+        await msg.ack()

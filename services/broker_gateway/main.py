@@ -1,0 +1,210 @@
+"""Wiring of the broker-gateway: config, bus, history, adapters, workers, signals.
+
+Start-up: connect to NATS and declare the stream; rebuild each account's
+order tracker from the event store; start each adapter (connecting and
+reconnecting on its own); then consume ``orders.cmd.>``. SIGTERM/SIGINT stops
+taking commands, lets the command under way finish (up to a few seconds;
+an unfinished one is simply redelivered later), closes the adapters and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from libs.bus.client import Bus
+from libs.bus.consumer import header_dict
+from libs.contract.codec import dead_letter
+from libs.contract.envelope import WallClock
+from libs.contract.events import AnyEvent
+from libs.observability.http import MetricsServer
+from libs.observability.logs import setup_logging
+from services.broker_gateway import metrics
+from services.broker_gateway.adapters.commands import CommandConsumer
+from services.broker_gateway.adapters.history import order_path_history
+from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.config import BrokerAccount, GatewaySettings
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.gateway import AccountWorker, Outbox
+from services.broker_gateway.ports import BrokerPort
+
+log = logging.getLogger(__name__)
+
+SERVICE = "broker-gateway"
+STOP_GRACE_S = 5.0
+
+
+def make_port(account: BrokerAccount) -> BrokerPort:
+    """The adapter named in ``brokers.yaml`` (Alpaca and Tradier join here)."""
+    s = account.section
+    if s.adapter == "paper":
+        return PaperBroker(
+            account=account.name,
+            url=s.url,
+            key_id=account.key_id,
+            secret_key=account.secret_key,
+            heartbeat_interval_s=s.heartbeat.interval_s,
+            heartbeat_timeout_s=s.heartbeat.timeout_s,
+            request_timeout_s=s.request_timeout_s,
+            reconnect_initial_s=s.reconnect.initial_s,
+            reconnect_max_s=s.reconnect.max_s,
+        )
+    raise ValueError(f"no adapter {s.adapter!r}")
+
+
+async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> None:
+    clock = WallClock()
+    source = f"{SERVICE}/{settings.instance}"
+    password = settings.nats_password.get_secret_value() if settings.nats_password else None
+    bus = await Bus.connect(
+        settings.nats_url, name=source, user=settings.nats_user, password=password
+    )
+    async with bus:
+        info = await bus.ensure_stream()
+        names = [a.name for a in accounts]
+        history = await order_path_history(
+            settings.database_url.get_secret_value(),
+            names,
+            stream_last_seq=info.state.last_seq,
+            wait_s=settings.rebuild_wait_s,
+        )
+        trackers = {n: OrderTracker(n, clock=clock, source=source) for n in names}
+        for event in history:
+            tracker = trackers.get(str(getattr(event.payload, "account", "")))
+            if tracker is not None:
+                tracker.evolve(event)
+        log.info(
+            "rebuilt %d accounts from %d order-path events (%d orders)",
+            len(trackers),
+            len(history),
+            sum(len(t.orders) for t in trackers.values()),
+        )
+
+        async def dead(msg: Msg, error: str) -> None:
+            seq = msg.metadata.sequence.stream if msg.reply else None
+            await bus.publish(
+                dead_letter(
+                    service=SERVICE,
+                    subject=msg.subject,
+                    data=msg.data,
+                    error=error,
+                    clock=clock,
+                    source=source,
+                    headers=header_dict(msg),
+                    stream_seq=seq,
+                )
+            )
+            metrics.DEAD_LETTERS.labels(service=SERVICE, reason="command_failed").inc()
+
+        outbox = Outbox(bus)
+        workers = {
+            a.name: AccountWorker(
+                a.name,
+                make_port(a),
+                trackers[a.name],
+                outbox,
+                clock=clock,
+                source=source,
+                max_submit_delay_s=settings.max_submit_delay_s,
+                ack_wait_s=settings.command_ack_wait_s,
+                dead_letter=dead,
+            )
+            for a in accounts
+        }
+        unknown_accounts: set[str] = set()
+
+        async def dispatch(command: AnyEvent, msg: Msg) -> None:
+            account = str(getattr(command.payload, "account", ""))
+            worker = workers.get(account)
+            if worker is None:
+                if account not in unknown_accounts:
+                    unknown_accounts.add(account)
+                    log.warning(
+                        "commands for account %s, which this gateway does not serve", account
+                    )
+                metrics.COMMANDS.labels(account=account, type=command.type, outcome="unknown").inc()
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+                return
+            await worker.inbox.put((command, msg))
+
+        consumer = CommandConsumer(
+            bus,
+            durable=settings.consumer,
+            service=SERVICE,
+            ack_wait_s=settings.command_ack_wait_s,
+            start_back_s=settings.max_submit_delay_s,
+            max_bytes=settings.max_event_bytes,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+
+        def health() -> tuple[bool, dict[str, Any]]:
+            nats_up = bool(bus.nc.is_connected)
+            return nats_up, {
+                "service": SERVICE,
+                "nats": nats_up,
+                "accounts": {
+                    name: {
+                        "broker": w.port.broker,
+                        "connected": w.port.connected,
+                        "orders": len(w.tracker.orders),
+                        "commands": w.handled,
+                    }
+                    for name, w in workers.items()
+                },
+            }
+
+        async with MetricsServer(settings.metrics_host, settings.metrics_port, health):
+            for w in workers.values():
+                await w.port.start()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    background = [tasks.create_task(outbox.run(), name="outbox")]
+                    for name, w in workers.items():
+                        background.append(tasks.create_task(w.run_events(), name=f"{name}-events"))
+                        background.append(
+                            tasks.create_task(w.run_commands(), name=f"{name}-commands")
+                        )
+                    consuming = tasks.create_task(consumer.run(dispatch, stop), name="consumer")
+                    await stop.wait()
+                    await consuming
+                    await _drain(workers.values())
+                    for task in background:
+                        task.cancel()
+            finally:
+                for w in workers.values():
+                    await w.port.close()
+    log.info("broker-gateway stopped")
+
+
+async def _drain(workers: Iterable[AccountWorker]) -> None:
+    """Give the commands already taken a moment to finish (else: redelivered)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STOP_GRACE_S):
+            for w in workers:
+                await w.wait_idle()
+
+
+def main(settings: GatewaySettings, accounts: list[BrokerAccount]) -> int:
+    from libs.bus.errors import BusError
+    from libs.store.errors import StoreError
+
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    failed = False
+    try:
+        asyncio.run(serve(settings, accounts))
+    except* (BusError, StoreError) as group:
+        for e in group.exceptions:
+            log.error("broker-gateway stopped: %s", e)
+        failed = True
+    return 1 if failed else 0

@@ -1,0 +1,75 @@
+"""``tradebus positions``: positions and P&L per account and strategy, from the store.
+
+Reads the ``positions_marked`` view (migration 0002): quantities, average
+prices and realized P&L from the recorded fills, unrealized P&L at the
+symbol's last recorded trade price.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from libs.store.migrate import asyncpg_url
+
+QUERY = (
+    "SELECT account, strategy, symbol, quantity, avg_price, realized_pnl, last_price, "
+    "unrealized_pnl, fills, last_fill_ns FROM positions_marked "
+    "WHERE ($1::text IS NULL OR account = $1) "
+    "ORDER BY account, strategy NULLS LAST, symbol"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    account: str
+    strategy: str | None
+    symbol: str
+    quantity: Decimal
+    avg_price: Decimal
+    realized_pnl: Decimal
+    last_price: Decimal | None
+    unrealized_pnl: Decimal | None
+    fills: int
+    last_fill_ns: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: _json(v) for k, v in asdict(self).items()}
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return plain(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def plain(value: Decimal | None) -> str:
+    """A decimal without trailing zeros or exponent (``14``, ``100.6``)."""
+    if value is None:
+        return ""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+async def read_positions(database_url: str, account: str | None = None) -> list[PositionRow]:
+    conn = await asyncpg.connect(asyncpg_url(database_url), timeout=10)
+    try:
+        rows = await conn.fetch(QUERY, account)
+    finally:
+        await conn.close()
+    return [PositionRow(**dict(r)) for r in rows]
+
+
+def totals(rows: list[PositionRow]) -> dict[str, tuple[Decimal, Decimal]]:
+    """Realized and unrealized P&L per account."""
+    out: dict[str, tuple[Decimal, Decimal]] = {}
+    for r in rows:
+        realized, unrealized = out.get(r.account, (Decimal(0), Decimal(0)))
+        out[r.account] = (realized + r.realized_pnl, unrealized + (r.unrealized_pnl or 0))
+    return out
