@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from libs.contract.events import (
     TradePayload,
     TradePrinted,
 )
+from libs.local.servers import NatsServer
 from libs.store import queries
 from libs.store.migrate import asyncpg_url
 from libs.testing.procs import ServiceProcess
@@ -539,3 +541,79 @@ async def test_kill_9_mid_stream_loses_no_intent_and_repeats_no_order(
     assert len(accepted) == n
     assert sorted(o.payload.intent_id for o in orders) == sorted(accepted), "one order each"
     assert len({o.payload.order_id for o in orders}) == n
+
+
+NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
+NATS_USERS = (
+    "admin",
+    "operator",
+    "recorder",
+    "marketdata",
+    "strategy-runner",
+    "risk-gate",
+    "broker-gateway",
+)
+
+
+def _metric(proc: ServiceProcess, line: str) -> bool:
+    return line in proc.metrics()
+
+
+async def test_gate_works_under_its_own_nats_user(
+    tmp_path: Path, database_url: str, limits_file: Path
+) -> None:
+    """With deploy/nats permissions on: the gate (user risk-gate) makes its consumer
+    and issues orders; intents come from user strategy-runner, the kill switch
+    from user operator (through the CLI)."""
+    passwords = {u: f"pw{secrets.token_hex(12)}" for u in NATS_USERS}
+    server = NatsServer(tmp_path / "nats", config_file=NATS_CONFIG)
+    with pytest.MonkeyPatch.context() as mp:
+        for user, password in passwords.items():
+            mp.setenv(f"NATS_{user.upper().replace('-', '_')}_PASSWORD", password)
+        server.start()
+
+    def creds(user: str) -> dict[str, str]:
+        return {
+            "NATS_URL": server.url,
+            "DATABASE_URL": database_url,
+            "TRADEBUS_NATS_USER": user,
+            "TRADEBUS_NATS_PASSWORD": passwords[user],
+        }
+
+    gate: ServiceProcess | None = None
+    try:
+        async with await Bus.connect(
+            server.url, name="test-admin", user="admin", password=passwords["admin"]
+        ) as admin:
+            await admin.ensure_stream()
+        gate = ServiceProcess(
+            ["risk-gate", "run", "--config", str(limits_file)],
+            env=creds("risk-gate"),
+            log_path=tmp_path / "gate-perm.log",
+            name="gate-perm",
+        ).start()
+        await _live(gate)
+        async with await Bus.connect(
+            server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
+        ) as md:
+            await md.publish(mark("AAPL", "100"))
+        async with await Bus.connect(
+            server.url,
+            name="test-strategy",
+            user="strategy-runner",
+            password=passwords["strategy-runner"],
+        ) as strategies:
+            await submit_intent(strategies, "good", 5)
+            submitted = 'tradebus_orders_submitted_total{account="acct-a"} 1.0'
+            await eventually(lambda: _metric(gate, submitted), timeout=20, message=gate.log_text())
+            await tradebus(creds("operator"), "kill-switch", "on", "--reason", "perm test")
+            await eventually(lambda: _metric(gate, "tradebus_risk_kill_switch 1.0"), timeout=20)
+            await submit_intent(strategies, "good", 5)
+            denied = 'tradebus_orders_denied_total{reason="kill_switch"} 1.0'
+            await eventually(lambda: _metric(gate, denied), timeout=20, message=gate.log_text())
+        assert "Permissions Violation" not in gate.log_text()
+        assert gate.terminate() == 0, gate.log_text()[-3000:]
+    finally:
+        if gate is not None:
+            gate.kill()
+        server.stop()
