@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -107,11 +108,18 @@ def _operator(name: str | None) -> str:
     return who
 
 
+#: How long an operator command waits for NATS before giving up.
+PUBLISH_TIMEOUT_S = 10.0
+
+
 def _publish(event: Event) -> None:
+    """Publish ``event`` and wait for JetStream to store it, or exit 1 saying why."""
     from libs.bus.client import Bus
     from libs.bus.errors import BusError
 
     settings = settings_or_exit(ServiceSettings)
+    # The bus logs every failed connection attempt; the command reports once.
+    logging.getLogger("libs.bus.client").setLevel(logging.CRITICAL)
 
     async def go() -> None:
         bus = await Bus.connect(
@@ -121,12 +129,19 @@ def _publish(event: Event) -> None:
             password=settings.nats_password.get_secret_value() if settings.nats_password else None,
         )
         async with bus:
-            await bus.publish(event, deadline_s=10)
+            await bus.publish(event, deadline_s=PUBLISH_TIMEOUT_S)
+
+    async def bounded() -> None:
+        # Bus.connect keeps trying a server that is down; an operator needs an answer.
+        await asyncio.wait_for(go(), timeout=PUBLISH_TIMEOUT_S + 2)
 
     try:
-        asyncio.run(go())
-    except BusError as e:
-        err.print(f"[red]error:[/red] not published: {e}")
+        asyncio.run(bounded())
+    except (BusError, TimeoutError) as e:
+        err.print(
+            f"[red]error:[/red] {event.type} NOT published: NATS did not store it "
+            f"within {PUBLISH_TIMEOUT_S:g}s ({type(e).__name__}: {e})"
+        )
         raise typer.Exit(1) from e
 
 

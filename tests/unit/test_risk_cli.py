@@ -1,0 +1,67 @@
+"""The risk CLI without servers: limits-file checks, the status table, operator names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from services import cli as root
+from services.risk_gate import cli
+from services.risk_gate.domain.limits import RiskLimits
+from services.risk_gate.domain.state import RiskState
+from services.risk_gate.domain.status import summarize
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "config" / "risk.yaml"
+runner = CliRunner()
+
+
+def test_check_accepts_the_example() -> None:
+    result = runner.invoke(root.app, ["risk-gate", "check", "--config", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "ok, 2 accounts, 4 strategies" in result.output
+
+
+def test_check_refuses_a_typo_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "risk.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("max_order_notional", "max_order_notionl", 1))
+    result = runner.invoke(root.app, ["risk-gate", "check", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "strategies.sma-aapl.max_order_notionl: Extra inputs are not permitted" in (
+        result.output
+    )
+
+
+def test_run_without_a_limits_file_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRADEBUS_RISK_CONFIG", raising=False)
+    result = runner.invoke(root.app, ["risk-gate", "run"])
+    assert result.exit_code == 2
+    assert "no risk limits file" in result.output
+
+
+def test_operator_defaults_to_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USER", "ann")
+    assert cli._operator(None) == "ann"
+    assert cli._operator("bob") == "bob"
+
+
+def test_resume_refuses_a_scope_that_is_not_a_token() -> None:
+    result = runner.invoke(root.app, ["risk", "resume", "acct.a", "--reason", "x"])
+    assert result.exit_code == 2
+
+
+def test_status_table_shows_states_and_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    console = Console(width=200, record=True)
+    monkeypatch.setattr(cli, "out", console)
+    from services.risk_gate.config import load_limits
+
+    limits: RiskLimits = load_limits(EXAMPLE)
+    summary = {"as_of_seq": 7, **summarize(RiskState.initial(limits), 1_773_154_800 * 10**9)}
+    cli._print_status(summary, limits_given=True)
+    text = console.export_text()
+    assert "as of store sequence 7" in text
+    assert "kill switch off" in text
+    assert "sma-aapl" in text
+    assert "60000" in text
