@@ -15,17 +15,15 @@ from services.risk_gate.domain.evolve import roll_day
 from services.risk_gate.domain.limits import GLOBAL, RateLimit
 from services.risk_gate.domain.state import ZERO, RiskState
 
-FOUR = Decimal("0.0001")
-
 
 def _used(value: Decimal, cap: Decimal | None) -> str | None:
     if cap is None or cap == 0:
         return None
-    return str((value / cap).quantize(FOUR))
+    return f"{value / cap:.4f}"  # formatting never raises, unlike quantize
 
 
 def _money(value: Decimal) -> str:
-    return str(value.quantize(Decimal("0.01")))
+    return f"{value:.2f}"
 
 
 def _rate(state: RiskState, key: str, limit: RateLimit | None, now_ns: int) -> dict[str, Any]:
