@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.pull import PullFetcher
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
@@ -94,23 +95,23 @@ class EventConsumer:
         self.on_dead_letter = on_dead_letter
 
     async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set (or forever)."""
+        """Consume until ``stop`` is set (or forever); each message is handled
+        as soon as it arrives (see :mod:`libs.bus.pull`)."""
         await ensure_consumer(
             self.bus, self.durable, filter_subject=self.filter_subject, stream=self.stream
         )
-        sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
+        fetcher = PullFetcher(self.bus, self.stream, self.durable)
+        await fetcher.start()
         try:
             while stop is None or not stop.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=FETCH_TIMEOUT)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
+                    msgs = await fetcher.fetch(self.batch, timeout=FETCH_TIMEOUT)
                 except nats.errors.ConnectionClosedError:
                     return
                 for msg in msgs:
                     await self._one(msg, handler)
         finally:
-            await sub.unsubscribe()
+            await fetcher.close()
 
     async def _one(self, msg: Msg, handler: Handler) -> None:
         try:

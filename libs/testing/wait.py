@@ -18,7 +18,7 @@ async def eventually(
     *,
     timeout: float = 10.0,
     interval: float = 0.02,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> Any:
     """Poll ``condition`` (sync or async) until it returns something truthy.
 
@@ -38,7 +38,6 @@ async def eventually(
         except (AssertionError, OSError, ConnectionError) as e:
             last = e
         if time.monotonic() >= end:
-            raise ConditionTimeout(
-                f"{message or 'condition'} not met in {timeout}s; last: {last!r}"
-            )
+            what = message() if callable(message) else message
+            raise ConditionTimeout(f"{what or 'condition'} not met in {timeout}s; last: {last!r}")
         await asyncio.sleep(interval)  # polling interval, not synchronisation

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +74,9 @@ class Producers:
             results.append(json.loads(out.decode().strip().splitlines()[-1]))
         return results
 
+    def status(self) -> str:
+        return ", ".join(f"producer {i}: rc={p.poll()}" for i, p in enumerate(self.procs))
+
     def kill(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -93,6 +96,16 @@ async def assert_exactly_once_in_stream_order(bus: Bus, database_url: str, total
 
 async def reached(database_url: str, n: int) -> bool:
     return await recorded_count(database_url) >= n
+
+
+def diagnose(rec: ServiceProcess, producers: Producers | None = None) -> Callable[[], str]:
+    """What to print when a wait times out: producers' state, the recorder's log."""
+
+    def text() -> str:
+        head = producers.status() if producers is not None else ""
+        return f"{head}\nrecorder alive={rec.alive}, log tail:\n{rec.log_text()[-3000:]}"
+
+    return text
 
 
 @pytest.fixture
@@ -119,7 +132,9 @@ async def test_concurrent_producers_recorded_exactly_once_in_order(
     try:
         results = await producers.wait()
         assert sum(r["count"] for r in results) == 40_000
-        await eventually(lambda: reached(database_url, 40_000), timeout=90)
+        await eventually(
+            lambda: reached(database_url, 40_000), timeout=90, message=diagnose(rec, producers)
+        )
         await assert_exactly_once_in_stream_order(bus, database_url, 40_000)
     finally:
         producers.kill()
@@ -151,10 +166,14 @@ async def test_nats_restart_mid_stream(
     rec = recorder(tmp_path, own_nats.url, database_url, "r1").start()
     producers = Producers(own_nats.url, count=2, per=10_000, tag="natsrestart")
     try:
-        await eventually(lambda: reached(database_url, 4_000), timeout=60)
+        await eventually(
+            lambda: reached(database_url, 4_000), timeout=60, message=diagnose(rec, producers)
+        )
         own_nats.restart()  # same port, same JetStream store
         await producers.wait()
-        await eventually(lambda: reached(database_url, 20_000), timeout=90)
+        await eventually(
+            lambda: reached(database_url, 20_000), timeout=90, message=diagnose(rec, producers)
+        )
         assert rec.alive
         async with await Bus.connect(own_nats.url, name="check") as check:
             await assert_exactly_once_in_stream_order(check, database_url, 20_000)
@@ -170,7 +189,7 @@ async def test_postgres_outage_mid_stream(
     rec = recorder(tmp_path, nats_url, url, "r1").start()
     producers = Producers(nats_url, count=2, per=10_000, tag="pgdown")
     try:
-        await eventually(lambda: reached(url, 4_000), timeout=60)
+        await eventually(lambda: reached(url, 4_000), timeout=60, message=diagnose(rec, producers))
         server.stop()
         down_at = time.monotonic()
         # Postgres stays down while the recorder retries (0.2 s backoff plus a
@@ -181,7 +200,7 @@ async def test_postgres_outage_mid_stream(
         assert outage_s >= 3.0, outage_s
         server.start()
         await producers.wait()
-        await eventually(lambda: reached(url, 20_000), timeout=90)
+        await eventually(lambda: reached(url, 20_000), timeout=90, message=diagnose(rec, producers))
         await assert_exactly_once_in_stream_order(bus, url, 20_000)
     finally:
         producers.kill()
