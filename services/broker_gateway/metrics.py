@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+
 COMMANDS = Counter(
     "tradebus_broker_commands_total",
     "Order commands handled, by type and outcome",
@@ -36,7 +38,4 @@ RECONCILED_FILLS = Counter(
 )
 MALFORMED = Counter(
     "tradebus_broker_malformed_messages_total", "Broker messages that did not parse", ["account"]
-)
-DEAD_LETTERS = Counter(
-    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
 )

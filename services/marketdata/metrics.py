@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+
 MESSAGES_IN = Counter(
     "tradebus_marketdata_messages_in_total", "Records received from the source", ["channel"]
 )
@@ -20,9 +22,6 @@ FEED_LAG = Gauge(
     "tradebus_marketdata_feed_lag_seconds", "Now minus the event time of the latest record"
 )
 STALE = Gauge("tradebus_marketdata_stale", "1 while the feed is stale during market hours")
-DEAD_LETTERS = Counter(
-    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
-)
 
 # Synthetic and cache sources (services/marketdata/adapters/synthetic.py, cache.py).
 SCHEDULE_RESETS = Counter(

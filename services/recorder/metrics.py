@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+
 EVENTS_RECORDED = Counter(
     "tradebus_recorder_events_recorded_total", "Stream positions committed to the event store"
 )
@@ -21,9 +23,6 @@ CONSUMER_LAG = Gauge(
     "tradebus_recorder_consumer_lag", "Messages in the stream not yet delivered to the recorder"
 )
 LAST_SEQUENCE = Gauge("tradebus_recorder_last_sequence", "Last committed stream sequence")
-DEAD_LETTERS = Counter(
-    "tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"]
-)
 HOLES_FILLED = Counter(
     "tradebus_recorder_holes_filled_total", "Positions read directly from the stream"
 )

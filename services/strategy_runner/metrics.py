@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
 
 EVENTS_IN = Counter(
     "tradebus_strategy_events_in_total",
@@ -51,15 +53,3 @@ RESTORED = Counter(
     "tradebus_strategy_runner_restored_events_total",
     "Events read from the event store at start-up to rebuild strategies' books",
 )
-
-
-def _dead_letters() -> Counter:
-    # Other services declare the same family (one per process in production);
-    # reuse it when a test process has already imported one of them.
-    existing = REGISTRY._names_to_collectors.get("tradebus_dead_letters_total")
-    if isinstance(existing, Counter):
-        return existing
-    return Counter("tradebus_dead_letters_total", "Messages dead-lettered", ["service", "reason"])
-
-
-DEAD_LETTERS = _dead_letters()
