@@ -45,7 +45,7 @@ from libs.contract.events import OrderIntentCreated, SubmitOrder
 from libs.store.errors import StoreError
 from services.risk_gate import metrics
 from services.risk_gate.adapters.store import rebuild
-from services.risk_gate.adapters.stream import RiskStream
+from services.risk_gate.adapters.stream import RiskStream, stream_seq
 from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.commands import SOURCE
 from services.risk_gate.domain.decide import decide, gross_exposure
@@ -197,7 +197,7 @@ class RiskGate:
     # ----------------------------------------------------------- messages
 
     async def _on_message(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        seq = stream_seq(msg)
         if seq <= self.last_seq:
             return  # redelivered: already folded in
         try:

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -617,3 +618,29 @@ async def test_gate_works_under_its_own_nats_user(
         if gate is not None:
             gate.kill()
         server.stop()
+
+
+async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
+    """No batching delay: an intent arriving alone is decided within milliseconds
+    (a fetch that waits for a full batch would hold it for the fetch timeout)."""
+    await bus.publish(mark("AAPL", "100"))
+    seen: dict[uuid.UUID, float] = {}
+
+    async def on_decision(msg: Any) -> None:
+        event: Any = EVENT_ADAPTER.validate_json(msg.data)
+        seen[event.payload.intent_id] = time.perf_counter()
+
+    sub = await bus.nc.subscribe("risk.decision.good", cb=on_decision)
+    latencies = []
+    try:
+        for k in range(10):
+            sig, intent = signal_and_intent("good", 1, side="buy" if k % 2 else "sell")
+            await bus.publish(sig)
+            sent = time.perf_counter()
+            await bus.publish(intent)
+            await eventually(lambda i=intent.id: i in seen, timeout=10)  # type: ignore[misc]
+            latencies.append(seen[intent.id] - sent)
+    finally:
+        await sub.unsubscribe()
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.05, latencies

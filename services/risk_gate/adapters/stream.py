@@ -10,17 +10,15 @@ decisions are in that backlog); past it, the gate is live.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
-import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import STREAM
 
 log = logging.getLogger(__name__)
@@ -47,7 +45,7 @@ class RiskStream:
         self.bus = bus
         self.stream = stream
         self.ack_wait_s = ack_wait_s
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._fetcher = PullFetcher(bus, stream, DURABLE)
 
     async def start_at(self, next_seq: int) -> int:
         """Deliver from ``next_seq`` on; returns how many messages were already there."""
@@ -74,23 +72,19 @@ class RiskStream:
             filter_subjects=list(FILTER_SUBJECTS),
         )
         created = await self.bus.js.add_consumer(self.stream, config)
-        self._sub = await self.bus.js.pull_subscribe_bind(
-            DURABLE, stream=self.stream, pending_msgs_limit=50_000
-        )
+        await self._fetcher.start()
         backlog = int(created.num_pending or 0)
         log.info("risk-gate consumer starts at sequence %d with %d to replay", next_seq, backlog)
         return backlog
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to ``batch`` messages; an empty list when none came in ``timeout``."""
-        assert self._sub is not None, "start_at() first"
-        try:
-            return await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
+        """Up to ``batch`` messages, as soon as any arrived; empty after ``timeout``."""
+        return await self._fetcher.fetch(batch, timeout)
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await sub.unsubscribe()
+        await self._fetcher.close()
+
+
+def stream_seq(msg: Msg) -> int:
+    """The stream sequence of a delivered message (from its ack subject)."""
+    return parse_ack_subject(msg.reply)[0]
