@@ -50,8 +50,16 @@ class RiskStream:
     async def start_at(self, next_seq: int) -> int:
         """Deliver from ``next_seq`` on; returns how many messages were already there."""
         info = await self.bus.ensure_stream(name=self.stream)
-        first = info.state.first_seq
-        if first > next_seq and info.state.messages:
+        first, last = info.state.first_seq, info.state.last_seq
+        if last < next_seq - 1:
+            log.error(
+                "the stream ends at %d but the store already holds %d: was the NATS data reset "
+                "without the store? Sequences up to %d will be skipped",
+                last,
+                next_seq - 1,
+                next_seq - 1,
+            )
+        elif first > next_seq and info.state.messages:
             log.warning(
                 "the stream starts at %d but the store ends at %d: sequences in between are "
                 "in neither (trimmed before they were recorded?)",
