@@ -6,12 +6,15 @@ import base64
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from libs.contract.codec import decode, derived_id, encode
+from libs.contract.envelope import Money, Nanos, NonNegativeQuantity, Price, Quantity, Token
 from libs.contract.events import BarClosed, QuoteUpdated, TradePrinted
 from libs.contract.subjects import subject_for
 from services.marketdata.adapters.polygon.parse import (
@@ -19,8 +22,19 @@ from services.marketdata.adapters.polygon.parse import (
     bar_id,
     rest_bar_event,
     statuses_text,
+    trade_id,
 )
-from services.marketdata.adapters.polygon.schemas import RestAgg, RestAggsResponse, RestError
+from services.marketdata.adapters.polygon.schemas import (
+    RestAgg,
+    RestAggsResponse,
+    RestError,
+    WireMillis,
+    WireMoney,
+    WirePrice,
+    WireQuantity,
+    WireSize,
+    WireSymbol,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "polygon"
 NOW = 1_700_000_000_123_456_789
@@ -253,3 +267,71 @@ def test_any_valid_trade_round_trips_through_the_contract(
     assert event.ts_event == t * 1_000_000
     assert event.payload.conditions == tuple(conditions)
     assert decode(encode(event)) == event
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    symbol=st.from_regex(r"[A-Z:]{1,12}", fullmatch=True),
+    n=st.integers(min_value=0, max_value=2**63),
+    venue_id=st.text(max_size=20),
+)
+def test_fast_ids_are_exactly_the_contract_derived_ids(symbol: str, n: int, venue_id: str) -> None:
+    assert trade_id(symbol, n, None, 0) == derived_id("polygon", "T", symbol, n)
+    assert trade_id(symbol, None, venue_id, n) == derived_id(
+        "polygon", "T", symbol, "i", venue_id, n
+    )
+    assert bar_id(symbol, "1m", n) == derived_id("polygon", "bar", symbol, "1m", n)
+
+
+# The parser builds events without validating them a second time; these tests
+# hold it to the contract: same fields, same values, same constraints.
+
+
+def test_built_events_hold_every_contract_field_and_validate_to_themselves() -> None:
+    events = [
+        *parser().parse(fixture("ws_stocks_mixed.json")).events,
+        *parser().parse(fixture("ws_options.json")).events,
+    ]
+    assert {type(e) for e in events} == {TradePrinted, QuoteUpdated, BarClosed}
+    for event in events:
+        cls = type(event)
+        assert list(event.__dict__) == list(cls.model_fields)
+        assert list(event.payload.__dict__) == list(type(event.payload).model_fields)
+        assert cls.model_validate(event.model_dump()) == event
+        assert event.model_dump_json() == cls.model_validate(event.model_dump()).model_dump_json()
+
+
+PROBES = ["0", "-1", "1", "190.16", "0.000000000001", "1E-13", "1" * 38, "1" * 39, "NaN", "Inf"]
+
+
+@pytest.mark.parametrize(
+    ("wire", "contract"),
+    [
+        (WirePrice, Price),
+        (WireQuantity, Quantity),
+        (WireSize, NonNegativeQuantity),
+        (WireMoney, Money),
+    ],
+)
+def test_wire_numbers_carry_the_contract_constraints(wire: Any, contract: Any) -> None:
+    ours: TypeAdapter[Any] = TypeAdapter(wire)
+    theirs: TypeAdapter[Any] = TypeAdapter(contract)
+    for probe in PROBES:
+        assert _accepts(ours, Decimal(probe)) == _accepts(theirs, Decimal(probe)), probe
+
+
+def test_wire_symbols_and_times_carry_the_contract_constraints() -> None:
+    for probe in ["AAPL", "O:SPY241220P00720000", "BRK.B", "", "A" * 64, "A" * 65, "a b", "X-1_y"]:
+        assert _accepts(TypeAdapter(WireSymbol), probe) == _accepts(TypeAdapter(Token), probe)
+    limit = (2**63 - 1) // 1_000_000
+    for ms in [0, -1, limit, limit + 1]:
+        ns_ok = _accepts(TypeAdapter(Nanos), ms * 1_000_000)
+        assert _accepts(TypeAdapter(WireMillis), ms) == ns_ok
+
+
+def _accepts(adapter: TypeAdapter[Any], value: object) -> bool:
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True

@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +99,8 @@ KICKS = ("max_connections", "force_disconnect", "slow_consumer")
 SLOW_RETRY = ("auth_failed", "max_connections")
 #: A session that lasted this long was healthy: the backoff starts over.
 HEALTHY_SESSION_S = 10.0
+#: Allocations between two young-generation collections while the feed runs.
+GC_GEN0_THRESHOLD = 10_000
 WS_MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -123,6 +127,29 @@ class _Outcome:
     subscribed: bool = False
     data: bool = False
     started: float = field(default_factory=time.monotonic)
+
+
+@contextlib.contextmanager
+def collector_tuned_for_throughput() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off the hot path while the feed runs.
+
+    Every record allocates a few short-lived containers (its venue record, our
+    event and payload), none in a cycle; with the default threshold (700) the
+    young generation is collected every dozen records, and each older
+    collection walks every long-lived object of the process. Profiling the
+    feed at 20k records/s showed a quarter of its CPU there. So the objects
+    that live as long as the process are frozen out of the collector and the
+    young generation is collected every ``GC_GEN0_THRESHOLD`` allocations.
+    Process-wide, hence restored on the way out.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], GC_GEN0_THRESHOLD), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def parse_channels(value: str) -> list[str]:
@@ -210,6 +237,14 @@ class PolygonSource:
             int(self.settings.stale_after_s * 1e9), self._hours, now_ns=self.clock.now_ns()
         )
         try:
+            with collector_tuned_for_throughput():
+                await self._run(sink, stop)
+        finally:
+            if self._rest is not None:
+                self._rest.close()
+
+    async def _run(self, sink: EventSink, stop: asyncio.Event) -> None:
+        try:
             async with asyncio.TaskGroup() as tg:
                 pump = tg.create_task(self._pump(sink), name="polygon-publish")
                 workers = [
@@ -234,9 +269,6 @@ class PolygonSource:
             if len(eg.exceptions) == 1:
                 raise eg.exceptions[0] from None
             raise
-        finally:
-            if self._rest is not None:
-                self._rest.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Connection state per market, staleness and counts (for /health)."""

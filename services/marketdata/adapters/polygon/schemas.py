@@ -8,6 +8,13 @@ times are **milliseconds**. Fields the venue adds later are ignored
 (``extra="ignore"``): a new field must not take the feed down; a missing
 required field or a wrong type makes that one event invalid.
 
+The fields that become ours (symbol, prices, sizes, times) carry our
+contract's own constraints (a symbol is a subject token, a price is positive
+with at most 38 digits and 12 places, times fit in ns as int64). So a record
+that validates here makes a valid event, which lets :mod:`.parse` build events
+without validating twice; ``tests/unit/test_polygon_parse.py`` checks these
+constraints against ``libs.contract.envelope``.
+
 Numbers: Polygon writes prices as JSON numbers, produced from binary doubles
 with the shortest text that reads back to the same double. Parsing that text
 into a double and printing the double's shortest repr gives the same text
@@ -27,8 +34,24 @@ class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
-#: Prices, sizes and volumes as the venue sends them: finite decimals.
+#: Numbers we do not pass on (day volume, official open): finite decimals.
 WireDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
+
+# The contract's constraints (libs.contract.envelope), without its refusal of
+# floats: a JSON number from Polygon is exact as explained above.
+_Exact = Field(allow_inf_nan=False, max_digits=38, decimal_places=12)
+#: A price (``Price``): positive.
+WirePrice = Annotated[Decimal, _Exact, Field(gt=0)]
+#: A size (``Quantity``): positive.
+WireQuantity = Annotated[Decimal, _Exact, Field(gt=0)]
+#: A size that may be zero (``NonNegativeQuantity``): an empty side of a quote.
+WireSize = Annotated[Decimal, _Exact, Field(ge=0)]
+#: An amount (``Money``): a bid or ask price may be 0 when a side is empty.
+WireMoney = Annotated[Decimal, _Exact]
+#: A ticker (``Token``): ``BRK.B`` is not one, so it is refused here, not later.
+WireSymbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
+#: Milliseconds that fit in int64 nanoseconds (``Nanos``).
+WireMillis = Annotated[int, Field(ge=0, le=(2**63 - 1) // 1_000_000)]
 
 
 class WsStatus(_Wire):
@@ -43,19 +66,19 @@ class WsTrade(_Wire):
     """A trade (``T``). Option trades have no ``i`` and no ``z``."""
 
     ev: Literal["T"]
-    sym: str
+    sym: WireSymbol
     #: Exchange id.
     x: int | None = None
     #: Trade id (a string).
     i: str | None = None
     #: Tape: 1 = NYSE, 2 = AMEX, 3 = Nasdaq.
     z: int | None = None
-    p: WireDecimal
-    s: WireDecimal
+    p: WirePrice
+    s: WireQuantity
     #: Condition codes; absent when there are none.
     c: tuple[int, ...] = ()
     #: SIP timestamp, ms.
-    t: int
+    t: WireMillis
     #: Sequence number, increasing per ticker (with gaps).
     q: int | None = None
     trfi: int | None = None
@@ -66,18 +89,18 @@ class WsQuote(_Wire):
     """A quote (``Q``): sizes of stocks in round lots. Option quotes lack ``c``, ``i``, ``z``."""
 
     ev: Literal["Q"]
-    sym: str
+    sym: WireSymbol
     bx: int | None = None
-    bp: WireDecimal
-    bs: WireDecimal
+    bp: WireMoney
+    bs: WireSize
     ax: int | None = None
-    ap: WireDecimal
-    as_: WireDecimal = Field(alias="as")
+    ap: WireMoney
+    as_: WireSize = Field(alias="as")
     #: Condition (one int).
     c: int | None = None
     #: Indicators.
     i: tuple[int, ...] = ()
-    t: int
+    t: WireMillis
     q: int | None = None
     z: int | None = None
 
@@ -86,23 +109,23 @@ class WsAggregate(_Wire):
     """A second (``A``) or minute (``AM``) bar; ``s``/``e`` are window start/end in ms."""
 
     ev: Literal["A", "AM"]
-    sym: str
-    v: WireDecimal
+    sym: WireSymbol
+    v: WireSize
     #: Day volume so far.
     av: WireDecimal | None = None
     #: Official open of the day.
     op: WireDecimal | None = None
-    vw: WireDecimal | None = None
-    o: WireDecimal
-    h: WireDecimal
-    l: WireDecimal  # noqa: E741 - Polygon's field name
-    c: WireDecimal
+    vw: WireMoney | None = None
+    o: WirePrice
+    h: WirePrice
+    l: WirePrice  # noqa: E741 - Polygon's field name
+    c: WirePrice
     #: Day VWAP.
     a: WireDecimal | None = None
     #: Average trade size in the window.
     z: WireDecimal | None = None
-    s: int
-    e: int
+    s: WireMillis
+    e: WireMillis
     otc: bool = False
 
 
