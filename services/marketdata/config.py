@@ -50,6 +50,8 @@ class MarketdataSettings(ServiceSettings):
     polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
     #: Most events handed to the sink in one call.
     polygon_publish_batch: int = Field(default=4096, ge=1, le=100_000)
+    #: At start-up, gap-fill from the newest minute bar on the stream (a restart loses nothing).
+    polygon_resume_from_stream: bool = True
 
     # ---- synthetic source (``--source synthetic``; CLI options override) ----
     #: Ticks per second; each tick is one quote and one trade (plus any closed bars).
