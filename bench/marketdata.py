@@ -155,6 +155,7 @@ async def feed_round(bus: Bus, ws_url: str, events: int, started: Any, timeout: 
         channels="trades,quotes",
         stale_after_s=3600,
         instance="bench",
+        polygon_resume_from_stream=False,
     )
     source = PolygonSource(settings, clock=WallClock(), hours=AlwaysOpen())
     sink = AckCounter(bus, events)

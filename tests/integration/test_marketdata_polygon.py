@@ -38,13 +38,13 @@ from libs.testing.fakes.polygon_data import (
     trade,
 )
 from libs.testing.fakes.polygon_rest import FakePolygonRest
-from libs.testing.fakes.polygon_ws import FakePolygonWs
+from libs.testing.fakes.polygon_ws import FakePolygonWs, encode_frame
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
 from services.marketdata import metrics
 from services.marketdata.adapters.polygon.client import PolygonSource
-from services.marketdata.adapters.polygon.parse import bar_id
+from services.marketdata.adapters.polygon.parse import FrameParser, bar_id
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.staleness import AlwaysOpen
 from services.marketdata.sink import JetStreamSink
@@ -105,6 +105,7 @@ def make_settings(
         "polygon_connect_timeout_s": 5,
         "stale_after_s": 60,
         "instance": "md-test",
+        "polygon_resume_from_stream": False,
     }
     values.update(over)
     return MarketdataSettings(**values)
@@ -351,6 +352,41 @@ async def test_gap_fill_follows_next_url_pages(bus: Bus) -> None:
         assert all("cursor" in r.query for r in requests[1:])
         starts = [b.payload.start_ns // MS for b in sink.bars()]
         assert starts == [b["t"] for b in bars]
+
+
+async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
+    bus: Bus, nats_url: str
+) -> None:
+    bars = make_minute_bars("AAPL", T0, 10)
+    # The previous run published minute 2, then stopped.
+    previous = FrameParser(source="marketdata/old", clock=FakeClock(T0)).parse(
+        encode_frame([rest_bar_to_am("AAPL", bars[2])])
+    )
+    await bus.publish(previous.events[0])
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL",
+            channels="minute_bars",
+            nats_url=nats_url,
+            polygon_resume_from_stream=True,
+        )
+        sink = CountingSink(bus)
+        source = PolygonSource(
+            settings, clock=FakeClock(T0 + 7 * MINUTE_MS + 10_000), hours=AlwaysOpen()
+        )
+        async with running(source, sink):
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+    [request] = rest.agg_requests("AAPL")
+    assert request.path.endswith(f"/{T0 + 3 * MINUTE_MS}/{T0 + 6 * MINUTE_MS}")
+    assert [b.payload.start_ns // MS for b in sink.bars()] == [
+        T0 + i * MINUTE_MS for i in range(3, 7)
+    ]
+    assert all(b.payload.backfilled for b in sink.bars())
 
 
 async def test_max_connections_is_reported_and_retried_slowly(bus: Bus) -> None:

@@ -20,6 +20,8 @@ configured) it keeps one WebSocket connection up, forever:
 - **gap-fill**: after a reconnect, the minute bars of the outage come from
   the REST aggregates (:mod:`.rest`), only those not already published, in
   time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`).
+  At start-up the newest minute bar per symbol on the stream is where the
+  last run stopped (:mod:`.resume`), so a restart is gap-filled too.
 - **staleness**: no data for ``stale_after_s`` while the exchange calendar
   says the market is open is reported (``stale``), as is the recovery.
 - **bad input**: a malformed frame or an invalid event is dead-lettered
@@ -81,6 +83,7 @@ from services.marketdata.adapters.polygon.parse import (
     statuses_text,
 )
 from services.marketdata.adapters.polygon.rest import GapFillFetchError, PolygonRest
+from services.marketdata.adapters.polygon.resume import last_minute_bars
 from services.marketdata.adapters.polygon.schemas import RestAgg, ws_auth, ws_subscribe
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.gapfill import GapFiller, time_ordered
@@ -233,6 +236,8 @@ class PolygonSource:
             self._hours = await asyncio.to_thread(ExchangeHours, self.settings.calendar)
         if self._rest is None and any(link.filler.symbols for link in self.links):
             self._rest = PolygonRest(self._key, self.settings.polygon_rest_url)
+        if self.settings.polygon_resume_from_stream:
+            await self._resume()
         self._stale = StaleMonitor(
             int(self.settings.stale_after_s * 1e9), self._hours, now_ns=self.clock.now_ns()
         )
@@ -269,6 +274,23 @@ class PolygonSource:
             if len(eg.exceptions) == 1:
                 raise eg.exceptions[0] from None
             raise
+
+    async def _resume(self) -> None:
+        """Seed each link's gap-filler with the newest minute bar already on the stream."""
+        horizon = self.clock.now_ns() - int(self.settings.polygon_gapfill_max_s * 1e9)
+        for link in self.links:
+            if not link.filler.symbols:
+                continue
+            found = await last_minute_bars(self.settings, link.filler.symbols)
+            for symbol, start_ns in found.items():
+                if start_ns >= horizon:
+                    link.filler.seed(symbol, start_ns)
+            if found:
+                log.info(
+                    "polygon %s: resuming after the last minute bar of %d symbol(s) on the stream",
+                    link.market,
+                    len(found),
+                )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Connection state per market, staleness and counts (for /health)."""

@@ -1,0 +1,77 @@
+"""Where the last run stopped: the newest minute bar per symbol on the stream.
+
+A restarted service has lost its in-memory ledger of published bars; without
+it the bars of the minutes it was down would never be published. At start-up
+:func:`last_minute_bars` asks JetStream for the last message on
+``md.bar.1m.<symbol>`` of each symbol (one ``STREAM.MSG.GET`` each) and
+:class:`~services.marketdata.domain.gapfill.GapFiller` is seeded with it, so
+the first connection gap-fills from the minute after it (at most
+``polygon_gapfill_max_s`` back). The bars' ids are derived from their
+minute, so a bar that was in fact published already is deduplicated.
+
+Best effort: when the stream cannot be read (NATS down, or a NATS user
+without permission for ``$JS.API.STREAM.MSG.GET.TRADEBUS``) the feed starts
+without it and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import nats.errors
+import nats.js.errors
+
+from libs.bus.client import Bus
+from libs.bus.errors import BusError
+from libs.contract.codec import DecodeError, decode
+from libs.contract.events import BarClosed
+from libs.contract.subjects import STREAM, SubjectError, token
+from services.marketdata.config import MarketdataSettings
+
+log = logging.getLogger(__name__)
+
+
+async def last_minute_bars(settings: MarketdataSettings, symbols: Iterable[str]) -> dict[str, int]:
+    """Symbol -> window start (ns) of its newest recorded-stream minute bar."""
+    wanted = [s for s in symbols if _is_token(s)]
+    if not wanted:
+        return {}
+    found: dict[str, int] = {}
+    try:
+        bus = await Bus.connect(
+            settings.nats_url,
+            name=f"marketdata/{settings.instance}/resume",
+            user=settings.nats_user,
+            password=(
+                settings.nats_password.get_secret_value() if settings.nats_password else None
+            ),
+        )
+    except BusError as e:
+        log.warning("not resuming gap-fill from the stream: %s", e)
+        return found
+    try:
+        for symbol in wanted:
+            try:
+                msg = await bus.js.get_last_msg(STREAM, f"md.bar.1m.{symbol}")
+            except nats.js.errors.NotFoundError:
+                continue
+            try:
+                event = decode(msg.data or b"")
+            except DecodeError:
+                continue
+            if isinstance(event, BarClosed) and event.payload.interval == "1m":
+                found[symbol] = event.payload.start_ns
+    except (nats.errors.Error, TimeoutError) as e:
+        log.warning("not resuming gap-fill from the stream: %s", e)
+    finally:
+        await bus.close()
+    return found
+
+
+def _is_token(symbol: str) -> bool:
+    try:
+        token(symbol)
+    except SubjectError:
+        return False
+    return True
