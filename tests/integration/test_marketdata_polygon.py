@@ -414,6 +414,25 @@ async def test_max_connections_is_reported_and_retried_slowly(bus: Bus) -> None:
         assert after - before == 1
 
 
+async def test_max_connections_in_the_auth_reply_is_reported_and_retried_slowly(
+    bus: Bus,
+) -> None:
+    async with FakePolygonWs(api_key=KEY, refuse_newest=True) as ws:
+        # Another client holds the one connection our key is allowed.
+        async with connect(ws.url) as other:
+            await other.recv()
+            await other.send(json.dumps({"action": "auth", "params": KEY}))
+            assert json.loads(await other.recv())[0]["status"] == "auth_success"
+            settings = make_settings(ws, None, polygon_auth_retry_s=0.3)
+            sink = CountingSink(bus)
+            source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+            async with running(source, sink):
+                await eventually(lambda: has_status(sink, "max_connections", 2), timeout=10)
+        assert len(ws.connections) >= 3  # the other client, then ours at least twice
+        assert "auth_failed" not in sink.statuses()
+        assert any("after max_connections" in m for m in sink.status_messages("reconnecting"))
+
+
 async def test_force_disconnect_is_reported_and_reconnected(bus: Bus) -> None:
     async with FakePolygonWs(api_key=KEY) as ws:
         sink = CountingSink(bus)

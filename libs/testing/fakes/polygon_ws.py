@@ -30,7 +30,10 @@ Scripted faults, each on every open connection (or the one given):
 
 ``max_connections`` (default 1, as Polygon's default per asset class): when
 one more connection authenticates, the oldest authenticated one is sent
-``max_connections`` and closed (the newest kicks the oldest).
+``max_connections`` and closed (the newest kicks the oldest, as reported by
+third parties). With ``refuse_newest=True`` the newcomer is the one refused
+instead: ``max_connections`` comes as its auth reply (the variant the official
+client's source allows for).
 
 Use ``async with FakePolygonWs() as ws:``; ``ws.url`` is ``ws://127.0.0.1:PORT/stocks``
 and ``ws.feed`` the ``host:port`` the official client takes.
@@ -117,6 +120,7 @@ class FakePolygonWs:
         max_connections: int | None = 1,
         auth_timeout_s: float = 10.0,
         kick_close_code: int = 1008,
+        refuse_newest: bool = False,
         compression: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -126,6 +130,7 @@ class FakePolygonWs:
         self.max_connections = max_connections
         self.auth_timeout_s = auth_timeout_s
         self.kick_close_code = kick_close_code
+        self.refuse_newest = refuse_newest
         self.compression = compression
         self.host = host
         self.port = port
@@ -316,6 +321,15 @@ class FakePolygonWs:
             await conn.ws.send(encode_frame([AUTH_FAILED]))
             conn.closed = True
             await conn.ws.close(1008, "auth_failed")
+            return False
+        if (
+            self.refuse_newest
+            and self.max_connections is not None
+            and len(self.active) >= self.max_connections
+        ):
+            await conn.ws.send(encode_frame([status("max_connections", MAX_CONNECTIONS_MESSAGE)]))
+            conn.closed = True
+            await conn.ws.close(self.kick_close_code, "max_connections")
             return False
         # The newest connection kicks the oldest ones beyond the limit.
         if self.max_connections is not None:

@@ -363,6 +363,13 @@ class PolygonSource:
             outcome = _Outcome("dropped", "")
             try:
                 outcome = await self._session(link, outcome)
+            except Exception:
+                # A bug must not end the feed for good: say it loudly, go on.
+                log.exception("polygon %s: session failed", link.market)
+                outcome.reason = "error"
+                outcome.message = "internal error (see the log)"
+                if outcome.subscribed:
+                    link.filler.on_disconnect(self.clock.now_ns())
             finally:
                 link.state = "disconnected"
             metrics.RECONNECTS.labels(feed=FEED, reason=outcome.reason).inc()
@@ -450,6 +457,13 @@ class PolygonSource:
         async with asyncio.timeout(timeout):
             reply = self._parser.parse(await ws.recv(decode=False))
         names = {s.status for s in reply.statuses}
+        kicked = [s for s in reply.statuses if s.status in KICKS]
+        if kicked:
+            # Refused at the door (e.g. max_connections in the auth reply).
+            outcome.reason = kicked[0].status
+            outcome.message = statuses_text(kicked)
+            await self._emit([self._status(kicked[0].status, kicked[0].message, link=link)])
+            return
         if "auth_success" not in names:
             outcome.reason = "auth_failed"
             said = statuses_text(reply.statuses) or "no auth reply"
