@@ -36,6 +36,7 @@ integration: $(STAMP)
 ## make bench: performance figures, each script ends with one JSON line.
 bench: $(STAMP)
 	$(PY) bench/recorder.py
+	$(PY) bench/order_path.py
 	$(PY) bench/marketdata.py
 
 ## make proto: regenerate proto/ (JSON Schemas + subject map) from the models.

@@ -1,0 +1,544 @@
+"""Signal-to-broker-ack latency of the order path, against a no-logic floor.
+
+``make bench`` runs this. On its own nats-server and PostgreSQL (fresh, under
+a temporary directory) it runs two chains, each hop its own OS process:
+
+- **real**: ``strategy-runner`` (``EchoStrategy``: one signal and one market
+  buy intent per bar) -> ``risk-gate`` (caps that accept everything) ->
+  ``broker-gateway`` -> ``paper-broker`` over WebSocket -> ``OrderAccepted``
+  on ``broker.ack.paper``; the recorder runs too, as in production.
+- **floor**: ``bench/relay.py`` processes over the same subjects with no
+  logic (strategy-like publisher, relay risk, relay gateway, WebSocket echo),
+  with the recorder running as well.
+
+The driver publishes one ``BarClosed`` on ``md.bar.1m.AAPL`` per order at a
+fixed rate and subscribes to ``strategy.signal.>`` and ``broker.ack.>``.
+Latency per order = the wall clock when the driver sees the ack minus the
+signal's ``ts_init`` (same machine, same clock). For each chain: p50 / p99 /
+p99.9 over ``--orders`` orders at ``--rate`` (200/s), then the maximum
+sustainable rate (doubling, then bisecting, until the backlog grows), then
+``--orders`` orders at that rate.
+
+Progress goes to stderr; stdout gets a table and, as its last line, one JSON
+object with the figures and their units. Everything started is stopped on
+exit. Other work on the same two cores shows up in every figure: the CPU
+share is reported with each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from harness import Children, cpu_busy, cpu_sample, fresh_stream, say  # bench/harness.py
+from nats.aio.msg import Msg
+
+from libs.bus.client import MSG_ID_HEADER, Bus
+from libs.contract.envelope import WallClock
+from libs.contract.events import BarClosed, BarPayload
+from libs.local.servers import NatsServer, PostgresServer, free_port
+from libs.store.migrate import upgrade_async
+from libs.testing.procs import ServiceProcess
+
+HERE = Path(__file__).resolve().parent
+RELAY = HERE / "relay.py"
+ACCOUNT = "paper"
+STRATEGY = "bench"
+KEYS = {"BENCH_PAPER_KEY_ID": "bench-key", "BENCH_PAPER_SECRET_KEY": "bench-secret"}
+TARGET_P99_MS = 5.0
+TARGET_P50_RATIO = 1.3
+
+#: Named timeouts (seconds).
+READY_TIMEOUT = 90.0
+DRAIN_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+RISK_YAML = f"""
+max_intent_age_s: 30
+accounts:
+  {ACCOUNT}:
+    daily_loss_limit: "1000000000"
+    rate_limit: {{max_orders: 1000000, per_seconds: 1}}
+    flatten_on_disconnect: false
+strategies:
+  {STRATEGY}:
+    account: {ACCOUNT}
+    max_gross_notional: "1000000000000"
+    max_position: 100000000
+    max_order_quantity: 1000
+    max_order_notional: "100000000"
+    rate_limit: {{max_orders: 1000000, per_seconds: 1}}
+"""
+
+STRATEGIES_YAML = f"""
+strategies:
+  - name: {STRATEGY}
+    kind: libs.strategy.testing:EchoStrategy
+    symbols: [AAPL]
+    account: {ACCOUNT}
+    inbox_size: 100000
+    overflow: block
+    params: {{quantity: 1}}
+"""
+
+
+def paper_yaml(work: Path) -> str:
+    return f"""
+accounts:
+  {ACCOUNT}:
+    key_id_env: BENCH_PAPER_KEY_ID
+    secret_key_env: BENCH_PAPER_SECRET_KEY
+fill_model:
+  max_fill_quantity: "1000"
+max_order_quantity: "100000"
+journal: {work / "journal.jsonl"}
+journal_fsync: false
+"""
+
+
+def brokers_yaml(port: int) -> str:
+    return f"""
+accounts:
+  {ACCOUNT}:
+    adapter: paper
+    url: ws://127.0.0.1:{port}/stream
+    credentials:
+      key_id_env: BENCH_PAPER_KEY_ID
+      secret_key_env: BENCH_PAPER_SECRET_KEY
+"""
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Percentiles:
+    count: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, latencies_ns: list[int]) -> Percentiles:
+        xs = sorted(latencies_ns)
+        n = len(xs)
+
+        def q(p: float) -> float:
+            return xs[min(n - 1, int(p * n))] / 1e6
+
+        return cls(n, q(0.50), q(0.99), q(0.999), xs[-1] / 1e6)
+
+    def row(self) -> str:
+        return f"p50 {self.p50_ms:7.2f}  p99 {self.p99_ms:7.2f}  p99.9 {self.p999_ms:7.2f} ms"
+
+
+@dataclass
+class Step:
+    """What one paced run measured."""
+
+    rate: float  # asked for, orders/s
+    sent_rate: float  # what the driver achieved
+    latencies_ns: list[int]  # in ack arrival order
+    backlog_end: int  # orders not yet acked when the last bar was sent
+    cpu: float
+    drained: bool
+
+    @property
+    def stats(self) -> Percentiles:
+        return Percentiles.of(self.latencies_ns)
+
+    def sustainable(self) -> bool:
+        """The chain kept up: the driver kept pace, every ack came, and the
+        latency did not climb through the run (a backlog grows)."""
+        n = len(self.latencies_ns)
+        if not self.drained or n < 20 or self.sent_rate < 0.95 * self.rate:
+            return False
+        quarter = n // 4
+        first = statistics.median(self.latencies_ns[:quarter])
+        last = statistics.median(self.latencies_ns[-quarter:])
+        growing = last > 2 * first + 2_000_000
+        return not growing and self.backlog_end <= max(20, int(0.05 * self.rate))
+
+
+@dataclass
+class Driver:
+    """Publishes bars at a rate; joins acks to signals by correlation id."""
+
+    bus: Bus
+    signals: dict[str, int] = field(default_factory=dict)  # signal id -> ts_init
+    acks: dict[str, int] = field(default_factory=dict)  # correlation id -> seen at (ns)
+    ack_order: list[str] = field(default_factory=list)
+    target: int = 0
+    all_acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        await self.bus.nc.subscribe("strategy.signal.>", cb=self._on_signal)
+        await self.bus.nc.subscribe("broker.ack.>", cb=self._on_ack)
+
+    async def _on_signal(self, msg: Msg) -> None:
+        event = orjson.loads(msg.data)
+        self.signals[event["id"]] = int(event["ts_init"])
+
+    async def _on_ack(self, msg: Msg) -> None:
+        seen = time.time_ns()
+        corr = orjson.loads(msg.data)["correlation_id"]
+        if corr not in self.acks:
+            self.acks[corr] = seen
+            self.ack_order.append(corr)
+            if len(self.acks) >= self.target:
+                self.all_acked.set()
+
+    async def run(self, orders: int, rate: float) -> Step:
+        self.signals.clear()
+        self.acks.clear()
+        self.ack_order.clear()
+        self.target = orders
+        self.all_acked.clear()
+        bars = [_bar(i) for i in range(orders)]
+        cpu0 = cpu_sample()
+        start = time.monotonic()
+        for i, data in enumerate(bars):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the producer, not synchronisation
+            await self.bus.nc.publish(
+                "md.bar.1m.AAPL", data, headers={MSG_ID_HEADER: uuid.uuid4().hex}
+            )
+        sent_for = time.monotonic() - start
+        backlog = orders - len(self.acks)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.all_acked.wait(), DRAIN_TIMEOUT)
+        cpu = cpu_busy(cpu0, cpu_sample())
+        latencies = [self.acks[c] - self.signals[c] for c in self.ack_order if c in self.signals]
+        return Step(
+            rate=rate,
+            sent_rate=orders / sent_for if sent_for > 0 else float("inf"),
+            latencies_ns=latencies,
+            backlog_end=backlog,
+            cpu=cpu,
+            drained=len(latencies) >= orders,
+        )
+
+
+_CLOCK = WallClock()
+
+
+def _bar(i: int) -> bytes:
+    now = time.time_ns()
+    close = Decimal(100) + Decimal(i % 100) / 100
+    event = BarClosed.create(
+        BarPayload(
+            symbol="AAPL",
+            interval="1m",
+            open=close,
+            high=close,
+            low=close,
+            close=close,
+            volume=Decimal(1000),
+            start_ns=now - 60_000_000_000,
+            end_ns=now,
+            feed="synthetic",
+        ),
+        source="bench/marketdata",
+        clock=_CLOCK,
+    )
+    return event.model_dump_json().encode()
+
+
+# ------------------------------------------------------------------ the chains
+
+
+class Chain:
+    """One chain's processes: started, checked for readiness, stopped."""
+
+    name = ""
+
+    def __init__(self, work: Path, nats_url: str, database_url: str) -> None:
+        self.work = work / self.name
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.nats_url = nats_url
+        self.database_url = database_url
+        self.children = Children()
+        self.services: list[ServiceProcess] = []
+
+    def service(self, args: list[str], name: str, **env: str) -> ServiceProcess:
+        svc = ServiceProcess(
+            args,
+            env={"NATS_URL": self.nats_url, "DATABASE_URL": self.database_url, **KEYS, **env},
+            log_path=self.work / f"{name}.log",
+            name=f"bench-{name}",
+        ).start()
+        self.services.append(self.children.add_service(svc))
+        return svc
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    def check_alive(self) -> None:
+        for svc in self.services:
+            if not svc.alive:
+                raise RuntimeError(f"{svc.log_path.name} exited:\n{svc.log_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.children.stop_all()
+
+
+async def wait_until(what: str, check: Callable[[], Any], chain: Chain) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not check():
+        chain.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{chain.name}: {what} not ready in {READY_TIMEOUT}s")
+        await asyncio.sleep(0.1)  # polling readiness, not synchronisation
+
+
+class RealChain(Chain):
+    name = "real"
+
+    async def start(self) -> None:
+        (self.work / "risk.yaml").write_text(RISK_YAML)
+        (self.work / "strategies.yaml").write_text(STRATEGIES_YAML)
+        (self.work / "paper.yaml").write_text(paper_yaml(self.work))
+        port = free_port()
+        (self.work / "brokers.yaml").write_text(brokers_yaml(port))
+        recorder = self.service(["recorder", "run"], "recorder")
+        paper = self.service(
+            ["paper-broker", "run", "--config", str(self.work / "paper.yaml"), "--port", str(port)],
+            "paper-broker",
+        )
+        gateway = self.service(
+            ["broker-gateway", "run", "--config", str(self.work / "brokers.yaml")], "gateway"
+        )
+        gate = self.service(["risk-gate", "run", "--config", str(self.work / "risk.yaml")], "gate")
+        runner = self.service(
+            ["strategy-runner", "run", "--config", str(self.work / "strategies.yaml")], "runner"
+        )
+        for svc in (recorder, paper, gate, runner):
+            await wait_until(svc.log_path.name, lambda s=svc: s.health(), self)  # type: ignore[misc]
+
+        def connected() -> bool:
+            health = gateway.health()
+            return bool(health and health["accounts"][ACCOUNT]["connected"])
+
+        await wait_until("gateway connection", connected, self)
+
+
+class FloorChain(Chain):
+    name = "floor"
+
+    async def relay(self, *args: str) -> None:
+        log = (self.work / f"relay-{args[0]}.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(RELAY), *args, "--nats", self.nats_url,
+            stdout=asyncio.subprocess.PIPE, stderr=log,
+        )  # fmt: skip
+        log.close()
+        self.children.add(proc)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"relay {args[0]} did not start (see {self.work})")
+
+    async def start(self) -> None:
+        recorder = self.service(["recorder", "run"], "recorder")
+        port = free_port()
+        await self.relay("echo", "--port", str(port))
+        await self.relay("gateway", "--ws", f"ws://127.0.0.1:{port}")
+        await self.relay("risk")
+        await self.relay("strategy")
+        await wait_until("recorder", recorder.health, self)
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class ChainResult:
+    at_rate: Step
+    max_rate: float
+    at_max: Step
+    search: list[tuple[float, bool]]
+
+
+async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
+    await fresh_stream(chain.nats_url)
+    say(f"{chain.name}: starting processes")
+    await chain.start()
+    async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
+        driver = Driver(bus)
+        await driver.start()
+
+        async def step(orders: int, rate: float, label: str) -> Step:
+            chain.check_alive()
+            result = await driver.run(orders, rate)
+            ok = result.sustainable()
+            say(
+                f"{chain.name}: {label} {orders} @ {rate:.0f}/s: sent {result.sent_rate:.0f}/s, "
+                f"acked {len(result.latencies_ns)}, backlog at end {result.backlog_end}, "
+                f"{result.stats.row() if result.latencies_ns else 'no acks'}, "
+                f"cpu {result.cpu:.0%}, {'sustained' if ok else 'NOT sustained'}"
+            )
+            return result
+
+        await step(opts.warmup, 100, "warm-up")
+        at_rate = await step(opts.orders, opts.rate, "fixed rate")
+
+        search: list[tuple[float, bool]] = []
+
+        async def probe(rate: float) -> bool:
+            n = max(300, int(rate * opts.probe_seconds))
+            ok = (await step(n, rate, "probe")).sustainable()
+            search.append((rate, ok))
+            return ok
+
+        good, bad = 0.0, 0.0
+        rate = opts.rate
+        while rate <= opts.rate_cap:
+            if await probe(rate):
+                good, rate = rate, rate * 2
+            else:
+                bad = rate
+                break
+        if bad == 0.0:
+            bad = rate
+        while good == 0.0 and rate / 2 >= opts.rate_floor:
+            # Not even the fixed rate holds: halve until one does.
+            rate /= 2
+            if await probe(rate):
+                good = rate
+            else:
+                bad = rate
+        for _ in range(opts.bisect):
+            if good == 0.0 or bad / good < 1.15:
+                break
+            mid = round((good + bad) / 2, -1)
+            if await probe(mid):
+                good = mid
+            else:
+                bad = mid
+        max_rate = good or opts.rate_floor
+        at_max = await step(opts.orders, max_rate, "max rate")
+    return ChainResult(at_rate, max_rate, at_max, search)
+
+
+def table(results: dict[str, ChainResult], opts: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "orders": opts.orders,
+        "rate_per_s": opts.rate,
+        "units": {"latency": "ms", "rate": "orders/s"},
+        "targets": {"p99_ms": TARGET_P99_MS, "p50_ratio_to_floor": TARGET_P50_RATIO},
+    }
+    print(f"{'chain':<6} {'phase':<18} {'n':>6} {'p50':>8} {'p99':>8} {'p99.9':>8} {'cpu':>5}")
+    for name, r in results.items():
+        for phase, s in (
+            (f"{r.at_rate.rate:.0f}/s", r.at_rate),
+            (f"max {r.max_rate:.0f}/s", r.at_max),
+        ):
+            st = s.stats
+            print(
+                f"{name:<6} {phase:<18} {st.count:>6} {st.p50_ms:>8.2f} {st.p99_ms:>8.2f} "
+                f"{st.p999_ms:>8.2f} {s.cpu:>5.0%}"
+            )
+        out[name] = {
+            "at_rate": _stats_json(r.at_rate),
+            "max_sustainable_orders_per_s": r.max_rate,
+            "at_max_rate": _stats_json(r.at_max),
+            "search": [{"rate": rate, "sustained": ok} for rate, ok in r.search],
+        }
+    if "real" in results and "floor" in results:
+        real, floor = results["real"].at_rate.stats, results["floor"].at_rate.stats
+        ratio = real.p50_ms / floor.p50_ms if floor.p50_ms else float("inf")
+        out["p50_ratio_to_floor"] = round(ratio, 3)
+        out["meets_p99_target"] = real.p99_ms <= TARGET_P99_MS
+        out["meets_p50_ratio_target"] = ratio <= TARGET_P50_RATIO
+        print(
+            f"real vs floor at {opts.rate:.0f}/s: p50 {real.p50_ms:.2f} / {floor.p50_ms:.2f} ms "
+            f"= {ratio:.2f}x (target <= {TARGET_P50_RATIO}x); real p99 {real.p99_ms:.2f} ms "
+            f"(target <= {TARGET_P99_MS} ms)"
+        )
+    return out
+
+
+def _stats_json(s: Step) -> dict[str, Any]:
+    st = s.stats
+    return {
+        "count": st.count,
+        "p50_ms": round(st.p50_ms, 3),
+        "p99_ms": round(st.p99_ms, 3),
+        "p99_9_ms": round(st.p999_ms, 3),
+        "max_ms": round(st.max_ms, 3),
+        "rate_per_s": s.rate,
+        "sent_per_s": round(s.sent_rate, 1),
+        "cpu_busy": round(s.cpu, 3),
+    }
+
+
+async def run(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
+    nats_server = NatsServer(work / "nats")
+    pg = PostgresServer(work / "pg", fsync=False)
+    results: dict[str, ChainResult] = {}
+    try:
+        say("starting nats-server and PostgreSQL")
+        nats_server.start()
+        pg.start()
+        chains: list[tuple[str, Callable[[str], Chain]]] = []
+        if not opts.no_floor:
+            chains.append(("floor", lambda db: FloorChain(work, nats_server.url, db)))
+        if not opts.no_real:
+            chains.append(("real", lambda db: RealChain(work, nats_server.url, db)))
+        for name, make in chains:
+            db_url = pg.url(f"bench_{name}")
+            await upgrade_async(db_url)
+            chain = make(db_url)
+            try:
+                results[name] = await measure(chain, opts)
+            finally:
+                say(f"{name}: stopping processes")
+                chain.stop()
+    finally:
+        nats_server.stop()
+        pg.stop()
+    return table(results, opts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=10_000, help="orders per measured phase")
+    parser.add_argument("--rate", type=float, default=200, help="the fixed rate, orders/s")
+    parser.add_argument("--warmup", type=int, default=300, help="orders before measuring")
+    parser.add_argument("--probe-seconds", type=float, default=3, help="length of a rate probe")
+    parser.add_argument("--rate-cap", type=float, default=6400, help="highest rate probed")
+    parser.add_argument("--rate-floor", type=float, default=25, help="lowest rate probed")
+    parser.add_argument("--bisect", type=int, default=2, help="bisection probes after doubling")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor chain")
+    parser.add_argument("--no-real", action="store_true", help="skip the real chain")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    opts = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tradebus-order-path-"))
+    say(f"work directory {work}")
+    try:
+        figures = asyncio.run(run(opts, work))
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
