@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +30,10 @@ class StackInfo:
     logs: Sequence[Path] = ()
     tradebus: str = "tradebus"
     psql: str = "psql"
+    #: Where the generated NATS passwords are (never shown themselves).
+    credentials_file: Path | None = None
+    paper_url: str | None = None
+    risk_config: Path | None = None
 
 
 def mask_password(url: str) -> str:
@@ -58,6 +62,10 @@ def render(info: StackInfo) -> str:
     rows.append(("Postgres", db))
     for e in info.endpoints:
         rows.append((e.name, f"{e.metrics_url}   {e.health_url}"))
+    if info.paper_url:
+        rows.append(("paper broker", f"{info.paper_url}   (WebSocket, Alpaca-style)"))
+    if info.credentials_file is not None:
+        rows.append(("NATS users", f"one per service, passwords in {shown(info.credentials_file)}"))
     if info.logs:
         rows.append(("server logs", ", ".join(shown(p) for p in info.logs)))
     width = max(len(k) for k, _ in rows)
@@ -65,14 +73,21 @@ def render(info: StackInfo) -> str:
     lines += [f"   {k:<{width}}  {v}" for k, v in rows]
     lines += ["", " Try, in another terminal:"]
     if info.env_file is not None:
-        lines.append(f"   source {shown(info.env_file)}    # sets NATS_URL and DATABASE_URL")
+        lines.append(
+            f"   source {shown(info.env_file)}    "
+            "# NATS_URL, DATABASE_URL and the operator's NATS user"
+        )
     else:
         lines.append(f"   export NATS_URL='{nats}' DATABASE_URL='{db}'")
     t = info.tradebus
+    risk = f" --config {shown(info.risk_config)}" if info.risk_config else ""
     lines += [
         f"   {t} events --limit 20",
         f"   {t} events --type FillReceived --limit 5",
-        f"   {t} audit <id>    # an event id from above: its whole causal chain",
+        f"   {t} audit <fill id>    # its whole causal chain, back to the signal",
+        f"   {t} positions",
+        f"   {t} risk status{risk}",
+        f'   {t} kill-switch on --reason "..."    # off again: kill-switch off, risk resume global',
         f"   {info.psql} '{db}'",
         "",
         " Ctrl-C stops everything (services first, then the servers).",
@@ -81,13 +96,15 @@ def render(info: StackInfo) -> str:
     return "\n".join(lines)
 
 
-def env_file_text(nats_url: str, database_url: str) -> str:
-    """A file to ``source``: the URLs of this stack (written only for our own servers)."""
-    return (
-        "# Written by tradebus up: source it to point tradebus commands at this stack.\n"
-        f"export NATS_URL='{nats_url}'\n"
-        f"export DATABASE_URL='{database_url}'\n"
-    )
+def env_file_text(nats_url: str, database_url: str, extra: Mapping[str, str] | None = None) -> str:
+    """A file to ``source``: the URLs of this stack, and ``extra`` (the operator's user)."""
+    lines = [
+        "# Written by tradebus up: source it to point tradebus commands at this stack.",
+        f"export NATS_URL='{nats_url}'",
+        f"export DATABASE_URL='{database_url}'",
+    ]
+    lines += [f"export {k}='{v}'" for k, v in (extra or {}).items()]
+    return "\n".join(lines) + "\n"
 
 
 def command_path(name: str, fallback_dir: Path | None) -> str:

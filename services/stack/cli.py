@@ -1,4 +1,4 @@
-"""``tradebus up`` (the whole stack locally) and the demo event source."""
+"""``tradebus up`` (the whole stack locally) and the demo event source (``tradebus demo``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,33 @@ def register(app: typer.Typer) -> None:
         home: Annotated[
             Path, typer.Option(help="Where the servers keep their data (reused across runs)")
         ] = Path(".tradebus"),
-        demo: Annotated[bool, typer.Option(help="Run the demo event source")] = True,
-        demo_rate: Annotated[str, typer.Option(help="Demo trades per second, e.g. 20/s")] = "20/s",
+        only: Annotated[
+            str | None,
+            typer.Option(
+                help="Run only these services, comma-separated (default: all of "
+                "recorder,paper-broker,broker-gateway,risk-gate,strategy-runner,marketdata)"
+            ),
+        ] = None,
+        md_rate: Annotated[
+            str, typer.Option(help="Synthetic market data ticks per second, e.g. 5/s")
+        ] = "5/s",
+        strategies: Annotated[
+            Path | None,
+            typer.Option(
+                dir_okay=False,
+                help="strategies.yaml for the strategy-runner (default: deploy/config/)",
+            ),
+        ] = None,
+        risk: Annotated[
+            Path | None,
+            typer.Option(
+                dir_okay=False, help="risk.yaml for the risk-gate (default: deploy/config/)"
+            ),
+        ] = None,
+        paper_port: Annotated[
+            int | None,
+            typer.Option(help="Paper broker WebSocket port; 0 for any (default: 8765 if free)"),
+        ] = None,
         nats_port: Annotated[
             int | None,
             typer.Option(help="nats-server port; 0 for any (default: 14222 if free, else any)"),
@@ -43,21 +68,31 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(min=0.1, help="Seconds a service gets to stop before SIGKILL")
         ] = 10.0,
     ) -> None:
-        """Run the whole stack on this machine (no Docker) until Ctrl-C.
+        """Run the whole order path on this machine (no Docker) until Ctrl-C.
 
-        Starts nats-server and PostgreSQL from the Python wheels unless NATS_URL /
-        DATABASE_URL are set, migrates the event store, then runs each service as
-        its own process with its output prefixed by its name.
+        Starts nats-server (NATS permissions on, one user per service) and
+        PostgreSQL from the Python wheels unless NATS_URL / DATABASE_URL are set,
+        migrates the event store, then runs each service as its own process with
+        its output prefixed by its name: recorder, paper-broker, broker-gateway,
+        risk-gate, strategy-runner and synthetic marketdata.
         """
         from libs.cli import parse_rate
         from services.stack.up import UpOptions, run_up
+        from services.stack.wiring import WiringError, parse_only
 
-        if parse_rate(demo_rate) is None:
-            raise typer.BadParameter("the demo needs a rate, e.g. 20/s", param_hint="--demo-rate")
+        if parse_rate(md_rate) is None:
+            raise typer.BadParameter("give a rate, e.g. 5/s", param_hint="--md-rate")
+        try:
+            names = tuple(parse_only(only))
+        except WiringError as e:
+            raise typer.BadParameter(str(e), param_hint="--only") from e
         options = UpOptions(
             home=home,
-            demo=demo,
-            demo_rate=demo_rate,
+            only=names,
+            md_rate=md_rate,
+            strategies=strategies,
+            risk=risk,
+            paper_port=paper_port,
             nats_port=nats_port,
             nats_monitor_port=nats_monitor_port,
             postgres_port=postgres_port,

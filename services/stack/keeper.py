@@ -45,7 +45,12 @@ class Keeper:
         home = Path(args.home)
         self.prefix: str = args.prefix
         self.nats = (
-            NatsServer(home / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port)
+            NatsServer(
+                home / "nats",
+                port=args.nats_port,
+                monitor_port=args.nats_monitor_port,
+                config_file=Path(args.nats_config) if args.nats_config else None,
+            )
             if args.nats_port
             else None
         )
@@ -147,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", required=True)
     ap.add_argument("--nats-port", type=int, default=0, help="0: do not start nats-server")
     ap.add_argument("--nats-monitor-port", type=int, default=None)
+    ap.add_argument(
+        "--nats-config",
+        default=None,
+        help="nats-server config file (users, permissions); the passwords it "
+        "references come from this process's environment",
+    )
     ap.add_argument("--postgres-port", type=int, default=0, help="0: do not start PostgreSQL")
     ap.add_argument("--prefix", default="servers | ")
     args = ap.parse_args(argv)

@@ -39,6 +39,14 @@ class ServiceSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str]
+    #: Called at every start (first and restarts); its result is added to ``env``.
+    per_start_env: Callable[[], Mapping[str, str]] | None = None
+
+    def start_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        if self.per_start_env is not None:
+            env.update(self.per_start_env())
+        return env
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,7 @@ class Supervisor:
     async def _spawn(self, s: _Running) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *s.spec.argv,
-            env=dict(s.spec.env),
+            env=s.spec.start_env(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

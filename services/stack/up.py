@@ -4,10 +4,14 @@
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
    15432 when free: 4222 and 5432 are often the machine's own servers).
-2. Migrate the event store.
-3. Run each service as its own OS process (the recorder, the demo source)
-   under :class:`~services.stack.supervisor.Supervisor`, print where to look,
-   and run until SIGINT/SIGTERM: services stop first, then the servers.
+   nats-server runs ``deploy/nats/nats-server.conf``: NATS permissions on,
+   one user per service, random passwords kept in ``<home>/credentials.json``
+   (mode 0600) and handed to the server through its environment.
+2. Migrate the event store and declare the stream (as the NATS admin user).
+3. Run each service of the order path as its own OS process with its own
+   NATS user (:mod:`services.stack.wiring`) under
+   :class:`~services.stack.supervisor.Supervisor`, print where to look, and
+   run until SIGINT/SIGTERM: services stop first, then the servers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from libs.local.servers import free_port
+from services.stack import credentials as creds
+from services.stack import wiring
 from services.stack.banner import (
     Endpoint,
     StackInfo,
@@ -49,7 +55,9 @@ DATABASE_NAME = "tradebus"
 
 #: Named timeouts (seconds).
 SERVERS_STOP_TIMEOUT = 60.0
-HEALTH_TIMEOUT = 30.0
+STREAM_SETUP_TIMEOUT = 30.0
+#: Six Python services starting at once on a small machine take a while.
+HEALTH_TIMEOUT = 90.0
 HEALTH_POLL_INTERVAL = 0.2
 
 LABEL = "up"
@@ -67,8 +75,14 @@ class Interrupted(Exception):
 @dataclass(frozen=True)
 class UpOptions:
     home: Path
-    demo: bool = True
-    demo_rate: str = "20/s"
+    #: Services to run (names of :data:`wiring.SERVICES`); None: all of them.
+    only: tuple[str, ...] | None = None
+    #: Synthetic market data ticks per second (each: a quote and a trade per symbol).
+    md_rate: str = "5/s"
+    #: strategies.yaml / risk.yaml; None: the ones in deploy/config/.
+    strategies: Path | None = None
+    risk: Path | None = None
+    paper_port: int | None = None
     #: None: the preferred port if free, else any; 0: any free port; N: exactly N.
     nats_port: int | None = None
     nats_monitor_port: int | None = None
@@ -127,6 +141,8 @@ class LocalServers:
         nats_monitor_port: int | None,
         postgres_port: int | None,
         prefix: str,
+        nats_config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> LocalServers:
         argv = [sys.executable, "-m", "services.stack.keeper", "--home", str(home)]
         argv += ["--prefix", prefix]
@@ -134,6 +150,8 @@ class LocalServers:
             argv += ["--nats-port", str(nats_port)]
             if nats_monitor_port:
                 argv += ["--nats-monitor-port", str(nats_monitor_port)]
+            if nats_config is not None:
+                argv += ["--nats-config", str(nats_config)]
         if postgres_port:
             argv += ["--postgres-port", str(postgres_port)]
         proc = subprocess.Popen(
@@ -141,6 +159,8 @@ class LocalServers:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=_stdout_fd(),
+            # The NATS passwords reach the server through its environment only.
+            env=env,
             # Its own session: a terminal's Ctrl-C must not reach the servers.
             start_new_session=True,
         )
@@ -243,12 +263,16 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
     """Run the stack until stopped; returns the exit code (0 after a clean stop)."""
     home = options.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    names = ["recorder", *(["demo"] if options.demo else [])]
+    try:
+        names = wiring.parse_only(",".join(options.only) if options.only else None)
+    except wiring.WiringError as e:
+        Printer(out or sys.stdout, [LABEL]).alert(LABEL, str(e))
+        return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
     try:
         with _home_lock(home):
             return _run_locked(options, home, names, printer)
-    except UpError as e:
+    except (UpError, wiring.WiringError) as e:
         printer.alert(LABEL, str(e))
         return 1
 
@@ -264,11 +288,33 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
         # raises Interrupted here, and we stop whatever has started so far.
         with _signals(_interrupt):
             try:
-                servers, nats_url, database_url = _start_servers(options, home, printer, note)
+                strategies = wiring.config_path(options.strategies, "strategies.yaml")
+                risk = wiring.config_path(options.risk, "risk.yaml")
+                local_nats = not os.environ.get("NATS_URL")
+                credentials = creds.load_or_create(home) if local_nats else None
+                servers, nats_url, database_url = _start_servers(
+                    options, home, printer, note, credentials
+                )
                 note("migrating the event store")
                 _migrate(database_url)
-                specs, endpoints = _services(options, names, nats_url, database_url, note)
-                info = _stack_info(home, nats_url, database_url, endpoints, servers)
+                note("declaring the stream (as the NATS admin user)")
+                _ensure_stream(nats_url, credentials)
+                inputs = wiring.Inputs(
+                    home=home,
+                    nats_url=nats_url,
+                    database_url=database_url,
+                    credentials=credentials,
+                    strategies=strategies,
+                    risk=risk,
+                    paper_port=choose_port(
+                        options.paper_port, wiring.PREFERRED_PAPER_PORT, "paper broker", note
+                    ),
+                    md_rate=options.md_rate,
+                )
+                specs, endpoints = _services(options, names, inputs, note)
+                info = _stack_info(
+                    home, nats_url, database_url, endpoints, servers, credentials, inputs
+                )
                 state_file.write_text(_state(info, servers))
                 asyncio.run(_supervise(specs, endpoints, printer, info, options.stop_timeout))
             except Interrupted as e:
@@ -298,7 +344,11 @@ def _state(info: StackInfo, servers: LocalServers | None) -> str:
 
 
 def _start_servers(
-    options: UpOptions, home: Path, printer: Printer, note: Callable[[str], None]
+    options: UpOptions,
+    home: Path,
+    printer: Printer,
+    note: Callable[[str], None],
+    credentials: creds.Credentials | None,
 ) -> tuple[LocalServers | None, str, str]:
     nats_url = os.environ.get("NATS_URL")
     database_url = os.environ.get("DATABASE_URL")
@@ -327,6 +377,8 @@ def _start_servers(
         nats_monitor_port=monitor_port,
         postgres_port=postgres_port,
         prefix=printer.prefix(SERVERS_LABEL),
+        nats_config=wiring.NATS_CONFIG if credentials is not None else None,
+        env={**os.environ, **credentials.server_env()} if credentials is not None else None,
     )
     note(f"{what} running ({time.monotonic() - started:.1f}s)")
     if not nats_url:
@@ -348,41 +400,57 @@ def _migrate(database_url: str) -> None:
         raise UpError(f"cannot migrate the event store: {e}") from e
 
 
+def _ensure_stream(nats_url: str, credentials: creds.Credentials | None) -> None:
+    """Declare the stream as the admin user: services may not update it."""
+    from libs.bus.client import Bus
+    from libs.bus.errors import BusError
+
+    if credentials is not None:
+        user: str | None = "admin"
+        password: str | None = credentials.nats["admin"]
+    elif os.environ.get(creds.password_variable("admin")):
+        user, password = "admin", os.environ[creds.password_variable("admin")]
+    else:
+        user, password = (
+            os.environ.get("TRADEBUS_NATS_USER"),
+            os.environ.get("TRADEBUS_NATS_PASSWORD"),
+        )
+
+    async def go() -> None:
+        bus = await Bus.connect(nats_url, name="tradebus-up", user=user, password=password)
+        async with bus:
+            await bus.ensure_stream()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), timeout=STREAM_SETUP_TIMEOUT))
+    except (BusError, TimeoutError, OSError) as e:
+        raise UpError(f"cannot declare the stream on {mask_password(nats_url)}: {e}") from e
+
+
 def _services(
     options: UpOptions,
     names: list[str],
-    nats_url: str,
-    database_url: str,
+    inputs: wiring.Inputs,
     note: Callable[[str], None],
 ) -> tuple[list[ServiceSpec], list[Endpoint]]:
     host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
-    commands = {
-        "recorder": ["recorder", "run"],
-        "demo": ["demo", "run", "--rate", options.demo_rate],
-    }
     specs: list[ServiceSpec] = []
     endpoints: list[Endpoint] = []
     taken: set[int] = set()
-    for i, name in enumerate(names):
+    for i, plan in enumerate(wiring.plans(inputs, names)):
         requested = options.metrics_port
         if requested is not None and requested != 0:
             requested += i
-        port = choose_port(requested, PREFERRED_METRICS_PORT + i, f"{name} metrics", note)
+        port = choose_port(requested, PREFERRED_METRICS_PORT + i, f"{plan.name} metrics", note)
         while port in taken:
             port = free_port()
         taken.add(port)
-        env = {
-            **os.environ,
-            "NATS_URL": nats_url,
-            "DATABASE_URL": database_url,
-            "TRADEBUS_METRICS_PORT": str(port),
-            "PYTHONUNBUFFERED": "1",
-        }
-        argv = [sys.executable, "-m", "services.cli", *commands[name]]
-        specs.append(ServiceSpec(name, argv, env))
+        env = {**plan.env, "TRADEBUS_METRICS_PORT": str(port)}
+        argv = [sys.executable, "-m", "services.cli", *plan.argv]
+        specs.append(ServiceSpec(plan.name, argv, env, plan.per_start_env))
         base = f"http://{shown_host}:{port}"
-        endpoints.append(Endpoint(name, f"{base}/metrics", f"{base}/health"))
+        endpoints.append(Endpoint(plan.name, f"{base}/metrics", f"{base}/health"))
     return specs, endpoints
 
 
@@ -392,12 +460,16 @@ def _stack_info(
     database_url: str,
     endpoints: list[Endpoint],
     servers: LocalServers | None,
+    credentials: creds.Credentials | None,
+    inputs: wiring.Inputs,
 ) -> StackInfo:
     env_file: Path | None = None
-    # Never write credentials to disk: only credential-free URLs go in the file.
+    # No URL with a password in it goes to disk; the operator's NATS identity
+    # does (ours, generated), in a file only its owner may read.
     if urlsplit(nats_url).password is None and urlsplit(database_url).password is None:
         env_file = home / "env"
-        env_file.write_text(env_file_text(nats_url, database_url))
+        operator = credentials.nats_env("operator") if credentials is not None else {}
+        creds.write_private(env_file, env_file_text(nats_url, database_url, operator))
     report = servers.report if servers else {}
     logs = [Path(v["log"]) for v in report.values() if v]
     started_postgres = bool(report.get("postgres"))
@@ -411,6 +483,13 @@ def _stack_info(
         logs=logs,
         tradebus=command_path("tradebus", Path(sys.executable).parent),
         psql=command_path("psql", _pg_bin() if started_postgres else None),
+        credentials_file=home / creds.FILE_NAME if credentials is not None else None,
+        paper_url=(
+            f"ws://127.0.0.1:{inputs.paper_port}/stream"
+            if any(e.name == "paper-broker" for e in endpoints)
+            else None
+        ),
+        risk_config=inputs.risk,
     )
 
 

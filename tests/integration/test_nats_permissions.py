@@ -49,7 +49,14 @@ from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
-SERVICES = ("recorder", "marketdata", "strategy-runner", "risk-gate", "broker-gateway")
+SERVICES = (
+    "recorder",
+    "marketdata",
+    "strategy-runner",
+    "risk-gate",
+    "broker-gateway",
+    "paper-broker",
+)
 USERS = ("admin", "operator", *SERVICES)
 
 #: How long a request the server refuses is given before we call it refused.
@@ -308,6 +315,7 @@ ALL_SUBJECTS = (
     "deadletter.strategy-runner",
     "deadletter.risk-gate",
     "deadletter.broker-gateway",
+    "deadletter.paper-broker",
     "anything.else",
 )
 
@@ -320,6 +328,7 @@ MAY_PUBLISH = {
     "strategy-runner": {"strategy.intent.s1", "deadletter.strategy-runner"},
     "risk-gate": {"risk.decision.s1", "orders.cmd.acct-b", "deadletter.risk-gate"},
     "broker-gateway": {"broker.fill.acct-b", "deadletter.broker-gateway"},
+    "paper-broker": {"deadletter.paper-broker"},
 }
 
 
@@ -441,3 +450,41 @@ async def test_recorder_cannot_create_or_use_another_consumer(
         info = await admin.js.consumer_info(STREAM, "broker-gateway")
         assert info.delivered.stream_seq == 0  # nothing was handed to the recorder
         await admin.js.stream_info(STREAM)  # the stream is still there
+
+
+async def test_paper_broker_reads_prices_through_its_own_consumer(
+    cluster: Cluster, stream: str
+) -> None:
+    # The paper broker's own feed, as `tradebus paper-broker run` starts it:
+    # it (re)creates durable "paper-broker" and pulls md.trade.> / md.bar.>.
+    from services.paper_broker.adapters.market import NatsPriceFeed
+    from services.paper_broker.domain.fill_model import MarketUpdate
+
+    async with cluster.bus("marketdata") as feed:
+        await feed.publish(bar("PAPERPX"))
+    updates: list[MarketUpdate] = []
+    stop = asyncio.Event()
+    price_feed = NatsPriceFeed(
+        url=cluster.url,
+        name="test-paper-broker",
+        user="paper-broker",
+        password=cluster.passwords["paper-broker"],
+        subjects=["md.trade.>", "md.bar.>"],
+        consumer="paper-broker",
+    )
+    running = asyncio.create_task(price_feed.run(updates.append, stop))
+    try:
+
+        async def priced() -> bool:
+            return any(u.symbol == "PAPERPX" for u in updates)
+
+        await eventually(priced, within=10, what="the paper broker to see the bar")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+
+    async with cluster.conn("paper-broker") as conn:
+        with pytest.raises(nats.errors.TimeoutError):
+            await conn.js.consumer_info(STREAM, "broker-gateway")
+        await settled(conn.nc)
+        assert conn.refused(f"$JS.API.CONSUMER.INFO.{STREAM}.broker-gateway"), conn.errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 PYTHON_BASE = "python:3.12-slim"
-SERVICE_USERS = ("recorder", "marketdata", "strategy-runner", "risk-gate", "broker-gateway")
+SERVICE_USERS = (
+    "recorder",
+    "marketdata",
+    "strategy-runner",
+    "risk-gate",
+    "broker-gateway",
+    "paper-broker",
+)
 NATS_USERS = {"admin", "operator", *SERVICE_USERS}
+#: compose service -> (its command, the NATS user it runs as).
+ORDER_PATH = {
+    "marketdata": (["marketdata", "run"], "marketdata"),
+    "strategy-runner": (["strategy-runner", "run"], "strategy-runner"),
+    "risk-gate": (["risk-gate", "run"], "risk-gate"),
+    "broker-gateway": (["broker-gateway", "run"], "broker-gateway"),
+    "paper-broker": (["paper-broker", "run"], "paper-broker"),
+}
+PYPROJECT = ROOT / "pyproject.toml"
 READONLY_ROLE = "tradebus_readonly"
 RECORDER_METRICS = (
     "tradebus_recorder_events_recorded_total",
@@ -104,6 +121,63 @@ def publish_deny(block: str) -> list[str]:
 
 def test_the_stack_has_its_services(services: dict[str, dict[str, Any]]) -> None:
     assert {"nats", "postgres", "migrate", "recorder", "prometheus", "grafana"} <= set(services)
+    assert set(ORDER_PATH) <= set(services)
+
+
+@pytest.mark.parametrize("service", sorted(ORDER_PATH))
+def test_order_path_services_build_their_extra_and_run_as_their_user(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    spec = services[service]
+    command, user = ORDER_PATH[service]
+    assert spec["build"]["args"]["SERVICE"] == service
+    assert dockerfile_of(spec) == dockerfile_of(services["recorder"])
+    assert spec["command"][: len(command)] == command
+    # The Dockerfile installs ".[${EXTRA}]", EXTRA defaulting to SERVICE.
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    assert service in extras
+    env = environment(spec)
+    assert env["NATS_URL"] == "nats://nats:4222"
+    assert env["TRADEBUS_NATS_USER"] == user
+    reference = ENV_REFERENCE.match(env["TRADEBUS_NATS_PASSWORD"])
+    assert reference
+    assert reference.group(1) == f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+    assert spec["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert "healthcheck" in spec
+
+
+def test_order_path_configs_are_mounted_and_valid(services: dict[str, dict[str, Any]]) -> None:
+    from services.broker_gateway.config import load_brokers_config
+    from services.paper_broker.config import load_paper_config
+    from services.risk_gate.config import load_limits
+
+    for service in ("strategy-runner", "risk-gate", "paper-broker", "broker-gateway"):
+        spec = services[service]
+        config = spec["command"][spec["command"].index("--config") + 1]
+        mounts = bind_mounts(spec)
+        host = next(
+            (source / config.removeprefix(target).lstrip("/"))
+            for target, source in mounts.items()
+            if config == target or config.startswith(target + "/")
+        )
+        assert host.is_file(), (service, config)
+        if service == "risk-gate":
+            load_limits(host)
+        elif service == "paper-broker":
+            load_paper_config(host)
+        elif service == "broker-gateway":
+            brokers = load_brokers_config(host)
+            assert all("127.0.0.1" not in a.url for a in brokers.accounts.values())
+
+
+def test_paper_broker_and_gateway_share_the_paper_keys(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    keys = ("TRADEBUS_PAPER_KEY_ID", "TRADEBUS_PAPER_SECRET_KEY")
+    broker, gateway = environment(services["paper-broker"]), environment(services["broker-gateway"])
+    for key in keys:
+        assert ENV_REFERENCE.match(broker[key]), key
+        assert broker[key] == gateway[key]
 
 
 @pytest.mark.parametrize(

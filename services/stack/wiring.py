@@ -1,0 +1,222 @@
+"""What ``tradebus up`` runs: each service's command line, environment and config.
+
+The whole order path, each service its own process with its own NATS user:
+
+    marketdata (synthetic) ─▶ strategy-runner ─▶ risk-gate ─▶ broker-gateway ─▶ paper-broker
+                                                                   ▲                 │ WebSocket
+    recorder (everything into the store)                           └─────────────────┘
+
+Configs come from ``deploy/config/*.yaml``; the two that must point at this
+stack (the paper broker's port and journal, the gateway's paper URL) are
+rewritten into ``<home>/config/``. The market data is synthetic, on the
+symbols the strategies trade, with a fresh ``TRADEBUS_SYNTHETIC_RUN`` at
+every start so that a restart's events are new events, not duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from services.stack.credentials import Credentials, password_variable
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "deploy" / "config"
+NATS_CONFIG = ROOT / "deploy" / "nats" / "nats-server.conf"
+
+#: Every service, in start order; they stop in reverse (producers first, the
+#: recorder last, so that it records what the others published).
+SERVICES = (
+    "recorder",
+    "paper-broker",
+    "broker-gateway",
+    "risk-gate",
+    "strategy-runner",
+    "marketdata",
+)
+#: The NATS user each service runs as (deploy/nats/nats-server.conf).
+NATS_USER = {name: name for name in SERVICES}
+
+PREFERRED_PAPER_PORT = 8765
+#: Synthetic bars the strategies see unless TRADEBUS_CHANNELS says otherwise:
+#: one-second bars, so that the example strategies trade within a minute.
+DEFAULT_CHANNELS = "trades,quotes,second_bars"
+
+
+class WiringError(Exception):
+    """A config file is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One service to run: ``tradebus <argv...>`` with this environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    per_start_env: Callable[[], Mapping[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    home: Path
+    nats_url: str
+    database_url: str
+    #: None: NATS is not ours; services use NATS_<USER>_PASSWORD if set, else
+    #: whatever TRADEBUS_NATS_USER / TRADEBUS_NATS_PASSWORD the environment holds.
+    credentials: Credentials | None
+    strategies: Path
+    risk: Path
+    paper_port: int
+    md_rate: str
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def config_path(given: Path | None, name: str) -> Path:
+    """``given``, else ``deploy/config/<name>``; it must exist."""
+    path = (given or CONFIG_DIR / name).resolve()
+    if not path.is_file():
+        raise WiringError(f"{path}: no such file (give another with the matching option)")
+    return path
+
+
+def strategy_symbols(path: Path) -> list[str]:
+    """The symbols the strategies of ``path`` trade (validating the file)."""
+    from libs.strategy.spec import StrategyConfigError, load_strategies
+
+    try:
+        loaded = load_strategies(path)
+    except StrategyConfigError as e:
+        raise WiringError(f"{e.source} is invalid: " + "; ".join(e.problems)) from e
+    symbols: dict[str, None] = {}
+    for strategy in loaded:
+        for symbol in strategy.spec.symbols:
+            symbols[symbol] = None
+    return list(symbols)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise WiringError(f"{path}: cannot read: {e}") from e
+    if not isinstance(data, dict):
+        raise WiringError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _write_yaml(path: Path, source: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Written by tradebus up from {source}: edit that file, not this one.\n"
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def paper_config(home: Path, port: int) -> Path:
+    """deploy/config/paper.yaml with this stack's port and a journal under ``home``."""
+    source = CONFIG_DIR / "paper.yaml"
+    data = _read_yaml(source)
+    data["host"] = "127.0.0.1"
+    data["port"] = port
+    data["journal"] = str(home / "paper" / "journal.jsonl")
+    return _write_yaml(home / "config" / "paper.yaml", source, data)
+
+
+def brokers_config(home: Path, port: int) -> Path:
+    """deploy/config/brokers.yaml with every paper account pointed at our paper broker."""
+    source = CONFIG_DIR / "brokers.yaml"
+    data = _read_yaml(source)
+    for account in (data.get("accounts") or {}).values():
+        if isinstance(account, dict) and account.get("adapter") == "paper":
+            path = urlsplit(str(account.get("url", ""))).path or "/stream"
+            account["url"] = f"ws://127.0.0.1:{port}{path}"
+    return _write_yaml(home / "config" / "brokers.yaml", source, data)
+
+
+def _base_env(inputs: Inputs) -> dict[str, str]:
+    """The environment every service starts from: no other user's password."""
+    secret_names = {password_variable(u) for u in NATS_USER.values()}
+    secret_names |= {password_variable(u) for u in ("admin", "operator")}
+    env = {k: v for k, v in inputs.environ.items() if k not in secret_names}
+    env.update(
+        NATS_URL=inputs.nats_url,
+        DATABASE_URL=inputs.database_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def nats_identity(inputs: Inputs, user: str) -> dict[str, str]:
+    """``TRADEBUS_NATS_USER`` / ``TRADEBUS_NATS_PASSWORD`` for ``user``, if known."""
+    if inputs.credentials is not None:
+        return inputs.credentials.nats_env(user)
+    password = inputs.environ.get(password_variable(user))
+    if password:
+        return {"TRADEBUS_NATS_USER": user, "TRADEBUS_NATS_PASSWORD": password}
+    return {}
+
+
+def _paper_keys(inputs: Inputs) -> dict[str, str]:
+    if inputs.credentials is not None:
+        return inputs.credentials.paper_env()
+    return {}
+
+
+def _synthetic_run() -> Mapping[str, str]:
+    return {"TRADEBUS_SYNTHETIC_RUN": f"up-{secrets.token_hex(6)}"}
+
+
+def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
+    """The services in ``names`` (a subset of :data:`SERVICES`), in start order."""
+    base = _base_env(inputs)
+    out: list[Plan] = []
+    for name in SERVICES:
+        if name not in names:
+            continue
+        env = {**base, **nats_identity(inputs, NATS_USER[name])}
+        per_start: Callable[[], Mapping[str, str]] | None = None
+        if name == "recorder":
+            argv = ["recorder", "run"]
+        elif name == "marketdata":
+            symbols = ",".join(strategy_symbols(inputs.strategies))
+            argv = ["marketdata", "run", "--source", "synthetic", "--symbols", symbols]
+            argv += ["--rate", inputs.md_rate]
+            env.setdefault("TRADEBUS_CHANNELS", DEFAULT_CHANNELS)
+            per_start = _synthetic_run
+        elif name == "strategy-runner":
+            argv = ["strategy-runner", "run", "--config", str(inputs.strategies)]
+        elif name == "risk-gate":
+            argv = ["risk-gate", "run", "--config", str(inputs.risk)]
+        elif name == "broker-gateway":
+            path = brokers_config(inputs.home, inputs.paper_port)
+            argv = ["broker-gateway", "run", "--config", str(path)]
+            env.update(_paper_keys(inputs))
+        elif name == "paper-broker":
+            path = paper_config(inputs.home, inputs.paper_port)
+            argv = ["paper-broker", "run", "--config", str(path)]
+            env.update(_paper_keys(inputs))
+        else:  # pragma: no cover - SERVICES is the list above
+            raise WiringError(f"unknown service {name}")
+        out.append(Plan(name, argv, env, per_start))
+    return out
+
+
+def parse_only(value: str | None) -> list[str]:
+    """``--only recorder,marketdata`` as names in start order (all when None)."""
+    if value is None:
+        return list(SERVICES)
+    wanted = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in SERVICES]
+    if unknown or not wanted:
+        raise WiringError(
+            f"--only: unknown service {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(SERVICES)}"
+        )
+    return [n for n in SERVICES if n in wanted]
