@@ -646,3 +646,40 @@ async def _statuses_on_stream(bus: Bus, status: str, count: int) -> bool:
 async def _recorded_up_to(database_url: str, seq: int) -> bool:
     found = await rows(database_url, "ORDER BY seq DESC LIMIT 1")
     return bool(found) and found[0]["seq"] >= seq
+
+
+# ------------------------------------------------------------ the REST fake
+
+
+def test_rest_fake_speaks_polygon_to_the_official_client() -> None:
+    """Threaded mode, for blocking code: paging, both auth styles, error shapes."""
+    import urllib.request
+
+    from massive import RESTClient  # type: ignore[import-untyped,unused-ignore]
+    from massive.exceptions import BadResponse  # type: ignore[import-untyped,unused-ignore]
+
+    start = T0 - T0 % (5 * MINUTE_MS)  # a five-minute boundary
+    bars = make_minute_bars("AAPL", start, 12, skip=frozenset({5}))
+    with FakePolygonRest({"AAPL": bars}, api_key=KEY, page_size=4, not_authorized=["TSLA"]) as rest:
+        client = RESTClient(KEY, base=rest.url, retries=0)
+        got = list(client.list_aggs("AAPL", 1, "minute", start, start + 11 * MINUTE_MS))
+        assert [a.timestamp for a in got] == [b["t"] for b in bars]
+        assert len(rest.agg_requests("AAPL")) == 3  # 11 bars, 4 a page
+        assert {r.auth for r in rest.requests} == {"bearer"}
+        # Five-minute bars are aggregated from the minutes.
+        fives = list(client.list_aggs("AAPL", 5, "minute", start, start + 11 * MINUTE_MS))
+        assert [a.timestamp for a in fives] == [start + i * 5 * MINUTE_MS for i in range(3)]
+        assert fives[0].volume == sum(b["v"] for b in bars[:5])
+        assert Decimal(repr(fives[1].open)) == bars[5]["o"]  # minute 5: no bar; opens at 6
+        # An empty range has no results key at all; the client copes.
+        url = f"{rest.url}/v2/aggs/ticker/MSFT/range/1/minute/{T0}/{T0}?apiKey={KEY}"
+        with urllib.request.urlopen(url) as r:  # noqa: S310 - our own http:// fake
+            body = json.loads(r.read())
+        assert body["status"] == "OK"
+        assert "results" not in body
+        assert rest.requests[-1].auth == "query"
+        # Documented error bodies.
+        with pytest.raises(BadResponse, match="Unknown API Key"):
+            list(RESTClient("nope", base=rest.url, retries=0).list_aggs("AAPL", 1, "minute", 0, 1))
+        with pytest.raises(BadResponse, match="NOT_AUTHORIZED"):
+            list(client.list_aggs("TSLA", 1, "minute", T0, T0))
