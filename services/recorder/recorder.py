@@ -95,15 +95,22 @@ class Recorder:
             try:
                 await self._cycle()
             except* RESTARTABLE as group:
-                first = group.exceptions[0]
-                cause = type(first).__name__
-                metrics.RESTARTS.labels(cause=cause).inc()
-                log.warning("recorder cycle ended (%s: %s); restarting", cause, first)
-                self._set_writer(False)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
-                    )
+                await self._after_fault(group.exceptions[0], expected=True)
+            except* Exception as group:
+                # Not a known outage: say so loudly (with the traceback), but
+                # keep recording; the next cycle starts again from the store.
+                await self._after_fault(group.exceptions[0], expected=False)
+
+    async def _after_fault(self, error: BaseException, *, expected: bool) -> None:
+        cause = type(error).__name__
+        metrics.RESTARTS.labels(cause=cause).inc()
+        if expected:
+            log.warning("recorder cycle ended (%s: %s); restarting", cause, error)
+        else:
+            log.error("recorder cycle failed unexpectedly; restarting", exc_info=error)
+        self._set_writer(False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.retry_backoff_s)
 
     def _set_writer(self, value: bool) -> None:
         self.is_writer = value

@@ -194,7 +194,9 @@ async def test_postgres_outage_mid_stream(
         down_at = time.monotonic()
         # Postgres stays down while the recorder retries (0.2 s backoff plus a
         # failed connect each time) at least 20 times: several seconds.
-        await eventually(lambda: _restarts(rec.metrics()) >= 20, timeout=60)
+        await eventually(
+            lambda: _restarts(rec.metrics()) >= 20, timeout=60, message=diagnose(rec, producers)
+        )
         assert rec.alive
         outage_s = time.monotonic() - down_at
         assert outage_s >= 3.0, outage_s
