@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +54,8 @@ from libs.local.servers import NatsServer, PostgresServer, free_port
 from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
 
+#: Subjects the driver also watches, to say where the time goes (signal to each).
+HOPS = ("strategy.intent", "risk.decision", "orders.cmd")
 HERE = Path(__file__).resolve().parent
 RELAY = HERE / "relay.py"
 ACCOUNT = "paper"
@@ -157,6 +159,7 @@ class Step:
     backlog_end: int  # orders not yet acked when the last bar was sent
     cpu: float
     drained: bool
+    hops_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def stats(self) -> Percentiles:
@@ -183,12 +186,33 @@ class Driver:
     signals: dict[str, int] = field(default_factory=dict)  # signal id -> ts_init
     acks: dict[str, int] = field(default_factory=dict)  # correlation id -> seen at (ns)
     ack_order: list[str] = field(default_factory=list)
+    hops: dict[str, dict[str, int]] = field(default_factory=dict)  # subject root -> corr -> ns
     target: int = 0
     all_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         await self.bus.nc.subscribe("strategy.signal.>", cb=self._on_signal)
         await self.bus.nc.subscribe("broker.ack.>", cb=self._on_ack)
+        for hop in HOPS:
+            seen = self.hops.setdefault(hop, {})
+            await self.bus.nc.subscribe(f"{hop}.>", cb=self._hop_recorder(seen))
+
+    @staticmethod
+    def _hop_recorder(seen: dict[str, int]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            at = time.time_ns()
+            seen.setdefault(orjson.loads(msg.data)["correlation_id"], at)
+
+        return on_message
+
+    def hop_medians_ms(self) -> dict[str, float]:
+        """Median time from the signal to the driver seeing each hop's message."""
+        out = {}
+        for hop, seen in {**self.hops, "broker.ack": self.acks}.items():
+            xs = [t - self.signals[c] for c, t in seen.items() if c in self.signals]
+            if xs:
+                out[hop] = round(statistics.median(xs) / 1e6, 3)
+        return out
 
     async def _on_signal(self, msg: Msg) -> None:
         event = orjson.loads(msg.data)
@@ -207,6 +231,8 @@ class Driver:
         self.signals.clear()
         self.acks.clear()
         self.ack_order.clear()
+        for seen in self.hops.values():
+            seen.clear()
         self.target = orders
         self.all_acked.clear()
         bars = [_bar(i) for i in range(orders)]
@@ -233,6 +259,7 @@ class Driver:
             backlog_end=backlog,
             cpu=cpu,
             drained=len(latencies) >= orders,
+            hops_ms=self.hop_medians_ms(),
         )
 
 
@@ -392,7 +419,8 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
                 f"{chain.name}: {label} {orders} @ {rate:.0f}/s: sent {result.sent_rate:.0f}/s, "
                 f"acked {len(result.latencies_ns)}, backlog at end {result.backlog_end}, "
                 f"{result.stats.row() if result.latencies_ns else 'no acks'}, "
-                f"cpu {result.cpu:.0%}, {'sustained' if ok else 'NOT sustained'}"
+                f"cpu {result.cpu:.0%}, {'sustained' if ok else 'NOT sustained'}; "
+                f"median ms from the signal: {result.hops_ms}"
             )
             return result
 
@@ -486,6 +514,7 @@ def _stats_json(s: Step) -> dict[str, Any]:
         "rate_per_s": s.rate,
         "sent_per_s": round(s.sent_rate, 1),
         "cpu_busy": round(s.cpu, 3),
+        "median_ms_from_signal_to": s.hops_ms,
     }
 
 
