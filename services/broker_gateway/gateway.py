@@ -45,7 +45,7 @@ from libs.contract.events import (
     SubmitOrder,
 )
 from services.broker_gateway import metrics
-from services.broker_gateway.domain.model import ConnectionUpdate
+from services.broker_gateway.domain.model import BrokerOrder, ConnectionUpdate
 from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
 from services.broker_gateway.errors import (
     BrokerError,
@@ -64,6 +64,9 @@ T = TypeVar("T")
 #: being away is dead-lettered instead of blocking the account for ever.
 MAX_DELIVERIES = 5
 NAK_DELAY_S = 2.0
+#: How long a submit's answer may run ahead of the event stream before the
+#: worker asks the broker for the order's fills itself (see ``_settle``).
+SETTLE_GRACE_S = 1.0
 
 
 class Outbox:
@@ -129,6 +132,8 @@ class AccountWorker:
         self.handled = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Notified each time the event stream has been taken in (see _settle).
+        self._progress = asyncio.Condition()
 
     # ----------------------------------------------------------- commands
 
@@ -197,6 +202,7 @@ class AccountWorker:
                 )
                 if found is not None:
                     await self.outbox.publish(self.tracker.submitted(order_id, found))
+                    await self._settle(found)
                     return "accepted"
                 age = time.time() - command.ts_init / 1e9
                 reason = f"stale: not sent to the broker within {self.max_submit_delay_s:g}s"
@@ -213,7 +219,36 @@ class AccountWorker:
                 await self._wait_connected(msg, deadline)
                 continue
             await self.outbox.publish(self.tracker.submitted(order_id, order))
+            await self._settle(order)
             return "accepted"
+
+    async def _settle(self, order: BrokerOrder) -> None:
+        """Make sure what the submit's answer shows (fills, an end) gets published.
+
+        Normally the event stream brings it, in order, right after (or before)
+        the answer. But a submit that found the order already there (a command
+        redelivered after a crash) gets no more stream events for what happened
+        before: if the stream has not caught up with the answer within
+        ``SETTLE_GRACE_S``, the order is reconciled from the broker instead.
+        """
+
+        def settled() -> bool:
+            t = self.tracker.find(order)
+            if t is None:
+                return False
+            ended = order.is_open or t.terminal is not None
+            return t.filled >= order.filled_quantity and ended
+
+        if settled():
+            return
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(settled), SETTLE_GRACE_S)
+        except TimeoutError:
+            t = self.tracker.find(order)
+            if t is not None:
+                log.info("order %s: fetching what the stream did not bring", t.order_id)
+                await self._call_once(self._reconcile_one(t))
 
     async def _cancel(self, command: CancelOrder, msg: Msg) -> str:
         self.tracker.evolve(command)
@@ -250,6 +285,14 @@ class AccountWorker:
                 log.warning("%s on %s waits for the broker: %s", name, self.account, e)
                 await self._wait_connected(msg, None)
 
+    async def _call_once(self, call: Awaitable[T]) -> T | None:
+        """``call``, or None if the broker is away (a later reconciliation catches up)."""
+        try:
+            return await call
+        except BrokerUnavailable as e:
+            log.warning("%s: %s", self.account, e)
+            return None
+
     async def _wait_connected(self, msg: Msg, deadline: float | None) -> None:
         """Until the broker is back (or ``deadline``), telling NATS we still work on ``msg``."""
         while True:
@@ -275,6 +318,8 @@ class AccountWorker:
             await self.outbox.publish(self.tracker.on_update(event))
             if self.tracker.needs_reconcile:
                 await self.reconcile(only=set(self.tracker.needs_reconcile))
+            async with self._progress:
+                self._progress.notify_all()
 
     async def _connection(self, update: ConnectionUpdate) -> None:
         metrics.CONNECTION_CHANGES.labels(account=self.account, state=update.state).inc()

@@ -13,7 +13,8 @@ price* of a symbol is the latest trade price or bar close.
 
 *Market orders* fill at the last price plus slippage: a buy at
 ``last * (1 + slippage_bps / 10000)``, a sell at ``last * (1 - ...)``, rounded
-to ``price_decimals`` against the trader (a buy rounds up, a sell down). An
+to ``price_decimals`` against the trader (a buy rounds up, a sell down; with no
+slippage the price is the reference price as printed). An
 order submitted before the symbol has any price waits for the first update.
 
 *Limit orders* fill when the market reaches the limit:
@@ -138,6 +139,8 @@ NO_MATCH = Match(Decimal(0), None, False)
 
 
 def _slipped(config: FillModelConfig, side: Side, reference: Decimal) -> Decimal:
+    if config.slippage_bps == 0:
+        return reference  # no slippage: the trade's price, exactly as printed
     factor = config.slippage_bps / BPS
     raw = reference * (1 + factor) if side == "buy" else reference * (1 - factor)
     quantum = Decimal(1).scaleb(-config.price_decimals)
