@@ -11,6 +11,10 @@ the wheels (:mod:`libs.local.servers`). Two reasons for the extra process:
 - If ``up`` dies without cleaning up (even SIGKILL), the keeper's stdin
   reaches end-of-file and it stops the servers: nothing is left running.
 
+With ``--nats-config`` nats-server runs that file (``tradebus up`` gives it
+``deploy/nats/nats-server.conf``); the passwords it references reach the
+server through the keeper's environment, never its command line.
+
 Protocol: one JSON line on stdout once the servers run (``{"nats": {...},
 "postgres": {...}}``, ``null`` for a server not asked for) or
 ``{"error": "..."}``; then it runs until SIGTERM/SIGINT or stdin EOF, restarts

@@ -1,8 +1,12 @@
 """``tradebus up`` end to end, and its process supervisor on its own.
 
 The stack test runs ``python -m services.cli up`` as a real process with
-NATS_URL / DATABASE_URL unset, so it starts its own nats-server and
-PostgreSQL on ports the test chose, and checks what an operator would see.
+NATS_URL / DATABASE_URL unset, so it starts its own nats-server (with
+deploy/nats/nats-server.conf: permissions on) and PostgreSQL on ports the
+test chose, and the whole order path as processes: synthetic marketdata,
+strategy-runner, risk-gate, broker-gateway, paper broker, recorder. The
+strategies file is the test's own (a 2/3 moving-average crossover on
+one-second bars), so that the first fill comes within seconds.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ import itertools
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import urllib.request
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,33 @@ CHAIN = [
     "OrderAccepted",
     "FillReceived",
 ]
+#: Who must have published each link of a real chain (the source's service part).
+CHAIN_SOURCES = {
+    "SignalGenerated": "strategy-runner",
+    "OrderIntentCreated": "strategy-runner",
+    "RiskDecisionMade": "risk-gate",
+    "SubmitOrder": "risk-gate",
+    "OrderAccepted": "broker-gateway",
+    "FillReceived": "broker-gateway",
+}
+SERVICES = {
+    "recorder",
+    "paper-broker",
+    "broker-gateway",
+    "risk-gate",
+    "strategy-runner",
+    "marketdata",
+}
+#: sma-aapl as in deploy/config/risk.yaml, with periods that cross every few bars.
+FAST_STRATEGIES = """\
+strategies:
+  - name: sma-aapl
+    kind: sma_crossover
+    symbols: [AAPL]
+    account: paper
+    restart: always
+    params: {fast_period: 2, slow_period: 3, quantity: 10}
+"""
 
 
 # ------------------------------------------------------------------ helpers
@@ -116,7 +147,7 @@ class Up:
             raise RuntimeError(f"tradebus up exited with {self.proc.returncode}:\n{self.tail()}")
 
 
-async def start_up(tmp_path: Path, home: Path, run: str) -> Up:
+async def start_up(tmp_path: Path, home: Path, run: str, *extra: str) -> Up:
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
     log = tmp_path / f"up-{run}.log"
     with log.open("wb") as out:
@@ -127,7 +158,9 @@ async def start_up(tmp_path: Path, home: Path, run: str) -> Up:
             "--nats-monitor-port", str(monitor_port),
             "--postgres-port", str(pg_port),
             "--metrics-port", "0",
-            "--demo-rate", "50/s",
+            "--paper-port", "0",
+            "--stop-timeout", "5",
+            *extra,
             env={**clean_env(), "PYTHONUNBUFFERED": "1"},
             cwd=tmp_path,
             stdout=out,
@@ -157,10 +190,21 @@ async def fetch(up: Up, sql: str, *args: object) -> list[asyncpg.Record] | None:
         await conn.close()
 
 
-async def cli(up: Up, *args: str) -> tuple[int, str]:
+def nats_passwords(up: Up) -> dict[str, str]:
+    """The generated passwords, as ``up`` keeps them in its home."""
+    passwords = json.loads((up.home / "credentials.json").read_text())["nats"]
+    assert isinstance(passwords, dict)
+    return passwords
+
+
+async def cli(up: Up, *args: str, nats_user: str | None = None) -> tuple[int, str]:
+    env = {**clean_env(), "DATABASE_URL": up.database_url, "NATS_URL": up.nats_url}
+    if nats_user is not None:
+        env["TRADEBUS_NATS_USER"] = nats_user
+        env["TRADEBUS_NATS_PASSWORD"] = nats_passwords(up)[nats_user]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", *args,
-        env={**clean_env(), "DATABASE_URL": up.database_url, "NATS_URL": up.nats_url},
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -186,60 +230,122 @@ async def kill_leftovers(up: Up) -> None:
 # -------------------------------------------------------------------- stack
 
 
-async def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
+def private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_up_runs_the_order_path_and_stops_cleanly(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    up = await start_up(tmp_path, home, "first")
+    strategies = tmp_path / "strategies.yaml"
+    strategies.write_text(FAST_STRATEGIES)
+    up = await start_up(tmp_path, home, "first", "--strategies", str(strategies))
     try:
         fill_rows = await eventually(
-            lambda: fetch(up, "SELECT id FROM events WHERE type = 'FillReceived' ORDER BY seq"),
-            timeout=180,
-            interval=0.25,
-            message="a FillReceived in the store",
+            lambda: fetch(
+                up,
+                "SELECT id FROM events WHERE type = 'FillReceived' "
+                "AND source LIKE 'broker-gateway/%' ORDER BY seq LIMIT 1",
+            ),
+            timeout=240,
+            interval=0.5,
+            message=lambda: f"a FillReceived from the gateway in the store\n{up.tail()}",
         )
         fill_id = str(fill_rows[0]["id"])
-        await eventually(lambda: "tradebus is up" in up.output(), timeout=60, message="banner")
+        await eventually(lambda: "tradebus is up" in up.output(), timeout=120, message="banner")
 
-        # The read commands, against the stack's own database.
-        code, out = await cli(up, "events", "--json", "--limit", "5")
-        assert code == 0, out
-        listed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        assert [e["seq"] for e in listed] == [1, 2, 3, 4, 5]
-        assert listed[0]["type"] == "TradePrinted"
-        assert listed[0]["payload"]["feed"] == "demo"
-        assert listed[0]["source"] == "demo/marketdata"
-
-        code, out = await cli(up, "audit", fill_id)
-        assert code == 0, out
-        positions = [out.index(t) for t in CHAIN]
-        assert positions == sorted(positions), out
-        assert fill_id in out
-
+        # The fill walks back to the strategy's signal, every link from the
+        # service that owns it: the real path, not a stand-in.
         code, out = await cli(up, "audit", "--json", fill_id)
         assert code == 0, out
         chain = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert [e["type"] for e in chain] == CHAIN
+        assert [e["source"].split("/")[0] for e in chain] == [CHAIN_SOURCES[t] for t in CHAIN]
         assert chain[0]["causation_id"] is None
-        for parent, child in itertools.pairwise(chain):
+        for parent, child in itertools.pairwise(chain[:5]):  # signal ... ack: one line
             assert child["causation_id"] == parent["id"]
-            assert child["correlation_id"] == chain[0]["id"]
+        # The fill is the order's (the command's or its ack's) child.
+        assert chain[5]["causation_id"] in {chain[3]["id"], chain[4]["id"]}
+        assert {e["correlation_id"] for e in chain} == {chain[0]["id"]}
+        assert chain[2]["payload"]["decision"] == "accepted"
+        code, out = await cli(up, "audit", fill_id)
+        assert code == 0, out
+        assert fill_id in out
 
         # Every service answers /health; the servers are up's own children.
         state = up.state()
         assert state is not None
-        assert set(state["services"]) == {"recorder", "demo"}
-        for name, url in state["services"].items():
+        assert set(state["services"]) == SERVICES
+        for url in state["services"].values():
             health = await asyncio.to_thread(get_json, url)
             assert health["ok"] is True
-            assert health["service"] == name
         servers = state["servers"]
         assert set(servers) == {"nats", "postgres"}
+
+        # Permissions are on: the passwords are the home's, private, never printed.
+        passwords = nats_passwords(up)
+        assert private(home / "credentials.json")
+        assert private(home / "env")
+        assert passwords["operator"] in (home / "env").read_text()
+        output = up.output()
+        for password in passwords.values():
+            assert password not in output
+        code, out = await cli(up, "kill-switch", "on", "--reason", "test", nats_user="risk-gate")
+        assert code == 1, out  # only the operator may publish control.>
+
+        # The kill switch, as the operator: from its sequence on, no order
+        # command but those decided before it (in flight), and intents denied.
+        code, out = await cli(
+            up,
+            "kill-switch",
+            "on",
+            "--reason",
+            "test",
+            "--operator",
+            "tester",
+            nats_user="operator",
+        )
+        assert code == 0, out
+        engaged = await eventually(
+            lambda: fetch(up, "SELECT seq FROM events WHERE type = 'KillSwitchEngaged'"),
+            timeout=60,
+            message="KillSwitchEngaged in the store",
+        )
+        ks_seq = engaged[0]["seq"]
+        await eventually(
+            lambda: fetch(
+                up,
+                "SELECT 1 FROM events WHERE type = 'RiskDecisionMade' AND seq > $1 "
+                "AND payload->>'reason' = 'kill_switch'",
+                ks_seq,
+            ),
+            timeout=90,
+            interval=0.5,
+            message="an intent denied for the kill switch",
+        )
+        after = await fetch(
+            up,
+            "SELECT o.seq, d.seq AS decided_at, d.payload->>'decision' AS decision "
+            "FROM events o LEFT JOIN events d ON d.id = o.causation_id "
+            "WHERE o.type = 'SubmitOrder' AND o.seq > $1",
+            ks_seq,
+        )
+        assert after is not None
+        late = [dict(r) for r in after if r["decided_at"] is None or r["decided_at"] > ks_seq]
+        assert not late, late
+        accepted_after = await fetch(
+            up,
+            "SELECT seq FROM events WHERE type = 'RiskDecisionMade' AND seq > $1 "
+            "AND payload->>'decision' = 'accepted'",
+            ks_seq,
+        )
+        assert accepted_after == []
 
         code, tree = await stop(up)
         output = up.output()
         assert code == 0, up.tail()
         assert set(servers.values()) <= tree
         await eventually(
-            lambda: not [p for p in tree if alive(p)], timeout=10, message="children gone"
+            lambda: not [p for p in tree if alive(p)], timeout=30, message="children gone"
         )
         assert up.state() is None
         for expected in (
@@ -249,38 +355,49 @@ async def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
             "/metrics",
             "/health",
             "events --limit 20",
-            "audit <id>",
+            "audit <fill id>",
+            "tradebus positions",
+            "risk status",
+            "kill-switch on --reason",
             f"psql '{up.database_url}'",
         ):
             assert expected in output, f"{expected!r} not in output:\n{output[-4000:]}"
-        assert "recorder | " in output
-        assert "demo     | " in output
+        for name in SERVICES:
+            assert any(
+                line.startswith(f"{name} ") and " | " in line for line in output.splitlines()
+            ), name
+            assert f"{name} stopped" in output
         assert "exited unexpectedly" not in output
-        assert output.index("demo stopped") < output.index("recorder stopped")
+        assert output.index("marketdata stopped") < output.index("strategy-runner stopped")
+        assert output.index("risk-gate stopped") < output.index("recorder stopped")
         assert output.index("recorder stopped") < output.index("postgres stopped")
-        assert (home / "env").read_text().count("export") == 2
     finally:
         await kill_leftovers(up)
 
-    # A second run reuses the data directories: the timeline continues.
+    # Again on the same home with only two services: same credentials, and
+    # the timeline continues.
     first_run_over = time.time_ns()
-    again = await start_up(tmp_path, home, "second")
+    again = await start_up(tmp_path, home, "second", "--only", "recorder,marketdata")
     try:
         await eventually(
             lambda: fetch(again, "SELECT 1 FROM events WHERE ts_init > $1 LIMIT 1", first_run_over),
             timeout=120,
-            interval=0.25,
+            interval=0.5,
             message="events of the second run",
         )
+        assert nats_passwords(again) == passwords
         rows = await fetch(
             again,
             "SELECT count(*) AS n, max(seq) AS last, "
-            "count(*) FILTER (WHERE id = $1) AS first_fill FROM events",
-            uuid.UUID(fill_id),
+            "count(*) FILTER (WHERE id::text = $1) AS first_fill FROM events",
+            fill_id,
         )
         assert rows is not None
         assert rows[0]["first_fill"] == 1
         assert rows[0]["n"] == rows[0]["last"]  # one gapless timeline across both runs
+        state = again.state()
+        assert state is not None
+        assert set(state["services"]) == {"recorder", "marketdata"}
         code, _ = await stop(again)
         assert code == 0, again.tail()
     finally:
