@@ -51,6 +51,10 @@ NonNegativeQuantity = Annotated[
 Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
+#: A ticker as the venue writes it: share classes have a dot (``BRK.B``) or a
+#: slash, options look like ``O:SPY241220P00720000``. In a subject its dots are
+#: written as ``~`` (see ``subjects.symbol_token``), since a dot splits tokens.
+Symbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
 
 
 class Clock(Protocol):

@@ -24,6 +24,7 @@ from libs.contract.envelope import (
     NonNegativeQuantity,
     Price,
     Quantity,
+    Symbol,
     Token,
 )
 
@@ -39,7 +40,7 @@ TradingState = Literal["active", "reducing", "halted"]
 
 
 class TradePayload(Frozen):
-    symbol: Token
+    symbol: Symbol
     price: Price
     size: Quantity
     exchange: int | None = None
@@ -60,7 +61,7 @@ class TradePrinted(Event):
 
 
 class QuotePayload(Frozen):
-    symbol: Token
+    symbol: Symbol
     bid_price: Money
     bid_size: NonNegativeQuantity
     ask_price: Money
@@ -83,7 +84,7 @@ class QuoteUpdated(Event):
 
 
 class BarPayload(Frozen):
-    symbol: Token
+    symbol: Symbol
     interval: Literal["1s", "1m"]
     open: Price
     high: Price
@@ -139,7 +140,7 @@ class FeedStatusChanged(Event):
 
 class SignalPayload(Frozen):
     strategy: Token
-    symbol: Token
+    symbol: Symbol
     name: str
     direction: Literal["long", "short", "flat"]
     strength: Money | None = None
@@ -157,7 +158,7 @@ class SignalGenerated(Event):
 class OrderIntentPayload(Frozen):
     strategy: Token
     account: Token
-    symbol: Token
+    symbol: Symbol
     side: Side
     quantity: Quantity
     order_type: OrderType = "market"
@@ -219,7 +220,7 @@ class RiskDecisionPayload(Frozen):
     intent_id: uuid.UUID
     strategy: Token
     account: Token
-    symbol: Token
+    symbol: Symbol
     decision: Literal["accepted", "denied"]
     reason: ReasonCode
     detail: str = ""
@@ -273,7 +274,7 @@ class SubmitOrderPayload(Frozen):
     intent_id: uuid.UUID | None = None
     strategy: Token
     account: Token
-    symbol: Token
+    symbol: Symbol
     side: Side
     quantity: Quantity
     order_type: OrderType = "market"
@@ -325,7 +326,7 @@ class OrderAcceptedPayload(Frozen):
     order_id: uuid.UUID
     account: Token
     broker_order_id: str
-    symbol: Token
+    symbol: Symbol
 
 
 class OrderAccepted(Event):
@@ -356,7 +357,7 @@ class FillPayload(Frozen):
     account: Token
     broker_order_id: str
     fill_id: str
-    symbol: Token
+    symbol: Symbol
     side: Side
     quantity: Quantity
     price: Price

@@ -35,7 +35,7 @@ ORDERS_CMD_ALL = "orders.cmd.>"
 CONTROL_ALL = "control.>"
 DEADLETTER_ALL = "deadletter.>"
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_:\-]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_:~/\-]+$")
 
 
 class SubjectError(ValueError):
@@ -49,6 +49,11 @@ def token(value: str) -> str:
     return value
 
 
+def symbol_token(symbol: str) -> str:
+    """A ticker as one subject token: ``BRK.B`` -> ``BRK~B`` (a dot splits tokens)."""
+    return token(symbol.replace(".", "~"))
+
+
 @cache
 def _template_fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
@@ -60,7 +65,11 @@ def subject_for(event: Event) -> str:
     fields = _template_fields(template)
     if not fields:
         return template
-    values = {name: token(str(getattr(event.payload, name))) for name in fields}
+    values = {
+        name: symbol_token(value) if name == "symbol" else token(value)
+        for name in fields
+        for value in (str(getattr(event.payload, name)),)
+    }
     return template.format(**values)
 
 

@@ -569,19 +569,19 @@ def test_token_refuses_dots_wildcards_and_spaces(value: str) -> None:
         token(value)
 
 
-def test_subject_for_refuses_a_dotted_symbol_that_slipped_past_validation() -> None:
+def test_subject_for_refuses_a_wildcard_symbol_that_slipped_past_validation() -> None:
     # model_construct skips validation, as a buggy producer might: the subject
-    # builder is the last line of defence against publishing on md.trade.BRK.B.
+    # builder is the last line of defence against publishing on md.trade.*.
     payload = TradePayload.model_construct(
-        symbol="BRK.B", price=Decimal(1), size=Decimal(1), feed="demo"
+        symbol="*", price=Decimal(1), size=Decimal(1), feed="demo"
     )
     event = TradePrinted.create(payload, source="test", clock=StepClock())
     with pytest.raises(SubjectError):
         subject_for(event)
 
 
-def test_models_refuse_dotted_and_wildcard_tokens() -> None:
-    for symbol in ("BRK.B", "*", ">"):
+def test_models_refuse_wildcard_and_blank_symbols() -> None:
+    for symbol in ("BRK B", "*", ">", ""):
         with pytest.raises(ValidationError):
             OrderAcceptedPayload(order_id=ORDER_ID, account="a", broker_order_id="b", symbol=symbol)
 
@@ -684,3 +684,23 @@ def test_dead_letter_id_without_stream_seq_follows_the_whole_message() -> None:
 
     assert first.id == again.id
     assert other.id != first.id, "messages differing only after 4 KiB must not collide"
+
+
+def test_dotted_share_class_symbol_is_carried_and_escaped_in_its_subject() -> None:
+    from decimal import Decimal
+
+    from libs.contract.codec import decode, encode
+    from libs.contract.envelope import WallClock
+    from libs.contract.events import TradePayload, TradePrinted
+    from libs.contract.subjects import subject_for, symbol_token
+
+    event = TradePrinted.create(
+        TradePayload(symbol="BRK.B", price=Decimal("412.5"), size=Decimal(3), feed="polygon"),
+        source="test",
+        clock=WallClock(),
+    )
+    assert decode(encode(event)) == event
+    assert subject_for(event) == "md.trade.BRK~B"
+    assert symbol_token("O:SPY241220P00720000") == "O:SPY241220P00720000"
+    with pytest.raises(SubjectError):
+        symbol_token("BAD SYMBOL")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from libs.contract.codec import decode, derived_id, encode
-from libs.contract.envelope import Money, Nanos, NonNegativeQuantity, Price, Quantity, Token
+from libs.contract.envelope import Money, Nanos, NonNegativeQuantity, Price, Quantity, Symbol
 from libs.contract.events import BarClosed, QuoteUpdated, TradePrinted
 from libs.contract.subjects import subject_for
 from services.marketdata.adapters.polygon.parse import (
@@ -172,7 +172,7 @@ def test_one_invalid_event_is_rejected_and_the_rest_of_the_frame_goes_through() 
             {"ev": "T", "sym": "MSFT", "x": 4, "s": 1, "t": 2, "q": 2},  # no price
             {"ev": "LULD", "T": "MSFT"},  # not a record we know
             {"ev": "T", "sym": "MSFT", "x": 4, "p": 0, "s": 1, "t": 3, "q": 3},  # price 0
-            {"ev": "T", "sym": "BRK.B", "x": 4, "p": 1, "s": 1, "t": 4, "q": 4},  # not a token
+            {"ev": "T", "sym": "BRK B", "x": 4, "p": 1, "s": 1, "t": 4, "q": 4},  # not a symbol
             {"ev": "T", "sym": "MSFT", "x": 4, "p": 10.6, "s": 1, "t": 5, "q": 5},
         ]
     ).encode()
@@ -189,7 +189,7 @@ def test_one_invalid_event_is_rejected_and_the_rest_of_the_frame_goes_through() 
         "q": 2,
     }
     assert "p" in parsed.rejected[0].detail
-    assert json.loads(parsed.rejected[3].raw)["sym"] == "BRK.B"
+    assert json.loads(parsed.rejected[3].raw)["sym"] == "BRK B"
 
 
 def test_rejected_frame_becomes_a_dead_letter_with_its_bytes() -> None:
@@ -322,7 +322,7 @@ def test_wire_numbers_carry_the_contract_constraints(wire: Any, contract: Any) -
 
 def test_wire_symbols_and_times_carry_the_contract_constraints() -> None:
     for probe in ["AAPL", "O:SPY241220P00720000", "BRK.B", "", "A" * 64, "A" * 65, "a b", "X-1_y"]:
-        assert _accepts(TypeAdapter(WireSymbol), probe) == _accepts(TypeAdapter(Token), probe)
+        assert _accepts(TypeAdapter(WireSymbol), probe) == _accepts(TypeAdapter(Symbol), probe)
     limit = (2**63 - 1) // 1_000_000
     for ms in [0, -1, limit, limit + 1]:
         ns_ok = _accepts(TypeAdapter(Nanos), ms * 1_000_000)

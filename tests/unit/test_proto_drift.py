@@ -256,7 +256,7 @@ def _fill_wire() -> dict[str, Any]:
         ("unknown envelope key", lambda w: w.__setitem__("extra", 1)),
         ("unknown payload key", lambda w: w["payload"].__setitem__("venue", "XNAS")),
         ("missing type", lambda w: w.pop("type")),
-        ("dotted symbol", lambda w: w["payload"].__setitem__("symbol", "BRK.B")),
+        ("wildcard symbol", lambda w: w["payload"].__setitem__("symbol", "BRK*B")),
         ("not a uuid", lambda w: w.__setitem__("id", "fill-1")),
         ("timestamp past int64", lambda w: w.__setitem__("ts_event", 2**63)),
     ],

@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
-from libs.contract.subjects import STREAM
+from libs.contract.subjects import STREAM, symbol_token
 
 BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>")
 
@@ -35,7 +35,8 @@ def filter_subjects(strategies: Iterable[str], symbols: Iterable[str]) -> list[s
     """The subjects the runner consumes (non-overlapping, as JetStream requires)."""
     out: list[str] = []
     for symbol in sorted(set(symbols)):
-        out += [f"md.bar.*.{symbol}", f"md.trade.{symbol}", f"md.quote.{symbol}"]
+        tok = symbol_token(symbol)
+        out += [f"md.bar.*.{tok}", f"md.trade.{tok}", f"md.quote.{tok}"]
     for name in sorted(set(strategies)):
         out += [f"strategy.signal.{name}", f"strategy.intent.{name}", f"risk.decision.{name}"]
     out += BROKER_SUBJECTS

@@ -26,7 +26,7 @@ from libs.bus.client import Bus
 from libs.bus.errors import BusError
 from libs.contract.codec import DecodeError, decode
 from libs.contract.events import BarClosed
-from libs.contract.subjects import STREAM, SubjectError, token
+from libs.contract.subjects import STREAM, SubjectError, symbol_token
 from services.marketdata.config import MarketdataSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ async def last_minute_bars(settings: MarketdataSettings, symbols: Iterable[str])
     try:
         for symbol in wanted:
             try:
-                msg = await bus.js.get_last_msg(STREAM, f"md.bar.1m.{symbol}")
+                msg = await bus.js.get_last_msg(STREAM, f"md.bar.1m.{symbol_token(symbol)}")
             except nats.js.errors.NotFoundError:
                 continue
             try:
@@ -71,7 +71,7 @@ async def last_minute_bars(settings: MarketdataSettings, symbols: Iterable[str])
 
 def _is_token(symbol: str) -> bool:
     try:
-        token(symbol)
+        symbol_token(symbol)
     except SubjectError:
         return False
     return True
