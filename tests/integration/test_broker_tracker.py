@@ -1,0 +1,377 @@
+"""The gateway's order tracker (services/broker_gateway/domain/tracker.py).
+
+Pure and synchronous (no NATS, no broker): it lives here with the other
+broker tests. It proves the exactly-once rules — ids derived from broker
+facts, the cumulative-quantity watermark, gap detection and reconciliation —
+causation, the rebuild from recorded events, and how a flatten's closing
+fills are booked to strategies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    CancelOrder,
+    CancelOrderPayload,
+    FillReceived,
+    FlattenAccount,
+    FlattenAccountPayload,
+    OrderAccepted,
+    OrderCanceled,
+    OrderRejected,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
+from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
+from services.broker_gateway.domain.tracker import OrderTracker
+
+D = Decimal
+ACCOUNT = "acct"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000
+
+    def now_ns(self) -> int:
+        self.t += 1
+        return self.t
+
+
+CLOCK = Clock()
+
+
+def tracker() -> OrderTracker:
+    return OrderTracker(ACCOUNT, clock=Clock(), source="broker-gateway/test")
+
+
+def command(
+    symbol: str = "AAPL", side: str = "buy", qty: str = "10", strategy: str = "s1"
+) -> SubmitOrder:
+    signal = SignalGenerated.create(
+        SignalPayload(strategy=strategy, symbol=symbol, name="x", direction="long"),
+        source="test",
+        clock=CLOCK,
+    )
+    return SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy=strategy,
+            account=ACCOUNT,
+            symbol=symbol,
+            side=side,
+            quantity=D(qty),
+        ),
+        source="test",
+        clock=CLOCK,
+        cause=signal,
+    )
+
+
+def order(
+    cmd: SubmitOrder | None,
+    filled: str = "0",
+    avg: str | None = None,
+    status: str = "accepted",
+    *,
+    broker_id: str = "b-1",
+    symbol: str = "AAPL",
+    side: str = "buy",
+    qty: str = "10",
+    client_id: str | None = None,
+) -> BrokerOrder:
+    return BrokerOrder(
+        broker_order_id=broker_id,
+        client_order_id=client_id or (str(cmd.payload.order_id) if cmd else "theirs"),
+        symbol=cmd.payload.symbol if cmd else symbol,
+        side=cmd.payload.side if cmd else side,  # type: ignore[arg-type]
+        quantity=cmd.payload.quantity if cmd else D(qty),
+        filled_quantity=D(filled),
+        filled_avg_price=D(avg) if avg else None,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def fill_update(o: BrokerOrder, qty: str, price: str, exec_id: str) -> OrderUpdate:
+    f = BrokerFill(
+        broker_order_id=o.broker_order_id,
+        client_order_id=o.client_order_id,
+        symbol=o.symbol,
+        side=o.side,
+        quantity=D(qty),
+        price=D(price),
+        cumulative_quantity=o.filled_quantity,
+        leaves_quantity=o.quantity - o.filled_quantity,
+        ts_ns=5,
+        execution_id=exec_id,
+    )
+    return OrderUpdate("fill", o, 5, fill=f)
+
+
+def fills_of(events: Sequence[Event]) -> list[tuple[str, str, str, str, str | None]]:
+    out = []
+    for e in events:
+        assert isinstance(e, FillReceived)
+        p = e.payload
+        out.append(
+            (
+                str(p.quantity),
+                str(p.price),
+                str(p.cumulative_quantity),
+                str(p.leaves_quantity),
+                p.strategy,
+            )
+        )
+    return out
+
+
+def submitted(t: OrderTracker, cmd: SubmitOrder) -> list[Event]:
+    assert t.plan_submit(cmd)
+    request = t.request(cmd.payload.order_id)
+    assert request.client_order_id == str(cmd.payload.order_id)
+    return t.submitted(cmd.payload.order_id, order(cmd))
+
+
+def test_ack_then_fills_with_causation_and_derived_ids() -> None:
+    t = tracker()
+    cmd = command()
+    [ack] = submitted(t, cmd)
+    assert isinstance(ack, OrderAccepted)
+    assert (ack.causation_id, ack.correlation_id) == (cmd.id, cmd.correlation_id)
+    # The same acknowledgement again (the stream's "new"): nothing more.
+    assert t.on_update(OrderUpdate("accepted", order(cmd), 3)) == []
+    assert not t.plan_submit(cmd)  # a repeated command: the broker already has it
+    part = t.on_update(fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1"))
+    done = t.on_update(fill_update(order(cmd, "10", "100.6", "filled"), "6", "101", "x2"))
+    assert fills_of(part + done) == [("4", "100", "4", "6", "s1"), ("6", "101", "10", "0", "s1")]
+    for e in part + done:
+        assert (e.causation_id, e.correlation_id) == (cmd.id, cmd.correlation_id)
+    assert [e.payload.status for e in part + done] == ["partial", "complete"]
+    assert t.position("AAPL", "s1") == D(10)
+    # Another tracker seeing the same facts derives the same ids.
+    u = tracker()
+    again = submitted(u, cmd)
+    again += u.on_update(fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1"))
+    assert [e.id for e in again] == [ack.id, part[0].id]
+
+
+def test_a_fill_seen_twice_is_published_once() -> None:
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    update = fill_update(order(cmd, "10", "100", "filled"), "10", "100", "x1")
+    assert len(t.on_update(update)) == 1
+    assert t.on_update(update) == []
+    fill = BrokerFill(
+        "b-1", str(cmd.payload.order_id), "AAPL", "buy", D(10), D(100), D(10), D(0), 5
+    )
+    assert t.reconcile(order(cmd, "10", "100", "filled"), [fill]) == []
+
+
+def test_a_gap_is_not_published_until_reconciled_in_order() -> None:
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    # Fills 0->4 were missed; this one takes the order from 4 to 10.
+    assert t.on_update(fill_update(order(cmd, "10", "100.6", "filled"), "6", "101", "x2")) == []
+    assert t.needs_reconcile == {cmd.payload.order_id}
+    oid = str(cmd.payload.order_id)
+    listed = [
+        BrokerFill("b-1", oid, "AAPL", "buy", D(4), D(100), D(4), D(6), 1, "x1"),
+        BrokerFill("b-1", oid, "AAPL", "buy", D(6), D(101), D(10), D(0), 2, "x2"),
+    ]
+    events = t.reconcile(order(cmd, "10", "100.6", "filled"), listed)
+    assert fills_of(events) == [("4", "100", "4", "6", "s1"), ("6", "101", "10", "0", "s1")]
+    assert t.needs_reconcile == set()
+
+
+def test_reconcile_without_a_fill_list_infers_the_missing_fill() -> None:
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    t.on_update(fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1"))
+    # The broker says 10 filled at an average of 100.6: 6 more at 101.
+    events = t.reconcile(order(cmd, "10", "100.6", "filled"), None)
+    assert fills_of(events) == [("6", "101.000000000000", "10", "0", "s1")]
+    assert events[0].payload.fill_id.startswith("reconciled:")  # type: ignore[attr-defined]
+
+
+def test_cancel_after_missed_fills_publishes_the_fills_first() -> None:
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    cancel = CancelOrder.create(
+        CancelOrderPayload(order_id=cmd.payload.order_id, account=ACCOUNT), source="r", clock=CLOCK
+    )
+    t.evolve(cancel)
+    canceled = order(cmd, "3", "100", "canceled")
+    assert t.on_update(OrderUpdate("canceled", canceled, 9)) == []
+    events = t.reconcile(canceled, None)
+    assert [e.type for e in events] == ["FillReceived", "OrderCanceled"]
+    assert events[1].causation_id == cancel.id
+    assert t.get(cmd.payload.order_id).terminal == "canceled"  # type: ignore[union-attr]
+
+
+def test_rejections() -> None:
+    t = tracker()
+    cmd = command()
+    assert t.plan_submit(cmd)
+    [rejected] = t.refused(cmd.payload.order_id, "asset HALT is not tradable", "42210000")
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.causation_id == cmd.id
+    assert t.refused(cmd.payload.order_id, "again", None) == []
+    assert not t.plan_submit(cmd)  # rejected is final: never sent again
+    other = command()
+    t.plan_submit(other)
+    [late] = t.on_update(OrderUpdate("rejected", order(other, status="rejected"), 3, reason="x"))
+    assert isinstance(late, OrderRejected)
+
+
+def test_rebuild_from_recorded_events_gives_the_same_tracker() -> None:
+    live = tracker()
+    cmd1, cmd2 = command(), command("MSFT", "sell", "5", "s2")
+    recorded: list[Event] = [cmd1, cmd2]
+    recorded += submitted(live, cmd1)
+    recorded += live.on_update(
+        fill_update(order(cmd1, "4", "100", "partially_filled"), "4", "100", "a")
+    )
+    recorded += submitted(live, cmd2)
+    rebuilt = tracker()
+    for e in recorded:
+        rebuilt.evolve(e)  # type: ignore[arg-type]
+    assert rebuilt.positions == live.positions == {("s1", "AAPL"): D(4)}
+    assert [(o.order_id, o.filled, o.accepted) for o in rebuilt.unsettled()] == [
+        (o.order_id, o.filled, o.accepted) for o in live.unsettled()
+    ]
+    # What was published before a restart is not published after it.
+    assert (
+        rebuilt.on_update(fill_update(order(cmd1, "4", "100", "partially_filled"), "4", "100", "a"))
+        == []
+    )
+    assert not rebuilt.plan_submit(cmd1)
+    # Events of other accounts are not this tracker's business.
+    elsewhere = cmd1.model_copy(
+        update={
+            "payload": cmd1.payload.model_copy(
+                update={"account": "other", "order_id": uuid.uuid4()}
+            )
+        }
+    )
+    rebuilt.evolve(elsewhere)
+    assert len(rebuilt.orders) == 2
+
+
+def test_flatten_books_closing_fills_to_the_strategies_it_closes() -> None:
+    t = tracker()
+    for cmd, price in (
+        (command("AAPL", "buy", "10", "s1"), "100"),
+        (command("AAPL", "buy", "5", "s2"), "101"),
+        (command("MSFT", "sell", "3", "s3"), "50"),
+    ):
+        submitted(t, cmd)
+        t.on_update(
+            fill_update(
+                order(cmd, str(cmd.payload.quantity), price, "filled"),
+                str(cmd.payload.quantity),
+                price,
+                "f",
+            )
+        )
+    assert t.positions == {("s1", "AAPL"): D(10), ("s2", "AAPL"): D(5), ("s3", "MSFT"): D(-3)}
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    t.flatten_started(flatten)
+    # The broker closes each symbol with one order; here the AAPL one fills before
+    # the close-all answers (the stream is faster), in two parts, and 2 more than we hold.
+    aapl = order(
+        None,
+        "12",
+        "99",
+        "partially_filled",
+        broker_id="c-aapl",
+        symbol="AAPL",
+        side="sell",
+        qty="17",
+        client_id="bx1",
+    )
+    first = t.on_update(fill_update(aapl, "12", "99", "e1"))
+    assert [e.type for e in first] == ["OrderAccepted", "FillReceived", "FillReceived"]
+    msft = order(None, broker_id="c-msft", symbol="MSFT", side="buy", qty="3", client_id="bx2")
+    acks = t.flatten_done([aapl, msft])
+    assert [e.type for e in acks] == ["OrderAccepted"]  # MSFT's; AAPL's was already out
+    aapl_done = order(
+        None,
+        "17",
+        "98.9",
+        "filled",
+        broker_id="c-aapl",
+        symbol="AAPL",
+        side="sell",
+        qty="17",
+        client_id="bx1",
+    )
+    rest = t.on_update(fill_update(aapl_done, "5", "98.6", "e2"))
+    msft_done = order(
+        None,
+        "3",
+        "51",
+        "filled",
+        broker_id="c-msft",
+        symbol="MSFT",
+        side="buy",
+        qty="3",
+        client_id="bx2",
+    )
+    cover = t.on_update(fill_update(msft_done, "3", "51", "e3"))
+    closing = [e for e in first + rest + cover if isinstance(e, FillReceived)]
+    assert fills_of(closing) == [
+        ("10", "99", "10", "7", "s1"),
+        ("2", "99", "12", "5", "s2"),
+        ("3", "98.6", "15", "2", "s2"),
+        ("2", "98.6", "17", "0", None),  # more than any strategy held: nobody's
+        ("3", "51", "3", "0", "s3"),
+    ]
+    for e in [*first, *acks, *rest, *cover]:
+        assert (e.causation_id, e.correlation_id) == (flatten.id, flatten.id)
+    assert (
+        t.positions[("s1", "AAPL")]
+        == t.positions[("s2", "AAPL")]
+        == t.positions[("s3", "MSFT")]
+        == 0
+    )
+    # A rebuilt tracker knows the closing orders (their acks are caused by the flatten).
+    rebuilt = tracker()
+    for e in [flatten, *first, *acks, *rest, *cover]:
+        rebuilt.evolve(e)  # type: ignore[arg-type]
+    closing_orders = [o for o in rebuilt.orders.values() if o.closing]
+    assert sorted(o.broker_order_id or "" for o in closing_orders) == ["c-aapl", "c-msft"]
+
+
+def test_orders_nobody_here_placed_are_roots() -> None:
+    t = tracker()
+    theirs = order(None, "2", "10", "filled", broker_id="manual-1", qty="2", client_id="by-hand")
+    events = t.on_update(fill_update(theirs, "2", "10", "m1"))
+    assert [e.type for e in events] == ["OrderAccepted", "FillReceived"]
+    assert all(e.causation_id is None and e.correlation_id == e.id for e in events)
+    assert t.positions == {(None, "AAPL"): D(2)}
+
+
+def test_cancel_events_are_caused_by_the_flatten_that_canceled_them() -> None:
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="halt"), source="r", clock=CLOCK
+    )
+    t.flatten_started(flatten)
+    [canceled] = t.on_update(OrderUpdate("canceled", order(cmd, status="canceled"), 4))
+    assert isinstance(canceled, OrderCanceled)
+    assert canceled.causation_id == flatten.id
+    assert t.flatten_done([]) == []
