@@ -199,7 +199,7 @@ def test_reconcile_without_a_fill_list_infers_the_missing_fill() -> None:
     # The broker says 10 filled at an average of 100.6: 6 more at 101.
     events = t.reconcile(order(cmd, "10", "100.6", "filled"), None)
     assert fills_of(events) == [("6", "101.000000000000", "10", "0", "s1")]
-    assert events[0].payload.fill_id.startswith("reconciled:")  # type: ignore[attr-defined]
+    assert events[0].payload.fill_id.startswith("reconciled:")
 
 
 def test_cancel_after_missed_fills_publishes_the_fills_first() -> None:
