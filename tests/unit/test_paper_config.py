@@ -1,0 +1,92 @@
+"""paper.yaml and brokers.yaml: strict validation, errors that name the key, secrets kept."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from libs.config import ConfigError
+from services.broker_gateway.config import load_brokers_config, resolve_accounts
+from services.paper_broker.config import load_paper_config
+
+DEPLOY = Path(__file__).parents[2] / "deploy" / "config"
+
+
+def test_the_example_files_load() -> None:
+    paper = load_paper_config(DEPLOY / "paper.yaml")
+    brokers = load_brokers_config(DEPLOY / "brokers.yaml")
+    assert set(paper.accounts) == set(brokers.accounts) == {"paper"}
+    assert paper.book_config().fill_model.max_fill_quantity == Decimal(500)
+    # Both name the same variables, so the broker and the gateway agree on the keys.
+    assert paper.accounts["paper"].key_id_env == brokers.accounts["paper"].credentials.key_id_env
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "fill_model: {slipage_bps: 1}\n",
+            "fill_model.slipage_bps: Extra inputs are not permitted",
+        ),
+        ("fill_model: {max_fill_quantity: 0}\n", "fill_model.max_fill_quantity"),
+        ("accounts: {}\n", "accounts"),
+        ("accounts: {a: {key_id_env: K}}\n", "accounts.a.secret_key_env: Field required"),
+        ("accounts: {'bad name': {key_id_env: K, secret_key_env: S}}\n", "accounts.bad name"),
+        ("port: 70000\n", "port"),
+        ("[1, 2\n", "not valid YAML"),
+    ],
+)
+def test_paper_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "paper.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"paper\.yaml") as e:
+        load_paper_config(path)
+    assert message in str(e.value)
+
+
+CREDS = "credentials: {key_id_env: K, secret_key_env: S}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"accounts: {{a: {{adapter: alpaca, url: 'ws://x', {CREDS}}}}}", "accounts.a.adapter"),
+        (f"accounts: {{a: {{adapter: paper, url: 'http://x', {CREDS}}}}}", "accounts.a.url"),
+        (
+            f"accounts: {{a: {{adapter: paper, url: 'ws://x', {CREDS}, "
+            "heartbeat: {timeout_s: 0}}}",
+            "accounts.a.heartbeat.timeout_s",
+        ),
+        (
+            "accounts: {a: {adapter: paper, url: 'ws://x', "
+            "credentials: {key_id: K, secret_key_env: S}}}",
+            "accounts.a.credentials.key_id",
+        ),
+    ],
+)
+def test_brokers_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "brokers.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_brokers_config(path)
+    assert message in str(e.value)
+
+
+def test_credentials_come_from_the_environment_and_stay_secret(tmp_path: Path) -> None:
+    paper = load_paper_config(None)  # the default: one account "paper"
+    with pytest.raises(ConfigError, match="TRADEBUS_PAPER_SECRET_KEY is not set"):
+        paper.credentials({"TRADEBUS_PAPER_KEY_ID": "k"})
+    [cred] = paper.credentials({"TRADEBUS_PAPER_KEY_ID": "k", "TRADEBUS_PAPER_SECRET_KEY": "hush"})
+    assert (cred.account, cred.key_id) == ("paper", "k")
+    assert "hush" not in repr(cred)
+    brokers = load_brokers_config(DEPLOY / "brokers.yaml")
+    with pytest.raises(
+        ConfigError, match=r"accounts.paper.credentials.key_id_env: .*KEY_ID is not set"
+    ):
+        resolve_accounts(brokers, {})
+    env = {"TRADEBUS_PAPER_KEY_ID": "k", "TRADEBUS_PAPER_SECRET_KEY": "hush"}
+    [account] = resolve_accounts(brokers, env)
+    assert account.secret_key.get_secret_value() == "hush"
+    assert "hush" not in repr(account)
