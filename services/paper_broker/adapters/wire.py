@@ -10,6 +10,7 @@ stream (``../../shared/PROTOCOLS.md``); see this service's README.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 
@@ -120,16 +121,33 @@ def trade_update_json(u: TradeUpdate) -> Json:
 
 
 def journal_record(u: TradeUpdate) -> Json:
-    return {"account": u.order.account, "update": trade_update_json(u)}
+    """A journal line: the update as sent, its account, and its times to the ns."""
+    o = u.order
+    return {
+        "account": o.account,
+        "update": trade_update_json(u),
+        "ns": [u.ts_ns, o.created_at_ns, o.updated_at_ns, o.filled_at_ns, o.canceled_at_ns],
+    }
 
 
 def trade_update_from_record(record: Json) -> TradeUpdate:
     data = record["update"]
     price, qty, pos = data.get("price"), data.get("qty"), data.get("position_qty")
+    order = order_from_json(record["account"], data["order"])
+    ts_ns = parse_iso(data["timestamp"]) or 0
+    if "ns" in record:  # exact times (the wire's are to the microsecond)
+        ts_ns, created, updated, filled, canceled = record["ns"]
+        order = replace(
+            order,
+            created_at_ns=created,
+            updated_at_ns=updated,
+            filled_at_ns=filled,
+            canceled_at_ns=canceled,
+        )
     return TradeUpdate(
         event=data["event"],
-        order=order_from_json(record["account"], data["order"]),
-        ts_ns=parse_iso(data["timestamp"]) or 0,
+        order=order,
+        ts_ns=ts_ns,
         execution_id=data.get("execution_id"),
         price=Decimal(price) if price is not None else None,
         qty=Decimal(qty) if qty is not None else None,

@@ -1,0 +1,144 @@
+"""The paper broker's WebSocket server and journal, in this process, over a real socket."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from libs.contract.envelope import WallClock
+from services.paper_broker.adapters.journal import Journal
+from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.domain.book import BookConfig, PaperBook
+from services.paper_broker.domain.fill_model import MarketUpdate
+
+CREDS = [Credentials("key", SecretStr("secret"), "acct")]
+
+
+def book() -> PaperBook:
+    counter = itertools.count(1)
+    return PaperBook(BookConfig(), clock=WallClock(), ids=lambda: f"id-{next(counter)}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PaperBrokerServer]:
+    async with PaperBrokerServer(book(), CREDS, auth_timeout_s=0.5) as s:
+        yield s
+
+
+async def send(ws: ClientConnection, action: str, data: dict[str, Any]) -> None:
+    await ws.send(json.dumps({"action": action, "data": data}))
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    raw = await ws.recv()
+    assert isinstance(raw, bytes), "the paper broker sends binary frames, as Alpaca's paper does"
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+async def login(port: int) -> ClientConnection:
+    ws = await connect(f"ws://127.0.0.1:{port}/stream")
+    await send(ws, "authenticate", {"key_id": "key", "secret_key": "secret"})
+    assert (await recv(ws))["data"] == {"status": "authorized", "action": "authenticate"}
+    return ws
+
+
+async def request(ws: ClientConnection, method: str, path: str, body: Any = None) -> Any:
+    await send(ws, "request", {"id": "r", "method": method, "path": path, "body": body})
+    while (message := await recv(ws))["stream"] != "response":
+        pass
+    return message["data"]
+
+
+async def test_a_wrong_secret_is_refused_and_disconnected(server: PaperBrokerServer) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/stream") as ws:
+        await send(ws, "authenticate", {"key_id": "key", "secret_key": "guess"})
+        assert (await recv(ws))["data"]["status"] == "unauthorized"
+        with pytest.raises(ConnectionClosed) as e:
+            await ws.recv()
+        assert e.value.rcvd is not None
+        assert e.value.rcvd.code == 1008
+
+
+async def test_nothing_works_before_authentication(server: PaperBrokerServer) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/stream") as ws:
+        await ws.send("not json")
+        assert (await recv(ws))["data"]["message"] == "invalid JSON"
+        answer = await request(ws, "GET", "/v2/positions")
+        assert answer["status"] == 401
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["data"] == {"status": "unauthorized", "action": "listen"}
+
+
+async def test_a_silent_client_is_disconnected(server: PaperBrokerServer) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/stream") as ws:
+        with pytest.raises(ConnectionClosed) as e:
+            await ws.recv()
+        assert e.value.rcvd is not None
+        assert e.value.rcvd.reason == "authentication timeout"
+
+
+async def test_updates_go_to_listeners_of_the_account_before_the_response(
+    server: PaperBrokerServer,
+) -> None:
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    listener, other = await login(server.port), await login(server.port)
+    try:
+        await send(listener, "listen", {"streams": ["trade_updates", "nonsense"]})
+        assert (await recv(listener))["data"] == {"streams": ["trade_updates"]}
+        body = {"symbol": "AAPL", "qty": 3, "side": "buy", "client_order_id": "c1"}
+        await send(
+            listener, "request", {"id": "r1", "method": "POST", "path": "/v2/orders", "body": body}
+        )
+        got = [await recv(listener) for _ in range(3)]
+        assert [(m["stream"], m["data"].get("event")) for m in got] == [
+            ("trade_updates", "new"),
+            ("trade_updates", "fill"),
+            ("response", None),
+        ]
+        assert got[1]["data"]["price"] == "10"
+        assert got[1]["data"]["order"]["filled_qty"] == "3"
+        assert got[2]["data"]["status"] == 200
+        # The non-listening socket got nothing; it can still ask.
+        assert (await request(other, "GET", "/v2/positions"))["body"][0]["qty"] == "3"
+        missing = await request(other, "GET", "/v2/orders/nope")
+        assert (missing["status"], missing["body"]["code"]) == (404, 40410000)
+        bad = await request(other, "POST", "/v2/orders", {"symbol": "AAPL", "qty": 1.5e400})
+        assert bad["status"] == 422
+        assert (await request(other, "GET", "/v2/nothing"))["status"] == 404
+    finally:
+        await listener.close()
+        await other.close()
+
+
+async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    first = book()
+    journal = Journal(path).open()
+    async with PaperBrokerServer(first, CREDS, journal=journal) as s:
+        s.market(MarketUpdate.trade("MSFT", Decimal(300)))
+        ws = await login(s.port)
+        body = {"symbol": "MSFT", "qty": "2", "side": "sell", "client_order_id": "c9"}
+        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        await ws.close()
+    journal.close()
+    with path.open("ab") as f:
+        f.write(b'{"account": "acct", "upd')  # a crash in the middle of a write
+    second = book()
+    assert second.apply_all(Journal(path).load()) == 2
+    assert second.positions("acct") == first.positions("acct")
+    assert second.by_client_order_id("acct", "c9") == first.by_client_order_id("acct", "c9")
+    # Appending after the torn line starts on a fresh line.
+    reopened = Journal(path).open()
+    reopened.append(first.cancel_all("acct"))
+    reopened.close()
+    assert len(Journal(path).load()) == 2
