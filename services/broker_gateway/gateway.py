@@ -315,11 +315,15 @@ class AccountWorker:
                 if event.state == "connected":
                     await self.reconcile()
                 continue
-            await self.outbox.publish(self.tracker.on_update(event))
-            if self.tracker.needs_reconcile:
-                await self.reconcile(only=set(self.tracker.needs_reconcile))
+            events = self.tracker.on_update(event)
+            # The tracker has it (the outbox publishes it in order): a submit
+            # waiting in _settle may go on. Should the publish not happen (a
+            # crash), the restarted gateway reconciles the order from the broker.
             async with self._progress:
                 self._progress.notify_all()
+            await self.outbox.publish(events)
+            if self.tracker.needs_reconcile:
+                await self.reconcile(only=set(self.tracker.needs_reconcile))
 
     async def _connection(self, update: ConnectionUpdate) -> None:
         metrics.CONNECTION_CHANGES.labels(account=self.account, state=update.state).inc()
