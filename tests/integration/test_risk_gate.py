@@ -46,6 +46,7 @@ from libs.contract.events import (
 from libs.local.servers import NatsServer
 from libs.store import queries
 from libs.store.migrate import asyncpg_url
+from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.wait import eventually
 
@@ -545,15 +546,7 @@ async def test_kill_9_mid_stream_loses_no_intent_and_repeats_no_order(
 
 
 NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
-NATS_USERS = (
-    "admin",
-    "operator",
-    "recorder",
-    "marketdata",
-    "strategy-runner",
-    "risk-gate",
-    "broker-gateway",
-)
+NATS_USERS = config_users()  # every user the config declares
 
 
 def _metric(proc: ServiceProcess, line: str) -> bool:

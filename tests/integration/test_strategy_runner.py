@@ -22,6 +22,7 @@ from libs.bus.client import Bus
 from libs.contract.events import OrderIntentCreated
 from libs.local.servers import NatsServer
 from libs.strategy.testing import MINUTE_NS, bar, fill_chain
+from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
@@ -212,15 +213,7 @@ async def _fill_recorded(store: Timeline) -> bool:
 
 
 NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
-NATS_USERS = (
-    "admin",
-    "operator",
-    "recorder",
-    "marketdata",
-    "strategy-runner",
-    "risk-gate",
-    "broker-gateway",
-)
+NATS_USERS = config_users()  # every user the config declares
 
 
 async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
