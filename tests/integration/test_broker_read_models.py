@@ -1,0 +1,290 @@
+"""The read models of migration 0002 (fills, orders, positions, P&L) on real Postgres.
+
+Events go into ``events`` exactly as the recorder writes them (its own row
+conversion and COPY), then the views are read back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from libs.contract.codec import encode
+from libs.contract.envelope import Event, WallClock
+from libs.contract.events import (
+    BarClosed,
+    BarPayload,
+    CancelOrder,
+    CancelOrderPayload,
+    FillPayload,
+    FillReceived,
+    OrderAccepted,
+    OrderAcceptedPayload,
+    OrderCanceled,
+    OrderCanceledPayload,
+    OrderRejected,
+    OrderRejectedPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+    TradePayload,
+    TradePrinted,
+)
+from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.store.schema import COPY_COLUMNS
+from services.recorder.domain.rows import StreamMessage, to_row
+
+D = Decimal
+CLOCK = WallClock()
+ACCOUNT = "acct"
+
+
+class Orders:
+    """Builds a realistic order path: commands, acks, fills with cumulative quantities."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.commands: dict[uuid.UUID, SubmitOrder] = {}
+        self.filled: dict[uuid.UUID, Decimal] = {}
+
+    def submit(self, strategy: str, symbol: str, side: str, qty: str) -> uuid.UUID:
+        oid = uuid.uuid4()
+        cmd = SubmitOrder.create(
+            SubmitOrderPayload(
+                order_id=oid,
+                strategy=strategy,
+                account=ACCOUNT,
+                symbol=symbol,
+                side=side,
+                quantity=D(qty),
+            ),
+            source="test",
+            clock=CLOCK,
+        )
+        self.commands[oid] = cmd
+        self.filled[oid] = D(0)
+        self.events.append(cmd)
+        return oid
+
+    def accept(self, oid: uuid.UUID) -> None:
+        cmd = self.commands[oid]
+        payload = OrderAcceptedPayload(
+            order_id=oid, account=ACCOUNT, broker_order_id=f"b-{oid}", symbol=cmd.payload.symbol
+        )
+        self.events.append(OrderAccepted.create(payload, source="test", clock=CLOCK, cause=cmd))
+
+    def fill(self, oid: uuid.UUID, qty: str, price: str, commission: str = "0") -> FillReceived:
+        cmd = self.commands[oid]
+        self.filled[oid] += D(qty)
+        leaves = cmd.payload.quantity - self.filled[oid]
+        event = FillReceived.create(
+            FillPayload(
+                order_id=oid,
+                account=ACCOUNT,
+                broker_order_id=f"b-{oid}",
+                fill_id=f"{oid}:{self.filled[oid]}",
+                symbol=cmd.payload.symbol,
+                side=cmd.payload.side,
+                quantity=D(qty),
+                price=D(price),
+                cumulative_quantity=self.filled[oid],
+                leaves_quantity=leaves,
+                status="complete" if leaves == 0 else "partial",
+                commission=D(commission),
+            ),
+            source="test",
+            clock=CLOCK,
+            cause=cmd,
+        )
+        self.events.append(event)
+        return event
+
+
+def trade(symbol: str, price: str) -> TradePrinted:
+    return TradePrinted.create(
+        TradePayload(symbol=symbol, price=D(price), size=D(1), feed="synthetic"),
+        source="test",
+        clock=CLOCK,
+    )
+
+
+def bar(symbol: str, close: str) -> BarClosed:
+    p = D(close)
+    return BarClosed.create(
+        BarPayload(
+            symbol=symbol,
+            interval="1m",
+            open=p,
+            high=p,
+            low=p,
+            close=p,
+            volume=D(1),
+            start_ns=0,
+            end_ns=60_000_000_000,
+            feed="synthetic",
+        ),
+        source="test",
+        clock=CLOCK,
+    )
+
+
+async def record(database_url: str, events: list[Event]) -> None:
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        start = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+        records = [
+            tuple(to_row(StreamMessage(start + i + 1, "s", encode(e)), max_bytes=1 << 20).row)
+            for i, e in enumerate(events)
+        ]
+        await conn.copy_records_to_table("events", records=records, columns=COPY_COLUMNS)
+    finally:
+        await conn.close()
+
+
+async def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+async def test_positions_realized_and_unrealized_pnl(database_url: str) -> None:
+    o = Orders()
+    a1 = o.submit("s1", "AAPL", "buy", "10")
+    o.accept(a1)
+    o.fill(a1, "4", "100")
+    o.fill(a1, "6", "101")  # long 10 @ 100.6
+    a2 = o.submit("s1", "AAPL", "sell", "15")
+    dup = o.fill(a2, "15", "102", commission="1.5")  # 10 closed (+14), short 5 @ 102
+    m1 = o.submit("s2", "MSFT", "sell", "3")
+    o.fill(m1, "3", "50")
+    m2 = o.submit("s2", "MSFT", "buy", "3")
+    o.fill(m2, "3", "45")  # flat, +15
+    n1 = o.submit("s3", "NVDA", "buy", "2")
+    o.fill(n1, "2", "10")
+    # The same fill recorded again under another id (the order's cumulative
+    # quantity says it is the same): counted once.
+    again = dup.model_copy(update={"id": uuid.uuid4()})
+    await record(database_url, [*o.events, again, trade("AAPL", "99"), bar("NVDA", "12")])
+
+    rows = await query(
+        database_url,
+        "SELECT strategy, symbol, quantity, avg_price, realized_pnl, last_price, unrealized_pnl, "
+        "fills FROM positions_marked WHERE account = $1 ORDER BY strategy",
+        ACCOUNT,
+    )
+    got = [
+        (
+            r["strategy"],
+            r["symbol"],
+            r["quantity"],
+            r["avg_price"],
+            r["realized_pnl"],
+            r["last_price"],
+            r["unrealized_pnl"],
+            r["fills"],
+        )
+        for r in rows
+    ]
+    assert got == [
+        ("s1", "AAPL", D(-5), D(102), D("12.5"), D(99), D(15), 3),
+        ("s2", "MSFT", D(0), D(0), D(15), None, D(0), 2),  # flat, and never marked
+        ("s3", "NVDA", D(2), D(10), D(0), D(12), D(4), 1),  # marked at the last bar's close
+    ]
+    [pnl] = await query(database_url, "SELECT * FROM account_pnl WHERE account = $1", ACCOUNT)
+    assert (pnl["realized_pnl"], pnl["unrealized_pnl"], pnl["open_positions"]) == (
+        D("27.5"),
+        D(19),
+        2,
+    )
+    steps = await query(
+        database_url,
+        "SELECT position_quantity, realized_pnl FROM fill_positions "
+        "WHERE symbol = 'AAPL' ORDER BY seq",
+    )
+    assert [(s["position_quantity"], s["realized_pnl"]) for s in steps] == [
+        (D(4), D(0)),
+        (D(10), D(0)),
+        (D(-5), D("12.5")),
+    ]
+
+
+async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None:
+    o = Orders()
+    filled = o.submit("s1", "AAPL", "buy", "10")
+    o.accept(filled)
+    o.fill(filled, "10", "100")
+    partial = o.submit("s1", "AAPL", "buy", "10")
+    o.accept(partial)
+    o.fill(partial, "4", "100")
+    canceled = o.submit("s2", "AAPL", "buy", "10")
+    o.accept(canceled)
+    cancel = CancelOrder.create(
+        CancelOrderPayload(order_id=canceled, account=ACCOUNT), source="t", clock=CLOCK
+    )
+    o.events.append(cancel)
+    o.events.append(
+        OrderCanceled.create(
+            OrderCanceledPayload(order_id=canceled, account=ACCOUNT, reason="canceled"),
+            source="t",
+            clock=CLOCK,
+            cause=cancel,
+        )
+    )
+    rejected = o.submit("s2", "HALT", "buy", "1")
+    o.events.append(
+        OrderRejected.create(
+            OrderRejectedPayload(order_id=rejected, account=ACCOUNT, reason="no", code="42210000"),
+            source="t",
+            clock=CLOCK,
+        )
+    )
+    accepted = o.submit("s3", "MSFT", "sell", "1")
+    o.accept(accepted)
+    waiting = o.submit("s3", "MSFT", "sell", "1")
+    await record(database_url, o.events)
+    rows = await query(database_url, "SELECT * FROM orders WHERE account = $1", ACCOUNT)
+    status = {r["order_id"]: (r["status"], r["filled_quantity"], r["strategy"]) for r in rows}
+    assert status == {
+        filled: ("filled", D(10), "s1"),
+        partial: ("partially_filled", D(4), "s1"),
+        canceled: ("canceled", D(0), "s2"),
+        rejected: ("rejected", D(0), "s2"),
+        accepted: ("accepted", D(0), "s3"),
+        waiting: ("submitted", D(0), "s3"),
+    }
+    [r] = [r for r in rows if r["order_id"] == rejected]
+    assert (r["reason"], r["reject_code"]) == ("no", "42210000")
+    # The fill carries no strategy; the view takes the SubmitOrder's.
+    fills = await query(database_url, "SELECT strategy, order_id FROM fills ORDER BY seq")
+    assert [(f["strategy"], f["order_id"]) for f in fills] == [
+        ("s1", filled),
+        ("s1", partial),
+    ]
+
+
+VIEWS = ("fills", "orders", "fill_positions", "positions", "positions_marked", "account_pnl")
+
+
+async def test_the_read_only_role_may_read_the_views(pg_admin_url: str) -> None:
+    admin = await asyncpg.connect(asyncpg_url(pg_admin_url))
+    name = f"ro_{uuid.uuid4().hex[:10]}"
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'tradebus_readonly'")
+        if not exists:
+            await admin.execute("CREATE ROLE tradebus_readonly NOLOGIN")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = asyncpg_url(pg_admin_url).rsplit("/", 1)[0] + f"/{name}"
+    await upgrade_async(url)
+    rows = await query(
+        url,
+        "SELECT v, has_table_privilege('tradebus_readonly', v, 'SELECT') AS ok "
+        "FROM unnest($1::text[]) AS v",
+        list(VIEWS),
+    )
+    assert {r["v"]: r["ok"] for r in rows} == dict.fromkeys(VIEWS, True)
