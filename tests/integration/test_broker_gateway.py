@@ -365,30 +365,42 @@ async def test_gateway_killed_mid_stream_loses_nothing_and_duplicates_nothing(
     db = stack.database_url
     await bus.publish(trade("SPY", "500"))
     sig = signal_for("SPY")
+    # A limit order resting at the broker: it will fill while the gateway is dead.
+    resting = submit(sig, "SPY", "buy", "7", order_type="limit", limit_price=D(499))
+    await bus.publish_many([sig, resting])
+    await eventually(lambda: for_order(db, "OrderAccepted", resting.payload.order_id), timeout=20)
     commands = [submit(sig, "SPY", "buy", "1") for _ in range(100)]
-    await bus.publish_many([sig, *commands])
+    await bus.publish_many(commands)
     # Kill it while it works through them.
-    await eventually(lambda: _handled(gateway, 3), timeout=20, interval=0.005, message=stack.logs())
+    await eventually(lambda: _handled(gateway, 4), timeout=20, interval=0.005)
     gateway.kill()
     done_before = len(await broker_orders(stack.broker_port))
-    assert done_before < len(commands), "the gateway finished before it was killed"
+    assert done_before < len(commands) + 1, "the gateway finished before it was killed"
+    await bus.publish(trade("SPY", "498.5"))  # fills the resting order, nobody listening
+    await eventually(
+        lambda: _positions_are(stack.broker_port, {"SPY": str(done_before + 6)}), timeout=20
+    )
     stack.gateway()
     ids = {str(c.payload.order_id) for c in commands}
 
     async def all_filled() -> bool:
         fills = await recorded(db, "FillReceived")
-        return {f["payload"]["order_id"] for f in fills} >= ids
+        return {f["payload"]["order_id"] for f in fills} >= ids | {str(resting.payload.order_id)}
 
     await eventually(all_filled, timeout=40)
     orders = await broker_orders(stack.broker_port)
-    assert sorted(o["client_order_id"] for o in orders) == sorted(ids)  # each once
+    everything = ids | {str(resting.payload.order_id)}
+    assert sorted(o["client_order_id"] for o in orders) == sorted(everything)  # each once
     for type_ in ("OrderAccepted", "FillReceived"):
         events = await recorded(db, type_)
         per_order = [e["payload"]["order_id"] for e in events]
-        assert sorted(per_order) == sorted(ids), type_
-    # Every command got its broker answer with the right cause.
+        assert sorted(per_order) == sorted(everything), type_
+    # Every command got its broker answer with the right cause, the missed fill too.
     causes = {e["causation_id"] for e in await recorded(db, "OrderAccepted")}
-    assert causes == {c.id for c in commands}
+    assert causes == {c.id for c in [*commands, resting]}
+    [missed] = await for_order(db, "FillReceived", resting.payload.order_id)
+    assert missed["causation_id"] == resting.id
+    assert (missed["payload"]["quantity"], missed["payload"]["price"]) == ("7", "499")
 
 
 def _handled(gateway: ServiceProcess, n: int) -> bool:
