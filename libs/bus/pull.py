@@ -84,9 +84,11 @@ class PullFetcher:
         await self.bus.nc.publish(self._next_subject, request, reply=self._inbox)
 
     async def _wait(self, until: float) -> None:
-        self._signal.clear()
+        # Returns at once if something arrived since the last wait (the flag
+        # is cleared only after waking, so no arrival is ever missed).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._signal.wait(), max(0.0, until - time.monotonic()))
+        self._signal.clear()
 
     async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Msg]:
         """Up to ``batch`` messages; empty when none came within ``timeout``.

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "recorder"
 
+#: How often the recorder logs how far it got while it is busy.
+PROGRESS_EVERY_S = 10.0
+
 #: Faults that end a cycle; the next one starts again from the store.
 RESTARTABLE = (StoreError, BusError, nats.errors.Error, OSError, TimeoutError)
 
@@ -220,8 +223,18 @@ class Recorder:
     async def _write_loop(
         self, writer: EventWriter, stream: RecorderStream, queue: asyncio.Queue[Prepared | None]
     ) -> None:
+        report_at = time.monotonic() + PROGRESS_EVERY_S
+        reported = writer.last_seq
         while (prepared := await queue.get()) is not None:
             written = await writer.write(prepared.rows)
+            if reported == 0 or time.monotonic() >= report_at:
+                log.info(
+                    "recorded up to sequence %d (+%d), %d pending in the stream",
+                    writer.last_seq,
+                    writer.last_seq - reported,
+                    prepared.num_pending,
+                )
+                reported, report_at = writer.last_seq, time.monotonic() + PROGRESS_EVERY_S
             # Committed: now, and only now, acknowledge. Ack-all on the
             # highest sequence of the batch acknowledges every lower one, and
             # none of them is above the last committed sequence.

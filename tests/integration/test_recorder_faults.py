@@ -103,7 +103,13 @@ def diagnose(rec: ServiceProcess, producers: Producers | None = None) -> Callabl
 
     def text() -> str:
         head = producers.status() if producers is not None else ""
-        return f"{head}\nrecorder alive={rec.alive}, log tail:\n{rec.log_text()[-3000:]}"
+        try:
+            lines = rec.metrics().splitlines()
+            page = "\n".join(x for x in lines if x.startswith("tradebus_recorder_"))
+        except OSError as e:
+            page = f"(no metrics: {e})"
+        tail = rec.log_text()[-3000:]
+        return f"{head}\nrecorder alive={rec.alive}\n{page}\nlog tail:\n{tail}"
 
     return text
 

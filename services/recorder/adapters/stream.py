@@ -72,6 +72,7 @@ class RecorderStream:
         )
         await self.bus.js.add_consumer(self.stream, config)
         await self._fetcher.start()
+        log.debug("pulling from %s.%s", self.stream, self.durable)
         log.info("recorder consumer starts at stream sequence %d", next_seq)
 
     async def fetch(self, batch: int, timeout: float, linger: float = LINGER_S) -> Batch:
