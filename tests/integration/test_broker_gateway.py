@@ -29,8 +29,10 @@ from nats.js import api as js_api
 from websockets.asyncio.client import connect
 
 from libs.bus.client import Bus
-from libs.contract.envelope import Event, WallClock
+from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import (
+    CancelOrder,
+    CancelOrderPayload,
     FlattenAccount,
     FlattenAccountPayload,
     SignalGenerated,
@@ -167,8 +169,24 @@ def signal_for(symbol: str, strategy: str = "s1") -> SignalGenerated:
     )
 
 
+class Ago:
+    """A clock running ``seconds`` behind: a command created that long ago."""
+
+    def __init__(self, seconds: float) -> None:
+        self.behind = int(seconds * 1e9)
+
+    def now_ns(self) -> int:
+        return time.time_ns() - self.behind
+
+
 def submit(
-    cause: Event, symbol: str, side: str, qty: str, strategy: str = "s1", **kw: Any
+    cause: Event,
+    symbol: str,
+    side: str,
+    qty: str,
+    strategy: str = "s1",
+    clock: Clock = CLOCK,
+    **kw: Any,
 ) -> SubmitOrder:
     return SubmitOrder.create(
         SubmitOrderPayload(
@@ -181,7 +199,7 @@ def submit(
             **kw,
         ),
         source="test/risk-gate",
-        clock=CLOCK,
+        clock=clock,
         cause=cause,
     )
 
@@ -321,9 +339,36 @@ async def test_acks_fills_partials_duplicates_rejects_and_positions(stack: Stack
     assert len(await for_order(db, "OrderAccepted", buy_aapl.payload.order_id)) == 1
     assert len(await for_order(db, "FillReceived", buy_aapl.payload.order_id)) == 1
 
+    # A resting order canceled by a CancelOrder: the cancel is caused by that command.
+    resting = submit(sig, "AAPL", "buy", "5", order_type="limit", limit_price=D(90))
+    await bus.publish(resting)
+    await eventually(lambda: for_order(db, "OrderAccepted", resting.payload.order_id), timeout=20)
+    cancel = CancelOrder.create(
+        CancelOrderPayload(order_id=resting.payload.order_id, account=ACCOUNT, reason="test"),
+        source="test/risk-gate",
+        clock=CLOCK,
+        cause=resting,
+    )
+    await bus.publish(cancel)
+    [canceled] = await eventually(
+        lambda: for_order(db, "OrderCanceled", resting.payload.order_id), timeout=20
+    )
+    assert canceled["causation_id"] == cancel.id
+    # A command that sat too long (older than max_submit_delay_s) is not sent.
+    stale = submit(sig, "AAPL", "buy", "1", clock=Ago(120))
+    await bus.publish(stale)
+    [refused] = await eventually(
+        lambda: for_order(db, "OrderRejected", stale.payload.order_id), timeout=20
+    )
+    assert (refused["payload"]["code"], refused["causation_id"]) == ("stale", stale.id)
+    assert str(stale.payload.order_id) not in {
+        o["client_order_id"] for o in await broker_orders(stack.broker_port)
+    }
+
     # Realized P&L: sell 20 AAPL at 110.
     await bus.publish(trade("AAPL", "110"))
-    sell = submit(sig, "AAPL", "sell", "20")
+    # A limit at 110: filled at 110 whether the broker has seen that trade yet or not.
+    sell = submit(sig, "AAPL", "sell", "20", order_type="limit", limit_price=D(110))
     await bus.publish(sell)
     await eventually(lambda: for_order(db, "FillReceived", sell.payload.order_id), timeout=20)
     await eventually(lambda: _marked(db, "AAPL", "110"), timeout=20)
