@@ -270,9 +270,12 @@ class AccountWorker:
         # From here until the close-all answers, orders the broker opens on
         # its own are this flatten's closing orders.
         self.tracker.flatten_started(command)
-        await self._call(msg, "cancel_all", self.port.cancel_all)
-        orders = await self._call(msg, "close_all", self.port.close_all)
-        await self.outbox.publish(self.tracker.flatten_done(orders))
+        try:
+            await self._call(msg, "cancel_all", self.port.cancel_all)
+            orders = await self._call(msg, "close_all", self.port.close_all)
+            await self.outbox.publish(self.tracker.flatten_done(orders))
+        finally:
+            self.tracker.flatten_ended()
         log.info("flattened %s: %d closing orders (%s)", self.account, len(orders), command.id)
         return "flattened"
 

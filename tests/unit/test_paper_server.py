@@ -142,3 +142,40 @@ async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
     reopened.append(first.cancel_all("acct"))
     reopened.close()
     assert len(Journal(path).load()) == 2
+
+
+async def test_a_client_that_does_not_keep_up_is_disconnected() -> None:
+    async with PaperBrokerServer(book(), CREDS, max_queue=3) as s:
+        listener, trader = await login(s.port), await login(s.port)
+        try:
+            await send(listener, "listen", {"streams": ["trade_updates"]})
+            assert (await recv(listener))["stream"] == "listening"
+            for i in range(5):
+                body = {
+                    "symbol": "X",
+                    "qty": "1",
+                    "side": "buy",
+                    "type": "limit",
+                    "limit_price": "10",
+                }
+                answer = await request(
+                    trader, "POST", "/v2/orders", {**body, "client_order_id": f"c{i}"}
+                )
+                assert answer["status"] == 200
+                assert (await recv(listener))["data"]["event"] == "new"
+            # One trade fills all five at once: more than the listener's queue holds.
+            s.market(MarketUpdate.trade("X", Decimal(9)))
+            with pytest.raises(ConnectionClosed) as e:
+                await drain(listener)
+            assert e.value.rcvd is not None
+            assert (e.value.rcvd.code, e.value.rcvd.reason) == (1013, "slow consumer")
+            # The others are not affected.
+            assert len((await request(trader, "GET", "/v2/orders?status=closed"))["body"]) == 5
+        finally:
+            await listener.close()
+            await trader.close()
+
+
+async def drain(ws: ClientConnection) -> None:
+    while True:
+        await recv(ws)

@@ -414,6 +414,10 @@ class OrderTracker:
         self._flattening = None
         return out
 
+    def flatten_ended(self) -> None:
+        """The flatten is over (done or failed): unknown orders are nobody's again."""
+        self._flattening = None
+
     def _closing_order(self, order: BrokerOrder, flatten: FlattenAccount) -> TrackedOrder:
         t = self.find(order) or self._external(order)
         if t.cause is None:

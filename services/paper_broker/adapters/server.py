@@ -94,6 +94,7 @@ class PaperBrokerServer:
         self.max_queue = max_queue
         self.binary_frames = binary_frames
         self._sessions: set[_Session] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
 
     # ----------------------------------------------------------- lifecycle
@@ -168,9 +169,11 @@ class PaperBrokerServer:
             log.warning("disconnecting a slow client of account %s", session.account)
             session.closed = True
             # The writer drains nothing more; closing wakes the handler up.
-            asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 session.ws.close(CLOSE_SLOW, "slow consumer"), name="close-slow-client"
             )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _writer(self, session: _Session) -> None:
         send: Callable[[bytes], Any]
