@@ -82,6 +82,8 @@ class PaperConfig(_Strict):
     max_order_quantity: Decimal | None = Field(default=None, gt=0)
     #: Symbols refused as not tradable (422).
     untradable_symbols: tuple[Token, ...] = ()
+    #: Symbols whose orders are accepted, then rejected by the venue (a halt).
+    halted_symbols: tuple[Token, ...] = ()
     market_data: MarketDataSection = MarketDataSection()
     #: Journal file: state survives restarts. None keeps everything in memory.
     journal: Path | None = None
@@ -102,6 +104,7 @@ class PaperConfig(_Strict):
             ),
             max_order_quantity=self.max_order_quantity,
             untradable_symbols=frozenset(self.untradable_symbols),
+            halted_symbols=frozenset(self.halted_symbols),
         )
 
     def credentials(self, env: Mapping[str, str] | None = None) -> list[Credentials]:

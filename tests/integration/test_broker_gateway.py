@@ -89,6 +89,7 @@ class Stack:
             "fill_model:\n"
             '  max_fill_quantity: "100"\n'
             "untradable_symbols: [HALT]\n"
+            "halted_symbols: [LULD]\n"
             f"journal: {self.tmp / 'journal.jsonl'}\n"
         )
         return self._start(
@@ -325,6 +326,15 @@ async def test_acks_fills_partials_duplicates_rejects_and_positions(stack: Stack
     assert rejected["payload"]["code"] == "42210000"
     assert "not tradable" in rejected["payload"]["reason"]
     assert rejected["causation_id"] == halted.id
+    # Accepted, then rejected by the venue: both published, in that order.
+    luld = submit(sig, "LULD", "buy", "1")
+    await bus.publish(luld)
+    [venue_rejected] = await eventually(
+        lambda: for_order(db, "OrderRejected", luld.payload.order_id), timeout=20
+    )
+    [luld_ack] = await for_order(db, "OrderAccepted", luld.payload.order_id)
+    assert luld_ack["seq"] < venue_rejected["seq"]
+    assert venue_rejected["causation_id"] == luld.id
 
     # A duplicate SubmitOrder (new message id, same order id): one order at the broker.
     handled = gateway.health()["accounts"][ACCOUNT]["commands"]  # type: ignore[index]
@@ -335,7 +345,7 @@ async def test_acks_fills_partials_duplicates_rejects_and_positions(stack: Stack
     )
     orders = await broker_orders(stack.broker_port)
     assert [o["client_order_id"] for o in orders].count(str(buy_aapl.payload.order_id)) == 1
-    assert len(orders) == 2  # AAPL and MSFT; the refused one was never created
+    assert len(orders) == 3  # AAPL, MSFT, LULD (rejected); the refused one was never created
     assert len(await for_order(db, "OrderAccepted", buy_aapl.payload.order_id)) == 1
     assert len(await for_order(db, "FillReceived", buy_aapl.payload.order_id)) == 1
 

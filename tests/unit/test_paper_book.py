@@ -205,3 +205,14 @@ def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     # The replayed working orders are live: the next price fills them.
     [fill] = copy.on_market(MarketUpdate.trade("MSFT", D(7)))
     assert (fill.order.account, fill.event) == ("B", "fill")
+
+
+def test_halted_symbol_is_accepted_then_rejected() -> None:
+    b = book(halted_symbols=frozenset({"LULD"}))
+    b.on_market(MarketUpdate.trade("LULD", D(5)))
+    order, updates = b.submit("A", OrderSpec("LULD", "buy", D(1), client_order_id="h1"))
+    assert events(updates) == ["new", "rejected"]
+    assert order.status == "rejected"
+    assert b.orders("A") == []
+    assert b.positions("A") == []
+    assert b.on_market(MarketUpdate.trade("LULD", D(4))) == []

@@ -16,7 +16,10 @@ Invariants:
 - an order's ``filled_qty`` only grows, up to ``qty``; each fill's execution
   id is new;
 - a refused order (bad fields, untradable symbol, too large) is never created:
-  :class:`Refused` says why, as the broker's HTTP status and error code.
+  :class:`Refused` says why, as the broker's HTTP status and error code;
+- an order for a *halted* symbol is accepted (``new``) and then ``rejected``
+  by the venue, as an exchange rejects at routing: the asynchronous rejection
+  a real broker's stream can bring.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ class BookConfig:
     max_order_quantity: Decimal | None = None
     #: Symbols the broker refuses to trade (422 "not tradable").
     untradable_symbols: frozenset[str] = frozenset()
+    #: Symbols the venue rejects after accepting the order (``new``, then ``rejected``).
+    halted_symbols: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -281,6 +286,10 @@ class PaperBook:
             updated_at_ns=now,
         )
         updates = [self._emit(TradeUpdate("new", order, now))]
+        if order.symbol in self.config.halted_symbols:
+            rejected = replace(order, status="rejected", updated_at_ns=now)
+            updates.append(self._emit(TradeUpdate("rejected", rejected, now)))
+            return rejected, updates
         order = self._current(order)
         last = self.last_price(order.symbol)
         match = on_submit(self.config.fill_model, self._working(order), last)
