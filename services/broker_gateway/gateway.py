@@ -318,7 +318,14 @@ class AccountWorker:
                 if event.state == "connected":
                     await self.reconcile()
                 continue
-            events = self.tracker.on_update(event)
+            try:
+                events = self.tracker.on_update(event)
+            except ValueError as e:
+                # A broker fact we cannot express as an event (say, a price with
+                # more places than the contract allows): say so loudly, go on.
+                metrics.MALFORMED.labels(account=self.account).inc()
+                log.error("%s: cannot take in %s: %s", self.account, event, e)
+                continue
             # The tracker has it (the outbox publishes it in order): a submit
             # waiting in _settle may go on. Should the publish not happen (a
             # crash), the restarted gateway reconciles the order from the broker.
@@ -357,7 +364,8 @@ class AccountWorker:
                         events = self.tracker.reconcile(order, fills)
                         published += len(events)
                         await self.outbox.publish(events)
-        except BrokerUnavailable as e:
+        except (BrokerError, ValueError) as e:
+            # The next reconnection (or the next gap) reconciles again.
             log.warning("reconciliation of %s interrupted: %s", self.account, e)
             return
         if published:
