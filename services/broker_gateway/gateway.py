@@ -188,6 +188,8 @@ class AccountWorker:
     async def _submit(self, command: SubmitOrder, msg: Msg) -> str:
         order_id = command.payload.order_id
         if not self.tracker.plan_submit(command):
+            if self.tracker.cancel_pending(order_id):
+                return await self._withdraw(order_id, msg)
             log.info("order %s already at the broker; command %s is a repeat", order_id, command.id)
             return "repeat"
         request = self.tracker.request(order_id)
@@ -221,6 +223,28 @@ class AccountWorker:
             await self.outbox.publish(self.tracker.submitted(order_id, order))
             await self._settle(order)
             return "accepted"
+
+    async def _withdraw(self, order_id: Any, msg: Msg) -> str:
+        """A cancel (or a flatten) came before this order was sent: do not send it.
+
+        Unless it did reach the broker after all (sent just before a crash):
+        then it is taken in and canceled there.
+        """
+        t = self.tracker.get(order_id)
+        assert t is not None
+        found = await self._call(
+            msg, "get_order", lambda: self.port.get_order(client_order_id=t.client_order_id)
+        )
+        if found is None:
+            log.info("order %s canceled before it was sent", order_id)
+            await self.outbox.publish(self.tracker.withdrawn(order_id))
+            return "withdrawn"
+        await self.outbox.publish(self.tracker.submitted(order_id, found))
+        await self._settle(found)
+        if found.is_open:
+            with contextlib.suppress(OrderNotFound, NotCancelable):
+                await self._call(msg, "cancel", lambda: self._cancel_one(t))
+        return "withdrawn"
 
     async def _settle(self, order: BrokerOrder) -> None:
         """Make sure what the submit's answer shows (fills, an end) gets published.

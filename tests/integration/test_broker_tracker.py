@@ -375,3 +375,34 @@ def test_cancel_events_are_caused_by_the_flatten_that_canceled_them() -> None:
     assert isinstance(canceled, OrderCanceled)
     assert canceled.causation_id == flatten.id
     assert t.flatten_done([]) == []
+
+
+def test_an_order_canceled_before_it_was_sent_is_withdrawn_once() -> None:
+    t = tracker()
+    cmd = command()
+    cancel = CancelOrder.create(
+        CancelOrderPayload(order_id=cmd.payload.order_id, account=ACCOUNT), source="r", clock=CLOCK
+    )
+    # A redelivery after a crash: the store has the command and its cancel,
+    # the command comes back first.
+    t.evolve(cmd)
+    t.evolve(cancel)
+    assert not t.plan_submit(cmd)
+    assert t.cancel_pending(cmd.payload.order_id)
+    [withdrawn] = t.withdrawn(cmd.payload.order_id)
+    assert isinstance(withdrawn, OrderCanceled)
+    assert withdrawn.causation_id == cancel.id
+    assert withdrawn.payload.broker_order_id is None
+    assert t.withdrawn(cmd.payload.order_id) == []
+    assert not t.cancel_pending(cmd.payload.order_id)
+    # An accepted order is not withdrawn: it is canceled at the broker.
+    other = command()
+    submitted(t, other)
+    t.evolve(
+        CancelOrder.create(
+            CancelOrderPayload(order_id=other.payload.order_id, account=ACCOUNT),
+            source="r",
+            clock=CLOCK,
+        )
+    )
+    assert not t.cancel_pending(other.payload.order_id)

@@ -352,10 +352,43 @@ class OrderTracker:
     # ----------------------------------------------------------- commands
 
     def plan_submit(self, command: SubmitOrder) -> bool:
-        """Take the command in; True if the broker still has to be asked."""
+        """Take the command in; True if the broker still has to be asked.
+
+        False when the broker has it already (or it is done), and also when a
+        cancel or a flatten came first — a redelivery after a crash can bring
+        a command back after its own cancel: see :meth:`withdrawn`.
+        """
         self.evolve(command)
         t = self.orders[command.payload.order_id]
-        return t.terminal is None and not t.accepted
+        return t.terminal is None and not t.accepted and t.cancel_cause is None
+
+    def cancel_pending(self, order_id: uuid.UUID) -> bool:
+        """A cancel or flatten asked for this order before the broker acknowledged it."""
+        t = self.orders.get(order_id)
+        return (
+            t is not None and t.terminal is None and not t.accepted and t.cancel_cause is not None
+        )
+
+    def withdrawn(self, order_id: uuid.UUID) -> list[Event]:
+        """The order is canceled without ever being sent (the broker does not have it)."""
+        t = self.orders[order_id]
+        out: list[Event] = []
+        if t.terminal is None:
+            self._emit(
+                out,
+                OrderCanceled.create(
+                    OrderCanceledPayload(
+                        order_id=t.order_id,
+                        account=self.account,
+                        reason="canceled before it reached the broker",
+                    ),
+                    source=self.source,
+                    clock=self.clock,
+                    cause=t.cancel_cause or t.cause,
+                    event_id=derived_id("broker.cancel", self.account, t.order_id),
+                ),
+            )
+        return out
 
     def request(self, order_id: uuid.UUID) -> OrderRequest:
         """The broker request for a submitted order (client order id = order id)."""
