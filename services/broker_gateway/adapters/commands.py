@@ -25,6 +25,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
+from libs.bus.pull import PullFetcher
 from libs.contract.codec import DecodeError, decode
 from libs.contract.events import AnyEvent
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
@@ -90,13 +91,14 @@ class CommandConsumer:
 
     async def run(self, dispatch: Dispatch, stop: asyncio.Event) -> None:
         await self.ensure()
-        sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=STREAM)
+        # A prefetching pull (libs.bus.pull): a lone command is handed over the
+        # moment it arrives (nats-py's fetch(128) would hold it for the timeout).
+        fetcher = PullFetcher(self.bus, STREAM, self.durable)
+        await fetcher.start()
         try:
             while not stop.is_set():
                 try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
+                    msgs = await fetcher.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
                 except nats.errors.Error as e:
                     # NATS is reconnecting; the client retries on its own.
                     log.warning("fetching commands failed (%s); retrying", e)
@@ -111,4 +113,4 @@ class CommandConsumer:
                         continue
                     await dispatch(event, msg)
         finally:
-            await sub.unsubscribe()
+            await fetcher.close()

@@ -24,6 +24,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.errors import BusError
+from libs.bus.pull import PullFetcher
 from libs.contract.codec import DecodeError, decode
 from libs.contract.events import BarClosed, TradePrinted
 from libs.contract.subjects import STREAM
@@ -109,15 +110,15 @@ class NatsPriceFeed:
                     inactive_threshold=INACTIVE_THRESHOLD_S,
                 ),
             )
-            sub = await bus.js.pull_subscribe_bind(self.consumer, stream=self.stream)
+            # A prefetching pull (libs.bus.pull): each price is applied as it
+            # arrives, not when a batch of FETCH_BATCH has filled.
+            fetcher = PullFetcher(bus, self.stream, self.consumer)
+            await fetcher.start()
             self.connected = True
             log.info("paper broker prices from %s", ", ".join(self.subjects))
             try:
                 while not stop.is_set():
-                    try:
-                        msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                    except (TimeoutError, nats.errors.TimeoutError):
-                        continue
+                    msgs = await fetcher.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
                     for msg in msgs:
                         try:
                             update = to_update(msg.data)
@@ -129,5 +130,4 @@ class NatsPriceFeed:
             finally:
                 # A pull subscription left open makes the connection's drain wait
                 # out its whole timeout (30 s) on the way out.
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+                await fetcher.close()
