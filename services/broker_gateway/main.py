@@ -25,6 +25,7 @@ from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.commands import CommandConsumer
 from services.broker_gateway.adapters.history import order_path_history
@@ -202,7 +203,7 @@ def main(settings: GatewaySettings, accounts: list[BrokerAccount]) -> int:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     failed = False
     try:
-        asyncio.run(serve(settings, accounts))
+        run_service(serve(settings, accounts))
     except* (BusError, StoreError) as group:
         for e in group.exceptions:
             log.error("broker-gateway stopped: %s", e)

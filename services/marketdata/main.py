@@ -22,6 +22,7 @@ from libs.config import ConfigError, load_settings
 from libs.contract.envelope import Clock, WallClock
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.cache import CacheError
 from services.marketdata.feed import FeedSource
@@ -153,7 +154,7 @@ def main(settings: MarketdataSettings | None = None) -> int:
         return 2
     setup_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        asyncio.run(serve(settings))
+        run_service(serve(settings))
     except ConfigError as e:
         log.error("%s", e)
         return 2

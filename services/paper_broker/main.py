@@ -16,6 +16,7 @@ from typing import Any
 from libs.contract.envelope import WallClock
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.market import NatsPriceFeed
 from services.paper_broker.adapters.server import PaperBrokerServer
@@ -86,4 +87,4 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
 
 def main(settings: PaperBrokerSettings, config: PaperConfig) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    asyncio.run(serve(settings, config))
+    run_service(serve(settings, config))

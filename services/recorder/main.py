@@ -10,6 +10,7 @@ import signal
 from libs.config import load_settings
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from services.recorder.config import RecorderSettings
 from services.recorder.recorder import Recorder
 
@@ -31,6 +32,4 @@ async def serve(settings: RecorderSettings) -> None:
 def main(settings: RecorderSettings | None = None) -> None:
     settings = settings or load_settings(RecorderSettings)
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    import uvloop
-
-    uvloop.run(serve(settings))
+    run_service(serve(settings))

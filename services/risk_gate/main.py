@@ -10,6 +10,7 @@ from pathlib import Path
 
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from services.risk_gate.config import RiskGateSettings, load_limits
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.gate import RiskGate
@@ -46,5 +47,5 @@ def main(settings: RiskGateSettings, config: Path) -> int:
         len(limits.accounts),
         len(limits.strategies),
     )
-    asyncio.run(serve(settings, limits))
+    run_service(serve(settings, limits))
     return 0

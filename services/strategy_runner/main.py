@@ -10,6 +10,7 @@ import signal
 from libs.bus.errors import BusError
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
+from libs.runtime import run_service
 from libs.store.errors import StoreError
 from libs.strategy.spec import LoadedStrategy
 from services.strategy_runner.config import RunnerSettings
@@ -35,7 +36,7 @@ def main(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> int:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     failed = False
     try:
-        asyncio.run(serve(settings, strategies))
+        run_service(serve(settings, strategies))
     except* (BusError, StoreError) as group:
         for error in group.exceptions:
             log.error("strategy-runner stopped: %s", error)
