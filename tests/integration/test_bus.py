@@ -72,3 +72,15 @@ async def test_consumer_handles_good_events_and_dead_letters_bad_ones(bus: Bus) 
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_publish_together_stores_in_the_order_given(bus: Bus) -> None:
+    events = list(make_trades(3, "together"))
+    acks = await bus.publish_together(events)
+    assert [a.seq for a in acks] == [1, 2, 3]
+    again = await bus.publish_together(events)
+    assert all(a.duplicate for a in again)
+    for seq, event in zip((1, 2, 3), events, strict=True):
+        stored = await bus.js.get_msg("TRADEBUS", seq=seq)
+        assert stored.headers is not None
+        assert stored.headers["Nats-Msg-Id"] == str(event.id)
