@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,12 +51,15 @@ class ServiceProcess:
         return self
 
     def health(self) -> dict[str, Any] | None:
-        """The /health JSON, or None while it does not answer."""
+        """The /health JSON (``ok`` false on a 503), or None while it does not answer."""
+        url = f"http://127.0.0.1:{self.metrics_port}/health"
         try:
-            url = f"http://127.0.0.1:{self.metrics_port}/health"
             with urllib.request.urlopen(url, timeout=0.5) as r:
                 body: dict[str, Any] = json.loads(r.read())
                 return body
+        except urllib.error.HTTPError as e:  # 503: unhealthy, and it says why
+            unhealthy: dict[str, Any] = json.loads(e.read())
+            return unhealthy
         except OSError:
             return None
 

@@ -25,7 +25,7 @@ from typing import Any
 import nats.errors
 
 from libs.bus.client import Bus
-from libs.bus.errors import BusError
+from libs.bus.errors import BusError, StreamMismatch
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import StoreError
@@ -45,6 +45,9 @@ from services.recorder.domain.rows import (
 log = logging.getLogger(__name__)
 
 SERVICE = "recorder"
+
+#: How often a recorder facing a reset stream checks again.
+MISMATCH_RECHECK_S = 10.0
 
 #: How often the recorder logs how far it got while it is busy.
 PROGRESS_EVERY_S = 10.0
@@ -80,14 +83,18 @@ class Recorder:
         self.last_seq = 0
         self.started = time.monotonic()
         self.waiting = asyncio.Event()
+        self.problem: str | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while running; says whether this instance writes or stands by."""
-        return True, {
+        """Healthy unless something needs an operator; writer or standby."""
+        detail: dict[str, Any] = {
             "service": SERVICE,
             "role": "writer" if self.is_writer else "standby",
             "last_seq": self.last_seq,
         }
+        if self.problem is not None:
+            detail["problem"] = self.problem
+        return self.problem is None, detail
 
     def stop(self) -> None:
         self.stopping.set()
@@ -107,13 +114,20 @@ class Recorder:
     async def _after_fault(self, error: BaseException, *, expected: bool) -> None:
         cause = type(error).__name__
         metrics.RESTARTS.labels(cause=cause).inc()
-        if expected:
+        backoff = self.settings.retry_backoff_s
+        self.problem = None
+        if isinstance(error, StreamMismatch):
+            # Needs an operator: unhealthy, said loudly, checked again slowly.
+            self.problem = str(error)
+            log.error("%s", error)
+            backoff = max(backoff, MISMATCH_RECHECK_S)
+        elif expected:
             log.warning("recorder cycle ended (%s: %s); restarting", cause, error)
         else:
             log.error("recorder cycle failed unexpectedly; restarting", exc_info=error)
         self._set_writer(False)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.retry_backoff_s)
+            await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
 
     def _set_writer(self, value: bool) -> None:
         self.is_writer = value
@@ -137,6 +151,7 @@ class Recorder:
             async with bus:
                 stream = RecorderStream(bus, ack_wait_s=s.ack_wait_s)
                 await stream.start_at(writer.last_seq + 1)
+                self.problem = None
                 # Two stages: the reader fetches, fills holes and converts the
                 # next batch while the writer commits (then acks) the previous
                 # one. The queue is FIFO and small, so batches stay contiguous

@@ -232,3 +232,29 @@ async def test_same_event_published_twice_is_recorded_once(
         assert (await timeline(database_url)).gapless
     finally:
         rec.terminate()
+
+
+async def test_a_reset_stream_is_refused_not_silently_skipped(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    await bus.publish_many(list(make_trades(5, "before")))
+    rec = recorder(tmp_path, nats_url, database_url).start()
+    try:
+        await eventually(lambda: _count_is(database_url, 5), timeout=30)
+    finally:
+        assert rec.terminate() == 0
+    # The NATS data is wiped (stream recreated) while the store is kept.
+    await bus.js.delete_stream("TRADEBUS")
+    await bus.ensure_stream()
+    await bus.publish_many(list(make_trades(2, "after")))
+    rec = recorder(tmp_path, nats_url, database_url, name="r2").start()
+    try:
+        health = await eventually(
+            lambda: (h := rec.health()) is not None and not h["ok"] and h, timeout=30
+        )
+        assert "stream was reset" in health["problem"]
+        assert "holds up to 5" in health["problem"]
+        assert (await timeline(database_url)).count == 5
+        assert rec.alive
+    finally:
+        rec.terminate()

@@ -18,6 +18,7 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.errors import StreamMismatch
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
 from services.recorder.domain.rows import StreamMessage
@@ -56,8 +57,21 @@ class RecorderStream:
         self._fetcher = PullFetcher(bus, stream, durable)
 
     async def start_at(self, next_seq: int) -> None:
-        """Point the durable consumer at ``next_seq`` (delete and recreate it)."""
-        await self.bus.ensure_stream(name=self.stream)
+        """Point the durable consumer at ``next_seq`` (delete and recreate it).
+
+        Refuses (:class:`StreamMismatch`) when the stream ends before the store
+        does: the stream was reset (its data wiped) while the store was kept,
+        and recording from ``next_seq`` would silently skip its first
+        messages. An operator has to decide (a new database, or the old
+        stream back).
+        """
+        info = await self.bus.ensure_stream(name=self.stream)
+        if info.state.last_seq < next_seq - 1:
+            raise StreamMismatch(
+                f"stream {self.stream} ends at sequence {info.state.last_seq} but the event "
+                f"store already holds up to {next_seq - 1}: the stream was reset; not "
+                "recording (its messages would be skipped)"
+            )
         await self.close()
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.bus.js.delete_consumer(self.stream, self.durable)
