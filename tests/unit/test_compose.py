@@ -51,6 +51,7 @@ STREAM_API = {
     "$JS.API.STREAM.CREATE.TRADEBUS",
     "$JS.API.DIRECT.GET.TRADEBUS",
     "$JS.API.DIRECT.GET.TRADEBUS.>",
+    "$JS.API.STREAM.MSG.GET.TRADEBUS",  # read one stored message (no consumer)
 }
 #: `${VAR}` or `${VAR:-dev default}`: how every credential enters compose.
 ENV_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(:-[^}]*)?\}$")
