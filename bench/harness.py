@@ -24,7 +24,8 @@ import nats.js.errors
 from libs.bus.client import Bus
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
 from libs.local.servers import PostgresServer
-from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.store.migrate import upgrade_async
+from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 
 HERE = Path(__file__).resolve().parent

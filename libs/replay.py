@@ -19,7 +19,7 @@ import asyncpg
 from libs.bus.client import Bus
 from libs.contract.subjects import REPLAY_PREFIX, is_recorded, replay_subject
 from libs.store import queries
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"

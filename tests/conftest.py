@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from libs.bus.client import Bus
-from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.store.migrate import upgrade_async
+from libs.store.urls import asyncpg_url
 from libs.testing.infra import provide_nats, provide_postgres
 
 TEMPLATE_DB = "tradebus_template"

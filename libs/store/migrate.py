@@ -16,24 +16,11 @@ from alembic import command
 from alembic.config import Config
 
 from libs.store.errors import StoreUnavailable
+from libs.store.urls import asyncpg_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-
-
-def asyncpg_url(url: str) -> str:
-    """``postgresql://…`` as asyncpg wants it (drops a SQLAlchemy driver suffix)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]
-    if scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}")
-    return urlunsplit(("postgresql", *parts[1:]))
-
-
-def sqlalchemy_url(url: str) -> str:
-    """The same URL with SQLAlchemy's asyncpg driver named."""
-    return urlunsplit(("postgresql+asyncpg", *urlsplit(asyncpg_url(url))[1:]))
 
 
 def alembic_config(url: str) -> Config:

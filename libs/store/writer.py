@@ -26,8 +26,8 @@ import orjson
 
 from libs.contract.codec import derived_id
 from libs.store.errors import LockLost, StoreError, StoreUnavailable
-from libs.store.migrate import asyncpg_url
 from libs.store.schema import COPY_COLUMNS, DUPLICATE
+from libs.store.urls import asyncpg_url
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.contract.subjects import STREAM
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 
 QUERY = (
     "SELECT account, strategy, symbol, quantity, avg_price, realized_pnl, last_price, "

@@ -43,7 +43,7 @@ def _when(ns: int) -> str:
 async def _connect() -> Any:
     import asyncpg
 
-    from libs.store.migrate import asyncpg_url
+    from libs.store.urls import asyncpg_url
 
     settings = settings_or_exit(ServiceSettings)
     try:

@@ -32,8 +32,9 @@ from libs.contract.events import (
     TradePayload,
     TradePrinted,
 )
-from libs.store.migrate import asyncpg_url, upgrade_async
+from libs.store.migrate import upgrade_async
 from libs.store.schema import COPY_COLUMNS
+from libs.store.urls import asyncpg_url
 from services.recorder.domain.rows import StreamMessage, to_row
 
 D = Decimal

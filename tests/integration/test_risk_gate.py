@@ -45,7 +45,7 @@ from libs.contract.events import (
 )
 from libs.local.servers import NatsServer
 from libs.store import queries
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.wait import eventually

@@ -22,7 +22,7 @@ import orjson
 
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
 from libs.store.errors import StoreUnavailable
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from libs.contract.events import EVENT_ADAPTER
 from libs.store import queries
 from libs.store.errors import StoreUnavailable
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 from services.risk_gate.domain.evolve import RELEVANT_TYPES, evolve
 from services.risk_gate.domain.state import RiskState
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from libs.contract.envelope import Event
 from libs.contract.events import EVENT_ADAPTER
 from libs.store.errors import StoreUnavailable
-from libs.store.migrate import asyncpg_url
+from libs.store.urls import asyncpg_url
 from libs.store.writer import CONNECT_TIMEOUT, CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
