@@ -80,6 +80,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
     ) -> None:
         """Republish recorded events from the store onto NATS, in order."""
         from libs.bus.client import Bus
+        from libs.bus.errors import BusUnavailable
         from libs.replay import ReplayError, ReplayRequest, replay
 
         settings = settings_or_exit(ServiceSettings)
@@ -112,6 +113,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                         if settings.nats_password
                         else None
                     ),
+                    first_connect_deadline_s=settings.command_connect_timeout_s,
                 )
             with Progress(
                 "[progress.description]{task.description}",
@@ -133,4 +135,8 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                         await bus.close()
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
 
-        asyncio.run(go())
+        try:
+            asyncio.run(go())
+        except BusUnavailable as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from e

@@ -45,6 +45,8 @@ class ServiceSettings(BaseSettings):
     #: Port of the /metrics and /health endpoint; 0 picks a free one.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024, le=1024 * 1024)
+    #: How long a one-shot command (replay, kill-switch, ...) waits for NATS.
+    command_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
 S = TypeVar("S", bound=BaseSettings)

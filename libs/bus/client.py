@@ -89,8 +89,10 @@ class Bus:
         user: str | None = None,
         password: str | None = None,
         max_pending_acks: int = 4096,
+        first_connect_deadline_s: float | None = None,
     ) -> Bus:
-        """Connect, retrying the first connection for ``CONNECT_TIMEOUT`` x a few."""
+        """Connect; a service waits for NATS as long as it takes, a command
+        gives up after ``first_connect_deadline_s`` with :class:`BusUnavailable`."""
 
         async def on_error(e: Exception) -> None:
             log.warning("nats error: %s", e)
@@ -102,7 +104,7 @@ class Bus:
             log.info("nats reconnected")
 
         try:
-            nc = await nats.connect(
+            connecting = nats.connect(
                 servers=[url],
                 name=name,
                 user=user,
@@ -117,6 +119,11 @@ class Bus:
                 # Keep what is published while reconnecting; bounded (bytes).
                 pending_size=64 * 1024 * 1024,
             )
+            nc = await asyncio.wait_for(connecting, first_connect_deadline_s)
+        except TimeoutError as e:
+            raise BusUnavailable(
+                f"cannot reach NATS at {url} within {first_connect_deadline_s} s"
+            ) from e
         except (nats.errors.NoServersError, OSError, nats.errors.Error) as e:
             raise BusUnavailable(f"cannot connect to NATS at {url}: {e}") from e
         js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)

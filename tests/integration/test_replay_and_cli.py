@@ -176,3 +176,26 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
     )
     assert proc.returncode == 1
     assert "no recorded event" in proc.stderr
+
+
+async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:
+    from libs.local.servers import free_port
+
+    env_url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    proc = await asyncio.to_thread(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "services.cli", "recorder", "replay"],
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "NATS_URL": env_url,
+                "TRADEBUS_COMMAND_CONNECT_TIMEOUT_S": "1",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot reach NATS" in proc.stderr
