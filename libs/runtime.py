@@ -25,4 +25,7 @@ GC_THRESHOLDS = (50_000, 20, 20)
 def run_service(main: Coroutine[Any, Any, T]) -> T:
     """Run a service's main coroutine to completion on uvloop."""
     gc.set_threshold(*GC_THRESHOLDS)
+    # Everything imported so far lives as long as the process: move it out of
+    # the collector's sight, so full collections stay short.
+    gc.freeze()
     return uvloop.run(main)
