@@ -36,6 +36,8 @@ RECORDER_LOCK_KEY = 0x7472616465627573
 LOCK_POLL_INTERVAL = 0.25
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
+#: Most time one batch's transaction may take (it normally takes milliseconds).
+WRITE_TIMEOUT = 10.0
 
 #: Errors that mean "the database went away": reconnect and start over.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -46,6 +48,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # Seen when the server shuts down in the middle of a COPY: the client's
+    # protocol state is left "in COPY", and the next statement fails.
+    asyncpg.InternalClientError,
 )
 
 
@@ -156,20 +161,29 @@ class EventWriter:
                     f"got {row.seq}"
                 )
         try:
-            try:
-                async with self._conn.transaction():
-                    await self._conn.copy_records_to_table(
-                        "events", records=fresh, columns=COPY_COLUMNS
-                    )
-            except asyncpg.UniqueViolationError:
-                # An event id we already have, arriving again at a new stream
-                # position (re-published after the dedup window). Keep the
-                # position, mark it as a duplicate: the sequence stays gapless.
-                await self._write_with_duplicates(fresh)
+            # One deadline for the whole transaction: a COPY cut off by a
+            # server shutdown has been seen to hang instead of failing.
+            await asyncio.wait_for(self._append(fresh), WRITE_TIMEOUT)
+        except TimeoutError as e:
+            self._conn.terminate()
+            raise LockLost(f"event store write did not finish within {WRITE_TIMEOUT} s") from e
         except CONNECTION_ERRORS as e:
+            self._conn.terminate()
             raise LockLost(f"event store connection lost while writing: {e}") from e
         self.last_seq = fresh[-1].seq
         return len(fresh)
+
+    async def _append(self, fresh: list[Row]) -> None:
+        try:
+            async with self._conn.transaction():
+                await self._conn.copy_records_to_table(
+                    "events", records=fresh, columns=COPY_COLUMNS
+                )
+        except asyncpg.UniqueViolationError:
+            # An event id we already have, arriving again at a new stream
+            # position (re-published after the dedup window). Keep the
+            # position, mark it as a duplicate: the sequence stays gapless.
+            await self._write_with_duplicates(fresh)
 
     async def _write_with_duplicates(self, rows: list[Row]) -> None:
         ids = [r.id for r in rows]
