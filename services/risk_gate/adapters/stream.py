@@ -10,14 +10,12 @@ decisions are in that backlog); past it, the gate is live.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
-import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.consumer import restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import STREAM
 
@@ -67,19 +65,16 @@ class RiskStream:
                 next_seq - 1,
             )
         await self.close()
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.bus.js.delete_consumer(self.stream, DURABLE)
-        config = js_api.ConsumerConfig(
-            durable_name=DURABLE,
-            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=next_seq,
-            ack_policy=js_api.AckPolicy.ALL,
-            ack_wait=self.ack_wait_s,
+        created = await restart_consumer_at(
+            self.bus,
+            DURABLE,
+            next_seq,
+            stream=self.stream,
+            filter_subjects=list(FILTER_SUBJECTS),
+            ack_wait_s=self.ack_wait_s,
             max_ack_pending=50_000,
             max_deliver=-1,
-            filter_subjects=list(FILTER_SUBJECTS),
         )
-        created = await self.bus.js.add_consumer(self.stream, config)
         await self._fetcher.start()
         backlog = int(created.num_pending or 0)
         log.info("risk-gate consumer starts at sequence %d with %d to replay", next_seq, backlog)

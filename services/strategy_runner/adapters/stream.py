@@ -19,13 +19,12 @@ about them, and broker acks, rejects, cancels and fills.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
-import nats.js.errors
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
+from libs.bus.consumer import restart_consumer_at
 from libs.contract.subjects import STREAM, symbol_token
 
 BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>")
@@ -53,16 +52,12 @@ async def reset_consumer(
     bus: Bus, durable: str, subjects: list[str], start_seq: int, stream: str = STREAM
 ) -> None:
     """Recreate ``durable`` to deliver ``subjects`` from ``start_seq`` on."""
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await bus.js.delete_consumer(stream, durable)
-    await bus.js.add_consumer(
-        stream,
-        js_api.ConsumerConfig(
-            durable_name=durable,
-            filter_subjects=subjects,
-            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(1, start_seq),
-            # EventConsumer still acks each message: harmless, the server ignores it.
-            ack_policy=js_api.AckPolicy.NONE,
-        ),
+    await restart_consumer_at(
+        bus,
+        durable,
+        start_seq,
+        stream=stream,
+        filter_subjects=subjects,
+        # EventConsumer still acks each message: harmless, the server ignores it.
+        ack_policy=js_api.AckPolicy.NONE,
     )
