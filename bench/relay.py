@@ -5,10 +5,11 @@ One process per role (``bench/order_path.py`` starts them):
 - ``strategy``: pulls ``md.>``; per message publishes a ``SignalGenerated``
   and an ``OrderIntentCreated`` (bytes built from a dict, no validation) on
   ``strategy.signal.bench`` / ``strategy.intent.bench``.
-- ``risk``: pulls ``strategy.intent.>``; republishes the bytes on
-  ``orders.cmd.paper``.
+- ``risk``: pulls ``strategy.intent.>``; republishes the bytes, under a new
+  event id, on ``orders.cmd.paper``.
 - ``gateway``: pulls ``orders.cmd.>``; sends the bytes over a WebSocket to
-  ``echo`` and publishes what comes back on ``broker.ack.paper``.
+  ``echo`` and publishes what comes back, under a new event id, on
+  ``broker.ack.paper``.
 - ``echo``: a WebSocket server that sends every frame back.
 
 Every hop is a durable JetStream pull consumer read through
@@ -39,6 +40,7 @@ from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.consumer import ensure_consumer
 from libs.bus.pull import PullFetcher
 from libs.contract.subjects import STREAM
+from libs.runtime import run_service
 
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 1.0
@@ -79,6 +81,22 @@ def _signal_and_intent(md: bytes) -> tuple[bytes, str, bytes, str]:
     return orjson.dumps(sig), sig_id, orjson.dumps(intent), intent_id
 
 
+ID_PREFIX = b'{"id":"'
+ID_END = len(ID_PREFIX) + 36
+
+
+def _with_new_id(body: bytes) -> tuple[bytes, str]:
+    """``body`` (an event this relay built) under a fresh event id.
+
+    Every hop's event is its own event, as in the real chain: were the bytes
+    passed on unchanged, the recorder would see one event id at three stream
+    positions and take its (slower) duplicate path on every order.
+    """
+    assert body.startswith(ID_PREFIX), "relay events start with their id"
+    new_id = str(uuid.uuid4())
+    return ID_PREFIX + new_id.encode() + body[ID_END:], new_id
+
+
 async def _pull(bus: Bus, durable: str, subject: str) -> PullFetcher:
     await ensure_consumer(
         bus,
@@ -112,8 +130,8 @@ async def run_risk(bus: Bus, stop: asyncio.Event) -> None:
     print("ready", flush=True)
     while not stop.is_set():
         for msg in await fetcher.fetch(FETCH_BATCH, FETCH_TIMEOUT_S):
-            msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "") + "-cmd"
-            await _publish(bus, f"orders.cmd.{ACCOUNT}", msg.data, msg_id)
+            cmd, cmd_id = _with_new_id(msg.data)
+            await _publish(bus, f"orders.cmd.{ACCOUNT}", cmd, cmd_id)
             await msg.ack()
 
 
@@ -126,8 +144,8 @@ async def run_gateway(bus: Bus, stop: asyncio.Event, ws_url: str) -> None:
             async for frame in ws:
                 msg = pending.popleft()
                 data = frame if isinstance(frame, bytes) else frame.encode()
-                msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "") + "-ack"
-                await _publish(bus, f"broker.ack.{ACCOUNT}", data, msg_id)
+                ack, ack_id = _with_new_id(data)
+                await _publish(bus, f"broker.ack.{ACCOUNT}", ack, ack_id)
                 await msg.ack()
 
         reader = asyncio.create_task(replies())
@@ -183,5 +201,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    # Plain asyncio, as the order-path services run (only the recorder uses uvloop).
-    asyncio.run(main())
+    run_service(main())  # as every service runs: uvloop, the same gc settings

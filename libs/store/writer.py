@@ -185,6 +185,11 @@ class EventWriter:
     async def _write_with_duplicates(self, rows: list[Row]) -> None:
         ids = [r.id for r in rows]
         async with self._conn.transaction():
+            # Look the ids up through the unique index. The plan cached for
+            # this statement may date from when the table looked tiny, and a
+            # sequential scan of the whole store per batch of duplicates took
+            # a core's worth of CPU once the table had grown.
+            await self._conn.execute("SET LOCAL enable_seqscan = off")
             known = {
                 rec["id"]: rec["seq"]
                 for rec in await self._conn.fetch(
