@@ -37,14 +37,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import Children, cpu_busy, cpu_sample, fresh_stream, say  # bench/harness.py
+from harness import (  # bench/harness.py
+    Children,
+    cpu_busy,
+    cpu_sample,
+    fresh_stream,
+    say,
+    store_poller,
+)
 from nats.aio.msg import Msg
 
 from libs.bus.client import MSG_ID_HEADER, Bus
@@ -54,8 +61,6 @@ from libs.local.servers import NatsServer, PostgresServer, free_port
 from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
 
-#: Subjects the driver also watches, to say where the time goes (signal to each).
-HOPS = ("strategy.intent", "risk.decision", "orders.cmd")
 HERE = Path(__file__).resolve().parent
 RELAY = HERE / "relay.py"
 ACCOUNT = "paper"
@@ -180,38 +185,54 @@ class Step:
 
 @dataclass
 class Driver:
-    """Publishes bars at a rate; joins acks to signals by correlation id."""
+    """Publishes bars at a rate; joins acks to signals by correlation id.
+
+    It listens to signals and acks only: every extra subscription would add
+    a delivery per order to the same two cores it measures. Where the time
+    goes in between comes afterwards from the store (``hop_medians_ms``).
+    """
 
     bus: Bus
+    database_url: str
+    breakdown: bool  # whether the chain's events carry their own ts_init per hop
     signals: dict[str, int] = field(default_factory=dict)  # signal id -> ts_init
     acks: dict[str, int] = field(default_factory=dict)  # correlation id -> seen at (ns)
     ack_order: list[str] = field(default_factory=list)
-    hops: dict[str, dict[str, int]] = field(default_factory=dict)  # subject root -> corr -> ns
     target: int = 0
     all_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         await self.bus.nc.subscribe("strategy.signal.>", cb=self._on_signal)
         await self.bus.nc.subscribe("broker.ack.>", cb=self._on_ack)
-        for hop in HOPS:
-            seen = self.hops.setdefault(hop, {})
-            await self.bus.nc.subscribe(f"{hop}.>", cb=self._hop_recorder(seen))
 
-    @staticmethod
-    def _hop_recorder(seen: dict[str, int]) -> Callable[[Msg], Awaitable[None]]:
-        async def on_message(msg: Msg) -> None:
-            at = time.time_ns()
-            seen.setdefault(orjson.loads(msg.data)["correlation_id"], at)
-
-        return on_message
-
-    def hop_medians_ms(self) -> dict[str, float]:
-        """Median time from the signal to the driver seeing each hop's message."""
-        out = {}
-        for hop, seen in {**self.hops, "broker.ack": self.acks}.items():
-            xs = [t - self.signals[c] for c, t in seen.items() if c in self.signals]
-            if xs:
-                out[hop] = round(statistics.median(xs) / 1e6, 3)
+    async def hop_medians_ms(self) -> dict[str, float]:
+        """Median time from the signal to each event's ``ts_init`` (as the
+        store recorded them), and to the driver seeing the ack."""
+        out: dict[str, float] = {}
+        if self.breakdown and self.acks:
+            sample = [uuid.UUID(c) for c in self.ack_order[:: max(1, len(self.ack_order) // 2000)]]
+            async with store_poller(self.database_url) as conn:
+                deadline = time.monotonic() + DRAIN_TIMEOUT
+                query = (
+                    "SELECT type, correlation_id, ts_init FROM events "
+                    "WHERE correlation_id = ANY($1::uuid[])"
+                )
+                while True:
+                    rows = await conn.fetch(query, sample)
+                    accepted = sum(1 for r in rows if r["type"] == "OrderAccepted")
+                    if accepted >= len(sample) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.1)  # polling the store, not synchronisation
+            by_type: dict[str, list[int]] = {}
+            for r in rows:
+                start = self.signals.get(str(r["correlation_id"]))
+                if start is not None and r["type"] != "SignalGenerated":
+                    by_type.setdefault(r["type"], []).append(r["ts_init"] - start)
+            for kind, xs in sorted(by_type.items(), key=lambda kv: statistics.median(kv[1])):
+                out[kind] = round(statistics.median(xs) / 1e6, 3)
+        xs = [t - self.signals[c] for c, t in self.acks.items() if c in self.signals]
+        if xs:
+            out["ack seen by driver"] = round(statistics.median(xs) / 1e6, 3)
         return out
 
     async def _on_signal(self, msg: Msg) -> None:
@@ -231,8 +252,6 @@ class Driver:
         self.signals.clear()
         self.acks.clear()
         self.ack_order.clear()
-        for seen in self.hops.values():
-            seen.clear()
         self.target = orders
         self.all_acked.clear()
         bars = [_bar(i) for i in range(orders)]
@@ -259,7 +278,7 @@ class Driver:
             backlog_end=backlog,
             cpu=cpu,
             drained=len(latencies) >= orders,
-            hops_ms=self.hop_medians_ms(),
+            hops_ms=await self.hop_medians_ms(),
         )
 
 
@@ -408,7 +427,7 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
     say(f"{chain.name}: starting processes")
     await chain.start()
     async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
-        driver = Driver(bus)
+        driver = Driver(bus, chain.database_url, breakdown=isinstance(chain, RealChain))
         await driver.start()
 
         async def step(orders: int, rate: float, label: str) -> Step:

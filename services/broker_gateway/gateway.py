@@ -91,8 +91,10 @@ class Outbox:
         while True:
             events, done = await self._queue.get()
             try:
+                # Back to back on one connection (stored in this order), the
+                # acks awaited together: one round trip, not one per event.
+                await self.bus.publish_together(events)
                 for event in events:
-                    await self.bus.publish(event)
                     account = str(getattr(event.payload, "account", ""))
                     metrics.EVENTS_PUBLISHED.labels(account=account, type=event.type).inc()
             except BaseException as e:

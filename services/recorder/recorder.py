@@ -189,7 +189,7 @@ class Recorder:
     ) -> None:
         s = self.settings
         while not self.stopping.is_set():
-            batch = await stream.fetch(s.batch_size, s.fetch_timeout_s)
+            batch = await stream.fetch(s.batch_size, s.fetch_timeout_s, s.linger_s)
             if batch.messages:
                 prepared = await self._prepare(batch, planned, stream, bus)
                 if prepared.rows:

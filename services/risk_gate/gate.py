@@ -30,13 +30,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 
-from libs.bus.client import Bus
+from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.consumer import header_dict
 from libs.bus.errors import BusError
 from libs.contract.codec import DecodeError, dead_letter, decode
@@ -86,7 +85,7 @@ class RiskGate:
         self.phase = "starting"
         self.last_seq = 0
         self.bus: Bus | None = None
-        self._inflight: dict[uuid.UUID, float] = {}
+        self._inflight: dict[str, float] = {}  # event ids we published, by Nats-Msg-Id
         self._gauges_at = 0.0
 
     # ------------------------------------------------------------ control
@@ -200,13 +199,21 @@ class RiskGate:
         seq = stream_seq(msg)
         if seq <= self.last_seq:
             return  # redelivered: already folded in
+        headers = msg.headers
+        if headers and self._inflight.pop(headers.get(MSG_ID_HEADER, ""), None) is not None:
+            # One of our own decisions or commands coming back: it was applied
+            # when published. Only the risk-gate may publish on its subjects,
+            # so the dedup id is enough; no need to decode it again.
+            self.last_seq = seq
+            metrics.LAST_SEQUENCE.set(seq)
+            return
         try:
             event = decode(msg.data, max_bytes=self.settings.max_event_bytes)
         except DecodeError as e:
             await self._dead_letter(msg, seq, e)
             self.last_seq = seq
             return
-        if self._inflight.pop(event.id, None) is None:
+        if self._inflight.pop(str(event.id), None) is None:
             self.state = evolve(self.state, event)
             if self.phase == "live":
                 if isinstance(event, OrderIntentCreated):
@@ -271,7 +278,7 @@ class RiskGate:
         for event, ack in zip(events, acks, strict=True):
             if not ack.duplicate:
                 # A duplicate (same id already in the stream) never comes back.
-                self._inflight[event.id] = time.monotonic()
+                self._inflight[str(event.id)] = time.monotonic()
             self.state = evolve(self.state, event)
             metrics.COMMANDS.labels(type=event.type).inc()
             if isinstance(event, SubmitOrder):

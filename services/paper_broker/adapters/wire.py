@@ -10,6 +10,7 @@ stream (``../../shared/PROTOCOLS.md``); see this service's README.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
@@ -37,8 +38,11 @@ def iso(ns: int | None) -> str | None:
     if ns is None:
         return None
     seconds, rest = divmod(ns, 1_000_000_000)
-    t = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).replace(microsecond=rest // 1000)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    t = time.gmtime(seconds)  # strftime through datetime cost ~10% of the broker's CPU
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rest // 1000:06d}Z"
+    )
 
 
 def parse_iso(value: str | None) -> int | None:

@@ -25,7 +25,8 @@ from services.recorder.domain.rows import StreamMessage
 log = logging.getLogger(__name__)
 
 
-#: Once a batch has started arriving, how long to wait for the rest.
+#: Once a batch has started arriving, how long to wait for the rest (the
+#: recorder passes its ``linger_s`` setting).
 LINGER_S = 0.005
 
 
