@@ -161,6 +161,7 @@ class Step:
     rate: float  # asked for, orders/s
     sent_rate: float  # what the driver achieved
     latencies_ns: list[int]  # in ack arrival order
+    seen_ns: list[int]  # when the driver saw each ack (wall clock), same order
     backlog_end: int  # orders not yet acked when the last bar was sent
     cpu: float
     drained: bool
@@ -270,11 +271,13 @@ class Driver:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.all_acked.wait(), DRAIN_TIMEOUT)
         cpu = cpu_busy(cpu0, cpu_sample())
-        latencies = [self.acks[c] - self.signals[c] for c in self.ack_order if c in self.signals]
+        joined = [c for c in self.ack_order if c in self.signals]
+        latencies = [self.acks[c] - self.signals[c] for c in joined]
         return Step(
             rate=rate,
             sent_rate=orders / sent_for if sent_for > 0 else float("inf"),
             latencies_ns=latencies,
+            seen_ns=[self.acks[c] for c in joined],
             backlog_end=backlog,
             cpu=cpu,
             drained=len(latencies) >= orders,
@@ -434,6 +437,11 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
             chain.check_alive()
             result = await driver.run(orders, rate)
             ok = result.sustainable()
+            if opts.dump:
+                dump = Path(opts.dump) / f"{chain.name}-{label.replace(' ', '-')}-{rate:.0f}.csv"
+                dump.parent.mkdir(parents=True, exist_ok=True)
+                rows = zip(result.seen_ns, result.latencies_ns, strict=True)
+                dump.write_text("seen_ns,latency_ns\n" + "".join(f"{a},{b}\n" for a, b in rows))
             say(
                 f"{chain.name}: {label} {orders} @ {rate:.0f}/s: sent {result.sent_rate:.0f}/s, "
                 f"acked {len(result.latencies_ns)}, backlog at end {result.backlog_end}, "
@@ -577,6 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip the floor chain")
     parser.add_argument("--no-real", action="store_true", help="skip the real chain")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--dump", default="", help="directory for per-order latency CSVs")
     opts = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tradebus-order-path-"))
     say(f"work directory {work}")
