@@ -379,7 +379,7 @@ class RealChain(Chain):
             ["strategy-runner", "run", "--config", str(self.work / "strategies.yaml")], "runner"
         )
         for svc in (recorder, paper, gate, runner):
-            await wait_until(svc.log_path.name, lambda s=svc: (s.health() or {}).get("ok"), self)  # type: ignore[misc]
+            await wait_until(svc.log_path.name, svc.healthy, self)
 
         def connected() -> bool:
             health = gateway.health()
@@ -411,7 +411,7 @@ class FloorChain(Chain):
         await self.relay("gateway", "--ws", f"ws://127.0.0.1:{port}")
         await self.relay("risk")
         await self.relay("strategy")
-        await wait_until("recorder", lambda: (recorder.health() or {}).get("ok"), self)
+        await wait_until("recorder", recorder.healthy, self)
 
 
 # ------------------------------------------------------------------ the run

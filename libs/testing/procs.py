@@ -63,6 +63,10 @@ class ServiceProcess:
         except OSError:
             return None
 
+    def healthy(self) -> bool:
+        """Whether /health answers ``ok`` (answering 503 is not ready)."""
+        return bool((self.health() or {}).get("ok"))
+
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=2) as r:

@@ -202,8 +202,9 @@ class RiskGate:
         headers = msg.headers
         if headers and self._inflight.pop(headers.get(MSG_ID_HEADER, ""), None) is not None:
             # One of our own decisions or commands coming back: it was applied
-            # when published. Only the risk-gate may publish on its subjects,
-            # so the dedup id is enough; no need to decode it again.
+            # when published. Every publish carries its event id as the dedup
+            # id and only the risk-gate may publish on its subjects, so the
+            # header is enough; no need to decode it again.
             self.last_seq = seq
             metrics.LAST_SEQUENCE.set(seq)
             return
@@ -213,16 +214,15 @@ class RiskGate:
             await self._dead_letter(msg, seq, e)
             self.last_seq = seq
             return
-        if self._inflight.pop(str(event.id), None) is None:
-            self.state = evolve(self.state, event)
-            if self.phase == "live":
-                if isinstance(event, OrderIntentCreated):
-                    if event.id in self.state.pending_intents:
-                        await self._decide(event)
-                    else:
-                        metrics.DUPLICATE_INTENTS.inc()
-                        log.info("intent %s seen again; already decided", event.id)
-                await self._react()
+        self.state = evolve(self.state, event)
+        if self.phase == "live":
+            if isinstance(event, OrderIntentCreated):
+                if event.id in self.state.pending_intents:
+                    await self._decide(event)
+                else:
+                    metrics.DUPLICATE_INTENTS.inc()
+                    log.info("intent %s seen again; already decided", event.id)
+            await self._react()
         self.last_seq = seq
         metrics.LAST_SEQUENCE.set(seq)
 

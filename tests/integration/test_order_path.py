@@ -117,15 +117,10 @@ class Path_:
 
     async def ready(self) -> None:
         for role in ("recorder", "paper", "gate", "runner"):
-            proc = self.procs[role]
-
-            def healthy(proc: ServiceProcess = proc) -> bool:
-                return bool((proc.health() or {}).get("ok"))
-
             # Healthy, not merely answering: a strategy-runner that answers 503
             # has not yet fixed where its catch-up ends, and bars published
             # before that are replayed quietly as history.
-            await eventually(healthy, timeout=60, message=self.logs)
+            await eventually(self.procs[role].healthy, timeout=60, message=self.logs)
         await eventually(self.connected, timeout=60, message=self.logs)
 
     def connected(self) -> bool:

@@ -34,10 +34,6 @@ from libs.testing.wait import eventually
 from services.stack.banner import mask_password
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
 
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc"
-)
-
 CHAIN = [
     "SignalGenerated",
     "OrderIntentCreated",

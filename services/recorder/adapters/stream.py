@@ -25,11 +25,6 @@ from services.recorder.domain.rows import StreamMessage
 log = logging.getLogger(__name__)
 
 
-#: Once a batch has started arriving, how long to wait for the rest (the
-#: recorder passes its ``linger_s`` setting).
-LINGER_S = 0.005
-
-
 @dataclass(slots=True)
 class Batch:
     """What one pull brought: messages, where to ack them, what is left."""
@@ -86,8 +81,9 @@ class RecorderStream:
         log.debug("pulling from %s.%s", self.stream, self.durable)
         log.info("recorder consumer starts at stream sequence %d", next_seq)
 
-    async def fetch(self, batch: int, timeout: float, linger: float = LINGER_S) -> Batch:
-        """Up to ``batch`` messages (see :class:`libs.bus.pull.PullFetcher`)."""
+    async def fetch(self, batch: int, timeout: float, linger: float) -> Batch:
+        """Up to ``batch`` messages; once some arrived, waits at most ``linger``
+        for more (see :class:`libs.bus.pull.PullFetcher`)."""
         msgs = await self._fetcher.fetch(batch, timeout, linger)
         out: list[StreamMessage] = []
         top_seq, top_reply, pending = 0, None, 0
