@@ -38,6 +38,8 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
 #: Most time one batch's transaction may take (it normally takes milliseconds).
 WRITE_TIMEOUT = 10.0
+#: Most time the idle check of the writer's connection may take.
+PING_TIMEOUT = 2.0
 
 #: Errors that mean "the database went away": reconnect and start over.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -140,6 +142,22 @@ class EventWriter:
             await self._conn.close(timeout=2)
         except CONNECTION_ERRORS:
             self._conn.terminate()
+
+    async def ping(self) -> None:
+        """Check, while idle, that the connection (and so the lock) is still there.
+
+        Without it, a recorder with nothing to write would go on saying it is
+        the writer long after Postgres went away, and find out only at the
+        next event.
+        """
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT)
+        except TimeoutError as e:
+            self._conn.terminate()
+            raise LockLost(f"event store did not answer within {PING_TIMEOUT} s") from e
+        except CONNECTION_ERRORS as e:
+            self._conn.terminate()
+            raise LockLost(f"event store connection lost while idle: {e}") from e
 
     async def write(self, rows: Sequence[Row]) -> int:
         """Append ``rows`` (contiguous, starting at or before ``last_seq + 1``).

@@ -49,6 +49,10 @@ SERVICE = "recorder"
 #: How often a recorder facing a reset stream checks again.
 MISMATCH_RECHECK_S = 10.0
 
+#: How long the writer may sit with nothing to write before it checks that
+#: the store (and so its lock) is still there.
+IDLE_CHECK_S = 1.0
+
 #: How often the recorder logs how far it got while it is busy.
 PROGRESS_EVERY_S = 10.0
 
@@ -238,7 +242,14 @@ class Recorder:
     ) -> None:
         report_at = time.monotonic() + PROGRESS_EVERY_S
         reported = writer.last_seq
-        while (prepared := await queue.get()) is not None:
+        while True:
+            try:
+                prepared = await asyncio.wait_for(queue.get(), IDLE_CHECK_S)
+            except TimeoutError:
+                await writer.ping()
+                continue
+            if prepared is None:
+                break
             written = await writer.write(prepared.rows)
             if reported == 0 or time.monotonic() >= report_at:
                 log.info(

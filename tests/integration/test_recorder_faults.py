@@ -217,6 +217,36 @@ async def test_postgres_outage_mid_stream(
             server.start()
 
 
+async def test_idle_recorder_notices_postgres_going_away(
+    tmp_path: Path, bus: Bus, nats_url: str, own_pg: tuple[PostgresServer, str]
+) -> None:
+    server, url = own_pg
+    rec = recorder(tmp_path, nats_url, url, "r1").start()
+    first = Producers(nats_url, count=1, per=5_000, tag="idle-a")
+    second: Producers | None = None
+    try:
+        await first.wait()
+        await eventually(lambda: reached(url, 5_000), timeout=60, message=diagnose(rec, first))
+        await eventually(lambda: (rec.health() or {}).get("role") == "writer", timeout=10)
+        # Nothing left to write: only the idle check can tell the store is gone.
+        server.stop()
+        await eventually(lambda: _restarts(rec.metrics()) >= 1, timeout=15, message=diagnose(rec))
+        await eventually(lambda: (rec.health() or {}).get("role") == "standby", timeout=10)
+        server.start()
+        await eventually(lambda: (rec.health() or {}).get("role") == "writer", timeout=30)
+        second = Producers(nats_url, count=1, per=5_000, tag="idle-b")
+        await second.wait()
+        await eventually(lambda: reached(url, 10_000), timeout=60, message=diagnose(rec, second))
+        await assert_exactly_once_in_stream_order(bus, url, 10_000)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        rec.terminate()
+        if server.proc is None:
+            server.start()
+
+
 def _restarts(metrics: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
