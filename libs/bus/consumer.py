@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
-from libs.bus.pull import PullFetcher
+from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
@@ -127,13 +127,17 @@ class EventConsumer:
         self.max_bytes = max_bytes
         self.clock = clock or WallClock()
         self.on_dead_letter = on_dead_letter
+        self._acks = True
 
     async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set (or forever); each message is handled
         as soon as it arrives (see :mod:`libs.bus.pull`)."""
-        await ensure_consumer(
+        info = await ensure_consumer(
             self.bus, self.durable, filter_subject=self.filter_subject, stream=self.stream
         )
+        # A consumer that takes no acks (its reader keeps its place elsewhere)
+        # gets none: each would still cost a write here and a read there.
+        self._acks = info.config.ack_policy != js_api.AckPolicy.NONE
         fetcher = PullFetcher(self.bus, self.stream, self.durable)
         await fetcher.start()
         try:
@@ -152,13 +156,15 @@ class EventConsumer:
             event = decode(msg.data, max_bytes=self.max_bytes)
         except DecodeError as e:
             await self.dead_letter(msg, e)
-            await msg.ack()
+            if self._acks:
+                await msg.ack()
             return
         await handler(event, msg)
-        await msg.ack()
+        if self._acks:
+            await msg.ack()
 
     async def dead_letter(self, msg: Msg, error: DecodeError) -> None:
-        seq = msg.metadata.sequence.stream if msg.reply else None
+        seq = parse_ack_subject(msg.reply)[0] if msg.reply else None
         record = dead_letter(
             service=self.service,
             subject=msg.subject,

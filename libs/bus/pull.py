@@ -5,8 +5,14 @@ arrived, for the whole batch or the timeout, so one lone message can sit for
 the full timeout; and it costs a task, a timer and a uuid per message. Here
 one pull request is kept open ahead of the caller (prefetch) and answered into
 a callback subscription; :meth:`PullFetcher.fetch` returns as soon as
-something has arrived (after an optional short ``linger`` to let a batch
-fill), so a trickle is handled at once and a flood in big batches.
+something has arrived, so a trickle is handled at once and a flood in big
+batches.
+
+A reader that prefers fewer, larger batches to promptness (the recorder)
+passes a ``linger``: then only the first message is long-polled for; the rest
+is left to pile up on the server for ``linger`` and taken in one ``no_wait``
+pull. An open pull request would instead bring every message on its own, and
+each one costs both processes a wake-up.
 """
 
 from __future__ import annotations
@@ -75,13 +81,18 @@ class PullFetcher:
         self._remaining = max(0, self._remaining - 1)
         self._signal.set()
 
-    async def _request(self, batch: int, timeout: float) -> None:
+    async def _request(self, batch: int, timeout: float, *, no_wait: bool = False) -> None:
         self._remaining = batch
         # If the server never ends this request (it restarted, the connection
         # dropped), we stop waiting for it after its expiry and ask again.
         self._expires_at = time.monotonic() + timeout + 0.5
-        request = orjson.dumps({"batch": batch, "expires": int(timeout * 1e9)})
-        await self.bus.nc.publish(self._next_subject, request, reply=self._inbox)
+        # A no_wait request brings what is there now, then ends (404 or 408).
+        body: dict[str, int | bool] = {"batch": batch}
+        if no_wait:
+            body["no_wait"] = True
+        else:
+            body["expires"] = int(timeout * 1e9)
+        await self.bus.nc.publish(self._next_subject, orjson.dumps(body), reply=self._inbox)
 
     async def _wait(self, until: float) -> None:
         # Returns at once if something arrived since the last wait (the flag
@@ -90,27 +101,51 @@ class PullFetcher:
             await asyncio.wait_for(self._signal.wait(), max(0.0, until - time.monotonic()))
         self._signal.clear()
 
-    async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Msg]:
-        """Up to ``batch`` messages; empty when none came within ``timeout``.
-
-        Once something has arrived, waits at most ``linger`` for more.
-        """
-        assert self._sub is not None, "start() first"
-        if self._remaining and time.monotonic() >= self._expires_at:
-            self._remaining = 0  # lost: no messages and no status will come
-        if self._remaining == 0 and len(self._buffer) < batch:
-            await self._request(batch - len(self._buffer), timeout)
+    async def _until_arrival(self, timeout: float) -> None:
         # A little past the server's own expiry, so its 408 normally wins.
         deadline = min(time.monotonic() + timeout + 0.5, self._expires_at)
         while not self._buffer and self._remaining and time.monotonic() < deadline:
             await self._wait(deadline)
+
+    async def fetch(self, batch: int, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """Up to ``batch`` messages; empty when none came within ``timeout``.
+
+        With ``linger``, once the first message has arrived the rest is left
+        to gather on the server for ``linger`` and taken in one pull.
+        """
+        assert self._sub is not None, "start() first"
+        if self._remaining and time.monotonic() >= self._expires_at:
+            self._remaining = 0  # lost: no messages and no status will come
         if linger > 0:
-            lingering = time.monotonic() + linger
-            while self._remaining and len(self._buffer) < batch and time.monotonic() < lingering:
-                await self._wait(lingering)
+            return await self._gather(batch, timeout, linger)
+        if self._remaining == 0 and len(self._buffer) < batch:
+            await self._request(batch - len(self._buffer), timeout)
+        await self._until_arrival(timeout)
         msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if self._remaining == 0:
             await self._request(batch, timeout)  # prefetch the next batch
+        return msgs
+
+    async def _gather(self, batch: int, timeout: float, linger: float) -> list[Msg]:
+        if not self._buffer:
+            if self._remaining == 0:
+                await self._request(1, timeout)  # long-poll for the first message only
+            await self._until_arrival(timeout)
+            if not self._buffer:
+                return []
+            if self._remaining == 0:
+                # Nothing is being delivered now: what comes next waits on
+                # the server, to be taken below in one pull.
+                await asyncio.sleep(linger)
+        if len(self._buffer) < batch and self._remaining == 0:
+            await self._request(batch - len(self._buffer), timeout, no_wait=True)
+        # Whatever request is open here is a no_wait one: it ends at once.
+        while self._remaining and time.monotonic() < self._expires_at:
+            await self._wait(self._expires_at)
+        msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
+        if len(msgs) == batch and self._remaining == 0:
+            # A backlog: ask for the next batch while this one is written.
+            await self._request(batch, timeout, no_wait=True)
         return msgs
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ class RecorderSettings(ServiceSettings):
     #: means fewer, larger transactions (and acks) at low rates, at the cost
     #: of the store trailing the stream by up to this much; a full batch
     #: never waits.
-    linger_s: float = Field(default=0.005, ge=0, le=1)
+    linger_s: float = Field(default=0.02, ge=0, le=1)
     #: Redelivery delay for a fetched-but-unacked message (crash recovery).
     ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
     #: Pause between attempts when NATS or Postgres is down.

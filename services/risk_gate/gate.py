@@ -14,9 +14,10 @@ One cycle:
    decide an intent, react, publish, and only then acknowledge.
 
 What the gate publishes it applies to its state at once (the next intent
-must see the order just submitted) and remembers by id, so that the copy
-coming back through the stream is not applied a second time. Ids derive
-from the cause (see ``domain/commands.py``), so an intent redelivered, or
+must see the order just submitted); once live, its consumer leaves the
+gate's own subjects out, so those copies never come back to be applied a
+second time (while catching up they are read: they are a previous run's
+decisions). Ids derive from the cause (see ``domain/commands.py``), so an intent redelivered, or
 re-published under a new message id, never becomes a second order.
 
 Any NATS or Postgres fault ends the cycle; the next one starts again from
@@ -35,7 +36,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
-from libs.bus.client import MSG_ID_HEADER, Bus
+from libs.bus.client import Bus
 from libs.bus.consumer import header_dict
 from libs.bus.errors import BusError
 from libs.contract.codec import DecodeError, dead_letter, decode
@@ -65,8 +66,10 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 STATE_LEVEL = {"active": 0, "reducing": 1, "halted": 2}
-#: Own events not seen back after this long are forgotten (deduplicated by NATS).
-INFLIGHT_TTL_S = 600.0
+#: How often, at most, the gate acknowledges what it handled (ack-all). Its
+#: place is kept by the store, not the consumer, so a late ack costs nothing
+#: but saves a message per delivery.
+ACK_INTERVAL_S = 0.1
 GAUGE_INTERVAL_S = 0.5
 
 
@@ -85,7 +88,6 @@ class RiskGate:
         self.phase = "starting"
         self.last_seq = 0
         self.bus: Bus | None = None
-        self._inflight: dict[str, float] = {}  # event ids we published, by Nats-Msg-Id
         self._gauges_at = 0.0
 
     # ------------------------------------------------------------ control
@@ -132,7 +134,6 @@ class RiskGate:
         started = time.perf_counter()
         rebuilt = await rebuild(s.database_url.get_secret_value(), RiskState.initial(self.limits))
         self.state, self.last_seq = rebuilt.state, rebuilt.last_seq
-        self._inflight.clear()
         metrics.REBUILD_EVENTS.set(rebuilt.events)
         metrics.REBUILD_SECONDS.set(time.perf_counter() - started)
         log.info(
@@ -154,29 +155,36 @@ class RiskGate:
                 backlog = await stream.start_at(self.last_seq + 1)
                 self._set_phase("catching_up")
                 if backlog == 0:
-                    await self._go_live()
+                    await self._go_live(stream)
+                unacked: Msg | None = None
+                acked_at = time.monotonic()
                 while not self.stopping.is_set():
                     msgs = await stream.fetch(s.fetch_batch, s.fetch_timeout_s)
                     if not msgs and self.phase != "live":
-                        await self._go_live()  # the backlog shrank (messages deleted)
+                        await self._go_live(stream)  # the backlog shrank (messages deleted)
                     for msg in msgs:
                         await self._on_message(msg)
                         if self.phase != "live":
                             backlog -= 1
                             if backlog <= 0:
-                                await self._go_live()
+                                await self._go_live(stream)
+                    # Ack-all: everything up to here is handled and what it
+                    # caused is published (publish before ack); sent at most
+                    # every ACK_INTERVAL_S, and at once when the stream is idle.
                     if msgs:
-                        # Ack-all: everything up to here is handled and what it
-                        # caused is published (publish before ack).
-                        await msgs[-1].ack()
+                        unacked = msgs[-1]
+                    if unacked is not None and (
+                        not msgs or time.monotonic() - acked_at >= ACK_INTERVAL_S
+                    ):
+                        await unacked.ack()
+                        unacked, acked_at = None, time.monotonic()
                     self._update_gauges()
             finally:
                 await stream.close()
                 self.bus = None
 
-    async def _go_live(self) -> None:
+    async def _go_live(self, stream: RiskStream) -> None:
         """Settle what the rebuilt state owes, decide orphaned intents, go live."""
-        self._set_phase("live")
         self.state = roll_day(self.state, self.clock.now_ns())
         await self._react()
         orphans = list(self.state.pending_intents.values())
@@ -184,6 +192,10 @@ class RiskGate:
             if intent.id in self.state.pending_intents:
                 await self._decide(intent)
         await self._react()
+        # From here on what the gate publishes is applied as it is published:
+        # its copies on the stream are left out.
+        await stream.go_live(self.last_seq + 1)
+        self._set_phase("live")
         log.info(
             "live at sequence %d (%d undecided intents decided); kill switch %s; states %s",
             self.last_seq,
@@ -199,15 +211,6 @@ class RiskGate:
         seq = stream_seq(msg)
         if seq <= self.last_seq:
             return  # redelivered: already folded in
-        headers = msg.headers
-        if headers and self._inflight.pop(headers.get(MSG_ID_HEADER, ""), None) is not None:
-            # One of our own decisions or commands coming back: it was applied
-            # when published. Every publish carries its event id as the dedup
-            # id and only the risk-gate may publish on its subjects, so the
-            # header is enough; no need to decode it again.
-            self.last_seq = seq
-            metrics.LAST_SEQUENCE.set(seq)
-            return
         try:
             event = decode(msg.data, max_bytes=self.settings.max_event_bytes)
         except DecodeError as e:
@@ -274,18 +277,12 @@ class RiskGate:
         assert self.bus is not None
         if not events:
             return
-        acks = await self.bus.publish_together(events)
-        for event, ack in zip(events, acks, strict=True):
-            if not ack.duplicate:
-                # A duplicate (same id already in the stream) never comes back.
-                self._inflight[str(event.id)] = time.monotonic()
+        await self.bus.publish_together(events)
+        for event in events:
             self.state = evolve(self.state, event)
             metrics.COMMANDS.labels(type=event.type).inc()
             if isinstance(event, SubmitOrder):
                 metrics.ORDERS_SUBMITTED.labels(account=event.payload.account).inc()
-        if len(self._inflight) > 10_000:
-            cutoff = time.monotonic() - INFLIGHT_TTL_S
-            self._inflight = {k: t for k, t in self._inflight.items() if t > cutoff}
 
     async def _dead_letter(self, msg: Msg, seq: int, error: DecodeError) -> None:
         assert self.bus is not None

@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
 from libs.bus.errors import BusError, BusUnavailable
+from libs.bus.pull import parse_ack_subject
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
 from libs.contract.subjects import STREAM
@@ -313,7 +314,7 @@ class Runner:
                 raise BusUnavailable("the NATS connection was closed")
 
     async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        seq = parse_ack_subject(msg.reply)[0]
         self.next_seq = seq + 1
         names = self.runtime.router.route(event)
         if not names:

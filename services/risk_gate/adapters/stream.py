@@ -5,7 +5,8 @@ the durable ``risk-gate`` consumer is recreated to deliver from right after
 the last sequence the rebuild folded in, filtered to what the gate reads.
 Its pending count at creation is the backlog the gate replays without
 deciding anything (those intents may have been decided already, and their
-decisions are in that backlog); past it, the gate is live.
+decisions are in that backlog); past it, the gate is live, and the consumer
+is recreated once more without the gate's own subjects.
 """
 
 from __future__ import annotations
@@ -24,16 +25,24 @@ log = logging.getLogger(__name__)
 #: The durable name; NATS permissions allow the risk-gate user only this one.
 DURABLE = "risk-gate"
 
-#: What the gate reads: prices, intents, its own output, the broker, operators.
+#: What the gate publishes (NATS permissions let no one else publish there).
+OWN_SUBJECTS = ("risk.>", "orders.cmd.>")
+
+#: What the gate reads while it rebuilds and catches up: prices, intents, the
+#: broker, operators, and its own output (a previous run's decisions, which
+#: must not be made twice).
 FILTER_SUBJECTS = (
     "md.trade.>",
     "md.bar.>",
     "strategy.intent.>",
-    "risk.>",
-    "orders.cmd.>",
+    *OWN_SUBJECTS,
     "broker.>",
     "control.>",
 )
+
+#: What the gate reads once live: its own output it applies as it publishes
+#: it, so the copies coming back would only cost a delivery each.
+LIVE_SUBJECTS = tuple(s for s in FILTER_SUBJECTS if s not in OWN_SUBJECTS)
 
 
 class RiskStream:
@@ -64,21 +73,33 @@ class RiskStream:
                 first,
                 next_seq - 1,
             )
+        backlog = await self._recreate(next_seq, FILTER_SUBJECTS)
+        log.info("risk-gate consumer starts at sequence %d with %d to replay", next_seq, backlog)
+        return backlog
+
+    async def go_live(self, next_seq: int) -> None:
+        """Deliver from ``next_seq`` on, without the gate's own output.
+
+        Whatever was fetched but not handled yet is dropped and delivered
+        again by the new consumer.
+        """
+        await self._recreate(next_seq, LIVE_SUBJECTS)
+        log.info("risk-gate consumer live from sequence %d", next_seq)
+
+    async def _recreate(self, next_seq: int, subjects: tuple[str, ...]) -> int:
         await self.close()
         created = await restart_consumer_at(
             self.bus,
             DURABLE,
             next_seq,
             stream=self.stream,
-            filter_subjects=list(FILTER_SUBJECTS),
+            filter_subjects=list(subjects),
             ack_wait_s=self.ack_wait_s,
             max_ack_pending=50_000,
             max_deliver=-1,
         )
         await self._fetcher.start()
-        backlog = int(created.num_pending or 0)
-        log.info("risk-gate consumer starts at sequence %d with %d to replay", next_seq, backlog)
-        return backlog
+        return int(created.num_pending or 0)
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages, as soon as any arrived; empty after ``timeout``."""

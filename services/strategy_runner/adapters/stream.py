@@ -58,6 +58,6 @@ async def reset_consumer(
         start_seq,
         stream=stream,
         filter_subjects=subjects,
-        # EventConsumer still acks each message: harmless, the server ignores it.
+        # Its place is kept by the store (see runner.py): EventConsumer sends no acks.
         ack_policy=js_api.AckPolicy.NONE,
     )
