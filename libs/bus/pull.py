@@ -97,8 +97,11 @@ class PullFetcher:
     async def _wait(self, until: float) -> None:
         # Returns at once if something arrived since the last wait (the flag
         # is cleared only after waking, so no arrival is ever missed).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._signal.wait(), max(0.0, until - time.monotonic()))
+        if not self._signal.is_set():
+            # asyncio.timeout, not wait_for: no extra task per wait (3.11).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                    await self._signal.wait()
         self._signal.clear()
 
     async def _until_arrival(self, timeout: float) -> None:

@@ -7,8 +7,9 @@ Per account, one :class:`AccountWorker` with two tasks:
   redelivered or re-published command never places a second order);
   ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all`` then
   ``close_all``. A command is acknowledged on NATS only once its broker call is
-  done. While the broker is unreachable the command is held (kept "in
-  progress" on NATS) and executed once it is back — except a ``SubmitOrder``
+  done (acks of several commands leave together, within ``ACK_DELAY_S``).
+  While the broker is unreachable the command is held (kept "in progress" on
+  NATS) and executed once it is back — except a ``SubmitOrder``
   older than ``max_submit_delay_s``, which is rejected as ``stale`` (after
   checking that the broker never got it).
 - **events**: the adapter's order updates through the :class:`OrderTracker`
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.msg import Msg
 
+from libs.bus.acks import DeferredAcks
 from libs.bus.client import Bus
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
@@ -131,6 +133,7 @@ class AccountWorker:
         self.keepalive_s = max(ack_wait_s / 3, 0.2)
         self.dead_letter = dead_letter
         self.inbox: asyncio.Queue[tuple[AnyEvent, Msg]] = asyncio.Queue(1000)
+        self.acks = DeferredAcks()
         self.handled = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -148,7 +151,7 @@ class AccountWorker:
             except (BrokerError, ValueError) as e:
                 await self._failed(command, msg, e)
             else:
-                await _ack(msg)
+                self.acks.add(msg)
                 self.handled += 1
             finally:
                 if self.inbox.empty():

@@ -180,6 +180,8 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                     await stop.wait()
                     await consuming
                     await _drain(workers.values())
+                    for w in workers.values():
+                        await w.acks.flush()
                     for task in background:
                         task.cancel()
             finally:
