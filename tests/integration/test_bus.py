@@ -6,6 +6,7 @@ import asyncio
 
 from libs.bus.client import Bus, Outgoing
 from libs.bus.consumer import EventConsumer, ensure_consumer
+from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.codec import decode
 from libs.contract.events import AnyEvent, MessageDeadLettered
 from libs.testing.producer import make_trades
@@ -84,3 +85,32 @@ async def test_publish_together_stores_in_the_order_given(bus: Bus) -> None:
         stored = await bus.js.get_msg("TRADEBUS", seq=seq)
         assert stored.headers is not None
         assert stored.headers["Nats-Msg-Id"] == str(event.id)
+
+
+async def test_fetch_with_linger_takes_what_gathered_in_one_pull(bus: Bus) -> None:
+    """The first message is long-polled for; what follows within the linger is
+    taken together; a backlog comes in full batches, in stream order."""
+    await ensure_consumer(bus, "gather", filter_subject="md.>")
+    fetcher = PullFetcher(bus, "TRADEBUS", "gather")
+    await fetcher.start()
+    try:
+        events = list(make_trades(350, "gather"))
+        first = asyncio.create_task(fetcher.fetch(500, timeout=5, linger=0.5))
+        await bus.publish(events[0])
+        await bus.publish_many(events[1:100])
+        got = await asyncio.wait_for(first, 10)
+        assert [parse_ack_subject(m.reply)[0] for m in got] == list(range(1, 101))
+
+        await bus.publish_many(events[100:])  # a backlog of 250
+        sizes: list[int] = []
+        seqs: list[int] = []
+        while len(seqs) < 250:
+            batch = await fetcher.fetch(100, timeout=5, linger=0.05)
+            assert batch, "the backlog stopped coming"
+            sizes.append(len(batch))
+            seqs += [parse_ack_subject(m.reply)[0] for m in batch]
+        assert sizes == [100, 100, 50]
+        assert seqs == list(range(101, 351))
+        assert await fetcher.fetch(100, timeout=0.2, linger=0.05) == []
+    finally:
+        await fetcher.close()

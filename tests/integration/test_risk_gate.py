@@ -637,3 +637,10 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
         await sub.unsubscribe()
     latencies.sort()
     assert latencies[len(latencies) // 2] < 0.05, latencies
+
+    # Live, the gate's consumer leaves out what the gate itself publishes (it
+    # applied those as it published them): no delivery is spent on them.
+    info = await bus.js.consumer_info("TRADEBUS", "risk-gate")
+    subjects = set(info.config.filter_subjects or [])
+    assert "strategy.intent.>" in subjects
+    assert not subjects & {"risk.>", "orders.cmd.>"}, subjects
