@@ -644,3 +644,38 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
     subjects = set(info.config.filter_subjects or [])
     assert "strategy.intent.>" in subjects
     assert not subjects & {"risk.>", "orders.cmd.>"}, subjects
+
+
+async def test_acks_reach_the_live_consumer_after_a_replayed_backlog(
+    stack: Stack, bus: Bus
+) -> None:
+    """Going live recreates the consumer (without the gate's own subjects) while
+    acks are sent at intervals: once the gate has replayed a backlog from the
+    stream and decided live intents, its consumer has nothing pending."""
+    await bus.publish(mark("AAPL", "100"))
+    stack.gate.kill()
+    stack.recorder.kill()  # so the store misses them: the gate must replay the stream
+    backlog = [
+        e for k in range(40) for e in signal_and_intent("bulk", 1, side="buy" if k % 2 else "sell")
+    ]
+    await bus.publish_many(backlog)
+    gate = stack.new_gate()
+    recorder = ServiceProcess(
+        ["recorder", "run"], env=stack.env, log_path=stack.tmp / "recorder-2.log", name="rec-2"
+    )
+    try:
+        await _live(gate)
+        assert "with 41 to replay" in gate.log_text()  # the mark and the intents
+        recorder.start()
+        await bus.publish_many(
+            [e for k in range(3) for e in signal_and_intent("bulk", 1, side="sell")]
+        )
+        await wait_recorded(stack.database_url, "RiskDecisionMade", 43)
+
+        async def all_acked() -> bool:
+            info = await bus.js.consumer_info("TRADEBUS", "risk-gate")
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(all_acked, timeout=15, message=stack.logs)
+    finally:
+        recorder.terminate()
