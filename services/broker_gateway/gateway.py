@@ -19,8 +19,8 @@ Per account, one :class:`AccountWorker` with two tasks:
   know, and publishes what the stream did not tell it.
 
 Both tasks publish through one :class:`Outbox`, which publishes in the order
-events were produced, one at a time, so an order's ``OrderAccepted`` is on the
-stream before its first ``FillReceived``.
+events were produced, so an order's ``OrderAccepted`` is on the stream before
+its first ``FillReceived``.
 """
 
 from __future__ import annotations
@@ -72,12 +72,19 @@ SETTLE_GRACE_S = 1.0
 
 
 class Outbox:
-    """Publishes events one at a time, in the order they were handed in."""
+    """Publishes events in the order they were handed in.
+
+    What was handed in while the previous publish was out leaves together:
+    back to back on one connection (stored in this order), the acks awaited
+    together. An order's acceptance and its fill, taken in from one read of
+    the broker's socket, so cost one round trip and one delivery to each
+    reader, not two.
+    """
 
     def __init__(self, bus: Bus, *, max_pending: int = 10_000) -> None:
         self.bus = bus
-        self._queue: asyncio.Queue[tuple[Sequence[Event], asyncio.Future[None]]] = asyncio.Queue(
-            max_pending
+        self._queue: asyncio.Queue[tuple[Sequence[Event], asyncio.Future[None] | None]] = (
+            asyncio.Queue(max_pending)
         )
 
     async def publish(self, events: Sequence[Event]) -> None:
@@ -88,23 +95,33 @@ class Outbox:
         await self._queue.put((events, done))
         await done
 
+    async def post(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` without waiting for them to be stored (they still
+        leave in order; a publish that fails for good ends the service)."""
+        if events:
+            await self._queue.put((events, None))
+
     async def run(self) -> None:
         """Publish until cancelled; a publish that fails for good ends the service."""
         while True:
-            events, done = await self._queue.get()
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            events = [e for batch, _ in items for e in batch]
+            waiting = [done for _, done in items if done is not None]
             try:
-                # Back to back on one connection (stored in this order), the
-                # acks awaited together: one round trip, not one per event.
                 await self.bus.publish_together(events)
                 for event in events:
                     account = str(getattr(event.payload, "account", ""))
                     metrics.EVENTS_PUBLISHED.labels(account=account, type=event.type).inc()
             except BaseException as e:
-                if not done.done():
-                    done.set_exception(e)
+                for done in waiting:
+                    if not done.done():
+                        done.set_exception(e)
                 raise
-            if not done.done():
-                done.set_result(None)
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
 
 
 class AccountWorker:
@@ -357,10 +374,11 @@ class AccountWorker:
                 continue
             # The tracker has it (the outbox publishes it in order): a submit
             # waiting in _settle may go on. Should the publish not happen (a
-            # crash), the restarted gateway reconciles the order from the broker.
+            # crash), the restarted gateway reconciles the order from the
+            # broker; so the next update need not wait for this one's ack.
             async with self._progress:
                 self._progress.notify_all()
-            await self.outbox.publish(events)
+            await self.outbox.post(events)
             if self.tracker.needs_reconcile:
                 await self.reconcile(only=set(self.tracker.needs_reconcile))
 
