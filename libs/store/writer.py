@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import NamedTuple, Self
 
@@ -150,14 +150,7 @@ class EventWriter:
         the writer long after Postgres went away, and find out only at the
         next event.
         """
-        try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT)
-        except TimeoutError as e:
-            self._conn.terminate()
-            raise LockLost(f"event store did not answer within {PING_TIMEOUT} s") from e
-        except CONNECTION_ERRORS as e:
-            self._conn.terminate()
-            raise LockLost(f"event store connection lost while idle: {e}") from e
+        await self._fenced(self._conn.fetchval("SELECT 1"), PING_TIMEOUT, "idle")
 
     async def write(self, rows: Sequence[Row]) -> int:
         """Append ``rows`` (contiguous, starting at or before ``last_seq + 1``).
@@ -175,18 +168,23 @@ class EventWriter:
                     f"refusing to write past a hole: expected seq {expected + offset}, "
                     f"got {row.seq}"
                 )
-        try:
-            # One deadline for the whole transaction: a COPY cut off by a
-            # server shutdown has been seen to hang instead of failing.
-            await asyncio.wait_for(self._append(fresh), WRITE_TIMEOUT)
-        except TimeoutError as e:
-            self._conn.terminate()
-            raise LockLost(f"event store write did not finish within {WRITE_TIMEOUT} s") from e
-        except CONNECTION_ERRORS as e:
-            self._conn.terminate()
-            raise LockLost(f"event store connection lost while writing: {e}") from e
+        # One deadline for the whole transaction: a COPY cut off by a server
+        # shutdown has been seen to hang instead of failing.
+        await self._fenced(self._append(fresh), WRITE_TIMEOUT, "writing")
         self.last_seq = fresh[-1].seq
         return len(fresh)
+
+    async def _fenced(self, work: Awaitable[object], timeout: float, doing: str) -> None:
+        """``work`` within ``timeout``; if it fails or hangs the connection is
+        dropped (and with it the lock): :class:`LockLost`."""
+        try:
+            await asyncio.wait_for(work, timeout)
+        except TimeoutError as e:
+            self._conn.terminate()
+            raise LockLost(f"event store did not answer within {timeout} s ({doing})") from e
+        except CONNECTION_ERRORS as e:
+            self._conn.terminate()
+            raise LockLost(f"event store connection lost while {doing}: {e}") from e
 
     async def _append(self, fresh: list[Row]) -> None:
         try:

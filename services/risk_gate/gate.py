@@ -17,8 +17,9 @@ What the gate publishes it applies to its state at once (the next intent
 must see the order just submitted); once live, its consumer leaves the
 gate's own subjects out, so those copies never come back to be applied a
 second time (while catching up they are read: they are a previous run's
-decisions). Ids derive from the cause (see ``domain/commands.py``), so an intent redelivered, or
-re-published under a new message id, never becomes a second order.
+decisions). Ids derive from the cause (see ``domain/commands.py``), so an
+intent redelivered, or re-published under a new message id, never becomes a
+second order.
 
 Any NATS or Postgres fault ends the cycle; the next one starts again from
 the store, which is why a crash at any point loses no intent and repeats
@@ -170,7 +171,7 @@ class RiskGate:
                                 await self._go_live(stream)
                     # Ack-all: everything up to here is handled and what it
                     # caused is published (publish before ack); sent at most
-                    # every ACK_INTERVAL_S, and at once when the stream is idle.
+                    # every ACK_INTERVAL_S, or once a fetch comes back empty.
                     if msgs:
                         unacked = msgs[-1]
                     if unacked is not None and (

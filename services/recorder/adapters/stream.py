@@ -82,8 +82,8 @@ class RecorderStream:
         log.info("recorder consumer starts at stream sequence %d", next_seq)
 
     async def fetch(self, batch: int, timeout: float, linger: float) -> Batch:
-        """Up to ``batch`` messages; once some arrived, waits at most ``linger``
-        for more (see :class:`libs.bus.pull.PullFetcher`)."""
+        """Up to ``batch`` messages; once the first arrived, the rest may gather
+        for ``linger`` (see :class:`libs.bus.pull.PullFetcher`)."""
         msgs = await self._fetcher.fetch(batch, timeout, linger)
         out: list[StreamMessage] = []
         top_seq, top_reply, pending = 0, None, 0
