@@ -45,7 +45,7 @@ from libs.contract.events import (
 from services.risk_gate.domain.commands import order_id_for
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
-from services.risk_gate.domain.limits import RiskLimits
+from services.risk_gate.domain.limits import RiskLimits, TradingDay
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import (
     CLOSED_KEPT,
@@ -608,3 +608,28 @@ def test_id_set_is_a_set() -> None:
     assert all(x in s for x in ids)
     assert uuid.uuid4() not in s
     assert max(len(c) for c in s.chunks) <= 256
+
+
+def _trading_day_by_wall_clock(ts_ns: int, day: TradingDay) -> dt.date:
+    """The definition, computed afresh (no cached window)."""
+    local = dt.datetime.fromtimestamp(ts_ns // S, tz=day.zone)
+    start = dt.datetime.combine(local.date(), day.start, tzinfo=day.zone)
+    return local.date() if local >= start else local.date() - dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("start_at", ["04:00", "00:00", "01:30", "02:30", "23:59"])
+def test_trading_day_window_agrees_with_the_definition_across_dst(start_at: str) -> None:
+    # Every 7 minutes (and each second around the day's start) over the three
+    # days around each 2026 DST change in New York, forwards and backwards.
+    day = TradingDay(start=dt.time.fromisoformat(start_at))
+    t0 = int(dt.datetime(2026, 3, 7, tzinfo=dt.UTC).timestamp())
+    stamps = [t0 + k * 420 for k in range(24 * 60 // 7 * 3)]
+    t1 = int(dt.datetime(2026, 10, 31, tzinfo=dt.UTC).timestamp())
+    stamps += [t1 + k * 420 for k in range(24 * 60 // 7 * 3)]
+    for s in list(stamps):
+        local = dt.datetime.fromtimestamp(s, tz=day.zone)
+        edge = dt.datetime.combine(local.date(), day.start, tzinfo=day.zone)
+        stamps += [int(edge.timestamp()) + d for d in (-1, 0, 1)]
+    for seconds in [*stamps, *reversed(stamps)]:
+        ns = seconds * S + 999_999_999
+        assert trading_day(ns, day) == _trading_day_by_wall_clock(ns, day), (start_at, seconds)

@@ -71,15 +71,35 @@ def multiplier(symbol: str) -> Decimal:
     return Decimal(100) if symbol.startswith("O:") else Decimal(1)
 
 
+#: The last trading day looked up per (time zone, start): its first and past-
+#: the-last nanosecond, and its date. Every event asks (``roll_day``), nearly
+#: always for the same day; a zone conversion each time was a measurable
+#: share of the risk-gate's CPU.
+_DAY_WINDOWS: dict[tuple[str, dt.time], tuple[int, int, dt.date]] = {}
+
+
 def trading_day(ts_ns: int, day: TradingDay) -> dt.date:
     """The trading day ``ts_ns`` belongs to, in exchange time.
 
     A day starts at ``day.start`` local exchange time (04:00 New York by
     default), so 03:59 still belongs to the previous day.
     """
-    local = dt.datetime.fromtimestamp(ts_ns // NS, tz=day.zone)
-    start = dt.datetime.combine(local.date(), day.start, tzinfo=day.zone)
-    return local.date() if local >= start else local.date() - dt.timedelta(days=1)
+    key = (day.timezone, day.start)
+    window = _DAY_WINDOWS.get(key)
+    if window is not None and window[0] <= ts_ns < window[1]:
+        return window[2]
+    zone = day.zone
+    local = dt.datetime.fromtimestamp(ts_ns // NS, tz=zone)
+    start = dt.datetime.combine(local.date(), day.start, tzinfo=zone)
+    date = local.date() if local >= start else local.date() - dt.timedelta(days=1)
+    first = dt.datetime.combine(date, day.start, tzinfo=zone)
+    after = dt.datetime.combine(date + dt.timedelta(days=1), day.start, tzinfo=zone)
+    # A day with a clock change in it is left uncached: its start may lie in
+    # the skipped or the repeated hour, where instants and wall times differ.
+    offsets = {t.replace(fold=f).utcoffset() for t in (first, after) for f in (0, 1)}
+    if len(offsets) == 1:
+        _DAY_WINDOWS[key] = (int(first.timestamp()) * NS, int(after.timestamp()) * NS, date)
+    return date
 
 
 # ----------------------------------------------------------------- values
