@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+from libs.observability.metrics import Counter, Gauge, Histogram
 
 COMMANDS = Counter(
     "tradebus_broker_commands_total",

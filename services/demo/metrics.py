@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from libs.observability.metrics import Counter
 
 EVENTS_PUBLISHED = Counter(
     "tradebus_demo_events_published_total", "Events the demo published (acked)", ["type"]

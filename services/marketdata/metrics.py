@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
-
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+from libs.observability.metrics import Counter, Gauge
 
 MESSAGES_IN = Counter(
     "tradebus_marketdata_messages_in_total", "Records received from the source", ["channel"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from libs.observability.metrics import Counter, Gauge
 
 ORDERS = Counter(
     "tradebus_paper_orders_total",

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+from libs.observability.metrics import Counter, Gauge, Histogram
 
 EVENTS_RECORDED = Counter(
     "tradebus_recorder_events_recorded_total", "Stream positions committed to the event store"

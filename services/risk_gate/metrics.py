@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from libs.observability.metrics import Counter, Gauge, Histogram
 
 DECISIONS = Counter(
     "tradebus_risk_decisions_total", "Intents decided", ["decision", "reason", "strategy"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
+from libs.observability.metrics import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter(
     "tradebus_strategy_events_in_total",
