@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -69,6 +72,51 @@ def cpu_busy(before: CpuSample, after: CpuSample) -> float:
     machine, not the code under test, set the pace (and other jobs count too)."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def python_speed_ns() -> float:
+    """Nanoseconds per iteration of a plain Python loop (best of three).
+
+    A yardstick for the machine, not for tradebus: the same figure from two
+    runs says whether the machine itself was faster or slower that day (on
+    this kind of machine it has varied about fourfold between sessions), so
+    absolute latencies from different days can be compared.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter_ns()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, (time.perf_counter_ns() - started) / 1_000_000)
+    return round(best, 1)
+
+
+def process_round_trip_us(trips: int = 5_000) -> float:
+    """Microseconds for one byte to go to another process and back (median
+    of five rounds, over a socket pair): what every hop between two services
+    pays at least twice, and what a slow or busy host shows first.
+
+    Forks: call it before an event loop or threads start.
+    """
+    rounds = []
+    for _ in range(5):
+        mine, theirs = socket.socketpair()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the echoing child
+            mine.close()
+            for _ in range(trips):
+                theirs.send(theirs.recv(1))
+            os._exit(0)
+        theirs.close()
+        started = time.perf_counter_ns()
+        for _ in range(trips):
+            mine.send(b"x")
+            mine.recv(1)
+        rounds.append((time.perf_counter_ns() - started) / trips / 1000)
+        mine.close()
+        os.waitpid(child, 0)
+    return round(statistics.median(rounds), 1)
 
 
 # ---------------------------------------------------------------- processes

@@ -22,7 +22,10 @@ sustainable rate (doubling, then bisecting, until the backlog grows), then
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object with the figures and their units. Everything started is stopped on
 exit. Other work on the same two cores shows up in every figure: the CPU
-share is reported with each phase.
+share is reported with each phase. The JSON's ``machine`` holds two
+yardsticks of the host taken at the start (a Python loop iteration, a round
+trip to another process): on this kind of machine the same code has run
+about four times slower on one day than on another, and these say which.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from harness import (  # bench/harness.py
     cpu_busy,
     cpu_sample,
     fresh_stream,
+    process_round_trip_us,
+    python_speed_ns,
     say,
     store_poller,
 )
@@ -571,7 +576,7 @@ def _stats_json(s: Step) -> dict[str, Any]:
     }
 
 
-async def run(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -> dict[str, Any]:
     nats_server = NatsServer(work / "nats")
     pg = PostgresServer(work / "pg", fsync=False)
     results: dict[str, ChainResult] = {}
@@ -596,7 +601,9 @@ async def run(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         nats_server.stop()
         pg.stop()
-    return table(results, opts)
+    figures = table(results, opts)
+    figures["machine"] = machine
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -613,10 +620,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--dump", default="", help="directory for per-order latency CSVs")
     opts = parser.parse_args(argv)
+    # Yardsticks of the machine itself (before any loop or thread starts: one
+    # forks): latencies from two days compare only as far as these agree.
+    machine = {
+        "python_loop_ns_per_iteration": python_speed_ns(),
+        "process_round_trip_us": process_round_trip_us(),
+    }
+    say(
+        f"machine: a Python loop iteration {machine['python_loop_ns_per_iteration']} ns, "
+        f"a round trip to another process {machine['process_round_trip_us']} us"
+    )
     work = Path(tempfile.mkdtemp(prefix="tradebus-order-path-"))
     say(f"work directory {work}")
     try:
-        figures = asyncio.run(run(opts, work))
+        figures = asyncio.run(run(opts, work, machine))
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
