@@ -77,6 +77,10 @@ TARGET_P50_RATIO = 1.3
 #: Named timeouts (seconds).
 READY_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 30.0
+#: After a run that did not drain: the chain counts as clear of its backlog
+#: once neither a signal nor an ack has come for QUIET_S (up to SETTLE_TIMEOUT).
+QUIET_S = 3.0
+SETTLE_TIMEOUT = 900.0
 STOP_TIMEOUT = 15.0
 
 RISK_YAML = f"""
@@ -208,6 +212,7 @@ class Driver:
     ack_order: list[str] = field(default_factory=list)
     target: int = 0
     all_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    heard: asyncio.Event = field(default_factory=asyncio.Event)  # a signal or an ack came
 
     async def start(self) -> None:
         await self.bus.nc.subscribe("strategy.signal.>", cb=self._on_signal)
@@ -258,17 +263,31 @@ class Driver:
         return medians(sample), medians(slowest)
 
     async def _on_signal(self, msg: Msg) -> None:
+        self.heard.set()
         event = orjson.loads(msg.data)
         self.signals[event["id"]] = int(event["ts_init"])
 
     async def _on_ack(self, msg: Msg) -> None:
         seen = time.time_ns()
+        self.heard.set()
         corr = orjson.loads(msg.data)["correlation_id"]
         if corr not in self.acks:
             self.acks[corr] = seen
             self.ack_order.append(corr)
             if len(self.acks) >= self.target:
                 self.all_acked.set()
+
+    async def _settle(self) -> None:
+        """Let a backlog the chain did not clear in time flow out, so that it
+        does not slow, and count in, the next run."""
+        say("waiting for the chain to work off its backlog")
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < deadline:
+            self.heard.clear()
+            try:
+                await asyncio.wait_for(self.heard.wait(), QUIET_S)
+            except TimeoutError:
+                return  # quiet
 
     async def run(self, orders: int, rate: float) -> Step:
         self.signals.clear()
@@ -295,6 +314,8 @@ class Driver:
         joined = [c for c in self.ack_order if c in self.signals]
         latencies = [self.acks[c] - self.signals[c] for c in joined]
         hops, slow_hops = await self.hop_medians_ms()
+        if len(latencies) < orders:
+            await self._settle()
         return Step(
             rate=rate,
             sent_rate=orders / sent_for if sent_for > 0 else float("inf"),
@@ -515,8 +536,8 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
         at_max = await step(opts.orders, max_rate, "max rate")
         # A short probe can hold where the full run does not (a backlog builds
         # slowly): step down until the full run holds too.
-        while not at_max.sustainable() and max_rate > opts.rate:
-            max_rate = max(opts.rate, round(max_rate * 0.85, -1))
+        while not at_max.sustainable() and max_rate > opts.rate_floor:
+            max_rate = max(opts.rate_floor, round(max_rate * 0.85, -1))
             at_max = await step(opts.orders, max_rate, "max rate")
     return ChainResult(at_rate, max_rate, at_max, search)
 
