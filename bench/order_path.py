@@ -537,7 +537,8 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
         # A short probe can hold where the full run does not (a backlog builds
         # slowly): step down until the full run holds too.
         while not at_max.sustainable() and max_rate > opts.rate_floor:
-            max_rate = max(opts.rate_floor, round(max_rate * 0.85, -1))
+            lower = min(max_rate - 5, round(max_rate * 0.85, -1))  # always lower
+            max_rate = max(opts.rate_floor, lower)
             at_max = await step(opts.orders, max_rate, "max rate")
     return ChainResult(at_rate, max_rate, at_max, search)
 
