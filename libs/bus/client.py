@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import nats
 import nats.errors
@@ -79,6 +79,30 @@ class Bus:
         self.nc = nc
         self.js = js
         self._closed = False
+
+    def write_pending(self) -> None:
+        """Hand what was just published to the socket now.
+
+        nats-py buffers publishes and leaves the write to its flusher task,
+        which runs a loop iteration later, after whatever else is ready (on a
+        busy service: the next messages' handling). Publishers that are about
+        to wait for their acks write at once instead. On the order path
+        (bench/order_path.py, 200/s, two interleaved A/B sets of three runs
+        each on a noisy host) the median from signal to broker ack went from
+        2.53 to 2.26 ms and from 2.32 to 2.24 ms: a small gain, near the
+        host's noise. Reaches into nats-py's buffer (checked with nats-py
+        2.16): should a later release rename it, this does nothing and the
+        flusher writes as before. The flusher, woken for data already
+        written, finds nothing left.
+        """
+        nc: Any = self.nc
+        pending = getattr(nc, "_pending", None)
+        transport = getattr(nc, "_transport", None)
+        if not pending or transport is None or not nc.is_connected:
+            return
+        transport.writelines(pending[:])
+        nc._pending = []
+        nc._pending_data_size = 0
 
     @classmethod
     async def connect(
@@ -249,6 +273,7 @@ class Bus:
             except RETRYABLE_PUBLISH_ERRORS_OR_STALLED:
                 futures.append(None)
         pending = [f for f in futures if f is not None]
+        self.write_pending()
         if pending:
             _, late = await asyncio.wait(pending, timeout=PUBLISH_ACK_TIMEOUT)
             for straggler in late:
@@ -287,6 +312,7 @@ class Bus:
             # whatever did not come back, one by one, with the same dedup ids.
             if not batch:
                 return
+            self.write_pending()
             _, late = await asyncio.wait([f for _, f in batch], timeout=PUBLISH_ACK_TIMEOUT)
             for fut in late:
                 fut.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from libs.bus.client import Bus, Outgoing
 from libs.bus.consumer import EventConsumer, ensure_consumer
@@ -85,6 +86,23 @@ async def test_publish_together_stores_in_the_order_given(bus: Bus) -> None:
         stored = await bus.js.get_msg("TRADEBUS", seq=seq)
         assert stored.headers is not None
         assert stored.headers["Nats-Msg-Id"] == str(event.id)
+
+
+async def test_write_pending_hands_publishes_to_the_socket_at_once(bus: Bus) -> None:
+    """What publish_together and publish_many buffered is on the socket before
+    they wait for acks, not a flusher iteration later; and it is stored once."""
+    event = next(iter(make_trades(1, "written")))
+    out = Outgoing.of(event)
+    ack = await bus.js.publish_async(out.subject, out.data, headers={"Nats-Msg-Id": out.msg_id})
+    nc: Any = bus.nc
+    assert nc._pending_data_size > 0  # nats-py left it to its flusher
+    bus.write_pending()  # no await in between: the flusher cannot have run
+    assert nc._pending_data_size == 0
+    assert not nc._pending
+    assert (await asyncio.wait_for(ack, 5)).seq == 1
+    await bus.nc.flush()
+    info = await bus.js.stream_info("TRADEBUS")
+    assert info.state.messages == 1
 
 
 async def test_fetch_with_linger_takes_what_gathered_in_one_pull(bus: Bus) -> None:
