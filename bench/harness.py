@@ -74,6 +74,58 @@ def cpu_busy(before: CpuSample, after: CpuSample) -> float:
     return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (field 3 on); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_cpu_s(pid: int, tree: bool = False) -> float:
+    """CPU seconds (user + system) a process has used so far; with ``tree``,
+    its live children's too (a PostgreSQL server's backends). 0.0 without
+    /proc or once the process is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    total = int(fields[11]) + int(fields[12])  # utime, stime
+    if tree:
+        with contextlib.suppress(OSError):
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    child = _stat_fields(int(entry))
+                    if child is not None and child[1] == str(pid):  # ppid
+                        total += int(child[11]) + int(child[12])
+    return total * _TICK_S
+
+
+def cpu_by_process(pids: dict[str, tuple[int, bool]]) -> dict[str, float]:
+    """CPU seconds so far of each named process (``name -> (pid, tree)``),
+    and of this process itself as ``driver``."""
+    used = {name: process_cpu_s(pid, tree) for name, (pid, tree) in pids.items()}
+    used["driver"] = time.process_time()
+    return used
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU milliseconds per unit of work (an order, an event) by process,
+    busiest first, with their sum as ``total``."""
+    per = {
+        name: round((after[name] - before.get(name, 0.0)) * 1000 / count, 3)
+        for name in after
+        if count > 0
+    }
+    ordered = dict(sorted(per.items(), key=lambda kv: -kv[1]))
+    ordered["total"] = round(sum(per.values()), 3)
+    return ordered
+
+
 def python_speed_ns() -> float:
     """Nanoseconds per iteration of a plain Python loop (best of three).
 

@@ -50,6 +50,8 @@ import orjson
 from harness import (  # bench/harness.py
     Children,
     cpu_busy,
+    cpu_by_process,
+    cpu_ms_per,
     cpu_sample,
     fresh_stream,
     process_round_trip_us,
@@ -177,6 +179,8 @@ class Step:
     hops_ms: dict[str, float] = field(default_factory=dict)
     #: The same, over the slowest 1% of orders: which hop the tail comes from.
     slow_hops_ms: dict[str, float] = field(default_factory=dict)
+    #: CPU milliseconds each process (and the driver) used per order.
+    cpu_ms_per_order: dict[str, float] = field(default_factory=dict)
 
     @property
     def stats(self) -> Percentiles:
@@ -207,6 +211,8 @@ class Driver:
     bus: Bus
     database_url: str
     breakdown: bool  # whether the chain's events carry their own ts_init per hop
+    #: The processes whose CPU time is counted per order: name -> (pid, with children).
+    processes: dict[str, tuple[int, bool]] = field(default_factory=dict)
     signals: dict[str, int] = field(default_factory=dict)  # signal id -> ts_init
     acks: dict[str, int] = field(default_factory=dict)  # correlation id -> seen at (ns)
     ack_order: list[str] = field(default_factory=list)
@@ -296,7 +302,7 @@ class Driver:
         self.target = orders
         self.all_acked.clear()
         bars = [_bar(i) for i in range(orders)]
-        cpu0 = cpu_sample()
+        cpu0, by_process0 = cpu_sample(), cpu_by_process(self.processes)
         start = time.monotonic()
         for i, data in enumerate(bars):
             due = start + i / rate
@@ -311,6 +317,7 @@ class Driver:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.all_acked.wait(), DRAIN_TIMEOUT)
         cpu = cpu_busy(cpu0, cpu_sample())
+        cpu_per_order = cpu_ms_per(by_process0, cpu_by_process(self.processes), orders)
         joined = [c for c in self.ack_order if c in self.signals]
         latencies = [self.acks[c] - self.signals[c] for c in joined]
         hops, slow_hops = await self.hop_medians_ms()
@@ -326,6 +333,7 @@ class Driver:
             drained=len(latencies) >= orders,
             hops_ms=hops,
             slow_hops_ms=slow_hops,
+            cpu_ms_per_order=cpu_per_order,
         )
 
 
@@ -362,13 +370,17 @@ class Chain:
 
     name = ""
 
-    def __init__(self, work: Path, nats_url: str, database_url: str) -> None:
+    def __init__(
+        self, work: Path, nats_url: str, database_url: str, servers: dict[str, tuple[int, bool]]
+    ) -> None:
         self.work = work / self.name
         self.work.mkdir(parents=True, exist_ok=True)
         self.nats_url = nats_url
         self.database_url = database_url
         self.children = Children()
         self.services: list[ServiceProcess] = []
+        #: Every process of the chain by name, for CPU per order: name -> (pid, tree).
+        self.processes: dict[str, tuple[int, bool]] = dict(servers)
 
     def service(self, args: list[str], name: str, **env: str) -> ServiceProcess:
         svc = ServiceProcess(
@@ -377,6 +389,8 @@ class Chain:
             log_path=self.work / f"{name}.log",
             name=f"bench-{name}",
         ).start()
+        assert svc.proc is not None
+        self.processes[name] = (svc.proc.pid, False)
         self.services.append(self.children.add_service(svc))
         return svc
 
@@ -443,6 +457,7 @@ class FloorChain(Chain):
         )  # fmt: skip
         log.close()
         self.children.add(proc)
+        self.processes[f"relay-{args[0]}"] = (proc.pid, False)
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
         if line.strip() != b"ready":
@@ -474,7 +489,12 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
     say(f"{chain.name}: starting processes")
     await chain.start()
     async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
-        driver = Driver(bus, chain.database_url, breakdown=isinstance(chain, RealChain))
+        driver = Driver(
+            bus,
+            chain.database_url,
+            breakdown=isinstance(chain, RealChain),
+            processes=chain.processes,
+        )
         await driver.start()
 
         async def step(orders: int, rate: float, label: str) -> Step:
@@ -492,7 +512,8 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
                 f"{result.stats.row() if result.latencies_ns else 'no acks'}, "
                 f"cpu {result.cpu:.0%}, {'sustained' if ok else 'NOT sustained'}; "
                 f"median ms from the signal: {result.hops_ms}; "
-                f"over the slowest 1%: {result.slow_hops_ms}"
+                f"over the slowest 1%: {result.slow_hops_ms}; "
+                f"cpu ms per order: {result.cpu_ms_per_order}"
             )
             return result
 
@@ -595,6 +616,7 @@ def _stats_json(s: Step) -> dict[str, Any]:
         "sustained": s.sustainable(),
         "median_ms_from_signal_to": s.hops_ms,
         "slowest_1pct_median_ms_from_signal_to": s.slow_hops_ms,
+        "cpu_ms_per_order": s.cpu_ms_per_order,
     }
 
 
@@ -606,11 +628,13 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
         say("starting nats-server and PostgreSQL")
         nats_server.start()
         pg.start()
+        assert nats_server.proc is not None and pg.proc is not None
+        servers = {"nats-server": (nats_server.proc.pid, False), "postgres": (pg.proc.pid, True)}
         chains: list[tuple[str, Callable[[str], Chain]]] = []
         if not opts.no_floor:
-            chains.append(("floor", lambda db: FloorChain(work, nats_server.url, db)))
+            chains.append(("floor", lambda db: FloorChain(work, nats_server.url, db, servers)))
         if not opts.no_real:
-            chains.append(("real", lambda db: RealChain(work, nats_server.url, db)))
+            chains.append(("real", lambda db: RealChain(work, nats_server.url, db, servers)))
         for name, make in chains:
             db_url = pg.url(f"bench_{name}")
             await upgrade_async(db_url)
