@@ -628,7 +628,8 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
         say("starting nats-server and PostgreSQL")
         nats_server.start()
         pg.start()
-        assert nats_server.proc is not None and pg.proc is not None
+        assert nats_server.proc is not None
+        assert pg.proc is not None
         servers = {"nats-server": (nats_server.proc.pid, False), "postgres": (pg.proc.pid, True)}
         chains: list[tuple[str, Callable[[str], Chain]]] = []
         if not opts.no_floor:

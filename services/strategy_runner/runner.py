@@ -8,7 +8,11 @@ Start-up, in order (each step retried while NATS or Postgres is away):
 3. note the stream's last sequence ``B``: events in ``(S, B]`` happened
    while the runner was down; they update the books ("catch-up") but are not
    shown to the strategies, which must not trade on stale data;
-4. recreate the durable consumer at ``S + 1`` and start the tasks.
+4. recreate the durable consumer at ``S + 1`` and start the tasks;
+5. once the catch-up is read (or at once, if there is none), recreate the
+   consumer at the next sequence without the strategies' own signals and
+   intents: from here on they are in the books before they are published
+   (see ``adapters/stream.py``).
 
 The dispatcher reads the consumer, routes each event (the shared
 :class:`~libs.strategy.routing.Router`) and puts it in the inbox of every
@@ -147,6 +151,12 @@ class Runner:
         self.stopping = asyncio.Event()
         self.ready = False
         self.catch_up_until = 0
+        #: Whether the consumer has left the catch-up (it no longer reads back
+        #: the strategies' own signals and intents).
+        self.live = False
+        self._live_due = False
+        #: Set to make the consumer return: on stop, or to recreate it live.
+        self._interrupt = asyncio.Event()
         #: The stream sequence to read next (where a vanished consumer is recreated).
         self.next_seq = 1
         self.bus: Bus | None = None
@@ -164,6 +174,7 @@ class Runner:
 
     def stop(self) -> None:
         self.stopping.set()
+        self._interrupt.set()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         connected = self.bus is not None and bool(self.bus.nc.is_connected)
@@ -172,6 +183,7 @@ class Runner:
             "service": SERVICE,
             "ready": self.ready,
             "connected": connected,
+            "consuming": "live" if self.live else "catching up",
             "strategies": {name: t.status() for name, t in self.tasks.items()},
         }
 
@@ -209,12 +221,16 @@ class Runner:
             start_seq = await self._rebuild()
             if start_seq is None:
                 return
-            subjects = filter_subjects(self.tasks, self.symbols)
             self.next_seq = start_seq
 
             async def prepare() -> int:
                 until = await last_sequence(bus)
-                await reset_consumer(bus, self.settings.consumer_name, subjects, start_seq)
+                name = self.settings.consumer_name
+                backlog = await reset_consumer(bus, name, self._subjects(), start_seq)
+                if backlog == 0:  # nothing to catch up on
+                    await reset_consumer(bus, name, self._subjects(live=True), start_seq)
+                    self.live = True
+                    log.info("nothing to catch up on; consuming live")
                 return until
 
             until = await self._retrying("creating the consumer", prepare)
@@ -229,7 +245,7 @@ class Runner:
                 start_seq - 1,
                 until,
             )
-            await self._serve(bus, subjects)
+            await self._serve(bus)
 
     async def _rebuild(self) -> int | None:
         """Restore the books from the store; the first stream sequence to consume."""
@@ -253,7 +269,10 @@ class Runner:
             log.info("strategy %s restored: positions %s", task.name, positions or "flat")
         return history.last_seq + 1
 
-    async def _serve(self, bus: Bus, subjects: list[str]) -> None:
+    def _subjects(self, *, live: bool | None = None) -> list[str]:
+        return filter_subjects(self.tasks, self.symbols, live=self.live if live is None else live)
+
+    async def _serve(self, bus: Bus) -> None:
         consumer = EventConsumer(
             bus,
             service=SERVICE,
@@ -276,7 +295,7 @@ class Runner:
             ]
             self.ready = True
             try:
-                await self._consume(bus, consumer, subjects)
+                await self._consume(bus, consumer)
             finally:
                 self.ready = False
                 for task in self.tasks.values():
@@ -286,23 +305,33 @@ class Runner:
                 log.warning("%s did not drain in time; cancelled", run.get_name())
                 run.cancel()
 
-    async def _consume(self, bus: Bus, consumer: EventConsumer, subjects: list[str]) -> None:
+    async def _consume(self, bus: Bus, consumer: EventConsumer) -> None:
         """Run the consumer until stopped, re-binding after transient NATS errors.
 
         The durable consumer keeps its place on the server, so re-binding
         continues where the last fetch left off. Should the consumer itself be
         gone (a server that lost its state), it is recreated at the next
-        sequence rather than left to be re-made from the stream's start.
+        sequence rather than left to be re-made from the stream's start. Once
+        the catch-up is read it is recreated live, at the next sequence
+        (what was fetched and not yet handled comes again).
         """
         name = self.settings.consumer_name
         while not self.stopping.is_set():
             try:
-                try:
-                    await bus.js.consumer_info(STREAM, name)
-                except nats.js.errors.NotFoundError:
-                    log.warning("consumer %s is gone; recreating it at %d", name, self.next_seq)
-                    await reset_consumer(bus, name, subjects, self.next_seq)
-                await consumer.run(self._dispatch, stop=self.stopping)
+                if self._live_due:
+                    await reset_consumer(bus, name, self._subjects(live=True), self.next_seq)
+                    self.live, self._live_due = True, False
+                    log.info("caught up; consuming live from sequence %d", self.next_seq)
+                else:
+                    try:
+                        await bus.js.consumer_info(STREAM, name)
+                    except nats.js.errors.NotFoundError:
+                        log.warning("consumer %s is gone; recreating it at %d", name, self.next_seq)
+                        await reset_consumer(bus, name, self._subjects(), self.next_seq)
+                self._interrupt.clear()
+                if self.stopping.is_set():
+                    return
+                await consumer.run(self._dispatch, stop=self._interrupt)
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)
                 with contextlib.suppress(TimeoutError):
@@ -310,12 +339,15 @@ class Runner:
                         self.stopping.wait(), timeout=self.settings.retry_backoff_s
                     )
                 continue
-            if not self.stopping.is_set():
+            if not self.stopping.is_set() and not self._live_due:
                 raise BusUnavailable("the NATS connection was closed")
 
     async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
         seq = parse_ack_subject(msg.reply)[0]
         self.next_seq = seq + 1
+        if not self.live and not self._live_due and seq >= self.catch_up_until:
+            self._live_due = True  # the rest of this batch is handled first
+            self._interrupt.set()
         names = self.runtime.router.route(event)
         if not names:
             metrics.UNROUTED.labels(type=event.type).inc()

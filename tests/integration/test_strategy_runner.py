@@ -20,6 +20,7 @@ import pytest
 
 from libs.bus.client import Bus
 from libs.contract.events import OrderIntentCreated
+from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
 from libs.strategy.testing import MINUTE_NS, bar, fill_chain
 from libs.testing.natsauth import config_users
@@ -126,6 +127,9 @@ async def _scenario(
     recorder = start(["recorder", "run"], "recorder")
     runner = start(run_args, "runner")
     await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    # Nothing to catch up on: live at once, its own signals and intents not read back.
+    assert (runner.health() or {})["consuming"] == "live"
+    assert await consumer_subjects(bus) == LIVE_SUBJECTS
     # Phase 1: sma-x warms up on AAPL; boom faults on MSFT 13 (restarted), emits on 11,
     # faults on 13 again (stopped).
     await publish_bars(bus, "AAPL", [12, 11, 10], 0)
@@ -205,7 +209,36 @@ async def _scenario(
     assert catch_up >= 3  # the sell's decision, ack and fill
     # Catch-up events update the books only: sma-x emitted nothing on restart.
     assert (again.health() or {})["strategies"]["sma-x"]["emitted"] == 0
+
+    # The catch-up read (own signals and intents included), the consumer is
+    # recreated live without them; a new chain still routes back to sma-x.
+    await eventually(lambda: (again.health() or {}).get("consuming") == "live", timeout=20)
+    assert await consumer_subjects(bus) == LIVE_SUBJECTS
+    start(["recorder", "run"], "recorder2")
+    await publish_bars(bus, "AAPL", [8, 7, 6, 12], 10)  # a golden cross on 12
+    buys = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 3), timeout=20)
+    rebuy = OrderIntentCreated.model_validate({k: buys[2][k] for k in ENVELOPE})
+    assert (rebuy.payload.side, rebuy.payload.quantity) == ("buy", 10)
+    await bus.publish_many(
+        fill_chain(rebuy, "12", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0 + 14 * MINUTE_NS)
+    )
+    await eventually(lambda: metric(again, position) == 10.0, timeout=20)
     assert again.terminate() == 0, again.log_text()[-3000:]
+
+
+#: The runner's filter once live: the market data of its symbols, the
+#: decisions about its strategies' orders, the broker's answers.
+LIVE_SUBJECTS = {
+    *(f"md.{kind}.{sym}" for kind in ("bar.*", "trade", "quote") for sym in ("AAPL", "MSFT")),
+    "risk.decision.sma-x",
+    "risk.decision.boom",
+    *("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>"),
+}
+
+
+async def consumer_subjects(bus: Bus) -> set[str]:
+    info = await bus.js.consumer_info(STREAM, "strategy-runner")
+    return set(info.config.filter_subjects or [])
 
 
 async def _fill_recorded(store: Timeline) -> bool:

@@ -12,9 +12,14 @@ dispatcher held up by a full ``block`` inbox for longer than an ack wait
 would otherwise see the same bar delivered twice.
 
 The filter is narrow on purpose: market data of the configured symbols only,
-the strategies' own signals and intents (read back, so that a chain started
-just before a crash still routes to its strategy), the risk-gate's decisions
-about them, and broker acks, rejects, cancels and fills.
+the risk-gate's decisions about the strategies' orders, and broker acks,
+rejects, cancels and fills. While catching up it also takes the strategies'
+own signals and intents: those a previous run emitted after the store's last
+sequence belong in the books, so that their chains route back to their
+strategy. Once live, the runner has every signal and intent in its books
+before it publishes them; reading them back would cost two deliveries per
+order for nothing, so the consumer is then recreated without them
+(:func:`filter_subjects` with ``live``).
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ from libs.contract.subjects import STREAM, symbol_token
 BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>")
 
 
-def filter_subjects(strategies: Iterable[str], symbols: Iterable[str]) -> list[str]:
-    """The subjects the runner consumes (non-overlapping, as JetStream requires)."""
+def filter_subjects(
+    strategies: Iterable[str], symbols: Iterable[str], *, live: bool = False
+) -> list[str]:
+    """The subjects the runner consumes (non-overlapping, as JetStream requires):
+    while catching up, or (``live``) without the strategies' own signals and
+    intents."""
     out: list[str] = []
     for symbol in sorted(set(symbols)):
         tok = symbol_token(symbol)
         out += [f"md.bar.*.{tok}", f"md.trade.{tok}", f"md.quote.{tok}"]
     for name in sorted(set(strategies)):
-        out += [f"strategy.signal.{name}", f"strategy.intent.{name}", f"risk.decision.{name}"]
+        if not live:
+            out += [f"strategy.signal.{name}", f"strategy.intent.{name}"]
+        out.append(f"risk.decision.{name}")
     out += BROKER_SUBJECTS
     return out
 
@@ -50,9 +61,10 @@ async def last_sequence(bus: Bus, stream: str = STREAM) -> int:
 
 async def reset_consumer(
     bus: Bus, durable: str, subjects: list[str], start_seq: int, stream: str = STREAM
-) -> None:
-    """Recreate ``durable`` to deliver ``subjects`` from ``start_seq`` on."""
-    await restart_consumer_at(
+) -> int:
+    """Recreate ``durable`` to deliver ``subjects`` from ``start_seq`` on;
+    returns how many of its messages are already in the stream."""
+    info = await restart_consumer_at(
         bus,
         durable,
         start_seq,
@@ -61,3 +73,4 @@ async def reset_consumer(
         # Its place is kept by the store (see runner.py): EventConsumer sends no acks.
         ack_policy=js_api.AckPolicy.NONE,
     )
+    return int(info.num_pending or 0)
