@@ -12,6 +12,7 @@ import itertools
 import secrets
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ async def _scenario(
     await publish_bars(bus, "AAPL", [8, 7, 6, 12], 10)  # a golden cross on 12
     buys = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 3), timeout=20)
     rebuy = OrderIntentCreated.model_validate({k: buys[2][k] for k in ENVELOPE})
-    assert (rebuy.payload.side, rebuy.payload.quantity) == ("buy", 10)
+    assert (rebuy.payload.side, rebuy.payload.quantity) == ("buy", Decimal(10))
     await bus.publish_many(
         fill_chain(rebuy, "12", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0 + 14 * MINUTE_NS)
     )
