@@ -4,7 +4,9 @@ the reactions (``react``) that obligations in the state produce."""
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -52,6 +54,8 @@ from services.risk_gate.domain.state import (
     IdSet,
     Position,
     RiskState,
+    frozen_map,
+    in_window,
     trading_day,
 )
 
@@ -633,3 +637,28 @@ def test_trading_day_window_agrees_with_the_definition_across_dst(start_at: str)
     for seconds in [*stamps, *reversed(stamps)]:
         ns = seconds * S + 999_999_999
         assert trading_day(ns, day) == _trading_day_by_wall_clock(ns, day), (start_at, seconds)
+
+
+# ------------------------------------------------------------ rate windows
+
+
+def test_rate_window_agrees_with_its_definition_when_the_clock_steps_back() -> None:
+    """Kept ascending, trimmed and counted by bisection, the window must count
+    what the definition counts (each submission trims what is no later than
+    its own time minus the window; a count takes what is later than now minus
+    the window), also when a submission's time is earlier than the one before
+    it (a wall clock stepped back)."""
+    rng = random.Random(7)
+    window = 1_000
+    times: tuple[int, ...] = ()
+    reference: list[int] = []  # the definition, in arrival order
+    t = 10_000
+    for _ in range(2_000):
+        t += rng.randint(-150, 60)  # mostly forward, sometimes back
+        times = in_window(times, t, window)
+        reference = [s for s in reference if s > t - window] + [t]
+        assert list(times) == sorted(reference)
+        state = replace(RiskState.initial(LIMITS), rate_windows=frozen_map({"k": times}))
+        for now in (t, t + rng.randint(-window, 2 * window)):
+            expected = sum(1 for s in reference if s > now - window)
+            assert state.orders_in_window("k", now, window) == expected

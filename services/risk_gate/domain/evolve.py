@@ -50,6 +50,7 @@ from services.risk_gate.domain.state import (
     RiskState,
     ScopeState,
     frozen_map,
+    in_window,
     multiplier,
     trading_day,
     with_item,
@@ -278,9 +279,7 @@ def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
     ):
         if limit is None or limit.rate_limit is None:
             continue
-        window = limit.rate_limit.window_ns
-        kept = tuple(ts for ts in windows.get(key, ()) if ts > event.ts_event - window)
-        windows[key] = (*kept, event.ts_event)
+        windows[key] = in_window(windows.get(key, ()), event.ts_event, limit.rate_limit.window_ns)
     return replace(
         state,
         orders=with_item(state.orders, p.order_id, order),
