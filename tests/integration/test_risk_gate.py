@@ -644,6 +644,9 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
     subjects = set(info.config.filter_subjects or [])
     assert "strategy.intent.>" in subjects
     assert not subjects & {"risk.>", "orders.cmd.>"}, subjects
+    # Nor broker acks (they change nothing it decides on); fills and the rest it reads.
+    assert "broker.ack.>" not in subjects
+    assert {"broker.fill.>", "broker.reject.>", "broker.cancel.>", "broker.conn.>"} <= subjects
 
 
 async def test_acks_reach_the_live_consumer_after_a_replayed_backlog(

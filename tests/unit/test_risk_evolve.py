@@ -276,7 +276,7 @@ def test_intent_decision_and_order_command() -> None:
     assert (order.order_id, order.remaining, order.status) == (
         order_id_for(i.id),
         D(10),
-        "submitted",
+        "open",
     )
     assert state.orders_in_window("strategy:sma", T0, S) == 1
     # Applying the same command again reserves nothing more.
@@ -305,7 +305,7 @@ def test_denied_decision_owes_no_order() -> None:
                     order_id=oid, account="acct", broker_order_id="b", symbol="AAPL"
                 ),
             ),
-            "working",
+            "open",  # the gate does not read broker acks: the order stays as it was
             D(10),
             id="accepted",
         ),
@@ -323,7 +323,7 @@ def test_denied_decision_owes_no_order() -> None:
             D(0),
             id="canceled",
         ),
-        pytest.param(lambda oid: fill(oid, 4, 100, leaves=6), "submitted", D(6), id="partial"),
+        pytest.param(lambda oid: fill(oid, 4, 100, leaves=6), "open", D(6), id="partial"),
         pytest.param(lambda oid: fill(oid, 10, 100), "closed", D(0), id="complete"),
     ],
 )

@@ -30,13 +30,18 @@ OWN_SUBJECTS = ("risk.>", "orders.cmd.>")
 
 #: What the gate reads while it rebuilds and catches up: prices, intents, the
 #: broker, operators, and its own output (a previous run's decisions, which
-#: must not be made twice).
+#: must not be made twice). Of the broker, what ends orders, fills them and
+#: the connection; not its acks (``broker.ack.>``), which change nothing the
+#: gate decides on (see ``RELEVANT_TYPES`` in ``domain/evolve.py``).
 FILTER_SUBJECTS = (
     "md.trade.>",
     "md.bar.>",
     "strategy.intent.>",
     *OWN_SUBJECTS,
-    "broker.>",
+    "broker.fill.>",
+    "broker.reject.>",
+    "broker.cancel.>",
+    "broker.conn.>",
     "control.>",
 )
 

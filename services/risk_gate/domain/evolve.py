@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from decimal import Decimal
-from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -26,7 +25,6 @@ from libs.contract.events import (
     FillReceived,
     KillSwitchEngaged,
     KillSwitchReleased,
-    OrderAccepted,
     OrderCanceled,
     OrderIntentCreated,
     OrderRejected,
@@ -67,6 +65,10 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
 }
 
 #: The event types evolve reads; everything else leaves the state as it is.
+#: ``OrderAccepted`` is not among them: an order counts from its command until
+#: a fill completes it or the broker rejects or cancels it, whether or not the
+#: broker has acknowledged it yet, so the gate need not wake for broker acks
+#: (one delivery per order fewer, at the moment the ack is on its way).
 RELEVANT_TYPES = frozenset(
     {
         "TradePrinted",
@@ -74,7 +76,6 @@ RELEVANT_TYPES = frozenset(
         "OrderIntentCreated",
         "RiskDecisionMade",
         "SubmitOrder",
-        "OrderAccepted",
         "OrderRejected",
         "OrderCanceled",
         "FillReceived",
@@ -130,10 +131,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
             return _on_decision(state, event)
         case SubmitOrder():
             return _on_submit(state, event)
-        case OrderAccepted():
-            return _set_order(state, event.payload.order_id, status="working")
         case OrderRejected() | OrderCanceled():
-            return _set_order(state, event.payload.order_id, status="closed")
+            return _order_ended(state, event.payload.order_id)
         case FillReceived():
             return _on_fill(state, event)
         case KillSwitchEngaged():
@@ -290,16 +289,10 @@ def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
 # ----------------------------------------------------------------- broker
 
 
-def _set_order(
-    state: RiskState, order_id: uuid.UUID, *, status: Literal["working", "closed"]
-) -> RiskState:
+def _order_ended(state: RiskState, order_id: uuid.UUID) -> RiskState:
+    """The broker rejected or canceled ``order_id``."""
     order = state.orders.get(order_id)
-    if order is None:
-        return state
-    if status == "closed":
-        return _close(state, order)
-    updated = replace(order, status=status)
-    return replace(state, orders=with_item(state.orders, order.order_id, updated))
+    return state if order is None else _close(state, order)
 
 
 def _close(state: RiskState, order: Order) -> RiskState:

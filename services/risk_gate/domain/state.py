@@ -189,7 +189,7 @@ class Order:
     remaining: Decimal
     limit_price: Decimal | None
     ts_ns: int
-    status: Literal["submitted", "working", "closed"] = "submitted"
+    status: Literal["open", "closed"] = "open"
 
     @property
     def is_open(self) -> bool:
