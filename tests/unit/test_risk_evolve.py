@@ -611,7 +611,27 @@ def test_id_set_is_a_set() -> None:
     assert len(s) == 1000
     assert all(x in s for x in ids)
     assert uuid.uuid4() not in s
-    assert max(len(c) for c in s.chunks) <= 256
+    assert set(s) == set(ids)
+
+
+def test_id_set_versions_stay_valid_when_a_history_branches() -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    base = IdSet().add(a)
+    left = base.add(b)  # the newest version: shares base's storage
+    right = base.add(c)  # base is no longer the newest: a branch of its own
+    again = base.add(b)  # the same id added to an old version twice
+    assert (a in base, b in base, c in base) == (True, False, False)
+    assert (b in left, c in left) == (True, False)
+    assert (b in right, c in right) == (False, True)
+    assert again == left
+    assert again is not left
+    assert left != right
+    assert len(base) == 1
+    assert (len(left), len(right)) == (2, 2)
+    grown = left.add(c)  # left is still the newest of its own history
+    assert set(grown) == {a, b, c}
+    assert c not in left
+    assert b not in right.add(a)
 
 
 def _trading_day_by_wall_clock(ts_ns: int, day: TradingDay) -> dt.date:

@@ -11,6 +11,7 @@ recognises, so a redelivered intent never becomes a second order.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any, TypeVar
 
@@ -24,15 +25,23 @@ SOURCE = "risk-gate"
 E = TypeVar("E", bound=Event)
 
 
+#: The ids derived from an intent are asked for several times while it is
+#: decided, applied and ordered (a uuid5 is a SHA-1): the recent ones are kept.
+_RECENT_IDS = 4096
+
+
+@functools.lru_cache(maxsize=_RECENT_IDS)
 def decision_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     return derived_id(SOURCE, "decision", intent_id)
 
 
+@functools.lru_cache(maxsize=_RECENT_IDS)
 def order_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     """The order id (and broker client order id) an accepted intent gets."""
     return derived_id(SOURCE, "order", intent_id)
 
 
+@functools.lru_cache(maxsize=_RECENT_IDS)
 def submit_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     return derived_id(SOURCE, "submit", intent_id)
 

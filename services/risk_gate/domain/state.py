@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from types import MappingProxyType
@@ -227,31 +227,55 @@ class Obligation:
     operator: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class IdSet:
-    """A persistent set of ids: adding one copies one small chunk, not the set.
+    """A persistent set of ids: every version stays valid, and adding to the
+    newest one costs O(1), like a lookup.
 
-    A day can hold tens of thousands of decided intents; copying a frozenset
-    of them on every decision would make each decision slower than the last.
+    All versions along one history share one dict of id -> the version size
+    at which it was added; a version of size ``n`` holds the ids stamped
+    below ``n``. Adding to the newest version stamps the id and returns a
+    version one larger; adding to an older one (a branch: a state kept and
+    evolved a second way, as tests and what-if checks do) copies the ids it
+    holds into a dict of its own first. A day holds tens of thousands of
+    decided intents and fills: neither a copy per addition nor a lookup that
+    grows with the day will do.
     """
 
-    chunks: tuple[frozenset[uuid.UUID | str], ...] = ()
+    __slots__ = ("_size", "_stamps")
+
+    def __init__(self, _stamps: dict[uuid.UUID | str, int] | None = None, _size: int = 0) -> None:
+        self._stamps: dict[uuid.UUID | str, int] = {} if _stamps is None else _stamps
+        self._size = _size
 
     def __contains__(self, key: object) -> bool:
-        return any(key in c for c in reversed(self.chunks))
+        stamp: int = self._stamps.get(key, self._size)  # type: ignore[call-overload]
+        return stamp < self._size
 
     def add(self, key: uuid.UUID | str) -> IdSet:
-        if key in self:
+        stamps, size = self._stamps, self._size
+        if stamps.get(key, size) < size:
             return self
-        if self.chunks and len(self.chunks[-1]) < ID_CHUNK:
-            return IdSet((*self.chunks[:-1], self.chunks[-1] | {key}))
-        return IdSet((*self.chunks, frozenset((key,))))
+        if len(stamps) != size:  # not the newest version: branch off
+            stamps = {k: n for k, n in stamps.items() if n < size}
+        stamps[key] = size
+        return IdSet(stamps, size + 1)
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.chunks)
+        return self._size
 
+    def __iter__(self) -> Iterator[uuid.UUID | str]:
+        return (k for k, n in self._stamps.items() if n < self._size)
 
-ID_CHUNK = 256
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdSet):
+            return NotImplemented
+        return len(self) == len(other) and all(k in other for k in self)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self))
+
+    def __repr__(self) -> str:
+        return f"IdSet({len(self)} ids)"
 
 
 def in_window(times: tuple[int, ...], ts_ns: int, window_ns: int) -> tuple[int, ...]:
@@ -274,8 +298,8 @@ def in_window(times: tuple[int, ...], ts_ns: int, window_ns: int) -> tuple[int, 
 class DayIds:
     """Ids remembered for today and yesterday (enough for any redelivery)."""
 
-    today: IdSet = IdSet()
-    yesterday: IdSet = IdSet()
+    today: IdSet = field(default_factory=IdSet)
+    yesterday: IdSet = field(default_factory=IdSet)
 
     def __contains__(self, key: object) -> bool:
         return key in self.today or key in self.yesterday
@@ -332,8 +356,8 @@ class RiskState:
     pending_intents: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
     #: Accepted intents whose SubmitOrder has not been seen yet.
     awaiting_order: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
-    decided: DayIds = DayIds()
-    fills_seen: DayIds = DayIds()
+    decided: DayIds = field(default_factory=DayIds)
+    fills_seen: DayIds = field(default_factory=DayIds)
 
     @classmethod
     def initial(cls, limits: RiskLimits | None = None) -> RiskState:
