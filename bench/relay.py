@@ -12,7 +12,9 @@ One process per role (``bench/order_path.py`` starts them):
   ``broker.ack.paper``.
 - ``echo``: a WebSocket server that sends every frame back.
 
-Every hop is a durable JetStream pull consumer read through
+The WebSocket runs without permessage-deflate, as between the gateway and
+the paper broker (websockets would otherwise compress every frame: a cost
+the real chain does not pay). Every hop is a durable JetStream pull consumer read through
 :class:`libs.bus.pull.PullFetcher` (as the services read), explicit acks
 after the publish is stored, publishes acknowledged by the stream. The
 correlation id of the signal is carried to the ack, so the driver measures
@@ -138,7 +140,7 @@ async def run_risk(bus: Bus, stop: asyncio.Event) -> None:
 async def run_gateway(bus: Bus, stop: asyncio.Event, ws_url: str) -> None:
     fetcher = await _pull(bus, "relay-gateway", "orders.cmd.>")
     pending: collections.deque[Msg] = collections.deque()
-    async with connect(ws_url) as ws:
+    async with connect(ws_url, compression=None) as ws:  # as the paper client
 
         async def replies() -> None:
             async for frame in ws:
@@ -166,7 +168,7 @@ async def run_echo(port: int, stop: asyncio.Event) -> None:
         async for frame in ws:
             await ws.send(frame)
 
-    async with serve(echo, "127.0.0.1", port):
+    async with serve(echo, "127.0.0.1", port, compression=None):  # as the paper broker
         print("ready", flush=True)
         await stop.wait()
 
