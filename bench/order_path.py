@@ -19,6 +19,12 @@ p99.9 over ``--orders`` orders at ``--rate`` (200/s), then the maximum
 sustainable rate (doubling, then bisecting, until the backlog grows), then
 ``--orders`` orders at that rate.
 
+Then ``--pairs`` interleaved runs: floor and real alternately, each on
+freshly started processes, ``--pair-orders`` orders at ``--rate``; the
+median of their p50 ratios (``interleaved`` in the JSON) is what to judge
+the ratio target by where the host's speed drifts during a run (on shared
+machines one run of each has given 1.2x to 2.5x on the same code).
+
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object with the figures and their units. Everything started is stopped on
 exit. Other work on the same two cores shows up in every figure: the CPU
@@ -371,9 +377,14 @@ class Chain:
     name = ""
 
     def __init__(
-        self, work: Path, nats_url: str, database_url: str, servers: dict[str, tuple[int, bool]]
+        self,
+        work: Path,
+        nats_url: str,
+        database_url: str,
+        servers: dict[str, tuple[int, bool]],
+        label: str = "",
     ) -> None:
-        self.work = work / self.name
+        self.work = work / f"{self.name}{label}"
         self.work.mkdir(parents=True, exist_ok=True)
         self.nats_url = nats_url
         self.database_url = database_url
@@ -484,17 +495,31 @@ class ChainResult:
     search: list[tuple[float, bool]]
 
 
+def _driver(chain: Chain, bus: Bus) -> Driver:
+    return Driver(
+        bus, chain.database_url, breakdown=isinstance(chain, RealChain), processes=chain.processes
+    )
+
+
+async def measure_once(chain: Chain, opts: argparse.Namespace) -> Step:
+    """One fixed-rate run of ``--pair-orders`` on freshly started processes."""
+    await fresh_stream(chain.nats_url)
+    await chain.start()
+    async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
+        driver = _driver(chain, bus)
+        await driver.start()
+        chain.check_alive()
+        await driver.run(min(opts.warmup, 100), 100)
+        chain.check_alive()
+        return await driver.run(opts.pair_orders, opts.rate)
+
+
 async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
     await fresh_stream(chain.nats_url)
     say(f"{chain.name}: starting processes")
     await chain.start()
     async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
-        driver = Driver(
-            bus,
-            chain.database_url,
-            breakdown=isinstance(chain, RealChain),
-            processes=chain.processes,
-        )
+        driver = _driver(chain, bus)
         await driver.start()
 
         async def step(orders: int, rate: float, label: str) -> Step:
@@ -624,6 +649,7 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
     nats_server = NatsServer(work / "nats")
     pg = PostgresServer(work / "pg", fsync=False)
     results: dict[str, ChainResult] = {}
+    pairs: dict[int, dict[str, Step]] = {}
     try:
         say("starting nats-server and PostgreSQL")
         nats_server.start()
@@ -631,26 +657,86 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
         assert nats_server.proc is not None
         assert pg.proc is not None
         servers = {"nats-server": (nats_server.proc.pid, False), "postgres": (pg.proc.pid, True)}
-        chains: list[tuple[str, Callable[[str], Chain]]] = []
+        chains: list[tuple[str, Callable[[str, str], Chain]]] = []
         if not opts.no_floor:
-            chains.append(("floor", lambda db: FloorChain(work, nats_server.url, db, servers)))
+            chains.append(
+                ("floor", lambda db, label: FloorChain(work, nats_server.url, db, servers, label))
+            )
         if not opts.no_real:
-            chains.append(("real", lambda db: RealChain(work, nats_server.url, db, servers)))
+            chains.append(
+                ("real", lambda db, label: RealChain(work, nats_server.url, db, servers, label))
+            )
         for name, make in chains:
             db_url = pg.url(f"bench_{name}")
             await upgrade_async(db_url)
-            chain = make(db_url)
+            chain = make(db_url, "")
             try:
                 results[name] = await measure(chain, opts)
             finally:
                 say(f"{name}: stopping processes")
                 chain.stop()
+        if len(chains) == 2:
+            for i in range(opts.pairs):
+                for name, make in chains:
+                    db_url = pg.url(f"bench_{name}_pair{i + 1}")
+                    await upgrade_async(db_url)
+                    chain = make(db_url, f"-pair{i + 1}")
+                    try:
+                        step = await measure_once(chain, opts)
+                    finally:
+                        chain.stop()
+                    say(
+                        f"pair {i + 1}/{opts.pairs} {name}: "
+                        f"{opts.pair_orders} @ {opts.rate:.0f}/s: "
+                        f"{step.stats.row() if step.latencies_ns else 'no acks'}, "
+                        f"cpu {step.cpu:.0%}, cpu ms per order "
+                        f"{step.cpu_ms_per_order.get('total', 0.0)}"
+                    )
+                    pairs.setdefault(i, {})[name] = step
     finally:
         nats_server.stop()
         pg.stop()
     figures = table(results, opts)
+    if pairs:
+        figures["interleaved"] = interleaved(pairs, opts)
     figures["machine"] = machine
     return figures
+
+
+def interleaved(pairs: dict[int, dict[str, Step]], opts: argparse.Namespace) -> dict[str, Any]:
+    """Floor and real run alternately on fresh processes: the ratio of each
+    pair, and their median, which a host whose speed drifts (as it does on
+    shared machines) skews far less than one run of each."""
+    runs = []
+    for i in sorted(pairs):
+        floor, real = pairs[i].get("floor"), pairs[i].get("real")
+        if floor is None or real is None or not floor.latencies_ns or not real.latencies_ns:
+            continue
+        f, r = floor.stats, real.stats
+        runs.append(
+            {
+                "floor_p50_ms": round(f.p50_ms, 3),
+                "real_p50_ms": round(r.p50_ms, 3),
+                "p50_ratio": round(r.p50_ms / f.p50_ms, 3),
+                "floor_p99_ms": round(f.p99_ms, 3),
+                "real_p99_ms": round(r.p99_ms, 3),
+                "floor_cpu_ms_per_order": floor.cpu_ms_per_order.get("total", 0.0),
+                "real_cpu_ms_per_order": real.cpu_ms_per_order.get("total", 0.0),
+                "real_sustained": real.sustainable(),
+            }
+        )
+    out: dict[str, Any] = {"orders_per_run": opts.pair_orders, "rate_per_s": opts.rate}
+    out["runs"] = runs
+    if runs:
+        median = statistics.median(run["p50_ratio"] for run in runs)
+        out["median_p50_ratio"] = round(median, 3)
+        out["meets_p50_ratio_target"] = median <= TARGET_P50_RATIO
+        ratios = ", ".join(f"{run['p50_ratio']:.2f}" for run in runs)
+        print(
+            f"interleaved ({len(runs)} pairs of {opts.pair_orders} @ {opts.rate:.0f}/s): "
+            f"p50 ratios {ratios}; median {median:.2f}x (target <= {TARGET_P50_RATIO}x)"
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -662,6 +748,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-cap", type=float, default=6400, help="highest rate probed")
     parser.add_argument("--rate-floor", type=float, default=25, help="lowest rate probed")
     parser.add_argument("--bisect", type=int, default=2, help="bisection probes after doubling")
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="interleaved floor/real runs after the main phases"
+    )
+    parser.add_argument("--pair-orders", type=int, default=3000, help="orders per interleaved run")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor chain")
     parser.add_argument("--no-real", action="store_true", help="skip the real chain")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
