@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -495,19 +495,25 @@ class ChainResult:
     search: list[tuple[float, bool]]
 
 
-def _driver(chain: Chain, bus: Bus) -> Driver:
-    return Driver(
-        bus, chain.database_url, breakdown=isinstance(chain, RealChain), processes=chain.processes
-    )
+@contextlib.asynccontextmanager
+async def driving(chain: Chain) -> AsyncIterator[Driver]:
+    """``chain`` started on an empty stream, and a driver listening to it."""
+    await fresh_stream(chain.nats_url)
+    await chain.start()
+    async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
+        driver = Driver(
+            bus,
+            chain.database_url,
+            breakdown=isinstance(chain, RealChain),
+            processes=chain.processes,
+        )
+        await driver.start()
+        yield driver
 
 
 async def measure_once(chain: Chain, opts: argparse.Namespace) -> Step:
     """One fixed-rate run of ``--pair-orders`` on freshly started processes."""
-    await fresh_stream(chain.nats_url)
-    await chain.start()
-    async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
-        driver = _driver(chain, bus)
-        await driver.start()
+    async with driving(chain) as driver:
         chain.check_alive()
         await driver.run(min(opts.warmup, 100), 100)
         chain.check_alive()
@@ -515,12 +521,8 @@ async def measure_once(chain: Chain, opts: argparse.Namespace) -> Step:
 
 
 async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
-    await fresh_stream(chain.nats_url)
     say(f"{chain.name}: starting processes")
-    await chain.start()
-    async with await Bus.connect(chain.nats_url, name=f"bench-driver-{chain.name}") as bus:
-        driver = _driver(chain, bus)
-        await driver.start()
+    async with driving(chain) as driver:
 
         async def step(orders: int, rate: float, label: str) -> Step:
             chain.check_alive()

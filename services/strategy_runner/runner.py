@@ -226,8 +226,12 @@ class Runner:
             async def prepare() -> int:
                 until = await last_sequence(bus)
                 name = self.settings.consumer_name
-                backlog = await reset_consumer(bus, name, self._subjects(), start_seq)
-                if backlog == 0:  # nothing to catch up on
+                # Nothing to catch up on (the stream holds nothing after the
+                # store, or nothing the catch-up reads): live at once.
+                if (
+                    until < start_seq
+                    or await reset_consumer(bus, name, self._subjects(), start_seq) == 0
+                ):
                     await reset_consumer(bus, name, self._subjects(live=True), start_seq)
                     self.live = True
                     log.info("nothing to catch up on; consuming live")
