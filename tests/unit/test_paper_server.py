@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from libs.contract.envelope import WallClock
+from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import BookConfig, PaperBook
@@ -108,6 +109,12 @@ async def test_updates_go_to_listeners_of_the_account_before_the_response(
         assert got[1]["data"]["price"] == "10"
         assert got[1]["data"]["order"]["filled_qty"] == "3"
         assert got[2]["data"]["status"] == 200
+        # The answer shows the order as it stands after its fill (the same
+        # JSON the last update carried, as a fresh read of the order gives).
+        order = server.book.by_client_order_id("acct", "c1")
+        assert order is not None
+        assert got[2]["data"]["body"] == got[1]["data"]["order"] == wire.order_json(order)
+        assert got[2]["data"]["body"]["status"] == "filled"
         # The non-listening socket got nothing; it can still ask.
         assert (await request(other, "GET", "/v2/positions"))["body"][0]["qty"] == "3"
         missing = await request(other, "GET", "/v2/orders/nope")
@@ -179,3 +186,13 @@ async def test_a_client_that_does_not_keep_up_is_disconnected() -> None:
 async def drain(ws: ClientConnection) -> None:
     while True:
         await recv(ws)
+
+
+def test_times_are_written_for_each_instant() -> None:
+    # iso() remembers the last instant it wrote: a new one is written anew.
+    a, b = 1_773_154_800_123_456_789, 1_773_154_801_000_001_000
+    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
+    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
+    assert wire.iso(b) == "2026-03-10T15:00:01.000001Z"
+    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
+    assert wire.iso(None) is None

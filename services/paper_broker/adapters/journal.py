@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -64,11 +64,19 @@ class Journal:
             self._file.write(b"\n")
         return self
 
-    def append(self, updates: Iterable[TradeUpdate]) -> None:
+    def append(self, updates: Sequence[TradeUpdate], data: Sequence[wire.Json] = ()) -> None:
+        """Write ``updates``; ``data``, if given, is each one's wire JSON
+        (:func:`wire.trade_update_json`), already built for sending."""
+        if not updates:
+            return
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write(b"".join(orjson.dumps(wire.journal_record(u)) + b"\n" for u in updates))
+        if not data:
+            data = [wire.trade_update_json(u) for u in updates]
+        pairs = zip(updates, data, strict=True)
+        lines = (orjson.dumps(wire.journal_record(u, d)) for u, d in pairs)
+        self._file.write(b"\n".join(lines) + b"\n")
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())

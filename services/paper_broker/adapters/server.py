@@ -141,18 +141,23 @@ class PaperBrokerServer:
         metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
         self._publish(self.book.on_market(update))
 
-    def _publish(self, updates: Sequence[TradeUpdate]) -> None:
+    def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
+        """Journal ``updates``, then queue them to their account's listeners;
+        returns each one's wire JSON (built once, for the journal and the
+        frame both)."""
         if not updates:
-            return
+            return []
+        data = [wire.trade_update_json(u) for u in updates]
         if self.journal is not None:
-            self.journal.append(updates)
-        for u in updates:
+            self.journal.append(updates, data)
+        for u, d in zip(updates, data, strict=True):
             if u.execution_id is not None:
                 metrics.FILLS.labels(account=u.order.account).inc()
-            frame = self._encode({"stream": TRADE_UPDATES, "data": wire.trade_update_json(u)})
+            frame = self._encode({"stream": TRADE_UPDATES, "data": d})
             for session in list(self._sessions):
                 if session.listening and session.account == u.order.account:
                     self._send(session, frame)
+        return data
 
     # ----------------------------------------------------------- sessions
 
@@ -364,5 +369,7 @@ class PaperBrokerServer:
             metrics.ORDERS.labels(account=account, outcome="refused").inc()
             raise
         metrics.ORDERS.labels(account=account, outcome="accepted" if updates else "repeated").inc()
-        self._publish(updates)
+        data = self._publish(updates)
+        if updates and updates[-1].order == order:
+            return 200, data[-1]["order"]  # the order as its last update showed it
         return 200, wire.order_json(order)
