@@ -9,6 +9,7 @@ it into a :class:`MessageDeadLettered` with :func:`dead_letter` and move on.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import uuid
 from collections.abc import Mapping
@@ -68,6 +69,18 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
 def derived_id(*parts: object) -> uuid.UUID:
     """A deterministic id from parts, so that retries produce the same event."""
     return uuid.uuid5(DERIVED_ID_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+@functools.lru_cache(maxsize=4096)  # asked for several times per intent; a uuid5 is a SHA-1
+def order_id_for(intent_id: uuid.UUID) -> uuid.UUID:
+    """The order id (and broker client order id) an accepted intent gets.
+
+    Part of the contract: the risk-gate derives it from the intent's id, so
+    the strategy side knows each intent's order id from the start and needs
+    only the gate's denials, not its acceptances (``risk.decision.<strategy>
+    .denied``, see :class:`~libs.contract.events.RiskDecisionMade`).
+    """
+    return derived_id("risk-gate", "order", intent_id)
 
 
 def dead_letter(

@@ -230,7 +230,11 @@ class RiskDecisionPayload(Frozen):
 class RiskDecisionMade(Event):
     """The risk-gate's verdict on one intent."""
 
-    subject_template = "risk.decision.{strategy}"
+    #: The verdict is in the subject: a strategy-runner reads only the
+    #: denials (an accepted intent's order id is known from the intent, see
+    #: ``libs.contract.codec.order_id_for``), and the accepted decision, which
+    #: leaves with its order command, wakes nobody on the order path.
+    subject_template = "risk.decision.{strategy}.{decision}"
     type: Literal["RiskDecisionMade"] = "RiskDecisionMade"
     payload: RiskDecisionPayload
 

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from libs.contract.codec import order_id_for
 from libs.contract.events import FillPayload, OrderIntentCreated, Side
 from libs.strategy.context import ZERO, PnL, Position
 
@@ -97,10 +98,12 @@ class IntentBook:
     """The strategy's intents that are still working, to answer ``pending``.
 
     An intent is open from its emission until it is denied by the risk-gate,
-    completely filled, rejected or canceled. Broker events carry the order id;
-    the risk-gate's decision maps an order id to its intent. When the decision
-    was not seen, a broker event is matched to the oldest unmapped intent of
-    its signal (its correlation id) with the same symbol and side.
+    completely filled, rejected or canceled. Broker events carry the order id,
+    which the risk-gate derives from the intent's id (``order_id_for``): each
+    intent is mapped to its order from the start. A decision naming another
+    order id (a gate that derived it otherwise) re-maps it; a broker event
+    whose order id maps to nothing is matched to the oldest unmapped intent
+    of its signal (its correlation id) with the same symbol and side.
     """
 
     def __init__(self) -> None:
@@ -120,9 +123,11 @@ class IntentBook:
             return False
         self._seen.add(intent.id)
         p = intent.payload
+        order_id = order_id_for(intent.id)
         self._open[intent.id] = OpenIntent(
-            intent.id, intent.correlation_id, p.symbol, p.side, p.quantity
+            intent.id, intent.correlation_id, p.symbol, p.side, p.quantity, order_id
         )
+        self._by_order[order_id] = intent.id
         return True
 
     def pending(self, symbol: str) -> Decimal:
@@ -137,7 +142,9 @@ class IntentBook:
     def accepted(self, intent_id: uuid.UUID, order_id: uuid.UUID | None) -> None:
         """The risk-gate made ``order_id`` from the intent."""
         intent = self._open.get(intent_id)
-        if intent is not None and order_id is not None:
+        if intent is not None and order_id is not None and order_id != intent.order_id:
+            if intent.order_id is not None:
+                self._by_order.pop(intent.order_id, None)
             intent.order_id = order_id
             self._by_order[order_id] = intent_id
 

@@ -5,9 +5,11 @@
   decisions name the strategy in their payload.
 - Broker events (acks, rejects, cancels, fills) do not name a strategy; they
   carry the chain's correlation id, which is the id of the signal that
-  started it. The router remembers which strategy emitted each signal (and,
-  from accepted decisions, which strategy owns each order id) and routes by
-  that. Both maps are bounded (least recently used entries go first).
+  started it, and the order id, which the risk-gate derives from the
+  intent's id (``order_id_for``). The router remembers which strategy
+  emitted each signal and each intent's order id (and any other order id an
+  accepted decision names) and routes by those. Both maps are bounded (least
+  recently used entries go first).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
     BarClosed,
@@ -80,6 +83,8 @@ class Router:
         for event in events:
             if isinstance(event, SignalGenerated | OrderIntentCreated):
                 self._by_signal.put(event.correlation_id, name)
+            if isinstance(event, OrderIntentCreated):
+                self._by_order.put(order_id_for(event.id), name)
 
     def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
         return self._by_signal.get(signal_id)
@@ -93,6 +98,8 @@ class Router:
             if name not in self._names:
                 return ()
             self._by_signal.put(event.correlation_id, name)
+            if isinstance(event, OrderIntentCreated):
+                self._by_order.put(order_id_for(event.id), name)
             return (name,)
         if isinstance(event, RiskDecisionMade):
             name = event.payload.strategy

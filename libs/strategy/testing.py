@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from pydantic import Field
 
-from libs.contract.codec import derived_id
+from libs.contract.codec import derived_id, order_id_for
 from libs.contract.envelope import Event, IdFactory
 from libs.contract.events import (
     BarClosed,
@@ -114,10 +114,11 @@ def fill_chain(
     commission: Decimal = Decimal(0),
     at_ns: int | None = None,
 ) -> list[Event]:
-    """Decision, command, ack and one fill for ``intent`` (complete unless ``quantity``)."""
+    """Decision, command, ack and one fill for ``intent`` (complete unless
+    ``quantity``), under the order id the risk-gate gives it."""
     p = intent.payload
     clock = At(at_ns if at_ns is not None else intent.ts_event)
-    order_id = ids()
+    order_id = order_id_for(intent.id)
     qty = quantity if quantity is not None else p.quantity
     decision = RiskDecisionMade.create(
         RiskDecisionPayload(

@@ -623,7 +623,7 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
         event: Any = EVENT_ADAPTER.validate_json(msg.data)
         seen[event.payload.intent_id] = time.perf_counter()
 
-    sub = await bus.nc.subscribe("risk.decision.good", cb=on_decision)
+    sub = await bus.nc.subscribe("risk.decision.good.>", cb=on_decision)
     latencies = []
     try:
         for k in range(10):

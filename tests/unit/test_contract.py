@@ -197,7 +197,7 @@ SAMPLES: tuple[Sample, ...] = (
             reason=ReasonCode.MAX_ORDER_NOTIONAL,
             detail="1872.00 > 1000",
         ),
-        "risk.decision.mean_rev",
+        "risk.decision.mean_rev.denied",
     ),
     Sample(
         TradingStateChanged,

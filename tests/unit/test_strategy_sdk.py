@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import pytest
 
+from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
     FillReceived,
@@ -26,7 +27,7 @@ from libs.strategy import (
     Strategy,
     StrategyParams,
 )
-from libs.strategy.ledger import Ledger
+from libs.strategy.ledger import IntentBook, Ledger
 from libs.strategy.testing import EchoStrategy, bar, bars, deny, fill_chain
 
 
@@ -265,6 +266,48 @@ def test_fills_build_positions_and_pnl_and_reach_only_the_owner() -> None:
     fill = of_type(chain, FillReceived)[0]
     assert rt.feed(fill) == []
     assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+
+
+def test_broker_events_reach_the_strategy_without_the_accepted_decision() -> None:
+    # The runner reads only denials: an intent's order id is known from the
+    # intent (order_id_for), so its ack and fill find their way without the
+    # accepted decision, even under a correlation id the runner never saw.
+    ids = counter_ids()
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    rt.add("other", Probe, symbols=("AAPL",))
+    out = rt.run([bar("AAPL", 100, 0)])
+    intent = next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == "p")
+    _decision, _command, ack, fill = fill_chain(intent, "100.50", ids=ids)
+    assert fill.payload.order_id == order_id_for(intent.id)
+    foreign = uuid.uuid4()
+    for event in (ack, fill):
+        rt.feed(event.model_copy(update={"correlation_id": foreign}))
+    assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+    assert rt.hosts["p"].pending("AAPL") == 0
+    assert rt.hosts["other"].ledger.position("AAPL").is_flat
+    update = next(x for x in probe_seen(rt, "p") if isinstance(x, OrderUpdate))
+    assert (update.kind, update.intent_id, update.order_id) == (
+        "accepted",
+        intent.id,
+        order_id_for(intent.id),
+    )
+
+
+def test_a_decision_naming_another_order_id_remaps_the_intent() -> None:
+    book = IntentBook()
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    intent = of_type(rt.run([bar("AAPL", 100, 0)]), OrderIntentCreated)[0]
+    assert book.add(intent)
+    derived, other = order_id_for(intent.id), uuid.uuid4()
+    assert book.find(derived, uuid.uuid4()) is book.get(intent.id)
+    book.accepted(intent.id, other)
+    assert book.find(other, uuid.uuid4()) is book.get(intent.id)
+    # The derived id no longer maps: an unknown order of a foreign signal finds nothing.
+    assert book.find(derived, uuid.uuid4()) is None
+    book.close(intent.id)
+    assert book.find(other, uuid.uuid4()) is None
 
 
 def test_a_denied_intent_is_no_longer_pending_and_the_strategy_is_told() -> None:

@@ -15,7 +15,7 @@ import functools
 import uuid
 from typing import Any, TypeVar
 
-from libs.contract.codec import derived_id
+from libs.contract.codec import derived_id, order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import OrderIntentCreated, SubmitOrder, SubmitOrderPayload
 
@@ -23,6 +23,8 @@ from libs.contract.events import OrderIntentCreated, SubmitOrder, SubmitOrderPay
 SOURCE = "risk-gate"
 
 E = TypeVar("E", bound=Event)
+
+__all__ = ["SOURCE", "decision_id_for", "make", "order_id_for", "submit_id_for", "submit_order"]
 
 
 #: The ids derived from an intent are asked for several times while it is
@@ -33,12 +35,6 @@ _RECENT_IDS = 4096
 @functools.lru_cache(maxsize=_RECENT_IDS)
 def decision_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     return derived_id(SOURCE, "decision", intent_id)
-
-
-@functools.lru_cache(maxsize=_RECENT_IDS)
-def order_id_for(intent_id: uuid.UUID) -> uuid.UUID:
-    """The order id (and broker client order id) an accepted intent gets."""
-    return derived_id(SOURCE, "order", intent_id)
 
 
 @functools.lru_cache(maxsize=_RECENT_IDS)

@@ -12,11 +12,14 @@ dispatcher held up by a full ``block`` inbox for longer than an ack wait
 would otherwise see the same bar delivered twice.
 
 The filter is narrow on purpose: market data of the configured symbols only,
-the risk-gate's decisions about the strategies' orders, and broker acks,
-rejects, cancels and fills. While catching up it also takes the strategies'
-own signals and intents: those a previous run emitted after the store's last
-sequence belong in the books, so that their chains route back to their
-strategy. Once live, the runner has every signal and intent in its books
+the risk-gate's denials of the strategies' intents (not its acceptances: an
+accepted intent's order id derives from the intent's id, so the books know it
+from the start, and the accepted decision leaves the gate together with its
+order command; reading it would wake the runner just when the gateway needs
+a core), and broker acks, rejects, cancels and fills. While catching up it
+also takes the strategies' own signals and intents: those a previous run
+emitted after the store's last sequence belong in the books, so that their
+chains route back to their strategy. Once live, the runner has every signal and intent in its books
 before it publishes them; reading them back would cost two deliveries per
 order for nothing, so the consumer is then recreated without them
 (:func:`filter_subjects` with ``live``).
@@ -48,7 +51,10 @@ def filter_subjects(
     for name in sorted(set(strategies)):
         if not live:
             out += [f"strategy.signal.{name}", f"strategy.intent.{name}"]
-        out.append(f"risk.decision.{name}")
+        # Denials only: an accepted intent's order id is known from the intent
+        # (``order_id_for``). ``risk.decision.<name>`` is where releases before
+        # the verdict went into the subject published both kinds.
+        out += [f"risk.decision.{name}.denied", f"risk.decision.{name}"]
     out += BROKER_SUBJECTS
     return out
 
