@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from libs.config import ConfigError, load_settings
-from libs.contract.codec import decode, encode
+from libs.contract.codec import decode, encode, order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
     BarClosed,
@@ -136,6 +136,7 @@ def test_chain_links_every_event_to_its_parent_and_the_signal() -> None:
     assert len({e.id for e in events}) == 6
     # The order's own ids agree along the chain.
     order_id = chain.command.payload.order_id
+    assert order_id == order_id_for(chain.intent.id)  # the contract's derivation
     assert chain.decision.payload.order_id == order_id
     assert chain.decision.payload.intent_id == chain.intent.id
     assert chain.command.payload.intent_id == chain.intent.id

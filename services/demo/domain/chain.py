@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from libs.contract.codec import order_id_for
 from libs.contract.envelope import IdFactory
 from libs.contract.events import (
     FillPayload,
@@ -117,7 +118,7 @@ def build_chain(spec: ChainSpec, *, now_ns: int, ids: IdFactory) -> OrderChain:
         cause=signal,
         ids=ids,
     )
-    order_id = ids()
+    order_id = order_id_for(intent.id)  # as the risk-gate derives it
     decision = RiskDecisionMade.create(
         RiskDecisionPayload(
             intent_id=intent.id,
