@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from libs.contract.envelope import WallClock
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
-from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.adapters.server import Credentials, PaperBrokerServer, _Cork
 from services.paper_broker.domain.book import BookConfig, PaperBook
 from services.paper_broker.domain.fill_model import MarketUpdate
 
@@ -196,3 +197,37 @@ def test_times_are_written_for_each_instant() -> None:
     assert wire.iso(b) == "2026-03-10T15:00:01.000001Z"
     assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
     assert wire.iso(None) is None
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
+async def test_frames_that_leave_together_are_corked(server: PaperBrokerServer) -> None:
+    # A submit's updates and answer are queued at once; the writer sends them
+    # under TCP_CORK so they leave in one segment (one wake-up of the client).
+    ws = await login(server.port)
+    try:
+        session = next(iter(server._sessions))
+        sock = session.ws.transport.get_extra_info("socket")
+        with _Cork(session.ws):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+        server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["data"] == {"streams": ["trade_updates"]}
+        for n in range(3):
+            body = {"symbol": "AAPL", "qty": 1, "side": "buy", "client_order_id": f"k{n}"}
+            await send(
+                ws, "request", {"id": f"r{n}", "method": "POST", "path": "/v2/orders", "body": body}
+            )
+        got = [await recv(ws) for _ in range(9)]
+        assert [(m["stream"], m["data"].get("event"), m["data"].get("id")) for m in got] == [
+            x
+            for n in range(3)
+            for x in (
+                ("trade_updates", "new", None),
+                ("trade_updates", "fill", None),
+                ("response", None, f"r{n}"),
+            )
+        ]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+    finally:
+        await ws.close()
