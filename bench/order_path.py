@@ -12,9 +12,10 @@ a temporary directory) it runs two chains, each hop its own OS process:
   with the recorder running as well.
 
 The driver publishes one ``BarClosed`` on ``md.bar.1m.AAPL`` per order at a
-fixed rate and subscribes to ``strategy.signal.>`` and ``broker.ack.>``.
-Latency per order = the wall clock when the driver sees the ack minus the
-signal's ``ts_init`` (same machine, same clock). For each chain: p50 / p99 /
+fixed rate and subscribes to ``broker.ack.>``; once the acks are in, it reads
+the run's signals from the stream (listening to them live would wake it just
+as the intent leaves). Latency per order = the wall clock when the driver
+sees the ack minus the signal's ``ts_init`` (same machine, same clock). For each chain: p50 / p99 /
 p99.9 over ``--orders`` orders at ``--rate`` (200/s), then the maximum
 sustainable rate (doubling, then bisecting, until the backlog grows), then
 ``--orders`` orders at that rate.
@@ -52,6 +53,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import orjson
 from harness import (  # bench/harness.py
     Children,
@@ -66,10 +68,13 @@ from harness import (  # bench/harness.py
     store_poller,
 )
 from nats.aio.msg import Msg
+from nats.js import api as js_api
 
 from libs.bus.client import MSG_ID_HEADER, Bus
+from libs.bus.pull import PullFetcher
 from libs.contract.envelope import WallClock
 from libs.contract.events import BarClosed, BarPayload
+from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer, PostgresServer, free_port
 from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
@@ -86,7 +91,7 @@ TARGET_P50_RATIO = 1.3
 READY_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 30.0
 #: After a run that did not drain: the chain counts as clear of its backlog
-#: once neither a signal nor an ack has come for QUIET_S (up to SETTLE_TIMEOUT).
+#: once no ack has come for QUIET_S (up to SETTLE_TIMEOUT).
 QUIET_S = 3.0
 SETTLE_TIMEOUT = 900.0
 STOP_TIMEOUT = 15.0
@@ -209,9 +214,12 @@ class Step:
 class Driver:
     """Publishes bars at a rate; joins acks to signals by correlation id.
 
-    It listens to signals and acks only: every extra subscription would add
-    a delivery per order to the same two cores it measures. Where the time
-    goes in between comes afterwards from the store (``hop_medians_ms``).
+    It listens to acks only, and reads the run's signals from the stream once
+    the acks are in (``_read_signals``): every subscription adds a delivery
+    per order to the same two cores it measures, and a signal leaves together
+    with its intent, so listening to signals woke the driver just when the
+    next hop (the risk-gate, or the floor's relay) needed a core. Where the
+    time goes in between comes afterwards from the store (``hop_medians_ms``).
     """
 
     bus: Bus
@@ -224,11 +232,40 @@ class Driver:
     ack_order: list[str] = field(default_factory=list)
     target: int = 0
     all_acked: asyncio.Event = field(default_factory=asyncio.Event)
-    heard: asyncio.Event = field(default_factory=asyncio.Event)  # a signal or an ack came
+    heard: asyncio.Event = field(default_factory=asyncio.Event)  # an ack came
 
     async def start(self) -> None:
-        await self.bus.nc.subscribe("strategy.signal.>", cb=self._on_signal)
         await self.bus.nc.subscribe("broker.ack.>", cb=self._on_ack)
+
+    async def _read_signals(self, start_seq: int) -> None:
+        """``ts_init`` of the signals stored from ``start_seq`` on, until every
+        acked order's signal is known (or none comes for a while)."""
+        name = f"bench-signals-{uuid.uuid4().hex[:8]}"
+        await self.bus.js.add_consumer(
+            STREAM,
+            js_api.ConsumerConfig(
+                name=name,
+                filter_subject="strategy.signal.>",
+                deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start_seq,
+                ack_policy=js_api.AckPolicy.NONE,
+                inactive_threshold=60.0,
+            ),
+        )
+        fetcher = PullFetcher(self.bus, STREAM, name)
+        await fetcher.start()
+        try:
+            while any(c not in self.signals for c in self.acks):
+                msgs = await fetcher.fetch(4096, timeout=QUIET_S)
+                if not msgs:
+                    break  # some acked order's signal is not in the stream
+                for msg in msgs:
+                    event = orjson.loads(msg.data)
+                    self.signals[event["id"]] = int(event["ts_init"])
+        finally:
+            await fetcher.close()
+            with contextlib.suppress(nats.errors.Error):
+                await self.bus.js.delete_consumer(STREAM, name)
 
     async def hop_medians_ms(self) -> tuple[dict[str, float], dict[str, float]]:
         """Median time from the signal to each event's ``ts_init`` (as the
@@ -274,11 +311,6 @@ class Driver:
 
         return medians(sample), medians(slowest)
 
-    async def _on_signal(self, msg: Msg) -> None:
-        self.heard.set()
-        event = orjson.loads(msg.data)
-        self.signals[event["id"]] = int(event["ts_init"])
-
     async def _on_ack(self, msg: Msg) -> None:
         seen = time.time_ns()
         self.heard.set()
@@ -308,6 +340,7 @@ class Driver:
         self.target = orders
         self.all_acked.clear()
         bars = [_bar(i) for i in range(orders)]
+        first_seq = int((await self.bus.js.stream_info(STREAM)).state.last_seq) + 1
         cpu0, by_process0 = cpu_sample(), cpu_by_process(self.processes)
         start = time.monotonic()
         for i, data in enumerate(bars):
@@ -324,6 +357,7 @@ class Driver:
             await asyncio.wait_for(self.all_acked.wait(), DRAIN_TIMEOUT)
         cpu = cpu_busy(cpu0, cpu_sample())
         cpu_per_order = cpu_ms_per(by_process0, cpu_by_process(self.processes), orders)
+        await self._read_signals(first_seq)
         joined = [c for c in self.ack_order if c in self.signals]
         latencies = [self.acks[c] - self.signals[c] for c in joined]
         hops, slow_hops = await self.hop_medians_ms()
