@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -687,7 +688,11 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
     results: dict[str, ChainResult] = {}
     pairs: dict[int, dict[str, Step]] = {}
     try:
-        say("starting nats-server and PostgreSQL")
+        # What nats-server runs on (see libs.local.servers.nats_gomaxprocs);
+        # 0: Go's default, a thread per core.
+        go_threads = int(os.environ.get("GOMAXPROCS") or nats_server.gomaxprocs or 0)
+        machine["nats_gomaxprocs"] = go_threads
+        say(f"starting nats-server (GOMAXPROCS {go_threads or 'per core'}) and PostgreSQL")
         nats_server.start()
         pg.start()
         assert nats_server.proc is not None
