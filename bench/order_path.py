@@ -15,8 +15,8 @@ The driver publishes one ``BarClosed`` on ``md.bar.1m.AAPL`` per order at a
 fixed rate and subscribes to ``broker.ack.>``; once the acks are in, it reads
 the run's signals from the stream (listening to them live would wake it just
 as the intent leaves). Latency per order = the wall clock when the driver
-sees the ack minus the signal's ``ts_init`` (same machine, same clock). For each chain: p50 / p99 /
-p99.9 over ``--orders`` orders at ``--rate`` (200/s), then the maximum
+sees the ack minus the signal's ``ts_init`` (same machine, same clock). For
+each chain: p50 / p99 / p99.9 over ``--orders`` orders at ``--rate`` (200/s), then the maximum
 sustainable rate (doubling, then bisecting, until the backlog grows), then
 ``--orders`` orders at that rate.
 
@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -688,9 +687,9 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
     results: dict[str, ChainResult] = {}
     pairs: dict[int, dict[str, Step]] = {}
     try:
-        # What nats-server runs on (see libs.local.servers.nats_gomaxprocs);
-        # 0: Go's default, a thread per core.
-        go_threads = int(os.environ.get("GOMAXPROCS") or nats_server.gomaxprocs or 0)
+        # What nats-server runs on (libs.local.servers.nats_gomaxprocs); 0: Go's
+        # default, a thread per core.
+        go_threads = nats_server.go_threads or 0
         machine["nats_gomaxprocs"] = go_threads
         say(f"starting nats-server (GOMAXPROCS {go_threads or 'per core'}) and PostgreSQL")
         nats_server.start()

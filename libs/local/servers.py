@@ -135,6 +135,13 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def go_threads(self) -> int | None:
+        """The ``GOMAXPROCS`` nats-server runs with: the environment's, else
+        :attr:`gomaxprocs`; None for Go's default (a thread per core)."""
+        given = os.environ.get("GOMAXPROCS")
+        return int(given) if given else self.gomaxprocs
+
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise ServerError(
@@ -165,8 +172,8 @@ class NatsServer:
             args += ["-c", str(self.config_file)]
         self._log_handle = self.log_file.open("ab")
         env = dict(os.environ)
-        if self.gomaxprocs is not None and "GOMAXPROCS" not in env:
-            env["GOMAXPROCS"] = str(self.gomaxprocs)
+        if self.go_threads is not None:
+            env["GOMAXPROCS"] = str(self.go_threads)
         self.proc = subprocess.Popen(
             args, stdout=self._log_handle, stderr=subprocess.STDOUT, env=env
         )

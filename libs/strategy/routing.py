@@ -82,9 +82,13 @@ class Router:
         """Remember the signals ``name`` emitted, so their chains route back to it."""
         for event in events:
             if isinstance(event, SignalGenerated | OrderIntentCreated):
-                self._by_signal.put(event.correlation_id, name)
-            if isinstance(event, OrderIntentCreated):
-                self._by_order.put(order_id_for(event.id), name)
+                self._own(event, name)
+
+    def _own(self, event: SignalGenerated | OrderIntentCreated, name: str) -> None:
+        """``name`` owns the chain of ``event`` and, for an intent, its order id."""
+        self._by_signal.put(event.correlation_id, name)
+        if isinstance(event, OrderIntentCreated):
+            self._by_order.put(order_id_for(event.id), name)
 
     def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
         return self._by_signal.get(signal_id)
@@ -97,9 +101,7 @@ class Router:
             name = event.payload.strategy
             if name not in self._names:
                 return ()
-            self._by_signal.put(event.correlation_id, name)
-            if isinstance(event, OrderIntentCreated):
-                self._by_order.put(order_id_for(event.id), name)
+            self._own(event, name)
             return (name,)
         if isinstance(event, RiskDecisionMade):
             name = event.payload.strategy

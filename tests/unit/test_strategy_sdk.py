@@ -235,13 +235,18 @@ def test_trading_a_symbol_it_is_not_configured_for_is_a_fault() -> None:
     assert "'TSLA' is not one of w's symbols" in fault.payload.error
 
 
-def test_fills_build_positions_and_pnl_and_reach_only_the_owner() -> None:
-    ids = counter_ids()
+def two_probes_and_an_intent_of_p() -> tuple[InMemoryRuntime, OrderIntentCreated]:
+    """Probes ``p`` and ``other`` on AAPL, after a bar closing at 100: ``p``'s buy intent."""
     rt = InMemoryRuntime()
     rt.add("p", Probe, symbols=("AAPL",))
     rt.add("other", Probe, symbols=("AAPL",))
     out = rt.run([bar("AAPL", 100, 0)])
-    intent = next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == "p")
+    return rt, next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == "p")
+
+
+def test_fills_build_positions_and_pnl_and_reach_only_the_owner() -> None:
+    ids = counter_ids()
+    rt, intent = two_probes_and_an_intent_of_p()
     assert rt.hosts["p"].pending("AAPL") == Decimal(10)
 
     chain = fill_chain(intent, "100.50", ids=ids, commission=Decimal("1"))
@@ -273,11 +278,7 @@ def test_broker_events_reach_the_strategy_without_the_accepted_decision() -> Non
     # intent (order_id_for), so its ack and fill find their way without the
     # accepted decision, even under a correlation id the runner never saw.
     ids = counter_ids()
-    rt = InMemoryRuntime()
-    rt.add("p", Probe, symbols=("AAPL",))
-    rt.add("other", Probe, symbols=("AAPL",))
-    out = rt.run([bar("AAPL", 100, 0)])
-    intent = next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == "p")
+    rt, intent = two_probes_and_an_intent_of_p()
     _decision, _command, ack, fill = fill_chain(intent, "100.50", ids=ids)
     assert fill.payload.order_id == order_id_for(intent.id)
     foreign = uuid.uuid4()
