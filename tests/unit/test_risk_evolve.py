@@ -38,6 +38,7 @@ from libs.contract.events import (
     ReasonCode,
     ResumePayload,
     SubmitOrder,
+    SubmitOrderPayload,
     TradePayload,
     TradePrinted,
     TradingResumeRequested,
@@ -600,6 +601,94 @@ def test_closed_orders_are_bounded() -> None:
     assert len(state.closed_orders) == CLOSED_KEPT
     assert not state.orders
     assert len(state.decided) == CLOSED_KEPT + 5
+
+
+def _open_quantity_by_definition(state: RiskState) -> dict[tuple[str, str, str], Any]:
+    """The open orders' remaining quantity per book and side, summed afresh."""
+    books: dict[tuple[str, str, str], list[Decimal]] = {}
+    for o in state.orders.values():
+        sides = books.setdefault((o.account, o.strategy, o.symbol), [D(0), D(0)])
+        sides[0 if o.side == "buy" else 1] += o.remaining
+    return {k: (b, s) for k, (b, s) in books.items() if b or s}
+
+
+def test_open_quantity_index_agrees_with_the_open_orders() -> None:
+    """The checks read ``open_quantity`` instead of going through the open
+    orders: after every submit, partial or complete fill, cancel, reject and
+    late fill, in two accounts (one traded by two strategies) and two
+    symbols, it must say what summing the open orders says."""
+    rng = random.Random(11)
+    state = start()
+    books = [("acct", "sma"), ("acct", "pairs"), ("b", "mr")]  # two strategies on acct
+    ever: list[tuple[uuid.UUID, str, str, str]] = []  # order id, account, symbol, side
+    for step in range(1_500):
+        t = T0 + step * S // 100
+        roll = rng.random()
+        open_ids = list(state.orders)
+        if roll < 0.35 or not open_ids:
+            account, strategy = rng.choice(books)
+            symbol, side = rng.choice(["AAPL", "MSFT"]), rng.choice(["buy", "sell"])
+            oid = uuid.uuid4()
+            payload = SubmitOrderPayload(
+                order_id=oid,
+                intent_id=uuid.uuid4(),
+                strategy=strategy,
+                account=account,
+                symbol=symbol,
+                side=side,
+                quantity=D(rng.randint(1, 50)),
+            )
+            state = evolve(state, ev(SubmitOrder, payload, t))
+            ever.append((oid, account, symbol, side))
+        elif roll < 0.9:
+            order = state.orders[rng.choice(open_ids)]
+            part = rng.randint(1, int(order.remaining))
+            leaves = str(order.remaining - part)
+            if roll < 0.8:
+                state = evolve(
+                    state,
+                    fill(
+                        order.order_id,
+                        part,
+                        100,
+                        side=order.side,
+                        leaves=leaves,
+                        account=order.account,
+                        symbol=order.symbol,
+                        t=t,
+                    ),
+                )
+            elif roll < 0.85:
+                payload_c = OrderCanceledPayload(order_id=order.order_id, account=order.account)
+                state = evolve(state, ev(OrderCanceled, payload_c, t))
+            else:
+                payload_r = OrderRejectedPayload(
+                    order_id=order.order_id, account=order.account, reason="no"
+                )
+                state = evolve(state, ev(OrderRejected, payload_r, t))
+        else:  # a late fill, possibly of an order already closed
+            oid, account, symbol, side = rng.choice(ever)
+            late = fill(oid, 1, 100, side=side, leaves=0, account=account, symbol=symbol, t=t)
+            state = evolve(state, late)
+        expected = _open_quantity_by_definition(state)
+        assert dict(state.open_quantity) == expected, step
+        for account in ("acct", "b"):
+            for symbol in ("AAPL", "MSFT"):
+                per_strategy = [
+                    expected.get((account, strategy, symbol), (D(0), D(0)))
+                    for acct, strategy in books
+                    if acct == account
+                ]
+                for (_, strategy), mine in zip(
+                    [b for b in books if b[0] == account], per_strategy, strict=True
+                ):
+                    assert state.open_by_side(account, symbol, strategy) == mine
+                assert state.open_by_side(account, symbol) == (
+                    sum((b for b, _ in per_strategy), D(0)),
+                    sum((s for _, s in per_strategy), D(0)),
+                )
+    assert len(ever) > 300, "the walk opened many orders"
+    assert len(state.closed_orders) == CLOSED_KEPT, "and closed many"
 
 
 def test_id_set_is_a_set() -> None:

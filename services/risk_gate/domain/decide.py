@@ -239,18 +239,6 @@ def _order_size(p: OrderIntentPayload, strategy: StrategyLimits, mark: Mark) -> 
     return ACCEPT
 
 
-def _open_by_side(
-    state: RiskState, *, account: str, symbol: str, strategy: str | None = None
-) -> tuple[Decimal, Decimal]:
-    buys = sells = ZERO
-    for o in state.open_orders(account=account, strategy=strategy, symbol=symbol):
-        if o.side == "buy":
-            buys += o.remaining
-        else:
-            sells += o.remaining
-    return buys, sells
-
-
 def _worst_after(
     position: Decimal, buys: Decimal, sells: Decimal, side: Side, quantity: Decimal
 ) -> Decimal:
@@ -266,7 +254,7 @@ def _positions(
     state: RiskState, p: OrderIntentPayload, strategy: StrategyLimits, account: AccountLimits
 ) -> Verdict:
     pos = state.strategy_position(p.strategy, p.account, p.symbol)
-    buys, sells = _open_by_side(state, account=p.account, symbol=p.symbol, strategy=p.strategy)
+    buys, sells = state.open_by_side(p.account, p.symbol, p.strategy)
     after = _worst_after(pos, buys, sells, p.side, p.quantity)
     if _past(after, strategy.max_position, p.side):
         return ReasonCode.MAX_STRATEGY_POSITION, (
@@ -288,7 +276,7 @@ def _positions(
     acct_sym = account.symbols.get(p.symbol)
     if acct_sym is not None:
         net = state.account_position(p.account, p.symbol)
-        abuys, asells = _open_by_side(state, account=p.account, symbol=p.symbol)
+        abuys, asells = state.open_by_side(p.account, p.symbol)
         acct_after = _worst_after(net, abuys, asells, p.side, p.quantity)
         if _past(acct_after, acct_sym.max_position, p.side):
             return ReasonCode.MAX_SYMBOL_POSITION, (
@@ -313,14 +301,14 @@ def gross_exposure(
         for (st, acct, sym), pos in state.strategy_positions.items()
         if st == strategy and acct == account and pos.quantity != 0
     }
-    symbols.update(o.symbol for o in state.open_orders(account=account, strategy=strategy))
+    symbols.update(state.open_symbols(account, strategy))
     if extra is not None:
         symbols.add(extra[0])
     total = ZERO
     for symbol in sorted(symbols):
         pos = state.strategy_positions.get((strategy, account, symbol))
         qty = pos.quantity if pos is not None else ZERO
-        buys, sells = _open_by_side(state, account=account, symbol=symbol, strategy=strategy)
+        buys, sells = state.open_by_side(account, symbol, strategy)
         price: Decimal | None = None
         if extra is not None and extra[0] == symbol:
             if extra[1] == "buy":
@@ -377,7 +365,7 @@ def reduces_position(
     """Whether the order (with the open orders on its side) only shrinks the
     account's net position in ``symbol`` toward zero, without crossing it."""
     pos = state.account_position(account, symbol)
-    buys, sells = _open_by_side(state, account=account, symbol=symbol)
+    buys, sells = state.open_by_side(account, symbol)
     if side == "buy":
         return pos < 0 and buys + quantity <= -pos
     return pos > 0 and sells + quantity <= pos

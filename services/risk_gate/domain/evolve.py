@@ -52,6 +52,7 @@ from services.risk_gate.domain.state import (
     multiplier,
     trading_day,
     with_item,
+    with_open,
     without,
 )
 
@@ -282,6 +283,7 @@ def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
     return replace(
         state,
         orders=with_item(state.orders, p.order_id, order),
+        open_quantity=with_open(state.open_quantity, order, order.remaining),
         rate_windows=frozen_map(windows),
     )
 
@@ -302,7 +304,12 @@ def _close(state: RiskState, order: Order) -> RiskState:
     )
     if len(closed) > CLOSED_KEPT:
         closed = without(closed, next(iter(closed)))
-    return replace(state, orders=without(state.orders, order.order_id), closed_orders=closed)
+    return replace(
+        state,
+        orders=without(state.orders, order.order_id),
+        open_quantity=with_open(state.open_quantity, order, -order.remaining),
+        closed_orders=closed,
+    )
 
 
 def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
@@ -316,8 +323,11 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
             state = _close(state, order)
         else:
             remaining = min(order.remaining, p.leaves_quantity)
-            orders = with_item(state.orders, order.order_id, replace(order, remaining=remaining))
-            state = replace(state, orders=orders)
+            state = replace(
+                state,
+                orders=with_item(state.orders, order.order_id, replace(order, remaining=remaining)),
+                open_quantity=with_open(state.open_quantity, order, remaining - order.remaining),
+            )
     mult = multiplier(p.symbol)
     account_key = (p.account, p.symbol)
     position = state.positions.get(account_key, Position()).fill(
