@@ -60,6 +60,11 @@ class MarketDataSection(_Strict):
     subjects: tuple[str, ...] = ("md.trade.>", "md.bar.>")
     #: Name of the paper broker's pull consumer on the stream.
     consumer: Token = "paper-broker"
+    #: Seconds prices are left to gather on the server once one has arrived,
+    #: to be taken together in one pull: a price reaches the book up to this
+    #: late (a market order fills at the last price the book has). 0 takes
+    #: each price as it comes, at a wake-up of the broker each.
+    linger_s: float = Field(default=0.05, ge=0, le=1)
 
 
 def _default_accounts() -> dict[str, AccountSection]:

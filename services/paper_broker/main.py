@@ -46,6 +46,7 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
             password=settings.nats_password.get_secret_value() if settings.nats_password else None,
             subjects=config.market_data.subjects,
             consumer=config.market_data.consumer,
+            linger_s=config.market_data.linger_s,
         )
     server = PaperBrokerServer(
         book,

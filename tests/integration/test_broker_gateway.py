@@ -574,3 +574,49 @@ def _gateway_took_it(gateway: ServiceProcess) -> bool:
 async def _positions_are(port: int, expected: dict[str, str]) -> bool:
     body = await broker_request(port, "GET", "/v2/positions")
     return {p["symbol"]: p["qty"] for p in body} == expected
+
+
+async def test_paper_price_feed_with_a_linger_applies_every_price_in_order(
+    bus: Bus, nats_url: str
+) -> None:
+    """The paper broker takes prices in lingering pulls: the last price of
+    each symbol from before it started, then every later print in stream
+    order (a resting limit order needs every one), none lost between pulls."""
+    from services.paper_broker.adapters.market import NatsPriceFeed
+    from services.paper_broker.domain.fill_model import MarketUpdate
+
+    await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
+    updates: list[MarketUpdate] = []
+    stop = asyncio.Event()
+    feed = NatsPriceFeed(
+        url=nats_url,
+        name="test-paper-feed",
+        user=None,
+        password=None,
+        subjects=["md.trade.>"],
+        consumer="paper-feed-test",
+        linger_s=0.05,
+    )
+    running = asyncio.create_task(feed.run(updates.append, stop))
+    try:
+
+        async def started() -> bool:
+            return len(updates) >= 2
+
+        await eventually(started, timeout=10, message="the last price of each symbol")
+        assert sorted((u.symbol, str(u.last)) for u in updates) == [
+            ("AAPL", "100"),
+            ("MSFT", "50"),
+        ]
+        prices = [f"{100 + k / 100:.2f}" for k in range(1, 301)]
+        for chunk in range(0, 300, 50):  # in bursts, while pulls linger
+            await bus.publish_many([trade("AAPL", p) for p in prices[chunk : chunk + 50]])
+
+        async def all_in() -> bool:
+            return len(updates) >= 302
+
+        await eventually(all_in, timeout=10, message="every later print")
+        assert [str(u.last) for u in updates[2:]] == prices
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)

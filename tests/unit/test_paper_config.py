@@ -35,6 +35,7 @@ def test_the_example_files_load() -> None:
         ("accounts: {a: {key_id_env: K}}\n", "accounts.a.secret_key_env: Field required"),
         ("accounts: {'bad name': {key_id_env: K, secret_key_env: S}}\n", "accounts.bad name"),
         ("port: 70000\n", "port"),
+        ("market_data: {linger_s: -1}\n", "market_data.linger_s"),
         ("[1, 2\n", "not valid YAML"),
     ],
 )

@@ -3,8 +3,9 @@
 The feed reads ``md.trade.>`` and ``md.bar.>`` through its own pull consumer,
 recreated at every (re)connection to start with the *last* message of each
 subject (so the broker knows every symbol's last price at once) and then
-follow new ones. Nothing is acknowledged: prices are not work items, and a
-price missed while NATS was away is superseded by the next one.
+follow new ones, taken together once they have gathered for
+``market_data.linger_s``. Nothing is acknowledged: prices are not work
+items, and a price missed while NATS was away is superseded by the next one.
 
 A message that does not decode is counted and skipped: the recorder
 dead-letters it, the paper broker only needs prices.
@@ -73,6 +74,7 @@ class NatsPriceFeed:
         subjects: Sequence[str],
         consumer: str,
         stream: str = STREAM,
+        linger_s: float = 0.0,
     ) -> None:
         self.url = url
         self.name = name
@@ -81,6 +83,7 @@ class NatsPriceFeed:
         self.subjects = list(subjects)
         self.consumer = consumer
         self.stream = stream
+        self.linger_s = linger_s
         self.connected = False
 
     async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
@@ -110,15 +113,19 @@ class NatsPriceFeed:
                     inactive_threshold=INACTIVE_THRESHOLD_S,
                 ),
             )
-            # A prefetching pull (libs.bus.pull): each price is applied as it
-            # arrives, not when a batch of FETCH_BATCH has filled.
+            # libs.bus.pull with a linger: once a price has come, the next ones
+            # gather on the server for linger_s and come in one pull (a wake-up
+            # per price cost the broker about as much CPU as its orders did,
+            # just when an order needed the cores: bench/order_path.py).
             fetcher = PullFetcher(bus, self.stream, self.consumer)
             await fetcher.start()
             self.connected = True
             log.info("paper broker prices from %s", ", ".join(self.subjects))
             try:
                 while not stop.is_set():
-                    msgs = await fetcher.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                    msgs = await fetcher.fetch(
+                        FETCH_BATCH, timeout=FETCH_TIMEOUT_S, linger=self.linger_s
+                    )
                     for msg in msgs:
                         try:
                             update = to_update(msg.data)
