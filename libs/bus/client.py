@@ -173,9 +173,28 @@ class Bus:
             if self.nc.is_connected:
                 await self.nc.drain()
             else:
+                self._discard_pending()
                 await self.nc.close()
         except (TimeoutError, nats.errors.Error) as e:
             log.debug("error while closing nats: %s", e)
+
+    def _discard_pending(self) -> None:
+        """Drop what nats-py buffered while NATS was away.
+
+        Its close writes that buffer to the connection it last had, which is
+        dead; under uvloop, as the services run, that write raises (checked
+        with nats-py 2.16), so a service stopped during an outage exited with
+        a traceback and a risk-gate cycle ended in a crash, not a retry.
+        Nothing is lost by dropping it: it holds publishes nobody got an ack
+        for (their publishers retry or fail), pull requests and acks (the
+        server redelivers). Reaches into nats-py's private buffer, like
+        :meth:`write_pending`.
+        """
+        nc: Any = self.nc
+        if getattr(nc, "_pending_data_size", 0):
+            log.info("dropping %d bytes buffered while NATS was away", nc._pending_data_size)
+            nc._pending = []
+            nc._pending_data_size = 0
 
     # ------------------------------------------------------------ streams
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from libs.bus.client import Bus, Outgoing
 from libs.bus.consumer import EventConsumer, ensure_consumer
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.codec import decode
 from libs.contract.events import AnyEvent, MessageDeadLettered
+from libs.local.servers import NatsServer
 from libs.testing.producer import make_trades
 from libs.testing.wait import eventually
 
@@ -132,3 +136,29 @@ async def test_fetch_with_linger_takes_what_gathered_in_one_pull(bus: Bus) -> No
         assert await fetcher.fetch(100, timeout=0.2, linger=0.05) == []
     finally:
         await fetcher.close()
+
+
+def test_close_while_nats_is_away_returns_cleanly(tmp_path: Path) -> None:
+    """A service stopped (or a cycle ended) while NATS is down closes its bus
+    without an error. Under uvloop, as the services run, nats-py's close
+    wrote what it had buffered meanwhile to the dead connection, which raised
+    (and made every service exit 1 on SIGTERM, and a risk-gate cycle end in
+    a crash instead of a retry)."""
+    server = NatsServer(tmp_path / "nats").start()
+
+    async def scenario() -> None:
+        bus = await Bus.connect(server.url, name="test-close-away")
+        server.stop(kill=True)
+
+        async def away() -> bool:
+            return not bus.nc.is_connected
+
+        await eventually(away, timeout=10, message="the client to see NATS gone")
+        await bus.nc.publish("anything", b"buffered while away")
+        await bus.close()
+        assert bus.nc.is_closed
+
+    try:
+        uvloop.run(scenario())
+    finally:
+        server.stop()
