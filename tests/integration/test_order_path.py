@@ -14,6 +14,7 @@ says (asked over its own WebSocket API).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from websockets.asyncio.client import connect
 from libs.bus.client import Bus
 from libs.contract.envelope import WallClock
 from libs.contract.events import BarClosed, BarPayload
-from libs.local.servers import free_port
+from libs.local.servers import NatsServer, free_port
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
@@ -128,8 +129,9 @@ class Path_:
         return bool(health and health["accounts"][ACCOUNT]["connected"])
 
 
-@pytest.fixture
-async def path(tmp_path: Path, bus: Bus, nats_url: str, database_url: str) -> AsyncIterator[Path_]:
+@contextlib.asynccontextmanager
+async def running_path(tmp_path: Path, nats_url: str, database_url: str) -> AsyncIterator[Path_]:
+    """The five services on ``nats_url``, healthy; terminated on the way out."""
     (tmp_path / "strategies.yaml").write_text(STRATEGIES)
     (tmp_path / "risk.yaml").write_text(RISK)
     p = Path_(tmp_path, {"NATS_URL": nats_url, "DATABASE_URL": database_url, **KEYS})
@@ -153,6 +155,12 @@ async def path(tmp_path: Path, bus: Bus, nats_url: str, database_url: str) -> As
     finally:
         for proc in reversed(p.everything):
             proc.terminate(timeout=10)
+
+
+@pytest.fixture
+async def path(tmp_path: Path, bus: Bus, nats_url: str, database_url: str) -> AsyncIterator[Path_]:
+    async with running_path(tmp_path, nats_url, database_url) as p:
+        yield p
 
 
 # ------------------------------------------------------------------ helpers
@@ -316,3 +324,45 @@ async def kill_9_gate_and_gateway_mid_stream(path: Path_, bus: Bus, db: str) -> 
     client_ids = [o["client_order_id"] for o in held]
     assert len(client_ids) == len(set(client_ids)) == len(orders), "no duplicate at the broker"
     assert {str(uuid.UUID(c)) for c in client_ids} == order_ids
+
+
+async def test_order_path_rides_out_a_nats_restart(tmp_path: Path, database_url: str) -> None:
+    """NATS killed (-9) mid-stream and started again on its own store: every
+    service rides it out, every bar published before and after becomes
+    exactly one decision and one order at the broker, and the store stays
+    gapless. On its own nats-server: the shared one must not go away."""
+    server = NatsServer(tmp_path / "own-nats").start()
+    try:
+        bus = await Bus.connect(server.url, name="test-feed")
+        await bus.ensure_stream()
+        async with running_path(tmp_path, server.url, database_url) as path:
+            before, after = 30, 30
+            for k in range(before):
+                await bus.publish(bar("AAPL", str(100 + k % 5)))
+            await at_least(database_url, "SubmitOrder", "steady", 10)
+            server.stop(kill=True)
+            server.start()
+            await path.ready()
+            for k in range(after):
+                await bus.publish(bar("AAPL", str(100 + k % 5)))
+            total = before + after
+            intents = await at_least(database_url, "OrderIntentCreated", "steady", total)
+            decisions = await at_least(database_url, "RiskDecisionMade", "steady", total)
+            orders = await at_least(database_url, "SubmitOrder", "steady", total)
+            assert len(intents) == len(decisions) == len(orders) == total, path.logs()
+            assert {d["payload"]["intent_id"] for d in decisions} == {str(i["id"]) for i in intents}
+            order_ids = {o["payload"]["order_id"] for o in orders}
+
+            async def broker_has_all() -> list[dict[str, Any]] | None:
+                held = [o for o in await broker_orders(path.broker_port) if o["symbol"] == "AAPL"]
+                return held if len(held) >= total else None
+
+            held = await eventually(broker_has_all, timeout=60, message=path.logs)
+            assert sorted(str(uuid.UUID(o["client_order_id"])) for o in held) == sorted(order_ids)
+            seqs = [r["seq"] for r in await rows(database_url)]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the store is gapless"
+            for proc in path.everything:
+                assert proc.alive, proc.log_text()[-2000:]
+        await bus.close()
+    finally:
+        server.stop()
