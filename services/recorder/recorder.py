@@ -25,6 +25,7 @@ from typing import Any
 import nats.errors
 
 from libs.bus.client import Bus
+from libs.bus.consumer import STREAM_RESET_RECHECK_S
 from libs.bus.errors import BusError, StreamMismatch
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
@@ -45,9 +46,6 @@ from services.recorder.domain.rows import (
 log = logging.getLogger(__name__)
 
 SERVICE = "recorder"
-
-#: How often a recorder facing a reset stream checks again.
-MISMATCH_RECHECK_S = 10.0
 
 #: How long the writer may sit with nothing to write before it checks that
 #: the store (and so its lock) is still there.
@@ -122,7 +120,7 @@ class Recorder:
             # Needs an operator: unhealthy, said loudly, checked again slowly.
             self.problem = str(error)
             log.error("%s", error)
-            backoff = max(backoff, MISMATCH_RECHECK_S)
+            backoff = max(backoff, STREAM_RESET_RECHECK_S)
         elif expected:
             log.warning("recorder cycle ended (%s: %s); restarting", cause, error)
         else:

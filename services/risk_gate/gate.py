@@ -23,7 +23,9 @@ second order.
 
 Any NATS or Postgres fault ends the cycle; the next one starts again from
 the store, which is why a crash at any point loses no intent and repeats
-no order. Only one risk-gate instance may run at a time.
+no order. A stream that ends before the store (reset) is refused: the gate
+stays unhealthy, says why and looks again every ``STREAM_RESET_RECHECK_S``.
+Only one risk-gate instance may run at a time.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import header_dict
-from libs.bus.errors import BusError
+from libs.bus.consumer import STREAM_RESET_RECHECK_S, header_dict
+from libs.bus.errors import BusError, StreamMismatch
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import OrderIntentCreated, SubmitOrder
@@ -89,6 +91,8 @@ class RiskGate:
         self.phase = "starting"
         self.last_seq = 0
         self.bus: Bus | None = None
+        #: What keeps the gate from going live that an operator must fix.
+        self.problem: str | None = None
         self._gauges_at = 0.0
 
     # ------------------------------------------------------------ control
@@ -100,13 +104,16 @@ class RiskGate:
         """Healthy once live (rebuilt and caught up) with NATS connected."""
         connected = self.bus is not None and bool(self.bus.nc.is_connected)
         ok = self.phase == "live" and connected
-        return ok, {
+        detail: dict[str, Any] = {
             "service": SERVICE,
             "phase": self.phase,
             "last_seq": self.last_seq,
             "kill_switch": self.state.kill_switch.engaged,
             "states": {k: v.state for k, v in sorted(self.state.states.items())},
         }
+        if self.problem is not None:
+            detail["problem"] = self.problem
+        return ok, detail
 
     async def run(self) -> None:
         """Cycle until :meth:`stop`; each fault rebuilds from the store."""
@@ -116,12 +123,17 @@ class RiskGate:
             except RETRYABLE as e:
                 cause = type(e).__name__
                 metrics.RESTARTS.labels(cause=cause).inc()
-                log.warning("risk-gate cycle ended (%s: %s); rebuilding", cause, e)
+                backoff = self.settings.retry_backoff_s
+                if isinstance(e, StreamMismatch):
+                    # Needs an operator: unhealthy, said loudly, checked again slowly.
+                    self.problem = str(e)
+                    log.error("%s", e)
+                    backoff = max(backoff, STREAM_RESET_RECHECK_S)
+                else:
+                    log.warning("risk-gate cycle ended (%s: %s); rebuilding", cause, e)
                 self._set_phase("restarting")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
-                    )
+                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
 
     # -------------------------------------------------------------- cycle
 
@@ -154,6 +166,7 @@ class RiskGate:
             stream = RiskStream(bus)
             try:
                 backlog = await stream.start_at(self.last_seq + 1)
+                self.problem = None
                 self._set_phase("catching_up")
                 if backlog == 0:
                     await self._go_live(stream)

@@ -682,3 +682,32 @@ async def test_acks_reach_the_live_consumer_after_a_replayed_backlog(
         await eventually(all_acked, timeout=15, message=stack.logs)
     finally:
         recorder.terminate()
+
+
+async def test_a_reset_stream_is_refused_not_read_past(stack: Stack, bus: Bus) -> None:
+    """The NATS data wiped while the store is kept: the new stream ends before
+    the store does, and a gate reading on from the store's next sequence would
+    skip the new stream's first intents. It refuses: not live, unhealthy with
+    the reason, nothing decided; the intents wait in the stream."""
+    await bus.publish(mark("AAPL", "100"))
+    await bus.publish_many(list(signal_and_intent("good", 1)))
+    await wait_recorded(stack.database_url, "RiskDecisionMade", 1)
+    stack.gate.kill()
+    stack.recorder.kill()
+    await bus.js.delete_stream("TRADEBUS")
+    await bus.ensure_stream()
+    await bus.publish(mark("AAPL", "100"))
+    sig, intent = signal_and_intent("good", 1)
+    await bus.publish_many([sig, intent])
+    gate = stack.new_gate()
+    health = await eventually(
+        lambda: (h := gate.health()) is not None and "problem" in h and h, timeout=30
+    )
+    assert not health["ok"]
+    assert health["phase"] == "restarting"
+    assert "the stream was reset; not deciding" in health["problem"], health
+    assert "holds up to" in health["problem"]
+    assert gate.alive
+    assert "the stream was reset" in gate.log_text()
+    info = await bus.js.stream_info("TRADEBUS")
+    assert info.state.messages == 3, "no decision or order went out; the three messages wait"

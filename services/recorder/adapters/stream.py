@@ -16,8 +16,7 @@ import nats.errors
 import nats.js.errors
 
 from libs.bus.client import Bus
-from libs.bus.consumer import restart_consumer_at
-from libs.bus.errors import StreamMismatch
+from libs.bus.consumer import refuse_a_reset_stream, restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
 from services.recorder.domain.rows import StreamMessage
@@ -54,19 +53,12 @@ class RecorderStream:
     async def start_at(self, next_seq: int) -> None:
         """Point the durable consumer at ``next_seq`` (delete and recreate it).
 
-        Refuses (:class:`StreamMismatch`) when the stream ends before the store
-        does: the stream was reset (its data wiped) while the store was kept,
-        and recording from ``next_seq`` would silently skip its first
-        messages. An operator has to decide (a new database, or the old
-        stream back).
+        Refuses (:class:`~libs.bus.errors.StreamMismatch`) when the stream was
+        reset while the store was kept (see
+        :func:`~libs.bus.consumer.refuse_a_reset_stream`).
         """
         info = await self.bus.ensure_stream(name=self.stream)
-        if info.state.last_seq < next_seq - 1:
-            raise StreamMismatch(
-                f"stream {self.stream} ends at sequence {info.state.last_seq} but the event "
-                f"store already holds up to {next_seq - 1}: the stream was reset; not "
-                "recording (its messages would be skipped)"
-            )
+        refuse_a_reset_stream(info, next_seq, "recording")
         await self.close()
         await restart_consumer_at(
             self.bus,

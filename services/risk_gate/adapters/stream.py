@@ -16,7 +16,7 @@ import logging
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import restart_consumer_at
+from libs.bus.consumer import refuse_a_reset_stream, restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.subjects import STREAM
 
@@ -60,18 +60,16 @@ class RiskStream:
         self._fetcher = PullFetcher(bus, stream, DURABLE)
 
     async def start_at(self, next_seq: int) -> int:
-        """Deliver from ``next_seq`` on; returns how many messages were already there."""
+        """Deliver from ``next_seq`` on; returns how many messages were already there.
+
+        Refuses (:class:`~libs.bus.errors.StreamMismatch`) when the stream was
+        reset while the store was kept: the gate would skip the new stream's
+        first intents (see :func:`~libs.bus.consumer.refuse_a_reset_stream`).
+        """
         info = await self.bus.ensure_stream(name=self.stream)
-        first, last = info.state.first_seq, info.state.last_seq
-        if last < next_seq - 1:
-            log.error(
-                "the stream ends at %d but the store already holds %d: was the NATS data reset "
-                "without the store? Sequences up to %d will be skipped",
-                last,
-                next_seq - 1,
-                next_seq - 1,
-            )
-        elif first > next_seq and info.state.messages:
+        refuse_a_reset_stream(info, next_seq, "deciding")
+        first = info.state.first_seq
+        if first > next_seq and info.state.messages:
             log.warning(
                 "the stream starts at %d but the store ends at %d: sequences in between are "
                 "in neither (trimmed before they were recorded?)",
