@@ -40,8 +40,8 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer
-from libs.bus.errors import BusError, BusUnavailable
+from libs.bus.consumer import STREAM_RESET_RECHECK_S, EventConsumer, refuse_a_reset_stream
+from libs.bus.errors import BusError, BusUnavailable, StreamMismatch
 from libs.bus.pull import parse_ack_subject
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
@@ -54,7 +54,6 @@ from services.strategy_runner import metrics
 from services.strategy_runner.adapters.store import load_history
 from services.strategy_runner.adapters.stream import (
     filter_subjects,
-    last_sequence,
     reset_consumer,
 )
 from services.strategy_runner.config import RunnerSettings
@@ -150,6 +149,8 @@ class Runner:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.ready = False
+        #: What keeps the runner from trading that an operator must fix.
+        self.problem: str | None = None
         self.catch_up_until = 0
         #: Whether the consumer has left the catch-up (it no longer reads back
         #: the strategies' own signals and intents).
@@ -179,25 +180,36 @@ class Runner:
     def health(self) -> tuple[bool, dict[str, Any]]:
         connected = self.bus is not None and bool(self.bus.nc.is_connected)
         ok = self.ready and connected
-        return ok, {
+        detail: dict[str, Any] = {
             "service": SERVICE,
             "ready": self.ready,
             "connected": connected,
             "consuming": "live" if self.live else "catching up",
             "strategies": {name: t.status() for name, t in self.tasks.items()},
         }
+        if self.problem is not None:
+            detail["problem"] = self.problem
+        return ok, detail
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
         """``attempt()`` until it works or we are stopped (then None)."""
         while not self.stopping.is_set():
             try:
-                return await attempt()
+                result = await attempt()
             except (BusError, StoreError, nats.errors.Error, OSError, TimeoutError) as e:
-                log.warning("%s failed (%s: %s); retrying", what, type(e).__name__, e)
+                backoff = self.settings.retry_backoff_s
+                if isinstance(e, StreamMismatch):
+                    # Needs an operator: unhealthy, said loudly, checked again slowly.
+                    self.problem = str(e)
+                    log.error("%s", e)
+                    backoff = max(backoff, STREAM_RESET_RECHECK_S)
+                else:
+                    log.warning("%s failed (%s: %s); retrying", what, type(e).__name__, e)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
-                    )
+                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+            else:
+                self.problem = None
+                return result
         return None
 
     async def _connect(self) -> Bus:
@@ -224,7 +236,9 @@ class Runner:
             self.next_seq = start_seq
 
             async def prepare() -> int:
-                until = await last_sequence(bus)
+                info = await bus.js.stream_info(STREAM)
+                refuse_a_reset_stream(info, start_seq, "trading")
+                until = int(info.state.last_seq)
                 name = self.settings.consumer_name
                 # Nothing to catch up on (the stream holds nothing after the
                 # store, or nothing the catch-up reads): live at once.

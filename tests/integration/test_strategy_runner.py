@@ -295,3 +295,39 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
         if runner is not None:
             runner.kill()
         server.stop()
+
+
+async def test_a_reset_stream_is_refused_not_read_past(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """The NATS data wiped while the store is kept: a runner reading on from
+    the store's next sequence would skip the new stream's first bars. It
+    refuses: not ready, the reason under /health's problem, no signal made."""
+    config = tmp_path / "strategies.yaml"
+    config.write_text(CONFIG)
+    run_args = ["strategy-runner", "run", "--config", str(config)]
+    recorder = service(["recorder", "run"], tmp_path, nats_url, database_url, "rec").start()
+    runner = service(run_args, tmp_path, nats_url, database_url, "runner").start()
+    try:
+        await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+        await publish_bars(bus, "MSFT", [10, 11], first_minute=0)  # the echo probe signals
+        await eventually(lambda: Timeline(database_url).count("SignalGenerated", "boom", 2))
+        runner.kill()
+        recorder.kill()
+        await bus.js.delete_stream(STREAM)
+        await bus.ensure_stream()
+        await publish_bars(bus, "MSFT", [12], first_minute=2)
+        runner = service(run_args, tmp_path, nats_url, database_url, "runner-2").start()
+        health = await eventually(
+            lambda: (h := runner.health()) is not None and "problem" in h and h, timeout=30
+        )
+        assert not health["ok"]
+        assert not health["ready"]
+        assert "the stream was reset; not trading" in health["problem"], health
+        assert runner.alive
+        info = await bus.js.stream_info(STREAM)
+        assert info.state.messages == 1, "no signal went out; the bar waits"
+        assert runner.terminate() == 0, runner.log_text()[-2000:]
+    finally:
+        runner.kill()
+        recorder.kill()

@@ -59,12 +59,6 @@ def filter_subjects(
     return out
 
 
-async def last_sequence(bus: Bus, stream: str = STREAM) -> int:
-    """The stream's last sequence right now."""
-    info = await bus.js.stream_info(stream)
-    return int(info.state.last_seq)
-
-
 async def reset_consumer(
     bus: Bus, durable: str, subjects: list[str], start_seq: int, stream: str = STREAM
 ) -> int:
