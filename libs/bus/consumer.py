@@ -20,7 +20,6 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
-from libs.bus.errors import StreamMismatch
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
@@ -64,29 +63,6 @@ async def ensure_consumer(
         max_deliver=-1,
     )
     return await bus.js.add_consumer(stream, config)
-
-
-#: How often a service that found the stream reset checks it again.
-STREAM_RESET_RECHECK_S = 10.0
-
-
-def refuse_a_reset_stream(info: js_api.StreamInfo, next_seq: int, refusing: str) -> None:
-    """Raise :class:`StreamMismatch` when the stream ends before the store does.
-
-    The stream was reset (its data wiped) while the event store was kept:
-    a consumer started at ``next_seq`` would silently skip the new stream's
-    first ``next_seq - 1`` messages. An operator has to decide (a new
-    database, or the old stream back); until then the service refuses
-    (``refusing`` says what it does not do), reports it in its health and
-    checks again every :data:`STREAM_RESET_RECHECK_S`.
-    """
-    last = info.state.last_seq
-    if last < next_seq - 1:
-        raise StreamMismatch(
-            f"stream {info.config.name} ends at sequence {last} but the event store already "
-            f"holds up to {next_seq - 1}: the stream was reset; not {refusing} (its messages "
-            "would be skipped)"
-        )
 
 
 async def restart_consumer_at(

@@ -25,6 +25,22 @@ SELECT = (
 
 
 @dataclass(frozen=True, slots=True)
+class Tail:
+    """The store's last row: what the stream must still hold at that sequence."""
+
+    seq: int
+    id: uuid.UUID
+    subject: str
+    type: str
+
+
+async def tail(conn: asyncpg.Connection) -> Tail | None:
+    """The last recorded row; None for an empty store."""
+    row = await conn.fetchrow("SELECT seq, id, subject, type FROM events ORDER BY seq DESC LIMIT 1")
+    return None if row is None else Tail(int(row["seq"]), row["id"], row["subject"], row["type"])
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     """A row of the store as read back."""
 
@@ -119,10 +135,6 @@ def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
         prefix += "."
     like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return f"(subject LIKE ${param} AND subject ~ ${param + 1})", [like, regex]
-
-
-async def last_seq(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
 
 
 async def list_events(

@@ -25,7 +25,9 @@ import asyncpg
 import orjson
 
 from libs.contract.codec import derived_id
+from libs.store import queries
 from libs.store.errors import LockLost, StoreError, StoreUnavailable
+from libs.store.queries import Tail
 from libs.store.schema import COPY_COLUMNS, DUPLICATE
 from libs.store.urls import asyncpg_url
 
@@ -78,9 +80,11 @@ class Row(NamedTuple):
 class EventWriter:
     """Holds the recorder lock and appends rows. Use :meth:`open`."""
 
-    def __init__(self, conn: asyncpg.Connection, last_seq: int) -> None:
+    def __init__(self, conn: asyncpg.Connection, tail: Tail | None) -> None:
         self._conn = conn
-        self.last_seq = last_seq
+        #: The store's last row when the writer opened (see libs.continuity).
+        self.tail = tail
+        self.last_seq = tail.seq if tail is not None else 0
         self._closed = False
 
     @classmethod
@@ -113,14 +117,14 @@ class EventWriter:
                     log.info("another recorder holds the writer lock; standing by")
                     announced = True
                 await asyncio.sleep(LOCK_POLL_INTERVAL)
-            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+            last = await queries.tail(conn)
         except BaseException as e:
             await conn.close(timeout=1)
             if isinstance(e, CONNECTION_ERRORS):
                 raise StoreUnavailable(f"event store connection lost: {e}") from e
             raise
-        log.info("holding the writer lock; last recorded sequence %d", last)
-        return cls(conn, int(last))
+        log.info("holding the writer lock; last recorded sequence %d", last.seq if last else 0)
+        return cls(conn, last)
 
     async def __aenter__(self) -> Self:
         return self

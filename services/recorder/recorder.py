@@ -25,8 +25,8 @@ from typing import Any
 import nats.errors
 
 from libs.bus.client import Bus
-from libs.bus.consumer import STREAM_RESET_RECHECK_S
 from libs.bus.errors import BusError, StreamMismatch
+from libs.continuity import STREAM_RESET_RECHECK_S
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import StoreError
@@ -150,7 +150,7 @@ class Recorder:
             )
             async with bus:
                 stream = RecorderStream(bus, ack_wait_s=s.ack_wait_s)
-                await stream.start_at(writer.last_seq + 1)
+                await stream.start_at(writer.tail)
                 self.problem = None
                 # Two stages: the reader fetches, fills holes and converts the
                 # next batch while the writer commits (then acks) the previous

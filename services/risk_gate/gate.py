@@ -23,8 +23,9 @@ second order.
 
 Any NATS or Postgres fault ends the cycle; the next one starts again from
 the store, which is why a crash at any point loses no intent and repeats
-no order. A stream that ends before the store (reset) is refused: the gate
-stays unhealthy, says why and looks again every ``STREAM_RESET_RECHECK_S``.
+no order. A stream that does not continue the store (reset; see
+``libs/continuity.py``) is refused: the gate stays unhealthy, says why and
+looks again every ``STREAM_RESET_RECHECK_S``.
 Only one risk-gate instance may run at a time.
 """
 
@@ -40,8 +41,9 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import STREAM_RESET_RECHECK_S, header_dict
+from libs.bus.consumer import header_dict
 from libs.bus.errors import BusError, StreamMismatch
+from libs.continuity import STREAM_RESET_RECHECK_S
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import OrderIntentCreated, SubmitOrder
@@ -165,7 +167,7 @@ class RiskGate:
             self.bus = bus
             stream = RiskStream(bus)
             try:
-                backlog = await stream.start_at(self.last_seq + 1)
+                backlog = await stream.start_at(rebuilt.tail)
                 self.problem = None
                 self._set_phase("catching_up")
                 if backlog == 0:

@@ -40,9 +40,10 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import STREAM_RESET_RECHECK_S, EventConsumer, refuse_a_reset_stream
+from libs.bus.consumer import EventConsumer
 from libs.bus.errors import BusError, BusUnavailable, StreamMismatch
 from libs.bus.pull import parse_ack_subject
+from libs.continuity import STREAM_RESET_RECHECK_S, refuse_a_reset_stream
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
 from libs.contract.subjects import STREAM
@@ -51,7 +52,7 @@ from libs.strategy.host import StrategyHost
 from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.spec import LoadedStrategy
 from services.strategy_runner import metrics
-from services.strategy_runner.adapters.store import load_history
+from services.strategy_runner.adapters.store import History, load_history
 from services.strategy_runner.adapters.stream import (
     filter_subjects,
     reset_consumer,
@@ -230,14 +231,16 @@ class Runner:
         async with bus:
             if await self._retrying("declaring the stream", bus.ensure_stream) is None:
                 return
-            start_seq = await self._rebuild()
-            if start_seq is None:
+            rebuilt = await self._rebuild()
+            if rebuilt is None:
                 return
+            tail = rebuilt.tail
+            start_seq = rebuilt.last_seq + 1
             self.next_seq = start_seq
 
             async def prepare() -> int:
                 info = await bus.js.stream_info(STREAM)
-                refuse_a_reset_stream(info, start_seq, "trading")
+                await refuse_a_reset_stream(bus, info, tail, "trading")
                 until = int(info.state.last_seq)
                 name = self.settings.consumer_name
                 # Nothing to catch up on (the stream holds nothing after the
@@ -265,10 +268,10 @@ class Runner:
             )
             await self._serve(bus)
 
-    async def _rebuild(self) -> int | None:
-        """Restore the books from the store; the first stream sequence to consume."""
+    async def _rebuild(self) -> History | None:
+        """Restore the books from the store; what was read (None once stopped)."""
         if not self.settings.rebuild_from_store:
-            return 1
+            return History(0, [])
         url = self.settings.database_url.get_secret_value()
         history = await self._retrying(
             "reading the event store",
@@ -285,7 +288,7 @@ class Runner:
                 s: str(p.quantity) for s, p in task.host.ledger.positions.items() if p.quantity
             }
             log.info("strategy %s restored: positions %s", task.name, positions or "flat")
-        return history.last_seq + 1
+        return history
 
     def _subjects(self, *, live: bool | None = None) -> list[str]:
         return filter_subjects(self.tasks, self.symbols, live=self.live if live is None else live)

@@ -258,3 +258,31 @@ async def test_a_reset_stream_is_refused_not_silently_skipped(
         assert rec.alive
     finally:
         rec.terminate()
+
+
+async def test_a_reset_stream_that_outgrew_the_store_is_refused_too(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    """The new stream already holds more than the store: its message at the
+    store's last sequence is another event, so it is still refused (reading
+    on would skip the new stream's first five)."""
+    await bus.publish_many(list(make_trades(5, "before")))
+    rec = recorder(tmp_path, nats_url, database_url).start()
+    try:
+        await eventually(lambda: _count_is(database_url, 5), timeout=30)
+    finally:
+        assert rec.terminate() == 0
+    await bus.js.delete_stream("TRADEBUS")
+    await bus.ensure_stream()
+    await bus.publish_many(list(make_trades(8, "after")))
+    rec = recorder(tmp_path, nats_url, database_url, name="r2").start()
+    try:
+        health = await eventually(
+            lambda: (h := rec.health()) is not None and not h["ok"] and h, timeout=30
+        )
+        assert "holds at sequence 5 a message" in health["problem"], health
+        assert "the stream was reset; not recording" in health["problem"]
+        assert (await timeline(database_url)).count == 5
+        assert rec.alive
+    finally:
+        rec.terminate()

@@ -49,6 +49,7 @@ from libs.store.urls import asyncpg_url
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.wait import eventually
+from tests.integration.recording import record_stream
 
 CLOCK = WallClock()
 D = Decimal
@@ -556,9 +557,10 @@ def _metric(proc: ServiceProcess, line: str) -> bool:
 async def test_gate_works_under_its_own_nats_user(
     tmp_path: Path, database_url: str, limits_file: Path
 ) -> None:
-    """With deploy/nats permissions on: the gate (user risk-gate) makes its consumer
-    and issues orders; intents come from user strategy-runner, the kill switch
-    from user operator (through the CLI)."""
+    """With deploy/nats permissions on: the gate (user risk-gate) starts on a
+    store that is not empty (its start-up reads the stream's message at the
+    store's last sequence), makes its consumer and issues orders; intents come
+    from user strategy-runner, the kill switch from user operator (the CLI)."""
     passwords = {u: f"pw{secrets.token_hex(12)}" for u in NATS_USERS}
     server = NatsServer(tmp_path / "nats", config_file=NATS_CONFIG)
     with pytest.MonkeyPatch.context() as mp:
@@ -580,6 +582,11 @@ async def test_gate_works_under_its_own_nats_user(
             server.url, name="test-admin", user="admin", password=passwords["admin"]
         ) as admin:
             await admin.ensure_stream()
+            async with await Bus.connect(
+                server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
+            ) as md:
+                await md.publish(mark("AAPL", "100"))
+            assert await record_stream(admin, database_url) == 1
         gate = ServiceProcess(
             ["risk-gate", "run", "--config", str(limits_file)],
             env=creds("risk-gate"),
@@ -587,10 +594,7 @@ async def test_gate_works_under_its_own_nats_user(
             name="gate-perm",
         ).start()
         await _live(gate)
-        async with await Bus.connect(
-            server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
-        ) as md:
-            await md.publish(mark("AAPL", "100"))
+        assert "state rebuilt from 1 events up to store sequence 1" in gate.log_text()
         async with await Bus.connect(
             server.url,
             name="test-strategy",

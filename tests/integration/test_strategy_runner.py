@@ -28,6 +28,7 @@ from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
+from tests.integration.recording import record_stream
 
 T0 = 1_700_000_000 * 1_000_000_000
 ENVELOPE = (
@@ -250,8 +251,10 @@ NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-se
 NATS_USERS = config_users()  # every user the config declares
 
 
-async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
-    """With deploy/nats permissions on, the runner can create its consumer and emit."""
+async def test_runner_works_under_its_own_nats_user(tmp_path: Path, database_url: str) -> None:
+    """With deploy/nats permissions on, the runner starts on a store that is not
+    empty (its start-up reads the stream's message at the store's last
+    sequence), creates its consumer and emits."""
     passwords = {u: f"pw{secrets.token_hex(12)}" for u in NATS_USERS}
     server = NatsServer(tmp_path / "nats", config_file=NATS_CONFIG)
     with pytest.MonkeyPatch.context() as mp:
@@ -264,6 +267,11 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
             server.url, name="test-admin", user="admin", password=passwords["admin"]
         ) as admin:
             await admin.ensure_stream()
+            async with await Bus.connect(
+                server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
+            ) as md:
+                await md.publish(bar("NVDA", 99, T0))
+            assert await record_stream(admin, database_url) == 1
         config = tmp_path / "strategies.yaml"
         config.write_text(
             "strategies:\n"
@@ -276,7 +284,7 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
                 "NATS_URL": server.url,
                 "TRADEBUS_NATS_USER": "strategy-runner",
                 "TRADEBUS_NATS_PASSWORD": passwords["strategy-runner"],
-                "TRADEBUS_REBUILD_FROM_STORE": "false",
+                "DATABASE_URL": database_url,
             },
             log_path=tmp_path / "runner.log",
             name="runner-perm",
@@ -285,7 +293,7 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path) -> None:
         async with await Bus.connect(
             server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
         ) as md:
-            await md.publish(bar("NVDA", 100, T0))
+            await md.publish(bar("NVDA", 100, T0 + MINUTE_NS))
         emitted = (
             'tradebus_strategy_events_emitted_total{strategy="echo",type="OrderIntentCreated"}'
         )

@@ -16,9 +16,11 @@ import nats.errors
 import nats.js.errors
 
 from libs.bus.client import Bus
-from libs.bus.consumer import refuse_a_reset_stream, restart_consumer_at
+from libs.bus.consumer import restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
+from libs.store.queries import Tail
 from services.recorder.domain.rows import StreamMessage
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,17 @@ class RecorderStream:
         self.ack_wait_s = ack_wait_s
         self._fetcher = PullFetcher(bus, stream, durable)
 
-    async def start_at(self, next_seq: int) -> None:
-        """Point the durable consumer at ``next_seq`` (delete and recreate it).
+    async def start_at(self, tail: Tail | None) -> None:
+        """Point the durable consumer right after the store's last row ``tail``
+        (delete and recreate it).
 
         Refuses (:class:`~libs.bus.errors.StreamMismatch`) when the stream was
         reset while the store was kept (see
-        :func:`~libs.bus.consumer.refuse_a_reset_stream`).
+        :func:`~libs.continuity.refuse_a_reset_stream`).
         """
         info = await self.bus.ensure_stream(name=self.stream)
-        refuse_a_reset_stream(info, next_seq, "recording")
+        await refuse_a_reset_stream(self.bus, info, tail, "recording")
+        next_seq = (tail.seq if tail is not None else 0) + 1
         await self.close()
         await restart_consumer_at(
             self.bus,

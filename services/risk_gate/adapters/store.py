@@ -42,6 +42,8 @@ class Rebuilt:
     last_seq: int
     #: How many events went through evolve.
     events: int
+    #: The store's last row (None when empty): what the stream must continue.
+    tail: queries.Tail | None = None
 
 
 async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
@@ -53,7 +55,8 @@ async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
     count = 0
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            last = await queries.last_seq(conn)
+            tail = await queries.tail(conn)
+            last = tail.seq if tail is not None else 0
             async for rec in queries.iter_range(conn, to_seq=last):
                 if rec.type not in RELEVANT_TYPES:
                     continue
@@ -70,4 +73,4 @@ async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
         raise StoreUnavailable(f"event store read failed: {e}") from e
     finally:
         await conn.close()
-    return Rebuilt(state, last, count)
+    return Rebuilt(state, last, count, tail)

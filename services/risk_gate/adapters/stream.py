@@ -16,9 +16,11 @@ import logging
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import refuse_a_reset_stream, restart_consumer_at
+from libs.bus.consumer import restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import STREAM
+from libs.store.queries import Tail
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,17 @@ class RiskStream:
         self.ack_wait_s = ack_wait_s
         self._fetcher = PullFetcher(bus, stream, DURABLE)
 
-    async def start_at(self, next_seq: int) -> int:
-        """Deliver from ``next_seq`` on; returns how many messages were already there.
+    async def start_at(self, tail: Tail | None) -> int:
+        """Deliver from right after the store's last row ``tail``; returns how
+        many messages were already there.
 
         Refuses (:class:`~libs.bus.errors.StreamMismatch`) when the stream was
         reset while the store was kept: the gate would skip the new stream's
-        first intents (see :func:`~libs.bus.consumer.refuse_a_reset_stream`).
+        first intents (see :func:`~libs.continuity.refuse_a_reset_stream`).
         """
         info = await self.bus.ensure_stream(name=self.stream)
-        refuse_a_reset_stream(info, next_seq, "deciding")
+        await refuse_a_reset_stream(self.bus, info, tail, "deciding")
+        next_seq = (tail.seq if tail is not None else 0) + 1
         first = info.state.first_seq
         if first > next_seq and info.state.messages:
             log.warning(

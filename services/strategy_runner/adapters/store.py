@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from libs.contract.envelope import Event
 from libs.contract.events import EVENT_ADAPTER
+from libs.store import queries
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
 from libs.store.writer import CONNECT_TIMEOUT, CONNECTION_ERRORS
@@ -53,6 +54,8 @@ class History:
 
     last_seq: int
     events: list[Event]
+    #: The store's last row (None when empty): what the stream must continue.
+    tail: queries.Tail | None = None
 
 
 def _event(row: asyncpg.Record) -> Event | None:
@@ -85,7 +88,8 @@ async def load_history(
         raise StoreUnavailable(f"cannot reach the event store: {e}") from e
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            last_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+            tail = await queries.tail(conn)
+            last_seq = tail.seq if tail is not None else 0
             rows = list(await conn.fetch(CHAINS_SQL, list(strategies), last_seq))
             for symbol in sorted(set(symbols)):
                 row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
@@ -97,4 +101,4 @@ async def load_history(
         await conn.close()
     rows.sort(key=lambda r: r["seq"])
     events = [e for e in map(_event, rows) if e is not None]
-    return History(last_seq, events)
+    return History(last_seq, events, tail)
