@@ -15,7 +15,8 @@ Either way the service refuses (:class:`~libs.bus.errors.StreamMismatch`),
 reports it in its health and looks again every :data:`STREAM_RESET_RECHECK_S`.
 An operator decides: a new database, or the old stream back. Where the
 stream no longer holds that message (trimmed by its limits, or never there:
-the store's ``MessageMissing``) nothing can be compared and nothing is said.
+the store's ``MessageMissing``), or the stream was made without direct gets,
+nothing can be compared and nothing is said.
 The one message is read with a direct get (``$JS.API.DIRECT.GET.TRADEBUS``,
 which the three services' NATS users may send).
 """
@@ -50,8 +51,8 @@ async def refuse_a_reset_stream(
             f"stream {name} ends at sequence {last} but the event store already holds up to "
             f"{tail.seq}: the stream was reset; not {refusing} (its messages would be skipped)"
         )
-    if tail.type == MISSING or tail.seq < info.state.first_seq:
-        return
+    if tail.type == MISSING or tail.seq < info.state.first_seq or not info.config.allow_direct:
+        return  # nothing there to compare, or no direct get (a stream made elsewhere)
     try:
         msg = await bus.js.get_msg(name, seq=tail.seq, direct=True)
     except nats.js.errors.NotFoundError:
