@@ -13,6 +13,13 @@ passes a ``linger``: then only the first message is long-polled for; the rest
 is left to pile up on the server for ``linger`` and taken in one ``no_wait``
 pull. An open pull request would instead bring every message on its own, and
 each one costs both processes a wake-up.
+
+A consumer that vanished (deleted, or lost with the server's data) serves
+no pull request ("no responders", or nothing at all); after
+:data:`LOST_BEFORE_CHECK` such requests
+in a row the fetcher looks the consumer up, and :meth:`PullFetcher.fetch`
+raises ``nats.js.errors.NotFoundError`` if it is gone, instead of waiting on
+for ever.
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ from nats.aio.subscription import Subscription
 from libs.bus.client import Bus
 
 STATUS_HEADER = "Status"
+#: Pull requests that may go unanswered in a row (no message and no status by
+#: their expiry) before the consumer is looked up: a live consumer ends every
+#: request with a status, one that is gone (deleted, or lost with the
+#: server's data) answers nothing at all, and waiting on would stall the
+#: reader silently.
+LOST_BEFORE_CHECK = 2
+#: The status of a request nobody serves (here: a consumer that is not there).
+NO_RESPONDERS = "503"
 #: Statuses that end a pull request: no messages, request expired, conflict.
 TERMINAL_STATUSES = frozenset({"404", "408", "409"})
 
@@ -59,6 +74,7 @@ class PullFetcher:
         self._buffer: list[Msg] = []
         self._remaining = 0  # messages the open pull request may still bring
         self._expires_at = 0.0
+        self._lost = 0  # pull requests in a row that nothing answered
         self._signal = asyncio.Event()
 
     async def start(self) -> None:
@@ -73,10 +89,18 @@ class PullFetcher:
     async def _on_message(self, msg: Msg) -> None:
         # A pull delivers its messages, then (if it ended short) one status.
         if not msg.data and msg.headers and STATUS_HEADER in msg.headers:
-            if msg.headers[STATUS_HEADER] in TERMINAL_STATUSES:
+            status = msg.headers[STATUS_HEADER]
+            if status == NO_RESPONDERS:
+                # Nobody serves the request: no such consumer (or JetStream is
+                # not up yet). Not an answer: the request runs to its expiry
+                # (which paces the asking) and then counts as unanswered.
+                return
+            self._lost = 0
+            if status in TERMINAL_STATUSES:
                 self._remaining = 0
                 self._signal.set()
             return  # 100: idle heartbeat
+        self._lost = 0
         self._buffer.append(msg)
         self._remaining = max(0, self._remaining - 1)
         self._signal.set()
@@ -93,6 +117,14 @@ class PullFetcher:
         else:
             body["expires"] = int(timeout * 1e9)
         await self.bus.nc.publish(self._next_subject, orjson.dumps(body), reply=self._inbox)
+
+    async def _check_consumer(self) -> None:
+        """:data:`LOST_BEFORE_CHECK` requests in a row went unanswered (no
+        message and no status but "no responders" by their expiry): make sure
+        the consumer still exists (``nats.js.errors.NotFoundError`` if not:
+        the caller's recovery recreates it, or refuses a reset stream)."""
+        self._lost = 0
+        await self.bus.js.consumer_info(self.stream, self.durable)
 
     async def _wait(self, until: float) -> None:
         # Returns at once if something arrived since the last wait (the flag
@@ -118,7 +150,10 @@ class PullFetcher:
         """
         assert self._sub is not None, "start() first"
         if self._remaining and time.monotonic() >= self._expires_at:
-            self._remaining = 0  # lost: no messages and no status will come
+            self._remaining = 0  # expired unanswered: no messages and no status will come
+            self._lost += 1
+        if self._lost >= LOST_BEFORE_CHECK:
+            await self._check_consumer()
         if linger > 0:
             return await self._gather(batch, timeout, linger)
         if self._remaining == 0 and len(self._buffer) < batch:

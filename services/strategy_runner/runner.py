@@ -48,6 +48,7 @@ from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
 from libs.contract.subjects import STREAM
 from libs.store.errors import StoreError
+from libs.store.queries import Tail
 from libs.strategy.host import StrategyHost
 from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.spec import LoadedStrategy
@@ -161,6 +162,10 @@ class Runner:
         self._interrupt = asyncio.Event()
         #: The stream sequence to read next (where a vanished consumer is recreated).
         self.next_seq = 1
+        #: The last message read (or the store's last row before the first):
+        #: what the stream must still hold for a vanished consumer to be
+        #: recreated at ``next_seq`` (libs/continuity.py).
+        self._last_seen: Tail | None = None
         self.bus: Bus | None = None
         # The same runtime the backtest uses, minus its synchronous feed: the
         # runner drives each host from its own task instead.
@@ -180,7 +185,7 @@ class Runner:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         connected = self.bus is not None and bool(self.bus.nc.is_connected)
-        ok = self.ready and connected
+        ok = self.ready and connected and self.problem is None
         detail: dict[str, Any] = {
             "service": SERVICE,
             "ready": self.ready,
@@ -234,7 +239,7 @@ class Runner:
             rebuilt = await self._rebuild()
             if rebuilt is None:
                 return
-            tail = rebuilt.tail
+            tail = self._last_seen = rebuilt.tail
             start_seq = rebuilt.last_seq + 1
             self.next_seq = start_seq
 
@@ -347,12 +352,23 @@ class Runner:
                     try:
                         await bus.js.consumer_info(STREAM, name)
                     except nats.js.errors.NotFoundError:
+                        # Gone with the stream's data? Then not at next_seq.
+                        info = await bus.js.stream_info(STREAM)
+                        await refuse_a_reset_stream(bus, info, self._last_seen, "trading")
                         log.warning("consumer %s is gone; recreating it at %d", name, self.next_seq)
                         await reset_consumer(bus, name, self._subjects(), self.next_seq)
+                self.problem = None
                 self._interrupt.clear()
                 if self.stopping.is_set():
                     return
                 await consumer.run(self._dispatch, stop=self._interrupt)
+            except StreamMismatch as e:
+                # Needs an operator: unhealthy, said loudly, checked again slowly.
+                self.problem = str(e)
+                log.error("%s", e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=STREAM_RESET_RECHECK_S)
+                continue
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)
                 with contextlib.suppress(TimeoutError):
@@ -366,6 +382,7 @@ class Runner:
     async def _dispatch(self, event: AnyEvent, msg: Msg) -> None:
         seq = parse_ack_subject(msg.reply)[0]
         self.next_seq = seq + 1
+        self._last_seen = Tail(seq, event.id, msg.subject, event.type)
         if not self.live and not self._live_due and seq >= self.catch_up_until:
             self._live_due = True  # the rest of this batch is handled first
             self._interrupt.set()

@@ -576,6 +576,27 @@ async def _positions_are(port: int, expected: dict[str, str]) -> bool:
     return {p["symbol"]: p["qty"] for p in body} == expected
 
 
+async def test_a_command_consumer_deleted_under_the_gateway_is_made_again(
+    stack: Stack, bus: Bus
+) -> None:
+    """Its pull requests go unanswered, so the gateway looks, finds its consumer
+    gone and makes it again: the next command still reaches the broker."""
+    _, _, gateway = await up(stack)
+    db = stack.database_url
+    await bus.publish(trade("AAPL", "100"))
+    await bus.js.delete_consumer("TRADEBUS", "broker-gateway")
+    sig = signal_for("AAPL")
+    buy = submit(sig, "AAPL", "buy", "5")
+    await bus.publish_many([sig, buy])
+    await eventually(
+        lambda: for_order(db, "FillReceived", buy.payload.order_id),
+        timeout=30,
+        message=stack.logs(),
+    )
+    assert "command consumer broker-gateway is gone; recreating it" in gateway.log_text()
+    assert (await bus.js.consumer_info("TRADEBUS", "broker-gateway")).config.durable_name
+
+
 async def test_paper_price_feed_with_a_linger_applies_every_price_in_order(
     bus: Bus, nats_url: str
 ) -> None:

@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
+import pytest
 import uvloop
 
 from libs.bus.client import Bus, Outgoing
@@ -162,3 +164,28 @@ def test_close_while_nats_is_away_returns_cleanly(tmp_path: Path) -> None:
         uvloop.run(scenario())
     finally:
         server.stop()
+
+
+async def test_a_fetcher_whose_consumer_vanished_says_so(bus: Bus) -> None:
+    """A consumer deleted under a waiting fetcher answers no pull request; the
+    fetcher does not wait on for ever but raises NotFoundError (after two
+    unanswered requests), so its reader can recreate the consumer or refuse."""
+    await ensure_consumer(bus, "vanishing")
+    fetcher = PullFetcher(bus, "TRADEBUS", "vanishing")
+    await fetcher.start()
+    try:
+        assert await fetcher.fetch(10, timeout=0.2) == []  # alive: the request ends with 408
+        await bus.js.delete_consumer("TRADEBUS", "vanishing")
+        fetches = 0
+
+        async def fetch_until_it_raises() -> None:
+            nonlocal fetches
+            while fetches < 10:  # two unanswered requests of 0.2 s (+0.5 s grace) suffice
+                fetches += 1
+                await fetcher.fetch(10, timeout=0.2)
+
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await fetch_until_it_raises()
+        assert fetches <= 4, fetches
+    finally:
+        await fetcher.close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shutil
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import orjson
 import pytest
 
@@ -339,3 +341,52 @@ async def test_a_reset_stream_is_refused_not_read_past(
     finally:
         runner.kill()
         recorder.kill()
+
+
+async def test_a_stream_reset_under_a_running_runner_is_refused(
+    tmp_path: Path, database_url: str
+) -> None:
+    """NATS restarted with its data wiped while the runner runs: its consumer
+    is gone with the stream (the runner notices: its pull requests go
+    unanswered), and recreating it at the next sequence would skip the new
+    stream's first bars. It refuses: unhealthy with the reason, no signal.
+    On its own nats-server (it is wiped)."""
+    server = NatsServer(tmp_path / "own-nats").start()
+    config = tmp_path / "strategies.yaml"
+    config.write_text(CONFIG)
+    args = ["strategy-runner", "run", "--config", str(config)]
+    runner = service(args, tmp_path, server.url, database_url, "runner").start()
+    try:
+        async with await Bus.connect(server.url, name="test-feed") as feed:
+            await feed.ensure_stream()
+            await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+            await publish_bars(feed, "MSFT", [10, 11], first_minute=0)
+            emitted = (
+                'tradebus_strategy_events_emitted_total{strategy="boom",type="SignalGenerated"}'
+            )
+            await eventually(lambda: metric(runner, emitted) == 2.0, timeout=20)
+            server.stop(kill=True)
+            shutil.rmtree(server.store_dir / "jetstream")
+            server.start()
+
+            async def stream_made() -> bool:
+                try:
+                    await feed.ensure_stream()
+                except nats.errors.Error:
+                    return False  # the restarted server's JetStream is not up yet
+                return True
+
+            await eventually(stream_made, timeout=30)
+            await publish_bars(feed, "MSFT", [12], first_minute=2)
+            health = await eventually(
+                lambda: (h := runner.health()) is not None and "problem" in h and h, timeout=30
+            )
+            assert not health["ok"]
+            assert "the stream was reset; not trading" in health["problem"], health
+            assert metric(runner, emitted) == 2.0
+            info = await feed.js.stream_info(STREAM)
+            assert info.state.messages == 1, "no signal went out; the bar waits"
+        assert runner.terminate() == 0, runner.log_text()[-2000:]
+    finally:
+        runner.kill()
+        server.stop()

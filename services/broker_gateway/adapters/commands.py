@@ -14,6 +14,7 @@ stream that predates this gateway are not replayed at a broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -99,6 +100,14 @@ class CommandConsumer:
             while not stop.is_set():
                 try:
                     msgs = await fetcher.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except nats.js.errors.NotFoundError:
+                    # Deleted, or lost with the server's data: made again from
+                    # start_back_s ago (a command seen twice is a repeat: the
+                    # broker keeps one order per client order id).
+                    log.warning("command consumer %s is gone; recreating it", self.durable)
+                    with contextlib.suppress(nats.errors.Error):
+                        await self.ensure()
+                    continue
                 except nats.errors.Error as e:
                     # NATS is reconnecting; the client retries on its own.
                     log.warning("fetching commands failed (%s); retrying", e)
