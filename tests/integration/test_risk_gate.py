@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import nats.errors
 import pytest
 
 from libs.bus.client import Bus, Outgoing
@@ -715,3 +717,50 @@ async def test_a_reset_stream_is_refused_not_read_past(stack: Stack, bus: Bus) -
     assert "the stream was reset" in gate.log_text()
     info = await bus.js.stream_info("TRADEBUS")
     assert info.state.messages == 3, "no decision or order went out; the three messages wait"
+
+
+async def test_a_stream_reset_under_a_live_gate_is_refused(
+    tmp_path: Path, database_url: str, limits_file: Path
+) -> None:
+    """NATS restarted with its data wiped while the gate is live: its consumer
+    is gone with the stream (its pull requests go unanswered), so it rebuilds
+    and finds the new stream does not continue the store: it refuses instead
+    of skipping the new stream's first intents. On its own nats-server (it is
+    wiped)."""
+    server = NatsServer(tmp_path / "own-nats").start()
+    env = {"NATS_URL": server.url, "DATABASE_URL": database_url}
+    gate: ServiceProcess | None = None
+    try:
+        async with await Bus.connect(server.url, name="test-feed") as feed:
+            await feed.ensure_stream()
+            await feed.publish(mark("AAPL", "100"))
+            assert await record_stream(feed, database_url) == 1
+            gate = _gate(tmp_path, env, "risk-gate-own").start()
+            await _live(gate)
+            server.stop(kill=True)
+            shutil.rmtree(server.store_dir / "jetstream")
+            server.start()
+
+            async def stream_made() -> bool:
+                try:
+                    await feed.ensure_stream()
+                except nats.errors.Error:
+                    return False  # the restarted server's JetStream is not up yet
+                return True
+
+            await eventually(stream_made, timeout=30)
+            await feed.publish(mark("AAPL", "101"))
+            await feed.publish_many(list(signal_and_intent("good", 1)))
+            health = await eventually(
+                lambda: (h := gate.health()) is not None and "problem" in h and h, timeout=30
+            )
+            assert not health["ok"]
+            # Looked at before or after the new messages came: either sign.
+            assert "the stream was reset; not deciding" in health["problem"], health
+            info = await feed.js.stream_info("TRADEBUS")
+            assert info.state.messages == 3, "no decision or order went out"
+        assert gate.terminate() == 0, gate.log_text()[-2000:]
+    finally:
+        if gate is not None:
+            gate.kill()
+        server.stop()
