@@ -16,10 +16,10 @@ each one costs both processes a wake-up.
 
 A consumer that vanished (deleted, or lost with the server's data) serves
 no pull request ("no responders", or nothing at all); after
-:data:`LOST_BEFORE_CHECK` such requests
-in a row the fetcher looks the consumer up, and :meth:`PullFetcher.fetch`
-raises ``nats.js.errors.NotFoundError`` if it is gone, instead of waiting on
-for ever.
+:data:`LOST_BEFORE_CHECK` such requests in a row the fetcher looks the
+consumer up, and :meth:`PullFetcher.fetch` raises
+``nats.js.errors.NotFoundError`` if it is gone, instead of waiting on for
+ever.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from nats.aio.subscription import Subscription
 from libs.bus.client import Bus
 
 STATUS_HEADER = "Status"
-#: Pull requests that may go unanswered in a row (no message and no status by
-#: their expiry) before the consumer is looked up: a live consumer ends every
-#: request with a status, one that is gone (deleted, or lost with the
-#: server's data) answers nothing at all, and waiting on would stall the
+#: Pull requests that may go unanswered in a row (no message and no status
+#: but "no responders" by their expiry) before the consumer is looked up: a
+#: live consumer ends every request with a status, one that is gone (deleted,
+#: or lost with the server's data) does not, and waiting on would stall the
 #: reader silently.
 LOST_BEFORE_CHECK = 2
 #: The status of a request nobody serves (here: a consumer that is not there).
