@@ -23,6 +23,8 @@ which the three services' NATS users may send).
 
 from __future__ import annotations
 
+import logging
+
 import nats.js.errors
 import orjson
 from nats.js import api as js_api
@@ -34,6 +36,19 @@ from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
 
 #: How often a service that found the stream reset checks it again.
 STREAM_RESET_RECHECK_S = 10.0
+
+
+def refused(
+    error: BaseException, retry_backoff_s: float, log: logging.Logger
+) -> tuple[str | None, float]:
+    """After a fault: the problem to report and how long to wait before trying
+    again. A :class:`StreamMismatch` needs an operator: it is said at error
+    level, reported, and looked at again only every
+    :data:`STREAM_RESET_RECHECK_S`; any other fault is no such problem."""
+    if not isinstance(error, StreamMismatch):
+        return None, retry_backoff_s
+    log.error("%s", error)
+    return str(error), max(retry_backoff_s, STREAM_RESET_RECHECK_S)
 
 
 async def refuse_a_reset_stream(

@@ -34,6 +34,11 @@ class Tail:
     type: str
 
 
+def last_seq_of(tail: Tail | None) -> int:
+    """The store's last sequence: ``tail``'s, or 0 for an empty store."""
+    return tail.seq if tail is not None else 0
+
+
 async def tail(conn: asyncpg.Connection) -> Tail | None:
     """The last recorded row; None for an empty store."""
     row = await conn.fetchrow("SELECT seq, id, subject, type FROM events ORDER BY seq DESC LIMIT 1")

@@ -84,7 +84,7 @@ class EventWriter:
         self._conn = conn
         #: The store's last row when the writer opened (see libs.continuity).
         self.tail = tail
-        self.last_seq = tail.seq if tail is not None else 0
+        self.last_seq = queries.last_seq_of(tail)
         self._closed = False
 
     @classmethod
@@ -123,7 +123,7 @@ class EventWriter:
             if isinstance(e, CONNECTION_ERRORS):
                 raise StoreUnavailable(f"event store connection lost: {e}") from e
             raise
-        log.info("holding the writer lock; last recorded sequence %d", last.seq if last else 0)
+        log.info("holding the writer lock; last recorded sequence %d", queries.last_seq_of(last))
         return cls(conn, last)
 
     async def __aenter__(self) -> Self:

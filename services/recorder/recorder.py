@@ -25,8 +25,8 @@ from typing import Any
 import nats.errors
 
 from libs.bus.client import Bus
-from libs.bus.errors import BusError, StreamMismatch
-from libs.continuity import STREAM_RESET_RECHECK_S
+from libs.bus.errors import BusError
+from libs.continuity import refused
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import StoreError
@@ -114,16 +114,12 @@ class Recorder:
     async def _after_fault(self, error: BaseException, *, expected: bool) -> None:
         cause = type(error).__name__
         metrics.RESTARTS.labels(cause=cause).inc()
-        backoff = self.settings.retry_backoff_s
-        self.problem = None
-        if isinstance(error, StreamMismatch):
-            # Needs an operator: unhealthy, said loudly, checked again slowly.
-            self.problem = str(error)
-            log.error("%s", error)
-            backoff = max(backoff, STREAM_RESET_RECHECK_S)
-        elif expected:
+        # A stream that does not continue the store is said and reported by
+        # refused(); any other fault is said here.
+        self.problem, backoff = refused(error, self.settings.retry_backoff_s, log)
+        if self.problem is None and expected:
             log.warning("recorder cycle ended (%s: %s); restarting", cause, error)
-        else:
+        elif self.problem is None:
             log.error("recorder cycle failed unexpectedly; restarting", exc_info=error)
         self._set_writer(False)
         with contextlib.suppress(TimeoutError):

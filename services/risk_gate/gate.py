@@ -25,7 +25,7 @@ Any NATS or Postgres fault ends the cycle; the next one starts again from
 the store, which is why a crash at any point loses no intent and repeats
 no order. A stream that does not continue the store (reset; see
 ``libs/continuity.py``) is refused: the gate stays unhealthy, says why and
-looks again every ``STREAM_RESET_RECHECK_S``.
+looks again every ``libs.continuity.STREAM_RESET_RECHECK_S``.
 Only one risk-gate instance may run at a time.
 """
 
@@ -42,8 +42,8 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import header_dict
-from libs.bus.errors import BusError, StreamMismatch
-from libs.continuity import STREAM_RESET_RECHECK_S
+from libs.bus.errors import BusError
+from libs.continuity import refused
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import OrderIntentCreated, SubmitOrder
@@ -125,12 +125,9 @@ class RiskGate:
             except RETRYABLE as e:
                 cause = type(e).__name__
                 metrics.RESTARTS.labels(cause=cause).inc()
-                backoff = self.settings.retry_backoff_s
-                if isinstance(e, StreamMismatch):
-                    # Needs an operator: unhealthy, said loudly, checked again slowly.
-                    self.problem = str(e)
-                    log.error("%s", e)
-                    backoff = max(backoff, STREAM_RESET_RECHECK_S)
+                problem, backoff = refused(e, self.settings.retry_backoff_s, log)
+                if problem is not None:
+                    self.problem = problem
                 else:
                     log.warning("risk-gate cycle ended (%s: %s); rebuilding", cause, e)
                 self._set_phase("restarting")

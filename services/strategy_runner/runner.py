@@ -43,7 +43,7 @@ from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
 from libs.bus.errors import BusError, BusUnavailable, StreamMismatch
 from libs.bus.pull import parse_ack_subject
-from libs.continuity import STREAM_RESET_RECHECK_S, refuse_a_reset_stream
+from libs.continuity import refuse_a_reset_stream, refused
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
 from libs.contract.subjects import STREAM
@@ -203,12 +203,9 @@ class Runner:
             try:
                 result = await attempt()
             except (BusError, StoreError, nats.errors.Error, OSError, TimeoutError) as e:
-                backoff = self.settings.retry_backoff_s
-                if isinstance(e, StreamMismatch):
-                    # Needs an operator: unhealthy, said loudly, checked again slowly.
-                    self.problem = str(e)
-                    log.error("%s", e)
-                    backoff = max(backoff, STREAM_RESET_RECHECK_S)
+                problem, backoff = refused(e, self.settings.retry_backoff_s, log)
+                if problem is not None:
+                    self.problem = problem
                 else:
                     log.warning("%s failed (%s: %s); retrying", what, type(e).__name__, e)
                 with contextlib.suppress(TimeoutError):
@@ -276,7 +273,7 @@ class Runner:
     async def _rebuild(self) -> History | None:
         """Restore the books from the store; what was read (None once stopped)."""
         if not self.settings.rebuild_from_store:
-            return History(0, [])
+            return History([])
         url = self.settings.database_url.get_secret_value()
         history = await self._retrying(
             "reading the event store",
@@ -363,11 +360,9 @@ class Runner:
                     return
                 await consumer.run(self._dispatch, stop=self._interrupt)
             except StreamMismatch as e:
-                # Needs an operator: unhealthy, said loudly, checked again slowly.
-                self.problem = str(e)
-                log.error("%s", e)
+                self.problem, backoff = refused(e, self.settings.retry_backoff_s, log)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=STREAM_RESET_RECHECK_S)
+                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
                 continue
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)

@@ -1,13 +1,24 @@
-"""Put what the stream holds into the store, as the recorder would, without
-running one: for tests whose services must start on a store that is not
-empty (their start-up compares the store's last row with the stream)."""
+"""Stream and store set-ups for fault tests.
+
+- :func:`record_stream` puts what the stream holds into the store, as the
+  recorder would, without running one: for services that must start on a
+  store that is not empty (their start-up compares the store's last row with
+  the stream).
+- :func:`wipe_nats` restarts a test's own nats-server with its data gone.
+"""
 
 from __future__ import annotations
+
+import shutil
+
+import nats.errors
 
 from libs.bus.client import Bus
 from libs.contract.codec import DEFAULT_MAX_BYTES
 from libs.contract.subjects import STREAM
+from libs.local.servers import NatsServer
 from libs.store.writer import EventWriter
+from libs.testing.wait import eventually
 from services.recorder.domain.rows import StreamMessage, to_row
 
 
@@ -24,3 +35,20 @@ async def record_stream(bus: Bus, database_url: str) -> int:
         rows.append(to_row(msg, max_bytes=DEFAULT_MAX_BYTES).row)
     async with await EventWriter.open(database_url) as writer:
         return await writer.write(rows)
+
+
+async def wipe_nats(server: NatsServer, bus: Bus) -> None:
+    """Kill ``server``, delete its JetStream data and start it again; returns
+    once ``bus`` (reconnected) has made the stream anew."""
+    server.stop(kill=True)
+    shutil.rmtree(server.store_dir / "jetstream")
+    server.start()
+
+    async def stream_made() -> bool:
+        try:
+            await bus.ensure_stream()
+        except nats.errors.Error:
+            return False  # the restarted server's JetStream is not up yet
+        return True
+
+    await eventually(stream_made, timeout=30)

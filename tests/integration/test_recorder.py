@@ -234,30 +234,40 @@ async def test_same_event_published_twice_is_recorded_once(
         rec.terminate()
 
 
-async def test_a_reset_stream_is_refused_not_silently_skipped(
-    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
-) -> None:
+async def _refused_after_a_reset(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str, *, after: int
+) -> str:
+    """Record 5 trades, wipe the NATS data (stream made again) while the store
+    is kept, publish ``after`` trades, start a recorder: it must refuse,
+    record nothing and stay up. Returns the problem its /health reports."""
     await bus.publish_many(list(make_trades(5, "before")))
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
         await eventually(lambda: _count_is(database_url, 5), timeout=30)
     finally:
         assert rec.terminate() == 0
-    # The NATS data is wiped (stream recreated) while the store is kept.
     await bus.js.delete_stream("TRADEBUS")
     await bus.ensure_stream()
-    await bus.publish_many(list(make_trades(2, "after")))
+    await bus.publish_many(list(make_trades(after, "after")))
     rec = recorder(tmp_path, nats_url, database_url, name="r2").start()
     try:
         health = await eventually(
             lambda: (h := rec.health()) is not None and not h["ok"] and h, timeout=30
         )
-        assert "stream was reset" in health["problem"]
-        assert "holds up to 5" in health["problem"]
         assert (await timeline(database_url)).count == 5
         assert rec.alive
     finally:
         rec.terminate()
+    problem: str = health["problem"]
+    return problem
+
+
+async def test_a_reset_stream_is_refused_not_silently_skipped(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    problem = await _refused_after_a_reset(tmp_path, bus, database_url, nats_url, after=2)
+    assert "stream was reset" in problem
+    assert "holds up to 5" in problem
 
 
 async def test_a_reset_stream_that_outgrew_the_store_is_refused_too(
@@ -266,23 +276,6 @@ async def test_a_reset_stream_that_outgrew_the_store_is_refused_too(
     """The new stream already holds more than the store: its message at the
     store's last sequence is another event, so it is still refused (reading
     on would skip the new stream's first five)."""
-    await bus.publish_many(list(make_trades(5, "before")))
-    rec = recorder(tmp_path, nats_url, database_url).start()
-    try:
-        await eventually(lambda: _count_is(database_url, 5), timeout=30)
-    finally:
-        assert rec.terminate() == 0
-    await bus.js.delete_stream("TRADEBUS")
-    await bus.ensure_stream()
-    await bus.publish_many(list(make_trades(8, "after")))
-    rec = recorder(tmp_path, nats_url, database_url, name="r2").start()
-    try:
-        health = await eventually(
-            lambda: (h := rec.health()) is not None and not h["ok"] and h, timeout=30
-        )
-        assert "holds at sequence 5 a message" in health["problem"], health
-        assert "the stream was reset; not recording" in health["problem"]
-        assert (await timeline(database_url)).count == 5
-        assert rec.alive
-    finally:
-        rec.terminate()
+    problem = await _refused_after_a_reset(tmp_path, bus, database_url, nats_url, after=8)
+    assert "holds at sequence 5 a message" in problem, problem
+    assert "the stream was reset; not recording" in problem

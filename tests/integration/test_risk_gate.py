@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import sys
 import time
 import uuid
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import nats.errors
 import pytest
 
 from libs.bus.client import Bus, Outgoing
@@ -51,7 +49,7 @@ from libs.store.urls import asyncpg_url
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.wait import eventually
-from tests.integration.recording import record_stream
+from tests.integration.recording import record_stream, wipe_nats
 
 CLOCK = WallClock()
 D = Decimal
@@ -737,18 +735,7 @@ async def test_a_stream_reset_under_a_live_gate_is_refused(
             assert await record_stream(feed, database_url) == 1
             gate = _gate(tmp_path, env, "risk-gate-own").start()
             await _live(gate)
-            server.stop(kill=True)
-            shutil.rmtree(server.store_dir / "jetstream")
-            server.start()
-
-            async def stream_made() -> bool:
-                try:
-                    await feed.ensure_stream()
-                except nats.errors.Error:
-                    return False  # the restarted server's JetStream is not up yet
-                return True
-
-            await eventually(stream_made, timeout=30)
+            await wipe_nats(server, feed)
             await feed.publish(mark("AAPL", "101"))
             await feed.publish_many(list(signal_and_intent("good", 1)))
             health = await eventually(

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import shutil
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import orjson
 import pytest
 
@@ -30,7 +28,7 @@ from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
-from tests.integration.recording import record_stream
+from tests.integration.recording import record_stream, wipe_nats
 
 T0 = 1_700_000_000 * 1_000_000_000
 ENVELOPE = (
@@ -73,6 +71,13 @@ def service(
     )
 
 
+def runner_args(tmp_path: Path) -> list[str]:
+    """``strategy-runner run`` on CONFIG (written to ``tmp_path``)."""
+    config = tmp_path / "strategies.yaml"
+    config.write_text(CONFIG)
+    return ["strategy-runner", "run", "--config", str(config)]
+
+
 class Timeline:
     """The store's events of the given types, payloads decoded."""
 
@@ -104,9 +109,7 @@ def metric(proc: ServiceProcess, line_start: str) -> float | None:
 async def test_runner_emits_isolates_faults_routes_fills_and_rebuilds(
     tmp_path: Path, bus: Bus, nats_url: str, database_url: str
 ) -> None:
-    config = tmp_path / "strategies.yaml"
-    config.write_text(CONFIG)
-    run_args = ["strategy-runner", "run", "--config", str(config)]
+    run_args = runner_args(tmp_path)
     started: list[ServiceProcess] = []
 
     def start(args: list[str], name: str) -> ServiceProcess:
@@ -307,15 +310,26 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path, database_url
         server.stop()
 
 
+async def refuses_and_signals_nothing(runner: ServiceProcess, bus: Bus) -> dict[str, Any]:
+    """The runner reports the reset stream it refuses, and nothing went out:
+    the one bar published since waits alone in the stream. Returns /health."""
+    health: dict[str, Any] = await eventually(
+        lambda: (h := runner.health()) is not None and "problem" in h and h, timeout=30
+    )
+    assert not health["ok"]
+    assert "the stream was reset; not trading" in health["problem"], health
+    info = await bus.js.stream_info(STREAM)
+    assert info.state.messages == 1, "no signal went out; the bar waits"
+    return health
+
+
 async def test_a_reset_stream_is_refused_not_read_past(
     tmp_path: Path, bus: Bus, nats_url: str, database_url: str
 ) -> None:
     """The NATS data wiped while the store is kept: a runner reading on from
     the store's next sequence would skip the new stream's first bars. It
     refuses: not ready, the reason under /health's problem, no signal made."""
-    config = tmp_path / "strategies.yaml"
-    config.write_text(CONFIG)
-    run_args = ["strategy-runner", "run", "--config", str(config)]
+    run_args = runner_args(tmp_path)
     recorder = service(["recorder", "run"], tmp_path, nats_url, database_url, "rec").start()
     runner = service(run_args, tmp_path, nats_url, database_url, "runner").start()
     try:
@@ -328,15 +342,9 @@ async def test_a_reset_stream_is_refused_not_read_past(
         await bus.ensure_stream()
         await publish_bars(bus, "MSFT", [12], first_minute=2)
         runner = service(run_args, tmp_path, nats_url, database_url, "runner-2").start()
-        health = await eventually(
-            lambda: (h := runner.health()) is not None and "problem" in h and h, timeout=30
-        )
-        assert not health["ok"]
+        health = await refuses_and_signals_nothing(runner, bus)
         assert not health["ready"]
-        assert "the stream was reset; not trading" in health["problem"], health
         assert runner.alive
-        info = await bus.js.stream_info(STREAM)
-        assert info.state.messages == 1, "no signal went out; the bar waits"
         assert runner.terminate() == 0, runner.log_text()[-2000:]
     finally:
         runner.kill()
@@ -352,10 +360,7 @@ async def test_a_stream_reset_under_a_running_runner_is_refused(
     stream's first bars. It refuses: unhealthy with the reason, no signal.
     On its own nats-server (it is wiped)."""
     server = NatsServer(tmp_path / "own-nats").start()
-    config = tmp_path / "strategies.yaml"
-    config.write_text(CONFIG)
-    args = ["strategy-runner", "run", "--config", str(config)]
-    runner = service(args, tmp_path, server.url, database_url, "runner").start()
+    runner = service(runner_args(tmp_path), tmp_path, server.url, database_url, "runner").start()
     try:
         async with await Bus.connect(server.url, name="test-feed") as feed:
             await feed.ensure_stream()
@@ -365,27 +370,10 @@ async def test_a_stream_reset_under_a_running_runner_is_refused(
                 'tradebus_strategy_events_emitted_total{strategy="boom",type="SignalGenerated"}'
             )
             await eventually(lambda: metric(runner, emitted) == 2.0, timeout=20)
-            server.stop(kill=True)
-            shutil.rmtree(server.store_dir / "jetstream")
-            server.start()
-
-            async def stream_made() -> bool:
-                try:
-                    await feed.ensure_stream()
-                except nats.errors.Error:
-                    return False  # the restarted server's JetStream is not up yet
-                return True
-
-            await eventually(stream_made, timeout=30)
+            await wipe_nats(server, feed)
             await publish_bars(feed, "MSFT", [12], first_minute=2)
-            health = await eventually(
-                lambda: (h := runner.health()) is not None and "problem" in h and h, timeout=30
-            )
-            assert not health["ok"]
-            assert "the stream was reset; not trading" in health["problem"], health
+            await refuses_and_signals_nothing(runner, feed)
             assert metric(runner, emitted) == 2.0
-            info = await feed.js.stream_info(STREAM)
-            assert info.state.messages == 1, "no signal went out; the bar waits"
         assert runner.terminate() == 0, runner.log_text()[-2000:]
     finally:
         runner.kill()

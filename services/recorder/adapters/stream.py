@@ -20,7 +20,7 @@ from libs.bus.consumer import restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM
-from libs.store.queries import Tail
+from libs.store.queries import Tail, last_seq_of
 from services.recorder.domain.rows import StreamMessage
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class RecorderStream:
         """
         info = await self.bus.ensure_stream(name=self.stream)
         await refuse_a_reset_stream(self.bus, info, tail, "recording")
-        next_seq = (tail.seq if tail is not None else 0) + 1
+        next_seq = last_seq_of(tail) + 1
         await self.close()
         await restart_consumer_at(
             self.bus,

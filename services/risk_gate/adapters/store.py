@@ -38,12 +38,15 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 @dataclass(frozen=True, slots=True)
 class Rebuilt:
     state: RiskState
-    #: The last store sequence folded in (0 for an empty store).
-    last_seq: int
     #: How many events went through evolve.
     events: int
     #: The store's last row (None when empty): what the stream must continue.
     tail: queries.Tail | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The last store sequence folded in (0 for an empty store)."""
+        return queries.last_seq_of(self.tail)
 
 
 async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
@@ -56,8 +59,7 @@ async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             tail = await queries.tail(conn)
-            last = tail.seq if tail is not None else 0
-            async for rec in queries.iter_range(conn, to_seq=last):
+            async for rec in queries.iter_range(conn, to_seq=queries.last_seq_of(tail)):
                 if rec.type not in RELEVANT_TYPES:
                     continue
                 try:
@@ -73,4 +75,4 @@ async def rebuild(database_url: str, state: RiskState) -> Rebuilt:
         raise StoreUnavailable(f"event store read failed: {e}") from e
     finally:
         await conn.close()
-    return Rebuilt(state, last, count, tail)
+    return Rebuilt(state, count, tail)

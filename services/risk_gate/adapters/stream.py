@@ -20,7 +20,7 @@ from libs.bus.consumer import restart_consumer_at
 from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import STREAM
-from libs.store.queries import Tail
+from libs.store.queries import Tail, last_seq_of
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RiskStream:
         """
         info = await self.bus.ensure_stream(name=self.stream)
         await refuse_a_reset_stream(self.bus, info, tail, "deciding")
-        next_seq = (tail.seq if tail is not None else 0) + 1
+        next_seq = last_seq_of(tail) + 1
         first = info.state.first_seq
         if first > next_seq and info.state.messages:
             log.warning(

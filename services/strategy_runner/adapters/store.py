@@ -52,10 +52,13 @@ ORDER BY seq DESC LIMIT 1
 class History:
     """What the store holds for the strategies, up to ``last_seq``, in order."""
 
-    last_seq: int
     events: list[Event]
     #: The store's last row (None when empty): what the stream must continue.
     tail: queries.Tail | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return queries.last_seq_of(self.tail)
 
 
 def _event(row: asyncpg.Record) -> Event | None:
@@ -89,7 +92,7 @@ async def load_history(
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             tail = await queries.tail(conn)
-            last_seq = tail.seq if tail is not None else 0
+            last_seq = queries.last_seq_of(tail)
             rows = list(await conn.fetch(CHAINS_SQL, list(strategies), last_seq))
             for symbol in sorted(set(symbols)):
                 row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
@@ -101,4 +104,4 @@ async def load_history(
         await conn.close()
     rows.sort(key=lambda r: r["seq"])
     events = [e for e in map(_event, rows) if e is not None]
-    return History(last_seq, events, tail)
+    return History(events, tail)
