@@ -29,3 +29,17 @@ def run_service(main: Coroutine[Any, Any, T]) -> T:
     # the collector's sight, so full collections stay short.
     gc.freeze()
     return uvloop.run(main)
+
+
+def keep_for_good() -> None:
+    """What the service has built so far lives as long as the process.
+
+    For state rebuilt at start-up (the broker-gateway's trackers hold every
+    order ever placed): after a collection of what is garbage already, it is
+    moved out of the collector's sight, so that a full collection does not
+    walk it again each time (about 0.7 ms per 1,000 settled orders,
+    ``bench/gateway_tracker.py``). Reference counting still frees what of it
+    is let go later.
+    """
+    gc.collect()
+    gc.freeze()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Protocol, Self
 
@@ -73,6 +74,37 @@ class WallClock:
 IdFactory = Callable[[], uuid.UUID]
 
 
+class Caused(Protocol):
+    """What a new event takes from its cause: the cause's id and its chain's id."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def correlation_id(self) -> uuid.UUID: ...
+
+    @property
+    def type(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CauseRef:
+    """An event cut down to what its consequences name (see :class:`Caused`).
+
+    For state that outlives the event by far: an order the broker-gateway
+    keeps after it is done holds this instead of the whole command, whose
+    payload it no longer needs.
+    """
+
+    id: uuid.UUID
+    correlation_id: uuid.UUID
+    type: str
+
+    @classmethod
+    def of(cls, cause: Caused) -> CauseRef:
+        return cls(cause.id, cause.correlation_id, cause.type)
+
+
 class Frozen(BaseModel):
     """Base for payloads: immutable, and unknown fields are an error."""
 
@@ -102,7 +134,7 @@ class Event(Frozen):
         source: str,
         clock: Clock,
         ts_event: int | None = None,
-        cause: Event | None = None,
+        cause: Caused | None = None,
         event_id: uuid.UUID | None = None,
         ids: IdFactory = uuid.uuid4,
     ) -> Self:

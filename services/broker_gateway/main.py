@@ -21,11 +21,11 @@ from nats.aio.msg import Msg
 from libs.bus.client import Bus
 from libs.bus.consumer import header_dict
 from libs.contract.codec import dead_letter
-from libs.contract.envelope import WallClock
+from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
-from libs.runtime import run_service
+from libs.runtime import keep_for_good, run_service
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.commands import CommandConsumer
 from services.broker_gateway.adapters.history import order_path_history
@@ -59,6 +59,36 @@ def make_port(account: BrokerAccount) -> BrokerPort:
     raise ValueError(f"no adapter {s.adapter!r}")
 
 
+async def _rebuilt(
+    settings: GatewaySettings, names: list[str], stream_last_seq: int, clock: Clock, source: str
+) -> dict[str, OrderTracker]:
+    """Each account's tracker, rebuilt from the store.
+
+    A function of its own so that the recorded events are let go once the
+    trackers have them (as a local of ``serve`` they lived as long as it).
+    """
+    history = await order_path_history(
+        settings.database_url.get_secret_value(),
+        names,
+        stream_last_seq=stream_last_seq,
+        wait_s=settings.rebuild_wait_s,
+    )
+    trackers = {n: OrderTracker(n, clock=clock, source=source) for n in names}
+    for event in history:
+        tracker = trackers.get(str(getattr(event.payload, "account", "")))
+        if tracker is not None:
+            tracker.evolve(event)
+    log.info(
+        "rebuilt %d accounts from %d order-path events (%d orders)",
+        len(trackers),
+        len(history),
+        sum(len(t.orders) for t in trackers.values()),
+    )
+    del history
+    keep_for_good()
+    return trackers
+
+
 async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> None:
     clock = WallClock()
     source = f"{SERVICE}/{settings.instance}"
@@ -69,23 +99,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
     async with bus:
         info = await bus.ensure_stream()
         names = [a.name for a in accounts]
-        history = await order_path_history(
-            settings.database_url.get_secret_value(),
-            names,
-            stream_last_seq=info.state.last_seq,
-            wait_s=settings.rebuild_wait_s,
-        )
-        trackers = {n: OrderTracker(n, clock=clock, source=source) for n in names}
-        for event in history:
-            tracker = trackers.get(str(getattr(event.payload, "account", "")))
-            if tracker is not None:
-                tracker.evolve(event)
-        log.info(
-            "rebuilt %d accounts from %d order-path events (%d orders)",
-            len(trackers),
-            len(history),
-            sum(len(t.orders) for t in trackers.values()),
-        )
+        trackers = await _rebuilt(settings, names, info.state.last_seq, clock, source)
 
         async def dead(msg: Msg, error: str) -> None:
             seq = msg.metadata.sequence.stream if msg.reply else None

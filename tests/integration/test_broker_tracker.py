@@ -9,11 +9,12 @@ fills are booked to strategies.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
-from libs.contract.envelope import Event
+from libs.contract.envelope import CauseRef, Event
 from libs.contract.events import (
     CancelOrder,
     CancelOrderPayload,
@@ -29,7 +30,7 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
-from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
 
 D = Decimal
 ACCOUNT = "acct"
@@ -265,6 +266,49 @@ def test_rebuild_from_recorded_events_gives_the_same_tracker() -> None:
     )
     rebuilt.evolve(elsewhere)
     assert len(rebuilt.orders) == 2
+
+
+def causes(o: TrackedOrder) -> tuple[object, object]:
+    return o.cause, o.cancel_cause
+
+
+def test_a_settled_order_keeps_only_its_causes_ids() -> None:
+    """A done order holds no command (the tracker keeps every order for good),
+    and what still happens to it is caused as before."""
+    t = tracker()
+    cmd = command()
+    recorded: list[Event] = [cmd, *submitted(t, cmd)]
+    recorded += t.on_update(
+        fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1")
+    )
+    tracked = t.get(cmd.payload.order_id)
+    assert tracked is not None
+    assert tracked.cause is cmd  # working: the command itself
+    cancel = CancelOrder.create(
+        CancelOrderPayload(order_id=cmd.payload.order_id, account=ACCOUNT), source="r", clock=CLOCK
+    )
+    t.evolve(cancel)
+    [canceled] = t.on_update(OrderUpdate("canceled", order(cmd, "4", "100", "canceled"), 7))
+    assert canceled.causation_id == cancel.id
+    assert causes(tracked) == (
+        CauseRef(cmd.id, cmd.correlation_id, "SubmitOrder"),
+        CauseRef(cancel.id, cancel.correlation_id, "CancelOrder"),
+    )
+    assert not [o for o in gc.get_referents(tracked) if isinstance(o, Event)]
+    # A fill the broker reports after the cancel is still the command's.
+    [late] = t.on_update(fill_update(order(cmd, "6", "100", "canceled"), "2", "100", "x2"))
+    assert (late.causation_id, late.correlation_id) == (cmd.id, cmd.correlation_id)
+    assert fills_of([late]) == [("2", "100", "6", "4", "s1")]
+    # The command redelivered: recognised, never sent again, cause unchanged.
+    assert not t.plan_submit(cmd)
+    assert isinstance(tracked.cause, CauseRef)
+    # A tracker rebuilt from the recorded events holds the same.
+    rebuilt = tracker()
+    for e in [*recorded, cancel, canceled, late]:
+        rebuilt.evolve(e)  # type: ignore[arg-type]
+    again = rebuilt.get(cmd.payload.order_id)
+    assert again is not None
+    assert (again.cause, again.filled) == (tracked.cause, D(6))
 
 
 def test_flatten_books_closing_fills_to_the_strategies_it_closes() -> None:

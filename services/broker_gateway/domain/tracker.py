@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from libs.contract.codec import derived_id
-from libs.contract.envelope import Clock, Event
+from libs.contract.envelope import CauseRef, Clock, Event
 from libs.contract.events import (
     AnyEvent,
     CancelOrder,
@@ -83,8 +83,9 @@ class TrackedOrder:
 
     order_id: uuid.UUID
     symbol: str
-    #: The command the order's events are caused by (SubmitOrder or FlattenAccount).
-    cause: Event | None = None
+    #: The command the order's events are caused by (SubmitOrder or FlattenAccount);
+    #: once the order is done, only its ids (see ``OrderTracker._settled``).
+    cause: Event | CauseRef | None = None
     strategy: str | None = None
     side: Side | None = None
     quantity: Decimal | None = None
@@ -97,7 +98,7 @@ class TrackedOrder:
     closing: bool = False
     filled: Decimal = ZERO  # the watermark: cumulative quantity published
     notional: Decimal = ZERO  # sum of quantity x price over published fills
-    cancel_cause: Event | None = None
+    cancel_cause: Event | CauseRef | None = None
     #: A submit was attempted: the broker may know the order.
     submitted: bool = False
 
@@ -162,7 +163,7 @@ class OrderTracker:
         if isinstance(event, SubmitOrder):
             sp = event.payload
             t = self._order(sp.order_id, sp.symbol)
-            if not isinstance(t.cause, SubmitOrder):
+            if t.cause is None or t.cause.type != "SubmitOrder":
                 t.cause = event
                 t.strategy, t.side, t.quantity = sp.strategy, sp.side, sp.quantity
                 t.client_order_id = str(sp.order_id)
@@ -188,10 +189,12 @@ class OrderTracker:
         elif isinstance(event, OrderRejected):
             t = self._order(event.payload.order_id, "")
             t.terminal = t.terminal or "rejected"
+            self._settled(t)
         elif isinstance(event, OrderCanceled):
             t = self._order(event.payload.order_id, "")
             self._index_broker(t, event.payload.broker_order_id)
             t.terminal = t.terminal or "canceled"
+            self._settled(t)
         elif isinstance(event, FillReceived):
             self._evolve_fill(event)
 
@@ -209,6 +212,24 @@ class OrderTracker:
         self.positions[key] = self.positions.get(key, ZERO) + _signed(p.side, p.quantity)
         if p.leaves_quantity == 0:
             t.terminal = "filled"
+            self._settled(t)
+
+    @staticmethod
+    def _settled(t: TrackedOrder) -> None:
+        """A done order keeps its causes' ids only, not the commands themselves.
+
+        The tracker keeps every order it has seen (a late or repeated broker
+        fact about it must still be recognised), so what one order costs is
+        what a long-running gateway grows by: this cuts the cost of a
+        settled order to about a third (``test_a_settled_order_keeps_only_its_causes_ids``).
+        Everything later events need of a cause is its id and correlation id;
+        a terminal order is never submitted again, so the command's payload is
+        not needed.
+        """
+        if isinstance(t.cause, Event):
+            t.cause = CauseRef.of(t.cause)
+        if isinstance(t.cancel_cause, Event):
+            t.cancel_cause = CauseRef.of(t.cancel_cause)
 
     # ----------------------------------------------------------- emitting
 
