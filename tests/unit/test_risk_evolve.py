@@ -274,11 +274,7 @@ def test_intent_decision_and_order_command() -> None:
     state = evolve(state, d.order)
     assert not state.awaiting_order
     (order,) = state.open_orders()
-    assert (order.order_id, order.remaining, order.status) == (
-        order_id_for(i.id),
-        D(10),
-        "open",
-    )
+    assert (order.order_id, order.remaining, order.is_open) == (order_id_for(i.id), D(10), True)
     assert state.orders_in_window("strategy:sma", T0, S) == 1
     # Applying the same command again reserves nothing more.
     assert evolve(state, d.order).orders == state.orders
@@ -334,7 +330,8 @@ def test_broker_events_update_the_order(make: Any, status: str, remaining: Decim
     state = evolve(state, make(order_id_for(i.id)))
     oid = order_id_for(i.id)
     order = state.orders.get(oid) or state.closed_orders[oid]
-    assert (order.status, order.remaining) == (status, remaining)
+    assert (order.is_open, order.remaining) == (status == "open", remaining)
+    assert (oid in state.closed_orders) == (status == "closed")
     assert len(state.open_orders()) == (1 if remaining else 0)
 
 

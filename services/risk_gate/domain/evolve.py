@@ -299,9 +299,7 @@ def _order_ended(state: RiskState, order_id: uuid.UUID) -> RiskState:
 
 def _close(state: RiskState, order: Order) -> RiskState:
     """Move ``order`` from the open orders to the (bounded) closed ones."""
-    closed = with_item(
-        state.closed_orders, order.order_id, replace(order, status="closed", remaining=ZERO)
-    )
+    closed = with_item(state.closed_orders, order.order_id, replace(order, remaining=ZERO))
     if len(closed) > CLOSED_KEPT:
         closed = without(closed, next(iter(closed)))
     return replace(

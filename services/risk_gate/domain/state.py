@@ -189,11 +189,11 @@ class Order:
     remaining: Decimal
     limit_price: Decimal | None
     ts_ns: int
-    status: Literal["open", "closed"] = "open"
 
     @property
     def is_open(self) -> bool:
-        return self.status != "closed" and self.remaining > 0
+        """Nothing of a closed order remains (``evolve._close`` zeroes it)."""
+        return self.remaining > 0
 
 
 @dataclass(frozen=True, slots=True)
