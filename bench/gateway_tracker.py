@@ -10,7 +10,9 @@ complete fill) and reports, per order: the bytes it still holds, the objects
 the collector tracks, and the time of a full collection with them all held;
 then that time again once they are kept for good (``libs.runtime.
 keep_for_good``, as the gateway does with the trackers it rebuilt at
-start-up).
+start-up). Last, what the start-up rebuild costs per order in the history:
+decoding its recorded events from JSON and evolving a fresh tracker through
+them (reading them from PostgreSQL comes on top).
 
 The baseline, measured in the same run, is the same orders with their
 ``SubmitOrder`` commands kept alive beside the tracker: what a settled order
@@ -32,9 +34,10 @@ from decimal import Decimal
 
 from harness import say  # bench/harness.py
 
+from libs.contract.codec import decode, encode
 from libs.contract.envelope import Event, WallClock
 from libs.contract.events import SubmitOrder, SubmitOrderPayload
-from libs.runtime import keep_for_good
+from libs.runtime import GC_THRESHOLDS, keep_for_good
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 
@@ -42,8 +45,9 @@ ACCOUNT = "paper"
 PRICE = Decimal("187.5")
 
 
-def settle_one(tracker: OrderTracker, i: int) -> SubmitOrder:
-    """Submit, acknowledge and completely fill one order; return its command."""
+def settle_one(tracker: OrderTracker, i: int) -> list[Event]:
+    """Submit, acknowledge and completely fill one order; return its command
+    and the events the tracker made of it (what the store records)."""
     command = SubmitOrder.create(
         SubmitOrderPayload(
             order_id=uuid.uuid4(),
@@ -74,7 +78,7 @@ def settle_one(tracker: OrderTracker, i: int) -> SubmitOrder:
             status=status,  # type: ignore[arg-type]
         )
 
-    tracker.submitted(oid, broker_order(0, "accepted"))
+    accepted = tracker.submitted(oid, broker_order(0, "accepted"))
     done = broker_order(10, "filled")
     fill = BrokerFill(
         broker_order_id=done.broker_order_id,
@@ -92,7 +96,7 @@ def settle_one(tracker: OrderTracker, i: int) -> SubmitOrder:
     t = tracker.get(oid)
     if [e.type for e in events] != ["FillReceived"] or t is None or t.terminal != "filled":
         raise RuntimeError(f"order {i} did not settle: {events}")
-    return command
+    return [command, *accepted, *events]
 
 
 def measure(orders: int, keep_commands: bool) -> dict[str, float]:
@@ -108,7 +112,7 @@ def measure(orders: int, keep_commands: bool) -> dict[str, float]:
     tracemalloc.start()
     bytes_before = tracemalloc.get_traced_memory()[0]
     for i in range(orders):
-        command = settle_one(tracker, i)
+        command = settle_one(tracker, i)[0]
         if keep_commands:
             kept.append(command)
         if (i + 1) % 20_000 == 0:
@@ -133,6 +137,31 @@ def measure(orders: int, keep_commands: bool) -> dict[str, float]:
     return figures
 
 
+def rebuild_cost(orders: int) -> dict[str, float]:
+    """What rebuilding a tracker at start-up costs per order in the history:
+    decoding its recorded events from JSON, and evolving a fresh tracker
+    through them (the gateway also reads them from PostgreSQL first)."""
+    tracker = OrderTracker(ACCOUNT, clock=WallClock(), source="bench")
+    recorded = [encode(e) for i in range(orders) for e in settle_one(tracker, i)]
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)  # the collector as the services run it
+    start = time.perf_counter()
+    events = [decode(data) for data in recorded]
+    decoded = time.perf_counter()
+    fresh = OrderTracker(ACCOUNT, clock=WallClock(), source="bench")
+    for event in events:
+        fresh.evolve(event)
+    evolved = time.perf_counter()
+    gc.set_threshold(*thresholds)
+    if len(fresh.orders) != orders or any(t.terminal != "filled" for t in fresh.orders.values()):
+        raise RuntimeError("the rebuilt tracker differs from the one it was recorded from")
+    return {
+        "events_per_order": len(recorded) / orders,
+        "decode_us_per_order": (decoded - start) / orders * 1e6,
+        "evolve_us_per_order": (evolved - decoded) / orders * 1e6,
+    }
+
+
 def full_passes() -> list[float]:
     passes = []
     for _ in range(3):
@@ -150,6 +179,8 @@ def main() -> None:
     before = measure(args.orders, keep_commands=True)
     say(f"settling {args.orders:,} orders as the tracker keeps them")
     now = measure(args.orders, keep_commands=False)
+    say(f"rebuilding a tracker from the {args.orders:,} orders' recorded events")
+    rebuild = rebuild_cost(args.orders)
     print(f"{'':36s} {'commands kept':>14s} {'tracker':>10s} {'ratio':>7s}")
     rows = (
         ("bytes per settled order", "bytes_per_order"),
@@ -162,6 +193,11 @@ def main() -> None:
         f"{'full gc pass, the same kept for good (us)':36s} {'':14s} "
         f"{now['full_gc_kept_for_good_us']:10.2f}"
     )
+    print(
+        f"rebuild at start-up, per order in the history ({rebuild['events_per_order']:.0f} events):"
+        f" decode {rebuild['decode_us_per_order']:.1f} us,"
+        f" evolve {rebuild['evolve_us_per_order']:.1f} us"
+    )
     figures = {
         "orders": args.orders,
         "bytes_per_order": round(now["bytes_per_order"], 1),
@@ -173,6 +209,8 @@ def main() -> None:
             now["bytes_per_order"] / before["bytes_per_order"], 3
         ),
         "ratio_full_gc_vs_commands_kept": round(now["full_gc_ms"] / before["full_gc_ms"], 3),
+        "rebuild_decode_us_per_order": round(rebuild["decode_us_per_order"], 1),
+        "rebuild_evolve_us_per_order": round(rebuild["evolve_us_per_order"], 1),
     }
     print(json.dumps(figures))
 
