@@ -10,7 +10,12 @@ on :meth:`PaperBroker.events`, in order with the order updates:
   closed, or no pong to our ping within ``heartbeat_timeout_s`` (a broker
   that hangs without closing is caught within ``heartbeat_interval_s +
   heartbeat_timeout_s``) — then ``reconnecting`` while retrying; both once
-  per outage.
+  per outage. Before the first connection, a broker that refuses it is given
+  ``heartbeat_timeout_s`` too (it may be starting beside us, as the paper
+  broker does under ``tradebus up``): only if it is still out of reach then
+  is that an outage. Announced at once, it would trip the risk-gate's
+  ``connection_lost`` breaker and halt the account at every start where the
+  gateway happened to come up first.
 
 Order entry is a ``request`` per call, matched to its ``response`` by id,
 with ``request_timeout_s`` per call. A call made while disconnected, or cut
@@ -163,6 +168,8 @@ class PaperBroker:
 
     async def _supervise(self) -> None:
         backoff = self.reconnect_initial_s
+        #: Until then, a refused first connection is not yet an outage.
+        grace_until = time.monotonic() + self.heartbeat_timeout_s
         while not self._closed:
             try:
                 ws = await connect(
@@ -176,8 +183,14 @@ class PaperBroker:
             except InvalidURI:
                 raise
             except CONNECT_ERRORS as e:
-                await self._outage(f"cannot connect: {type(e).__name__}: {e}")
-                await self._pause(backoff)
+                detail = f"cannot connect: {type(e).__name__}: {e}"
+                grace = grace_until - time.monotonic()
+                if self.state is None and grace > 0:
+                    log.info("broker %s not reachable yet (%s); retrying", self.account, detail)
+                    await self._pause(min(backoff, grace))
+                else:
+                    await self._outage(detail)
+                    await self._pause(backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
             try:
