@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -38,11 +39,54 @@ class ServerError(RuntimeError):
     """A local server could not be started or stopped."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+#: Ports handed out start here (below it: well-known and registered services).
+LOWEST_PORT = 10_000
+#: Where the kernel's ephemeral range starts when it cannot be read.
+EPHEMERAL_START = 32_768
+_handed_out: set[int] = set()
+_rng = random.SystemRandom()
+
+
+def ephemeral_start() -> int:
+    """The first port the kernel may give an outgoing connection (Linux reads
+    ``ip_local_port_range``; elsewhere the IANA start is assumed)."""
+    try:
+        first = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        return int(first)
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_START
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody uses right now, for a server to listen on shortly.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out
+    (``bind`` to port 0) is one it may give any outgoing connection a moment
+    later, and the server that then tries to listen on it fails with
+    "address already in use" (seen in a full test run: nats-server exited at
+    start). Below that range only other servers compete, and a port is not
+    handed out twice by one process.
+    """
+    high = ephemeral_start()
+    if high - LOWEST_PORT < 1_000:  # hardly any room below it: let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = _rng.randrange(LOWEST_PORT, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    raise ServerError(f"no free port found between {LOWEST_PORT} and {high}")
 
 
 def _port_open(host: str, port: int) -> bool:
