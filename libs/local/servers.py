@@ -57,8 +57,11 @@ def ephemeral_start() -> int:
         return EPHEMERAL_START
 
 
-def _bindable(host: str, port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nobody listens on or holds ``port``: a server could bind it now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers themselves bind: a port in TIME_WAIT counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -83,7 +86,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             return int(s.getsockname()[1])
     for _ in range(200):
         port = _rng.randrange(LOWEST_PORT, high)
-        if port not in _handed_out and _bindable(host, port):
+        if port not in _handed_out and port_is_free(port, host):
             _handed_out.add(port)
             return port
     raise ServerError(f"no free port found between {LOWEST_PORT} and {high}")

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from libs.local.servers import free_port
+from libs.local.servers import free_port, port_is_free
 from services.stack import credentials as creds
 from services.stack import wiring
 from services.stack.banner import (
@@ -92,17 +91,6 @@ class UpOptions:
 
 
 # ------------------------------------------------------------------ ports
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # As the servers themselves bind: a port in TIME_WAIT counts as free.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def choose_port(

@@ -160,22 +160,12 @@ class Harness:
     untradable: str
 
 
-def paper_port(proxy: Proxy, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S) -> PaperBroker:
-    return PaperBroker(
-        account="acct-a",
-        url=f"ws://127.0.0.1:{proxy.port}/stream",
-        key_id="key-a",
-        secret_key=SecretStr("secret-a"),
-        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
-        heartbeat_timeout_s=heartbeat_timeout_s,
-        request_timeout_s=2.0,
-        reconnect_initial_s=0.05,
-        reconnect_max_s=0.2,
-    )
-
-
 @contextlib.asynccontextmanager
-async def paper_harness() -> AsyncIterator[Harness]:
+async def paper_harness(
+    *, refusing: bool = False, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+) -> AsyncIterator[Harness]:
+    """The paper adapter on a proxy to a real paper broker; with ``refusing``,
+    started while the proxy turns connections away (a broker not up yet)."""
     counter = itertools.count(1)
     book = PaperBook(
         BookConfig(
@@ -188,7 +178,18 @@ async def paper_harness() -> AsyncIterator[Harness]:
     creds = [Credentials("key-a", SecretStr("secret-a"), "acct-a")]
     server = await PaperBrokerServer(book, creds).start()
     proxy = await Proxy(server.port).start()
-    port = paper_port(proxy)
+    proxy.refusing = refusing
+    port = PaperBroker(
+        account="acct-a",
+        url=f"ws://127.0.0.1:{proxy.port}/stream",
+        key_id="key-a",
+        secret_key=SecretStr("secret-a"),
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        request_timeout_s=2.0,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.2,
+    )
 
     async def set_price(symbol: str, price: Decimal) -> None:
         server.market(MarketUpdate.trade(symbol, price))
@@ -342,52 +343,29 @@ async def test_hung_broker_is_detected_by_the_heartbeat(broker: Harness) -> None
     assert await broker.port.wait_connected(timeout=5)
 
 
-@contextlib.asynccontextmanager
-async def paper_unreachable_at_start(
-    grace_s: float,
-) -> AsyncIterator[tuple[PaperBroker, Proxy, Events]]:
-    """A paper adapter started while its broker refuses connections."""
-    book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    server = await PaperBrokerServer(
-        book, [Credentials("key-a", SecretStr("secret-a"), "acct-a")]
-    ).start()
-    proxy = await Proxy(server.port).start()
-    proxy.refusing = True
-    port = paper_port(proxy, heartbeat_timeout_s=grace_s)
-    events = Events(port)
-    await port.start()
-    try:
-        yield port, proxy, events
-    finally:
-        await port.close()
-        await events.close()
-        await proxy.close()
-        await server.close()
-
-
 async def test_a_broker_coming_up_after_the_adapter_is_no_outage() -> None:
     """As under ``tradebus up``, where the gateway may start before the paper
     broker listens: refused first connections within the grace are retried
     quietly, so the risk-gate is not told of a lost connection (which would
     halt the account until an operator resumed it)."""
-    async with paper_unreachable_at_start(grace_s=10.0) as (port, proxy, events):
-        await eventually(lambda: proxy.refused >= 2, timeout=5)
-        proxy.restore()
-        assert await port.wait_connected(timeout=5)
-        assert events.states() == ["connected"]
+    async with paper_harness(refusing=True, heartbeat_timeout_s=10.0) as h:
+        await eventually(lambda: h.proxy.refused >= 2, timeout=5)
+        h.proxy.restore()
+        assert await h.port.wait_connected(timeout=5)
+        assert h.events.states() == ["connected"]
 
 
 async def test_a_broker_out_of_reach_past_the_grace_is_an_outage() -> None:
     grace_s = 0.5
-    async with paper_unreachable_at_start(grace_s) as (port, proxy, events):
+    async with paper_harness(refusing=True, heartbeat_timeout_s=grace_s) as h:
         started = asyncio.get_running_loop().time()
-        await eventually(lambda: events.states() == ["disconnected", "reconnecting"], timeout=5)
+        await eventually(lambda: h.events.states() == ["disconnected", "reconnecting"], timeout=5)
         elapsed = asyncio.get_running_loop().time() - started
         assert grace_s <= elapsed <= grace_s + 1.0, elapsed
-        assert proxy.refused >= 2
-        proxy.restore()
-        assert await port.wait_connected(timeout=5)
-        assert events.states() == ["disconnected", "reconnecting", "connected"]
+        assert h.proxy.refused >= 2
+        h.proxy.restore()
+        assert await h.port.wait_connected(timeout=5)
+        assert h.events.states() == ["disconnected", "reconnecting", "connected"]
 
 
 def test_paper_wire_format_parses_alpaca_shapes() -> None:
