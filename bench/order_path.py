@@ -70,6 +70,7 @@ from harness import (  # bench/harness.py
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
+from libs import trace
 from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.pull import PullFetcher
 from libs.contract.envelope import WallClock
@@ -192,6 +193,8 @@ class Step:
     slow_hops_ms: dict[str, float] = field(default_factory=dict)
     #: CPU milliseconds each process (and the driver) used per order.
     cpu_ms_per_order: dict[str, float] = field(default_factory=dict)
+    #: Order id -> when the driver saw its ack (wall clock ns), for ``--trace``.
+    acked_orders: dict[str, int] = field(default_factory=dict)
 
     @property
     def stats(self) -> Percentiles:
@@ -229,6 +232,7 @@ class Driver:
     processes: dict[str, tuple[int, bool]] = field(default_factory=dict)
     signals: dict[str, int] = field(default_factory=dict)  # signal id -> ts_init
     acks: dict[str, int] = field(default_factory=dict)  # correlation id -> seen at (ns)
+    order_ids: dict[str, str] = field(default_factory=dict)  # correlation id -> order id
     ack_order: list[str] = field(default_factory=list)
     target: int = 0
     all_acked: asyncio.Event = field(default_factory=asyncio.Event)
@@ -314,9 +318,11 @@ class Driver:
     async def _on_ack(self, msg: Msg) -> None:
         seen = time.time_ns()
         self.heard.set()
-        corr = orjson.loads(msg.data)["correlation_id"]
+        event = orjson.loads(msg.data)
+        corr = event["correlation_id"]
         if corr not in self.acks:
             self.acks[corr] = seen
+            self.order_ids[corr] = str(event["payload"].get("order_id", ""))
             self.ack_order.append(corr)
             if len(self.acks) >= self.target:
                 self.all_acked.set()
@@ -336,6 +342,7 @@ class Driver:
     async def run(self, orders: int, rate: float) -> Step:
         self.signals.clear()
         self.acks.clear()
+        self.order_ids.clear()
         self.ack_order.clear()
         self.target = orders
         self.all_acked.clear()
@@ -374,6 +381,7 @@ class Driver:
             hops_ms=hops,
             slow_hops_ms=slow_hops,
             cpu_ms_per_order=cpu_per_order,
+            acked_orders={self.order_ids[c]: self.acks[c] for c in joined},
         )
 
 
@@ -417,9 +425,13 @@ class Chain:
         database_url: str,
         servers: dict[str, tuple[int, bool]],
         label: str = "",
+        *,
+        trace_dir: Path | None = None,
     ) -> None:
         self.work = work / f"{self.name}{label}"
         self.work.mkdir(parents=True, exist_ok=True)
+        #: Where the services write their hop marks (``--trace``), if anywhere.
+        self.trace_dir = trace_dir
         self.nats_url = nats_url
         self.database_url = database_url
         self.children = Children()
@@ -428,6 +440,8 @@ class Chain:
         self.processes: dict[str, tuple[int, bool]] = dict(servers)
 
     def service(self, args: list[str], name: str, **env: str) -> ServiceProcess:
+        if self.trace_dir is not None:
+            env[trace.ENV] = str(self.trace_dir)
         svc = ServiceProcess(
             args,
             env={"NATS_URL": self.nats_url, "DATABASE_URL": self.database_url, **KEYS, **env},
@@ -527,6 +541,8 @@ class ChainResult:
     max_rate: float
     at_max: Step
     search: list[tuple[float, bool]]
+    #: ``--trace``: the fixed-rate run's orders, hop by hop.
+    trace_hops: list[trace.Hop] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -625,6 +641,45 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
     return ChainResult(at_rate, max_rate, at_max, search)
 
 
+#: The marks an order passes on the real chain, in order (``libs.trace``).
+TRACE_PATH = (
+    "OrderIntentCreated written",  # strategy-runner
+    "risk-gate: intent in",
+    "SubmitOrder written",
+    "gateway: command in",
+    "gateway: submit begins",
+    "gateway: submit sent",
+    "paper-broker: submit in",
+    "paper-broker: answer queued",
+    "paper-broker: written",
+    "gateway: accepted read",
+    "gateway: fill read",
+    "gateway: accepted tracked",
+    "OrderAccepted written",
+    "ack seen by driver",
+)
+
+
+def traced_hops(directory: Path, step: Step) -> list[trace.Hop]:
+    """The hops of ``step``'s orders from the services' trace files (plus
+    when the driver saw each ack)."""
+    if not directory.exists():
+        return []
+    marks = trace.read(directory)
+    wanted = {order: marks.get(order, []) for order in step.acked_orders}
+    for order, seen in step.acked_orders.items():
+        wanted[order].append((seen, "ack seen by driver"))
+    return trace.hop_table(wanted, TRACE_PATH)
+
+
+def print_hops(hops: list[trace.Hop]) -> None:
+    print(f"{'hop (real chain, fixed rate)':<62} {'p50':>7} {'p90':>7} {'p99':>7}")
+    for h in hops:
+        print(f"{h.start + ' -> ' + h.end:<62} {h.p50_ms:>7.3f} {h.p90_ms:>7.3f} {h.p99_ms:>7.3f}")
+    total = sum(h.p50_ms for h in hops)
+    print(f"{'sum of the hop medians':<62} {total:>7.3f}")
+
+
 def table(results: dict[str, ChainResult], opts: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "orders": opts.orders,
@@ -649,6 +704,18 @@ def table(results: dict[str, ChainResult], opts: argparse.Namespace) -> dict[str
             "at_max_rate": _stats_json(r.at_max),
             "search": [{"rate": rate, "sustained": ok} for rate, ok in r.search],
         }
+        if r.trace_hops:
+            print_hops(r.trace_hops)
+            out[name]["trace_hops_at_rate_ms"] = [
+                {
+                    "from": h.start,
+                    "to": h.end,
+                    "p50_ms": h.p50_ms,
+                    "p90_ms": h.p90_ms,
+                    "p99_ms": h.p99_ms,
+                }
+                for h in r.trace_hops
+            ]
     if "real" in results and "floor" in results:
         real, floor = results["real"].at_rate.stats, results["floor"].at_rate.stats
         ratio = real.p50_ms / floor.p50_ms if floor.p50_ms else float("inf")
@@ -703,8 +770,19 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
                 ("floor", lambda db, label: FloorChain(work, nats_server.url, db, servers, label))
             )
         if not opts.no_real:
+            traced = work / "trace" if opts.trace else None
             chains.append(
-                ("real", lambda db, label: RealChain(work, nats_server.url, db, servers, label))
+                (
+                    "real",
+                    lambda db, label: RealChain(
+                        work,
+                        nats_server.url,
+                        db,
+                        servers,
+                        label,
+                        trace_dir=None if label else traced,
+                    ),
+                )
             )
         for name, make in chains:
             db_url = pg.url(f"bench_{name}")
@@ -715,6 +793,12 @@ async def run(opts: argparse.Namespace, work: Path, machine: dict[str, float]) -
             finally:
                 say(f"{name}: stopping processes")
                 chain.stop()
+            if chain.trace_dir is not None:
+                # The services wrote their marks as they exited.
+                hops = traced_hops(chain.trace_dir, results[name].at_rate)
+                results[name].trace_hops = hops
+                if hops:
+                    say(f"{name}: hop trace over {hops[0].count} orders of the fixed-rate run")
         if len(chains) == 2:
             for i in range(opts.pairs):
                 for name, make in chains:
@@ -795,6 +879,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip the floor chain")
     parser.add_argument("--no-real", action="store_true", help="skip the real chain")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="real chain: hop by hop inside the services (libs.trace), fixed-rate run",
+    )
     parser.add_argument("--dump", default="", help="directory for per-order latency CSVs")
     opts = parser.parse_args(argv)
     # Yardsticks of the machine itself (before any loop or thread starts: one

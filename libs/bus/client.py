@@ -27,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from libs import trace
 from libs.bus.errors import (
     RETRYABLE_PUBLISH_ERRORS,
     BusUnavailable,
@@ -293,6 +294,8 @@ class Bus:
                 futures.append(None)
         pending = [f for f in futures if f is not None]
         self.write_pending()
+        if trace.ON:
+            trace.published(events)
         if pending:
             _, late = await asyncio.wait(pending, timeout=PUBLISH_ACK_TIMEOUT)
             for straggler in late:
@@ -346,6 +349,8 @@ class Bus:
 
         for item in events:
             out = item if isinstance(item, Outgoing) else Outgoing.of(item)
+            if trace.ON and not isinstance(item, Outgoing):
+                trace.published([item])
             try:
                 fut = await self.js.publish_async(
                     out.subject, out.data, headers={MSG_ID_HEADER: out.msg_id}

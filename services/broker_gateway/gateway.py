@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.msg import Msg
 
+from libs import trace
 from libs.bus.acks import DeferredAcks
 from libs.bus.client import Bus
 from libs.contract.envelope import Clock, Event
@@ -209,6 +210,8 @@ class AccountWorker:
 
     async def _submit(self, command: SubmitOrder, msg: Msg) -> str:
         order_id = command.payload.order_id
+        if trace.ON:
+            trace.mark("gateway: submit begins", order_id)
         if not self.tracker.plan_submit(command):
             if self.tracker.cancel_pending(order_id):
                 return await self._withdraw(order_id, msg)
@@ -376,6 +379,8 @@ class AccountWorker:
             # waiting in _settle may go on. Should the publish not happen (a
             # crash), the restarted gateway reconciles the order from the
             # broker; so the next update need not wait for this one's ack.
+            if trace.ON:
+                trace.mark(f"gateway: {event.kind} tracked", event.order.client_order_id)
             async with self._progress:
                 self._progress.notify_all()
             await self.outbox.post(events)

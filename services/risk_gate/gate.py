@@ -40,11 +40,12 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
+from libs import trace
 from libs.bus.client import Bus
 from libs.bus.consumer import header_dict
 from libs.bus.errors import BusError
 from libs.continuity import refused
-from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.codec import DecodeError, dead_letter, decode, order_id_for
 from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import OrderIntentCreated, SubmitOrder
 from libs.store.errors import StoreError
@@ -221,6 +222,7 @@ class RiskGate:
     # ----------------------------------------------------------- messages
 
     async def _on_message(self, msg: Msg) -> None:
+        arrived = time.time_ns() if trace.ON else 0
         seq = stream_seq(msg)
         if seq <= self.last_seq:
             return  # redelivered: already folded in
@@ -233,6 +235,8 @@ class RiskGate:
         self.state = evolve(self.state, event)
         if self.phase == "live":
             if isinstance(event, OrderIntentCreated):
+                if trace.ON:
+                    trace.mark("risk-gate: intent in", order_id_for(event.id), arrived)
                 if event.id in self.state.pending_intents:
                     await self._decide(event)
                 else:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -24,11 +25,12 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
+from libs import trace
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
 from libs.bus.pull import PullFetcher
 from libs.contract.codec import DecodeError, decode
-from libs.contract.events import AnyEvent
+from libs.contract.events import AnyEvent, SubmitOrder
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
 from services.broker_gateway import metrics
 
@@ -114,12 +116,15 @@ class CommandConsumer:
                     await asyncio.sleep(RETRY_PAUSE_S)  # back-off, not synchronisation
                     continue
                 for msg in msgs:
+                    arrived = time.time_ns() if trace.ON else 0
                     try:
                         event = decode(msg.data, max_bytes=self.max_bytes)
                     except DecodeError as e:
                         await self._dead.dead_letter(msg, e)
                         await msg.ack()
                         continue
+                    if trace.ON and isinstance(event, SubmitOrder):
+                        trace.mark("gateway: command in", event.payload.order_id, arrived)
                     await dispatch(event, msg)
         finally:
             await fetcher.close()

@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,6 +42,7 @@ from pydantic import SecretStr
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from libs import trace
 from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
@@ -226,6 +228,8 @@ class PaperBrokerServer:
             while (frame := await session.queue.get()) is not None:
                 if session.queue.empty():
                     await send(frame)
+                    if trace.ON:
+                        _trace_written(frame)
                     continue
                 # Several frames waiting (a submit's updates and its answer):
                 # they leave in one TCP segment, so the client wakes once for
@@ -236,6 +240,8 @@ class PaperBrokerServer:
                         if (frame := session.queue.get_nowait()) is None:
                             return
                         await send(frame)
+                if trace.ON:
+                    _trace_written(frame)
 
     async def _handle(self, ws: ServerConnection) -> None:
         session = _Session(ws, asyncio.Queue(self.max_queue))
@@ -266,6 +272,7 @@ class PaperBrokerServer:
             await self._message(session, raw)
 
     async def _message(self, session: _Session, raw: str | bytes) -> None:
+        arrived = time.time_ns() if trace.ON else 0
         try:
             # Decimals stay exact: a JSON number with a fraction is read as Decimal.
             msg = json.loads(raw, parse_float=Decimal)
@@ -284,6 +291,8 @@ class PaperBrokerServer:
             self._listen(session, data)
         elif action == "request":
             self._request(session, data)
+            if trace.ON:
+                _trace_request(data, arrived)
         else:
             self._send(session, self._error(CODE_BAD_REQUEST, f"unknown action {action!r}"))
 
@@ -417,3 +426,20 @@ class PaperBrokerServer:
         if updates and updates[-1].order == order:
             return 200, data[-1]["order"]  # the order as its last update showed it
         return 200, wire.order_json(order)
+
+
+def _trace_request(data: dict[str, Any], arrived: int) -> None:
+    """Trace marks of a submit: when it came in, when its answer was queued."""
+    body = data.get("body")
+    if isinstance(body, dict) and "client_order_id" in body:
+        trace.mark("paper-broker: submit in", body["client_order_id"], arrived)
+        trace.mark("paper-broker: answer queued", body["client_order_id"])
+
+
+def _trace_written(frame: bytes) -> None:
+    """Trace mark of a frame (the last of a segment) handed to the socket."""
+    data = orjson.loads(frame).get("data")
+    if isinstance(data, dict):
+        order = data.get("body") or data.get("order")
+        if isinstance(order, dict) and "client_order_id" in order:
+            trace.mark("paper-broker: written", order["client_order_id"])

@@ -39,6 +39,7 @@ from pydantic import SecretStr, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from libs import trace
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.domain.model import (
@@ -287,6 +288,7 @@ class PaperBroker:
         return "connection closed by the broker"
 
     async def _dispatch(self, raw: str | bytes) -> None:
+        arrived = time.time_ns() if trace.ON else 0
         try:
             message = schemas.Envelope.model_validate_json(raw)
             if message.stream == "response":
@@ -297,6 +299,9 @@ class PaperBroker:
             elif message.stream == "trade_updates":
                 update = parse.trade_update(schemas.TradeUpdate.model_validate(message.data))
                 if update is not None:
+                    if trace.ON:
+                        key = update.order.client_order_id
+                        trace.mark(f"gateway: {update.kind} read", key, arrived)
                     await self._events.put(update)
             elif message.stream == "error":
                 log.warning("broker %s says: %s", self.account, message.data)
@@ -320,6 +325,8 @@ class PaperBroker:
             request["body"] = body
         try:
             await ws.send(orjson.dumps({"action": "request", "data": request}).decode())
+            if trace.ON and isinstance(body, dict) and "client_order_id" in body:
+                trace.mark(f"gateway: {call} sent", body["client_order_id"])
             return await asyncio.wait_for(fut, self.request_timeout_s)
         except (ConnectionClosed, OSError) as e:
             metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
