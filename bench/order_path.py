@@ -641,23 +641,8 @@ async def measure(chain: Chain, opts: argparse.Namespace) -> ChainResult:
     return ChainResult(at_rate, max_rate, at_max, search)
 
 
-#: The marks an order passes on the real chain, in order (``libs.trace``).
-TRACE_PATH = (
-    "OrderIntentCreated written",  # strategy-runner
-    "risk-gate: intent in",
-    "SubmitOrder written",
-    "gateway: command in",
-    "gateway: submit begins",
-    "gateway: submit sent",
-    "paper-broker: submit in",
-    "paper-broker: answer queued",
-    "paper-broker: written",
-    "gateway: accepted read",
-    "gateway: fill read",
-    "gateway: accepted tracked",
-    "OrderAccepted written",
-    "ack seen by driver",
-)
+#: The marks an order passes on the real chain (``libs.trace``), then the driver.
+TRACE_PATH = (*trace.ORDER_PATH, "ack seen by driver")
 
 
 def traced_hops(directory: Path, step: Step) -> list[trace.Hop]:

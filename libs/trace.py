@@ -32,6 +32,24 @@ ENV = "TRADEBUS_TRACE"
 #: A process keeps at most this many marks (about 100 bytes each).
 MAX_MARKS = 2_000_000
 
+#: The marks an order passes, in this order, from the strategy-runner's
+#: intent to the gateway's ``OrderAccepted`` (with the paper broker).
+ORDER_PATH = (
+    "OrderIntentCreated written",  # strategy-runner (libs.bus)
+    "risk-gate: intent in",
+    "SubmitOrder written",  # risk-gate (libs.bus)
+    "gateway: command in",
+    "gateway: submit begins",
+    "gateway: submit sent",
+    "paper-broker: submit in",
+    "paper-broker: answer queued",
+    "paper-broker: written",
+    "gateway: accepted read",
+    "gateway: fill read",
+    "gateway: accepted tracked",
+    "OrderAccepted written",  # broker-gateway (libs.bus)
+)
+
 _directory = os.environ.get(ENV, "")
 ON = bool(_directory)
 _marks: list[tuple[int, str, str]] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from libs import trace
 from libs.bus.client import Bus
 from libs.contract.envelope import WallClock
 from libs.contract.events import BarClosed, BarPayload
@@ -130,11 +132,13 @@ class Path_:
 
 
 @contextlib.asynccontextmanager
-async def running_path(tmp_path: Path, nats_url: str, database_url: str) -> AsyncIterator[Path_]:
+async def running_path(
+    tmp_path: Path, nats_url: str, database_url: str, **env: str
+) -> AsyncIterator[Path_]:
     """The five services on ``nats_url``, healthy; terminated on the way out."""
     (tmp_path / "strategies.yaml").write_text(STRATEGIES)
     (tmp_path / "risk.yaml").write_text(RISK)
-    p = Path_(tmp_path, {"NATS_URL": nats_url, "DATABASE_URL": database_url, **KEYS})
+    p = Path_(tmp_path, {"NATS_URL": nats_url, "DATABASE_URL": database_url, **KEYS, **env})
     (tmp_path / "paper.yaml").write_text(
         f"accounts:\n  {ACCOUNT}:\n"
         "    key_id_env: TEST_PAPER_KEY_ID\n    secret_key_env: TEST_PAPER_SECRET_KEY\n"
@@ -366,3 +370,33 @@ async def test_order_path_rides_out_a_nats_restart(tmp_path: Path, database_url:
         await bus.close()
     finally:
         server.stop()
+
+
+async def test_traced_services_mark_every_hop_of_an_order(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """With TRADEBUS_TRACE set, runner, gate, gateway and paper broker mark
+    each order's hops (bench/order_path.py --trace reads them); the marks are
+    written as the services exit on SIGTERM."""
+    traced = tmp_path / "trace"
+    async with running_path(tmp_path, nats_url, database_url, **{trace.ENV: str(traced)}) as p:
+        await bus.publish_many([bar("AAPL", "100") for _ in range(3)])
+        accepted = await eventually(
+            lambda: _at_least(database_url, "OrderAccepted", 3), timeout=60, message=p.logs
+        )
+    orders = {str(a["payload"]["order_id"]) for a in accepted}
+    marks = trace.read(traced)
+    assert orders <= set(marks)
+    hops = trace.hop_table({o: marks[o] for o in orders}, trace.ORDER_PATH)
+    assert [(h.start, h.end) for h in hops] == list(itertools.pairwise(trace.ORDER_PATH))
+    assert all(h.count == 3 for h in hops)
+    # From the intent leaving the runner to OrderAccepted leaving the gateway.
+    for o in orders:
+        first = {label: at for at, label in reversed(marks[o])}
+        took = first["OrderAccepted written"] - first["OrderIntentCreated written"]
+        assert 0 < took < 30 * 1_000_000_000
+
+
+async def _at_least(db: str, type_: str, n: int) -> list[dict[str, Any]] | None:
+    found = await recorded(db, type_)
+    return found if len(found) >= n else None
