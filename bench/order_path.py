@@ -26,6 +26,14 @@ median of their p50 ratios (``interleaved`` in the JSON) is what to judge
 the ratio target by where the host's speed drifts during a run (on shared
 machines one run of each has given 1.2x to 2.5x on the same code).
 
+With ``--trace`` the real chain's services run with ``TRADEBUS_TRACE`` (see
+``libs/trace.py``) and, once they have exited, its fixed-rate run is shown
+hop by hop inside them: from the intent leaving the runner, through the
+gate, the gateway and the paper broker, to the driver seeing the ack
+(``trace_hops_at_rate_ms`` in the JSON). The marks cost a little themselves
+(the paper broker reads back each segment's last frame to key it), so
+compare traced runs with traced runs.
+
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object with the figures and their units. Everything started is stopped on
 exit. Other work on the same two cores shows up in every figure: the CPU
