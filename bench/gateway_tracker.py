@@ -29,15 +29,14 @@ import gc
 import json
 import time
 import tracemalloc
-import uuid
 from decimal import Decimal
 
 from harness import say  # bench/harness.py
 
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import Event, WallClock
-from libs.contract.events import SubmitOrder, SubmitOrderPayload
 from libs.runtime import GC_THRESHOLDS, keep_for_good
+from libs.testing.producer import make_submit_order
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 
@@ -48,19 +47,7 @@ PRICE = Decimal("187.5")
 def settle_one(tracker: OrderTracker, i: int) -> list[Event]:
     """Submit, acknowledge and completely fill one order; return its command
     and the events the tracker made of it (what the store records)."""
-    command = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=uuid.uuid4(),
-            intent_id=uuid.uuid4(),
-            strategy="bench",
-            account=ACCOUNT,
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(10),
-        ),
-        source="bench",
-        clock=tracker.clock,
-    )
+    command = make_submit_order(ACCOUNT, strategy="bench", source="bench", clock=tracker.clock)
     oid = command.payload.order_id
     if not tracker.plan_submit(command):
         raise RuntimeError(f"order {i} not submitted")

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 from libs.bus.client import Bus, Outgoing
-from libs.contract.envelope import WallClock
-from libs.contract.events import TradePayload, TradePrinted
+from libs.contract.envelope import Clock, WallClock
+from libs.contract.events import SubmitOrder, SubmitOrderPayload, TradePayload, TradePrinted
 
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY", "QQQ", "AMZN", "TSLA", "META")
 
@@ -39,6 +39,30 @@ def make_trades(count: int, source: str, start: int = 0) -> Iterator[TradePrinte
             source=source,
             clock=clock,
         )
+
+
+def make_submit_order(
+    account: str,
+    *,
+    strategy: str = "s1",
+    quantity: Decimal = Decimal(10),
+    source: str = "test",
+    clock: Clock | None = None,
+) -> SubmitOrder:
+    """A valid order command with fresh ids: buy ``quantity`` AAPL at market."""
+    return SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            intent_id=uuid.uuid4(),
+            strategy=strategy,
+            account=account,
+            symbol="AAPL",
+            side="buy",
+            quantity=quantity,
+        ),
+        source=source,
+        clock=clock or WallClock(),
+    )
 
 
 async def produce(url: str, count: int, source: str, window: int) -> dict[str, float]:

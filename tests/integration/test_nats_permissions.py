@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -42,11 +41,10 @@ from libs.contract.events import (
     BarPayload,
     KillSwitchEngaged,
     OperatorActionPayload,
-    SubmitOrder,
-    SubmitOrderPayload,
 )
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
+from libs.testing.producer import make_submit_order
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 SERVICES = (
@@ -179,21 +177,6 @@ async def stored(cluster: Cluster, subject: str) -> int:
     return int((info.state.subjects or {}).get(subject, 0))
 
 
-def submit_order(account: str) -> SubmitOrder:
-    return SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=uuid.uuid4(),
-            strategy="s1",
-            account=account,
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(10),
-        ),
-        source="test",
-        clock=CLOCK,
-    )
-
-
 def kill_switch() -> KillSwitchEngaged:
     return KillSwitchEngaged.create(
         OperatorActionPayload(operator="test", reason="drill"), source="test", clock=CLOCK
@@ -234,7 +217,7 @@ async def publish_core(conn: Conn, event: Event, subject: str | None = None) -> 
 async def test_strategy_runner_cannot_publish_order_commands_but_risk_gate_can(
     cluster: Cluster, stream: str
 ) -> None:
-    event = submit_order("acct-a")
+    event = make_submit_order("acct-a")
     subject = subject_for(event)
     assert subject == "orders.cmd.acct-a"
 
@@ -274,7 +257,7 @@ async def test_no_user_but_risk_gate_may_publish_order_commands(
     for user in (u for u in USERS if u != "risk-gate"):
         subject = f"orders.cmd.acct-{user}"
         async with cluster.conn(user) as conn:
-            await publish_core(conn, submit_order(f"acct-{user}"), subject)
+            await publish_core(conn, make_submit_order(f"acct-{user}"), subject)
             assert conn.refused(subject), (user, conn.errors)
         assert await stored(cluster, subject) == 0, user
 

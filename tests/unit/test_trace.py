@@ -14,10 +14,9 @@ from libs.contract.envelope import WallClock
 from libs.contract.events import (
     OrderIntentCreated,
     OrderIntentPayload,
-    SubmitOrder,
-    SubmitOrderPayload,
 )
 from libs.testing.producer import make_trades
+from services.risk_gate.domain.commands import submit_order
 
 MS = 1_000_000
 
@@ -72,19 +71,7 @@ def test_order_key_is_the_order_an_event_is_about() -> None:
         clock=WallClock(),
     )
     order_id = order_id_for(intent.id)
-    submit = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=order_id,
-            intent_id=intent.id,
-            strategy="s",
-            account="paper",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(1),
-        ),
-        source="test",
-        clock=WallClock(),
-    )
+    submit = submit_order(intent, intent.ts_init)  # the risk-gate's command for it
     assert trace.order_key(intent) == order_id
     assert trace.order_key(submit) == order_id
     assert trace.order_key(next(iter(make_trades(1, "test")))) is None
