@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/order_path.py
 	$(PY) bench/risk_decide.py
 	$(PY) bench/gateway_tracker.py
+	$(PY) bench/wake_cost.py
 	$(PY) bench/marketdata.py
 
 ## make proto: regenerate proto/ (JSON Schemas + subject map) from the models.

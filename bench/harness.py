@@ -16,10 +16,10 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats.js.errors
@@ -34,6 +34,8 @@ from libs.testing.procs import ServiceProcess
 HERE = Path(__file__).resolve().parent
 PUBLISHER = HERE / "publisher.py"
 TEMPLATE_DB = "bench_template"
+
+T = TypeVar("T")
 
 #: Named timeouts (seconds).
 READY_TIMEOUT = 60.0
@@ -169,6 +171,54 @@ def process_round_trip_us(trips: int = 5_000) -> float:
         mine.close()
         os.waitpid(child, 0)
     return round(statistics.median(rounds), 1)
+
+
+#: The idle gap before each timed piece of work in ``wake_cost_us``: the time
+#: between two orders at 200/s.
+IDLE_GAP_S = 0.005
+
+
+def after_idle_us(work: Callable[[T], object], items: Sequence[T], gap_s: float) -> float:
+    """Median microseconds of ``work(item)`` over ``items``, each after
+    ``gap_s`` seconds of idling (none: back to back, warm).
+
+    The sleep is the idle gap being measured, not a wait for anything.
+    """
+    took = []
+    for item in items:
+        if gap_s:
+            time.sleep(gap_s)
+        started = time.perf_counter_ns()
+        work(item)
+        took.append(time.perf_counter_ns() - started)
+    return round(statistics.median(took) / 1000, 1)
+
+
+def wake_cost_us(rounds: int = 300) -> dict[str, float]:
+    """Microseconds to decode and re-encode one ``SubmitOrder`` (median of
+    ``rounds``), warm (back to back) and after ``IDLE_GAP_S`` of idling.
+
+    Every service on the order path handles each message after such a gap,
+    so it runs as in the second figure, not the first; their ratio is what
+    this host charges for waking up (caches and predictors gone cold while
+    the virtual CPU was parked). ``bench/wake_cost.py`` gives the whole curve.
+    """
+    from libs.contract.codec import decode, encode
+    from libs.testing.producer import make_submit_order
+
+    frames = [encode(make_submit_order("yardstick")) for _ in range(rounds)]
+
+    def codec(frame: bytes) -> bytes:
+        return encode(decode(frame))
+
+    after_idle_us(codec, frames, 0)  # first touch of the code paths
+    warm = after_idle_us(codec, frames, 0)
+    idle = after_idle_us(codec, frames, IDLE_GAP_S)
+    return {
+        "event_codec_warm_us": warm,
+        "event_codec_after_idle_us": idle,
+        "wake_cost_ratio": round(idle / warm, 1),
+    }
 
 
 # ---------------------------------------------------------------- processes

@@ -64,6 +64,7 @@ from typing import Any
 import nats.errors
 import orjson
 from harness import (  # bench/harness.py
+    IDLE_GAP_S,
     Children,
     cpu_busy,
     cpu_by_process,
@@ -74,6 +75,7 @@ from harness import (  # bench/harness.py
     python_speed_ns,
     say,
     store_poller,
+    wake_cost_us,
 )
 from nats.aio.msg import Msg
 from nats.js import api as js_api
@@ -881,13 +883,16 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     # Yardsticks of the machine itself (before any loop or thread starts: one
     # forks): latencies from two days compare only as far as these agree.
-    machine = {
+    machine: dict[str, Any] = {
         "python_loop_ns_per_iteration": python_speed_ns(),
         "process_round_trip_us": process_round_trip_us(),
+        **wake_cost_us(),
     }
     say(
         f"machine: a Python loop iteration {machine['python_loop_ns_per_iteration']} ns, "
-        f"a round trip to another process {machine['process_round_trip_us']} us"
+        f"a round trip to another process {machine['process_round_trip_us']} us, "
+        f"an event decoded and encoded in {machine['event_codec_warm_us']} us warm and "
+        f"{machine['event_codec_after_idle_us']} us after {IDLE_GAP_S * 1000:g} ms idle"
     )
     work = Path(tempfile.mkdtemp(prefix="tradebus-order-path-"))
     say(f"work directory {work}")
