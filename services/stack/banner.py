@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def render(info: StackInfo) -> str:
     if info.env_file is not None:
         lines.append(
             f"   source {shown(info.env_file)}    "
-            "# NATS_URL, DATABASE_URL and the operator's NATS user"
+            "# NATS_URL, DATABASE_URL, the operator's NATS user, the risk limits"
         )
     else:
         lines.append(f"   export NATS_URL='{nats}' DATABASE_URL='{db}'")
@@ -97,13 +98,11 @@ def render(info: StackInfo) -> str:
 
 
 def env_file_text(nats_url: str, database_url: str, extra: Mapping[str, str] | None = None) -> str:
-    """A file to ``source``: the URLs of this stack, and ``extra`` (the operator's user)."""
-    lines = [
-        "# Written by tradebus up: source it to point tradebus commands at this stack.",
-        f"export NATS_URL='{nats_url}'",
-        f"export DATABASE_URL='{database_url}'",
-    ]
-    lines += [f"export {k}='{v}'" for k, v in (extra or {}).items()]
+    """A file to ``source``: the URLs of this stack, and ``extra`` (the operator's
+    user, the risk limits file), each value quoted for the shell."""
+    values = {"NATS_URL": nats_url, "DATABASE_URL": database_url, **(extra or {})}
+    lines = ["# Written by tradebus up: source it to point tradebus commands at this stack."]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 

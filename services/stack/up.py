@@ -457,7 +457,10 @@ def _stack_info(
     if urlsplit(nats_url).password is None and urlsplit(database_url).password is None:
         env_file = home / "env"
         operator = credentials.nats_env("operator") if credentials is not None else {}
-        creds.write_private(env_file, env_file_text(nats_url, database_url, operator))
+        # The limits this stack's risk-gate runs with: `tradebus risk status`
+        # then shows their caps without --config.
+        extra = {**operator, "TRADEBUS_RISK_CONFIG": str(inputs.risk)}
+        creds.write_private(env_file, env_file_text(nats_url, database_url, extra))
     report = servers.report if servers else {}
     logs = [Path(v["log"]) for v in report.values() if v]
     started_postgres = bool(report.get("postgres"))

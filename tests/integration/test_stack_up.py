@@ -31,8 +31,10 @@ import pytest
 
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
+from services.risk_gate.config import load_limits
 from services.stack.banner import mask_password
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
+from services.stack.wiring import CONFIG_DIR
 
 CHAIN = [
     "SignalGenerated",
@@ -209,6 +211,21 @@ async def cli(up: Up, *args: str, nats_user: str | None = None) -> tuple[int, st
     return proc.returncode, out.decode() + err.decode()
 
 
+async def sourced(env_file: Path, *args: str) -> tuple[int, str, str]:
+    """A tradebus command run by a shell that first sources ``env_file``, in an
+    environment without any NATS, database or TRADEBUS_* setting of ours."""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", '. "$1" && shift && exec "$@"', "sourced", str(env_file),
+        sys.executable, "-m", "services.cli", *args,
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def stop(up: Up) -> tuple[int, set[int]]:
     """SIGINT, as Ctrl-C; returns the exit code and every process up had started."""
     tree = descendants(up.proc.pid)
@@ -282,6 +299,14 @@ async def test_up_runs_the_order_path_and_stops_cleanly(tmp_path: Path) -> None:
         assert private(home / "credentials.json")
         assert private(home / "env")
         assert passwords["operator"] in (home / "env").read_text()
+        # Sourced as the banner says, the env file is all `risk status` needs:
+        # the stack's URLs and the limits its risk-gate runs with (no --config).
+        code, out, errors = await sourced(home / "env", "risk", "status", "--json")
+        assert code == 0, errors
+        status = json.loads(out)
+        limits = load_limits(CONFIG_DIR / "risk.yaml")
+        assert set(status["strategies"]) == set(limits.strategies)
+        assert set(status["accounts"]) == set(limits.accounts)
         output = up.output()
         for password in passwords.values():
             assert password not in output
