@@ -37,10 +37,12 @@ compare traced runs with traced runs.
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object with the figures and their units. Everything started is stopped on
 exit. Other work on the same two cores shows up in every figure: the CPU
-share is reported with each phase. The JSON's ``machine`` holds two
-yardsticks of the host taken at the start (a Python loop iteration, a round
-trip to another process): on this kind of machine the same code has run
-about four times slower on one day than on another, and these say which.
+share is reported with each phase. The JSON's ``machine`` holds yardsticks
+of the host taken at the start (a Python loop iteration, a round trip to
+another process, an event decoded and encoded warm and after 5 ms idle): on
+this kind of machine the same code has run about four times slower on one
+day than on another, and these say which; the last one says what a service
+pays for waking up between orders (``bench/wake_cost.py``).
 """
 
 from __future__ import annotations
