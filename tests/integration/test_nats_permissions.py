@@ -45,6 +45,8 @@ from libs.contract.events import (
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
 from libs.testing.producer import make_submit_order
+from services.marketdata.adapters.polygon.resume import last_minute_bars
+from services.marketdata.config import MarketdataSettings
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 SERVICES = (
@@ -337,6 +339,31 @@ async def test_no_user_may_subscribe_to_the_domain_subjects(cluster: Cluster, us
         await settled(conn.nc)
         denied = [e for e in conn.errors if "permissions violation for subscription" in e]
     assert len(denied) == 4, conn.errors
+
+
+async def test_marketdata_may_read_back_its_newest_minute_bar(
+    cluster: Cluster, stream: str
+) -> None:
+    # After a restart the Polygon feed gap-fills from the newest
+    # md.bar.1m.<symbol> on the stream (services/marketdata/adapters/polygon/
+    # resume.py, one STREAM.MSG.GET per symbol), as its own NATS user.
+    newest = bar("RESUMED")
+    async with cluster.bus("marketdata") as feed:
+        await feed.publish(newest)
+
+    def as_user(user: str) -> MarketdataSettings:
+        return MarketdataSettings(
+            nats_url=cluster.url,
+            nats_user=user,
+            nats_password=cluster.passwords[user],
+            instance="permissions-test",
+        )
+
+    found = await last_minute_bars(as_user("marketdata"), ["RESUMED"])
+    assert found == {"RESUMED": newest.payload.start_ns}
+    # A user without that grant reads nothing back: the feed would start
+    # without resuming (best effort, said in its log).
+    assert await last_minute_bars(as_user("paper-broker"), ["RESUMED"]) == {}
 
 
 # -------------------------------------------------------- durable consumers
