@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -66,6 +67,14 @@ RETRYABLE_PUBLISH_ERRORS_OR_STALLED: tuple[type[BaseException], ...] = (
     *RETRYABLE_PUBLISH_ERRORS,
     nats.js.errors.TooManyStalledMsgsError,
 )
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where ``user``'s replies arrive: ``_INBOX_<user>``, so that the NATS
+    permissions can give each user its own replies, JetStream acks and pull
+    batches and no one else's (``deploy/nats/nats-server.conf``); plain
+    ``_INBOX`` without a user."""
+    return f"_INBOX_{user}" if user else "_INBOX"
 
 
 def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
@@ -134,6 +143,7 @@ class Bus:
                 name=name,
                 user=user,
                 password=password,
+                inbox_prefix=inbox_prefix(user or urlsplit(url).username),
                 connect_timeout=CONNECT_TIMEOUT,
                 reconnect_time_wait=RECONNECT_WAIT,
                 max_reconnect_attempts=-1,

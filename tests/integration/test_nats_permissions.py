@@ -32,7 +32,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from libs.bus.client import MSG_ID_HEADER, Bus
+from libs.bus.client import MSG_ID_HEADER, Bus, inbox_prefix
 from libs.bus.consumer import ensure_consumer
 from libs.contract.codec import encode
 from libs.contract.envelope import Event, WallClock
@@ -128,6 +128,7 @@ class Cluster:
             self.url,
             user=user,
             password=self.passwords[user],
+            inbox_prefix=inbox_prefix(user),
             name=f"test-{user}",
             error_cb=on_error,
             allow_reconnect=False,
@@ -364,6 +365,23 @@ async def test_marketdata_may_read_back_its_newest_minute_bar(
     # A user without that grant reads nothing back: the feed would start
     # without resuming (best effort, said in its log).
     assert await last_minute_bars(as_user("paper-broker"), ["RESUMED"]) == {}
+
+
+@pytest.mark.parametrize("user", USERS)
+async def test_each_user_reads_only_its_own_inbox(cluster: Cluster, user: str) -> None:
+    # Replies, JetStream publish acks and pull batches arrive under the
+    # user's own inbox prefix; another user's, or all of them, are refused.
+    other = "broker-gateway" if user == "risk-gate" else "risk-gate"
+    refused = ["_INBOX.>", f"{inbox_prefix(other)}.>", f"{inbox_prefix(other)}.abc"]
+    async with cluster.conn(user) as conn:
+        await conn.nc.subscribe(f"{inbox_prefix(user)}.>")
+        for subject in refused:
+            await conn.nc.subscribe(subject)
+        await settled(conn.nc)
+        denied = [e for e in conn.errors if "permissions violation for subscription" in e]
+    assert sorted(denied) == sorted(
+        f'nats: permissions violation for subscription to "{s.lower()}"' for s in refused
+    ), conn.errors
 
 
 # -------------------------------------------------------- durable consumers

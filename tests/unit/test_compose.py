@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from libs.bus.client import inbox_prefix
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
@@ -316,7 +318,9 @@ def test_only_risk_gate_publishes_orders_and_only_operator_control(nats_conf: st
         if user != "operator":
             assert "control.>" in deny, user
         assert ">" not in allow, user
-        assert re.search(r'subscribe:\s*\{\s*allow:\s*\["_INBOX\.>"\]\s*\}', block), user
+        # Its own replies only (libs.bus.client.inbox_prefix), no one else's.
+        own_inbox = re.escape(f"{inbox_prefix(user)}.>")
+        assert re.search(rf'subscribe:\s*\{{\s*allow:\s*\["{own_inbox}"\]\s*\}}', block), user
 
 
 @pytest.mark.parametrize("user", SERVICE_USERS)
