@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -382,6 +383,16 @@ async def test_each_user_reads_only_its_own_inbox(cluster: Cluster, user: str) -
     assert sorted(denied) == sorted(
         f'nats: permissions violation for subscription to "{s.lower()}"' for s in refused
     ), conn.errors
+
+
+async def test_a_user_given_in_the_url_gets_its_own_inbox(cluster: Cluster, stream: str) -> None:
+    # NATS_URL may carry the credentials (nats://user:password@host): the
+    # inbox prefix then follows the URL's user, so its acks still arrive.
+    parts = urlsplit(cluster.url)
+    url = f"{parts.scheme}://marketdata:{cluster.passwords['marketdata']}@{parts.netloc}"
+    async with await Bus.connect(url, name="test-url-user") as feed:
+        ack = await feed.publish(bar("URLUSER"))
+    assert ack.stream == stream
 
 
 # -------------------------------------------------------- durable consumers
