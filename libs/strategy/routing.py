@@ -10,6 +10,9 @@
   emitted each signal and each intent's order id (and any other order id an
   accepted decision names) and routes by those. Both maps are bounded (least
   recently used entries go first).
+- A fill neither map knows, but booked to a strategy (``FillPayload.strategy``:
+  the closing order of a ``FlattenAccount``, which the broker-gateway books
+  to the strategies whose positions it closes), goes to that strategy.
 """
 
 from __future__ import annotations
@@ -114,5 +117,11 @@ class Router:
             owner = self._by_signal.get(event.correlation_id) or self._by_order.get(
                 event.payload.order_id
             )
+            if owner is None and isinstance(event, FillReceived):
+                # A fill of an order no strategy placed: the closing order of
+                # a FlattenAccount, booked by the gateway to the strategy
+                # whose position it closed. The strategy's books must see it.
+                booked = event.payload.strategy
+                owner = booked if booked in self._names else None
             return (owner,) if owner is not None else ()
         return ()

@@ -13,6 +13,7 @@ import pytest
 from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    FillPayload,
     FillReceived,
     OrderAccepted,
     OrderIntentCreated,
@@ -28,7 +29,7 @@ from libs.strategy import (
     StrategyParams,
 )
 from libs.strategy.ledger import IntentBook, Ledger
-from libs.strategy.testing import EchoStrategy, bar, bars, deny, fill_chain
+from libs.strategy.testing import At, EchoStrategy, bar, bars, deny, fill_chain
 
 
 def counter_ids() -> Callable[[], uuid.UUID]:
@@ -293,6 +294,51 @@ def test_broker_events_reach_the_strategy_without_the_accepted_decision() -> Non
         intent.id,
         order_id_for(intent.id),
     )
+
+
+def test_a_flatten_fill_booked_to_a_strategy_reaches_its_books() -> None:
+    # A FlattenAccount's closing order was placed by the broker, not by any
+    # strategy: its fill has an order id and a chain no strategy knows. The
+    # gateway books it to the strategy whose position it closed
+    # (FillPayload.strategy); that strategy's books, and only its, must see it.
+    ids = counter_ids()
+    rt, intent = two_probes_and_an_intent_of_p()
+    for event in fill_chain(intent, "100.50", ids=ids):
+        rt.feed(event)
+    assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+    flatten = uuid.uuid4()
+
+    def closing_fill(strategy: str | None, fill_id: str) -> FillReceived:
+        closing_order = uuid.uuid4()
+        payload = FillPayload(
+            order_id=closing_order,
+            account="paper",
+            broker_order_id=f"b-{closing_order}",
+            fill_id=fill_id,
+            symbol="AAPL",
+            side="sell",
+            quantity=Decimal(10),
+            price=Decimal("99.50"),
+            cumulative_quantity=Decimal(10),
+            leaves_quantity=Decimal(0),
+            status="complete",
+            strategy=strategy,
+        )
+        fill = FillReceived.create(payload, source="test/broker-gateway", clock=At(0))
+        return fill.model_copy(update={"correlation_id": flatten, "causation_id": flatten})
+
+    # Booked to nobody, or to a strategy this runtime does not host: no one.
+    rt.feed(closing_fill(None, "f-nobody"))
+    rt.feed(closing_fill("elsewhere", "f-elsewhere"))
+    assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+    # Booked to p: p is flat, the loss realized, and p is told.
+    rt.feed(closing_fill("p", "f-p"))
+    pos = rt.hosts["p"].ledger.position("AAPL")
+    assert pos.is_flat
+    assert rt.hosts["p"].ledger.pnl().realized == Decimal("-10.00")  # (99.50 - 100.50) x 10
+    assert isinstance(probe_seen(rt, "p")[-1], Fill)
+    assert rt.hosts["other"].ledger.position("AAPL").is_flat
+    assert not any(isinstance(x, Fill) for x in probe_seen(rt, "other"))
 
 
 def test_a_decision_naming_another_order_id_remaps_the_intent() -> None:

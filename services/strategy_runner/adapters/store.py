@@ -6,6 +6,9 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
 - every event of every chain a strategy started — its signals and intents,
   the risk-gate's decisions, the broker's acks, rejects, cancels and fills —
   found by correlation id = one of its signals' ids;
+- every fill booked to a strategy outside its own chains (a
+  ``FlattenAccount``'s closing orders, booked by the broker-gateway to the
+  strategies whose positions they closed);
 - the last bar or trade of each of its symbols, for unrealized P&L.
 
 asyncpg errors are mapped to :mod:`libs.store.errors` here.
@@ -34,9 +37,12 @@ COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_i
 
 CHAINS_SQL = f"""
 SELECT {COLUMNS} FROM events
-WHERE seq <= $2 AND correlation_id IN (
-    SELECT id FROM events
-    WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
+WHERE seq <= $2 AND (
+    correlation_id IN (
+        SELECT id FROM events
+        WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
+    )
+    OR (type = 'FillReceived' AND strategy = ANY($1::text[]))
 )
 ORDER BY seq
 """  # noqa: S608 - constant column list, values are bind parameters
