@@ -104,8 +104,24 @@ class Strategy(Generic[P]):
         self.params = params
         self.ctx = ctx
 
+    @classmethod
+    def warmup_bars(cls, params: Any) -> int:
+        """How many of each symbol's latest recorded bars the strategy is shown
+        through :meth:`on_warmup` when the runner starts (0, the default:
+        none), so that its indicators do not start empty. ``params`` are its
+        validated params (say, the longest lookback)."""
+        return 0
+
     def on_start(self) -> None:
         """Called once before any data (and again after a restart, on a fresh instance)."""
+
+    def on_warmup(self, bar: Bar) -> None:
+        """A past bar of one of the strategy's symbols, oldest first, to rebuild
+        indicators from: the latest :meth:`warmup_bars` per symbol from the
+        event store, then those that closed while the runner was down. It runs
+        after :meth:`on_start` and before any live data. It may not emit a
+        signal or an order (that is a fault): the market it describes is gone.
+        The positions in ``ctx`` are the current ones, not the bar's."""
 
     def on_bar(self, bar: Bar) -> None:
         """A bar of one of the strategy's symbols closed."""

@@ -181,6 +181,8 @@ class StrategyHost:
         self._instance: Strategy[Any] | None = None
         self._stopping = False
         self._context = _Context(self)
+        #: Inside ``on_warmup``: emitting is refused.
+        self._warming = False
 
     # ----------------------------------------------------------- lifecycle
 
@@ -224,6 +226,23 @@ class StrategyHost:
     def restore(self, event: Event) -> None:
         """Apply ``event`` to the books without calling the strategy (rebuild, catch-up)."""
         self._apply(event)
+
+    def warm_up(self, event: BarClosed) -> list[Event]:
+        """Show a past bar to the strategy (``on_warmup``) for its indicators.
+
+        The books do not change (a bar from the store is older than them; one
+        from the catch-up is applied by :meth:`restore`). An emission from
+        ``on_warmup`` is a fault; what is returned is that fault, if any.
+        """
+        instance = self._instance
+        if not self.running or instance is None or event.payload.symbol not in self.symbols:
+            return []
+        bar = event.payload
+        self._warming = True
+        try:
+            return self._invoke(lambda: instance.on_warmup(bar), event, f"warmup/{event.id}")
+        finally:
+            self._warming = False
 
     def pending(self, symbol: str) -> Decimal:
         """Open intents in ``symbol``, including those emitted in the current callback."""
@@ -347,6 +366,7 @@ class StrategyHost:
         reason: str,
         strength: Decimal | None,
     ) -> SignalGenerated:
+        self._refuse_in_warmup()
         if symbol not in self.symbols:
             raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
         signal = SignalGenerated.create(
@@ -377,6 +397,7 @@ class StrategyHost:
         stop_price: Decimal | None,
         time_in_force: TimeInForce,
     ) -> OrderIntentCreated:
+        self._refuse_in_warmup()
         if symbol not in self.symbols:
             raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
         if cause.payload.strategy != self.name or not (
@@ -406,6 +427,12 @@ class StrategyHost:
         )
         self._outbox.append(intent)
         return intent
+
+    def _refuse_in_warmup(self) -> None:
+        if self._warming:
+            raise StrategyUsageError(
+                "on_warmup may not emit signals or orders: the bars it is shown are past"
+            )
 
     def _commit(self, event: Event) -> None:
         """Make an emitted (or read-back) signal or intent part of the books."""

@@ -52,3 +52,9 @@ RESTORED = Counter(
     "tradebus_strategy_runner_restored_events_total",
     "Events read from the event store at start-up to rebuild strategies' books",
 )
+WARMUP_BARS = Counter(
+    "tradebus_strategy_warmup_bars_total",
+    "Past bars shown to a strategy's on_warmup (from the store at start-up, or closed while "
+    "the runner was down)",
+    ["strategy"],
+)

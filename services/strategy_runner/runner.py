@@ -70,6 +70,20 @@ SERVICE = "strategy-runner"
 Publish = Callable[[list[Event]], Awaitable[None]]
 
 
+def latest_bars(bars: list[Event], symbols: tuple[str, ...], count: int) -> list[BarClosed]:
+    """The last ``count`` bars of each of ``symbols`` in ``bars``, in their order."""
+    if count <= 0:
+        return []
+    left = dict.fromkeys(symbols, count)
+    picked: list[BarClosed] = []
+    for bar in reversed(bars):
+        if isinstance(bar, BarClosed) and left.get(bar.payload.symbol, 0) > 0:
+            left[bar.payload.symbol] -= 1
+            picked.append(bar)
+    picked.reverse()
+    return picked
+
+
 class StrategyTask:
     """One strategy's inbox and the loop that feeds its host."""
 
@@ -80,6 +94,10 @@ class StrategyTask:
         self.runtime = runtime
         self.inbox = Inbox(loaded.spec.inbox_size, loaded.spec.overflow, self._overflowed)
         self.emitted = 0
+        #: Bars per symbol the strategy asks to be shown at start (``on_warmup``).
+        self.warmup_bars = loaded.cls.warmup_bars(loaded.params)
+        #: Those bars, from the store, oldest first (set by the start-up rebuild).
+        self.warmup: list[BarClosed] = []
 
     def _overflowed(self, action: OverflowAction) -> None:
         metrics.INBOX_OVERFLOW.labels(strategy=self.name, action=action).inc()
@@ -89,12 +107,23 @@ class StrategyTask:
     async def run(self, publish: Publish) -> None:
         """Start the strategy, handle its inbox until closed, then stop it."""
         await self._emit(self.host.start(), publish)
+        if self.warmup:
+            for past in self.warmup:
+                await self._emit(self.host.warm_up(past), publish)
+            metrics.WARMUP_BARS.labels(strategy=self.name).inc(len(self.warmup))
+            log.info("strategy %s warmed up on %d past bars", self.name, len(self.warmup))
+            self.warmup = []
         while (item := await self.inbox.get()) is not None:
             metrics.INBOX_DEPTH.labels(strategy=self.name).set(len(self.inbox))
             started = time.perf_counter()
+            out: list[Event] = []
             if item.quiet:
+                # Books only; a bar that closed while the runner was down also
+                # warms the indicators up.
                 self.host.restore(item.event)
-                out: list[Event] = []
+                if isinstance(item.event, BarClosed):
+                    out = self.host.warm_up(item.event)
+                    metrics.WARMUP_BARS.labels(strategy=self.name).inc()
             else:
                 out = self.host.handle(item.event)
             metrics.CALLBACK_SECONDS.labels(strategy=self.name).observe(
@@ -275,15 +304,21 @@ class Runner:
         if not self.settings.rebuild_from_store:
             return History([])
         url = self.settings.database_url.get_secret_value()
+        warmup: dict[str, int] = {}
+        for task in self.tasks.values():
+            for symbol in task.host.symbols:
+                warmup[symbol] = max(warmup.get(symbol, 0), task.warmup_bars)
         history = await self._retrying(
             "reading the event store",
-            lambda: load_history(url, list(self.tasks), self.symbols),
+            lambda: load_history(url, list(self.tasks), self.symbols, warmup),
         )
         if history is None:
             return None
         for event in history.events:
             self.runtime.restore(event)
         metrics.RESTORED.inc(len(history.events))
+        for task in self.tasks.values():
+            task.warmup = latest_bars(history.bars, task.host.symbols, task.warmup_bars)
         for task in self.tasks.values():
             task.export_books()
             positions = {

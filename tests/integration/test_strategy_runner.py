@@ -300,6 +300,49 @@ async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_r
             proc.kill()  # only what a failed assertion left running
 
 
+async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    # sma-x (slow_period 3) asks for its last 3 bars at start (warmup_bars).
+    # The first runner sees 12, 11, 10 (its averages full: below, no trade)
+    # and stops. The second is shown them again through on_warmup, so the
+    # very next bar, 13, is a golden cross it trades; a cold start would
+    # need three new bars first.
+    store = Timeline(database_url)
+    started: list[ServiceProcess] = []
+
+    def start(args: list[str], name: str) -> ServiceProcess:
+        proc = service(args, tmp_path, nats_url, database_url, name).start()
+        started.append(proc)
+        return proc
+
+    try:
+        start(["recorder", "run"], "recorder")
+        runner = start(runner_args(tmp_path), "runner")
+        await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+        await publish_bars(bus, "AAPL", [12, 11, 10], 0)
+
+        async def bars_recorded() -> bool:
+            return len(await store.of("BarClosed")) == 3
+
+        await eventually(bars_recorded, timeout=20)
+        assert runner.terminate() == 0, runner.log_text()[-3000:]
+        assert await store.count("OrderIntentCreated", "sma-x", 1) == []
+
+        again = start(runner_args(tmp_path), "runner2")
+        await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+        warmed = 'tradebus_strategy_warmup_bars_total{strategy="sma-x"}'
+        await eventually(lambda: metric(again, warmed) == 3.0, timeout=20)
+        assert metric(again, 'tradebus_strategy_warmup_bars_total{strategy="boom"}') in (None, 0.0)
+        await publish_bars(bus, "AAPL", [13], 3)
+        (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+        assert (buy["payload"]["side"], buy["payload"]["quantity"]) == ("buy", "10")
+        assert again.terminate() == 0, again.log_text()[-3000:]
+    finally:
+        for proc in started:
+            proc.kill()  # only what a failed assertion left running
+
+
 #: The runner's filter once live: the market data of its symbols, the
 #: denials of its strategies' intents (and the subject both verdicts went to
 #: before the verdict was in it), the broker's answers.

@@ -30,6 +30,7 @@ from libs.strategy import (
 )
 from libs.strategy.ledger import IntentBook, Ledger
 from libs.strategy.testing import At, EchoStrategy, bar, bars, deny, fill_chain
+from services.strategy_runner.runner import latest_bars
 
 
 def counter_ids() -> Callable[[], uuid.UUID]:
@@ -339,6 +340,60 @@ def test_a_flatten_fill_booked_to_a_strategy_reaches_its_books() -> None:
     assert isinstance(probe_seen(rt, "p")[-1], Fill)
     assert rt.hosts["other"].ledger.position("AAPL").is_flat
     assert not any(isinstance(x, Fill) for x in probe_seen(rt, "other"))
+
+
+class Warmed(Probe):
+    """A probe that keeps the bars it is shown through on_warmup."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.warmed: list[Bar] = []
+
+    def on_warmup(self, bar: Bar) -> None:
+        self.warmed.append(bar)
+
+
+class EmitsInWarmup(Probe):
+    def on_warmup(self, bar: Bar) -> None:
+        signal = self.ctx.signal(bar.symbol, "stale", "long", reason="a past bar")
+        self.ctx.order(bar.symbol, "buy", Decimal(1), cause=signal)
+
+
+def test_warm_up_shows_past_bars_without_books_or_emissions() -> None:
+    rt = InMemoryRuntime()
+    rt.add("w", Warmed, symbols=("AAPL",))
+    rt.add("bad", EmitsInWarmup, symbols=("AAPL",), restart="never")
+    rt.start()
+    past = bar("AAPL", 100, 0)  # would make a Probe buy, were it live
+    assert rt.hosts["w"].warm_up(past) == []
+    assert rt.hosts["w"].warm_up(bar("MSFT", 50, 0)) == []  # not its symbol: not shown
+    instance = rt.hosts["w"].instance
+    assert isinstance(instance, Warmed)
+    assert instance.warmed == [past.payload]
+    assert instance.seen == []  # on_bar was not called
+    assert rt.hosts["w"].ledger.position("AAPL").mark is None  # books untouched
+    # Emitting from on_warmup is the strategy's fault; nothing it emitted leaves.
+    out = rt.hosts["bad"].warm_up(past)
+    assert [type(e) for e in out] == [StrategyFaulted]
+    assert "on_warmup may not emit" in out[0].payload.error
+    assert out[0].payload.action == "stopped"
+
+
+def test_latest_bars_keeps_the_last_n_of_each_symbol_in_order() -> None:
+    history = [
+        bar(s, c, i * 60_000_000_000)
+        for i, (s, c) in enumerate(
+            [("AAPL", 1), ("MSFT", 2), ("AAPL", 3), ("AAPL", 4), ("MSFT", 5), ("SPY", 6)]
+        )
+    ]
+    picked = latest_bars(list(history), ("AAPL", "MSFT"), 2)
+    assert [(b.payload.symbol, int(b.payload.close)) for b in picked] == [
+        ("MSFT", 2),
+        ("AAPL", 3),
+        ("AAPL", 4),
+        ("MSFT", 5),
+    ]
+    assert latest_bars(list(history), ("AAPL",), 0) == []
 
 
 def test_a_decision_naming_another_order_id_remaps_the_intent() -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from libs.contract.envelope import Event
 from libs.contract.events import OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.sma_crossover import SmaCrossover
+from libs.strategy.examples.sma_crossover import SmaCrossover, SmaCrossoverParams
 from libs.strategy.testing import bars, fill_chain
 
 IDS = itertools.count(1)
@@ -66,3 +66,23 @@ def test_death_cross_reverses_a_filled_long_when_shorting_is_allowed() -> None:
     assert rt.hosts["sma"].ledger.position("AAPL").quantity == 100
     out = rt.run(data[4:])
     assert pairs(out) == [("short", "sell", Decimal(200))]
+
+
+def test_warmed_up_on_past_bars_it_trades_on_the_first_live_cross() -> None:
+    # After a restart the runner shows it the latest slow_period bars
+    # (warmup_bars) through on_warmup: its averages are full at once, and a
+    # cross that happened in those past bars trades nothing.
+    assert SmaCrossover.warmup_bars(SmaCrossoverParams(fast_period=2, slow_period=3)) == 3
+    # Past: above after 10 (11.5 > 11.33), a death cross on 9 (9.5 < 10.67).
+    past = bars("AAPL", [12, 11, 13, 10, 9])
+    # Live: 14 crosses above again (11.5 > 11).
+    live = bars("AAPL", [14], start_ns=past[-1].payload.end_ns)
+    warm = runtime()
+    warm.start()
+    host = warm.hosts["sma"]
+    assert all(host.warm_up(b) == [] for b in past)
+    assert pairs(warm.run(live)) == [("long", "buy", Decimal(100))]
+    assert host.ledger.position("AAPL").is_flat  # past bars move no books
+    # The same live bar to a cold instance: its averages are not full yet.
+    cold = runtime()
+    assert cold.run(live) == []

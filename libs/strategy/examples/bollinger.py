@@ -30,8 +30,15 @@ class BollingerParams(StrategyParams):
 class BollingerReversion(Strategy[BollingerParams]):
     """Buy the lower band, sell the upper band, exit at the middle band."""
 
+    @classmethod
+    def warmup_bars(cls, params: BollingerParams) -> int:
+        return params.period
+
     def on_start(self) -> None:
         self._closes = {s: Rolling(self.params.period) for s in self.ctx.symbols}
+
+    def on_warmup(self, bar: Bar) -> None:
+        self._closes[bar.symbol].push(bar.close)
 
     def on_bar(self, bar: Bar) -> None:
         p = self.params

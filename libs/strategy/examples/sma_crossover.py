@@ -38,24 +38,41 @@ class SmaCrossoverParams(StrategyParams):
 class SmaCrossover(Strategy[SmaCrossoverParams]):
     """Fast/slow simple moving-average crossover, per symbol."""
 
+    @classmethod
+    def warmup_bars(cls, params: SmaCrossoverParams) -> int:
+        return params.slow_period
+
     def on_start(self) -> None:
         self._closes = {s: Rolling(self.params.slow_period) for s in self.ctx.symbols}
         self._fast_above: dict[str, bool] = {}
 
-    def on_bar(self, bar: Bar) -> None:
+    def on_warmup(self, bar: Bar) -> None:
+        # The averages and the side the fast one is on; a crossing in the past
+        # trades nothing now.
+        self._update(bar)
+
+    def _update(self, bar: Bar) -> tuple[bool, Decimal, Decimal] | None:
+        """Take the close in; (fast above?, fast, slow) if the fast SMA changed side."""
         closes = self._closes[bar.symbol]
         closes.push(bar.close)
         if not closes.full:
-            return
-        p = self.params
-        fast, slow = closes.mean_of_last(p.fast_period), closes.mean()
+            return None
+        fast, slow = closes.mean_of_last(self.params.fast_period), closes.mean()
         if fast == slow:
-            return
+            return None
         above = fast > slow
         before = self._fast_above.get(bar.symbol)
         self._fast_above[bar.symbol] = above
         if before is None or before == above:
+            return None
+        return above, fast, slow
+
+    def on_bar(self, bar: Bar) -> None:
+        crossed = self._update(bar)
+        if crossed is None:
             return
+        above, fast, slow = crossed
+        p = self.params
         direction: Direction
         if above:
             target, direction = p.quantity, "long"

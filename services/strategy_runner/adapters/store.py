@@ -9,7 +9,9 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
 - every fill booked to a strategy outside its own chains (a
   ``FlattenAccount``'s closing orders, booked by the broker-gateway to the
   strategies whose positions they closed);
-- the last bar or trade of each of its symbols, for unrealized P&L.
+- the last bar or trade of each of its symbols, for unrealized P&L;
+- the latest bars of each symbol, as many as its strategies ask for
+  (``Strategy.warmup_bars``), to warm their indicators up (``on_warmup``).
 
 asyncpg errors are mapped to :mod:`libs.store.errors` here.
 """
@@ -17,8 +19,8 @@ asyncpg errors are mapped to :mod:`libs.store.errors` here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
@@ -54,6 +56,13 @@ ORDER BY seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 
+WARMUP_SQL = f"""
+SELECT {COLUMNS} FROM events
+WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
+ORDER BY seq DESC LIMIT $3
+"""  # noqa: S608 - constant column list, values are bind parameters
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """What the store holds for the strategies, up to ``last_seq``, in order."""
@@ -61,6 +70,8 @@ class History:
     events: list[Event]
     #: The store's last row (None when empty): what the stream must continue.
     tail: queries.Tail | None = None
+    #: The latest bars of the symbols asked for (for ``on_warmup``), in order.
+    bars: list[Event] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -88,9 +99,13 @@ def _event(row: asyncpg.Record) -> Event | None:
 
 
 async def load_history(
-    database_url: str, strategies: Sequence[str], symbols: Sequence[str]
+    database_url: str,
+    strategies: Sequence[str],
+    symbols: Sequence[str],
+    warmup: Mapping[str, int] | None = None,
 ) -> History:
-    """Read the strategies' chains and their symbols' last prices."""
+    """Read the strategies' chains, their symbols' last prices and, per symbol
+    in ``warmup``, that many of its latest bars."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
@@ -104,10 +119,16 @@ async def load_history(
                 row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
                 if row is not None:
                     rows.append(row)
+            bar_rows = []
+            for symbol, count in sorted((warmup or {}).items()):
+                if count > 0:
+                    bar_rows += await conn.fetch(WARMUP_SQL, symbol, last_seq, count)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
         raise StoreUnavailable(f"reading the event store failed: {e}") from e
     finally:
         await conn.close()
     rows.sort(key=lambda r: r["seq"])
     events = [e for e in map(_event, rows) if e is not None]
-    return History(events, tail)
+    bar_rows.sort(key=lambda r: r["seq"])
+    bars = [e for e in map(_event, bar_rows) if e is not None]
+    return History(events, tail, bars)
