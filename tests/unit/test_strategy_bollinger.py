@@ -67,3 +67,15 @@ def test_no_entry_while_an_entry_is_pending_or_prices_are_flat() -> None:
     rt = runtime()
     out = rt.run(bars("NVDA", [100, 100, 100, 100, 95, 90]))
     assert trades(out) == [("bb_entry", "buy", Decimal(100))]  # 90 would buy again
+
+
+def test_warmed_up_on_past_bars_it_trades_on_the_first_live_bar() -> None:
+    # Four past closes of 100 (shown through on_warmup after a restart) fill
+    # the bands but one: the first live close, 95, is below the lower band.
+    data = bars("NVDA", [100, 100, 100, 100, 95])
+    warm = runtime()
+    warm.start()
+    assert all(warm.hosts["bb"].warm_up(b) == [] for b in data[:4])
+    assert trades(warm.run(data[4:])) == [("bb_entry", "buy", Decimal(100))]
+    cold = runtime()  # the same live bar, bands not full: nothing
+    assert trades(cold.run(data[4:])) == []
