@@ -7,9 +7,9 @@ import uuid
 from decimal import Decimal
 
 from libs.contract.envelope import Event
-from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.pairs import PairsTrade
+from libs.strategy.examples.pairs import PairsParams, PairsTrade
 from libs.strategy.testing import MINUTE_NS, bar, fill_chain
 
 IDS = itertools.count(1)
@@ -89,3 +89,17 @@ def test_a_negative_spread_buys_it_and_a_lone_leg_waits_for_its_partner() -> Non
     assert rt.run([bar("MSFT", "95", T0 + 5 * MINUTE_NS)]) == []
     out = rt.run([bar("AAPL", "100", T0 + 5 * MINUTE_NS)])
     assert legs(out) == [("MSFT", "buy", Decimal(105)), ("AAPL", "sell", Decimal(100))]
+
+
+def test_warmed_up_on_past_minutes_it_trades_on_the_first_live_one() -> None:
+    # The five past minutes, shown through on_warmup after a restart, fill
+    # the spread history: the first live minute's wide spread trades at once.
+    params = PairsParams(lookback=5, entry_z=Decimal(2), exit_z=Decimal("0.5"))
+    assert PairsTrade.warmup_bars(params) == 5
+    warm = runtime()
+    warm.start()
+    assert all(warm.hosts["pair"].warm_up(b) == [] for b in history() if isinstance(b, BarClosed))
+    out = warm.run(minute(5, "105", "100"))
+    assert legs(out) == [("MSFT", "sell", Decimal(95)), ("AAPL", "buy", Decimal(100))]
+    cold = runtime()  # the same live minute without the history: nothing
+    assert cold.run(minute(5, "105", "100")) == []

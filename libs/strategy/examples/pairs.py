@@ -50,19 +50,35 @@ class PairsTrade(Strategy[PairsParams]):
         self._spreads = Rolling(self.params.lookback)
         self._last: dict[str, tuple[int, Decimal]] = {}
 
-    def on_bar(self, bar: Bar) -> None:
+    @classmethod
+    def warmup_bars(cls, params: PairsParams) -> int:
+        return params.lookback
+
+    def on_warmup(self, bar: Bar) -> None:
+        paired = self._pair(bar)
+        if paired is not None:
+            self._spreads.push(paired[0])
+
+    def _pair(self, bar: Bar) -> tuple[Decimal, Decimal, Decimal] | None:
+        """(spread, price A, price B) once both legs' bars of a minute are in."""
         self._last[bar.symbol] = (bar.start_ns, bar.close)
         a, b = self._last.get(self._a), self._last.get(self._b)
         if a is None or b is None or a[0] != b[0]:
-            return  # wait for the other leg's bar of the same minute
-        p = self.params
+            return None  # wait for the other leg's bar of the same minute
+        del self._last[bar.symbol]  # each minute's pair is used once
         price_a, price_b = a[1], b[1]
-        spread = price_a.ln() - p.hedge_ratio * price_b.ln()
+        return price_a.ln() - self.params.hedge_ratio * price_b.ln(), price_a, price_b
+
+    def on_bar(self, bar: Bar) -> None:
+        paired = self._pair(bar)
+        if paired is None:
+            return
+        p = self.params
+        spread, price_a, price_b = paired
         ready = self._spreads.full
         mean = self._spreads.mean() if ready else Decimal(0)
         sd = self._spreads.stdev() if ready else Decimal(0)
         self._spreads.push(spread)
-        del self._last[bar.symbol]  # each minute's pair is used once
         if not ready or sd == 0:
             return
         z = rounded((spread - mean) / sd)
