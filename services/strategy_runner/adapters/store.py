@@ -37,16 +37,18 @@ log = logging.getLogger(__name__)
 
 COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_id, payload"
 
+# Two index scans, not one OR (which read the whole table: 28 ms -> 326 ms on
+# a million rows); a fill of a strategy's own chain comes from both halves,
+# and load_history keeps it once.
 CHAINS_SQL = f"""
 SELECT {COLUMNS} FROM events
-WHERE seq <= $2 AND (
-    correlation_id IN (
-        SELECT id FROM events
-        WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
-    )
-    OR (type = 'FillReceived' AND strategy = ANY($1::text[]))
+WHERE seq <= $2 AND correlation_id IN (
+    SELECT id FROM events
+    WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
 )
-ORDER BY seq
+UNION ALL
+SELECT {COLUMNS} FROM events
+WHERE seq <= $2 AND type = 'FillReceived' AND strategy = ANY($1::text[])
 """  # noqa: S608 - constant column list, values are bind parameters
 
 LAST_PRICE_SQL = f"""
@@ -127,7 +129,7 @@ async def load_history(
         raise StoreUnavailable(f"reading the event store failed: {e}") from e
     finally:
         await conn.close()
-    rows.sort(key=lambda r: r["seq"])
+    rows = sorted({r["seq"]: r for r in rows}.values(), key=lambda r: r["seq"])
     events = [e for e in map(_event, rows) if e is not None]
     bar_rows.sort(key=lambda r: r["seq"])
     bars = [e for e in map(_event, bar_rows) if e is not None]
