@@ -8,9 +8,9 @@ import uuid
 from decimal import Decimal
 
 from libs.contract.envelope import Event
-from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.opening_range import OpeningRangeBreakout
+from libs.strategy.examples.opening_range import OpeningRangeBreakout, OpeningRangeParams
 from libs.strategy.testing import bar, fill_chain, ny_ns
 
 IDS = itertools.count(1)
@@ -108,3 +108,31 @@ def test_no_short_when_disallowed_and_no_trade_without_a_range() -> None:
     assert intents(rt.run([*opening(WINTER), at(WINTER, "09:33", "97")])) == []
     late = runtime()
     assert intents(late.run([at(WINTER, "10:00", "100"), at(WINTER, "10:01", "120")])) == []
+
+
+def warmed(past: list[Event], **params: object) -> InMemoryRuntime:
+    rt = runtime(**params)
+    rt.start()
+    for event in past:
+        assert isinstance(event, BarClosed)
+        assert rt.hosts["orb"].warm_up(event) == []
+    return rt
+
+
+def test_warmed_up_after_a_restart_it_knows_todays_range() -> None:
+    # 09:30 to 15:55: the session's minutes, today's range and entries.
+    assert OpeningRangeBreakout.warmup_bars(OpeningRangeParams()) == 385
+    live = [at(WINTER, "09:40", "103")]  # above the range high, 102
+    assert intents(warmed(opening(WINTER)).run(live)) == [("orb_breakout", "buy", Decimal(50))]
+    assert intents(runtime().run(live)) == []  # cold: no range today, no trade
+
+
+def test_warm_up_counts_the_entries_it_would_have_made() -> None:
+    # Before the restart it would have broken out (09:35) and been stopped
+    # out (09:36): its one entry for the day is used, so a new breakout after
+    # the restart is not taken; with two entries a day it is.
+    past = [*opening(WINTER), at(WINTER, "09:35", "103"), at(WINTER, "09:36", "98")]
+    live = [at(WINTER, "09:40", "104")]
+    assert intents(warmed(past).run(live)) == []
+    two = warmed(past, max_entries=2)
+    assert intents(two.run(live)) == [("orb_breakout", "buy", Decimal(50))]

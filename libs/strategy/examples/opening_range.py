@@ -14,6 +14,7 @@ never from a clock, so daylight saving and replayed history both work.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -70,11 +71,35 @@ class _Day:
 class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
     """Trade the break of the first minutes' range; stop at the other side; flat by the close."""
 
+    @classmethod
+    def warmup_bars(cls, params: OpeningRangeParams) -> int:
+        """A session's minutes, from the open to the flatten time: today's range
+        and the entries made since the open."""
+        day = dt.date(2000, 1, 3)
+        start = dt.datetime.combine(day, params.session_open)
+        end = dt.datetime.combine(day, params.flatten_at)
+        return int((end - start).total_seconds()) // 60
+
     def on_start(self) -> None:
         self._zone = ZoneInfo(self.params.timezone)
         self._days: dict[str, _Day] = {}
+        #: During warm-up: the position it would have had, to count its entries.
+        self._pretended: dict[str, Decimal] = {}
 
     def on_bar(self, bar: Bar) -> None:
+        self._step(bar, exposure(self.ctx, bar.symbol), self._go)
+
+    def on_warmup(self, bar: Bar) -> None:
+        # As if it had been running: today's range, and the entries it would
+        # have made, so that a restart never lets it enter more than
+        # max_entries times a day (it may enter fewer). The position it would
+        # have had is only pretended, to count them; live, the real one rules.
+        def pretend(bar: Bar, target: Decimal, *_: str) -> None:
+            self._pretended[bar.symbol] = target
+
+        self._step(bar, self._pretended.get(bar.symbol, Decimal(0)), pretend)
+
+    def _step(self, bar: Bar, held: Decimal, go: Callable[..., None]) -> None:
         p = self.params
         local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
         day = self._days.get(bar.symbol)
@@ -87,26 +112,25 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
             return
-        held = exposure(self.ctx, bar.symbol)
         if t >= p.flatten_at:
             if held != 0:
-                self._go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
+                go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
             return
         if day.high is None or day.low is None:
             return  # no opening range today (data started late)
         if held > 0 and bar.close < day.low:
-            self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
+            go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
         elif held < 0 and bar.close > day.high:
-            self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} > range high")
+            go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} > range high")
         elif held == 0 and day.entries < p.max_entries:
             if bar.close > day.high:
                 day.entries += 1
                 reason = f"close {bar.close} > range high {day.high}"
-                self._go(bar, p.quantity, "orb_breakout", "long", reason)
+                go(bar, p.quantity, "orb_breakout", "long", reason)
             elif bar.close < day.low and p.allow_short:
                 day.entries += 1
                 reason = f"close {bar.close} < range low {day.low}"
-                self._go(bar, -p.quantity, "orb_breakout", "short", reason)
+                go(bar, -p.quantity, "orb_breakout", "short", reason)
 
     def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> None:
         trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)
