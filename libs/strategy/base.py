@@ -118,8 +118,10 @@ class Strategy(Generic[P]):
     def on_warmup(self, bar: Bar) -> None:
         """A past bar of one of the strategy's symbols, oldest first, to rebuild
         indicators from: the latest :meth:`warmup_bars` per symbol from the
-        event store, then those that closed while the runner was down. It runs
-        after :meth:`on_start` and before any live data. It may not emit a
+        event store, then those that closed while the runner was down (or,
+        for a fresh instance after a fault, the latest ones the failed
+        instance was shown). It runs after :meth:`on_start` and before any
+        live data. It may not emit a
         signal or an order (that is a fault): the market it describes is gone.
         The positions in ``ctx`` are the current ones, not the bar's."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
@@ -183,6 +184,11 @@ class StrategyHost:
         self._context = _Context(self)
         #: Inside ``on_warmup``: emitting is refused.
         self._warming = False
+        #: The latest bars the strategy was shown (live or in warm-up), up to
+        #: ``warmup_bars`` per symbol: a fresh instance after a fault is
+        #: warmed up on them.
+        self._warmup_bars = strategy.warmup_bars(self.params)
+        self._shown: dict[str, deque[BarClosed]] = {}
 
     # ----------------------------------------------------------- lifecycle
 
@@ -221,6 +227,8 @@ class StrategyHost:
         call = self._apply(event)
         if call is None or not self.running:
             return []
+        if isinstance(event, BarClosed):
+            self._remember(event)
         return self._invoke(call, event, str(event.id))
 
     def restore(self, event: Event) -> None:
@@ -237,12 +245,27 @@ class StrategyHost:
         instance = self._instance
         if not self.running or instance is None or event.payload.symbol not in self.symbols:
             return []
+        self._remember(event)
         bar = event.payload
         self._warming = True
         try:
             return self._invoke(lambda: instance.on_warmup(bar), event, f"warmup/{event.id}")
         finally:
             self._warming = False
+
+    def _remember(self, event: BarClosed) -> None:
+        """Keep the latest ``warmup_bars`` bars per symbol (oldest dropped)."""
+        if self._warmup_bars > 0:
+            symbol = event.payload.symbol
+            shown = self._shown.get(symbol)
+            if shown is None:
+                shown = self._shown[symbol] = deque(maxlen=self._warmup_bars)
+            shown.append(event)
+
+    def _recent_bars(self) -> list[BarClosed]:
+        """The bars kept for a restart, in the order they closed (all symbols)."""
+        bars = [e for shown in self._shown.values() for e in shown]
+        return sorted(bars, key=lambda e: (e.payload.end_ns, e.payload.symbol))
 
     def pending(self, symbol: str) -> Decimal:
         """Open intents in ``symbol``, including those emitted in the current callback."""
@@ -464,6 +487,15 @@ class StrategyHost:
             instance = self.strategy_cls(self.params, self._context)
             self._instance = instance
             instance.on_start()
+            if self.restarts and self._shown:
+                # A fresh instance after a fault: warm it up on the bars the
+                # one before it was shown, as a restarted runner would be.
+                self._warming = True
+                try:
+                    for past in self._recent_bars():
+                        instance.on_warmup(past.payload)
+                finally:
+                    self._warming = False
 
         return self._invoke(build_and_start, cause, f"start/{self.restarts}/{self.clock.now_ns()}")
 

@@ -6,7 +6,7 @@ import itertools
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -377,6 +377,39 @@ def test_warm_up_shows_past_bars_without_books_or_emissions() -> None:
     assert [type(e) for e in out] == [StrategyFaulted]
     assert "on_warmup may not emit" in out[0].payload.error
     assert out[0].payload.action == "stopped"
+
+
+class FlakyWarmed(Warmed):
+    """Wants its last 2 bars per symbol; raises on a close of 13."""
+
+    @classmethod
+    def warmup_bars(cls, params: Any) -> int:
+        return 2
+
+    def on_bar(self, bar: Bar) -> None:
+        super().on_bar(bar)
+        if bar.close == 13:
+            raise RuntimeError("flaky on 13")
+
+
+def test_an_instance_restarted_after_a_fault_is_warmed_up_on_the_latest_bars() -> None:
+    rt = InMemoryRuntime()
+    rt.add("f", FlakyWarmed, symbols=("AAPL", "MSFT"), restart="always", max_restarts=1)
+    data = [bar("AAPL", 10, 0), bar("MSFT", 20, 0), bar("AAPL", 11, 60_000_000_000)]
+    data += [bar("AAPL", 12, 120_000_000_000), bar("AAPL", 13, 180_000_000_000)]
+    out = rt.run(data)
+    faults = of_type(out, StrategyFaulted)
+    assert [f.payload.action for f in faults] == ["restarted"]
+    fresh = rt.hosts["f"].instance
+    assert isinstance(fresh, FlakyWarmed)
+    # The two latest bars of each symbol, in the order they closed (the bar
+    # it failed on included: it did close).
+    assert [(b.symbol, int(b.close)) for b in fresh.warmed] == [
+        ("MSFT", 20),
+        ("AAPL", 12),
+        ("AAPL", 13),
+    ]
+    assert fresh.seen == []  # on_bar not called for them again
 
 
 def test_latest_bars_keeps_the_last_n_of_each_symbol_in_order() -> None:
