@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -184,10 +184,11 @@ class StrategyHost:
         self._context = _Context(self)
         #: Inside ``on_warmup``: emitting is refused.
         self._warming = False
-        #: The latest bars the strategy was shown (live or in warm-up), up to
-        #: ``warmup_bars`` per symbol: a fresh instance after a fault is
-        #: warmed up on them.
-        self._warmup_bars = strategy.warmup_bars(self.params)
+        #: Bars per symbol the strategy asks to be warmed up on (``warmup_bars``).
+        self.warmup_bars = strategy.warmup_bars(self.params)
+        #: The latest of those per symbol: handed in from the store before the
+        #: start (:meth:`remember`), then every bar it is shown. Each new
+        #: instance (the first, or a fresh one after a fault) is warmed up on them.
         self._shown: dict[str, deque[BarClosed]] = {}
 
     # ----------------------------------------------------------- lifecycle
@@ -253,17 +254,24 @@ class StrategyHost:
         finally:
             self._warming = False
 
+    def remember(self, bars: Iterable[Event]) -> None:
+        """Past bars (the store's, oldest first) to warm the strategy up on when
+        it starts; only the latest ``warmup_bars`` of each of its symbols stay."""
+        for event in bars:
+            if isinstance(event, BarClosed) and event.payload.symbol in self.symbols:
+                self._remember(event)
+
     def _remember(self, event: BarClosed) -> None:
         """Keep the latest ``warmup_bars`` bars per symbol (oldest dropped)."""
-        if self._warmup_bars > 0:
+        if self.warmup_bars > 0:
             symbol = event.payload.symbol
             shown = self._shown.get(symbol)
             if shown is None:
-                shown = self._shown[symbol] = deque(maxlen=self._warmup_bars)
+                shown = self._shown[symbol] = deque(maxlen=self.warmup_bars)
             shown.append(event)
 
-    def _recent_bars(self) -> list[BarClosed]:
-        """The bars kept for a restart, in the order they closed (all symbols)."""
+    def recent_bars(self) -> list[BarClosed]:
+        """The bars a new instance is warmed up on, in the order they closed."""
         bars = [e for shown in self._shown.values() for e in shown]
         return sorted(bars, key=lambda e: (e.payload.end_ns, e.payload.symbol))
 
@@ -487,12 +495,12 @@ class StrategyHost:
             instance = self.strategy_cls(self.params, self._context)
             self._instance = instance
             instance.on_start()
-            if self.restarts and self._shown:
-                # A fresh instance after a fault: warm it up on the bars the
-                # one before it was shown, as a restarted runner would be.
+            if self._shown:
+                # The first instance: on the store's latest bars; a fresh one
+                # after a fault: on those the one before it was shown.
                 self._warming = True
                 try:
-                    for past in self._recent_bars():
+                    for past in self.recent_bars():
                         instance.on_warmup(past.payload)
                 finally:
                     self._warming = False

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 
@@ -31,6 +32,7 @@ from libs.contract.events import (
     ReasonCode,
     RiskDecisionMade,
     RiskDecisionPayload,
+    Side,
     SubmitOrder,
     SubmitOrderPayload,
 )
@@ -180,6 +182,44 @@ def fill_chain(
         ids=ids,
     )
     return [decision, command, ack, fill]
+
+
+def booked_fill(
+    symbol: str,
+    side: Side,
+    quantity: Decimal | int,
+    price: Decimal | int | str,
+    *,
+    strategy: str | None,
+    flatten: uuid.UUID,
+    account: str = "paper",
+    fill_id: str = "f-close-1",
+    at_ns: int = 0,
+) -> FillReceived:
+    """A complete fill of an order no strategy placed: a ``FlattenAccount``'s
+    closing order (its chain ``flatten``), which the broker-gateway booked to
+    ``strategy`` (None: to nobody)."""
+    qty = Decimal(quantity)
+    closing_order = uuid.uuid4()
+    fill = FillReceived.create(
+        FillPayload(
+            order_id=closing_order,
+            account=account,
+            broker_order_id=f"b-{closing_order}",
+            fill_id=fill_id,
+            symbol=symbol,
+            side=side,
+            quantity=qty,
+            price=Decimal(price),
+            cumulative_quantity=qty,
+            leaves_quantity=Decimal(0),
+            status="complete",
+            strategy=strategy,
+        ),
+        source="test/broker-gateway",
+        clock=At(at_ns),
+    )
+    return fill.model_copy(update={"correlation_id": flatten, "causation_id": flatten})
 
 
 def deny(

@@ -70,20 +70,6 @@ SERVICE = "strategy-runner"
 Publish = Callable[[list[Event]], Awaitable[None]]
 
 
-def latest_bars(bars: list[Event], symbols: tuple[str, ...], count: int) -> list[BarClosed]:
-    """The last ``count`` bars of each of ``symbols`` in ``bars``, in their order."""
-    if count <= 0:
-        return []
-    left = dict.fromkeys(symbols, count)
-    picked: list[BarClosed] = []
-    for bar in reversed(bars):
-        if isinstance(bar, BarClosed) and left.get(bar.payload.symbol, 0) > 0:
-            left[bar.payload.symbol] -= 1
-            picked.append(bar)
-    picked.reverse()
-    return picked
-
-
 class StrategyTask:
     """One strategy's inbox and the loop that feeds its host."""
 
@@ -94,10 +80,6 @@ class StrategyTask:
         self.runtime = runtime
         self.inbox = Inbox(loaded.spec.inbox_size, loaded.spec.overflow, self._overflowed)
         self.emitted = 0
-        #: Bars per symbol the strategy asks to be shown at start (``on_warmup``).
-        self.warmup_bars = loaded.cls.warmup_bars(loaded.params)
-        #: Those bars, from the store, oldest first (set by the start-up rebuild).
-        self.warmup: list[BarClosed] = []
 
     def _overflowed(self, action: OverflowAction) -> None:
         metrics.INBOX_OVERFLOW.labels(strategy=self.name, action=action).inc()
@@ -106,13 +88,13 @@ class StrategyTask:
 
     async def run(self, publish: Publish) -> None:
         """Start the strategy, handle its inbox until closed, then stop it."""
+        # The store's latest bars, handed to the host by the rebuild: the
+        # strategy is warmed up on them as it starts.
+        past = len(self.host.recent_bars())
         await self._emit(self.host.start(), publish)
-        if self.warmup:
-            for past in self.warmup:
-                await self._emit(self.host.warm_up(past), publish)
-            metrics.WARMUP_BARS.labels(strategy=self.name).inc(len(self.warmup))
-            log.info("strategy %s warmed up on %d past bars", self.name, len(self.warmup))
-            self.warmup = []
+        if past:
+            metrics.WARMUP_BARS.labels(strategy=self.name).inc(past)
+            log.info("strategy %s warmed up on %d past bars", self.name, past)
         while (item := await self.inbox.get()) is not None:
             metrics.INBOX_DEPTH.labels(strategy=self.name).set(len(self.inbox))
             started = time.perf_counter()
@@ -307,7 +289,7 @@ class Runner:
         warmup: dict[str, int] = {}
         for task in self.tasks.values():
             for symbol in task.host.symbols:
-                warmup[symbol] = max(warmup.get(symbol, 0), task.warmup_bars)
+                warmup[symbol] = max(warmup.get(symbol, 0), task.host.warmup_bars)
         history = await self._retrying(
             "reading the event store",
             lambda: load_history(url, list(self.tasks), self.symbols, warmup),
@@ -318,7 +300,7 @@ class Runner:
             self.runtime.restore(event)
         metrics.RESTORED.inc(len(history.events))
         for task in self.tasks.values():
-            task.warmup = latest_bars(history.bars, task.host.symbols, task.warmup_bars)
+            task.host.remember(history.bars)
         for task in self.tasks.values():
             task.export_books()
             positions = {

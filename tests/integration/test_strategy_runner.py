@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,10 @@ import orjson
 import pytest
 
 from libs.bus.client import Bus
-from libs.contract.events import FillPayload, FillReceived, OrderIntentCreated
+from libs.contract.events import OrderIntentCreated
 from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
-from libs.strategy.testing import MINUTE_NS, At, bar, fill_chain
+from libs.strategy.testing import MINUTE_NS, bar, booked_fill, fill_chain
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
@@ -106,27 +106,34 @@ def metric(proc: ServiceProcess, line_start: str) -> float | None:
     return None
 
 
-async def test_runner_emits_isolates_faults_routes_fills_and_rebuilds(
-    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
-) -> None:
-    run_args = runner_args(tmp_path)
+Start = Callable[[list[str], str], ServiceProcess]
+
+
+@pytest.fixture
+def start(tmp_path: Path, nats_url: str, database_url: str) -> Iterator[Start]:
+    """Starts a service process on the test's NATS and store; at the end, kills
+    what a failed assertion left running."""
     started: list[ServiceProcess] = []
 
-    def start(args: list[str], name: str) -> ServiceProcess:
+    def start_service(args: list[str], name: str) -> ServiceProcess:
         proc = service(args, tmp_path, nats_url, database_url, name).start()
         started.append(proc)
         return proc
 
-    try:
-        await _scenario(bus, start, run_args, Timeline(database_url))
-    finally:
-        for proc in started:
-            proc.kill()  # only what a failed assertion left running
+    yield start_service
+    for proc in started:
+        proc.kill()
+
+
+async def test_runner_emits_isolates_faults_routes_fills_and_rebuilds(
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
+) -> None:
+    await _scenario(bus, start, runner_args(tmp_path), Timeline(database_url))
 
 
 async def _scenario(
     bus: Bus,
-    start: Callable[[list[str], str], ServiceProcess],
+    start: Start,
     run_args: list[str],
     store: Timeline,
 ) -> None:
@@ -234,74 +241,49 @@ async def _scenario(
 
 
 async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_restart(
-    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
 ) -> None:
     # The risk-gate flattened the account: the broker's closing order is no
     # strategy's, but the gateway books its fill to sma-x, whose position it
     # closed. sma-x must be flat, live and in the books rebuilt from the store.
     ids = itertools.count(1)
     store = Timeline(database_url)
-    started: list[ServiceProcess] = []
+    start(["recorder", "run"], "recorder")
+    runner = start(runner_args(tmp_path), "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    await publish_bars(bus, "AAPL", [12, 11, 10, 13], 0)  # a golden cross on 13
+    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+    intent = OrderIntentCreated.model_validate({k: buy[k] for k in ENVELOPE})
+    await bus.publish_many(
+        fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
+    )
+    position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
+    realized = 'tradebus_strategy_pnl{kind="realized",strategy="sma-x"}'
+    await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
 
-    def start(args: list[str], name: str) -> ServiceProcess:
-        proc = service(args, tmp_path, nats_url, database_url, name).start()
-        started.append(proc)
-        return proc
+    flatten = uuid.uuid4()  # the FlattenAccount's chain, not sma-x's
+    closing = booked_fill(
+        "AAPL", "sell", 10, "12.05", strategy="sma-x", flatten=flatten,
+        at_ns=T0 + 5 * MINUTE_NS,
+    )  # fmt: skip
+    await bus.publish(closing)
+    await eventually(lambda: metric(runner, position) == 0.0, timeout=20)
+    assert metric(runner, realized) == -10.0  # (12.05 - 13.05) x 10
 
-    try:
-        start(["recorder", "run"], "recorder")
-        runner = start(runner_args(tmp_path), "runner")
-        await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
-        await publish_bars(bus, "AAPL", [12, 11, 10, 13], 0)  # a golden cross on 13
-        (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
-        intent = OrderIntentCreated.model_validate({k: buy[k] for k in ENVELOPE})
-        await bus.publish_many(
-            fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
-        )
-        position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
-        realized = 'tradebus_strategy_pnl{kind="realized",strategy="sma-x"}'
-        await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
+    async def closing_recorded() -> bool:
+        return any(f["id"] == closing.id for f in await store.of("FillReceived"))
 
-        closing = FillReceived.create(
-            FillPayload(
-                order_id=uuid.uuid4(),
-                account="paper",
-                broker_order_id="b-close-1",
-                fill_id="f-close-1",
-                symbol="AAPL",
-                side="sell",
-                quantity=Decimal(10),
-                price=Decimal("12.05"),
-                cumulative_quantity=Decimal(10),
-                leaves_quantity=Decimal(0),
-                status="complete",
-                strategy="sma-x",
-            ),
-            source="test/broker-gateway",
-            clock=At(T0 + 5 * MINUTE_NS),
-        )
-        flatten = uuid.uuid4()  # the FlattenAccount's chain, not sma-x's
-        await bus.publish(closing.model_copy(update={"correlation_id": flatten}))
-        await eventually(lambda: metric(runner, position) == 0.0, timeout=20)
-        assert metric(runner, realized) == -10.0  # (12.05 - 13.05) x 10
-
-        async def closing_recorded() -> bool:
-            return any(f["id"] == closing.id for f in await store.of("FillReceived"))
-
-        await eventually(closing_recorded, timeout=20)
-        assert runner.terminate() == 0, runner.log_text()[-3000:]
-        again = start(runner_args(tmp_path), "runner2")
-        await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
-        await eventually(lambda: metric(again, realized) == -10.0, timeout=20)
-        assert metric(again, position) == 0.0
-        assert again.terminate() == 0, again.log_text()[-3000:]
-    finally:
-        for proc in started:
-            proc.kill()  # only what a failed assertion left running
+    await eventually(closing_recorded, timeout=20)
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+    again = start(runner_args(tmp_path), "runner2")
+    await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+    await eventually(lambda: metric(again, realized) == -10.0, timeout=20)
+    assert metric(again, position) == 0.0
+    assert again.terminate() == 0, again.log_text()[-3000:]
 
 
 async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
-    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
 ) -> None:
     # sma-x (slow_period 3) asks for its last 3 bars at start (warmup_bars).
     # The first runner sees 12, 11, 10 (its averages full: below, no trade)
@@ -309,38 +291,27 @@ async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     # very next bar, 13, is a golden cross it trades; a cold start would
     # need three new bars first.
     store = Timeline(database_url)
-    started: list[ServiceProcess] = []
+    start(["recorder", "run"], "recorder")
+    runner = start(runner_args(tmp_path), "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    await publish_bars(bus, "AAPL", [12, 11, 10], 0)
 
-    def start(args: list[str], name: str) -> ServiceProcess:
-        proc = service(args, tmp_path, nats_url, database_url, name).start()
-        started.append(proc)
-        return proc
+    async def bars_recorded() -> bool:
+        return len(await store.of("BarClosed")) == 3
 
-    try:
-        start(["recorder", "run"], "recorder")
-        runner = start(runner_args(tmp_path), "runner")
-        await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
-        await publish_bars(bus, "AAPL", [12, 11, 10], 0)
+    await eventually(bars_recorded, timeout=20)
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+    assert await store.count("OrderIntentCreated", "sma-x", 1) == []
 
-        async def bars_recorded() -> bool:
-            return len(await store.of("BarClosed")) == 3
-
-        await eventually(bars_recorded, timeout=20)
-        assert runner.terminate() == 0, runner.log_text()[-3000:]
-        assert await store.count("OrderIntentCreated", "sma-x", 1) == []
-
-        again = start(runner_args(tmp_path), "runner2")
-        await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
-        warmed = 'tradebus_strategy_warmup_bars_total{strategy="sma-x"}'
-        await eventually(lambda: metric(again, warmed) == 3.0, timeout=20)
-        assert metric(again, 'tradebus_strategy_warmup_bars_total{strategy="boom"}') in (None, 0.0)
-        await publish_bars(bus, "AAPL", [13], 3)
-        (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
-        assert (buy["payload"]["side"], buy["payload"]["quantity"]) == ("buy", "10")
-        assert again.terminate() == 0, again.log_text()[-3000:]
-    finally:
-        for proc in started:
-            proc.kill()  # only what a failed assertion left running
+    again = start(runner_args(tmp_path), "runner2")
+    await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+    warmed = 'tradebus_strategy_warmup_bars_total{strategy="sma-x"}'
+    await eventually(lambda: metric(again, warmed) == 3.0, timeout=20)
+    assert metric(again, 'tradebus_strategy_warmup_bars_total{strategy="boom"}') in (None, 0.0)
+    await publish_bars(bus, "AAPL", [13], 3)
+    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+    assert (buy["payload"]["side"], buy["payload"]["quantity"]) == ("buy", "10")
+    assert again.terminate() == 0, again.log_text()[-3000:]
 
 
 #: The runner's filter once live: the market data of its symbols, the

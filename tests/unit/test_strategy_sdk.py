@@ -13,7 +13,6 @@ import pytest
 from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
-    FillPayload,
     FillReceived,
     OrderAccepted,
     OrderIntentCreated,
@@ -29,8 +28,7 @@ from libs.strategy import (
     StrategyParams,
 )
 from libs.strategy.ledger import IntentBook, Ledger
-from libs.strategy.testing import At, EchoStrategy, bar, bars, deny, fill_chain
-from services.strategy_runner.runner import latest_bars
+from libs.strategy.testing import EchoStrategy, bar, bars, booked_fill, deny, fill_chain
 
 
 def counter_ids() -> Callable[[], uuid.UUID]:
@@ -310,23 +308,9 @@ def test_a_flatten_fill_booked_to_a_strategy_reaches_its_books() -> None:
     flatten = uuid.uuid4()
 
     def closing_fill(strategy: str | None, fill_id: str) -> FillReceived:
-        closing_order = uuid.uuid4()
-        payload = FillPayload(
-            order_id=closing_order,
-            account="paper",
-            broker_order_id=f"b-{closing_order}",
-            fill_id=fill_id,
-            symbol="AAPL",
-            side="sell",
-            quantity=Decimal(10),
-            price=Decimal("99.50"),
-            cumulative_quantity=Decimal(10),
-            leaves_quantity=Decimal(0),
-            status="complete",
-            strategy=strategy,
+        return booked_fill(
+            "AAPL", "sell", 10, "99.50", strategy=strategy, flatten=flatten, fill_id=fill_id
         )
-        fill = FillReceived.create(payload, source="test/broker-gateway", clock=At(0))
-        return fill.model_copy(update={"correlation_id": flatten, "causation_id": flatten})
 
     # Booked to nobody, or to a strategy this runtime does not host: no one.
     rt.feed(closing_fill(None, "f-nobody"))
@@ -412,21 +396,26 @@ def test_an_instance_restarted_after_a_fault_is_warmed_up_on_the_latest_bars() -
     assert fresh.seen == []  # on_bar not called for them again
 
 
-def test_latest_bars_keeps_the_last_n_of_each_symbol_in_order() -> None:
+def test_the_host_keeps_the_last_n_bars_of_each_symbol_in_order() -> None:
     history = [
         bar(s, c, i * 60_000_000_000)
         for i, (s, c) in enumerate(
             [("AAPL", 1), ("MSFT", 2), ("AAPL", 3), ("AAPL", 4), ("MSFT", 5), ("SPY", 6)]
         )
     ]
-    picked = latest_bars(list(history), ("AAPL", "MSFT"), 2)
+    rt = InMemoryRuntime()
+    rt.add("two", FlakyWarmed, symbols=("AAPL", "MSFT"))  # warmup_bars 2
+    rt.add("none", Warmed, symbols=("AAPL",))  # warmup_bars 0
+    for host in rt.hosts.values():
+        host.remember(history)
+    picked = rt.hosts["two"].recent_bars()
     assert [(b.payload.symbol, int(b.payload.close)) for b in picked] == [
         ("MSFT", 2),
         ("AAPL", 3),
         ("AAPL", 4),
         ("MSFT", 5),
     ]
-    assert latest_bars(list(history), ("AAPL",), 0) == []
+    assert rt.hosts["none"].recent_bars() == []
 
 
 def test_a_decision_naming_another_order_id_remaps_the_intent() -> None:
