@@ -15,6 +15,9 @@ Invariants:
 - After a fault the strategy is stopped, or — with ``restart="always"`` and
   fewer than ``max_restarts`` restarts so far — replaced by a fresh instance
   (``on_start`` again); its books survive the restart.
+- A callback that runs past ``max_callback_s`` (an endless loop) is stopped
+  by the :class:`~libs.strategy.watchdog.Watchdog`, when the host is given a
+  started one, and that is a fault like any other.
 - Ids are deterministic: injected, or derived from the strategy's name, the
   input event's id and the emission's index, so that processing the same
   input again yields the same ids (and JetStream drops the duplicates).
@@ -53,6 +56,7 @@ from libs.contract.events import (
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
+from libs.strategy.watchdog import CallbackOverrun, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +158,8 @@ class StrategyHost:
         ids: IdFactory | None = None,
         restart: RestartPolicy = "never",
         max_restarts: int = 0,
+        watchdog: Watchdog | None = None,
+        max_callback_s: float | None = None,
     ) -> None:
         self.name = name
         self.strategy_cls = strategy
@@ -168,6 +174,9 @@ class StrategyHost:
         self.source = source
         self.restart = restart
         self.max_restarts = max_restarts
+        #: Stops a callback that runs longer than ``max_callback_s`` (None: no limit).
+        self.watchdog = watchdog
+        self.max_callback_s = max_callback_s
         self.ledger = Ledger()
         self.intents = IntentBook()
         self.state: HostState = "new"
@@ -480,8 +489,12 @@ class StrategyHost:
         self._id_key, self._id_n = key, 0
         self._outbox = []
         try:
-            call()
-        except Exception as e:  # the strategy's fault, whatever it is: isolate it
+            if self.watchdog is None:
+                call()
+            else:
+                self.watchdog.run(call, self.max_callback_s)
+        # The strategy's fault, whatever it is (an overrun too): isolate it.
+        except (Exception, CallbackOverrun) as e:
             self._outbox = []
             return self._fault(e, cause)
         out, self._outbox = self._outbox, []
@@ -501,13 +514,15 @@ class StrategyHost:
                 self._warming = True
                 try:
                     for past in self.recent_bars():
+                        if self.watchdog is not None:
+                            self.watchdog.extend()  # each bar has the whole budget
                         instance.on_warmup(past.payload)
                 finally:
                     self._warming = False
 
         return self._invoke(build_and_start, cause, f"start/{self.restarts}/{self.clock.now_ns()}")
 
-    def _fault(self, error: Exception, cause: Event | None) -> list[Event]:
+    def _fault(self, error: BaseException, cause: Event | None) -> list[Event]:
         self.faults += 1
         text = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
         self.last_error = text

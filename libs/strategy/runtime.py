@@ -25,6 +25,7 @@ from libs.strategy.base import Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy, StrategyHost
 from libs.strategy.routing import Router
 from libs.strategy.spec import LoadedStrategy
+from libs.strategy.watchdog import Watchdog
 
 DEFAULT_SOURCE = "strategy-runtime"
 
@@ -51,8 +52,12 @@ class InMemoryRuntime:
         clock: Clock | None = None,
         ids: IdFactory | None = None,
         source: str = DEFAULT_SOURCE,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else EventClock()
+        #: Stops callbacks that run past their budget, once started (the
+        #: strategy-runner starts one; a backtest runs without).
+        self.watchdog = watchdog
         self.ids = ids
         self.source = source
         self.hosts: dict[str, StrategyHost] = {}
@@ -70,6 +75,7 @@ class InMemoryRuntime:
         account: str = "paper",
         restart: RestartPolicy = "never",
         max_restarts: int = 0,
+        max_callback_s: float | None = None,
     ) -> StrategyHost:
         """Add a strategy (``params`` validated by its model when given as a dict)."""
         host = StrategyHost(
@@ -83,13 +89,16 @@ class InMemoryRuntime:
             ids=self.ids,
             restart=restart,
             max_restarts=max_restarts,
+            watchdog=self.watchdog,
+            max_callback_s=max_callback_s,
         )
         self.router.add(name, host.symbols)
         self.hosts[name] = host
         return host
 
     def add_loaded(self, loaded: LoadedStrategy) -> StrategyHost:
-        """Add an entry of ``strategies.yaml`` (its order account, its restart policy)."""
+        """Add an entry of ``strategies.yaml`` (its order account, its restart
+        policy, its callback budget)."""
         spec = loaded.spec
         return self.add(
             spec.name,
@@ -99,6 +108,7 @@ class InMemoryRuntime:
             account=spec.order_account,
             restart=spec.restart,
             max_restarts=spec.max_restarts,
+            max_callback_s=spec.max_callback_s,
         )
 
     def _collect(self, name: str, events: list[Event]) -> list[Event]:

@@ -13,6 +13,7 @@
         max_restarts: 3
         inbox_size: 1000            # bounded inbox of its task
         overflow: drop_oldest       # drop_oldest (market data only) | block
+        max_callback_s: 1.0         # a callback running longer is stopped: a fault (null: no limit)
         params: {fast_period: 10, slow_period: 30, quantity: 100}
 
 Every problem in the file is reported at once, each as ``path: message``
@@ -69,6 +70,8 @@ class StrategySpec(BaseModel):
     max_restarts: int = Field(default=3, ge=0, le=1000)
     inbox_size: int = Field(default=1000, ge=1, le=1_000_000)
     overflow: Overflow = "drop_oldest"
+    #: A callback running longer is stopped, a fault (``null``: no limit).
+    max_callback_s: float | None = Field(default=1.0, gt=0, le=3600)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -252,10 +252,13 @@ class EchoParams(StrategyParams):
     fail_on_close: tuple[Decimal, ...] = ()
     #: Raise in ``on_start`` (a strategy that cannot even start).
     fail_on_start: bool = False
+    #: Closes on which ``on_bar`` loops for ever (after emitting).
+    hang_on_close: tuple[Decimal, ...] = ()
 
 
 class EchoStrategy(Strategy[EchoParams]):
-    """Signals ``long`` and buys ``quantity`` on every bar; raises where told to."""
+    """Signals ``long`` and buys ``quantity`` on every bar; raises, or hangs,
+    where told to."""
 
     def on_start(self) -> None:
         if self.params.fail_on_start:
@@ -266,3 +269,6 @@ class EchoStrategy(Strategy[EchoParams]):
         self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
         if bar.close in self.params.fail_on_close:
             raise RuntimeError(f"echo: told to fail on close {bar.close}")
+        spins = 0
+        while bar.close in self.params.hang_on_close:  # an endless loop, by request
+            spins += 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ from libs.store.queries import Tail
 from libs.strategy.host import StrategyHost
 from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.spec import LoadedStrategy
+from libs.strategy.watchdog import Watchdog
 from services.strategy_runner import metrics
 from services.strategy_runner.adapters.store import History, load_history
 from services.strategy_runner.adapters.stream import (
@@ -180,8 +182,13 @@ class Runner:
         self.bus: Bus | None = None
         # The same runtime the backtest uses, minus its synchronous feed: the
         # runner drives each host from its own task instead.
+        #: Stops a callback that runs past its strategy's ``max_callback_s``
+        #: (started by :meth:`run`): one endless loop must not freeze the others.
+        self.watchdog = Watchdog()
         self.runtime = InMemoryRuntime(
-            clock=clock or WallClock(), source=f"{SERVICE}/{settings.instance}"
+            clock=clock or WallClock(),
+            source=f"{SERVICE}/{settings.instance}",
+            watchdog=self.watchdog,
         )
         self.tasks: dict[str, StrategyTask] = {}
         for loaded in strategies:
@@ -237,6 +244,16 @@ class Runner:
 
     async def run(self) -> None:
         """Start up, then dispatch until stopped; returns after a clean drain."""
+        if threading.current_thread() is threading.main_thread():
+            self.watchdog.start()
+        else:  # signals reach the main thread only
+            log.warning("not run in the main thread: strategy callbacks have no time limit")
+        try:
+            await self._run()
+        finally:
+            self.watchdog.close()
+
+    async def _run(self) -> None:
         bus = await self._retrying("connecting to NATS", self._connect)
         if bus is None:
             return

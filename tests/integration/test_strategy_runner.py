@@ -314,6 +314,49 @@ async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     assert again.terminate() == 0, again.log_text()[-3000:]
 
 
+HANG_CONFIG = """
+strategies:
+  - name: sma-x
+    kind: sma_crossover
+    symbols: [AAPL]
+    account: paper
+    params: {fast_period: 2, slow_period: 3, quantity: 10}
+  - name: hang
+    kind: libs.strategy.testing:EchoStrategy
+    symbols: [MSFT]
+    account: paper
+    max_callback_s: 0.5
+    params: {quantity: 1, hang_on_close: ["13"]}
+"""
+
+
+async def test_an_endless_loop_in_one_strategy_is_stopped_and_the_others_trade(
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
+) -> None:
+    # hang loops for ever on MSFT 13. All the runner's strategies share one
+    # thread: without the watchdog, sma-x would never see another bar.
+    store = Timeline(database_url)
+    config = tmp_path / "hang.yaml"
+    config.write_text(HANG_CONFIG)
+    start(["recorder", "run"], "recorder")
+    runner = start(["strategy-runner", "run", "--config", str(config)], "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    await publish_bars(bus, "MSFT", [13], 0)
+    await publish_bars(bus, "AAPL", [12, 11, 10, 13], 0)  # a golden cross on 13
+    (fault,) = await eventually(lambda: store.count("StrategyFaulted", "hang", 1), timeout=20)
+    assert fault["payload"]["action"] == "stopped"
+    assert fault["payload"]["error"] == "CallbackOverrun: the callback ran past its budget of 0.5s"
+    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+    assert (buy["payload"]["side"], buy["payload"]["quantity"]) == ("buy", "10")
+    # What hang emitted before it hung was dropped with it.
+    assert await store.count("OrderIntentCreated", "hang", 0) == []
+    health = runner.health()
+    assert health is not None
+    assert health["strategies"]["hang"]["state"] == "stopped"
+    assert health["strategies"]["sma-x"]["state"] == "running"
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+
+
 #: The runner's filter once live: the market data of its symbols, the
 #: denials of its strategies' intents (and the subject both verdicts went to
 #: before the verdict was in it), the broker's answers.

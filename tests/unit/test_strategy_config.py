@@ -79,6 +79,8 @@ def test_a_cross_field_param_error_names_the_field_and_the_entry() -> None:
         ({"mode": "paper"}, "strategies[0].mode: Input should be 'live' or 'shadow'"),
         ({"restart": "sometimes"}, "strategies[0].restart: Input should be 'never' or 'always'"),
         ({"inbox_size": 0}, "strategies[0].inbox_size: Input should be greater than or equal to 1"),
+        ({"max_callback_s": 0}, "strategies[0].max_callback_s: Input should be greater than 0"),
+        ({"max_callback_s": "x"}, "strategies[0].max_callback_s: Input should be a valid number"),
         ({"symbols": []}, "strategies[0].symbols: Tuple should have at least 1 item"),
         ({"symbols": ["AAPL", "AAPL"]}, "strategies[0].symbols: must not repeat a symbol"),
         ({"name": "has space"}, "strategies[0].name: String should match pattern"),
@@ -103,6 +105,14 @@ def test_a_cross_field_param_error_names_the_field_and_the_entry() -> None:
 def test_each_bad_key_is_named(overrides: dict[str, Any], expected: str) -> None:
     (problem,) = problems(entry(**overrides))
     assert problem.startswith(expected), problem
+
+
+def test_a_callback_budget_of_one_second_by_default_or_none() -> None:
+    default, unlimited = validate_strategies(
+        {"strategies": [entry(), entry(name="free", max_callback_s=None)]}
+    )
+    assert default.spec.max_callback_s == 1.0
+    assert unlimited.spec.max_callback_s is None
 
 
 def test_every_problem_is_reported_at_once() -> None:
