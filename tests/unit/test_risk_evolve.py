@@ -461,6 +461,25 @@ def test_daily_loss_obligation_reaction_and_held_halt() -> None:
     assert react(state, T0 + 4 * S) == []
 
 
+def test_a_loss_on_an_average_cost_with_no_end_still_trips_the_breaker() -> None:
+    # Bought 1 at 100 and 2 at 100.01: the average is 100.00666..., so the day
+    # P&L against it has 28 significant digits. The breaker's event must still
+    # build (the contract carries 12 places): it once failed to validate, and
+    # the breaker never tripped.
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state = evolve(state, fill(uuid.uuid4(), 200, "100.01"))
+    assert state.positions[("acct", "AAPL")].avg_price.as_tuple().exponent == -25
+    state = evolve(state, trade("AAPL", "96.5", T0 + S))
+    (ob,) = state.obligations
+    assert ob.kind == "daily_loss"
+    assert ob.value == D("-1052.000000000000")  # -1052.0000...0002 to 12 places
+    state, out = settle(state, T0 + 2 * S)
+    breaker = out[0]
+    assert isinstance(breaker, BreakerTripped)
+    assert breaker.payload.value == D("-1052.000000000000")
+    assert state.scope_state("acct").state == "halted"
+
+
 def test_reduce_only_level_before_the_breaker() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))

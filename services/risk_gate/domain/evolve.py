@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -90,6 +90,20 @@ RELEVANT_TYPES = frozenset(
 )
 
 replace = dataclasses.replace
+
+#: The places an event can carry of an amount (the contract's ``Money``).
+MONEY_QUANTUM = Decimal("1e-12")
+_WIDE = Context(prec=60)
+
+
+def reportable(amount: Decimal) -> Decimal:
+    """``amount`` as an event can carry it. A day P&L marked against an
+    average cost (a division) can have 28 significant digits; the contract
+    takes 12 decimal places, and a breaker's event must not fail to build."""
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -12:
+        return amount
+    return amount.quantize(MONEY_QUANTUM, context=_WIDE)
 
 
 def roll_day(state: RiskState, ts_ns: int) -> RiskState:
@@ -193,9 +207,10 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     account,
                     trigger.id,
                     trigger.correlation_id,
-                    f"day P&L {pnl} reached the daily loss limit -{limits.daily_loss_limit}",
+                    f"day P&L {reportable(pnl)} reached the daily loss limit "
+                    f"-{limits.daily_loss_limit}",
                     limit=limits.daily_loss_limit,
-                    value=pnl,
+                    value=reportable(pnl),
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
@@ -212,9 +227,10 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     account,
                     trigger.id,
                     trigger.correlation_id,
-                    f"day P&L {pnl} reached the reduce-only level -{limits.reduce_only_at_loss}",
+                    f"day P&L {reportable(pnl)} reached the reduce-only level "
+                    f"-{limits.reduce_only_at_loss}",
                     limit=limits.reduce_only_at_loss,
-                    value=pnl,
+                    value=reportable(pnl),
                 ),
             )
     return state
