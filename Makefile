@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/recorder.py
 	$(PY) bench/order_path.py
 	$(PY) bench/risk_decide.py
+	$(PY) bench/risk_rebuild.py
 	$(PY) bench/gateway_tracker.py
 	$(PY) bench/wake_cost.py
 	$(PY) bench/marketdata.py

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,9 +200,13 @@ def _range_where(
     to_seq: int | None,
     since_ns: int | None,
     until_ns: int | None,
+    types: Sequence[str] | None = None,
 ) -> tuple[str, list[Any]]:
     args: list[Any] = [from_seq, to_seq if to_seq is not None else 2**63 - 1]
     where = "seq >= $1 AND seq <= $2"
+    if types is not None:
+        args.append(list(types))
+        where += f" AND type = ANY(${len(args)}::text[])"
     if since_ns is not None:
         args.append(since_ns)
         where += f" AND ts_event >= ${len(args)}"
@@ -222,12 +226,14 @@ async def iter_range(
     to_seq: int | None = None,
     since_ns: int | None = None,
     until_ns: int | None = None,
+    types: Sequence[str] | None = None,
     page: int = 2000,
 ) -> AsyncIterator[Recorded]:
-    """Rows in sequence order, fetched a page at a time (keyset pagination)."""
+    """Rows in sequence order, fetched a page at a time (keyset pagination);
+    only those of ``types``, when given."""
     cursor = from_seq
     while True:
-        where, args = _range_where(subject, cursor, to_seq, since_ns, until_ns)
+        where, args = _range_where(subject, cursor, to_seq, since_ns, until_ns, types)
         rows = await conn.fetch(f"{SELECT} WHERE {where} ORDER BY seq LIMIT {int(page)}", *args)
         for rec in rows:
             yield _row(rec)

@@ -72,6 +72,27 @@ class EventRow(Base):
     )
 
 
+class RiskCheckpointRow(Base):
+    """The risk-gate's state folded from ``events`` up to ``seq`` (derived data:
+    see ``services/risk_gate/adapters/checkpoint.py``)."""
+
+    __tablename__ = "risk_checkpoints"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, comment="the last store sequence in it"
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), comment="the id of the event at seq: the store it was folded from"
+    )
+    code_digest: Mapped[str] = mapped_column(Text, primary_key=True)
+    limits_digest: Mapped[str] = mapped_column(Text, primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, comment="events folded in, in all")
+    state: Mapped[bytes] = mapped_column(LargeBinary, comment="zlib-compressed JSON")
+    written_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
 #: Column order used by the recorder's COPY (everything but recorded_at).
 COPY_COLUMNS = (
     "seq",

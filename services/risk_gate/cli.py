@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -83,6 +84,63 @@ def run(config: ConfigOption = None) -> None:
     assert path is not None
     _load(path)  # refuse a bad file before anything starts
     raise typer.Exit(main(settings, path))
+
+
+@app.command("checkpoint")
+def checkpoint(
+    config: ConfigOption = None,
+    min_events: Annotated[
+        int, typer.Option("--min-events", min=1, help="Write only if this many events are new")
+    ] = 1,
+) -> None:
+    """Fold the event store into a new risk-state checkpoint (a restarted gate
+    then folds only the events after it). The gate runs this itself every
+    TRADEBUS_CHECKPOINT_EVERY_S; it runs at low priority."""
+    from libs.store.errors import StoreUnavailable
+    from services.risk_gate.adapters.store import rebuild
+    from services.risk_gate.config import RiskGateSettings
+    from services.risk_gate.domain.state import RiskState
+
+    with contextlib.suppress(OSError):
+        os.nice(10)  # behind the order path
+    settings = settings_or_exit(RiskGateSettings)
+    path = _limits_path(config, required=True)
+    assert path is not None
+    limits = _load(path)
+
+    def progress(folded: int, seq: int, last: int) -> None:
+        err.print(f"folded {folded:,} events, at sequence {seq:,} of {last:,}")
+
+    started = time.perf_counter()
+    try:
+        rebuilt = asyncio.run(
+            rebuild(
+                settings.database_url.get_secret_value(),
+                RiskState.initial(limits),
+                write_checkpoint=True,
+                checkpoint_after=min_events,
+                progress=progress,
+            )
+        )
+    except StoreUnavailable as e:
+        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
+        raise typer.Exit(1) from e
+    origin = (
+        f"the checkpoint at {rebuilt.from_checkpoint:,}"
+        if rebuilt.from_checkpoint is not None
+        else "the start"
+    )
+    took = time.perf_counter() - started
+    if rebuilt.wrote_checkpoint:
+        print(
+            f"checkpoint at sequence {rebuilt.last_seq:,}: {rebuilt.folded:,} events folded "
+            f"from {origin} in {took:.1f}s ({rebuilt.events:,} in all)"
+        )
+    else:
+        print(
+            f"no new checkpoint: {rebuilt.folded:,} events after {origin}, "
+            f"fewer than --min-events {min_events:,} (store at {rebuilt.last_seq:,})"
+        )
 
 
 @app.command("check")

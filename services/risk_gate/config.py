@@ -28,6 +28,9 @@ class RiskGateSettings(ServiceSettings):
     fetch_timeout_s: float = Field(default=0.25, gt=0, le=30)
     #: Pause before rebuilding after NATS or Postgres went away.
     retry_backoff_s: float = Field(default=0.5, gt=0, le=60)
+    #: How often a child process folds the store into a new state checkpoint,
+    #: so that a restart folds only what came after (0: only at start-up).
+    checkpoint_every_s: float = Field(default=900, ge=0, le=86_400)
 
 
 class RiskConfigError(ValueError):

@@ -145,15 +145,25 @@ class RiskGate:
         s = self.settings
         self._set_phase("rebuilding")
         started = time.perf_counter()
-        rebuilt = await rebuild(s.database_url.get_secret_value(), RiskState.initial(self.limits))
+        rebuilt = await rebuild(
+            s.database_url.get_secret_value(),
+            RiskState.initial(self.limits),
+            write_checkpoint=True,
+            progress=_log_progress,
+        )
         self.state, self.last_seq = rebuilt.state, rebuilt.last_seq
-        metrics.REBUILD_EVENTS.set(rebuilt.events)
+        metrics.REBUILD_EVENTS.set(rebuilt.folded)
         metrics.REBUILD_SECONDS.set(time.perf_counter() - started)
+        metrics.REBUILD_FROM.set(rebuilt.from_checkpoint or 0)
         log.info(
-            "state rebuilt from %d events up to store sequence %d in %.2fs",
-            rebuilt.events,
+            "state rebuilt up to store sequence %d in %.2fs: %d events folded from %s%s",
             rebuilt.last_seq,
             time.perf_counter() - started,
+            rebuilt.folded,
+            f"the checkpoint at {rebuilt.from_checkpoint}"
+            if rebuilt.from_checkpoint is not None
+            else "the start",
+            "; checkpoint written" if rebuilt.wrote_checkpoint else "",
         )
         bus = await Bus.connect(
             s.nats_url,
@@ -339,3 +349,7 @@ class RiskGate:
             metrics.GROSS_NOTIONAL_USED.labels(strategy=name, account=strat.account).set(
                 float(gross / strat.max_gross_notional)
             )
+
+
+def _log_progress(folded: int, seq: int, last: int) -> None:
+    log.info("rebuilding: %d events folded, at sequence %d of %d", folded, seq, last)

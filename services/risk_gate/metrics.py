@@ -51,6 +51,15 @@ REBUILD_EVENTS = Gauge(
     "tradebus_risk_rebuild_events", "Events read from the store by the last rebuild"
 )
 REBUILD_SECONDS = Gauge("tradebus_risk_rebuild_seconds", "Duration of the last state rebuild")
+REBUILD_FROM = Gauge(
+    "tradebus_risk_rebuild_from_checkpoint",
+    "Store sequence of the checkpoint the last rebuild started from (0: from the start)",
+)
+CHECKPOINT_RUNS = Counter(
+    "tradebus_risk_checkpoint_runs_total",
+    "Periodic checkpoint folds (child processes) by outcome",
+    ["outcome"],
+)
 RESTARTS = Counter(
     "tradebus_risk_restarts_total", "Rebuilds after NATS or Postgres went away", ["cause"]
 )

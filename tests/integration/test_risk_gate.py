@@ -546,6 +546,74 @@ async def test_kill_9_mid_stream_loses_no_intent_and_repeats_no_order(
     assert len({o.payload.order_id for o in orders}) == n
 
 
+async def test_a_restart_after_kill_9_folds_from_the_gates_own_checkpoint(
+    stack: Stack, bus: Bus
+) -> None:
+    db = stack.database_url
+    assert stack.gate.terminate() == 0, stack.logs()
+    stack.env["TRADEBUS_CHECKPOINT_EVERY_S"] = "0.3"
+    stack.new_gate()
+    await _live(stack.gate)
+    await bus.publish(mark("AAPL", "100"))
+    order = await _accepted_order(db, bus, "good", 100)
+    await bus.publish_many(broker_ack_and_fill(order, "100"))
+    (fill,) = await wait_recorded(db, "FillReceived", 1)
+    fill_seq = await _seq_of(db, fill.id)
+
+    async def checkpointed() -> int | None:
+        conn = await asyncpg.connect(asyncpg_url(db))
+        try:
+            seq = await conn.fetchval("SELECT max(seq) FROM risk_checkpoints")
+        finally:
+            await conn.close()
+        return seq if seq is not None and seq >= fill_seq else None
+
+    # The gate's own child process folds the store every 0.3 s.
+    await eventually(checkpointed, timeout=30, message="a checkpoint past the fill")
+    ok_runs = 'tradebus_risk_checkpoint_runs_total{outcome="ok"}'
+    await eventually(lambda: (_gauge(stack.gate, ok_runs) or 0) >= 1, timeout=10)
+
+    before = [await submit_intent(bus, "good", 100) for _ in range(2)]
+    await wait_recorded(db, "SubmitOrder", 3)
+    stack.gate.kill()
+    while_down = [await submit_intent(bus, "good", 100) for _ in range(3)]
+    stack.env["TRADEBUS_CHECKPOINT_EVERY_S"] = "0"
+    stack.new_gate()
+    await _live(stack.gate)
+    start = _gauge(stack.gate, "tradebus_risk_rebuild_from_checkpoint")
+    assert start is not None
+    assert start >= fill_seq, "the restart folded from a checkpoint holding the fill"
+
+    decisions = by_intent(await wait_recorded(db, "RiskDecisionMade", 6))
+    assert all(len(ds) == 1 for ds in decisions.values()), "each intent decided once"
+    verdicts = [decisions[i][0].payload for i in before + while_down]
+    # Position 100 (the fill, in the checkpoint only) plus 100 per open order:
+    # max_position 500 lets four more through, not the fifth.
+    assert [v.decision for v in verdicts] == ["accepted"] * 4 + ["denied"]
+    assert verdicts[-1].reason.value == "max_strategy_position"
+    assert "(position 100, open orders 400)" in verdicts[-1].detail
+    orders = await recorded(db, "SubmitOrder")
+    assert len(orders) == 5
+    assert len({o.payload.order_id for o in orders}) == 5
+
+
+async def _seq_of(database_url: str, event_id: uuid.UUID) -> int:
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        seq = await conn.fetchval("SELECT seq FROM events WHERE id = $1", event_id)
+    finally:
+        await conn.close()
+    assert isinstance(seq, int)
+    return seq
+
+
+def _gauge(proc: ServiceProcess, name: str) -> float | None:
+    for line in proc.metrics().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 NATS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 NATS_USERS = config_users()  # every user the config declares
 
@@ -594,7 +662,9 @@ async def test_gate_works_under_its_own_nats_user(
             name="gate-perm",
         ).start()
         await _live(gate)
-        assert "state rebuilt from 1 events up to store sequence 1" in gate.log_text()
+        log_text = gate.log_text()
+        assert "state rebuilt up to store sequence 1 in " in log_text
+        assert ": 1 events folded from the start" in log_text
         async with await Bus.connect(
             server.url,
             name="test-strategy",
