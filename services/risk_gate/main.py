@@ -31,18 +31,23 @@ async def checkpoints(gate: RiskGate, every_s: float, config: Path) -> None:
             await asyncio.wait_for(gate.stopping.wait(), timeout=every_s)
         if gate.stopping.is_set() or gate.phase != "live":
             continue
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "risk-gate",
-            "checkpoint",
-            "--config",
-            str(config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.cli",
+                "risk-gate",
+                "checkpoint",
+                "--config",
+                str(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:  # no process to be had now: the next round tries again
+            metrics.CHECKPOINT_RUNS.labels(outcome="failed").inc()
+            log.warning("cannot start the checkpoint fold: %s", e)
+            continue
         done = asyncio.ensure_future(proc.communicate())
         stopped = asyncio.ensure_future(gate.stopping.wait())
         await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)

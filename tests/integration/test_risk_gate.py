@@ -597,6 +597,22 @@ async def test_a_restart_after_kill_9_folds_from_the_gates_own_checkpoint(
     assert len({o.payload.order_id for o in orders}) == 5
 
 
+async def test_a_failing_checkpoint_fold_is_counted_and_the_gate_goes_on(
+    stack: Stack, bus: Bus
+) -> None:
+    assert stack.gate.terminate() == 0, stack.logs()
+    stack.env["TRADEBUS_CHECKPOINT_EVERY_S"] = "0.2"
+    stack.new_gate()
+    await _live(stack.gate)
+    (stack.tmp / "risk.yaml").unlink()  # the child reads it; the gate read it at start
+    failed = 'tradebus_risk_checkpoint_runs_total{outcome="failed"}'
+    await eventually(lambda: (_gauge(stack.gate, failed) or 0) >= 1, timeout=30)
+    assert "checkpoint fold exited 2" in stack.gate.log_text()
+    await bus.publish(mark("AAPL", "100"))
+    intent_id = await submit_intent(bus, "good", 5)
+    assert (await decision_for(stack.database_url, intent_id)).payload.decision == "accepted"
+
+
 async def _seq_of(database_url: str, event_id: uuid.UUID) -> int:
     conn = await asyncpg.connect(asyncpg_url(database_url))
     try:
