@@ -1,0 +1,104 @@
+"""How the gateway's paper adapter reads the broker's frames: a good frame
+is taken in, a bad one is counted and logged, and the next one is still read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from services.broker_gateway import metrics
+from services.broker_gateway.adapters.paper import schemas
+from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.domain.model import OrderUpdate
+
+ORDER = {
+    "id": "b-1",
+    "client_order_id": "c-1",
+    "symbol": "AAPL",
+    "side": "buy",
+    "qty": "10",
+    "filled_qty": "10",
+    "filled_avg_price": "100.12",
+    "type": "market",
+    "time_in_force": "day",
+    "status": "filled",
+    "created_at": "2026-12-06T15:00:00.000001Z",
+    "updated_at": "2026-12-06T15:00:00.000002Z",
+    "asset_class": "us_equity",  # a field we do not read: ignored
+}
+
+
+def frame(stream: str, data: Any) -> bytes:
+    return orjson.dumps({"stream": stream, "data": data})
+
+
+def fill(**changes: Any) -> bytes:
+    data = {
+        "event": "fill",
+        "order": ORDER,
+        "timestamp": "2026-12-06T15:00:00.000002Z",
+        "execution_id": "x-1",
+        "price": "100.12",
+        "qty": "10",
+    }
+    return frame("trade_updates", {**data, **changes})
+
+
+def malformed(client: PaperBroker) -> float:
+    return float(metrics.MALFORMED.labels(account=client.account)._value.get())
+
+
+def next_update(client: PaperBroker) -> OrderUpdate:
+    update = client._events.get_nowait()
+    assert isinstance(update, OrderUpdate)
+    return update
+
+
+@pytest.fixture
+def client() -> PaperBroker:
+    return PaperBroker(
+        account="frames", url="ws://127.0.0.1:9", key_id="k", secret_key=SecretStr("s")
+    )
+
+
+async def test_a_trade_update_becomes_an_order_update(client: PaperBroker) -> None:
+    raw = fill(qty=10)  # a JSON number, as Alpaca sometimes sends
+    before = malformed(client)
+    await client._dispatch(raw)
+    update = next_update(client)
+    assert update.kind == "fill"
+    assert update.fill is not None
+    assert (update.fill.quantity, update.fill.price) == (Decimal(10), Decimal("100.12"))
+    assert update.order.client_order_id == "c-1"
+    assert malformed(client) == before
+
+
+async def test_a_response_reaches_its_caller(client: PaperBroker) -> None:
+    fut: asyncio.Future[schemas.Response] = asyncio.get_running_loop().create_future()
+    client._pending["7"] = fut
+    await client._dispatch(frame("response", {"id": "7", "status": 200, "body": ORDER}))
+    response = fut.result()
+    assert (response.status, response.body["client_order_id"]) == (200, "c-1")
+
+
+async def test_a_bad_frame_is_counted_and_the_next_is_read(
+    client: PaperBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = malformed(client)
+    with caplog.at_level("WARNING"):
+        await client._dispatch(fill(price="a lot"))  # does not fit either way
+        await client._dispatch(b"not json")
+        await client._dispatch(frame("error", {"code": 40010000, "message": "no"}))
+        await client._dispatch(frame("listening", {"streams": ["trade_updates"]}))
+    assert malformed(client) == before + 2
+    assert client._events.empty()
+    assert "sent a message we cannot read" in caplog.text
+    assert "says: {'code': 40010000, 'message': 'no'}" in caplog.text
+    await client._dispatch(fill())
+    assert next_update(client).kind == "fill"
