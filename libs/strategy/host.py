@@ -160,6 +160,7 @@ class StrategyHost:
         max_restarts: int = 0,
         watchdog: Watchdog | None = None,
         max_callback_s: float | None = None,
+        bar_interval: str | None = None,
     ) -> None:
         self.name = name
         self.strategy_cls = strategy
@@ -177,6 +178,9 @@ class StrategyHost:
         #: Stops a callback that runs longer than ``max_callback_s`` (None: no limit).
         self.watchdog = watchdog
         self.max_callback_s = max_callback_s
+        #: The bars it is shown (None: every interval); the router and
+        #: :meth:`remember` keep the others away.
+        self.bar_interval = bar_interval
         self.ledger = Ledger()
         self.intents = IntentBook()
         self.state: HostState = "new"
@@ -265,9 +269,14 @@ class StrategyHost:
 
     def remember(self, bars: Iterable[Event]) -> None:
         """Past bars (the store's, oldest first) to warm the strategy up on when
-        it starts; only the latest ``warmup_bars`` of each of its symbols stay."""
+        it starts; only the latest ``warmup_bars`` of each of its symbols (of
+        its ``bar_interval``) stay."""
         for event in bars:
-            if isinstance(event, BarClosed) and event.payload.symbol in self.symbols:
+            if (
+                isinstance(event, BarClosed)
+                and event.payload.symbol in self.symbols
+                and self.bar_interval in (None, event.payload.interval)
+            ):
                 self._remember(event)
 
     def _remember(self, event: BarClosed) -> None:

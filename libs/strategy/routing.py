@@ -1,6 +1,7 @@
 """Which strategies an event concerns: pure, shared by the runner and backtests.
 
-- Market data goes to every strategy configured for its symbol.
+- Market data goes to every strategy configured for its symbol; a bar only
+  to those that take its interval (``bar_interval``; None: every interval).
 - A strategy's own signals and intents (read back) and the risk-gate's
   decisions name the strategy in their payload.
 - Broker events (acks, rejects, cancels, fills) do not name a strategy; they
@@ -66,6 +67,9 @@ class Router:
 
     def __init__(self, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
         self._by_symbol: dict[str, list[str]] = {}
+        #: The strategies of a symbol that take bars of an interval.
+        self._bars: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._intervals: dict[str, str | None] = {}
         self._names: set[str] = set()
         self._by_signal = _Lru(max_tracked)
         self._by_order = _Lru(max_tracked)
@@ -74,12 +78,25 @@ class Router:
     def names(self) -> frozenset[str]:
         return frozenset(self._names)
 
-    def add(self, name: str, symbols: Iterable[str]) -> None:
+    def add(self, name: str, symbols: Iterable[str], bar_interval: str | None = None) -> None:
+        """Route ``symbols``' market data to ``name``: of bars, only those of
+        ``bar_interval`` (None: every interval)."""
         if name in self._names:
             raise ValueError(f"strategy {name!r} is already routed")
         self._names.add(name)
+        self._intervals[name] = bar_interval
         for symbol in symbols:
             self._by_symbol.setdefault(symbol, []).append(name)
+        self._bars.clear()
+
+    def _bar_takers(self, symbol: str, interval: str) -> tuple[str, ...]:
+        key = (symbol, interval)
+        names = self._bars.get(key)
+        if names is None:
+            names = self._bars[key] = tuple(
+                n for n in self._by_symbol.get(symbol, ()) if self._intervals[n] in (None, interval)
+            )
+        return names
 
     def note_emitted(self, name: str, events: Iterable[Event]) -> None:
         """Remember the signals ``name`` emitted, so their chains route back to it."""
@@ -98,7 +115,9 @@ class Router:
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the strategies ``event`` concerns (possibly none)."""
-        if isinstance(event, BarClosed | TradePrinted | QuoteUpdated):
+        if isinstance(event, BarClosed):
+            return self._bar_takers(event.payload.symbol, event.payload.interval)
+        if isinstance(event, TradePrinted | QuoteUpdated):
             return tuple(self._by_symbol.get(event.payload.symbol, ()))
         if isinstance(event, SignalGenerated | OrderIntentCreated):
             name = event.payload.strategy

@@ -76,8 +76,10 @@ class InMemoryRuntime:
         restart: RestartPolicy = "never",
         max_restarts: int = 0,
         max_callback_s: float | None = None,
+        bar_interval: str | None = None,
     ) -> StrategyHost:
-        """Add a strategy (``params`` validated by its model when given as a dict)."""
+        """Add a strategy (``params`` validated by its model when given as a dict);
+        of bars it is shown those of ``bar_interval`` only (None: every interval)."""
         host = StrategyHost(
             name=name,
             strategy=strategy,
@@ -91,14 +93,15 @@ class InMemoryRuntime:
             max_restarts=max_restarts,
             watchdog=self.watchdog,
             max_callback_s=max_callback_s,
+            bar_interval=bar_interval,
         )
-        self.router.add(name, host.symbols)
+        self.router.add(name, host.symbols, bar_interval)
         self.hosts[name] = host
         return host
 
     def add_loaded(self, loaded: LoadedStrategy) -> StrategyHost:
         """Add an entry of ``strategies.yaml`` (its order account, its restart
-        policy, its callback budget)."""
+        policy, its callback budget, its bar interval)."""
         spec = loaded.spec
         return self.add(
             spec.name,
@@ -109,6 +112,7 @@ class InMemoryRuntime:
             restart=spec.restart,
             max_restarts=spec.max_restarts,
             max_callback_s=spec.max_callback_s,
+            bar_interval=spec.bar_interval,
         )
 
     def _collect(self, name: str, events: list[Event]) -> list[Event]:

@@ -13,6 +13,7 @@
         max_restarts: 3
         inbox_size: 1000            # bounded inbox of its task
         overflow: drop_oldest       # drop_oldest (market data only) | block
+        bar_interval: 1m            # 1m | 1s | null (every interval): the bars it is shown
         max_callback_s: 1.0         # a callback running longer is stopped: a fault (null: no limit)
         params: {fast_period: 10, slow_period: 30, quantity: 100}
 
@@ -43,6 +44,8 @@ from libs.strategy.host import RestartPolicy
 from libs.strategy.registry import UnknownStrategy, resolve
 
 Mode = Literal["live", "shadow"]
+#: A bar interval of the contract (``BarPayload.interval``).
+BarInterval = Literal["1s", "1m"]
 Overflow = Literal["drop_oldest", "block"]
 
 
@@ -70,6 +73,9 @@ class StrategySpec(BaseModel):
     max_restarts: int = Field(default=3, ge=0, le=1000)
     inbox_size: int = Field(default=1000, ge=1, le=1_000_000)
     overflow: Overflow = "drop_oldest"
+    #: The bars it is shown (live, in the catch-up and for warm-up): one
+    #: interval, so that its indicators never mix them (null: every interval).
+    bar_interval: BarInterval | None = "1m"
     #: A callback running longer is stopped, a fault (``null``: no limit).
     max_callback_s: float | None = Field(default=1.0, gt=0, le=3600)
     params: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import Field
 
@@ -70,17 +71,19 @@ def bar(
     open_: Decimal | int | str | None = None,
     volume: int = 1000,
     source: str = "test/marketdata",
+    interval: Literal["1s", "1m"] = "1m",
 ) -> BarClosed:
-    """A closed 1-minute bar starting at ``start_ns``; ``ts_event`` is its end."""
+    """A closed bar (1-minute unless told) starting at ``start_ns``; ``ts_event``
+    is its end."""
     c = Decimal(close)
     o = Decimal(open_) if open_ is not None else c
     h = Decimal(high) if high is not None else max(o, c)
     lo = Decimal(low) if low is not None else min(o, c)
-    end = start_ns + MINUTE_NS
+    end = start_ns + (MINUTE_NS if interval == "1m" else MINUTE_NS // 60)
     return BarClosed.create(
         BarPayload(
             symbol=symbol,
-            interval="1m",
+            interval=interval,
             open=o,
             high=h,
             low=lo,
@@ -92,7 +95,10 @@ def bar(
         ),
         source=source,
         clock=At(end),
-        event_id=derived_id("test-bar", symbol, start_ns, c),
+        # 1-minute bars keep the ids they always had.
+        event_id=derived_id(
+            "test-bar", symbol, start_ns, c, *([] if interval == "1m" else [interval])
+        ),
     )
 
 

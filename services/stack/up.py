@@ -278,6 +278,10 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
             try:
                 strategies = wiring.config_path(options.strategies, "strategies.yaml")
                 risk = wiring.config_path(options.risk, "risk.yaml")
+                if "marketdata" in names and "strategy-runner" in names:
+                    channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
+                    for warning in wiring.bar_interval_warnings(strategies, channels):
+                        printer.alert(LABEL, warning)
                 local_nats = not os.environ.get("NATS_URL")
                 credentials = creds.load_or_create(home) if local_nats else None
                 servers, nats_url, database_url = _start_servers(

@@ -102,6 +102,36 @@ def strategy_symbols(path: Path) -> list[str]:
     return list(symbols)
 
 
+#: The bars each market-data channel publishes.
+CHANNEL_INTERVAL = {"second_bars": "1s", "minute_bars": "1m"}
+
+
+def bar_interval_warnings(path: Path, channels: str) -> list[str]:
+    """A line per strategy of ``path`` that takes bars of an interval the
+    demo feed (``channels``, as ``TRADEBUS_CHANNELS``) does not publish: it
+    would run and see no bar at all."""
+    from libs.strategy.spec import load_strategies
+
+    published = {
+        CHANNEL_INTERVAL[c.strip()] for c in channels.split(",") if c.strip() in CHANNEL_INTERVAL
+    }
+    out = []
+    for strategy in load_strategies(path):
+        wanted = strategy.spec.bar_interval
+        if wanted is None or wanted in published:
+            continue
+        offered = ", ".join(f"{iv} bars" for iv in sorted(published)) or "no bars"
+        fixes = [f"bar_interval: {iv}" for iv in sorted(published)]
+        channel = next(c for c, iv in CHANNEL_INTERVAL.items() if iv == wanted)
+        fixes.append(f"{channel} in TRADEBUS_CHANNELS")
+        out.append(
+            f"strategy {strategy.spec.name} takes {wanted} bars (bar_interval), but the demo "
+            f"feed publishes {offered} (TRADEBUS_CHANNELS={channels}): it will see no bar. "
+            f"Give it {' or '.join(fixes)}"
+        )
+    return out
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())

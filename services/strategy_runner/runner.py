@@ -303,10 +303,11 @@ class Runner:
         if not self.settings.rebuild_from_store:
             return History([])
         url = self.settings.database_url.get_secret_value()
-        warmup: dict[str, int] = {}
+        warmup: dict[tuple[str, str | None], int] = {}
         for task in self.tasks.values():
             for symbol in task.host.symbols:
-                warmup[symbol] = max(warmup.get(symbol, 0), task.host.warmup_bars)
+                key = (symbol, task.host.bar_interval)
+                warmup[key] = max(warmup.get(key, 0), task.host.warmup_bars)
         history = await self._retrying(
             "reading the event store",
             lambda: load_history(url, list(self.tasks), self.symbols, warmup),
@@ -327,7 +328,11 @@ class Runner:
         return history
 
     def _subjects(self, *, live: bool | None = None) -> list[str]:
-        return filter_subjects(self.tasks, self.symbols, live=self.live if live is None else live)
+        intervals: dict[str, set[str | None]] = {}
+        for task in self.tasks.values():
+            for symbol in task.spec.symbols:
+                intervals.setdefault(symbol, set()).add(task.spec.bar_interval)
+        return filter_subjects(self.tasks, intervals, live=self.live if live is None else live)
 
     async def _serve(self, bus: Bus) -> None:
         consumer = EventConsumer(

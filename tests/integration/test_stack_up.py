@@ -61,7 +61,8 @@ SERVICES = {
     "strategy-runner",
     "marketdata",
 }
-#: sma-aapl as in deploy/config/risk.yaml, with periods that cross every few bars.
+#: sma-aapl as in deploy/config/risk.yaml, with periods that cross every few
+#: bars, on the 1-second bars of the demo feed.
 FAST_STRATEGIES = """\
 strategies:
   - name: sma-aapl
@@ -69,6 +70,7 @@ strategies:
     symbols: [AAPL]
     account: paper
     restart: always
+    bar_interval: 1s
     params: {fast_period: 2, slow_period: 3, quantity: 10}
 """
 

@@ -295,9 +295,13 @@ async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     runner = start(runner_args(tmp_path), "runner")
     await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
     await publish_bars(bus, "AAPL", [12, 11, 10], 0)
+    # Second bars too, closing far higher: sma-x takes minute bars only, live
+    # and in its warm-up (were they in its averages, 13 would be no cross).
+    for i, close in enumerate([20, 21, 22]):
+        await bus.publish(bar("AAPL", close, T0 + 3 * MINUTE_NS + i * 10**9, interval="1s"))
 
     async def bars_recorded() -> bool:
-        return len(await store.of("BarClosed")) == 3
+        return len(await store.of("BarClosed")) == 6
 
     await eventually(bars_recorded, timeout=20)
     assert runner.terminate() == 0, runner.log_text()[-3000:]
@@ -361,7 +365,8 @@ async def test_an_endless_loop_in_one_strategy_is_stopped_and_the_others_trade(
 #: denials of its strategies' intents (and the subject both verdicts went to
 #: before the verdict was in it), the broker's answers.
 LIVE_SUBJECTS = {
-    *(f"md.{kind}.{sym}" for kind in ("bar.*", "trade", "quote") for sym in ("AAPL", "MSFT")),
+    # Minute bars only: both strategies take the default bar_interval.
+    *(f"md.{kind}.{sym}" for kind in ("bar.1m", "trade", "quote") for sym in ("AAPL", "MSFT")),
     *(f"risk.decision.{name}{kind}" for name in ("sma-x", "boom") for kind in ("", ".denied")),
     *("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>"),
 }

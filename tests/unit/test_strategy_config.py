@@ -80,6 +80,7 @@ def test_a_cross_field_param_error_names_the_field_and_the_entry() -> None:
         ({"restart": "sometimes"}, "strategies[0].restart: Input should be 'never' or 'always'"),
         ({"inbox_size": 0}, "strategies[0].inbox_size: Input should be greater than or equal to 1"),
         ({"max_callback_s": 0}, "strategies[0].max_callback_s: Input should be greater than 0"),
+        ({"bar_interval": "5m"}, "strategies[0].bar_interval: Input should be '1s' or '1m'"),
         ({"max_callback_s": "x"}, "strategies[0].max_callback_s: Input should be a valid number"),
         ({"symbols": []}, "strategies[0].symbols: Tuple should have at least 1 item"),
         ({"symbols": ["AAPL", "AAPL"]}, "strategies[0].symbols: must not repeat a symbol"),
@@ -113,6 +114,14 @@ def test_a_callback_budget_of_one_second_by_default_or_none() -> None:
     )
     assert default.spec.max_callback_s == 1.0
     assert unlimited.spec.max_callback_s is None
+
+
+def test_minute_bars_by_default_or_every_interval() -> None:
+    minute, every = validate_strategies(
+        {"strategies": [entry(), entry(name="all", bar_interval=None)]}
+    )
+    assert minute.spec.bar_interval == "1m"
+    assert every.spec.bar_interval is None
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -27,8 +27,19 @@ from libs.strategy import (
     Strategy,
     StrategyParams,
 )
+from libs.strategy.examples.sma_crossover import SmaCrossover
 from libs.strategy.ledger import IntentBook, Ledger
-from libs.strategy.testing import EchoStrategy, bar, bars, booked_fill, deny, fill_chain
+from libs.strategy.testing import (
+    MINUTE_NS,
+    EchoStrategy,
+    bar,
+    bars,
+    booked_fill,
+    deny,
+    fill_chain,
+)
+
+SMA_PARAMS = {"fast_period": 1, "slow_period": 2, "quantity": 1}
 
 
 def counter_ids() -> Callable[[], uuid.UUID]:
@@ -70,6 +81,37 @@ def probe_seen(rt: InMemoryRuntime, name: str) -> list[object]:
     instance = rt.hosts[name].instance
     assert isinstance(instance, Probe)
     return instance.seen
+
+
+def test_a_strategy_is_shown_the_bars_of_its_interval_only() -> None:
+    rt = InMemoryRuntime()
+    rt.add("minute", Probe, symbols=("AAPL",), bar_interval="1m")
+    rt.add("second", Probe, symbols=("AAPL",), bar_interval="1s")
+    rt.add("every", Probe, symbols=("AAPL",))
+    second_bar = bar("AAPL", 100, 0, interval="1s")
+    minute_bar = bar("AAPL", 101, 0)
+    out = rt.run([second_bar, minute_bar])
+    # Only "second" and "every" saw the 1-second bar that closed at 100.
+    assert sorted(e.payload.strategy for e in of_type(out, SignalGenerated)) == [
+        "every",
+        "second",
+    ]
+    assert probe_seen(rt, "minute") == [minute_bar.payload]
+    assert probe_seen(rt, "second") == [second_bar.payload]
+    assert probe_seen(rt, "every") == [second_bar.payload, minute_bar.payload]
+
+
+def test_warm_up_takes_the_bars_of_its_interval_only() -> None:
+    rt = InMemoryRuntime()
+    host = rt.add("sma", SmaCrossover, SMA_PARAMS, symbols=("AAPL",), bar_interval="1m")
+    host.remember(
+        [
+            bar("AAPL", 10, 0),
+            bar("AAPL", 50, MINUTE_NS, interval="1s"),
+            bar("AAPL", 11, MINUTE_NS),
+        ]
+    )
+    assert [b.payload.close for b in host.recent_bars()] == [Decimal(10), Decimal(11)]
 
 
 def test_intent_is_caused_by_its_signal_and_stamped_with_market_time() -> None:

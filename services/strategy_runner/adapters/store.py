@@ -61,6 +61,7 @@ ORDER BY seq DESC LIMIT 1
 WARMUP_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
+  AND ($4::text IS NULL OR payload->>'interval' = $4)
 ORDER BY seq DESC LIMIT $3
 """  # noqa: S608 - constant column list, values are bind parameters
 
@@ -104,10 +105,11 @@ async def load_history(
     database_url: str,
     strategies: Sequence[str],
     symbols: Sequence[str],
-    warmup: Mapping[str, int] | None = None,
+    warmup: Mapping[tuple[str, str | None], int] | None = None,
 ) -> History:
-    """Read the strategies' chains, their symbols' last prices and, per symbol
-    in ``warmup``, that many of its latest bars."""
+    """Read the strategies' chains, their symbols' last prices and, per
+    (symbol, bar interval) in ``warmup``, that many of its latest bars (an
+    interval of None: of any interval)."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
@@ -122,15 +124,16 @@ async def load_history(
                 if row is not None:
                     rows.append(row)
             bar_rows = []
-            for symbol, count in sorted((warmup or {}).items()):
+            asked = sorted((warmup or {}).items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+            for (symbol, interval), count in asked:
                 if count > 0:
-                    bar_rows += await conn.fetch(WARMUP_SQL, symbol, last_seq, count)
+                    bar_rows += await conn.fetch(WARMUP_SQL, symbol, last_seq, count, interval)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
         raise StoreUnavailable(f"reading the event store failed: {e}") from e
     finally:
         await conn.close()
     rows = sorted({r["seq"]: r for r in rows}.values(), key=lambda r: r["seq"])
     events = [e for e in map(_event, rows) if e is not None]
-    bar_rows.sort(key=lambda r: r["seq"])
+    bar_rows = sorted({r["seq"]: r for r in bar_rows}.values(), key=lambda r: r["seq"])
     bars = [e for e in map(_event, bar_rows) if e is not None]
     return History(events, tail, bars)

@@ -27,7 +27,7 @@ order for nothing, so the consumer is then recreated without them
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from nats.js import api as js_api
 
@@ -39,15 +39,24 @@ BROKER_SUBJECTS = ("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.c
 
 
 def filter_subjects(
-    strategies: Iterable[str], symbols: Iterable[str], *, live: bool = False
+    strategies: Iterable[str],
+    symbols: Mapping[str, Collection[str | None]],
+    *,
+    live: bool = False,
 ) -> list[str]:
     """The subjects the runner consumes (non-overlapping, as JetStream requires):
     while catching up, or (``live``) without the strategies' own signals and
-    intents."""
+    intents. ``symbols`` maps each symbol to the bar intervals its strategies
+    take (None among them: every interval)."""
     out: list[str] = []
-    for symbol in sorted(set(symbols)):
+    for symbol in sorted(symbols):
         tok = symbol_token(symbol)
-        out += [f"md.bar.*.{tok}", f"md.trade.{tok}", f"md.quote.{tok}"]
+        intervals = set(symbols[symbol])
+        if None in intervals or not intervals:
+            out.append(f"md.bar.*.{tok}")
+        else:
+            out += [f"md.bar.{iv}.{tok}" for iv in sorted(i for i in intervals if i is not None)]
+        out += [f"md.trade.{tok}", f"md.quote.{tok}"]
     for name in sorted(set(strategies)):
         if not live:
             out += [f"strategy.signal.{name}", f"strategy.intent.{name}"]
