@@ -48,7 +48,7 @@ GROSS_NOTIONAL_USED = Gauge(
 OPEN_ORDERS = Gauge("tradebus_risk_open_orders", "Open orders per account", ["account"])
 LAST_SEQUENCE = Gauge("tradebus_risk_last_sequence", "Last stream sequence folded into the state")
 REBUILD_EVENTS = Gauge(
-    "tradebus_risk_rebuild_events", "Events read from the store by the last rebuild"
+    "tradebus_risk_rebuild_events", "Events folded by the last rebuild (after its checkpoint)"
 )
 REBUILD_SECONDS = Gauge("tradebus_risk_rebuild_seconds", "Duration of the last state rebuild")
 REBUILD_FROM = Gauge(

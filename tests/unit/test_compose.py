@@ -47,6 +47,21 @@ RECORDER_METRICS = (
     "tradebus_recorder_consumer_lag",
     "tradebus_dead_letters_total",
 )
+#: What "Grafana boards for risk state" must show: switches, states, money, caps.
+RISK_STATE_METRICS = (
+    "tradebus_risk_kill_switch",
+    "tradebus_risk_live",
+    "tradebus_risk_trading_state",
+    "tradebus_broker_connected",
+    "tradebus_risk_day_pnl",
+    "tradebus_risk_daily_loss_used",
+    "tradebus_risk_gross_notional_used",
+    "tradebus_risk_open_orders",
+    "tradebus_orders_denied_total",
+    "tradebus_risk_breaker_trips_total",
+    "tradebus_strategy_running",
+    "tradebus_strategy_faults_total",
+)
 #: The only non-consumer JetStream API a service may call: on TRADEBUS alone.
 STREAM_API = {
     "$JS.API.STREAM.INFO.TRADEBUS",
@@ -370,18 +385,77 @@ def test_postgres_init_creates_a_read_only_role(services: dict[str, dict[str, An
     assert password_var.group(1) in environment(services["postgres"])
 
 
-def test_prometheus_scrapes_the_recorder_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+def test_prometheus_scrapes_every_service_that_serves_metrics(
+    services: dict[str, dict[str, Any]],
+) -> None:
     config_path = bind_mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"]
     config = yaml.safe_load(config_path.read_text())
-    port = environment(services["recorder"])["TRADEBUS_METRICS_PORT"]
-    assert environment(services["recorder"])["TRADEBUS_METRICS_HOST"] == "0.0.0.0"
     targets = {
         target
         for job in config["scrape_configs"]
         for static in job.get("static_configs", [])
         for target in static["targets"]
     }
-    assert f"recorder:{port}" in targets
+    serving = {
+        name: env["TRADEBUS_METRICS_PORT"]
+        for name, service in services.items()
+        if "TRADEBUS_METRICS_PORT" in (env := environment(service))
+    }
+    assert set(serving) == {"recorder", *ORDER_PATH}
+    for name, port in serving.items():
+        # Reachable from the Prometheus container, not only on the service's loopback.
+        assert environment(services[name]).get("TRADEBUS_METRICS_HOST") == "0.0.0.0", name
+        assert f"{name}:{port}" in targets, name
+
+
+def _defined_metric_names() -> set[str]:
+    """Every sample name the services can expose (counters as ``_total``,
+    histograms as ``_bucket``/``_sum``/``_count``), whether or not a child
+    has been made yet."""
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in sorted(ROOT.glob("services/*/metrics.py")):
+        importlib.import_module(f"services.{module.parent.name}.metrics")
+    importlib.import_module("libs.observability.metrics")
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "summary": ("_sum", "_count", ""),
+        }.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def _expressions(board: dict[str, Any]) -> str:
+    return " ".join(
+        target.get("expr", "") for panel in board["panels"] for target in panel["targets"]
+    )
+
+
+def test_dashboards_use_only_metrics_the_services_define(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    dashboards = bind_mounts(services["grafana"])["/etc/grafana/dashboards/tradebus"]
+    defined = _defined_metric_names()
+    boards = sorted(dashboards.glob("*.json"))
+    assert {b.name for b in boards} >= {"recorder.json", "risk.json"}
+    for path in boards:
+        used = set(re.findall(r"\btradebus_[a-z0-9_]+", _expressions(json.loads(path.read_text()))))
+        assert used, path.name
+        assert used <= defined, (path.name, sorted(used - defined))
+
+
+def test_the_risk_dashboard_shows_the_risk_state(services: dict[str, dict[str, Any]]) -> None:
+    dashboards = bind_mounts(services["grafana"])["/etc/grafana/dashboards/tradebus"]
+    board = json.loads((dashboards / "risk.json").read_text())
+    expressions = _expressions(board)
+    for metric in RISK_STATE_METRICS:
+        assert metric in expressions, metric
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
 
 
 def test_grafana_provisions_prometheus_and_the_read_only_database(
