@@ -142,7 +142,7 @@ def test_the_timelines_reach_what_a_checkpoint_must_carry() -> None:
                 value = getattr(state, name)
                 if name == "kill_switch":
                     seen[name] |= value.engaged
-                elif name in ("decided", "fills_seen"):
+                elif name in ("decided", "fills_seen", "applied"):
                     seen[name] |= len(value.yesterday) > 0 and len(value.today) > 0
                 elif name == "day":
                     days.add(value)

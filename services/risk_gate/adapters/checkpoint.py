@@ -261,6 +261,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Json], Callable[[Json], Any]]] = {
     ),
     "decided": (_day_ids, _day_ids_from),
     "fills_seen": (_day_ids, _day_ids_from),
+    "applied": (_day_ids, _day_ids_from),
 }
 
 

@@ -127,13 +127,35 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         ),
         decided=state.decided.roll(),
         fills_seen=state.fills_seen.roll(),
+        applied=state.applied.roll(),
     )
+
+
+#: Events applied once per id. A later copy (the same event published again
+#: past JetStream's duplicate window) changes nothing, as in the store, where
+#: the recorder keeps it as ``DuplicateSuppressed``. The others are
+#: idempotent by what they are: an intent is decided once, a fill counted
+#: once, an order opened and closed once, a price marks what it marks.
+ONCE_TYPES = frozenset(
+    {
+        "KillSwitchEngaged",
+        "KillSwitchReleased",
+        "TradingResumeRequested",
+        "TradingStateChanged",
+        "BreakerTripped",
+        "BrokerConnectionChanged",
+    }
+)
 
 
 def evolve(state: RiskState, event: Event) -> RiskState:
     """The state after ``event``."""
     if event.type not in RELEVANT_TYPES:
         return state
+    if event.type in ONCE_TYPES:
+        if event.id in state.applied:
+            return state
+        state = replace(state, applied=state.applied.add(event.id))
     state = roll_day(state, event.ts_event)
     match event:
         case TradePrinted():

@@ -385,6 +385,8 @@ class RiskState:
     awaiting_order: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
     decided: DayIds = field(default_factory=DayIds)
     fills_seen: DayIds = field(default_factory=DayIds)
+    #: Operator, connection and reaction events applied (``evolve.ONCE_TYPES``).
+    applied: DayIds = field(default_factory=DayIds)
 
     @classmethod
     def initial(cls, limits: RiskLimits | None = None) -> RiskState:
