@@ -94,16 +94,12 @@ def limits_digest(limits: RiskLimits) -> str:
 Json = Any
 
 
-def _d(value: Decimal | None) -> str | None:
+def _opt_str(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _D(value: str | None) -> Decimal | None:
+def _opt_decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
-
-
-def _dec(value: str) -> Decimal:
-    return Decimal(value)
 
 
 def _position(p: Position) -> Json:
@@ -118,7 +114,7 @@ def _position_from(v: Json) -> Position:
 def _order(o: Order) -> Json:
     return [str(o.order_id), None if o.intent_id is None else str(o.intent_id), o.strategy,
             o.account, o.symbol, o.side, str(o.quantity), str(o.remaining),
-            _d(o.limit_price), o.ts_ns]  # fmt: skip
+            _opt_str(o.limit_price), o.ts_ns]  # fmt: skip
 
 
 def _order_from(v: Json) -> Order:
@@ -131,18 +127,19 @@ def _order_from(v: Json) -> Order:
         v[5],
         Decimal(v[6]),
         Decimal(v[7]),
-        _D(v[8]),
+        _opt_decimal(v[8]),
         v[9],
     )
 
 
 def _obligation(o: Obligation) -> Json:
     return [o.kind, o.scope, str(o.trigger_id), str(o.correlation_id), o.reason,
-            _d(o.limit), _d(o.value), o.operator]  # fmt: skip
+            _opt_str(o.limit), _opt_str(o.value), o.operator]  # fmt: skip
 
 
 def _obligation_from(v: Json) -> Obligation:
-    return Obligation(v[0], v[1], uuid.UUID(v[2]), uuid.UUID(v[3]), v[4], _D(v[5]), _D(v[6]), v[7])
+    limit, value = _opt_decimal(v[5]), _opt_decimal(v[6])
+    return Obligation(v[0], v[1], uuid.UUID(v[2]), uuid.UUID(v[3]), v[4], limit, value, v[7])
 
 
 def _id_set(ids: IdSet) -> Json:
