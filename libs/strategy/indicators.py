@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from decimal import Decimal
+from decimal import Context, Decimal
 
 ZERO = Decimal(0)
 
@@ -54,6 +54,12 @@ class Rolling:
         return variance.sqrt()
 
 
+#: Room for any value a strategy may round: the default context's 28 digits
+#: made quantize fail (InvalidOperation) on a value of more than 28 - places
+#: digits, such as a z-score over a deviation that is rounding noise.
+_ROUNDING = Context(prec=100)
+
+
 def rounded(value: Decimal, places: int = 4) -> Decimal:
     """``value`` to ``places`` decimals, for reasons and signal strengths."""
-    return value.quantize(Decimal(1).scaleb(-places))
+    return value.quantize(Decimal(1).scaleb(-places), context=_ROUNDING)

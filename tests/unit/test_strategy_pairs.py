@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.pairs import PairsParams, PairsTrade
+from libs.strategy.indicators import rounded
 from libs.strategy.testing import MINUTE_NS, bar, fill_chain
 
 IDS = itertools.count(1)
@@ -103,3 +104,24 @@ def test_warmed_up_on_past_minutes_it_trades_on_the_first_live_one() -> None:
     assert legs(out) == [("MSFT", "sell", Decimal(95)), ("AAPL", "buy", Decimal(100))]
     cold = runtime()  # the same live minute without the history: nothing
     assert cold.run(minute(5, "105", "100")) == []
+
+
+def test_a_ratio_held_exactly_is_no_signal_and_no_fault() -> None:
+    # MSFT stays at twice AAPL for the whole lookback: the spread is ln 2 each
+    # minute, up to the last digit of the logarithms. Its deviation is rounding
+    # noise, and the z-score of the next real move over it once made the
+    # strategy fault (InvalidOperation) and stop.
+    rt = runtime()
+    out: list[Event] = []
+    for i, (msft, aapl) in enumerate([(200, 100), (400, 200), (600, 300), (202, 101), (800, 400)]):
+        out += rt.run(minute(i, str(msft), str(aapl)))
+    out += rt.run(minute(5, "830", "400"))  # a real move, over a flat history
+    assert [e.type for e in out] == []
+    assert rt.hosts["pair"].running
+
+
+def test_rounding_takes_any_value() -> None:
+    assert rounded(Decimal("1.23456789")) == Decimal("1.2346")
+    assert rounded(Decimal("1e30")) == Decimal("1e30").quantize(
+        Decimal("0.0001"), context=Context(prec=50)
+    )

@@ -24,6 +24,10 @@ from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
 
 
+#: Standard deviations of the log-price spread at or below this are noise.
+SPREAD_NOISE = Decimal("1e-12")
+
+
 class PairsParams(StrategyParams):
     lookback: int = Field(default=60, ge=3, le=10_000)
     entry_z: Decimal = Field(default=Decimal(2), gt=0, le=20)
@@ -79,7 +83,10 @@ class PairsTrade(Strategy[PairsParams]):
         mean = self._spreads.mean() if ready else Decimal(0)
         sd = self._spreads.stdev() if ready else Decimal(0)
         self._spreads.push(spread)
-        if not ready or sd == 0:
+        if not ready or sd <= SPREAD_NOISE:
+            # A spread that has not moved beyond the arithmetic's own rounding
+            # (a ratio held exactly: the logarithms differ in the last digit)
+            # carries no signal, and a z-score over it would be astronomic.
             return
         z = rounded((spread - mean) / sd)
         held_a, held_b = exposure(self.ctx, self._a), exposure(self.ctx, self._b)
