@@ -23,7 +23,6 @@ from libs.strategy.context import Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
 
-
 #: Standard deviations of the log-price spread at or below this are noise.
 SPREAD_NOISE = Decimal("1e-12")
 
