@@ -10,6 +10,7 @@ fills are booked to strategies.
 from __future__ import annotations
 
 import gc
+import random
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -450,3 +451,77 @@ def test_an_order_canceled_before_it_was_sent_is_withdrawn_once() -> None:
         )
     )
     assert not t.cancel_pending(other.payload.order_id)
+
+
+def _broker_truth(rng: random.Random, q: int) -> tuple[list[tuple[int, Decimal, int, str]], int]:
+    """The broker's executions of an order of ``q``: (qty, price, cumulative,
+    execution id), all of it or (the rest canceled) some."""
+    total = q if rng.random() < 0.7 else rng.randint(0, q)
+    fills: list[tuple[int, Decimal, int, str]] = []
+    cum = 0
+    while cum < total:
+        k = rng.randint(1, total - cum)
+        cum += k
+        fills.append((k, D(rng.randint(9900, 10100)) / 100, cum, f"x{len(fills)}"))
+    return fills, total
+
+
+def test_random_deliveries_publish_every_fill_once() -> None:
+    """The broker's stream drops, repeats and reorders updates; the gateway
+    reconciles now and then and at the end. Every execution is published
+    exactly once, in order, at its price (an inferred one within its average)."""
+    for seed in range(1000):
+        _one_random_order(seed)
+
+
+def _one_random_order(seed: int) -> None:
+    rng = random.Random(seed)
+    t = tracker()
+    q = rng.choice([1, 5, 10, 37])
+    cmd = command(qty=str(q))
+    submitted(t, cmd)
+    fills, total = _broker_truth(rng, q)
+    notional = sum((p * k for k, p, _, _ in fills), D(0))
+    final = "filled" if total == q else "canceled"
+
+    def at(cum: int, status: str) -> BrokerOrder:
+        n = sum((p * k for k, p, c, _ in fills if c <= cum), D(0))
+        avg = str((n / cum).quantize(D("0.0001"))) if cum else None
+        return order(cmd, str(cum), avg, status)
+
+    def listed() -> list[BrokerFill] | None:
+        if rng.random() < 0.5:
+            return None  # a venue that does not list executions
+        oid = str(cmd.payload.order_id)
+        return [BrokerFill("b-1", oid, "AAPL", "buy", D(k), p, D(c), D(q - c), 1, x)
+                for k, p, c, x in fills]  # fmt: skip
+
+    updates = []
+    for k, price, c, x in fills:
+        o = at(c, "filled" if c == q else "partially_filled")
+        exec_id = x if rng.random() < 0.8 else None
+        f = BrokerFill(o.broker_order_id, o.client_order_id, o.symbol, o.side, D(k), price,
+                       D(c), D(q - c), 5, exec_id)  # fmt: skip
+        updates.append(OrderUpdate("fill", o, 5, fill=f))
+    if total < q:
+        updates.append(OrderUpdate("canceled", at(total, "canceled"), 9))
+    delivered = [u for u in updates if rng.random() > 0.2]
+    delivered += [rng.choice(updates) for _ in range(rng.randint(0, 3))] if updates else []
+    if rng.random() < 0.5:
+        rng.shuffle(delivered)
+    out: list[Event] = []
+    for u in delivered:
+        out += t.on_update(u)
+        if t.needs_reconcile and rng.random() < 0.3:
+            out += t.reconcile(at(total, final), listed())
+    out += t.reconcile(at(total, final), listed())
+
+    published = [e for e in out if isinstance(e, FillReceived)]
+    assert sum((e.payload.quantity for e in published), D(0)) == total, seed
+    cums = [e.payload.cumulative_quantity for e in published]
+    assert cums == sorted(set(cums)), seed
+    paid = sum((e.payload.price * e.payload.quantity for e in published), D(0))
+    assert abs(paid - notional) <= D("0.0001") * q, seed
+    assert len({e.id for e in out}) == len(out), seed
+    canceled = [e for e in out if isinstance(e, OrderCanceled)]
+    assert len(canceled) == (1 if total < q else 0), seed
