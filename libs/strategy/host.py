@@ -25,10 +25,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -261,11 +262,8 @@ class StrategyHost:
             return []
         self._remember(event)
         bar = event.payload
-        self._warming = True
-        try:
+        with self._warming_up():
             return self._invoke(lambda: instance.on_warmup(bar), event, f"warmup/{event.id}")
-        finally:
-            self._warming = False
 
     def remember(self, bars: Iterable[Event]) -> None:
         """Past bars (the store's, oldest first) to warm the strategy up on when
@@ -477,6 +475,15 @@ class StrategyHost:
         self._outbox.append(intent)
         return intent
 
+    @contextlib.contextmanager
+    def _warming_up(self) -> Iterator[None]:
+        """While the strategy is shown past bars: emitting is refused."""
+        self._warming = True
+        try:
+            yield
+        finally:
+            self._warming = False
+
     def _refuse_in_warmup(self) -> None:
         if self._warming:
             raise StrategyUsageError(
@@ -520,14 +527,11 @@ class StrategyHost:
             if self._shown:
                 # The first instance: on the store's latest bars; a fresh one
                 # after a fault: on those the one before it was shown.
-                self._warming = True
-                try:
+                with self._warming_up():
                     for past in self.recent_bars():
                         if self.watchdog is not None:
                             self.watchdog.extend()  # each bar has the whole budget
                         instance.on_warmup(past.payload)
-                finally:
-                    self._warming = False
 
         return self._invoke(build_and_start, cause, f"start/{self.restarts}/{self.clock.now_ns()}")
 

@@ -69,10 +69,6 @@ class Watchdog:
         #: How many callbacks were stopped.
         self.overruns = 0
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
     def start(self) -> Watchdog:
         """Install the signal handler and start the thread (main thread only)."""
         if self._started:

@@ -180,11 +180,11 @@ class Runner:
         #: recreated at ``next_seq`` (libs/continuity.py).
         self._last_seen: Tail | None = None
         self.bus: Bus | None = None
-        # The same runtime the backtest uses, minus its synchronous feed: the
-        # runner drives each host from its own task instead.
         #: Stops a callback that runs past its strategy's ``max_callback_s``
         #: (started by :meth:`run`): one endless loop must not freeze the others.
         self.watchdog = Watchdog()
+        # The same runtime the backtest uses, minus its synchronous feed: the
+        # runner drives each host from its own task instead.
         self.runtime = InMemoryRuntime(
             clock=clock or WallClock(),
             source=f"{SERVICE}/{settings.instance}",

@@ -8,9 +8,6 @@ breakers and operator commands (``tests/unit/test_risk_checkpoint.py``).
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,11 +16,12 @@ import pytest
 from libs.bus.client import Bus
 from libs.store.urls import asyncpg_url
 from services.risk_gate.adapters.checkpoint import KEEP
-from services.risk_gate.adapters.store import rebuild
+from services.risk_gate.adapters.store import Rebuilt, rebuild
 from services.risk_gate.domain.evolve import RELEVANT_TYPES
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import RiskState
 from tests.integration.recording import record_stream
+from tests.integration.test_risk_gate import tradebus
 from tests.unit.test_risk_checkpoint import fold, timeline
 from tests.unit.test_risk_evolve import LIMITS, trade
 
@@ -44,15 +42,20 @@ async def sql(database_url: str, query: str) -> object:
         await conn.close()
 
 
+async def checkpoint_now(database_url: str) -> Rebuilt:
+    """A rebuild that writes a checkpoint of whatever it folded."""
+    return await rebuild(
+        database_url, RiskState.initial(LIMITS), write_checkpoint=True, checkpoint_after=1
+    )
+
+
 def relevant(events: list) -> int:  # type: ignore[type-arg]
     return sum(e.type in RELEVANT_TYPES for e in events)
 
 
 async def test_a_rebuild_folds_on_from_its_checkpoint_exactly(bus: Bus, database_url: str) -> None:
     await fill_store(bus, database_url, EVENTS[:HALF])
-    first = await rebuild(
-        database_url, RiskState.initial(LIMITS), write_checkpoint=True, checkpoint_after=1
-    )
+    first = await checkpoint_now(database_url)
     assert first.from_checkpoint is None
     assert first.wrote_checkpoint
     assert first.state == fold(RiskState.initial(LIMITS), EVENTS[:HALF])
@@ -70,9 +73,7 @@ async def test_a_checkpoint_that_does_not_fit_is_ignored(
     bus: Bus, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await fill_store(bus, database_url, EVENTS)
-    made = await rebuild(
-        database_url, RiskState.initial(LIMITS), write_checkpoint=True, checkpoint_after=1
-    )
+    made = await checkpoint_now(database_url)
     assert made.wrote_checkpoint
     whole = fold(RiskState.initial(LIMITS), EVENTS)
 
@@ -93,9 +94,7 @@ async def test_a_checkpoint_that_does_not_fit_is_ignored(
     # Unreadable.
     caplog.clear()
     await sql(database_url, "DELETE FROM risk_checkpoints")
-    await rebuild(
-        database_url, RiskState.initial(LIMITS), write_checkpoint=True, checkpoint_after=1
-    )
+    await checkpoint_now(database_url)
     await sql(database_url, "UPDATE risk_checkpoints SET state = 'garbage'::bytea")
     with caplog.at_level("WARNING"):
         unreadable = await rebuild(database_url, RiskState.initial(LIMITS))
@@ -108,9 +107,7 @@ async def test_only_the_newest_checkpoints_are_kept(bus: Bus, database_url: str)
     seqs = []
     for k in range(KEEP + 2):
         await fill_store(bus, database_url, [trade("AAPL", 100 + k)])
-        made = await rebuild(
-            database_url, RiskState.initial(LIMITS), write_checkpoint=True, checkpoint_after=1
-        )
+        made = await checkpoint_now(database_url)
         assert made.wrote_checkpoint
         seqs.append(made.last_seq)
     kept = await sql(database_url, "SELECT array_agg(seq ORDER BY seq) FROM risk_checkpoints")
@@ -124,23 +121,10 @@ async def test_the_checkpoint_command(
     limits.write_text(LIMITS.model_dump_json())  # JSON is YAML
     await fill_store(bus, database_url, EVENTS)
 
+    env = {"DATABASE_URL": database_url, "NATS_URL": nats_url}
+
     async def checkpoint(*args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "risk-gate",
-            "checkpoint",
-            "--config",
-            str(limits),
-            *args,
-            env={**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        assert proc.returncode == 0, err.decode()
-        return out.decode()
+        return await tradebus(env, "risk-gate", "checkpoint", "--config", str(limits), *args)
 
     last = len(EVENTS)
     n = relevant(EVENTS)

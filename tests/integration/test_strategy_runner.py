@@ -41,13 +41,17 @@ ENVELOPE = (
     "causation_id",
     "payload",
 )
-CONFIG = """
-strategies:
+#: The moving-average crossover every runner here trades on AAPL.
+SMA_X = """
   - name: sma-x
     kind: sma_crossover
     symbols: [AAPL]
     account: paper
-    params: {fast_period: 2, slow_period: 3, quantity: 10}
+    params: {fast_period: 2, slow_period: 3, quantity: 10}"""
+CONFIG = (
+    "\nstrategies:"
+    + SMA_X
+    + """
   - name: boom
     kind: libs.strategy.testing:EchoStrategy
     symbols: [MSFT]
@@ -58,6 +62,7 @@ strategies:
     max_restarts: 1
     params: {quantity: 1, fail_on_close: ["13"]}
 """
+)
 
 
 def service(
@@ -318,13 +323,10 @@ async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     assert again.terminate() == 0, again.log_text()[-3000:]
 
 
-HANG_CONFIG = """
-strategies:
-  - name: sma-x
-    kind: sma_crossover
-    symbols: [AAPL]
-    account: paper
-    params: {fast_period: 2, slow_period: 3, quantity: 10}
+HANG_CONFIG = (
+    "\nstrategies:"
+    + SMA_X
+    + """
   - name: hang
     kind: libs.strategy.testing:EchoStrategy
     symbols: [MSFT]
@@ -332,6 +334,7 @@ strategies:
     max_callback_s: 0.5
     params: {quantity: 1, hang_on_close: ["13"]}
 """
+)
 
 
 async def test_an_endless_loop_in_one_strategy_is_stopped_and_the_others_trade(

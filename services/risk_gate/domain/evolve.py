@@ -222,6 +222,7 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
         if pnl <= -limits.daily_loss_limit:
             if state.loss_tripped.get(account) == state.day or "daily_loss" in pending:
                 continue
+            shown = reportable(pnl)
             state = _oblige(
                 state,
                 Obligation(
@@ -229,10 +230,9 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     account,
                     trigger.id,
                     trigger.correlation_id,
-                    f"day P&L {reportable(pnl)} reached the daily loss limit "
-                    f"-{limits.daily_loss_limit}",
+                    f"day P&L {shown} reached the daily loss limit -{limits.daily_loss_limit}",
                     limit=limits.daily_loss_limit,
-                    value=reportable(pnl),
+                    value=shown,
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
@@ -242,6 +242,7 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                 or pending & {"reduce", "daily_loss"}
             ):
                 continue
+            shown = reportable(pnl)
             state = _oblige(
                 state,
                 Obligation(
@@ -249,10 +250,9 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     account,
                     trigger.id,
                     trigger.correlation_id,
-                    f"day P&L {reportable(pnl)} reached the reduce-only level "
-                    f"-{limits.reduce_only_at_loss}",
+                    f"day P&L {shown} reached the reduce-only level -{limits.reduce_only_at_loss}",
                     limit=limits.reduce_only_at_loss,
-                    value=reportable(pnl),
+                    value=shown,
                 ),
             )
     return state
