@@ -32,11 +32,12 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-from harness import Database, say  # bench/harness.py
+from harness import Database, copy_events, say  # bench/harness.py
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -50,9 +51,7 @@ from libs.contract.events import (
     TradePayload,
     TradePrinted,
 )
-from libs.contract.subjects import subject_for
 from libs.local.servers import PostgresServer
-from libs.store.schema import COPY_COLUMNS
 from libs.store.urls import asyncpg_url
 from libs.strategy.testing import At, ny_ns
 from services.risk_gate.adapters import checkpoint
@@ -78,26 +77,6 @@ LIMITS = RiskLimits.model_validate(
     }
 )
 COPY_BATCH = 20_000
-
-
-def _row(seq: int, e: Event) -> tuple[object, ...]:
-    p = e.payload
-    return (
-        seq,
-        e.id,
-        subject_for(e),
-        e.type,
-        e.ts_event,
-        e.ts_init,
-        e.source,
-        e.correlation_id,
-        e.causation_id,
-        getattr(p, "strategy", None),
-        getattr(p, "account", None),
-        getattr(p, "symbol", None),
-        p.model_dump_json(),
-        None,
-    )
 
 
 class Feed:
@@ -198,20 +177,16 @@ class Feed:
 
 async def fill_store(url: str, feed: Feed, rows: int, first_seq: int) -> int:
     """Append ``rows`` events of ``feed`` (COPY, in batches); the next seq."""
-    conn = await asyncpg.connect(asyncpg_url(url))
-    seq = first_seq
-    try:
-        while seq - first_seq < rows:
-            batch = feed.events(min(COPY_BATCH, rows - (seq - first_seq)))
-            records = [_row(seq + k, e) for k, e in enumerate(batch)]
-            await conn.copy_records_to_table("events", records=records, columns=COPY_COLUMNS)
-            seq += len(batch)
-            if (seq - first_seq) % 200_000 < COPY_BATCH:
-                say(f"store: {seq - 1:,} events")
-        await conn.execute("ANALYZE events")
-    finally:
-        await conn.close()
-    return seq
+    done = 0
+
+    def batches() -> Iterator[list[Event]]:
+        nonlocal done
+        while done < rows:
+            batch = feed.events(min(COPY_BATCH, rows - done))
+            done += len(batch)
+            yield batch
+
+    return await copy_events(url, batches(), first_seq)
 
 
 def _progress(folded: int, seq: int, last: int) -> None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from libs.config import ConfigError, ServiceSettings
 from libs.contract.envelope import Token
@@ -37,6 +45,20 @@ class GatewaySettings(ServiceSettings):
     max_submit_delay_s: float = Field(default=30.0, gt=0, le=86_400)
     #: On start-up, wait this long for the recorder to catch up before rebuilding.
     rebuild_wait_s: float = Field(default=30.0, ge=0, le=600)
+    #: The start-up rebuild leaves out a settled order (filled, canceled or
+    #: rejected) whose last event is older than this, unless a command after
+    #: the consumer's ack floor is about it: nothing the broker or the stream
+    #: can still bring concerns it. At least ``max_submit_delay_s`` (a
+    #: recreated consumer replays that far back).
+    rebuild_settled_s: float = Field(default=7 * 86_400, gt=0)
+
+    @field_validator("rebuild_settled_s")
+    @classmethod
+    def _covers_replay(cls, value: float, info: ValidationInfo) -> float:
+        delay = info.data.get("max_submit_delay_s")
+        if delay is not None and value < delay:
+            raise ValueError(f"must be at least max_submit_delay_s ({delay:g})")
+        return value
 
 
 class _Strict(BaseModel):

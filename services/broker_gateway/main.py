@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from typing import Any
 
+import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
@@ -23,6 +25,7 @@ from libs.bus.consumer import header_dict
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
+from libs.contract.subjects import STREAM
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import keep_for_good, run_service
@@ -60,29 +63,43 @@ def make_port(account: BrokerAccount) -> BrokerPort:
 
 
 async def _rebuilt(
-    settings: GatewaySettings, names: list[str], stream_last_seq: int, clock: Clock, source: str
+    settings: GatewaySettings,
+    bus: Bus,
+    names: list[str],
+    stream_last_seq: int,
+    clock: Clock,
+    source: str,
 ) -> dict[str, OrderTracker]:
     """Each account's tracker, rebuilt from the store.
 
     A function of its own so that the recorded events are let go once the
     trackers have them (as a local of ``serve`` they lived as long as it).
+    Old settled orders are left out (``rebuild_settled_s``), except those a
+    command the consumer may still deliver (after its ack floor) is about.
     """
+    try:
+        info = await bus.js.consumer_info(STREAM, settings.consumer)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    except nats.js.errors.NotFoundError:
+        # A new consumer replays max_submit_delay_s back, within rebuild_settled_s.
+        floor = stream_last_seq
     history = await order_path_history(
         settings.database_url.get_secret_value(),
         names,
         stream_last_seq=stream_last_seq,
         wait_s=settings.rebuild_wait_s,
+        pending_from_seq=floor + 1,
+        settled_before_ns=time.time_ns() - int(settings.rebuild_settled_s * 1e9),
     )
-    trackers = {n: OrderTracker(n, clock=clock, source=source) for n in names}
-    for event in history:
-        tracker = trackers.get(str(getattr(event.payload, "account", "")))
-        if tracker is not None:
-            tracker.evolve(event)
+    trackers = history.trackers(names, clock=clock, source=source)
     log.info(
-        "rebuilt %d accounts from %d order-path events (%d orders)",
+        "rebuilt %d accounts from %d order-path events (%d orders; %d settled orders "
+        "older than %gs left out)",
         len(trackers),
-        len(history),
+        len(history.events),
         sum(len(t.orders) for t in trackers.values()),
+        history.orders_left_out,
+        settings.rebuild_settled_s,
     )
     del history
     keep_for_good()
@@ -99,7 +116,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
     async with bus:
         info = await bus.ensure_stream()
         names = [a.name for a in accounts]
-        trackers = await _rebuilt(settings, names, info.state.last_seq, clock, source)
+        trackers = await _rebuilt(settings, bus, names, info.state.last_seq, clock, source)
 
         async def dead(msg: Msg, error: str) -> None:
             seq = msg.metadata.sequence.stream if msg.reply else None

@@ -4,6 +4,8 @@
   recorder would, without running one: for services that must start on a
   store that is not empty (their start-up compares the store's last row with
   the stream).
+- :func:`record_events` appends events to the store as the recorder would
+  write them (after its last row), for tests of what services read back.
 - :func:`wipe_nats` restarts a test's own nats-server with its data gone.
 """
 
@@ -11,12 +13,16 @@ from __future__ import annotations
 
 import shutil
 
+import asyncpg
 import nats.errors
 
 from libs.bus.client import Bus
-from libs.contract.codec import DEFAULT_MAX_BYTES
+from libs.contract.codec import DEFAULT_MAX_BYTES, encode
+from libs.contract.envelope import Event
 from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
+from libs.store.schema import COPY_COLUMNS
+from libs.store.urls import asyncpg_url
 from libs.store.writer import EventWriter
 from libs.testing.wait import eventually
 from services.recorder.domain.rows import StreamMessage, to_row
@@ -35,6 +41,20 @@ async def record_stream(bus: Bus, database_url: str) -> int:
         rows.append(to_row(msg, max_bytes=DEFAULT_MAX_BYTES).row)
     async with await EventWriter.open(database_url) as writer:
         return await writer.write(rows)
+
+
+async def record_events(database_url: str, events: list[Event]) -> None:
+    """Append ``events`` to the store, in order, after its last row."""
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        start = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+        records = [
+            tuple(to_row(StreamMessage(start + i + 1, "s", encode(e)), max_bytes=1 << 20).row)
+            for i, e in enumerate(events)
+        ]
+        await conn.copy_records_to_table("events", records=records, columns=COPY_COLUMNS)
+    finally:
+        await conn.close()
 
 
 async def wipe_nats(server: NatsServer, bus: Bus) -> None:

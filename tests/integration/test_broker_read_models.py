@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 
-from libs.contract.codec import encode
 from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
     BarClosed,
@@ -33,9 +32,8 @@ from libs.contract.events import (
     TradePrinted,
 )
 from libs.store.migrate import upgrade_async
-from libs.store.schema import COPY_COLUMNS
 from libs.store.urls import asyncpg_url
-from services.recorder.domain.rows import StreamMessage, to_row
+from tests.integration.recording import record_events
 
 D = Decimal
 CLOCK = WallClock()
@@ -131,19 +129,6 @@ def bar(symbol: str, close: str) -> BarClosed:
     )
 
 
-async def record(database_url: str, events: list[Event]) -> None:
-    conn = await asyncpg.connect(asyncpg_url(database_url))
-    try:
-        start = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
-        records = [
-            tuple(to_row(StreamMessage(start + i + 1, "s", encode(e)), max_bytes=1 << 20).row)
-            for i, e in enumerate(events)
-        ]
-        await conn.copy_records_to_table("events", records=records, columns=COPY_COLUMNS)
-    finally:
-        await conn.close()
-
-
 async def query(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(asyncpg_url(database_url))
     try:
@@ -169,7 +154,7 @@ async def test_positions_realized_and_unrealized_pnl(database_url: str) -> None:
     # The same fill recorded again under another id (the order's cumulative
     # quantity says it is the same): counted once.
     again = dup.model_copy(update={"id": uuid.uuid4()})
-    await record(database_url, [*o.events, again, trade("AAPL", "99"), bar("NVDA", "12")])
+    await record_events(database_url, [*o.events, again, trade("AAPL", "99"), bar("NVDA", "12")])
 
     rows = await query(
         database_url,
@@ -246,7 +231,7 @@ async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None
     accepted = o.submit("s3", "MSFT", "sell", "1")
     o.accept(accepted)
     waiting = o.submit("s3", "MSFT", "sell", "1")
-    await record(database_url, o.events)
+    await record_events(database_url, o.events)
     rows = await query(database_url, "SELECT * FROM orders WHERE account = $1", ACCOUNT)
     status = {r["order_id"]: (r["status"], r["filled_quantity"], r["strategy"]) for r in rows}
     assert status == {

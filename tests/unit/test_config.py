@@ -148,3 +148,19 @@ def test_a_refused_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> No
     printed = "".join(traceback.format_exception(info.value))
     assert SECRET not in printed
     assert info.value.__cause__ is None
+
+
+def test_gateway_rebuild_window_is_refused_below_the_submit_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.broker_gateway.config import GatewaySettings
+
+    assert load_settings(GatewaySettings).rebuild_settled_s == 7 * 86_400
+    monkeypatch.setenv("TRADEBUS_MAX_SUBMIT_DELAY_S", "120")
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", "60")
+    with pytest.raises(ConfigError) as info:
+        load_settings(GatewaySettings)
+    assert "TRADEBUS_REBUILD_SETTLED_S" in str(info.value)
+    assert "at least max_submit_delay_s (120)" in str(info.value)
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", "120")
+    assert load_settings(GatewaySettings).rebuild_settled_s == 120

@@ -8,6 +8,16 @@ store, so it first waits (up to a limit) for the recorder to reach the
 stream's last sequence as it was at start-up; had it not, a redelivered
 command could be answered twice — with the same derived ids, which
 JetStream's duplicate window would still drop.
+
+Not every order is read back. A settled order (rejected, canceled, or
+filled to the last share) whose last event is older than ``settled_before_ns``
+and lies before ``pending_from_seq`` (the first command the gateway's
+consumer may still deliver) is left out: no command can come back for it,
+and no broker fact can still arrive about it. Without this a start-up would
+read, decode and hold every order ever placed, so each restart would be
+slower than the one before (the memory was also let go only after the
+rebuild). Positions do span all history: they are summed over every
+recorded fill by PostgreSQL (:func:`positions_sql`), not folded here.
 """
 
 from __future__ import annotations
@@ -16,13 +26,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import asyncpg
 import orjson
 
+from libs.contract.envelope import Clock
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
+from services.broker_gateway.domain.tracker import OrderTracker
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +51,82 @@ ORDER_PATH_TYPES = (
 )
 POLL_S = 0.1
 
+#: The account's order-path events, less the settled orders left out ($3:
+#: the first sequence that may still matter, $4: the oldest ts_init that may).
+HISTORY_SQL = """
+WITH ev AS MATERIALIZED (
+    SELECT seq, id, type, ts_event, ts_init, source, correlation_id, causation_id, payload,
+           payload->>'order_id' AS order_id
+    FROM events
+    WHERE account = ANY($1::text[]) AND type = ANY($2::text[])
+),
+left_out AS (
+    SELECT order_id FROM ev
+    WHERE order_id IS NOT NULL
+    GROUP BY order_id
+    HAVING bool_or(
+        type IN ('OrderRejected', 'OrderCanceled')
+        OR (type = 'FillReceived' AND (payload->>'leaves_quantity')::numeric = 0)
+    )
+    AND max(seq) < $3 AND max(ts_init) < $4
+),
+kept AS (
+    SELECT ev.* FROM ev LEFT JOIN left_out USING (order_id) WHERE left_out.order_id IS NULL
+)
+-- One row at least, so that the count comes back when nothing is kept.
+SELECT c.left_out, kept.seq, kept.id, kept.type, kept.ts_event, kept.ts_init, kept.source,
+       kept.correlation_id, kept.causation_id, kept.payload
+FROM (SELECT count(*) AS left_out FROM left_out) c LEFT JOIN kept ON true
+ORDER BY kept.seq
+"""
+
+#: Net quantity per (account, strategy, symbol) over every recorded fill; a
+#: fill without a strategy is booked as the tracker books it, to its order's.
+POSITIONS_SQL = """
+WITH submits AS (
+    SELECT DISTINCT ON (payload->>'order_id')
+           payload->>'order_id' AS order_id, payload->>'strategy' AS strategy
+    FROM events
+    WHERE account = ANY($1::text[]) AND type = 'SubmitOrder'
+    ORDER BY payload->>'order_id', seq
+)
+SELECT f.account, coalesce(f.payload->>'strategy', s.strategy) AS strategy,
+       f.payload->>'symbol' AS symbol,
+       sum(CASE f.payload->>'side'
+               WHEN 'buy' THEN (f.payload->>'quantity')::numeric
+               ELSE -(f.payload->>'quantity')::numeric
+           END)::text AS quantity
+FROM events f LEFT JOIN submits s ON s.order_id = f.payload->>'order_id'
+WHERE f.account = ANY($1::text[]) AND f.type = 'FillReceived'
+GROUP BY 1, 2, 3
+"""
+
+Positions = dict[tuple[str | None, str], Decimal]
+
+
+@dataclass
+class History:
+    """What a start-up rebuild reads: events in stream order, positions per account."""
+
+    events: list[AnyEvent]
+    positions: dict[str, Positions] = field(default_factory=dict)
+    #: Settled orders not read back (see the module's docstring).
+    orders_left_out: int = 0
+
+    def trackers(
+        self, accounts: Sequence[str], *, clock: Clock, source: str
+    ) -> dict[str, OrderTracker]:
+        """Each account's tracker: the events folded, the positions set over all fills."""
+        trackers = {a: OrderTracker(a, clock=clock, source=source) for a in accounts}
+        for event in self.events:
+            tracker = trackers.get(str(getattr(event.payload, "account", "")))
+            if tracker is not None:
+                tracker.evolve(event)
+        for name, tracker in trackers.items():
+            # Over every fill, those of the orders left out included.
+            tracker.positions = dict(self.positions.get(name, {}))
+        return trackers
+
 
 async def order_path_history(
     database_url: str,
@@ -44,8 +134,11 @@ async def order_path_history(
     *,
     stream_last_seq: int,
     wait_s: float,
-) -> list[AnyEvent]:
-    """The accounts' order-path events in stream order."""
+    pending_from_seq: int,
+    settled_before_ns: int,
+) -> History:
+    """The accounts' order-path events in stream order (less old settled
+    orders) and their positions over all recorded fills."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as e:
@@ -64,17 +157,36 @@ async def order_path_history(
                 )
                 break
             await asyncio.sleep(POLL_S)  # polling the recorder's progress
-        rows = await conn.fetch(
-            "SELECT id, type, ts_event, ts_init, source, correlation_id, causation_id, payload "
-            "FROM events WHERE account = ANY($1::text[]) AND type = ANY($2::text[]) ORDER BY seq",
-            list(accounts),
-            list(ORDER_PATH_TYPES),
-        )
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                HISTORY_SQL,
+                list(accounts),
+                list(ORDER_PATH_TYPES),
+                pending_from_seq,
+                settled_before_ns,
+            )
+            sums = await conn.fetch(POSITIONS_SQL, list(accounts))
     except (OSError, TimeoutError, asyncpg.PostgresError) as e:
         raise StoreUnavailable(f"cannot read the event store: {e}") from e
     finally:
         await conn.close()
-    return [
-        EVENT_ADAPTER.validate_python({**dict(r), "payload": orjson.loads(r["payload"])})
+    positions: dict[str, Positions] = {a: {} for a in accounts}
+    for r in sums:
+        positions[r["account"]][(r["strategy"], r["symbol"])] = Decimal(r["quantity"])
+    events = [
+        EVENT_ADAPTER.validate_python(
+            {
+                "id": r["id"],
+                "type": r["type"],
+                "ts_event": r["ts_event"],
+                "ts_init": r["ts_init"],
+                "source": r["source"],
+                "correlation_id": r["correlation_id"],
+                "causation_id": r["causation_id"],
+                "payload": orjson.loads(r["payload"]),
+            }
+        )
         for r in rows
+        if r["seq"] is not None
     ]
+    return History(events, positions, int(rows[0]["left_out"]))

@@ -1,0 +1,311 @@
+"""The gateway's start-up rebuild leaves out old settled orders, and nothing else.
+
+A random history of one account (every way an order ends or stays open, a
+flatten with closing fills booked to strategies, another account beside it)
+is recorded in a real store. Rebuilt through
+``services/broker_gateway/adapters/history.py``, every order kept must be
+exactly what folding the whole history gives, the positions must be the
+whole history's, and the orders left out must be exactly the settled ones
+whose last event is both older than the window and before the first
+command the consumer may still deliver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+import uuid
+from decimal import Decimal
+
+from pydantic import SecretStr
+
+from libs.bus.client import Bus
+from libs.bus.consumer import ensure_consumer
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    CancelOrder,
+    CancelOrderPayload,
+    FillReceived,
+    FlattenAccount,
+    FlattenAccountPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
+from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
+from libs.strategy.testing import At
+from services.broker_gateway.adapters.history import History, order_path_history
+from services.broker_gateway.config import GatewaySettings
+from services.broker_gateway.domain.model import BrokerOrder, OrderUpdate
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.main import _rebuilt
+from tests.integration.recording import record_events
+from tests.integration.test_broker_tracker import fill_update, order
+
+D = Decimal
+ACCOUNT = "acct"
+OTHER = "other"
+DAY_NS = 86_400 * 10**9
+NOW = time.time_ns()
+WINDOW_NS = 7 * DAY_NS
+OUTCOMES = (
+    "filled",
+    "filled_in_parts",
+    "rejected",
+    "refused",
+    "canceled",
+    "canceled_after_a_fill",
+    "open",
+    "open_partly_filled",
+    "unanswered",
+    "withdrawn",
+)
+
+
+class Clock:
+    """Set by the test: every order's events carry its own time."""
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def now_ns(self) -> int:
+        return self.t
+
+
+def _submit(clock: Clock, rng: random.Random, account: str = ACCOUNT) -> SubmitOrder:
+    return SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.UUID(int=rng.getrandbits(128)),
+            strategy=rng.choice(["s1", "s2"]),
+            account=account,
+            symbol=rng.choice(["AAPL", "MSFT"]),
+            side=rng.choice(["buy", "sell"]),
+            quantity=D(rng.randint(2, 20)),
+        ),
+        source="test/risk-gate",
+        clock=At(clock.t),
+    )
+
+
+def _one_order(live: OrderTracker, clock: Clock, rng: random.Random, outcome: str) -> list[Event]:
+    """The recorded events of one order that ends (or stays) as ``outcome``."""
+    cmd = _submit(clock, rng, live.account)
+    oid, qty = cmd.payload.order_id, int(cmd.payload.quantity)
+    bid = f"b-{oid.hex[:12]}"
+    out: list[Event] = [cmd]
+    if outcome == "withdrawn":
+        cancel = CancelOrder.create(
+            CancelOrderPayload(order_id=oid, account=live.account),
+            source="test/risk-gate",
+            clock=At(clock.t),
+        )
+        live.evolve(cmd)
+        live.evolve(cancel)
+        return [*out, cancel, *live.withdrawn(oid)]
+    assert live.plan_submit(cmd)
+    live.request(oid)
+    if outcome == "unanswered":
+        return out
+    if outcome == "refused":
+        return out + live.refused(oid, "not shortable", "40310000")
+    if outcome == "rejected":
+        return out + live.submitted(oid, order(cmd, status="rejected", broker_id=bid))
+    out += live.submitted(oid, order(cmd, broker_id=bid))
+    if outcome == "open":
+        return out
+    cum = 0
+    parts = {"filled": [qty], "open_partly_filled": [1]}.get(outcome, [1, qty - 1])
+    if outcome == "canceled":
+        parts = []
+    for k, part in enumerate(parts[:1] if outcome == "canceled_after_a_fill" else parts):
+        cum += part
+        status = "filled" if cum == qty else "partially_filled"
+        o = order(cmd, str(cum), "100", status, broker_id=bid)
+        out += live.on_update(fill_update(o, str(part), "100", f"{bid}-{k}"))
+    if outcome.startswith("canceled"):
+        o = order(cmd, str(cum), "100" if cum else None, "canceled", broker_id=bid)
+        out += live.on_update(OrderUpdate("canceled", o, clock.t))
+    return out
+
+
+def _flatten(live: OrderTracker, clock: Clock) -> list[Event]:
+    """Close-all while positions are held: the closing fills go to strategies."""
+    net = {sym: sum((q for (_, s), q in live.positions.items() if s == sym), D(0))
+           for sym in ("AAPL", "MSFT")}  # fmt: skip
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="test"),
+        source="test/risk-gate",
+        clock=At(clock.t),
+    )
+    live.flatten_started(flatten)
+    closing = [
+        BrokerOrder(
+            broker_order_id=f"close-{sym}",
+            client_order_id=f"close-{sym}",
+            symbol=sym,
+            side="sell" if q > 0 else "buy",
+            quantity=abs(q),
+            filled_quantity=D(0),
+            filled_avg_price=None,
+            status="accepted",
+        )
+        for sym, q in net.items()
+        if q != 0
+    ]
+    out: list[Event] = [flatten, *live.flatten_done(closing)]
+    for o in closing:
+        done = dataclasses.replace(
+            o, filled_quantity=o.quantity, filled_avg_price=D(99), status="filled"
+        )
+        out += live.on_update(fill_update(done, str(o.quantity), "99", f"x-{o.symbol}"))
+    return out
+
+
+def _history(seed: int) -> tuple[list[Event], int]:
+    """A recorded history, and the sequence of its first recent event."""
+    rng = random.Random(seed)
+    clock = Clock()
+    live = OrderTracker(ACCOUNT, clock=clock, source="broker-gateway/test")
+    other = OrderTracker(OTHER, clock=clock, source="broker-gateway/test")
+    events: list[Event] = []
+    for i in range(150):
+        clock.t = NOW - 10 * DAY_NS + i * 10**9
+        events += _one_order(live, clock, rng, OUTCOMES[i % len(OUTCOMES)])
+        if i == 100:
+            events += _flatten(live, clock)
+        if i % 7 == 0:
+            events += _one_order(other, clock, rng, "filled")
+    first_recent = len(events) + 1
+    for i in range(40):
+        clock.t = NOW - 3600 * 10**9 + i * 10**9
+        events += _one_order(live, clock, rng, rng.choice(OUTCOMES))
+    return events, first_recent
+
+
+def _fold(events: list[Event]) -> OrderTracker:
+    """The whole history folded: what every start-up did before."""
+    full = OrderTracker(ACCOUNT, clock=Clock(), source="broker-gateway/test")
+    for e in events:
+        full.evolve(e)  # type: ignore[arg-type]
+    return full
+
+
+def _expected_left_out(
+    events: list[Event], full: OrderTracker, pending_from: int, before_ns: int
+) -> set[uuid.UUID]:
+    last: dict[uuid.UUID, tuple[int, int]] = {}
+    for seq, e in enumerate(events, start=1):
+        oid = getattr(e.payload, "order_id", None)
+        if oid is not None and e.payload.account == ACCOUNT:
+            last[oid] = (seq, e.ts_init)
+    return {
+        oid
+        for oid, (seq, ts) in last.items()
+        if full.orders[oid].terminal is not None and seq < pending_from and ts < before_ns
+    }
+
+
+async def _rebuild(url: str, pending_from: int, before_ns: int) -> tuple[History, OrderTracker]:
+    history = await order_path_history(
+        url,
+        [ACCOUNT],
+        stream_last_seq=0,
+        wait_s=0,
+        pending_from_seq=pending_from,
+        settled_before_ns=before_ns,
+    )
+    trackers = history.trackers([ACCOUNT], clock=Clock(), source="broker-gateway/test")
+    return history, trackers[ACCOUNT]
+
+
+async def test_old_settled_orders_are_left_out_and_nothing_else(database_url: str) -> None:
+    events, first_recent = _history(seed=7)
+    await record_events(database_url, events)
+    full = _fold(events)
+    before = NOW - WINDOW_NS
+    assert full.positions
+    assert any(t.closing for t in full.orders.values())
+    for pending_from in (len(events) + 1, first_recent - 200, 1):
+        history, kept = await _rebuild(database_url, pending_from, before)
+        left_out = _expected_left_out(events, full, pending_from, before)
+        if pending_from > 1:
+            assert len(left_out) > 50, "the history must have old settled orders to leave out"
+        assert history.orders_left_out == len(left_out)
+        assert set(kept.orders) == set(full.orders) - left_out
+        for oid, t in kept.orders.items():
+            assert t == full.orders[oid], oid
+        assert {t.order_id for t in kept.unsettled()} == {t.order_id for t in full.unsettled()}
+        assert kept.positions == full.positions
+        # Every kept order is found by its ids as before; the others are not held.
+        assert kept._by_client == {k: v for k, v in full._by_client.items() if v in kept.orders}
+        assert kept._by_broker == {k: v for k, v in full._by_broker.items() if v in kept.orders}
+        # A command the consumer may still deliver is recognised, not sent again.
+        for e in events[pending_from - 1 :]:
+            if isinstance(e, SubmitOrder) and e.payload.account == ACCOUNT:
+                t = kept.orders[e.payload.order_id]
+                assert kept.plan_submit(e) == (t.terminal is None and not t.accepted
+                                               and t.cancel_cause is None)  # fmt: skip
+
+
+async def test_a_window_over_the_whole_history_keeps_everything(database_url: str) -> None:
+    events, _ = _history(seed=11)
+    await record_events(database_url, events)
+    full = _fold(events)
+    history, kept = await _rebuild(database_url, len(events) + 1, NOW - 30 * DAY_NS)
+    assert history.orders_left_out == 0
+    assert kept.orders == full.orders
+    assert kept.positions == full.positions
+
+
+async def test_a_store_of_only_old_settled_orders_still_gives_positions(database_url: str) -> None:
+    rng = random.Random(3)
+    clock = Clock()
+    clock.t = NOW - 30 * DAY_NS
+    live = OrderTracker(ACCOUNT, clock=clock, source="broker-gateway/test")
+    events: list[Event] = []
+    for _ in range(5):
+        events += _one_order(live, clock, rng, "filled")
+    # A fill recorded without its strategy is booked to its order's, as the
+    # tracker books it.
+    k, fill = next((k, e) for k, e in enumerate(events) if isinstance(e, FillReceived))
+    events[k] = fill.model_copy(
+        update={"payload": fill.payload.model_copy(update={"strategy": None})}
+    )
+    await record_events(database_url, events)
+    history, kept = await _rebuild(database_url, len(events) + 1, NOW - WINDOW_NS)
+    assert history.events == []
+    assert history.orders_left_out == 5
+    assert kept.orders == {}
+    assert kept.positions == _fold(events).positions == live.positions != {}
+
+
+async def test_the_gateway_keeps_what_its_consumer_may_still_deliver(
+    database_url: str, bus: Bus
+) -> None:
+    """``main._rebuilt`` reads the consumer's ack floor: with none yet acked,
+    any command may come again, so nothing is left out; with no consumer
+    (a new one replays only ``max_submit_delay_s``), old settled orders are."""
+    events, _ = _history(seed=5)
+    await record_events(database_url, events)
+    await bus.ensure_stream()
+    settings = GatewaySettings(
+        database_url=SecretStr(database_url),
+        consumer=f"gw-{uuid.uuid4().hex[:8]}",
+        rebuild_wait_s=0,
+    )
+
+    async def rebuilt() -> OrderTracker:
+        # The store stands for the stream here: its last sequence is the stream's.
+        trackers = await _rebuilt(
+            settings, bus, [ACCOUNT], len(events), Clock(), "broker-gateway/test"
+        )
+        return trackers[ACCOUNT]
+
+    full = _fold(events)
+    without_consumer = await rebuilt()
+    assert len(without_consumer.orders) < len(full.orders) - 50
+    await ensure_consumer(bus, settings.consumer, filter_subject=ORDERS_CMD_ALL)
+    try:
+        assert (await rebuilt()).orders == full.orders
+    finally:
+        await bus.js.delete_consumer(STREAM, settings.consumer)
