@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/risk_decide.py
 	$(PY) bench/risk_rebuild.py
 	$(PY) bench/gateway_tracker.py
-	$(PY) bench/gateway_rebuild.py
+	$(PY) bench/startup_rebuild.py
 	$(PY) bench/wake_cost.py
 	$(PY) bench/marketdata.py
 

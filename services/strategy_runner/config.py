@@ -20,6 +20,11 @@ class RunnerSettings(ServiceSettings):
     consumer_name: Token = "strategy-runner"
     #: Rebuild positions from the event store before starting (off: start flat).
     rebuild_from_store: bool = True
+    #: A strategy's chain (signal, intents, decisions, orders) whose every
+    #: intent is finished and whose last event is older than this is not read
+    #: back at start-up; its fills still are (positions and P&L span all of
+    #: them).
+    rebuild_finished_s: float = Field(default=7 * 86_400, gt=0)
     #: Pause between attempts while NATS or Postgres is unreachable at start-up.
     retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
     #: How long SIGTERM waits for inboxes to drain and ``on_stop`` to run.

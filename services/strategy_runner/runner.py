@@ -310,7 +310,13 @@ class Runner:
                 warmup[key] = max(warmup.get(key, 0), task.host.warmup_bars)
         history = await self._retrying(
             "reading the event store",
-            lambda: load_history(url, list(self.tasks), self.symbols, warmup),
+            lambda: load_history(
+                url,
+                list(self.tasks),
+                self.symbols,
+                warmup,
+                finished_before_ns=time.time_ns() - int(self.settings.rebuild_finished_s * 1e9),
+            ),
         )
         if history is None:
             return None

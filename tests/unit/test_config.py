@@ -164,3 +164,12 @@ def test_gateway_rebuild_window_is_refused_below_the_submit_delay(
     assert "at least max_submit_delay_s (120)" in str(info.value)
     monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", "120")
     assert load_settings(GatewaySettings).rebuild_settled_s == 120
+
+
+def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.strategy_runner.config import RunnerSettings
+
+    assert load_settings(RunnerSettings).rebuild_finished_s == 7 * 86_400
+    monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", "0")
+    with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_FINISHED_S"):
+        load_settings(RunnerSettings)

@@ -5,7 +5,10 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
 
 - every event of every chain a strategy started — its signals and intents,
   the risk-gate's decisions, the broker's acks, rejects, cancels and fills —
-  found by correlation id = one of its signals' ids;
+  found by correlation id = one of its signals' ids; except, past the
+  runner's ``rebuild_finished_s``, chains whose every intent is finished,
+  of which only the fills are read (each start-up would otherwise read
+  every order the strategies ever placed);
 - every fill booked to a strategy outside its own chains (a
   ``FlattenAccount``'s closing orders, booked by the broker-gateway to the
   strategies whose positions they closed);
@@ -39,13 +42,42 @@ COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_i
 
 # Two index scans, not one OR (which read the whole table: 28 ms -> 326 ms on
 # a million rows); a fill of a strategy's own chain comes from both halves,
-# and load_history keeps it once.
+# and load_history keeps it once. A chain whose intents are all finished
+# (denied, rejected, canceled, completely filled) and whose last event is
+# older than $3 (ts_init, ns) is left out of the first half: it no longer
+# touches the books but through its fills, which the second half brings.
 CHAINS_SQL = f"""
-SELECT {COLUMNS} FROM events
-WHERE seq <= $2 AND correlation_id IN (
-    SELECT id FROM events
-    WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
+WITH chains AS MATERIALIZED (
+    SELECT {COLUMNS} FROM events
+    WHERE seq <= $2 AND correlation_id IN (
+        SELECT id FROM events
+        WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
+    )
+),
+orders AS (
+    SELECT payload->>'intent_id' AS intent_id, payload->>'order_id' AS order_id
+    FROM chains WHERE type = 'RiskDecisionMade' AND payload->>'order_id' IS NOT NULL
+),
+finished AS (
+    SELECT payload->>'intent_id' AS intent_id FROM chains
+    WHERE type = 'RiskDecisionMade' AND payload->>'decision' = 'denied'
+    UNION
+    SELECT o.intent_id FROM chains c JOIN orders o ON o.order_id = c.payload->>'order_id'
+    WHERE c.type IN ('OrderRejected', 'OrderCanceled')
+       OR (c.type = 'FillReceived' AND (c.payload->>'status' = 'complete'
+                                        OR (c.payload->>'leaves_quantity')::numeric = 0))
+),
+working AS (
+    SELECT DISTINCT i.correlation_id FROM chains i
+    LEFT JOIN finished f ON f.intent_id = i.id::text
+    WHERE i.type = 'OrderIntentCreated' AND f.intent_id IS NULL
+),
+kept AS (
+    SELECT correlation_id FROM chains GROUP BY correlation_id HAVING max(ts_init) >= $3::bigint
+    UNION
+    SELECT correlation_id FROM working
 )
+SELECT {COLUMNS} FROM chains WHERE correlation_id IN (SELECT correlation_id FROM kept)
 UNION ALL
 SELECT {COLUMNS} FROM events
 WHERE seq <= $2 AND type = 'FillReceived' AND strategy = ANY($1::text[])
@@ -106,10 +138,13 @@ async def load_history(
     strategies: Sequence[str],
     symbols: Sequence[str],
     warmup: Mapping[tuple[str, str | None], int] | None = None,
+    *,
+    finished_before_ns: int = 0,
 ) -> History:
-    """Read the strategies' chains, their symbols' last prices and, per
-    (symbol, bar interval) in ``warmup``, that many of its latest bars (an
-    interval of None: of any interval)."""
+    """Read the strategies' chains (less those finished before
+    ``finished_before_ns``: see ``CHAINS_SQL``), all their fills, their
+    symbols' last prices and, per (symbol, bar interval) in ``warmup``, that
+    many of its latest bars (an interval of None: of any interval)."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
@@ -118,7 +153,9 @@ async def load_history(
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             tail = await queries.tail(conn)
             last_seq = queries.last_seq_of(tail)
-            rows = list(await conn.fetch(CHAINS_SQL, list(strategies), last_seq))
+            rows = list(
+                await conn.fetch(CHAINS_SQL, list(strategies), last_seq, finished_before_ns)
+            )
             for symbol in sorted(set(symbols)):
                 row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
                 if row is not None:

@@ -1,0 +1,331 @@
+"""What a start-up costs the broker-gateway and the strategy-runner after a long history.
+
+Both rebuild their state from the store on start-up. Until old finished
+orders were left out (the gateway's ``rebuild_settled_s``, see
+``services/broker_gateway/adapters/history.py``; the runner's
+``rebuild_finished_s``, see ``services/strategy_runner/adapters/store.py``)
+each read, decoded and folded every order ever placed, all held in memory at
+once, so every restart took longer than the one before.
+
+This fills a fresh store (its own PostgreSQL) with ``--orders`` orders placed
+over ``--days`` days by four strategies, each a whole chain: the signal, the
+intent, the risk-gate's decision and ``SubmitOrder``, and the
+``OrderAccepted`` and ``FillReceived`` made by the gateway's own tracker;
+every ``--open-every``-th order stays open. Then, for each service, each in
+a fresh process (so that its peak memory is its own):
+
+- the rebuild as before: every order read back (the baseline);
+- the rebuild as the service does it now (the default window of 7 days).
+
+Both must give the same state (checked: the gateway's open orders and
+positions, the runner's positions, P&L and working intents). Progress goes
+to stderr; stdout gets a table and, last, one JSON line with the figures and
+their units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from harness import Database, copy_events, say  # bench/harness.py
+
+from libs.contract.codec import order_id_for
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    OrderIntentCreated,
+    OrderIntentPayload,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
+from libs.local.servers import PostgresServer
+from libs.strategy.runtime import InMemoryRuntime
+from libs.strategy.testing import At, EchoStrategy
+from services.broker_gateway.adapters.history import order_path_history
+from services.broker_gateway.config import GatewaySettings
+from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.strategy_runner.adapters.store import load_history
+from services.strategy_runner.config import RunnerSettings
+
+ACCOUNT = "acct"
+DAY_NS = 86_400 * 10**9
+BATCH = 2_000  # orders per COPY
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY")
+STRATEGIES = ("s0", "s1", "s2", "s3")
+SERVICES = ("broker-gateway", "strategy-runner")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0
+
+    def now_ns(self) -> int:
+        return self.t
+
+
+def _chain(i: int, at: At) -> tuple[list[Event], SubmitOrder]:
+    """A signal, its intent, the gate's decision and order."""
+    strategy, symbol = STRATEGIES[i % 4], SYMBOLS[i % len(SYMBOLS)]
+    side = "buy" if i % 2 else "sell"
+    signal = SignalGenerated.create(
+        SignalPayload(strategy=strategy, symbol=symbol, name="bench", direction="long"),
+        source="bench/strategy-runner",
+        clock=at,
+    )
+    intent = OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy=strategy, account=ACCOUNT, symbol=symbol, side=side, quantity=Decimal(10)
+        ),
+        source="bench/strategy-runner",
+        clock=at,
+        cause=signal,
+    )
+    oid = order_id_for(intent.id)
+    decision = RiskDecisionMade.create(
+        RiskDecisionPayload(
+            intent_id=intent.id,
+            strategy=strategy,
+            account=ACCOUNT,
+            symbol=symbol,
+            decision="accepted",
+            reason=ReasonCode.ACCEPTED,
+            order_id=oid,
+        ),
+        source="bench/risk-gate",
+        clock=at,
+        cause=intent,
+    )
+    cmd = SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=oid,
+            intent_id=intent.id,
+            strategy=strategy,
+            account=ACCOUNT,
+            symbol=symbol,
+            side=side,
+            quantity=Decimal(10),
+        ),
+        source="bench/risk-gate",
+        clock=at,
+        cause=intent,
+    )
+    return [signal, intent, decision, cmd], cmd
+
+
+def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list[Event]]:
+    """The history, ``BATCH`` orders at a time, as the services record it."""
+    clock = Clock()
+    tracker = OrderTracker(ACCOUNT, clock=clock, source="bench/broker-gateway")
+    step = days * DAY_NS // count
+    batch: list[Event] = []
+    for i in range(count):
+        clock.t = now_ns - days * DAY_NS + i * step
+        events, cmd = _chain(i, At(clock.t))
+        tracker.plan_submit(cmd)
+        tracker.request(cmd.payload.order_id)
+        p = cmd.payload
+        o = BrokerOrder(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity, Decimal(0),
+                        None, "accepted")  # fmt: skip
+        batch += [*events, *tracker.submitted(p.order_id, o)]
+        if i % open_every:
+            price = Decimal(100 + i % 7)
+            done = BrokerOrder(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity,
+                               p.quantity, price, "filled")  # fmt: skip
+            fill = BrokerFill(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity,
+                              price, p.quantity, Decimal(0), clock.t, f"x{i}")  # fmt: skip
+            batch += tracker.on_update(OrderUpdate("fill", done, clock.t, fill=fill))
+        if i % BATCH == BATCH - 1:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _gateway(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
+    window = GatewaySettings().rebuild_settled_s
+    history = asyncio.run(
+        order_path_history(
+            url,
+            [ACCOUNT],
+            stream_last_seq=0,
+            wait_s=0,
+            pending_from_seq=1 << 62,
+            settled_before_ns=0 if keep_all else time.time_ns() - int(window * 1e9),
+        )
+    )
+    tracker = history.trackers([ACCOUNT], clock=Clock(), source="bench")[ACCOUNT]
+    state = {
+        "unsettled": sorted(str(t.order_id) for t in tracker.unsettled()),
+        "positions": {f"{k[0]}/{k[1]}": str(v) for k, v in tracker.positions.items()},
+    }
+    return len(history.events), len(tracker.orders), history.orders_left_out, state
+
+
+def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
+    window = RunnerSettings().rebuild_finished_s
+    history = asyncio.run(
+        load_history(
+            url,
+            list(STRATEGIES),
+            list(SYMBOLS),
+            finished_before_ns=0 if keep_all else time.time_ns() - int(window * 1e9),
+        )
+    )
+    runtime = InMemoryRuntime()
+    for name in STRATEGIES:
+        runtime.add(name, EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
+    for event in history.events:
+        runtime.restore(event)
+    hosts = runtime.hosts.values()
+    state = {
+        h.name: {
+            "positions": {s: repr(p) for s, p in sorted(h.ledger.positions.items())},
+            "working": sorted(str(i) for i in h.intents._open),
+        }
+        for h in hosts
+    }
+    working = sum(len(h.intents) for h in hosts)
+    chains = len({e.correlation_id for e in history.events if e.type == "SignalGenerated"})
+    return len(history.events), working, chains, state
+
+
+def child(service: str, url: str, keep_all: bool) -> None:
+    """One rebuild, in this process: its figures as one JSON line on stdout."""
+    started = time.perf_counter()
+    events, held, other, state = (_gateway if service == SERVICES[0] else _runner)(url, keep_all)
+    seconds = time.perf_counter() - started
+    peak_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "events": events,
+                "held": held,
+                "other": other,
+                "peak_rss_mb": peak_kb / 1024,
+                "state": state,
+            }
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """One rebuild's figures, as its process printed them."""
+
+    seconds: float
+    events: int
+    #: Gateway: orders held; runner: working intents.
+    held: int
+    #: Gateway: orders left out; runner: signals (chains) read back.
+    other: int
+    peak_rss_mb: float
+    state: dict[str, Any]
+
+    def figures(self, service: str) -> dict[str, object]:
+        names = ("orders_held", "orders_left_out")
+        if service != SERVICES[0]:
+            names = ("working_intents", "chains_read")
+        return {
+            "seconds": round(self.seconds, 3),
+            "events_read": self.events,
+            names[0]: self.held,
+            names[1]: self.other,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
+
+
+def rebuild_in_child(service: str, url: str, keep_all: bool) -> Rebuild:
+    args = [sys.executable, __file__, "--child", service, url]
+    out = subprocess.run(
+        args + (["--keep-all"] if keep_all else []),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    return Rebuild(**json.loads(out.stdout.splitlines()[-1]))
+
+
+async def fill(opts: argparse.Namespace, db: Database) -> str:
+    url = await db.fresh("startup_rebuild")
+    say(f"filling the store with {opts.orders:,} orders over {opts.days} days")
+    await copy_events(url, orders(opts.orders, opts.days, opts.open_every, time.time_ns()), 1)
+    return url
+
+
+def run(opts: argparse.Namespace) -> dict[str, tuple[Rebuild, Rebuild]]:
+    work = Path(tempfile.mkdtemp(prefix="tradebus-startup-rebuild-"))
+    say(f"work directory {work}")
+    pg = PostgresServer(work / "pg", fsync=False)
+    pg.start()
+    out: dict[str, tuple[Rebuild, Rebuild]] = {}
+    try:
+        db = Database(pg)
+        asyncio.run(db.migrate_template())
+        url = asyncio.run(fill(opts, db))
+        for service in SERVICES:
+            say(f"{service}: rebuild reading every order back (as before)")
+            every = rebuild_in_child(service, url, keep_all=True)
+            say(f"{service}: rebuild leaving old finished orders out (as now)")
+            now = rebuild_in_child(service, url, keep_all=False)
+            assert now.state == every.state, f"{service}: the same state either way"
+            assert now.events < every.events, f"{service}: old orders were left out"
+            out[service] = (every, now)
+    finally:
+        pg.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=100_000, help="orders in the history")
+    parser.add_argument("--days", type=int, default=100, help="days they span")
+    parser.add_argument("--open-every", type=int, default=500, help="every n-th order stays open")
+    parser.add_argument("--child", nargs=2, metavar=("SERVICE", "URL"), help=argparse.SUPPRESS)
+    parser.add_argument("--keep-all", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.child:
+        child(opts.child[0], opts.child[1], opts.keep_all)
+        return
+    results = run(opts)
+    print(f"{'service':<17}{'rebuild':<22}{'seconds':>9}{'events read':>13}{'peak MB':>9}")
+    result: dict[str, object] = {
+        "orders": opts.orders,
+        "days": opts.days,
+        "units": {"time": "s", "memory": "MB"},
+    }
+    for service, (every, now) in results.items():
+        for label, r in (("every order", every), ("old ones left out", now)):
+            print(f"{service:<17}{label:<22}{r.seconds:>9.2f}{r.events:>13,}{r.peak_rss_mb:>9.0f}")
+        result[service.replace("-", "_")] = {
+            "every_order": every.figures(service),
+            "old_finished_left_out": now.figures(service),
+            "time_ratio_vs_every_order": round(now.seconds / every.seconds, 4),
+            "peak_rss_ratio_vs_every_order": round(now.peak_rss_mb / every.peak_rss_mb, 3),
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

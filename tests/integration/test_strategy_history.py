@@ -1,0 +1,229 @@
+"""The strategy-runner's start-up reads old finished chains' fills only.
+
+A random history of two strategies (every way an intent ends or stays
+working, several intents per signal, a flatten's closing fill booked to a
+strategy, a strategy this runner does not run) is recorded in a real store
+and restored through ``services/strategy_runner/adapters/store.py`` with and
+without the window. The books must be the same either way (positions,
+average prices, realized P&L, the working intents and what each has left),
+while the chains left out are exactly those whose every intent is finished
+and whose last event is older than the window.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from libs.contract.codec import order_id_for
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    OrderIntentCreated,
+    OrderIntentPayload,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
+from libs.strategy.runtime import InMemoryRuntime
+from libs.strategy.testing import At, EchoStrategy
+from services.broker_gateway.domain.model import OrderUpdate
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.strategy_runner.adapters.store import History, load_history
+from tests.integration.recording import record_events
+from tests.integration.test_broker_history import ACCOUNT, DAY_NS, Clock, _flatten
+from tests.integration.test_broker_tracker import fill_update, order
+
+D = Decimal
+NOW = time.time_ns()
+STRATEGIES = ("s1", "s2")
+SYMBOLS = ("AAPL", "MSFT")
+OUTCOMES = (
+    "denied",
+    "undecided",
+    "not_yet_at_the_broker",
+    "working",
+    "working_partly_filled",
+    "filled",
+    "filled_in_parts",
+    "canceled",
+    "canceled_after_a_fill",
+    "rejected",
+)
+
+
+class Chains:
+    """Signals and their intents, decided and taken to a broker as told."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.clock = Clock()
+        self.broker = OrderTracker(ACCOUNT, clock=self.clock, source="broker-gateway/test")
+        self.events: list[Event] = []
+        #: Per chain (signal id): finished or not, and when it last changed.
+        self.chains: dict[uuid.UUID, tuple[bool, int]] = {}
+
+    def chain(self, strategy: str, outcomes: list[str]) -> None:
+        at = At(self.clock.t)
+        symbol = self.rng.choice(SYMBOLS)
+        signal = SignalGenerated.create(
+            SignalPayload(strategy=strategy, symbol=symbol, name="x", direction="long"),
+            source="test/strategy-runner",
+            clock=at,
+        )
+        self.events.append(signal)
+        for outcome in outcomes:
+            side = self.rng.choice(["buy", "sell"])
+            qty = D(self.rng.randint(2, 9))
+            intent = OrderIntentCreated.create(
+                OrderIntentPayload(
+                    strategy=strategy, account=ACCOUNT, symbol=symbol, side=side, quantity=qty
+                ),
+                source="test/strategy-runner",
+                clock=at,
+                cause=signal,
+            )
+            self.events.append(intent)
+            self._take(intent, outcome)
+        working = any(o in WORKING for o in outcomes)
+        self.chains[signal.id] = (not working, self.clock.t)
+
+    def _take(self, intent: OrderIntentCreated, outcome: str) -> None:
+        if outcome == "undecided":
+            return
+        p = intent.payload
+        accepted = outcome != "denied"
+        oid = order_id_for(intent.id)
+        at = At(self.clock.t)
+        self.events.append(
+            RiskDecisionMade.create(
+                RiskDecisionPayload(
+                    intent_id=intent.id,
+                    strategy=p.strategy,
+                    account=p.account,
+                    symbol=p.symbol,
+                    decision="accepted" if accepted else "denied",
+                    reason=ReasonCode.ACCEPTED if accepted else ReasonCode.MAX_STRATEGY_POSITION,
+                    order_id=oid if accepted else None,
+                ),
+                source="test/risk-gate",
+                clock=at,
+                cause=intent,
+            )
+        )
+        if not accepted:
+            return
+        cmd = SubmitOrder.create(
+            SubmitOrderPayload(
+                order_id=oid,
+                intent_id=intent.id,
+                strategy=p.strategy,
+                account=p.account,
+                symbol=p.symbol,
+                side=p.side,
+                quantity=p.quantity,
+            ),
+            source="test/risk-gate",
+            clock=at,
+            cause=intent,
+        )
+        self.events.append(cmd)
+        self.broker.plan_submit(cmd)
+        self.broker.request(oid)
+        if outcome == "not_yet_at_the_broker":
+            return
+        bid = f"b-{oid.hex[:12]}"
+        if outcome == "rejected":
+            self.events += self.broker.submitted(oid, order(cmd, status="rejected", broker_id=bid))
+            return
+        self.events += self.broker.submitted(oid, order(cmd, broker_id=bid))
+        q = int(p.quantity)
+        parts = {
+            "working": [],
+            "canceled": [],
+            "working_partly_filled": [1],
+            "canceled_after_a_fill": [1],
+            "filled": [q],
+        }.get(outcome, [1, q - 1])
+        cum = 0
+        for k, part in enumerate(parts):
+            cum += part
+            status = "filled" if cum == q else "partially_filled"
+            o = order(cmd, str(cum), str(100 + k), status, broker_id=bid)
+            self.events += self.broker.on_update(
+                fill_update(o, str(part), str(100 + k), f"{bid}-{k}")
+            )
+        if outcome.startswith("canceled"):
+            o = order(cmd, str(cum), "100" if cum else None, "canceled", broker_id=bid)
+            self.events += self.broker.on_update(OrderUpdate("canceled", o, self.clock.t))
+
+
+WORKING = {"undecided", "not_yet_at_the_broker", "working", "working_partly_filled"}
+
+
+def _history(seed: int) -> Chains:
+    c = Chains(seed)
+    for i in range(160):
+        c.clock.t = NOW - (10 * DAY_NS if i < 120 else 3600 * 10**9) + i * 10**9
+        n = c.rng.choice([1, 1, 2])
+        outcomes = [OUTCOMES[(i + k) % len(OUTCOMES)] for k in range(n)]
+        c.chain(c.rng.choice([*STRATEGIES, "not-ours"]), outcomes)
+        if i == 90:
+            # A flatten's closing fills, booked by the gateway to strategies.
+            c.events += _flatten(c.broker, c.clock)
+    return c
+
+
+async def _restored(url: str, before_ns: int) -> tuple[History, dict[str, Any]]:
+    history = await load_history(url, list(STRATEGIES), list(SYMBOLS), finished_before_ns=before_ns)
+    runtime = InMemoryRuntime()
+    for name in STRATEGIES:
+        runtime.add(name, EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
+    for event in history.events:
+        runtime.restore(event)
+    books = {
+        name: (
+            dict(runtime.hosts[name].ledger.positions),
+            dict(runtime.hosts[name].intents._open),
+            {s: runtime.hosts[name].intents.pending(s) for s in SYMBOLS},
+        )
+        for name in STRATEGIES
+    }
+    return history, books
+
+
+async def test_old_finished_chains_are_read_as_fills_only(database_url: str) -> None:
+    c = _history(seed=1)
+    await record_events(database_url, c.events)
+    before = NOW - 7 * DAY_NS
+    every, books = await _restored(database_url, 0)
+    windowed, windowed_books = await _restored(database_url, before)
+    assert windowed_books == books
+    # The books are not trivially equal: positions, working intents, old ones too.
+    for positions, working, _ in books.values():
+        assert any(p.quantity for p in positions.values())
+        assert any(p.realized_pnl for p in positions.values())
+        assert working
+    ours = {
+        e.id
+        for e in c.events
+        if isinstance(e, SignalGenerated) and e.payload.strategy in STRATEGIES
+    }
+    left_out = {s for s, (done, t) in c.chains.items() if s in ours and done and t < before}
+    old_working = {s for s, (done, t) in c.chains.items() if s in ours and not done and t < before}
+    assert len(left_out) > 30
+    assert old_working
+    read = {e.correlation_id for e in windowed.events if e.type != "FillReceived"}
+    assert read.isdisjoint(left_out)
+    assert old_working <= read
+    assert {e.correlation_id for e in every.events} >= left_out
+    # Of a chain left out, the fills are still read (the books need them).
+    fills = [e for e in c.events if e.type == "FillReceived" and e.correlation_id in left_out]
+    assert fills
+    assert {e.id for e in fills} <= {e.id for e in windowed.events}
