@@ -17,7 +17,7 @@ and no broker fact can still arrive about it. Without this a start-up would
 read, decode and hold every order ever placed, so each restart would be
 slower than the one before (the memory was also let go only after the
 rebuild). Positions do span all history: they are summed over every
-recorded fill by PostgreSQL (:func:`positions_sql`), not folded here.
+recorded fill by PostgreSQL (``POSITIONS_SQL``), not folded here.
 """
 
 from __future__ import annotations
