@@ -54,6 +54,7 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.local.servers import PostgresServer
+from libs.runtime import run_service
 from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.testing import At, EchoStrategy
 from services.broker_gateway.adapters.history import order_path_history
@@ -159,7 +160,7 @@ def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list
 
 def _gateway(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
     window = GatewaySettings().rebuild_settled_s
-    history = asyncio.run(
+    history = run_service(
         order_path_history(
             url,
             [ACCOUNT],
@@ -179,7 +180,7 @@ def _gateway(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
 
 def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
     window = RunnerSettings().rebuild_finished_s
-    history = asyncio.run(
+    history = run_service(
         load_history(
             url,
             list(STRATEGIES),
@@ -206,7 +207,10 @@ def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
 
 
 def child(service: str, url: str, keep_all: bool) -> None:
-    """One rebuild, in this process: its figures as one JSON line on stdout."""
+    """One rebuild, in this process: its figures as one JSON line on stdout.
+
+    Run as the services run it (``run_service``: uvloop, their collector
+    settings)."""
     started = time.perf_counter()
     events, held, other, state = (_gateway if service == SERVICES[0] else _runner)(url, keep_all)
     seconds = time.perf_counter() - started

