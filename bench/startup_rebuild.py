@@ -158,7 +158,11 @@ def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list
         yield batch
 
 
-def _gateway(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
+#: What a rebuild returns: its counts by name, and the state it arrived at.
+Result = tuple[dict[str, int], dict[str, Any]]
+
+
+def _gateway(url: str, keep_all: bool) -> Result:
     window = GatewaySettings().rebuild_settled_s
     history = run_service(
         order_path_history(
@@ -171,14 +175,19 @@ def _gateway(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
         )
     )
     tracker = history.trackers([ACCOUNT], clock=Clock(), source="bench")[ACCOUNT]
+    counts = {
+        "events_read": len(history.events),
+        "orders_held": len(tracker.orders),
+        "orders_left_out": history.orders_left_out,
+    }
     state = {
         "unsettled": sorted(str(t.order_id) for t in tracker.unsettled()),
         "positions": {f"{k[0]}/{k[1]}": str(v) for k, v in tracker.positions.items()},
     }
-    return len(history.events), len(tracker.orders), history.orders_left_out, state
+    return counts, state
 
 
-def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
+def _runner(url: str, keep_all: bool) -> Result:
     window = RunnerSettings().rebuild_finished_s
     history = run_service(
         load_history(
@@ -194,6 +203,13 @@ def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
     for event in history.events:
         runtime.restore(event)
     hosts = runtime.hosts.values()
+    counts = {
+        "events_read": len(history.events),
+        "chains_read": len(
+            {e.correlation_id for e in history.events if e.type == "SignalGenerated"}
+        ),
+        "working_intents": sum(len(h.intents) for h in hosts),
+    }
     state = {
         h.name: {
             "positions": {s: repr(p) for s, p in sorted(h.ledger.positions.items())},
@@ -201,9 +217,7 @@ def _runner(url: str, keep_all: bool) -> tuple[int, int, int, dict[str, Any]]:
         }
         for h in hosts
     }
-    working = sum(len(h.intents) for h in hosts)
-    chains = len({e.correlation_id for e in history.events if e.type == "SignalGenerated"})
-    return len(history.events), working, chains, state
+    return counts, state
 
 
 def child(service: str, url: str, keep_all: bool) -> None:
@@ -212,7 +226,7 @@ def child(service: str, url: str, keep_all: bool) -> None:
     Run as the services run it (``run_service``: uvloop, their collector
     settings)."""
     started = time.perf_counter()
-    events, held, other, state = (_gateway if service == SERVICES[0] else _runner)(url, keep_all)
+    counts, state = (_gateway if service == SERVICES[0] else _runner)(url, keep_all)
     seconds = time.perf_counter() - started
     peak_kb = next(
         int(line.split()[1])
@@ -221,14 +235,7 @@ def child(service: str, url: str, keep_all: bool) -> None:
     )
     print(
         json.dumps(
-            {
-                "seconds": seconds,
-                "events": events,
-                "held": held,
-                "other": other,
-                "peak_rss_mb": peak_kb / 1024,
-                "state": state,
-            }
+            {"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "counts": counts, "state": state}
         )
     )
 
@@ -238,23 +245,18 @@ class Rebuild:
     """One rebuild's figures, as its process printed them."""
 
     seconds: float
-    events: int
-    #: Gateway: orders held; runner: working intents.
-    held: int
-    #: Gateway: orders left out; runner: signals (chains) read back.
-    other: int
     peak_rss_mb: float
+    counts: dict[str, int]
     state: dict[str, Any]
 
-    def figures(self, service: str) -> dict[str, object]:
-        names = ("orders_held", "orders_left_out")
-        if service != SERVICES[0]:
-            names = ("working_intents", "chains_read")
+    @property
+    def events(self) -> int:
+        return self.counts["events_read"]
+
+    def figures(self) -> dict[str, object]:
         return {
             "seconds": round(self.seconds, 3),
-            "events_read": self.events,
-            names[0]: self.held,
-            names[1]: self.other,
+            **self.counts,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
 
@@ -323,8 +325,8 @@ def main() -> None:
         for label, r in (("every order", every), ("old ones left out", now)):
             print(f"{service:<17}{label:<22}{r.seconds:>9.2f}{r.events:>13,}{r.peak_rss_mb:>9.0f}")
         result[service.replace("-", "_")] = {
-            "every_order": every.figures(service),
-            "old_finished_left_out": now.figures(service),
+            "every_order": every.figures(),
+            "old_finished_left_out": now.figures(),
             "time_ratio_vs_every_order": round(now.seconds / every.seconds, 4),
             "peak_rss_ratio_vs_every_order": round(now.peak_rss_mb / every.peak_rss_mb, 3),
         }
