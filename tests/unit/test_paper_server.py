@@ -19,7 +19,7 @@ from libs.contract.envelope import WallClock
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer, _Cork
-from services.paper_broker.domain.book import BookConfig, PaperBook
+from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook
 from services.paper_broker.domain.fill_model import MarketUpdate
 
 CREDS = [Credentials("key", SecretStr("secret"), "acct")]
@@ -139,17 +139,46 @@ async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
         assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
         await ws.close()
     journal.close()
+    torn = b'{"account": "acct", "upd'
     with path.open("ab") as f:
-        f.write(b'{"account": "acct", "upd')  # a crash in the middle of a write
+        f.write(torn)  # a crash in the middle of a write
     second = book()
     assert second.apply_all(Journal(path).load()) == 2
     assert second.positions("acct") == first.positions("acct")
     assert second.by_client_order_id("acct", "c9") == first.by_client_order_id("acct", "c9")
-    # Appending after the torn line starts on a fresh line.
+    # The torn line is dropped when the journal is opened again, so what is
+    # appended after it is read back, and the next start-up does not meet
+    # it in the middle of the journal (which would be corruption).
     reopened = Journal(path).open()
-    reopened.append(first.cancel_all("acct"))
+    more = first.submit("acct", OrderSpec("MSFT", "buy", Decimal(1), client_order_id="c10"))[1]
+    assert more
+    reopened.append(more)
     reopened.close()
-    assert len(Journal(path).load()) == 2
+    third = book()
+    assert third.apply_all(Journal(path).load()) == 2 + len(more)
+    assert third.positions("acct") == first.positions("acct")
+    assert torn not in path.read_bytes()
+
+
+def test_a_torn_line_already_ended_by_a_newline_is_cut_off_too(tmp_path: Path) -> None:
+    """Journals written before torn lines were cut off ended them with a
+    newline instead: the next append would have buried them."""
+    path = tmp_path / "journal.jsonl"
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", Decimal(10)))
+    journal = Journal(path).open()
+    journal.append(b.submit("acct", OrderSpec("AAPL", "buy", Decimal(1)))[1])
+    journal.close()
+    good = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(b'{"account": "acct", "upd\n')
+    reopened = Journal(path).open()
+    assert path.read_bytes() == good
+    reopened.append(b.submit("acct", OrderSpec("AAPL", "sell", Decimal(1)))[1])
+    reopened.close()
+    copy = book()
+    assert copy.apply_all(Journal(path).load()) == 4
+    assert copy.positions("acct") == b.positions("acct")
 
 
 async def test_a_client_that_does_not_keep_up_is_disconnected() -> None:
