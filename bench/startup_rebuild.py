@@ -61,7 +61,7 @@ from services.broker_gateway.adapters.history import order_path_history
 from services.broker_gateway.config import GatewaySettings
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.strategy_runner.adapters.store import load_history
+from services.strategy_runner.adapters.store import load_history, write_checkpoints
 from services.strategy_runner.config import RunnerSettings
 
 ACCOUNT = "acct"
@@ -129,8 +129,11 @@ def _chain(i: int, at: At) -> tuple[list[Event], SubmitOrder]:
     return [signal, intent, decision, cmd], cmd
 
 
-def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list[Event]]:
-    """The history, ``BATCH`` orders at a time, as the services record it."""
+def orders(
+    count: int, days: int, open_every: int, now_ns: int, tag: str = ""
+) -> Iterator[list[Event]]:
+    """The history, ``BATCH`` orders at a time, as the services record it
+    (``tag`` keeps the broker's order and execution ids of two calls apart)."""
     clock = Clock()
     tracker = OrderTracker(ACCOUNT, clock=clock, source="bench/broker-gateway")
     step = days * DAY_NS // count
@@ -141,15 +144,15 @@ def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list
         tracker.plan_submit(cmd)
         tracker.request(cmd.payload.order_id)
         p = cmd.payload
-        o = BrokerOrder(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity, Decimal(0),
+        o = BrokerOrder(f"b{tag}{i}", str(p.order_id), p.symbol, p.side, p.quantity, Decimal(0),
                         None, "accepted")  # fmt: skip
         batch += [*events, *tracker.submitted(p.order_id, o)]
         if i % open_every:
             price = Decimal(100 + i % 7)
-            done = BrokerOrder(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity,
+            done = BrokerOrder(f"b{tag}{i}", str(p.order_id), p.symbol, p.side, p.quantity,
                                p.quantity, price, "filled")  # fmt: skip
-            fill = BrokerFill(f"b{i}", str(p.order_id), p.symbol, p.side, p.quantity,
-                              price, p.quantity, Decimal(0), clock.t, f"x{i}")  # fmt: skip
+            fill = BrokerFill(f"b{tag}{i}", str(p.order_id), p.symbol, p.side, p.quantity,
+                              price, p.quantity, Decimal(0), clock.t, f"x{tag}{i}")  # fmt: skip
             batch += tracker.on_update(OrderUpdate("fill", done, clock.t, fill=fill))
         if i % BATCH == BATCH - 1:
             yield batch
@@ -162,7 +165,7 @@ def orders(count: int, days: int, open_every: int, now_ns: int) -> Iterator[list
 Result = tuple[dict[str, int], dict[str, Any]]
 
 
-def _gateway(url: str, keep_all: bool) -> Result:
+def _gateway(url: str, mode: str) -> Result:
     window = GatewaySettings().rebuild_settled_s
     history = run_service(
         order_path_history(
@@ -171,7 +174,7 @@ def _gateway(url: str, keep_all: bool) -> Result:
             stream_last_seq=0,
             wait_s=0,
             pending_from_seq=1 << 62,
-            settled_before_ns=0 if keep_all else time.time_ns() - int(window * 1e9),
+            settled_before_ns=0 if mode == "every" else time.time_ns() - int(window * 1e9),
         )
     )
     tracker = history.trackers([ACCOUNT], clock=Clock(), source="bench")[ACCOUNT]
@@ -187,21 +190,24 @@ def _gateway(url: str, keep_all: bool) -> Result:
     return counts, state
 
 
-def _runner(url: str, keep_all: bool) -> Result:
+def _runner(url: str, mode: str) -> Result:
     window = RunnerSettings().rebuild_finished_s
     history = run_service(
         load_history(
             url,
             list(STRATEGIES),
             list(SYMBOLS),
-            finished_before_ns=0 if keep_all else time.time_ns() - int(window * 1e9),
+            finished_before_ns=0 if mode == "every" else time.time_ns() - int(window * 1e9),
+            use_checkpoints=mode == "checkpoint",
         )
     )
     runtime = InMemoryRuntime()
     for name in STRATEGIES:
         runtime.add(name, EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
-    for event in history.events:
-        runtime.restore(event)
+    folded = history.restore_into(runtime)
+    if mode == "checkpoint":  # as the runner does at start-up
+        after = RunnerSettings().checkpoint_after_fills
+        run_service(write_checkpoints(url, history, runtime, folded, after_fills=after))
     hosts = runtime.hosts.values()
     counts = {
         "events_read": len(history.events),
@@ -209,6 +215,7 @@ def _runner(url: str, keep_all: bool) -> Result:
             {e.correlation_id for e in history.events if e.type == "SignalGenerated"}
         ),
         "working_intents": sum(len(h.intents) for h in hosts),
+        "fills_folded": sum(folded.values()),
     }
     state = {
         h.name: {
@@ -220,13 +227,13 @@ def _runner(url: str, keep_all: bool) -> Result:
     return counts, state
 
 
-def child(service: str, url: str, keep_all: bool) -> None:
+def child(service: str, url: str, mode: str) -> None:
     """One rebuild, in this process: its figures as one JSON line on stdout.
 
     Run as the services run it (``run_service``: uvloop, their collector
     settings)."""
     started = time.perf_counter()
-    counts, state = (_gateway if service == SERVICES[0] else _runner)(url, keep_all)
+    counts, state = (_gateway if service == SERVICES[0] else _runner)(url, mode)
     seconds = time.perf_counter() - started
     peak_kb = next(
         int(line.split()[1])
@@ -261,43 +268,54 @@ class Rebuild:
         }
 
 
-def rebuild_in_child(service: str, url: str, keep_all: bool) -> Rebuild:
-    args = [sys.executable, __file__, "--child", service, url]
-    out = subprocess.run(
-        args + (["--keep-all"] if keep_all else []),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
+def rebuild_in_child(service: str, url: str, mode: str) -> Rebuild:
+    args = [sys.executable, __file__, "--child", service, url, mode]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=3600)
     return Rebuild(**json.loads(out.stdout.splitlines()[-1]))
 
 
-async def fill(opts: argparse.Namespace, db: Database) -> str:
-    url = await db.fresh("startup_rebuild")
-    say(f"filling the store with {opts.orders:,} orders over {opts.days} days")
-    await copy_events(url, orders(opts.orders, opts.days, opts.open_every, time.time_ns()), 1)
-    return url
+#: What each rebuild is, for the table and the JSON.
+LABELS = {
+    "every": ("every order", "every_order"),
+    "window": ("old ones left out", "old_finished_left_out"),
+    "checkpoint": ("from checkpoints", "from_checkpoints"),
+}
 
 
-def run(opts: argparse.Namespace) -> dict[str, tuple[Rebuild, Rebuild]]:
+def run(opts: argparse.Namespace) -> dict[str, dict[str, Rebuild]]:
     work = Path(tempfile.mkdtemp(prefix="tradebus-startup-rebuild-"))
     say(f"work directory {work}")
     pg = PostgresServer(work / "pg", fsync=False)
     pg.start()
-    out: dict[str, tuple[Rebuild, Rebuild]] = {}
+    out: dict[str, dict[str, Rebuild]] = {}
     try:
         db = Database(pg)
         asyncio.run(db.migrate_template())
-        url = asyncio.run(fill(opts, db))
+        url = asyncio.run(db.fresh("startup_rebuild"))
+        say(f"filling the store with {opts.orders:,} orders over {opts.days} days")
+        now_ns = time.time_ns() - DAY_NS
+        history = orders(opts.orders, opts.days, opts.open_every, now_ns)
+        end = asyncio.run(copy_events(url, history, 1))
         for service in SERVICES:
             say(f"{service}: rebuild reading every order back (as before)")
-            every = rebuild_in_child(service, url, keep_all=True)
-            say(f"{service}: rebuild leaving old finished orders out (as now)")
-            now = rebuild_in_child(service, url, keep_all=False)
+            every = rebuild_in_child(service, url, "every")
+            say(f"{service}: rebuild leaving old finished orders out")
+            now = rebuild_in_child(service, url, "window")
             assert now.state == every.state, f"{service}: the same state either way"
             assert now.events < every.events, f"{service}: old orders were left out"
-            out[service] = (every, now)
+            out[service] = {"every": every, "window": now}
+        runner = SERVICES[1]
+        say(f"{runner}: a start-up writing its checkpoints")
+        rebuild_in_child(runner, url, "checkpoint")
+        say(f"{opts.tail_orders:,} more orders over a day")
+        tail = orders(opts.tail_orders, 1, opts.open_every, time.time_ns(), tag="t")
+        asyncio.run(copy_events(url, tail, end))
+        say(f"{runner}: the next start-up, from its checkpoints")
+        from_cp = rebuild_in_child(runner, url, "checkpoint")
+        reference = rebuild_in_child(runner, url, "window")
+        assert from_cp.state == reference.state, "the same books from the checkpoints"
+        assert from_cp.counts["fills_folded"] < reference.counts["fills_folded"]
+        out[runner]["checkpoint"] = from_cp
     finally:
         pg.stop()
     return out
@@ -308,28 +326,37 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=100_000, help="orders in the history")
     parser.add_argument("--days", type=int, default=100, help="days they span")
     parser.add_argument("--open-every", type=int, default=500, help="every n-th order stays open")
-    parser.add_argument("--child", nargs=2, metavar=("SERVICE", "URL"), help=argparse.SUPPRESS)
-    parser.add_argument("--keep-all", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tail-orders", type=int, default=1_000, help="orders after the runner's checkpoints"
+    )
+    parser.add_argument(
+        "--child", nargs=3, metavar=("SERVICE", "URL", "MODE"), help=argparse.SUPPRESS
+    )
     opts = parser.parse_args()
     if opts.child:
-        child(opts.child[0], opts.child[1], opts.keep_all)
+        child(*opts.child)
         return
     results = run(opts)
     print(f"{'service':<17}{'rebuild':<22}{'seconds':>9}{'events read':>13}{'peak MB':>9}")
     result: dict[str, object] = {
         "orders": opts.orders,
         "days": opts.days,
+        "tail_orders": opts.tail_orders,
         "units": {"time": "s", "memory": "MB"},
     }
-    for service, (every, now) in results.items():
-        for label, r in (("every order", every), ("old ones left out", now)):
+    for service, rebuilds in results.items():
+        every = rebuilds["every"]
+        figures: dict[str, object] = {}
+        for mode, r in rebuilds.items():
+            label, key = LABELS[mode]
             print(f"{service:<17}{label:<22}{r.seconds:>9.2f}{r.events:>13,}{r.peak_rss_mb:>9.0f}")
-        result[service.replace("-", "_")] = {
-            "every_order": every.figures(),
-            "old_finished_left_out": now.figures(),
-            "time_ratio_vs_every_order": round(now.seconds / every.seconds, 4),
-            "peak_rss_ratio_vs_every_order": round(now.peak_rss_mb / every.peak_rss_mb, 3),
-        }
+            figures[key] = r.figures()
+            if mode != "every":
+                figures[f"{key}_time_ratio_vs_every_order"] = round(r.seconds / every.seconds, 4)
+                figures[f"{key}_peak_rss_ratio_vs_every_order"] = round(
+                    r.peak_rss_mb / every.peak_rss_mb, 3
+                )
+        result[service.replace("-", "_")] = figures
     print(json.dumps(result))
 
 

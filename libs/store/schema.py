@@ -93,6 +93,27 @@ class RiskCheckpointRow(Base):
     )
 
 
+class StrategyCheckpointRow(Base):
+    """A strategy's positions folded from its fills in ``events`` up to ``seq``
+    (derived data: see ``services/strategy_runner/adapters/checkpoint.py``)."""
+
+    __tablename__ = "strategy_checkpoints"
+
+    strategy: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, comment="the last store sequence in it"
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), comment="the id of the event at seq: the store it was folded from"
+    )
+    code_digest: Mapped[str] = mapped_column(Text, primary_key=True)
+    fills: Mapped[int] = mapped_column(BigInteger, comment="fills folded in, in all")
+    positions: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    written_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
 #: Column order used by the recorder's COPY (everything but recorded_at).
 COPY_COLUMNS = (
     "seq",

@@ -246,9 +246,11 @@ class StrategyHost:
             self._remember(event)
         return self._invoke(call, event, str(event.id))
 
-    def restore(self, event: Event) -> None:
-        """Apply ``event`` to the books without calling the strategy (rebuild, catch-up)."""
-        self._apply(event)
+    def restore(self, event: Event, *, ledger: bool = True) -> None:
+        """Apply ``event`` to the books without calling the strategy (rebuild,
+        catch-up); not to the ledger if ``ledger`` is false (it has it: a
+        checkpoint's)."""
+        self._apply(event, ledger=ledger)
 
     def warm_up(self, event: BarClosed) -> list[Event]:
         """Show a past bar to the strategy (``on_warmup``) for its indicators.
@@ -302,14 +304,15 @@ class StrategyHost:
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
 
-    def _apply(self, event: Event) -> Callable[[], None] | None:
-        """Update the books; return the callback to call, if any."""
+    def _apply(self, event: Event, *, ledger: bool = True) -> Callable[[], None] | None:
+        """Update the books (the ledger too, unless told); return the callback
+        to call, if any."""
         if isinstance(event, MARKET_DATA):
-            return self._apply_market_data(event)
+            return self._apply_market_data(event, ledger=ledger)
         if isinstance(event, RiskDecisionMade):
             return self._apply_decision(event)
         if isinstance(event, FillReceived):
-            return self._apply_fill(event)
+            return self._apply_fill(event, ledger=ledger)
         if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled):
             return self._apply_order_update(event)
         # Our own emissions read back (from the store or the stream).
@@ -321,7 +324,7 @@ class StrategyHost:
         return None
 
     def _apply_market_data(
-        self, event: BarClosed | TradePrinted | QuoteUpdated
+        self, event: BarClosed | TradePrinted | QuoteUpdated, *, ledger: bool = True
     ) -> Callable[[], None] | None:
         symbol = event.payload.symbol
         if symbol not in self.symbols:
@@ -329,14 +332,16 @@ class StrategyHost:
         instance = self._instance
         if isinstance(event, BarClosed):
             bar = event.payload
-            self.ledger.mark(symbol, bar.close)
+            if ledger:
+                self.ledger.mark(symbol, bar.close)
             return None if instance is None else lambda: instance.on_bar(bar)
         if isinstance(event, TradePrinted):
             trade = event.payload
-            self.ledger.mark(symbol, trade.price)
+            if ledger:
+                self.ledger.mark(symbol, trade.price)
             return None if instance is None else lambda: instance.on_trade(trade)
         quote = event.payload
-        if quote.bid_price > 0 and quote.ask_price > 0:
+        if ledger and quote.bid_price > 0 and quote.ask_price > 0:
             self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2)
         return None if instance is None else lambda: instance.on_quote(quote)
 
@@ -361,9 +366,9 @@ class StrategyHost:
         )
         return self._order_update_call(update)
 
-    def _apply_fill(self, event: FillReceived) -> Callable[[], None] | None:
+    def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
         fill = event.payload
-        if not self.ledger.apply_fill(fill):
+        if ledger and not self.ledger.apply_fill(fill):
             return None
         self.intents.filled(fill, event.correlation_id)
         instance = self._instance

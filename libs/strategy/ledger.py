@@ -13,6 +13,7 @@ the fill price. Commissions come off realized P&L.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -43,6 +44,17 @@ class Ledger:
 
     def position(self, symbol: str) -> Position:
         return self._positions.get(symbol) or Position(symbol)
+
+    @property
+    def fills_applied(self) -> int:
+        """Fills this ledger took (not counting those of a seed)."""
+        return len(self._seen_fills)
+
+    def seed(self, positions: Mapping[str, Position]) -> None:
+        """Start from ``positions`` (a checkpoint's fold of earlier fills)."""
+        if self._positions or self._seen_fills:
+            raise ValueError("a ledger is seeded before any fill")
+        self._positions = dict(positions)
 
     def mark(self, symbol: str, price: Decimal) -> None:
         """Record the last price of ``symbol`` (only symbols already held matter)."""

@@ -137,10 +137,18 @@ class InMemoryRuntime:
             out += self._collect(name, self.hosts[name].handle(event))
         return out
 
-    def restore(self, event: Event) -> None:
-        """Rebuild books from a past event (the strategies are not called)."""
+    def restore(
+        self, event: Event, *, seq: int = 0, ledgers_upto: Mapping[str, int] | None = None
+    ) -> None:
+        """Rebuild books from a past event (the strategies are not called).
+
+        With ``ledgers_upto`` (strategy -> the sequence its ledger was seeded
+        at, from a checkpoint), an event at or below a strategy's is left out
+        of that strategy's ledger, which has it already; its working intents
+        still take it."""
         for name in self.router.route(event):
-            self.hosts[name].restore(event)
+            upto = ledgers_upto.get(name, 0) if ledgers_upto else 0
+            self.hosts[name].restore(event, ledger=seq > upto or not upto)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
         """Start (if not yet), feed every event; everything emitted meanwhile."""

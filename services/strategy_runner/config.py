@@ -25,6 +25,10 @@ class RunnerSettings(ServiceSettings):
     #: back at start-up; its fills still are (positions and P&L span all of
     #: them).
     rebuild_finished_s: float = Field(default=7 * 86_400, gt=0)
+    #: A start-up that folded at least this many of a strategy's fills from
+    #: the store writes a checkpoint of its ledger, so that the next one
+    #: folds only the fills after it (``adapters/checkpoint.py``).
+    checkpoint_after_fills: int = Field(default=1_000, ge=1)
     #: Pause between attempts while NATS or Postgres is unreachable at start-up.
     retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
     #: How long SIGTERM waits for inboxes to drain and ``on_stop`` to run.

@@ -55,7 +55,7 @@ from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.spec import LoadedStrategy
 from libs.strategy.watchdog import Watchdog
 from services.strategy_runner import metrics
-from services.strategy_runner.adapters.store import History, load_history
+from services.strategy_runner.adapters.store import History, load_history, write_checkpoints
 from services.strategy_runner.adapters.stream import (
     filter_subjects,
     reset_consumer,
@@ -320,9 +320,23 @@ class Runner:
         )
         if history is None:
             return None
-        for event in history.events:
-            self.runtime.restore(event)
+        folded = history.restore_into(self.runtime)
         metrics.RESTORED.inc(len(history.events))
+        for name, cp in sorted(history.checkpoints.items()):
+            log.info("strategy %s: ledger from its checkpoint at %d", name, cp.seq)
+        try:
+            written = await write_checkpoints(
+                url,
+                history,
+                self.runtime,
+                folded,
+                after_fills=self.settings.checkpoint_after_fills,
+            )
+        except StoreError as e:
+            log.warning("no checkpoint written: %s", e)  # the next start-up folds more
+        else:
+            for name in written:
+                log.info("strategy %s: checkpoint written at %d", name, history.last_seq)
         for task in self.tasks.values():
             task.host.remember(history.bars)
         for task in self.tasks.values():

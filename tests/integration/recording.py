@@ -6,6 +6,7 @@
   the stream).
 - :func:`record_events` appends events to the store as the recorder would
   write them (after its last row), for tests of what services read back.
+- :func:`sql` runs one query on a test's store.
 - :func:`wipe_nats` restarts a test's own nats-server with its data gone.
 """
 
@@ -53,6 +54,15 @@ async def record_events(database_url: str, events: list[Event]) -> None:
             for i, e in enumerate(events)
         ]
         await conn.copy_records_to_table("events", records=records, columns=COPY_COLUMNS)
+    finally:
+        await conn.close()
+
+
+async def sql(database_url: str, query: str) -> object:
+    """The first value ``query`` returns (None for a statement)."""
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        return await conn.fetchval(query)
     finally:
         await conn.close()
 

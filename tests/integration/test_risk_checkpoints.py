@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from libs.bus.client import Bus
-from libs.store.urls import asyncpg_url
 from services.risk_gate.adapters.checkpoint import KEEP
 from services.risk_gate.adapters.store import Rebuilt, rebuild
 from services.risk_gate.domain.evolve import RELEVANT_TYPES
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import RiskState
-from tests.integration.recording import record_stream
+from tests.integration.recording import record_stream, sql
 from tests.integration.test_risk_gate import tradebus
 from tests.unit.test_risk_checkpoint import fold, timeline
 from tests.unit.test_risk_evolve import LIMITS, trade
@@ -32,14 +30,6 @@ HALF = len(EVENTS) // 2
 async def fill_store(bus: Bus, database_url: str, events: list) -> None:  # type: ignore[type-arg]
     await bus.publish_many(events)
     await record_stream(bus, database_url)
-
-
-async def sql(database_url: str, query: str) -> object:
-    conn = await asyncpg.connect(asyncpg_url(database_url))
-    try:
-        return await conn.fetchval(query)
-    finally:
-        await conn.close()
 
 
 async def checkpoint_now(database_url: str) -> Rebuilt:

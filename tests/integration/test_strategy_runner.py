@@ -28,7 +28,7 @@ from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
-from tests.integration.recording import record_stream, wipe_nats
+from tests.integration.recording import record_stream, sql, wipe_nats
 
 T0 = 1_700_000_000 * 1_000_000_000
 ENVELOPE = (
@@ -285,6 +285,49 @@ async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_r
     await eventually(lambda: metric(again, realized) == -10.0, timeout=20)
     assert metric(again, position) == 0.0
     assert again.terminate() == 0, again.log_text()[-3000:]
+
+
+async def test_a_restart_writes_a_ledger_checkpoint_and_the_next_one_starts_from_it(
+    tmp_path: Path,
+    bus: Bus,
+    database_url: str,
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRADEBUS_CHECKPOINT_AFTER_FILLS", "1")
+    ids = itertools.count(1)
+    store = Timeline(database_url)
+    start(["recorder", "run"], "recorder")
+    runner = start(runner_args(tmp_path), "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    await publish_bars(bus, "AAPL", [12, 11, 10, 13], 0)  # a golden cross on 13
+    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
+    intent = OrderIntentCreated.model_validate({k: buy[k] for k in ENVELOPE})
+    await bus.publish_many(
+        fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
+    )
+    position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
+    await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
+    await eventually(lambda: store.of("FillReceived"), timeout=20)
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+
+    # The next start-up folds that fill and writes sma-x's checkpoint ...
+    second = start(runner_args(tmp_path), "runner2")
+    await eventually(lambda: (second.health() or {}).get("ready"), timeout=30)
+    assert "strategy sma-x: checkpoint written at" in second.log_text()
+    assert await sql(database_url, "SELECT array_agg(strategy) FROM strategy_checkpoints") == [
+        "sma-x"
+    ]
+    seq = await sql(database_url, "SELECT seq FROM strategy_checkpoints")
+    assert metric(second, position) == 10.0
+    assert second.terminate() == 0, second.log_text()[-3000:]
+
+    # ... and the one after starts sma-x's ledger from it, to the same books.
+    third = start(runner_args(tmp_path), "runner3")
+    await eventually(lambda: (third.health() or {}).get("ready"), timeout=30)
+    assert f"strategy sma-x: ledger from its checkpoint at {seq}" in third.log_text()
+    assert metric(third, position) == 10.0
+    assert third.terminate() == 0, third.log_text()[-3000:]
 
 
 async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(

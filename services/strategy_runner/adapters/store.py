@@ -35,6 +35,8 @@ from libs.store import queries
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
 from libs.store.writer import CONNECT_TIMEOUT, CONNECTION_ERRORS
+from libs.strategy.runtime import InMemoryRuntime
+from services.strategy_runner.adapters import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,14 @@ COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_i
 # a million rows); a fill of a strategy's own chain comes from both halves,
 # and load_history keeps it once. A chain whose intents are all finished
 # (denied, rejected, canceled, completely filled) and whose last event is
-# older than $3 (ts_init, ns) is left out of the first half: it no longer
-# touches the books but through its fills, which the second half brings.
+# older than $3 (ts_init, ns) is left out of the first half (unless one of
+# its fills names no strategy): it no longer touches the books but through
+# its fills, which the second half brings:
+# those after the strategy's checkpoint ($4, $5: strategies and their
+# checkpoints' sequences), the earlier ones being in it.
 CHAINS_SQL = f"""
 WITH chains AS MATERIALIZED (
-    SELECT {COLUMNS} FROM events
+    SELECT {COLUMNS}, strategy FROM events
     WHERE seq <= $2 AND correlation_id IN (
         SELECT id FROM events
         WHERE type = 'SignalGenerated' AND strategy = ANY($1::text[]) AND seq <= $2
@@ -76,11 +81,16 @@ kept AS (
     SELECT correlation_id FROM chains GROUP BY correlation_id HAVING max(ts_init) >= $3::bigint
     UNION
     SELECT correlation_id FROM working
+    UNION
+    -- A fill not booked to a strategy is routed by its chain: read it whole.
+    SELECT correlation_id FROM chains WHERE type = 'FillReceived' AND strategy IS NULL
 )
 SELECT {COLUMNS} FROM chains WHERE correlation_id IN (SELECT correlation_id FROM kept)
 UNION ALL
-SELECT {COLUMNS} FROM events
-WHERE seq <= $2 AND type = 'FillReceived' AND strategy = ANY($1::text[])
+SELECT {", ".join(f"e.{c}" for c in COLUMNS.split(", "))} FROM events e
+LEFT JOIN unnest($4::text[], $5::bigint[]) AS cp(strategy, seq) ON cp.strategy = e.strategy
+WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
+  AND e.seq > coalesce(cp.seq, 0)
 """  # noqa: S608 - constant column list, values are bind parameters
 
 LAST_PRICE_SQL = f"""
@@ -107,10 +117,28 @@ class History:
     tail: queries.Tail | None = None
     #: The latest bars of the symbols asked for (for ``on_warmup``), in order.
     bars: list[Event] = field(default_factory=list)
+    #: The store sequence of each of ``events``.
+    seqs: list[int] = field(default_factory=list)
+    #: Per strategy, the newest usable checkpoint of its ledger: the events at
+    #: or below its sequence are in it (``adapters/checkpoint.py``).
+    checkpoints: dict[str, checkpoint.Checkpoint] = field(default_factory=dict)
 
     @property
     def last_seq(self) -> int:
         return queries.last_seq_of(self.tail)
+
+    def restore_into(self, runtime: InMemoryRuntime) -> dict[str, int]:
+        """Seed each strategy's ledger from its checkpoint, then apply the
+        events to the books (each strategy's ledger only those after its
+        checkpoint); returns, per strategy, the fills its ledger took."""
+        for name, cp in self.checkpoints.items():
+            host = runtime.hosts.get(name)
+            if host is not None:
+                host.ledger.seed(cp.positions)
+        upto = {name: cp.seq for name, cp in self.checkpoints.items()}
+        for seq, event in zip(self.seqs, self.events, strict=True):
+            runtime.restore(event, seq=seq, ledgers_upto=upto)
+        return {name: host.ledger.fills_applied for name, host in runtime.hosts.items()}
 
 
 def _event(row: asyncpg.Record) -> Event | None:
@@ -140,11 +168,14 @@ async def load_history(
     warmup: Mapping[tuple[str, str | None], int] | None = None,
     *,
     finished_before_ns: int = 0,
+    use_checkpoints: bool = True,
 ) -> History:
     """Read the strategies' chains (less those finished before
     ``finished_before_ns``: see ``CHAINS_SQL``), all their fills, their
     symbols' last prices and, per (symbol, bar interval) in ``warmup``, that
-    many of its latest bars (an interval of None: of any interval)."""
+    many of its latest bars (an interval of None: of any interval). Each
+    strategy's ledger starts from its newest usable checkpoint, unless
+    ``use_checkpoints`` is false."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
@@ -153,8 +184,18 @@ async def load_history(
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             tail = await queries.tail(conn)
             last_seq = queries.last_seq_of(tail)
+            ledgers = (
+                await checkpoint.latest(conn, strategies, up_to=last_seq) if use_checkpoints else {}
+            )
             rows = list(
-                await conn.fetch(CHAINS_SQL, list(strategies), last_seq, finished_before_ns)
+                await conn.fetch(
+                    CHAINS_SQL,
+                    list(strategies),
+                    last_seq,
+                    finished_before_ns,
+                    list(ledgers),
+                    [c.seq for c in ledgers.values()],
+                )
             )
             for symbol in sorted(set(symbols)):
                 row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
@@ -170,7 +211,49 @@ async def load_history(
     finally:
         await conn.close()
     rows = sorted({r["seq"]: r for r in rows}.values(), key=lambda r: r["seq"])
-    events = [e for e in map(_event, rows) if e is not None]
+    seqs, events = [], []
+    for row in rows:
+        event = _event(row)
+        if event is not None:
+            seqs.append(int(row["seq"]))
+            events.append(event)
     bar_rows = sorted({r["seq"]: r for r in bar_rows}.values(), key=lambda r: r["seq"])
     bars = [e for e in map(_event, bar_rows) if e is not None]
-    return History(events, tail, bars)
+    return History(events, tail, bars, seqs, ledgers)
+
+
+async def write_checkpoints(
+    database_url: str,
+    history: History,
+    runtime: InMemoryRuntime,
+    folded: Mapping[str, int],
+    *,
+    after_fills: int = 1,
+) -> list[str]:
+    """After a rebuild: a checkpoint of each ledger that took at least
+    ``after_fills`` fills from the store, at the snapshot's sequence; the
+    strategies written."""
+    due = {n: f for n, f in folded.items() if f >= after_fills}
+    if not due or history.last_seq == 0:
+        return []
+    try:
+        conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
+    except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
+        raise StoreUnavailable(f"cannot reach the event store: {e}") from e
+    written = []
+    try:
+        for name, fills in sorted(due.items()):
+            before = history.checkpoints.get(name)
+            cp = checkpoint.Checkpoint(
+                name,
+                history.last_seq,
+                fills + (before.fills if before is not None else 0),
+                dict(runtime.hosts[name].ledger.positions),
+            )
+            if await checkpoint.write(conn, cp):
+                written.append(name)
+    except (*CONNECTION_ERRORS, asyncpg.PostgresError) as e:
+        raise StoreUnavailable(f"writing a checkpoint failed: {e}") from e
+    finally:
+        await conn.close()
+    return written

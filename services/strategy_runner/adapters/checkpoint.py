@@ -1,0 +1,176 @@
+"""Strategy checkpoints: a strategy's positions folded from its fills up to a sequence.
+
+A strategy's positions, average prices and realized P&L come from every fill
+it ever had, in order (average cost: each fill's effect depends on the ones
+before it). Without checkpoints every start-up reads and folds all of them,
+so it grows with every fill recorded. With them, a start-up seeds each
+strategy's ledger from its newest usable checkpoint and folds only what
+came after it.
+
+**Exact by construction.** A checkpoint is only ever written from a rebuild
+at start-up: the fold of the store's events up to the snapshot's sequence,
+never the live books. The rebuild that loads it leaves every event at or
+below its sequence out of the ledger (fills and marks alike: they are in the
+checkpoint) while still giving the fills to the strategy's working intents;
+so the ledger ends exactly as folding from the first event would leave it
+(``tests/integration/test_strategy_checkpoints.py`` checks this at many split
+points). A checkpoint is used only when:
+
+- its ``code_digest`` matches: a hash of the ledger's code, the event
+  contract and this module (a release that changes them ignores old ones);
+- the store still holds, at ``seq``, the event it was folded from.
+
+Otherwise it is ignored and the rebuild folds every fill, as without
+checkpoints. The positions are stored as JSON, field by field.
+
+A ledger counts a fill once by its (account, broker order id, fill id); a
+checkpoint does not keep those keys. That is safe because the store holds
+each fill once: the broker-gateway derives a fill's event id from its order
+and cumulative quantity, and the store keeps one event per id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import orjson
+
+from libs.strategy.context import Position
+
+#: Bumped when the encoding below changes.
+FORMAT = 1
+#: Checkpoints kept per strategy and digest.
+KEEP = 3
+_HERE = Path(__file__).resolve()
+_ROOT = _HERE.parents[3]
+#: The code a ledger fold depends on.
+_SOURCES = (
+    _ROOT / "libs" / "strategy" / "ledger.py",
+    _ROOT / "libs" / "strategy" / "context.py",
+    _ROOT / "libs" / "contract" / "events.py",
+    _HERE,
+)
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256(f"format {FORMAT}\n".encode())
+    for path in _SOURCES:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:32]
+
+
+CODE_DIGEST = _code_digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One strategy's ledger positions as folded up to ``seq``."""
+
+    strategy: str
+    seq: int
+    #: Fills folded into it, in all.
+    fills: int
+    positions: dict[str, Position]
+
+
+def encode(positions: Mapping[str, Position]) -> str:
+    return orjson.dumps(
+        {
+            s: [
+                str(p.quantity),
+                str(p.average_price),
+                str(p.realized_pnl),
+                None if p.mark is None else str(p.mark),
+            ]
+            for s, p in positions.items()
+        }
+    ).decode()
+
+
+def decode(data: str) -> dict[str, Position]:
+    raw: Any = orjson.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("positions are not an object")
+    out: dict[str, Position] = {}
+    for symbol, (qty, avg, realized, mark) in raw.items():
+        out[symbol] = Position(
+            symbol,
+            Decimal(qty),
+            Decimal(avg),
+            Decimal(realized),
+            None if mark is None else Decimal(mark),
+        )
+    return out
+
+
+async def latest(
+    conn: asyncpg.Connection, strategies: Sequence[str], *, up_to: int
+) -> dict[str, Checkpoint]:
+    """Each strategy's newest usable checkpoint at or below ``up_to`` (call
+    inside the rebuild's snapshot transaction)."""
+    if not await _table_exists(conn):
+        return {}
+    rows = await conn.fetch(
+        "SELECT c.strategy, c.seq, c.fills, c.positions::text AS positions "
+        "FROM strategy_checkpoints c JOIN events e ON e.seq = c.seq AND e.id = c.event_id "
+        "WHERE c.strategy = ANY($1::text[]) AND c.code_digest = $2 AND c.seq <= $3 "
+        "ORDER BY c.strategy, c.seq DESC",
+        list(strategies),
+        CODE_DIGEST,
+        up_to,
+    )
+    out: dict[str, Checkpoint] = {}
+    for row in rows:
+        name = row["strategy"]
+        if name in out:
+            continue
+        try:
+            positions = decode(row["positions"])
+        except (ValueError, TypeError, ArithmeticError):
+            continue  # unreadable: an older one, or the whole fold
+        out[name] = Checkpoint(name, int(row["seq"]), int(row["fills"]), positions)
+    return out
+
+
+async def write(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
+    """Store ``checkpoint``; keep the newest :data:`KEEP` of its strategy and
+    digest. False if the store has no event at its seq (or no table)."""
+    if not await _table_exists(conn):
+        return False
+    async with conn.transaction():
+        done = cast(
+            str,
+            await conn.execute(
+                "INSERT INTO strategy_checkpoints "
+                "(strategy, seq, event_id, code_digest, fills, positions) "
+                "SELECT $1, seq, id, $3, $4, $5::jsonb FROM events WHERE seq = $2 "
+                "ON CONFLICT DO NOTHING",
+                checkpoint.strategy,
+                checkpoint.seq,
+                CODE_DIGEST,
+                checkpoint.fills,
+                encode(checkpoint.positions),
+            ),
+        )
+        # Ours beyond the newest KEEP; an older release's once a day old.
+        await conn.execute(
+            "DELETE FROM strategy_checkpoints WHERE strategy = $1 AND ((code_digest = $2 "
+            "AND seq < (SELECT min(seq) FROM (SELECT seq FROM strategy_checkpoints "
+            "WHERE strategy = $1 AND code_digest = $2 ORDER BY seq DESC LIMIT $3) AS kept)) "
+            "OR (code_digest <> $2 AND written_at < now() - interval '1 day'))",
+            checkpoint.strategy,
+            CODE_DIGEST,
+            KEEP,
+        )
+    return done.endswith(" 1")
+
+
+async def _table_exists(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('strategy_checkpoints') IS NOT NULL"))
