@@ -40,23 +40,14 @@ from typing import Any
 
 from harness import Database, copy_events, say  # bench/harness.py
 
-from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
-    OrderIntentCreated,
-    OrderIntentPayload,
-    ReasonCode,
-    RiskDecisionMade,
-    RiskDecisionPayload,
-    SignalGenerated,
-    SignalPayload,
     SubmitOrder,
-    SubmitOrderPayload,
 )
 from libs.local.servers import PostgresServer
 from libs.runtime import run_service
 from libs.strategy.runtime import InMemoryRuntime
-from libs.strategy.testing import At, EchoStrategy
+from libs.strategy.testing import EchoStrategy, accept, market_intent, signal
 from services.broker_gateway.adapters.history import order_path_history
 from services.broker_gateway.config import GatewaySettings
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
@@ -80,53 +71,12 @@ class Clock:
         return self.t
 
 
-def _chain(i: int, at: At) -> tuple[list[Event], SubmitOrder]:
+def _chain(i: int, at_ns: int) -> tuple[list[Event], SubmitOrder]:
     """A signal, its intent, the gate's decision and order."""
-    strategy, symbol = STRATEGIES[i % 4], SYMBOLS[i % len(SYMBOLS)]
-    side = "buy" if i % 2 else "sell"
-    signal = SignalGenerated.create(
-        SignalPayload(strategy=strategy, symbol=symbol, name="bench", direction="long"),
-        source="bench/strategy-runner",
-        clock=at,
-    )
-    intent = OrderIntentCreated.create(
-        OrderIntentPayload(
-            strategy=strategy, account=ACCOUNT, symbol=symbol, side=side, quantity=Decimal(10)
-        ),
-        source="bench/strategy-runner",
-        clock=at,
-        cause=signal,
-    )
-    oid = order_id_for(intent.id)
-    decision = RiskDecisionMade.create(
-        RiskDecisionPayload(
-            intent_id=intent.id,
-            strategy=strategy,
-            account=ACCOUNT,
-            symbol=symbol,
-            decision="accepted",
-            reason=ReasonCode.ACCEPTED,
-            order_id=oid,
-        ),
-        source="bench/risk-gate",
-        clock=at,
-        cause=intent,
-    )
-    cmd = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=oid,
-            intent_id=intent.id,
-            strategy=strategy,
-            account=ACCOUNT,
-            symbol=symbol,
-            side=side,
-            quantity=Decimal(10),
-        ),
-        source="bench/risk-gate",
-        clock=at,
-        cause=intent,
-    )
-    return [signal, intent, decision, cmd], cmd
+    cause = signal(STRATEGIES[i % 4], SYMBOLS[i % len(SYMBOLS)], at_ns=at_ns)
+    made = market_intent(cause, ACCOUNT, "buy" if i % 2 else "sell", 10)
+    decision, cmd = accept(made)
+    return [cause, made, decision, cmd], cmd
 
 
 def orders(
@@ -140,7 +90,7 @@ def orders(
     batch: list[Event] = []
     for i in range(count):
         clock.t = now_ns - days * DAY_NS + i * step
-        events, cmd = _chain(i, At(clock.t))
+        events, cmd = _chain(i, clock.t)
         tracker.plan_submit(cmd)
         tracker.request(cmd.payload.order_id)
         p = cmd.payload
@@ -205,9 +155,8 @@ def _runner(url: str, mode: str) -> Result:
     for name in STRATEGIES:
         runtime.add(name, EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
     folded = history.restore_into(runtime)
-    if mode == "checkpoint":  # as the runner does at start-up
-        after = RunnerSettings().checkpoint_after_fills
-        run_service(write_checkpoints(url, history, runtime, folded, after_fills=after))
+    if mode == "checkpoint":  # as the runner does at start-up (whatever --orders is)
+        run_service(write_checkpoints(url, history, runtime, folded, after_fills=1))
     hosts = runtime.hosts.values()
     counts = {
         "events_read": len(history.events),

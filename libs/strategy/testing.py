@@ -30,10 +30,13 @@ from libs.contract.events import (
     OrderAccepted,
     OrderAcceptedPayload,
     OrderIntentCreated,
+    OrderIntentPayload,
     ReasonCode,
     RiskDecisionMade,
     RiskDecisionPayload,
     Side,
+    SignalGenerated,
+    SignalPayload,
     SubmitOrder,
     SubmitOrderPayload,
 )
@@ -113,36 +116,52 @@ def bars(
     return [bar(symbol, c, start_ns + i * step_ns) for i, c in enumerate(closes)]
 
 
-def fill_chain(
-    intent: OrderIntentCreated,
-    price: Decimal | int | str,
+def signal(
+    strategy: str, symbol: str, *, at_ns: int, ids: IdFactory = uuid.uuid4
+) -> SignalGenerated:
+    """A strategy's signal at ``at_ns``: the root of a chain."""
+    return SignalGenerated.create(
+        SignalPayload(strategy=strategy, symbol=symbol, name="test", direction="long"),
+        source="test/strategy-runner",
+        clock=At(at_ns),
+        ids=ids,
+    )
+
+
+def market_intent(
+    cause: SignalGenerated,
+    account: str,
+    side: Side,
+    quantity: Decimal | int,
     *,
-    ids: IdFactory,
-    quantity: Decimal | None = None,
-    commission: Decimal = Decimal(0),
-    at_ns: int | None = None,
-) -> list[Event]:
-    """Decision, command, ack and one fill for ``intent`` (complete unless
-    ``quantity``), under the order id the risk-gate gives it."""
+    ids: IdFactory = uuid.uuid4,
+) -> OrderIntentCreated:
+    """A market intent of ``cause``'s strategy in its symbol, at its time."""
+    p = cause.payload
+    return OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy=p.strategy,
+            account=account,
+            symbol=p.symbol,
+            side=side,
+            quantity=Decimal(quantity),
+        ),
+        source="test/strategy-runner",
+        clock=At(cause.ts_event),
+        cause=cause,
+        ids=ids,
+    )
+
+
+def accept(
+    intent: OrderIntentCreated, *, ids: IdFactory = uuid.uuid4, at_ns: int | None = None
+) -> tuple[RiskDecisionMade, SubmitOrder]:
+    """The risk-gate's acceptance of ``intent`` and its order command, under
+    the order id the risk-gate gives it."""
     p = intent.payload
     clock = At(at_ns if at_ns is not None else intent.ts_event)
     order_id = order_id_for(intent.id)
-    qty = quantity if quantity is not None else p.quantity
-    decision = RiskDecisionMade.create(
-        RiskDecisionPayload(
-            intent_id=intent.id,
-            strategy=p.strategy,
-            account=p.account,
-            symbol=p.symbol,
-            decision="accepted",
-            reason=ReasonCode.ACCEPTED,
-            order_id=order_id,
-        ),
-        source="test/risk-gate",
-        clock=clock,
-        cause=intent,
-        ids=ids,
-    )
+    decision = _decision(intent, ReasonCode.ACCEPTED, order_id, clock=clock, ids=ids)
     command = SubmitOrder.create(
         SubmitOrderPayload(
             order_id=order_id,
@@ -158,6 +177,25 @@ def fill_chain(
         cause=decision,
         ids=ids,
     )
+    return decision, command
+
+
+def fill_chain(
+    intent: OrderIntentCreated,
+    price: Decimal | int | str,
+    *,
+    ids: IdFactory,
+    quantity: Decimal | None = None,
+    commission: Decimal = Decimal(0),
+    at_ns: int | None = None,
+) -> list[Event]:
+    """Decision, command, ack and one fill for ``intent`` (complete unless
+    ``quantity``), under the order id the risk-gate gives it."""
+    p = intent.payload
+    clock = At(at_ns if at_ns is not None else intent.ts_event)
+    qty = quantity if quantity is not None else p.quantity
+    decision, command = accept(intent, ids=ids, at_ns=at_ns)
+    order_id = command.payload.order_id
     ack = OrderAccepted.create(
         OrderAcceptedPayload(
             order_id=order_id, account=p.account, broker_order_id=f"b-{order_id}", symbol=p.symbol
@@ -231,10 +269,22 @@ def booked_fill(
 def deny(
     intent: OrderIntentCreated,
     *,
-    ids: IdFactory,
+    ids: IdFactory = uuid.uuid4,
     reason: ReasonCode = ReasonCode.MAX_ORDER_QUANTITY,
 ) -> RiskDecisionMade:
     """The risk-gate's denial of ``intent``."""
+    return _decision(intent, reason, None, clock=At(intent.ts_event), ids=ids)
+
+
+def _decision(
+    intent: OrderIntentCreated,
+    reason: ReasonCode,
+    order_id: uuid.UUID | None,
+    *,
+    clock: At,
+    ids: IdFactory,
+) -> RiskDecisionMade:
+    """The risk-gate's verdict on ``intent``: accepted (with ``order_id``) or denied."""
     p = intent.payload
     return RiskDecisionMade.create(
         RiskDecisionPayload(
@@ -242,11 +292,12 @@ def deny(
             strategy=p.strategy,
             account=p.account,
             symbol=p.symbol,
-            decision="denied",
+            decision="accepted" if reason is ReasonCode.ACCEPTED else "denied",
             reason=reason,
+            order_id=order_id,
         ),
         source="test/risk-gate",
-        clock=At(intent.ts_event),
+        clock=clock,
         cause=intent,
         ids=ids,
     )

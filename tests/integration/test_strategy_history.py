@@ -18,22 +18,16 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from libs.contract.codec import order_id_for
 from libs.contract.envelope import Event
 from libs.contract.events import (
     FillReceived,
     OrderIntentCreated,
-    OrderIntentPayload,
     ReasonCode,
-    RiskDecisionMade,
-    RiskDecisionPayload,
+    Side,
     SignalGenerated,
-    SignalPayload,
-    SubmitOrder,
-    SubmitOrderPayload,
 )
 from libs.strategy.runtime import InMemoryRuntime
-from libs.strategy.testing import At, EchoStrategy
+from libs.strategy.testing import EchoStrategy, accept, deny, market_intent, signal
 from services.broker_gateway.domain.model import OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.strategy_runner.adapters.store import History, load_history
@@ -45,6 +39,7 @@ D = Decimal
 NOW = time.time_ns()
 STRATEGIES = ("s1", "s2")
 SYMBOLS = ("AAPL", "MSFT")
+SIDES: tuple[Side, ...] = ("buy", "sell")
 OUTCOMES = (
     "denied",
     "undecided",
@@ -71,70 +66,26 @@ class Chains:
         self.chains: dict[uuid.UUID, tuple[bool, int]] = {}
 
     def chain(self, strategy: str, outcomes: list[str]) -> None:
-        at = At(self.clock.t)
-        symbol = self.rng.choice(SYMBOLS)
-        signal = SignalGenerated.create(
-            SignalPayload(strategy=strategy, symbol=symbol, name="x", direction="long"),
-            source="test/strategy-runner",
-            clock=at,
-        )
-        self.events.append(signal)
+        cause = signal(strategy, self.rng.choice(SYMBOLS), at_ns=self.clock.t)
+        self.events.append(cause)
         for outcome in outcomes:
-            side = self.rng.choice(["buy", "sell"])
-            qty = D(self.rng.randint(2, 9))
-            intent = OrderIntentCreated.create(
-                OrderIntentPayload(
-                    strategy=strategy, account=ACCOUNT, symbol=symbol, side=side, quantity=qty
-                ),
-                source="test/strategy-runner",
-                clock=at,
-                cause=signal,
-            )
-            self.events.append(intent)
-            self._take(intent, outcome)
+            side = self.rng.choice(SIDES)
+            made = market_intent(cause, ACCOUNT, side, self.rng.randint(2, 9))
+            self.events.append(made)
+            self._take(made, outcome)
         working = any(o in WORKING for o in outcomes)
-        self.chains[signal.id] = (not working, self.clock.t)
+        self.chains[cause.id] = (not working, self.clock.t)
 
     def _take(self, intent: OrderIntentCreated, outcome: str) -> None:
         if outcome == "undecided":
             return
-        p = intent.payload
-        accepted = outcome != "denied"
-        oid = order_id_for(intent.id)
-        at = At(self.clock.t)
-        self.events.append(
-            RiskDecisionMade.create(
-                RiskDecisionPayload(
-                    intent_id=intent.id,
-                    strategy=p.strategy,
-                    account=p.account,
-                    symbol=p.symbol,
-                    decision="accepted" if accepted else "denied",
-                    reason=ReasonCode.ACCEPTED if accepted else ReasonCode.MAX_STRATEGY_POSITION,
-                    order_id=oid if accepted else None,
-                ),
-                source="test/risk-gate",
-                clock=at,
-                cause=intent,
-            )
-        )
-        if not accepted:
+        if outcome == "denied":
+            self.events.append(deny(intent, reason=ReasonCode.MAX_STRATEGY_POSITION))
             return
-        cmd = SubmitOrder.create(
-            SubmitOrderPayload(
-                order_id=oid,
-                intent_id=intent.id,
-                strategy=p.strategy,
-                account=p.account,
-                symbol=p.symbol,
-                side=p.side,
-                quantity=p.quantity,
-            ),
-            source="test/risk-gate",
-            clock=at,
-            cause=intent,
-        )
-        self.events.append(cmd)
+        decision, cmd = accept(intent)
+        self.events += [decision, cmd]
+        oid = cmd.payload.order_id
+        p = cmd.payload
         self.broker.plan_submit(cmd)
         self.broker.request(oid)
         if outcome == "not_yet_at_the_broker":

@@ -245,12 +245,14 @@ async def _scenario(
     assert again.terminate() == 0, again.log_text()[-3000:]
 
 
-async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_restart(
+POSITION = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
+
+
+async def sma_x_long_10(
     tmp_path: Path, bus: Bus, database_url: str, start: Start
-) -> None:
-    # The risk-gate flattened the account: the broker's closing order is no
-    # strategy's, but the gateway books its fill to sma-x, whose position it
-    # closed. sma-x must be flat, live and in the books rebuilt from the store.
+) -> ServiceProcess:
+    """A recorder and a runner whose sma-x bought 10 AAPL at 13.05 (a golden
+    cross, its order filled); the runner, once its books show the position."""
     ids = itertools.count(1)
     store = Timeline(database_url)
     start(["recorder", "run"], "recorder")
@@ -262,9 +264,19 @@ async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_r
     await bus.publish_many(
         fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
     )
-    position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
+    await eventually(lambda: metric(runner, POSITION) == 10.0, timeout=20)
+    return runner
+
+
+async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_restart(
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
+) -> None:
+    # The risk-gate flattened the account: the broker's closing order is no
+    # strategy's, but the gateway books its fill to sma-x, whose position it
+    # closed. sma-x must be flat, live and in the books rebuilt from the store.
+    store = Timeline(database_url)
+    runner = await sma_x_long_10(tmp_path, bus, database_url, start)
     realized = 'tradebus_strategy_pnl{kind="realized",strategy="sma-x"}'
-    await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
 
     flatten = uuid.uuid4()  # the FlattenAccount's chain, not sma-x's
     closing = booked_fill(
@@ -272,7 +284,7 @@ async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_r
         at_ns=T0 + 5 * MINUTE_NS,
     )  # fmt: skip
     await bus.publish(closing)
-    await eventually(lambda: metric(runner, position) == 0.0, timeout=20)
+    await eventually(lambda: metric(runner, POSITION) == 0.0, timeout=20)
     assert metric(runner, realized) == -10.0  # (12.05 - 13.05) x 10
 
     async def closing_recorded() -> bool:
@@ -283,7 +295,7 @@ async def test_a_flatten_fill_booked_to_a_strategy_reaches_it_live_and_after_a_r
     again = start(runner_args(tmp_path), "runner2")
     await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
     await eventually(lambda: metric(again, realized) == -10.0, timeout=20)
-    assert metric(again, position) == 0.0
+    assert metric(again, POSITION) == 0.0
     assert again.terminate() == 0, again.log_text()[-3000:]
 
 
@@ -295,19 +307,8 @@ async def test_a_restart_writes_a_ledger_checkpoint_and_the_next_one_starts_from
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TRADEBUS_CHECKPOINT_AFTER_FILLS", "1")
-    ids = itertools.count(1)
     store = Timeline(database_url)
-    start(["recorder", "run"], "recorder")
-    runner = start(runner_args(tmp_path), "runner")
-    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
-    await publish_bars(bus, "AAPL", [12, 11, 10, 13], 0)  # a golden cross on 13
-    (buy,) = await eventually(lambda: store.count("OrderIntentCreated", "sma-x", 1), timeout=20)
-    intent = OrderIntentCreated.model_validate({k: buy[k] for k in ENVELOPE})
-    await bus.publish_many(
-        fill_chain(intent, "13.05", ids=lambda: uuid.UUID(int=next(ids)), at_ns=T0)
-    )
-    position = 'tradebus_strategy_position{strategy="sma-x",symbol="AAPL"}'
-    await eventually(lambda: metric(runner, position) == 10.0, timeout=20)
+    runner = await sma_x_long_10(tmp_path, bus, database_url, start)
     await eventually(lambda: store.of("FillReceived"), timeout=20)
     assert runner.terminate() == 0, runner.log_text()[-3000:]
 
@@ -319,14 +320,14 @@ async def test_a_restart_writes_a_ledger_checkpoint_and_the_next_one_starts_from
         "sma-x"
     ]
     seq = await sql(database_url, "SELECT seq FROM strategy_checkpoints")
-    assert metric(second, position) == 10.0
+    assert metric(second, POSITION) == 10.0
     assert second.terminate() == 0, second.log_text()[-3000:]
 
     # ... and the one after starts sma-x's ledger from it, to the same books.
     third = start(runner_args(tmp_path), "runner3")
     await eventually(lambda: (third.health() or {}).get("ready"), timeout=30)
     assert f"strategy sma-x: ledger from its checkpoint at {seq}" in third.log_text()
-    assert metric(third, position) == 10.0
+    assert metric(third, POSITION) == 10.0
     assert third.terminate() == 0, third.log_text()[-3000:]
 
 

@@ -44,6 +44,7 @@ import asyncpg
 import orjson
 
 from libs.contract.events import OrderIntentCreated
+from libs.store.checkpoints import code_digest, table_exists
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import (
     DayIds,
@@ -72,16 +73,8 @@ _SOURCES = (
 )
 
 
-def _code_digest() -> str:
-    h = hashlib.sha256(f"format {FORMAT}\n".encode())
-    for path in _SOURCES:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:32]
-
-
 #: The risk-gate's domain code and this format: what a checkpoint was folded by.
-CODE_DIGEST = _code_digest()
+CODE_DIGEST = code_digest(FORMAT, _SOURCES)
 
 
 def limits_digest(limits: RiskLimits) -> str:
@@ -302,7 +295,7 @@ async def latest(
 ) -> tuple[Checkpoint | None, str | None]:
     """The newest usable checkpoint at or below ``up_to`` (call inside the
     rebuild's snapshot transaction), and why a newer one was not used."""
-    if not await _table_exists(conn):
+    if not await table_exists(conn, "risk_checkpoints"):
         return None, "no risk_checkpoints table (the store is not migrated: tradebus db upgrade)"
     rows = await conn.fetch(
         "SELECT c.seq, c.events, c.state, e.id = c.event_id AS same_store "
@@ -332,7 +325,7 @@ async def write(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
     """Store ``checkpoint`` (the fold up to its seq); keep the newest
     :data:`KEEP` of its digests. False if the store has no event at its seq
     (or no checkpoint table)."""
-    if not await _table_exists(conn):
+    if not await table_exists(conn, "risk_checkpoints"):
         return False
     limits = limits_digest(checkpoint.state.limits)
     data = encode(checkpoint.state)
@@ -364,7 +357,3 @@ async def write(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
             KEEP,
         )
     return done.endswith(" 1")
-
-
-async def _table_exists(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass('risk_checkpoints') IS NOT NULL"))

@@ -65,6 +65,23 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
     "reduce": "reducing",
 }
 
+#: Events applied once per id. A later copy (the same event published again
+#: past JetStream's duplicate window) changes nothing, as in the store, where
+#: the recorder keeps it as ``DuplicateSuppressed``. The other types evolve
+#: reads (``RELEVANT_TYPES``) are idempotent by what they are: an intent is
+#: decided once, a fill counted once, an order opened and closed once, a
+#: price marks what it marks.
+ONCE_TYPES = frozenset(
+    {
+        "KillSwitchEngaged",
+        "KillSwitchReleased",
+        "TradingResumeRequested",
+        "TradingStateChanged",
+        "BreakerTripped",
+        "BrokerConnectionChanged",
+    }
+)
+
 #: The event types evolve reads; everything else leaves the state as it is.
 #: ``OrderAccepted`` is not among them: an order counts from its command until
 #: a fill completes it or the broker rejects or cancels it, whether or not the
@@ -80,12 +97,7 @@ RELEVANT_TYPES = frozenset(
         "OrderRejected",
         "OrderCanceled",
         "FillReceived",
-        "KillSwitchEngaged",
-        "KillSwitchReleased",
-        "TradingResumeRequested",
-        "TradingStateChanged",
-        "BreakerTripped",
-        "BrokerConnectionChanged",
+        *ONCE_TYPES,
     }
 )
 
@@ -129,23 +141,6 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         fills_seen=state.fills_seen.roll(),
         applied=state.applied.roll(),
     )
-
-
-#: Events applied once per id. A later copy (the same event published again
-#: past JetStream's duplicate window) changes nothing, as in the store, where
-#: the recorder keeps it as ``DuplicateSuppressed``. The others are
-#: idempotent by what they are: an intent is decided once, a fill counted
-#: once, an order opened and closed once, a price marks what it marks.
-ONCE_TYPES = frozenset(
-    {
-        "KillSwitchEngaged",
-        "KillSwitchReleased",
-        "TradingResumeRequested",
-        "TradingStateChanged",
-        "BreakerTripped",
-        "BrokerConnectionChanged",
-    }
-)
 
 
 def evolve(state: RiskState, event: Event) -> RiskState:

@@ -31,7 +31,6 @@ and cumulative quantity, and the store keeps one event per id.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -41,6 +40,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
+from libs.store.checkpoints import code_digest, table_exists
 from libs.strategy.context import Position
 
 #: Bumped when the encoding below changes.
@@ -58,15 +58,7 @@ _SOURCES = (
 )
 
 
-def _code_digest() -> str:
-    h = hashlib.sha256(f"format {FORMAT}\n".encode())
-    for path in _SOURCES:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:32]
-
-
-CODE_DIGEST = _code_digest()
+CODE_DIGEST = code_digest(FORMAT, _SOURCES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +107,7 @@ async def latest(
 ) -> dict[str, Checkpoint]:
     """Each strategy's newest usable checkpoint at or below ``up_to`` (call
     inside the rebuild's snapshot transaction)."""
-    if not await _table_exists(conn):
+    if not await table_exists(conn, "strategy_checkpoints"):
         return {}
     rows = await conn.fetch(
         "SELECT c.strategy, c.seq, c.fills, c.positions::text AS positions "
@@ -142,7 +134,7 @@ async def latest(
 async def write(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
     """Store ``checkpoint``; keep the newest :data:`KEEP` of its strategy and
     digest. False if the store has no event at its seq (or no table)."""
-    if not await _table_exists(conn):
+    if not await table_exists(conn, "strategy_checkpoints"):
         return False
     async with conn.transaction():
         done = cast(
@@ -170,7 +162,3 @@ async def write(conn: asyncpg.Connection, checkpoint: Checkpoint) -> bool:
             KEEP,
         )
     return done.endswith(" 1")
-
-
-async def _table_exists(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass('strategy_checkpoints') IS NOT NULL"))

@@ -41,16 +41,18 @@ from services.strategy_runner.adapters import checkpoint
 log = logging.getLogger(__name__)
 
 COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_id, payload"
+#: The same, of an ``events`` row named ``e``.
+E_COLUMNS = ", ".join(f"e.{c}" for c in COLUMNS.split(", "))
 
-# Two index scans, not one OR (which read the whole table: 28 ms -> 326 ms on
-# a million rows); a fill of a strategy's own chain comes from both halves,
-# and load_history keeps it once. A chain whose intents are all finished
-# (denied, rejected, canceled, completely filled) and whose last event is
-# older than $3 (ts_init, ns) is left out of the first half (unless one of
-# its fills names no strategy): it no longer touches the books but through
-# its fills, which the second half brings:
-# those after the strategy's checkpoint ($4, $5: strategies and their
-# checkpoints' sequences), the earlier ones being in it.
+# Two halves, two index scans, not one OR (which read the whole table: 28 ms
+# -> 326 ms on a million rows); a fill of a strategy's own chain can come
+# from both, and load_history keeps it once.
+# - The chains: a chain whose intents are all finished (denied, rejected,
+#   canceled, completely filled) and whose last event is older than $3
+#   (ts_init, ns) is left out, unless one of its fills names no strategy: it
+#   no longer touches the books but through its fills.
+# - The fills booked to the strategies, after each one's checkpoint ($4, $5:
+#   strategies and their checkpoints' sequences; the earlier ones are in it).
 CHAINS_SQL = f"""
 WITH chains AS MATERIALIZED (
     SELECT {COLUMNS}, strategy FROM events
@@ -87,7 +89,7 @@ kept AS (
 )
 SELECT {COLUMNS} FROM chains WHERE correlation_id IN (SELECT correlation_id FROM kept)
 UNION ALL
-SELECT {", ".join(f"e.{c}" for c in COLUMNS.split(", "))} FROM events e
+SELECT {E_COLUMNS} FROM events e
 LEFT JOIN unnest($4::text[], $5::bigint[]) AS cp(strategy, seq) ON cp.strategy = e.strategy
 WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
   AND e.seq > coalesce(cp.seq, 0)
