@@ -57,7 +57,9 @@ class EventRow(Base):
     symbol: Mapped[str | None] = mapped_column(Text, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     raw: Mapped[bytes | None] = mapped_column(
-        LargeBinary, nullable=True, comment="the message as received, when it did not decode"
+        LargeBinary,
+        nullable=True,
+        comment="the message as received, when it did not decode or was stored altered (U+0000)",
     )
 
     __table_args__ = (

@@ -84,6 +84,10 @@ class Recorder:
         self.is_writer = False
         self.last_seq = 0
         self.problem: str | None = None
+        #: What keeps failing unexpectedly, until a batch commits again: a
+        #: fault that repeats (the same batch refused on every retry) is
+        #: reported by /health, not only logged.
+        self.failing: str | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy unless something needs an operator; writer or standby."""
@@ -92,9 +96,10 @@ class Recorder:
             "role": "writer" if self.is_writer else "standby",
             "last_seq": self.last_seq,
         }
-        if self.problem is not None:
-            detail["problem"] = self.problem
-        return self.problem is None, detail
+        problem = self.problem or self.failing
+        if problem is not None:
+            detail["problem"] = problem
+        return problem is None, detail
 
     def stop(self) -> None:
         self.stopping.set()
@@ -121,6 +126,9 @@ class Recorder:
             log.warning("recorder cycle ended (%s: %s); restarting", cause, error)
         elif self.problem is None:
             log.error("recorder cycle failed unexpectedly; restarting", exc_info=error)
+            self.failing = f"recording after sequence {self.last_seq} failed: {cause}: {error}"[
+                :500
+            ]
         self._set_writer(False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
@@ -245,6 +253,7 @@ class Recorder:
             if prepared is None:
                 break
             written = await writer.write(prepared.rows)
+            self.failing = None
             if reported == 0 or time.monotonic() >= report_at:
                 log.info(
                     "recorded up to sequence %d (+%d), %d pending in the stream",

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import orjson
 
 from libs.bus.client import Bus, Outgoing
@@ -24,6 +25,7 @@ from libs.contract.events import (
     SubmitOrder,
     SubmitOrderPayload,
 )
+from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, stream_order, timeline
@@ -279,3 +281,90 @@ async def test_a_reset_stream_that_outgrew_the_store_is_refused_too(
     problem = await _refused_after_a_reset(tmp_path, bus, database_url, nats_url, after=8)
     assert "holds at sequence 5 a message" in problem, problem
     assert "the stream was reset; not recording" in problem
+
+
+def _signal(reason: str) -> SignalGenerated:
+    payload = SignalPayload(strategy="s1", symbol="AAPL", name="x", direction="long", reason=reason)
+    return SignalGenerated.create(payload, source="strategy-runner", clock=CLOCK)
+
+
+async def test_text_postgres_cannot_hold_is_stored_altered_and_kept_raw(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    """U+0000 is valid JSON and a valid free-text character, but PostgreSQL's
+    text and jsonb refuse it: one such message used to fail its batch on every
+    retry, so nothing after it was ever recorded (and health said healthy)."""
+    signal = _signal("broker said: \x00!")
+    valid = orjson.loads(encode(next(iter(make_trades(1, "n")))))
+    nul_type = orjson.dumps({**valid, "id": str(uuid.uuid4()), "type": "\x00"})
+    rec = recorder(tmp_path, nats_url, database_url).start()
+    try:
+        await bus.publish(signal)
+        await bus.publish_raw(Outgoing("md.trade.AAPL", nul_type, "nul-type"))
+        marker = next(iter(make_trades(1, "after")))
+        await bus.publish(marker)
+        # The signal, the bad message, its dead letter (quoting the NUL) and
+        # the marker.
+        await eventually(
+            lambda: _count_is(database_url, 4), timeout=30, message=rec.log_text()[-2000:]
+        )
+        assert rec.alive
+        assert (await timeline(database_url)).gapless
+        by_seq = {r["seq"]: r for r in await rows(database_url)}
+        stored = by_seq[1]
+        assert (stored["type"], stored["id"]) == ("SignalGenerated", signal.id)
+        assert orjson.loads(stored["payload"])["reason"] == "broker said: \ufffd!"
+        assert bytes(stored["raw"]) == encode(signal)  # nothing lost
+        bad = by_seq[2]
+        assert bad["type"] == "Undecodable"
+        assert bytes(bad["raw"]) == nul_type
+        assert "\x00" not in orjson.loads(bad["payload"])["error"]
+        (letter,) = [r for r in by_seq.values() if r["type"] == "MessageDeadLettered"]
+        assert "\ufffd" in orjson.loads(letter["payload"])["error"]
+        assert letter["raw"] is not None  # the dead letter itself quoted the NUL
+        # Recording went on past them (the dead letter may land before it).
+        assert [r["type"] for r in by_seq.values() if r["id"] == marker.id] == ["TradePrinted"]
+    finally:
+        rec.terminate()
+
+
+POISON_TRIGGER = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.payload->>'reason' = 'poison' THEN
+        RAISE EXCEPTION 'refusing this row' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_a_batch_the_store_keeps_refusing_is_reported_by_health(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    """A fault that is no known outage and repeats on every retry stops the
+    timeline: /health must say so (it used to stay green), and say it no more
+    once a batch commits again. The store refuses the row by a trigger."""
+    rec = recorder(tmp_path, nats_url, database_url).start()
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        await bus.publish_many(list(make_trades(3, "ok")))
+        await eventually(lambda: _count_is(database_url, 3), timeout=30)
+        assert rec.healthy()
+        await conn.execute(POISON_TRIGGER)
+        poison = _signal("poison")
+        await bus.publish(poison)
+        health = await eventually(
+            lambda: (h := rec.health()) is not None and not h["ok"] and h, timeout=30
+        )
+        assert "recording after sequence 3 failed" in health["problem"], health
+        assert "refusing this row" in health["problem"], health
+        await conn.execute("DROP TRIGGER refuse_poison ON events")
+        await eventually(lambda: _count_is(database_url, 4), timeout=30)
+        await eventually(rec.healthy, timeout=30)
+        assert (await timeline(database_url)).gapless
+    finally:
+        await conn.close()
+        rec.terminate()

@@ -127,3 +127,41 @@ def test_subject_filter_everything_and_bad_wildcard() -> None:
     assert subject_filter(">", 1) == ("TRUE", [])
     with pytest.raises(ValueError, match="last token"):
         subject_filter("md.>.x", 1)
+
+
+def test_to_row_stores_nul_as_replacement_and_keeps_the_bytes() -> None:
+    """PostgreSQL's text and jsonb cannot hold U+0000."""
+    event = next(iter(make_trades(1, "u")))
+    as_sent = orjson.loads(encode(event))
+    as_sent["source"] = "feed\x00"
+    as_sent["payload"]["trade_id"] = "a\x00b"
+    data = orjson.dumps(as_sent)
+    converted = to_row(StreamMessage(7, "md.trade.AAPL", data), max_bytes=10_000)
+    assert converted.error is None
+    row = converted.row
+    assert orjson.loads(row.payload)["trade_id"] == "a\ufffdb"
+    assert row.source == "feed\ufffd"
+    assert row.raw == data
+
+
+def test_to_row_leaves_an_escaped_backslash_alone() -> None:
+    r"""``\\u0000`` in JSON is a backslash and ``u0000``, not U+0000."""
+    event = next(iter(make_trades(1, "u")))
+    as_sent = orjson.loads(encode(event))
+    as_sent["payload"]["trade_id"] = "\\u0000"
+    data = orjson.dumps(as_sent)
+    assert b"\\\\u0000" in data
+    row = to_row(StreamMessage(7, "md.trade.AAPL", data), max_bytes=10_000).row
+    assert orjson.loads(row.payload)["trade_id"] == "\\u0000"
+    assert row.raw is None
+
+
+def test_to_row_undecodable_error_quoting_nul_is_storable() -> None:
+    event = next(iter(make_trades(1, "u")))
+    data = orjson.dumps({**orjson.loads(encode(event)), "type": "\x00"})
+    converted = to_row(StreamMessage(3, "md.trade.X", data), max_bytes=10_000)
+    assert converted.error is not None
+    assert "\x00" in converted.error.detail  # pydantic quotes the bad tag
+    assert "\\u0000" not in converted.row.payload
+    assert "\ufffd" in orjson.loads(converted.row.payload)["error"]
+    assert converted.row.raw == data

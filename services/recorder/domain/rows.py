@@ -17,6 +17,29 @@ from libs.store.writer import Row
 
 RECORDER_SOURCE = "event-recorder"
 
+#: PostgreSQL's ``text`` and ``jsonb`` cannot hold U+0000, which JSON and the
+#: contract's free-text fields allow; a row stores it as U+FFFD instead (and
+#: keeps the message's own bytes in ``raw``). Unstored, one such message
+#: would stop the recorder: its batch would fail on every retry.
+NUL = "\x00"
+NUL_ESCAPE = b"\\u0000"
+NUL_STORED = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it."""
+    return text.replace(NUL, NUL_STORED) if NUL in text else text
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class StreamMessage:
@@ -41,11 +64,12 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         event = decode(msg.data, max_bytes=max_bytes)
     except DecodeError as e:
         rid = derived_id("undecodable", msg.seq)
-        payload = {"reason": e.reason, "error": e.detail, "size": len(msg.data)}
+        # The error can quote the input, U+0000 included.
+        payload = {"reason": e.reason, "error": storable(e.detail), "size": len(msg.data)}
         row = Row(
             msg.seq,
             rid,
-            msg.subject,
+            storable(msg.subject),
             UNDECODABLE,
             msg.ts_ns,
             msg.ts_ns,
@@ -62,23 +86,29 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
     # Payload fields live in the model's __dict__; .get avoids pydantic's
     # slow __getattr__ path for payloads without strategy/account/symbol.
     fields = event.payload.__dict__
-    # The payload exactly as sent (already validated): no re-serialisation.
-    payload_json = orjson.dumps(orjson.loads(msg.data)["payload"]).decode()
+    # The payload exactly as sent (already validated), but for U+0000.
+    sent: object = orjson.loads(msg.data)["payload"]
+    subject, source, raw = msg.subject, event.source, None
+    if NUL_ESCAPE in msg.data or NUL in subject:  # (a JSON string escapes U+0000)
+        scrubbed = _scrub(sent)
+        if scrubbed != sent or NUL in subject or NUL in source:
+            sent, subject, source = scrubbed, storable(subject), storable(source)
+            raw = msg.data
     row = Row(
         msg.seq,
         event.id,
-        msg.subject,
+        subject,
         event.type,
         event.ts_event,
         event.ts_init,
-        event.source,
+        source,
         event.correlation_id,
         event.causation_id,
         fields.get("strategy"),
         fields.get("account"),
         fields.get("symbol"),
-        payload_json,
-        None,
+        orjson.dumps(sent).decode(),
+        raw,
     )
     return Converted(row)
 
