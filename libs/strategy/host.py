@@ -67,6 +67,13 @@ HostState = Literal["new", "running", "stopped"]
 #: Longest error text carried by a ``StrategyFaulted`` event.
 MAX_ERROR_CHARS = 2000
 
+#: Longest name and reason a strategy may give a signal. Far longer, the
+#: event would pass the services' ``TRADEBUS_MAX_EVENT_BYTES`` (256 KiB): the
+#: bus would still carry it, but every consumer, the recorder included, would
+#: dead-letter it, and its order chain would lose its root.
+MAX_SIGNAL_NAME_CHARS = 200
+MAX_SIGNAL_REASON_CHARS = 4000
+
 MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated)
 BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
 
@@ -421,6 +428,14 @@ class StrategyHost:
         self._refuse_in_warmup()
         if symbol not in self.symbols:
             raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+        for field, text, most in (
+            ("name", name, MAX_SIGNAL_NAME_CHARS),
+            ("reason", reason, MAX_SIGNAL_REASON_CHARS),
+        ):
+            if len(text) > most:
+                raise StrategyUsageError(
+                    f"a signal's {field} may have at most {most} characters, not {len(text)}"
+                )
         signal = SignalGenerated.create(
             SignalPayload(
                 strategy=self.name,

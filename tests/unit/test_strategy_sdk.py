@@ -277,6 +277,32 @@ def test_trading_a_symbol_it_is_not_configured_for_is_a_fault() -> None:
     assert "'TSLA' is not one of w's symbols" in fault.payload.error
 
 
+@pytest.mark.parametrize(("name", "reason"), [("n" * 201, ""), ("x", "r" * 300_000)])
+def test_a_signal_text_too_long_to_record_is_a_fault(name: str, reason: str) -> None:
+    """Encoded past the services' 256 KiB, a signal would be dead-lettered by
+    every consumer and its chain would lose its root in the store."""
+
+    class Chatty(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            self.ctx.signal("AAPL", name, "long", reason=reason)
+
+    rt = InMemoryRuntime()
+    rt.add("c", Chatty, symbols=("AAPL",))
+    (fault,) = rt.run([bar("AAPL", 1, 0)])
+    assert isinstance(fault, StrategyFaulted)
+    field, most = ("name", 200) if len(name) > 200 else ("reason", 4000)
+    assert f"a signal's {field} may have at most {most} characters" in fault.payload.error
+
+    # At the limits it passes.
+    class Terse(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            self.ctx.signal("AAPL", "n" * 200, "long", reason="r" * 4000)
+
+    rt = InMemoryRuntime()
+    rt.add("t", Terse, symbols=("AAPL",))
+    assert of_type(rt.run([bar("AAPL", 1, 0)]), SignalGenerated)
+
+
 def two_probes_and_an_intent_of_p() -> tuple[InMemoryRuntime, OrderIntentCreated]:
     """Probes ``p`` and ``other`` on AAPL, after a bar closing at 100: ``p``'s buy intent."""
     rt = InMemoryRuntime()
