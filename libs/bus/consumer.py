@@ -20,7 +20,8 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from libs.bus.client import Bus
-from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.bus.errors import DeliveryGap
+from libs.bus.pull import PullFetcher, consumer_seq, parse_ack_subject
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
@@ -138,6 +139,10 @@ class EventConsumer:
         # A consumer that takes no acks (its reader keeps its place elsewhere)
         # gets none: each would still cost a write here and a read there.
         self._acks = info.config.ack_policy != js_api.AckPolicy.NONE
+        # Without acks nothing is redelivered, so a message the server sent
+        # and this reader never got is lost: each must be the one after the
+        # last (consumer sequence), or the reader is told (DeliveryGap).
+        expected = info.delivered.consumer_seq + 1 if info.delivered else 1
         fetcher = PullFetcher(self.bus, self.stream, self.durable)
         await fetcher.start()
         try:
@@ -147,6 +152,14 @@ class EventConsumer:
                 except nats.errors.ConnectionClosedError:
                     return
                 for msg in msgs:
+                    if not self._acks:
+                        delivered = consumer_seq(msg.reply)
+                        if delivered != expected:
+                            raise DeliveryGap(
+                                f"consumer {self.durable} delivered message {delivered} "
+                                f"after {expected - 1}: {delivered - expected} never arrived"
+                            )
+                        expected = delivered + 1
                     await self._one(msg, handler)
         finally:
             await fetcher.close()

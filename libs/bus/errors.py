@@ -3,7 +3,8 @@
 BusError
 ├── BusUnavailable      could not connect / the connection is closed
 ├── PublishFailed       no publish ack before the deadline (retries spent)
-└── StreamMismatch      the stream exists with a config we cannot accept
+├── StreamMismatch      the stream exists with a config we cannot accept
+└── DeliveryGap         a consumer without acks lost a message on the way
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ class PublishFailed(BusError):
 
 class StreamMismatch(BusError):
     """The stream exists but with subjects or storage we did not ask for."""
+
+
+class DeliveryGap(BusError):
+    """A consumer that takes no acks delivered a message its reader never got
+    (into a connection that dropped, past the client's pending limits, or to
+    another reader of the same durable). The server will not send it again:
+    the reader must recreate the consumer where its own place is."""
 
 
 #: Errors after which a publish is retried (with the same Nats-Msg-Id, so a

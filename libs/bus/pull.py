@@ -61,6 +61,14 @@ def parse_ack_subject(reply: str) -> tuple[int, int, int]:
     return int(tokens[base + 5]), int(tokens[base + 7]), int(tokens[base + 8])
 
 
+def consumer_seq(reply: str) -> int:
+    """The consumer sequence from a JetStream ack subject (one more for each
+    message the consumer delivered, redeliveries included)."""
+    tokens = reply.split(".")
+    base = 0 if len(tokens) == 9 else 2
+    return int(tokens[base + 6])
+
+
 class PullFetcher:
     """Pulls from the durable consumer ``durable`` of ``stream``."""
 

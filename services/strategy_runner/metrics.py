@@ -58,3 +58,9 @@ WARMUP_BARS = Counter(
     "the runner was down)",
     ["strategy"],
 )
+CONSUMER_RECREATED = Counter(
+    "tradebus_strategy_runner_consumer_recreated_total",
+    "Times the runner recreated its consumer where it left off after a fault (cause: the "
+    "error; DeliveryGap: a message the server sent never arrived)",
+    ["cause"],
+)

@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
-from libs.bus.errors import BusError, BusUnavailable, StreamMismatch
+from libs.bus.errors import BusError, BusUnavailable, DeliveryGap, StreamMismatch
 from libs.bus.pull import parse_ack_subject
 from libs.continuity import refuse_a_reset_stream, refused
 from libs.contract.envelope import Clock, Event, WallClock
@@ -388,16 +388,22 @@ class Runner:
                 run.cancel()
 
     async def _consume(self, bus: Bus, consumer: EventConsumer) -> None:
-        """Run the consumer until stopped, re-binding after transient NATS errors.
+        """Run the consumer until stopped, recreating it where the runner left
+        off after transient NATS errors.
 
-        The durable consumer keeps its place on the server, so re-binding
-        continues where the last fetch left off. Should the consumer itself be
-        gone (a server that lost its state), it is recreated at the next
-        sequence rather than left to be re-made from the stream's start. Once
-        the catch-up is read it is recreated live, at the next sequence
-        (what was fetched and not yet handled comes again).
+        The consumer takes no acks, so the server counts a message as done once
+        it has sent it: one sent into a connection that dropped, or past the
+        client's limits, never comes again. So after a fault, or when the
+        consumer sequence shows a message that never arrived
+        (:class:`~libs.bus.errors.DeliveryGap`), the consumer is recreated at
+        the next sequence the runner has not handled, not merely re-bound. The
+        same happens should the consumer itself be gone (a server that lost its
+        state, checked against the store first). Once the catch-up is read it
+        is recreated live, at the next sequence (what was fetched and not yet
+        handled comes again).
         """
         name = self.settings.consumer_name
+        recreate = False
         while not self.stopping.is_set():
             try:
                 if self._live_due:
@@ -408,11 +414,15 @@ class Runner:
                     try:
                         await bus.js.consumer_info(STREAM, name)
                     except nats.js.errors.NotFoundError:
+                        log.warning("consumer %s is gone", name)
+                        recreate = True
+                    if recreate:
                         # Gone with the stream's data? Then not at next_seq.
                         info = await bus.js.stream_info(STREAM)
                         await refuse_a_reset_stream(bus, info, self._last_seen, "trading")
-                        log.warning("consumer %s is gone; recreating it at %d", name, self.next_seq)
+                        log.warning("recreating consumer %s at %d", name, self.next_seq)
                         await reset_consumer(bus, name, self._subjects(), self.next_seq)
+                        recreate = False
                 self.problem = None
                 self._interrupt.clear()
                 if self.stopping.is_set():
@@ -423,8 +433,10 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
                 continue
-            except (nats.errors.Error, OSError, TimeoutError) as e:
-                log.warning("consuming failed (%s: %s); re-binding", type(e).__name__, e)
+            except (nats.errors.Error, OSError, TimeoutError, DeliveryGap) as e:
+                log.warning("consuming failed (%s: %s); recreating", type(e).__name__, e)
+                metrics.CONSUMER_RECREATED.labels(cause=type(e).__name__).inc()
+                recreate = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self.stopping.wait(), timeout=self.settings.retry_backoff_s

@@ -12,7 +12,7 @@ import uvloop
 
 from libs.bus.client import Bus, Outgoing
 from libs.bus.consumer import EventConsumer, ensure_consumer
-from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.bus.pull import PullFetcher, consumer_seq, parse_ack_subject
 from libs.contract.codec import decode
 from libs.contract.events import AnyEvent, MessageDeadLettered
 from libs.local.servers import NatsServer
@@ -124,6 +124,7 @@ async def test_fetch_with_linger_takes_what_gathered_in_one_pull(bus: Bus) -> No
         await bus.publish_many(events[1:100])
         got = await asyncio.wait_for(first, 10)
         assert [parse_ack_subject(m.reply)[0] for m in got] == list(range(1, 101))
+        assert [consumer_seq(m.reply) for m in got] == list(range(1, 101))
 
         await bus.publish_many(events[100:])  # a backlog of 250
         sizes: list[int] = []

@@ -8,6 +8,7 @@ broker; a recorder process writes everything to the store.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.contract.events import OrderIntentCreated
@@ -554,3 +556,73 @@ async def test_a_stream_reset_under_a_running_runner_is_refused(
     finally:
         runner.kill()
         server.stop()
+
+
+ECHO_CONFIG = """
+strategies:
+  - name: echo
+    kind: libs.strategy.testing:EchoStrategy
+    symbols: [MSFT]
+    account: paper
+    params: {quantity: 1}
+"""
+
+
+async def test_a_bar_the_server_sent_elsewhere_is_read_again_not_lost(
+    tmp_path: Path, bus: Bus, start: Start
+) -> None:
+    """The runner's consumer takes no acks, so the server never sends a message
+    twice: one it sent and the runner never got (into a dropped connection,
+    past the client's limits) was lost for good. Here another reader of the
+    same durable takes a bar; the runner sees the hole in the consumer
+    sequence and recreates the consumer where it left off."""
+    config = tmp_path / "echo.yaml"
+    config.write_text(ECHO_CONFIG)
+    signals: list[str] = []
+
+    async def on_signal(msg: Msg) -> None:
+        signals.append(orjson.loads(msg.data)["payload"]["reason"])
+
+    await bus.nc.subscribe("strategy.signal.echo", cb=on_signal)
+    runner = start(["strategy-runner", "run", "--config", str(config)], "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    await publish_bars(bus, "MSFT", [1], 0)
+    await eventually(lambda: signals == ["bar close 1"], timeout=20)
+
+    async def waiting(n: int) -> bool:
+        info = await bus.js.consumer_info(STREAM, "strategy-runner")
+        return (info.num_waiting or 0) >= n
+
+    # A pull of one message on the runner's durable, answered to an inbox of
+    # its own (JetStream answers with the bar's own subject).
+    theft: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+
+    async def on_stolen(msg: Msg) -> None:
+        if not theft.done():
+            theft.set_result(msg)
+
+    inbox = bus.nc.new_inbox()
+    await bus.nc.subscribe(inbox, cb=on_stolen)
+    request = orjson.dumps({"batch": 1, "expires": 20_000_000_000})
+    await bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.strategy-runner", request, inbox)
+    await eventually(lambda: waiting(2), timeout=10)  # the runner's pull and the thief's
+    # The server shares new messages out among the waiting pulls: bars go out
+    # one by one until the thief's pull has taken one.
+    closes = [1]
+    while not theft.done():
+        close = closes[-1] + 1
+        assert close < 5000, "the thief's pull was never served"
+        closes.append(close)
+        await publish_bars(bus, "MSFT", [close], close)
+        await eventually(lambda: theft.done() or len(signals) == len(closes), timeout=20)
+    stolen = theft.result()
+    assert stolen.subject == "md.bar.1m.MSFT"
+    await publish_bars(bus, "MSFT", [close + 1], close + 1)  # shows the hole
+    want = [f"bar close {c}" for c in range(1, close + 2)]
+    await eventually(lambda: sorted(signals) == sorted(want), timeout=20)
+    assert len(signals) == len(want)  # and none twice
+    assert (
+        metric(runner, 'tradebus_strategy_runner_consumer_recreated_total{cause="DeliveryGap"}')
+        or 0
+    ) >= 1
+    assert runner.terminate() == 0, runner.log_text()[-3000:]

@@ -1,0 +1,19 @@
+"""Reading a JetStream ack subject: both forms the server sends."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.bus.pull import consumer_seq, parse_ack_subject
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TRADEBUS.runner.1.42.7.1700000000000000000.3",
+        "$JS.ACK.hub.ACCHASH.TRADEBUS.runner.1.42.7.1700000000000000000.3.tok",
+    ],
+)
+def test_stream_and_consumer_sequences(reply: str) -> None:
+    assert parse_ack_subject(reply) == (42, 1_700_000_000_000_000_000, 3)
+    assert consumer_seq(reply) == 7
