@@ -564,6 +564,36 @@ def test_connection_lost_reaction_flattens_and_halts() -> None:
     assert react(state, T0) == []
 
 
+def test_a_connection_lost_halt_is_not_lowered_to_reducing_by_a_fold() -> None:
+    """The gate reacts to a disconnect at once, but a print past the reduce-only
+    level can land in the stream between the disconnect and the reaction. The
+    fold of the store must not owe a reduce that, reacted to after the halt,
+    would move the account from halted to reducing."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    lost, print_ = conn("disconnected", t=T0 + S), trade("AAPL", 93, T0 + S + 1)
+    live, reaction = settle(evolve(state, lost), T0 + S)
+    live = evolve(live, print_)  # day P&L -700: past reduce-only (600), not the limit
+    assert react(live, T0 + 2 * S) == []
+    folded = apply(state, lost, print_, *reaction)
+    assert folded.scope_state("acct").state == "halted"
+    assert react(folded, T0 + 3 * S) == [], "restarting on the fold publishes nothing"
+    assert folded == live
+
+
+def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() -> None:
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100))
+    state = evolve(state, trade("AAPL", 35, T0 + S))
+    (reduce,) = state.obligations
+    assert reduce.kind == "reduce"
+    halted = TradingStatePayload(scope="acct", state="halted", previous="active", reason="x")
+    # A halt from elsewhere, before the reduce was reacted to: the reduce is moot.
+    after = evolve(state, ev(TradingStateChanged, halted))
+    assert after.obligations == ()
+    assert react(after, T0 + S) == []
+    # And a reduce reaction never lowers a halted scope, whatever the state holds.
+    assert react(replace(after, obligations=(reduce,)), T0 + S) == []
+
+
 def test_resume_of_an_active_scope_is_a_no_op() -> None:
     state = evolve(start(), op(TradingResumeRequested, "acct"))
     assert state.obligations == ()

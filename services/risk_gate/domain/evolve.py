@@ -65,6 +65,9 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
     "reduce": "reducing",
 }
 
+#: The obligations whose reaction halts their scope.
+HALTING = frozenset(k for k, v in RESULTING_STATE.items() if v == "halted")
+
 #: Events applied once per id. A later copy (the same event published again
 #: past JetStream's duplicate window) changes nothing, as in the store, where
 #: the recorder keeps it as ``DuplicateSuppressed``. The other types evolve
@@ -231,10 +234,14 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
+            # Not while a halt is owed: the stream holds the causes the gate
+            # saw before its reaction to them, so a fold reaches this with the
+            # halt still pending where the live gate had already halted, and a
+            # reduce reacted to after the halt would lower it to reducing.
             if (
                 state.loss_reduced.get(account) == state.day
                 or state.scope_state(account).state != "active"
-                or pending & {"reduce", "daily_loss"}
+                or pending & {"reduce", *HALTING}
             ):
                 continue
             shown = reportable(pnl)
@@ -461,10 +468,17 @@ def _on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState
         and o.scope == p.scope
         and RESULTING_STATE[o.kind] == p.state
     ]
+    # A halt makes a reduce owed to the same scope moot: reacting to it after
+    # the halt would lower the scope to reducing, which only a resume may do.
+    moot = [
+        o
+        for o in state.obligations
+        if p.state == "halted" and o.kind == "reduce" and o.scope == p.scope
+    ]
     state = replace(
         state,
         states=states,
-        obligations=tuple(o for o in state.obligations if o not in done),
+        obligations=tuple(o for o in state.obligations if o not in done and o not in moot),
     )
     if any(o.kind == "reduce" for o in done) and state.day is not None:
         state = replace(state, loss_reduced=with_item(state.loss_reduced, p.scope, state.day))

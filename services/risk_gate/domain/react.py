@@ -15,7 +15,8 @@ Two things are owed (see :mod:`~services.risk_gate.domain.state`):
                             CancelOrders, FlattenAccount; then
                             TradingStateChanged(global) -> halted
   resume (scope)            TradingStateChanged -> active
-  reduce (account)          TradingStateChanged -> reducing
+  reduce (account)          TradingStateChanged -> reducing (none when the
+                            account is halted: a halt is never lowered)
   ========================  ==================================================
 
 Each event is folded into a working copy of the state before the next is
@@ -127,6 +128,9 @@ def _flatten(
 
 
 def _reaction(state: RiskState, ob: Obligation, now_ns: int, source: str) -> list[Event]:
+    if ob.kind == "reduce" and state.scope_state(ob.scope).state == "halted":
+        # Never lower a halt (evolve drops such a reduce; this is the backstop).
+        return []
     events: list[Event] = []
     if ob.kind in ("daily_loss", "connection_lost"):
         events.extend(_flatten(state, ob, ob.scope, now_ns, source))
