@@ -494,6 +494,39 @@ def test_reduce_only_level_before_the_breaker() -> None:
     assert react(state, T0 + 2 * S) == []
 
 
+#: 04:00 New York on 2026-03-11: the next trading day starts.
+NEXT_DAY = T0 + 17 * 3600 * S
+
+
+@pytest.mark.parametrize(
+    ("kind", "recorded", "loss", "next_loss"),
+    [
+        pytest.param("daily_loss", "loss_tripped", 89, 78, id="breaker"),  # -1,100
+        pytest.param("reduce", "loss_reduced", 93, 86, id="reduce-only"),  # -700
+    ],
+)
+def test_a_loss_reacted_to_on_the_next_day_is_recorded_on_its_own_day(
+    kind: str, recorded: str, loss: int, next_loss: int
+) -> None:
+    """A loss 0.1 s before the next trading day, reacted to after the day began
+    (a print of the new day landed first, or the gate was down overnight): the
+    breaker trips (or the account reduces) for the day of the loss, and the new
+    day keeps its own breaker and reduce-only level."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state = evolve(state, trade("AAPL", loss, NEXT_DAY - S // 10))
+    assert [o.kind for o in state.obligations] == [kind]
+    state = evolve(state, trade("AAPL", loss, NEXT_DAY))
+    assert state.day == dt.date(2026, 3, 11)
+    state, out = settle(state, NEXT_DAY + S // 10)
+    assert out
+    assert getattr(state, recorded) == {"acct": dt.date(2026, 3, 10)}
+    # The operator resumes; the new day's own loss trips (reduces) again.
+    state, _ = settle(evolve(state, op(TradingResumeRequested, "acct", NEXT_DAY + 60 * S)))
+    assert state.scope_state("acct").state == "active"
+    state = evolve(state, trade("AAPL", next_loss, NEXT_DAY + 61 * S))
+    assert [o.kind for o in state.obligations] == [kind]
+
+
 def test_reaction_ids_are_deterministic() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 1, T0 + S))

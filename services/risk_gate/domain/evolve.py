@@ -14,8 +14,11 @@ holds until an operator resumes it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
+from collections.abc import Mapping
 from decimal import Context, Decimal
+from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -182,10 +185,7 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         case TradingStateChanged():
             return _on_state_changed(state, event)
         case BreakerTripped():
-            if event.payload.breaker == "daily_loss" and state.day is not None:
-                tripped = with_item(state.loss_tripped, event.payload.account, state.day)
-                return replace(state, loss_tripped=tripped)
-            return state
+            return _on_breaker(state, event)
         case BrokerConnectionChanged():
             return _on_connection(state, event)
     return state
@@ -231,6 +231,7 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     f"day P&L {shown} reached the daily loss limit -{limits.daily_loss_limit}",
                     limit=limits.daily_loss_limit,
                     value=shown,
+                    day=state.day,
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
@@ -255,6 +256,7 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     f"day P&L {shown} reached the reduce-only level -{limits.reduce_only_at_loss}",
                     limit=limits.reduce_only_at_loss,
                     value=shown,
+                    day=state.day,
                 ),
             )
     return state
@@ -393,6 +395,34 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     return _check_loss(state, event, {p.account})
 
 
+def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:
+    """A daily-loss breaker is recorded as tripped on the day of the loss (its
+    obligation's), not the day its reaction came on: a loss late on one day
+    reacted to after the next day began must not disarm that day's breaker."""
+    p = event.payload
+    if p.breaker != "daily_loss":
+        return state
+    day = state.day
+    for o in state.obligations:
+        if o.kind == "daily_loss" and o.scope == p.account and o.trigger_id == event.causation_id:
+            day = o.day or day
+    return _record_day(state, "loss_tripped", p.account, day)
+
+
+def _record_day(
+    state: RiskState,
+    name: Literal["loss_tripped", "loss_reduced"],
+    account: str,
+    day: dt.date | None,
+) -> RiskState:
+    """``state.<name>[account]`` moved forward to ``day`` (never back)."""
+    days: Mapping[str, dt.date] = getattr(state, name)
+    current = days.get(account)
+    if day is None or (current is not None and current >= day):
+        return state
+    return replace(state, **{name: with_item(days, account, day)})
+
+
 def _on_connection(state: RiskState, event: BrokerConnectionChanged) -> RiskState:
     p = event.payload
     previous = state.connections.get(p.account)
@@ -480,6 +510,7 @@ def _on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState
         states=states,
         obligations=tuple(o for o in state.obligations if o not in done and o not in moot),
     )
-    if any(o.kind == "reduce" for o in done) and state.day is not None:
-        state = replace(state, loss_reduced=with_item(state.loss_reduced, p.scope, state.day))
+    for o in done:
+        if o.kind == "reduce":
+            state = _record_day(state, "loss_reduced", p.scope, o.day or state.day)
     return state
