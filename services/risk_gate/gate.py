@@ -209,7 +209,9 @@ class RiskGate:
 
     async def _go_live(self, stream: RiskStream) -> None:
         """Settle what the rebuilt state owes, decide orphaned intents, go live."""
-        self.state = roll_day(self.state, self.clock.now_ns())
+        # No roll of the trading day on the wall clock here or in _decide:
+        # the state rolls on the events' own times, as a fold of the store
+        # does (decide rolls a copy for its checks).
         await self._react()
         orphans = list(self.state.pending_intents.values())
         for intent in orphans:
@@ -259,7 +261,6 @@ class RiskGate:
     async def _decide(self, intent: OrderIntentCreated) -> None:
         started = time.perf_counter()
         now = self.clock.now_ns()
-        self.state = roll_day(self.state, now)
         d = decide(self.state, intent, now, source=self.source)
         p = intent.payload
         # The decision and its order leave back to back on one connection, so
@@ -334,7 +335,8 @@ class RiskGate:
         if not force and now - self._gauges_at < GAUGE_INTERVAL_S:
             return
         self._gauges_at = now
-        st = self.state
+        # Today's figures even before today's first event: a rolled copy.
+        st = roll_day(self.state, self.clock.now_ns())
         metrics.KILL_SWITCH.set(1 if st.kill_switch.engaged else 0)
         for scope in {GLOBAL, *self.limits.accounts, *st.states}:
             metrics.TRADING_STATE.labels(scope=scope).set(STATE_LEVEL[st.scope_state(scope).state])

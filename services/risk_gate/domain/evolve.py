@@ -6,7 +6,12 @@ Events it does not care about return the state unchanged.
 
 The trading day rolls forward on the first event stamped in a new day
 (exchange time, :func:`~services.risk_gate.domain.state.trading_day`): day
-P&L starts again from the last marks, the daily-loss breaker re-arms.
+P&L starts again from the last marks, the daily-loss breaker re-arms. The
+gate's own events (:data:`GATE_TYPES`) do not roll it: the live gate applies
+them as it publishes them, ahead of the messages that reach the stream before
+them, so a roll on their (wall-clock) time would move the day at another
+point live than in a fold of the store. Rolled on the other events only, the
+day moves at the same point of the stream in both.
 Trading states and the kill switch do not reset: what halted an account
 holds until an operator resumes it.
 """
@@ -107,6 +112,11 @@ RELEVANT_TYPES = frozenset(
     }
 )
 
+#: What the gate publishes itself (``risk.>``, ``orders.cmd.>``). Live it
+#: applies them when it publishes them, i.e. before messages the stream stores
+#: ahead of them; they must not roll the trading day (see the module docstring).
+GATE_TYPES = frozenset({"RiskDecisionMade", "SubmitOrder", "BreakerTripped", "TradingStateChanged"})
+
 replace = dataclasses.replace
 
 #: The places an event can carry of an amount (the contract's ``Money``).
@@ -157,7 +167,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         if event.id in state.applied:
             return state
         state = replace(state, applied=state.applied.add(event.id))
-    state = roll_day(state, event.ts_event)
+    if event.type not in GATE_TYPES:
+        state = roll_day(state, event.ts_event)
     match event:
         case TradePrinted():
             return _on_price(state, event, event.payload.symbol, event.payload.price)
