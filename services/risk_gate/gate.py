@@ -9,9 +9,10 @@ One cycle:
    previous run decided or reacted to is in there, so nothing is decided
    twice.
 3. **Go live**: apply what the state still owes (reactions to breakers,
-   kill switch, resumes; order commands of accepted intents), decide every
-   intent no decision was seen for, then handle each new message: evolve,
-   decide an intent, react, publish, and only then acknowledge.
+   kill switch, resumes; then the order commands of accepted intents, each
+   checked again and withdrawn if it no longer passes), decide every intent
+   no decision was seen for, then handle each new message: evolve, decide an
+   intent, react, publish, and only then acknowledge.
 
 What the gate publishes it applies to its state at once (the next intent
 must see the order just submitted); once live, its consumer leaves the
@@ -299,6 +300,17 @@ class RiskGate:
             elif e.type == "TradingStateChanged":
                 p = e.payload
                 log.warning("%s: %s -> %s (%s)", p.scope, p.previous, p.state, p.reason)
+            elif e.type == "RiskDecisionMade":
+                p = e.payload
+                metrics.ORDERS_WITHDRAWN.labels(reason=p.reason.value).inc()
+                log.warning(
+                    "withdrew the order of accepted intent %s of %s on %s: %s (%s)",
+                    p.intent_id,
+                    p.strategy,
+                    p.account,
+                    p.reason.value,
+                    p.detail,
+                )
 
     async def _publish(self, *events: Event) -> None:
         """Publish, then apply: the state reflects them before the next message."""
