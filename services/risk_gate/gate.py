@@ -9,9 +9,10 @@ One cycle:
    previous run decided or reacted to is in there, so nothing is decided
    twice.
 3. **Go live**: apply what the state still owes (reactions to breakers,
-   kill switch, resumes; order commands of accepted intents), decide every
-   intent no decision was seen for, then handle each new message: evolve,
-   decide an intent, react, publish, and only then acknowledge.
+   kill switch, resumes; then the order commands of accepted intents, each
+   checked again and withdrawn if it no longer passes), decide every intent
+   no decision was seen for, then handle each new message: evolve, decide an
+   intent, react, publish, and only then acknowledge.
 
 What the gate publishes it applies to its state at once (the next intent
 must see the order just submitted); once live, its consumer leaves the
@@ -209,7 +210,9 @@ class RiskGate:
 
     async def _go_live(self, stream: RiskStream) -> None:
         """Settle what the rebuilt state owes, decide orphaned intents, go live."""
-        self.state = roll_day(self.state, self.clock.now_ns())
+        # No roll of the trading day on the wall clock here or in _decide:
+        # the state rolls on the events' own times, as a fold of the store
+        # does (decide rolls a copy for its checks).
         await self._react()
         orphans = list(self.state.pending_intents.values())
         for intent in orphans:
@@ -259,7 +262,6 @@ class RiskGate:
     async def _decide(self, intent: OrderIntentCreated) -> None:
         started = time.perf_counter()
         now = self.clock.now_ns()
-        self.state = roll_day(self.state, now)
         d = decide(self.state, intent, now, source=self.source)
         p = intent.payload
         # The decision and its order leave back to back on one connection, so
@@ -298,6 +300,17 @@ class RiskGate:
             elif e.type == "TradingStateChanged":
                 p = e.payload
                 log.warning("%s: %s -> %s (%s)", p.scope, p.previous, p.state, p.reason)
+            elif e.type == "RiskDecisionMade":
+                p = e.payload
+                metrics.ORDERS_WITHDRAWN.labels(reason=p.reason.value).inc()
+                log.warning(
+                    "withdrew the order of accepted intent %s of %s on %s: %s (%s)",
+                    p.intent_id,
+                    p.strategy,
+                    p.account,
+                    p.reason.value,
+                    p.detail,
+                )
 
     async def _publish(self, *events: Event) -> None:
         """Publish, then apply: the state reflects them before the next message."""
@@ -334,7 +347,8 @@ class RiskGate:
         if not force and now - self._gauges_at < GAUGE_INTERVAL_S:
             return
         self._gauges_at = now
-        st = self.state
+        # Today's figures even before today's first event: a rolled copy.
+        st = roll_day(self.state, self.clock.now_ns())
         metrics.KILL_SWITCH.set(1 if st.kill_switch.engaged else 0)
         for scope in {GLOBAL, *self.limits.accounts, *st.states}:
             metrics.TRADING_STATE.labels(scope=scope).set(STATE_LEVEL[st.scope_state(scope).state])

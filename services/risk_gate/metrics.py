@@ -19,6 +19,11 @@ COMMANDS = Counter(
 BREAKER_TRIPS = Counter(
     "tradebus_risk_breaker_trips_total", "Breakers tripped", ["account", "breaker"]
 )
+ORDERS_WITHDRAWN = Counter(
+    "tradebus_risk_orders_withdrawn_total",
+    "Accepted intents whose order had not gone out and was withdrawn at go-live",
+    ["reason"],
+)
 DUPLICATE_INTENTS = Counter(
     "tradebus_risk_duplicate_intents_total", "Intents seen again after their decision"
 )

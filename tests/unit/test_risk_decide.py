@@ -265,6 +265,13 @@ def _submitted(s: RiskState, n: int, strategy: str = "sma") -> RiskState:
     return s
 
 
+def _held_off_the_list(s: RiskState) -> RiskState:
+    """pairs holds 50 NVDA, a symbol its list no longer names (taken off the
+    list after it bought, or booked to it by a flatten)."""
+    s = evolve(s, trade("NVDA", 10))
+    return evolve(s, fill(uuid.uuid4(), 50, 10, symbol="NVDA", strategy="pairs"))
+
+
 Setup = Callable[[RiskState], RiskState]
 
 
@@ -450,6 +457,30 @@ CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
         "symbol outside the strategy's list (priced)",
         lambda s: evolve(s, trade("NVDA", 10)),
         {"strategy": "pairs", "symbol": "NVDA"},
+        0,
+        ReasonCode.MAX_SYMBOL_POSITION,
+        "not among the symbols of pairs",
+    ),
+    (
+        "symbol off the strategy's list: selling what it holds passes",
+        _held_off_the_list,
+        {"strategy": "pairs", "symbol": "NVDA", "side": "sell", "quantity": 50},
+        0,
+        ReasonCode.ACCEPTED,
+        "",
+    ),
+    (
+        "symbol off the strategy's list: selling past what it holds",
+        _held_off_the_list,
+        {"strategy": "pairs", "symbol": "NVDA", "side": "sell", "quantity": 51},
+        0,
+        ReasonCode.MAX_SYMBOL_POSITION,
+        "not among the symbols of pairs",
+    ),
+    (
+        "symbol off the strategy's list: adding to what it holds",
+        _held_off_the_list,
+        {"strategy": "pairs", "symbol": "NVDA", "quantity": 1},
         0,
         ReasonCode.MAX_SYMBOL_POSITION,
         "not among the symbols of pairs",

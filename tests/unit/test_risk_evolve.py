@@ -494,6 +494,39 @@ def test_reduce_only_level_before_the_breaker() -> None:
     assert react(state, T0 + 2 * S) == []
 
 
+#: 04:00 New York on 2026-03-11: the next trading day starts.
+NEXT_DAY = T0 + 17 * 3600 * S
+
+
+@pytest.mark.parametrize(
+    ("kind", "recorded", "loss", "next_loss"),
+    [
+        pytest.param("daily_loss", "loss_tripped", 89, 78, id="breaker"),  # -1,100
+        pytest.param("reduce", "loss_reduced", 93, 86, id="reduce-only"),  # -700
+    ],
+)
+def test_a_loss_reacted_to_on_the_next_day_is_recorded_on_its_own_day(
+    kind: str, recorded: str, loss: int, next_loss: int
+) -> None:
+    """A loss 0.1 s before the next trading day, reacted to after the day began
+    (a print of the new day landed first, or the gate was down overnight): the
+    breaker trips (or the account reduces) for the day of the loss, and the new
+    day keeps its own breaker and reduce-only level."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state = evolve(state, trade("AAPL", loss, NEXT_DAY - S // 10))
+    assert [o.kind for o in state.obligations] == [kind]
+    state = evolve(state, trade("AAPL", loss, NEXT_DAY))
+    assert state.day == dt.date(2026, 3, 11)
+    state, out = settle(state, NEXT_DAY + S // 10)
+    assert out
+    assert getattr(state, recorded) == {"acct": dt.date(2026, 3, 10)}
+    # The operator resumes; the new day's own loss trips (reduces) again.
+    state, _ = settle(evolve(state, op(TradingResumeRequested, "acct", NEXT_DAY + 60 * S)))
+    assert state.scope_state("acct").state == "active"
+    state = evolve(state, trade("AAPL", next_loss, NEXT_DAY + 61 * S))
+    assert [o.kind for o in state.obligations] == [kind]
+
+
 def test_reaction_ids_are_deterministic() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 1, T0 + S))
@@ -562,6 +595,36 @@ def test_connection_lost_reaction_flattens_and_halts() -> None:
     state = evolve(state, conn("connected"))
     assert state.scope_state("acct").state == "halted"
     assert react(state, T0) == []
+
+
+def test_a_connection_lost_halt_is_not_lowered_to_reducing_by_a_fold() -> None:
+    """The gate reacts to a disconnect at once, but a print past the reduce-only
+    level can land in the stream between the disconnect and the reaction. The
+    fold of the store must not owe a reduce that, reacted to after the halt,
+    would move the account from halted to reducing."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    lost, print_ = conn("disconnected", t=T0 + S), trade("AAPL", 93, T0 + S + 1)
+    live, reaction = settle(evolve(state, lost), T0 + S)
+    live = evolve(live, print_)  # day P&L -700: past reduce-only (600), not the limit
+    assert react(live, T0 + 2 * S) == []
+    folded = apply(state, lost, print_, *reaction)
+    assert folded.scope_state("acct").state == "halted"
+    assert react(folded, T0 + 3 * S) == [], "restarting on the fold publishes nothing"
+    assert folded == live
+
+
+def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() -> None:
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100))
+    state = evolve(state, trade("AAPL", 35, T0 + S))
+    (reduce,) = state.obligations
+    assert reduce.kind == "reduce"
+    halted = TradingStatePayload(scope="acct", state="halted", previous="active", reason="x")
+    # A halt from elsewhere, before the reduce was reacted to: the reduce is moot.
+    after = evolve(state, ev(TradingStateChanged, halted))
+    assert after.obligations == ()
+    assert react(after, T0 + S) == []
+    # And a reduce reaction never lowers a halted scope, whatever the state holds.
+    assert react(replace(after, obligations=(reduce,)), T0 + S) == []
 
 
 def test_resume_of_an_active_scope_is_a_no_op() -> None:

@@ -59,8 +59,8 @@ from services.risk_gate.domain.state import (
     frozen_map,
 )
 
-#: Bumped when the encoding below changes.
-FORMAT = 1
+#: Bumped when the encoding below changes (2: an obligation's day).
+FORMAT = 2
 #: Checkpoints kept per digest pair; older ones are deleted as new ones land.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -127,12 +127,15 @@ def _order_from(v: Json) -> Order:
 
 def _obligation(o: Obligation) -> Json:
     return [o.kind, o.scope, str(o.trigger_id), str(o.correlation_id), o.reason,
-            _opt_str(o.limit), _opt_str(o.value), o.operator]  # fmt: skip
+            _opt_str(o.limit), _opt_str(o.value), o.operator,
+            None if o.day is None else o.day.isoformat()]  # fmt: skip
 
 
 def _obligation_from(v: Json) -> Obligation:
     limit, value = _opt_decimal(v[5]), _opt_decimal(v[6])
-    return Obligation(v[0], v[1], uuid.UUID(v[2]), uuid.UUID(v[3]), v[4], limit, value, v[7])
+    return Obligation(
+        v[0], v[1], uuid.UUID(v[2]), uuid.UUID(v[3]), v[4], limit, value, v[7], _date(v[8])
+    )
 
 
 def _id_set(ids: IdSet) -> Json:

@@ -17,14 +17,30 @@ from typing import Any, TypeVar
 
 from libs.contract.codec import derived_id, order_id_for
 from libs.contract.envelope import Event
-from libs.contract.events import OrderIntentCreated, SubmitOrder, SubmitOrderPayload
+from libs.contract.events import (
+    OrderIntentCreated,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
 
 #: The ``source`` of what the gate publishes (the instance is appended live).
 SOURCE = "risk-gate"
 
 E = TypeVar("E", bound=Event)
 
-__all__ = ["SOURCE", "decision_id_for", "make", "order_id_for", "submit_id_for", "submit_order"]
+__all__ = [
+    "SOURCE",
+    "decision_id_for",
+    "make",
+    "order_id_for",
+    "submit_id_for",
+    "submit_order",
+    "withdraw_id_for",
+    "withdrawal",
+]
 
 
 #: The ids derived from an intent are asked for several times while it is
@@ -40,6 +56,10 @@ def decision_id_for(intent_id: uuid.UUID) -> uuid.UUID:
 @functools.lru_cache(maxsize=_RECENT_IDS)
 def submit_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     return derived_id(SOURCE, "submit", intent_id)
+
+
+def withdraw_id_for(intent_id: uuid.UUID) -> uuid.UUID:
+    return derived_id(SOURCE, "withdraw", intent_id)
 
 
 def make(
@@ -85,6 +105,41 @@ def submit_order(intent: OrderIntentCreated, now_ns: int, *, source: str = SOURC
             asset_class=p.asset_class,
         ),
         event_id=submit_id_for(intent.id),
+        now_ns=now_ns,
+        source=source,
+        correlation_id=intent.correlation_id,
+        causation_id=decision_id_for(intent.id),
+    )
+
+
+def withdrawal(
+    intent: OrderIntentCreated,
+    reason: ReasonCode,
+    detail: str,
+    now_ns: int,
+    *,
+    source: str = SOURCE,
+) -> RiskDecisionMade:
+    """The denial that withdraws an accepted intent whose order never went out.
+
+    A second decision on the intent, caused by the accepted one: what closes
+    an intent that has no order (the strategy-runner's intent book and its
+    rebuild finish an intent on a denial); its id derives from the intent, so
+    withdrawing twice repeats the same event.
+    """
+    p = intent.payload
+    return make(
+        RiskDecisionMade,
+        RiskDecisionPayload(
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            decision="denied",
+            reason=reason,
+            detail=f"accepted, but its order had not gone out and is withdrawn: {detail}",
+        ),
+        event_id=withdraw_id_for(intent.id),
         now_ns=now_ns,
         source=source,
         correlation_id=intent.correlation_id,

@@ -25,8 +25,9 @@ max_order_quantity          fat finger: the order's quantity
 max_order_notional          fat finger: quantity x price x multiplier
 max_strategy_position       the strategy's position in the symbol, with its
                             open orders on the same side, past its cap
-max_symbol_position         past the strategy's per-symbol cap (or a symbol
-                            outside its list), or the account's net cap
+max_symbol_position         past the strategy's per-symbol cap (a symbol
+                            outside its list has a cap of 0), or the
+                            account's net cap
 max_gross_notional          the strategy's gross exposure (positions + open
                             orders + this order, at market) past its cap
 strategy_rate_limit         too many orders from the strategy in the window
@@ -264,11 +265,13 @@ def _positions(
         )
     if strategy.symbols is not None:
         sym = strategy.symbols.get(p.symbol)
-        if sym is None:
+        # A symbol taken off the list is capped at 0: what the strategy still
+        # holds in it may be sold down (or bought back), never added to.
+        if sym is None and _past(after, ZERO, p.side):
             return ReasonCode.MAX_SYMBOL_POSITION, (
                 f"{p.symbol} is not among the symbols of {p.strategy}"
             )
-        if _past(after, sym.max_position, p.side):
+        if sym is not None and _past(after, sym.max_position, p.side):
             return ReasonCode.MAX_SYMBOL_POSITION, (
                 f"{p.strategy} position in {p.symbol} would reach {after}, "
                 f"max {sym.max_position} for {p.symbol}"

@@ -6,7 +6,12 @@ Events it does not care about return the state unchanged.
 
 The trading day rolls forward on the first event stamped in a new day
 (exchange time, :func:`~services.risk_gate.domain.state.trading_day`): day
-P&L starts again from the last marks, the daily-loss breaker re-arms.
+P&L starts again from the last marks, the daily-loss breaker re-arms. The
+gate's own events (:data:`GATE_TYPES`) do not roll it: the live gate applies
+them as it publishes them, ahead of the messages that reach the stream before
+them, so a roll on their (wall-clock) time would move the day at another
+point live than in a fold of the store. Rolled on the other events only, the
+day moves at the same point of the stream in both.
 Trading states and the kill switch do not reset: what halted an account
 holds until an operator resumes it.
 """
@@ -14,8 +19,11 @@ holds until an operator resumes it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
+from collections.abc import Mapping
 from decimal import Context, Decimal
+from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -65,6 +73,9 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
     "reduce": "reducing",
 }
 
+#: The obligations whose reaction halts their scope.
+HALTING = frozenset(k for k, v in RESULTING_STATE.items() if v == "halted")
+
 #: Events applied once per id. A later copy (the same event published again
 #: past JetStream's duplicate window) changes nothing, as in the store, where
 #: the recorder keeps it as ``DuplicateSuppressed``. The other types evolve
@@ -100,6 +111,11 @@ RELEVANT_TYPES = frozenset(
         *ONCE_TYPES,
     }
 )
+
+#: What the gate publishes itself (``risk.>``, ``orders.cmd.>``). Live it
+#: applies them when it publishes them, i.e. before messages the stream stores
+#: ahead of them; they must not roll the trading day (see the module docstring).
+GATE_TYPES = frozenset({"RiskDecisionMade", "SubmitOrder", "BreakerTripped", "TradingStateChanged"})
 
 replace = dataclasses.replace
 
@@ -151,7 +167,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         if event.id in state.applied:
             return state
         state = replace(state, applied=state.applied.add(event.id))
-    state = roll_day(state, event.ts_event)
+    if event.type not in GATE_TYPES:
+        state = roll_day(state, event.ts_event)
     match event:
         case TradePrinted():
             return _on_price(state, event, event.payload.symbol, event.payload.price)
@@ -179,10 +196,7 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         case TradingStateChanged():
             return _on_state_changed(state, event)
         case BreakerTripped():
-            if event.payload.breaker == "daily_loss" and state.day is not None:
-                tripped = with_item(state.loss_tripped, event.payload.account, state.day)
-                return replace(state, loss_tripped=tripped)
-            return state
+            return _on_breaker(state, event)
         case BrokerConnectionChanged():
             return _on_connection(state, event)
     return state
@@ -228,13 +242,18 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     f"day P&L {shown} reached the daily loss limit -{limits.daily_loss_limit}",
                     limit=limits.daily_loss_limit,
                     value=shown,
+                    day=state.day,
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
+            # Not while a halt is owed: the stream holds the causes the gate
+            # saw before its reaction to them, so a fold reaches this with the
+            # halt still pending where the live gate had already halted, and a
+            # reduce reacted to after the halt would lower it to reducing.
             if (
                 state.loss_reduced.get(account) == state.day
                 or state.scope_state(account).state != "active"
-                or pending & {"reduce", "daily_loss"}
+                or pending & {"reduce", *HALTING}
             ):
                 continue
             shown = reportable(pnl)
@@ -248,6 +267,7 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                     f"day P&L {shown} reached the reduce-only level -{limits.reduce_only_at_loss}",
                     limit=limits.reduce_only_at_loss,
                     value=shown,
+                    day=state.day,
                 ),
             )
     return state
@@ -269,6 +289,10 @@ def _on_intent(state: RiskState, event: OrderIntentCreated) -> RiskState:
 def _on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
     p = event.payload
     if p.intent_id in state.decided:
+        if p.decision == "denied" and p.intent_id in state.awaiting_order:
+            # The withdrawal of an accepted intent whose order had not gone
+            # out (react.owed_order): no order is owed any more, nor ever made.
+            return replace(state, awaiting_order=without(state.awaiting_order, p.intent_id))
         return state
     intent = state.pending_intents.get(p.intent_id)
     awaiting = state.awaiting_order
@@ -386,6 +410,34 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     return _check_loss(state, event, {p.account})
 
 
+def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:
+    """A daily-loss breaker is recorded as tripped on the day of the loss (its
+    obligation's), not the day its reaction came on: a loss late on one day
+    reacted to after the next day began must not disarm that day's breaker."""
+    p = event.payload
+    if p.breaker != "daily_loss":
+        return state
+    day = state.day
+    for o in state.obligations:
+        if o.kind == "daily_loss" and o.scope == p.account and o.trigger_id == event.causation_id:
+            day = o.day or day
+    return _record_day(state, "loss_tripped", p.account, day)
+
+
+def _record_day(
+    state: RiskState,
+    name: Literal["loss_tripped", "loss_reduced"],
+    account: str,
+    day: dt.date | None,
+) -> RiskState:
+    """``state.<name>[account]`` moved forward to ``day`` (never back)."""
+    days: Mapping[str, dt.date] = getattr(state, name)
+    current = days.get(account)
+    if day is None or (current is not None and current >= day):
+        return state
+    return replace(state, **{name: with_item(days, account, day)})
+
+
 def _on_connection(state: RiskState, event: BrokerConnectionChanged) -> RiskState:
     p = event.payload
     previous = state.connections.get(p.account)
@@ -461,11 +513,19 @@ def _on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState
         and o.scope == p.scope
         and RESULTING_STATE[o.kind] == p.state
     ]
+    # A halt makes a reduce owed to the same scope moot: reacting to it after
+    # the halt would lower the scope to reducing, which only a resume may do.
+    moot = [
+        o
+        for o in state.obligations
+        if p.state == "halted" and o.kind == "reduce" and o.scope == p.scope
+    ]
     state = replace(
         state,
         states=states,
-        obligations=tuple(o for o in state.obligations if o not in done),
+        obligations=tuple(o for o in state.obligations if o not in done and o not in moot),
     )
-    if any(o.kind == "reduce" for o in done) and state.day is not None:
-        state = replace(state, loss_reduced=with_item(state.loss_reduced, p.scope, state.day))
+    for o in done:
+        if o.kind == "reduce":
+            state = _record_day(state, "loss_reduced", p.scope, o.day or state.day)
     return state

@@ -1,8 +1,8 @@
 """``react(state, now) -> events``: what the gate must publish because of its state.
 
-Two things are owed (see :mod:`~services.risk_gate.domain.state`):
+Two things are owed (see :mod:`~services.risk_gate.domain.state`), in this
+order:
 
-- the ``SubmitOrder`` of every accepted intent whose command is not out yet;
 - the reaction to every obligation, in the order the obligations arose:
 
   ========================  ==================================================
@@ -15,15 +15,23 @@ Two things are owed (see :mod:`~services.risk_gate.domain.state`):
                             CancelOrders, FlattenAccount; then
                             TradingStateChanged(global) -> halted
   resume (scope)            TradingStateChanged -> active
-  reduce (account)          TradingStateChanged -> reducing
+  reduce (account)          TradingStateChanged -> reducing (none when the
+                            account is halted: a halt is never lowered)
   ========================  ==================================================
 
+- for every accepted intent whose command is not out yet (the gate stopped
+  between the decision and its order): its ``SubmitOrder`` if the intent
+  still passes every check now, else a denial, ``RiskDecisionMade(denied)``
+  with the failing check's reason, that withdraws it (:func:`owed_order`).
+
 Each event is folded into a working copy of the state before the next is
-computed, so a reaction sees the effect of the ones before it (an order
-submitted first is then canceled by a breaker). The caller publishes the
-events in order and evolves its own state with each; the trailing
-``TradingStateChanged`` clears the obligation. All ids derive from the
-trigger, so reacting twice to the same obligation repeats the same events.
+computed, so a reaction sees the effect of the ones before it: an owed order
+is checked after the breakers, the kill switch and the halts have been
+applied, and does not go out past them. The caller publishes the events in
+order and evolves its own state with each; the trailing
+``TradingStateChanged`` clears the obligation, the order or the denial the
+owed intent. All ids derive from the trigger (the intent), so reacting twice
+to the same thing repeats the same events.
 """
 
 from __future__ import annotations
@@ -39,11 +47,16 @@ from libs.contract.events import (
     CancelOrderPayload,
     FlattenAccount,
     FlattenAccountPayload,
+    OrderIntentCreated,
+    ReasonCode,
+    RiskDecisionMade,
+    SubmitOrder,
     TradingStateChanged,
     TradingStatePayload,
 )
-from services.risk_gate.domain.commands import SOURCE, make, submit_order
-from services.risk_gate.domain.evolve import RESULTING_STATE, evolve
+from services.risk_gate.domain.commands import SOURCE, make, submit_order, withdrawal
+from services.risk_gate.domain.decide import check
+from services.risk_gate.domain.evolve import RESULTING_STATE, evolve, roll_day
 from services.risk_gate.domain.state import Obligation, RiskState
 
 E = TypeVar("E", bound=Event)
@@ -53,15 +66,33 @@ Breaker = Literal["daily_loss", "connection_lost", "kill_switch"]
 def react(state: RiskState, now_ns: int, *, source: str = SOURCE) -> list[Event]:
     """Every event owed by ``state``, in publishing order (empty when none)."""
     out: list[Event] = []
-    for intent in list(state.awaiting_order.values()):
-        order = submit_order(intent, now_ns, source=source)
-        out.append(order)
-        state = evolve(state, order)
     for obligation in state.obligations:
         for e in _reaction(state, obligation, now_ns, source):
             out.append(e)
             state = evolve(state, e)
+    for intent in list(state.awaiting_order.values()):
+        e = owed_order(state, intent, now_ns, source=source)
+        out.append(e)
+        state = evolve(state, e)
     return out
+
+
+def owed_order(
+    state: RiskState, intent: OrderIntentCreated, now_ns: int, *, source: str = SOURCE
+) -> SubmitOrder | RiskDecisionMade:
+    """The order of an accepted intent that has not gone out, if the intent
+    would still pass every check now; else the denial that withdraws it.
+
+    An order is owed only after a crash between a decision and its order, so
+    it goes out late, maybe much later: after the breakers, the kill switch
+    and the halts that came meanwhile (the obligations are settled first), and
+    at a price that may have run away. It is checked again as a fresh intent
+    would be (``decide.check``, on the state rolled to ``now_ns``).
+    """
+    reason, detail = check(roll_day(state, now_ns), intent, now_ns)
+    if reason is ReasonCode.ACCEPTED:
+        return submit_order(intent, now_ns, source=source)
+    return withdrawal(intent, reason, detail, now_ns, source=source)
 
 
 def _emit(
@@ -127,6 +158,9 @@ def _flatten(
 
 
 def _reaction(state: RiskState, ob: Obligation, now_ns: int, source: str) -> list[Event]:
+    if ob.kind == "reduce" and state.scope_state(ob.scope).state == "halted":
+        # Never lower a halt (evolve drops such a reduce; this is the backstop).
+        return []
     events: list[Event] = []
     if ob.kind in ("daily_loss", "connection_lost"):
         events.extend(_flatten(state, ob, ob.scope, now_ns, source))

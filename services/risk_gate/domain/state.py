@@ -225,6 +225,9 @@ class Obligation:
     limit: Decimal | None = None
     value: Decimal | None = None
     operator: str = ""
+    #: The trading day of the loss (``daily_loss``, ``reduce``): what the
+    #: reaction records as tripped or reduced, whatever day it comes on.
+    day: dt.date | None = None
 
 
 class IdSet:
@@ -374,9 +377,10 @@ class RiskState:
     states: Mapping[str, ScopeState] = field(default_factory=_empty)
     kill_switch: KillSwitch = KillSwitch()
     connections: Mapping[str, str] = field(default_factory=_empty)
-    #: Account -> the trading day its daily-loss breaker last tripped.
+    #: Account -> the trading day its daily-loss breaker last tripped for (the
+    #: day of the loss, which may be before the day the breaker's event came on).
     loss_tripped: Mapping[str, dt.date] = field(default_factory=_empty)
-    #: Account -> the trading day it was last put in reducing for its loss.
+    #: Account -> the trading day (of the loss) it was last put in reducing for.
     loss_reduced: Mapping[str, dt.date] = field(default_factory=_empty)
     obligations: tuple[Obligation, ...] = ()
     #: Intents seen and not yet decided, in arrival order.
