@@ -18,6 +18,11 @@ def _per_second(value: Any) -> Any:
 Channel = Literal["trades", "quotes", "second_bars", "minute_bars"]
 
 
+#: ``TRADEBUS_SYNTHETIC_RUN`` value asking for a new salt at every start (what
+#: docker-compose sets: a restarted container must not reuse the last run's ids).
+FRESH_RUN = "fresh"
+
+
 class MarketdataSettings(ServiceSettings):
     source: Literal["polygon", "synthetic", "cache"] = "synthetic"
     #: Comma-separated tickers, e.g. ``AAPL,MSFT`` (options as ``O:SPY241220P00720000``).
@@ -61,7 +66,8 @@ class MarketdataSettings(ServiceSettings):
     #: Seed of the price path; the same seed gives the same prices and event ids.
     synthetic_seed: int = 7
     #: Salt for the synthetic ids (empty: ids depend on the seed alone, so a rerun
-    #: of the same seed is deduplicated; set one per run to record every run).
+    #: of the same seed is deduplicated; set one per run to record every run;
+    #: ``fresh`` (:data:`FRESH_RUN`): a new random salt at every start).
     synthetic_run: str = Field(default="", max_length=64)
 
     # ---- cache source (``--source cache``; CLI options override) ----
