@@ -55,7 +55,7 @@ class MarketdataSettings(ServiceSettings):
     polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
     #: Most events handed to the sink in one call.
     polygon_publish_batch: int = Field(default=4096, ge=1, le=100_000)
-    #: At start-up, gap-fill from the newest minute bar on the stream (a restart loses nothing).
+    #: At start-up, gap-fill from the newest bars on the stream (a restart loses nothing).
     polygon_resume_from_stream: bool = True
 
     # ---- synthetic source (``--source synthetic``; CLI options override) ----

@@ -46,7 +46,7 @@ from libs.contract.events import (
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
 from libs.testing.producer import make_submit_order
-from services.marketdata.adapters.polygon.resume import last_minute_bars
+from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.config import MarketdataSettings
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
@@ -361,11 +361,11 @@ async def test_marketdata_may_read_back_its_newest_minute_bar(
             instance="permissions-test",
         )
 
-    found = await last_minute_bars(as_user("marketdata"), ["RESUMED"])
+    found = await newest_bars(as_user("marketdata"), ["RESUMED"])
     assert found == {"RESUMED": newest.payload.start_ns}
     # A user without that grant reads nothing back: the feed would start
     # without resuming (best effort, said in its log).
-    assert await last_minute_bars(as_user("paper-broker"), ["RESUMED"]) == {}
+    assert await newest_bars(as_user("paper-broker"), ["RESUMED"]) == {}
 
 
 @pytest.mark.parametrize("user", USERS)

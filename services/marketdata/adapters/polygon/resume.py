@@ -1,12 +1,12 @@
-"""Where the last run stopped: the newest minute bar per symbol on the stream.
+"""Where the last run stopped: the newest bar per symbol and interval on the stream.
 
 A restarted service has lost its in-memory ledger of published bars; without
 it the bars of the minutes it was down would never be published. At start-up
-:func:`last_minute_bars` asks JetStream for the last message on
-``md.bar.1m.<symbol>`` of each symbol (one ``STREAM.MSG.GET`` each) and
-:class:`~services.marketdata.domain.gapfill.GapFiller` is seeded with it, so
-the first connection gap-fills from the minute after it (at most
-``polygon_gapfill_max_s`` back). The bars' ids are derived from their
+:func:`newest_bars` asks JetStream for the last message on
+``md.bar.<1m|1s>.<symbol>`` of each symbol (one ``STREAM.MSG.GET`` each) and
+the :class:`~services.marketdata.domain.gapfill.GapFiller` of that interval is
+seeded with it, so the first connection gap-fills from the bar after it (at
+most ``polygon_gapfill_max_s`` back). The bars' ids are derived from their
 minute, so a bar that was in fact published already is deduplicated.
 
 Best effort: when the stream cannot be read (NATS down, or a NATS user
@@ -32,8 +32,10 @@ from services.marketdata.config import MarketdataSettings
 log = logging.getLogger(__name__)
 
 
-async def last_minute_bars(settings: MarketdataSettings, symbols: Iterable[str]) -> dict[str, int]:
-    """Symbol -> window start (ns) of its newest recorded-stream minute bar."""
+async def newest_bars(
+    settings: MarketdataSettings, symbols: Iterable[str], interval: str = "1m"
+) -> dict[str, int]:
+    """Symbol -> window start (ns) of its newest ``interval`` bar on the recorded stream."""
     wanted = [s for s in symbols if _is_token(s)]
     if not wanted:
         return {}
@@ -53,14 +55,14 @@ async def last_minute_bars(settings: MarketdataSettings, symbols: Iterable[str])
     try:
         for symbol in wanted:
             try:
-                msg = await bus.js.get_last_msg(STREAM, f"md.bar.1m.{symbol_token(symbol)}")
+                msg = await bus.js.get_last_msg(STREAM, f"md.bar.{interval}.{symbol_token(symbol)}")
             except nats.js.errors.NotFoundError:
                 continue
             try:
                 event = decode(msg.data or b"")
             except DecodeError:
                 continue
-            if isinstance(event, BarClosed) and event.payload.interval == "1m":
+            if isinstance(event, BarClosed) and event.payload.interval == interval:
                 found[symbol] = event.payload.start_ns
     except (nats.errors.Error, TimeoutError) as e:
         log.warning("not resuming gap-fill from the stream: %s", e)
