@@ -46,7 +46,8 @@ from libs.testing.store import rows
 from libs.testing.wait import eventually
 from services.marketdata import metrics
 from services.marketdata.adapters.polygon.client import PolygonSource
-from services.marketdata.adapters.polygon.parse import FrameParser, bar_id
+from services.marketdata.adapters.polygon.parse import FrameParser, bar_id, rest_bar_event
+from services.marketdata.adapters.polygon.schemas import RestAgg
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.staleness import AlwaysOpen
 from services.marketdata.sink import JetStreamSink
@@ -389,6 +390,48 @@ async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
         T0 + i * MINUTE_MS for i in range(3, 7)
     ]
     assert all(b.payload.backfilled for b in sink.bars())
+
+
+async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_stream(
+    bus: Bus, nats_url: str
+) -> None:
+    # The previous run: minute 0 live, then an outage; back at 4:59 the live
+    # bar of minute 4 went out before the gap-fill of minutes 1-3 (REST was
+    # slow), so minute 3 is the last message on md.bar.1m.AAPL, minute 4 the
+    # newest. Restarted at 9:05, minute 4 must not be published again.
+    bars = make_minute_bars("AAPL", T0, 12)
+    parser = FrameParser(source="marketdata/old", clock=FakeClock(T0))
+    live = parser.parse(
+        encode_frame([rest_bar_to_am("AAPL", bars[0]), rest_bar_to_am("AAPL", bars[4])])
+    ).events
+    for event in live:
+        await bus.publish(event)
+    for row in bars[1:4]:
+        backfill = rest_bar_event("AAPL", RestAgg.model_validate(row), source="old", ts_init=T0)
+        await bus.publish(backfill)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL",
+            channels="minute_bars",
+            nats_url=nats_url,
+            polygon_resume_from_stream=True,
+        )
+        sink = CountingSink(bus)
+        source = PolygonSource(
+            settings, clock=FakeClock(T0 + 9 * MINUTE_MS + 5_000), hours=AlwaysOpen()
+        )
+        async with running(source, sink):
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+    [request] = rest.agg_requests("AAPL")
+    assert request.path.endswith(f"/{T0 + 5 * MINUTE_MS}/{T0 + 8 * MINUTE_MS}")
+    assert [b.payload.start_ns // MS for b in sink.bars()] == [
+        T0 + i * MINUTE_MS for i in range(5, 9)
+    ]
 
 
 async def test_second_bars_of_an_outage_are_gap_filled(bus: Bus) -> None:
