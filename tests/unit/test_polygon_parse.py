@@ -231,6 +231,15 @@ def test_one_invalid_event_is_rejected_and_the_rest_of_the_frame_goes_through() 
     assert json.loads(parsed.rejected[3].raw)["sym"] == "BRK B"
 
 
+def test_a_share_class_ticker_is_published_not_dead_lettered() -> None:
+    frame = b'[{"ev":"T","sym":"BRK.B","x":4,"p":412.5,"s":10,"t":1709564400000,"q":9}]'
+    parsed = parser().parse(frame)
+    assert parsed.rejected == []
+    [trade] = parsed.events
+    assert trade.payload.symbol == "BRK.B"
+    assert subject_for(trade) == "md.trade.BRK~B"
+
+
 def test_rejected_frame_becomes_a_dead_letter_with_its_bytes() -> None:
     [bad] = parser().parse(b"not json at all").rejected
     letter = bad.dead_letter(market="stocks", source="marketdata/test", clock=FixedClock())
