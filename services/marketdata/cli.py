@@ -157,6 +157,7 @@ def fetch(
             {
                 "fetched_days": result.fetched_days,
                 "skipped_days": result.skipped_days,
+                "refetched_days": result.refetched_days,
                 "incomplete_days": len(result.incomplete),
                 "bars": result.bars,
                 "cache_dir": str(cache.root),

@@ -18,6 +18,11 @@ def _per_second(value: Any) -> Any:
 Channel = Literal["trades", "quotes", "second_bars", "minute_bars"]
 
 
+#: ``TRADEBUS_SYNTHETIC_RUN`` value asking for a new salt at every start (what
+#: docker-compose sets: a restarted container must not reuse the last run's ids).
+FRESH_RUN = "fresh"
+
+
 class MarketdataSettings(ServiceSettings):
     source: Literal["polygon", "synthetic", "cache"] = "synthetic"
     #: Comma-separated tickers, e.g. ``AAPL,MSFT`` (options as ``O:SPY241220P00720000``).
@@ -50,7 +55,7 @@ class MarketdataSettings(ServiceSettings):
     polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
     #: Most events handed to the sink in one call.
     polygon_publish_batch: int = Field(default=4096, ge=1, le=100_000)
-    #: At start-up, gap-fill from the newest minute bar on the stream (a restart loses nothing).
+    #: At start-up, gap-fill from the newest bars on the stream (a restart loses nothing).
     polygon_resume_from_stream: bool = True
 
     # ---- synthetic source (``--source synthetic``; CLI options override) ----
@@ -61,7 +66,8 @@ class MarketdataSettings(ServiceSettings):
     #: Seed of the price path; the same seed gives the same prices and event ids.
     synthetic_seed: int = 7
     #: Salt for the synthetic ids (empty: ids depend on the seed alone, so a rerun
-    #: of the same seed is deduplicated; set one per run to record every run).
+    #: of the same seed is deduplicated; set one per run to record every run;
+    #: ``fresh`` (:data:`FRESH_RUN`): a new random salt at every start).
     synthetic_run: str = Field(default="", max_length=64)
 
     # ---- cache source (``--source cache``; CLI options override) ----

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import signal
 from typing import Any
 
@@ -23,7 +24,7 @@ from libs.contract.envelope import Clock, WallClock
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import run_service
-from services.marketdata.config import MarketdataSettings
+from services.marketdata.config import FRESH_RUN, MarketdataSettings
 from services.marketdata.domain.cache import CacheError
 from services.marketdata.feed import FeedSource
 from services.marketdata.sink import JetStreamSink
@@ -31,6 +32,17 @@ from services.marketdata.sink import JetStreamSink
 log = logging.getLogger(__name__)
 
 SERVICE = "marketdata"
+
+
+def synthetic_run(settings: MarketdataSettings) -> str:
+    """The salt of this start's synthetic ids: ``TRADEBUS_SYNTHETIC_RUN``, or a
+    new random one when it is ``fresh`` (the same run for two starts would give
+    the second start's different prices the first one's ids)."""
+    if settings.synthetic_run == FRESH_RUN:
+        run = f"start-{secrets.token_hex(6)}"
+        log.info("synthetic run %s (TRADEBUS_SYNTHETIC_RUN=%s)", run, FRESH_RUN)
+        return run
+    return settings.synthetic_run
 
 
 def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
@@ -51,7 +63,7 @@ def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
                 symbols=symbols,
                 seed=settings.synthetic_seed,
                 channels=parse_channels(settings.channels),
-                run=settings.synthetic_run,
+                run=synthetic_run(settings),
             )
         except ValueError as e:
             raise ConfigError(f"TRADEBUS_CHANNELS / TRADEBUS_SYMBOLS: {e}") from None

@@ -33,7 +33,9 @@ from libs.contract.subjects import STREAM
 from libs.testing.fakes.polygon_data import (
     MINUTE_MS,
     make_minute_bars,
+    make_second_bars,
     quote,
+    rest_bar_to_a,
     rest_bar_to_am,
     trade,
 )
@@ -44,7 +46,8 @@ from libs.testing.store import rows
 from libs.testing.wait import eventually
 from services.marketdata import metrics
 from services.marketdata.adapters.polygon.client import PolygonSource
-from services.marketdata.adapters.polygon.parse import FrameParser, bar_id
+from services.marketdata.adapters.polygon.parse import FrameParser, bar_id, rest_bar_event
+from services.marketdata.adapters.polygon.schemas import RestAgg
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.staleness import AlwaysOpen
 from services.marketdata.sink import JetStreamSink
@@ -387,6 +390,136 @@ async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
         T0 + i * MINUTE_MS for i in range(3, 7)
     ]
     assert all(b.payload.backfilled for b in sink.bars())
+
+
+async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_stream(
+    bus: Bus, nats_url: str
+) -> None:
+    # The previous run: minute 0 live, then an outage; back at 4:59 the live
+    # bar of minute 4 went out before the gap-fill of minutes 1-3 (REST was
+    # slow), so minute 3 is the last message on md.bar.1m.AAPL, minute 4 the
+    # newest. Restarted at 9:05, minute 4 must not be published again.
+    bars = make_minute_bars("AAPL", T0, 12)
+    parser = FrameParser(source="marketdata/old", clock=FakeClock(T0))
+    live = parser.parse(
+        encode_frame([rest_bar_to_am("AAPL", bars[0]), rest_bar_to_am("AAPL", bars[4])])
+    ).events
+    for event in live:
+        await bus.publish(event)
+    for row in bars[1:4]:
+        backfill = rest_bar_event("AAPL", RestAgg.model_validate(row), source="old", ts_init=T0)
+        await bus.publish(backfill)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL",
+            channels="minute_bars",
+            nats_url=nats_url,
+            polygon_resume_from_stream=True,
+        )
+        sink = CountingSink(bus)
+        source = PolygonSource(
+            settings, clock=FakeClock(T0 + 9 * MINUTE_MS + 5_000), hours=AlwaysOpen()
+        )
+        async with running(source, sink):
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+    [request] = rest.agg_requests("AAPL")
+    assert request.path.endswith(f"/{T0 + 5 * MINUTE_MS}/{T0 + 8 * MINUTE_MS}")
+    assert [b.payload.start_ns // MS for b in sink.bars()] == [
+        T0 + i * MINUTE_MS for i in range(5, 9)
+    ]
+
+
+async def test_second_bars_of_an_outage_are_gap_filled(bus: Bus) -> None:
+    # The channels docker-compose subscribes: second bars, no minute bars.
+    seconds = make_second_bars("AAPL", T0, 6 * 60, skip=frozenset({70, 71}))
+    by_second = {(b["t"] - T0) // 1000: b for b in seconds}
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({}, api_key=KEY, second_bars={"AAPL": seconds}, page_size=50) as rest,
+    ):
+        settings = make_settings(ws, rest, symbols="AAPL", channels="trades,quotes,second_bars")
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 500)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("A.AAPL")
+            clock.set_ms(T0 + 60_500)
+            await ws.publish([rest_bar_to_a("AAPL", by_second[i]) for i in range(60)])
+            await eventually(lambda: len(sink.bars()) == 60)
+            # Down for two minutes and more; back at 3:10.5.
+            clock.set_ms(T0 + 190_500)
+            await ws.drop()
+            conn = await ws.wait_subscribed("A.AAPL")
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+            # Late live bars: second 100 came from REST already, 190 is new.
+            await ws.publish([rest_bar_to_a("AAPL", by_second[i]) for i in (100, 190)], conn)
+            await eventually(
+                lambda: any(b.payload.start_ns == (T0 + 190_000) * MS for b in sink.bars())
+            )
+
+        # One request for the window (seconds 60 to 189, the last closed), paged.
+        requests = rest.agg_requests("AAPL")
+        assert (
+            requests[0].path == f"/v2/aggs/ticker/AAPL/range/1/second/{T0 + 60_000}/{T0 + 189_000}"
+        )
+        assert requests[0].query["adjusted"] == "false"
+        assert len(requests) == 3  # 128 bars, 50 a page
+        backfilled = [b for b in sink.bars() if b.payload.backfilled]
+        want = [T0 + i * 1000 for i in range(60, 190) if i not in (70, 71)]
+        assert [b.payload.start_ns // MS for b in backfilled] == want
+        assert all(b.payload.interval == "1s" for b in sink.bars())
+        assert backfilled[0].id == bar_id("AAPL", "1s", T0 + 60_000)
+        assert backfilled[0].payload.end_ns == (T0 + 61_000) * MS
+        [filled] = [
+            e
+            for e in sink.events
+            if isinstance(e, FeedStatusChanged) and e.payload.status == "gap_filled"
+        ]
+        assert filled.payload.gap_filled_bars == 128
+        assert "1s bar(s)" in filled.payload.message
+        ids = [b.id for b in sink.bars()]
+        assert len(ids) == len(set(ids)) == 60 + 128 + 1  # second 100 not twice
+        on_stream = [e for e in await stream_events(bus) if isinstance(e, BarClosed)]
+        assert sorted(e.id for e in on_stream) == sorted(ids)
+
+
+async def test_a_restart_gap_fills_second_bars_from_the_stream(bus: Bus, nats_url: str) -> None:
+    seconds = make_second_bars("AAPL", T0, 160)
+    minutes = make_minute_bars("AAPL", T0, 3)
+    # The previous run published second 20 and minute 0, then stopped.
+    previous = FrameParser(source="marketdata/old", clock=FakeClock(T0)).parse(
+        encode_frame([rest_bar_to_a("AAPL", seconds[20]), rest_bar_to_am("AAPL", minutes[0])])
+    )
+    for event in previous.events:
+        await bus.publish(event)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": minutes}, api_key=KEY, second_bars={"AAPL": seconds}) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL",
+            channels="second_bars,minute_bars",
+            nats_url=nats_url,
+            polygon_resume_from_stream=True,
+        )
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0 + 150_500), hours=AlwaysOpen())
+        async with running(source, sink):
+            await eventually(lambda: has_status(sink, "gap_filled", 2), timeout=10)
+    paths = sorted(r.path for r in rest.agg_requests("AAPL"))
+    assert paths == [
+        f"/v2/aggs/ticker/AAPL/range/1/minute/{T0 + MINUTE_MS}/{T0 + MINUTE_MS}",
+        f"/v2/aggs/ticker/AAPL/range/1/second/{T0 + 21_000}/{T0 + 149_000}",
+    ]
+    got = sorted((b.payload.interval, b.payload.start_ns // MS) for b in sink.bars())
+    assert got == [("1m", T0 + MINUTE_MS)] + [("1s", T0 + i * 1000) for i in range(21, 150)]
 
 
 async def test_max_connections_is_reported_and_retried_slowly(bus: Bus) -> None:

@@ -46,7 +46,7 @@ from libs.contract.events import (
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
 from libs.testing.producer import make_submit_order
-from services.marketdata.adapters.polygon.resume import last_minute_bars
+from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.config import MarketdataSettings
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
@@ -348,10 +348,29 @@ async def test_marketdata_may_read_back_its_newest_minute_bar(
 ) -> None:
     # After a restart the Polygon feed gap-fills from the newest
     # md.bar.1m.<symbol> on the stream (services/marketdata/adapters/polygon/
-    # resume.py, one STREAM.MSG.GET per symbol), as its own NATS user.
+    # resume.py: the last message, STREAM.MSG.GET; when that one was
+    # backfilled, the bars stored since, one batched DIRECT.GET), as its own
+    # NATS user. Here the live bar of the reconnect minute went out before
+    # the gap-fill's older bars.
     newest = bar("RESUMED")
+    minute = 60_000_000_000
+    older = [
+        BarClosed.create(
+            newest.payload.model_copy(
+                update={
+                    "start_ns": newest.payload.start_ns - i * minute,
+                    "end_ns": newest.payload.end_ns - i * minute,
+                    "backfilled": True,
+                }
+            ),
+            source="test",
+            clock=CLOCK,
+        )
+        for i in (3, 2, 1)
+    ]
     async with cluster.bus("marketdata") as feed:
-        await feed.publish(newest)
+        for event in (newest, *older):
+            await feed.publish(event)
 
     def as_user(user: str) -> MarketdataSettings:
         return MarketdataSettings(
@@ -361,11 +380,11 @@ async def test_marketdata_may_read_back_its_newest_minute_bar(
             instance="permissions-test",
         )
 
-    found = await last_minute_bars(as_user("marketdata"), ["RESUMED"])
+    found = await newest_bars(as_user("marketdata"), ["RESUMED"])
     assert found == {"RESUMED": newest.payload.start_ns}
     # A user without that grant reads nothing back: the feed would start
     # without resuming (best effort, said in its log).
-    assert await last_minute_bars(as_user("paper-broker"), ["RESUMED"]) == {}
+    assert await newest_bars(as_user("paper-broker"), ["RESUMED"]) == {}
 
 
 @pytest.mark.parametrize("user", USERS)

@@ -156,6 +156,7 @@ class FakeAggs:
     def __init__(self, bars: dict[str, list[dict[str, Any]]]) -> None:
         self.bars = bars
         self.calls: list[tuple[str, str]] = []
+        self.adjusted: set[bool | None] = set()
 
     def list_aggs(
         self,
@@ -169,6 +170,7 @@ class FakeAggs:
         limit: int | None = None,
     ) -> Iterable[Any]:
         self.calls.append((ticker, from_))
+        self.adjusted.add(adjusted)
         assert (multiplier, timespan, from_, sort) == (1, "minute", to, "asc")
         day = dt.date.fromisoformat(from_)
         for b in self.bars.get(ticker, []):
@@ -211,6 +213,64 @@ FLAT_HEADER = "ticker,volume,open,close,high,low,window_start,transactions"
 
 def flat_row(ticker: str, t_ms: int, o: str, c: str, h: str, lo: str, v: str, n: str) -> str:
     return f"{ticker},{v},{o},{c},{h},{lo},{t_ms * 1_000_000},{n}"
+
+
+def write_as_before_the_basis(
+    cache: ParquetCache, symbol: str, day: dt.date, bars: list[CachedBar], origin: str
+) -> None:
+    """A day file as versions before ``tradebus.basis`` wrote it (REST ones adjusted)."""
+    path = cache.write("minute", symbol, day, bars, origin=origin)
+    table = pq.read_table(path)
+    meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"tradebus.basis"}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def test_fetch_asks_for_unadjusted_bars_and_records_the_basis(tmp_path: Path) -> None:
+    cache = ParquetCache(tmp_path)
+    client = FakeAggs({"AAPL": rest_bars(OPEN_MON_MS, 3)})
+    fetch(cache, client, ["AAPL"], MON, MON, today=TUE)
+    # As traded, like the live feed and the gap-fill: a split must not make
+    # the cached days jump against each other or against the live bars.
+    assert client.adjusted == {False}
+    assert cache.basis("minute", "AAPL", MON) == "unadjusted"
+    assert not cache.stale("minute", "AAPL", MON)
+
+
+async def test_days_cached_split_adjusted_are_fetched_again_not_mixed(tmp_path: Path) -> None:
+    # Monday was fetched (adjusted) by an older version; Tuesday came from a
+    # flat file (unadjusted already). Monday's prices were divided by 10.
+    cache = ParquetCache(tmp_path)
+    write_as_before_the_basis(cache, "NVDA", MON, [bar(OPEN_MON_MS, "120.00")], "rest")
+    flat = [bar(OPEN_TUE_MS, "1210.00")]
+    write_as_before_the_basis(cache, "NVDA", TUE, flat, "flatfile:2024-03-05.csv.gz")
+    assert cache.stale("minute", "NVDA", MON)
+    assert not cache.stale("minute", "NVDA", TUE)
+    refused = ListSink()
+    with pytest.raises(CacheError, match=r"NVDA 2024-03-04 \(minute\) were cached split-adj"):
+        await CacheSource(cache, ["NVDA"], MON, TUE, clock=Clock()).run(refused, asyncio.Event())
+    assert refused.batches == []
+
+    client = FakeAggs({"NVDA": rest_bars(OPEN_MON_MS, 1, price="1200.00")})
+    result = fetch(cache, client, ["NVDA"], MON, TUE, today=dt.date(2024, 3, 6))
+    assert client.calls == [("NVDA", "2024-03-04")]  # Tuesday is kept
+    assert (result.fetched_days, result.refetched_days, result.skipped_days) == (1, 1, 1)
+    assert not cache.stale("minute", "NVDA", MON)
+    sink = ListSink()
+    await CacheSource(cache, ["NVDA"], MON, TUE, clock=Clock()).run(sink, asyncio.Event())
+    closes = [e.payload.close for b in sink.batches for e in b]
+    assert closes == [Decimal("1200.00"), Decimal("1210.00")]
+
+
+def test_a_flatfile_import_replaces_a_day_cached_split_adjusted(tmp_path: Path) -> None:
+    cache = ParquetCache(tmp_path / "cache")
+    write_as_before_the_basis(cache, "AAPL", MON, [bar(OPEN_MON_MS, "50.00")], "rest")
+    path = tmp_path / "2024-03-04.csv"
+    row = flat_row("AAPL", OPEN_MON_MS, "100", "100", "100", "100", "10", "1")
+    path.write_text(f"{FLAT_HEADER}\n{row}\n")
+    result = import_flatfiles(cache, [path])
+    assert (result.written_days, result.skipped_days) == (1, 0)
+    assert cache.read("minute", "AAPL", MON)[0].c == Decimal(100)
+    assert cache.basis("minute", "AAPL", MON) == "unadjusted"
 
 
 def test_flatfile_import_reads_columns_by_name(tmp_path: Path) -> None:

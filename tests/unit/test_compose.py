@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from libs.bus.client import inbox_prefix
+from services.marketdata.config import MarketdataSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -186,6 +187,36 @@ def test_order_path_configs_are_mounted_and_valid(services: dict[str, dict[str, 
         elif service == "broker-gateway":
             brokers = load_brokers_config(host)
             assert all("127.0.0.1" not in a.url for a in brokers.accounts.values())
+
+
+def test_each_start_of_the_synthetic_feed_has_ids_of_its_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # A restarted marketdata container must not give its (different) prices
+    # the last start's event ids: JetStream and the recorder would drop them.
+    from libs.contract.envelope import WallClock
+    from services.marketdata.adapters.synthetic import SyntheticSource
+    from services.marketdata.main import build_source
+
+    spec = services["marketdata"]
+    assert spec["command"][-2:] == ["--source", "synthetic"]
+    env = environment(spec)
+    reference = ENV_REFERENCE.match(env["TRADEBUS_SYNTHETIC_RUN"])
+    assert reference, "an operator may still pin the run from the environment"
+    run = (reference.group(2) or ":-").removeprefix(":-")
+    settings = MarketdataSettings(
+        source="synthetic",
+        symbols=env["TRADEBUS_SYMBOLS"],
+        channels=env["TRADEBUS_CHANNELS"],
+        synthetic_run=run,
+    )
+    first_ids = []
+    for _start in range(2):
+        source = build_source(settings, WallClock())
+        assert isinstance(source, SyntheticSource)
+        first_ids.append([e.id for e in source.market.tick(1_717_000_000_000_000_000)])
+    assert first_ids[0]
+    assert not set(first_ids[0]) & set(first_ids[1])
 
 
 def test_paper_broker_and_gateway_share_the_paper_keys(

@@ -153,3 +153,19 @@ def test_time_ordered_merges_symbols_by_window_start() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="positive"):
         GapFiller(["AAPL"], interval_ns=0)
+
+
+def test_a_second_bar_filler_counts_and_closes_in_seconds() -> None:
+    f = GapFiller(["AAPL"], interval_ns=S, max_gap_ns=60 * S)
+    f.on_subscribed(T0 + S // 2)
+    for i in range(10):
+        assert f.admit("AAPL", T0 + i * S)
+    f.on_disconnect(T0 + 10 * S + S // 3)
+    # Back 30.5 s later: seconds 10 to 39 are closed, 40 is in progress.
+    [window] = f.windows(T0 + 40 * S + S // 2)
+    assert (window.first_start_ns, window.last_start_ns) == (T0 + 10 * S, T0 + 39 * S)
+    assert window.bars == 30
+    rows = [T0 + i * S for i in (5, 10, 11, 39, 40)]
+    assert f.missing(window, rows, start) == [T0 + 10 * S, T0 + 11 * S, T0 + 39 * S]
+    f.filled(window)
+    assert f.open_gaps() == {}

@@ -23,6 +23,7 @@ from services.marketdata.adapters.polygon.parse import (
     rest_bar_event,
     statuses_text,
     trade_id,
+    trading_day,
 )
 from services.marketdata.adapters.polygon.schemas import (
     RestAgg,
@@ -35,6 +36,7 @@ from services.marketdata.adapters.polygon.schemas import (
     WireSize,
     WireSymbol,
 )
+from services.marketdata.domain.cache import new_york_day
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "polygon"
 NOW = 1_700_000_000_123_456_789
@@ -76,7 +78,8 @@ def test_stock_frame_becomes_trades_quotes_bars_in_frame_order() -> None:
     assert p.feed == "polygon"
     assert trade.ts_event == 1536036818784 * 1_000_000
     assert trade.ts_init == NOW
-    assert trade.id == derived_id("polygon", "T", "MSFT", 3681328)
+    # 1536036818784 ms is 2018-09-04 00:53 in New York (04:53 UTC).
+    assert trade.id == derived_id("polygon", "T", "MSFT", "2018-09-04", 3681328)
     assert trade.correlation_id == trade.id
     assert subject_for(trade) == "md.trade.MSFT"
     # A trade without conditions leaves out ``c``.
@@ -88,7 +91,7 @@ def test_stock_frame_becomes_trades_quotes_bars_in_frame_order() -> None:
     assert (q.bid_price, q.ask_price) == (Decimal("114.125"), Decimal("114.128"))
     assert (q.bid_size, q.ask_size) == (Decimal(100), Decimal(160))
     assert (q.bid_exchange, q.ask_exchange, q.condition, q.indicators) == (4, 7, 0, (604,))
-    assert quote.id == derived_id("polygon", "Q", "MSFT", 50385480)
+    assert quote.id == derived_id("polygon", "Q", "MSFT", "2018-09-04", 50385480)
 
     second, minute = parsed.events[3], parsed.events[4]
     assert isinstance(second, BarClosed)
@@ -128,6 +131,42 @@ def test_same_record_twice_gives_the_same_id() -> None:
     b = parser().parse(fixture("ws_stocks_mixed.json")).events
     assert [e.id for e in a] == [e.id for e in b]
     assert len({e.id for e in a}) == len(a)
+
+
+def test_the_same_sequence_number_on_another_day_is_another_print() -> None:
+    # Polygon starts its sequence numbers again every trading day: a trade
+    # and a quote of Tuesday with Monday's sequence number are new events.
+    monday, tuesday = 1709564400000, 1709650800000  # 10:00 New York, 4 and 5 March 2024
+    frame = [
+        {"ev": "T", "sym": "AAPL", "x": 4, "p": 175.1, "s": 100, "t": monday, "q": 1234},
+        {"ev": "T", "sym": "AAPL", "x": 11, "p": 170.02, "s": 300, "t": tuesday, "q": 1234},
+        {"ev": "Q", "sym": "AAPL", "bx": 4, "bp": 175.0, "bs": 2, "ax": 7, "ap": 175.02}
+        | {"as": 3, "t": monday, "q": 777},
+        {"ev": "Q", "sym": "AAPL", "bx": 11, "bp": 170.0, "bs": 5, "ax": 12, "ap": 170.05}
+        | {"as": 1, "t": tuesday, "q": 777},
+    ]
+    t1, t2, q1, q2 = parser().parse(json.dumps(frame).encode()).events
+    assert t1.id != t2.id
+    assert q1.id != q2.id
+    assert t2.id == derived_id("polygon", "T", "AAPL", "2024-03-05", 1234)
+    assert q1.id == derived_id("polygon", "Q", "AAPL", "2024-03-04", 777)
+    # The day is New York's: 23:59 and 00:00 local time are two days, the
+    # same UTC date or not (20:00 New York is already the next day in UTC).
+    midnight = 1709614800000  # 2024-03-05 00:00 New York (05:00 UTC)
+    assert trade_id("AAPL", 1, None, midnight - 1) == derived_id(
+        "polygon", "T", "AAPL", "2024-03-04", 1
+    )
+    assert trade_id("AAPL", 1, None, midnight) == derived_id(
+        "polygon", "T", "AAPL", "2024-03-05", 1
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(t=st.integers(min_value=0, max_value=(2**63 - 1) // 1_000_000))
+def test_the_trading_day_is_the_new_york_date_of_the_sip_time(t: int) -> None:
+    # Asked in any order: the bounds kept from the day before must not leak.
+    for ms in (t, max(0, t - 86_399_999), t, t + 1):
+        assert trading_day(ms) == new_york_day(ms).isoformat()
 
 
 def test_live_minute_bar_and_rest_bar_of_the_same_minute_share_their_id() -> None:
@@ -190,6 +229,15 @@ def test_one_invalid_event_is_rejected_and_the_rest_of_the_frame_goes_through() 
     }
     assert "p" in parsed.rejected[0].detail
     assert json.loads(parsed.rejected[3].raw)["sym"] == "BRK B"
+
+
+def test_a_share_class_ticker_is_published_not_dead_lettered() -> None:
+    frame = b'[{"ev":"T","sym":"BRK.B","x":4,"p":412.5,"s":10,"t":1709564400000,"q":9}]'
+    parsed = parser().parse(frame)
+    assert parsed.rejected == []
+    [trade] = parsed.events
+    assert trade.payload.symbol == "BRK.B"
+    assert subject_for(trade) == "md.trade.BRK~B"
 
 
 def test_rejected_frame_becomes_a_dead_letter_with_its_bytes() -> None:
@@ -276,7 +324,7 @@ def test_any_valid_trade_round_trips_through_the_contract(
     venue_id=st.text(max_size=20),
 )
 def test_fast_ids_are_exactly_the_contract_derived_ids(symbol: str, n: int, venue_id: str) -> None:
-    assert trade_id(symbol, n, None, 0) == derived_id("polygon", "T", symbol, n)
+    assert trade_id(symbol, n, None, 0) == derived_id("polygon", "T", symbol, "1969-12-31", n)
     assert trade_id(symbol, None, venue_id, n) == derived_id(
         "polygon", "T", symbol, "i", venue_id, n
     )

@@ -1,4 +1,4 @@
-"""Polygon-shaped test data: minute bars in the REST and WebSocket wire formats.
+"""Polygon-shaped test data: minute and second bars in the REST and WebSocket wire formats.
 
 One bar is a plain dict in the REST aggregates shape (``o h l c v vw n t``,
 ``t`` = window start in ms), which is what :class:`FakePolygonRest` serves;
@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 MINUTE_MS = 60_000
+SECOND_MS = 1_000
 
 RestBar = dict[str, Any]
 
@@ -58,6 +59,26 @@ def make_minute_bars(
             }
         )
     return bars
+
+
+def make_second_bars(
+    symbol: str, start_ms: int, count: int, *, skip: frozenset[int] = frozenset()
+) -> list[RestBar]:
+    """``count`` consecutive second bars from ``start_ms`` (``skip``: seconds without one).
+
+    The same random walk as :func:`make_minute_bars`, a second a step.
+    """
+    bars = make_minute_bars(symbol, 0, count, skip=skip)
+    return [{**b, "t": start_ms + b["t"] // MINUTE_MS * SECOND_MS} for b in bars]
+
+
+def rest_bar_to_a(symbol: str, bar: RestBar) -> dict[str, Any]:
+    """The WebSocket ``A`` (second aggregate) event for a REST bar of the same second."""
+    return {
+        **rest_bar_to_am(symbol, bar),
+        "ev": "A",
+        "e": bar["t"] + SECOND_MS,
+    }
 
 
 def rest_bar_to_am(symbol: str, bar: RestBar, *, day_volume: int = 0) -> dict[str, Any]:

@@ -7,13 +7,22 @@ digits the vendor sent; no float, no fixed scale to overflow) and ``n``
 (int64). A day with no bars (a holiday) is an empty file, so that it counts
 as fetched.
 
+Prices are **unadjusted** (as traded), like the live feed, the gap-fill and
+Polygon's flat files: a split must not make the cached history jump against
+what the live feed publishes. Every file records that in its schema metadata
+(``tradebus.basis: unadjusted``). Files written before the cache recorded it
+were fetched split-adjusted from REST (those imported from flat files were
+already unadjusted): such a file is *stale* (:meth:`ParquetCache.stale`);
+``fetch`` fetches its day again, an import replaces it, and a replay refuses
+it rather than mix the two bases.
+
 Invariants:
 
 - A file exists only complete: it is written to a hidden temporary name in
   the same directory, fsynced, then renamed over the final name (atomic on
   POSIX). Leftover temporaries of a killed run are removed before that day
   is written again, and never read.
-- Resumable: a day whose file exists is not fetched again.
+- Resumable: a day whose file exists (and is not stale) is not fetched again.
 - Every row was checked against the event contract when written, so a replay
   never meets a bar it cannot publish.
 """
@@ -72,6 +81,8 @@ SCHEMA = pa.schema(
     ]
 )
 _PRICE_COLUMNS = ("o", "h", "l", "c", "v", "vw")
+#: The price basis of every file written now (schema metadata ``tradebus.basis``).
+BASIS = "unadjusted"
 
 
 class FetchError(CacheError):
@@ -92,6 +103,28 @@ class ParquetCache:
 
     def has(self, timespan: Timespan, symbol: str, day: dt.date) -> bool:
         return self.path(timespan, symbol, day).is_file()
+
+    def basis(self, timespan: Timespan, symbol: str, day: dt.date) -> str:
+        """``unadjusted`` or ``adjusted``: the prices of a cached day (its file must exist).
+
+        Read from the file's metadata (no rows are read). A file without
+        ``tradebus.basis`` predates it: from a flat file it is unadjusted,
+        from REST (or anything else) it was fetched split-adjusted.
+        """
+        path = self.path(timespan, symbol, day)
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except (OSError, pa.ArrowException) as e:
+            raise CacheError(f"cannot read {path}: {e}") from e
+        recorded = meta.get(b"tradebus.basis")
+        if recorded is not None:
+            return str(recorded.decode())
+        origin = meta.get(b"tradebus.origin", b"").decode()
+        return "unadjusted" if origin.startswith("flatfile:") else "adjusted"
+
+    def stale(self, timespan: Timespan, symbol: str, day: dt.date) -> bool:
+        """The day is cached, but not in :data:`BASIS` (to fetch or import again)."""
+        return self.has(timespan, symbol, day) and self.basis(timespan, symbol, day) != BASIS
 
     def days(self, timespan: Timespan, symbol: str) -> list[dt.date]:
         """Every day cached for ``symbol``, in order (temporaries ignored)."""
@@ -139,6 +172,7 @@ class ParquetCache:
                     "tradebus.day": day.isoformat(),
                     "tradebus.timespan": timespan,
                     "tradebus.origin": origin,
+                    "tradebus.basis": BASIS,
                 }
             ),
         )
@@ -232,6 +266,8 @@ def rest_client(api_key: str, base_url: str) -> AggsClient:
 class FetchResult:
     fetched_days: int = 0
     skipped_days: int = 0
+    #: Days cached before in another price basis (split-adjusted), fetched again.
+    refetched_days: int = 0
     bars: int = 0
     #: (symbol, day) not fetched because the day is not over yet.
     incomplete: list[tuple[str, dt.date]] = field(default_factory=list)
@@ -249,7 +285,12 @@ def _vendor_error(e: Exception) -> str:
 
 
 def fetch_day(client: AggsClient, symbol: str, day: dt.date, timespan: Timespan) -> list[CachedBar]:
-    """Every bar of one symbol and New York day (the client follows ``next_url``)."""
+    """Every bar of one symbol and New York day (the client follows ``next_url``).
+
+    Unadjusted, like the live feed and the gap-fill: split-adjusted prices
+    depend on the splits known on the day of the request, so a day fetched
+    before a split and one fetched after it would not fit together.
+    """
     from massive.exceptions import (  # type: ignore[import-untyped,unused-ignore]
         AuthError,
         BadResponse,
@@ -264,7 +305,7 @@ def fetch_day(client: AggsClient, symbol: str, day: dt.date, timespan: Timespan)
             timespan,
             day.isoformat(),
             day.isoformat(),
-            adjusted=True,
+            adjusted=False,
             sort="asc",
             limit=50_000,
         )
@@ -311,7 +352,8 @@ def fetch(
 ) -> FetchResult:
     """Download what the cache lacks for ``symbols`` over ``start..end`` (weekdays).
 
-    A day already cached is skipped; a day that is not over in New York
+    A day already cached is skipped (unless it is :meth:`~ParquetCache.stale`:
+    then it is fetched again and replaced); a day that is not over in New York
     (``today`` or later) is not cached, since it would be incomplete.
     ``progress(label, bars)`` is called after each symbol-day.
     """
@@ -321,12 +363,16 @@ def fetch(
             label = f"{symbol} {day}"
             if day >= today:
                 result.incomplete.append((symbol, day))
-            elif cache.has(timespan, symbol, day):
+            elif cache.has(timespan, symbol, day) and not cache.stale(timespan, symbol, day):
                 result.skipped_days += 1
             else:
+                again = cache.has(timespan, symbol, day)
                 bars = fetch_day(client, symbol, day, timespan)
                 cache.write(timespan, symbol, day, bars, origin="rest")
                 result.fetched_days += 1
+                if again:
+                    result.refetched_days += 1
+                    log.info("%s was cached split-adjusted: fetched again, unadjusted", label)
                 result.bars += len(bars)
                 log.debug("cached %s: %d bars", label, len(bars))
             if progress is not None:
@@ -379,6 +425,15 @@ class CacheSource:
             days = [
                 d for d in self.cache.days(self.timespan, symbol) if self.start <= d <= self.end
             ]
+            stale = [d for d in days if self.cache.stale(self.timespan, symbol, d)]
+            if stale:
+                listed = ", ".join(d.isoformat() for d in stale[:5])
+                more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+                raise CacheError(
+                    f"{symbol} {listed}{more} ({self.timespan}) were cached split-adjusted by an "
+                    f"older fetch; the cache is unadjusted now: run tradebus marketdata fetch "
+                    f"again for these days (it replaces them)"
+                )
             if days:
                 plan[symbol] = days
             else:

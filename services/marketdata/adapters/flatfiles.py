@@ -6,7 +6,9 @@ transactions`` (``window_start`` in **nanoseconds**). Columns are read by
 header name, so a reordered or extended file imports the same. Rows are
 grouped by ticker and New York day and each group becomes one cache file,
 written atomically like a REST download; a day already cached is left alone
-unless ``replace`` is set.
+unless ``replace`` is set (or it was cached split-adjusted by an older
+fetch: :meth:`~services.marketdata.adapters.cache.ParquetCache.stale`; flat
+files are unadjusted, and so is the cache).
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ def import_flatfiles(
         result.rows += rows
         result.ignored_rows += ignored
         for (ticker, day), bars in sorted(groups.items()):
-            if not replace and cache.has(timespan, ticker, day):
+            if (
+                not replace
+                and cache.has(timespan, ticker, day)
+                and not cache.stale(timespan, ticker, day)
+            ):
                 result.skipped_days += 1
                 continue
             try:

@@ -1,9 +1,11 @@
-"""Gap-fill of minute bars after a feed outage: which window, which bars.
+"""Gap-fill of bars after a feed outage: which window, which bars.
 
 Pure and synchronous; the caller passes every time in (ns since the epoch).
+One :class:`GapFiller` keeps one bar interval (``interval_ns``: a minute for
+Polygon ``AM``, a second for ``A``); "minute" below stands for that interval.
 
-The invariant: **every minute bar is published once**, whether it came live
-(Polygon ``AM``) or from REST after an outage. :class:`GapFiller` keeps, per
+The invariant: **every bar is published once**, whether it came live
+(Polygon ``AM`` / ``A``) or from REST after an outage. :class:`GapFiller` keeps, per
 symbol, the window starts of the bars already published (the ledger); live
 bars and REST bars both go through :meth:`GapFiller.admit`, which says yes
 once per (symbol, window start). Event ids also derive from (symbol, window
@@ -52,18 +54,20 @@ class GapWindow:
     last_start_ns: int
     #: The outage generation this window was computed for (see :meth:`GapFiller.filled`).
     generation: int
+    #: The bar interval (a minute, or a second for second bars).
+    interval_ns: int = MINUTE_NS
 
     def contains(self, start_ns: int) -> bool:
         return self.first_start_ns <= start_ns <= self.last_start_ns
 
     @property
     def bars(self) -> int:
-        """How many minute windows it spans."""
-        return (self.last_start_ns - self.first_start_ns) // MINUTE_NS + 1
+        """How many bar windows it spans."""
+        return (self.last_start_ns - self.first_start_ns) // self.interval_ns + 1
 
 
 class GapFiller:
-    """The ledger of published minute bars and the open gaps, per symbol."""
+    """The ledger of published bars of one interval and the open gaps, per symbol."""
 
     def __init__(
         self,
@@ -164,7 +168,9 @@ class GapFiller:
                 continue
             start = max(floor_to(start + self.interval_ns - 1, self.interval_ns), horizon)
             if start <= last_closed:
-                out.append(GapWindow(symbol, start, last_closed, self._generation))
+                out.append(
+                    GapWindow(symbol, start, last_closed, self._generation, self.interval_ns)
+                )
             else:
                 self._gap_from.pop(symbol, None)
         return out

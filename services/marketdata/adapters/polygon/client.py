@@ -17,11 +17,14 @@ configured) it keeps one WebSocket connection up, forever:
   took our one connection) are retried slowly, every
   ``polygon_auth_retry_s``, so we neither hammer the API nor keep kicking
   the other client off.
-- **gap-fill**: after a reconnect, the minute bars of the outage come from
-  the REST aggregates (:mod:`.rest`), only those not already published, in
-  time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`).
-  At start-up the newest minute bar per symbol on the stream is where the
-  last run stopped (:mod:`.resume`), so a restart is gap-filled too.
+- **gap-fill**: after a reconnect, the minute bars (``AM``) and second bars
+  (``A``) of the outage, whichever are subscribed, come from the REST
+  aggregates (:mod:`.rest`; timespan ``minute`` or ``second``, one request per
+  symbol and outage, pages followed), only those not already published, in
+  time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`,
+  one ledger per interval). At start-up the newest bar per symbol and
+  interval on the stream is where the last run stopped (:mod:`.resume`), so a
+  restart is gap-filled too.
 - **staleness**: no data for ``stale_after_s`` while the exchange calendar
   says the market is open is reported (``stale``), as is the recovery.
 - **bad input**: a malformed frame or an invalid event is dead-lettered
@@ -83,7 +86,7 @@ from services.marketdata.adapters.polygon.parse import (
     statuses_text,
 )
 from services.marketdata.adapters.polygon.rest import GapFillFetchError, PolygonRest
-from services.marketdata.adapters.polygon.resume import last_minute_bars
+from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.adapters.polygon.schemas import RestAgg, ws_auth, ws_subscribe
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.gapfill import GapFiller, time_ordered
@@ -105,6 +108,10 @@ HEALTHY_SESSION_S = 10.0
 #: Allocations between two young-generation collections while the feed runs.
 GC_GEN0_THRESHOLD = 10_000
 WS_MAX_FRAME = 16 * 1024 * 1024
+#: The bar interval of each bar prefix, Polygon's REST timespan and its length.
+INTERVAL_OF_PREFIX = {"AM": "1m", "A": "1s"}
+TIMESPAN = {"1m": "minute", "1s": "second"}
+INTERVAL_NS = {"1m": 60 * 1_000_000_000, "1s": 1_000_000_000}
 
 
 @dataclass
@@ -114,8 +121,8 @@ class Link:
     market: str
     url: str
     channels: list[str]
-    #: The ledger of this connection's minute bars and its open gaps.
-    filler: GapFiller
+    #: Per bar interval subscribed (``1m``, ``1s``): its ledger and open gaps.
+    fillers: dict[str, GapFiller]
     state: str = "idle"
     last_status: str = ""
     sessions: int = 0
@@ -206,18 +213,30 @@ class PolygonSource:
         ):
             if syms:
                 subs = [f"{p}.{s}" for p in prefixes for s in syms]
-                bar_symbols = [s for s in syms if s != "*"] if "AM" in prefixes else []
-                filler = GapFiller(bar_symbols, max_gap_ns=max_gap_ns)
-                self.links.append(Link(market, _market_url(url, market), subs, filler))
+                bar_symbols = [s for s in syms if s != "*"]
+                fillers = {
+                    interval: GapFiller(
+                        bar_symbols,
+                        interval_ns=INTERVAL_NS[interval],
+                        max_gap_ns=max_gap_ns,
+                        # The ledger need reach no further back than a gap can.
+                        retention_ns=max_gap_ns + INTERVAL_NS[interval],
+                    )
+                    for prefix, interval in INTERVAL_OF_PREFIX.items()
+                    if prefix in prefixes and bar_symbols
+                }
+                self.links.append(Link(market, _market_url(url, market), subs, fillers))
         self._rest = rest
         self._hours = hours
         self._parser = FrameParser(source=self.source, clock=clock)
         self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue(
             maxsize=settings.polygon_queue_frames
         )
-        #: Reconnect times (ns) per link, for its gap-fill task.
-        self._gap_triggers: dict[str, asyncio.Queue[int]] = {
-            link.market: asyncio.Queue() for link in self.links
+        #: Reconnect times (ns) per link and bar interval, for its gap-fill task.
+        self._gap_triggers: dict[tuple[str, str], asyncio.Queue[int]] = {
+            (link.market, interval): asyncio.Queue()
+            for link in self.links
+            for interval in link.fillers
         }
         self._stale: StaleMonitor | None = None
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not crypto
@@ -234,7 +253,7 @@ class PolygonSource:
             from services.marketdata.adapters.polygon.hours import ExchangeHours
 
             self._hours = await asyncio.to_thread(ExchangeHours, self.settings.calendar)
-        if self._rest is None and any(link.filler.symbols for link in self.links):
+        if self._rest is None and any(link.fillers for link in self.links):
             self._rest = PolygonRest(self._key, self.settings.polygon_rest_url)
         if self.settings.polygon_resume_from_stream:
             await self._resume()
@@ -258,9 +277,12 @@ class PolygonSource:
                 ]
                 workers.append(tg.create_task(self._watch_staleness(), name="polygon-stale"))
                 workers.extend(
-                    tg.create_task(self._gap_fill_loop(link), name=f"polygon-gapfill-{link.market}")
+                    tg.create_task(
+                        self._gap_fill_loop(link, interval),
+                        name=f"polygon-gapfill-{link.market}-{interval}",
+                    )
                     for link in self.links
-                    if link.filler.symbols
+                    for interval in link.fillers
                 )
                 await stop.wait()
                 for task in workers:
@@ -276,21 +298,21 @@ class PolygonSource:
             raise
 
     async def _resume(self) -> None:
-        """Seed each link's gap-filler with the newest minute bar already on the stream."""
+        """Seed each gap-filler with the newest bar of its interval already on the stream."""
         horizon = self.clock.now_ns() - int(self.settings.polygon_gapfill_max_s * 1e9)
         for link in self.links:
-            if not link.filler.symbols:
-                continue
-            found = await last_minute_bars(self.settings, link.filler.symbols)
-            for symbol, start_ns in found.items():
-                if start_ns >= horizon:
-                    link.filler.seed(symbol, start_ns)
-            if found:
-                log.info(
-                    "polygon %s: resuming after the last minute bar of %d symbol(s) on the stream",
-                    link.market,
-                    len(found),
-                )
+            for interval, filler in link.fillers.items():
+                found = await newest_bars(self.settings, filler.symbols, interval)
+                for symbol, start_ns in found.items():
+                    if start_ns >= horizon:
+                        filler.seed(symbol, start_ns)
+                if found:
+                    log.info(
+                        "polygon %s: resuming after the last %s bar of %d symbol(s) on the stream",
+                        link.market,
+                        interval,
+                        len(found),
+                    )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Connection state per market, staleness and counts (for /health)."""
@@ -302,7 +324,9 @@ class PolygonSource:
             "stale": bool(self._stale and self._stale.stale),
             "gap_filled_bars": self.gap_filled_bars,
             "dead_lettered": self.dead_lettered,
-            "open_gaps": sum(len(link.filler.open_gaps()) for link in self.links),
+            "open_gaps": sum(
+                len(filler.open_gaps()) for link in self.links for filler in link.fillers.values()
+            ),
         }
 
     # ------------------------------------------------------------ publishing
@@ -369,7 +393,7 @@ class PolygonSource:
                 outcome.reason = "error"
                 outcome.message = "internal error (see the log)"
                 if outcome.subscribed:
-                    link.filler.on_disconnect(self.clock.now_ns())
+                    self._disconnected(link)
             finally:
                 link.state = "disconnected"
             metrics.RECONNECTS.labels(feed=FEED, reason=outcome.reason).inc()
@@ -424,9 +448,14 @@ class PolygonSource:
             with contextlib.suppress(Exception):
                 await ws.close()
         if outcome.subscribed:
-            link.filler.on_disconnect(self.clock.now_ns())
+            self._disconnected(link)
         await self._emit([self._status("disconnected", outcome.message, link=link)])
         return outcome
+
+    def _disconnected(self, link: Link) -> None:
+        now = self.clock.now_ns()
+        for filler in link.fillers.values():
+            filler.on_disconnect(now)
 
     @staticmethod
     def _ended(e: ConnectionClosed, outcome: _Outcome) -> None:
@@ -511,10 +540,11 @@ class PolygonSource:
         await self._emit(
             [self._status("subscribed", f"{len(link.channels)} channel(s)", link=link)]
         )
-        reconnect = link.filler.open_gaps()
-        link.filler.on_subscribed(now)
-        if reconnect:
-            self._gap_triggers[link.market].put_nowait(now)
+        for interval, filler in link.fillers.items():
+            reconnect = filler.open_gaps()
+            filler.on_subscribed(now)
+            if reconnect:
+                self._gap_triggers[link.market, interval].put_nowait(now)
 
     def _server_statuses(
         self, parsed: Parsed, link: Link, outcome: _Outcome, pending: set[str]
@@ -543,14 +573,14 @@ class PolygonSource:
             if self._stale is not None and self._stale.on_data(now) == "recovered":
                 metrics.STALE.set(0)
                 events.append(self._status("recovered", self._stale.reason))
-            filler = link.filler
-            if parsed.counts.get("minute_bars") and filler.symbols:
+            fillers = link.fillers
+            if fillers and (parsed.counts.get("minute_bars") or parsed.counts.get("second_bars")):
                 # A bar already gap-filled (or seen before) is not published again.
                 events = [
                     e
                     for e in events
                     if e.type != "BarClosed"
-                    or e.payload.interval != "1m"
+                    or (filler := fillers.get(e.payload.interval)) is None
                     or filler.admit(e.payload.symbol, e.payload.start_ns)
                 ]
         for bad in parsed.rejected:
@@ -563,11 +593,18 @@ class PolygonSource:
 
     # ------------------------------------------------------------ gap-fill
 
-    async def _gap_fill_loop(self, link: Link) -> None:
-        """Fill ``link``'s open gaps after each reconnect; failed fetches are retried."""
+    async def _gap_fill_loop(self, link: Link, interval: str) -> None:
+        """Fill ``link``'s open gaps of ``interval`` bars after each reconnect.
+
+        One REST request (and its pages) per symbol and outage; failed fetches
+        are retried with backoff. The bars are published in time order across
+        symbols, ``polygon_publish_batch`` at a time, then one ``gap_filled``.
+        """
         assert self._rest is not None
-        filler = link.filler
-        triggers = self._gap_triggers[link.market]
+        filler = link.fillers[interval]
+        timespan = TIMESPAN[interval]
+        triggers = self._gap_triggers[link.market, interval]
+        batch = self.settings.polygon_publish_batch
         while True:
             reconnect = await triggers.get()
             attempt = 0
@@ -581,11 +618,11 @@ class PolygonSource:
                 failed: list[str] = []
                 for window in windows:
                     try:
-                        rows = await self._rest.minute_bars(
-                            window.symbol, window.first_start_ns, window.last_start_ns
+                        rows = await self._rest.bars(
+                            window.symbol, window.first_start_ns, window.last_start_ns, timespan
                         )
                     except GapFillFetchError as e:
-                        log.error("polygon gap-fill %s: %s", window.symbol, e)
+                        log.error("polygon gap-fill %s %s: %s", interval, window.symbol, e)
                         failed.append(window.symbol)
                         continue
                     fetched.append((window, rows))
@@ -593,28 +630,40 @@ class PolygonSource:
                 for window, rows in fetched:
                     missing = filler.missing(window, rows, lambda r: r.t * MS)
                     chosen.extend((window.symbol, r) for r in missing)
-                events: list[Event] = []
                 ts_init = self.clock.now_ns()
-                for symbol, row in time_ordered(chosen, lambda r: r.t):
-                    events.append(rest_bar_event(symbol, row, source=self.source, ts_init=ts_init))
+                events: list[Event] = [
+                    rest_bar_event(
+                        symbol, row, interval=interval, source=self.source, ts_init=ts_init
+                    )
+                    for symbol, row in time_ordered(chosen, lambda r: r.t)
+                ]
                 for window, _rows in fetched:
                     filler.filled(window)
                 if fetched:
                     count = len(events)
                     self.gap_filled_bars += count
                     metrics.GAP_FILLED_BARS.inc(count)
-                    spans = ", ".join(f"{w.symbol} {w.bars} min" for w, _ in fetched)
-                    events.append(
+                    unit = "min" if interval == "1m" else "s"
+                    spans = ", ".join(f"{w.symbol} {w.bars} {unit}" for w, _ in fetched)
+                    # A long outage of second bars is many bars: hand them to the
+                    # publisher a batch at a time (it takes each queued list whole).
+                    chunks = [events[i : i + batch] for i in range(0, count, batch)] or [[]]
+                    chunks[-1].append(
                         self._status(
-                            "gap_filled", f"{count} bar(s) from REST ({spans})", bars=count
+                            "gap_filled",
+                            f"{count} {interval} bar(s) from REST ({spans})",
+                            bars=count,
                         )
                     )
-                    await self._emit(events)
+                    for chunk in chunks:
+                        await self._emit(chunk)
                 if not failed:
                     break
                 delay = self._backoff(attempt)
                 attempt += 1
-                log.warning("polygon gap-fill: retrying %s in %.1fs", ",".join(failed), delay)
+                log.warning(
+                    "polygon gap-fill %s: retrying %s in %.1fs", interval, ",".join(failed), delay
+                )
                 await asyncio.sleep(delay)
 
     # ------------------------------------------------------------ staleness

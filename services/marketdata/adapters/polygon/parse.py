@@ -10,11 +10,21 @@
   dedup) and recorded once:
 
   ========  ==============================================================
-  trade     ``polygon / T / symbol / sequence`` (``trade id + time`` without one)
-  quote     ``polygon / Q / symbol / sequence`` (``time + prices`` without one)
+  trade     ``polygon / T / symbol / day / sequence`` (``trade id + time``
+            without a sequence)
+  quote     ``polygon / Q / symbol / day / sequence`` (``time + prices``
+            without one)
   bar       ``polygon / bar / symbol / interval / window start (ms)``: the
             same for a live ``AM`` bar and the REST bar of that minute
   ========  ==============================================================
+
+  ``day`` is the New York date of the record's SIP time ``t``
+  (``2024-03-04``): Polygon's sequence numbers start again every trading
+  day, so a sequence alone names a different print each day (and the
+  recorder would suppress the later one as a duplicate). These functions are
+  the only place trade and quote ids are made; anything else that turns
+  Polygon trades or quotes into events must call them, so that the same
+  print gets the same id whichever way it came.
 
 - A frame is validated in one pass (:data:`~.schemas.WS_FRAME`); only when
   that fails is it taken apart event by event, so one bad event is rejected
@@ -23,11 +33,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha1
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import orjson
 from pydantic import ValidationError
@@ -64,6 +76,7 @@ INTERVAL_MS = {"1s": 1_000, "1m": 60_000}
 #: Our channel names (metrics labels, settings) per Polygon prefix, and back.
 CHANNEL_OF_PREFIX = {"T": "trades", "Q": "quotes", "A": "second_bars", "AM": "minute_bars"}
 PREFIX_OF_CHANNEL = {v: k for k, v in CHANNEL_OF_PREFIX.items()}
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 _NAMESPACE = DERIVED_ID_NAMESPACE.bytes
@@ -77,17 +90,54 @@ def _derived(name: str) -> uuid.UUID:
     return uuid.UUID(bytes=digest[:16], version=5)
 
 
+def _midnight_ms(day: dt.date) -> int:
+    # DST changes at 02:00 in New York, so midnight is never skipped or repeated.
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=NEW_YORK).timestamp()) * 1000
+
+
+class _TradingDays:
+    """The New York date (``YYYY-MM-DD``) of a time in ms since the epoch.
+
+    It runs once per trade and quote, and records come a day at a time, so
+    the bounds of the last day asked for are kept and a time inside them costs
+    two comparisons.
+    """
+
+    __slots__ = ("_end", "_first", "_name")
+
+    def __init__(self) -> None:
+        self._first = self._end = 0
+        self._name = ""
+
+    def __call__(self, t_ms: int) -> str:
+        if self._first <= t_ms < self._end:
+            return self._name
+        day = dt.datetime.fromtimestamp(t_ms // 1000, tz=NEW_YORK).date()
+        self._first = _midnight_ms(day)
+        self._end = _midnight_ms(day + dt.timedelta(days=1))
+        self._name = day.isoformat()
+        return self._name
+
+
+#: ``trading_day(t_ms)``: the New York date a Polygon SIP time falls on.
+trading_day = _TradingDays()
+
+
 def trade_id(symbol: str, sequence: int | None, venue_id: str | None, t_ms: int) -> uuid.UUID:
-    """``derived_id("polygon", "T", symbol, sequence)`` (trade id and time without one)."""
+    """``derived_id("polygon", "T", symbol, day, sequence)`` (trade id and time without one).
+
+    ``day`` is :data:`trading_day` of ``t_ms`` (the SIP time): sequence numbers
+    restart every day.
+    """
     if sequence is not None:
-        return _derived(f"{FEED}/T/{symbol}/{sequence}")
+        return _derived(f"{FEED}/T/{symbol}/{trading_day(t_ms)}/{sequence}")
     return _derived(f"{FEED}/T/{symbol}/i/{venue_id}/{t_ms}")
 
 
 def quote_id(rec: WsQuote) -> uuid.UUID:
-    """``derived_id("polygon", "Q", symbol, sequence)`` (time and prices without one)."""
+    """``derived_id("polygon", "Q", symbol, day, sequence)`` (time and prices without one)."""
     if rec.q is not None:
-        return _derived(f"{FEED}/Q/{rec.sym}/{rec.q}")
+        return _derived(f"{FEED}/Q/{rec.sym}/{trading_day(rec.t)}/{rec.q}")
     return _derived(f"{FEED}/Q/{rec.sym}/t/{rec.t}/{rec.bp}/{rec.ap}/{rec.bs}/{rec.as_}")
 
 

@@ -1,4 +1,4 @@
-"""Minute bars for an outage window from Polygon's REST aggregates endpoint.
+"""Minute or second bars for an outage window from Polygon's REST aggregates endpoint.
 
 Through the official client (``massive.RESTClient``): it sends the key as
 ``Authorization: Bearer`` (never in a URL, so never in a log line), follows
@@ -117,12 +117,16 @@ class PolygonRest:
             raise GapFillFetchError(f"REST sent a bad bar for {symbol}: {e}") from None
         return out
 
-    async def minute_bars(
-        self, symbol: str, first_start_ns: int, last_start_ns: int
+    async def bars(
+        self, symbol: str, first_start_ns: int, last_start_ns: int, timespan: str = "minute"
     ) -> list[RestAgg]:
-        """:meth:`bars_sync` for minute bars, off the event loop."""
+        """:meth:`bars_sync` (``minute`` or ``second`` bars), off the event loop.
+
+        One request per window, at most ``PAGE_LIMIT`` bars a page: a day of
+        second bars (57,600 in 16 hours of trading at most) is two pages.
+        """
         return await asyncio.to_thread(
-            self.bars_sync, symbol, first_start_ns // MS, last_start_ns // MS
+            self.bars_sync, symbol, first_start_ns // MS, last_start_ns // MS, timespan
         )
 
     def close(self) -> None:

@@ -48,7 +48,8 @@ WireQuantity = Annotated[Decimal, _Exact, Field(gt=0)]
 WireSize = Annotated[Decimal, _Exact, Field(ge=0)]
 #: An amount (``Money``): a bid or ask price may be 0 when a side is empty.
 WireMoney = Annotated[Decimal, _Exact]
-#: A ticker (``Token``): ``BRK.B`` is not one, so it is refused here, not later.
+#: A ticker (``Symbol``): ``BRK.B`` is one (published on ``md.*.BRK~B``); ``BRK B``
+#: is not, so it is refused here, not later.
 WireSymbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
 #: Milliseconds that fit in int64 nanoseconds (``Nanos``).
 WireMillis = Annotated[int, Field(ge=0, le=(2**63 - 1) // 1_000_000)]
