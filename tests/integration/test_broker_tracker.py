@@ -559,3 +559,31 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     # Nothing recorded says the empty one ran: it may run again (harmlessly,
     # as its ack is confirmed before any later command runs).
     assert not rebuilt.flattened(empty.id)
+
+
+def test_an_order_that_ended_is_not_accepted_after_it() -> None:
+    """The submit's answer can bring the venue's rejection (or a cancel can
+    end the order) before the stream's ``new`` is taken in: that late ``new``,
+    and a reconciliation that finds the order, publish nothing more."""
+    t = tracker()
+    cmd = command("LULD", qty="1")
+    assert t.plan_submit(cmd)
+    t.request(cmd.payload.order_id)
+    [rejected] = t.submitted(cmd.payload.order_id, order(cmd, status="rejected"))
+    assert isinstance(rejected, OrderRejected)
+    assert t.on_update(OrderUpdate("accepted", order(cmd), 1)) == []
+    assert t.reconcile(order(cmd), None) == []
+    withdrawn = command()
+    assert t.plan_submit(withdrawn)
+    t.evolve(
+        CancelOrder.create(
+            CancelOrderPayload(order_id=withdrawn.payload.order_id, account=ACCOUNT, reason="r"),
+            source="r",
+            clock=CLOCK,
+        )
+    )
+    assert t.cancel_pending(withdrawn.payload.order_id)
+    [canceled] = t.withdrawn(withdrawn.payload.order_id)
+    assert isinstance(canceled, OrderCanceled)
+    assert t.on_update(OrderUpdate("accepted", order(withdrawn, broker_id="b-2"), 2)) == []
+    assert not t.get(withdrawn.payload.order_id).accepted  # type: ignore[union-attr]

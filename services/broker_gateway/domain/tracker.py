@@ -243,7 +243,10 @@ class OrderTracker:
         out.append(event)
 
     def _ack(self, t: TrackedOrder, order: BrokerOrder, ts_ns: int, out: list[Event]) -> None:
-        if t.accepted:
+        # Nothing after the end: the submit's answer can say "rejected" before
+        # the stream's "new" comes (a venue rejection, or updates held up by a
+        # reconciliation); that "new" must not make it OrderRejected, OrderAccepted.
+        if t.accepted or t.terminal is not None:
             return
         self._emit(
             out,
