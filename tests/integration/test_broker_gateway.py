@@ -455,7 +455,8 @@ async def test_gateway_killed_mid_stream_loses_nothing_and_duplicates_nothing(
     assert causes == {c.id for c in [*commands, resting]}
     [missed] = await for_order(db, "FillReceived", resting.payload.order_id)
     assert missed["causation_id"] == resting.id
-    assert (missed["payload"]["quantity"], missed["payload"]["price"]) == ("7", "499")
+    # The limit at 499, crossed by a trade at 498.5: filled at the better price.
+    assert (missed["payload"]["quantity"], missed["payload"]["price"]) == ("7", "498.5")
 
 
 def _handled(gateway: ServiceProcess, n: int) -> bool:
