@@ -6,12 +6,21 @@ Per account, one :class:`AccountWorker` with two tasks:
   client order id = order id (the broker keeps one order per id, so a
   redelivered or re-published command never places a second order);
   ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all`` then
-  ``close_all``. A command is acknowledged on NATS only once its broker call is
-  done (acks of several commands leave together, within ``ACK_DELAY_S``).
-  While the broker is unreachable the command is held (kept "in progress" on
-  NATS) and executed once it is back — except a ``SubmitOrder``
-  older than ``max_submit_delay_s``, which is rejected as ``stale`` (after
-  checking that the broker never got it).
+  ``close_all``, once per flatten (by its event id). A command is acknowledged
+  on NATS only once its broker call is done (acks of several commands leave
+  together, within ``ACK_DELAY_S``; a flatten's at once, see ``_flatten``).
+  While the broker is unreachable the command is held and executed once it is
+  back — except a ``SubmitOrder`` older than ``max_submit_delay_s``, which is
+  rejected as ``stale`` (after checking that the broker never got it).
+
+Every command a worker holds, the one under way and those queued behind it,
+is kept "in progress" on NATS (``keep_alive``), so none is redelivered while
+it waits; a copy delivered anyway (a keep-alive lost while NATS reconnected)
+replaces the held message instead of being queued a second time. The
+consumer is shared by all accounts and never waits for one: a worker holds at
+most ``MAX_HELD`` commands, and what comes for it beyond that is handed back
+to NATS (nak with a delay) and taken again, still in stream order, once there
+is room (see :meth:`AccountWorker.offer`).
 - **events**: the adapter's order updates through the :class:`OrderTracker`
   (acks, fills, cancels, rejects), and its connection changes as
   ``BrokerConnectionChanged``; on every ``connected`` the worker reconciles:
@@ -27,9 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
+import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
@@ -38,6 +51,7 @@ from nats.aio.msg import Msg
 from libs import trace
 from libs.bus.acks import DeferredAcks
 from libs.bus.client import Bus
+from libs.bus.pull import parse_ack_subject
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
     AnyEvent,
@@ -67,6 +81,11 @@ T = TypeVar("T")
 #: being away is dead-lettered instead of blocking the account for ever.
 MAX_DELIVERIES = 5
 NAK_DELAY_S = 2.0
+#: Commands one account's worker holds (under way and queued); more are
+#: handed back to NATS until there is room, so that one account's backlog
+#: (its broker away) never stops the shared consumer serving the others.
+MAX_HELD = 1000
+ACK_CONFIRM_TIMEOUT_S = 2.0
 #: How long a submit's answer may run ahead of the event stream before the
 #: worker asks the broker for the order's fills itself (see ``_settle``).
 SETTLE_GRACE_S = 1.0
@@ -125,6 +144,22 @@ class Outbox:
                     done.set_result(None)
 
 
+@dataclass(slots=True)
+class Held:
+    """A command a worker holds: under way or queued, kept alive on NATS."""
+
+    command: AnyEvent
+    #: The newest delivery of it (a keep-alive or ack on an older one is
+    #: ignored by the server once it has redelivered the message).
+    msg: Msg
+    #: Its stream sequence (0 for a message that is not from JetStream).
+    seq: int
+
+
+def _stream_seq(msg: Msg) -> int:
+    return parse_ack_subject(msg.reply)[0] if msg.reply else 0
+
+
 class AccountWorker:
     """One broker account: its command queue, its event stream, its tracker."""
 
@@ -140,6 +175,7 @@ class AccountWorker:
         max_submit_delay_s: float,
         ack_wait_s: float,
         dead_letter: Callable[[Msg, str], Awaitable[None]],
+        max_held: int = MAX_HELD,
     ) -> None:
         self.account = account
         self.port = port
@@ -149,10 +185,20 @@ class AccountWorker:
         self.source = source
         self.max_submit_delay_s = max_submit_delay_s
         self.keepalive_s = max(ack_wait_s / 3, 0.2)
+        #: How long a command handed back for lack of room stays away.
+        self.defer_s = max(ack_wait_s, NAK_DELAY_S)
         self.dead_letter = dead_letter
-        self.inbox: asyncio.Queue[tuple[AnyEvent, Msg]] = asyncio.Queue(1000)
+        self.max_held = max_held
         self.acks = DeferredAcks()
         self.handled = 0
+        # Held commands by event id (queued and under way); the queue in order.
+        self._held: dict[uuid.UUID, Held] = {}
+        self._queue: deque[Held] = deque()
+        self._queued = asyncio.Event()
+        # Stream sequences handed back for lack of room (a min-heap and its
+        # members): until the lowest has been taken, nothing later is.
+        self._deferred: list[int] = []
+        self._deferred_seqs: set[int] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
@@ -160,26 +206,99 @@ class AccountWorker:
 
     # ----------------------------------------------------------- commands
 
+    @property
+    def held(self) -> int:
+        """Commands held: the one under way and those queued behind it."""
+        return len(self._held)
+
+    async def offer(self, command: AnyEvent, msg: Msg) -> None:
+        """Take a command delivered for this account; never waits for the worker.
+
+        A delivery of a command already held is a copy (NATS redelivered it):
+        its message replaces the held one, the command is not queued again.
+        With ``max_held`` commands held, the message goes back to NATS for
+        ``defer_s``; so that the account's commands still run in stream order,
+        every later one goes back too until the first of them has been taken.
+        """
+        held = self._held.get(command.id)
+        if held is not None:
+            held.msg = msg
+            metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="copy").inc()
+            return
+        seq = _stream_seq(msg)
+        first_deferred = self._deferred[0] if self._deferred else None
+        if len(self._held) >= self.max_held or (
+            first_deferred is not None and seq != first_deferred
+        ):
+            if seq not in self._deferred_seqs:
+                self._deferred_seqs.add(seq)
+                heapq.heappush(self._deferred, seq)
+            metrics.COMMANDS.labels(
+                account=self.account, type=command.type, outcome="deferred"
+            ).inc()
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=self.defer_s)
+            return
+        if first_deferred is not None:
+            heapq.heappop(self._deferred)
+            self._deferred_seqs.discard(seq)
+        held = Held(command, msg, seq)
+        self._held[command.id] = held
+        self._queue.append(held)
+        self._idle.clear()
+        self._queued.set()
+
     async def run_commands(self) -> None:
         while True:
-            command, msg = await self.inbox.get()
-            self._idle.clear()
+            while not self._queue:
+                self._idle.set()
+                self._queued.clear()
+                await self._queued.wait()
+            held = self._queue.popleft()
             try:
-                await self.handle(command, msg)
+                await self.handle(held)
             except (BrokerError, ValueError) as e:
-                await self._failed(command, msg, e)
+                await self._failed(held, e)
             else:
-                self.acks.add(msg)
+                if isinstance(held.command, FlattenAccount):
+                    await self._ack_confirmed(held.msg)
+                else:
+                    self.acks.add(held.msg)
                 self.handled += 1
             finally:
-                if self.inbox.empty():
+                del self._held[held.command.id]
+                if not self._queue:
                     self._idle.set()
+
+    async def keep_alive(self) -> None:
+        """Tell NATS every ``keepalive_s`` that each held command is still being worked on.
+
+        Without it a command queued behind one that waits for the broker
+        would be redelivered every ``ack_wait`` (and each copy executed).
+        """
+        while True:
+            await asyncio.sleep(self.keepalive_s)  # a period, not synchronisation
+            for held in list(self._held.values()):
+                if held.msg.reply:
+                    with contextlib.suppress(nats.errors.Error):
+                        await held.msg.in_progress()
+
+    async def _ack_confirmed(self, msg: Msg) -> None:
+        """Ack now and wait for the server to have it (else: with the others)."""
+        if not msg.reply:
+            return
+        try:
+            await msg.ack_sync(timeout=ACK_CONFIRM_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as e:
+            log.warning("ack of %s not confirmed (%s); sent again with the others", msg.subject, e)
+            self.acks.add(msg)
 
     async def wait_idle(self) -> None:
         """Until the command under way (if any) is done and none is queued."""
         await self._idle.wait()
 
-    async def _failed(self, command: AnyEvent, msg: Msg, error: Exception) -> None:
+    async def _failed(self, held: Held, error: Exception) -> None:
+        command, msg = held.command, held.msg
         delivered = msg.metadata.num_delivered if msg.reply else 1
         log.error(
             "%s %s failed (delivery %d): %s: %s",
@@ -197,24 +316,25 @@ class AccountWorker:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
 
-    async def handle(self, command: AnyEvent, msg: Msg) -> None:
+    async def handle(self, held: Held) -> None:
+        command = held.command
         if isinstance(command, SubmitOrder):
-            outcome = await self._submit(command, msg)
+            outcome = await self._submit(command)
         elif isinstance(command, CancelOrder):
-            outcome = await self._cancel(command, msg)
+            outcome = await self._cancel(command)
         elif isinstance(command, FlattenAccount):
-            outcome = await self._flatten(command, msg)
+            outcome = await self._flatten(command)
         else:
             outcome = "ignored"
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome=outcome).inc()
 
-    async def _submit(self, command: SubmitOrder, msg: Msg) -> str:
+    async def _submit(self, command: SubmitOrder) -> str:
         order_id = command.payload.order_id
         if trace.ON:
             trace.mark("gateway: submit begins", order_id)
         if not self.tracker.plan_submit(command):
             if self.tracker.cancel_pending(order_id):
-                return await self._withdraw(order_id, msg)
+                return await self._withdraw(order_id)
             log.info("order %s already at the broker; command %s is a repeat", order_id, command.id)
             return "repeat"
         request = self.tracker.request(order_id)
@@ -223,7 +343,6 @@ class AccountWorker:
             if time.time() > deadline:
                 # Too old to send; but a crash may have sent it already: ask first.
                 found = await self._call(
-                    msg,
                     "get_order",
                     lambda: self.port.get_order(client_order_id=request.client_order_id),
                 )
@@ -243,13 +362,13 @@ class AccountWorker:
                 return "rejected"
             except BrokerUnavailable as e:
                 log.warning("order %s waits for the broker: %s", order_id, e)
-                await self._wait_connected(msg, deadline)
+                await self._wait_connected(deadline)
                 continue
             await self.outbox.publish(self.tracker.submitted(order_id, order))
             await self._settle(order)
             return "accepted"
 
-    async def _withdraw(self, order_id: Any, msg: Msg) -> str:
+    async def _withdraw(self, order_id: Any) -> str:
         """A cancel (or a flatten) came before this order was sent: do not send it.
 
         Unless it did reach the broker after all (sent just before a crash):
@@ -258,7 +377,7 @@ class AccountWorker:
         t = self.tracker.get(order_id)
         assert t is not None
         found = await self._call(
-            msg, "get_order", lambda: self.port.get_order(client_order_id=t.client_order_id)
+            "get_order", lambda: self.port.get_order(client_order_id=t.client_order_id)
         )
         if found is None:
             log.info("order %s canceled before it was sent", order_id)
@@ -268,7 +387,7 @@ class AccountWorker:
         await self._settle(found)
         if found.is_open:
             with contextlib.suppress(OrderNotFound, NotCancelable):
-                await self._call(msg, "cancel", lambda: self._cancel_one(t))
+                await self._call("cancel", lambda: self._cancel_one(t))
         return "withdrawn"
 
     async def _settle(self, order: BrokerOrder) -> None:
@@ -299,14 +418,14 @@ class AccountWorker:
                 log.info("order %s: fetching what the stream did not bring", t.order_id)
                 await self._call_once(self._reconcile_one(t))
 
-    async def _cancel(self, command: CancelOrder, msg: Msg) -> str:
+    async def _cancel(self, command: CancelOrder) -> str:
         self.tracker.evolve(command)
         t = self.tracker.get(command.payload.order_id)
         if t is None or t.terminal is not None:
             log.info("cancel of order %s: nothing to cancel", command.payload.order_id)
             return "nothing_to_cancel"
         try:
-            await self._call(msg, "cancel", lambda: self._cancel_one(t))
+            await self._call("cancel", lambda: self._cancel_one(t))
         except (OrderNotFound, NotCancelable) as e:
             log.info("cancel of order %s: %s", command.payload.order_id, e)
             return "not_cancelable"
@@ -315,27 +434,34 @@ class AccountWorker:
     async def _cancel_one(self, t: TrackedOrder) -> None:
         await self.port.cancel(client_order_id=t.client_order_id, broker_order_id=t.broker_order_id)
 
-    async def _flatten(self, command: FlattenAccount, msg: Msg) -> str:
+    async def _flatten(self, command: FlattenAccount) -> str:
+        # Once per flatten: run again later (a copy delivered after a resume,
+        # or after more orders), its close-all would close positions opened
+        # since. Its ack is sent at once and confirmed (run_commands) before
+        # the next command runs, so a restart cannot bring it back after them.
+        if self.tracker.flattened(command.id):
+            log.info("flatten %s of %s is done already: a repeat", command.id, self.account)
+            return "repeat"
         # From here until the close-all answers, orders the broker opens on
         # its own are this flatten's closing orders.
         self.tracker.flatten_started(command)
         try:
-            await self._call(msg, "cancel_all", self.port.cancel_all)
-            orders = await self._call(msg, "close_all", self.port.close_all)
+            await self._call("cancel_all", self.port.cancel_all)
+            orders = await self._call("close_all", self.port.close_all)
             await self.outbox.publish(self.tracker.flatten_done(orders))
         finally:
             self.tracker.flatten_ended()
         log.info("flattened %s: %d closing orders (%s)", self.account, len(orders), command.id)
         return "flattened"
 
-    async def _call(self, msg: Msg, name: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, retried whenever the broker is away, however long that takes."""
         while True:
             try:
                 return await call()
             except BrokerUnavailable as e:
                 log.warning("%s on %s waits for the broker: %s", name, self.account, e)
-                await self._wait_connected(msg, None)
+                await self._wait_connected(None)
 
     async def _call_once(self, call: Awaitable[T]) -> T | None:
         """``call``, or None if the broker is away (a later reconciliation catches up)."""
@@ -345,8 +471,8 @@ class AccountWorker:
             log.warning("%s: %s", self.account, e)
             return None
 
-    async def _wait_connected(self, msg: Msg, deadline: float | None) -> None:
-        """Until the broker is back (or ``deadline``), telling NATS we still work on ``msg``."""
+    async def _wait_connected(self, deadline: float | None) -> None:
+        """Until the broker is back (or ``deadline``); ``keep_alive`` tells NATS meanwhile."""
         while True:
             timeout = self.keepalive_s
             if deadline is not None:
@@ -355,8 +481,6 @@ class AccountWorker:
                 return
             if deadline is not None and time.time() >= deadline:
                 return
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
 
     # ------------------------------------------------------------- events
 

@@ -164,7 +164,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                 with contextlib.suppress(Exception):
                     await msg.ack()
                 return
-            await worker.inbox.put((command, msg))
+            await worker.offer(command, msg)
 
         consumer = CommandConsumer(
             bus,
@@ -191,6 +191,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                         "connected": w.port.connected,
                         "orders": len(w.tracker.orders),
                         "commands": w.handled,
+                        "held": w.held,
                     }
                     for name, w in workers.items()
                 },
@@ -206,6 +207,9 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                         background.append(tasks.create_task(w.run_events(), name=f"{name}-events"))
                         background.append(
                             tasks.create_task(w.run_commands(), name=f"{name}-commands")
+                        )
+                        background.append(
+                            tasks.create_task(w.keep_alive(), name=f"{name}-keep-alive")
                         )
                     consuming = tasks.create_task(consumer.run(dispatch, stop), name="consumer")
                     await stop.wait()

@@ -16,6 +16,10 @@ REQUESTS = Counter(
 MARKET_UPDATES = Counter(
     "tradebus_paper_market_updates_total", "Trades and bars taken from the feed", ["kind"]
 )
+MARKET_UPDATES_REPLAYED = Counter(
+    "tradebus_paper_market_updates_replayed_total",
+    "Trades and bars a reconnection brought again, skipped (taken in already)",
+)
 CONNECTIONS = Gauge("tradebus_paper_connections", "Open client WebSocket connections")
 AUTH_FAILURES = Counter("tradebus_paper_auth_failures_total", "Refused authentications")
 SLOW_CONSUMERS = Counter(

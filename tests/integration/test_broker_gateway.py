@@ -455,7 +455,8 @@ async def test_gateway_killed_mid_stream_loses_nothing_and_duplicates_nothing(
     assert causes == {c.id for c in [*commands, resting]}
     [missed] = await for_order(db, "FillReceived", resting.payload.order_id)
     assert missed["causation_id"] == resting.id
-    assert (missed["payload"]["quantity"], missed["payload"]["price"]) == ("7", "499")
+    # The limit at 499, crossed by a trade at 498.5: filled at the better price.
+    assert (missed["payload"]["quantity"], missed["payload"]["price"]) == ("7", "498.5")
 
 
 def _handled(gateway: ServiceProcess, n: int) -> bool:
@@ -641,3 +642,51 @@ async def test_paper_price_feed_with_a_linger_applies_every_price_in_order(
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=10)
+
+
+async def test_paper_price_feed_does_not_apply_a_price_again_after_a_reconnection(
+    bus: Bus, nats_url: str
+) -> None:
+    """Each (re)connection starts with the last message of each subject; what
+    the broker has taken in already is skipped, so an order placed after a
+    price is not filled by it. A stream made anew starts the count over."""
+    from libs.contract.subjects import STREAM
+    from services.paper_broker.adapters.market import NatsPriceFeed
+    from services.paper_broker.domain.fill_model import MarketUpdate
+
+    await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
+    updates: list[MarketUpdate] = []
+    feed = NatsPriceFeed(
+        url=nats_url,
+        name="test-paper-feed",
+        user=None,
+        password=None,
+        subjects=["md.trade.>", "md.bar.>"],
+        consumer="paper-feed-test",
+    )
+
+    async def connected_until(n: int) -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(feed.run(updates.append, stop))
+        try:
+            await eventually(lambda: feed.connected, timeout=10)
+            published = trade("AAPL", str(n))
+            await bus.publish(published)
+            await eventually(lambda: updates and updates[-1].last == D(n), timeout=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, timeout=10)
+
+    await connected_until(101)
+    await connected_until(102)  # a reconnection: AAPL 101 and MSFT 50 come again
+    assert [(u.symbol, str(u.last)) for u in updates] == [
+        ("AAPL", "100"),
+        ("MSFT", "50"),
+        ("AAPL", "101"),
+        ("AAPL", "102"),
+    ]
+    await bus.js.delete_stream(STREAM)
+    await bus.ensure_stream()
+    await bus.publish(trade("MSFT", "40"))
+    await connected_until(103)
+    assert [(u.symbol, str(u.last)) for u in updates[4:]] == [("MSFT", "40"), ("AAPL", "103")]

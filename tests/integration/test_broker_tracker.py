@@ -525,3 +525,65 @@ def _one_random_order(seed: int) -> None:
     assert len({e.id for e in out}) == len(out), seed
     canceled = [e for e in out if isinstance(e, OrderCanceled)]
     assert len(canceled) == (1 if total < q else 0), seed
+
+
+def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
+    """A flatten whose close-all answered is never run again: not a copy of
+    it in the same process, nor one delivered again after a restart if one of
+    its closing orders was recorded."""
+    live = tracker()
+    empty = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    assert not live.flattened(empty.id)
+    live.flatten_started(empty)
+    assert not live.flattened(empty.id)  # under way: a crash here must run it again
+    assert live.flatten_done([]) == []
+    live.flatten_ended()
+    assert live.flattened(empty.id)
+
+    closing = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    live.flatten_started(closing)
+    done = live.flatten_done(
+        [order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")]
+    )
+    live.flatten_ended()
+    [accepted] = done
+    assert isinstance(accepted, OrderAccepted)
+    rebuilt = tracker()
+    for e in (empty, closing, accepted):
+        rebuilt.evolve(e)
+    assert rebuilt.flattened(closing.id)
+    # Nothing recorded says the empty one ran: it may run again (harmlessly,
+    # as its ack is confirmed before any later command runs).
+    assert not rebuilt.flattened(empty.id)
+
+
+def test_an_order_that_ended_is_not_accepted_after_it() -> None:
+    """The submit's answer can bring the venue's rejection (or a cancel can
+    end the order) before the stream's ``new`` is taken in: that late ``new``,
+    and a reconciliation that finds the order, publish nothing more."""
+    t = tracker()
+    cmd = command("LULD", qty="1")
+    assert t.plan_submit(cmd)
+    t.request(cmd.payload.order_id)
+    [rejected] = t.submitted(cmd.payload.order_id, order(cmd, status="rejected"))
+    assert isinstance(rejected, OrderRejected)
+    assert t.on_update(OrderUpdate("accepted", order(cmd), 1)) == []
+    assert t.reconcile(order(cmd), None) == []
+    withdrawn = command()
+    assert t.plan_submit(withdrawn)
+    t.evolve(
+        CancelOrder.create(
+            CancelOrderPayload(order_id=withdrawn.payload.order_id, account=ACCOUNT, reason="r"),
+            source="r",
+            clock=CLOCK,
+        )
+    )
+    assert t.cancel_pending(withdrawn.payload.order_id)
+    [canceled] = t.withdrawn(withdrawn.payload.order_id)
+    assert isinstance(canceled, OrderCanceled)
+    assert t.on_update(OrderUpdate("accepted", order(withdrawn, broker_id="b-2"), 2)) == []
+    assert not t.get(withdrawn.payload.order_id).accepted  # type: ignore[union-attr]

@@ -77,13 +77,14 @@ def test_limit_order_at_submission(side: str, limit: str, last: str, price: str 
         ("buy", trade("100.01"), True, None),
         ("buy", trade("100"), True, "100"),  # touched: fills at the limit
         ("buy", trade("100"), False, None),  # must trade through
-        ("buy", trade("99.99"), False, "100"),
-        ("buy", trade("99"), True, "100"),  # a resting order fills at its limit
+        ("buy", trade("99.99"), False, "99.99"),
+        ("buy", trade("99"), True, "99"),  # traded through: at the trade's price, as a bar's open
         ("buy", bar("101", "102", "99.5", "101"), True, "100"),  # the low reached it
         ("buy", bar("99", "99.5", "98", "99"), True, "99"),  # opened through it: at the open
         ("buy", bar("101", "102", "100.5", "101"), True, None),
         ("sell", trade("100"), True, "100"),
         ("sell", trade("99.99"), True, None),
+        ("sell", trade("100.5"), True, "100.5"),
         ("sell", bar("99", "100.2", "98", "99"), True, "100"),
         ("sell", bar("101", "102", "100.5", "101"), True, "101"),
     ],
@@ -140,11 +141,12 @@ def test_stop_limit_triggers_then_works_as_a_limit() -> None:
     m = on_market(PLAIN, order, trade("106"))
     assert m.triggered
     assert not m.fills
-    # Now a resting limit: fills when the market comes back to 105.5.
+    # Now a resting limit: fills when the market comes back to 105.5, at the
+    # trade's price when that is better.
     resting = WorkingOrder("buy", "stop_limit", D(4), D("105.5"), D(105), triggered=True)
     assert not on_market(PLAIN, resting, trade("105.6")).fills
     m = on_market(PLAIN, resting, trade("105.4"))
-    assert (m.quantity, m.price, m.triggered) == (D(4), D("105.5"), False)
+    assert (m.quantity, m.price, m.triggered) == (D(4), D("105.4"), False)
 
 
 def test_a_stop_already_passed_at_submission_triggers_at_once() -> None:

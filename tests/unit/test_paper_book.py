@@ -103,7 +103,7 @@ def test_limit_order_rests_then_fills_when_crossed_and_cancel_rules() -> None:
     assert [o.id for o in b.orders("A")] == [order.id]
     assert b.on_market(MarketUpdate.trade("AAPL", D("199.5"))) == []
     [fill] = b.on_market(MarketUpdate.trade("AAPL", D("198.9")))
-    assert (fill.event, fill.price) == ("fill", D(199))
+    assert (fill.event, fill.price) == ("fill", D("198.9"))  # better than the limit
     assert b.orders("A") == []
     with pytest.raises(Refused, match="not cancelable") as e:
         b.cancel("A", order.id)
@@ -216,3 +216,24 @@ def test_halted_symbol_is_accepted_then_rejected() -> None:
     assert b.orders("A") == []
     assert b.positions("A") == []
     assert b.on_market(MarketUpdate.trade("LULD", D(4))) == []
+
+
+def test_the_rest_of_a_marketable_limit_fills_at_the_market_not_at_its_limit() -> None:
+    """A limit order marketable at submission but larger than one fill: the
+    rest fills at each trade's price (never worse than the limit), as a
+    market order would, not at the limit."""
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(100)))
+    b.on_market(MarketUpdate.trade("AAPL", D(100)))
+    _, updates = b.submit("A", OrderSpec("AAPL", "buy", D(300), "limit", limit_price=D(110)))
+    fills = [u for u in updates if u.execution_id is not None]
+    fills += b.on_market(MarketUpdate.trade("AAPL", D(100)))
+    fills += b.on_market(MarketUpdate.trade("AAPL", D(99)))
+    assert [(str(u.qty), str(u.price)) for u in fills] == [
+        ("100", "100"),
+        ("100", "100"),
+        ("100", "99"),
+    ]
+    sell = b.submit("A", OrderSpec("AAPL", "sell", D(150), "limit", limit_price=D(95)))[1]
+    sold = [u for u in sell if u.execution_id is not None]
+    sold += b.on_market(MarketUpdate.trade("AAPL", D(98)))
+    assert [(str(u.qty), str(u.price)) for u in sold] == [("100", "99"), ("50", "98")]

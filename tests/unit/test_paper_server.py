@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,7 +22,7 @@ from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer, _Cork
 from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook
-from services.paper_broker.domain.fill_model import MarketUpdate
+from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
 
 CREDS = [Credentials("key", SecretStr("secret"), "acct")]
 
@@ -260,3 +262,85 @@ async def test_frames_that_leave_together_are_corked(server: PaperBrokerServer) 
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
     finally:
         await ws.close()
+
+
+def capped_book() -> PaperBook:
+    """Fills of at most 100 per market update."""
+    return PaperBook(
+        BookConfig(fill_model=FillModelConfig(max_fill_quantity=Decimal(100))),
+        clock=WallClock(),
+        ids=lambda: str(uuid.uuid4()),
+    )
+
+
+async def test_a_stop_s_trigger_survives_a_restart(tmp_path: Path) -> None:
+    """A stop reached is journaled: with the fill that follows it, or, if it
+    filled nothing (a stop-limit whose limit the market is past), as a
+    ``triggered`` update of its own, which no client is sent. After a restart
+    the order does not have to cross its stop again."""
+    path = tmp_path / "journal.jsonl"
+    first = capped_book()
+    journal = Journal(path).open()
+    async with PaperBrokerServer(first, CREDS, journal=journal) as s:
+        s.market(MarketUpdate.trade("AAPL", Decimal(100)))
+        ws = await login(s.port)
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["stream"] == "listening"
+        stop = {"symbol": "AAPL", "qty": "300", "side": "sell", "type": "stop"}
+        stop_limit = {"symbol": "AAPL", "qty": "5", "side": "sell", "type": "stop_limit"}
+        for body in (
+            {**stop, "stop_price": "95", "client_order_id": "stop"},
+            {**stop_limit, "stop_price": "97", "limit_price": "96", "client_order_id": "sl"},
+        ):
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        # 94: the stop triggers and fills 100 of 300; the stop-limit triggers,
+        # but 94 is below its limit: nothing fills.
+        s.market(MarketUpdate.trade("AAPL", Decimal(94)))
+        await send(ws, "request", {"id": "r", "method": "GET", "path": "/v2/orders"})
+        streams = []
+        while (message := await recv(ws))["stream"] != "response":
+            streams.append((message["data"]["event"], message["data"]["order"]["client_order_id"]))
+        await ws.close()
+    journal.close()
+    assert streams == [("partial_fill", "stop")]  # the stop-limit's trigger is not sent
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(r["update"]["event"], r.get("triggered")) for r in lines[-2:]] == [
+        ("partial_fill", True),
+        ("triggered", True),
+    ]
+
+    second = capped_book()
+    second.apply_all(Journal(path).load())
+    # 96.5: above both stops. Both were triggered: the stop fills 100 more, the
+    # stop-limit (now a resting sell limit at 96) fills.
+    fills = second.on_market(MarketUpdate.trade("AAPL", Decimal("96.5")))
+    assert sorted((u.order.client_order_id, u.event, str(u.qty)) for u in fills) == [
+        ("sl", "fill", "5"),
+        ("stop", "partial_fill", "100"),
+    ]
+
+
+def test_an_old_journal_s_partly_filled_stop_is_triggered(tmp_path: Path) -> None:
+    """Journals written before triggers were recorded: a stop that has filled
+    anything was triggered."""
+    path = tmp_path / "journal.jsonl"
+    b = capped_book()
+    b.on_market(MarketUpdate.trade("AAPL", Decimal(100)))
+    journal = Journal(path).open()
+    spec = OrderSpec("AAPL", "sell", Decimal(300), "stop", stop_price=Decimal(95))
+    order, updates = b.submit("acct", spec)
+    journal.append(updates)
+    journal.append(b.on_market(MarketUpdate.trade("AAPL", Decimal(94))))
+    journal.close()
+    old = b"\n".join(
+        orjson.dumps({k: v for k, v in json.loads(line).items() if k != "triggered"})
+        for line in path.read_bytes().splitlines()
+    )
+    path.write_bytes(old + b"\n")
+    assert b"triggered" not in path.read_bytes()
+    copy = book()
+    copy.apply_all(Journal(path).load())
+    replayed = copy.order("acct", order.id)
+    assert replayed is not None
+    assert replayed.triggered
+    assert replayed == b.order("acct", order.id)

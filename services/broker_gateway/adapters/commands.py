@@ -9,6 +9,13 @@ a valid event is dead-lettered and acknowledged.
 The consumer is created once. A new one starts ``max_submit_delay_s`` in the
 past: commands that recent are still worth executing, older ones from a
 stream that predates this gateway are not replayed at a broker.
+
+The consumer is shared by every account, and its ``max_ack_pending`` caps
+the commands out at once over all of them: a worker holds at most
+``gateway.MAX_HELD`` (what comes beyond waits on the server), so
+``MAX_ACK_PENDING`` is well above that, and one account whose broker is away
+does not stop commands reaching the others until its backlog alone reaches
+it. A consumer made with a lower cap (the old 1,000) is raised at start-up.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from services.broker_gateway import metrics
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 128
+MAX_ACK_PENDING = 20_000
 FETCH_TIMEOUT_S = 1.0
 RETRY_PAUSE_S = 0.5
 
@@ -72,10 +80,16 @@ class CommandConsumer:
 
     async def ensure(self) -> None:
         try:
-            await self.bus.js.consumer_info(STREAM, self.durable)
-            return
+            info = await self.bus.js.consumer_info(STREAM, self.durable)
         except nats.js.errors.NotFoundError:
             pass
+        else:
+            pending = info.config.max_ack_pending
+            if pending is not None and 0 < pending < MAX_ACK_PENDING:
+                info.config.max_ack_pending = MAX_ACK_PENDING
+                await self.bus.js.add_consumer(STREAM, info.config)
+                log.info("raised max_ack_pending of %s to %d", self.durable, MAX_ACK_PENDING)
+            return
         since = dt.datetime.now(tz=dt.UTC) - dt.timedelta(seconds=self.start_back_s)
         await self.bus.js.add_consumer(
             STREAM,
@@ -86,7 +100,7 @@ class CommandConsumer:
                 opt_start_time=since,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait_s,
-                max_ack_pending=1000,
+                max_ack_pending=MAX_ACK_PENDING,
                 max_deliver=-1,
             ),
         )

@@ -116,6 +116,9 @@ class OrderTracker:
         #: Net quantity per (strategy or None, symbol), from published fills.
         self.positions: dict[tuple[str | None, str], Decimal] = {}
         self._flattens: dict[uuid.UUID, FlattenAccount] = {}
+        #: Flattens known to be done: their close-all answered here, or (rebuilt)
+        #: one of their closing orders was accepted. Never executed again.
+        self._flattened: set[uuid.UUID] = set()
         #: The flatten whose close-all is under way: unknown orders are its.
         self._flattening: FlattenAccount | None = None
         #: Orders whose fills must be fetched from the broker (a gap was seen).
@@ -184,8 +187,10 @@ class OrderTracker:
             t.accepted = True
             self._index_broker(t, ap.broker_order_id)
             flatten = self._flattens.get(event.causation_id) if event.causation_id else None
-            if t.cause is None and flatten is not None:
-                t.cause, t.closing = flatten, True
+            if flatten is not None:
+                self._flattened.add(flatten.id)
+                if t.cause is None:
+                    t.cause, t.closing = flatten, True
         elif isinstance(event, OrderRejected):
             t = self._order(event.payload.order_id, "")
             t.terminal = t.terminal or "rejected"
@@ -238,7 +243,10 @@ class OrderTracker:
         out.append(event)
 
     def _ack(self, t: TrackedOrder, order: BrokerOrder, ts_ns: int, out: list[Event]) -> None:
-        if t.accepted:
+        # Nothing after the end: the submit's answer can say "rejected" before
+        # the stream's "new" comes (a venue rejection, or updates held up by a
+        # reconciliation); that "new" must not make it OrderRejected, OrderAccepted.
+        if t.accepted or t.terminal is not None:
             return
         self._emit(
             out,
@@ -451,6 +459,10 @@ class OrderTracker:
         self._reject(self.orders[order_id], reason, code, None, out)
         return out
 
+    def flattened(self, flatten_id: uuid.UUID) -> bool:
+        """The flatten ``flatten_id`` is done: a copy of it must not run again."""
+        return flatten_id in self._flattened
+
     def flatten_started(self, command: FlattenAccount) -> None:
         """A close-all is about to be sent: orders that appear now are its."""
         self.evolve(command)
@@ -465,6 +477,7 @@ class OrderTracker:
             t = self._closing_order(order, flatten)
             if order.is_open or order.filled_quantity > 0:
                 self._ack(t, order, order.updated_ns, out)
+        self._flattened.add(flatten.id)
         self._flattening = None
         return out
 

@@ -7,6 +7,13 @@ follow new ones, taken together once they have gathered for
 ``market_data.linger_s``. Nothing is acknowledged: prices are not work
 items, and a price missed while NATS was away is superseded by the next one.
 
+A reconnection replays the last message of each subject, which the broker
+has usually taken in already: applied again, a bar or trade from before an
+order was placed could fill it at a price the market never came back to. So
+the feed remembers, per symbol, the stream sequence of the last update it
+handed on and skips what is not newer (a stream that was made anew, its
+sequences starting over, resets that memory).
+
 A message that does not decode is counted and skipped: the recorder
 dead-letters it, the paper broker only needs prices.
 """
@@ -25,7 +32,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.errors import BusError
-from libs.bus.pull import PullFetcher
+from libs.bus.pull import PullFetcher, parse_ack_subject
 from libs.contract.codec import DecodeError, decode
 from libs.contract.events import BarClosed, TradePrinted
 from libs.contract.subjects import STREAM
@@ -85,6 +92,8 @@ class NatsPriceFeed:
         self.stream = stream
         self.linger_s = linger_s
         self.connected = False
+        #: Per symbol, the stream sequence of the last update handed on.
+        self._applied: dict[str, int] = {}
 
     async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -100,7 +109,10 @@ class NatsPriceFeed:
     async def _session(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
         bus = await Bus.connect(self.url, name=self.name, user=self.user, password=self.password)
         async with bus:
-            await bus.ensure_stream(name=self.stream)
+            info = await bus.ensure_stream(name=self.stream)
+            if self._applied and info.state.last_seq < max(self._applied.values()):
+                log.warning("stream %s was made anew: its prices are all new", self.stream)
+                self._applied.clear()
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await bus.js.delete_consumer(self.stream, self.consumer)
             await bus.js.add_consumer(
@@ -132,9 +144,20 @@ class NatsPriceFeed:
                         except DecodeError:
                             metrics.FEED_ERRORS.labels(cause="undecodable").inc()
                             continue
-                        if update is not None:
+                        if update is not None and self._new(update, msg.reply):
                             on_update(update)
             finally:
                 # A pull subscription left open makes the connection's drain wait
                 # out its whole timeout (30 s) on the way out.
                 await fetcher.close()
+
+    def _new(self, update: MarketUpdate, reply: str | None) -> bool:
+        """Not an update already handed on (replayed after a reconnection)."""
+        if not reply:
+            return True
+        seq = parse_ack_subject(reply)[0]
+        if seq <= self._applied.get(update.symbol, 0):
+            metrics.MARKET_UPDATES_REPLAYED.inc()
+            return False
+        self._applied[update.symbol] = seq
+        return True

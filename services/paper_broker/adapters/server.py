@@ -46,7 +46,13 @@ from libs import trace
 from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
-from services.paper_broker.domain.book import CODE_NOT_FOUND, PaperBook, Refused, TradeUpdate
+from services.paper_broker.domain.book import (
+    CODE_NOT_FOUND,
+    JOURNAL_ONLY,
+    PaperBook,
+    Refused,
+    TradeUpdate,
+)
 from services.paper_broker.domain.fill_model import MarketUpdate
 
 log = logging.getLogger(__name__)
@@ -185,6 +191,8 @@ class PaperBrokerServer:
         if self.journal is not None:
             self.journal.append(updates, data)
         for u, d in zip(updates, data, strict=True):
+            if u.event in JOURNAL_ONLY:
+                continue
             if u.execution_id is not None:
                 metrics.FILLS.labels(account=u.order.account).inc()
             frame = self._encode({"stream": TRADE_UPDATES, "data": d})

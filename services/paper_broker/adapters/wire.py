@@ -137,13 +137,17 @@ def trade_update_json(u: TradeUpdate) -> Json:
 
 def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
     """A journal line: the update as sent (``data``, if already built), its
-    account, and its times to the ns."""
+    account, its times to the ns, and ``triggered`` for a stop whose stop was
+    reached (Alpaca's order object does not say)."""
     o = u.order
-    return {
+    record: Json = {
         "account": o.account,
         "update": trade_update_json(u) if data is None else data,
         "ns": [u.ts_ns, o.created_at_ns, o.updated_at_ns, o.filled_at_ns, o.canceled_at_ns],
     }
+    if o.triggered:
+        record["triggered"] = True
+    return record
 
 
 def trade_update_from_record(record: Json) -> TradeUpdate:
@@ -160,6 +164,13 @@ def trade_update_from_record(record: Json) -> TradeUpdate:
             filled_at_ns=filled,
             canceled_at_ns=canceled,
         )
+    # Journals written before ``triggered`` was recorded: a stop that has
+    # filled anything was triggered.
+    triggered = bool(record.get("triggered")) or (
+        order.order_type in ("stop", "stop_limit") and order.filled_qty > 0
+    )
+    if triggered:
+        order = replace(order, triggered=True)
     return TradeUpdate(
         event=data["event"],
         order=order,

@@ -2,8 +2,9 @@
 
 Pure and synchronous: time comes from an injected clock, ids from an injected
 factory. Every change is a :class:`TradeUpdate` (the facts the broker streams
-to its clients: ``new``, ``fill``, ``partial_fill``, ``canceled``), and
-:meth:`PaperBook.apply` is the only place that changes state. An update
+to its clients: ``new``, ``fill``, ``partial_fill``, ``canceled``, plus
+``triggered``, which is journaled but never sent), and :meth:`PaperBook.apply`
+is the only place that changes state. An update
 carries the order as it is *after* the change, so the journal of updates
 replays into exactly the same books (:meth:`PaperBook.apply` again), without
 the fill model.
@@ -43,7 +44,10 @@ from services.paper_broker.domain.fill_model import (
 
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected"]
-UpdateEvent = Literal["new", "fill", "partial_fill", "canceled", "rejected"]
+#: ``triggered`` (a stop reached without a fill) is for the journal only:
+#: Alpaca's stream has no such event, and clients are never sent it.
+UpdateEvent = Literal["new", "fill", "partial_fill", "canceled", "rejected", "triggered"]
+JOURNAL_ONLY: frozenset[str] = frozenset({"triggered"})
 
 OPEN_STATUSES: frozenset[str] = frozenset({"new", "partially_filled"})
 #: Alpaca's limit on a client order id.
@@ -104,7 +108,9 @@ class PaperOrder:
     updated_at_ns: int
     filled_at_ns: int | None = None
     canceled_at_ns: int | None = None
-    #: A stop or stop-limit order whose stop was reached (not journaled).
+    #: A stop or stop-limit order whose stop was reached. Journaled with the
+    #: order (a fill's, or a ``triggered`` update when the trigger filled
+    #: nothing), so a restart does not make it cross its stop again.
     triggered: bool = False
 
     @property
@@ -293,10 +299,10 @@ class PaperBook:
         order = self._current(order)
         last = self.last_price(order.symbol)
         match = on_submit(self.config.fill_model, self._working(order), last)
-        if match.triggered:
-            order = self._set_triggered(order)
         if order.time_in_force == "fok" and match.quantity < order.qty:
             match = Match(Decimal(0), None, match.triggered)
+        if match.triggered:
+            order = self._set_triggered(order, match, now, updates)
         if match.fills:
             assert match.price is not None
             updates.append(self._fill(order, match.quantity, match.price, now))
@@ -342,11 +348,14 @@ class PaperBook:
         for account, order_id in list(self._working_by_symbol.get(update.symbol, ())):
             order = self._accounts[account].orders[order_id]
             match = on_market(self.config.fill_model, self._working(order), update)
+            if not (match.triggered or match.fills):
+                continue
+            now = self.clock.now_ns()
             if match.triggered:
-                order = self._set_triggered(order)
+                order = self._set_triggered(order, match, now, out)
             if match.fills:
                 assert match.price is not None
-                out.append(self._fill(order, match.quantity, match.price, self.clock.now_ns()))
+                out.append(self._fill(order, match.quantity, match.price, now))
         return out
 
     def apply(self, update: TradeUpdate) -> None:
@@ -435,9 +444,15 @@ class PaperBook:
             triggered=order.triggered,
         )
 
-    def _set_triggered(self, order: PaperOrder) -> PaperOrder:
+    def _set_triggered(
+        self, order: PaperOrder, match: Match, now: int, out: list[TradeUpdate]
+    ) -> PaperOrder:
         order = replace(order, triggered=True)
-        self._account(order.account).orders[order.id] = order
+        if match.fills:
+            # The fill that follows carries the triggered order into the journal.
+            self._account(order.account).orders[order.id] = order
+        else:
+            out.append(self._emit(TradeUpdate("triggered", order, now)))
         return order
 
     def _fill(self, order: PaperOrder, qty: Decimal, price: Decimal, now: int) -> TradeUpdate:

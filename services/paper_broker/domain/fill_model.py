@@ -21,9 +21,12 @@ order submitted before the symbol has any price waits for the first update.
 
 - at submission, a marketable limit (buy: last ≤ limit; sell: last ≥ limit)
   fills like a market order, but never worse than its limit;
-- resting, a buy fills when a trade prints at or below the limit (a bar's low
-  reaches it), a sell when a trade prints at or above it (a bar's high): at the
-  limit price, or at the bar's open when the bar opened through the limit.
+- resting (and so the rest of one that was marketable at submission but
+  larger than one fill), a buy fills when a trade prints at or below the limit
+  (a bar's low reaches it), a sell when a trade prints at or above it (a bar's
+  high): at the better of the limit and the trade's price (buy: the lower,
+  sell: the higher), or for a bar the better of the limit and its open (a bar
+  that opened through the limit fills at the open).
   With ``limit_fill_on_touch: false`` the market must trade *through* the
   limit (strictly below a buy limit, above a sell limit), a more conservative
   stand-in for queue position.
@@ -173,15 +176,12 @@ def _limit_price_when_resting(
     """The fill price of a resting limit order on ``update``, or None."""
     limit = order.limit_price
     assert limit is not None
+    # A trade's open is its price: either way the better of it and the limit.
     if order.side == "buy":
         reached = update.low <= limit if config.limit_fill_on_touch else update.low < limit
-        if not reached:
-            return None
-        return min(limit, update.open) if update.kind == "bar" else limit
+        return min(limit, update.open) if reached else None
     reached = update.high >= limit if config.limit_fill_on_touch else update.high > limit
-    if not reached:
-        return None
-    return max(limit, update.open) if update.kind == "bar" else limit
+    return max(limit, update.open) if reached else None
 
 
 def _marketable_limit_price(

@@ -1,0 +1,325 @@
+"""The gateway's command path while a broker is away: real NATS, the real
+command consumer, worker and paper adapter, and the real paper broker server
+(in this process, over a real WebSocket), which the test stops and starts
+again on the same port.
+
+A command held for a broker that is away, and those queued behind it, are
+kept in progress on NATS: none is delivered again, none runs twice (a
+flatten, least of all), and one account's backlog does not keep the
+commands of another from its broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from pydantic import SecretStr
+
+from libs.bus.client import Bus
+from libs.contract.envelope import WallClock
+from libs.contract.events import (
+    AnyEvent,
+    FlattenAccount,
+    FlattenAccountPayload,
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+    TradePayload,
+    TradePrinted,
+)
+from libs.contract.subjects import STREAM
+from libs.local.servers import free_port
+from libs.testing.wait import eventually
+from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
+from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.gateway import AccountWorker, Outbox
+from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.domain.book import BookConfig, PaperBook, PaperOrder, TradeUpdate
+from services.paper_broker.domain.fill_model import MarketUpdate
+
+D = Decimal
+CLOCK = WallClock()
+ACK_WAIT_S = 1.0
+
+
+class CountingBook(PaperBook):
+    """A paper book that counts the flatten calls it serves."""
+
+    def __init__(self) -> None:
+        super().__init__(BookConfig(), clock=CLOCK, ids=lambda: str(uuid.uuid4()))
+        self.cancel_alls = 0
+        self.close_alls = 0
+
+    def cancel_all(self, account: str) -> list[TradeUpdate]:
+        self.cancel_alls += 1
+        return super().cancel_all(account)
+
+    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
+        self.close_alls += 1
+        return super().close_all(account)
+
+
+@dataclass
+class Venue:
+    """One account's paper broker, which can go away and come back on its port."""
+
+    account: str
+    book: CountingBook = field(default_factory=CountingBook)
+    port: int = field(default_factory=free_port)
+    server: PaperBrokerServer | None = None
+
+    async def up(self) -> None:
+        creds = [Credentials(f"key-{self.account}", SecretStr("secret"), self.account)]
+        self.server = await PaperBrokerServer(self.book, creds, port=self.port).start()
+
+    async def down(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    def orders(self) -> list[str]:
+        return [o.client_order_id for o in self.book.orders(self.account, "all")]
+
+
+@dataclass
+class Gateway:
+    workers: dict[str, AccountWorker]
+    #: (command type, delivery number) of each message the consumer handed over.
+    deliveries: list[tuple[str, int]]
+
+
+@contextlib.asynccontextmanager
+async def gateway(bus: Bus, venues: list[Venue], *, max_held: int = 1000) -> AsyncIterator[Gateway]:
+    """The gateway's command path, wired as main.py wires it, ack wait 1 s."""
+    outbox = Outbox(bus)
+
+    async def dead(msg: Msg, error: str) -> None:
+        raise AssertionError(f"dead-lettered: {error}")
+
+    workers = {}
+    for v in venues:
+        port = PaperBroker(
+            account=v.account,
+            url=f"ws://127.0.0.1:{v.port}/stream",
+            key_id=f"key-{v.account}",
+            secret_key=SecretStr("secret"),
+            heartbeat_interval_s=0.2,
+            heartbeat_timeout_s=0.3,
+            reconnect_initial_s=0.05,
+            reconnect_max_s=0.2,
+        )
+        workers[v.account] = AccountWorker(
+            v.account,
+            port,
+            OrderTracker(v.account, clock=CLOCK, source="broker-gateway/test"),
+            outbox,
+            clock=CLOCK,
+            source="broker-gateway/test",
+            max_submit_delay_s=120,
+            ack_wait_s=ACK_WAIT_S,
+            dead_letter=dead,
+            max_held=max_held,
+        )
+    deliveries: list[tuple[str, int]] = []
+
+    async def dispatch(command: AnyEvent, msg: Msg) -> None:
+        deliveries.append((command.type, msg.metadata.num_delivered))
+        await workers[str(getattr(command.payload, "account", ""))].offer(command, msg)
+
+    consumer = CommandConsumer(
+        bus,
+        durable="broker-gateway-test",
+        service="broker-gateway",
+        ack_wait_s=ACK_WAIT_S,
+        start_back_s=60,
+        max_bytes=1 << 20,
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(outbox.run())]
+    for w in workers.values():
+        tasks += [
+            asyncio.create_task(w.run_events()),
+            asyncio.create_task(w.run_commands()),
+            asyncio.create_task(w.keep_alive()),
+        ]
+        await w.port.start()
+    tasks.append(asyncio.create_task(consumer.run(dispatch, stop)))
+    try:
+        yield Gateway(workers, deliveries)
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for w in workers.values():
+            await w.port.close()
+
+
+@pytest.fixture
+async def venues() -> AsyncIterator[list[Venue]]:
+    made = [Venue("acct-a"), Venue("acct-b")]
+    for v in made:
+        await v.up()
+    try:
+        yield made
+    finally:
+        for v in made:
+            await v.down()
+
+
+def submit(account: str, symbol: str, qty: str = "1") -> SubmitOrder:
+    signal = SignalGenerated.create(
+        SignalPayload(strategy="s1", symbol=symbol, name="x", direction="long"),
+        source="test/strategy-runner",
+        clock=CLOCK,
+    )
+    return SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy="s1",
+            account=account,
+            symbol=symbol,
+            side="buy",
+            quantity=D(qty),
+        ),
+        source="test/risk-gate",
+        clock=CLOCK,
+        cause=signal,
+    )
+
+
+def flatten(account: str) -> FlattenAccount:
+    return FlattenAccount.create(
+        FlattenAccountPayload(account=account, reason="test"), source="test/risk-gate", clock=CLOCK
+    )
+
+
+async def ack_waits_pass(bus: Bus, n: int) -> None:
+    """Until the server has let ``n`` ack waits pass: a message nobody acks,
+    on a consumer of its own with the same ack wait, is delivered ``n + 1``
+    times (the server's own clock, not ours)."""
+    await bus.publish(
+        TradePrinted.create(
+            TradePayload(symbol="CLOCK", price=D(1), size=D(1), feed="synthetic"),
+            source="test",
+            clock=CLOCK,
+        )
+    )
+    sub = await bus.js.pull_subscribe(
+        "md.trade.CLOCK",
+        durable=f"clock-{uuid.uuid4().hex[:8]}",
+        stream=STREAM,
+        config=js_api.ConsumerConfig(ack_wait=ACK_WAIT_S, max_deliver=-1),
+    )
+    try:
+        delivered = 0
+        while delivered <= n:
+            with contextlib.suppress(TimeoutError):
+                [msg] = await sub.fetch(1, timeout=ACK_WAIT_S * 2)
+                delivered = msg.metadata.num_delivered
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_commands_held_for_an_absent_broker_run_once_when_it_is_back(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    a.book.on_market(MarketUpdate.trade("MSFT", D(50)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        first = submit(a.account, "AAPL", "10")
+        await bus.publish(first)
+        await eventually(lambda: [p.qty for p in a.book.positions(a.account)] == [D(10)])
+
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        held, flat = submit(a.account, "MSFT", "1"), flatten(a.account)
+        await bus.publish_many([held, flat])
+        await eventually(lambda: w.held == 2, timeout=10)
+        await ack_waits_pass(bus, 3)  # long enough for 3 redeliveries of each
+
+        await a.up()
+        await eventually(lambda: a.book.close_alls >= 1 and w.held == 0, timeout=20)
+        await w.wait_idle()
+        assert gw.deliveries == [("SubmitOrder", 1), ("SubmitOrder", 1), ("FlattenAccount", 1)]
+        assert (a.book.cancel_alls, a.book.close_alls) == (1, 1)
+        assert a.book.positions(a.account) == []
+
+        # A copy of the flatten handed over after it ran (its ack lost, say)
+        # does not run again: a position opened since stays open.
+        second = submit(a.account, "AAPL", "5")
+        await bus.publish(second)
+        await eventually(lambda: [p.qty for p in a.book.positions(a.account)] == [D(5)])
+
+        class Copy:  # a second delivery of the flatten's message, not from JetStream
+            reply = ""
+            subject = "orders.cmd.acct-a"
+
+        await w.offer(flat, Copy())  # type: ignore[arg-type]
+        await w.wait_idle()
+        assert (a.book.cancel_alls, a.book.close_alls) == (1, 1)
+        assert [p.qty for p in a.book.positions(a.account)] == [D(5)]
+
+
+async def test_one_account_s_backlog_does_not_hold_up_another(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    a, b = venues
+    for v in venues:
+        v.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues, max_held=2) as gw:
+        wa = gw.workers[a.account]
+        for w in gw.workers.values():
+            assert await w.port.wait_connected(timeout=10)
+        await a.down()
+        await eventually(lambda: not wa.port.connected, timeout=10)
+        backlog = [submit(a.account, "AAPL") for _ in range(6)]
+        await bus.publish_many(backlog)
+        await eventually(lambda: wa.held == 2, timeout=10)
+        for_b = submit(b.account, "AAPL")
+        await bus.publish(for_b)
+        await eventually(lambda: b.orders() == [str(for_b.payload.order_id)], timeout=10)
+
+        await a.up()
+        ids = [str(c.payload.order_id) for c in backlog]
+        await eventually(lambda: len(a.orders()) == len(ids), timeout=30)
+        assert a.orders() == ids  # in stream order, each once
+
+
+async def test_a_consumer_made_with_the_old_cap_is_raised(bus: Bus) -> None:
+    await bus.js.add_consumer(
+        STREAM,
+        js_api.ConsumerConfig(
+            durable_name="broker-gateway-old",
+            filter_subject="orders.cmd.>",
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=10,
+            max_ack_pending=1000,
+            max_deliver=-1,
+        ),
+    )
+    consumer = CommandConsumer(
+        bus,
+        durable="broker-gateway-old",
+        service="broker-gateway",
+        ack_wait_s=10,
+        start_back_s=60,
+        max_bytes=1 << 20,
+    )
+    await consumer.ensure()
+    info = await bus.js.consumer_info(STREAM, "broker-gateway-old")
+    assert info.config.max_ack_pending == MAX_ACK_PENDING
