@@ -86,6 +86,9 @@ NAK_DELAY_S = 2.0
 #: (its broker away) never stops the shared consumer serving the others.
 MAX_HELD = 1000
 ACK_CONFIRM_TIMEOUT_S = 2.0
+#: A command handed back that has not come again after this many times its
+#: delay is given up on (see ``AccountWorker.give_up_s``).
+DEFERRED_GIVE_UP = 4
 #: How long a submit's answer may run ahead of the event stream before the
 #: worker asks the broker for the order's fills itself (see ``_settle``).
 SETTLE_GRACE_S = 1.0
@@ -187,6 +190,10 @@ class AccountWorker:
         self.keepalive_s = max(ack_wait_s / 3, 0.2)
         #: How long a command handed back for lack of room stays away.
         self.defer_s = max(ack_wait_s, NAK_DELAY_S)
+        #: How long the first one handed back may take to come again before
+        #: the later ones are taken without it (it left the stream: else the
+        #: account would wait for it for ever).
+        self.give_up_s = DEFERRED_GIVE_UP * self.defer_s
         self.dead_letter = dead_letter
         self.max_held = max_held
         self.acks = DeferredAcks()
@@ -199,6 +206,7 @@ class AccountWorker:
         # members): until the lowest has been taken, nothing later is.
         self._deferred: list[int] = []
         self._deferred_seqs: set[int] = set()
+        self._deferred_since = 0.0  # when the lowest became the one to wait for
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
@@ -226,11 +234,24 @@ class AccountWorker:
             metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="copy").inc()
             return
         seq = _stream_seq(msg)
+        if self._deferred and time.monotonic() - self._deferred_since > self.give_up_s:
+            log.warning(
+                "account %s: the command at stream sequence %d did not come back in %.0fs; "
+                "taking the %d later ones without it",
+                self.account,
+                self._deferred[0],
+                self.give_up_s,
+                len(self._deferred) - 1,
+            )
+            self._deferred.clear()
+            self._deferred_seqs.clear()
         first_deferred = self._deferred[0] if self._deferred else None
         if len(self._held) >= self.max_held or (
             first_deferred is not None and seq != first_deferred
         ):
             if seq not in self._deferred_seqs:
+                if not self._deferred:
+                    self._deferred_since = time.monotonic()
                 self._deferred_seqs.add(seq)
                 heapq.heappush(self._deferred, seq)
             metrics.COMMANDS.labels(
@@ -242,6 +263,7 @@ class AccountWorker:
         if first_deferred is not None:
             heapq.heappop(self._deferred)
             self._deferred_seqs.discard(seq)
+            self._deferred_since = time.monotonic()  # the next one's turn
         held = Held(command, msg, seq)
         self._held[command.id] = held
         self._queue.append(held)

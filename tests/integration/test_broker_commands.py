@@ -323,3 +323,25 @@ async def test_a_consumer_made_with_the_old_cap_is_raised(bus: Bus) -> None:
     await consumer.ensure()
     info = await bus.js.consumer_info(STREAM, "broker-gateway-old")
     assert info.config.max_ack_pending == MAX_ACK_PENDING
+
+
+async def test_a_command_handed_back_that_never_returns_does_not_stall_its_account(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """Commands handed back for lack of room are taken again in stream order;
+    should the first of them leave the stream meanwhile (deleted, aged out),
+    the ones after it run once it is given up on, not never."""
+    a, _ = venues
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues, max_held=2) as gw:
+        wa = gw.workers[a.account]
+        assert await wa.port.wait_connected(timeout=10)
+        await a.down()
+        await eventually(lambda: not wa.port.connected, timeout=10)
+        backlog = [submit(a.account, "AAPL") for _ in range(5)]
+        seqs = [(await bus.publish(c)).seq for c in backlog]
+        await eventually(lambda: wa.held == 2, timeout=10)
+        await bus.js.delete_msg(STREAM, seqs[2])  # the first one handed back
+        await a.up()
+        ids = [str(c.payload.order_id) for i, c in enumerate(backlog) if i != 2]
+        await eventually(lambda: a.orders() == ids, timeout=10 + wa.give_up_s * 2)
