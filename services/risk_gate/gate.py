@@ -338,7 +338,7 @@ class RiskGate:
         )
         log.warning("dead-lettered stream sequence %d on %s: %s", seq, msg.subject, error)
         await self.bus.publish(record)
-        metrics.DEAD_LETTERS.labels(reason=error.reason).inc()
+        metrics.DEAD_LETTERS.labels(service=SERVICE, reason=error.reason).inc()
 
     # ------------------------------------------------------------- gauges
 

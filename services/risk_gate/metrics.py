@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
 from libs.observability.metrics import Counter, Gauge, Histogram
 
 DECISIONS = Counter(
@@ -26,9 +27,6 @@ ORDERS_WITHDRAWN = Counter(
 )
 DUPLICATE_INTENTS = Counter(
     "tradebus_risk_duplicate_intents_total", "Intents seen again after their decision"
-)
-DEAD_LETTERS = Counter(
-    "tradebus_risk_dead_letters_total", "Messages the risk-gate could not decode", ["reason"]
 )
 DECISION_SECONDS = Histogram(
     "tradebus_risk_decision_seconds",

@@ -341,6 +341,8 @@ async def test_typo_strategy_never_gets_an_order_past_its_caps(stack: Stack, bus
     assert len([o for o in await recorded(db, "SubmitOrder") if o.payload.intent_id == meant]) == 1
     metrics = stack.gate.metrics()
     assert 'tradebus_orders_denied_total{reason="max_order_quantity"} 1.0' in metrics
+    # Counted where the boards look for every service's dead letters.
+    assert 'tradebus_dead_letters_total{reason="invalid_event",service="risk-gate"} 1.0' in metrics
 
 
 def _encode(event: Event) -> bytes:
