@@ -46,7 +46,17 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
-ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded with the event)")]
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise typer.BadParameter("give the reason in words; it is recorded with the event")
+    return text.strip()
+
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why (recorded with the event)", callback=_reason)
+]
 OperatorOption = Annotated[
     str | None, typer.Option("--operator", help="Who (default: $USER)", show_default=False)
 ]

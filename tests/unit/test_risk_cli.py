@@ -65,3 +65,18 @@ def test_status_table_shows_states_and_caps(monkeypatch: pytest.MonkeyPatch) -> 
     assert "kill switch off" in text
     assert "sma-aapl" in text
     assert "60000" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["kill-switch", "on", "--reason", ""],
+        ["kill-switch", "off", "--reason", "   "],
+        ["risk", "resume", "global", "--reason", ""],
+    ],
+)
+def test_an_operator_command_without_a_reason_is_refused(args: list[str]) -> None:
+    """Refused before anything is published (no NATS here)."""
+    result = runner.invoke(root.app, args)
+    assert result.exit_code == 2
+    assert "give the reason in words" in result.output

@@ -552,7 +552,11 @@ def test_kill_switch_flattens_every_account_and_halts_everything_once() -> None:
         ("TradingStateChanged", "global"),
     ]
     assert state.scope_state("global").state == "halted"
-    assert evolve(state, op(KillSwitchEngaged)).obligations == ()
+    again = ev(KillSwitchEngaged, OperatorActionPayload(operator="bob", reason="later"), T0 + S)
+    assert evolve(state, again).obligations == ()
+    # Who engaged it, why and when stay those of the first engagement.
+    assert evolve(state, again).kill_switch == state.kill_switch
+    assert (state.kill_switch.operator, state.kill_switch.reason) == ("ann", "why")
     state = evolve(state, op(KillSwitchReleased))
     assert not state.kill_switch.engaged
     assert state.scope_state("global").state == "halted", "held until resumed"

@@ -464,10 +464,11 @@ def _on_connection(state: RiskState, event: BrokerConnectionChanged) -> RiskStat
 
 def _on_kill_switch(state: RiskState, event: KillSwitchEngaged) -> RiskState:
     p = event.payload
-    was_on = state.kill_switch.engaged
-    state = replace(state, kill_switch=KillSwitch(True, p.operator, p.reason, event.ts_event))
-    if was_on:
+    if state.kill_switch.engaged:
+        # Already on: who engaged it, why and when stay those of the first
+        # (the halt it caused says so too); the repeat is in the store.
         return state
+    state = replace(state, kill_switch=KillSwitch(True, p.operator, p.reason, event.ts_event))
     return _oblige(
         state,
         Obligation(
