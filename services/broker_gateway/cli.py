@@ -62,7 +62,7 @@ def register(root: typer.Typer) -> None:
         """Positions and P&L per account, strategy and symbol (from the event store)."""
         import asyncpg
 
-        from services.broker_gateway.positions import plain, read_positions, totals
+        from services.broker_gateway.positions import nets, plain, read_positions, totals
 
         settings = settings_or_exit(ServiceSettings)
         try:
@@ -95,6 +95,8 @@ def register(root: typer.Typer) -> None:
                 plain(r.realized_pnl),
                 plain(r.unrealized_pnl),
             )
+        for (acct, symbol), net in nets(rows).items():
+            table.add_row(acct, "[b]net[/b]", symbol, plain(net), "", "", "", "")
         for acct, (realized, unrealized) in totals(rows).items():
             table.add_row(acct, "[b]total[/b]", "", "", "", "", plain(realized), plain(unrealized))
         Console().print(table)

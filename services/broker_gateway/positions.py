@@ -73,3 +73,17 @@ def totals(rows: list[PositionRow]) -> dict[str, tuple[Decimal, Decimal]]:
         realized, unrealized = out.get(r.account, (Decimal(0), Decimal(0)))
         out[r.account] = (realized + r.realized_pnl, unrealized + (r.unrealized_pnl or 0))
     return out
+
+
+def nets(rows: list[PositionRow]) -> dict[tuple[str, str], Decimal]:
+    """Each account's net quantity per symbol held by more than one strategy.
+
+    A flatten closes the account's net position at the broker and splits its
+    closing fills over the strategies, so strategies can keep offsetting
+    quantities (one long, one short) while the account is flat: this says so.
+    """
+    held: dict[tuple[str, str], list[Decimal]] = {}
+    for r in rows:
+        if r.quantity:
+            held.setdefault((r.account, r.symbol), []).append(r.quantity)
+    return {key: sum(qs, Decimal(0)) for key, qs in held.items() if len(qs) > 1}

@@ -6,11 +6,13 @@ conversion and COPY), then the views are read back.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from typer.testing import CliRunner
 
 from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
@@ -33,6 +35,7 @@ from libs.contract.events import (
 )
 from libs.store.migrate import upgrade_async
 from libs.store.urls import asyncpg_url
+from services import cli as root
 from tests.integration.recording import record_events
 
 D = Decimal
@@ -274,3 +277,25 @@ async def test_the_read_only_role_may_read_the_views(pg_admin_url: str) -> None:
         list(VIEWS),
     )
     assert {r["v"]: r["ok"] for r in rows} == dict.fromkeys(VIEWS, True)
+
+
+async def test_positions_shows_an_account_net_where_strategies_offset(database_url: str) -> None:
+    """After a flatten the account is flat at the broker while its strategies
+    can hold offsetting quantities; `tradebus positions` shows the net."""
+    o = Orders()
+    for strategy, side in (("s1", "buy"), ("s2", "sell")):
+        order = o.submit(strategy, "AAPL", side, "5")
+        o.fill(order, "5", "100")
+    solo = o.submit("s3", "MSFT", "buy", "2")
+    o.fill(solo, "2", "50")
+    await record_events(database_url, o.events)
+    result = await asyncio.to_thread(  # the command runs its own event loop
+        CliRunner().invoke,
+        root.app,
+        ["positions", "--account", ACCOUNT],
+        env={"DATABASE_URL": database_url},
+    )
+    assert result.exit_code == 0, result.output
+    nets = [line.split() for line in result.output.splitlines() if " net " in line]
+    assert len(nets) == 1, result.output  # MSFT has one strategy: no net row
+    assert [cell for cell in nets[0] if cell not in "│┃|"] == [ACCOUNT, "net", "AAPL", "0"]
