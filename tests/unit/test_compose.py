@@ -49,6 +49,9 @@ RECORDER_METRICS = (
     "tradebus_recorder_batch_size",
     "tradebus_recorder_consumer_lag",
     "tradebus_dead_letters_total",
+    "tradebus_recorder_stream_trimmed_total",
+    "tradebus_recorder_stream_first_sequence",
+    "tradebus_recorder_trim_failures_total",
 )
 #: What "Grafana boards for risk state" must show: switches, states, money, caps.
 RISK_STATE_METRICS = (
