@@ -49,6 +49,11 @@ PUBLISH_ACK_TIMEOUT = 2.0
 PUBLISH_DEADLINE = 30.0
 RECONNECT_WAIT = 0.25
 
+#: The stream's duplicate window: a publish retried within it is stored once.
+#: Whatever trims the stream keeps at least this much (the recorder's keep
+#: window is validated against it).
+DUPLICATE_WINDOW_S = 120.0
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -214,16 +219,19 @@ class Bus:
         *,
         name: str = STREAM,
         subjects: Sequence[str] = RECORDED_SUBJECTS,
-        duplicate_window_s: float = 120.0,
+        duplicate_window_s: float = DUPLICATE_WINDOW_S,
         max_msg_bytes: int = 1024 * 1024,
         storage: js_api.StorageType = js_api.StorageType.FILE,
     ) -> js_api.StreamInfo:
         """Create the stream, or check the existing one captures ``subjects``.
 
-        The stream keeps everything (limits retention, no age limit): it is the
-        buffer between producers and the recorder, and its sequence is the
-        global order. Trimming it is an operator decision made after the
-        recorder has committed.
+        The stream has no limits of its own (limits retention, no age or size
+        limit, discard new): it is the buffer between producers and the
+        recorder, and its sequence is the global order, so the server must
+        never drop a message nobody recorded. The recorder trims it instead
+        (``services/recorder/adapters/trim.py``): it purges only what the
+        event store holds, what is older than its keep window and what every
+        consumer that takes acks has acknowledged.
         """
         config = js_api.StreamConfig(
             name=name,

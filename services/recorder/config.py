@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from libs.bus.client import DUPLICATE_WINDOW_S
 from libs.config import ServiceSettings
+
+DAY_S = 86_400.0
 
 
 class RecorderSettings(ServiceSettings):
@@ -21,3 +24,23 @@ class RecorderSettings(ServiceSettings):
     ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
     #: Pause between attempts when NATS or Postgres is down.
     retry_backoff_s: float = Field(default=0.5, gt=0, le=60)
+    #: How often the writer trims the stream below what the store holds
+    #: (``services/recorder/adapters/trim.py``); 0 or less: never (the stream
+    #: then grows until the server's file store is full).
+    trim_every_s: float = Field(default=60.0, le=DAY_S)
+    #: What the stream keeps however much is recorded: messages younger than
+    #: this (by their stream time), for late readers and the duplicate window.
+    stream_keep_s: float = Field(default=2 * DAY_S, le=366 * DAY_S)
+
+    @field_validator("stream_keep_s")
+    @classmethod
+    def _covers_the_duplicate_window(cls, value: float) -> float:
+        # JetStream's duplicate detection is only sure for messages it still
+        # holds (after a restart it rebuilds it from them): a publish retried
+        # after its first copy was purged could be stored twice.
+        if value < DUPLICATE_WINDOW_S:
+            raise ValueError(
+                f"must be at least the stream's duplicate window, {DUPLICATE_WINDOW_S:g} s "
+                "(to stop trimming, set TRADEBUS_TRIM_EVERY_S to 0)"
+            )
+        return value

@@ -29,3 +29,15 @@ RESTARTS = Counter(
     "tradebus_recorder_restarts_total", "Times the recorder loop restarted after a fault", ["cause"]
 )
 IS_WRITER = Gauge("tradebus_recorder_is_writer", "1 while this instance holds the writer lock")
+STREAM_TRIMMED = Counter(
+    "tradebus_recorder_stream_trimmed_total", "Messages the recorder purged from the stream"
+)
+STREAM_FIRST_SEQUENCE = Gauge(
+    "tradebus_recorder_stream_first_sequence",
+    "The stream's first sequence after the recorder's last trim",
+)
+TRIM_FAILURES = Counter(
+    "tradebus_recorder_trim_failures_total",
+    "Trims of the stream that failed (tried again at the next)",
+    ["cause"],
+)

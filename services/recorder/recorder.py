@@ -11,6 +11,11 @@ derived from their position so a retry does not repeat them.
 Any fault (NATS or Postgres away, lock lost) ends the cycle; the next one
 starts from what is committed, which is why a crash at any point loses
 nothing and duplicates nothing.
+
+Beside the two stages, the writer trims the stream every ``trim_every_s``:
+it purges what the store has committed and nobody still needs there
+(``services/recorder/adapters/trim.py``). A trim that fails is logged,
+counted and tried again at the next; it never ends the cycle.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 
@@ -33,6 +39,7 @@ from libs.store.errors import StoreError
 from libs.store.writer import EventWriter, Row
 from services.recorder import metrics
 from services.recorder.adapters.stream import Batch, RecorderStream
+from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.rows import (
     RECORDER_SOURCE,
@@ -42,6 +49,7 @@ from services.recorder.domain.rows import (
     plan,
     to_row,
 )
+from services.recorder.domain.trim import KEEP_WINDOW, STORE
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,15 @@ PROGRESS_EVERY_S = 10.0
 
 #: Faults that end a cycle; the next one starts again from the store.
 RESTARTABLE = (StoreError, BusError, nats.errors.Error, OSError, TimeoutError)
+
+
+class Trimmer(Protocol):
+    """Trims the stream below what the store committed (see :class:`StreamTrimmer`)."""
+
+    async def trim(self, committed: int) -> Trimmed: ...
+
+
+TrimmerFactory = Callable[[Bus], Trimmer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +94,13 @@ class Recorder:
         settings: RecorderSettings,
         *,
         clock: Clock | None = None,
+        trimmer: TrimmerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or WallClock()
+        self.make_trimmer: TrimmerFactory = trimmer or self._stream_trimmer
+        #: What held the stream back at the last trim, to warn once per holder.
+        self._held_by: str | None = None
         self.stopping = asyncio.Event()
         self.is_writer = False
         self.last_seq = 0
@@ -165,6 +186,8 @@ class Recorder:
                     async with asyncio.TaskGroup() as tasks:
                         tasks.create_task(self._read_loop(stream, bus, queue, writer.last_seq))
                         tasks.create_task(self._write_loop(writer, stream, queue))
+                        if s.trim_every_s > 0:
+                            tasks.create_task(self._trim_loop(self.make_trimmer(bus), writer))
                 finally:
                     await stream.close()
 
@@ -273,6 +296,59 @@ class Recorder:
             metrics.CONSUMER_LAG.set(prepared.num_pending)
             metrics.BATCH_SIZE.observe(len(prepared.rows))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+
+    def _stream_trimmer(self, bus: Bus) -> Trimmer:
+        return StreamTrimmer(bus, keep_s=self.settings.stream_keep_s, clock=self.clock)
+
+    async def _trim_loop(self, trimmer: Trimmer, writer: EventWriter) -> None:
+        """Every ``trim_every_s`` until asked to stop: trim below what is committed."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.trim_every_s)
+            if not self.stopping.is_set():
+                await self._trim(trimmer, writer.last_seq)
+
+    async def _trim(self, trimmer: Trimmer, committed: int) -> None:
+        """One trim; a failure is said and counted, and recording goes on."""
+        try:
+            trimmed = await trimmer.trim(committed)
+        except Exception as e:  # a trim never stops recording
+            metrics.TRIM_FAILURES.labels(cause=type(e).__name__).inc()
+            log.warning(
+                "trimming the stream failed (%s: %s); trying again in %g s",
+                type(e).__name__,
+                e,
+                self.settings.trim_every_s,
+            )
+            return
+        metrics.STREAM_TRIMMED.inc(trimmed.purged)
+        metrics.STREAM_FIRST_SEQUENCE.set(trimmed.first_seq)
+        if trimmed.purged:
+            log.info(
+                "trimmed %d messages from the stream below sequence %d (held by %s); "
+                "it holds %d to %d, the store up to %d",
+                trimmed.purged,
+                trimmed.floor.seq,
+                trimmed.floor.held_by,
+                trimmed.first_seq,
+                trimmed.last_seq,
+                committed,
+            )
+        held_by = trimmed.floor.held_by
+        if held_by not in (STORE, KEEP_WINDOW) and trimmed.floor.seq < trimmed.keep_from:
+            # A consumer that takes acks and does not: the stream grows until
+            # it does (or is deleted). Said once per holder.
+            if held_by != self._held_by:
+                log.warning(
+                    "%s holds the stream from sequence %d, %d sequences before the keep "
+                    "window: nothing older is trimmed until it acknowledges",
+                    held_by,
+                    trimmed.floor.seq,
+                    trimmed.keep_from - trimmed.floor.seq,
+                )
+            self._held_by = held_by
+        else:
+            self._held_by = None
 
     async def _dead_letter(self, bus: Bus, m: StreamMessage, reason: str, error: Any) -> None:
         record = dead_letter(

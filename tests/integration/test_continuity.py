@@ -44,3 +44,36 @@ async def test_the_stream_continues_the_store_only_with_the_same_message_there(
         await check(Tail(3, last.id, "md.trade.OTHER", last.type))  # another subject
     with pytest.raises(StreamMismatch):
         await check(Tail(3, uuid.uuid4(), "md.trade.OTHER", UNDECODABLE))
+
+
+async def test_a_trimmed_stream_still_continues_the_store(bus: Bus) -> None:
+    """The recorder purges what the store holds (services/recorder/adapters/
+    trim.py): the stream then starts after the store's last sequence, or
+    holds nothing at all. That is no reset: the stream still ends at or after
+    the store."""
+    trades = list(make_trades(5, "trimmed"))
+    await bus.publish_many(trades)
+
+    def row(seq: int, *, same: bool = True) -> Tail:
+        """The store's row at ``seq``: the event published there, or another."""
+        event = trades[seq - 1]
+        return Tail(seq, event.id if same else uuid.uuid4(), subject_for(event), event.type)
+
+    async def check(tail: Tail) -> None:
+        info = await bus.js.stream_info(STREAM)
+        await refuse_a_reset_stream(bus, info, tail, "testing")
+
+    # Trimmed below the store's last row, then past it, then everything.
+    await bus.js.purge_stream(STREAM, seq=3)
+    await check(row(3))
+    await bus.js.purge_stream(STREAM, seq=5)
+    await check(row(3))
+    await check(row(4, same=False))  # gone: nothing to compare
+    await bus.js.purge_stream(STREAM, seq=6)
+    info = await bus.js.stream_info(STREAM)
+    assert (info.state.first_seq, info.state.last_seq, info.state.messages) == (6, 5, 0)
+    await check(row(5))
+    await check(row(5, same=False))  # gone: nothing to compare
+    # ... but a store ahead of the stream's end is still a reset.
+    with pytest.raises(StreamMismatch, match="ends at sequence 5"):
+        await check(Tail(6, uuid.uuid4(), "md.trade.AAPL", "TradePrinted"))

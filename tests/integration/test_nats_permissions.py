@@ -546,3 +546,42 @@ async def test_paper_broker_reads_prices_through_its_own_consumer(
             await conn.js.consumer_info(STREAM, "broker-gateway")
         await settled(conn.nc)
         assert conn.refused(f"$JS.API.CONSUMER.INFO.{STREAM}.broker-gateway"), conn.errors
+
+
+# ------------------------------------------------------------------ trimming
+
+
+async def test_only_the_recorder_may_trim_the_stream(cluster: Cluster, stream: str) -> None:
+    # The recorder purges what it recorded (services/recorder/adapters/trim.py):
+    # it reads every consumer's place, finds messages by time and by subject
+    # with direct gets, and purges. A consumer that awaits a bar holds it.
+    from services.recorder.adapters.trim import StreamTrimmer
+
+    async with cluster.bus("admin") as admin:
+        await ensure_consumer(admin, "trim-probe", filter_subject="md.bar.1m.TRIMPROBE")
+    try:
+        async with cluster.bus("marketdata") as feed:
+            held = (await feed.publish(bar("TRIMPROBE"))).seq
+            last = (await feed.publish(bar("AFTERPROBE"))).seq
+        async with cluster.bus("recorder") as bus:
+            trimmer = StreamTrimmer(bus, keep_s=120, clock=CLOCK)
+            # As if all was recorded: the probe and the keep window hold it all.
+            trimmed = await trimmer.trim(committed=last)
+            assert trimmed.purged == 0
+            assert trimmed.floor.seq <= held
+            assert await trimmer.first_matching("md.bar.1m.TRIMPROBE", 1) == held
+            # A purge below the first sequence: allowed, and removes nothing.
+            assert await trimmer.purge_below(trimmed.first_seq) == 0
+    finally:
+        async with cluster.bus("admin") as admin:
+            await admin.js.delete_consumer(STREAM, "trim-probe")
+
+    for user in (u for u in USERS if u not in ("admin", "recorder")):
+        async with cluster.conn(user) as conn:
+            with pytest.raises(nats.errors.TimeoutError):
+                await conn.js.purge_stream(STREAM, seq=1)
+            with pytest.raises(nats.errors.TimeoutError):
+                await conn.js.consumers_info(STREAM)
+            await settled(conn.nc)
+            for refused in (f"$JS.API.STREAM.PURGE.{STREAM}", f"$JS.API.CONSUMER.LIST.{STREAM}"):
+                assert conn.refused(refused), (user, refused, conn.errors)

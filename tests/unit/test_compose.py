@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from libs.bus.client import inbox_prefix
+from libs.bus.client import DUPLICATE_WINDOW_S, inbox_prefix
+from libs.config import ServiceSettings
 from services.marketdata.config import MarketdataSettings
+from services.recorder.config import RecorderSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -47,6 +49,9 @@ RECORDER_METRICS = (
     "tradebus_recorder_batch_size",
     "tradebus_recorder_consumer_lag",
     "tradebus_dead_letters_total",
+    "tradebus_recorder_stream_trimmed_total",
+    "tradebus_recorder_stream_first_sequence",
+    "tradebus_recorder_trim_failures_total",
 )
 #: What "Grafana boards for risk state" must show: switches, states, money, caps.
 RISK_STATE_METRICS = (
@@ -70,6 +75,12 @@ STREAM_API = {
     "$JS.API.DIRECT.GET.TRADEBUS",
     "$JS.API.DIRECT.GET.TRADEBUS.>",
     "$JS.API.STREAM.MSG.GET.TRADEBUS",  # read one stored message (no consumer)
+}
+#: What the recorder alone may do besides: trim the stream below what it
+#: recorded and every consumer's ack floor (services/recorder/adapters/trim.py).
+RECORDER_TRIM_API = {
+    "$JS.API.CONSUMER.LIST.TRADEBUS",  # every consumer's place, read only
+    "$JS.API.STREAM.PURGE.TRADEBUS",
 }
 #: `${VAR}` or `${VAR:-dev default}`: how every credential enters compose.
 ENV_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(:-[^}]*)?\}$")
@@ -373,10 +384,44 @@ def test_only_risk_gate_publishes_orders_and_only_operator_control(nats_conf: st
 def test_services_reach_only_their_own_consumer(nats_conf: str, user: str) -> None:
     durable = "event-recorder" if user == "recorder" else user
     for subject in publish_allow(nats_user_blocks(nats_conf)[user]):
+        if user == "recorder" and subject in RECORDER_TRIM_API:
+            continue
         if subject.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")):
             assert re.search(rf"\.TRADEBUS\.{re.escape(durable)}(\.>)?$", subject), subject
         elif subject.startswith("$JS."):
             assert subject in STREAM_API, subject
+
+
+def test_only_the_recorder_may_trim_the_stream(nats_conf: str) -> None:
+    # Without these the recorder's trims fail and the stream grows until the
+    # file store is full (then every publish is refused, orders included).
+    for user, block in nats_user_blocks(nats_conf).items():
+        granted = RECORDER_TRIM_API & set(publish_allow(block))
+        if user == "recorder":
+            assert granted == RECORDER_TRIM_API
+        elif user != "admin":  # the admin has the whole API ("$JS.API.>")
+            assert not granted, user
+
+
+def test_the_recorder_trims_the_stream_in_compose(services: dict[str, dict[str, Any]]) -> None:
+    # The NATS file store is capped (max_file_store) and the stream has no
+    # limits: trimming must be on, and keep at least the duplicate window.
+    settings = RecorderSettings.model_validate(
+        recorder_settings_env(environment(services["recorder"]))
+    )
+    assert settings.trim_every_s > 0
+    assert settings.stream_keep_s >= DUPLICATE_WINDOW_S
+
+
+def recorder_settings_env(env: dict[str, str]) -> dict[str, str]:
+    """The recorder's own TRADEBUS_* settings from its compose environment."""
+    own = set(RecorderSettings.model_fields) - set(ServiceSettings.model_fields)
+    prefix = "TRADEBUS_"
+    return {
+        key[len(prefix) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(prefix) and key[len(prefix) :].lower() in own
+    }
 
 
 # -------------------------------------------------------------- credentials
