@@ -254,21 +254,37 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
     try:
         names = wiring.parse_only(",".join(options.only) if options.only else None)
     except wiring.WiringError as e:
-        Printer(out or sys.stdout, [LABEL]).alert(LABEL, str(e))
+        _refuse(Printer(out or sys.stdout, [LABEL]), e)
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
     try:
         with _home_lock(home):
             return _run_locked(options, home, names, printer)
     except (UpError, wiring.WiringError) as e:
-        printer.alert(LABEL, str(e))
+        _refuse(printer, e)
         return 1
+
+
+def _refuse(printer: Printer, error: Exception) -> None:
+    """Why ``up`` stops: the first line as an alert, the rest (one problem a
+    line, when there are several) under it."""
+    first, *rest = str(error).splitlines() or [""]
+    printer.alert(LABEL, first)
+    for line in rest:
+        printer.line(LABEL, line)
 
 
 def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Printer) -> int:
     def note(text: str) -> None:
         printer.line(LABEL, text)
 
+    # The configs first: a bad one refuses the start before anything runs.
+    strategies = wiring.config_path(options.strategies, "strategies.yaml")
+    risk = wiring.config_path(options.risk, "risk.yaml")
+    if "marketdata" in names and "strategy-runner" in names:
+        channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
+        for warning in wiring.bar_interval_warnings(strategies, channels):
+            printer.alert(LABEL, warning)
     servers: LocalServers | None = None
     state_file = home / "stack.json"
     try:
@@ -276,12 +292,6 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
         # raises Interrupted here, and we stop whatever has started so far.
         with _signals(_interrupt):
             try:
-                strategies = wiring.config_path(options.strategies, "strategies.yaml")
-                risk = wiring.config_path(options.risk, "risk.yaml")
-                if "marketdata" in names and "strategy-runner" in names:
-                    channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
-                    for warning in wiring.bar_interval_warnings(strategies, channels):
-                        printer.alert(LABEL, warning)
                 local_nats = not os.environ.get("NATS_URL")
                 credentials = creds.load_or_create(home) if local_nats else None
                 servers, nats_url, database_url = _start_servers(

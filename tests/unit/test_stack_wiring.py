@@ -1,9 +1,13 @@
-"""``tradebus up`` warns of a strategy that would see no bar from the demo feed."""
+"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed, and
+refuses a bad config before it starts anything."""
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
+from services.stack.up import UpOptions, run_up
 from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS, bar_interval_warnings
 
 ENTRY = """
@@ -44,3 +48,16 @@ def test_a_feed_without_bars(tmp_path: Path) -> None:
     (warning,) = bar_interval_warnings(strategies(tmp_path, s="bar_interval: 1s"), "trades")
     assert "the demo feed publishes no bars (TRADEBUS_CHANNELS=trades)" in warning
     assert warning.endswith("Give it second_bars in TRADEBUS_CHANNELS")
+
+
+def test_up_refuses_a_bad_strategies_file_as_the_runner_does(tmp_path: Path) -> None:
+    path = strategies(tmp_path, s="bar_interval: 1s")
+    path.write_text(path.read_text().replace("sma_crossover", "sma_crosover"))
+    out = io.StringIO()
+    code = run_up(UpOptions(home=tmp_path / "home", strategies=path), out)
+    assert code == 1
+    text = re.sub(r"(?m)^up +\| ", "", out.getvalue())
+    assert f"!!! {path} is invalid:\n  strategies[0].kind: " in text
+    assert "sma_crosover" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "home" / "stack.json").exists()  # nothing was started
