@@ -1,5 +1,8 @@
 """``tradebus up``: the whole stack on this machine, no Docker.
 
+0. Load and validate every config file a service will be given
+   (:mod:`services.stack.configs`); refuse to start, naming the file and the
+   key, if one is invalid.
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -11,7 +14,9 @@
 3. Run each service of the order path as its own OS process with its own
    NATS user (:mod:`services.stack.wiring`) under
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
-   run until SIGINT/SIGTERM: services stop first, then the servers.
+   run until SIGINT/SIGTERM: services stop first, then the servers. A
+   service exiting with code 2 (it refused its configuration) stops the
+   whole stack the same way, and ``up`` exits 1.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from libs.local.servers import free_port, port_is_free
+from services.stack import configs, wiring
 from services.stack import credentials as creds
-from services.stack import wiring
 from services.stack.banner import (
     Endpoint,
     StackInfo,
@@ -281,11 +286,13 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
     # The configs first: a bad one refuses the start before anything runs.
     strategies = wiring.config_path(options.strategies, "strategies.yaml")
     risk = wiring.config_path(options.risk, "risk.yaml")
+    _check_configs(_config_files(names, strategies, risk))
     if "marketdata" in names and "strategy-runner" in names:
         channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
         for warning in wiring.bar_interval_warnings(strategies, channels):
             printer.alert(LABEL, warning)
     servers: LocalServers | None = None
+    failure: str | None = None
     state_file = home / "stack.json"
     try:
         # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
@@ -318,10 +325,11 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                     home, nats_url, database_url, endpoints, servers, credentials, inputs
                 )
                 state_file.write_text(_state(info, servers))
-                asyncio.run(_supervise(specs, endpoints, printer, info, options.stop_timeout))
+                failure = asyncio.run(
+                    _supervise(specs, endpoints, printer, info, options.stop_timeout)
+                )
             except Interrupted as e:
                 note(f"{e} while starting; stopping")
-        return 0
     finally:
         with _signals(lambda signum, frame: note("still stopping the servers...")):
             if servers is not None:
@@ -329,6 +337,28 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                 servers.stop()
             state_file.unlink(missing_ok=True)
         note("stopped")
+    if failure is not None:
+        printer.alert(LABEL, f"stopped because {failure}")
+        return 1
+    return 0
+
+
+def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.ConfigFiles:
+    """The config files the services in ``names`` will be given."""
+    return configs.ConfigFiles(
+        strategies=strategies if {"strategy-runner", "marketdata"} & set(names) else None,
+        risk=risk if "risk-gate" in names else None,
+        brokers=wiring.BROKERS_CONFIG if "broker-gateway" in names else None,
+        paper=wiring.PAPER_CONFIG if "paper-broker" in names else None,
+    )
+
+
+def _check_configs(files: configs.ConfigFiles) -> None:
+    """Refuse to start (:class:`UpError`) unless every file is valid: a service
+    refusing its file exits 2, and the stack would stop right after starting."""
+    loaded = configs.load_configs(files)
+    if loaded.problems:
+        raise UpError("\n".join(loaded.problems))
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:
@@ -504,7 +534,9 @@ async def _supervise(
     printer: Printer,
     info: StackInfo,
     stop_timeout: float,
-) -> None:
+) -> str | None:
+    """Run the services until stopped; returns why, if the supervisor stopped
+    them itself (a service refused its configuration)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -522,6 +554,7 @@ async def _supervise(
     else:
         waiting.cancel()
     await running
+    return supervisor.failure
 
 
 async def _wait_healthy(endpoints: list[Endpoint], timeout: float) -> list[str]:

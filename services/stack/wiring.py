@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "deploy" / "config"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats-server.conf"
+#: The paper broker's and the gateway's configs, rewritten for this stack.
+PAPER_CONFIG = CONFIG_DIR / "paper.yaml"
+BROKERS_CONFIG = CONFIG_DIR / "brokers.yaml"
 
 #: Every service, in start order; they stop in reverse (producers first, the
 #: recorder last, so that it records what the others published).
@@ -162,7 +165,7 @@ def _write_yaml(path: Path, source: Path, data: dict[str, Any]) -> Path:
 
 def paper_config(home: Path, port: int) -> Path:
     """deploy/config/paper.yaml with this stack's port and a journal under ``home``."""
-    source = CONFIG_DIR / "paper.yaml"
+    source = PAPER_CONFIG
     data = _read_yaml(source)
     data["host"] = "127.0.0.1"
     data["port"] = port
@@ -172,7 +175,7 @@ def paper_config(home: Path, port: int) -> Path:
 
 def brokers_config(home: Path, port: int) -> Path:
     """deploy/config/brokers.yaml with every paper account pointed at our paper broker."""
-    source = CONFIG_DIR / "brokers.yaml"
+    source = BROKERS_CONFIG
     data = _read_yaml(source)
     for account in (data.get("accounts") or {}).values():
         if isinstance(account, dict) and account.get("adapter") == "paper":
