@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from libs.yamlfile import load_yaml
 from services.stack.credentials import Credentials, password_variable
 
 if TYPE_CHECKING:
@@ -148,7 +149,9 @@ def bar_interval_warnings(path: Path, channels: str) -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        # Refusing a key given twice, as the service would: rewritten, the
+        # file would hold only the last one, and the service never see both.
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise WiringError(f"{path}: cannot read: {e}") from e
     if not isinstance(data, dict):

@@ -107,6 +107,12 @@ def test_up_refuses_a_bad_risk_file_before_starting_anything(tmp_path: Path) -> 
         ("brokers.yaml", "interval_s: 2", "intervl_s: 2", "accounts.paper.heartbeat.intervl_s"),
         ("brokers.yaml", "adapter: paper", "adapter: alpaca", "accounts.paper.adapter"),
         ("paper.yaml", "slippage_bps", "slipage_bps", "fill_model.slipage_bps"),
+        (
+            "brokers.yaml",
+            "    request_timeout_s: 5\n",
+            "    request_timeout_s: 5\n    request_timeout_s: 50\n",
+            "not valid YAML: duplicate key 'request_timeout_s' on line 30 (first on line 29)",
+        ),
     ],
 )
 @pytest.mark.usefixtures("no_servers")
@@ -130,3 +136,18 @@ def test_up_checks_only_the_files_of_the_services_it_runs(tmp_path: Path) -> Non
     assert code == 1
     assert "is invalid" not in text
     assert "cannot migrate the event store" in text  # it went on to start
+
+
+def test_the_rewritten_broker_configs_keep_no_duplicate_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``up`` rewrites brokers.yaml and paper.yaml into its home: read with
+    safe_load, a key given twice would reach the service once, unseen."""
+    for name, attr in (("brokers.yaml", "BROKERS_CONFIG"), ("paper.yaml", "PAPER_CONFIG")):
+        path = tmp_path / name
+        path.write_text((CONFIG_DIR / name).read_text() + "port: 1\nport: 2\n")
+        monkeypatch.setattr(wiring, attr, path)
+    with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
+        wiring.brokers_config(tmp_path / "home", 1234)
+    with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
+        wiring.paper_config(tmp_path / "home", 1234)
