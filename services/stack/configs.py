@@ -86,3 +86,127 @@ def load_configs(files: ConfigFiles) -> Loaded:
         except ConfigError as e:
             problems.append(_invalid(files.paper, [_without_path(files.paper, str(e))]))
     return Loaded(files, strategies, risk, brokers, paper, tuple(problems))
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """What the files say about each other: ``problems`` refuse a start (the
+    order path would deny or strand every order of a strategy or account),
+    ``notes`` are worth knowing and harmless as things are."""
+
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def cross_check(loaded: Loaded) -> CrossCheck:
+    """Check the valid files of ``loaded`` against each other.
+
+    - every strategy has limits in risk.yaml, and its orders' account
+      (``account``, or ``shadow_account`` in shadow mode) is one of the two
+      risk.yaml gives it: else the risk-gate denies every intent of it
+      (``unknown_strategy`` / ``unknown_account``);
+    - a broker in brokers.yaml serves that account: else no gateway takes
+      the orders the gate approves;
+    - a broker serves every risk.yaml account, except one that risk.yaml
+      names only as the live ``account`` of strategies that have a
+      ``shadow_account`` (a strategy not live yet; a note).
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    files = loaded.files
+    strategies, risk, brokers = loaded.strategies, loaded.risk, loaded.brokers
+    served = set(brokers.accounts) if brokers is not None else set()
+    #: Accounts a strategy sends orders to that no broker serves (reported once).
+    stranded: set[str] = set()
+    for strategy in strategies or []:
+        spec = strategy.spec
+        account = spec.order_account
+        field = "shadow_account" if spec.mode == "shadow" else "account"
+        sends = (
+            f"strategy {spec.name} sends its orders to account {account} "
+            f"({field} in {files.strategies})"
+        )
+        if risk is not None:
+            limits = risk.strategies.get(spec.name)
+            if limits is None:
+                problems.append(
+                    f"strategy {spec.name} ({files.strategies}) has no limits in {files.risk}: "
+                    f"the risk-gate would deny every intent of it (unknown_strategy). Add "
+                    f"strategies.{spec.name} to {files.risk}, or remove it from {files.strategies}"
+                )
+            elif account not in (limits.account, limits.shadow_account):
+                allowed = f"account {limits.account}" + (
+                    f" and shadow_account {limits.shadow_account}" if limits.shadow_account else ""
+                )
+                problems.append(
+                    f"{sends}, but {files.risk} gives it {allowed}: the risk-gate would deny "
+                    f"every intent of it (unknown_account). Make the two files agree"
+                )
+        if brokers is not None:
+            if account not in served:
+                stranded.add(account)
+                problems.append(
+                    f"{sends}, which no broker in {files.brokers} serves: no broker-gateway "
+                    f"would take its orders. Add accounts.{account} to {files.brokers}, or "
+                    f"give the strategy an account it serves"
+                )
+            other = spec.account if spec.mode == "shadow" else spec.shadow_account
+            # An account with risk limits gets its own note below.
+            in_risk = risk is not None and other in risk.accounts
+            if other is not None and other != account and other not in served and not in_risk:
+                notes.append(
+                    f"strategy {spec.name} names account {other} too, which no broker in "
+                    f"{files.brokers} serves: harmless while it is in {spec.mode} mode"
+                )
+    if risk is not None and brokers is not None:
+        for account in risk.accounts:
+            if account in served or account in stranded:
+                continue
+            naming = [
+                (name, limits)
+                for name, limits in risk.strategies.items()
+                if account in (limits.account, limits.shadow_account)
+            ]
+            if naming and all(
+                limits.account == account and limits.shadow_account not in (None, account)
+                for _, limits in naming
+            ):
+                names = ", ".join(name for name, _ in naming)
+                one = len(naming) == 1
+                notes.append(
+                    f"account {account} ({files.risk}) has no broker in {files.brokers}; only "
+                    f"{names} name{'s' if one else ''} it, as the live account beside a "
+                    f"shadow_account: fine while {'it runs' if one else 'they run'} in shadow "
+                    f"mode, add it to {files.brokers} before going live"
+                )
+                continue
+            problems.append(
+                f"account {account} has limits in {files.risk} but no broker in "
+                f"{files.brokers} serves it: what the risk-gate approves or flattens there "
+                f"would reach no broker. Add accounts.{account} to {files.brokers}, or remove "
+                f"it from {files.risk}"
+            )
+    return CrossCheck(tuple(problems), tuple(notes))
+
+
+def summary(loaded: Loaded) -> list[str]:
+    """A line per valid file: its path and what it holds."""
+    out = []
+    if loaded.strategies is not None:
+        out.append(f"{loaded.files.strategies}: ok ({_count(len(loaded.strategies), 'strategy')})")
+    if loaded.risk is not None:
+        accounts = _count(len(loaded.risk.accounts), "account")
+        strategies = _count(len(loaded.risk.strategies), "strategy")
+        out.append(f"{loaded.files.risk}: ok ({accounts}, {strategies})")
+    if loaded.brokers is not None:
+        out.append(
+            f"{loaded.files.brokers}: ok ({_count(len(loaded.brokers.accounts), 'account')})"
+        )
+    if loaded.paper is not None:
+        out.append(f"{loaded.files.paper}: ok ({_count(len(loaded.paper.accounts), 'account')})")
+    return out
+
+
+def _count(n: int, what: str) -> str:
+    plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
+    return f"{n} {what if n == 1 else plural}"

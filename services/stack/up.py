@@ -354,11 +354,19 @@ def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.Con
 
 
 def _check_configs(files: configs.ConfigFiles) -> None:
-    """Refuse to start (:class:`UpError`) unless every file is valid: a service
-    refusing its file exits 2, and the stack would stop right after starting."""
+    """Refuse to start (:class:`UpError`) unless every file is valid (a service
+    refusing its file exits 2, and the stack would stop right after starting)
+    and the files agree (:func:`configs.cross_check`: else the risk-gate
+    denies, or no gateway takes, every order of a strategy or account)."""
     loaded = configs.load_configs(files)
     if loaded.problems:
         raise UpError("\n".join(loaded.problems))
+    problems = configs.cross_check(loaded).problems
+    if problems:
+        raise UpError(
+            "the config files do not agree (tradebus config check shows it too):\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:
