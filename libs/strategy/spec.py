@@ -17,7 +17,9 @@
         max_callback_s: 1.0         # a callback running longer is stopped: a fault (null: no limit)
         params: {fast_period: 10, slow_period: 30, quantity: 100}
 
-Every problem in the file is reported at once, each as ``path: message``
+A key given twice in one mapping (``quantity: 100`` then ``quantity:
+100000``) is refused, naming the key and its line: YAML alone would keep
+the last. Every problem in the file is reported at once, each as ``path: message``
 with the path spelled as in the file (``strategies[2].params.fast_period:
 must be < slow_period``), and the file is refused as a whole.
 """
@@ -209,13 +211,15 @@ def load_strategies(path: str | Path) -> list[LoadedStrategy]:
     """Read and validate ``strategies.yaml``; raise :class:`StrategyConfigError`."""
     import yaml  # the runner's and backtest's dependency, not every service's
 
+    from libs.yamlfile import load_yaml
+
     source = str(path)
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise StrategyConfigError(source, [f"cannot read: {e.strerror or e}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a key given twice is refused, not overwritten
     except yaml.YAMLError as e:
         raise StrategyConfigError(source, [f"not valid YAML: {e}"]) from None
     return validate_strategies(data, source=source)

@@ -4,7 +4,8 @@
 its adapter, URL and the *names* of the environment variables holding its
 credentials, and sets its heartbeat and timeouts. It is validated strictly
 (unknown keys are errors); a bad value stops start-up naming the key
-(``accounts.paper-a.heartbeat.timeout_s``) or the missing variable. Secrets
+(``accounts.paper-a.heartbeat.timeout_s``) or the missing variable; a key
+given twice is refused with its line (YAML alone would keep the last). Secrets
 are read into ``SecretStr`` and never printed.
 """
 
@@ -29,6 +30,7 @@ from pydantic import (
 
 from libs.config import ConfigError, ServiceSettings
 from libs.contract.envelope import Token
+from libs.yamlfile import load_yaml
 
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
@@ -114,7 +116,7 @@ class BrokerAccount:
 def load_brokers_config(path: Path) -> BrokersConfig:
     """Read and validate ``brokers.yaml``."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}  # a key given twice is refused
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:

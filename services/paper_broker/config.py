@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from libs.config import ConfigError, ServiceSettings
 from libs.contract.envelope import Token
+from libs.yamlfile import load_yaml
 from services.paper_broker.adapters.server import Credentials
 from services.paper_broker.domain.book import BookConfig
 from services.paper_broker.domain.fill_model import FillModelConfig
@@ -137,7 +138,7 @@ def load_paper_config(path: Path | None) -> PaperConfig:
     if path is None:
         return PaperConfig()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}  # a key given twice is refused
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:

@@ -1,4 +1,5 @@
-"""``tradebus up`` (the whole stack locally) and the demo event source (``tradebus demo``)."""
+"""``tradebus up`` (the whole stack locally), ``tradebus config check`` (its
+config files, checked) and the demo event source (``tradebus demo``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,50 @@ import typer
 
 from services.demo import cli as demo_cli
 
+config_app = typer.Typer(help="The config files of the order path, checked without starting.")
+
+
+@config_app.command("check")
+def check(
+    strategies: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="strategies.yaml (strategy-runner)")
+    ] = None,
+    risk: Annotated[Path | None, typer.Option(dir_okay=False, help="risk.yaml (risk-gate)")] = None,
+    brokers: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="brokers.yaml (broker-gateway)")
+    ] = None,
+) -> None:
+    """Validate config files, each as its service would, and check them against
+    each other: every strategy has risk limits, and a broker serves the account
+    its orders go to and every account with risk limits. Any subset of the
+    three; exits 0 if all is well, 1 with the problems otherwise."""
+    from services.stack.configs import ConfigFiles, cross_check, load_configs, summary
+
+    if strategies is None and risk is None and brokers is None:
+        raise typer.BadParameter("give at least one of --strategies, --risk, --brokers")
+    loaded = load_configs(ConfigFiles(strategies=strategies, risk=risk, brokers=brokers))
+    found = cross_check(loaded)
+    for line in summary(loaded):
+        typer.echo(line)
+    for problem in loaded.problems:
+        typer.echo(problem)
+    if found.problems or found.notes:
+        typer.echo("across the files:")
+    for problem in found.problems:
+        typer.echo(f"  problem: {problem}")
+    for note in found.notes:
+        typer.echo(f"  note: {note}")
+    count = len(loaded.problems) + len(found.problems)
+    if count:
+        typer.echo(f"config check: {count} problem{'s' if count > 1 else ''}")
+        raise typer.Exit(1)
+    typer.echo("config check: ok")
+
 
 def register(app: typer.Typer) -> None:
-    """Add ``up`` and the ``demo`` group to the root app."""
+    """Add ``up``, ``config check`` and the ``demo`` group to the root app."""
     app.add_typer(demo_cli.app, name="demo")
+    app.add_typer(config_app, name="config")
 
     @app.command("up")
     def up(

@@ -3,7 +3,9 @@
 Like honcho or foreman: every line a service writes (stdout and stderr) is
 printed as ``name | line``. Unlike them, a service that exits on its own is
 reported loudly and restarted with exponential backoff (reset once it has
-run for a while), and stopping is orderly: services are stopped one by one
+run for a while), except with exit code 2, the services' "my configuration
+is invalid" (``settings_or_exit`` and every ``run`` command): no restart can
+fix that, so the whole stack stops, saying why. Stopping is orderly: services are stopped one by one
 in reverse start order (producers before the recorder), each with SIGTERM
 and, after ``stop_timeout``, SIGKILL. A second stop request kills at once.
 
@@ -22,7 +24,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -30,6 +32,11 @@ from typing import IO
 LINE_LIMIT = 1024 * 1024
 
 _COLORS = ("36", "33", "32", "35", "34", "96", "93", "92")
+
+#: The exit code of a service that refused its configuration (a bad
+#: ``TRADEBUS_*`` variable or config file; ``libs/cli.py``, the services'
+#: ``run`` commands) or its command line (click's usage error).
+CONFIG_EXIT_CODE = 2
 
 
 @dataclass(frozen=True)
@@ -142,12 +149,17 @@ class Supervisor:
         stop_timeout: float = 10.0,
         backoff: Backoff | None = None,
         label: str = "up",
+        fatal_exit_codes: Collection[int] = (CONFIG_EXIT_CODE,),
     ) -> None:
         self._services = [_Running(s) for s in specs]
         self.printer = printer
         self.stop_timeout = stop_timeout
         self.backoff = backoff or Backoff()
         self.label = label
+        #: A service exiting with one of these is not restarted: everything stops.
+        self.fatal_exit_codes = frozenset(fatal_exit_codes)
+        #: Why the supervisor stopped on its own (a fatal exit), or None.
+        self.failure: str | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._preexec = _parent_death_signal()
@@ -231,6 +243,9 @@ class Supervisor:
             await pump
             if s.stop.is_set() or self._stopping:
                 return
+            if code in self.fatal_exit_codes:
+                self._fail(name, code)
+                return
             ran = time.monotonic() - started
             if ran >= self.backoff.stable_after:
                 attempt = 0
@@ -244,6 +259,20 @@ class Supervisor:
             if await self._pause(s, attempt, delay):
                 return
             attempt += 1
+
+    def _fail(self, name: str, code: int) -> None:
+        """A service refused its configuration: restarting would only loop, and
+        the rest must not run on without it (a stack without its risk-gate)."""
+        why = (
+            f"{name} exited with {describe_exit(code)}: it refused its configuration "
+            "(see its output above)"
+        )
+        self.printer.alert(
+            name, f"{why}; not restarting it. Stopping the stack: fix it and start again"
+        )
+        if self.failure is None:
+            self.failure = why
+        self._stop_requested.set()
 
     async def _pause(self, s: _Running, attempt: int, delay: float | None = None) -> bool:
         """Wait before a restart; True if asked to stop meanwhile."""

@@ -1,5 +1,8 @@
 """``tradebus up``: the whole stack on this machine, no Docker.
 
+0. Load and validate every config file a service will be given
+   (:mod:`services.stack.configs`); refuse to start, naming the file and the
+   key, if one is invalid.
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -11,7 +14,9 @@
 3. Run each service of the order path as its own OS process with its own
    NATS user (:mod:`services.stack.wiring`) under
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
-   run until SIGINT/SIGTERM: services stop first, then the servers.
+   run until SIGINT/SIGTERM: services stop first, then the servers. A
+   service exiting with code 2 (it refused its configuration) stops the
+   whole stack the same way, and ``up`` exits 1.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from libs.local.servers import free_port, port_is_free
+from services.stack import configs, wiring
 from services.stack import credentials as creds
-from services.stack import wiring
 from services.stack.banner import (
     Endpoint,
     StackInfo,
@@ -254,34 +259,46 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
     try:
         names = wiring.parse_only(",".join(options.only) if options.only else None)
     except wiring.WiringError as e:
-        Printer(out or sys.stdout, [LABEL]).alert(LABEL, str(e))
+        _refuse(Printer(out or sys.stdout, [LABEL]), e)
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
     try:
         with _home_lock(home):
             return _run_locked(options, home, names, printer)
     except (UpError, wiring.WiringError) as e:
-        printer.alert(LABEL, str(e))
+        _refuse(printer, e)
         return 1
+
+
+def _refuse(printer: Printer, error: Exception) -> None:
+    """Why ``up`` stops: the first line as an alert, the rest (one problem a
+    line, when there are several) under it."""
+    first, *rest = str(error).splitlines() or [""]
+    printer.alert(LABEL, first)
+    for line in rest:
+        printer.line(LABEL, line)
 
 
 def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Printer) -> int:
     def note(text: str) -> None:
         printer.line(LABEL, text)
 
+    # The configs first: a bad one refuses the start before anything runs.
+    strategies = wiring.config_path(options.strategies, "strategies.yaml")
+    risk = wiring.config_path(options.risk, "risk.yaml")
+    _check_configs(_config_files(names, strategies, risk))
+    if "marketdata" in names and "strategy-runner" in names:
+        channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
+        for warning in wiring.bar_interval_warnings(strategies, channels):
+            printer.alert(LABEL, warning)
     servers: LocalServers | None = None
+    failure: str | None = None
     state_file = home / "stack.json"
     try:
         # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
         # raises Interrupted here, and we stop whatever has started so far.
         with _signals(_interrupt):
             try:
-                strategies = wiring.config_path(options.strategies, "strategies.yaml")
-                risk = wiring.config_path(options.risk, "risk.yaml")
-                if "marketdata" in names and "strategy-runner" in names:
-                    channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
-                    for warning in wiring.bar_interval_warnings(strategies, channels):
-                        printer.alert(LABEL, warning)
                 local_nats = not os.environ.get("NATS_URL")
                 credentials = creds.load_or_create(home) if local_nats else None
                 servers, nats_url, database_url = _start_servers(
@@ -308,10 +325,11 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                     home, nats_url, database_url, endpoints, servers, credentials, inputs
                 )
                 state_file.write_text(_state(info, servers))
-                asyncio.run(_supervise(specs, endpoints, printer, info, options.stop_timeout))
+                failure = asyncio.run(
+                    _supervise(specs, endpoints, printer, info, options.stop_timeout)
+                )
             except Interrupted as e:
                 note(f"{e} while starting; stopping")
-        return 0
     finally:
         with _signals(lambda signum, frame: note("still stopping the servers...")):
             if servers is not None:
@@ -319,6 +337,36 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                 servers.stop()
             state_file.unlink(missing_ok=True)
         note("stopped")
+    if failure is not None:
+        printer.alert(LABEL, f"stopped because {failure}")
+        return 1
+    return 0
+
+
+def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.ConfigFiles:
+    """The config files the services in ``names`` will be given."""
+    return configs.ConfigFiles(
+        strategies=strategies if {"strategy-runner", "marketdata"} & set(names) else None,
+        risk=risk if "risk-gate" in names else None,
+        brokers=wiring.BROKERS_CONFIG if "broker-gateway" in names else None,
+        paper=wiring.PAPER_CONFIG if "paper-broker" in names else None,
+    )
+
+
+def _check_configs(files: configs.ConfigFiles) -> None:
+    """Refuse to start (:class:`UpError`) unless every file is valid (a service
+    refusing its file exits 2, and the stack would stop right after starting)
+    and the files agree (:func:`configs.cross_check`: else the risk-gate
+    denies, or no gateway takes, every order of a strategy or account)."""
+    loaded = configs.load_configs(files)
+    if loaded.problems:
+        raise UpError("\n".join(loaded.problems))
+    problems = configs.cross_check(loaded).problems
+    if problems:
+        raise UpError(
+            "the config files do not agree (tradebus config check shows it too):\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:
@@ -494,7 +542,9 @@ async def _supervise(
     printer: Printer,
     info: StackInfo,
     stop_timeout: float,
-) -> None:
+) -> str | None:
+    """Run the services until stopped; returns why, if the supervisor stopped
+    them itself (a service refused its configuration)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -512,6 +562,7 @@ async def _supervise(
     else:
         waiting.cancel()
     await running
+    return supervisor.failure
 
 
 async def _wait_healthy(endpoints: list[Endpoint], timeout: float) -> list[str]:

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from libs.yamlfile import load_yaml
 from services.stack.credentials import Credentials, password_variable
+
+if TYPE_CHECKING:
+    from libs.strategy.spec import LoadedStrategy
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "deploy" / "config"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats-server.conf"
+#: The paper broker's and the gateway's configs, rewritten for this stack.
+PAPER_CONFIG = CONFIG_DIR / "paper.yaml"
+BROKERS_CONFIG = CONFIG_DIR / "brokers.yaml"
 
 #: Every service, in start order; they stop in reverse (producers first, the
 #: recorder last, so that it records what the others published).
@@ -87,16 +94,26 @@ def config_path(given: Path | None, name: str) -> Path:
     return path
 
 
-def strategy_symbols(path: Path) -> list[str]:
-    """The symbols the strategies of ``path`` trade (validating the file)."""
+def strategy_problems(source: str, problems: Sequence[str]) -> str:
+    """A refused file as ``strategy-runner run`` prints it: the file, then a
+    line per problem, each ``key: message``."""
+    return "\n".join([f"{source} is invalid:", *(f"  {p}" for p in problems)])
+
+
+def _load_strategies(path: Path) -> list[LoadedStrategy]:
+    """``load_strategies``, its :class:`StrategyConfigError` as a :class:`WiringError`."""
     from libs.strategy.spec import StrategyConfigError, load_strategies
 
     try:
-        loaded = load_strategies(path)
+        return load_strategies(path)
     except StrategyConfigError as e:
-        raise WiringError(f"{e.source} is invalid: " + "; ".join(e.problems)) from e
+        raise WiringError(strategy_problems(e.source, e.problems)) from e
+
+
+def strategy_symbols(path: Path) -> list[str]:
+    """The symbols the strategies of ``path`` trade (validating the file)."""
     symbols: dict[str, None] = {}
-    for strategy in loaded:
+    for strategy in _load_strategies(path):
         for symbol in strategy.spec.symbols:
             symbols[symbol] = None
     return list(symbols)
@@ -109,14 +126,12 @@ CHANNEL_INTERVAL = {"second_bars": "1s", "minute_bars": "1m"}
 def bar_interval_warnings(path: Path, channels: str) -> list[str]:
     """A line per strategy of ``path`` that takes bars of an interval the
     demo feed (``channels``, as ``TRADEBUS_CHANNELS``) does not publish: it
-    would run and see no bar at all."""
-    from libs.strategy.spec import load_strategies
-
+    would run and see no bar at all. A bad file raises :class:`WiringError`."""
     published = {
         CHANNEL_INTERVAL[c.strip()] for c in channels.split(",") if c.strip() in CHANNEL_INTERVAL
     }
     out = []
-    for strategy in load_strategies(path):
+    for strategy in _load_strategies(path):
         wanted = strategy.spec.bar_interval
         if wanted is None or wanted in published:
             continue
@@ -134,7 +149,9 @@ def bar_interval_warnings(path: Path, channels: str) -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        # Refusing a key given twice, as the service would: rewritten, the
+        # file would hold only the last one, and the service never see both.
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise WiringError(f"{path}: cannot read: {e}") from e
     if not isinstance(data, dict):
@@ -151,7 +168,7 @@ def _write_yaml(path: Path, source: Path, data: dict[str, Any]) -> Path:
 
 def paper_config(home: Path, port: int) -> Path:
     """deploy/config/paper.yaml with this stack's port and a journal under ``home``."""
-    source = CONFIG_DIR / "paper.yaml"
+    source = PAPER_CONFIG
     data = _read_yaml(source)
     data["host"] = "127.0.0.1"
     data["port"] = port
@@ -161,7 +178,7 @@ def paper_config(home: Path, port: int) -> Path:
 
 def brokers_config(home: Path, port: int) -> Path:
     """deploy/config/brokers.yaml with every paper account pointed at our paper broker."""
-    source = CONFIG_DIR / "brokers.yaml"
+    source = BROKERS_CONFIG
     data = _read_yaml(source)
     for account in (data.get("accounts") or {}).values():
         if isinstance(account, dict) and account.get("adapter") == "paper":

@@ -87,6 +87,14 @@ def clean_env() -> dict[str, str]:
     }
 
 
+def checkout_path() -> dict[str, str]:
+    """PYTHONPATH with this checkout first: run from another directory, ``python
+    -m services.cli`` would otherwise import whichever tradebus is installed
+    (an editable install of another worktree), not the code under test."""
+    root = str(CONFIG_DIR.parents[1])
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def stat_fields(pid: int) -> list[str]:
     """/proc/<pid>/stat after the command name: [state, ppid, ...]."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -147,7 +155,9 @@ class Up:
             raise RuntimeError(f"tradebus up exited with {self.proc.returncode}:\n{self.tail()}")
 
 
-async def start_up(tmp_path: Path, home: Path, run: str, *extra: str) -> Up:
+async def start_up(
+    tmp_path: Path, home: Path, run: str, *extra: str, env: dict[str, str] | None = None
+) -> Up:
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
     log = tmp_path / f"up-{run}.log"
     with log.open("wb") as out:
@@ -161,7 +171,7 @@ async def start_up(tmp_path: Path, home: Path, run: str, *extra: str) -> Up:
             "--paper-port", "0",
             "--stop-timeout", "5",
             *extra,
-            env={**clean_env(), "PYTHONUNBUFFERED": "1"},
+            env={**clean_env(), "PYTHONUNBUFFERED": "1", **checkout_path(), **(env or {})},
             cwd=tmp_path,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
@@ -427,6 +437,33 @@ async def test_up_runs_the_order_path_and_stops_cleanly(tmp_path: Path) -> None:
         await kill_leftovers(again)
 
 
+async def test_up_stops_when_a_service_refuses_its_settings(tmp_path: Path) -> None:
+    """A bad TRADEBUS_* value makes the risk-gate exit 2; ``up`` stops the whole
+    stack and exits 1 instead of restarting it for ever (the rest trading on
+    without a gate)."""
+    up = await start_up(
+        tmp_path,
+        tmp_path / "home",
+        "refused",
+        "--only",
+        "recorder,risk-gate",
+        env={"TRADEBUS_FETCH_BATCH": "0"},
+    )
+    try:
+        code = await asyncio.wait_for(up.proc.wait(), timeout=120)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert code == 1, text[-4000:]
+    assert "TRADEBUS_FETCH_BATCH" in text
+    assert "risk-gate exited with exit code 2: it refused its configuration" in text
+    assert "restarting in" not in text
+    assert "recorder stopped (exit code 0)" in text
+    assert "stopping the servers" in text
+    assert "!!! stopped because risk-gate exited with exit code 2" in text
+    assert not (up.home / "stack.json").exists()
+
+
 # --------------------------------------------------------------- supervisor
 
 
@@ -474,6 +511,33 @@ async def test_supervisor_restarts_what_dies_and_stops_in_reverse_order() -> Non
     assert "crashy | !!! crashy exited unexpectedly (exit code 3)" in text
     assert "steady | bye" in text
     assert "up     | steady stopped (exit code 0)" in text
+    assert not sup.pids()
+
+
+async def test_supervisor_stops_everything_when_a_service_refuses_its_config() -> None:
+    """Exit code 2 is a service's "my configuration is invalid": restarting it
+    would loop for ever while the rest ran on without it (a stack trading
+    with no risk-gate). The supervisor stops on its own, saying why."""
+    out = io.StringIO()
+    refuser = "import sys; print('error: risk.yaml: max_gros_notional'); sys.exit(2)"
+    specs = [
+        ServiceSpec("steady", python(STEADY), dict(os.environ)),
+        ServiceSpec("refuser", python(refuser), dict(os.environ)),
+    ]
+    printer = Printer(out, ["up", "steady", "refuser"], color=False)
+    sup = Supervisor(specs, printer, backoff=Backoff(initial=0.01, cap=0.05), stop_timeout=10)
+    # No request_stop: run() must return by itself.
+    await asyncio.wait_for(sup.run(), timeout=30)
+    text = out.getvalue()
+    assert sup.restarts == {"steady": 0, "refuser": 0}, text
+    assert sup.failure == (
+        "refuser exited with exit code 2: it refused its configuration (see its output above)"
+    )
+    assert "refuser | error: risk.yaml: max_gros_notional" in text
+    assert "refuser | !!! refuser exited with exit code 2" in text
+    assert "Stopping the stack: fix it and start again" in text
+    assert "restarting in" not in text
+    assert "up      | steady stopped (exit code 0)" in text
     assert not sup.pids()
 
 

@@ -6,6 +6,7 @@ import os
 import traceback
 
 import pytest
+import yaml
 from pydantic import Field, SecretStr
 
 from libs.config import (
@@ -15,6 +16,7 @@ from libs.config import (
     ServiceSettings,
     load_settings,
 )
+from libs.yamlfile import DuplicateKeyError, load_yaml
 
 SECRET = "hunter2-s3cr3t"  # noqa: S105 (a fake credential, to prove it never leaks)
 DB_URL = f"postgresql://trader:{SECRET}@db.internal:5432/tradebus"
@@ -173,3 +175,21 @@ def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", "0")
     with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_FINISHED_S"):
         load_settings(RunnerSettings)
+
+
+def test_yaml_config_files_refuse_a_key_given_twice() -> None:
+    assert load_yaml("a: 1\nb: {c: [1, {d: 2}]}\n") == {"a": 1, "b": {"c": [1, {"d": 2}]}}
+    with pytest.raises(DuplicateKeyError) as e:
+        load_yaml("s:\n  params:\n    quantity: 100\n    fast: 2\n    quantity: 100000\n")
+    assert (e.value.key, e.value.line, e.value.first_line) == ("quantity", 5, 3)
+    assert str(e.value).startswith("duplicate key 'quantity' on line 5 (first on line 3)")
+    with pytest.raises(DuplicateKeyError, match="duplicate key 'x' on line 1"):
+        load_yaml("{x: 1, x: 2}")
+    with pytest.raises(DuplicateKeyError, match="duplicate key 1 on line 2"):
+        load_yaml("1: a\n1: b\n")
+    # Keys equal only as strings are different keys, as in safe_load.
+    assert load_yaml("1: a\n'1': b\n") == {1: "a", "1": "b"}
+    # Overriding a merged key is not a duplicate.
+    assert load_yaml("b: &b {x: 1, y: 1}\nc:\n  <<: *b\n  x: 2\n")["c"] == {"x": 2, "y": 1}
+    with pytest.raises(yaml.YAMLError):  # what every loader already catches
+        load_yaml("a: 1\na: 1\n")

@@ -37,6 +37,7 @@ def test_the_example_files_load() -> None:
         ("port: 70000\n", "port"),
         ("market_data: {linger_s: -1}\n", "market_data.linger_s"),
         ("[1, 2\n", "not valid YAML"),
+        ("port: 1\nhost: h\nport: 2\n", "duplicate key 'port' on line 3 (first on line 1)"),
     ],
 )
 def test_paper_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -91,3 +92,29 @@ def test_credentials_come_from_the_environment_and_stay_secret(tmp_path: Path) -
     [account] = resolve_accounts(brokers, env)
     assert account.secret_key.get_secret_value() == "hush"
     assert "hush" not in repr(account)
+
+
+def test_a_brokers_yaml_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    """YAML alone keeps the last: the second account ``paper`` silently replaced
+    the first, URL and credentials and all."""
+    path = tmp_path / "brokers.yaml"
+    path.write_text(
+        "accounts:\n"
+        "  paper:\n"
+        "    adapter: paper\n"
+        "    url: ws://127.0.0.1:1/stream\n"
+        "    credentials: {key_id_env: A, secret_key_env: B}\n"
+        "  paper:\n"
+        "    adapter: paper\n"
+        "    url: ws://127.0.0.1:2/stream\n"
+        "    credentials: {key_id_env: C, secret_key_env: C}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_brokers_config(path)
+    assert str(e.value) == (
+        f"{path}: not valid YAML: duplicate key 'paper' on line 6 (first on line 2); "
+        "YAML would silently keep only the last"
+    )
+    path.write_text("accounts: {paper: {adapter: paper, adapter: paper}}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'adapter' on line 1"):
+        load_brokers_config(path)

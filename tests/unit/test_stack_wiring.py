@@ -1,9 +1,17 @@
-"""``tradebus up`` warns of a strategy that would see no bar from the demo feed."""
+"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed, and
+refuses a bad config before it starts anything."""
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from services.stack import wiring
+from services.stack.up import UpOptions, run_up
 from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS, bar_interval_warnings
 
 ENTRY = """
@@ -44,3 +52,102 @@ def test_a_feed_without_bars(tmp_path: Path) -> None:
     (warning,) = bar_interval_warnings(strategies(tmp_path, s="bar_interval: 1s"), "trades")
     assert "the demo feed publishes no bars (TRADEBUS_CHANNELS=trades)" in warning
     assert warning.endswith("Give it second_bars in TRADEBUS_CHANNELS")
+
+
+@pytest.fixture
+def no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers that do not answer: a ``run_up`` that got past its config checks
+    fails at once ("cannot migrate the event store") instead of starting any."""
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+
+
+def up_output(tmp_path: Path, **options: Any) -> tuple[int, str]:
+    """``run_up``'s exit code and output, without the ``up | `` prefixes."""
+    out = io.StringIO()
+    code = run_up(UpOptions(home=tmp_path / "home", **options), out)
+    return code, re.sub(r"(?m)^[a-z-]+ +\| ", "", out.getvalue())
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_a_bad_strategies_file_as_the_runner_does(tmp_path: Path) -> None:
+    path = strategies(tmp_path, s="bar_interval: 1s")
+    path.write_text(path.read_text().replace("sma_crossover", "sma_crosover"))
+    code, text = up_output(tmp_path, strategies=path)
+    assert code == 1
+    assert f"!!! {path} is invalid:\n  strategies[0].kind: " in text
+    assert "sma_crosover" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "home" / "stack.json").exists()  # nothing was started
+
+
+def deployed_with(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    """deploy/config/<name> with ``old`` replaced by ``new`` (once, which must be there)."""
+    text = (CONFIG_DIR / name).read_text()
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_a_bad_risk_file_before_starting_anything(tmp_path: Path) -> None:
+    risk = deployed_with(tmp_path, "risk.yaml", "max_gross_notional", "max_gros_notional")
+    code, text = up_output(tmp_path, risk=risk)
+    assert code == 1
+    assert f"!!! {risk} is invalid:\n" in text
+    assert "\n  strategies.sma-aapl.max_gros_notional: Extra inputs are not permitted\n" in text
+    assert "migrating" not in text  # nothing was started
+    assert "cannot migrate" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "problem"),
+    [
+        ("brokers.yaml", "interval_s: 2", "intervl_s: 2", "accounts.paper.heartbeat.intervl_s"),
+        ("brokers.yaml", "adapter: paper", "adapter: alpaca", "accounts.paper.adapter"),
+        ("paper.yaml", "slippage_bps", "slipage_bps", "fill_model.slipage_bps"),
+        (
+            "brokers.yaml",
+            "    request_timeout_s: 5\n",
+            "    request_timeout_s: 5\n    request_timeout_s: 50\n",
+            "not valid YAML: duplicate key 'request_timeout_s' on line 30 (first on line 29)",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_a_bad_broker_or_paper_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, old: str, new: str, problem: str
+) -> None:
+    path = deployed_with(tmp_path, name, old, new)
+    monkeypatch.setattr(
+        wiring, "BROKERS_CONFIG" if name == "brokers.yaml" else "PAPER_CONFIG", path
+    )
+    code, text = up_output(tmp_path)
+    assert code == 1
+    assert f"!!! {path} is invalid:\n  {problem}" in text
+    assert "cannot migrate" not in text
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_checks_only_the_files_of_the_services_it_runs(tmp_path: Path) -> None:
+    risk = deployed_with(tmp_path, "risk.yaml", "max_gross_notional", "max_gros_notional")
+    code, text = up_output(tmp_path, risk=risk, only=("recorder",))
+    assert code == 1
+    assert "is invalid" not in text
+    assert "cannot migrate the event store" in text  # it went on to start
+
+
+def test_the_rewritten_broker_configs_keep_no_duplicate_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``up`` rewrites brokers.yaml and paper.yaml into its home: read with
+    safe_load, a key given twice would reach the service once, unseen."""
+    for name, attr in (("brokers.yaml", "BROKERS_CONFIG"), ("paper.yaml", "PAPER_CONFIG")):
+        path = tmp_path / name
+        path.write_text((CONFIG_DIR / name).read_text() + "port: 1\nport: 2\n")
+        monkeypatch.setattr(wiring, attr, path)
+    with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
+        wiring.brokers_config(tmp_path / "home", 1234)
+    with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
+        wiring.paper_config(tmp_path / "home", 1234)

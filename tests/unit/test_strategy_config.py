@@ -150,6 +150,28 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_strategies(tmp_path / "missing.yaml")
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    """YAML alone keeps the last of two equal keys: quantity 100 then 100000
+    was read as 100000, the parameter typo this validation exists to catch."""
+    text = DEPLOYED.read_text()
+    assert "      quantity: 100\n" in text
+    path = tmp_path / "strategies.yaml"
+    path.write_text(
+        text.replace("      quantity: 100\n", "      quantity: 100\n      quantity: 100000\n", 1)
+    )
+    line = path.read_text().splitlines().index("      quantity: 100000") + 1
+    with pytest.raises(StrategyConfigError) as info:
+        load_strategies(path)
+    assert info.value.problems == (
+        f"not valid YAML: duplicate key 'quantity' on line {line} (first on line {line - 1}); "
+        "YAML would silently keep only the last",
+    )
+    # A second strategy of the same name is its own problem, named as such.
+    path.write_text(text.replace("name: orb-spy", "name: sma-aapl"))
+    with pytest.raises(StrategyConfigError, match=r"strategies\[1\]\.name: 'sma-aapl' is already"):
+        load_strategies(path)
+
+
 def test_an_import_path_kind_loads_a_custom_strategy() -> None:
     (loaded,) = validate_strategies(
         {"strategies": [entry(kind="libs.strategy.testing:EchoStrategy", params={"quantity": 2})]}

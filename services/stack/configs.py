@@ -1,0 +1,212 @@
+"""The config files ``tradebus up`` hands to its services, checked before any starts.
+
+Each file is loaded by the loader of the service that reads it (the same
+validation, the same messages), so that a file the service would refuse at
+start-up (exit code 2, a restart loop under the supervisor) is refused here,
+before anything runs, with the file and the offending key named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from libs.strategy.spec import LoadedStrategy
+    from services.broker_gateway.config import BrokersConfig
+    from services.paper_broker.config import PaperConfig
+    from services.risk_gate.domain.limits import RiskLimits
+
+
+@dataclass(frozen=True)
+class ConfigFiles:
+    """The files to check; None: not in use (that service does not run)."""
+
+    strategies: Path | None = None
+    risk: Path | None = None
+    brokers: Path | None = None
+    paper: Path | None = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Each file's validated content; None where the file was not given or is invalid."""
+
+    files: ConfigFiles
+    strategies: list[LoadedStrategy] | None = None
+    risk: RiskLimits | None = None
+    brokers: BrokersConfig | None = None
+    paper: PaperConfig | None = None
+    #: One entry per invalid file: ``<file> is invalid:`` then a line per problem.
+    problems: tuple[str, ...] = ()
+
+
+def _invalid(path: Path, lines: list[str]) -> str:
+    return "\n".join([f"{path} is invalid:", *(f"  {line}" for line in lines)])
+
+
+def _without_path(path: Path, message: str) -> str:
+    return message.removeprefix(f"{path}: ")
+
+
+def load_configs(files: ConfigFiles) -> Loaded:
+    """Load and validate every file given, collecting every file's problems."""
+    problems: list[str] = []
+    strategies = risk = brokers = paper = None
+    if files.strategies is not None:
+        from libs.strategy.spec import StrategyConfigError, load_strategies
+
+        try:
+            strategies = load_strategies(files.strategies)
+        except StrategyConfigError as e:
+            problems.append(_invalid(files.strategies, list(e.problems)))
+    if files.risk is not None:
+        from services.risk_gate.config import RiskConfigError, load_limits
+
+        try:
+            risk = load_limits(files.risk)
+        except RiskConfigError as e:
+            lines = [_without_path(files.risk, line) for line in str(e).splitlines()]
+            problems.append(_invalid(files.risk, lines))
+    if files.brokers is not None:
+        from libs.config import ConfigError
+        from services.broker_gateway.config import load_brokers_config
+
+        try:
+            brokers = load_brokers_config(files.brokers)
+        except ConfigError as e:
+            problems.append(_invalid(files.brokers, [_without_path(files.brokers, str(e))]))
+    if files.paper is not None:
+        from libs.config import ConfigError
+        from services.paper_broker.config import load_paper_config
+
+        try:
+            paper = load_paper_config(files.paper)
+        except ConfigError as e:
+            problems.append(_invalid(files.paper, [_without_path(files.paper, str(e))]))
+    return Loaded(files, strategies, risk, brokers, paper, tuple(problems))
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """What the files say about each other: ``problems`` refuse a start (the
+    order path would deny or strand every order of a strategy or account),
+    ``notes`` are worth knowing and harmless as things are."""
+
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def cross_check(loaded: Loaded) -> CrossCheck:
+    """Check the valid files of ``loaded`` against each other.
+
+    - every strategy has limits in risk.yaml, and its orders' account
+      (``account``, or ``shadow_account`` in shadow mode) is one of the two
+      risk.yaml gives it: else the risk-gate denies every intent of it
+      (``unknown_strategy`` / ``unknown_account``);
+    - a broker in brokers.yaml serves that account: else no gateway takes
+      the orders the gate approves;
+    - a broker serves every risk.yaml account, except one that risk.yaml
+      names only as the live ``account`` of strategies that have a
+      ``shadow_account`` (a strategy not live yet; a note).
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    files = loaded.files
+    strategies, risk, brokers = loaded.strategies, loaded.risk, loaded.brokers
+    served = set(brokers.accounts) if brokers is not None else set()
+    #: Accounts a strategy sends orders to that no broker serves (reported once).
+    stranded: set[str] = set()
+    for strategy in strategies or []:
+        spec = strategy.spec
+        account = spec.order_account
+        field = "shadow_account" if spec.mode == "shadow" else "account"
+        sends = (
+            f"strategy {spec.name} sends its orders to account {account} "
+            f"({field} in {files.strategies})"
+        )
+        if risk is not None:
+            limits = risk.strategies.get(spec.name)
+            if limits is None:
+                problems.append(
+                    f"strategy {spec.name} ({files.strategies}) has no limits in {files.risk}: "
+                    f"the risk-gate would deny every intent of it (unknown_strategy). Add "
+                    f"strategies.{spec.name} to {files.risk}, or remove it from {files.strategies}"
+                )
+            elif account not in (limits.account, limits.shadow_account):
+                allowed = f"account {limits.account}" + (
+                    f" and shadow_account {limits.shadow_account}" if limits.shadow_account else ""
+                )
+                problems.append(
+                    f"{sends}, but {files.risk} gives it {allowed}: the risk-gate would deny "
+                    f"every intent of it (unknown_account). Make the two files agree"
+                )
+        if brokers is not None:
+            if account not in served:
+                stranded.add(account)
+                problems.append(
+                    f"{sends}, which no broker in {files.brokers} serves: no broker-gateway "
+                    f"would take its orders. Add accounts.{account} to {files.brokers}, or "
+                    f"give the strategy an account it serves"
+                )
+            other = spec.account if spec.mode == "shadow" else spec.shadow_account
+            # An account with risk limits gets its own note below.
+            in_risk = risk is not None and other in risk.accounts
+            if other is not None and other != account and other not in served and not in_risk:
+                notes.append(
+                    f"strategy {spec.name} names account {other} too, which no broker in "
+                    f"{files.brokers} serves: harmless while it is in {spec.mode} mode"
+                )
+    if risk is not None and brokers is not None:
+        for account in risk.accounts:
+            if account in served or account in stranded:
+                continue
+            naming = [
+                (name, limits)
+                for name, limits in risk.strategies.items()
+                if account in (limits.account, limits.shadow_account)
+            ]
+            if naming and all(
+                limits.account == account and limits.shadow_account not in (None, account)
+                for _, limits in naming
+            ):
+                names = ", ".join(name for name, _ in naming)
+                one = len(naming) == 1
+                notes.append(
+                    f"account {account} ({files.risk}) has no broker in {files.brokers}; only "
+                    f"{names} name{'s' if one else ''} it, as the live account beside a "
+                    f"shadow_account: fine while {'it runs' if one else 'they run'} in shadow "
+                    f"mode, add it to {files.brokers} before going live"
+                )
+                continue
+            problems.append(
+                f"account {account} has limits in {files.risk} but no broker in "
+                f"{files.brokers} serves it: what the risk-gate approves or flattens there "
+                f"would reach no broker. Add accounts.{account} to {files.brokers}, or remove "
+                f"it from {files.risk}"
+            )
+    return CrossCheck(tuple(problems), tuple(notes))
+
+
+def summary(loaded: Loaded) -> list[str]:
+    """A line per valid file: its path and what it holds."""
+    out = []
+    if loaded.strategies is not None:
+        out.append(f"{loaded.files.strategies}: ok ({_count(len(loaded.strategies), 'strategy')})")
+    if loaded.risk is not None:
+        accounts = _count(len(loaded.risk.accounts), "account")
+        strategies = _count(len(loaded.risk.strategies), "strategy")
+        out.append(f"{loaded.files.risk}: ok ({accounts}, {strategies})")
+    if loaded.brokers is not None:
+        out.append(
+            f"{loaded.files.brokers}: ok ({_count(len(loaded.brokers.accounts), 'account')})"
+        )
+    if loaded.paper is not None:
+        out.append(f"{loaded.files.paper}: ok ({_count(len(loaded.paper.accounts), 'account')})")
+    return out
+
+
+def _count(n: int, what: str) -> str:
+    plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
+    return f"{n} {what if n == 1 else plural}"

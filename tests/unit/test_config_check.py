@@ -1,0 +1,186 @@
+"""The config files checked against each other: ``tradebus config check`` and ``up``.
+
+Each file alone can be valid and the order path still dead: a strategy the
+risk-gate has no limits for (every intent denied, unknown_strategy), an
+account no broker serves (orders approved that no gateway takes).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.stack.configs import ConfigFiles, cross_check, load_configs
+from services.stack.up import UpOptions, run_up
+from services.stack.wiring import CONFIG_DIR
+
+STRATEGIES = CONFIG_DIR / "strategies.yaml"
+RISK = CONFIG_DIR / "risk.yaml"
+BROKERS = CONFIG_DIR / "brokers.yaml"
+BROKERS_ARGS = ("--brokers", str(BROKERS))
+
+
+def edited(tmp_path: Path, source: Path, *changes: tuple[str, str]) -> Path:
+    """``source`` with each ``(old, new)`` replaced once (``old`` must be there)."""
+    text = source.read_text()
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / f"edited-{source.name}"
+    path.write_text(text)
+    return path
+
+
+def checked(
+    strategies: Path | None = None, risk: Path | None = None, brokers: Path | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    loaded = load_configs(ConfigFiles(strategies=strategies, risk=risk, brokers=brokers))
+    assert loaded.problems == ()
+    found = cross_check(loaded)
+    return found.problems, found.notes
+
+
+def test_the_deployed_files_agree_with_one_note_on_the_shadow_strategys_live_account() -> None:
+    problems, notes = checked(STRATEGIES, RISK, BROKERS)
+    assert problems == ()
+    assert notes == (
+        f"account alpaca ({RISK}) has no broker in {BROKERS}; only bb-nvda names it, as the "
+        "live account beside a shadow_account: fine while it runs in shadow mode, add it to "
+        f"{BROKERS} before going live",
+    )
+
+
+def test_a_strategy_without_risk_limits(tmp_path: Path) -> None:
+    strategies = edited(tmp_path, STRATEGIES, ("name: sma-aapl", "name: sma-msft"))
+    problems, _ = checked(strategies, RISK, BROKERS)
+    assert problems == (
+        f"strategy sma-msft ({strategies}) has no limits in {RISK}: the risk-gate would deny "
+        "every intent of it (unknown_strategy). Add strategies.sma-msft to "
+        f"{RISK}, or remove it from {strategies}",
+    )
+
+
+def test_a_strategy_whose_account_no_broker_serves(tmp_path: Path) -> None:
+    # Its risk limits agree; only the broker is missing.
+    strategies = edited(tmp_path, STRATEGIES, ("account: paper", "account: ib"))
+    risk = edited(
+        tmp_path,
+        RISK,
+        ("  alpaca:\n", "  ib:\n    daily_loss_limit: '100'\n  alpaca:\n"),
+        ("sma-aapl:\n    account: paper", "sma-aapl:\n    account: ib"),
+    )
+    problems, _ = checked(strategies, risk, BROKERS)
+    assert problems == (
+        f"strategy sma-aapl sends its orders to account ib (account in {strategies}), which "
+        f"no broker in {BROKERS} serves: no broker-gateway would take its orders. Add "
+        f"accounts.ib to {BROKERS}, or give the strategy an account it serves",
+    )  # and once only: not again as risk.yaml's account ib without broker
+
+
+def test_a_shadow_strategy_going_live_on_an_account_without_broker(tmp_path: Path) -> None:
+    strategies = edited(tmp_path, STRATEGIES, ("mode: shadow", "mode: live"))
+    problems, notes = checked(strategies, RISK, BROKERS)
+    assert problems == (
+        f"strategy bb-nvda sends its orders to account alpaca (account in {strategies}), "
+        f"which no broker in {BROKERS} serves: no broker-gateway would take its orders. Add "
+        f"accounts.alpaca to {BROKERS}, or give the strategy an account it serves",
+    )
+    # Its shadow account is served: the live one is the problem, not a note.
+    assert all("bb-nvda names" not in n for n in notes)
+
+
+def test_a_strategy_sending_to_an_account_its_risk_limits_do_not_give_it(tmp_path: Path) -> None:
+    strategies = edited(tmp_path, STRATEGIES, ("shadow_account: paper", "shadow_account: alpaca2"))
+    strategies = edited(tmp_path, strategies, ("account: alpaca", "account: paper"))
+    problems, _ = checked(strategies, RISK)
+    assert problems == (
+        f"strategy bb-nvda sends its orders to account alpaca2 (shadow_account in "
+        f"{strategies}), but {RISK} gives it account alpaca and shadow_account paper: the "
+        "risk-gate would deny every intent of it (unknown_account). Make the two files agree",
+    )
+
+
+def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
+    risk = edited(
+        tmp_path, RISK, ("  alpaca:\n", "  ib:\n    daily_loss_limit: '100'\n  alpaca:\n")
+    )
+    problems, _ = checked(risk=risk, brokers=BROKERS)
+    assert problems == (
+        f"account ib has limits in {risk} but no broker in {BROKERS} serves it: what the "
+        "risk-gate approves or flattens there would reach no broker. Add accounts.ib to "
+        f"{BROKERS}, or remove it from {risk}",
+    )
+    # The live account of a shadow strategy is only a note, also without strategies.yaml.
+    problems, notes = checked(risk=RISK, brokers=BROKERS)
+    assert (problems, len(notes)) == ((), 1)
+
+
+# ------------------------------------------------------------ config check
+
+
+def test_config_check_passes_the_deployed_files() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["config", "check", *("--strategies", str(STRATEGIES), "--risk", str(RISK)), *BROKERS_ARGS],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[:3] == [
+        f"{STRATEGIES}: ok (4 strategies)",
+        f"{RISK}: ok (2 accounts, 4 strategies)",
+        f"{BROKERS}: ok (1 account)",
+    ]
+    assert "  note: account alpaca" in result.output
+    assert result.output.endswith("config check: ok\n")
+
+
+def test_config_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
+    strategies = edited(tmp_path, STRATEGIES, ("name: sma-aapl", "name: sma-msft"))
+    bad_risk = edited(tmp_path, RISK, ("    max_gross_notional", "    max_gros_notional"))
+    result = CliRunner().invoke(
+        app,
+        ["config", "check", *("--strategies", str(strategies), "--risk", str(RISK)), *BROKERS_ARGS],
+    )
+    assert result.exit_code == 1, result.output
+    assert "  problem: strategy sma-msft" in result.output
+    assert result.output.endswith("config check: 1 problem\n")
+    # Any subset: a file alone is validated as its service would.
+    result = CliRunner().invoke(app, ["config", "check", "--risk", str(bad_risk)])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"{bad_risk} is invalid:\n"
+        "  strategies.sma-aapl.max_gross_notional: Field required\n"
+        "  strategies.sma-aapl.max_gros_notional: Extra inputs are not permitted\n"
+        "config check: 1 problem\n"
+    )
+    result = CliRunner().invoke(app, ["config", "check"])
+    assert result.exit_code == 2
+    assert "give at least one of --strategies, --risk, --brokers" in result.output
+
+
+# ------------------------------------------------------------------- up
+
+
+@pytest.fixture
+def no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers that do not answer: a ``run_up`` past its checks fails at once."""
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_files_that_disagree_before_starting_anything(tmp_path: Path) -> None:
+    strategies = edited(tmp_path, STRATEGIES, ("name: sma-aapl", "name: sma-msft"))
+    out = io.StringIO()
+    code = run_up(UpOptions(home=tmp_path / "home", strategies=strategies), out)
+    text = re.sub(r"(?m)^[a-z-]+ +\| ", "", out.getvalue())
+    assert code == 1, text
+    assert text.startswith(
+        "!!! the config files do not agree (tradebus config check shows it too):\n"
+        f"  strategy sma-msft ({strategies}) has no limits in {RISK}"
+    )
+    assert "cannot migrate" not in text  # nothing was started
