@@ -10,12 +10,12 @@ Duplicate keys are refused too (YAML would silently keep the last one).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
 from libs.config import ServiceSettings
+from libs.yamlfile import load_yaml
 from services.risk_gate.domain.limits import RiskLimits
 
 
@@ -37,29 +37,10 @@ class RiskConfigError(ValueError):
     """The risk limits file is missing, not YAML, or not valid limits."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return dict(loader.construct_mapping(node))
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 def parse_limits(text: str, *, name: str = "risk.yaml") -> RiskLimits:
     """Validate the text of a limits file."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise RiskConfigError(f"{name}: not valid YAML: {e}") from None
     if data is None:

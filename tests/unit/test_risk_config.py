@@ -69,3 +69,13 @@ def test_bad_files_are_refused_naming_the_key(text: str, message: str) -> None:
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RiskConfigError, match="cannot read"):
         load_limits(tmp_path / "nope.yaml")
+
+
+def test_a_merge_key_override_is_not_a_duplicate() -> None:
+    """Strategies sharing caps through an anchor may override one of them."""
+    text = (
+        GOOD.replace("  s:\n    account: a\n", "  s: &caps\n    account: a\n")
+        + "  t:\n    <<: *caps\n    max_position: 3\n"
+    )
+    limits = parse_limits(text)
+    assert (limits.strategies["s"].max_position, limits.strategies["t"].max_position) == (10, 3)
