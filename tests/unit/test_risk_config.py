@@ -78,4 +78,7 @@ def test_a_merge_key_override_is_not_a_duplicate() -> None:
         + "  t:\n    <<: *caps\n    max_position: 3\n"
     )
     limits = parse_limits(text)
-    assert (limits.strategies["s"].max_position, limits.strategies["t"].max_position) == (10, 3)
+    assert (limits.strategies["s"].max_position, limits.strategies["t"].max_position) == (
+        Decimal(10),
+        Decimal(3),
+    )
