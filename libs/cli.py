@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Annotated, TypeVar
+import os
+from typing import Annotated, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from pydantic_settings import BaseSettings
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from libs.config import ConfigError, ServiceSettings, load_settings
+from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
 from libs.contract.subjects import REPLAY_PREFIX
 
 S = TypeVar("S", bound=BaseSettings)
 
-err = Console(stderr=True)
+#: Errors, warnings and notes for the operator; one message stays one line
+#: (no wrapping at the terminal's width), so that logs and greps keep it whole.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def settings_or_exit(cls: type[S]) -> S:
@@ -27,6 +32,20 @@ def settings_or_exit(cls: type[S]) -> S:
     except ConfigError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
+
+
+def fail(message: object, code: int) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``
+    (2: the command line is wrong, 1: a server could not be used)."""
+    err.print(f"[red]error:[/red] {escape(str(message))}")
+    raise typer.Exit(code)
+
+
+def _from_where(variable: str) -> str:
+    """How a server's URL was chosen: by its variable, or the default."""
+    if variable in os.environ or f"TRADEBUS_{variable}" in os.environ:
+        return variable
+    return f"the default: {variable} is not set"
 
 
 def parse_time(value: str | None) -> int | None:
@@ -81,7 +100,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         """Republish recorded events from the store onto NATS, in order."""
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
-        from libs.replay import ReplayError, ReplayRequest, replay
+        from libs.replay import ReplayError, ReplayRefused, ReplayRequest, replay
 
         settings = settings_or_exit(ServiceSettings)
         request = ReplayRequest(
@@ -98,12 +117,20 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         try:
             request.check()
         except ReplayError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+            fail(e, 2)
+
+        def report(result: object) -> None:
+            print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
 
         async def go() -> None:
             bus = None
             if not dry_run:
+                user = settings.nats_user or urlsplit(settings.nats_url).username
+                err.print(
+                    f"NATS: {escape(masked_url(settings.nats_url))} ({_from_where('NATS_URL')}), "
+                    f"as {f'user {user}' if user else 'no user (TRADEBUS_NATS_USER is not set)'}",
+                    highlight=False,
+                )
                 bus = await Bus.connect(
                     settings.nats_url,
                     name=f"{service}-replay",
@@ -133,10 +160,20 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 finally:
                     if bus is not None:
                         await bus.close()
-            print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+            report(result)
 
         try:
             asyncio.run(go())
         except BusUnavailable as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from e
+            fail(e, 1)
+        except ReplayRefused as e:
+            report(e.result)
+            allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")
+            fail(
+                f"{e}. Hint: replays may be published only under '{REPLAY_PREFIX}.>'"
+                + ("" if allowed else f" (--into {into!r} is outside it)")
+                + ", and only by the NATS users recorder and operator "
+                "(deploy/nats/nats-server.conf); name one with TRADEBUS_NATS_USER and "
+                "TRADEBUS_NATS_PASSWORD (the env file `tradebus up` writes signs in as operator)",
+                1,
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,17 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
 
 class ConfigError(ValueError):
     """Start-up configuration is invalid; the message names the variable."""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: what a message may say of
+    a server (``postgresql://trader:***@db:5432/tradebus``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class ServiceSettings(BaseSettings):
