@@ -1,12 +1,15 @@
-"""CLI pieces every service group shares: settings errors, times, ``replay``."""
+"""CLI pieces every service group shares: settings errors, times, one-line
+errors for the event-store readers (:func:`reads_store`), ``replay``."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
-from typing import Annotated, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -16,9 +19,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
-from libs.contract.subjects import REPLAY_PREFIX
+from libs.contract.subjects import REPLAY_PREFIX, SubjectPatternError, check_pattern
 
 S = TypeVar("S", bound=BaseSettings)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Errors, warnings and notes for the operator; one message stays one line
 #: (no wrapping at the terminal's width), so that logs and greps keep it whole.
@@ -46,6 +51,54 @@ def _from_where(variable: str) -> str:
     if variable in os.environ or f"TRADEBUS_{variable}" in os.environ:
         return variable
     return f"the default: {variable} is not set"
+
+
+def reads_store(command: Callable[P, R]) -> Callable[P, R]:
+    """Make a command that reads the event store end in one line and an exit
+    code, never a traceback: a ``--subject`` it takes is checked as a NATS
+    pattern first (exit 2 naming it); a bad pattern or an unusable store met
+    later ends it the same way (2, and 1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from libs.store.errors import StoreUnavailable
+
+        subject = kwargs.get("subject")
+        if isinstance(subject, str):
+            try:
+                check_pattern(subject)
+            except SubjectPatternError as e:
+                fail(f"--subject: {e}", 2)
+        try:
+            return command(*args, **kwargs)
+        except SubjectPatternError as e:
+            fail(e, 2)
+        except StoreUnavailable as e:
+            fail(e, 1)
+
+    return wrapper
+
+
+def decorate_command(
+    app: typer.Typer, path: str, decorator: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Wrap the callback of the command at ``path`` (``"risk status"``) in
+    ``app``'s tree with ``decorator``; :class:`LookupError` if there is none."""
+    head, _, rest = path.partition(" ")
+    if rest:
+        for group in app.registered_groups:
+            if group.name == head and group.typer_instance is not None:
+                decorate_command(group.typer_instance, rest, decorator)
+                return
+    else:
+        for info in app.registered_commands:
+            if info.callback is None:
+                continue
+            name = info.name or info.callback.__name__.lower().replace("_", "-")
+            if name == head:
+                info.callback = decorator(info.callback)
+                return
+    raise LookupError(f"no command {path!r}")
 
 
 def parse_time(value: str | None) -> int | None:
@@ -101,6 +154,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
         from libs.replay import ReplayError, ReplayRefused, ReplayRequest, replay
+        from libs.store.errors import StoreUnavailable
 
         settings = settings_or_exit(ServiceSettings)
         request = ReplayRequest(
@@ -164,7 +218,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
 
         try:
             asyncio.run(go())
-        except BusUnavailable as e:
+        except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
         except ReplayRefused as e:
             report(e.result)

@@ -22,12 +22,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import asyncpg
-
 from libs.bus.client import Bus
-from libs.contract.subjects import REPLAY_PREFIX, is_recorded, replay_subject
+from libs.contract.subjects import (
+    REPLAY_PREFIX,
+    SubjectPatternError,
+    check_pattern,
+    check_prefix,
+    is_recorded,
+    replay_subject,
+)
 from libs.store import queries
-from libs.store.urls import asyncpg_url
+from libs.store.connect import connect
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
@@ -57,6 +62,15 @@ class ReplayRequest:
     include_undecodable: bool = False
 
     def check(self) -> None:
+        try:
+            check_pattern(self.subject)
+        except SubjectPatternError as e:
+            raise ReplayError(f"--subject: {e}") from e
+        try:
+            if self.into:
+                check_prefix(self.into)
+        except SubjectPatternError as e:
+            raise ReplayError(f"--into: {e}") from e
         if self.into and is_recorded(self.into):
             raise ReplayError(
                 f"--into {self.into!r} is a recorded domain: replaying there would re-enter "
@@ -117,10 +131,11 @@ async def replay(
 
     Raises :class:`ReplayError` for a request that cannot be carried out,
     :class:`ReplayRefused` when the server refuses a message,
-    :class:`~libs.bus.errors.BusUnavailable` when NATS cannot be used.
+    :class:`~libs.store.errors.StoreUnavailable` and
+    :class:`~libs.bus.errors.BusUnavailable` when a server cannot be used.
     """
     request.check()
-    conn = await asyncpg.connect(asyncpg_url(database_url))
+    conn = await connect(database_url)
     result = ReplayResult()
     started = time.monotonic()
     # Published, not yet judged by the server: (store sequence, subject).

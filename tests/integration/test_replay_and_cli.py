@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import pytest
@@ -199,3 +200,72 @@ async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: st
     )
     assert proc.returncode == 1, proc.stderr
     assert "cannot reach NATS" in proc.stderr
+
+
+SECRET = "s3cr3t-pw"  # noqa: S105 - a fake password, to show it is never printed
+
+
+def with_password(url: str) -> str:
+    """``url`` with a password for its user (the test server trusts local logins)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{SECRET}@{host}"))
+
+
+def other_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+NO_DATABASE = 'database "no_such_database" does not exist'
+
+
+@pytest.mark.parametrize(
+    ("args", "url", "code", "says"),
+    [
+        # (the command, DATABASE_URL: "db" the test's store, else as given, exit, error)
+        (
+            ("recorder", "replay", "--dry-run"),
+            f"postgresql://postgres:{SECRET}@127.0.0.1:1/x",
+            1,
+            "cannot reach the event store at postgresql://postgres:***@127.0.0.1:1/x",
+        ),
+        (("events",), "missing", 1, NO_DATABASE),
+        (("recorder", "replay", "--dry-run"), "missing", 1, NO_DATABASE),
+        (("risk", "status"), "missing", 1, NO_DATABASE),
+        (("events", "--subject", "md.>.AAPL"), "db", 2, "not a NATS subject pattern: 'md.>.AAPL'"),
+        (
+            ("recorder", "replay", "--subject", "md.>.AAPL"),
+            "db",
+            2,
+            "not a NATS subject pattern: 'md.>.AAPL'",
+        ),
+        (("events", "--subject", "md trade"), "db", 2, "'md trade' (no spaces"),
+        (("recorder", "replay", "--subject", "md trade", "--dry-run"), "db", 2, "(no spaces"),
+        (("recorder", "replay", "--into", ">"), "db", 2, "--into: not a subject prefix: '>'"),
+        (("events",), "notaurl", 2, "DATABASE_URL: must be a URL such as postgresql://"),
+        (("positions",), "notaurl", 2, "DATABASE_URL: must be a URL such as postgresql://"),
+    ],
+)
+async def test_user_mistakes_end_in_one_line_and_an_exit_code(
+    tmp_path: Path,
+    bus: Bus,
+    nats_url: str,
+    database_url: str,
+    args: tuple[str, ...],
+    url: str,
+    code: int,
+    says: str,
+) -> None:
+    if url == "db":  # a store with events in it, so that a pattern could match
+        await record(tmp_path, bus, nats_url, database_url, list(make_trades(5, "mistake")))
+        url = database_url
+    elif url == "missing":
+        url = with_password(other_database(database_url, "no_such_database"))
+    proc = await asyncio.to_thread(cli, *args, database_url=url, nats_url=nats_url)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: "), proc.stderr
+    assert says in errors[0]
+    assert SECRET not in proc.stderr + proc.stdout
