@@ -1,5 +1,5 @@
-"""CLI pieces every service group shares: settings errors, times, one-line
-errors for the event-store readers (:func:`reads_store`), ``replay``."""
+"""CLI pieces every service group shares: settings errors, times, the
+event-store readers' preamble (:func:`reads_store`), ``replay``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def fail(message: object, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(message: object) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+
+
 def _from_where(variable: str) -> str:
     """How a server's URL was chosen: by its variable, or the default."""
     if variable in os.environ or f"TRADEBUS_{variable}" in os.environ:
@@ -53,11 +57,39 @@ def _from_where(variable: str) -> str:
     return f"the default: {variable} is not set"
 
 
+def announce_store() -> str:
+    """Name the event store about to be read (stderr, password masked, and
+    whether ``DATABASE_URL`` chose it or the default did), make sure it can be
+    read (else one line naming the URL, exit 1), warn when it holds no
+    events; return its URL.
+
+    The defaults point at this machine, where another PostgreSQL than the one
+    ``tradebus up`` started may well answer: an empty answer from the wrong
+    store must not pass for an empty world.
+    """
+    from libs.store.connect import WHICH_URL, summary
+    from libs.store.errors import StoreUnavailable
+
+    settings = settings_or_exit(ServiceSettings)
+    url = settings.database_url.get_secret_value()
+    err.print(
+        f"event store: {escape(masked_url(url))} ({_from_where('DATABASE_URL')})",
+        highlight=False,
+    )
+    try:
+        found = asyncio.run(summary(url))
+    except StoreUnavailable as e:
+        fail(e, 1)
+    if found.empty:
+        warn(f"the event store at {found.url} holds no events: {WHICH_URL}")
+    return url
+
+
 def reads_store(command: Callable[P, R]) -> Callable[P, R]:
-    """Make a command that reads the event store end in one line and an exit
-    code, never a traceback: a ``--subject`` it takes is checked as a NATS
-    pattern first (exit 2 naming it); a bad pattern or an unusable store met
-    later ends it the same way (2, and 1)."""
+    """Give a command that reads the event store its preamble: a ``--subject``
+    it takes is checked as a NATS pattern first (exit 2 naming it), then
+    :func:`announce_store`; a bad pattern or an unusable store met later ends
+    it with one line too, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -69,6 +101,7 @@ def reads_store(command: Callable[P, R]) -> Callable[P, R]:
                 check_pattern(subject)
             except SubjectPatternError as e:
                 fail(f"--subject: {e}", 2)
+        announce_store()
         try:
             return command(*args, **kwargs)
         except SubjectPatternError as e:
@@ -172,6 +205,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             request.check()
         except ReplayError as e:
             fail(e, 2)
+        announce_store()
 
         def report(result: object) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))

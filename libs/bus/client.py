@@ -189,10 +189,10 @@ class Bus:
             nc = await asyncio.wait_for(connecting, first_connect_deadline_s)
         except TimeoutError as e:
             raise BusUnavailable(
-                f"cannot reach NATS at {url} within {first_connect_deadline_s} s"
+                f"cannot reach NATS at {masked_url(url)} within {first_connect_deadline_s} s"
             ) from e
         except (nats.errors.NoServersError, OSError, nats.errors.Error) as e:
-            raise BusUnavailable(f"cannot connect to NATS at {url}: {e}") from e
+            raise BusUnavailable(f"cannot connect to NATS at {masked_url(url)}: {e}") from e
         js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)
         return cls(
             nc,

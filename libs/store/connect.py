@@ -9,9 +9,13 @@ rebuilds) stays where it is: a service retries, a command answers once.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 import asyncpg
 
 from libs.config import masked_url
+from libs.store import queries
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
 
@@ -42,3 +46,33 @@ async def connect(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> asy
     except ValueError as e:
         # asyncpg's own message may quote the URL, password included.
         raise StoreUnavailable(f"DATABASE_URL {shown} is not a usable PostgreSQL URL") from e
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    """What a reader should know before trusting an answer: where, and how much."""
+
+    url: str  # masked
+    last_seq: int  # 0: the store holds no events
+
+    @property
+    def empty(self) -> bool:
+        return self.last_seq == 0
+
+
+async def summary(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> StoreSummary:
+    """Reach the store and read its last sequence (0 when it holds no events)."""
+    shown = masked_url(database_url)
+    conn = await connect(database_url, timeout=timeout)
+    try:
+        tail = await asyncio.wait_for(queries.tail(conn), timeout)
+    except asyncpg.UndefinedTableError as e:
+        raise StoreUnavailable(
+            f"the database at {shown} holds no event store (no events table): {WHICH_URL} "
+            "(`tradebus db upgrade` creates the schema)"
+        ) from e
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise StoreUnavailable(f"reading the event store at {shown} failed: {e}") from e
+    finally:
+        await conn.close()
+    return StoreSummary(shown, queries.last_seq_of(tail))

@@ -23,8 +23,13 @@ from libs.testing.wait import eventually
 from tests.integration.test_recorder import order_chain
 
 
-def cli(*args: str, database_url: str, nats_url: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
+def cli(
+    *args: str, database_url: str | None, nats_url: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tradebus ARGS``; ``database_url=None`` leaves DATABASE_URL unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     if nats_url:
         env["NATS_URL"] = nats_url
     return subprocess.run(
@@ -182,7 +187,7 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:
     from libs.local.servers import free_port
 
-    env_url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    env_url = f"nats://replayer:{SECRET}@127.0.0.1:{free_port()}"  # nobody listens there
     proc = await asyncio.to_thread(
         lambda: subprocess.run(
             [sys.executable, "-m", "services.cli", "recorder", "replay"],
@@ -199,7 +204,8 @@ async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: st
         )
     )
     assert proc.returncode == 1, proc.stderr
-    assert "cannot reach NATS" in proc.stderr
+    assert "cannot reach NATS at nats://replayer:***@127.0.0.1:" in proc.stderr
+    assert SECRET not in proc.stderr
 
 
 SECRET = "s3cr3t-pw"  # noqa: S105 - a fake password, to show it is never printed
@@ -216,7 +222,8 @@ def other_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-NO_DATABASE = 'database "no_such_database" does not exist'
+#: A missing database, named by its URL (password masked).
+NO_DATABASE = "no database at postgresql://postgres:***@"
 
 
 @pytest.mark.parametrize(
@@ -269,3 +276,32 @@ async def test_user_mistakes_end_in_one_line_and_an_exit_code(
     assert errors[0].startswith("error: "), proc.stderr
     assert says in errors[0]
     assert SECRET not in proc.stderr + proc.stdout
+
+
+async def test_read_commands_name_the_store_and_warn_when_it_is_empty(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    shown = with_password(database_url).replace(SECRET, "***")
+    empty = "holds no events: is DATABASE_URL the one `tradebus up` printed?"
+    for args in (
+        ("events",),
+        ("audit", "00000000-0000-0000-0000-000000000000"),
+        ("positions",),
+        ("risk", "status"),
+        ("recorder", "replay", "--dry-run"),
+    ):
+        proc = await asyncio.to_thread(cli, *args, database_url=with_password(database_url))
+        assert f"event store: {shown} (DATABASE_URL)" in proc.stderr, (args, proc.stderr)
+        assert f"warning: the event store at {shown} {empty}" in proc.stderr, (args, proc.stderr)
+        assert SECRET not in proc.stderr + proc.stdout
+    await record(tmp_path, bus, nats_url, database_url, list(make_trades(3, "full")))
+    proc = await asyncio.to_thread(cli, "risk", "status", "--json", database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr
+    assert json.loads(proc.stdout)["as_of_seq"] == 3
+    # With no DATABASE_URL, the default is used, and said to be the default.
+    proc = await asyncio.to_thread(cli, "events", database_url=None)
+    assert (
+        "event store: postgresql://postgres@127.0.0.1:5432/tradebus "
+        "(the default: DATABASE_URL is not set)"
+    ) in proc.stderr
