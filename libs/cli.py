@@ -1,23 +1,33 @@
-"""CLI pieces every service group shares: settings errors, times, ``replay``."""
+"""CLI pieces every service group shares: settings errors, times, the
+event-store readers' preamble (:func:`reads_store`), ``replay``."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
-from typing import Annotated, TypeVar
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from pydantic_settings import BaseSettings
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from libs.config import ConfigError, ServiceSettings, load_settings
-from libs.contract.subjects import REPLAY_PREFIX
+from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
+from libs.contract.subjects import REPLAY_PREFIX, SubjectPatternError, check_pattern
 
 S = TypeVar("S", bound=BaseSettings)
+P = ParamSpec("P")
+R = TypeVar("R")
 
-err = Console(stderr=True)
+#: Errors, warnings and notes for the operator; one message stays one line
+#: (no wrapping at the terminal's width), so that logs and greps keep it whole.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def settings_or_exit(cls: type[S]) -> S:
@@ -27,6 +37,101 @@ def settings_or_exit(cls: type[S]) -> S:
     except ConfigError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
+
+
+def fail(message: object, code: int) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``
+    (2: the command line is wrong, 1: a server could not be used)."""
+    err.print(f"[red]error:[/red] {escape(str(message))}")
+    raise typer.Exit(code)
+
+
+def warn(message: object) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+
+
+def _from_where(variable: str) -> str:
+    """How a server's URL was chosen: by its variable, or the default."""
+    if variable in os.environ or f"TRADEBUS_{variable}" in os.environ:
+        return variable
+    return f"the default: {variable} is not set"
+
+
+def announce_store() -> str:
+    """Name the event store about to be read (stderr, password masked, and
+    whether ``DATABASE_URL`` chose it or the default did), make sure it can be
+    read (else one line naming the URL, exit 1), warn when it holds no
+    events; return its URL.
+
+    The defaults point at this machine, where another PostgreSQL than the one
+    ``tradebus up`` started may well answer: an empty answer from the wrong
+    store must not pass for an empty world.
+    """
+    from libs.store.connect import WHICH_URL, summary
+    from libs.store.errors import StoreUnavailable
+
+    settings = settings_or_exit(ServiceSettings)
+    url = settings.database_url.get_secret_value()
+    err.print(
+        f"event store: {escape(masked_url(url))} ({_from_where('DATABASE_URL')})",
+        highlight=False,
+    )
+    try:
+        found = asyncio.run(summary(url))
+    except StoreUnavailable as e:
+        fail(e, 1)
+    if found.empty:
+        warn(f"the event store at {found.url} holds no events: {WHICH_URL}")
+    return url
+
+
+def reads_store(command: Callable[P, R]) -> Callable[P, R]:
+    """Give a command that reads the event store its preamble: a ``--subject``
+    it takes is checked as a NATS pattern first (exit 2 naming it), then
+    :func:`announce_store`; a bad pattern or an unusable store met later ends
+    it with one line too, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from libs.store.errors import StoreUnavailable
+
+        subject = kwargs.get("subject")
+        if isinstance(subject, str):
+            try:
+                check_pattern(subject)
+            except SubjectPatternError as e:
+                fail(f"--subject: {e}", 2)
+        announce_store()
+        try:
+            return command(*args, **kwargs)
+        except SubjectPatternError as e:
+            fail(e, 2)
+        except StoreUnavailable as e:
+            fail(e, 1)
+
+    return wrapper
+
+
+def decorate_command(
+    app: typer.Typer, path: str, decorator: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Wrap the callback of the command at ``path`` (``"risk status"``) in
+    ``app``'s tree with ``decorator``; :class:`LookupError` if there is none."""
+    head, _, rest = path.partition(" ")
+    if rest:
+        for group in app.registered_groups:
+            if group.name == head and group.typer_instance is not None:
+                decorate_command(group.typer_instance, rest, decorator)
+                return
+    else:
+        for info in app.registered_commands:
+            if info.callback is None:
+                continue
+            name = info.name or info.callback.__name__.lower().replace("_", "-")
+            if name == head:
+                info.callback = decorator(info.callback)
+                return
+    raise LookupError(f"no command {path!r}")
 
 
 def parse_time(value: str | None) -> int | None:
@@ -81,7 +186,8 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         """Republish recorded events from the store onto NATS, in order."""
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
-        from libs.replay import ReplayError, ReplayRequest, replay
+        from libs.replay import ReplayError, ReplayRefused, ReplayRequest, replay
+        from libs.store.errors import StoreUnavailable
 
         settings = settings_or_exit(ServiceSettings)
         request = ReplayRequest(
@@ -98,12 +204,21 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         try:
             request.check()
         except ReplayError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+            fail(e, 2)
+        announce_store()
+
+        def report(result: object) -> None:
+            print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
 
         async def go() -> None:
             bus = None
             if not dry_run:
+                user = settings.nats_user or urlsplit(settings.nats_url).username
+                err.print(
+                    f"NATS: {escape(masked_url(settings.nats_url))} ({_from_where('NATS_URL')}), "
+                    f"as {f'user {user}' if user else 'no user (TRADEBUS_NATS_USER is not set)'}",
+                    highlight=False,
+                )
                 bus = await Bus.connect(
                     settings.nats_url,
                     name=f"{service}-replay",
@@ -133,10 +248,20 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 finally:
                     if bus is not None:
                         await bus.close()
-            print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+            report(result)
 
         try:
             asyncio.run(go())
-        except BusUnavailable as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from e
+        except (BusUnavailable, StoreUnavailable) as e:
+            fail(e, 1)
+        except ReplayRefused as e:
+            report(e.result)
+            allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")
+            fail(
+                f"{e}. Hint: replays may be published only under '{REPLAY_PREFIX}.>'"
+                + ("" if allowed else f" (--into {into!r} is outside it)")
+                + ", and only by the NATS users recorder and operator "
+                "(deploy/nats/nats-server.conf); name one with TRADEBUS_NATS_USER and "
+                "TRADEBUS_NATS_PASSWORD (the env file `tradebus up` writes signs in as operator)",
+                1,
+            )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -19,6 +20,17 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
 
 class ConfigError(ValueError):
     """Start-up configuration is invalid; the message names the variable."""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: what a message may say of
+    a server (``postgresql://trader:***@db:5432/tradebus``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class ServiceSettings(BaseSettings):
@@ -48,6 +60,19 @@ class ServiceSettings(BaseSettings):
     #: How long a one-shot command (replay, kill-switch, ...) waits for NATS.
     command_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        # Refused here, naming DATABASE_URL, rather than deep inside asyncpg.
+        # The message never quotes the value: it may hold a password.
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            got = f"scheme {scheme!r}" if scheme else "no scheme"
+            raise ValueError(
+                f"must be a URL such as postgresql://user:password@host:5432/tradebus, got {got}"
+            )
+        return value
+
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -67,7 +92,8 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         lines = []
         for err in e.errors(include_url=False, include_input=False):
             field = str(err["loc"][0]) if err["loc"] else "?"
-            var = _ALIASES.get(field, f"{prefix}{field}".upper())
-            lines.append(f"{var}: {err['msg']}")
+            # A field read through an alias (DATABASE_URL) is located by the alias.
+            var = _ALIASES.get(field.lower(), f"{prefix}{field}".upper())
+            lines.append(f"{var}: {err['msg'].removeprefix('Value error, ')}")
         # Not chained: pydantic's own message quotes the input, which may be a secret.
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

@@ -5,6 +5,14 @@ prefix, which the recorded stream does not capture: live consumers and the
 audit timeline are untouched. A prefix that would land back inside the
 recorded stream is refused. Each replayed message carries headers naming
 its original sequence and subject.
+
+Replays are plain NATS publishes (no stream captures ``replay.>``), which the
+server judges after the fact: a publish it refuses (the user lacks the
+permission) is dropped and reported back asynchronously. So a message counts
+as published only once the server has judged it and not refused it
+(:meth:`libs.bus.client.Bus.settle`), and the first refusal stops the replay
+with :class:`ReplayRefused`: a replay with holes in it would mislead whoever
+reads it.
 """
 
 from __future__ import annotations
@@ -14,15 +22,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import asyncpg
-
 from libs.bus.client import Bus
-from libs.contract.subjects import REPLAY_PREFIX, is_recorded, replay_subject
+from libs.contract.subjects import (
+    REPLAY_PREFIX,
+    SubjectPatternError,
+    check_pattern,
+    check_prefix,
+    is_recorded,
+    replay_subject,
+)
 from libs.store import queries
-from libs.store.urls import asyncpg_url
+from libs.store.connect import connect
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
+
+#: Messages published before the server's verdict on them is awaited: the
+#: first alone (a user without the permission learns it from one refusal),
+#: then up to WINDOW of them or what WINDOW_S brought, whichever comes first.
+FIRST_WINDOW = 1
+WINDOW = 256
+WINDOW_S = 0.25
 
 
 class ReplayError(ValueError):
@@ -42,6 +62,15 @@ class ReplayRequest:
     include_undecodable: bool = False
 
     def check(self) -> None:
+        try:
+            check_pattern(self.subject)
+        except SubjectPatternError as e:
+            raise ReplayError(f"--subject: {e}") from e
+        try:
+            if self.into:
+                check_prefix(self.into)
+        except SubjectPatternError as e:
+            raise ReplayError(f"--into: {e}") from e
         if self.into and is_recorded(self.into):
             raise ReplayError(
                 f"--into {self.into!r} is a recorded domain: replaying there would re-enter "
@@ -57,11 +86,35 @@ class ReplayRequest:
 
 @dataclass
 class ReplayResult:
+    #: Messages the server took (with dry_run: that would be published).
     published: int = 0
+    #: Rows left out: not decodable as events (see include_undecodable).
     skipped: int = 0
+    #: Messages the server refused (the replay stopped at the first of them).
+    refused: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
     seconds: float = 0.0
+
+
+class ReplayRefused(Exception):
+    """The server refused to let this NATS user publish a replayed message;
+    :attr:`result` counts what it did take before the replay stopped."""
+
+    def __init__(
+        self, *, subject: str, seq: int, user: str | None, url: str, result: ReplayResult
+    ) -> None:
+        self.subject = subject
+        self.seq = seq
+        self.user = user
+        self.url = url
+        self.result = result
+        who = f"NATS user {user!r}" if user else "an anonymous NATS connection (no user)"
+        super().__init__(
+            f"NATS at {url} refused to let {who} publish to {subject!r} (permissions "
+            f"violation; store sequence {seq}): {result.published} message(s) published "
+            "before the replay stopped"
+        )
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -74,11 +127,38 @@ async def replay(
     *,
     progress: Progress | None = None,
 ) -> ReplayResult:
-    """Publish the selected recorded events (or only count them with dry_run)."""
+    """Publish the selected recorded events (or only count them with dry_run).
+
+    Raises :class:`ReplayError` for a request that cannot be carried out,
+    :class:`ReplayRefused` when the server refuses a message,
+    :class:`~libs.store.errors.StoreUnavailable` and
+    :class:`~libs.bus.errors.BusUnavailable` when a server cannot be used.
+    """
     request.check()
-    conn = await asyncpg.connect(asyncpg_url(database_url))
+    conn = await connect(database_url)
     result = ReplayResult()
     started = time.monotonic()
+    # Published, not yet judged by the server: (store sequence, subject).
+    window: list[tuple[int, str]] = []
+    window_size = FIRST_WINDOW
+    window_started = started
+
+    async def judge() -> None:
+        nonlocal window_size, window_started
+        assert bus is not None
+        refused = set(await bus.settle())
+        bad = [(seq, subject) for seq, subject in window if subject.lower() in refused]
+        if refused and not bad:  # named differently than sent: trust none of them
+            bad = list(window)
+        result.published += len(window) - len(bad)
+        window.clear()
+        window_size, window_started = WINDOW, time.monotonic()
+        if bad:
+            result.refused = len(bad)
+            result.seconds = time.monotonic() - started
+            seq, subject = bad[0]
+            raise ReplayRefused(subject=subject, seq=seq, user=bus.user, url=bus.url, result=result)
+
     try:
         total = await queries.count_range(
             conn,
@@ -102,6 +182,8 @@ async def replay(
             until_ns=request.until_ns,
         ):
             done += 1
+            result.first_seq = result.first_seq or row.seq
+            result.last_seq = row.seq
             if not row.is_event and not (request.include_undecodable and row.raw is not None):
                 result.skipped += 1
             elif not request.dry_run:
@@ -111,23 +193,24 @@ async def replay(
                     if delay > 0:
                         await asyncio.sleep(delay)  # pacing to the requested rate
                     next_at = max(next_at, time.monotonic() - 1.0) + interval
-                await bus.nc.publish(
-                    replay_subject(row.subject, request.into),
+                subject = replay_subject(row.subject, request.into)
+                await bus.publish_plain(
+                    subject,
                     row.wire_bytes(),
                     headers={
                         ORIGINAL_SEQ_HEADER: str(row.seq),
                         ORIGINAL_SUBJECT_HEADER: row.subject,
                     },
                 )
-                result.published += 1
+                window.append((row.seq, subject))
+                if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:
+                    await judge()
             else:
                 result.published += 1
-            result.first_seq = result.first_seq or row.seq
-            result.last_seq = row.seq
             if progress and (done % 500 == 0 or done == total):
                 progress(done, total)
-        if bus is not None and not request.dry_run:
-            await bus.nc.flush()
+        if window:
+            await judge()
     finally:
         await conn.close()
     result.seconds = time.monotonic() - started

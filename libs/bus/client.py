@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from libs.bus.errors import (
     PublishFailed,
     StreamMismatch,
 )
+from libs.config import masked_url
 from libs.contract.codec import encode
 from libs.contract.envelope import Event
 from libs.contract.subjects import RECORDED_SUBJECTS, STREAM, subject_for
@@ -82,6 +84,17 @@ def inbox_prefix(user: str | None) -> str:
     return f"_INBOX_{user}" if user else "_INBOX"
 
 
+_REFUSED_PUBLISH = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+def refused_subject(error: Exception) -> str | None:
+    """The subject of a publish the server refused (permissions), from the
+    error nats-py hands to ``error_cb``; None for any other error. nats-py
+    lower-cases the server's message, subject included."""
+    m = _REFUSED_PUBLISH.search(str(error))
+    return m.group(1) if m else None
+
+
 def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
@@ -90,9 +103,24 @@ def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
 class Bus:
     """A connected NATS client plus its JetStream context."""
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        *,
+        user: str | None = None,
+        url: str = "",
+        refusals: list[str] | None = None,
+    ) -> None:
         self.nc = nc
         self.js = js
+        #: The NATS user this connection is (None: no user).
+        self.user = user
+        #: The server's URL, its password masked (for messages).
+        self.url = url
+        # Subjects (lower case, as nats-py reports them) the server refused to
+        # let this connection publish to, filled by the error callback.
+        self._refusals = refusals if refusals is not None else []
         self._closed = False
 
     def write_pending(self) -> None:
@@ -133,7 +161,11 @@ class Bus:
         """Connect; a service waits for NATS as long as it takes, a command
         gives up after ``first_connect_deadline_s`` with :class:`BusUnavailable`."""
 
+        refusals: list[str] = []
+
         async def on_error(e: Exception) -> None:
+            if refused := refused_subject(e):
+                refusals.append(refused)
             log.warning("nats error: %s", e)
 
         async def on_disconnect() -> None:
@@ -162,12 +194,18 @@ class Bus:
             nc = await asyncio.wait_for(connecting, first_connect_deadline_s)
         except TimeoutError as e:
             raise BusUnavailable(
-                f"cannot reach NATS at {url} within {first_connect_deadline_s} s"
+                f"cannot reach NATS at {masked_url(url)} within {first_connect_deadline_s} s"
             ) from e
         except (nats.errors.NoServersError, OSError, nats.errors.Error) as e:
-            raise BusUnavailable(f"cannot connect to NATS at {url}: {e}") from e
+            raise BusUnavailable(f"cannot connect to NATS at {masked_url(url)}: {e}") from e
         js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)
-        return cls(nc, js)
+        return cls(
+            nc,
+            js,
+            user=user or urlsplit(url).username,
+            url=masked_url(url),
+            refusals=refusals,
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -211,6 +249,39 @@ class Bus:
             log.info("dropping %d bytes buffered while NATS was away", nc._pending_data_size)
             nc._pending = []
             nc._pending_data_size = 0
+
+    # ------------------------------------------------------- plain publish
+
+    async def publish_plain(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish with plain NATS (no stream, no ack), for subjects no stream
+        captures (replays). The server judges it later: see :meth:`settle`."""
+        try:
+            await self.nc.publish(subject, data, headers=headers)
+        except nats.errors.Error as e:
+            raise BusUnavailable(f"publishing to {subject} at {self.url} failed: {e!r}") from e
+
+    async def settle(self) -> list[str]:
+        """Wait until the server has judged everything published so far, and
+        return the subjects it refused since the last call (lower case).
+
+        A plain publish the server refuses (permissions) is dropped, and the
+        refusal comes back later as ``-ERR``, handed to the error callback by
+        nats-py's read loop. The server handles one connection's messages in
+        order, so once a PING sent after the publishes is answered every
+        refusal for them has arrived. nats-py 2.16's ``flush()`` writes its
+        PING ahead of publishes still in its buffer, so one flush is not a
+        barrier; the second PING goes out after them.
+        """
+        try:
+            await self.nc.flush()
+            await self.nc.flush()
+        except nats.errors.Error as e:
+            raise BusUnavailable(f"NATS at {self.url} did not answer a flush: {e!r}") from e
+        refused = list(self._refusals)
+        self._refusals.clear()
+        return refused
 
     # ------------------------------------------------------------ streams
 

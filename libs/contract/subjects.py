@@ -49,6 +49,42 @@ def token(value: str) -> str:
     return value
 
 
+class SubjectPatternError(SubjectError):
+    """A subject pattern or prefix given by a user is not one NATS would take."""
+
+
+def check_pattern(pattern: str) -> str:
+    """Check a NATS subject pattern (``md.bar.*.AAPL``, ``broker.>``) as NATS
+    reads it: dot-separated non-empty tokens without white space, ``*`` and
+    ``>`` standing for whole tokens, ``>`` only last. A pattern NATS would
+    refuse is refused here rather than silently matching nothing."""
+    if pattern == ">":
+        return pattern
+    what = f"not a NATS subject pattern: {pattern!r}"
+    if not pattern or any(c.isspace() for c in pattern):
+        raise SubjectPatternError(f"{what} (no spaces; tokens are separated by '.')")
+    tokens = pattern.split(".")
+    if "" in tokens:
+        raise SubjectPatternError(f"{what} (an empty token: a leading, trailing or double '.')")
+    for i, tok in enumerate(tokens):
+        if tok == ">" and i != len(tokens) - 1:
+            raise SubjectPatternError(f"{what} ('>' matches the rest: the last token only)")
+        if tok not in ("*", ">") and ("*" in tok or ">" in tok):
+            raise SubjectPatternError(f"{what} ('*' and '>' stand for whole tokens)")
+    return pattern
+
+
+def check_prefix(prefix: str) -> str:
+    """Check a literal subject prefix to publish under (``replay``,
+    ``replay.run7``): a valid pattern without wildcards."""
+    check_pattern(prefix)
+    if any(tok in ("*", ">") for tok in prefix.split(".")):
+        raise SubjectPatternError(
+            f"not a subject prefix: {prefix!r} (a wildcard names no subject to publish to)"
+        )
+    return prefix
+
+
 def symbol_token(symbol: str) -> str:
     """A ticker as one subject token: ``BRK.B`` -> ``BRK~B`` (a dot splits tokens)."""
     return token(symbol.replace(".", "~"))

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from libs.contract.subjects import check_pattern
 from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
 
 SELECT = (
@@ -115,9 +116,13 @@ def _row(rec: asyncpg.Record) -> Recorded:
 
 
 def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
-    """SQL condition (and its parameters, numbered from ``param``) for a NATS pattern."""
+    """SQL condition (and its parameters, numbered from ``param``) for a NATS pattern.
+
+    Raises :class:`~libs.contract.subjects.SubjectPatternError` for a pattern
+    NATS would refuse (``md.>.AAPL``, ``md trade``)."""
     if pattern in ("", ">"):
         return "TRUE", []
+    check_pattern(pattern)
     tokens = pattern.split(".")
     literal: list[str] = []
     for tok in tokens:
@@ -125,10 +130,8 @@ def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
             break
         literal.append(tok)
     regex_parts = []
-    for i, tok in enumerate(tokens):
+    for tok in tokens:
         if tok == ">":
-            if i != len(tokens) - 1:
-                raise ValueError(f"'>' must be the last token: {pattern!r}")
             regex_parts.append(r"[^.]+(\.[^.]+)*")
         elif tok == "*":
             regex_parts.append(r"[^.]+")

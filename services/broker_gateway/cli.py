@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from libs.cli import add_replay_command, err, settings_or_exit
-from libs.config import ServiceSettings
+from libs.cli import add_replay_command, err, fail, reads_store, settings_or_exit
+from libs.config import ServiceSettings, masked_url
 
 app = typer.Typer(help="The broker-gateway: one adapter per broker account.")
 
@@ -55,6 +55,7 @@ def register(root: typer.Typer) -> None:
     """Operator commands owned by the broker side (positions)."""
 
     @root.command("positions")
+    @reads_store
     def positions(
         account: Annotated[str | None, typer.Option(help="Only this account")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
@@ -65,11 +66,11 @@ def register(root: typer.Typer) -> None:
         from services.broker_gateway.positions import nets, plain, read_positions, totals
 
         settings = settings_or_exit(ServiceSettings)
+        url = settings.database_url.get_secret_value()
         try:
-            rows = asyncio.run(read_positions(settings.database_url.get_secret_value(), account))
+            rows = asyncio.run(read_positions(url, account))
         except (OSError, TimeoutError, asyncpg.PostgresError) as e:
-            err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
-            raise typer.Exit(1) from e
+            fail(f"cannot read the event store at {masked_url(url)}: {e}", 1)
         if as_json:
             for r in rows:
                 print(json.dumps(r.as_json()))

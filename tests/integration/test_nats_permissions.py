@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,9 +49,11 @@ from libs.contract.events import (
 )
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import NatsServer
-from libs.testing.producer import make_submit_order
+from libs.replay import ReplayRefused, ReplayRequest, replay
+from libs.testing.producer import make_submit_order, make_trades
 from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.config import MarketdataSettings
+from tests.integration.test_replay_and_cli import record
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 SERVICES = (
@@ -309,7 +315,7 @@ ALL_SUBJECTS = (
 #: What each user may publish among ALL_SUBJECTS; everything else is refused.
 MAY_PUBLISH = {
     "admin": set(),
-    "operator": {"control.resume"},
+    "operator": {"control.resume", "replay.md.bar.1m.AAPL"},
     "recorder": {"replay.md.bar.1m.AAPL", "deadletter.recorder"},
     "marketdata": {"md.bar.1m.AAPL", "deadletter.marketdata"},
     "strategy-runner": {"strategy.intent.s1", "deadletter.strategy-runner"},
@@ -412,6 +418,76 @@ async def test_a_user_given_in_the_url_gets_its_own_inbox(cluster: Cluster, stre
     async with await Bus.connect(url, name="test-url-user") as feed:
         ack = await feed.publish(bar("URLUSER"))
     assert ack.stream == stream
+
+
+# ------------------------------------------------------------------ replay
+
+
+async def test_replay_counts_only_what_the_server_took(
+    cluster: Cluster, tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    # Replays are plain NATS publishes: a refusal comes back later, through
+    # error_cb, and must not be counted as published.
+    events = list(make_trades(30, "perm"))
+    await record(tmp_path, bus, nats_url, database_url, events)
+    async with cluster.bus("operator") as operator:
+        done = await replay(database_url, operator, ReplayRequest())
+    assert (done.published, done.refused, done.last_seq) == (30, 0, 30)
+
+    async with cluster.bus("marketdata") as feed:
+        with pytest.raises(ReplayRefused) as info:
+            await replay(database_url, feed, ReplayRequest())
+    refused = info.value
+    assert (refused.result.published, refused.result.refused) == (0, 1)
+    assert (refused.user, refused.seq) == ("marketdata", 1)
+    assert refused.subject == f"replay.{subject_for(events[0])}"  # as sent, not lower-cased
+    # Outside replay.> the operator is refused too (and --from-seq is kept).
+    async with cluster.bus("operator") as operator:
+        with pytest.raises(ReplayRefused) as info:
+            await replay(database_url, operator, ReplayRequest(into="rerun", from_seq=2))
+    assert (info.value.result.published, info.value.seq) == (0, 2)
+
+
+def replay_cli(cluster: Cluster, user: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "NATS_URL": cluster.url,
+        "TRADEBUS_NATS_USER": user,
+        "TRADEBUS_NATS_PASSWORD": cluster.passwords[user],
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "recorder", "replay", "--subject", "md.>"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_replay_refused_by_the_server_fails_naming_subject_and_user(
+    cluster: Cluster, tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    events = list(make_trades(31, "cli"))
+    await record(tmp_path, bus, nats_url, database_url, events)
+
+    proc = await asyncio.to_thread(replay_cli, cluster, "paper-broker", database_url)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["published"], summary["refused"], summary["last_seq"]) == (0, 1, 1)
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"NATS user 'paper-broker' publish to 'replay.{subject_for(events[0])}'" in error
+    assert "Hint: " in error
+    assert "operator" in error
+    assert "Traceback" not in proc.stderr
+
+    # The operator (who `tradebus up`'s env file signs in as) may replay.
+    proc = await asyncio.to_thread(replay_cli, cluster, "operator", database_url)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["published"], summary["refused"]) == (31, 0)
+    assert "as user operator" in proc.stderr
 
 
 # -------------------------------------------------------- durable consumers

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import pytest
@@ -22,8 +23,13 @@ from libs.testing.wait import eventually
 from tests.integration.test_recorder import order_chain
 
 
-def cli(*args: str, database_url: str, nats_url: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
+def cli(
+    *args: str, database_url: str | None, nats_url: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tradebus ARGS``; ``database_url=None`` leaves DATABASE_URL unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     if nats_url:
         env["NATS_URL"] = nats_url
     return subprocess.run(
@@ -181,7 +187,7 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:
     from libs.local.servers import free_port
 
-    env_url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    env_url = f"nats://replayer:{SECRET}@127.0.0.1:{free_port()}"  # nobody listens there
     proc = await asyncio.to_thread(
         lambda: subprocess.run(
             [sys.executable, "-m", "services.cli", "recorder", "replay"],
@@ -198,4 +204,104 @@ async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: st
         )
     )
     assert proc.returncode == 1, proc.stderr
-    assert "cannot reach NATS" in proc.stderr
+    assert "cannot reach NATS at nats://replayer:***@127.0.0.1:" in proc.stderr
+    assert SECRET not in proc.stderr
+
+
+SECRET = "s3cr3t-pw"  # noqa: S105 - a fake password, to show it is never printed
+
+
+def with_password(url: str) -> str:
+    """``url`` with a password for its user (the test server trusts local logins)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{SECRET}@{host}"))
+
+
+def other_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+#: A missing database, named by its URL (password masked).
+NO_DATABASE = "no database at postgresql://postgres:***@"
+
+
+@pytest.mark.parametrize(
+    ("args", "url", "code", "says"),
+    [
+        # (the command, DATABASE_URL: "db" the test's store, else as given, exit, error)
+        (
+            ("recorder", "replay", "--dry-run"),
+            f"postgresql://postgres:{SECRET}@127.0.0.1:1/x",
+            1,
+            "cannot reach the event store at postgresql://postgres:***@127.0.0.1:1/x",
+        ),
+        (("events",), "missing", 1, NO_DATABASE),
+        (("recorder", "replay", "--dry-run"), "missing", 1, NO_DATABASE),
+        (("risk", "status"), "missing", 1, NO_DATABASE),
+        (("events", "--subject", "md.>.AAPL"), "db", 2, "not a NATS subject pattern: 'md.>.AAPL'"),
+        (
+            ("recorder", "replay", "--subject", "md.>.AAPL"),
+            "db",
+            2,
+            "not a NATS subject pattern: 'md.>.AAPL'",
+        ),
+        (("events", "--subject", "md trade"), "db", 2, "'md trade' (no spaces"),
+        (("recorder", "replay", "--subject", "md trade", "--dry-run"), "db", 2, "(no spaces"),
+        (("recorder", "replay", "--into", ">"), "db", 2, "--into: not a subject prefix: '>'"),
+        (("events",), "notaurl", 2, "DATABASE_URL: must be a URL such as postgresql://"),
+        (("positions",), "notaurl", 2, "DATABASE_URL: must be a URL such as postgresql://"),
+    ],
+)
+async def test_user_mistakes_end_in_one_line_and_an_exit_code(
+    tmp_path: Path,
+    bus: Bus,
+    nats_url: str,
+    database_url: str,
+    args: tuple[str, ...],
+    url: str,
+    code: int,
+    says: str,
+) -> None:
+    if url == "db":  # a store with events in it, so that a pattern could match
+        await record(tmp_path, bus, nats_url, database_url, list(make_trades(5, "mistake")))
+        url = database_url
+    elif url == "missing":
+        url = with_password(other_database(database_url, "no_such_database"))
+    proc = await asyncio.to_thread(cli, *args, database_url=url, nats_url=nats_url)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: "), proc.stderr
+    assert says in errors[0]
+    assert SECRET not in proc.stderr + proc.stdout
+
+
+async def test_read_commands_name_the_store_and_warn_when_it_is_empty(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    shown = with_password(database_url).replace(SECRET, "***")
+    empty = "holds no events: is DATABASE_URL the one `tradebus up` printed?"
+    for args in (
+        ("events",),
+        ("audit", "00000000-0000-0000-0000-000000000000"),
+        ("positions",),
+        ("risk", "status"),
+        ("recorder", "replay", "--dry-run"),
+    ):
+        proc = await asyncio.to_thread(cli, *args, database_url=with_password(database_url))
+        assert f"event store: {shown} (DATABASE_URL)" in proc.stderr, (args, proc.stderr)
+        assert f"warning: the event store at {shown} {empty}" in proc.stderr, (args, proc.stderr)
+        assert SECRET not in proc.stderr + proc.stdout
+    await record(tmp_path, bus, nats_url, database_url, list(make_trades(3, "full")))
+    proc = await asyncio.to_thread(cli, "risk", "status", "--json", database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr
+    assert json.loads(proc.stdout)["as_of_seq"] == 3
+    # With no DATABASE_URL, the default is used, and said to be the default.
+    proc = await asyncio.to_thread(cli, "events", database_url=None)
+    assert (
+        "event store: postgresql://postgres@127.0.0.1:5432/tradebus "
+        "(the default: DATABASE_URL is not set)"
+    ) in proc.stderr

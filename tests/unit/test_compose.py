@@ -380,6 +380,13 @@ def test_only_risk_gate_publishes_orders_and_only_operator_control(nats_conf: st
         assert re.search(rf'subscribe:\s*\{{\s*allow:\s*\["{own_inbox}"\]\s*\}}', block), user
 
 
+def test_replays_are_published_by_the_recorder_and_the_operator_only(nats_conf: str) -> None:
+    # `tradebus <service> replay` publishes plain NATS under replay.>; the env
+    # file `tradebus up` writes signs a terminal in as the operator.
+    for user, block in nats_user_blocks(nats_conf).items():
+        assert ("replay.>" in publish_allow(block)) == (user in {"recorder", "operator"}), user
+
+
 @pytest.mark.parametrize("user", SERVICE_USERS)
 def test_services_reach_only_their_own_consumer(nats_conf: str, user: str) -> None:
     durable = "event-recorder" if user == "recorder" else user

@@ -15,6 +15,7 @@ from libs.config import (
     ConfigError,
     ServiceSettings,
     load_settings,
+    masked_url,
 )
 from libs.yamlfile import DuplicateKeyError, load_yaml
 
@@ -193,3 +194,32 @@ def test_yaml_config_files_refuse_a_key_given_twice() -> None:
     assert load_yaml("b: &b {x: 1, y: 1}\nc:\n  <<: *b\n  x: 2\n")["c"] == {"x": 2, "y": 1}
     with pytest.raises(yaml.YAMLError):  # what every loader already catches
         load_yaml("a: 1\na: 1\n")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["notaurl", f"mysql://trader:{SECRET}@db/x", f"trader:{SECRET}@db:5432/tradebus"],
+)
+def test_a_database_url_that_is_not_postgresql_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+    message = str(info.value)
+    assert message.startswith("invalid configuration: DATABASE_URL: must be a URL such as")
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "value", [DB_URL, "postgres://db/x", "postgresql+asyncpg://db/x", "postgresql:///tradebus"]
+)
+def test_postgresql_urls_are_taken(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", value)
+    assert load_settings(ServiceSettings).database_url.get_secret_value() == value
+
+
+def test_masked_url_hides_only_the_password() -> None:
+    assert masked_url(DB_URL) == "postgresql://trader:***@db.internal:5432/tradebus"
+    assert masked_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert masked_url("postgresql://postgres@h/x") == "postgresql://postgres@h/x"

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from libs.contract.codec import encode
+from libs.contract.subjects import SubjectPatternError, check_prefix
 from libs.store.queries import subject_filter
 from libs.testing.producer import make_trades
 from services.recorder.domain.rows import StreamMessage, merge, missing_row, plan, to_row
@@ -127,6 +128,34 @@ def test_subject_filter_everything_and_bad_wildcard() -> None:
     assert subject_filter(">", 1) == ("TRUE", [])
     with pytest.raises(ValueError, match="last token"):
         subject_filter("md.>.x", 1)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("md.>.AAPL", "last token"),
+        ("md trade", "no spaces"),
+        ("md.trade.AAPL ", "no spaces"),
+        ("md\ttrade", "no spaces"),
+        ("md..trade", "empty token"),
+        (".md", "empty token"),
+        ("md.", "empty token"),
+        ("md.tr*", "whole tokens"),
+        ("md.>x", "whole tokens"),
+    ],
+)
+def test_patterns_nats_would_refuse_are_refused_not_matched_against_nothing(
+    pattern: str, problem: str
+) -> None:
+    with pytest.raises(SubjectPatternError, match=problem):
+        subject_filter(pattern, 1)
+
+
+def test_a_wildcard_is_no_prefix_to_publish_under() -> None:
+    assert check_prefix("replay.run7") == "replay.run7"
+    for bad in (">", "replay.*", "replay.>", "re play", ""):
+        with pytest.raises(SubjectPatternError):
+            check_prefix(bad)
 
 
 def test_to_row_stores_nul_as_replacement_and_keeps_the_bytes() -> None:
