@@ -34,6 +34,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
@@ -446,6 +447,28 @@ async def test_replay_counts_only_what_the_server_took(
         with pytest.raises(ReplayRefused) as info:
             await replay(database_url, operator, ReplayRequest(into="rerun", from_seq=2))
     assert (info.value.result.published, info.value.seq) == (0, 2)
+
+    # The operator may watch a replay; a service may not read one.
+    seen: list[str] = []
+
+    async def on_replayed(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    async with cluster.conn("operator") as watcher, cluster.conn("risk-gate") as service:
+        await watcher.nc.subscribe("replay.>", cb=on_replayed)
+        await service.nc.subscribe("replay.>")
+        await settled(watcher.nc)
+        await settled(service.nc)
+        async with cluster.bus("operator") as operator:
+            done = await replay(database_url, operator, ReplayRequest(to_seq=3))
+        assert done.published == 3
+
+        async def all_seen() -> bool:
+            return len(seen) == 3
+
+        await eventually(all_seen, what="the three replayed messages")
+        assert watcher.errors == []
+        assert any("permissions violation for subscription" in e for e in service.errors)
 
 
 def replay_cli(cluster: Cluster, user: str, database_url: str) -> subprocess.CompletedProcess[str]:

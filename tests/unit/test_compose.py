@@ -375,9 +375,11 @@ def test_only_risk_gate_publishes_orders_and_only_operator_control(nats_conf: st
         if user != "operator":
             assert "control.>" in deny, user
         assert ">" not in allow, user
-        # Its own replies only (libs.bus.client.inbox_prefix), no one else's.
-        own_inbox = re.escape(f"{inbox_prefix(user)}.>")
-        assert re.search(rf'subscribe:\s*\{{\s*allow:\s*\["{own_inbox}"\]\s*\}}', block), user
+        # Its own replies only (libs.bus.client.inbox_prefix), no one else's;
+        # the operator may also watch replays.
+        own_inbox = re.escape(f'"{inbox_prefix(user)}.>"')
+        extra = ', "replay\\.>"' if user == "operator" else ""
+        assert re.search(rf"subscribe:\s*\{{\s*allow:\s*\[{own_inbox}{extra}\]\s*\}}", block), user
 
 
 def test_replays_are_published_by_the_recorder_and_the_operator_only(nats_conf: str) -> None:
