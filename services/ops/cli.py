@@ -6,7 +6,8 @@ import asyncio
 import datetime as dt
 import json
 import uuid
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from libs.cli import err, settings_or_exit
 from libs.config import ServiceSettings
+
+if TYPE_CHECKING:
+    from libs.store.queries import Recorded
 
 db_app = typer.Typer(help="The event store's schema.")
 out = Console()
@@ -53,6 +57,25 @@ async def _connect() -> Any:
     except (OSError, TimeoutError, asyncpg.PostgresError) as e:
         err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
         raise typer.Exit(1) from e
+
+
+def as_tree(chain: Sequence[Recorded]) -> list[tuple[Recorded, int]]:
+    """A causal chain as a tree, each event with its depth: every event
+    followed by what it caused, each in sequence order (depth first), so that
+    the legs of a signal with two intents read one after the other instead of
+    interleaved. An event whose cause is not in the chain starts a tree."""
+    ids = {r.id for r in chain}
+    children: dict[uuid.UUID | None, list[Recorded]] = {}
+    for r in chain:  # in sequence order
+        parent = r.causation_id if r.causation_id in ids else None
+        children.setdefault(parent, []).append(r)
+    out: list[tuple[Recorded, int]] = []
+    stack = [(r, 0) for r in reversed(children.get(None, []))]
+    while stack:
+        r, depth = stack.pop()
+        out.append((r, depth))
+        stack.extend((c, depth + 1) for c in reversed(children.get(r.id, [])))
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -126,10 +149,7 @@ def register(app: typer.Typer) -> None:
             for r in chain:
                 print(json.dumps(r.as_json(), default=str))
             return
-        depth: dict[uuid.UUID, int] = {}
-        for r in chain:
-            d = depth.get(r.causation_id, -1) + 1 if r.causation_id else 0
-            depth[r.id] = d
+        for r, d in as_tree(chain):
             mark = "*" if r.id == eid else " "
             out.print(
                 f"{mark} {r.seq:>8}  {_when(r.ts_event)}  {'  ' * d}{r.type}  "
