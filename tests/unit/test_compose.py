@@ -290,6 +290,19 @@ def test_the_dockerfile_installs_only_the_package_as_non_root(
     assert re.search(
         r"""pip install -c constraints\.txt "\.\[\$\{EXTRA\}\]"$""", text, re.MULTILINE
     )
+    # The build backend is pinned as well: PIP_CONSTRAINT reaches pip's
+    # isolated build environment, -c does not.
+    assert re.search(r"PIP_CONSTRAINT=/src/constraints\.txt\b", text)
+    assert re.search(r"^WORKDIR /src$", text, re.MULTILINE)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for requirement in pyproject["build-system"]["requires"]:
+        name = re.split(r"[<>=!~ \[]", requirement)[0]
+        assert name in pins, f"the build backend {name} is not pinned in constraints.txt"
     copied = {
         source
         for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.MULTILINE)
