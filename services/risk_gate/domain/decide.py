@@ -49,13 +49,13 @@ from libs.contract.events import (
     OrderIntentPayload,
     ReasonCode,
     RiskDecisionMade,
-    RiskDecisionPayload,
     Side,
     SubmitOrder,
 )
 from services.risk_gate.domain.commands import (
     SOURCE,
     decision_id_for,
+    decision_payload,
     make,
     order_id_for,
     submit_order,
@@ -95,18 +95,10 @@ def decide(
     state = roll_day(state, now_ns)
     reason, detail = check(state, intent, now_ns)
     accepted = reason is ReasonCode.ACCEPTED
-    p = intent.payload
     decision = make(
         RiskDecisionMade,
-        RiskDecisionPayload(
-            intent_id=intent.id,
-            strategy=p.strategy,
-            account=p.account,
-            symbol=p.symbol,
-            decision="accepted" if accepted else "denied",
-            reason=reason,
-            detail=detail,
-            order_id=order_id_for(intent.id) if accepted else None,
+        decision_payload(
+            intent, reason, detail, order_id=order_id_for(intent.id) if accepted else None
         ),
         event_id=decision_id_for(intent.id),
         now_ns=now_ns,
