@@ -248,6 +248,21 @@ async def test_submit_fills_and_is_idempotent(broker: Harness) -> None:
     assert broker.events.kinds(c) == ["accepted", "fill"]
 
 
+async def test_a_client_order_id_taken_by_another_order_is_refused(broker: Harness) -> None:
+    """A venue that answers "duplicate" (Alpaca's 422, 40010001) to a repeated
+    client order id: the same order again is the order it holds (above); a
+    different one under that id is refused, and the first is untouched."""
+    await broker.set_price("AAPL", D(20))
+    c = cid()
+    first = await broker.port.submit(market("AAPL", "buy", "3", c))
+    with pytest.raises(OrderRefused) as e:
+        await broker.port.submit(market("AAPL", "sell", "3", c))
+    assert "already used" in e.value.reason
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    assert (got.broker_order_id, got.side) == (first.broker_order_id, "buy")
+
+
 async def test_large_order_fills_in_partial_fills(broker: Harness) -> None:
     await broker.set_price("MSFT", D(400))
     c = cid()

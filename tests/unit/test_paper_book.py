@@ -52,22 +52,24 @@ def test_market_order_fills_at_once_and_books_the_position() -> None:
     assert b.positions("B") == []
 
 
-def test_submit_is_idempotent_on_client_order_id() -> None:
+def test_a_client_order_id_used_before_is_refused_as_alpaca_does() -> None:
+    """Alpaca answers a repeated client order id with 422 (40010001), not
+    with the order: the paper broker does the same, and changes nothing."""
     b = book()
     b.on_market(MarketUpdate.trade("AAPL", D(200)))
     first, _ = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
-    again, more = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
-    assert again == first
-    assert more == []
-    assert len(b.orders("A", "all")) == 1
+    for spec in (
+        OrderSpec("AAPL", "buy", D(10), client_order_id="c1"),  # the same order again
+        OrderSpec("AAPL", "sell", D(10), client_order_id="c1"),  # another one
+    ):
+        with pytest.raises(Refused, match="client_order_id must be unique") as e:
+            b.submit("A", spec)
+        assert (e.value.status, e.value.code) == (422, 40010001)
+    assert b.orders("A", "all") == [first]
     assert b.positions("A")[0].qty == D(10)
     # The same id in another account is another order.
     other, _ = b.submit("B", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
     assert other.id != first.id
-    # Reusing an id for a different order is refused, not silently merged.
-    with pytest.raises(Refused, match="already used") as e:
-        b.submit("A", OrderSpec("AAPL", "sell", D(10), client_order_id="c1"))
-    assert e.value.status == 422
 
 
 def test_large_order_fills_in_partial_fills_as_the_market_trades() -> None:

@@ -344,3 +344,28 @@ def test_an_old_journal_s_partly_filled_stop_is_triggered(tmp_path: Path) -> Non
     assert replayed is not None
     assert replayed.triggered
     assert replayed == b.order("acct", order.id)
+
+
+async def test_a_repeated_client_order_id_gets_alpaca_s_422(server: PaperBrokerServer) -> None:
+    """Alpaca: 422 ``{"code": 40010001, "message": "client_order_id must be
+    unique"}``; no order placed, no update sent. (It used to answer 200 and
+    the existing order, which no real venue does.)"""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    ws = await login(server.port)
+    try:
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["stream"] == "listening"
+        body = {"symbol": "AAPL", "qty": "1", "side": "buy", "client_order_id": "dup"}
+        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        await send(
+            ws, "request", {"id": "r2", "method": "POST", "path": "/v2/orders", "body": body}
+        )
+        got = await recv(ws)
+        assert got["stream"] == "response", got  # no trade update came first
+        assert (got["data"]["status"], got["data"]["body"]) == (
+            422,
+            {"code": 40010001, "message": "client_order_id must be unique"},
+        )
+        assert len(server.book.orders("acct", "all")) == 1
+    finally:
+        await ws.close()

@@ -47,6 +47,7 @@ from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.domain.book import (
+    CODE_DUPLICATE_CLIENT_ORDER_ID,
     CODE_NOT_FOUND,
     JOURNAL_ONLY,
     PaperBook,
@@ -426,10 +427,12 @@ class PaperBrokerServer:
         try:
             spec = wire.spec_from_json(body)
             order, updates = self.book.submit(account, spec)
-        except Refused:
-            metrics.ORDERS.labels(account=account, outcome="refused").inc()
+        except Refused as e:
+            duplicate = e.code == CODE_DUPLICATE_CLIENT_ORDER_ID
+            outcome = "duplicate" if duplicate else "refused"
+            metrics.ORDERS.labels(account=account, outcome=outcome).inc()
             raise
-        metrics.ORDERS.labels(account=account, outcome="accepted" if updates else "repeated").inc()
+        metrics.ORDERS.labels(account=account, outcome="accepted").inc()
         data = self._publish(updates)
         if updates and updates[-1].order == order:
             return 200, data[-1]["order"]  # the order as its last update showed it

@@ -12,8 +12,9 @@ the fill model.
 Invariants:
 
 - a client order id names at most one order per account: submitting it again
-  returns the existing order and changes nothing (the gateway's retries and
-  redeliveries rely on it);
+  is refused as Alpaca refuses it (422, code 40010001, "client_order_id must
+  be unique") and changes nothing; a client that resubmits (the gateway, after
+  a lost answer or a restart) reads the order back by its client order id;
 - an order's ``filled_qty`` only grows, up to ``qty``; each fill's execution
   id is new;
 - a refused order (bad fields, untradable symbol, too large) is never created:
@@ -59,6 +60,9 @@ AVG_QUANTUM = Decimal("1e-12")
 CODE_FORBIDDEN = 40310000
 CODE_UNPROCESSABLE = 42210000
 CODE_NOT_FOUND = 40410000
+#: Alpaca's answer to a client order id already used (HTTP 422).
+CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
+DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
 
 
 class Refused(Exception):
@@ -251,26 +255,13 @@ class PaperBook:
     def submit(self, account: str, spec: OrderSpec) -> tuple[PaperOrder, list[TradeUpdate]]:
         """Accept an order (and fill what the market allows now), or refuse it.
 
-        A client order id already used in ``account`` returns that order and no
-        update: the submit is idempotent.
+        A client order id already used in ``account`` is refused (422,
+        40010001) whatever the rest of the request, as Alpaca does; the books
+        do not change.
         """
         cid = spec.client_order_id
-        if cid:
-            existing = self.by_client_order_id(account, cid)
-            if existing is not None:
-                same = (existing.symbol, existing.side, existing.qty, existing.order_type) == (
-                    spec.symbol,
-                    spec.side,
-                    spec.qty,
-                    spec.order_type,
-                )
-                if not same:
-                    raise Refused(
-                        422,
-                        CODE_UNPROCESSABLE,
-                        f"client_order_id {cid} is already used by a different order",
-                    )
-                return existing, []
+        if cid and self.by_client_order_id(account, cid) is not None:
+            raise Refused(422, CODE_DUPLICATE_CLIENT_ORDER_ID, DUPLICATE_CLIENT_ORDER_ID)
         self._validate(spec)
         now = self.clock.now_ns()
         order = PaperOrder(

@@ -392,7 +392,38 @@ class PaperBroker:
     async def submit(self, order: OrderRequest) -> BrokerOrder:
         body = parse.order_request(order).model_dump(exclude_none=True)
         response = await self._call("submit", "POST", "/v2/orders", body)
+        if _duplicate(response):
+            return await self._existing(order)
         return parse.order(self._read(schemas.Order, self._check(response, "submit")))
+
+    async def _existing(self, request: OrderRequest) -> BrokerOrder:
+        """The order the broker holds under ``request``'s client order id.
+
+        Alpaca answers a client order id it has seen with 422 (40010001,
+        "client_order_id must be unique"), not with the order. For us that id
+        is the submit's idempotency key: the order is there because an earlier
+        attempt of this same submit landed (its answer lost to a timeout or a
+        dropped connection, or the gateway restarted before recording it). It
+        is read back and returned as a fresh answer would have been: taken as
+        a refusal, the gateway would record it rejected while it lives and
+        fills at the broker.
+        """
+        cid = request.client_order_id
+        found = await self.get_order(client_order_id=cid)
+        if found is None:
+            # "Exists", yet not found: the venue has not caught up with itself.
+            raise BrokerUnavailable(
+                f"{self.account}: client order id {cid} is taken, but no order has it yet"
+            )
+        asked = (request.symbol, request.side, request.quantity, request.order_type)
+        held = (found.symbol, found.side, found.quantity, found.order_type)
+        if held != asked:
+            raise OrderRefused(
+                f"client_order_id {cid} is already used by a different order",
+                str(schemas.CODE_DUPLICATE_CLIENT_ORDER_ID),
+            )
+        log.info("broker %s has order %s already; taking it", self.account, cid)
+        return found
 
     async def cancel(
         self, *, client_order_id: str | None = None, broker_order_id: str | None = None
@@ -452,3 +483,13 @@ class PaperBroker:
             parse.fill(self._read(schemas.FillActivity, f), order.client_order_id) for f in body
         ]
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+
+def _duplicate(response: schemas.Response) -> bool:
+    """Alpaca's "client_order_id must be unique" answer."""
+    body = response.body
+    return (
+        response.status == 422
+        and isinstance(body, dict)
+        and str(body.get("code")) == str(schemas.CODE_DUPLICATE_CLIENT_ORDER_ID)
+    )

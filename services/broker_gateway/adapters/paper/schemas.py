@@ -14,6 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+#: Alpaca's error code for a ``client_order_id`` it has seen already (HTTP 422,
+#: "client_order_id must be unique"): the order exists.
+CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
+
 
 def _exact(value: Any) -> Any:
     # A JSON number read as float: go through its shortest repr, not its binary value.
