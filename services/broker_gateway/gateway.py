@@ -469,11 +469,28 @@ class AccountWorker:
         self.tracker.flatten_started(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
-            orders = await self._call("close_all", self.port.close_all)
-            await self.outbox.publish(self.tracker.flatten_done(orders))
+            closed = await self._call("close_all", self.port.close_all)
+            await self.outbox.publish(self.tracker.flatten_done(closed.orders, closed.refused))
         finally:
             self.tracker.flatten_ended()
-        log.info("flattened %s: %d closing orders (%s)", self.account, len(orders), command.id)
+        if closed.refused:
+            # Published above as an OrderRejected per position (caused by the
+            # flatten). Not retried: a second close-all could close positions
+            # opened since, or race the first one's closing orders. The
+            # risk-gate has halted the account; an operator clears the cause
+            # (a halt, an order holding the shares) and flattens again.
+            metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(closed.refused))
+            log.error(
+                "flatten %s of %s left %d positions open, the broker refused to close them: %s",
+                command.id,
+                self.account,
+                len(closed.refused),
+                "; ".join(f"{r.symbol}: {r.reason} ({r.code})" for r in closed.refused),
+            )
+            return "incomplete"
+        log.info(
+            "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
+        )
         return "flattened"
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -38,3 +38,8 @@ RECONCILED_FILLS = Counter(
 MALFORMED = Counter(
     "tradebus_broker_malformed_messages_total", "Broker messages that did not parse", ["account"]
 )
+FLATTEN_REFUSED = Counter(
+    "tradebus_broker_flatten_refused_positions_total",
+    "Positions a flatten's close-all left open: the broker refused to close them",
+    ["account"],
+)

@@ -15,9 +15,12 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
+import nats.js.errors
+import orjson
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api as js_api
@@ -44,7 +47,7 @@ from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import AccountWorker, Outbox
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
-from services.paper_broker.domain.book import BookConfig, PaperBook, PaperOrder, TradeUpdate
+from services.paper_broker.domain.book import BookConfig, Closing, PaperBook, TradeUpdate
 from services.paper_broker.domain.fill_model import MarketUpdate
 
 D = Decimal
@@ -64,9 +67,11 @@ class CountingBook(PaperBook):
         self.cancel_alls += 1
         return super().cancel_all(account)
 
-    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
+    def close_all(
+        self, account: str, *, cancel_orders: bool = False
+    ) -> tuple[list[Closing], list[TradeUpdate]]:
         self.close_alls += 1
-        return super().close_all(account)
+        return super().close_all(account, cancel_orders=cancel_orders)
 
 
 @dataclass
@@ -345,3 +350,42 @@ async def test_a_command_handed_back_that_never_returns_does_not_stall_its_accou
         await a.up()
         ids = [str(c.payload.order_id) for i, c in enumerate(backlog) if i != 2]
         await eventually(lambda: a.orders() == ids, timeout=10 + wa.give_up_s * 2)
+
+
+async def last_event(bus: Bus, subject: str) -> dict[str, Any] | None:
+    """The last event stored on ``subject``, decoded; None if there is none."""
+    try:
+        msg = await bus.js.get_last_msg(STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    assert msg.data is not None
+    event: dict[str, Any] = orjson.loads(msg.data)
+    return event
+
+
+async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: list[Venue]) -> None:
+    """The broker's close-all refuses one position (here: its symbol halted
+    since it was bought; at Alpaca also shares held by an order): the flatten
+    publishes an ``OrderRejected`` for it, caused by the flatten, with the
+    venue's code and the symbol, instead of passing for done."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    a.book.on_market(MarketUpdate.trade("MSFT", D(50)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish_many([submit(a.account, "AAPL", "10"), submit(a.account, "MSFT", "5")])
+        await eventually(lambda: len(a.book.positions(a.account)) == 2, timeout=10)
+        a.book.config = replace(a.book.config, halted_symbols=frozenset({"MSFT"}))
+        flat = flatten(a.account)
+        await bus.publish(flat)
+        rejected = await eventually(
+            lambda: last_event(bus, f"broker.reject.{a.account}"), timeout=10
+        )
+        assert rejected["type"] == "OrderRejected"
+        assert rejected["causation_id"] == str(flat.id)
+        assert rejected["payload"]["code"] == "40310000"
+        assert "MSFT position, which is still open" in rejected["payload"]["reason"]
+        assert [(p.symbol, p.qty) for p in a.book.positions(a.account)] == [("MSFT", D(5))]
+        await w.wait_idle()
+        assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again

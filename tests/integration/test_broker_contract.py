@@ -315,11 +315,26 @@ async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     await broker.port.submit(OrderRequest(resting, "AAPL", "buy", D(1), "limit", limit_price=D(1)))
     canceled = await broker.port.cancel_all()
     assert [o.client_order_id for o in canceled] == [resting]
-    closing = await broker.port.close_all()
-    assert sorted((o.symbol, o.side, o.quantity) for o in closing) == [
+    closed = await broker.port.close_all()
+    assert closed.refused == ()
+    assert sorted((o.symbol, o.side, o.quantity) for o in closed.orders) == [
         ("AAPL", "sell", D(7)),
         ("SPY", "buy", D(4)),
     ]
+    await eventually(lambda: _flat(broker.port), timeout=5)
+
+
+async def test_close_all_cancels_the_orders_that_hold_the_shares(broker: Harness) -> None:
+    """A position whose shares an open order holds (Alpaca refuses to close
+    it, 403) is closed all the same: close-all cancels the open orders."""
+    await broker.set_price("AMD", D(10))
+    await broker.port.submit(market("AMD", "buy", "6", cid()))
+    resting = cid()
+    await broker.port.submit(OrderRequest(resting, "AMD", "sell", D(6), "limit", limit_price=D(99)))
+    closed = await broker.port.close_all()
+    assert closed.refused == ()
+    assert [(o.symbol, o.side, o.quantity) for o in closed.orders] == [("AMD", "sell", D(6))]
+    await eventually(lambda: broker.events.kinds(resting) == ["accepted", "canceled"], timeout=5)
     await eventually(lambda: _flat(broker.port), timeout=5)
 
 

@@ -369,3 +369,37 @@ async def test_a_repeated_client_order_id_gets_alpaca_s_422(server: PaperBrokerS
         assert len(server.book.orders("acct", "all")) == 1
     finally:
         await ws.close()
+
+
+async def test_close_all_answers_per_position_and_takes_cancel_orders(
+    server: PaperBrokerServer,
+) -> None:
+    """``DELETE /v2/positions`` is a 207 with an entry per position: a 403
+    for one whose shares an open order holds, unless ``cancel_orders=true``."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    server.market(MarketUpdate.trade("MSFT", Decimal(20)))
+    ws = await login(server.port)
+    try:
+        for body in (
+            {"symbol": "AAPL", "qty": "5", "side": "buy"},
+            {"symbol": "MSFT", "qty": "2", "side": "buy"},
+            {"symbol": "AAPL", "qty": "5", "side": "sell", "type": "limit", "limit_price": "99"},
+        ):
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        answer = await request(ws, "DELETE", "/v2/positions")
+        assert answer["status"] == 207
+        by_symbol = {e["symbol"]: e for e in answer["body"]}
+        assert (by_symbol["MSFT"]["status"], by_symbol["MSFT"]["body"]["side"]) == (200, "sell")
+        assert (by_symbol["AAPL"]["status"], by_symbol["AAPL"]["body"]) == (
+            403,
+            {
+                "code": 40310000,
+                "message": "insufficient qty available for order (requested: 5, available: 0)",
+            },
+        )
+        answer = await request(ws, "DELETE", "/v2/positions?cancel_orders=true")
+        assert [(e["symbol"], e["status"]) for e in answer["body"]] == [("AAPL", 200)]
+        assert (await request(ws, "GET", "/v2/positions"))["body"] == []
+        assert (await request(ws, "GET", "/v2/orders?status=open"))["body"] == []
+    finally:
+        await ws.close()

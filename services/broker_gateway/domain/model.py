@@ -96,6 +96,28 @@ class BrokerPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseRefused:
+    """A position the broker would not close (a failed entry of a close-all)."""
+
+    symbol: str
+    reason: str
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAll:
+    """What a close-all did: the closing orders placed, and the positions refused.
+
+    The venue closes or refuses each position on its own (Alpaca: a 207 of one
+    entry per position; a position whose shares open orders hold is a 403), so
+    a close-all can leave some positions open.
+    """
+
+    orders: tuple[BrokerOrder, ...] = ()
+    refused: tuple[CloseRefused, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OrderUpdate:
     """Something happened to an order (the broker's account event stream)."""
 

@@ -411,11 +411,10 @@ class PaperBrokerServer:
                     for p in book.positions(account)
                 ]
             if method == "DELETE":
-                orders, updates = book.close_all(account)
+                cancel_orders = one.get("cancel_orders", "false").lower() == "true"
+                closings, updates = book.close_all(account, cancel_orders=cancel_orders)
                 self._publish(updates)
-                return 207, [
-                    {"symbol": o.symbol, "status": 200, "body": wire.order_json(o)} for o in orders
-                ]
+                return 207, [wire.closing_json(c) for c in closings]
         elif path == "/v2/account/activities/FILL" and method == "GET":
             fills = book.fills(account, one.get("order_id"))
             return 200, [wire.activity_json(f) for f in fills]

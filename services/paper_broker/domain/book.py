@@ -171,6 +171,15 @@ class FillActivity:
 
 
 @dataclass(frozen=True, slots=True)
+class Closing:
+    """One position's entry in a close-all: its closing order, or why there is none."""
+
+    symbol: str
+    order: PaperOrder | None = None
+    refused: Refused | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BookConfig:
     """Everything that decides what the broker accepts and how it fills."""
 
@@ -313,24 +322,61 @@ class PaperBook:
         return [self._cancel(order, self.clock.now_ns())]
 
     def cancel_all(self, account: str) -> list[TradeUpdate]:
+        """Cancel every working order (``DELETE /v2/orders``)."""
+        return self._cancel_open(account)
+
+    def _cancel_open(self, account: str) -> list[TradeUpdate]:
         now = self.clock.now_ns()
         return [self._cancel(o, now) for o in self.orders(account, "open")]
 
-    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
-        """A market order closing each position (``DELETE /v2/positions``)."""
-        orders: list[PaperOrder] = []
+    def close_all(
+        self, account: str, *, cancel_orders: bool = False
+    ) -> tuple[list[Closing], list[TradeUpdate]]:
+        """A market order closing each position (``DELETE /v2/positions``).
+
+        As at Alpaca, a position is closed or refused on its own (the answer
+        is a 207 of one entry per position): with ``cancel_orders`` the open
+        orders are canceled first; without, a position some of whose shares
+        are held by open orders on its closing side is refused (403, as
+        Alpaca's "insufficient qty available"). A position in a halted symbol
+        is refused too (403): the venue takes no order for it.
+        """
         updates: list[TradeUpdate] = []
+        if cancel_orders:
+            updates.extend(self._cancel_open(account))
+        out: list[Closing] = []
         for pos in self.positions(account):
-            spec = OrderSpec(
-                symbol=pos.symbol,
-                side="sell" if pos.qty > 0 else "buy",
-                qty=abs(pos.qty),
-                asset_class=pos.asset_class,
-            )
+            side: Side = "sell" if pos.qty > 0 else "buy"
+            qty = abs(pos.qty)
+            if pos.symbol in self.config.halted_symbols:
+                message = f"asset {pos.symbol} is halted: the position cannot be closed now"
+                out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
+                continue
+            held = self._held_for_orders(account, pos.symbol, side)
+            if held > 0:
+                message = (
+                    f"insufficient qty available for order "
+                    f"(requested: {qty}, available: {max(qty - held, Decimal(0))})"
+                )
+                out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
+                continue
+            spec = OrderSpec(symbol=pos.symbol, side=side, qty=qty, asset_class=pos.asset_class)
             order, more = self.submit(account, spec)
-            orders.append(order)
+            out.append(Closing(pos.symbol, order=order))
             updates.extend(more)
-        return orders, updates
+        return out, updates
+
+    def _held_for_orders(self, account: str, symbol: str, side: Side) -> Decimal:
+        """What open orders on ``side`` of ``symbol`` hold of the account's position."""
+        orders = self._account(account).orders
+        return sum(
+            (
+                orders[oid].remaining
+                for acct, oid in self._working_by_symbol.get(symbol, {})
+                if acct == account and orders[oid].side == side
+            ),
+            Decimal(0),
+        )
 
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
         """A trade or bar: it becomes the last price and may fill working orders."""

@@ -47,6 +47,8 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    ClosedAll,
+    CloseRefused,
     ConnectionState,
     ConnectionUpdate,
     OrderRequest,
@@ -346,10 +348,7 @@ class PaperBroker:
         """The body of a successful answer; the matching error otherwise."""
         if 200 <= response.status < 300:
             return response.body
-        body = response.body if isinstance(response.body, dict) else {}
-        error = schemas.ErrorBody.model_validate(body)
-        message = error.message or f"HTTP {response.status}"
-        code = str(error.code) if error.code is not None else str(response.status)
+        message, code = _error_of(response.body, response.status)
         metrics.CALL_ERRORS.labels(
             account=self.account, call=call, error=str(response.status)
         ).inc()
@@ -469,9 +468,24 @@ class PaperBroker:
             raise BrokerUnavailable(f"{self.account}: expected a list of positions")
         return [parse.position(self._read(schemas.Position, p)) for p in body]
 
-    async def close_all(self) -> list[BrokerOrder]:
-        response = await self._call("close_all", "DELETE", "/v2/positions")
-        return self._multi(self._check(response, "close_all"))
+    async def close_all(self) -> ClosedAll:
+        # cancel_orders=true: else Alpaca refuses (403) each position whose
+        # shares open orders hold, and an order placed since our cancel-all
+        # would keep its position open.
+        response = await self._call("close_all", "DELETE", "/v2/positions?cancel_orders=true")
+        body = self._check(response, "close_all")
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
+        orders: list[BrokerOrder] = []
+        refused: list[CloseRefused] = []
+        for item in body:
+            entry = self._read(schemas.MultiStatus, item)
+            if 200 <= entry.status < 300 and isinstance(entry.body, dict):
+                orders.append(parse.order(self._read(schemas.Order, entry.body)))
+            elif not 200 <= entry.status < 300:
+                message, code = _error_of(entry.body, entry.status)
+                refused.append(CloseRefused(entry.symbol or "?", message, code))
+        return ClosedAll(tuple(orders), tuple(refused))
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
         path = f"/v2/account/activities/FILL?order_id={quote(order.broker_order_id)}"
@@ -483,6 +497,16 @@ class PaperBroker:
             parse.fill(self._read(schemas.FillActivity, f), order.client_order_id) for f in body
         ]
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+
+def _error_of(body: Any, status: int) -> tuple[str, str]:
+    """An error answer's message and code (Alpaca's body; the HTTP status if none)."""
+    try:
+        error = schemas.ErrorBody.model_validate(body if isinstance(body, dict) else {})
+    except ValidationError:
+        error = schemas.ErrorBody()
+    message = error.message or f"HTTP {status}"
+    return message, str(error.code) if error.code is not None else str(status)
 
 
 def _duplicate(response: schemas.Response) -> bool:
