@@ -281,6 +281,36 @@ async def test_large_order_fills_in_partial_fills(broker: Harness) -> None:
         ]
 
 
+async def test_an_order_s_fills_are_its_own_among_many(broker: Harness) -> None:
+    """A venue's fill list is the account's (Alpaca's has no order filter) and
+    comes in pages: the order's fills are found among more than a page of
+    other orders' fills, and nothing of the others is taken for its own."""
+    await broker.set_price("TSLA", D(10))
+    await broker.set_price("F", D(5))
+    c = cid()
+    qty = broker.fill_size * 2 + 5
+    order = await broker.port.submit(market("TSLA", "buy", str(qty), c))
+    others = [cid() for _ in range(120)]
+    for other in others:
+        await broker.port.submit(market("F", "buy", "1", other))
+    for price in ("11", "12"):
+        await broker.set_price("TSLA", D(price))
+    await eventually(lambda: broker.events.kinds(c).count("fill") == 3, timeout=10)
+    await eventually(lambda: broker.events.kinds(others[-1]) == ["accepted", "fill"], timeout=10)
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    listed = await broker.port.order_fills(got)
+    if listed is None:
+        return  # a venue that cannot list executions
+    assert [(f.client_order_id, f.symbol) for f in listed] == [(c, "TSLA")] * 3
+    assert [(f.quantity, f.price, f.cumulative_quantity) for f in listed] == [
+        (broker.fill_size, D(10), broker.fill_size),
+        (broker.fill_size, D(11), broker.fill_size * 2),
+        (D(5), D(12), qty),
+    ]
+    assert {f.broker_order_id for f in listed} == {order.broker_order_id}
+
+
 async def test_refused_order_is_never_placed(broker: Harness) -> None:
     c = cid()
     with pytest.raises(OrderRefused) as e:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.broker_gateway import metrics
-from services.broker_gateway.adapters.paper import schemas
+from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.model import OrderUpdate
 
@@ -102,3 +102,26 @@ async def test_a_bad_frame_is_counted_and_the_next_is_read(
     assert "says: {'code': 40010000, 'message': 'no'}" in caplog.text
     await client._dispatch(fill())
     assert next_update(client).kind == "fill"
+
+
+def test_a_fill_activity_of_another_order_is_never_taken_for_this_one() -> None:
+    """The activity list is the account's: an activity is one of this order's
+    fills only if its ``order_id`` says so (the reviewer's case: an MSFT sell
+    of another order read as a fill of our AAPL buy)."""
+    ours = parse.order(schemas.Order.model_validate(ORDER))
+    activity = {
+        "id": "20261206150000000::x1",
+        "order_id": "b-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "price": "100.12",
+        "cum_qty": "10",
+        "leaves_qty": "0",
+    }
+    fill = parse.fill(schemas.FillActivity.model_validate(activity), ours)
+    assert (fill.client_order_id, fill.cumulative_quantity) == ("c-1", Decimal(10))
+    other = {**activity, "order_id": "OTHER", "symbol": "MSFT", "side": "sell"}
+    with pytest.raises(ValueError, match="not b-1"):
+        parse.fill(schemas.FillActivity.model_validate(other), ours)
+    assert ours.created_ns == 1_796_569_200_000_001_000

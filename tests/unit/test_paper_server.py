@@ -403,3 +403,37 @@ async def test_close_all_answers_per_position_and_takes_cancel_orders(
         assert (await request(ws, "GET", "/v2/orders?status=open"))["body"] == []
     finally:
         await ws.close()
+
+
+async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
+    """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
+    ``page_size`` (at most 100), ``page_token`` = the last id of the page
+    before, ``after`` / ``until``; no filter by order (Alpaca has none)."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    ws = await login(server.port)
+    try:
+        for n in range(5):
+            body = {"symbol": "AAPL", "qty": "1", "side": "buy", "client_order_id": f"a{n}"}
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        fills = server.book.fills("acct")
+        ids = [f.id for f in fills]
+        path = "/v2/account/activities/FILL"
+        newest = await request(ws, "GET", path)
+        assert [a["id"] for a in newest["body"]] == ids[::-1]
+        first = await request(ws, "GET", f"{path}?direction=asc&page_size=2")
+        assert [a["id"] for a in first["body"]] == ids[:2]
+        token = first["body"][-1]["id"]
+        second = await request(ws, "GET", f"{path}?direction=asc&page_size=2&page_token={token}")
+        assert [a["id"] for a in second["body"]] == ids[2:4]
+        mine = await request(ws, "GET", f"{path}?order_id={fills[0].order_id}")
+        assert len(mine["body"]) == 5  # not a filter: ignored, as Alpaca would
+        after = wire.iso(fills[2].ts_ns)
+        cut = wire.parse_iso(after)
+        assert cut is not None
+        later = await request(ws, "GET", f"{path}?direction=asc&after={after}")
+        assert [a["id"] for a in later["body"]] == [f.id for f in fills if f.ts_ns > cut]
+        assert len(later["body"]) < 5
+        for bad in ("page_size=101", "direction=up", "after=yesterday", "page_token=nope"):
+            assert (await request(ws, "GET", f"{path}?{bad}"))["status"] == 422, bad
+    finally:
+        await ws.close()

@@ -60,6 +60,8 @@ class BrokerOrder:
     order_type: OrderType = "market"
     limit_price: Decimal | None = None
     updated_ns: int = 0
+    #: When the broker created it (0 if it does not say).
+    created_ns: int = 0
 
     @property
     def is_open(self) -> bool:

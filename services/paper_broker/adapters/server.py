@@ -49,7 +49,9 @@ from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.domain.book import (
     CODE_DUPLICATE_CLIENT_ORDER_ID,
     CODE_NOT_FOUND,
+    CODE_UNPROCESSABLE,
     JOURNAL_ONLY,
+    FillActivity,
     PaperBook,
     Refused,
     TradeUpdate,
@@ -416,8 +418,7 @@ class PaperBrokerServer:
                 self._publish(updates)
                 return 207, [wire.closing_json(c) for c in closings]
         elif path == "/v2/account/activities/FILL" and method == "GET":
-            fills = book.fills(account, one.get("order_id"))
-            return 200, [wire.activity_json(f) for f in fills]
+            return 200, [wire.activity_json(f) for f in _activities(book.fills(account), one)]
         elif path == "/v2/account" and method == "GET":
             return 200, {"id": account, "account_number": account, "status": "ACTIVE"}
         raise Refused(404, CODE_NOT_FOUND, f"no endpoint {method} {path}")
@@ -436,6 +437,51 @@ class PaperBrokerServer:
         if updates and updates[-1].order == order:
             return 200, data[-1]["order"]  # the order as its last update showed it
         return 200, wire.order_json(order)
+
+
+#: Alpaca's default and largest page of account activities.
+ACTIVITIES_PAGE_SIZE = 100
+
+
+def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillActivity]:
+    """One page of fill activities, as Alpaca's ``GET /v2/account/activities``.
+
+    ``after`` / ``until`` (RFC 3339, exclusive) bound the time, ``direction``
+    is ``desc`` (newest first, the default) or ``asc``, ``page_size`` at most
+    100 (the default), ``page_token`` the id of the last activity of the page
+    before. There is no filter by order: a client keeps what is its own.
+    """
+
+    def instant(name: str) -> int | None:
+        try:
+            return wire.parse_iso(query.get(name))
+        except ValueError:
+            raise Refused(422, CODE_UNPROCESSABLE, f"{name} is not an RFC 3339 time") from None
+
+    after, until = instant("after"), instant("until")
+    picked = [
+        f
+        for f in fills
+        if (after is None or f.ts_ns > after) and (until is None or f.ts_ns < until)
+    ]
+    direction = query.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise Refused(422, CODE_UNPROCESSABLE, "direction must be asc or desc")
+    if direction == "desc":
+        picked.reverse()
+    token = query.get("page_token")
+    if token:
+        at = next((i for i, f in enumerate(picked) if f.id == token), None)
+        if at is None:
+            raise Refused(422, CODE_UNPROCESSABLE, f"page_token {token} is not in the list")
+        picked = picked[at + 1 :]
+    try:
+        size = int(query.get("page_size", ACTIVITIES_PAGE_SIZE))
+    except ValueError:
+        size = 0
+    if not 1 <= size <= ACTIVITIES_PAGE_SIZE:
+        raise Refused(422, CODE_UNPROCESSABLE, f"page_size must be 1 to {ACTIVITIES_PAGE_SIZE}")
+    return picked[:size]
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:

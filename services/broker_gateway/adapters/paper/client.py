@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from pydantic import SecretStr, ValidationError
@@ -63,6 +65,11 @@ from services.broker_gateway.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Alpaca's largest page of account activities (also its default).
+ACTIVITY_PAGE_SIZE = 100
+#: How far back ``order_fills`` reads the account's activities for one order.
+MAX_ACTIVITY_PAGES = 50
 
 #: Errors of opening a connection that mean "try again later".
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -488,15 +495,50 @@ class PaperBroker:
         return ClosedAll(tuple(orders), tuple(refused))
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
-        path = f"/v2/account/activities/FILL?order_id={quote(order.broker_order_id)}"
-        response = await self._call("order_fills", "GET", path)
-        body = self._check(response, "order_fills")
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of activities")
-        fills = [
-            parse.fill(self._read(schemas.FillActivity, f), order.client_order_id) for f in body
-        ]
+        """The order's fills, from the account's fill activities.
+
+        Alpaca's activity list cannot be filtered by order (``date``,
+        ``after``, ``until``, ``direction``, ``page_size``, ``page_token``
+        only; newest first by default): the account's fills since the order
+        was created are read oldest first, a page at a time, and those whose
+        ``order_id`` is this order's are kept, until they add up to what the
+        order reports filled or the list ends. Past ``MAX_ACTIVITY_PAGES``
+        pages it stops with what it has; the tracker infers the rest from the
+        order's cumulative quantity and average price.
+        """
+        query: dict[str, str] = {"page_size": str(ACTIVITY_PAGE_SIZE)}
+        if order.created_ns:
+            # A second early: a fill in the same instant as the order counts.
+            query |= {"direction": "asc", "after": _iso(order.created_ns - 1_000_000_000)}
+        else:
+            query["direction"] = "desc"
+        fills: list[BrokerFill] = []
+        for _ in range(MAX_ACTIVITY_PAGES):
+            path = f"/v2/account/activities/FILL?{urlencode(query)}"
+            response = await self._call("order_fills", "GET", path)
+            body = self._check(response, "order_fills")
+            if not isinstance(body, list):
+                raise BrokerUnavailable(f"{self.account}: expected a list of activities")
+            page = [self._read(schemas.FillActivity, a) for a in body]
+            fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
+            found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
+            if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:
+                break
+            query["page_token"] = page[-1].id
+        else:
+            log.warning(
+                "broker %s: fills of order %s not all found in %d pages of activities",
+                self.account,
+                order.client_order_id,
+                MAX_ACTIVITY_PAGES,
+            )
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+
+def _iso(ns: int) -> str:
+    """RFC 3339 UTC, to the microsecond, for a query."""
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC)
+    return t.replace(microsecond=ns % 1_000_000_000 // 1000).isoformat().replace("+00:00", "Z")
 
 
 def _error_of(body: Any, status: int) -> tuple[str, str]:

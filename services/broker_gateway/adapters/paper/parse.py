@@ -93,6 +93,7 @@ def order(o: schemas.Order) -> BrokerOrder:
         else "market",
         limit_price=o.limit_price,
         updated_ns=ns(o.updated_at),
+        created_ns=ns(o.created_at or o.submitted_at),
     )
 
 
@@ -129,10 +130,13 @@ def position(p: schemas.Position) -> BrokerPosition:
     return BrokerPosition(symbol=p.symbol, quantity=qty, avg_entry_price=p.avg_entry_price)
 
 
-def fill(f: schemas.FillActivity, client_order_id: str) -> BrokerFill:
+def fill(f: schemas.FillActivity, o: BrokerOrder) -> BrokerFill:
+    """An activity of ``o`` as one of its fills (an activity of another order is an error)."""
+    if f.order_id != o.broker_order_id:
+        raise ValueError(f"activity {f.id} is of order {f.order_id}, not {o.broker_order_id}")
     return BrokerFill(
         broker_order_id=f.order_id,
-        client_order_id=client_order_id,
+        client_order_id=o.client_order_id,
         symbol=f.symbol,
         side=_side(f.side),
         quantity=f.qty,

@@ -75,6 +75,7 @@ class Order(_Wire):
     stop_price: Num | None = None
     status: str
     created_at: str | None = None
+    submitted_at: str | None = None
     updated_at: str | None = None
 
 
