@@ -30,6 +30,7 @@ from libs.contract.events import (
     SubmitOrder,
     SubmitOrderPayload,
 )
+from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
@@ -623,3 +624,31 @@ def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
     for e in (flatten, rejected):
         rebuilt.evolve(e)
     assert rebuilt.flattened(flatten.id)
+
+
+def test_an_order_done_for_the_day_lives_on() -> None:
+    """A GTC order done for the day (Alpaca's ``done_for_day``) is reconciled
+    as the open order it is: no ``OrderCanceled``, it stays unsettled, and its
+    next day's fill is published."""
+    t = tracker()
+    cmd = command(qty="10")
+    submitted(t, cmd)
+    wire = {
+        "id": "b-1",
+        "client_order_id": str(cmd.payload.order_id),
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": "4",
+        "filled_avg_price": "100",
+        "time_in_force": "gtc",
+        "status": "done_for_day",
+    }
+    done_for_day = parse.order(schemas.Order.model_validate(wire))
+    out = t.reconcile(done_for_day, None)
+    assert [type(e).__name__ for e in out] == ["FillReceived"]
+    assert [o.order_id for o in t.unsettled()] == [cmd.payload.order_id]
+    next_day = order(cmd, filled="10", avg="100.6", status="filled")
+    assert fills_of(t.on_update(fill_update(next_day, "6", "101", "x-2"))) == [
+        ("6", "101", "10", "0", "s1")
+    ]

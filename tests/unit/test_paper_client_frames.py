@@ -125,3 +125,22 @@ def test_a_fill_activity_of_another_order_is_never_taken_for_this_one() -> None:
     with pytest.raises(ValueError, match="not b-1"):
         parse.fill(schemas.FillActivity.model_validate(other), ours)
     assert ours.created_ns == 1_796_569_200_000_001_000
+
+
+async def test_done_for_day_is_not_an_end(client: PaperBroker) -> None:
+    """Alpaca: an order done for the day "will not receive further updates
+    until the next trading day"; a GTC one works again then. It is open, and
+    its ``done_for_day`` event ends nothing (it used to read as ``expired``)."""
+    working = {**ORDER, "status": "done_for_day", "filled_qty": "0", "filled_avg_price": None}
+    assert parse.order(schemas.Order.model_validate(working)).status == "accepted"
+    partly = {**ORDER, "status": "done_for_day", "filled_qty": "4"}
+    order = parse.order(schemas.Order.model_validate(partly))
+    assert (order.status, order.is_open, order.leaves_quantity) == (
+        "partially_filled",
+        True,
+        Decimal(6),
+    )
+    event = {"event": "done_for_day", "order": partly, "timestamp": ORDER["updated_at"]}
+    assert parse.trade_update(schemas.TradeUpdate.model_validate(event)) is None
+    await client._dispatch(frame("trade_updates", event))
+    assert client._events.empty()
