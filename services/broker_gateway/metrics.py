@@ -43,3 +43,8 @@ FLATTEN_REFUSED = Counter(
     "Positions a flatten's close-all left open: the broker refused to close them",
     ["account"],
 )
+RATE_LIMITED = Counter(
+    "tradebus_broker_rate_limited_total",
+    "Broker answers of 429 (rate limit) that made the gateway back off",
+    ["account"],
+)

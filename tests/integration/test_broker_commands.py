@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,7 @@ from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import AccountWorker, Outbox
+from services.broker_gateway.gateway import RETRY_INITIAL_S, AccountWorker, Outbox
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import BookConfig, Closing, PaperBook, TradeUpdate
 from services.paper_broker.domain.fill_model import MarketUpdate
@@ -389,3 +390,35 @@ async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: l
         assert [(p.symbol, p.qty) for p in a.book.positions(a.account)] == [("MSFT", D(5))]
         await w.wait_idle()
         assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again
+
+
+@pytest.mark.parametrize("retry_after_s", [0.3, None])
+async def test_a_rate_limited_broker_is_given_time(
+    bus: Bus, venues: list[Venue], retry_after_s: float | None
+) -> None:
+    """A 429 is retried after the broker's Retry-After, or, without one, after
+    a backoff that doubles; no longer at once (the broker counted each of
+    those retries against us, and went on refusing)."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        assert a.server is not None
+        # One order through first: by then the reconciliation that follows
+        # the connection has asked its question, so the 429s are the submit's.
+        first = submit(a.account, "AAPL", "1")
+        await bus.publish(first)
+        await eventually(lambda: len(a.book.positions(a.account)) == 1, timeout=20)
+        await w.wait_idle()
+        a.server.throttle(3, retry_after_s=retry_after_s)
+        order = submit(a.account, "AAPL", "2")
+        await bus.publish(order)
+        await eventually(lambda: len(a.orders()) == 2, timeout=20)
+        assert a.orders()[1] == str(order.payload.order_id)
+        at = a.server.throttled_at
+        assert len(at) == 3
+        gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+        for attempt, gap in enumerate(gaps):
+            least = retry_after_s if retry_after_s is not None else RETRY_INITIAL_S * 2**attempt / 2
+            assert gap >= least * 0.95, (attempt, gaps)

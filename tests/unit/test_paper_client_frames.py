@@ -14,8 +14,9 @@ from pydantic import SecretStr
 
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import parse, schemas
-from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
 from services.broker_gateway.domain.model import OrderUpdate
+from services.broker_gateway.errors import BrokerUnavailable, RateLimited
 
 ORDER = {
     "id": "b-1",
@@ -144,3 +145,27 @@ async def test_done_for_day_is_not_an_end(client: PaperBroker) -> None:
     assert parse.trade_update(schemas.TradeUpdate.model_validate(event)) is None
     await client._dispatch(frame("trade_updates", event))
     assert client._events.empty()
+
+
+def test_a_429_is_rate_limited_with_its_retry_after(client: PaperBroker) -> None:
+    body = {"code": 42910000, "message": "rate limit exceeded"}
+    for headers, expected in (
+        ({"Retry-After": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"RETRY-AFTER": "Sun, 06 Dec 2026 15:00:03 GMT"}, 3.0),  # an HTTP date
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ):
+        response = schemas.Response(id="1", status=429, body=body, headers=headers)
+        with pytest.raises(RateLimited) as e:
+            client._check(response, "submit")
+        assert "rate limit exceeded" in str(e.value)
+        if "GMT" in str(headers):
+            now = 1_796_569_200.0  # 2026-12-06T15:00:00Z
+            assert retry_after(headers, now) == expected
+        else:
+            assert e.value.retry_after_s == expected
+    # A broker error is not a rate limit: retried, but without a Retry-After.
+    with pytest.raises(BrokerUnavailable) as unavailable:
+        client._check(schemas.Response(id="1", status=503, body={}), "submit")
+    assert not isinstance(unavailable.value, RateLimited)

@@ -437,3 +437,21 @@ async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServ
             assert (await request(ws, "GET", f"{path}?{bad}"))["status"] == 422, bad
     finally:
         await ws.close()
+
+
+async def test_the_throttle_hook_answers_429_as_alpaca_s_rate_limit(
+    server: PaperBrokerServer,
+) -> None:
+    ws = await login(server.port)
+    try:
+        server.throttle(2, retry_after_s=1.5)
+        for _ in range(2):
+            answer = await request(ws, "GET", "/v2/account")
+            assert (answer["status"], answer["body"]["code"]) == (429, 42910000)
+            assert answer["headers"] == {"Retry-After": "1.5"}
+        answer = await request(ws, "GET", "/v2/account")
+        assert answer["status"] == 200
+        assert "headers" not in answer
+        assert len(server.throttled_at) == 2
+    finally:
+        await ws.close()

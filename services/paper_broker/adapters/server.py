@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 CODE_BAD_REQUEST = 40010000
 CODE_UNAUTHORIZED = 40110000
+CODE_RATE_LIMITED = 42910000
 #: Close codes: policy violation (auth), try again later (slow consumer).
 CLOSE_POLICY = 1008
 CLOSE_SLOW = 1013
@@ -139,6 +140,21 @@ class PaperBrokerServer:
         self._sessions: set[_Session] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
+        # The rate limit a test asks for (see throttle).
+        self._throttle = 0
+        self._retry_after_s: float | None = None
+        #: When each request answered 429 came in (monotonic seconds).
+        self.throttled_at: list[float] = []
+
+    def throttle(self, requests: int, retry_after_s: float | None = None) -> None:
+        """Answer the next ``requests`` requests 429, as Alpaca past its rate limit.
+
+        The body is ``{"code": 42910000, "message": "rate limit exceeded"}``;
+        with ``retry_after_s`` the response carries a ``Retry-After`` header.
+        A test hook: the paper broker has no rate limit of its own.
+        """
+        self._throttle = requests
+        self._retry_after_s = retry_after_s
 
     # ----------------------------------------------------------- lifecycle
 
@@ -353,8 +369,15 @@ class PaperBrokerServer:
         rid = data.get("id")
         method = str(data.get("method", "GET")).upper()
         target = str(data.get("path", ""))
+        headers: dict[str, str] = {}
         if session.account is None:
             status, body = 401, wire.error_json(CODE_UNAUTHORIZED, "not authenticated")
+        elif self._throttle > 0:
+            self._throttle -= 1
+            self.throttled_at.append(time.monotonic())
+            status, body = 429, wire.error_json(CODE_RATE_LIMITED, "rate limit exceeded")
+            if self._retry_after_s is not None:
+                headers["Retry-After"] = f"{self._retry_after_s:g}"
         else:
             parts = urlsplit(target)
             query = parse_qs(parts.query)
@@ -363,8 +386,10 @@ class PaperBrokerServer:
             except Refused as e:
                 status, body = e.status, wire.error_json(e.code, e.message)
         metrics.REQUESTS.labels(method=method, status=str(status)).inc()
-        reply = {"stream": "response", "data": {"id": rid, "status": status, "body": body}}
-        self._send(session, self._encode(reply))
+        data = {"id": rid, "status": status, "body": body}
+        if headers:
+            data["headers"] = headers
+        self._send(session, self._encode({"stream": "response", "data": data}))
 
     def _route(
         self,

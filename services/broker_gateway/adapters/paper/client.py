@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -62,6 +64,7 @@ from services.broker_gateway.errors import (
     NotCancelable,
     OrderNotFound,
     OrderRefused,
+    RateLimited,
 )
 
 log = logging.getLogger(__name__)
@@ -363,7 +366,11 @@ class PaperBroker:
             raise OrderNotFound(message)
         if response.status == 401:
             raise AuthenticationFailed(message)
-        if response.status == 429 or response.status >= 500:
+        if response.status == 429:
+            raise RateLimited(
+                f"{self.account}: {call}: {message}", retry_after(response.headers, time.time())
+            )
+        if response.status >= 500:
             raise BrokerUnavailable(f"{self.account}: {call}: {message}")
         if call == "cancel" and response.status == 422:
             raise NotCancelable(message)
@@ -533,6 +540,27 @@ class PaperBroker:
                 MAX_ACTIVITY_PAGES,
             )
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+
+def retry_after(headers: dict[str, Any], now: float) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay or HTTP date), if any."""
+    raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(when.timestamp() - now, 0.0)
 
 
 def _iso(ns: int) -> str:

@@ -51,6 +51,8 @@ class Response(_Wire):
     id: str | None = None
     status: int
     body: Any = None
+    #: HTTP headers that matter (``Retry-After`` on a 429); names in any case.
+    headers: dict[str, Any] = Field(default_factory=dict)
 
 
 class ErrorBody(_Wire):
