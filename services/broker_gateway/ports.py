@@ -10,7 +10,8 @@ cancel                DELETE /v2/orders/{id}               DELETE /v1/accounts/{
 cancel_all            DELETE /v2/orders                    each open order's DELETE
 get_order             GET /v2/orders/{id},                 GET /v1/accounts/{id}/orders/{id},
                       GET /v2/orders:by_client_order_id    the order list filtered by tag
-open_orders           GET /v2/orders?status=open           GET /v1/accounts/{id}/orders
+open_orders           GET /v2/orders?status=open, paged    GET /v1/accounts/{id}/orders
+                      (limit=500, direction=asc, after)
 positions             GET /v2/positions                    GET /v1/accounts/{id}/positions
 close_all             DELETE /v2/positions?cancel_orders=  a closing market order per position
                       true (207: an entry per position)

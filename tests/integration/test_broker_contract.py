@@ -336,6 +336,18 @@ async def test_limit_order_rests_then_cancel(broker: Harness) -> None:
         await broker.port.cancel(client_order_id=cid())
 
 
+async def test_every_open_order_is_listed_however_many(broker: Harness) -> None:
+    """A venue lists a bounded number of orders per call (Alpaca: 50 unless
+    asked, 500 at most, newest first): all of them still come back, each once,
+    oldest first."""
+    await broker.set_price("INTC", D(30))
+    cids = [cid() for _ in range(520)]
+    for c in cids:
+        await broker.port.submit(OrderRequest(c, "INTC", "buy", D(1), "limit", limit_price=D(1)))
+    listed = await broker.port.open_orders()
+    assert [o.client_order_id for o in listed] == cids
+
+
 async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     await broker.set_price("AAPL", D(10))
     await broker.set_price("SPY", D(20))

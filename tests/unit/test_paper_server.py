@@ -455,3 +455,41 @@ async def test_the_throttle_hook_answers_429_as_alpaca_s_rate_limit(
         assert len(server.throttled_at) == 2
     finally:
         await ws.close()
+
+
+async def test_the_order_list_is_limited_and_ordered_as_alpaca_s(
+    server: PaperBrokerServer,
+) -> None:
+    """``GET /v2/orders``: newest first unless ``direction=asc``, 50 orders
+    unless ``limit`` says more (500 at most), ``after`` / ``until`` on the
+    submission time. It used to answer every order, oldest first."""
+    ws = await login(server.port)
+    try:
+        for n in range(60):
+            body = {
+                "symbol": "AAPL",
+                "qty": "1",
+                "side": "buy",
+                "type": "limit",
+                "limit_price": "1",
+                "client_order_id": f"o{n:02d}",
+            }
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        cids = [f"o{n:02d}" for n in range(60)]
+
+        async def listed(query: str) -> list[str]:
+            answer = await request(ws, "GET", f"/v2/orders?{query}")
+            assert answer["status"] == 200, answer
+            return [o["client_order_id"] for o in answer["body"]]
+
+        assert await listed("status=open") == cids[::-1][:50]
+        assert await listed("status=open&limit=500") == cids[::-1]
+        assert await listed("status=all&limit=10&direction=asc") == cids[:10]
+        tenth = server.book.by_client_order_id("acct", "o09")
+        assert tenth is not None
+        after = wire.iso(tenth.created_at_ns)
+        assert (await listed(f"direction=asc&limit=500&after={after}"))[0] in ("o09", "o10")
+        for bad in ("limit=501", "limit=0", "direction=sideways", "until=never"):
+            assert (await request(ws, "GET", f"/v2/orders?{bad}"))["status"] == 422, bad
+    finally:
+        await ws.close()

@@ -53,6 +53,7 @@ from services.paper_broker.domain.book import (
     JOURNAL_ONLY,
     FillActivity,
     PaperBook,
+    PaperOrder,
     Refused,
     TradeUpdate,
 )
@@ -407,8 +408,9 @@ class PaperBrokerServer:
             if method == "GET":
                 status = one.get("status", "open")
                 if status not in ("open", "closed", "all"):
-                    raise Refused(422, 42210000, "status must be open, closed or all")
-                return 200, [wire.order_json(o) for o in book.orders(account, status)]  # type: ignore[arg-type]
+                    raise Refused(422, CODE_UNPROCESSABLE, "status must be open, closed or all")
+                orders = book.orders(account, status)  # type: ignore[arg-type]
+                return 200, [wire.order_json(o) for o in _order_page(orders, one)]
             if method == "DELETE":
                 updates = book.cancel_all(account)
                 self._publish(updates)
@@ -466,6 +468,45 @@ class PaperBrokerServer:
 
 #: Alpaca's default and largest page of account activities.
 ACTIVITIES_PAGE_SIZE = 100
+#: Alpaca's default and largest number of orders in one ``GET /v2/orders``.
+ORDERS_LIMIT_DEFAULT = 50
+ORDERS_LIMIT_MAX = 500
+
+
+def _instant(query: dict[str, str], name: str) -> int | None:
+    try:
+        return wire.parse_iso(query.get(name))
+    except ValueError:
+        raise Refused(422, CODE_UNPROCESSABLE, f"{name} is not an RFC 3339 time") from None
+
+
+def _direction(query: dict[str, str]) -> str:
+    direction = query.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise Refused(422, CODE_UNPROCESSABLE, "direction must be asc or desc")
+    return direction
+
+
+def _order_page(orders: list[PaperOrder], query: dict[str, str]) -> list[PaperOrder]:
+    """The orders ``GET /v2/orders`` answers with, as Alpaca's: by submission
+    time, newest first unless ``direction=asc``, only those submitted
+    ``after`` / ``until`` (exclusive), at most ``limit`` (50 unless asked, 500
+    at most)."""
+    after, until = _instant(query, "after"), _instant(query, "until")
+    picked = [
+        o
+        for o in orders
+        if (after is None or o.created_at_ns > after) and (until is None or o.created_at_ns < until)
+    ]
+    if _direction(query) == "desc":
+        picked.reverse()
+    try:
+        limit = int(query.get("limit", ORDERS_LIMIT_DEFAULT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= ORDERS_LIMIT_MAX:
+        raise Refused(422, CODE_UNPROCESSABLE, f"limit must be 1 to {ORDERS_LIMIT_MAX}")
+    return picked[:limit]
 
 
 def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillActivity]:
@@ -477,22 +518,13 @@ def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillAc
     before. There is no filter by order: a client keeps what is its own.
     """
 
-    def instant(name: str) -> int | None:
-        try:
-            return wire.parse_iso(query.get(name))
-        except ValueError:
-            raise Refused(422, CODE_UNPROCESSABLE, f"{name} is not an RFC 3339 time") from None
-
-    after, until = instant("after"), instant("until")
+    after, until = _instant(query, "after"), _instant(query, "until")
     picked = [
         f
         for f in fills
         if (after is None or f.ts_ns > after) and (until is None or f.ts_ns < until)
     ]
-    direction = query.get("direction", "desc")
-    if direction not in ("asc", "desc"):
-        raise Refused(422, CODE_UNPROCESSABLE, "direction must be asc or desc")
-    if direction == "desc":
+    if _direction(query) == "desc":
         picked.reverse()
     token = query.get("page_token")
     if token:

@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 ACTIVITY_PAGE_SIZE = 100
 #: How far back ``order_fills`` reads the account's activities for one order.
 MAX_ACTIVITY_PAGES = 50
+#: Alpaca's largest ``limit`` of ``GET /v2/orders`` (its default is 50).
+ORDERS_PAGE_SIZE = 500
 
 #: Errors of opening a connection that mean "try again later".
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -383,11 +385,6 @@ class PaperBroker:
             metrics.MALFORMED.labels(account=self.account).inc()
             raise BrokerUnavailable(f"{self.account}: malformed answer: {e}") from e
 
-    def _orders(self, body: Any) -> list[BrokerOrder]:
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of orders")
-        return [parse.order(self._read(schemas.Order, o)) for o in body]
-
     def _multi(self, body: Any) -> list[BrokerOrder]:
         if not isinstance(body, list):
             raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
@@ -472,8 +469,39 @@ class PaperBroker:
         return parse.order(self._read(schemas.Order, body))
 
     async def open_orders(self) -> list[BrokerOrder]:
-        response = await self._call("open_orders", "GET", "/v2/orders?status=open")
-        return self._orders(self._check(response, "open_orders"))
+        """Every working order, oldest first.
+
+        Alpaca answers at most ``limit`` orders (50 unless asked, 500 at most),
+        newest first: one call would miss the oldest working orders of a
+        busy account. So they are asked oldest first, 500 at a time, each
+        page after the last one's submission time, until a page comes back
+        short. ``after`` is exclusive, so each page starts a microsecond
+        before that time and orders already seen are dropped: orders of the
+        same instant on both sides of a page's end are all kept.
+        """
+        query = {"status": "open", "limit": str(ORDERS_PAGE_SIZE), "direction": "asc"}
+        seen: dict[str, BrokerOrder] = {}
+        while True:
+            path = f"/v2/orders?{urlencode(query)}"
+            response = await self._call("open_orders", "GET", path)
+            body = self._check(response, "open_orders")
+            if not isinstance(body, list):
+                raise BrokerUnavailable(f"{self.account}: expected a list of orders")
+            page = [self._read(schemas.Order, o) for o in body]
+            fresh = [o for o in page if o.id not in seen]
+            seen.update((o.id, parse.order(o)) for o in fresh)
+            if len(page) < ORDERS_PAGE_SIZE:
+                break
+            last = parse.ns(page[-1].submitted_at or page[-1].created_at)
+            if not fresh or not last:
+                log.warning(
+                    "broker %s: cannot page past %d open orders (no new ones, or no time)",
+                    self.account,
+                    len(seen),
+                )
+                break
+            query["after"] = _iso(last - 1000)
+        return list(seen.values())
 
     async def positions(self) -> list[BrokerPosition]:
         response = await self._call("positions", "GET", "/v2/positions")
