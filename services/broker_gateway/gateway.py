@@ -620,7 +620,8 @@ class AccountWorker:
             except RateLimited as e:
                 log.warning("reconciliation of %s rate-limited: %s", self.account, e)
                 metrics.RATE_LIMITED.labels(account=self.account).inc()
-                await asyncio.sleep(retry_delay_s(attempt, e.retry_after_s))  # a backoff
+                if attempt + 1 < RECONCILE_ATTEMPTS:
+                    await asyncio.sleep(retry_delay_s(attempt, e.retry_after_s))  # a backoff
                 continue
             return
         log.warning(
@@ -637,7 +638,9 @@ class AccountWorker:
             if only is None:
                 for order in await self.port.open_orders():
                     if self.tracker.find(order) is None:
-                        fills = await self.port.order_fills(order)
+                        # Its fills are read from the account's whole list: only if it has any.
+                        has_fills = order.filled_quantity > 0
+                        fills = await self.port.order_fills(order) if has_fills else None
                         events = self.tracker.reconcile(order, fills)
                         published += len(events)
                         await self.outbox.publish(events)
