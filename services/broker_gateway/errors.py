@@ -3,7 +3,8 @@
 BrokerError
 ├── BrokerUnavailable     not connected, the connection broke, or no answer in time:
 │   │                     the call may be retried once connected (submit is idempotent)
-│   └── AuthenticationFailed  the broker refused our credentials
+│   ├── AuthenticationFailed  the broker refused our credentials
+│   └── RateLimited       the broker answered 429: retry after a pause (its Retry-After)
 ├── OrderRefused          the broker said no to an order (its code and reason)
 ├── OrderNotFound         no such order at the broker
 └── NotCancelable         the order can no longer be canceled (filled, canceled)
@@ -22,6 +23,17 @@ class BrokerUnavailable(BrokerError):
 
 class AuthenticationFailed(BrokerUnavailable):
     """The broker refused the credentials (retried: keys may be rotated)."""
+
+
+class RateLimited(BrokerUnavailable):
+    """The broker is there but will not serve us now (HTTP 429): back off.
+
+    ``retry_after_s`` is the wait it asked for (``Retry-After``), if it did.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class OrderRefused(BrokerError):

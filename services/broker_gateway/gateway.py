@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -70,6 +71,7 @@ from services.broker_gateway.errors import (
     NotCancelable,
     OrderNotFound,
     OrderRefused,
+    RateLimited,
 )
 from services.broker_gateway.ports import BrokerPort
 
@@ -92,6 +94,24 @@ DEFERRED_GIVE_UP = 4
 #: How long a submit's answer may run ahead of the event stream before the
 #: worker asks the broker for the order's fills itself (see ``_settle``).
 SETTLE_GRACE_S = 1.0
+#: Between attempts at a broker that is connected but did not serve the call
+#: (429, 5xx, no answer in time): from RETRY_INITIAL_S doubling to RETRY_MAX_S,
+#: jittered; or the Retry-After it sent, up to RETRY_AFTER_MAX_S. Retrying at
+#: once, as before, hammers a rate-limited broker into refusing us longer.
+RETRY_INITIAL_S = 0.25
+RETRY_MAX_S = 10.0
+RETRY_AFTER_MAX_S = 60.0
+#: Attempts of a reconciliation the broker rate-limits before it waits for
+#: the next trigger (a reconnection, a gap).
+RECONCILE_ATTEMPTS = 5
+
+
+def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
+    """How long to wait before attempt ``attempt + 1`` (``attempt`` from 0)."""
+    if retry_after_s is not None:
+        return min(retry_after_s, RETRY_AFTER_MAX_S) * random.uniform(1.0, 1.1)  # noqa: S311
+    cap = min(RETRY_INITIAL_S * 2**attempt, RETRY_MAX_S)
+    return random.uniform(cap / 2, cap)  # noqa: S311 - jitter
 
 
 class Outbox:
@@ -361,6 +381,7 @@ class AccountWorker:
             return "repeat"
         request = self.tracker.request(order_id)
         deadline = command.ts_init / 1e9 + self.max_submit_delay_s
+        attempt = 0
         while True:
             if time.time() > deadline:
                 # Too old to send; but a crash may have sent it already: ask first.
@@ -384,7 +405,7 @@ class AccountWorker:
                 return "rejected"
             except BrokerUnavailable as e:
                 log.warning("order %s waits for the broker: %s", order_id, e)
-                await self._wait_connected(deadline)
+                attempt = await self._pause(e, attempt, deadline)
                 continue
             await self.outbox.publish(self.tracker.submitted(order_id, order))
             await self._settle(order)
@@ -469,21 +490,60 @@ class AccountWorker:
         self.tracker.flatten_started(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
-            orders = await self._call("close_all", self.port.close_all)
-            await self.outbox.publish(self.tracker.flatten_done(orders))
+            closed = await self._call("close_all", self.port.close_all)
+            await self.outbox.publish(self.tracker.flatten_done(closed.orders, closed.refused))
         finally:
             self.tracker.flatten_ended()
-        log.info("flattened %s: %d closing orders (%s)", self.account, len(orders), command.id)
+        if closed.refused:
+            # Published above as an OrderRejected per position (caused by the
+            # flatten). Not retried: a second close-all could close positions
+            # opened since, or race the first one's closing orders. The
+            # risk-gate has halted the account; an operator clears the cause
+            # (a halt, an order holding the shares) and flattens again.
+            metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(closed.refused))
+            log.error(
+                "flatten %s of %s left %d positions open, the broker refused to close them: %s",
+                command.id,
+                self.account,
+                len(closed.refused),
+                "; ".join(f"{r.symbol}: {r.reason} ({r.code})" for r in closed.refused),
+            )
+            return "incomplete"
+        log.info(
+            "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
+        )
         return "flattened"
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, retried whenever the broker is away, however long that takes."""
+        """``call()``, retried whenever the broker is away (however long that
+        takes) or does not serve it (with a backoff)."""
+        attempt = 0
         while True:
             try:
                 return await call()
             except BrokerUnavailable as e:
                 log.warning("%s on %s waits for the broker: %s", name, self.account, e)
-                await self._wait_connected(None)
+                attempt = await self._pause(e, attempt, None)
+
+    async def _pause(self, error: BrokerUnavailable, attempt: int, deadline: float | None) -> int:
+        """Before trying a call again; returns the next attempt number.
+
+        A broker that is away is waited for (until ``deadline``), and tried
+        again once back. One that is connected but did not serve the call
+        (rate-limited, an error, no answer in time) is given time first:
+        its ``Retry-After``, else a backoff that doubles with each attempt.
+        """
+        if not self.port.connected:
+            await self._wait_connected(deadline)
+            return 0
+        retry_after = error.retry_after_s if isinstance(error, RateLimited) else None
+        delay = retry_delay_s(attempt, retry_after)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.time(), 0.0))
+        if isinstance(error, RateLimited):
+            metrics.RATE_LIMITED.labels(account=self.account).inc()
+        await asyncio.sleep(delay)  # a backoff, not synchronisation
+        return attempt + 1
 
     async def _call_once(self, call: Awaitable[T]) -> T | None:
         """``call``, or None if the broker is away (a later reconciliation catches up)."""
@@ -548,7 +608,27 @@ class AccountWorker:
         await self.outbox.publish([event])
 
     async def reconcile(self, only: set[Any] | None = None) -> None:
-        """Ask the broker what we may have missed; publish the difference."""
+        """Ask the broker what we may have missed; publish the difference.
+
+        Rate-limited, it is tried again after a backoff (``RECONCILE_ATTEMPTS``
+        in all: what it publishes has derived ids, so a repeat is harmless);
+        any other failure leaves it to the next reconnection or gap.
+        """
+        for attempt in range(RECONCILE_ATTEMPTS):
+            try:
+                await self._reconcile(only)
+            except RateLimited as e:
+                log.warning("reconciliation of %s rate-limited: %s", self.account, e)
+                metrics.RATE_LIMITED.labels(account=self.account).inc()
+                if attempt + 1 < RECONCILE_ATTEMPTS:
+                    await asyncio.sleep(retry_delay_s(attempt, e.retry_after_s))  # a backoff
+                continue
+            return
+        log.warning(
+            "reconciliation of %s given up after %d attempts", self.account, RECONCILE_ATTEMPTS
+        )
+
+    async def _reconcile(self, only: set[Any] | None) -> None:
         published = 0
         try:
             for t in self.tracker.unsettled():
@@ -558,10 +638,14 @@ class AccountWorker:
             if only is None:
                 for order in await self.port.open_orders():
                     if self.tracker.find(order) is None:
-                        fills = await self.port.order_fills(order)
+                        # Its fills are read from the account's whole list: only if it has any.
+                        has_fills = order.filled_quantity > 0
+                        fills = await self.port.order_fills(order) if has_fills else None
                         events = self.tracker.reconcile(order, fills)
                         published += len(events)
                         await self.outbox.publish(events)
+        except RateLimited:
+            raise
         except (BrokerError, ValueError) as e:
             # The next reconnection (or the next gap) reconciles again.
             log.warning("reconciliation of %s interrupted: %s", self.account, e)

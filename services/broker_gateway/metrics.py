@@ -38,3 +38,13 @@ RECONCILED_FILLS = Counter(
 MALFORMED = Counter(
     "tradebus_broker_malformed_messages_total", "Broker messages that did not parse", ["account"]
 )
+FLATTEN_REFUSED = Counter(
+    "tradebus_broker_flatten_refused_positions_total",
+    "Positions a flatten's close-all left open: the broker refused to close them",
+    ["account"],
+)
+RATE_LIMITED = Counter(
+    "tradebus_broker_rate_limited_total",
+    "Broker answers of 429 (rate limit) that made the gateway back off",
+    ["account"],
+)

@@ -10,9 +10,11 @@ cancel                DELETE /v2/orders/{id}               DELETE /v1/accounts/{
 cancel_all            DELETE /v2/orders                    each open order's DELETE
 get_order             GET /v2/orders/{id},                 GET /v1/accounts/{id}/orders/{id},
                       GET /v2/orders:by_client_order_id    the order list filtered by tag
-open_orders           GET /v2/orders?status=open           GET /v1/accounts/{id}/orders
+open_orders           GET /v2/orders?status=open, paged    GET /v1/accounts/{id}/orders
+                      (limit=500, direction=asc, after)
 positions             GET /v2/positions                    GET /v1/accounts/{id}/positions
-close_all             DELETE /v2/positions                 a closing market order per position
+close_all             DELETE /v2/positions?cancel_orders=  a closing market order per position
+                      true (207: an entry per position)
 order_fills           account activities (FILL)            None: inferred from exec_quantity/avg
 events                trade_updates stream                 account events stream (order events)
 connection state      WebSocket ping/pong                  heartbeat frames (~60 s)
@@ -48,6 +50,7 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    ClosedAll,
     OrderRequest,
 )
 
@@ -115,8 +118,12 @@ class BrokerPort(Protocol):
         """Every open position of the account."""
         ...
 
-    async def close_all(self) -> list[BrokerOrder]:
-        """Close every position with market orders; returns those orders."""
+    async def close_all(self) -> ClosedAll:
+        """Cancel the open orders, then close every position with market orders.
+
+        Returns the closing orders and the positions the broker refused to
+        close (they are still open); never raises for a refused position.
+        """
         ...
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:

@@ -6,7 +6,7 @@ from libs.observability.metrics import Counter, Gauge
 
 ORDERS = Counter(
     "tradebus_paper_orders_total",
-    "Order submissions by outcome (accepted, repeated client order id, refused)",
+    "Order submissions by outcome (accepted, duplicate client order id, refused)",
     ["account", "outcome"],
 )
 FILLS = Counter("tradebus_paper_fills_total", "Fills (partial or complete)", ["account"])

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
+import nats.js.errors
+import orjson
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api as js_api
@@ -42,9 +46,9 @@ from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import AccountWorker, Outbox
+from services.broker_gateway.gateway import RETRY_INITIAL_S, AccountWorker, Outbox
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
-from services.paper_broker.domain.book import BookConfig, PaperBook, PaperOrder, TradeUpdate
+from services.paper_broker.domain.book import BookConfig, Closing, PaperBook, TradeUpdate
 from services.paper_broker.domain.fill_model import MarketUpdate
 
 D = Decimal
@@ -64,9 +68,11 @@ class CountingBook(PaperBook):
         self.cancel_alls += 1
         return super().cancel_all(account)
 
-    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
+    def close_all(
+        self, account: str, *, cancel_orders: bool = False
+    ) -> tuple[list[Closing], list[TradeUpdate]]:
         self.close_alls += 1
-        return super().close_all(account)
+        return super().close_all(account, cancel_orders=cancel_orders)
 
 
 @dataclass
@@ -345,3 +351,74 @@ async def test_a_command_handed_back_that_never_returns_does_not_stall_its_accou
         await a.up()
         ids = [str(c.payload.order_id) for i, c in enumerate(backlog) if i != 2]
         await eventually(lambda: a.orders() == ids, timeout=10 + wa.give_up_s * 2)
+
+
+async def last_event(bus: Bus, subject: str) -> dict[str, Any] | None:
+    """The last event stored on ``subject``, decoded; None if there is none."""
+    try:
+        msg = await bus.js.get_last_msg(STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    assert msg.data is not None
+    event: dict[str, Any] = orjson.loads(msg.data)
+    return event
+
+
+async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: list[Venue]) -> None:
+    """The broker's close-all refuses one position (here: its symbol halted
+    since it was bought; at Alpaca also shares held by an order): the flatten
+    publishes an ``OrderRejected`` for it, caused by the flatten, with the
+    venue's code and the symbol, instead of passing for done."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    a.book.on_market(MarketUpdate.trade("MSFT", D(50)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish_many([submit(a.account, "AAPL", "10"), submit(a.account, "MSFT", "5")])
+        await eventually(lambda: len(a.book.positions(a.account)) == 2, timeout=10)
+        a.book.config = replace(a.book.config, halted_symbols=frozenset({"MSFT"}))
+        flat = flatten(a.account)
+        await bus.publish(flat)
+        rejected = await eventually(
+            lambda: last_event(bus, f"broker.reject.{a.account}"), timeout=10
+        )
+        assert rejected["type"] == "OrderRejected"
+        assert rejected["causation_id"] == str(flat.id)
+        assert rejected["payload"]["code"] == "40310000"
+        assert "MSFT position, which is still open" in rejected["payload"]["reason"]
+        assert [(p.symbol, p.qty) for p in a.book.positions(a.account)] == [("MSFT", D(5))]
+        await w.wait_idle()
+        assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again
+
+
+@pytest.mark.parametrize("retry_after_s", [0.3, None])
+async def test_a_rate_limited_broker_is_given_time(
+    bus: Bus, venues: list[Venue], retry_after_s: float | None
+) -> None:
+    """A 429 is retried after the broker's Retry-After, or, without one, after
+    a backoff that doubles; no longer at once (the broker counted each of
+    those retries against us, and went on refusing)."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        assert a.server is not None
+        # One order through first: by then the reconciliation that follows
+        # the connection has asked its question, so the 429s are the submit's.
+        first = submit(a.account, "AAPL", "1")
+        await bus.publish(first)
+        await eventually(lambda: len(a.book.positions(a.account)) == 1, timeout=20)
+        await w.wait_idle()
+        a.server.throttle(3, retry_after_s=retry_after_s)
+        order = submit(a.account, "AAPL", "2")
+        await bus.publish(order)
+        await eventually(lambda: len(a.orders()) == 2, timeout=20)
+        assert a.orders()[1] == str(order.payload.order_id)
+        at = a.server.throttled_at
+        assert len(at) == 3
+        gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+        for attempt, gap in enumerate(gaps):
+            least = retry_after_s if retry_after_s is not None else RETRY_INITIAL_S * 2**attempt / 2
+            assert gap >= least * 0.95, (attempt, gaps)

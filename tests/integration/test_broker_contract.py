@@ -248,6 +248,21 @@ async def test_submit_fills_and_is_idempotent(broker: Harness) -> None:
     assert broker.events.kinds(c) == ["accepted", "fill"]
 
 
+async def test_a_client_order_id_taken_by_another_order_is_refused(broker: Harness) -> None:
+    """A venue that answers "duplicate" (Alpaca's 422, 40010001) to a repeated
+    client order id: the same order again is the order it holds (above); a
+    different one under that id is refused, and the first is untouched."""
+    await broker.set_price("AAPL", D(20))
+    c = cid()
+    first = await broker.port.submit(market("AAPL", "buy", "3", c))
+    with pytest.raises(OrderRefused) as e:
+        await broker.port.submit(market("AAPL", "sell", "3", c))
+    assert "already used" in e.value.reason
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    assert (got.broker_order_id, got.side) == (first.broker_order_id, "buy")
+
+
 async def test_large_order_fills_in_partial_fills(broker: Harness) -> None:
     await broker.set_price("MSFT", D(400))
     c = cid()
@@ -264,6 +279,36 @@ async def test_large_order_fills_in_partial_fills(broker: Harness) -> None:
         assert [(f.quantity, f.price, f.cumulative_quantity) for f in listed] == [
             (f.quantity, f.price, f.cumulative_quantity) for f in fills
         ]
+
+
+async def test_an_order_s_fills_are_its_own_among_many(broker: Harness) -> None:
+    """A venue's fill list is the account's (Alpaca's has no order filter) and
+    comes in pages: the order's fills are found among more than a page of
+    other orders' fills, and nothing of the others is taken for its own."""
+    await broker.set_price("TSLA", D(10))
+    await broker.set_price("F", D(5))
+    c = cid()
+    qty = broker.fill_size * 2 + 5
+    order = await broker.port.submit(market("TSLA", "buy", str(qty), c))
+    others = [cid() for _ in range(120)]
+    for other in others:
+        await broker.port.submit(market("F", "buy", "1", other))
+    for price in ("11", "12"):
+        await broker.set_price("TSLA", D(price))
+    await eventually(lambda: broker.events.kinds(c).count("fill") == 3, timeout=10)
+    await eventually(lambda: broker.events.kinds(others[-1]) == ["accepted", "fill"], timeout=10)
+    got = await broker.port.get_order(client_order_id=c)
+    assert got is not None
+    listed = await broker.port.order_fills(got)
+    if listed is None:
+        return  # a venue that cannot list executions
+    assert [(f.client_order_id, f.symbol) for f in listed] == [(c, "TSLA")] * 3
+    assert [(f.quantity, f.price, f.cumulative_quantity) for f in listed] == [
+        (broker.fill_size, D(10), broker.fill_size),
+        (broker.fill_size, D(11), broker.fill_size * 2),
+        (D(5), D(12), qty),
+    ]
+    assert {f.broker_order_id for f in listed} == {order.broker_order_id}
 
 
 async def test_refused_order_is_never_placed(broker: Harness) -> None:
@@ -291,6 +336,18 @@ async def test_limit_order_rests_then_cancel(broker: Harness) -> None:
         await broker.port.cancel(client_order_id=cid())
 
 
+async def test_every_open_order_is_listed_however_many(broker: Harness) -> None:
+    """A venue lists a bounded number of orders per call (Alpaca: 50 unless
+    asked, 500 at most, newest first): all of them still come back, each once,
+    oldest first."""
+    await broker.set_price("INTC", D(30))
+    cids = [cid() for _ in range(520)]
+    for c in cids:
+        await broker.port.submit(OrderRequest(c, "INTC", "buy", D(1), "limit", limit_price=D(1)))
+    listed = await broker.port.open_orders()
+    assert [o.client_order_id for o in listed] == cids
+
+
 async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     await broker.set_price("AAPL", D(10))
     await broker.set_price("SPY", D(20))
@@ -300,11 +357,26 @@ async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     await broker.port.submit(OrderRequest(resting, "AAPL", "buy", D(1), "limit", limit_price=D(1)))
     canceled = await broker.port.cancel_all()
     assert [o.client_order_id for o in canceled] == [resting]
-    closing = await broker.port.close_all()
-    assert sorted((o.symbol, o.side, o.quantity) for o in closing) == [
+    closed = await broker.port.close_all()
+    assert closed.refused == ()
+    assert sorted((o.symbol, o.side, o.quantity) for o in closed.orders) == [
         ("AAPL", "sell", D(7)),
         ("SPY", "buy", D(4)),
     ]
+    await eventually(lambda: _flat(broker.port), timeout=5)
+
+
+async def test_close_all_cancels_the_orders_that_hold_the_shares(broker: Harness) -> None:
+    """A position whose shares an open order holds (Alpaca refuses to close
+    it, 403) is closed all the same: close-all cancels the open orders."""
+    await broker.set_price("AMD", D(10))
+    await broker.port.submit(market("AMD", "buy", "6", cid()))
+    resting = cid()
+    await broker.port.submit(OrderRequest(resting, "AMD", "sell", D(6), "limit", limit_price=D(99)))
+    closed = await broker.port.close_all()
+    assert closed.refused == ()
+    assert [(o.symbol, o.side, o.quantity) for o in closed.orders] == [("AMD", "sell", D(6))]
+    await eventually(lambda: broker.events.kinds(resting) == ["accepted", "canceled"], timeout=5)
     await eventually(lambda: _flat(broker.port), timeout=5)
 
 

@@ -242,7 +242,7 @@ async def broker_request(port: int, method: str, path: str) -> Any:
 
 
 async def broker_orders(port: int) -> list[dict[str, Any]]:
-    body = await broker_request(port, "GET", "/v2/orders?status=all")
+    body = await broker_request(port, "GET", "/v2/orders?status=all&limit=500&direction=asc")
     assert isinstance(body, list)
     return body
 

@@ -30,7 +30,13 @@ from libs.contract.events import (
     SubmitOrder,
     SubmitOrderPayload,
 )
-from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
+from services.broker_gateway.adapters.paper import parse, schemas
+from services.broker_gateway.domain.model import (
+    BrokerFill,
+    BrokerOrder,
+    CloseRefused,
+    OrderUpdate,
+)
 from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
 
 D = Decimal
@@ -587,3 +593,62 @@ def test_an_order_that_ended_is_not_accepted_after_it() -> None:
     assert isinstance(canceled, OrderCanceled)
     assert t.on_update(OrderUpdate("accepted", order(withdrawn, broker_id="b-2"), 2)) == []
     assert not t.get(withdrawn.payload.order_id).accepted  # type: ignore[union-attr]
+
+
+def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
+    """A flatten whose close-all left a position open does not pass for done
+    silently: the refused closing order is an ``OrderRejected`` caused by the
+    flatten, with the venue's code; a rebuilt tracker knows the flatten ran."""
+    live = tracker()
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    live.flatten_started(flatten)
+    done = live.flatten_done(
+        [order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")],
+        [CloseRefused("MSFT", "insufficient qty available for order", "40310000")],
+    )
+    live.flatten_ended()
+    accepted, rejected = done
+    assert isinstance(accepted, OrderAccepted)
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.causation_id == flatten.id
+    assert rejected.payload.code == "40310000"
+    assert "MSFT position, which is still open" in rejected.payload.reason
+    # The same refusal seen again (a rebuilt tracker) is the same event.
+    again = tracker()
+    again.evolve(flatten)
+    again.flatten_started(flatten)
+    assert [e.id for e in again.flatten_done([], [CloseRefused("MSFT", "x", "1")])] == [rejected.id]
+    rebuilt = tracker()
+    for e in (flatten, rejected):
+        rebuilt.evolve(e)
+    assert rebuilt.flattened(flatten.id)
+
+
+def test_an_order_done_for_the_day_lives_on() -> None:
+    """A GTC order done for the day (Alpaca's ``done_for_day``) is reconciled
+    as the open order it is: no ``OrderCanceled``, it stays unsettled, and its
+    next day's fill is published."""
+    t = tracker()
+    cmd = command(qty="10")
+    submitted(t, cmd)
+    wire = {
+        "id": "b-1",
+        "client_order_id": str(cmd.payload.order_id),
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": "4",
+        "filled_avg_price": "100",
+        "time_in_force": "gtc",
+        "status": "done_for_day",
+    }
+    done_for_day = parse.order(schemas.Order.model_validate(wire))
+    out = t.reconcile(done_for_day, None)
+    assert [type(e).__name__ for e in out] == ["FillReceived"]
+    assert [o.order_id for o in t.unsettled()] == [cmd.payload.order_id]
+    next_day = order(cmd, filled="10", avg="100.6", status="filled")
+    assert fills_of(t.on_update(fill_update(next_day, "6", "101", "x-2"))) == [
+        ("6", "101", "10", "0", "s1")
+    ]

@@ -217,7 +217,8 @@ async def broker_orders(port: int) -> list[dict[str, Any]]:
         auth = {"key_id": KEYS["TEST_PAPER_KEY_ID"], "secret_key": KEYS["TEST_PAPER_SECRET_KEY"]}
         await ws.send(json.dumps({"action": "authenticate", "data": auth}))
         assert json.loads(await ws.recv())["data"]["status"] == "authorized"
-        request = {"id": "t", "method": "GET", "path": "/v2/orders?status=all"}
+        path = "/v2/orders?status=all&limit=500&direction=asc"  # all, not the newest 50
+        request = {"id": "t", "method": "GET", "path": path}
         await ws.send(json.dumps({"action": "request", "data": request}))
         while True:
             message = json.loads(await ws.recv())

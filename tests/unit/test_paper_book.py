@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -52,22 +53,24 @@ def test_market_order_fills_at_once_and_books_the_position() -> None:
     assert b.positions("B") == []
 
 
-def test_submit_is_idempotent_on_client_order_id() -> None:
+def test_a_client_order_id_used_before_is_refused_as_alpaca_does() -> None:
+    """Alpaca answers a repeated client order id with 422 (40010001), not
+    with the order: the paper broker does the same, and changes nothing."""
     b = book()
     b.on_market(MarketUpdate.trade("AAPL", D(200)))
     first, _ = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
-    again, more = b.submit("A", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
-    assert again == first
-    assert more == []
-    assert len(b.orders("A", "all")) == 1
+    for spec in (
+        OrderSpec("AAPL", "buy", D(10), client_order_id="c1"),  # the same order again
+        OrderSpec("AAPL", "sell", D(10), client_order_id="c1"),  # another one
+    ):
+        with pytest.raises(Refused, match="client_order_id must be unique") as e:
+            b.submit("A", spec)
+        assert (e.value.status, e.value.code) == (422, 40010001)
+    assert b.orders("A", "all") == [first]
     assert b.positions("A")[0].qty == D(10)
     # The same id in another account is another order.
     other, _ = b.submit("B", OrderSpec("AAPL", "buy", D(10), client_order_id="c1"))
     assert other.id != first.id
-    # Reusing an id for a different order is refused, not silently merged.
-    with pytest.raises(Refused, match="already used") as e:
-        b.submit("A", OrderSpec("AAPL", "sell", D(10), client_order_id="c1"))
-    assert e.value.status == 422
 
 
 def test_large_order_fills_in_partial_fills_as_the_market_trades() -> None:
@@ -122,7 +125,8 @@ def test_cancel_all_and_close_all() -> None:
     resting, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(5)))
     canceled = b.cancel_all("A")
     assert [(u.event, u.order.id) for u in canceled] == [("canceled", resting.id)]
-    orders, updates = b.close_all("A")
+    closings, updates = b.close_all("A")
+    orders = [c.order for c in closings if c.order is not None]
     assert sorted((o.symbol, o.side, o.qty, o.status) for o in orders) == [
         ("AAPL", "sell", D(3), "filled"),
         ("MSFT", "buy", D(2), "filled"),
@@ -237,3 +241,30 @@ def test_the_rest_of_a_marketable_limit_fills_at_the_market_not_at_its_limit() -
     sold = [u for u in sell if u.execution_id is not None]
     sold += b.on_market(MarketUpdate.trade("AAPL", D(98)))
     assert [(str(u.qty), str(u.price)) for u in sold] == [("100", "99"), ("50", "98")]
+
+
+def test_close_all_refuses_a_position_held_by_orders_unless_it_cancels_them() -> None:
+    """Alpaca's close-all answers per position: one whose shares open orders
+    hold is refused (403) unless ``cancel_orders``; a halted symbol's too."""
+    b = book()
+    for symbol, price in (("AAPL", 10), ("MSFT", 20), ("LULD", 5)):
+        b.on_market(MarketUpdate.trade(symbol, D(price)))
+        b.submit("A", OrderSpec(symbol, "buy", D(4)))
+    b.submit("A", OrderSpec("AAPL", "sell", D(3), "limit", limit_price=D(50)))  # holds 3
+    b.submit("A", OrderSpec("MSFT", "buy", D(1), "limit", limit_price=D(1)))  # holds none
+    b.config = replace(b.config, halted_symbols=frozenset({"LULD"}))  # halted since
+    closings, _ = b.close_all("A")
+    got = {c.symbol: (c.order.status if c.order else None, c.refused) for c in closings}
+    assert got["MSFT"] == ("filled", None)
+    aapl, luld = got["AAPL"][1], got["LULD"][1]
+    assert aapl is not None
+    assert (aapl.status, aapl.code) == (403, 40310000)
+    assert aapl.message == "insufficient qty available for order (requested: 4, available: 1)"
+    assert luld is not None
+    assert (luld.status, "halted" in luld.message) == (403, True)
+    assert {p.symbol for p in b.positions("A")} == {"AAPL", "LULD"}
+
+    closings, updates = b.close_all("A", cancel_orders=True)
+    assert events(updates)[:2] == ["canceled", "canceled"]  # the limits, first
+    assert [(c.symbol, c.refused is None) for c in closings] == [("AAPL", True), ("LULD", False)]
+    assert [p.symbol for p in b.positions("A")] == ["LULD"]

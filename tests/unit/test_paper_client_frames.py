@@ -13,9 +13,10 @@ import pytest
 from pydantic import SecretStr
 
 from services.broker_gateway import metrics
-from services.broker_gateway.adapters.paper import schemas
-from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.adapters.paper import parse, schemas
+from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
 from services.broker_gateway.domain.model import OrderUpdate
+from services.broker_gateway.errors import BrokerUnavailable, RateLimited
 
 ORDER = {
     "id": "b-1",
@@ -102,3 +103,69 @@ async def test_a_bad_frame_is_counted_and_the_next_is_read(
     assert "says: {'code': 40010000, 'message': 'no'}" in caplog.text
     await client._dispatch(fill())
     assert next_update(client).kind == "fill"
+
+
+def test_a_fill_activity_of_another_order_is_never_taken_for_this_one() -> None:
+    """The activity list is the account's: an activity is one of this order's
+    fills only if its ``order_id`` says so (the reviewer's case: an MSFT sell
+    of another order read as a fill of our AAPL buy)."""
+    ours = parse.order(schemas.Order.model_validate(ORDER))
+    activity = {
+        "id": "20261206150000000::x1",
+        "order_id": "b-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "price": "100.12",
+        "cum_qty": "10",
+        "leaves_qty": "0",
+    }
+    fill = parse.fill(schemas.FillActivity.model_validate(activity), ours)
+    assert (fill.client_order_id, fill.cumulative_quantity) == ("c-1", Decimal(10))
+    other = {**activity, "order_id": "OTHER", "symbol": "MSFT", "side": "sell"}
+    with pytest.raises(ValueError, match="not b-1"):
+        parse.fill(schemas.FillActivity.model_validate(other), ours)
+    assert ours.created_ns == 1_796_569_200_000_001_000
+
+
+async def test_done_for_day_is_not_an_end(client: PaperBroker) -> None:
+    """Alpaca: an order done for the day "will not receive further updates
+    until the next trading day"; a GTC one works again then. It is open, and
+    its ``done_for_day`` event ends nothing (it used to read as ``expired``)."""
+    working = {**ORDER, "status": "done_for_day", "filled_qty": "0", "filled_avg_price": None}
+    assert parse.order(schemas.Order.model_validate(working)).status == "accepted"
+    partly = {**ORDER, "status": "done_for_day", "filled_qty": "4"}
+    order = parse.order(schemas.Order.model_validate(partly))
+    assert (order.status, order.is_open, order.leaves_quantity) == (
+        "partially_filled",
+        True,
+        Decimal(6),
+    )
+    event = {"event": "done_for_day", "order": partly, "timestamp": ORDER["updated_at"]}
+    assert parse.trade_update(schemas.TradeUpdate.model_validate(event)) is None
+    await client._dispatch(frame("trade_updates", event))
+    assert client._events.empty()
+
+
+def test_a_429_is_rate_limited_with_its_retry_after(client: PaperBroker) -> None:
+    body = {"code": 42910000, "message": "rate limit exceeded"}
+    for headers, expected in (
+        ({"Retry-After": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"RETRY-AFTER": "Sun, 06 Dec 2026 15:00:03 GMT"}, 3.0),  # an HTTP date
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ):
+        response = schemas.Response(id="1", status=429, body=body, headers=headers)
+        with pytest.raises(RateLimited) as e:
+            client._check(response, "submit")
+        assert "rate limit exceeded" in str(e.value)
+        if "GMT" in str(headers):
+            now = 1_796_569_200.0  # 2026-12-06T15:00:00Z
+            assert retry_after(headers, now) == expected
+        else:
+            assert e.value.retry_after_s == expected
+    # A broker error is not a rate limit: retried, but without a Retry-After.
+    with pytest.raises(BrokerUnavailable) as unavailable:
+        client._check(schemas.Response(id="1", status=503, body={}), "submit")
+    assert not isinstance(unavailable.value, RateLimited)

@@ -344,3 +344,152 @@ def test_an_old_journal_s_partly_filled_stop_is_triggered(tmp_path: Path) -> Non
     assert replayed is not None
     assert replayed.triggered
     assert replayed == b.order("acct", order.id)
+
+
+async def test_a_repeated_client_order_id_gets_alpaca_s_422(server: PaperBrokerServer) -> None:
+    """Alpaca: 422 ``{"code": 40010001, "message": "client_order_id must be
+    unique"}``; no order placed, no update sent. (It used to answer 200 and
+    the existing order, which no real venue does.)"""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    ws = await login(server.port)
+    try:
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["stream"] == "listening"
+        body = {"symbol": "AAPL", "qty": "1", "side": "buy", "client_order_id": "dup"}
+        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        await send(
+            ws, "request", {"id": "r2", "method": "POST", "path": "/v2/orders", "body": body}
+        )
+        got = await recv(ws)
+        assert got["stream"] == "response", got  # no trade update came first
+        assert (got["data"]["status"], got["data"]["body"]) == (
+            422,
+            {"code": 40010001, "message": "client_order_id must be unique"},
+        )
+        assert len(server.book.orders("acct", "all")) == 1
+    finally:
+        await ws.close()
+
+
+async def test_close_all_answers_per_position_and_takes_cancel_orders(
+    server: PaperBrokerServer,
+) -> None:
+    """``DELETE /v2/positions`` is a 207 with an entry per position: a 403
+    for one whose shares an open order holds, unless ``cancel_orders=true``."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    server.market(MarketUpdate.trade("MSFT", Decimal(20)))
+    ws = await login(server.port)
+    try:
+        for body in (
+            {"symbol": "AAPL", "qty": "5", "side": "buy"},
+            {"symbol": "MSFT", "qty": "2", "side": "buy"},
+            {"symbol": "AAPL", "qty": "5", "side": "sell", "type": "limit", "limit_price": "99"},
+        ):
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        answer = await request(ws, "DELETE", "/v2/positions")
+        assert answer["status"] == 207
+        by_symbol = {e["symbol"]: e for e in answer["body"]}
+        assert (by_symbol["MSFT"]["status"], by_symbol["MSFT"]["body"]["side"]) == (200, "sell")
+        assert (by_symbol["AAPL"]["status"], by_symbol["AAPL"]["body"]) == (
+            403,
+            {
+                "code": 40310000,
+                "message": "insufficient qty available for order (requested: 5, available: 0)",
+            },
+        )
+        answer = await request(ws, "DELETE", "/v2/positions?cancel_orders=true")
+        assert [(e["symbol"], e["status"]) for e in answer["body"]] == [("AAPL", 200)]
+        assert (await request(ws, "GET", "/v2/positions"))["body"] == []
+        assert (await request(ws, "GET", "/v2/orders?status=open"))["body"] == []
+    finally:
+        await ws.close()
+
+
+async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
+    """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
+    ``page_size`` (at most 100), ``page_token`` = the last id of the page
+    before, ``after`` / ``until``; no filter by order (Alpaca has none)."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    ws = await login(server.port)
+    try:
+        for n in range(5):
+            body = {"symbol": "AAPL", "qty": "1", "side": "buy", "client_order_id": f"a{n}"}
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        fills = server.book.fills("acct")
+        ids = [f.id for f in fills]
+        path = "/v2/account/activities/FILL"
+        newest = await request(ws, "GET", path)
+        assert [a["id"] for a in newest["body"]] == ids[::-1]
+        first = await request(ws, "GET", f"{path}?direction=asc&page_size=2")
+        assert [a["id"] for a in first["body"]] == ids[:2]
+        token = first["body"][-1]["id"]
+        second = await request(ws, "GET", f"{path}?direction=asc&page_size=2&page_token={token}")
+        assert [a["id"] for a in second["body"]] == ids[2:4]
+        mine = await request(ws, "GET", f"{path}?order_id={fills[0].order_id}")
+        assert len(mine["body"]) == 5  # not a filter: ignored, as Alpaca would
+        after = wire.iso(fills[2].ts_ns)
+        cut = wire.parse_iso(after)
+        assert cut is not None
+        later = await request(ws, "GET", f"{path}?direction=asc&after={after}")
+        assert [a["id"] for a in later["body"]] == [f.id for f in fills if f.ts_ns > cut]
+        assert len(later["body"]) < 5
+        for bad in ("page_size=101", "direction=up", "after=yesterday", "page_token=nope"):
+            assert (await request(ws, "GET", f"{path}?{bad}"))["status"] == 422, bad
+    finally:
+        await ws.close()
+
+
+async def test_the_throttle_hook_answers_429_as_alpaca_s_rate_limit(
+    server: PaperBrokerServer,
+) -> None:
+    ws = await login(server.port)
+    try:
+        server.throttle(2, retry_after_s=1.5)
+        for _ in range(2):
+            answer = await request(ws, "GET", "/v2/account")
+            assert (answer["status"], answer["body"]["code"]) == (429, 42910000)
+            assert answer["headers"] == {"Retry-After": "1.5"}
+        answer = await request(ws, "GET", "/v2/account")
+        assert answer["status"] == 200
+        assert "headers" not in answer
+        assert len(server.throttled_at) == 2
+    finally:
+        await ws.close()
+
+
+async def test_the_order_list_is_limited_and_ordered_as_alpaca_s(
+    server: PaperBrokerServer,
+) -> None:
+    """``GET /v2/orders``: newest first unless ``direction=asc``, 50 orders
+    unless ``limit`` says more (500 at most), ``after`` / ``until`` on the
+    submission time. It used to answer every order, oldest first."""
+    ws = await login(server.port)
+    try:
+        for n in range(60):
+            body = {
+                "symbol": "AAPL",
+                "qty": "1",
+                "side": "buy",
+                "type": "limit",
+                "limit_price": "1",
+                "client_order_id": f"o{n:02d}",
+            }
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        cids = [f"o{n:02d}" for n in range(60)]
+
+        async def listed(query: str) -> list[str]:
+            answer = await request(ws, "GET", f"/v2/orders?{query}")
+            assert answer["status"] == 200, answer
+            return [o["client_order_id"] for o in answer["body"]]
+
+        assert await listed("status=open") == cids[::-1][:50]
+        assert await listed("status=open&limit=500") == cids[::-1]
+        assert await listed("status=all&limit=10&direction=asc") == cids[:10]
+        tenth = server.book.by_client_order_id("acct", "o09")
+        assert tenth is not None
+        after = wire.iso(tenth.created_at_ns)
+        assert (await listed(f"direction=asc&limit=500&after={after}"))[0] in ("o09", "o10")
+        for bad in ("limit=501", "limit=0", "direction=sideways", "until=never"):
+            assert (await request(ws, "GET", f"/v2/orders?{bad}"))["status"] == 422, bad
+    finally:
+        await ws.close()

@@ -60,6 +60,8 @@ class BrokerOrder:
     order_type: OrderType = "market"
     limit_price: Decimal | None = None
     updated_ns: int = 0
+    #: When the broker created it (0 if it does not say).
+    created_ns: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -93,6 +95,28 @@ class BrokerPosition:
     symbol: str
     quantity: Decimal
     avg_entry_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRefused:
+    """A position the broker would not close (a failed entry of a close-all)."""
+
+    symbol: str
+    reason: str
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAll:
+    """What a close-all did: the closing orders placed, and the positions refused.
+
+    The venue closes or refuses each position on its own (Alpaca: a 207 of one
+    entry per position; a position whose shares open orders hold is a 403), so
+    a close-all can leave some positions open.
+    """
+
+    orders: tuple[BrokerOrder, ...] = ()
+    refused: tuple[CloseRefused, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

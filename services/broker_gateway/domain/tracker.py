@@ -58,6 +58,7 @@ from libs.contract.events import (
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
+    CloseRefused,
     OrderRequest,
     OrderUpdate,
     Side,
@@ -195,6 +196,9 @@ class OrderTracker:
             t = self._order(event.payload.order_id, "")
             t.terminal = t.terminal or "rejected"
             self._settled(t)
+            # A closing order of a flatten, refused: its close-all answered.
+            if event.causation_id is not None and event.causation_id in self._flattens:
+                self._flattened.add(event.causation_id)
         elif isinstance(event, OrderCanceled):
             t = self._order(event.payload.order_id, "")
             self._index_broker(t, event.payload.broker_order_id)
@@ -468,8 +472,16 @@ class OrderTracker:
         self.evolve(command)
         self._flattening = command
 
-    def flatten_done(self, orders: Sequence[BrokerOrder]) -> list[Event]:
-        """The close-all answered with its closing orders."""
+    def flatten_done(
+        self, orders: Sequence[BrokerOrder], refused: Sequence[CloseRefused] = ()
+    ) -> list[Event]:
+        """The close-all answered: its closing orders, and the positions it refused.
+
+        Each refused position is published as an ``OrderRejected`` of the
+        closing order that could not be placed (its id derived from the
+        flatten and the symbol, caused by the flatten, the venue's code), so
+        a flatten that left a position open never passes for done silently.
+        """
         flatten = self._flattening
         assert flatten is not None, "flatten_started() first"
         out: list[Event] = []
@@ -477,6 +489,16 @@ class OrderTracker:
             t = self._closing_order(order, flatten)
             if order.is_open or order.filled_quantity > 0:
                 self._ack(t, order, order.updated_ns, out)
+        for r in refused:
+            oid = derived_id("broker.close", self.account, flatten.id, r.symbol)
+            t = self._order(oid, r.symbol)
+            if t.cause is None:
+                t.cause, t.closing = flatten, True
+            reason = (
+                f"flatten: the broker refused to close the {r.symbol} position, "
+                f"which is still open: {r.reason}"
+            )
+            self._reject(t, reason, r.code, None, out)
         self._flattened.add(flatten.id)
         self._flattening = None
         return out

@@ -47,9 +47,13 @@ from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.domain.book import (
+    CODE_DUPLICATE_CLIENT_ORDER_ID,
     CODE_NOT_FOUND,
+    CODE_UNPROCESSABLE,
     JOURNAL_ONLY,
+    FillActivity,
     PaperBook,
+    PaperOrder,
     Refused,
     TradeUpdate,
 )
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 
 CODE_BAD_REQUEST = 40010000
 CODE_UNAUTHORIZED = 40110000
+CODE_RATE_LIMITED = 42910000
 #: Close codes: policy violation (auth), try again later (slow consumer).
 CLOSE_POLICY = 1008
 CLOSE_SLOW = 1013
@@ -136,6 +141,21 @@ class PaperBrokerServer:
         self._sessions: set[_Session] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
+        # The rate limit a test asks for (see throttle).
+        self._throttle = 0
+        self._retry_after_s: float | None = None
+        #: When each request answered 429 came in (monotonic seconds).
+        self.throttled_at: list[float] = []
+
+    def throttle(self, requests: int, retry_after_s: float | None = None) -> None:
+        """Answer the next ``requests`` requests 429, as Alpaca past its rate limit.
+
+        The body is ``{"code": 42910000, "message": "rate limit exceeded"}``;
+        with ``retry_after_s`` the response carries a ``Retry-After`` header.
+        A test hook: the paper broker has no rate limit of its own.
+        """
+        self._throttle = requests
+        self._retry_after_s = retry_after_s
 
     # ----------------------------------------------------------- lifecycle
 
@@ -350,8 +370,15 @@ class PaperBrokerServer:
         rid = data.get("id")
         method = str(data.get("method", "GET")).upper()
         target = str(data.get("path", ""))
+        headers: dict[str, str] = {}
         if session.account is None:
             status, body = 401, wire.error_json(CODE_UNAUTHORIZED, "not authenticated")
+        elif self._throttle > 0:
+            self._throttle -= 1
+            self.throttled_at.append(time.monotonic())
+            status, body = 429, wire.error_json(CODE_RATE_LIMITED, "rate limit exceeded")
+            if self._retry_after_s is not None:
+                headers["Retry-After"] = f"{self._retry_after_s:g}"
         else:
             parts = urlsplit(target)
             query = parse_qs(parts.query)
@@ -360,8 +387,10 @@ class PaperBrokerServer:
             except Refused as e:
                 status, body = e.status, wire.error_json(e.code, e.message)
         metrics.REQUESTS.labels(method=method, status=str(status)).inc()
-        reply = {"stream": "response", "data": {"id": rid, "status": status, "body": body}}
-        self._send(session, self._encode(reply))
+        data = {"id": rid, "status": status, "body": body}
+        if headers:
+            data["headers"] = headers
+        self._send(session, self._encode({"stream": "response", "data": data}))
 
     def _route(
         self,
@@ -379,8 +408,9 @@ class PaperBrokerServer:
             if method == "GET":
                 status = one.get("status", "open")
                 if status not in ("open", "closed", "all"):
-                    raise Refused(422, 42210000, "status must be open, closed or all")
-                return 200, [wire.order_json(o) for o in book.orders(account, status)]  # type: ignore[arg-type]
+                    raise Refused(422, CODE_UNPROCESSABLE, "status must be open, closed or all")
+                orders = book.orders(account, status)  # type: ignore[arg-type]
+                return 200, [wire.order_json(o) for o in _order_page(orders, one)]
             if method == "DELETE":
                 updates = book.cancel_all(account)
                 self._publish(updates)
@@ -410,14 +440,12 @@ class PaperBrokerServer:
                     for p in book.positions(account)
                 ]
             if method == "DELETE":
-                orders, updates = book.close_all(account)
+                cancel_orders = one.get("cancel_orders", "false").lower() == "true"
+                closings, updates = book.close_all(account, cancel_orders=cancel_orders)
                 self._publish(updates)
-                return 207, [
-                    {"symbol": o.symbol, "status": 200, "body": wire.order_json(o)} for o in orders
-                ]
+                return 207, [wire.closing_json(c) for c in closings]
         elif path == "/v2/account/activities/FILL" and method == "GET":
-            fills = book.fills(account, one.get("order_id"))
-            return 200, [wire.activity_json(f) for f in fills]
+            return 200, [wire.activity_json(f) for f in _activities(book.fills(account), one)]
         elif path == "/v2/account" and method == "GET":
             return 200, {"id": account, "account_number": account, "status": "ACTIVE"}
         raise Refused(404, CODE_NOT_FOUND, f"no endpoint {method} {path}")
@@ -426,14 +454,91 @@ class PaperBrokerServer:
         try:
             spec = wire.spec_from_json(body)
             order, updates = self.book.submit(account, spec)
-        except Refused:
-            metrics.ORDERS.labels(account=account, outcome="refused").inc()
+        except Refused as e:
+            duplicate = e.code == CODE_DUPLICATE_CLIENT_ORDER_ID
+            outcome = "duplicate" if duplicate else "refused"
+            metrics.ORDERS.labels(account=account, outcome=outcome).inc()
             raise
-        metrics.ORDERS.labels(account=account, outcome="accepted" if updates else "repeated").inc()
+        metrics.ORDERS.labels(account=account, outcome="accepted").inc()
         data = self._publish(updates)
         if updates and updates[-1].order == order:
             return 200, data[-1]["order"]  # the order as its last update showed it
         return 200, wire.order_json(order)
+
+
+#: Alpaca's default and largest page of account activities.
+ACTIVITIES_PAGE_SIZE = 100
+#: Alpaca's default and largest number of orders in one ``GET /v2/orders``.
+ORDERS_LIMIT_DEFAULT = 50
+ORDERS_LIMIT_MAX = 500
+
+
+def _instant(query: dict[str, str], name: str) -> int | None:
+    try:
+        return wire.parse_iso(query.get(name))
+    except ValueError:
+        raise Refused(422, CODE_UNPROCESSABLE, f"{name} is not an RFC 3339 time") from None
+
+
+def _direction(query: dict[str, str]) -> str:
+    direction = query.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise Refused(422, CODE_UNPROCESSABLE, "direction must be asc or desc")
+    return direction
+
+
+def _order_page(orders: list[PaperOrder], query: dict[str, str]) -> list[PaperOrder]:
+    """The orders ``GET /v2/orders`` answers with, as Alpaca's: by submission
+    time, newest first unless ``direction=asc``, only those submitted
+    ``after`` / ``until`` (exclusive), at most ``limit`` (50 unless asked, 500
+    at most)."""
+    after, until = _instant(query, "after"), _instant(query, "until")
+    picked = [
+        o
+        for o in orders
+        if (after is None or o.created_at_ns > after) and (until is None or o.created_at_ns < until)
+    ]
+    if _direction(query) == "desc":
+        picked.reverse()
+    try:
+        limit = int(query.get("limit", ORDERS_LIMIT_DEFAULT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= ORDERS_LIMIT_MAX:
+        raise Refused(422, CODE_UNPROCESSABLE, f"limit must be 1 to {ORDERS_LIMIT_MAX}")
+    return picked[:limit]
+
+
+def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillActivity]:
+    """One page of fill activities, as Alpaca's ``GET /v2/account/activities``.
+
+    ``after`` / ``until`` (RFC 3339, exclusive) bound the time, ``direction``
+    is ``desc`` (newest first, the default) or ``asc``, ``page_size`` at most
+    100 (the default), ``page_token`` the id of the last activity of the page
+    before. There is no filter by order: a client keeps what is its own.
+    """
+
+    after, until = _instant(query, "after"), _instant(query, "until")
+    picked = [
+        f
+        for f in fills
+        if (after is None or f.ts_ns > after) and (until is None or f.ts_ns < until)
+    ]
+    if _direction(query) == "desc":
+        picked.reverse()
+    token = query.get("page_token")
+    if token:
+        at = next((i for i, f in enumerate(picked) if f.id == token), None)
+        if at is None:
+            raise Refused(422, CODE_UNPROCESSABLE, f"page_token {token} is not in the list")
+        picked = picked[at + 1 :]
+    try:
+        size = int(query.get("page_size", ACTIVITIES_PAGE_SIZE))
+    except ValueError:
+        size = 0
+    if not 1 <= size <= ACTIVITIES_PAGE_SIZE:
+        raise Refused(422, CODE_UNPROCESSABLE, f"page_size must be 1 to {ACTIVITIES_PAGE_SIZE}")
+    return picked[:size]
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
+    Closing,
     FillActivity,
     OrderSpec,
     PaperOrder,
@@ -217,6 +218,18 @@ def activity_json(f: FillActivity) -> Json:
         "order_id": f.order_id,
         "cum_qty": num(f.cum_qty),
         "order_status": f.order_status,
+    }
+
+
+def closing_json(c: Closing) -> Json:
+    """One entry of ``DELETE /v2/positions``' 207: the closing order, or the refusal."""
+    if c.order is not None:
+        return {"symbol": c.symbol, "status": 200, "body": order_json(c.order)}
+    assert c.refused is not None
+    return {
+        "symbol": c.symbol,
+        "status": c.refused.status,
+        "body": error_json(c.refused.code, c.refused.message),
     }
 
 

@@ -12,8 +12,9 @@ the fill model.
 Invariants:
 
 - a client order id names at most one order per account: submitting it again
-  returns the existing order and changes nothing (the gateway's retries and
-  redeliveries rely on it);
+  is refused as Alpaca refuses it (422, code 40010001, "client_order_id must
+  be unique") and changes nothing; a client that resubmits (the gateway, after
+  a lost answer or a restart) reads the order back by its client order id;
 - an order's ``filled_qty`` only grows, up to ``qty``; each fill's execution
   id is new;
 - a refused order (bad fields, untradable symbol, too large) is never created:
@@ -59,6 +60,9 @@ AVG_QUANTUM = Decimal("1e-12")
 CODE_FORBIDDEN = 40310000
 CODE_UNPROCESSABLE = 42210000
 CODE_NOT_FOUND = 40410000
+#: Alpaca's answer to a client order id already used (HTTP 422).
+CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
+DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
 
 
 class Refused(Exception):
@@ -167,6 +171,15 @@ class FillActivity:
 
 
 @dataclass(frozen=True, slots=True)
+class Closing:
+    """One position's entry in a close-all: its closing order, or why there is none."""
+
+    symbol: str
+    order: PaperOrder | None = None
+    refused: Refused | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BookConfig:
     """Everything that decides what the broker accepts and how it fills."""
 
@@ -251,26 +264,13 @@ class PaperBook:
     def submit(self, account: str, spec: OrderSpec) -> tuple[PaperOrder, list[TradeUpdate]]:
         """Accept an order (and fill what the market allows now), or refuse it.
 
-        A client order id already used in ``account`` returns that order and no
-        update: the submit is idempotent.
+        A client order id already used in ``account`` is refused (422,
+        40010001) whatever the rest of the request, as Alpaca does; the books
+        do not change.
         """
         cid = spec.client_order_id
-        if cid:
-            existing = self.by_client_order_id(account, cid)
-            if existing is not None:
-                same = (existing.symbol, existing.side, existing.qty, existing.order_type) == (
-                    spec.symbol,
-                    spec.side,
-                    spec.qty,
-                    spec.order_type,
-                )
-                if not same:
-                    raise Refused(
-                        422,
-                        CODE_UNPROCESSABLE,
-                        f"client_order_id {cid} is already used by a different order",
-                    )
-                return existing, []
+        if cid and self.by_client_order_id(account, cid) is not None:
+            raise Refused(422, CODE_DUPLICATE_CLIENT_ORDER_ID, DUPLICATE_CLIENT_ORDER_ID)
         self._validate(spec)
         now = self.clock.now_ns()
         order = PaperOrder(
@@ -322,24 +322,61 @@ class PaperBook:
         return [self._cancel(order, self.clock.now_ns())]
 
     def cancel_all(self, account: str) -> list[TradeUpdate]:
+        """Cancel every working order (``DELETE /v2/orders``)."""
+        return self._cancel_open(account)
+
+    def _cancel_open(self, account: str) -> list[TradeUpdate]:
         now = self.clock.now_ns()
         return [self._cancel(o, now) for o in self.orders(account, "open")]
 
-    def close_all(self, account: str) -> tuple[list[PaperOrder], list[TradeUpdate]]:
-        """A market order closing each position (``DELETE /v2/positions``)."""
-        orders: list[PaperOrder] = []
+    def close_all(
+        self, account: str, *, cancel_orders: bool = False
+    ) -> tuple[list[Closing], list[TradeUpdate]]:
+        """A market order closing each position (``DELETE /v2/positions``).
+
+        As at Alpaca, a position is closed or refused on its own (the answer
+        is a 207 of one entry per position): with ``cancel_orders`` the open
+        orders are canceled first; without, a position some of whose shares
+        are held by open orders on its closing side is refused (403, as
+        Alpaca's "insufficient qty available"). A position in a halted symbol
+        is refused too (403): the venue takes no order for it.
+        """
         updates: list[TradeUpdate] = []
+        if cancel_orders:
+            updates.extend(self._cancel_open(account))
+        out: list[Closing] = []
         for pos in self.positions(account):
-            spec = OrderSpec(
-                symbol=pos.symbol,
-                side="sell" if pos.qty > 0 else "buy",
-                qty=abs(pos.qty),
-                asset_class=pos.asset_class,
-            )
+            side: Side = "sell" if pos.qty > 0 else "buy"
+            qty = abs(pos.qty)
+            if pos.symbol in self.config.halted_symbols:
+                message = f"asset {pos.symbol} is halted: the position cannot be closed now"
+                out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
+                continue
+            held = self._held_for_orders(account, pos.symbol, side)
+            if held > 0:
+                message = (
+                    f"insufficient qty available for order "
+                    f"(requested: {qty}, available: {max(qty - held, Decimal(0))})"
+                )
+                out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
+                continue
+            spec = OrderSpec(symbol=pos.symbol, side=side, qty=qty, asset_class=pos.asset_class)
             order, more = self.submit(account, spec)
-            orders.append(order)
+            out.append(Closing(pos.symbol, order=order))
             updates.extend(more)
-        return orders, updates
+        return out, updates
+
+    def _held_for_orders(self, account: str, symbol: str, side: Side) -> Decimal:
+        """What open orders on ``side`` of ``symbol`` hold of the account's position."""
+        orders = self._account(account).orders
+        return sum(
+            (
+                orders[oid].remaining
+                for acct, oid in self._working_by_symbol.get(symbol, {})
+                if acct == account and orders[oid].side == side
+            ),
+            Decimal(0),
+        )
 
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
         """A trade or bar: it becomes the last price and may fill working orders."""

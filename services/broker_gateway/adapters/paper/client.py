@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import email.utils
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from pydantic import SecretStr, ValidationError
@@ -47,6 +51,8 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    ClosedAll,
+    CloseRefused,
     ConnectionState,
     ConnectionUpdate,
     OrderRequest,
@@ -58,9 +64,17 @@ from services.broker_gateway.errors import (
     NotCancelable,
     OrderNotFound,
     OrderRefused,
+    RateLimited,
 )
 
 log = logging.getLogger(__name__)
+
+#: Alpaca's largest page of account activities (also its default).
+ACTIVITY_PAGE_SIZE = 100
+#: How far back ``order_fills`` reads the account's activities for one order.
+MAX_ACTIVITY_PAGES = 50
+#: Alpaca's largest ``limit`` of ``GET /v2/orders`` (its default is 50).
+ORDERS_PAGE_SIZE = 500
 
 #: Errors of opening a connection that mean "try again later".
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -346,10 +360,7 @@ class PaperBroker:
         """The body of a successful answer; the matching error otherwise."""
         if 200 <= response.status < 300:
             return response.body
-        body = response.body if isinstance(response.body, dict) else {}
-        error = schemas.ErrorBody.model_validate(body)
-        message = error.message or f"HTTP {response.status}"
-        code = str(error.code) if error.code is not None else str(response.status)
+        message, code = _error_of(response.body, response.status)
         metrics.CALL_ERRORS.labels(
             account=self.account, call=call, error=str(response.status)
         ).inc()
@@ -357,7 +368,11 @@ class PaperBroker:
             raise OrderNotFound(message)
         if response.status == 401:
             raise AuthenticationFailed(message)
-        if response.status == 429 or response.status >= 500:
+        if response.status == 429:
+            raise RateLimited(
+                f"{self.account}: {call}: {message}", retry_after(response.headers, time.time())
+            )
+        if response.status >= 500:
             raise BrokerUnavailable(f"{self.account}: {call}: {message}")
         if call == "cancel" and response.status == 422:
             raise NotCancelable(message)
@@ -369,11 +384,6 @@ class PaperBroker:
         except ValidationError as e:
             metrics.MALFORMED.labels(account=self.account).inc()
             raise BrokerUnavailable(f"{self.account}: malformed answer: {e}") from e
-
-    def _orders(self, body: Any) -> list[BrokerOrder]:
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of orders")
-        return [parse.order(self._read(schemas.Order, o)) for o in body]
 
     def _multi(self, body: Any) -> list[BrokerOrder]:
         if not isinstance(body, list):
@@ -392,7 +402,38 @@ class PaperBroker:
     async def submit(self, order: OrderRequest) -> BrokerOrder:
         body = parse.order_request(order).model_dump(exclude_none=True)
         response = await self._call("submit", "POST", "/v2/orders", body)
+        if _duplicate(response):
+            return await self._existing(order)
         return parse.order(self._read(schemas.Order, self._check(response, "submit")))
+
+    async def _existing(self, request: OrderRequest) -> BrokerOrder:
+        """The order the broker holds under ``request``'s client order id.
+
+        Alpaca answers a client order id it has seen with 422 (40010001,
+        "client_order_id must be unique"), not with the order. For us that id
+        is the submit's idempotency key: the order is there because an earlier
+        attempt of this same submit landed (its answer lost to a timeout or a
+        dropped connection, or the gateway restarted before recording it). It
+        is read back and returned as a fresh answer would have been: taken as
+        a refusal, the gateway would record it rejected while it lives and
+        fills at the broker.
+        """
+        cid = request.client_order_id
+        found = await self.get_order(client_order_id=cid)
+        if found is None:
+            # "Exists", yet not found: the venue has not caught up with itself.
+            raise BrokerUnavailable(
+                f"{self.account}: client order id {cid} is taken, but no order has it yet"
+            )
+        asked = (request.symbol, request.side, request.quantity, request.order_type)
+        held = (found.symbol, found.side, found.quantity, found.order_type)
+        if held != asked:
+            raise OrderRefused(
+                f"client_order_id {cid} is already used by a different order",
+                str(schemas.CODE_DUPLICATE_CLIENT_ORDER_ID),
+            )
+        log.info("broker %s has order %s already; taking it", self.account, cid)
+        return found
 
     async def cancel(
         self, *, client_order_id: str | None = None, broker_order_id: str | None = None
@@ -428,8 +469,39 @@ class PaperBroker:
         return parse.order(self._read(schemas.Order, body))
 
     async def open_orders(self) -> list[BrokerOrder]:
-        response = await self._call("open_orders", "GET", "/v2/orders?status=open")
-        return self._orders(self._check(response, "open_orders"))
+        """Every working order, oldest first.
+
+        Alpaca answers at most ``limit`` orders (50 unless asked, 500 at most),
+        newest first: one call would miss the oldest working orders of a
+        busy account. So they are asked oldest first, 500 at a time, each
+        page after the last one's submission time, until a page comes back
+        short. ``after`` is exclusive, so each page starts a microsecond
+        before that time and orders already seen are dropped: orders of the
+        same instant on both sides of a page's end are all kept.
+        """
+        query = {"status": "open", "limit": str(ORDERS_PAGE_SIZE), "direction": "asc"}
+        seen: dict[str, BrokerOrder] = {}
+        while True:
+            path = f"/v2/orders?{urlencode(query)}"
+            response = await self._call("open_orders", "GET", path)
+            body = self._check(response, "open_orders")
+            if not isinstance(body, list):
+                raise BrokerUnavailable(f"{self.account}: expected a list of orders")
+            page = [self._read(schemas.Order, o) for o in body]
+            fresh = [o for o in page if o.id not in seen]
+            seen.update((o.id, parse.order(o)) for o in fresh)
+            if len(page) < ORDERS_PAGE_SIZE:
+                break
+            last = parse.ns(page[-1].submitted_at or page[-1].created_at)
+            if not fresh or not last:
+                log.warning(
+                    "broker %s: cannot page past %d open orders (no new ones, or no time)",
+                    self.account,
+                    len(seen),
+                )
+                break
+            query["after"] = _iso(last - 1000)
+        return list(seen.values())
 
     async def positions(self) -> list[BrokerPosition]:
         response = await self._call("positions", "GET", "/v2/positions")
@@ -438,17 +510,108 @@ class PaperBroker:
             raise BrokerUnavailable(f"{self.account}: expected a list of positions")
         return [parse.position(self._read(schemas.Position, p)) for p in body]
 
-    async def close_all(self) -> list[BrokerOrder]:
-        response = await self._call("close_all", "DELETE", "/v2/positions")
-        return self._multi(self._check(response, "close_all"))
+    async def close_all(self) -> ClosedAll:
+        # cancel_orders=true: else Alpaca refuses (403) each position whose
+        # shares open orders hold, and an order placed since our cancel-all
+        # would keep its position open.
+        response = await self._call("close_all", "DELETE", "/v2/positions?cancel_orders=true")
+        body = self._check(response, "close_all")
+        if not isinstance(body, list):
+            raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
+        orders: list[BrokerOrder] = []
+        refused: list[CloseRefused] = []
+        for item in body:
+            entry = self._read(schemas.MultiStatus, item)
+            if 200 <= entry.status < 300 and isinstance(entry.body, dict):
+                orders.append(parse.order(self._read(schemas.Order, entry.body)))
+            elif not 200 <= entry.status < 300:
+                message, code = _error_of(entry.body, entry.status)
+                refused.append(CloseRefused(entry.symbol or "?", message, code))
+        return ClosedAll(tuple(orders), tuple(refused))
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
-        path = f"/v2/account/activities/FILL?order_id={quote(order.broker_order_id)}"
-        response = await self._call("order_fills", "GET", path)
-        body = self._check(response, "order_fills")
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of activities")
-        fills = [
-            parse.fill(self._read(schemas.FillActivity, f), order.client_order_id) for f in body
-        ]
+        """The order's fills, from the account's fill activities.
+
+        Alpaca's activity list cannot be filtered by order (``date``,
+        ``after``, ``until``, ``direction``, ``page_size``, ``page_token``
+        only; newest first by default): the account's fills since the order
+        was created are read oldest first, a page at a time, and those whose
+        ``order_id`` is this order's are kept, until they add up to what the
+        order reports filled or the list ends. Past ``MAX_ACTIVITY_PAGES``
+        pages it stops with what it has; the tracker infers the rest from the
+        order's cumulative quantity and average price.
+        """
+        query: dict[str, str] = {"page_size": str(ACTIVITY_PAGE_SIZE)}
+        if order.created_ns:
+            # A second early: a fill in the same instant as the order counts.
+            query |= {"direction": "asc", "after": _iso(order.created_ns - 1_000_000_000)}
+        else:
+            query["direction"] = "desc"
+        fills: list[BrokerFill] = []
+        for _ in range(MAX_ACTIVITY_PAGES):
+            path = f"/v2/account/activities/FILL?{urlencode(query)}"
+            response = await self._call("order_fills", "GET", path)
+            body = self._check(response, "order_fills")
+            if not isinstance(body, list):
+                raise BrokerUnavailable(f"{self.account}: expected a list of activities")
+            page = [self._read(schemas.FillActivity, a) for a in body]
+            fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
+            found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
+            if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:
+                break
+            query["page_token"] = page[-1].id
+        else:
+            log.warning(
+                "broker %s: fills of order %s not all found in %d pages of activities",
+                self.account,
+                order.client_order_id,
+                MAX_ACTIVITY_PAGES,
+            )
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+
+def retry_after(headers: dict[str, Any], now: float) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay or HTTP date), if any."""
+    raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def _iso(ns: int) -> str:
+    """RFC 3339 UTC, to the microsecond, for a query."""
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC)
+    return t.replace(microsecond=ns % 1_000_000_000 // 1000).isoformat().replace("+00:00", "Z")
+
+
+def _error_of(body: Any, status: int) -> tuple[str, str]:
+    """An error answer's message and code (Alpaca's body; the HTTP status if none)."""
+    try:
+        error = schemas.ErrorBody.model_validate(body if isinstance(body, dict) else {})
+    except ValidationError:
+        error = schemas.ErrorBody()
+    message = error.message or f"HTTP {status}"
+    return message, str(error.code) if error.code is not None else str(status)
+
+
+def _duplicate(response: schemas.Response) -> bool:
+    """Alpaca's "client_order_id must be unique" answer."""
+    body = response.body
+    return (
+        response.status == 422
+        and isinstance(body, dict)
+        and str(body.get("code")) == str(schemas.CODE_DUPLICATE_CLIENT_ORDER_ID)
+    )

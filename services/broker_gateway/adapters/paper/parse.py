@@ -2,8 +2,13 @@
 
 Status mapping follows Alpaca's list (``../shared/PROTOCOLS.md``), so that the
 Alpaca adapter can share its spirit: anything working and unfilled is
-``accepted``; ``pending_new`` and friends are ``pending``; ``done_for_day``
-counts as ``expired``; ``replaced`` ends this order (``canceled``).
+``accepted``; ``pending_new`` and friends are ``pending``; ``replaced`` ends
+this order (``canceled``). ``done_for_day`` is *not* an end: Alpaca's order
+"will not receive further updates until the next trading day" and then works
+again (a GTC order lives on), so it stays ``accepted`` (or
+``partially_filled``), and its stream event changes nothing we track. It used
+to count as ``expired``: the order was published canceled while it lived (the
+risk-gate forgot its open quantity, reconciliation stopped asking about it).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ _STATUS: dict[str, OrderStatus] = {
     "canceled": "canceled",
     "replaced": "canceled",
     "expired": "expired",
-    "done_for_day": "expired",
+    "done_for_day": "accepted",  # not ended: it works again the next trading day
     "rejected": "rejected",
     "pending_new": "pending",
     "pending_review": "pending",
@@ -51,7 +56,6 @@ _EVENTS: dict[str, Literal["accepted", "fill", "canceled", "expired", "rejected"
     "partial_fill": "fill",
     "canceled": "canceled",
     "expired": "expired",
-    "done_for_day": "expired",
     "rejected": "rejected",
 }
 
@@ -93,6 +97,7 @@ def order(o: schemas.Order) -> BrokerOrder:
         else "market",
         limit_price=o.limit_price,
         updated_ns=ns(o.updated_at),
+        created_ns=ns(o.created_at or o.submitted_at),
     )
 
 
@@ -129,10 +134,13 @@ def position(p: schemas.Position) -> BrokerPosition:
     return BrokerPosition(symbol=p.symbol, quantity=qty, avg_entry_price=p.avg_entry_price)
 
 
-def fill(f: schemas.FillActivity, client_order_id: str) -> BrokerFill:
+def fill(f: schemas.FillActivity, o: BrokerOrder) -> BrokerFill:
+    """An activity of ``o`` as one of its fills (an activity of another order is an error)."""
+    if f.order_id != o.broker_order_id:
+        raise ValueError(f"activity {f.id} is of order {f.order_id}, not {o.broker_order_id}")
     return BrokerFill(
         broker_order_id=f.order_id,
-        client_order_id=client_order_id,
+        client_order_id=o.client_order_id,
         symbol=f.symbol,
         side=_side(f.side),
         quantity=f.qty,

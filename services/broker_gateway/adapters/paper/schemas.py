@@ -14,6 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+#: Alpaca's error code for a ``client_order_id`` it has seen already (HTTP 422,
+#: "client_order_id must be unique"): the order exists.
+CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
+
 
 def _exact(value: Any) -> Any:
     # A JSON number read as float: go through its shortest repr, not its binary value.
@@ -47,6 +51,8 @@ class Response(_Wire):
     id: str | None = None
     status: int
     body: Any = None
+    #: HTTP headers that matter (``Retry-After`` on a 429); names in any case.
+    headers: dict[str, Any] = Field(default_factory=dict)
 
 
 class ErrorBody(_Wire):
@@ -71,6 +77,7 @@ class Order(_Wire):
     stop_price: Num | None = None
     status: str
     created_at: str | None = None
+    submitted_at: str | None = None
     updated_at: str | None = None
 
 
