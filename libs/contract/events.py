@@ -226,6 +226,28 @@ class RiskDecisionPayload(Frozen):
     detail: str = ""
     order_id: uuid.UUID | None = None
 
+    @classmethod
+    def for_intent(
+        cls,
+        intent: OrderIntentCreated,
+        reason: ReasonCode,
+        detail: str = "",
+        order_id: uuid.UUID | None = None,
+    ) -> RiskDecisionPayload:
+        """The decision on ``intent``: accepted (``reason`` ACCEPTED, with its
+        ``order_id``) or denied for ``reason``."""
+        p = intent.payload
+        return cls(
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            decision="accepted" if reason is ReasonCode.ACCEPTED else "denied",
+            reason=reason,
+            detail=detail,
+            order_id=order_id,
+        )
+
 
 class RiskDecisionMade(Event):
     """The risk-gate's verdict on one intent."""

@@ -285,17 +285,8 @@ def _decision(
     ids: IdFactory,
 ) -> RiskDecisionMade:
     """The risk-gate's verdict on ``intent``: accepted (with ``order_id``) or denied."""
-    p = intent.payload
     return RiskDecisionMade.create(
-        RiskDecisionPayload(
-            intent_id=intent.id,
-            strategy=p.strategy,
-            account=p.account,
-            symbol=p.symbol,
-            decision="accepted" if reason is ReasonCode.ACCEPTED else "denied",
-            reason=reason,
-            order_id=order_id,
-        ),
+        RiskDecisionPayload.for_intent(intent, reason, order_id=order_id),
         source="test/risk-gate",
         clock=clock,
         cause=intent,

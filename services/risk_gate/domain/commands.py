@@ -112,27 +112,6 @@ def submit_order(intent: OrderIntentCreated, now_ns: int, *, source: str = SOURC
     )
 
 
-def decision_payload(
-    intent: OrderIntentCreated,
-    reason: ReasonCode,
-    detail: str,
-    *,
-    order_id: uuid.UUID | None = None,
-) -> RiskDecisionPayload:
-    """The decision on ``intent``: accepted (with its ``order_id``) or denied."""
-    p = intent.payload
-    return RiskDecisionPayload(
-        intent_id=intent.id,
-        strategy=p.strategy,
-        account=p.account,
-        symbol=p.symbol,
-        decision="accepted" if reason is ReasonCode.ACCEPTED else "denied",
-        reason=reason,
-        detail=detail,
-        order_id=order_id,
-    )
-
-
 def withdrawal(
     intent: OrderIntentCreated,
     reason: ReasonCode,
@@ -150,10 +129,8 @@ def withdrawal(
     """
     return make(
         RiskDecisionMade,
-        decision_payload(
-            intent,
-            reason,
-            f"accepted, but its order had not gone out and is withdrawn: {detail}",
+        RiskDecisionPayload.for_intent(
+            intent, reason, f"accepted, but its order had not gone out and is withdrawn: {detail}"
         ),
         event_id=withdraw_id_for(intent.id),
         now_ns=now_ns,

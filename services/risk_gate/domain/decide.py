@@ -49,13 +49,13 @@ from libs.contract.events import (
     OrderIntentPayload,
     ReasonCode,
     RiskDecisionMade,
+    RiskDecisionPayload,
     Side,
     SubmitOrder,
 )
 from services.risk_gate.domain.commands import (
     SOURCE,
     decision_id_for,
-    decision_payload,
     make,
     order_id_for,
     submit_order,
@@ -97,8 +97,8 @@ def decide(
     accepted = reason is ReasonCode.ACCEPTED
     decision = make(
         RiskDecisionMade,
-        decision_payload(
-            intent, reason, detail, order_id=order_id_for(intent.id) if accepted else None
+        RiskDecisionPayload.for_intent(
+            intent, reason, detail, order_id_for(intent.id) if accepted else None
         ),
         event_id=decision_id_for(intent.id),
         now_ns=now_ns,
