@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -487,26 +487,41 @@ def _direction(query: dict[str, str]) -> str:
     return direction
 
 
+T = TypeVar("T")
+
+
+def _window(items: list[T], when: Callable[[T], int], query: dict[str, str]) -> list[T]:
+    """``items`` (oldest first) strictly between ``after`` and ``until``
+    (RFC 3339), newest first unless ``direction=asc``: Alpaca's listing rules."""
+    after, until = _instant(query, "after"), _instant(query, "until")
+    picked = [
+        i
+        for i in items
+        if (after is None or when(i) > after) and (until is None or when(i) < until)
+    ]
+    if _direction(query) == "desc":
+        picked.reverse()
+    return picked
+
+
+def _count(query: dict[str, str], name: str, default: int, most: int) -> int:
+    """A page size ``name`` from 1 to ``most`` (``default`` when not asked)."""
+    try:
+        n = int(query.get(name, default))
+    except ValueError:
+        n = 0
+    if not 1 <= n <= most:
+        raise Refused(422, CODE_UNPROCESSABLE, f"{name} must be 1 to {most}")
+    return n
+
+
 def _order_page(orders: list[PaperOrder], query: dict[str, str]) -> list[PaperOrder]:
     """The orders ``GET /v2/orders`` answers with, as Alpaca's: by submission
     time, newest first unless ``direction=asc``, only those submitted
     ``after`` / ``until`` (exclusive), at most ``limit`` (50 unless asked, 500
     at most)."""
-    after, until = _instant(query, "after"), _instant(query, "until")
-    picked = [
-        o
-        for o in orders
-        if (after is None or o.created_at_ns > after) and (until is None or o.created_at_ns < until)
-    ]
-    if _direction(query) == "desc":
-        picked.reverse()
-    try:
-        limit = int(query.get("limit", ORDERS_LIMIT_DEFAULT))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= ORDERS_LIMIT_MAX:
-        raise Refused(422, CODE_UNPROCESSABLE, f"limit must be 1 to {ORDERS_LIMIT_MAX}")
-    return picked[:limit]
+    picked = _window(orders, lambda o: o.created_at_ns, query)
+    return picked[: _count(query, "limit", ORDERS_LIMIT_DEFAULT, ORDERS_LIMIT_MAX)]
 
 
 def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillActivity]:
@@ -517,28 +532,14 @@ def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillAc
     100 (the default), ``page_token`` the id of the last activity of the page
     before. There is no filter by order: a client keeps what is its own.
     """
-
-    after, until = _instant(query, "after"), _instant(query, "until")
-    picked = [
-        f
-        for f in fills
-        if (after is None or f.ts_ns > after) and (until is None or f.ts_ns < until)
-    ]
-    if _direction(query) == "desc":
-        picked.reverse()
+    picked = _window(fills, lambda f: f.ts_ns, query)
     token = query.get("page_token")
     if token:
         at = next((i for i, f in enumerate(picked) if f.id == token), None)
         if at is None:
             raise Refused(422, CODE_UNPROCESSABLE, f"page_token {token} is not in the list")
         picked = picked[at + 1 :]
-    try:
-        size = int(query.get("page_size", ACTIVITIES_PAGE_SIZE))
-    except ValueError:
-        size = 0
-    if not 1 <= size <= ACTIVITIES_PAGE_SIZE:
-        raise Refused(422, CODE_UNPROCESSABLE, f"page_size must be 1 to {ACTIVITIES_PAGE_SIZE}")
-    return picked[:size]
+    return picked[: _count(query, "page_size", ACTIVITIES_PAGE_SIZE, ACTIVITIES_PAGE_SIZE)]
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:
