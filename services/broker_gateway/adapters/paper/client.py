@@ -385,12 +385,17 @@ class PaperBroker:
             metrics.MALFORMED.labels(account=self.account).inc()
             raise BrokerUnavailable(f"{self.account}: malformed answer: {e}") from e
 
-    def _multi(self, body: Any) -> list[BrokerOrder]:
+    def _read_list(self, model: type[schemas._Wire], body: Any, what: str) -> list[Any]:
+        """``body`` as a list of ``model``; else BrokerUnavailable saying what was expected."""
         if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
+            raise BrokerUnavailable(f"{self.account}: expected a list of {what}")
+        return [self._read(model, item) for item in body]
+
+    def _multi(self, body: Any) -> list[BrokerOrder]:
         out = []
-        for item in body:
-            entry = self._read(schemas.MultiStatus, item)
+        for item, entry in zip(
+            body, self._read_list(schemas.MultiStatus, body, "statuses"), strict=True
+        ):
             if 200 <= entry.status < 300 and isinstance(entry.body, dict):
                 out.append(parse.order(self._read(schemas.Order, entry.body)))
             elif not 200 <= entry.status < 300:
@@ -485,9 +490,7 @@ class PaperBroker:
             path = f"/v2/orders?{urlencode(query)}"
             response = await self._call("open_orders", "GET", path)
             body = self._check(response, "open_orders")
-            if not isinstance(body, list):
-                raise BrokerUnavailable(f"{self.account}: expected a list of orders")
-            page = [self._read(schemas.Order, o) for o in body]
+            page = self._read_list(schemas.Order, body, "orders")
             fresh = [o for o in page if o.id not in seen]
             seen.update((o.id, parse.order(o)) for o in fresh)
             if len(page) < ORDERS_PAGE_SIZE:
@@ -506,9 +509,7 @@ class PaperBroker:
     async def positions(self) -> list[BrokerPosition]:
         response = await self._call("positions", "GET", "/v2/positions")
         body = self._check(response, "positions")
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of positions")
-        return [parse.position(self._read(schemas.Position, p)) for p in body]
+        return [parse.position(p) for p in self._read_list(schemas.Position, body, "positions")]
 
     async def close_all(self) -> ClosedAll:
         # cancel_orders=true: else Alpaca refuses (403) each position whose
@@ -516,12 +517,9 @@ class PaperBroker:
         # would keep its position open.
         response = await self._call("close_all", "DELETE", "/v2/positions?cancel_orders=true")
         body = self._check(response, "close_all")
-        if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a multi-status list")
         orders: list[BrokerOrder] = []
         refused: list[CloseRefused] = []
-        for item in body:
-            entry = self._read(schemas.MultiStatus, item)
+        for entry in self._read_list(schemas.MultiStatus, body, "statuses"):
             if 200 <= entry.status < 300 and isinstance(entry.body, dict):
                 orders.append(parse.order(self._read(schemas.Order, entry.body)))
             elif not 200 <= entry.status < 300:
@@ -552,9 +550,7 @@ class PaperBroker:
             path = f"/v2/account/activities/FILL?{urlencode(query)}"
             response = await self._call("order_fills", "GET", path)
             body = self._check(response, "order_fills")
-            if not isinstance(body, list):
-                raise BrokerUnavailable(f"{self.account}: expected a list of activities")
-            page = [self._read(schemas.FillActivity, a) for a in body]
+            page = self._read_list(schemas.FillActivity, body, "activities")
             fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
             found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
             if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:
