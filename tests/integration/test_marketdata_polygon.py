@@ -357,6 +357,38 @@ async def test_gap_fill_follows_next_url_pages(bus: Bus) -> None:
         assert starts == [b["t"] for b in bars]
 
 
+async def restarted(
+    bus: Bus,
+    nats_url: str,
+    minutes: list[dict[str, Any]],
+    *,
+    now_ms: int,
+    seconds: list[dict[str, Any]] | None = None,
+    channels: str = "minute_bars",
+    gap_fills: int = 1,
+) -> tuple[FakePolygonRest, CountingSink]:
+    """A feed started at ``now_ms`` that resumes from what a previous run left
+    on the stream, run until it has reported ``gap_fills`` gap-fills."""
+    second_bars = {"AAPL": seconds} if seconds is not None else None
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": minutes}, api_key=KEY, second_bars=second_bars) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL",
+            channels=channels,
+            nats_url=nats_url,
+            polygon_resume_from_stream=True,
+        )
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(now_ms), hours=AlwaysOpen())
+        async with running(source, sink):
+            await eventually(lambda: has_status(sink, "gap_filled", gap_fills), timeout=10)
+    return rest, sink
+
+
 async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
     bus: Bus, nats_url: str
 ) -> None:
@@ -366,24 +398,7 @@ async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
         encode_frame([rest_bar_to_am("AAPL", bars[2])])
     )
     await bus.publish(previous.events[0])
-    async with (
-        FakePolygonWs(api_key=KEY) as ws,
-        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
-    ):
-        settings = make_settings(
-            ws,
-            rest,
-            symbols="AAPL",
-            channels="minute_bars",
-            nats_url=nats_url,
-            polygon_resume_from_stream=True,
-        )
-        sink = CountingSink(bus)
-        source = PolygonSource(
-            settings, clock=FakeClock(T0 + 7 * MINUTE_MS + 10_000), hours=AlwaysOpen()
-        )
-        async with running(source, sink):
-            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+    rest, sink = await restarted(bus, nats_url, bars, now_ms=T0 + 7 * MINUTE_MS + 10_000)
     [request] = rest.agg_requests("AAPL")
     assert request.path.endswith(f"/{T0 + 3 * MINUTE_MS}/{T0 + 6 * MINUTE_MS}")
     assert [b.payload.start_ns // MS for b in sink.bars()] == [
@@ -409,24 +424,7 @@ async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_st
     for row in bars[1:4]:
         backfill = rest_bar_event("AAPL", RestAgg.model_validate(row), source="old", ts_init=T0)
         await bus.publish(backfill)
-    async with (
-        FakePolygonWs(api_key=KEY) as ws,
-        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
-    ):
-        settings = make_settings(
-            ws,
-            rest,
-            symbols="AAPL",
-            channels="minute_bars",
-            nats_url=nats_url,
-            polygon_resume_from_stream=True,
-        )
-        sink = CountingSink(bus)
-        source = PolygonSource(
-            settings, clock=FakeClock(T0 + 9 * MINUTE_MS + 5_000), hours=AlwaysOpen()
-        )
-        async with running(source, sink):
-            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+    rest, sink = await restarted(bus, nats_url, bars, now_ms=T0 + 9 * MINUTE_MS + 5_000)
     [request] = rest.agg_requests("AAPL")
     assert request.path.endswith(f"/{T0 + 5 * MINUTE_MS}/{T0 + 8 * MINUTE_MS}")
     assert [b.payload.start_ns // MS for b in sink.bars()] == [
@@ -497,22 +495,15 @@ async def test_a_restart_gap_fills_second_bars_from_the_stream(bus: Bus, nats_ur
     )
     for event in previous.events:
         await bus.publish(event)
-    async with (
-        FakePolygonWs(api_key=KEY) as ws,
-        FakePolygonRest({"AAPL": minutes}, api_key=KEY, second_bars={"AAPL": seconds}) as rest,
-    ):
-        settings = make_settings(
-            ws,
-            rest,
-            symbols="AAPL",
-            channels="second_bars,minute_bars",
-            nats_url=nats_url,
-            polygon_resume_from_stream=True,
-        )
-        sink = CountingSink(bus)
-        source = PolygonSource(settings, clock=FakeClock(T0 + 150_500), hours=AlwaysOpen())
-        async with running(source, sink):
-            await eventually(lambda: has_status(sink, "gap_filled", 2), timeout=10)
+    rest, sink = await restarted(
+        bus,
+        nats_url,
+        minutes,
+        now_ms=T0 + 150_500,
+        seconds=seconds,
+        channels="second_bars,minute_bars",
+        gap_fills=2,
+    )
     paths = sorted(r.path for r in rest.agg_requests("AAPL"))
     assert paths == [
         f"/v2/aggs/ticker/AAPL/range/1/minute/{T0 + MINUTE_MS}/{T0 + MINUTE_MS}",
