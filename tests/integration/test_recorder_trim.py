@@ -41,6 +41,7 @@ from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.trim import KEEP_WINDOW, STORE
 from services.recorder.recorder import Recorder, Trimmer
+from tests.integration.test_strategy_runner import ECHO_CONFIG
 
 DAY_NS = 86_400 * 1_000_000_000
 KEEP_S = 120.0
@@ -363,16 +364,6 @@ async def test_a_recorder_restarted_on_a_trimmed_stream_continues_the_store(
         assert "reset" not in rec.log_text()
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
-
-
-ECHO_CONFIG = """
-strategies:
-  - name: echo
-    kind: libs.strategy.testing:EchoStrategy
-    symbols: [MSFT]
-    account: paper
-    params: {quantity: 1}
-"""
 
 
 async def test_a_strategy_runner_starts_on_a_trimmed_stream(
