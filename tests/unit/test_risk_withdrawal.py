@@ -28,7 +28,7 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import T0, S, apply, conn, op, start
+from tests.unit.test_risk_evolve import T0, S, apply, conn, op, start, trade
 
 
 def strategy() -> tuple[InMemoryRuntime, OrderIntentCreated]:
@@ -105,3 +105,23 @@ def test_an_owed_order_goes_out_only_if_the_intent_still_passes(
     assert rebuilt.hosts["sma"].pending("AAPL") == 10
     rebuilt.restore(withdrawal)
     assert rebuilt.hosts["sma"].pending("AAPL") == 0
+
+
+def test_a_withdrawal_days_after_the_decision_is_made_once() -> None:
+    """An intent accepted, its gate down for two trading days: the gate's
+    memory of decided intents has forgotten it by then, and its withdrawal
+    was taken for a first decision, so the order stayed owed and was
+    withdrawn again at every react and after every rebuild."""
+    _, intent = strategy()
+    state, _ = crashed_after_the_decision(intent)
+    day = 86_400 * S
+    state = apply(state, trade("AAPL", 100, T0 + day), trade("AAPL", 100, T0 + 2 * day))
+    assert intent.id not in state.decided  # forgotten after two days
+    assert list(state.awaiting_order) == [intent.id]
+    (withdrawal,) = react(state, T0 + 2 * day + S)
+    assert isinstance(withdrawal, RiskDecisionMade)
+    assert withdrawal.payload.decision == "denied"
+    state = evolve(state, withdrawal)  # live, or folded from the store
+    assert not state.awaiting_order
+    assert react(state, T0 + 2 * day + 3600 * S) == []
+    assert evolve(state, intent).pending_intents == {}  # delivered again: not decided again

@@ -288,11 +288,17 @@ def _on_intent(state: RiskState, event: OrderIntentCreated) -> RiskState:
 
 def _on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
     p = event.payload
+    if p.decision == "denied" and p.intent_id in state.awaiting_order:
+        # The withdrawal of an accepted intent whose order had not gone out
+        # (react.owed_order): no order is owed any more, nor ever made. Known
+        # by what is owed, not by ``decided``, which forgets an intent after
+        # two trading days (an order can be owed that long).
+        return replace(
+            state,
+            decided=state.decided.add(p.intent_id),
+            awaiting_order=without(state.awaiting_order, p.intent_id),
+        )
     if p.intent_id in state.decided:
-        if p.decision == "denied" and p.intent_id in state.awaiting_order:
-            # The withdrawal of an accepted intent whose order had not gone
-            # out (react.owed_order): no order is owed any more, nor ever made.
-            return replace(state, awaiting_order=without(state.awaiting_order, p.intent_id))
         return state
     intent = state.pending_intents.get(p.intent_id)
     awaiting = state.awaiting_order
