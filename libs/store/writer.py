@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import NamedTuple, Self
 
@@ -93,8 +93,10 @@ class EventWriter:
         url: str,
         *,
         lock_key: int = RECORDER_LOCK_KEY,
+        standing_by: Callable[[], None] | None = None,
     ) -> EventWriter:
-        """Connect, wait for the single-writer lock, read the last sequence."""
+        """Connect, wait for the single-writer lock, read the last sequence.
+        ``standing_by`` is called once if another writer holds the lock."""
         try:
             conn = await asyncpg.connect(
                 asyncpg_url(url),
@@ -116,6 +118,8 @@ class EventWriter:
                 if not announced:
                     log.info("another recorder holds the writer lock; standing by")
                     announced = True
+                    if standing_by is not None:
+                        standing_by()
                 await asyncio.sleep(LOCK_POLL_INTERVAL)
             last = await queries.tail(conn)
         except BaseException as e:

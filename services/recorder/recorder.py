@@ -154,6 +154,11 @@ class Recorder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
 
+    def _standing_by(self) -> None:
+        # Another recorder holds the timeline now: what failed in this one's
+        # turn is no longer its problem to report (the writer reports its own).
+        self.failing = None
+
     def _set_writer(self, value: bool) -> None:
         self.is_writer = value
         metrics.IS_WRITER.set(1 if value else 0)
@@ -194,7 +199,9 @@ class Recorder:
     async def _open_writer(self) -> EventWriter | None:
         """Wait for the writer lock, unless asked to stop meanwhile."""
         opening = asyncio.ensure_future(
-            EventWriter.open(self.settings.database_url.get_secret_value())
+            EventWriter.open(
+                self.settings.database_url.get_secret_value(), standing_by=self._standing_by
+            )
         )
         stopping = asyncio.ensure_future(self.stopping.wait())
         done, _ = await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)

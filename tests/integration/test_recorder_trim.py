@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -32,6 +33,8 @@ from prometheus_client import REGISTRY
 from libs.bus.client import Bus
 from libs.contract.envelope import WallClock
 from libs.contract.subjects import STREAM
+from libs.store.urls import asyncpg_url
+from libs.store.writer import RECORDER_LOCK_KEY
 from libs.strategy.testing import MINUTE_NS, bar
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_submit_order, make_trades
@@ -399,3 +402,23 @@ async def test_a_strategy_runner_starts_on_a_trimmed_stream(
         assert runner.terminate() == 0, runner.log_text()[-2000:]
     finally:
         runner.kill()
+
+
+async def test_a_recorder_standing_by_drops_the_fault_of_its_own_turn(
+    nats_url: str, database_url: str
+) -> None:
+    """A recorder whose batches kept failing reports it on /health; once it
+    stands by while another recorder holds the timeline, that is no longer
+    its problem (the writer reports its own): it must not stay unhealthy."""
+    holder = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", RECORDER_LOCK_KEY)
+        rec = Recorder(settings(nats_url, database_url))
+        rec.failing = "recording after sequence 3 failed: ValueError: a poisoned batch"
+        assert not rec.health()[0]
+        async with running(rec):
+            await eventually(lambda: rec.health()[0], timeout=10)
+            ok, detail = rec.health()
+            assert (ok, detail["role"], "problem" in detail) == (True, "standby", False)
+    finally:
+        await holder.close()
