@@ -81,7 +81,9 @@ T = TypeVar("T")
 
 #: A command that failed this many times for a reason other than the broker
 #: being away is dead-lettered instead of blocking the account for ever.
-MAX_DELIVERIES = 5
+#: Counted by the worker, not by NATS's delivery count: that also counts the
+#: deliveries handed back for lack of room and the copies after a reconnect.
+MAX_FAILURES = 5
 NAK_DELAY_S = 2.0
 #: Commands one account's worker holds (under way and queued); more are
 #: handed back to NATS until there is room, so that one account's backlog
@@ -109,8 +111,11 @@ RECONCILE_ATTEMPTS = 5
 def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
     """How long to wait before attempt ``attempt + 1`` (``attempt`` from 0)."""
     if retry_after_s is not None:
-        return min(retry_after_s, RETRY_AFTER_MAX_S) * random.uniform(1.0, 1.1)  # noqa: S311
-    cap = min(RETRY_INITIAL_S * 2**attempt, RETRY_MAX_S)
+        # Jittered up (never below what was asked, never at once), capped.
+        wait = max(retry_after_s, RETRY_INITIAL_S) * random.uniform(1.0, 1.1)  # noqa: S311
+        return min(wait, RETRY_AFTER_MAX_S)
+    # The exponent is bounded: 2**1024 would not fit a float.
+    cap = min(RETRY_INITIAL_S * 2 ** min(attempt, 32), RETRY_MAX_S)
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter
 
 
@@ -227,6 +232,9 @@ class AccountWorker:
         self._deferred: list[int] = []
         self._deferred_seqs: set[int] = set()
         self._deferred_since = 0.0  # when the lowest became the one to wait for
+        self.monotonic = time.monotonic  # (a test's clock instead)
+        # Failures of commands that will come again (nak'd), by event id.
+        self._failures: dict[uuid.UUID, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
@@ -254,7 +262,11 @@ class AccountWorker:
             metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="copy").inc()
             return
         seq = _stream_seq(msg)
-        if self._deferred and time.monotonic() - self._deferred_since > self.give_up_s:
+        if self._deferred and seq == self._deferred[0]:
+            # The one to wait for is back (to be taken, or handed back again
+            # while there is no room): it has not left the stream.
+            self._deferred_since = self.monotonic()
+        elif self._deferred and self.monotonic() - self._deferred_since > self.give_up_s:
             log.warning(
                 "account %s: the command at stream sequence %d did not come back in %.0fs; "
                 "taking the %d later ones without it",
@@ -271,7 +283,7 @@ class AccountWorker:
         ):
             if seq not in self._deferred_seqs:
                 if not self._deferred:
-                    self._deferred_since = time.monotonic()
+                    self._deferred_since = self.monotonic()
                 self._deferred_seqs.add(seq)
                 heapq.heappush(self._deferred, seq)
             metrics.COMMANDS.labels(
@@ -283,7 +295,7 @@ class AccountWorker:
         if first_deferred is not None:
             heapq.heappop(self._deferred)
             self._deferred_seqs.discard(seq)
-            self._deferred_since = time.monotonic()  # the next one's turn
+            self._deferred_since = self.monotonic()  # the next one's turn
         held = Held(command, msg, seq)
         self._held[command.id] = held
         self._queue.append(held)
@@ -302,6 +314,7 @@ class AccountWorker:
             except (BrokerError, ValueError) as e:
                 await self._failed(held, e)
             else:
+                self._failures.pop(held.command.id, None)
                 if isinstance(held.command, FlattenAccount):
                     await self._ack_confirmed(held.msg)
                 else:
@@ -341,17 +354,19 @@ class AccountWorker:
 
     async def _failed(self, held: Held, error: Exception) -> None:
         command, msg = held.command, held.msg
-        delivered = msg.metadata.num_delivered if msg.reply else 1
+        failures = self._failures[command.id] = self._failures.get(command.id, 0) + 1
         log.error(
-            "%s %s failed (delivery %d): %s: %s",
+            "%s %s failed (failure %d of %d): %s: %s",
             command.type,
             command.id,
-            delivered,
+            failures,
+            MAX_FAILURES,
             type(error).__name__,
             error,
         )
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="failed").inc()
-        if delivered >= MAX_DELIVERIES:
+        if failures >= MAX_FAILURES:
+            del self._failures[command.id]
             await self.dead_letter(msg, f"{type(error).__name__}: {error}")
             await _ack(msg)
         else:

@@ -1,0 +1,139 @@
+"""The gateway's AccountWorker without servers: how it takes commands back
+in order, counts failures and spaces its retries. Messages are stand-ins that
+record what the worker answered (ack, nak); the clock is the test's."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from nats.aio.msg import Msg
+
+from libs.contract.envelope import WallClock
+from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
+from services.broker_gateway import gateway
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, retry_delay_s
+
+CLOCK = WallClock()
+
+
+class Delivery:
+    """A JetStream delivery of stream sequence ``seq`` (its ``delivered``-th)."""
+
+    def __init__(self, seq: int, delivered: int = 1) -> None:
+        self.subject = "orders.cmd.acct"
+        self.reply = f"$JS.ACK.TRADEBUS.broker-gateway.{delivered}.{seq}.{seq}.0.0"
+        self.metadata = SimpleNamespace(num_delivered=delivered)
+        self.answers: list[str] = []
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.answers.append("nak")
+
+    async def ack(self) -> None:
+        self.answers.append("ack")
+
+    async def in_progress(self) -> None:
+        self.answers.append("in_progress")
+
+
+def submit() -> SubmitOrder:
+    payload = SubmitOrderPayload(
+        order_id=uuid.uuid4(),
+        strategy="s",
+        account="acct",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal(1),
+    )
+    return SubmitOrder.create(payload, source="test/risk-gate", clock=CLOCK)
+
+
+def worker(now: list[float], dead: list[str], max_held: int = 1) -> AccountWorker:
+    async def dead_letter(msg: Msg, error: str) -> None:
+        dead.append(error)
+
+    w = AccountWorker(
+        "acct",
+        cast(Any, None),  # the broker is never called here
+        OrderTracker("acct", clock=CLOCK, source="test"),
+        cast(Any, None),
+        clock=CLOCK,
+        source="test",
+        max_submit_delay_s=30,
+        ack_wait_s=1.0,
+        dead_letter=dead_letter,
+        max_held=max_held,
+    )
+    w.monotonic = lambda: now[0]
+    return w
+
+
+async def offer(w: AccountWorker, command: AnyEvent, msg: Delivery) -> None:
+    await w.offer(command, cast(Msg, msg))
+
+
+def queued(w: AccountWorker) -> list[int]:
+    return [h.seq for h in w._queue]
+
+
+async def test_commands_handed_back_keep_their_order_however_long_the_wait() -> None:
+    """While the account has no room, the commands after the first one
+    handed back wait for it. It comes back every delay and is handed back
+    again: it has not left the stream, so it is never given up on, and the
+    later one never overtakes it (a cancel ahead of its submit)."""
+    now: list[float] = [1000.0]
+    dead: list[str] = []
+    w = worker(now, dead)
+    first, second, third = submit(), submit(), submit()
+    await offer(w, first, Delivery(1))  # takes the only room
+    for cycle in range(10):  # 10 delays: far past the give-up time
+        now[0] = 1000 + cycle * w.defer_s + 0.01
+        await offer(w, second, Delivery(2, cycle + 1))
+        await offer(w, third, Delivery(3, cycle + 1))
+        assert queued(w) == [1]
+    assert 10 * w.defer_s > w.give_up_s
+    w._held.clear()  # the first one ran: room again
+    w._queue.clear()
+    now[0] += w.defer_s
+    await offer(w, third, Delivery(3, 12))  # back first this time: still waits
+    await offer(w, second, Delivery(2, 12))
+    assert queued(w) == [2]
+
+
+async def test_a_command_is_dead_lettered_after_its_own_failures_not_its_deliveries() -> None:
+    """NATS's delivery count also counts the deliveries handed back for lack
+    of room: a command handed back five times used to be dead-lettered (a
+    flatten: positions left open) on its first failure."""
+    now: list[float] = [1000.0]
+    dead: list[str] = []
+    w = worker(now, dead)
+    command = submit()
+    for attempt in range(1, MAX_FAILURES + 1):
+        msg = Delivery(7, delivered=10 + attempt)
+        await offer(w, command, msg)
+        held = w._queue.popleft()
+        await w._failed(held, ValueError("the broker refused the call"))
+        del w._held[command.id]
+        assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+        assert len(dead) == (1 if attempt == MAX_FAILURES else 0), attempt
+
+
+@pytest.mark.parametrize("attempt", [0, 5, 1023, 1024, 10**6])
+def test_the_retry_delay_is_bounded_for_any_attempt(attempt: int) -> None:
+    delay = retry_delay_s(attempt)
+    assert gateway.RETRY_INITIAL_S / 2 <= delay <= gateway.RETRY_MAX_S
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [(0.0, gateway.RETRY_INITIAL_S, gateway.RETRY_INITIAL_S * 1.1), (3.0, 3.0, 3.3), (600, 60, 60)],
+)
+def test_retry_after_is_honoured_never_at_once_and_capped(
+    retry_after: float, low: float, high: float
+) -> None:
+    for _ in range(50):
+        assert low <= retry_delay_s(0, retry_after) <= high
