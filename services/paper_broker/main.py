@@ -78,7 +78,9 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
             asyncio.TaskGroup() as tasks,
         ):
             if feed is not None:
-                tasks.create_task(feed.run(server.market, stop), name="price-feed")
+                tasks.create_task(
+                    feed.run(server.market, stop, on_price=server.price), name="price-feed"
+                )
             await stop.wait()
     finally:
         if journal is not None:

@@ -20,6 +20,11 @@ MARKET_UPDATES_REPLAYED = Counter(
     "tradebus_paper_market_updates_replayed_total",
     "Trades and bars a reconnection brought again, skipped (taken in already)",
 )
+MARKET_UPDATES_HISTORY = Counter(
+    "tradebus_paper_market_updates_history_total",
+    "A symbol's first price stored before the feed connected: taken as the last price, "
+    "filling nothing",
+)
 CONNECTIONS = Gauge("tradebus_paper_connections", "Open client WebSocket connections")
 AUTH_FAILURES = Counter("tradebus_paper_auth_failures_total", "Refused authentications")
 SLOW_CONSUMERS = Counter(

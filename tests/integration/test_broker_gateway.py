@@ -690,3 +690,62 @@ async def test_paper_price_feed_does_not_apply_a_price_again_after_a_reconnectio
     await bus.publish(trade("MSFT", "40"))
     await connected_until(103)
     assert [(u.symbol, str(u.last)) for u in updates[4:]] == [("MSFT", "40"), ("AAPL", "103")]
+
+
+async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_trades(
+    bus: Bus, nats_url: str
+) -> None:
+    """A paper broker (re)started with resting orders: the last price of each
+    symbol, stored while it was away, sets its last price but fills nothing
+    (it may predate the order; the broker was not there to trade on it).
+    What comes after the feed connected trades as before. A resting buy limit
+    at 96 with a stored print at 95 stays open; a live print at 95 fills it."""
+    from services.paper_broker.adapters.market import NatsPriceFeed
+    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook
+
+    book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
+    book.set_last("AAPL", D(100))
+    order, _ = book.submit(
+        "acct",
+        OrderSpec(
+            symbol="AAPL",
+            side="buy",
+            qty=D(10),
+            order_type="limit",
+            limit_price=D(96),
+            client_order_id="resting",
+        ),
+    )
+    fills: list[object] = []
+    await bus.publish_many([trade("AAPL", "95"), trade("MSFT", "50")])
+    feed = NatsPriceFeed(
+        url=nats_url,
+        name="test-paper-feed",
+        user=None,
+        password=None,
+        subjects=["md.trade.>"],
+        consumer="paper-feed-history",
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        feed.run(
+            lambda u: fills.extend(book.on_market(u)),
+            stop,
+            on_price=lambda u: book.set_last(u.symbol, u.last),
+        )
+    )
+    try:
+        await eventually(lambda: book.last_price("MSFT") == D(50), timeout=10)
+        assert book.last_price("AAPL") == D(95)
+        assert fills == []
+        current = book.order("acct", order.id)
+        assert current is not None
+        assert current.is_open
+        await bus.publish(trade("AAPL", "95"))
+        await eventually(lambda: fills, timeout=10)
+        current = book.order("acct", order.id)
+        assert current is not None
+        assert not current.is_open
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)

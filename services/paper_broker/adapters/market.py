@@ -53,7 +53,9 @@ OnUpdate = Callable[[MarketUpdate], None]
 class PriceFeed(Protocol):
     """Where the paper broker's prices come from (NATS live; tests push them)."""
 
-    async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None: ...
+    async def run(
+        self, on_update: OnUpdate, stop: asyncio.Event, on_price: OnUpdate | None = None
+    ) -> None: ...
 
 
 def to_update(data: bytes) -> MarketUpdate | None:
@@ -94,11 +96,20 @@ class NatsPriceFeed:
         self.connected = False
         #: Per symbol, the stream sequence of the last update handed on.
         self._applied: dict[str, int] = {}
+        self._stream_created: object = None
 
-    async def run(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
+    async def run(
+        self, on_update: OnUpdate, stop: asyncio.Event, on_price: OnUpdate | None = None
+    ) -> None:
+        """Hand each new price to ``on_update`` until ``stop``. With
+        ``on_price``, a symbol's first price, when it is history (stored before
+        the feed connected: the broker was not there to trade on it), goes
+        there instead: it sets the last price, it fills nothing. A resting
+        order placed after that price must not be filled by it, and one placed
+        before cannot tell (the broker was away)."""
         while not stop.is_set():
             try:
-                await self._session(on_update, stop)
+                await self._session(on_update, stop, on_price)
             except (BusError, nats.errors.Error, OSError, TimeoutError) as e:
                 metrics.FEED_ERRORS.labels(cause=type(e).__name__).inc()
                 log.warning("market data feed interrupted (%s: %s); retrying", type(e).__name__, e)
@@ -106,13 +117,18 @@ class NatsPriceFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=RETRY_BACKOFF_S)
 
-    async def _session(self, on_update: OnUpdate, stop: asyncio.Event) -> None:
+    async def _session(
+        self, on_update: OnUpdate, stop: asyncio.Event, on_price: OnUpdate | None
+    ) -> None:
         bus = await Bus.connect(self.url, name=self.name, user=self.user, password=self.password)
         async with bus:
             info = await bus.ensure_stream(name=self.stream)
-            if self._applied and info.state.last_seq < max(self._applied.values()):
+            made_anew = self._stream_created is not None and info.created != self._stream_created
+            if self._applied and (made_anew or info.state.last_seq < max(self._applied.values())):
                 log.warning("stream %s was made anew: its prices are all new", self.stream)
                 self._applied.clear()
+            self._stream_created = info.created
+            history_until = info.state.last_seq  # stored before this session
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await bus.js.delete_consumer(self.stream, self.consumer)
             await bus.js.add_consumer(
@@ -144,18 +160,24 @@ class NatsPriceFeed:
                         except DecodeError:
                             metrics.FEED_ERRORS.labels(cause="undecodable").inc()
                             continue
-                        if update is not None and self._new(update, msg.reply):
+                        if update is None or not msg.reply:
+                            continue
+                        seq = parse_ack_subject(msg.reply)[0]
+                        first = update.symbol not in self._applied
+                        if not self._new(update, seq):
+                            continue
+                        if on_price is not None and first and seq <= history_until:
+                            metrics.MARKET_UPDATES_HISTORY.inc()
+                            on_price(update)
+                        else:
                             on_update(update)
             finally:
                 # A pull subscription left open makes the connection's drain wait
                 # out its whole timeout (30 s) on the way out.
                 await fetcher.close()
 
-    def _new(self, update: MarketUpdate, reply: str | None) -> bool:
+    def _new(self, update: MarketUpdate, seq: int) -> bool:
         """Not an update already handed on (replayed after a reconnection)."""
-        if not reply:
-            return True
-        seq = parse_ack_subject(reply)[0]
         if seq <= self._applied.get(update.symbol, 0):
             metrics.MARKET_UPDATES_REPLAYED.inc()
             return False

@@ -201,6 +201,10 @@ class PaperBrokerServer:
         metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
         self._publish(self.book.on_market(update))
 
+    def price(self, update: MarketUpdate) -> None:
+        """A price from before the feed connected: the last price, no fills."""
+        self.book.set_last(update.symbol, update.last)
+
     def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
         """Journal ``updates``, then queue them to their account's listeners;
         returns each one's wire JSON (built once, for the journal and the

@@ -378,6 +378,11 @@ class PaperBook:
             Decimal(0),
         )
 
+    def set_last(self, symbol: str, price: Decimal) -> None:
+        """``price`` becomes ``symbol``'s last price (market orders fill at it);
+        it fills no working order: a price from before the broker was there."""
+        self._last[symbol] = price
+
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
         """A trade or bar: it becomes the last price and may fill working orders."""
         self._last[update.symbol] = update.last
