@@ -696,12 +696,13 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
     bus: Bus, nats_url: str
 ) -> None:
     """A paper broker (re)started with resting orders: the last price of each
-    symbol, stored while it was away, sets its last price but fills nothing
-    (it may predate the order; the broker was not there to trade on it).
-    What comes after the feed connected trades as before. A resting buy limit
-    at 96 with a stored print at 95 stays open; a live print at 95 fills it."""
+    symbol, stored while it was away, sets its last price but fills no limit
+    (it may predate the order; the broker was not there to trade on it); a
+    market order waiting for a price fills at it. What comes after the feed
+    connected trades as before. A resting buy limit at 96 with a stored print
+    at 95 stays open; a live print at 95 fills it."""
     from services.paper_broker.adapters.market import NatsPriceFeed
-    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook
+    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
 
     book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
     book.set_last("AAPL", D(100))
@@ -716,7 +717,9 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
             client_order_id="resting",
         ),
     )
-    fills: list[object] = []
+    waiting, _ = book.submit("acct", OrderSpec(symbol="MSFT", side="sell", qty=D(5)))
+    assert waiting.is_open  # no MSFT price yet
+    fills: list[TradeUpdate] = []
     await bus.publish_many([trade("AAPL", "95"), trade("MSFT", "50")])
     feed = NatsPriceFeed(
         url=nats_url,
@@ -731,18 +734,19 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
         feed.run(
             lambda u: fills.extend(book.on_market(u)),
             stop,
-            on_price=lambda u: book.set_last(u.symbol, u.last),
+            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last)),
         )
     )
     try:
         await eventually(lambda: book.last_price("MSFT") == D(50), timeout=10)
         assert book.last_price("AAPL") == D(95)
-        assert fills == []
+        assert [(f.order.symbol, f.price) for f in fills] == [("MSFT", D(50))]
         current = book.order("acct", order.id)
         assert current is not None
         assert current.is_open
         await bus.publish(trade("AAPL", "95"))
-        await eventually(lambda: fills, timeout=10)
+        await eventually(lambda: len(fills) == 2, timeout=10)
+        assert (fills[1].order.symbol, fills[1].price) == ("AAPL", D(95))
         current = book.order("acct", order.id)
         assert current is not None
         assert not current.is_open

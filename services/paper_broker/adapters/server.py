@@ -202,8 +202,9 @@ class PaperBrokerServer:
         self._publish(self.book.on_market(update))
 
     def price(self, update: MarketUpdate) -> None:
-        """A price from before the feed connected: the last price, no fills."""
-        self.book.set_last(update.symbol, update.last)
+        """A price from before the feed connected: the last price; it fills
+        only market orders that were waiting for a price."""
+        self._publish(self.book.set_last(update.symbol, update.last))
 
     def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
         """Journal ``updates``, then queue them to their account's listeners;

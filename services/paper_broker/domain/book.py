@@ -378,10 +378,22 @@ class PaperBook:
             Decimal(0),
         )
 
-    def set_last(self, symbol: str, price: Decimal) -> None:
-        """``price`` becomes ``symbol``'s last price (market orders fill at it);
-        it fills no working order: a price from before the broker was there."""
+    def set_last(self, symbol: str, price: Decimal) -> list[TradeUpdate]:
+        """``price``, from before the broker was there, becomes ``symbol``'s
+        last price. A limit or stop order is not filled or triggered by it (the
+        price may predate the order); a market order waiting for a price
+        fills at it, as it would have had the price come a moment earlier."""
         self._last[symbol] = price
+        out: list[TradeUpdate] = []
+        for account, order_id in list(self._working_by_symbol.get(symbol, ())):
+            order = self._accounts[account].orders[order_id]
+            if order.order_type != "market":
+                continue
+            match = on_submit(self.config.fill_model, self._working(order), price)
+            if match.fills:
+                assert match.price is not None
+                out.append(self._fill(order, match.quantity, match.price, self.clock.now_ns()))
+        return out
 
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
         """A trade or bar: it becomes the last price and may fill working orders."""
