@@ -46,6 +46,7 @@ from libs.local.servers import free_port
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
+from services.paper_broker.adapters.market import NatsPriceFeed
 
 D = Decimal
 CLOCK = WallClock()
@@ -598,27 +599,31 @@ async def test_a_command_consumer_deleted_under_the_gateway_is_made_again(
     assert (await bus.js.consumer_info("TRADEBUS", "broker-gateway")).config.durable_name
 
 
+def price_feed(nats_url: str, subjects: list[str], linger_s: float = 0.0) -> NatsPriceFeed:
+    """The paper broker's price feed on the test's NATS (no user: no permissions)."""
+    return NatsPriceFeed(
+        url=nats_url,
+        name="test-paper-feed",
+        user=None,
+        password=None,
+        subjects=subjects,
+        consumer="paper-feed-test",
+        linger_s=linger_s,
+    )
+
+
 async def test_paper_price_feed_with_a_linger_applies_every_price_in_order(
     bus: Bus, nats_url: str
 ) -> None:
     """The paper broker takes prices in lingering pulls: the last price of
     each symbol from before it started, then every later print in stream
     order (a resting limit order needs every one), none lost between pulls."""
-    from services.paper_broker.adapters.market import NatsPriceFeed
     from services.paper_broker.domain.fill_model import MarketUpdate
 
     await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
     updates: list[MarketUpdate] = []
     stop = asyncio.Event()
-    feed = NatsPriceFeed(
-        url=nats_url,
-        name="test-paper-feed",
-        user=None,
-        password=None,
-        subjects=["md.trade.>"],
-        consumer="paper-feed-test",
-        linger_s=0.05,
-    )
+    feed = price_feed(nats_url, ["md.trade.>"], linger_s=0.05)
     running = asyncio.create_task(feed.run(updates.append, stop))
     try:
 
@@ -651,19 +656,11 @@ async def test_paper_price_feed_does_not_apply_a_price_again_after_a_reconnectio
     the broker has taken in already is skipped, so an order placed after a
     price is not filled by it. A stream made anew starts the count over."""
     from libs.contract.subjects import STREAM
-    from services.paper_broker.adapters.market import NatsPriceFeed
     from services.paper_broker.domain.fill_model import MarketUpdate
 
     await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
     updates: list[MarketUpdate] = []
-    feed = NatsPriceFeed(
-        url=nats_url,
-        name="test-paper-feed",
-        user=None,
-        password=None,
-        subjects=["md.trade.>", "md.bar.>"],
-        consumer="paper-feed-test",
-    )
+    feed = price_feed(nats_url, ["md.trade.>", "md.bar.>"])
 
     async def connected_until(n: int) -> None:
         stop = asyncio.Event()
@@ -701,7 +698,6 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
     market order waiting for a price fills at it. What comes after the feed
     connected trades as before. A resting buy limit at 96 with a stored print
     at 95 stays open; a live print at 95 fills it."""
-    from services.paper_broker.adapters.market import NatsPriceFeed
     from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
 
     book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
@@ -721,14 +717,7 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
     assert waiting.is_open  # no MSFT price yet
     fills: list[TradeUpdate] = []
     await bus.publish_many([trade("AAPL", "95"), trade("MSFT", "50")])
-    feed = NatsPriceFeed(
-        url=nats_url,
-        name="test-paper-feed",
-        user=None,
-        password=None,
-        subjects=["md.trade.>"],
-        consumer="paper-feed-history",
-    )
+    feed = price_feed(nats_url, ["md.trade.>"])
     stop = asyncio.Event()
     running = asyncio.create_task(
         feed.run(
