@@ -48,6 +48,12 @@ NO_RESPONDERS = "503"
 TERMINAL_STATUSES = frozenset({"404", "408", "409"})
 
 
+def _ack_tokens(reply: str) -> tuple[list[str], int]:
+    """The ack subject's tokens, and where the v1 tokens start in them."""
+    tokens = reply.split(".")
+    return tokens, 0 if len(tokens) == 9 else 2
+
+
 def parse_ack_subject(reply: str) -> tuple[int, int, int]:
     """(stream sequence, timestamp ns, pending) from a JetStream ack subject.
 
@@ -56,16 +62,14 @@ def parse_ack_subject(reply: str) -> tuple[int, int, int]:
     at the end. Parsing the tokens is exact (nats-py's metadata goes through a
     float datetime) and much cheaper per message.
     """
-    tokens = reply.split(".")
-    base = 0 if len(tokens) == 9 else 2
+    tokens, base = _ack_tokens(reply)
     return int(tokens[base + 5]), int(tokens[base + 7]), int(tokens[base + 8])
 
 
 def consumer_seq(reply: str) -> int:
     """The consumer sequence from a JetStream ack subject (one more for each
     message the consumer delivered, redeliveries included)."""
-    tokens = reply.split(".")
-    base = 0 if len(tokens) == 9 else 2
+    tokens, base = _ack_tokens(reply)
     return int(tokens[base + 6])
 
 

@@ -147,8 +147,8 @@ class InMemoryRuntime:
         of that strategy's ledger, which has it already; its working intents
         still take it."""
         for name in self.router.route(event):
-            upto = ledgers_upto.get(name, 0) if ledgers_upto else 0
-            self.hosts[name].restore(event, ledger=seq > upto or not upto)
+            upto = (ledgers_upto or {}).get(name)
+            self.hosts[name].restore(event, ledger=upto is None or seq > upto)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
         """Start (if not yet), feed every event; everything emitted meanwhile."""

@@ -342,7 +342,7 @@ class Recorder:
                 committed,
             )
         held_by = trimmed.floor.held_by
-        if held_by not in (STORE, KEEP_WINDOW) and trimmed.floor.seq < trimmed.keep_from:
+        if held_by not in (STORE, KEEP_WINDOW):  # then it is below the keep window
             # A consumer that takes acks and does not: the stream grows until
             # it does (or is deleted). Said once per holder.
             if held_by != self._held_by:

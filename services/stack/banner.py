@@ -8,7 +8,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from libs.config import masked_url
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,6 @@ class StackInfo:
     risk_config: Path | None = None
 
 
-def mask_password(url: str) -> str:
-    """The URL with any password replaced by ``***`` (banners and logs only)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def shown(path: Path) -> str:
     """``path`` relative to the working directory when it is inside it."""
     try:
@@ -56,8 +48,8 @@ def shown(path: Path) -> str:
 
 def render(info: StackInfo) -> str:
     rule = "─" * 72
-    db = mask_password(info.database_url)
-    nats = mask_password(info.nats_url)
+    db = masked_url(info.database_url)
+    nats = masked_url(info.nats_url)
     monitor = f"   monitoring {info.nats_monitor_url}" if info.nats_monitor_url else ""
     rows = [("NATS", nats + monitor)]
     rows.append(("Postgres", db))

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from libs.config import masked_url
 from libs.local.servers import free_port, port_is_free
 from services.stack import configs, wiring
 from services.stack import credentials as creds
@@ -46,7 +47,6 @@ from services.stack.banner import (
     StackInfo,
     command_path,
     env_file_text,
-    mask_password,
     render,
 )
 from services.stack.supervisor import Printer, ServiceSpec, Supervisor
@@ -374,8 +374,8 @@ def _state(info: StackInfo, servers: LocalServers | None) -> str:
     return json.dumps(
         {
             "pid": os.getpid(),
-            "nats_url": mask_password(info.nats_url),
-            "database_url": mask_password(info.database_url),
+            "nats_url": masked_url(info.nats_url),
+            "database_url": masked_url(info.database_url),
             "servers": servers.pids() if servers else {},
             "services": {e.name: e.health_url for e in info.endpoints},
         },
@@ -464,7 +464,7 @@ def _ensure_stream(nats_url: str, credentials: creds.Credentials | None) -> None
     try:
         asyncio.run(asyncio.wait_for(go(), timeout=STREAM_SETUP_TIMEOUT))
     except (BusError, TimeoutError, OSError) as e:
-        raise UpError(f"cannot declare the stream on {mask_password(nats_url)}: {e}") from e
+        raise UpError(f"cannot declare the stream on {masked_url(nats_url)}: {e}") from e
 
 
 def _services(

@@ -29,10 +29,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from libs.config import masked_url
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
 from services.risk_gate.config import load_limits
-from services.stack.banner import mask_password
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
 from services.stack.wiring import CONFIG_DIR
 
@@ -568,5 +568,5 @@ def test_backoff_grows_to_its_cap() -> None:
 
 
 def test_banner_never_shows_a_password() -> None:
-    assert mask_password("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
-    assert mask_password("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert masked_url("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert masked_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"

@@ -120,15 +120,7 @@ def build_chain(spec: ChainSpec, *, now_ns: int, ids: IdFactory) -> OrderChain:
     )
     order_id = order_id_for(intent.id)  # as the risk-gate derives it
     decision = RiskDecisionMade.create(
-        RiskDecisionPayload(
-            intent_id=intent.id,
-            strategy=spec.strategy,
-            account=spec.account,
-            symbol=spec.symbol,
-            decision="accepted",
-            reason=ReasonCode.ACCEPTED,
-            order_id=order_id,
-        ),
+        RiskDecisionPayload.for_intent(intent, ReasonCode.ACCEPTED, order_id=order_id),
         source=RISK_SOURCE,
         clock=clock,
         cause=intent,

@@ -78,6 +78,8 @@ from libs.contract.events import FeedStatusChanged, FeedStatusPayload
 from services.marketdata import metrics
 from services.marketdata.adapters.polygon.parse import (
     FEED,
+    INTERVAL_MS,
+    INTERVAL_OF_PREFIX,
     MS,
     PREFIX_OF_CHANNEL,
     FrameParser,
@@ -108,10 +110,9 @@ HEALTHY_SESSION_S = 10.0
 #: Allocations between two young-generation collections while the feed runs.
 GC_GEN0_THRESHOLD = 10_000
 WS_MAX_FRAME = 16 * 1024 * 1024
-#: The bar interval of each bar prefix, Polygon's REST timespan and its length.
-INTERVAL_OF_PREFIX = {"AM": "1m", "A": "1s"}
+#: Polygon's REST timespan of each bar interval, and its length.
 TIMESPAN = {"1m": "minute", "1s": "second"}
-INTERVAL_NS = {"1m": 60 * 1_000_000_000, "1s": 1_000_000_000}
+INTERVAL_NS = {interval: ms * MS for interval, ms in INTERVAL_MS.items()}
 
 
 @dataclass

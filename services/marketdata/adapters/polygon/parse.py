@@ -73,6 +73,8 @@ FEED = "polygon"
 SERVICE = "marketdata"
 MS = 1_000_000
 INTERVAL_MS = {"1s": 1_000, "1m": 60_000}
+#: The bar interval of each aggregate prefix (``A``: per second, ``AM``: per minute).
+INTERVAL_OF_PREFIX = {"AM": "1m", "A": "1s"}
 #: Our channel names (metrics labels, settings) per Polygon prefix, and back.
 CHANNEL_OF_PREFIX = {"T": "trades", "Q": "quotes", "A": "second_bars", "AM": "minute_bars"}
 PREFIX_OF_CHANNEL = {v: k for k, v in CHANNEL_OF_PREFIX.items()}
@@ -230,7 +232,7 @@ def quote_event(rec: WsQuote, *, source: str, ts_init: int) -> QuoteUpdated:
 
 def bar_event(rec: WsAggregate, *, source: str, ts_init: int) -> BarClosed:
     """The ``BarClosed`` of an ``A`` (1s) or ``AM`` (1m) record."""
-    interval = "1m" if rec.ev == "AM" else "1s"
+    interval = INTERVAL_OF_PREFIX[rec.ev]
     payload = _build(
         BarPayload,
         {

@@ -22,11 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.marketdata.adapters.polygon.parse import MS
 from services.marketdata.adapters.polygon.schemas import RestAgg, RestError
 
 log = logging.getLogger(__name__)
 
-MS = 1_000_000
 PAGE_LIMIT = 50_000
 
 
