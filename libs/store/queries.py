@@ -152,15 +152,54 @@ async def list_events(
     after: int = 0,
     limit: int = 100,
     type_: str | None = None,
+    newest: bool = False,
 ) -> list[Recorded]:
+    """Up to ``limit`` events after sequence ``after``, in sequence order: the
+    first that match, or with ``newest`` the last that match."""
     cond, params = subject_filter(subject, 3)
     sql = f"{SELECT} WHERE seq > $1 AND {cond}"
     args: list[Any] = [after, limit, *params]
     if type_ is not None:
         sql += f" AND type = ${len(args) + 1}"
         args.append(type_)
-    sql += " ORDER BY seq LIMIT $2"
-    return [_row(r) for r in await conn.fetch(sql, *args)]
+    sql += f" ORDER BY seq{' DESC' if newest else ''} LIMIT $2"
+    rows = [_row(r) for r in await conn.fetch(sql, *args)]
+    return rows[::-1] if newest else rows
+
+
+class IdPrefixError(ValueError):
+    """Not the start of an event id."""
+
+
+#: Fewest hex digits of an id that ``ids_starting_with`` takes (the listings
+#: print eight).
+MIN_ID_PREFIX = 4
+
+
+def id_prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and highest id that start with ``prefix`` (hex digits, with
+    or without the dashes of a printed id). PostgreSQL orders uuids by their
+    bytes, as their hex digits read, so the ids with a prefix are one range of
+    the ``id`` index."""
+    digits = prefix.strip().lower().replace("-", "")
+    if not re.fullmatch(rf"[0-9a-f]{{{MIN_ID_PREFIX},32}}", digits):
+        raise IdPrefixError(
+            f"not an event id or the start of one ({MIN_ID_PREFIX} to 32 hex digits): {prefix!r}"
+        )
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+async def ids_starting_with(
+    conn: asyncpg.Connection, prefix: str, limit: int = 2
+) -> list[uuid.UUID]:
+    """Up to ``limit`` recorded event ids that start with ``prefix``, in id order.
+
+    Raises :class:`IdPrefixError` if ``prefix`` cannot start an id."""
+    low, high = id_prefix_range(prefix)
+    rows = await conn.fetch(
+        "SELECT id FROM events WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT $3", low, high, limit
+    )
+    return [r["id"] for r in rows]
 
 
 async def get_event(conn: asyncpg.Connection, event_id: uuid.UUID) -> Recorded | None:

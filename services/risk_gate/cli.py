@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from libs.cli import add_replay_command, err, settings_or_exit
 from libs.config import ServiceSettings
 from libs.contract.envelope import Event, WallClock
+from libs.tables import money, out, table
 
 app = typer.Typer(help="The risk-gate: the only publisher of order commands.")
 kill_switch_app = typer.Typer(help="The global kill switch: no new order passes while it is on.")
 risk_app = typer.Typer(help="Risk operator commands: resume trading, show risk status.")
-out = Console()
 
 add_replay_command(app, "risk-gate", default_subject="risk.>")
 
@@ -308,12 +306,12 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
         out.print(f"[bold red]KILL SWITCH ON[/bold red] by {ks['operator']}: {ks['reason']}")
     else:
         out.print("kill switch off")
-    states = Table("scope", "state", "reason", title="trading states")
+    states = table("scope", "state", "reason", title="trading states")
     for scope, st in s["trading_states"].items():
         color = {"active": "green", "reducing": "yellow", "halted": "red"}[st["state"]]
         states.add_row(scope, f"[{color}]{st['state']}[/{color}]", st["reason"])
     out.print(states)
-    accounts = Table(
+    accounts = table(
         "account",
         "state",
         "broker",
@@ -331,15 +329,15 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
             name,
             a["state"],
             a["broker_connection"] or "-",
-            a["day_pnl"],
-            a["daily_loss_limit"] or "-",
+            money(a["day_pnl"]),
+            money(a["daily_loss_limit"]) or "-",
             _pct(a["daily_loss_used"]),
             str(a["open_orders"]),
             f"{rate['orders_in_window']}/{rate['max_orders']}" if rate.get("max_orders") else "-",
             ", ".join(f"{k} {v}" for k, v in a["positions"].items()) or "-",
         )
     out.print(accounts)
-    strategies = Table(
+    strategies = table(
         "strategy",
         "account",
         "gross notional",
@@ -356,8 +354,8 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
             strategies.add_row(
                 name,
                 account,
-                a["gross_notional"],
-                a["max_gross_notional"],
+                money(a["gross_notional"]),
+                money(a["max_gross_notional"]),
                 _pct(a["gross_used"]),
                 str(a["open_orders"]),
                 f"{rate['orders_in_window']}/{rate['max_orders']}"

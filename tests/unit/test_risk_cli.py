@@ -64,7 +64,23 @@ def test_status_table_shows_states_and_caps(monkeypatch: pytest.MonkeyPatch) -> 
     assert "as of store sequence 7" in text
     assert "kill switch off" in text
     assert "sma-aapl" in text
-    assert "60000" in text
+    assert "60,000.00" in text  # caps and notionals to the cent, with separators
+
+
+def test_status_table_in_a_narrow_terminal_wraps_and_cuts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rich's default overflow cuts a cell to an ellipsis: a trader would read
+    ``30,00…`` for a cap. Every cell folds onto more lines instead."""
+    console = Console(width=60, record=True)
+    monkeypatch.setattr(cli, "out", console)
+    from services.risk_gate.config import load_limits
+
+    limits: RiskLimits = load_limits(EXAMPLE)
+    summary = {"as_of_seq": 7, **summarize(RiskState.initial(limits), 1_773_154_800 * 10**9)}
+    cli._print_status(summary, limits_given=True)
+    text = console.export_text()
+    assert "…" not in text
 
 
 @pytest.mark.parametrize(
