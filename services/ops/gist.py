@@ -1,0 +1,121 @@
+"""One line of what an order-path event says, for ``tradebus audit``.
+
+A chain printed as types and ids alone tells that a fill came from a signal,
+not what was bought at what price, or why the gate said no: the trader had to
+ask for ``--json`` and read the payloads. :func:`gist` picks the few fields
+that matter for each event type (``buy 100 AAPL limit 190.5``, ``denied:
+max_position (AAPL 400 > 300)``, ``100 @ 190.78, complete``). It reads the
+payload as stored (JSON), so it works on any recorded row, and it leaves out
+what a payload does not have rather than failing: an event type it does not
+know gets no gist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Payload = dict[str, Any]
+
+
+def _order(p: Payload) -> str:
+    """``buy 100 AAPL``, then its stop and limit prices (``stop 500 limit 499``)
+    and a time in force other than ``day``."""
+    text = f"{p.get('side', '?')} {p.get('quantity', '?')} {p.get('symbol', '?')}"
+    if p.get("stop_price") is not None:
+        text += f" stop {p['stop_price']}"
+    if p.get("limit_price") is not None:
+        text += f" limit {p['limit_price']}"
+    tif = p.get("time_in_force", "day")
+    if tif != "day":
+        text += f" {tif}"
+    return text
+
+
+def _signal(p: Payload) -> str:
+    text = f"{p.get('strategy', '?')}: {p.get('name', '?')} {p.get('direction', '?')}"
+    text += f" {p.get('symbol', '?')}"
+    return f"{text} ({p['reason']})" if p.get("reason") else text
+
+
+def _intent(p: Payload) -> str:
+    return f"{p.get('strategy', '?')}: {_order(p)} on {p.get('account', '?')}"
+
+
+def _decision(p: Payload) -> str:
+    decision, reason = p.get("decision", "?"), p.get("reason", "?")
+    text = decision if reason == decision else f"{decision}: {reason}"
+    return f"{text} ({p['detail']})" if p.get("detail") else text
+
+
+def _accepted(p: Payload) -> str:
+    return f"broker order {p.get('broker_order_id', '?')}"
+
+
+def _fill(p: Payload) -> str:
+    text = f"{p.get('side', '?')} {p.get('quantity', '?')} {p.get('symbol', '?')}"
+    text += f" @ {p.get('price', '?')}, {p.get('status', '?')}"
+    if p.get("status") == "partial":
+        text += f" ({p.get('leaves_quantity', '?')} left)"
+    return text
+
+
+def _because(p: Payload) -> str:
+    code = f" [{p['code']}]" if p.get("code") else ""
+    return f"{p.get('reason', '')}{code}"
+
+
+def _state(p: Payload) -> str:
+    change = f"{p.get('previous', '?')} -> {p.get('state', '?')}"
+    return f"{p.get('scope', '?')}: {change} ({p.get('reason', '')})"
+
+
+def _breaker(p: Payload) -> str:
+    text = f"{p.get('account', '?')}: {p.get('breaker', '?')}"
+    if p.get("value") is not None and p.get("limit") is not None:
+        text += f" {p['value']} against {p['limit']}"
+    return f"{text} ({p['detail']})" if p.get("detail") else text
+
+
+def _operator(p: Payload) -> str:
+    scope = f" {p['scope']}" if p.get("scope") else ""
+    return f"by {p.get('operator', '?')}{scope}: {p.get('reason', '')}"
+
+
+def _connection(p: Payload) -> str:
+    text = f"{p.get('account', '?')} {p.get('state', '?')}"
+    return f"{text} ({p['detail']})" if p.get("detail") else text
+
+
+def _fault(p: Payload) -> str:
+    return f"{p.get('strategy', '?')} {p.get('action', '?')}: {p.get('error', '')}"
+
+
+GISTS: dict[str, Callable[[Payload], str]] = {
+    "SignalGenerated": _signal,
+    "OrderIntentCreated": _intent,
+    "RiskDecisionMade": _decision,
+    "SubmitOrder": _order,
+    "OrderAccepted": _accepted,
+    "FillReceived": _fill,
+    "OrderRejected": _because,
+    "OrderCanceled": _because,
+    "CancelOrder": _because,
+    "FlattenAccount": lambda p: f"{p.get('account', '?')}: {p.get('reason', '')}",
+    "TradingStateChanged": _state,
+    "BreakerTripped": _breaker,
+    "KillSwitchEngaged": _operator,
+    "KillSwitchReleased": _operator,
+    "TradingResumeRequested": _operator,
+    "BrokerConnectionChanged": _connection,
+    "StrategyFaulted": _fault,
+}
+
+
+def gist(type_: str, payload: Any) -> str:
+    """What an event of ``type_`` with ``payload`` says, in one line; ``""``
+    for a type without a gist or a payload that is not an object."""
+    make = GISTS.get(type_)
+    if make is None or not isinstance(payload, dict):
+        return ""
+    return " ".join(make(payload).split())  # one line, whatever the texts hold

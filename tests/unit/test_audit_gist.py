@@ -1,0 +1,141 @@
+"""`tradebus audit` says what each event of a chain says, in one line."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from libs.contract.events import (
+    FillPayload,
+    OrderAcceptedPayload,
+    OrderIntentPayload,
+    OrderRejectedPayload,
+    ReasonCode,
+    RiskDecisionPayload,
+    SignalPayload,
+    SubmitOrderPayload,
+)
+from services.ops.gist import GISTS, gist
+
+ORDER = uuid.UUID(int=7)
+
+
+def stored(model: Any) -> dict[str, Any]:
+    """A payload as the store gives it back (JSON)."""
+    return dict(model.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    ("type_", "payload", "says"),
+    [
+        (
+            "SignalGenerated",
+            SignalPayload(
+                strategy="sma-aapl", symbol="AAPL", name="cross_up", direction="long", reason="5>20"
+            ),
+            "sma-aapl: cross_up long AAPL (5>20)",
+        ),
+        (
+            "OrderIntentCreated",
+            OrderIntentPayload(
+                strategy="sma-aapl",
+                account="paper",
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(100),
+                order_type="limit",
+                limit_price=Decimal("190.5"),
+            ),
+            "sma-aapl: buy 100 AAPL limit 190.5 on paper",
+        ),
+        (
+            "RiskDecisionMade",
+            RiskDecisionPayload(
+                intent_id=ORDER,
+                strategy="sma-aapl",
+                account="paper",
+                symbol="AAPL",
+                decision="denied",
+                reason=ReasonCode.MAX_STRATEGY_POSITION,
+                detail="AAPL 10000 > 300",
+            ),
+            "denied: max_strategy_position (AAPL 10000 > 300)",
+        ),
+        (
+            "RiskDecisionMade",
+            RiskDecisionPayload(
+                intent_id=ORDER,
+                strategy="sma-aapl",
+                account="paper",
+                symbol="AAPL",
+                decision="accepted",
+                reason=ReasonCode.ACCEPTED,
+                order_id=ORDER,
+            ),
+            "accepted",
+        ),
+        (
+            "SubmitOrder",
+            SubmitOrderPayload(
+                order_id=ORDER,
+                strategy="orb-spy",
+                account="paper",
+                symbol="SPY",
+                side="sell",
+                quantity=Decimal(50),
+                order_type="stop",
+                stop_price=Decimal("500.25"),
+                time_in_force="gtc",
+            ),
+            "sell 50 SPY stop 500.25 gtc",
+        ),
+        (
+            "OrderAccepted",
+            OrderAcceptedPayload(
+                order_id=ORDER, account="paper", broker_order_id="b-1", symbol="AAPL"
+            ),
+            "broker order b-1",
+        ),
+        (
+            "FillReceived",
+            FillPayload(
+                order_id=ORDER,
+                account="paper",
+                broker_order_id="b-1",
+                fill_id="f-1",
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(40),
+                price=Decimal("190.78"),
+                cumulative_quantity=Decimal(40),
+                leaves_quantity=Decimal(60),
+                status="partial",
+            ),
+            "buy 40 AAPL @ 190.78, partial (60 left)",
+        ),
+        (
+            "OrderRejected",
+            OrderRejectedPayload(
+                order_id=ORDER, account="paper", reason="insufficient\nbuying power", code="403"
+            ),
+            "insufficient buying power [403]",
+        ),
+    ],
+)
+def test_each_order_path_event_reads_as_one_line(type_: str, payload: Any, says: str) -> None:
+    assert gist(type_, stored(payload)) == says
+
+
+def test_every_gist_names_a_type_of_the_contract() -> None:
+    from libs.contract.events import EVENT_TYPES
+
+    assert set(GISTS) <= set(EVENT_TYPES)
+
+
+def test_what_has_no_gist_gets_none_and_a_missing_field_does_not_fail() -> None:
+    assert gist("TradePrinted", {"symbol": "AAPL"}) == ""
+    assert gist("FillReceived", "not an object") == ""
+    assert gist("FillReceived", {"symbol": "AAPL"}) == "? ? AAPL @ ?, ?"
