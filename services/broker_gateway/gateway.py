@@ -521,7 +521,10 @@ class AccountWorker:
                 command.id,
                 self.account,
                 len(closed.refused),
-                "; ".join(f"{r.symbol}: {r.reason} ({r.code})" for r in closed.refused),
+                "; ".join(
+                    f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})"
+                    for r in closed.refused
+                ),
             )
             return "incomplete"
         log.info(

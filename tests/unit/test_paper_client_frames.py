@@ -169,3 +169,39 @@ def test_a_429_is_rate_limited_with_its_retry_after(client: PaperBroker) -> None
     with pytest.raises(BrokerUnavailable) as unavailable:
         client._check(schemas.Response(id="1", status=503, body={}), "submit")
     assert not isinstance(unavailable.value, RateLimited)
+
+
+def answering(monkeypatch: pytest.MonkeyPatch, client: PaperBroker, status: int, body: Any) -> None:
+    """Every call of ``client`` gets this answer (a broker on the other end)."""
+
+    async def call(call: str, method: str, path: str, request: Any = None) -> schemas.Response:
+        return schemas.Response(id="1", status=status, body=body)
+
+    monkeypatch.setattr(client, "_call", call)
+
+
+async def test_close_all_tells_apart_refusals_that_name_no_symbol(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused close carries its place in the 207, so refusals without a
+    symbol are not one refusal (they all read as symbol "?")."""
+    forbidden = {"code": 40310000, "message": "insufficient qty available for order"}
+    answering(
+        monkeypatch,
+        client,
+        207,
+        [
+            {"status": 403, "body": forbidden},
+            {"symbol": "AAPL", "status": 200, "body": {**ORDER, "status": "accepted"}},
+            {"symbol": "MSFT", "status": 403, "body": forbidden},
+            {"status": 500},
+        ],
+    )
+    closed = await client.close_all()
+    assert [o.symbol for o in closed.orders] == ["AAPL"]
+    assert [(r.symbol, r.entry, r.code) for r in closed.refused] == [
+        (None, 0, "40310000"),
+        ("MSFT", 2, "40310000"),
+        (None, 3, "500"),
+    ]
+    assert closed.refused[2].reason == "HTTP 500"

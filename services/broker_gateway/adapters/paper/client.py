@@ -519,12 +519,13 @@ class PaperBroker:
         body = self._check(response, "close_all")
         orders: list[BrokerOrder] = []
         refused: list[CloseRefused] = []
-        for entry in self._read_list(schemas.MultiStatus, body, "statuses"):
+        for place, entry in enumerate(self._read_list(schemas.MultiStatus, body, "statuses")):
             if 200 <= entry.status < 300 and isinstance(entry.body, dict):
                 orders.append(parse.order(self._read(schemas.Order, entry.body)))
             elif not 200 <= entry.status < 300:
                 message, code = _error_of(entry.body, entry.status)
-                refused.append(CloseRefused(entry.symbol or "?", message, code))
+                # Its place tells apart refusals that name no symbol.
+                refused.append(CloseRefused(entry.symbol or None, message, code, entry=place))
         return ClosedAll(tuple(orders), tuple(refused))
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
