@@ -205,3 +205,24 @@ async def test_close_all_tells_apart_refusals_that_name_no_symbol(
         (None, 3, "500"),
     ]
     assert closed.refused[2].reason == "HTTP 500"
+
+
+async def test_cancel_all_returns_the_canceled_orders_and_logs_the_failed_entries(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answering(
+        monkeypatch,
+        client,
+        207,
+        [
+            {"id": "b-1", "status": 200, "body": {**ORDER, "status": "pending_cancel"}},
+            {"id": "b-2", "status": 204},  # no order in it: nothing to return
+            {"id": "b-3", "status": 422, "body": {"message": "order is filled"}},
+        ],
+    )
+    with caplog.at_level("WARNING"):
+        canceled = await client.cancel_all()
+    assert [o.broker_order_id for o in canceled] == ["b-1"]
+    assert "'id': 'b-3'" in caplog.text
+    assert "failed with 422" in caplog.text
+    assert "b-2" not in caplog.text
