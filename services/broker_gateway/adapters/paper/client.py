@@ -556,6 +556,7 @@ class PaperBroker:
             response = await self._call("order_fills", "GET", path)
             body = self._check(response, "order_fills")
             page = self._read_list(schemas.FillActivity, body, "activities")
+            # The account's activities: only this order's are its fills.
             fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
             found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
             if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:
