@@ -62,7 +62,8 @@ def account_started(account: str) -> None:
     Prometheus's ``increase()`` starts from a series' first sample, and a
     labelled counter's first sample is made by its first ``inc()``: a series
     first seen at 1 shows no increase, so a board would miss the first
-    position a flatten left open (after every restart, too).
+    position a flatten left open (and, after a restart, one that brings the
+    count back to no more than it was: not seen as a reset).
     """
     FLATTEN_REFUSED.labels(account=account)
     RATE_LIMITED.labels(account=account)
