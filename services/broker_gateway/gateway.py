@@ -206,6 +206,7 @@ class AccountWorker:
         max_held: int = MAX_HELD,
     ) -> None:
         self.account = account
+        metrics.account_started(account)
         self.port = port
         self.tracker = tracker
         self.outbox = outbox
@@ -298,6 +299,7 @@ class AccountWorker:
             self._deferred_since = self.monotonic()  # the next one's turn
         held = Held(command, msg, seq)
         self._held[command.id] = held
+        metrics.COMMANDS_HELD.labels(account=self.account).set(len(self._held))
         self._queue.append(held)
         self._idle.clear()
         self._queued.set()
@@ -322,6 +324,7 @@ class AccountWorker:
                 self.handled += 1
             finally:
                 del self._held[held.command.id]
+                metrics.COMMANDS_HELD.labels(account=self.account).set(len(self._held))
                 if not self._queue:
                     self._idle.set()
 
@@ -521,7 +524,10 @@ class AccountWorker:
                 command.id,
                 self.account,
                 len(closed.refused),
-                "; ".join(f"{r.symbol}: {r.reason} ({r.code})" for r in closed.refused),
+                "; ".join(
+                    f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})"
+                    for r in closed.refused
+                ),
             )
             return "incomplete"
         log.info(

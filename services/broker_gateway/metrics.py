@@ -48,3 +48,24 @@ RATE_LIMITED = Counter(
     "Broker answers of 429 (rate limit) that made the gateway back off",
     ["account"],
 )
+COMMANDS_HELD = Gauge(
+    "tradebus_broker_commands_held",
+    "Commands held for the account: the one under way and those queued behind it "
+    "(while the broker is away, they wait here)",
+    ["account"],
+)
+
+
+def account_started(account: str) -> None:
+    """Make the account's series that the boards watch, at 0.
+
+    Prometheus's ``increase()`` starts from a series' first sample, and a
+    labelled counter's first sample is made by its first ``inc()``: a series
+    first seen at 1 shows no increase, so a board would miss the first
+    position a flatten left open (and, after a restart, one that brings the
+    count back to no more than it was: not seen as a reset).
+    """
+    FLATTEN_REFUSED.labels(account=account)
+    RATE_LIMITED.labels(account=account)
+    EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")
+    COMMANDS_HELD.labels(account=account).set(0)

@@ -123,6 +123,9 @@ class BrokerPort(Protocol):
 
         Returns the closing orders and the positions the broker refused to
         close (they are still open); never raises for a refused position.
+        Each refusal keeps its place in the venue's answer (``entry``) and
+        its symbol, None if the venue named none: never a placeholder, which
+        would give every such refusal the same ``OrderRejected``.
         """
         ...
 

@@ -606,7 +606,7 @@ def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
     live.flatten_started(flatten)
     done = live.flatten_done(
         [order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")],
-        [CloseRefused("MSFT", "insufficient qty available for order", "40310000")],
+        [CloseRefused("MSFT", "insufficient qty available for order", "40310000", entry=1)],
     )
     live.flatten_ended()
     accepted, rejected = done
@@ -619,11 +619,43 @@ def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
     again = tracker()
     again.evolve(flatten)
     again.flatten_started(flatten)
-    assert [e.id for e in again.flatten_done([], [CloseRefused("MSFT", "x", "1")])] == [rejected.id]
+    refused_again = again.flatten_done([], [CloseRefused("MSFT", "x", "1", entry=0)])
+    assert [e.id for e in refused_again] == [rejected.id]
     rebuilt = tracker()
     for e in (flatten, rejected):
         rebuilt.evolve(e)
     assert rebuilt.flattened(flatten.id)
+
+
+def test_refused_closes_that_name_no_symbol_are_each_published() -> None:
+    """A close-all's refusals that name no symbol are told apart by their
+    place in the answer: each is an ``OrderRejected`` of its own (they all had
+    the id of symbol "?", and all but the first were dropped as repeats), and
+    the same answer read again gives the same ids."""
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    refused = [
+        CloseRefused(None, "forbidden", "40310000", entry=0),
+        CloseRefused("MSFT", "halted", "40310000", entry=1),
+        CloseRefused(None, "forbidden", "40310000", entry=3),
+    ]
+
+    def rejections(t: OrderTracker) -> list[Event]:
+        t.flatten_started(flatten)
+        out = t.flatten_done([], refused)
+        t.flatten_ended()
+        return out
+
+    first = rejections(tracker())
+    rejected = [e for e in first if isinstance(e, OrderRejected)]
+    assert len(rejected) == len(first) == 3
+    assert len({e.id for e in rejected}) == 3
+    assert len({e.payload.order_id for e in rejected}) == 3
+    assert all(e.causation_id == flatten.id for e in rejected)
+    assert "entry 3 of its answer" in rejected[2].payload.reason
+    assert "MSFT position, which is still open" in rejected[1].payload.reason
+    assert [e.id for e in rejections(tracker())] == [e.id for e in first]
 
 
 def test_an_order_done_for_the_day_lives_on() -> None:

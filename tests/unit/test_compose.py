@@ -68,6 +68,17 @@ RISK_STATE_METRICS = (
     "tradebus_strategy_running",
     "tradebus_strategy_faults_total",
 )
+#: What a trader must see of the broker side on the risk board: positions a
+#: flatten left open, rejections, held and handed-back commands, the connection.
+RISK_BROKER_METRICS = (
+    "tradebus_broker_flatten_refused_positions_total",
+    "tradebus_broker_events_published_total",
+    "tradebus_broker_commands_held",
+    "tradebus_broker_commands_total",
+    "tradebus_broker_connection_changes_total",
+    "tradebus_broker_call_errors_total",
+    "tradebus_broker_rate_limited_total",
+)
 #: The only non-consumer JetStream API a service may call: on TRADEBUS alone.
 STREAM_API = {
     "$JS.API.STREAM.INFO.TRADEBUS",
@@ -551,9 +562,31 @@ def test_the_risk_dashboard_shows_the_risk_state(services: dict[str, dict[str, A
     dashboards = bind_mounts(services["grafana"])["/etc/grafana/dashboards/tradebus"]
     board = json.loads((dashboards / "risk.json").read_text())
     expressions = _expressions(board)
-    for metric in RISK_STATE_METRICS:
+    for metric in (*RISK_STATE_METRICS, *RISK_BROKER_METRICS):
         assert metric in expressions, metric
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    [flatten] = [p for p in board["panels"] if "flatten_refused" in _expressions({"panels": [p]})]
+    assert "flatten left open" in flatten["title"]
+    assert "by (account)" in flatten["targets"][0]["expr"]
+    [red] = [s for s in flatten["fieldConfig"]["defaults"]["thresholds"]["steps"] if s["value"]]
+    assert (red["color"], red["value"]) == ("red", 1)
+
+
+def test_dashboard_panels_fit_the_grid_without_overlapping(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    dashboards = bind_mounts(services["grafana"])["/etc/grafana/dashboards/tradebus"]
+    for path in sorted(dashboards.glob("*.json")):
+        cells: dict[tuple[int, int], str] = {}
+        for panel in json.loads(path.read_text())["panels"]:
+            pos, where = panel["gridPos"], (path.name, panel["title"])
+            assert min(pos["w"], pos["h"], pos["x"], pos["y"]) >= 0, where
+            assert pos["w"] * pos["h"] > 0, where
+            assert pos["x"] + pos["w"] <= 24, where  # Grafana's grid is 24 wide
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    other = cells.setdefault((x, y), panel["title"])
+                    assert other == panel["title"], (path.name, other, panel["title"])
 
 
 def test_grafana_provisions_prometheus_and_the_read_only_database(

@@ -4,6 +4,8 @@ record what the worker answered (ack, nak); the clock is the test's."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from decimal import Decimal
 from types import SimpleNamespace
@@ -11,9 +13,11 @@ from typing import Any, cast
 
 import pytest
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
+from libs.testing.wait import eventually
 from services.broker_gateway import gateway
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, retry_delay_s
@@ -52,14 +56,16 @@ def submit() -> SubmitOrder:
     return SubmitOrder.create(payload, source="test/risk-gate", clock=CLOCK)
 
 
-def worker(now: list[float], dead: list[str], max_held: int = 1) -> AccountWorker:
+def worker(
+    now: list[float], dead: list[str], max_held: int = 1, account: str = "acct"
+) -> AccountWorker:
     async def dead_letter(msg: Msg, error: str) -> None:
         dead.append(error)
 
     w = AccountWorker(
-        "acct",
+        account,
         cast(Any, None),  # the broker is never called here
-        OrderTracker("acct", clock=CLOCK, source="test"),
+        OrderTracker(account, clock=CLOCK, source="test"),
         cast(Any, None),
         clock=CLOCK,
         source="test",
@@ -137,3 +143,43 @@ def test_retry_after_is_honoured_never_at_once_and_capped(
 ) -> None:
     for _ in range(50):
         assert low <= retry_delay_s(0, retry_after) <= high
+
+
+async def test_the_series_the_boards_watch_start_at_zero() -> None:
+    """Prometheus's increase() starts from a series' first sample: a counter
+    first seen at 1 (made by its first inc) shows no increase, and the risk
+    board would miss the first position a flatten left open. The worker makes
+    its account's series at 0; the held-commands gauge follows its queue."""
+    account = f"fresh-{uuid.uuid4().hex[:8]}"  # no test has made its series yet
+
+    def sample(name: str, **labels: str) -> float | None:
+        value = REGISTRY.get_sample_value(name, {"account": account, **labels})
+        return None if value is None else float(value)
+
+    assert sample("tradebus_broker_flatten_refused_positions_total") is None
+    w = worker([1000.0], [], max_held=1, account=account)
+    assert sample("tradebus_broker_flatten_refused_positions_total") == 0
+    assert sample("tradebus_broker_rate_limited_total") == 0
+    assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
+    assert sample("tradebus_broker_commands_held") == 0
+    await offer(w, submit(), Delivery(1))
+    await offer(w, submit(), Delivery(2))  # no room: handed back, not held
+    assert w.held == 1
+    assert sample("tradebus_broker_commands_held") == 1
+    done = asyncio.Event()
+
+    async def handle(held: Any) -> None:
+        await done.wait()  # the broker answers when the test says so
+
+    w.handle = handle  # type: ignore[method-assign]
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        await eventually(lambda: not w._queue)  # taken: under way, still held
+        assert sample("tradebus_broker_commands_held") == 1
+        done.set()
+        await eventually(lambda: sample("tradebus_broker_commands_held") == 0)
+        assert w.held == 0
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner

@@ -61,6 +61,15 @@ def next_update(client: PaperBroker) -> OrderUpdate:
     return update
 
 
+def answering(monkeypatch: pytest.MonkeyPatch, client: PaperBroker, status: int, body: Any) -> None:
+    """Every call of ``client`` gets this answer (a broker on the other end)."""
+
+    async def call(call: str, method: str, path: str, request: Any = None) -> schemas.Response:
+        return schemas.Response(id="1", status=status, body=body)
+
+    monkeypatch.setattr(client, "_call", call)
+
+
 @pytest.fixture
 def client() -> PaperBroker:
     return PaperBroker(
@@ -105,7 +114,9 @@ async def test_a_bad_frame_is_counted_and_the_next_is_read(
     assert next_update(client).kind == "fill"
 
 
-def test_a_fill_activity_of_another_order_is_never_taken_for_this_one() -> None:
+async def test_a_fill_activity_of_another_order_is_never_taken_for_this_one(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The activity list is the account's: an activity is one of this order's
     fills only if its ``order_id`` says so (the reviewer's case: an MSFT sell
     of another order read as a fill of our AAPL buy)."""
@@ -120,11 +131,14 @@ def test_a_fill_activity_of_another_order_is_never_taken_for_this_one() -> None:
         "cum_qty": "10",
         "leaves_qty": "0",
     }
-    fill = parse.fill(schemas.FillActivity.model_validate(activity), ours)
-    assert (fill.client_order_id, fill.cumulative_quantity) == ("c-1", Decimal(10))
-    other = {**activity, "order_id": "OTHER", "symbol": "MSFT", "side": "sell"}
-    with pytest.raises(ValueError, match="not b-1"):
-        parse.fill(schemas.FillActivity.model_validate(other), ours)
+    other = {**activity, "id": "x0", "order_id": "OTHER", "symbol": "MSFT", "side": "sell"}
+    answering(monkeypatch, client, 200, [other, activity, {**other, "id": "x2"}])
+    fills = await client.order_fills(ours)
+    assert fills is not None
+    assert [(f.execution_id, f.symbol, f.side) for f in fills] == [
+        ("20261206150000000::x1", "AAPL", "buy")
+    ]
+    assert (fills[0].client_order_id, fills[0].cumulative_quantity) == ("c-1", Decimal(10))
     assert ours.created_ns == 1_796_569_200_000_001_000
 
 
@@ -169,3 +183,51 @@ def test_a_429_is_rate_limited_with_its_retry_after(client: PaperBroker) -> None
     with pytest.raises(BrokerUnavailable) as unavailable:
         client._check(schemas.Response(id="1", status=503, body={}), "submit")
     assert not isinstance(unavailable.value, RateLimited)
+
+
+async def test_close_all_tells_apart_refusals_that_name_no_symbol(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused close carries its place in the 207, so refusals without a
+    symbol are not one refusal (they all read as symbol "?")."""
+    forbidden = {"code": 40310000, "message": "insufficient qty available for order"}
+    answering(
+        monkeypatch,
+        client,
+        207,
+        [
+            {"status": 403, "body": forbidden},
+            {"symbol": "AAPL", "status": 200, "body": {**ORDER, "status": "accepted"}},
+            {"symbol": "MSFT", "status": 403, "body": forbidden},
+            {"status": 500},
+        ],
+    )
+    closed = await client.close_all()
+    assert [o.symbol for o in closed.orders] == ["AAPL"]
+    assert [(r.symbol, r.entry, r.code) for r in closed.refused] == [
+        (None, 0, "40310000"),
+        ("MSFT", 2, "40310000"),
+        (None, 3, "500"),
+    ]
+    assert closed.refused[2].reason == "HTTP 500"
+
+
+async def test_cancel_all_returns_the_canceled_orders_and_logs_the_failed_entries(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answering(
+        monkeypatch,
+        client,
+        207,
+        [
+            {"id": "b-1", "status": 200, "body": {**ORDER, "status": "pending_cancel"}},
+            {"id": "b-2", "status": 204},  # no order in it: nothing to return
+            {"id": "b-3", "status": 422, "body": {"message": "order is filled"}},
+        ],
+    )
+    with caplog.at_level("WARNING"):
+        canceled = await client.cancel_all()
+    assert [o.broker_order_id for o in canceled] == ["b-1"]
+    assert "'id': 'b-3'" in caplog.text
+    assert "failed with 422" in caplog.text
+    assert "b-2" not in caplog.text

@@ -9,7 +9,7 @@ quantities after it. Quantities and prices are Decimals; times are ns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
@@ -99,11 +99,17 @@ class BrokerPosition:
 
 @dataclass(frozen=True, slots=True)
 class CloseRefused:
-    """A position the broker would not close (a failed entry of a close-all)."""
+    """A position the broker would not close (a failed entry of a close-all).
 
-    symbol: str
+    ``symbol`` is None when the venue's entry names none; ``entry`` is the
+    entry's place in the venue's answer (from 0), which then tells such
+    refusals apart: the same answer read again gives the same places.
+    """
+
+    symbol: str | None
     reason: str
     code: str | None = None
+    entry: int = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

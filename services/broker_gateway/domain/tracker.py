@@ -481,6 +481,9 @@ class OrderTracker:
         closing order that could not be placed (its id derived from the
         flatten and the symbol, caused by the flatten, the venue's code), so
         a flatten that left a position open never passes for done silently.
+        A refusal that names no symbol has its id derived from its place in
+        the venue's answer instead: from a symbol of "?", every such refusal
+        had one id, and all but the first were dropped as its repeats.
         """
         flatten = self._flattening
         assert flatten is not None, "flatten_started() first"
@@ -490,14 +493,18 @@ class OrderTracker:
             if order.is_open or order.filled_quantity > 0:
                 self._ack(t, order, order.updated_ns, out)
         for r in refused:
-            oid = derived_id("broker.close", self.account, flatten.id, r.symbol)
-            t = self._order(oid, r.symbol)
+            if r.symbol:
+                oid = derived_id("broker.close", self.account, flatten.id, r.symbol)
+                what = f"the {r.symbol} position"
+            else:
+                # Deterministic all the same: the same answer, read again by a
+                # rebuilt tracker, has the same entries in the same places.
+                oid = derived_id("broker.close.entry", self.account, flatten.id, r.entry)
+                what = f"a position (entry {r.entry} of its answer, which names no symbol)"
+            t = self._order(oid, r.symbol or "?")
             if t.cause is None:
                 t.cause, t.closing = flatten, True
-            reason = (
-                f"flatten: the broker refused to close the {r.symbol} position, "
-                f"which is still open: {r.reason}"
-            )
+            reason = f"flatten: the broker refused to close {what}, which is still open: {r.reason}"
             self._reject(t, reason, r.code, None, out)
         self._flattened.add(flatten.id)
         self._flattening = None

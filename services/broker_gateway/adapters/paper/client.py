@@ -391,16 +391,20 @@ class PaperBroker:
             raise BrokerUnavailable(f"{self.account}: expected a list of {what}")
         return [self._read(model, item) for item in body]
 
-    def _multi(self, body: Any) -> list[BrokerOrder]:
-        out = []
-        for item, entry in zip(
-            body, self._read_list(schemas.MultiStatus, body, "statuses"), strict=True
-        ):
-            if 200 <= entry.status < 300 and isinstance(entry.body, dict):
-                out.append(parse.order(self._read(schemas.Order, entry.body)))
-            elif not 200 <= entry.status < 300:
-                log.warning("broker %s: %s failed with %s", self.account, item, entry.status)
-        return out
+    def _multi_status(
+        self, body: Any
+    ) -> tuple[list[BrokerOrder], list[tuple[int, schemas.MultiStatus]]]:
+        """A 207 answer (cancel-all, close-all) split: the orders of its 2xx
+        entries (one without an order body is left out), and its failed
+        entries with their places in the answer (from 0)."""
+        orders: list[BrokerOrder] = []
+        failed: list[tuple[int, schemas.MultiStatus]] = []
+        for place, entry in enumerate(self._read_list(schemas.MultiStatus, body, "statuses")):
+            if not 200 <= entry.status < 300:
+                failed.append((place, entry))
+            elif isinstance(entry.body, dict):
+                orders.append(parse.order(self._read(schemas.Order, entry.body)))
+        return orders, failed
 
     # ------------------------------------------------------------ BrokerPort
 
@@ -455,7 +459,11 @@ class PaperBroker:
 
     async def cancel_all(self) -> list[BrokerOrder]:
         response = await self._call("cancel_all", "DELETE", "/v2/orders")
-        return self._multi(self._check(response, "cancel_all"))
+        body = self._check(response, "cancel_all")
+        canceled, failed = self._multi_status(body)
+        for place, entry in failed:
+            log.warning("broker %s: %s failed with %s", self.account, body[place], entry.status)
+        return canceled
 
     async def get_order(
         self, *, client_order_id: str | None = None, broker_order_id: str | None = None
@@ -516,15 +524,12 @@ class PaperBroker:
         # shares open orders hold, and an order placed since our cancel-all
         # would keep its position open.
         response = await self._call("close_all", "DELETE", "/v2/positions?cancel_orders=true")
-        body = self._check(response, "close_all")
-        orders: list[BrokerOrder] = []
-        refused: list[CloseRefused] = []
-        for entry in self._read_list(schemas.MultiStatus, body, "statuses"):
-            if 200 <= entry.status < 300 and isinstance(entry.body, dict):
-                orders.append(parse.order(self._read(schemas.Order, entry.body)))
-            elif not 200 <= entry.status < 300:
-                message, code = _error_of(entry.body, entry.status)
-                refused.append(CloseRefused(entry.symbol or "?", message, code))
+        orders, failed = self._multi_status(self._check(response, "close_all"))
+        refused = []
+        for place, entry in failed:
+            message, code = _error_of(entry.body, entry.status)
+            # Its place tells apart refusals that name no symbol.
+            refused.append(CloseRefused(entry.symbol or None, message, code, entry=place))
         return ClosedAll(tuple(orders), tuple(refused))
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
@@ -551,6 +556,7 @@ class PaperBroker:
             response = await self._call("order_fills", "GET", path)
             body = self._check(response, "order_fills")
             page = self._read_list(schemas.FillActivity, body, "activities")
+            # The account's activities: only this order's are its fills.
             fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
             found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
             if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:

@@ -135,9 +135,11 @@ def position(p: schemas.Position) -> BrokerPosition:
 
 
 def fill(f: schemas.FillActivity, o: BrokerOrder) -> BrokerFill:
-    """An activity of ``o`` as one of its fills (an activity of another order is an error)."""
-    if f.order_id != o.broker_order_id:
-        raise ValueError(f"activity {f.id} is of order {f.order_id}, not {o.broker_order_id}")
+    """A fill activity of order ``o`` as one of its fills.
+
+    The activity list is the account's: the caller keeps only ``o``'s
+    activities (``f.order_id == o.broker_order_id``) before asking.
+    """
     return BrokerFill(
         broker_order_id=f.order_id,
         client_order_id=o.client_order_id,
