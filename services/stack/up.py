@@ -286,10 +286,12 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
     # The configs first: a bad one refuses the start before anything runs.
     strategies = wiring.config_path(options.strategies, "strategies.yaml")
     risk = wiring.config_path(options.risk, "risk.yaml")
-    _check_configs(_config_files(names, strategies, risk))
+    # Loaded once here; the warnings and marketdata's symbols use this copy.
+    loaded = _check_configs(_config_files(names, strategies, risk))
+    loaded_strategies = loaded.strategies or []
     if "marketdata" in names and "strategy-runner" in names:
         channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
-        for warning in wiring.bar_interval_warnings(strategies, channels):
+        for warning in wiring.bar_interval_warnings(loaded_strategies, channels):
             printer.alert(LABEL, warning)
     servers: LocalServers | None = None
     failure: str | None = None
@@ -319,6 +321,7 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                         options.paper_port, wiring.PREFERRED_PAPER_PORT, "paper broker", note
                     ),
                     md_rate=options.md_rate,
+                    loaded_strategies=loaded_strategies,
                 )
                 specs, endpoints = _services(options, names, inputs, note)
                 info = _stack_info(
@@ -353,11 +356,12 @@ def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.Con
     )
 
 
-def _check_configs(files: configs.ConfigFiles) -> None:
-    """Refuse to start (:class:`UpError`) unless every file is valid (a service
-    refusing its file exits 2, and the stack would stop right after starting)
-    and the files agree (:func:`configs.cross_check`: else the risk-gate
-    denies, or no gateway takes, every order of a strategy or account)."""
+def _check_configs(files: configs.ConfigFiles) -> configs.Loaded:
+    """The files, loaded; refuse to start (:class:`UpError`) unless every file
+    is valid (a service refusing its file exits 2, and the stack would stop
+    right after starting) and the files agree (:func:`configs.cross_check`:
+    else the risk-gate denies, or no gateway takes, every order of a
+    strategy or account)."""
     loaded = configs.load_configs(files)
     if loaded.problems:
         raise UpError("\n".join(loaded.problems))
@@ -367,6 +371,7 @@ def _check_configs(files: configs.ConfigFiles) -> None:
             "the config files do not agree (tradebus config check shows it too):\n"
             + "\n".join(f"  {p}" for p in problems)
         )
+    return loaded
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+import libs.strategy.spec
+from libs.strategy.spec import LoadedStrategy, load_strategies
 from services.stack import wiring
 from services.stack.up import UpOptions, run_up
-from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS, bar_interval_warnings
+from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS
 
 ENTRY = """
   - name: {name}
@@ -30,6 +32,11 @@ def strategies(tmp_path: Path, **intervals: str) -> Path:
         "strategies:" + "".join(ENTRY.format(name=n, interval=iv) for n, iv in intervals.items())
     )
     return path
+
+
+def bar_interval_warnings(path: Path, channels: str) -> list[str]:
+    """:func:`wiring.bar_interval_warnings` of the strategies in ``path``."""
+    return wiring.bar_interval_warnings(load_strategies(path), channels)
 
 
 def test_the_deployed_strategies_take_the_demo_feeds_bars() -> None:
@@ -151,3 +158,47 @@ def test_the_rewritten_broker_configs_keep_no_duplicate_either(
         wiring.brokers_config(tmp_path / "home", 1234)
     with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
         wiring.paper_config(tmp_path / "home", 1234)
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_reads_the_strategies_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config check, the bar-interval warnings and marketdata's symbols
+    share one parse of strategies.yaml."""
+    calls: list[Path] = []
+    real = libs.strategy.spec.load_strategies
+
+    def counting(path: str | Path) -> list[LoadedStrategy]:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(libs.strategy.spec, "load_strategies", counting)
+    path = strategies(tmp_path, **{"sma-aapl": ""})  # as in risk.yaml, on 1m bars
+    code, text = up_output(tmp_path, strategies=path)
+    assert code == 1
+    assert "strategy sma-aapl takes 1m bars" in text  # the warnings saw the strategies
+    assert "cannot migrate the event store" in text  # and it went on to start
+    assert calls == [path]
+
+
+def test_marketdata_trades_the_symbols_of_the_loaded_strategies(tmp_path: Path) -> None:
+    path = tmp_path / "strategies.yaml"
+    path.write_text(
+        "strategies:"
+        + ENTRY.format(name="one", interval="").replace("[AAPL]", "[AAPL, MSFT]")
+        + ENTRY.format(name="two", interval="").replace("[AAPL]", "[MSFT, SPY]")
+    )
+    inputs = wiring.Inputs(
+        home=tmp_path / "home",
+        nats_url="nats://127.0.0.1:1",
+        database_url="postgresql://postgres@127.0.0.1:1/tradebus",
+        credentials=None,
+        strategies=path,
+        risk=CONFIG_DIR / "risk.yaml",
+        paper_port=1,
+        md_rate="5/s",
+        loaded_strategies=load_strategies(path),
+        environ={},
+    )
+    path.unlink()  # what marketdata trades comes from the strategies loaded, not the file
+    (plan,) = wiring.plans(inputs, ["marketdata"])
+    assert plan.argv[plan.argv.index("--symbols") + 1] == "AAPL,MSFT,SPY"
