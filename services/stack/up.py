@@ -493,7 +493,7 @@ def _services(
         taken.add(port)
         env = {**plan.env, "TRADEBUS_METRICS_PORT": str(port)}
         argv = [sys.executable, "-m", "services.cli", *plan.argv]
-        specs.append(ServiceSpec(plan.name, argv, env, plan.per_start_env))
+        specs.append(ServiceSpec(plan.name, argv, env))
         base = f"http://{shown_host}:{port}"
         endpoints.append(Endpoint(plan.name, f"{base}/metrics", f"{base}/health"))
     return specs, endpoints

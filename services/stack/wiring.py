@@ -9,15 +9,15 @@ The whole order path, each service its own process with its own NATS user:
 Configs come from ``deploy/config/*.yaml``; the two that must point at this
 stack (the paper broker's port and journal, the gateway's paper URL) are
 rewritten into ``<home>/config/``. The market data is synthetic, on the
-symbols the strategies trade, with a fresh ``TRADEBUS_SYNTHETIC_RUN`` at
-every start so that a restart's events are new events, not duplicates.
+symbols the strategies trade, with ``TRADEBUS_SYNTHETIC_RUN=fresh`` as in
+docker-compose.yml: marketdata salts its ids anew at every start, so that a
+restart's events are new events, not duplicates.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from libs.yamlfile import load_yaml
+from services.marketdata.config import FRESH_RUN
 from services.stack.credentials import Credentials, password_variable
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ class Plan:
     name: str
     argv: list[str]
     env: dict[str, str]
-    per_start_env: Callable[[], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,10 +204,6 @@ def _paper_keys(inputs: Inputs) -> dict[str, str]:
     return {}
 
 
-def _synthetic_run() -> Mapping[str, str]:
-    return {"TRADEBUS_SYNTHETIC_RUN": f"up-{secrets.token_hex(6)}"}
-
-
 def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
     """The services in ``names`` (a subset of :data:`SERVICES`), in start order."""
     base = _base_env(inputs)
@@ -216,7 +212,6 @@ def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
         if name not in names:
             continue
         env = {**base, **nats_identity(inputs, NATS_USER[name])}
-        per_start: Callable[[], Mapping[str, str]] | None = None
         if name == "recorder":
             argv = ["recorder", "run"]
         elif name == "marketdata":
@@ -224,7 +219,10 @@ def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
             argv = ["marketdata", "run", "--source", "synthetic", "--symbols", symbols]
             argv += ["--rate", inputs.md_rate]
             env.setdefault("TRADEBUS_CHANNELS", DEFAULT_CHANNELS)
-            per_start = _synthetic_run
+            # Whatever the environment says: the supervisor restarts marketdata,
+            # and a restart that reused the last start's ids would have its
+            # (different) prices dropped as duplicates by JetStream and the recorder.
+            env["TRADEBUS_SYNTHETIC_RUN"] = FRESH_RUN
         elif name == "strategy-runner":
             argv = ["strategy-runner", "run", "--config", str(inputs.strategies)]
         elif name == "risk-gate":
@@ -239,7 +237,7 @@ def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
             env.update(_paper_keys(inputs))
         else:  # pragma: no cover - SERVICES is the list above
             raise WiringError(f"unknown service {name}")
-        out.append(Plan(name, argv, env, per_start))
+        out.append(Plan(name, argv, env))
     return out
 
 

@@ -1,5 +1,6 @@
-"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed, and
-refuses a bad config before it starts anything."""
+"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed,
+refuses a bad config before it starts anything, reads strategies.yaml once, and
+gives marketdata the strategies' symbols and a fresh id salt at every start."""
 
 from __future__ import annotations
 
@@ -180,6 +181,22 @@ def test_up_reads_the_strategies_file_once(tmp_path: Path, monkeypatch: pytest.M
     assert calls == [path]
 
 
+def inputs(tmp_path: Path, strategies: Path, **environ: str) -> wiring.Inputs:
+    """What ``up`` hands the wiring, with servers nobody runs and ``environ``."""
+    return wiring.Inputs(
+        home=tmp_path / "home",
+        nats_url="nats://127.0.0.1:1",
+        database_url="postgresql://postgres@127.0.0.1:1/tradebus",
+        credentials=None,
+        strategies=strategies,
+        risk=CONFIG_DIR / "risk.yaml",
+        paper_port=1,
+        md_rate="5/s",
+        loaded_strategies=load_strategies(strategies),
+        environ=environ,
+    )
+
+
 def test_marketdata_trades_the_symbols_of_the_loaded_strategies(tmp_path: Path) -> None:
     path = tmp_path / "strategies.yaml"
     path.write_text(
@@ -187,18 +204,34 @@ def test_marketdata_trades_the_symbols_of_the_loaded_strategies(tmp_path: Path) 
         + ENTRY.format(name="one", interval="").replace("[AAPL]", "[AAPL, MSFT]")
         + ENTRY.format(name="two", interval="").replace("[AAPL]", "[MSFT, SPY]")
     )
-    inputs = wiring.Inputs(
-        home=tmp_path / "home",
-        nats_url="nats://127.0.0.1:1",
-        database_url="postgresql://postgres@127.0.0.1:1/tradebus",
-        credentials=None,
-        strategies=path,
-        risk=CONFIG_DIR / "risk.yaml",
-        paper_port=1,
-        md_rate="5/s",
-        loaded_strategies=load_strategies(path),
-        environ={},
-    )
+    given = inputs(tmp_path, path)
     path.unlink()  # what marketdata trades comes from the strategies loaded, not the file
-    (plan,) = wiring.plans(inputs, ["marketdata"])
+    (plan,) = wiring.plans(given, ["marketdata"])
     assert plan.argv[plan.argv.index("--symbols") + 1] == "AAPL,MSFT,SPY"
+
+
+def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) -> None:
+    """``fresh``, as docker-compose.yml sets it: marketdata draws a new salt
+    at every start, so a restart's prices are not dropped as duplicates.
+    The supervisor restarts it with the same environment."""
+    from libs.contract.envelope import WallClock
+    from services.marketdata.adapters.synthetic import SyntheticSource
+    from services.marketdata.config import MarketdataSettings
+    from services.marketdata.main import build_source
+
+    given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml", TRADEBUS_SYNTHETIC_RUN="pinned")
+    (plan,) = wiring.plans(given, ["marketdata"])
+    assert plan.env["TRADEBUS_SYNTHETIC_RUN"] == "fresh"  # whatever the environment says
+    settings = MarketdataSettings(
+        source="synthetic",
+        symbols=plan.argv[plan.argv.index("--symbols") + 1],
+        channels=plan.env["TRADEBUS_CHANNELS"],
+        synthetic_run=plan.env["TRADEBUS_SYNTHETIC_RUN"],
+    )
+    first_ids = []
+    for _start in range(2):
+        source = build_source(settings, WallClock())
+        assert isinstance(source, SyntheticSource)
+        first_ids.append([e.id for e in source.market.tick(1_717_000_000_000_000_000)])
+    assert first_ids[0]
+    assert not set(first_ids[0]) & set(first_ids[1])
