@@ -1,8 +1,10 @@
 """``tradebus up``: the whole stack on this machine, no Docker.
 
-0. Load and validate every config file a service will be given
-   (:mod:`services.stack.configs`); refuse to start, naming the file and the
-   key, if one is invalid.
+0. Check what the services' ``TRADEBUS_*`` settings must agree on
+   (:func:`services.stack.configs.settings_problems`; refused with exit 2,
+   as a service refuses its own settings), then load and validate every
+   config file a service will be given (:mod:`services.stack.configs`);
+   refuse to start, naming the file and the key, if one is invalid.
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -49,7 +51,7 @@ from services.stack.banner import (
     env_file_text,
     render,
 )
-from services.stack.supervisor import Printer, ServiceSpec, Supervisor
+from services.stack.supervisor import CONFIG_EXIT_CODE, Printer, ServiceSpec, Supervisor
 
 PREFERRED_NATS_PORT = 14222
 PREFERRED_POSTGRES_PORT = 15432
@@ -262,6 +264,12 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         _refuse(Printer(out or sys.stdout, [LABEL]), e)
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
+    # Settings two services must agree on, before anything else: refused as
+    # a service refuses its own settings (exit 2), and nothing starts.
+    problems = configs.settings_problems(names)
+    if problems:
+        _refuse(printer, UpError("\n".join(problems)))
+        return CONFIG_EXIT_CODE
     try:
         with _home_lock(home):
             return _run_locked(options, home, names, printer)
