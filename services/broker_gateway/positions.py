@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
-from libs.store.urls import asyncpg_url
+from libs.store.connect import connect
 
 QUERY = (
     "SELECT account, strategy, symbol, quantity, avg_price, realized_pnl, last_price, "
@@ -58,7 +56,9 @@ def plain(value: Decimal | None) -> str:
 
 
 async def read_positions(database_url: str, account: str | None = None) -> list[PositionRow]:
-    conn = await asyncpg.connect(asyncpg_url(database_url), timeout=10)
+    """The positions of ``account`` (every account: None); a store that cannot
+    be reached is a :class:`~libs.store.errors.StoreUnavailable` naming it."""
+    conn = await connect(database_url)
     try:
         rows = await conn.fetch(QUERY, account)
     finally:

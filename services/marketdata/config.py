@@ -19,7 +19,8 @@ Channel = Literal["trades", "quotes", "second_bars", "minute_bars"]
 
 
 #: ``TRADEBUS_SYNTHETIC_RUN`` value asking for a new salt at every start (what
-#: docker-compose sets: a restarted container must not reuse the last run's ids).
+#: docker-compose and ``tradebus up`` set: a restarted service must not reuse
+#: the last start's ids).
 FRESH_RUN = "fresh"
 
 

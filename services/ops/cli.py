@@ -45,18 +45,13 @@ def _when(ns: int) -> str:
 
 
 async def _connect() -> Any:
-    import asyncpg
-
-    from libs.store.urls import asyncpg_url
+    """The event store of ``DATABASE_URL``; one that cannot be reached is a
+    :class:`~libs.store.errors.StoreUnavailable` naming it, which the read
+    commands' preamble (``libs.cli.reads_store``) prints as one line."""
+    from libs.store.connect import connect
 
     settings = settings_or_exit(ServiceSettings)
-    try:
-        return await asyncpg.connect(
-            asyncpg_url(settings.database_url.get_secret_value()), timeout=10
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
-        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
-        raise typer.Exit(1) from e
+    return await connect(settings.database_url.get_secret_value())
 
 
 def as_tree(chain: Sequence[Recorded]) -> list[tuple[Recorded, int]]:

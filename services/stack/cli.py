@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from services.demo import cli as demo_cli
 
@@ -26,11 +27,26 @@ def check(
     """Validate config files, each as its service would, and check them against
     each other: every strategy has risk limits, and a broker serves the account
     its orders go to and every account with risk limits. Any subset of the
-    three; exits 0 if all is well, 1 with the problems otherwise."""
-    from services.stack.configs import ConfigFiles, cross_check, load_configs, summary
+    three; exits 0 if all is well, 1 with the problems otherwise. First, the
+    TRADEBUS_* settings two services must agree on (this environment is taken
+    as every service's): exits 2 if they do not."""
+    from libs.cli import err
+    from services.stack.configs import (
+        ConfigFiles,
+        cross_check,
+        load_configs,
+        settings_problems,
+        summary,
+    )
+    from services.stack.wiring import SERVICES
 
     if strategies is None and risk is None and brokers is None:
         raise typer.BadParameter("give at least one of --strategies, --risk, --brokers")
+    settings = settings_problems(SERVICES)
+    for problem in settings:
+        err.print(f"[red]error:[/red] {escape(problem)}")
+    if settings:
+        raise typer.Exit(2)
     loaded = load_configs(ConfigFiles(strategies=strategies, risk=risk, brokers=brokers))
     found = cross_check(loaded)
     for line in summary(loaded):

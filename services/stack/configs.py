@@ -4,10 +4,14 @@ Each file is loaded by the loader of the service that reads it (the same
 validation, the same messages), so that a file the service would refuse at
 start-up (exit code 2, a restart loop under the supervisor) is refused here,
 before anything runs, with the file and the offending key named.
+
+:func:`settings_problems` does the same for what two services' ``TRADEBUS_*``
+settings must agree on, which neither service can check alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -210,3 +214,41 @@ def summary(loaded: Loaded) -> list[str]:
 def _count(n: int, what: str) -> str:
     plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
     return f"{n} {what if n == 1 else plural}"
+
+
+def settings_problems(services: Collection[str]) -> list[str]:
+    """What the settings of ``services`` (names of ``services.stack.wiring.SERVICES``),
+    read from this process's environment as each service reads it (its
+    default where a variable is unset), say against each other; a line each.
+
+    - The recorder's ``TRADEBUS_STREAM_KEEP_S`` must be longer than the
+      broker-gateway's ``TRADEBUS_MAX_SUBMIT_DELAY_S``: a recreated command
+      consumer starts that far back, and the recorder may trim anything
+      older than the keep window from the stream (unless it does not trim:
+      ``TRADEBUS_TRIM_EVERY_S`` 0 or less).
+
+    A value that one of the services refuses on its own is left to it (it
+    exits 2 naming the variable when it starts): nothing is compared then.
+    """
+    if not {"recorder", "broker-gateway"} <= set(services):
+        return []
+    from libs.config import ConfigError, load_settings
+    from services.broker_gateway.config import GatewaySettings
+    from services.recorder.config import RecorderSettings
+
+    try:
+        recorder = load_settings(RecorderSettings)
+        gateway = load_settings(GatewaySettings)
+    except ConfigError:
+        return []
+    keep, delay = recorder.stream_keep_s, gateway.max_submit_delay_s
+    if recorder.trim_every_s <= 0 or keep > delay:
+        return []
+    # The defaults (two days, 30 s) and bounds (at least 120 s, at most a day)
+    # are such that only two values set on purpose can disagree.
+    return [
+        f"the recorder's TRADEBUS_STREAM_KEEP_S={keep:g} must be longer than the "
+        f"broker-gateway's TRADEBUS_MAX_SUBMIT_DELAY_S={delay:g}: a recreated command "
+        "consumer replays that far back, and would miss the commands trimmed from the "
+        "stream. Raise the first or lower the second"
+    ]

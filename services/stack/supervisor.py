@@ -41,19 +41,13 @@ CONFIG_EXIT_CODE = 2
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One service: its name (the output prefix), command line and environment."""
+    """One service: its name (the output prefix), command line and environment
+    (the same at every start: what must differ per start, such as the
+    synthetic feed's id salt, the service draws itself)."""
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str]
-    #: Called at every start (first and restarts); its result is added to ``env``.
-    per_start_env: Callable[[], Mapping[str, str]] | None = None
-
-    def start_env(self) -> dict[str, str]:
-        env = dict(self.env)
-        if self.per_start_env is not None:
-            env.update(self.per_start_env())
-        return env
 
 
 @dataclass(frozen=True)
@@ -204,7 +198,7 @@ class Supervisor:
     async def _spawn(self, s: _Running) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *s.spec.argv,
-            env=s.spec.start_env(),
+            env=dict(s.spec.env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -1,8 +1,10 @@
 """``tradebus up``: the whole stack on this machine, no Docker.
 
-0. Load and validate every config file a service will be given
-   (:mod:`services.stack.configs`); refuse to start, naming the file and the
-   key, if one is invalid.
+0. Check what the services' ``TRADEBUS_*`` settings must agree on
+   (:func:`services.stack.configs.settings_problems`; refused with exit 2,
+   as a service refuses its own settings), then load and validate every
+   config file a service will be given (:mod:`services.stack.configs`);
+   refuse to start, naming the file and the key, if one is invalid.
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -49,7 +51,7 @@ from services.stack.banner import (
     env_file_text,
     render,
 )
-from services.stack.supervisor import Printer, ServiceSpec, Supervisor
+from services.stack.supervisor import CONFIG_EXIT_CODE, Printer, ServiceSpec, Supervisor
 
 PREFERRED_NATS_PORT = 14222
 PREFERRED_POSTGRES_PORT = 15432
@@ -262,6 +264,12 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         _refuse(Printer(out or sys.stdout, [LABEL]), e)
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
+    # Settings two services must agree on, before anything else: refused as
+    # a service refuses its own settings (exit 2), and nothing starts.
+    problems = configs.settings_problems(names)
+    if problems:
+        _refuse(printer, UpError("\n".join(problems)))
+        return CONFIG_EXIT_CODE
     try:
         with _home_lock(home):
             return _run_locked(options, home, names, printer)
@@ -286,10 +294,12 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
     # The configs first: a bad one refuses the start before anything runs.
     strategies = wiring.config_path(options.strategies, "strategies.yaml")
     risk = wiring.config_path(options.risk, "risk.yaml")
-    _check_configs(_config_files(names, strategies, risk))
+    # Loaded once here; the warnings and marketdata's symbols use this copy.
+    loaded = _check_configs(_config_files(names, strategies, risk))
+    loaded_strategies = loaded.strategies or []
     if "marketdata" in names and "strategy-runner" in names:
         channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
-        for warning in wiring.bar_interval_warnings(strategies, channels):
+        for warning in wiring.bar_interval_warnings(loaded_strategies, channels):
             printer.alert(LABEL, warning)
     servers: LocalServers | None = None
     failure: str | None = None
@@ -319,6 +329,7 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                         options.paper_port, wiring.PREFERRED_PAPER_PORT, "paper broker", note
                     ),
                     md_rate=options.md_rate,
+                    loaded_strategies=loaded_strategies,
                 )
                 specs, endpoints = _services(options, names, inputs, note)
                 info = _stack_info(
@@ -353,11 +364,12 @@ def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.Con
     )
 
 
-def _check_configs(files: configs.ConfigFiles) -> None:
-    """Refuse to start (:class:`UpError`) unless every file is valid (a service
-    refusing its file exits 2, and the stack would stop right after starting)
-    and the files agree (:func:`configs.cross_check`: else the risk-gate
-    denies, or no gateway takes, every order of a strategy or account)."""
+def _check_configs(files: configs.ConfigFiles) -> configs.Loaded:
+    """The files, loaded; refuse to start (:class:`UpError`) unless every file
+    is valid (a service refusing its file exits 2, and the stack would stop
+    right after starting) and the files agree (:func:`configs.cross_check`:
+    else the risk-gate denies, or no gateway takes, every order of a
+    strategy or account)."""
     loaded = configs.load_configs(files)
     if loaded.problems:
         raise UpError("\n".join(loaded.problems))
@@ -367,6 +379,7 @@ def _check_configs(files: configs.ConfigFiles) -> None:
             "the config files do not agree (tradebus config check shows it too):\n"
             + "\n".join(f"  {p}" for p in problems)
         )
+    return loaded
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:
@@ -488,7 +501,7 @@ def _services(
         taken.add(port)
         env = {**plan.env, "TRADEBUS_METRICS_PORT": str(port)}
         argv = [sys.executable, "-m", "services.cli", *plan.argv]
-        specs.append(ServiceSpec(plan.name, argv, env, plan.per_start_env))
+        specs.append(ServiceSpec(plan.name, argv, env))
         base = f"http://{shown_host}:{port}"
         endpoints.append(Endpoint(plan.name, f"{base}/metrics", f"{base}/health"))
     return specs, endpoints

@@ -9,15 +9,15 @@ The whole order path, each service its own process with its own NATS user:
 Configs come from ``deploy/config/*.yaml``; the two that must point at this
 stack (the paper broker's port and journal, the gateway's paper URL) are
 rewritten into ``<home>/config/``. The market data is synthetic, on the
-symbols the strategies trade, with a fresh ``TRADEBUS_SYNTHETIC_RUN`` at
-every start so that a restart's events are new events, not duplicates.
+symbols the strategies trade, with ``TRADEBUS_SYNTHETIC_RUN=fresh`` as in
+docker-compose.yml: marketdata salts its ids anew at every start, so that a
+restart's events are new events, not duplicates.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from libs.yamlfile import load_yaml
+from services.marketdata.config import FRESH_RUN
 from services.stack.credentials import Credentials, password_variable
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ class Plan:
     name: str
     argv: list[str]
     env: dict[str, str]
-    per_start_env: Callable[[], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,14 @@ class Inputs:
     #: None: NATS is not ours; services use NATS_<USER>_PASSWORD if set, else
     #: whatever TRADEBUS_NATS_USER / TRADEBUS_NATS_PASSWORD the environment holds.
     credentials: Credentials | None
+    #: strategies.yaml, handed to the strategy-runner.
     strategies: Path
     risk: Path
     paper_port: int
     md_rate: str
+    #: ``strategies`` as ``up`` loaded and validated it, once
+    #: (:func:`services.stack.configs.load_configs`): marketdata's symbols.
+    loaded_strategies: Sequence[LoadedStrategy]
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -94,26 +98,10 @@ def config_path(given: Path | None, name: str) -> Path:
     return path
 
 
-def strategy_problems(source: str, problems: Sequence[str]) -> str:
-    """A refused file as ``strategy-runner run`` prints it: the file, then a
-    line per problem, each ``key: message``."""
-    return "\n".join([f"{source} is invalid:", *(f"  {p}" for p in problems)])
-
-
-def _load_strategies(path: Path) -> list[LoadedStrategy]:
-    """``load_strategies``, its :class:`StrategyConfigError` as a :class:`WiringError`."""
-    from libs.strategy.spec import StrategyConfigError, load_strategies
-
-    try:
-        return load_strategies(path)
-    except StrategyConfigError as e:
-        raise WiringError(strategy_problems(e.source, e.problems)) from e
-
-
-def strategy_symbols(path: Path) -> list[str]:
-    """The symbols the strategies of ``path`` trade (validating the file)."""
+def strategy_symbols(strategies: Sequence[LoadedStrategy]) -> list[str]:
+    """The symbols ``strategies`` trade, each once, in the order first named."""
     symbols: dict[str, None] = {}
-    for strategy in _load_strategies(path):
+    for strategy in strategies:
         for symbol in strategy.spec.symbols:
             symbols[symbol] = None
     return list(symbols)
@@ -123,15 +111,15 @@ def strategy_symbols(path: Path) -> list[str]:
 CHANNEL_INTERVAL = {"second_bars": "1s", "minute_bars": "1m"}
 
 
-def bar_interval_warnings(path: Path, channels: str) -> list[str]:
-    """A line per strategy of ``path`` that takes bars of an interval the
-    demo feed (``channels``, as ``TRADEBUS_CHANNELS``) does not publish: it
-    would run and see no bar at all. A bad file raises :class:`WiringError`."""
+def bar_interval_warnings(strategies: Sequence[LoadedStrategy], channels: str) -> list[str]:
+    """A line per strategy of ``strategies`` that takes bars of an interval
+    the demo feed (``channels``, as ``TRADEBUS_CHANNELS``) does not publish:
+    it would run and see no bar at all."""
     published = {
         CHANNEL_INTERVAL[c.strip()] for c in channels.split(",") if c.strip() in CHANNEL_INTERVAL
     }
     out = []
-    for strategy in _load_strategies(path):
+    for strategy in strategies:
         wanted = strategy.spec.bar_interval
         if wanted is None or wanted in published:
             continue
@@ -216,10 +204,6 @@ def _paper_keys(inputs: Inputs) -> dict[str, str]:
     return {}
 
 
-def _synthetic_run() -> Mapping[str, str]:
-    return {"TRADEBUS_SYNTHETIC_RUN": f"up-{secrets.token_hex(6)}"}
-
-
 def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
     """The services in ``names`` (a subset of :data:`SERVICES`), in start order."""
     base = _base_env(inputs)
@@ -228,15 +212,17 @@ def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
         if name not in names:
             continue
         env = {**base, **nats_identity(inputs, NATS_USER[name])}
-        per_start: Callable[[], Mapping[str, str]] | None = None
         if name == "recorder":
             argv = ["recorder", "run"]
         elif name == "marketdata":
-            symbols = ",".join(strategy_symbols(inputs.strategies))
+            symbols = ",".join(strategy_symbols(inputs.loaded_strategies))
             argv = ["marketdata", "run", "--source", "synthetic", "--symbols", symbols]
             argv += ["--rate", inputs.md_rate]
             env.setdefault("TRADEBUS_CHANNELS", DEFAULT_CHANNELS)
-            per_start = _synthetic_run
+            # Whatever the environment says: the supervisor restarts marketdata,
+            # and a restart that reused the last start's ids would have its
+            # (different) prices dropped as duplicates by JetStream and the recorder.
+            env["TRADEBUS_SYNTHETIC_RUN"] = FRESH_RUN
         elif name == "strategy-runner":
             argv = ["strategy-runner", "run", "--config", str(inputs.strategies)]
         elif name == "risk-gate":
@@ -251,7 +237,7 @@ def plans(inputs: Inputs, names: list[str]) -> list[Plan]:
             env.update(_paper_keys(inputs))
         else:  # pragma: no cover - SERVICES is the list above
             raise WiringError(f"unknown service {name}")
-        out.append(Plan(name, argv, env, per_start))
+        out.append(Plan(name, argv, env))
     return out
 
 

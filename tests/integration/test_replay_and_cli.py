@@ -224,18 +224,20 @@ def other_database(url: str, name: str) -> str:
 
 #: A missing database, named by its URL (password masked).
 NO_DATABASE = "no database at postgresql://postgres:***@"
+#: A store nobody answers for (port 1), and how every reader names it.
+UNREACHABLE = f"postgresql://postgres:{SECRET}@127.0.0.1:1/x"
+NOT_REACHED = "cannot reach the event store at postgresql://postgres:***@127.0.0.1:1/x"
+NO_EVENT = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.mark.parametrize(
     ("args", "url", "code", "says"),
     [
         # (the command, DATABASE_URL: "db" the test's store, else as given, exit, error)
-        (
-            ("recorder", "replay", "--dry-run"),
-            f"postgresql://postgres:{SECRET}@127.0.0.1:1/x",
-            1,
-            "cannot reach the event store at postgresql://postgres:***@127.0.0.1:1/x",
-        ),
+        (("recorder", "replay", "--dry-run"), UNREACHABLE, 1, NOT_REACHED),
+        (("positions",), UNREACHABLE, 1, NOT_REACHED),
+        (("events",), UNREACHABLE, 1, NOT_REACHED),
+        (("audit", NO_EVENT), UNREACHABLE, 1, NOT_REACHED),
         (("events",), "missing", 1, NO_DATABASE),
         (("recorder", "replay", "--dry-run"), "missing", 1, NO_DATABASE),
         (("risk", "status"), "missing", 1, NO_DATABASE),

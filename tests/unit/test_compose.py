@@ -631,3 +631,26 @@ def test_recorder_dashboard_shows_the_recorder_metrics(
     for metric in RECORDER_METRICS:
         assert metric in expressions, metric
     assert "tradebus_recorder_batch_seconds_bucket" in expressions  # a histogram
+
+
+def test_the_recorder_keeps_what_a_recreated_gateway_consumer_replays(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check ``tradebus config check`` makes of one environment, made of
+    the recorder's and the gateway's own (each service's default where its
+    service does not set a variable)."""
+    from services.stack.configs import settings_problems
+
+    owners = {
+        "TRADEBUS_STREAM_KEEP_S": "recorder",
+        "TRADEBUS_TRIM_EVERY_S": "recorder",
+        "TRADEBUS_MAX_SUBMIT_DELAY_S": "broker-gateway",
+    }
+    for name, service in owners.items():
+        value = environment(services[service]).get(name)
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            assert not ENV_REFERENCE.match(value), name  # a value, not ${...}: compared here
+            monkeypatch.setenv(name, value)
+    assert settings_problems(("recorder", "broker-gateway")) == []

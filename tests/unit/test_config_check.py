@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.stack.configs import ConfigFiles, cross_check, load_configs
+from services.stack.configs import ConfigFiles, cross_check, load_configs, settings_problems
 from services.stack.up import UpOptions, run_up
 from services.stack.wiring import CONFIG_DIR
 
@@ -184,3 +184,96 @@ def test_up_refuses_files_that_disagree_before_starting_anything(tmp_path: Path)
         f"  strategy sma-msft ({strategies}) has no limits in {RISK}"
     )
     assert "cannot migrate" not in text  # nothing was started
+
+
+# ------------------------------------------------- settings across services
+
+KEEP, DELAY, TRIM = "TRADEBUS_STREAM_KEEP_S", "TRADEBUS_MAX_SUBMIT_DELAY_S", "TRADEBUS_TRIM_EVERY_S"
+SERVICES = ("recorder", "broker-gateway")
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The three variables unset: each service's default until a test sets one."""
+    for name in (KEEP, DELAY, TRIM):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({}, None),  # two days against 30 s
+        ({KEEP: "600", DELAY: "599"}, None),
+        (
+            {KEEP: "600", DELAY: "600"},
+            "the recorder's TRADEBUS_STREAM_KEEP_S=600 must be longer than the "
+            "broker-gateway's TRADEBUS_MAX_SUBMIT_DELAY_S=600: a recreated command consumer "
+            "replays that far back, and would miss the commands trimmed from the stream. "
+            "Raise the first or lower the second",
+        ),
+        ({KEEP: "120", DELAY: "120"}, "TRADEBUS_STREAM_KEEP_S=120 must be longer"),
+        # Unset, each service's default: the gateway's 30 s, the recorder's two days.
+        ({KEEP: "120"}, None),
+        ({KEEP: "120", DELAY: "30"}, None),
+        ({DELAY: "86400"}, None),
+        ({KEEP: "86400", DELAY: "86400"}, "TRADEBUS_STREAM_KEEP_S=86400 must be longer"),
+        ({KEEP: "120", DELAY: "600", TRIM: "0"}, None),  # the recorder never trims
+        ({KEEP: "60", DELAY: "600"}, None),  # the recorder refuses 60 itself, naming it
+    ],
+)
+def test_the_stream_keeps_what_a_recreated_command_consumer_replays(
+    settings_env: pytest.MonkeyPatch, env: dict[str, str], problem: str | None
+) -> None:
+    for name, value in env.items():
+        settings_env.setenv(name, value)
+    problems = settings_problems(SERVICES)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1
+        assert problem in problems[0]
+    # Only where both services run.
+    assert settings_problems(("recorder", "risk-gate")) == []
+    assert settings_problems(("broker-gateway",)) == []
+
+
+def test_config_check_refuses_settings_that_disagree_with_exit_2(
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    settings_env.setenv(KEEP, "300")
+    settings_env.setenv(DELAY, "900")
+    result = CliRunner().invoke(app, ["config", "check", "--risk", str(RISK)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: the recorder's TRADEBUS_STREAM_KEEP_S=300 must be longer than the "
+        "broker-gateway's TRADEBUS_MAX_SUBMIT_DELAY_S=900: a recreated command consumer "
+        "replays that far back, and would miss the commands trimmed from the stream. "
+        "Raise the first or lower the second"
+    ]
+    settings_env.setenv(DELAY, "299")
+    result = CliRunner().invoke(app, ["config", "check", "--risk", str(RISK)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_settings_that_disagree_before_starting_anything(
+    tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv(KEEP, "3600")
+    settings_env.setenv(DELAY, "7200")
+    out = io.StringIO()
+    code = run_up(UpOptions(home=tmp_path / "home"), out)
+    text = re.sub(r"(?m)^[a-z-]+ +\| ", "", out.getvalue())
+    assert code == 2, text
+    assert text.splitlines() == [
+        "!!! the recorder's TRADEBUS_STREAM_KEEP_S=3600 must be longer than the "
+        "broker-gateway's TRADEBUS_MAX_SUBMIT_DELAY_S=7200: a recreated command consumer "
+        "replays that far back, and would miss the commands trimmed from the stream. "
+        "Raise the first or lower the second"
+    ]
+    # Without the gateway, the recorder's keep window holds nothing back: it starts.
+    out = io.StringIO()
+    code = run_up(UpOptions(home=tmp_path / "home", only=("recorder",)), out)
+    assert code == 1
+    assert "cannot migrate the event store" in out.getvalue()

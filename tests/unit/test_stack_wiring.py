@@ -1,5 +1,6 @@
-"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed, and
-refuses a bad config before it starts anything."""
+"""``tradebus up``: it warns of a strategy that would see no bar from the demo feed,
+refuses a bad config before it starts anything, reads strategies.yaml once, and
+gives marketdata the strategies' symbols and a fresh id salt at every start."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 import pytest
 
+import libs.strategy.spec
+from libs.strategy.spec import LoadedStrategy, load_strategies
 from services.stack import wiring
 from services.stack.up import UpOptions, run_up
-from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS, bar_interval_warnings
+from services.stack.wiring import CONFIG_DIR, DEFAULT_CHANNELS
 
 ENTRY = """
   - name: {name}
@@ -30,6 +33,11 @@ def strategies(tmp_path: Path, **intervals: str) -> Path:
         "strategies:" + "".join(ENTRY.format(name=n, interval=iv) for n, iv in intervals.items())
     )
     return path
+
+
+def bar_interval_warnings(path: Path, channels: str) -> list[str]:
+    """:func:`wiring.bar_interval_warnings` of the strategies in ``path``."""
+    return wiring.bar_interval_warnings(load_strategies(path), channels)
 
 
 def test_the_deployed_strategies_take_the_demo_feeds_bars() -> None:
@@ -151,3 +159,79 @@ def test_the_rewritten_broker_configs_keep_no_duplicate_either(
         wiring.brokers_config(tmp_path / "home", 1234)
     with pytest.raises(wiring.WiringError, match="duplicate key 'port'"):
         wiring.paper_config(tmp_path / "home", 1234)
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_reads_the_strategies_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config check, the bar-interval warnings and marketdata's symbols
+    share one parse of strategies.yaml."""
+    calls: list[Path] = []
+    real = libs.strategy.spec.load_strategies
+
+    def counting(path: str | Path) -> list[LoadedStrategy]:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(libs.strategy.spec, "load_strategies", counting)
+    path = strategies(tmp_path, **{"sma-aapl": ""})  # as in risk.yaml, on 1m bars
+    code, text = up_output(tmp_path, strategies=path)
+    assert code == 1
+    assert "strategy sma-aapl takes 1m bars" in text  # the warnings saw the strategies
+    assert "cannot migrate the event store" in text  # and it went on to start
+    assert calls == [path]
+
+
+def inputs(tmp_path: Path, strategies: Path, **environ: str) -> wiring.Inputs:
+    """What ``up`` hands the wiring, with servers nobody runs and ``environ``."""
+    return wiring.Inputs(
+        home=tmp_path / "home",
+        nats_url="nats://127.0.0.1:1",
+        database_url="postgresql://postgres@127.0.0.1:1/tradebus",
+        credentials=None,
+        strategies=strategies,
+        risk=CONFIG_DIR / "risk.yaml",
+        paper_port=1,
+        md_rate="5/s",
+        loaded_strategies=load_strategies(strategies),
+        environ=environ,
+    )
+
+
+def test_marketdata_trades_the_symbols_of_the_loaded_strategies(tmp_path: Path) -> None:
+    path = tmp_path / "strategies.yaml"
+    path.write_text(
+        "strategies:"
+        + ENTRY.format(name="one", interval="").replace("[AAPL]", "[AAPL, MSFT]")
+        + ENTRY.format(name="two", interval="").replace("[AAPL]", "[MSFT, SPY]")
+    )
+    given = inputs(tmp_path, path)
+    path.unlink()  # what marketdata trades comes from the strategies loaded, not the file
+    (plan,) = wiring.plans(given, ["marketdata"])
+    assert plan.argv[plan.argv.index("--symbols") + 1] == "AAPL,MSFT,SPY"
+
+
+def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) -> None:
+    """``fresh``, as docker-compose.yml sets it: marketdata draws a new salt
+    at every start, so a restart's prices are not dropped as duplicates.
+    The supervisor restarts it with the same environment."""
+    from libs.contract.envelope import WallClock
+    from services.marketdata.adapters.synthetic import SyntheticSource
+    from services.marketdata.config import MarketdataSettings
+    from services.marketdata.main import build_source
+
+    given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml", TRADEBUS_SYNTHETIC_RUN="pinned")
+    (plan,) = wiring.plans(given, ["marketdata"])
+    assert plan.env["TRADEBUS_SYNTHETIC_RUN"] == "fresh"  # whatever the environment says
+    settings = MarketdataSettings(
+        source="synthetic",
+        symbols=plan.argv[plan.argv.index("--symbols") + 1],
+        channels=plan.env["TRADEBUS_CHANNELS"],
+        synthetic_run=plan.env["TRADEBUS_SYNTHETIC_RUN"],
+    )
+    first_ids = []
+    for _start in range(2):
+        source = build_source(settings, WallClock())
+        assert isinstance(source, SyntheticSource)
+        first_ids.append([e.id for e in source.market.tick(1_717_000_000_000_000_000)])
+    assert first_ids[0]
+    assert not set(first_ids[0]) & set(first_ids[1])

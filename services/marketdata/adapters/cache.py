@@ -123,8 +123,12 @@ class ParquetCache:
         return "unadjusted" if origin.startswith("flatfile:") else "adjusted"
 
     def stale(self, timespan: Timespan, symbol: str, day: dt.date) -> bool:
-        """The day is cached, but not in :data:`BASIS` (to fetch or import again)."""
-        return self.has(timespan, symbol, day) and self.basis(timespan, symbol, day) != BASIS
+        """The cached day is not in :data:`BASIS` (to fetch or import again).
+
+        The day must be cached, as for :meth:`basis`: every caller has found
+        it already (:meth:`has`, :meth:`days`), so it is not looked up again.
+        """
+        return self.basis(timespan, symbol, day) != BASIS
 
     def days(self, timespan: Timespan, symbol: str) -> list[dt.date]:
         """Every day cached for ``symbol``, in order (temporaries ignored)."""
@@ -361,16 +365,17 @@ def fetch(
     for symbol in symbols:
         for day in days_between(start, end):
             label = f"{symbol} {day}"
+            # Looked up once: whether to skip it, and whether a fetch replaces it.
+            cached = day < today and cache.has(timespan, symbol, day)
             if day >= today:
                 result.incomplete.append((symbol, day))
-            elif cache.has(timespan, symbol, day) and not cache.stale(timespan, symbol, day):
+            elif cached and not cache.stale(timespan, symbol, day):
                 result.skipped_days += 1
             else:
-                again = cache.has(timespan, symbol, day)
                 bars = fetch_day(client, symbol, day, timespan)
                 cache.write(timespan, symbol, day, bars, origin="rest")
                 result.fetched_days += 1
-                if again:
+                if cached:
                     result.refetched_days += 1
                     log.info("%s was cached split-adjusted: fetched again, unadjusted", label)
                 result.bars += len(bars)

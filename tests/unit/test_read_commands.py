@@ -1,0 +1,40 @@
+"""The read commands' own connection to the event store, without servers.
+
+Their preamble (``libs.cli.reads_store``) checks the store first; the store
+can still go away before the command connects (restarted in between). That
+failure too must be one line naming the store, from ``libs.store.connect``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import libs.cli
+from services import cli as root
+
+SECRET = "s3cr3t-pw"  # noqa: S105 - a fake password, to show it is never printed
+#: Nobody listens on port 1.
+UNREACHABLE = f"postgresql://postgres:{SECRET}@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("positions",), ("events",), ("audit", "00000000-0000-0000-0000-000000000000")],
+)
+def test_a_store_gone_after_the_preamble_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    # The preamble passes, as if the store had answered it.
+    monkeypatch.setattr(libs.cli, "announce_store", lambda: UNREACHABLE)
+    result = CliRunner().invoke(root.app, list(args), env={"DATABASE_URL": UNREACHABLE})
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(
+        "error: cannot reach the event store at postgresql://postgres:***@127.0.0.1:1/x: "
+    ), result.output
+    assert errors[0].endswith("(is DATABASE_URL the one `tradebus up` printed?)"), result.output
+    assert SECRET not in result.output
