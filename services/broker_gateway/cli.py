@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from libs.cli import add_replay_command, err, fail, reads_store, settings_or_exit
 from libs.config import ServiceSettings, masked_url
+from libs.tables import money, out, price, table
 
 app = typer.Typer(help="The broker-gateway: one adapter per broker account.")
 
@@ -75,7 +74,7 @@ def register(root: typer.Typer) -> None:
             for r in rows:
                 print(json.dumps(r.as_json()))
             return
-        table = Table(
+        listing = table(
             "account",
             "strategy",
             "symbol",
@@ -86,18 +85,20 @@ def register(root: typer.Typer) -> None:
             "unrealized P&L",
         )
         for r in rows:
-            table.add_row(
+            listing.add_row(
                 r.account,
                 r.strategy or "-",
                 r.symbol,
                 plain(r.quantity),
-                plain(r.avg_price) if r.quantity else "",
-                plain(r.last_price),
-                plain(r.realized_pnl),
-                plain(r.unrealized_pnl),
+                price(r.avg_price) if r.quantity else "",
+                price(r.last_price),
+                money(r.realized_pnl),
+                money(r.unrealized_pnl),
             )
         for (acct, symbol), net in nets(rows).items():
-            table.add_row(acct, "[b]net[/b]", symbol, plain(net), "", "", "", "")
+            listing.add_row(acct, "[b]net[/b]", symbol, plain(net), "", "", "", "")
         for acct, (realized, unrealized) in totals(rows).items():
-            table.add_row(acct, "[b]total[/b]", "", "", "", "", plain(realized), plain(unrealized))
-        Console().print(table)
+            listing.add_row(
+                acct, "[b]total[/b]", "", "", "", "", money(realized), money(unrealized)
+            )
+        out.print(listing)

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from libs.cli import err, settings_or_exit
+from libs.cli import err, fail, settings_or_exit
 from libs.config import ServiceSettings
+from libs.tables import out, table
+from services.ops.gist import gist
 
 if TYPE_CHECKING:
     from libs.store.queries import Recorded
 
 db_app = typer.Typer(help="The event store's schema.")
-out = Console()
 
 
 @db_app.command("upgrade")
@@ -38,6 +38,12 @@ def db_upgrade(
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from e
     err.print(f"event store migrated to {revision}")
+
+
+#: Events listed when neither --limit nor --last is given.
+DEFAULT_LIMIT = 50
+#: Digits of an id in the listings (``tradebus audit`` takes them).
+SHORT_ID = 8
 
 
 def _when(ns: int) -> str:
@@ -78,12 +84,22 @@ def register(app: typer.Typer) -> None:
     def events(
         subject: Annotated[str, typer.Option(help="NATS subject pattern")] = ">",
         after: Annotated[int, typer.Option(min=0, help="Only sequences after this")] = 0,
-        limit: Annotated[int, typer.Option(min=1, help="At most this many")] = 50,
+        limit: Annotated[
+            int | None, typer.Option(min=1, help="At most this many, the first [default: 50]")
+        ] = None,
+        last: Annotated[
+            int | None, typer.Option(min=1, help="The newest this many instead of the first")
+        ] = None,
         type_: Annotated[str | None, typer.Option("--type", help="Only this event type")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     ) -> None:
-        """Print recorded events in sequence order."""
+        """Print recorded events in sequence order: the first (--limit) or the
+        newest (--last) that match. The id columns are the ids' first digits,
+        which `tradebus audit` takes."""
         from libs.store import queries
+
+        if limit is not None and last is not None:
+            fail("--limit and --last: give one (the first N, or the newest N)", 2)
 
         async def go() -> list[queries.Recorded]:
             conn = await _connect()
@@ -92,8 +108,9 @@ def register(app: typer.Typer) -> None:
                     conn,
                     subject=subject,
                     after=after,
-                    limit=limit,
+                    limit=last or limit or DEFAULT_LIMIT,
                     type_=type_,
+                    newest=last is not None,
                 )
             finally:
                 await conn.close()
@@ -103,50 +120,74 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 print(json.dumps(r.as_json(), default=str))
             return
-        table = Table("seq", "ts_event", "type", "subject", "id", "correlation")
+        listing = table("seq", "ts_event", "type", "subject", "id", "correlation")
         for r in rows:
-            table.add_row(
+            listing.add_row(
                 str(r.seq),
                 _when(r.ts_event),
                 r.type,
                 r.subject,
-                str(r.id)[:8],
-                str(r.correlation_id)[:8],
+                str(r.id)[:SHORT_ID],
+                str(r.correlation_id)[:SHORT_ID],
             )
-        out.print(table)
+        out.print(listing)
 
     @app.command("audit")
     def audit(
-        event_id: Annotated[str, typer.Argument(help="Any event id of the chain")],
+        event_id: Annotated[
+            str,
+            typer.Argument(
+                help="Any event id of the chain, or its first digits "
+                "(at least four; `tradebus events` shows eight)"
+            ),
+        ],
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     ) -> None:
-        """Print the causal chain an event belongs to, root to leaves, in order."""
+        """Print the causal chain an event belongs to, root to leaves, in order,
+        each event with what it says (side, quantity, price, decision, reason)."""
         from libs.store import queries
 
-        try:
-            eid = uuid.UUID(event_id)
-        except ValueError as e:
-            err.print(f"[red]error:[/red] not an event id: {event_id!r}")
-            raise typer.Exit(2) from e
-
-        async def go() -> list[queries.Recorded]:
+        async def go() -> tuple[uuid.UUID, list[queries.Recorded]]:
             conn = await _connect()
             try:
-                return await queries.causal_chain(conn, eid)
+                eid = await _resolve(conn, event_id)
+                return eid, await queries.causal_chain(conn, eid)
             finally:
                 await conn.close()
 
-        chain = asyncio.run(go())
+        eid, chain = asyncio.run(go())
         if not chain:
-            err.print(f"[red]error:[/red] no recorded event {eid}")
-            raise typer.Exit(1)
+            fail(f"no recorded event {eid}", 1)
         if as_json:
             for r in chain:
                 print(json.dumps(r.as_json(), default=str))
             return
         for r, d in as_tree(chain):
             mark = "*" if r.id == eid else " "
+            said = gist(r.type, r.payload)
             out.print(
                 f"{mark} {r.seq:>8}  {_when(r.ts_event)}  {'  ' * d}{r.type}  "
-                f"[dim]{r.subject} {r.id}[/dim]"
+                + (f"{escape(said)}  " if said else "")
+                + f"[dim]{r.subject} {r.id}[/dim]"
             )
+
+
+async def _resolve(conn: Any, given: str) -> uuid.UUID:
+    """The event id ``given`` names: a whole id, or the first digits of exactly
+    one recorded id. Exits 2 for what is not an id, 1 for a prefix that
+    matches no event or several."""
+    from libs.store.queries import IdPrefixError, ids_starting_with
+
+    try:
+        return uuid.UUID(given)
+    except ValueError:
+        pass
+    try:
+        found = await ids_starting_with(conn, given, limit=2)
+    except IdPrefixError as e:
+        fail(e, 2)
+    if not found:
+        fail(f"no recorded event id starts with {given!r}", 1)
+    if len(found) > 1:
+        fail(f"more than one recorded event id starts with {given!r}: give more digits", 1)
+    return found[0]

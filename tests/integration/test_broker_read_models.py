@@ -288,6 +288,8 @@ async def test_positions_shows_an_account_net_where_strategies_offset(database_u
         o.fill(order, "5", "100")
     solo = o.submit("s3", "MSFT", "buy", "2")
     o.fill(solo, "2", "50")
+    more = o.submit("s3", "MSFT", "buy", "1")
+    o.fill(more, "1", "50.3334")  # an average of 50.11113333...
     await record_events(database_url, o.events)
     result = await asyncio.to_thread(  # the command runs its own event loop
         CliRunner().invoke,
@@ -296,6 +298,11 @@ async def test_positions_shows_an_account_net_where_strategies_offset(database_u
         env={"DATABASE_URL": database_url},
     )
     assert result.exit_code == 0, result.output
+    # Prices to four places, money to the cent, nothing cut to an ellipsis.
+    assert "…" not in result.output
+    msft = next(line.split() for line in result.output.splitlines() if "MSFT" in line)
+    assert "50.1111" in msft, result.output
+    assert "0.00" in msft, result.output  # realized P&L
     nets = [line.split() for line in result.output.splitlines() if " net " in line]
     assert len(nets) == 1, result.output  # MSFT has one strategy: no net row
     assert [cell for cell in nets[0] if cell not in "│┃|"] == [ACCOUNT, "net", "AAPL", "0"]

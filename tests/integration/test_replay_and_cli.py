@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,7 @@ import pytest
 
 from libs.bus.client import Bus
 from libs.contract.codec import decode
+from libs.contract.events import FillReceived
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
@@ -182,6 +184,59 @@ async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(
     )
     assert proc.returncode == 1
     assert "no recorded event" in proc.stderr
+
+
+async def test_the_listing_shows_the_newest_and_audit_takes_the_ids_it_shows(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """`events --last N` lists the newest N; `audit` takes the eight digits the
+    listing shows and prints what each event of the chain says."""
+    noise = list(make_trades(10, "noise"))
+    # Two trades whose ids share their first six digits: a prefix of them is ambiguous.
+    twins = [
+        t.model_copy(update={"id": uuid.UUID(f"abcdef{i:02d}-0000-4000-8000-000000000000")})
+        for i, t in enumerate(make_trades(2, "twins"))
+    ]
+    chain = order_chain()
+    await record(tmp_path, bus, nats_url, database_url, [*noise, *twins, *chain])
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--last", "2", "--subject", "md.>", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == [
+        str(t.id) for t in twins
+    ]
+    proc = await asyncio.to_thread(
+        cli, "events", "--limit", "2", "--last", "2", database_url=database_url
+    )
+    assert proc.returncode == 2
+    assert "--limit and --last: give one" in proc.stderr
+    proc = await asyncio.to_thread(
+        cli, "events", "--last", "1", "--type", "FillReceived", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    fill = chain[-1]
+    assert isinstance(fill, FillReceived)
+    short = str(fill.id)[:8]
+    assert short in proc.stdout
+    proc = await asyncio.to_thread(cli, "audit", short, database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(chain)
+    marked = [line for line in lines if line.startswith("*")]
+    assert len(marked) == 1
+    assert "FillReceived" in marked[0]
+    p = fill.payload
+    assert f"{p.side} {p.quantity} {p.symbol} @ {p.price}" in marked[0]
+    for given, code, says in (
+        ("abcdef", 1, "more than one recorded event id starts with 'abcdef': give more digits"),
+        ("abcdef01", 0, ""),
+        ("0123abcd", 1, "no recorded event id starts with '0123abcd'"),
+        ("abc", 2, "not an event id or the start of one"),
+    ):
+        proc = await asyncio.to_thread(cli, "audit", given, database_url=database_url)
+        assert proc.returncode == code, (given, proc.stderr)
+        assert says in proc.stderr
 
 
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:
