@@ -76,8 +76,9 @@ def render(info: StackInfo) -> str:
     risk = f" --config {shown(info.risk_config)}" if info.risk_config else ""
     lines += [
         f"   {t} events --limit 20",
-        f"   {t} events --type FillReceived --limit 5",
-        f"   {t} audit <fill id>    # its whole causal chain, back to the signal",
+        f"   {t} events --type FillReceived --last 5    # the newest fills",
+        f"   {t} audit <fill id>    # its whole causal chain, back to the signal; "
+        "the 8 digits listed will do",
         f"   {t} positions",
         f"   {t} risk status{risk}",
         f'   {t} kill-switch on --reason "..."    # off again: kill-switch off, risk resume global',
