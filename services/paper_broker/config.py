@@ -128,13 +128,14 @@ class PaperConfig(_Strict):
         """The journal as configured (None without ``journal``)."""
         if self.journal is None:
             return None
-        days = self.journal_keep_finished_days
-        mb = self.journal_compact_mb
+        days, mb = self.journal_keep_finished_days, self.journal_compact_mb
+        if not self.journal_compact:  # every update kept, and replayed, as before
+            days = mb = None
         return Journal(
             self.journal,
             fsync=self.journal_fsync,
             keep_finished_s=None if days is None else days * 86_400,
-            compact_bytes=None if mb is None or not self.journal_compact else int(mb * 2**20),
+            compact_bytes=None if mb is None else int(mb * 2**20),
         )
 
     def credentials(self, env: Mapping[str, str] | None = None) -> list[Credentials]:
