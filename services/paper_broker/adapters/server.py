@@ -231,8 +231,9 @@ class PaperBrokerServer:
     def _compact(self, journal: Journal) -> None:
         """Write the journal anew as a snapshot of the books: here, between
         two appends, the books hold exactly what the journal holds. It holds
-        the event loop for its time (what is live: tens of ms per 10,000
-        orders kept). A failure (disk full) leaves the journal as it was."""
+        the event loop for its time, which grows with what is kept, not with
+        the history (about 0.2 s for 7,000 orders kept, bench/paper_journal.py).
+        A failure (disk full) leaves the journal as it was."""
         try:
             journal.compact(self.book)
         except OSError:
