@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from libs.config import ConfigError, ServiceSettings
 from libs.contract.envelope import Token
 from libs.yamlfile import load_yaml
+from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials
 from services.paper_broker.domain.book import BookConfig
 from services.paper_broker.domain.fill_model import FillModelConfig
@@ -94,6 +95,16 @@ class PaperConfig(_Strict):
     #: Journal file: state survives restarts. None keeps everything in memory.
     journal: Path | None = None
     journal_fsync: bool = False
+    #: Compact the journal (a snapshot of what is live) at start-up and when
+    #: it passes ``journal_compact_mb``; false keeps every update, as before.
+    journal_compact: bool = True
+    #: Finished orders (and their fill activities) are kept this many days
+    #: after their last change, then forgotten at the next compaction; null
+    #: keeps them all. Open orders and positions are always kept.
+    journal_keep_finished_days: float | None = Field(default=7.0, gt=0)
+    #: The journal is compacted while running once it passes this size (and
+    #: twice its size after the last compaction); null: only at start-up.
+    journal_compact_mb: float | None = Field(default=64.0, gt=0)
     #: A client that has not authenticated by then is disconnected.
     auth_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Send JSON in binary frames, as Alpaca's paper stream does.
@@ -111,6 +122,20 @@ class PaperConfig(_Strict):
             max_order_quantity=self.max_order_quantity,
             untradable_symbols=frozenset(self.untradable_symbols),
             halted_symbols=frozenset(self.halted_symbols),
+        )
+
+    def journal_file(self) -> Journal | None:
+        """The journal as configured (None without ``journal``)."""
+        if self.journal is None:
+            return None
+        days, mb = self.journal_keep_finished_days, self.journal_compact_mb
+        if not self.journal_compact:  # every update kept, and replayed, as before
+            days = mb = None
+        return Journal(
+            self.journal,
+            fsync=self.journal_fsync,
+            keep_finished_s=None if days is None else days * 86_400,
+            compact_bytes=None if mb is None else int(mb * 2**20),
         )
 
     def credentials(self, env: Mapping[str, str] | None = None) -> list[Credentials]:

@@ -1,6 +1,7 @@
 """Wiring of the paper broker: config, journal, books, WebSocket server, price feed.
 
-Start-up replays the journal into the books, then serves. SIGTERM/SIGINT
+Start-up replays the journal into the books, compacts it (a snapshot of what
+is live, see ``adapters/journal.py``), then serves. SIGTERM/SIGINT
 stops the feed and the server, closes the journal and exits 0.
 """
 
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import uuid
 from typing import Any
 
@@ -17,7 +19,6 @@ from libs.contract.envelope import WallClock
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import run_service
-from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.market import NatsPriceFeed
 from services.paper_broker.adapters.server import PaperBrokerServer
 from services.paper_broker.config import PaperBrokerSettings, PaperConfig
@@ -31,11 +32,21 @@ SERVICE = "paper-broker"
 async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
     credentials = config.credentials()
     book = PaperBook(config.book_config(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    journal = None
-    if config.journal is not None:
-        journal = Journal(config.journal, fsync=config.journal_fsync)
-        replayed = book.apply_all(journal.load())
-        log.info("replayed %d trade updates from %s", replayed, config.journal)
+    journal = config.journal_file()
+    if journal is not None:
+        started = time.perf_counter()
+        replayed = journal.replay(book)
+        log.info(
+            "replayed %d journal entries from %s in %.2fs",
+            replayed,
+            journal.path,
+            time.perf_counter() - started,
+        )
+        if config.journal_compact and replayed:
+            try:
+                journal.compact(book)
+            except OSError:  # the journal is left whole: serve from it as it is
+                log.exception("journal %s: compaction at start-up failed", journal.path)
         journal.open()
     feed = None
     if config.market_data.source == "nats":

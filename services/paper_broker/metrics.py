@@ -33,3 +33,16 @@ SLOW_CONSUMERS = Counter(
 FEED_ERRORS = Counter(
     "tradebus_paper_feed_errors_total", "Market-data messages or connections that failed", ["cause"]
 )
+JOURNAL_COMPACTIONS = Counter(
+    "tradebus_paper_journal_compactions_total",
+    "Journals rewritten as a snapshot of the books (at start-up, or grown past the size set)",
+)
+JOURNAL_COMPACTION_FAILURES = Counter(
+    "tradebus_paper_journal_compaction_failures_total",
+    "Compactions that failed (the journal was kept as it was and appended to)",
+)
+ORDERS_FORGOTTEN = Counter(
+    "tradebus_paper_orders_forgotten_total",
+    "Finished orders older than the journal's window, dropped with their fill activities",
+)
+JOURNAL_BYTES = Gauge("tradebus_paper_journal_bytes", "Size of the journal file")

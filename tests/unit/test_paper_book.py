@@ -211,6 +211,39 @@ def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     assert (fill.order.account, fill.event) == ("B", "fill")
 
 
+def test_finished_orders_are_forgotten_open_ones_and_positions_kept() -> None:
+    """What a journal's compaction does to the books (forget_finished), and
+    its snapshot (state) restored into an empty book gives them back."""
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
+    b.on_market(MarketUpdate.trade("AAPL", D(10)))
+    done, _ = b.submit("A", OrderSpec("AAPL", "buy", D(3), client_order_id="done"))
+    partly, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), client_order_id="partly"))
+    resting, _ = b.submit("B", OrderSpec("AAPL", "sell", D(1), "limit", limit_price=D(50)))
+    cutoff = b.clock.now_ns()
+    late, _ = b.submit("B", OrderSpec("AAPL", "sell", D(2), client_order_id="late"))
+    assert (done.status, partly.status, late.status) == ("filled", "partially_filled", "filled")
+
+    assert b.forget_finished(cutoff) == 1
+    assert b.order("A", done.id) is None
+    assert b.by_client_order_id("A", "done") is None
+    assert [f.order_id for f in b.fills("A")] == [partly.id], "its fills went with it"
+    assert [o.id for o in b.orders("A")] == [partly.id]
+    assert [o.id for o in b.orders("B", "all")] == [resting.id, late.id]
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D(6))]
+    assert b.count_orders() == (3, 2)
+
+    copy = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
+    for entry in b.state():
+        copy.restore(entry)
+    for acct in ("A", "B"):
+        assert copy.orders(acct, "all") == b.orders(acct, "all")
+        assert copy.positions(acct) == b.positions(acct)
+        assert copy.fills(acct) == b.fills(acct)
+    # Restored working orders are live, in the order they came.
+    fills = copy.on_market(MarketUpdate.trade("AAPL", D(60)))
+    assert [(u.order.id, u.event) for u in fills] == [(partly.id, "fill"), (resting.id, "fill")]
+
+
 def test_halted_symbol_is_accepted_then_rejected() -> None:
     b = book(halted_symbols=frozenset({"LULD"}))
     b.on_market(MarketUpdate.trade("LULD", D(5)))

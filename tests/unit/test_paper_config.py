@@ -36,6 +36,8 @@ def test_the_example_files_load() -> None:
         ("accounts: {'bad name': {key_id_env: K, secret_key_env: S}}\n", "accounts.bad name"),
         ("port: 70000\n", "port"),
         ("market_data: {linger_s: -1}\n", "market_data.linger_s"),
+        ("journal_keep_finished_days: 0\n", "journal_keep_finished_days"),
+        ("journal_compact_mb: -1\n", "journal_compact_mb"),
         ("[1, 2\n", "not valid YAML"),
         ("port: 1\nhost: h\nport: 2\n", "duplicate key 'port' on line 3 (first on line 1)"),
     ],
@@ -46,6 +48,22 @@ def test_paper_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str)
     with pytest.raises(ConfigError, match=r"paper\.yaml") as e:
         load_paper_config(path)
     assert message in str(e.value)
+
+
+def test_the_journal_s_compaction_settings(tmp_path: Path) -> None:
+    example = load_paper_config(DEPLOY / "paper.yaml").journal_file()
+    assert example is not None
+    assert (example.keep_finished_s, example.compact_bytes) == (7 * 86_400, 64 << 20)
+    path = tmp_path / "paper.yaml"
+    path.write_text("journal: j.jsonl\njournal_keep_finished_days: null\njournal_compact_mb: 1\n")
+    kept = load_paper_config(path).journal_file()
+    assert kept is not None
+    assert (kept.keep_finished_s, kept.compact_bytes) == (None, 1 << 20)
+    path.write_text("journal: j.jsonl\njournal_compact: false\n")
+    off = load_paper_config(path).journal_file()
+    assert off is not None
+    assert (off.keep_finished_s, off.compact_bytes) == (None, None), "every update kept"
+    assert load_paper_config(None).journal_file() is None
 
 
 CREDS = "credentials: {key_id_env: K, secret_key_env: S}"

@@ -2,9 +2,10 @@
 
 Outbound (orders, trade updates, positions, fill activities, errors) and
 inbound (an order request's body) conversions between the books' typed
-objects and JSON, plus the journal's record format (a trade update with its
-account). Field names follow Alpaca's order object and ``trade_updates``
-stream (``../../shared/PROTOCOLS.md``); see this service's README.
+objects and JSON, plus the journal's record formats (a trade update with its
+account; a snapshot's positions, orders and fill activities). Field names
+follow Alpaca's order object and ``trade_updates`` stream
+(``../../shared/PROTOCOLS.md``); see this service's README.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any, get_args
 
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
+    AccountPosition,
     Closing,
     FillActivity,
     OrderSpec,
     PaperOrder,
     Position,
     Refused,
+    Restored,
     TimeInForce,
     TradeUpdate,
 )
@@ -181,6 +184,94 @@ def trade_update_from_record(record: Json) -> TradeUpdate:
         qty=Decimal(qty) if qty is not None else None,
         position_qty=Decimal(pos) if pos is not None else None,
     )
+
+
+# A journal's snapshot (see adapters/journal.py): a ``snapshot`` header line,
+# then one line per position (``position``), order (``order``) and fill
+# activity (``fill``), then a ``snapshot_end`` line with the counts.
+SNAPSHOT_VERSION = 1
+
+
+def snapshot_header(taken_ns: int, kept_since_ns: int | None) -> Json:
+    return {"snapshot": {"version": SNAPSHOT_VERSION, "ns": taken_ns, "kept_since": kept_since_ns}}
+
+
+def snapshot_end(counts: dict[str, int]) -> Json:
+    return {"snapshot_end": counts}
+
+
+def restored_record(entry: Restored) -> Json:
+    """A snapshot line: a position, an order (Alpaca's object, its times to
+    the ns, and ``triggered``) or a fill activity."""
+    if isinstance(entry, PaperOrder):
+        o = entry
+        order: Json = {
+            "account": o.account,
+            "order": order_json(o),
+            "ns": [o.created_at_ns, o.updated_at_ns, o.filled_at_ns, o.canceled_at_ns],
+        }
+        if o.triggered:
+            order["triggered"] = True
+        return order
+    if isinstance(entry, FillActivity):
+        f = entry
+        return {
+            "fill": {
+                "id": f.id,
+                "account": f.account,
+                "order_id": f.order_id,
+                "symbol": f.symbol,
+                "side": f.side,
+                "qty": num(f.qty),
+                "price": num(f.price),
+                "cum_qty": num(f.cum_qty),
+                "leaves_qty": num(f.leaves_qty),
+                "ns": f.ts_ns,
+                "order_status": f.order_status,
+            }
+        }
+    p = entry.position
+    return {
+        "position": {
+            "account": entry.account,
+            "symbol": p.symbol,
+            "asset_class": p.asset_class,
+            "qty": num(p.qty),
+            "avg_entry_price": num(p.avg_entry_price),
+        }
+    }
+
+
+def restored_from_record(record: Json) -> Restored:
+    """The inverse of :func:`restored_record`."""
+    if "order" in record:
+        created, updated, filled, canceled = record["ns"]
+        return replace(
+            order_from_json(record["account"], record["order"]),
+            created_at_ns=created,
+            updated_at_ns=updated,
+            filled_at_ns=filled,
+            canceled_at_ns=canceled,
+            triggered=bool(record.get("triggered")),
+        )
+    if "fill" in record:
+        f = record["fill"]
+        return FillActivity(
+            id=f["id"],
+            account=f["account"],
+            order_id=f["order_id"],
+            symbol=f["symbol"],
+            side=f["side"],
+            qty=Decimal(f["qty"]),
+            price=Decimal(f["price"]),
+            cum_qty=Decimal(f["cum_qty"]),
+            leaves_qty=Decimal(f["leaves_qty"]),
+            ts_ns=f["ns"],
+            order_status=f["order_status"],
+        )
+    p = record["position"]
+    qty, avg = Decimal(p["qty"]), Decimal(p["avg_entry_price"])
+    return AccountPosition(p["account"], Position(p["symbol"], p["asset_class"], qty, avg))
 
 
 def position_json(p: Position, last: Decimal | None) -> Json:

@@ -26,7 +26,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Literal
@@ -171,6 +172,20 @@ class FillActivity:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountPosition:
+    """A position and the account holding it: a line of a journal's snapshot."""
+
+    account: str
+    position: Position
+
+
+#: What a journal's snapshot holds (:meth:`PaperBook.state`), restored as is.
+Restored = PaperOrder | FillActivity | AccountPosition
+#: One entry of a journal: a snapshot's piece or a trade update after it.
+JournalEntry = TradeUpdate | Restored
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     """One position's entry in a close-all: its closing order, or why there is none."""
 
@@ -204,6 +219,10 @@ def _avg(old_avg: Decimal | None, old_qty: Decimal, price: Decimal, qty: Decimal
     if old_avg is None or old_qty == 0:
         return price
     return ((old_avg * old_qty + price * qty) / (old_qty + qty)).quantize(AVG_QUANTUM)
+
+
+def _created(order: PaperOrder) -> int:
+    return order.created_at_ns
 
 
 def _signed(side: Side, qty: Decimal) -> Decimal:
@@ -415,14 +434,7 @@ class PaperBook:
     def apply(self, update: TradeUpdate) -> None:
         """Take one update into the books (live, and when replaying the journal)."""
         order = update.order
-        acct = self._account(order.account)
-        acct.orders[order.id] = order
-        acct.by_client_id[order.client_order_id] = order.id
-        working = self._working_by_symbol.setdefault(order.symbol, {})
-        if order.is_open:
-            working[(order.account, order.id)] = None
-        else:
-            working.pop((order.account, order.id), None)
+        acct = self._put(order)
         if update.event not in ("fill", "partial_fill"):
             return
         assert update.qty is not None
@@ -445,12 +457,74 @@ class PaperBook:
             )
         )
 
-    def apply_all(self, updates: Iterable[TradeUpdate]) -> int:
+    def apply_all(self, entries: Iterable[JournalEntry]) -> int:
+        """Take a journal's entries in (a snapshot's, then updates); their count."""
         count = 0
-        for u in updates:
-            self.apply(u)
+        for e in entries:
+            if isinstance(e, TradeUpdate):
+                self.apply(e)
+            else:
+                self.restore(e)
             count += 1
         return count
+
+    # ------------------------------------------------------------ snapshot
+
+    def state(self) -> Iterator[Restored]:
+        """Everything a later start-up needs, as a journal's snapshot holds it:
+        every account's positions as they stand (quantity and average entry
+        price: not recomputed from fills, which may be forgotten; the book
+        keeps no cash or realized P&L), then the orders (open ones with their
+        fills so far and whether their stop was reached), then each account's
+        fill activities in the order they happened. :meth:`restore` of each, in this order, into an
+        empty book gives this book back (its last prices aside: they are not
+        journaled and come from the feed)."""
+        for name, acct in self._accounts.items():
+            for p in acct.positions.values():
+                yield AccountPosition(name, p)
+        # Orders of all accounts by creation, each account's in its own order:
+        # the working orders of a symbol are then restored in the order they
+        # came, which is the order they fill in (time priority). (Two
+        # accounts' orders of the same nanosecond keep the accounts' order.)
+        yield from heapq.merge(*(a.orders.values() for a in self._accounts.values()), key=_created)
+        for acct in self._accounts.values():
+            yield from acct.fills
+
+    def restore(self, entry: Restored) -> None:
+        """Take one piece of a snapshot (:meth:`state`) in, as it was."""
+        if isinstance(entry, PaperOrder):
+            self._put(entry)
+        elif isinstance(entry, FillActivity):
+            self._account(entry.account).fills.append(entry)
+        else:
+            p = entry.position
+            self._account(entry.account).positions[p.symbol] = p
+
+    def forget_finished(self, before_ns: int) -> int:
+        """Forget orders finished (filled, canceled, rejected) before
+        ``before_ns`` (by their last change), with their fill activities;
+        returns how many. Open orders, whatever their age, and positions are
+        kept whole. A forgotten order is no longer listed or found, and its
+        client order id may be used again."""
+        forgotten = 0
+        for acct in self._accounts.values():
+            old = [o for o in acct.orders.values() if not o.is_open and o.updated_at_ns < before_ns]
+            if not old:
+                continue
+            for o in old:
+                del acct.orders[o.id]
+                if acct.by_client_id.get(o.client_order_id) == o.id:
+                    del acct.by_client_id[o.client_order_id]
+            gone = {o.id for o in old}
+            acct.fills = [f for f in acct.fills if f.order_id not in gone]
+            forgotten += len(old)
+        return forgotten
+
+    def count_orders(self) -> tuple[int, int]:
+        """Orders held, and of them open (across accounts)."""
+        held = sum(len(a.orders) for a in self._accounts.values())
+        working = sum(len(w) for w in self._working_by_symbol.values())
+        return held, working
 
     # ------------------------------------------------------------- helpers
 
@@ -480,6 +554,17 @@ class PaperBook:
                 status=403,
                 code=CODE_FORBIDDEN,
             )
+
+    def _put(self, order: PaperOrder) -> _Account:
+        acct = self._account(order.account)
+        acct.orders[order.id] = order
+        acct.by_client_id[order.client_order_id] = order.id
+        working = self._working_by_symbol.setdefault(order.symbol, {})
+        if order.is_open:
+            working[(order.account, order.id)] = None
+        else:
+            working.pop((order.account, order.id), None)
+        return acct
 
     def _current(self, order: PaperOrder) -> PaperOrder:
         return self._account(order.account).orders[order.id]
