@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/startup_rebuild.py
 	$(PY) bench/wake_cost.py
 	$(PY) bench/marketdata.py
+	$(PY) bench/paper_journal.py
 
 ## make proto: regenerate proto/ (JSON Schemas + subject map) from the models.
 proto: $(STAMP)
