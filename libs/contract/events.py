@@ -32,6 +32,16 @@ Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 AssetClass = Literal["equity", "option"]
+#: Options are named as Polygon names them: ``O:`` and the OCC symbol
+#: (``O:SPY241220P00720000``); every other symbol is an equity.
+OPTION_PREFIX = "O:"
+
+
+def asset_class_of(symbol: str) -> AssetClass:
+    """The asset class ``symbol`` names (see :data:`OPTION_PREFIX`)."""
+    return "option" if symbol.startswith(OPTION_PREFIX) else "equity"
+
+
 FeedName = Literal["polygon", "synthetic", "cache", "replay", "demo"]
 TradingState = Literal["active", "reducing", "halted"]
 
@@ -214,6 +224,10 @@ class ReasonCode(StrEnum):
     UNKNOWN_ACCOUNT = "unknown_account"
     #: The intent is older than the risk-gate accepts (a backlog after an outage).
     STALE_INTENT = "stale_intent"
+    #: The intent's asset class is not the one its symbol names (an option
+    #: not named ``O:…``, or an ``O:`` symbol as an equity): its notional would
+    #: be counted with the wrong contract multiplier.
+    ASSET_CLASS = "asset_class"
 
 
 class RiskDecisionPayload(Frozen):

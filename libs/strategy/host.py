@@ -53,6 +53,7 @@ from libs.contract.events import (
     StrategyFaultPayload,
     TimeInForce,
     TradePrinted,
+    asset_class_of,
 )
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
@@ -486,6 +487,7 @@ class StrategyHost:
                 limit_price=limit_price,
                 stop_price=stop_price,
                 time_in_force=time_in_force,
+                asset_class=asset_class_of(symbol),
             ),
             source=self.source,
             clock=self.clock,

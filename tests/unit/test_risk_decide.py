@@ -300,6 +300,24 @@ CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
         ReasonCode.UNKNOWN_ACCOUNT,
         "trades account acct",
     ),
+    (
+        # Named the broker's way (no O:), the option's notional would be
+        # counted per share, not per 100-share contract: 100x too small.
+        "an option not named O:<OCC>",
+        lambda s: evolve(s, trade("AAPL260320C00100000", 2)),
+        {"symbol": "AAPL260320C00100000", "asset_class": "option"},
+        0,
+        ReasonCode.ASSET_CLASS,
+        "AAPL260320C00100000 is an equity symbol, the intent says option",
+    ),
+    (
+        "an O: symbol sent as an equity",
+        lambda s: evolve(s, trade("O:AAPL260320C00100000", 2)),
+        {"symbol": "O:AAPL260320C00100000"},
+        0,
+        ReasonCode.ASSET_CLASS,
+        "is an option symbol, the intent says equity",
+    ),
     ("stale intent", _noop, {}, 6 * S, ReasonCode.STALE_INTENT, "max 5s"),
     (
         "kill switch",

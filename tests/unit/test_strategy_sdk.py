@@ -132,6 +132,20 @@ def test_intent_is_caused_by_its_signal_and_stamped_with_market_time() -> None:
     assert signal.ts_event == intent.ts_event == b.ts_event
 
 
+def test_an_intent_carries_the_asset_class_its_symbol_names() -> None:
+    """The risk-gate denies an intent whose asset class is not its symbol's
+    (asset_class): the SDK sets it, so an options strategy need not."""
+    option = "O:SPY241220P00720000"
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL", option))
+    out = rt.run([bar("AAPL", 100, 0), bar(option, 100, MINUTE_NS)])
+    intents = of_type(out, OrderIntentCreated)
+    assert [(i.payload.symbol, i.payload.asset_class) for i in intents] == [
+        ("AAPL", "equity"),
+        (option, "option"),
+    ]
+
+
 def test_runs_are_deterministic_with_derived_or_injected_ids() -> None:
     data = bars("AAPL", [99, 100, 101, 100])
 

@@ -11,6 +11,9 @@ reason                      denied when
 unknown_strategy            the strategy is not in the limits
 unknown_account             the account is not configured, or not the
                             strategy's (its account or shadow account)
+asset_class                 the intent's asset class is not the one its
+                            symbol names (options are ``O:`` + OCC symbol):
+                            its notional would take the wrong multiplier
 stale_intent                the intent is older than ``max_intent_age_s``
 kill_switch                 the global kill switch is engaged
 halted                      the account or everything is halted
@@ -45,6 +48,7 @@ from decimal import Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    OPTION_PREFIX,
     OrderIntentCreated,
     OrderIntentPayload,
     ReasonCode,
@@ -52,6 +56,7 @@ from libs.contract.events import (
     RiskDecisionPayload,
     Side,
     SubmitOrder,
+    asset_class_of,
 )
 from services.risk_gate.domain.commands import (
     SOURCE,
@@ -123,6 +128,12 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
     if p.account not in (strategy.account, strategy.shadow_account):
         return ReasonCode.UNKNOWN_ACCOUNT, (
             f"strategy {p.strategy} trades account {strategy.account}, not {p.account}"
+        )
+    named = asset_class_of(p.symbol)
+    if p.asset_class != named:
+        return ReasonCode.ASSET_CLASS, (
+            f"{p.symbol} is an {named} symbol, the intent says {p.asset_class} "
+            f"(options are named {OPTION_PREFIX}<OCC symbol>)"
         )
     if limits.max_intent_age_s is not None:
         # ts_init: when the strategy made the intent (ts_event may be market time).

@@ -26,7 +26,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-from libs.contract.events import OrderIntentCreated, Side, TradingState
+from libs.contract.events import OrderIntentCreated, Side, TradingState, asset_class_of
 from services.risk_gate.domain.limits import GLOBAL, RiskLimits, TradingDay
 
 ZERO = Decimal(0)
@@ -69,7 +69,7 @@ def without(m: Mapping[K, V], key: K) -> Mapping[K, V]:
 
 def multiplier(symbol: str) -> Decimal:
     """Contract size: 100 shares per option contract (``O:…``), 1 otherwise."""
-    return Decimal(100) if symbol.startswith("O:") else Decimal(1)
+    return Decimal(100) if asset_class_of(symbol) == "option" else Decimal(1)
 
 
 #: The last trading day looked up per (time zone, start): its first and past-
