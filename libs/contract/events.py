@@ -37,9 +37,22 @@ AssetClass = Literal["equity", "option"]
 OPTION_PREFIX = "O:"
 
 
+#: Shares per option contract: a price is per share, a contract's worth 100 of it.
+OPTION_MULTIPLIER = Decimal(100)
+_ONE = Decimal(1)
+
+
 def asset_class_of(symbol: str) -> AssetClass:
     """The asset class ``symbol`` names (see :data:`OPTION_PREFIX`)."""
     return "option" if symbol.startswith(OPTION_PREFIX) else "equity"
+
+
+def contract_multiplier(symbol: str) -> Decimal:
+    """What one unit of ``symbol``'s quantity is worth in its price: 100 for an
+    option contract (standard US equity options; adjusted and mini contracts
+    are not told apart), 1 for a share. Notional and P&L are
+    ``quantity x price x contract_multiplier``."""
+    return OPTION_MULTIPLIER if symbol.startswith(OPTION_PREFIX) else _ONE
 
 
 FeedName = Literal["polygon", "synthetic", "cache", "replay", "demo"]

@@ -21,6 +21,7 @@ from libs.contract.events import (
     Side,
     SignalGenerated,
     TimeInForce,
+    contract_multiplier,
 )
 
 Direction = Literal["long", "short", "flat"]
@@ -32,9 +33,11 @@ ZERO = Decimal(0)
 class Position:
     """A strategy's position in one symbol, from its own fills (average cost).
 
-    ``quantity`` is signed (negative = short). ``realized_pnl`` is net of
-    commissions; ``unrealized_pnl`` is marked at ``mark`` (the last price seen),
-    or zero while there is no mark.
+    ``quantity`` is signed (negative = short), in shares or option contracts;
+    prices are per share, so P&L is counted 100 per option contract
+    (``contract_multiplier``). ``realized_pnl`` is net of commissions;
+    ``unrealized_pnl`` is marked at ``mark`` (the last price seen), or zero
+    while there is no mark.
     """
 
     symbol: str
@@ -47,7 +50,7 @@ class Position:
     def unrealized_pnl(self) -> Decimal:
         if self.mark is None or self.quantity == 0:
             return ZERO
-        return (self.mark - self.average_price) * self.quantity
+        return (self.mark - self.average_price) * self.quantity * contract_multiplier(self.symbol)
 
     @property
     def is_flat(self) -> bool:

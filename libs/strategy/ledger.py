@@ -6,8 +6,9 @@ twice counts once.
 
 Positions use average cost: adding to a position re-weights the average
 price; reducing it realizes ``(price - average) x closed quantity`` (sign
-by side); crossing through zero realizes the closed part and opens the rest at
-the fill price. Commissions come off realized P&L.
+by side; times 100 for an option contract, ``contract_multiplier``); crossing
+through zero realizes the closed part and opens the rest at the fill price.
+Commissions come off realized P&L.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from libs.contract.codec import order_id_for
-from libs.contract.events import FillPayload, OrderIntentCreated, Side
+from libs.contract.events import FillPayload, OrderIntentCreated, Side, contract_multiplier
 from libs.strategy.context import ZERO, PnL, Position
 
 
@@ -77,7 +78,7 @@ class Ledger:
             avg = (avg0 * abs(q0) + fill.price * abs(dq)) / abs(new_q)
         else:
             closing = min(abs(dq), abs(q0))
-            realized += (fill.price - avg0) * closing * _sign(q0)
+            realized += (fill.price - avg0) * closing * _sign(q0) * contract_multiplier(fill.symbol)
             if new_q == 0:
                 avg = ZERO
             elif _sign(new_q) == _sign(q0):

@@ -201,6 +201,37 @@ async def test_positions_realized_and_unrealized_pnl(database_url: str) -> None:
     ]
 
 
+async def test_an_option_contract_counts_100_shares_of_its_price(database_url: str) -> None:
+    """Option prices are per share and a contract is 100 shares: the P&L of
+    the views counts them so (migration 0006), as the risk-gate does; the
+    average price stays per share. Before, it read 100 times too small."""
+    option = "O:SPY241220P00720000"
+    o = Orders()
+    buy = o.submit("opt", option, "buy", "2")
+    o.fill(buy, "2", "5")
+    sell = o.submit("opt", option, "sell", "1")
+    o.fill(sell, "1", "6", commission="0.65")  # closes 1 contract: +100, less 0.65
+    await record_events(database_url, [*o.events, trade(option, "5.5")])
+    [row] = await query(
+        database_url,
+        "SELECT quantity, avg_price, realized_pnl, last_price, unrealized_pnl "
+        "FROM positions_marked WHERE symbol = $1",
+        option,
+    )
+    assert (row["quantity"], row["avg_price"], row["realized_pnl"]) == (D(1), D(5), D("99.35"))
+    assert (row["last_price"], row["unrealized_pnl"]) == (D("5.5"), D(50))  # 0.5 x 1 x 100
+    steps = await query(
+        database_url,
+        "SELECT position_avg_price, realized_pnl FROM fill_positions WHERE symbol = $1 "
+        "ORDER BY seq",
+        option,
+    )
+    assert [(r["position_avg_price"], r["realized_pnl"]) for r in steps] == [
+        (D(5), D(0)),
+        (D(5), D("99.35")),
+    ]
+
+
 async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None:
     o = Orders()
     filled = o.submit("s1", "AAPL", "buy", "10")
@@ -277,6 +308,15 @@ async def test_the_read_only_role_may_read_the_views(pg_admin_url: str) -> None:
         list(VIEWS),
     )
     assert {r["v"]: r["ok"] for r in rows} == dict.fromkeys(VIEWS, True)
+    # And reads them: the views call contract_multiplier (0006).
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE tradebus_readonly")
+            for view in VIEWS:
+                await conn.fetch(f"SELECT * FROM {view} LIMIT 1")  # noqa: S608 - constants
+    finally:
+        await conn.close()
 
 
 async def test_positions_shows_an_account_net_where_strategies_offset(database_url: str) -> None:

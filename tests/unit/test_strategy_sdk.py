@@ -27,6 +27,7 @@ from libs.strategy import (
     Strategy,
     StrategyParams,
 )
+from libs.strategy.context import PnL
 from libs.strategy.examples.sma_crossover import SmaCrossover
 from libs.strategy.ledger import IntentBook, Ledger
 from libs.strategy.testing import (
@@ -577,6 +578,30 @@ def test_restore_rebuilds_books_without_calling_the_strategy() -> None:
 def test_ledger_average_cost(
     fills: list[tuple[str, int, int]], quantity: int, average: int, realized: int
 ) -> None:
+    ledger = ledger_of(fills, "X")
+    pos = ledger.position("X")
+    assert (pos.quantity, pos.average_price, pos.realized_pnl) == (
+        Decimal(quantity),
+        Decimal(average),
+        Decimal(realized),
+    )
+
+
+def test_an_option_contract_counts_100_shares_of_its_price() -> None:
+    """Option prices are per share; one contract is 100 shares. Counted per
+    share, an options strategy's P&L read 100 times too small (the risk-gate
+    counted it right, so its breaker and the strategy's books disagreed)."""
+    option = "O:SPY241220P00720000"
+    ledger = ledger_of([("buy", 2, 5), ("sell", 1, 6)], option)
+    ledger.mark(option, Decimal("5.5"))
+    pos = ledger.position(option)
+    assert (pos.quantity, pos.average_price) == (Decimal(1), Decimal(5))
+    assert pos.realized_pnl == Decimal(100)  # (6 - 5) x 1 contract x 100
+    assert pos.unrealized_pnl == Decimal(50)  # (5.5 - 5) x 1 x 100
+    assert ledger.pnl() == PnL(Decimal(100), Decimal(50))
+
+
+def ledger_of(fills: list[tuple[str, int, int]], symbol: str) -> Ledger:
     ledger = Ledger()
     for i, (side, qty, price) in enumerate(fills):
         ledger.apply_fill(
@@ -585,7 +610,7 @@ def test_ledger_average_cost(
                 account="a",
                 broker_order_id=f"b{i}",
                 fill_id=f"f{i}",
-                symbol="X",
+                symbol=symbol,
                 side="buy" if side == "buy" else "sell",
                 quantity=Decimal(qty),
                 price=Decimal(price),
@@ -594,9 +619,4 @@ def test_ledger_average_cost(
                 status="complete",
             )
         )
-    pos = ledger.position("X")
-    assert (pos.quantity, pos.average_price, pos.realized_pnl) == (
-        Decimal(quantity),
-        Decimal(average),
-        Decimal(realized),
-    )
+    return ledger

@@ -57,6 +57,7 @@ from libs.contract.events import (
     Side,
     SubmitOrder,
     asset_class_of,
+    contract_multiplier,
 )
 from services.risk_gate.domain.commands import (
     SOURCE,
@@ -67,7 +68,7 @@ from services.risk_gate.domain.commands import (
 )
 from services.risk_gate.domain.evolve import roll_day
 from services.risk_gate.domain.limits import GLOBAL, AccountLimits, StrategyLimits
-from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState, multiplier
+from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState
 
 Verdict = tuple[ReasonCode, str]
 ACCEPT: Verdict = (ReasonCode.ACCEPTED, "")
@@ -235,7 +236,7 @@ def _order_size(p: OrderIntentPayload, strategy: StrategyLimits, mark: Mark) -> 
         return ReasonCode.MAX_ORDER_QUANTITY, (
             f"quantity {p.quantity} > max {strategy.max_order_quantity} per order"
         )
-    notional = p.quantity * order_price(p, mark) * multiplier(p.symbol)
+    notional = p.quantity * order_price(p, mark) * contract_multiplier(p.symbol)
     if notional > strategy.max_order_notional:
         return ReasonCode.MAX_ORDER_NOTIONAL, (
             f"notional {notional} > max {strategy.max_order_notional} per order"
@@ -327,7 +328,7 @@ def gross_exposure(
             price = mark.price
         if price is None:
             price = pos.avg_price if pos is not None else ZERO
-        total += max(abs(qty + buys), abs(qty - sells)) * price * multiplier(symbol)
+        total += max(abs(qty + buys), abs(qty - sells)) * price * contract_multiplier(symbol)
     return total
 
 

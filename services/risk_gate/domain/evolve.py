@@ -42,6 +42,7 @@ from libs.contract.events import (
     TradingResumeRequested,
     TradingState,
     TradingStateChanged,
+    contract_multiplier,
 )
 from services.risk_gate.domain.limits import GLOBAL
 from services.risk_gate.domain.state import (
@@ -57,7 +58,6 @@ from services.risk_gate.domain.state import (
     ScopeState,
     frozen_map,
     in_window,
-    multiplier,
     trading_day,
     with_item,
     with_open,
@@ -389,7 +389,7 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
                 orders=with_item(state.orders, order.order_id, replace(order, remaining=remaining)),
                 open_quantity=with_open(state.open_quantity, order, remaining - order.remaining),
             )
-    mult = multiplier(p.symbol)
+    mult = contract_multiplier(p.symbol)
     account_key = (p.account, p.symbol)
     position = state.positions.get(account_key, Position()).fill(
         p.side, p.quantity, p.price, p.commission, mult

@@ -26,7 +26,12 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-from libs.contract.events import OrderIntentCreated, Side, TradingState, asset_class_of
+from libs.contract.events import (
+    OrderIntentCreated,
+    Side,
+    TradingState,
+    contract_multiplier,
+)
 from services.risk_gate.domain.limits import GLOBAL, RiskLimits, TradingDay
 
 ZERO = Decimal(0)
@@ -65,11 +70,6 @@ def without(m: Mapping[K, V], key: K) -> Mapping[K, V]:
     d = _copy(m)
     del d[key]
     return MappingProxyType(d)
-
-
-def multiplier(symbol: str) -> Decimal:
-    """Contract size: 100 shares per option contract (``O:…``), 1 otherwise."""
-    return Decimal(100) if asset_class_of(symbol) == "option" else Decimal(1)
 
 
 #: The last trading day looked up per (time zone, start): its first and past-
@@ -449,7 +449,7 @@ class RiskState:
         for (acct, symbol), pos in self.positions.items():
             if acct == account:
                 m = self.marks.get(symbol)
-                total += pos.day_pnl(m.price if m else None, multiplier(symbol))
+                total += pos.day_pnl(m.price if m else None, contract_multiplier(symbol))
         return total
 
     def orders_in_window(self, key: str, now_ns: int, window_ns: int) -> int:
