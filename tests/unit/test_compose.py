@@ -216,10 +216,6 @@ def test_each_start_of_the_synthetic_feed_has_ids_of_its_own(
 ) -> None:
     # A restarted marketdata container must not give its (different) prices
     # the last start's event ids: JetStream and the recorder would drop them.
-    from libs.contract.envelope import WallClock
-    from services.marketdata.adapters.synthetic import SyntheticSource
-    from services.marketdata.main import build_source
-
     spec = services["marketdata"]
     assert spec["command"][-2:] == ["--source", "synthetic"]
     env = environment(spec)
@@ -232,6 +228,16 @@ def test_each_start_of_the_synthetic_feed_has_ids_of_its_own(
         channels=env["TRADEBUS_CHANNELS"],
         synthetic_run=run,
     )
+    assert_two_starts_share_no_ids(settings)
+
+
+def assert_two_starts_share_no_ids(settings: MarketdataSettings) -> None:
+    """Two starts of the synthetic source under ``settings`` give the same
+    tick different event ids (none shared)."""
+    from libs.contract.envelope import WallClock
+    from services.marketdata.adapters.synthetic import SyntheticSource
+    from services.marketdata.main import build_source
+
     first_ids = []
     for _start in range(2):
         source = build_source(settings, WallClock())

@@ -214,10 +214,8 @@ def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) 
     """``fresh``, as docker-compose.yml sets it: marketdata draws a new salt
     at every start, so a restart's prices are not dropped as duplicates.
     The supervisor restarts it with the same environment."""
-    from libs.contract.envelope import WallClock
-    from services.marketdata.adapters.synthetic import SyntheticSource
     from services.marketdata.config import MarketdataSettings
-    from services.marketdata.main import build_source
+    from tests.unit.test_compose import assert_two_starts_share_no_ids
 
     given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml", TRADEBUS_SYNTHETIC_RUN="pinned")
     (plan,) = wiring.plans(given, ["marketdata"])
@@ -228,10 +226,4 @@ def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) 
         channels=plan.env["TRADEBUS_CHANNELS"],
         synthetic_run=plan.env["TRADEBUS_SYNTHETIC_RUN"],
     )
-    first_ids = []
-    for _start in range(2):
-        source = build_source(settings, WallClock())
-        assert isinstance(source, SyntheticSource)
-        first_ids.append([e.id for e in source.market.tick(1_717_000_000_000_000_000)])
-    assert first_ids[0]
-    assert not set(first_ids[0]) & set(first_ids[1])
+    assert_two_starts_share_no_ids(settings)
