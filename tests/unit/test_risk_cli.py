@@ -52,15 +52,20 @@ def test_resume_refuses_a_scope_that_is_not_a_token() -> None:
     assert result.exit_code == 2
 
 
-def test_status_table_shows_states_and_caps(monkeypatch: pytest.MonkeyPatch) -> None:
-    console = Console(width=200, record=True)
-    monkeypatch.setattr(cli, "out", console)
+def printed_status(monkeypatch: pytest.MonkeyPatch, width: int) -> str:
+    """The status table of the example limits' initial state at ``width`` columns."""
     from services.risk_gate.config import load_limits
 
+    console = Console(width=width, record=True)
+    monkeypatch.setattr(cli, "out", console)
     limits: RiskLimits = load_limits(EXAMPLE)
     summary = {"as_of_seq": 7, **summarize(RiskState.initial(limits), 1_773_154_800 * 10**9)}
     cli._print_status(summary, limits_given=True)
-    text = console.export_text()
+    return console.export_text()
+
+
+def test_status_table_shows_states_and_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = printed_status(monkeypatch, 200)
     assert "as of store sequence 7" in text
     assert "kill switch off" in text
     assert "sma-aapl" in text
@@ -72,15 +77,7 @@ def test_status_table_in_a_narrow_terminal_wraps_and_cuts_nothing(
 ) -> None:
     """rich's default overflow cuts a cell to an ellipsis: a trader would read
     ``30,00…`` for a cap. Every cell folds onto more lines instead."""
-    console = Console(width=60, record=True)
-    monkeypatch.setattr(cli, "out", console)
-    from services.risk_gate.config import load_limits
-
-    limits: RiskLimits = load_limits(EXAMPLE)
-    summary = {"as_of_seq": 7, **summarize(RiskState.initial(limits), 1_773_154_800 * 10**9)}
-    cli._print_status(summary, limits_given=True)
-    text = console.export_text()
-    assert "…" not in text
+    assert "…" not in printed_status(monkeypatch, 60)
 
 
 @pytest.mark.parametrize(
