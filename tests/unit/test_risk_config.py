@@ -50,6 +50,14 @@ def test_yaml_floats_are_read_as_the_decimals_written() -> None:
         (GOOD + "  s: {}\n", "duplicate key 's'"),
         (GOOD + "trading_day: {timezone: Mars/Olympus}\n", "unknown time zone"),
         (
+            GOOD + "price_band: {options: {max_deviation: 1.5}}\n",
+            "price_band.options.max_deviation: Input should be less than 1",
+        ),
+        (
+            GOOD + "price_band: {options: {max_deviaton: 0.2}}\n",
+            "price_band.options.max_deviaton: Extra inputs are not permitted",
+        ),
+        (
             GOOD.replace(
                 "{daily_loss_limit: 500}", "{daily_loss_limit: 500, reduce_only_at_loss: 600}"
             ),

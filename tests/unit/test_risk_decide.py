@@ -587,6 +587,37 @@ def test_each_check_has_its_reason(
         assert d.events == (d.event,)
 
 
+OPTION = "O:AAPL260320C00100000"
+
+
+@pytest.mark.parametrize(
+    ("symbol", "options", "limit", "age_s", "reason"),
+    [
+        # 10 % from the last price: outside the equities' 5 %, inside the options' 25 %.
+        ("AAPL", {"max_deviation": "0.25"}, "110", 0, ReasonCode.PRICE_BAND),
+        (OPTION, {"max_deviation": "0.25"}, "2.2", 0, ReasonCode.ACCEPTED),
+        (OPTION, None, "2.2", 0, ReasonCode.PRICE_BAND),  # no band of their own: 5 %
+        # A last price 5 minutes old: past the equities' 60 s, within the options' 10 min.
+        ("AAPL", {"max_mark_age_s": 600}, "100", 300, ReasonCode.NO_MARKET_PRICE),
+        (OPTION, {"max_mark_age_s": 600}, "2", 300, ReasonCode.ACCEPTED),
+        # A key left out takes the equities' value.
+        (OPTION, {"max_deviation": "0.25"}, "2", 300, ReasonCode.NO_MARKET_PRICE),
+        (OPTION, {"max_mark_age_s": 600}, "2.2", 0, ReasonCode.PRICE_BAND),
+    ],
+)
+def test_options_may_have_a_price_band_of_their_own(
+    symbol: str, options: dict[str, Any] | None, limit: str, age_s: int, reason: ReasonCode
+) -> None:
+    band = {"max_deviation": "0.05", "max_mark_age_s": 60, "options": options}
+    limits = RiskLimits.model_validate({**LIMITS.model_dump(), "price_band": band})
+    last = "100" if symbol == "AAPL" else "2"
+    state = apply(RiskState.initial(limits), trade(symbol, last, T0 - age_s * S))
+    kwargs: dict[str, Any] = {"asset_class": "option"} if symbol == OPTION else {}
+    i = intent(1, symbol=symbol, order_type="limit", limit_price=D(limit), **kwargs)
+    d = decide(evolve(state, i), i, T0)
+    assert d.reason is reason, d.detail
+
+
 def test_every_reason_code_is_exercised() -> None:
     assert {case[4] for case in CASES} == set(ReasonCode)
 

@@ -150,7 +150,7 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
         if verdict is not ACCEPT:
             return verdict
     mark = state.mark(p.symbol)
-    max_age = limits.price_band.max_mark_age_s
+    band, max_age = limits.price_band.of(p.symbol)
     if mark is None:
         return ReasonCode.NO_MARKET_PRICE, f"no market price for {p.symbol}"
     if max_age is not None and now_ns - mark.ts_ns > max_age * NS:
@@ -158,7 +158,7 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
             f"last price of {p.symbol} is {(now_ns - mark.ts_ns) / NS:.1f}s old (max {max_age:g}s)"
         )
     for verdict in (
-        _price_band(state, p, mark),
+        _price_band(p, mark, band),
         _order_size(p, strategy, mark),
         _positions(state, p, strategy, account),
         _gross_notional(state, p, strategy, mark),
@@ -201,8 +201,7 @@ def _daily_loss(state: RiskState, p: OrderIntentPayload, account: AccountLimits)
     return ACCEPT
 
 
-def _price_band(state: RiskState, p: OrderIntentPayload, mark: Mark) -> Verdict:
-    band = state.limits.price_band.max_deviation
+def _price_band(p: OrderIntentPayload, mark: Mark, band: Decimal) -> Verdict:
     prices: list[tuple[str, Decimal]] = []
     if p.order_type in ("limit", "stop_limit"):
         if p.limit_price is None:

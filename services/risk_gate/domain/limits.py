@@ -20,6 +20,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from libs.contract.envelope import Token
+from libs.contract.events import asset_class_of
 
 GLOBAL = "global"
 
@@ -99,15 +100,38 @@ class StrategyLimits(_Config):
     symbols: dict[Token, SymbolLimit] | None = None
 
 
+#: A price band's width, as a fraction of the last price: 0.05 is 5 %.
+Deviation = Annotated[Decimal, _Dec, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+class OptionBand(_Config):
+    """The price band of option contracts, where it differs: an option's
+    spread and moves are often wider than 5 % of its price, and a contract may
+    go minutes without a trade. A key left out takes the equities' value."""
+
+    max_deviation: Deviation | None = None
+    max_mark_age_s: float | None = Field(default=None, gt=0)
+
+
 class PriceBand(_Config):
     """How far a limit or stop price may be from the last market price."""
 
     #: As a fraction of the last price: 0.05 is 5 %.
-    max_deviation: Annotated[Decimal, _Dec, Field(gt=0, lt=1, allow_inf_nan=False)] = Decimal(
-        "0.05"
-    )
+    max_deviation: Deviation = Decimal("0.05")
     #: A last price older than this counts as no price at all (None: any age).
     max_mark_age_s: float | None = Field(default=None, gt=0)
+    #: Option contracts' own band (``O:…`` symbols); None: the same as equities.
+    options: OptionBand | None = None
+
+    def of(self, symbol: str) -> tuple[Decimal, float | None]:
+        """``symbol``'s band: its maximum deviation and maximum mark age."""
+        o = self.options
+        if o is None or asset_class_of(symbol) != "option":
+            return self.max_deviation, self.max_mark_age_s
+        return (
+            o.max_deviation if o.max_deviation is not None else self.max_deviation,
+            o.max_mark_age_s if o.max_mark_age_s is not None else self.max_mark_age_s,
+        )
 
 
 class TradingDay(_Config):
