@@ -21,7 +21,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.errors import DeliveryGap
-from libs.bus.pull import PullFetcher, consumer_seq, parse_ack_subject
+from libs.bus.pull import PullFetcher, consumer_seq, stream_seq
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
@@ -177,7 +177,7 @@ class EventConsumer:
             await msg.ack()
 
     async def dead_letter(self, msg: Msg, error: DecodeError) -> None:
-        seq = parse_ack_subject(msg.reply)[0] if msg.reply else None
+        seq = stream_seq(msg) or None
         record = dead_letter(
             service=self.service,
             subject=msg.subject,

@@ -66,6 +66,12 @@ def parse_ack_subject(reply: str) -> tuple[int, int, int]:
     return int(tokens[base + 5]), int(tokens[base + 7]), int(tokens[base + 8])
 
 
+def stream_seq(msg: Msg) -> int:
+    """The stream sequence of a message JetStream delivered (from its ack
+    subject); 0 for a message without one (a plain NATS message)."""
+    return parse_ack_subject(msg.reply)[0] if msg.reply else 0
+
+
 def consumer_seq(reply: str) -> int:
     """The consumer sequence from a JetStream ack subject (one more for each
     message the consumer delivered, redeliveries included)."""

@@ -52,7 +52,7 @@ from nats.aio.msg import Msg
 from libs import trace
 from libs.bus.acks import DeferredAcks
 from libs.bus.client import Bus
-from libs.bus.pull import parse_ack_subject
+from libs.bus.pull import stream_seq
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
     AnyEvent,
@@ -184,10 +184,6 @@ class Held:
     seq: int
 
 
-def _stream_seq(msg: Msg) -> int:
-    return parse_ack_subject(msg.reply)[0] if msg.reply else 0
-
-
 class AccountWorker:
     """One broker account: its command queue, its event stream, its tracker."""
 
@@ -262,7 +258,7 @@ class AccountWorker:
             held.msg = msg
             metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="copy").inc()
             return
-        seq = _stream_seq(msg)
+        seq = stream_seq(msg)
         if self._deferred and seq == self._deferred[0]:
             # The one to wait for is back (to be taken, or handed back again
             # while there is no room): it has not left the stream.

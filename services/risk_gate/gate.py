@@ -45,6 +45,7 @@ from libs import trace
 from libs.bus.client import Bus
 from libs.bus.consumer import header_dict
 from libs.bus.errors import BusError
+from libs.bus.pull import stream_seq
 from libs.continuity import refused
 from libs.contract.codec import DecodeError, dead_letter, decode, order_id_for
 from libs.contract.envelope import Clock, Event, WallClock
@@ -52,7 +53,7 @@ from libs.contract.events import OrderIntentCreated, SubmitOrder
 from libs.store.errors import StoreError
 from services.risk_gate import metrics
 from services.risk_gate.adapters.store import rebuild
-from services.risk_gate.adapters.stream import RiskStream, stream_seq
+from services.risk_gate.adapters.stream import RiskStream
 from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.commands import SOURCE
 from services.risk_gate.domain.decide import decide, gross_exposure

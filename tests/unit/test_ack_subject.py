@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.bus.pull import consumer_seq, parse_ack_subject
+from libs.bus.pull import consumer_seq, parse_ack_subject, stream_seq
 
 
 @pytest.mark.parametrize(
@@ -17,3 +17,15 @@ from libs.bus.pull import consumer_seq, parse_ack_subject
 def test_stream_and_consumer_sequences(reply: str) -> None:
     assert parse_ack_subject(reply) == (42, 1_700_000_000_000_000_000, 3)
     assert consumer_seq(reply) == 7
+
+
+def test_stream_seq_of_a_message_and_of_one_without_an_ack_subject() -> None:
+    from nats.aio.msg import Msg
+
+    delivered = Msg(None, subject="md.trade.AAPL", reply=SUBJECT_V1, data=b"")  # type: ignore[arg-type]
+    plain = Msg(None, subject="md.trade.AAPL", reply="", data=b"")  # type: ignore[arg-type]
+    assert stream_seq(delivered) == 42
+    assert stream_seq(plain) == 0
+
+
+SUBJECT_V1 = "$JS.ACK.TRADEBUS.runner.1.42.7.1700000000000000000.3"

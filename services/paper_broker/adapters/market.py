@@ -32,7 +32,7 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.errors import BusError
-from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.bus.pull import PullFetcher, stream_seq
 from libs.contract.codec import DecodeError, decode
 from libs.contract.events import BarClosed, TradePrinted
 from libs.contract.subjects import STREAM
@@ -162,7 +162,7 @@ class NatsPriceFeed:
                             continue
                         if update is None or not msg.reply:
                             continue
-                        seq = parse_ack_subject(msg.reply)[0]
+                        seq = stream_seq(msg)
                         first = update.symbol not in self._applied
                         if not self._new(update, seq):
                             continue

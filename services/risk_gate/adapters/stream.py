@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import restart_consumer_at
-from libs.bus.pull import PullFetcher, parse_ack_subject
+from libs.bus.pull import PullFetcher
 from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import STREAM
 from libs.store.queries import Tail, last_seq_of
@@ -114,8 +114,3 @@ class RiskStream:
 
     async def close(self) -> None:
         await self._fetcher.close()
-
-
-def stream_seq(msg: Msg) -> int:
-    """The stream sequence of a delivered message (from its ack subject)."""
-    return parse_ack_subject(msg.reply)[0]
