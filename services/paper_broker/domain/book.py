@@ -491,11 +491,20 @@ class PaperBook:
             yield from acct.fills
 
     def restore(self, entry: Restored) -> None:
-        """Take one piece of a snapshot (:meth:`state`) in, as it was."""
+        """Take one piece of a snapshot (:meth:`state`) in, as it was.
+
+        A fill activity whose order is not held is left out: the order was
+        forgotten while the snapshot was being read (a replay forgets every
+        so many entries, and the window has moved since the snapshot was
+        written; its orders come before their fills), and
+        :meth:`forget_finished`, which drops the fills of the orders it
+        forgets, will not meet that order again."""
         if isinstance(entry, PaperOrder):
             self._put(entry)
         elif isinstance(entry, FillActivity):
-            self._account(entry.account).fills.append(entry)
+            acct = self._account(entry.account)
+            if entry.order_id in acct.orders:
+                acct.fills.append(entry)
         else:
             p = entry.position
             self._account(entry.account).positions[p.symbol] = p
