@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from libs.testing.wait import eventually
+from services.paper_broker import metrics
 from services.paper_broker.adapters import journal as journal_module
 from services.paper_broker.adapters.journal import COMPACTING_SUFFIX, Journal
 from services.paper_broker.adapters.server import PaperBrokerServer
@@ -230,6 +231,28 @@ def test_a_journal_never_compacted_is_replayed_forgetting_as_it_goes(tmp_path: P
     full = full_replay(path, clock)
     assert live(book) == live(full)
     assert book.count_orders()[0] < full.count_orders()[0] / 2
+
+
+def forgotten_total() -> float:
+    return float(metrics.ORDERS_FORGOTTEN._value.get())
+
+
+def test_what_a_replay_forgets_is_counted(tmp_path: Path) -> None:
+    """At start-up the replay forgets (every order past the window since the
+    last compaction), so the compaction after it has nothing left to forget:
+    until this, tradebus_paper_orders_forgotten_total stayed at 0 and the log
+    said "0 finished forgotten" at every start-up."""
+    path, clock = build(tmp_path)
+    window: dict[str, Any] = {"keep_finished_s": 2 * DAY_S}
+    before = forgotten_total()
+    book = replayed(path, clock, **window)
+    held = book.count_orders()[0]
+    assert forgotten_total() - before == full_replay(path, clock).count_orders()[0] - held > 0
+    assert Journal(path, **window).compact(book).orders_forgotten == 0
+    clock.t += DAY_S * 10**9  # a day later, from the snapshot
+    before = forgotten_total()
+    again = replayed(path, clock, **window)
+    assert forgotten_total() - before == held - again.count_orders()[0] > 0
 
 
 def test_a_recent_client_order_id_is_still_refused_after_compaction(tmp_path: Path) -> None:
