@@ -358,7 +358,9 @@ class PaperBook:
         orders are canceled first; without, a position some of whose shares
         are held by open orders on its closing side is refused (403, as
         Alpaca's "insufficient qty available"). A position in a halted symbol
-        is refused too (403): the venue takes no order for it.
+        is refused too (403): the venue takes no order for it; and one whose
+        closing order is refused as any order would be (above
+        ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
@@ -380,7 +382,15 @@ class PaperBook:
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
                 continue
             spec = OrderSpec(symbol=pos.symbol, side=side, qty=qty, asset_class=pos.asset_class)
-            order, more = self.submit(account, spec)
+            try:
+                order, more = self.submit(account, spec)
+            except Refused as e:
+                # Refused before anything changed (above max_order_quantity,
+                # untradable): this position's entry, as Alpaca answers one.
+                # Raised, it would lose the updates made so far (the
+                # cancellations), applied to the books but never journaled.
+                out.append(Closing(pos.symbol, refused=e))
+                continue
             out.append(Closing(pos.symbol, order=order))
             updates.extend(more)
         return out, updates
