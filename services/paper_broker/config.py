@@ -100,11 +100,13 @@ class PaperConfig(_Strict):
     journal_compact: bool = True
     #: Finished orders (and their fill activities) are kept this many days
     #: after their last change, then forgotten at the next compaction; null
-    #: keeps them all. Open orders and positions are always kept.
-    journal_keep_finished_days: float | None = Field(default=7.0, gt=0)
+    #: keeps them all. Open orders and positions are always kept. At most a
+    #: century: beyond, the window in nanoseconds overflows (``.inf`` too).
+    journal_keep_finished_days: float | None = Field(default=7.0, gt=0, le=36_525)
     #: The journal is compacted while running once it passes this size (and
     #: twice its size after the last compaction); null: only at start-up.
-    journal_compact_mb: float | None = Field(default=64.0, gt=0)
+    #: At most 1 TiB (``.inf`` overflows the size in bytes).
+    journal_compact_mb: float | None = Field(default=64.0, gt=0, le=1 << 20)
     #: A client that has not authenticated by then is disconnected.
     auth_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Send JSON in binary frames, as Alpaca's paper stream does.

@@ -244,6 +244,41 @@ def test_finished_orders_are_forgotten_open_ones_and_positions_kept() -> None:
     assert [(u.order.id, u.event) for u in fills] == [(partly.id, "fill"), (resting.id, "fill")]
 
 
+def test_close_all_refuses_a_position_it_may_not_close_on_its_own() -> None:
+    """A position whose closing order the broker refuses (above
+    max_order_quantity, an untradable symbol) is one 403 entry of the 207;
+    the orders canceled before it and the other positions' closings stand,
+    and come with their updates. Until this the refusal escaped close_all:
+    DELETE /v2/positions?cancel_orders=true answered 403 as a whole, its
+    open orders were canceled in the books with no update sent or journaled
+    (a restart brought them back; a journal compaction kept them canceled),
+    and no other position was closed."""
+    b = book(max_order_quantity=D(10))
+    for symbol in ("AAPL", "MSFT"):
+        b.on_market(MarketUpdate.trade(symbol, D(10)))
+    for _ in range(2):
+        b.submit("A", OrderSpec("AAPL", "buy", D(10)))  # 20: more than one order may close
+    b.submit("A", OrderSpec("MSFT", "buy", D(3)))
+    resting, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(1)))
+    b.config = replace(b.config, untradable_symbols=frozenset({"MSFT"}))  # since
+
+    closings, updates = b.close_all("A", cancel_orders=True)
+    assert [(u.event, u.order.id) for u in updates] == [("canceled", resting.id)]
+    got = {c.symbol: c.refused for c in closings}
+    assert set(got) == {"AAPL", "MSFT"}
+    aapl, msft = got["AAPL"], got["MSFT"]
+    assert aapl is not None
+    assert (aapl.status, aapl.code) == (403, 40310000)
+    assert msft is not None
+    assert (msft.status, "not tradable" in msft.message) == (422, True)
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D(20)), ("MSFT", D(3))]
+
+    b.config = replace(b.config, untradable_symbols=frozenset())
+    closings, updates = b.close_all("A")
+    assert [(c.symbol, c.refused is None) for c in closings] == [("AAPL", False), ("MSFT", True)]
+    assert [p.symbol for p in b.positions("A")] == ["AAPL"], "MSFT closed beside the refusal"
+
+
 def test_halted_symbol_is_accepted_then_rejected() -> None:
     b = book(halted_symbols=frozenset({"LULD"}))
     b.on_market(MarketUpdate.trade("LULD", D(5)))

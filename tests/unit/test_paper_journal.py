@@ -27,6 +27,8 @@ import orjson
 import pytest
 
 from libs.testing.wait import eventually
+from services.paper_broker import metrics
+from services.paper_broker.adapters import journal as journal_module
 from services.paper_broker.adapters.journal import COMPACTING_SUFFIX, Journal
 from services.paper_broker.adapters.server import PaperBrokerServer
 from services.paper_broker.domain.book import (
@@ -231,6 +233,28 @@ def test_a_journal_never_compacted_is_replayed_forgetting_as_it_goes(tmp_path: P
     assert book.count_orders()[0] < full.count_orders()[0] / 2
 
 
+def forgotten_total() -> float:
+    return float(metrics.ORDERS_FORGOTTEN._value.get())
+
+
+def test_what_a_replay_forgets_is_counted(tmp_path: Path) -> None:
+    """At start-up the replay forgets (every order past the window since the
+    last compaction), so the compaction after it has nothing left to forget:
+    until this, tradebus_paper_orders_forgotten_total stayed at 0 and the log
+    said "0 finished forgotten" at every start-up."""
+    path, clock = build(tmp_path)
+    window: dict[str, Any] = {"keep_finished_s": 2 * DAY_S}
+    before = forgotten_total()
+    book = replayed(path, clock, **window)
+    held = book.count_orders()[0]
+    assert forgotten_total() - before == full_replay(path, clock).count_orders()[0] - held > 0
+    assert Journal(path, **window).compact(book).orders_forgotten == 0
+    clock.t += DAY_S * 10**9  # a day later, from the snapshot
+    before = forgotten_total()
+    again = replayed(path, clock, **window)
+    assert forgotten_total() - before == held - again.count_orders()[0] > 0
+
+
 def test_a_recent_client_order_id_is_still_refused_after_compaction(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "journal.jsonl"
@@ -254,6 +278,29 @@ def test_a_recent_client_order_id_is_still_refused_after_compaction(tmp_path: Pa
     assert restarted.by_client_order_id("x", "old") is None
     [position] = restarted.positions("x")
     assert position.qty == D(3), "the forgotten order's shares are still held"
+
+
+def test_a_restart_forgets_the_fills_of_the_orders_it_forgets_in_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window has moved since the snapshot: the replay forgets, every
+    FORGET_EVERY entries, orders the snapshot holds, and their fill
+    activities come after them in it. Until this, the fills read after that
+    were kept, for orders no longer found, and written into every snapshot
+    after (nothing forgets them any more)."""
+    path, clock = build(tmp_path)
+    window: dict[str, Any] = {"keep_finished_s": 5 * DAY_S}
+    Journal(path, **window).compact(replayed(path, clock, **window))
+    clock.t += 2 * DAY_S * 10**9
+    # A snapshot of 20,000 entries and more (a busy account) does it; this one is smaller.
+    monkeypatch.setattr(journal_module, "FORGET_EVERY", 50)
+    book = replayed(path, clock, **window)
+    reference = full_replay(path, clock)
+    assert reference.forget_finished(clock.t - 5 * DAY_S * 10**9) > 0
+    assert everything(book) == everything(reference)
+    for a in ACCOUNTS:
+        held = {o.id for o in book.orders(a, "all")}
+        assert {f.order_id for f in book.fills(a)} <= held
 
 
 async def test_the_server_compacts_its_journal_when_it_grows(tmp_path: Path) -> None:

@@ -211,9 +211,11 @@ class Journal:
         Finished orders past the window are forgotten as the replay goes
         (every ``FORGET_EVERY`` entries), so a journal never compacted (one
         from before compaction, or with it switched off) is replayed in the
-        memory of what is kept, not of all it holds."""
+        memory of what is kept, not of all it holds. What it forgets is
+        counted (``tradebus_paper_orders_forgotten_total``) and logged: the
+        compaction that follows at start-up finds nothing more to forget."""
         since = self.kept_since(book)
-        count = 0
+        count = forgotten = 0
         for entry in self.load():
             if isinstance(entry, TradeUpdate):
                 book.apply(entry)
@@ -221,9 +223,16 @@ class Journal:
                 book.restore(entry)
             count += 1
             if since is not None and count % FORGET_EVERY == 0:
-                book.forget_finished(since)
+                forgotten += book.forget_finished(since)
         if since is not None:
-            book.forget_finished(since)
+            forgotten += book.forget_finished(since)
+        if forgotten:
+            metrics.ORDERS_FORGOTTEN.inc(forgotten)
+            log.info(
+                "journal %s: %d finished orders past the window forgotten at the replay",
+                self.path,
+                forgotten,
+            )
         return count
 
     def kept_since(self, book: PaperBook) -> int | None:

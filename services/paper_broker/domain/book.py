@@ -358,7 +358,9 @@ class PaperBook:
         orders are canceled first; without, a position some of whose shares
         are held by open orders on its closing side is refused (403, as
         Alpaca's "insufficient qty available"). A position in a halted symbol
-        is refused too (403): the venue takes no order for it.
+        is refused too (403): the venue takes no order for it; and one whose
+        closing order is refused as any order would be (above
+        ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
@@ -380,7 +382,15 @@ class PaperBook:
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
                 continue
             spec = OrderSpec(symbol=pos.symbol, side=side, qty=qty, asset_class=pos.asset_class)
-            order, more = self.submit(account, spec)
+            try:
+                order, more = self.submit(account, spec)
+            except Refused as e:
+                # Refused before anything changed (above max_order_quantity,
+                # untradable): this position's entry, as Alpaca answers one.
+                # Raised, it would lose the updates made so far (the
+                # cancellations), applied to the books but never journaled.
+                out.append(Closing(pos.symbol, refused=e))
+                continue
             out.append(Closing(pos.symbol, order=order))
             updates.extend(more)
         return out, updates
@@ -491,11 +501,20 @@ class PaperBook:
             yield from acct.fills
 
     def restore(self, entry: Restored) -> None:
-        """Take one piece of a snapshot (:meth:`state`) in, as it was."""
+        """Take one piece of a snapshot (:meth:`state`) in, as it was.
+
+        A fill activity whose order is not held is left out: the order was
+        forgotten while the snapshot was being read (a replay forgets every
+        so many entries, and the window has moved since the snapshot was
+        written; its orders come before their fills), and
+        :meth:`forget_finished`, which drops the fills of the orders it
+        forgets, will not meet that order again."""
         if isinstance(entry, PaperOrder):
             self._put(entry)
         elif isinstance(entry, FillActivity):
-            self._account(entry.account).fills.append(entry)
+            acct = self._account(entry.account)
+            if entry.order_id in acct.orders:
+                acct.fills.append(entry)
         else:
             p = entry.position
             self._account(entry.account).positions[p.symbol] = p
