@@ -39,6 +39,7 @@ from libs.contract.events import (
     SignalPayload,
     SubmitOrder,
     SubmitOrderPayload,
+    asset_class_of,
 )
 from libs.strategy.base import Bar, Strategy, StrategyParams
 
@@ -145,6 +146,7 @@ def market_intent(
             symbol=p.symbol,
             side=side,
             quantity=Decimal(quantity),
+            asset_class=asset_class_of(p.symbol),
         ),
         source="test/strategy-runner",
         clock=At(cause.ts_event),
@@ -171,6 +173,7 @@ def accept(
             symbol=p.symbol,
             side=p.side,
             quantity=p.quantity,
+            asset_class=p.asset_class,
         ),
         source="test/risk-gate",
         clock=clock,

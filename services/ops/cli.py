@@ -42,6 +42,8 @@ def db_upgrade(
 
 #: Events listed when neither --limit nor --last is given.
 DEFAULT_LIMIT = 50
+#: As --help shows it (escaped: typer reads help as rich markup, with tags in [ ]).
+LIMIT_DEFAULT_SHOWN = escape(f"[default: {DEFAULT_LIMIT}]")
 #: Digits of an id in the listings (``tradebus audit`` takes them).
 SHORT_ID = 8
 
@@ -85,7 +87,8 @@ def register(app: typer.Typer) -> None:
         subject: Annotated[str, typer.Option(help="NATS subject pattern")] = ">",
         after: Annotated[int, typer.Option(min=0, help="Only sequences after this")] = 0,
         limit: Annotated[
-            int | None, typer.Option(min=1, help="At most this many, the first [default: 50]")
+            int | None,
+            typer.Option(min=1, help=f"At most this many, the first {LIMIT_DEFAULT_SHOWN}"),
         ] = None,
         last: Annotated[
             int | None, typer.Option(min=1, help="The newest this many instead of the first")

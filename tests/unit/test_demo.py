@@ -249,3 +249,20 @@ def test_demo_settings_refuse_bad_values(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=variable):
         load_settings(DemoSettings)
+
+
+def test_an_option_chain_is_an_option_in_its_intent_and_command() -> None:
+    """`tradebus demo --symbols O:...` records chains the audit trail reads as
+    the risk-gate would have passed them: an O: symbol is an option."""
+    spec = ChainSpec(
+        ref="demo-t-2",
+        strategy="demo-momentum",
+        account="demo-paper",
+        symbol="O:SPY241220P00720000",
+        side="buy",
+        quantity=Decimal(2),
+        price=Decimal("5.25"),
+    )
+    chain = build_chain(spec, now_ns=T0, ids=seeded_ids(1))
+    assert chain.intent.payload.asset_class == "option"
+    assert chain.command.payload.asset_class == "option"

@@ -38,3 +38,13 @@ def test_a_store_gone_after_the_preamble_is_one_line_naming_it(
     ), result.output
     assert errors[0].endswith("(is DATABASE_URL the one `tradebus up` printed?)"), result.output
     assert SECRET not in result.output
+
+
+def test_events_help_gives_the_default_limit() -> None:
+    """`events --help` says how many events a plain `events` lists: written
+    as "[default: 50]" in the help, typer read it as a rich tag and dropped it."""
+    result = CliRunner().invoke(root.app, ["events", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    [limit] = [line for line in lines if line.lstrip("│ ").startswith("--limit")]
+    assert "the first [default: 50]" in limit, limit

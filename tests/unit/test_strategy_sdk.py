@@ -38,6 +38,8 @@ from libs.strategy.testing import (
     booked_fill,
     deny,
     fill_chain,
+    market_intent,
+    signal,
 )
 
 SMA_PARAMS = {"fast_period": 1, "slow_period": 2, "quantity": 1}
@@ -620,3 +622,17 @@ def ledger_of(fills: list[tuple[str, int, int]], symbol: str) -> Ledger:
             )
         )
     return ledger
+
+
+def test_the_test_helpers_give_an_option_intent_and_command_the_option_class() -> None:
+    """market_intent and accept build what the SDK and the risk-gate would: an
+    intent of an O: symbol is an option (else the gate denies it for its
+    asset_class), and the order command carries the intent's class."""
+    ids = counter_ids()
+    root = signal("s", "O:SPY241220P00720000", at_ns=1_700_000_000 * 10**9, ids=ids)
+    intent = market_intent(root, "paper", "buy", 1, ids=ids)
+    assert intent.payload.asset_class == "option"
+    _decision, command, _ack, _fill = fill_chain(intent, "5.5", ids=ids)
+    assert command.payload.asset_class == "option"
+    stock = market_intent(signal("s", "AAPL", at_ns=root.ts_event, ids=ids), "paper", "buy", 1)
+    assert stock.payload.asset_class == "equity"

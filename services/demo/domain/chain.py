@@ -35,6 +35,7 @@ from libs.contract.events import (
     SignalPayload,
     SubmitOrder,
     SubmitOrderPayload,
+    asset_class_of,
 )
 
 STRATEGY_SOURCE = "demo/strategy-runner"
@@ -112,6 +113,7 @@ def build_chain(spec: ChainSpec, *, now_ns: int, ids: IdFactory) -> OrderChain:
             symbol=spec.symbol,
             side=spec.side,
             quantity=spec.quantity,
+            asset_class=asset_class_of(spec.symbol),
         ),
         source=STRATEGY_SOURCE,
         clock=clock,
@@ -135,6 +137,7 @@ def build_chain(spec: ChainSpec, *, now_ns: int, ids: IdFactory) -> OrderChain:
             symbol=spec.symbol,
             side=spec.side,
             quantity=spec.quantity,
+            asset_class=asset_class_of(spec.symbol),
         ),
         source=RISK_SOURCE,
         clock=clock,
