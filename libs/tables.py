@@ -15,7 +15,7 @@ Money is shown to the cent and prices to :data:`PRICE_PLACES` places; the
 from __future__ import annotations
 
 import sys
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +24,7 @@ from rich.table import Table
 PIPED_WIDTH = 1000
 #: Places of a price in a table (an average price has many more).
 PRICE_PLACES = 4
+CENT = Decimal("0.01")
 
 out = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
@@ -37,10 +38,11 @@ def table(*headers: str, title: str | None = None) -> Table:
 
 
 def money(value: Decimal | str | None) -> str:
-    """``-12.5021`` -> ``-12.50``, ``19514.3`` -> ``19,514.30``; ``""`` for none."""
+    """``-12.5021`` -> ``-12.50``, ``19514.3`` -> ``19,514.30``, half a cent
+    away from zero (``0.125`` -> ``0.13``, as money is rounded); ``""`` for none."""
     if value is None or value == "":
         return ""
-    text = f"{Decimal(value):,.2f}"
+    text = f"{Decimal(value).quantize(CENT, ROUND_HALF_UP):,.2f}"
     return "0.00" if text == "-0.00" else text
 
 
@@ -49,6 +51,6 @@ def price(value: Decimal | str | None) -> str:
     (``120.5912345`` -> ``120.5912``, ``191.20`` -> ``191.2``); ``""`` for none."""
     if value is None or value == "":
         return ""
-    rounded = Decimal(value).quantize(Decimal(1).scaleb(-PRICE_PLACES)).normalize()
+    rounded = Decimal(value).quantize(Decimal(1).scaleb(-PRICE_PLACES), ROUND_HALF_UP).normalize()
     text = format(rounded, "f")
     return "0" if text == "-0" else text

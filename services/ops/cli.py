@@ -46,6 +46,8 @@ DEFAULT_LIMIT = 50
 LIMIT_DEFAULT_SHOWN = escape(f"[default: {DEFAULT_LIMIT}]")
 #: Digits of an id in the listings (``tradebus audit`` takes them).
 SHORT_ID = 8
+#: Ids an ambiguous prefix's error names (the listings show only SHORT_ID digits).
+AMBIGUOUS_SHOWN = 5
 
 
 def _when(ns: int) -> str:
@@ -186,11 +188,17 @@ async def _resolve(conn: Any, given: str) -> uuid.UUID:
     except ValueError:
         pass
     try:
-        found = await ids_starting_with(conn, given, limit=2)
+        found = await ids_starting_with(conn, given, limit=AMBIGUOUS_SHOWN + 1)
     except IdPrefixError as e:
         fail(e, 2)
     if not found:
         fail(f"no recorded event id starts with {given!r}", 1)
     if len(found) > 1:
-        fail(f"more than one recorded event id starts with {given!r}: give more digits", 1)
+        shown = ", ".join(str(i) for i in found[:AMBIGUOUS_SHOWN])
+        more = ", ..." if len(found) > AMBIGUOUS_SHOWN else ""
+        fail(
+            f"more than one recorded event id starts with {given!r}: give more digits "
+            f"({shown}{more})",
+            1,
+        )
     return found[0]

@@ -229,7 +229,12 @@ async def test_the_listing_shows_the_newest_and_audit_takes_the_ids_it_shows(
     p = fill.payload
     assert f"{p.side} {p.quantity} {p.symbol} @ {p.price}" in marked[0]
     for given, code, says in (
-        ("abcdef", 1, "more than one recorded event id starts with 'abcdef': give more digits"),
+        (
+            "abcdef",
+            1,
+            "more than one recorded event id starts with 'abcdef': give more digits "
+            f"({twins[0].id}, {twins[1].id})",
+        ),
         ("abcdef01", 0, ""),
         ("0123abcd", 1, "no recorded event id starts with '0123abcd'"),
         ("abc", 2, "not an event id or the start of one"),

@@ -20,6 +20,8 @@ from libs.tables import money, price, table
         (Decimal("19514.3"), "19,514.30"),
         ("5000", "5,000.00"),
         (Decimal("-0.001"), "0.00"),
+        (Decimal("0.125"), "0.13"),  # half a cent away from zero, not to even
+        (Decimal("-0.125"), "-0.13"),
         (None, ""),
     ],
 )
