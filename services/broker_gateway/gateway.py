@@ -678,6 +678,22 @@ class AccountWorker:
         else:
             return 0
         if order is None:
+            if t.broker_order_id is not None:
+                # Acknowledged once, unknown now: whatever became of it (fills
+                # included) cannot be read back. Said, not guessed.
+                metrics.ORDERS_UNKNOWN.labels(account=self.account).inc()
+                log.warning(
+                    "reconciliation of %s: the broker no longer knows order %s "
+                    "(broker order %s, %s %s %s, %s filled): its outcome is unknown, "
+                    "check it at the broker",
+                    self.account,
+                    t.order_id,
+                    t.broker_order_id,
+                    t.side,
+                    t.quantity,
+                    t.symbol,
+                    t.filled,
+                )
             return 0
         fills = await self.port.order_fills(order) if order.filled_quantity > t.filled else None
         events = self.tracker.reconcile(order, fills)

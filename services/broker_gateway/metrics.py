@@ -35,6 +35,12 @@ RECONCILED_FILLS = Counter(
     "Fills published by a reconciliation (missed on the stream)",
     ["account"],
 )
+ORDERS_UNKNOWN = Counter(
+    "tradebus_broker_orders_unknown_total",
+    "Orders the gateway still tracks as working (acknowledged by the broker) "
+    "that the broker no longer knows at a reconciliation: their outcome is not known",
+    ["account"],
+)
 MALFORMED = Counter(
     "tradebus_broker_malformed_messages_total", "Broker messages that did not parse", ["account"]
 )
@@ -66,6 +72,7 @@ def account_started(account: str) -> None:
     count back to no more than it was: not seen as a reset).
     """
     FLATTEN_REFUSED.labels(account=account)
+    ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")
     COMMANDS_HELD.labels(account=account).set(0)

@@ -183,3 +183,47 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_a_working_order_the_broker_no_longer_knows_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An order the broker acknowledged and now answers 404 for (a paper
+    broker's forgotten order, an order removed at the venue) has an unknown
+    outcome: reconciliation used to skip it without a word."""
+    from libs.contract.events import OrderAccepted, OrderAcceptedPayload
+
+    account = f"gone-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account)
+    command = submit()
+    oid = command.payload.order_id
+    accepted = OrderAcceptedPayload(
+        order_id=oid, account=account, broker_order_id="b-42", symbol="AAPL"
+    )
+    w.tracker.evolve(
+        command.model_copy(
+            update={"payload": command.payload.model_copy(update={"account": account})}
+        )
+    )
+    w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
+    asked: list[str | None] = []
+
+    async def get_order(**ids: str | None) -> None:
+        asked.append(ids.get("broker_order_id"))
+
+    async def open_orders() -> list[Any]:
+        return []
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, open_orders=open_orders))
+
+    def unknown() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_orders_unknown_total", {"account": account}
+        )
+
+    assert unknown() == 0
+    with caplog.at_level("WARNING"):
+        await w.reconcile()
+    assert asked == ["b-42"]
+    assert unknown() == 1
+    assert f"the broker no longer knows order {oid} (broker order b-42" in caplog.text
