@@ -336,6 +336,27 @@ class SubmitOrderPayload(Frozen):
     time_in_force: TimeInForce = "day"
     asset_class: AssetClass = "equity"
 
+    @classmethod
+    def for_intent(cls, intent: OrderIntentCreated, order_id: uuid.UUID) -> SubmitOrderPayload:
+        """The order command of an accepted ``intent``, as ``order_id``: the
+        intent's order as it was asked (type, prices, time in force, asset
+        class), nothing left out."""
+        p = intent.payload
+        return cls(
+            order_id=order_id,
+            intent_id=intent.id,
+            strategy=p.strategy,
+            account=p.account,
+            symbol=p.symbol,
+            side=p.side,
+            quantity=p.quantity,
+            order_type=p.order_type,
+            limit_price=p.limit_price,
+            stop_price=p.stop_price,
+            time_in_force=p.time_in_force,
+            asset_class=p.asset_class,
+        )
+
 
 class SubmitOrder(Event):
     """Send this order to the broker. Only the risk-gate may publish it."""

@@ -160,21 +160,11 @@ def accept(
 ) -> tuple[RiskDecisionMade, SubmitOrder]:
     """The risk-gate's acceptance of ``intent`` and its order command, under
     the order id the risk-gate gives it."""
-    p = intent.payload
     clock = At(at_ns if at_ns is not None else intent.ts_event)
     order_id = order_id_for(intent.id)
     decision = _decision(intent, ReasonCode.ACCEPTED, order_id, clock=clock, ids=ids)
     command = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=order_id,
-            intent_id=intent.id,
-            strategy=p.strategy,
-            account=p.account,
-            symbol=p.symbol,
-            side=p.side,
-            quantity=p.quantity,
-            asset_class=p.asset_class,
-        ),
+        SubmitOrderPayload.for_intent(intent, order_id),
         source="test/risk-gate",
         clock=clock,
         cause=decision,

@@ -704,3 +704,37 @@ def test_dotted_share_class_symbol_is_carried_and_escaped_in_its_subject() -> No
     assert symbol_token("O:SPY241220P00720000") == "O:SPY241220P00720000"
     with pytest.raises(SubjectError):
         symbol_token("BAD SYMBOL")
+
+
+def test_an_order_command_is_the_intents_order_whole() -> None:
+    """SubmitOrderPayload.for_intent (the gate's command, the test helpers',
+    the demo's) carries every field of the order asked for; the test helper
+    used to drop type, prices and time in force: a limit became a market order."""
+    from libs.strategy.testing import accept
+
+    intent = OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy="opt",
+            account="acct",
+            symbol="O:SPY241220P00720000",
+            side="sell",
+            quantity=Decimal(3),
+            order_type="stop_limit",
+            limit_price=Decimal("4.9"),
+            stop_price=Decimal("5.1"),
+            time_in_force="gtc",
+            asset_class="option",
+        ),
+        source="test",
+        clock=StepClock(),
+    )
+    order_id = uuid.uuid4()
+    command = SubmitOrderPayload.for_intent(intent, order_id)
+    asked = intent.payload.model_dump()
+    assert command.model_dump() == {**asked, "order_id": order_id, "intent_id": intent.id}
+    _, helper_command = accept(intent)
+    assert helper_command.payload.model_dump() == {
+        **asked,
+        "order_id": helper_command.payload.order_id,
+        "intent_id": intent.id,
+    }

@@ -129,16 +129,7 @@ def build_chain(spec: ChainSpec, *, now_ns: int, ids: IdFactory) -> OrderChain:
         ids=ids,
     )
     command = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=order_id,
-            intent_id=intent.id,
-            strategy=spec.strategy,
-            account=spec.account,
-            symbol=spec.symbol,
-            side=spec.side,
-            quantity=spec.quantity,
-            asset_class=asset_class_of(spec.symbol),
-        ),
+        SubmitOrderPayload.for_intent(intent, order_id),
         source=RISK_SOURCE,
         clock=clock,
         cause=decision,

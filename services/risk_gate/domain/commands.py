@@ -87,23 +87,9 @@ def make(
 
 def submit_order(intent: OrderIntentCreated, now_ns: int, *, source: str = SOURCE) -> SubmitOrder:
     """The order command for an accepted intent, caused by its decision."""
-    p = intent.payload
     return make(
         SubmitOrder,
-        SubmitOrderPayload(
-            order_id=order_id_for(intent.id),
-            intent_id=intent.id,
-            strategy=p.strategy,
-            account=p.account,
-            symbol=p.symbol,
-            side=p.side,
-            quantity=p.quantity,
-            order_type=p.order_type,
-            limit_price=p.limit_price,
-            stop_price=p.stop_price,
-            time_in_force=p.time_in_force,
-            asset_class=p.asset_class,
-        ),
+        SubmitOrderPayload.for_intent(intent, order_id_for(intent.id)),
         event_id=submit_id_for(intent.id),
         now_ns=now_ns,
         source=source,
