@@ -493,3 +493,18 @@ async def test_the_order_list_is_limited_and_ordered_as_alpaca_s(
             assert (await request(ws, "GET", f"/v2/orders?{bad}"))["status"] == 422, bad
     finally:
         await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("symbol", "asset_class"),
+    [("O:SPY241220P00720000", "us_option"), ("AAPL", "us_equity"), ("BRK:B", "us_equity")],
+)
+def test_an_order_is_an_option_exactly_when_tradebus_names_one(
+    symbol: str, asset_class: str
+) -> None:
+    """The paper broker tells options by tradebus's rule (O: + OCC symbol,
+    libs.contract.events.asset_class_of), not by any colon in the symbol."""
+    from services.paper_broker.adapters.wire import spec_from_json
+
+    spec = spec_from_json({"symbol": symbol, "qty": "1", "side": "buy", "type": "market"})
+    assert spec.asset_class == asset_class

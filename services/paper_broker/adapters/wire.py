@@ -16,6 +16,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 
+from libs.contract.events import asset_class_of
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
     AccountPosition,
@@ -383,5 +384,5 @@ def spec_from_json(body: Any) -> OrderSpec:
         limit_price=_decimal(body, "limit_price"),
         stop_price=_decimal(body, "stop_price"),
         client_order_id=cid or None,
-        asset_class="us_option" if ":" in symbol else "us_equity",
+        asset_class="us_option" if asset_class_of(symbol) == "option" else "us_equity",
     )
