@@ -42,11 +42,11 @@ def check(
 
     if strategies is None and risk is None and brokers is None:
         raise typer.BadParameter("give at least one of --strategies, --risk, --brokers")
+    # Settings that disagree are said first (up refuses them, exit 2), but the
+    # files are checked all the same: one run shows everything to fix.
     settings = settings_problems(SERVICES)
     for problem in settings:
         err.print(f"[red]error:[/red] {escape(problem)}")
-    if settings:
-        raise typer.Exit(2)
     loaded = load_configs(ConfigFiles(strategies=strategies, risk=risk, brokers=brokers))
     found = cross_check(loaded)
     for line in summary(loaded):
@@ -59,10 +59,10 @@ def check(
         typer.echo(f"  problem: {problem}")
     for note in found.notes:
         typer.echo(f"  note: {note}")
-    count = len(loaded.problems) + len(found.problems)
+    count = len(settings) + len(loaded.problems) + len(found.problems)
     if count:
         typer.echo(f"config check: {count} problem{'s' if count > 1 else ''}")
-        raise typer.Exit(1)
+        raise typer.Exit(2 if settings else 1)
     typer.echo("config check: ok")
 
 

@@ -239,18 +239,28 @@ def test_the_stream_keeps_what_a_recreated_command_consumer_replays(
 
 
 def test_config_check_refuses_settings_that_disagree_with_exit_2(
-    settings_env: pytest.MonkeyPatch,
+    settings_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     settings_env.setenv(KEEP, "300")
     settings_env.setenv(DELAY, "900")
     result = CliRunner().invoke(app, ["config", "check", "--risk", str(RISK)])
     assert result.exit_code == 2, result.output
-    assert result.output.splitlines() == [
+    lines = result.output.splitlines()
+    assert lines[0] == (
         "error: the recorder's TRADEBUS_STREAM_KEEP_S=300 must be longer than the "
         "broker-gateway's TRADEBUS_MAX_SUBMIT_DELAY_S=900: a recreated command consumer "
         "replays that far back, and would miss the commands trimmed from the stream. "
         "Raise the first or lower the second"
-    ]
+    )
+    assert lines[-1] == "config check: 1 problem"
+    # The files are still checked: one run shows everything to fix.
+    bad = RISK.read_text().replace("max_order_notional", "max_order_notionl", 1)
+    bad_risk = tmp_path / "risk.yaml"
+    bad_risk.write_text(bad)
+    result = CliRunner().invoke(app, ["config", "check", "--risk", str(bad_risk)])
+    assert result.exit_code == 2, result.output
+    assert "max_order_notionl: Extra inputs are not permitted" in result.output
+    assert result.output.splitlines()[-1] == "config check: 2 problems"
     settings_env.setenv(DELAY, "299")
     result = CliRunner().invoke(app, ["config", "check", "--risk", str(RISK)])
     assert result.exit_code == 0, result.output
