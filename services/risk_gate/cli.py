@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from libs.cli import add_replay_command, err, settings_or_exit
+from libs.cli import add_replay_command, err, fail, settings_or_exit
 from libs.config import ServiceSettings
 from libs.contract.envelope import Event, WallClock
 from libs.tables import money, out, table
@@ -131,8 +131,7 @@ def checkpoint(
             )
         )
     except StoreUnavailable as e:
-        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
-        raise typer.Exit(1) from e
+        fail(e, 1)
     origin = (
         f"the checkpoint at {rebuilt.from_checkpoint:,}"
         if rebuilt.from_checkpoint is not None
@@ -290,8 +289,7 @@ def status(
             rebuild(settings.database_url.get_secret_value(), RiskState.initial(limits))
         )
     except StoreUnavailable as e:
-        err.print(f"[red]error:[/red] cannot read the event store (DATABASE_URL): {e}")
-        raise typer.Exit(1) from e
+        fail(e, 1)
     summary = {"as_of_seq": rebuilt.last_seq, **summarize(rebuilt.state, time.time_ns())}
     if as_json:
         print(json.dumps(summary, default=str))

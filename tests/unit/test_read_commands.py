@@ -20,7 +20,12 @@ UNREACHABLE = f"postgresql://postgres:{SECRET}@127.0.0.1:1/x"
 
 @pytest.mark.parametrize(
     "args",
-    [("positions",), ("events",), ("audit", "00000000-0000-0000-0000-000000000000")],
+    [
+        ("positions",),
+        ("events",),
+        ("audit", "00000000-0000-0000-0000-000000000000"),
+        ("risk", "status"),
+    ],
 )
 def test_a_store_gone_after_the_preamble_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from libs.contract.events import EVENT_ADAPTER
 from libs.store import queries
+from libs.store.connect import connect
 from libs.store.errors import StoreUnavailable
-from libs.store.urls import asyncpg_url
 from services.risk_gate.adapters import checkpoint
 from services.risk_gate.domain.evolve import RELEVANT_TYPES, evolve
 from services.risk_gate.domain.state import RiskState
@@ -84,10 +84,7 @@ async def rebuild(
     ``write_checkpoint``, store the result as a checkpoint when at least
     ``checkpoint_after`` events were folded after the last one. ``progress``
     is called every :data:`PROGRESS_EVERY` events folded."""
-    try:
-        conn = await asyncpg.connect(asyncpg_url(database_url), timeout=CONNECT_TIMEOUT)
-    except STORE_ERRORS as e:
-        raise StoreUnavailable(f"cannot reach the event store: {e}") from e
+    conn = await connect(database_url, timeout=CONNECT_TIMEOUT)  # StoreUnavailable naming it
     count = folded = 0
     start: checkpoint.Checkpoint | None = None
     wrote = False
