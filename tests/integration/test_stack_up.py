@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -458,7 +459,10 @@ async def test_up_stops_when_a_service_refuses_its_settings(tmp_path: Path) -> N
     assert "TRADEBUS_FETCH_BATCH" in text
     assert "risk-gate exited with exit code 2: it refused its configuration" in text
     assert "restarting in" not in text
-    assert "recorder stopped (exit code 0)" in text
+    # The recorder is stopped with the rest: cleanly, or, when the gate's
+    # refusal came while the recorder was still importing (before it handles
+    # SIGTERM), by the signal itself. Which one is a race of start-up times.
+    assert re.search(r"recorder stopped \((exit code 0|killed by SIGTERM)\)", text), text
     assert "stopping the servers" in text
     assert "!!! stopped because risk-gate exited with exit code 2" in text
     assert not (up.home / "stack.json").exists()
