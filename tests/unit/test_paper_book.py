@@ -191,6 +191,23 @@ def test_position_average_entry(trades: list[tuple[str, int, int]], qty: int, av
     assert (pos.qty, pos.avg_entry_price) == (D(qty), D(avg))
 
 
+def test_prices_as_large_as_the_contract_carries_fill_without_an_error() -> None:
+    """In the default 28-digit context, averaging a fill at 1e16 (to 12
+    places) raised InvalidOperation after the book had changed: the update
+    was never journaled or sent. The book's arithmetic has room for any
+    38-digit amount the contract carries."""
+    b = book(fill_model=FillModelConfig(slippage_bps=D(3)))
+    b.on_market(MarketUpdate.trade("X", D("1e16")))
+    b.submit("A", OrderSpec("X", "buy", D(1)))
+    b.on_market(MarketUpdate.trade("X", D("3e16")))
+    order, updates = b.submit("A", OrderSpec("X", "buy", D(3)))
+    assert events(updates) == ["new", "fill"]
+    assert order.filled_avg_price == D("30009000000000000")  # 3e16 + 3 bps, to the cent
+    [pos] = b.positions("A")
+    assert pos.qty == D(4)
+    assert pos.avg_entry_price == D("25007500000000000")  # (1.0003e16 + 3 x 3.0009e16) / 4
+
+
 def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
     journal: list[TradeUpdate] = []

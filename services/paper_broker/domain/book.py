@@ -29,11 +29,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.envelope import Clock
 from services.paper_broker.domain.fill_model import (
+    WIDE,
     FillModelConfig,
     MarketUpdate,
     Match,
@@ -218,7 +219,8 @@ class _Account:
 def _avg(old_avg: Decimal | None, old_qty: Decimal, price: Decimal, qty: Decimal) -> Decimal:
     if old_avg is None or old_qty == 0:
         return price
-    return ((old_avg * old_qty + price * qty) / (old_qty + qty)).quantize(AVG_QUANTUM)
+    with localcontext(WIDE):  # see fill_model.WIDE
+        return ((old_avg * old_qty + price * qty) / (old_qty + qty)).quantize(AVG_QUANTUM)
 
 
 def _created(order: PaperOrder) -> int:

@@ -51,8 +51,14 @@ fill or not at all. ``opg`` and ``cls`` are refused by the paper broker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, localcontext
 from typing import Literal
+
+#: The decimal context of the paper broker's price arithmetic: room for any
+#: amount the contract carries (38 digits) at any of its places, and their
+#: products. In the default 28 digits a price of 1e16 raised InvalidOperation
+#: in the middle of a fill: the book changed, the update never journaled.
+WIDE = Context(prec=90)
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
@@ -145,10 +151,11 @@ def _slipped(config: FillModelConfig, side: Side, reference: Decimal) -> Decimal
     if config.slippage_bps == 0:
         return reference  # no slippage: the trade's price, exactly as printed
     factor = config.slippage_bps / BPS
-    raw = reference * (1 + factor) if side == "buy" else reference * (1 - factor)
     quantum = Decimal(1).scaleb(-config.price_decimals)
     rounding = ROUND_CEILING if side == "buy" else ROUND_FLOOR
-    price = raw.quantize(quantum, rounding=rounding)
+    with localcontext(WIDE):
+        raw = reference * (1 + factor) if side == "buy" else reference * (1 - factor)
+        price = raw.quantize(quantum, rounding=rounding)
     # Rounding a tiny price down must not make it zero.
     return price if price > 0 else quantum
 
