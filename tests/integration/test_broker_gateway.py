@@ -742,3 +742,54 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=10)
+
+
+async def test_every_price_stored_before_the_feed_is_history_however_many_subjects(
+    bus: Bus, nats_url: str
+) -> None:
+    """A symbol stores its last price on several subjects (a bar and a trade):
+    the feed starts with one stored message per subject. Only the first was
+    taken as history; the second was traded on as a live print, and filled a
+    resting limit at a price the broker was not there for."""
+    from libs.contract.events import BarClosed, BarPayload
+    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
+
+    book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
+    book.set_last("AAPL", D(100))
+    order, _ = book.submit(
+        "acct",
+        OrderSpec(symbol="AAPL", side="buy", qty=D(10), order_type="limit", limit_price=D(96)),
+    )
+    bar = BarClosed.create(
+        BarPayload(
+            symbol="AAPL",
+            interval="1m",
+            **dict.fromkeys(("open", "high", "low", "close"), D(99)),
+            volume=D(100),
+            start_ns=0,
+            end_ns=60_000_000_000,
+            feed="synthetic",
+        ),
+        source="test/marketdata",
+        clock=CLOCK,
+    )
+    await bus.publish_many([bar, trade("AAPL", "95")])  # both stored before the feed
+    fills: list[TradeUpdate] = []
+    feed = price_feed(nats_url, ["md.trade.>", "md.bar.>"])
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        feed.run(
+            lambda u: fills.extend(book.on_market(u)),
+            stop,
+            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last)),
+        )
+    )
+    try:
+        await eventually(lambda: book.last_price("AAPL") == D(95), timeout=10)
+        current = book.order("acct", order.id)
+        assert current is not None
+        assert current.is_open, fills
+        assert fills == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)

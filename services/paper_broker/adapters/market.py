@@ -129,6 +129,11 @@ class NatsPriceFeed:
                 self._applied.clear()
             self._stream_created = info.created
             history_until = info.state.last_seq  # stored before this session
+            # Symbols the broker had prices of before this session: what was
+            # stored for them meanwhile is what it missed, and trades. For the
+            # others, every stored message (one per subject: a trade, a bar) is
+            # history the broker was not there for.
+            known = set(self._applied)
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await bus.js.delete_consumer(self.stream, self.consumer)
             await bus.js.add_consumer(
@@ -163,10 +168,10 @@ class NatsPriceFeed:
                         if update is None or not msg.reply:
                             continue
                         seq = stream_seq(msg)
-                        first = update.symbol not in self._applied
                         if not self._new(update, seq):
                             continue
-                        if on_price is not None and first and seq <= history_until:
+                        stored = seq <= history_until and update.symbol not in known
+                        if on_price is not None and stored:
                             metrics.MARKET_UPDATES_HISTORY.inc()
                             on_price(update)
                         else:
