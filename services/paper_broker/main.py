@@ -43,10 +43,7 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
             time.perf_counter() - started,
         )
         if config.journal_compact and replayed:
-            try:
-                journal.compact(book)
-            except OSError:  # the journal is left whole: serve from it as it is
-                log.exception("journal %s: compaction at start-up failed", journal.path)
+            journal.compact_or_keep(book)
         journal.open()
     feed = None
     if config.market_data.source == "nats":

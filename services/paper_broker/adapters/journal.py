@@ -69,7 +69,7 @@ COMPACTING_SUFFIX = ".compacting"
 FORGET_EVERY = 20_000
 NS = 1_000_000_000
 
-_SNAPSHOT, _SNAPSHOT_END = "snapshot", "snapshot_end"
+_SNAPSHOT, _SNAPSHOT_END = wire.SNAPSHOT, wire.SNAPSHOT_END
 
 
 def _record(line: bytes) -> dict[str, Any]:
@@ -217,10 +217,7 @@ class Journal:
         since = self.kept_since(book)
         count = forgotten = 0
         for entry in self.load():
-            if isinstance(entry, TradeUpdate):
-                book.apply(entry)
-            else:
-                book.restore(entry)
+            book.take(entry)
             count += 1
             if since is not None and count % FORGET_EVERY == 0:
                 forgotten += book.forget_finished(since)
@@ -274,7 +271,7 @@ class Journal:
                     self._file.write(b"\n")  # a whole record, its newline lost
                     size += 1
         self._size = size
-        metrics.JOURNAL_BYTES.set(size)
+        metrics.JOURNAL_BYTES.set_function(lambda: self._size)  # read when scraped
         return self
 
     def _remove_leftover(self) -> None:
@@ -305,7 +302,6 @@ class Journal:
         if self.fsync:
             os.fsync(self._file.fileno())
         self._size += len(chunk)
-        metrics.JOURNAL_BYTES.set(self._size)
 
     @property
     def due(self) -> bool:
@@ -346,7 +342,6 @@ class Journal:
             if was_open and self._file is None:
                 self.open()
         self._size = self._compacted_size = after
-        metrics.JOURNAL_BYTES.set(after)
         metrics.JOURNAL_COMPACTIONS.inc()
         held, working = book.count_orders()
         done = Compaction(forgotten, held, working, before, after, time.perf_counter() - started)
@@ -362,6 +357,15 @@ class Journal:
             after,
         )
         return done
+
+    def compact_or_keep(self, book: PaperBook) -> Compaction | None:
+        """:meth:`compact`; on a failure (disk full) None, logged: the journal
+        is left as it was and appended to."""
+        try:
+            return self.compact(book)
+        except OSError:
+            log.exception("journal %s: compaction failed, appending to it as it is", self.path)
+            return None
 
     def _write_snapshot(self, path: Path, book: PaperBook, since: int | None) -> int:
         """Write ``book``'s snapshot to ``path``, fsynced; its size."""

@@ -234,10 +234,7 @@ class PaperBrokerServer:
         the event loop for its time, which grows with what is kept, not with
         the history (about 0.2 s for 7,000 orders kept, bench/paper_journal.py).
         A failure (disk full) leaves the journal as it was."""
-        try:
-            journal.compact(self.book)
-        except OSError:
-            log.exception("journal %s: compaction failed, appending to it as it is", journal.path)
+        journal.compact_or_keep(self.book)
 
     # ----------------------------------------------------------- sessions
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
@@ -104,9 +105,17 @@ def order_json(o: PaperOrder) -> Json:
     }
 
 
-def order_from_json(account: str, d: Json) -> PaperOrder:
-    """The inverse of :func:`order_json` (the journal reads it back)."""
+def order_from_json(account: str, d: Json, ns: Sequence[int | None] | None = None) -> PaperOrder:
+    """The inverse of :func:`order_json` (the journal reads it back). ``ns``:
+    its created, updated, filled and canceled times to the ns, as the journal
+    keeps them (the wire's are to the microsecond, and are not parsed then)."""
     avg = d.get("filled_avg_price")
+    if ns is not None:
+        created, updated, filled, canceled = ns
+    else:
+        created = parse_iso(d["created_at"]) or 0
+        updated = parse_iso(d["updated_at"]) or 0
+        filled, canceled = parse_iso(d.get("filled_at")), parse_iso(d.get("canceled_at"))
     return PaperOrder(
         id=d["id"],
         client_order_id=d["client_order_id"],
@@ -122,10 +131,10 @@ def order_from_json(account: str, d: Json) -> PaperOrder:
         status=d["status"],
         filled_qty=Decimal(d["filled_qty"]),
         filled_avg_price=Decimal(avg) if avg is not None else None,
-        created_at_ns=parse_iso(d["created_at"]) or 0,
-        updated_at_ns=parse_iso(d["updated_at"]) or 0,
-        filled_at_ns=parse_iso(d.get("filled_at")),
-        canceled_at_ns=parse_iso(d.get("canceled_at")),
+        created_at_ns=created or 0,
+        updated_at_ns=updated or 0,
+        filled_at_ns=filled,
+        canceled_at_ns=canceled,
     )
 
 
@@ -158,17 +167,12 @@ def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
 def trade_update_from_record(record: Json) -> TradeUpdate:
     data = record["update"]
     price, qty, pos = data.get("price"), data.get("qty"), data.get("position_qty")
-    order = order_from_json(record["account"], data["order"])
-    ts_ns = parse_iso(data["timestamp"]) or 0
     if "ns" in record:  # exact times (the wire's are to the microsecond)
-        ts_ns, created, updated, filled, canceled = record["ns"]
-        order = replace(
-            order,
-            created_at_ns=created,
-            updated_at_ns=updated,
-            filled_at_ns=filled,
-            canceled_at_ns=canceled,
-        )
+        ts_ns, *order_ns = record["ns"]
+        order = order_from_json(record["account"], data["order"], order_ns)
+    else:  # journals from before the exact times
+        ts_ns = parse_iso(data["timestamp"]) or 0
+        order = order_from_json(record["account"], data["order"])
     # Journals written before ``triggered`` was recorded: a stop that has
     # filled anything was triggered.
     triggered = bool(record.get("triggered")) or (
@@ -191,14 +195,16 @@ def trade_update_from_record(record: Json) -> TradeUpdate:
 # then one line per position (``position``), order (``order``) and fill
 # activity (``fill``), then a ``snapshot_end`` line with the counts.
 SNAPSHOT_VERSION = 1
+#: The keys of a snapshot's first and last lines.
+SNAPSHOT, SNAPSHOT_END = "snapshot", "snapshot_end"
 
 
 def snapshot_header(taken_ns: int, kept_since_ns: int | None) -> Json:
-    return {"snapshot": {"version": SNAPSHOT_VERSION, "ns": taken_ns, "kept_since": kept_since_ns}}
+    return {SNAPSHOT: {"version": SNAPSHOT_VERSION, "ns": taken_ns, "kept_since": kept_since_ns}}
 
 
 def snapshot_end(counts: dict[str, int]) -> Json:
-    return {"snapshot_end": counts}
+    return {SNAPSHOT_END: counts}
 
 
 def restored_record(entry: Restored) -> Json:
@@ -246,13 +252,8 @@ def restored_record(entry: Restored) -> Json:
 def restored_from_record(record: Json) -> Restored:
     """The inverse of :func:`restored_record`."""
     if "order" in record:
-        created, updated, filled, canceled = record["ns"]
         return replace(
-            order_from_json(record["account"], record["order"]),
-            created_at_ns=created,
-            updated_at_ns=updated,
-            filled_at_ns=filled,
-            canceled_at_ns=canceled,
+            order_from_json(record["account"], record["order"], record["ns"]),
             triggered=bool(record.get("triggered")),
         )
     if "fill" in record:

@@ -469,14 +469,18 @@ class PaperBook:
             )
         )
 
+    def take(self, entry: JournalEntry) -> None:
+        """Take one journal entry in: a trade update, or a piece of a snapshot."""
+        if isinstance(entry, TradeUpdate):
+            self.apply(entry)
+        else:
+            self.restore(entry)
+
     def apply_all(self, entries: Iterable[JournalEntry]) -> int:
         """Take a journal's entries in (a snapshot's, then updates); their count."""
         count = 0
         for e in entries:
-            if isinstance(e, TradeUpdate):
-                self.apply(e)
-            else:
-                self.restore(e)
+            self.take(e)
             count += 1
         return count
 
