@@ -222,6 +222,8 @@ class AccountWorker:
         self.handled = 0
         # Held commands by event id (queued and under way); the queue in order.
         self._held: dict[uuid.UUID, Held] = {}
+        # Read when scraped, not set at every command.
+        metrics.COMMANDS_HELD.labels(account=account).set_function(lambda: self.held)
         self._queue: deque[Held] = deque()
         self._queued = asyncio.Event()
         # Stream sequences handed back for lack of room (a min-heap and its
@@ -295,7 +297,6 @@ class AccountWorker:
             self._deferred_since = self.monotonic()  # the next one's turn
         held = Held(command, msg, seq)
         self._held[command.id] = held
-        metrics.COMMANDS_HELD.labels(account=self.account).set(len(self._held))
         self._queue.append(held)
         self._idle.clear()
         self._queued.set()
@@ -320,7 +321,6 @@ class AccountWorker:
                 self.handled += 1
             finally:
                 del self._held[held.command.id]
-                metrics.COMMANDS_HELD.labels(account=self.account).set(len(self._held))
                 if not self._queue:
                     self._idle.set()
 

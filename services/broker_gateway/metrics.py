@@ -75,4 +75,3 @@ def account_started(account: str) -> None:
     ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")
-    COMMANDS_HELD.labels(account=account).set(0)

@@ -103,6 +103,12 @@ class TrackedOrder:
     #: A submit was attempted: the broker may know the order.
     submitted: bool = False
 
+    def close_for(self, flatten: FlattenAccount) -> None:
+        """The order is one of ``flatten``'s closing orders, unless a command
+        of its own caused it."""
+        if self.cause is None:
+            self.cause, self.closing = flatten, True
+
 
 class OrderTracker:
     """One account's orders and positions; turns broker facts into events."""
@@ -190,8 +196,7 @@ class OrderTracker:
             flatten = self._flattens.get(event.causation_id) if event.causation_id else None
             if flatten is not None:
                 self._flattened.add(flatten.id)
-                if t.cause is None:
-                    t.cause, t.closing = flatten, True
+                t.close_for(flatten)
         elif isinstance(event, OrderRejected):
             t = self._order(event.payload.order_id, "")
             t.terminal = t.terminal or "rejected"
@@ -502,8 +507,7 @@ class OrderTracker:
                 oid = derived_id("broker.close.entry", self.account, flatten.id, r.entry)
                 what = f"a position (entry {r.entry} of its answer, which names no symbol)"
             t = self._order(oid, r.symbol or "?")
-            if t.cause is None:
-                t.cause, t.closing = flatten, True
+            t.close_for(flatten)
             reason = f"flatten: the broker refused to close {what}, which is still open: {r.reason}"
             self._reject(t, reason, r.code, None, out)
         self._flattened.add(flatten.id)
@@ -516,8 +520,7 @@ class OrderTracker:
 
     def _closing_order(self, order: BrokerOrder, flatten: FlattenAccount) -> TrackedOrder:
         t = self.find(order) or self._external(order)
-        if t.cause is None:
-            t.cause, t.closing = flatten, True
+        t.close_for(flatten)
         return t
 
     def _external(self, order: BrokerOrder) -> TrackedOrder:
@@ -528,8 +531,8 @@ class OrderTracker:
         t.client_order_id = order.client_order_id
         self._by_client[order.client_order_id] = oid
         self._index_broker(t, order.broker_order_id)
-        if self._flattening is not None and t.cause is None:
-            t.cause, t.closing = self._flattening, True
+        if self._flattening is not None:
+            t.close_for(self._flattening)
         return t
 
     # ------------------------------------------------------- broker facts
