@@ -9,7 +9,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -110,28 +110,6 @@ def reads_store(command: Callable[P, R]) -> Callable[P, R]:
             fail(e, 1)
 
     return wrapper
-
-
-def decorate_command(
-    app: typer.Typer, path: str, decorator: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> None:
-    """Wrap the callback of the command at ``path`` (``"risk status"``) in
-    ``app``'s tree with ``decorator``; :class:`LookupError` if there is none."""
-    head, _, rest = path.partition(" ")
-    if rest:
-        for group in app.registered_groups:
-            if group.name == head and group.typer_instance is not None:
-                decorate_command(group.typer_instance, rest, decorator)
-                return
-    else:
-        for info in app.registered_commands:
-            if info.callback is None:
-                continue
-            name = info.name or info.callback.__name__.lower().replace("_", "-")
-            if name == head:
-                info.callback = decorator(info.callback)
-                return
-    raise LookupError(f"no command {path!r}")
 
 
 def parse_time(value: str | None) -> int | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import typer
 
-from libs.cli import decorate_command, reads_store
 from services.broker_gateway import cli as broker_gateway_cli
 from services.marketdata import cli as marketdata_cli
 from services.ops import cli as ops_cli
@@ -36,13 +35,6 @@ ops_cli.register(app)
 stack_cli.register(app)
 risk_gate_cli.register(app)
 broker_gateway_cli.register(app)
-
-# Read commands defined in groups that do not give them the event-store
-# preamble themselves (libs.cli.reads_store: which store, empty or not,
-# one-line errors); the replays and ``positions`` have it where they are
-# defined. Applied here, where the tree is put together, it reaches every one.
-for _reader in ("events", "audit", "risk status"):
-    decorate_command(app, _reader, reads_store)
 
 
 def main() -> None:

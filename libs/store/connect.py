@@ -22,6 +22,9 @@ from libs.store.urls import asyncpg_url
 #: How long a command waits for PostgreSQL before it gives up.
 CONNECT_TIMEOUT = 10.0
 
+#: What a store that cannot be reached (or read) raises; TimeoutError is an OSError.
+_UNREACHABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 #: Where the stack's own servers are told apart from others: what
 #: ``tradebus up`` printed (and wrote into its env file).
 WHICH_URL = "is DATABASE_URL the one `tradebus up` printed?"
@@ -38,7 +41,7 @@ async def connect(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> asy
         ) from e
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as e:
         raise StoreUnavailable(f"the event store at {shown} refused the login: {e}") from e
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except _UNREACHABLE as e:
         reason = str(e) or type(e).__name__
         raise StoreUnavailable(
             f"cannot reach the event store at {shown}: {reason} ({WHICH_URL})"
@@ -71,7 +74,7 @@ async def summary(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> Sto
             f"the database at {shown} holds no event store (no events table): {WHICH_URL} "
             "(`tradebus db upgrade` creates the schema)"
         ) from e
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except _UNREACHABLE as e:
         raise StoreUnavailable(f"reading the event store at {shown} failed: {e}") from e
     finally:
         await conn.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from libs.cli import err, fail, settings_or_exit
+from libs.cli import err, fail, reads_store, settings_or_exit
 from libs.config import ServiceSettings
 from libs.tables import out, table
 from services.ops.gist import gist
@@ -85,6 +85,7 @@ def as_tree(chain: Sequence[Recorded]) -> list[tuple[Recorded, int]]:
 
 def register(app: typer.Typer) -> None:
     @app.command("events")
+    @reads_store
     def events(
         subject: Annotated[str, typer.Option(help="NATS subject pattern")] = ">",
         after: Annotated[int, typer.Option(min=0, help="Only sequences after this")] = 0,
@@ -138,6 +139,7 @@ def register(app: typer.Typer) -> None:
         out.print(listing)
 
     @app.command("audit")
+    @reads_store
     def audit(
         event_id: Annotated[
             str,

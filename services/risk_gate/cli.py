@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from libs.cli import add_replay_command, err, fail, settings_or_exit
+from libs.cli import add_replay_command, err, fail, reads_store, settings_or_exit
 from libs.config import ServiceSettings
 from libs.contract.envelope import Event, WallClock
 from libs.tables import money, out, table
@@ -269,12 +269,12 @@ def resume(
 
 
 @risk_app.command("status")
+@reads_store
 def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
 ) -> None:
     """Trading states, kill switch, caps and their use, rebuilt from the event store."""
-    from libs.store.errors import StoreUnavailable
     from services.risk_gate.adapters.store import rebuild
     from services.risk_gate.config import RiskGateSettings
     from services.risk_gate.domain.limits import RiskLimits
@@ -284,12 +284,10 @@ def status(
     settings = settings_or_exit(RiskGateSettings)
     path = _limits_path(config, required=False)
     limits = _load(path) if path is not None else RiskLimits()
-    try:
-        rebuilt = asyncio.run(
-            rebuild(settings.database_url.get_secret_value(), RiskState.initial(limits))
-        )
-    except StoreUnavailable as e:
-        fail(e, 1)
+    # An unusable store ends it with one line: reads_store.
+    rebuilt = asyncio.run(
+        rebuild(settings.database_url.get_secret_value(), RiskState.initial(limits))
+    )
     summary = {"as_of_seq": rebuilt.last_seq, **summarize(rebuilt.state, time.time_ns())}
     if as_json:
         print(json.dumps(summary, default=str))

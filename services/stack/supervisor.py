@@ -24,7 +24,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -143,15 +143,12 @@ class Supervisor:
         stop_timeout: float = 10.0,
         backoff: Backoff | None = None,
         label: str = "up",
-        fatal_exit_codes: Collection[int] = (CONFIG_EXIT_CODE,),
     ) -> None:
         self._services = [_Running(s) for s in specs]
         self.printer = printer
         self.stop_timeout = stop_timeout
         self.backoff = backoff or Backoff()
         self.label = label
-        #: A service exiting with one of these is not restarted: everything stops.
-        self.fatal_exit_codes = frozenset(fatal_exit_codes)
         #: Why the supervisor stopped on its own (a fatal exit), or None.
         self.failure: str | None = None
         self._stop_requested = asyncio.Event()
@@ -237,7 +234,7 @@ class Supervisor:
             await pump
             if s.stop.is_set() or self._stopping:
                 return
-            if code in self.fatal_exit_codes:
+            if code == CONFIG_EXIT_CODE:  # it refused its configuration: everything stops
                 self._fail(name, code)
                 return
             ran = time.monotonic() - started

@@ -381,16 +381,14 @@ class FrameParser:
                 continue
             if isinstance(rec, WsTrade):
                 events.append(trade_event(rec, source=source, ts_init=ts_init))
-                channel = "trades"
             elif isinstance(rec, WsQuote):
                 events.append(quote_event(rec, source=source, ts_init=ts_init))
-                channel = "quotes"
             elif isinstance(rec, WsAggregate):
                 events.append(bar_event(rec, source=source, ts_init=ts_init))
-                channel = "minute_bars" if rec.ev == "AM" else "second_bars"
             else:
                 out.statuses.append(rec)
                 continue
+            channel = CHANNEL_OF_PREFIX[rec.ev]
             counts[channel] = counts.get(channel, 0) + 1
         if events:
             out.newest_ns = max(e.ts_event for e in events)
