@@ -41,14 +41,16 @@ async def connect(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> asy
         ) from e
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as e:
         raise StoreUnavailable(f"the event store at {shown} refused the login: {e}") from e
+    except ValueError as e:
+        # Before the unreachable: a bad option (asyncpg's ClientConfigurationError)
+        # is an InterfaceError too. asyncpg's own message may quote the URL,
+        # password included: it is not shown.
+        raise StoreUnavailable(f"DATABASE_URL {shown} is not a usable PostgreSQL URL") from e
     except _UNREACHABLE as e:
         reason = str(e) or type(e).__name__
         raise StoreUnavailable(
             f"cannot reach the event store at {shown}: {reason} ({WHICH_URL})"
         ) from e
-    except ValueError as e:
-        # asyncpg's own message may quote the URL, password included.
-        raise StoreUnavailable(f"DATABASE_URL {shown} is not a usable PostgreSQL URL") from e
 
 
 @dataclass(frozen=True, slots=True)

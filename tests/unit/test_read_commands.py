@@ -53,3 +53,18 @@ def test_events_help_gives_the_default_limit() -> None:
     lines = result.output.splitlines()
     [limit] = [line for line in lines if line.lstrip("│ ").startswith("--limit")]
     assert "the first [default: 50]" in limit, limit
+
+
+async def test_a_malformed_database_url_is_said_to_be_one_not_unreachable() -> None:
+    """A bad option (sslmode=bogus) is asyncpg's ClientConfigurationError, an
+    InterfaceError as well as a ValueError: it read 'cannot reach the event
+    store ... is DATABASE_URL the one tradebus up printed?'."""
+    from libs.store.connect import connect
+    from libs.store.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable) as e:
+        await connect(UNREACHABLE + "?sslmode=bogus", timeout=2)
+    assert str(e.value) == (
+        "DATABASE_URL postgresql://postgres:***@127.0.0.1:1/x?sslmode=bogus "
+        "is not a usable PostgreSQL URL"
+    )
