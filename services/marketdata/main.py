@@ -134,7 +134,8 @@ async def run_source(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(source_then_stop(), name="marketdata-source")
-            if sink.marks is not None:
+            # Without an interval no quote is ever held back: nothing to flush.
+            if sink.marks is not None and sink.marks.policy.min_interval_ns > 0:
                 tg.create_task(flush_due_marks(), name="marketdata-marks")
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
@@ -197,6 +198,13 @@ async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> 
             MetricsServer(settings.metrics_host, settings.metrics_port, service.health)
         )
         log.info("marketdata: source %s, symbols %s", settings.source, settings.symbols)
+        log.info(
+            "option marks from quotes: at most one per %gs per contract, a move of %s or "
+            "after %gs (TRADEBUS_MARK_*)",
+            settings.mark_min_interval_s,
+            settings.mark_min_change,
+            settings.mark_refresh_s,
+        )
         await run_source(source, sink, service.stop, clock, flush_every_s=flush_every_s(settings))
     log.info("marketdata stopped after %d events", service.sink.published)
 

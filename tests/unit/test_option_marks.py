@@ -3,12 +3,14 @@ quotes make a ``MarkUpdated``, the per-symbol throttle, and its settings."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from itertools import count
 
 import pytest
 
+from libs.bus.errors import PublishFailed
 from libs.config import ConfigError, load_settings
 from libs.contract.codec import decode, derived_id, encode
 from libs.contract.envelope import Event
@@ -22,6 +24,8 @@ from libs.contract.events import (
 from libs.contract.subjects import subject_for
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.marks import MarkPolicy, OptionMarks, midpoint
+from services.marketdata.feed import EventSink
+from services.marketdata.main import run_source
 
 D = Decimal
 MS = 1_000_000
@@ -326,3 +330,54 @@ def test_ids_are_never_reused_across_quotes() -> None:
     ids = {m.id for m in made if isinstance(m, MarkUpdated)}
     assert len(ids) == 50
     assert all(isinstance(i, uuid.UUID) for i in ids)
+
+
+class FlushSink:
+    """What run_source needs of the sink: its marks and publish_due."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.marks = OptionMarks(POLICY)
+        self.fail = fail
+        self.flushes = 0
+        self.flushed = asyncio.Event()
+
+    async def publish(self, events: object) -> None:
+        raise AssertionError("not called here")
+
+    async def publish_due(self, now_ns: int) -> int:
+        self.flushes += 1
+        self.flushed.set()
+        if self.fail:
+            raise PublishFailed("no ack for the due marks")
+        return 0
+
+
+async def test_run_source_stops_both_tasks_and_raises_a_failure_as_itself() -> None:
+    """The source and the flusher of held marks run together: the source's end
+    stops the flusher; a failure of either stops the other and is raised as
+    itself (main turns a BusError into exit 1, not a group of exceptions)."""
+
+    class Ends:
+        """Ends once the flusher has looked for due marks."""
+
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            assert isinstance(sink, FlushSink)
+            await sink.flushed.wait()
+
+    class Fails:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            raise PublishFailed("no ack")
+
+    class Waits:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            await stop.wait()
+
+    sink = FlushSink()
+    await run_source(Ends(), sink, asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    assert sink.flushes >= 1
+    with pytest.raises(PublishFailed, match="no ack"):
+        await run_source(Fails(), FlushSink(), asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    with pytest.raises(PublishFailed, match="due marks"):
+        await run_source(Waits(), FlushSink(fail=True), stop, At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    assert stop.is_set()
