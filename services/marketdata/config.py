@@ -90,8 +90,8 @@ class MarketdataSettings(ServiceSettings):
     cache_timespan: Literal["minute", "second"] = "minute"
 
     # ---- option marks (``md.mark.<symbol>`` from ``O:`` quotes, every source) ----
-    #: No two marks of one contract closer than this (s, exchange time); a
-    #: quote within it is held back and marked when it ends (the newest held).
+    #: At most one mark of a contract per this long (s); a quote within it is
+    #: held back and marked when it ends, the newest held (domain/marks.py).
     mark_min_interval_s: float = Field(default=1.0, ge=0, le=3600)
     #: A midpoint within this fraction of the last mark is no new mark (0.001: 0.1 %)...
     mark_min_change: Decimal = Field(default=Decimal("0.001"), ge=0, lt=1, allow_inf_nan=False)

@@ -64,7 +64,8 @@ _TWO = Decimal(2)
 class MarkPolicy:
     """How often a symbol's quotes become marks (see the module docstring)."""
 
-    #: No two marks of a symbol closer than this (exchange time), ns.
+    #: At most one mark of a symbol per this long (their slots), ns; a quote
+    #: within it is held back until it ends.
     min_interval_ns: int = 1 * NS
     #: A midpoint within this fraction of the last mark is not a new mark...
     min_change: Decimal = Decimal("0.001")
