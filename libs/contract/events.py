@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, Self, get_args
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
 from libs.contract.envelope import (
     Event,
@@ -128,6 +128,45 @@ class BarClosed(Event):
     subject_template = "md.bar.{interval}.{symbol}"
     type: Literal["BarClosed"] = "BarClosed"
     payload: BarPayload
+
+
+#: What a mark was made from: ``quote_mid`` is the midpoint of a two-sided,
+#: uncrossed quote (bid and ask both above zero, with size, bid <= ask).
+MarkBasis = Literal["quote_mid"]
+
+
+class MarkPayload(Frozen):
+    """A market price made from a quote rather than printed by a trade.
+
+    ``price`` lies within ``[bid_price, ask_price]``; a crossed or one-sided
+    quote makes no mark (the contract refuses one). The quote a mark came
+    from is its event's ``causation_id``, and its ``ts_event`` is the quote's.
+    """
+
+    symbol: Symbol
+    price: Price
+    bid_price: Price
+    ask_price: Price
+    basis: MarkBasis = "quote_mid"
+    feed: FeedName
+
+    @model_validator(mode="after")
+    def _inside_the_quote(self) -> Self:
+        if not self.bid_price <= self.price <= self.ask_price:
+            raise ValueError(
+                f"price {self.price} is not within bid {self.bid_price} and ask {self.ask_price}"
+            )
+        return self
+
+
+class MarkUpdated(Event):
+    """A new mark (market price) from a quote, for symbols that trade too seldom
+    to be priced by their trades: option contracts (marketdata publishes it for
+    ``O:`` symbols only, throttled per symbol)."""
+
+    subject_template = "md.mark.{symbol}"
+    type: Literal["MarkUpdated"] = "MarkUpdated"
+    payload: MarkPayload
 
 
 class FeedStatusPayload(Frozen):
@@ -546,6 +585,7 @@ AnyEvent = Annotated[
     TradePrinted
     | QuoteUpdated
     | BarClosed
+    | MarkUpdated
     | FeedStatusChanged
     | SignalGenerated
     | OrderIntentCreated

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from libs.config import ServiceSettings
+from services.marketdata.domain.marks import NS, MarkPolicy
 
 
 def _per_second(value: Any) -> Any:
@@ -79,6 +88,33 @@ class MarketdataSettings(ServiceSettings):
     cache_speed: str = Field(default="max", pattern=r"^(max|\d+(\.\d+)?x)$")
     #: Bars to replay: ``minute`` (md.bar.1m.*) or ``second`` (md.bar.1s.*).
     cache_timespan: Literal["minute", "second"] = "minute"
+
+    # ---- option marks (``md.mark.<symbol>`` from ``O:`` quotes, every source) ----
+    #: At most one mark of a contract per this long (s); a quote within it is
+    #: held back and marked when it ends, the newest held (domain/marks.py).
+    mark_min_interval_s: float = Field(default=1.0, ge=0, le=3600)
+    #: A midpoint within this fraction of the last mark is no new mark (0.001: 0.1 %)...
+    mark_min_change: Decimal = Field(default=Decimal("0.001"), ge=0, lt=1, allow_inf_nan=False)
+    #: ...unless this long (s) has passed since the last mark.
+    mark_refresh_s: float = Field(default=30.0, gt=0, le=86_400)
+
+    @field_validator("mark_refresh_s")
+    @classmethod
+    def _refresh_not_below_interval(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("mark_min_interval_s")
+        if interval is not None and value < interval:
+            raise ValueError(
+                f"{value:g} s is shorter than TRADEBUS_MARK_MIN_INTERVAL_S ({interval:g} s)"
+            )
+        return value
+
+    def mark_policy(self) -> MarkPolicy:
+        """The option marks' throttle, from the ``mark_*`` settings."""
+        return MarkPolicy(
+            min_interval_ns=round(self.mark_min_interval_s * NS),
+            min_change=self.mark_min_change,
+            refresh_ns=round(self.mark_refresh_s * NS),
+        )
 
     @property
     def symbol_list(self) -> tuple[str, ...]:

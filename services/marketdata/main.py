@@ -3,8 +3,11 @@
 One source (Polygon live, synthetic or the local cache) runs until SIGTERM /
 SIGINT sets the stop event (or, for the cache, until the cache is replayed);
 everything it yields goes through the :class:`JetStreamSink`, which returns
-only once JetStream has acknowledged it. Exit codes: 0 after a clean stop or
-a finished replay, 1 when the bus or the source fails, 2 for bad settings.
+only once JetStream has acknowledged it, and which makes the option marks
+(:mod:`services.marketdata.domain.marks`) of the quotes passing through; a
+second task publishes the marks the throttle held back once they are due.
+Exit codes: 0 after a clean stop or a finished replay, 1 when the bus or the
+source fails, 2 for bad settings.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from libs.observability.logs import setup_logging
 from libs.runtime import run_service
 from services.marketdata.config import FRESH_RUN, MarketdataSettings
 from services.marketdata.domain.cache import CacheError
+from services.marketdata.domain.marks import OptionMarks
 from services.marketdata.feed import FeedSource
 from services.marketdata.sink import JetStreamSink
 
@@ -97,6 +101,46 @@ def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
     return source
 
 
+def flush_every_s(settings: MarketdataSettings) -> float:
+    """How often held-back marks are looked at: half their interval, between
+    50 ms and 1 s (a held mark goes out at most that late)."""
+    return min(max(settings.mark_min_interval_s / 2, 0.05), 1.0)
+
+
+async def run_source(
+    source: FeedSource,
+    sink: JetStreamSink,
+    stop: asyncio.Event,
+    clock: Clock,
+    *,
+    flush_every_s: float,
+) -> None:
+    """Run ``source`` until it ends or ``stop`` is set; meanwhile publish the
+    marks the throttle held back as they fall due. A failure of either stops
+    both and is raised as itself (a :class:`~libs.bus.errors.BusError`, say)."""
+
+    async def source_then_stop() -> None:
+        try:
+            await source.run(sink, stop)
+        finally:
+            stop.set()
+
+    async def flush_due_marks() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=flush_every_s)
+            await sink.publish_due(clock.now_ns())
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(source_then_stop(), name="marketdata-source")
+            # Without an interval no quote is ever held back: nothing to flush.
+            if sink.marks is not None and sink.marks.policy.min_interval_ns > 0:
+                tg.create_task(flush_due_marks(), name="marketdata-marks")
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+
+
 class Service:
     """The running service: its source, its sink and what /health reports."""
 
@@ -144,7 +188,8 @@ async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> 
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(bus)
         await bus.ensure_stream()
-        service = Service(settings, source, JetStreamSink(bus))
+        sink = JetStreamSink(bus, marks=OptionMarks(settings.mark_policy()))
+        service = Service(settings, source, sink)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
@@ -153,7 +198,14 @@ async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> 
             MetricsServer(settings.metrics_host, settings.metrics_port, service.health)
         )
         log.info("marketdata: source %s, symbols %s", settings.source, settings.symbols)
-        await source.run(service.sink, service.stop)
+        log.info(
+            "option marks from quotes: at most one per %gs per contract, a move of %s or "
+            "after %gs (TRADEBUS_MARK_*)",
+            settings.mark_min_interval_s,
+            settings.mark_min_change,
+            settings.mark_refresh_s,
+        )
+        await run_source(source, sink, service.stop, clock, flush_every_s=flush_every_s(settings))
     log.info("marketdata stopped after %d events", service.sink.published)
 
 

@@ -11,6 +11,12 @@ MESSAGES_IN = Counter(
 EVENTS_OUT = Counter(
     "tradebus_marketdata_events_out_total", "Events acknowledged by JetStream", ["channel"]
 )
+MARKS_SKIPPED = Counter(
+    "tradebus_marketdata_marks_skipped_total",
+    "Option quotes that made no mark (throttled: held back, marked when the interval ends "
+    "unless a newer quote replaces it)",
+    ["reason"],
+)
 RECONNECTS = Counter(
     "tradebus_marketdata_reconnects_total", "Feed reconnections", ["feed", "reason"]
 )

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 from typer.testing import CliRunner
 
 from libs.contract.envelope import Event, WallClock
@@ -22,6 +23,8 @@ from libs.contract.events import (
     CancelOrderPayload,
     FillPayload,
     FillReceived,
+    MarkPayload,
+    MarkUpdated,
     OrderAccepted,
     OrderAcceptedPayload,
     OrderCanceled,
@@ -230,6 +233,115 @@ async def test_an_option_contract_counts_100_shares_of_its_price(database_url: s
         (D(5), D(0)),
         (D(5), D("99.35")),
     ]
+
+
+class At:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+S = 1_000_000_000
+T0 = 1_773_154_800 * S
+OPTION = "O:SPY241220P00720000"
+
+
+def trade_at(symbol: str, price: str, t: int) -> TradePrinted:
+    return TradePrinted.create(
+        TradePayload(symbol=symbol, price=D(price), size=D(1), feed="polygon"),
+        source="test",
+        clock=At(t),
+    )
+
+
+def bar_at(symbol: str, close: str, t: int) -> BarClosed:
+    return bar(symbol, close).model_copy(update={"ts_event": t})
+
+
+def mark_at(symbol: str, price: str, t: int) -> MarkUpdated:
+    """marketdata's mark of a quote 0.10 wide around ``price``, quoted at ``t``."""
+    return MarkUpdated.create(
+        MarkPayload(
+            symbol=symbol,
+            price=D(price),
+            bid_price=D(price) - D("0.05"),
+            ask_price=D(price) + D("0.05"),
+            feed="polygon",
+        ),
+        source="test",
+        clock=At(t),
+    )
+
+
+async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str) -> None:
+    """Long 2 contracts at 5: with no trade or bar of the contract since, the
+    mark of its quote values it (0007); before, it had no price at all."""
+    o = Orders()
+    o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
+    await record_events(database_url, [*o.events, mark_at(OPTION, "5.5", T0)])
+    [row] = await query(
+        database_url,
+        "SELECT last_price, last_price_ns, unrealized_pnl FROM positions_marked WHERE symbol = $1",
+        OPTION,
+    )
+    assert (row["last_price"], row["last_price_ns"]) == (D("5.5"), T0)
+    assert row["unrealized_pnl"] == D(100)  # 0.5 x 2 x 100
+    [pnl] = await query(database_url, "SELECT * FROM account_pnl WHERE account = $1", ACCOUNT)
+    assert pnl["unrealized_pnl"] == D(100)
+
+
+@pytest.mark.parametrize(
+    ("prices", "last"),
+    [
+        pytest.param(
+            [trade_at(OPTION, "4", T0 - 60 * S), mark_at(OPTION, "5.5", T0)],
+            ("5.5", T0),
+            id="a mark newer than the last trade wins",
+        ),
+        pytest.param(
+            [mark_at(OPTION, "5.5", T0 - 60 * S), trade_at(OPTION, "4", T0)],
+            ("4", T0),
+            id="a trade newer than the last mark wins",
+        ),
+        pytest.param(
+            [mark_at(OPTION, "5.5", T0), trade_at(OPTION, "4", T0 - 60 * S)],
+            ("5.5", T0),
+            id="an older trade recorded later does not",
+        ),
+        pytest.param(
+            [trade_at(OPTION, "4", T0), mark_at(OPTION, "5.5", T0)],
+            ("5.5", T0),
+            id="at the same time the later in the stream wins",
+        ),
+        pytest.param(
+            [bar_at(OPTION, "4.5", T0 - 60 * S), mark_at(OPTION, "5.5", T0)],
+            ("5.5", T0),
+            id="a mark newer than the last bar wins",
+        ),
+        pytest.param(
+            [mark_at(OPTION, "5.5", T0 - 60 * S), bar_at(OPTION, "4.5", T0)],
+            ("4.5", T0),
+            id="a bar newer than the last mark wins",
+        ),
+    ],
+)
+async def test_the_newest_of_trade_bar_and_mark_values_a_position(
+    database_url: str, prices: list[Event], last: tuple[str, int]
+) -> None:
+    """The risk-gate's rule: the newest price by market time, the later in
+    the stream at the same time."""
+    o = Orders()
+    o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
+    await record_events(database_url, [*o.events, *prices])
+    [row] = await query(
+        database_url,
+        "SELECT last_price, last_price_ns, unrealized_pnl FROM positions_marked WHERE symbol = $1",
+        OPTION,
+    )
+    assert (row["last_price"], row["last_price_ns"]) == (D(last[0]), last[1])
+    assert row["unrealized_pnl"] == (D(last[0]) - 5) * 100
 
 
 async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None:

@@ -28,8 +28,15 @@ from websockets.asyncio.client import connect
 from libs.bus.client import Bus
 from libs.contract.codec import decode
 from libs.contract.envelope import Event
-from libs.contract.events import BarClosed, FeedStatusChanged, MessageDeadLettered, TradePrinted
-from libs.contract.subjects import STREAM
+from libs.contract.events import (
+    BarClosed,
+    FeedStatusChanged,
+    MarkUpdated,
+    MessageDeadLettered,
+    QuoteUpdated,
+    TradePrinted,
+)
+from libs.contract.subjects import STREAM, subject_for
 from libs.testing.fakes.polygon_data import (
     MINUTE_MS,
     make_minute_bars,
@@ -49,7 +56,9 @@ from services.marketdata.adapters.polygon.client import PolygonSource
 from services.marketdata.adapters.polygon.parse import FrameParser, bar_id, rest_bar_event
 from services.marketdata.adapters.polygon.schemas import RestAgg
 from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.marks import OptionMarks
 from services.marketdata.domain.staleness import AlwaysOpen
+from services.marketdata.main import run_source
 from services.marketdata.sink import JetStreamSink
 
 KEY = "test-key-5f3a9c"
@@ -199,6 +208,84 @@ async def test_normal_flow_handshake_subscribe_and_events_on_the_stream(bus: Bus
         assert statuses[:3] == ["connected", "authenticated", "subscribed"]
         assert statuses[-1] == "disconnected"  # "stopped", on the way out
         assert metrics.MESSAGES_IN.labels(channel="trades")._value.get() - before == 2
+
+
+OPTION = "O:SPY241220P00720000"
+
+
+async def test_option_quotes_make_marks_and_a_held_quote_is_marked_when_due(bus: Bus) -> None:
+    """The Polygon options feed beside the stocks feed, through the service's
+    own run_source and a sink making marks with the default throttle (1 s,
+    0.1 %): the option's first quote is a mark at once; a one-sided and a
+    crossed quote make none; two quotes within the second are held back, and
+    the newer one is marked once the service's clock passes the second, with
+    no further quote. The equity's quote makes no mark."""
+    async with (
+        FakePolygonWs(api_key=KEY) as stocks,
+        FakePolygonWs(api_key=KEY, market="options") as options,
+    ):
+        settings = make_settings(
+            stocks,
+            None,
+            symbols=f"AAPL,{OPTION}",
+            channels="quotes",
+            polygon_options_ws_url=options.url,
+        )
+        clock = FakeClock(T0)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        sink = JetStreamSink(bus, marks=OptionMarks(settings.mark_policy()))
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_source(source, sink, stop, clock, flush_every_s=0.02))
+        try:
+            await stocks.wait_subscribed("Q.AAPL")
+            await options.wait_subscribed(f"Q.{OPTION}")
+            await options.publish([quote(OPTION, 1, T0 + 1, "9.71", "9.81")])
+            await stocks.publish([quote("AAPL", 1, T0 + 2, "190.15", "190.17")])
+            await options.publish(
+                [
+                    quote(OPTION, 2, T0 + 200, "0", "9.81"),  # no bid
+                    quote(OPTION, 3, T0 + 300, "9.90", "9.80"),  # crossed
+                    quote(OPTION, 4, T0 + 400, "9.91", "10.01"),  # held
+                    quote(OPTION, 5, T0 + 500, "9.95", "10.05"),  # held, replacing it
+                ]
+            )
+
+            async def data() -> list[Event]:
+                return [
+                    e for e in await stream_events(bus) if isinstance(e, QuoteUpdated | MarkUpdated)
+                ]
+
+            before = await eventually(lambda: _count(data, 7), timeout=10)
+            assert [e.type for e in before].count("MarkUpdated") == 1
+            clock.set_ms(T0 + 1_001)  # a second after the first mark: the held one is due
+            after = await eventually(lambda: _count(data, 8), timeout=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+
+    marks = [e for e in after if isinstance(e, MarkUpdated)]
+    quotes = {e.id: e for e in after if isinstance(e, QuoteUpdated)}
+    assert [(m.payload.price, m.ts_event) for m in marks] == [
+        (Decimal("9.76"), (T0 + 1) * MS),
+        (Decimal("10.00"), (T0 + 500) * MS),
+    ]
+    assert {subject_for(m) for m in marks} == {f"md.mark.{OPTION}"}
+    for m in marks:
+        assert m.causation_id is not None
+        q = quotes[m.causation_id]
+        assert after.index(q) < after.index(m), "each mark after its quote"
+        assert q.payload.symbol == OPTION
+    assert marks[1].ts_init == (T0 + 1_001) * MS, "made when it fell due"
+    skipped = {
+        reason: metrics.MARKS_SKIPPED.labels(reason=reason)._value.get()
+        for reason in ("one_sided", "crossed", "throttled")
+    }
+    assert all(n >= 1 for n in skipped.values()), skipped
+
+
+async def _count(data: Any, n: int) -> list[Event] | None:
+    events: list[Event] = await data()
+    return events if len(events) >= n else None
 
 
 async def test_auth_failure_is_reported_retried_slowly_and_the_key_never_logged(

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -20,10 +22,10 @@ from services.marketdata.domain.synthetic import record_id
 SEED = 11
 
 
-def marketdata(tmp_path: Path, nats_url: str, name: str, *args: str) -> ServiceProcess:
+def marketdata(tmp_path: Path, nats_url: str, name: str, *args: str, **env: str) -> ServiceProcess:
     return ServiceProcess(
         ["marketdata", "run", *args],
-        env={"NATS_URL": nats_url, "TRADEBUS_CHANNELS": "trades,quotes,second_bars"},
+        env={"NATS_URL": nats_url, "TRADEBUS_CHANNELS": "trades,quotes,second_bars", **env},
         log_path=tmp_path / f"{name}.log",
         name=name,
     )
@@ -137,3 +139,79 @@ def test_bad_settings_stop_start_up_with_the_variable_named(tmp_path: Path) -> N
     )
     assert bad_speed.returncode == 2
     assert "TRADEBUS_CACHE_SPEED" in bad_speed.stderr
+
+
+OPTION = "O:SPY241220P00720000"
+
+
+async def test_option_quotes_make_throttled_marks_and_equity_quotes_none(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """An option that only quotes (no trade, no bar) beside an equity: the
+    service publishes marks on md.mark.<option> at the quotes' midpoints, no
+    two closer than TRADEBUS_MARK_MIN_INTERVAL_S, each after its quote, and
+    none for the equity; the recorder stores them like every md event."""
+    rec = ServiceProcess(
+        ["recorder", "run"],
+        env={"NATS_URL": nats_url, "DATABASE_URL": database_url},
+        log_path=tmp_path / "recorder.log",
+        name="recorder",
+    ).start()
+    md = marketdata(
+        tmp_path,
+        nats_url,
+        "md-marks",
+        *("--source", "synthetic", "--symbols", f"AAPL,{OPTION}", "--rate", "200/s"),
+        TRADEBUS_CHANNELS="quotes",
+        TRADEBUS_MARK_MIN_INTERVAL_S="0.1",
+        TRADEBUS_MARK_MIN_CHANGE="0",
+    ).start()
+    try:
+        try:
+            await eventually(
+                lambda: _marks_out(md.metrics()) >= 8,
+                timeout=30,
+                message=lambda: md.log_text()[-2000:],
+            )
+        finally:
+            assert md.terminate() == 0, md.log_text()[-2000:]
+        published = published_at_exit(md)
+        await eventually(
+            lambda: _has(database_url, published), timeout=30, message=rec.log_text()[-2000:]
+        )
+    finally:
+        assert rec.terminate() == 0, rec.log_text()[-2000:]
+
+    recorded = await rows(database_url)
+    types = Counter((r["type"], r["symbol"]) for r in recorded)
+    assert set(types) == {
+        ("QuoteUpdated", "AAPL"),
+        ("QuoteUpdated", OPTION),
+        ("MarkUpdated", OPTION),
+    }, "marks for the option only"
+    quotes = {r["id"]: r for r in recorded if r["type"] == "QuoteUpdated"}
+    marks = [r for r in recorded if r["type"] == "MarkUpdated"]
+    assert 8 <= len(marks) < types["QuoteUpdated", OPTION]
+    for m in marks:
+        payload = orjson.loads(m["payload"])
+        q = quotes[m["causation_id"]]  # made from a recorded quote of the option
+        quoted = orjson.loads(q["payload"])
+        assert (m["subject"], q["symbol"]) == (f"md.mark.{OPTION}", OPTION)
+        assert m["seq"] > q["seq"], "a mark follows its quote"
+        assert m["ts_event"] == q["ts_event"]
+        bid, ask = Decimal(quoted["bid_price"]), Decimal(quoted["ask_price"])
+        assert (Decimal(payload["bid_price"]), Decimal(payload["ask_price"])) == (bid, ask)
+        assert Decimal(payload["price"]) == (bid + ask) / 2
+        assert (payload["basis"], payload["feed"]) == ("quote_mid", "synthetic")
+    # Throttled to one mark per 0.1 s: each mark's slot (its quote's time, or
+    # the end of the interval it was held for) lies between its quote's time
+    # and when it was made, and slots are at least the interval apart.
+    interval = 100_000_000
+    assert all(b["ts_init"] - a["ts_event"] >= interval for a, b in pairwise(marks))
+    span = marks[-1]["ts_init"] - marks[0]["ts_event"]
+    assert len(marks) <= span // interval + 1
+
+
+def _marks_out(metrics: str) -> float:
+    m = re.search(r'tradebus_marketdata_events_out_total\{channel="marks"\} ([0-9.e+]+)', metrics)
+    return float(m.group(1)) if m else 0.0

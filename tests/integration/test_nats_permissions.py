@@ -298,6 +298,7 @@ async def test_only_operator_may_publish_kill_switch(cluster: Cluster, stream: s
 
 ALL_SUBJECTS = (
     "md.bar.1m.AAPL",
+    "md.mark.O:SPY241220P00720000",
     "strategy.intent.s1",
     "risk.decision.s1",
     "orders.cmd.acct-b",
@@ -318,7 +319,7 @@ MAY_PUBLISH = {
     "admin": set(),
     "operator": {"control.resume", "replay.md.bar.1m.AAPL"},
     "recorder": {"replay.md.bar.1m.AAPL", "deadletter.recorder"},
-    "marketdata": {"md.bar.1m.AAPL", "deadletter.marketdata"},
+    "marketdata": {"md.bar.1m.AAPL", "md.mark.O:SPY241220P00720000", "deadletter.marketdata"},
     "strategy-runner": {"strategy.intent.s1", "deadletter.strategy-runner"},
     "risk-gate": {"risk.decision.s1", "orders.cmd.acct-b", "deadletter.risk-gate"},
     "broker-gateway": {"broker.fill.acct-b", "deadletter.broker-gateway"},

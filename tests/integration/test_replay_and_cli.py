@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,7 +17,9 @@ import pytest
 
 from libs.bus.client import Bus
 from libs.contract.codec import decode
-from libs.contract.events import FillReceived
+from libs.contract.envelope import WallClock
+from libs.contract.events import FillReceived, MarkPayload, MarkUpdated
+from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
@@ -128,6 +131,48 @@ async def test_replay_subject_filter_and_refusals(
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["published"], summary["first_seq"], summary["last_seq"]) == (40, 1, 40)
+
+
+async def test_marketdata_replays_option_marks_by_their_subject(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """Recorded MarkUpdated events (md.mark.<option>, a ':' in the token) are
+    replayed by `tradebus marketdata replay --subject 'md.mark.>'`, whole and
+    in order, and nothing else is."""
+    option = "O:SPY241220P00720000"
+    marks = [
+        MarkUpdated.create(
+            MarkPayload(
+                symbol=option,
+                price=Decimal(2) + Decimal(k) / 100,
+                bid_price=Decimal("1.95") + Decimal(k) / 100,
+                ask_price=Decimal("2.05") + Decimal(k) / 100,
+                feed="polygon",
+            ),
+            source="marketdata/test",
+            clock=WallClock(),
+        )
+        for k in range(5)
+    ]
+    trades = list(make_trades(10, "mk"))
+    await record(tmp_path, bus, nats_url, database_url, [*trades[:5], *marks, *trades[5:]])
+    sub = await bus.nc.subscribe("replay.md.mark.>")
+    proc = await asyncio.to_thread(
+        cli,
+        "marketdata",
+        "replay",
+        "--subject",
+        "md.mark.>",
+        database_url=database_url,
+        nats_url=nats_url,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["published"], summary["first_seq"], summary["last_seq"]) == (5, 6, 10)
+    got = [await sub.next_msg(timeout=5) for _ in marks]
+    assert [decode(m.data) for m in got] == marks
+    assert {m.subject for m in got} == {f"replay.{subject_for(marks[0])}"}
+    assert subject_for(marks[0]) == f"md.mark.{option}"
 
 
 async def test_events_json_and_audit_walk_a_fill_back_to_its_signal(

@@ -33,6 +33,8 @@ from libs.contract.events import (
     BrokerConnectionPayload,
     FillPayload,
     FillReceived,
+    MarkPayload,
+    MarkUpdated,
     OrderAccepted,
     OrderAcceptedPayload,
     OrderIntentCreated,
@@ -175,6 +177,49 @@ def mark(symbol: str, price: str) -> TradePrinted:
         source="test/marketdata",
         clock=CLOCK,
     )
+
+
+OPTION = "O:SPY241220P00720000"
+
+
+def quote_mark(symbol: str, bid: str, ask: str) -> MarkUpdated:
+    """What marketdata publishes on md.mark.<symbol> for an option's quote."""
+    return MarkUpdated.create(
+        MarkPayload(
+            symbol=symbol,
+            price=(D(bid) + D(ask)) / 2,
+            bid_price=D(bid),
+            ask_price=D(ask),
+            feed="polygon",
+        ),
+        source="test/marketdata",
+        clock=CLOCK,
+    )
+
+
+def option_intent(strategy: str, quantity: int, limit: str) -> list[Event]:
+    """A signal and its intent to buy ``quantity`` contracts of OPTION at ``limit``."""
+    sig = SignalGenerated.create(
+        SignalPayload(strategy=strategy, symbol=OPTION, name="test", direction="long"),
+        source="test/strategy-runner",
+        clock=CLOCK,
+    )
+    intent = OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy=strategy,
+            account="acct-a",
+            symbol=OPTION,
+            side="buy",
+            quantity=D(quantity),
+            order_type="limit",
+            limit_price=D(limit),
+            asset_class="option",
+        ),
+        source="test/strategy-runner",
+        clock=CLOCK,
+        cause=sig,
+    )
+    return [sig, intent]
 
 
 def signal_and_intent(
@@ -645,8 +690,9 @@ async def test_gate_works_under_its_own_nats_user(
 ) -> None:
     """With deploy/nats permissions on: the gate (user risk-gate) starts on a
     store that is not empty (its start-up reads the stream's message at the
-    store's last sequence), makes its consumer and issues orders; intents come
-    from user strategy-runner, the kill switch from user operator (the CLI)."""
+    store's last sequence), makes its consumer and issues orders, an option's
+    priced by the quote mark user marketdata published; intents come from
+    user strategy-runner, the kill switch from user operator (the CLI)."""
     passwords = {u: f"pw{secrets.token_hex(12)}" for u in NATS_USERS}
     server = NatsServer(tmp_path / "nats", config_file=NATS_CONFIG)
     with pytest.MonkeyPatch.context() as mp:
@@ -672,7 +718,8 @@ async def test_gate_works_under_its_own_nats_user(
                 server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
             ) as md:
                 await md.publish(mark("AAPL", "100"))
-            assert await record_stream(admin, database_url) == 1
+                await md.publish(quote_mark(OPTION, "1.95", "2.05"))  # md.mark.<option>
+            assert await record_stream(admin, database_url) == 2
         gate = ServiceProcess(
             ["risk-gate", "run", "--config", str(limits_file)],
             env=creds("risk-gate"),
@@ -681,8 +728,8 @@ async def test_gate_works_under_its_own_nats_user(
         ).start()
         await _live(gate)
         log_text = gate.log_text()
-        assert "state rebuilt up to store sequence 1 in " in log_text
-        assert ": 1 events folded from the start" in log_text
+        assert "state rebuilt up to store sequence 2 in " in log_text
+        assert ": 2 events folded from the start" in log_text
         async with await Bus.connect(
             server.url,
             name="test-strategy",
@@ -690,7 +737,9 @@ async def test_gate_works_under_its_own_nats_user(
             password=passwords["strategy-runner"],
         ) as strategies:
             await submit_intent(strategies, "good", 5)
-            submitted = 'tradebus_orders_submitted_total{account="acct-a"} 1.0'
+            # Priced by the mark the marketdata user published (rebuilt from the store).
+            await strategies.publish_many(option_intent("good", 1, "2.05"))
+            submitted = 'tradebus_orders_submitted_total{account="acct-a"} 2.0'
             await eventually(lambda: _metric(gate, submitted), timeout=20, message=gate.log_text())
             await tradebus(creds("operator"), "kill-switch", "on", "--reason", "perm test")
             await eventually(lambda: _metric(gate, "tradebus_risk_kill_switch 1.0"), timeout=20)
@@ -739,6 +788,37 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
     # Nor broker acks (they change nothing it decides on); fills and the rest it reads.
     assert "broker.ack.>" not in subjects
     assert {"broker.fill.>", "broker.reject.>", "broker.cancel.>", "broker.conn.>"} <= subjects
+
+
+async def test_an_option_priced_only_by_its_quote_mark_gets_its_order(
+    stack: Stack, bus: Bus
+) -> None:
+    """A contract with no trade and no bar has no price: its order is denied
+    no_market_price. Once marketdata's mark of its quote (md.mark.<symbol>)
+    is on the stream, the same order passes, priced at the mark."""
+    db = stack.database_url
+    before = option_intent("good", 2, "2.05")
+    await bus.publish_many(before)
+    denied = await decision_for(db, before[1].id)
+    assert (denied.payload.decision, denied.payload.reason.value) == ("denied", "no_market_price")
+
+    await bus.publish(quote_mark(OPTION, "1.95", "2.05"))
+    after = option_intent("good", 2, "2.05")
+    await bus.publish_many(after)
+    accepted = await decision_for(db, after[1].id)
+    assert accepted.payload.decision == "accepted", accepted.payload.detail
+    [order] = [
+        o for o in await wait_recorded(db, "SubmitOrder", 1) if o.payload.intent_id == after[1].id
+    ]
+    assert (order.payload.symbol, order.payload.asset_class) == (OPTION, "option")
+    # Priced by the mark (2.00): a limit 10 % away is outside the 5 % band.
+    far = option_intent("good", 2, "2.20")
+    await bus.publish_many(far)
+    banded = await decision_for(db, far[1].id)
+    assert banded.payload.reason.value == "price_band"
+    assert "from the last price 2.00" in banded.payload.detail
+    info = await bus.js.consumer_info("TRADEBUS", "risk-gate")
+    assert "md.mark.>" in set(info.config.filter_subjects or [])
 
 
 async def test_acks_reach_the_live_consumer_after_a_replayed_backlog(

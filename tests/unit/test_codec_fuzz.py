@@ -29,6 +29,8 @@ from libs.contract.events import (
     FeedName,
     FillPayload,
     FillReceived,
+    MarkPayload,
+    MarkUpdated,
     MessageDeadLettered,
     OrderIntentCreated,
     OrderIntentPayload,
@@ -153,6 +155,21 @@ quote_payloads = st.builds(
     indicators=st.lists(st.integers(0, 999), max_size=3).map(tuple),
     feed=feeds,
 )
+
+
+@st.composite
+def mark_payloads(draw: st.DrawFn) -> MarkPayload:
+    """A mark at its quote's bid, ask or anywhere the contract allows between."""
+    bid, ask = sorted((draw(prices), draw(prices)))
+    return MarkPayload(
+        symbol=draw(tokens),
+        price=draw(st.sampled_from([bid, ask])),
+        bid_price=bid,
+        ask_price=ask,
+        feed=draw(feeds),
+    )
+
+
 bar_payloads = st.builds(
     BarPayload,
     symbol=tokens,
@@ -234,6 +251,7 @@ PAYLOADS: dict[type[Event], st.SearchStrategy[Any]] = {
     TradePrinted: trade_payloads,
     QuoteUpdated: quote_payloads,
     BarClosed: bar_payloads,
+    MarkUpdated: mark_payloads(),
     OrderIntentCreated: intent_payloads,
     RiskDecisionMade: decision_payloads,
     SubmitOrder: submit_payloads,

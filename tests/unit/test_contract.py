@@ -34,6 +34,8 @@ from libs.contract.events import (
     FlattenAccountPayload,
     KillSwitchEngaged,
     KillSwitchReleased,
+    MarkPayload,
+    MarkUpdated,
     MessageDeadLettered,
     OperatorActionPayload,
     OrderAccepted,
@@ -149,6 +151,17 @@ SAMPLES: tuple[Sample, ...] = (
             backfilled=True,
         ),
         "md.bar.1m.SPY",
+    ),
+    Sample(
+        MarkUpdated,
+        MarkPayload(
+            symbol="O:SPY241220P00720000",
+            price=Decimal("9.76"),
+            bid_price=Decimal("9.71"),
+            ask_price=Decimal("9.81"),
+            feed="polygon",
+        ),
+        "md.mark.O:SPY241220P00720000",
     ),
     Sample(
         FeedStatusChanged,
@@ -738,3 +751,31 @@ def test_an_order_command_is_the_intents_order_whole() -> None:
         "order_id": helper_command.payload.order_id,
         "intent_id": intent.id,
     }
+
+
+@pytest.mark.parametrize(
+    ("bid", "price", "ask", "ok"),
+    [
+        ("9.71", "9.76", "9.81", True),
+        ("9.71", "9.71", "9.71", True),  # a locked quote: bid = ask = mid
+        ("9.81", "9.76", "9.71", False),  # crossed
+        ("9.71", "9.90", "9.81", False),  # above the ask
+        ("9.71", "9.70", "9.81", False),  # below the bid
+        ("0", "0.05", "0.10", False),  # one-sided: no bid
+    ],
+)
+def test_a_mark_lies_within_the_quote_it_came_from(
+    bid: str, price: str, ask: str, ok: bool
+) -> None:
+    """A mark is never made from a crossed or one-sided quote: the contract
+    refuses one outside its bid and ask, or with a side at zero."""
+    raw = json.loads(encode(build(next(s for s in SAMPLES if s.cls is MarkUpdated))))
+    raw["payload"].update(bid_price=bid, price=price, ask_price=ask)
+    if ok:
+        mark = decode(as_bytes(raw))
+        assert isinstance(mark, MarkUpdated)
+        assert (mark.payload.basis, mark.payload.price) == ("quote_mid", Decimal(price))
+        return
+    with pytest.raises(DecodeError) as info:
+        decode(as_bytes(raw))
+    assert info.value.reason == "invalid_event"

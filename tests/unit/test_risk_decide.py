@@ -19,6 +19,8 @@ from libs.contract.events import (
     FillPayload,
     FillReceived,
     KillSwitchEngaged,
+    MarkPayload,
+    MarkUpdated,
     OperatorActionPayload,
     OrderIntentCreated,
     OrderIntentPayload,
@@ -743,3 +745,118 @@ def test_reduces_position_counts_open_orders_on_the_same_side() -> None:
     assert d.accepted
     assert reduces_position(state, "acct", "AAPL", "sell", D(40))
     assert not reduces_position(state, "acct", "AAPL", "sell", D(41))
+
+
+# ------------------------------------------------------------ quote marks
+
+
+def mark(symbol: str, price: str, t: int = T0, spread: str = "0.10") -> MarkUpdated:
+    """An option's mark from a quote ``spread`` wide around ``price``."""
+    half = D(spread) / 2
+    return MarkUpdated.create(
+        MarkPayload(
+            symbol=symbol,
+            price=D(price),
+            bid_price=D(price) - half,
+            ask_price=D(price) + half,
+            feed="polygon",
+        ),
+        source="test",
+        clock=At(t),
+    )
+
+
+def option_intent(quantity: int, **extra: Any) -> OrderIntentCreated:
+    return intent(quantity, symbol=OPTION, asset_class="option", **extra)
+
+
+def test_an_option_priced_only_by_a_quote_mark_is_accepted() -> None:
+    """No trade and no bar of the contract: no price, so no order, until the
+    mark of its quote prices it, for the band, the notional and the age."""
+    state = RiskState.initial(LIMITS)
+    limit = option_intent(2, order_type="limit", limit_price=D("2.05"))
+    d = decide(evolve(state, limit), limit, T0)
+    assert (d.reason, d.detail) == (ReasonCode.NO_MARKET_PRICE, f"no market price for {OPTION}")
+
+    state = evolve(state, mark(OPTION, "2.00", T0 - 10 * S))
+    d = decide(evolve(state, limit), limit, T0)
+    assert d.accepted, d.detail
+    # The band is around the mark: 2.20 is 10 % away (5 % allowed).
+    far = option_intent(2, order_type="limit", limit_price=D("2.20"))
+    d = decide(evolve(state, far), far, T0)
+    assert d.reason is ReasonCode.PRICE_BAND
+    assert "from the last price 2.00" in d.detail
+    # A market order is valued at the mark: 60 x 2.00 x 100 = 12,000 > 10,000.
+    big = option_intent(60)
+    d = decide(evolve(state, big), big, T0)
+    assert (d.reason, d.detail) == (
+        ReasonCode.MAX_ORDER_NOTIONAL,
+        "notional 12000.00 > max 10000 per order",
+    )
+    # Its age counts as a trade's: past max_mark_age_s (60 s) it is no price.
+    later = option_intent(2, order_type="limit", limit_price=D("2.05"), t=T0 + 51 * S)
+    d = decide(evolve(state, later), later, T0 + 51 * S)
+    assert d.reason is ReasonCode.NO_MARKET_PRICE
+    assert "61.0s old (max 60s)" in d.detail
+
+
+@pytest.mark.parametrize(
+    ("events", "price"),
+    [
+        pytest.param(
+            [trade(OPTION, "2.00", T0 - 10 * S), mark(OPTION, "2.50", T0 - 5 * S)],
+            "2.50",
+            id="a mark newer than the last trade replaces it",
+        ),
+        pytest.param(
+            [mark(OPTION, "2.50", T0 - 10 * S), trade(OPTION, "2.00", T0 - 5 * S)],
+            "2.00",
+            id="a trade newer than the mark replaces it",
+        ),
+        pytest.param(
+            [mark(OPTION, "2.50", T0 - 5 * S), trade(OPTION, "2.00", T0 - 10 * S)],
+            "2.50",
+            id="an older trade arriving late does not move the mark back",
+        ),
+        pytest.param(
+            [trade(OPTION, "2.00", T0 - 10 * S), mark(OPTION, "2.50", T0 - 20 * S)],
+            "2.00",
+            id="nor does an older mark",
+        ),
+        pytest.param(
+            [trade(OPTION, "2.00", T0 - 5 * S), mark(OPTION, "2.50", T0 - 5 * S)],
+            "2.50",
+            id="at the same time the later in the stream wins",
+        ),
+        pytest.param(
+            [mark(OPTION, "2.50", T0 - 10 * S), bar(OPTION, "2.20", T0 - 5 * S)],
+            "2.20",
+            id="a newer bar replaces a mark",
+        ),
+    ],
+)
+def test_the_newest_price_wins_whether_trade_bar_or_quote_mark(
+    events: list[Event], price: str
+) -> None:
+    state = apply(RiskState.initial(LIMITS), *events)
+    m = state.mark(OPTION)
+    assert m is not None
+    assert m.price == D(price)
+    assert m.ts_ns == max(e.ts_event for e in events)
+
+
+def test_quote_marks_value_an_option_position_and_can_trip_the_breaker() -> None:
+    """Long 10 contracts at 3.00: the quote marks alone move the day P&L
+    (10 x 100 per dollar) until the daily-loss breaker trips at -1000."""
+    state = apply(
+        RiskState.initial(LIMITS),
+        mark(OPTION, "3.00", T0),
+        fill(uuid.uuid4(), 10, "3.00", symbol=OPTION, strategy="sma"),
+    )
+    state = evolve(state, mark(OPTION, "2.50", T0 + S))
+    assert state.day_pnl("acct") == D(-500)
+    assert react(state, T0 + S) == []
+    state = evolve(state, mark(OPTION, "2.00", T0 + 2 * S))
+    assert state.day_pnl("acct") == D(-1000)
+    breaker = react(state, T0 + 2 * S)[0]
+    assert (breaker.type, breaker.payload.value) == ("BreakerTripped", D(-1000))

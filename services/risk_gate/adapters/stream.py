@@ -32,12 +32,17 @@ OWN_SUBJECTS = ("risk.>", "orders.cmd.>")
 
 #: What the gate reads while it rebuilds and catches up: prices, intents, the
 #: broker, operators, and its own output (a previous run's decisions, which
-#: must not be made twice). Of the broker, what ends orders, fills them and
-#: the connection; not its acks (``broker.ack.>``), which change nothing the
-#: gate decides on (see ``RELEVANT_TYPES`` in ``domain/evolve.py``).
+#: must not be made twice). Prices are trades, bars and the option marks
+#: marketdata makes from quotes (``md.mark.>``), not quotes themselves: most
+#: of the feed, and NATS wildcards cannot pick the options' out of
+#: ``md.quote.>`` (a token is matched whole). Of the broker, what ends orders,
+#: fills them and the connection; not its acks (``broker.ack.>``), which
+#: change nothing the gate decides on (see ``RELEVANT_TYPES`` in
+#: ``domain/evolve.py``).
 FILTER_SUBJECTS = (
     "md.trade.>",
     "md.bar.>",
+    "md.mark.>",
     "strategy.intent.>",
     *OWN_SUBJECTS,
     "broker.fill.>",

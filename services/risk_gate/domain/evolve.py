@@ -33,6 +33,7 @@ from libs.contract.events import (
     FillReceived,
     KillSwitchEngaged,
     KillSwitchReleased,
+    MarkUpdated,
     OrderCanceled,
     OrderIntentCreated,
     OrderRejected,
@@ -102,6 +103,7 @@ RELEVANT_TYPES = frozenset(
     {
         "TradePrinted",
         "BarClosed",
+        "MarkUpdated",
         "OrderIntentCreated",
         "RiskDecisionMade",
         "SubmitOrder",
@@ -174,6 +176,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
             return _on_price(state, event, event.payload.symbol, event.payload.price)
         case BarClosed():
             return _on_price(state, event, event.payload.symbol, event.payload.close)
+        case MarkUpdated():
+            return _on_price(state, event, event.payload.symbol, event.payload.price)
         case OrderIntentCreated():
             return _on_intent(state, event)
         case RiskDecisionMade():
@@ -212,6 +216,15 @@ def evolve_all(state: RiskState, events: list[Event] | tuple[Event, ...]) -> Ris
 
 
 def _on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
+    """A market price of ``symbol``: a trade, a bar's close, a quote's mark
+    (``MarkUpdated``, an option's quote midpoint); fills mark too (``_on_fill``).
+
+    The newest wins, by the market's own time (``ts_event``) whatever the
+    kind: a quote's mark newer than the last trade replaces it, a trade newer
+    than the mark replaces that, and neither moves the mark back. At the same
+    time the one later in the stream wins. The mark's age (for
+    ``max_mark_age_s``) is that of the price it holds.
+    """
     current = state.marks.get(symbol)
     if current is not None and current.ts_ns > event.ts_event:
         return state  # an older print arriving late does not move the mark back

@@ -1,0 +1,383 @@
+"""Option marks from quotes (``services/marketdata/domain/marks.py``): which
+quotes make a ``MarkUpdated``, the per-symbol throttle, and its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from itertools import count
+
+import pytest
+
+from libs.bus.errors import PublishFailed
+from libs.config import ConfigError, load_settings
+from libs.contract.codec import decode, derived_id, encode
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    MarkUpdated,
+    QuotePayload,
+    QuoteUpdated,
+    TradePayload,
+    TradePrinted,
+)
+from libs.contract.subjects import subject_for
+from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.marks import MarkPolicy, OptionMarks, midpoint
+from services.marketdata.feed import EventSink
+from services.marketdata.main import run_source
+
+D = Decimal
+MS = 1_000_000
+S = 1_000_000_000
+T0 = 1_773_154_800 * S
+OPTION = "O:SPY241220P00720000"
+OTHER = "O:SPY241220C00600000"
+POLICY = MarkPolicy(min_interval_ns=S, min_change=D("0.01"), refresh_ns=30 * S)
+_seq = count(1)
+
+
+class At:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+def quote(
+    symbol: str,
+    bid: str,
+    ask: str,
+    t: int = T0,
+    *,
+    bid_size: str = "5",
+    ask_size: str = "7",
+    seen: int | None = None,
+) -> QuoteUpdated:
+    """A quote at exchange time ``t``, made (``ts_init``) at ``seen`` (``t`` + 1 ms)."""
+    event = QuoteUpdated.create(
+        QuotePayload(
+            symbol=symbol,
+            bid_price=D(bid),
+            bid_size=D(bid_size),
+            ask_price=D(ask),
+            ask_size=D(ask_size),
+            sequence=next(_seq),
+            feed="polygon",
+        ),
+        source="marketdata/test",
+        clock=At(seen if seen is not None else t + MS),
+        ts_event=t,
+    )
+    return event
+
+
+def trade(symbol: str, price: str, t: int = T0) -> TradePrinted:
+    return TradePrinted.create(
+        TradePayload(symbol=symbol, price=D(price), size=D(1), feed="polygon"),
+        source="marketdata/test",
+        clock=At(t),
+    )
+
+
+def test_an_option_quote_makes_a_mark_at_its_midpoint_and_an_equity_quote_none() -> None:
+    marks = OptionMarks(POLICY)
+    q = quote(OPTION, "9.71", "9.81")
+    m = marks.on_quote(q)
+    assert isinstance(m, MarkUpdated)
+    p = m.payload
+    assert (p.symbol, p.price, p.bid_price, p.ask_price) == (
+        OPTION,
+        D("9.76"),
+        D("9.71"),
+        D("9.81"),
+    )
+    assert (p.basis, p.feed) == ("quote_mid", "polygon")
+    # What it came from: the quote, by its id and its time; made when the quote was.
+    assert (m.causation_id, m.correlation_id) == (q.id, q.correlation_id)
+    assert (m.ts_event, m.ts_init, m.source) == (q.ts_event, q.ts_init, q.source)
+    assert m.id == derived_id("marketdata", "mark", q.id)
+    assert subject_for(m) == f"md.mark.{OPTION}"
+    assert decode(encode(m)) == m
+
+    batch: list[Event] = [quote("AAPL", "190.15", "190.17"), trade("AAPL", "190.16")]
+    marked = marks.with_marks(batch)
+    assert marked.events is batch, "no option quote: the batch goes out as it came"
+    assert (marked.marks, dict(marked.skipped)) == (0, {})
+
+
+def test_each_mark_follows_its_quote_in_the_batch() -> None:
+    marks = OptionMarks(POLICY)
+    equity = quote("AAPL", "190.15", "190.17")
+    a, b = quote(OPTION, "9.71", "9.81"), quote(OTHER, "1.00", "1.10")
+    t = trade(OPTION, "9.75")
+    marked = marks.with_marks([equity, a, t, b])
+    assert [type(e).__name__ for e in marked.events] == [
+        "QuoteUpdated",
+        "QuoteUpdated",
+        "MarkUpdated",
+        "TradePrinted",
+        "QuoteUpdated",
+        "MarkUpdated",
+    ]
+    assert [e.causation_id for e in marked.events if isinstance(e, MarkUpdated)] == [a.id, b.id]
+    assert marked.marks == 2
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "sizes", "reason"),
+    [
+        ("0", "0.05", ("5", "7"), "one_sided"),  # no bid (a far out-of-the-money put)
+        ("1.00", "0", ("5", "7"), "one_sided"),  # no ask
+        ("1.00", "1.10", ("0", "7"), "one_sided"),  # a bid of zero size
+        ("1.00", "1.10", ("5", "0"), "one_sided"),
+        ("1.10", "1.00", ("5", "7"), "crossed"),
+    ],
+)
+def test_a_one_sided_or_crossed_quote_makes_no_mark(
+    bid: str, ask: str, sizes: tuple[str, str], reason: str
+) -> None:
+    marks = OptionMarks(POLICY)
+    q = quote(OPTION, bid, ask, bid_size=sizes[0], ask_size=sizes[1])
+    assert marks.on_quote(q) == reason
+    marked = marks.with_marks([quote(OPTION, bid, ask, bid_size=sizes[0], ask_size=sizes[1])])
+    assert (marked.marks, dict(marked.skipped)) == (0, {reason: 1})
+    # Nothing was taken for a mark: the next good quote is the symbol's first.
+    assert isinstance(marks.on_quote(quote(OPTION, "1.00", "1.10", T0 + MS)), MarkUpdated)
+
+
+def test_a_locked_quote_is_a_mark_at_its_price() -> None:
+    m = OptionMarks(POLICY).on_quote(quote(OPTION, "2.05", "2.05"))
+    assert isinstance(m, MarkUpdated)
+    assert m.payload.price == D("2.05")
+
+
+def test_within_the_interval_the_newest_quote_is_held_and_marked_when_it_ends() -> None:
+    marks = OptionMarks(POLICY)
+    first = marks.on_quote(quote(OPTION, "2.00", "2.10", T0))
+    assert isinstance(first, MarkUpdated)
+    # A burst within the second: held back, the newest replacing the older.
+    assert marks.on_quote(quote(OPTION, "2.20", "2.30", T0 + 200 * MS)) == "throttled"
+    last = quote(OPTION, "2.40", "2.50", T0 + 400 * MS)
+    assert marks.on_quote(last) == "throttled"
+    assert marks.held == 1
+    assert marks.due(T0 + 999 * MS) == []
+    [held] = marks.due(T0 + S)
+    # The last quote of the burst, at its own (market) time, made now.
+    assert (held.payload.price, held.causation_id) == (D("2.45"), last.id)
+    assert (held.ts_event, held.ts_init) == (last.ts_event, T0 + S)
+    assert held.id == derived_id("marketdata", "mark", last.id)
+    assert (marks.held, marks.due(T0 + 10 * S)) == (0, [])
+    # The next interval runs from the end of this one (the held mark's slot),
+    # not from its quote's time: one mark per second, however they come.
+    assert marks.on_quote(quote(OPTION, "2.60", "2.70", T0 + 1999 * MS)) == "throttled"
+    assert isinstance(marks.on_quote(quote(OPTION, "2.60", "2.70", T0 + 2 * S)), MarkUpdated)
+
+
+def test_a_busy_contract_gets_one_mark_per_interval() -> None:
+    """Quotes every 10 ms for 10 s, each a new price, the due marks looked at
+    every 10 ms: 10 marks, one per second, each the newest quote then."""
+    marks = OptionMarks(POLICY)
+    made: list[MarkUpdated] = []
+    for k in range(1000):
+        t = T0 + k * 10 * MS
+        made += marks.due(t)
+        bid = D("2.00") + D("0.01") * k
+        m = marks.on_quote(quote(OPTION, str(bid), str(bid + D("0.10")), t))
+        if isinstance(m, MarkUpdated):
+            made.append(m)
+    made += marks.due(T0 + 10 * S)
+    assert len(made) == 11  # at 0, 1, ..., 10 s
+    assert [m.ts_init for m in made[1:]] == [T0 + k * S for k in range(1, 11)]
+    assert all(m.ts_event == m.ts_init - 10 * MS for m in made[1:]), "the newest held"
+
+
+def test_a_quote_after_the_interval_is_a_mark_at_once() -> None:
+    marks = OptionMarks(POLICY)
+    marks.on_quote(quote(OPTION, "2.00", "2.10", T0))
+    assert marks.on_quote(quote(OPTION, "2.20", "2.30", T0 + 500 * MS)) == "throttled"
+    m = marks.on_quote(quote(OPTION, "2.30", "2.40", T0 + S))
+    assert isinstance(m, MarkUpdated)
+    assert m.payload.price == D("2.35")
+    assert marks.held == 0, "the held quote is older than the mark: dropped"
+    assert marks.due(T0 + 5 * S) == []
+
+
+def test_symbols_are_throttled_apart() -> None:
+    marks = OptionMarks(POLICY)
+    assert isinstance(marks.on_quote(quote(OPTION, "2.00", "2.10", T0)), MarkUpdated)
+    assert isinstance(marks.on_quote(quote(OTHER, "5.00", "5.10", T0 + MS)), MarkUpdated)
+
+
+def test_an_unchanged_midpoint_is_no_mark_until_the_refresh() -> None:
+    marks = OptionMarks(POLICY)
+    marks.on_quote(quote(OPTION, "10.00", "10.20", T0))  # 10.10
+    # Within 1 % of 10.10 (a size change, a wider spread around the same mid).
+    assert marks.on_quote(quote(OPTION, "10.00", "10.20", T0 + 2 * S)) == "unchanged"
+    assert marks.on_quote(quote(OPTION, "9.95", "10.30", T0 + 3 * S)) == "unchanged"
+    assert marks.due(T0 + 29 * S) == []
+    refreshed = marks.on_quote(quote(OPTION, "10.00", "10.20", T0 + 30 * S))
+    assert isinstance(refreshed, MarkUpdated)
+    assert refreshed.ts_event == T0 + 30 * S
+    # A move of 1 % or more is a mark (once the interval has passed).
+    assert marks.on_quote(quote(OPTION, "10.09", "10.29", T0 + 31 * S)) == "unchanged"  # 0.99 %
+    assert isinstance(marks.on_quote(quote(OPTION, "10.11", "10.31", T0 + 32 * S)), MarkUpdated)
+
+
+def test_a_quote_back_at_the_mark_or_unmarkable_drops_the_held_one() -> None:
+    marks = OptionMarks(POLICY)
+    marks.on_quote(quote(OPTION, "2.00", "2.10", T0))  # 2.05
+    assert marks.on_quote(quote(OPTION, "2.40", "2.50", T0 + 100 * MS)) == "throttled"
+    assert marks.on_quote(quote(OPTION, "2.00", "2.10", T0 + 200 * MS)) == "unchanged"
+    assert marks.due(T0 + 2 * S) == [], "the market is back where the mark says"
+    marks.on_quote(quote(OPTION, "2.40", "2.50", T0 + 2100 * MS))  # a mark at 2.45
+    assert marks.on_quote(quote(OPTION, "3.00", "3.10", T0 + 2200 * MS)) == "throttled"
+    assert marks.on_quote(quote(OPTION, "0", "3.10", T0 + 2300 * MS)) == "one_sided"
+    assert marks.due(T0 + 5 * S) == [], "the held quote is no longer the market"
+
+
+def test_a_quote_older_than_the_last_mark_makes_none() -> None:
+    marks = OptionMarks(POLICY)
+    marks.on_quote(quote(OPTION, "2.00", "2.10", T0))
+    assert marks.on_quote(quote(OPTION, "3.00", "3.10", T0 - S)) == "out_of_order"
+
+
+def test_the_same_quote_twice_makes_the_same_mark() -> None:
+    """A reconnect can hand the same quote over again: it makes the same mark
+    id (JetStream keeps one), or none."""
+    q = quote(OPTION, "2.00", "2.10")
+    a, b = OptionMarks(POLICY).on_quote(q), OptionMarks(POLICY).on_quote(q)
+    assert isinstance(a, MarkUpdated)
+    assert a == b
+    no_interval = OptionMarks(MarkPolicy(min_interval_ns=0, min_change=D(0), refresh_ns=S))
+    assert isinstance(no_interval.on_quote(q), MarkUpdated)
+    again = no_interval.on_quote(q)
+    assert isinstance(again, MarkUpdated)
+    assert again.id == a.id
+
+
+def test_with_no_interval_and_no_change_every_good_quote_is_a_mark() -> None:
+    marks = OptionMarks(MarkPolicy(min_interval_ns=0, min_change=D(0), refresh_ns=0))
+    quotes = [quote(OPTION, "2.00", "2.10", T0 + k * MS) for k in range(5)]
+    marked = marks.with_marks(quotes)
+    assert marked.marks == 5
+    assert len(marked.events) == 10
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "mid"),
+    [
+        ("9.71", "9.81", "9.76"),
+        ("0.05", "0.10", "0.075"),
+        ("1", "2", "1.5"),
+        # A 13th place is rounded (half even) to the contract's 12, within the quote.
+        ("0.000000000001", "0.000000000002", "0.000000000002"),
+        ("0.000000000002", "0.000000000003", "0.000000000002"),
+    ],
+)
+def test_midpoint_is_exact_to_the_contracts_places(bid: str, ask: str, mid: str) -> None:
+    got = midpoint(D(bid), D(ask))
+    assert got == D(mid)
+    assert D(bid) <= got <= D(ask)
+    m = OptionMarks(POLICY).on_quote(quote(OPTION, bid, ask))
+    assert isinstance(m, MarkUpdated)
+    assert m.payload.price == D(mid)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_interval_ns": -1}, "negative"),
+        ({"min_change": D(1)}, "min_change"),
+        ({"min_change": D("-0.1")}, "min_change"),
+        ({"min_interval_ns": 2 * S, "refresh_ns": S}, "shorter"),
+    ],
+)
+def test_a_policy_that_makes_no_sense_is_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MarkPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_give_the_policy_and_name_the_offending_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings(MarketdataSettings).mark_policy()
+    assert defaults == MarkPolicy(min_interval_ns=S, min_change=D("0.001"), refresh_ns=30 * S)
+    monkeypatch.setenv("TRADEBUS_MARK_MIN_INTERVAL_S", "0.25")
+    monkeypatch.setenv("TRADEBUS_MARK_MIN_CHANGE", "0.02")
+    monkeypatch.setenv("TRADEBUS_MARK_REFRESH_S", "5")
+    assert load_settings(MarketdataSettings).mark_policy() == MarkPolicy(
+        min_interval_ns=S // 4, min_change=D("0.02"), refresh_ns=5 * S
+    )
+    for name, value, says in (
+        ("TRADEBUS_MARK_REFRESH_S", "0.1", "shorter than TRADEBUS_MARK_MIN_INTERVAL_S"),
+        ("TRADEBUS_MARK_MIN_CHANGE", "1.5", "less than 1"),
+        ("TRADEBUS_MARK_MIN_CHANGE", "NaN", "finite"),
+        ("TRADEBUS_MARK_MIN_INTERVAL_S", "-1", "greater than or equal to 0"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ConfigError) as info:
+                load_settings(MarketdataSettings)
+        assert f"{name}: " in str(info.value), info.value
+        assert says in str(info.value), info.value
+
+
+def test_ids_are_never_reused_across_quotes() -> None:
+    marks = OptionMarks(MarkPolicy(min_interval_ns=0, min_change=D(0), refresh_ns=0))
+    made = [marks.on_quote(quote(OPTION, "2.00", "2.10", T0 + k)) for k in range(50)]
+    ids = {m.id for m in made if isinstance(m, MarkUpdated)}
+    assert len(ids) == 50
+    assert all(isinstance(i, uuid.UUID) for i in ids)
+
+
+class FlushSink:
+    """What run_source needs of the sink: its marks and publish_due."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.marks = OptionMarks(POLICY)
+        self.fail = fail
+        self.flushes = 0
+        self.flushed = asyncio.Event()
+
+    async def publish(self, events: object) -> None:
+        raise AssertionError("not called here")
+
+    async def publish_due(self, now_ns: int) -> int:
+        self.flushes += 1
+        self.flushed.set()
+        if self.fail:
+            raise PublishFailed("no ack for the due marks")
+        return 0
+
+
+async def test_run_source_stops_both_tasks_and_raises_a_failure_as_itself() -> None:
+    """The source and the flusher of held marks run together: the source's end
+    stops the flusher; a failure of either stops the other and is raised as
+    itself (main turns a BusError into exit 1, not a group of exceptions)."""
+
+    class Ends:
+        """Ends once the flusher has looked for due marks."""
+
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            assert isinstance(sink, FlushSink)
+            await sink.flushed.wait()
+
+    class Fails:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            raise PublishFailed("no ack")
+
+    class Waits:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            await stop.wait()
+
+    sink = FlushSink()
+    await run_source(Ends(), sink, asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    assert sink.flushes >= 1
+    with pytest.raises(PublishFailed, match="no ack"):
+        await run_source(Fails(), FlushSink(), asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    with pytest.raises(PublishFailed, match="due marks"):
+        await run_source(Waits(), FlushSink(fail=True), stop, At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
+    assert stop.is_set()
