@@ -469,6 +469,52 @@ async def test_up_stops_when_a_service_refuses_its_settings(tmp_path: Path) -> N
     assert not (up.home / "stack.json").exists()
 
 
+#: A strategy module that takes its time to import (a heavy dependency), until
+#: interrupted, and guards it as optional imports are guarded.
+SLOW_STRATEGY_MODULE = """\
+import signal
+
+print("slow strategy module: importing", flush=True)
+try:
+    while True:
+        signal.pause()
+except Exception:
+    pass
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_up_interrupted_while_checking_the_configuration(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C (or SIGTERM) while ``up`` still checks the config files, here
+    while it imports a strategy's module: one line and the shell's code for
+    the signal; nothing was started. It used to exit 130 without a word on
+    SIGINT, and die of SIGTERM."""
+    (tmp_path / "slowstrategy.py").write_text(SLOW_STRATEGY_MODULE)
+    strategies = tmp_path / "strategies.yaml"
+    strategies.write_text(FAST_STRATEGIES.replace("sma_crossover", "slowstrategy:Strategy"))
+    up = await start_up(tmp_path, tmp_path / "home", sig.name, "--strategies", str(strategies))
+    try:
+        await eventually(
+            lambda: "slow strategy module: importing" in up.output(),
+            timeout=60,
+            message=up.tail,
+        )
+        up.proc.send_signal(sig)
+        exit_code = await asyncio.wait_for(up.proc.wait(), timeout=60)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert exit_code == code, text
+    assert text.splitlines()[-1] == (
+        f"up              | {sig.name} while checking the configuration; nothing was started"
+    ), text
+    assert "Traceback" not in text
+    assert "starting" not in text
+    assert not (up.home / "stack.json").exists()
+
+
 # --------------------------------------------------------------- supervisor
 
 
