@@ -356,7 +356,7 @@ def _run_locked(
         with _signals(_interrupt):
             try:
                 local_nats = not os.environ.get("NATS_URL")
-                credentials = creds.load_or_create(home) if local_nats else None
+                credentials = creds.load_or_create(home, wiring.NATS_USERS) if local_nats else None
                 servers, nats_url, database_url = _start_servers(
                     options, home, printer, note, credentials
                 )
