@@ -27,7 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, localcontext
 from typing import Literal
@@ -276,9 +276,14 @@ class PaperBook:
     def positions(self, account: str) -> list[Position]:
         return sorted(self._account(account).positions.values(), key=lambda p: p.symbol)
 
-    def fills(self, account: str, order_id: str | None = None) -> list[FillActivity]:
+    def fills(self, account: str, order_id: str | None = None) -> Sequence[FillActivity]:
+        """The account's fill activities in the order they happened (``order_id``'s
+        only, if given). Without ``order_id`` the book's own list, not a copy
+        (the server windows and pages it): read it before the book changes."""
         fills = self._account(account).fills
-        return [f for f in fills if order_id is None or f.order_id == order_id]
+        if order_id is None:
+            return fills
+        return [f for f in fills if f.order_id == order_id]
 
     # ------------------------------------------------------------ commands
 
