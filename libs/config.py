@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.store.urls import is_postgres_url
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
 
@@ -65,8 +67,9 @@ class ServiceSettings(BaseSettings):
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
         # Refused here, naming DATABASE_URL, rather than deep inside asyncpg.
         # The message never quotes the value: it may hold a password.
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        url = value.get_secret_value()
+        if not is_postgres_url(url):
+            scheme = urlsplit(url).scheme
             got = f"scheme {scheme!r}" if scheme else "no scheme"
             raise ValueError(
                 f"must be a URL such as postgresql://user:password@host:5432/tradebus, got {got}"

@@ -84,7 +84,8 @@ def render(info: StackInfo) -> str:
         f'   {t} kill-switch on --reason "..."    # off again: kill-switch off, risk resume global',
         f"   {info.psql} '{db}'",
         "",
-        " Ctrl-C stops everything (services first, then the servers).",
+        " Ctrl-C stops everything (services first, then the servers);",
+        " a second Ctrl-C kills the services at once.",
         rule,
     ]
     return "\n".join(lines)

@@ -11,10 +11,10 @@ settings must agree on, which neither service can check alone.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from libs.strategy.spec import LoadedStrategy
@@ -54,41 +54,49 @@ def _without_path(path: Path, message: str) -> str:
     return message.removeprefix(f"{path}: ")
 
 
+T = TypeVar("T")
+
+
+def _load(
+    path: Path, read: Callable[[Path], T], error: type[Exception], problems: list[str]
+) -> T | None:
+    """``read(path)``; None if it raises ``error`` (the file is invalid), whose
+    problems are added to ``problems`` as one entry, every line under the file."""
+    try:
+        return read(path)
+    except error as e:
+        # StrategyConfigError lists its problems; the others' message says them
+        # a line each. A YAML syntax error takes several lines of its own.
+        messages = getattr(e, "problems", None) or [str(e)]
+        lines = [_without_path(path, line) for m in messages for line in m.splitlines()]
+        problems.append(_invalid(path, lines))
+        return None
+
+
 def load_configs(files: ConfigFiles) -> Loaded:
-    """Load and validate every file given, collecting every file's problems."""
+    """Load and validate every file given, collecting every file's problems.
+    A loader is imported only when its file is given (``config check --risk``
+    needs no strategy code)."""
     problems: list[str] = []
     strategies = risk = brokers = paper = None
     if files.strategies is not None:
         from libs.strategy.spec import StrategyConfigError, load_strategies
 
-        try:
-            strategies = load_strategies(files.strategies)
-        except StrategyConfigError as e:
-            problems.append(_invalid(files.strategies, list(e.problems)))
+        strategies = _load(files.strategies, load_strategies, StrategyConfigError, problems)
     if files.risk is not None:
         from services.risk_gate.config import RiskConfigError, load_limits
 
-        try:
-            risk = load_limits(files.risk)
-        except RiskConfigError as e:
-            lines = [_without_path(files.risk, line) for line in str(e).splitlines()]
-            problems.append(_invalid(files.risk, lines))
+        risk = _load(files.risk, load_limits, RiskConfigError, problems)
     if files.brokers is not None:
         from libs.config import ConfigError
         from services.broker_gateway.config import load_brokers_config
 
-        try:
-            brokers = load_brokers_config(files.brokers)
-        except ConfigError as e:
-            problems.append(_invalid(files.brokers, [_without_path(files.brokers, str(e))]))
+        brokers = _load(files.brokers, load_brokers_config, ConfigError, problems)
     if files.paper is not None:
         from libs.config import ConfigError
         from services.paper_broker.config import load_paper_config
 
-        try:
-            paper = load_paper_config(files.paper)
-        except ConfigError as e:
-            problems.append(_invalid(files.paper, [_without_path(files.paper, str(e))]))
+        paper = _load(files.paper, load_paper_config, ConfigError, problems)
     return Loaded(files, strategies, risk, brokers, paper, tuple(problems))
 
 

@@ -13,21 +13,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Every user of deploy/nats/nats-server.conf.
-NATS_USERS = (
-    "admin",
-    "operator",
-    "recorder",
-    "marketdata",
-    "strategy-runner",
-    "risk-gate",
-    "broker-gateway",
-    "paper-broker",
-)
 #: The environment variables deploy/config/{paper,brokers}.yaml name for the paper keys.
 PAPER_KEY_ID_ENV = "TRADEBUS_PAPER_KEY_ID"
 PAPER_SECRET_KEY_ENV = "TRADEBUS_PAPER_SECRET_KEY"  # noqa: S105 - a variable's name
@@ -64,13 +53,13 @@ class Credentials:
         return {PAPER_KEY_ID_ENV: self.paper_key_id, PAPER_SECRET_KEY_ENV: self.paper_secret_key}
 
 
-def _valid(data: object) -> bool:
+def _valid(data: object, users: Sequence[str]) -> bool:
     if not isinstance(data, dict):
         return False
     nats = data.get("nats")
     return (
         isinstance(nats, dict)
-        and all(isinstance(nats.get(u), str) and nats[u] for u in NATS_USERS)
+        and all(isinstance(nats.get(u), str) and nats[u] for u in users)
         and isinstance(data.get("paper_key_id"), str)
         and isinstance(data.get("paper_secret_key"), str)
     )
@@ -84,16 +73,18 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def load_or_create(home: Path) -> Credentials:
-    """The home's credentials; created (mode 0600) when missing or incomplete."""
+def load_or_create(home: Path, users: Sequence[str]) -> Credentials:
+    """The home's credentials for the NATS ``users`` (every user of
+    nats-server.conf: ``services.stack.wiring.NATS_USERS``); created (mode
+    0600) when missing or incomplete."""
     path = home / FILE_NAME
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = None
-    if not _valid(data):
+    if not _valid(data, users):
         data = {
-            "nats": {u: new_password() for u in NATS_USERS},
+            "nats": {u: new_password() for u in users},
             "paper_key_id": "PK" + secrets.token_hex(8).upper(),
             "paper_secret_key": new_password(),
         }
@@ -102,7 +93,7 @@ def load_or_create(home: Path) -> Credentials:
         path.chmod(0o600)
     assert isinstance(data, dict)
     return Credentials(
-        nats={u: data["nats"][u] for u in NATS_USERS},
+        nats={u: data["nats"][u] for u in users},
         paper_key_id=data["paper_key_id"],
         paper_secret_key=data["paper_secret_key"],
     )

@@ -7,7 +7,14 @@ run for a while), except with exit code 2, the services' "my configuration
 is invalid" (``settings_or_exit`` and every ``run`` command): no restart can
 fix that, so the whole stack stops, saying why. Stopping is orderly: services are stopped one by one
 in reverse start order (producers before the recorder), each with SIGTERM
-and, after ``stop_timeout``, SIGKILL. A second stop request kills at once.
+and, after ``stop_timeout``, SIGKILL.
+
+Only the operator's stop requests (:meth:`Supervisor.request_stop`: Ctrl-C,
+SIGTERM) count towards killing: the first never kills (it starts the orderly
+stop, or, when the supervisor is already stopping on its own after a fatal
+exit, says so), the second kills every service at once. A stop the
+supervisor began itself is not the operator's first request: a Ctrl-C
+during it must not cut the services' clean shutdown short.
 
 Services run in their own sessions so that a terminal's Ctrl-C reaches only
 the supervisor, which then decides the order; on Linux each also gets
@@ -152,6 +159,8 @@ class Supervisor:
         #: Why the supervisor stopped on its own (a fatal exit), or None.
         self.failure: str | None = None
         self._stop_requested = asyncio.Event()
+        #: Stop requests from the operator so far; the second one kills.
+        self._operator_stops = 0
         self._stopping = False
         self._preexec = _parent_death_signal()
         #: Called with (name, pid) each time a service process starts.
@@ -170,9 +179,16 @@ class Supervisor:
         }
 
     def request_stop(self) -> None:
-        """First call: orderly stop. Second call: kill every service now."""
-        if not self._stop_requested.is_set():
-            self.printer.line(self.label, "stopping (again to kill)")
+        """The operator asks to stop (Ctrl-C, SIGTERM). First call: orderly
+        stop, or, if one is already under way (a service exited fatally), the
+        operator is told so. Second call: kill every service now."""
+        self._operator_stops += 1
+        if self._operator_stops == 1:
+            already = "already " if self._stop_requested.is_set() else ""
+            self.printer.line(
+                self.label,
+                f"{already}stopping the services, one at a time (Ctrl-C again to kill them all)",
+            )
             self._stop_requested.set()
             return
         self.printer.alert(self.label, "killing every service")

@@ -5,6 +5,7 @@
    as a service refuses its own settings), then load and validate every
    config file a service will be given (:mod:`services.stack.configs`);
    refuse to start, naming the file and the key, if one is invalid.
+   SIGINT/SIGTERM meanwhile: one line, exit 128 + the signal (130 for Ctrl-C).
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
@@ -52,6 +53,9 @@ from services.stack.banner import (
     render,
 )
 from services.stack.supervisor import CONFIG_EXIT_CODE, Printer, ServiceSpec, Supervisor
+
+if TYPE_CHECKING:
+    from libs.strategy.spec import LoadedStrategy
 
 PREFERRED_NATS_PORT = 14222
 PREFERRED_POSTGRES_PORT = 15432
@@ -74,8 +78,22 @@ class UpError(Exception):
     """``tradebus up`` cannot start; the message says why and what to do."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while starting up."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived before the supervisor's loop handles them.
+
+    Not an :class:`Exception`, as KeyboardInterrupt is not: checking the
+    configuration imports the strategies' modules, and one that guards an
+    optional import with ``except Exception`` must not swallow a Ctrl-C.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a command a signal ended: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
 
 
 @dataclass(frozen=True)
@@ -251,7 +269,7 @@ def _signals(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
@@ -264,15 +282,27 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         _refuse(Printer(out or sys.stdout, [LABEL]), e)
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
-    # Settings two services must agree on, before anything else: refused as
-    # a service refuses its own settings (exit 2), and nothing starts.
-    problems = configs.settings_problems(names)
-    if problems:
-        _refuse(printer, UpError("\n".join(problems)))
-        return CONFIG_EXIT_CODE
+    try:
+        # The settings and config files, which may take a while (the
+        # strategies' modules are imported): nothing runs yet, so a SIGINT or
+        # SIGTERM only ends up, in one line and with the shell's code.
+        with _signals(_interrupt):
+            # Settings two services must agree on, before anything else: refused
+            # as a service refuses its own settings (exit 2), and nothing starts.
+            problems = configs.settings_problems(names)
+            if problems:
+                _refuse(printer, UpError("\n".join(problems)))
+                return CONFIG_EXIT_CODE
+            checked = _checked_configs(options, names, printer)
+    except Interrupted as e:
+        printer.line(LABEL, f"{e} while checking the configuration; nothing was started")
+        return e.exit_code
+    except (UpError, wiring.WiringError) as e:
+        _refuse(printer, e)
+        return 1
     try:
         with _home_lock(home):
-            return _run_locked(options, home, names, printer)
+            return _run_locked(options, home, names, printer, checked)
     except (UpError, wiring.WiringError) as e:
         _refuse(printer, e)
         return 1
@@ -287,20 +317,36 @@ def _refuse(printer: Printer, error: Exception) -> None:
         printer.line(LABEL, line)
 
 
-def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Printer) -> int:
-    def note(text: str) -> None:
-        printer.line(LABEL, text)
+@dataclass(frozen=True)
+class _Checked:
+    """The config files the services will be given, loaded and valid."""
 
-    # The configs first: a bad one refuses the start before anything runs.
+    strategies: Path
+    risk: Path
+    #: Loaded once; the warnings and marketdata's symbols use this copy.
+    loaded_strategies: list[LoadedStrategy]
+
+
+def _checked_configs(options: UpOptions, names: list[str], printer: Printer) -> _Checked:
+    """The configs first: a bad one refuses the start (:class:`UpError`,
+    :class:`wiring.WiringError`) before anything runs."""
     strategies = wiring.config_path(options.strategies, "strategies.yaml")
     risk = wiring.config_path(options.risk, "risk.yaml")
-    # Loaded once here; the warnings and marketdata's symbols use this copy.
     loaded = _check_configs(_config_files(names, strategies, risk))
     loaded_strategies = loaded.strategies or []
     if "marketdata" in names and "strategy-runner" in names:
         channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
         for warning in wiring.bar_interval_warnings(loaded_strategies, channels):
             printer.alert(LABEL, warning)
+    return _Checked(strategies, risk, loaded_strategies)
+
+
+def _run_locked(
+    options: UpOptions, home: Path, names: list[str], printer: Printer, checked: _Checked
+) -> int:
+    def note(text: str) -> None:
+        printer.line(LABEL, text)
+
     servers: LocalServers | None = None
     failure: str | None = None
     state_file = home / "stack.json"
@@ -310,7 +356,7 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
         with _signals(_interrupt):
             try:
                 local_nats = not os.environ.get("NATS_URL")
-                credentials = creds.load_or_create(home) if local_nats else None
+                credentials = creds.load_or_create(home, wiring.NATS_USERS) if local_nats else None
                 servers, nats_url, database_url = _start_servers(
                     options, home, printer, note, credentials
                 )
@@ -323,13 +369,13 @@ def _run_locked(options: UpOptions, home: Path, names: list[str], printer: Print
                     nats_url=nats_url,
                     database_url=database_url,
                     credentials=credentials,
-                    strategies=strategies,
-                    risk=risk,
+                    strategies=checked.strategies,
+                    risk=checked.risk,
                     paper_port=choose_port(
                         options.paper_port, wiring.PREFERRED_PAPER_PORT, "paper broker", note
                     ),
                     md_rate=options.md_rate,
-                    loaded_strategies=loaded_strategies,
+                    loaded_strategies=checked.loaded_strategies,
                 )
                 specs, endpoints = _services(options, names, inputs, note)
                 info = _stack_info(

@@ -49,8 +49,11 @@ SERVICES = (
     "strategy-runner",
     "marketdata",
 )
-#: The NATS user each service runs as (deploy/nats/nats-server.conf).
+#: The NATS user each service runs as (deploy/nats/nats-server.conf): its name.
 NATS_USER = {name: name for name in SERVICES}
+#: Every user of deploy/nats/nats-server.conf: the admin (``up`` declares the
+#: stream as it), the operator (the CLI of whoever runs the stack) and the services'.
+NATS_USERS = ("admin", "operator", *NATS_USER.values())
 
 PREFERRED_PAPER_PORT = 8765
 #: Synthetic bars the strategies see unless TRADEBUS_CHANNELS says otherwise:
@@ -177,8 +180,7 @@ def brokers_config(home: Path, port: int) -> Path:
 
 def _base_env(inputs: Inputs) -> dict[str, str]:
     """The environment every service starts from: no other user's password."""
-    secret_names = {password_variable(u) for u in NATS_USER.values()}
-    secret_names |= {password_variable(u) for u in ("admin", "operator")}
+    secret_names = {password_variable(u) for u in NATS_USERS}
     env = {k: v for k, v in inputs.environ.items() if k not in secret_names}
     env.update(
         NATS_URL=inputs.nats_url,

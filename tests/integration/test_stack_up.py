@@ -12,6 +12,7 @@ one-second bars), so that the first fill comes within seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -468,6 +469,52 @@ async def test_up_stops_when_a_service_refuses_its_settings(tmp_path: Path) -> N
     assert not (up.home / "stack.json").exists()
 
 
+#: A strategy module that takes its time to import (a heavy dependency), until
+#: interrupted, and guards it as optional imports are guarded.
+SLOW_STRATEGY_MODULE = """\
+import signal
+
+print("slow strategy module: importing", flush=True)
+try:
+    while True:
+        signal.pause()
+except Exception:
+    pass
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_up_interrupted_while_checking_the_configuration(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C (or SIGTERM) while ``up`` still checks the config files, here
+    while it imports a strategy's module: one line and the shell's code for
+    the signal; nothing was started. It used to exit 130 without a word on
+    SIGINT, and die of SIGTERM."""
+    (tmp_path / "slowstrategy.py").write_text(SLOW_STRATEGY_MODULE)
+    strategies = tmp_path / "strategies.yaml"
+    strategies.write_text(FAST_STRATEGIES.replace("sma_crossover", "slowstrategy:Strategy"))
+    up = await start_up(tmp_path, tmp_path / "home", sig.name, "--strategies", str(strategies))
+    try:
+        await eventually(
+            lambda: "slow strategy module: importing" in up.output(),
+            timeout=60,
+            message=up.tail,
+        )
+        up.proc.send_signal(sig)
+        exit_code = await asyncio.wait_for(up.proc.wait(), timeout=60)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert exit_code == code, text
+    assert text.splitlines()[-1] == (
+        f"up              | {sig.name} while checking the configuration; nothing was started"
+    ), text
+    assert "Traceback" not in text
+    assert "starting" not in text
+    assert not (up.home / "stack.json").exists()
+
+
 # --------------------------------------------------------------- supervisor
 
 
@@ -492,6 +539,109 @@ STUBBORN = (
     "while True:\n"
     "    signal.pause()\n"
 )
+
+#: A service whose clean shutdown takes a while (a flush, a checkpoint): on
+#: SIGTERM it starts, and it finishes when the test says so (SIGUSR1).
+FLUSHER = (
+    "import signal, sys\n"
+    "def flush(*_):\n"
+    "    print('flushing', flush=True)\n"
+    "def done(*_):\n"
+    "    print('flushed', flush=True)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGUSR1, done)\n"
+    "signal.signal(signal.SIGTERM, flush)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    signal.pause()\n"
+)
+#: A service that refuses its configuration (exit 2) when the test says so (SIGUSR1).
+REFUSER_ON_CUE = (
+    "import signal, sys\n"
+    "def refuse(*_):\n"
+    "    print('error: risk.yaml: max_gros_notional', flush=True)\n"
+    "    sys.exit(2)\n"
+    "signal.signal(signal.SIGUSR1, refuse)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    signal.pause()\n"
+)
+ALREADY_STOPPING = (
+    "up      | already stopping the services, one at a time (Ctrl-C again to kill them all)"
+)
+
+
+async def stopping_on_its_own(out: io.StringIO) -> tuple[Supervisor, asyncio.Task[None], int]:
+    """A supervisor stopping the stack because a service refused its
+    configuration, its other service (a flusher) in the middle of its clean
+    shutdown; returns the supervisor, its run and the flusher's pid."""
+    specs = [
+        ServiceSpec("flusher", python(FLUSHER), dict(os.environ)),
+        ServiceSpec("refuser", python(REFUSER_ON_CUE), dict(os.environ)),
+    ]
+    printer = Printer(out, ["up", "flusher", "refuser"], color=False)
+    sup = Supervisor(specs, printer, stop_timeout=60)
+    running = asyncio.create_task(sup.run())
+    await eventually(
+        lambda: "flusher | ready" in out.getvalue() and "refuser | ready" in out.getvalue(),
+        timeout=20,
+        message=out.getvalue,
+    )
+    pids = sup.pids()
+    os.kill(pids["refuser"], signal.SIGUSR1)
+    await eventually(
+        lambda: "flusher | flushing" in out.getvalue(), timeout=20, message=out.getvalue
+    )
+    return sup, running, pids["flusher"]
+
+
+async def test_supervisor_a_ctrl_c_during_its_own_stop_kills_nothing() -> None:
+    """A service refused its configuration, so the supervisor stops the others;
+    the operator's Ctrl-C meanwhile is their first: it says that the stop is
+    under way and how to kill, and lets the services finish their clean
+    shutdown (it used to kill them all at once)."""
+    out = io.StringIO()
+    sup, running, flusher = await stopping_on_its_own(out)
+    try:
+        sup.request_stop()  # what the loop's SIGINT handler calls (tradebus up)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(flusher, signal.SIGUSR1)  # its flush is done
+        await asyncio.wait_for(running, timeout=30)
+    finally:
+        await stop_supervisor(sup, running)
+    text = out.getvalue()
+    assert ALREADY_STOPPING in text
+    assert "flusher | flushed" in text, text
+    assert "up      | flusher stopped (exit code 0)" in text
+    assert "killing" not in text
+    assert sup.failure is not None
+    assert sup.failure.startswith("refuser exited with exit code 2")
+
+
+async def test_supervisor_kills_at_the_operators_second_ctrl_c() -> None:
+    """The operator insists: their second Ctrl-C kills, whoever began the stop."""
+    out = io.StringIO()
+    sup, running, flusher = await stopping_on_its_own(out)
+    try:
+        sup.request_stop()
+        sup.request_stop()
+        await asyncio.wait_for(running, timeout=30)
+    finally:
+        await stop_supervisor(sup, running)
+    text = out.getvalue()
+    assert text.count("killing every service") == 1, text
+    assert text.index(ALREADY_STOPPING) < text.index("up      | !!! killing every service")
+    assert "up      | flusher stopped (killed by SIGKILL)" in text
+    assert "flusher | flushed" not in text
+    assert not alive(flusher)
+
+
+async def stop_supervisor(sup: Supervisor, running: asyncio.Task[None]) -> None:
+    """After a failed test: kill whatever still runs."""
+    while not running.done():
+        sup.request_stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running), timeout=10)
 
 
 async def test_supervisor_restarts_what_dies_and_stops_in_reverse_order() -> None:

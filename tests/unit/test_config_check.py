@@ -173,6 +173,24 @@ def no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_servers")
+def test_a_yaml_syntax_error_stays_under_its_file(tmp_path: Path) -> None:
+    """PyYAML says where a file breaks in several lines; each is the file's,
+    indented under it, whichever file it is (brokers.yaml's and
+    strategies.yaml's continuation lines used to start at the margin, as if
+    they were the next problem)."""
+    bad = {name: tmp_path / f"{name}.yaml" for name in ("strategies", "risk", "brokers", "paper")}
+    for path in bad.values():
+        path.write_text("accounts:\n  paper: [1\n")
+    loaded = load_configs(ConfigFiles(**bad))
+    assert len(loaded.problems) == 4
+    for problem, path in zip(loaded.problems, bad.values(), strict=True):
+        head, first, *rest = problem.splitlines()
+        assert head == f"{path} is invalid:"
+        assert first == "  not valid YAML: while parsing a flow sequence"
+        assert rest, problem
+        assert all(line.startswith("  ") for line in rest), problem
+
+
 def test_up_refuses_files_that_disagree_before_starting_anything(tmp_path: Path) -> None:
     strategies = edited(tmp_path, STRATEGIES, ("name: sma-aapl", "name: sma-msft"))
     out = io.StringIO()

@@ -138,6 +138,9 @@ class Journal:
         self._file: IO[bytes] | None = None
         self._size = 0
         self._compacted_size = 0
+        #: The file is one this journal wrote whole (a compaction's snapshot,
+        #: then appends): opening it again needs no look for a torn last line.
+        self._whole = False
 
     @property
     def compacting_path(self) -> Path:
@@ -243,12 +246,15 @@ class Journal:
         its update was never sent, the journal being written first) is cut
         off, so that what is appended next does not follow it: met in the
         middle of the journal, it would be corruption. A ``.compacting`` file
-        a crash left behind is removed (the journal is the old one, whole)."""
+        a crash left behind is removed (the journal is the old one, whole).
+        After a compaction of this journal (start-up's, or the server's, which
+        opens it again) the file is the snapshot it has just written: its tail
+        is not read back."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_leftover()
         self._file = self.path.open("ab")
         size = self._file.tell()
-        if size:
+        if size and not self._whole:
             with self.path.open("rb") as f:
                 f.seek(max(0, size - TAIL_BYTES))
                 tail = f.read()
@@ -332,6 +338,7 @@ class Journal:
             after = self._write_snapshot(temporary, book, since)
             self.close()
             os.replace(temporary, self.path)
+            self._whole = True
             _fsync_directory(self.path.parent)
         except OSError:
             metrics.JOURNAL_COMPACTION_FAILURES.inc()

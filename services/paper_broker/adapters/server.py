@@ -505,7 +505,7 @@ def _direction(query: dict[str, str]) -> str:
 T = TypeVar("T")
 
 
-def _window(items: list[T], when: Callable[[T], int], query: dict[str, str]) -> list[T]:
+def _window(items: Sequence[T], when: Callable[[T], int], query: dict[str, str]) -> list[T]:
     """``items`` (oldest first) strictly between ``after`` and ``until``
     (RFC 3339), newest first unless ``direction=asc``: Alpaca's listing rules."""
     after, until = _instant(query, "after"), _instant(query, "until")
@@ -539,7 +539,7 @@ def _order_page(orders: list[PaperOrder], query: dict[str, str]) -> list[PaperOr
     return picked[: _count(query, "limit", ORDERS_LIMIT_DEFAULT, ORDERS_LIMIT_MAX)]
 
 
-def _activities(fills: list[FillActivity], query: dict[str, str]) -> list[FillActivity]:
+def _activities(fills: Sequence[FillActivity], query: dict[str, str]) -> list[FillActivity]:
     """One page of fill activities, as Alpaca's ``GET /v2/account/activities``.
 
     ``after`` / ``until`` (RFC 3339, exclusive) bound the time, ``direction``

@@ -27,7 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, localcontext
 from typing import Literal
@@ -276,9 +276,14 @@ class PaperBook:
     def positions(self, account: str) -> list[Position]:
         return sorted(self._account(account).positions.values(), key=lambda p: p.symbol)
 
-    def fills(self, account: str, order_id: str | None = None) -> list[FillActivity]:
+    def fills(self, account: str, order_id: str | None = None) -> Sequence[FillActivity]:
+        """The account's fill activities in the order they happened (``order_id``'s
+        only, if given). Without ``order_id`` the book's own list, not a copy
+        (the server windows and pages it): read it before the book changes."""
         fills = self._account(account).fills
-        return [f for f in fills if order_id is None or f.order_id == order_id]
+        if order_id is None:
+            return fills
+        return [f for f in fills if f.order_id == order_id]
 
     # ------------------------------------------------------------ commands
 
@@ -399,15 +404,20 @@ class PaperBook:
 
     def _held_for_orders(self, account: str, symbol: str, side: Side) -> Decimal:
         """What open orders on ``side`` of ``symbol`` hold of the account's position."""
-        orders = self._account(account).orders
         return sum(
             (
-                orders[oid].remaining
-                for acct, oid in self._working_by_symbol.get(symbol, {})
-                if acct == account and orders[oid].side == side
+                o.remaining
+                for o in self._working_orders(symbol)
+                if o.account == account and o.side == side
             ),
             Decimal(0),
         )
+
+    def _working_orders(self, symbol: str) -> list[PaperOrder]:
+        """The working orders of ``symbol``, every account's, in the order they
+        came (time priority). A list, not a view: filling one changes the index."""
+        accounts = self._accounts
+        return [accounts[a].orders[oid] for a, oid in self._working_by_symbol.get(symbol, ())]
 
     def set_last(self, symbol: str, price: Decimal) -> list[TradeUpdate]:
         """``price``, from before the broker was there, becomes ``symbol``'s
@@ -416,8 +426,7 @@ class PaperBook:
         fills at it, as it would have had the price come a moment earlier."""
         self._last[symbol] = price
         out: list[TradeUpdate] = []
-        for account, order_id in list(self._working_by_symbol.get(symbol, ())):
-            order = self._accounts[account].orders[order_id]
+        for order in self._working_orders(symbol):
             if order.order_type != "market":
                 continue
             match = on_submit(self.config.fill_model, self._working(order), price)
@@ -430,8 +439,7 @@ class PaperBook:
         """A trade or bar: it becomes the last price and may fill working orders."""
         self._last[update.symbol] = update.last
         out: list[TradeUpdate] = []
-        for account, order_id in list(self._working_by_symbol.get(update.symbol, ())):
-            order = self._accounts[account].orders[order_id]
+        for order in self._working_orders(update.symbol):
             match = on_market(self.config.fill_model, self._working(order), update)
             if not (match.triggered or match.fills):
                 continue

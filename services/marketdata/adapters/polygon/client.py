@@ -91,6 +91,7 @@ from services.marketdata.adapters.polygon.rest import GapFillFetchError, Polygon
 from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.adapters.polygon.schemas import RestAgg, ws_auth, ws_subscribe
 from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.cache import INTERVAL
 from services.marketdata.domain.gapfill import GapFiller, time_ordered
 from services.marketdata.domain.staleness import MarketHours, StaleMonitor
 from services.marketdata.feed import EventSink
@@ -110,8 +111,9 @@ HEALTHY_SESSION_S = 10.0
 #: Allocations between two young-generation collections while the feed runs.
 GC_GEN0_THRESHOLD = 10_000
 WS_MAX_FRAME = 16 * 1024 * 1024
-#: Polygon's REST timespan of each bar interval, and its length.
-TIMESPAN = {"1m": "minute", "1s": "second"}
+#: Polygon's REST timespan of each bar interval (the cache's INTERVAL, turned
+#: round), and its length.
+TIMESPAN: dict[str, str] = {interval: timespan for timespan, interval in INTERVAL.items()}
 INTERVAL_NS = {interval: ms * MS for interval, ms in INTERVAL_MS.items()}
 
 
