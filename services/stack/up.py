@@ -14,6 +14,8 @@
    one user per service, random passwords kept in ``<home>/credentials.json``
    (mode 0600) and handed to the server through its environment.
 2. Migrate the event store and declare the stream (as the NATS admin user).
+   SIGINT/SIGTERM during steps 1 and 2: what started is stopped, and ``up``
+   exits 128 + the signal, as in step 0.
 3. Run each service of the order path as its own OS process with its own
    NATS user (:mod:`services.stack.wiring`) under
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
@@ -349,6 +351,7 @@ def _run_locked(
 
     servers: LocalServers | None = None
     failure: str | None = None
+    interrupted: Interrupted | None = None
     state_file = home / "stack.json"
     try:
         # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
@@ -386,6 +389,7 @@ def _run_locked(
                     _supervise(specs, endpoints, printer, info, options.stop_timeout)
                 )
             except Interrupted as e:
+                interrupted = e
                 note(f"{e} while starting; stopping")
     finally:
         with _signals(lambda signum, frame: note("still stopping the servers...")):
@@ -397,6 +401,8 @@ def _run_locked(
     if failure is not None:
         printer.alert(LABEL, f"stopped because {failure}")
         return 1
+    if interrupted is not None:
+        return interrupted.exit_code  # as while the configuration was checked
     return 0
 
 

@@ -515,6 +515,27 @@ async def test_up_interrupted_while_checking_the_configuration(
     assert not (up.home / "stack.json").exists()
 
 
+async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None:
+    """Ctrl-C while ``up`` starts its servers: what started is stopped, and
+    ``up`` exits 130 as it does while checking the configuration (it used to
+    exit 0, as after a clean run)."""
+    up = await start_up(tmp_path, tmp_path / "home", "SIGINT")
+    try:
+        await eventually(
+            lambda: "starting nats-server" in up.output(), timeout=120, message=up.tail
+        )
+        up.proc.send_signal(signal.SIGINT)
+        exit_code = await asyncio.wait_for(up.proc.wait(), timeout=120)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert exit_code == 130, text
+    assert "SIGINT while starting; stopping" in text, text
+    assert text.splitlines()[-1].endswith("| stopped"), text
+    assert "Traceback" not in text
+    assert not (up.home / "stack.json").exists()
+
+
 # --------------------------------------------------------------- supervisor
 
 
