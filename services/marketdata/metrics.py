@@ -17,6 +17,16 @@ MARKS_SKIPPED = Counter(
     "unless a newer quote replaces it)",
     ["reason"],
 )
+REMARKS = Counter(
+    "tradebus_marketdata_remarks_total",
+    "Marks re-made of option quotes that still stand (the feed sent no new quote)",
+)
+STANDING_ENDED = Counter(
+    "tradebus_marketdata_marks_standing_ended_total",
+    "Standing option quotes no longer re-marked (feed_lost: a disconnect or gap of their "
+    "feed; max_standing: TRADEBUS_MARK_MAX_STANDING_S passed since the quote)",
+    ["reason"],
+)
 RECONNECTS = Counter(
     "tradebus_marketdata_reconnects_total", "Feed reconnections", ["feed", "reason"]
 )
