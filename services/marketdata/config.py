@@ -100,6 +100,9 @@ class MarketdataSettings(ServiceSettings):
     mark_refresh_s: float = Field(default=30.0, gt=0, le=86_400)
     #: A quote stands (is re-marked) at most this long (s) after its time; 0: no re-marks.
     mark_max_standing_s: float = Field(default=300.0, ge=0, le=86_400)
+    #: A quote whose spread is wider than this fraction of its midpoint is no
+    #: mark (0.5: 50 %); 0: no limit.
+    mark_max_spread: Decimal = Field(default=Decimal("0.5"), ge=0, lt=2, allow_inf_nan=False)
 
     @field_validator("mark_refresh_s")
     @classmethod
@@ -129,6 +132,7 @@ class MarketdataSettings(ServiceSettings):
             min_change=self.mark_min_change,
             refresh_ns=round(self.mark_refresh_s * NS),
             max_standing_ns=round(self.mark_max_standing_s * NS),
+            max_spread=self.mark_max_spread,
         )
 
     @property

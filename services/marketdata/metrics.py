@@ -13,8 +13,9 @@ EVENTS_OUT = Counter(
 )
 MARKS_SKIPPED = Counter(
     "tradebus_marketdata_marks_skipped_total",
-    "Option quotes that made no mark (throttled: held back, marked when the interval ends "
-    "unless a newer quote replaces it)",
+    "Option quotes that made no mark (one_sided, crossed, out_of_order, wide_spread, "
+    "unchanged; throttled: held back, marked when the interval ends unless a newer quote "
+    "replaces it)",
     ["reason"],
 )
 REMARKS = Counter(

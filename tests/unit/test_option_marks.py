@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from itertools import count
 from typing import Literal
@@ -301,9 +302,49 @@ def test_midpoint_is_exact_to_the_contracts_places(bid: str, ask: str, mid: str)
     got = midpoint(D(bid), D(ask))
     assert got == D(mid)
     assert D(bid) <= got <= D(ask)
-    m = OptionMarks(POLICY).on_quote(quote(OPTION, bid, ask))
+    # (Some of these spreads are wider than the default limit: not the point here.)
+    m = OptionMarks(replace(POLICY, max_spread=D(0))).on_quote(quote(OPTION, bid, ask))
     assert isinstance(m, MarkUpdated)
     assert m.payload.price == D(mid)
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "wide"),
+    [
+        ("0.05", "5.00", True),  # a midpoint of 2.525 that is no price
+        ("0.74", "1.26", True),  # 0.52 > 0.5 x 1.00
+        ("0.75", "1.25", False),  # 0.50: at the limit is not wider than it
+        ("2.50", "2.55", False),
+        ("2.05", "2.05", False),  # locked
+    ],
+)
+def test_a_quote_wider_than_the_max_spread_makes_no_mark(bid: str, ask: str, wide: bool) -> None:
+    marks = OptionMarks(POLICY)  # max_spread 0.5 (the default): half the midpoint
+    marked = marks.with_marks([quote(OPTION, bid, ask)])
+    if wide:
+        assert (marked.marks, dict(marked.skipped)) == (0, {"wide_spread": 1})
+    else:
+        assert (marked.marks, dict(marked.skipped)) == (1, {})
+    # 0: no limit.
+    assert isinstance(
+        OptionMarks(replace(POLICY, max_spread=D(0))).on_quote(quote(OPTION, bid, ask)),
+        MarkUpdated,
+    )
+
+
+def test_a_wide_quote_drops_the_held_and_the_standing_quote() -> None:
+    """A wide quote is the market now: the quote held back and the standing one
+    are no longer what it quotes; the last mark stays and ages."""
+    marks = OptionMarks(STANDING)
+    marks.on_quote(quote(OPTION, "2.50", "2.55", T0))
+    assert marks.on_quote(quote(OPTION, "2.70", "2.75", T0 + 100 * MS)) == "throttled"
+    assert marks.on_quote(quote(OPTION, "0.05", "5.00", T0 + 200 * MS)) == "wide_spread"
+    assert (marks.held, marks.standing) == (0, 0)
+    assert due(marks, T0 + 2 * S) == due(marks, T0 + 60 * S) == []
+    # A late wide quote (older than the last mark's) is out of order, and ends nothing.
+    marks.on_quote(quote(OPTION, "2.60", "2.65", T0 + 3 * S))
+    assert marks.on_quote(quote(OPTION, "0.05", "5.00", T0 + 2 * S)) == "out_of_order"
+    assert marks.standing == 1
 
 
 @pytest.mark.parametrize(
@@ -314,6 +355,8 @@ def test_midpoint_is_exact_to_the_contracts_places(bid: str, ask: str, mid: str)
         ({"min_change": D("-0.1")}, "min_change"),
         ({"min_interval_ns": 2 * S, "refresh_ns": S}, "shorter"),
         ({"max_standing_ns": -1}, "negative"),
+        ({"max_spread": D(2)}, "max_spread"),
+        ({"max_spread": D("-0.1")}, "max_spread"),
         ({"refresh_ns": 30 * S, "max_standing_ns": 29 * S}, "would ever be re-marked"),
         ({"min_interval_ns": 0, "refresh_ns": 0, "max_standing_ns": S}, "need a refresh_ns"),
     ],
@@ -328,20 +371,34 @@ def test_settings_give_the_policy_and_name_the_offending_variable(
 ) -> None:
     defaults = load_settings(MarketdataSettings).mark_policy()
     assert defaults == MarkPolicy(
-        min_interval_ns=S, min_change=D("0.001"), refresh_ns=30 * S, max_standing_ns=300 * S
+        min_interval_ns=S,
+        min_change=D("0.001"),
+        refresh_ns=30 * S,
+        max_standing_ns=300 * S,
+        max_spread=D("0.5"),
     )
     monkeypatch.setenv("TRADEBUS_MARK_MIN_INTERVAL_S", "0.25")
     monkeypatch.setenv("TRADEBUS_MARK_MIN_CHANGE", "0.02")
     monkeypatch.setenv("TRADEBUS_MARK_REFRESH_S", "5")
     monkeypatch.setenv("TRADEBUS_MARK_MAX_STANDING_S", "60")
+    monkeypatch.setenv("TRADEBUS_MARK_MAX_SPREAD", "0.25")
     assert load_settings(MarketdataSettings).mark_policy() == MarkPolicy(
-        min_interval_ns=S // 4, min_change=D("0.02"), refresh_ns=5 * S, max_standing_ns=60 * S
+        min_interval_ns=S // 4,
+        min_change=D("0.02"),
+        refresh_ns=5 * S,
+        max_standing_ns=60 * S,
+        max_spread=D("0.25"),
     )
+    monkeypatch.setenv("TRADEBUS_MARK_MAX_SPREAD", "0")
+    assert load_settings(MarketdataSettings).mark_policy().max_spread == 0
     for name, value, says in (
         ("TRADEBUS_MARK_REFRESH_S", "0.1", "shorter than TRADEBUS_MARK_MIN_INTERVAL_S"),
         ("TRADEBUS_MARK_MAX_STANDING_S", "4", "shorter than TRADEBUS_MARK_REFRESH_S"),
         ("TRADEBUS_MARK_MAX_STANDING_S", "-1", "greater than or equal to 0"),
         ("TRADEBUS_MARK_MAX_STANDING_S", "100000", "less than or equal to 86400"),
+        ("TRADEBUS_MARK_MAX_SPREAD", "2", "less than 2"),
+        ("TRADEBUS_MARK_MAX_SPREAD", "-0.5", "greater than or equal to 0"),
+        ("TRADEBUS_MARK_MAX_SPREAD", "inf", "finite"),
         ("TRADEBUS_MARK_MIN_CHANGE", "1.5", "less than 1"),
         ("TRADEBUS_MARK_MIN_CHANGE", "NaN", "finite"),
         ("TRADEBUS_MARK_MIN_INTERVAL_S", "-1", "greater than or equal to 0"),

@@ -24,6 +24,11 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
 4. A quote whose midpoint is within ``min_change`` (relative) of ``m0`` makes
    none (``unchanged``) unless ``refresh`` has passed since ``s0``; it also
    drops a quote held back, whose different price is no longer the market.
+4a. A quote whose spread is wider than ``max_spread`` times its midpoint
+   (0.05 x 5.00: a midpoint of 2.525 nobody would trade at) makes none
+   (``wide_spread``) and, like rule 1, drops a quote held back and the
+   standing quote: the market no longer quotes that price. ``max_spread`` 0:
+   no such limit.
 5. Before ``s0 + min_interval`` the quote is held back (``throttled``), the
    newest one replacing an older one, and :meth:`OptionMarks.due` makes it a
    mark, with slot ``s0 + min_interval``, once the service's clock reaches
@@ -94,7 +99,9 @@ from libs.contract.events import (
 )
 
 #: Why an option quote made no mark (the metric's ``reason`` label).
-SkipReason = Literal["one_sided", "crossed", "out_of_order", "unchanged", "throttled"]
+SkipReason = Literal[
+    "one_sided", "crossed", "out_of_order", "wide_spread", "unchanged", "throttled"
+]
 #: Why a standing quote stopped being re-marked (the metric's ``reason`` label;
 #: one ended by a one-sided or crossed quote is counted as that quote's skip).
 EndReason = Literal["feed_lost", "max_standing"]
@@ -137,6 +144,10 @@ class MarkPolicy:
     #: A quote stands (is re-marked) at most this long after its time, ns; 0:
     #: no re-marks (a quote is marked when it comes, as before).
     max_standing_ns: int = 300 * NS
+    #: A quote whose ask - bid is more than this fraction of its midpoint is
+    #: no mark; 0: no limit. (The spread of a two-sided quote is always below
+    #: twice its midpoint, so 2 or more would be no limit either.)
+    max_spread: Decimal = Decimal("0.5")
 
     def __post_init__(self) -> None:
         if self.min_interval_ns < 0:
@@ -148,6 +159,8 @@ class MarkPolicy:
                 f"refresh_ns {self.refresh_ns} is shorter than min_interval_ns "
                 f"{self.min_interval_ns}"
             )
+        if not 0 <= self.max_spread < 2:
+            raise ValueError(f"max_spread {self.max_spread} is not in [0, 2) (0: no limit)")
         if self.max_standing_ns < 0:
             raise ValueError(f"max_standing_ns {self.max_standing_ns} is negative")
         if self.max_standing_ns and not self.refresh_ns:
@@ -256,6 +269,11 @@ class OptionMarks:
         last = self._last.get(symbol)
         if last is not None and quote.ts_event < last[1]:
             return "out_of_order"
+        q = quote.payload
+        if self.policy.max_spread and q.ask_price - q.bid_price > self.policy.max_spread * mid:
+            self._held.pop(symbol, None)
+            self._standing.pop(symbol, None)
+            return "wide_spread"
         if self.policy.max_standing_ns:
             self._standing[symbol] = (quote, mid)  # the market's quote now, marked or not
         stamp = quote.ts_event
