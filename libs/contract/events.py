@@ -140,7 +140,9 @@ class MarkPayload(Frozen):
 
     ``price`` lies within ``[bid_price, ask_price]``; a crossed or one-sided
     quote makes no mark (the contract refuses one). The quote a mark came
-    from is its event's ``causation_id``, and its ``ts_event`` is the quote's.
+    from is its event's ``causation_id``; its ``ts_event`` is a time that
+    quote stood at: the quote's own, or a later one when marketdata re-marks
+    a quote the market has left unchanged.
     """
 
     symbol: Symbol

@@ -95,8 +95,14 @@ class MarketdataSettings(ServiceSettings):
     mark_min_interval_s: float = Field(default=1.0, ge=0, le=3600)
     #: A midpoint within this fraction of the last mark is no new mark (0.001: 0.1 %)...
     mark_min_change: Decimal = Field(default=Decimal("0.001"), ge=0, lt=1, allow_inf_nan=False)
-    #: ...unless this long (s) has passed since the last mark.
+    #: ...unless this long (s) has passed since the last mark; a quote that
+    #: still stands is re-marked when this long has passed since the last mark.
     mark_refresh_s: float = Field(default=30.0, gt=0, le=86_400)
+    #: A quote stands (is re-marked) at most this long (s) after its time; 0: no re-marks.
+    mark_max_standing_s: float = Field(default=300.0, ge=0, le=86_400)
+    #: A quote whose spread is wider than this fraction of its midpoint is no
+    #: mark (0.5: 50 %); 0: no limit.
+    mark_max_spread: Decimal = Field(default=Decimal("0.5"), ge=0, lt=2, allow_inf_nan=False)
 
     @field_validator("mark_refresh_s")
     @classmethod
@@ -108,12 +114,25 @@ class MarketdataSettings(ServiceSettings):
             )
         return value
 
+    @field_validator("mark_max_standing_s")
+    @classmethod
+    def _standing_not_below_refresh(cls, value: float, info: ValidationInfo) -> float:
+        refresh = info.data.get("mark_refresh_s")
+        if value and refresh is not None and value < refresh:
+            raise ValueError(
+                f"{value:g} s is shorter than TRADEBUS_MARK_REFRESH_S ({refresh:g} s): "
+                "no quote would ever be re-marked (0 turns re-marks off)"
+            )
+        return value
+
     def mark_policy(self) -> MarkPolicy:
         """The option marks' throttle, from the ``mark_*`` settings."""
         return MarkPolicy(
             min_interval_ns=round(self.mark_min_interval_s * NS),
             min_change=self.mark_min_change,
             refresh_ns=round(self.mark_refresh_s * NS),
+            max_standing_ns=round(self.mark_max_standing_s * NS),
+            max_spread=self.mark_max_spread,
         )
 
     @property

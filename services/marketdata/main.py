@@ -5,7 +5,8 @@ SIGINT sets the stop event (or, for the cache, until the cache is replayed);
 everything it yields goes through the :class:`JetStreamSink`, which returns
 only once JetStream has acknowledged it, and which makes the option marks
 (:mod:`services.marketdata.domain.marks`) of the quotes passing through; a
-second task publishes the marks the throttle held back once they are due.
+second task publishes the marks the throttle held back once they are due, and
+re-marks the quotes that still stand.
 Exit codes: 0 after a clean stop or a finished replay, 1 when the bus or the
 source fails, 2 for bad settings.
 """
@@ -102,9 +103,11 @@ def build_source(settings: MarketdataSettings, clock: Clock) -> FeedSource:
 
 
 def flush_every_s(settings: MarketdataSettings) -> float:
-    """How often held-back marks are looked at: half their interval, between
-    50 ms and 1 s (a held mark goes out at most that late)."""
-    return min(max(settings.mark_min_interval_s / 2, 0.05), 1.0)
+    """How often held-back marks and standing quotes are looked at: half the
+    interval (the refresh without one), between 50 ms and 1 s (a held mark or
+    a re-mark goes out at most that late)."""
+    period = settings.mark_min_interval_s or settings.mark_refresh_s
+    return min(max(period / 2, 0.05), 1.0)
 
 
 async def run_source(
@@ -134,8 +137,10 @@ async def run_source(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(source_then_stop(), name="marketdata-source")
-            # Without an interval no quote is ever held back: nothing to flush.
-            if sink.marks is not None and sink.marks.policy.min_interval_ns > 0:
+            # Without an interval no quote is ever held back, and without
+            # re-marks none stands: then nothing ever falls due.
+            policy = sink.marks.policy if sink.marks is not None else None
+            if policy is not None and (policy.min_interval_ns or policy.max_standing_ns):
                 tg.create_task(flush_due_marks(), name="marketdata-marks")
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
@@ -200,10 +205,14 @@ async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> 
         log.info("marketdata: source %s, symbols %s", settings.source, settings.symbols)
         log.info(
             "option marks from quotes: at most one per %gs per contract, a move of %s or "
-            "after %gs (TRADEBUS_MARK_*)",
+            "after %gs; a standing quote re-marked every %gs for up to %gs; none from a "
+            "spread wider than %s of the midpoint (TRADEBUS_MARK_*)",
             settings.mark_min_interval_s,
             settings.mark_min_change,
             settings.mark_refresh_s,
+            settings.mark_refresh_s,
+            settings.mark_max_standing_s,
+            settings.mark_max_spread or "any",
         )
         await run_source(source, sink, service.stop, clock, flush_every_s=flush_every_s(settings))
     log.info("marketdata stopped after %d events", service.sink.published)

@@ -13,8 +13,19 @@ EVENTS_OUT = Counter(
 )
 MARKS_SKIPPED = Counter(
     "tradebus_marketdata_marks_skipped_total",
-    "Option quotes that made no mark (throttled: held back, marked when the interval ends "
-    "unless a newer quote replaces it)",
+    "Option quotes that made no mark (one_sided, crossed, out_of_order, wide_spread, "
+    "unchanged; throttled: held back, marked when the interval ends unless a newer quote "
+    "replaces it)",
+    ["reason"],
+)
+REMARKS = Counter(
+    "tradebus_marketdata_remarks_total",
+    "Marks re-made of option quotes that still stand (the feed sent no new quote)",
+)
+STANDING_ENDED = Counter(
+    "tradebus_marketdata_marks_standing_ended_total",
+    "Standing option quotes no longer re-marked (feed_lost: a disconnect or gap of their "
+    "feed; max_standing: TRADEBUS_MARK_MAX_STANDING_S passed since the quote)",
     ["reason"],
 )
 RECONNECTS = Counter(

@@ -11,9 +11,11 @@ Given :class:`~services.marketdata.domain.marks.OptionMarks`, the sink also
 makes the option marks (``MarkUpdated`` on ``md.mark.<symbol>``) from the
 option quotes that pass through it, whatever the source: each mark goes out
 right after its quote, in the same call, and :meth:`JetStreamSink.publish_due`
-publishes the marks of quotes held back by the throttle once they are due.
-One lock keeps the two apart, so a mark never reaches the stream before its
-quote.
+publishes the marks of quotes held back by the throttle once they are due,
+and the re-marks of quotes that still stand. The feed's own statuses pass
+through here in order with its data, so a disconnect or a gap ends the
+standing of its quotes before anything published after it. One lock keeps
+the two apart, so a mark never reaches the stream before its quote.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from libs.bus.client import Bus
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, MarkUpdated, QuoteUpdated, TradePrinted
 from services.marketdata import metrics
-from services.marketdata.domain.marks import OptionMarks
+from services.marketdata.domain.marks import Marked, OptionMarks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ def channel_of(event: Event) -> str:
     if event.type == "FeedStatusChanged":
         return "status"
     return "other"
+
+
+def _count(marked: Marked) -> None:
+    for reason, n in marked.skipped.items():
+        metrics.MARKS_SKIPPED.labels(reason=reason).inc(n)
+    if marked.remarks:
+        metrics.REMARKS.inc(marked.remarks)
+    for why, n in marked.ended.items():
+        metrics.STANDING_ENDED.labels(reason=why).inc(n)
 
 
 class JetStreamSink:
@@ -73,21 +84,21 @@ class JetStreamSink:
             if self.marks is not None:
                 marked = self.marks.with_marks(events)
                 events = marked.events
-                for reason, n in marked.skipped.items():
-                    metrics.MARKS_SKIPPED.labels(reason=reason).inc(n)
+                _count(marked)
             await self._send(events)
         self.last_event_ns = events[-1].ts_event
 
     async def publish_due(self, now_ns: int) -> int:
         """Publish the marks of the quotes held back whose interval has passed
-        by ``now_ns``; returns how many."""
+        by ``now_ns``, and the re-marks of standing quotes due; returns how many."""
         if self.marks is None:
             return 0
         async with self._lock:
             due = self.marks.due(now_ns)
-            if due:
-                await self._send(due)
-        return len(due)
+            _count(due)
+            if due.events:
+                await self._send(due.events)
+        return due.marks
 
     async def _send(self, events: Sequence[Event]) -> None:
         await self.bus.publish_many(events, window=self.window)

@@ -1,10 +1,12 @@
-"""One line of what an order-path event says, for ``tradebus audit``.
+"""One line of what an order-path event (or a mark) says, for ``tradebus audit``.
 
 A chain printed as types and ids alone tells that a fill came from a signal,
 not what was bought at what price, or why the gate said no: the trader had to
 ask for ``--json`` and read the payloads. :func:`gist` picks the few fields
 that matter for each event type (``buy 100 AAPL limit 190.5``, ``denied:
-max_position (AAPL 400 > 300)``, ``100 @ 190.78, complete``). It reads the
+max_position (AAPL 400 > 300)``, ``100 @ 190.78, complete``; an option's
+mark, whose chain is the quote it came from and its re-marks: ``mark
+O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)``). It reads the
 payload as stored (JSON), so it works on any recorded row, and it leaves out
 what a payload does not have rather than failing: an event type it does not
 know gets no gist.
@@ -91,6 +93,11 @@ def _fault(p: Payload) -> str:
     return f"{p.get('strategy', '?')} {p.get('action', '?')}: {p.get('error', '')}"
 
 
+def _mark(p: Payload) -> str:
+    text = f"mark {p.get('symbol', '?')} {p.get('price', '?')}"
+    return f"{text} (bid {p.get('bid_price', '?')} / ask {p.get('ask_price', '?')})"
+
+
 GISTS: dict[str, Callable[[Payload], str]] = {
     "SignalGenerated": _signal,
     "OrderIntentCreated": _intent,
@@ -109,6 +116,7 @@ GISTS: dict[str, Callable[[Payload], str]] = {
     "TradingResumeRequested": _operator,
     "BrokerConnectionChanged": _connection,
     "StrategyFaulted": _fault,
+    "MarkUpdated": _mark,
 }
 
 

@@ -283,6 +283,81 @@ async def test_option_quotes_make_marks_and_a_held_quote_is_marked_when_due(bus:
     assert all(n >= 1 for n in skipped.values()), skipped
 
 
+class LookingSink(JetStreamSink):
+    """The service's sink, noting the times it was asked for due marks at."""
+
+    def __init__(self, bus: Bus, marks: OptionMarks) -> None:
+        super().__init__(bus, marks=marks)
+        self.looks: list[int] = []
+
+    async def publish_due(self, now_ns: int) -> int:
+        made = await super().publish_due(now_ns)
+        self.looks.append(now_ns)
+        return made
+
+    def looked_at(self, ms: int) -> bool:
+        return any(t >= ms * MS for t in self.looks)
+
+
+async def test_a_standing_option_quote_is_re_marked_until_the_feed_drops(bus: Bus) -> None:
+    """Polygon sends no quote while the quote stands: the service re-marks it
+    every TRADEBUS_MARK_REFRESH_S (30 s) at the time it does, naming the
+    quote. A dropped connection ends that; after the reconnect, a new quote
+    stands again."""
+    async with FakePolygonWs(api_key=KEY, market="options") as options:
+        settings = make_settings(
+            options,
+            None,
+            symbols=OPTION,
+            channels="quotes",
+            polygon_options_ws_url=options.url,
+            stale_after_s=3600,
+        )
+        clock = FakeClock(T0)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        sink = LookingSink(bus, OptionMarks(settings.mark_policy()))
+        ended = metrics.STANDING_ENDED.labels(reason="feed_lost")._value.get()
+        remarks = metrics.REMARKS._value.get()
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_source(source, sink, stop, clock, flush_every_s=0.02))
+
+        async def marks() -> list[MarkUpdated]:
+            return [e for e in await stream_events(bus) if isinstance(e, MarkUpdated)]
+
+        try:
+            await options.wait_subscribed(f"Q.{OPTION}")
+            await options.publish([quote(OPTION, 1, T0 + 1, "2.50", "2.55")])
+            await eventually(lambda: _count(marks, 1), timeout=10)
+            clock.set_ms(T0 + 30_001)
+            first_two = await eventually(lambda: _count(marks, 2), timeout=10)
+            await options.drop()
+            await options.wait_connections(2)
+            conn = await options.wait_subscribed(f"Q.{OPTION}")
+            clock.set_ms(T0 + 60_002)  # a refresh after the re-mark, the feed lost since
+            await eventually(lambda: sink.looked_at(T0 + 60_002), timeout=10)
+            assert await marks() == first_two, "no re-mark after the disconnect"
+            await options.publish([quote(OPTION, 2, T0 + 61_000, "2.60", "2.65")], conn)
+            await eventually(lambda: _count(marks, 3), timeout=10)
+            clock.set_ms(T0 + 91_000)
+            made = await eventually(lambda: _count(marks, 4), timeout=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+
+    quotes = {e.id: e for e in await stream_events(bus) if isinstance(e, QuoteUpdated)}
+    first, remark, fresh, fresh_remark = made
+    assert (remark.payload, remark.causation_id) == (first.payload, first.causation_id)
+    assert remark.ts_event == remark.ts_init == (T0 + 30_001) * MS
+    assert first.causation_id is not None
+    assert quotes[first.causation_id].ts_event == first.ts_event == (T0 + 1) * MS
+    assert fresh.payload.price == Decimal("2.625")
+    assert fresh_remark.causation_id == fresh.causation_id
+    assert fresh_remark.ts_event == (T0 + 91_000) * MS
+    assert len({m.id for m in made}) == 4
+    assert metrics.STANDING_ENDED.labels(reason="feed_lost")._value.get() - ended >= 1
+    assert metrics.REMARKS._value.get() - remarks == 2
+
+
 async def _count(data: Any, n: int) -> list[Event] | None:
     events: list[Event] = await data()
     return events if len(events) >= n else None

@@ -10,6 +10,7 @@ import pytest
 
 from libs.contract.events import (
     FillPayload,
+    MarkPayload,
     OrderAcceptedPayload,
     OrderIntentPayload,
     OrderRejectedPayload,
@@ -127,6 +128,19 @@ def stored(model: Any) -> dict[str, Any]:
 )
 def test_each_order_path_event_reads_as_one_line(type_: str, payload: Any, says: str) -> None:
     assert gist(type_, stored(payload)) == says
+
+
+def test_a_mark_reads_as_its_price_and_the_quote_it_came_from() -> None:
+    payload = MarkPayload(
+        symbol="O:SPY241220P00720000",
+        price=Decimal("2.525"),
+        bid_price=Decimal("2.50"),
+        ask_price=Decimal("2.55"),
+        feed="polygon",
+    )
+    said = gist("MarkUpdated", stored(payload))
+    assert said == "mark O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)"
+    assert gist("MarkUpdated", {"symbol": "O:X", "price": "1"}) == "mark O:X 1 (bid ? / ask ?)"
 
 
 def test_every_gist_names_a_type_of_the_contract() -> None:
