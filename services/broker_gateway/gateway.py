@@ -236,8 +236,9 @@ class AccountWorker:
         self._deferred_seqs: set[int] = set()
         self._deferred_since = 0.0  # when the lowest became the one to wait for
         self.monotonic = time.monotonic  # (a test's clock instead)
-        # Failures of commands that will come again (nak'd), by event id.
-        self._failures: dict[uuid.UUID, int] = {}
+        # Failures of commands that will come again (nak'd), by event id: how
+        # many, and when the command was last seen (failed or delivered).
+        self._failures: dict[uuid.UUID, tuple[int, float]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
@@ -262,6 +263,9 @@ class AccountWorker:
         ``defer_s``; so that the account's commands still run in stream order,
         every later one goes back too until the first of them has been taken.
         """
+        failed = self._failures.get(command.id)
+        if failed is not None:
+            self._failures[command.id] = (failed[0], self.monotonic())  # it comes back
         held = self._held.get(command.id)
         if held is not None:
             held.msg = msg
@@ -360,7 +364,10 @@ class AccountWorker:
 
     async def _failed(self, held: Held, error: Exception) -> None:
         command, msg = held.command, held.msg
-        failures = self._failures[command.id] = self._failures.get(command.id, 0) + 1
+        now = self.monotonic()
+        self._forget_failures(now)
+        failures = self._failures.get(command.id, (0, now))[0] + 1
+        self._failures[command.id] = (failures, now)
         log.error(
             "%s %s failed (failure %d of %d): %s: %s",
             command.type,
@@ -378,6 +385,24 @@ class AccountWorker:
         else:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
+
+    def _forget_failures(self, now: float) -> None:
+        """Forget the failures of commands not seen for ``give_up_s``.
+
+        A failed command is handed back and comes again within ``NAK_DELAY_S``
+        (every ``defer_s`` while there is no room for it), and its count ends
+        when it is done or dead-lettered. One that does not come again has
+        left the stream (aged out, deleted) or was acked meanwhile: its
+        count used to stay for the life of the gateway. Should it come back
+        after all, its count starts again.
+        """
+        gone = [
+            command_id
+            for command_id, (_, seen) in self._failures.items()
+            if now - seen > self.give_up_s and command_id not in self._held
+        ]
+        for command_id in gone:
+            del self._failures[command_id]
 
     async def handle(self, held: Held) -> None:
         command = held.command
