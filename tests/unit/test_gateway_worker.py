@@ -193,6 +193,7 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
     w = worker([1000.0], [], max_held=1, account=account)
     assert sample("tradebus_broker_flatten_refused_positions_total") == 0
     assert sample("tradebus_broker_rate_limited_total") == 0
+    assert sample("tradebus_broker_reconciliations_given_up_total") == 0
     assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
     assert sample("tradebus_broker_commands_held") == 0
     await offer(w, submit(), Delivery(1))
