@@ -642,15 +642,20 @@ class AccountWorker:
                     metrics.MALFORMED.labels(account=self.account).inc()
                     log.error("%s: cannot take in %s: %s", self.account, event, e)
                     continue
-                # The tracker has it (the outbox publishes it in order): a submit
-                # waiting in _settle may go on. Should the publish not happen (a
-                # crash), the restarted gateway reconciles the order from the
-                # broker; so the next update need not wait for this one's ack.
                 if trace.ON:
                     trace.mark(f"gateway: {event.kind} tracked", event.order.client_order_id)
+                # Queued in the step the tracker made them, before anything can
+                # wait: the reconciliation task and the command task also emit
+                # (the tracker says what is new) and queue events of the same
+                # orders, and the outbox keeps the order they are queued in.
+                # Waking a submit waiting in _settle can wait for its lock.
+                await self.outbox.post(events)
+                # The tracker has it: a submit waiting in _settle may go on.
+                # Should the publish not happen (a crash), the restarted gateway
+                # reconciles the order from the broker; so the next update need
+                # not wait for this one's ack.
                 async with self._progress:
                     self._progress.notify_all()
-                await self.outbox.post(events)
                 if self.tracker.needs_reconcile:
                     self.want_reconcile()
             reconciling.cancel()

@@ -567,3 +567,30 @@ async def test_a_reconciliation_refused_call_after_call_is_given_up_said_and_cou
         assert a.server is not None
         assert len(a.server.throttled_at) == RECONCILE_ATTEMPTS  # not asked again
         assert f"reconciliation of {a.account} given up" in caplog.text
+
+
+async def test_the_stream_s_events_are_queued_before_a_waiting_submit_is_woken(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """An order's events come from the stream, the reconciliation task and
+    the command task; the outbox publishes them in the order they are queued.
+    The stream's were queued only after waking a submit waiting for them,
+    which takes a lock that submit holds for a moment once woken: meanwhile
+    a reconciliation could queue the order's later fill ahead of them (on
+    the bus: the fill to 5 before the fill to 3, or before the
+    OrderAccepted). With that lock held, the stream's fill is published all
+    the same."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = submit(a.account, "AAPL", "3", limit="90")
+        await bus.publish(resting)
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        await w.wait_idle()
+        assert a.server is not None
+        async with w._progress:  # as a submit woken in _settle holds it
+            a.server.market(MarketUpdate.trade("AAPL", D(89)))
+            fill = await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=5)
+        assert fill["payload"]["order_id"] == str(resting.payload.order_id)
