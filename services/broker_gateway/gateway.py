@@ -23,11 +23,13 @@ to NATS (nak with a delay) and taken again, still in stream order, once there
 is room (see :meth:`AccountWorker.offer`).
 - **events**: the adapter's order updates through the :class:`OrderTracker`
   (acks, fills, cancels, rejects), and its connection changes as
-  ``BrokerConnectionChanged``; on every ``connected`` the worker reconciles:
-  it asks the broker about each unsettled order and any open order it does not
-  know, and publishes what the stream did not tell it.
+  ``BrokerConnectionChanged``; on every ``connected`` (and when the stream
+  shows a gap) the worker has the account reconciled: beside the stream, one
+  reconciliation at a time, it asks the broker about each unsettled order
+  and any open order it does not know, and publishes what the stream did
+  not tell it.
 
-Both tasks publish through one :class:`Outbox`, which publishes in the order
+The tasks publish through one :class:`Outbox`, which publishes in the order
 events were produced, so an order's ``OrderAccepted`` is on the stream before
 its first ``FillReceived``.
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import random
@@ -103,8 +106,9 @@ SETTLE_GRACE_S = 1.0
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
 RETRY_AFTER_MAX_S = 60.0
-#: Attempts of a reconciliation the broker rate-limits before it waits for
-#: the next trigger (a reconnection, a gap).
+#: Attempts of one call of a reconciliation that the broker rate-limits, in a
+#: row, before the reconciliation is given up until the next trigger (a
+#: reconnection, a gap). A call it serves starts the count again.
 RECONCILE_ATTEMPTS = 5
 
 
@@ -232,12 +236,16 @@ class AccountWorker:
         self._deferred_seqs: set[int] = set()
         self._deferred_since = 0.0  # when the lowest became the one to wait for
         self.monotonic = time.monotonic  # (a test's clock instead)
-        # Failures of commands that will come again (nak'd), by event id.
-        self._failures: dict[uuid.UUID, int] = {}
+        # Failures of commands that will come again (nak'd), by event id: how
+        # many, and when the command was last seen (failed or delivered).
+        self._failures: dict[uuid.UUID, tuple[int, float]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
         self._progress = asyncio.Condition()
+        # Reconciliations asked for (see want_reconcile).
+        self._reconcile_wanted = asyncio.Event()
+        self._reconcile_everything = False
 
     # ----------------------------------------------------------- commands
 
@@ -255,6 +263,9 @@ class AccountWorker:
         ``defer_s``; so that the account's commands still run in stream order,
         every later one goes back too until the first of them has been taken.
         """
+        failed = self._failures.get(command.id)
+        if failed is not None:
+            self._failures[command.id] = (failed[0], self.monotonic())  # it comes back
         held = self._held.get(command.id)
         if held is not None:
             held.msg = msg
@@ -353,7 +364,10 @@ class AccountWorker:
 
     async def _failed(self, held: Held, error: Exception) -> None:
         command, msg = held.command, held.msg
-        failures = self._failures[command.id] = self._failures.get(command.id, 0) + 1
+        now = self.monotonic()
+        self._forget_failures(now)
+        failures = self._failures.get(command.id, (0, now))[0] + 1
+        self._failures[command.id] = (failures, now)
         log.error(
             "%s %s failed (failure %d of %d): %s: %s",
             command.type,
@@ -371,6 +385,24 @@ class AccountWorker:
         else:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
+
+    def _forget_failures(self, now: float) -> None:
+        """Forget the failures of commands not seen for ``give_up_s``.
+
+        A failed command is handed back and comes again within ``NAK_DELAY_S``
+        (every ``defer_s`` while there is no room for it), and its count ends
+        when it is done or dead-lettered. One that does not come again has
+        left the stream (aged out, deleted) or was acked meanwhile: its
+        count used to stay for the life of the gateway. Should it come back
+        after all, its count starts again.
+        """
+        gone = [
+            command_id
+            for command_id, (_, seen) in self._failures.items()
+            if now - seen > self.give_up_s and command_id not in self._held
+        ]
+        for command_id in gone:
+            del self._failures[command_id]
 
     async def handle(self, held: Held) -> None:
         command = held.command
@@ -584,31 +616,49 @@ class AccountWorker:
     # ------------------------------------------------------------- events
 
     async def run_events(self) -> None:
-        async for event in self.port.events():
-            if isinstance(event, ConnectionUpdate):
-                await self._connection(event)
-                if event.state == "connected":
-                    await self.reconcile()
-                continue
-            try:
-                events = self.tracker.on_update(event)
-            except ValueError as e:
-                # A broker fact we cannot express as an event (say, a price with
-                # more places than the contract allows): say so loudly, go on.
-                metrics.MALFORMED.labels(account=self.account).inc()
-                log.error("%s: cannot take in %s: %s", self.account, event, e)
-                continue
-            # The tracker has it (the outbox publishes it in order): a submit
-            # waiting in _settle may go on. Should the publish not happen (a
-            # crash), the restarted gateway reconciles the order from the
-            # broker; so the next update need not wait for this one's ack.
-            if trace.ON:
-                trace.mark(f"gateway: {event.kind} tracked", event.order.client_order_id)
-            async with self._progress:
-                self._progress.notify_all()
-            await self.outbox.post(events)
-            if self.tracker.needs_reconcile:
-                await self.reconcile(only=set(self.tracker.needs_reconcile))
+        """Take in the broker's stream; reconciliations run beside it.
+
+        A reconciliation makes many broker calls and may wait out a rate
+        limit: run here, it held up the fills and acks the stream brought
+        meanwhile, so the risk-gate's positions lagged for as long as the
+        broker kept refusing. It runs in a task of its own (see
+        :meth:`run_reconciliations`), which this one owns.
+        """
+        async with asyncio.TaskGroup() as tasks:
+            reconciling = tasks.create_task(
+                self.run_reconciliations(), name=f"{self.account}-reconcile"
+            )
+            async for event in self.port.events():
+                if isinstance(event, ConnectionUpdate):
+                    await self._connection(event)
+                    if event.state == "connected":
+                        self.want_reconcile(everything=True)
+                    continue
+                try:
+                    events = self.tracker.on_update(event)
+                except ValueError as e:
+                    # A broker fact we cannot express as an event (say, a price with
+                    # more places than the contract allows): say so loudly, go on.
+                    metrics.MALFORMED.labels(account=self.account).inc()
+                    log.error("%s: cannot take in %s: %s", self.account, event, e)
+                    continue
+                if trace.ON:
+                    trace.mark(f"gateway: {event.kind} tracked", event.order.client_order_id)
+                # Queued in the step the tracker made them, before anything can
+                # wait: the reconciliation task and the command task also emit
+                # (the tracker says what is new) and queue events of the same
+                # orders, and the outbox keeps the order they are queued in.
+                # Waking a submit waiting in _settle can wait for its lock.
+                await self.outbox.post(events)
+                # The tracker has it: a submit waiting in _settle may go on.
+                # Should the publish not happen (a crash), the restarted gateway
+                # reconciles the order from the broker; so the next update need
+                # not wait for this one's ack.
+                async with self._progress:
+                    self._progress.notify_all()
+                if self.tracker.needs_reconcile:
+                    self.want_reconcile()
+            reconciling.cancel()
 
     async def _connection(self, update: ConnectionUpdate) -> None:
         metrics.CONNECTION_CHANGES.labels(account=self.account, state=update.state).inc()
@@ -624,28 +674,45 @@ class AccountWorker:
         )
         await self.outbox.publish([event])
 
+    def want_reconcile(self, *, everything: bool = False) -> None:
+        """Have the account reconciled: ``everything`` after a connection, else
+        the orders the stream found gaps in. Never waits: asked for while a
+        reconciliation runs, one more runs after it (however often asked)."""
+        self._reconcile_everything |= everything
+        self._reconcile_wanted.set()
+
+    async def run_reconciliations(self) -> None:
+        """One reconciliation at a time, whenever one was asked for.
+
+        They run beside the stream, so the tracker takes in stream updates
+        between a reconciliation's questions and its answers being applied:
+        an answer may be older than what the stream has brought since. The
+        tracker takes such an answer without undoing or repeating anything
+        (see :meth:`OrderTracker.reconcile`). What still needs an order:
+        reconciliations of an account do not overlap (they would ask the
+        broker the same things, twice the calls against its rate limit), and
+        one asked for after a ``connected`` starts after it is published.
+        """
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            everything, self._reconcile_everything = self._reconcile_everything, False
+            if everything:
+                await self.reconcile()
+            elif self.tracker.needs_reconcile:
+                await self.reconcile(only=set(self.tracker.needs_reconcile))
+
     async def reconcile(self, only: set[Any] | None = None) -> None:
         """Ask the broker what we may have missed; publish the difference.
 
-        Rate-limited, it is tried again after a backoff (``RECONCILE_ATTEMPTS``
-        in all: what it publishes has derived ids, so a repeat is harmless);
-        any other failure leaves it to the next reconnection or gap.
+        Every unsettled order and every open order we do not know, or only the
+        orders ``only``. A call the broker rate-limits is tried again after a
+        backoff and the reconciliation goes on from where it was; a call
+        refused ``RECONCILE_ATTEMPTS`` times in a row gives it up (logged and
+        counted), as does any other failure: the next reconnection or gap
+        reconciles again. What it publishes has derived ids, so asking again
+        is harmless.
         """
-        for attempt in range(RECONCILE_ATTEMPTS):
-            try:
-                await self._reconcile(only)
-            except RateLimited as e:
-                log.warning("reconciliation of %s rate-limited: %s", self.account, e)
-                metrics.RATE_LIMITED.labels(account=self.account).inc()
-                if attempt + 1 < RECONCILE_ATTEMPTS:
-                    await asyncio.sleep(retry_delay_s(attempt, e.retry_after_s))  # a backoff
-                continue
-            return
-        log.warning(
-            "reconciliation of %s given up after %d attempts", self.account, RECONCILE_ATTEMPTS
-        )
-
-    async def _reconcile(self, only: set[Any] | None) -> None:
         published = 0
         try:
             for t in self.tracker.unsettled():
@@ -653,16 +720,29 @@ class AccountWorker:
                     continue
                 published += await self._reconcile_one(t)
             if only is None:
-                for order in await self.port.open_orders():
+                for order in await self._reconciling(self.port.open_orders):
                     if self.tracker.find(order) is None:
                         # Its fills are read from the account's whole list: only if it has any.
                         has_fills = order.filled_quantity > 0
-                        fills = await self.port.order_fills(order) if has_fills else None
+                        fills = (
+                            await self._reconciling(functools.partial(self.port.order_fills, order))
+                            if has_fills
+                            else None
+                        )
                         events = self.tracker.reconcile(order, fills)
                         published += len(events)
                         await self.outbox.publish(events)
-        except RateLimited:
-            raise
+        except RateLimited as e:
+            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+            log.warning(
+                "reconciliation of %s given up after %d events: the broker refused a call "
+                "%d times in a row (%s); the next reconnection or gap reconciles again",
+                self.account,
+                published,
+                RECONCILE_ATTEMPTS,
+                e,
+            )
+            return
         except (BrokerError, ValueError) as e:
             # The next reconnection (or the next gap) reconciles again.
             log.warning("reconciliation of %s interrupted: %s", self.account, e)
@@ -670,13 +750,31 @@ class AccountWorker:
         if published:
             log.info("reconciliation of %s published %d events", self.account, published)
 
+    async def _reconciling(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` of a reconciliation: rate-limited, it is tried again after
+        the backoff (:meth:`_pause`); refused ``RECONCILE_ATTEMPTS`` times in a
+        row, the ``RateLimited`` is raised. Until this a 429 started the whole
+        reconciliation again from the first order: with many orders and a
+        strict rate limit, it never reached the last ones."""
+        refusals = 0
+        while True:
+            try:
+                return await call()
+            except RateLimited as e:
+                refusals += 1
+                if refusals >= RECONCILE_ATTEMPTS:
+                    raise
+                log.warning("reconciliation of %s rate-limited: %s", self.account, e)
+                await self._pause(e, refusals - 1, None)
+
     async def _reconcile_one(self, t: TrackedOrder) -> int:
         if t.broker_order_id is not None:
-            order = await self.port.get_order(broker_order_id=t.broker_order_id)
+            call = functools.partial(self.port.get_order, broker_order_id=t.broker_order_id)
         elif t.client_order_id is not None:
-            order = await self.port.get_order(client_order_id=t.client_order_id)
+            call = functools.partial(self.port.get_order, client_order_id=t.client_order_id)
         else:
             return 0
+        order = await self._reconciling(call)
         if order is None:
             if t.broker_order_id is not None:
                 # Acknowledged once, unknown now: whatever became of it (fills
@@ -695,7 +793,11 @@ class AccountWorker:
                     t.filled,
                 )
             return 0
-        fills = await self.port.order_fills(order) if order.filled_quantity > t.filled else None
+        fills = (
+            await self._reconciling(functools.partial(self.port.order_fills, order))
+            if order.filled_quantity > t.filled
+            else None
+        )
         events = self.tracker.reconcile(order, fills)
         fills_published = sum(1 for e in events if e.type == "FillReceived")
         if fills_published:

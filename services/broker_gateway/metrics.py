@@ -54,6 +54,12 @@ RATE_LIMITED = Counter(
     "Broker answers of 429 (rate limit) that made the gateway back off",
     ["account"],
 )
+RECONCILIATIONS_GIVEN_UP = Counter(
+    "tradebus_broker_reconciliations_given_up_total",
+    "Reconciliations given up because the broker refused one call (429) 5 times in a row: "
+    "what they had not reached waits for the next reconnection or gap",
+    ["account"],
+)
 COMMANDS_HELD = Gauge(
     "tradebus_broker_commands_held",
     "Commands held for the account: the one under way and those queued behind it "
@@ -74,4 +80,5 @@ def account_started(account: str) -> None:
     FLATTEN_REFUSED.labels(account=account)
     ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)
+    RECONCILIATIONS_GIVEN_UP.labels(account=account)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")

@@ -25,6 +25,7 @@ import orjson
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api as js_api
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
@@ -46,7 +47,12 @@ from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import RETRY_INITIAL_S, AccountWorker, Outbox
+from services.broker_gateway.gateway import (
+    RECONCILE_ATTEMPTS,
+    RETRY_INITIAL_S,
+    AccountWorker,
+    Outbox,
+)
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import BookConfig, Closing, PaperBook, TradeUpdate
 from services.paper_broker.domain.fill_model import MarketUpdate
@@ -84,9 +90,12 @@ class Venue:
     port: int = field(default_factory=free_port)
     server: PaperBrokerServer | None = None
 
-    async def up(self) -> None:
+    async def up(self, *, rate_limited: int = 0, retry_after_s: float | None = None) -> None:
+        """Serve again; the first ``rate_limited`` requests are answered 429."""
         creds = [Credentials(f"key-{self.account}", SecretStr("secret"), self.account)]
-        self.server = await PaperBrokerServer(self.book, creds, port=self.port).start()
+        self.server = PaperBrokerServer(self.book, creds, port=self.port)
+        self.server.throttle(rate_limited, retry_after_s)
+        await self.server.start()
 
     async def down(self) -> None:
         if self.server is not None:
@@ -184,7 +193,7 @@ async def venues() -> AsyncIterator[list[Venue]]:
             await v.down()
 
 
-def submit(account: str, symbol: str, qty: str = "1") -> SubmitOrder:
+def submit(account: str, symbol: str, qty: str = "1", limit: str | None = None) -> SubmitOrder:
     signal = SignalGenerated.create(
         SignalPayload(strategy="s1", symbol=symbol, name="x", direction="long"),
         source="test/strategy-runner",
@@ -198,6 +207,8 @@ def submit(account: str, symbol: str, qty: str = "1") -> SubmitOrder:
             symbol=symbol,
             side="buy",
             quantity=D(qty),
+            order_type="market" if limit is None else "limit",
+            limit_price=None if limit is None else D(limit),
         ),
         source="test/risk-gate",
         clock=CLOCK,
@@ -392,6 +403,21 @@ async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: l
         assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again
 
 
+async def stored(bus: Bus, subject: str) -> list[dict[str, Any]]:
+    """Every event stored on ``subject`` so far, oldest first, decoded."""
+    info = await bus.js.stream_info(STREAM, subjects_filter=subject)
+    count = (info.state.subjects or {}).get(subject, 0)
+    if not count:
+        return []
+    sub = await bus.js.subscribe(
+        subject, stream=STREAM, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
+    )
+    try:
+        return [orjson.loads((await sub.next_msg(timeout=5)).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
 @pytest.mark.parametrize("retry_after_s", [0.3, None])
 async def test_a_rate_limited_broker_is_given_time(
     bus: Bus, venues: list[Venue], retry_after_s: float | None
@@ -422,3 +448,149 @@ async def test_a_rate_limited_broker_is_given_time(
         for attempt, gap in enumerate(gaps):
             least = retry_after_s if retry_after_s is not None else RETRY_INITIAL_S * 2**attempt / 2
             assert gap >= least * 0.95, (attempt, gaps)
+
+
+async def test_fills_are_published_while_a_reconciliation_waits_out_a_rate_limit(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """The broker is back and rate-limits the reconciliation's first call
+    (429, Retry-After 30 s) while its stream brings a fill: the fill is
+    published before the backoff ends. Reconciliation ran in the task reading
+    the stream, so the fill waited the 30 s (and the risk-gate's positions
+    with it)."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = submit(a.account, "AAPL", "3", limit="90")
+        await bus.publish(resting)
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        await a.up(rate_limited=1, retry_after_s=30)
+        assert a.server is not None
+        server = a.server
+        await eventually(lambda: len(server.throttled_at) == 1, timeout=10)
+        server.market(MarketUpdate.trade("AAPL", D(89)))
+        fill = await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=10)
+        assert fill["payload"]["order_id"] == str(resting.payload.order_id)
+        assert fill["payload"]["cumulative_quantity"] == "3"
+        assert len(server.throttled_at) == 1  # the reconciliation has not asked again yet
+
+
+class StrictBook(CountingBook):
+    """A broker at a strict rate limit: once ``strict``, each order it is
+    asked for uses up the allowance, and the next request is refused (429,
+    ``Retry-After`` 0.2 s). Records the orders it is asked for."""
+
+    def __init__(self, venue: Venue) -> None:
+        super().__init__()
+        self.venue = venue
+        self.strict = False
+        self.asked: list[str] = []
+
+    def order(self, account: str, order_id: str) -> Any:
+        if self.strict and self.venue.server is not None:
+            self.asked.append(order_id)
+            self.venue.server.throttle(1, retry_after_s=0.2)
+        return super().order(account, order_id)
+
+
+async def test_a_rate_limited_reconciliation_goes_on_from_where_it_was(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """Four working orders fill while the broker is away. Back, it refuses
+    the call after each order it looks up (each order's fills): the
+    reconciliation waits, asks that call again and goes on to the next order,
+    so it publishes every fill, asking for each order once. A 429 used to
+    start it again from the first order: it never got past that order's
+    fills and gave up after 5 attempts, publishing nothing."""
+    a = venues[0]
+    book = a.book = StrictBook(a)
+    await a.down()
+    await a.up()  # on the strict book
+    book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = [submit(a.account, "AAPL", "1", limit=str(90 - i)) for i in range(4)]
+        await bus.publish_many(resting)
+        await eventually(lambda: len(book.orders(a.account)) == 4, timeout=10)
+        await w.wait_idle()
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        book.on_market(MarketUpdate.trade("AAPL", D(80)))  # fills them all, unseen
+        book.strict = True
+        await a.up()
+
+        ids = {str(c.payload.order_id) for c in resting}
+
+        async def all_filled() -> bool:
+            fills = await stored(bus, f"broker.fill.{a.account}")
+            return {e["payload"]["order_id"] for e in fills} == ids
+
+        await eventually(all_filled, timeout=20)
+        broker_ids = [o.id for o in book.orders(a.account, "all")]
+        assert book.asked == broker_ids  # each once, in order
+        assert a.server is not None
+        assert len(a.server.throttled_at) == 4
+
+
+async def test_a_reconciliation_refused_call_after_call_is_given_up_said_and_counted(
+    bus: Bus, venues: list[Venue], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The give-up rule: one call refused ``RECONCILE_ATTEMPTS`` times in a
+    row ends the reconciliation (the next reconnection or gap starts another),
+    with a warning and ``tradebus_broker_reconciliations_given_up_total``."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+
+    def given_up() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_reconciliations_given_up_total", {"account": a.account}
+        )
+
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "1", limit="90"))
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        await w.wait_idle()
+        before = given_up()
+        assert before is not None
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        with caplog.at_level("WARNING"):
+            await a.up(rate_limited=100, retry_after_s=0)
+            await eventually(lambda: given_up() == before + 1, timeout=10)
+        assert a.server is not None
+        assert len(a.server.throttled_at) == RECONCILE_ATTEMPTS  # not asked again
+        assert f"reconciliation of {a.account} given up" in caplog.text
+
+
+async def test_the_stream_s_events_are_queued_before_a_waiting_submit_is_woken(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """An order's events come from the stream, the reconciliation task and
+    the command task; the outbox publishes them in the order they are queued.
+    The stream's were queued only after waking a submit waiting for them,
+    which takes a lock that submit holds for a moment once woken: meanwhile
+    a reconciliation could queue the order's later fill ahead of them (on
+    the bus: the fill to 5 before the fill to 3, or before the
+    OrderAccepted). With that lock held, the stream's fill is published all
+    the same."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = submit(a.account, "AAPL", "3", limit="90")
+        await bus.publish(resting)
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        await w.wait_idle()
+        assert a.server is not None
+        async with w._progress:  # as a submit woken in _settle holds it
+            a.server.market(MarketUpdate.trade("AAPL", D(89)))
+            fill = await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=5)
+        assert fill["payload"]["order_id"] == str(resting.payload.order_id)

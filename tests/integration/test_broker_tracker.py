@@ -188,7 +188,7 @@ def test_a_gap_is_not_published_until_reconciled_in_order() -> None:
     submitted(t, cmd)
     # Fills 0->4 were missed; this one takes the order from 4 to 10.
     assert t.on_update(fill_update(order(cmd, "10", "100.6", "filled"), "6", "101", "x2")) == []
-    assert t.needs_reconcile == {cmd.payload.order_id}
+    assert set(t.needs_reconcile) == {cmd.payload.order_id}
     oid = str(cmd.payload.order_id)
     listed = [
         BrokerFill("b-1", oid, "AAPL", "buy", D(4), D(100), D(4), D(6), 1, "x1"),
@@ -196,7 +196,48 @@ def test_a_gap_is_not_published_until_reconciled_in_order() -> None:
     ]
     events = t.reconcile(order(cmd, "10", "100.6", "filled"), listed)
     assert fills_of(events) == [("4", "100", "4", "6", "s1"), ("6", "101", "10", "0", "s1")]
-    assert t.needs_reconcile == set()
+    assert t.needs_reconcile == {}
+
+
+def test_an_answer_older_than_the_stream_undoes_nothing_and_keeps_the_gap_marked() -> None:
+    """The gateway reads the stream while a reconciliation waits for the
+    broker's answers, so an answer may be older than updates taken in since
+    it was asked for. It publishes nothing twice and undoes nothing; and an
+    order the stream found a gap in stays marked until an answer shows what
+    the stream showed. A stale answer used to clear the mark: the missed
+    fills, or the end, waited for the next reconnection."""
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    oid = cmd.payload.order_id
+    asked = order(cmd, "2", "100", "partially_filled")  # the broker when it was asked
+    taken = t.on_update(fill_update(order(cmd, "2", "100", "partially_filled"), "2", "100", "x1"))
+    assert fills_of(taken) == [("2", "100", "2", "8", "s1")]
+    # Then 3 more, the first 2 of them missed: a gap.
+    gap = fill_update(order(cmd, "5", "100.6", "partially_filled"), "1", "101", "x3")
+    assert t.on_update(gap) == []
+    assert t.reconcile(asked, None) == []
+    assert t.get(oid).filled == D(2)  # type: ignore[union-attr]
+    assert set(t.needs_reconcile) == {oid}
+    events = t.reconcile(order(cmd, "5", "100.6", "partially_filled"), None)
+    assert fills_of(events) == [("3", "101.000000000000", "5", "5", "s1")]
+    assert t.needs_reconcile == {}
+    assert t.reconcile(asked, None) == []  # later still: nothing
+    assert t.get(oid).filled == D(5)  # type: ignore[union-attr]
+
+    # The stream says canceled with 2 more filled than published; the answer
+    # was read after those fills but before the cancel.
+    t = tracker()
+    submitted(t, cmd)
+    t.on_update(fill_update(order(cmd, "2", "100", "partially_filled"), "2", "100", "x1"))
+    assert t.on_update(OrderUpdate("canceled", order(cmd, "4", "100", "canceled"), 9)) == []
+    events = t.reconcile(order(cmd, "4", "100", "partially_filled"), None)
+    assert fills_of(events) == [("2", "100.000000000000", "4", "6", "s1")]
+    assert t.get(oid).terminal is None  # type: ignore[union-attr]
+    assert set(t.needs_reconcile) == {oid}  # the end is still to be published
+    events = t.reconcile(order(cmd, "4", "100", "canceled"), None)
+    assert [e.type for e in events] == ["OrderCanceled"]
+    assert t.needs_reconcile == {}
 
 
 def test_reconcile_without_a_fill_list_infers_the_missing_fill() -> None:
@@ -474,8 +515,10 @@ def _broker_truth(rng: random.Random, q: int) -> tuple[list[tuple[int, Decimal, 
 
 def test_random_deliveries_publish_every_fill_once() -> None:
     """The broker's stream drops, repeats and reorders updates; the gateway
-    reconciles now and then and at the end. Every execution is published
-    exactly once, in order, at its price (an inferred one within its average)."""
+    reconciles now and then (answers older than the stream among them) and at
+    the end. Every execution is published exactly once, in order, at its
+    price (an inferred one within its average); and at every step, what the
+    stream has shown is published or the order is marked for reconciliation."""
     for seed in range(1000):
         _one_random_order(seed)
 
@@ -515,11 +558,27 @@ def _one_random_order(seed: int) -> None:
     delivered += [rng.choice(updates) for _ in range(rng.randint(0, 3))] if updates else []
     if rng.random() < 0.5:
         rng.shuffle(delivered)
+
+    def earlier() -> BrokerOrder:
+        """The order as the broker answered at some point before the end."""
+        c = rng.choice([0, *(c for _, _, c, _ in fills)])
+        return at(c, "filled" if c == q else "partially_filled" if c else "accepted")
+
     out: list[Event] = []
+    seen, ended = D(0), False  # what the stream has shown
     for u in delivered:
         out += t.on_update(u)
+        seen, ended = max(seen, u.order.filled_quantity), ended or not u.order.is_open
+        if rng.random() < 0.3:
+            # A reconciliation's answer, read before what the stream brought since.
+            out += t.reconcile(earlier(), listed())
         if t.needs_reconcile and rng.random() < 0.3:
             out += t.reconcile(at(total, final), listed())
+        # Whatever the stream has shown is published, or the order is marked.
+        tracked = t.get(cmd.payload.order_id)
+        assert tracked is not None
+        shown = tracked.filled >= seen and (tracked.terminal is not None or not ended)
+        assert shown or tracked.order_id in t.needs_reconcile, seed
     out += t.reconcile(at(total, final), listed())
 
     published = [e for e in out if isinstance(e, FillReceived)]

@@ -20,7 +20,7 @@ from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, retry_delay_s
+from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, Held, retry_delay_s
 
 CLOCK = WallClock()
 
@@ -128,6 +128,39 @@ async def test_a_command_is_dead_lettered_after_its_own_failures_not_its_deliver
         assert len(dead) == (1 if attempt == MAX_FAILURES else 0), attempt
 
 
+async def test_the_failures_of_a_command_that_does_not_come_back_are_forgotten() -> None:
+    """A failed command is handed back and comes again; its failures are
+    counted until it is done or dead-lettered. One that never comes again
+    (it left the stream, or was acked meanwhile) used to keep its count for
+    the life of the gateway: an entry per such command. It is forgotten once
+    it has been away ``give_up_s``; one that keeps coming back, however long
+    it waits for room, keeps its count."""
+    now: list[float] = [1000.0]
+    dead: list[str] = []
+    w = worker(now, dead)  # room for one command
+    gone, back, blocker, other = submit(), submit(), submit(), submit()
+    for seq, command in ((1, gone), (2, back)):
+        await offer(w, command, Delivery(seq))
+        await w._failed(w._queue.popleft(), ValueError("the broker refused the call"))
+        del w._held[command.id]
+    await offer(w, blocker, Delivery(3))  # takes the room: back is handed back each time
+    for delivered in range(2, 12):  # 10 delays: far past give_up_s
+        now[0] += w.defer_s
+        await offer(w, back, Delivery(2, delivered))
+        assert queued(w) == [3]
+    assert 10 * w.defer_s > w.give_up_s
+    await w._failed(Held(other, cast(Msg, Delivery(4)), 4), ValueError("refused"))
+    assert gone.id not in w._failures
+    w._held.clear()  # the blocker ran: room again
+    w._queue.clear()
+    for delivered in range(12, 12 + MAX_FAILURES - 1):  # its failures 2 to 5
+        await offer(w, back, Delivery(2, delivered))
+        await w._failed(w._queue.popleft(), ValueError("the broker refused the call"))
+        del w._held[back.id]
+    assert len(dead) == 1
+    assert set(w._failures) == {other.id}
+
+
 @pytest.mark.parametrize("attempt", [0, 5, 1023, 1024, 10**6])
 def test_the_retry_delay_is_bounded_for_any_attempt(attempt: int) -> None:
     delay = retry_delay_s(attempt)
@@ -160,6 +193,7 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
     w = worker([1000.0], [], max_held=1, account=account)
     assert sample("tradebus_broker_flatten_refused_positions_total") == 0
     assert sample("tradebus_broker_rate_limited_total") == 0
+    assert sample("tradebus_broker_reconciliations_given_up_total") == 0
     assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
     assert sample("tradebus_broker_commands_held") == 0
     await offer(w, submit(), Delivery(1))

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from libs.testing.wait import eventually
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
@@ -231,3 +232,26 @@ async def test_cancel_all_returns_the_canceled_orders_and_logs_the_failed_entrie
     assert "'id': 'b-3'" in caplog.text
     assert "failed with 422" in caplog.text
     assert "b-2" not in caplog.text
+
+
+async def test_a_call_canceled_as_its_answer_comes_is_canceled(client: PaperBroker) -> None:
+    """The answer to a call comes in the moment its caller is canceled (the
+    gateway stopping): the call raises CancelledError. Through
+    asyncio.wait_for (Python 3.11) it returned the answer and the
+    cancellation was lost: the command worker went on to publish, waited for
+    ever on the outbox already stopped, and the gateway never stopped (a test
+    hung so, about one run in 14)."""
+
+    class Socket:
+        async def send(self, data: str) -> None:
+            pass
+
+    client._ws = Socket()  # type: ignore[assignment]
+    client._up.set()
+    call = asyncio.create_task(client.get_order(broker_order_id="b-1"))
+    await eventually(lambda: client._pending)  # asked
+    [answer] = client._pending.values()
+    answer.set_result(schemas.Response(id="1", status=200, body=ORDER))
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call

@@ -22,6 +22,15 @@ than its own size means fills were missed: the tracker publishes nothing for
 it and marks the order for reconciliation, which queries the broker and
 publishes the missing fills in order (:meth:`OrderTracker.reconcile`).
 
+A reconciliation's answer may be older than what the stream has brought
+since it was asked for (the gateway reads the stream while it reconciles).
+Such a stale answer is harmless: the watermark only rises, so fills it shows
+at or below it are dropped; an order already acknowledged or ended is not
+acknowledged or ended again; and it clears an order's mark only if it shows
+at least what the stream showed when it set it (as much filled, ended if the
+stream said ended) — else the missed fills would wait for the next
+reconnection.
+
 Causation. An order's events name the command that caused it: the
 ``SubmitOrder`` (so a fill's correlation id is the signal's), or for an
 ``OrderCanceled`` the ``CancelOrder`` when there was one. A flatten's closing
@@ -78,6 +87,16 @@ def _signed(side: Side, quantity: Decimal) -> Decimal:
     return quantity if side == "buy" else -quantity
 
 
+def _no_older(answer: BrokerOrder, seen: BrokerOrder) -> bool:
+    """The broker's ``answer`` shows at least what the stream showed (``seen``).
+
+    Fills only add up and an order that ended stays ended, so an answer with
+    less filled, or still working where the stream said it ended, was read
+    before the stream's update.
+    """
+    return answer.filled_quantity >= seen.filled_quantity and (seen.is_open or not answer.is_open)
+
+
 @dataclass(slots=True)
 class TrackedOrder:
     """What the gateway knows about one order."""
@@ -128,8 +147,10 @@ class OrderTracker:
         self._flattened: set[uuid.UUID] = set()
         #: The flatten whose close-all is under way: unknown orders are its.
         self._flattening: FlattenAccount | None = None
-        #: Orders whose fills must be fetched from the broker (a gap was seen).
-        self.needs_reconcile: set[uuid.UUID] = set()
+        #: Orders whose fills must be fetched from the broker (a gap was seen),
+        #: with the order as the stream showed it then: an answer older than
+        #: that does not clear the mark (see :meth:`reconcile`).
+        self.needs_reconcile: dict[uuid.UUID, BrokerOrder] = {}
 
     # ------------------------------------------------------------ lookups
 
@@ -552,7 +573,7 @@ class OrderTracker:
             if fill.cumulative_quantity > t.filled:
                 if fill.cumulative_quantity - fill.quantity > t.filled:
                     # Fills between the watermark and this one were missed.
-                    self.needs_reconcile.add(t.order_id)
+                    self._mark(t, order)
                     return out
                 fid = (
                     fill.execution_id
@@ -561,21 +582,32 @@ class OrderTracker:
                 self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
         elif update.kind in ("canceled", "expired"):
             if order.filled_quantity > t.filled:
-                self.needs_reconcile.add(t.order_id)
+                self._mark(t, order)
                 return out  # the fills first; the reconciliation cancels it too
             self._cancel(t, order, update.ts_ns, update.reason, out)
         return out
+
+    def _mark(self, t: TrackedOrder, order: BrokerOrder) -> None:
+        """The stream showed ``order`` ahead of what was published: reconcile it."""
+        seen = self.needs_reconcile.get(t.order_id)
+        if seen is None or _no_older(order, seen):
+            self.needs_reconcile[t.order_id] = order
 
     def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
         """Bring the order up to what the broker says: ack, missed fills, final state.
 
         ``fills`` are the order's executions if the venue lists them; without
         them (or past them) a fill is inferred from the cumulative quantity
-        and average price the broker reports.
+        and average price the broker reports. ``order`` may be older than
+        what the stream has brought since: nothing published is undone or
+        repeated, and the order stays marked unless ``order`` shows at least
+        what the stream showed (see the module docstring).
         """
         t = self.find(order) or self._external(order)
         self._index_broker(t, order.broker_order_id)
-        self.needs_reconcile.discard(t.order_id)
+        seen = self.needs_reconcile.get(t.order_id)
+        if seen is not None and _no_older(order, seen):
+            del self.needs_reconcile[t.order_id]
         out: list[Event] = []
         if order.status == "rejected":
             self._reject(t, "rejected by the broker", None, order.updated_ns or None, out)

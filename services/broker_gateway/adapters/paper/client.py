@@ -341,7 +341,11 @@ class PaperBroker:
             await ws.send(orjson.dumps({"action": "request", "data": request}).decode())
             if trace.ON and isinstance(body, dict) and "client_order_id" in body:
                 trace.mark(f"gateway: {call} sent", body["client_order_id"])
-            return await asyncio.wait_for(fut, self.request_timeout_s)
+            # Not asyncio.wait_for: on 3.11, an answer that comes as the caller
+            # is canceled is returned, the cancellation lost (a gateway told to
+            # stop went on, and waited for ever on its stopped outbox).
+            async with asyncio.timeout(self.request_timeout_s):
+                return await fut
         except (ConnectionClosed, OSError) as e:
             metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
             raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
