@@ -78,6 +78,12 @@ RISK_BROKER_METRICS = (
     "tradebus_broker_connection_changes_total",
     "tradebus_broker_call_errors_total",
     "tradebus_broker_rate_limited_total",
+    "tradebus_broker_reconciliations_given_up_total",
+    # The option marks that price contracts which seldom trade.
+    "tradebus_marketdata_events_out_total",
+    "tradebus_marketdata_remarks_total",
+    "tradebus_marketdata_marks_skipped_total",
+    "tradebus_marketdata_marks_standing_ended_total",
 )
 #: The only non-consumer JetStream API a service may call: on TRADEBUS alone.
 STREAM_API = {
