@@ -97,6 +97,20 @@ class QuotePayload(Frozen):
     sequence: int | None = None
     feed: FeedName
 
+    def unpriceable(self) -> Literal["one_sided", "crossed"] | None:
+        """Why this quote's midpoint is no market price, or None when it is one.
+
+        ``one_sided``: a side at zero price or size (the market does not
+        quote it); ``crossed``: the bid above the ask. A locked quote (bid
+        equal to ask) is a price. The one rule for marks made from quotes:
+        marketdata's option marks and a strategy's books.
+        """
+        if self.bid_price <= 0 or self.ask_price <= 0 or self.bid_size <= 0 or self.ask_size <= 0:
+            return "one_sided"
+        if self.bid_price > self.ask_price:
+            return "crossed"
+        return None
+
 
 class QuoteUpdated(Event):
     """The national best bid and offer changed (Polygon ``Q``)."""

@@ -349,7 +349,7 @@ class StrategyHost:
                 self.ledger.mark(symbol, trade.price)
             return None if instance is None else lambda: instance.on_trade(trade)
         quote = event.payload
-        if ledger and quote.bid_price > 0 and quote.ask_price > 0:
+        if ledger and quote.unpriceable() is None:  # no mark from a crossed or one-sided quote
             self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2)
         return None if instance is None else lambda: instance.on_quote(quote)
 

@@ -16,6 +16,8 @@ from libs.contract.events import (
     FillReceived,
     OrderAccepted,
     OrderIntentCreated,
+    QuotePayload,
+    QuoteUpdated,
     SignalGenerated,
     StrategyFaulted,
 )
@@ -32,6 +34,7 @@ from libs.strategy.examples.sma_crossover import SmaCrossover
 from libs.strategy.ledger import IntentBook, Ledger
 from libs.strategy.testing import (
     MINUTE_NS,
+    At,
     EchoStrategy,
     bar,
     bars,
@@ -356,6 +359,45 @@ def test_fills_build_positions_and_pnl_and_reach_only_the_owner() -> None:
     fill = of_type(chain, FillReceived)[0]
     assert rt.feed(fill) == []
     assert rt.hosts["p"].ledger.position("AAPL").quantity == Decimal(10)
+
+
+def quote(symbol: str, bid: str, ask: str, *, at_ns: int, size: int = 100) -> QuoteUpdated:
+    return QuoteUpdated.create(
+        QuotePayload(
+            symbol=symbol,
+            bid_price=Decimal(bid),
+            bid_size=Decimal(size),
+            ask_price=Decimal(ask),
+            ask_size=Decimal(size),
+            feed="synthetic",
+        ),
+        source="test/marketdata",
+        clock=At(at_ns),
+    )
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "size", "unrealized"),
+    [
+        ("102", "104", 100, "25.00"),  # two-sided: the midpoint, 103
+        ("104", "104", 100, "35.00"),  # locked: a price
+        ("105", "104", 100, "-5.00"),  # crossed: no price, the fill's 100 stands
+        ("0", "104", 100, "-5.00"),  # one-sided (no bid)
+        ("102", "104", 0, "-5.00"),  # one-sided (no size)
+    ],
+)
+def test_a_quote_marks_the_books_only_when_it_is_two_sided_and_uncrossed(
+    bid: str, ask: str, size: int, unrealized: str
+) -> None:
+    """A strategy's books are marked at a quote's midpoint, as marketdata's
+    option marks are, and by the same rule: not from a crossed or one-sided
+    quote (they used to take a crossed quote's midpoint)."""
+    rt, intent = two_probes_and_an_intent_of_p()
+    for event in fill_chain(intent, "100.50", ids=counter_ids()):
+        rt.feed(event)
+    rt.feed(bar("AAPL", 100, 60_000_000_000))  # mark: (100 - 100.50) x 10
+    rt.feed(quote("AAPL", bid, ask, size=size, at_ns=200_000_000_000))
+    assert rt.hosts["p"].ledger.pnl().unrealized == Decimal(unrealized)
 
 
 def test_broker_events_reach_the_strategy_without_the_accepted_decision() -> None:

@@ -184,12 +184,7 @@ def midpoint(bid: Decimal, ask: Decimal) -> Decimal:
 
 def invalid_reason(quote: QuoteUpdated) -> SkipReason | None:
     """Why ``quote`` cannot be marked (one-sided or crossed), or None."""
-    q = quote.payload
-    if q.bid_price <= 0 or q.ask_price <= 0 or q.bid_size <= 0 or q.ask_size <= 0:
-        return "one_sided"
-    if q.bid_price > q.ask_price:
-        return "crossed"
-    return None
+    return quote.payload.unpriceable()
 
 
 def make_mark(
