@@ -506,6 +506,20 @@ def test_a_one_sided_or_crossed_quote_ends_the_standing(bid: str, ask: str) -> N
     assert (marks.standing, due(marks, T0 + 60 * S)) == (0, [])
 
 
+@pytest.mark.parametrize(("bid", "ask"), [("0", "2.55"), ("2.60", "2.50")])
+def test_a_late_one_sided_or_crossed_quote_ends_nothing(bid: str, ask: str) -> None:
+    """A one-sided or crossed quote older than the last mark is out of order, as
+    a late wide one is: the newer quotes held back and standing are still the
+    market (it used to drop them, as a current one-sided quote does)."""
+    marks = OptionMarks(STANDING)
+    marks.on_quote(quote(OPTION, "2.50", "2.55", T0 + 3 * S))
+    assert marks.on_quote(quote(OPTION, "2.70", "2.75", T0 + 3100 * MS)) == "throttled"
+    assert marks.on_quote(quote(OPTION, bid, ask, T0 + 2 * S)) == "out_of_order"
+    assert (marks.held, marks.standing) == (1, 1)
+    [held] = due(marks, T0 + 5 * S)
+    assert held.payload.price == D("2.725")
+
+
 @pytest.mark.parametrize("lost", sorted(FEED_LOST))
 def test_a_disconnect_or_a_gap_of_the_feed_ends_the_standing(lost: str) -> None:
     marks = OptionMarks(STANDING)

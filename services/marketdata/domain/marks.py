@@ -20,7 +20,9 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
    its ``max_mark_age_s``. A locked quote
    (bid = ask) is a mark at that price.
 2. The symbol's first quote since start-up is a mark at once.
-3. A quote older than the last mark's (``t < t0``) makes none (``out_of_order``).
+3. A quote older than the last mark's (``t < t0``) makes none (``out_of_order``)
+   and changes nothing, whatever its prices: checked before rule 1, so a
+   late one-sided quote does not end the newer quotes held or standing.
 4. A quote whose midpoint is within ``min_change`` (relative) of ``m0`` makes
    none (``unchanged``) unless ``refresh`` has passed since ``s0``; it also
    drops a quote held back, whose different price is no longer the market.
@@ -255,15 +257,15 @@ class OptionMarks:
         """The mark ``quote`` makes now, or why it makes none (yet: a
         ``throttled`` quote is held back for :meth:`due`)."""
         symbol = quote.payload.symbol
+        last = self._last.get(symbol)
+        if last is not None and quote.ts_event < last[1]:
+            return "out_of_order"  # first: a late quote is not the market now, whatever it says
         invalid = invalid_reason(quote)
         if invalid is not None:
             self._held.pop(symbol, None)
             self._standing.pop(symbol, None)
             return invalid
         mid = midpoint(quote.payload.bid_price, quote.payload.ask_price)
-        last = self._last.get(symbol)
-        if last is not None and quote.ts_event < last[1]:
-            return "out_of_order"
         q = quote.payload
         if self.policy.max_spread and q.ask_price - q.bid_price > self.policy.max_spread * mid:
             self._held.pop(symbol, None)
