@@ -316,7 +316,8 @@ class Publishers:
         results = [await self._line(proc, timeout) for proc in self.procs]
         cpu = cpu_busy(self.cpu_at_go, cpu_sample())
         for proc in self.procs:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await proc.wait()
         count = sum(int(r["count"]) for r in results)
         if count != self.events:
             raise BenchError(f"publishers sent {count} events, expected {self.events}")
@@ -331,7 +332,8 @@ class Publishers:
     @staticmethod
     async def _line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
         assert proc.stdout is not None
-        raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            raw = await proc.stdout.readline()
         if not raw:
             await proc.wait()
             raise BenchError(f"publisher exited with {proc.returncode} (see its log)")

@@ -231,7 +231,8 @@ async def feed_round(
         run_source(source, sink, stop, clock, flush_every_s=flush_every_s(settings))
     )
     try:
-        await asyncio.wait_for(sink.done.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await sink.done.wait()
         cpu = time.process_time() - cpu
         made = sink.marks_published
         began = await asyncio.to_thread(started.get, True, 10)

@@ -347,7 +347,8 @@ class Driver:
         while time.monotonic() < deadline:
             self.heard.clear()
             try:
-                await asyncio.wait_for(self.heard.wait(), QUIET_S)
+                async with asyncio.timeout(QUIET_S):
+                    await self.heard.wait()
             except TimeoutError:
                 return  # quiet
 
@@ -373,7 +374,8 @@ class Driver:
         sent_for = time.monotonic() - start
         backlog = orders - len(self.acks)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.all_acked.wait(), DRAIN_TIMEOUT)
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await self.all_acked.wait()
         cpu = cpu_busy(cpu0, cpu_sample())
         cpu_per_order = cpu_ms_per(by_process0, cpu_by_process(self.processes), orders)
         await self._read_signals(first_seq)
@@ -530,7 +532,8 @@ class FloorChain(Chain):
         self.children.add(proc)
         self.processes[f"relay-{args[0]}"] = (proc.pid, False)
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        async with asyncio.timeout(READY_TIMEOUT):
+            line = await proc.stdout.readline()
         if line.strip() != b"ready":
             raise RuntimeError(f"relay {args[0]} did not start (see {self.work})")
 

@@ -381,8 +381,9 @@ async def run(opts: Options, work: Path) -> dict[str, Any]:
 
     async def keep_cancelling() -> None:
         # Python 3.11's wait_for can swallow a cancellation that races with
-        # the awaited future completing (asyncpg and nats-py use it); cancel
-        # again until the bench has unwound.
+        # the awaited future completing (nats-py uses it; our code no longer
+        # does, and asyncpg has its own, 3.12-style); cancel again until the
+        # bench has unwound.
         await interrupted.wait()
         while True:
             await asyncio.sleep(0.5)

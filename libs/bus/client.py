@@ -191,7 +191,8 @@ class Bus:
                 # Keep what is published while reconnecting; bounded (bytes).
                 pending_size=64 * 1024 * 1024,
             )
-            nc = await asyncio.wait_for(connecting, first_connect_deadline_s)
+            async with asyncio.timeout(first_connect_deadline_s):
+                nc = await connecting
         except TimeoutError as e:
             raise BusUnavailable(
                 f"cannot reach NATS at {masked_url(url)} within {first_connect_deadline_s} s"

@@ -62,9 +62,13 @@ class MetricsServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def line() -> bytes:
+            async with asyncio.timeout(5):
+                return await reader.readline()
+
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b""):
+            request = await line()
+            while (await line()) not in (b"\r\n", b""):
                 pass
             parts = request.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""

@@ -70,7 +70,8 @@ async def summary(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> Sto
     shown = masked_url(database_url)
     conn = await connect(database_url, timeout=timeout)
     try:
-        tail = await asyncio.wait_for(queries.tail(conn), timeout)
+        async with asyncio.timeout(timeout):
+            tail = await queries.tail(conn)
     except asyncpg.UndefinedTableError as e:
         raise StoreUnavailable(
             f"the database at {shown} holds no event store (no events table): {WHICH_URL} "

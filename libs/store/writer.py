@@ -186,7 +186,8 @@ class EventWriter:
         """``work`` within ``timeout``; if it fails or hangs the connection is
         dropped (and with it the lock): :class:`LockLost`."""
         try:
-            await asyncio.wait_for(work, timeout)
+            async with asyncio.timeout(timeout):
+                await work
         except TimeoutError as e:
             self._conn.terminate()
             raise LockLost(f"event store did not answer within {timeout} s ({doing})") from e

@@ -500,7 +500,8 @@ class AccountWorker:
             return
         try:
             async with self._progress:
-                await asyncio.wait_for(self._progress.wait_for(settled), SETTLE_GRACE_S)
+                async with asyncio.timeout(SETTLE_GRACE_S):
+                    await self._progress.wait_for(settled)
         except TimeoutError:
             t = self.tracker.find(order)
             if t is not None:

@@ -74,7 +74,8 @@ class DemoSource:
             delay = start + ticks / self.rate - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
 
     async def _publish(self, ticks: int) -> None:
         chains_before = self.feed.chains

@@ -131,7 +131,8 @@ async def run_source(
     async def flush_due_marks() -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=flush_every_s)
+                async with asyncio.timeout(flush_every_s):
+                    await stop.wait()
             await sink.publish_due(clock.now_ns())
 
     try:

@@ -152,7 +152,8 @@ class Recorder:
             ]
         self._set_writer(False)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+            async with asyncio.timeout(backoff):
+                await self.stopping.wait()
 
     def _standing_by(self) -> None:
         # Another recorder holds the timeline now: what failed in this one's
@@ -276,7 +277,8 @@ class Recorder:
         reported = writer.last_seq
         while True:
             try:
-                prepared = await asyncio.wait_for(queue.get(), IDLE_CHECK_S)
+                async with asyncio.timeout(IDLE_CHECK_S):
+                    prepared = await queue.get()
             except TimeoutError:
                 await writer.ping()
                 continue
@@ -311,7 +313,8 @@ class Recorder:
         """Every ``trim_every_s`` until asked to stop: trim below what is committed."""
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.trim_every_s)
+                async with asyncio.timeout(self.settings.trim_every_s):
+                    await self.stopping.wait()
             if not self.stopping.is_set():
                 await self._trim(trimmer, writer.last_seq)
 

@@ -198,7 +198,8 @@ def _publish(event: Event) -> None:
 
     async def bounded() -> None:
         # Bus.connect keeps trying a server that is down; an operator needs an answer.
-        await asyncio.wait_for(go(), timeout=PUBLISH_TIMEOUT_S + 2)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S + 2):
+            await go()
 
     try:
         asyncio.run(bounded())

@@ -135,7 +135,8 @@ class RiskGate:
                     log.warning("risk-gate cycle ended (%s: %s); rebuilding", cause, e)
                 self._set_phase("restarting")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await self.stopping.wait()
 
     # -------------------------------------------------------------- cycle
 

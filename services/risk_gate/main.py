@@ -28,7 +28,8 @@ async def checkpoints(gate: RiskGate, every_s: float, config: Path) -> None:
     """
     while not gate.stopping.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate.stopping.wait(), timeout=every_s)
+            async with asyncio.timeout(every_s):
+                await gate.stopping.wait()
         if gate.stopping.is_set() or gate.phase != "live":
             continue
         try:

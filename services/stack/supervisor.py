@@ -284,9 +284,8 @@ class Supervisor:
     async def _pause(self, s: _Running, attempt: int, delay: float | None = None) -> bool:
         """Wait before a restart; True if asked to stop meanwhile."""
         try:
-            await asyncio.wait_for(
-                s.stop.wait(), timeout=delay if delay is not None else self.backoff.delay(attempt)
-            )
+            async with asyncio.timeout(delay if delay is not None else self.backoff.delay(attempt)):
+                await s.stop.wait()
         except TimeoutError:
             return self._stopping
         return True
@@ -298,7 +297,10 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(asyncio.shield(exited), timeout=self.stop_timeout)
+            # Shielded: the timeout must not cancel ``exited``, awaited below
+            # once the process is killed.
+            async with asyncio.timeout(self.stop_timeout):
+                code = await asyncio.shield(exited)
         except TimeoutError:
             self.printer.alert(name, f"{name} did not stop within {self.stop_timeout:g}s; killing")
             with contextlib.suppress(ProcessLookupError):

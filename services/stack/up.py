@@ -522,12 +522,13 @@ def _ensure_stream(nats_url: str, credentials: creds.Credentials | None) -> None
         )
 
     async def go() -> None:
-        bus = await Bus.connect(nats_url, name="tradebus-up", user=user, password=password)
-        async with bus:
-            await bus.ensure_stream()
+        async with asyncio.timeout(STREAM_SETUP_TIMEOUT):
+            bus = await Bus.connect(nats_url, name="tradebus-up", user=user, password=password)
+            async with bus:
+                await bus.ensure_stream()
 
     try:
-        asyncio.run(asyncio.wait_for(go(), timeout=STREAM_SETUP_TIMEOUT))
+        asyncio.run(go())
     except (BusError, TimeoutError, OSError) as e:
         raise UpError(f"cannot declare the stream on {masked_url(nats_url)}: {e}") from e
 
@@ -646,15 +647,15 @@ async def _wait_healthy(endpoints: list[Endpoint], timeout: float) -> list[str]:
 async def _http_ok(url: str) -> bool:
     parts = urlsplit(url)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, parts.port), timeout=1
-        )
+        async with asyncio.timeout(1):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     except (OSError, TimeoutError):
         return False
     try:
         writer.write(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
         await writer.drain()
-        status = await asyncio.wait_for(reader.readline(), timeout=1)
+        async with asyncio.timeout(1):
+            status = await reader.readline()
         return status.split()[1:2] == [b"200"]
     except (OSError, TimeoutError):
         return False

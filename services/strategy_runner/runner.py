@@ -227,7 +227,8 @@ class Runner:
                 else:
                     log.warning("%s failed (%s: %s); retrying", what, type(e).__name__, e)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await self.stopping.wait()
             else:
                 self.problem = None
                 return result
@@ -431,16 +432,16 @@ class Runner:
             except StreamMismatch as e:
                 self.problem, backoff = refused(e, self.settings.retry_backoff_s, log)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await self.stopping.wait()
                 continue
             except (nats.errors.Error, OSError, TimeoutError, DeliveryGap) as e:
                 log.warning("consuming failed (%s: %s); recreating", type(e).__name__, e)
                 metrics.CONSUMER_RECREATED.labels(cause=type(e).__name__).inc()
                 recreate = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.stopping.wait(), timeout=self.settings.retry_backoff_s
-                    )
+                    async with asyncio.timeout(self.settings.retry_backoff_s):
+                        await self.stopping.wait()
                 continue
             if not self.stopping.is_set() and not self._live_due:
                 raise BusUnavailable("the NATS connection was closed")

@@ -397,7 +397,12 @@ async def test_unreachable_broker_is_reported_then_reconnected(broker: Harness) 
         await broker.port.submit(market("AAPL", "buy", "1", cid()))
     broker.proxy.restore()
     assert await broker.port.wait_connected(timeout=5)
-    assert broker.events.states() == ["connected", "disconnected", "reconnecting", "connected"]
+    await eventually(
+        lambda: (
+            broker.events.states() == ["connected", "disconnected", "reconnecting", "connected"]
+        ),
+        timeout=5,
+    )
     # The venue kept the order; asking again finds it.
     got = await broker.port.get_order(client_order_id=c)
     assert got is not None
@@ -424,7 +429,7 @@ async def test_a_broker_coming_up_after_the_adapter_is_no_outage() -> None:
         await eventually(lambda: h.proxy.refused >= 2, timeout=5)
         h.proxy.restore()
         assert await h.port.wait_connected(timeout=5)
-        assert h.events.states() == ["connected"]
+        await eventually(lambda: h.events.states() == ["connected"], timeout=5)
 
 
 async def test_a_broker_out_of_reach_past_the_grace_is_an_outage() -> None:
@@ -437,7 +442,9 @@ async def test_a_broker_out_of_reach_past_the_grace_is_an_outage() -> None:
         assert h.proxy.refused >= 2
         h.proxy.restore()
         assert await h.port.wait_connected(timeout=5)
-        assert h.events.states() == ["disconnected", "reconnecting", "connected"]
+        await eventually(
+            lambda: h.events.states() == ["disconnected", "reconnecting", "connected"], timeout=5
+        )
 
 
 def test_paper_wire_format_parses_alpaca_shapes() -> None:

@@ -522,7 +522,8 @@ class CacheSource:
                 if delay > 10:
                     log.info("next bars in %.0fs (%gx real time)", delay, speed)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
             if stop.is_set():
                 return False
             await self._send(sink, group)

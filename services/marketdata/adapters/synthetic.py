@@ -64,7 +64,8 @@ class SyntheticSource:
             delay = start + done / self.rate - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
 
     async def _emit(self, sink: EventSink, ticks: int) -> None:
         events: list[Event] = []

@@ -115,7 +115,8 @@ class NatsPriceFeed:
                 log.warning("market data feed interrupted (%s: %s); retrying", type(e).__name__, e)
             self.connected = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=RETRY_BACKOFF_S)
+                async with asyncio.timeout(RETRY_BACKOFF_S):
+                    await stop.wait()
 
     async def _session(
         self, on_update: OnUpdate, stop: asyncio.Event, on_price: OnUpdate | None

@@ -301,12 +301,16 @@ class PaperBrokerServer:
             with contextlib.suppress(asyncio.QueueFull):
                 session.queue.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await asyncio.wait_for(session.writer, timeout=2)
+                # On timeout the writer is canceled too (so is a task being
+                # awaited when its awaiter is), and TimeoutError goes on.
+                async with asyncio.timeout(2):
+                    await session.writer
 
     async def _serve_session(self, session: _Session) -> None:
         ws = session.ws
         try:
-            first = await asyncio.wait_for(ws.recv(), timeout=self.auth_timeout_s)
+            async with asyncio.timeout(self.auth_timeout_s):
+                first = await ws.recv()
         except TimeoutError:
             await ws.close(CLOSE_POLICY, "authentication timeout")
             return

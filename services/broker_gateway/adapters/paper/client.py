@@ -156,7 +156,8 @@ class PaperBroker:
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
         except TimeoutError:
             return False
         return True
@@ -256,7 +257,8 @@ class PaperBroker:
     async def _expect(self, ws: ClientConnection, stream: str) -> schemas.Envelope:
         deadline = time.monotonic() + self.request_timeout_s
         while True:
-            raw = await asyncio.wait_for(ws.recv(), max(deadline - time.monotonic(), 0.001))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                raw = await ws.recv()
             message = schemas.Envelope.model_validate_json(raw)
             if message.stream == stream:
                 return message
