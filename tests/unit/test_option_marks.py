@@ -520,6 +520,27 @@ def test_a_late_one_sided_or_crossed_quote_ends_nothing(bid: str, ask: str) -> N
     assert held.payload.price == D("2.725")
 
 
+@pytest.mark.parametrize(("bid", "ask"), [("2.90", "2.95"), ("0", "2.95"), ("2.60", "2.50")])
+def test_a_quote_older_than_the_held_or_standing_one_changes_nothing(bid: str, ask: str) -> None:
+    """A quote newer than the last mark but older than the quote held back (or
+    standing) is late too: it must neither replace the newer quote, whose mark
+    would then be a price the market had already left, nor end it."""
+    marks = OptionMarks(STANDING)
+    marks.on_quote(quote(OPTION, "2.50", "2.55", T0))
+    newer = quote(OPTION, "2.70", "2.75", T0 + 500 * MS)
+    assert marks.on_quote(newer) == "throttled"
+    assert marks.on_quote(quote(OPTION, bid, ask, T0 + 300 * MS)) == "out_of_order"
+    assert (marks.held, marks.standing) == (1, 1)
+    [held] = due(marks, T0 + S)
+    assert (held.causation_id, held.payload.price) == (newer.id, D("2.725"))
+    # A standing quote that made no mark (unchanged) is the market too.
+    unchanged = quote(OPTION, "2.70", "2.75", T0 + 5 * S)
+    assert marks.on_quote(unchanged) == "unchanged"
+    assert marks.on_quote(quote(OPTION, bid, ask, T0 + 4 * S)) == "out_of_order"
+    [remark] = due(marks, T0 + 31 * S)
+    assert remark.causation_id == unchanged.id
+
+
 @pytest.mark.parametrize("lost", sorted(FEED_LOST))
 def test_a_disconnect_or_a_gap_of_the_feed_ends_the_standing(lost: str) -> None:
     marks = OptionMarks(STANDING)

@@ -20,9 +20,10 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
    its ``max_mark_age_s``. A locked quote
    (bid = ask) is a mark at that price.
 2. The symbol's first quote since start-up is a mark at once.
-3. A quote older than the last mark's (``t < t0``) makes none (``out_of_order``)
-   and changes nothing, whatever its prices: checked before rule 1, so a
-   late one-sided quote does not end the newer quotes held or standing.
+3. A quote older than the last mark's (``t < t0``), or than the quote held
+   back or standing, makes none (``out_of_order``) and changes nothing,
+   whatever its prices: checked before rule 1, so a late quote neither
+   replaces nor ends the newer quotes held or standing.
 4. A quote whose midpoint is within ``min_change`` (relative) of ``m0`` makes
    none (``unchanged``) unless ``refresh`` has passed since ``s0``; it also
    drops a quote held back, whose different price is no longer the market.
@@ -260,6 +261,11 @@ class OptionMarks:
         last = self._last.get(symbol)
         if last is not None and quote.ts_event < last[1]:
             return "out_of_order"  # first: a late quote is not the market now, whatever it says
+        # Nor is one older than the quote held back or standing (newer than the
+        # last mark, unmarked yet): it must neither replace nor end that quote.
+        for newer in (self._held.get(symbol), self._standing.get(symbol)):
+            if newer is not None and quote.ts_event < newer[0].ts_event:
+                return "out_of_order"
         invalid = invalid_reason(quote)
         if invalid is not None:
             self._held.pop(symbol, None)
