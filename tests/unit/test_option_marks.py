@@ -30,6 +30,7 @@ from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.marks import FEED_LOST, MarkPolicy, OptionMarks, midpoint
 from services.marketdata.feed import EventSink
 from services.marketdata.main import flush_every_s, run_source
+from services.marketdata.sink import JetStreamSink
 
 D = Decimal
 MS = 1_000_000
@@ -643,7 +644,7 @@ class FlushSink:
     async def publish(self, events: object) -> None:
         raise AssertionError("not called here")
 
-    async def publish_due(self, now_ns: int) -> int:
+    async def publish_due(self, now_ns: int, *, final: bool = False) -> int:
         self.flushes += 1
         self.flushed.set()
         if self.fail:
@@ -708,6 +709,38 @@ async def test_standing_quotes_are_looked_at_without_an_interval_too() -> None:
     neither = FlushSink(policy=MarkPolicy(min_interval_ns=0, refresh_ns=S, max_standing_ns=0))
     await run_source(EndsAtOnce(), neither, asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
     assert neither.flushes == 0
+
+
+class PublishedBus:
+    """What JetStreamSink needs of the bus: publish_many, every event kept."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish_many(self, events: list[Event], *, window: int) -> int:
+        self.events += events
+        return len(events)
+
+
+async def test_a_quote_held_when_the_source_ends_is_still_marked() -> None:
+    """On SIGTERM the flusher takes its last look at once, while the source
+    still publishes what it had parsed; and a quote held back then is not due
+    yet. The last quote of the burst is the contract's market: it is marked
+    once the source has ended, not lost with the process."""
+    bus = PublishedBus()
+    sink = JetStreamSink(bus, marks=OptionMarks(POLICY))  # type: ignore[arg-type]
+    last = quote(OPTION, "2.20", "2.30", T0 + 200 * MS)
+
+    class Drains:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            await sink.publish([quote(OPTION, "2.00", "2.10", T0)])
+            stop.set()
+            await sink.publish([last])  # parsed before the stop, published after it
+
+    await run_source(Drains(), sink, asyncio.Event(), At(T0 + 300 * MS), flush_every_s=0.01)
+    marks = [e for e in bus.events if isinstance(e, MarkUpdated)]
+    assert [m.causation_id for m in marks][1:] == [last.id]
+    assert bus.events[-1] == marks[-1], "after its quote"
 
 
 def test_the_flusher_looks_every_half_interval_or_half_refresh() -> None:
