@@ -410,6 +410,13 @@ def test_settings_give_the_policy_and_name_the_offending_variable(
                 load_settings(MarketdataSettings)
         assert f"{name}: " in str(info.value), info.value
         assert says in str(info.value), info.value
+    # Above 0 but less than a nanosecond: refused here, naming the variable,
+    # not by MarkPolicy (a ValueError) once the service has connected.
+    with monkeypatch.context() as m:
+        m.setenv("TRADEBUS_MARK_MIN_INTERVAL_S", "0")
+        m.setenv("TRADEBUS_MARK_REFRESH_S", "1e-12")
+        with pytest.raises(ConfigError, match="TRADEBUS_MARK_REFRESH_S: "):
+            load_settings(MarketdataSettings).mark_policy()
 
 
 def test_ids_are_never_reused_across_quotes() -> None:
