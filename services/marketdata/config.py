@@ -107,6 +107,8 @@ class MarketdataSettings(ServiceSettings):
     @field_validator("mark_refresh_s")
     @classmethod
     def _refresh_not_below_interval(cls, value: float, info: ValidationInfo) -> float:
+        if round(value * NS) == 0:  # gt=0 lets 1e-12 through: 0 ns, no refresh at all
+            raise ValueError(f"{value:g} s is less than a nanosecond")
         interval = info.data.get("mark_min_interval_s")
         if interval is not None and value < interval:
             raise ValueError(

@@ -122,9 +122,20 @@ async def run_source(
     marks the throttle held back as they fall due. A failure of either stops
     both and is raised as itself (a :class:`~libs.bus.errors.BusError`, say)."""
 
+    # Without an interval no quote is ever held back, and without re-marks
+    # none stands: then nothing ever falls due.
+    policy = sink.marks.policy if sink.marks is not None else None
+    holds = policy is not None and policy.min_interval_ns > 0
+
     async def source_then_stop() -> None:
         try:
             await source.run(sink, stop)
+            if holds:
+                # The flusher's last look may come before the source's last
+                # publish (it drains what it had parsed after the stop), and a
+                # quote held then is not due yet: mark what is held once
+                # nothing more comes.
+                await sink.publish_due(clock.now_ns(), final=True)
         finally:
             stop.set()
 
@@ -138,10 +149,7 @@ async def run_source(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(source_then_stop(), name="marketdata-source")
-            # Without an interval no quote is ever held back, and without
-            # re-marks none stands: then nothing ever falls due.
-            policy = sink.marks.policy if sink.marks is not None else None
-            if policy is not None and (policy.min_interval_ns or policy.max_standing_ns):
+            if holds or (policy is not None and policy.max_standing_ns):
                 tg.create_task(flush_due_marks(), name="marketdata-marks")
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None

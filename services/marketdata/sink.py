@@ -88,13 +88,14 @@ class JetStreamSink:
             await self._send(events)
         self.last_event_ns = events[-1].ts_event
 
-    async def publish_due(self, now_ns: int) -> int:
+    async def publish_due(self, now_ns: int, *, final: bool = False) -> int:
         """Publish the marks of the quotes held back whose interval has passed
-        by ``now_ns``, and the re-marks of standing quotes due; returns how many."""
+        by ``now_ns`` (``final``: of all of them), and the re-marks of standing
+        quotes due; returns how many."""
         if self.marks is None:
             return 0
         async with self._lock:
-            due = self.marks.due(now_ns)
+            due = self.marks.due(now_ns, final=final)
             _count(due)
             if due.events:
                 await self._send(due.events)

@@ -290,8 +290,8 @@ class LookingSink(JetStreamSink):
         super().__init__(bus, marks=marks)
         self.looks: list[int] = []
 
-    async def publish_due(self, now_ns: int) -> int:
-        made = await super().publish_due(now_ns)
+    async def publish_due(self, now_ns: int, *, final: bool = False) -> int:
+        made = await super().publish_due(now_ns, final=final)
         self.looks.append(now_ns)
         return made
 

@@ -30,6 +30,7 @@ from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.marks import FEED_LOST, MarkPolicy, OptionMarks, midpoint
 from services.marketdata.feed import EventSink
 from services.marketdata.main import flush_every_s, run_source
+from services.marketdata.sink import JetStreamSink
 
 D = Decimal
 MS = 1_000_000
@@ -409,6 +410,13 @@ def test_settings_give_the_policy_and_name_the_offending_variable(
                 load_settings(MarketdataSettings)
         assert f"{name}: " in str(info.value), info.value
         assert says in str(info.value), info.value
+    # Above 0 but less than a nanosecond: refused here, naming the variable,
+    # not by MarkPolicy (a ValueError) once the service has connected.
+    with monkeypatch.context() as m:
+        m.setenv("TRADEBUS_MARK_MIN_INTERVAL_S", "0")
+        m.setenv("TRADEBUS_MARK_REFRESH_S", "1e-12")
+        with pytest.raises(ConfigError, match="TRADEBUS_MARK_REFRESH_S: "):
+            load_settings(MarketdataSettings).mark_policy()
 
 
 def test_ids_are_never_reused_across_quotes() -> None:
@@ -520,6 +528,27 @@ def test_a_late_one_sided_or_crossed_quote_ends_nothing(bid: str, ask: str) -> N
     assert held.payload.price == D("2.725")
 
 
+@pytest.mark.parametrize(("bid", "ask"), [("2.90", "2.95"), ("0", "2.95"), ("2.60", "2.50")])
+def test_a_quote_older_than_the_held_or_standing_one_changes_nothing(bid: str, ask: str) -> None:
+    """A quote newer than the last mark but older than the quote held back (or
+    standing) is late too: it must neither replace the newer quote, whose mark
+    would then be a price the market had already left, nor end it."""
+    marks = OptionMarks(STANDING)
+    marks.on_quote(quote(OPTION, "2.50", "2.55", T0))
+    newer = quote(OPTION, "2.70", "2.75", T0 + 500 * MS)
+    assert marks.on_quote(newer) == "throttled"
+    assert marks.on_quote(quote(OPTION, bid, ask, T0 + 300 * MS)) == "out_of_order"
+    assert (marks.held, marks.standing) == (1, 1)
+    [held] = due(marks, T0 + S)
+    assert (held.causation_id, held.payload.price) == (newer.id, D("2.725"))
+    # A standing quote that made no mark (unchanged) is the market too.
+    unchanged = quote(OPTION, "2.70", "2.75", T0 + 5 * S)
+    assert marks.on_quote(unchanged) == "unchanged"
+    assert marks.on_quote(quote(OPTION, bid, ask, T0 + 4 * S)) == "out_of_order"
+    [remark] = due(marks, T0 + 31 * S)
+    assert remark.causation_id == unchanged.id
+
+
 @pytest.mark.parametrize("lost", sorted(FEED_LOST))
 def test_a_disconnect_or_a_gap_of_the_feed_ends_the_standing(lost: str) -> None:
     marks = OptionMarks(STANDING)
@@ -622,7 +651,7 @@ class FlushSink:
     async def publish(self, events: object) -> None:
         raise AssertionError("not called here")
 
-    async def publish_due(self, now_ns: int) -> int:
+    async def publish_due(self, now_ns: int, *, final: bool = False) -> int:
         self.flushes += 1
         self.flushed.set()
         if self.fail:
@@ -687,6 +716,38 @@ async def test_standing_quotes_are_looked_at_without_an_interval_too() -> None:
     neither = FlushSink(policy=MarkPolicy(min_interval_ns=0, refresh_ns=S, max_standing_ns=0))
     await run_source(EndsAtOnce(), neither, asyncio.Event(), At(T0), flush_every_s=0.01)  # type: ignore[arg-type]
     assert neither.flushes == 0
+
+
+class PublishedBus:
+    """What JetStreamSink needs of the bus: publish_many, every event kept."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish_many(self, events: list[Event], *, window: int) -> int:
+        self.events += events
+        return len(events)
+
+
+async def test_a_quote_held_when_the_source_ends_is_still_marked() -> None:
+    """On SIGTERM the flusher takes its last look at once, while the source
+    still publishes what it had parsed; and a quote held back then is not due
+    yet. The last quote of the burst is the contract's market: it is marked
+    once the source has ended, not lost with the process."""
+    bus = PublishedBus()
+    sink = JetStreamSink(bus, marks=OptionMarks(POLICY))  # type: ignore[arg-type]
+    last = quote(OPTION, "2.20", "2.30", T0 + 200 * MS)
+
+    class Drains:
+        async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+            await sink.publish([quote(OPTION, "2.00", "2.10", T0)])
+            stop.set()
+            await sink.publish([last])  # parsed before the stop, published after it
+
+    await run_source(Drains(), sink, asyncio.Event(), At(T0 + 300 * MS), flush_every_s=0.01)
+    marks = [e for e in bus.events if isinstance(e, MarkUpdated)]
+    assert [m.causation_id for m in marks][1:] == [last.id]
+    assert bus.events[-1] == marks[-1], "after its quote"
 
 
 def test_the_flusher_looks_every_half_interval_or_half_refresh() -> None:

@@ -20,9 +20,10 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
    its ``max_mark_age_s``. A locked quote
    (bid = ask) is a mark at that price.
 2. The symbol's first quote since start-up is a mark at once.
-3. A quote older than the last mark's (``t < t0``) makes none (``out_of_order``)
-   and changes nothing, whatever its prices: checked before rule 1, so a
-   late one-sided quote does not end the newer quotes held or standing.
+3. A quote older than the last mark's (``t < t0``), or than the quote held
+   back or standing, makes none (``out_of_order``) and changes nothing,
+   whatever its prices: checked before rule 1, so a late quote neither
+   replaces nor ends the newer quotes held or standing.
 4. A quote whose midpoint is within ``min_change`` (relative) of ``m0`` makes
    none (``unchanged``) unless ``refresh`` has passed since ``s0``; it also
    drops a quote held back, whose different price is no longer the market.
@@ -34,7 +35,8 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
 5. Before ``s0 + min_interval`` the quote is held back (``throttled``), the
    newest one replacing an older one, and :meth:`OptionMarks.due` makes it a
    mark, with slot ``s0 + min_interval``, once the service's clock reaches
-   that: the last quote of a burst is marked, not only its first.
+   that: the last quote of a burst is marked, not only its first (and
+   ``due(..., final=True)``, when the source ends, marks it due or not).
 6. Otherwise it is a mark at once, with slot ``t``.
 
 **A standing quote.** Polygon sends no quote while a contract's quote does
@@ -260,6 +262,11 @@ class OptionMarks:
         last = self._last.get(symbol)
         if last is not None and quote.ts_event < last[1]:
             return "out_of_order"  # first: a late quote is not the market now, whatever it says
+        # Nor is one older than the quote held back or standing (newer than the
+        # last mark, unmarked yet): it must neither replace nor end that quote.
+        for newer in (self._held.get(symbol), self._standing.get(symbol)):
+            if newer is not None and quote.ts_event < newer[0].ts_event:
+                return "out_of_order"
         invalid = invalid_reason(quote)
         if invalid is not None:
             self._held.pop(symbol, None)
@@ -332,19 +339,21 @@ class OptionMarks:
             marked.events = out
         return marked
 
-    def due(self, now_ns: int) -> Marked:
+    def due(self, now_ns: int, *, final: bool = False) -> Marked:
         """What falls due by ``now_ns`` (the service's clock), made at
         ``now_ns``: the marks of the quotes held back whose interval has ended,
         in the order they were held, then the re-marks of the standing quotes
         whose refresh has passed since their symbol's last mark. Ends the
-        standing of quotes older than ``max_standing``."""
+        standing of quotes older than ``max_standing``. ``final`` (the source
+        has ended): every quote held back is marked, due or not, rather than
+        lost with the process (each is its contract's newest market)."""
         out: list[Event] = []
         marked = Marked(out)
         interval = self.policy.min_interval_ns
         for symbol, (quote, mid) in list(self._held.items()):
             slot, _, _, stamped = self._last[symbol]
             slot += interval
-            if now_ns < slot:
+            if now_ns < slot and not final:
                 continue
             del self._held[symbol]
             stamp = max(quote.ts_event, stamped)
