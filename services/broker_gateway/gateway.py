@@ -135,23 +135,42 @@ class Outbox:
 
     def __init__(self, bus: Bus, *, max_pending: int = 10_000) -> None:
         self.bus = bus
+        self.max_pending = max_pending
+        # Not bounded itself: see _queued.
         self._queue: asyncio.Queue[tuple[Sequence[Event], asyncio.Future[None] | None]] = (
-            asyncio.Queue(max_pending)
+            asyncio.Queue()
         )
+        self._room = asyncio.Event()  # set each time run() has taken the queue
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Queue ``events`` and wait until JetStream has stored them all."""
         if not events:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((events, done))
+        await self._queued((events, done))
         await done
 
     async def post(self, events: Sequence[Event]) -> None:
         """Queue ``events`` without waiting for them to be stored (they still
         leave in order; a publish that fails for good ends the service)."""
         if events:
-            await self._queue.put((events, None))
+            await self._queued((events, None))
+
+    async def _queued(self, item: tuple[Sequence[Event], asyncio.Future[None] | None]) -> None:
+        """Queue ``item`` now, then wait while more than ``max_pending`` are queued.
+
+        The events of one order come from three tasks (the stream, the
+        reconciliations, the commands), each queueing them in the step the
+        tracker made them: that is what keeps an order's OrderAccepted before
+        its fills, and its fills in cumulative order. So the back-pressure
+        comes after queueing, never before: a bounded asyncio.Queue let a
+        task that found room overtake one waiting for it, which, woken, found
+        the queue full again and went to the back.
+        """
+        self._queue.put_nowait(item)
+        while self._queue.qsize() > self.max_pending:
+            self._room.clear()
+            await self._room.wait()
 
     async def run(self) -> None:
         """Publish until cancelled; a publish that fails for good ends the service."""
@@ -159,6 +178,7 @@ class Outbox:
             items = [await self._queue.get()]
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
+            self._room.set()
             events = [e for batch, _ in items for e in batch]
             waiting = [done for _, done in items if done is not None]
             try:

@@ -20,7 +20,13 @@ from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, Held, retry_delay_s
+from services.broker_gateway.gateway import (
+    MAX_FAILURES,
+    AccountWorker,
+    Held,
+    Outbox,
+    retry_delay_s,
+)
 
 CLOCK = WallClock()
 
@@ -261,3 +267,70 @@ async def test_a_working_order_the_broker_no_longer_knows_is_said(
     assert asked == ["b-42"]
     assert unknown() == 1
     assert f"the broker no longer knows order {oid} (broker order b-42" in caplog.text
+
+
+class GatedBus:
+    """A bus each publish of which waits for the test to let it through
+    (``gate``; ``open`` lets every one through); records what it published."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.open = False
+        self.published: list[str] = []
+
+    async def publish_together(self, events: list[Any]) -> None:
+        if not self.open:
+            await self.gate.wait()
+            self.gate.clear()
+        self.published += [e.name for e in events]
+
+
+def named(name: str) -> Any:
+    """A stand-in event the outbox can count: its ``name`` is what the bus records."""
+    return SimpleNamespace(name=name, type="OutboxTest", payload=SimpleNamespace(account="t"))
+
+
+async def test_events_handed_in_while_the_outbox_is_full_keep_their_order() -> None:
+    """The outbox is full (NATS slow): a task hands in its events (a
+    reconciliation: an order's OrderAccepted and first fill) and waits for
+    room; the stream's task then hands in the order's next fill. They must
+    leave in that order. The outbox was an asyncio.Queue with a bound: room
+    made by a publish went to whichever task ran first, the one that had
+    waited being woken only to find the queue full again, so the later fill
+    was published before the acceptance."""
+    bus = GatedBus()
+    outbox = Outbox(cast(Any, bus), max_pending=1)
+    running = asyncio.create_task(outbox.run())
+    try:
+        await outbox.post([named("first")])
+        await eventually(lambda: outbox._queue.empty())  # taken: its publish waits
+        await outbox.post([named("second")])  # the queue is full
+        handed_in = asyncio.Event()
+
+        async def reconcile() -> None:
+            handed_in.set()  # seen once this task waits, in the publish below
+            await outbox.publish([named("accepted"), named("fill 1")])
+
+        reconciled = asyncio.create_task(reconcile())
+        stream_read = asyncio.Event()
+
+        async def stream() -> None:
+            await stream_read.wait()  # the next update, read while the outbox is full
+            await outbox.post([named("fill 2")])
+
+        streaming = asyncio.create_task(stream())
+        await handed_in.wait()
+        assert not reconciled.done()
+        # The publish ends (room) as the stream's task is woken.
+        bus.gate.set()
+        stream_read.set()
+        await streaming
+        bus.open = True
+        bus.gate.set()
+        await reconciled
+        await eventually(lambda: len(bus.published) == 5)
+        assert bus.published == ["first", "second", "accepted", "fill 1", "fill 2"]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
