@@ -824,6 +824,11 @@ class AccountWorker:
         if fills_published:
             metrics.RECONCILED_FILLS.labels(account=self.account).inc(fills_published)
         await self.outbox.publish(events)
+        if events:
+            # The tracker has it, as when the stream brings it: a submit
+            # waiting in _settle for what this published may go on.
+            async with self._progress:
+                self._progress.notify_all()
         return len(events)
 
 

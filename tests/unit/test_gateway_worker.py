@@ -334,3 +334,46 @@ async def test_events_handed_in_while_the_outbox_is_full_keep_their_order() -> N
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_a_submit_waiting_for_its_fills_is_woken_by_a_reconciliation() -> None:
+    """A submit's answer shows a fill the stream does not bring (a command
+    redelivered after a crash, or a gap): the submit waits up to
+    SETTLE_GRACE_S for it, then fetches the order itself. A reconciliation
+    that publishes the fill meanwhile (the one after a reconnection, or the
+    gap's) must end that wait. It did not wake it: the account's commands
+    stood still for the whole grace, and the order was asked for a second
+    time, against the broker's rate limit."""
+    from services.broker_gateway.domain.model import BrokerOrder
+
+    w = worker([1000.0], [])
+    command = submit()
+    oid = command.payload.order_id
+    assert w.tracker.plan_submit(command)
+    w.tracker.request(oid)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    w.tracker.submitted(oid, answer)
+    asked: list[dict[str, Any]] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        asked.append(ids)
+        return answer
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        pass
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, order_fills=order_fills))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    settling = asyncio.create_task(w._settle(answer))
+    await asyncio.sleep(0)  # one step: the submit now waits for the fill
+    assert not settling.done()
+    await w.reconcile(only={oid})  # the reconciliation task's
+    async with asyncio.timeout(5):
+        await settling
+    assert w.tracker.get(oid).filled == Decimal(1)  # type: ignore[union-attr]
+    assert len(asked) == 1
