@@ -616,9 +616,24 @@ class AccountWorker:
         return attempt + 1
 
     async def _call_once(self, call: Awaitable[T]) -> T | None:
-        """``call``, or None if the broker is away (a later reconciliation catches up)."""
+        """``call``, or None if the broker is away (a later reconciliation catches up).
+
+        ``call`` is a fetch of :meth:`_reconcile_one`: one of its calls refused
+        ``RECONCILE_ATTEMPTS`` times in a row gives it up, said and counted as
+        a reconciliation's is.
+        """
         try:
             return await call
+        except RateLimited as e:
+            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+            log.warning(
+                "%s: fetch of an order given up: the broker refused a call %d times in a row "
+                "(%s); the next reconnection reconciles it",
+                self.account,
+                RECONCILE_ATTEMPTS,
+                e,
+            )
+            return None
         except BrokerUnavailable as e:
             log.warning("%s: %s", self.account, e)
             return None

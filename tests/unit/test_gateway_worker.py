@@ -377,3 +377,50 @@ async def test_a_submit_waiting_for_its_fills_is_woken_by_a_reconciliation() -> 
         await settling
     assert w.tracker.get(oid).filled == Decimal(1)  # type: ignore[union-attr]
     assert len(asked) == 1
+
+
+async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README: the fetch a submit makes when the stream has not brought
+    the fills its answer shows gives up as a reconciliation does, one call
+    refused RECONCILE_ATTEMPTS times in a row, with a warning and
+    ``tradebus_broker_reconciliations_given_up_total``. It gave up without
+    counting it."""
+    from services.broker_gateway.domain.model import BrokerOrder
+    from services.broker_gateway.errors import RateLimited
+
+    monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    account = f"refused-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account)
+    command = submit()
+    command = command.model_copy(
+        update={"payload": command.payload.model_copy(update={"account": account})}
+    )
+    oid = command.payload.order_id
+    assert w.tracker.plan_submit(command)
+    w.tracker.request(oid)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    w.tracker.submitted(oid, answer)
+    refusals: list[int] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        refusals.append(1)
+        raise RateLimited("429", retry_after_s=None)
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, connected=True))
+
+    def given_up() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_reconciliations_given_up_total", {"account": account}
+        )
+
+    assert given_up() == 0
+    with caplog.at_level("WARNING"):
+        await w._settle(answer)
+    assert len(refusals) == gateway.RECONCILE_ATTEMPTS
+    assert given_up() == 1
+    assert "given up" in caplog.text
