@@ -135,23 +135,42 @@ class Outbox:
 
     def __init__(self, bus: Bus, *, max_pending: int = 10_000) -> None:
         self.bus = bus
+        self.max_pending = max_pending
+        # Not bounded itself: see _queued.
         self._queue: asyncio.Queue[tuple[Sequence[Event], asyncio.Future[None] | None]] = (
-            asyncio.Queue(max_pending)
+            asyncio.Queue()
         )
+        self._room = asyncio.Event()  # set each time run() has taken the queue
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Queue ``events`` and wait until JetStream has stored them all."""
         if not events:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((events, done))
+        await self._queued((events, done))
         await done
 
     async def post(self, events: Sequence[Event]) -> None:
         """Queue ``events`` without waiting for them to be stored (they still
         leave in order; a publish that fails for good ends the service)."""
         if events:
-            await self._queue.put((events, None))
+            await self._queued((events, None))
+
+    async def _queued(self, item: tuple[Sequence[Event], asyncio.Future[None] | None]) -> None:
+        """Queue ``item`` now, then wait while more than ``max_pending`` are queued.
+
+        The events of one order come from three tasks (the stream, the
+        reconciliations, the commands), each queueing them in the step the
+        tracker made them: that is what keeps an order's OrderAccepted before
+        its fills, and its fills in cumulative order. So the back-pressure
+        comes after queueing, never before: a bounded asyncio.Queue let a
+        task that found room overtake one waiting for it, which, woken, found
+        the queue full again and went to the back.
+        """
+        self._queue.put_nowait(item)
+        while self._queue.qsize() > self.max_pending:
+            self._room.clear()
+            await self._room.wait()
 
     async def run(self) -> None:
         """Publish until cancelled; a publish that fails for good ends the service."""
@@ -159,6 +178,7 @@ class Outbox:
             items = [await self._queue.get()]
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
+            self._room.set()
             events = [e for batch, _ in items for e in batch]
             waiting = [done for _, done in items if done is not None]
             try:
@@ -596,9 +616,24 @@ class AccountWorker:
         return attempt + 1
 
     async def _call_once(self, call: Awaitable[T]) -> T | None:
-        """``call``, or None if the broker is away (a later reconciliation catches up)."""
+        """``call``, or None if the broker is away (a later reconciliation catches up).
+
+        ``call`` is a fetch of :meth:`_reconcile_one`: one of its calls refused
+        ``RECONCILE_ATTEMPTS`` times in a row gives it up, said and counted as
+        a reconciliation's is.
+        """
         try:
             return await call
+        except RateLimited as e:
+            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+            log.warning(
+                "%s: fetch of an order given up: the broker refused a call %d times in a row "
+                "(%s); the next reconnection reconciles it",
+                self.account,
+                RECONCILE_ATTEMPTS,
+                e,
+            )
+            return None
         except BrokerUnavailable as e:
             log.warning("%s: %s", self.account, e)
             return None
@@ -804,6 +839,11 @@ class AccountWorker:
         if fills_published:
             metrics.RECONCILED_FILLS.labels(account=self.account).inc(fills_published)
         await self.outbox.publish(events)
+        if events:
+            # The tracker has it, as when the stream brings it: a submit
+            # waiting in _settle for what this published may go on.
+            async with self._progress:
+                self._progress.notify_all()
         return len(events)
 
 

@@ -20,7 +20,13 @@ from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import MAX_FAILURES, AccountWorker, Held, retry_delay_s
+from services.broker_gateway.gateway import (
+    MAX_FAILURES,
+    AccountWorker,
+    Held,
+    Outbox,
+    retry_delay_s,
+)
 
 CLOCK = WallClock()
 
@@ -261,3 +267,160 @@ async def test_a_working_order_the_broker_no_longer_knows_is_said(
     assert asked == ["b-42"]
     assert unknown() == 1
     assert f"the broker no longer knows order {oid} (broker order b-42" in caplog.text
+
+
+class GatedBus:
+    """A bus each publish of which waits for the test to let it through
+    (``gate``; ``open`` lets every one through); records what it published."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.open = False
+        self.published: list[str] = []
+
+    async def publish_together(self, events: list[Any]) -> None:
+        if not self.open:
+            await self.gate.wait()
+            self.gate.clear()
+        self.published += [e.name for e in events]
+
+
+def named(name: str) -> Any:
+    """A stand-in event the outbox can count: its ``name`` is what the bus records."""
+    return SimpleNamespace(name=name, type="OutboxTest", payload=SimpleNamespace(account="t"))
+
+
+async def test_events_handed_in_while_the_outbox_is_full_keep_their_order() -> None:
+    """The outbox is full (NATS slow): a task hands in its events (a
+    reconciliation: an order's OrderAccepted and first fill) and waits for
+    room; the stream's task then hands in the order's next fill. They must
+    leave in that order. The outbox was an asyncio.Queue with a bound: room
+    made by a publish went to whichever task ran first, the one that had
+    waited being woken only to find the queue full again, so the later fill
+    was published before the acceptance."""
+    bus = GatedBus()
+    outbox = Outbox(cast(Any, bus), max_pending=1)
+    running = asyncio.create_task(outbox.run())
+    try:
+        await outbox.post([named("first")])
+        await eventually(lambda: outbox._queue.empty())  # taken: its publish waits
+        await outbox.post([named("second")])  # the queue is full
+        handed_in = asyncio.Event()
+
+        async def reconcile() -> None:
+            handed_in.set()  # seen once this task waits, in the publish below
+            await outbox.publish([named("accepted"), named("fill 1")])
+
+        reconciled = asyncio.create_task(reconcile())
+        stream_read = asyncio.Event()
+
+        async def stream() -> None:
+            await stream_read.wait()  # the next update, read while the outbox is full
+            await outbox.post([named("fill 2")])
+
+        streaming = asyncio.create_task(stream())
+        await handed_in.wait()
+        assert not reconciled.done()
+        # The publish ends (room) as the stream's task is woken.
+        bus.gate.set()
+        stream_read.set()
+        await streaming
+        bus.open = True
+        bus.gate.set()
+        await reconciled
+        await eventually(lambda: len(bus.published) == 5)
+        assert bus.published == ["first", "second", "accepted", "fill 1", "fill 2"]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_a_submit_waiting_for_its_fills_is_woken_by_a_reconciliation() -> None:
+    """A submit's answer shows a fill the stream does not bring (a command
+    redelivered after a crash, or a gap): the submit waits up to
+    SETTLE_GRACE_S for it, then fetches the order itself. A reconciliation
+    that publishes the fill meanwhile (the one after a reconnection, or the
+    gap's) must end that wait. It did not wake it: the account's commands
+    stood still for the whole grace, and the order was asked for a second
+    time, against the broker's rate limit."""
+    from services.broker_gateway.domain.model import BrokerOrder
+
+    w = worker([1000.0], [])
+    command = submit()
+    oid = command.payload.order_id
+    assert w.tracker.plan_submit(command)
+    w.tracker.request(oid)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    w.tracker.submitted(oid, answer)
+    asked: list[dict[str, Any]] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        asked.append(ids)
+        return answer
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        pass
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, order_fills=order_fills))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    settling = asyncio.create_task(w._settle(answer))
+    await asyncio.sleep(0)  # one step: the submit now waits for the fill
+    assert not settling.done()
+    await w.reconcile(only={oid})  # the reconciliation task's
+    async with asyncio.timeout(5):
+        await settling
+    assert w.tracker.get(oid).filled == Decimal(1)  # type: ignore[union-attr]
+    assert len(asked) == 1
+
+
+async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README: the fetch a submit makes when the stream has not brought
+    the fills its answer shows gives up as a reconciliation does, one call
+    refused RECONCILE_ATTEMPTS times in a row, with a warning and
+    ``tradebus_broker_reconciliations_given_up_total``. It gave up without
+    counting it."""
+    from services.broker_gateway.domain.model import BrokerOrder
+    from services.broker_gateway.errors import RateLimited
+
+    monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    account = f"refused-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account)
+    command = submit()
+    command = command.model_copy(
+        update={"payload": command.payload.model_copy(update={"account": account})}
+    )
+    oid = command.payload.order_id
+    assert w.tracker.plan_submit(command)
+    w.tracker.request(oid)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    w.tracker.submitted(oid, answer)
+    refusals: list[int] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        refusals.append(1)
+        raise RateLimited("429", retry_after_s=None)
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, connected=True))
+
+    def given_up() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_reconciliations_given_up_total", {"account": account}
+        )
+
+    assert given_up() == 0
+    with caplog.at_level("WARNING"):
+        await w._settle(answer)
+    assert len(refusals) == gateway.RECONCILE_ATTEMPTS
+    assert given_up() == 1
+    assert "given up" in caplog.text
