@@ -22,8 +22,9 @@ a feed records them:
   price at all;
 - spread evenly over that history, ``--fills`` (3,000) fills of order
   chains (``SubmitOrder``, ``OrderAccepted``, one or two ``FillReceived``)
-  by four strategies on two accounts, leaving 30 positions open (equities
-  and options) and 6 flat.
+  by four strategies on two accounts: every equity above in the first, three
+  of them and every option contract in the second; 36 positions, 30 left
+  open and 6 flat (which ones is the seed's draw).
 
 The market data is made in SQL (``generate_series``, one ``INSERT`` per
 chunk of ``--chunk`` sequences, payloads as the recorder writes them), the
@@ -239,15 +240,13 @@ class Book:
 
 def plan_orders(fills: int, rng: random.Random) -> list[Book]:
     """Books whose orders make about ``fills`` fills, leaving OPEN_POSITIONS open."""
-    keys: list[tuple[str, str, str]] = []
     equity_strategies = ("momentum", "meanrev", "pairs")
-    for i, symbol in enumerate((*EQUITIES, BARS_ONLY)):
-        keys.append((ACCOUNTS[0], equity_strategies[i % 3], symbol))
-    for symbol in (*EQUITIES[:5], *OPTIONS[:5]):
-        keys.append((ACCOUNTS[1], "options" if symbol in OPTIONS else "momentum", symbol))
-    for symbol in OPTIONS[5:]:
-        keys.append((ACCOUNTS[1], "options", symbol))
-    keys = keys[: OPEN_POSITIONS + FLAT_POSITIONS]
+    keys = [
+        *((ACCOUNTS[0], equity_strategies[i % 3], s) for i, s in enumerate((*EQUITIES, BARS_ONLY))),
+        *((ACCOUNTS[1], "momentum", s) for s in EQUITIES[:3]),
+        *((ACCOUNTS[1], "options", s) for s in OPTIONS),
+    ]
+    assert len(keys) == OPEN_POSITIONS + FLAT_POSITIONS
     rng.shuffle(keys)
     books = []
     per_book = max(1, round(fills / len(keys) / 1.2))  # 1 in 5 orders fills twice
