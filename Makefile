@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/wake_cost.py
 	$(PY) bench/marketdata.py
 	$(PY) bench/paper_journal.py
+	$(PY) bench/positions_query.py
 
 ## make proto: regenerate proto/ (JSON Schemas + subject map) from the models.
 proto: $(STAMP)

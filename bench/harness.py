@@ -403,8 +403,8 @@ class Database:
         self.server = server
         self._serial = 0
 
-    async def migrate_template(self) -> None:
-        await upgrade_async(self.server.url(TEMPLATE_DB))
+    async def migrate_template(self, revision: str = "head") -> None:
+        await upgrade_async(self.server.url(TEMPLATE_DB), revision)
 
     async def fresh(self, label: str) -> str:
         self._serial += 1
@@ -519,6 +519,7 @@ class Options:
     batch_size: int
     fsync_off: bool
     poll_interval: float
+    revision: str = "head"
 
     @property
     def phase_timeout(self) -> float:

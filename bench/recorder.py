@@ -16,8 +16,15 @@ producer processes (``--producers``):
    the store holds N rows)), and drain (the stream already holds N events:
    rows per second from the first committed batch to the last).
 
+For the raw COPY and the drain it also gives the CPU time PostgreSQL (the
+server and its processes) took per row: what a change to the table (an
+index) costs it, in a figure that hardly moves when other work shares the
+cores, as the rates do.
+
 With fsync off (unless ``--no-fsync-off``) the COPY and recorder figures
-are taken again on a second server.
+are taken again on a second server. ``--revision REV`` migrates the stores
+to REV instead of head: two runs, at the revision before a migration and
+at head, say what it costs the recorder (an index, say).
 
 Progress goes to stderr; stdout gets a table and, as its last line, one JSON
 object. Everything it starts is stopped and removed on exit, Ctrl-C included.
@@ -58,6 +65,7 @@ from harness import (  # bench/harness.py
     cpu_sample,
     fresh_stream,
     metric,
+    process_cpu_s,
     recorder_process,
     say,
     store_poller,
@@ -102,12 +110,20 @@ def build_rows(events: int) -> Rows:
     return Rows(tuples, events / (t1 - t0), events / (t2 - t1))
 
 
-async def raw_copy(db: Database, rows: Rows, batch: int) -> tuple[float, float]:
+def postgres_cpu_s(db: Database) -> float:
+    """CPU seconds PostgreSQL has used so far: the server and its live
+    processes (backends, WAL writer, checkpointer). Unlike a rate, what it
+    takes per row hardly moves when other work shares the cores."""
+    proc = db.server.proc
+    return process_cpu_s(proc.pid, tree=True) if proc is not None else 0.0
+
+
+async def raw_copy(db: Database, rows: Rows, batch: int) -> tuple[float, float, float]:
     """Rows/s of bare COPY batches, one transaction each, into a fresh table,
-    and the share of the machine's CPU busy meanwhile."""
+    the share of the machine's CPU busy meanwhile, and PostgreSQL's CPU µs per row."""
     url = await db.fresh("copy")
     async with store_poller(url) as conn:
-        cpu0 = cpu_sample()
+        cpu0, pg0 = cpu_sample(), postgres_cpu_s(db)
         t0 = time.perf_counter()
         for i in range(0, len(rows.tuples), batch):
             async with conn.transaction():
@@ -115,9 +131,9 @@ async def raw_copy(db: Database, rows: Rows, batch: int) -> tuple[float, float]:
                     "events", records=rows.tuples[i : i + batch], columns=COPY_COLUMNS
                 )
         seconds = time.perf_counter() - t0
-        cpu = cpu_busy(cpu0, cpu_sample())
+        cpu, pg_us = cpu_busy(cpu0, cpu_sample()), (postgres_cpu_s(db) - pg0) * 1e6
     await check_timeline(url, len(rows.tuples))
-    return len(rows.tuples) / seconds, cpu
+    return len(rows.tuples) / seconds, cpu, pg_us / len(rows.tuples)
 
 
 async def raw_publish(children: Children, work: Path, nats_url: str, opts: Options) -> Published:
@@ -141,6 +157,7 @@ class Drain:
     batches: int
     wall: float
     cpu: float  # share of the machine's CPU busy while draining
+    postgres_us_per_event: float  # PostgreSQL's CPU, recorder start to the last row
 
 
 async def drain(
@@ -150,11 +167,13 @@ async def drain(
     await stream_holds(nats_url, opts.events)
     url = await db.fresh(f"drain_{label}")
     async with store_poller(url) as conn:
-        spawned = time.monotonic()
+        spawned, pg0 = time.monotonic(), postgres_cpu_s(db)
         rec = recorder_process(children, work, nats_url, url, opts.batch_size, f"drain-{label}")
         got = await wait_for_rows(
             conn, opts.events, interval=opts.poll_interval, timeout=opts.phase_timeout, recorder=rec
         )
+        # Before the recorder's backend exits with its connection.
+        pg_us = (postgres_cpu_s(db) - pg0) * 1e6
     page = rec.metrics()
     if rec.terminate(timeout=STOP_TIMEOUT) != 0:
         raise BenchError(f"recorder did not exit cleanly:\n{rec.log_text()[-2000:]}")
@@ -167,6 +186,7 @@ async def drain(
         batches=int(metric(page, "tradebus_recorder_batch_seconds_count")),
         wall=wall,
         cpu=cpu_busy(got.first_cpu, got.done_cpu),
+        postgres_us_per_event=pg_us / opts.events,
     )
 
 
@@ -214,6 +234,7 @@ class ServerFigures:
     fsync: bool
     copy: float = 0.0
     copy_cpu: float = 0.0
+    copy_postgres_us: float = 0.0
     drain: Drain | None = None
     e2e: EndToEnd | None = None
 
@@ -233,10 +254,10 @@ async def postgres_phases(
     try:
         pg.start()
         db = Database(pg)
-        await db.migrate_template()
+        await db.migrate_template(opts.revision)
         out = ServerFigures(fsync)
         say(f"raw COPY, fsync {label}: {opts.events} rows in batches of {opts.batch_size}")
-        out.copy, out.copy_cpu = await raw_copy(db, rows, opts.batch_size)
+        out.copy, out.copy_cpu, out.copy_postgres_us = await raw_copy(db, rows, opts.batch_size)
         say(f"  {out.copy:,.0f} rows/s")
         say(f"recorder drain, fsync {label}: pre-filled stream of {opts.events}")
         out.drain = await drain(children, work, nats_url, db, opts, label)
@@ -264,11 +285,14 @@ def figures(
         "events": opts.events,
         "producers": opts.producers,
         "batch_size": opts.batch_size,
+        "revision": opts.revision,
         "cpu_count": os.cpu_count(),
         "raw_publish_events_per_s": round(raw_pub.rate),
         "raw_copy_rows_per_s": round(on.copy),
+        "raw_copy_postgres_cpu_us_per_row": round(on.copy_postgres_us, 2),
         "recorder_end_to_end_events_per_s": round(e2e),
         "recorder_drain_events_per_s": round(on.drain.rate),
+        "recorder_drain_postgres_cpu_us_per_event": round(on.drain.postgres_us_per_event, 2),
         "ratio_vs_raw_publish": round(e2e / raw_pub.rate, 3),
         "drain_ratio_vs_raw_publish": round(on.drain.rate / raw_pub.rate, 3),
         "target_ratio": TARGET_RATIO,
@@ -294,6 +318,7 @@ def figures(
         assert s.e2e is not None
         out["fsync_off"] = {
             "raw_copy_rows_per_s": round(s.copy),
+            "raw_copy_postgres_cpu_us_per_row": round(s.copy_postgres_us, 2),
             "recorder_drain_events_per_s": round(s.drain.rate),
             "recorder_end_to_end_events_per_s": round(s.e2e.rate),
             "ratio_vs_raw_publish": round(s.e2e.rate / raw_pub.rate, 3),
@@ -313,6 +338,7 @@ def table(opts: Options, raw_pub: Published, rows: Rows, servers: list[ServerFig
         ("to_row in-process, 1 core (rows/s)", [f"{rows.convert_rows_per_s:,.0f}", *pad]),
         ("raw COPY (rows/s)", [f"{s.copy:,.0f}" for s in servers]),
         ("  machine CPU busy", [f"{s.copy_cpu:.0%}" for s in servers]),
+        ("  PostgreSQL CPU per row (µs)", [f"{s.copy_postgres_us:.1f}" for s in servers]),
         ("recorder end to end (events/s)", [f"{e.rate:,.0f}" for e in e2es]),
         ("  ratio vs raw publish", [f"{e.rate / raw_pub.rate:.2f}" for e in e2es]),
         ("  producers meanwhile (events/s)", [f"{e.publish.rate:,.0f}" for e in e2es]),
@@ -325,6 +351,7 @@ def table(opts: Options, raw_pub: Published, rows: Rows, servers: list[ServerFig
             [f"{1000 * d.batch_seconds / max(d.batches, 1):,.1f}" for d in drains],
         ),
         ("  machine CPU busy", [f"{d.cpu:.0%}" for d in drains]),
+        ("  PostgreSQL CPU per event (µs)", [f"{d.postgres_us_per_event:.1f}" for d in drains]),
     ]
     width = max(len(name) for name, _ in lines)
     cols = [f"fsync {'on' if s.fsync else 'off'}" for s in servers]
@@ -420,10 +447,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="skip the second pass on a Postgres with fsync off",
     )  # fmt: skip
     ap.add_argument("--poll-interval", type=float, default=0.01, help="store poll interval (s)")
+    ap.add_argument(
+        "--revision", default="head",
+        help="migrate the store to this revision (head): what a migration costs the recorder",
+    )  # fmt: skip
     a = ap.parse_args(argv)
     if a.events < a.producers or a.producers < 1 or a.batch_size < 1:
         ap.error("need --events >= --producers >= 1 and --batch-size >= 1")
-    return Options(a.events, a.producers, a.batch_size, a.fsync_off, a.poll_interval)
+    return Options(a.events, a.producers, a.batch_size, a.fsync_off, a.poll_interval, a.revision)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """``tradebus positions``: positions and P&L per account and strategy, from the store.
 
-Reads the ``positions_marked`` view (migration 0002): quantities, average
-prices and realized P&L from the recorded fills, unrealized P&L at the
-symbol's last recorded trade price.
+Reads the ``positions_marked`` view (migration 0002; options counted 100
+shares since 0006, marks since 0007, its price lookups index probes since
+0008): quantities, average prices and realized P&L from the recorded fills,
+unrealized P&L at the symbol's last price (the newer of its last trade, or
+bar close, and its last mark).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -342,6 +343,78 @@ async def test_the_newest_of_trade_bar_and_mark_values_a_position(
     )
     assert (row["last_price"], row["last_price_ns"]) == (D(last[0]), last[1])
     assert row["unrealized_pnl"] == (D(last[0]) - 5) * 100
+
+
+PRICE_TYPES = ("TradePrinted", "BarClosed", "MarkUpdated")
+
+
+def price_lookups(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scans of ``events`` in an EXPLAIN (FORMAT JSON) plan that look for
+    a price row (a trade, bar or mark), wherever they sit in the tree."""
+    found = []
+    if plan.get("Relation Name") == "events":
+        conds = " ".join(str(plan.get(k, "")) for k in ("Index Cond", "Filter", "Recheck Cond"))
+        if any(f"'{t}'" in conds for t in PRICE_TYPES):
+            found.append(plan)
+    for child in plan.get("Plans", []):
+        found += price_lookups(child)
+    return found
+
+
+async def test_each_last_price_is_one_index_probe_found_or_not(database_url: str) -> None:
+    """positions_marked looks up a symbol's last trade, bar and mark each
+    with one probe of ix_events_last_price (0008), also where there is none.
+    The store is one a small universe makes: two equities' trades are nearly
+    every row. With 0007's lookups (newest first by seq, no such index) the
+    planner read the primary key backwards, a walk over the whole history
+    for the option, which never traded and was marked once at the start,
+    and for AAPL's mark, which does not exist."""
+    o = Orders()
+    o.fill(o.submit("eq", "AAPL", "buy", "10"), "10", "190")
+    o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
+    await record_events(database_url, [*o.events, mark_at(OPTION, "5.5", T0)])
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        # 20,000 events after them, made in SQL (quicker than events; the
+        # lookups read symbol, type, seq, ts_event and the price): trades of
+        # AAPL and MSFT, and one in 40 a bar of MSFT or a mark of a contract
+        # nobody holds.
+        await conn.execute(
+            """
+            INSERT INTO events (seq, id, subject, type, ts_event, ts_init, source,
+                                correlation_id, symbol, payload)
+            SELECT m + s, gen_random_uuid(), 'md', kind, $1::bigint + s, $1::bigint + s,
+                   'test', gen_random_uuid(), sym,
+                   jsonb_build_object('price', (190 + s % 7)::text, 'close', (190 + s % 7)::text)
+            FROM (SELECT max(seq) AS m FROM events) AS last,
+                 generate_series(1, 20000) AS s,
+                 LATERAL (
+                     SELECT CASE s % 40 WHEN 0 THEN 'MarkUpdated' WHEN 1 THEN 'BarClosed'
+                                 ELSE 'TradePrinted' END AS kind,
+                            CASE WHEN s % 40 = 0 THEN 'O:SPY241220C00600000'
+                                 WHEN s % 2 = 0 THEN 'AAPL' ELSE 'MSFT' END AS sym
+                 ) AS pick
+            """,
+            T0,
+        )
+        await conn.execute("ANALYZE events")
+        [doc] = orjson.loads(
+            await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM positions_marked")
+        )
+        rows = await conn.fetch("SELECT symbol, last_price FROM positions_marked ORDER BY symbol")
+    finally:
+        await conn.close()
+    # AAPL's last trade is at s = 19998 (20000 is a mark): 190 + 19998 % 7.
+    assert [(r["symbol"], r["last_price"]) for r in rows] == [("AAPL", D(196)), (OPTION, D("5.5"))]
+    lookups = price_lookups(doc["Plan"])
+    assert len(lookups) == 3, lookups  # trade, bar (skipped where a trade is found), mark
+    for scan in lookups:
+        assert (scan["Node Type"], scan.get("Index Name")) == (
+            "Index Scan",
+            "ix_events_last_price",
+        ), scan
+        assert "Filter" not in scan, scan  # no row read only to be thrown away
+        assert scan["Actual Rows"] <= 1, scan
 
 
 async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None:

@@ -24,12 +24,13 @@ from tests.integration.test_broker_read_models import (
     T0,
     Orders,
     S,
+    bar_at,
     mark_at,
     trade_at,
 )
 
 D = Decimal
-HEAD = "0007"
+HEAD = "0008"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -109,6 +110,102 @@ async def test_0007_marks_option_positions_from_quotes_and_goes_down_and_up(
     assert await readonly_may_read(url, "positions_marked")
     [pnl] = await fetch(url, "SELECT unrealized_pnl FROM account_pnl WHERE account = $1", ACCOUNT)
     assert pnl["unrealized_pnl"] == D(100)
+
+
+async def index_exists(url: str, name: str) -> bool:
+    rows = await fetch(url, "SELECT 1 FROM pg_indexes WHERE indexname = $1", name)
+    return bool(rows)
+
+
+#: Contracts and equities whose prices 0008's index must find exactly as the
+#: walks of 0007 did: each lacks one kind of price row or more.
+NEVER_TRADED = "O:QQQ241220C00500000"  # marks only
+BARS_AND_MARKS = "O:NVDA241220C00150000"  # bars and marks, never traded
+TRADED_ONCE = "O:AMD241220C00200000"  # one trade, long before its marks
+UNPRICED = "O:NFLX241220P00900000"  # nothing at all: no price
+BARS_ONLY = "BRK.B"  # an equity priced from bars only
+
+
+def priced_store() -> list[Any]:
+    """Positions in every symbol above, two equities (trades, no marks) and a
+    flat one, with their market data interleaved over a stretch of time."""
+    o = Orders()
+    for strategy, symbol, side, qty, price in (
+        ("eq", "AAPL", "buy", "10", "190"),
+        ("eq", "MSFT", "sell", "5", "400"),
+        ("eq", BARS_ONLY, "buy", "3", "450"),
+        ("opt", OPTION, "buy", "2", "5"),
+        ("opt", NEVER_TRADED, "sell", "1", "3"),
+        ("opt", BARS_AND_MARKS, "buy", "4", "2"),
+        ("opt", TRADED_ONCE, "buy", "1", "1.5"),
+        ("opt", UNPRICED, "buy", "1", "7"),
+    ):
+        o.fill(o.submit(strategy, symbol, side, qty), qty, price)
+    flat = o.submit("flat", "NVDA", "buy", "1")
+    o.fill(flat, "1", "120")
+    o.fill(o.submit("flat", "NVDA", "sell", "1"), "1", "121")
+    market: list[Any] = [trade_at(TRADED_ONCE, "1.4", T0 - 900 * S)]
+    for i in range(30):
+        t = T0 - (300 - 10 * i) * S
+        market += [
+            trade_at("AAPL", str(190 + i), t),
+            trade_at("MSFT", str(400 - i), t),
+            trade_at("NVDA", str(120 + i), t),
+            bar_at(BARS_ONLY, str(450 + i), t),
+            mark_at(NEVER_TRADED, f"3.{i:02d}", t),
+            bar_at(BARS_AND_MARKS, f"2.{i:02d}", t + S),
+            mark_at(BARS_AND_MARKS, f"2.{i:02d}", t if i % 2 else t + 2 * S),
+            mark_at(TRADED_ONCE, f"1.{i:02d}", t),
+            trade_at(OPTION, f"5.{i:02d}", t),
+            mark_at(OPTION, f"6.{i:02d}", t + (S if i == 29 else -S)),
+        ]
+    return [*o.events, *market]
+
+
+async def test_0008_indexes_the_last_prices_and_positions_marked_says_what_0007_said(
+    pg_admin_url: str,
+) -> None:
+    """0008 adds ix_events_last_price and reorders positions_marked's
+    lookups so each is a probe of it. On a store where each lookup can miss
+    (equities without marks, contracts without trades or bars or anything),
+    every row of positions_marked and account_pnl is the same at 0008 as at
+    0007, down and up again; grants kept both ways."""
+    url = await fresh_database(pg_admin_url)
+    await upgrade_async(url)
+    assert await revision(url) == HEAD
+    assert await index_exists(url, "ix_events_last_price")
+    await record_events(url, priced_store())
+    marked = "SELECT * FROM positions_marked ORDER BY account, strategy, symbol"
+    pnl = "SELECT * FROM account_pnl ORDER BY account"
+    at_head = await fetch(url, marked)
+    pnl_at_head = await fetch(url, pnl)
+
+    await downgrade(url, "0007")
+    assert await revision(url) == "0007"
+    assert not await index_exists(url, "ix_events_last_price")
+    assert await fetch(url, marked) == at_head
+    assert await fetch(url, pnl) == pnl_at_head
+    assert await readonly_may_read(url, "positions_marked")
+
+    await upgrade_async(url)
+    assert await fetch(url, marked) == at_head
+    assert await fetch(url, pnl) == pnl_at_head
+    assert await readonly_may_read(url, "positions_marked")
+    assert await readonly_may_read(url, "account_pnl")
+    # And what they say is what the rule says (not merely the same twice).
+    last = {r["symbol"]: (r["last_price"], r["last_price_ns"]) for r in at_head}
+    end = T0 - 10 * S  # the last of the 30 rounds
+    assert last == {
+        "AAPL": (D(219), end),
+        "MSFT": (D(371), end),
+        "NVDA": (D(149), end),
+        BARS_ONLY: (D(479), end),
+        OPTION: (D("6.29"), end + S),  # the mark, newer than the trade
+        NEVER_TRADED: (D("3.29"), end),
+        BARS_AND_MARKS: (D("2.29"), end + S),  # the bar, newer than the mark
+        TRADED_ONCE: (D("1.29"), end),
+        UNPRICED: (None, None),
+    }
 
 
 async def test_every_migration_goes_down_to_nothing_and_up_again(pg_admin_url: str) -> None:
