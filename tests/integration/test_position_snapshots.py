@@ -247,3 +247,28 @@ async def test_a_failing_snapshot_is_counted_and_recording_goes_on(
         await eventually(recorded_and_tried, timeout=30)
         assert rec.problem is None
     assert sample("tradebus_recorder_position_snapshot_failures_total", labels) - before >= 2
+
+
+async def test_two_writers_at_once_write_one_snapshot(database_url: str) -> None:
+    """Two copies of one snapshot would count its positions twice: writers
+    take turns on the table, and the second finds the sequence written."""
+    await record_events(database_url, Flow(random.Random(3), commands_lost=False).batch(10))
+    conns = [await asyncpg.connect(asyncpg_url(database_url)) for _ in range(2)]
+    try:
+        await conns[0].execute("TRUNCATE position_snapshots, position_snapshot_unbooked")
+        written = await asyncio.gather(
+            *(c.fetchval("SELECT write_position_snapshot()") for c in conns)
+        )
+        last = await conns[0].fetchval("SELECT max(seq) FROM events")
+        assert sorted(written, key=lambda w: w is None) == [last, None]
+        copies = await conns[0].fetchval(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM position_snapshots "
+            "GROUP BY account, strategy, symbol) c"
+        )
+        assert copies == 1
+        assert await rows(conns[0], "SELECT * FROM positions") == await rows(
+            conns[0], pure_positions_sql()
+        )
+    finally:
+        for c in conns:
+            await c.close()
