@@ -43,6 +43,13 @@ it is measured there, migrated to head (timed: what the migration costs on
 a store of that size), measured again, and migrated back to ``REV``
 before the next part is written: the same rows read before and after.
 
+With ``--snapshot``, after the measurements at head of each step it empties
+the snapshots of the fold (migration 0010) and measures with none (the fold
+from the start), then writes one (``write_position_snapshot()``, timed) and
+measures again, reading from it. Head's own measurement of the next step
+then folds only the fills of its part after that snapshot (without
+``--before``, which drops the snapshots going down).
+
 Progress goes to stderr; stdout gets the figures and plan summaries and,
 last, one JSON line with the figures (units in their names).
 """
@@ -508,6 +515,17 @@ async def measure(url: str, runs: int, label: str) -> dict[str, Any]:
     return out
 
 
+async def write_snapshot(url: str) -> float:
+    """Seconds ``write_position_snapshot()`` took."""
+    conn = await asyncpg.connect(asyncpg_url(url))
+    try:
+        started = time.perf_counter()
+        await conn.fetchval("SELECT write_position_snapshot()")
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
 async def migrate(url: str, revision: str, down: bool = False) -> float:
     """Seconds ``alembic upgrade/downgrade revision`` took."""
     started = time.perf_counter()
@@ -558,6 +576,16 @@ async def run(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
                         await migrate(url, opts.before, down=True)
                 else:
                     figures.update(await measure(url, opts.runs, "at head"))
+                if opts.snapshot:
+                    await conn.execute("TRUNCATE position_snapshots, position_snapshot_unbooked")
+                    figures["no_snapshot"] = await measure(
+                        url, opts.runs, "at head, no snapshot (the fold from the start)"
+                    )
+                    figures["snapshot_s"] = round(await write_snapshot(url), 3)
+                    print(f"  snapshot of the fold written in {figures['snapshot_s']} s")
+                    figures["from_snapshot"] = await measure(
+                        url, opts.runs, "at head, from a snapshot of the whole store"
+                    )
                 steps.append(figures)
         finally:
             await conn.close()
@@ -594,6 +622,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--before", metavar="REV", help="measure at REV, then at head, on the same store"
+    )
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="write a snapshot of the fold after each step and measure from it",
     )
     opts = parser.parse_args()
     if opts.events < 10 * opts.fills or opts.steps < 1 or opts.runs < 1:

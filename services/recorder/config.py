@@ -28,6 +28,11 @@ class RecorderSettings(ServiceSettings):
     #: (``services/recorder/adapters/trim.py``); 0 or less: never (the stream
     #: then grows until the server's file store is full).
     trim_every_s: float = Field(default=60.0, le=DAY_S)
+    #: How often the writer snapshots the positions fold (migration 0010,
+    #: ``services/recorder/adapters/snapshot.py``), so reading positions folds
+    #: only the fills after it; 0 or less: never (positions are the same,
+    #: read from the last snapshot, or from the start without one).
+    position_snapshot_every_s: float = Field(default=30.0, le=DAY_S)
     #: What the stream keeps however much is recorded: messages younger than
     #: this (by their stream time), for late readers and the duplicate window.
     stream_keep_s: float = Field(default=2 * DAY_S, le=366 * DAY_S)

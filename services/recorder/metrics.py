@@ -41,3 +41,12 @@ TRIM_FAILURES = Counter(
     "Trims of the stream that failed (tried again at the next)",
     ["cause"],
 )
+POSITION_SNAPSHOT_SEQUENCE = Gauge(
+    "tradebus_recorder_position_snapshot_sequence",
+    "The stream sequence of the last snapshot of the positions fold the recorder wrote",
+)
+POSITION_SNAPSHOT_FAILURES = Counter(
+    "tradebus_recorder_position_snapshot_failures_total",
+    "Snapshots of the positions fold that failed (tried again at the next)",
+    ["cause"],
+)

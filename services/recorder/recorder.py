@@ -15,7 +15,10 @@ nothing and duplicates nothing.
 Beside the two stages, the writer trims the stream every ``trim_every_s``:
 it purges what the store has committed and nobody still needs there
 (``services/recorder/adapters/trim.py``). A trim that fails is logged,
-counted and tried again at the next; it never ends the cycle.
+counted and tried again at the next; it never ends the cycle. So does a
+snapshot of the positions fold, every ``position_snapshot_every_s``
+(``services/recorder/adapters/snapshot.py``): a cache the ``positions``
+view starts from, never needed for it to be right.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +41,7 @@ from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import StoreError
 from libs.store.writer import EventWriter, Row
 from services.recorder import metrics
+from services.recorder.adapters.snapshot import write_position_snapshot
 from services.recorder.adapters.stream import Batch, RecorderStream
 from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
@@ -73,6 +77,9 @@ class Trimmer(Protocol):
 
 
 TrimmerFactory = Callable[[Bus], Trimmer]
+#: Writes a snapshot of the positions fold into the store at a URL; returns
+#: the sequence it is as of (None: nothing new).
+SnapshotWriter = Callable[[str], Awaitable[int | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +102,12 @@ class Recorder:
         *,
         clock: Clock | None = None,
         trimmer: TrimmerFactory | None = None,
+        snapshot: SnapshotWriter | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or WallClock()
         self.make_trimmer: TrimmerFactory = trimmer or self._stream_trimmer
+        self.write_snapshot: SnapshotWriter = snapshot or write_position_snapshot
         #: What held the stream back at the last trim, to warn once per holder.
         self._held_by: str | None = None
         self.stopping = asyncio.Event()
@@ -194,6 +203,8 @@ class Recorder:
                         tasks.create_task(self._write_loop(writer, stream, queue))
                         if s.trim_every_s > 0:
                             tasks.create_task(self._trim_loop(self.make_trimmer(bus), writer))
+                        if s.position_snapshot_every_s > 0:
+                            tasks.create_task(self._snapshot_loop())
                 finally:
                     await stream.close()
 
@@ -359,6 +370,33 @@ class Recorder:
             self._held_by = held_by
         else:
             self._held_by = None
+
+    async def _snapshot_loop(self) -> None:
+        """Every ``position_snapshot_every_s`` until asked to stop: snapshot
+        the positions fold. Run only by the writer, in its cycle."""
+        every = self.settings.position_snapshot_every_s
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await self.stopping.wait()
+            if not self.stopping.is_set():
+                await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        """One snapshot; a failure is said and counted, and recording goes on."""
+        try:
+            upto = await self.write_snapshot(self.settings.database_url.get_secret_value())
+        except Exception as e:  # a cache: never stops recording
+            metrics.POSITION_SNAPSHOT_FAILURES.labels(cause=type(e).__name__).inc()
+            log.warning(
+                "snapshotting the positions fold failed (%s: %s); trying again in %g s",
+                type(e).__name__,
+                e,
+                self.settings.position_snapshot_every_s,
+            )
+            return
+        if upto is not None:
+            metrics.POSITION_SNAPSHOT_SEQUENCE.set(upto)
 
     async def _dead_letter(self, bus: Bus, m: StreamMessage, reason: str, error: Any) -> None:
         record = dead_letter(

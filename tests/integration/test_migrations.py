@@ -8,6 +8,7 @@ upgrade`` does, and reads what the views say at each revision.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -15,11 +16,13 @@ from typing import Any
 import asyncpg
 from alembic import command
 
+from libs.contract.events import FillPayload, FillReceived
 from libs.store.migrate import alembic_config, upgrade_async
 from libs.store.urls import asyncpg_url
 from tests.integration.recording import record_events
 from tests.integration.test_broker_read_models import (
     ACCOUNT,
+    CLOCK,
     OPTION,
     T0,
     Orders,
@@ -30,7 +33,7 @@ from tests.integration.test_broker_read_models import (
 )
 
 D = Decimal
-HEAD = "0008"
+HEAD = "0010"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -205,6 +208,135 @@ async def test_0008_indexes_the_last_prices_and_positions_marked_says_what_0007_
         BARS_AND_MARKS: (D("2.29"), end + S),  # the bar, newer than the mark
         TRADED_ONCE: (D("1.29"), end),
         UNPRICED: (None, None),
+    }
+
+
+def copy_of(fill: FillReceived, strategy: str | None) -> FillReceived:
+    """The same fill recorded again under a new id (a redelivery after a
+    restart), carrying ``strategy`` or none."""
+    payload = FillPayload.model_validate(fill.payload.model_dump() | {"strategy": strategy})
+    return FillReceived.create(payload, source="test", clock=CLOCK)
+
+
+def strategy_mixed_store() -> tuple[list[Any], int]:
+    """Fills of both kinds: carrying their strategy (as the broker-gateway
+    records them) and not (booked to their SubmitOrder's), one carrying a
+    strategy other than its command's, one whose command was never recorded,
+    and duplicates under two ids where the first copy carries the strategy
+    and the second not, and the other way round; partials, an option, a
+    flip through zero. Returns the events and how many fills (copies
+    included) carry no strategy."""
+    o = Orders()
+    events: list[Any] = []
+    carried = 0
+
+    def fill(oid: uuid.UUID, qty: str, price: str, strategy: str | None) -> FillReceived:
+        nonlocal carried
+        plain = o.fill(oid, qty, price, commission="0.65")
+        o.events.remove(plain)
+        event = copy_of(plain, strategy)
+        events.append(event)
+        carried += strategy is None
+        return event
+
+    def submit(strategy: str, symbol: str, side: str, qty: str) -> uuid.UUID:
+        oid = o.submit(strategy, symbol, side, qty)
+        events.append(o.events.pop())
+        return oid
+
+    a = submit("s1", "AAPL", "buy", "10")
+    fill(a, "4", "100", "s1")
+    first = fill(a, "6", "101", None)
+    b = submit("s1", "AAPL", "sell", "15")  # through zero: short 5
+    fill(b, "15", "103", "s1")
+    c = submit("s2", OPTION, "buy", "3")
+    twice = fill(c, "2", "4.5", "s2")
+    events.append(copy_of(twice, None))  # its second copy: counted once, booked s2
+    carried += 1
+    fill(c, "1", "4.75", None)
+    events.append(copy_of(first, "s1"))  # a second copy carrying what the first did not
+    d = submit("s2", OPTION, "sell", "3")
+    fill(d, "3", "5", "s3")  # the fill's own strategy wins over its command's
+    lost = o.submit("s4", "MSFT", "buy", "2")
+    o.events.pop()  # its command never recorded: a fill booked to no strategy
+    fill(lost, "2", "400", None)
+    return events, carried
+
+
+def submit_order_lookups(plan: dict[str, Any]) -> int:
+    """How many times the plan looked for a SubmitOrder (index scans of it)."""
+    own = "SubmitOrder" in str(plan.get("Index Cond", "")) + str(plan.get("Filter", ""))
+    loops = int(plan.get("Actual Loops", 0)) if own else 0
+    return loops + sum(submit_order_lookups(child) for child in plan.get("Plans", []))
+
+
+async def submit_order_lookups_of_fills(url: str) -> int:
+    [row] = await fetch(url, "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM fills")
+    [doc] = json.loads(row[0])
+    return submit_order_lookups(doc["Plan"])
+
+
+async def test_0009_fills_looks_up_the_command_only_of_a_fill_without_strategy(
+    pg_admin_url: str,
+) -> None:
+    """0009 makes ``fills`` look for the SubmitOrder of a fill only when the
+    fill carries no strategy. On a store of both kinds, with duplicates
+    under two ids, every read model says at 0009 what it said at 0008, down
+    and up again; grants kept; and the lookups made are one per fill
+    without a strategy, where 0008 made one per fill."""
+    url = await fresh_database(pg_admin_url)
+    await upgrade_async(url)
+    assert await revision(url) == HEAD
+    events, without = strategy_mixed_store()
+    await record_events(url, events)
+    reads = {
+        view: f"SELECT * FROM {view} ORDER BY {order}"  # noqa: S608 - constants
+        for view, order in (
+            ("fills", "seq"),
+            ("orders", "account, order_id"),
+            ("fill_positions", "seq"),
+            ("positions", "account, strategy, symbol"),
+            ("positions_marked", "account, strategy, symbol"),
+            ("account_pnl", "account"),
+        )
+    }
+    at_head = {view: await fetch(url, sql) for view, sql in reads.items()}
+    assert await submit_order_lookups_of_fills(url) == without == 4
+
+    await downgrade(url, "0008")
+    assert await revision(url) == "0008"
+    for view, sql in reads.items():
+        assert await fetch(url, sql) == at_head[view], view
+    assert await submit_order_lookups_of_fills(url) > without, "0008: one per fill"
+    assert await readonly_may_read(url, "fills")
+
+    await upgrade_async(url)
+    for view, sql in reads.items():
+        assert await fetch(url, sql) == at_head[view], view
+    assert await readonly_may_read(url, "fills")
+    assert await readonly_may_read(url, "positions")
+    # And what they say is what the rule says (not merely the same twice).
+    booked = [(r["strategy"], r["symbol"], r["quantity"]) for r in at_head["fills"]]
+    assert booked == [
+        ("s1", "AAPL", D(4)),
+        ("s1", "AAPL", D(6)),  # no strategy of its own: its command's
+        ("s1", "AAPL", D(15)),
+        ("s2", OPTION, D(2)),  # its later copy (no strategy) not counted
+        ("s2", OPTION, D(1)),
+        ("s3", OPTION, D(3)),
+        (None, "MSFT", D(2)),
+    ]
+    positions = {
+        (r["strategy"], r["symbol"]): (r["quantity"], r["avg_price"], r["realized_pnl"], r["fills"])
+        for r in at_head["positions"]
+    }
+    assert positions == {
+        # 4 @ 100 + 6 @ 101 = 10 @ 100.6; sell 15 @ 103: +24 on 10, short 5 @ 103.
+        ("s1", "AAPL"): (D(-5), D(103), D(24) - 3 * D("0.65"), 3),
+        # 2 @ 4.5 + 1 @ 4.75 = 3 @ 4.5833..., 100 shares a contract.
+        ("s2", OPTION): (D(3), round(D("13.75") / 3, 12), -2 * D("0.65"), 2),
+        ("s3", OPTION): (D(-3), D(5), -D("0.65"), 1),
+        (None, "MSFT"): (D(2), D(400), -D("0.65"), 1),
     }
 
 
