@@ -52,6 +52,8 @@ RECORDER_METRICS = (
     "tradebus_recorder_stream_trimmed_total",
     "tradebus_recorder_stream_first_sequence",
     "tradebus_recorder_trim_failures_total",
+    "tradebus_recorder_position_snapshot_sequence",
+    "tradebus_recorder_position_snapshot_failures_total",
 )
 #: What "Grafana boards for risk state" must show: switches, states, money, caps.
 RISK_STATE_METRICS = (
