@@ -7,8 +7,10 @@ when it does not exist yet (handy for ``make run``) and migrates to head.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,6 +23,19 @@ from libs.store.urls import asyncpg_url, sqlalchemy_url
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
+VERSIONS = HERE / "migrations" / "versions"
+
+
+def revision_module(number: str) -> ModuleType:
+    """The migration ``number`` (``"0006"``) as a module: a migration that
+    replaces a view puts an earlier revision's definition back on downgrade."""
+    [path] = VERSIONS.glob(f"{number}_*.py")
+    spec = importlib.util.spec_from_file_location(f"tradebus_migration_{number}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def alembic_config(url: str) -> Config:

@@ -20,12 +20,11 @@ replaced in place and keep their grants.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from libs.store.migrate import revision_module
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -101,17 +100,6 @@ LEFT JOIN LATERAL (
 """
 
 
-def _read_models() -> ModuleType:
-    """Revision 0002, whose view definitions a downgrade puts back."""
-    path = Path(__file__).with_name("0002_read_models.py")
-    spec = importlib.util.spec_from_file_location("tradebus_migration_0002", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute(CONTRACT_MULTIPLIER)
     for ddl in (FILL_POSITIONS, POSITIONS, POSITIONS_MARKED):
@@ -119,7 +107,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    before = _read_models()
+    before = revision_module("0002")
     for ddl in (before.FILL_POSITIONS, before.POSITIONS, before.POSITIONS_MARKED):
         op.execute(ddl.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
     op.execute("DROP FUNCTION IF EXISTS contract_multiplier(text)")

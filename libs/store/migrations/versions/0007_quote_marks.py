@@ -26,12 +26,11 @@ a quiet one): no new index, which would cost the recorder on every row.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from libs.store.migrate import revision_module
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -77,21 +76,10 @@ LEFT JOIN LATERAL (
 """
 
 
-def _revision(number: str, name: str) -> ModuleType:
-    """An earlier revision's module, whose view definitions a downgrade puts back."""
-    path = Path(__file__).with_name(f"{number}_{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tradebus_migration_{number}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute(POSITIONS_MARKED)
 
 
 def downgrade() -> None:
     # 0006's view (trades, else bars), itself written as CREATE OR REPLACE.
-    op.execute(_revision("0006", "option_multiplier").POSITIONS_MARKED)
+    op.execute(revision_module("0006").POSITIONS_MARKED)

@@ -50,12 +50,11 @@ grants; downgrade puts 0007's view back and drops the index.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from libs.store.migrate import revision_module
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -109,17 +108,6 @@ LEFT JOIN LATERAL (
 """
 
 
-def _revision(number: str, name: str) -> ModuleType:
-    """An earlier revision's module, whose view definition a downgrade puts back."""
-    path = Path(__file__).with_name(f"{number}_{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tradebus_migration_{number}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute(LAST_PRICE_INDEX)
     op.execute(POSITIONS_MARKED)
@@ -127,5 +115,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # 0007's view (itself written as CREATE OR REPLACE), then the index it no longer uses.
-    op.execute(_revision("0007", "quote_marks").POSITIONS_MARKED)
+    op.execute(revision_module("0007").POSITIONS_MARKED)
     op.execute("DROP INDEX IF EXISTS ix_events_last_price")

@@ -27,12 +27,11 @@ Downgrade puts 0002's view back (the only one ``fills`` has had).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from libs.store.migrate import revision_module
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -74,21 +73,10 @@ ORDER BY f.account, f.order_id, f.cumulative_quantity, f.seq
 """
 
 
-def _revision(number: str, name: str) -> ModuleType:
-    """An earlier revision's module, whose view definition a downgrade puts back."""
-    path = Path(__file__).with_name(f"{number}_{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tradebus_migration_{number}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute(FILLS)
 
 
 def downgrade() -> None:
-    before = _revision("0002", "read_models").FILLS
+    before = revision_module("0002").FILLS
     op.execute(before.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))

@@ -59,12 +59,11 @@ Downgrade puts 0006's ``positions`` back and drops the rest.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from libs.store.migrate import revision_module
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -260,17 +259,6 @@ END $$
 """
 
 
-def _revision(number: str, name: str) -> ModuleType:
-    """An earlier revision's module, whose view definition a downgrade puts back."""
-    path = Path(__file__).with_name(f"{number}_{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tradebus_migration_{number}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     for ddl in (
         SNAPSHOTS,
@@ -299,7 +287,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # 0006's view (itself written as CREATE OR REPLACE), then what it no longer uses.
-    op.execute(_revision("0006", "option_multiplier").POSITIONS)
+    op.execute(revision_module("0006").POSITIONS)
     op.execute("DROP FUNCTION IF EXISTS write_position_snapshot()")
     op.execute("DROP VIEW IF EXISTS position_states")
     op.execute("DROP AGGREGATE IF EXISTS position_resume(numeric[], numeric, numeric, numeric)")
