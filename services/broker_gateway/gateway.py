@@ -812,6 +812,7 @@ class AccountWorker:
             return 0
         order = await self._reconciling(call)
         if order is None:
+            self.tracker.unknown_at_broker(t.order_id)
             if t.broker_order_id is not None:
                 # Acknowledged once, unknown now: whatever became of it (fills
                 # included) cannot be read back. Said, not guessed.

@@ -19,6 +19,7 @@ from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway
+from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
     MAX_FAILURES,
@@ -267,6 +268,24 @@ async def test_a_working_order_the_broker_no_longer_knows_is_said(
     assert asked == ["b-42"]
     assert unknown() == 1
     assert f"the broker no longer knows order {oid} (broker order b-42" in caplog.text
+
+    # Marked for its fills (the stream showed more filled than was published):
+    # the broker's 404 ends the mark, which no answer could ever clear. It used
+    # to stay, and every later stream update asked for the order (and said and
+    # counted it) again.
+    w.tracker.needs_reconcile[oid] = BrokerOrder(
+        broker_order_id="b-42",
+        client_order_id=str(oid),
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal(1),
+        filled_quantity=Decimal(1),
+        filled_avg_price=Decimal(100),
+        status="filled",
+    )
+    await w.reconcile(only=set(w.tracker.needs_reconcile))
+    assert (asked, unknown()) == (["b-42", "b-42"], 2)
+    assert oid not in w.tracker.needs_reconcile
 
 
 class GatedBus:

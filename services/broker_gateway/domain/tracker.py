@@ -593,6 +593,12 @@ class OrderTracker:
         if seen is None or _no_older(order, seen):
             self.needs_reconcile[t.order_id] = order
 
+    def unknown_at_broker(self, order_id: uuid.UUID) -> None:
+        """The broker answered it does not know ``order_id`` (404): no answer
+        will ever clear its gap mark, so the mark goes. Kept, every later
+        stream update asked the broker for it again (and said so again)."""
+        self.needs_reconcile.pop(order_id, None)
+
     def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
         """Bring the order up to what the broker says: ack, missed fills, final state.
 
