@@ -11,7 +11,7 @@ everything at once; only cycles wait longer.
 from __future__ import annotations
 
 import gc
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvloop
@@ -43,3 +43,17 @@ def keep_for_good() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def leaf_errors(error: BaseException) -> Iterator[BaseException]:
+    """The errors inside ``error``, however deeply task groups nested them.
+
+    ``except*`` keeps the groups' nesting: a failure in a task group inside
+    a task group reaches a service's ``main`` as a group within the group,
+    which logged as "unhandled errors in a TaskGroup" instead of the error.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaf_errors(inner)
+    else:
+        yield error

@@ -28,7 +28,7 @@ from libs.contract.events import AnyEvent
 from libs.contract.subjects import STREAM
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
-from libs.runtime import keep_for_good, run_service
+from libs.runtime import keep_for_good, leaf_errors, run_service
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.commands import CommandConsumer
 from services.broker_gateway.adapters.history import order_path_history
@@ -242,7 +242,7 @@ def main(settings: GatewaySettings, accounts: list[BrokerAccount]) -> int:
     try:
         run_service(serve(settings, accounts))
     except* (BusError, StoreError) as group:
-        for e in group.exceptions:
+        for e in leaf_errors(group):
             log.error("broker-gateway stopped: %s", e)
         failed = True
     return 1 if failed else 0

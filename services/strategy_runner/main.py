@@ -10,7 +10,7 @@ import signal
 from libs.bus.errors import BusError
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
-from libs.runtime import run_service
+from libs.runtime import leaf_errors, run_service
 from libs.store.errors import StoreError
 from libs.strategy.spec import LoadedStrategy
 from services.strategy_runner.config import RunnerSettings
@@ -38,7 +38,7 @@ def main(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> int:
     try:
         run_service(serve(settings, strategies))
     except* (BusError, StoreError) as group:
-        for error in group.exceptions:
+        for error in leaf_errors(group):
             log.error("strategy-runner stopped: %s", error)
         failed = True
     return 1 if failed else 0
