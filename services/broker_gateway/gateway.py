@@ -686,12 +686,10 @@ class AccountWorker:
                 # orders, and the outbox keeps the order they are queued in.
                 # Waking a submit waiting in _settle can wait for its lock.
                 await self.outbox.post(events)
-                # The tracker has it: a submit waiting in _settle may go on.
                 # Should the publish not happen (a crash), the restarted gateway
                 # reconciles the order from the broker; so the next update need
                 # not wait for this one's ack.
-                async with self._progress:
-                    self._progress.notify_all()
+                await self._taken_in()
                 if self.tracker.needs_reconcile:
                     self.want_reconcile()
             reconciling.cancel()
@@ -841,11 +839,14 @@ class AccountWorker:
             metrics.RECONCILED_FILLS.labels(account=self.account).inc(fills_published)
         await self.outbox.publish(events)
         if events:
-            # The tracker has it, as when the stream brings it: a submit
-            # waiting in _settle for what this published may go on.
-            async with self._progress:
-                self._progress.notify_all()
+            await self._taken_in()  # as when the stream brings it
         return len(events)
+
+    async def _taken_in(self) -> None:
+        """The tracker has taken in an order's news (the stream's, or a
+        reconciliation's): a submit waiting in _settle for it may go on."""
+        async with self._progress:
+            self._progress.notify_all()
 
 
 async def _ack(msg: Msg) -> None:

@@ -202,9 +202,17 @@ class Recorder:
                         tasks.create_task(self._read_loop(stream, bus, queue, writer.last_seq))
                         tasks.create_task(self._write_loop(writer, stream, queue))
                         if s.trim_every_s > 0:
-                            tasks.create_task(self._trim_loop(self.make_trimmer(bus), writer))
+                            trimmer = self.make_trimmer(bus)
+                            tasks.create_task(
+                                self._every(
+                                    s.trim_every_s,
+                                    lambda: self._trim(trimmer, writer.last_seq),
+                                )
+                            )
                         if s.position_snapshot_every_s > 0:
-                            tasks.create_task(self._snapshot_loop())
+                            tasks.create_task(
+                                self._every(s.position_snapshot_every_s, self._snapshot)
+                            )
                 finally:
                     await stream.close()
 
@@ -320,14 +328,15 @@ class Recorder:
     def _stream_trimmer(self, bus: Bus) -> Trimmer:
         return StreamTrimmer(bus, keep_s=self.settings.stream_keep_s, clock=self.clock)
 
-    async def _trim_loop(self, trimmer: Trimmer, writer: EventWriter) -> None:
-        """Every ``trim_every_s`` until asked to stop: trim below what is committed."""
+    async def _every(self, period_s: float, work: Callable[[], Awaitable[None]]) -> None:
+        """``work()`` every ``period_s`` until asked to stop (the writer's trims
+        and snapshots, in its cycle; ``work`` says and counts its own failures)."""
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.trim_every_s):
+                async with asyncio.timeout(period_s):
                     await self.stopping.wait()
             if not self.stopping.is_set():
-                await self._trim(trimmer, writer.last_seq)
+                await work()
 
     async def _trim(self, trimmer: Trimmer, committed: int) -> None:
         """One trim; a failure is said and counted, and recording goes on."""
@@ -370,17 +379,6 @@ class Recorder:
             self._held_by = held_by
         else:
             self._held_by = None
-
-    async def _snapshot_loop(self) -> None:
-        """Every ``position_snapshot_every_s`` until asked to stop: snapshot
-        the positions fold. Run only by the writer, in its cycle."""
-        every = self.settings.position_snapshot_every_s
-        while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(every):
-                    await self.stopping.wait()
-            if not self.stopping.is_set():
-                await self._snapshot()
 
     async def _snapshot(self) -> None:
         """One snapshot; a failure is said and counted, and recording goes on."""

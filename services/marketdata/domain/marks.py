@@ -186,11 +186,6 @@ def midpoint(bid: Decimal, ask: Decimal) -> Decimal:
     return mid
 
 
-def invalid_reason(quote: QuoteUpdated) -> SkipReason | None:
-    """Why ``quote`` cannot be marked (one-sided or crossed), or None."""
-    return quote.payload.unpriceable()
-
-
 def make_mark(
     quote: QuoteUpdated,
     price: Decimal,
@@ -267,7 +262,7 @@ class OptionMarks:
         for newer in (self._held.get(symbol), self._standing.get(symbol)):
             if newer is not None and quote.ts_event < newer[0].ts_event:
                 return "out_of_order"
-        invalid = invalid_reason(quote)
+        invalid = quote.payload.unpriceable()  # one-sided or crossed: no mark
         if invalid is not None:
             self._held.pop(symbol, None)
             self._standing.pop(symbol, None)
