@@ -107,9 +107,17 @@ RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
 RETRY_AFTER_MAX_S = 60.0
 #: Attempts of one call of a reconciliation that the broker rate-limits, in a
-#: row, before the reconciliation is given up until the next trigger (a
-#: reconnection, a gap). A call it serves starts the count again.
+#: row, before the reconciliation is given up for now. A call it serves
+#: starts the count again.
 RECONCILE_ATTEMPTS = 5
+#: A reconciliation given up (or a submit's fetch of its fills) while the
+#: broker is connected is tried again after a backoff: from
+#: RECONCILE_RETRY_INITIAL_S doubling to RECONCILE_RETRY_MAX_S, jittered,
+#: until one runs to the end. Until this, it waited for the next
+#: reconnection or gap, and the fills it was to fetch stayed unpublished
+#: (the risk-gate's positions short) for as long as the connection held.
+RECONCILE_RETRY_INITIAL_S = 5.0
+RECONCILE_RETRY_MAX_S = 300.0
 
 
 def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
@@ -118,8 +126,18 @@ def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
         # Jittered up (never below what was asked, never at once), capped.
         wait = max(retry_after_s, RETRY_INITIAL_S) * random.uniform(1.0, 1.1)  # noqa: S311
         return min(wait, RETRY_AFTER_MAX_S)
+    return _doubling(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+
+
+def reconcile_retry_delay_s(attempt: int) -> float:
+    """How long after its ``attempt + 1``-th give-up in a row (``attempt``
+    from 0) a reconciliation is tried again."""
+    return _doubling(attempt, RECONCILE_RETRY_INITIAL_S, RECONCILE_RETRY_MAX_S)
+
+
+def _doubling(attempt: int, initial: float, maximum: float) -> float:
     # The exponent is bounded: 2**1024 would not fit a float.
-    cap = min(RETRY_INITIAL_S * 2 ** min(attempt, 32), RETRY_MAX_S)
+    cap = min(initial * 2 ** min(attempt, 32), maximum)
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter
 
 
@@ -266,6 +284,11 @@ class AccountWorker:
         # Reconciliations asked for (see want_reconcile).
         self._reconcile_wanted = asyncio.Event()
         self._reconcile_everything = False
+        # A reconciliation to try again (see _retry_later): its timer, whether
+        # it is to reconcile everything, and the give-ups in a row so far.
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_everything = False
+        self._given_up = 0
 
     # ----------------------------------------------------------- commands
 
@@ -526,7 +549,11 @@ class AccountWorker:
             t = self.tracker.find(order)
             if t is not None:
                 log.info("order %s: fetching what the stream did not bring", t.order_id)
-                await self._call_once(self._reconcile_one(t))
+                if not await self._call_once(self._reconcile_one(t)):
+                    # Given up: the next reconciliation of the gaps fetches it.
+                    self.tracker.fetch_later(order)
+                    if self.port.connected:
+                        self._retry_later(everything=False)
 
     async def _cancel(self, command: CancelOrder) -> str:
         self.tracker.evolve(command)
@@ -615,28 +642,28 @@ class AccountWorker:
         await asyncio.sleep(delay)  # a backoff, not synchronisation
         return attempt + 1
 
-    async def _call_once(self, call: Awaitable[T]) -> T | None:
-        """``call``, or None if the broker is away (a later reconciliation catches up).
-
-        ``call`` is a fetch of :meth:`_reconcile_one`: one of its calls refused
-        ``RECONCILE_ATTEMPTS`` times in a row gives it up, said and counted as
-        a reconciliation's is.
+    async def _call_once(self, call: Awaitable[int]) -> bool:
+        """``call`` (a fetch of :meth:`_reconcile_one`); False if it was given
+        up: one of its calls refused ``RECONCILE_ATTEMPTS`` times in a row
+        (said and counted as a reconciliation's is), or the broker away or
+        not answering. The caller has the order fetched later.
         """
         try:
-            return await call
+            await call
         except RateLimited as e:
             metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
             log.warning(
                 "%s: fetch of an order given up: the broker refused a call %d times in a row "
-                "(%s); the next reconnection reconciles it",
+                "(%s); a later reconciliation fetches it",
                 self.account,
                 RECONCILE_ATTEMPTS,
                 e,
             )
-            return None
+            return False
         except BrokerUnavailable as e:
-            log.warning("%s: %s", self.account, e)
-            return None
+            log.warning("%s: fetch of an order given up: %s", self.account, e)
+            return False
+        return True
 
     async def _wait_connected(self, deadline: float | None) -> None:
         """Until the broker is back (or ``deadline``); ``keep_alive`` tells NATS meanwhile."""
@@ -727,25 +754,62 @@ class AccountWorker:
         broker the same things, twice the calls against its rate limit), and
         one asked for after a ``connected`` starts after it is published.
         """
-        while True:
-            await self._reconcile_wanted.wait()
-            self._reconcile_wanted.clear()
-            everything, self._reconcile_everything = self._reconcile_everything, False
-            if everything:
-                await self.reconcile()
-            elif self.tracker.needs_reconcile:
-                await self.reconcile(only=set(self.tracker.needs_reconcile))
+        try:
+            while True:
+                await self._reconcile_wanted.wait()
+                self._reconcile_wanted.clear()
+                everything, self._reconcile_everything = self._reconcile_everything, False
+                if self._retry is not None and (everything or not self._retry_everything):
+                    # This one covers what the retry was for.
+                    self._retry.cancel()
+                    self._retry, self._retry_everything = None, False
+                if everything:
+                    done = await self.reconcile()
+                elif self.tracker.needs_reconcile:
+                    done = await self.reconcile(only=set(self.tracker.needs_reconcile))
+                else:
+                    continue
+                if not done and self.port.connected:
+                    # Away, the reconnection reconciles everything anyway.
+                    self._retry_later(everything=everything)
+                elif done and self._retry is None:
+                    self._given_up = 0
+        finally:
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
 
-    async def reconcile(self, only: set[Any] | None = None) -> None:
+    def _retry_later(self, *, everything: bool) -> None:
+        """Have a reconciliation given up tried again after a backoff (see
+        :data:`RECONCILE_RETRY_INITIAL_S`); one already due keeps its time."""
+        self._retry_everything |= everything
+        if self._retry is not None:
+            return
+        delay = reconcile_retry_delay_s(self._given_up)
+        self._given_up += 1
+        log.info(
+            "reconciliation of %s (%s) tried again in %.1fs",
+            self.account,
+            "everything" if self._retry_everything else "the orders with gaps",
+            delay,
+        )
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        everything, self._retry_everything = self._retry_everything, False
+        self.want_reconcile(everything=everything)
+
+    async def reconcile(self, only: set[Any] | None = None) -> bool:
         """Ask the broker what we may have missed; publish the difference.
 
         Every unsettled order and every open order we do not know, or only the
         orders ``only``. A call the broker rate-limits is tried again after a
         backoff and the reconciliation goes on from where it was; a call
         refused ``RECONCILE_ATTEMPTS`` times in a row gives it up (logged and
-        counted), as does any other failure: the next reconnection or gap
-        reconciles again. What it publishes has derived ids, so asking again
-        is harmless.
+        counted), as does any other failure, and False is returned:
+        :meth:`run_reconciliations` tries again later. What it publishes has
+        derived ids, so asking again is harmless.
         """
         published = 0
         try:
@@ -770,19 +834,19 @@ class AccountWorker:
             metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
             log.warning(
                 "reconciliation of %s given up after %d events: the broker refused a call "
-                "%d times in a row (%s); the next reconnection or gap reconciles again",
+                "%d times in a row (%s)",
                 self.account,
                 published,
                 RECONCILE_ATTEMPTS,
                 e,
             )
-            return
+            return False
         except (BrokerError, ValueError) as e:
-            # The next reconnection (or the next gap) reconciles again.
             log.warning("reconciliation of %s interrupted: %s", self.account, e)
-            return
+            return False
         if published:
             log.info("reconciliation of %s published %d events", self.account, published)
+        return True
 
     async def _reconciling(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` of a reconciliation: rate-limited, it is tried again after

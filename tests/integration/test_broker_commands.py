@@ -44,6 +44,7 @@ from libs.contract.events import (
 from libs.contract.subjects import STREAM
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
+from services.broker_gateway import gateway as gateway_module
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
@@ -537,12 +538,20 @@ async def test_a_rate_limited_reconciliation_goes_on_from_where_it_was(
         assert len(a.server.throttled_at) == 4
 
 
-async def test_a_reconciliation_refused_call_after_call_is_given_up_said_and_counted(
-    bus: Bus, venues: list[Venue], caplog: pytest.LogCaptureFixture
+async def test_a_reconciliation_given_up_is_said_counted_and_tried_again(
+    bus: Bus,
+    venues: list[Venue],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The give-up rule: one call refused ``RECONCILE_ATTEMPTS`` times in a
-    row ends the reconciliation (the next reconnection or gap starts another),
-    with a warning and ``tradebus_broker_reconciliations_given_up_total``."""
+    row ends the reconciliation, with a warning and
+    ``tradebus_broker_reconciliations_given_up_total``. While the broker
+    stays connected it is tried again after a backoff, and publishes the
+    fill it was to fetch, with no reconnection in between. It used to wait
+    for the next reconnection or gap: the fill stayed unpublished (and the
+    risk-gate's position short) for as long as the connection held."""
+    monkeypatch.setattr(gateway_module, "RECONCILE_RETRY_INITIAL_S", 0.3)
     a = venues[0]
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
 
@@ -554,19 +563,29 @@ async def test_a_reconciliation_refused_call_after_call_is_given_up_said_and_cou
     async with gateway(bus, venues[:1]) as gw:
         w = gw.workers[a.account]
         assert await w.port.wait_connected(timeout=10)
-        await bus.publish(submit(a.account, "AAPL", "1", limit="90"))
+        resting = submit(a.account, "AAPL", "1", limit="90")
+        await bus.publish(resting)
         await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
         await w.wait_idle()
         before = given_up()
         assert before is not None
         await a.down()
         await eventually(lambda: not w.port.connected, timeout=10)
-        with caplog.at_level("WARNING"):
-            await a.up(rate_limited=100, retry_after_s=0)
+        a.book.on_market(MarketUpdate.trade("AAPL", D(80)))  # fills it, unseen
+        with caplog.at_level("INFO"):
+            await a.up(rate_limited=RECONCILE_ATTEMPTS, retry_after_s=0)
             await eventually(lambda: given_up() == before + 1, timeout=10)
+            assert await last_event(bus, f"broker.fill.{a.account}") is None
+            connections = len(await stored(bus, f"broker.conn.{a.account}"))
+            fill = await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=10)
+        assert fill["payload"]["order_id"] == str(resting.payload.order_id)
         assert a.server is not None
-        assert len(a.server.throttled_at) == RECONCILE_ATTEMPTS  # not asked again
+        assert len(a.server.throttled_at) == RECONCILE_ATTEMPTS
+        assert len(await stored(bus, f"broker.conn.{a.account}")) == connections  # no reconnection
+        assert w.port.connected
+        assert given_up() == before + 1
         assert f"reconciliation of {a.account} given up" in caplog.text
+        assert f"reconciliation of {a.account} (everything) tried again in" in caplog.text
 
 
 async def test_the_stream_s_events_are_queued_before_a_waiting_submit_is_woken(

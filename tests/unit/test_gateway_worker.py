@@ -398,19 +398,22 @@ async def test_a_submit_waiting_for_its_fills_is_woken_by_a_reconciliation() -> 
     assert len(asked) == 1
 
 
-async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_counted(
+async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_again(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The README: the fetch a submit makes when the stream has not brought
     the fills its answer shows gives up as a reconciliation does, one call
     refused RECONCILE_ATTEMPTS times in a row, with a warning and
-    ``tradebus_broker_reconciliations_given_up_total``. It gave up without
-    counting it."""
+    ``tradebus_broker_reconciliations_given_up_total`` (it gave up without
+    counting it). The order is then marked for the reconciliation of gaps,
+    which is tried after a backoff and publishes the fill. Until then the
+    fill waited for the next reconnection."""
     from services.broker_gateway.domain.model import BrokerOrder
     from services.broker_gateway.errors import RateLimited
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
     monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.01)
     account = f"refused-{uuid.uuid4().hex[:8]}"
     w = worker([1000.0], [], account=account)
     command = submit()
@@ -425,12 +428,25 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_counted(
     )
     w.tracker.submitted(oid, answer)
     refusals: list[int] = []
+    refusing = True
+    published: list[str] = []
 
     async def get_order(**ids: Any) -> BrokerOrder:
+        if not refusing:
+            return answer
         refusals.append(1)
         raise RateLimited("429", retry_after_s=None)
 
-    w.port = cast(Any, SimpleNamespace(get_order=get_order, connected=True))
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(e.type for e in events)
+
+    w.port = cast(
+        Any, SimpleNamespace(get_order=get_order, order_fills=order_fills, connected=True)
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
 
     def given_up() -> float | None:
         return REGISTRY.get_sample_value(
@@ -443,3 +459,17 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_counted(
     assert len(refusals) == gateway.RECONCILE_ATTEMPTS
     assert given_up() == 1
     assert "given up" in caplog.text
+    assert oid in w.tracker.needs_reconcile
+    assert w._retry is not None
+    assert published == []
+    refusing = False
+    retrying = asyncio.create_task(w.run_reconciliations())
+    try:
+        await eventually(lambda: published == ["FillReceived"], timeout=5)
+    finally:
+        retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
+    assert oid not in w.tracker.needs_reconcile
+    assert w.tracker.get(oid).filled == Decimal(1)  # type: ignore[union-attr]
+    assert len(refusals) == gateway.RECONCILE_ATTEMPTS

@@ -593,6 +593,13 @@ class OrderTracker:
         if seen is None or _no_older(order, seen):
             self.needs_reconcile[t.order_id] = order
 
+    def fetch_later(self, order: BrokerOrder) -> None:
+        """A fetch of what ``order`` (a submit's answer) shows was given up:
+        mark it, as a gap in the stream is, for the next reconciliation."""
+        t = self.find(order)
+        if t is not None:
+            self._mark(t, order)
+
     def unknown_at_broker(self, order_id: uuid.UUID) -> None:
         """The broker answered it does not know ``order_id`` (404): no answer
         will ever clear its gap mark, so the mark goes. Kept, every later
