@@ -47,6 +47,7 @@ ORDER_PATH = (
     "gateway: accepted read",
     "gateway: fill read",
     "gateway: accepted tracked",
+    "gateway: outbox wakes",  # its task takes the events in to publish them
     "OrderAccepted written",  # broker-gateway (libs.bus)
 )
 

@@ -198,6 +198,9 @@ class Outbox:
                 items.append(self._queue.get_nowait())
             self._room.set()
             events = [e for batch, _ in items for e in batch]
+            if trace.ON:
+                for key in {trace.order_key(e) for e in events} - {None}:
+                    trace.mark("gateway: outbox wakes", key)
             waiting = [done for _, done in items if done is not None]
             try:
                 await self.bus.publish_together(events)
