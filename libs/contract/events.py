@@ -537,6 +537,36 @@ class BrokerConnectionChanged(Event):
     payload: BrokerConnectionPayload
 
 
+class PositionDifference(Frozen):
+    """One symbol whose net position the broker and tradebus's fills disagree on."""
+
+    symbol: Symbol
+    #: Net quantity at the broker (negative: short; 0: the broker holds none).
+    broker_quantity: Money
+    #: Net quantity of the fills tradebus published for the account, over
+    #: every strategy (and none).
+    recorded_quantity: Money
+
+
+class PositionsCheckedPayload(Frozen):
+    account: Token
+    broker: str
+    #: Open positions the broker reported.
+    broker_positions: int = Field(ge=0)
+    #: Empty when every position agrees.
+    differences: tuple[PositionDifference, ...] = ()
+
+
+class BrokerPositionsChecked(Event):
+    """The gateway compared the broker's positions with the account's
+    recorded fills: the first check after it starts, and every change since
+    (a difference appearing, changing or gone)."""
+
+    subject_template = "broker.positions.{account}"
+    type: Literal["BrokerPositionsChecked"] = "BrokerPositionsChecked"
+    payload: PositionsCheckedPayload
+
+
 # ------------------------------------------------------------------- control
 
 
@@ -617,6 +647,7 @@ AnyEvent = Annotated[
     | FillReceived
     | OrderCanceled
     | BrokerConnectionChanged
+    | BrokerPositionsChecked
     | KillSwitchEngaged
     | KillSwitchReleased
     | TradingResumeRequested

@@ -53,6 +53,9 @@ class GatewaySettings(ServiceSettings):
     #: can still bring concerns it. At least ``max_submit_delay_s`` (a
     #: recreated consumer replays that far back).
     rebuild_settled_s: float = Field(default=7 * 86_400, gt=0)
+    #: How often each account's positions at the broker are compared with
+    #: its recorded fills (also after every reconnection); 0: never.
+    position_check_every_s: float = Field(default=300.0, ge=0, le=86_400)
 
     @field_validator("rebuild_settled_s")
     @classmethod

@@ -27,7 +27,9 @@ is room (see :meth:`AccountWorker.offer`).
   shows a gap) the worker has the account reconciled: beside the stream, one
   reconciliation at a time, it asks the broker about each unsettled order
   and any open order it does not know, and publishes what the stream did
-  not tell it.
+  not tell it. After a reconnection's reconciliation, and every
+  ``position_check_every_s``, it compares the broker's positions with the
+  account's recorded fills (:meth:`AccountWorker.check_positions`).
 
 The tasks publish through one :class:`Outbox`, which publishes in the order
 events were produced, so an order's ``OrderAccepted`` is on the stream before
@@ -61,13 +63,20 @@ from libs.contract.events import (
     AnyEvent,
     BrokerConnectionChanged,
     BrokerConnectionPayload,
+    BrokerPositionsChecked,
     CancelOrder,
     FlattenAccount,
+    PositionDifference,
+    PositionsCheckedPayload,
     SubmitOrder,
 )
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import BrokerOrder, ConnectionUpdate
-from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
+from services.broker_gateway.domain.tracker import (
+    OrderTracker,
+    TrackedOrder,
+    position_differences,
+)
 from services.broker_gateway.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -118,6 +127,10 @@ RECONCILE_ATTEMPTS = 5
 #: (the risk-gate's positions short) for as long as the connection held.
 RECONCILE_RETRY_INITIAL_S = 5.0
 RECONCILE_RETRY_MAX_S = 300.0
+#: A positions check that finds a difference looks again after this long
+#: and says only what differs both times: a fill the broker has booked may
+#: still be on its way on the stream.
+POSITION_CONFIRM_S = 2.0
 
 
 def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
@@ -245,8 +258,12 @@ class AccountWorker:
         ack_wait_s: float,
         dead_letter: Callable[[Msg, str], Awaitable[None]],
         max_held: int = MAX_HELD,
+        position_check_every_s: float = 0.0,
     ) -> None:
         self.account = account
+        #: How often the broker's positions are compared with the recorded
+        #: fills (and after every reconnection's reconciliation); 0: never.
+        self.position_check_every_s = position_check_every_s
         metrics.account_started(account)
         self.port = port
         self.tracker = tracker
@@ -292,6 +309,11 @@ class AccountWorker:
         self._retry: asyncio.TimerHandle | None = None
         self._retry_everything = False
         self._given_up = 0
+        # Positions checks (see check_positions): one is due; the periodic
+        # timer; what the last BrokerPositionsChecked said (None: none yet).
+        self._check_wanted = False
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._differences: tuple[PositionDifference, ...] | None = None
 
     # ----------------------------------------------------------- commands
 
@@ -757,30 +779,37 @@ class AccountWorker:
         broker the same things, twice the calls against its rate limit), and
         one asked for after a ``connected`` starts after it is published.
         """
+        if self.position_check_every_s > 0:
+            self._arm_check()
         try:
             while True:
                 await self._reconcile_wanted.wait()
                 self._reconcile_wanted.clear()
                 everything, self._reconcile_everything = self._reconcile_everything, False
+                check, self._check_wanted = self._check_wanted, False
                 if self._retry is not None and (everything or not self._retry_everything):
                     # This one covers what the retry was for.
                     self._retry.cancel()
                     self._retry, self._retry_everything = None, False
+                done = True
                 if everything:
                     done = await self.reconcile()
                 elif self.tracker.needs_reconcile:
                     done = await self.reconcile(only=set(self.tracker.needs_reconcile))
-                else:
-                    continue
-                if not done and self.port.connected:
-                    # Away, the reconnection reconciles everything anyway.
-                    self._retry_later(everything=everything)
-                elif done and self._retry is None:
+                if not done:
+                    if self.port.connected:
+                        # Away, the reconnection reconciles everything anyway.
+                        self._retry_later(everything=everything)
+                    continue  # positions are compared once nothing is missing
+                if self._retry is None:
                     self._given_up = 0
+                if (everything or check) and self.position_check_every_s > 0:
+                    await self.check_positions()
         finally:
-            if self._retry is not None:
-                self._retry.cancel()
-                self._retry = None
+            for timer in (self._retry, self._check_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._retry = self._check_timer = None
 
     def _retry_later(self, *, everything: bool) -> None:
         """Have a reconciliation given up tried again after a backoff (see
@@ -802,6 +831,76 @@ class AccountWorker:
         self._retry = None
         everything, self._retry_everything = self._retry_everything, False
         self.want_reconcile(everything=everything)
+
+    def _arm_check(self) -> None:
+        self._check_timer = asyncio.get_running_loop().call_later(
+            self.position_check_every_s, self._check_due
+        )
+
+    def _check_due(self) -> None:
+        self._arm_check()
+        self._check_wanted = True
+        self._reconcile_wanted.set()
+
+    async def check_positions(self) -> None:
+        """Compare the broker's positions with the account's recorded fills.
+
+        Run in the reconciliation task, after a reconciliation has run to the
+        end (nothing known to be missing). A difference is looked at again
+        after :data:`POSITION_CONFIRM_S` and said only if it is there both
+        times (a fill may be on its way). The outcome is published as
+        ``BrokerPositionsChecked`` the first time and whenever it changes;
+        each difference is logged; the account's differing symbols are a
+        gauge. It means a position tradebus does not know about: an order
+        placed at the broker by hand that filled while the gateway was away,
+        an option exercised or expired, a corporate action, a lost fill.
+        Nothing is traded on it: the operator decides.
+        """
+        if not self.port.connected:
+            return
+        try:
+            held = await self._reconciling(self.port.positions)
+            differences = position_differences(self.tracker.net_positions(), held)
+            if differences:
+                await asyncio.sleep(POSITION_CONFIRM_S)  # a policy delay, not synchronisation
+                first = {d.symbol for d in differences}
+                held = await self._reconciling(self.port.positions)
+                differences = tuple(
+                    d
+                    for d in position_differences(self.tracker.net_positions(), held)
+                    if d.symbol in first
+                )
+        except (BrokerError, ValueError) as e:
+            metrics.POSITION_CHECKS.labels(account=self.account, outcome="failed").inc()
+            log.warning("positions check of %s failed: %s", self.account, e)
+            return
+        outcome = "differ" if differences else "agree"
+        metrics.POSITION_CHECKS.labels(account=self.account, outcome=outcome).inc()
+        metrics.POSITION_DIFFERENCES.labels(account=self.account).set(len(differences))
+        for d in differences:
+            log.warning(
+                "positions of %s: %s is %s at the broker, %s from the recorded fills",
+                self.account,
+                d.symbol,
+                d.broker_quantity,
+                d.recorded_quantity,
+            )
+        if differences == self._differences:
+            return
+        if not differences and self._differences:
+            log.info("positions of %s agree with the broker's again", self.account)
+        event = BrokerPositionsChecked.create(
+            PositionsCheckedPayload(
+                account=self.account,
+                broker=self.port.broker,
+                broker_positions=sum(1 for p in held if p.quantity != 0),
+                differences=differences,
+            ),
+            source=self.source,
+            clock=self.clock,
+        )
+        await self.outbox.publish([event])
+        self._differences = differences
 
     async def reconcile(self, only: set[Any] | None = None) -> bool:
         """Ask the broker what we may have missed; publish the difference.

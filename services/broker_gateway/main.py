@@ -146,6 +146,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                 max_submit_delay_s=settings.max_submit_delay_s,
                 ack_wait_s=settings.command_ack_wait_s,
                 dead_letter=dead,
+                position_check_every_s=settings.position_check_every_s,
             )
             for a in accounts
         }

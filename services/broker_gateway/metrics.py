@@ -56,9 +56,21 @@ RATE_LIMITED = Counter(
 )
 RECONCILIATIONS_GIVEN_UP = Counter(
     "tradebus_broker_reconciliations_given_up_total",
-    "Reconciliations given up because the broker refused one call (429) 5 times in a row: "
-    "what they had not reached waits for the next reconnection or gap",
+    "Reconciliations given up because the broker refused one call (429) 5 times in a row "
+    "(tried again after a backoff)",
     ["account"],
+)
+POSITION_DIFFERENCES = Gauge(
+    "tradebus_broker_position_differences",
+    "Symbols whose net position at the broker differs from the account's recorded fills, "
+    "at the last positions check",
+    ["account"],
+)
+POSITION_CHECKS = Counter(
+    "tradebus_broker_position_checks_total",
+    "Checks of the broker's positions against the recorded fills, by outcome "
+    "(agree, differ, failed)",
+    ["account", "outcome"],
 )
 COMMANDS_HELD = Gauge(
     "tradebus_broker_commands_held",
@@ -81,4 +93,7 @@ def account_started(account: str) -> None:
     ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)
     RECONCILIATIONS_GIVEN_UP.labels(account=account)
+    POSITION_DIFFERENCES.labels(account=account)
+    for outcome in ("agree", "differ", "failed"):
+        POSITION_CHECKS.labels(account=account, outcome=outcome)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")

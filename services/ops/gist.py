@@ -89,6 +89,19 @@ def _connection(p: Payload) -> str:
     return f"{text} ({p['detail']})" if p.get("detail") else text
 
 
+def _positions(p: Payload) -> str:
+    differences = p.get("differences") or []
+    if not differences:
+        return f"{p.get('account', '?')}: positions agree with the broker's"
+    said = "; ".join(
+        f"{d.get('symbol', '?')} {d.get('broker_quantity', '?')} at the broker, "
+        f"{d.get('recorded_quantity', '?')} recorded"
+        for d in differences
+        if isinstance(d, dict)
+    )
+    return f"{p.get('account', '?')}: positions differ: {said}"
+
+
 def _fault(p: Payload) -> str:
     return f"{p.get('strategy', '?')} {p.get('action', '?')}: {p.get('error', '')}"
 
@@ -115,6 +128,7 @@ GISTS: dict[str, Callable[[Payload], str]] = {
     "KillSwitchReleased": _operator,
     "TradingResumeRequested": _operator,
     "BrokerConnectionChanged": _connection,
+    "BrokerPositionsChecked": _positions,
     "StrategyFaulted": _fault,
     "MarkUpdated": _mark,
 }

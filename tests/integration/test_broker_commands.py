@@ -55,7 +55,13 @@ from services.broker_gateway.gateway import (
     Outbox,
 )
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
-from services.paper_broker.domain.book import BookConfig, Closing, PaperBook, TradeUpdate
+from services.paper_broker.domain.book import (
+    BookConfig,
+    Closing,
+    OrderSpec,
+    PaperBook,
+    TradeUpdate,
+)
 from services.paper_broker.domain.fill_model import MarketUpdate
 
 D = Decimal
@@ -114,7 +120,9 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(bus: Bus, venues: list[Venue], *, max_held: int = 1000) -> AsyncIterator[Gateway]:
+async def gateway(
+    bus: Bus, venues: list[Venue], *, max_held: int = 1000, position_check_every_s: float = 0.0
+) -> AsyncIterator[Gateway]:
     """The gateway's command path, wired as main.py wires it, ack wait 1 s."""
     outbox = Outbox(bus)
 
@@ -144,6 +152,7 @@ async def gateway(bus: Bus, venues: list[Venue], *, max_held: int = 1000) -> Asy
             ack_wait_s=ACK_WAIT_S,
             dead_letter=dead,
             max_held=max_held,
+            position_check_every_s=position_check_every_s,
         )
     deliveries: list[tuple[str, int]] = []
 
@@ -613,3 +622,68 @@ async def test_the_stream_s_events_are_queued_before_a_waiting_submit_is_woken(
             a.server.market(MarketUpdate.trade("AAPL", D(89)))
             fill = await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=5)
         assert fill["payload"]["order_id"] == str(resting.payload.order_id)
+
+
+async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_board(
+    bus: Bus,
+    venues: list[Venue],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway compares the broker's positions with the account's
+    recorded fills. First check: they agree (published once). Then, while
+    the gateway is away, an order placed at the broker by hand fills: the
+    reconnection's reconciliation cannot see it (it is no longer open), but
+    the check after it finds the broker holding 5 more AAPL than the fills
+    say. That is published as ``BrokerPositionsChecked`` with the difference,
+    logged, and the account's gauge shows it; later checks that find the
+    same say nothing new on the bus."""
+    monkeypatch.setattr(gateway_module, "POSITION_CONFIRM_S", 0.3)
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    subject = f"broker.positions.{a.account}"
+
+    def checks(outcome: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "tradebus_broker_position_checks_total", {"account": a.account, "outcome": outcome}
+            )
+            or 0.0
+        )
+
+    async with gateway(bus, venues[:1], position_check_every_s=0.3) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "1"))
+        await eventually(lambda: last_event(bus, f"broker.fill.{a.account}"), timeout=10)
+        first = await eventually(lambda: last_event(bus, subject), timeout=10)
+        assert first["payload"]["differences"] == []  # (made before or after the fill)
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        by_hand = OrderSpec("AAPL", "buy", D(5), client_order_id="by-hand")
+        _, updates = a.book.submit(a.account, by_hand)
+        assert updates  # filled at once, at the last trade
+        with caplog.at_level("WARNING"):
+            await a.up()
+
+            async def said() -> dict[str, Any] | None:
+                checked = await stored(bus, subject)
+                return checked[-1] if len(checked) == 2 else None
+
+            found = await eventually(said, timeout=10)
+            differ = checks("differ")
+            await eventually(lambda: checks("differ") >= differ + 2, timeout=10)
+        assert found["payload"]["differences"] == [
+            {"symbol": "AAPL", "broker_quantity": "6", "recorded_quantity": "1"}
+        ]
+        assert found["payload"]["broker_positions"] == 1
+        assert len(await stored(bus, subject)) == 2  # the same difference again: nothing new
+        assert (
+            REGISTRY.get_sample_value(
+                "tradebus_broker_position_differences", {"account": a.account}
+            )
+            == 1
+        )
+        assert f"positions of {a.account}: AAPL is 6 at the broker, 1 from the recorded fills" in (
+            caplog.text
+        )

@@ -34,10 +34,15 @@ from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
+    BrokerPosition,
     CloseRefused,
     OrderUpdate,
 )
-from services.broker_gateway.domain.tracker import OrderTracker, TrackedOrder
+from services.broker_gateway.domain.tracker import (
+    OrderTracker,
+    TrackedOrder,
+    position_differences,
+)
 
 D = Decimal
 ACCOUNT = "acct"
@@ -742,4 +747,42 @@ def test_an_order_done_for_the_day_lives_on() -> None:
     next_day = order(cmd, filled="10", avg="100.6", status="filled")
     assert fills_of(t.on_update(fill_update(next_day, "6", "101", "x-2"))) == [
         ("6", "101", "10", "0", "s1")
+    ]
+
+
+def test_net_positions_and_their_differences_from_the_broker_s() -> None:
+    """What the positions check compares: the account's net quantity per
+    symbol over every strategy (and none), from the fills published, against
+    the broker's positions. Equal nets are no difference, whatever the split
+    between strategies; a symbol only one side holds is one; a flat symbol
+    is none on either side."""
+    t = tracker()
+    a, b = command(strategy="s1", qty="10"), command(strategy="s2", side="sell", qty="4")
+    for cmd, broker_id in ((a, "b-1"), (b, "b-2")):
+        submitted(t, cmd)
+        filled = order(cmd, str(cmd.payload.quantity), "100", "filled", broker_id=broker_id)
+        t.on_update(fill_update(filled, str(cmd.payload.quantity), "100", f"x-{broker_id}"))
+    flat = command(symbol="MSFT", qty="3")
+    submitted(t, flat)
+    t.on_update(fill_update(order(flat, "3", "50", "filled", broker_id="b-3"), "3", "50", "x-3"))
+    out = command(symbol="MSFT", side="sell", qty="3")
+    submitted(t, out)
+    t.on_update(fill_update(order(out, "3", "51", "filled", broker_id="b-4"), "3", "51", "x-4"))
+    assert t.position("AAPL", "s1") == 10
+    assert t.position("AAPL", "s2") == -4
+    assert t.net_positions() == {"AAPL": D(6)}
+
+    def held(**quantities: str) -> list[BrokerPosition]:
+        return [BrokerPosition(s, D(q), D(100)) for s, q in quantities.items()]
+
+    assert position_differences(t.net_positions(), held(AAPL="6")) == ()
+    assert position_differences(t.net_positions(), held(AAPL="6", MSFT="0")) == ()
+    found = position_differences(t.net_positions(), held(AAPL="5", TSLA="-2"))
+    assert [(d.symbol, d.broker_quantity, d.recorded_quantity) for d in found] == [
+        ("AAPL", D(5), D(6)),
+        ("TSLA", D(-2), D(0)),
+    ]
+    missing = position_differences(t.net_positions(), [])
+    assert [(d.symbol, d.broker_quantity, d.recorded_quantity) for d in missing] == [
+        ("AAPL", D(0), D(6))
     ]

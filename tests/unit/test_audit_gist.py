@@ -143,6 +143,32 @@ def test_a_mark_reads_as_its_price_and_the_quote_it_came_from() -> None:
     assert gist("MarkUpdated", {"symbol": "O:X", "price": "1"}) == "mark O:X 1 (bid ? / ask ?)"
 
 
+def test_a_positions_check_reads_as_agreement_or_each_difference() -> None:
+    from libs.contract.events import PositionDifference, PositionsCheckedPayload
+
+    agree = PositionsCheckedPayload(account="paper", broker="paper", broker_positions=2)
+    assert gist("BrokerPositionsChecked", stored(agree)) == (
+        "paper: positions agree with the broker's"
+    )
+    differ = PositionsCheckedPayload(
+        account="paper",
+        broker="paper",
+        broker_positions=2,
+        differences=(
+            PositionDifference(
+                symbol="AAPL", broker_quantity=Decimal(6), recorded_quantity=Decimal(1)
+            ),
+            PositionDifference(
+                symbol="TSLA", broker_quantity=Decimal(0), recorded_quantity=Decimal(-2)
+            ),
+        ),
+    )
+    assert gist("BrokerPositionsChecked", stored(differ)) == (
+        "paper: positions differ: AAPL 6 at the broker, 1 recorded; "
+        "TSLA 0 at the broker, -2 recorded"
+    )
+
+
 def test_every_gist_names_a_type_of_the_contract() -> None:
     from libs.contract.events import EVENT_TYPES
 

@@ -81,6 +81,7 @@ RISK_BROKER_METRICS = (
     "tradebus_broker_call_errors_total",
     "tradebus_broker_rate_limited_total",
     "tradebus_broker_reconciliations_given_up_total",
+    "tradebus_broker_position_differences",
     # The option marks that price contracts which seldom trade.
     "tradebus_marketdata_events_out_total",
     "tradebus_marketdata_remarks_total",

@@ -169,6 +169,21 @@ def test_gateway_rebuild_window_is_refused_below_the_submit_delay(
     assert load_settings(GatewaySettings).rebuild_settled_s == 120
 
 
+def test_gateway_positions_check_period_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.broker_gateway.config import GatewaySettings
+
+    assert load_settings(GatewaySettings).position_check_every_s == 300
+    for bad in ("-1", "soon", "100000"):
+        monkeypatch.setenv("TRADEBUS_POSITION_CHECK_EVERY_S", bad)
+        with pytest.raises(ConfigError) as info:
+            load_settings(GatewaySettings)
+        assert "TRADEBUS_POSITION_CHECK_EVERY_S" in str(info.value)
+    monkeypatch.setenv("TRADEBUS_POSITION_CHECK_EVERY_S", "0")
+    assert load_settings(GatewaySettings).position_check_every_s == 0
+
+
 def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.strategy_runner.config import RunnerSettings
 

@@ -23,6 +23,7 @@ from libs.contract.events import (
     BreakerTripped,
     BrokerConnectionChanged,
     BrokerConnectionPayload,
+    BrokerPositionsChecked,
     CancelOrder,
     CancelOrderPayload,
     DeadLetterPayload,
@@ -46,6 +47,8 @@ from libs.contract.events import (
     OrderIntentPayload,
     OrderRejected,
     OrderRejectedPayload,
+    PositionDifference,
+    PositionsCheckedPayload,
     QuotePayload,
     QuoteUpdated,
     ReasonCode,
@@ -295,6 +298,22 @@ SAMPLES: tuple[Sample, ...] = (
         BrokerConnectionChanged,
         BrokerConnectionPayload(account="acct-a", broker="alpaca", state="reconnecting"),
         "broker.conn.acct-a",
+    ),
+    Sample(
+        BrokerPositionsChecked,
+        PositionsCheckedPayload(
+            account="acct-a",
+            broker="alpaca",
+            broker_positions=2,
+            differences=(
+                PositionDifference(
+                    symbol="O:SPY241220P00720000",
+                    broker_quantity=Decimal("-2"),
+                    recorded_quantity=Decimal("0"),
+                ),
+            ),
+        ),
+        "broker.positions.acct-a",
     ),
     Sample(
         KillSwitchEngaged,

@@ -473,3 +473,72 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     assert oid not in w.tracker.needs_reconcile
     assert w.tracker.get(oid).filled == Decimal(1)  # type: ignore[union-attr]
     assert len(refusals) == gateway.RECONCILE_ATTEMPTS
+
+
+async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``check_positions`` publishes ``BrokerPositionsChecked`` on the first
+    check and whenever what differs changes; a difference seen in the first
+    look only (a fill on its way) is not said."""
+    from libs.contract.events import FillPayload, FillReceived
+    from services.broker_gateway.domain.model import BrokerPosition
+
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account="checked")
+    fill = FillReceived.create(
+        FillPayload(
+            order_id=uuid.uuid4(),
+            account="checked",
+            broker_order_id="b-1",
+            fill_id="f-1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(3),
+            price=Decimal(100),
+            cumulative_quantity=Decimal(3),
+            leaves_quantity=Decimal(0),
+            status="complete",
+            strategy="s",
+        ),
+        source="test",
+        clock=CLOCK,
+    )
+    w.tracker.evolve(fill)
+    looks: list[list[BrokerPosition]] = []
+    published: list[list[tuple[str, str, str]]] = []
+
+    async def positions() -> list[BrokerPosition]:
+        return looks.pop(0)
+
+    async def publish(events: list[Any]) -> None:
+        for e in events:
+            published.append(
+                [
+                    (d.symbol, str(d.broker_quantity), str(d.recorded_quantity))
+                    for d in e.payload.differences
+                ]
+            )
+
+    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+
+    def pos(symbol: str, qty: int) -> BrokerPosition:
+        return BrokerPosition(symbol, Decimal(qty), Decimal(100))
+
+    agree = [pos("AAPL", 3)]
+    extra = [pos("AAPL", 3), pos("TSLA", 2)]
+    checks: list[tuple[list[list[BrokerPosition]], list[list[tuple[str, str, str]]]]] = [
+        ([agree], [[]]),  # the first check: said, though nothing differs
+        ([agree], []),  # the same: nothing
+        ([extra, agree], []),  # TSLA in the first look only: nothing
+        ([extra, extra], [[("TSLA", "2", "0")]]),  # in both looks: said
+        ([[*extra, pos("MSFT", 1)], extra], []),  # MSFT in the first look only, TSLA as before
+        ([agree], [[]]),  # agrees again: said
+    ]
+    for answers, said in checks:
+        looks[:] = answers
+        before = len(published)
+        await w.check_positions()
+        assert looks == []
+        assert published[before:] == said

@@ -44,7 +44,7 @@ strategy stay right. Orders nobody here placed are roots (no cause).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -62,11 +62,13 @@ from libs.contract.events import (
     OrderCanceledPayload,
     OrderRejected,
     OrderRejectedPayload,
+    PositionDifference,
     SubmitOrder,
 )
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
+    BrokerPosition,
     CloseRefused,
     OrderRequest,
     OrderUpdate,
@@ -173,6 +175,15 @@ class OrderTracker:
 
     def position(self, symbol: str, strategy: str | None = None) -> Decimal:
         return self.positions.get((strategy, symbol), ZERO)
+
+    def net_positions(self) -> dict[str, Decimal]:
+        """The account's net quantity per symbol over every strategy (and
+        none), from the fills published: what the broker should hold. Flat
+        symbols are left out."""
+        net: dict[str, Decimal] = {}
+        for (_, symbol), quantity in self.positions.items():
+            net[symbol] = net.get(symbol, ZERO) + quantity
+        return {symbol: quantity for symbol, quantity in net.items() if quantity != 0}
 
     def _order(self, order_id: uuid.UUID, symbol: str) -> TrackedOrder:
         t = self.orders.get(order_id)
@@ -646,3 +657,24 @@ class OrderTracker:
         if order.status in ("canceled", "expired"):
             self._cancel(t, order, order.updated_ns, order.status, out)
         return out
+
+
+def position_differences(
+    recorded: Mapping[str, Decimal], broker: Iterable[BrokerPosition]
+) -> tuple[PositionDifference, ...]:
+    """The symbols whose net position at the broker is not what the recorded
+    fills make it (``recorded``: :meth:`OrderTracker.net_positions`), by
+    symbol. A position the broker lists flat counts as none; one it lists
+    twice (a venue that splits long and short) is summed."""
+    held: dict[str, Decimal] = {}
+    for p in broker:
+        held[p.symbol] = held.get(p.symbol, ZERO) + p.quantity
+    return tuple(
+        PositionDifference(
+            symbol=symbol,
+            broker_quantity=held.get(symbol, ZERO),
+            recorded_quantity=recorded.get(symbol, ZERO),
+        )
+        for symbol in sorted(set(held) | set(recorded))
+        if held.get(symbol, ZERO) != recorded.get(symbol, ZERO)
+    )
