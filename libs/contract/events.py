@@ -203,6 +203,10 @@ class FeedStatusPayload(Frozen):
     ]
     message: str = ""
     gap_filled_bars: int | None = None
+    #: The feed's connection the status is about, where it has several
+    #: (Polygon's ``stocks`` and ``options``, each its own WebSocket); None:
+    #: the feed as a whole.
+    market: Literal["stocks", "options"] | None = None
 
 
 class FeedStatusChanged(Event):

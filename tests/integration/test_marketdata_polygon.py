@@ -358,6 +358,66 @@ async def test_a_standing_option_quote_is_re_marked_until_the_feed_drops(bus: Bu
     assert metrics.REMARKS._value.get() - remarks == 2
 
 
+async def test_a_stocks_disconnect_leaves_the_option_quotes_standing(bus: Bus) -> None:
+    """The stocks and options feeds are separate connections: the stocks one
+    dropping loses no option quote, so a standing option quote is re-marked
+    on; the options one dropping ends it."""
+    async with (
+        FakePolygonWs(api_key=KEY) as stocks,
+        FakePolygonWs(api_key=KEY, market="options") as options,
+    ):
+        settings = make_settings(
+            stocks,
+            None,
+            symbols=f"AAPL,{OPTION}",
+            channels="quotes",
+            polygon_options_ws_url=options.url,
+            stale_after_s=3600,
+        )
+        clock = FakeClock(T0)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        sink = LookingSink(bus, OptionMarks(settings.mark_policy()))
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_source(source, sink, stop, clock, flush_every_s=0.02))
+
+        async def marks() -> list[MarkUpdated]:
+            return [e for e in await stream_events(bus) if isinstance(e, MarkUpdated)]
+
+        try:
+            await stocks.wait_subscribed("Q.AAPL")
+            await options.wait_subscribed(f"Q.{OPTION}")
+            await options.publish([quote(OPTION, 1, T0 + 1, "2.50", "2.55")])
+            await eventually(lambda: _count(marks, 1), timeout=10)
+            await stocks.drop()
+            await stocks.wait_connections(2)
+            await stocks.wait_subscribed("Q.AAPL")
+            # The stocks feed's disconnect has passed through the sink.
+            await eventually(lambda: _stocks_subscribed(bus, 2), timeout=10)
+            clock.set_ms(T0 + 30_001)
+            made = await eventually(lambda: _count(marks, 2), timeout=10)
+            await options.drop()
+            await options.wait_connections(2)
+            await options.wait_subscribed(f"Q.{OPTION}")
+            clock.set_ms(T0 + 60_002)  # a refresh after the re-mark, the options feed lost since
+            await eventually(lambda: sink.looked_at(T0 + 60_002), timeout=10)
+            assert await marks() == made, "no re-mark after the options disconnect"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+
+    first, remark = made
+    assert remark.causation_id == first.causation_id
+    assert remark.ts_event == (T0 + 30_001) * MS
+
+
+async def _stocks_subscribed(bus: Bus, count: int) -> bool:
+    return [
+        e.payload.message
+        for e in await stream_events(bus)
+        if isinstance(e, FeedStatusChanged) and e.payload.status == "subscribed"
+    ].count("stocks: 1 channel(s)") >= count
+
+
 async def _count(data: Any, n: int) -> list[Event] | None:
     events: list[Event] = await data()
     return events if len(events) >= n else None

@@ -86,9 +86,15 @@ def due(marks: OptionMarks, now: int) -> list[MarkUpdated]:
     return [m for m in made if isinstance(m, MarkUpdated)]
 
 
-def status(name: str, feed: Literal["polygon", "synthetic"] = "polygon") -> FeedStatusChanged:
+def status(
+    name: str,
+    feed: Literal["polygon", "synthetic"] = "polygon",
+    market: Literal["stocks", "options"] | None = None,
+) -> FeedStatusChanged:
     return FeedStatusChanged.create(
-        FeedStatusPayload.model_validate({"feed": feed, "status": name, "message": "options: x"}),
+        FeedStatusPayload.model_validate(
+            {"feed": feed, "status": name, "message": "options: x", "market": market}
+        ),
         source="marketdata/test",
         clock=At(T0),
     )
@@ -561,6 +567,20 @@ def test_a_disconnect_or_a_gap_of_the_feed_ends_the_standing(lost: str) -> None:
     assert dict(marked.ended) == {"feed_lost": 1}
     # The other feed's quote still stands; the lost feed's is not re-marked.
     assert [m.causation_id for m in due(marks, T0 + 30 * S)] == [other.id]
+
+
+@pytest.mark.parametrize("lost", sorted(FEED_LOST))
+def test_a_loss_of_the_stocks_connection_leaves_the_option_quotes_standing(lost: str) -> None:
+    """Polygon's stocks and options are separate connections: what the stocks
+    one lost is no option quote; the options one's loss ends them."""
+    marks = OptionMarks(STANDING)
+    marks.with_marks([quote(OPTION, "2.50", "2.55", T0)])
+    stocks_lost = status(lost, market="stocks")
+    marked = marks.with_marks([stocks_lost])
+    assert (list(marked.events), dict(marked.ended)) == ([stocks_lost], {})
+    assert marks.standing == 1
+    assert marks.with_marks([status(lost, market="options")]).ended == {"feed_lost": 1}
+    assert due(marks, T0 + 30 * S) == []
 
 
 @pytest.mark.parametrize("kept", ["connected", "authenticated", "subscribed", "stale", "recovered"])

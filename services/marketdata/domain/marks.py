@@ -47,7 +47,10 @@ until one of these ends it:
 
 - a one-sided or crossed quote (rule 1): the market no longer quotes it;
 - a feed status saying the feed lost data (:data:`FEED_LOST`: a disconnect,
-  a kick, a gap-fill) from the quote's feed: a quote may have been missed.
+  a kick, a gap-fill) from the quote's feed, and from the quote's connection
+  when the status names one (``market``: Polygon's stocks and options are
+  separate connections, so a stocks disconnect loses no option quote): a
+  quote may have been missed.
   ``stale`` does not end it: the connection is up (its pings answered) and
   silence is what an unchanged quote looks like; a dead connection is a
   disconnect within the WebSocket's ping timeout;
@@ -96,10 +99,12 @@ from libs.contract.codec import derived_id
 from libs.contract.envelope import Event
 from libs.contract.events import (
     OPTION_PREFIX,
+    AssetClass,
     FeedStatusChanged,
     MarkPayload,
     MarkUpdated,
     QuoteUpdated,
+    asset_class_of,
 )
 
 #: Why an option quote made no mark (the metric's ``reason`` label).
@@ -125,6 +130,10 @@ FEED_LOST = frozenset(
         "gap_filled",
     }
 )
+
+#: The symbols each of a feed's connections carries (Polygon's stocks and
+#: options clusters): a loss on one connection loses none of the other's quotes.
+MARKET_CARRIES: dict[str, AssetClass] = {"stocks": "equity", "options": "option"}
 
 NS = 1_000_000_000
 #: The places a price can carry (the contract's ``Price``).
@@ -295,11 +304,17 @@ class OptionMarks:
 
     def on_status(self, status: FeedStatusChanged) -> int:
         """Take a feed status: one in :data:`FEED_LOST` ends the standing of
-        every quote of its feed. Returns how many it ended."""
+        every quote of its feed, or only of its connection's symbols when it
+        names one (:data:`MARKET_CARRIES`). Returns how many it ended."""
         if status.payload.status not in FEED_LOST or not self._standing:
             return 0
-        feed = status.payload.feed
-        lost = [s for s, (q, _) in self._standing.items() if q.payload.feed == feed]
+        feed, market = status.payload.feed, status.payload.market
+        carried = None if market is None else MARKET_CARRIES[market]
+        lost = [
+            s
+            for s, (q, _) in self._standing.items()
+            if q.payload.feed == feed and (carried is None or asset_class_of(s) == carried)
+        ]
         for symbol in lost:
             del self._standing[symbol]
         return len(lost)

@@ -34,7 +34,8 @@ Every status (``connected``, ``authenticated``, ``subscribed``,
 ``disconnected``, ``reconnecting``, ``auth_failed``, ``max_connections``,
 ``force_disconnect``, ``slow_consumer``, ``stale``, ``recovered``,
 ``gap_filled`` with its count) is a ``FeedStatusChanged`` on
-``md.status.polygon``, in order with the data. Frames are parsed as they
+``md.status.polygon``, naming its connection (``market``: ``stocks`` or
+``options``) when it is about one, in order with the data. Frames are parsed as they
 arrive and handed, a batch at a time, to the sink by one publisher task
 through a bounded queue: when JetStream is slower than the feed, the queue
 fills, the socket is no longer read and TCP pushes back on Polygon (which
@@ -366,7 +367,13 @@ class PolygonSource:
             link.last_status = status
         log.info("polygon %s: %s", status, text)
         payload = FeedStatusPayload.model_validate(
-            {"feed": FEED, "status": status, "message": text, "gap_filled_bars": bars}
+            {
+                "feed": FEED,
+                "status": status,
+                "message": text,
+                "gap_filled_bars": bars,
+                "market": link.market if link is not None else None,
+            }
         )
         return FeedStatusChanged.create(
             payload,
@@ -655,6 +662,7 @@ class PolygonSource:
                         self._status(
                             "gap_filled",
                             f"{count} {interval} bar(s) from REST ({spans})",
+                            link=link,
                             bars=count,
                         )
                     )
