@@ -21,13 +21,16 @@ from typing import Any
 from libs.contract.envelope import Event
 from libs.contract.events import (
     FillReceived,
+    FlattenAccount,
+    FlattenAccountPayload,
+    OrderCanceled,
     OrderIntentCreated,
     ReasonCode,
     Side,
     SignalGenerated,
 )
 from libs.strategy.runtime import InMemoryRuntime
-from libs.strategy.testing import EchoStrategy, accept, deny, market_intent, signal
+from libs.strategy.testing import At, EchoStrategy, accept, deny, market_intent, signal
 from services.broker_gateway.domain.model import OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.strategy_runner.adapters.store import History, load_history
@@ -193,3 +196,51 @@ async def test_old_finished_chains_are_read_as_fills_only(database_url: str) -> 
     fills = [e for e in c.events if e.type == "FillReceived" and e.correlation_id in left_out]
     assert fills
     assert {e.id for e in fills} <= {e.id for e in windowed.events}
+
+
+async def test_an_order_the_flatten_canceled_is_not_pending_after_a_restart(
+    database_url: str,
+) -> None:
+    """A flatten cancels the strategies' working orders: the gateway's
+    ``OrderCanceled`` is caused by the ``FlattenAccount``, so it is in the
+    flatten's chain, not the strategy's. Live, the runner routes it by its
+    order id and the intent is finished; the start-up read only the
+    strategy's chains and missed it, so after a restart the intent was
+    working again, its quantity pending for good (the strategy's exposure
+    off by it: a long entry it would never make, an exit it would sell into
+    a short)."""
+    clock = Clock()
+    clock.t = NOW - 3600 * 10**9
+    broker = OrderTracker(ACCOUNT, clock=clock, source="broker-gateway/test")
+    cause = signal("s1", "AAPL", at_ns=clock.t)
+    intent = market_intent(cause, ACCOUNT, "buy", 5)
+    decision, cmd = accept(intent)
+    oid = cmd.payload.order_id
+    broker.plan_submit(cmd)
+    broker.request(oid)
+    events: list[Event] = [cause, intent, decision, cmd]
+    events += broker.submitted(oid, order(cmd, broker_id="b-1"))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="test"),
+        source="test/risk-gate",
+        clock=At(clock.t),
+    )
+    broker.flatten_started(flatten)
+    events += [flatten, *broker.flatten_done([])]
+    canceled = broker.on_update(
+        OrderUpdate("canceled", order(cmd, status="canceled", broker_id="b-1"), clock.t)
+    )
+    assert [type(e) for e in canceled] == [OrderCanceled]
+    assert canceled[0].correlation_id == flatten.id  # the flatten's chain
+    events += canceled
+
+    live = InMemoryRuntime()
+    live.add("s1", EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
+    for event in events:
+        live.restore(event)
+    assert live.hosts["s1"].pending("AAPL") == 0
+
+    await record_events(database_url, events)
+    _, books = await _restored(database_url, NOW - 7 * DAY_NS)
+    assert books["s1"][2]["AAPL"] == 0
+    assert books["s1"][1] == {}

@@ -125,3 +125,22 @@ def test_rounding_takes_any_value() -> None:
     assert rounded(Decimal("1e30")) == Decimal("1e30").quantize(
         Decimal("0.0001"), context=Context(prec=50)
     )
+
+
+def test_an_option_leg_is_sized_by_the_contract_s_notional() -> None:
+    # An option contract is 100 shares of its per-share price: at 5.00 one
+    # contract is 500 of notional, so 10,000 a leg is 20 contracts. Sized by
+    # the per-share price alone, the leg was 2,000 contracts: 100 times the
+    # notional asked for (1,000,000).
+    option = "O:AAPL261218C00100000"
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=("MSFT", option),
+    )
+    for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+        rt.run([bar("MSFT", msft, T0 + i * MINUTE_NS), bar(option, "5", T0 + i * MINUTE_NS)])
+    out = rt.run([bar("MSFT", "105", T0 + 5 * MINUTE_NS), bar(option, "5", T0 + 5 * MINUTE_NS)])
+    assert legs(out) == [("MSFT", "sell", Decimal(95)), (option, "buy", Decimal(20))]

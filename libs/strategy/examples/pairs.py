@@ -5,9 +5,9 @@ bar start), the spread is ``ln(close_A) - hedge_ratio * ln(close_B)``. Its
 z-score is taken against the previous ``lookback`` spreads (the current one
 excluded, so a jump shows in full). Flat, ``z > entry_z`` sells the spread
 (sell A, buy B) and ``z < -entry_z`` buys it (buy A, sell B), each leg sized
-to about ``leg_notional`` (whole shares); in a trade, ``|z| < exit_z`` closes
-both legs. One signal (on A) causes both legs' intents, so the pair is one
-chain in the audit trail.
+to about ``leg_notional`` (whole shares, or whole option contracts of 100
+shares each); in a trade, ``|z| < exit_z`` closes both legs. One signal (on
+A) causes both legs' intents, so the pair is one chain in the audit trail.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from libs.contract.events import Side
+from libs.contract.events import Side, contract_multiplier
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import exposure
@@ -33,7 +33,8 @@ class PairsParams(StrategyParams):
     exit_z: Decimal = Field(default=Decimal("0.5"), ge=0, le=20)
     #: Units of ln(B) per unit of ln(A) in the spread.
     hedge_ratio: Decimal = Field(default=Decimal(1), gt=0, le=100)
-    #: Money per leg; each leg trades floor(leg_notional / price) shares.
+    #: Money per leg; each leg trades floor(leg_notional / (price x multiplier))
+    #: shares or option contracts (``contract_multiplier``: 100 for ``O:…``).
     leg_notional: Decimal = Field(default=Decimal(10_000), gt=0)
 
     @model_validator(mode="after")
@@ -90,8 +91,8 @@ class PairsTrade(Strategy[PairsParams]):
         z = rounded((spread - mean) / sd)
         held_a, held_b = exposure(self.ctx, self._a), exposure(self.ctx, self._b)
         if held_a == 0 and held_b == 0:
-            qty_a = (p.leg_notional / price_a).to_integral_value(ROUND_FLOOR)
-            qty_b = (p.leg_notional / price_b).to_integral_value(ROUND_FLOOR)
+            qty_a = self._leg_quantity(self._a, price_a)
+            qty_b = self._leg_quantity(self._b, price_b)
             if qty_a == 0 or qty_b == 0:
                 return
             if z > p.entry_z:
@@ -103,6 +104,12 @@ class PairsTrade(Strategy[PairsParams]):
             for held in (held_a, held_b):
                 legs.append(("sell" if held > 0 else "buy", abs(held)))
             self._trade("pair_exit", "flat", z, tuple(legs))
+
+    def _leg_quantity(self, symbol: str, price: Decimal) -> Decimal:
+        """Whole units of ``symbol`` worth about ``leg_notional`` (an option
+        contract's price is per share: one contract is worth 100 of it)."""
+        notional = price * contract_multiplier(symbol)
+        return (self.params.leg_notional / notional).to_integral_value(ROUND_FLOOR)
 
     def _trade(
         self,

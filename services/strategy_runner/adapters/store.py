@@ -12,6 +12,10 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
 - every fill booked to a strategy outside its own chains (a
   ``FlattenAccount``'s closing orders, booked by the broker-gateway to the
   strategies whose positions they closed);
+- the cancels of its orders that a command outside its chains caused (a
+  ``FlattenAccount`` cancels whatever is working, and the gateway's
+  ``OrderCanceled`` is then in the flatten's chain): live, they are routed
+  by order id and finish their intents, so the rebuild must see them too;
 - the last bar or trade of each of its symbols, for unrealized P&L;
 - the latest bars of each symbol, as many as its strategies ask for
   (``Strategy.warmup_bars``), to warm their indicators up (``on_warmup``).
@@ -44,13 +48,16 @@ COLUMNS = "seq, id, type, ts_event, ts_init, source, correlation_id, causation_i
 #: The same, of an ``events`` row named ``e``.
 E_COLUMNS = ", ".join(f"e.{c}" for c in COLUMNS.split(", "))
 
-# Two halves, two index scans, not one OR (which read the whole table: 28 ms
-# -> 326 ms on a million rows); a fill of a strategy's own chain can come
-# from both, and load_history keeps it once.
+# Three parts, each its own index scans, not one OR (which read the whole
+# table: 28 ms -> 326 ms on a million rows); a fill (or a cancel) of a
+# strategy's own chain can come from two, and load_history keeps it once.
 # - The chains: a chain whose intents are all finished (denied, rejected,
 #   canceled, completely filled) and whose last event is older than $3
 #   (ts_init, ns) is left out, unless one of its fills names no strategy: it
 #   no longer touches the books but through its fills.
+# - The cancels of the chains' orders caused outside them (a FlattenAccount
+#   cancels what is working; a CancelOrder): in the causing command's chain,
+#   found by their cause. They finish an intent like a cancel in its chain.
 # - The fills booked to the strategies, after each one's checkpoint ($4, $5:
 #   strategies and their checkpoints' sequences; the earlier ones are in it).
 CHAINS_SQL = f"""
@@ -62,8 +69,14 @@ WITH chains AS MATERIALIZED (
     )
 ),
 orders AS (
-    SELECT payload->>'intent_id' AS intent_id, payload->>'order_id' AS order_id
+    SELECT correlation_id, payload->>'intent_id' AS intent_id, payload->>'order_id' AS order_id
     FROM chains WHERE type = 'RiskDecisionMade' AND payload->>'order_id' IS NOT NULL
+),
+canceled_elsewhere AS MATERIALIZED (
+    SELECT {COLUMNS} FROM events
+    WHERE seq <= $2 AND type = 'OrderCanceled' AND causation_id IN (
+        SELECT id FROM events WHERE type IN ('FlattenAccount', 'CancelOrder') AND seq <= $2
+    ) AND payload->>'order_id' IN (SELECT order_id FROM orders)
 ),
 finished AS (
     SELECT payload->>'intent_id' AS intent_id FROM chains
@@ -73,6 +86,9 @@ finished AS (
     WHERE c.type IN ('OrderRejected', 'OrderCanceled')
        OR (c.type = 'FillReceived' AND (c.payload->>'status' = 'complete'
                                         OR (c.payload->>'leaves_quantity')::numeric = 0))
+    UNION
+    SELECT o.intent_id FROM canceled_elsewhere c JOIN orders o
+    ON o.order_id = c.payload->>'order_id'
 ),
 working AS (
     SELECT DISTINCT i.correlation_id FROM chains i
@@ -88,6 +104,10 @@ kept AS (
     SELECT correlation_id FROM chains WHERE type = 'FillReceived' AND strategy IS NULL
 )
 SELECT {COLUMNS} FROM chains WHERE correlation_id IN (SELECT correlation_id FROM kept)
+UNION ALL
+SELECT {COLUMNS} FROM canceled_elsewhere WHERE payload->>'order_id' IN (
+    SELECT order_id FROM orders WHERE correlation_id IN (SELECT correlation_id FROM kept)
+)
 UNION ALL
 SELECT {E_COLUMNS} FROM events e
 LEFT JOIN unnest($4::text[], $5::bigint[]) AS cp(strategy, seq) ON cp.strategy = e.strategy
