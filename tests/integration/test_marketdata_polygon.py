@@ -579,6 +579,55 @@ async def test_gap_fill_follows_next_url_pages(bus: Bus) -> None:
         assert starts == [b["t"] for b in bars]
 
 
+async def test_a_rest_bar_the_contract_refuses_is_dead_lettered_and_the_gap_still_filled(
+    bus: Bus,
+) -> None:
+    """A gap-fill bar Polygon's REST sends with a value our contract refuses
+    (here an open of 0: prices are positive) is dead-lettered, as the same
+    bar over the WebSocket would be, and the other bars of the gap are
+    published. It used to raise out of the gap-fill task and end the feed;
+    a restart fetched the same bar again."""
+    bars = make_minute_bars("AAPL", T0, 6)
+    bars[3] = {**bars[3], "o": 0}
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(ws, rest, symbols="AAPL", channels="minute_bars")
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 1)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL")
+            clock.set_ms(T0 + MINUTE_MS + 1)
+            await ws.publish([rest_bar_to_am("AAPL", bars[0])])
+            await eventually(lambda: len(sink.bars()) == 1)
+            clock.set_ms(T0 + 6 * MINUTE_MS)
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+            # Still live after it: the next minute's bar is published.
+            conn = await ws.wait_subscribed("AM.AAPL")
+            late = make_minute_bars("AAPL", T0 + 6 * MINUTE_MS, 1)
+            clock.set_ms(T0 + 7 * MINUTE_MS + 1)
+            await ws.publish([rest_bar_to_am("AAPL", late[0])], conn)
+            await eventually(lambda: len(sink.bars()) == 6)
+        starts = [b.payload.start_ns // MS for b in sink.bars()]
+        assert starts == [bars[i]["t"] for i in (0, 1, 2, 4, 5)] + [late[0]["t"]]
+        [filled] = [
+            e
+            for e in sink.events
+            if isinstance(e, FeedStatusChanged) and e.payload.status == "gap_filled"
+        ]
+        assert filled.payload.gap_filled_bars == 4
+        [letter] = [e for e in sink.events if isinstance(e, MessageDeadLettered)]
+        assert letter.payload.service == "marketdata"
+        assert letter.payload.error.startswith("invalid_event: REST 1m bar of AAPL at ")
+        raw = json.loads(base64.b64decode(letter.payload.raw_b64))
+        assert (raw["ticker"], raw["t"], raw["o"]) == ("AAPL", bars[3]["t"], "0")
+        on_stream = await stream_events(bus)
+        assert letter.id in {e.id for e in on_stream}
+
+
 async def restarted(
     bus: Bus,
     nats_url: str,

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -85,7 +86,9 @@ from services.marketdata.adapters.polygon.parse import (
     PREFIX_OF_CHANNEL,
     FrameParser,
     Parsed,
+    Rejected,
     rest_bar_event,
+    rest_bar_rejected,
     statuses_text,
 )
 from services.marketdata.adapters.polygon.rest import GapFillFetchError, PolygonRest
@@ -593,13 +596,15 @@ class PolygonSource:
                     or (filler := fillers.get(e.payload.interval)) is None
                     or filler.admit(e.payload.symbol, e.payload.start_ns)
                 ]
-        for bad in parsed.rejected:
-            log.warning("polygon %s: dead-lettering %s: %s", link.market, bad.reason, bad.detail)
-            metrics.DEAD_LETTERS.labels(service="marketdata", reason=bad.reason).inc()
-            self.dead_lettered += 1
-            events.append(bad.dead_letter(market=link.market, source=self.source, clock=self.clock))
+        events.extend(self._dead_letter(link, bad) for bad in parsed.rejected)
         if events:
             await self._queue.put(events)
+
+    def _dead_letter(self, link: Link, bad: Rejected) -> Event:
+        log.warning("polygon %s: dead-lettering %s: %s", link.market, bad.reason, bad.detail)
+        metrics.DEAD_LETTERS.labels(service="marketdata", reason=bad.reason).inc()
+        self.dead_lettered += 1
+        return bad.dead_letter(market=link.market, source=self.source, clock=self.clock)
 
     # ------------------------------------------------------------ gap-fill
 
@@ -641,16 +646,26 @@ class PolygonSource:
                     missing = filler.missing(window, rows, lambda r: r.t * MS)
                     chosen.extend((window.symbol, r) for r in missing)
                 ts_init = self.clock.now_ns()
-                events: list[Event] = [
-                    rest_bar_event(
-                        symbol, row, interval=interval, source=self.source, ts_init=ts_init
-                    )
-                    for symbol, row in time_ordered(chosen, lambda r: r.t)
-                ]
+                events: list[Event] = []
+                refused = 0
+                for symbol, row in time_ordered(chosen, lambda r: r.t):
+                    try:
+                        events.append(
+                            rest_bar_event(
+                                symbol, row, interval=interval, source=self.source, ts_init=ts_init
+                            )
+                        )
+                    except ValidationError as e:
+                        # Dead-lettered, as the same bar over the WebSocket
+                        # would be; it used to end the feed (and a restart
+                        # fetched it again: a crash loop).
+                        refused += 1
+                        bad = rest_bar_rejected(symbol, row, e, interval=interval)
+                        events.append(self._dead_letter(link, bad))
                 for window, _rows in fetched:
                     filler.filled(window)
                 if fetched:
-                    count = len(events)
+                    count = len(events) - refused
                     self.gap_filled_bars += count
                     metrics.GAP_FILLED_BARS.inc(count)
                     unit = "min" if interval == "1m" else "s"

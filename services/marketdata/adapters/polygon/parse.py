@@ -288,6 +288,18 @@ def rest_bar_event(
     )
 
 
+def rest_bar_rejected(
+    symbol: str, rec: RestAgg, error: ValidationError, *, interval: str = "1m"
+) -> Rejected:
+    """A REST aggregate our contract refuses (:func:`rest_bar_event` raised
+    ``error``), to be dead-lettered as a WebSocket event would be."""
+    return Rejected(
+        orjson.dumps({"ticker": symbol, "interval": interval, **rec.model_dump(mode="json")}),
+        "invalid_event",
+        f"REST {interval} bar of {symbol} at {rec.t}: {_short(error)}",
+    )
+
+
 class _At:
     """A clock stopped at one instant (``ts_init`` of a batch)."""
 
