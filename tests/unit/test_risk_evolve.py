@@ -636,6 +636,30 @@ def test_resume_of_an_active_scope_is_a_no_op() -> None:
     assert state.obligations == ()
 
 
+def test_a_resume_repeated_before_the_first_is_reacted_to_owes_nothing_in_a_fold() -> None:
+    """An operator resumes twice in a row; the gate reacts to the first at once
+    and finds the account active at the second, but in the stream the second
+    can land before the first one's reaction. The fold of the store must not
+    keep the second as owed: after a restart it would raise the account to
+    active on its own, here out of the halt of a daily-loss breaker that
+    tripped later."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state, _ = settle(evolve(state, conn("disconnected", t=T0 + S)), T0 + S)
+    assert state.scope_state("acct").state == "halted"
+    first = op(TradingResumeRequested, "acct", T0 + 2 * S)
+    again = op(TradingResumeRequested, "acct", T0 + 2 * S + 1)
+    live, resumed = settle(evolve(state, first), T0 + 2 * S)
+    live = evolve(live, again)
+    assert react(live, T0 + 2 * S) == []
+    loss = trade("AAPL", 89, T0 + 3 * S)  # day P&L -1,100: the breaker
+    live, breaker = settle(evolve(live, loss), T0 + 3 * S)
+    assert live.scope_state("acct").state == "halted"
+    folded = apply(state, first, again, *resumed, loss, *breaker)
+    assert folded.scope_state("acct").state == "halted"
+    assert react(folded, T0 + 4 * S) == [], "restarting on the fold publishes nothing"
+    assert folded.obligations == live.obligations == ()
+
+
 def test_state_change_from_elsewhere_does_not_clear_an_obligation() -> None:
     state = evolve(start(), conn("disconnected"))
     unrelated = ev(

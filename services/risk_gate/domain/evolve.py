@@ -290,6 +290,19 @@ def _oblige(state: RiskState, obligation: Obligation) -> RiskState:
     return replace(state, obligations=(*state.obligations, obligation))
 
 
+def _owed_state(state: RiskState, scope: str) -> TradingState:
+    """The state ``scope`` is in once what is owed to it has been reacted to.
+
+    Live, the gate reacts before it reads the next message, so every event
+    finds the reactions to the ones before it applied; a fold of the store can
+    reach an event ahead of reactions the live gate had already published
+    (they land in the stream after it). Read this, not the state folded so
+    far, where the answer must be the one the live gate gave.
+    """
+    owed = [o for o in state.obligations if o.scope == scope]
+    return RESULTING_STATE[owed[-1].kind] if owed else state.scope_state(scope).state
+
+
 # ---------------------------------------------------------------- intents
 
 
@@ -503,9 +516,11 @@ def _on_kill_switch(state: RiskState, event: KillSwitchEngaged) -> RiskState:
 
 def _on_resume(state: RiskState, event: TradingResumeRequested) -> RiskState:
     p = event.payload
-    halting_pending = any(o.scope == p.scope and o.kind != "resume" for o in state.obligations)
-    if state.scope_state(p.scope).state == "active" and not halting_pending:
-        return state  # nothing to resume
+    if _owed_state(state, p.scope) == "active":
+        # Nothing to resume, or a resume is owed already: a second one would
+        # stay owed past the first one's reaction in a fold of the store, and
+        # raise the scope again on a restart, whatever halted it since.
+        return state
     kept = tuple(o for o in state.obligations if not (o.kind == "resume" and o.scope == p.scope))
     return replace(
         state,
