@@ -617,6 +617,30 @@ def test_a_connection_lost_halt_is_not_lowered_to_reducing_by_a_fold() -> None:
     assert folded == live
 
 
+def test_a_reduce_level_reached_as_a_resume_lands_is_folded_as_the_gate_reacted() -> None:
+    """The gate resumes a halted account at once, then a print past the
+    reduce-only level puts it in reducing; in the stream the print can land
+    ahead of the resume's reaction. The fold must reach the live state, with
+    the reduce recorded for the day: else, after a restart, the operator's next
+    resume that day is undone by the next print, which live it is not."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state, _ = settle(evolve(state, conn("disconnected", t=T0 + S)), T0 + S)
+    resume = op(TradingResumeRequested, "acct", T0 + 2 * S)
+    live, resumed = settle(evolve(state, resume), T0 + 2 * S)
+    print_ = trade("AAPL", 93, T0 + 2 * S + 1)  # day P&L -700: past reduce-only (600)
+    live, reduced = settle(evolve(live, print_), T0 + 2 * S)
+    assert live.scope_state("acct").state == "reducing"
+    folded = apply(state, resume, print_, *resumed, *reduced)
+    assert folded == live
+    # The operator resumes again; today's reduce does not come back.
+    again = op(TradingResumeRequested, "acct", T0 + 3 * S)
+    later = trade("AAPL", 92, T0 + 4 * S)
+    for s in (live, folded):
+        s, _ = settle(evolve(s, again), T0 + 3 * S)
+        assert s.scope_state("acct").state == "active"
+        assert react(evolve(s, later), T0 + 4 * S) == []
+
+
 def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))

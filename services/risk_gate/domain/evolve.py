@@ -74,9 +74,6 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
     "reduce": "reducing",
 }
 
-#: The obligations whose reaction halts their scope.
-HALTING = frozenset(k for k, v in RESULTING_STATE.items() if v == "halted")
-
 #: Events applied once per id. A later copy (the same event published again
 #: past JetStream's duplicate window) changes nothing, as in the store, where
 #: the recorder keeps it as ``DuplicateSuppressed``. The other types evolve
@@ -259,14 +256,19 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
-            # Not while a halt is owed: the stream holds the causes the gate
-            # saw before its reaction to them, so a fold reaches this with the
-            # halt still pending where the live gate had already halted, and a
-            # reduce reacted to after the halt would lower it to reducing.
+            # Only from active, as the account is once what is owed to it is
+            # reacted to: the stream holds the causes the gate saw before its
+            # reactions to them, so a fold reaches this with a halt still owed
+            # where the live gate had already halted (a reduce reacted to after
+            # it would lower it to reducing), or with a resume still owed where
+            # the live gate had already resumed and reduced.
             if (
                 state.loss_reduced.get(account) == state.day
-                or state.scope_state(account).state != "active"
-                or pending & {"reduce", *HALTING}
+                or any(
+                    o.kind == "reduce" and o.scope == account and o.day == state.day
+                    for o in state.obligations
+                )
+                or _owed_state(state, account) != "active"
             ):
                 continue
             shown = reportable(pnl)
