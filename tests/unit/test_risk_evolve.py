@@ -480,6 +480,21 @@ def test_a_loss_on_an_average_cost_with_no_end_still_trips_the_breaker() -> None
     assert state.scope_state("acct").state == "halted"
 
 
+def test_a_fill_that_marks_a_symbol_checks_every_account_holding_it() -> None:
+    """A fill is a price (it marks the symbol) for every account holding the
+    symbol, not only the one it fills: the other's breaker trips on it, as on
+    a print at that price, rather than its intents being denied daily_loss
+    with its position left open until the next print."""
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100, account="b", strategy="mr"))
+    state = evolve(state, fill(uuid.uuid4(), 1, 40, t=T0 + S))  # acct buys 1 at 40
+    assert state.day_pnl("b") == D(-600)  # past b's limit of 500
+    (ob,) = state.obligations
+    assert (ob.kind, ob.scope, ob.value) == ("daily_loss", "b", D(-600))
+    state, out = settle(state, T0 + S)
+    assert [e.type for e in out] == ["BreakerTripped", "FlattenAccount", "TradingStateChanged"]
+    assert state.scope_state("b").state == "halted"
+
+
 def test_reduce_only_level_before_the_breaker() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))

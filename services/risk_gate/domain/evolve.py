@@ -432,8 +432,16 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         strategy_positions = with_item(strategy_positions, skey, sp)
     marks = state.marks
     current = marks.get(p.symbol)
+    accounts = {p.account}
     if current is None or current.ts_ns <= event.ts_event:
         marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
+        # The fill's price marks the symbol for every account holding it, as
+        # a print would: their day P&L moved too.
+        accounts.update(
+            acct
+            for (acct, sym), held in state.positions.items()
+            if sym == p.symbol and held.quantity
+        )
     state = replace(
         state,
         positions=with_item(state.positions, account_key, position),
@@ -441,7 +449,7 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         marks=marks,
         fills_seen=state.fills_seen.add(key),
     )
-    return _check_loss(state, event, {p.account})
+    return _check_loss(state, event, accounts)
 
 
 def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:
