@@ -480,6 +480,21 @@ def test_a_loss_on_an_average_cost_with_no_end_still_trips_the_breaker() -> None
     assert state.scope_state("acct").state == "halted"
 
 
+def test_a_fill_that_marks_a_symbol_checks_every_account_holding_it() -> None:
+    """A fill is a price (it marks the symbol) for every account holding the
+    symbol, not only the one it fills: the other's breaker trips on it, as on
+    a print at that price, rather than its intents being denied daily_loss
+    with its position left open until the next print."""
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100, account="b", strategy="mr"))
+    state = evolve(state, fill(uuid.uuid4(), 1, 40, t=T0 + S))  # acct buys 1 at 40
+    assert state.day_pnl("b") == D(-600)  # past b's limit of 500
+    (ob,) = state.obligations
+    assert (ob.kind, ob.scope, ob.value) == ("daily_loss", "b", D(-600))
+    state, out = settle(state, T0 + S)
+    assert [e.type for e in out] == ["BreakerTripped", "FlattenAccount", "TradingStateChanged"]
+    assert state.scope_state("b").state == "halted"
+
+
 def test_reduce_only_level_before_the_breaker() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))
@@ -617,6 +632,30 @@ def test_a_connection_lost_halt_is_not_lowered_to_reducing_by_a_fold() -> None:
     assert folded == live
 
 
+def test_a_reduce_level_reached_as_a_resume_lands_is_folded_as_the_gate_reacted() -> None:
+    """The gate resumes a halted account at once, then a print past the
+    reduce-only level puts it in reducing; in the stream the print can land
+    ahead of the resume's reaction. The fold must reach the live state, with
+    the reduce recorded for the day: else, after a restart, the operator's next
+    resume that day is undone by the next print, which live it is not."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state, _ = settle(evolve(state, conn("disconnected", t=T0 + S)), T0 + S)
+    resume = op(TradingResumeRequested, "acct", T0 + 2 * S)
+    live, resumed = settle(evolve(state, resume), T0 + 2 * S)
+    print_ = trade("AAPL", 93, T0 + 2 * S + 1)  # day P&L -700: past reduce-only (600)
+    live, reduced = settle(evolve(live, print_), T0 + 2 * S)
+    assert live.scope_state("acct").state == "reducing"
+    folded = apply(state, resume, print_, *resumed, *reduced)
+    assert folded == live
+    # The operator resumes again; today's reduce does not come back.
+    again = op(TradingResumeRequested, "acct", T0 + 3 * S)
+    later = trade("AAPL", 92, T0 + 4 * S)
+    for s in (live, folded):
+        s, _ = settle(evolve(s, again), T0 + 3 * S)
+        assert s.scope_state("acct").state == "active"
+        assert react(evolve(s, later), T0 + 4 * S) == []
+
+
 def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))
@@ -634,6 +673,30 @@ def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() ->
 def test_resume_of_an_active_scope_is_a_no_op() -> None:
     state = evolve(start(), op(TradingResumeRequested, "acct"))
     assert state.obligations == ()
+
+
+def test_a_resume_repeated_before_the_first_is_reacted_to_owes_nothing_in_a_fold() -> None:
+    """An operator resumes twice in a row; the gate reacts to the first at once
+    and finds the account active at the second, but in the stream the second
+    can land before the first one's reaction. The fold of the store must not
+    keep the second as owed: after a restart it would raise the account to
+    active on its own, here out of the halt of a daily-loss breaker that
+    tripped later."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100))
+    state, _ = settle(evolve(state, conn("disconnected", t=T0 + S)), T0 + S)
+    assert state.scope_state("acct").state == "halted"
+    first = op(TradingResumeRequested, "acct", T0 + 2 * S)
+    again = op(TradingResumeRequested, "acct", T0 + 2 * S + 1)
+    live, resumed = settle(evolve(state, first), T0 + 2 * S)
+    live = evolve(live, again)
+    assert react(live, T0 + 2 * S) == []
+    loss = trade("AAPL", 89, T0 + 3 * S)  # day P&L -1,100: the breaker
+    live, breaker = settle(evolve(live, loss), T0 + 3 * S)
+    assert live.scope_state("acct").state == "halted"
+    folded = apply(state, first, again, *resumed, loss, *breaker)
+    assert folded.scope_state("acct").state == "halted"
+    assert react(folded, T0 + 4 * S) == [], "restarting on the fold publishes nothing"
+    assert folded.obligations == live.obligations == ()
 
 
 def test_state_change_from_elsewhere_does_not_clear_an_obligation() -> None:

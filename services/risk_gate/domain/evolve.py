@@ -74,9 +74,6 @@ RESULTING_STATE: dict[ObligationKind, TradingState] = {
     "reduce": "reducing",
 }
 
-#: The obligations whose reaction halts their scope.
-HALTING = frozenset(k for k, v in RESULTING_STATE.items() if v == "halted")
-
 #: Events applied once per id. A later copy (the same event published again
 #: past JetStream's duplicate window) changes nothing, as in the store, where
 #: the recorder keeps it as ``DuplicateSuppressed``. The other types evolve
@@ -259,14 +256,19 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
                 ),
             )
         elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
-            # Not while a halt is owed: the stream holds the causes the gate
-            # saw before its reaction to them, so a fold reaches this with the
-            # halt still pending where the live gate had already halted, and a
-            # reduce reacted to after the halt would lower it to reducing.
+            # Only from active, as the account is once what is owed to it is
+            # reacted to: the stream holds the causes the gate saw before its
+            # reactions to them, so a fold reaches this with a halt still owed
+            # where the live gate had already halted (a reduce reacted to after
+            # it would lower it to reducing), or with a resume still owed where
+            # the live gate had already resumed and reduced.
             if (
                 state.loss_reduced.get(account) == state.day
-                or state.scope_state(account).state != "active"
-                or pending & {"reduce", *HALTING}
+                or any(
+                    o.kind == "reduce" and o.scope == account and o.day == state.day
+                    for o in state.obligations
+                )
+                or _owed_state(state, account) != "active"
             ):
                 continue
             shown = reportable(pnl)
@@ -288,6 +290,19 @@ def _check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskSta
 
 def _oblige(state: RiskState, obligation: Obligation) -> RiskState:
     return replace(state, obligations=(*state.obligations, obligation))
+
+
+def _owed_state(state: RiskState, scope: str) -> TradingState:
+    """The state ``scope`` is in once what is owed to it has been reacted to.
+
+    Live, the gate reacts before it reads the next message, so every event
+    finds the reactions to the ones before it applied; a fold of the store can
+    reach an event ahead of reactions the live gate had already published
+    (they land in the stream after it). Read this, not the state folded so
+    far, where the answer must be the one the live gate gave.
+    """
+    owed = [o for o in state.obligations if o.scope == scope]
+    return RESULTING_STATE[owed[-1].kind] if owed else state.scope_state(scope).state
 
 
 # ---------------------------------------------------------------- intents
@@ -417,8 +432,16 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         strategy_positions = with_item(strategy_positions, skey, sp)
     marks = state.marks
     current = marks.get(p.symbol)
+    accounts = {p.account}
     if current is None or current.ts_ns <= event.ts_event:
         marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
+        # The fill's price marks the symbol for every account holding it, as
+        # a print would: their day P&L moved too.
+        accounts.update(
+            acct
+            for (acct, sym), held in state.positions.items()
+            if sym == p.symbol and held.quantity
+        )
     state = replace(
         state,
         positions=with_item(state.positions, account_key, position),
@@ -426,7 +449,7 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         marks=marks,
         fills_seen=state.fills_seen.add(key),
     )
-    return _check_loss(state, event, {p.account})
+    return _check_loss(state, event, accounts)
 
 
 def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:
@@ -503,9 +526,11 @@ def _on_kill_switch(state: RiskState, event: KillSwitchEngaged) -> RiskState:
 
 def _on_resume(state: RiskState, event: TradingResumeRequested) -> RiskState:
     p = event.payload
-    halting_pending = any(o.scope == p.scope and o.kind != "resume" for o in state.obligations)
-    if state.scope_state(p.scope).state == "active" and not halting_pending:
-        return state  # nothing to resume
+    if _owed_state(state, p.scope) == "active":
+        # Nothing to resume, or a resume is owed already: a second one would
+        # stay owed past the first one's reaction in a fold of the store, and
+        # raise the scope again on a restart, whatever halted it since.
+        return state
     kept = tuple(o for o in state.obligations if not (o.kind == "resume" and o.scope == p.scope))
     return replace(
         state,
