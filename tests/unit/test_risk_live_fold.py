@@ -100,6 +100,30 @@ def same(live: RiskState, folded: RiskState) -> list[str]:
     return differ
 
 
+async def live_gate(before: list[Event], now_ns: int) -> tuple[RiskGate, Clock, FakeBus]:
+    """The real gate with ``before`` folded in, gone live at ``now_ns``."""
+    clock, bus = Clock(), FakeBus()
+    gate = RiskGate(RiskGateSettings(instance="test"), LIMITS, clock=clock)
+    gate.state = fold(RiskState.initial(LIMITS), before)
+    gate.last_seq = len(before)
+    gate.bus = cast(Any, bus)
+    clock.ns = now_ns
+    await gate._go_live(cast(Any, FakeStream()))
+    return gate, clock, bus
+
+
+async def deliver(gate: RiskGate, event: Event, seq: int, delivered: int) -> None:
+    """Hand ``event`` to the gate as JetStream delivers stream sequence ``seq``."""
+    assert isinstance(gate.clock, Clock)
+    msg = SimpleNamespace(
+        reply=f"$JS.ACK.TRADEBUS.risk-gate.1.{seq}.{delivered}.{gate.clock.ns}.0",
+        data=encode(event),
+        subject="test",
+        headers=None,
+    )
+    await gate._on_message(cast(Any, msg))
+
+
 @pytest.mark.parametrize("lag_ms", [-20, 0, 20, 70])
 @pytest.mark.parametrize("delay", [0, 1, 2])
 async def test_the_live_state_is_the_fold_of_the_store_across_the_day_start(
@@ -109,27 +133,14 @@ async def test_the_live_state_is_the_fold_of_the_store_across_the_day_start(
     ``delay``: how many later messages reach the stream before what the gate
     published in answer to one."""
     before = preamble()
-    clock, bus = Clock(), FakeBus()
-    gate = RiskGate(RiskGateSettings(instance="test"), LIMITS, clock=clock)
-    gate.state = fold(RiskState.initial(LIMITS), before)
-    gate.last_seq = len(before)
-    gate.bus = cast(Any, bus)
     stream = messages()
-    clock.ns = stream[0].ts_event + lag_ms * MS
-    await gate._go_live(cast(Any, FakeStream()))
+    gate, clock, bus = await live_gate(before, stream[0].ts_event + lag_ms * MS)
     assert bus.batches == []
     store = list(before)
     landing: list[tuple[int, list[Event]]] = []
     for k, event in enumerate(stream):
         clock.ns = event.ts_event + lag_ms * MS
-        seq = len(before) + k + 1
-        msg = SimpleNamespace(
-            reply=f"$JS.ACK.TRADEBUS.risk-gate.1.{seq}.{k + 1}.{clock.ns}.0",
-            data=encode(event),
-            subject="test",
-            headers=None,
-        )
-        await gate._on_message(cast(Any, msg))
+        await deliver(gate, event, len(before) + k + 1, k + 1)
         store.append(event)
         landing += [(k + delay, batch) for batch in bus.batches]
         bus.batches.clear()
@@ -194,13 +205,7 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(seed
     seeds differed."""
     rng = random.Random(seed)
     before: list[Event] = [trade("AAPL", 100), trade("MSFT", 50)]
-    clock, bus = Clock(), FakeBus()
-    gate = RiskGate(RiskGateSettings(instance="test"), LIMITS, clock=clock)
-    gate.state = fold(RiskState.initial(LIMITS), before)
-    gate.last_seq = len(before)
-    gate.bus = cast(Any, bus)
-    clock.ns = T0
-    await gate._go_live(cast(Any, FakeStream()))
+    gate, clock, bus = await live_gate(before, T0)
     store = list(before)
     landing: list[tuple[int, list[Event]]] = []
     last, t, count = 0, T0, 100
@@ -209,14 +214,7 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(seed
         t += (17 * 3600 * S - 30 * S) if k == count // 2 else rng.randint(1, 2000) * MS
         event = _random_message(rng, gate, store, t)
         clock.ns = t + rng.randint(0, 5) * MS
-        seq = len(store) + 1
-        msg = SimpleNamespace(
-            reply=f"$JS.ACK.TRADEBUS.risk-gate.1.{seq}.{k + 1}.{clock.ns}.0",
-            data=encode(event),
-            subject="test",
-            headers=None,
-        )
-        await gate._on_message(cast(Any, msg))
+        await deliver(gate, event, len(store) + 1, k + 1)
         store.append(event)
         last = max(k + rng.choice([0, 0, 1, 2]), last)  # publications keep their order
         landing += [(last, batch) for batch in bus.batches]
