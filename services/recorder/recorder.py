@@ -246,11 +246,15 @@ class Recorder:
         s = self.settings
         while not self.stopping.is_set():
             batch = await stream.fetch(s.batch_size, s.fetch_timeout_s, s.linger_s)
-            if batch.messages:
+            while batch.messages:
                 prepared = await self._prepare(batch, planned, stream, bus)
                 if prepared.rows:
                     planned = prepared.rows[-1].seq
                 await queue.put(prepared)
+                # A hole too long for one plan was read in part: plan the
+                # rest of the batch after it (it is acked with the last part).
+                if not prepared.rows or planned >= prepared.top_seq:
+                    break
         # Asked to stop: the writer commits what is queued, then ends. (On a
         # fault the task group cancels both stages instead.)
         await queue.put(None)

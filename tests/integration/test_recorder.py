@@ -25,6 +25,7 @@ from libs.contract.events import (
     SubmitOrder,
     SubmitOrderPayload,
 )
+from libs.contract.subjects import STREAM
 from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
@@ -75,6 +76,34 @@ async def test_records_every_event_in_stream_order(
             "role": "writer",
             "last_seq": 3000,
         }
+    finally:
+        assert rec.terminate() == 0, rec.log_text()[-2000:]
+
+
+async def test_messages_gone_from_the_stream_before_recording_are_recorded_missing(
+    tmp_path: Path, bus: Bus, database_url: str, nats_url: str
+) -> None:
+    """More messages than the recorder reads as holes in one batch (10,000)
+    left the stream before it recorded them (purged while it was down): each
+    position is recorded as MessageMissing, and what follows as itself.
+    Leaving the hole "for the next batch" left it for ever: every batch began
+    past it, so the recorder, healthy, never recorded anything again."""
+    gone, kept = 10_040, 10
+    await bus.publish_many(list(make_trades(gone + kept, "purged")))
+    await bus.js.purge_stream(STREAM, seq=gone + 1)
+    rec = recorder(tmp_path, nats_url, database_url).start()
+    try:
+        await eventually(
+            lambda: _count_is(database_url, gone + kept),
+            timeout=60,
+            message=lambda: rec.log_text()[-2000:],
+        )
+        tl = await timeline(database_url)
+        assert tl.gapless
+        assert tl.count == tl.distinct_ids == gone + kept
+        types = await rows(database_url, "WHERE type <> 'MessageMissing' ORDER BY seq")
+        assert [r["seq"] for r in types] == list(range(gone + 1, gone + kept + 1))
+        assert {r["type"] for r in types} == {"TradePrinted"}
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
 

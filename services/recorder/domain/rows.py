@@ -148,9 +148,13 @@ def plan(next_seq: int, batch: Iterable[StreamMessage], *, max_hole: int = 10_00
     """Sort a batch, split off what is already recorded, and list the holes.
 
     A hole is a position between ``next_seq`` and a fetched message that was
-    not fetched (a redelivery that has not come back yet). The recorder reads
-    those positions directly from the stream before writing, so it never
-    writes past a hole. Holes beyond ``max_hole`` are left for the next batch.
+    not fetched (a redelivery that has not come back yet, or a message gone
+    from the stream). The recorder reads those positions directly from the
+    stream before writing, so it never writes past a hole. At most
+    ``max_hole`` of them are listed: a longer hole is read ``max_hole``
+    positions at a time, and the messages past it are planned again once those
+    are written. (Left whole for a later batch, a hole longer than
+    ``max_hole`` was never read: every later batch begins past it too.)
     """
     msgs = sorted({m.seq: m for m in batch}.values(), key=lambda m: m.seq)
     already = [m for m in msgs if m.seq < next_seq]
@@ -161,7 +165,9 @@ def plan(next_seq: int, batch: Iterable[StreamMessage], *, max_hole: int = 10_00
     for m in ahead:
         gap = m.seq - expected
         if gap > 0:
-            if len(holes) + gap > max_hole:
+            room = max_hole - len(holes)
+            if gap > room:
+                holes.extend(range(expected, expected + room))
                 break
             holes.extend(range(expected, m.seq))
         fresh.append(m)
