@@ -208,6 +208,34 @@ def test_prices_as_large_as_the_contract_carries_fill_without_an_error() -> None
     assert pos.avg_entry_price == D("25007500000000000")  # (1.0003e16 + 3 x 3.0009e16) / 4
 
 
+def test_quantities_as_large_as_the_contract_carries_fill_exactly() -> None:
+    """A quantity of more than 28 digits (the contract carries 38, 12 of them
+    places) was rounded in the default decimal context: the order's fill
+    came out short of its quantity, it stayed partially filled, and every
+    later trade filled its last 1e-12 again, for ever, at the same rounded
+    filled quantity."""
+    qty = D("10000000000000000.000000000001")
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D("6000000000000000")))
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    order, updates = b.submit("A", OrderSpec("X", "buy", qty))
+    updates += b.on_market(MarketUpdate.trade("X", D(5)))
+    assert events(updates) == ["new", "partial_fill", "fill"]
+    assert [u.qty for u in updates[1:]] == [
+        D("6000000000000000"),
+        D("4000000000000000.000000000001"),
+    ]
+    final = b.order("A", order.id)
+    assert final is not None
+    assert (final.status, final.filled_qty, final.remaining) == ("filled", qty, D(0))
+    assert updates[-1].position_qty == qty
+    [pos] = b.positions("A")
+    assert pos.qty == qty
+    assert b.on_market(MarketUpdate.trade("X", D(5))) == []  # nothing left to fill
+    b.submit("A", OrderSpec("X", "sell", qty))
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    assert b.positions("A") == []
+
+
 def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
     journal: list[TradeUpdate] = []

@@ -125,7 +125,10 @@ class PaperOrder:
 
     @property
     def remaining(self) -> Decimal:
-        return self.qty - self.filled_qty
+        # Quantities are added and subtracted in WIDE (fill_model.WIDE): in
+        # the default 28 digits a quantity the contract carries (38) was
+        # rounded, and its order filled short of it for ever.
+        return WIDE.subtract(self.qty, self.filled_qty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,7 +631,7 @@ class PaperBook:
         return order
 
     def _fill(self, order: PaperOrder, qty: Decimal, price: Decimal, now: int) -> TradeUpdate:
-        filled = order.filled_qty + qty
+        filled = WIDE.add(order.filled_qty, qty)
         done = filled == order.qty
         after = replace(
             order,
@@ -639,7 +642,7 @@ class PaperBook:
             filled_at_ns=now if done else order.filled_at_ns,
         )
         pos = self._account(order.account).positions.get(order.symbol)
-        position_qty = (pos.qty if pos else Decimal(0)) + _signed(order.side, qty)
+        position_qty = WIDE.add(pos.qty if pos else Decimal(0), _signed(order.side, qty))
         return self._emit(
             TradeUpdate(
                 "fill" if done else "partial_fill",
@@ -661,7 +664,7 @@ class PaperBook:
         pos = acct.positions.get(order.symbol)
         old = pos.qty if pos else Decimal(0)
         delta = _signed(order.side, qty)
-        new = old + delta
+        new = WIDE.add(old, delta)
         if new == 0:
             acct.positions.pop(order.symbol, None)
             return
