@@ -236,6 +236,32 @@ def test_quantities_as_large_as_the_contract_carries_fill_exactly() -> None:
     assert b.positions("A") == []
 
 
+def test_an_amount_the_contract_cannot_carry_is_refused_and_breaks_nothing() -> None:
+    """A quantity or price of 1e26 or more (the contract carries 38 digits,
+    12 of them places) is refused (422). A quantity past the decimal
+    context's exponent (1e1000000, a JSON number or string the wire takes)
+    used to raise Overflow in the middle of the submit: the order was in the
+    books (listed, never journaled, no answer sent), and every later price of
+    its symbol raised again out of on_market, which ends the feed's task and
+    the broker with it."""
+    b = book()
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    for spec in (
+        OrderSpec("X", "buy", D("1e1000000")),
+        OrderSpec("X", "buy", D("1e26")),
+        OrderSpec("X", "sell", D(1), "limit", limit_price=D("1e1000000")),
+        OrderSpec("X", "buy", D(1), "stop", stop_price=D("1e26")),
+    ):
+        with pytest.raises(Refused, match="must be less than 1e26") as e:
+            b.submit("A", spec)
+        assert e.value.status == 422
+    assert b.orders("A", "all") == []
+    assert b.on_market(MarketUpdate.trade("X", D(6))) == []
+    largest = D("99999999999999999999999999.999999999999")  # 38 digits: taken
+    order, _ = b.submit("A", OrderSpec("X", "buy", largest))
+    assert (order.status, order.filled_qty) == ("filled", largest)
+
+
 def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
     journal: list[TradeUpdate] = []

@@ -57,6 +57,11 @@ OPEN_STATUSES: frozenset[str] = frozenset({"new", "partially_filled"})
 MAX_CLIENT_ORDER_ID = 48
 #: Decimal places kept in an average fill or entry price.
 AVG_QUANTUM = Decimal("1e-12")
+#: Quantities and prices must stay below this: the contract carries 38 digits,
+#: 12 of them places. A larger quantity's fill could not be published, and one
+#: past the decimal context's exponent (1e1000000) raised Overflow in the
+#: middle of a submit, then again at every price of its symbol.
+MAX_AMOUNT = Decimal("1e26")
 
 # Alpaca's error codes (PROTOCOLS.md): 403 buying power and limits, 422 invalid.
 CODE_FORBIDDEN = 40310000
@@ -577,6 +582,13 @@ class PaperBook:
         for name, price in (("limit_price", spec.limit_price), ("stop_price", spec.stop_price)):
             if price is not None and price <= 0:
                 raise refuse(f"{name} must be > 0")
+        for name, amount in (
+            ("qty", spec.qty),
+            ("limit_price", spec.limit_price),
+            ("stop_price", spec.stop_price),
+        ):
+            if amount is not None and amount >= MAX_AMOUNT:
+                raise refuse(f"{name} must be less than 1e26")
         if spec.time_in_force in ("opg", "cls"):
             raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
         if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
