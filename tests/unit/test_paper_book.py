@@ -208,6 +208,60 @@ def test_prices_as_large_as_the_contract_carries_fill_without_an_error() -> None
     assert pos.avg_entry_price == D("25007500000000000")  # (1.0003e16 + 3 x 3.0009e16) / 4
 
 
+def test_quantities_as_large_as_the_contract_carries_fill_exactly() -> None:
+    """A quantity of more than 28 digits (the contract carries 38, 12 of them
+    places) was rounded in the default decimal context: the order's fill
+    came out short of its quantity, it stayed partially filled, and every
+    later trade filled its last 1e-12 again, for ever, at the same rounded
+    filled quantity."""
+    qty = D("10000000000000000.000000000001")
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D("6000000000000000")))
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    order, updates = b.submit("A", OrderSpec("X", "buy", qty))
+    updates += b.on_market(MarketUpdate.trade("X", D(5)))
+    assert events(updates) == ["new", "partial_fill", "fill"]
+    assert [u.qty for u in updates[1:]] == [
+        D("6000000000000000"),
+        D("4000000000000000.000000000001"),
+    ]
+    final = b.order("A", order.id)
+    assert final is not None
+    assert (final.status, final.filled_qty, final.remaining) == ("filled", qty, D(0))
+    assert updates[-1].position_qty == qty
+    [pos] = b.positions("A")
+    assert pos.qty == qty
+    assert b.on_market(MarketUpdate.trade("X", D(5))) == []  # nothing left to fill
+    b.submit("A", OrderSpec("X", "sell", qty))
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    assert b.positions("A") == []
+
+
+def test_an_amount_the_contract_cannot_carry_is_refused_and_breaks_nothing() -> None:
+    """A quantity or price of 1e26 or more (the contract carries 38 digits,
+    12 of them places) is refused (422). A quantity past the decimal
+    context's exponent (1e1000000, a JSON number or string the wire takes)
+    used to raise Overflow in the middle of the submit: the order was in the
+    books (listed, never journaled, no answer sent), and every later price of
+    its symbol raised again out of on_market, which ends the feed's task and
+    the broker with it."""
+    b = book()
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    for spec in (
+        OrderSpec("X", "buy", D("1e1000000")),
+        OrderSpec("X", "buy", D("1e26")),
+        OrderSpec("X", "sell", D(1), "limit", limit_price=D("1e1000000")),
+        OrderSpec("X", "buy", D(1), "stop", stop_price=D("1e26")),
+    ):
+        with pytest.raises(Refused, match="must be less than 1e26") as e:
+            b.submit("A", spec)
+        assert e.value.status == 422
+    assert b.orders("A", "all") == []
+    assert b.on_market(MarketUpdate.trade("X", D(6))) == []
+    largest = D("99999999999999999999999999.999999999999")  # 38 digits: taken
+    order, _ = b.submit("A", OrderSpec("X", "buy", largest))
+    assert (order.status, order.filled_qty) == ("filled", largest)
+
+
 def test_replaying_the_updates_rebuilds_the_same_books() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(3)))
     journal: list[TradeUpdate] = []

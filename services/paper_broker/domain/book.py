@@ -57,6 +57,11 @@ OPEN_STATUSES: frozenset[str] = frozenset({"new", "partially_filled"})
 MAX_CLIENT_ORDER_ID = 48
 #: Decimal places kept in an average fill or entry price.
 AVG_QUANTUM = Decimal("1e-12")
+#: Quantities and prices must stay below this: the contract carries 38 digits,
+#: 12 of them places. A larger quantity's fill could not be published, and one
+#: past the decimal context's exponent (1e1000000) raised Overflow in the
+#: middle of a submit, then again at every price of its symbol.
+MAX_AMOUNT = Decimal("1e26")
 
 # Alpaca's error codes (PROTOCOLS.md): 403 buying power and limits, 422 invalid.
 CODE_FORBIDDEN = 40310000
@@ -125,7 +130,10 @@ class PaperOrder:
 
     @property
     def remaining(self) -> Decimal:
-        return self.qty - self.filled_qty
+        # Quantities are added and subtracted in WIDE (fill_model.WIDE): in
+        # the default 28 digits a quantity the contract carries (38) was
+        # rounded, and its order filled short of it for ever.
+        return WIDE.subtract(self.qty, self.filled_qty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,6 +582,13 @@ class PaperBook:
         for name, price in (("limit_price", spec.limit_price), ("stop_price", spec.stop_price)):
             if price is not None and price <= 0:
                 raise refuse(f"{name} must be > 0")
+        for name, amount in (
+            ("qty", spec.qty),
+            ("limit_price", spec.limit_price),
+            ("stop_price", spec.stop_price),
+        ):
+            if amount is not None and amount >= MAX_AMOUNT:
+                raise refuse(f"{name} must be less than 1e26")
         if spec.time_in_force in ("opg", "cls"):
             raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
         if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
@@ -628,7 +643,7 @@ class PaperBook:
         return order
 
     def _fill(self, order: PaperOrder, qty: Decimal, price: Decimal, now: int) -> TradeUpdate:
-        filled = order.filled_qty + qty
+        filled = WIDE.add(order.filled_qty, qty)
         done = filled == order.qty
         after = replace(
             order,
@@ -639,7 +654,7 @@ class PaperBook:
             filled_at_ns=now if done else order.filled_at_ns,
         )
         pos = self._account(order.account).positions.get(order.symbol)
-        position_qty = (pos.qty if pos else Decimal(0)) + _signed(order.side, qty)
+        position_qty = WIDE.add(pos.qty if pos else Decimal(0), _signed(order.side, qty))
         return self._emit(
             TradeUpdate(
                 "fill" if done else "partial_fill",
@@ -661,7 +676,7 @@ class PaperBook:
         pos = acct.positions.get(order.symbol)
         old = pos.qty if pos else Decimal(0)
         delta = _signed(order.side, qty)
-        new = old + delta
+        new = WIDE.add(old, delta)
         if new == 0:
             acct.positions.pop(order.symbol, None)
             return
