@@ -874,6 +874,15 @@ class AccountWorker:
             metrics.POSITION_CHECKS.labels(account=self.account, outcome="failed").inc()
             log.warning("positions check of %s failed: %s", self.account, e)
             return
+        if differences and self._fills_owed(differences):
+            # Fills a reconciliation about to run publishes may explain them
+            # (a gap the stream showed between the looks, a reconnection):
+            # said, they stayed on the board until the next periodic check,
+            # the reconciliation of the gaps checking nothing. The check runs
+            # again after it.
+            log.info("positions check of %s waits for its reconciliation", self.account)
+            self._check_wanted = True
+            return
         outcome = "differ" if differences else "agree"
         metrics.POSITION_CHECKS.labels(account=self.account, outcome=outcome).inc()
         metrics.POSITION_DIFFERENCES.labels(account=self.account).set(len(differences))
@@ -901,6 +910,27 @@ class AccountWorker:
         )
         await self.outbox.publish([event])
         self._differences = differences
+
+    def _fills_owed(self, differences: Sequence[PositionDifference]) -> bool:
+        """A reconciliation about to run may publish fills of these symbols:
+        one of everything is asked for (a reconnection), or an unsettled
+        order of one of them is marked (a gap the stream showed, which asks
+        for the reconciliation of the gaps). Not while one given up waits
+        for its retry: the fills may stay unpublished for minutes, which is
+        worth saying (the retry of everything checks again), and one that
+        keeps failing would hold every check off. Nor a mark left on a
+        settled order (its fill came on the stream after a submit's fetch
+        was given up): reconciliations ask for unsettled orders only."""
+        if self._reconcile_everything:
+            return True
+        if self._retry is not None:
+            return False
+        marked = set()
+        for order_id, order in self.tracker.needs_reconcile.items():
+            t = self.tracker.get(order_id)
+            if t is not None and t.terminal is None:
+                marked.add(order.symbol)
+        return any(d.symbol in marked for d in differences)
 
     async def reconcile(self, only: set[Any] | None = None) -> bool:
         """Ask the broker what we may have missed; publish the difference.
