@@ -800,7 +800,11 @@ class AccountWorker:
                     if self.port.connected:
                         # Away, the reconnection reconciles everything anyway.
                         self._retry_later(everything=everything)
-                    continue  # positions are compared once nothing is missing
+                    # Positions are compared once nothing is missing: a
+                    # check due is kept for the retry (it was dropped until
+                    # the next period).
+                    self._check_wanted |= check
+                    continue
                 if self._retry is None:
                     self._given_up = 0
                 if (everything or check) and self.position_check_every_s > 0:

@@ -774,3 +774,68 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     w.outbox = cast(Any, SimpleNamespace(publish=publish))
     await w.check_positions()
     assert said(published) == [[("AAPL", "3", "1")]]
+
+
+async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_after_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The periodic check is due while an order is marked (a gap): the
+    reconciliation of the gaps runs first, and the check only once it has
+    run to the end. That reconciliation is given up (the broker refused a
+    call RECONCILE_ATTEMPTS times) and tried again later, and runs to the
+    end: the check must run then. It was dropped, until the next period
+    (TRADEBUS_POSITION_CHECK_EVERY_S, 300 s)."""
+    from services.broker_gateway.domain.model import BrokerPosition
+    from services.broker_gateway.errors import RateLimited
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"dropped-{uuid.uuid4().hex[:8]}")
+    w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
+    oid = accepted_order(w, 5)
+    filled = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(5), Decimal(5), Decimal(100), "filled"
+    )
+    w.tracker.fetch_later(filled)  # marked, as a gap in the stream is
+    refusing = True
+    published: list[Any] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        if refusing:
+            raise RateLimited("429", retry_after_s=None)
+        return filled
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(5), Decimal(100))]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(
+        Any,
+        SimpleNamespace(
+            get_order=get_order,
+            order_fills=order_fills,
+            positions=positions,
+            connected=True,
+            broker="paper",
+        ),
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        w._check_due()  # the periodic check
+        await eventually(lambda: w._retry is not None, timeout=5)
+        assert published == []
+        refusing = False  # the rate limit is lifted before the retry is due
+        await eventually(lambda: "FillReceived" in said(published), timeout=5)
+        await eventually(lambda: published[-1].type == "BrokerPositionsChecked", timeout=2)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert said(published) == ["FillReceived", []]
