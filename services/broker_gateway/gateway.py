@@ -671,7 +671,10 @@ class AccountWorker:
         """``call`` (a fetch of :meth:`_reconcile_one`); False if it was given
         up: one of its calls refused ``RECONCILE_ATTEMPTS`` times in a row
         (said and counted as a reconciliation's is), or the broker away or
-        not answering. The caller has the order fetched later.
+        not answering, or any other failure a reconciliation gives up on (a
+        broker error, an answer the tracker cannot take in). The caller has
+        the order fetched later. (Those used to escape: the submit failed and
+        came again as a repeat, and the fills were never fetched.)
         """
         try:
             await call
@@ -685,7 +688,7 @@ class AccountWorker:
                 e,
             )
             return False
-        except BrokerUnavailable as e:
+        except (BrokerError, ValueError) as e:
             log.warning("%s: fetch of an order given up: %s", self.account, e)
             return False
         return True

@@ -839,3 +839,56 @@ async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert said(published) == ["FillReceived", []]
+
+
+async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit's fetch of the fills its answer shows (the stream did not
+    bring them) interrupted by a broker error other than the broker being
+    away (here Alpaca's 403 on the fill activities) is given up as a
+    reconciliation's is: the order marked, tried again after a backoff. The
+    error escaped the fetch instead: the SubmitOrder failed and was handed
+    back, came again as a repeat (the order is accepted) and was acked, and
+    the fill was never fetched: unpublished, the risk-gate's position
+    short, until the next reconnection."""
+    from services.broker_gateway.errors import OrderRefused
+
+    monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.01)
+    w = worker([1000.0], [], account=f"forbidden-{uuid.uuid4().hex[:8]}")
+    oid = accepted_order(w, 1)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    refusing = True
+    published: list[str] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        return answer
+
+    async def order_fills(order: BrokerOrder) -> None:
+        if refusing:
+            raise OrderRefused("forbidden", "40310000")
+        return None  # the fill is inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(e.type for e in events)
+
+    w.port = cast(
+        Any, SimpleNamespace(get_order=get_order, order_fills=order_fills, connected=True)
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    await w._settle(answer)
+    assert oid in w.tracker.needs_reconcile
+    assert w._retry is not None
+    assert published == []
+    refusing = False
+    retrying = asyncio.create_task(w.run_reconciliations())
+    try:
+        await eventually(lambda: published == ["FillReceived"], timeout=5)
+    finally:
+        retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
+    assert oid not in w.tracker.needs_reconcile
