@@ -671,7 +671,10 @@ class AccountWorker:
         """``call`` (a fetch of :meth:`_reconcile_one`); False if it was given
         up: one of its calls refused ``RECONCILE_ATTEMPTS`` times in a row
         (said and counted as a reconciliation's is), or the broker away or
-        not answering. The caller has the order fetched later.
+        not answering, or any other failure a reconciliation gives up on (a
+        broker error, an answer the tracker cannot take in). The caller has
+        the order fetched later. (Those used to escape: the submit failed and
+        came again as a repeat, and the fills were never fetched.)
         """
         try:
             await call
@@ -685,7 +688,7 @@ class AccountWorker:
                 e,
             )
             return False
-        except BrokerUnavailable as e:
+        except (BrokerError, ValueError) as e:
             log.warning("%s: fetch of an order given up: %s", self.account, e)
             return False
         return True
@@ -800,7 +803,11 @@ class AccountWorker:
                     if self.port.connected:
                         # Away, the reconnection reconciles everything anyway.
                         self._retry_later(everything=everything)
-                    continue  # positions are compared once nothing is missing
+                    # Positions are compared once nothing is missing: a
+                    # check due is kept for the retry (it was dropped until
+                    # the next period).
+                    self._check_wanted |= check
+                    continue
                 if self._retry is None:
                     self._given_up = 0
                 if (everything or check) and self.position_check_every_s > 0:
@@ -874,6 +881,15 @@ class AccountWorker:
             metrics.POSITION_CHECKS.labels(account=self.account, outcome="failed").inc()
             log.warning("positions check of %s failed: %s", self.account, e)
             return
+        if differences and self._fills_owed(differences):
+            # Fills a reconciliation about to run publishes may explain them
+            # (a gap the stream showed between the looks, a reconnection):
+            # said, they stayed on the board until the next periodic check,
+            # the reconciliation of the gaps checking nothing. The check runs
+            # again after it.
+            log.info("positions check of %s waits for its reconciliation", self.account)
+            self._check_wanted = True
+            return
         outcome = "differ" if differences else "agree"
         metrics.POSITION_CHECKS.labels(account=self.account, outcome=outcome).inc()
         metrics.POSITION_DIFFERENCES.labels(account=self.account).set(len(differences))
@@ -901,6 +917,27 @@ class AccountWorker:
         )
         await self.outbox.publish([event])
         self._differences = differences
+
+    def _fills_owed(self, differences: Sequence[PositionDifference]) -> bool:
+        """A reconciliation about to run may publish fills of these symbols:
+        one of everything is asked for (a reconnection), or an unsettled
+        order of one of them is marked (a gap the stream showed, which asks
+        for the reconciliation of the gaps). Not while one given up waits
+        for its retry: the fills may stay unpublished for minutes, which is
+        worth saying (the retry of everything checks again), and one that
+        keeps failing would hold every check off. Nor a mark left on a
+        settled order (its fill came on the stream after a submit's fetch
+        was given up): reconciliations ask for unsettled orders only."""
+        if self._reconcile_everything:
+            return True
+        if self._retry is not None:
+            return False
+        marked = set()
+        for order_id, order in self.tracker.needs_reconcile.items():
+            t = self.tracker.get(order_id)
+            if t is not None and t.terminal is None:
+                marked.add(order.symbol)
+        return any(d.symbol in marked for d in differences)
 
     async def reconcile(self, only: set[Any] | None = None) -> bool:
         """Ask the broker what we may have missed; publish the difference.

@@ -542,3 +542,353 @@ async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
         await w.check_positions()
         assert looks == []
         assert published[before:] == said
+
+
+def accepted_order(w: AccountWorker, quantity: int) -> uuid.UUID:
+    """A buy of ``quantity`` AAPL the broker acknowledged (b-1), nothing filled."""
+    from libs.contract.events import OrderAccepted, OrderAcceptedPayload
+
+    command = submit()
+    command = command.model_copy(
+        update={
+            "payload": command.payload.model_copy(
+                update={"account": w.account, "quantity": Decimal(quantity)}
+            )
+        }
+    )
+    oid = command.payload.order_id
+    w.tracker.evolve(command)
+    accepted = OrderAcceptedPayload(
+        order_id=oid, account=w.account, broker_order_id="b-1", symbol="AAPL"
+    )
+    w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
+    return oid
+
+
+def said(events: list[Any]) -> list[Any]:
+    """What the events are: a check as its differences, anything else as its type."""
+    return [
+        [
+            (d.symbol, str(d.broker_quantity), str(d.recorded_quantity))
+            for d in e.payload.differences
+        ]
+        if e.type == "BrokerPositionsChecked"
+        else e.type
+        for e in events
+    ]
+
+
+async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_and_cleared_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconnection's reconciliation is given up (the broker refused a call
+    RECONCILE_ATTEMPTS times) and waits for its retry (up to
+    RECONCILE_RETRY_MAX_S); the periodic positions check comes meanwhile.
+    The fill the retry is to fetch is unpublished, the risk-gate's position
+    short, for as long: that is said, not held off (a reconciliation that
+    kept failing would hold every check off), and the retry's check clears
+    it once the fill is published. (Passes before the fixes too: it guards
+    the hold-off of a check against reaching a retry.)"""
+    from services.broker_gateway.domain.model import BrokerPosition
+    from services.broker_gateway.errors import RateLimited
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"owed-{uuid.uuid4().hex[:8]}")
+    w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
+    oid = accepted_order(w, 5)
+    filled = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(5), Decimal(5), Decimal(100), "filled"
+    )
+    refusing = True
+    published: list[Any] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        if refusing:
+            raise RateLimited("429", retry_after_s=None)
+        return filled
+
+    async def open_orders() -> list[BrokerOrder]:
+        return []
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(5), Decimal(100))]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(
+        Any,
+        SimpleNamespace(
+            get_order=get_order,
+            open_orders=open_orders,
+            order_fills=order_fills,
+            positions=positions,
+            connected=True,
+            broker="paper",
+        ),
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        w.want_reconcile(everything=True)  # the reconnection's
+        await eventually(lambda: w._retry is not None, timeout=5)
+        assert published == []
+        refusing = False  # the rate limit is lifted before the retry is due
+        w._check_due()  # the periodic check
+        await eventually(lambda: "FillReceived" in said(published), timeout=5)
+        await eventually(lambda: published[-1].type == "BrokerPositionsChecked", timeout=5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert said(published) == [[("AAPL", "5", "0")], "FillReceived", []]
+
+
+async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check's first look differs (a fill the broker booked, on its way);
+    the stream then brings that fill, but past a fill it lost: the order is
+    marked for reconciliation, its fills not yet recorded. The second look
+    still differs, and the check said it: a difference that is only fills
+    the next reconciliation publishes, red on the board until the next
+    check (TRADEBUS_POSITION_CHECK_EVERY_S). The check waits for the
+    reconciliation instead, and is done after it."""
+    from services.broker_gateway.domain.model import BrokerFill, BrokerPosition, OrderUpdate
+
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}")
+    w.position_check_every_s = 3600.0
+    oid = accepted_order(w, 10)
+    filled = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(10), Decimal(10), Decimal(100), "filled"
+    )
+    looks = 0
+    published: list[Any] = []
+
+    async def positions() -> list[BrokerPosition]:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            # Between the looks: the last fill (4 of 10), the first one (6) lost.
+            fill = BrokerFill(
+                "b-1", str(oid), "AAPL", "buy", Decimal(4), Decimal(100), Decimal(10), Decimal(0), 1
+            )
+            assert w.tracker.on_update(OrderUpdate("fill", filled, 1, fill)) == []
+            assert oid in w.tracker.needs_reconcile
+        return [BrokerPosition("AAPL", Decimal(10), Decimal(100))]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    await w.check_positions()
+    assert looks == 2
+    assert said(published) == []  # nothing said while fills are known to be missing
+    assert w._check_wanted  # checked again after the reconciliation
+
+
+async def test_no_positions_check_says_a_difference_while_a_reconnection_s_reconciliation_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker reconnects between a check's two looks: the reconciliation
+    of everything it asks for is about to run, and may publish fills the
+    broker booked while it was away. The check said the difference (a
+    warning, the board red) and the check after that reconciliation took it
+    back. It waits for that reconciliation instead."""
+    from services.broker_gateway.domain.model import BrokerPosition
+
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"back-{uuid.uuid4().hex[:8]}")
+    w.position_check_every_s = 3600.0
+    accepted_order(w, 10)
+    looks = 0
+    published: list[Any] = []
+
+    async def positions() -> list[BrokerPosition]:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            w.want_reconcile(everything=True)  # the stream's "connected"
+        return [BrokerPosition("AAPL", Decimal(10), Decimal(100))]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    await w.check_positions()
+    assert looks == 2
+    assert said(published) == []
+    assert w._check_wanted
+
+
+async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit's fetch given up marks its order (``fetch_later``); should
+    the stream have brought its fill meanwhile, the order is settled and no
+    reconciliation visits it again (they ask for unsettled orders only): the
+    mark stays. It is no fill owed, so a difference in its symbol is said."""
+    from libs.contract.events import FillPayload, FillReceived
+    from services.broker_gateway.domain.model import BrokerPosition
+
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"settled-{uuid.uuid4().hex[:8]}")
+    oid = accepted_order(w, 1)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    fill = FillPayload(
+        order_id=oid,
+        account=w.account,
+        broker_order_id="b-1",
+        fill_id="f-1",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal(1),
+        price=Decimal(100),
+        cumulative_quantity=Decimal(1),
+        leaves_quantity=Decimal(0),
+        status="complete",
+        strategy="s",
+    )
+    w.tracker.evolve(FillReceived.create(fill, source="test", clock=CLOCK))  # the stream's
+    w.tracker.fetch_later(answer)  # the fetch, given up
+    assert w.tracker.get(oid).terminal == "filled"  # type: ignore[union-attr]
+    published: list[Any] = []
+
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(3), Decimal(100))]  # 2 bought by hand
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    await w.check_positions()
+    assert said(published) == [[("AAPL", "3", "1")]]
+
+
+async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_after_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The periodic check is due while an order is marked (a gap): the
+    reconciliation of the gaps runs first, and the check only once it has
+    run to the end. That reconciliation is given up (the broker refused a
+    call RECONCILE_ATTEMPTS times) and tried again later, and runs to the
+    end: the check must run then. It was dropped, until the next period
+    (TRADEBUS_POSITION_CHECK_EVERY_S, 300 s)."""
+    from services.broker_gateway.domain.model import BrokerPosition
+    from services.broker_gateway.errors import RateLimited
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    w = worker([1000.0], [], account=f"dropped-{uuid.uuid4().hex[:8]}")
+    w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
+    oid = accepted_order(w, 5)
+    filled = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(5), Decimal(5), Decimal(100), "filled"
+    )
+    w.tracker.fetch_later(filled)  # marked, as a gap in the stream is
+    refusing = True
+    published: list[Any] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        if refusing:
+            raise RateLimited("429", retry_after_s=None)
+        return filled
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # the fill is inferred from the order's totals
+
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(5), Decimal(100))]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(
+        Any,
+        SimpleNamespace(
+            get_order=get_order,
+            order_fills=order_fills,
+            positions=positions,
+            connected=True,
+            broker="paper",
+        ),
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        w._check_due()  # the periodic check
+        await eventually(lambda: w._retry is not None, timeout=5)
+        assert published == []
+        refusing = False  # the rate limit is lifted before the retry is due
+        await eventually(lambda: "FillReceived" in said(published), timeout=5)
+        await eventually(lambda: published[-1].type == "BrokerPositionsChecked", timeout=2)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert said(published) == ["FillReceived", []]
+
+
+async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit's fetch of the fills its answer shows (the stream did not
+    bring them) interrupted by a broker error other than the broker being
+    away (here Alpaca's 403 on the fill activities) is given up as a
+    reconciliation's is: the order marked, tried again after a backoff. The
+    error escaped the fetch instead: the SubmitOrder failed and was handed
+    back, came again as a repeat (the order is accepted) and was acked, and
+    the fill was never fetched: unpublished, the risk-gate's position
+    short, until the next reconnection."""
+    from services.broker_gateway.errors import OrderRefused
+
+    monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
+    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.01)
+    w = worker([1000.0], [], account=f"forbidden-{uuid.uuid4().hex[:8]}")
+    oid = accepted_order(w, 1)
+    answer = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+    )
+    refusing = True
+    published: list[str] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        return answer
+
+    async def order_fills(order: BrokerOrder) -> None:
+        if refusing:
+            raise OrderRefused("forbidden", "40310000")
+        return None  # the fill is inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(e.type for e in events)
+
+    w.port = cast(
+        Any, SimpleNamespace(get_order=get_order, order_fills=order_fills, connected=True)
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    await w._settle(answer)
+    assert oid in w.tracker.needs_reconcile
+    assert w._retry is not None
+    assert published == []
+    refusing = False
+    retrying = asyncio.create_task(w.run_reconciliations())
+    try:
+        await eventually(lambda: published == ["FillReceived"], timeout=5)
+    finally:
+        retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
+    assert oid not in w.tracker.needs_reconcile
