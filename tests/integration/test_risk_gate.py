@@ -859,6 +859,66 @@ async def test_acks_reach_the_live_consumer_after_a_replayed_backlog(
         recorder.terminate()
 
 
+async def test_an_intent_the_server_sent_elsewhere_is_decided_not_lost(
+    stack: Stack, bus: Bus
+) -> None:
+    """The gate acks all up to the last message it handled and skips what is at
+    or below its place, so a message the server sent and the gate never got
+    (into a connection that dropped and reconnected) is neither sent again
+    nor missed by anyone: without a check, that intent is never decided. Here
+    another reader of the gate's durable takes an intent; the gate sees the
+    hole in the consumer sequence, starts again from the store, and decides
+    it."""
+    db = stack.database_url
+    await bus.publish(mark("AAPL", "100"))
+    first = await submit_intent(bus, "bulk", 1, account="acct-b")
+    await decision_for(db, first)
+
+    async def waiting(n: int) -> bool:
+        info = await bus.js.consumer_info("TRADEBUS", "risk-gate")
+        return (info.num_waiting or 0) >= n
+
+    theft: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def on_stolen(msg: Any) -> None:
+        if not theft.done():
+            theft.set_result(msg)
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=on_stolen)
+    try:
+        request = json.dumps({"batch": 1, "expires": 20_000_000_000}).encode()
+        await bus.nc.publish("$JS.API.CONSUMER.MSG.NEXT.TRADEBUS.risk-gate", request, inbox)
+        await eventually(lambda: waiting(2), timeout=10)  # the gate's pull and the thief's
+        # New messages are shared out among the waiting pulls: intents go out
+        # one by one until the thief's pull has taken one.
+        sent: list[uuid.UUID] = []
+        while not theft.done():
+            assert len(sent) < 500, "the thief's pull was never served"
+            sent.append(await submit_intent(bus, "bulk", 1, account="acct-b"))
+            await eventually(
+                lambda: theft.done() or decision_for_all(db, sent), timeout=20, message=stack.logs
+            )
+    finally:
+        await sub.unsubscribe()
+    stolen = EVENT_ADAPTER.validate_json(theft.result().data)
+    assert isinstance(stolen, OrderIntentCreated)
+    after = await submit_intent(bus, "bulk", 1, account="acct-b")  # shows the hole
+    await decision_for(db, after)
+    d = await decision_for(db, stolen.id)
+    assert d.payload.decision == "accepted", d.payload.detail
+    decisions = by_intent(await recorded(db, "RiskDecisionMade"))
+    assert set(decisions) == {first, *sent, after}
+    assert all(len(ds) == 1 for ds in decisions.values()), "each decided once"
+    orders = await recorded(db, "SubmitOrder")
+    assert sorted(o.payload.intent_id for o in orders) == sorted(decisions)
+
+
+async def decision_for_all(database_url: str, intent_ids: list[uuid.UUID]) -> bool:
+    decided = {d.payload.intent_id for d in await recorded(database_url, "RiskDecisionMade")}
+    return set(intent_ids) <= decided
+
+
 async def test_a_reset_stream_is_refused_not_read_past(stack: Stack, bus: Bus) -> None:
     """The NATS data wiped while the store is kept: the new stream ends before
     the store does, and a gate reading on from the store's next sequence would

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from services import cli as root
 from services.risk_gate import cli
+from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import RiskState
 from services.risk_gate.domain.status import summarize
@@ -78,6 +79,28 @@ def test_status_table_in_a_narrow_terminal_wraps_and_cuts_nothing(
     """rich's default overflow cuts a cell to an ellipsis: a trader would read
     ``30,00…`` for a cap. Every cell folds onto more lines instead."""
     assert "…" not in printed_status(monkeypatch, 60)
+
+
+def test_status_shows_a_symbol_off_the_strategy_s_list_at_its_cap_of_0() -> None:
+    """A strategy with a symbols list may not add to a symbol off it (decide
+    caps it at 0; what it holds there may only be sold): status must show
+    that cap, not the strategy's general max_position with room to spare."""
+    import uuid
+
+    from tests.unit.test_risk_decide import LIMITS, T0, fill, trade
+
+    state = RiskState.initial(LIMITS)
+    for e in (
+        trade("NVDA", 10),
+        fill(uuid.uuid4(), 50, 10, symbol="NVDA", strategy="pairs"),
+        trade("AAPL", 10),
+        fill(uuid.uuid4(), 60, 10, symbol="AAPL", strategy="pairs"),
+    ):
+        state = evolve(state, e)
+    positions = summarize(state, T0)["strategies"]["pairs"]["accounts"]["acct"]["positions"]
+    assert positions["AAPL"] == {"quantity": "60", "max": "120", "used": "0.5000"}
+    assert positions["NVDA"]["max"] == "0"
+    assert positions["NVDA"]["used"] is None  # no room at all: not a fraction
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,14 @@ Its pending count at creation is the backlog the gate replays without
 deciding anything (those intents may have been decided already, and their
 decisions are in that backlog); past it, the gate is live, and the consumer
 is recreated once more without the gate's own subjects.
+
+The gate acks all up to the last message it handled and skips anything at
+or below its place, so a message the server delivered and the gate never
+got (into a connection that dropped, to another reader of the durable) would
+be acked with the next one and never read: :meth:`RiskStream.fetch` checks
+that each delivery is the one after the last (consumer sequence) and raises
+:class:`~libs.bus.errors.DeliveryGap` otherwise, which ends the gate's cycle:
+it starts again from the store, where that message is not yet.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import restart_consumer_at
-from libs.bus.pull import PullFetcher
+from libs.bus.errors import DeliveryGap
+from libs.bus.pull import PullFetcher, consumer_seq
 from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import STREAM
 from libs.store.queries import Tail, last_seq_of
@@ -65,6 +74,8 @@ class RiskStream:
         self.stream = stream
         self.ack_wait_s = ack_wait_s
         self._fetcher = PullFetcher(bus, stream, DURABLE)
+        #: The consumer sequence the next delivery must have.
+        self._expected = 1
 
     async def start_at(self, tail: Tail | None) -> int:
         """Deliver from right after the store's last row ``tail``; returns how
@@ -111,11 +122,25 @@ class RiskStream:
             max_deliver=-1,
         )
         await self._fetcher.start()
+        self._expected = 1  # a new consumer: its deliveries count from 1
         return int(created.num_pending or 0)
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to ``batch`` messages, as soon as any arrived; empty after ``timeout``."""
-        return await self._fetcher.fetch(batch, timeout)
+        """Up to ``batch`` messages, as soon as any arrived; empty after ``timeout``.
+
+        :class:`~libs.bus.errors.DeliveryGap` if a delivery before them never
+        arrived here.
+        """
+        msgs = await self._fetcher.fetch(batch, timeout)
+        for msg in msgs:
+            delivered = consumer_seq(msg.reply)
+            if delivered != self._expected:
+                raise DeliveryGap(
+                    f"consumer {DURABLE} delivered message {delivered} after "
+                    f"{self._expected - 1}: {delivered - self._expected} never arrived here"
+                )
+            self._expected = delivered + 1
+        return msgs
 
     async def close(self) -> None:
         await self._fetcher.close()

@@ -74,8 +74,10 @@ def summarize(state: RiskState, now_ns: int) -> dict[str, Any]:
                 if st != name or a != account or p.quantity == 0:
                     continue
                 cap = s.max_position
-                if s.symbols is not None and sym in s.symbols:
-                    cap = min(cap, s.symbols[sym].max_position)
+                if s.symbols is not None:
+                    # As decide checks it: a symbol off the list is capped at 0.
+                    listed = s.symbols.get(sym)
+                    cap = min(cap, listed.max_position) if listed is not None else ZERO
                 positions[sym] = {
                     "quantity": str(p.quantity),
                     "max": str(cap),
