@@ -381,7 +381,11 @@ class Bus:
                     )
                 )
             except RETRYABLE_PUBLISH_ERRORS_OR_STALLED:
-                futures.append(None)
+                # It and the ones after it are published one by one below, in
+                # order: sent now, the later ones would be stored before it
+                # (an order before the decision that allowed it).
+                futures += [None] * (len(outs) - len(futures))
+                break
         pending = [f for f in futures if f is not None]
         self.write_pending()
         if trace.ON:

@@ -94,6 +94,36 @@ async def test_publish_together_stores_in_the_order_given(bus: Bus) -> None:
         assert stored.headers["Nats-Msg-Id"] == str(event.id)
 
 
+async def test_publish_together_keeps_the_order_when_a_send_fails(bus: Bus) -> None:
+    """The first event's send is refused at once (nats-py's publish slots
+    stalled; its outgoing buffer full during an outage is the other case):
+    it and the ones after it are published one by one, in order. The later
+    ones used to be sent anyway, so the stream stored them before the first
+    (the risk-gate's order before the decision that allowed it)."""
+    events = list(make_trades(3, "refused"))
+    js: Any = bus.js
+    send = js.publish_async
+    refused: list[str] = []
+
+    async def refuse_the_first(subject: str, payload: bytes, **kw: Any) -> Any:
+        if not refused:
+            refused.append(subject)
+            raise nats.js.errors.TooManyStalledMsgsError
+        return await send(subject, payload, **kw)
+
+    js.publish_async = refuse_the_first
+    try:
+        acks = await bus.publish_together(events)
+    finally:
+        del js.publish_async
+    assert refused
+    assert [a.seq for a in acks] == [1, 2, 3]
+    for seq, event in zip((1, 2, 3), events, strict=True):
+        stored = await bus.js.get_msg("TRADEBUS", seq=seq)
+        assert stored.headers is not None
+        assert stored.headers["Nats-Msg-Id"] == str(event.id)
+
+
 async def test_write_pending_hands_publishes_to_the_socket_at_once(bus: Bus) -> None:
     """What publish_together and publish_many buffered is on the socket before
     they wait for acks, not a flusher iteration later; and it is stored once."""
