@@ -946,29 +946,37 @@ class AccountWorker:
         orders ``only``. A call the broker rate-limits is tried again after a
         backoff and the reconciliation goes on from where it was; a call
         refused ``RECONCILE_ATTEMPTS`` times in a row gives it up (logged and
-        counted), as does any other failure, and False is returned:
-        :meth:`run_reconciliations` tries again later. What it publishes has
+        counted), as does the broker going away, and False is returned:
+        :meth:`run_reconciliations` tries again later. An order the broker
+        answers with an error of its own (a 4xx), or with what the tracker
+        cannot take in, is skipped (said) and the others are reconciled; then
+        False too. (Such an order used to end the reconciliation, and every
+        retry of it, before the orders after it.) What it publishes has
         derived ids, so asking again is harmless.
         """
         published = 0
+        skipped = 0
         try:
             for t in self.tracker.unsettled():
                 if only is not None and t.order_id not in only:
                     continue
-                published += await self._reconcile_one(t)
+                try:
+                    published += await self._reconcile_one(t)
+                except BrokerUnavailable:
+                    raise
+                except (BrokerError, ValueError) as e:
+                    skipped += 1
+                    self._skipped(t.order_id, e)
             if only is None:
                 for order in await self._reconciling(self.port.open_orders):
                     if self.tracker.find(order) is None:
-                        # Its fills are read from the account's whole list: only if it has any.
-                        has_fills = order.filled_quantity > 0
-                        fills = (
-                            await self._reconciling(functools.partial(self.port.order_fills, order))
-                            if has_fills
-                            else None
-                        )
-                        events = self.tracker.reconcile(order, fills)
-                        published += len(events)
-                        await self.outbox.publish(events)
+                        try:
+                            published += await self._take_in_unknown(order)
+                        except BrokerUnavailable:
+                            raise
+                        except (BrokerError, ValueError) as e:
+                            skipped += 1
+                            self._skipped(order.client_order_id, e)
         except RateLimited as e:
             metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
             log.warning(
@@ -985,7 +993,31 @@ class AccountWorker:
             return False
         if published:
             log.info("reconciliation of %s published %d events", self.account, published)
-        return True
+        return not skipped
+
+    async def _take_in_unknown(self, order: BrokerOrder) -> int:
+        """An open order we do not know (placed at the broker by hand, or lost
+        with a crash): take it in, fills included; the events published."""
+        # Its fills are read from the account's whole list: only if it has any.
+        fills = (
+            await self._reconciling(functools.partial(self.port.order_fills, order))
+            if order.filled_quantity > 0
+            else None
+        )
+        events = self.tracker.reconcile(order, fills)
+        await self.outbox.publish(events)
+        return len(events)
+
+    def _skipped(self, order: object, error: Exception) -> None:
+        metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+        log.warning(
+            "reconciliation of %s: order %s skipped, the others go on (%s: %s); "
+            "it is tried again later",
+            self.account,
+            order,
+            type(error).__name__,
+            error,
+        )
 
     async def _reconciling(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` of a reconciliation: rate-limited, it is tried again after

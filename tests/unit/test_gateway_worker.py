@@ -892,3 +892,58 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
         with contextlib.suppress(asyncio.CancelledError):
             await retrying
     assert oid not in w.tracker.needs_reconcile
+
+
+async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_reconciliation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two working orders filled unseen; the broker answers the first with an
+    error of its own (a 403). The second's fill is published all the same,
+    and the reconciliation says it is to be tried again. The first order's
+    error used to end it, and every retry of it, before the second."""
+    from services.broker_gateway.errors import OrderRefused
+
+    w = worker([1000.0], [], account="skipping")
+    answers: dict[str, BrokerOrder] = {}
+    for n in (1, 2):
+        command = submit()
+        command = command.model_copy(
+            update={"payload": command.payload.model_copy(update={"account": "skipping"})}
+        )
+        oid = command.payload.order_id
+        assert w.tracker.plan_submit(command)
+        w.tracker.request(oid)
+        accepted = BrokerOrder(
+            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(0), None, "new"
+        )
+        w.tracker.submitted(oid, accepted)
+        answers[f"b-{n}"] = BrokerOrder(
+            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+        )
+    published: list[str] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        if ids.get("broker_order_id") == "b-1":
+            raise OrderRefused("forbidden", "40310000")
+        return answers[ids["broker_order_id"]]
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None
+
+    async def open_orders() -> list[BrokerOrder]:
+        return []
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(f"{e.type} {e.payload.broker_order_id}" for e in events)
+
+    w.port = cast(
+        Any,
+        SimpleNamespace(
+            get_order=get_order, order_fills=order_fills, open_orders=open_orders, connected=True
+        ),
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    with caplog.at_level("WARNING"):
+        assert await w.reconcile() is False
+    assert published == ["FillReceived b-2"]
+    assert "skipped, the others go on (OrderRefused: forbidden)" in caplog.text
