@@ -309,6 +309,9 @@ class AccountWorker:
         self._retry: asyncio.TimerHandle | None = None
         self._retry_everything = False
         self._given_up = 0
+        # Whether the last reconciliation went through every order (some
+        # may have been skipped), rather than being given up part-way.
+        self._reached_end = False
         # Positions checks (see check_positions): one is due; the periodic
         # timer; what the last BrokerPositionsChecked said (None: none yet).
         self._check_wanted = False
@@ -803,11 +806,15 @@ class AccountWorker:
                     if self.port.connected:
                         # Away, the reconnection reconciles everything anyway.
                         self._retry_later(everything=everything)
-                    # Positions are compared once nothing is missing: a
-                    # check due is kept for the retry (it was dropped until
-                    # the next period).
-                    self._check_wanted |= check
-                    continue
+                    if not self._reached_end:
+                        # Positions are compared once nothing is missing: a
+                        # check due is kept for the retry (it was dropped
+                        # until the next period).
+                        self._check_wanted |= check
+                        continue
+                    # It went through but skipped orders the broker answered
+                    # with an error, which may fail at every retry: compare
+                    # now, a difference they leave is worth saying.
                 if self._retry is None:
                     self._given_up = 0
                 if (everything or check) and self.position_check_every_s > 0:
@@ -956,6 +963,7 @@ class AccountWorker:
         """
         published = 0
         skipped = 0
+        self._reached_end = False
         try:
             for t in self.tracker.unsettled():
                 if only is not None and t.order_id not in only:
@@ -993,6 +1001,7 @@ class AccountWorker:
             return False
         if published:
             log.info("reconciliation of %s published %d events", self.account, published)
+        self._reached_end = True
         return not skipped
 
     async def _take_in_unknown(self, order: BrokerOrder) -> int:

@@ -895,13 +895,18 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
 
 
 async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_reconciliation(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two working orders filled unseen; the broker answers the first with an
     error of its own (a 403). The second's fill is published all the same,
     and the reconciliation says it is to be tried again. The first order's
-    error used to end it, and every retry of it, before the second."""
+    error used to end it, and every retry of it, before the second. Such an
+    error may come at every retry: the positions check is not held off by
+    it, and says the difference the skipped order leaves."""
+    from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import OrderRefused
+
+    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
 
     w = worker([1000.0], [], account="skipping")
     answers: dict[str, BrokerOrder] = {}
@@ -914,7 +919,7 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
         assert w.tracker.plan_submit(command)
         w.tracker.request(oid)
         accepted = BrokerOrder(
-            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(0), None, "new"
+            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted"
         )
         w.tracker.submitted(oid, accepted)
         answers[f"b-{n}"] = BrokerOrder(
@@ -933,13 +938,27 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
     async def open_orders() -> list[BrokerOrder]:
         return []
 
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(2), Decimal(100))]
+
+    checked: list[Any] = []
+
     async def publish(events: list[Any]) -> None:
-        published.extend(f"{e.type} {e.payload.broker_order_id}" for e in events)
+        for e in events:
+            if e.type == "BrokerPositionsChecked":
+                checked.append(e.payload)
+            else:
+                published.append(f"{e.type} {e.payload.broker_order_id}")
 
     w.port = cast(
         Any,
         SimpleNamespace(
-            get_order=get_order, order_fills=order_fills, open_orders=open_orders, connected=True
+            get_order=get_order,
+            order_fills=order_fills,
+            open_orders=open_orders,
+            positions=positions,
+            connected=True,
+            broker="paper",
         ),
     )
     w.outbox = cast(Any, SimpleNamespace(publish=publish))
@@ -947,3 +966,19 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
         assert await w.reconcile() is False
     assert published == ["FillReceived b-2"]
     assert "skipped, the others go on (OrderRefused: forbidden)" in caplog.text
+
+    w.position_check_every_s = 300.0
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        w.want_reconcile(everything=True)
+        await eventually(lambda: checked, timeout=5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    [difference] = checked[0].differences
+    assert (difference.symbol, difference.broker_quantity, difference.recorded_quantity) == (
+        "AAPL",
+        Decimal(2),
+        Decimal(1),
+    )
