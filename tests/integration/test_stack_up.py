@@ -32,7 +32,7 @@ import asyncpg
 import pytest
 
 from libs.config import masked_url
-from libs.local.servers import free_port
+from libs.local.servers import NatsServer, free_port
 from libs.testing.wait import eventually
 from services.risk_gate.config import load_limits
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
@@ -534,6 +534,41 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert text.splitlines()[-1].endswith("| stopped"), text
     assert "Traceback" not in text
     assert not (up.home / "stack.json").exists()
+
+
+async def test_up_on_a_nats_of_the_environment_gives_the_paper_keys(tmp_path: Path) -> None:
+    """With ``NATS_URL`` set (the machine's own nats-server), ``up`` still
+    hands the paper broker and the gateway the paper account's keys, as it
+    does with its own server. It used to hand them none: the paper broker
+    exited 2 (TRADEBUS_PAPER_KEY_ID is not set) and the stack stopped."""
+    with NatsServer(tmp_path / "nats") as nats:
+        up = await start_up(
+            tmp_path,
+            tmp_path / "home",
+            "nats-url",
+            "--only",
+            "paper-broker,broker-gateway",
+            env={"NATS_URL": nats.url},
+        )
+
+        def trading() -> bool:
+            up.check_running()  # a stack that stopped fails the test at once
+            text = up.output()
+            return "tradebus is up" in text and "broker paper connected" in text
+
+        try:
+            await eventually(
+                trading,
+                timeout=180,
+                interval=0.5,
+                message=up.tail,
+            )
+            code, _ = await stop(up)
+        finally:
+            await kill_leftovers(up)
+    text = up.output()
+    assert code == 0, text[-4000:]
+    assert "refused its configuration" not in text
 
 
 async def test_up_stops_at_ctrl_c_when_its_output_is_gone(tmp_path: Path) -> None:
