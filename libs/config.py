@@ -26,13 +26,24 @@ class ConfigError(ValueError):
 
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``: what a message may say of
-    a server (``postgresql://trader:***@db:5432/tradebus``)."""
+    a server (``postgresql://trader:***@db:5432/tradebus``). A password given
+    as a parameter (``?password=...``, which libpq and asyncpg take too) is
+    masked as well."""
     parts = urlsplit(url)
-    if parts.password is None:
+    pairs = parts.query.split("&") if parts.query else []
+    in_query = any(pair.split("=", 1)[0] == "password" for pair in pairs)
+    if parts.password is None and not in_query:
         return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if in_query:
+        query = "&".join(
+            "password=***" if pair.split("=", 1)[0] == "password" else pair for pair in pairs
+        )
+        parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 class ServiceSettings(BaseSettings):

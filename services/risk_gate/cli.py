@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from libs.cli import add_replay_command, err, fail, reads_store, settings_or_exit
 from libs.config import ServiceSettings
@@ -300,13 +301,17 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
     ks = s["kill_switch"]
     out.print(f"risk status as of store sequence {s['as_of_seq']}, trading day {s['trading_day']}")
     if ks["engaged"]:
-        out.print(f"[bold red]KILL SWITCH ON[/bold red] by {ks['operator']}: {ks['reason']}")
+        # The operator's own words: printed as written, never read as markup.
+        out.print(
+            f"[bold red]KILL SWITCH ON[/bold red] by {escape(str(ks['operator']))}: "
+            f"{escape(str(ks['reason']))}"
+        )
     else:
         out.print("kill switch off")
     states = table("scope", "state", "reason", title="trading states")
     for scope, st in s["trading_states"].items():
         color = {"active": "green", "reducing": "yellow", "halted": "red"}[st["state"]]
-        states.add_row(scope, f"[{color}]{st['state']}[/{color}]", st["reason"])
+        states.add_row(scope, f"[{color}]{st['state']}[/{color}]", escape(st["reason"]))
     out.print(states)
     accounts = table(
         "account",

@@ -25,6 +25,7 @@ Its messages go to stderr, prefixed like the services' output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -66,8 +67,12 @@ class Keeper:
         self._retry_at: dict[str, float] = {}
 
     def say(self, message: str) -> None:
-        for line in message.splitlines():
-            print(f"{self.prefix}{line}", file=sys.stderr, flush=True)
+        # Our stderr is up's output, which may be gone (``tradebus up | tee``,
+        # tee killed by the same Ctrl-C): a message that cannot be shown must
+        # not end the keeper before it has stopped both servers.
+        with contextlib.suppress(OSError):
+            for line in message.splitlines():
+                print(f"{self.prefix}{line}", file=sys.stderr, flush=True)
 
     def start(self) -> dict[str, Any]:
         report: dict[str, Any] = {"nats": None, "postgres": None}

@@ -82,6 +82,8 @@ class Printer:
             color = stream.isatty() and "NO_COLOR" not in os.environ
         self.color = color
         self._colors = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(names)}
+        #: The stream failed (a broken pipe): nothing more is written to it.
+        self.gone = False
 
     def prefix(self, name: str) -> str:
         label = f"{name:<{self.width}} | "
@@ -89,9 +91,25 @@ class Printer:
             return f"\x1b[{self._colors.get(name, '0')}m{label}\x1b[0m"
         return label
 
+    def _write(self, text: str) -> None:
+        """Write ``text``, unless whoever read the output is gone.
+
+        ``tradebus up | tee up.log``: the Ctrl-C that stops the stack kills tee
+        too. A write that raised then would end the supervisor's handling of
+        that Ctrl-C (nothing stopped) and its reading of the services' output
+        (each then blocks on a full pipe): the output is dropped instead.
+        """
+        if self.gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:
+            self.gone = True
+            _to_devnull(self.stream)
+
     def line(self, name: str, text: str) -> None:
-        self.stream.write(f"{self.prefix(name)}{text}\n")
-        self.stream.flush()
+        self._write(f"{self.prefix(name)}{text}\n")
 
     def alert(self, name: str, text: str) -> None:
         """Something went wrong: bold red on a terminal, ``!!!`` always."""
@@ -101,8 +119,21 @@ class Printer:
         self.line(name, body)
 
     def raw(self, text: str) -> None:
-        self.stream.write(text if text.endswith("\n") else text + "\n")
-        self.stream.flush()
+        self._write(text if text.endswith("\n") else text + "\n")
+
+
+def _to_devnull(stream: IO[str]) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that what is still
+    buffered, flushed at exit, does not fail again (Python would exit 120)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def describe_exit(code: int) -> str:

@@ -358,8 +358,10 @@ def _run_locked(
         # raises Interrupted here, and we stop whatever has started so far.
         with _signals(_interrupt):
             try:
-                local_nats = not os.environ.get("NATS_URL")
-                credentials = creds.load_or_create(home, wiring.NATS_USERS) if local_nats else None
+                # The home's paper keys whatever the NATS server; its NATS
+                # passwords only for ours.
+                stored = creds.load_or_create(home, wiring.NATS_USERS)
+                credentials = None if os.environ.get("NATS_URL") else stored
                 servers, nats_url, database_url = _start_servers(
                     options, home, printer, note, credentials
                 )
@@ -372,6 +374,7 @@ def _run_locked(
                     nats_url=nats_url,
                     database_url=database_url,
                     credentials=credentials,
+                    paper_keys=stored.paper_env(),
                     strategies=checked.strategies,
                     risk=checked.risk,
                     paper_port=choose_port(

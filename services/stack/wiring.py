@@ -90,6 +90,10 @@ class Inputs:
     #: ``strategies`` as ``up`` loaded and validated it, once
     #: (:func:`services.stack.configs.load_configs`): marketdata's symbols.
     loaded_strategies: Sequence[LoadedStrategy]
+    #: The paper account's key pair (:meth:`Credentials.paper_env`), handed to
+    #: the paper broker and the gateway whoever runs NATS; None: the
+    #: credentials' (if any).
+    paper_keys: Mapping[str, str] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -201,6 +205,8 @@ def nats_identity(inputs: Inputs, user: str) -> dict[str, str]:
 
 
 def _paper_keys(inputs: Inputs) -> dict[str, str]:
+    if inputs.paper_keys is not None:
+        return dict(inputs.paper_keys)
     if inputs.credentials is not None:
         return inputs.credentials.paper_env()
     return {}

@@ -32,7 +32,7 @@ import asyncpg
 import pytest
 
 from libs.config import masked_url
-from libs.local.servers import free_port
+from libs.local.servers import NatsServer, free_port
 from libs.testing.wait import eventually
 from services.risk_gate.config import load_limits
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
@@ -534,6 +534,101 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert text.splitlines()[-1].endswith("| stopped"), text
     assert "Traceback" not in text
     assert not (up.home / "stack.json").exists()
+
+
+async def test_up_on_a_nats_of_the_environment_gives_the_paper_keys(tmp_path: Path) -> None:
+    """With ``NATS_URL`` set (the machine's own nats-server), ``up`` still
+    hands the paper broker and the gateway the paper account's keys, as it
+    does with its own server. It used to hand them none: the paper broker
+    exited 2 (TRADEBUS_PAPER_KEY_ID is not set) and the stack stopped."""
+    with NatsServer(tmp_path / "nats") as nats:
+        up = await start_up(
+            tmp_path,
+            tmp_path / "home",
+            "nats-url",
+            "--only",
+            "paper-broker,broker-gateway",
+            env={"NATS_URL": nats.url},
+        )
+
+        def trading() -> bool:
+            up.check_running()  # a stack that stopped fails the test at once
+            text = up.output()
+            return "tradebus is up" in text and "broker paper connected" in text
+
+        try:
+            await eventually(
+                trading,
+                timeout=180,
+                interval=0.5,
+                message=up.tail,
+            )
+            code, _ = await stop(up)
+        finally:
+            await kill_leftovers(up)
+    text = up.output()
+    assert code == 0, text[-4000:]
+    assert "refused its configuration" not in text
+
+
+async def test_up_stops_at_ctrl_c_when_its_output_is_gone(tmp_path: Path) -> None:
+    """``tradebus up | tee up.log``: the Ctrl-C that stops the stack kills tee
+    too, so ``up``'s output is a pipe nobody reads. ``up`` still stops every
+    service and both servers, and exits 0. It used to stop nothing: the line
+    it writes on Ctrl-C raised BrokenPipeError out of the signal's handler (a
+    second Ctrl-C too), its services blocked on their full output pipes, and
+    once ``up`` was killed the keeper, failing to say that PostgreSQL had
+    stopped, left nats-server running."""
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe()
+    output = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_end, "rb")
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "up",
+            "--home", str(tmp_path / "home"),
+            "--nats-port", str(free_port()),
+            "--postgres-port", str(free_port()),
+            "--metrics-port", "0",
+            "--paper-port", "0",
+            "--stop-timeout", "5",
+            "--only", "recorder",
+            env={**clean_env(), "PYTHONUNBUFFERED": "1", **checkout_path()},
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=write_end,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    seen = b""
+    tree: set[int] = set()
+    try:
+        async with asyncio.timeout(180):
+            while b"tradebus is up" not in seen:
+                line = await output.readline()
+                assert line, seen.decode(errors="replace")[-4000:]
+                seen += line
+        tree = descendants(proc.pid)
+        transport.close()  # tee is gone
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), timeout=60)
+        assert code == 0
+        await eventually(
+            lambda: not [p for p in tree if alive(p)],
+            timeout=30,
+            message=lambda: f"processes of up still running: {[p for p in tree if alive(p)]}",
+        )
+    finally:
+        transport.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in tree:  # what a failed run left behind
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------- supervisor

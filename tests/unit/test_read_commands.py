@@ -45,6 +45,27 @@ def test_a_store_gone_after_the_preamble_is_one_line_naming_it(
     assert SECRET not in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("positions",),
+        ("events",),
+        ("audit", "00000000-0000-0000-0000-000000000000"),
+        ("risk", "status"),
+        ("recorder", "replay", "--dry-run"),
+    ],
+)
+def test_a_password_given_as_a_url_parameter_is_never_printed(args: tuple[str, ...]) -> None:
+    """libpq and asyncpg take the password as a parameter of the URL too
+    (``...?password=...``): masked as the one before the host is. It was
+    printed in clear, twice: 'event store: ...' and the error naming the store."""
+    url = f"postgresql://postgres@127.0.0.1:1/x?sslmode=disable&password={SECRET}"
+    result = CliRunner().invoke(root.app, list(args), env={"DATABASE_URL": url})
+    assert result.exit_code == 1, result.output
+    assert "postgresql://postgres@127.0.0.1:1/x?sslmode=disable&password=***" in result.output
+    assert SECRET not in result.output
+
+
 def test_events_help_gives_the_default_limit() -> None:
     """`events --help` says how many events a plain `events` lists: written
     as "[default: 50]" in the help, typer read it as a rich tag and dropped it."""

@@ -104,6 +104,51 @@ def test_status_shows_a_symbol_off_the_strategy_s_list_at_its_cap_of_0() -> None
 
 
 @pytest.mark.parametrize(
+    "reason", ["[eod] flat before the close", "fat finger, see [/tmp/orders.csv]"]
+)
+def test_status_shows_the_operator_s_reason_as_written(
+    monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    """The kill switch's reason is the operator's own text, and the global
+    scope's state carries it too (until a resume): printed as written. rich
+    read it as markup: '[eod] ...' lost '[eod]', and a '[/' in it raised
+    MarkupError, so `risk status` ended in a traceback for as long as that
+    reason stood."""
+    from libs.contract.envelope import WallClock
+    from libs.contract.events import (
+        KillSwitchEngaged,
+        OperatorActionPayload,
+        TradingStateChanged,
+        TradingStatePayload,
+    )
+    from services.risk_gate.config import load_limits
+    from services.risk_gate.domain.evolve import evolve
+
+    clock = WallClock()
+    engaged = KillSwitchEngaged.create(
+        OperatorActionPayload(operator="ann", reason=reason), source="operator/ann", clock=clock
+    )
+    halted = TradingStateChanged.create(
+        TradingStatePayload(
+            scope="global",
+            state="halted",
+            previous="active",
+            reason=f"kill switch engaged by ann: {reason}",
+        ),
+        source="risk-gate/test",
+        clock=clock,
+        cause=engaged,
+    )
+    state = evolve(evolve(RiskState.initial(load_limits(EXAMPLE)), engaged), halted)
+    console = Console(width=400, record=True)
+    monkeypatch.setattr(cli, "out", console)
+    cli._print_status({"as_of_seq": 2, **summarize(state, clock.now_ns())}, limits_given=True)
+    text = console.export_text()
+    assert f"KILL SWITCH ON by ann: {reason}" in text
+    assert f"kill switch engaged by ann: {reason}" in text
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["kill-switch", "on", "--reason", ""],
