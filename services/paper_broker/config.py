@@ -9,6 +9,7 @@ or the missing environment variable; a secret is never echoed.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from decimal import Decimal
@@ -91,6 +92,10 @@ class PaperConfig(_Strict):
     untradable_symbols: tuple[Token, ...] = ()
     #: Symbols whose orders are accepted, then rejected by the venue (a halt).
     halted_symbols: tuple[Token, ...] = ()
+    #: Working ``day`` orders expire at this close, New York time (as
+    #: Alpaca's do at 16:00; weekends skipped, holidays and early closes not
+    #: known); null: they never expire.
+    day_orders_expire_at: dt.time | None = dt.time(16, 0)
     market_data: MarketDataSection = MarketDataSection()
     #: Journal file: state survives restarts. None keeps everything in memory.
     journal: Path | None = None
@@ -124,6 +129,7 @@ class PaperConfig(_Strict):
             max_order_quantity=self.max_order_quantity,
             untradable_symbols=frozenset(self.untradable_symbols),
             halted_symbols=frozenset(self.halted_symbols),
+            day_orders_expire_at=self.day_orders_expire_at,
         )
 
     def journal_file(self) -> Journal | None:

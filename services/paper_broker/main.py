@@ -27,6 +27,8 @@ from services.paper_broker.domain.book import PaperBook
 log = logging.getLogger(__name__)
 
 SERVICE = "paper-broker"
+#: How often working day orders are looked at for their close.
+EXPIRY_CHECK_S = 1.0
 
 
 async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
@@ -89,7 +91,12 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
                 tasks.create_task(
                     feed.run(server.market, stop, on_price=server.price), name="price-feed"
                 )
-            await stop.wait()
+            # Day orders expire at the close even when no price comes then.
+            while not stop.is_set():
+                server.expire_day_orders()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EXPIRY_CHECK_S):
+                        await stop.wait()  # a period, not synchronisation
     finally:
         if journal is not None:
             journal.close()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -61,6 +63,7 @@ from services.paper_broker.domain.book import (
     OrderSpec,
     PaperBook,
     TradeUpdate,
+    day_order_expiry_ns,
 )
 from services.paper_broker.domain.fill_model import MarketUpdate
 
@@ -687,3 +690,51 @@ async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_
         assert f"positions of {a.account}: AAPL is 6 at the broker, 1 from the recorded fills" in (
             caplog.text
         )
+
+
+class SetClock:
+    def __init__(self) -> None:
+        self.ns = time.time_ns()
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+class DayBook(CountingBook):
+    """A paper book that expires day orders at 16:00 New York, on its own clock."""
+
+    def __init__(self, clock: SetClock) -> None:
+        super().__init__()
+        self.config = replace(self.config, day_orders_expire_at=dt.time(16, 0))
+        self.clock = clock
+
+
+async def test_a_day_order_the_broker_expires_at_the_close_is_published_canceled(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """The paper broker expires a working day order at the close, as Alpaca
+    does; the gateway publishes it as ``OrderCanceled`` (reason ``expired``),
+    which ends the order for the risk-gate and the strategy-runner."""
+    a = venues[0]
+    clock = SetClock()
+    book = a.book = DayBook(clock)
+    await a.down()
+    await a.up()
+    book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = submit(a.account, "AAPL", "1", limit="90")
+        assert resting.payload.time_in_force == "day"
+        await bus.publish(resting)
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        [order] = book.orders(a.account)
+        clock.ns = day_order_expiry_ns(order.created_at_ns, dt.time(16, 0))
+        assert a.server is not None
+        a.server.expire_day_orders()
+        canceled = await eventually(
+            lambda: last_event(bus, f"broker.cancel.{a.account}"), timeout=10
+        )
+    assert canceled["payload"]["order_id"] == str(resting.payload.order_id)
+    assert "expired" in canceled["payload"]["reason"]
+    assert book.orders(a.account) == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from dataclasses import replace
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -14,6 +16,7 @@ from services.paper_broker.domain.book import (
     PaperBook,
     Refused,
     TradeUpdate,
+    day_order_expiry_ns,
 )
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
 
@@ -407,3 +410,90 @@ def test_close_all_refuses_a_position_held_by_orders_unless_it_cancels_them() ->
     assert events(updates)[:2] == ["canceled", "canceled"]  # the limits, first
     assert [(c.symbol, c.refused is None) for c in closings] == [("AAPL", True), ("LULD", False)]
     assert [p.symbol for p in b.positions("A")] == ["LULD"]
+
+
+# ------------------------------------------------------------- day orders
+
+
+NY = ZoneInfo("America/New_York")
+
+
+def ny_ns(text: str) -> int:
+    """``2026-12-08 10:00`` New York time, in ns."""
+    local = dt.datetime.fromisoformat(text).replace(tzinfo=NY)
+    return int(local.timestamp()) * 1_000_000_000
+
+
+class SetClock:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+@pytest.mark.parametrize(
+    ("placed", "expires"),
+    [
+        ("2026-12-08 10:00", "2026-12-08 16:00"),  # a Tuesday: its own close
+        ("2026-12-08 15:59:59", "2026-12-08 16:00"),
+        ("2026-12-08 16:00", "2026-12-09 16:00"),  # at the close: the next session's
+        ("2026-12-08 20:30", "2026-12-09 16:00"),
+        ("2026-12-11 17:00", "2026-12-14 16:00"),  # Friday evening: Monday's
+        ("2026-12-12 11:00", "2026-12-14 16:00"),  # Saturday: Monday's
+        ("2026-03-06 17:00", "2026-03-09 16:00"),  # Friday, across the spring clock change
+    ],
+)
+def test_a_day_order_expires_at_the_close_of_the_session_it_was_placed_for(
+    placed: str, expires: str
+) -> None:
+    assert day_order_expiry_ns(ny_ns(placed), dt.time(16, 0)) == ny_ns(expires)
+
+
+def test_working_day_orders_expire_at_the_close_and_no_later_price_fills_them() -> None:
+    """A day limit order still working at 16:00 New York is ``expired``, as
+    Alpaca expires it, and a price past its limit afterwards fills nothing;
+    a gtc order lives on. Until this the paper broker never expired day
+    orders: a shadow strategy's limit filled the next morning, and its order
+    held the risk-gate's caps overnight."""
+    clock = SetClock(ny_ns("2026-12-08 10:00"))
+    counter = itertools.count(1)
+    b = PaperBook(
+        BookConfig(day_orders_expire_at=dt.time(16, 0)),
+        clock=clock,
+        ids=lambda: f"id-{next(counter)}",
+    )
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    day, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(190)))
+    gtc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", "gtc", limit_price=D(190)))
+    clock.ns = ny_ns("2026-12-08 15:59:59")
+    assert b.expire_day_orders() == []
+    clock.ns = ny_ns("2026-12-08 16:00")
+    [expired] = b.expire_day_orders()
+    assert (expired.event, expired.order.id, expired.order.status) == ("expired", day.id, "expired")
+    assert not expired.order.is_open
+    assert b.expire_day_orders() == []  # once
+    clock.ns = ny_ns("2026-12-09 09:31")
+    updates = b.on_market(MarketUpdate.trade("AAPL", D(180)))
+    assert [(u.event, u.order.id) for u in updates] == [("fill", gtc.id)]
+    assert [o.id for o in b.orders("A", "open")] == []
+    assert b.order("A", day.id).status == "expired"  # type: ignore[union-attr]
+
+
+def test_a_day_order_past_its_close_expires_before_a_price_can_fill_it() -> None:
+    """No expiry ran at the close (no price came, the broker was down): the
+    first price after it expires the order first, and fills nothing; a
+    journal replayed into a new book does the same."""
+    clock = SetClock(ny_ns("2026-12-08 10:00"))
+    counter = itertools.count(1)
+    config = BookConfig(day_orders_expire_at=dt.time(16, 0))
+    b = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    day, journal = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(190)))
+    clock.ns = ny_ns("2026-12-09 09:31")
+    replayed = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    replayed.apply_all(journal)
+    for books in (b, replayed):
+        updates = books.on_market(MarketUpdate.trade("AAPL", D(180)))
+        assert [(u.event, u.order.id) for u in updates] == [("expired", day.id)]
+        assert books.positions("A") == []

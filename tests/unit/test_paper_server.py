@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import socket
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -508,3 +510,55 @@ def test_an_order_is_an_option_exactly_when_tradebus_names_one(
 
     spec = spec_from_json({"symbol": symbol, "qty": "1", "side": "buy", "type": "market"})
     assert spec.asset_class == asset_class
+
+
+class SetClock:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+def new_york_ns(text: str) -> int:
+    local = dt.datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("America/New_York"))
+    return int(local.timestamp()) * 1_000_000_000
+
+
+async def test_a_day_order_expired_at_the_close_is_streamed_and_journaled(tmp_path: Path) -> None:
+    """At the close a working day order goes to its account's listeners as
+    Alpaca's ``expired`` update (``expired_at`` set), and a broker restarted
+    from its journal still has it expired."""
+    clock = SetClock(new_york_ns("2026-12-15 10:00"))
+    config = BookConfig(day_orders_expire_at=dt.time(16, 0))
+    counter = itertools.count(1)
+    paper = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    async with PaperBrokerServer(paper, CREDS, journal=journal) as server:
+        server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+        ws = await login(server.port)
+        try:
+            await send(ws, "listen", {"streams": ["trade_updates"]})
+            await recv(ws)
+            body = {"symbol": "AAPL", "qty": 3, "side": "buy", "type": "limit", "limit_price": 9}
+            placed = await request(ws, "POST", "/v2/orders", body)  # its "new" is read past
+            assert (placed["body"]["status"], placed["body"]["expired_at"]) == ("new", None)
+            server.expire_day_orders()  # 10:00: not yet
+            clock.ns = new_york_ns("2026-12-15 16:00")
+            server.expire_day_orders()
+            expired = (await recv(ws))["data"]
+        finally:
+            await ws.close()
+    journal.close()
+    assert expired["event"] == "expired"
+    assert expired["order"]["id"] == placed["body"]["id"]
+    assert expired["order"]["status"] == "expired"
+    assert expired["order"]["expired_at"] == "2026-12-15T21:00:00.000000Z"
+    again = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    again.apply_all(Journal(path).load())
+    order = again.order("acct", placed["body"]["id"])
+    assert order is not None
+    assert order.status == "expired"
+    assert again.orders("acct", "open") == []

@@ -83,7 +83,7 @@ def order_json(o: PaperOrder) -> Json:
         "updated_at": iso(o.updated_at_ns),
         "submitted_at": iso(o.created_at_ns),
         "filled_at": iso(o.filled_at_ns),
-        "expired_at": None,
+        "expired_at": iso(o.updated_at_ns) if o.status == "expired" else None,
         "canceled_at": iso(o.canceled_at_ns),
         "failed_at": None,
         "asset_class": o.asset_class,

@@ -21,16 +21,24 @@ Invariants:
   :class:`Refused` says why, as the broker's HTTP status and error code;
 - an order for a *halted* symbol is accepted (``new``) and then ``rejected``
   by the venue, as an exchange rejects at routing: the asynchronous rejection
-  a real broker's stream can bring.
+  a real broker's stream can bring;
+- a ``day`` order still working at the close of the session it was placed
+  for (``BookConfig.day_orders_expire_at``, New York time; placed after the
+  close or on a weekend, the next weekday's) is ``expired``, as Alpaca
+  expires it, before any later price can fill it. Holidays and early closes
+  are not known.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, localcontext
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from libs.contract.envelope import Clock
 from services.paper_broker.domain.fill_model import (
@@ -46,10 +54,10 @@ from services.paper_broker.domain.fill_model import (
 )
 
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
-OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected"]
+OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "expired", "rejected"]
 #: ``triggered`` (a stop reached without a fill) is for the journal only:
 #: Alpaca's stream has no such event, and clients are never sent it.
-UpdateEvent = Literal["new", "fill", "partial_fill", "canceled", "rejected", "triggered"]
+UpdateEvent = Literal["new", "fill", "partial_fill", "canceled", "expired", "rejected", "triggered"]
 JOURNAL_ONLY: frozenset[str] = frozenset({"triggered"})
 
 OPEN_STATUSES: frozenset[str] = frozenset({"new", "partially_filled"})
@@ -214,6 +222,33 @@ class BookConfig:
     untradable_symbols: frozenset[str] = frozenset()
     #: Symbols the venue rejects after accepting the order (``new``, then ``rejected``).
     halted_symbols: frozenset[str] = frozenset()
+    #: The close (New York time) at which working ``day`` orders expire;
+    #: None: never (``paper.yaml`` defaults to 16:00).
+    day_orders_expire_at: dt.time | None = None
+
+
+#: The exchange's time zone: sessions open and close in it.
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+
+
+def day_order_expiry_ns(created_ns: int, close: dt.time) -> int:
+    """When a ``day`` order placed at ``created_ns`` expires: at ``close`` (New
+    York time) on the day it was placed, or on the next weekday if it was
+    placed at or after that close or on a weekend."""
+    return _expiry_ns(created_ns // 1_000_000_000, close)
+
+
+@functools.lru_cache(maxsize=64)
+def _expiry_ns(created_s: int, close: dt.time) -> int:
+    # Cached by the second: a submit does not pay for the time zone (a few
+    # microseconds) when orders come many a second.
+    placed = dt.datetime.fromtimestamp(created_s, EXCHANGE_TZ)
+    day = placed.date()
+    if placed.time() >= close or day.weekday() >= 5:
+        day += dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day += dt.timedelta(days=1)
+    return int(dt.datetime.combine(day, close, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -251,6 +286,9 @@ class PaperBook:
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
         self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
+        # (expiry ns, account, order id) of the day orders taken in open, the
+        # soonest first (see expire_day_orders).
+        self._day_expiries: list[tuple[int, str, str]] = []
 
     # ------------------------------------------------------------- queries
 
@@ -427,13 +465,27 @@ class PaperBook:
         accounts = self._accounts
         return [accounts[a].orders[oid] for a, oid in self._working_by_symbol.get(symbol, ())]
 
+    def expire_day_orders(self) -> list[TradeUpdate]:
+        """Expire the ``day`` orders whose session has closed (see
+        ``BookConfig.day_orders_expire_at``), soonest first."""
+        now = self.clock.now_ns()
+        due = self._day_expiries
+        out: list[TradeUpdate] = []
+        while due and due[0][0] <= now:
+            _, account, order_id = heapq.heappop(due)
+            order = self._account(account).orders.get(order_id)
+            if order is not None and order.is_open:
+                after = replace(order, status="expired", updated_at_ns=now)
+                out.append(self._emit(TradeUpdate("expired", after, now)))
+        return out
+
     def set_last(self, symbol: str, price: Decimal) -> list[TradeUpdate]:
         """``price``, from before the broker was there, becomes ``symbol``'s
         last price. A limit or stop order is not filled or triggered by it (the
         price may predate the order); a market order waiting for a price
         fills at it, as it would have had the price come a moment earlier."""
         self._last[symbol] = price
-        out: list[TradeUpdate] = []
+        out = self.expire_day_orders()  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market":
                 continue
@@ -446,7 +498,7 @@ class PaperBook:
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
         """A trade or bar: it becomes the last price and may fill working orders."""
         self._last[update.symbol] = update.last
-        out: list[TradeUpdate] = []
+        out = self.expire_day_orders()  # never filled after its close
         for order in self._working_orders(update.symbol):
             match = on_market(self.config.fill_model, self._working(order), update)
             if not (match.triggered or match.fills):
@@ -605,6 +657,15 @@ class PaperBook:
 
     def _put(self, order: PaperOrder) -> _Account:
         acct = self._account(order.account)
+        close = self.config.day_orders_expire_at
+        if (
+            close is not None
+            and order.time_in_force == "day"
+            and order.is_open
+            and order.id not in acct.orders
+        ):
+            expiry = day_order_expiry_ns(order.created_at_ns, close)
+            heapq.heappush(self._day_expiries, (expiry, order.account, order.id))
         acct.orders[order.id] = order
         acct.by_client_id[order.client_order_id] = order.id
         working = self._working_by_symbol.setdefault(order.symbol, {})

@@ -42,8 +42,9 @@ a limit order from that same update on.
 fills, one per market update, the first at submission when the order is
 marketable.
 
-*Time in force.* ``day`` and ``gtc`` rest until filled or canceled (the paper
-broker does not expire day orders); ``ioc`` fills what one update allows at
+*Time in force.* ``gtc`` rests until filled or canceled; ``day`` too, until
+the close of its session, when the book expires it
+(``BookConfig.day_orders_expire_at``, see ``book.py``); ``ioc`` fills what one update allows at
 submission and cancels the rest; ``fok`` fills entirely at submission in one
 fill or not at all. ``opg`` and ``cls`` are refused by the paper broker.
 """
