@@ -968,23 +968,21 @@ class AccountWorker:
             for t in self.tracker.unsettled():
                 if only is not None and t.order_id not in only:
                     continue
-                try:
-                    published += await self._reconcile_one(t)
-                except BrokerUnavailable:
-                    raise
-                except (BrokerError, ValueError) as e:
+                n = await self._unless_refused(t.order_id, self._reconcile_one(t))
+                if n is None:
                     skipped += 1
-                    self._skipped(t.order_id, e)
+                else:
+                    published += n
             if only is None:
                 for order in await self._reconciling(self.port.open_orders):
                     if self.tracker.find(order) is None:
-                        try:
-                            published += await self._take_in_unknown(order)
-                        except BrokerUnavailable:
-                            raise
-                        except (BrokerError, ValueError) as e:
+                        n = await self._unless_refused(
+                            order.client_order_id, self._take_in_unknown(order)
+                        )
+                        if n is None:
                             skipped += 1
-                            self._skipped(order.client_order_id, e)
+                        else:
+                            published += n
         except RateLimited as e:
             metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
             log.warning(
@@ -1017,16 +1015,26 @@ class AccountWorker:
         await self.outbox.publish(events)
         return len(events)
 
-    def _skipped(self, order: object, error: Exception) -> None:
-        metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
-        log.warning(
-            "reconciliation of %s: order %s skipped, the others go on (%s: %s); "
-            "it is tried again later",
-            self.account,
-            order,
-            type(error).__name__,
-            error,
-        )
+    async def _unless_refused(self, order: object, call: Awaitable[int]) -> int | None:
+        """``call``'s events published for ``order``; None, said and counted,
+        if the broker answered it with an error of its own or with what the
+        tracker cannot take in. The broker away or rate-limiting us ends the
+        reconciliation instead (raised)."""
+        try:
+            return await call
+        except BrokerUnavailable:
+            raise
+        except (BrokerError, ValueError) as e:
+            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+            log.warning(
+                "reconciliation of %s: order %s skipped, the others go on (%s: %s); "
+                "it is tried again later",
+                self.account,
+                order,
+                type(e).__name__,
+                e,
+            )
+            return None
 
     async def _reconciling(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` of a reconciliation: rate-limited, it is tried again after
