@@ -786,3 +786,19 @@ def test_net_positions_and_their_differences_from_the_broker_s() -> None:
     assert [(d.symbol, d.broker_quantity, d.recorded_quantity) for d in missing] == [
         ("AAPL", D(0), D(6))
     ]
+
+
+def test_an_order_that_ends_loses_its_gap_mark() -> None:
+    """A submit's fetch was given up (its order marked, fetch_later); then the
+    stream brings the fill after all and the order ends: nothing is left to
+    fetch, so the mark goes. It stayed, and every later stream update asked
+    for a reconciliation of it that had nothing to do."""
+    t = tracker()
+    cmd = command(qty="10")
+    submitted(t, cmd)
+    answer = order(cmd, "10", "100", "filled")
+    t.fetch_later(answer)
+    assert cmd.payload.order_id in t.needs_reconcile
+    events = t.on_update(fill_update(answer, "10", "100", "x-1"))
+    assert [e.type for e in events] == ["FillReceived"]
+    assert t.needs_reconcile == {}

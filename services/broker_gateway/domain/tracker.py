@@ -260,9 +260,15 @@ class OrderTracker:
             t.terminal = "filled"
             self._settled(t)
 
-    @staticmethod
-    def _settled(t: TrackedOrder) -> None:
-        """A done order keeps its causes' ids only, not the commands themselves.
+    def _settled(self, t: TrackedOrder) -> None:
+        """A done order has nothing left to fetch, and keeps its causes' ids
+        only, not the commands themselves.
+
+        Its gap mark goes: an order ends here once everything it filled is
+        published (a cancel that shows more filled waits for the fills). A
+        mark left by a fetch given up (:meth:`fetch_later`) whose fill the
+        stream then brought used to stay for good, so every later stream
+        update asked for an empty reconciliation.
 
         The tracker keeps every order it has seen (a late or repeated broker
         fact about it must still be recognised), so what one order costs is
@@ -272,6 +278,7 @@ class OrderTracker:
         a terminal order is never submitted again, so the command's payload is
         not needed.
         """
+        self.needs_reconcile.pop(t.order_id, None)
         if isinstance(t.cause, Event):
             t.cause = CauseRef.of(t.cause)
         if isinstance(t.cancel_cause, Event):
