@@ -360,6 +360,20 @@ def test_speed_and_schedule() -> None:
         days_between(TUE, MON)
 
 
+def test_a_speed_the_replay_cannot_keep_is_refused_with_the_settings() -> None:
+    """0x matched the settings' pattern and was refused only when the source
+    was built: a ValueError traceback instead of exit 2 naming the variable."""
+    from libs.config import ConfigError, load_settings
+    from services.marketdata.config import MarketdataSettings
+
+    for bad in ("0x", "0.0x", "00x"):
+        with pytest.raises(ConfigError, match="TRADEBUS_CACHE_SPEED: speed must look like 10x"):
+            load_settings(MarketdataSettings, source="cache", cache_from=MON, cache_speed=bad)
+    for good in ("max", "10x", "0.5x"):
+        settings = load_settings(MarketdataSettings, cache_speed=good)
+        assert settings.cache_speed == good
+
+
 def test_cache_bar_ids_are_the_live_feeds() -> None:
     from services.marketdata.adapters.polygon.parse import bar_id
 
