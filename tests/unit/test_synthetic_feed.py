@@ -214,3 +214,22 @@ async def test_source_paces_and_stops_when_told() -> None:
     again = SyntheticMarket(SyntheticConfig(symbols=("AAPL", "MSFT"), seed=4))
     expected = [e.id for _ in range(source.ticks) for e in again.tick(T0)]
     assert [e.id for e in sink.events] == expected
+
+
+def test_a_symbol_the_contract_refuses_is_a_bad_setting_not_a_crash_at_the_first_tick() -> None:
+    """TRADEBUS_SYMBOLS=AAPL MSFT (a space for a comma) was accepted, and the
+    first tick's QuotePayload refused it: a traceback instead of exit 2."""
+    from libs.config import ConfigError
+    from libs.contract.envelope import WallClock
+    from services.marketdata.config import MarketdataSettings
+    from services.marketdata.main import build_source
+
+    for bad in ("AAPL MSFT", "AAPL;MSFT", "SPY,T.*"):
+        settings = MarketdataSettings(source="synthetic", symbols=bad)
+        with pytest.raises(ConfigError, match="TRADEBUS_SYMBOLS"):
+            build_source(settings, WallClock())
+    with pytest.raises(ValueError, match="'AAPL MSFT'"):
+        SyntheticConfig(symbols=("AAPL MSFT",), seed=1)
+    ok = build_source(MarketdataSettings(source="synthetic", symbols="aapl,BRK.B"), WallClock())
+    assert isinstance(ok, SyntheticSource)
+    assert {e.payload.symbol for e in ok.market.tick(T0) + ok.market.tick(T0)} == {"AAPL", "BRK.B"}
