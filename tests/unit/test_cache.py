@@ -208,6 +208,29 @@ def test_fetch_is_resumable_and_skips_weekends_and_unfinished_days(tmp_path: Pat
     assert [b.v for b in cache.read("minute", "AAPL", TUE)] == [Decimal(10), Decimal(11)]
 
 
+def test_fetch_takes_a_bar_sent_twice_once_and_names_a_bar_it_cannot_cache(
+    tmp_path: Path,
+) -> None:
+    """Polygon has answered a day with every bar listed twice (polygon-io/issues#92):
+    cache.write's 'two bars for window' (a CacheFormatError, which the CLI does
+    not catch) ended fetch in a traceback, at every rerun. A bar the contract
+    refuses (a price of 0) did the same; now it is a FetchError naming the day."""
+    from services.marketdata.adapters.cache import FetchError
+
+    cache = ParquetCache(tmp_path)
+    twice = rest_bars(OPEN_MON_MS, 3)
+    result = fetch(cache, FakeAggs({"AAPL": twice + twice}), ["AAPL"], MON, MON, today=TUE)
+    assert (result.fetched_days, result.bars) == (1, 3)
+    assert [b.t for b in cache.read("minute", "AAPL", MON)] == [b["t"] for b in twice]
+
+    differing = [twice[0], {**twice[0], "c": Decimal("100.75")}]
+    zero = [{**twice[0], "o": Decimal(0)}]
+    for bad in (differing, zero):
+        with pytest.raises(FetchError, match="MSFT 2024-03-04"):
+            fetch(cache, FakeAggs({"MSFT": bad}), ["MSFT"], MON, MON, today=TUE)
+        assert not cache.has("minute", "MSFT", MON)
+
+
 FLAT_HEADER = "ticker,volume,open,close,high,low,window_start,transactions"
 
 
