@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from libs.config import ServiceSettings
+from services.marketdata.domain.cache import parse_speed
 from services.marketdata.domain.marks import NS, MarkPolicy
 
 
@@ -103,6 +104,12 @@ class MarketdataSettings(ServiceSettings):
     #: A quote whose spread is wider than this fraction of its midpoint is no
     #: mark (0.5: 50 %); 0: no limit.
     mark_max_spread: Decimal = Field(default=Decimal("0.5"), ge=0, lt=2, allow_inf_nan=False)
+
+    @field_validator("cache_speed")
+    @classmethod
+    def _speed_the_replay_can_keep(cls, value: str) -> str:
+        parse_speed(value)  # the pattern lets 0x through: no pace at all
+        return value
 
     @field_validator("mark_refresh_s")
     @classmethod

@@ -208,6 +208,29 @@ def test_fetch_is_resumable_and_skips_weekends_and_unfinished_days(tmp_path: Pat
     assert [b.v for b in cache.read("minute", "AAPL", TUE)] == [Decimal(10), Decimal(11)]
 
 
+def test_fetch_takes_a_bar_sent_twice_once_and_names_a_bar_it_cannot_cache(
+    tmp_path: Path,
+) -> None:
+    """Polygon has answered a day with every bar listed twice (polygon-io/issues#92):
+    cache.write's 'two bars for window' (a CacheFormatError, which the CLI does
+    not catch) ended fetch in a traceback, at every rerun. A bar the contract
+    refuses (a price of 0) did the same; now it is a FetchError naming the day."""
+    from services.marketdata.adapters.cache import FetchError
+
+    cache = ParquetCache(tmp_path)
+    twice = rest_bars(OPEN_MON_MS, 3)
+    result = fetch(cache, FakeAggs({"AAPL": twice + twice}), ["AAPL"], MON, MON, today=TUE)
+    assert (result.fetched_days, result.bars) == (1, 3)
+    assert [b.t for b in cache.read("minute", "AAPL", MON)] == [b["t"] for b in twice]
+
+    differing = [twice[0], {**twice[0], "c": Decimal("100.75")}]
+    zero = [{**twice[0], "o": Decimal(0)}]
+    for bad in (differing, zero):
+        with pytest.raises(FetchError, match="MSFT 2024-03-04"):
+            fetch(cache, FakeAggs({"MSFT": bad}), ["MSFT"], MON, MON, today=TUE)
+        assert not cache.has("minute", "MSFT", MON)
+
+
 FLAT_HEADER = "ticker,volume,open,close,high,low,window_start,transactions"
 
 
@@ -358,6 +381,20 @@ def test_speed_and_schedule() -> None:
     assert days_between(dt.date(2024, 3, 1), MON) == [dt.date(2024, 3, 1), MON]
     with pytest.raises(ValueError, match="before"):
         days_between(TUE, MON)
+
+
+def test_a_speed_the_replay_cannot_keep_is_refused_with_the_settings() -> None:
+    """0x matched the settings' pattern and was refused only when the source
+    was built: a ValueError traceback instead of exit 2 naming the variable."""
+    from libs.config import ConfigError, load_settings
+    from services.marketdata.config import MarketdataSettings
+
+    for bad in ("0x", "0.0x", "00x"):
+        with pytest.raises(ConfigError, match="TRADEBUS_CACHE_SPEED: speed must look like 10x"):
+            load_settings(MarketdataSettings, source="cache", cache_from=MON, cache_speed=bad)
+    for good in ("max", "10x", "0.5x"):
+        settings = load_settings(MarketdataSettings, cache_speed=good)
+        assert settings.cache_speed == good
 
 
 def test_cache_bar_ids_are_the_live_feeds() -> None:

@@ -214,3 +214,45 @@ async def test_source_paces_and_stops_when_told() -> None:
     again = SyntheticMarket(SyntheticConfig(symbols=("AAPL", "MSFT"), seed=4))
     expected = [e.id for _ in range(source.ticks) for e in again.tick(T0)]
     assert [e.id for e in sink.events] == expected
+
+
+def test_a_symbol_the_contract_refuses_is_a_bad_setting_not_a_crash_at_the_first_tick() -> None:
+    """TRADEBUS_SYMBOLS=AAPL MSFT (a space for a comma) was accepted, and the
+    first tick's QuotePayload refused it: a traceback instead of exit 2."""
+    from libs.config import ConfigError
+    from libs.contract.envelope import WallClock
+    from services.marketdata.config import MarketdataSettings
+    from services.marketdata.main import build_source
+
+    for bad in ("AAPL MSFT", "AAPL;MSFT", "SPY,T.*"):
+        settings = MarketdataSettings(source="synthetic", symbols=bad)
+        with pytest.raises(ConfigError, match="TRADEBUS_SYMBOLS"):
+            build_source(settings, WallClock())
+    with pytest.raises(ValueError, match="'AAPL MSFT'"):
+        SyntheticConfig(symbols=("AAPL MSFT",), seed=1)
+    ok = build_source(MarketdataSettings(source="synthetic", symbols="aapl,BRK.B"), WallClock())
+    assert isinstance(ok, SyntheticSource)
+    assert {e.payload.symbol for e in ok.market.tick(T0) + ok.market.tick(T0)} == {"AAPL", "BRK.B"}
+
+
+class SteppedBackClock:
+    """The wall clock, set back a second (NTP, a VM resumed) after 50 readings."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def now_ns(self) -> int:
+        self.readings += 1
+        back = SECOND_NS if self.readings > 50 else 0
+        return T0 + self.readings * 1_000_000 - back
+
+
+async def test_a_wall_clock_set_back_neither_stops_the_feed_nor_sends_time_back() -> None:
+    market = SyntheticMarket(SyntheticConfig(symbols=("AAPL", "MSFT"), seed=4, channels=ALL))
+    source = SyntheticSource(market, rate=2000, clock=SteppedBackClock())
+    stop = asyncio.Event()
+    sink = ListSink(stop_after=400, stop=stop)
+    await asyncio.wait_for(source.run(sink, stop), timeout=10)
+    assert len(sink.events) >= 400
+    stamps = [e.ts_event for e in sink.events if not isinstance(e, BarClosed)]
+    assert stamps == sorted(stamps)

@@ -336,8 +336,9 @@ def fetch_day(client: AggsClient, symbol: str, day: dt.date, timespan: Timespan)
         raise FetchError(f"Polygon unreachable for {symbol} {day}: {e}") from None
     except CacheFormatError as e:
         raise FetchError(f"Polygon sent a bad bar for {symbol} {day}: {e}") from None
-    # A bar outside the requested day would land in the wrong file.
-    return [b for b in bars if new_york_day(b.t) == day]
+    # A bar outside the requested day would land in the wrong file; one sent
+    # twice (Polygon has listed a day's bars twice) is one bar.
+    return list(dict.fromkeys(b for b in bars if new_york_day(b.t) == day))
 
 
 Progress = Callable[[str, int], None]
@@ -373,7 +374,10 @@ def fetch(
                 result.skipped_days += 1
             else:
                 bars = fetch_day(client, symbol, day, timespan)
-                cache.write(timespan, symbol, day, bars, origin="rest")
+                try:
+                    cache.write(timespan, symbol, day, bars, origin="rest")
+                except CacheFormatError as e:
+                    raise FetchError(f"Polygon sent a bad bar for {label}: {e}") from None
                 result.fetched_days += 1
                 if cached:
                     result.refetched_days += 1

@@ -38,6 +38,8 @@ class SyntheticSource:
         self.rate = rate
         self.clock = clock
         self.ticks = 0
+        #: The latest tick time so far (ns).
+        self._now_ns = 0
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
         """Tick at ``rate`` per second until ``stop`` is set."""
@@ -70,7 +72,10 @@ class SyntheticSource:
     async def _emit(self, sink: EventSink, ticks: int) -> None:
         events: list[Event] = []
         for _ in range(ticks):
-            events.extend(self.market.tick(self.clock.now_ns()))
+            # The wall clock can be set back (NTP, a resumed VM); the market's
+            # time must not go back, so it waits at the latest time seen.
+            self._now_ns = max(self._now_ns, self.clock.now_ns())
+            events.extend(self.market.tick(self._now_ns))
         self.ticks += ticks
         for channel, n in Counter(channel_of(e) for e in events).items():
             metrics.MESSAGES_IN.labels(channel=channel).inc(n)

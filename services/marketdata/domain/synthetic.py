@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 from libs.contract.codec import derived_id
-from libs.contract.envelope import Event
+from libs.contract.envelope import Event, Symbol
 from libs.contract.events import (
     BarClosed,
     BarPayload,
@@ -63,6 +65,7 @@ START_PRICES = {
 EXCHANGES = (1, 4, 10, 11, 12, 15)
 TRADE_SIZES = (1, 5, 10, 25, 50, 100, 100, 100, 200, 500)
 VWAP_PLACES = Decimal("0.0001")
+_SYMBOL: TypeAdapter[str] = TypeAdapter(Symbol)
 
 
 def record_id(seed: int, run: str, symbol: str, channel: str, sequence: int) -> uuid.UUID:
@@ -97,6 +100,12 @@ class SyntheticConfig:
             raise ValueError("the synthetic market needs at least one symbol")
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"symbols repeat: {list(self.symbols)}")
+        for symbol in self.symbols:
+            # Refused here, not by the first tick's event (a crash after start-up).
+            try:
+                _SYMBOL.validate_python(symbol)
+            except ValidationError:
+                raise ValueError(f"{symbol!r} is not a symbol the event contract takes") from None
         if not self.channels:
             raise ValueError("no channels to generate")
         unknown = set(self.channels) - set(ALL_CHANNELS)
