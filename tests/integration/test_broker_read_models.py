@@ -326,13 +326,24 @@ async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str)
             ("4.5", T0),
             id="a bar newer than the last mark wins",
         ),
+        pytest.param(
+            [trade_at(OPTION, "4", T0 - 60 * S), bar_at(OPTION, "4.5", T0)],
+            ("4.5", T0),
+            id="a bar newer than the last trade wins",
+        ),
+        pytest.param(
+            [bar_at(OPTION, "4.5", T0 - 60 * S), trade_at(OPTION, "4", T0)],
+            ("4", T0),
+            id="a trade newer than the last bar wins",
+        ),
     ],
 )
 async def test_the_newest_of_trade_bar_and_mark_values_a_position(
     database_url: str, prices: list[Event], last: tuple[str, int]
 ) -> None:
     """The risk-gate's rule: the newest price by market time, the later in
-    the stream at the same time."""
+    the stream at the same time. Until 0011 a bar was looked at only for a
+    symbol that had never traded: a bar newer than the last trade lost."""
     o = Orders()
     o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
     await record_events(database_url, [*o.events, *prices])

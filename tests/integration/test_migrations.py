@@ -33,7 +33,7 @@ from tests.integration.test_broker_read_models import (
 )
 
 D = Decimal
-HEAD = "0010"
+HEAD = "0011"
 READONLY_ROLE = "tradebus_readonly"
 
 
