@@ -348,14 +348,15 @@ class PaperBroker:
             # stop went on, and waited for ever on its stopped outbox).
             async with asyncio.timeout(self.request_timeout_s):
                 return await fut
-        except (ConnectionClosed, OSError) as e:
-            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
-            raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
+        # Before OSError: TimeoutError is one, and this one is no lost connection.
         except TimeoutError as e:
             metrics.CALL_ERRORS.labels(account=self.account, call=call, error="timeout").inc()
             raise BrokerUnavailable(
                 f"{self.account}: no answer to {call} within {self.request_timeout_s:g}s"
             ) from e
+        except (ConnectionClosed, OSError) as e:
+            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
+            raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
         finally:
             self._pending.pop(rid, None)
             metrics.CALL_SECONDS.labels(account=self.account, call=call).observe(
