@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+import orjson
 import pytest
 from pydantic import SecretStr
+from websockets.asyncio.server import ServerConnection, serve
 
 from libs.contract.envelope import WallClock
 from libs.testing.wait import eventually
@@ -445,6 +448,45 @@ async def test_a_broker_out_of_reach_past_the_grace_is_an_outage() -> None:
         await eventually(
             lambda: h.events.states() == ["disconnected", "reconnecting", "connected"], timeout=5
         )
+
+
+async def test_a_broker_that_drops_each_connection_at_once_is_reconnected_with_backoff() -> None:
+    """A paper broker that authorizes, says ``listening`` and closes at once
+    (1013, "try again later"), every time. The backoff used to be reset by
+    each handshake and not waited after a connection lost, so the adapter
+    reconnected as fast as the socket allowed: about a thousand connections,
+    and three ConnectionUpdates each, a second."""
+    opened: list[float] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(time.monotonic())
+        await ws.recv()
+        await ws.send(orjson.dumps({"stream": "authorization", "data": {"status": "authorized"}}))
+        await ws.recv()
+        listening = {"stream": "listening", "data": {"streams": ["trade_updates"]}}
+        await ws.send(orjson.dumps(listening))
+        await ws.close(1013, "try again later")
+
+    initial_s = 0.1
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = PaperBroker(
+            account="acct-a",
+            url=f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream",
+            key_id="key-a",
+            secret_key=SecretStr("secret-a"),
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+            reconnect_initial_s=initial_s,
+            reconnect_max_s=1.0,
+        )
+        await port.start()
+        try:
+            await eventually(lambda: len(opened) >= 4, timeout=5)
+        finally:
+            await port.close()
+    gaps = [b - a for a, b in itertools.pairwise(opened[:4])]
+    # Jittered between half and all of 0.1, 0.2, 0.4 s.
+    assert all(gap >= initial_s / 2 * 2**i for i, gap in enumerate(gaps)), gaps
 
 
 def test_paper_wire_format_parses_alpaca_shapes() -> None:

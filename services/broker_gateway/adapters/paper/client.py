@@ -218,15 +218,23 @@ class PaperBroker:
                 await self._pause(backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
-            backoff = self.reconnect_initial_s
             self._ws = ws
             self._up.set()
             self._outage_announced = False
             log.info("broker %s connected (%s)", self.account, self.url)
             await self._state("connected", self.url)
+            up_since = time.monotonic()
             cause = await self._run(ws)
             self._lost(ws)
             await self._outage(cause)
+            if time.monotonic() - up_since >= self.heartbeat_interval_s:
+                backoff = self.reconnect_initial_s  # it was up: reconnect at once
+            else:
+                # Lost as soon as it was up (a broker that closes right after
+                # the handshake): backed off as a refused one is, or this loop
+                # reconnects, and says so, as fast as the socket allows.
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
 
     async def _pause(self, backoff: float) -> None:
         await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
