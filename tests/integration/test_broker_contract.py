@@ -423,6 +423,68 @@ async def test_hung_broker_is_detected_by_the_heartbeat(broker: Harness) -> None
     assert await broker.port.wait_connected(timeout=5)
 
 
+async def test_a_reader_held_up_by_a_slow_consumer_is_no_lost_connection() -> None:
+    """The gateway takes the adapter's events more slowly than the broker
+    sends them (a stalled publish): the full event queue holds the reader
+    up, the socket is no longer read, and the pongs wait in it behind the
+    updates. That is our back-pressure, not a hung broker: the connection
+    stays up and, once the events are taken, every update is there. It used
+    to be declared lost ("no heartbeat answer") though the broker answered
+    every ping: BrokerConnectionChanged(disconnected), the risk-gate's
+    connection_lost breaker, and the updates still in the socket dropped."""
+    counter = itertools.count(1)
+    book = PaperBook(
+        BookConfig(fill_model=FillModelConfig(max_fill_quantity=D(100))),
+        clock=WallClock(),
+        ids=lambda: f"po-{next(counter)}",
+    )
+    server = await PaperBrokerServer(
+        book, [Credentials("key-a", SecretStr("secret-a"), "acct-a")]
+    ).start()
+
+    def adapter(max_events: int) -> PaperBroker:
+        return PaperBroker(
+            account="acct-a",
+            url=f"ws://127.0.0.1:{server.port}/stream",
+            key_id="key-a",
+            secret_key=SecretStr("secret-a"),
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+            max_events=max_events,
+        )
+
+    slow, entry = adapter(max_events=4), adapter(max_events=10_000)
+    others = Events(entry)
+    for port in (slow, entry):
+        await port.start()
+        assert await port.wait_connected(timeout=5)
+    try:
+        server.market(MarketUpdate.trade("AAPL", D(10)))
+        orders = [cid() for _ in range(30)]
+        for c in orders:  # new and fill each: 60 frames for the slow reader
+            await entry.submit(market("AAPL", "buy", "1", c))
+        ws = slow._ws
+        assert ws is not None
+        # Three heartbeats due while it is held up.
+        await eventually(lambda: not slow.connected or len(ws.pending_pings) >= 3, timeout=5)
+        assert slow.connected, slow.state
+        events = Events(slow)
+        try:
+            await eventually(
+                lambda: all(events.kinds(c)[-1:] == ["fill"] for c in orders), timeout=5
+            )
+            assert events.states() == ["connected"]
+            await eventually(lambda: not ws.pending_pings, timeout=5)  # all answered
+            assert slow.connected
+        finally:
+            await events.close()
+    finally:
+        for port in (slow, entry):
+            await port.close()
+        await others.close()
+        await server.close()
+
+
 async def test_a_broker_coming_up_after_the_adapter_is_no_outage() -> None:
     """As under ``tradebus up``, where the gateway may start before the paper
     broker listens: refused first connections within the grace are retried
