@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+import orjson
 import pytest
 from pydantic import SecretStr
+from websockets.asyncio.server import ServerConnection, serve
 
 from libs.contract.envelope import WallClock
 from libs.testing.wait import eventually
@@ -420,6 +423,68 @@ async def test_hung_broker_is_detected_by_the_heartbeat(broker: Harness) -> None
     assert await broker.port.wait_connected(timeout=5)
 
 
+async def test_a_reader_held_up_by_a_slow_consumer_is_no_lost_connection() -> None:
+    """The gateway takes the adapter's events more slowly than the broker
+    sends them (a stalled publish): the full event queue holds the reader
+    up, the socket is no longer read, and the pongs wait in it behind the
+    updates. That is our back-pressure, not a hung broker: the connection
+    stays up and, once the events are taken, every update is there. It used
+    to be declared lost ("no heartbeat answer") though the broker answered
+    every ping: BrokerConnectionChanged(disconnected), the risk-gate's
+    connection_lost breaker, and the updates still in the socket dropped."""
+    counter = itertools.count(1)
+    book = PaperBook(
+        BookConfig(fill_model=FillModelConfig(max_fill_quantity=D(100))),
+        clock=WallClock(),
+        ids=lambda: f"po-{next(counter)}",
+    )
+    server = await PaperBrokerServer(
+        book, [Credentials("key-a", SecretStr("secret-a"), "acct-a")]
+    ).start()
+
+    def adapter(max_events: int) -> PaperBroker:
+        return PaperBroker(
+            account="acct-a",
+            url=f"ws://127.0.0.1:{server.port}/stream",
+            key_id="key-a",
+            secret_key=SecretStr("secret-a"),
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+            max_events=max_events,
+        )
+
+    slow, entry = adapter(max_events=4), adapter(max_events=10_000)
+    others = Events(entry)
+    for port in (slow, entry):
+        await port.start()
+        assert await port.wait_connected(timeout=5)
+    try:
+        server.market(MarketUpdate.trade("AAPL", D(10)))
+        orders = [cid() for _ in range(30)]
+        for c in orders:  # new and fill each: 60 frames for the slow reader
+            await entry.submit(market("AAPL", "buy", "1", c))
+        ws = slow._ws
+        assert ws is not None
+        # Three heartbeats due while it is held up.
+        await eventually(lambda: not slow.connected or len(ws.pending_pings) >= 3, timeout=5)
+        assert slow.connected, slow.state
+        events = Events(slow)
+        try:
+            await eventually(
+                lambda: all(events.kinds(c)[-1:] == ["fill"] for c in orders), timeout=5
+            )
+            assert events.states() == ["connected"]
+            await eventually(lambda: not ws.pending_pings, timeout=5)  # all answered
+            assert slow.connected
+        finally:
+            await events.close()
+    finally:
+        for port in (slow, entry):
+            await port.close()
+        await others.close()
+        await server.close()
+
+
 async def test_a_broker_coming_up_after_the_adapter_is_no_outage() -> None:
     """As under ``tradebus up``, where the gateway may start before the paper
     broker listens: refused first connections within the grace are retried
@@ -445,6 +510,45 @@ async def test_a_broker_out_of_reach_past_the_grace_is_an_outage() -> None:
         await eventually(
             lambda: h.events.states() == ["disconnected", "reconnecting", "connected"], timeout=5
         )
+
+
+async def test_a_broker_that_drops_each_connection_at_once_is_reconnected_with_backoff() -> None:
+    """A paper broker that authorizes, says ``listening`` and closes at once
+    (1013, "try again later"), every time. The backoff used to be reset by
+    each handshake and not waited after a connection lost, so the adapter
+    reconnected as fast as the socket allowed: about a thousand connections,
+    and three ConnectionUpdates each, a second."""
+    opened: list[float] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(time.monotonic())
+        await ws.recv()
+        await ws.send(orjson.dumps({"stream": "authorization", "data": {"status": "authorized"}}))
+        await ws.recv()
+        listening = {"stream": "listening", "data": {"streams": ["trade_updates"]}}
+        await ws.send(orjson.dumps(listening))
+        await ws.close(1013, "try again later")
+
+    initial_s = 0.1
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = PaperBroker(
+            account="acct-a",
+            url=f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream",
+            key_id="key-a",
+            secret_key=SecretStr("secret-a"),
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+            reconnect_initial_s=initial_s,
+            reconnect_max_s=1.0,
+        )
+        await port.start()
+        try:
+            await eventually(lambda: len(opened) >= 4, timeout=5)
+        finally:
+            await port.close()
+    gaps = [b - a for a, b in itertools.pairwise(opened[:4])]
+    # Jittered between half and all of 0.1, 0.2, 0.4 s.
+    assert all(gap >= initial_s / 2 * 2**i for i, gap in enumerate(gaps)), gaps
 
 
 def test_paper_wire_format_parses_alpaca_shapes() -> None:

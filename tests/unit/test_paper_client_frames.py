@@ -255,3 +255,31 @@ async def test_a_call_canceled_as_its_answer_comes_is_canceled(client: PaperBrok
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+async def test_a_call_not_answered_in_time_is_a_timeout_not_a_lost_connection() -> None:
+    """The connection is up, the broker just does not answer: the call says
+    so and counts a timeout. TimeoutError is an OSError, so it was caught as
+    one and read "connection lost during get_order", counted "unavailable"
+    (and the timeout count stayed at 0)."""
+    client = PaperBroker(
+        account="silent",
+        url="ws://127.0.0.1:9",
+        key_id="k",
+        secret_key=SecretStr("s"),
+        request_timeout_s=0.05,
+    )
+
+    class Socket:
+        async def send(self, data: str) -> None:
+            pass  # taken, never answered
+
+    client._ws = Socket()  # type: ignore[assignment]
+    client._up.set()
+    errors = metrics.CALL_ERRORS.labels(account="silent", call="get_order", error="timeout")
+    before = errors._value.get()
+    with pytest.raises(BrokerUnavailable) as e:
+        await client.get_order(broker_order_id="b-1")
+    assert "no answer to get_order within 0.05s" in str(e.value)
+    assert errors._value.get() == before + 1
+    assert not client._pending

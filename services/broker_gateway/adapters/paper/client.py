@@ -9,7 +9,9 @@ on :meth:`PaperBroker.events`, in order with the order updates:
 - ``disconnected`` as soon as the connection is found dead — the socket
   closed, or no pong to our ping within ``heartbeat_timeout_s`` (a broker
   that hangs without closing is caught within ``heartbeat_interval_s +
-  heartbeat_timeout_s``) — then ``reconnecting`` while retrying; both once
+  heartbeat_timeout_s``; a heartbeat due while the reader waits for room in
+  the event queue is not counted: the pong may be unread in the socket
+  behind our own backlog) — then ``reconnecting`` while retrying; both once
   per outage. Before the first connection, a broker that refuses it is given
   ``heartbeat_timeout_s`` too (it may be starting beside us, as the paper
   broker does under ``tradebus up``): only if it is still out of reach then
@@ -128,6 +130,9 @@ class PaperBroker:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._outage_announced = False
+        #: When the reader last waited for room in ``_events`` (inf while it
+        #: waits): meanwhile the socket is not read (see ``_heartbeat``).
+        self._held_up_until = 0.0
         self.state: ConnectionState | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -218,15 +223,23 @@ class PaperBroker:
                 await self._pause(backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
-            backoff = self.reconnect_initial_s
             self._ws = ws
             self._up.set()
             self._outage_announced = False
             log.info("broker %s connected (%s)", self.account, self.url)
             await self._state("connected", self.url)
+            up_since = time.monotonic()
             cause = await self._run(ws)
             self._lost(ws)
             await self._outage(cause)
+            if time.monotonic() - up_since >= self.heartbeat_interval_s:
+                backoff = self.reconnect_initial_s  # it was up: reconnect at once
+            else:
+                # Lost as soon as it was up (a broker that closes right after
+                # the handshake): backed off as a refused one is, or this loop
+                # reconnects, and says so, as fast as the socket allows.
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
 
     async def _pause(self, backoff: float) -> None:
         await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
@@ -286,11 +299,18 @@ class PaperBroker:
     async def _heartbeat(self, ws: ClientConnection) -> str:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
+            asked = time.monotonic()
             try:
                 async with asyncio.timeout(self.heartbeat_timeout_s):
                     pong = await ws.ping()
                     await pong
             except TimeoutError:
+                if self._held_up_until >= asked:
+                    # Our reader waited for room in the event queue (a slow
+                    # consumer): the socket was not read, the pong may wait
+                    # in it. Not the broker's silence; and a loss could not
+                    # be said before the updates queued ahead of it anyway.
+                    continue
                 return f"no heartbeat answer within {self.heartbeat_timeout_s:g}s"
             except ConnectionClosed as e:
                 return f"connection closed ({e})"
@@ -318,12 +338,23 @@ class PaperBroker:
                     if trace.ON:
                         key = update.order.client_order_id
                         trace.mark(f"gateway: {update.kind} read", key, arrived)
-                    await self._events.put(update)
+                    await self._put(update)
             elif message.stream == "error":
                 log.warning("broker %s says: %s", self.account, message.data)
         except (ValidationError, ValueError) as e:
             metrics.MALFORMED.labels(account=self.account).inc()
             log.error("broker %s sent a message we cannot read: %s", self.account, e)
+
+    async def _put(self, update: BrokerEvent) -> None:
+        """Queue a stream update; a full queue holds the reader (and the socket) up."""
+        if not self._events.full():
+            self._events.put_nowait(update)
+            return
+        self._held_up_until = math.inf
+        try:
+            await self._events.put(update)
+        finally:
+            self._held_up_until = time.monotonic()
 
     # ------------------------------------------------------------- requests
 
@@ -348,14 +379,15 @@ class PaperBroker:
             # stop went on, and waited for ever on its stopped outbox).
             async with asyncio.timeout(self.request_timeout_s):
                 return await fut
-        except (ConnectionClosed, OSError) as e:
-            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
-            raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
+        # Before OSError: TimeoutError is one, and this one is no lost connection.
         except TimeoutError as e:
             metrics.CALL_ERRORS.labels(account=self.account, call=call, error="timeout").inc()
             raise BrokerUnavailable(
                 f"{self.account}: no answer to {call} within {self.request_timeout_s:g}s"
             ) from e
+        except (ConnectionClosed, OSError) as e:
+            metrics.CALL_ERRORS.labels(account=self.account, call=call, error="unavailable").inc()
+            raise BrokerUnavailable(f"{self.account}: connection lost during {call}") from e
         finally:
             self._pending.pop(rid, None)
             metrics.CALL_SECONDS.labels(account=self.account, call=call).observe(
