@@ -520,7 +520,7 @@ async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
                 ]
             )
 
-    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
+    w.port = broker(positions=positions)
     w.outbox = cast(Any, SimpleNamespace(publish=publish))
 
     def pos(symbol: str, qty: int) -> BrokerPosition:
@@ -563,6 +563,30 @@ def accepted_order(w: AccountWorker, quantity: int) -> uuid.UUID:
     )
     w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
     return oid
+
+
+def broker(**calls: Any) -> Any:
+    """A stand-in broker port, connected, named ``paper``: ``calls`` are its
+    methods; ``open_orders`` lists none and ``order_fills`` lists nothing
+    (a fill is then inferred from the order's totals) unless given."""
+
+    async def open_orders() -> list[BrokerOrder]:
+        return []
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None
+
+    defaults = {"connected": True, "broker": "paper", "open_orders": open_orders}
+    return cast(Any, SimpleNamespace(**(defaults | {"order_fills": order_fills} | calls)))
+
+
+def outbox_into(published: list[Any]) -> Any:
+    """A stand-in outbox that keeps what it is handed, in order."""
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    return cast(Any, SimpleNamespace(publish=publish))
 
 
 def said(events: list[Any]) -> list[Any]:
@@ -609,30 +633,11 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
             raise RateLimited("429", retry_after_s=None)
         return filled
 
-    async def open_orders() -> list[BrokerOrder]:
-        return []
-
-    async def order_fills(order: BrokerOrder) -> None:
-        return None  # the fill is inferred from the order's totals
-
     async def positions() -> list[BrokerPosition]:
         return [BrokerPosition("AAPL", Decimal(5), Decimal(100))]
 
-    async def publish(events: list[Any]) -> None:
-        published.extend(events)
-
-    w.port = cast(
-        Any,
-        SimpleNamespace(
-            get_order=get_order,
-            open_orders=open_orders,
-            order_fills=order_fills,
-            positions=positions,
-            connected=True,
-            broker="paper",
-        ),
-    )
-    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    w.port = broker(get_order=get_order, positions=positions)
+    w.outbox = outbox_into(published)
     running = asyncio.create_task(w.run_reconciliations())
     try:
         w.want_reconcile(everything=True)  # the reconnection's
@@ -683,11 +688,8 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
             assert oid in w.tracker.needs_reconcile
         return [BrokerPosition("AAPL", Decimal(10), Decimal(100))]
 
-    async def publish(events: list[Any]) -> None:
-        published.extend(events)
-
-    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
-    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    w.port = broker(positions=positions)
+    w.outbox = outbox_into(published)
     await w.check_positions()
     assert looks == 2
     assert said(published) == []  # nothing said while fills are known to be missing
@@ -718,11 +720,8 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
             w.want_reconcile(everything=True)  # the stream's "connected"
         return [BrokerPosition("AAPL", Decimal(10), Decimal(100))]
 
-    async def publish(events: list[Any]) -> None:
-        published.extend(events)
-
-    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
-    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    w.port = broker(positions=positions)
+    w.outbox = outbox_into(published)
     await w.check_positions()
     assert looks == 2
     assert said(published) == []
@@ -767,11 +766,8 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     async def positions() -> list[BrokerPosition]:
         return [BrokerPosition("AAPL", Decimal(3), Decimal(100))]  # 2 bought by hand
 
-    async def publish(events: list[Any]) -> None:
-        published.extend(events)
-
-    w.port = cast(Any, SimpleNamespace(positions=positions, connected=True, broker="paper"))
-    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    w.port = broker(positions=positions)
+    w.outbox = outbox_into(published)
     await w.check_positions()
     assert said(published) == [[("AAPL", "3", "1")]]
 
@@ -806,26 +802,11 @@ async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_
             raise RateLimited("429", retry_after_s=None)
         return filled
 
-    async def order_fills(order: BrokerOrder) -> None:
-        return None  # the fill is inferred from the order's totals
-
     async def positions() -> list[BrokerPosition]:
         return [BrokerPosition("AAPL", Decimal(5), Decimal(100))]
 
-    async def publish(events: list[Any]) -> None:
-        published.extend(events)
-
-    w.port = cast(
-        Any,
-        SimpleNamespace(
-            get_order=get_order,
-            order_fills=order_fills,
-            positions=positions,
-            connected=True,
-            broker="paper",
-        ),
-    )
-    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    w.port = broker(get_order=get_order, positions=positions)
+    w.outbox = outbox_into(published)
     running = asyncio.create_task(w.run_reconciliations())
     try:
         w._check_due()  # the periodic check
@@ -932,12 +913,6 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
             raise OrderRefused("forbidden", "40310000")
         return answers[ids["broker_order_id"]]
 
-    async def order_fills(order: BrokerOrder) -> None:
-        return None
-
-    async def open_orders() -> list[BrokerOrder]:
-        return []
-
     async def positions() -> list[BrokerPosition]:
         return [BrokerPosition("AAPL", Decimal(2), Decimal(100))]
 
@@ -950,17 +925,7 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
             else:
                 published.append(f"{e.type} {e.payload.broker_order_id}")
 
-    w.port = cast(
-        Any,
-        SimpleNamespace(
-            get_order=get_order,
-            order_fills=order_fills,
-            open_orders=open_orders,
-            positions=positions,
-            connected=True,
-            broker="paper",
-        ),
-    )
+    w.port = broker(get_order=get_order, positions=positions)
     w.outbox = cast(Any, SimpleNamespace(publish=publish))
     with caplog.at_level("WARNING"):
         assert await w.reconcile() is False
