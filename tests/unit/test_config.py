@@ -211,6 +211,39 @@ def test_yaml_config_files_refuse_a_key_given_twice() -> None:
         load_yaml("a: 1\na: 1\n")
 
 
+def test_a_time_of_day_written_unquoted_is_read_as_that_time() -> None:
+    import datetime as dt
+
+    from libs.strategy.spec import validate_strategies
+    from services.paper_broker.config import PaperConfig
+    from services.risk_gate.config import parse_limits
+
+    # YAML 1.1 reads these as base-60 numbers (960, 570, 90.5); other numbers stay numbers.
+    assert load_yaml("a: 16:00\nb: 9:30\nc: 1:30.5\nd: 1_000\ne: 0x10\nf: 1.5\n") == {
+        "a": "16:00",
+        "b": "9:30",
+        "c": "1:30.5",
+        "d": 1000,
+        "e": 16,
+        "f": 1.5,
+    }
+    paper = PaperConfig.model_validate(load_yaml("day_orders_expire_at: 16:00\n"))
+    assert paper.day_orders_expire_at == dt.time(16, 0)  # was 00:16 UTC: a crash at a day order
+    # Was 00:04 (a day P&L reset at midnight); "4:00" is no time pydantic takes: refused by key.
+    with pytest.raises(ValueError, match=r"trading_day\.start: Input should be in a valid time"):
+        parse_limits("trading_day: {start: 4:00}\n")
+    orb = (
+        "strategies:\n"
+        "  - {name: orb, kind: opening_range_breakout, symbols: [SPY], account: paper,\n"
+        "     params: {session_open: %s, flatten_at: 15:55}}\n"
+    )
+    # Was a TypeError out of the params' own check (00:15:55 UTC against a naive time).
+    params = validate_strategies(load_yaml(orb % "09:30"))[0].params
+    assert (params.session_open, params.flatten_at) == (dt.time(9, 30), dt.time(15, 55))  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"params\.session_open: Input should be in a valid time"):
+        validate_strategies(load_yaml(orb % "9:30"))
+
+
 @pytest.mark.parametrize(
     "value",
     ["notaurl", f"mysql://trader:{SECRET}@db/x", f"trader:{SECRET}@db:5432/tradebus"],
