@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from pathlib import Path
 
 import pytest
 import yaml
@@ -242,6 +243,26 @@ def test_a_time_of_day_written_unquoted_is_read_as_that_time() -> None:
     assert (params.session_open, params.flatten_at) == (dt.time(9, 30), dt.time(15, 55))  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match=r"params\.session_open: Input should be in a valid time"):
         validate_strategies(load_yaml(orb % "9:30"))
+
+
+def test_a_time_of_day_with_an_offset_is_refused_naming_the_key(tmp_path: Path) -> None:
+    from libs.strategy.spec import StrategyConfigError, validate_strategies
+    from services.paper_broker.config import load_paper_config
+    from services.risk_gate.config import RiskConfigError, parse_limits
+
+    # Each is read in a time zone of its own; an offset was a TypeError at the
+    # paper broker's first day order, one out of the opening-range params' own
+    # check (a traceback, no key named), and ignored by the risk-gate.
+    paper = tmp_path / "paper.yaml"
+    paper.write_text('day_orders_expire_at: "16:00-04:00"\n')
+    with pytest.raises(ConfigError, match=r"day_orders_expire_at: .*must be a New York time"):
+        load_paper_config(paper)
+    with pytest.raises(RiskConfigError, match=r"trading_day\.start: .*without an offset"):
+        parse_limits('trading_day: {start: "04:00-05:00"}\n')
+    orb = {"name": "orb", "kind": "opening_range_breakout", "symbols": ["SPY"], "account": "a"}
+    for key in ("session_open", "flatten_at"):
+        with pytest.raises(StrategyConfigError, match=rf"params\.{key}: .*without an offset"):
+            validate_strategies({"strategies": [{**orb, "params": {key: "09:30+00:00"}}]})
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,14 @@ class OpeningRangeParams(StrategyParams):
             raise ValueError(f"unknown time zone {value!r}") from e
         return value
 
+    @field_validator("session_open", "flatten_at")
+    @classmethod
+    def _local(cls, value: dt.time) -> dt.time:
+        # Compared with the bars' naive local times: an offset is a TypeError there.
+        if value.tzinfo is not None:
+            raise ValueError("must be a time in the strategy's timezone, without an offset")
+        return value
+
     @model_validator(mode="after")
     def _times(self) -> OpeningRangeParams:
         if self.flatten_at <= self.range_end:
