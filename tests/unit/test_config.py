@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from pathlib import Path
 
@@ -192,6 +193,21 @@ def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", "0")
     with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_FINISHED_S"):
         load_settings(RunnerSettings)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "1e12"])
+def test_a_runner_rebuild_window_past_what_nanoseconds_hold_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from services.strategy_runner.config import RunnerSettings
+
+    # Accepted until this: the rebuild's cut-off, now minus it in nanoseconds,
+    # raised OverflowError (inf) or left the 64 bits of the store's BIGINT.
+    monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", value)
+    with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_FINISHED_S"):
+        load_settings(RunnerSettings)
+    monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", str(36_525 * 86_400))  # a century
+    assert time.time_ns() - int(load_settings(RunnerSettings).rebuild_finished_s * 1e9) > -(2**63)
 
 
 def test_yaml_config_files_refuse_a_key_given_twice() -> None:
