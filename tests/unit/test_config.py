@@ -171,6 +171,21 @@ def test_gateway_rebuild_window_is_refused_below_the_submit_delay(
     assert load_settings(GatewaySettings).rebuild_settled_s == 120
 
 
+@pytest.mark.parametrize("value", ["inf", "1e300", "1e12"])
+def test_a_gateway_rebuild_window_past_what_nanoseconds_hold_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from services.broker_gateway.config import GatewaySettings
+
+    # Accepted until this: the rebuild's cut-off, now minus it in nanoseconds,
+    # raised OverflowError (inf) or left the 64 bits of the store's BIGINT.
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", value)
+    with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_SETTLED_S"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", str(36_525 * 86_400))  # a century
+    assert time.time_ns() - int(load_settings(GatewaySettings).rebuild_settled_s * 1e9) > -(2**63)
+
+
 def test_gateway_positions_check_period_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
