@@ -3,10 +3,12 @@
 Plain ``yaml.safe_load`` keeps the last of two equal keys without a word, so
 ``quantity: 100`` followed by ``quantity: 100000`` in one strategy's params
 is read as 100000: the very parameter typo the config validation is there to
-catch. Every config loader (``strategies.yaml``, ``brokers.yaml``,
-``paper.yaml``, and what ``tradebus up`` rewrites of them) reads through
-:func:`load_yaml`. Imported only by those that read YAML: PyYAML is their
-dependency, not every service's.
+catch. And YAML 1.1 reads ``16:00`` unquoted as a base-60 integer (960),
+which a time field took for 960 seconds past midnight (00:16, in UTC): a
+time of day written so is read as the string it looks like. Every config
+loader (``strategies.yaml``, ``brokers.yaml``, ``paper.yaml``, and what
+``tradebus up`` rewrites of them) reads through :func:`load_yaml`. Imported
+only by those that read YAML: PyYAML is their dependency, not every service's.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _no_base_60(loader: UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+    # YAML 1.1 resolves 9:30 and 1:30.5 as base-60 numbers (570, 90.5); in a
+    # config file such a value is a time of day (day_orders_expire_at: 16:00,
+    # flatten_at: 15:55), so it is kept as written for its field to parse.
+    value = loader.construct_scalar(node)
+    if isinstance(value, str) and ":" in value:
+        return value
+    if node.tag == "tag:yaml.org,2002:int":
+        return loader.construct_yaml_int(node)
+    return loader.construct_yaml_float(node)
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _no_base_60)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _no_base_60)
 
 
 def load_yaml(text: str) -> Any:

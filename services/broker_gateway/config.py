@@ -51,8 +51,9 @@ class GatewaySettings(ServiceSettings):
     #: rejected) whose last event is older than this, unless a command after
     #: the consumer's ack floor is about it: nothing the broker or the stream
     #: can still bring concerns it. At least ``max_submit_delay_s`` (a
-    #: recreated consumer replays that far back).
-    rebuild_settled_s: float = Field(default=7 * 86_400, gt=0)
+    #: recreated consumer replays that far back). At most a century: beyond
+    #: (``inf`` too), the cut-off in nanoseconds overflows.
+    rebuild_settled_s: float = Field(default=7 * 86_400, gt=0, le=36_525 * 86_400)
     #: How often each account's positions at the broker are compared with
     #: its recorded fills (also after every reconnection); 0: never.
     position_check_every_s: float = Field(default=300.0, ge=0, le=86_400)

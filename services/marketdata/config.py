@@ -45,7 +45,7 @@ class MarketdataSettings(ServiceSettings):
     polygon_ws_url: str = "wss://socket.polygon.io/stocks"
     polygon_rest_url: str = "https://api.polygon.io"
     #: No data for this long during market hours: the feed is reported stale.
-    stale_after_s: float = Field(default=30.0, gt=0)
+    stale_after_s: float = Field(default=30.0, gt=0, le=86_400)
     #: Exchange calendar for market hours (exchange-calendars code).
     calendar: str = "XNYS"
     cache_dir: str = ".tradebus/cache"
@@ -109,6 +109,13 @@ class MarketdataSettings(ServiceSettings):
     @classmethod
     def _speed_the_replay_can_keep(cls, value: str) -> str:
         parse_speed(value)  # the pattern lets 0x through: no pace at all
+        return value
+
+    @field_validator("stale_after_s")
+    @classmethod
+    def _stale_after_a_nanosecond_at_least(cls, value: float) -> float:
+        if int(value * NS) == 0:  # gt=0 lets 1e-12 through: StaleMonitor refuses 0 ns
+            raise ValueError(f"{value:g} s is less than a nanosecond")
         return value
 
     @field_validator("mark_refresh_s")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from libs.config import ConfigError, ServiceSettings
 from libs.contract.envelope import Token
@@ -116,6 +116,14 @@ class PaperConfig(_Strict):
     auth_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Send JSON in binary frames, as Alpaca's paper stream does.
     binary_frames: bool = True
+
+    @field_validator("day_orders_expire_at")
+    @classmethod
+    def _new_york_time(cls, value: dt.time | None) -> dt.time | None:
+        # Compared with New York's naive wall time: an offset is a TypeError at a day order.
+        if value is not None and value.tzinfo is not None:
+            raise ValueError("must be a New York time, without an offset")
+        return value
 
     def book_config(self) -> BookConfig:
         fm = self.fill_model

@@ -23,8 +23,9 @@ class RunnerSettings(ServiceSettings):
     #: A strategy's chain (signal, intents, decisions, orders) whose every
     #: intent is finished and whose last event is older than this is not read
     #: back at start-up; its fills still are (positions and P&L span all of
-    #: them).
-    rebuild_finished_s: float = Field(default=7 * 86_400, gt=0)
+    #: them). At most a century: beyond (``inf`` too), the cut-off in
+    #: nanoseconds overflows when the store is read.
+    rebuild_finished_s: float = Field(default=7 * 86_400, gt=0, le=36_525 * 86_400)
     #: A start-up that folded at least this many of a strategy's fills from
     #: the store writes a checkpoint of its ledger, so that the next one
     #: folds only the fills after it (``adapters/checkpoint.py``).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
+from pathlib import Path
 
 import pytest
 import yaml
@@ -169,6 +171,21 @@ def test_gateway_rebuild_window_is_refused_below_the_submit_delay(
     assert load_settings(GatewaySettings).rebuild_settled_s == 120
 
 
+@pytest.mark.parametrize("value", ["inf", "1e300", "1e12"])
+def test_a_gateway_rebuild_window_past_what_nanoseconds_hold_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from services.broker_gateway.config import GatewaySettings
+
+    # Accepted until this: the rebuild's cut-off, now minus it in nanoseconds,
+    # raised OverflowError (inf) or left the 64 bits of the store's BIGINT.
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", value)
+    with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_SETTLED_S"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("TRADEBUS_REBUILD_SETTLED_S", str(36_525 * 86_400))  # a century
+    assert time.time_ns() - int(load_settings(GatewaySettings).rebuild_settled_s * 1e9) > -(2**63)
+
+
 def test_gateway_positions_check_period_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -193,6 +210,21 @@ def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatc
         load_settings(RunnerSettings)
 
 
+@pytest.mark.parametrize("value", ["inf", "1e300", "1e12"])
+def test_a_runner_rebuild_window_past_what_nanoseconds_hold_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from services.strategy_runner.config import RunnerSettings
+
+    # Accepted until this: the rebuild's cut-off, now minus it in nanoseconds,
+    # raised OverflowError (inf) or left the 64 bits of the store's BIGINT.
+    monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", value)
+    with pytest.raises(ConfigError, match="TRADEBUS_REBUILD_FINISHED_S"):
+        load_settings(RunnerSettings)
+    monkeypatch.setenv("TRADEBUS_REBUILD_FINISHED_S", str(36_525 * 86_400))  # a century
+    assert time.time_ns() - int(load_settings(RunnerSettings).rebuild_finished_s * 1e9) > -(2**63)
+
+
 def test_yaml_config_files_refuse_a_key_given_twice() -> None:
     assert load_yaml("a: 1\nb: {c: [1, {d: 2}]}\n") == {"a": 1, "b": {"c": [1, {"d": 2}]}}
     with pytest.raises(DuplicateKeyError) as e:
@@ -209,6 +241,59 @@ def test_yaml_config_files_refuse_a_key_given_twice() -> None:
     assert load_yaml("b: &b {x: 1, y: 1}\nc:\n  <<: *b\n  x: 2\n")["c"] == {"x": 2, "y": 1}
     with pytest.raises(yaml.YAMLError):  # what every loader already catches
         load_yaml("a: 1\na: 1\n")
+
+
+def test_a_time_of_day_written_unquoted_is_read_as_that_time() -> None:
+    import datetime as dt
+
+    from libs.strategy.spec import validate_strategies
+    from services.paper_broker.config import PaperConfig
+    from services.risk_gate.config import parse_limits
+
+    # YAML 1.1 reads these as base-60 numbers (960, 570, 90.5); other numbers stay numbers.
+    assert load_yaml("a: 16:00\nb: 9:30\nc: 1:30.5\nd: 1_000\ne: 0x10\nf: 1.5\n") == {
+        "a": "16:00",
+        "b": "9:30",
+        "c": "1:30.5",
+        "d": 1000,
+        "e": 16,
+        "f": 1.5,
+    }
+    paper = PaperConfig.model_validate(load_yaml("day_orders_expire_at: 16:00\n"))
+    assert paper.day_orders_expire_at == dt.time(16, 0)  # was 00:16 UTC: a crash at a day order
+    # Was 00:04 (a day P&L reset at midnight); "4:00" is no time pydantic takes: refused by key.
+    with pytest.raises(ValueError, match=r"trading_day\.start: Input should be in a valid time"):
+        parse_limits("trading_day: {start: 4:00}\n")
+    orb = (
+        "strategies:\n"
+        "  - {name: orb, kind: opening_range_breakout, symbols: [SPY], account: paper,\n"
+        "     params: {session_open: %s, flatten_at: 15:55}}\n"
+    )
+    # Was a TypeError out of the params' own check (00:15:55 UTC against a naive time).
+    params = validate_strategies(load_yaml(orb % "09:30"))[0].params
+    assert (params.session_open, params.flatten_at) == (dt.time(9, 30), dt.time(15, 55))  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"params\.session_open: Input should be in a valid time"):
+        validate_strategies(load_yaml(orb % "9:30"))
+
+
+def test_a_time_of_day_with_an_offset_is_refused_naming_the_key(tmp_path: Path) -> None:
+    from libs.strategy.spec import StrategyConfigError, validate_strategies
+    from services.paper_broker.config import load_paper_config
+    from services.risk_gate.config import RiskConfigError, parse_limits
+
+    # Each is read in a time zone of its own; an offset was a TypeError at the
+    # paper broker's first day order, one out of the opening-range params' own
+    # check (a traceback, no key named), and ignored by the risk-gate.
+    paper = tmp_path / "paper.yaml"
+    paper.write_text('day_orders_expire_at: "16:00-04:00"\n')
+    with pytest.raises(ConfigError, match=r"day_orders_expire_at: .*must be a New York time"):
+        load_paper_config(paper)
+    with pytest.raises(RiskConfigError, match=r"trading_day\.start: .*without an offset"):
+        parse_limits('trading_day: {start: "04:00-05:00"}\n')
+    orb = {"name": "orb", "kind": "opening_range_breakout", "symbols": ["SPY"], "account": "a"}
+    for key in ("session_open", "flatten_at"):
+        with pytest.raises(StrategyConfigError, match=rf"params\.{key}: .*without an offset"):
+            validate_strategies({"strategies": [{**orb, "params": {key: "09:30+00:00"}}]})
 
 
 @pytest.mark.parametrize(

@@ -74,3 +74,23 @@ def test_exchange_calendar_hours() -> None:
     assert ExchangeHours("24/7").is_open(ns("2024-03-16T03:00:00+00:00"))
     with pytest.raises(ConfigError, match="TRADEBUS_CALENDAR"):
         ExchangeHours("NOT-A-CALENDAR")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("inf", "less than or equal to 86400"), ("1e-12", "less than a nanosecond")],
+)
+def test_a_stale_after_the_monitor_cannot_take_is_refused_with_the_settings(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    from libs.config import load_settings
+    from services.marketdata.config import MarketdataSettings
+
+    # Accepted until this: the Polygon source, once connected, died of an
+    # OverflowError (inf) or StaleMonitor's ValueError (0 ns), a traceback.
+    monkeypatch.setenv("TRADEBUS_STALE_AFTER_S", value)
+    with pytest.raises(ConfigError, match=f"TRADEBUS_STALE_AFTER_S: .*{says}"):
+        load_settings(MarketdataSettings)
+    monkeypatch.setenv("TRADEBUS_STALE_AFTER_S", "1e-9")
+    stale_after_ns = int(load_settings(MarketdataSettings).stale_after_s * 1e9)
+    assert StaleMonitor(stale_after_ns, AlwaysOpen(), now_ns=0).stale_after_ns == 1

@@ -108,6 +108,22 @@ def test_each_bad_key_is_named(overrides: dict[str, Any], expected: str) -> None
     assert problem.startswith(expected), problem
 
 
+@pytest.mark.parametrize("kind", ["sma_crossover", "bollinger_reversion", "opening_range_breakout"])
+@pytest.mark.parametrize(
+    ("quantity", "says"),
+    [("1e30", "26 digits before the decimal point"), ("0.0000000000001", "12 decimal places")],
+)
+def test_a_quantity_no_order_can_carry_is_refused_naming_the_key(
+    kind: str, quantity: str, says: str
+) -> None:
+    # Accepted until this: the strategy's first order failed the contract's
+    # Quantity, a StrategyFaulted, and the strategy stopped (or restarted to fault again).
+    (problem,) = problems(entry(kind=kind, params={"quantity": quantity}))
+    assert problem.startswith("strategies[0].params.quantity: "), problem
+    assert says in problem, problem
+    assert validate_strategies({"strategies": [entry(kind=kind, params={"quantity": "0.5"})]})
+
+
 def test_a_callback_budget_of_one_second_by_default_or_none() -> None:
     default, unlimited = validate_strategies(
         {"strategies": [entry(), entry(name="free", max_callback_s=None)]}

@@ -30,7 +30,8 @@ NS = 1_000_000_000
 
 class OpeningRangeParams(StrategyParams):
     range_minutes: int = Field(default=15, ge=1, le=240)
-    quantity: Decimal = Field(default=Decimal(100), gt=0)
+    #: What an order can carry (the contract's Quantity): else its first order faults.
+    quantity: Decimal = Field(default=Decimal(100), gt=0, max_digits=38, decimal_places=12)
     session_open: dt.time = dt.time(9, 30)
     flatten_at: dt.time = dt.time(15, 55)
     timezone: str = "America/New_York"
@@ -44,6 +45,14 @@ class OpeningRangeParams(StrategyParams):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise ValueError(f"unknown time zone {value!r}") from e
+        return value
+
+    @field_validator("session_open", "flatten_at")
+    @classmethod
+    def _local(cls, value: dt.time) -> dt.time:
+        # Compared with the bars' naive local times: an offset is a TypeError there.
+        if value.tzinfo is not None:
+            raise ValueError("must be a time in the strategy's timezone, without an offset")
         return value
 
     @model_validator(mode="after")

@@ -25,7 +25,8 @@ class SmaCrossoverParams(StrategyParams):
     fast_period: int = Field(default=10, ge=1, le=1000)
     slow_period: int = Field(default=30, ge=2, le=5000)
     #: Shares held while long (and while short, with ``allow_short``).
-    quantity: Decimal = Field(default=Decimal(100), gt=0)
+    #: What an order can carry (the contract's Quantity): else its first order faults.
+    quantity: Decimal = Field(default=Decimal(100), gt=0, max_digits=38, decimal_places=12)
     allow_short: bool = False
 
     @model_validator(mode="after")

@@ -149,6 +149,14 @@ class TradingDay(_Config):
             raise ValueError(f"unknown time zone {value!r}") from e
         return value
 
+    @field_validator("start")
+    @classmethod
+    def _local(cls, value: dt.time) -> dt.time:
+        # trading_day() reads it in ``timezone``: an offset would be ignored.
+        if value.tzinfo is not None:
+            raise ValueError("must be a time in the trading day's timezone, without an offset")
+        return value
+
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
