@@ -235,6 +235,31 @@ def test_a_strategy_failing_on_start_is_restarted_then_stopped() -> None:
     assert host.state == "stopped"
 
 
+def test_a_start_that_always_fails_uses_up_its_restarts_and_harms_no_other() -> None:
+    # max_restarts may be as high as 1000; each restart of a strategy whose
+    # on_start keeps raising must not nest the next one (the stack would
+    # overflow and the RecursionError escape the host: the runner's task
+    # group would then stop every strategy).
+    rt = InMemoryRuntime()
+    host = rt.add(
+        "echo",
+        EchoStrategy,
+        {"fail_on_start": True},
+        symbols=("MSFT",),
+        restart="always",
+        max_restarts=1000,
+    )
+    rt.add("p", Probe, symbols=("MSFT",))
+    out = rt.start()
+    actions = [f.payload.action for f in of_type(out, StrategyFaulted)]
+    assert actions == ["restarted"] * 1000 + ["stopped"]
+    assert len({f.id for f in of_type(out, StrategyFaulted)}) == 1001
+    assert host.state == "stopped"
+    assert (host.restarts, host.faults) == (1000, 1001)
+    after = rt.feed(bar("MSFT", 100, 0))
+    assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
+
+
 def test_on_stop_emissions_are_returned_and_a_raising_on_stop_is_not_restarted() -> None:
     class Flattener(Strategy[ProbeParams]):
         def on_stop(self) -> None:
