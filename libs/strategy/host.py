@@ -58,7 +58,7 @@ from libs.contract.events import (
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
-from libs.strategy.watchdog import CallbackOverrun, Watchdog
+from libs.strategy.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -538,8 +538,12 @@ class StrategyHost:
                     call()
                 else:
                     self.watchdog.run(call, self.max_callback_s)
-            # The strategy's fault, whatever it is (an overrun too): isolate it.
-            except (Exception, CallbackOverrun) as e:
+            # The strategy's fault, whatever it is (an overrun, a sys.exit, a
+            # CancelledError too: from a synchronous callback they are the
+            # strategy's own): isolate it. Only a Ctrl-C (a backtest's) stops all.
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 error: BaseException = e
             else:
                 out, self._outbox = self._outbox, []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -189,6 +190,34 @@ def test_a_raising_strategy_is_stopped_and_its_partial_emissions_dropped() -> No
     after = rt.feed(bar("MSFT", 100, 120_000_000_000))
     assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
     assert len(probe_seen(rt, "p")) == 3
+
+
+class Quitter(Strategy[ProbeParams]):
+    """Leaves the way a script would: sys.exit on a bar closing at 13."""
+
+    def on_bar(self, bar: Bar) -> None:
+        signal = self.ctx.signal(bar.symbol, "quit", "long", reason="about to quit")
+        self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+        if bar.close == 13:
+            sys.exit("quitter: done for today")
+
+
+def test_a_strategy_calling_sys_exit_is_a_fault_not_the_end_of_the_others() -> None:
+    # SystemExit is no Exception: unisolated, it left the host, ended the
+    # strategy's task and with it the runner's process, every strategy in it.
+    rt = InMemoryRuntime()
+    rt.add("quit", Quitter, symbols=("MSFT",))
+    rt.add("p", Probe, symbols=("MSFT",))
+    rt.start()
+    out = rt.feed(bar("MSFT", 13, 0))
+    (fault,) = out
+    assert isinstance(fault, StrategyFaulted)
+    assert fault.payload.strategy == "quit"
+    assert fault.payload.action == "stopped"
+    assert fault.payload.error == "SystemExit: quitter: done for today"
+    assert rt.hosts["quit"].state == "stopped"
+    after = rt.feed(bar("MSFT", 100, 60_000_000_000))
+    assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
 
 
 def test_restart_policy_restarts_up_to_max_then_stops() -> None:
