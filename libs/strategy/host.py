@@ -58,7 +58,7 @@ from libs.contract.events import (
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
-from libs.strategy.watchdog import CallbackOverrun, Watchdog
+from libs.strategy.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -523,41 +523,63 @@ class StrategyHost:
     # --------------------------------------------------------- fault policy
 
     def _invoke(self, call: Callable[[], None], cause: Event | None, key: str) -> list[Event]:
-        """Run one callback; all its emissions, or a fault and none of them."""
-        self._id_key, self._id_n = key, 0
-        self._outbox = []
-        try:
-            if self.watchdog is None:
-                call()
-            else:
-                self.watchdog.run(call, self.max_callback_s)
-        # The strategy's fault, whatever it is (an overrun too): isolate it.
-        except (Exception, CallbackOverrun) as e:
+        """Run one callback; all its emissions, or a fault and none of them
+        (then, by the policy, a fresh instance: what its start emitted)."""
+        faults: list[Event] = []
+        # A loop, not a recursion through _fault: a strategy whose on_start
+        # keeps raising would otherwise nest one call chain per restart
+        # (max_restarts may be 1000) and overflow the stack, and each fault
+        # would carry all the earlier ones as its context.
+        while True:
+            self._id_key, self._id_n = key, 0
             self._outbox = []
-            return self._fault(e, cause)
-        out, self._outbox = self._outbox, []
-        for event in out:
-            self._commit(event)
-        return out
+            try:
+                if self.watchdog is None:
+                    call()
+                else:
+                    self.watchdog.run(call, self.max_callback_s)
+            # The strategy's fault, whatever it is (an overrun, a sys.exit, a
+            # CancelledError too: from a synchronous callback they are the
+            # strategy's own): isolate it. Only a Ctrl-C (a backtest's) stops all.
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
+                error: BaseException = e
+            else:
+                out, self._outbox = self._outbox, []
+                for event in out:
+                    self._commit(event)
+                return faults + out
+            self._outbox = []
+            fault = self._fault(error, cause)
+            faults.append(fault)
+            if not self.running:
+                return faults
+            call, key = self._build_and_start, self._start_key()
+
+    def _start_key(self) -> str:
+        return f"start/{self.restarts}/{self.clock.now_ns()}"
 
     def _spawn(self, cause: Event | None) -> list[Event]:
-        def build_and_start() -> None:
-            self._instance = None
-            instance = self.strategy_cls(self.params, self._context)
-            self._instance = instance
-            instance.on_start()
-            if self._shown:
-                # The first instance: on the store's latest bars; a fresh one
-                # after a fault: on those the one before it was shown.
-                with self._warming_up():
-                    for past in self.recent_bars():
-                        if self.watchdog is not None:
-                            self.watchdog.extend()  # each bar has the whole budget
-                        instance.on_warmup(past.payload)
+        return self._invoke(self._build_and_start, cause, self._start_key())
 
-        return self._invoke(build_and_start, cause, f"start/{self.restarts}/{self.clock.now_ns()}")
+    def _build_and_start(self) -> None:
+        self._instance = None
+        instance = self.strategy_cls(self.params, self._context)
+        self._instance = instance
+        instance.on_start()
+        if self._shown:
+            # The first instance: on the store's latest bars; a fresh one
+            # after a fault: on those the one before it was shown.
+            with self._warming_up():
+                for past in self.recent_bars():
+                    if self.watchdog is not None:
+                        self.watchdog.extend()  # each bar has the whole budget
+                    instance.on_warmup(past.payload)
 
-    def _fault(self, error: BaseException, cause: Event | None) -> list[Event]:
+    def _fault(self, error: BaseException, cause: Event | None) -> Event:
+        """Record ``error`` and apply the policy: stopped, or (still running)
+        to be restarted by the caller with a fresh instance."""
         self.faults += 1
         text = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
         self.last_error = text
@@ -582,6 +604,6 @@ class StrategyHost:
         if not restart:
             self.state = "stopped"
             self._instance = None
-            return [fault]
+            return fault
         self.restarts += 1
-        return [fault, *self._spawn(cause)]
+        return fault

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -191,6 +192,34 @@ def test_a_raising_strategy_is_stopped_and_its_partial_emissions_dropped() -> No
     assert len(probe_seen(rt, "p")) == 3
 
 
+class Quitter(Strategy[ProbeParams]):
+    """Leaves the way a script would: sys.exit on a bar closing at 13."""
+
+    def on_bar(self, bar: Bar) -> None:
+        signal = self.ctx.signal(bar.symbol, "quit", "long", reason="about to quit")
+        self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+        if bar.close == 13:
+            sys.exit("quitter: done for today")
+
+
+def test_a_strategy_calling_sys_exit_is_a_fault_not_the_end_of_the_others() -> None:
+    # SystemExit is no Exception: unisolated, it left the host, ended the
+    # strategy's task and with it the runner's process, every strategy in it.
+    rt = InMemoryRuntime()
+    rt.add("quit", Quitter, symbols=("MSFT",))
+    rt.add("p", Probe, symbols=("MSFT",))
+    rt.start()
+    out = rt.feed(bar("MSFT", 13, 0))
+    (fault,) = out
+    assert isinstance(fault, StrategyFaulted)
+    assert fault.payload.strategy == "quit"
+    assert fault.payload.action == "stopped"
+    assert fault.payload.error == "SystemExit: quitter: done for today"
+    assert rt.hosts["quit"].state == "stopped"
+    after = rt.feed(bar("MSFT", 100, 60_000_000_000))
+    assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
+
+
 def test_restart_policy_restarts_up_to_max_then_stops() -> None:
     rt = InMemoryRuntime()
     host = rt.add(
@@ -233,6 +262,31 @@ def test_a_strategy_failing_on_start_is_restarted_then_stopped() -> None:
         "stopped",
     ]
     assert host.state == "stopped"
+
+
+def test_a_start_that_always_fails_uses_up_its_restarts_and_harms_no_other() -> None:
+    # max_restarts may be as high as 1000; each restart of a strategy whose
+    # on_start keeps raising must not nest the next one (the stack would
+    # overflow and the RecursionError escape the host: the runner's task
+    # group would then stop every strategy).
+    rt = InMemoryRuntime()
+    host = rt.add(
+        "echo",
+        EchoStrategy,
+        {"fail_on_start": True},
+        symbols=("MSFT",),
+        restart="always",
+        max_restarts=1000,
+    )
+    rt.add("p", Probe, symbols=("MSFT",))
+    out = rt.start()
+    actions = [f.payload.action for f in of_type(out, StrategyFaulted)]
+    assert actions == ["restarted"] * 1000 + ["stopped"]
+    assert len({f.id for f in of_type(out, StrategyFaulted)}) == 1001
+    assert host.state == "stopped"
+    assert (host.restarts, host.faults) == (1000, 1001)
+    after = rt.feed(bar("MSFT", 100, 0))
+    assert [e.payload.strategy for e in of_type(after, SignalGenerated)] == ["p"]
 
 
 def test_on_stop_emissions_are_returned_and_a_raising_on_stop_is_not_restarted() -> None:
