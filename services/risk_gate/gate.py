@@ -99,6 +99,7 @@ class RiskGate:
         #: What keeps the gate from going live that an operator must fix.
         self.problem: str | None = None
         self._gauges_at = 0.0
+        metrics.gate_started(limits.accounts)
 
     # ------------------------------------------------------------ control
 

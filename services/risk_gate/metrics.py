@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import get_args
+
+from libs.contract.events import BreakerPayload, ReasonCode
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
 from libs.observability.metrics import Counter, Gauge, Histogram
 
@@ -67,3 +71,23 @@ RESTARTS = Counter(
     "tradebus_risk_restarts_total", "Rebuilds after NATS or Postgres went away", ["cause"]
 )
 LIVE = Gauge("tradebus_risk_live", "1 once the state is rebuilt and the gate decides intents")
+
+
+def gate_started(accounts: Iterable[str]) -> None:
+    """Make the series the risk board counts with ``increase()``, at 0.
+
+    Prometheus's ``increase()`` starts from a series' first sample, and a
+    labelled counter's first sample is made by its first ``inc()``: a series
+    first seen at 1 shows no increase, so the board would miss the first
+    breaker an account trips (usually the only one), the first denial of each
+    reason and the first dead letter (as the broker-gateway's
+    ``account_started`` says of its own).
+    """
+    for account in accounts:
+        for breaker in get_args(BreakerPayload.model_fields["breaker"].annotation):
+            BREAKER_TRIPS.labels(account=account, breaker=breaker)
+    for reason in ReasonCode:
+        if reason is not ReasonCode.ACCEPTED:
+            ORDERS_DENIED.labels(reason=reason.value)
+    for cause in ("oversized", "malformed_json", "invalid_event"):  # DecodeError's reasons
+        DEAD_LETTERS.labels(service="risk-gate", reason=cause)

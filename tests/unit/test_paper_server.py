@@ -562,3 +562,36 @@ async def test_a_day_order_expired_at_the_close_is_streamed_and_journaled(tmp_pa
     assert order is not None
     assert order.status == "expired"
     assert again.orders("acct", "open") == []
+
+
+async def test_a_client_s_made_up_methods_do_not_each_make_a_request_series(
+    server: PaperBrokerServer,
+) -> None:
+    """``tradebus_paper_requests_total{method}`` took the method as the client
+    wrote it: any client, logged in or not, made a new series (for ever, in
+    the broker and in Prometheus) with each method it made up. Methods the
+    paper broker does not serve are counted as ``other``."""
+    from prometheus_client import REGISTRY
+
+    def methods() -> set[str]:
+        return {
+            sample.labels["method"]
+            for family in REGISTRY.collect()
+            if family.name == "tradebus_paper_requests"
+            for sample in family.samples
+        }
+
+    made_up = {f"M{uuid.uuid4().hex}" for _ in range(5)}
+    async with connect(f"ws://127.0.0.1:{server.port}/stream") as ws:  # not logged in
+        for method in made_up:
+            assert (await request(ws, method, "/v2/positions"))["status"] == 401
+    ws = await login(server.port)
+    try:
+        for method in made_up:
+            assert (await request(ws, method, "/v2/positions"))["status"] == 404
+        assert (await request(ws, "get", "/v2/positions"))["status"] == 200
+    finally:
+        await ws.close()
+    seen = methods()
+    assert not {m.upper() for m in made_up} & seen
+    assert {"GET", "other"} <= seen

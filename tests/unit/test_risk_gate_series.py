@@ -1,0 +1,42 @@
+"""The risk-gate's series the risk board counts with increase() exist from start-up."""
+
+from __future__ import annotations
+
+import uuid
+from typing import get_args
+
+from prometheus_client import REGISTRY
+
+from libs.contract.events import BreakerPayload, ReasonCode
+from services.risk_gate.config import RiskGateSettings
+from services.risk_gate.domain.limits import RiskLimits
+from services.risk_gate.gate import RiskGate
+
+
+def test_the_series_the_risk_board_counts_start_at_zero() -> None:
+    """Prometheus's increase() starts from a series' first sample, and a
+    labelled counter's first sample is made by its first inc(): a series first
+    seen at 1 shows no increase. "Breakers tripped (24 h)" missed the first
+    breaker an account tripped after the gate started (usually the only one),
+    "Denials by reason" the first denial of each reason, and "Risk-gate dead
+    letters (1h)" stayed at 0 (green) for the first dead letter."""
+    account = f"fresh-{uuid.uuid4().hex[:8]}"  # no test has made its series yet
+    limits = RiskLimits.model_validate({"accounts": {account: {"daily_loss_limit": 1000}}})
+    breakers = get_args(BreakerPayload.model_fields["breaker"].annotation)
+    assert breakers
+
+    def trips(breaker: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_risk_breaker_trips_total", {"account": account, "breaker": breaker}
+        )
+
+    assert all(trips(b) is None for b in breakers)
+    RiskGate(RiskGateSettings(instance="test"), limits)
+    assert {b: trips(b) for b in breakers} == dict.fromkeys(breakers, 0)
+    for reason in ReasonCode:
+        if reason is not ReasonCode.ACCEPTED:
+            value = REGISTRY.get_sample_value("tradebus_orders_denied_total", {"reason": reason})
+            assert value is not None, reason
+    for cause in ("oversized", "malformed_json", "invalid_event"):  # libs.contract.codec's
+        labels = {"service": "risk-gate", "reason": cause}
+        assert REGISTRY.get_sample_value("tradebus_dead_letters_total", labels) is not None
