@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import nats.errors
 import nats.js.errors
@@ -46,7 +46,13 @@ from libs.bus.errors import BusError, BusUnavailable, DeliveryGap, StreamMismatc
 from libs.bus.pull import parse_ack_subject
 from libs.continuity import refuse_a_reset_stream, refused
 from libs.contract.envelope import Clock, Event, WallClock
-from libs.contract.events import AnyEvent, BarClosed, FillReceived, StrategyFaulted
+from libs.contract.events import (
+    AnyEvent,
+    BarClosed,
+    FillReceived,
+    StrategyFaulted,
+    StrategyFaultPayload,
+)
 from libs.contract.subjects import STREAM
 from libs.store.errors import StoreError
 from libs.store.queries import Tail
@@ -82,6 +88,11 @@ class StrategyTask:
         self.runtime = runtime
         self.inbox = Inbox(loaded.spec.inbox_size, loaded.spec.overflow, self._overflowed)
         self.emitted = 0
+        # At 0 from the start: Prometheus's increase() starts from a series'
+        # first sample, so a fault series first seen at 1 showed no increase
+        # and the board's "Strategy faults" missed each strategy's first.
+        for action in get_args(StrategyFaultPayload.model_fields["action"].annotation):
+            metrics.FAULTS.labels(strategy=self.name, action=action)
 
     def _overflowed(self, action: OverflowAction) -> None:
         metrics.INBOX_OVERFLOW.labels(strategy=self.name, action=action).inc()
