@@ -112,6 +112,14 @@ class Strategy(Generic[P]):
         validated params (say, the longest lookback)."""
         return 0
 
+    @classmethod
+    def warmup_bars_for(cls, params: Any, bar_interval: str | None) -> int:
+        """:meth:`warmup_bars` for a strategy shown bars of ``bar_interval``
+        (``1m``, ``1s``; None: every interval, mixed). What the runner asks
+        for. Override it when the history needed is a span of time rather
+        than a number of bars."""
+        return cls.warmup_bars(params)
+
     def on_start(self) -> None:
         """Called once before any data (and again after a restart, on a fresh instance)."""
 

@@ -206,8 +206,9 @@ class StrategyHost:
         self._context = _Context(self)
         #: Inside ``on_warmup``: emitting is refused.
         self._warming = False
-        #: Bars per symbol the strategy asks to be warmed up on (``warmup_bars``).
-        self.warmup_bars = strategy.warmup_bars(self.params)
+        #: Bars per symbol the strategy asks to be warmed up on (``warmup_bars``,
+        #: of its ``bar_interval``).
+        self.warmup_bars = strategy.warmup_bars_for(self.params, bar_interval)
         #: The latest of those per symbol: handed in from the store before the
         #: start (:meth:`remember`), then every bar it is shown. Each new
         #: instance (the first, or a fresh one after a fault) is warmed up on them.

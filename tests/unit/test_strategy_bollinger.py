@@ -79,3 +79,21 @@ def test_warmed_up_on_past_bars_it_trades_on_the_first_live_bar() -> None:
     assert trades(warm.run(data[4:])) == [("bb_entry", "buy", Decimal(100))]
     cold = runtime()  # the same live bar, bands not full: nothing
     assert trades(cold.run(data[4:])) == []
+
+
+def test_a_long_exits_when_the_closes_settle_flat_at_the_middle_band() -> None:
+    # Bought at 95, then the price settles at 94 and stays there: once the
+    # window is five 94s the bands collapse onto the mean (sd 0) and the close
+    # is at the middle band, which exits a long. The zero deviation (no
+    # z-score) once skipped the bar: the long was held through the flat stretch.
+    rt = runtime()
+    data = bars("NVDA", [100, 100, 100, 100, 95, 94, 94, 94, 94, 94])
+    out = rt.run(data[:5])
+    intent = next(e for e in out if isinstance(e, OrderIntentCreated))
+    for event in fill_chain(intent, 95, ids=next_id):
+        rt.feed(event)
+    assert trades(rt.run(data[5:9])) == []  # 94 below the mean each time: hold
+    out = rt.run(data[9:])
+    assert trades(out) == [("bb_exit", "sell", Decimal(100))]
+    signal = next(e for e in out if isinstance(e, SignalGenerated))
+    assert signal.payload.strength == 0

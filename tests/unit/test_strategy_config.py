@@ -194,3 +194,13 @@ def test_an_import_path_kind_loads_a_custom_strategy() -> None:
     )
     assert loaded.cls.__name__ == "EchoStrategy"
     assert loaded.spec.order_account == "paper"
+
+
+def test_a_pairs_exit_z_of_zero_is_refused_naming_the_key() -> None:
+    # The pair closes when |z| < exit_z: with 0 it never closes (a rounded
+    # |z| is never below 0), so a pair entered was held for ever. It was
+    # accepted until this.
+    pair = {"kind": "pairs_trade", "symbols": ["A", "B"]}
+    (problem,) = problems(entry(**pair, params={"exit_z": 0}))
+    assert problem.startswith("strategies[0].params.exit_z: Input should be greater than 0")
+    assert validate_strategies({"strategies": [entry(**pair, params={"exit_z": "0.01"})]})

@@ -14,6 +14,7 @@ from libs.strategy.examples.opening_range import OpeningRangeBreakout, OpeningRa
 from libs.strategy.testing import bar, fill_chain, ny_ns
 
 IDS = itertools.count(1)
+NS = 1_000_000_000
 WINTER = dt.date(2024, 1, 8)  # EST, UTC-5
 SUMMER = dt.date(2024, 7, 8)  # EDT, UTC-4
 
@@ -136,3 +137,30 @@ def test_warm_up_counts_the_entries_it_would_have_made() -> None:
     assert intents(warmed(past).run(live)) == []
     two = warmed(past, max_entries=2)
     assert intents(two.run(live)) == [("orb_breakout", "buy", Decimal(50))]
+
+
+def test_on_second_bars_a_restart_rebuilds_the_whole_range() -> None:
+    # 1-second bars (bar_interval: 1s, as the demo config runs it). The range
+    # (09:30 to 09:33) has its high, 102, at 09:30:10; the runner restarts at
+    # 09:38. Warmed up on a session's minutes counted as bars, i.e. only the
+    # last 385 seconds (from 09:31:35), it rebuilt a range that missed that
+    # high and took 101 for a breakout; a fault-restart was the same.
+    rt = InMemoryRuntime()
+    host = rt.add(
+        "orb",
+        OpeningRangeBreakout,
+        {"range_minutes": 3, "quantity": 50},
+        symbols=("SPY",),
+        bar_interval="1s",
+    )
+    open_ns = ny_ns(WINTER, 9, 30)
+    past = [
+        bar("SPY", "100", open_ns + s * NS, high="102" if s == 10 else "100.5", interval="1s")
+        for s in range(8 * 60)
+    ]
+    host.remember(past)
+    rt.start()
+    live = [bar("SPY", "101", ny_ns(WINTER, 9, 38), interval="1s")]
+    assert intents(rt.run(live)) == []  # inside the range: 101 < 102
+    above = [bar("SPY", "103", ny_ns(WINTER, 9, 38) + NS, interval="1s")]
+    assert intents(rt.run(above)) == [("orb_breakout", "buy", Decimal(50))]

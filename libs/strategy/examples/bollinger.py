@@ -48,10 +48,10 @@ class BollingerReversion(Strategy[BollingerParams]):
         if not closes.full:
             return
         mean, sd = closes.mean(), closes.stdev()
-        if sd == 0:
-            return
         upper, lower = mean + p.num_std * sd, mean - p.num_std * sd
-        z = rounded((bar.close - mean) / sd)
+        # Flat closes (sd 0): the bands are the mean and the close is on it, so
+        # nothing enters, but a position exits at the middle band as always.
+        z = rounded((bar.close - mean) / sd) if sd else Decimal(0)
         bands = f"bands {rounded(lower)} / {rounded(mean)} / {rounded(upper)}"
         held = exposure(self.ctx, bar.symbol)
         target: Decimal | None = None

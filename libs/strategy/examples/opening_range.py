@@ -89,6 +89,14 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         end = dt.datetime.combine(day, params.flatten_at)
         return int((end - start).total_seconds()) // 60
 
+    @classmethod
+    def warmup_bars_for(cls, params: OpeningRangeParams, bar_interval: str | None) -> int:
+        """A session's bars: its minutes, times 60 for 1-second bars (61 when
+        every interval is shown), or the range would be rebuilt from its last
+        seconds only."""
+        per_minute = {"1m": 1, "1s": 60}.get(bar_interval or "", 61)
+        return cls.warmup_bars(params) * per_minute
+
     def on_start(self) -> None:
         self._zone = ZoneInfo(self.params.timezone)
         self._days: dict[str, _Day] = {}

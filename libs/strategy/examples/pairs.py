@@ -30,7 +30,8 @@ SPREAD_NOISE = Decimal("1e-12")
 class PairsParams(StrategyParams):
     lookback: int = Field(default=60, ge=3, le=10_000)
     entry_z: Decimal = Field(default=Decimal(2), gt=0, le=20)
-    exit_z: Decimal = Field(default=Decimal("0.5"), ge=0, le=20)
+    #: Both legs close when |z| < exit_z: 0 would never close them.
+    exit_z: Decimal = Field(default=Decimal("0.5"), gt=0, le=20)
     #: Units of ln(B) per unit of ln(A) in the spread.
     hedge_ratio: Decimal = Field(default=Decimal(1), gt=0, le=100)
     #: Money per leg; each leg trades floor(leg_notional / (price x multiplier))
