@@ -81,6 +81,15 @@ COMMANDS_HELD = Gauge(
 )
 
 
+#: The outcomes of each command the risk board shows as not carried out
+#: ("Broker commands not carried out"), made at 0 with the account.
+NOT_CARRIED_OUT = {
+    "SubmitOrder": ("rejected", "stale", "failed", "deferred"),
+    "CancelOrder": ("not_cancelable", "failed", "deferred"),
+    "FlattenAccount": ("incomplete", "failed", "deferred"),
+}
+
+
 def account_started(account: str) -> None:
     """Make the account's series that the boards watch, at 0.
 
@@ -98,3 +107,6 @@ def account_started(account: str) -> None:
     for outcome in ("agree", "differ", "failed"):
         POSITION_CHECKS.labels(account=account, outcome=outcome)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")
+    for command, outcomes in NOT_CARRIED_OUT.items():
+        for outcome in outcomes:
+            COMMANDS.labels(account=account, type=command, outcome=outcome)

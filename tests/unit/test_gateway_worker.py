@@ -203,6 +203,15 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
     assert sample("tradebus_broker_reconciliations_given_up_total") == 0
     assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
     assert sample("tradebus_broker_commands_held") == 0
+    # Each command's outcomes the board shows as not carried out (the first
+    # stale submit, the first incomplete flatten, were missed).
+    for command, outcome in (
+        ("SubmitOrder", "stale"),
+        ("SubmitOrder", "rejected"),
+        ("CancelOrder", "not_cancelable"),
+        ("FlattenAccount", "incomplete"),
+    ):
+        assert sample("tradebus_broker_commands_total", type=command, outcome=outcome) == 0
     await offer(w, submit(), Delivery(1))
     await offer(w, submit(), Delivery(2))  # no room: handed back, not held
     assert w.held == 1
