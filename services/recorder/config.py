@@ -8,6 +8,8 @@ from libs.bus.client import DUPLICATE_WINDOW_S
 from libs.config import ServiceSettings
 
 DAY_S = 86_400.0
+#: The shortest period of the writer's trims and snapshots (tests use 0.05 s).
+MIN_PERIOD_S = 0.01
 
 
 class RecorderSettings(ServiceSettings):
@@ -36,6 +38,15 @@ class RecorderSettings(ServiceSettings):
     #: What the stream keeps however much is recorded: messages younger than
     #: this (by their stream time), for late readers and the duplicate window.
     stream_keep_s: float = Field(default=2 * DAY_S, le=366 * DAY_S)
+
+    @field_validator("trim_every_s", "position_snapshot_every_s")
+    @classmethod
+    def _off_or_a_period(cls, value: float) -> float:
+        # 1e-12 was taken: the writer's loop then trimmed (or snapshotted)
+        # without pause, a busy loop against NATS or PostgreSQL.
+        if 0 < value < MIN_PERIOD_S:
+            raise ValueError(f"must be 0 or less (never) or at least {MIN_PERIOD_S:g} s")
+        return value
 
     @field_validator("stream_keep_s")
     @classmethod

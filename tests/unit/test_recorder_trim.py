@@ -112,6 +112,22 @@ def test_a_trim_period_of_zero_or_less_turns_trimming_off(
 
 
 @pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    "variable", ["TRADEBUS_TRIM_EVERY_S", "TRADEBUS_POSITION_SNAPSHOT_EVERY_S"]
+)
+@pytest.mark.parametrize("value", ["1e-12", "0.009"])
+def test_a_period_too_short_to_be_one_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A trim or snapshot period of 1e-12 s was taken: the writer then ran it
+    without pause, a busy loop against NATS or PostgreSQL. 0 or less turns
+    it off; a period is at least 0.01 s."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"{variable}: .*at least 0.01 s"):
+        load_settings(RecorderSettings)
+
+
+@pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize("value", ["119.9", "0", "-5"])
 def test_a_keep_window_shorter_than_the_duplicate_window_is_refused(
     monkeypatch: pytest.MonkeyPatch, value: str
