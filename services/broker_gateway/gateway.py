@@ -682,14 +682,7 @@ class AccountWorker:
         try:
             await call
         except RateLimited as e:
-            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
-            log.warning(
-                "%s: fetch of an order given up: the broker refused a call %d times in a row "
-                "(%s); a later reconciliation fetches it",
-                self.account,
-                RECONCILE_ATTEMPTS,
-                e,
-            )
+            self._refused_too_often(f"{self.account}: fetch of an order", e)
             return False
         except (BrokerError, ValueError) as e:
             log.warning("%s: fetch of an order given up: %s", self.account, e)
@@ -984,15 +977,7 @@ class AccountWorker:
                         else:
                             published += n
         except RateLimited as e:
-            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
-            log.warning(
-                "reconciliation of %s given up after %d events: the broker refused a call "
-                "%d times in a row (%s)",
-                self.account,
-                published,
-                RECONCILE_ATTEMPTS,
-                e,
-            )
+            self._refused_too_often(f"reconciliation of {self.account}", e, published)
             return False
         except (BrokerError, ValueError) as e:
             log.warning("reconciliation of %s interrupted: %s", self.account, e)
@@ -1001,6 +986,19 @@ class AccountWorker:
             log.info("reconciliation of %s published %d events", self.account, published)
         self._reached_end = True
         return not skipped
+
+    def _refused_too_often(self, what: str, error: RateLimited, published: int = 0) -> None:
+        """``what`` is given up for now (tried again later): one of its calls
+        was refused ``RECONCILE_ATTEMPTS`` times in a row. Said and counted."""
+        metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+        log.warning(
+            "%s given up after %d events: the broker refused a call %d times in a row (%s); "
+            "it is tried again later",
+            what,
+            published,
+            RECONCILE_ATTEMPTS,
+            error,
+        )
 
     async def _take_in_unknown(self, order: BrokerOrder) -> int:
         """An open order we do not know (placed at the broker by hand, or lost
