@@ -91,6 +91,9 @@ class Stack:
             '  max_fill_quantity: "100"\n'
             "untradable_symbols: [HALT]\n"
             "halted_symbols: [LULD]\n"
+            # Resting limit orders here must not expire should a run cross
+            # 16:00 New York; expiry has tests of its own (test_paper_book).
+            "day_orders_expire_at: null\n"
             f"journal: {self.tmp / 'journal.jsonl'}\n"
         )
         return self._start(
