@@ -130,6 +130,22 @@ def test_no_short_when_disallowed_and_no_trade_without_a_range() -> None:
     assert intents(late.run([at(WINTER, "10:00", "100"), at(WINTER, "10:01", "120")])) == []
 
 
+def test_a_position_held_on_a_day_without_a_range_is_exited_not_held_without_a_stop() -> None:
+    # Long 50 from yesterday (not flattened); today the range
+    # window has no bars (the feed started at 10:00). There is no range side
+    # to stop at: it was held, unprotected, through any fall until flatten_at.
+    rt = runtime()
+    out = rt.run([*opening(WINTER), at(WINTER, "09:33", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    for event in fill_chain(intent, 103, ids=next_id):
+        rt.feed(event)
+    nxt = WINTER + dt.timedelta(days=1)
+    out = rt.run([at(nxt, "10:00", "80")])
+    assert intents(out) == [("orb_stop", "sell", Decimal(50))]
+    signal = next(e for e in out if isinstance(e, SignalGenerated))
+    assert signal.payload.reason == "no opening range today to stop at"
+
+
 def warmed(past: list[Event], **params: object) -> InMemoryRuntime:
     rt = runtime(**params)
     rt.start()

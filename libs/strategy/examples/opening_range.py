@@ -4,7 +4,8 @@ Each trading day, the high and low of the bars that start in the first
 ``range_minutes`` after ``session_open`` form the opening range. After it,
 the first bar that closes above the range high goes long ``quantity``; below
 the range low, short (with ``allow_short``). Once in, the opposite side of the
-range is the stop (exit to flat), and everything is flattened from
+range is the stop (exit to flat; with no range today, a position held is
+exited at once), and everything is flattened from
 ``flatten_at`` on, by the first bar that ends at or after it. At most
 ``max_entries`` entries per symbol per day.
 
@@ -140,7 +141,12 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
                 go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
             return
         if day.high is None or day.low is None:
-            return  # no opening range today (data started late)
+            # No opening range today (data started late): no entry, and no
+            # stop for a position held (one a past flatten did not close),
+            # so it is closed rather than held unprotected until flatten_at.
+            if held != 0:
+                go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
+            return
         if held > 0 and bar.close < day.low:
             go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
         elif held < 0 and bar.close > day.high:
