@@ -316,10 +316,12 @@ class Runner:
             return History([])
         url = self.settings.database_url.get_secret_value()
         warmup: dict[tuple[str, str | None], int] = {}
+        intervals: dict[str, set[str | None]] = {}
         for task in self.tasks.values():
             for symbol in task.host.symbols:
                 key = (symbol, task.host.bar_interval)
                 warmup[key] = max(warmup.get(key, 0), task.host.warmup_bars)
+                intervals.setdefault(symbol, set()).add(task.host.bar_interval)
         history = await self._retrying(
             "reading the event store",
             lambda: load_history(
@@ -327,6 +329,7 @@ class Runner:
                 list(self.tasks),
                 self.symbols,
                 warmup,
+                bar_intervals=intervals,
                 finished_before_ns=time.time_ns() - int(self.settings.rebuild_finished_s * 1e9),
             ),
         )

@@ -333,6 +333,37 @@ async def test_a_restart_writes_a_ledger_checkpoint_and_the_next_one_starts_from
     assert third.terminate() == 0, third.log_text()[-3000:]
 
 
+async def test_a_restarted_runner_marks_a_minute_strategy_by_its_last_minute_bar(
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
+) -> None:
+    # sma-x (minute bars) holds 10 AAPL bought at 13.05; a minute bar closes
+    # at 14, then second bars at 15, which sma-x is not shown. Live it is
+    # marked at 14. After a restart the store's last price was the last bar
+    # of any interval, a second bar, which the rebuild routes to minute-bar
+    # strategies not at all: sma-x's position kept the fill's price as its
+    # mark, and its unrealized P&L read 0 until the next minute bar.
+    store = Timeline(database_url)
+    runner = await sma_x_long_10(tmp_path, bus, database_url, start)
+    unrealized = 'tradebus_strategy_pnl{kind="unrealized",strategy="sma-x"}'
+    await publish_bars(bus, "AAPL", [14], 4)
+    await eventually(lambda: metric(runner, unrealized) == 9.5, timeout=20)  # (14 - 13.05) x 10
+    for i in range(3):
+        await bus.publish(bar("AAPL", 15, T0 + 5 * MINUTE_NS + i * 10**9, interval="1s"))
+
+    async def bars_recorded() -> bool:
+        return len(await store.of("BarClosed")) == 8
+
+    await eventually(bars_recorded, timeout=20)
+    assert metric(runner, unrealized) == 9.5
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+
+    again = start(runner_args(tmp_path), "runner2")
+    await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+    assert metric(again, POSITION) == 10.0
+    assert metric(again, unrealized) == 9.5
+    assert again.terminate() == 0, again.log_text()[-3000:]
+
+
 async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     tmp_path: Path, bus: Bus, database_url: str, start: Start
 ) -> None:

@@ -204,3 +204,17 @@ def test_a_pairs_exit_z_of_zero_is_refused_naming_the_key() -> None:
     (problem,) = problems(entry(**pair, params={"exit_z": 0}))
     assert problem.startswith("strategies[0].params.exit_z: Input should be greater than 0")
     assert validate_strategies({"strategies": [entry(**pair, params={"exit_z": "0.01"})]})
+
+
+@pytest.mark.parametrize("notional", ["1e30", "1e13"])
+def test_a_pairs_leg_notional_no_order_can_carry_is_refused_naming_the_key(notional: str) -> None:
+    # A leg trades floor(leg_notional / price) units: 1e30 at a price of 100
+    # is 1e28 shares, past the contract's 26 digits, so the first entry's
+    # order failed the contract, a StrategyFaulted. Up to 1e12, even at the
+    # smallest price an order carries (1e-12), a leg is at most 1e24 units.
+    pair = {"kind": "pairs_trade", "symbols": ["A", "B"]}
+    (problem,) = problems(entry(**pair, params={"leg_notional": notional}))
+    assert problem.startswith("strategies[0].params.leg_notional: "), problem
+    assert "less than or equal to 1000000000000" in problem, problem
+    ok = {"leg_notional": "1e12"}
+    assert validate_strategies({"strategies": [entry(**pair, params=ok)]})

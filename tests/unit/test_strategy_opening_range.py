@@ -6,6 +6,7 @@ import datetime as dt
 import itertools
 import uuid
 from decimal import Decimal
+from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
@@ -99,9 +100,27 @@ def test_short_breakout_is_flattened_at_the_configured_time() -> None:
     assert intent.payload.side == "sell"
     for event in fill_chain(intent, 98, ids=next_id):
         rt.feed(event)
-    assert intents(rt.run([at(WINTER, "15:54", "99")])) == []
-    out = rt.run([at(WINTER, "15:55", "99")])
+    assert intents(rt.run([at(WINTER, "15:53", "99")])) == []
+    out = rt.run([at(WINTER, "15:54", "99")])  # ends at 15:55: flat from then on
     assert intents(out) == [("orb_flatten", "buy", Decimal(50))]
+
+
+def test_a_flatten_at_the_close_is_made_by_the_last_bar_of_the_session() -> None:
+    # flatten_at: 16:00 and no bar after the close: the last regular bar
+    # starts at 15:59 and ends at 16:00. Judged by its start, no bar ever
+    # reached 16:00 and the position was held overnight.
+    lengths: tuple[tuple[Literal["1m", "1s"], int], ...] = (("1m", 60 * NS), ("1s", NS))
+    for interval, length in lengths:
+        last = ny_ns(WINTER, 16, 0) - length
+        rt = runtime(flatten_at="16:00")
+        out = rt.run([*opening(WINTER), at(WINTER, "09:33", "103")])
+        (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+        for event in fill_chain(intent, 103, ids=next_id):
+            rt.feed(event)
+        before = bar("SPY", "104", last - length, interval=interval)
+        assert intents(rt.run([before])) == [], interval
+        out = rt.run([bar("SPY", "104", last, interval=interval)])
+        assert intents(out) == [("orb_flatten", "sell", Decimal(50))], interval
 
 
 def test_no_short_when_disallowed_and_no_trade_without_a_range() -> None:
@@ -109,6 +128,22 @@ def test_no_short_when_disallowed_and_no_trade_without_a_range() -> None:
     assert intents(rt.run([*opening(WINTER), at(WINTER, "09:33", "97")])) == []
     late = runtime()
     assert intents(late.run([at(WINTER, "10:00", "100"), at(WINTER, "10:01", "120")])) == []
+
+
+def test_a_position_held_on_a_day_without_a_range_is_exited_not_held_without_a_stop() -> None:
+    # Long 50 from yesterday (not flattened); today the range
+    # window has no bars (the feed started at 10:00). There is no range side
+    # to stop at: it was held, unprotected, through any fall until flatten_at.
+    rt = runtime()
+    out = rt.run([*opening(WINTER), at(WINTER, "09:33", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    for event in fill_chain(intent, 103, ids=next_id):
+        rt.feed(event)
+    nxt = WINTER + dt.timedelta(days=1)
+    out = rt.run([at(nxt, "10:00", "80")])
+    assert intents(out) == [("orb_stop", "sell", Decimal(50))]
+    signal = next(e for e in out if isinstance(e, SignalGenerated))
+    assert signal.payload.reason == "no opening range today to stop at"
 
 
 def warmed(past: list[Event], **params: object) -> InMemoryRuntime:

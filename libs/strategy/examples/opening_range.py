@@ -4,11 +4,14 @@ Each trading day, the high and low of the bars that start in the first
 ``range_minutes`` after ``session_open`` form the opening range. After it,
 the first bar that closes above the range high goes long ``quantity``; below
 the range low, short (with ``allow_short``). Once in, the opposite side of the
-range is the stop (exit to flat), and everything is flattened from
-``flatten_at`` on. At most ``max_entries`` entries per symbol per day.
+range is the stop (exit to flat; with no range today, a position held is
+exited at once), and everything is flattened from
+``flatten_at`` on, by the first bar that ends at or after it. At most
+``max_entries`` entries per symbol per day.
 
-Times are read from the bars' own ``start_ns`` converted with ``zoneinfo``,
-never from a clock, so daylight saving and replayed history both work.
+Times are read from the bars' own ``start_ns`` (``end_ns`` for the flatten)
+converted with ``zoneinfo``, never from a clock, so daylight saving and
+replayed history both work.
 """
 
 from __future__ import annotations
@@ -129,12 +132,21 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
             return
-        if t >= p.flatten_at:
+        # Flat from flatten_at on, judged by the bar's end: it is handled when
+        # it closes. By its start, a 16:00 flatten with no bar after the close
+        # (the last starts 15:59) never came and the position was held overnight.
+        end = dt.datetime.fromtimestamp(bar.end_ns // NS, tz=self._zone).replace(tzinfo=None)
+        if end >= dt.datetime.combine(day.date, p.flatten_at):
             if held != 0:
                 go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
             return
         if day.high is None or day.low is None:
-            return  # no opening range today (data started late)
+            # No opening range today (data started late): no entry, and no
+            # stop for a position held (one a past flatten did not close),
+            # so it is closed rather than held unprotected until flatten_at.
+            if held != 0:
+                go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
+            return
         if held > 0 and bar.close < day.low:
             go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
         elif held < 0 and bar.close > day.high:

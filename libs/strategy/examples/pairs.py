@@ -36,7 +36,9 @@ class PairsParams(StrategyParams):
     hedge_ratio: Decimal = Field(default=Decimal(1), gt=0, le=100)
     #: Money per leg; each leg trades floor(leg_notional / (price x multiplier))
     #: shares or option contracts (``contract_multiplier``: 100 for ``O:…``).
-    leg_notional: Decimal = Field(default=Decimal(10_000), gt=0)
+    #: At most 1e12: even at the smallest price (1e-12) a leg is then 1e24
+    #: units, which an order can carry (26 digits); else its entry faults.
+    leg_notional: Decimal = Field(default=Decimal(10_000), gt=0, le=Decimal(10**12))
 
     @model_validator(mode="after")
     def _thresholds(self) -> PairsParams:

@@ -16,7 +16,9 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
   ``FlattenAccount`` cancels whatever is working, and the gateway's
   ``OrderCanceled`` is then in the flatten's chain): live, they are routed
   by order id and finish their intents, so the rebuild must see them too;
-- the last bar or trade of each of its symbols, for unrealized P&L;
+- the last bar or trade of each of its symbols, for unrealized P&L (of bars,
+  the last of each interval its strategies take: as live, a strategy is
+  marked by the bars it is shown only);
 - the latest bars of each symbol, as many as its strategies ask for
   (``Strategy.warmup_bars``), to warm their indicators up (``on_warmup``).
 
@@ -26,7 +28,7 @@ asyncpg errors are mapped to :mod:`libs.store.errors` here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -115,9 +117,12 @@ WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
   AND e.seq > coalesce(cp.seq, 0)
 """  # noqa: S608 - constant column list, values are bind parameters
 
+# Of bars, those of one interval ($3; NULL: any): a bar of another is not
+# routed to the strategies that take this one, so it would mark nothing.
 LAST_PRICE_SQL = f"""
 SELECT {COLUMNS} FROM events
-WHERE symbol = $1 AND type IN ('BarClosed', 'TradePrinted') AND seq <= $2
+WHERE symbol = $1 AND seq <= $2 AND (type = 'TradePrinted' OR (
+    type = 'BarClosed' AND ($3::text IS NULL OR payload->>'interval' = $3)))
 ORDER BY seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
@@ -189,13 +194,17 @@ async def load_history(
     symbols: Sequence[str],
     warmup: Mapping[tuple[str, str | None], int] | None = None,
     *,
+    bar_intervals: Mapping[str, Collection[str | None]] | None = None,
     finished_before_ns: int = 0,
     use_checkpoints: bool = True,
 ) -> History:
     """Read the strategies' chains (less those finished before
     ``finished_before_ns``: see ``CHAINS_SQL``), all their fills, their
-    symbols' last prices and, per (symbol, bar interval) in ``warmup``, that
-    many of its latest bars (an interval of None: of any interval). Each
+    symbols' last prices (a trade, or a bar of each interval in
+    ``bar_intervals[symbol]``, the intervals its strategies take; None, or a
+    symbol not in it: a bar of any) and, per (symbol, bar interval) in
+    ``warmup``, that many of its latest bars (an interval of None: of any
+    interval). Each
     strategy's ledger starts from its newest usable checkpoint, unless
     ``use_checkpoints`` is false."""
     try:
@@ -220,9 +229,11 @@ async def load_history(
                 )
             )
             for symbol in sorted(set(symbols)):
-                row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq)
-                if row is not None:
-                    rows.append(row)
+                intervals = (bar_intervals or {}).get(symbol) or {None}
+                for interval in sorted(intervals, key=lambda i: i or ""):
+                    row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq, interval)
+                    if row is not None:
+                        rows.append(row)
             bar_rows = []
             asked = sorted((warmup or {}).items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
             for (symbol, interval), count in asked:
