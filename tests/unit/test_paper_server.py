@@ -512,6 +512,27 @@ def test_an_order_is_an_option_exactly_when_tradebus_names_one(
     assert spec.asset_class == asset_class
 
 
+def test_an_option_position_s_dollar_amounts_count_its_contracts_100_shares() -> None:
+    """Alpaca reports an option position's cost basis, market value and P&L in
+    dollars: quantity x price x 100 (a standard contract); a share's as is."""
+    from services.paper_broker.domain.book import Position
+
+    option = Position("O:SPY241220P00720000", "us_option", Decimal(2), Decimal("1.5"))
+
+    def dollars(p: Position, last: Decimal) -> list[Decimal]:
+        got = wire.position_json(p, last)
+        return [Decimal(got[k]) for k in ("cost_basis", "market_value", "unrealized_pl")]
+
+    assert dollars(option, Decimal("2.25")) == [300, 450, 150]
+    # The prices stay per share, as Alpaca quotes them.
+    got = wire.position_json(option, Decimal("2.25"))
+    assert (got["avg_entry_price"], got["current_price"]) == ("1.5", "2.25")
+    short = Position("O:SPY241220P00720000", "us_option", Decimal(-1), Decimal(2))
+    assert dollars(short, Decimal(3)) == [-200, -300, -100]
+    shares = Position("AAPL", "us_equity", Decimal(2), Decimal("1.5"))
+    assert dollars(shares, Decimal("2.25")) == [3, Decimal("4.5"), Decimal("1.5")]
+
+
 class SetClock:
     def __init__(self, ns: int) -> None:
         self.ns = ns

@@ -17,7 +17,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 
-from libs.contract.events import asset_class_of
+from libs.contract.events import asset_class_of, contract_multiplier
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
     AccountPosition,
@@ -277,10 +277,13 @@ def restored_from_record(record: Json) -> Restored:
 
 
 def position_json(p: Position, last: Decimal | None) -> Json:
-    """Alpaca's position object (``qty`` negative for a short)."""
+    """Alpaca's position object (``qty`` negative for a short). Prices are per
+    share; cost basis, market value and P&L are dollars, so an option
+    contract's count 100 shares (``contract_multiplier``), as Alpaca's do."""
     current = last if last is not None else p.avg_entry_price
-    cost = p.qty * p.avg_entry_price
-    value = p.qty * current
+    multiplier = contract_multiplier(p.symbol)
+    cost = p.qty * p.avg_entry_price * multiplier
+    value = p.qty * current * multiplier
     return {
         "symbol": p.symbol,
         "asset_class": p.asset_class,
