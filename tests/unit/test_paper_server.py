@@ -407,6 +407,39 @@ async def test_close_all_answers_per_position_and_takes_cancel_orders(
         await ws.close()
 
 
+async def test_a_position_s_qty_available_leaves_out_what_open_orders_hold(
+    server: PaperBrokerServer,
+) -> None:
+    """As at Alpaca, ``qty_available`` is the position less what its open
+    closing orders hold (the same count ``DELETE /v2/positions`` refuses on);
+    orders that add to the position hold none of it."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    server.market(MarketUpdate.trade("MSFT", Decimal(20)))
+    ws = await login(server.port)
+    try:
+        for body in (
+            {"symbol": "AAPL", "qty": "10", "side": "buy"},
+            {"symbol": "AAPL", "qty": "4", "side": "sell", "type": "limit", "limit_price": "99"},
+            {"symbol": "AAPL", "qty": "2", "side": "buy", "type": "limit", "limit_price": "1"},
+            {"symbol": "MSFT", "qty": "3", "side": "sell"},
+            {"symbol": "MSFT", "qty": "1", "side": "buy", "type": "limit", "limit_price": "1"},
+        ):
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        answer = await request(ws, "GET", "/v2/positions")
+        assert [(p["symbol"], p["qty"], p["qty_available"]) for p in answer["body"]] == [
+            ("AAPL", "10", "6"),
+            ("MSFT", "-3", "-2"),
+        ]
+        assert (await request(ws, "DELETE", "/v2/orders"))["status"] == 207
+        answer = await request(ws, "GET", "/v2/positions")
+        assert [(p["qty"], p["qty_available"]) for p in answer["body"]] == [
+            ("10", "10"),
+            ("-3", "-3"),
+        ]
+    finally:
+        await ws.close()
+
+
 async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
     """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
     ``page_size`` (at most 100), ``page_token`` = the last id of the page
@@ -520,12 +553,12 @@ def test_an_option_position_s_dollar_amounts_count_its_contracts_100_shares() ->
     option = Position("O:SPY241220P00720000", "us_option", Decimal(2), Decimal("1.5"))
 
     def dollars(p: Position, last: Decimal) -> list[Decimal]:
-        got = wire.position_json(p, last)
+        got = wire.position_json(p, last, p.qty)
         return [Decimal(got[k]) for k in ("cost_basis", "market_value", "unrealized_pl")]
 
     assert dollars(option, Decimal("2.25")) == [300, 450, 150]
     # The prices stay per share, as Alpaca quotes them.
-    got = wire.position_json(option, Decimal("2.25"))
+    got = wire.position_json(option, Decimal("2.25"), option.qty)
     assert (got["avg_entry_price"], got["current_price"]) == ("1.5", "2.25")
     short = Position("O:SPY241220P00720000", "us_option", Decimal(-1), Decimal(2))
     assert dollars(short, Decimal(3)) == [-200, -300, -100]

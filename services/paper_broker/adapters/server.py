@@ -465,7 +465,7 @@ class PaperBrokerServer:
         elif path == "/v2/positions":
             if method == "GET":
                 return 200, [
-                    wire.position_json(p, book.last_price(p.symbol))
+                    wire.position_json(p, book.last_price(p.symbol), book.qty_available(account, p))
                     for p in book.positions(account)
                 ]
             if method == "DELETE":

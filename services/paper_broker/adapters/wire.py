@@ -276,9 +276,10 @@ def restored_from_record(record: Json) -> Restored:
     return AccountPosition(p["account"], Position(p["symbol"], p["asset_class"], qty, avg))
 
 
-def position_json(p: Position, last: Decimal | None) -> Json:
-    """Alpaca's position object (``qty`` negative for a short). Prices are per
-    share; cost basis, market value and P&L are dollars, so an option
+def position_json(p: Position, last: Decimal | None, available: Decimal) -> Json:
+    """Alpaca's position object (``qty`` negative for a short; ``available``:
+    what open closing orders do not hold, ``PaperBook.qty_available``). Prices
+    are per share; cost basis, market value and P&L are dollars, so an option
     contract's count 100 shares (``contract_multiplier``), as Alpaca's do."""
     current = last if last is not None else p.avg_entry_price
     multiplier = contract_multiplier(p.symbol)
@@ -289,7 +290,7 @@ def position_json(p: Position, last: Decimal | None) -> Json:
         "asset_class": p.asset_class,
         "exchange": "PAPER",
         "qty": num(p.qty),
-        "qty_available": num(p.qty),
+        "qty_available": num(available),
         "side": "long" if p.qty > 0 else "short",
         "avg_entry_price": num(p.avg_entry_price),
         "cost_basis": num(cost),

@@ -322,6 +322,15 @@ class PaperBook:
     def positions(self, account: str) -> list[Position]:
         return sorted(self._account(account).positions.values(), key=lambda p: p.symbol)
 
+    def qty_available(self, account: str, position: Position) -> Decimal:
+        """What of ``position`` its open closing orders (sells of a long, buys
+        of a short) do not hold, signed as the position: Alpaca's
+        ``qty_available``, the count :meth:`close_all`'s refusal names."""
+        side: Side = "sell" if position.qty > 0 else "buy"
+        held = self._held_for_orders(account, position.symbol, side)
+        free = max(WIDE.subtract(abs(position.qty), held), Decimal(0))
+        return -free if position.qty < 0 and free else free
+
     def fills(self, account: str, order_id: str | None = None) -> Sequence[FillActivity]:
         """The account's fill activities in the order they happened (``order_id``'s
         only, if given). Without ``order_id`` the book's own list, not a copy
