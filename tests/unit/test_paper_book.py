@@ -161,6 +161,24 @@ def test_bad_orders_are_refused_and_never_created(
     assert b.orders("A", "all") == []
 
 
+def test_an_option_order_for_part_of_a_contract_is_refused() -> None:
+    """Options trade in whole contracts: a broker refuses 1.5 of one (422) and
+    places nothing; 2.0 is two contracts, and shares may be fractional."""
+    option = "O:SPY241220P00720000"
+    b = book()
+    b.on_market(MarketUpdate.trade(option, D("1.25")))
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    for qty in (D("1.5"), D("0.01"), D("2.000000000001")):
+        with pytest.raises(Refused, match="whole number of contracts") as e:
+            b.submit("A", OrderSpec(option, "buy", qty, asset_class="us_option"))
+        assert (e.value.status, e.value.code) == (422, 42210000)
+    assert b.orders("A", "all") == []
+    whole, _ = b.submit("A", OrderSpec(option, "buy", D("2.0"), asset_class="us_option"))
+    part, _ = b.submit("A", OrderSpec("AAPL", "buy", D("0.5")))
+    assert (whole.status, part.status) == ("filled", "filled")
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D("0.5")), (option, D(2))]
+
+
 def test_ioc_and_fok() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(10)))
     b.on_market(MarketUpdate.trade("AAPL", D(10)))

@@ -650,6 +650,9 @@ class PaperBook:
         ):
             if amount is not None and amount >= MAX_AMOUNT:
                 raise refuse(f"{name} must be less than 1e26")
+        if spec.asset_class == "us_option" and spec.qty != spec.qty.to_integral_value():
+            # Options trade in whole contracts; the real broker refuses part of one.
+            raise refuse("qty must be a whole number of contracts for options")
         if spec.time_in_force in ("opg", "cls"):
             raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
         if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
