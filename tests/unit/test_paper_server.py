@@ -164,6 +164,30 @@ async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
     assert torn not in path.read_bytes()
 
 
+def test_the_market_s_time_an_order_was_placed_at_survives_a_restart(tmp_path: Path) -> None:
+    """After a restart, a bar that began before an order was placed still
+    fills it only at its close: the journal and its snapshot keep that time."""
+    path = tmp_path / "journal.jsonl"
+    first = book()
+    journal = Journal(path).open()
+    journal.append(first.on_market(MarketUpdate.trade("MSFT", Decimal(301), 50)))
+    order, updates = first.submit(
+        "acct", OrderSpec("MSFT", "buy", Decimal(1), "limit", limit_price=Decimal(300))
+    )
+    journal.append(updates)
+    journal.close()
+    assert order.placed_at_market_ns == 50
+    second = book()
+    second.apply_all(Journal(path).load())
+    assert second.order("acct", order.id) == order
+    third = book()
+    for entry in list(first.state()):
+        third.restore(wire.restored_from_record(wire.restored_record(entry)))
+    assert third.order("acct", order.id) == order
+    before = MarketUpdate.bar("MSFT", Decimal(299), Decimal(301), Decimal(299), Decimal(301), 60, 0)
+    assert second.on_market(before) == third.on_market(before) == []
+
+
 def test_a_torn_line_already_ended_by_a_newline_is_cut_off_too(tmp_path: Path) -> None:
     """Journals written before torn lines were cut off ended them with a
     newline instead: the next append would have buried them."""

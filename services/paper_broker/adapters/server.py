@@ -212,7 +212,7 @@ class PaperBrokerServer:
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
         only market orders that were waiting for a price."""
-        self._publish(self.book.set_last(update.symbol, update.last))
+        self._publish(self.book.set_last(update.symbol, update.last, update.ts_ns))
 
     def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
         """Journal ``updates``, then queue them to their account's listeners;

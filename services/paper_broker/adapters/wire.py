@@ -151,8 +151,9 @@ def trade_update_json(u: TradeUpdate) -> Json:
 
 def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
     """A journal line: the update as sent (``data``, if already built), its
-    account, its times to the ns, and ``triggered`` for a stop whose stop was
-    reached (Alpaca's order object does not say)."""
+    account, its times to the ns, ``triggered`` for a stop whose stop was
+    reached and ``market_ns``, the market's time when the order was placed
+    (Alpaca's order object says neither)."""
     o = u.order
     record: Json = {
         "account": o.account,
@@ -161,6 +162,8 @@ def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
     }
     if o.triggered:
         record["triggered"] = True
+    if o.placed_at_market_ns:
+        record["market_ns"] = o.placed_at_market_ns
     return record
 
 
@@ -180,6 +183,8 @@ def trade_update_from_record(record: Json) -> TradeUpdate:
     )
     if triggered:
         order = replace(order, triggered=True)
+    if market_ns := record.get("market_ns"):
+        order = replace(order, placed_at_market_ns=market_ns)
     return TradeUpdate(
         event=data["event"],
         order=order,
@@ -209,7 +214,7 @@ def snapshot_end(counts: dict[str, int]) -> Json:
 
 def restored_record(entry: Restored) -> Json:
     """A snapshot line: a position, an order (Alpaca's object, its times to
-    the ns, and ``triggered``) or a fill activity."""
+    the ns, ``triggered`` and ``market_ns``) or a fill activity."""
     if isinstance(entry, PaperOrder):
         o = entry
         order: Json = {
@@ -219,6 +224,8 @@ def restored_record(entry: Restored) -> Json:
         }
         if o.triggered:
             order["triggered"] = True
+        if o.placed_at_market_ns:
+            order["market_ns"] = o.placed_at_market_ns
         return order
     if isinstance(entry, FillActivity):
         f = entry
@@ -255,6 +262,7 @@ def restored_from_record(record: Json) -> Restored:
         return replace(
             order_from_json(record["account"], record["order"], record["ns"]),
             triggered=bool(record.get("triggered")),
+            placed_at_market_ns=record.get("market_ns", 0),
         )
     if "fill" in record:
         f = record["fill"]
