@@ -161,6 +161,51 @@ def test_bad_orders_are_refused_and_never_created(
     assert b.orders("A", "all") == []
 
 
+def test_an_option_order_for_part_of_a_contract_is_refused() -> None:
+    """Options trade in whole contracts: a broker refuses 1.5 of one (422) and
+    places nothing; 2.0 is two contracts, and shares may be fractional."""
+    option = "O:SPY241220P00720000"
+    b = book()
+    b.on_market(MarketUpdate.trade(option, D("1.25")))
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    for qty in (D("1.5"), D("0.01"), D("2.000000000001")):
+        with pytest.raises(Refused, match="whole number of contracts") as e:
+            b.submit("A", OrderSpec(option, "buy", qty, asset_class="us_option"))
+        assert (e.value.status, e.value.code) == (422, 42210000)
+    assert b.orders("A", "all") == []
+    whole, _ = b.submit("A", OrderSpec(option, "buy", D("2.0"), asset_class="us_option"))
+    part, _ = b.submit("A", OrderSpec("AAPL", "buy", D("0.5")))
+    assert (whole.status, part.status) == ("filled", "filled")
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D("0.5")), (option, D(2))]
+
+
+def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close() -> None:
+    """A bar closes after it began: its open, high and low may be prices from
+    before an order placed meanwhile, which that order never had. Such a bar
+    is only its close to the order (its last trade); the next bar is whole."""
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D("99.5"), ts_ns=10))
+    b.on_market(MarketUpdate.trade("AAPL", D(101), ts_ns=30))
+    # Placed at market time 30, with AAPL at 101: neither fills nor triggers.
+    buy, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(100)))
+    stop, _ = b.submit("A", OrderSpec("AAPL", "sell", D(1), "stop", stop_price=D(100)))
+    # The bar of [0, 100): its 99.5 (open, low) was at 10, before the orders.
+    before = MarketUpdate.bar("AAPL", D("99.5"), D(101), D("99.5"), D("100.5"), 100, 0)
+    assert b.on_market(before) == []
+    assert [o.status for o in b.orders("A")] == ["new", "new"]
+    assert b.last_price("AAPL") == D("100.5")
+    # A bar of [100, 200), wholly after them: the buy at its open, the stop
+    # triggered by its low and filled at the stop.
+    after = MarketUpdate.bar("AAPL", D("100.2"), D("100.4"), D("99.8"), D(100), 200, 100)
+    fills = [(u.order.id, u.price) for u in b.on_market(after) if u.event == "fill"]
+    assert fills == [(buy.id, D(100)), (stop.id, D(100))]
+    # One placed during a bar, whose close crosses its limit, fills at the close.
+    late, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D("99.9")))
+    crossing = MarketUpdate.bar("AAPL", D(100), D(100), D("99.0"), D("99.7"), 300, 150)
+    [fill] = b.on_market(crossing)
+    assert (fill.order.id, fill.price) == (late.id, D("99.7"))
+
+
 def test_ioc_and_fok() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(10)))
     b.on_market(MarketUpdate.trade("AAPL", D(10)))

@@ -164,6 +164,30 @@ async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
     assert torn not in path.read_bytes()
 
 
+def test_the_market_s_time_an_order_was_placed_at_survives_a_restart(tmp_path: Path) -> None:
+    """After a restart, a bar that began before an order was placed still
+    fills it only at its close: the journal and its snapshot keep that time."""
+    path = tmp_path / "journal.jsonl"
+    first = book()
+    journal = Journal(path).open()
+    journal.append(first.on_market(MarketUpdate.trade("MSFT", Decimal(301), 50)))
+    order, updates = first.submit(
+        "acct", OrderSpec("MSFT", "buy", Decimal(1), "limit", limit_price=Decimal(300))
+    )
+    journal.append(updates)
+    journal.close()
+    assert order.placed_at_market_ns == 50
+    second = book()
+    second.apply_all(Journal(path).load())
+    assert second.order("acct", order.id) == order
+    third = book()
+    for entry in list(first.state()):
+        third.restore(wire.restored_from_record(wire.restored_record(entry)))
+    assert third.order("acct", order.id) == order
+    before = MarketUpdate.bar("MSFT", Decimal(299), Decimal(301), Decimal(299), Decimal(301), 60, 0)
+    assert second.on_market(before) == third.on_market(before) == []
+
+
 def test_a_torn_line_already_ended_by_a_newline_is_cut_off_too(tmp_path: Path) -> None:
     """Journals written before torn lines were cut off ended them with a
     newline instead: the next append would have buried them."""
@@ -407,6 +431,39 @@ async def test_close_all_answers_per_position_and_takes_cancel_orders(
         await ws.close()
 
 
+async def test_a_position_s_qty_available_leaves_out_what_open_orders_hold(
+    server: PaperBrokerServer,
+) -> None:
+    """As at Alpaca, ``qty_available`` is the position less what its open
+    closing orders hold (the same count ``DELETE /v2/positions`` refuses on);
+    orders that add to the position hold none of it."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+    server.market(MarketUpdate.trade("MSFT", Decimal(20)))
+    ws = await login(server.port)
+    try:
+        for body in (
+            {"symbol": "AAPL", "qty": "10", "side": "buy"},
+            {"symbol": "AAPL", "qty": "4", "side": "sell", "type": "limit", "limit_price": "99"},
+            {"symbol": "AAPL", "qty": "2", "side": "buy", "type": "limit", "limit_price": "1"},
+            {"symbol": "MSFT", "qty": "3", "side": "sell"},
+            {"symbol": "MSFT", "qty": "1", "side": "buy", "type": "limit", "limit_price": "1"},
+        ):
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        answer = await request(ws, "GET", "/v2/positions")
+        assert [(p["symbol"], p["qty"], p["qty_available"]) for p in answer["body"]] == [
+            ("AAPL", "10", "6"),
+            ("MSFT", "-3", "-2"),
+        ]
+        assert (await request(ws, "DELETE", "/v2/orders"))["status"] == 207
+        answer = await request(ws, "GET", "/v2/positions")
+        assert [(p["qty"], p["qty_available"]) for p in answer["body"]] == [
+            ("10", "10"),
+            ("-3", "-3"),
+        ]
+    finally:
+        await ws.close()
+
+
 async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
     """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
     ``page_size`` (at most 100), ``page_token`` = the last id of the page
@@ -510,6 +567,27 @@ def test_an_order_is_an_option_exactly_when_tradebus_names_one(
 
     spec = spec_from_json({"symbol": symbol, "qty": "1", "side": "buy", "type": "market"})
     assert spec.asset_class == asset_class
+
+
+def test_an_option_position_s_dollar_amounts_count_its_contracts_100_shares() -> None:
+    """Alpaca reports an option position's cost basis, market value and P&L in
+    dollars: quantity x price x 100 (a standard contract); a share's as is."""
+    from services.paper_broker.domain.book import Position
+
+    option = Position("O:SPY241220P00720000", "us_option", Decimal(2), Decimal("1.5"))
+
+    def dollars(p: Position, last: Decimal) -> list[Decimal]:
+        got = wire.position_json(p, last, p.qty)
+        return [Decimal(got[k]) for k in ("cost_basis", "market_value", "unrealized_pl")]
+
+    assert dollars(option, Decimal("2.25")) == [300, 450, 150]
+    # The prices stay per share, as Alpaca quotes them.
+    got = wire.position_json(option, Decimal("2.25"), option.qty)
+    assert (got["avg_entry_price"], got["current_price"]) == ("1.5", "2.25")
+    short = Position("O:SPY241220P00720000", "us_option", Decimal(-1), Decimal(2))
+    assert dollars(short, Decimal(3)) == [-200, -300, -100]
+    shares = Position("AAPL", "us_equity", Decimal(2), Decimal("1.5"))
+    assert dollars(shares, Decimal("2.25")) == [3, Decimal("4.5"), Decimal("1.5")]
 
 
 class SetClock:

@@ -66,7 +66,7 @@ def to_update(data: bytes) -> MarketUpdate | None:
         return MarketUpdate.trade(p.symbol, p.price, event.ts_event)
     if isinstance(event, BarClosed):
         b = event.payload
-        return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, b.end_ns)
+        return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, b.end_ns, b.start_ns)
     return None
 
 

@@ -212,7 +212,7 @@ class PaperBrokerServer:
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
         only market orders that were waiting for a price."""
-        self._publish(self.book.set_last(update.symbol, update.last))
+        self._publish(self.book.set_last(update.symbol, update.last, update.ts_ns))
 
     def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
         """Journal ``updates``, then queue them to their account's listeners;
@@ -465,7 +465,7 @@ class PaperBrokerServer:
         elif path == "/v2/positions":
             if method == "GET":
                 return 200, [
-                    wire.position_json(p, book.last_price(p.symbol))
+                    wire.position_json(p, book.last_price(p.symbol), book.qty_available(account, p))
                     for p in book.positions(account)
                 ]
             if method == "DELETE":

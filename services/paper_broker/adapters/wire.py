@@ -17,7 +17,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 
-from libs.contract.events import asset_class_of
+from libs.contract.events import asset_class_of, contract_multiplier
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
     AccountPosition,
@@ -151,8 +151,9 @@ def trade_update_json(u: TradeUpdate) -> Json:
 
 def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
     """A journal line: the update as sent (``data``, if already built), its
-    account, its times to the ns, and ``triggered`` for a stop whose stop was
-    reached (Alpaca's order object does not say)."""
+    account, its times to the ns, ``triggered`` for a stop whose stop was
+    reached and ``market_ns``, the market's time when the order was placed
+    (Alpaca's order object says neither)."""
     o = u.order
     record: Json = {
         "account": o.account,
@@ -161,6 +162,8 @@ def journal_record(u: TradeUpdate, data: Json | None = None) -> Json:
     }
     if o.triggered:
         record["triggered"] = True
+    if o.placed_at_market_ns:
+        record["market_ns"] = o.placed_at_market_ns
     return record
 
 
@@ -180,6 +183,8 @@ def trade_update_from_record(record: Json) -> TradeUpdate:
     )
     if triggered:
         order = replace(order, triggered=True)
+    if market_ns := record.get("market_ns"):
+        order = replace(order, placed_at_market_ns=market_ns)
     return TradeUpdate(
         event=data["event"],
         order=order,
@@ -209,7 +214,7 @@ def snapshot_end(counts: dict[str, int]) -> Json:
 
 def restored_record(entry: Restored) -> Json:
     """A snapshot line: a position, an order (Alpaca's object, its times to
-    the ns, and ``triggered``) or a fill activity."""
+    the ns, ``triggered`` and ``market_ns``) or a fill activity."""
     if isinstance(entry, PaperOrder):
         o = entry
         order: Json = {
@@ -219,6 +224,8 @@ def restored_record(entry: Restored) -> Json:
         }
         if o.triggered:
             order["triggered"] = True
+        if o.placed_at_market_ns:
+            order["market_ns"] = o.placed_at_market_ns
         return order
     if isinstance(entry, FillActivity):
         f = entry
@@ -255,6 +262,7 @@ def restored_from_record(record: Json) -> Restored:
         return replace(
             order_from_json(record["account"], record["order"], record["ns"]),
             triggered=bool(record.get("triggered")),
+            placed_at_market_ns=record.get("market_ns", 0),
         )
     if "fill" in record:
         f = record["fill"]
@@ -276,17 +284,21 @@ def restored_from_record(record: Json) -> Restored:
     return AccountPosition(p["account"], Position(p["symbol"], p["asset_class"], qty, avg))
 
 
-def position_json(p: Position, last: Decimal | None) -> Json:
-    """Alpaca's position object (``qty`` negative for a short)."""
+def position_json(p: Position, last: Decimal | None, available: Decimal) -> Json:
+    """Alpaca's position object (``qty`` negative for a short; ``available``:
+    what open closing orders do not hold, ``PaperBook.qty_available``). Prices
+    are per share; cost basis, market value and P&L are dollars, so an option
+    contract's count 100 shares (``contract_multiplier``), as Alpaca's do."""
     current = last if last is not None else p.avg_entry_price
-    cost = p.qty * p.avg_entry_price
-    value = p.qty * current
+    multiplier = contract_multiplier(p.symbol)
+    cost = p.qty * p.avg_entry_price * multiplier
+    value = p.qty * current * multiplier
     return {
         "symbol": p.symbol,
         "asset_class": p.asset_class,
         "exchange": "PAPER",
         "qty": num(p.qty),
-        "qty_available": num(p.qty),
+        "qty_available": num(available),
         "side": "long" if p.qty > 0 else "short",
         "avg_entry_price": num(p.avg_entry_price),
         "cost_basis": num(cost),

@@ -131,6 +131,10 @@ class PaperOrder:
     #: order (a fill's, or a ``triggered`` update when the trigger filled
     #: nothing), so a restart does not make it cross its stop again.
     triggered: bool = False
+    #: The market's time when the order was placed: the latest trade time or
+    #: bar end of its symbol the book had seen (the feed's clock, so a replay
+    #: of old prices compares with its own times). 0: none seen.
+    placed_at_market_ns: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -283,6 +287,8 @@ class PaperBook:
         self.ids = ids
         self._accounts: dict[str, _Account] = {}
         self._last: dict[str, Decimal] = {}
+        # The latest trade time or bar end seen of each symbol (see on_market).
+        self._market_ns: dict[str, int] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
         self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
@@ -321,6 +327,15 @@ class PaperBook:
 
     def positions(self, account: str) -> list[Position]:
         return sorted(self._account(account).positions.values(), key=lambda p: p.symbol)
+
+    def qty_available(self, account: str, position: Position) -> Decimal:
+        """What of ``position`` its open closing orders (sells of a long, buys
+        of a short) do not hold, signed as the position: Alpaca's
+        ``qty_available``, the count :meth:`close_all`'s refusal names."""
+        side: Side = "sell" if position.qty > 0 else "buy"
+        held = self._held_for_orders(account, position.symbol, side)
+        free = max(WIDE.subtract(abs(position.qty), held), Decimal(0))
+        return -free if position.qty < 0 and free else free
 
     def fills(self, account: str, order_id: str | None = None) -> Sequence[FillActivity]:
         """The account's fill activities in the order they happened (``order_id``'s
@@ -362,6 +377,7 @@ class PaperBook:
             filled_avg_price=None,
             created_at_ns=now,
             updated_at_ns=now,
+            placed_at_market_ns=self._market_ns.get(spec.symbol, 0),
         )
         updates = [self._emit(TradeUpdate("new", order, now))]
         if order.symbol in self.config.halted_symbols:
@@ -479,12 +495,14 @@ class PaperBook:
                 out.append(self._emit(TradeUpdate("expired", after, now)))
         return out
 
-    def set_last(self, symbol: str, price: Decimal) -> list[TradeUpdate]:
-        """``price``, from before the broker was there, becomes ``symbol``'s
-        last price. A limit or stop order is not filled or triggered by it (the
-        price may predate the order); a market order waiting for a price
-        fills at it, as it would have had the price come a moment earlier."""
+    def set_last(self, symbol: str, price: Decimal, ts_ns: int = 0) -> list[TradeUpdate]:
+        """``price`` (of ``ts_ns``), from before the broker was there, becomes
+        ``symbol``'s last price. A limit or stop order is not filled or
+        triggered by it (the price may predate the order); a market order
+        waiting for a price fills at it, as it would have had the price come a
+        moment earlier."""
         self._last[symbol] = price
+        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
         out = self.expire_day_orders()  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market":
@@ -496,11 +514,26 @@ class PaperBook:
         return out
 
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
-        """A trade or bar: it becomes the last price and may fill working orders."""
-        self._last[update.symbol] = update.last
+        """A trade or bar: it becomes the last price and may fill working orders.
+
+        A bar comes when it closes, so one that began before an order was
+        placed holds prices the order never had (its open, high or low may be
+        from before it): to that order it is only its close, the bar's last
+        trade. Else a limit resting below the market filled at a low printed
+        before it was placed (and a stop triggered by it): paper results
+        better than the market allowed."""
+        symbol = update.symbol
+        self._last[symbol] = update.last
+        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
         out = self.expire_day_orders()  # never filled after its close
-        for order in self._working_orders(update.symbol):
-            match = on_market(self.config.fill_model, self._working(order), update)
+        close: MarketUpdate | None = None
+        for order in self._working_orders(symbol):
+            seen = update
+            if update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
+                if close is None:
+                    close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
+                seen = close
+            match = on_market(self.config.fill_model, self._working(order), seen)
             if not (match.triggered or match.fills):
                 continue
             now = self.clock.now_ns()
@@ -641,6 +674,9 @@ class PaperBook:
         ):
             if amount is not None and amount >= MAX_AMOUNT:
                 raise refuse(f"{name} must be less than 1e26")
+        if spec.asset_class == "us_option" and spec.qty != spec.qty.to_integral_value():
+            # Options trade in whole contracts; the real broker refuses part of one.
+            raise refuse("qty must be a whole number of contracts for options")
         if spec.time_in_force in ("opg", "cls"):
             raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
         if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:

@@ -100,11 +100,14 @@ class MarketUpdate:
     open: Decimal
     high: Decimal
     low: Decimal
+    #: The trade's time, or the bar's end (the feed's clock).
     ts_ns: int
+    #: The trade's time, or the bar's start: its prices are from then on.
+    start_ns: int
 
     @classmethod
     def trade(cls, symbol: str, price: Decimal, ts_ns: int = 0) -> MarketUpdate:
-        return cls(symbol, "trade", price, price, price, price, ts_ns)
+        return cls(symbol, "trade", price, price, price, price, ts_ns, ts_ns)
 
     @classmethod
     def bar(
@@ -115,8 +118,11 @@ class MarketUpdate:
         low: Decimal,
         close: Decimal,
         ts_ns: int = 0,
+        start_ns: int | None = None,
     ) -> MarketUpdate:
-        return cls(symbol, "bar", close, open_, high, low, ts_ns)
+        """A bar ending at ``ts_ns`` that began at ``start_ns`` (unknown: ``ts_ns``)."""
+        start = ts_ns if start_ns is None else start_ns
+        return cls(symbol, "bar", close, open_, high, low, ts_ns, start)
 
 
 @dataclass(frozen=True, slots=True)
