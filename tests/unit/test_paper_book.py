@@ -179,6 +179,26 @@ def test_an_option_order_for_part_of_a_contract_is_refused() -> None:
     assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D("0.5")), (option, D(2))]
 
 
+def test_an_option_order_fills_in_whole_contracts_under_a_fractional_fill_cap() -> None:
+    """A ``max_fill_quantity`` of 2.5 splits shares in 2.5s, but an option
+    order in whole contracts (2, then 2, then 1): never part of a contract,
+    which no account can hold. A cap under one contract fills one at a time."""
+    option = "O:SPY241220P00720000"
+    for cap, expected in ((D("2.5"), [D(2), D(2), D(1)]), (D("0.5"), [D(1)] * 5)):
+        b = book(fill_model=FillModelConfig(max_fill_quantity=cap))
+        b.on_market(MarketUpdate.trade(option, D("1.25")))
+        order, updates = b.submit("A", OrderSpec(option, "buy", D(5), asset_class="us_option"))
+        while order.status != "filled":
+            updates += b.on_market(MarketUpdate.trade(option, D("1.25")))
+            order = b.order("A", order.id) or order
+        fills = [u.qty for u in updates if u.execution_id is not None]
+        assert fills == expected, cap
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D("2.5")))
+    b.on_market(MarketUpdate.trade("AAPL", D(200)))
+    _, updates = b.submit("A", OrderSpec("AAPL", "buy", D(5)))
+    assert [u.qty for u in updates if u.execution_id is not None] == [D("2.5")]
+
+
 def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close() -> None:
     """A bar closes after it began: its open, high and low may be prices from
     before an order placed meanwhile, which that order never had. Such a bar

@@ -726,6 +726,7 @@ class PaperBook:
             limit_price=order.limit_price,
             stop_price=order.stop_price,
             triggered=order.triggered,
+            whole=order.asset_class == "us_option",
         )
 
     def _set_triggered(

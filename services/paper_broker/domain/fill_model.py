@@ -40,7 +40,8 @@ a limit order from that same update on.
 *Partial fills.* One update fills at most ``max_fill_quantity`` of an order
 (unlimited when unset): an order larger than that fills in several partial
 fills, one per market update, the first at submission when the order is
-marketable.
+marketable. An option order fills in whole contracts: of a fractional cap,
+its whole part (at least one contract).
 
 *Time in force.* ``gtc`` rests until filled or canceled; ``day`` too, until
 the close of its session, when the book expires it
@@ -136,6 +137,8 @@ class WorkingOrder:
     stop_price: Decimal | None = None
     #: A stop or stop-limit order whose stop has been reached.
     triggered: bool = False
+    #: It fills in whole units only (an option order: whole contracts).
+    whole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +170,14 @@ def _slipped(config: FillModelConfig, side: Side, reference: Decimal) -> Decimal
     return price if price > 0 else quantum
 
 
-def _chunk(config: FillModelConfig, remaining: Decimal) -> Decimal:
+def _chunk(config: FillModelConfig, order: WorkingOrder) -> Decimal:
     cap = config.max_fill_quantity
-    return remaining if cap is None else min(remaining, cap)
+    if cap is None:
+        return order.remaining
+    if order.whole:
+        # A fractional cap never splits a contract: its whole part, at least one.
+        cap = max(cap.to_integral_value(rounding=ROUND_FLOOR), Decimal(1))
+    return min(order.remaining, cap)
 
 
 def _stop_reached(order: WorkingOrder, update: MarketUpdate) -> Decimal | None:
@@ -250,4 +258,4 @@ def on_market(
         price = _limit_price_when_resting(config, order, update)
     if price is None:
         return Match(Decimal(0), None, newly_triggered)
-    return Match(_chunk(config, order.remaining), price, newly_triggered)
+    return Match(_chunk(config, order), price, newly_triggered)
