@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import get_args
 
+from prometheus_client import REGISTRY
+
 from libs.contract.events import BreakerPayload, ReasonCode
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
 from libs.observability.metrics import Counter, Gauge, Histogram
@@ -42,7 +44,12 @@ TRADING_STATE = Gauge(
     "Trading state per scope: 0 active, 1 reducing, 2 halted",
     ["scope"],
 )
-KILL_SWITCH = Gauge("tradebus_risk_kill_switch", "1 while the global kill switch is engaged")
+# Registered once known (see kill_switch): an unlabelled gauge reads 0 from
+# its creation, which the board shows as "off".
+KILL_SWITCH = Gauge(
+    "tradebus_risk_kill_switch", "1 while the global kill switch is engaged", registry=None
+)
+_kill_switch_exported = False
 DAY_PNL = Gauge("tradebus_risk_day_pnl", "Day P&L per account (realized + unrealized)", ["account"])
 DAILY_LOSS_USED = Gauge(
     "tradebus_risk_daily_loss_used", "Day loss as a fraction of the daily-loss limit", ["account"]
@@ -71,6 +78,23 @@ RESTARTS = Counter(
     "tradebus_risk_restarts_total", "Rebuilds after NATS or Postgres went away", ["cause"]
 )
 LIVE = Gauge("tradebus_risk_live", "1 once the state is rebuilt and the gate decides intents")
+
+
+def kill_switch(engaged: bool | None) -> None:
+    """Export the kill switch: 1 engaged, 0 off; None (not known: the gate has
+    not rebuilt its state yet) exports no sample. Exported at 0 from start-up,
+    the board showed the switch off (green) for the rebuild after a restart
+    while it was on."""
+    global _kill_switch_exported
+    if engaged is None:
+        if _kill_switch_exported:
+            REGISTRY.unregister(KILL_SWITCH)
+            _kill_switch_exported = False
+        return
+    KILL_SWITCH.set(1 if engaged else 0)
+    if not _kill_switch_exported:
+        REGISTRY.register(KILL_SWITCH)
+        _kill_switch_exported = True
 
 
 def gate_started(accounts: Iterable[str]) -> None:
