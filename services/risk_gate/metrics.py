@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import get_args
 
-from prometheus_client import REGISTRY
-
 from libs.contract.events import BreakerPayload, ReasonCode
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
-from libs.observability.metrics import Counter, Gauge, Histogram
+from libs.observability.metrics import Counter, Gauge, Histogram, KnownGauge
 
 DECISIONS = Counter(
     "tradebus_risk_decisions_total", "Intents decided", ["decision", "reason", "strategy"]
@@ -44,12 +42,8 @@ TRADING_STATE = Gauge(
     "Trading state per scope: 0 active, 1 reducing, 2 halted",
     ["scope"],
 )
-# Registered once known (see kill_switch): an unlabelled gauge reads 0 from
-# its creation, which the board shows as "off".
-KILL_SWITCH = Gauge(
-    "tradebus_risk_kill_switch", "1 while the global kill switch is engaged", registry=None
-)
-_kill_switch_exported = False
+# No sample until the gate has rebuilt its state (see kill_switch).
+KILL_SWITCH = KnownGauge("tradebus_risk_kill_switch", "1 while the global kill switch is engaged")
 DAY_PNL = Gauge("tradebus_risk_day_pnl", "Day P&L per account (realized + unrealized)", ["account"])
 DAILY_LOSS_USED = Gauge(
     "tradebus_risk_daily_loss_used", "Day loss as a fraction of the daily-loss limit", ["account"]
@@ -85,16 +79,10 @@ def kill_switch(engaged: bool | None) -> None:
     not rebuilt its state yet) exports no sample. Exported at 0 from start-up,
     the board showed the switch off (green) for the rebuild after a restart
     while it was on."""
-    global _kill_switch_exported
     if engaged is None:
-        if _kill_switch_exported:
-            REGISTRY.unregister(KILL_SWITCH)
-            _kill_switch_exported = False
-        return
-    KILL_SWITCH.set(1 if engaged else 0)
-    if not _kill_switch_exported:
-        REGISTRY.register(KILL_SWITCH)
-        _kill_switch_exported = True
+        KILL_SWITCH.forget()
+    else:
+        KILL_SWITCH.set(1 if engaged else 0)
 
 
 def gate_started(accounts: Iterable[str]) -> None:
