@@ -397,3 +397,23 @@ async def test_a_batch_the_store_keeps_refusing_is_reported_by_health(
     finally:
         await conn.close()
         rec.terminate()
+
+
+async def test_an_undecodable_message_read_into_a_hole_keeps_its_stream_time(bus: Bus) -> None:
+    """A position the recorder reads directly (a hole in a fetched batch) had
+    no time: an undecodable message there was recorded with ts_event and
+    ts_init 0, at 1970 in the timeline and outside any time window asked
+    of the store. It takes the time the stream stored it, as fetched ones do."""
+    from services.recorder.adapters.stream import RecorderStream
+    from services.recorder.domain.rows import to_row
+
+    before = CLOCK.now_ns()
+    ack = await bus.publish_raw(Outgoing("md.trade.AAPL", b'{"id": "not json', "hole-bad"))
+    after = CLOCK.now_ns()
+    msg = await RecorderStream(bus).read(ack.seq)
+    assert msg is not None
+    row = to_row(msg, max_bytes=256 * 1024).row
+    assert row.type == "Undecodable"
+    # The stream's clock is this machine's; its stamp is read to the microsecond.
+    assert before - 1_000 <= row.ts_event <= after, (before, row.ts_event, after)
+    assert row.ts_init == row.ts_event
