@@ -11,10 +11,15 @@ everything at once; only cycles wait longer.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvloop
+
+from libs.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -23,12 +28,22 @@ GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def run_service(main: Coroutine[Any, Any, T]) -> T:
-    """Run a service's main coroutine to completion on uvloop."""
+    """Run a service's main coroutine to completion on uvloop.
+
+    A :class:`ConfigError` out of it (what is refused once running, such as
+    a metrics port taken) is one line naming the variable and exit code 2,
+    as a bad setting is before it: every service's "my configuration is
+    invalid", which ``tradebus up`` does not restart.
+    """
     gc.set_threshold(*GC_THRESHOLDS)
     # Everything imported so far lives as long as the process: move it out of
     # the collector's sight, so full collections stay short.
     gc.freeze()
-    return uvloop.run(main)
+    try:
+        return uvloop.run(main)
+    except ConfigError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from e
 
 
 def keep_for_good() -> None:

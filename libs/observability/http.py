@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from libs.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,19 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        """Listen; a port taken (or a host this machine does not have) is a
+        :class:`ConfigError` naming the variable: a service without /health
+        and /metrics cannot be watched, nor told alive by ``tradebus up`` or
+        a healthcheck, so it does not run blind (see ``run_service``)."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as e:
+            port = e.errno in (errno.EADDRINUSE, errno.EACCES)
+            raise ConfigError(
+                f"TRADEBUS_METRICS_{'PORT' if port else 'HOST'}: cannot serve /metrics and "
+                f"/health on {self.host}:{self.port} ({e.strerror or e}); "
+                + ("choose a free port (0: any free one)" if port else "choose an address here")
+            ) from e
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("metrics on http://%s:%d/metrics, health on /health", self.host, self.port)
         return self

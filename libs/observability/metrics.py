@@ -11,9 +11,11 @@ always the one exported.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Self, cast
 
 import prometheus_client
+from prometheus_client.samples import Sample
 
 
 class _RemembersChildren:
@@ -39,6 +41,26 @@ class Gauge(_RemembersChildren, prometheus_client.Gauge):
 
 class Histogram(_RemembersChildren, prometheus_client.Histogram):
     pass
+
+
+class KnownGauge(prometheus_client.Gauge):
+    """An unlabelled gauge with no sample until it is ``set``, and none again
+    after ``forget()``. A plain one reads 0 from its creation and keeps its
+    last value for ever: a board cannot tell "not known" (not rebuilt yet,
+    not recording) from a real 0 or a figure gone stale."""
+
+    _known = False
+
+    def set(self, value: float) -> None:
+        super().set(value)
+        self._known = True
+
+    def forget(self) -> None:
+        """No sample until the next ``set``."""
+        self._known = False
+
+    def _child_samples(self) -> Iterable[Sample]:
+        return super()._child_samples() if self._known else ()
 
 
 DEAD_LETTERS = Counter(

@@ -84,8 +84,10 @@ class Recorded:
         }
 
     def wire_bytes(self) -> bytes:
-        """Bytes to republish: the event's JSON, or the raw bytes if it never decoded."""
-        if self.type == UNDECODABLE and self.raw is not None:
+        """Bytes to republish: the raw bytes where they were kept (the message
+        never decoded, or held text PostgreSQL cannot store, U+0000, which
+        the stored payload has as U+FFFD), else the event's JSON."""
+        if self.raw is not None:
             return self.raw
         return orjson.dumps(self.envelope())
 

@@ -317,6 +317,9 @@ class AccountWorker:
         self._check_wanted = False
         self._check_timer: asyncio.TimerHandle | None = None
         self._differences: tuple[PositionDifference, ...] | None = None
+        # Orders the broker answered 404 for, counted once each: they stay
+        # unsettled, so every later reconciliation asks for them again.
+        self._unknown_counted: set[uuid.UUID] = set()
 
     # ----------------------------------------------------------- commands
 
@@ -1063,8 +1066,11 @@ class AccountWorker:
             self.tracker.unknown_at_broker(t.order_id)
             if t.broker_order_id is not None:
                 # Acknowledged once, unknown now: whatever became of it (fills
-                # included) cannot be read back. Said, not guessed.
-                metrics.ORDERS_UNKNOWN.labels(account=self.account).inc()
+                # included) cannot be read back. Said, not guessed; counted
+                # once (the counter counts orders, not answers).
+                if t.order_id not in self._unknown_counted:
+                    self._unknown_counted.add(t.order_id)
+                    metrics.ORDERS_UNKNOWN.labels(account=self.account).inc()
                 log.warning(
                     "reconciliation of %s: the broker no longer knows order %s "
                     "(broker order %s, %s %s %s, %s filled): its outcome is unknown, "

@@ -38,7 +38,8 @@ RECONCILED_FILLS = Counter(
 ORDERS_UNKNOWN = Counter(
     "tradebus_broker_orders_unknown_total",
     "Orders the gateway still tracks as working (acknowledged by the broker) "
-    "that the broker no longer knows at a reconciliation: their outcome is not known",
+    "that the broker no longer knows at a reconciliation: their outcome is not known "
+    "(each counted once, however often it is asked for again)",
     ["account"],
 )
 MALFORMED = Counter(

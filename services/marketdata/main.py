@@ -236,10 +236,7 @@ def main(settings: MarketdataSettings | None = None) -> int:
         return 2
     setup_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        run_service(serve(settings))
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
+        run_service(serve(settings))  # a ConfigError in it: exit 2 (see run_service)
     except (BusError, CacheError) as e:
         log.error("marketdata stopped: %s", e)
         return 1

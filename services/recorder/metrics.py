@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
-from libs.observability.metrics import Counter, Gauge, Histogram
+from libs.observability.metrics import Counter, Gauge, Histogram, KnownGauge
 
 EVENTS_RECORDED = Counter(
     "tradebus_recorder_events_recorded_total", "Stream positions committed to the event store"
@@ -18,8 +18,10 @@ BATCH_SIZE = Histogram(
     "Messages per committed batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
 )
-CONSUMER_LAG = Gauge(
-    "tradebus_recorder_consumer_lag", "Messages in the stream not yet delivered to the recorder"
+CONSUMER_LAG = KnownGauge(
+    "tradebus_recorder_consumer_lag",
+    "Messages in the stream not yet delivered to the recorder, at its last commit "
+    "(no sample while it is not the writer: not recording, it does not know)",
 )
 LAST_SEQUENCE = Gauge("tradebus_recorder_last_sequence", "Last committed stream sequence")
 HOLES_FILLED = Counter(

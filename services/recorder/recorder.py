@@ -172,6 +172,10 @@ class Recorder:
     def _set_writer(self, value: bool) -> None:
         self.is_writer = value
         metrics.IS_WRITER.set(1 if value else 0)
+        if not value:
+            # Not recording, the lag is not known: the last commit's figure,
+            # kept, would show a small lag while the stream grows unrecorded.
+            metrics.CONSUMER_LAG.forget()
 
     async def _cycle(self) -> None:
         s = self.settings
@@ -246,6 +250,10 @@ class Recorder:
         s = self.settings
         while not self.stopping.is_set():
             batch = await stream.fetch(s.batch_size, s.fetch_timeout_s, s.linger_s)
+            if not batch.messages and queue.empty():
+                # Caught up: nothing pending for the consumer, nothing queued
+                # for the writer (with no commit, the lag is set here only).
+                metrics.CONSUMER_LAG.set(0)
             while batch.messages:
                 prepared = await self._prepare(batch, planned, stream, bus)
                 if prepared.rows:

@@ -99,7 +99,11 @@ class RiskGate:
         #: What keeps the gate from going live that an operator must fix.
         self.problem: str | None = None
         self._gauges_at = 0.0
+        #: Whether the state has been rebuilt from the store once: until then
+        #: its kill switch (off) is not known, and is not shown.
+        self.rebuilt = False
         metrics.gate_started(limits.accounts)
+        metrics.kill_switch(None)
 
     # ------------------------------------------------------------ control
 
@@ -114,7 +118,7 @@ class RiskGate:
             "service": SERVICE,
             "phase": self.phase,
             "last_seq": self.last_seq,
-            "kill_switch": self.state.kill_switch.engaged,
+            "kill_switch": self.state.kill_switch.engaged if self.rebuilt else None,
             "states": {k: v.state for k, v in sorted(self.state.states.items())},
         }
         if self.problem is not None:
@@ -156,6 +160,7 @@ class RiskGate:
             progress=_log_progress,
         )
         self.state, self.last_seq = rebuilt.state, rebuilt.last_seq
+        self.rebuilt = True
         metrics.REBUILD_EVENTS.set(rebuilt.folded)
         metrics.REBUILD_SECONDS.set(time.perf_counter() - started)
         metrics.REBUILD_FROM.set(rebuilt.from_checkpoint or 0)
@@ -352,7 +357,8 @@ class RiskGate:
         self._gauges_at = now
         # Today's figures even before today's first event: a rolled copy.
         st = roll_day(self.state, self.clock.now_ns())
-        metrics.KILL_SWITCH.set(1 if st.kill_switch.engaged else 0)
+        if self.rebuilt:
+            metrics.kill_switch(st.kill_switch.engaged)
         for scope in {GLOBAL, *self.limits.accounts, *st.states}:
             metrics.TRADING_STATE.labels(scope=scope).set(STATE_LEVEL[st.scope_state(scope).state])
         for name, acct in self.limits.accounts.items():

@@ -7,7 +7,7 @@ from typing import get_args
 
 from libs.contract.events import BreakerPayload, ReasonCode
 from libs.observability.metrics import DEAD_LETTERS as DEAD_LETTERS  # shared family
-from libs.observability.metrics import Counter, Gauge, Histogram
+from libs.observability.metrics import Counter, Gauge, Histogram, KnownGauge
 
 DECISIONS = Counter(
     "tradebus_risk_decisions_total", "Intents decided", ["decision", "reason", "strategy"]
@@ -42,7 +42,8 @@ TRADING_STATE = Gauge(
     "Trading state per scope: 0 active, 1 reducing, 2 halted",
     ["scope"],
 )
-KILL_SWITCH = Gauge("tradebus_risk_kill_switch", "1 while the global kill switch is engaged")
+# No sample until the gate has rebuilt its state (see kill_switch).
+KILL_SWITCH = KnownGauge("tradebus_risk_kill_switch", "1 while the global kill switch is engaged")
 DAY_PNL = Gauge("tradebus_risk_day_pnl", "Day P&L per account (realized + unrealized)", ["account"])
 DAILY_LOSS_USED = Gauge(
     "tradebus_risk_daily_loss_used", "Day loss as a fraction of the daily-loss limit", ["account"]
@@ -71,6 +72,17 @@ RESTARTS = Counter(
     "tradebus_risk_restarts_total", "Rebuilds after NATS or Postgres went away", ["cause"]
 )
 LIVE = Gauge("tradebus_risk_live", "1 once the state is rebuilt and the gate decides intents")
+
+
+def kill_switch(engaged: bool | None) -> None:
+    """Export the kill switch: 1 engaged, 0 off; None (not known: the gate has
+    not rebuilt its state yet) exports no sample. Exported at 0 from start-up,
+    the board showed the switch off (green) for the rebuild after a restart
+    while it was on."""
+    if engaged is None:
+        KILL_SWITCH.forget()
+    else:
+        KILL_SWITCH.set(1 if engaged else 0)
 
 
 def gate_started(accounts: Iterable[str]) -> None:

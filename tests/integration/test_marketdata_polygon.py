@@ -887,10 +887,14 @@ async def test_stale_feed_is_reported_then_recovered(bus: Bus) -> None:
             clock.set_ms(T0 + 1_000)  # a second of silence on the source's clock
             await eventually(lambda: has_status(sink, "stale"), timeout=10)
             assert metrics.STALE._value.get() == 1
+            # Stale in market hours fails the service's /health (503); it
+            # only said so in the body, under a 200.
+            assert source.health()[0] is False
             assert source.health()[1]["stale"] is True
             await ws.publish([trade("AAPL", 1, T0 + 1_000, "10")])
             await eventually(lambda: has_status(sink, "recovered"), timeout=10)
             assert metrics.STALE._value.get() == 0
+            assert source.health()[0] is True
         [stale] = sink.status_messages("stale")
         assert "no data for 1.0s during market hours" in stale
         on_stream = [

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from libs.bus.client import Bus, Outgoing
-from libs.contract.codec import encode
+from libs.contract.codec import decode, encode
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
     FillPayload,
@@ -26,6 +26,7 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.contract.subjects import STREAM
+from libs.store import queries
 from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
@@ -353,6 +354,15 @@ async def test_text_postgres_cannot_hold_is_stored_altered_and_kept_raw(
         assert letter["raw"] is not None  # the dead letter itself quoted the NUL
         # Recording went on past them (the dead letter may land before it).
         assert [r["type"] for r in by_seq.values() if r["id"] == marker.id] == ["TradePrinted"]
+        # Replay sends what was sent: the kept bytes, U+0000 and all (it sent
+        # the stored payload, U+FFFD in place of U+0000).
+        conn = await asyncpg.connect(asyncpg_url(database_url))
+        try:
+            [again] = [r async for r in queries.iter_range(conn, from_seq=1, to_seq=1)]
+        finally:
+            await conn.close()
+        assert again.wire_bytes() == encode(signal)
+        assert decode(again.wire_bytes()) == signal
     finally:
         rec.terminate()
 
@@ -397,3 +407,23 @@ async def test_a_batch_the_store_keeps_refusing_is_reported_by_health(
     finally:
         await conn.close()
         rec.terminate()
+
+
+async def test_an_undecodable_message_read_into_a_hole_keeps_its_stream_time(bus: Bus) -> None:
+    """A position the recorder reads directly (a hole in a fetched batch) had
+    no time: an undecodable message there was recorded with ts_event and
+    ts_init 0, at 1970 in the timeline and outside any time window asked
+    of the store. It takes the time the stream stored it, as fetched ones do."""
+    from services.recorder.adapters.stream import RecorderStream
+    from services.recorder.domain.rows import to_row
+
+    before = CLOCK.now_ns()
+    ack = await bus.publish_raw(Outgoing("md.trade.AAPL", b'{"id": "not json', "hole-bad"))
+    after = CLOCK.now_ns()
+    msg = await RecorderStream(bus).read(ack.seq)
+    assert msg is not None
+    row = to_row(msg, max_bytes=256 * 1024).row
+    assert row.type == "Undecodable"
+    # The stream's clock is this machine's; its stamp is read to the microsecond.
+    assert before - 1_000 <= row.ts_event <= after, (before, row.ts_event, after)
+    assert row.ts_init == row.ts_event

@@ -282,3 +282,46 @@ async def test_second_recorder_stands_by_then_takes_over(
         first.terminate()
         if second is not None:
             second.terminate()
+
+
+def _lag(metrics: str) -> str | None:
+    """The consumer-lag sample, None if there is none."""
+    for line in metrics.splitlines():
+        if line.startswith("tradebus_recorder_consumer_lag "):
+            return line.rsplit(" ", 1)[1]
+    return None
+
+
+async def test_the_lag_is_not_shown_while_the_recorder_cannot_record(
+    tmp_path: Path, bus: Bus, nats_url: str, own_pg: tuple[PostgresServer, str]
+) -> None:
+    """The lag was set at each commit only: with Postgres down it kept the
+    last one (a few messages) while the stream grew unrecorded, and the
+    recorder board showed a small lag. Not recording, it has no lag sample;
+    recording again, the lag is back."""
+    server, url = own_pg
+    rec = recorder(tmp_path, nats_url, url, "r1").start()
+    first = Producers(nats_url, count=1, per=500, tag="lag-a")
+    second: Producers | None = None
+    try:
+        await first.wait()
+        await eventually(lambda: reached(url, 500), timeout=60, message=diagnose(rec, first))
+        await eventually(lambda: _lag(rec.metrics()) is not None, timeout=10)
+        server.stop()
+        await eventually(lambda: (rec.health() or {}).get("role") == "standby", timeout=15)
+        assert _lag(rec.metrics()) is None, diagnose(rec)()
+        server.start()
+        await eventually(lambda: (rec.health() or {}).get("role") == "writer", timeout=30)
+        # Writer again with nothing left to record: caught up, no commit.
+        await eventually(lambda: _lag(rec.metrics()) == "0.0", timeout=10, message=diagnose(rec))
+        second = Producers(nats_url, count=1, per=500, tag="lag-b")
+        await second.wait()
+        await eventually(lambda: reached(url, 1_000), timeout=60, message=diagnose(rec))
+        await eventually(lambda: _lag(rec.metrics()) is not None, timeout=10)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        rec.terminate()
+        if server.proc is None:
+            server.start()

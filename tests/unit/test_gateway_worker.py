@@ -293,8 +293,47 @@ async def test_a_working_order_the_broker_no_longer_knows_is_said(
         status="filled",
     )
     await w.reconcile(only=set(w.tracker.needs_reconcile))
-    assert (asked, unknown()) == (["b-42", "b-42"], 2)
+    assert (asked, unknown()) == (["b-42", "b-42"], 1)
     assert oid not in w.tracker.needs_reconcile
+
+
+async def test_an_order_the_broker_no_longer_knows_is_counted_once() -> None:
+    """The order stays unsettled (its outcome is unknown), so every full
+    reconciliation (each reconnection, each retry) asks for it again. The
+    counter ("Working orders the broker no longer knows") counts orders: it
+    used to count each of those answers, one old order climbing for ever."""
+    from libs.contract.events import OrderAccepted, OrderAcceptedPayload
+
+    account = f"gone-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account)
+    for n in range(2):
+        command = submit()
+        command = command.model_copy(
+            update={"payload": command.payload.model_copy(update={"account": account})}
+        )
+        accepted = OrderAcceptedPayload(
+            order_id=command.payload.order_id,
+            account=account,
+            broker_order_id=f"b-{n}",
+            symbol="AAPL",
+        )
+        w.tracker.evolve(command)
+        w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
+    asked: list[str] = []
+
+    async def get_order(**ids: str | None) -> None:
+        asked.append(str(ids.get("broker_order_id")))
+
+    async def open_orders() -> list[Any]:
+        return []
+
+    w.port = cast(Any, SimpleNamespace(get_order=get_order, open_orders=open_orders))
+    for _ in range(3):  # three reconnections
+        await w.reconcile()
+    assert sorted(asked) == ["b-0"] * 3 + ["b-1"] * 3  # still asked: it may come back
+    assert (
+        REGISTRY.get_sample_value("tradebus_broker_orders_unknown_total", {"account": account}) == 2
+    )
 
 
 class GatedBus:

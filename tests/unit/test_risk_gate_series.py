@@ -7,8 +7,15 @@ from typing import get_args
 
 from prometheus_client import REGISTRY
 
-from libs.contract.events import BreakerPayload, ReasonCode
+from libs.contract.envelope import WallClock
+from libs.contract.events import (
+    BreakerPayload,
+    KillSwitchEngaged,
+    OperatorActionPayload,
+    ReasonCode,
+)
 from services.risk_gate.config import RiskGateSettings
+from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.gate import RiskGate
 
@@ -40,3 +47,28 @@ def test_the_series_the_risk_board_counts_start_at_zero() -> None:
     for cause in ("oversized", "malformed_json", "invalid_event"):  # libs.contract.codec's
         labels = {"service": "risk-gate", "reason": cause}
         assert REGISTRY.get_sample_value("tradebus_dead_letters_total", labels) is not None
+
+
+def test_the_kill_switch_is_not_exported_until_the_state_is_rebuilt() -> None:
+    """An unlabelled gauge reads 0 from its creation: after a restart the
+    board's kill switch showed "off" (green) while the gate rebuilt its state,
+    with the switch in fact on. Not exported until known; then its value."""
+    limits = RiskLimits.model_validate({"accounts": {"acct": {"daily_loss_limit": 1000}}})
+    gate = RiskGate(RiskGateSettings(instance="test"), limits)
+    assert REGISTRY.get_sample_value("tradebus_risk_kill_switch") is None
+    assert gate.health()[1]["kill_switch"] is None
+    gate.state = evolve(
+        gate.state,
+        KillSwitchEngaged.create(
+            OperatorActionPayload(operator="ops", reason="test"),
+            source="test",
+            clock=WallClock(),
+        ),
+    )
+    gate.rebuilt = True  # as _cycle does once the store is folded
+    gate._update_gauges(force=True)
+    assert REGISTRY.get_sample_value("tradebus_risk_kill_switch") == 1
+    assert gate.health()[1]["kill_switch"] is True
+    # A new gate (a restart in-process) does not know it again until rebuilt.
+    RiskGate(RiskGateSettings(instance="test"), limits)
+    assert REGISTRY.get_sample_value("tradebus_risk_kill_switch") is None

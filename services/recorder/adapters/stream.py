@@ -9,6 +9,7 @@ everything up to N, and nothing past it.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ from libs.store.queries import Tail, last_seq_of
 from services.recorder.domain.rows import StreamMessage
 
 log = logging.getLogger(__name__)
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MICROSECOND = dt.timedelta(microseconds=1)
 
 
 @dataclass(slots=True)
@@ -105,6 +109,9 @@ class RecorderStream:
             subject=raw.subject or "",
             data=raw.data or b"",
             headers={str(k): str(v) for k, v in (raw.headers or {}).items()},
+            # When the stream stored it (to the microsecond, as nats-py reads
+            # it), as a fetched message has: an undecodable one's only time.
+            ts_ns=0 if raw.time is None else (raw.time - EPOCH) // MICROSECOND * 1000,
         )
 
     async def close(self) -> None:

@@ -322,13 +322,18 @@ class PolygonSource:
                     )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Connection state per market, staleness and counts (for /health)."""
-        return True, {
+        """Connection state per market, staleness and counts (for /health).
+
+        Not ok while stale: no data in market hours for ``stale_after_s``
+        (which a connection that is down, or refused its key, ends in too).
+        It used to be said in the body under a 200."""
+        stale = bool(self._stale and self._stale.stale)
+        return not stale, {
             "links": {
                 link.market: {"state": link.state, "last_status": link.last_status}
                 for link in self.links
             },
-            "stale": bool(self._stale and self._stale.stale),
+            "stale": stale,
             "gap_filled_bars": self.gap_filled_bars,
             "dead_lettered": self.dead_lettered,
             "open_gaps": sum(
