@@ -36,8 +36,9 @@ class Position:
     ``quantity`` is signed (negative = short), in shares or option contracts;
     prices are per share, so P&L is counted 100 per option contract
     (``contract_multiplier``). ``realized_pnl`` is net of commissions;
-    ``unrealized_pnl`` is marked at ``mark`` (the last price seen), or zero
-    while there is no mark.
+    ``unrealized_pnl`` is marked at ``mark``, or zero while there is no mark:
+    the newest price seen by the market's own time (``mark_ns``), from a
+    trade, a bar's close, a quote's midpoint or a fill of the strategy's own.
     """
 
     symbol: str
@@ -45,6 +46,8 @@ class Position:
     average_price: Decimal = ZERO
     realized_pnl: Decimal = ZERO
     mark: Decimal | None = None
+    #: The market time (ns) of the price ``mark`` holds (0: none).
+    mark_ns: int = 0
 
     @property
     def unrealized_pnl(self) -> Decimal:

@@ -261,6 +261,14 @@ class StrategyHost:
         checkpoint's)."""
         self._apply(event, ledger=ledger)
 
+    def mark_at_fill(self, event: FillReceived) -> None:
+        """Another strategy's fill (or another account's) of a symbol this one
+        trades: its price marks the position, as a print would (the risk-gate
+        and ``tradebus positions`` mark it so). The strategy is not called."""
+        fill = event.payload
+        if fill.symbol in self.symbols:
+            self.ledger.mark(fill.symbol, fill.price, event.ts_event)
+
     def warm_up(self, event: BarClosed) -> list[Event]:
         """Show a past bar to the strategy (``on_warmup``) for its indicators.
 
@@ -342,16 +350,16 @@ class StrategyHost:
         if isinstance(event, BarClosed):
             bar = event.payload
             if ledger:
-                self.ledger.mark(symbol, bar.close)
+                self.ledger.mark(symbol, bar.close, event.ts_event)
             return None if instance is None else lambda: instance.on_bar(bar)
         if isinstance(event, TradePrinted):
             trade = event.payload
             if ledger:
-                self.ledger.mark(symbol, trade.price)
+                self.ledger.mark(symbol, trade.price, event.ts_event)
             return None if instance is None else lambda: instance.on_trade(trade)
         quote = event.payload
         if ledger and quote.unpriceable() is None:  # no mark from a crossed or one-sided quote
-            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2)
+            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2, event.ts_event)
         return None if instance is None else lambda: instance.on_quote(quote)
 
     def _apply_decision(self, event: RiskDecisionMade) -> Callable[[], None] | None:
@@ -377,7 +385,7 @@ class StrategyHost:
 
     def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
         fill = event.payload
-        if ledger and not self.ledger.apply_fill(fill):
+        if ledger and not self.ledger.apply_fill(fill, event.ts_event):
             return None
         self.intents.filled(fill, event.correlation_id)
         instance = self._instance

@@ -9,6 +9,12 @@ price; reducing it realizes ``(price - average) x closed quantity`` (sign
 by side; times 100 for an option contract, ``contract_multiplier``); crossing
 through zero realizes the closed part and opens the rest at the fill price.
 Commissions come off realized P&L.
+
+A position is marked as the risk-gate and ``tradebus positions`` mark it:
+at the newest price by the market's own time (``ts_event``), a fill's price
+included, so a price arriving late with an older time does not move the mark
+back, and a fill newer than the last print marks the position at its price
+(a thin option contract may see no print for hours after it).
 """
 
 from __future__ import annotations
@@ -57,14 +63,16 @@ class Ledger:
             raise ValueError("a ledger is seeded before any fill")
         self._positions = dict(positions)
 
-    def mark(self, symbol: str, price: Decimal) -> None:
-        """Record the last price of ``symbol`` (only symbols already held matter)."""
+    def mark(self, symbol: str, price: Decimal, ts_ns: int) -> None:
+        """``price`` of ``symbol`` at market time ``ts_ns`` marks its position
+        unless the mark is newer (only symbols already held matter)."""
         pos = self._positions.get(symbol)
-        if pos is not None and pos.mark != price:
-            self._positions[symbol] = replace(pos, mark=price)
+        if pos is not None and ts_ns >= pos.mark_ns:
+            self._positions[symbol] = replace(pos, mark=price, mark_ns=ts_ns)
 
-    def apply_fill(self, fill: FillPayload) -> bool:
-        """Apply a fill; False (and nothing changes) when it was already applied."""
+    def apply_fill(self, fill: FillPayload, ts_ns: int) -> bool:
+        """Apply a fill (of market time ``ts_ns``: its event's ``ts_event``);
+        False (and nothing changes) when it was already applied."""
         key = (fill.account, fill.broker_order_id, fill.fill_id)
         if key in self._seen_fills:
             return False
@@ -85,8 +93,10 @@ class Ledger:
                 avg = avg0
             else:
                 avg = fill.price
-        mark = pos.mark if pos.mark is not None else fill.price
-        self._positions[fill.symbol] = Position(fill.symbol, new_q, avg, realized, mark)
+        mark, mark_ns = pos.mark, pos.mark_ns
+        if mark is None or ts_ns >= mark_ns:
+            mark, mark_ns = fill.price, ts_ns
+        self._positions[fill.symbol] = Position(fill.symbol, new_q, avg, realized, mark, mark_ns)
         return True
 
     def pnl(self) -> PnL:

@@ -14,6 +14,9 @@
 - A fill neither map knows, but booked to a strategy (``FillPayload.strategy``:
   the closing order of a ``FlattenAccount``, which the broker-gateway books
   to the strategies whose positions it closes), goes to that strategy.
+- A fill's price also marks its symbol for the other strategies trading it
+  (:meth:`Router.markers`), as a print would: the risk-gate and ``tradebus
+  positions`` mark every holder at it, so their ledgers must too.
 """
 
 from __future__ import annotations
@@ -112,6 +115,11 @@ class Router:
 
     def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
         return self._by_signal.get(signal_id)
+
+    def markers(self, event: FillReceived, owners: tuple[str, ...]) -> tuple[str, ...]:
+        """The strategies a fill marks without concerning them: those trading
+        its symbol, less ``owners`` (what :meth:`route` gave)."""
+        return tuple(n for n in self._by_symbol.get(event.payload.symbol, ()) if n not in owners)
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the strategies ``event`` concerns (possibly none)."""

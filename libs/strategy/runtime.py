@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from libs.contract.envelope import Clock, Event, IdFactory
+from libs.contract.events import FillReceived
 from libs.strategy.base import Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy, StrategyHost
 from libs.strategy.routing import Router
@@ -133,8 +134,12 @@ class InMemoryRuntime:
         if isinstance(self.clock, EventClock):
             self.clock.advance(event.ts_event)
         out: list[Event] = []
-        for name in self.router.route(event):
+        names = self.router.route(event)
+        for name in names:
             out += self._collect(name, self.hosts[name].handle(event))
+        if isinstance(event, FillReceived):
+            for name in self.router.markers(event, names):
+                self.hosts[name].mark_at_fill(event)
         return out
 
     def restore(
@@ -146,9 +151,15 @@ class InMemoryRuntime:
         at, from a checkpoint), an event at or below a strategy's is left out
         of that strategy's ledger, which has it already; its working intents
         still take it."""
-        for name in self.router.route(event):
+        names = self.router.route(event)
+        for name in names:
             upto = (ledgers_upto or {}).get(name)
             self.hosts[name].restore(event, ledger=upto is None or seq > upto)
+        if isinstance(event, FillReceived):
+            for name in self.router.markers(event, names):
+                upto = (ledgers_upto or {}).get(name)
+                if upto is None or seq > upto:
+                    self.hosts[name].mark_at_fill(event)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
         """Start (if not yet), feed every event; everything emitted meanwhile."""

@@ -32,14 +32,16 @@ OverflowAction = Literal["dropped", "waited"]
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One event for a strategy; ``quiet`` ones only update its books (catch-up)."""
+    """One event for a strategy; ``quiet`` ones only update its books (catch-up);
+    a ``mark`` is another strategy's fill, its price only (``mark_at_fill``)."""
 
     event: Event
     quiet: bool = False
+    mark: bool = False
 
     @property
     def droppable(self) -> bool:
-        return isinstance(self.event, BarClosed | TradePrinted | QuoteUpdated)
+        return self.mark or isinstance(self.event, BarClosed | TradePrinted | QuoteUpdated)
 
 
 class Inbox:

@@ -112,7 +112,10 @@ class StrategyTask:
             metrics.INBOX_DEPTH.labels(strategy=self.name).set(len(self.inbox))
             started = time.perf_counter()
             out: list[Event] = []
-            if item.quiet:
+            if item.mark:
+                assert isinstance(item.event, FillReceived)
+                self.host.mark_at_fill(item.event)
+            elif item.quiet:
                 # Books only; a bar that closed while the runner was down also
                 # warms the indicators up.
                 self.host.restore(item.event)
@@ -467,15 +470,20 @@ class Runner:
         if not self.live and not self._live_due and seq >= self.catch_up_until:
             self._live_due = True  # the rest of this batch is handled first
             self._interrupt.set()
-        names = self.runtime.router.route(event)
-        if not names:
+        router = self.runtime.router
+        names = router.route(event)
+        # A fill's price marks its symbol for the other strategies trading it.
+        markers = router.markers(event, names) if isinstance(event, FillReceived) else ()
+        if not names and not markers:
             metrics.UNROUTED.labels(type=event.type).inc()
             return
         quiet = seq <= self.catch_up_until
         if quiet:
             metrics.CATCH_UP.inc()
-        for name in names:
+        for name, item in [(n, Item(event, quiet)) for n in names] + [
+            (n, Item(event, quiet, mark=True)) for n in markers
+        ]:
             task = self.tasks[name]
-            await task.inbox.put(Item(event, quiet))
+            await task.inbox.put(item)
             metrics.EVENTS_IN.labels(strategy=name, type=event.type).inc()
             metrics.INBOX_DEPTH.labels(strategy=name).set(len(task.inbox))

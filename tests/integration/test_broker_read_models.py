@@ -16,7 +16,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from libs.contract.envelope import Event, WallClock
+from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import (
     BarClosed,
     BarPayload,
@@ -48,9 +48,11 @@ ACCOUNT = "acct"
 
 
 class Orders:
-    """Builds a realistic order path: commands, acks, fills with cumulative quantities."""
+    """Builds a realistic order path: commands, acks, fills with cumulative
+    quantities; at ``clock``'s times (the wall clock unless told)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = CLOCK) -> None:
+        self.clock = clock
         self.events: list[Event] = []
         self.commands: dict[uuid.UUID, SubmitOrder] = {}
         self.filled: dict[uuid.UUID, Decimal] = {}
@@ -67,7 +69,7 @@ class Orders:
                 quantity=D(qty),
             ),
             source="test",
-            clock=CLOCK,
+            clock=self.clock,
         )
         self.commands[oid] = cmd
         self.filled[oid] = D(0)
@@ -79,7 +81,9 @@ class Orders:
         payload = OrderAcceptedPayload(
             order_id=oid, account=ACCOUNT, broker_order_id=f"b-{oid}", symbol=cmd.payload.symbol
         )
-        self.events.append(OrderAccepted.create(payload, source="test", clock=CLOCK, cause=cmd))
+        self.events.append(
+            OrderAccepted.create(payload, source="test", clock=self.clock, cause=cmd)
+        )
 
     def fill(self, oid: uuid.UUID, qty: str, price: str, commission: str = "0") -> FillReceived:
         cmd = self.commands[oid]
@@ -101,7 +105,7 @@ class Orders:
                 commission=D(commission),
             ),
             source="test",
-            clock=CLOCK,
+            clock=self.clock,
             cause=cmd,
         )
         self.events.append(event)
@@ -184,7 +188,7 @@ async def test_positions_realized_and_unrealized_pnl(database_url: str) -> None:
     ]
     assert got == [
         ("s1", "AAPL", D(-5), D(102), D("12.5"), D(99), D(15), 3),
-        ("s2", "MSFT", D(0), D(0), D(15), None, D(0), 2),  # flat, and never marked
+        ("s2", "MSFT", D(0), D(0), D(15), D(45), D(0), 2),  # flat, marked by its last fill
         ("s3", "NVDA", D(2), D(10), D(0), D(12), D(4), 1),  # marked at the last bar's close
     ]
     [pnl] = await query(database_url, "SELECT * FROM account_pnl WHERE account = $1", ACCOUNT)
@@ -247,6 +251,8 @@ class At:
 S = 1_000_000_000
 T0 = 1_773_154_800 * S
 OPTION = "O:SPY241220P00720000"
+#: Orders filled an hour before T0: the prices of the tests below are newer.
+BEFORE_T0 = At(T0 - 3600 * S)
 
 
 def trade_at(symbol: str, price: str, t: int) -> TradePrinted:
@@ -279,7 +285,7 @@ def mark_at(symbol: str, price: str, t: int) -> MarkUpdated:
 async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str) -> None:
     """Long 2 contracts at 5: with no trade or bar of the contract since, the
     mark of its quote values it (0007); before, it had no price at all."""
-    o = Orders()
+    o = Orders(BEFORE_T0)
     o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
     await record_events(database_url, [*o.events, mark_at(OPTION, "5.5", T0)])
     [row] = await query(
@@ -344,7 +350,7 @@ async def test_the_newest_of_trade_bar_and_mark_values_a_position(
     """The risk-gate's rule: the newest price by market time, the later in
     the stream at the same time. Until 0011 a bar was looked at only for a
     symbol that had never traded: a bar newer than the last trade lost."""
-    o = Orders()
+    o = Orders(BEFORE_T0)
     o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
     await record_events(database_url, [*o.events, *prices])
     [row] = await query(
@@ -380,7 +386,7 @@ async def test_each_last_price_is_one_index_probe_found_or_not(database_url: str
     planner read the primary key backwards, a walk over the whole history
     for the option, which never traded and was marked once at the start,
     and for AAPL's mark, which does not exist."""
-    o = Orders()
+    o = Orders(BEFORE_T0)
     o.fill(o.submit("eq", "AAPL", "buy", "10"), "10", "190")
     o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
     await record_events(database_url, [*o.events, mark_at(OPTION, "5.5", T0)])

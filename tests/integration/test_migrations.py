@@ -22,9 +22,11 @@ from libs.store.urls import asyncpg_url
 from tests.integration.recording import record_events
 from tests.integration.test_broker_read_models import (
     ACCOUNT,
+    BEFORE_T0,
     CLOCK,
     OPTION,
     T0,
+    At,
     Orders,
     S,
     bar_at,
@@ -33,7 +35,7 @@ from tests.integration.test_broker_read_models import (
 )
 
 D = Decimal
-HEAD = "0011"
+HEAD = "0012"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -88,13 +90,13 @@ async def readonly_may_read(url: str, view: str) -> bool:
 async def test_0007_marks_option_positions_from_quotes_and_goes_down_and_up(
     pg_admin_url: str,
 ) -> None:
-    """Head (0007) values an option position at its quote mark when the mark
+    """0007 values an option position at its quote mark when the mark
     is newer than its last trade; down to 0006 it is valued at the trade
     again (marks ignored), the grants kept both ways; up again, the mark."""
     url = await fresh_database(pg_admin_url)
-    await upgrade_async(url)
-    assert await revision(url) == HEAD
-    o = Orders()
+    await upgrade_async(url, "0007")
+    assert await revision(url) == "0007"
+    o = Orders(BEFORE_T0)
     o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
     await record_events(
         url, [*o.events, trade_at(OPTION, "4", T0 - 600 * S), mark_at(OPTION, "5.5", T0)]
@@ -107,8 +109,8 @@ async def test_0007_marks_option_positions_from_quotes_and_goes_down_and_up(
     assert await readonly_may_read(url, "positions_marked")
     assert await readonly_may_read(url, "account_pnl")
 
-    await upgrade_async(url)
-    assert await revision(url) == HEAD
+    await upgrade_async(url, "0007")
+    assert await revision(url) == "0007"
     assert await last_price(url) == (D("5.5"), T0, D(100))
     assert await readonly_may_read(url, "positions_marked")
     [pnl] = await fetch(url, "SELECT unrealized_pnl FROM account_pnl WHERE account = $1", ACCOUNT)
@@ -132,7 +134,7 @@ BARS_ONLY = "BRK.B"  # an equity priced from bars only
 def priced_store() -> list[Any]:
     """Positions in every symbol above, two equities (trades, no marks) and a
     flat one, with their market data interleaved over a stretch of time."""
-    o = Orders()
+    o = Orders(BEFORE_T0)
     for strategy, symbol, side, qty, price in (
         ("eq", "AAPL", "buy", "10", "190"),
         ("eq", "MSFT", "sell", "5", "400"),
@@ -174,8 +176,8 @@ async def test_0008_indexes_the_last_prices_and_positions_marked_says_what_0007_
     every row of positions_marked and account_pnl is the same at 0008 as at
     0007, down and up again; grants kept both ways."""
     url = await fresh_database(pg_admin_url)
-    await upgrade_async(url)
-    assert await revision(url) == HEAD
+    await upgrade_async(url, "0008")
+    assert await revision(url) == "0008"
     assert await index_exists(url, "ix_events_last_price")
     await record_events(url, priced_store())
     marked = "SELECT * FROM positions_marked ORDER BY account, strategy, symbol"
@@ -190,7 +192,7 @@ async def test_0008_indexes_the_last_prices_and_positions_marked_says_what_0007_
     assert await fetch(url, pnl) == pnl_at_head
     assert await readonly_may_read(url, "positions_marked")
 
-    await upgrade_async(url)
+    await upgrade_async(url, "0008")
     assert await fetch(url, marked) == at_head
     assert await fetch(url, pnl) == pnl_at_head
     assert await readonly_may_read(url, "positions_marked")
@@ -226,7 +228,7 @@ def strategy_mixed_store() -> tuple[list[Any], int]:
     and the second not, and the other way round; partials, an option, a
     flip through zero. Returns the events and how many fills (copies
     included) carry no strategy."""
-    o = Orders()
+    o = Orders(BEFORE_T0)
     events: list[Any] = []
     carried = 0
 
@@ -285,8 +287,8 @@ async def test_0009_fills_looks_up_the_command_only_of_a_fill_without_strategy(
     and up again; grants kept; and the lookups made are one per fill
     without a strategy, where 0008 made one per fill."""
     url = await fresh_database(pg_admin_url)
-    await upgrade_async(url)
-    assert await revision(url) == HEAD
+    await upgrade_async(url, "0009")
+    assert await revision(url) == "0009"
     events, without = strategy_mixed_store()
     await record_events(url, events)
     reads = {
@@ -310,7 +312,7 @@ async def test_0009_fills_looks_up_the_command_only_of_a_fill_without_strategy(
     assert await submit_order_lookups_of_fills(url) > without, "0008: one per fill"
     assert await readonly_may_read(url, "fills")
 
-    await upgrade_async(url)
+    await upgrade_async(url, "0009")
     for view, sql in reads.items():
         assert await fetch(url, sql) == at_head[view], view
     assert await readonly_may_read(url, "fills")
@@ -338,6 +340,40 @@ async def test_0009_fills_looks_up_the_command_only_of_a_fill_without_strategy(
         ("s3", OPTION): (D(-3), D(5), -D("0.65"), 1),
         (None, "MSFT"): (D(2), D(400), -D("0.65"), 1),
     }
+
+
+async def test_0012_values_a_position_at_a_fill_newer_than_its_last_price(
+    pg_admin_url: str,
+) -> None:
+    """0012 takes the symbol's last fill (of any account) as a price, the
+    newest by market time winning as in the risk-gate: long 2 contracts, a
+    trade at 4 at T0, then another account's fill at 4.5 a minute later with
+    no print since. At 0012 the position is worth 4.5; down to 0011 it is
+    worth the trade's 4 (the index gone, the grants kept); up again, 4.5."""
+    url = await fresh_database(pg_admin_url)
+    await upgrade_async(url)
+    assert await revision(url) == HEAD == "0012"
+    assert await index_exists(url, "ix_events_last_fill")
+    o = Orders(BEFORE_T0)
+    o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
+    elsewhere = Orders(At(T0 + 60 * S))
+    sold = elsewhere.fill(elsewhere.submit("other", OPTION, "sell", "1"), "1", "4.5")
+    elsewhere_fill = sold.model_copy(
+        update={"payload": sold.payload.model_copy(update={"account": "acct-b"})}
+    )
+    await record_events(url, [*o.events, trade_at(OPTION, "4", T0), elsewhere_fill])
+    assert await last_price(url) == (D("4.5"), T0 + 60 * S, D(-100))  # 2 x -0.5 x 100
+
+    await downgrade(url, "0011")
+    assert await revision(url) == "0011"
+    assert not await index_exists(url, "ix_events_last_fill")
+    assert await last_price(url) == (D(4), T0, D(-200)), "0011: the last trade"
+    assert await readonly_may_read(url, "positions_marked")
+    assert await readonly_may_read(url, "account_pnl")
+
+    await upgrade_async(url)
+    assert await last_price(url) == (D("4.5"), T0 + 60 * S, D(-100))
+    assert await readonly_may_read(url, "positions_marked")
 
 
 async def test_every_migration_goes_down_to_nothing_and_up_again(pg_admin_url: str) -> None:

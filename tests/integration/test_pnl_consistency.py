@@ -5,8 +5,8 @@ The store's read model (``positions_marked``), the risk-gate's state
 (``libs/strategy/ledger.py``) each compute positions and P&L from the same
 fills and market prices. Random order flows (partial fills, flips through
 zero, an option contract and its multiplier, commissions, trades and bars
-in between, the last price of a symbol a trade or a bar) are given to all
-three, and each position's quantity, average price, realized and unrealized
+in between, the last price of a symbol a trade, a bar or a fill) are given
+to all three, and each position's quantity, average price, realized and unrealized
 P&L must be the same in the three (to 1e-6: the views keep the average price
 to 12 places, which moves a large option position's unrealized P&L by 1e-9).
 """
@@ -98,7 +98,8 @@ def market(rng: random.Random, symbol: str, clock: At) -> TradePrinted | BarClos
 
 def flow(rng: random.Random, clock: At) -> list[Event]:
     """Orders filled in parts at random prices, with trades and bars in
-    between, and a last trade or bar of every symbol after the last fill."""
+    between, and maybe a last trade or bar of a symbol after its last fill
+    (a thin contract may have none: then its last fill's price marks it)."""
     events: list[Event] = []
     for _ in range(rng.randint(5, 40)):
         account, strategy = rng.choice(ACCOUNTS), rng.choice(STRATEGIES)
@@ -140,7 +141,7 @@ def flow(rng: random.Random, clock: At) -> list[Event]:
             events.append(FillReceived.create(fill, source="test", clock=clock, cause=cmd))
             if rng.random() < 0.3:
                 events.append(market(rng, symbol, clock))
-    events += [market(rng, symbol, clock) for symbol in SYMBOLS]
+    events += [market(rng, symbol, clock) for symbol in SYMBOLS if rng.random() < 0.5]
     return events
 
 
@@ -159,18 +160,24 @@ def differences(a: Book, b: Book) -> dict[tuple[str, str, str], tuple[Any, Any]]
 
 
 def ledgers(events: list[Event]) -> Book:
-    """Each strategy's ledger (one per account it trades) fed the events."""
+    """Each strategy's ledger (one per account it trades) fed the events as
+    the runner feeds them: its own fills, and the others' fills of a symbol
+    as marks (``Router.markers``, ``StrategyHost.mark_at_fill``)."""
     books: dict[tuple[str, str], Ledger] = {(a, s): Ledger() for a in ACCOUNTS for s in STRATEGIES}
     for e in events:
         if isinstance(e, FillReceived):
             assert e.payload.strategy is not None
-            books[(e.payload.account, e.payload.strategy)].apply_fill(e.payload)
+            owner = (e.payload.account, e.payload.strategy)
+            books[owner].apply_fill(e.payload, e.ts_event)
+            for key, ledger in books.items():
+                if key != owner:
+                    ledger.mark(e.payload.symbol, e.payload.price, e.ts_event)
         elif isinstance(e, TradePrinted):
             for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.price)
+                ledger.mark(e.payload.symbol, e.payload.price, e.ts_event)
         elif isinstance(e, BarClosed):
             for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.close)
+                ledger.mark(e.payload.symbol, e.payload.close, e.ts_event)
     return {
         (account, strategy, symbol): (p.quantity, p.average_price, p.realized_pnl, p.unrealized_pnl)
         for (account, strategy), ledger in books.items()

@@ -108,6 +108,35 @@ def test_a_strategy_is_shown_the_bars_of_its_interval_only() -> None:
     assert probe_seen(rt, "every") == [second_bar.payload, minute_bar.payload]
 
 
+def test_another_strategy_s_fill_marks_a_position_without_calling_the_strategy() -> None:
+    """A fill's price marks its symbol for every strategy trading it, as the
+    risk-gate and ``tradebus positions`` mark every holder at it; the other
+    strategies are not called with it, and a symbol they do not trade is not
+    marked. Also after a restart from the store (``restore``)."""
+    ids = counter_ids()
+    for restoring in (False, True):
+        rt = InMemoryRuntime(ids=ids)
+        rt.add("a", Probe, symbols=("AAPL",))
+        rt.add("b", Probe, symbols=("AAPL",))
+        rt.add("c", Probe, symbols=("MSFT",))
+        out = rt.run([bar("AAPL", 100, 0)])
+        intent_a, intent_b = of_type(out, OrderIntentCreated)
+        chain_a = fill_chain(intent_a, 100, ids=ids, at_ns=MINUTE_NS)
+        chain_b = fill_chain(intent_b, "100.5", ids=ids, at_ns=2 * MINUTE_NS)
+        for event in [*chain_a, *chain_b]:
+            if restoring:
+                rt.restore(event)
+            else:
+                rt.feed(event)
+        a = rt.hosts["a"].ledger.position("AAPL")
+        assert (a.quantity, a.mark, a.mark_ns) == (Decimal(10), Decimal("100.5"), 2 * MINUTE_NS)
+        assert a.unrealized_pnl == Decimal(5)  # marked at b's fill: 10 x 0.5
+        assert [f.price for f in probe_seen(rt, "a") if isinstance(f, Fill)] == (
+            [] if restoring else [Decimal(100)]
+        )
+        assert rt.hosts["c"].ledger.positions == {}
+
+
 def test_warm_up_takes_the_bars_of_its_interval_only() -> None:
     rt = InMemoryRuntime()
     host = rt.add("sma", SmaCrossover, SMA_PARAMS, symbols=("AAPL",), bar_interval="1m")
@@ -691,12 +720,46 @@ def test_an_option_contract_counts_100_shares_of_its_price() -> None:
     counted it right, so its breaker and the strategy's books disagreed)."""
     option = "O:SPY241220P00720000"
     ledger = ledger_of([("buy", 2, 5), ("sell", 1, 6)], option)
-    ledger.mark(option, Decimal("5.5"))
+    ledger.mark(option, Decimal("5.5"), 10)
     pos = ledger.position(option)
     assert (pos.quantity, pos.average_price) == (Decimal(1), Decimal(5))
     assert pos.realized_pnl == Decimal(100)  # (6 - 5) x 1 contract x 100
     assert pos.unrealized_pnl == Decimal(50)  # (5.5 - 5) x 1 x 100
     assert ledger.pnl() == PnL(Decimal(100), Decimal(50))
+
+
+def test_a_position_is_marked_at_the_newest_price_by_market_time_fills_included() -> None:
+    """As the risk-gate and ``tradebus positions`` mark it: a fill newer than
+    the last print marks the position at its price (before, an illiquid
+    contract's position kept an older print's price after the fill), and a
+    price or fill arriving late with an older market time moves nothing."""
+    ledger = ledger_of([("buy", 2, 5)], "AAPL")  # the fill at market time 1
+    ledger.mark("AAPL", Decimal(7), 20)
+    assert (ledger.position("AAPL").mark, ledger.position("AAPL").mark_ns) == (Decimal(7), 20)
+    ledger.mark("AAPL", Decimal(6), 15)  # older: late
+    assert ledger.position("AAPL").mark == Decimal(7)
+    fill = Fill(
+        order_id=uuid.UUID(int=99),
+        account="a",
+        broker_order_id="b99",
+        fill_id="f99",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal(1),
+        price=Decimal(8),
+        cumulative_quantity=Decimal(1),
+        leaves_quantity=Decimal(0),
+        status="complete",
+    )
+    ledger.apply_fill(fill, 30)
+    assert (ledger.position("AAPL").mark, ledger.position("AAPL").mark_ns) == (Decimal(8), 30)
+    assert ledger.position("AAPL").unrealized_pnl == Decimal(8) * 3 - Decimal(18)
+    late = fill.model_copy(update={"fill_id": "f100", "price": Decimal(4)})
+    ledger.apply_fill(late, 25)  # a fill older than the mark: booked, not a mark
+    assert (ledger.position("AAPL").quantity, ledger.position("AAPL").mark) == (
+        Decimal(4),
+        Decimal(8),
+    )
 
 
 def ledger_of(fills: list[tuple[str, int, int]], symbol: str) -> Ledger:
@@ -715,7 +778,8 @@ def ledger_of(fills: list[tuple[str, int, int]], symbol: str) -> Ledger:
                 cumulative_quantity=Decimal(qty),
                 leaves_quantity=Decimal(0),
                 status="complete",
-            )
+            ),
+            i + 1,
         )
     return ledger
 

@@ -43,8 +43,8 @@ import orjson
 from libs.store.checkpoints import code_digest, table_exists
 from libs.strategy.context import Position
 
-#: Bumped when the encoding below changes.
-FORMAT = 1
+#: Bumped when the encoding below changes (2: the mark's market time).
+FORMAT = 2
 #: Checkpoints kept per strategy and digest.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -80,6 +80,7 @@ def encode(positions: Mapping[str, Position]) -> str:
                 str(p.average_price),
                 str(p.realized_pnl),
                 None if p.mark is None else str(p.mark),
+                p.mark_ns,
             ]
             for s, p in positions.items()
         }
@@ -91,13 +92,14 @@ def decode(data: str) -> dict[str, Position]:
     if not isinstance(raw, dict):
         raise ValueError("positions are not an object")
     out: dict[str, Position] = {}
-    for symbol, (qty, avg, realized, mark) in raw.items():
+    for symbol, (qty, avg, realized, mark, mark_ns) in raw.items():
         out[symbol] = Position(
             symbol,
             Decimal(qty),
             Decimal(avg),
             Decimal(realized),
             None if mark is None else Decimal(mark),
+            int(mark_ns),
         )
     return out
 

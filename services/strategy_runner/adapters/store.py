@@ -18,7 +18,8 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
   by order id and finish their intents, so the rebuild must see them too;
 - the last bar or trade of each of its symbols, for unrealized P&L (of bars,
   the last of each interval its strategies take: as live, a strategy is
-  marked by the bars it is shown only);
+  marked by the bars it is shown only), and its last fill of any strategy
+  (a fill marks every holder of its symbol, ``Router.markers``);
 - the latest bars of each symbol, as many as its strategies ask for
   (``Strategy.warmup_bars``), to warm their indicators up (``on_warmup``).
 
@@ -124,6 +125,14 @@ SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND seq <= $2 AND (type = 'TradePrinted' OR (
     type = 'BarClosed' AND ($3::text IS NULL OR payload->>'interval' = $3)))
 ORDER BY seq DESC LIMIT 1
+"""  # noqa: S608 - constant column list, values are bind parameters
+
+# The symbol's last fill, of any strategy or account: its price marks every
+# holder of the symbol, as live (``Router.markers``), when it is the newest.
+LAST_FILL_SQL = f"""
+SELECT {COLUMNS} FROM events
+WHERE symbol = $1 AND seq <= $2 AND type = 'FillReceived'
+ORDER BY -seq LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 
@@ -234,6 +243,9 @@ async def load_history(
                     row = await conn.fetchrow(LAST_PRICE_SQL, symbol, last_seq, interval)
                     if row is not None:
                         rows.append(row)
+                row = await conn.fetchrow(LAST_FILL_SQL, symbol, last_seq)
+                if row is not None:
+                    rows.append(row)
             bar_rows = []
             asked = sorted((warmup or {}).items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
             for (symbol, interval), count in asked:
