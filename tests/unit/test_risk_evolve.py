@@ -656,6 +656,41 @@ def test_a_reduce_level_reached_as_a_resume_lands_is_folded_as_the_gate_reacted(
         assert react(evolve(s, later), T0 + 4 * S) == []
 
 
+@pytest.mark.parametrize(
+    "while_halted",
+    [
+        pytest.param([trade("AAPL", 93, T0 + 2 * S)], id="still held, no print since"),
+        pytest.param(
+            [fill(uuid.uuid4(), 100, 93, side="sell", strategy="sma", t=T0 + 2 * S)],
+            id="flattened",
+        ),
+    ],
+)
+def test_an_account_resumed_past_its_reduce_only_level_is_put_in_reducing(
+    while_halted: list[Event],
+) -> None:
+    """A loss that passes the reduce-only level while the account is halted
+    (here by a lost connection) owes no reduce then: a halt is never lowered.
+    Resumed with the loss still there, the account reduces at once, not at the
+    next print of a symbol it holds (none if the halt flattened it, minutes
+    for a thin one): until then any order passed, past the level."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100, strategy="sma"))
+    state, _ = settle(evolve(state, conn("disconnected", t=T0 + S)), T0 + S)
+    state = apply(state, *while_halted)  # day P&L -700: past reduce-only (600)
+    assert state.day_pnl("acct") == D(-700)
+    state, out = settle(state, T0 + 2 * S)
+    assert out == []
+    state, out = settle(evolve(state, op(TradingResumeRequested, "acct", T0 + 3 * S)), T0 + 3 * S)
+    assert [e.payload.state for e in out] == ["active", "reducing"]
+    assert state.scope_state("acct").state == "reducing"
+    buy = intent(10, t=T0 + 4 * S)
+    assert decide(evolve(state, buy), buy, T0 + 4 * S).reason is ReasonCode.REDUCE_ONLY
+    # Resumed again, the operator's word holds for the rest of the day.
+    state, out = settle(evolve(state, op(TradingResumeRequested, "acct", T0 + 5 * S)), T0 + 5 * S)
+    assert [e.payload.state for e in out] == ["active"]
+    assert decide(evolve(state, buy), buy, T0 + 5 * S).accepted
+
+
 def test_a_reduce_owed_to_a_scope_that_halts_is_dropped_and_never_lowers_it() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 35, T0 + S))

@@ -532,7 +532,7 @@ def _on_resume(state: RiskState, event: TradingResumeRequested) -> RiskState:
         # raise the scope again on a restart, whatever halted it since.
         return state
     kept = tuple(o for o in state.obligations if not (o.kind == "resume" and o.scope == p.scope))
-    return replace(
+    state = replace(
         state,
         obligations=(
             *kept,
@@ -546,6 +546,11 @@ def _on_resume(state: RiskState, event: TradingResumeRequested) -> RiskState:
             ),
         ),
     )
+    # A loss that passed the reduce-only level while the account was halted
+    # owed no reduce (a halt is never lowered); resumed, the account is past
+    # it, and reduces now rather than at the next print of a symbol it holds
+    # (none, if the halt flattened it). The reduce follows the resume.
+    return _check_loss(state, event, {p.scope})
 
 
 def _on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState:
