@@ -14,10 +14,14 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.contract.envelope import SOURCE_MAX_LENGTH
 from libs.store.urls import is_postgres_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
+#: A service's events name it as ``<service>/<instance>``, which must fit an
+#: event's ``source``: the longest service name is ``strategy-runner/`` (16).
+INSTANCE_MAX_LENGTH = SOURCE_MAX_LENGTH - len("strategy-runner/")
 
 
 class ConfigError(ValueError):
@@ -63,7 +67,9 @@ class ServiceSettings(BaseSettings):
         default=SecretStr(DEFAULT_DATABASE_URL),
         validation_alias=AliasChoices("DATABASE_URL", "TRADEBUS_DATABASE_URL"),
     )
-    instance: str = Field(default_factory=socket.gethostname, min_length=1)
+    instance: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=INSTANCE_MAX_LENGTH
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_json: bool = False
     metrics_host: str = "127.0.0.1"

@@ -58,6 +58,10 @@ Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 Symbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
 
 
+#: The longest ``source`` an event may name (``strategy-runner/<instance>``).
+SOURCE_MAX_LENGTH = 128
+
+
 class Clock(Protocol):
     """Where domain code gets the time: wall clock live, simulated in backtests."""
 
@@ -121,7 +125,7 @@ class Event(Frozen):
     type: str
     ts_event: Nanos
     ts_init: Nanos
-    source: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Annotated[str, Field(min_length=1, max_length=SOURCE_MAX_LENGTH)]
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
     payload: Any

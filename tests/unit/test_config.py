@@ -323,3 +323,39 @@ def test_masked_url_hides_only_the_password() -> None:
     assert masked_url(DB_URL) == "postgresql://trader:***@db.internal:5432/tradebus"
     assert masked_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert masked_url("postgresql://postgres@h/x") == "postgresql://postgres@h/x"
+
+
+def test_an_instance_too_long_for_an_event_s_source_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every service publishes with source "<service>/<instance>", which the
+    # envelope takes up to 128 characters: the longest instance taken must fit
+    # behind every service's name, and one longer is refused at start-up.
+    from libs.contract.envelope import WallClock
+    from libs.contract.events import KillSwitchEngaged, OperatorActionPayload
+    from services.broker_gateway.main import SERVICE as GATEWAY
+    from services.recorder.domain.rows import RECORDER_SOURCE
+    from services.risk_gate.domain.commands import SOURCE as RISK_GATE
+    from services.strategy_runner.runner import SERVICE as RUNNER
+
+    longest = next(n for n in range(200, 0, -1) if _taken(monkeypatch, "x" * n))
+    payload = OperatorActionPayload(operator="test", reason="test")
+    for service in (RUNNER, GATEWAY, RECORDER_SOURCE, RISK_GATE, "marketdata", "paper-broker"):
+        event = KillSwitchEngaged.create(
+            payload, source=f"{service}/{'x' * longest}", clock=WallClock()
+        )
+        assert event.source.startswith(service)
+
+    monkeypatch.setenv("TRADEBUS_INSTANCE", "x" * (longest + 1))
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+    assert str(info.value).startswith("invalid configuration: TRADEBUS_INSTANCE: ")
+
+
+def _taken(monkeypatch: pytest.MonkeyPatch, instance: str) -> bool:
+    monkeypatch.setenv("TRADEBUS_INSTANCE", instance)
+    try:
+        load_settings(ServiceSettings)
+    except ConfigError:
+        return False
+    return True
