@@ -204,3 +204,14 @@ def test_a_pairs_exit_z_of_zero_is_refused_naming_the_key() -> None:
     (problem,) = problems(entry(**pair, params={"exit_z": 0}))
     assert problem.startswith("strategies[0].params.exit_z: Input should be greater than 0")
     assert validate_strategies({"strategies": [entry(**pair, params={"exit_z": "0.01"})]})
+
+
+@pytest.mark.parametrize("symbol", ["aapl", "Msft", "O:spy241220P00720000"])
+def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(symbol: str) -> None:
+    # Market data names symbols in upper case (marketdata upper-cases its
+    # TRADEBUS_SYMBOLS; Polygon sends them so): a strategy on 'aapl' was
+    # accepted and subscribed to md.bar.1m.aapl, on which nothing is published.
+    (problem,) = problems(entry(symbols=["NVDA", symbol]))
+    assert problem.startswith("strategies[0].symbols[1]: must be upper case"), problem
+    assert symbol.upper() in problem
+    assert validate_strategies({"strategies": [entry(symbols=["NVDA", "O:SPY241220P00720000"])]})
