@@ -116,7 +116,9 @@ def cross_check(loaded: Loaded) -> CrossCheck:
     - every strategy has limits in risk.yaml, and its orders' account
       (``account``, or ``shadow_account`` in shadow mode) is one of the two
       risk.yaml gives it: else the risk-gate denies every intent of it
-      (``unknown_strategy`` / ``unknown_account``);
+      (``unknown_strategy`` / ``unknown_account``); where those limits list
+      symbols, they list each of the strategy's: else every order of it in
+      that symbol is denied (``max_symbol_position``);
     - a broker in brokers.yaml serves that account: else no gateway takes
       the orders the gate approves;
     - a broker serves every risk.yaml account, except one that risk.yaml
@@ -154,6 +156,17 @@ def cross_check(loaded: Loaded) -> CrossCheck:
                     f"{sends}, but {files.risk} gives it {allowed}: the risk-gate would deny "
                     f"every intent of it (unknown_account). Make the two files agree"
                 )
+            if limits is not None and limits.symbols is not None:
+                for symbol in spec.symbols:
+                    if symbol not in limits.symbols:
+                        problems.append(
+                            f"strategy {spec.name} ({files.strategies}) trades {symbol}, which "
+                            f"its limits in {files.risk} do not list: the risk-gate would deny "
+                            f"every order of it in {symbol} (max_symbol_position). Add "
+                            f"strategies.{spec.name}.symbols.{symbol} to {files.risk} "
+                            f"(max_position: 0 for a symbol it only watches), or remove it "
+                            f"from {files.strategies}"
+                        )
         if brokers is not None:
             if account not in served:
                 stranded.add(account)

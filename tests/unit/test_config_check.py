@@ -120,6 +120,21 @@ def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
     assert (problems, len(notes)) == ((), 1)
 
 
+def test_a_strategy_trading_a_symbol_its_risk_limits_do_not_list(tmp_path: Path) -> None:
+    # sma-aapl's risk limits list AAPL only: every order of it on NVDA is denied.
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [AAPL, NVDA]"))
+    problems, _ = checked(strategies, RISK)
+    assert problems == (
+        f"strategy sma-aapl ({strategies}) trades NVDA, which its limits in {RISK} do not "
+        "list: the risk-gate would deny every order of it in NVDA (max_symbol_position). Add "
+        f"strategies.sma-aapl.symbols.NVDA to {RISK} (max_position: 0 for a symbol it only "
+        f"watches), or remove it from {strategies}",
+    )
+    # A strategy whose limits list no symbols may trade any.
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [SPY]", "symbols: [SPY, QQQ]"))
+    assert checked(strategies, RISK) == ((), ())
+
+
 # ------------------------------------------------------------ config check
 
 
