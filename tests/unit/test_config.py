@@ -201,6 +201,24 @@ def test_gateway_positions_check_period_is_refused_by_name(
     assert load_settings(GatewaySettings).position_check_every_s == 0
 
 
+def test_a_polygon_reconnect_backoff_starting_above_its_max_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.marketdata.config import MarketdataSettings
+
+    # Accepted until this: the delays were capped at the max from the first on.
+    # The max left at its default (30 s) is checked too.
+    monkeypatch.setenv("TRADEBUS_POLYGON_RECONNECT_INITIAL_S", "60")
+    with pytest.raises(ConfigError) as info:
+        load_settings(MarketdataSettings)
+    assert str(info.value) == (
+        "invalid configuration: TRADEBUS_POLYGON_RECONNECT_MAX_S: "
+        "must be at least TRADEBUS_POLYGON_RECONNECT_INITIAL_S (60)"
+    )
+    monkeypatch.setenv("TRADEBUS_POLYGON_RECONNECT_MAX_S", "60")
+    assert load_settings(MarketdataSettings).polygon_reconnect_max_s == 60
+
+
 def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.strategy_runner.config import RunnerSettings
 

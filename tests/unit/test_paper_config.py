@@ -91,6 +91,12 @@ CREDS = "credentials: {key_id_env: K, secret_key_env: S}"
             "credentials: {key_id: K, secret_key_env: S}}}",
             "accounts.a.credentials.key_id",
         ),
+        # Accepted until this: the first retry waited initial_s, every later one max_s.
+        (
+            f"accounts: {{a: {{adapter: paper, url: 'ws://x', {CREDS}, "
+            "reconnect: {initial_s: 10}}}",
+            "accounts.a.reconnect.max_s: Value error, must be at least initial_s (10)",
+        ),
     ],
 )
 def test_brokers_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
