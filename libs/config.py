@@ -28,17 +28,26 @@ class ConfigError(ValueError):
     """Start-up configuration is invalid; the message names the variable."""
 
 
+#: The schemes of a NATS server URL, in which a user without a password is a token.
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``: what a message may say of
     a server (``postgresql://trader:***@db:5432/tradebus``). A password given
     as a parameter (``?password=...``, which libpq and asyncpg take too) is
-    masked as well."""
+    masked as well, and so is a NATS token (``nats://***@host:4222``: a NATS
+    URL's user without a password, with which nats-py logs in)."""
     parts = urlsplit(url)
     pairs = parts.query.split("&") if parts.query else []
     in_query = any(pair.split("=", 1)[0] == "password" for pair in pairs)
-    if parts.password is None and not in_query:
+    token = parts.scheme in _NATS_SCHEMES and parts.username and parts.password is None
+    if parts.password is None and not in_query and not token:
         return url
-    if parts.password is not None:
+    if token:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"***@{host}")
+    elif parts.password is not None:
         userinfo, host = parts.netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
         parts = parts._replace(netloc=f"{user}:***@{host}")

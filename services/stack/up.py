@@ -574,9 +574,10 @@ def _stack_info(
     inputs: wiring.Inputs,
 ) -> StackInfo:
     env_file: Path | None = None
-    # No URL with a password in it goes to disk; the operator's NATS identity
-    # does (ours, generated), in a file only its owner may read.
-    if urlsplit(nats_url).password is None and urlsplit(database_url).password is None:
+    # No URL with a password in it (or a NATS token, or a ?password=: what
+    # masked_url hides) goes to disk; the operator's NATS identity does (ours,
+    # generated), in a file only its owner may read.
+    if masked_url(nats_url) == nats_url and masked_url(database_url) == database_url:
         env_file = home / "env"
         operator = credentials.nats_env("operator") if credentials is not None else {}
         # The limits this stack's risk-gate runs with: `tradebus risk status`

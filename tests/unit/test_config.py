@@ -377,3 +377,12 @@ def _taken(monkeypatch: pytest.MonkeyPatch, instance: str) -> bool:
     except ConfigError:
         return False
     return True
+
+
+@pytest.mark.parametrize("scheme", ["nats", "tls", "ws", "wss"])
+def test_masked_url_hides_a_nats_token(scheme: str) -> None:
+    # A NATS URL's user without a password is a token (nats-py logs in with
+    # it): as secret as a password, and printed as plainly until this.
+    assert masked_url(f"{scheme}://{SECRET}@10.0.0.5:4222") == f"{scheme}://***@10.0.0.5:4222"
+    assert masked_url(f"{scheme}://trader:{SECRET}@h:4222") == f"{scheme}://trader:***@h:4222"
+    assert masked_url(f"{scheme}://10.0.0.5:4222") == f"{scheme}://10.0.0.5:4222"
