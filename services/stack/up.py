@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from libs.config import masked_url
 from libs.local.servers import free_port, port_is_free
-from services.stack import configs, wiring
+from services.stack import configs, keeper, wiring
 from services.stack import credentials as creds
 from services.stack.banner import (
     Endpoint,
@@ -67,6 +67,8 @@ DATABASE_NAME = "tradebus"
 
 #: Named timeouts (seconds).
 SERVERS_STOP_TIMEOUT = 60.0
+#: How often a lock held by an earlier up's keeper is tried again.
+KEEPER_POLL_INTERVAL = 0.1
 STREAM_SETUP_TIMEOUT = 30.0
 #: Six Python services starting at once on a small machine take a while.
 HEALTH_TIMEOUT = 90.0
@@ -236,8 +238,9 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _home_lock(home: Path) -> Iterator[None]:
-    """One ``tradebus up`` per home: two would share (and corrupt) the data dirs."""
+def _home_lock(home: Path, note: Callable[[str], None]) -> Iterator[None]:
+    """One ``tradebus up`` per home: two would share (and corrupt) the data dirs.
+    Then, the servers of an earlier up are waited for (:func:`_wait_for_keeper`)."""
     path = home / "up.lock"
     with path.open("a+") as f:
         try:
@@ -254,9 +257,35 @@ def _home_lock(home: Path) -> Iterator[None]:
         f.write(str(os.getpid()))
         f.flush()
         try:
+            _wait_for_keeper(home, note)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for_keeper(home: Path, note: Callable[[str], None]) -> None:
+    """Wait for the keeper of an earlier up on ``home`` to exit. An up killed
+    outright (``kill -9``) releases its lock at once, but its keeper only then
+    starts stopping the servers: started meanwhile, ours would run beside them
+    on the same data directories. The keeper holds ``SERVERS_LOCK`` until it exits."""
+    with (home / keeper.SERVERS_LOCK).open("a") as f:
+        deadline = time.monotonic() + SERVERS_STOP_TIMEOUT
+        note_given = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UpError(
+                        f"the servers of an earlier tradebus up still run with home {home} "
+                        f"after {SERVERS_STOP_TIMEOUT:g}s; stop them or pass --home DIR"
+                    ) from None
+                if not note_given:
+                    note(f"waiting for the servers of an earlier tradebus up to stop (home {home})")
+                    note_given = True
+                time.sleep(KEEPER_POLL_INTERVAL)  # polling a lock, not synchronising
+            else:
+                return  # closing the file releases it, for our keeper to take
 
 
 @contextlib.contextmanager
@@ -303,7 +332,7 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         _refuse(printer, e)
         return 1
     try:
-        with _home_lock(home):
+        with _home_lock(home, lambda text: printer.line(LABEL, text)):
             return _run_locked(options, home, names, printer, checked)
     except (UpError, wiring.WiringError) as e:
         _refuse(printer, e)
