@@ -14,27 +14,40 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.contract.envelope import SOURCE_MAX_LENGTH
 from libs.store.urls import is_postgres_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tradebus"
+#: A service's events name it as ``<service>/<instance>``, which must fit an
+#: event's ``source``: the longest service name is ``strategy-runner/`` (16).
+INSTANCE_MAX_LENGTH = SOURCE_MAX_LENGTH - len("strategy-runner/")
 
 
 class ConfigError(ValueError):
     """Start-up configuration is invalid; the message names the variable."""
 
 
+#: The schemes of a NATS server URL, in which a user without a password is a token.
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``: what a message may say of
     a server (``postgresql://trader:***@db:5432/tradebus``). A password given
     as a parameter (``?password=...``, which libpq and asyncpg take too) is
-    masked as well."""
+    masked as well, and so is a NATS token (``nats://***@host:4222``: a NATS
+    URL's user without a password, with which nats-py logs in)."""
     parts = urlsplit(url)
     pairs = parts.query.split("&") if parts.query else []
     in_query = any(pair.split("=", 1)[0] == "password" for pair in pairs)
-    if parts.password is None and not in_query:
+    token = parts.scheme in _NATS_SCHEMES and parts.username and parts.password is None
+    if parts.password is None and not in_query and not token:
         return url
-    if parts.password is not None:
+    if token:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"***@{host}")
+    elif parts.password is not None:
         userinfo, host = parts.netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
         parts = parts._replace(netloc=f"{user}:***@{host}")
@@ -63,7 +76,9 @@ class ServiceSettings(BaseSettings):
         default=SecretStr(DEFAULT_DATABASE_URL),
         validation_alias=AliasChoices("DATABASE_URL", "TRADEBUS_DATABASE_URL"),
     )
-    instance: str = Field(default_factory=socket.gethostname, min_length=1)
+    instance: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=INSTANCE_MAX_LENGTH
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_json: bool = False
     metrics_host: str = "127.0.0.1"

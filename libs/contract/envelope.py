@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Protocol, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 def _refuse_float(value: Any) -> Any:
@@ -52,10 +52,29 @@ NonNegativeQuantity = Annotated[
 Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
+
 #: A ticker as the venue writes it: share classes have a dot (``BRK.B``) or a
 #: slash, options look like ``O:SPY241220P00720000``. In a subject its dots are
 #: written as ``~`` (see ``subjects.symbol_token``), since a dot splits tokens.
 Symbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
+
+
+def _upper_case(value: str) -> str:
+    if value != value.upper():
+        raise ValueError(f"must be upper case, as market data names it: {value.upper()}")
+    return value
+
+
+#: A symbol as a config file names it (``strategies.yaml``, ``risk.yaml``): a
+#: token in upper case. Market data names symbols so (marketdata upper-cases
+#: its ``TRADEBUS_SYMBOLS``), and a strategy on ``aapl`` would get no bar, a
+#: limit on ``aapl`` would never apply to ``AAPL``: refused, not normalised,
+#: since a strategy's own code compares symbols as written.
+SymbolToken = Annotated[Token, AfterValidator(_upper_case)]
+
+
+#: The longest ``source`` an event may name (``strategy-runner/<instance>``).
+SOURCE_MAX_LENGTH = 128
 
 
 class Clock(Protocol):
@@ -121,7 +140,7 @@ class Event(Frozen):
     type: str
     ts_event: Nanos
     ts_init: Nanos
-    source: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Annotated[str, Field(min_length=1, max_length=SOURCE_MAX_LENGTH)]
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
     payload: Any

@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from libs.contract.envelope import Token
+from libs.contract.envelope import SymbolToken, Token
 from libs.strategy.base import ParamError, Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy
 from libs.strategy.registry import UnknownStrategy, resolve
@@ -67,7 +67,7 @@ class StrategySpec(BaseModel):
 
     name: Token
     kind: str = Field(min_length=1)
-    symbols: tuple[Token, ...] = Field(min_length=1, max_length=500)
+    symbols: tuple[SymbolToken, ...] = Field(min_length=1, max_length=500)
     account: Token
     mode: Mode = "live"
     shadow_account: Token | None = None

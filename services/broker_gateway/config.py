@@ -89,7 +89,16 @@ class ReconnectSection(_Strict):
     """Backoff between reconnection attempts: doubling from ``initial_s`` to ``max_s``."""
 
     initial_s: float = Field(default=0.25, gt=0, le=60)
-    max_s: float = Field(default=5.0, gt=0, le=600)
+    #: Validated when left out too: it must not be below a given ``initial_s``.
+    max_s: float = Field(default=5.0, gt=0, le=600, validate_default=True)
+
+    @field_validator("max_s")
+    @classmethod
+    def _not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least initial_s ({initial:g})")
+        return value
 
 
 class AccountSection(_Strict):

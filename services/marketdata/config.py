@@ -55,7 +55,8 @@ class MarketdataSettings(ServiceSettings):
     polygon_options_ws_url: str = "wss://socket.polygon.io/options"
     #: First reconnect delay; doubles (with jitter) up to ``polygon_reconnect_max_s``.
     polygon_reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
-    polygon_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Validated when left out too: it must not be below a given ``polygon_reconnect_initial_s``.
+    polygon_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, validate_default=True)
     #: Delay before retrying after ``auth_failed`` or ``max_connections`` (slow on purpose).
     polygon_auth_retry_s: float = Field(default=60.0, gt=0, le=3600)
     #: Named timeout for one phase of the handshake (open, connected frame, auth reply, acks).
@@ -128,6 +129,14 @@ class MarketdataSettings(ServiceSettings):
             raise ValueError(
                 f"{value:g} s is shorter than TRADEBUS_MARK_MIN_INTERVAL_S ({interval:g} s)"
             )
+        return value
+
+    @field_validator("polygon_reconnect_max_s")
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("polygon_reconnect_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least TRADEBUS_POLYGON_RECONNECT_INITIAL_S ({initial:g})")
         return value
 
     @field_validator("mark_max_standing_s")

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from libs.config import ConfigError, ServiceSettings
-from libs.contract.envelope import Token
+from libs.contract.envelope import SymbolToken, Token
 from libs.yamlfile import load_yaml
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials
@@ -89,9 +89,9 @@ class PaperConfig(_Strict):
     #: Orders for more than this are refused (403), like a broker's order limit.
     max_order_quantity: Decimal | None = Field(default=None, gt=0)
     #: Symbols refused as not tradable (422).
-    untradable_symbols: tuple[Token, ...] = ()
+    untradable_symbols: tuple[SymbolToken, ...] = ()
     #: Symbols whose orders are accepted, then rejected by the venue (a halt).
-    halted_symbols: tuple[Token, ...] = ()
+    halted_symbols: tuple[SymbolToken, ...] = ()
     #: Working ``day`` orders expire at this close, New York time (as
     #: Alpaca's do at 16:00; weekends skipped, holidays and early closes not
     #: known); null: they never expire.

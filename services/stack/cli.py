@@ -23,11 +23,16 @@ def check(
     brokers: Annotated[
         Path | None, typer.Option(dir_okay=False, help="brokers.yaml (broker-gateway)")
     ] = None,
+    paper: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="paper.yaml (paper-broker)")
+    ] = None,
 ) -> None:
     """Validate config files, each as its service would, and check them against
-    each other: every strategy has risk limits, and a broker serves the account
-    its orders go to and every account with risk limits. Any subset of the
-    three; exits 0 if all is well, 1 with the problems otherwise. First, the
+    each other: every strategy has risk limits listing its symbols, a broker
+    serves the account its orders go to and every account with risk limits,
+    and the paper broker has each paper account of brokers.yaml, with the same
+    key variables, on the port its URL names. Any subset of the four; exits 0
+    if all is well, 1 with the problems otherwise. First, the
     TRADEBUS_* settings two services must agree on (this environment is taken
     as every service's): exits 2 if they do not."""
     from libs.cli import err
@@ -40,14 +45,16 @@ def check(
     )
     from services.stack.wiring import SERVICES
 
-    if strategies is None and risk is None and brokers is None:
-        raise typer.BadParameter("give at least one of --strategies, --risk, --brokers")
+    if strategies is None and risk is None and brokers is None and paper is None:
+        raise typer.BadParameter("give at least one of --strategies, --risk, --brokers, --paper")
     # Settings that disagree are said first (up refuses them, exit 2), but the
     # files are checked all the same: one run shows everything to fix.
     settings = settings_problems(SERVICES)
     for problem in settings:
         err.print(f"[red]error:[/red] {escape(problem)}")
-    loaded = load_configs(ConfigFiles(strategies=strategies, risk=risk, brokers=brokers))
+    loaded = load_configs(
+        ConfigFiles(strategies=strategies, risk=risk, brokers=brokers, paper=paper)
+    )
     found = cross_check(loaded)
     for line in summary(loaded):
         typer.echo(line)

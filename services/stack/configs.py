@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from libs.strategy.spec import LoadedStrategy
@@ -110,18 +111,24 @@ class CrossCheck:
     notes: tuple[str, ...] = ()
 
 
-def cross_check(loaded: Loaded) -> CrossCheck:
+def cross_check(loaded: Loaded, *, paper_url: bool = True) -> CrossCheck:
     """Check the valid files of ``loaded`` against each other.
 
     - every strategy has limits in risk.yaml, and its orders' account
       (``account``, or ``shadow_account`` in shadow mode) is one of the two
       risk.yaml gives it: else the risk-gate denies every intent of it
-      (``unknown_strategy`` / ``unknown_account``);
+      (``unknown_strategy`` / ``unknown_account``); where those limits list
+      symbols, they list each of the strategy's: else every order of it in
+      that symbol is denied (``max_symbol_position``);
     - a broker in brokers.yaml serves that account: else no gateway takes
       the orders the gate approves;
     - a broker serves every risk.yaml account, except one that risk.yaml
       names only as the live ``account`` of strategies that have a
-      ``shadow_account`` (a strategy not live yet; a note).
+      ``shadow_account`` (a strategy not live yet; a note);
+    - each paper account of brokers.yaml is an account of paper.yaml, with
+      the same key variables, and (unless ``paper_url`` is false: ``tradebus
+      up`` points the gateway at its own paper broker) its URL's port is the
+      one paper.yaml serves on: else the gateway cannot log in to it.
     """
     problems: list[str] = []
     notes: list[str] = []
@@ -154,6 +161,17 @@ def cross_check(loaded: Loaded) -> CrossCheck:
                     f"{sends}, but {files.risk} gives it {allowed}: the risk-gate would deny "
                     f"every intent of it (unknown_account). Make the two files agree"
                 )
+            if limits is not None and limits.symbols is not None:
+                for symbol in spec.symbols:
+                    if symbol not in limits.symbols:
+                        problems.append(
+                            f"strategy {spec.name} ({files.strategies}) trades {symbol}, which "
+                            f"its limits in {files.risk} do not list: the risk-gate would deny "
+                            f"every order of it in {symbol} (max_symbol_position). Add "
+                            f"strategies.{spec.name}.symbols.{symbol} to {files.risk} "
+                            f"(max_position: 0 for a symbol it only watches), or remove it "
+                            f"from {files.strategies}"
+                        )
         if brokers is not None:
             if account not in served:
                 stranded.add(account)
@@ -198,7 +216,47 @@ def cross_check(loaded: Loaded) -> CrossCheck:
                 f"would reach no broker. Add accounts.{account} to {files.brokers}, or remove "
                 f"it from {files.risk}"
             )
+    if brokers is not None and loaded.paper is not None:
+        problems += _paper_problems(files, brokers, loaded.paper, paper_url=paper_url)
     return CrossCheck(tuple(problems), tuple(notes))
+
+
+def _paper_problems(
+    files: ConfigFiles, brokers: BrokersConfig, paper: PaperConfig, *, paper_url: bool
+) -> list[str]:
+    """What keeps the gateway from logging in to the paper broker of ``paper``."""
+    problems = []
+    for name, section in brokers.accounts.items():
+        if section.adapter != "paper":
+            continue
+        account = paper.accounts.get(name)
+        if account is None:
+            problems.append(
+                f"account {name} ({files.brokers}) is a paper account, but {files.paper} has no "
+                f"account {name}: the paper broker would refuse the gateway's login, or book its "
+                f"orders in another account. Add accounts.{name} to {files.paper}, or make the "
+                f"two files name it alike"
+            )
+            continue
+        for key, what in (("key_id_env", "key id"), ("secret_key_env", "secret key")):
+            ours, theirs = getattr(section.credentials, key), getattr(account, key)
+            if ours != theirs:
+                problems.append(
+                    f"account {name} logs in with the {what} in {ours} "
+                    f"(accounts.{name}.credentials.{key} in {files.brokers}), but {files.paper} "
+                    f"reads it from {theirs} (accounts.{name}.{key}): the paper broker would "
+                    f"refuse the login unless both hold the same value. Name the same variable "
+                    f"in both"
+                )
+        url = urlsplit(section.url)
+        port = url.port if url.port is not None else (443 if url.scheme == "wss" else 80)
+        if paper_url and paper.port and port != paper.port:
+            problems.append(
+                f"account {name} connects to {section.url} (accounts.{name}.url in "
+                f"{files.brokers}), but {files.paper} serves on port {paper.port}: the gateway "
+                f"would not reach the paper broker. Make the two ports agree"
+            )
+    return problems
 
 
 def summary(loaded: Loaded) -> list[str]:

@@ -10,6 +10,8 @@ the wheels (:mod:`libs.local.servers`). Two reasons for the extra process:
   when ``up`` says so, after the services.
 - If ``up`` dies without cleaning up (even SIGKILL), the keeper's stdin
   reaches end-of-file and it stops the servers: nothing is left running.
+  Until it has, it holds ``<home>/servers.lock``, which the next ``up`` on
+  that home waits for: its servers never run beside these on the same data.
 
 With ``--nats-config`` nats-server runs that file (``tradebus up`` gives it
 ``deploy/nats/nats-server.conf``); the passwords it references reach the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -38,6 +41,8 @@ from typing import Any
 
 from libs.local.servers import NatsServer, PostgresServer, ServerError
 
+#: Held by the keeper while it runs (its servers with it), in the home.
+SERVERS_LOCK = "servers.lock"
 #: Seconds between two checks that the servers are still running.
 WATCH_INTERVAL = 1.0
 RESTART_BACKOFF_CAP = 30.0
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", default="servers | ")
     args = ap.parse_args(argv)
 
+    # Released when this process ends, however it ends: the next up waits for it.
+    lock = (Path(args.home) / SERVERS_LOCK).open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     keeper = Keeper(args)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -189,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         keeper.watch()
     finally:
         keeper.stop()
+        lock.close()
     return 0
 
 

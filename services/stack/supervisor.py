@@ -308,6 +308,10 @@ class Supervisor:
         self.printer.alert(
             name, f"{why}; not restarting it. Stopping the stack: fix it and start again"
         )
+        self.stop_because(why)
+
+    def stop_because(self, why: str) -> None:
+        """Stop every service on our own, for ``why`` (kept as :attr:`failure`)."""
         if self.failure is None:
             self.failure = why
         self._stop_requested.set()

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from libs.config import masked_url
 from libs.local.servers import free_port, port_is_free
-from services.stack import configs, wiring
+from services.stack import configs, keeper, wiring
 from services.stack import credentials as creds
 from services.stack.banner import (
     Endpoint,
@@ -54,7 +54,13 @@ from services.stack.banner import (
     env_file_text,
     render,
 )
-from services.stack.supervisor import CONFIG_EXIT_CODE, Printer, ServiceSpec, Supervisor
+from services.stack.supervisor import (
+    CONFIG_EXIT_CODE,
+    Printer,
+    ServiceSpec,
+    Supervisor,
+    describe_exit,
+)
 
 if TYPE_CHECKING:
     from libs.strategy.spec import LoadedStrategy
@@ -67,6 +73,10 @@ DATABASE_NAME = "tradebus"
 
 #: Named timeouts (seconds).
 SERVERS_STOP_TIMEOUT = 60.0
+#: How often a lock held by an earlier up's keeper is tried again.
+KEEPER_POLL_INTERVAL = 0.1
+#: How often up checks that its server keeper still runs.
+KEEPER_WATCH_INTERVAL = 1.0
 STREAM_SETUP_TIMEOUT = 30.0
 #: Six Python services starting at once on a small machine take a while.
 HEALTH_TIMEOUT = 90.0
@@ -197,20 +207,53 @@ class LocalServers:
         return servers
 
     def stop(self, timeout: float = SERVERS_STOP_TIMEOUT) -> int:
-        """Ask the keeper to stop the servers and wait; kill it if it hangs."""
+        """Ask the keeper to stop the servers and wait; kill it if it hangs.
+        A keeper that died without stopping them (killed) left them running:
+        they are stopped through its process group, which they are in."""
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        self._stop_left_behind(timeout)
+        return code
+
+    def _stop_left_behind(self, timeout: float) -> None:
+        # The keeper leads its own session, so its group (pgid = its pid) is
+        # the servers' too, and cannot be another's while any of them lives.
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)  # nats-server exits, PostgreSQL fast
+        except ProcessLookupError:
+            return  # the keeper stopped them: the usual case
+        pids = self.pids().values()
+        deadline = time.monotonic() + timeout
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(KEEPER_POLL_INTERVAL)  # polling processes that are not our children
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def pids(self) -> dict[str, int]:
         return {k: v["pid"] for k, v in self.report.items() if v}
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's reaper may be slow, or none)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: taken as running, until the deadline
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _stdout_fd() -> int | None:
@@ -236,8 +279,9 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _home_lock(home: Path) -> Iterator[None]:
-    """One ``tradebus up`` per home: two would share (and corrupt) the data dirs."""
+def _home_lock(home: Path, note: Callable[[str], None]) -> Iterator[None]:
+    """One ``tradebus up`` per home: two would share (and corrupt) the data dirs.
+    Then, the servers of an earlier up are waited for (:func:`_wait_for_keeper`)."""
     path = home / "up.lock"
     with path.open("a+") as f:
         try:
@@ -254,9 +298,35 @@ def _home_lock(home: Path) -> Iterator[None]:
         f.write(str(os.getpid()))
         f.flush()
         try:
+            _wait_for_keeper(home, note)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for_keeper(home: Path, note: Callable[[str], None]) -> None:
+    """Wait for the keeper of an earlier up on ``home`` to exit. An up killed
+    outright (``kill -9``) releases its lock at once, but its keeper only then
+    starts stopping the servers: started meanwhile, ours would run beside them
+    on the same data directories. The keeper holds ``SERVERS_LOCK`` until it exits."""
+    with (home / keeper.SERVERS_LOCK).open("a") as f:
+        deadline = time.monotonic() + SERVERS_STOP_TIMEOUT
+        note_given = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UpError(
+                        f"the servers of an earlier tradebus up still run with home {home} "
+                        f"after {SERVERS_STOP_TIMEOUT:g}s; stop them or pass --home DIR"
+                    ) from None
+                if not note_given:
+                    note(f"waiting for the servers of an earlier tradebus up to stop (home {home})")
+                    note_given = True
+                time.sleep(KEEPER_POLL_INTERVAL)  # polling a lock, not synchronising
+            else:
+                return  # closing the file releases it, for our keeper to take
 
 
 @contextlib.contextmanager
@@ -303,7 +373,7 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         _refuse(printer, e)
         return 1
     try:
-        with _home_lock(home):
+        with _home_lock(home, lambda text: printer.line(LABEL, text)):
             return _run_locked(options, home, names, printer, checked)
     except (UpError, wiring.WiringError) as e:
         _refuse(printer, e)
@@ -389,7 +459,7 @@ def _run_locked(
                 )
                 state_file.write_text(_state(info, servers))
                 failure = asyncio.run(
-                    _supervise(specs, endpoints, printer, info, options.stop_timeout)
+                    _supervise(specs, endpoints, printer, info, options.stop_timeout, servers)
                 )
             except Interrupted as e:
                 interrupted = e
@@ -428,7 +498,8 @@ def _check_configs(files: configs.ConfigFiles) -> configs.Loaded:
     loaded = configs.load_configs(files)
     if loaded.problems:
         raise UpError("\n".join(loaded.problems))
-    problems = configs.cross_check(loaded).problems
+    # The paper URLs are not compared: the stack points them at its own paper broker.
+    problems = configs.cross_check(loaded, paper_url=False).problems
     if problems:
         raise UpError(
             "the config files do not agree (tradebus config check shows it too):\n"
@@ -573,9 +644,10 @@ def _stack_info(
     inputs: wiring.Inputs,
 ) -> StackInfo:
     env_file: Path | None = None
-    # No URL with a password in it goes to disk; the operator's NATS identity
-    # does (ours, generated), in a file only its owner may read.
-    if urlsplit(nats_url).password is None and urlsplit(database_url).password is None:
+    # No URL with a password in it (or a NATS token, or a ?password=: what
+    # masked_url hides) goes to disk; the operator's NATS identity does (ours,
+    # generated), in a file only its owner may read.
+    if masked_url(nats_url) == nats_url and masked_url(database_url) == database_url:
         env_file = home / "env"
         operator = credentials.nats_env("operator") if credentials is not None else {}
         # The limits this stack's risk-gate runs with: `tradebus risk status`
@@ -611,14 +683,18 @@ async def _supervise(
     printer: Printer,
     info: StackInfo,
     stop_timeout: float,
+    servers: LocalServers | None = None,
 ) -> str | None:
     """Run the services until stopped; returns why, if the supervisor stopped
-    them itself (a service refused its configuration)."""
+    them itself (a service refused its configuration, the keeper died)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)
     running = asyncio.create_task(supervisor.run())
+    watching = (
+        asyncio.create_task(_watch_keeper(servers, supervisor)) if servers is not None else None
+    )
     waiting = asyncio.create_task(_wait_healthy(endpoints, HEALTH_TIMEOUT))
     done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if waiting in done:
@@ -631,7 +707,24 @@ async def _supervise(
     else:
         waiting.cancel()
     await running
+    if watching is not None:
+        watching.cancel()
     return supervisor.failure
+
+
+async def _watch_keeper(servers: LocalServers, supervisor: Supervisor) -> None:
+    """Stop the stack if the server keeper dies (killed): nothing would restart
+    a server that stops, and the servers would outlive the stack."""
+    # Polled: the keeper is a subprocess.Popen, with no exit to await.
+    while True:
+        code = servers.proc.poll()
+        if code is not None:
+            break
+        await asyncio.sleep(KEEPER_WATCH_INTERVAL)
+    supervisor.stop_because(
+        f"the server keeper exited unexpectedly ({describe_exit(code)}); its servers "
+        "are stopped with the stack: start it again"
+    )
 
 
 async def _wait_healthy(endpoints: list[Endpoint], timeout: float) -> list[str]:

@@ -840,3 +840,50 @@ def test_backoff_grows_to_its_cap() -> None:
 def test_banner_never_shows_a_password() -> None:
     assert masked_url("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert masked_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_up_waits_for_the_servers_an_up_killed_outright_left_stopping(tmp_path: Path) -> None:
+    """After ``kill -9`` of up, its keeper stops the servers on its own (end of
+    its stdin), which takes a moment: an up started meanwhile on the same home
+    took the home's lock at once (up's own died with it) and started servers
+    beside the old ones, on the same data directories."""
+    from services.stack.up import LocalServers, _home_lock
+
+    servers = LocalServers.start(
+        tmp_path,
+        nats_port=free_port(),
+        nats_monitor_port=free_port(),
+        postgres_port=None,
+        prefix="servers | ",
+    )
+    assert servers.proc.stdin is not None
+    servers.proc.stdin.close()  # what up's death does: the keeper starts stopping
+    notes: list[str] = []
+    with _home_lock(tmp_path, notes.append):
+        assert servers.proc.poll() is not None, "the old keeper still runs its servers"
+    assert notes == [f"waiting for the servers of an earlier tradebus up to stop (home {tmp_path})"]
+    assert servers.proc.wait() == 0
+    assert servers.proc.stdout is not None
+    servers.proc.stdout.close()
+
+
+async def test_up_stops_the_stack_and_its_servers_when_its_keeper_dies(tmp_path: Path) -> None:
+    """The keeper killed outright (an OOM kill, a stray kill -9): up did not
+    notice. The stack ran on with servers nothing restarted, and at its stop
+    up found the keeper gone and left nats-server and PostgreSQL running,
+    holding the home's data and ports after it had exited."""
+    up = await start_up(tmp_path, tmp_path / "home", "keeper", "--only", "recorder")
+    try:
+        state = await eventually(up.state, timeout=120, message=up.tail)
+        servers = state["servers"]
+        keeper = int(stat_fields(servers["nats"])[1])
+        os.kill(keeper, signal.SIGKILL)
+        code = await asyncio.wait_for(up.proc.wait(), timeout=120)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert code == 1, text[-4000:]
+    assert "stopped because the server keeper exited unexpectedly (killed by SIGKILL)" in text
+    assert re.search(r"recorder stopped \((exit code 0|killed by SIGTERM)\)", text), text
+    for pid in servers.values():
+        assert not alive(pid), f"a server (pid {pid}) outlived the stack"

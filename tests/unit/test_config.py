@@ -201,6 +201,24 @@ def test_gateway_positions_check_period_is_refused_by_name(
     assert load_settings(GatewaySettings).position_check_every_s == 0
 
 
+def test_a_polygon_reconnect_backoff_starting_above_its_max_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.marketdata.config import MarketdataSettings
+
+    # Accepted until this: the delays were capped at the max from the first on.
+    # The max left at its default (30 s) is checked too.
+    monkeypatch.setenv("TRADEBUS_POLYGON_RECONNECT_INITIAL_S", "60")
+    with pytest.raises(ConfigError) as info:
+        load_settings(MarketdataSettings)
+    assert str(info.value) == (
+        "invalid configuration: TRADEBUS_POLYGON_RECONNECT_MAX_S: "
+        "must be at least TRADEBUS_POLYGON_RECONNECT_INITIAL_S (60)"
+    )
+    monkeypatch.setenv("TRADEBUS_POLYGON_RECONNECT_MAX_S", "60")
+    assert load_settings(MarketdataSettings).polygon_reconnect_max_s == 60
+
+
 def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.strategy_runner.config import RunnerSettings
 
@@ -323,3 +341,48 @@ def test_masked_url_hides_only_the_password() -> None:
     assert masked_url(DB_URL) == "postgresql://trader:***@db.internal:5432/tradebus"
     assert masked_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert masked_url("postgresql://postgres@h/x") == "postgresql://postgres@h/x"
+
+
+def test_an_instance_too_long_for_an_event_s_source_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every service publishes with source "<service>/<instance>", which the
+    # envelope takes up to 128 characters: the longest instance taken must fit
+    # behind every service's name, and one longer is refused at start-up.
+    from libs.contract.envelope import WallClock
+    from libs.contract.events import KillSwitchEngaged, OperatorActionPayload
+    from services.broker_gateway.main import SERVICE as GATEWAY
+    from services.recorder.domain.rows import RECORDER_SOURCE
+    from services.risk_gate.domain.commands import SOURCE as RISK_GATE
+    from services.strategy_runner.runner import SERVICE as RUNNER
+
+    longest = next(n for n in range(200, 0, -1) if _taken(monkeypatch, "x" * n))
+    payload = OperatorActionPayload(operator="test", reason="test")
+    for service in (RUNNER, GATEWAY, RECORDER_SOURCE, RISK_GATE, "marketdata", "paper-broker"):
+        event = KillSwitchEngaged.create(
+            payload, source=f"{service}/{'x' * longest}", clock=WallClock()
+        )
+        assert event.source.startswith(service)
+
+    monkeypatch.setenv("TRADEBUS_INSTANCE", "x" * (longest + 1))
+    with pytest.raises(ConfigError) as info:
+        load_settings(ServiceSettings)
+    assert str(info.value).startswith("invalid configuration: TRADEBUS_INSTANCE: ")
+
+
+def _taken(monkeypatch: pytest.MonkeyPatch, instance: str) -> bool:
+    monkeypatch.setenv("TRADEBUS_INSTANCE", instance)
+    try:
+        load_settings(ServiceSettings)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("scheme", ["nats", "tls", "ws", "wss"])
+def test_masked_url_hides_a_nats_token(scheme: str) -> None:
+    # A NATS URL's user without a password is a token (nats-py logs in with
+    # it): as secret as a password, and printed as plainly until this.
+    assert masked_url(f"{scheme}://{SECRET}@10.0.0.5:4222") == f"{scheme}://***@10.0.0.5:4222"
+    assert masked_url(f"{scheme}://trader:{SECRET}@h:4222") == f"{scheme}://trader:***@h:4222"
+    assert masked_url(f"{scheme}://10.0.0.5:4222") == f"{scheme}://10.0.0.5:4222"

@@ -120,6 +120,80 @@ def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
     assert (problems, len(notes)) == ((), 1)
 
 
+def test_a_strategy_trading_a_symbol_its_risk_limits_do_not_list(tmp_path: Path) -> None:
+    # sma-aapl's risk limits list AAPL only: every order of it on NVDA is denied.
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [AAPL, NVDA]"))
+    problems, _ = checked(strategies, RISK)
+    assert problems == (
+        f"strategy sma-aapl ({strategies}) trades NVDA, which its limits in {RISK} do not "
+        "list: the risk-gate would deny every order of it in NVDA (max_symbol_position). Add "
+        f"strategies.sma-aapl.symbols.NVDA to {RISK} (max_position: 0 for a symbol it only "
+        f"watches), or remove it from {strategies}",
+    )
+    # A strategy whose limits list no symbols may trade any.
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [SPY]", "symbols: [SPY, QQQ]"))
+    assert checked(strategies, RISK) == ((), ())
+
+
+PAPER = CONFIG_DIR / "paper.yaml"
+
+
+def paper_checked(
+    brokers: Path, paper: Path, *, paper_url: bool = True
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    loaded = load_configs(ConfigFiles(brokers=brokers, paper=paper))
+    assert loaded.problems == ()
+    found = cross_check(loaded, paper_url=paper_url)
+    return found.problems, found.notes
+
+
+def test_the_deployed_paper_and_brokers_files_agree() -> None:
+    assert paper_checked(BROKERS, PAPER) == ((), ())
+
+
+def test_a_paper_account_the_paper_broker_does_not_have(tmp_path: Path) -> None:
+    paper = edited(tmp_path, PAPER, ("accounts:\n  paper:", "accounts:\n  paper-b:"))
+    problems, _ = paper_checked(BROKERS, paper)
+    assert problems == (
+        f"account paper ({BROKERS}) is a paper account, but {paper} has no account paper: "
+        "the paper broker would refuse the gateway's login, or book its orders in another "
+        f"account. Add accounts.paper to {paper}, or make the two files name it alike",
+    )
+
+
+def test_a_paper_account_whose_key_variables_differ(tmp_path: Path) -> None:
+    paper = edited(tmp_path, PAPER, ("key_id_env: TRADEBUS_PAPER_KEY_ID", "key_id_env: PAPER_KEY"))
+    problems, _ = paper_checked(BROKERS, paper)
+    assert problems == (
+        f"account paper logs in with the key id in TRADEBUS_PAPER_KEY_ID "
+        f"(accounts.paper.credentials.key_id_env in {BROKERS}), but {paper} reads it from "
+        "PAPER_KEY (accounts.paper.key_id_env): the paper broker would refuse the login "
+        "unless both hold the same value. Name the same variable in both",
+    )
+
+
+def test_a_paper_url_on_another_port_than_the_paper_broker_s(tmp_path: Path) -> None:
+    paper = edited(tmp_path, PAPER, ("port: 8765", "port: 8766"))
+    problems, _ = paper_checked(BROKERS, paper)
+    assert problems == (
+        f"account paper connects to ws://127.0.0.1:8765/stream (accounts.paper.url in "
+        f"{BROKERS}), but {paper} serves on port 8766: the gateway would not reach the "
+        "paper broker. Make the two ports agree",
+    )
+    # tradebus up points every paper account at its own paper broker's port.
+    assert paper_checked(BROKERS, paper, paper_url=False) == ((), ())
+
+
+def test_config_check_checks_paper_yaml_against_brokers_yaml(tmp_path: Path) -> None:
+    paper = edited(tmp_path, PAPER, ("port: 8765", "port: 8766"))
+    result = CliRunner().invoke(app, ["config", "check", *BROKERS_ARGS, "--paper", str(paper)])
+    assert result.exit_code == 1, result.output
+    assert f"{paper}: ok (1 account)" in result.output
+    assert "  problem: account paper connects to ws://127.0.0.1:8765/stream" in result.output
+    result = CliRunner().invoke(app, ["config", "check", *BROKERS_ARGS, "--paper", str(PAPER)])
+    assert result.exit_code == 0, result.output
+
+
 # ------------------------------------------------------------ config check
 
 
@@ -159,7 +233,7 @@ def test_config_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(app, ["config", "check"])
     assert result.exit_code == 2
-    assert "give at least one of --strategies, --risk, --brokers" in result.output
+    assert "give at least one of --strategies, --risk, --brokers, --paper" in result.output
 
 
 # ------------------------------------------------------------------- up

@@ -42,6 +42,9 @@ def test_the_example_files_load() -> None:
         ("journal_keep_finished_days: .inf\n", "journal_keep_finished_days"),
         ("journal_keep_finished_days: 1e300\n", "journal_keep_finished_days"),
         ("journal_compact_mb: .inf\n", "journal_compact_mb"),
+        # Orders name symbols in upper case: a halt on 'aapl' never halted AAPL.
+        ("halted_symbols: [aapl]\n", "halted_symbols.0: Value error, must be upper case"),
+        ("untradable_symbols: [Msft]\n", "untradable_symbols.0: Value error, must be upper case"),
         ("[1, 2\n", "not valid YAML"),
         ("port: 1\nhost: h\nport: 2\n", "duplicate key 'port' on line 3 (first on line 1)"),
     ],
@@ -87,6 +90,12 @@ CREDS = "credentials: {key_id_env: K, secret_key_env: S}"
             "accounts: {a: {adapter: paper, url: 'ws://x', "
             "credentials: {key_id: K, secret_key_env: S}}}",
             "accounts.a.credentials.key_id",
+        ),
+        # Accepted until this: the first retry waited initial_s, every later one max_s.
+        (
+            f"accounts: {{a: {{adapter: paper, url: 'ws://x', {CREDS}, "
+            "reconnect: {initial_s: 10}}}",
+            "accounts.a.reconnect.max_s: Value error, must be at least initial_s (10)",
         ),
     ],
 )

@@ -90,3 +90,33 @@ def test_a_merge_key_override_is_not_a_duplicate() -> None:
         Decimal(10),
         Decimal(3),
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            GOOD.replace(
+                "max_order_notional: 500",
+                "max_order_notional: 500\n    symbols: {aapl: {max_position: 5}}",
+            ),
+            "strategies.s.symbols.aapl",
+        ),
+        (
+            GOOD.replace(
+                "{daily_loss_limit: 500}",
+                "{daily_loss_limit: 500, symbols: {O:spy241220P00720000: {max_position: 1}}}",
+            ),
+            "accounts.a.symbols.O:spy241220P00720000",
+        ),
+    ],
+)
+def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(text: str, where: str) -> None:
+    # Intents and market data name symbols in upper case: a strategy allowed
+    # only 'aapl' was denied every AAPL order, and an account's cap on 'aapl'
+    # never applied to AAPL.
+    with pytest.raises(RiskConfigError) as e:
+        parse_limits(text)
+    assert f"risk.yaml: {where}" in str(e.value)
+    assert "must be upper case" in str(e.value)
+    assert parse_limits(text.replace("aapl", "AAPL").replace("O:spy", "O:SPY"))

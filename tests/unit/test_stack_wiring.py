@@ -227,3 +227,29 @@ def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) 
         synthetic_run=plan.env["TRADEBUS_SYNTHETIC_RUN"],
     )
     assert_two_starts_share_no_ids(settings)
+
+
+@pytest.mark.parametrize(
+    ("nats_url", "database_url"),
+    [
+        ("nats://s3cr3t-token@10.0.0.5:4222", "postgresql://postgres@127.0.0.1:1/tradebus"),
+        ("nats://127.0.0.1:1", "postgresql://postgres@db:5432/tradebus?password=s3cr3t-token"),
+    ],
+)
+def test_no_url_with_a_secret_goes_to_the_env_file(
+    tmp_path: Path, nats_url: str, database_url: str
+) -> None:
+    # A NATS token (a user without a password) and a ?password= are secrets
+    # as a URL's password is: up wrote them into .tradebus/env until this.
+    from services.stack.up import _stack_info
+
+    home = tmp_path / "home"
+    home.mkdir()
+    given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml")
+    info = _stack_info(home, nats_url, database_url, [], None, None, given)
+    assert info.env_file is None
+    assert not (home / "env").exists()
+    # Without a secret in either URL, the file is written.
+    plain = _stack_info(home, "nats://127.0.0.1:1", given.database_url, [], None, None, given)
+    assert plain.env_file == home / "env"
+    assert "nats://127.0.0.1:1" in (home / "env").read_text()

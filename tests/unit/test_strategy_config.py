@@ -218,3 +218,14 @@ def test_a_pairs_leg_notional_no_order_can_carry_is_refused_naming_the_key(notio
     assert "less than or equal to 1000000000000" in problem, problem
     ok = {"leg_notional": "1e12"}
     assert validate_strategies({"strategies": [entry(**pair, params=ok)]})
+
+
+@pytest.mark.parametrize("symbol", ["aapl", "Msft", "O:spy241220P00720000"])
+def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(symbol: str) -> None:
+    # Market data names symbols in upper case (marketdata upper-cases its
+    # TRADEBUS_SYMBOLS; Polygon sends them so): a strategy on 'aapl' was
+    # accepted and subscribed to md.bar.1m.aapl, on which nothing is published.
+    (problem,) = problems(entry(symbols=["NVDA", symbol]))
+    assert problem.startswith("strategies[0].symbols[1]: must be upper case"), problem
+    assert symbol.upper() in problem
+    assert validate_strategies({"strategies": [entry(symbols=["NVDA", "O:SPY241220P00720000"])]})

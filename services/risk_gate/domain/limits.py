@@ -19,7 +19,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from libs.contract.envelope import Token
+from libs.contract.envelope import SymbolToken, Token
 from libs.contract.events import asset_class_of
 
 GLOBAL = "global"
@@ -69,7 +69,7 @@ class AccountLimits(_Config):
     reduce_only_at_loss: Positive | None = None
     rate_limit: RateLimit | None = None
     #: Caps on the account's net position per symbol, all strategies together.
-    symbols: dict[Token, SymbolLimit] = Field(default_factory=dict)
+    symbols: dict[SymbolToken, SymbolLimit] = Field(default_factory=dict)
     #: Cancel, flatten and halt when the broker connection is lost.
     flatten_on_disconnect: bool = True
 
@@ -97,7 +97,7 @@ class StrategyLimits(_Config):
     max_order_notional: Positive
     rate_limit: RateLimit | None = None
     #: When given, the only symbols it may trade, each with its own cap.
-    symbols: dict[Token, SymbolLimit] | None = None
+    symbols: dict[SymbolToken, SymbolLimit] | None = None
 
 
 #: A price band's width, as a fraction of the last price: 0.05 is 5 %.
