@@ -64,6 +64,24 @@ def test_yaml_floats_are_read_as_the_decimals_written() -> None:
             "reduce_only_at_loss must be smaller",
         ),
         (GOOD.replace("a: {", "global: {").replace("account: a", "account: global"), "reserved"),
+        # Taken until this, and a tripped breaker's event (whose limit is
+        # money: 12 places, 26 digits before the point) could not be made:
+        # the gate raised in react and restarted into the same raise.
+        (
+            GOOD.replace("{daily_loss_limit: 500}", '{daily_loss_limit: "0.0000000000001"}'),
+            "accounts.a.daily_loss_limit: Decimal input should have no more than 12 decimal",
+        ),
+        (
+            GOOD.replace("{daily_loss_limit: 500}", '{daily_loss_limit: "1e30"}'),
+            "accounts.a.daily_loss_limit: Decimal input should have no more than 26 digits",
+        ),
+        (
+            GOOD.replace(
+                "{daily_loss_limit: 500}",
+                '{daily_loss_limit: 500, reduce_only_at_loss: "0.1234567890123"}',
+            ),
+            "accounts.a.reduce_only_at_loss: Decimal input should have no more than 12 decimal",
+        ),
         ("- a\n- b\n", "top level must be a mapping"),
         ("accounts: [\n", "not valid YAML"),
     ],

@@ -35,6 +35,12 @@ def _decimal_from_config(value: Any) -> Any:
 _Dec = BeforeValidator(_decimal_from_config)
 #: A positive amount: money, a quantity, a notional.
 Positive = Annotated[Decimal, _Dec, Field(gt=0, allow_inf_nan=False, max_digits=38)]
+#: A loss limit: money, as the breaker's event carries it (``Money``: 12
+#: places, 26 digits before the point); more, and a tripped breaker could not
+#: be published.
+LossLimit = Annotated[
+    Decimal, _Dec, Field(gt=0, allow_inf_nan=False, max_digits=38, decimal_places=12)
+]
 #: A non-negative amount (0 allowed: "no position at all in this symbol").
 NonNegative = Annotated[Decimal, _Dec, Field(ge=0, allow_inf_nan=False, max_digits=38)]
 
@@ -64,9 +70,9 @@ class AccountLimits(_Config):
     """One broker account: its daily-loss breaker and order-rate limit."""
 
     #: Day P&L (realized + unrealized) at or below minus this trips the breaker.
-    daily_loss_limit: Positive
+    daily_loss_limit: LossLimit
     #: Day P&L at or below minus this puts the account in ``reducing`` (optional).
-    reduce_only_at_loss: Positive | None = None
+    reduce_only_at_loss: LossLimit | None = None
     rate_limit: RateLimit | None = None
     #: Caps on the account's net position per symbol, all strategies together.
     symbols: dict[SymbolToken, SymbolLimit] = Field(default_factory=dict)
