@@ -5,10 +5,11 @@ Per account, one :class:`AccountWorker` with two tasks:
 - **commands**, strictly in stream order: ``SubmitOrder`` -> ``submit`` with
   client order id = order id (the broker keeps one order per id, so a
   redelivered or re-published command never places a second order);
-  ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all`` then
-  ``close_all``, once per flatten (by its event id). A command is acknowledged
-  on NATS only once its broker call is done (acks of several commands leave
-  together, within ``ACK_DELAY_S``; a flatten's at once, see ``_flatten``).
+  ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all``, the
+  unsettled orders' missed fills, then ``close_all``, once per flatten (by its
+  event id). A command is acknowledged on NATS only once its broker call is
+  done (acks of several commands leave together, within ``ACK_DELAY_S``; a
+  flatten's at once, see ``_flatten``).
   While the broker is unreachable the command is held and executed once it is
   back — except a ``SubmitOrder`` older than ``max_submit_delay_s``, which is
   rejected as ``stale`` (after checking that the broker never got it).
@@ -612,6 +613,7 @@ class AccountWorker:
         self.tracker.flatten_started(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
+            await self._caught_up()
             closed = await self._call("close_all", self.port.close_all)
             await self.outbox.publish(self.tracker.flatten_done(closed.orders, closed.refused))
         finally:
@@ -638,6 +640,23 @@ class AccountWorker:
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
         return "flattened"
+
+    async def _caught_up(self) -> None:
+        """Before a close-all: each unsettled order's fills published.
+
+        The close-all's fills are booked to the strategies whose positions
+        they close, as the fills published make them. A fill the stream did
+        not bring (made while the connection was lost, the very case a flatten
+        is sent for) was left to the reconnection's reconciliation, which
+        could publish it after the closing fill: that was booked to nobody,
+        and the order's strategy kept the position the flatten closed. One
+        question per unsettled order (after the cancel-all, so each is
+        final), as a reconciliation asks; one given up is left to it.
+        """
+        for t in self.tracker.unsettled():
+            if not self.port.connected:
+                return  # the reconnection reconciles everything
+            await self._call_once(self._reconcile_one(t))
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, retried whenever the broker is away (however long that
