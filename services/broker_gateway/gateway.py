@@ -501,6 +501,8 @@ class AccountWorker:
         deadline = command.ts_init / 1e9 + self.max_submit_delay_s
         attempt = 0
         while True:
+            if self._called_off(order_id):
+                return await self._withdraw(order_id)
             if time.time() > deadline:
                 # Too old to send; but a crash may have sent it already: ask first.
                 found = await self._call(
@@ -528,6 +530,27 @@ class AccountWorker:
             await self.outbox.publish(self.tracker.submitted(order_id, order))
             await self._settle(order)
             return "accepted"
+
+    def _called_off(self, order_id: uuid.UUID) -> bool:
+        """A command queued behind this order's submit cancels it: its
+        ``CancelOrder``, or a ``FlattenAccount`` (not a repeat). It is the
+        order's cancel cause now, as in a tracker rebuilt after a crash (in
+        stream order), so the order is withdrawn, not sent.
+
+        The risk-gate's reaction to a lost connection (and the kill switch)
+        is a ``CancelOrder`` per open order, then a ``FlattenAccount``: a
+        submit held for the broker had them queued behind it, and was sent
+        once it was back (a market order filled), the cancel came too late
+        and the flatten traded it back.
+        """
+        for held in self._queue:
+            c = held.command
+            if (isinstance(c, CancelOrder) and c.payload.order_id == order_id) or (
+                isinstance(c, FlattenAccount) and not self.tracker.flattened(c.id)
+            ):
+                self.tracker.called_off(order_id, c)
+                break
+        return self.tracker.cancel_pending(order_id)
 
     async def _withdraw(self, order_id: Any) -> str:
         """A cancel (or a flatten) came before this order was sent: do not send it.
