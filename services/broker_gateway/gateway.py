@@ -5,10 +5,11 @@ Per account, one :class:`AccountWorker` with two tasks:
 - **commands**, strictly in stream order: ``SubmitOrder`` -> ``submit`` with
   client order id = order id (the broker keeps one order per id, so a
   redelivered or re-published command never places a second order);
-  ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all`` then
-  ``close_all``, once per flatten (by its event id). A command is acknowledged
-  on NATS only once its broker call is done (acks of several commands leave
-  together, within ``ACK_DELAY_S``; a flatten's at once, see ``_flatten``).
+  ``CancelOrder`` -> ``cancel``; ``FlattenAccount`` -> ``cancel_all``, the
+  unsettled orders' missed fills, then ``close_all``, once per flatten (by its
+  event id). A command is acknowledged on NATS only once its broker call is
+  done (acks of several commands leave together, within ``ACK_DELAY_S``; a
+  flatten's at once, see ``_flatten``).
   While the broker is unreachable the command is held and executed once it is
   back — except a ``SubmitOrder`` older than ``max_submit_delay_s``, which is
   rejected as ``stale`` (after checking that the broker never got it).
@@ -503,6 +504,8 @@ class AccountWorker:
         deadline = command.ts_init / 1e9 + self.max_submit_delay_s
         attempt = 0
         while True:
+            if self._called_off(order_id):
+                return await self._withdraw(order_id)
             if time.time() > deadline:
                 # Too old to send; but a crash may have sent it already: ask first.
                 found = await self._call(
@@ -530,6 +533,27 @@ class AccountWorker:
             await self.outbox.publish(self.tracker.submitted(order_id, order))
             await self._settle(order)
             return "accepted"
+
+    def _called_off(self, order_id: uuid.UUID) -> bool:
+        """A command queued behind this order's submit cancels it: its
+        ``CancelOrder``, or a ``FlattenAccount`` (not a repeat). It is the
+        order's cancel cause now, as in a tracker rebuilt after a crash (in
+        stream order), so the order is withdrawn, not sent.
+
+        The risk-gate's reaction to a lost connection (and the kill switch)
+        is a ``CancelOrder`` per open order, then a ``FlattenAccount``: a
+        submit held for the broker had them queued behind it, and was sent
+        once it was back (a market order filled), the cancel came too late
+        and the flatten traded it back.
+        """
+        for held in self._queue:
+            c = held.command
+            if (isinstance(c, CancelOrder) and c.payload.order_id == order_id) or (
+                isinstance(c, FlattenAccount) and not self.tracker.flattened(c.id)
+            ):
+                self.tracker.called_off(order_id, c)
+                break
+        return self.tracker.cancel_pending(order_id)
 
     async def _withdraw(self, order_id: Any) -> str:
         """A cancel (or a flatten) came before this order was sent: do not send it.
@@ -615,6 +639,7 @@ class AccountWorker:
         self.tracker.flatten_started(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
+            await self._caught_up()
             closed = await self._call("close_all", self.port.close_all)
             await self.outbox.publish(self.tracker.flatten_done(closed.orders, closed.refused))
         finally:
@@ -641,6 +666,23 @@ class AccountWorker:
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
         return "flattened"
+
+    async def _caught_up(self) -> None:
+        """Before a close-all: each unsettled order's fills published.
+
+        The close-all's fills are booked to the strategies whose positions
+        they close, as the fills published make them. A fill the stream did
+        not bring (made while the connection was lost, the very case a flatten
+        is sent for) was left to the reconnection's reconciliation, which
+        could publish it after the closing fill: that was booked to nobody,
+        and the order's strategy kept the position the flatten closed. One
+        question per unsettled order (after the cancel-all, so each is
+        final), as a reconciliation asks; one given up is left to it.
+        """
+        for t in self.tracker.unsettled():
+            if not self.port.connected:
+                return  # the reconnection reconciles everything
+            await self._call_once(self._reconcile_one(t))
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, retried whenever the broker is away (however long that

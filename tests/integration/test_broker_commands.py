@@ -34,6 +34,8 @@ from libs.bus.client import Bus
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
     AnyEvent,
+    CancelOrder,
+    CancelOrderPayload,
     FlattenAccount,
     FlattenAccountPayload,
     SignalGenerated,
@@ -738,3 +740,93 @@ async def test_a_day_order_the_broker_expires_at_the_close_is_published_canceled
     assert canceled["payload"]["order_id"] == str(resting.payload.order_id)
     assert "expired" in canceled["payload"]["reason"]
     assert book.orders(a.account) == []
+
+
+async def test_a_flatten_after_a_lost_connection_books_its_close_to_the_strategy_that_filled(
+    bus: Bus, venues: list[Venue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is lost; a resting order of s1 fills meanwhile (the
+    stream does not bring it) and the risk-gate sends a flatten. Once the
+    broker is back, the flatten's closing fill is booked to the strategies
+    by the fills published, so s1's missed fill must be published first: it
+    was left to the reconnection's reconciliation, which (here: just after
+    the flatten, as it may) published it after the closing fill, booked to
+    nobody. s1 kept +10 AAPL the flatten had sold, nobody held -10."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        resting = submit(a.account, "AAPL", "10", limit="90")
+        await bus.publish(resting)
+        await eventually(lambda: last_event(bus, f"broker.ack.{a.account}"), timeout=10)
+        await w.wait_idle()
+        reconcile = w.reconcile
+
+        async def after_the_flatten(only: set[Any] | None = None) -> bool:
+            await eventually(lambda: a.book.close_alls >= 1, timeout=20)
+            return await reconcile(only)
+
+        monkeypatch.setattr(w, "reconcile", after_the_flatten)
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        assert a.book.on_market(MarketUpdate.trade("AAPL", D(89)))  # fills it, unseen
+        flat = flatten(a.account)
+        await bus.publish(flat)
+        await eventually(lambda: w.held == 1, timeout=10)
+        await a.up()
+
+        async def both_fills() -> list[dict[str, Any]] | None:
+            fills = await stored(bus, f"broker.fill.{a.account}")
+            return fills if len(fills) >= 2 else None
+
+        fills = await eventually(both_fills, timeout=20)
+        await w.wait_idle()
+    assert a.book.positions(a.account) == []
+    by_order = {
+        f["payload"]["order_id"]: (f["payload"]["strategy"], f["payload"]["side"]) for f in fills
+    }
+    assert by_order.pop(str(resting.payload.order_id)) == ("s1", "buy")
+    assert list(by_order.values()) == [("s1", "sell")]  # the close, to s1, not to nobody
+    assert w.tracker.position("AAPL", "s1") == 0
+    assert w.tracker.position("AAPL") == 0
+
+
+@pytest.mark.parametrize("behind", ["cancel", "flatten"])
+async def test_a_held_order_whose_cancel_is_queued_behind_it_is_never_sent(
+    bus: Bus, venues: list[Venue], behind: str
+) -> None:
+    """The broker is away with a market order held; the risk-gate's reaction
+    (connection_lost: a CancelOrder per open order, then FlattenAccount; the
+    kill switch the same) comes behind it. Once the broker is back the order
+    is withdrawn, never sent, as it would have been after a crash: it was
+    sent and filled, the cancel came too late and the flatten sold it
+    again, a round trip at the market the risk-gate had called off."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await a.down()
+        await eventually(lambda: not w.port.connected, timeout=10)
+        held = submit(a.account, "AAPL", "10")
+        oid = held.payload.order_id
+        cancel = CancelOrder.create(
+            CancelOrderPayload(order_id=oid, account=a.account, reason="connection_lost"),
+            source="test/risk-gate",
+            clock=CLOCK,
+        )
+        reaction = [cancel, flatten(a.account)] if behind == "cancel" else [flatten(a.account)]
+        await bus.publish_many([held, *reaction])
+        await eventually(lambda: w.held == 1 + len(reaction), timeout=10)
+        await a.up()
+        await eventually(lambda: a.book.close_alls == 1 and w.held == 0, timeout=20)
+        await w.wait_idle()
+        assert str(oid) not in a.orders()
+        assert a.book.positions(a.account) == []
+        canceled = await eventually(
+            lambda: last_event(bus, f"broker.cancel.{a.account}"), timeout=10
+        )
+    assert canceled["payload"]["order_id"] == str(oid)
+    assert canceled["payload"]["reason"] == "canceled before it reached the broker"
+    assert canceled["causation_id"] == str(reaction[0].id)

@@ -446,6 +446,13 @@ class OrderTracker:
             t is not None and t.terminal is None and not t.accepted and t.cancel_cause is not None
         )
 
+    def called_off(self, order_id: uuid.UUID, command: CancelOrder | FlattenAccount) -> None:
+        """``command``, queued behind the order's submit, cancels it before it is
+        sent (the order only: a flatten is taken in when it runs)."""
+        t = self.orders.get(order_id)
+        if t is not None and t.cancel_cause is None:
+            t.cancel_cause = command
+
     def withdrawn(self, order_id: uuid.UUID) -> list[Event]:
         """The order is canceled without ever being sent (the broker does not have it)."""
         t = self.orders[order_id]
