@@ -66,11 +66,13 @@ def _upper_case(value: str) -> str:
 
 
 #: A symbol as a config file names it (``strategies.yaml``, ``risk.yaml``): a
-#: token in upper case. Market data names symbols so (marketdata upper-cases
-#: its ``TRADEBUS_SYMBOLS``), and a strategy on ``aapl`` would get no bar, a
-#: limit on ``aapl`` would never apply to ``AAPL``: refused, not normalised,
-#: since a strategy's own code compares symbols as written.
-SymbolToken = Annotated[Token, AfterValidator(_upper_case)]
+#: :data:`Symbol` in upper case (``BRK.B`` included, subscribed to as
+#: ``BRK~B`` like every subject of it). Market data names symbols so
+#: (marketdata upper-cases its ``TRADEBUS_SYMBOLS``), and a strategy on
+#: ``aapl`` would get no bar, a limit on ``aapl`` would never apply to
+#: ``AAPL``: refused, not normalised, since a strategy's own code compares
+#: symbols as written.
+SymbolToken = Annotated[Symbol, AfterValidator(_upper_case)]
 
 
 #: The longest ``source`` an event may name (``strategy-runner/<instance>``).

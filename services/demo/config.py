@@ -8,7 +8,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 from libs.config import ServiceSettings
-from libs.contract.envelope import Token
+from libs.contract.envelope import SymbolToken
 
 DEFAULT_SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY")
 
@@ -29,7 +29,7 @@ class DemoSettings(ServiceSettings):
     #: Trades per second (each may bring a bar or an order chain with it).
     demo_rate: Annotated[float, BeforeValidator(_rate)] = Field(default=20.0, gt=0, le=100_000)
     #: Symbols of the random walk, comma-separated.
-    demo_symbols: Annotated[tuple[Token, ...], NoDecode, BeforeValidator(_symbols)] = Field(
+    demo_symbols: Annotated[tuple[SymbolToken, ...], NoDecode, BeforeValidator(_symbols)] = Field(
         default=DEFAULT_SYMBOLS, min_length=1, max_length=100
     )
     #: Seed of the price path and of the chains' choices.

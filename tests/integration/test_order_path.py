@@ -2,10 +2,11 @@
 
 strategy-runner -> risk-gate -> broker-gateway -> paper broker (WebSocket),
 with the recorder writing everything to the store. The test plays market
-data: it publishes ``BarClosed`` on ``md.bar.1m.<symbol>``. Two strategies
+data: it publishes ``BarClosed`` on ``md.bar.1m.<symbol>``. Three strategies
 run the echo probe (one signal and one market buy per bar): ``steady`` on
 AAPL buys 1, ``typo`` on MSFT buys 100 where its caps allow 10 (the
-parameter typo: 100x the meant size of 1).
+parameter typo: 100x the meant size of 1), ``berkshire`` on BRK.B (a share
+class: a dot in the symbol, ``~`` in its subjects) buys 2.
 
 What is asserted is what the store holds and what the paper broker itself
 says (asked over its own WebSocket API).
@@ -57,6 +58,11 @@ strategies:
     symbols: [MSFT]
     account: {ACCOUNT}
     params: {{quantity: 100}}
+  - name: berkshire
+    kind: libs.strategy.testing:EchoStrategy
+    symbols: [BRK.B]
+    account: {ACCOUNT}
+    params: {{quantity: 2}}
 """
 
 RISK = f"""
@@ -80,6 +86,13 @@ strategies:
     max_position: 20
     max_order_quantity: 10
     max_order_notional: "5000"
+  berkshire:
+    account: {ACCOUNT}
+    max_gross_notional: "100000"
+    max_position: 100
+    max_order_quantity: 10
+    max_order_notional: "10000"
+    symbols: {{BRK.B: {{max_position: 10}}}}
 """
 
 
@@ -248,6 +261,7 @@ async def test_order_path_caps_audit_and_crashes(path: Path_, bus: Bus, database
     """One stack, three properties (each start of five processes costs seconds)."""
     await typo_never_reaches_the_broker(path, bus, database_url)
     await audit_walks_a_fill_back_to_its_signal(path, bus, database_url)
+    await a_share_class_trades_like_any_symbol(path, bus, database_url)
     await kill_9_gate_and_gateway_mid_stream(path, bus, database_url)
 
 
@@ -287,6 +301,22 @@ async def audit_walks_a_fill_back_to_its_signal(path: Path_, bus: Bus, db: str) 
     command = walked[1]
     acks = [e for e in chain if e["type"] == "OrderAccepted"]
     assert [a["causation_id"] for a in acks] == [command["id"]]
+
+
+async def a_share_class_trades_like_any_symbol(path: Path_, bus: Bus, db: str) -> None:
+    # BRK.B is in strategies.yaml and risk.yaml as the contract and Polygon
+    # name it; its bar goes on md.bar.1m.BRK~B, which the runner subscribes to.
+    await bus.publish(bar("BRK.B", "480"))
+    (fill,) = await eventually(
+        lambda: of_strategy(db, "FillReceived", "berkshire"), timeout=60, message=path.logs
+    )
+    assert (fill["payload"]["symbol"], fill["payload"]["quantity"]) == ("BRK.B", "2")
+    (decision,) = await of_strategy(db, "RiskDecisionMade", "berkshire")
+    assert decision["payload"]["decision"] == "accepted"
+    bars = [b for b in await recorded(db, "BarClosed") if b["payload"]["symbol"] == "BRK.B"]
+    assert [b["subject"] for b in bars] == ["md.bar.1m.BRK~B"]
+    held = [o for o in await broker_orders(path.broker_port) if o["symbol"] == "BRK.B"]
+    assert [(o["qty"], o["status"]) for o in held] == [("2", "filled")]
 
 
 async def kill_9_gate_and_gateway_mid_stream(path: Path_, bus: Bus, db: str) -> None:

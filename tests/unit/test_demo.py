@@ -232,6 +232,9 @@ def test_demo_settings_parse_rates_and_symbols(monkeypatch: pytest.MonkeyPatch) 
     s = load_settings(DemoSettings)
     assert (s.demo_rate, s.demo_symbols) == (50.0, ("AAPL", "SPY"))
     assert load_settings(DemoSettings, demo_rate="5", demo_symbols="TSLA").demo_rate == 5.0
+    # A share class, as the contract and the strategies take it (md.trade.BRK~B).
+    shares = load_settings(DemoSettings, demo_symbols="brk.b,BRK/A")
+    assert shares.demo_symbols == ("BRK.B", "BRK/A")
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -239,7 +242,8 @@ def test_demo_settings_parse_rates_and_symbols(monkeypatch: pytest.MonkeyPatch) 
     ("variable", "value"),
     [
         ("TRADEBUS_DEMO_RATE", "0/s"),
-        ("TRADEBUS_DEMO_SYMBOLS", "AA.PL"),
+        ("TRADEBUS_DEMO_SYMBOLS", "AA PL"),
+        ("TRADEBUS_DEMO_SYMBOLS", "AAPL,MD.>"),
         ("TRADEBUS_DEMO_SYMBOLS", ""),
     ],
 )

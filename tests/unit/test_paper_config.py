@@ -45,6 +45,8 @@ def test_the_example_files_load() -> None:
         # Orders name symbols in upper case: a halt on 'aapl' never halted AAPL.
         ("halted_symbols: [aapl]\n", "halted_symbols.0: Value error, must be upper case"),
         ("untradable_symbols: [Msft]\n", "untradable_symbols.0: Value error, must be upper case"),
+        ("halted_symbols: [brk.b]\n", "must be upper case, as market data names it: BRK.B"),
+        ("halted_symbols: [BRK B]\n", "halted_symbols.0: String should match pattern"),
         ("[1, 2\n", "not valid YAML"),
         ("port: 1\nhost: h\nport: 2\n", "duplicate key 'port' on line 3 (first on line 1)"),
     ],
@@ -55,6 +57,16 @@ def test_paper_yaml_errors_name_the_key(tmp_path: Path, text: str, message: str)
     with pytest.raises(ConfigError, match=r"paper\.yaml") as e:
         load_paper_config(path)
     assert message in str(e.value)
+
+
+def test_share_class_symbols_are_taken_as_the_contract_takes_them(tmp_path: Path) -> None:
+    # Orders name Berkshire's class B shares BRK.B (or BRK/B at Alpaca); a
+    # halt or a refusal of them could not be configured at all.
+    path = tmp_path / "paper.yaml"
+    path.write_text("halted_symbols: [BRK.B]\nuntradable_symbols: [BRK/B]\n")
+    book = load_paper_config(path).book_config()
+    assert book.halted_symbols == frozenset({"BRK.B"})
+    assert book.untradable_symbols == frozenset({"BRK/B"})
 
 
 def test_the_journal_s_compaction_settings(tmp_path: Path) -> None:

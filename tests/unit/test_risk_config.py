@@ -138,3 +138,23 @@ def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(text: str, where: 
     assert f"risk.yaml: {where}" in str(e.value)
     assert "must be upper case" in str(e.value)
     assert parse_limits(text.replace("aapl", "AAPL").replace("O:spy", "O:SPY"))
+
+
+@pytest.mark.parametrize("symbol", ["BRK.B", "BRK/B"])
+def test_a_share_class_symbol_is_taken_as_the_contract_takes_it(symbol: str) -> None:
+    # Intents name Berkshire's class B shares BRK.B (the contract's Symbol
+    # takes a dot or a slash); risk.yaml took only a subject token, so no cap
+    # could be set on them and a strategy listing its symbols could not list them.
+    account = f"{{daily_loss_limit: 500, symbols: {{{symbol}: {{max_position: 3}}}}}}"
+    strategy = f"max_order_notional: 500\n    symbols: {{{symbol}: {{max_position: 2}}}}"
+    text = GOOD.replace("{daily_loss_limit: 500}", account)
+    text = text.replace("max_order_notional: 500", strategy)
+    limits = parse_limits(text)
+    assert limits.accounts["a"].symbols[symbol].max_position == Decimal(3)
+    strategy_symbols = limits.strategies["s"].symbols
+    assert strategy_symbols is not None
+    assert strategy_symbols[symbol].max_position == Decimal(2)
+    with pytest.raises(RiskConfigError) as e:
+        parse_limits(text.replace(symbol, symbol.lower()))
+    assert f"risk.yaml: accounts.a.symbols.{symbol.lower()}" in str(e.value)
+    assert "must be upper case" in str(e.value)

@@ -229,3 +229,19 @@ def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(symbol: str) -> No
     assert problem.startswith("strategies[0].symbols[1]: must be upper case"), problem
     assert symbol.upper() in problem
     assert validate_strategies({"strategies": [entry(symbols=["NVDA", "O:SPY241220P00720000"])]})
+
+
+@pytest.mark.parametrize("symbol", ["BRK.B", "BRK/B"])
+def test_a_share_class_symbol_is_taken_as_the_contract_takes_it(symbol: str) -> None:
+    # Polygon names Berkshire's class B shares BRK.B (Alpaca BRK.B or BRK/B),
+    # and the contract's Symbol takes both; strategies.yaml took only a subject
+    # token, so a strategy could not trade them at all. Subjects write the dot
+    # as '~' (symbol_token), which is what the strategy-runner subscribes to.
+    (spec,) = (s.spec for s in validate_strategies({"strategies": [entry(symbols=[symbol])]}))
+    assert spec.symbols == (symbol,)
+    (problem,) = problems(entry(symbols=["NVDA", symbol.lower()]))
+    assert problem.startswith("strategies[0].symbols[1]: must be upper case"), problem
+    assert symbol in problem
+    for bad in ("BRK B", "BRK*B", "BRK.>"):
+        problem = problems(entry(symbols=["NVDA", bad]))[0]
+        assert problem.startswith("strategies[0].symbols[1]: String should match"), problem
