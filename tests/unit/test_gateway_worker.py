@@ -1063,3 +1063,60 @@ async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_i
     state = evolve(state, rejected)
     assert oid not in state.orders
     assert state.open_quantity == {}
+
+
+async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> None:
+    """A submit the broker answered ``pending`` (Alpaca's pending_new) is
+    acknowledged by the stream's "new"; a restart before that leaves only
+    the recorded SubmitOrder. The rebuilt tracker did not count the order as
+    one the broker may know, and the reconnection's reconciliation skips the
+    open orders the tracker knows: the order (filled meanwhile, here) was
+    never acknowledged and its fill never published. Now every order with
+    a SubmitOrder and no outcome is asked for; one the broker does not know
+    (never sent) is asked for once."""
+    from services.broker_gateway.adapters.history import History
+
+    sent, unsent = submit(), submit()
+    w = worker([1000.0], [])
+    w.tracker = History([sent, unsent]).trackers(["acct"], clock=CLOCK, source="test")["acct"]
+    filled = BrokerOrder(
+        "b-1",
+        str(sent.payload.order_id),
+        "AAPL",
+        "buy",
+        Decimal(1),
+        Decimal(1),
+        Decimal(100),
+        "filled",
+    )
+    asked: list[str] = []
+    published: list[str] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        asked.append(ids["client_order_id"])
+        return filled if ids["client_order_id"] == filled.client_order_id else None
+
+    async def open_orders() -> list[BrokerOrder]:
+        return []  # filled while the gateway was away: no longer open
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(e.type for e in events)
+
+    w.port = cast(
+        Any, SimpleNamespace(get_order=get_order, open_orders=open_orders, order_fills=order_fills)
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    assert await w.reconcile()
+    assert published == ["OrderAccepted", "FillReceived"]
+    assert w.tracker.get(sent.payload.order_id).terminal == "filled"  # type: ignore[union-attr]
+    assert sorted(asked) == sorted([str(sent.payload.order_id), str(unsent.payload.order_id)])
+    await w.reconcile()  # the next reconnection
+    assert len(asked) == 2
+    assert published == ["OrderAccepted", "FillReceived"]
+    # Its command delivered after all (it was queued): sent, and asked for again.
+    assert w.tracker.plan_submit(unsent)
+    w.tracker.request(unsent.payload.order_id)
+    assert [t.order_id for t in w.tracker.unsettled()] == [unsent.payload.order_id]
