@@ -455,11 +455,55 @@ class AccountWorker:
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="failed").inc()
         if failures >= MAX_FAILURES:
             del self._failures[command.id]
+            if isinstance(command, SubmitOrder):
+                await self._abandoned(command, error)
             await self.dead_letter(msg, f"{type(error).__name__}: {error}")
             await _ack(msg)
         else:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
+
+    async def _abandoned(self, command: SubmitOrder, error: Exception) -> None:
+        """A ``SubmitOrder`` about to be dead-lettered gets an outcome, unless
+        its order is acknowledged or ended already.
+
+        Without one, the risk-gate counted the order open for good (its
+        quantity and notional against the caps, whatever was canceled or
+        flattened since) and the strategy's intent never ended. An attempt
+        may have reached the broker, so it is asked first (waiting for it if
+        away, as every call of the account's commands does): an order it has
+        is taken in as a submit's answer is; one it does not have is rejected,
+        code ``failed``, the reason naming the failure. If it cannot say, the
+        order is left unsettled, for the reconciliations to ask about.
+        """
+        order_id = command.payload.order_id
+        t = self.tracker.get(order_id)
+        if t is None or t.accepted or t.terminal is not None:
+            return
+        try:
+            found = await self._call(
+                "get_order", lambda: self.port.get_order(client_order_id=str(order_id))
+            )
+            if found is not None:
+                await self.outbox.publish(self.tracker.submitted(order_id, found))
+                await self._settle(found)
+                return
+        except (BrokerError, ValueError) as e:
+            log.error(
+                "order %s of %s: its SubmitOrder is dead-lettered and the broker cannot say "
+                "whether it has the order (%s: %s); left to the reconciliations",
+                order_id,
+                self.account,
+                type(e).__name__,
+                e,
+            )
+            return
+        reason = (
+            f"failed: not sent, the broker-gateway failed {MAX_FAILURES} times "
+            f"(the last: {type(error).__name__}: {error})"
+        )
+        log.error("rejecting order %s of %s: %s", order_id, self.account, reason)
+        await self.outbox.publish(self.tracker.refused(order_id, reason, "failed"))
 
     def _forget_failures(self, now: float) -> None:
         """Forget the failures of commands not seen for ``give_up_s``.

@@ -995,3 +995,128 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
         Decimal(2),
         Decimal(1),
     )
+
+
+@pytest.mark.parametrize("at_broker", [False, True])
+async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_it_by(
+    at_broker: bool,
+) -> None:
+    """A SubmitOrder that fails MAX_FAILURES times for a reason other than the
+    broker being away (here an answer the adapter maps to no refusal) is
+    dead-lettered. It used to get no outcome: the risk-gate counted its order
+    open for good (its quantity and notional against the caps) and the
+    strategy's intent never ended. Now the broker is asked: an order it does
+    not have is rejected (code ``failed``, naming the failure), one it has is
+    taken in (acknowledged; its end comes from the broker)."""
+    from libs.contract.events import OrderAccepted, OrderRejected
+    from services.broker_gateway.errors import OrderNotFound
+    from services.risk_gate.domain.evolve import evolve
+    from services.risk_gate.domain.state import RiskState
+
+    w = worker([1000.0], [])
+    command = submit()
+    oid = command.payload.order_id
+    held_by_broker = BrokerOrder(
+        "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted"
+    )
+    published: list[Any] = []
+
+    async def submit_order(request: Any) -> BrokerOrder:
+        raise OrderNotFound("404 page not found")
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        assert ids == {"client_order_id": str(oid)}
+        return held_by_broker if at_broker else None
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(submit=submit_order, get_order=get_order, connected=True))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        for attempt in range(1, MAX_FAILURES + 1):
+            msg = Delivery(7, delivered=attempt)
+            await offer(w, command, msg)
+            await eventually(lambda msg=msg: bool(msg.answers), timeout=5)  # type: ignore[misc]
+            assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+            if attempt < MAX_FAILURES:
+                assert published == []
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    if at_broker:
+        assert [type(e) for e in published] == [OrderAccepted]
+        assert w.tracker.unsettled() == [w.tracker.get(oid)]
+        return
+    [rejected] = published
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.payload.order_id == oid
+    assert rejected.payload.code == "failed"
+    assert "OrderNotFound: 404 page not found" in rejected.payload.reason
+    assert rejected.causation_id == command.id
+    assert rejected.correlation_id == command.correlation_id
+    # The risk-gate closes the order on it: nothing counts against the caps.
+    state = evolve(RiskState.initial(), command)
+    assert oid in state.orders
+    state = evolve(state, rejected)
+    assert oid not in state.orders
+    assert state.open_quantity == {}
+
+
+async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> None:
+    """A submit the broker answered ``pending`` (Alpaca's pending_new) is
+    acknowledged by the stream's "new"; a restart before that leaves only
+    the recorded SubmitOrder. The rebuilt tracker did not count the order as
+    one the broker may know, and the reconnection's reconciliation skips the
+    open orders the tracker knows: the order (filled meanwhile, here) was
+    never acknowledged and its fill never published. Now every order with
+    a SubmitOrder and no outcome is asked for; one the broker does not know
+    (never sent) is asked for once."""
+    from services.broker_gateway.adapters.history import History
+
+    sent, unsent = submit(), submit()
+    w = worker([1000.0], [])
+    w.tracker = History([sent, unsent]).trackers(["acct"], clock=CLOCK, source="test")["acct"]
+    filled = BrokerOrder(
+        "b-1",
+        str(sent.payload.order_id),
+        "AAPL",
+        "buy",
+        Decimal(1),
+        Decimal(1),
+        Decimal(100),
+        "filled",
+    )
+    asked: list[str] = []
+    published: list[str] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        asked.append(ids["client_order_id"])
+        return filled if ids["client_order_id"] == filled.client_order_id else None
+
+    async def open_orders() -> list[BrokerOrder]:
+        return []  # filled while the gateway was away: no longer open
+
+    async def order_fills(order: BrokerOrder) -> None:
+        return None  # inferred from the order's totals
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(e.type for e in events)
+
+    w.port = cast(
+        Any, SimpleNamespace(get_order=get_order, open_orders=open_orders, order_fills=order_fills)
+    )
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    assert await w.reconcile()
+    assert published == ["OrderAccepted", "FillReceived"]
+    assert w.tracker.get(sent.payload.order_id).terminal == "filled"  # type: ignore[union-attr]
+    assert sorted(asked) == sorted([str(sent.payload.order_id), str(unsent.payload.order_id)])
+    await w.reconcile()  # the next reconnection
+    assert len(asked) == 2
+    assert published == ["OrderAccepted", "FillReceived"]
+    # Its command delivered after all (it was queued): sent, and asked for again.
+    assert w.tracker.plan_submit(unsent)
+    w.tracker.request(unsent.payload.order_id)
+    assert [t.order_id for t in w.tracker.unsettled()] == [unsent.payload.order_id]

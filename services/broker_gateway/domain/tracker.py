@@ -121,7 +121,10 @@ class TrackedOrder:
     filled: Decimal = ZERO  # the watermark: cumulative quantity published
     notional: Decimal = ZERO  # sum of quantity x price over published fills
     cancel_cause: Event | CauseRef | None = None
-    #: A submit was attempted: the broker may know the order.
+    #: The broker may know the order: its SubmitOrder came (a gateway before
+    #: a restart may have sent it, and a submit answered "pending" leaves no
+    #: event), until the broker says it does not know an order it never
+    #: acknowledged (see :meth:`OrderTracker.unknown_at_broker`).
     submitted: bool = False
 
     def close_for(self, flatten: FlattenAccount) -> None:
@@ -210,6 +213,12 @@ class OrderTracker:
                 t.strategy, t.side, t.quantity = sp.strategy, sp.side, sp.quantity
                 t.client_order_id = str(sp.order_id)
                 self._by_client[t.client_order_id] = t.order_id
+                # Rebuilt, an order whose submit the broker answered "pending"
+                # (Alpaca's pending_new) before a restart has only this: a
+                # reconciliation must ask for it (the reconnection's skips
+                # open orders the tracker knows), else its acceptance and
+                # fills were never published.
+                t.submitted = True
         elif isinstance(event, CancelOrder):
             c = self.orders.get(event.payload.order_id)
             if c is not None and c.cancel_cause is None:
@@ -628,8 +637,17 @@ class OrderTracker:
     def unknown_at_broker(self, order_id: uuid.UUID) -> None:
         """The broker answered it does not know ``order_id`` (404): no answer
         will ever clear its gap mark, so the mark goes. Kept, every later
-        stream update asked the broker for it again (and said so again)."""
+        stream update asked the broker for it again (and said so again).
+
+        An order it never acknowledged was not sent (its command not yet
+        delivered, or never): reconciliations stop asking for it. Its submit
+        sets the flag again; one under way meanwhile is settled by its own
+        answer (which names the broker's order id) or its retries.
+        """
         self.needs_reconcile.pop(order_id, None)
+        t = self.orders.get(order_id)
+        if t is not None and t.broker_order_id is None and not t.accepted:
+            t.submitted = False
 
     def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
         """Bring the order up to what the broker says: ack, missed fills, final state.
