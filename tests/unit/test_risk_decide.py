@@ -845,6 +845,65 @@ def test_the_newest_price_wins_whether_trade_bar_or_quote_mark(
     assert m.ts_ns == max(e.ts_event for e in events)
 
 
+def _fill_of_10(symbol: str, price: str, t: int) -> FillReceived:
+    return fill(uuid.uuid4(), 10, price, symbol=symbol, strategy="sma", t=t)
+
+
+@pytest.mark.parametrize(
+    ("price", "ahead", "marked"),
+    [
+        pytest.param(trade, 24 * 3600 * S, False, id="a trade stamped a day ahead"),
+        pytest.param(bar, 61 * S, False, id="a bar stamped 61 s ahead"),
+        pytest.param(mark, 3600 * S, False, id="a quote's mark stamped an hour ahead"),
+        pytest.param(_fill_of_10, 3600 * S, False, id="a fill stamped an hour ahead"),
+        pytest.param(trade, 60 * S, True, id="a trade 60 s ahead, within max_mark_age_s"),
+    ],
+)
+def test_a_price_stamped_ahead_of_when_it_was_seen_does_not_hold_the_mark(
+    price: Callable[[str, str, int], Event], ahead: int, marked: bool
+) -> None:
+    """A print stamped further ahead of its own ts_init (when marketdata saw
+    it) than max_mark_age_s (60 s) is a bad stamp, not a price: newest by
+    market time, it held the mark at its price against every later print
+    until the clock caught up, its age passing the check all along (and a
+    day ahead, it rolled the trading day). Clock skew within the limit marks.
+    A fill so stamped still counts, but does not mark."""
+    state = apply(RiskState.initial(LIMITS), trade("AAPL", "100", T0 - 2 * S))
+    seen = price("AAPL", "150", T0 - S)
+    bad = seen.model_copy(update={"ts_event": seen.ts_init + ahead})
+    state = apply(state, bad, trade("AAPL", "101", T0))
+    m = state.mark("AAPL")
+    assert m is not None
+    assert (m.price, m.ts_ns) == ((D(150), bad.ts_event) if marked else (D(101), T0))
+    held = 10 if isinstance(bad, FillReceived) else 0
+    assert state.account_position("acct", "AAPL") == held
+    assert state.day is not None
+    assert state.day.isoformat() == "2026-03-10"
+    if not marked:
+        i = intent(10, order_type="limit", limit_price=D("101"), t=T0)
+        assert decide(evolve(state, i), i, T0).accepted
+
+
+@pytest.mark.parametrize(
+    ("ahead", "reason"),
+    [
+        pytest.param(120 * S, ReasonCode.NO_MARKET_PRICE, id="120 s ahead of the gate's clock"),
+        pytest.param(60 * S, ReasonCode.ACCEPTED, id="60 s ahead, within max_mark_age_s"),
+    ],
+)
+def test_a_last_price_stamped_ahead_of_now_is_no_price(ahead: int, reason: ReasonCode) -> None:
+    """A price its publisher stamped (and saw) ahead of the gate's clock by
+    more than max_mark_age_s: one of the clocks is wrong, and the price's age
+    cannot be told. It passed the age check (a negative age) until the gate's
+    clock caught up."""
+    state = apply(RiskState.initial(LIMITS), trade("AAPL", "100", T0 + ahead))
+    i = intent(10, t=T0)
+    d = decide(evolve(state, i), i, T0)
+    assert d.reason is reason
+    if reason is ReasonCode.NO_MARKET_PRICE:
+        assert "stamped 120.0s ahead of now (max 60s)" in d.detail
+
+
 def test_quote_marks_value_an_option_position_and_can_trip_the_breaker() -> None:
     """Long 10 contracts at 3.00: the quote marks alone move the day P&L
     (10 x 100 per dollar) until the daily-loss breaker trips at -1000."""

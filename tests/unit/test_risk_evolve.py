@@ -509,6 +509,51 @@ def test_reduce_only_level_before_the_breaker() -> None:
     assert react(state, T0 + 2 * S) == []
 
 
+@pytest.mark.parametrize(
+    ("held", "orders", "canceled"),
+    [
+        pytest.param(100, [("buy", 10)], [0], id="long: a buy grows it"),
+        pytest.param(100, [("sell", 30), ("sell", 70)], [], id="long: sells down to zero stay"),
+        pytest.param(100, [("sell", 30), ("sell", 80)], [1], id="long: a sell past zero"),
+        pytest.param(100, [("sell", 120), ("sell", 30)], [0], id="long: the oldest past zero"),
+        pytest.param(-100, [("sell", 10), ("buy", 50)], [0], id="short: a sell grows it"),
+        pytest.param(0, [("buy", 10), ("sell", 10)], [0, 1], id="flat: both grow it"),
+        pytest.param(100, [("buy", 10, "MSFT")], [0], id="another symbol, not held"),
+    ],
+)
+def test_reducing_cancels_the_open_orders_that_would_grow_a_position(
+    held: int, orders: list[tuple[Any, ...]], canceled: list[int]
+) -> None:
+    """Reduce-only holds for the orders already working too: those placed
+    while the account was active that would grow a position (by the rule a
+    new order is checked by) are canceled as the account goes to reducing.
+    Left working, a resting buy filled and the position grew while the
+    account was reduce-only. Orders of other accounts are left alone."""
+    state = start()
+    if held:
+        side = "buy" if held > 0 else "sell"
+        state = evolve(state, fill(uuid.uuid4(), abs(held), 100, side=side, strategy="sma"))
+    placed = []
+    for k, (side, quantity, *symbol) in enumerate(orders):
+        i = intent(quantity, side, T0 + k + 1, symbol=(symbol or ["AAPL"])[0])
+        state = submitted(state, i, T0 + k + 1)
+        placed.append(order_id_for(i.id))
+    other = intent(10, "buy", T0, strategy="mr", account="b")
+    state = submitted(state, other)
+    # Day P&L -700, past reduce-only (600): held, or realized by a round trip.
+    if held:
+        state = evolve(state, trade("AAPL", 93 if held > 0 else 107, T0 + S))
+    else:
+        state = evolve(state, fill(uuid.uuid4(), 100, 100, strategy="sma", t=T0 + S))
+        state = evolve(state, fill(uuid.uuid4(), 100, 93, side="sell", strategy="sma", t=T0 + S))
+    assert state.day_pnl("acct") == D(-700)
+    state, out = settle(state, T0 + S)
+    assert state.scope_state("acct").state == "reducing"
+    assert [e.type for e in out] == ["CancelOrder"] * len(canceled) + ["TradingStateChanged"]
+    assert [e.payload.order_id for e in out[:-1]] == [placed[k] for k in canceled]
+    assert react(state, T0 + 2 * S) == [], "once"
+
+
 #: 04:00 New York on 2026-03-11: the next trading day starts.
 NEXT_DAY = T0 + 17 * 3600 * S
 

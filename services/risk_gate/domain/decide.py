@@ -21,7 +21,8 @@ reduce_only                 reducing, and the order would not reduce the
                             account's position in the symbol
 daily_loss                  the account's day P&L is at or past its limit
                             (its breaker has not tripped yet)
-no_market_price             no last price for the symbol (or too old)
+no_market_price             no last price for the symbol (or too old, or
+                            stamped too far ahead of now)
 price_band                  a limit/stop price too far from the last price,
                             or a limit/stop order without its price
 max_order_quantity          fat finger: the order's quantity
@@ -156,6 +157,13 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
     if max_age is not None and now_ns - mark.ts_ns > max_age * NS:
         return ReasonCode.NO_MARKET_PRICE, (
             f"last price of {p.symbol} is {(now_ns - mark.ts_ns) / NS:.1f}s old (max {max_age:g}s)"
+        )
+    if max_age is not None and mark.ts_ns - now_ns > max_age * NS:
+        # Stamped ahead of our clock by more than a price may be old (its
+        # publisher's clock, or ours, is wrong): its age cannot be told.
+        return ReasonCode.NO_MARKET_PRICE, (
+            f"last price of {p.symbol} is stamped {(mark.ts_ns - now_ns) / NS:.1f}s ahead of "
+            f"now (max {max_age:g}s)"
         )
     for verdict in (
         _price_band(p, mark, band),

@@ -48,6 +48,7 @@ from libs.contract.events import (
 from services.risk_gate.domain.limits import GLOBAL
 from services.risk_gate.domain.state import (
     CLOSED_KEPT,
+    NS,
     ZERO,
     KillSwitch,
     Mark,
@@ -111,6 +112,9 @@ RELEVANT_TYPES = frozenset(
     }
 )
 
+#: Market prices: what marks a symbol, besides fills.
+PRICE_TYPES = frozenset({"TradePrinted", "BarClosed", "MarkUpdated"})
+
 #: What the gate publishes itself (``risk.>``, ``orders.cmd.>``). Live it
 #: applies them when it publishes them, i.e. before messages the stream stores
 #: ahead of them; they must not roll the trading day (see the module docstring).
@@ -166,6 +170,9 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         if event.id in state.applied:
             return state
         state = replace(state, applied=state.applied.add(event.id))
+    if event.type in PRICE_TYPES and stamped_ahead(state, event, event.payload.symbol):
+        # Not a price, nor a time to roll the trading day on: see stamped_ahead.
+        return state
     if event.type not in GATE_TYPES:
         state = roll_day(state, event.ts_event)
     match event:
@@ -210,6 +217,21 @@ def evolve_all(state: RiskState, events: list[Event] | tuple[Event, ...]) -> Ris
 
 
 # ------------------------------------------------------------ market data
+
+
+def stamped_ahead(state: RiskState, event: Event, symbol: str) -> bool:
+    """Whether ``event``, a price of ``symbol``, is stamped further ahead of the
+    time it was seen (``ts_init``, its publisher's clock) than a price may be
+    old (``max_mark_age_s``; never, when its age is not checked).
+
+    A bad stamp (a feed's clock, a corrupt print) hours ahead would hold the
+    mark, the newest by market time, until the clock caught up: every later
+    price older than it, and its age under the limit all along. Its own
+    ``ts_init`` is the clock the gate has here: evolve reads none, and a fold
+    of the store must reach what the live gate did.
+    """
+    _, max_age = state.limits.price_band.of(symbol)
+    return max_age is not None and event.ts_event - event.ts_init > max_age * NS
 
 
 def _on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
@@ -433,7 +455,9 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     marks = state.marks
     current = marks.get(p.symbol)
     accounts = {p.account}
-    if current is None or current.ts_ns <= event.ts_event:
+    if (current is None or current.ts_ns <= event.ts_event) and not stamped_ahead(
+        state, event, p.symbol
+    ):
         marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
         # The fill's price marks the symbol for every account holding it, as
         # a print would: their day P&L moved too.

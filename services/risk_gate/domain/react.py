@@ -15,7 +15,9 @@ order:
                             CancelOrders, FlattenAccount; then
                             TradingStateChanged(global) -> halted
   resume (scope)            TradingStateChanged -> active
-  reduce (account)          TradingStateChanged -> reducing (none when the
+  reduce (account)          CancelOrder per open order that would grow a
+                            position (``growing_orders``),
+                            TradingStateChanged -> reducing (none when the
                             account is halted: a halt is never lowered)
   ========================  ==================================================
 
@@ -36,6 +38,7 @@ to the same thing repeats the same events.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from libs.contract.codec import derived_id
@@ -57,7 +60,7 @@ from libs.contract.events import (
 from services.risk_gate.domain.commands import SOURCE, make, submit_order, withdrawal
 from services.risk_gate.domain.decide import check
 from services.risk_gate.domain.evolve import RESULTING_STATE, evolve, roll_day
-from services.risk_gate.domain.state import Obligation, RiskState
+from services.risk_gate.domain.state import ZERO, Obligation, Order, RiskState
 
 E = TypeVar("E", bound=Event)
 Breaker = Literal["daily_loss", "connection_lost", "kill_switch"]
@@ -130,19 +133,7 @@ def _flatten(
             "breaker",
         )
     ]
-    for order in sorted(state.open_orders(account=account), key=lambda o: (o.ts_ns, o.order_id)):
-        events.append(
-            _emit(
-                CancelOrder,
-                CancelOrderPayload(order_id=order.order_id, account=account, reason=ob.reason),
-                ob,
-                now_ns,
-                source,
-                account,
-                "cancel",
-                order.order_id,
-            )
-        )
+    events.extend(_cancels(ob, account, state.open_orders(account=account), now_ns, source))
     events.append(
         _emit(
             FlattenAccount,
@@ -157,12 +148,57 @@ def _flatten(
     return events
 
 
+def _cancels(
+    ob: Obligation, account: str, orders: list[Order], now_ns: int, source: str
+) -> list[Event]:
+    """A ``CancelOrder`` of each of ``orders``, oldest first."""
+    return [
+        _emit(
+            CancelOrder,
+            CancelOrderPayload(order_id=order.order_id, account=account, reason=ob.reason),
+            ob,
+            now_ns,
+            source,
+            account,
+            "cancel",
+            order.order_id,
+        )
+        for order in sorted(orders, key=lambda o: (o.ts_ns, o.order_id))
+    ]
+
+
+def growing_orders(state: RiskState, account: str) -> list[Order]:
+    """The open orders of ``account`` that a reduce-only account would not
+    accept now: every order on the side of its position in the symbol (both
+    sides when flat), and on the other side, oldest first, those past what
+    would take the position to zero (``decide.reduces_position``'s rule).
+    Left working, they can fill and grow the position in reducing."""
+    growing: list[Order] = []
+    reducing: dict[str, Decimal] = {}
+    for order in sorted(state.open_orders(account=account), key=lambda o: (o.ts_ns, o.order_id)):
+        position = state.account_position(account, order.symbol)
+        shrinks = position < 0 if order.side == "buy" else position > 0
+        used = reducing.get(order.symbol, ZERO) + order.remaining
+        if shrinks and used <= abs(position):
+            reducing[order.symbol] = used
+        else:
+            growing.append(order)
+    return growing
+
+
 def _reaction(state: RiskState, ob: Obligation, now_ns: int, source: str) -> list[Event]:
     if ob.kind == "reduce" and state.scope_state(ob.scope).state == "halted":
         # Never lower a halt (evolve drops such a reduce; this is the backstop).
         return []
     events: list[Event] = []
-    if ob.kind in ("daily_loss", "connection_lost"):
+    if ob.kind == "reduce":
+        # Reduce-only holds for what already rests at the broker too: an order
+        # placed while active that would grow a position is canceled, as a
+        # halt cancels every order (the gate counts it open until the broker
+        # says it is canceled or filled).
+        orders = growing_orders(state, ob.scope)
+        events.extend(_cancels(ob, ob.scope, orders, now_ns, source))
+    elif ob.kind in ("daily_loss", "connection_lost"):
         events.extend(_flatten(state, ob, ob.scope, now_ns, source))
     elif ob.kind == "kill_switch":
         for account in state.accounts_known():
