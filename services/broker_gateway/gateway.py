@@ -398,6 +398,14 @@ class AccountWorker:
                 await self.handle(held)
             except (BrokerError, ValueError) as e:
                 await self._failed(held, e)
+            except Exception as e:
+                # A bug's error: this command's failure (retried, then
+                # dead-lettered with an outcome), not the end of the task.
+                # Raised, it ended the gateway for every account, and the
+                # redelivered command ended the restarted one again: no
+                # cancel or flatten reached any broker.
+                log.exception("%s %s: unexpected error", held.command.type, held.command.id)
+                await self._failed(held, e)
             else:
                 self._failures.pop(held.command.id, None)
                 if isinstance(held.command, FlattenAccount):

@@ -1065,6 +1065,60 @@ async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_i
     assert state.open_quantity == {}
 
 
+async def test_a_command_that_raises_unexpectedly_fails_alone_and_the_account_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error the gateway does not expect (a bug's KeyError, here from the
+    adapter) in one command used to end the command task, so the whole
+    gateway, every account with it; restarted, the same command came back
+    and ended it again, and no cancel or flatten reached any broker. It is
+    now that command's failure, said with its traceback: retried, then
+    dead-lettered with an outcome, while the next command is carried out."""
+    from libs.contract.events import OrderRejected
+
+    dead: list[str] = []
+    w = worker([1000.0], dead)
+    poison, fine = submit(), submit()
+    published: list[Any] = []
+
+    async def submit_order(request: Any) -> BrokerOrder:
+        if request.client_order_id == str(poison.payload.order_id):
+            raise KeyError("a bug")
+        return BrokerOrder(
+            "b-2", request.client_order_id, "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted"
+        )
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        return None
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(submit=submit_order, get_order=get_order, connected=True))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish, post=publish))
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        with caplog.at_level("ERROR"):
+            for attempt in range(1, MAX_FAILURES + 1):
+                msg = Delivery(7, delivered=attempt)
+                await offer(w, poison, msg)
+                await eventually(lambda msg=msg: bool(msg.answers), timeout=5)  # type: ignore[misc]
+                assert not runner.done(), runner
+                assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+            after = Delivery(8)
+            await offer(w, fine, after)
+            await eventually(lambda: w.handled == 1, timeout=5)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert "KeyError: 'a bug'" in caplog.text
+    assert "Traceback" in caplog.text
+    assert dead == ["KeyError: 'a bug'"]
+    rejected = [e for e in published if isinstance(e, OrderRejected)]
+    assert [e.payload.order_id for e in rejected] == [poison.payload.order_id]
+
+
 async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> None:
     """A submit the broker answered ``pending`` (Alpaca's pending_new) is
     acknowledged by the stream's "new"; a restart before that leaves only
