@@ -357,6 +357,27 @@ async def test_a_consumer_made_with_the_old_cap_is_raised(bus: Bus) -> None:
     assert info.config.max_ack_pending == MAX_ACK_PENDING
 
 
+async def test_a_changed_command_ack_wait_reaches_the_existing_consumer(bus: Bus) -> None:
+    """TRADEBUS_COMMAND_ACK_WAIT_S changed (10 -> 60 s) is the consumer's own
+    ack wait at the next start. It was set only when the consumer was made,
+    so the server went on redelivering held commands after the old 10 s while
+    the gateway, going by 60, said they were in progress only every 20 s: a
+    copy of each came back again and again."""
+    for ack_wait in (10.0, 60.0, 10.0):
+        consumer = CommandConsumer(
+            bus,
+            durable="broker-gateway-wait",
+            service="broker-gateway",
+            ack_wait_s=ack_wait,
+            start_back_s=60,
+            max_bytes=1 << 20,
+        )
+        await consumer.ensure()
+        info = await bus.js.consumer_info(STREAM, "broker-gateway-wait")
+        assert info.config.ack_wait == ack_wait
+        assert info.config.max_ack_pending == MAX_ACK_PENDING
+
+
 async def test_a_command_handed_back_that_never_returns_does_not_stall_its_account(
     bus: Bus, venues: list[Venue]
 ) -> None:

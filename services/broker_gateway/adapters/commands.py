@@ -84,11 +84,21 @@ class CommandConsumer:
         except nats.js.errors.NotFoundError:
             pass
         else:
-            pending = info.config.max_ack_pending
+            # The consumer outlives a gateway: settings changed since it was
+            # made are brought to it. An ack wait left as it was made would
+            # have the server redeliver held commands on the old wait while
+            # the workers keep them alive on the new one.
+            config, changes = info.config, []
+            pending = config.max_ack_pending
             if pending is not None and 0 < pending < MAX_ACK_PENDING:
-                info.config.max_ack_pending = MAX_ACK_PENDING
-                await self.bus.js.add_consumer(STREAM, info.config)
-                log.info("raised max_ack_pending of %s to %d", self.durable, MAX_ACK_PENDING)
+                config.max_ack_pending = MAX_ACK_PENDING
+                changes.append(f"max_ack_pending {pending} -> {MAX_ACK_PENDING}")
+            if config.ack_wait != self.ack_wait_s:
+                changes.append(f"ack_wait {config.ack_wait}s -> {self.ack_wait_s:g}s")
+                config.ack_wait = self.ack_wait_s
+            if changes:
+                await self.bus.js.add_consumer(STREAM, config)
+                log.info("updated consumer %s: %s", self.durable, ", ".join(changes))
             return
         since = dt.datetime.now(tz=dt.UTC) - dt.timedelta(seconds=self.start_back_s)
         await self.bus.js.add_consumer(
