@@ -6,7 +6,8 @@ ask for ``--json`` and read the payloads. :func:`gist` picks the few fields
 that matter for each event type (``buy 100 AAPL limit 190.5``, ``denied:
 max_position (AAPL 400 > 300)``, ``100 @ 190.78, complete``; an option's
 mark, whose chain is the quote it came from and its re-marks: ``mark
-O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)``). It reads the
+O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)``; a row the recorder
+wrote for a duplicate: ``duplicate of <id> at seq 812``). It reads the
 payload as stored (JSON), so it works on any recorded row, and it leaves out
 what a payload does not have rather than failing: an event type it does not
 know gets no gist.
@@ -111,6 +112,11 @@ def _mark(p: Payload) -> str:
     return f"{text} (bid {p.get('bid_price', '?')} / ask {p.get('ask_price', '?')})"
 
 
+def _duplicate(p: Payload) -> str:
+    """Where the original is: its own chain is the one to audit."""
+    return f"duplicate of {p.get('duplicate_of', '?')} at seq {p.get('first_seq', '?')}"
+
+
 GISTS: dict[str, Callable[[Payload], str]] = {
     "SignalGenerated": _signal,
     "OrderIntentCreated": _intent,
@@ -131,6 +137,12 @@ GISTS: dict[str, Callable[[Payload], str]] = {
     "BrokerPositionsChecked": _positions,
     "StrategyFaulted": _fault,
     "MarkUpdated": _mark,
+    # The rows the recorder writes itself for positions that hold no event
+    # (libs.store.schema's names, spelled out: importing it loads SQLAlchemy
+    # into every tradebus command).
+    "DuplicateSuppressed": _duplicate,
+    "Undecodable": lambda p: f"{p.get('reason', '?')}: {p.get('error', '')}",
+    "MessageMissing": lambda p: p.get("reason", ""),
 }
 
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import nats.errors
 import pytest
 
-from libs.bus.client import Bus
-from libs.contract.codec import decode
+from libs.bus.client import Bus, Outgoing
+from libs.contract.codec import decode, encode
 from libs.contract.envelope import WallClock
-from libs.contract.events import FillReceived, MarkPayload, MarkUpdated
+from libs.contract.events import FillReceived, MarkPayload, MarkUpdated, SignalGenerated
 from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
@@ -287,6 +287,40 @@ async def test_the_listing_shows_the_newest_and_audit_takes_the_ids_it_shows(
         proc = await asyncio.to_thread(cli, "audit", given, database_url=database_url)
         assert proc.returncode == code, (given, proc.stderr)
         assert says in proc.stderr
+
+
+async def test_audit_of_a_duplicate_names_the_original_and_where_it_is(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """An event id published again outside the dedup window is recorded as a
+    DuplicateSuppressed row; its audit line says which event it repeats, and
+    at which sequence, without --json."""
+    chain = order_chain()
+    signal = chain[0]
+    assert isinstance(signal, SignalGenerated)
+    await bus.publish_many(chain)  # type: ignore[arg-type]
+    await bus.publish_raw(Outgoing(subject_for(signal), encode(signal), "another-msg-id"))
+    rec = ServiceProcess(
+        ["recorder", "run"],
+        env={"NATS_URL": nats_url, "DATABASE_URL": database_url},
+        log_path=tmp_path / "rec.log",
+    ).start()
+    try:
+
+        async def done() -> bool:
+            return await recorded_count(database_url) == len(chain) + 1
+
+        await eventually(done, timeout=30)
+    finally:
+        rec.terminate()
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--type", "DuplicateSuppressed", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    (duplicate,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    proc = await asyncio.to_thread(cli, "audit", duplicate["id"], database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    assert f"DuplicateSuppressed  duplicate of {signal.id} at seq 1" in proc.stdout
 
 
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:

@@ -169,10 +169,22 @@ def test_a_positions_check_reads_as_agreement_or_each_difference() -> None:
     )
 
 
-def test_every_gist_names_a_type_of_the_contract() -> None:
+def test_every_gist_names_a_type_of_the_contract_or_a_recorder_row() -> None:
     from libs.contract.events import EVENT_TYPES
+    from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
 
-    assert set(GISTS) <= set(EVENT_TYPES)
+    assert set(GISTS) <= {*EVENT_TYPES, DUPLICATE, UNDECODABLE, MISSING}
+    assert {DUPLICATE, UNDECODABLE, MISSING} <= set(GISTS)
+
+
+def test_the_recorder_s_rows_say_what_they_stand_for() -> None:
+    original = "d07a85f5-22ee-45bb-9bb2-9ead4f28af19"
+    assert gist("DuplicateSuppressed", {"duplicate_of": original, "first_seq": 812}) == (
+        f"duplicate of {original} at seq 812"
+    )
+    undecodable = {"reason": "invalid_json", "error": "not JSON:\nb'{'", "size": 1}
+    assert gist("Undecodable", undecodable) == "invalid_json: not JSON: b'{'"
+    assert gist("MessageMissing", {"reason": "not in stream"}) == "not in stream"
 
 
 def test_what_has_no_gist_gets_none_and_a_missing_field_does_not_fail() -> None:

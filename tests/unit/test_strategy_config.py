@@ -220,6 +220,18 @@ def test_a_pairs_leg_notional_no_order_can_carry_is_refused_naming_the_key(notio
     assert validate_strategies({"strategies": [entry(**pair, params=ok)]})
 
 
+def test_a_pairs_leg_notional_too_small_to_buy_anything_is_refused_naming_the_key() -> None:
+    # 1e-20 sized both legs to 0 at any price an order can carry (1e-12 and
+    # up), so the pair never traded, and nothing said so. Money and prices
+    # have 12 decimal places; so does leg_notional.
+    pair = {"kind": "pairs_trade", "symbols": ["A", "B"]}
+    (problem,) = problems(entry(**pair, params={"leg_notional": "1e-20"}))
+    assert problem.startswith("strategies[0].params.leg_notional: "), problem
+    assert "12 decimal places" in problem, problem
+    ok = {"leg_notional": "1e-12"}
+    assert validate_strategies({"strategies": [entry(**pair, params=ok)]})
+
+
 @pytest.mark.parametrize("symbol", ["aapl", "Msft", "O:spy241220P00720000"])
 def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(symbol: str) -> None:
     # Market data names symbols in upper case (marketdata upper-cases its

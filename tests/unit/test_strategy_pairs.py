@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from decimal import Context, Decimal
+
+import pytest
 
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
@@ -144,3 +147,26 @@ def test_an_option_leg_is_sized_by_the_contract_s_notional() -> None:
         rt.run([bar("MSFT", msft, T0 + i * MINUTE_NS), bar(option, "5", T0 + i * MINUTE_NS)])
     out = rt.run([bar("MSFT", "105", T0 + 5 * MINUTE_NS), bar(option, "5", T0 + 5 * MINUTE_NS)])
     assert legs(out) == [("MSFT", "sell", Decimal(95)), (option, "buy", Decimal(20))]
+
+
+def test_a_leg_notional_below_a_leg_s_price_skips_the_entry_saying_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 50 buys no whole share at 100: each leg sized to 0, and the entry was
+    # skipped without a word, so the strategy silently never traded.
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 50},
+        symbols=("MSFT", "AAPL"),
+    )
+    rt.run(history())
+    with caplog.at_level(logging.WARNING, logger="libs.strategy.examples.pairs"):
+        out = rt.run(minute(5, "105", "100")) + rt.run(minute(6, "110", "100"))
+    assert legs(out) == []
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == (
+        "pairs pair: leg_notional 50 buys no whole MSFT at 105 (one is 105): "
+        "no pair is entered while one unit of a leg costs more than leg_notional"
+    )

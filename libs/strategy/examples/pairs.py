@@ -12,6 +12,7 @@ A) causes both legs' intents, so the pair is one chain in the audit trail.
 
 from __future__ import annotations
 
+import logging
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 
@@ -22,6 +23,8 @@ from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
+
+log = logging.getLogger(__name__)
 
 #: Standard deviations of the log-price spread at or below this are noise.
 SPREAD_NOISE = Decimal("1e-12")
@@ -38,7 +41,12 @@ class PairsParams(StrategyParams):
     #: shares or option contracts (``contract_multiplier``: 100 for ``O:…``).
     #: At most 1e12: even at the smallest price (1e-12) a leg is then 1e24
     #: units, which an order can carry (26 digits); else its entry faults.
-    leg_notional: Decimal = Field(default=Decimal(10_000), gt=0, le=Decimal(10**12))
+    #: At most 12 decimal places, as money and prices are: a smaller one buys
+    #: no unit at any price and the pair never trades. A leg_notional below a
+    #: leg's price sizes it to no unit too: that entry is skipped, said once.
+    leg_notional: Decimal = Field(
+        default=Decimal(10_000), gt=0, le=Decimal(10**12), decimal_places=12
+    )
 
     @model_validator(mode="after")
     def _thresholds(self) -> PairsParams:
@@ -56,6 +64,7 @@ class PairsTrade(Strategy[PairsParams]):
         self._a, self._b = self.ctx.symbols
         self._spreads = Rolling(self.params.lookback)
         self._last: dict[str, tuple[int, Decimal]] = {}
+        self._warned_unsized = False
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
@@ -94,13 +103,18 @@ class PairsTrade(Strategy[PairsParams]):
         z = rounded((spread - mean) / sd)
         held_a, held_b = exposure(self.ctx, self._a), exposure(self.ctx, self._b)
         if held_a == 0 and held_b == 0:
+            if abs(z) <= p.entry_z:
+                return
             qty_a = self._leg_quantity(self._a, price_a)
             qty_b = self._leg_quantity(self._b, price_b)
             if qty_a == 0 or qty_b == 0:
+                self._warn_unsized(
+                    price_a if qty_a == 0 else price_b, self._a if qty_a == 0 else self._b
+                )
                 return
             if z > p.entry_z:
                 self._trade("pair_entry", "short", z, (("sell", qty_a), ("buy", qty_b)))
-            elif z < -p.entry_z:
+            else:
                 self._trade("pair_entry", "long", z, (("buy", qty_a), ("sell", qty_b)))
         elif abs(z) < p.exit_z:
             legs: list[tuple[Side, Decimal]] = []
@@ -113,6 +127,22 @@ class PairsTrade(Strategy[PairsParams]):
         contract's price is per share: one contract is worth 100 of it)."""
         notional = price * contract_multiplier(symbol)
         return (self.params.leg_notional / notional).to_integral_value(ROUND_FLOOR)
+
+    def _warn_unsized(self, price: Decimal, symbol: str) -> None:
+        """Say once that an entry was skipped for a leg of no whole unit: a
+        leg_notional below one unit's price would otherwise never trade, silently."""
+        if self._warned_unsized:
+            return
+        self._warned_unsized = True
+        log.warning(
+            "pairs %s: leg_notional %s buys no whole %s at %s (one is %s): "
+            "no pair is entered while one unit of a leg costs more than leg_notional",
+            self.ctx.name,
+            self.params.leg_notional,
+            symbol,
+            price,
+            price * contract_multiplier(symbol),
+        )
 
     def _trade(
         self,
