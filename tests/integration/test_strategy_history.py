@@ -18,6 +18,9 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+import orjson
+
 from libs.contract.envelope import Event
 from libs.contract.events import (
     FillReceived,
@@ -29,10 +32,12 @@ from libs.contract.events import (
     Side,
     SignalGenerated,
 )
+from libs.store.urls import asyncpg_url
 from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.testing import At, EchoStrategy, accept, deny, market_intent, signal
 from services.broker_gateway.domain.model import OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
+from services.strategy_runner.adapters import store
 from services.strategy_runner.adapters.store import History, load_history
 from tests.integration.recording import record_events
 from tests.integration.test_broker_history import ACCOUNT, DAY_NS, Clock, _flatten
@@ -244,3 +249,67 @@ async def test_an_order_the_flatten_canceled_is_not_pending_after_a_restart(
     _, books = await _restored(database_url, NOW - 7 * DAY_NS)
     assert books["s1"][2]["AAPL"] == 0
     assert books["s1"][1] == {}
+
+
+def _events_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scans of ``events`` anywhere in an EXPLAIN (FORMAT JSON) plan."""
+    found = [plan] if plan.get("Relation Name") == "events" else []
+    for child in plan.get("Plans", []):
+        found += _events_scans(child)
+    return found
+
+
+async def test_the_rebuild_s_price_lookups_are_index_probes_found_or_not(
+    database_url: str,
+) -> None:
+    """The start-up rebuild's lookups of a symbol's last trade, last bar (of
+    an interval, or any), last fill and latest bars each read at most a row
+    or two of ``events``, also for a symbol that has none of them (a contract
+    only ever quoted) and as the generic plan PostgreSQL switches to after
+    five runs. One query of trades and bars newest by seq first read the
+    primary key backwards: here 20,000 rows for the contract, at 2,000,000
+    events about 0.9 s a symbol at every start-up."""
+    option = "O:SPY241220C00600000"
+    cause = signal("s1", "AAPL", at_ns=NOW)
+    await record_events(database_url, [cause])
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        # 20,000 rows after it, made in SQL: trades of AAPL and MSFT, and one
+        # in 10 a quote of the contract (which no price lookup reads).
+        await conn.execute(
+            """
+            INSERT INTO events (seq, id, subject, type, ts_event, ts_init, source,
+                                correlation_id, symbol, payload)
+            SELECT m + s, gen_random_uuid(), 'md', kind, $1::bigint + s, $1::bigint + s,
+                   'test', gen_random_uuid(), sym, jsonb_build_object('price', '190')
+            FROM (SELECT max(seq) AS m FROM events) AS last,
+                 generate_series(1, 20000) AS s,
+                 LATERAL (
+                     SELECT CASE WHEN s % 10 = 0 THEN 'QuoteUpdated' ELSE 'TradePrinted' END
+                                AS kind,
+                            CASE WHEN s % 10 = 0 THEN $2
+                                 WHEN s % 2 = 0 THEN 'AAPL' ELSE 'MSFT' END AS sym
+                 ) AS pick
+            """,
+            NOW,
+            option,
+        )
+        await conn.execute("ANALYZE events")
+        last_seq = await conn.fetchval("SELECT max(seq) FROM events")
+        lookups: list[tuple[str, tuple[Any, ...]]] = [
+            (store.LAST_TRADE_SQL, (option, last_seq)),
+            (store.LAST_BAR_SQL, (option, last_seq, "1m")),
+            (store.LAST_BAR_SQL, (option, last_seq, None)),
+            (store.LAST_FILL_SQL, (option, last_seq)),
+            (store.WARMUP_SQL, (option, last_seq, 50, "1m")),
+            (store.LAST_TRADE_SQL, ("AAPL", last_seq)),
+        ]
+        for sql, args in lookups:
+            for _ in range(7):  # past the five custom plans
+                doc = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+            [explained] = orjson.loads(doc)
+            scans = _events_scans(explained["Plan"])
+            read = sum(s["Actual Rows"] + s.get("Rows Removed by Filter", 0) for s in scans)
+            assert read <= 2, (sql, args, scans)
+    finally:
+        await conn.close()
