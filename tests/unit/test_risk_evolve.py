@@ -587,6 +587,68 @@ def test_a_loss_reacted_to_on_the_next_day_is_recorded_on_its_own_day(
     assert [o.kind for o in state.obligations] == [kind]
 
 
+def _intent_of_b(t: int) -> OrderIntentCreated:
+    return intent(1, t=t, strategy="mr", account="b", symbol="MSFT")
+
+
+def _fill_of_b(t: int) -> FillReceived:
+    return fill(uuid.uuid4(), 1, 50, account="b", symbol="MSFT", strategy="mr", t=t)
+
+
+@pytest.mark.parametrize(
+    "make", [pytest.param(_intent_of_b, id="an intent"), pytest.param(_fill_of_b, id="a fill")]
+)
+@pytest.mark.parametrize(
+    "ahead",
+    [pytest.param(24 * 3600 * S, id="a day ahead"), pytest.param(17 * 3600 * S, id="17 h ahead")],
+)
+def test_an_event_stamped_a_day_ahead_of_when_it_was_made_does_not_roll_the_trading_day(
+    make: Any, ahead: int
+) -> None:
+    """An intent or a fill (of another account) stamped a day ahead of its own
+    ts_init (a bad clock: a broker's fill time, a publisher's bad stamp) rolled
+    the whole gate to the next trading day: the day P&L of an account past its
+    daily loss limit restarted at 0, its breaker re-armed, and the real next
+    day rolled nothing at 04:00 (its P&L ran on from the bad roll, and a
+    breaker tripped after it counted for that day). Such an event is on the
+    day it was made, not the day it claims."""
+    state = evolve(start(), fill(uuid.uuid4(), 20, 100))
+    state = evolve(state, trade("AAPL", 50, T0 + S))
+    state, _ = settle(state, T0 + 2 * S)
+    assert state.scope_state("acct").state == "halted"
+    assert state.day_pnl("acct") == D(-1000)
+    made = make(T0 + 3 * S)
+    bad = made.model_copy(update={"ts_event": made.ts_init + ahead})
+    state = evolve(state, bad)
+    assert state.day == dt.date(2026, 3, 10)
+    assert state.day_pnl("acct") == D(-1000)
+    assert state.loss_tripped["acct"] == state.day
+    # The real next day starts at its own 04:00.
+    state = evolve(state, trade("AAPL", 50, NEXT_DAY))
+    assert state.day == dt.date(2026, 3, 11)
+    assert state.day_pnl("acct") == 0
+    assert state.loss_tripped["acct"] != state.day
+
+
+@pytest.mark.parametrize(
+    ("ts_init", "rolled"),
+    [
+        pytest.param(NEXT_DAY - S, True, id="made 1 s before the day, within the skew"),
+        pytest.param(NEXT_DAY - 10 * S, False, id="made 10 s before the day"),
+    ],
+)
+def test_an_event_a_little_ahead_of_its_publisher_s_clock_rolls_the_day_on_its_own_time(
+    ts_init: int, rolled: bool
+) -> None:
+    """A broker's fill time just past the day's start, seen by a gateway whose
+    clock is a little behind the broker's: the fill is the new day's. Further
+    ahead than DAY_SKEW_NS it is a bad stamp, on the day it was made."""
+    state = evolve(start(), fill(uuid.uuid4(), 1, 100, t=NEXT_DAY - 60 * S))
+    made = fill(uuid.uuid4(), 1, 100, t=ts_init)
+    state = evolve(state, made.model_copy(update={"ts_event": NEXT_DAY + S}))
+    assert state.day == (dt.date(2026, 3, 11) if rolled else dt.date(2026, 3, 10))
+
+
 def test_reaction_ids_are_deterministic() -> None:
     state = evolve(start(), fill(uuid.uuid4(), 10, 100))
     state = evolve(state, trade("AAPL", 1, T0 + S))
