@@ -78,6 +78,11 @@ SymbolToken = Annotated[Symbol, AfterValidator(_upper_case)]
 #: The longest ``source`` an event may name (``strategy-runner/<instance>``).
 SOURCE_MAX_LENGTH = 128
 
+#: How far an event's own time may run ahead of when its publisher made it
+#: and still count as its time (:attr:`Event.market_ns`): clock skew between a
+#: venue and our hosts, milliseconds where both keep time.
+CLOCK_SKEW_NS = 5_000_000_000
+
 
 class Clock(Protocol):
     """Where domain code gets the time: wall clock live, simulated in backtests."""
@@ -178,3 +183,17 @@ class Event(Frozen):
             causation_id=cause.id if cause is not None else None,
             payload=payload,
         )
+
+    @property
+    def market_ns(self) -> int:
+        """The event's own time (``ts_event``), but no later than
+        :data:`CLOCK_SKEW_NS` after its publisher made it (``ts_init``).
+
+        A stamp further ahead is a bad clock (a feed's, a broker's, any
+        publisher's). Ordered by its raw ``ts_event``, one print stamped a day
+        ahead would be "the newest price" for a day, and would move a trading
+        day that far: the risk-gate's day (``evolve.day_time``), a strategy's
+        ledger marks and ``positions_marked`` (migration 0012) take this time.
+        ``ts_init`` is in the event, so a fold of the store, a replay and the
+        live services reach the same answer."""
+        return min(self.ts_event, self.ts_init + CLOCK_SKEW_NS)

@@ -267,7 +267,7 @@ class StrategyHost:
         and ``tradebus positions`` mark it so). The strategy is not called."""
         fill = event.payload
         if fill.symbol in self.symbols:
-            self.ledger.mark(fill.symbol, fill.price, event.ts_event)
+            self.ledger.mark(fill.symbol, fill.price, event.market_ns)
 
     def warm_up(self, event: BarClosed) -> list[Event]:
         """Show a past bar to the strategy (``on_warmup``) for its indicators.
@@ -350,16 +350,16 @@ class StrategyHost:
         if isinstance(event, BarClosed):
             bar = event.payload
             if ledger:
-                self.ledger.mark(symbol, bar.close, event.ts_event)
+                self.ledger.mark(symbol, bar.close, event.market_ns)
             return None if instance is None else lambda: instance.on_bar(bar)
         if isinstance(event, TradePrinted):
             trade = event.payload
             if ledger:
-                self.ledger.mark(symbol, trade.price, event.ts_event)
+                self.ledger.mark(symbol, trade.price, event.market_ns)
             return None if instance is None else lambda: instance.on_trade(trade)
         quote = event.payload
         if ledger and quote.unpriceable() is None:  # no mark from a crossed or one-sided quote
-            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2, event.ts_event)
+            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2, event.market_ns)
         return None if instance is None else lambda: instance.on_quote(quote)
 
     def _apply_decision(self, event: RiskDecisionMade) -> Callable[[], None] | None:
@@ -385,7 +385,7 @@ class StrategyHost:
 
     def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
         fill = event.payload
-        if ledger and not self.ledger.apply_fill(fill, event.ts_event):
+        if ledger and not self.ledger.apply_fill(fill, event.market_ns):
             return None
         self.intents.filled(fill, event.correlation_id)
         instance = self._instance

@@ -11,7 +11,9 @@ through zero realizes the closed part and opens the rest at the fill price.
 Commissions come off realized P&L.
 
 A position is marked as the risk-gate and ``tradebus positions`` mark it:
-at the newest price by the market's own time (``ts_event``), a fill's price
+at the newest price by the market's own time (the host passes
+``Event.market_ns``: ``ts_event``, no later than a few seconds after the
+event was made, so one bad stamp ahead cannot hold the mark), a fill's price
 included, so a price arriving late with an older time does not move the mark
 back, and a fill newer than the last print marks the position at its price
 (a thin option contract may see no print for hours after it).
@@ -71,7 +73,7 @@ class Ledger:
             self._positions[symbol] = replace(pos, mark=price, mark_ns=ts_ns)
 
     def apply_fill(self, fill: FillPayload, ts_ns: int) -> bool:
-        """Apply a fill (of market time ``ts_ns``: its event's ``ts_event``);
+        """Apply a fill (of market time ``ts_ns``: its event's ``market_ns``);
         False (and nothing changes) when it was already applied."""
         key = (fill.account, fill.broker_order_id, fill.fill_id)
         if key in self._seen_fills:

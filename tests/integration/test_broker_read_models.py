@@ -342,6 +342,20 @@ async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str)
             ("4", T0),
             id="a trade newer than the last bar wins",
         ),
+        pytest.param(
+            [
+                # Stamped a day ahead of when it was made (a bad clock): its
+                # time is taken as 5 s after that (Event.market_ns), so the
+                # mark a minute later is newer; on its own stamp it held the
+                # price for a day.
+                trade_at(OPTION, "9", T0 - 120 * S).model_copy(
+                    update={"ts_event": T0 + 86_400 * S}
+                ),
+                mark_at(OPTION, "4.2", T0 - 60 * S),
+            ],
+            ("4.2", T0 - 60 * S),
+            id="a price stamped a day ahead does not hold it",
+        ),
     ],
 )
 async def test_the_newest_of_trade_bar_and_mark_values_a_position(

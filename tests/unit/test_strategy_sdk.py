@@ -137,6 +137,26 @@ def test_another_strategy_s_fill_marks_a_position_without_calling_the_strategy()
         assert rt.hosts["c"].ledger.positions == {}
 
 
+def test_a_price_stamped_a_day_ahead_does_not_hold_the_mark() -> None:
+    """Marked by the newest price by market time, a position would keep the
+    price of a print stamped a day ahead by a bad clock for a day; its time
+    counts no later than 5 s after it was made (``Event.market_ns``), so the
+    next real price replaces it."""
+    ids = counter_ids()
+    rt = InMemoryRuntime(ids=ids)
+    rt.add("a", Probe, symbols=("AAPL",))
+    [intent] = of_type(rt.run([bar("AAPL", 100, 0)]), OrderIntentCreated)
+    for event in fill_chain(intent, 100, ids=ids, at_ns=MINUTE_NS):
+        rt.feed(event)
+    bad = bar("AAPL", 150, 2 * MINUTE_NS)
+    bad = bad.model_copy(update={"ts_event": bad.ts_event + 86_400 * 10**9})
+    rt.feed(bad)
+    rt.feed(bar("AAPL", 90, 3 * MINUTE_NS))
+    position = rt.hosts["a"].ledger.position("AAPL")
+    assert position.mark == Decimal(90)
+    assert position.unrealized_pnl == Decimal(-100)  # 10 x (90 - 100)
+
+
 def test_warm_up_takes_the_bars_of_its_interval_only() -> None:
     rt = InMemoryRuntime()
     host = rt.add("sma", SmaCrossover, SMA_PARAMS, symbols=("AAPL",), bar_interval="1m")

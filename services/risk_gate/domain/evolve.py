@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from decimal import Context, Decimal
 from typing import Literal
 
-from libs.contract.envelope import Event
+from libs.contract.envelope import CLOCK_SKEW_NS, Event
 from libs.contract.events import (
     BarClosed,
     BreakerTripped,
@@ -124,9 +124,9 @@ GATE_TYPES = frozenset({"RiskDecisionMade", "SubmitOrder", "BreakerTripped", "Tr
 
 #: How far an event's own time (``ts_event``: a print's, a bar's end, a
 #: broker's fill time) may run ahead of when its publisher made it
-#: (``ts_init``) and still move the trading day: clock skew between a venue
-#: and our hosts, milliseconds where both keep time. See :func:`day_time`.
-DAY_SKEW_NS = 5 * NS
+#: (``ts_init``) and still move the trading day: the contract's clock skew
+#: (``Event.market_ns``). See :func:`day_time`.
+DAY_SKEW_NS = CLOCK_SKEW_NS
 
 replace = dataclasses.replace
 
@@ -182,7 +182,7 @@ def day_time(event: Event) -> int:
     the store (and in a replay, which keeps it). A publisher whose own clock
     runs a day ahead still moves the day; nothing in an event can tell.
     """
-    return min(event.ts_event, event.ts_init + DAY_SKEW_NS)
+    return event.market_ns
 
 
 def evolve(state: RiskState, event: Event) -> RiskState:

@@ -16,8 +16,12 @@ times the contract's multiplier.
 
 Now the symbol's last ``FillReceived`` (of any account: a fill moves the
 symbol's mark for every holder, as in the gate) is a fourth candidate, and
-the newest of the four by ``ts_event`` values the position; at the same
-time, the one later in the stream.
+the newest of the four by market time values the position; at the same
+time, the one later in the stream. A candidate's market time is its
+``ts_event`` but no later than 5 s after it was made (``ts_init``), the
+contract's ``Event.market_ns`` (``CLOCK_SKEW_NS``): a print or fill stamped
+a day ahead by a bad clock would otherwise be "the newest price" for a day,
+a fill's until the symbol's next fill. ``last_price_ns`` is that time.
 
 What it costs: ``ix_events_last_fill``, (symbol, -seq) of the fill rows only,
 so that the lookup is one probe (as 0008's for prices). Fills are a small
@@ -46,7 +50,9 @@ LAST_FILL_INDEX = (
     "CREATE INDEX ix_events_last_fill ON events (symbol, (-seq)) WHERE type = 'FillReceived'"
 )
 
-# 0011's view with the last fill as a fourth candidate.
+# 0011's view with the last fill as a fourth candidate, each candidate at its
+# market time (5 s: CLOCK_SKEW_NS when this was written; a migration keeps its
+# own copy of the figure).
 POSITIONS_MARKED = """
 CREATE OR REPLACE VIEW positions_marked AS
 SELECT p.*,
@@ -60,20 +66,28 @@ SELECT p.*,
        END AS unrealized_pnl
 FROM positions p
 LEFT JOIN LATERAL (
-    SELECT (e.payload->>'price')::numeric AS price, e.ts_event, e.seq FROM events e
+    SELECT (e.payload->>'price')::numeric AS price,
+           least(e.ts_event, e.ts_init + 5000000000) AS ts_event, e.seq
+    FROM events e
     WHERE e.type = 'TradePrinted' AND e.symbol = p.symbol ORDER BY -e.seq LIMIT 1
 ) t ON true
 LEFT JOIN LATERAL (
-    SELECT (e.payload->>'close')::numeric AS price, e.ts_event, e.seq FROM events e
+    SELECT (e.payload->>'close')::numeric AS price,
+           least(e.ts_event, e.ts_init + 5000000000) AS ts_event, e.seq
+    FROM events e
     WHERE e.type = 'BarClosed' AND e.symbol = p.symbol
     ORDER BY -e.seq LIMIT 1
 ) b ON true
 LEFT JOIN LATERAL (
-    SELECT (e.payload->>'price')::numeric AS price, e.ts_event, e.seq FROM events e
+    SELECT (e.payload->>'price')::numeric AS price,
+           least(e.ts_event, e.ts_init + 5000000000) AS ts_event, e.seq
+    FROM events e
     WHERE e.type = 'MarkUpdated' AND e.symbol = p.symbol ORDER BY -e.seq LIMIT 1
 ) m ON true
 LEFT JOIN LATERAL (
-    SELECT (e.payload->>'price')::numeric AS price, e.ts_event, e.seq FROM events e
+    SELECT (e.payload->>'price')::numeric AS price,
+           least(e.ts_event, e.ts_init + 5000000000) AS ts_event, e.seq
+    FROM events e
     WHERE e.type = 'FillReceived' AND e.symbol = p.symbol ORDER BY -e.seq LIMIT 1
 ) f ON true
 LEFT JOIN LATERAL (
