@@ -22,6 +22,8 @@ from typing import Annotated, Any, ClassVar, Protocol, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from libs.contract.options import option_symbol
+
 
 def _refuse_float(value: Any) -> Any:
     # A float (a Python float, or a JSON number with a fraction or exponent,
@@ -53,10 +55,16 @@ Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
 
+_SYMBOL = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")
+#: An ``O:`` symbol must name an option contract (``options.parse_option``).
+_OPTION = AfterValidator(option_symbol)
+
 #: A ticker as the venue writes it: share classes have a dot (``BRK.B``) or a
-#: slash, options look like ``O:SPY241220P00720000``. In a subject its dots are
-#: written as ``~`` (see ``subjects.symbol_token``), since a dot splits tokens.
-Symbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
+#: slash, options look like ``O:SPY241220P00720000`` (``O:`` and an OCC symbol
+#: that parses: one that does not, ``O:SPY241340P00720000``, is refused). In a
+#: subject its dots are written as ``~`` (see ``subjects.symbol_token``), since
+#: a dot splits tokens.
+Symbol = Annotated[str, _SYMBOL, _OPTION]
 
 
 def _upper_case(value: str) -> str:
@@ -72,7 +80,8 @@ def _upper_case(value: str) -> str:
 #: ``aapl`` would get no bar, a limit on ``aapl`` would never apply to
 #: ``AAPL``: refused, not normalised, since a strategy's own code compares
 #: symbols as written.
-SymbolToken = Annotated[Symbol, AfterValidator(_upper_case)]
+#: Upper case is checked first, so ``O:spy…`` is told to be upper case.
+SymbolToken = Annotated[str, _SYMBOL, AfterValidator(_upper_case), _OPTION]
 
 
 #: The longest ``source`` an event may name (``strategy-runner/<instance>``).

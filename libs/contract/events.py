@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Self, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
+from libs.contract import options
 from libs.contract.envelope import (
     Event,
     Frozen,
@@ -33,8 +34,9 @@ OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 AssetClass = Literal["equity", "option"]
 #: Options are named as Polygon names them: ``O:`` and the OCC symbol
-#: (``O:SPY241220P00720000``); every other symbol is an equity.
-OPTION_PREFIX = "O:"
+#: (``O:SPY241220P00720000``, see ``libs.contract.options``); every other
+#: symbol is an equity.
+OPTION_PREFIX = options.OPTION_PREFIX
 
 
 #: Shares per option contract: a price is per share, a contract's worth 100 of it.
@@ -300,6 +302,9 @@ class ReasonCode(StrEnum):
     #: not named ``O:…``, or an ``O:`` symbol as an equity): its notional would
     #: be counted with the wrong contract multiplier.
     ASSET_CLASS = "asset_class"
+    #: An option contract past the close of its expiry day, and the order
+    #: does not reduce the position in it: no broker takes it.
+    CONTRACT_EXPIRED = "contract_expired"
 
 
 class RiskDecisionPayload(Frozen):

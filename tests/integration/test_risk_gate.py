@@ -179,7 +179,9 @@ def mark(symbol: str, price: str) -> TradePrinted:
     )
 
 
-OPTION = "O:SPY241220P00720000"
+#: Expiring far ahead of the wall clock the gate runs on: an expired contract's
+#: orders are denied contract_expired.
+OPTION = "O:SPY391216P00720000"
 
 
 def quote_mark(symbol: str, bid: str, ask: str) -> MarkUpdated:

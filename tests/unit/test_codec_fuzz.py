@@ -86,6 +86,8 @@ def decodes_or_refuses(data: bytes, max_bytes: int | None = None) -> Event | Non
 # ------------------------------------------------------------- valid events
 
 tokens = st.from_regex(r"[A-Za-z0-9_:\-]{1,64}", fullmatch=True)
+#: An ``O:`` symbol must name an option contract (libs.contract.options).
+symbols = tokens.filter(lambda s: not s.startswith("O:")) | st.just("O:SPY241220P00720000")
 nanos = st.integers(min_value=0, max_value=2**63 - 1)
 small_ints = st.none() | st.integers(min_value=-(2**31), max_value=2**31)
 texts = st.text(max_size=40)
@@ -134,7 +136,7 @@ def envelope(cls: type[Event], payload: st.SearchStrategy[Any]) -> st.SearchStra
 
 trade_payloads = st.builds(
     TradePayload,
-    symbol=tokens,
+    symbol=symbols,
     price=prices,
     size=quantities,
     exchange=small_ints,
@@ -147,7 +149,7 @@ trade_payloads = st.builds(
 )
 quote_payloads = st.builds(
     QuotePayload,
-    symbol=tokens,
+    symbol=symbols,
     bid_price=money,
     bid_size=non_negative,
     ask_price=money,
@@ -162,7 +164,7 @@ def mark_payloads(draw: st.DrawFn) -> MarkPayload:
     """A mark at its quote's bid, ask or anywhere the contract allows between."""
     bid, ask = sorted((draw(prices), draw(prices)))
     return MarkPayload(
-        symbol=draw(tokens),
+        symbol=draw(symbols),
         price=draw(st.sampled_from([bid, ask])),
         bid_price=bid,
         ask_price=ask,
@@ -172,7 +174,7 @@ def mark_payloads(draw: st.DrawFn) -> MarkPayload:
 
 bar_payloads = st.builds(
     BarPayload,
-    symbol=tokens,
+    symbol=symbols,
     interval=st.sampled_from(["1s", "1m"]),
     open=prices,
     high=prices,
@@ -189,7 +191,7 @@ intent_payloads = st.builds(
     OrderIntentPayload,
     strategy=tokens,
     account=tokens,
-    symbol=tokens,
+    symbol=symbols,
     side=sides,
     quantity=quantities,
     order_type=order_types,
@@ -202,7 +204,7 @@ decision_payloads = st.builds(
     intent_id=st.uuids(),
     strategy=tokens,
     account=tokens,
-    symbol=tokens,
+    symbol=symbols,
     decision=st.sampled_from(["accepted", "denied"]),
     reason=st.sampled_from(ReasonCode),
     detail=texts,
@@ -214,7 +216,7 @@ submit_payloads = st.builds(
     intent_id=st.none() | st.uuids(),
     strategy=tokens,
     account=tokens,
-    symbol=tokens,
+    symbol=symbols,
     side=sides,
     quantity=quantities,
     order_type=order_types,
@@ -227,7 +229,7 @@ fill_payloads = st.builds(
     account=tokens,
     broker_order_id=texts,
     fill_id=texts,
-    symbol=tokens,
+    symbol=symbols,
     side=sides,
     quantity=quantities,
     price=prices,

@@ -4,6 +4,7 @@ exact decimals, strictness, causal chaining and dead letters."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import uuid
 from decimal import Decimal
@@ -67,6 +68,7 @@ from libs.contract.events import (
     TradingStateChanged,
     TradingStatePayload,
 )
+from libs.contract.options import parse_option
 from libs.contract.subjects import (
     DOMAINS,
     SubjectError,
@@ -616,6 +618,57 @@ def test_models_refuse_wildcard_and_blank_symbols() -> None:
     for symbol in ("BRK B", "*", ">", ""):
         with pytest.raises(ValidationError):
             OrderAcceptedPayload(order_id=ORDER_ID, account="a", broker_order_id="b", symbol=symbol)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "problem"),
+    [
+        ("O:SPY241340P00720000", "its expiry 241340 is not a date (YYMMDD)"),
+        ("O:SPY240230P00720000", "its expiry 240230 is not a date (YYMMDD)"),
+        ("O:SPY241220P0072000", "the strike x 1000 in 8 digits"),  # 7 digits
+        ("O:SPY241220P007200000", "the strike x 1000 in 8 digits"),  # 9 digits
+        ("O:SPY24122000720000", "C or P"),  # no C or P
+        ("O:SPY241220X00720000", "C or P"),
+        ("O:SPY", "e.g. O:SPY241220P00720000"),
+        ("O:", "e.g. O:SPY241220P00720000"),
+        ("O:TOOLONG241220P00720000", "a root of 1 to 6"),
+        ("O:SPY241220P00000000", "its strike is 0"),
+    ],
+)
+def test_an_option_symbol_that_does_not_parse_is_refused_saying_why(
+    symbol: str, problem: str
+) -> None:
+    # An O: symbol was taken as long as its characters were allowed: an intent
+    # for a contract that cannot exist (month 13, a strike of 7 digits) was
+    # valued as an option, and the gate could not tell its expiry.
+    with pytest.raises(ValidationError) as e:
+        OrderIntentPayload(
+            strategy="s",
+            account="a",
+            symbol=symbol,
+            side="buy",
+            quantity=Decimal(1),
+            asset_class="option",
+        )
+    assert f"{symbol} is not an option symbol" in str(e.value)
+    assert problem in str(e.value)
+
+
+def test_an_option_symbol_names_its_contract() -> None:
+    put = parse_option("O:SPY241220P00720000")
+    assert (put.root, put.expiry, put.right, put.strike) == (
+        "SPY",
+        dt.date(2024, 12, 20),
+        "put",
+        Decimal(720),
+    )
+    # Expiry day's close, 16:00 New York (EST: 21:00 UTC).
+    close = dt.datetime(2024, 12, 20, 21, tzinfo=dt.UTC)
+    assert put.expires_at_ns == int(close.timestamp()) * 10**9
+    adjusted = parse_option("O:AAPL1261218C00100500")  # an adjusted contract's root ends in 1
+    assert (adjusted.root, adjusted.right, adjusted.strike) == ("AAPL1", "call", Decimal("100.5"))
+    for symbol in ("OXY", "O", "BRK.B", "O:SPY241220P00720000"):  # equities starting with O too
+        assert TradePayload(symbol=symbol, price=Decimal(1), size=Decimal(1), feed="demo")
 
 
 def test_subject_map_lists_every_event_type() -> None:

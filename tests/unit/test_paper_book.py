@@ -562,3 +562,33 @@ def test_a_day_order_past_its_close_expires_before_a_price_can_fill_it() -> None
         updates = books.on_market(MarketUpdate.trade("AAPL", D(180)))
         assert [(u.event, u.order.id) for u in updates] == [("expired", day.id)]
         assert books.positions("A") == []
+
+
+def test_an_order_in_an_option_contract_past_its_expiry_is_refused() -> None:
+    """Alpaca refuses an order in a contract that has expired (422), and the
+    paper broker filled one, at the last price it had, as if it still
+    traded. Until the close of its expiry day (16:00 New York) it trades;
+    from then on nothing of it does, a close included, and the books stay
+    as they were."""
+    option = "O:SPY261211P00600000"  # expires Friday 2026-12-11
+    clock = SetClock(ny_ns("2026-12-11 15:59:59"))
+    counter = itertools.count(1)
+    b = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    b.on_market(MarketUpdate.trade(option, D("1.25")))
+    bought, _ = b.submit("A", OrderSpec(option, "buy", D(2), asset_class="us_option"))
+    assert bought.status == "filled"
+    for when in ("2026-12-11 16:00", "2026-12-14 10:00"):
+        clock.ns = ny_ns(when)
+        for side in ("buy", "sell"):
+            with pytest.raises(Refused, match="expired at the close of 2026-12-11") as e:
+                b.submit("A", OrderSpec(option, side, D(1), asset_class="us_option"))
+            assert (e.value.status, e.value.code) == (422, 42210000)
+    [closing], updates = b.close_all("A")
+    assert closing.refused is not None
+    assert closing.refused.status == 422
+    assert updates == []
+    assert [(o.id, o.status) for o in b.orders("A", "all")] == [(bought.id, "filled")]
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [(option, D(2))]
+    with pytest.raises(Refused, match="not found: O:SPY261311P00600000 is not an option") as e:
+        b.submit("A", OrderSpec("O:SPY261311P00600000", "buy", D(1), asset_class="us_option"))
+    assert (e.value.status, e.value.code) == (422, 42210000)

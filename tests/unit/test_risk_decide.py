@@ -276,6 +276,9 @@ def _held_off_the_list(s: RiskState) -> RiskState:
 
 Setup = Callable[[RiskState], RiskState]
 
+#: Expired at 16:00 New York on Friday 2026-03-06, before T0.
+EXPIRED = "O:AAPL260306C00100000"
+
 
 def _noop(s: RiskState) -> RiskState:
     return s
@@ -319,6 +322,14 @@ CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
         0,
         ReasonCode.ASSET_CLASS,
         "is an option symbol, the intent says equity",
+    ),
+    (
+        "an option past its expiry day",
+        lambda s: evolve(s, trade(EXPIRED, 2)),
+        {"symbol": EXPIRED, "asset_class": "option"},
+        0,
+        ReasonCode.CONTRACT_EXPIRED,
+        f"{EXPIRED} expired at the close of 2026-03-06 (16:00 New York)",
     ),
     ("stale intent", _noop, {}, 6 * S, ReasonCode.STALE_INTENT, "max 5s"),
     (
@@ -618,6 +629,60 @@ def test_options_may_have_a_price_band_of_their_own(
     i = intent(1, symbol=symbol, order_type="limit", limit_price=D(limit), **kwargs)
     d = decide(evolve(state, i), i, T0)
     assert d.reason is reason, d.detail
+
+
+#: 2026-03-10 16:00 New York (EDT) = 20:00 UTC: the close of TODAY's expiry day.
+CLOSE = T0 + 5 * 3600 * S
+TODAY = "O:AAPL260310C00100000"
+
+
+@pytest.mark.parametrize(
+    ("symbol", "held", "side", "quantity", "now", "max_mark_age_s", "reason"),
+    [
+        # Opening or adding, with a fresh price, and with no age checked at all.
+        (EXPIRED, 0, "buy", 1, T0, 60, ReasonCode.CONTRACT_EXPIRED),
+        (EXPIRED, 0, "buy", 1, T0, None, ReasonCode.CONTRACT_EXPIRED),
+        (EXPIRED, 0, "sell", 1, T0, None, ReasonCode.CONTRACT_EXPIRED),
+        (EXPIRED, 5, "buy", 1, T0, 60, ReasonCode.CONTRACT_EXPIRED),
+        (EXPIRED, -5, "sell", 1, T0, 60, ReasonCode.CONTRACT_EXPIRED),
+        # Reducing passes (the broker may refuse it; the gate does not).
+        (EXPIRED, 5, "sell", 5, T0, 60, ReasonCode.ACCEPTED),
+        (EXPIRED, -5, "buy", 2, T0, None, ReasonCode.ACCEPTED),
+        # ...but not past zero: the rest would open a new position.
+        (EXPIRED, 5, "sell", 6, T0, 60, ReasonCode.CONTRACT_EXPIRED),
+        # On its expiry day it trades until the close, 16:00 New York.
+        (TODAY, 0, "buy", 1, T0, 60, ReasonCode.ACCEPTED),
+        (TODAY, 0, "buy", 1, CLOSE - S, 60, ReasonCode.ACCEPTED),
+        (TODAY, 0, "buy", 1, CLOSE, 60, ReasonCode.CONTRACT_EXPIRED),
+        (TODAY, 0, "buy", 1, CLOSE + 3600 * S, None, ReasonCode.CONTRACT_EXPIRED),
+        (TODAY, 3, "sell", 3, CLOSE + 3600 * S, None, ReasonCode.ACCEPTED),
+    ],
+)
+def test_an_order_opening_an_expired_contract_is_denied_a_reduce_passes(
+    symbol: str,
+    held: int,
+    side: str,
+    quantity: int,
+    now: int,
+    max_mark_age_s: int | None,
+    reason: ReasonCode,
+) -> None:
+    """Last month's contract in a strategy's config (a typo) was traded as
+    long as its last price was fresh, or at any age with no max_mark_age_s:
+    the broker refuses it, the paper broker filled it."""
+    band = {"max_deviation": "0.05", "max_mark_age_s": max_mark_age_s}
+    limits = RiskLimits.model_validate({**LIMITS.model_dump(), "price_band": band})
+    state = apply(RiskState.initial(limits), trade(symbol, 2, now))
+    if held:
+        bought = "buy" if held > 0 else "sell"
+        held_fill = fill(uuid.uuid4(), abs(held), 2, side=bought, symbol=symbol, strategy="sma")
+        state = evolve(state, held_fill)
+    i = intent(quantity, side=side, symbol=symbol, asset_class="option", t=now)
+    d = decide(evolve(state, i), i, now)
+    assert d.reason is reason, d.detail
+    if reason is ReasonCode.CONTRACT_EXPIRED:
+        assert f"{symbol} expired at the close of" in d.detail
+        assert f"does not reduce the position of {held}" in d.detail
 
 
 def test_every_reason_code_is_exercised() -> None:

@@ -243,6 +243,19 @@ def test_a_symbol_not_in_upper_case_is_refused_naming_the_key(symbol: str) -> No
     assert validate_strategies({"strategies": [entry(symbols=["NVDA", "O:SPY241220P00720000"])]})
 
 
+@pytest.mark.parametrize(
+    "symbol", ["O:SPY241340P00720000", "O:SPY241220P0072000", "O:SPY24122000720000", "O:SPY"]
+)
+def test_an_option_symbol_that_does_not_parse_is_refused_naming_the_key(symbol: str) -> None:
+    # A typo in a contract (month 13, a strike of 7 digits, no C or P) was
+    # taken: the strategy subscribed to a contract no feed quotes and never
+    # traded, without a word.
+    (problem,) = problems(entry(symbols=["NVDA", symbol]))
+    assert problem.startswith(f"strategies[0].symbols[1]: {symbol} is not an option symbol"), (
+        problem
+    )
+
+
 @pytest.mark.parametrize("symbol", ["BRK.B", "BRK/B"])
 def test_a_share_class_symbol_is_taken_as_the_contract_takes_it(symbol: str) -> None:
     # Polygon names Berkshire's class B shares BRK.B (Alpaca BRK.B or BRK/B),

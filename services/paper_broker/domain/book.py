@@ -17,7 +17,8 @@ Invariants:
   a lost answer or a restart) reads the order back by its client order id;
 - an order's ``filled_qty`` only grows, up to ``qty``; each fill's execution
   id is new;
-- a refused order (bad fields, untradable symbol, too large) is never created:
+- a refused order (bad fields, untradable symbol, an option contract past
+  the close of its expiry day, too large) is never created:
   :class:`Refused` says why, as the broker's HTTP status and error code;
 - an order for a *halted* symbol is accepted (``new``) and then ``rejected``
   by the venue, as an exchange rejects at routing: the asynchronous rejection
@@ -41,6 +42,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from libs.contract.envelope import Clock
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from services.paper_broker.domain.fill_model import (
     WIDE,
     FillModelConfig,
@@ -358,8 +360,8 @@ class PaperBook:
         cid = spec.client_order_id
         if cid and self.by_client_order_id(account, cid) is not None:
             raise Refused(422, CODE_DUPLICATE_CLIENT_ORDER_ID, DUPLICATE_CLIENT_ORDER_ID)
-        self._validate(spec)
         now = self.clock.now_ns()
+        self._validate(spec, now)
         order = PaperOrder(
             id=self.ids(),
             client_order_id=cid or self.ids(),
@@ -654,7 +656,7 @@ class PaperBook:
 
     # ------------------------------------------------------------- helpers
 
-    def _validate(self, spec: OrderSpec) -> None:
+    def _validate(self, spec: OrderSpec, now: int) -> None:
         def refuse(message: str, status: int = 422, code: int = CODE_UNPROCESSABLE) -> Refused:
             return Refused(status, code, message)
 
@@ -683,6 +685,18 @@ class PaperBook:
             raise refuse(f"client_order_id must be at most {MAX_CLIENT_ORDER_ID} characters")
         if spec.symbol in self.config.untradable_symbols:
             raise refuse(f"asset {spec.symbol} is not tradable")
+        if spec.symbol.startswith(OPTION_PREFIX):
+            try:
+                contract = parse_option(spec.symbol)
+            except ValueError as e:
+                raise refuse(f"asset {spec.symbol} not found: {e}") from None
+            if now >= contract.expires_at_ns:
+                # As a broker does: an expired contract no longer trades,
+                # closing orders included (its position is the broker's to settle).
+                raise refuse(
+                    f"asset {spec.symbol} is not tradable: it expired at the close of "
+                    f"{contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+                )
         limit = self.config.max_order_quantity
         if limit is not None and spec.qty > limit:
             raise refuse(

@@ -14,6 +14,9 @@ unknown_account             the account is not configured, or not the
 asset_class                 the intent's asset class is not the one its
                             symbol names (options are ``O:`` + OCC symbol):
                             its notional would take the wrong multiplier
+contract_expired            an option past the close of its expiry day
+                            (16:00 New York), and the order does not reduce
+                            the account's position in it
 stale_intent                the intent is older than ``max_intent_age_s``
 kill_switch                 the global kill switch is engaged
 halted                      the account or everything is halted
@@ -60,6 +63,7 @@ from libs.contract.events import (
     asset_class_of,
     contract_multiplier,
 )
+from libs.contract.options import EXPIRY_CLOSE, parse_option
 from services.risk_gate.domain.commands import (
     SOURCE,
     decision_id_for,
@@ -137,6 +141,10 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
             f"{p.symbol} is an {named} symbol, the intent says {p.asset_class} "
             f"(options are named {OPTION_PREFIX}<OCC symbol>)"
         )
+    if named == "option":
+        verdict = _expiry(state, p, now_ns)
+        if verdict is not ACCEPT:
+            return verdict
     if limits.max_intent_age_s is not None:
         # ts_init: when the strategy made the intent (ts_event may be market time).
         age_ns = now_ns - intent.ts_init
@@ -196,6 +204,23 @@ def _control(state: RiskState, p: OrderIntentPayload) -> Verdict:
             f"the position of {state.account_position(p.account, p.symbol)}"
         )
     return ACCEPT
+
+
+def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
+    # The symbol parsed when the intent was made (the contract's Symbol).
+    contract = parse_option(p.symbol)
+    if now_ns < contract.expires_at_ns:
+        return ACCEPT
+    # Closing what is held may pass (the broker may refuse it; the gate must
+    # not stand in the way of a reduce); opening or adding never does.
+    if reduces_position(state, p.account, p.symbol, p.side, p.quantity):
+        return ACCEPT
+    return ReasonCode.CONTRACT_EXPIRED, (
+        f"{p.symbol} expired at the close of {contract.expiry} "
+        f"({EXPIRY_CLOSE:%H:%M} New York); "
+        f"{p.side} {p.quantity} does not reduce the position of "
+        f"{state.account_position(p.account, p.symbol)}"
+    )
 
 
 def _daily_loss(state: RiskState, p: OrderIntentPayload, account: AccountLimits) -> Verdict:

@@ -1,0 +1,85 @@
+"""Option contracts as tradebus names them: ``O:`` and the OCC symbol.
+
+``O:SPY241220P00720000`` is SPY's put expiring 2024-12-20 with a strike of
+720: after ``O:`` (Polygon's naming), the root (1 to 6 upper-case letters or
+digits; an adjusted contract's root ends in a digit), the expiry as YYMMDD,
+``C`` or ``P``, and the strike times 1000 in 8 digits. A symbol that starts
+with ``O:`` and does not parse so names no contract: the event contract
+refuses it (``envelope.Symbol``), rather than take it for an option no feed
+quotes and no broker knows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+OPTION_PREFIX = "O:"
+#: The exchange's time zone: an option's last trading day ends in it.
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+#: The close of an expiry day (New York time), after which a standard US
+#: equity option no longer trades.
+EXPIRY_CLOSE = dt.time(16, 0)
+
+_OCC = re.compile(r"([A-Z0-9]{1,6})([0-9]{6})([CP])([0-9]{8})")
+_FORMAT = (
+    "O: and the OCC symbol, e.g. O:SPY241220P00720000 (a root of 1 to 6 upper-case "
+    "letters or digits, the expiry YYMMDD, C or P, the strike x 1000 in 8 digits)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionContract:
+    """What an option symbol names."""
+
+    root: str
+    expiry: dt.date
+    right: Literal["call", "put"]
+    strike: Decimal
+
+    @property
+    def expires_at_ns(self) -> int:
+        """The close of its expiry day (:data:`EXPIRY_CLOSE`, New York time),
+        in nanoseconds since the epoch: from then on it no longer trades."""
+        close = dt.datetime.combine(self.expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
+        return int(close.timestamp()) * 1_000_000_000
+
+
+@functools.lru_cache(maxsize=4096)  # asked for at every event and intent of a contract
+def parse_option(symbol: str) -> OptionContract:
+    """The contract ``symbol`` (``O:`` + OCC symbol) names; ValueError saying
+    what is wrong when it names none."""
+    if not symbol.startswith(OPTION_PREFIX):
+        raise ValueError(f"{symbol} is not an option symbol: {_FORMAT}")
+    m = _OCC.fullmatch(symbol, len(OPTION_PREFIX))
+    if m is None:
+        raise ValueError(f"{symbol} is not an option symbol: {_FORMAT}")
+    root, yymmdd, right, strike = m.groups()
+    try:
+        # OCC's two-digit year is this century's: 991217 is 2099-12-17.
+        expiry = dt.date(2000 + int(yymmdd[:2]), int(yymmdd[2:4]), int(yymmdd[4:]))
+    except ValueError:
+        raise ValueError(
+            f"{symbol} is not an option symbol: its expiry {yymmdd} is not a date (YYMMDD)"
+        ) from None
+    if int(strike) == 0:
+        raise ValueError(f"{symbol} is not an option symbol: its strike is 0")
+    return OptionContract(
+        root=root,
+        expiry=expiry,
+        right="call" if right == "C" else "put",
+        strike=Decimal(strike).scaleb(-3),
+    )
+
+
+def option_symbol(value: str) -> str:
+    """``value`` as it is, if it is no ``O:`` symbol or a contract's; a
+    ValueError saying what is wrong with an ``O:`` symbol that names none."""
+    if value.startswith(OPTION_PREFIX):
+        parse_option(value)
+    return value
