@@ -531,6 +531,37 @@ class OrderCanceled(Event):
     payload: OrderCanceledPayload
 
 
+class ClosingOrder(Frozen):
+    """One order a flatten's close-all placed at the broker."""
+
+    order_id: uuid.UUID
+    symbol: Symbol
+    side: Side
+    quantity: Quantity
+    #: What of it still works as the event is published: its quantity less
+    #: the fills published before it, 0 once it has ended.
+    leaves_quantity: NonNegativeQuantity
+    #: The strategy its fills are booked to, when one strategy's position
+    #: takes all of what works (as the gateway's positions stand when it is
+    #: published); None: several strategies' positions, or nobody's.
+    strategy: Token | None = None
+
+
+class ClosingOrdersPayload(Frozen):
+    account: Token
+    orders: tuple[ClosingOrder, ...]
+
+
+class ClosingOrdersPlaced(Event):
+    """A flatten's close-all placed these orders at the broker (caused by the
+    ``FlattenAccount``): what the risk-gate counts as the account's open
+    orders until they fill, are canceled or rejected."""
+
+    subject_template = "broker.close.{account}"
+    type: Literal["ClosingOrdersPlaced"] = "ClosingOrdersPlaced"
+    payload: ClosingOrdersPayload
+
+
 class BrokerConnectionPayload(Frozen):
     account: Token
     broker: str
@@ -655,6 +686,7 @@ AnyEvent = Annotated[
     | OrderRejected
     | FillReceived
     | OrderCanceled
+    | ClosingOrdersPlaced
     | BrokerConnectionChanged
     | BrokerPositionsChecked
     | KillSwitchEngaged

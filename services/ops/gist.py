@@ -63,6 +63,23 @@ def _fill(p: Payload) -> str:
     return text
 
 
+def _closing(p: Payload) -> str:
+    """``AAPL sell 100 (60 working, sma-aapl); MSFT buy 5``."""
+    orders = [o for o in p.get("orders") or [] if isinstance(o, dict)]
+    if not orders:
+        return f"{p.get('account', '?')}: no closing orders"
+
+    def one(o: Payload) -> str:
+        text = f"{o.get('side', '?')} {o.get('quantity', '?')} {o.get('symbol', '?')}"
+        working = o.get("leaves_quantity")
+        notes = [] if working == o.get("quantity") else [f"{working} working"]
+        if o.get("strategy"):
+            notes.append(str(o["strategy"]))
+        return f"{text} ({', '.join(notes)})" if notes else text
+
+    return f"{p.get('account', '?')}: " + "; ".join(one(o) for o in orders)
+
+
 def _because(p: Payload) -> str:
     code = f" [{p['code']}]" if p.get("code") else ""
     return f"{p.get('reason', '')}{code}"
@@ -127,6 +144,7 @@ GISTS: dict[str, Callable[[Payload], str]] = {
     "OrderRejected": _because,
     "OrderCanceled": _because,
     "CancelOrder": _because,
+    "ClosingOrdersPlaced": _closing,
     "FlattenAccount": lambda p: f"{p.get('account', '?')}: {p.get('reason', '')}",
     "TradingStateChanged": _state,
     "BreakerTripped": _breaker,

@@ -439,6 +439,38 @@ async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: l
         assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again
 
 
+async def test_a_flatten_says_which_closing_orders_it_placed(bus: Bus, venues: list[Venue]) -> None:
+    """The risk-gate reads no acks: the flatten's closing orders reach it as
+    one ``ClosingOrdersPlaced`` on ``broker.close.<account>``, caused by the
+    flatten, naming each order as its fills do, with what still works of it
+    (its quantity less the fills published before it) and the strategy whose
+    position it closes."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "10"))
+        await eventually(lambda: w.tracker.position("AAPL", "s1") == 10, timeout=10)
+        flat = flatten(a.account)
+        await bus.publish(flat)
+        placed = await eventually(lambda: last_event(bus, f"broker.close.{a.account}"), timeout=10)
+        await w.wait_idle()
+        await eventually(lambda: w.tracker.position("AAPL") == 0, timeout=10)
+    assert placed["type"] == "ClosingOrdersPlaced"
+    assert placed["causation_id"] == str(flat.id)
+    [order] = placed["payload"]["orders"]
+    assert (order["symbol"], order["side"], order["quantity"]) == ("AAPL", "sell", "10")
+    closing = [
+        f
+        for f in await stored(bus, f"broker.fill.{a.account}")
+        if f["causation_id"] == str(flat.id)
+    ]
+    assert {f["payload"]["order_id"] for f in closing} == {order["order_id"]}
+    # Working when the close-all answered (booked to s1), or filled before it.
+    assert (order["leaves_quantity"], order["strategy"]) in {("10", "s1"), ("0", None)}
+
+
 async def stored(bus: Bus, subject: str) -> list[dict[str, Any]]:
     """Every event stored on ``subject`` so far, oldest first, decoded."""
     info = await bus.js.stream_info(STREAM, subjects_filter=subject)

@@ -15,10 +15,12 @@ import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
+from libs.contract.codec import derived_id
 from libs.contract.envelope import CauseRef, Event
 from libs.contract.events import (
     CancelOrder,
     CancelOrderPayload,
+    ClosingOrdersPlaced,
     FillReceived,
     FlattenAccount,
     FlattenAccountPayload,
@@ -402,7 +404,25 @@ def test_flatten_books_closing_fills_to_the_strategies_it_closes() -> None:
     assert [e.type for e in first] == ["OrderAccepted", "FillReceived", "FillReceived"]
     msft = order(None, broker_id="c-msft", symbol="MSFT", side="buy", qty="3", client_id="bx2")
     acks = t.flatten_done([aapl, msft])
-    assert [e.type for e in acks] == ["OrderAccepted"]  # MSFT's; AAPL's was already out
+    # MSFT's acceptance (AAPL's was already out), then what the risk-gate counts
+    # open: what of each still works, past the fills published, and whose it is.
+    assert [e.type for e in acks] == ["OrderAccepted", "ClosingOrdersPlaced"]
+    placed = acks[-1]
+    assert isinstance(placed, ClosingOrdersPlaced)
+    assert (placed.id, placed.causation_id) == (
+        derived_id("broker.closing", ACCOUNT, flatten.id),
+        flatten.id,
+    )
+    assert [
+        (o.symbol, o.side, o.quantity, o.leaves_quantity, o.strategy) for o in placed.payload.orders
+    ] == [
+        ("AAPL", "sell", D(17), D(5), None),  # 3 of s2's, 2 of nobody's
+        ("MSFT", "buy", D(3), D(3), "s3"),
+    ]
+    assert [o.order_id for o in placed.payload.orders] == [
+        t.find(aapl).order_id,  # type: ignore[union-attr]
+        t.find(msft).order_id,  # type: ignore[union-attr]
+    ]
     aapl_done = order(
         None,
         "17",
@@ -620,10 +640,11 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
         [order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")]
     )
     live.flatten_ended()
-    [accepted] = done
+    accepted, placed = done
     assert isinstance(accepted, OrderAccepted)
+    assert isinstance(placed, ClosingOrdersPlaced)
     rebuilt = tracker()
-    for e in (empty, closing, accepted):
+    for e in (empty, closing, accepted, placed):
         rebuilt.evolve(e)
     assert rebuilt.flattened(closing.id)
     # Nothing recorded says the empty one ran: it may run again (harmlessly,
@@ -673,8 +694,11 @@ def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
         [CloseRefused("MSFT", "insufficient qty available for order", "40310000", entry=1)],
     )
     live.flatten_ended()
-    accepted, rejected = done
+    accepted, placed, rejected = done
     assert isinstance(accepted, OrderAccepted)
+    # The refused one was never placed: not among the orders the gate counts.
+    assert isinstance(placed, ClosingOrdersPlaced)
+    assert [o.symbol for o in placed.payload.orders] == ["AAPL"]
     assert isinstance(rejected, OrderRejected)
     assert rejected.causation_id == flatten.id
     assert rejected.payload.code == "40310000"

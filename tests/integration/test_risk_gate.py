@@ -789,7 +789,13 @@ async def test_a_lone_intent_is_decided_at_once(stack: Stack, bus: Bus) -> None:
     assert not subjects & {"risk.>", "orders.cmd.>"}, subjects
     # Nor broker acks (they change nothing it decides on); fills and the rest it reads.
     assert "broker.ack.>" not in subjects
-    assert {"broker.fill.>", "broker.reject.>", "broker.cancel.>", "broker.conn.>"} <= subjects
+    assert {
+        "broker.fill.>",
+        "broker.reject.>",
+        "broker.cancel.>",
+        "broker.close.>",
+        "broker.conn.>",
+    } <= subjects
 
 
 async def test_an_option_priced_only_by_its_quote_mark_gets_its_order(

@@ -169,6 +169,35 @@ def test_a_positions_check_reads_as_agreement_or_each_difference() -> None:
     )
 
 
+def test_a_flatten_s_closing_orders_read_as_each_order_and_what_still_works() -> None:
+    from libs.contract.events import ClosingOrder, ClosingOrdersPayload
+
+    placed = ClosingOrdersPayload(
+        account="paper",
+        orders=(
+            ClosingOrder(
+                order_id=ORDER,
+                symbol="AAPL",
+                side="sell",
+                quantity=Decimal(100),
+                leaves_quantity=Decimal(60),
+                strategy="sma-aapl",
+            ),
+            ClosingOrder(
+                order_id=uuid.UUID(int=8),
+                symbol="MSFT",
+                side="buy",
+                quantity=Decimal(5),
+                leaves_quantity=Decimal(5),
+            ),
+        ),
+    )
+    assert gist("ClosingOrdersPlaced", stored(placed)) == (
+        "paper: sell 100 AAPL (60 working, sma-aapl); buy 5 MSFT"
+    )
+    assert gist("ClosingOrdersPlaced", {"account": "paper"}) == "paper: no closing orders"
+
+
 def test_every_gist_names_a_type_of_the_contract_or_a_recorder_row() -> None:
     from libs.contract.events import EVENT_TYPES
     from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE

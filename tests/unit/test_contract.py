@@ -27,6 +27,9 @@ from libs.contract.events import (
     BrokerPositionsChecked,
     CancelOrder,
     CancelOrderPayload,
+    ClosingOrder,
+    ClosingOrdersPayload,
+    ClosingOrdersPlaced,
     DeadLetterPayload,
     FeedStatusChanged,
     FeedStatusPayload,
@@ -295,6 +298,23 @@ SAMPLES: tuple[Sample, ...] = (
         OrderCanceled,
         OrderCanceledPayload(order_id=ORDER_ID, account="acct-a", reason="expired"),
         "broker.cancel.acct-a",
+    ),
+    Sample(
+        ClosingOrdersPlaced,
+        ClosingOrdersPayload(
+            account="acct-a",
+            orders=(
+                ClosingOrder(
+                    order_id=ORDER_ID,
+                    symbol="AAPL",
+                    side="sell",
+                    quantity=Decimal("100"),
+                    leaves_quantity=Decimal("60"),
+                    strategy="sma-aapl",
+                ),
+            ),
+        ),
+        "broker.close.acct-a",
     ),
     Sample(
         BrokerConnectionChanged,

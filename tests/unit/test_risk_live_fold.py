@@ -25,6 +25,9 @@ import pytest
 from libs.contract.codec import encode
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    ClosingOrder,
+    ClosingOrdersPayload,
+    ClosingOrdersPlaced,
     KillSwitchEngaged,
     KillSwitchReleased,
     OrderCanceled,
@@ -155,11 +158,52 @@ async def test_the_live_state_is_the_fold_of_the_store_across_the_day_start(
     assert folded.loss_tripped["acct"].isoformat() == "2026-03-10"
 
 
-def _random_message(rng: random.Random, gate: RiskGate, stored: list[Event], t: int) -> Event:
+def _closing_orders(rng: random.Random, gate: RiskGate, t: int) -> Event | None:
+    """A flatten's closing orders for the positions an account holds now
+    (booked to a strategy holding it, or to none), some partly filled
+    already; None when no account holds any."""
+    held = [(k, p.quantity) for k, p in sorted(gate.state.positions.items()) if p.quantity]
+    if not held:
+        return None
+    account = rng.choice(held)[0][0]
+    orders = []
+    for (acct, symbol), quantity in held:
+        if acct != account:
+            continue
+        size = abs(quantity)
+        holders = sorted(
+            st
+            for (st, a, sym), p in gate.state.strategy_positions.items()
+            if a == acct and sym == symbol and p.quantity
+        )
+        orders.append(
+            ClosingOrder(
+                order_id=uuid.uuid4(),
+                symbol=symbol,
+                side="sell" if quantity > 0 else "buy",
+                quantity=size,
+                leaves_quantity=rng.choice([size, size // 2, Decimal(0)]),
+                strategy=rng.choice([None, *holders]),
+            )
+        )
+    return ev(ClosingOrdersPlaced, ClosingOrdersPayload(account=account, orders=tuple(orders)), t)
+
+
+def _random_message(
+    rng: random.Random, gate: RiskGate, stored: list[Event], t: int, *, closing: bool = False
+) -> Event:
     """One message another service could publish at ``t``: a print, an
     intent (two strategies, two accounts), a fill or cancel of an order the
-    store holds, the kill switch, a resume, a broker connection change."""
+    store holds, the kill switch, a resume, a broker connection change; with
+    ``closing``, also a flatten's closing orders (``_closing_orders``)."""
+    if closing and rng.random() < 0.1:
+        placed = _closing_orders(rng, gate, t)
+        if placed is not None:
+            return placed
     ordered = {e.payload.order_id for e in stored if e.type == "SubmitOrder"}
+    ordered.update(
+        o.order_id for e in stored if isinstance(e, ClosingOrdersPlaced) for o in e.payload.orders
+    )
     working = sorted(
         (o for o in gate.state.orders.values() if o.order_id in ordered), key=lambda o: o.ts_ns
     )
@@ -194,15 +238,19 @@ def _random_message(rng: random.Random, gate: RiskGate, stored: list[Event], t: 
     return conn(rng.choice(["disconnected", "connected"]), rng.choice(["acct", "b"]), t)
 
 
+@pytest.mark.parametrize("closing", [False, True], ids=["", "closing orders"])
 @pytest.mark.parametrize("seed", range(200))
-async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(seed: int) -> None:
+async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
+    seed: int, closing: bool
+) -> None:
     """100 random messages over two trading days (prints, intents, fills and
     cancels, the kill switch, resumes, connection changes), the gate's own
     publications landing in the stream 0 to 2 messages late: the live
     state and the fold of the store are the same. Before the folds of a
     repeated resume, of a reduce level reached as a resume lands and of a
     fill marking a symbol other accounts hold were fixed, 12 of these 200
-    seeds differed."""
+    seeds differed. With ``closing``, flattens' closing orders come too, and
+    are filled and canceled like the gate's own."""
     rng = random.Random(seed)
     before: list[Event] = [trade("AAPL", 100), trade("MSFT", 50)]
     gate, clock, bus = await live_gate(before, T0)
@@ -212,7 +260,7 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(seed
     for k in range(count):
         # Mostly a few hundred ms apart; once, across the next day's start.
         t += (17 * 3600 * S - 30 * S) if k == count // 2 else rng.randint(1, 2000) * MS
-        event = _random_message(rng, gate, store, t)
+        event = _random_message(rng, gate, store, t, closing=closing)
         clock.ns = t + rng.randint(0, 5) * MS
         await deliver(gate, event, len(store) + 1, k + 1)
         store.append(event)

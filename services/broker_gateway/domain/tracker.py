@@ -11,7 +11,8 @@ Exactly once. Every event's id derives from broker facts, never from time
 or chance:
 
 - ``OrderAccepted`` / ``OrderRejected`` / ``OrderCanceled``: (account, order id);
-- ``FillReceived``: (account, order id, cumulative quantity after the fill).
+- ``FillReceived``: (account, order id, cumulative quantity after the fill);
+- ``ClosingOrdersPlaced``: (account, flatten id).
 
 A fill is new only if it takes the order's cumulative quantity past what has
 been published (the *watermark*); the same fill seen again — from the stream
@@ -53,6 +54,9 @@ from libs.contract.envelope import CauseRef, Clock, Event
 from libs.contract.events import (
     AnyEvent,
     CancelOrder,
+    ClosingOrder,
+    ClosingOrdersPayload,
+    ClosingOrdersPlaced,
     FillPayload,
     FillReceived,
     FlattenAccount,
@@ -537,6 +541,11 @@ class OrderTracker:
     ) -> list[Event]:
         """The close-all answered: its closing orders, and the positions it refused.
 
+        The closing orders it placed are published as one ``ClosingOrdersPlaced``
+        (caused by the flatten, its id derived from it), after their
+        acceptances: the risk-gate reads no acks, and without it counted none
+        of them as open orders of the account (see :meth:`_placed`).
+
         Each refused position is published as an ``OrderRejected`` of the
         closing order that could not be placed (its id derived from the
         flatten and the symbol, caused by the flatten, the venue's code), so
@@ -548,10 +557,23 @@ class OrderTracker:
         flatten = self._flattening
         assert flatten is not None, "flatten_started() first"
         out: list[Event] = []
+        placed: list[ClosingOrder] = []
         for order in orders:
             t = self._closing_order(order, flatten)
             if order.is_open or order.filled_quantity > 0:
                 self._ack(t, order, order.updated_ns, out)
+                placed.append(self._placed(t, order))
+        if placed:
+            self._emit(
+                out,
+                ClosingOrdersPlaced.create(
+                    ClosingOrdersPayload(account=self.account, orders=tuple(placed)),
+                    source=self.source,
+                    clock=self.clock,
+                    cause=flatten,
+                    event_id=derived_id("broker.closing", self.account, flatten.id),
+                ),
+            )
         for r in refused:
             if r.symbol:
                 oid = derived_id("broker.close", self.account, flatten.id, r.symbol)
@@ -568,6 +590,28 @@ class OrderTracker:
         self._flattened.add(flatten.id)
         self._flattening = None
         return out
+
+    def _placed(self, t: TrackedOrder, order: BrokerOrder) -> ClosingOrder:
+        """``order``, a closing order, as ``ClosingOrdersPlaced`` lists it for
+        the risk-gate, which counts what still works as an open order.
+
+        What still works is its quantity less the fills published so far
+        (events leave in the order they are made: the gate has those fills
+        before this), nothing once the stream has ended it. Not the answer's
+        own fills: one the stream has not brought yet would then be in
+        neither the gate's positions nor its open orders. Its strategy is the
+        one whose position takes all of it, as the fills would be booked now.
+        """
+        leaves = ZERO if t.terminal is not None else max(order.quantity - t.filled, ZERO)
+        booked = self._allocate(order.symbol, order.side, leaves) if leaves > 0 else []
+        return ClosingOrder(
+            order_id=t.order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=order.quantity,
+            leaves_quantity=leaves,
+            strategy=booked[0][0] if len(booked) == 1 else None,
+        )
 
     def flatten_ended(self) -> None:
         """The flatten is over (done or failed): unknown orders are nobody's again."""

@@ -45,9 +45,10 @@ OWN_SUBJECTS = ("risk.>", "orders.cmd.>")
 #: marketdata makes from quotes (``md.mark.>``), not quotes themselves: most
 #: of the feed, and NATS wildcards cannot pick the options' out of
 #: ``md.quote.>`` (a token is matched whole). Of the broker, what ends orders,
-#: fills them and the connection; not its acks (``broker.ack.>``), which
-#: change nothing the gate decides on (see ``RELEVANT_TYPES`` in
-#: ``domain/evolve.py``).
+#: fills them and the connection, and a flatten's closing orders
+#: (``broker.close.>``: open orders the gate sent no command for); not its
+#: acks (``broker.ack.>``), which change nothing the gate decides on (see
+#: ``RELEVANT_TYPES`` in ``domain/evolve.py``).
 FILTER_SUBJECTS = (
     "md.trade.>",
     "md.bar.>",
@@ -57,6 +58,7 @@ FILTER_SUBJECTS = (
     "broker.fill.>",
     "broker.reject.>",
     "broker.cancel.>",
+    "broker.close.>",
     "broker.conn.>",
     "control.>",
 )

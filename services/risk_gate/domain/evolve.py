@@ -32,6 +32,7 @@ from libs.contract.events import (
     BarClosed,
     BreakerTripped,
     BrokerConnectionChanged,
+    ClosingOrdersPlaced,
     FillReceived,
     KillSwitchEngaged,
     KillSwitchReleased,
@@ -91,6 +92,7 @@ ONCE_TYPES = frozenset(
         "TradingStateChanged",
         "BreakerTripped",
         "BrokerConnectionChanged",
+        "ClosingOrdersPlaced",
     }
 )
 
@@ -98,7 +100,9 @@ ONCE_TYPES = frozenset(
 #: ``OrderAccepted`` is not among them: an order counts from its command until
 #: a fill completes it or the broker rejects or cancels it, whether or not the
 #: broker has acknowledged it yet, so the gate need not wake for broker acks
-#: (one delivery per order fewer, at the moment the ack is on its way).
+#: (one delivery per order fewer, at the moment the ack is on its way). A
+#: flatten's closing orders, which no command of the gate's placed, count
+#: from their ``ClosingOrdersPlaced`` (in ``ONCE_TYPES``) the same way.
 RELEVANT_TYPES = frozenset(
     {
         "TradePrinted",
@@ -211,6 +215,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
             return _on_decision(state, event)
         case SubmitOrder():
             return _on_submit(state, event)
+        case ClosingOrdersPlaced():
+            return _on_closing_orders(state, event)
         case OrderRejected() | OrderCanceled():
             return _order_ended(state, event.payload.order_id)
         case FillReceived():
@@ -425,6 +431,40 @@ def _on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
 
 
 # ----------------------------------------------------------------- broker
+
+
+def _on_closing_orders(state: RiskState, event: ClosingOrdersPlaced) -> RiskState:
+    """A flatten's closing orders are open orders of the account until they
+    fill or the broker ends them, as the gate's own are: the reduce-only check
+    and the position and exposure caps count them (an account flattened and
+    resumed while its closing sell works must not sell a second time).
+
+    What still works (``leaves_quantity``) is what the gateway had not yet
+    published fills of: the fills before the event are already in the
+    positions. An order the gate knows already (the event again, after
+    ``applied`` forgot its id) is not opened twice; one with nothing left is
+    not opened at all. No rate window counts them: no strategy sent them.
+    """
+    account = event.payload.account
+    orders, open_quantity = state.orders, state.open_quantity
+    for c in event.payload.orders:
+        if c.leaves_quantity <= 0 or c.order_id in orders or c.order_id in state.closed_orders:
+            continue
+        order = Order(
+            order_id=c.order_id,
+            intent_id=None,
+            strategy=c.strategy,
+            account=account,
+            symbol=c.symbol,
+            side=c.side,
+            quantity=c.quantity,
+            remaining=c.leaves_quantity,
+            limit_price=None,
+            ts_ns=event.ts_event,
+        )
+        orders = with_item(orders, c.order_id, order)
+        open_quantity = with_open(open_quantity, order, order.remaining)
+    return replace(state, orders=orders, open_quantity=open_quantity)
 
 
 def _order_ended(state: RiskState, order_id: uuid.UUID) -> RiskState:

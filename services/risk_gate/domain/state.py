@@ -177,11 +177,13 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """An order command the gate issued (or saw issued), and what is left of it."""
+    """An order command the gate issued (or saw issued), or a flatten's closing
+    order (``ClosingOrdersPlaced``), and what is left of it."""
 
     order_id: uuid.UUID
     intent_id: uuid.UUID | None
-    strategy: str
+    #: None: a closing order booked to no one strategy (several, or nobody).
+    strategy: str | None
     account: str
     symbol: str
     side: Side
@@ -325,8 +327,9 @@ class DayIds:
 #: (account, symbol) and (strategy, account, symbol) position keys.
 AccountKey = tuple[str, str]
 StrategyKey = tuple[str, str, str]
-#: (account, strategy, symbol): what the open orders of one book still want.
-OpenKey = tuple[str, str, str]
+#: (account, strategy, symbol): what the open orders of one book still want
+#: (strategy None: closing orders of a flatten booked to no one strategy).
+OpenKey = tuple[str, str | None, str]
 #: Remaining quantity of the open orders on each side: (buys, sells).
 OpenSides = tuple[Decimal, Decimal]
 NONE_OPEN: OpenSides = (ZERO, ZERO)
@@ -389,7 +392,8 @@ class RiskState:
     awaiting_order: Mapping[uuid.UUID, OrderIntentCreated] = field(default_factory=_empty)
     decided: DayIds = field(default_factory=DayIds)
     fills_seen: DayIds = field(default_factory=DayIds)
-    #: Operator, connection and reaction events applied (``evolve.ONCE_TYPES``).
+    #: Operator, connection, closing-order and reaction events applied
+    #: (``evolve.ONCE_TYPES``).
     applied: DayIds = field(default_factory=DayIds)
 
     @classmethod
