@@ -891,9 +891,9 @@ def test_closed_orders_are_bounded() -> None:
     assert len(state.decided) == CLOSED_KEPT + 5
 
 
-def _open_quantity_by_definition(state: RiskState) -> dict[tuple[str, str, str], Any]:
+def _open_quantity_by_definition(state: RiskState) -> dict[tuple[str, str | None, str], Any]:
     """The open orders' remaining quantity per book and side, summed afresh."""
-    books: dict[tuple[str, str, str], list[Decimal]] = {}
+    books: dict[tuple[str, str | None, str], list[Decimal]] = {}
     for o in state.orders.values():
         sides = books.setdefault((o.account, o.strategy, o.symbol), [D(0), D(0)])
         sides[0 if o.side == "buy" else 1] += o.remaining
