@@ -18,6 +18,8 @@ import time
 import uuid
 from decimal import Decimal
 
+import asyncpg
+import pytest
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
@@ -33,6 +35,7 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
+from libs.store.urls import asyncpg_url
 from libs.strategy.testing import At
 from services.broker_gateway.adapters.history import History, order_path_history
 from services.broker_gateway.config import GatewaySettings
@@ -309,3 +312,38 @@ async def test_the_gateway_keeps_what_its_consumer_may_still_deliver(
         assert (await rebuilt()).orders == full.orders
     finally:
         await bus.js.delete_consumer(STREAM, settings.consumer)
+
+
+async def test_a_recorded_order_the_contract_no_longer_takes_is_skipped_saying_so(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row recorded under an older contract that the current one refuses
+    (an ``O:`` symbol naming no contract, taken before options were parsed)
+    is skipped with a warning naming it, as the risk-gate's and the runner's
+    rebuilds skip theirs; it used to end the gateway's start-up in a
+    ValidationError, at every restart. The orders around it are rebuilt."""
+    events, _ = _history(seed=3)
+    await record_events(database_url, events)
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        seq = await conn.fetchval(
+            """
+            INSERT INTO events (seq, id, subject, type, ts_event, ts_init, source,
+                                correlation_id, account, symbol, payload)
+            SELECT max(seq) + 1, gen_random_uuid(), 'orders.cmd.' || $1, 'SubmitOrder',
+                   $2::bigint, $2::bigint, 'risk-gate/old', gen_random_uuid(), $1, 'O:SPY',
+                   jsonb_build_object('order_id', gen_random_uuid()::text, 'strategy', 's1',
+                                      'account', $1, 'symbol', 'O:SPY', 'side', 'buy',
+                                      'quantity', '1')
+            FROM events RETURNING seq
+            """,
+            ACCOUNT,
+            NOW,
+        )
+    finally:
+        await conn.close()
+    with caplog.at_level("WARNING"):
+        _, kept = await _rebuild(database_url, 1, NOW - WINDOW_NS)
+    assert f"seq {seq}" in caplog.text
+    assert "O:SPY" in caplog.text
+    assert set(kept.orders) == set(_fold(events).orders)

@@ -31,6 +31,7 @@ from decimal import Decimal
 
 import asyncpg
 import orjson
+from pydantic import ValidationError
 
 from libs.contract.envelope import Clock
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
@@ -173,20 +174,32 @@ async def order_path_history(
     positions: dict[str, Positions] = {a: {} for a in accounts}
     for r in sums:
         positions[r["account"]][(r["strategy"], r["symbol"])] = Decimal(r["quantity"])
-    events = [
-        EVENT_ADAPTER.validate_python(
+    events = [e for e in map(_event, rows) if e is not None]
+    return History(events, positions, int(rows[0]["left_out"]))
+
+
+def _event(row: asyncpg.Record) -> AnyEvent | None:
+    """The row's event; None for a row that is no event (the history's
+    summary row) or one the contract no longer takes (recorded under an
+    older one, e.g. an ``O:`` symbol naming no contract): skipped, said, as
+    the risk-gate's and the strategy-runner's rebuilds skip theirs. Raised,
+    it ended every start-up of the gateway."""
+    if row["seq"] is None:
+        return None
+    try:
+        event: AnyEvent = EVENT_ADAPTER.validate_python(
             {
-                "id": r["id"],
-                "type": r["type"],
-                "ts_event": r["ts_event"],
-                "ts_init": r["ts_init"],
-                "source": r["source"],
-                "correlation_id": r["correlation_id"],
-                "causation_id": r["causation_id"],
-                "payload": orjson.loads(r["payload"]),
+                "id": row["id"],
+                "type": row["type"],
+                "ts_event": row["ts_event"],
+                "ts_init": row["ts_init"],
+                "source": row["source"],
+                "correlation_id": row["correlation_id"],
+                "causation_id": row["causation_id"],
+                "payload": orjson.loads(row["payload"]),
             }
         )
-        for r in rows
-        if r["seq"] is not None
-    ]
-    return History(events, positions, int(rows[0]["left_out"]))
+    except ValidationError as e:
+        log.warning("skipping stored event seq %d (%s): %s", row["seq"], row["type"], e)
+        return None
+    return event
