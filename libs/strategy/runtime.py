@@ -32,7 +32,8 @@ DEFAULT_SOURCE = "strategy-runtime"
 
 
 class EventClock:
-    """A clock that reads the time of the latest event fed (never goes back)."""
+    """A clock that reads the market time of the latest event fed
+    (``Event.market_ns``; never goes back)."""
 
     def __init__(self, start_ns: int = 0) -> None:
         self._now = start_ns
@@ -132,7 +133,9 @@ class InMemoryRuntime:
     def feed(self, event: Event) -> list[Event]:
         """Hand ``event`` to the strategies it concerns; what they emitted in answer."""
         if isinstance(self.clock, EventClock):
-            self.clock.advance(event.ts_event)
+            # Its market time: one stamp a day ahead (a bad clock) must not
+            # move the run's clock, and every later emission, a day ahead.
+            self.clock.advance(event.market_ns)
         out: list[Event] = []
         names = self.router.route(event)
         for name in names:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from libs.contract.codec import order_id_for
-from libs.contract.envelope import Event
+from libs.contract.envelope import CLOCK_SKEW_NS, Event
 from libs.contract.events import (
     FillReceived,
     OrderAccepted,
@@ -155,6 +155,23 @@ def test_a_price_stamped_a_day_ahead_does_not_hold_the_mark() -> None:
     position = rt.hosts["a"].ledger.position("AAPL")
     assert position.mark == Decimal(90)
     assert position.unrealized_pnl == Decimal(-100)  # 10 x (90 - 100)
+
+
+def test_a_backtest_s_clock_is_not_moved_a_day_ahead_by_one_bad_stamp() -> None:
+    """The in-memory runtime's clock (a backtest's) reads the latest event's
+    market time, ``Event.market_ns``: a bar stamped a day ahead of when it
+    was made moved it a day ahead for the rest of the run, so every later
+    intent carried tomorrow's time (and the risk-gate's stale-intent check,
+    its age negative, never fired)."""
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    bad = bar("AAPL", 99, 0)
+    bad = bad.model_copy(update={"ts_event": bad.ts_event + 86_400 * 10**9})
+    rt.run([bad])
+    assert rt.clock.now_ns() == bad.ts_init + CLOCK_SKEW_NS
+    good = bar("AAPL", 100, MINUTE_NS)
+    [_, intent] = rt.feed(good)
+    assert intent.ts_event == good.ts_event  # the next bar's time, not tomorrow's
 
 
 def test_warm_up_takes_the_bars_of_its_interval_only() -> None:
