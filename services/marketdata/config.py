@@ -11,11 +11,14 @@ from pydantic import (
     BeforeValidator,
     Field,
     SecretStr,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from libs.config import ServiceSettings
+from libs.contract.envelope import Symbol
 from services.marketdata.domain.cache import parse_speed
 from services.marketdata.domain.marks import NS, MarkPolicy
 
@@ -26,6 +29,17 @@ def _per_second(value: Any) -> Any:
 
 
 Channel = Literal["trades", "quotes", "second_bars", "minute_bars"]
+
+_SYMBOL: TypeAdapter[str] = TypeAdapter(Symbol)
+
+
+def _symbols(value: str) -> tuple[str, ...]:
+    """``value`` split at commas, trimmed and upper-cased, without repeats."""
+    seen: dict[str, None] = {}
+    for s in value.split(","):
+        if s.strip():
+            seen[s.strip().upper()] = None
+    return tuple(seen)
 
 
 #: ``TRADEBUS_SYNTHETIC_RUN`` value asking for a new salt at every start (what
@@ -106,6 +120,20 @@ class MarketdataSettings(ServiceSettings):
     #: mark (0.5: 50 %); 0: no limit.
     mark_max_spread: Decimal = Field(default=Decimal("0.5"), ge=0, lt=2, allow_inf_nan=False)
 
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_the_contract_takes(cls, value: str) -> str:
+        # Every source publishes these names in events, which refuse what the
+        # contract does not take (an O: symbol naming no contract): refused
+        # here, by name, rather than subscribed to and never heard of.
+        for symbol in _symbols(value):
+            try:
+                _SYMBOL.validate_python(symbol)
+            except ValidationError as e:
+                why = e.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(why if why.startswith(symbol) else f"{symbol}: {why}") from None
+        return value
+
     @field_validator("cache_speed")
     @classmethod
     def _speed_the_replay_can_keep(cls, value: str) -> str:
@@ -163,8 +191,4 @@ class MarketdataSettings(ServiceSettings):
     @property
     def symbol_list(self) -> tuple[str, ...]:
         """``symbols`` split, trimmed and upper-cased, without repeats."""
-        seen: dict[str, None] = {}
-        for s in self.symbols.split(","):
-            if s.strip():
-                seen[s.strip().upper()] = None
-        return tuple(seen)
+        return _symbols(self.symbols)

@@ -111,7 +111,7 @@ class CrossCheck:
     notes: tuple[str, ...] = ()
 
 
-def cross_check(loaded: Loaded, *, paper_url: bool = True) -> CrossCheck:
+def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = None) -> CrossCheck:
     """Check the valid files of ``loaded`` against each other.
 
     - every strategy has limits in risk.yaml, and its orders' account
@@ -129,6 +129,11 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True) -> CrossCheck:
       the same key variables, and (unless ``paper_url`` is false: ``tradebus
       up`` points the gateway at its own paper broker) its URL's port is the
       one paper.yaml serves on: else the gateway cannot log in to it.
+
+    With ``now_ns`` (``config check`` gives the wall clock's), a strategy's
+    option contract already past its expiry at ``now_ns`` is a note: the
+    file stays valid (a backtest replays a past contract's own days), but
+    live the risk-gate denies the strategy's orders in it but closes.
     """
     problems: list[str] = []
     notes: list[str] = []
@@ -139,6 +144,8 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True) -> CrossCheck:
     stranded: set[str] = set()
     for strategy in strategies or []:
         spec = strategy.spec
+        if now_ns is not None:
+            notes += _expired_contracts(spec.name, spec.symbols, files, now_ns)
         account = spec.order_account
         field = "shadow_account" if spec.mode == "shadow" else "account"
         sends = (
@@ -219,6 +226,27 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True) -> CrossCheck:
     if brokers is not None and loaded.paper is not None:
         problems += _paper_problems(files, brokers, loaded.paper, paper_url=paper_url)
     return CrossCheck(tuple(problems), tuple(notes))
+
+
+def _expired_contracts(
+    name: str, symbols: Collection[str], files: ConfigFiles, now_ns: int
+) -> list[str]:
+    """A note per option contract of strategy ``name`` expired at ``now_ns``."""
+    from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+
+    notes = []
+    for symbol in symbols:
+        if not symbol.startswith(OPTION_PREFIX):
+            continue
+        contract = parse_option(symbol)  # the loader took it: it parses
+        if now_ns >= contract.expires_at_ns:
+            notes.append(
+                f"strategy {name} ({files.strategies}) trades {symbol}, which expired at the "
+                f"close of {contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York): live, the "
+                f"risk-gate would deny its orders in it but those reducing a position "
+                f"(contract_expired). Fine for a backtest of its days; replace it to trade live"
+            )
+    return notes
 
 
 def _paper_problems(

@@ -219,6 +219,37 @@ def test_a_polygon_reconnect_backoff_starting_above_its_max_is_refused_by_name(
     assert load_settings(MarketdataSettings).polygon_reconnect_max_s == 60
 
 
+@pytest.mark.parametrize("source", ["polygon", "synthetic", "cache"])
+@pytest.mark.parametrize(
+    ("symbols", "said"),
+    [
+        (
+            "AAPL, O:SPY241340P00720000",
+            "O:SPY241340P00720000 is not an option symbol: its expiry 241340 is not a date",
+        ),
+        ("AAPL,O:SPY", "O:SPY is not an option symbol: O: and the OCC symbol"),
+        ("AAPL,MSFT$", "MSFT$: String should match pattern"),
+    ],
+)
+def test_a_marketdata_symbol_the_contract_refuses_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, source: str, symbols: str, said: str
+) -> None:
+    from services.marketdata.config import MarketdataSettings
+
+    # Only split and upper-cased until this: the polygon source subscribed to
+    # a contract that cannot exist and never said a word; only the synthetic
+    # source checked, without saying what was wrong.
+    monkeypatch.setenv("TRADEBUS_SOURCE", source)
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", symbols)
+    with pytest.raises(ConfigError) as info:
+        load_settings(MarketdataSettings)
+    assert str(info.value).startswith(f"invalid configuration: TRADEBUS_SYMBOLS: {said}")
+    # Lower case is upper-cased, as before, and then taken.
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "aapl, o:spy241220p00720000")
+    taken = load_settings(MarketdataSettings).symbol_list
+    assert taken == ("AAPL", "O:SPY241220P00720000")
+
+
 def test_runner_rebuild_window_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.strategy_runner.config import RunnerSettings
 

@@ -120,6 +120,32 @@ def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
     assert (problems, len(notes)) == ((), 1)
 
 
+def test_an_option_contract_already_expired_is_a_note_of_config_check(tmp_path: Path) -> None:
+    # A pairs leg on last month's contract: valid (a backtest replays its
+    # days), but live the risk-gate denies its entries (contract_expired).
+    expired, live = "O:AAPL261211C00100000", "O:AAPL261218C00100000"
+    strategies = edited(tmp_path, STRATEGIES, ("[MSFT, AAPL]", f"[{expired}, {live}]"))
+    loaded = load_configs(ConfigFiles(strategies=strategies))
+    assert loaded.problems == ()
+    friday_close = 1_797_022_800 * 1_000_000_000  # 2026-12-11 16:00 New York
+    assert cross_check(loaded, now_ns=friday_close - 1).notes == ()
+    assert cross_check(loaded).notes == ()  # no clock, no look at expiries
+    found = cross_check(loaded, now_ns=friday_close)
+    assert found.problems == ()
+    assert found.notes == (
+        f"strategy pairs-msft-aapl ({strategies}) trades {expired}, which expired at the "
+        "close of 2026-12-11 (16:00 New York): live, the risk-gate would deny its orders in "
+        "it but those reducing a position (contract_expired). Fine for a backtest of its "
+        "days; replace it to trade live",
+    )
+    # config check reads the wall clock: a contract of 2024 has expired.
+    old = "O:AAPL241220C00100000"
+    strategies = edited(tmp_path, STRATEGIES, ("[MSFT, AAPL]", f"[MSFT, {old}]"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert f"note: strategy pairs-msft-aapl ({strategies}) trades {old}" in result.output
+
+
 def test_a_strategy_trading_a_symbol_its_risk_limits_do_not_list(tmp_path: Path) -> None:
     # sma-aapl's risk limits list AAPL only: every order of it on NVDA is denied.
     strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [AAPL, NVDA]"))

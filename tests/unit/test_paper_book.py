@@ -15,6 +15,7 @@ from services.paper_broker.domain.book import (
     OrderSpec,
     PaperBook,
     Refused,
+    TimeInForce,
     TradeUpdate,
     day_order_expiry_ns,
 )
@@ -592,3 +593,50 @@ def test_an_order_in_an_option_contract_past_its_expiry_is_refused() -> None:
     with pytest.raises(Refused, match="not found: O:SPY261311P00600000 is not an option") as e:
         b.submit("A", OrderSpec("O:SPY261311P00600000", "buy", D(1), asset_class="us_option"))
     assert (e.value.status, e.value.code) == (422, 42210000)
+
+
+@pytest.mark.parametrize(
+    ("placed", "tif", "day_close"),
+    [
+        ("2026-12-09 10:00", "gtc", dt.time(16, 0)),  # a gtc order, two days before
+        ("2026-12-11 10:00", "gtc", None),  # day orders never expire by config
+        ("2026-12-11 10:00", "day", None),  # ... so a day order lived on as well
+        ("2026-12-11 10:00", "day", dt.time(20, 0)),  # sessions close after the contract
+    ],
+)
+def test_a_working_order_in_an_option_contract_expires_with_the_contract(
+    placed: str, tif: TimeInForce, day_close: dt.time | None
+) -> None:
+    """An order still working at the close of its contract's expiry day
+    (16:00 New York) is ``expired`` then, as a broker ends it: the contract
+    no longer trades. It lived on and filled at a print after the expiry (a
+    late print, a wrong feed), or a day later; a journal replayed into a new
+    book expires it before any price, once."""
+    option = "O:SPY261211P00600000"  # expires Friday 2026-12-11
+    clock = SetClock(ny_ns(placed))
+    counter = itertools.count(1)
+    config = BookConfig(day_orders_expire_at=day_close)
+    b = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    b.on_market(MarketUpdate.trade(option, D("1.25")))
+    spec = OrderSpec(option, "buy", D(2), "limit", tif, limit_price=D(1), asset_class="us_option")
+    order, journal = b.submit("A", spec)
+    assert order.is_open
+    clock.ns = ny_ns("2026-12-11 15:59:59")
+    assert b.expire_day_orders() == []
+    clock.ns = ny_ns("2026-12-11 16:00")
+    [expired] = b.expire_day_orders()
+    assert (expired.event, expired.order.id, expired.order.status) == (
+        "expired",
+        order.id,
+        "expired",
+    )
+    assert b.expire_day_orders() == []  # once
+    assert b.on_market(MarketUpdate.trade(option, D("0.5"))) == []
+    assert b.positions("A") == []
+    clock.ns = ny_ns("2026-12-14 09:31")
+    replayed = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
+    replayed.apply_all(journal)
+    updates = replayed.on_market(MarketUpdate.trade(option, D("0.5")))
+    assert [(u.event, u.order.id) for u in updates] == [("expired", order.id)]
+    assert replayed.positions("A") == []
+    assert replayed.expire_day_orders() == []

@@ -170,3 +170,35 @@ def test_a_leg_notional_below_a_leg_s_price_skips_the_entry_saying_so_once(
         "pairs pair: leg_notional 50 buys no whole MSFT at 105 (one is 105): "
         "no pair is entered while one unit of a leg costs more than leg_notional"
     )
+
+
+@pytest.mark.parametrize("option_leg", [0, 1])
+def test_no_pair_is_entered_with_an_option_leg_past_its_expiry_saying_so_once(
+    option_leg: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The contract expired at the close of 2023-11-10, days before these bars
+    # (T0 is 2023-11-14). The entry sent both legs: the risk-gate denies the
+    # option's (contract_expired) and takes the other, which is left unhedged.
+    option = "O:AAPL231110C00100000"
+    symbols = ("MSFT", option) if option_leg else (option, "MSFT")
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=symbols,
+    )
+
+    def pair_minute(i: int, msft: str) -> list[Event]:
+        return [bar(s, msft if s == "MSFT" else "5", T0 + i * MINUTE_NS) for s in symbols]
+
+    for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+        rt.run(pair_minute(i, msft))
+    with caplog.at_level(logging.WARNING, logger="libs.strategy.examples.pairs"):
+        out = rt.run(pair_minute(5, "105")) + rt.run(pair_minute(6, "95"))
+    assert [e.type for e in out] == []
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == (
+        f"pairs pair: {option} expired at the close of 2023-11-10 (16:00 New York): "
+        "no pair is entered with it"
+    )

@@ -218,16 +218,16 @@ async def test_source_paces_and_stops_when_told() -> None:
 
 def test_a_symbol_the_contract_refuses_is_a_bad_setting_not_a_crash_at_the_first_tick() -> None:
     """TRADEBUS_SYMBOLS=AAPL MSFT (a space for a comma) was accepted, and the
-    first tick's QuotePayload refused it: a traceback instead of exit 2."""
-    from libs.config import ConfigError
+    first tick's QuotePayload refused it: a traceback instead of exit 2. The
+    settings refuse it now, for every source."""
+    from libs.config import ConfigError, load_settings
     from libs.contract.envelope import WallClock
     from services.marketdata.config import MarketdataSettings
     from services.marketdata.main import build_source
 
     for bad in ("AAPL MSFT", "AAPL;MSFT", "SPY,T.*"):
-        settings = MarketdataSettings(source="synthetic", symbols=bad)
         with pytest.raises(ConfigError, match="TRADEBUS_SYMBOLS"):
-            build_source(settings, WallClock())
+            load_settings(MarketdataSettings, source="synthetic", symbols=bad)
     with pytest.raises(ValueError, match="'AAPL MSFT'"):
         SyntheticConfig(symbols=("AAPL MSFT",), seed=1)
     ok = build_source(MarketdataSettings(source="synthetic", symbols="aapl,BRK.B"), WallClock())

@@ -8,6 +8,9 @@ excluded, so a jump shows in full). Flat, ``z > entry_z`` sells the spread
 to about ``leg_notional`` (whole shares, or whole option contracts of 100
 shares each); in a trade, ``|z| < exit_z`` closes both legs. One signal (on
 A) causes both legs' intents, so the pair is one chain in the audit trail.
+No pair is entered once an option leg's contract has expired (the close of
+its expiry day, by the strategy's clock): its order would be denied and the
+other leg left unhedged.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from libs.contract.events import Side, contract_multiplier
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, OptionContract, parse_option
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import exposure
@@ -65,6 +69,10 @@ class PairsTrade(Strategy[PairsParams]):
         self._spreads = Rolling(self.params.lookback)
         self._last: dict[str, tuple[int, Decimal]] = {}
         self._warned_unsized = False
+        self._contracts: dict[str, OptionContract] = {
+            s: parse_option(s) for s in (self._a, self._b) if s.startswith(OPTION_PREFIX)
+        }
+        self._warned_expired = False
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
@@ -105,6 +113,8 @@ class PairsTrade(Strategy[PairsParams]):
         if held_a == 0 and held_b == 0:
             if abs(z) <= p.entry_z:
                 return
+            if self._expired_leg():
+                return
             qty_a = self._leg_quantity(self._a, price_a)
             qty_b = self._leg_quantity(self._b, price_b)
             if qty_a == 0 or qty_b == 0:
@@ -121,6 +131,27 @@ class PairsTrade(Strategy[PairsParams]):
             for held in (held_a, held_b):
                 legs.append(("sell" if held > 0 else "buy", abs(held)))
             self._trade("pair_exit", "flat", z, tuple(legs))
+
+    def _expired_leg(self) -> bool:
+        """Whether a leg is an option contract past its expiry (by the
+        strategy's clock), said once: the risk-gate would deny its order
+        (``contract_expired``) and accept the other leg's, unhedged."""
+        now = self.ctx.now_ns()
+        for symbol, contract in self._contracts.items():
+            if now < contract.expires_at_ns:
+                continue
+            if not self._warned_expired:
+                self._warned_expired = True
+                log.warning(
+                    "pairs %s: %s expired at the close of %s (%s New York): "
+                    "no pair is entered with it",
+                    self.ctx.name,
+                    symbol,
+                    contract.expiry,
+                    EXPIRY_CLOSE.strftime("%H:%M"),
+                )
+            return True
+        return False
 
     def _leg_quantity(self, symbol: str, price: Decimal) -> Decimal:
         """Whole units of ``symbol`` worth about ``leg_notional`` (an option

@@ -27,7 +27,10 @@ Invariants:
   for (``BookConfig.day_orders_expire_at``, New York time; placed after the
   close or on a weekend, the next weekday's) is ``expired``, as Alpaca
   expires it, before any later price can fill it. Holidays and early closes
-  are not known.
+  are not known;
+- an order in an option contract still working at the close of the
+  contract's expiry day (16:00 New York), whatever its time in force, is
+  ``expired`` then, as a broker ends it, before any later price can fill it.
 """
 
 from __future__ import annotations
@@ -294,8 +297,9 @@ class PaperBook:
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
         self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
-        # (expiry ns, account, order id) of the day orders taken in open, the
-        # soonest first (see expire_day_orders).
+        # (expiry ns, account, order id) of the day orders and the option
+        # contracts' orders taken in open, the soonest first (see
+        # expire_day_orders).
         self._day_expiries: list[tuple[int, str, str]] = []
 
     # ------------------------------------------------------------- queries
@@ -485,7 +489,8 @@ class PaperBook:
 
     def expire_day_orders(self) -> list[TradeUpdate]:
         """Expire the ``day`` orders whose session has closed (see
-        ``BookConfig.day_orders_expire_at``), soonest first."""
+        ``BookConfig.day_orders_expire_at``) and the orders, of any time in
+        force, in an option contract whose expiry day has closed, soonest first."""
         now = self.clock.now_ns()
         due = self._day_expiries
         out: list[TradeUpdate] = []
@@ -707,15 +712,10 @@ class PaperBook:
 
     def _put(self, order: PaperOrder) -> _Account:
         acct = self._account(order.account)
-        close = self.config.day_orders_expire_at
-        if (
-            close is not None
-            and order.time_in_force == "day"
-            and order.is_open
-            and order.id not in acct.orders
-        ):
-            expiry = day_order_expiry_ns(order.created_at_ns, close)
-            heapq.heappush(self._day_expiries, (expiry, order.account, order.id))
+        if order.is_open and order.id not in acct.orders:
+            expiry = self._expiry_ns(order)
+            if expiry is not None:
+                heapq.heappush(self._day_expiries, (expiry, order.account, order.id))
         acct.orders[order.id] = order
         acct.by_client_id[order.client_order_id] = order.id
         working = self._working_by_symbol.setdefault(order.symbol, {})
@@ -724,6 +724,24 @@ class PaperBook:
         else:
             working.pop((order.account, order.id), None)
         return acct
+
+    def _expiry_ns(self, order: PaperOrder) -> int | None:
+        """When ``order``, if still working, expires: a ``day`` order at its
+        session's close, any order in an option contract at the contract's
+        expiry (whichever comes first); None: never."""
+        due: int | None = None
+        close = self.config.day_orders_expire_at
+        if close is not None and order.time_in_force == "day":
+            due = day_order_expiry_ns(order.created_at_ns, close)
+        if order.symbol.startswith(OPTION_PREFIX):
+            try:
+                contract = parse_option(order.symbol)
+            except ValueError:
+                # Taken before the contract refused such a symbol (an old
+                # journal): no contract, so no expiry to keep.
+                return due
+            due = contract.expires_at_ns if due is None else min(due, contract.expires_at_ns)
+        return due
 
     def _current(self, order: PaperOrder) -> PaperOrder:
         return self._account(order.account).orders[order.id]
