@@ -465,6 +465,7 @@ def _on_closing_orders(state: RiskState, event: ClosingOrdersPlaced) -> RiskStat
             remaining=c.leaves_quantity,
             limit_price=None,
             ts_ns=event.ts_event,
+            closing=True,
         )
         orders = with_item(orders, c.order_id, order)
         open_quantity = with_open(open_quantity, order, order.remaining)
@@ -512,7 +513,13 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         p.side, p.quantity, p.price, p.commission, mult
     )
     strategy_positions = state.strategy_positions
-    strategy = p.strategy or (order.strategy if order is not None else None)
+    # A fill naming no strategy is its order's, unless the order is a closing
+    # order: the gateway books each of its fills to the strategies whose
+    # positions it closes as they stand then, and says so; the strategy the
+    # event named may hold nothing by the time it fills.
+    strategy = p.strategy
+    if strategy is None and order is not None and not order.closing:
+        strategy = order.strategy
     if strategy is not None:
         skey = (strategy, p.account, p.symbol)
         sp = strategy_positions.get(skey, Position()).fill(
