@@ -506,6 +506,18 @@ class AccountWorker:
                 e,
             )
             return
+        except Exception:
+            # The bug the submit failed on can be on this path too (taking
+            # the broker's answer in): raised from here, it ended the command
+            # task before the command was dead-lettered, as ce3702e stopped
+            # the command itself from doing.
+            log.exception(
+                "order %s of %s: its SubmitOrder is dead-lettered and taking the broker's "
+                "answer for it failed; left to the reconciliations",
+                order_id,
+                self.account,
+            )
+            return
         reason = (
             f"failed: not sent, the broker-gateway failed {MAX_FAILURES} times "
             f"(the last: {type(error).__name__}: {error})"

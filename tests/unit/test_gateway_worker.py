@@ -1119,6 +1119,69 @@ async def test_a_command_that_raises_unexpectedly_fails_alone_and_the_account_go
     assert [e.payload.order_id for e in rejected] == [poison.payload.order_id]
 
 
+async def test_a_submit_whose_answer_raises_unexpectedly_is_still_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bug's error raised while taking the broker's answer in (here the
+    tracker's, on an order the broker has): the submit fails MAX_FAILURES
+    times, and the outcome sought before dead-lettering it (_abandoned) asks
+    the broker, finds the order and takes it in the same way, which raised
+    again out of the failure handling: the command task ended with the
+    error, every command of every account with it, and the command was
+    neither dead-lettered nor acknowledged (back at the next start, to end it
+    again). The outcome's own failure is now said and the order left to the
+    reconciliations; the command is dead-lettered and the next one runs."""
+    dead: list[str] = []
+    w = worker([1000.0], dead)
+    poison, fine = submit(), submit()
+    published: list[Any] = []
+
+    def answer(request_id: str) -> BrokerOrder:
+        return BrokerOrder(
+            "b-" + request_id, request_id, "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted"
+        )
+
+    async def submit_order(request: Any) -> BrokerOrder:
+        return answer(request.client_order_id)
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        return answer(ids["client_order_id"])
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    taken_in = w.tracker.submitted
+
+    def submitted(order_id: uuid.UUID, order: BrokerOrder) -> list[Any]:
+        if order_id == poison.payload.order_id:
+            raise KeyError("a bug")
+        return taken_in(order_id, order)
+
+    w.tracker.submitted = submitted  # type: ignore[method-assign]
+    w.port = cast(Any, SimpleNamespace(submit=submit_order, get_order=get_order, connected=True))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish, post=publish))
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        with caplog.at_level("ERROR"):
+            for attempt in range(1, MAX_FAILURES + 1):
+                msg = Delivery(7, delivered=attempt)
+                await offer(w, poison, msg)
+                await eventually(lambda msg=msg: bool(msg.answers) or runner.done(), timeout=5)  # type: ignore[misc]
+                assert not runner.done(), runner
+                assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+            await offer(w, fine, Delivery(8))
+            await eventually(lambda: w.handled == 1, timeout=5)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert dead == ["KeyError: 'a bug'"]
+    assert f"order {poison.payload.order_id} of acct" in caplog.text
+    # Not rejected: the broker has it. The reconciliations take it in.
+    assert poison.payload.order_id in {t.order_id for t in w.tracker.unsettled()}
+    assert [e.payload.order_id for e in published] == [fine.payload.order_id]
+
+
 async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> None:
     """A submit the broker answered ``pending`` (Alpaca's pending_new) is
     acknowledged by the stream's "new"; a restart before that leaves only

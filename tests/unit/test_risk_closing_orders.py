@@ -187,3 +187,32 @@ def test_the_strategy_s_position_cap_counts_a_closing_order_booked_to_it(
         closing(strategy=booked),
     )
     assert verdict(state, 200, T0 + S) is expected
+
+
+def test_a_closing_fill_the_gateway_books_to_no_strategy_is_booked_to_none() -> None:
+    """The closing sell of 100 is booked to sma (its position took all of it
+    when the event was published). sma, active, sells its 100 itself, and
+    that fills first: the gateway then books the closing fill to no strategy
+    (none is long), and says so in the fill. The gate booked it to the
+    closing order's strategy instead (a fill naming none took its order's),
+    so its sma was short 100 where the gateway and sma's own ledger are
+    flat, and its caps judged sma's next orders from there; the same fill
+    arriving before the event was booked to nobody. The fill's own booking
+    holds for a closing order; its strategy is only what its open quantity
+    counts against."""
+    state = apply(start(), fill(uuid.uuid4(), 100, 100, strategy="sma"), closing())
+    state = evolve(state, fill(uuid.uuid4(), 100, 99, side="sell", strategy="sma", t=T0 + S))
+    assert state.strategy_position("sma", "acct", "AAPL") == 0
+    state = evolve(state, fill(CLOSING, 100, 98, side="sell", strategy=None, t=T0 + 2 * S))
+    assert state.strategy_position("sma", "acct", "AAPL") == 0
+    assert state.account_position("acct", "AAPL") == -100
+    assert state.open_by_side("acct", "AAPL") == (D(0), D(0))
+
+
+def test_a_closing_order_is_one_still_after_a_checkpoint() -> None:
+    from services.risk_gate.adapters.checkpoint import decode, encode
+
+    state = apply(start(), fill(uuid.uuid4(), 100, 100, strategy="sma"), closing())
+    assert state.orders[CLOSING].closing
+    restored = decode(encode(state), LIMITS)
+    assert restored == state

@@ -1059,3 +1059,31 @@ def test_rate_window_agrees_with_its_definition_when_the_clock_steps_back() -> N
         for now in (t, t + rng.randint(-window, 2 * window)):
             expected = sum(1 for s in reference if s > now - window)
             assert state.orders_in_window("k", now, window) == expected
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda t: trade("AAPL", 150, t), id="a trade"),
+        pytest.param(lambda t: fill(uuid.uuid4(), 1, 150, account="b", t=t), id="a fill"),
+    ],
+)
+def test_a_price_stamped_a_day_ahead_does_not_hold_the_mark_without_a_max_mark_age(
+    make: Any,
+) -> None:
+    """With no max_mark_age_s (no price is ever too old, so none is dropped as
+    stamped ahead), a print or a fill stamped a day ahead of when it was made
+    held the gate's mark for a day, newest by its raw ts_event: every real
+    price after it was "older", so a long position fallen from 100 to 30 was
+    valued at 150 and no reduce-only or daily-loss breaker could trip. The
+    mark's time is the event's market time (Event.market_ns), as the
+    strategies' ledgers and tradebus positions take it."""
+    state = evolve(start(), fill(uuid.uuid4(), 10, 100))
+    made = make(T0 + S)
+    state = evolve(state, made.model_copy(update={"ts_event": made.ts_init + 24 * 3600 * S}))
+    state = evolve(state, trade("AAPL", 30, T0 + 10 * S))
+    mark = state.mark("AAPL")
+    assert mark is not None
+    assert (mark.price, mark.ts_ns) == (D(30), T0 + 10 * S)
+    assert state.day_pnl("acct") == D(-700)
+    assert [o.kind for o in state.obligations] == ["reduce"]

@@ -59,8 +59,9 @@ from services.risk_gate.domain.state import (
     frozen_map,
 )
 
-#: Bumped when the encoding below changes (2: an obligation's day).
-FORMAT = 2
+#: Bumped when the encoding below changes (2: an obligation's day; 3: an
+#: order's closing flag).
+FORMAT = 3
 #: Checkpoints kept per digest pair; older ones are deleted as new ones land.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -107,7 +108,7 @@ def _position_from(v: Json) -> Position:
 def _order(o: Order) -> Json:
     return [str(o.order_id), None if o.intent_id is None else str(o.intent_id), o.strategy,
             o.account, o.symbol, o.side, str(o.quantity), str(o.remaining),
-            _opt_str(o.limit_price), o.ts_ns]  # fmt: skip
+            _opt_str(o.limit_price), o.ts_ns, o.closing]  # fmt: skip
 
 
 def _order_from(v: Json) -> Order:
@@ -122,6 +123,7 @@ def _order_from(v: Json) -> Order:
         Decimal(v[7]),
         _opt_decimal(v[8]),
         v[9],
+        bool(v[10]),
     )
 
 

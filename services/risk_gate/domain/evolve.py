@@ -267,16 +267,20 @@ def _on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ri
     """A market price of ``symbol``: a trade, a bar's close, a quote's mark
     (``MarkUpdated``, an option's quote midpoint); fills mark too (``_on_fill``).
 
-    The newest wins, by the market's own time (``ts_event``) whatever the
-    kind: a quote's mark newer than the last trade replaces it, a trade newer
-    than the mark replaces that, and neither moves the mark back. At the same
-    time the one later in the stream wins. The mark's age (for
-    ``max_mark_age_s``) is that of the price it holds.
+    The newest wins, by the market's own time (``Event.market_ns``: its
+    ``ts_event``, but no later than a few seconds after it was made) whatever
+    the kind: a quote's mark newer than the last trade replaces it, a trade
+    newer than the mark replaces that, and neither moves the mark back. At
+    the same time the one later in the stream wins. The mark's age (for
+    ``max_mark_age_s``) is that of the price it holds. By the raw
+    ``ts_event``, one print stamped a day ahead held the mark for a day with
+    no ``max_mark_age_s`` (``stamped_ahead`` drops it only with one).
     """
     current = state.marks.get(symbol)
-    if current is not None and current.ts_ns > event.ts_event:
+    ts_ns = event.market_ns
+    if current is not None and current.ts_ns > ts_ns:
         return state  # an older print arriving late does not move the mark back
-    state = replace(state, marks=with_item(state.marks, symbol, Mark(price, event.ts_event)))
+    state = replace(state, marks=with_item(state.marks, symbol, Mark(price, ts_ns)))
     holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
     return _check_loss(state, event, holders)
 
@@ -461,6 +465,7 @@ def _on_closing_orders(state: RiskState, event: ClosingOrdersPlaced) -> RiskStat
             remaining=c.leaves_quantity,
             limit_price=None,
             ts_ns=event.ts_event,
+            closing=True,
         )
         orders = with_item(orders, c.order_id, order)
         open_quantity = with_open(open_quantity, order, order.remaining)
@@ -508,7 +513,13 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         p.side, p.quantity, p.price, p.commission, mult
     )
     strategy_positions = state.strategy_positions
-    strategy = p.strategy or (order.strategy if order is not None else None)
+    # A fill naming no strategy is its order's, unless the order is a closing
+    # order: the gateway books each of its fills to the strategies whose
+    # positions it closes as they stand then, and says so; the strategy the
+    # event named may hold nothing by the time it fills.
+    strategy = p.strategy
+    if strategy is None and order is not None and not order.closing:
+        strategy = order.strategy
     if strategy is not None:
         skey = (strategy, p.account, p.symbol)
         sp = strategy_positions.get(skey, Position()).fill(
@@ -518,10 +529,10 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     marks = state.marks
     current = marks.get(p.symbol)
     accounts = {p.account}
-    if (current is None or current.ts_ns <= event.ts_event) and not stamped_ahead(
+    if (current is None or current.ts_ns <= event.market_ns) and not stamped_ahead(
         state, event, p.symbol
     ):
-        marks = with_item(marks, p.symbol, Mark(p.price, event.ts_event))
+        marks = with_item(marks, p.symbol, Mark(p.price, event.market_ns))
         # The fill's price marks the symbol for every account holding it, as
         # a print would: their day P&L moved too.
         accounts.update(

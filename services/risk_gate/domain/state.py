@@ -191,6 +191,10 @@ class Order:
     remaining: Decimal
     limit_price: Decimal | None
     ts_ns: int
+    #: A flatten's closing order: ``strategy`` is only the book its open
+    #: quantity counts against; its fills are booked as the gateway books
+    #: them (``FillPayload.strategy``, None: to no strategy).
+    closing: bool = False
 
     @property
     def is_open(self) -> bool:
