@@ -89,3 +89,20 @@ async def test_a_malformed_database_url_is_said_to_be_one_not_unreachable() -> N
         "DATABASE_URL postgresql://postgres:***@127.0.0.1:1/x?sslmode=bogus "
         "is not a usable PostgreSQL URL"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "ns"),
+    [
+        # Times `tradebus events` prints (milliseconds), and finer ones.
+        ("2026-03-10T14:30:00.123", 1_773_153_000_123_000_000),
+        ("2026-03-10T14:30:00.999+00:00", 1_773_153_000_999_000_000),
+        ("2026-03-10T10:30:00.000001-04:00", 1_773_153_000_000_001_000),
+        ("2026-03-10T14:30:00", 1_773_153_000_000_000_000),
+        ("1773153000123456789", 1_773_153_000_123_456_789),
+    ],
+)
+def test_a_replay_time_is_the_exact_nanosecond_it_names(given: str, ns: int) -> None:
+    # --since/--until bound ts_event exactly: an event stamped at the very
+    # time given is in --since and not in --until.
+    assert libs.cli.parse_time(given) == ns
