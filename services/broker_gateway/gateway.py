@@ -705,7 +705,24 @@ class AccountWorker:
             await self._call("cancel_all", self.port.cancel_all)
             await self._caught_up()
             closed = await self._call("close_all", self.port.close_all)
-            await self.outbox.publish(self.tracker.flatten_done(closed.orders, closed.refused))
+            unexpressed: list[tuple[BrokerOrder, ValueError]] = []
+            events = self.tracker.flatten_done(
+                closed.orders, closed.refused, unexpressed=unexpressed
+            )
+            for order, e in unexpressed:
+                # Its fills will not be expressible either: said, as the stream's are.
+                metrics.MALFORMED.labels(account=self.account).inc()
+                log.error(
+                    "flatten %s of %s: cannot take in its closing order %s (%s %s %s): %s",
+                    command.id,
+                    self.account,
+                    order.broker_order_id,
+                    order.side,
+                    order.quantity,
+                    order.symbol,
+                    e,
+                )
+            await self.outbox.publish(events)
         finally:
             self.tracker.flatten_ended()
         if closed.refused:

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
+import pytest
+
 from libs.contract.codec import derived_id
 from libs.contract.envelope import CauseRef, Event
 from libs.contract.events import (
@@ -744,6 +746,51 @@ def test_refused_closes_that_name_no_symbol_are_each_published() -> None:
     assert "entry 3 of its answer" in rejected[2].payload.reason
     assert "MSFT position, which is still open" in rejected[1].payload.reason
     assert [e.id for e in rejections(tracker())] == [e.id for e in first]
+
+
+def test_a_closing_order_the_contract_refuses_loses_none_of_the_flatten_s_events() -> None:
+    """A closing order the contract cannot carry (a symbol it refuses, a
+    quantity with too many places) made ``flatten_done`` raise part-way,
+    after recording the acceptances built before it: never published, and
+    the flatten counted done, so the command's retry was a repeat and the
+    acceptances, ``ClosingOrdersPlaced`` and the refusals were lost for
+    good. Now nothing is recorded unless all of it is; given a list for
+    them (the gateway's way), such orders are set aside there and the rest
+    is recorded and returned, in the outbox's order."""
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    good = order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")
+    bad_symbol = order(
+        None, broker_id="c-2", client_id="close-2", symbol="O:SPY241340P00720000", side="sell"
+    )
+    bad_quantity = order(
+        None, broker_id="c-3", client_id="close-3", symbol="BTC/USD", qty="0.0000000000001"
+    )
+    closing = [good, bad_symbol, bad_quantity]
+    refused = [CloseRefused("MSFT", "halted", "40310000", entry=3)]
+
+    strict = tracker()
+    strict.flatten_started(flatten)
+    with pytest.raises(ValueError, match="O:SPY241340P00720000"):
+        strict.flatten_done(closing, refused)
+    strict.flatten_ended()
+    assert not strict.flattened(flatten.id)  # its retry runs it
+    assert not strict.find(good).accepted  # type: ignore[union-attr]
+
+    live = tracker()
+    live.flatten_started(flatten)
+    unexpressed: list[tuple[BrokerOrder, ValueError]] = []
+    done = live.flatten_done(closing, refused, unexpressed=unexpressed)
+    live.flatten_ended()
+    assert [e.type for e in done] == ["OrderAccepted", "ClosingOrdersPlaced", "OrderRejected"]
+    placed = done[1]
+    assert isinstance(placed, ClosingOrdersPlaced)
+    assert [o.symbol for o in placed.payload.orders] == ["AAPL"]
+    assert [o.broker_order_id for o, _ in unexpressed] == ["c-2", "c-3"]
+    # Neither half of the order whose ClosingOrder failed is recorded.
+    assert not live.find(bad_quantity).accepted  # type: ignore[union-attr]
+    assert live.flattened(flatten.id)
 
 
 def test_an_order_done_for_the_day_lives_on() -> None:

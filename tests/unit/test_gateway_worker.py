@@ -1182,6 +1182,53 @@ async def test_a_submit_whose_answer_raises_unexpectedly_is_still_dead_lettered(
     assert [e.payload.order_id for e in published] == [fine.payload.order_id]
 
 
+async def test_a_flatten_with_a_closing_order_the_contract_refuses_publishes_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The close-all placed a closing order the contract cannot carry (here
+    an option symbol it refuses) beside a good one, and refused a position.
+    The flatten failed on it after recording the good one's acceptance, which
+    marks the flatten done: its retry was a repeat, and the acceptance,
+    ``ClosingOrdersPlaced`` and the refusal were never published. The order
+    is now said and left out; the rest is published at once."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import ClosedAll, CloseRefused
+
+    w = worker([1000.0], [])
+    closing = [
+        BrokerOrder(
+            f"c-{n}", f"close-{n}", symbol, "sell", Decimal(1), Decimal(0), None, "accepted"
+        )
+        for n, symbol in enumerate(["AAPL", "O:SPY241340P00720000"])
+    ]
+    published: list[Any] = []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        return []
+
+    async def close_all() -> ClosedAll:
+        return ClosedAll(tuple(closing), (CloseRefused("MSFT", "halted", "403", entry=2),))
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    w.port = cast(Any, SimpleNamespace(cancel_all=cancel_all, close_all=close_all, connected=True))
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    with caplog.at_level("ERROR"):
+        await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
+    assert [e.type for e in published] == [
+        "OrderAccepted",
+        "ClosingOrdersPlaced",
+        "OrderRejected",
+    ]
+    assert "cannot take in its closing order c-1 (sell 1 O:SPY241340P00720000)" in caplog.text
+    await w.handle(Held(flatten, cast(Msg, Delivery(1, 2)), 1))  # a copy: a repeat
+    assert len(published) == 3
+
+
 async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> None:
     """A submit the broker answered ``pending`` (Alpaca's pending_new) is
     acknowledged by the stream's "new"; a restart before that leaves only

@@ -304,48 +304,57 @@ class OrderTracker:
         out.append(event)
 
     def _ack(self, t: TrackedOrder, order: BrokerOrder, ts_ns: int, out: list[Event]) -> None:
+        event = self._acceptance(t, order, ts_ns)
+        if event is not None:
+            self._emit(out, event)
+
+    def _acceptance(self, t: TrackedOrder, order: BrokerOrder, ts_ns: int) -> OrderAccepted | None:
+        """The order's ``OrderAccepted``, not yet recorded; None if it has one
+        or has ended."""
         # Nothing after the end: the submit's answer can say "rejected" before
         # the stream's "new" comes (a venue rejection, or updates held up by a
         # reconciliation); that "new" must not make it OrderRejected, OrderAccepted.
         if t.accepted or t.terminal is not None:
-            return
-        self._emit(
-            out,
-            OrderAccepted.create(
-                OrderAcceptedPayload(
-                    order_id=t.order_id,
-                    account=self.account,
-                    broker_order_id=order.broker_order_id,
-                    symbol=order.symbol,
-                ),
-                source=self.source,
-                clock=self.clock,
-                ts_event=ts_ns or None,
-                cause=t.cause,
-                event_id=derived_id("broker.ack", self.account, t.order_id),
+            return None
+        return OrderAccepted.create(
+            OrderAcceptedPayload(
+                order_id=t.order_id,
+                account=self.account,
+                broker_order_id=order.broker_order_id,
+                symbol=order.symbol,
             ),
+            source=self.source,
+            clock=self.clock,
+            ts_event=ts_ns or None,
+            cause=t.cause,
+            event_id=derived_id("broker.ack", self.account, t.order_id),
         )
 
     def _reject(
         self, t: TrackedOrder, reason: str, code: str | None, ts_ns: int | None, out: list[Event]
     ) -> None:
+        event = self._rejection(t, reason, code, ts_ns)
+        if event is not None:
+            self._emit(out, event)
+
+    def _rejection(
+        self, t: TrackedOrder, reason: str, code: str | None, ts_ns: int | None
+    ) -> OrderRejected | None:
+        """The order's ``OrderRejected``, not yet recorded; None if it has ended."""
         if t.terminal is not None:
-            return
-        self._emit(
-            out,
-            OrderRejected.create(
-                OrderRejectedPayload(
-                    order_id=t.order_id,
-                    account=self.account,
-                    reason=reason or "rejected",
-                    code=code,
-                ),
-                source=self.source,
-                clock=self.clock,
-                ts_event=ts_ns,
-                cause=t.cause,
-                event_id=derived_id("broker.reject", self.account, t.order_id),
+            return None
+        return OrderRejected.create(
+            OrderRejectedPayload(
+                order_id=t.order_id,
+                account=self.account,
+                reason=reason or "rejected",
+                code=code,
             ),
+            source=self.source,
+            clock=self.clock,
+            ts_event=ts_ns,
+            cause=t.cause,
+            event_id=derived_id("broker.reject", self.account, t.order_id),
         )
 
     def _cancel(
@@ -537,7 +546,11 @@ class OrderTracker:
         self._flattening = command
 
     def flatten_done(
-        self, orders: Sequence[BrokerOrder], refused: Sequence[CloseRefused] = ()
+        self,
+        orders: Sequence[BrokerOrder],
+        refused: Sequence[CloseRefused] = (),
+        *,
+        unexpressed: list[tuple[BrokerOrder, ValueError]] | None = None,
     ) -> list[Event]:
         """The close-all answered: its closing orders, and the positions it refused.
 
@@ -553,26 +566,43 @@ class OrderTracker:
         A refusal that names no symbol has its id derived from its place in
         the venue's answer instead: from a symbol of "?", every such refusal
         had one id, and all but the first were dropped as its repeats.
+
+        All of it is built before any of it is recorded. A closing order the
+        contract cannot carry (a symbol it refuses, a quantity with too many
+        places) raises ``ValueError`` with nothing recorded, or, given
+        ``unexpressed``, is added there and left out, the rest recorded: the
+        close-all has run, and the flatten is done either way. (Recorded as
+        they were built, the events before such an order marked the flatten
+        done, so its retry was a repeat, and they were never published.)
         """
         flatten = self._flattening
         assert flatten is not None, "flatten_started() first"
-        out: list[Event] = []
+        built: list[OrderAccepted | ClosingOrdersPlaced | OrderRejected] = []
         placed: list[ClosingOrder] = []
         for order in orders:
             t = self._closing_order(order, flatten)
-            if order.is_open or order.filled_quantity > 0:
-                self._ack(t, order, order.updated_ns, out)
-                placed.append(self._placed(t, order))
+            if not (order.is_open or order.filled_quantity > 0):
+                continue
+            try:
+                accepted = self._acceptance(t, order, order.updated_ns)
+                closing = self._placed(t, order)
+            except ValueError as e:
+                if unexpressed is None:
+                    raise
+                unexpressed.append((order, e))
+                continue
+            if accepted is not None:
+                built.append(accepted)
+            placed.append(closing)
         if placed:
-            self._emit(
-                out,
+            built.append(
                 ClosingOrdersPlaced.create(
                     ClosingOrdersPayload(account=self.account, orders=tuple(placed)),
                     source=self.source,
                     clock=self.clock,
                     cause=flatten,
                     event_id=derived_id("broker.closing", self.account, flatten.id),
-                ),
+                )
             )
         for r in refused:
             if r.symbol:
@@ -586,7 +616,12 @@ class OrderTracker:
             t = self._order(oid, r.symbol or "?")
             t.close_for(flatten)
             reason = f"flatten: the broker refused to close {what}, which is still open: {r.reason}"
-            self._reject(t, reason, r.code, None, out)
+            rejected = self._rejection(t, reason, r.code, None)
+            if rejected is not None and all(e.id != rejected.id for e in built):
+                built.append(rejected)
+        out: list[Event] = []
+        for event in built:
+            self._emit(out, event)
         self._flattened.add(flatten.id)
         self._flattening = None
         return out
