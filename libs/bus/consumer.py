@@ -155,10 +155,7 @@ class EventConsumer:
                     if not self._acks:
                         delivered = consumer_seq(msg.reply)
                         if delivered != expected:
-                            raise DeliveryGap(
-                                f"consumer {self.durable} delivered message {delivered} "
-                                f"after {expected - 1}: {delivered - expected} never arrived"
-                            )
+                            raise DeliveryGap.between(self.durable, expected, delivered)
                         expected = delivered + 1
                     await self._one(msg, handler)
         finally:

@@ -34,8 +34,18 @@ class StreamMismatch(BusError):
 class DeliveryGap(BusError):
     """A consumer that takes no acks delivered a message its reader never got
     (into a connection that dropped, past the client's pending limits, or to
-    another reader of the same durable). The server will not send it again:
-    the reader must recreate the consumer where its own place is."""
+    another reader of the same durable), or delivers again what it did (its
+    state went back: a server killed outright). The server will not put it
+    right: the reader must recreate the consumer where its own place is."""
+
+    @classmethod
+    def between(cls, durable: str, expected: int, delivered: int) -> DeliveryGap:
+        """The gap of ``durable`` delivering ``delivered`` where ``expected`` was due."""
+        if delivered > expected:
+            what = f"{delivered - expected} never arrived here"
+        else:
+            what = f"its state went back: {expected - delivered} delivered again"
+        return cls(f"consumer {durable} delivered message {delivered} after {expected - 1}: {what}")
 
 
 #: Errors after which a publish is retried (with the same Nats-Msg-Id, so a

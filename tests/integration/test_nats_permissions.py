@@ -303,6 +303,8 @@ ALL_SUBJECTS = (
     "risk.decision.s1",
     "orders.cmd.acct-b",
     "broker.fill.acct-b",
+    "broker.close.acct-b",
+    "broker.positions.acct-b",
     "control.resume",
     "replay.md.bar.1m.AAPL",
     "deadletter.recorder",
@@ -322,7 +324,12 @@ MAY_PUBLISH = {
     "marketdata": {"md.bar.1m.AAPL", "md.mark.O:SPY241220P00720000", "deadletter.marketdata"},
     "strategy-runner": {"strategy.intent.s1", "deadletter.strategy-runner"},
     "risk-gate": {"risk.decision.s1", "orders.cmd.acct-b", "deadletter.risk-gate"},
-    "broker-gateway": {"broker.fill.acct-b", "deadletter.broker-gateway"},
+    "broker-gateway": {
+        "broker.fill.acct-b",
+        "broker.close.acct-b",
+        "broker.positions.acct-b",
+        "deadletter.broker-gateway",
+    },
     "paper-broker": {"deadletter.paper-broker"},
 }
 

@@ -137,10 +137,7 @@ class RiskStream:
         for msg in msgs:
             delivered = consumer_seq(msg.reply)
             if delivered != self._expected:
-                raise DeliveryGap(
-                    f"consumer {DURABLE} delivered message {delivered} after "
-                    f"{self._expected - 1}: {delivered - self._expected} never arrived here"
-                )
+                raise DeliveryGap.between(DURABLE, self._expected, delivered)
             self._expected = delivered + 1
         return msgs
 

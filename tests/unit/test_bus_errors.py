@@ -1,0 +1,17 @@
+"""What a DeliveryGap says, either way the consumer sequence jumps."""
+
+from __future__ import annotations
+
+from libs.bus.errors import DeliveryGap
+
+
+def test_a_delivery_gap_says_what_was_missed_or_delivered_again() -> None:
+    # Ahead: messages the server sent never reached this reader.
+    ahead = DeliveryGap.between("risk-gate", expected=295, delivered=298)
+    assert str(ahead) == "consumer risk-gate delivered message 298 after 294: 3 never arrived here"
+    # Behind (a server killed outright went back): it said "-16 never arrived".
+    behind = DeliveryGap.between("risk-gate", expected=295, delivered=279)
+    assert str(behind) == (
+        "consumer risk-gate delivered message 279 after 294: "
+        "its state went back: 16 delivered again"
+    )
