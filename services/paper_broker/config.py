@@ -158,6 +158,7 @@ class PaperConfig(_Strict):
         """Each account's key pair, read from the environment variables named."""
         env = os.environ if env is None else env
         out: list[Credentials] = []
+        owner: dict[str, str] = {}  # key id -> the first account whose it is
         for account, section in self.accounts.items():
             values = []
             for key in ("key_id_env", "secret_key_env"):
@@ -168,9 +169,15 @@ class PaperConfig(_Strict):
                         f"accounts.{account}.{key}: environment variable {var} is not set"
                     )
                 values.append(value)
+            first = owner.setdefault(values[0], account)
+            if first != account:
+                # Named by their variables, not the key id's value.
+                raise ConfigError(
+                    f"accounts.{account}.key_id_env: environment variable "
+                    f"{section.key_id_env} holds the key id of accounts.{first}.key_id_env "
+                    f"({self.accounts[first].key_id_env}); each account needs a key of its own"
+                )
             out.append(Credentials(values[0], SecretStr(values[1]), account))
-        if len({c.key_id for c in out}) != len(out):
-            raise ConfigError("accounts: two accounts share one key id")
         return out
 
 

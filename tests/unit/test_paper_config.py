@@ -137,6 +137,27 @@ def test_credentials_come_from_the_environment_and_stay_secret(tmp_path: Path) -
     assert "hush" not in repr(account)
 
 
+def test_two_accounts_with_one_key_id_are_refused_naming_both(tmp_path: Path) -> None:
+    """An account block copied without changing its key variable: the refusal
+    names both accounts and the variables, never the key id's value."""
+    path = tmp_path / "paper.yaml"
+    path.write_text(
+        "accounts:\n"
+        "  alpha: {key_id_env: KEY_A, secret_key_env: SECRET_A}\n"
+        "  beta: {key_id_env: KEY_B, secret_key_env: SECRET_B}\n"
+    )
+    paper = load_paper_config(path)
+    env = {"KEY_A": "the-key", "SECRET_A": "s1", "KEY_B": "the-key", "SECRET_B": "s2"}
+    with pytest.raises(ConfigError) as e:
+        paper.credentials(env)
+    message = str(e.value)
+    assert message.startswith("accounts.beta.key_id_env: ")
+    assert "KEY_B" in message
+    assert "accounts.alpha.key_id_env" in message
+    assert "KEY_A" in message
+    assert "the-key" not in message
+
+
 def test_a_brokers_yaml_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
     """YAML alone keeps the last: the second account ``paper`` silently replaced
     the first, URL and credentials and all."""

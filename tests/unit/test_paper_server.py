@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -91,6 +92,23 @@ async def test_a_silent_client_is_disconnected(server: PaperBrokerServer) -> Non
             await ws.recv()
         assert e.value.rcvd is not None
         assert e.value.rcvd.reason == "authentication timeout"
+
+
+async def test_a_client_that_talks_but_never_authenticates_is_disconnected(
+    server: PaperBrokerServer,
+) -> None:
+    # paper.yaml's auth_timeout_s: "a client must authenticate by then". A
+    # first message that is not a login (a listen, a request) must not buy
+    # an unauthenticated socket for ever.
+    async with connect(f"ws://127.0.0.1:{server.port}/stream") as ws:
+        await send(ws, "listen", {"streams": ["trade_updates"]})
+        assert (await recv(ws))["data"] == {"status": "unauthorized", "action": "listen"}
+        assert (await request(ws, "GET", "/v2/positions"))["status"] == 401
+        with pytest.raises(ConnectionClosed) as e:
+            async with asyncio.timeout(5):  # the server's auth_timeout_s is 0.5
+                await ws.recv()
+        assert e.value.rcvd is not None
+        assert (e.value.rcvd.code, e.value.rcvd.reason) == (1008, "authentication timeout")
 
 
 async def test_updates_go_to_listeners_of_the_account_before_the_response(

@@ -316,13 +316,16 @@ class PaperBrokerServer:
 
     async def _serve_session(self, session: _Session) -> None:
         ws = session.ws
+        # The client must be logged in by auth_timeout_s, whatever it sends
+        # meanwhile (answered, 401 or unauthorized): else one message that is
+        # not a login held an unauthenticated socket open for ever.
         try:
             async with asyncio.timeout(self.auth_timeout_s):
-                first = await ws.recv()
+                while session.account is None:
+                    await self._message(session, await ws.recv())
         except TimeoutError:
             await ws.close(CLOSE_POLICY, "authentication timeout")
             return
-        await self._message(session, first)
         async for raw in ws:
             await self._message(session, raw)
 
