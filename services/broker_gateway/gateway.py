@@ -698,12 +698,18 @@ class AccountWorker:
         if self.tracker.flattened(command.id):
             log.info("flatten %s of %s is done already: a repeat", command.id, self.account)
             return "repeat"
-        # From here until the close-all answers, orders the broker opens on
-        # its own are this flatten's closing orders.
-        self.tracker.flatten_started(command)
+        # The cancel-all's cancels are the flatten's doing.
+        self.tracker.evolve(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
             await self._caught_up()
+            # From here until the close-all answers, orders the broker opens
+            # on its own are this flatten's closing orders. Not before: the
+            # cancel-all waits out an outage (the very time a flatten is sent
+            # for), and an order placed at the broker by hand meanwhile, taken
+            # in by the reconnection's reconciliation, was taken for a closing
+            # order: its fills booked to the strategies, the flatten marked done.
+            self.tracker.flatten_started(command)
             closed = await self._call("close_all", self.port.close_all)
             unexpressed: list[tuple[BrokerOrder, ValueError]] = []
             events = self.tracker.flatten_done(
