@@ -1431,3 +1431,40 @@ async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_n
     [placed] = [e for e in published if e.type == "ClosingOrdersPlaced"]
     assert [(o.quantity, o.strategy) for o in placed.payload.orders] == [(Decimal(6), "s")]
     assert w.tracker.flattened(flatten.id)
+
+
+async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker answers the close-all (and may place closing orders each
+    time) with what the adapter cannot parse. It was tried for ever, every
+    attempt canceling the closing orders of the one before and placing new
+    ones, the account's commands held behind it. It is tried
+    CLOSE_ALL_ATTEMPTS times, said, and the account reconciled and checked."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.errors import AnswerUnread
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    w = worker([1000.0], [])
+    close_alls: list[int] = []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        return []
+
+    async def close_all() -> None:
+        close_alls.append(1)
+        raise AnswerUnread("acct: malformed answer: 1 validation error for Order")
+
+    w.port = cast(Any, SimpleNamespace(cancel_all=cancel_all, close_all=close_all, connected=True))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    with caplog.at_level("ERROR"):
+        async with asyncio.timeout(10):
+            await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
+    assert len(close_alls) == gateway.CLOSE_ALL_ATTEMPTS
+    assert "the broker's answer to its close-all was not read 3 times" in caplog.text
+    assert w._reconcile_wanted.is_set()
+    assert w._reconcile_everything
+    assert w._check_wanted
+    assert w.tracker._flattening is None  # unknown orders are nobody's again
