@@ -3,6 +3,8 @@
 BrokerError
 ├── BrokerUnavailable     not connected, the connection broke, or no answer in time:
 │   │                     the call may be retried once connected (submit is idempotent)
+│   ├── AnswerUnread      the call reached the broker, which may have acted on it, but
+│   │                     its answer was not read (none in time, or one we cannot parse)
 │   ├── AuthenticationFailed  the broker refused our credentials
 │   └── RateLimited       the broker answered 429: retry after a pause (its Retry-After)
 ├── OrderRefused          the broker said no to an order (its code and reason)
@@ -19,6 +21,12 @@ class BrokerError(Exception):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached right now; retry once connected."""
+
+
+class AnswerUnread(BrokerUnavailable):
+    """The broker may have acted on the call, but its answer was not read:
+    none came in time, or it could not be parsed. Retried as any
+    ``BrokerUnavailable``, except where a repeat is not harmless (a close-all)."""
 
 
 class AuthenticationFailed(BrokerUnavailable):

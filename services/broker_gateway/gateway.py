@@ -79,6 +79,7 @@ from services.broker_gateway.domain.tracker import (
     position_differences,
 )
 from services.broker_gateway.errors import (
+    AnswerUnread,
     BrokerError,
     BrokerUnavailable,
     NotCancelable,
@@ -128,6 +129,12 @@ RECONCILE_ATTEMPTS = 5
 #: (the risk-gate's positions short) for as long as the connection held.
 RECONCILE_RETRY_INITIAL_S = 5.0
 RECONCILE_RETRY_MAX_S = 300.0
+#: Attempts of a flatten's close-all whose answer was not read (none in
+#: time, or one that cannot be parsed) before the flatten gives up, saying
+#: so. The broker may have acted on each: every attempt cancels the closing
+#: orders the one before placed and places new ones, and an answer it cannot
+#: parse it cannot parse the next time either (it was tried for ever).
+CLOSE_ALL_ATTEMPTS = 3
 #: A positions check that finds a difference looks again after this long
 #: and says only what differs both times: a fill the broker has booked may
 #: still be on its way on the stream.
@@ -698,13 +705,24 @@ class AccountWorker:
         if self.tracker.flattened(command.id):
             log.info("flatten %s of %s is done already: a repeat", command.id, self.account)
             return "repeat"
-        # From here until the close-all answers, orders the broker opens on
-        # its own are this flatten's closing orders.
-        self.tracker.flatten_started(command)
+        # The cancel-all's cancels are the flatten's doing.
+        self.tracker.evolve(command)
         try:
             await self._call("cancel_all", self.port.cancel_all)
             await self._caught_up()
-            closed = await self._call("close_all", self.port.close_all)
+            # From here until the close-all answers, orders the broker opens
+            # on its own are this flatten's closing orders. Not before: the
+            # cancel-all waits out an outage (the very time a flatten is sent
+            # for), and an order placed at the broker by hand meanwhile, taken
+            # in by the reconnection's reconciliation, was taken for a closing
+            # order: its fills booked to the strategies, the flatten marked done.
+            self.tracker.flatten_started(command)
+            try:
+                closed = await self._call(
+                    "close_all", self.port.close_all, unread_attempts=CLOSE_ALL_ATTEMPTS
+                )
+            except AnswerUnread as unread:
+                return self._close_all_unread(command, unread)
             unexpressed: list[tuple[BrokerOrder, ValueError]] = []
             events = self.tracker.flatten_done(
                 closed.orders, closed.refused, unexpressed=unexpressed
@@ -748,6 +766,24 @@ class AccountWorker:
         )
         return "flattened"
 
+    def _close_all_unread(self, command: FlattenAccount, error: AnswerUnread) -> str:
+        """The flatten gives up on a close-all whose answer was not read
+        ``CLOSE_ALL_ATTEMPTS`` times: said, counted as ``incomplete``, and
+        the account reconciled and its positions checked (the closing orders
+        the broker placed are taken in as orders nobody here placed)."""
+        log.error(
+            "flatten %s of %s: the broker's answer to its close-all was not read %d times "
+            "(the last: %s); it may have placed closing orders, which are not known here: "
+            "check the account's positions at the broker",
+            command.id,
+            self.account,
+            CLOSE_ALL_ATTEMPTS,
+            error,
+        )
+        self._check_wanted = True
+        self.want_reconcile(everything=True)
+        return "incomplete"
+
     async def _caught_up(self) -> None:
         """Before a close-all: each unsettled order's fills published.
 
@@ -765,14 +801,22 @@ class AccountWorker:
                 return  # the reconnection reconciles everything
             await self._call_once(self._reconcile_one(t))
 
-    async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, name: str, call: Callable[[], Awaitable[T]], *, unread_attempts: int | None = None
+    ) -> T:
         """``call()``, retried whenever the broker is away (however long that
-        takes) or does not serve it (with a backoff)."""
+        takes) or does not serve it (with a backoff); given ``unread_attempts``,
+        its ``AnswerUnread`` is raised once it has come that many times."""
         attempt = 0
+        unread = 0
         while True:
             try:
                 return await call()
             except BrokerUnavailable as e:
+                if isinstance(e, AnswerUnread):
+                    unread += 1
+                    if unread_attempts is not None and unread >= unread_attempts:
+                        raise
                 log.warning("%s on %s waits for the broker: %s", name, self.account, e)
                 attempt = await self._pause(e, attempt, None)
 

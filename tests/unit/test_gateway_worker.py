@@ -1284,3 +1284,187 @@ async def test_a_submit_answered_pending_before_a_restart_is_reconciled() -> Non
     assert w.tracker.plan_submit(unsent)
     w.tracker.request(unsent.payload.order_id)
     assert [t.order_id for t in w.tracker.unsettled()] == [unsent.payload.order_id]
+
+
+async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_not_its() -> None:
+    """The flatten comes while the broker is away (the risk-gate's reaction
+    to connection_lost) and waits in its cancel-all. Meanwhile the trader
+    sells 4 of s1's 10 AAPL by hand at the broker, an order still working.
+    The reconnection's reconciliation takes it in: it took it as one of the
+    flatten's closing orders (unknown orders were the flatten's from its
+    start, not from its close-all), booked its fill to s1 and marked the
+    flatten done. It is an order nobody here placed (its fill booked to no
+    strategy) and the flatten still closes what is left."""
+    from libs.contract.events import (
+        FillPayload,
+        FillReceived,
+        FlattenAccount,
+        FlattenAccountPayload,
+        OrderAccepted,
+        OrderAcceptedPayload,
+    )
+    from services.broker_gateway.domain.model import BrokerFill, ClosedAll
+    from services.broker_gateway.errors import BrokerUnavailable
+
+    w = worker([1000.0], [])
+    bought = submit()
+    oid = bought.payload.order_id
+    bought = bought.model_copy(
+        update={"payload": bought.payload.model_copy(update={"quantity": Decimal(10)})}
+    )
+    w.tracker.evolve(bought)
+    w.tracker.evolve(
+        OrderAccepted.create(
+            OrderAcceptedPayload(
+                order_id=oid, account="acct", broker_order_id="b-1", symbol="AAPL"
+            ),
+            source="test",
+            clock=CLOCK,
+            cause=bought,
+        )
+    )
+    w.tracker.evolve(
+        FillReceived.create(
+            FillPayload(
+                order_id=oid,
+                account="acct",
+                broker_order_id="b-1",
+                fill_id="f-1",
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(10),
+                price=Decimal(100),
+                cumulative_quantity=Decimal(10),
+                leaves_quantity=Decimal(0),
+                status="complete",
+                strategy="s",
+            ),
+            source="test",
+            clock=CLOCK,
+            cause=bought,
+        )
+    )
+    by_hand = BrokerOrder(
+        "h-1", "by-hand", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "partially_filled"
+    )
+    hand_fill = BrokerFill(
+        "h-1", "by-hand", "AAPL", "sell", Decimal(4), Decimal(101), Decimal(4), Decimal(6), 1
+    )
+    back = asyncio.Event()
+    asked: list[str] = []
+    published: list[Any] = []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        asked.append("cancel_all")
+        if not back.is_set():
+            raise BrokerUnavailable("acct: not connected to the broker")
+        nonlocal by_hand
+        by_hand = BrokerOrder(
+            "h-1", "by-hand", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "canceled"
+        )
+        return [by_hand]
+
+    async def close_all() -> ClosedAll:
+        asked.append("close_all")
+        return ClosedAll(
+            (
+                BrokerOrder(
+                    "c-1", "close-1", "AAPL", "sell", Decimal(6), Decimal(0), None, "accepted"
+                ),
+            )
+        )
+
+    async def wait_connected(timeout: float | None = None) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await back.wait()
+        return back.is_set()
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [by_hand] if by_hand.is_open else []
+
+    async def get_order(**ids: str | None) -> BrokerOrder:
+        return by_hand
+
+    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
+        return [hand_fill]
+
+    async def publish(events: list[Any]) -> None:
+        published.extend(events)
+
+    port = SimpleNamespace(
+        cancel_all=cancel_all,
+        close_all=close_all,
+        wait_connected=wait_connected,
+        open_orders=open_orders,
+        get_order=get_order,
+        order_fills=order_fills,
+        connected=False,
+    )
+    w.port = cast(Any, port)
+    w.outbox = cast(Any, SimpleNamespace(publish=publish))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="connection_lost"), source="test", clock=CLOCK
+    )
+    flattening = asyncio.create_task(w.handle(Held(flatten, cast(Msg, Delivery(1)), 1)))
+    await eventually(lambda: asked == ["cancel_all"])
+    port.connected = True  # the reconnection's reconciliation runs before the flatten goes on
+    assert await w.reconcile()
+    assert not w.tracker.flattened(flatten.id)
+    back.set()
+    await flattening
+    assert asked == ["cancel_all", "cancel_all", "close_all"]
+    fills = [
+        (e.payload.broker_order_id, e.payload.strategy)
+        for e in published
+        if e.type == "FillReceived"
+    ]
+    assert fills == [("h-1", None)]
+    [hand_ack] = [
+        e for e in published if e.type == "OrderAccepted" and e.payload.broker_order_id == "h-1"
+    ]
+    assert hand_ack.causation_id is None
+    assert (w.tracker.position("AAPL", "s"), w.tracker.position("AAPL")) == (
+        Decimal(10),
+        Decimal(-4),
+    )
+    [placed] = [e for e in published if e.type == "ClosingOrdersPlaced"]
+    assert [(o.quantity, o.strategy) for o in placed.payload.orders] == [(Decimal(6), "s")]
+    assert w.tracker.flattened(flatten.id)
+
+
+async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker answers the close-all (and may place closing orders each
+    time) with what the adapter cannot parse. It was tried for ever, every
+    attempt canceling the closing orders of the one before and placing new
+    ones, the account's commands held behind it. It is tried
+    CLOSE_ALL_ATTEMPTS times, said, and the account reconciled and checked."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.errors import AnswerUnread
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    w = worker([1000.0], [])
+    close_alls: list[int] = []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        return []
+
+    async def close_all() -> None:
+        close_alls.append(1)
+        raise AnswerUnread("acct: malformed answer: 1 validation error for Order")
+
+    w.port = cast(Any, SimpleNamespace(cancel_all=cancel_all, close_all=close_all, connected=True))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    with caplog.at_level("ERROR"):
+        async with asyncio.timeout(10):
+            await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
+    assert len(close_alls) == gateway.CLOSE_ALL_ATTEMPTS
+    assert "the broker's answer to its close-all was not read 3 times" in caplog.text
+    assert w._reconcile_wanted.is_set()
+    assert w._reconcile_everything
+    assert w._check_wanted
+    assert w.tracker._flattening is None  # unknown orders are nobody's again

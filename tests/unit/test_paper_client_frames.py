@@ -17,7 +17,7 @@ from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
 from services.broker_gateway.domain.model import OrderUpdate
-from services.broker_gateway.errors import BrokerUnavailable, RateLimited
+from services.broker_gateway.errors import AnswerUnread, BrokerUnavailable, RateLimited
 
 ORDER = {
     "id": "b-1",
@@ -278,8 +278,22 @@ async def test_a_call_not_answered_in_time_is_a_timeout_not_a_lost_connection() 
     client._up.set()
     errors = metrics.CALL_ERRORS.labels(account="silent", call="get_order", error="timeout")
     before = errors._value.get()
-    with pytest.raises(BrokerUnavailable) as e:
+    with pytest.raises(AnswerUnread) as e:  # the broker may have acted on it
         await client.get_order(broker_order_id="b-1")
     assert "no answer to get_order within 0.05s" in str(e.value)
     assert errors._value.get() == before + 1
     assert not client._pending
+
+
+async def test_a_close_all_answer_that_cannot_be_read_is_an_answer_unread(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker answered (and may have placed closing orders), but the
+    answer cannot be parsed: not "the broker is away", which the gateway
+    retries for ever (see test_a_close_all_whose_answer_cannot_be_read_is_given_up)."""
+    answering(monkeypatch, client, 207, [{"symbol": "AAPL", "status": 200, "body": {"id": 7}}])
+    with pytest.raises(AnswerUnread):
+        await client.close_all()
+    answering(monkeypatch, client, 207, {"not": "a list"})
+    with pytest.raises(AnswerUnread):
+        await client.close_all()

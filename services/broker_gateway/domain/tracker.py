@@ -541,8 +541,15 @@ class OrderTracker:
         return flatten_id in self._flattened
 
     def flatten_started(self, command: FlattenAccount) -> None:
-        """A close-all is about to be sent: orders that appear now are its."""
-        self.evolve(command)
+        """A close-all is about to be sent: orders that appear now are its.
+
+        The flatten is taken in (:meth:`evolve`) unless it was already: the
+        gateway takes it in before its cancel-all, and again it would make
+        the cancels of orders taken in since (as nobody's) the flatten's,
+        which a tracker rebuilt from the recorded events does not.
+        """
+        if command.id not in self._flattens:
+            self.evolve(command)
         self._flattening = command
 
     def flatten_done(

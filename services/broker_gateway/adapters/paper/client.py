@@ -60,6 +60,7 @@ from services.broker_gateway.domain.model import (
     OrderRequest,
 )
 from services.broker_gateway.errors import (
+    AnswerUnread,
     AuthenticationFailed,
     BrokerError,
     BrokerUnavailable,
@@ -382,7 +383,7 @@ class PaperBroker:
         # Before OSError: TimeoutError is one, and this one is no lost connection.
         except TimeoutError as e:
             metrics.CALL_ERRORS.labels(account=self.account, call=call, error="timeout").inc()
-            raise BrokerUnavailable(
+            raise AnswerUnread(
                 f"{self.account}: no answer to {call} within {self.request_timeout_s:g}s"
             ) from e
         except (ConnectionClosed, OSError) as e:
@@ -421,12 +422,12 @@ class PaperBroker:
             return model.model_validate(body)
         except ValidationError as e:
             metrics.MALFORMED.labels(account=self.account).inc()
-            raise BrokerUnavailable(f"{self.account}: malformed answer: {e}") from e
+            raise AnswerUnread(f"{self.account}: malformed answer: {e}") from e
 
     def _read_list(self, model: type[schemas._Wire], body: Any, what: str) -> list[Any]:
-        """``body`` as a list of ``model``; else BrokerUnavailable saying what was expected."""
+        """``body`` as a list of ``model``; else AnswerUnread saying what was expected."""
         if not isinstance(body, list):
-            raise BrokerUnavailable(f"{self.account}: expected a list of {what}")
+            raise AnswerUnread(f"{self.account}: expected a list of {what}")
         return [self._read(model, item) for item in body]
 
     def _multi_status(
