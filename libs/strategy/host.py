@@ -281,8 +281,14 @@ class StrategyHost:
             return []
         self._remember(event)
         bar = event.payload
-        with self._warming_up():
-            return self._invoke(lambda: instance.on_warmup(bar), event, f"warmup/{event.id}")
+
+        def show() -> None:
+            # Only the call is a warm-up: should it fault, the fresh instance's
+            # on_start (the policy's restart, in the same _invoke) may emit.
+            with self._warming_up():
+                instance.on_warmup(bar)
+
+        return self._invoke(show, event, f"warmup/{event.id}")
 
     def remember(self, bars: Iterable[Event]) -> None:
         """Past bars (the store's, oldest first) to warm the strategy up on when

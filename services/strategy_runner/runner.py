@@ -130,6 +130,11 @@ class StrategyTask:
             await self._emit(out, publish)
             if isinstance(item.event, FillReceived | BarClosed):
                 self.export_books()
+            if self.inbox:
+                # More waiting: get() would return it without suspending, so a
+                # backlog would hold the dispatcher and every other strategy
+                # (an exit, perhaps) until this one is through it.
+                await asyncio.sleep(0)
         await self._emit(self.host.stop(), publish)
         metrics.RUNNING.labels(strategy=self.name).set(0)
 

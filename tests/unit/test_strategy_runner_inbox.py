@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, FillReceived, OrderIntentCreated
+from libs.strategy.base import Bar, Strategy, StrategyParams
 from libs.strategy.runtime import InMemoryRuntime
+from libs.strategy.spec import LoadedStrategy, StrategySpec
 from libs.strategy.testing import EchoStrategy, bar, fill_chain
 from libs.testing.wait import eventually
 from services.cli import app
 from services.strategy_runner.inbox import Inbox, Item, OverflowAction
+from services.strategy_runner.runner import StrategyTask
 
 IDS = itertools.count(1)
 
@@ -89,6 +93,44 @@ async def test_block_waits_for_room_and_counts_each_put_once() -> None:
     assert [close_of(i) for i in rest] == [2, 3, None]
     with pytest.raises(RuntimeError, match="closed"):
         await inbox.put(md(4))
+
+
+#: The bars the strategies below were called with, in the order called.
+SEEN: list[str] = []
+
+
+class Watcher(Strategy[StrategyParams]):
+    """Notes each bar it is shown; emits nothing (as most bars go)."""
+
+    def on_bar(self, bar: Bar) -> None:
+        SEEN.append(f"{self.ctx.name} {bar.close}")
+
+
+async def test_one_strategy_s_backlog_does_not_hold_the_others_events_back() -> None:
+    # A batch leaves 50 bars in busy's inbox and one in quick's. Each task must
+    # let the others run between two events: taken all at once (its inbox never
+    # empty, so no await suspends), busy's backlog held quick's bar, an exit
+    # perhaps, until busy was through it, however long that took.
+    SEEN.clear()
+    runtime = InMemoryRuntime()
+    tasks = []
+    for name, symbol in (("busy", "AAPL"), ("quick", "MSFT")):
+        spec = StrategySpec(name=name, kind="watcher", symbols=(symbol,), account="paper")
+        loaded = LoadedStrategy(spec, Watcher, StrategyParams())
+        tasks.append(StrategyTask(loaded, runtime.add_loaded(loaded), runtime))
+    busy, quick = tasks
+    for close in range(1, 51):
+        await busy.inbox.put(Item(bar("AAPL", close, close * 60_000_000_000)))
+    await quick.inbox.put(Item(bar("MSFT", 7, 60_000_000_000)))
+    for task in tasks:
+        task.inbox.close()
+
+    async def publish(events: list[Event]) -> None:
+        pass
+
+    await asyncio.gather(*(task.run(publish) for task in tasks))
+    assert len(SEEN) == 51
+    assert SEEN.index("quick 7") < SEEN.index("busy 3")
 
 
 def test_cli_refuses_a_bad_file_naming_the_key(tmp_path: Path) -> None:

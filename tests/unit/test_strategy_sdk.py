@@ -643,6 +643,35 @@ def test_an_instance_restarted_after_a_fault_is_warmed_up_on_the_latest_bars() -
     assert fresh.seen == []  # on_bar not called for them again
 
 
+class OrdersOnStartFailsAWarmup(Warmed):
+    """Buys on each start (an entry at the open, say); its on_warmup raises
+    on a close of 13."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        signal = self.ctx.signal("AAPL", "open", "long", reason="started")
+        self.ctx.order("AAPL", "buy", Decimal(1), cause=signal)
+
+    def on_warmup(self, bar: Bar) -> None:
+        super().on_warmup(bar)
+        if bar.close == 13:
+            raise RuntimeError("flaky warm-up on 13")
+
+
+def test_an_instance_restarted_after_a_fault_in_a_warm_up_may_emit_from_its_start() -> None:
+    # A fault in on_warmup (the catch-up's bars) restarts the strategy; its
+    # new on_start is a start, not a warm-up, and may emit as the first did.
+    rt = InMemoryRuntime()
+    rt.add("s", OrdersOnStartFailsAWarmup, symbols=("AAPL",), restart="always", max_restarts=3)
+    host = rt.hosts["s"]
+    assert [type(e) for e in host.start()] == [SignalGenerated, OrderIntentCreated]
+    out = host.warm_up(bar("AAPL", 13, 0))
+    assert [type(e) for e in out] == [StrategyFaulted, SignalGenerated, OrderIntentCreated]
+    assert of_type(out, StrategyFaulted)[0].payload.error == "RuntimeError: flaky warm-up on 13"
+    assert (host.running, host.restarts) == (True, 1)
+    assert host.warm_up(bar("AAPL", 14, MINUTE_NS)) == []  # still refused from on_warmup itself
+
+
 def test_the_host_keeps_the_last_n_bars_of_each_symbol_in_order() -> None:
     history = [
         bar(s, c, i * 60_000_000_000)
