@@ -491,6 +491,18 @@ class StrategyHost:
             raise StrategyUsageError(f"a {order_type} order needs a limit_price")
         if order_type in ("stop", "stop_limit") and stop_price is None:
             raise StrategyUsageError(f"a {order_type} order needs a stop_price")
+        # The risk-gate and the broker go by the type: a price it does not use
+        # is dropped, and a stop-loss left a market order sells at once.
+        if order_type in ("market", "stop") and limit_price is not None:
+            raise StrategyUsageError(
+                f"a {order_type} order takes no limit_price (a limit order is "
+                f"order_type='limit' or 'stop_limit')"
+            )
+        if order_type in ("market", "limit") and stop_price is not None:
+            raise StrategyUsageError(
+                f"a {order_type} order takes no stop_price (a stop order is "
+                f"order_type='stop' or 'stop_limit')"
+            )
         intent = OrderIntentCreated.create(
             OrderIntentPayload(
                 strategy=self.name,
