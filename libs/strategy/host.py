@@ -503,6 +503,17 @@ class StrategyHost:
                 f"a {order_type} order takes no stop_price (a stop order is "
                 f"order_type='stop' or 'stop_limit')"
             )
+        asset_class = asset_class_of(symbol)
+        if (
+            asset_class == "option"
+            and isinstance(quantity, Decimal)  # an int is whole; the contract checks the rest
+            and quantity.is_finite()
+            and quantity != quantity.to_integral_value()
+        ):
+            # The risk-gate passes it; every broker rejects part of a contract.
+            raise StrategyUsageError(
+                f"an option's quantity is a whole number of contracts, not {quantity} of {symbol}"
+            )
         intent = OrderIntentCreated.create(
             OrderIntentPayload(
                 strategy=self.name,
@@ -514,7 +525,7 @@ class StrategyHost:
                 limit_price=limit_price,
                 stop_price=stop_price,
                 time_in_force=time_in_force,
-                asset_class=asset_class_of(symbol),
+                asset_class=asset_class,
             ),
             source=self.source,
             clock=self.clock,

@@ -454,6 +454,34 @@ def test_a_price_its_order_type_does_not_use_is_a_fault(
     assert f"a {order_type} order takes no {unused}" in fault.payload.error
 
 
+def test_part_of_an_option_contract_is_a_fault() -> None:
+    """Options trade in whole contracts: the risk-gate passed 0.5 of one and
+    the broker always rejected it, the strategy learning so only from an
+    ``OrderUpdate`` a round trip later. The emit refuses it; 2 contracts, and
+    a fractional quantity of shares, pass."""
+    option = "O:SPY241220P00720000"
+
+    class Sizer(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            signal = self.ctx.signal(bar.symbol, "size", "long")
+            self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+
+    rt = InMemoryRuntime()
+    rt.add("half", Sizer, {"quantity": "0.5"}, symbols=(option,))
+    rt.add("two", Sizer, {"quantity": "2.0"}, symbols=(option,))
+    rt.add("shares", Sizer, {"quantity": "0.5"}, symbols=("AAPL",))
+    out = rt.run([bar(option, 5, 0), bar("AAPL", 100, MINUTE_NS)])
+    (fault,) = of_type(out, StrategyFaulted)
+    assert fault.payload.strategy == "half"
+    assert f"an option's quantity is a whole number of contracts, not 0.5 of {option}" in (
+        fault.payload.error
+    )
+    assert [(i.payload.strategy, i.payload.quantity) for i in of_type(out, OrderIntentCreated)] == [
+        ("two", Decimal(2)),
+        ("shares", Decimal("0.5")),
+    ]
+
+
 @pytest.mark.parametrize(("name", "reason"), [("n" * 201, ""), ("x", "r" * 300_000)])
 def test_a_signal_text_too_long_to_record_is_a_fault(name: str, reason: str) -> None:
     """Encoded past the services' 256 KiB, a signal would be dead-lettered by
