@@ -491,6 +491,29 @@ class StrategyHost:
             raise StrategyUsageError(f"a {order_type} order needs a limit_price")
         if order_type in ("stop", "stop_limit") and stop_price is None:
             raise StrategyUsageError(f"a {order_type} order needs a stop_price")
+        # The risk-gate and the broker go by the type: a price it does not use
+        # is dropped, and a stop-loss left a market order sells at once.
+        if order_type in ("market", "stop") and limit_price is not None:
+            raise StrategyUsageError(
+                f"a {order_type} order takes no limit_price (a limit order is "
+                f"order_type='limit' or 'stop_limit')"
+            )
+        if order_type in ("market", "limit") and stop_price is not None:
+            raise StrategyUsageError(
+                f"a {order_type} order takes no stop_price (a stop order is "
+                f"order_type='stop' or 'stop_limit')"
+            )
+        asset_class = asset_class_of(symbol)
+        if (
+            asset_class == "option"
+            and isinstance(quantity, Decimal)  # an int is whole; the contract checks the rest
+            and quantity.is_finite()
+            and quantity != quantity.to_integral_value()
+        ):
+            # The risk-gate passes it; every broker rejects part of a contract.
+            raise StrategyUsageError(
+                f"an option's quantity is a whole number of contracts, not {quantity} of {symbol}"
+            )
         intent = OrderIntentCreated.create(
             OrderIntentPayload(
                 strategy=self.name,
@@ -502,7 +525,7 @@ class StrategyHost:
                 limit_price=limit_price,
                 stop_price=stop_price,
                 time_in_force=time_in_force,
-                asset_class=asset_class_of(symbol),
+                asset_class=asset_class,
             ),
             source=self.source,
             clock=self.clock,

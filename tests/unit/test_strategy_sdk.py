@@ -17,6 +17,7 @@ from libs.contract.events import (
     FillReceived,
     OrderAccepted,
     OrderIntentCreated,
+    OrderType,
     QuotePayload,
     QuoteUpdated,
     SignalGenerated,
@@ -415,6 +416,70 @@ def test_trading_a_symbol_it_is_not_configured_for_is_a_fault() -> None:
     (fault,) = rt.run([bar("AAPL", 1, 0)])
     assert isinstance(fault, StrategyFaulted)
     assert "'TSLA' is not one of w's symbols" in fault.payload.error
+
+
+@pytest.mark.parametrize(
+    ("order_type", "limit", "stop", "unused"),
+    [
+        ("market", None, Decimal(95), "stop_price"),
+        ("market", Decimal(99), None, "limit_price"),
+        ("limit", Decimal(99), Decimal(95), "stop_price"),
+        ("stop", Decimal(94), Decimal(95), "limit_price"),
+    ],
+)
+def test_a_price_its_order_type_does_not_use_is_a_fault(
+    order_type: OrderType, limit: Decimal | None, stop: Decimal | None, unused: str
+) -> None:
+    """A stop-loss written without ``order_type="stop"`` is a market order:
+    the risk-gate and the broker go by the type and drop the stop price, so
+    the sell meant for 95 was sold at once at the market. The emit refuses it."""
+
+    class Protective(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            signal = self.ctx.signal(bar.symbol, "protect", "flat", reason="stop-loss")
+            self.ctx.order(
+                bar.symbol,
+                "sell",
+                Decimal(1),
+                cause=signal,
+                order_type=order_type,
+                limit_price=limit,
+                stop_price=stop,
+            )
+
+    rt = InMemoryRuntime()
+    rt.add("p", Protective, symbols=("AAPL",))
+    (fault,) = rt.run([bar("AAPL", 100, 0)])
+    assert isinstance(fault, StrategyFaulted)
+    assert f"a {order_type} order takes no {unused}" in fault.payload.error
+
+
+def test_part_of_an_option_contract_is_a_fault() -> None:
+    """Options trade in whole contracts: the risk-gate passed 0.5 of one and
+    the broker always rejected it, the strategy learning so only from an
+    ``OrderUpdate`` a round trip later. The emit refuses it; 2 contracts, and
+    a fractional quantity of shares, pass."""
+    option = "O:SPY241220P00720000"
+
+    class Sizer(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            signal = self.ctx.signal(bar.symbol, "size", "long")
+            self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+
+    rt = InMemoryRuntime()
+    rt.add("half", Sizer, {"quantity": "0.5"}, symbols=(option,))
+    rt.add("two", Sizer, {"quantity": "2.0"}, symbols=(option,))
+    rt.add("shares", Sizer, {"quantity": "0.5"}, symbols=("AAPL",))
+    out = rt.run([bar(option, 5, 0), bar("AAPL", 100, MINUTE_NS)])
+    (fault,) = of_type(out, StrategyFaulted)
+    assert fault.payload.strategy == "half"
+    assert f"an option's quantity is a whole number of contracts, not 0.5 of {option}" in (
+        fault.payload.error
+    )
+    assert [(i.payload.strategy, i.payload.quantity) for i in of_type(out, OrderIntentCreated)] == [
+        ("two", Decimal(2)),
+        ("shares", Decimal("0.5")),
+    ]
 
 
 @pytest.mark.parametrize(("name", "reason"), [("n" * 201, ""), ("x", "r" * 300_000)])
