@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ from libs.contract.events import (
     MarkUpdated,
     OperatorActionPayload,
     SignalGenerated,
+    SubmitOrder,
 )
 from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
@@ -423,6 +425,52 @@ async def test_audit_of_a_flatten_s_closing_fill_says_why_and_whose_position_it_
     assert "FlattenAccount  acct-a: kill switch engaged by ana: runaway loop" in said
     (marked,) = [line for line in lines if line.startswith("*")]
     assert "sell 10 AAPL @ 190, complete, booked to sma" in marked
+
+
+async def test_audit_of_a_fill_of_an_order_placed_by_hand_says_nothing_here_caused_it(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """An order placed at the broker outside tradebus: its fill has no
+    cause, and its audit says so rather than print one bare line."""
+    chain, tracker = strategy_order_tracked()
+    by_hand = tracker.on_update(fill_update(broker_order("b-hand", "buy", 10, "filled")))
+    fill = by_hand[-1]
+    assert isinstance(fill, FillReceived)
+    assert (fill.causation_id, fill.payload.strategy) == (None, None)
+    await record(tmp_path, bus, nats_url, database_url, [*chain, *by_hand])
+    lines = await audit_lines(database_url, fill.id)
+    assert "FillReceived  buy 10 AAPL @ 190, complete " in lines[0]
+    assert "no tradebus command caused broker order b-hand" in " ".join(lines[1:])
+
+
+async def test_audit_of_a_reconciled_fill_walks_back_to_its_signal(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """A fill the stream missed, published from a reconciliation (or from
+    the lookup of a dead-lettered submit, which takes the answer in the same
+    way), is caused by the order's SubmitOrder like any other."""
+    chain, tracker = strategy_order_tracked()
+    submit = chain[2]
+    assert isinstance(submit, SubmitOrder)
+    second = submit.model_copy(
+        update={
+            "id": uuid.uuid4(),
+            "payload": submit.payload.model_copy(update={"order_id": uuid.uuid4()}),
+        }
+    )
+    tracker.evolve(second)
+    order = broker_order("b-2", "buy", 10, "filled")
+    order = dataclasses.replace(order, client_order_id=str(second.payload.order_id))
+    reconciled = tracker.reconcile(order, None)
+    fill = reconciled[-1]
+    assert isinstance(fill, FillReceived)
+    assert fill.payload.fill_id.startswith("reconciled:")
+    await record(tmp_path, bus, nats_url, database_url, [*chain, second, *reconciled])
+    lines = await audit_lines(database_url, fill.id)
+    assert "SignalGenerated  sma: cross long AAPL" in lines[0]
+    (marked,) = [line for line in lines if line.startswith("*")]
+    assert "FillReceived  buy 10 AAPL @ 190" in marked  # the price inferred, to 12 places
+    assert "complete, booked to sma" in marked
 
 
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:
