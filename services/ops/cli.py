@@ -83,6 +83,28 @@ def as_tree(chain: Sequence[Recorded]) -> list[tuple[Recorded, int]]:
     return out
 
 
+#: What the broker-gateway publishes about an order (``OrderTracker``): each
+#: is caused by the order's command, SubmitOrder or FlattenAccount.
+BROKER_FACTS = ("OrderAccepted", "OrderRejected", "OrderCanceled", "FillReceived")
+
+
+def uncaused(chain: Sequence[Recorded]) -> str:
+    """What to say of a chain whose root is a broker fact with no cause: an
+    order no command of tradebus placed (by hand at the broker, another
+    program, or a close-all whose answer the gateway could not read). Its
+    audit was that one line, which did not say why there is no more."""
+    root = next((r for r in chain if r.id == r.correlation_id), None)
+    if root is None or root.type not in BROKER_FACTS or root.causation_id is not None:
+        return ""
+    payload = root.payload if isinstance(root.payload, dict) else {}
+    order = payload.get("broker_order_id") or payload.get("order_id", "?")
+    return (
+        f"no tradebus command caused broker order {order}: it was placed at the broker "
+        "outside tradebus (by hand or by another program), or by a flatten's close-all "
+        "whose answer the broker-gateway could not read; its fills are booked to no strategy"
+    )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("events")
     @reads_store
@@ -177,6 +199,9 @@ def register(app: typer.Typer) -> None:
                 + (f"{escape(said)}  " if said else "")
                 + f"[dim]{r.subject} {r.id}[/dim]"
             )
+        note = uncaused(chain)
+        if note:
+            out.print(escape(note))
 
 
 async def _resolve(conn: Any, given: str) -> uuid.UUID:

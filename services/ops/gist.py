@@ -4,9 +4,9 @@ A chain printed as types and ids alone tells that a fill came from a signal,
 not what was bought at what price, or why the gate said no: the trader had to
 ask for ``--json`` and read the payloads. :func:`gist` picks the few fields
 that matter for each event type (``buy 100 AAPL limit 190.5``, ``denied:
-max_position (AAPL 400 > 300)``, ``100 @ 190.78, complete``; an option's
-mark, whose chain is the quote it came from and its re-marks: ``mark
-O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)``; a row the recorder
+max_position (AAPL 400 > 300)``, ``buy 100 AAPL @ 190.78, complete, booked to
+sma-aapl``; an option's mark, whose chain is the quote it came from and its
+re-marks: ``mark O:SPY241220P00720000 2.525 (bid 2.50 / ask 2.55)``; a row the recorder
 wrote for a duplicate: ``duplicate of <id> at seq 812``). It reads the
 payload as stored (JSON), so it works on any recorded row, and it leaves out
 what a payload does not have rather than failing: an event type it does not
@@ -56,10 +56,15 @@ def _accepted(p: Payload) -> str:
 
 
 def _fill(p: Payload) -> str:
+    """``sell 100 AAPL @ 190.78, complete, booked to sma-aapl``: the strategy
+    says whose position it moved, which for a flatten's closing fill is not
+    in its chain (the flatten's, not the strategy's signal)."""
     text = f"{p.get('side', '?')} {p.get('quantity', '?')} {p.get('symbol', '?')}"
     text += f" @ {p.get('price', '?')}, {p.get('status', '?')}"
     if p.get("status") == "partial":
         text += f" ({p.get('leaves_quantity', '?')} left)"
+    if p.get("strategy"):
+        text += f", booked to {p['strategy']}"
     return text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,13 +19,27 @@ import pytest
 from libs.bus.client import Bus, Outgoing
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import WallClock
-from libs.contract.events import FillReceived, MarkPayload, MarkUpdated, SignalGenerated
+from libs.contract.events import (
+    BreakerPayload,
+    BreakerTripped,
+    FillReceived,
+    FlattenAccount,
+    FlattenAccountPayload,
+    KillSwitchEngaged,
+    MarkPayload,
+    MarkUpdated,
+    OperatorActionPayload,
+    SignalGenerated,
+    SubmitOrder,
+)
 from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
+from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
+from services.broker_gateway.domain.tracker import OrderTracker
 from tests.integration.test_recorder import order_chain
 
 
@@ -321,6 +336,141 @@ async def test_audit_of_a_duplicate_names_the_original_and_where_it_is(
     proc = await asyncio.to_thread(cli, "audit", duplicate["id"], database_url=database_url)
     assert proc.returncode == 0, proc.stderr
     assert f"DuplicateSuppressed  duplicate of {signal.id} at seq 1" in proc.stdout
+
+
+def strategy_order_tracked() -> tuple[list[object], OrderTracker]:
+    """``order_chain()`` (sma bought 10 AAPL on acct-a) and the gateway's
+    tracker of acct-a with it taken in."""
+    chain = order_chain()
+    tracker = OrderTracker("acct-a", clock=WallClock(), source="broker-gateway")
+    for event in chain[2:]:
+        tracker.evolve(event)  # type: ignore[arg-type]
+    return chain, tracker
+
+
+def broker_order(broker_order_id: str, side: str, filled: int, status: str) -> BrokerOrder:
+    return BrokerOrder(
+        broker_order_id=broker_order_id,
+        client_order_id=f"c-{broker_order_id}",
+        symbol="AAPL",
+        side=side,  # type: ignore[arg-type]
+        quantity=Decimal(10),
+        filled_quantity=Decimal(filled),
+        filled_avg_price=Decimal(190) if filled else None,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def fill_update(order: BrokerOrder) -> OrderUpdate:
+    return OrderUpdate(
+        "fill",
+        order,
+        1,
+        BrokerFill(
+            order.broker_order_id,
+            order.client_order_id,
+            "AAPL",
+            order.side,
+            Decimal(10),
+            Decimal(190),
+            Decimal(10),
+            Decimal(0),
+            1,
+        ),
+    )
+
+
+async def audit_lines(database_url: str, event_id: object) -> list[str]:
+    proc = await asyncio.to_thread(cli, "audit", str(event_id), database_url=database_url)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+async def test_audit_of_a_flatten_s_closing_fill_says_why_and_whose_position_it_closed(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """The kill switch flattens acct-a: the closing fill's chain is the
+    kill switch's (the gateway's tracker makes it, the risk-gate's reaction is
+    caused by the switch, as ``react`` makes it), and its line says which
+    strategy's position it closed."""
+    chain, tracker = strategy_order_tracked()
+    kill = KillSwitchEngaged.create(
+        OperatorActionPayload(operator="ana", reason="runaway loop"),
+        source="operator/ana",
+        clock=WallClock(),
+    )
+    breaker = BreakerTripped.create(
+        BreakerPayload(account="acct-a", breaker="kill_switch", detail="by ana"),
+        source="risk-gate",
+        clock=WallClock(),
+        cause=kill,
+    )
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct-a", reason="kill switch engaged by ana: runaway loop"),
+        source="risk-gate",
+        clock=WallClock(),
+        cause=kill,
+    )
+    tracker.flatten_started(flatten)
+    closing = tracker.flatten_done([broker_order("b-close", "sell", 0, "new")])
+    (fill,) = tracker.on_update(fill_update(broker_order("b-close", "sell", 10, "filled")))
+    assert isinstance(fill, FillReceived)
+    assert fill.payload.strategy == "sma"
+    await record(
+        tmp_path, bus, nats_url, database_url, [*chain, kill, breaker, flatten, *closing, fill]
+    )
+    lines = await audit_lines(database_url, fill.id)
+    assert "KillSwitchEngaged  by ana: runaway loop" in lines[0]
+    said = "\n".join(lines)
+    assert "FlattenAccount  acct-a: kill switch engaged by ana: runaway loop" in said
+    (marked,) = [line for line in lines if line.startswith("*")]
+    assert "sell 10 AAPL @ 190, complete, booked to sma" in marked
+
+
+async def test_audit_of_a_fill_of_an_order_placed_by_hand_says_nothing_here_caused_it(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """An order placed at the broker outside tradebus: its fill has no
+    cause, and its audit says so rather than print one bare line."""
+    chain, tracker = strategy_order_tracked()
+    by_hand = tracker.on_update(fill_update(broker_order("b-hand", "buy", 10, "filled")))
+    fill = by_hand[-1]
+    assert isinstance(fill, FillReceived)
+    assert (fill.causation_id, fill.payload.strategy) == (None, None)
+    await record(tmp_path, bus, nats_url, database_url, [*chain, *by_hand])
+    lines = await audit_lines(database_url, fill.id)
+    assert "FillReceived  buy 10 AAPL @ 190, complete " in lines[0]
+    assert "no tradebus command caused broker order b-hand" in " ".join(lines[1:])
+
+
+async def test_audit_of_a_reconciled_fill_walks_back_to_its_signal(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """A fill the stream missed, published from a reconciliation (or from
+    the lookup of a dead-lettered submit, which takes the answer in the same
+    way), is caused by the order's SubmitOrder like any other."""
+    chain, tracker = strategy_order_tracked()
+    submit = chain[2]
+    assert isinstance(submit, SubmitOrder)
+    second = submit.model_copy(
+        update={
+            "id": uuid.uuid4(),
+            "payload": submit.payload.model_copy(update={"order_id": uuid.uuid4()}),
+        }
+    )
+    tracker.evolve(second)
+    order = broker_order("b-2", "buy", 10, "filled")
+    order = dataclasses.replace(order, client_order_id=str(second.payload.order_id))
+    reconciled = tracker.reconcile(order, None)
+    fill = reconciled[-1]
+    assert isinstance(fill, FillReceived)
+    assert fill.payload.fill_id.startswith("reconciled:")
+    await record(tmp_path, bus, nats_url, database_url, [*chain, second, *reconciled])
+    lines = await audit_lines(database_url, fill.id)
+    assert "SignalGenerated  sma: cross long AAPL" in lines[0]
+    (marked,) = [line for line in lines if line.startswith("*")]
+    assert "FillReceived  buy 10 AAPL @ 190" in marked  # the price inferred, to 12 places
+    assert "complete, booked to sma" in marked
 
 
 async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: str) -> None:

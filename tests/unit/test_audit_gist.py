@@ -118,6 +118,24 @@ def stored(model: Any) -> dict[str, Any]:
             "buy 40 AAPL @ 190.78, partial (60 left)",
         ),
         (
+            "FillReceived",
+            FillPayload(
+                order_id=ORDER,
+                account="paper",
+                broker_order_id="b-2",
+                fill_id="f-2",
+                symbol="AAPL",
+                side="sell",
+                quantity=Decimal(100),
+                price=Decimal("188.1"),
+                cumulative_quantity=Decimal(100),
+                leaves_quantity=Decimal(0),
+                status="complete",
+                strategy="sma-aapl",
+            ),
+            "sell 100 AAPL @ 188.1, complete, booked to sma-aapl",
+        ),
+        (
             "OrderRejected",
             OrderRejectedPayload(
                 order_id=ORDER, account="paper", reason="insufficient\nbuying power", code="403"
