@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import asyncpg
-import orjson
-from pydantic import ValidationError
 
 from libs.contract.envelope import Clock
-from libs.contract.events import EVENT_ADAPTER, AnyEvent
+from libs.contract.events import AnyEvent
 from libs.store.errors import StoreUnavailable
+from libs.store.queries import stored_event
 from libs.store.urls import asyncpg_url
 from services.broker_gateway.domain.tracker import OrderTracker
 
@@ -179,27 +178,8 @@ async def order_path_history(
 
 
 def _event(row: asyncpg.Record) -> AnyEvent | None:
-    """The row's event; None for a row that is no event (the history's
-    summary row) or one the contract no longer takes (recorded under an
-    older one, e.g. an ``O:`` symbol naming no contract): skipped, said, as
-    the risk-gate's and the strategy-runner's rebuilds skip theirs. Raised,
-    it ended every start-up of the gateway."""
-    if row["seq"] is None:
-        return None
-    try:
-        event: AnyEvent = EVENT_ADAPTER.validate_python(
-            {
-                "id": row["id"],
-                "type": row["type"],
-                "ts_event": row["ts_event"],
-                "ts_init": row["ts_init"],
-                "source": row["source"],
-                "correlation_id": row["correlation_id"],
-                "causation_id": row["causation_id"],
-                "payload": orjson.loads(row["payload"]),
-            }
-        )
-    except ValidationError as e:
-        log.warning("skipping stored event seq %d (%s): %s", row["seq"], row["type"], e)
-        return None
-    return event
+    """The row's event; None for the history's summary row (no ``seq``) or
+    one the contract no longer takes (``stored_event``: skipped, said, as the
+    risk-gate's and the strategy-runner's rebuilds skip theirs; raised, it
+    ended every start-up of the gateway)."""
+    return None if row["seq"] is None else stored_event(row)

@@ -33,11 +33,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
-from pydantic import ValidationError
 
 from libs.contract.envelope import Event
-from libs.contract.events import EVENT_ADAPTER
 from libs.store import queries
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
@@ -190,26 +187,6 @@ class History:
         return {name: host.ledger.fills_applied for name, host in runtime.hosts.items()}
 
 
-def _event(row: asyncpg.Record) -> Event | None:
-    envelope = {  # the UUID columns as they come (parsing their text again costs 20 %)
-        "id": row["id"],
-        "type": row["type"],
-        "ts_event": row["ts_event"],
-        "ts_init": row["ts_init"],
-        "source": row["source"],
-        "correlation_id": row["correlation_id"],
-        "causation_id": row["causation_id"],
-        "payload": orjson.loads(row["payload"]),
-    }
-    try:
-        event: Event = EVENT_ADAPTER.validate_python(envelope)
-    except ValidationError as e:
-        # Recorded under an older contract, or not an event at all (a hole row).
-        log.warning("skipping stored event seq %d (%s): %s", row["seq"], row["type"], e)
-        return None
-    return event
-
-
 async def load_history(
     database_url: str,
     strategies: Sequence[str],
@@ -267,14 +244,15 @@ async def load_history(
     finally:
         await conn.close()
     rows = sorted({r["seq"]: r for r in rows}.values(), key=lambda r: r["seq"])
-    seqs, events = [], []
+    seqs: list[int] = []
+    events: list[Event] = []
     for row in rows:
-        event = _event(row)
+        event = queries.stored_event(row)
         if event is not None:
             seqs.append(int(row["seq"]))
             events.append(event)
     bar_rows = sorted({r["seq"]: r for r in bar_rows}.values(), key=lambda r: r["seq"])
-    bars = [e for e in map(_event, bar_rows) if e is not None]
+    bars: list[Event] = [e for e in map(queries.stored_event, bar_rows) if e is not None]
     return History(events, tail, bars, seqs, ledgers)
 
 
