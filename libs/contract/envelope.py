@@ -201,7 +201,7 @@ class Event(Frozen):
         A stamp further ahead is a bad clock (a feed's, a broker's, any
         publisher's). Ordered by its raw ``ts_event``, one print stamped a day
         ahead would be "the newest price" for a day, and would move a trading
-        day that far: the risk-gate's day (``evolve.day_time``), a strategy's
+        day that far: the risk-gate's trading day (``evolve``), a strategy's
         ledger marks and ``positions_marked`` (migration 0012) take this time.
         ``ts_init`` is in the event, so a fold of the store, a replay and the
         live services reach the same answer."""

@@ -642,7 +642,7 @@ def test_an_event_a_little_ahead_of_its_publisher_s_clock_rolls_the_day_on_its_o
 ) -> None:
     """A broker's fill time just past the day's start, seen by a gateway whose
     clock is a little behind the broker's: the fill is the new day's. Further
-    ahead than DAY_SKEW_NS it is a bad stamp, on the day it was made."""
+    ahead than CLOCK_SKEW_NS (Event.market_ns) it is a bad stamp, on the day it was made."""
     state = evolve(start(), fill(uuid.uuid4(), 1, 100, t=NEXT_DAY - 60 * S))
     made = fill(uuid.uuid4(), 1, 100, t=ts_init)
     state = evolve(state, made.model_copy(update={"ts_event": NEXT_DAY + S}))

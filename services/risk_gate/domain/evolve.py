@@ -12,8 +12,8 @@ them as it publishes them, ahead of the messages that reach the stream before
 them, so a roll on their (wall-clock) time would move the day at another
 point live than in a fold of the store. Rolled on the other events only, the
 day moves at the same point of the stream in both. An event moves it by its
-own time, but no later than :data:`DAY_SKEW_NS` after it was made (``ts_init``,
-see :func:`day_time`): one bad stamp a day ahead must not end the real day.
+market time (``Event.market_ns``: its own, but no later than a few seconds
+after it was made): one bad stamp a day ahead must not end the real day.
 Trading states and the kill switch do not reset: what halted an account
 holds until an operator resumes it.
 """
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from decimal import Context, Decimal
 from typing import Literal
 
-from libs.contract.envelope import CLOCK_SKEW_NS, Event
+from libs.contract.envelope import Event
 from libs.contract.events import (
     BarClosed,
     BreakerTripped,
@@ -126,12 +126,6 @@ PRICE_TYPES = frozenset({"TradePrinted", "BarClosed", "MarkUpdated"})
 #: ahead of them; they must not roll the trading day (see the module docstring).
 GATE_TYPES = frozenset({"RiskDecisionMade", "SubmitOrder", "BreakerTripped", "TradingStateChanged"})
 
-#: How far an event's own time (``ts_event``: a print's, a bar's end, a
-#: broker's fill time) may run ahead of when its publisher made it
-#: (``ts_init``) and still move the trading day: the contract's clock skew
-#: (``Event.market_ns``). See :func:`day_time`.
-DAY_SKEW_NS = CLOCK_SKEW_NS
-
 replace = dataclasses.replace
 
 #: The places an event can carry of an amount (the contract's ``Money``).
@@ -174,21 +168,6 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
     )
 
 
-def day_time(event: Event) -> int:
-    """The time ``event`` moves the trading day to: its own, but no later than
-    :data:`DAY_SKEW_NS` after its publisher made it.
-
-    A stamp further ahead is a bad clock (a feed's, a broker's fill time, any
-    publisher's bad ``ts_event``), and a day ahead it would roll the gate
-    into the next trading day: day P&L from 0 and the daily-loss breaker armed
-    again in the middle of the real day, which then rolls nothing at its end.
-    ``ts_init`` is the only clock evolve has, the same live and in a fold of
-    the store (and in a replay, which keeps it). A publisher whose own clock
-    runs a day ahead still moves the day; nothing in an event can tell.
-    """
-    return event.market_ns
-
-
 def evolve(state: RiskState, event: Event) -> RiskState:
     """The state after ``event``."""
     if event.type not in RELEVANT_TYPES:
@@ -201,7 +180,12 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         # Not a price, nor a time to roll the trading day on: see stamped_ahead.
         return state
     if event.type not in GATE_TYPES:
-        state = roll_day(state, day_time(event))
+        # Its market time (Event.market_ns): a stamp far ahead of when it was
+        # made is a bad clock, and a day ahead it would roll the gate into
+        # the next trading day (day P&L from 0, the breaker armed again) in
+        # the middle of the real one. A publisher whose own clock runs a day
+        # ahead still moves the day; nothing in an event can tell.
+        state = roll_day(state, event.market_ns)
     match event:
         case TradePrinted():
             return _on_price(state, event, event.payload.symbol, event.payload.price)
