@@ -91,9 +91,10 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
                 tasks.create_task(
                     feed.run(server.market, stop, on_price=server.price), name="price-feed"
                 )
-            # Day orders expire at the close even when no price comes then.
+            # Day orders (and an expired contract's) end at the close even when
+            # no price comes then.
             while not stop.is_set():
-                server.expire_day_orders()
+                server.expire_orders()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(EXPIRY_CHECK_S):
                         await stop.wait()  # a period, not synchronisation

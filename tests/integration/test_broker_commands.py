@@ -786,7 +786,7 @@ async def test_a_day_order_the_broker_expires_at_the_close_is_published_canceled
         [order] = book.orders(a.account)
         clock.ns = day_order_expiry_ns(order.created_at_ns, dt.time(16, 0))
         assert a.server is not None
-        a.server.expire_day_orders()
+        a.server.expire_orders()
         canceled = await eventually(
             lambda: last_event(bus, f"broker.cancel.{a.account}"), timeout=10
         )

@@ -533,12 +533,12 @@ def test_working_day_orders_expire_at_the_close_and_no_later_price_fills_them() 
     day, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(190)))
     gtc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", "gtc", limit_price=D(190)))
     clock.ns = ny_ns("2026-12-08 15:59:59")
-    assert b.expire_day_orders() == []
+    assert b.expire_orders() == []
     clock.ns = ny_ns("2026-12-08 16:00")
-    [expired] = b.expire_day_orders()
+    [expired] = b.expire_orders()
     assert (expired.event, expired.order.id, expired.order.status) == ("expired", day.id, "expired")
     assert not expired.order.is_open
-    assert b.expire_day_orders() == []  # once
+    assert b.expire_orders() == []  # once
     clock.ns = ny_ns("2026-12-09 09:31")
     updates = b.on_market(MarketUpdate.trade("AAPL", D(180)))
     assert [(u.event, u.order.id) for u in updates] == [("fill", gtc.id)]
@@ -622,15 +622,15 @@ def test_a_working_order_in_an_option_contract_expires_with_the_contract(
     order, journal = b.submit("A", spec)
     assert order.is_open
     clock.ns = ny_ns("2026-12-11 15:59:59")
-    assert b.expire_day_orders() == []
+    assert b.expire_orders() == []
     clock.ns = ny_ns("2026-12-11 16:00")
-    [expired] = b.expire_day_orders()
+    [expired] = b.expire_orders()
     assert (expired.event, expired.order.id, expired.order.status) == (
         "expired",
         order.id,
         "expired",
     )
-    assert b.expire_day_orders() == []  # once
+    assert b.expire_orders() == []  # once
     assert b.on_market(MarketUpdate.trade(option, D("0.5"))) == []
     assert b.positions("A") == []
     clock.ns = ny_ns("2026-12-14 09:31")
@@ -639,4 +639,4 @@ def test_a_working_order_in_an_option_contract_expires_with_the_contract(
     updates = replayed.on_market(MarketUpdate.trade(option, D("0.5")))
     assert [(u.event, u.order.id) for u in updates] == [("expired", order.id)]
     assert replayed.positions("A") == []
-    assert replayed.expire_day_orders() == []
+    assert replayed.expire_orders() == []

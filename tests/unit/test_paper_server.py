@@ -641,9 +641,9 @@ async def test_a_day_order_expired_at_the_close_is_streamed_and_journaled(tmp_pa
             body = {"symbol": "AAPL", "qty": 3, "side": "buy", "type": "limit", "limit_price": 9}
             placed = await request(ws, "POST", "/v2/orders", body)  # its "new" is read past
             assert (placed["body"]["status"], placed["body"]["expired_at"]) == ("new", None)
-            server.expire_day_orders()  # 10:00: not yet
+            server.expire_orders()  # 10:00: not yet
             clock.ns = new_york_ns("2026-12-15 16:00")
-            server.expire_day_orders()
+            server.expire_orders()
             expired = (await recv(ws))["data"]
         finally:
             await ws.close()

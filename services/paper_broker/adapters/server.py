@@ -204,10 +204,11 @@ class PaperBrokerServer:
         metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
         self._publish(self.book.on_market(update))
 
-    def expire_day_orders(self) -> None:
-        """Expire the ``day`` orders whose session has closed (also done
-        before every price, so none fills after its close)."""
-        self._publish(self.book.expire_day_orders())
+    def expire_orders(self) -> None:
+        """Expire the ``day`` orders whose session has closed and the orders in
+        an option contract past its expiry (also done before every price, so
+        none fills after its close)."""
+        self._publish(self.book.expire_orders())
 
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills

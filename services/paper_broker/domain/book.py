@@ -42,10 +42,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, localcontext
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 from libs.contract.envelope import Clock
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from services.paper_broker.domain.fill_model import (
     WIDE,
     FillModelConfig,
@@ -236,10 +235,6 @@ class BookConfig:
     day_orders_expire_at: dt.time | None = None
 
 
-#: The exchange's time zone: sessions open and close in it.
-EXCHANGE_TZ = ZoneInfo("America/New_York")
-
-
 def day_order_expiry_ns(created_ns: int, close: dt.time) -> int:
     """When a ``day`` order placed at ``created_ns`` expires: at ``close`` (New
     York time) on the day it was placed, or on the next weekday if it was
@@ -299,8 +294,8 @@ class PaperBook:
         self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
         # (expiry ns, account, order id) of the day orders and the option
         # contracts' orders taken in open, the soonest first (see
-        # expire_day_orders).
-        self._day_expiries: list[tuple[int, str, str]] = []
+        # expire_orders).
+        self._expiries: list[tuple[int, str, str]] = []
 
     # ------------------------------------------------------------- queries
 
@@ -487,12 +482,12 @@ class PaperBook:
         accounts = self._accounts
         return [accounts[a].orders[oid] for a, oid in self._working_by_symbol.get(symbol, ())]
 
-    def expire_day_orders(self) -> list[TradeUpdate]:
+    def expire_orders(self) -> list[TradeUpdate]:
         """Expire the ``day`` orders whose session has closed (see
         ``BookConfig.day_orders_expire_at``) and the orders, of any time in
         force, in an option contract whose expiry day has closed, soonest first."""
         now = self.clock.now_ns()
-        due = self._day_expiries
+        due = self._expiries
         out: list[TradeUpdate] = []
         while due and due[0][0] <= now:
             _, account, order_id = heapq.heappop(due)
@@ -510,7 +505,7 @@ class PaperBook:
         moment earlier."""
         self._last[symbol] = price
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
-        out = self.expire_day_orders()  # never filled after its close
+        out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market":
                 continue
@@ -532,7 +527,7 @@ class PaperBook:
         symbol = update.symbol
         self._last[symbol] = update.last
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
-        out = self.expire_day_orders()  # never filled after its close
+        out = self.expire_orders()  # never filled after its close
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
             seen = update
@@ -715,7 +710,7 @@ class PaperBook:
         if order.is_open and order.id not in acct.orders:
             expiry = self._expiry_ns(order)
             if expiry is not None:
-                heapq.heappush(self._day_expiries, (expiry, order.account, order.id))
+                heapq.heappush(self._expiries, (expiry, order.account, order.id))
         acct.orders[order.id] = order
         acct.by_client_id[order.client_order_id] = order.id
         working = self._working_by_symbol.setdefault(order.symbol, {})
