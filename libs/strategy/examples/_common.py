@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field
 
 from libs.contract.events import OrderIntentCreated, SignalGenerated
 from libs.strategy.context import Direction, StrategyContext
+
+#: A ``quantity`` parameter: what an order can carry (the contract's Quantity,
+#: 26 digits and 12 places), else the strategy's first order faults.
+OrderQuantity = Annotated[Decimal, Field(gt=0, max_digits=38, decimal_places=12)]
 
 
 def exposure(ctx: StrategyContext, symbol: str) -> Decimal:

@@ -16,15 +16,14 @@ from pydantic import Field
 
 from libs.strategy.base import Bar, Strategy, StrategyParams
 from libs.strategy.context import Direction
-from libs.strategy.examples._common import exposure, trade_to
+from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 from libs.strategy.indicators import Rolling, rounded
 
 
 class BollingerParams(StrategyParams):
     period: int = Field(default=20, ge=2, le=5000)
     num_std: Decimal = Field(default=Decimal(2), gt=0, le=10)
-    #: What an order can carry (the contract's Quantity): else its first order faults.
-    quantity: Decimal = Field(default=Decimal(100), gt=0, max_digits=38, decimal_places=12)
+    quantity: OrderQuantity = Decimal(100)
     allow_short: bool = True
 
 

@@ -26,15 +26,14 @@ from pydantic import Field, field_validator, model_validator
 
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
-from libs.strategy.examples._common import exposure, trade_to
+from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 
 NS = 1_000_000_000
 
 
 class OpeningRangeParams(StrategyParams):
     range_minutes: int = Field(default=15, ge=1, le=240)
-    #: What an order can carry (the contract's Quantity): else its first order faults.
-    quantity: Decimal = Field(default=Decimal(100), gt=0, max_digits=38, decimal_places=12)
+    quantity: OrderQuantity = Decimal(100)
     session_open: dt.time = dt.time(9, 30)
     flatten_at: dt.time = dt.time(15, 55)
     timezone: str = "America/New_York"

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
-from libs.strategy.examples._common import trade_to
+from libs.strategy.examples._common import OrderQuantity, trade_to
 from libs.strategy.indicators import Rolling, rounded
 
 
@@ -25,8 +25,7 @@ class SmaCrossoverParams(StrategyParams):
     fast_period: int = Field(default=10, ge=1, le=1000)
     slow_period: int = Field(default=30, ge=2, le=5000)
     #: Shares held while long (and while short, with ``allow_short``).
-    #: What an order can carry (the contract's Quantity): else its first order faults.
-    quantity: Decimal = Field(default=Decimal(100), gt=0, max_digits=38, decimal_places=12)
+    quantity: OrderQuantity = Decimal(100)
     allow_short: bool = False
 
     @model_validator(mode="after")
