@@ -262,6 +262,24 @@ def test_config_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert "give at least one of --strategies, --risk, --brokers, --paper" in result.output
 
 
+def test_config_check_names_the_kind_whose_module_raises_on_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any exception of the module's top level, not only ImportError: it was a
+    # traceback. An invalid file like any other: exit 1, the file and key named.
+    (tmp_path / "desk_typo.py").write_text("LIMIT = int('ten')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategies = edited(tmp_path, STRATEGIES, ("kind: sma_crossover", "kind: desk_typo:Gap"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"{strategies} is invalid:\n"
+        "  strategies[0].kind: cannot import 'desk_typo': ValueError: invalid literal for "
+        "int() with base 10: 'ten'\n"
+        "config check: 1 problem\n"
+    )
+
+
 # ------------------------------------------------------------------- up
 
 
