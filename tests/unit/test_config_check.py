@@ -280,6 +280,63 @@ def test_config_check_names_the_kind_whose_module_raises_on_import(
     )
 
 
+def test_config_check_warns_of_a_symbol_marketdata_does_not_subscribe_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under docker compose or in production marketdata subscribes to its
+    # TRADEBUS_SYMBOLS, not to the strategies' symbols: a strategy on TSLA
+    # was never shown a bar of it, and nothing said so.
+    monkeypatch.delenv("TRADEBUS_SYMBOLS", raising=False)
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [TSLA]"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{strategies}: ok (4 strategies)",
+        f"warning: strategy sma-aapl ({strategies}) trades TSLA, which marketdata does not "
+        "subscribe to (marketdata's default AAPL,MSFT,NVDA,SPY: TRADEBUS_SYMBOLS is not set): "
+        "it would be shown no market data of it. Add TSLA to marketdata's TRADEBUS_SYMBOLS",
+        "config check: ok",
+    ]
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "aapl,msft,nvda,spy,tsla")  # as marketdata reads it
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+
+
+def test_config_check_warns_of_symbols_that_differ_only_by_the_share_class_separator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The contract takes BRK.B and BRK/B, and every subject, limit and book
+    # takes them as two symbols: the one the feed does not name gets no data.
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "AAPL,MSFT,NVDA,SPY,BRK.B")
+    strategies = edited(
+        tmp_path,
+        STRATEGIES,
+        ("symbols: [AAPL]", "symbols: [BRK.B]"),
+        ("symbols: [SPY]", "symbols: [BRK/B]"),
+    )
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        f"warning: strategy orb-spy ({strategies}) trades BRK/B, which marketdata does not "
+        "subscribe to (TRADEBUS_SYMBOLS=AAPL,MSFT,NVDA,SPY,BRK.B): it would be shown no "
+        "market data of it. Add BRK/B to marketdata's TRADEBUS_SYMBOLS",
+        "warning: BRK.B (TRADEBUS_SYMBOLS, strategy sma-aapl) and BRK/B (strategy orb-spy) "
+        "differ only by the share-class separator: market data, the risk-gate and the books "
+        "take them as 2 symbols, so the one the feed does not name gets no data and a "
+        "position in one is not netted with the other. Write them alike, as the feed names "
+        "them (Polygon: BRK.B)",
+        "config check: ok",
+    ]
+    # Both subscribed, the two spellings are still two symbols.
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "AAPL,MSFT,NVDA,SPY,BRK.B,BRK/B")
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert [line[:40] for line in result.output.splitlines() if "warning" in line] == [
+        "warning: BRK.B (TRADEBUS_SYMBOLS, strate"
+    ]
+
+
 # ------------------------------------------------------------------- up
 
 
