@@ -14,7 +14,7 @@ marketdata's ``TRADEBUS_SYMBOLS`` say of each other.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -125,6 +125,11 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = 
       that symbol is denied (``max_symbol_position``);
     - a broker in brokers.yaml serves that account: else no gateway takes
       the orders the gate approves;
+    - a ``shadow_account`` (of strategies.yaml, or of a strategy's limits in
+      risk.yaml) that a broker of brokers.yaml serves is served by the paper
+      adapter: shadow mode is trading on live data without real money, and
+      neither the strategy-runner nor the risk-gate reads brokers.yaml to
+      see it (:func:`_live_shadow_accounts`);
     - a broker serves every risk.yaml account, except one that risk.yaml
       names only as the live ``account`` of strategies that have a
       ``shadow_account`` (a strategy not live yet; a note);
@@ -226,9 +231,52 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = 
                 f"would reach no broker. Add accounts.{account} to {files.brokers}, or remove "
                 f"it from {files.risk}"
             )
+    if brokers is not None:
+        adapters = {name: section.adapter for name, section in brokers.accounts.items()}
+        problems += _live_shadow_accounts(files, strategies, risk, adapters)
     if brokers is not None and loaded.paper is not None:
         problems += _paper_problems(files, brokers, loaded.paper, paper_url=paper_url)
     return CrossCheck(tuple(problems), tuple(notes))
+
+
+#: The adapter of a broker that books no real trade (services/paper_broker).
+PAPER_ADAPTER = "paper"
+
+
+def _live_shadow_accounts(
+    files: ConfigFiles,
+    strategies: Sequence[LoadedStrategy] | None,
+    risk: RiskLimits | None,
+    adapters: Mapping[str, str],
+) -> list[str]:
+    """A problem per ``shadow_account`` that ``adapters`` (account -> its
+    adapter in brokers.yaml) serve with another adapter than paper: in
+    shadow mode the strategy's orders go there, and would trade real money.
+    Named whatever the strategy's mode, since turning a live strategy to
+    shadow is a one-word edit. An account no broker serves is reported
+    (or noted) by :func:`cross_check` itself."""
+    named: list[tuple[str, str, str, Path | None]] = [
+        (s.spec.name, s.spec.shadow_account, f"strategies[{i}].shadow_account", files.strategies)
+        for i, s in enumerate(strategies or [])
+        if s.spec.shadow_account is not None
+    ]
+    named += [
+        (name, limits.shadow_account, f"strategies.{name}.shadow_account", files.risk)
+        for name, limits in (risk.strategies.items() if risk is not None else ())
+        if limits.shadow_account is not None
+    ]
+    problems = []
+    for name, account, key, path in named:
+        adapter = adapters.get(account)
+        if adapter is None or adapter == PAPER_ADAPTER:
+            continue
+        problems.append(
+            f"strategy {name}'s shadow_account {account} ({key} in {path}) is served by "
+            f"adapter {adapter!r} (accounts.{account}.adapter in {files.brokers}), not "
+            f"{PAPER_ADAPTER!r}: shadow mode sends the strategy's orders there, so they "
+            f"would trade real money. Name a paper account"
+        )
+    return problems
 
 
 def _expired_contracts(

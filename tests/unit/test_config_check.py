@@ -7,6 +7,7 @@ account no broker serves (orders approved that no gateway takes).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -118,6 +119,36 @@ def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
     # The live account of a shadow strategy is only a note, also without strategies.yaml.
     problems, notes = checked(risk=RISK, brokers=BROKERS)
     assert (problems, len(notes)) == ((), 1)
+
+
+def test_a_shadow_account_a_live_adapter_serves_is_a_problem() -> None:
+    """Shadow mode exists to trade on live data without real money: a
+    shadow_account served by a live broker would trade real money. Every
+    adapter is paper so far (AccountSection.adapter is Literal["paper"]), so
+    the account's adapter is widened here, unvalidated, as a live adapter's
+    section would be."""
+    loaded = load_configs(ConfigFiles(strategies=STRATEGIES, risk=RISK, brokers=BROKERS))
+    assert loaded.brokers is not None
+    paper = loaded.brokers.accounts["paper"]
+    live = loaded.brokers.model_copy(
+        update={"accounts": {"paper": paper.model_copy(update={"adapter": "alpaca"})}}
+    )
+    found = cross_check(dataclasses.replace(loaded, brokers=live))
+    said = (
+        f"is served by adapter 'alpaca' (accounts.paper.adapter in {BROKERS}), not 'paper': "
+        "shadow mode sends the strategy's orders there, so they would trade real money. "
+        "Name a paper account"
+    )
+    assert found.problems == (
+        f"strategy bb-nvda's shadow_account paper (strategies[2].shadow_account in "
+        f"{STRATEGIES}) {said}",
+        f"strategy bb-nvda's shadow_account paper (strategies.bb-nvda.shadow_account in "
+        f"{RISK}) {said}",
+    )
+    # A strategy trading that account live is what a live account is for.
+    assert all("sma-aapl" not in p for p in found.problems)
+    # The deployed files (a paper adapter) are fine.
+    assert cross_check(loaded).problems == ()
 
 
 def test_an_option_contract_already_expired_is_a_note_of_config_check(tmp_path: Path) -> None:
