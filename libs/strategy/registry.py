@@ -3,7 +3,9 @@
 A ``kind`` in ``strategies.yaml`` is either one of :data:`BUILTIN`
 (``sma_crossover``) or an import path to your own class
 (``my_desk.strategies.gap:GapFade``). Classes are imported when the file is
-loaded, so a typo fails start-up, not the first bar.
+loaded, so a typo fails start-up, not the first bar; so does a module whose
+top level raises anything else (a bad constant, a missing variable), as a
+config error naming the entry's ``kind``, not a traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def resolve(kind: str) -> type[Strategy[Any]]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise UnknownStrategy(f"cannot import {module_name!r}: {e}") from e
+    except Exception as e:
+        # Any error of the module's own top-level code: it is the operator's
+        # module, and the config error must name it and what it raised.
+        reason = f"{type(e).__name__}: {e}"
+        raise UnknownStrategy(f"cannot import {module_name!r}: {reason}") from e
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise UnknownStrategy(f"{path!r} is not a Strategy subclass")

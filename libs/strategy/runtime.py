@@ -10,13 +10,18 @@ It routes each event exactly as the strategy-runner does (same
 :class:`~libs.strategy.routing.Router`, same :class:`~libs.strategy.host.StrategyHost`),
 so a strategy behaves the same here as live. Time comes from the injected
 clock; by default an :class:`EventClock` that follows the fed events'
-``ts_event``, so emitted events are stamped with market time. Ids come from
+``ts_event``, so emitted events are stamped with market time; what a
+strategy emits from ``on_start`` in :meth:`InMemoryRuntime.run` is stamped
+with the first event's, as live it is with the time the runner starts, just
+before its first event (or with the start time given to the clock, a
+backtest's own: ``EventClock(start_ns)``). Ids come from
 the injected factory, or are derived from the input events' ids: either way
 two runs over the same events emit identical events.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,16 +38,20 @@ DEFAULT_SOURCE = "strategy-runtime"
 
 class EventClock:
     """A clock that reads the market time of the latest event fed
-    (``Event.market_ns``; never goes back)."""
+    (``Event.market_ns``; never goes back), from ``start_ns`` if given."""
 
-    def __init__(self, start_ns: int = 0) -> None:
-        self._now = start_ns
+    def __init__(self, start_ns: int | None = None) -> None:
+        self._now = start_ns if start_ns is not None else 0
+        #: It has a time: a start time was given, or an event was fed. Until
+        #: then it reads 0, which no event should carry.
+        self.is_set = start_ns is not None
 
     def now_ns(self) -> int:
         return self._now
 
     def advance(self, ts_ns: int) -> None:
         self._now = max(self._now, ts_ns)
+        self.is_set = True
 
 
 class InMemoryRuntime:
@@ -123,7 +132,10 @@ class InMemoryRuntime:
         return events
 
     def start(self) -> list[Event]:
-        """Start every strategy (``on_start``)."""
+        """Start every strategy (``on_start``), at the clock's time: an
+        :class:`EventClock` without a start time or an event fed reads 0, so
+        :meth:`run` (which sets it to its first event's) is the way to start
+        a backtest."""
         out: list[Event] = []
         for name, host in self.hosts.items():
             out += self._collect(name, host.start())
@@ -165,8 +177,20 @@ class InMemoryRuntime:
                     self.hosts[name].mark_at_fill(event)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
-        """Start (if not yet), feed every event; everything emitted meanwhile."""
-        out = [] if self.started else self.start()
+        """Start (if not yet), feed every event; everything emitted meanwhile.
+
+        An :class:`EventClock` that has no time yet is set to the first
+        event's market time before the start: live, ``on_start`` runs at the
+        wall clock's time just before the first event, not at 1970."""
+        events = iter(events)
+        out: list[Event] = []
+        if not self.started:
+            first = next(events, None)
+            if first is not None:
+                if isinstance(self.clock, EventClock) and not self.clock.is_set:
+                    self.clock.advance(first.market_ns)
+                events = itertools.chain([first], events)
+            out = self.start()
         for event in events:
             out += self.feed(event)
         return out

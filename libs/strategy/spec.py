@@ -9,6 +9,7 @@
         account: paper-a            # where its intents go in live mode
         mode: live                  # live | shadow
         shadow_account: null        # the paper account shadow mode routes intents to
+                                    # (config check refuses one a live adapter serves)
         restart: always             # never | always (up to max_restarts)
         max_restarts: 3
         inbox_size: 1000            # bounded inbox of its task

@@ -32,17 +32,22 @@ def check(
     each other: every strategy has risk limits listing its symbols, a broker
     serves the account its orders go to and every account with risk limits,
     and the paper broker has each paper account of brokers.yaml, with the same
-    key variables, on the port its URL names. Any subset of the four; exits 0
-    if all is well, 1 with the problems otherwise. First, the
+    key variables, on the port its URL names. Warns (exit code unchanged) of
+    a strategy's symbol marketdata's TRADEBUS_SYMBOLS leaves out and of two
+    symbols that differ only by the share-class separator (BRK.B, BRK/B).
+    Any subset of the four; exits 0 if all is well, 1 with the problems
+    otherwise. First, the
     TRADEBUS_* settings two services must agree on (this environment is taken
     as every service's): exits 2 if they do not."""
-    from libs.cli import err
+    from libs.cli import err, warn
     from services.stack.configs import (
         ConfigFiles,
         cross_check,
         load_configs,
+        marketdata_symbols,
         settings_problems,
         summary,
+        symbol_warnings,
     )
     from services.stack.wiring import SERVICES
 
@@ -68,6 +73,10 @@ def check(
         typer.echo(f"  problem: {problem}")
     for note in found.notes:
         typer.echo(f"  note: {note}")
+    # Warnings, not problems: nothing in the order path refuses them, and
+    # ``up`` subscribes marketdata to the strategies' symbols itself.
+    for warning in symbol_warnings(loaded.strategies, loaded.files, marketdata_symbols()):
+        warn(warning)
     count = len(settings) + len(loaded.problems) + len(found.problems)
     if count:
         typer.echo(f"config check: {count} problem{'s' if count > 1 else ''}")

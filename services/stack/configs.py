@@ -6,12 +6,15 @@ start-up (exit code 2, a restart loop under the supervisor) is refused here,
 before anything runs, with the file and the offending key named.
 
 :func:`settings_problems` does the same for what two services' ``TRADEBUS_*``
-settings must agree on, which neither service can check alone.
+settings must agree on, which neither service can check alone, and
+:func:`symbol_warnings` warns of what the strategies' symbols and
+marketdata's ``TRADEBUS_SYMBOLS`` say of each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -122,6 +125,11 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = 
       that symbol is denied (``max_symbol_position``);
     - a broker in brokers.yaml serves that account: else no gateway takes
       the orders the gate approves;
+    - a ``shadow_account`` (of strategies.yaml, or of a strategy's limits in
+      risk.yaml) that a broker of brokers.yaml serves is served by the paper
+      adapter: shadow mode is trading on live data without real money, and
+      neither the strategy-runner nor the risk-gate reads brokers.yaml to
+      see it (:func:`_live_shadow_accounts`);
     - a broker serves every risk.yaml account, except one that risk.yaml
       names only as the live ``account`` of strategies that have a
       ``shadow_account`` (a strategy not live yet; a note);
@@ -223,9 +231,52 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = 
                 f"would reach no broker. Add accounts.{account} to {files.brokers}, or remove "
                 f"it from {files.risk}"
             )
+    if brokers is not None:
+        adapters = {name: section.adapter for name, section in brokers.accounts.items()}
+        problems += _live_shadow_accounts(files, strategies, risk, adapters)
     if brokers is not None and loaded.paper is not None:
         problems += _paper_problems(files, brokers, loaded.paper, paper_url=paper_url)
     return CrossCheck(tuple(problems), tuple(notes))
+
+
+#: The adapter of a broker that books no real trade (services/paper_broker).
+PAPER_ADAPTER = "paper"
+
+
+def _live_shadow_accounts(
+    files: ConfigFiles,
+    strategies: Sequence[LoadedStrategy] | None,
+    risk: RiskLimits | None,
+    adapters: Mapping[str, str],
+) -> list[str]:
+    """A problem per ``shadow_account`` that ``adapters`` (account -> its
+    adapter in brokers.yaml) serve with another adapter than paper: in
+    shadow mode the strategy's orders go there, and would trade real money.
+    Named whatever the strategy's mode, since turning a live strategy to
+    shadow is a one-word edit. An account no broker serves is reported
+    (or noted) by :func:`cross_check` itself."""
+    named: list[tuple[str, str, str, Path | None]] = [
+        (s.spec.name, s.spec.shadow_account, f"strategies[{i}].shadow_account", files.strategies)
+        for i, s in enumerate(strategies or [])
+        if s.spec.shadow_account is not None
+    ]
+    named += [
+        (name, limits.shadow_account, f"strategies.{name}.shadow_account", files.risk)
+        for name, limits in (risk.strategies.items() if risk is not None else ())
+        if limits.shadow_account is not None
+    ]
+    problems = []
+    for name, account, key, path in named:
+        adapter = adapters.get(account)
+        if adapter is None or adapter == PAPER_ADAPTER:
+            continue
+        problems.append(
+            f"strategy {name}'s shadow_account {account} ({key} in {path}) is served by "
+            f"adapter {adapter!r} (accounts.{account}.adapter in {files.brokers}), not "
+            f"{PAPER_ADAPTER!r}: shadow mode sends the strategy's orders there, so they "
+            f"would trade real money. Name a paper account"
+        )
+    return problems
 
 
 def _expired_contracts(
@@ -346,3 +397,78 @@ def settings_problems(services: Collection[str]) -> list[str]:
         "consumer replays that far back, and would miss the commands trimmed from the "
         "stream. Raise the first or lower the second"
     ]
+
+
+def marketdata_symbols() -> tuple[str, ...] | None:
+    """The symbols marketdata subscribes to, read from this process's
+    environment as marketdata reads it (``TRADEBUS_SYMBOLS``, else its
+    default); None if marketdata would refuse its environment (it exits 2
+    naming the variable when it starts)."""
+    from libs.config import ConfigError, load_settings
+    from services.marketdata.config import MarketdataSettings
+
+    try:
+        return load_settings(MarketdataSettings).symbol_list
+    except ConfigError:
+        return None
+
+
+def _share_class(symbol: str) -> str:
+    """``symbol`` with its share-class separator written as a dot: ``BRK/B`` -> ``BRK.B``."""
+    return symbol.replace("/", ".")
+
+
+def symbol_warnings(
+    strategies: Sequence[LoadedStrategy] | None,
+    files: ConfigFiles,
+    subscribed: Sequence[str] | None,
+) -> list[str]:
+    """What the strategies' symbols and marketdata's (``subscribed``, None:
+    unknown) say of each other; a line each, a warning: nothing refuses them.
+
+    - a strategy trades a symbol marketdata does not subscribe to: it would be
+      shown no market data of it (``tradebus up`` subscribes to the
+      strategies' symbols itself; docker compose and production read
+      ``TRADEBUS_SYMBOLS``);
+    - two symbols differ only by the share-class separator (``BRK.B``,
+      ``BRK/B``): the contract takes both, and every subject, limit and book
+      takes them as two symbols, so the one the feed does not name gets no
+      data and the risk-gate keeps two positions of the same shares.
+    """
+    warnings: list[str] = []
+    #: Each symbol named, and who names it, in the order first named.
+    named: dict[str, list[str]] = {}
+    if subscribed is not None:
+        variable = "TRADEBUS_SYMBOLS"
+        where = (
+            f"{variable}={','.join(subscribed)}"
+            if variable in os.environ
+            else f"marketdata's default {','.join(subscribed)}: {variable} is not set"
+        )
+        for symbol in subscribed:
+            named.setdefault(symbol, []).append(variable)
+    for strategy in strategies or []:
+        spec = strategy.spec
+        for symbol in spec.symbols:
+            named.setdefault(symbol, []).append(f"strategy {spec.name}")
+            if subscribed is not None and symbol not in subscribed:
+                warnings.append(
+                    f"strategy {spec.name} ({files.strategies}) trades {symbol}, which "
+                    f"marketdata does not subscribe to ({where}): it would be shown no "
+                    f"market data of it. Add {symbol} to marketdata's TRADEBUS_SYMBOLS"
+                )
+    spellings: dict[str, list[str]] = {}
+    for symbol in named:
+        spellings.setdefault(_share_class(symbol), []).append(symbol)
+    for alike in spellings.values():
+        if len(alike) < 2:
+            continue
+        each = " and ".join(f"{symbol} ({', '.join(named[symbol])})" for symbol in alike)
+        warnings.append(
+            f"{each} differ only by the share-class separator: market data, the "
+            f"risk-gate and the books take them as {len(alike)} symbols, so the one the feed "
+            f"does not name gets no data and a position in one is not netted with the "
+            f"other. Write them alike, as the feed names them (Polygon: "
+            f"{_share_class(alike[0])})"
+        )
+    return warnings

@@ -229,7 +229,7 @@ def test_an_answer_older_than_the_stream_undoes_nothing_and_keeps_the_gap_marked
     assert t.get(oid).filled == D(2)  # type: ignore[union-attr]
     assert set(t.needs_reconcile) == {oid}
     events = t.reconcile(order(cmd, "5", "100.6", "partially_filled"), None)
-    assert fills_of(events) == [("3", "101.000000000000", "5", "5", "s1")]
+    assert fills_of(events) == [("3", "101", "5", "5", "s1")]
     assert t.needs_reconcile == {}
     assert t.reconcile(asked, None) == []  # later still: nothing
     assert t.get(oid).filled == D(5)  # type: ignore[union-attr]
@@ -241,7 +241,7 @@ def test_an_answer_older_than_the_stream_undoes_nothing_and_keeps_the_gap_marked
     t.on_update(fill_update(order(cmd, "2", "100", "partially_filled"), "2", "100", "x1"))
     assert t.on_update(OrderUpdate("canceled", order(cmd, "4", "100", "canceled"), 9)) == []
     events = t.reconcile(order(cmd, "4", "100", "partially_filled"), None)
-    assert fills_of(events) == [("2", "100.000000000000", "4", "6", "s1")]
+    assert fills_of(events) == [("2", "100", "4", "6", "s1")]
     assert t.get(oid).terminal is None  # type: ignore[union-attr]
     assert set(t.needs_reconcile) == {oid}  # the end is still to be published
     events = t.reconcile(order(cmd, "4", "100", "canceled"), None)
@@ -256,8 +256,30 @@ def test_reconcile_without_a_fill_list_infers_the_missing_fill() -> None:
     t.on_update(fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1"))
     # The broker says 10 filled at an average of 100.6: 6 more at 101.
     events = t.reconcile(order(cmd, "10", "100.6", "filled"), None)
-    assert fills_of(events) == [("6", "101.000000000000", "10", "0", "s1")]
+    assert fills_of(events) == [("6", "101", "10", "0", "s1")]
     assert events[0].payload.fill_id.startswith("reconciled:")
+
+
+def test_an_inferred_fill_price_is_written_without_trailing_zeros_and_keeps_its_places() -> None:
+    """The price inferred from the broker's average is computed to 12 places:
+    a fill at 190 was published, recorded and shown as 190.000000000000. It
+    is the same number written plainly; one that needs its places keeps them."""
+    t = tracker()
+    cmd = command()
+    submitted(t, cmd)
+    events = t.reconcile(order(cmd, "10", "190", "filled"), None)
+    assert fills_of(events) == [("10", "190", "10", "0", "s1")]
+    t = tracker()
+    submitted(t, cmd)
+    t.on_update(fill_update(order(cmd, "4", "100", "partially_filled"), "4", "100", "x1"))
+    # 10 at an average of 100.5 after 4 at 100: 6 more at 100.8333..., to 12 places.
+    events = t.reconcile(order(cmd, "10", "100.5", "filled"), None)
+    assert fills_of(events) == [("6", "100.833333333333", "10", "0", "s1")]
+    # And never in exponent form: a whole price of 100 is 100, not 1E+2.
+    t = tracker()
+    submitted(t, cmd)
+    events = t.reconcile(order(cmd, "10", "100", "filled"), None)
+    assert fills_of(events) == [("10", "100", "10", "0", "s1")]
 
 
 def test_cancel_after_missed_fills_publishes_the_fills_first() -> None:

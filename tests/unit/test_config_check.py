@@ -7,6 +7,7 @@ account no broker serves (orders approved that no gateway takes).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -118,6 +119,36 @@ def test_a_risk_account_with_no_broker_and_no_strategy(tmp_path: Path) -> None:
     # The live account of a shadow strategy is only a note, also without strategies.yaml.
     problems, notes = checked(risk=RISK, brokers=BROKERS)
     assert (problems, len(notes)) == ((), 1)
+
+
+def test_a_shadow_account_a_live_adapter_serves_is_a_problem() -> None:
+    """Shadow mode exists to trade on live data without real money: a
+    shadow_account served by a live broker would trade real money. Every
+    adapter is paper so far (AccountSection.adapter is Literal["paper"]), so
+    the account's adapter is widened here, unvalidated, as a live adapter's
+    section would be."""
+    loaded = load_configs(ConfigFiles(strategies=STRATEGIES, risk=RISK, brokers=BROKERS))
+    assert loaded.brokers is not None
+    paper = loaded.brokers.accounts["paper"]
+    live = loaded.brokers.model_copy(
+        update={"accounts": {"paper": paper.model_copy(update={"adapter": "alpaca"})}}
+    )
+    found = cross_check(dataclasses.replace(loaded, brokers=live))
+    said = (
+        f"is served by adapter 'alpaca' (accounts.paper.adapter in {BROKERS}), not 'paper': "
+        "shadow mode sends the strategy's orders there, so they would trade real money. "
+        "Name a paper account"
+    )
+    assert found.problems == (
+        f"strategy bb-nvda's shadow_account paper (strategies[2].shadow_account in "
+        f"{STRATEGIES}) {said}",
+        f"strategy bb-nvda's shadow_account paper (strategies.bb-nvda.shadow_account in "
+        f"{RISK}) {said}",
+    )
+    # A strategy trading that account live is what a live account is for.
+    assert all("sma-aapl" not in p for p in found.problems)
+    # The deployed files (a paper adapter) are fine.
+    assert cross_check(loaded).problems == ()
 
 
 def test_an_option_contract_already_expired_is_a_note_of_config_check(tmp_path: Path) -> None:
@@ -260,6 +291,81 @@ def test_config_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config", "check"])
     assert result.exit_code == 2
     assert "give at least one of --strategies, --risk, --brokers, --paper" in result.output
+
+
+def test_config_check_names_the_kind_whose_module_raises_on_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any exception of the module's top level, not only ImportError: it was a
+    # traceback. An invalid file like any other: exit 1, the file and key named.
+    (tmp_path / "desk_typo.py").write_text("LIMIT = int('ten')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategies = edited(tmp_path, STRATEGIES, ("kind: sma_crossover", "kind: desk_typo:Gap"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"{strategies} is invalid:\n"
+        "  strategies[0].kind: cannot import 'desk_typo': ValueError: invalid literal for "
+        "int() with base 10: 'ten'\n"
+        "config check: 1 problem\n"
+    )
+
+
+def test_config_check_warns_of_a_symbol_marketdata_does_not_subscribe_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under docker compose or in production marketdata subscribes to its
+    # TRADEBUS_SYMBOLS, not to the strategies' symbols: a strategy on TSLA
+    # was never shown a bar of it, and nothing said so.
+    monkeypatch.delenv("TRADEBUS_SYMBOLS", raising=False)
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [TSLA]"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{strategies}: ok (4 strategies)",
+        f"warning: strategy sma-aapl ({strategies}) trades TSLA, which marketdata does not "
+        "subscribe to (marketdata's default AAPL,MSFT,NVDA,SPY: TRADEBUS_SYMBOLS is not set): "
+        "it would be shown no market data of it. Add TSLA to marketdata's TRADEBUS_SYMBOLS",
+        "config check: ok",
+    ]
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "aapl,msft,nvda,spy,tsla")  # as marketdata reads it
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+
+
+def test_config_check_warns_of_symbols_that_differ_only_by_the_share_class_separator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The contract takes BRK.B and BRK/B, and every subject, limit and book
+    # takes them as two symbols: the one the feed does not name gets no data.
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "AAPL,MSFT,NVDA,SPY,BRK.B")
+    strategies = edited(
+        tmp_path,
+        STRATEGIES,
+        ("symbols: [AAPL]", "symbols: [BRK.B]"),
+        ("symbols: [SPY]", "symbols: [BRK/B]"),
+    )
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        f"warning: strategy orb-spy ({strategies}) trades BRK/B, which marketdata does not "
+        "subscribe to (TRADEBUS_SYMBOLS=AAPL,MSFT,NVDA,SPY,BRK.B): it would be shown no "
+        "market data of it. Add BRK/B to marketdata's TRADEBUS_SYMBOLS",
+        "warning: BRK.B (TRADEBUS_SYMBOLS, strategy sma-aapl) and BRK/B (strategy orb-spy) "
+        "differ only by the share-class separator: market data, the risk-gate and the books "
+        "take them as 2 symbols, so the one the feed does not name gets no data and a "
+        "position in one is not netted with the other. Write them alike, as the feed names "
+        "them (Polygon: BRK.B)",
+        "config check: ok",
+    ]
+    # Both subscribed, the two spellings are still two symbols.
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "AAPL,MSFT,NVDA,SPY,BRK.B,BRK/B")
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert [line[:40] for line in result.output.splitlines() if "warning" in line] == [
+        "warning: BRK.B (TRADEBUS_SYMBOLS, strate"
+    ]
 
 
 # ------------------------------------------------------------------- up

@@ -270,3 +270,38 @@ def test_a_share_class_symbol_is_taken_as_the_contract_takes_it(symbol: str) -> 
     for bad in ("BRK B", "BRK*B", "BRK.>"):
         problem = problems(entry(symbols=["NVDA", bad]))[0]
         assert problem.startswith("strategies[0].symbols[1]: String should match"), problem
+
+
+def test_a_strategy_module_that_raises_on_import_is_a_problem_of_its_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only ImportError: a module whose top level fails any other way
+    # (a bad constant, a missing environment variable) stopped the runner,
+    # and config check, with a traceback instead of naming the entry.
+    (tmp_path / "desk_broken.py").write_text("raise RuntimeError('no API key in DESK_KEY')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (problem,) = problems(entry(kind="desk_broken:Gap"))
+    assert problem == (
+        "strategies[0].kind: cannot import 'desk_broken': RuntimeError: no API key in DESK_KEY"
+    )
+
+
+def test_the_runner_exits_2_naming_the_kind_whose_module_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    (tmp_path / "desk_zero.py").write_text("RATIO = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "strategies.yaml"
+    path.write_text(
+        "strategies:\n  - {name: gap, kind: 'desk_zero:Gap', symbols: [AAPL], account: paper}\n"
+    )
+    result = CliRunner().invoke(app, ["strategy-runner", "run", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert (
+        "strategies[0].kind: cannot import 'desk_zero': ZeroDivisionError: division by zero"
+        in result.output
+    )

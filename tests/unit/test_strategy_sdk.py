@@ -25,6 +25,7 @@ from libs.contract.events import (
 )
 from libs.strategy import (
     Bar,
+    EventClock,
     Fill,
     InMemoryRuntime,
     OrderUpdate,
@@ -735,6 +736,33 @@ def test_an_instance_restarted_after_a_fault_in_a_warm_up_may_emit_from_its_star
     assert of_type(out, StrategyFaulted)[0].payload.error == "RuntimeError: flaky warm-up on 13"
     assert (host.running, host.restarts) == (True, 1)
     assert host.warm_up(bar("AAPL", 14, MINUTE_NS)) == []  # still refused from on_warmup itself
+
+
+class OrdersOnStart(Strategy[ProbeParams]):
+    """Buys at its start (an entry at the open, say), before any bar."""
+
+    def on_start(self) -> None:
+        signal = self.ctx.signal("AAPL", "open", "long", reason="started")
+        self.ctx.order("AAPL", "buy", self.params.quantity, cause=signal)
+
+
+def test_a_backtest_stamps_what_a_strategy_emits_from_its_start_at_the_first_event() -> None:
+    """Live, what on_start emits is stamped with the wall clock at start-up,
+    just before the first event; the in-memory runtime's clock read 0 until
+    an event was fed, so a backtest's first signal and intent were stamped
+    1970 (and a risk-gate fed them would find the intent fifty years stale).
+    It now takes the first event's market time, or the start time the
+    backtest gives its clock."""
+    first = bar("AAPL", 99, 1_700_000_000_000_000_000)
+    rt = InMemoryRuntime()
+    rt.add("s", OrdersOnStart, symbols=("AAPL",))
+    signal, intent = rt.run([first, bar("AAPL", 100, first.ts_event + MINUTE_NS)])
+    assert signal.ts_event == intent.ts_event == first.market_ns
+    # A start time given to the clock is the backtest's own: it stays.
+    rt = InMemoryRuntime(clock=EventClock(first.ts_event - MINUTE_NS))
+    rt.add("s", OrdersOnStart, symbols=("AAPL",))
+    signal, intent = rt.run([first])
+    assert signal.ts_event == intent.ts_event == first.ts_event - MINUTE_NS
 
 
 def test_the_host_keeps_the_last_n_bars_of_each_symbol_in_order() -> None:

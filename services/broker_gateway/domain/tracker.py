@@ -89,6 +89,19 @@ def canon(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def _plain(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros after its point (``190.000000000000``
+    -> ``190``, ``100.50`` -> ``100.5``): the same number exactly, whatever
+    its digits (no context rounds it), and never in exponent form, as
+    ``normalize()`` writes ``190`` (``1.9E+2``)."""
+    sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return value  # not finite: nothing to trim
+    while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    return Decimal((sign, digits, exponent))
+
+
 def _signed(side: Side, quantity: Decimal) -> Decimal:
     return quantity if side == "buy" else -quantity
 
@@ -770,6 +783,8 @@ class OrderTracker:
             price = ((total - t.notional) / missing).quantize(PRICE_QUANTUM, ROUND_HALF_EVEN)
             if price <= 0:
                 price = order.filled_avg_price
+            # Computed to 12 places: a fill at 190 is 190, not 190.000000000000.
+            price = _plain(price)
             fid = f"reconciled:{order.broker_order_id}:{canon(order.filled_quantity)}"
             self._fill(t, order, missing, price, fid, order.updated_ns, out)
         if order.status in ("canceled", "expired"):
