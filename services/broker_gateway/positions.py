@@ -3,10 +3,11 @@
 Reads the ``positions_marked`` view (migration 0002; options counted 100
 shares since 0006, marks since 0007, its price lookups index probes since
 0008, the fold started from the recorder's latest snapshot of it since
-0010, a bar newer than the last trade taken since 0011, a fill since 0012):
-quantities, average prices and realized P&L from the recorded fills,
-unrealized P&L at the symbol's last price (the newest of its last trade, bar
-close, mark and fill).
+0010, a bar newer than the last trade taken since 0011, a fill since 0012,
+each kind's newest by market time since 0013): quantities, average prices
+and realized P&L from the recorded fills, unrealized P&L at the symbol's
+last price (the newest by market time of its trades, bar closes, marks and
+fills).
 """
 
 from __future__ import annotations

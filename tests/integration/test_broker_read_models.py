@@ -40,6 +40,7 @@ from libs.contract.events import (
 from libs.store.migrate import upgrade_async
 from libs.store.urls import asyncpg_url
 from services import cli as root
+from services.broker_gateway import positions
 from tests.integration.recording import record_events
 
 D = Decimal
@@ -282,6 +283,13 @@ def mark_at(symbol: str, price: str, t: int) -> MarkUpdated:
     )
 
 
+def late(price: Event) -> Event:
+    """``price`` recorded late: made (``ts_init``) a minute after everything
+    else of a test, its own time (``ts_event``) kept, as Polygon delivers an
+    out-of-sequence or late-reported trade."""
+    return price.model_copy(update={"ts_init": T0 + 60 * S})
+
+
 async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str) -> None:
     """Long 2 contracts at 5: with no trade or bar of the contract since, the
     mark of its quote values it (0007); before, it had no price at all."""
@@ -356,6 +364,31 @@ async def test_an_option_position_is_valued_at_its_quote_mark(database_url: str)
             ("4.2", T0 - 60 * S),
             id="a price stamped a day ahead does not hold it",
         ),
+        pytest.param(
+            [trade_at(OPTION, "4", T0), late(trade_at(OPTION, "3", T0 - 60 * S))],
+            ("4", T0),
+            id="a late trade older than the last does not move it back",
+        ),
+        pytest.param(
+            [bar_at(OPTION, "4.5", T0), late(bar_at(OPTION, "3.5", T0 - 60 * S))],
+            ("4.5", T0),
+            id="a late bar older than the last does not move it back",
+        ),
+        pytest.param(
+            [mark_at(OPTION, "5.5", T0), late(mark_at(OPTION, "5.1", T0 - 60 * S))],
+            ("5.5", T0),
+            id="a late mark older than the last does not move it back",
+        ),
+        pytest.param(
+            [
+                trade_at(OPTION, "4", T0 - 120 * S),
+                mark_at(OPTION, "5.5", T0 - 60 * S),
+                trade_at(OPTION, "4.2", T0),
+                late(trade_at(OPTION, "3", T0 - 90 * S)),
+            ],
+            ("4.2", T0),
+            id="a late trade does not hide the newest trade",
+        ),
     ],
 )
 async def test_the_newest_of_trade_bar_and_mark_values_a_position(
@@ -363,7 +396,9 @@ async def test_the_newest_of_trade_bar_and_mark_values_a_position(
 ) -> None:
     """The risk-gate's rule: the newest price by market time, the later in
     the stream at the same time. Until 0011 a bar was looked at only for a
-    symbol that had never traded: a bar newer than the last trade lost."""
+    symbol that had never traded: a bar newer than the last trade lost.
+    Until 0013 each kind's candidate was its last in the stream, so a late
+    print older than the one before it moved the price back to a stale one."""
     o = Orders(BEFORE_T0)
     o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
     await record_events(database_url, [*o.events, *prices])
@@ -376,30 +411,45 @@ async def test_the_newest_of_trade_bar_and_mark_values_a_position(
     assert row["unrealized_pnl"] == (D(last[0]) - 5) * 100
 
 
-PRICE_TYPES = ("TradePrinted", "BarClosed", "MarkUpdated")
+#: What each of a position's price lookups reads, and the index it probes (0013).
+PRICE_INDEXES = {
+    "TradePrinted": "ix_events_newest_price",
+    "BarClosed": "ix_events_newest_price",
+    "MarkUpdated": "ix_events_newest_price",
+    "FillReceived": "ix_events_newest_fill",
+}
 
 
-def price_lookups(plan: dict[str, Any]) -> list[dict[str, Any]]:
+def price_lookups(plan: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The scans of ``events`` in an EXPLAIN (FORMAT JSON) plan that look for
-    a price row (a trade, bar or mark), wherever they sit in the tree."""
+    a symbol's price row (a trade, bar, mark or fill), wherever they sit in
+    the tree, each with the type it looks for (the fill index's partial
+    predicate is the type, so a probe of it names none). The fold's scans of
+    the fills name no symbol: they are not these."""
     found = []
     if plan.get("Relation Name") == "events":
         conds = " ".join(str(plan.get(k, "")) for k in ("Index Cond", "Filter", "Recheck Cond"))
-        if any(f"'{t}'" in conds for t in PRICE_TYPES):
-            found.append(plan)
+        if plan.get("Index Name") == "ix_events_newest_fill":
+            conds += " 'FillReceived'"
+        if "symbol" in conds:
+            found += [(t, plan) for t in PRICE_INDEXES if f"'{t}'" in conds]
     for child in plan.get("Plans", []):
         found += price_lookups(child)
     return found
 
 
 async def test_each_last_price_is_one_index_probe_found_or_not(database_url: str) -> None:
-    """positions_marked looks up a symbol's last trade, bar and mark each
-    with one probe of ix_events_last_price (0008), also where there is none.
-    The store is one a small universe makes: two equities' trades are nearly
-    every row. With 0007's lookups (newest first by seq, no such index) the
-    planner read the primary key backwards, a walk over the whole history
-    for the option, which never traded and was marked once at the start,
-    and for AAPL's mark, which does not exist."""
+    """positions_marked looks up a symbol's newest trade, bar, mark and fill
+    by market time each with one probe of an index in that order (0013),
+    also where there is none, and also as the generic plan of ``tradebus
+    positions``' query (a bound account). The store is one a small universe
+    makes: two equities' trades are nearly every row, and every row's time
+    is 60 s older than the one before, so that the newest by market time is
+    the first recorded. With 0007's lookups (newest first by seq, no such
+    index) the planner read the primary key backwards, a walk over the whole
+    history for the option, which never traded and was marked once at the
+    start, and for AAPL's mark, which does not exist; a lookup by market
+    time that the index did not order would read every row of the kind."""
     o = Orders(BEFORE_T0)
     o.fill(o.submit("eq", "AAPL", "buy", "10"), "10", "190")
     o.fill(o.submit("opt", OPTION, "buy", "1"), "1", "5")
@@ -407,15 +457,17 @@ async def test_each_last_price_is_one_index_probe_found_or_not(database_url: str
     conn = await asyncpg.connect(asyncpg_url(database_url))
     try:
         # 20,000 events after them, made in SQL (quicker than events; the
-        # lookups read symbol, type, seq, ts_event and the price): trades of
+        # lookups read symbol, type, seq, the times and the price): trades of
         # AAPL and MSFT, and one in 40 a bar of MSFT or a mark of a contract
-        # nobody holds.
+        # nobody holds; each a minute older than the one before, all older
+        # than the option's mark (late prints, the worst order for a lookup
+        # by seq).
         await conn.execute(
             """
             INSERT INTO events (seq, id, subject, type, ts_event, ts_init, source,
                                 correlation_id, symbol, payload)
-            SELECT m + s, gen_random_uuid(), 'md', kind, $1::bigint + s, $1::bigint + s,
-                   'test', gen_random_uuid(), sym,
+            SELECT m + s, gen_random_uuid(), 'md', kind, $1::bigint - s * $2::bigint,
+                   $1::bigint + s, 'test', gen_random_uuid(), sym,
                    jsonb_build_object('price', (190 + s % 7)::text, 'close', (190 + s % 7)::text)
             FROM (SELECT max(seq) AS m FROM events) AS last,
                  generate_series(1, 20000) AS s,
@@ -427,25 +479,36 @@ async def test_each_last_price_is_one_index_probe_found_or_not(database_url: str
                  ) AS pick
             """,
             T0,
+            60 * S,
         )
         await conn.execute("ANALYZE events")
-        [doc] = orjson.loads(
+        plans = [
             await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM positions_marked")
-        )
+        ]
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for account in (ACCOUNT, None):
+            plans.append(
+                await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {positions.QUERY}", account)
+            )
+        await conn.execute("RESET plan_cache_mode")
         rows = await conn.fetch("SELECT symbol, last_price FROM positions_marked ORDER BY symbol")
     finally:
         await conn.close()
-    # AAPL's last trade is at s = 19998 (20000 is a mark): 190 + 19998 % 7.
-    assert [(r["symbol"], r["last_price"]) for r in rows] == [("AAPL", D(196)), (OPTION, D("5.5"))]
-    lookups = price_lookups(doc["Plan"])
-    assert len(lookups) == 3, lookups  # trade, bar (skipped where a trade is found), mark
-    for scan in lookups:
-        assert (scan["Node Type"], scan.get("Index Name")) == (
-            "Index Scan",
-            "ix_events_last_price",
-        ), scan
-        assert "Filter" not in scan, scan  # no row read only to be thrown away
-        assert scan["Actual Rows"] <= 1, scan
+    # AAPL's newest trade is its first, at s = 2 (its fill is older still):
+    # 190 + 2 % 7. By seq it was the last, at s = 19998 (20000 is a mark).
+    assert [(r["symbol"], r["last_price"]) for r in rows] == [("AAPL", D(192)), (OPTION, D("5.5"))]
+    for plan in plans:
+        [doc] = orjson.loads(plan)
+        lookups = price_lookups(doc["Plan"])
+        # Trade, bar, mark and fill: each scan runs once per position.
+        assert sorted(t for t, _ in lookups) == sorted(PRICE_INDEXES), lookups
+        for kind, scan in lookups:
+            assert (scan["Node Type"], scan.get("Index Name")) == (
+                "Index Scan",
+                PRICE_INDEXES[kind],
+            ), scan
+            assert "Filter" not in scan, scan  # no row read only to be thrown away
+            assert scan["Actual Rows"] <= 1, scan
 
 
 async def test_orders_latest_status_and_fill_strategy(database_url: str) -> None:

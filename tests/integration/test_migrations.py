@@ -35,7 +35,7 @@ from tests.integration.test_broker_read_models import (
 )
 
 D = Decimal
-HEAD = "0012"
+HEAD = "0013"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -351,8 +351,8 @@ async def test_0012_values_a_position_at_a_fill_newer_than_its_last_price(
     no print since. At 0012 the position is worth 4.5; down to 0011 it is
     worth the trade's 4 (the index gone, the grants kept); up again, 4.5."""
     url = await fresh_database(pg_admin_url)
-    await upgrade_async(url)
-    assert await revision(url) == HEAD == "0012"
+    await upgrade_async(url, "0012")
+    assert await revision(url) == "0012"
     assert await index_exists(url, "ix_events_last_fill")
     o = Orders(BEFORE_T0)
     o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
@@ -371,9 +371,58 @@ async def test_0012_values_a_position_at_a_fill_newer_than_its_last_price(
     assert await readonly_may_read(url, "positions_marked")
     assert await readonly_may_read(url, "account_pnl")
 
-    await upgrade_async(url)
+    await upgrade_async(url, "0012")
     assert await last_price(url) == (D("4.5"), T0 + 60 * S, D(-100))
     assert await readonly_may_read(url, "positions_marked")
+
+
+async def schema_of_the_marks(url: str) -> list[tuple[str, str]]:
+    """The definitions of ``events``' indexes and of ``positions_marked``."""
+    rows = await fetch(
+        url,
+        "SELECT indexname AS name, indexdef AS definition FROM pg_indexes "
+        "WHERE tablename = 'events' "
+        "UNION ALL SELECT 'positions_marked', pg_get_viewdef('positions_marked'::regclass) "
+        "ORDER BY name",
+    )
+    return [(r["name"], r["definition"]) for r in rows]
+
+
+async def test_0013_values_a_position_at_the_newest_print_not_a_late_older_one(
+    pg_admin_url: str,
+) -> None:
+    """0013 takes each kind's newest price by market time, not its last in
+    the stream: long 2 contracts, a trade at 4 at T0, then a trade at 3
+    stamped a minute earlier, recorded after it (a late print). At 0013 the
+    position is worth the newest trade's 4; down to 0012 it is worth the
+    late trade's 3 (0012's indexes and view exactly as they were, the grants
+    kept); up again, 4."""
+    url = await fresh_database(pg_admin_url)
+    await upgrade_async(url, "0012")
+    at_0012 = await schema_of_the_marks(url)
+    await upgrade_async(url)
+    assert await revision(url) == HEAD == "0013"
+    assert await index_exists(url, "ix_events_newest_price")
+    assert await index_exists(url, "ix_events_newest_fill")
+    assert not await index_exists(url, "ix_events_last_price")
+    assert not await index_exists(url, "ix_events_last_fill")
+    o = Orders(BEFORE_T0)
+    o.fill(o.submit("opt", OPTION, "buy", "2"), "2", "5")
+    late = trade_at(OPTION, "3", T0 + 60 * S).model_copy(update={"ts_event": T0 - 60 * S})
+    await record_events(url, [*o.events, trade_at(OPTION, "4", T0), late])
+    assert await last_price(url) == (D(4), T0, D(-200))  # 2 x -1 x 100
+
+    await downgrade(url, "0012")
+    assert await revision(url) == "0012"
+    assert await schema_of_the_marks(url) == at_0012
+    assert await last_price(url) == (D(3), T0 - 60 * S, D(-400)), "0012: the late trade"
+    assert await readonly_may_read(url, "positions_marked")
+    assert await readonly_may_read(url, "account_pnl")
+
+    await upgrade_async(url)
+    assert await last_price(url) == (D(4), T0, D(-200))
+    assert await readonly_may_read(url, "positions_marked")
+    assert await readonly_may_read(url, "account_pnl")
 
 
 async def test_every_migration_goes_down_to_nothing_and_up_again(pg_admin_url: str) -> None:

@@ -5,9 +5,10 @@ The store's read model (``positions_marked``), the risk-gate's state
 (``libs/strategy/ledger.py``) each compute positions and P&L from the same
 fills and market prices. Random order flows (partial fills, flips through
 zero, an option contract and its multiplier, commissions, trades and bars
-in between, the last price of a symbol a trade, a bar or a fill) are given
-to all three, and each position's quantity, average price, realized and unrealized
-P&L must be the same in the three (to 1e-6: the views keep the average price
+in between, some of them late prints older than what came before them, the
+last price of a symbol a trade, a bar or a fill) are given to all three,
+and each position's quantity, average price, realized and unrealized P&L
+must be the same in the three (to 1e-6: the views keep the average price
 to 12 places, which moves a large option position's unrealized P&L by 1e-9).
 """
 
@@ -49,13 +50,18 @@ CLOSE = D("1e-6")
 
 
 class At:
-    """A clock that moves one second per event made."""
+    """A clock that moves one second per event made (stopped: never moves)."""
 
-    def __init__(self) -> None:
-        self.ns = T0
+    def __init__(self, ns: int = T0, step_ns: int = S) -> None:
+        self.ns = ns
+        self.step_ns = step_ns
+
+    @classmethod
+    def stopped(cls, ns: int) -> At:
+        return cls(ns, 0)
 
     def now_ns(self) -> int:
-        self.ns += S
+        self.ns += self.step_ns
         return self.ns
 
 
@@ -64,14 +70,21 @@ def price(rng: random.Random, symbol: str) -> Decimal:
     return (D(rng.randint(20, 400)) * step).quantize(step)
 
 
-def trade(symbol: str, p: Decimal, clock: At) -> TradePrinted:
+def trade(symbol: str, p: Decimal, clock: At, late_ns: int = 0) -> TradePrinted:
+    """A trade made now, of ``late_ns`` ago when told (a late print)."""
+    now = clock.now_ns()
     return TradePrinted.create(
-        TradePayload(symbol=symbol, price=p, size=D(1), feed="polygon"), source="test", clock=clock
+        TradePayload(symbol=symbol, price=p, size=D(1), feed="polygon"),
+        source="test",
+        clock=At.stopped(now),
+        ts_event=now - late_ns,
     )
 
 
-def bar(symbol: str, p: Decimal, clock: At) -> BarClosed:
-    end = clock.now_ns()
+def bar(symbol: str, p: Decimal, clock: At, late_ns: int = 0) -> BarClosed:
+    """A bar closed now, or ``late_ns`` ago when told (made now all the same)."""
+    now = clock.now_ns()
+    end = now - late_ns
     return BarClosed.create(
         BarPayload(
             symbol=symbol,
@@ -86,20 +99,26 @@ def bar(symbol: str, p: Decimal, clock: At) -> BarClosed:
             feed="polygon",
         ),
         source="test",
-        clock=clock,
+        clock=At.stopped(now),
         ts_event=end,
     )
 
 
 def market(rng: random.Random, symbol: str, clock: At) -> TradePrinted | BarClosed:
-    """A trade or a bar's close, at a time after every event before it."""
-    return rng.choice((trade, bar))(symbol, price(rng, symbol), clock)
+    """A trade or a bar's close, made after every event before it; one in
+    four a late print, its market time up to two minutes before it was made
+    (Polygon delivers trades out of sequence and reports some late), so it
+    may be older than prices and fills recorded before it: it must move no
+    mark back."""
+    late_ns = rng.randint(1, 120) * S if rng.random() < 0.25 else 0
+    return rng.choice((trade, bar))(symbol, price(rng, symbol), clock, late_ns)
 
 
 def flow(rng: random.Random, clock: At) -> list[Event]:
     """Orders filled in parts at random prices, with trades and bars in
-    between, and maybe a last trade or bar of a symbol after its last fill
-    (a thin contract may have none: then its last fill's price marks it)."""
+    between, and up to two trades or bars of a symbol after its last fill, a
+    late one perhaps older than the other or the fill (a thin contract may
+    have none: then its last fill's price marks it)."""
     events: list[Event] = []
     for _ in range(rng.randint(5, 40)):
         account, strategy = rng.choice(ACCOUNTS), rng.choice(STRATEGIES)
@@ -141,7 +160,8 @@ def flow(rng: random.Random, clock: At) -> list[Event]:
             events.append(FillReceived.create(fill, source="test", clock=clock, cause=cmd))
             if rng.random() < 0.3:
                 events.append(market(rng, symbol, clock))
-    events += [market(rng, symbol, clock) for symbol in SYMBOLS if rng.random() < 0.5]
+    for symbol in SYMBOLS:  # none, or the last prices, one of them perhaps late
+        events += [market(rng, symbol, clock) for _ in range(rng.randint(0, 2))]
     return events
 
 
@@ -162,22 +182,23 @@ def differences(a: Book, b: Book) -> dict[tuple[str, str, str], tuple[Any, Any]]
 def ledgers(events: list[Event]) -> Book:
     """Each strategy's ledger (one per account it trades) fed the events as
     the runner feeds them: its own fills, and the others' fills of a symbol
-    as marks (``Router.markers``, ``StrategyHost.mark_at_fill``)."""
+    as marks (``Router.markers``, ``StrategyHost.mark_at_fill``), at their
+    market time (``Event.market_ns``), as the host gives it."""
     books: dict[tuple[str, str], Ledger] = {(a, s): Ledger() for a in ACCOUNTS for s in STRATEGIES}
     for e in events:
         if isinstance(e, FillReceived):
             assert e.payload.strategy is not None
             owner = (e.payload.account, e.payload.strategy)
-            books[owner].apply_fill(e.payload, e.ts_event)
+            books[owner].apply_fill(e.payload, e.market_ns)
             for key, ledger in books.items():
                 if key != owner:
-                    ledger.mark(e.payload.symbol, e.payload.price, e.ts_event)
+                    ledger.mark(e.payload.symbol, e.payload.price, e.market_ns)
         elif isinstance(e, TradePrinted):
             for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.price, e.ts_event)
+                ledger.mark(e.payload.symbol, e.payload.price, e.market_ns)
         elif isinstance(e, BarClosed):
             for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.close, e.ts_event)
+                ledger.mark(e.payload.symbol, e.payload.close, e.market_ns)
     return {
         (account, strategy, symbol): (p.quantity, p.average_price, p.realized_pnl, p.unrealized_pnl)
         for (account, strategy), ledger in books.items()

@@ -31,10 +31,21 @@ from libs.contract.events import (
     ReasonCode,
     Side,
     SignalGenerated,
+    TradePayload,
+    TradePrinted,
 )
 from libs.store.urls import asyncpg_url
 from libs.strategy.runtime import InMemoryRuntime
-from libs.strategy.testing import At, EchoStrategy, accept, deny, market_intent, signal
+from libs.strategy.testing import (
+    At,
+    EchoStrategy,
+    accept,
+    bar,
+    deny,
+    fill_chain,
+    market_intent,
+    signal,
+)
 from services.broker_gateway.domain.model import OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.strategy_runner.adapters import store
@@ -249,6 +260,47 @@ async def test_an_order_the_flatten_canceled_is_not_pending_after_a_restart(
     _, books = await _restored(database_url, NOW - 7 * DAY_NS)
     assert books["s1"][2]["AAPL"] == 0
     assert books["s1"][1] == {}
+
+
+async def test_the_rebuild_marks_at_the_newest_prices_not_at_late_older_ones(
+    database_url: str,
+) -> None:
+    """s1 buys 5 AAPL at 100; then a trade at 110 and a minute bar closing
+    at 108, and after them a trade at 90 and a bar at 95 stamped a minute
+    older (late prints, as Polygon delivers out-of-sequence and
+    late-reported trades). Live, the ledger keeps the newest by market time:
+    marked at 110. The rebuild restored each kind's last in the stream, the
+    late ones, so after a restart s1 was marked at 90 (5 x 20 of unrealized
+    P&L gone); now it restores each kind's newest, and its books are the
+    live ones."""
+    cause = signal("s1", "AAPL", at_ns=NOW - 600 * 10**9)
+    intent = market_intent(cause, ACCOUNT, "buy", 5)
+    made_late = {"ts_init": NOW + 10**9}
+
+    def trade(price: int, at_ns: int) -> TradePrinted:
+        payload = TradePayload(symbol="AAPL", price=D(price), size=D(1), feed="polygon")
+        return TradePrinted.create(payload, source="test/marketdata", clock=At(at_ns))
+
+    events: list[Event] = [
+        cause,
+        intent,
+        *fill_chain(intent, "100", ids=uuid.uuid4),
+        trade(110, NOW),
+        bar("AAPL", 108, NOW - 90 * 10**9),  # closes at NOW - 30 s
+        trade(90, NOW - 60 * 10**9).model_copy(update=made_late),
+        bar("AAPL", 95, NOW - 150 * 10**9).model_copy(update=made_late),
+    ]
+    live = InMemoryRuntime()
+    for name in STRATEGIES:
+        live.add(name, EchoStrategy, symbols=SYMBOLS, account=ACCOUNT)
+    for event in events:
+        live.restore(event)
+    held = live.hosts["s1"].ledger.positions["AAPL"]
+    assert (held.quantity, held.mark, held.mark_ns) == (D(5), D(110), NOW)
+
+    await record_events(database_url, events)
+    _, books = await _restored(database_url, 0)
+    assert books["s1"][0] == dict(live.hosts["s1"].ledger.positions)
 
 
 def _events_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:

@@ -115,11 +115,16 @@ WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
   AND e.seq > coalesce(cp.seq, 0)
 """  # noqa: S608 - constant column list, values are bind parameters
 
-# A symbol's last trade, and its last bar of one interval ($3; NULL: any; a
-# bar of another is not routed to the strategies that take this one, so it
-# would mark nothing): two lookups, each restored, the newest by market time
-# marking (``Ledger.mark``). Each orders by -seq, which only
-# ix_events_last_price (symbol, type, -seq; migration 0008) gives: one probe,
+# A symbol's newest trade, and its newest bar of one interval ($3; NULL: any;
+# a bar of another is not routed to the strategies that take this one, so it
+# would mark nothing), by market time (Event.market_ns), the later in the
+# stream at the same time: two lookups, each restored, the newest of them and
+# the fill marking (``Ledger.mark``), as live. By stream order a print
+# arriving late with an older time (Polygon's late-reported trades) was "the
+# last trade" and marked the books at a stale price after a restart, where
+# live it had moved nothing. Each orders by the market time exactly as
+# ix_events_newest_price (symbol, type, market time desc, seq desc; migration
+# 0013) writes it (CLOCK_SKEW_NS, 5 s, is in the expression): one probe,
 # found or not, also as a generic plan. One query of both kinds newest by seq
 # first read the primary key backwards, a walk of the whole history for a
 # symbol with neither (a contract only ever quoted): about 0.9 s at 2,000,000
@@ -127,30 +132,34 @@ WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
 LAST_TRADE_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'TradePrinted' AND seq <= $2
-ORDER BY -seq LIMIT 1
+ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 LAST_BAR_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
   AND ($3::text IS NULL OR payload->>'interval' = $3)
-ORDER BY -seq LIMIT 1
+ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
-# The symbol's last fill, of any strategy or account: its price marks every
-# holder of the symbol, as live (``Router.markers``), when it is the newest.
+# The symbol's newest fill by market time, of any strategy or account: its
+# price marks every holder of the symbol, as live (``Router.markers``), when
+# it is the newest. One probe of ix_events_newest_fill (migration 0013).
 LAST_FILL_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND seq <= $2 AND type = 'FillReceived'
-ORDER BY -seq LIMIT 1
+ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
-
+# A symbol's latest bars (of an interval, or any) for warm-up: the newest by
+# market time, as the marks (a probe of ix_events_newest_price, reading as
+# many rows as asked for; by seq it would read and sort every bar of the
+# symbol). They are handed over in stream order (``load_history``).
 WARMUP_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
   AND ($4::text IS NULL OR payload->>'interval' = $4)
-ORDER BY -seq LIMIT $3
+ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT $3
 """  # noqa: S608 - constant column list, values are bind parameters
 
 
