@@ -302,8 +302,8 @@ class ReasonCode(StrEnum):
     #: not named ``O:…``, or an ``O:`` symbol as an equity): its notional would
     #: be counted with the wrong contract multiplier.
     ASSET_CLASS = "asset_class"
-    #: An option contract past the close of its expiry day, and the order
-    #: does not reduce the position in it: no broker takes it.
+    #: An option contract past the close of its expiry day: no broker takes
+    #: an order in it, a close included (the broker settles the position).
     CONTRACT_EXPIRED = "contract_expired"
 
 

@@ -112,6 +112,13 @@ class StrategyContext(Protocol):
         """Realized and unrealized P&L over all its symbols."""
         ...
 
+    def expired(self, symbol: str) -> bool:
+        """Whether ``symbol`` is an option contract past its expiry (the close
+        of its expiry day, 16:00 New York) by :attr:`clock`. No venue takes an
+        order in it, a closing one included: :meth:`order` refuses one (a
+        fault), and a position in it is the broker's to settle."""
+        ...
+
     def signal(
         self,
         symbol: str,
@@ -135,5 +142,7 @@ class StrategyContext(Protocol):
         stop_price: Decimal | None = None,
         time_in_force: TimeInForce = "day",
     ) -> OrderIntentCreated:
-        """Emit an order intent caused by ``cause`` (one of this strategy's signals)."""
+        """Emit an order intent caused by ``cause`` (one of this strategy's
+        signals); one in an option contract that has :meth:`expired` is
+        refused (``StrategyUsageError``)."""
         ...

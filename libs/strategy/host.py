@@ -55,6 +55,7 @@ from libs.contract.events import (
     TradePrinted,
     asset_class_of,
 )
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
@@ -116,6 +117,9 @@ class _Context:
 
     def pnl(self) -> PnL:
         return self._host.ledger.pnl()
+
+    def expired(self, symbol: str) -> bool:
+        return self._host.expired(symbol)
 
     def signal(
         self,
@@ -324,6 +328,13 @@ class StrategyHost:
                 pending += signed(e.payload.side, e.payload.quantity)
         return pending
 
+    def expired(self, symbol: str) -> bool:
+        """Whether ``symbol`` is an option contract past its expiry by the
+        host's clock (an ``O:`` symbol that names no contract: ValueError)."""
+        if not symbol.startswith(OPTION_PREFIX):
+            return False
+        return self.clock.now_ns() >= parse_option(symbol).expires_at_ns
+
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
 
@@ -502,6 +513,18 @@ class StrategyHost:
             raise StrategyUsageError(
                 f"a {order_type} order takes no stop_price (a stop order is "
                 f"order_type='stop' or 'stop_limit')"
+            )
+        if self.expired(symbol):
+            # The risk-gate denies it (contract_expired) and every broker
+            # refuses it, a close included: a strategy that answers the
+            # refusal by ordering again loops for ever (pairs_trade sent its
+            # expired leg's close every minute). Refused here, at once.
+            contract = parse_option(symbol)
+            raise StrategyUsageError(
+                f"{symbol} expired at the close of {contract.expiry} "
+                f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a closing "
+                f"one included (the broker settles the position); ask ctx.expired(symbol) "
+                f"before ordering it"
             )
         asset_class = asset_class_of(symbol)
         if (

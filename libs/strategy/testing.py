@@ -4,7 +4,8 @@
 - :func:`fill_chain` plays risk-gate and broker for one intent: an accepted
   decision, the order command, the broker's ack and a fill, chained exactly as
   the real services chain them (correlation id = the signal).
-- :func:`deny` is the risk-gate saying no.
+- :func:`deny` is the risk-gate saying no; :func:`broker_reject` is the
+  risk-gate saying yes and the broker refusing the order.
 - :class:`EchoStrategy` signals and orders on every bar and raises on the
   closes it is told to: a probe for fault handling (the runner's integration
   test runs it as ``libs.strategy.testing:EchoStrategy``).
@@ -31,6 +32,8 @@ from libs.contract.events import (
     OrderAcceptedPayload,
     OrderIntentCreated,
     OrderIntentPayload,
+    OrderRejected,
+    OrderRejectedPayload,
     ReasonCode,
     RiskDecisionMade,
     RiskDecisionPayload,
@@ -267,6 +270,33 @@ def deny(
 ) -> RiskDecisionMade:
     """The risk-gate's denial of ``intent``."""
     return _decision(intent, reason, None, clock=At(intent.ts_event), ids=ids)
+
+
+def broker_reject(
+    intent: OrderIntentCreated,
+    reason: str,
+    *,
+    ids: IdFactory,
+    code: str | None = "42210000",
+    at_ns: int | None = None,
+) -> list[Event]:
+    """Decision, command and the broker's refusal of ``intent`` (an
+    ``OrderRejected`` of the command, as the gateway publishes a refused
+    submit), under the order id the risk-gate gives it."""
+    decision, command = accept(intent, ids=ids, at_ns=at_ns)
+    rejected = OrderRejected.create(
+        OrderRejectedPayload(
+            order_id=command.payload.order_id,
+            account=intent.payload.account,
+            reason=reason,
+            code=code,
+        ),
+        source="test/broker",
+        clock=At(at_ns if at_ns is not None else intent.ts_event),
+        cause=command,
+        ids=ids,
+    )
+    return [decision, command, rejected]
 
 
 def _decision(

@@ -141,7 +141,7 @@ def cross_check(loaded: Loaded, *, paper_url: bool = True, now_ns: int | None = 
     With ``now_ns`` (``config check`` gives the wall clock's), a strategy's
     option contract already past its expiry at ``now_ns`` is a note: the
     file stays valid (a backtest replays a past contract's own days), but
-    live the risk-gate denies the strategy's orders in it but closes.
+    live the risk-gate denies every order of the strategy's in it.
     """
     problems: list[str] = []
     notes: list[str] = []
@@ -294,7 +294,7 @@ def _expired_contracts(
             notes.append(
                 f"strategy {name} ({files.strategies}) trades {symbol}, which expired at the "
                 f"close of {contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York): live, the "
-                f"risk-gate would deny its orders in it but those reducing a position "
+                f"risk-gate would deny its orders in it, a close included "
                 f"(contract_expired). Fine for a backtest of its days; replace it to trade live"
             )
     return notes

@@ -166,7 +166,7 @@ def test_an_option_contract_already_expired_is_a_note_of_config_check(tmp_path: 
     assert found.notes == (
         f"strategy pairs-msft-aapl ({strategies}) trades {expired}, which expired at the "
         "close of 2026-12-11 (16:00 New York): live, the risk-gate would deny its orders in "
-        "it but those reducing a position (contract_expired). Fine for a backtest of its "
+        "it, a close included (contract_expired). Fine for a backtest of its "
         "days; replace it to trade live",
     )
     # config check reads the wall clock: a contract of 2024 has expired.

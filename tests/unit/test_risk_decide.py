@@ -24,6 +24,8 @@ from libs.contract.events import (
     OperatorActionPayload,
     OrderIntentCreated,
     OrderIntentPayload,
+    OrderRejected,
+    OrderRejectedPayload,
     ReasonCode,
     ResumePayload,
     SignalGenerated,
@@ -645,20 +647,21 @@ TODAY = "O:AAPL260310C00100000"
         (EXPIRED, 0, "sell", 1, T0, None, ReasonCode.CONTRACT_EXPIRED),
         (EXPIRED, 5, "buy", 1, T0, 60, ReasonCode.CONTRACT_EXPIRED),
         (EXPIRED, -5, "sell", 1, T0, 60, ReasonCode.CONTRACT_EXPIRED),
-        # Reducing passes (the broker may refuse it; the gate does not).
-        (EXPIRED, 5, "sell", 5, T0, 60, ReasonCode.ACCEPTED),
-        (EXPIRED, -5, "buy", 2, T0, None, ReasonCode.ACCEPTED),
-        # ...but not past zero: the rest would open a new position.
+        # Reducing too: no venue takes it (it passed, and the broker refused it).
+        (EXPIRED, 5, "sell", 5, T0, 60, ReasonCode.CONTRACT_EXPIRED),
+        (EXPIRED, -5, "buy", 2, T0, None, ReasonCode.CONTRACT_EXPIRED),
         (EXPIRED, 5, "sell", 6, T0, 60, ReasonCode.CONTRACT_EXPIRED),
         # On its expiry day it trades until the close, 16:00 New York.
         (TODAY, 0, "buy", 1, T0, 60, ReasonCode.ACCEPTED),
         (TODAY, 0, "buy", 1, CLOSE - S, 60, ReasonCode.ACCEPTED),
         (TODAY, 0, "buy", 1, CLOSE, 60, ReasonCode.CONTRACT_EXPIRED),
         (TODAY, 0, "buy", 1, CLOSE + 3600 * S, None, ReasonCode.CONTRACT_EXPIRED),
-        (TODAY, 3, "sell", 3, CLOSE + 3600 * S, None, ReasonCode.ACCEPTED),
+        (TODAY, 3, "sell", 3, CLOSE - S, None, ReasonCode.ACCEPTED),
+        (TODAY, 3, "sell", 3, CLOSE, None, ReasonCode.CONTRACT_EXPIRED),
+        (TODAY, 3, "sell", 3, CLOSE + 3600 * S, None, ReasonCode.CONTRACT_EXPIRED),
     ],
 )
-def test_an_order_opening_an_expired_contract_is_denied_a_reduce_passes(
+def test_every_order_in_an_expired_contract_is_denied_a_close_included(
     symbol: str,
     held: int,
     side: str,
@@ -669,7 +672,9 @@ def test_an_order_opening_an_expired_contract_is_denied_a_reduce_passes(
 ) -> None:
     """Last month's contract in a strategy's config (a typo) was traded as
     long as its last price was fresh, or at any age with no max_mark_age_s:
-    the broker refuses it, the paper broker filled it."""
+    the broker refuses it, the paper broker filled it. A close passed as a
+    reduce, for the broker to refuse it as well: no venue lists the contract
+    after its expiry day, and the broker settles the position."""
     band = {"max_deviation": "0.05", "max_mark_age_s": max_mark_age_s}
     limits = RiskLimits.model_validate({**LIMITS.model_dump(), "price_band": band})
     state = apply(RiskState.initial(limits), trade(symbol, 2, now))
@@ -682,7 +687,34 @@ def test_an_order_opening_an_expired_contract_is_denied_a_reduce_passes(
     assert d.reason is reason, d.detail
     if reason is ReasonCode.CONTRACT_EXPIRED:
         assert f"{symbol} expired at the close of" in d.detail
-        assert f"does not reduce the position of {held}" in d.detail
+        assert "no venue takes an order in it, a close included" in d.detail
+        assert f"the account's position of {held} is the broker's to settle" in d.detail
+
+
+def test_closes_of_an_expired_contract_use_no_rate_limit_of_the_account() -> None:
+    """A strategy answering the broker's refusal of its close by closing
+    again (pairs_trade did, every minute): each close the gate accepted took
+    a place in the account's rate window before the broker refused it, and
+    8 of them in a second denied another strategy's order
+    (account_rate_limit). Denied at the gate, they take none."""
+    held = fill(uuid.uuid4(), 5, 2, symbol=EXPIRED, strategy="pairs", t=T0 - 3600 * S)
+    state = apply(base(), trade(EXPIRED, 2), held)
+    reasons = []
+    for k in range(8):
+        t = T0 + k * S // 10
+        close = intent(5, side="sell", symbol=EXPIRED, strategy="pairs", asset_class="option", t=t)
+        state, d = run_intent(state, close, t)
+        reasons.append(d.reason)
+        if d.order is not None:  # the broker refuses it
+            refused = OrderRejectedPayload(
+                order_id=d.order.payload.order_id, account="acct", reason="not tradable"
+            )
+            state = evolve(state, OrderRejected.create(refused, source="test", clock=At(t)))
+    other = intent(10, t=T0 + 9 * S // 10)
+    state, d = run_intent(state, other, T0 + 9 * S // 10)
+    assert d.accepted, d.detail
+    assert reasons == [ReasonCode.CONTRACT_EXPIRED] * 8
+    assert state.account_position("acct", EXPIRED) == 5
 
 
 def test_every_reason_code_is_exercised() -> None:

@@ -11,10 +11,11 @@ import pytest
 
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
+from libs.contract.options import parse_option
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.pairs import PairsParams, PairsTrade
 from libs.strategy.indicators import rounded
-from libs.strategy.testing import MINUTE_NS, bar, fill_chain
+from libs.strategy.testing import MINUTE_NS, bar, broker_reject, fill_chain
 
 IDS = itertools.count(1)
 T0 = 1_700_000_000 * 1_000_000_000
@@ -201,4 +202,65 @@ def test_no_pair_is_entered_with_an_option_leg_past_its_expiry_saying_so_once(
     assert said == (
         f"pairs pair: {option} expired at the close of 2023-11-10 (16:00 New York): "
         "no pair is entered with it"
+    )
+
+
+def test_an_option_leg_that_expires_in_the_pair_is_left_and_never_ordered_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The pair is entered before the option leg's expiry (the close of
+    # 2023-11-15) and is still held after it, with the spread back inside
+    # exit_z. The exit sent both legs' closes: MSFT's filled, the option's was
+    # refused by the broker (no venue takes an expired contract), and from
+    # then on every minute inside exit_z sent the option's close again (5 in
+    # these 12 minutes), for ever. Now the stock leg closes alone, once, and
+    # the option position is left to the broker's settlement, said once.
+    option = "O:AAPL231115C00100000"
+    expiry_ns = parse_option(option).expires_at_ns
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=("MSFT", option),
+    )
+
+    def pair_minute(start_ns: int, msft: str) -> list[Event]:
+        return [bar("MSFT", msft, start_ns), bar(option, "5", start_ns)]
+
+    def answer(out: list[Event], at_ns: int) -> None:
+        """The market fills each order; the broker refuses one in the option
+        once it has expired."""
+        for intent in [e for e in out if isinstance(e, OrderIntentCreated)]:
+            price = 100 if intent.payload.symbol == "MSFT" else 5
+            if intent.payload.symbol == "MSFT" or at_ns < expiry_ns:
+                chain = fill_chain(intent, price, ids=next_id, at_ns=at_ns)
+            else:
+                reason = f"asset {option} is not tradable: it expired"
+                chain = broker_reject(intent, reason, ids=next_id, at_ns=at_ns)
+            for event in chain:
+                rt.feed(event)
+
+    for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+        rt.run(pair_minute(T0 + i * MINUTE_NS, msft))
+    entry = rt.run(pair_minute(T0 + 5 * MINUTE_NS, "105"))
+    assert legs(entry) == [("MSFT", "sell", Decimal(95)), (option, "buy", Decimal(20))]
+    answer(entry, T0 + 6 * MINUTE_NS)
+    out: list[Event] = []
+    with caplog.at_level(logging.WARNING, logger="libs.strategy.examples.pairs"):
+        for k in range(12):
+            start = expiry_ns + k * MINUTE_NS
+            minute_out = rt.run(pair_minute(start, ["100", "100.5", "101"][k % 3]))
+            answer(minute_out, start + MINUTE_NS)
+            out += minute_out
+    assert legs(out) == [("MSFT", "buy", Decimal(95))]
+    host = rt.hosts["pair"]
+    assert host.running
+    assert host.ledger.position("MSFT").quantity == 0
+    assert host.ledger.position(option).quantity == 20
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == (
+        f"pairs pair: {option} expired at the close of 2023-11-15 (16:00 New York) with 20 "
+        "held: no venue takes an order in it, so its leg is left to the broker's settlement "
+        "and the other leg trades alone"
     )

@@ -23,6 +23,7 @@ from libs.contract.events import (
     SignalGenerated,
     StrategyFaulted,
 )
+from libs.contract.options import parse_option
 from libs.strategy import (
     Bar,
     EventClock,
@@ -481,6 +482,40 @@ def test_part_of_an_option_contract_is_a_fault() -> None:
         ("two", Decimal(2)),
         ("shares", Decimal("0.5")),
     ]
+
+
+def test_an_order_in_an_expired_contract_is_a_fault_the_context_can_foresee() -> None:
+    """No venue takes an order in a contract past the close of its expiry day,
+    a close included: the broker refuses it, and a strategy that answers the
+    refusal by ordering again loops for ever. The emit refuses it, its other
+    emissions of the callback dropped; ``ctx.expired`` tells it beforehand.
+    Up to the close (16:00 New York) the contract trades; an equity never
+    expires."""
+    option = "O:SPY241220P00720000"
+    close = parse_option(option).expires_at_ns
+    seen: list[tuple[str, bool]] = []
+
+    class Closer(Strategy[ProbeParams]):
+        def on_bar(self, bar: Bar) -> None:
+            seen.append((bar.symbol, self.ctx.expired(bar.symbol)))
+            signal = self.ctx.signal(bar.symbol, "close", "flat")
+            self.ctx.order(bar.symbol, "sell", Decimal(1), cause=signal)
+
+    rt = InMemoryRuntime()
+    rt.add("closer", Closer, symbols=("SPY", option))
+    # Bars ending a minute before the close, at it, and for the equity after it.
+    before = rt.run([bar(option, 5, close - 2 * MINUTE_NS)])
+    at = rt.run([bar(option, 5, close - MINUTE_NS), bar("SPY", 500, close)])
+    assert seen == [(option, False), (option, True)]
+    assert [e.type for e in before] == ["SignalGenerated", "OrderIntentCreated"]
+    (fault,) = at  # stopped: the equity's bar is not shown
+    assert isinstance(fault, StrategyFaulted)
+    assert fault.payload.error == (
+        f"StrategyUsageError: {option} expired at the close of 2024-12-20 (16:00 New York): "
+        "no venue takes an order in it, a closing one included (the broker settles the "
+        "position); ask ctx.expired(symbol) before ordering it"
+    )
+    assert not rt.hosts["closer"].expired("SPY")
 
 
 @pytest.mark.parametrize(("name", "reason"), [("n" * 201, ""), ("x", "r" * 300_000)])

@@ -9,8 +9,11 @@ to about ``leg_notional`` (whole shares, or whole option contracts of 100
 shares each); in a trade, ``|z| < exit_z`` closes both legs. One signal (on
 A) causes both legs' intents, so the pair is one chain in the audit trail.
 No pair is entered once an option leg's contract has expired (the close of
-its expiry day, by the strategy's clock): its order would be denied and the
-other leg left unhedged.
+its expiry day, by the strategy's clock, ``ctx.expired``): its order would be
+denied and the other leg left unhedged. A pair held past its option leg's
+expiry closes its other leg alone: no venue takes an order in the expired
+contract, and its position is left to the broker's settlement (exercise or
+lapse), said once.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from libs.contract.events import Side, contract_multiplier
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, OptionContract, parse_option
+from libs.contract.options import EXPIRY_CLOSE, parse_option
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
-from libs.strategy.context import Direction
+from libs.strategy.context import ZERO, Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
 
@@ -69,9 +72,6 @@ class PairsTrade(Strategy[PairsParams]):
         self._spreads = Rolling(self.params.lookback)
         self._last: dict[str, tuple[int, Decimal]] = {}
         self._warned_unsized = False
-        self._contracts: dict[str, OptionContract] = {
-            s: parse_option(s) for s in (self._a, self._b) if s.startswith(OPTION_PREFIX)
-        }
         self._warned_expired = False
 
     @classmethod
@@ -113,7 +113,7 @@ class PairsTrade(Strategy[PairsParams]):
         if held_a == 0 and held_b == 0:
             if abs(z) <= p.entry_z:
                 return
-            if self._expired_leg():
+            if any(self._expired(symbol, held=ZERO) for symbol in (self._a, self._b)):
                 return
             qty_a = self._leg_quantity(self._a, price_a)
             qty_b = self._leg_quantity(self._b, price_b)
@@ -128,30 +128,38 @@ class PairsTrade(Strategy[PairsParams]):
                 self._trade("pair_entry", "long", z, (("buy", qty_a), ("sell", qty_b)))
         elif abs(z) < p.exit_z:
             legs: list[tuple[Side, Decimal]] = []
-            for held in (held_a, held_b):
+            for symbol, held in ((self._a, held_a), (self._b, held_b)):
+                if held != 0 and self._expired(symbol, held=held):
+                    held = ZERO  # no order in it: a leg of 0 is not sent
                 legs.append(("sell" if held > 0 else "buy", abs(held)))
-            self._trade("pair_exit", "flat", z, tuple(legs))
+            if any(quantity > 0 for _, quantity in legs):
+                self._trade("pair_exit", "flat", z, tuple(legs))
 
-    def _expired_leg(self) -> bool:
-        """Whether a leg is an option contract past its expiry (by the
-        strategy's clock), said once: the risk-gate would deny its order
-        (``contract_expired``) and accept the other leg's, unhedged."""
-        now = self.ctx.now_ns()
-        for symbol, contract in self._contracts.items():
-            if now < contract.expires_at_ns:
-                continue
-            if not self._warned_expired:
-                self._warned_expired = True
+    def _expired(self, symbol: str, *, held: Decimal) -> bool:
+        """Whether ``symbol`` is an option contract past its expiry (by the
+        strategy's clock), said once. No venue takes an order in it: flat,
+        the risk-gate would deny its leg (``contract_expired``) and accept
+        the other's, unhedged; holding ``held``, its close would be refused
+        and sent again at every minute inside ``exit_z``, for ever."""
+        if not self.ctx.expired(symbol):
+            return False
+        if not self._warned_expired:
+            self._warned_expired = True
+            contract = parse_option(symbol)
+            when = f"expired at the close of {contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+            if held == 0:
+                name = self.ctx.name
+                log.warning("pairs %s: %s %s: no pair is entered with it", name, symbol, when)
+            else:
                 log.warning(
-                    "pairs %s: %s expired at the close of %s (%s New York): "
-                    "no pair is entered with it",
+                    "pairs %s: %s %s with %s held: no venue takes an order in it, so its leg "
+                    "is left to the broker's settlement and the other leg trades alone",
                     self.ctx.name,
                     symbol,
-                    contract.expiry,
-                    EXPIRY_CLOSE.strftime("%H:%M"),
+                    when,
+                    held,
                 )
-            return True
-        return False
+        return True
 
     def _leg_quantity(self, symbol: str, price: Decimal) -> Decimal:
         """Whole units of ``symbol`` worth about ``leg_notional`` (an option

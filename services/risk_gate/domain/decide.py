@@ -15,8 +15,8 @@ asset_class                 the intent's asset class is not the one its
                             symbol names (options are ``O:`` + OCC symbol):
                             its notional would take the wrong multiplier
 contract_expired            an option past the close of its expiry day
-                            (16:00 New York), and the order does not reduce
-                            the account's position in it
+                            (16:00 New York): no venue takes an order in
+                            it, a close included
 stale_intent                the intent is older than ``max_intent_age_s``
 kill_switch                 the global kill switch is engaged
 halted                      the account or everything is halted
@@ -211,15 +211,18 @@ def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
     contract = parse_option(p.symbol)
     if now_ns < contract.expires_at_ns:
         return ACCEPT
-    # Closing what is held may pass (the broker may refuse it; the gate must
-    # not stand in the way of a reduce); opening or adding never does.
-    if reduces_position(state, p.account, p.symbol, p.side, p.quantity):
-        return ACCEPT
+    # A close too: no exchange lists the contract any more and every broker
+    # refuses it (the paper broker: 422 "not tradable"); the position is
+    # settled by the broker (exercise or lapse), not by an order. Accepted,
+    # it was only a broker refusal, after its command had taken a place in
+    # the strategy's and the account's rate windows; a strategy answering
+    # the refusal by closing again (pairs_trade did, every minute) used up
+    # the account's rate limit and denied the other strategies' orders.
     return ReasonCode.CONTRACT_EXPIRED, (
         f"{p.symbol} expired at the close of {contract.expiry} "
-        f"({EXPIRY_CLOSE:%H:%M} New York); "
-        f"{p.side} {p.quantity} does not reduce the position of "
-        f"{state.account_position(p.account, p.symbol)}"
+        f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a close "
+        f"included; the account's position of {state.account_position(p.account, p.symbol)} "
+        f"is the broker's to settle"
     )
 
 
