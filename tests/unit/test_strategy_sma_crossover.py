@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from decimal import Decimal
 
+import pytest
+
 from libs.contract.envelope import Event
 from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.contract.options import parse_option
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.sma_crossover import SmaCrossover, SmaCrossoverParams
 from libs.strategy.testing import bars, fill_chain
@@ -86,3 +90,35 @@ def test_warmed_up_on_past_bars_it_trades_on_the_first_live_cross() -> None:
     # The same live bar to a cold instance: its averages are not full yet.
     cold = runtime()
     assert cold.run(live) == []
+
+
+def test_a_cross_after_its_option_contract_expired_orders_nothing_and_keeps_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The examples move to a target through ``trade_to``: past the contract's
+    expiry no venue takes an order in it, so the emit refuses one (a fault
+    that stops the strategy). ``trade_to`` leaves it, says so once, and the
+    strategy runs on; the same bars a day earlier trade."""
+    option = "O:SPY241220C00500000"
+    close = parse_option(option).expires_at_ns
+    closes = [12, 11, 10, 13, 9, 8]
+    rt = InMemoryRuntime()
+    rt.add(
+        "sma", SmaCrossover, {"fast_period": 2, "slow_period": 3, "quantity": 1}, symbols=(option,)
+    )
+    before = rt.run(bars(option, closes, start_ns=close - 86_400 * 10**9))
+    assert pairs(before) == [("long", "buy", Decimal(1)), ("flat", "sell", Decimal(1))]
+
+    rt = InMemoryRuntime()
+    rt.add(
+        "sma", SmaCrossover, {"fast_period": 2, "slow_period": 3, "quantity": 1}, symbols=(option,)
+    )
+    with caplog.at_level(logging.WARNING):
+        after = rt.run(bars(option, [*closes, 13, 9], start_ns=close))
+    assert after == []  # no signal, no intent, no fault
+    assert rt.hosts["sma"].running
+    said = [r.getMessage() for r in caplog.records if "has expired" in r.getMessage()]
+    assert said == [
+        f"sma: {option} has expired: no order in it (wanted 1, holding 0); "
+        "what is held is the broker's to settle"
+    ]

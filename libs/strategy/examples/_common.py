@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Annotated
 
@@ -9,6 +10,11 @@ from pydantic import Field
 
 from libs.contract.events import OrderIntentCreated, SignalGenerated
 from libs.strategy.context import Direction, StrategyContext
+
+log = logging.getLogger(__name__)
+
+#: (strategy, symbol) of the expired contracts already said (once per process).
+_said_expired: set[tuple[str, str]] = set()
 
 #: A ``quantity`` parameter: what an order can carry (the contract's Quantity,
 #: 26 digits and 12 places), else the strategy's first order faults.
@@ -30,7 +36,24 @@ def trade_to(
     reason: str,
     strength: Decimal | None = None,
 ) -> tuple[SignalGenerated, OrderIntentCreated] | None:
-    """Signal and order the difference between ``target`` and the exposure (if any)."""
+    """Signal and order the difference between ``target`` and the exposure (if any).
+
+    Nothing for an option contract past its expiry (``ctx.expired``): no
+    venue takes an order in it, a close included, so the SDK refuses one (a
+    fault that would stop the strategy); what is held in it is the broker's to
+    settle. Said once per strategy and contract."""
+    if ctx.expired(symbol):
+        if (ctx.name, symbol) not in _said_expired:
+            _said_expired.add((ctx.name, symbol))
+            log.warning(
+                "%s: %s has expired: no order in it (wanted %s, holding %s); "
+                "what is held is the broker's to settle",
+                ctx.name,
+                symbol,
+                target,
+                ctx.position(symbol).quantity,
+            )
+        return None
     delta = target - exposure(ctx, symbol)
     if delta == 0:
         return None
