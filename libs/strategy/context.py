@@ -38,7 +38,11 @@ class Position:
     (``contract_multiplier``). ``realized_pnl`` is net of commissions;
     ``unrealized_pnl`` is marked at ``mark``, or zero while there is no mark:
     the newest price seen by the market's own time (``mark_ns``), from a
-    trade, a bar's close, a quote's midpoint or a fill of the strategy's own.
+    trade, a bar's close, a mark marketdata made of an option's quotes
+    (``MarkUpdated``) or a fill (the strategy's own or another's), the prices
+    the risk-gate marks by, so this is the P&L its daily-loss breaker trips
+    on. Not a quote's midpoint: marketdata makes no mark of an equity's
+    quotes, nor of an option quote it refuses as a price (too wide a spread).
     """
 
     symbol: str

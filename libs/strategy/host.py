@@ -38,6 +38,7 @@ from libs.contract.envelope import Clock, Event, IdFactory
 from libs.contract.events import (
     BarClosed,
     FillReceived,
+    MarkUpdated,
     OrderAccepted,
     OrderCanceled,
     OrderIntentCreated,
@@ -76,7 +77,9 @@ MAX_ERROR_CHARS = 2000
 MAX_SIGNAL_NAME_CHARS = 200
 MAX_SIGNAL_REASON_CHARS = 4000
 
-MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated)
+#: What marks a position (with fills): trades, bars' closes and marketdata's
+#: option marks; and quotes, which are shown to the strategy but mark nothing.
+MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated, MarkUpdated)
 BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
 
 
@@ -358,8 +361,16 @@ class StrategyHost:
         return None
 
     def _apply_market_data(
-        self, event: BarClosed | TradePrinted | QuoteUpdated, *, ledger: bool = True
+        self,
+        event: BarClosed | TradePrinted | QuoteUpdated | MarkUpdated,
+        *,
+        ledger: bool = True,
     ) -> Callable[[], None] | None:
+        """Mark the ledger as the risk-gate marks (``evolve._on_price``): at a
+        trade, a bar's close or a mark marketdata made of an option's quotes,
+        the newest by market time; not at a quote, whose midpoint marketdata
+        may refuse as a price (too wide a spread) and makes none of for an
+        equity. The strategy is shown what it has a callback for: not marks."""
         symbol = event.payload.symbol
         if symbol not in self.symbols:
             return None
@@ -374,9 +385,11 @@ class StrategyHost:
             if ledger:
                 self.ledger.mark(symbol, trade.price, event.market_ns)
             return None if instance is None else lambda: instance.on_trade(trade)
+        if isinstance(event, MarkUpdated):
+            if ledger:
+                self.ledger.mark(symbol, event.payload.price, event.market_ns)
+            return None
         quote = event.payload
-        if ledger and quote.unpriceable() is None:  # no mark from a crossed or one-sided quote
-            self.ledger.mark(symbol, (quote.bid_price + quote.ask_price) / 2, event.market_ns)
         return None if instance is None else lambda: instance.on_quote(quote)
 
     def _apply_decision(self, event: RiskDecisionMade) -> Callable[[], None] | None:

@@ -10,8 +10,10 @@ by side; times 100 for an option contract, ``contract_multiplier``); crossing
 through zero realizes the closed part and opens the rest at the fill price.
 Commissions come off realized P&L.
 
-A position is marked as the risk-gate and ``tradebus positions`` mark it:
-at the newest price by the market's own time (the host passes
+A position is marked as the risk-gate and ``tradebus positions`` mark it,
+by trades, bars' closes, marketdata's option marks and fills (never by a
+quote: the host says what marks, ``StrategyHost._apply_market_data``): at
+the newest price by the market's own time (the host passes
 ``Event.market_ns``: ``ts_event``, no later than a few seconds after the
 event was made, so one bad stamp ahead cannot hold the mark), a fill's price
 included, so a price arriving late with an older time does not move the mark

@@ -2,6 +2,8 @@
 
 - Market data goes to every strategy configured for its symbol; a bar only
   to those that take its interval (``bar_interval``; None: every interval).
+  marketdata's option marks (``MarkUpdated``) too: they mark the strategy's
+  ledger, as they mark the risk-gate's positions, without calling it.
 - A strategy's own signals and intents (read back) and the risk-gate's
   decisions name the strategy in their payload.
 - Broker events (acks, rejects, cancels, fills) do not name a strategy; they
@@ -30,6 +32,7 @@ from libs.contract.envelope import Event
 from libs.contract.events import (
     BarClosed,
     FillReceived,
+    MarkUpdated,
     OrderAccepted,
     OrderCanceled,
     OrderIntentCreated,
@@ -125,7 +128,7 @@ class Router:
         """The names of the strategies ``event`` concerns (possibly none)."""
         if isinstance(event, BarClosed):
             return self._bar_takers(event.payload.symbol, event.payload.interval)
-        if isinstance(event, TradePrinted | QuoteUpdated):
+        if isinstance(event, TradePrinted | QuoteUpdated | MarkUpdated):
             return tuple(self._by_symbol.get(event.payload.symbol, ()))
         if isinstance(event, SignalGenerated | OrderIntentCreated):
             name = event.payload.strategy

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.contract.envelope import Event
-from libs.contract.events import BarClosed, QuoteUpdated, TradePrinted
+from libs.contract.events import BarClosed, MarkUpdated, QuoteUpdated, TradePrinted
 
 OverflowAction = Literal["dropped", "waited"]
 
@@ -41,7 +41,9 @@ class Item:
 
     @property
     def droppable(self) -> bool:
-        return self.mark or isinstance(self.event, BarClosed | TradePrinted | QuoteUpdated)
+        return self.mark or isinstance(
+            self.event, BarClosed | TradePrinted | QuoteUpdated | MarkUpdated
+        )
 
 
 class Inbox:

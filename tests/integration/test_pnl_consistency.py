@@ -10,6 +10,10 @@ last price of a symbol a trade, a bar or a fill) are given to all three,
 and each position's quantity, average price, realized and unrealized P&L
 must be the same in the three (to 1e-6: the views keep the average price
 to 12 places, which moves a large option position's unrealized P&L by 1e-9).
+
+Quotes of every symbol come in between (``quoted``), and after an option's
+the mark marketdata makes of it, if any; the ledger is fed through the host
+(``StrategyHost``), as the runner feeds it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from libs.contract.events import (
     BarPayload,
     FillPayload,
     FillReceived,
+    QuotePayload,
+    QuoteUpdated,
     SubmitOrder,
     SubmitOrderPayload,
     TradePayload,
@@ -35,7 +41,9 @@ from libs.contract.events import (
     contract_multiplier,
 )
 from libs.store.urls import asyncpg_url
-from libs.strategy.ledger import Ledger
+from libs.strategy.base import Strategy, StrategyParams
+from libs.strategy.host import StrategyHost
+from services.marketdata.domain.marks import MarkPolicy, OptionMarks
 from services.risk_gate.domain.evolve import evolve_all
 from services.risk_gate.domain.state import RiskState
 from tests.integration.recording import record_events
@@ -165,6 +173,54 @@ def flow(rng: random.Random, clock: At) -> list[Event]:
     return events
 
 
+class Then:
+    """A clock stopped at one instant."""
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+def quoted(rng: random.Random, events: list[Event]) -> list[Event]:
+    """``events`` with quotes of their symbols in between (two-sided or not,
+    narrow or wide), each a nanosecond or a few after the newest event before
+    it, and after each option quote the mark marketdata makes of it, if any
+    (none of a one-sided, crossed or too wide quote, nor of an unchanged one)."""
+    marks = OptionMarks(MarkPolicy(min_interval_ns=0, max_standing_ns=0))
+    out: list[Event] = []
+    now = 0
+    for event in events:
+        out.append(event)
+        now = max(now, event.ts_init)
+        symbol = getattr(event.payload, "symbol", None)
+        if symbol is None or rng.random() < 0.4:
+            continue
+        for _ in range(rng.randint(1, 3)):
+            now += 1
+            step = D("0.05") if symbol.startswith("O:") else D("0.01")
+            bid = price(rng, symbol)
+            ask = bid + rng.choice((-1, 0, 1, 2, 4, 400)) * step  # crossed ... far too wide
+            quote = QuoteUpdated.create(
+                QuotePayload(
+                    symbol=symbol,
+                    bid_price=bid,
+                    bid_size=D(rng.choice((0, 5, 5, 5))),
+                    ask_price=ask,
+                    ask_size=D(5),
+                    feed="polygon",
+                ),
+                source="test",
+                clock=Then(now),
+            )
+            out.append(quote)
+            mark = marks.on_quote(quote) if symbol.startswith("O:") else None
+            if mark is not None and not isinstance(mark, str):
+                out.append(mark)
+    return out
+
+
 Book = dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal, Decimal]]
 
 
@@ -179,30 +235,37 @@ def differences(a: Book, b: Book) -> dict[tuple[str, str, str], tuple[Any, Any]]
     }
 
 
+class Idle(Strategy[StrategyParams]):
+    """Does nothing: only its host's ledger is looked at."""
+
+
 def ledgers(events: list[Event]) -> Book:
     """Each strategy's ledger (one per account it trades) fed the events as
-    the runner feeds them: its own fills, and the others' fills of a symbol
-    as marks (``Router.markers``, ``StrategyHost.mark_at_fill``), at their
-    market time (``Event.market_ns``), as the host gives it."""
-    books: dict[tuple[str, str], Ledger] = {(a, s): Ledger() for a in ACCOUNTS for s in STRATEGIES}
+    the runner feeds its host: its own fills, the others' fills of a symbol
+    as marks (``Router.markers``, ``StrategyHost.mark_at_fill``) and every
+    other event of its symbols."""
+    hosts = {
+        (a, s): StrategyHost(
+            name=s, strategy=Idle, params={}, symbols=SYMBOLS, account=a, clock=Then(T0)
+        )
+        for a in ACCOUNTS
+        for s in STRATEGIES
+    }
     for e in events:
         if isinstance(e, FillReceived):
             assert e.payload.strategy is not None
             owner = (e.payload.account, e.payload.strategy)
-            books[owner].apply_fill(e.payload, e.market_ns)
-            for key, ledger in books.items():
+            hosts[owner].restore(e)
+            for key, host in hosts.items():
                 if key != owner:
-                    ledger.mark(e.payload.symbol, e.payload.price, e.market_ns)
-        elif isinstance(e, TradePrinted):
-            for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.price, e.market_ns)
-        elif isinstance(e, BarClosed):
-            for ledger in books.values():
-                ledger.mark(e.payload.symbol, e.payload.close, e.market_ns)
+                    host.mark_at_fill(e)
+        else:
+            for host in hosts.values():
+                host.restore(e)
     return {
         (account, strategy, symbol): (p.quantity, p.average_price, p.realized_pnl, p.unrealized_pnl)
-        for (account, strategy), ledger in books.items()
-        for symbol, p in ledger.positions.items()
+        for (account, strategy), host in hosts.items()
+        for symbol, p in host.ledger.positions.items()
     }
 
 
@@ -241,7 +304,7 @@ async def store(database_url: str, events: list[Event]) -> Book:
 @pytest.mark.parametrize("seed", range(8))
 async def test_the_store_the_risk_gate_and_the_ledger_agree(database_url: str, seed: int) -> None:
     rng = random.Random(seed)
-    events = flow(rng, At())
+    events = quoted(rng, flow(rng, At()))
     from_ledgers = ledgers(events)
     from_gate = risk_gate(events)
     from_store = await store(database_url, events)

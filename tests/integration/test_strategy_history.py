@@ -26,8 +26,12 @@ from libs.contract.events import (
     FillReceived,
     FlattenAccount,
     FlattenAccountPayload,
+    MarkPayload,
+    MarkUpdated,
     OrderCanceled,
     OrderIntentCreated,
+    QuotePayload,
+    QuoteUpdated,
     ReasonCode,
     Side,
     SignalGenerated,
@@ -48,6 +52,8 @@ from libs.strategy.testing import (
 )
 from services.broker_gateway.domain.model import OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
+from services.risk_gate.domain.evolve import evolve_all
+from services.risk_gate.domain.state import RiskState
 from services.strategy_runner.adapters import store
 from services.strategy_runner.adapters.store import History, load_history
 from tests.integration.recording import record_events
@@ -303,6 +309,74 @@ async def test_the_rebuild_marks_at_the_newest_prices_not_at_late_older_ones(
     assert books["s1"][0] == dict(live.hosts["s1"].ledger.positions)
 
 
+async def test_a_restarted_runner_marks_an_option_at_its_last_mark_as_the_gate_does(
+    database_url: str,
+) -> None:
+    """The start-up rebuild marks a position by the same prices as the
+    risk-gate: an option contract held at a trade of 5.50, then a mark of
+    6.00 (marketdata's, from a quote), then a quote too wide for a mark. The
+    gate marks it at 6.00, and so does the ledger live; the rebuild read no
+    mark and marked it at the trade's 5.50 until the next quote (and live,
+    the ledger took the wide quote's midpoint, 6.50)."""
+    option = "O:SPY261218C00600000"
+    t = NOW - 3600 * 10**9
+    cause = signal("s1", option, at_ns=t)
+    intent = market_intent(cause, ACCOUNT, "buy", 2)
+    events: list[Event] = [cause, intent, *fill_chain(intent, "5", ids=uuid.uuid4, at_ns=t)]
+    events.append(
+        TradePrinted.create(
+            TradePayload(symbol=option, price=D("5.5"), size=D(1), feed="polygon"),
+            source="test/marketdata",
+            clock=At(t + 10**9),
+        )
+    )
+    quotes = [("5.9", "6.1"), ("4", "9")]  # the second: too wide for a mark
+    for k, (bid, ask) in enumerate(quotes):
+        quote = QuoteUpdated.create(
+            QuotePayload(
+                symbol=option,
+                bid_price=D(bid),
+                bid_size=D(5),
+                ask_price=D(ask),
+                ask_size=D(5),
+                feed="polygon",
+            ),
+            source="test/marketdata",
+            clock=At(t + (2 + k) * 10**9),
+        )
+        events.append(quote)
+        if k == 0:
+            events.append(
+                MarkUpdated.create(
+                    MarkPayload(
+                        symbol=option,
+                        price=D(6),
+                        bid_price=D(bid),
+                        ask_price=D(ask),
+                        feed="polygon",
+                    ),
+                    source="test/marketdata",
+                    clock=At(quote.ts_event),
+                    cause=quote,
+                )
+            )
+    assert evolve_all(RiskState.initial(), events).marks[option].price == D(6)
+    live = InMemoryRuntime()
+    live.add("s1", EchoStrategy, symbols=(option,), account=ACCOUNT)
+    live.run(events)
+    assert live.hosts["s1"].ledger.position(option).mark == D(6)
+
+    await record_events(database_url, events)
+    history = await load_history(database_url, ["s1"], [option])
+    rebuilt = InMemoryRuntime()
+    rebuilt.add("s1", EchoStrategy, symbols=(option,), account=ACCOUNT)
+    history.restore_into(rebuilt)
+    position = rebuilt.hosts["s1"].ledger.position(option)
+    assert position == live.hosts["s1"].ledger.position(option)
+    assert (position.quantity, position.mark) == (D(2), D(6))
+    assert position.unrealized_pnl == D(200)  # (6 - 5) x 2 contracts x 100
+
+
 def _events_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The scans of ``events`` anywhere in an EXPLAIN (FORMAT JSON) plan."""
     found = [plan] if plan.get("Relation Name") == "events" else []
@@ -315,7 +389,7 @@ async def test_the_rebuild_s_price_lookups_are_index_probes_found_or_not(
     database_url: str,
 ) -> None:
     """The start-up rebuild's lookups of a symbol's last trade, last bar (of
-    an interval, or any), last fill and latest bars each read at most a row
+    an interval, or any), last mark, last fill and latest bars each read at most a row
     or two of ``events``, also for a symbol that has none of them (a contract
     only ever quoted) and as the generic plan PostgreSQL switches to after
     five runs. One query of trades and bars newest by seq first read the
@@ -352,6 +426,8 @@ async def test_the_rebuild_s_price_lookups_are_index_probes_found_or_not(
             (store.LAST_TRADE_SQL, (option, last_seq)),
             (store.LAST_BAR_SQL, (option, last_seq, "1m")),
             (store.LAST_BAR_SQL, (option, last_seq, None)),
+            (store.LAST_MARK_SQL, (option, last_seq)),
+            (store.LAST_MARK_SQL, ("AAPL", last_seq)),
             (store.LAST_FILL_SQL, (option, last_seq)),
             (store.WARMUP_SQL, (option, last_seq, 50, "1m")),
             (store.LAST_TRADE_SQL, ("AAPL", last_seq)),

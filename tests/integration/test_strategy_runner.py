@@ -22,10 +22,10 @@ import pytest
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.contract.events import OrderIntentCreated
+from libs.contract.events import MarkPayload, MarkUpdated, OrderIntentCreated
 from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
-from libs.strategy.testing import MINUTE_NS, bar, booked_fill, fill_chain
+from libs.strategy.testing import MINUTE_NS, At, bar, booked_fill, fill_chain
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
@@ -446,7 +446,11 @@ async def test_an_endless_loop_in_one_strategy_is_stopped_and_the_others_trade(
 #: before the verdict was in it), the broker's answers.
 LIVE_SUBJECTS = {
     # Minute bars only: both strategies take the default bar_interval.
-    *(f"md.{kind}.{sym}" for kind in ("bar.1m", "trade", "quote") for sym in ("AAPL", "MSFT")),
+    *(
+        f"md.{kind}.{sym}"
+        for kind in ("bar.1m", "trade", "quote", "mark")
+        for sym in ("AAPL", "MSFT")
+    ),
     *(f"risk.decision.{name}{kind}" for name in ("sma-x", "boom") for kind in ("", ".denied")),
     *("broker.ack.>", "broker.reject.>", "broker.fill.>", "broker.cancel.>"),
 }
@@ -508,10 +512,26 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path, database_url
             server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
         ) as md:
             await md.publish(bar("NVDA", 100, T0 + MINUTE_NS))
+            # A mark (as marketdata makes of quotes) reaches it too: it marks its ledger.
+            await md.publish(
+                MarkUpdated.create(
+                    MarkPayload(
+                        symbol="NVDA",
+                        price=Decimal(101),
+                        bid_price=Decimal(100),
+                        ask_price=Decimal(102),
+                        feed="synthetic",
+                    ),
+                    source="test/marketdata",
+                    clock=At(T0 + 2 * MINUTE_NS),
+                )
+            )
         emitted = (
             'tradebus_strategy_events_emitted_total{strategy="echo",type="OrderIntentCreated"}'
         )
         await eventually(lambda: metric(runner, emitted) == 1.0, timeout=20)
+        marks_in = 'tradebus_strategy_events_in_total{strategy="echo",type="MarkUpdated"}'
+        await eventually(lambda: metric(runner, marks_in) == 1.0, timeout=20)
         assert runner.terminate() == 0, runner.log_text()[-3000:]
     finally:
         if runner is not None:

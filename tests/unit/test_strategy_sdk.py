@@ -15,6 +15,8 @@ from libs.contract.codec import order_id_for
 from libs.contract.envelope import CLOCK_SKEW_NS, Event
 from libs.contract.events import (
     FillReceived,
+    MarkPayload,
+    MarkUpdated,
     OrderAccepted,
     OrderIntentCreated,
     OrderType,
@@ -30,6 +32,7 @@ from libs.strategy import (
     Fill,
     InMemoryRuntime,
     OrderUpdate,
+    Quote,
     Strategy,
     StrategyParams,
 )
@@ -79,6 +82,9 @@ class Probe(Strategy[ProbeParams]):
         if bar.close == 100:
             signal = self.ctx.signal(bar.symbol, "probe", "long", reason="close is 100")
             self.ctx.order(bar.symbol, "buy", self.params.quantity, cause=signal)
+
+    def on_quote(self, quote: Quote) -> None:
+        self.seen.append(quote)
 
     def on_fill(self, fill: Fill) -> None:
         self.seen.append(fill)
@@ -597,28 +603,53 @@ def quote(symbol: str, bid: str, ask: str, *, at_ns: int, size: int = 100) -> Qu
     )
 
 
-@pytest.mark.parametrize(
-    ("bid", "ask", "size", "unrealized"),
-    [
-        ("102", "104", 100, "25.00"),  # two-sided: the midpoint, 103
-        ("104", "104", 100, "35.00"),  # locked: a price
-        ("105", "104", 100, "-5.00"),  # crossed: no price, the fill's 100 stands
-        ("0", "104", 100, "-5.00"),  # one-sided (no bid)
-        ("102", "104", 0, "-5.00"),  # one-sided (no size)
-    ],
-)
-def test_a_quote_marks_the_books_only_when_it_is_two_sided_and_uncrossed(
-    bid: str, ask: str, size: int, unrealized: str
+def option_mark(symbol: str, price: str, *, at_ns: int) -> MarkUpdated:
+    """A mark marketdata made from a quote around ``price``."""
+    p = Decimal(price)
+    return MarkUpdated.create(
+        MarkPayload(symbol=symbol, price=p, bid_price=p - 1, ask_price=p + 1, feed="synthetic"),
+        source="test/marketdata",
+        clock=At(at_ns),
+    )
+
+
+@pytest.mark.parametrize("symbol", ["AAPL", "O:SPY241220C00100000"])
+@pytest.mark.parametrize("restoring", [False, True])
+def test_the_books_are_marked_by_marketdata_s_marks_not_by_quotes(
+    symbol: str, restoring: bool
 ) -> None:
-    """A strategy's books are marked at a quote's midpoint, as marketdata's
-    option marks are, and by the same rule: not from a crossed or one-sided
-    quote (they used to take a crossed quote's midpoint)."""
-    rt, intent = two_probes_and_an_intent_of_p()
-    for event in fill_chain(intent, "100.50", ids=counter_ids()):
-        rt.feed(event)
-    rt.feed(bar("AAPL", 100, 60_000_000_000))  # mark: (100 - 100.50) x 10
-    rt.feed(quote("AAPL", bid, ask, size=size, at_ns=200_000_000_000))
-    assert rt.hosts["p"].ledger.pnl().unrealized == Decimal(unrealized)
+    """A position is marked as the risk-gate marks it: by trades, bars'
+    closes, fills and the marks marketdata makes of option quotes
+    (``MarkUpdated``), the newest by market time; not at a quote's midpoint.
+    The books took every two-sided quote's midpoint, an equity's too, and
+    never read a mark: the strategy's unrealized P&L differed from the one
+    the gate's daily-loss breaker trips on after any equity quote and after
+    an option quote marketdata made no mark of (a wide spread). The strategy
+    is still shown its quotes; a mark is not shown to it. The same live and
+    rebuilt from the store (``restore``)."""
+    multiplier = 100 if symbol.startswith("O:") else 1
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=(symbol,))
+    [intent] = of_type(rt.run([bar(symbol, 100, 0)]), OrderIntentCreated)
+    feed = rt.restore if restoring else rt.feed
+    for event in fill_chain(intent, "100.50", ids=counter_ids(), at_ns=MINUTE_NS):
+        feed(event)  # the fill marks the position at 100.50
+
+    def unrealized() -> Decimal:
+        return rt.hosts["p"].ledger.pnl().unrealized / multiplier
+
+    seen = len(probe_seen(rt, "p"))
+    wide = quote(symbol, "90", "130", at_ns=200 * 10**9)  # marketdata makes no mark of it
+    feed(wide)
+    assert unrealized() == 0
+    feed(option_mark(symbol, "103", at_ns=300 * 10**9))
+    assert unrealized() == Decimal("25.00")  # (103 - 100.50) x 10
+    feed(option_mark(symbol, "90", at_ns=250 * 10**9))  # older, late: no mark
+    assert unrealized() == Decimal("25.00")
+    later = bar(symbol, "101.50", 5 * MINUTE_NS)  # newer than the mark
+    feed(later)
+    assert unrealized() == Decimal("10.00")
+    assert probe_seen(rt, "p")[seen:] == ([] if restoring else [wide.payload, later.payload])
 
 
 def test_broker_events_reach_the_strategy_without_the_accepted_decision() -> None:

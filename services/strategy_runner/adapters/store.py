@@ -16,10 +16,12 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
   ``FlattenAccount`` cancels whatever is working, and the gateway's
   ``OrderCanceled`` is then in the flatten's chain): live, they are routed
   by order id and finish their intents, so the rebuild must see them too;
-- the last bar or trade of each of its symbols, for unrealized P&L (of bars,
-  the last of each interval its strategies take: as live, a strategy is
-  marked by the bars it is shown only), and its last fill of any strategy
-  (a fill marks every holder of its symbol, ``Router.markers``);
+- the last bar, trade and mark (``MarkUpdated``, marketdata's, of an
+  option's quotes) of each of its symbols, for unrealized P&L (of bars, the
+  last of each interval its strategies take: as live, a strategy is marked
+  by the bars it is shown only), and its last fill of any strategy (a fill
+  marks every holder of its symbol, ``Router.markers``): the newest of them
+  by market time marks, as in the risk-gate;
 - the latest bars of each symbol, as many as its strategies ask for
   (``Strategy.warmup_bars``), to warm their indicators up (``on_warmup``).
 
@@ -142,6 +144,16 @@ WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
 ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
+# The symbol's newest mark by market time (marketdata's, of an option's
+# quotes; none of an equity): it marks the position as it marks the
+# risk-gate's, when it is the newest of all. ix_events_newest_price holds
+# marks too (migration 0013): one probe, as for trades.
+LAST_MARK_SQL = f"""
+SELECT {COLUMNS} FROM events
+WHERE symbol = $1 AND type = 'MarkUpdated' AND seq <= $2
+ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
+"""  # noqa: S608 - constant column list, values are bind parameters
+
 # The symbol's newest fill by market time, of any strategy or account: its
 # price marks every holder of the symbol, as live (``Router.markers``), when
 # it is the newest. One probe of ix_events_newest_fill (migration 0013).
@@ -208,7 +220,7 @@ async def load_history(
 ) -> History:
     """Read the strategies' chains (less those finished before
     ``finished_before_ns``: see ``CHAINS_SQL``), all their fills, their
-    symbols' last prices (a trade, or a bar of each interval in
+    symbols' last prices (a trade, a mark, a fill, or a bar of each interval in
     ``bar_intervals[symbol]``, the intervals its strategies take; None, or a
     symbol not in it: a bar of any) and, per (symbol, bar interval) in
     ``warmup``, that many of its latest bars (an interval of None: of any
@@ -241,6 +253,7 @@ async def load_history(
                 last = [await conn.fetchrow(LAST_TRADE_SQL, symbol, last_seq)]
                 for interval in sorted(intervals, key=lambda i: i or ""):
                     last.append(await conn.fetchrow(LAST_BAR_SQL, symbol, last_seq, interval))
+                last.append(await conn.fetchrow(LAST_MARK_SQL, symbol, last_seq))
                 last.append(await conn.fetchrow(LAST_FILL_SQL, symbol, last_seq))
                 rows += [row for row in last if row is not None]
             bar_rows = []

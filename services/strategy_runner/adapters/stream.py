@@ -11,7 +11,8 @@ the store, and with nothing to acknowledge nothing is ever redelivered — a
 dispatcher held up by a full ``block`` inbox for longer than an ack wait
 would otherwise see the same bar delivered twice.
 
-The filter is narrow on purpose: market data of the configured symbols only,
+The filter is narrow on purpose: market data of the configured symbols only
+(their marks included: the ledger is marked by them, as the risk-gate is),
 the risk-gate's denials of the strategies' intents (not its acceptances: an
 accepted intent's order id derives from the intent's id, so the books know it
 from the start, and the accepted decision leaves the gate together with its
@@ -56,7 +57,9 @@ def filter_subjects(
             out.append(f"md.bar.*.{tok}")
         else:
             out += [f"md.bar.{iv}.{tok}" for iv in sorted(i for i in intervals if i is not None)]
-        out += [f"md.trade.{tok}", f"md.quote.{tok}"]
+        # Marks (marketdata's, of option quotes) price the ledger as they
+        # price the risk-gate's positions; none come for an equity.
+        out += [f"md.trade.{tok}", f"md.quote.{tok}", f"md.mark.{tok}"]
     for name in sorted(set(strategies)):
         if not live:
             out += [f"strategy.signal.{name}", f"strategy.intent.{name}"]
