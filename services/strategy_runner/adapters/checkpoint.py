@@ -49,10 +49,15 @@ FORMAT = 2
 KEEP = 3
 _HERE = Path(__file__).resolve()
 _ROOT = _HERE.parents[3]
-#: The code a ledger fold depends on.
+#: The code a ledger fold depends on: the ledger, its positions, and the
+#: host and router, which decide what marks it (which events, whose fills).
+#: A change to any of them makes earlier checkpoints ignored once (the first
+#: start-up after it folds the fills from the start, and checkpoints again).
 _SOURCES = (
     _ROOT / "libs" / "strategy" / "ledger.py",
     _ROOT / "libs" / "strategy" / "context.py",
+    _ROOT / "libs" / "strategy" / "host.py",
+    _ROOT / "libs" / "strategy" / "routing.py",
     _ROOT / "libs" / "contract" / "events.py",
     _HERE,
 )
