@@ -104,8 +104,10 @@ class QuotePayload(Frozen):
 
         ``one_sided``: a side at zero price or size (the market does not
         quote it); ``crossed``: the bid above the ask. A locked quote (bid
-        equal to ask) is a price. The one rule for marks made from quotes:
-        marketdata's option marks and a strategy's books.
+        equal to ask) is a price. The rule of marketdata's option marks
+        (``MarkUpdated``), the only marks made from quotes: the risk-gate,
+        ``positions_marked`` and a strategy's books read those marks, not
+        quotes.
         """
         if self.bid_price <= 0 or self.ask_price <= 0 or self.bid_size <= 0 or self.ask_size <= 0:
             return "one_sided"
