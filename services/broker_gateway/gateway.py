@@ -742,7 +742,9 @@ class AccountWorker:
                         "close_all", self.port.close_all, unread_attempts=CLOSE_ALL_ATTEMPTS
                     )
                 except AnswerUnread as unread:
-                    return self._close_all_unread(command, unread)
+                    closed = await self._close_all_unread(command, unread)
+                    if closed is None:
+                        return "incomplete"
             await self._flatten_done(command, closed)
         finally:
             self.tracker.flatten_ended()
@@ -871,24 +873,42 @@ class AccountWorker:
         )
         return ClosedAll(tuple(found), refused)
 
-    def _close_all_unread(self, command: FlattenAccount, error: AnswerUnread) -> str:
-        """The flatten gives up on a close-all whose answer was not read
-        ``CLOSE_ALL_ATTEMPTS`` times: said, counted as ``incomplete``, and
-        the account reconciled and its positions checked (the closing orders
-        the broker placed are taken in as orders nobody here placed)."""
+    async def _close_all_unread(
+        self, command: FlattenAccount, error: AnswerUnread
+    ) -> ClosedAll | None:
+        """A close-all whose answer was not read ``CLOSE_ALL_ATTEMPTS`` times:
+        the broker is asked what they did (:meth:`_recover`), and the closing
+        orders found are the flatten's, as an answer's are. If it placed none
+        (or cannot say), the flatten gives up: said, counted as
+        ``incomplete``, and the account reconciled and its positions checked
+        (a closing order placed all the same is taken in as nobody's)."""
         log.error(
             "flatten %s of %s: the broker's answer to its close-all was not read %d times "
-            "(the last: %s); it may have placed closing orders, which are not known here: "
-            "check the account's positions at the broker",
+            "(the last: %s); asking it for the closing orders it placed",
             command.id,
             self.account,
             CLOSE_ALL_ATTEMPTS,
             error,
         )
+        window = self._earlier_close_all(command, 1)
+        assert window is not None
+        try:
+            closed = await self._recover(command, *window)
+        except (BrokerError, ValueError) as e:
+            log.error("flatten %s of %s: the broker cannot say (%s)", command.id, self.account, e)
+            closed = None
+        if closed is not None:
+            return closed
+        log.error(
+            "flatten %s of %s given up: it may have placed closing orders, which are not "
+            "known here: check the account's positions at the broker",
+            command.id,
+            self.account,
+        )
         self._close_alls_sent.pop(command.id, None)
         self._check_wanted = True
         self.want_reconcile(everything=True)
-        return "incomplete"
+        return None
 
     async def _caught_up(self) -> None:
         """Before a close-all: each unsettled order's fills published.
