@@ -72,7 +72,12 @@ from libs.contract.events import (
     SubmitOrder,
 )
 from services.broker_gateway import metrics
-from services.broker_gateway.domain.model import BrokerOrder, ConnectionUpdate
+from services.broker_gateway.domain.model import (
+    BrokerOrder,
+    ClosedAll,
+    CloseRefused,
+    ConnectionUpdate,
+)
 from services.broker_gateway.domain.tracker import (
     OrderTracker,
     TrackedOrder,
@@ -135,6 +140,9 @@ RECONCILE_RETRY_MAX_S = 300.0
 #: orders the one before placed and places new ones, and an answer it cannot
 #: parse it cannot parse the next time either (it was tried for ever).
 CLOSE_ALL_ATTEMPTS = 3
+#: How far the broker's clock may be from ours: a flatten looks for the
+#: closing orders of an earlier close-all this much around its window.
+CLOCK_SKEW_NS = 2_000_000_000
 #: A positions check that finds a difference looks again after this long
 #: and says only what differs both times: a fill the broker has booked may
 #: still be on its way on the stream.
@@ -328,6 +336,11 @@ class AccountWorker:
         # Orders the broker answered 404 for, counted once each: they stay
         # unsettled, so every later reconciliation asks for them again.
         self._unknown_counted: set[uuid.UUID] = set()
+        #: When this gateway sent a flatten's close-all (ns), until its outcome
+        #: is published: the flatten run again looks for its closing orders.
+        self._close_alls_sent: dict[uuid.UUID, int] = {}
+        #: Closing orders created after this (ns) are no earlier gateway's.
+        self.started_ns = clock.now_ns()
 
     # ----------------------------------------------------------- commands
 
@@ -557,7 +570,7 @@ class AccountWorker:
         elif isinstance(command, CancelOrder):
             outcome = await self._cancel(command)
         elif isinstance(command, FlattenAccount):
-            outcome = await self._flatten(command)
+            outcome = await self._flatten(command, _deliveries(held.msg))
         else:
             outcome = "ignored"
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome=outcome).inc()
@@ -697,7 +710,7 @@ class AccountWorker:
     async def _cancel_one(self, t: TrackedOrder) -> None:
         await self.port.cancel(client_order_id=t.client_order_id, broker_order_id=t.broker_order_id)
 
-    async def _flatten(self, command: FlattenAccount) -> str:
+    async def _flatten(self, command: FlattenAccount, delivery: int = 1) -> str:
         # Once per flatten: run again later (a copy delivered after a resume,
         # or after more orders), its close-all would close positions opened
         # since. Its ack is sent at once and confirmed (run_commands) before
@@ -707,42 +720,35 @@ class AccountWorker:
             return "repeat"
         # The cancel-all's cancels are the flatten's doing.
         self.tracker.evolve(command)
+        closed: ClosedAll | None = None
         try:
-            await self._call("cancel_all", self.port.cancel_all)
-            await self._caught_up()
-            # From here until the close-all answers, orders the broker opens
-            # on its own are this flatten's closing orders. Not before: the
-            # cancel-all waits out an outage (the very time a flatten is sent
-            # for), and an order placed at the broker by hand meanwhile, taken
-            # in by the reconnection's reconciliation, was taken for a closing
-            # order: its fills booked to the strategies, the flatten marked done.
-            self.tracker.flatten_started(command)
-            try:
-                closed = await self._call(
-                    "close_all", self.port.close_all, unread_attempts=CLOSE_ALL_ATTEMPTS
-                )
-            except AnswerUnread as unread:
-                return self._close_all_unread(command, unread)
-            unexpressed: list[tuple[BrokerOrder, ValueError]] = []
-            events = self.tracker.flatten_done(
-                closed.orders, closed.refused, unexpressed=unexpressed
-            )
-            for order, e in unexpressed:
-                # Its fills will not be expressible either: said, as the stream's are.
-                metrics.MALFORMED.labels(account=self.account).inc()
-                log.error(
-                    "flatten %s of %s: cannot take in its closing order %s (%s %s %s): %s",
-                    command.id,
-                    self.account,
-                    order.broker_order_id,
-                    order.side,
-                    order.quantity,
-                    order.symbol,
-                    e,
-                )
-            await self.outbox.publish(events)
+            window = self._earlier_close_all(command, delivery)
+            if window is not None:
+                closed = await self._recover(command, *window)
+            if closed is None:
+                await self._call("cancel_all", self.port.cancel_all)
+                await self._caught_up()
+                # From here until the close-all answers, orders the broker
+                # opens on its own are this flatten's closing orders. Not
+                # before: the cancel-all waits out an outage (the very time a
+                # flatten is sent for), and an order placed at the broker by
+                # hand meanwhile, taken in by the reconnection's
+                # reconciliation, was taken for a closing order: its fills
+                # booked to the strategies, the flatten marked done.
+                self.tracker.flatten_started(command)
+                self._close_alls_sent[command.id] = self.clock.now_ns()
+                try:
+                    closed = await self._call(
+                        "close_all", self.port.close_all, unread_attempts=CLOSE_ALL_ATTEMPTS
+                    )
+                except AnswerUnread as unread:
+                    closed = await self._close_all_unread(command, unread)
+                    if closed is None:
+                        return "incomplete"
+            await self._flatten_done(command, closed)
         finally:
             self.tracker.flatten_ended()
+        assert closed is not None
         if closed.refused:
             # Published above as an OrderRejected per position (caused by the
             # flatten). Not retried: a second close-all could close positions
@@ -766,23 +772,143 @@ class AccountWorker:
         )
         return "flattened"
 
-    def _close_all_unread(self, command: FlattenAccount, error: AnswerUnread) -> str:
-        """The flatten gives up on a close-all whose answer was not read
-        ``CLOSE_ALL_ATTEMPTS`` times: said, counted as ``incomplete``, and
-        the account reconciled and its positions checked (the closing orders
-        the broker placed are taken in as orders nobody here placed)."""
+    async def _flatten_done(self, command: FlattenAccount, closed: ClosedAll) -> None:
+        """Publish what the close-all did: its closing orders, its refusals."""
+        unexpressed: list[tuple[BrokerOrder, ValueError]] = []
+        events = self.tracker.flatten_done(closed.orders, closed.refused, unexpressed=unexpressed)
+        for order, e in unexpressed:
+            # Its fills will not be expressible either: said, as the stream's are.
+            metrics.MALFORMED.labels(account=self.account).inc()
+            log.error(
+                "flatten %s of %s: cannot take in its closing order %s (%s %s %s): %s",
+                command.id,
+                self.account,
+                order.broker_order_id,
+                order.side,
+                order.quantity,
+                order.symbol,
+                e,
+            )
+        await self.outbox.publish(events)
+        self._close_alls_sent.pop(command.id, None)
+
+    def _earlier_close_all(self, command: FlattenAccount, delivery: int) -> tuple[int, int] | None:
+        """When an earlier run of this flatten may have sent its close-all,
+        whose outcome was never recorded: the window (ns, the broker's
+        clock give or take :data:`CLOCK_SKEW_NS`) its closing orders were
+        created in; None if none can have.
+
+        This gateway sent it (and failed after): from then until now. Else
+        a delivery after the first may be a copy the gateway before a
+        restart (kill -9) was running: from the command's creation until
+        this gateway started. (Not for a first delivery: after an outage,
+        an order placed at the broker by hand since the flatten was sent
+        would be taken for its closing order.)
+        """
+        sent = self._close_alls_sent.get(command.id)
+        if sent is not None:
+            return sent - CLOCK_SKEW_NS, self.clock.now_ns() + CLOCK_SKEW_NS
+        if delivery > 1:
+            return command.ts_init - CLOCK_SKEW_NS, self.started_ns + CLOCK_SKEW_NS
+        return None
+
+    async def _recover(
+        self, command: FlattenAccount, after_ns: int, until_ns: int
+    ) -> ClosedAll | None:
+        """What an earlier close-all of this flatten did, read back from the
+        broker: the closing orders it placed (created in the window, see
+        :meth:`OrderTracker.adopt_closing_orders`), taken in with their fills
+        and published (the fills booked to the strategies whose positions
+        they close); and as refused, each position still open at the broker
+        that none of them closes. None if it placed no closing order: then
+        it did nothing, or only refused, and the close-all is sent (again).
+
+        A kill -9 between the broker's answer to a close-all and its events
+        lost them: the closing fills made meanwhile were never published
+        (or booked to nobody), or the flatten, rebuilt as done from a
+        closing order's acceptance, lost its ClosingOrdersPlaced and
+        refusals. Everything published here has derived ids, so what the
+        gateway before the crash did publish is not published twice.
+        """
+        orders = await self._call(
+            "orders_created", lambda: self.port.orders_created(after_ns, until_ns)
+        )
+        self.tracker.flatten_started(command)
+        found = self.tracker.adopt_closing_orders(orders)
+        if not found:
+            # Unknown orders are nobody's again until a close-all is sent.
+            self.tracker.flatten_ended()
+            log.info(
+                "flatten %s of %s: no closing order of an earlier close-all at the broker",
+                command.id,
+                self.account,
+            )
+            return None
+        held = await self._call("positions", self.port.positions)
+        for order in found:
+            t = self.tracker.find(order)
+            fills = (
+                await self._reconciling(functools.partial(self.port.order_fills, order))
+                if t is not None and order.filled_quantity > t.filled
+                else None
+            )
+            await self.outbox.publish(self.tracker.reconcile(order, fills))
+        closing = {o.symbol for o in found}
+        refused = tuple(
+            CloseRefused(
+                p.symbol,
+                "no closing order was placed for it (found after the close-all's answer was lost)",
+                entry=place,
+            )
+            for place, p in enumerate(held)
+            if p.quantity != 0 and p.symbol not in closing
+        )
+        log.warning(
+            "flatten %s of %s: its close-all was sent before and its answer lost; "
+            "%d closing orders found at the broker, %d positions it left open",
+            command.id,
+            self.account,
+            len(found),
+            len(refused),
+        )
+        return ClosedAll(tuple(found), refused)
+
+    async def _close_all_unread(
+        self, command: FlattenAccount, error: AnswerUnread
+    ) -> ClosedAll | None:
+        """A close-all whose answer was not read ``CLOSE_ALL_ATTEMPTS`` times:
+        the broker is asked what they did (:meth:`_recover`), and the closing
+        orders found are the flatten's, as an answer's are. If it placed none
+        (or cannot say), the flatten gives up: said, counted as
+        ``incomplete``, and the account reconciled and its positions checked
+        (a closing order placed all the same is taken in as nobody's)."""
         log.error(
             "flatten %s of %s: the broker's answer to its close-all was not read %d times "
-            "(the last: %s); it may have placed closing orders, which are not known here: "
-            "check the account's positions at the broker",
+            "(the last: %s); asking it for the closing orders it placed",
             command.id,
             self.account,
             CLOSE_ALL_ATTEMPTS,
             error,
         )
+        window = self._earlier_close_all(command, 1)
+        assert window is not None
+        try:
+            closed = await self._recover(command, *window)
+        except (BrokerError, ValueError) as e:
+            log.error("flatten %s of %s: the broker cannot say (%s)", command.id, self.account, e)
+            closed = None
+        if closed is not None:
+            return closed
+        log.error(
+            "flatten %s of %s given up: it may have placed closing orders, which are not "
+            "known here: check the account's positions at the broker",
+            command.id,
+            self.account,
+        )
+        self._close_alls_sent.pop(command.id, None)
         self._check_wanted = True
         self.want_reconcile(everything=True)
-        return "incomplete"
+        return None
 
     async def _caught_up(self) -> None:
         """Before a close-all: each unsettled order's fills published.
@@ -1270,6 +1396,11 @@ class AccountWorker:
         reconciliation's): a submit waiting in _settle for it may go on."""
         async with self._progress:
             self._progress.notify_all()
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times JetStream has delivered ``msg`` (1 for a plain message)."""
+    return msg.metadata.num_delivered if msg.reply else 1
 
 
 async def _ack(msg: Msg) -> None:

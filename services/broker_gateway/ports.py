@@ -12,6 +12,8 @@ get_order             GET /v2/orders/{id},                 GET /v1/accounts/{id}
                       GET /v2/orders:by_client_order_id    the order list filtered by tag
 open_orders           GET /v2/orders?status=open, paged    GET /v1/accounts/{id}/orders
                       (limit=500, direction=asc, after)
+orders_created        GET /v2/orders?status=all, paged     GET /v1/accounts/{id}/orders, by
+                      (after, until: submission times)     create_date
 positions             GET /v2/positions                    GET /v1/accounts/{id}/positions
 close_all             DELETE /v2/positions?cancel_orders=  a closing market order per position
                       true (207: an entry per position)
@@ -112,6 +114,13 @@ class BrokerPort(Protocol):
 
     async def open_orders(self) -> list[BrokerOrder]:
         """Every working order of the account."""
+        ...
+
+    async def orders_created(self, after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        """Every order of the account, working or ended, that the broker
+        created after ``after_ns`` and before ``until_ns`` (its own clock),
+        oldest first. How a flatten finds the closing orders of a close-all
+        whose answer it never read (see ``AccountWorker._recover``)."""
         ...
 
     async def positions(self) -> list[BrokerPosition]:

@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
+from libs.contract import codec
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
     AnyEvent,
@@ -50,6 +51,7 @@ from libs.local.servers import free_port
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway as gateway_module
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
+from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
@@ -126,9 +128,16 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    bus: Bus, venues: list[Venue], *, max_held: int = 1000, position_check_every_s: float = 0.0
+    bus: Bus,
+    venues: list[Venue],
+    *,
+    max_held: int = 1000,
+    position_check_every_s: float = 0.0,
+    trackers: dict[str, OrderTracker] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """The gateway's command path, wired as main.py wires it, ack wait 1 s."""
+    """The gateway's command path, wired as main.py wires it, ack wait 1 s;
+    ``trackers`` as rebuilt after a restart (else new ones)."""
+    trackers = trackers or {}
     outbox = Outbox(bus)
 
     async def dead(msg: Msg, error: str) -> None:
@@ -149,7 +158,8 @@ async def gateway(
         workers[v.account] = AccountWorker(
             v.account,
             port,
-            OrderTracker(v.account, clock=CLOCK, source="broker-gateway/test"),
+            trackers.get(v.account)
+            or OrderTracker(v.account, clock=CLOCK, source="broker-gateway/test"),
             outbox,
             clock=CLOCK,
             source="broker-gateway/test",
@@ -883,3 +893,105 @@ async def test_a_held_order_whose_cancel_is_queued_behind_it_is_never_sent(
     assert canceled["payload"]["order_id"] == str(oid)
     assert canceled["payload"]["reason"] == "canceled before it reached the broker"
     assert canceled["causation_id"] == str(reaction[0].id)
+
+
+async def rebuilt(bus: Bus, account: str) -> OrderTracker:
+    """The account's tracker as a restarted gateway rebuilds it: the stored
+    order-path events (the types the store's history reads) folded in order."""
+    subject = f"*.*.{account}"  # orders.cmd.<account>, broker.<what>.<account>
+    info = await bus.js.stream_info(STREAM, subjects_filter=subject)
+    count = sum((info.state.subjects or {}).values())
+    sub = await bus.js.subscribe(
+        subject, stream=STREAM, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
+    )
+    try:
+        decoded = [codec.decode((await sub.next_msg(timeout=5)).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+    tracker = OrderTracker(account, clock=CLOCK, source="broker-gateway/test")
+    for event in decoded:
+        if event.type in ORDER_PATH_TYPES:
+            tracker.evolve(event)
+    return tracker
+
+
+@pytest.mark.parametrize("published", ["nothing", "the stream's"])
+async def test_a_flatten_cut_by_a_crash_after_its_close_all_loses_nothing(
+    bus: Bus, venues: list[Venue], monkeypatch: pytest.MonkeyPatch, published: str
+) -> None:
+    """The gateway dies (kill -9) once the broker has acted on a flatten's
+    close-all: it sold s1's 10 AAPL and refused MSFT (halted). Either
+    nothing of it was published (the broker's updates went to a dead
+    socket), or the stream's acceptance and fill of the closing order were
+    and the close-all's answer was not. Restarted, with its tracker rebuilt
+    from what was stored, the gateway gets the flatten again: it published
+    nothing for it (the closing fill never booked, s1 long 10 AAPL the broker
+    no longer holds) or took it for done (a closing order of it accepted),
+    and ClosingOrdersPlaced and the MSFT refusal were lost. Now it finds the
+    closing orders its close-all placed, publishes what is missing, each
+    once, and sends no second close-all."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    a.book.on_market(MarketUpdate.trade("MSFT", D(50)))
+    flat = flatten(a.account)
+    crashed = asyncio.Event()
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish_many([submit(a.account, "AAPL", "10"), submit(a.account, "MSFT", "5")])
+        await eventually(
+            lambda: [w.tracker.position(s, "s1") for s in ("AAPL", "MSFT")] == [D(10), D(5)],
+            timeout=10,
+        )
+        await w.wait_idle()
+        a.book.config = replace(a.book.config, halted_symbols=frozenset({"MSFT"}))
+        close_all = w.port.close_all
+
+        async def acted_then_died() -> None:
+            if published == "nothing":
+                # The broker acts; its updates and answer reach no one.
+                a.book.close_all(a.account, cancel_orders=True)
+            else:
+                await close_all()
+                await eventually(
+                    lambda: _caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
+                )
+            crashed.set()
+            await asyncio.Event().wait()  # dead: nothing after this runs
+
+        monkeypatch.setattr(w.port, "close_all", acted_then_died)
+        await bus.publish(flat)
+        await eventually(crashed.is_set, timeout=10)
+    assert a.book.positions(a.account)[0].symbol == "MSFT"
+    tracker = await rebuilt(bus, a.account)
+    async with gateway(bus, venues[:1], trackers={a.account: tracker}) as gw:
+        w = gw.workers[a.account]
+        await eventually(lambda: w.tracker.flattened(flat.id), timeout=20)
+        await w.wait_idle()
+        placed = await eventually(
+            lambda: _caused_by(bus, f"broker.close.{a.account}", flat.id), timeout=10
+        )
+        rejected = await eventually(
+            lambda: _caused_by(bus, f"broker.reject.{a.account}", flat.id), timeout=10
+        )
+        fills = await eventually(
+            lambda: _caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
+        )
+        assert (w.tracker.position("AAPL", "s1"), w.tracker.position("MSFT", "s1")) == (D(0), D(5))
+        assert w.tracker.position("AAPL") == 0  # nothing booked to nobody
+    assert a.book.close_alls == 1  # no second close-all
+    [closing] = placed
+    [order] = closing["payload"]["orders"]
+    assert (order["symbol"], order["side"], order["quantity"]) == ("AAPL", "sell", "10")
+    [fill] = fills
+    assert fill["payload"]["order_id"] == order["order_id"]
+    assert (fill["payload"]["strategy"], fill["payload"]["quantity"]) == ("s1", "10")
+    [refusal] = rejected
+    assert "MSFT position, which is still open" in refusal["payload"]["reason"]
+    acks = [a for a in await stored(bus, f"broker.ack.{a.account}") if a["causation_id"]]
+    assert [a["payload"]["order_id"] for a in acks].count(order["order_id"]) == 1
+
+
+async def _caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:
+    """The events stored on ``subject`` caused by ``cause``; None if none."""
+    return [e for e in await stored(bus, subject) if e["causation_id"] == str(cause)] or None

@@ -351,6 +351,31 @@ async def test_every_open_order_is_listed_however_many(broker: Harness) -> None:
     assert [o.client_order_id for o in listed] == cids
 
 
+async def test_orders_created_in_a_window_are_listed_ended_or_working(broker: Harness) -> None:
+    """Every order the broker created in the window, filled, canceled or
+    still working, oldest first; none from before it or after it."""
+    await broker.set_price("NFLX", D(40))
+    before = await broker.port.submit(market("NFLX", "buy", "1", cid()))
+    after_ns = time.time_ns()
+    await eventually(lambda: time.time_ns() > after_ns + 2_000_000, timeout=1)  # the clock moves
+    filled = await broker.port.submit(market("NFLX", "buy", "2", cid()))
+    resting = cid()
+    await broker.port.submit(OrderRequest(resting, "NFLX", "buy", D(1), "limit", limit_price=D(1)))
+    canceled = cid()
+    await broker.port.submit(OrderRequest(canceled, "NFLX", "buy", D(1), "limit", limit_price=D(1)))
+    await broker.port.cancel(client_order_id=canceled)
+    until_ns = time.time_ns()
+    await eventually(lambda: time.time_ns() > until_ns + 2_000_000, timeout=1)
+    await broker.port.submit(market("NFLX", "buy", "3", cid()))
+    listed = await broker.port.orders_created(after_ns, until_ns)
+    assert [(o.client_order_id, o.status) for o in listed] == [
+        (filled.client_order_id, "filled"),
+        (resting, "accepted"),
+        (canceled, "canceled"),
+    ]
+    assert before.client_order_id not in {o.client_order_id for o in listed}
+
+
 async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     await broker.set_price("AAPL", D(10))
     await broker.set_price("SPY", D(20))

@@ -258,6 +258,9 @@ async def test_a_window_over_the_whole_history_keeps_everything(database_url: st
     assert history.orders_left_out == 0
     assert kept.orders == full.orders
     assert kept.positions == full.positions
+    # The flatten is done rebuilt as live: its ClosingOrdersPlaced is read back.
+    assert full._flattened
+    assert kept._flattened == full._flattened
 
 
 async def test_a_store_of_only_old_settled_orders_still_gives_positions(database_url: str) -> None:

@@ -643,8 +643,9 @@ def _one_random_order(seed: int) -> None:
 
 def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     """A flatten whose close-all answered is never run again: not a copy of
-    it in the same process, nor one delivered again after a restart if one of
-    its closing orders was recorded."""
+    it in the same process, nor one delivered again after a restart if its
+    ClosingOrdersPlaced was recorded. A closing order's acceptance alone (the
+    stream's, before a crash took the answer) does not make it done."""
     live = tracker()
     empty = FlattenAccount.create(
         FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
@@ -667,6 +668,10 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     accepted, placed = done
     assert isinstance(accepted, OrderAccepted)
     assert isinstance(placed, ClosingOrdersPlaced)
+    cut = tracker()
+    for recorded in (empty, closing, accepted):
+        cut.evolve(recorded)
+    assert not cut.flattened(closing.id)
     rebuilt = tracker()
     for e in (empty, closing, accepted, placed):
         rebuilt.evolve(e)

@@ -1440,7 +1440,9 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     time) with what the adapter cannot parse. It was tried for ever, every
     attempt canceling the closing orders of the one before and placing new
     ones, the account's commands held behind it. It is tried
-    CLOSE_ALL_ATTEMPTS times, said, and the account reconciled and checked."""
+    CLOSE_ALL_ATTEMPTS times, said; the broker, asked for the closing orders
+    it placed, has none: the flatten is given up, the account reconciled and
+    checked."""
     from libs.contract.events import FlattenAccount, FlattenAccountPayload
     from services.broker_gateway.errors import AnswerUnread
 
@@ -1455,7 +1457,10 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
         close_alls.append(1)
         raise AnswerUnread("acct: malformed answer: 1 validation error for Order")
 
-    w.port = cast(Any, SimpleNamespace(cancel_all=cancel_all, close_all=close_all, connected=True))
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        return []
+
+    w.port = broker(cancel_all=cancel_all, close_all=close_all, orders_created=orders_created)
     flatten = FlattenAccount.create(
         FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
     )
@@ -1464,7 +1469,118 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
             await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
     assert len(close_alls) == gateway.CLOSE_ALL_ATTEMPTS
     assert "the broker's answer to its close-all was not read 3 times" in caplog.text
+    assert "given up: it may have placed closing orders" in caplog.text
     assert w._reconcile_wanted.is_set()
     assert w._reconcile_everything
     assert w._check_wanted
     assert w.tracker._flattening is None  # unknown orders are nobody's again
+
+
+def filled_position(w: AccountWorker, quantity: int) -> None:
+    """Strategy ``s`` bought ``quantity`` AAPL at 100 (order b-1, filled)."""
+    from libs.contract.events import FillPayload, FillReceived
+
+    oid = accepted_order(w, quantity)
+    t = w.tracker.get(oid)
+    assert t is not None
+    assert isinstance(t.cause, SubmitOrder)
+    w.tracker.evolve(
+        FillReceived.create(
+            FillPayload(
+                order_id=oid,
+                account=w.account,
+                broker_order_id="b-1",
+                fill_id="f-1",
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(quantity),
+                price=Decimal(100),
+                cumulative_quantity=Decimal(quantity),
+                leaves_quantity=Decimal(0),
+                status="complete",
+                strategy="s",
+            ),
+            source="test",
+            clock=CLOCK,
+            cause=t.cause,
+        )
+    )
+
+
+async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_the_flatten_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The close-all's answer is not read (three times) but the broker acted
+    on it: it placed a closing sell of s's 10 AAPL, 4 filled so far. The
+    flatten gave up and left the order to the reconciliation, which took it in
+    as nobody's: its fills booked to no strategy, s still long 10 in its own
+    books (the gate's and the read model's) while the account was long 6. Now
+    the flatten asks the broker for the orders its close-all placed and takes
+    them in as its closing orders, as an answer's: the fill is booked to s,
+    ClosingOrdersPlaced published; the reconciliation after finds nothing new."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
+    from services.broker_gateway.errors import AnswerUnread
+
+    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    w = worker([1000.0], [])
+    filled_position(w, 10)
+    closing = BrokerOrder(
+        "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "partially_filled"
+    )
+    fill = BrokerFill(
+        "c-1", "close-1", "AAPL", "sell", Decimal(4), Decimal(101), Decimal(4), Decimal(6), 1
+    )
+    published: list[Any] = []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        return []
+
+    async def close_all() -> None:
+        raise AnswerUnread("acct: no answer to close_all within 5s")
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        return [closing]
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [closing]
+
+    async def get_order(**ids: str | None) -> BrokerOrder:
+        return closing
+
+    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
+        return [fill]
+
+    async def positions() -> list[BrokerPosition]:
+        return [BrokerPosition("AAPL", Decimal(6), Decimal(100))]
+
+    w.port = broker(
+        cancel_all=cancel_all,
+        close_all=close_all,
+        orders_created=orders_created,
+        open_orders=open_orders,
+        get_order=get_order,
+        order_fills=order_fills,
+        positions=positions,
+    )
+    w.outbox = outbox_into(published)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    async with asyncio.timeout(10):
+        await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
+        await w.reconcile()  # the reconnection's, or the give-up's
+    fills = [(e.payload.broker_order_id, e.payload.strategy) for e in said_fills(published)]
+    assert fills == [("c-1", "s")]
+    assert (w.tracker.position("AAPL", "s"), w.tracker.position("AAPL")) == (
+        Decimal(6),
+        Decimal(0),
+    )
+    [placed] = [e for e in published if e.type == "ClosingOrdersPlaced"]
+    assert placed.causation_id == flatten.id
+    assert [(o.leaves_quantity, o.strategy) for o in placed.payload.orders] == [(Decimal(6), "s")]
+    assert w.tracker.flattened(flatten.id)
+
+
+def said_fills(events: list[Any]) -> list[Any]:
+    return [e for e in events if e.type == "FillReceived"]

@@ -2,7 +2,8 @@
 
 On start-up the gateway rebuilds its order trackers from every recorded
 ``SubmitOrder``, ``CancelOrder``, ``FlattenAccount``, ``OrderAccepted``,
-``OrderRejected``, ``FillReceived`` and ``OrderCanceled`` of its accounts.
+``OrderRejected``, ``FillReceived``, ``OrderCanceled`` and
+``ClosingOrdersPlaced`` (what marks a flatten done) of its accounts.
 Events it published just before a crash may still be on their way into the
 store, so it first waits (up to a limit) for the recorder to reach the
 stream's last sequence as it was at start-up; had it not, a redelivered
@@ -48,6 +49,7 @@ ORDER_PATH_TYPES = (
     "OrderRejected",
     "FillReceived",
     "OrderCanceled",
+    "ClosingOrdersPlaced",
 )
 POLL_S = 0.1
 

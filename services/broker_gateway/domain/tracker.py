@@ -165,7 +165,11 @@ class OrderTracker:
         self.positions: dict[tuple[str | None, str], Decimal] = {}
         self._flattens: dict[uuid.UUID, FlattenAccount] = {}
         #: Flattens known to be done: their close-all answered here, or (rebuilt)
-        #: one of their closing orders was accepted. Never executed again.
+        #: their ClosingOrdersPlaced or a refusal of theirs was recorded. Never
+        #: executed again. (A closing order's acceptance, published from the
+        #: stream before the answer, is not enough: rebuilt after a crash
+        #: between the two, the flatten passed for done, and its
+        #: ClosingOrdersPlaced and refusals were never published.)
         self._flattened: set[uuid.UUID] = set()
         #: The flatten whose close-all is under way: unknown orders are its.
         self._flattening: FlattenAccount | None = None
@@ -253,7 +257,9 @@ class OrderTracker:
             self._index_broker(t, ap.broker_order_id)
             flatten = self._flattens.get(event.causation_id) if event.causation_id else None
             if flatten is not None:
-                self._flattened.add(flatten.id)
+                # Its closing order, taken in from the stream: not yet the
+                # flatten done (the close-all's answer may not have been
+                # taken in, see ClosingOrdersPlaced below).
                 t.close_for(flatten)
         elif isinstance(event, OrderRejected):
             t = self._order(event.payload.order_id, "")
@@ -269,6 +275,16 @@ class OrderTracker:
             self._settled(t)
         elif isinstance(event, FillReceived):
             self._evolve_fill(event)
+        elif isinstance(event, ClosingOrdersPlaced) and event.causation_id is not None:
+            # The flatten's close-all answered and was taken in: done. Its
+            # orders are its own, also one taken in as nobody's before it
+            # was found to be the flatten's (see adopt_closing_orders).
+            self._flattened.add(event.causation_id)
+            flatten = self._flattens.get(event.causation_id)
+            for placed in event.payload.orders:
+                closing = self.orders.get(placed.order_id)
+                if flatten is not None and closing is not None:
+                    closing.close_for(flatten)
 
     def _evolve_fill(self, event: FillReceived) -> None:
         p = event.payload
@@ -645,6 +661,32 @@ class OrderTracker:
         self._flattened.add(flatten.id)
         self._flattening = None
         return out
+
+    def adopt_closing_orders(self, orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
+        """Of ``orders``, the broker's orders created while an earlier run of
+        the flatten under way may have sent its close-all, those that are its
+        closing orders, taken in as such (their fills then booked to the
+        strategies whose positions they close); the others are left alone.
+
+        Its closing orders are market orders nobody here placed: unknown, or
+        taken in as nobody's (a reconciliation may have found one working
+        before the flatten ran again), or known as its already (taken in
+        from the stream before the crash). An order of a strategy, a
+        flatten's before it, or other than a market order is not.
+        """
+        flatten = self._flattening
+        assert flatten is not None, "flatten_started() first"
+        found: list[BrokerOrder] = []
+        for order in orders:
+            t = self.find(order)
+            if t is None or t.cause is None:
+                if order.order_type != "market":
+                    continue
+            elif not (t.closing and t.cause.id == flatten.id):
+                continue
+            self._closing_order(order, flatten)
+            found.append(order)
+        return found
 
     def _placed(self, t: TrackedOrder, order: BrokerOrder) -> ClosingOrder:
         """``order``, a closing order, as ``ClosingOrdersPlaced`` lists it for

@@ -521,22 +521,41 @@ class PaperBroker:
         return parse.order(self._read(schemas.Order, body))
 
     async def open_orders(self) -> list[BrokerOrder]:
-        """Every working order, oldest first.
+        """Every working order, oldest first (see :meth:`_listed`)."""
+        return await self._listed("open_orders", {"status": "open"})
+
+    async def orders_created(self, after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        """Every order, working or ended, created after ``after_ns`` and before
+        ``until_ns``, oldest first: ``GET /v2/orders?status=all`` with Alpaca's
+        ``after`` and ``until`` (submission times, both exclusive)."""
+        query = {"status": "all", "until": _iso(until_ns)}
+        return [
+            o
+            for o in await self._listed("orders_created", query, after_ns=after_ns)
+            if after_ns < o.created_ns < until_ns or not o.created_ns
+        ]
+
+    async def _listed(
+        self, call: str, query: dict[str, str], *, after_ns: int | None = None
+    ) -> list[BrokerOrder]:
+        """The orders ``GET /v2/orders`` lists for ``query``, oldest first.
 
         Alpaca answers at most ``limit`` orders (50 unless asked, 500 at most),
-        newest first: one call would miss the oldest working orders of a
-        busy account. So they are asked oldest first, 500 at a time, each
-        page after the last one's submission time, until a page comes back
-        short. ``after`` is exclusive, so each page starts a microsecond
-        before that time and orders already seen are dropped: orders of the
-        same instant on both sides of a page's end are all kept.
+        newest first: one call would miss the oldest orders of a busy
+        account. So they are asked oldest first, 500 at a time, each page
+        after the last one's submission time, until a page comes back short.
+        ``after`` is exclusive, so each page starts a microsecond before that
+        time and orders already seen are dropped: orders of the same instant
+        on both sides of a page's end are all kept.
         """
-        query = {"status": "open", "limit": str(ORDERS_PAGE_SIZE), "direction": "asc"}
+        query = query | {"limit": str(ORDERS_PAGE_SIZE), "direction": "asc"}
+        if after_ns is not None:
+            query["after"] = _iso(after_ns)
         seen: dict[str, BrokerOrder] = {}
         while True:
             path = f"/v2/orders?{urlencode(query)}"
-            response = await self._call("open_orders", "GET", path)
-            body = self._check(response, "open_orders")
+            response = await self._call(call, "GET", path)
+            body = self._check(response, call)
             page = self._read_list(schemas.Order, body, "orders")
             fresh = [o for o in page if o.id not in seen]
             seen.update((o.id, parse.order(o)) for o in fresh)
@@ -545,7 +564,7 @@ class PaperBroker:
             last = parse.ns(page[-1].submitted_at or page[-1].created_at)
             if not fresh or not last:
                 log.warning(
-                    "broker %s: cannot page past %d open orders (no new ones, or no time)",
+                    "broker %s: cannot page past %d orders (no new ones, or no time)",
                     self.account,
                     len(seen),
                 )
