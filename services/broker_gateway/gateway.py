@@ -71,6 +71,7 @@ from libs.contract.events import (
     PositionsCheckedPayload,
     SubmitOrder,
 )
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import (
     BrokerOrder,
@@ -749,21 +750,21 @@ class AccountWorker:
         finally:
             self.tracker.flatten_ended()
         assert closed is not None
-        if closed.refused:
+        refused = [r for r in closed.refused if not self._settles(command, r)]
+        if refused:
             # Published above as an OrderRejected per position (caused by the
             # flatten). Not retried: a second close-all could close positions
             # opened since, or race the first one's closing orders. The
             # risk-gate has halted the account; an operator clears the cause
             # (a halt, an order holding the shares) and flattens again.
-            metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(closed.refused))
+            metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(refused))
             log.error(
                 "flatten %s of %s left %d positions open, the broker refused to close them: %s",
                 command.id,
                 self.account,
-                len(closed.refused),
+                len(refused),
                 "; ".join(
-                    f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})"
-                    for r in closed.refused
+                    f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})" for r in refused
                 ),
             )
             return "incomplete"
@@ -771,6 +772,33 @@ class AccountWorker:
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
         return "flattened"
+
+    def _settles(self, command: FlattenAccount, refused: CloseRefused) -> bool:
+        """Whether a position the close-all did not close is in an option
+        contract past its expiry: no venue closes it (every broker refuses
+        an order in it), the broker settles it (exercise, assignment or
+        lapse), and no operator can clear the refusal, so it leaves the
+        flatten done, said here. Counted as left open, it made every later
+        flatten of the account ``incomplete``."""
+        if refused.symbol is None or not refused.symbol.startswith(OPTION_PREFIX):
+            return False
+        try:
+            contract = parse_option(refused.symbol)
+        except ValueError:
+            return False
+        if self.clock.now_ns() < contract.expires_at_ns:
+            return False
+        log.warning(
+            "flatten %s of %s: %s expired at the close of %s (%s New York), so no order "
+            "closes it (the broker said: %s); awaiting the broker's settlement",
+            command.id,
+            self.account,
+            refused.symbol,
+            contract.expiry,
+            f"{EXPIRY_CLOSE:%H:%M}",
+            refused.reason,
+        )
+        return True
 
     async def _flatten_done(self, command: FlattenAccount, closed: ClosedAll) -> None:
         """Publish what the close-all did: its closing orders, its refusals."""

@@ -1584,3 +1584,71 @@ async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_t
 
 def said_fills(events: list[Any]) -> list[Any]:
     return [e for e in events if e.type == "FillReceived"]
+
+
+async def test_a_flatten_refused_only_an_expired_option_contract_is_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After its expiry no venue closes a contract (the paper broker refuses
+    it, 422 "not tradable"): its position is the broker's to settle. Each
+    flatten counted it as left open, outcome ``incomplete`` and the refused
+    positions metric, for ever after, though no operator could clear it. A
+    refusal of an expired contract is now said as awaiting settlement (its
+    ``OrderRejected`` still published); the flatten's other refusals count
+    as before."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import ClosedAll, CloseRefused
+
+    expired, live = "O:SPY241220P00720000", "O:SPY991217P00720000"
+    account = f"expiry-{uuid.uuid4().hex[:8]}"
+
+    def sample(name: str, **labels: str) -> float:
+        value = REGISTRY.get_sample_value(name, {"account": account, **labels})
+        return 0.0 if value is None else float(value)
+
+    async def flatten(refused: tuple[CloseRefused, ...]) -> list[Any]:
+        w = worker([1000.0], [], account=account)
+        published: list[Any] = []
+
+        async def cancel_all() -> list[BrokerOrder]:
+            return []
+
+        async def close_all() -> ClosedAll:
+            return ClosedAll((), refused)
+
+        async def publish(events: list[Any]) -> None:
+            published.extend(events)
+
+        w.port = cast(
+            Any, SimpleNamespace(cancel_all=cancel_all, close_all=close_all, connected=True)
+        )
+        w.outbox = cast(Any, SimpleNamespace(publish=publish))
+        command = FlattenAccount.create(
+            FlattenAccountPayload(account=account, reason="breaker"), source="test", clock=CLOCK
+        )
+        await w.handle(Held(command, cast(Msg, Delivery(1)), 1))
+        return published
+
+    not_tradable = f"asset {expired} is not tradable: it expired at the close of 2024-12-20"
+    with caplog.at_level("WARNING"):
+        published = await flatten((CloseRefused(expired, not_tradable, "422", entry=0),))
+    assert [e.type for e in published] == ["OrderRejected"]
+    assert sample("tradebus_broker_commands_total", type="FlattenAccount", outcome="flattened") == 1
+    assert (
+        sample("tradebus_broker_commands_total", type="FlattenAccount", outcome="incomplete") == 0
+    )
+    assert sample("tradebus_broker_flatten_refused_positions_total") == 0
+    assert f"{expired} expired at the close of 2024-12-20" in caplog.text
+    assert "awaiting the broker's settlement" in caplog.text
+
+    # A contract not yet expired, refused beside it: left open, as before.
+    await flatten(
+        (
+            CloseRefused(expired, not_tradable, "422", entry=0),
+            CloseRefused(live, "halted", "403", entry=1),
+        )
+    )
+    assert (
+        sample("tradebus_broker_commands_total", type="FlattenAccount", outcome="incomplete") == 1
+    )
+    assert sample("tradebus_broker_flatten_refused_positions_total") == 1
