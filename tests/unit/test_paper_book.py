@@ -146,7 +146,7 @@ def test_cancel_all_and_close_all() -> None:
         (OrderSpec("AAPL", "buy", D(1), "limit"), 422, "limit_price is required"),
         (OrderSpec("AAPL", "buy", D(1), "stop"), 422, "stop_price is required"),
         (OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(-1)), 422, "limit_price must be"),
-        (OrderSpec("AAPL", "buy", D(1), time_in_force="opg"), 422, "not supported"),
+        (OrderSpec("AAPL", "buy", D(1), "stop", "opg", stop_price=D(1)), 422, "market and limit"),
         (OrderSpec("AAPL", "buy", D(1), client_order_id="x" * 49), 422, "at most 48"),
         (OrderSpec("HALT", "buy", D(1)), 422, "not tradable"),
         (OrderSpec("AAPL", "buy", D(1001)), 403, "maximum order quantity"),

@@ -30,7 +30,10 @@ Invariants:
   are not known;
 - an order in an option contract still working at the close of the
   contract's expiry day (16:00 New York), whatever its time in force, is
-  ``expired`` then, as a broker ends it, before any later price can fill it.
+  ``expired`` then, as a broker ends it, before any later price can fill it;
+- an ``opg`` or ``cls`` order fills only at its auction, at the print that
+  stands for it (``auction.py``), whole or not at all, and is ``expired``
+  if that does not fill it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ from typing import Literal
 
 from libs.contract.envelope import Clock
 from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from services.paper_broker.domain.auction import (
+    AUCTION_WAIT_NS,
+    AUCTIONS,
+    Session,
+    closing_print,
+    opening_print,
+    refusal,
+    session_for,
+)
 from services.paper_broker.domain.fill_model import (
     WIDE,
     FillModelConfig,
@@ -53,6 +65,7 @@ from services.paper_broker.domain.fill_model import (
     OrderType,
     Side,
     WorkingOrder,
+    on_auction,
     on_market,
     on_submit,
 )
@@ -296,6 +309,9 @@ class PaperBook:
         # contracts' orders taken in open, the soonest first (see
         # expire_orders).
         self._expiries: list[tuple[int, str, str]] = []
+        # (auction ns + AUCTION_WAIT_NS, account, order id) of the opg and cls
+        # orders taken in open, the soonest first (see _auctions_past).
+        self._auctions: list[tuple[int, str, str]] = []
 
     # ------------------------------------------------------------- queries
 
@@ -386,6 +402,8 @@ class PaperBook:
             updates.append(self._emit(TradeUpdate("rejected", rejected, now)))
             return rejected, updates
         order = self._current(order)
+        if order.time_in_force in AUCTIONS:
+            return order, updates  # it waits for its auction (_at_auction)
         last = self.last_price(order.symbol)
         match = on_submit(self.config.fill_model, self._working(order), last)
         if order.time_in_force == "fok" and match.quantity < order.qty:
@@ -485,10 +503,12 @@ class PaperBook:
     def expire_orders(self) -> list[TradeUpdate]:
         """Expire the ``day`` orders whose session has closed (see
         ``BookConfig.day_orders_expire_at``) and the orders, of any time in
-        force, in an option contract whose expiry day has closed, soonest first."""
+        force, in an option contract whose expiry day has closed, soonest first;
+        first settle the ``opg`` and ``cls`` orders past their auction's wait
+        (:meth:`_auctions_past`)."""
         now = self.clock.now_ns()
         due = self._expiries
-        out: list[TradeUpdate] = []
+        out = self._auctions_past(now)
         while due and due[0][0] <= now:
             _, account, order_id = heapq.heappop(due)
             order = self._account(account).orders.get(order_id)
@@ -507,7 +527,7 @@ class PaperBook:
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
         out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
-            if order.order_type != "market":
+            if order.order_type != "market" or order.time_in_force in AUCTIONS:
                 continue
             match = on_submit(self.config.fill_model, self._working(order), price)
             if match.fills:
@@ -525,11 +545,19 @@ class PaperBook:
         before it was placed (and a stop triggered by it): paper results
         better than the market allowed."""
         symbol = update.symbol
+        # The last price before this update: a closing auction's price, if
+        # this update is the first after the close.
+        before = self._last.get(symbol), self._market_ns.get(symbol, 0)
+        # Expire (and settle the auctions past their wait) before this price
+        # is the last: a cls order settled now closes at the print before it.
+        out = self.expire_orders()  # never filled after its close
         self._last[symbol] = update.last
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
-        out = self.expire_orders()  # never filled after its close
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
+            if order.time_in_force in AUCTIONS:
+                out.extend(self._at_auction(order, update, *before))
+                continue
             seen = update
             if update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
                 if close is None:
@@ -679,8 +707,15 @@ class PaperBook:
         if spec.asset_class == "us_option" and spec.qty != spec.qty.to_integral_value():
             # Options trade in whole contracts; the real broker refuses part of one.
             raise refuse("qty must be a whole number of contracts for options")
-        if spec.time_in_force in ("opg", "cls"):
-            raise refuse(f"time_in_force {spec.time_in_force} is not supported by the paper broker")
+        if spec.time_in_force in AUCTIONS:
+            tif = spec.time_in_force
+            if spec.order_type not in ("market", "limit"):
+                raise refuse(f"time_in_force {tif} is for market and limit orders only")
+            if spec.asset_class == "us_option" or spec.symbol.startswith(OPTION_PREFIX):
+                # As at Alpaca, whose options trade day orders only.
+                raise refuse(f"time_in_force {tif} is not supported for options")
+            if session_for(now, tif) is None:
+                raise refuse(refusal(tif))
         if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
             raise refuse(f"client_order_id must be at most {MAX_CLIENT_ORDER_ID} characters")
         if spec.symbol in self.config.untradable_symbols:
@@ -711,6 +746,11 @@ class PaperBook:
             expiry = self._expiry_ns(order)
             if expiry is not None:
                 heapq.heappush(self._expiries, (expiry, order.account, order.id))
+            if order.time_in_force in AUCTIONS:
+                session = self._session(order)
+                # No session (never for an order the book took): settle at once.
+                due = 0 if session is None else session.auction_ns(order.time_in_force)
+                heapq.heappush(self._auctions, (due + AUCTION_WAIT_NS, order.account, order.id))
         acct.orders[order.id] = order
         acct.by_client_id[order.client_order_id] = order.id
         working = self._working_by_symbol.setdefault(order.symbol, {})
@@ -737,6 +777,62 @@ class PaperBook:
                 return due
             due = contract.expires_at_ns if due is None else min(due, contract.expires_at_ns)
         return due
+
+    @staticmethod
+    def _session(order: PaperOrder) -> Session | None:
+        """The session whose auction an ``opg`` or ``cls`` order takes part in."""
+        return session_for(order.created_at_ns, order.time_in_force)
+
+    def _auctions_past(self, now: int) -> list[TradeUpdate]:
+        """Settle the ``opg`` and ``cls`` orders still working
+        ``AUCTION_WAIT_NS`` after their auction: no print after the close has
+        come, so a ``cls`` order closes at the symbol's last price if it is
+        of the session's regular hours; an ``opg`` order had no print of the
+        open in time. What the auction does not fill expires."""
+        due = self._auctions
+        out: list[TradeUpdate] = []
+        while due and due[0][0] <= now:
+            _, account, order_id = heapq.heappop(due)
+            order = self._account(account).orders.get(order_id)
+            if order is None or not order.is_open:
+                continue
+            session = self._session(order)
+            price = None
+            if session is not None and order.time_in_force == "cls":
+                last, last_ns = self._last.get(order.symbol), self._market_ns.get(order.symbol, 0)
+                price = closing_print(session, last, last_ns)
+            out.append(self._settle_auction(order, price, now))
+        return out
+
+    def _at_auction(
+        self, order: PaperOrder, update: MarketUpdate, last: Decimal | None, last_ns: int
+    ) -> list[TradeUpdate]:
+        """What ``update`` does to an ``opg`` or ``cls`` order: the first print
+        of its session's regular hours settles an ``opg`` order at its price,
+        the first print after its session's close a ``cls`` order at the last
+        price before it (``last`` of ``last_ns``); any other leaves it working."""
+        session = self._session(order)
+        if session is None:
+            return []
+        if order.time_in_force == "opg":
+            price = opening_print(session, update)
+            if price is None:
+                return []
+        elif update.ts_ns > session.close_ns:
+            price = closing_print(session, last, last_ns)
+        else:
+            return []
+        return [self._settle_auction(order, price, self.clock.now_ns())]
+
+    def _settle_auction(self, order: PaperOrder, price: Decimal | None, now: int) -> TradeUpdate:
+        """An auction order at its auction's ``price`` (None: no print stood
+        for it): filled whole, or expired."""
+        match = on_auction(self._working(order), price) if price is not None else None
+        if match is not None and match.fills:
+            assert match.price is not None
+            return self._fill(order, match.quantity, match.price, now)
+        after = replace(order, status="expired", updated_at_ns=now)
+        return self._emit(TradeUpdate("expired", after, now))
 
     def _current(self, order: PaperOrder) -> PaperOrder:
         return self._account(order.account).orders[order.id]

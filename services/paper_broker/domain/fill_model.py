@@ -47,7 +47,27 @@ its whole part (at least one contract).
 the close of its session, when the book expires it
 (``BookConfig.day_orders_expire_at``, see ``book.py``); ``ioc`` fills what one update allows at
 submission and cancels the rest; ``fok`` fills entirely at submission in one
-fill or not at all. ``opg`` and ``cls`` are refused by the paper broker.
+fill or not at all; ``opg`` and ``cls`` fill only at their auction (below).
+
+*Auctions.* An ``opg`` order (market or limit on open) takes part in the
+opening auction only, a ``cls`` order (market or limit on close) in the
+closing auction only; neither fills at submission or on any other print. The
+feed has no auction prints, so one stands for each (``auction.py`` has the
+rule, in the feed's time, New York): for the open the session's first print
+at or after 09:30 (a trade's price, or the open of the 09:30 minute bar if
+a bar comes first), for the close its last print at or before 16:00 (the
+last trade, or the 15:59 minute bar's close). At that price a market order
+fills whole, in one fill: an auction is one cross at one price for every
+order in it, so there is no slippage and no ``max_fill_quantity`` (the
+paper broker does not model an auction's imbalance); a limit order fills
+whole there if the price is at or better than its limit (buy: at or below,
+sell: at or above), at the auction's price, not its limit. An order its
+auction does not fill (its limit not reached, or no print of the session
+stands for the auction within two minutes of it, by the broker's clock) is
+``expired``. The paper broker takes ``opg`` and ``cls`` when Alpaca does:
+market and limit orders in shares (not options, which Alpaca trades ``day``
+only); ``opg`` refused from 09:28 to 19:00 New York, ``cls`` from 15:50 to
+19:00; placed from 19:00 on or on a weekend, for the next weekday's auction.
 """
 
 from __future__ import annotations
@@ -215,6 +235,22 @@ def _marketable_limit_price(
     if order.side == "buy":
         return min(limit, _slipped(config, "buy", reference)) if reference <= limit else None
     return max(limit, _slipped(config, "sell", reference)) if reference >= limit else None
+
+
+def on_auction(order: WorkingOrder, price: Decimal) -> Match:
+    """What an ``opg`` or ``cls`` order does at its auction, whose price is
+    ``price``: a market order fills whole at it, a limit order too if it is
+    at or better than its limit; else nothing (the book expires the order).
+    No slippage and no ``max_fill_quantity``: an auction is one cross, at one
+    price for every order in it."""
+    if order.remaining <= 0:
+        return NO_MATCH
+    limit = order.limit_price
+    if order.order_type == "limit":
+        assert limit is not None
+        if (price > limit) if order.side == "buy" else (price < limit):
+            return NO_MATCH
+    return Match(order.remaining, price, False)
 
 
 def on_submit(config: FillModelConfig, order: WorkingOrder, last: Decimal | None) -> Match:

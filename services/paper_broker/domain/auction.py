@@ -1,0 +1,133 @@
+"""Opening and closing auction orders (time in force ``opg`` and ``cls``).
+
+Pure: which auction an order placed at a given time takes part in (or that
+it is refused), and which print of the feed stands for that auction. The
+book (``book.py``) holds the orders and calls these; the fill model
+(``fill_model.on_auction``) says whether and at what price one fills.
+
+Alpaca's rules (its time-in-force table), which the paper broker follows,
+all in New York time (``EXCHANGE_TZ``):
+
+- ``opg`` (market or limit on open) takes part in the opening auction only.
+  Placed before 09:28 on a weekday it is for that day's open; from 09:28 to
+  19:00 it is refused; from 19:00 on, or on a weekend, it is for the next
+  weekday's open.
+- ``cls`` (market or limit on close) takes part in the closing auction only.
+  Placed before 15:50 on a weekday it is for that day's close; from 15:50 to
+  19:00 it is refused; from 19:00 on, or on a weekend, it is for the next
+  weekday's close.
+
+Holidays and early closes are not known (as for ``day`` orders).
+
+The feed has no auction prints, so a print stands for each auction, in the
+feed's time:
+
+- the open: the session's first print at or after 09:30: a trade's price,
+  or the open of a bar that began at or after 09:30 (the 09:30 minute bar's
+  open) if a bar comes first; a print at or after the session's close is
+  another session's and stands for nothing;
+- the close: the session's last print at or before 16:00: the last trade at
+  or before it, or the close of a bar that ended by then (the 15:59 minute
+  bar's), known once a print after 16:00 comes, or, failing one, when the
+  broker's clock reaches the close plus :data:`AUCTION_WAIT_NS` (the last
+  print then, if it is of the session's regular hours, 09:30 to 16:00).
+
+An order whose auction has no such print by its auction time plus
+:data:`AUCTION_WAIT_NS` (the broker's clock) expires: a print that reaches
+the broker later is too late for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from decimal import Decimal
+
+from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE
+from services.paper_broker.domain.fill_model import MarketUpdate
+
+AUCTIONS: frozenset[str] = frozenset({"opg", "cls"})
+
+#: The regular session, New York time: its opening and closing auctions.
+SESSION_OPEN = dt.time(9, 30)
+SESSION_CLOSE = EXPIRY_CLOSE  # 16:00
+#: Alpaca refuses an ``opg`` order from 09:28, a ``cls`` order from 15:50,
+#: until 19:00, when it takes them for the next session.
+CUTOFF: dict[str, dt.time] = {"opg": dt.time(9, 28), "cls": dt.time(15, 50)}
+NEXT_SESSION_FROM = dt.time(19, 0)
+#: How long after its auction (by the broker's clock) an order waits for the
+#: print that stands for it: a one-minute bar comes when it ends, a few
+#: seconds after, so the 09:30 bar (or the 15:59 one) is in by then.
+AUCTION_WAIT_NS = 120 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A regular session's open and close, in ns since the epoch."""
+
+    open_ns: int
+    close_ns: int
+
+    def auction_ns(self, tif: str) -> int:
+        """The time of the order's auction: the open for ``opg``, else the close."""
+        return self.open_ns if tif == "opg" else self.close_ns
+
+
+def session_for(placed_ns: int, tif: str) -> Session | None:
+    """The session whose auction an order of ``tif`` placed at ``placed_ns``
+    takes part in; None: refused at that time (see the module's docstring)."""
+    return _session_for(placed_ns // 1_000_000_000, tif)
+
+
+@functools.lru_cache(maxsize=64)
+def _session_for(placed_s: int, tif: str) -> Session | None:
+    placed = dt.datetime.fromtimestamp(placed_s, EXCHANGE_TZ)
+    day = placed.date()
+    if day.weekday() < 5:
+        if placed.time() < CUTOFF[tif]:
+            return _session(day)
+        if placed.time() < NEXT_SESSION_FROM:
+            return None
+    day += dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day += dt.timedelta(days=1)
+    return _session(day)
+
+
+def _session(day: dt.date) -> Session:
+    def ns(at: dt.time) -> int:
+        return int(dt.datetime.combine(day, at, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
+
+    return Session(ns(SESSION_OPEN), ns(SESSION_CLOSE))
+
+
+def refusal(tif: str) -> str:
+    """Why an order of ``tif`` is refused now (Refused's message)."""
+    auction = "opening" if tif == "opg" else "closing"
+    return (
+        f"time_in_force {tif} is not accepted from {CUTOFF[tif]:%H:%M} to "
+        f"{NEXT_SESSION_FROM:%H:%M} New York: the {auction} auction takes no more "
+        f"orders (from {NEXT_SESSION_FROM:%H:%M} on, an order is for the next session's)"
+    )
+
+
+def opening_print(session: Session, update: MarketUpdate) -> Decimal | None:
+    """The opening auction's price if ``update`` is a print of the session's
+    regular hours (a trade at or after the open, a bar that began at or after
+    it; before the close): a trade's price, a bar's open. The book takes the
+    first such print."""
+    at = update.ts_ns if update.kind == "trade" else update.start_ns
+    if not session.open_ns <= at < session.close_ns:
+        return None
+    return update.open  # a trade's open is its price
+
+
+def closing_print(session: Session, last: Decimal | None, last_ns: int) -> Decimal | None:
+    """The closing auction's price once the session has closed, given the
+    symbol's last price and its time before anything after the close: that
+    price if it is of the session's regular hours (09:30 to 16:00 included),
+    else None (no print of the session stands for its close)."""
+    if last is None or not session.open_ns <= last_ns <= session.close_ns:
+        return None
+    return last

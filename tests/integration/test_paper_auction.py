@@ -1,0 +1,138 @@
+"""Opening and closing auction orders (``opg`` / ``cls``) through the gateway
+and the paper broker: real NATS, the gateway's command path and paper
+adapter, and the paper broker's server over a real WebSocket.
+
+The paper broker refused both until now (422), so a strategy in shadow mode
+trading at the open or the close was refused on its paper account. Its
+acceptance (``new``), its fill at the auction and its expiry come over the
+same ``trade_updates`` stream as any order's, and the gateway publishes them
+as it does any order's, unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from libs.bus.client import Bus
+from libs.contract.events import (
+    SignalGenerated,
+    SignalPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+    TimeInForce,
+)
+from libs.contract.options import EXCHANGE_TZ
+from libs.testing.wait import eventually
+from services.paper_broker.domain.auction import session_for
+from services.paper_broker.domain.fill_model import MarketUpdate
+from tests.integration.test_broker_commands import (
+    CLOCK,
+    CountingBook,
+    SetClock,
+    Venue,
+    gateway,
+    last_event,
+)
+
+D = Decimal
+
+
+class AuctionBook(CountingBook):
+    """A paper book on a clock of the test's."""
+
+    def __init__(self, clock: SetClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+
+@pytest.fixture
+async def venue() -> AsyncIterator[Venue]:
+    v = Venue(f"acct-auction-{uuid.uuid4().hex[:6]}")
+    await v.up()
+    try:
+        yield v
+    finally:
+        await v.down()
+
+
+def order(account: str, tif: TimeInForce, limit: str | None = None) -> SubmitOrder:
+    signal = SignalGenerated.create(
+        SignalPayload(strategy="s1", symbol="AAPL", name="x", direction="long"),
+        source="test/strategy-runner",
+        clock=CLOCK,
+    )
+    return SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy="s1",
+            account=account,
+            symbol="AAPL",
+            side="buy",
+            quantity=D(3),
+            order_type="market" if limit is None else "limit",
+            limit_price=None if limit is None else D(limit),
+            time_in_force=tif,
+        ),
+        source="test/risk-gate",
+        clock=CLOCK,
+        cause=signal,
+    )
+
+
+async def event_of(bus: Bus, subject: str, command: SubmitOrder) -> dict[str, Any] | None:
+    event = await last_event(bus, subject)
+    if event is None or event["payload"]["order_id"] != str(command.payload.order_id):
+        return None
+    return event
+
+
+async def test_auction_orders_are_accepted_filled_and_expired_over_the_order_stream(
+    bus: Bus, venue: Venue
+) -> None:
+    """A market-on-open buy and a limit-on-close buy, placed at 08:00 New
+    York: both acknowledged (the broker's ``new``), neither filled at once;
+    the first trade at the open fills the first whole at its price
+    (``FillReceived``); the close, its limit not reached, expires the
+    second (``OrderCanceled``, reason ``expired``)."""
+    a = venue
+    placed = dt.datetime.combine(dt.datetime.now(EXCHANGE_TZ).date(), dt.time(8, 0), EXCHANGE_TZ)
+    clock = SetClock()
+    clock.ns = int(placed.timestamp()) * 1_000_000_000
+    session = session_for(clock.ns, "opg")
+    assert session is not None
+    book = a.book = AuctionBook(clock)
+    await a.down()
+    await a.up()
+    async with gateway(bus, [a]) as gw:
+        assert await gw.workers[a.account].port.wait_connected(timeout=10)
+        moo, loc = order(a.account, "opg"), order(a.account, "cls", limit="50")
+        acks = f"broker.ack.{a.account}"
+        await bus.publish(moo)
+        await eventually(lambda: event_of(bus, acks, moo), timeout=10)
+        await bus.publish(loc)
+        await eventually(lambda: event_of(bus, acks, loc), timeout=10)
+        assert [(o.time_in_force, o.status, o.filled_qty) for o in book.orders(a.account)] == [
+            ("opg", "new", D(0)),
+            ("cls", "new", D(0)),
+        ]
+        assert a.server is not None
+        clock.ns = session.open_ns + 1_000_000_000
+        a.server.market(MarketUpdate.trade("AAPL", D("101.25"), session.open_ns + 500_000_000))
+        fill = await eventually(lambda: event_of(bus, f"broker.fill.{a.account}", moo), timeout=10)
+        assert fill["payload"]["price"] == "101.25"
+        assert fill["payload"]["quantity"] == "3"
+        assert fill["payload"]["status"] == "complete"
+        clock.ns = session.close_ns + 1_000_000_000
+        a.server.market(MarketUpdate.trade("AAPL", D("102"), session.close_ns + 500_000_000))
+        canceled = await eventually(
+            lambda: event_of(bus, f"broker.cancel.{a.account}", loc), timeout=10
+        )
+    assert "expired" in canceled["payload"]["reason"]
+    assert book.orders(a.account) == []
+    assert [(p.symbol, p.qty) for p in book.positions(a.account)] == [("AAPL", D(3))]
