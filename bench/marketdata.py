@@ -265,6 +265,7 @@ def mark_policy(every_quote: bool) -> MarkPolicy:
             refresh_ns=policy.refresh_ns,
             max_standing_ns=policy.max_standing_ns,
             max_spread=policy.max_spread,
+            max_spread_ticks=policy.max_spread_ticks,
         )
     return policy
 

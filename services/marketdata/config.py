@@ -119,6 +119,9 @@ class MarketdataSettings(ServiceSettings):
     #: A quote whose spread is wider than this fraction of its midpoint is no
     #: mark (0.5: 50 %); 0: no limit.
     mark_max_spread: Decimal = Field(default=Decimal("0.5"), ge=0, lt=2, allow_inf_nan=False)
+    #: ...unless it is at most this many ticks wide (a cheap contract's 0.05 x
+    #: 0.10 is 67 % of its midpoint, and can be no narrower); 0: no such allowance.
+    mark_max_spread_ticks: int = Field(default=2, ge=0, le=100)
 
     @field_validator("symbols")
     @classmethod
@@ -186,6 +189,7 @@ class MarketdataSettings(ServiceSettings):
             refresh_ns=round(self.mark_refresh_s * NS),
             max_standing_ns=round(self.mark_max_standing_s * NS),
             max_spread=self.mark_max_spread,
+            max_spread_ticks=self.mark_max_spread_ticks,
         )
 
     @property

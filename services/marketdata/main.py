@@ -215,13 +215,14 @@ async def serve(settings: MarketdataSettings, *, clock: Clock | None = None) -> 
         log.info(
             "option marks from quotes: at most one per %gs per contract, a move of %s or "
             "after %gs; a standing quote re-marked every %gs for up to %gs; none from a "
-            "spread wider than %s of the midpoint (TRADEBUS_MARK_*)",
+            "spread wider than %s of the midpoint and %d ticks (TRADEBUS_MARK_*)",
             settings.mark_min_interval_s,
             settings.mark_min_change,
             settings.mark_refresh_s,
             settings.mark_refresh_s,
             settings.mark_max_standing_s,
             settings.mark_max_spread or "any",
+            settings.mark_max_spread_ticks,
         )
         await run_source(source, sink, service.stop, clock, flush_every_s=flush_every_s(settings))
     log.info("marketdata stopped after %d events", service.sink.published)

@@ -283,6 +283,54 @@ async def test_option_quotes_make_marks_and_a_held_quote_is_marked_when_due(bus:
     assert all(n >= 1 for n in skipped.values()), skipped
 
 
+CHEAP = "O:SPY241220P00400000"
+
+
+async def test_a_cheap_option_quoted_a_tick_or_two_wide_is_marked(bus: Bus) -> None:
+    """A far out-of-the-money contract quoted 0.05 x 0.10 (a spread of 67 % of
+    its midpoint, but one tick) is marked at 0.075 on md.mark.<contract>, from
+    the settings' defaults; three ticks wide (0.05 x 0.20) is still too wide,
+    and two (0.10 x 0.20) is marked again."""
+    async with FakePolygonWs(api_key=KEY, market="options") as options:
+        settings = make_settings(
+            options, None, symbols=CHEAP, channels="quotes", polygon_options_ws_url=options.url
+        )
+        clock = FakeClock(T0)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        sink = JetStreamSink(bus, marks=OptionMarks(settings.mark_policy()))
+        wide = metrics.MARKS_SKIPPED.labels(reason="wide_spread")._value.get()
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_source(source, sink, stop, clock, flush_every_s=0.02))
+
+        async def data() -> list[Event]:
+            return [
+                e for e in await stream_events(bus) if isinstance(e, QuoteUpdated | MarkUpdated)
+            ]
+
+        try:
+            await options.wait_subscribed(f"Q.{CHEAP}")
+            await options.publish(
+                [
+                    quote(CHEAP, 1, T0 + 1, "0.05", "0.10"),  # one tick: a mark at once
+                    quote(CHEAP, 2, T0 + 2_001, "0.05", "0.20"),  # three: wide
+                    quote(CHEAP, 3, T0 + 4_001, "0.10", "0.20"),  # two: a mark
+                ]
+            )
+            events = await eventually(lambda: _count(data, 5), timeout=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+
+    marks = [e for e in events if isinstance(e, MarkUpdated)]
+    assert [(m.payload.price, m.payload.bid_price, m.payload.ask_price) for m in marks] == [
+        (Decimal("0.075"), Decimal("0.05"), Decimal("0.10")),
+        (Decimal("0.15"), Decimal("0.10"), Decimal("0.20")),
+    ]
+    assert [m.ts_event for m in marks] == [(T0 + 1) * MS, (T0 + 4_001) * MS]
+    assert {subject_for(m) for m in marks} == {f"md.mark.{CHEAP}"}
+    assert metrics.MARKS_SKIPPED.labels(reason="wide_spread")._value.get() - wide == 1
+
+
 class LookingSink(JetStreamSink):
     """The service's sink, noting the times it was asked for due marks at."""
 

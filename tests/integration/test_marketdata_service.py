@@ -140,6 +140,15 @@ def test_bad_settings_stop_start_up_with_the_variable_named(tmp_path: Path) -> N
     )
     assert bad_speed.returncode == 2
     assert "TRADEBUS_CACHE_SPEED" in bad_speed.stderr
+    bad_ticks = subprocess.run(
+        [*cmd, "--from", "2024-03-04"],
+        env={**env, "TRADEBUS_MARK_MAX_SPREAD_TICKS": "1.5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_ticks.returncode == 2
+    assert "TRADEBUS_MARK_MAX_SPREAD_TICKS" in bad_ticks.stderr
 
 
 OPTION = "O:SPY241220P00720000"

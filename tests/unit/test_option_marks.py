@@ -339,6 +339,53 @@ def test_a_quote_wider_than_the_max_spread_makes_no_mark(bid: str, ask: str, wid
     )
 
 
+@pytest.mark.parametrize(
+    ("bid", "ask", "wide"),
+    [
+        # Cheap contracts quoted a tick or two wide: wide by the relative limit
+        # (0.05 x 0.10 is 67 % of its 0.075 midpoint), but the market can quote
+        # them no narrower, and they are marked.
+        ("0.05", "0.10", False),  # one nickel
+        ("0.05", "0.15", False),  # two nickels: 100 % of 0.10
+        ("0.01", "0.02", False),  # one penny
+        ("0.01", "0.03", False),  # two pennies
+        ("0.10", "0.20", False),  # two nickels (on the dime grid, but under $3 no tick is)
+        # Three ticks and more are wide: the tick is the coarsest grid both prices are on.
+        ("0.05", "0.20", True),  # three nickels: 0.15 > 0.10 and > 0.0625
+        ("0.01", "0.04", True),  # three pennies
+        ("0.02", "0.10", True),  # quoted in pennies (0.02 is no nickel): eight of them
+        # From $3 the coarsest tick is a dime; there the relative limit is the wider anyway.
+        ("3.00", "3.20", False),
+        # The contract's largest prices, wide: no overflow finding their tick.
+        ("0.000000000001", "9" * 26 + ".999999999999", True),
+    ],
+)
+def test_a_quote_a_tick_or_two_wide_is_a_mark_whatever_its_relative_spread(
+    bid: str, ask: str, wide: bool
+) -> None:
+    marks = OptionMarks(POLICY)  # max_spread 0.5 and max_spread_ticks 2 (the defaults)
+    marked = marks.with_marks([quote(OPTION, bid, ask)])
+    if wide:
+        assert (marked.marks, dict(marked.skipped)) == (0, {"wide_spread": 1})
+    else:
+        assert (marked.marks, dict(marked.skipped)) == (1, {})
+        mark = marked.events[1]
+        assert isinstance(mark, MarkUpdated)
+        assert mark.payload.price == midpoint(D(bid), D(ask))
+
+
+def test_the_ticks_allowed_are_a_setting_of_the_policy() -> None:
+    one = replace(POLICY, max_spread_ticks=1)
+    assert isinstance(OptionMarks(one).on_quote(quote(OPTION, "0.05", "0.10")), MarkUpdated)
+    assert OptionMarks(one).on_quote(quote(OPTION, "0.05", "0.15")) == "wide_spread"
+    # 0: the relative limit alone, as before.
+    none = replace(POLICY, max_spread_ticks=0)
+    assert OptionMarks(none).on_quote(quote(OPTION, "0.05", "0.10")) == "wide_spread"
+    # No relative limit is no limit at all, ticks or not.
+    off = replace(POLICY, max_spread=D(0), max_spread_ticks=0)
+    assert isinstance(OptionMarks(off).on_quote(quote(OPTION, "0.05", "4.00")), MarkUpdated)
+
+
 def test_a_wide_quote_drops_the_held_and_the_standing_quote() -> None:
     """A wide quote is the market now: the quote held back and the standing one
     are no longer what it quotes; the last mark stays and ages."""
@@ -364,6 +411,7 @@ def test_a_wide_quote_drops_the_held_and_the_standing_quote() -> None:
         ({"max_standing_ns": -1}, "negative"),
         ({"max_spread": D(2)}, "max_spread"),
         ({"max_spread": D("-0.1")}, "max_spread"),
+        ({"max_spread_ticks": -1}, "max_spread_ticks"),
         ({"refresh_ns": 30 * S, "max_standing_ns": 29 * S}, "would ever be re-marked"),
         ({"min_interval_ns": 0, "refresh_ns": 0, "max_standing_ns": S}, "need a refresh_ns"),
     ],
@@ -383,18 +431,21 @@ def test_settings_give_the_policy_and_name_the_offending_variable(
         refresh_ns=30 * S,
         max_standing_ns=300 * S,
         max_spread=D("0.5"),
+        max_spread_ticks=2,
     )
     monkeypatch.setenv("TRADEBUS_MARK_MIN_INTERVAL_S", "0.25")
     monkeypatch.setenv("TRADEBUS_MARK_MIN_CHANGE", "0.02")
     monkeypatch.setenv("TRADEBUS_MARK_REFRESH_S", "5")
     monkeypatch.setenv("TRADEBUS_MARK_MAX_STANDING_S", "60")
     monkeypatch.setenv("TRADEBUS_MARK_MAX_SPREAD", "0.25")
+    monkeypatch.setenv("TRADEBUS_MARK_MAX_SPREAD_TICKS", "1")
     assert load_settings(MarketdataSettings).mark_policy() == MarkPolicy(
         min_interval_ns=S // 4,
         min_change=D("0.02"),
         refresh_ns=5 * S,
         max_standing_ns=60 * S,
         max_spread=D("0.25"),
+        max_spread_ticks=1,
     )
     monkeypatch.setenv("TRADEBUS_MARK_MAX_SPREAD", "0")
     assert load_settings(MarketdataSettings).mark_policy().max_spread == 0
@@ -406,6 +457,10 @@ def test_settings_give_the_policy_and_name_the_offending_variable(
         ("TRADEBUS_MARK_MAX_SPREAD", "2", "less than 2"),
         ("TRADEBUS_MARK_MAX_SPREAD", "-0.5", "greater than or equal to 0"),
         ("TRADEBUS_MARK_MAX_SPREAD", "inf", "finite"),
+        ("TRADEBUS_MARK_MAX_SPREAD_TICKS", "-1", "greater than or equal to 0"),
+        ("TRADEBUS_MARK_MAX_SPREAD_TICKS", "1.5", "integer"),
+        ("TRADEBUS_MARK_MAX_SPREAD_TICKS", "two", "integer"),
+        ("TRADEBUS_MARK_MAX_SPREAD_TICKS", "101", "less than or equal to 100"),
         ("TRADEBUS_MARK_MIN_CHANGE", "1.5", "less than 1"),
         ("TRADEBUS_MARK_MIN_CHANGE", "NaN", "finite"),
         ("TRADEBUS_MARK_MIN_INTERVAL_S", "-1", "greater than or equal to 0"),

@@ -31,7 +31,10 @@ slot ``s0``, was quoted at ``t0 <= s0``, at price ``m0``):
    (0.05 x 5.00: a midpoint of 2.525 nobody would trade at) makes none
    (``wide_spread``) and, like rule 1, drops a quote held back and the
    standing quote: the market no longer quotes that price. ``max_spread`` 0:
-   no such limit.
+   no such limit. A quote at most ``max_spread_ticks`` ticks wide is never
+   too wide (:func:`quote_tick`): a cheap contract's market can be no
+   narrower than a tick, and 0.05 x 0.10, 67 % of its midpoint, would
+   otherwise leave it unmarked for as long as it is that cheap.
 5. Before ``s0 + min_interval`` the quote is held back (``throttled``), the
    newest one replacing an older one, and :meth:`OptionMarks.due` makes it a
    mark, with slot ``s0 + min_interval``, once the service's clock reaches
@@ -136,6 +139,12 @@ FEED_LOST = frozenset(
 MARKET_CARRIES: dict[str, AssetClass] = {"stocks": "equity", "options": "option"}
 
 NS = 1_000_000_000
+#: The ticks (minimum price variations) of US listed options, coarsest first:
+#: under $3, 0.05 (0.01 for the penny-program classes); from $3, 0.10 (0.05
+#: for the penny-program classes, 0.01 for SPY, QQQ and IWM).
+_TICKS_UNDER_3 = (Decimal("0.05"), Decimal("0.01"))
+_TICKS_FROM_3 = (Decimal("0.10"), Decimal("0.05"), Decimal("0.01"))
+_THREE = Decimal(3)
 #: The places a price can carry (the contract's ``Price``).
 _QUANTUM = Decimal("1e-12")
 _WIDE = Context(prec=60)
@@ -161,6 +170,9 @@ class MarkPolicy:
     #: no mark; 0: no limit. (The spread of a two-sided quote is always below
     #: twice its midpoint, so 2 or more would be no limit either.)
     max_spread: Decimal = Decimal("0.5")
+    #: ...unless it is at most this many ticks wide (:func:`quote_tick`); 0:
+    #: the relative limit alone.
+    max_spread_ticks: int = 2
 
     def __post_init__(self) -> None:
         if self.min_interval_ns < 0:
@@ -174,6 +186,8 @@ class MarkPolicy:
             )
         if not 0 <= self.max_spread < 2:
             raise ValueError(f"max_spread {self.max_spread} is not in [0, 2) (0: no limit)")
+        if self.max_spread_ticks < 0:
+            raise ValueError(f"max_spread_ticks {self.max_spread_ticks} is negative")
         if self.max_standing_ns < 0:
             raise ValueError(f"max_standing_ns {self.max_standing_ns} is negative")
         if self.max_standing_ns and not self.refresh_ns:
@@ -193,6 +207,25 @@ def midpoint(bid: Decimal, ask: Decimal) -> Decimal:
     if isinstance(exponent, int) and exponent < -12:
         mid = mid.quantize(_QUANTUM, context=_WIDE)
     return mid
+
+
+def quote_tick(bid: Decimal, ask: Decimal) -> Decimal:
+    """The tick of a quote's contract, as far as the quote shows it: the
+    coarsest tick a contract at the bid's price level may have (0.05 under $3,
+    0.10 from $3) whose grid both prices are on, else 0.01.
+
+    Neither the feed nor the OCC symbol says whether a class is in the penny
+    program, so the prices are the only evidence: a quote in pennies (0.02 x
+    0.10) is a penny class's, held to 0.01; one on the nickel grid (0.05 x
+    0.10) may be either's and is given the nickel, so a penny class's quote
+    there may be up to five times as many of its ticks wide."""
+    ladder = _TICKS_FROM_3 if bid >= _THREE else _TICKS_UNDER_3
+    for tick in ladder:
+        # In the wide context, as the midpoint: a price's 26 whole digits
+        # over 0.01 already take all 28 of the default one.
+        if not _WIDE.remainder(bid, tick) and not _WIDE.remainder(ask, tick):
+            return tick
+    return ladder[-1]
 
 
 def make_mark(
@@ -278,7 +311,12 @@ class OptionMarks:
             return invalid
         mid = midpoint(quote.payload.bid_price, quote.payload.ask_price)
         q = quote.payload
-        if self.policy.max_spread and q.ask_price - q.bid_price > self.policy.max_spread * mid:
+        spread, p = q.ask_price - q.bid_price, self.policy
+        if (
+            p.max_spread
+            and spread > p.max_spread * mid
+            and spread > p.max_spread_ticks * quote_tick(q.bid_price, q.ask_price)
+        ):
             self._held.pop(symbol, None)
             self._standing.pop(symbol, None)
             return "wide_spread"
@@ -287,7 +325,6 @@ class OptionMarks:
         stamp = quote.ts_event
         if last is not None:
             s0, _, m0, stamped = last
-            p = self.policy
             elapsed = quote.ts_event - s0
             if elapsed < p.refresh_ns and abs(mid - m0) < p.min_change * m0:
                 self._held.pop(symbol, None)
