@@ -802,6 +802,9 @@ class AccountWorker:
 
     async def _flatten_done(self, command: FlattenAccount, closed: ClosedAll) -> None:
         """Publish what the close-all did: its closing orders, its refusals."""
+        # Still under way after a close-all's answer; taken up again after a
+        # recovery (_recover), which leaves it between its broker calls.
+        self.tracker.flatten_started(command)
         unexpressed: list[tuple[BrokerOrder, ValueError]] = []
         events = self.tracker.flatten_done(closed.orders, closed.refused, unexpressed=unexpressed)
         for order, e in unexpressed:
@@ -863,9 +866,14 @@ class AccountWorker:
         )
         self.tracker.flatten_started(command)
         found = self.tracker.adopt_closing_orders(orders)
+        # Unknown orders are nobody's again at once: the closing orders are
+        # those found, and an order the stream or the reconnection's
+        # reconciliation takes in while the calls below wait (one placed at
+        # the broker by hand) is not one of them. Held until the events were
+        # published, such an order was the flatten's, its fills booked to the
+        # strategies. (_flatten_done takes the flatten up again to publish.)
+        self.tracker.flatten_ended()
         if not found:
-            # Unknown orders are nobody's again until a close-all is sent.
-            self.tracker.flatten_ended()
             log.info(
                 "flatten %s of %s: no closing order of an earlier close-all at the broker",
                 command.id,

@@ -1652,3 +1652,92 @@ async def test_a_flatten_refused_only_an_expired_option_contract_is_done(
         sample("tradebus_broker_commands_total", type="FlattenAccount", outcome="incomplete") == 1
     )
     assert sample("tradebus_broker_flatten_refused_positions_total") == 1
+
+
+async def test_an_order_placed_by_hand_taken_in_while_a_flatten_recovers_is_not_its() -> None:
+    """A flatten delivered again after a restart finds its close-all's
+    closing order at the broker (c-1, 4 of s's 10 AAPL sold) and, before it
+    publishes it, asks for the account's positions. Meanwhile the
+    reconnection's reconciliation takes in an order the trader placed at the
+    broker by hand (h-1, a limit sell of 5 AAPL, 3 filled). The flatten held
+    unknown orders as its own across those calls, so h-1 was taken for one
+    of its closing orders: its fill of 3 booked to s, whose books then said
+    3 AAPL where s held 6 (c-1 only had closed 4). It is nobody's, as the
+    unknown orders found outside a close-all are."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
+
+    w = worker([1000.0], [])
+    filled_position(w, 10)
+    closing = BrokerOrder(
+        "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "partially_filled"
+    )
+    by_hand = BrokerOrder(
+        "h-1",
+        "by-hand",
+        "AAPL",
+        "sell",
+        Decimal(5),
+        Decimal(3),
+        Decimal(102),
+        "partially_filled",
+        order_type="limit",
+        limit_price=Decimal(102),
+    )
+    d = Decimal
+    fills = {
+        "c-1": [BrokerFill("c-1", "close-1", "AAPL", "sell", d(4), d(101), d(4), d(6), 1)],
+        "h-1": [BrokerFill("h-1", "by-hand", "AAPL", "sell", d(3), d(102), d(3), d(2), 2)],
+    }
+    look = asyncio.Event()
+    asked: list[str] = []
+    published: list[Any] = []
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        return [closing]  # h-1 is no market order (and may be older)
+
+    async def positions() -> list[BrokerPosition]:
+        asked.append("positions")
+        await look.wait()
+        return [BrokerPosition("AAPL", Decimal(3), Decimal(100))]
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [closing, by_hand]
+
+    async def get_order(**ids: str | None) -> BrokerOrder:
+        return by_hand if ids.get("broker_order_id") == "h-1" else closing
+
+    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
+        return fills[order.broker_order_id]
+
+    w.port = broker(
+        orders_created=orders_created,
+        positions=positions,
+        open_orders=open_orders,
+        get_order=get_order,
+        order_fills=order_fills,
+    )
+    w.outbox = outbox_into(published)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    async with asyncio.timeout(10):
+        # Its second delivery: the gateway before a restart was running it.
+        recovering = asyncio.create_task(w.handle(Held(flatten, cast(Msg, Delivery(1, 2)), 1)))
+        await eventually(lambda: asked == ["positions"])
+        await w.reconcile()  # the reconnection's
+        look.set()
+        await recovering
+    booked = {e.payload.broker_order_id: e.payload.strategy for e in said_fills(published)}
+    assert booked == {"c-1": "s", "h-1": None}
+    assert (w.tracker.position("AAPL", "s"), w.tracker.position("AAPL")) == (
+        Decimal(6),
+        Decimal(-3),
+    )
+    [placed] = [e for e in published if e.type == "ClosingOrdersPlaced"]
+    assert [(o.quantity, o.leaves_quantity) for o in placed.payload.orders] == [
+        (Decimal(10), Decimal(6))
+    ]
+    [hand] = [t for t in w.tracker.orders.values() if t.broker_order_id == "h-1"]
+    assert not hand.closing
+    assert w.tracker.flattened(flatten.id)

@@ -648,10 +648,10 @@ def test_every_close_all_refuses_a_position_in_an_expired_contract_for_ever() ->
     so the position stays, and each close-all (DELETE /v2/positions, the
     gateway's flatten) closes the other positions and refuses that one, 422,
     days later as at the close. The gateway publishes each refusal as an
-    OrderRejected and the flatten's outcome as ``incomplete``
-    (gateway._flatten): every flatten of the account from then on, until an
-    operator removes the position by hand (a journal edit). A real broker's
-    settlement removes it (or turns it into shares) overnight."""
+    OrderRejected, every flatten of the account from then on until an
+    operator removes the position by hand (a journal edit), and counts it as
+    awaiting settlement, not as left open (gateway._settles). A real
+    broker's settlement removes it (or turns it into shares) overnight."""
     option = "O:SPY261211P00600000"  # expires Friday 2026-12-11
     clock = SetClock(ny_ns("2026-12-11 10:00"))
     counter = itertools.count(1)

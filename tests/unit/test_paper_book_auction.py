@@ -214,6 +214,27 @@ def test_a_market_on_close_order_fills_at_the_last_print_at_or_before_the_close(
     assert [(p.qty, p.avg_entry_price) for p in b.positions("A")] == [(D(-5), D(151))]
 
 
+def test_a_late_print_older_than_the_last_one_is_not_the_close() -> None:
+    """Polygon delivers some trades out of sequence and reports some late:
+    a trade stamped 15:30 (or before the open) that arrives after the
+    15:59:59 one is not the session's last print. The close took the price
+    that arrived last, whatever its time, so a market-on-close order filled
+    at 140 (or 90, a pre-market print) where the close was 150; both when a
+    print after 16:00 settles it and when the clock does."""
+    b, clock = book("2026-12-08 10:00")
+    b.submit("A", OrderSpec("AAPL", "sell", D(5), time_in_force="cls", client_order_id="moc"))
+    b.submit("A", OrderSpec("IBM", "sell", D(5), time_in_force="cls", client_order_id="moc-ibm"))
+    b.on_market(trade("AAPL", "150", "2026-12-08 15:59:59"))
+    b.on_market(trade("AAPL", "140", "2026-12-08 15:30"))  # reported late
+    b.on_market(trade("IBM", "300", "2026-12-08 15:59:58"))
+    b.on_market(trade("IBM", "290", "2026-12-08 09:00"))  # a pre-market print, late
+    clock.ns = ny_ns("2026-12-08 16:00:02")
+    updates = b.on_market(trade("AAPL", "151", "2026-12-08 16:00:01"))
+    assert seen(updates) == [("fill", "moc", D(150))]
+    clock.ns = ny_ns("2026-12-08 16:02")
+    assert seen(b.expire_orders()) == [("fill", "moc-ibm", D(300))]
+
+
 def test_auction_orders_no_print_settles_in_time_are_settled_by_the_clock() -> None:
     """Two minutes after its auction (the broker's clock) an order no print
     has settled is: a close at the session's last print (no print after

@@ -302,6 +302,11 @@ class PaperBook:
         self._last: dict[str, Decimal] = {}
         # The latest trade time or bar end seen of each symbol (see on_market).
         self._market_ns: dict[str, int] = {}
+        # Each symbol's newest print by its own time (a trade's, a bar's end;
+        # at the same time the later to arrive) and that time: what stands
+        # for a closing auction (see _newest). Not _last, the last to arrive:
+        # a print reported late, older than one before it, is not the close.
+        self._newest: dict[str, tuple[Decimal, int]] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
         self._working_by_symbol: dict[str, dict[tuple[str, str], None]] = {}
@@ -525,6 +530,7 @@ class PaperBook:
         moment earlier."""
         self._last[symbol] = price
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
+        self._print(symbol, price, ts_ns)
         out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market" or order.time_in_force in AUCTIONS:
@@ -545,14 +551,15 @@ class PaperBook:
         before it was placed (and a stop triggered by it): paper results
         better than the market allowed."""
         symbol = update.symbol
-        # The last price before this update: a closing auction's price, if
-        # this update is the first after the close.
-        before = self._last.get(symbol), self._market_ns.get(symbol, 0)
+        # The newest print before this update (by the market's time): a
+        # closing auction's price, if this update is the first after the close.
+        before = self._newest_print(symbol)
         # Expire (and settle the auctions past their wait) before this price
         # is the last: a cls order settled now closes at the print before it.
         out = self.expire_orders()  # never filled after its close
         self._last[symbol] = update.last
         self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
+        self._print(symbol, update.last, update.ts_ns)
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
             if order.time_in_force in AUCTIONS:
@@ -778,6 +785,22 @@ class PaperBook:
             due = contract.expires_at_ns if due is None else min(due, contract.expires_at_ns)
         return due
 
+    def _print(self, symbol: str, price: Decimal, ts_ns: int) -> None:
+        """``price`` of ``ts_ns`` is ``symbol``'s newest print unless one
+        newer by the market's time came before it (a late-reported trade)."""
+        newest = self._newest.get(symbol)
+        if newest is None or ts_ns >= newest[1]:
+            self._newest[symbol] = (price, ts_ns)
+
+    def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
+        """``symbol``'s newest print by the market's time and that time
+        ((None, 0): none yet): a closing auction's price once the session has
+        closed. The last to arrive and the latest time seen belonged to two
+        prints after a late one: the close took a trade stamped 15:30, or
+        before the open, that Polygon reported after the 15:59:59 one."""
+        newest = self._newest.get(symbol)
+        return (None, 0) if newest is None else newest
+
     @staticmethod
     def _session(order: PaperOrder) -> Session | None:
         """The session whose auction an ``opg`` or ``cls`` order takes part in."""
@@ -799,8 +822,7 @@ class PaperBook:
             session = self._session(order)
             price = None
             if session is not None and order.time_in_force == "cls":
-                last, last_ns = self._last.get(order.symbol), self._market_ns.get(order.symbol, 0)
-                price = closing_print(session, last, last_ns)
+                price = closing_print(session, *self._newest_print(order.symbol))
             out.append(self._settle_auction(order, price, now))
         return out
 
