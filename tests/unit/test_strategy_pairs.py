@@ -264,3 +264,35 @@ def test_an_option_leg_that_expires_in_the_pair_is_left_and_never_ordered_again(
         "held: no venue takes an order in it, so its leg is left to the broker's settlement "
         "and the other leg trades alone"
     )
+
+
+def test_the_other_leg_closes_on_its_first_bar_after_the_option_leg_expired() -> None:
+    # As the market is: the expired contract prints no more bars, so no
+    # minute pairs again. The exit waited for a paired minute inside exit_z,
+    # which never came: MSFT was held short, unhedged, for good. Now MSFT's
+    # first bar after the expiry closes it, once (the close pending, the
+    # next bar sends nothing), and the option is left to settlement.
+    option = "O:AAPL231115C00100000"
+    expiry_ns = parse_option(option).expires_at_ns
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=("MSFT", option),
+    )
+    for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+        rt.run([bar("MSFT", msft, T0 + i * MINUTE_NS), bar(option, "5", T0 + i * MINUTE_NS)])
+    entry = rt.run([bar("MSFT", "105", T0 + 5 * MINUTE_NS), bar(option, "5", T0 + 5 * MINUTE_NS)])
+    assert legs(entry) == [("MSFT", "sell", Decimal(95)), (option, "buy", Decimal(20))]
+    for intent in [e for e in entry if isinstance(e, OrderIntentCreated)]:
+        price = 105 if intent.payload.symbol == "MSFT" else 5
+        for event in fill_chain(intent, price, ids=next_id, at_ns=T0 + 6 * MINUTE_NS):
+            rt.feed(event)
+    before = rt.run([bar("MSFT", "120", expiry_ns - 2 * MINUTE_NS)])  # unpaired, not expired
+    assert legs(before) == []
+    after = rt.run([bar("MSFT", "121", expiry_ns + k * MINUTE_NS) for k in range(3)])
+    assert legs(after) == [("MSFT", "buy", Decimal(95))]
+    (signal,) = [e for e in after if isinstance(e, SignalGenerated)]
+    assert signal.payload.reason == f"{option} expired: MSFT trades alone, closed"
+    assert rt.hosts["pair"].running

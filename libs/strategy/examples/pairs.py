@@ -11,9 +11,10 @@ A) causes both legs' intents, so the pair is one chain in the audit trail.
 No pair is entered once an option leg's contract has expired (the close of
 its expiry day, by the strategy's clock, ``ctx.expired``): its order would be
 denied and the other leg left unhedged. A pair held past its option leg's
-expiry closes its other leg alone: no venue takes an order in the expired
-contract, and its position is left to the broker's settlement (exercise or
-lapse), said once.
+expiry closes its other leg alone, on that leg's first bar after the
+expiry (the expired contract prints no more bars, so no minute pairs again):
+no venue takes an order in the expired contract, and its position is left to
+the broker's settlement (exercise or lapse), said once.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class PairsTrade(Strategy[PairsParams]):
         return price_a.ln() - self.params.hedge_ratio * price_b.ln(), price_a, price_b
 
     def on_bar(self, bar: Bar) -> None:
+        if self._partner_expired(bar):
+            return
         paired = self._pair(bar)
         if paired is None:
             return
@@ -134,6 +137,27 @@ class PairsTrade(Strategy[PairsParams]):
                 legs.append(("sell" if held > 0 else "buy", abs(held)))
             if any(quantity > 0 for _, quantity in legs):
                 self._trade("pair_exit", "flat", z, tuple(legs))
+
+    def _partner_expired(self, bar: Bar) -> bool:
+        """Whether ``bar``'s leg trades alone: its partner is an option
+        contract past its expiry. No venue lists that contract any more, so
+        its bars stop, no minute pairs again and the spread means nothing: a
+        position still held in ``bar``'s leg is closed on this bar, once
+        (what is pending counts), rather than waiting for a paired minute
+        inside ``exit_z`` that never comes. The expired leg is the broker's
+        to settle. Flat (or the close pending), the bar is paired as any
+        other: the entry refuses a pair with an expired leg."""
+        partner = self._b if bar.symbol == self._a else self._a
+        if not self.ctx.expired(partner):
+            return False
+        held = exposure(self.ctx, bar.symbol)
+        if held == 0:
+            return False  # flat: the entry is what refuses the pair (said there)
+        self._expired(partner, held=exposure(self.ctx, partner))  # said once
+        reason = f"{partner} expired: {bar.symbol} trades alone, closed"
+        signal = self.ctx.signal(bar.symbol, "pair_exit", "flat", reason=reason)
+        self.ctx.order(bar.symbol, "sell" if held > 0 else "buy", abs(held), cause=signal)
+        return True
 
     def _expired(self, symbol: str, *, held: Decimal) -> bool:
         """Whether ``symbol`` is an option contract past its expiry (by the
