@@ -59,14 +59,22 @@ class PriceFeed(Protocol):
 
 
 def to_update(data: bytes) -> MarketUpdate | None:
-    """A trade or bar event as a market update; None for anything else."""
+    """A trade or bar event as a market update; None for anything else.
+
+    At its market time (``Event.market_ns``: no later than a few seconds
+    after it was made), as the risk-gate and the ledgers take it: a print
+    stamped hours ahead by a bad clock was "after the close" to the book,
+    settled its market-on-close orders at a mid-day price and stayed the
+    session's newest print. A bar so stamped ends then, and begins no later."""
     event = decode(data)
     if isinstance(event, TradePrinted):
         p = event.payload
-        return MarketUpdate.trade(p.symbol, p.price, event.ts_event)
+        return MarketUpdate.trade(p.symbol, p.price, event.market_ns)
     if isinstance(event, BarClosed):
         b = event.payload
-        return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, b.end_ns, b.start_ns)
+        end_ns = min(b.end_ns, event.market_ns)
+        start_ns = min(b.start_ns, end_ns)
+        return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, end_ns, start_ns)
     return None
 
 
