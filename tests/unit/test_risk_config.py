@@ -33,6 +33,25 @@ def test_example_file_loads() -> None:
     assert limits.trading_day.start == dt.time(4, 0)
 
 
+def test_the_band_allows_options_2_ticks_and_equities_none_unless_told() -> None:
+    """A cheap option's band is narrower than its tick: options get 2 ticks
+    of allowance by default (with or without a band of their own), equities
+    none (their band is as it was)."""
+    for extra in ("", "price_band: {options: {max_deviation: 0.25}}\n"):
+        band = parse_limits(GOOD + extra).price_band
+        assert band.max_deviation_ticks == 0
+        assert band.of("AAPL").max_deviation_ticks == 0
+        assert band.of("O:AAPL260320C00100000").max_deviation_ticks == 2
+    band = parse_limits(
+        GOOD + "price_band: {max_deviation_ticks: 1, options: {max_deviation_ticks: 3}}\n"
+    ).price_band
+    assert band.of("AAPL").max_deviation_ticks == 1
+    assert band.of("O:AAPL260320C00100000").max_deviation_ticks == 3
+    shipped = load_limits(EXAMPLE).price_band
+    assert shipped.of("O:AAPL260320C00100000").max_deviation_ticks == 2
+    assert shipped.of("AAPL").max_deviation_ticks == 0
+
+
 def test_yaml_floats_are_read_as_the_decimals_written() -> None:
     limits = parse_limits(GOOD + "price_band: {max_deviation: 0.07}\n")
     assert limits.price_band.max_deviation == Decimal("0.07")
@@ -81,6 +100,31 @@ def test_yaml_floats_are_read_as_the_decimals_written() -> None:
                 '{daily_loss_limit: 500, reduce_only_at_loss: "0.1234567890123"}',
             ),
             "accounts.a.reduce_only_at_loss: Decimal input should have no more than 12 decimal",
+        ),
+        # The band's allowance in ticks: a whole number, 0 or more.
+        (
+            GOOD + "price_band: {max_deviation_ticks: -1}\n",
+            "price_band.max_deviation_ticks: Input should be greater than or equal to 0",
+        ),
+        (
+            GOOD + "price_band: {options: {max_deviation_ticks: -1}}\n",
+            "price_band.options.max_deviation_ticks: Input should be greater than or equal to 0",
+        ),
+        (
+            GOOD + "price_band: {options: {max_deviation_ticks: 1.5}}\n",
+            "price_band.options.max_deviation_ticks: Input should be a valid integer",
+        ),
+        (
+            GOOD + "price_band: {options: {max_deviation_ticks: two}}\n",
+            "price_band.options.max_deviation_ticks: Input should be a valid integer",
+        ),
+        (
+            GOOD + "price_band: {max_deviation_ticks: true}\n",
+            "price_band.max_deviation_ticks: Value error, a whole number of ticks, not true",
+        ),
+        (
+            GOOD + "price_band: {options: {max_deviation_ticks: null}}\n",
+            "price_band.options.max_deviation_ticks: Input should be a valid integer",
         ),
         ("- a\n- b\n", "top level must be a mapping"),
         ("accounts: [\n", "not valid YAML"),

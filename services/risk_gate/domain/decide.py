@@ -26,8 +26,10 @@ daily_loss                  the account's day P&L is at or past its limit
                             (its breaker has not tripped yet)
 no_market_price             no last price for the symbol (or too old, or
                             stamped too far ahead of now)
-price_band                  a limit/stop price too far from the last price,
-                            or a limit/stop order without its price
+price_band                  a limit/stop price too far from the last price
+                            (further than both max_deviation of it and
+                            max_deviation_ticks ticks), or a limit/stop
+                            order without its price
 max_order_quantity          fat finger: the order's quantity
 max_order_notional          fat finger: quantity x price x multiplier
 max_strategy_position       the strategy's position in the symbol, with its
@@ -48,7 +50,7 @@ reduces an exposure above a (since lowered) cap passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -72,10 +74,18 @@ from services.risk_gate.domain.commands import (
     submit_order,
 )
 from services.risk_gate.domain.evolve import roll_day
-from services.risk_gate.domain.limits import GLOBAL, AccountLimits, StrategyLimits
+from services.risk_gate.domain.limits import (
+    GLOBAL,
+    AccountLimits,
+    StrategyLimits,
+    SymbolBand,
+    price_tick,
+)
 from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState
 
 Verdict = tuple[ReasonCode, str]
+#: Wide enough for any price's digits (38) and their difference, exactly.
+_EXACT = Context(prec=80)
 ACCEPT: Verdict = (ReasonCode.ACCEPTED, "")
 
 
@@ -159,7 +169,8 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
         if verdict is not ACCEPT:
             return verdict
     mark = state.mark(p.symbol)
-    band, max_age = limits.price_band.of(p.symbol)
+    band = limits.price_band.of(p.symbol)
+    max_age = band.max_mark_age_s
     if mark is None:
         return ReasonCode.NO_MARKET_PRICE, f"no market price for {p.symbol}"
     if max_age is not None and now_ns - mark.ts_ns > max_age * NS:
@@ -237,7 +248,7 @@ def _daily_loss(state: RiskState, p: OrderIntentPayload, account: AccountLimits)
     return ACCEPT
 
 
-def _price_band(p: OrderIntentPayload, mark: Mark, band: Decimal) -> Verdict:
+def _price_band(p: OrderIntentPayload, mark: Mark, band: SymbolBand) -> Verdict:
     prices: list[tuple[str, Decimal]] = []
     if p.order_type in ("limit", "stop_limit"):
         if p.limit_price is None:
@@ -249,11 +260,21 @@ def _price_band(p: OrderIntentPayload, mark: Mark, band: Decimal) -> Verdict:
         prices.append(("stop", p.stop_price))
     for name, price in prices:
         deviation = abs(price - mark.price) / mark.price
-        if deviation > band:
-            return ReasonCode.PRICE_BAND, (
-                f"{name} price {price} is {deviation:.2%} from the last price {mark.price} "
-                f"(band {band:.2%})"
-            )
+        if deviation <= band.max_deviation:
+            continue
+        ticks = band.max_deviation_ticks
+        # The lower price's tick: one crossing a level is never given the
+        # coarser tick for the whole distance.
+        tick = price_tick(p.symbol, min(price, mark.price))
+        # Exact (prices have up to 38 digits): not rounded to the default 28.
+        distance = _EXACT.abs(_EXACT.subtract(price, mark.price))
+        if ticks and distance <= _EXACT.multiply(Decimal(ticks), tick):
+            continue
+        allowance = f" or {ticks} ticks of {tick}" if ticks else ""
+        return ReasonCode.PRICE_BAND, (
+            f"{name} price {price} is {deviation:.2%} from the last price {mark.price} "
+            f"(band {band.max_deviation:.2%}{allowance})"
+        )
     return ACCEPT
 
 

@@ -243,7 +243,7 @@ def stamped_ahead(state: RiskState, event: Event, symbol: str) -> bool:
     ``ts_init`` is the clock the gate has here: evolve reads none, and a fold
     of the store must reach what the live gate did.
     """
-    _, max_age = state.limits.price_band.of(symbol)
+    max_age = state.limits.price_band.of(symbol).max_mark_age_s
     return max_age is not None and event.ts_event - event.ts_init > max_age * NS
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, NamedTuple, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from libs.contract.envelope import SymbolToken, Token
 from libs.contract.events import asset_class_of
+from libs.contract.options import parse_option
 
 GLOBAL = "global"
 
@@ -110,13 +111,78 @@ class StrategyLimits(_Config):
 Deviation = Annotated[Decimal, _Dec, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes YAML's true as 1: a typo, not a count of ticks.
+    if isinstance(value, bool):
+        raise ValueError(f"a whole number of ticks, not {str(value).lower()}")
+    return value
+
+
+#: A price band's allowance in ticks (:func:`price_tick`): a whole number, 0 or more.
+Ticks = Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0)]
+
+#: US listed options' ticks (minimum price variations) by price level: 0.05
+#: under $3, 0.10 from $3; the penny-program classes' are finer (0.01 under
+#: $3, 0.05 from $3), and SPY's, QQQ's and IWM's 0.01 at every price.
+_OPTION_TICK_UNDER_3 = Decimal("0.05")
+_OPTION_TICK_FROM_3 = Decimal("0.10")
+_PENNY = Decimal("0.01")
+_PENNY_AT_EVERY_PRICE = frozenset({"SPY", "QQQ", "IWM"})
+_THREE = Decimal(3)
+#: US equities' (Reg NMS rule 612): 0.01 from $1, 0.0001 below.
+_SUB_PENNY = Decimal("0.0001")
+
+
+def price_tick(symbol: str, price: Decimal) -> Decimal:
+    """The tick the price band counts in for ``symbol`` at ``price``.
+
+    An equity's is 0.01 from $1 and 0.0001 below. An option's is 0.05 under
+    $3 and 0.10 from $3, and 0.01 at every price for SPY's, QQQ's and IWM's
+    contracts (by the OCC root). The gate has no quote in hand and nothing
+    lists the other penny-program classes (0.01 under $3, 0.05 from $3), so
+    their contracts are given the coarser tick: an allowance of N ticks is up
+    to 5 N of theirs under $3 (2 N from $3). The finer tick would keep every
+    contract within N of its own, but would leave the others' orders at the
+    bid or ask of a contract quoted 0.05 x 0.10 (half a nickel from its mark,
+    2.5 pennies) denied at any N below 3; the difference is at most N x 0.05
+    a share, and counts only where that is wider than the relative band.
+    """
+    if asset_class_of(symbol) == "option":
+        if parse_option(symbol).root in _PENNY_AT_EVERY_PRICE:
+            return _PENNY
+        return _OPTION_TICK_UNDER_3 if price < _THREE else _OPTION_TICK_FROM_3
+    return _PENNY if price >= 1 else _SUB_PENNY
+
+
+class SymbolBand(NamedTuple):
+    """One symbol's price band (:meth:`PriceBand.of`)."""
+
+    #: A price within this fraction of the last price passes...
+    max_deviation: Decimal
+    #: ...as does one within this many ticks of it (:func:`price_tick`).
+    max_deviation_ticks: int
+    #: A last price older than this counts as none (None: any age).
+    max_mark_age_s: float | None
+
+
 class OptionBand(_Config):
     """The price band of option contracts, where it differs: an option's
     spread and moves are often wider than 5 % of its price, and a contract may
-    go minutes without a trade. A key left out takes the equities' value."""
+    go minutes without a trade. A key left out takes the equities' value,
+    except ``max_deviation_ticks``: a tick is not the same thing for them."""
 
     max_deviation: Deviation | None = None
     max_mark_age_s: float | None = Field(default=None, gt=0)
+    #: A cheap contract's relative band is narrower than its tick (25 % of
+    #: 0.075 is 0.019; the tick 0.05): its own bid and ask, a tick from its
+    #: last trade, would be out of band. 2 ticks take in the bid and the ask
+    #: of a quote on the contract's grid that marketdata marks for being at
+    #: most 2 ticks wide (each is at most one from its midpoint), and one more.
+    max_deviation_ticks: Ticks = 2
+
+
+#: The options' band when risk.yaml gives none: the equities' values but ticks.
+_OPTIONS = OptionBand()
 
 
 class PriceBand(_Config):
@@ -124,18 +190,23 @@ class PriceBand(_Config):
 
     #: As a fraction of the last price: 0.05 is 5 %.
     max_deviation: Deviation = Decimal("0.05")
+    #: Or as many ticks (:func:`price_tick`), whichever is wider: equities
+    #: only (options have their own); 0, the default, the fraction alone.
+    max_deviation_ticks: Ticks = 0
     #: A last price older than this counts as no price at all (None: any age).
     max_mark_age_s: float | None = Field(default=None, gt=0)
-    #: Option contracts' own band (``O:…`` symbols); None: the same as equities.
+    #: Option contracts' own band (``O:…`` symbols); None: the equities'
+    #: fraction and age, and 2 ticks.
     options: OptionBand | None = None
 
-    def of(self, symbol: str) -> tuple[Decimal, float | None]:
-        """``symbol``'s band: its maximum deviation and maximum mark age."""
-        o = self.options
-        if o is None or asset_class_of(symbol) != "option":
-            return self.max_deviation, self.max_mark_age_s
-        return (
+    def of(self, symbol: str) -> SymbolBand:
+        """``symbol``'s band: its maximum deviation, in ticks, and mark age."""
+        if asset_class_of(symbol) != "option":
+            return SymbolBand(self.max_deviation, self.max_deviation_ticks, self.max_mark_age_s)
+        o = self.options if self.options is not None else _OPTIONS
+        return SymbolBand(
             o.max_deviation if o.max_deviation is not None else self.max_deviation,
+            o.max_deviation_ticks,
             o.max_mark_age_s if o.max_mark_age_s is not None else self.max_mark_age_s,
         )
 
