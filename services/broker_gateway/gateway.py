@@ -28,9 +28,11 @@ is room (see :meth:`AccountWorker.offer`).
   shows a gap) the worker has the account reconciled: beside the stream, one
   reconciliation at a time, it asks the broker about each unsettled order
   and any open order it does not know, and publishes what the stream did
-  not tell it. After a reconnection's reconciliation, and every
-  ``position_check_every_s``, it compares the broker's positions with the
-  account's recorded fills (:meth:`AccountWorker.check_positions`).
+  not tell it (after a restart, an order it does not know that a flatten
+  recorded before may claim waits until that flatten has run: see
+  :meth:`AccountWorker._holds_back`). After a reconnection's reconciliation,
+  and every ``position_check_every_s``, it compares the broker's positions
+  with the account's recorded fills (:meth:`AccountWorker.check_positions`).
 
 The tasks publish through one :class:`Outbox`, which publishes in the order
 events were produced, so an order's ``OrderAccepted`` is on the stream before
@@ -342,6 +344,15 @@ class AccountWorker:
         self._close_alls_sent: dict[uuid.UUID, int] = {}
         #: Closing orders created after this (ns) are no earlier gateway's.
         self.started_ns = clock.now_ns()
+        #: Flattens recorded before this start whose close-all is not known to
+        #: have answered, by id, until each has run here: orders they may
+        #: claim are held back meanwhile (see _holds_back).
+        self._recoverable = {f.id: f for f in tracker.unfinished_flattens()}
+        #: Those of them delivered to this gateway (see _recovery_due).
+        self._recoverable_came: set[uuid.UUID] = set()
+        #: The orders held back, by broker order id.
+        self._held_back: dict[str, BrokerOrder] = {}
+        self._recovery_timer: asyncio.TimerHandle | None = None
 
     # ----------------------------------------------------------- commands
 
@@ -403,6 +414,8 @@ class AccountWorker:
             self._deferred_seqs.discard(seq)
             self._deferred_since = self.monotonic()  # the next one's turn
         held = Held(command, msg, seq)
+        if command.id in self._recoverable:
+            self._recoverable_came.add(command.id)
         self._held[command.id] = held
         self._queue.append(held)
         self._idle.clear()
@@ -436,6 +449,12 @@ class AccountWorker:
                 self.handled += 1
             finally:
                 del self._held[held.command.id]
+                if (
+                    isinstance(held.command, FlattenAccount)
+                    and held.command.id not in self._failures
+                ):
+                    # Run to its outcome, or dead-lettered: not coming again.
+                    self._flatten_ran(held.command.id)
                 if not self._queue:
                     self._idle.set()
 
@@ -1053,6 +1072,8 @@ class AccountWorker:
                     if event.state == "connected":
                         self.want_reconcile(everything=True)
                     continue
+                if self.tracker.find(event.order) is None and self._holds_back(event.order):
+                    continue  # taken in from the broker once the flatten has run
                 try:
                     events = self.tracker.on_update(event)
                 except ValueError as e:
@@ -1109,9 +1130,16 @@ class AccountWorker:
         reconciliations of an account do not overlap (they would ask the
         broker the same things, twice the calls against its rate limit), and
         one asked for after a ``connected`` starts after it is published.
+        Orders held back for a flatten recorded before this start are taken
+        in by the reconciliation after it has run (see :meth:`_holds_back`);
+        positions checks wait for them.
         """
         if self.position_check_every_s > 0:
             self._arm_check()
+        if self._recoverable:
+            self._recovery_timer = asyncio.get_running_loop().call_later(
+                self.give_up_s, self._recovery_due
+            )
         try:
             while True:
                 await self._reconcile_wanted.wait()
@@ -1145,10 +1173,10 @@ class AccountWorker:
                 if (everything or check) and self.position_check_every_s > 0:
                     await self.check_positions()
         finally:
-            for timer in (self._retry, self._check_timer):
+            for timer in (self._retry, self._check_timer, self._recovery_timer):
                 if timer is not None:
                     timer.cancel()
-            self._retry = self._check_timer = None
+            self._retry = self._check_timer = self._recovery_timer = None
 
     def _retry_later(self, *, everything: bool) -> None:
         """Have a reconciliation given up tried again after a backoff (see
@@ -1259,8 +1287,11 @@ class AccountWorker:
         worth saying (the retry of everything checks again), and one that
         keeps failing would hold every check off. Nor a mark left on a
         settled order (its fill came on the stream after a submit's fetch
-        was given up): reconciliations ask for unsettled orders only."""
-        if self._reconcile_everything:
+        was given up): reconciliations ask for unsettled orders only. Nor
+        while orders are held back for a flatten's recovery (see
+        :meth:`_holds_back`): their fills are published once it has run (or
+        has not come), and a reconciliation of everything follows."""
+        if self._reconcile_everything or (self._held_back and self._recoverable):
             return True
         if self._retry is not None:
             return False
@@ -1299,8 +1330,17 @@ class AccountWorker:
                 else:
                     published += n
             if only is None:
+                if not self._recoverable:
+                    for order in list(self._held_back.values()):
+                        n = await self._unless_refused(
+                            order.client_order_id, self._take_in_held_back(order)
+                        )
+                        if n is None:
+                            skipped += 1
+                        else:
+                            published += n
                 for order in await self._reconciling(self.port.open_orders):
-                    if self.tracker.find(order) is None:
+                    if self.tracker.find(order) is None and not self._holds_back(order):
                         n = await self._unless_refused(
                             order.client_order_id, self._take_in_unknown(order)
                         )
@@ -1344,6 +1384,91 @@ class AccountWorker:
         events = self.tracker.reconcile(order, fills)
         await self.outbox.publish(events)
         return len(events)
+
+    def _holds_back(self, order: BrokerOrder) -> bool:
+        """Whether ``order``, which the tracker does not know, is held back
+        until the flattens recorded before this start whose close-all is not
+        known to have answered have run here (kept in ``_held_back``).
+
+        Such a flatten, delivered again after a crash, claims the market
+        orders created from its creation until this start (the window of
+        :meth:`_earlier_close_all`) as the closing orders of its close-all.
+        But the reconnection's reconciliation runs at once, and the flatten
+        comes again only an ack wait after the crash: a closing order still
+        working was taken in before as an order nobody here placed, and its
+        fills published meanwhile were booked to no strategy for good (each
+        strategy kept, in its own books and the risk-gate's, the position
+        the broker had closed). Re-booking them would take an event the
+        contract does not have; holding the order back takes none, and its
+        fills are published once, booked by the flatten's recovery. An order
+        held back that no flatten claims is taken in as nobody's after.
+        """
+        if not self._recoverable or order.order_type != "market":
+            return False
+        if order.created_ns:
+            after = min(f.ts_init for f in self._recoverable.values()) - CLOCK_SKEW_NS
+            if not after <= order.created_ns <= self.started_ns + CLOCK_SKEW_NS:
+                return False
+        if order.broker_order_id not in self._held_back:
+            log.info(
+                "%s: order %s (%s %s %s), which nobody here placed, waits for the "
+                "flattens recorded before the restart to run: it may be a closing order of one",
+                self.account,
+                order.broker_order_id,
+                order.side,
+                order.quantity,
+                order.symbol,
+            )
+        self._held_back[order.broker_order_id] = order
+        return True
+
+    def _flatten_ran(self, flatten_id: uuid.UUID) -> None:
+        """A flatten has run to its outcome (or was dead-lettered): the last
+        of those recorded before this start, the orders held back for them
+        are taken in."""
+        if self._recoverable.pop(flatten_id, None) is not None and not self._recoverable:
+            self._hold_over()
+
+    def _recovery_due(self) -> None:
+        """The recorded flattens not delivered again by now never will be:
+        a command the gateway before held comes again an ack wait after it
+        died (a handed back one, ``defer_s``), and it died before this start.
+        They ran to the end (an account already flat records nothing), or
+        were never delivered to it (a first delivery claims nothing). Those
+        delivered are waited for until they have run."""
+        self._recovery_timer = None
+        for flatten_id in set(self._recoverable) - self._recoverable_came:
+            del self._recoverable[flatten_id]
+        if not self._recoverable:
+            self._hold_over()
+
+    def _hold_over(self) -> None:
+        if self._recovery_timer is not None:
+            self._recovery_timer.cancel()
+            self._recovery_timer = None
+        if self._held_back:
+            log.info(
+                "%s: the flattens recorded before the restart have run; "
+                "taking in the %d orders held back for them",
+                self.account,
+                len(self._held_back),
+            )
+            self.want_reconcile(everything=True)
+
+    async def _take_in_held_back(self, order: BrokerOrder) -> int:
+        """An order held back (:meth:`_holds_back`) once the flattens have
+        run: unless one claimed it, taken in as the broker has it now, as
+        nobody's (it may have ended meanwhile); the events published. A
+        claimed one is the unsettled orders' to reconcile."""
+        published = 0
+        if self.tracker.find(order) is None:
+            found = await self._reconciling(
+                functools.partial(self.port.get_order, broker_order_id=order.broker_order_id)
+            )
+            if found is not None:
+                published = await self._take_in_unknown(found)
+        del self._held_back[order.broker_order_id]
+        return published
 
     async def _unless_refused(self, order: object, call: Awaitable[int]) -> int | None:
         """``call``'s events published for ``order``; None, said and counted,

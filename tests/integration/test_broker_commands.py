@@ -69,7 +69,7 @@ from services.paper_broker.domain.book import (
     TradeUpdate,
     day_order_expiry_ns,
 )
-from services.paper_broker.domain.fill_model import MarketUpdate
+from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
 
 D = Decimal
 CLOCK = WallClock()
@@ -990,6 +990,72 @@ async def test_a_flatten_cut_by_a_crash_after_its_close_all_loses_nothing(
     assert "MSFT position, which is still open" in refusal["payload"]["reason"]
     acks = [a for a in await stored(bus, f"broker.ack.{a.account}") if a["causation_id"]]
     assert [a["payload"]["order_id"] for a in acks].count(order["order_id"]) == 1
+
+
+async def test_a_flatten_cut_by_a_crash_owns_its_working_closing_order_before_reconciliation(
+    bus: Bus, venues: list[Venue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above (nothing published), but the closing order still works: the
+    broker fills at most 4 a print, so its sell of s1's 8 AAPL filled 4 and rests
+    with 4. Restarted, the gateway's reconnection reconciles before the
+    flatten comes again, finds an open order it does not know and took it
+    in as nobody's: its fill of 4 booked to no strategy, for good (the
+    flatten, run after, claims the order and books only the later fills to
+    s1). s1 stayed long 8 in its own books while the account was long 4.
+    Now the reconciliation holds the order back until the flatten has run:
+    every fill of it is s1's, each published once."""
+    a = venues[0]
+    a.book.config = replace(a.book.config, fill_model=FillModelConfig(max_fill_quantity=D(4)))
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    flat = flatten(a.account)
+    crashed = asyncio.Event()
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "4"))
+        await eventually(lambda: w.tracker.position("AAPL", "s1") == D(4), timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "4"))
+        await eventually(lambda: w.tracker.position("AAPL", "s1") == D(8), timeout=10)
+        await w.wait_idle()
+
+        async def acted_then_died() -> None:
+            a.book.close_all(a.account, cancel_orders=True)  # its news reaches no one
+            crashed.set()
+            await asyncio.Event().wait()  # dead: nothing after this runs
+
+        monkeypatch.setattr(w.port, "close_all", acted_then_died)
+        await bus.publish(flat)
+        await eventually(crashed.is_set, timeout=10)
+    [working] = a.book.orders(a.account, "open")
+    assert (working.side, working.qty, working.filled_qty) == ("sell", D(8), D(4))
+    tracker = await rebuilt(bus, a.account)
+    async with gateway(bus, venues[:1], trackers={a.account: tracker}) as gw:
+        w = gw.workers[a.account]
+        flatten_once = w._flatten
+
+        async def after_the_reconnection(command: FlattenAccount, delivery: int = 1) -> str:
+            # The reconnection's reconciliation has gone through every order first.
+            await eventually(lambda: w._reached_end, timeout=10)
+            return await flatten_once(command, delivery)
+
+        monkeypatch.setattr(w, "_flatten", after_the_reconnection)
+        await eventually(lambda: w.tracker.flattened(flat.id), timeout=20)
+        await w.wait_idle()
+        assert a.server is not None
+        a.server.market(MarketUpdate.trade("AAPL", D(101)))  # fills the last 4
+        await eventually(lambda: w.tracker.net_positions() == {}, timeout=10)
+        # Not s1 long 4 and nobody short 4.
+        assert (w.tracker.position("AAPL", "s1"), w.tracker.position("AAPL")) == (D(0), D(0))
+    assert a.book.close_alls == 1
+    assert a.book.positions(a.account) == []
+    fills = [
+        f for f in await stored(bus, f"broker.fill.{a.account}") if f["payload"]["side"] == "sell"
+    ]
+    assert [(f["payload"]["strategy"], f["payload"]["quantity"]) for f in fills] == [
+        ("s1", "4"),
+        ("s1", "4"),
+    ]
+    assert all(f["causation_id"] == str(flat.id) for f in fills)
 
 
 async def _caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:

@@ -64,15 +64,21 @@ def submit() -> SubmitOrder:
 
 
 def worker(
-    now: list[float], dead: list[str], max_held: int = 1, account: str = "acct"
+    now: list[float],
+    dead: list[str],
+    max_held: int = 1,
+    account: str = "acct",
+    tracker: OrderTracker | None = None,
 ) -> AccountWorker:
+    """A worker on the test's clock; ``tracker`` as rebuilt on start-up (else a new one)."""
+
     async def dead_letter(msg: Msg, error: str) -> None:
         dead.append(error)
 
     w = AccountWorker(
         account,
         cast(Any, None),  # the broker is never called here
-        OrderTracker(account, clock=CLOCK, source="test"),
+        tracker or OrderTracker(account, clock=CLOCK, source="test"),
         cast(Any, None),
         clock=CLOCK,
         source="test",
@@ -1741,3 +1747,95 @@ async def test_an_order_placed_by_hand_taken_in_while_a_flatten_recovers_is_not_
     [hand] = [t for t in w.tracker.orders.values() if t.broker_order_id == "h-1"]
     assert not hand.closing
     assert w.tracker.flattened(flatten.id)
+
+
+async def test_an_order_held_back_for_a_flatten_that_does_not_come_is_taken_in_after() -> None:
+    """Restarted with a flatten recorded whose close-all is not known to have
+    answered (one that ran on an account already flat records nothing, and
+    is never delivered again). A market order nobody here placed, working
+    since before the restart, may be one of its closing orders: the
+    reconnection's reconciliation, then the stream, hold it back rather than
+    book its fills to nobody before the flatten can claim it. The flatten
+    does not come again within ``give_up_s``: the order is taken in as
+    nobody's as the broker has it then (filled, no longer open), each of its
+    fills published once; s keeps its 10 AAPL."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import BrokerFill, OrderUpdate
+
+    tracker = OrderTracker("acct", clock=CLOCK, source="test")
+    tracker.evolve(
+        FlattenAccount.create(
+            FlattenAccountPayload(account="acct", reason="kill_switch"), source="test", clock=CLOCK
+        )
+    )
+    w = worker([1000.0], [], tracker=tracker)
+    filled_position(w, 10)
+    w.give_up_s = 1.0  # the flatten does not come within it
+    created = CLOCK.now_ns()
+
+    def by_hand(filled: int, status: Any) -> BrokerOrder:
+        return BrokerOrder(
+            "h-1",
+            "by-hand",
+            "AAPL",
+            "sell",
+            Decimal(10),
+            Decimal(filled),
+            Decimal(101),
+            status,
+            created_ns=created,
+        )
+
+    fills = [
+        BrokerFill(
+            "h-1", "by-hand", "AAPL", "sell", Decimal(4), Decimal(101), Decimal(4), Decimal(6), 1
+        ),
+        BrokerFill(
+            "h-1", "by-hand", "AAPL", "sell", Decimal(6), Decimal(101), Decimal(10), Decimal(0), 2
+        ),
+    ]
+    order = by_hand(4, "partially_filled")
+    streamed = asyncio.Event()
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [order] if order.is_open else []
+
+    async def get_order(**ids: str | None) -> BrokerOrder:
+        return order
+
+    async def order_fills(o: BrokerOrder) -> list[BrokerFill]:
+        return [f for f in fills if f.cumulative_quantity <= o.filled_quantity]
+
+    async def events() -> Any:
+        nonlocal order
+        order = by_hand(10, "filled")
+        yield OrderUpdate("fill", order, 2, fills[1])
+        streamed.set()
+        await asyncio.Event().wait()
+
+    published: list[Any] = []
+    w.port = broker(
+        open_orders=open_orders, get_order=get_order, order_fills=order_fills, events=events
+    )
+    outbox = outbox_into(published)
+    w.outbox = cast(Any, SimpleNamespace(publish=outbox.publish, post=outbox.publish))
+    assert await w.reconcile()  # the reconnection's
+    assert published == []
+    running = asyncio.create_task(w.run_events())
+    try:
+        await eventually(streamed.is_set, timeout=5)
+        assert published == []
+        await eventually(lambda: len(said_fills(published)) == 2, timeout=5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert [
+        (e.payload.quantity, e.payload.cumulative_quantity, e.payload.strategy)
+        for e in said_fills(published)
+    ] == [(Decimal(4), Decimal(4), None), (Decimal(6), Decimal(10), None)]
+    assert all(e.causation_id is None for e in published)
+    assert (w.tracker.position("AAPL", "s"), w.tracker.position("AAPL")) == (
+        Decimal(10),
+        Decimal(-10),
+    )

@@ -569,6 +569,19 @@ class OrderTracker:
         """The flatten ``flatten_id`` is done: a copy of it must not run again."""
         return flatten_id in self._flattened
 
+    def unfinished_flattens(self) -> list[FlattenAccount]:
+        """The flattens taken in whose close-all is not known to have
+        answered: no ``ClosingOrdersPlaced`` and no refusal of theirs.
+
+        In a tracker rebuilt on start-up, those include a flatten the gateway
+        before was running when it died, after the broker had acted on its
+        close-all: delivered again, it claims the closing orders it finds at
+        the broker (:meth:`adopt_closing_orders`). Also flattens that ran to
+        the end and left nothing to record (an account already flat), which
+        never come again.
+        """
+        return [f for fid, f in self._flattens.items() if fid not in self._flattened]
+
     def flatten_started(self, command: FlattenAccount) -> None:
         """A close-all is about to be sent: orders that appear now are its.
 
