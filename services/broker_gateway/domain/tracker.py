@@ -576,9 +576,9 @@ class OrderTracker:
         In a tracker rebuilt on start-up, those include a flatten the gateway
         before was running when it died, after the broker had acted on its
         close-all: delivered again, it claims the closing orders it finds at
-        the broker (:meth:`adopt_closing_orders`). Also flattens that ran to
-        the end and left nothing to record (an account already flat), which
-        never come again.
+        the broker (:meth:`adopt_closing_orders`). A flatten that ran to the
+        end records its ``ClosingOrdersPlaced``, with no order if it placed
+        none and nothing was refused (an account already flat).
         """
         return [f for fid, f in self._flattens.items() if fid not in self._flattened]
 
@@ -643,7 +643,12 @@ class OrderTracker:
             if accepted is not None:
                 built.append(accepted)
             placed.append(closing)
-        if placed:
+        if placed or not refused:
+            # Also when it placed nothing and refused nothing (an account
+            # already flat): the flatten is recorded as answered, so a rebuilt
+            # tracker does not count it among the flattens a crash may have
+            # cut (unfinished_flattens), which hold back unknown orders at
+            # every start-up until they come again, and this one never would.
             built.append(
                 ClosingOrdersPlaced.create(
                     ClosingOrdersPayload(account=self.account, orders=tuple(placed)),
