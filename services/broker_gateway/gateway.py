@@ -853,13 +853,18 @@ class AccountWorker:
         restart (kill -9) was running: from the command's creation until
         this gateway started. (Not for a first delivery: after an outage,
         an order placed at the broker by hand since the flatten was sent
-        would be taken for its closing order.)
+        would be taken for its closing order. Nor for a flatten made after
+        this gateway started, clocks' skew allowed: no gateway before it can
+        have run it; delivered again, it was handed back for want of room,
+        and the broker would be asked about a window that ends before it
+        begins.)
         """
         sent = self._close_alls_sent.get(command.id)
         if sent is not None:
             return sent - CLOCK_SKEW_NS, self.clock.now_ns() + CLOCK_SKEW_NS
         if delivery > 1:
-            return command.ts_init - CLOCK_SKEW_NS, self.started_ns + CLOCK_SKEW_NS
+            after, until = command.ts_init - CLOCK_SKEW_NS, self.started_ns + CLOCK_SKEW_NS
+            return (after, until) if after < until else None
         return None
 
     async def _recover(

@@ -1839,3 +1839,54 @@ async def test_an_order_held_back_for_a_flatten_that_does_not_come_is_taken_in_a
         Decimal(10),
         Decimal(-10),
     )
+
+
+async def test_a_flatten_made_after_the_start_and_delivered_again_asks_for_no_window() -> None:
+    """A flatten handed back for want of room comes again as a second
+    delivery. Made after this gateway started, no gateway before it can have
+    run it, yet its recovery window (from its making to the start) was
+    asked of the broker, ending before it began (a broker may refuse
+    ``after`` past ``until``, failing the flatten each time). One made before
+    the start is still looked for."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from libs.strategy.testing import At
+    from services.broker_gateway.domain.model import ClosedAll
+
+    asked: list[tuple[int, int]] = []
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        asked.append((after_ns, until_ns))
+        return []
+
+    async def cancel_all() -> list[BrokerOrder]:
+        return []
+
+    async def close_all() -> ClosedAll:
+        return ClosedAll((), ())
+
+    async def publish(events: list[Any]) -> None:
+        pass
+
+    async def flatten(made_ns: int) -> None:
+        w = worker([1000.0], [])
+        w.port = cast(
+            Any,
+            SimpleNamespace(
+                cancel_all=cancel_all,
+                close_all=close_all,
+                orders_created=orders_created,
+                connected=True,
+            ),
+        )
+        w.outbox = cast(Any, SimpleNamespace(publish=publish))
+        command = FlattenAccount.create(
+            FlattenAccountPayload(account="acct", reason="breaker"), source="t", clock=At(made_ns)
+        )
+        await w.handle(Held(command, cast(Msg, Delivery(1, 2)), 1))
+
+    minute = 60 * 10**9
+    await flatten(CLOCK.now_ns() + minute)  # made after the worker starts
+    assert asked == []
+    await flatten(CLOCK.now_ns() - minute)  # made before it: a crash may have cut it
+    assert len(asked) == 1
+    assert asked[0][0] < asked[0][1]
