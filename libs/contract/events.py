@@ -492,6 +492,11 @@ class OrderRejected(Event):
     payload: OrderRejectedPayload
 
 
+#: How an option position was settled at its contract's expiry (see
+#: :attr:`FillPayload.settlement`).
+Settlement = Literal["expired", "exercised", "assigned"]
+
+
 class FillPayload(Frozen):
     order_id: uuid.UUID
     account: Token
@@ -500,14 +505,31 @@ class FillPayload(Frozen):
     symbol: Symbol
     side: Side
     quantity: Quantity
-    price: Price
+    #: Per share; 0 only for a settlement's contract leg (see ``settlement``).
+    price: NonNegativeQuantity
     cumulative_quantity: Quantity
     leaves_quantity: NonNegativeQuantity
     status: Literal["partial", "complete"]
     commission: Money = Decimal("0")
     #: The strategy the fill is booked to (the SubmitOrder's; for a flatten's
-    #: closing order, the strategy whose position it closed; None if nobody's).
+    #: closing order, the strategy whose position it closed; for a
+    #: settlement, the strategy whose position it settled; None if nobody's).
     strategy: Token | None = None
+    #: Not a trade: the broker settled an option position at its contract's
+    #: expiry (its non-trade activities, e.g. Alpaca's OPEXP, OPEXC, OPASN
+    #: and OPTRD). The contract's position is closed at price 0 (expired
+    #: worthless, or exercised / assigned: the contract is gone), and an
+    #: exercise or assignment also buys or sells the underlying at the
+    #: strike. Booked like any fill, but it is no market price: the
+    #: risk-gate, the strategies' ledgers and ``positions_marked`` never mark
+    #: a symbol at it (a strike is not where the underlying trades).
+    settlement: Settlement | None = None
+
+    @model_validator(mode="after")
+    def _priced(self) -> Self:
+        if self.price == 0 and self.settlement is None:
+            raise ValueError("a fill's price must be greater than 0 (0 only for a settlement)")
+        return self
 
 
 class FillReceived(Event):

@@ -273,7 +273,8 @@ class StrategyHost:
         trades: its price marks the position, as a print would (the risk-gate
         and ``tradebus positions`` mark it so). The strategy is not called."""
         fill = event.payload
-        if fill.symbol in self.symbols:
+        if fill.symbol in self.symbols and fill.settlement is None:
+            # A settlement (an option's expiry) is no market price.
             self.ledger.mark(fill.symbol, fill.price, event.market_ns)
 
     def warm_up(self, event: BarClosed) -> list[Event]:

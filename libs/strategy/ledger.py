@@ -98,7 +98,9 @@ class Ledger:
             else:
                 avg = fill.price
         mark, mark_ns = pos.mark, pos.mark_ns
-        if mark is None or ts_ns >= mark_ns:
+        # A settlement (an option's expiry: the contract at 0, the underlying
+        # at the strike) is booked, but it is no market price.
+        if fill.settlement is None and (mark is None or ts_ns >= mark_ns):
             mark, mark_ns = fill.price, ts_ns
         self._positions[fill.symbol] = Position(fill.symbol, new_q, avg, realized, mark, mark_ns)
         return True

@@ -96,6 +96,7 @@ from services.broker_gateway.errors import (
     RateLimited,
 )
 from services.broker_gateway.ports import BrokerPort
+from services.broker_gateway.settlement import Settlements
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ class AccountWorker:
         self.outbox = outbox
         self.clock = clock
         self.source = source
+        #: Option positions the broker settled at expiry (settlement.py).
+        self.settlements = Settlements(self)
         self.max_submit_delay_s = max_submit_delay_s
         self.keepalive_s = max(ack_wait_s / 3, 0.2)
         #: How long a command handed back for lack of room stays away.
@@ -1071,11 +1074,13 @@ class AccountWorker:
             reconciling = tasks.create_task(
                 self.run_reconciliations(), name=f"{self.account}-reconcile"
             )
+            settling = tasks.create_task(self.settlements.run(), name=f"{self.account}-settlements")
             async for event in self.port.events():
                 if isinstance(event, ConnectionUpdate):
                     await self._connection(event)
                     if event.state == "connected":
                         self.want_reconcile(everything=True)
+                        self.settlements.wanted()
                     continue
                 if self.tracker.find(event.order) is None and self._holds_back(event.order):
                     continue  # taken in from the broker once the flatten has run
@@ -1102,6 +1107,7 @@ class AccountWorker:
                 if self.tracker.needs_reconcile:
                     self.want_reconcile()
             reconciling.cancel()
+            settling.cancel()
 
     async def _connection(self, update: ConnectionUpdate) -> None:
         metrics.CONNECTION_CHANGES.labels(account=self.account, state=update.state).inc()

@@ -18,6 +18,8 @@ positions             GET /v2/positions                    GET /v1/accounts/{id}
 close_all             DELETE /v2/positions?cancel_orders=  a closing market order per position
                       true (207: an entry per position)
 order_fills           account activities (FILL)            None: inferred from exec_quantity/avg
+option_activities     account activities (OPEXP, OPEXC,    account history (option expiration,
+                      OPASN, OPTRD), after, paged          exercise, assignment entries) [U]
 events                trade_updates stream                 account events stream (order events)
 connection state      WebSocket ping/pong                  heartbeat frames (~60 s)
 ====================  ===================================  ======================================
@@ -44,10 +46,12 @@ every implementation):
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from services.broker_gateway.domain.model import (
+    BrokerActivity,
     BrokerEvent,
     BrokerFill,
     BrokerOrder,
@@ -140,4 +144,11 @@ class BrokerPort(Protocol):
 
     async def order_fills(self, order: BrokerOrder) -> list[BrokerFill] | None:
         """The order's executions, oldest first, or None if the venue cannot list them."""
+        ...
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        """The account's option positions settled at their contracts' expiry
+        (expired, exercised, assigned, and the underlying's trades those
+        made), dated after ``after``, oldest first: what the broker did to
+        positions that no order did (see ``settlement.py``)."""
         ...

@@ -63,6 +63,9 @@ def _fill(p: Payload) -> str:
     text += f" @ {p.get('price', '?')}, {p.get('status', '?')}"
     if p.get("status") == "partial":
         text += f" ({p.get('leaves_quantity', '?')} left)"
+    if p.get("settlement"):
+        # An option's expiry settled by the broker: not a trade, no order.
+        text += f", option {p['settlement']} at expiry"
     if p.get("strategy"):
         text += f", booked to {p['strategy']}"
     return text

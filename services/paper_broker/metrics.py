@@ -46,3 +46,8 @@ ORDERS_FORGOTTEN = Counter(
     "Finished orders older than the journal's window, dropped with their fill activities",
 )
 JOURNAL_BYTES = Gauge("tradebus_paper_journal_bytes", "Size of the journal file")
+SETTLEMENTS = Counter(
+    "tradebus_paper_option_settlements_total",
+    "Option positions settled at their contract's expiry, by outcome (OPEXP, OPEXC, OPASN)",
+    ["account", "activity_type"],
+)

@@ -35,7 +35,7 @@ from tests.integration.test_broker_read_models import (
 )
 
 D = Decimal
-HEAD = "0013"
+HEAD = "0014"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -401,7 +401,7 @@ async def test_0013_values_a_position_at_the_newest_print_not_a_late_older_one(
     await upgrade_async(url, "0012")
     at_0012 = await schema_of_the_marks(url)
     await upgrade_async(url)
-    assert await revision(url) == HEAD == "0013"
+    assert await revision(url) == HEAD == "0014"
     assert await index_exists(url, "ix_events_newest_price")
     assert await index_exists(url, "ix_events_newest_fill")
     assert not await index_exists(url, "ix_events_last_price")

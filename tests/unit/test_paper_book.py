@@ -642,35 +642,29 @@ def test_a_working_order_in_an_option_contract_expires_with_the_contract(
     assert replayed.expire_orders() == []
 
 
-def test_every_close_all_refuses_a_position_in_an_expired_contract_for_ever() -> None:
-    """What a flatten meets after an option's expiry: the paper broker settles
-    nothing (no exercise, no lapse: PROTOCOLS.md has no message for either),
-    so the position stays, and each close-all (DELETE /v2/positions, the
-    gateway's flatten) closes the other positions and refuses that one, 422,
-    days later as at the close. The gateway publishes each refusal as an
-    OrderRejected, every flatten of the account from then on until an
-    operator removes the position by hand (a journal edit), and counts it as
-    awaiting settlement, not as left open (gateway._settles). A real
-    broker's settlement removes it (or turns it into shares) overnight."""
+def test_a_close_all_after_an_option_s_expiry_meets_no_position_in_it() -> None:
+    """What a flatten meets after an option's expiry. Until the paper broker
+    settled expired contracts, the position stayed for ever, and every
+    close-all (DELETE /v2/positions, the gateway's flatten) refused it, 422,
+    days later as at the close: each flatten of the account was
+    ``incomplete`` until an operator edited the journal. Now the position is
+    settled at the close (here out of the money: expired worthless), so the
+    close-all closes the rest and meets nothing in the contract."""
     option = "O:SPY261211P00600000"  # expires Friday 2026-12-11
     clock = SetClock(ny_ns("2026-12-11 10:00"))
     counter = itertools.count(1)
     b = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
     b.on_market(MarketUpdate.trade(option, D("1.25")))
+    b.on_market(MarketUpdate.trade("SPY", D(610)))
     b.on_market(MarketUpdate.trade("AAPL", D(200)))
     b.submit("A", OrderSpec(option, "buy", D(2), asset_class="us_option"))
-    for when in ("2026-12-11 16:00", "2026-12-14 10:00", "2026-12-21 10:00"):
+    for when in ("2026-12-11 16:00", "2026-12-14 10:00"):
         clock.ns = ny_ns(when)
+        b.settle_expired()
         b.submit("A", OrderSpec("AAPL", "buy", D(10)))
         closings, _ = b.close_all("A", cancel_orders=True)
-        got = {c.symbol: c for c in closings}
-        assert set(got) == {"AAPL", option}
-        assert got["AAPL"].order is not None, "the rest of the account is closed"
-        refused = got[option].refused
-        assert refused is not None
-        assert (refused.status, refused.code) == (422, 42210000)
-        assert refused.message == (
-            f"asset {option} is not tradable: it expired at the close of 2026-12-11 "
-            "(16:00 New York)"
-        )
-        assert [(p.symbol, p.qty) for p in b.positions("A")] == [(option, D(2))]
+        assert [(c.symbol, c.refused) for c in closings] == [("AAPL", None)]
+        assert b.positions("A") == []
+    assert [(a.activity_type, a.symbol, a.qty) for a in b.activities("A")] == [
+        ("OPEXP", option, D(-2))
+    ]

@@ -9,6 +9,7 @@ quantities after it. Quantities and prices are Decimals; times are ns.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
@@ -86,6 +87,28 @@ class BrokerFill:
     leaves_quantity: Decimal
     ts_ns: int
     execution_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerActivity:
+    """A non-trade activity of an option event: an option position settled at
+    its contract's expiry (Alpaca's ``OPEXP`` expired worthless, ``OPEXC``
+    exercised, ``OPASN`` assigned) or the underlying's trade an exercise or
+    assignment made (``OPTRD``).
+
+    ``quantity`` is signed as the venue signs it: the contracts taken out of
+    the position (negative for a long one), or the shares bought (positive)
+    or sold (negative); ``price`` is an ``OPTRD``'s strike. ``symbol`` is
+    tradebus's (``O:`` + OCC symbol for a contract)."""
+
+    activity_id: str
+    activity_type: str
+    date: dt.date
+    symbol: str
+    quantity: Decimal
+    price: Decimal | None = None
+    net_amount: Decimal | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)

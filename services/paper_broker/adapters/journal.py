@@ -1,4 +1,5 @@
-"""The paper broker's journal: a snapshot of the books, then every trade update.
+"""The paper broker's journal: a snapshot of the books, then every trade update
+and settlement.
 
 The books are rebuilt on start-up by replaying the journal (``PaperBook.apply``),
 so orders, fills and positions survive a restart or a ``kill -9`` the way a
@@ -20,9 +21,12 @@ them, one JSON line each::
     {"order": {...}}      every order kept: open ones, whatever their age, and
                           finished ones of the window
     {"fill": {...}}       the fill activities of those orders
-    {"snapshot_end": {"position": n, "order": n, "fill": n}}
+    {"activity": {...}}   the non-trade activities (option settlements) of the window
+    {"snapshot_end": {"position": n, "order": n, "fill": n, "activity": n}}
 
-and the trade updates that follow are appended after it as before. A journal
+and the trade updates that follow are appended after it as before, with a
+``{"settlement": {...}}`` line for each position settled at its contract's
+expiry (its activities, applied together by ``PaperBook.apply_settlement``). A journal
 without a snapshot (every journal written before compaction) is read as it
 always was. The new journal is written beside the old one (``<name>.compacting``),
 fsynced, renamed over it (atomic) and the directory fsynced: a crash at any
@@ -54,8 +58,10 @@ from services.paper_broker.domain.book import (
     PaperBook,
     PaperOrder,
     Restored,
+    Settlement,
     TradeUpdate,
 )
+from services.paper_broker.domain.settlement import OptionActivity
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,8 @@ def _kind(entry: Restored) -> str:
         return "order"
     if isinstance(entry, FillActivity):
         return "fill"
+    if isinstance(entry, OptionActivity):
+        return "activity"
     return "position"
 
 
@@ -93,6 +101,8 @@ def _entry(record: dict[str, Any]) -> JournalEntry | None:
         return None
     if "update" in record:
         return wire.trade_update_from_record(record)
+    if "settlement" in record:
+        return wire.settlement_from_record(record)
     return wire.restored_from_record(record)
 
 
@@ -180,9 +190,9 @@ class Journal:
                                 f"the snapshot says {record[_SNAPSHOT_END]}, has {dict(counts)}"
                             )
                         in_snapshot = False
-                    elif isinstance(entry, TradeUpdate) and in_snapshot:
-                        raise ValueError("a trade update inside the snapshot")
-                    elif entry is not None and not isinstance(entry, TradeUpdate):
+                    elif isinstance(entry, TradeUpdate | Settlement) and in_snapshot:
+                        raise ValueError("an update inside the snapshot")
+                    elif entry is not None and not isinstance(entry, TradeUpdate | Settlement):
                         if not in_snapshot:
                             raise ValueError("a snapshot's line outside the snapshot")
                         counts[_kind(entry)] += 1
@@ -302,6 +312,21 @@ class Journal:
             data = [wire.trade_update_json(u) for u in updates]
         pairs = zip(updates, data, strict=True)
         lines = (orjson.dumps(wire.journal_record(u, d)) for u, d in pairs)
+        chunk = b"\n".join(lines) + b"\n"
+        self._file.write(chunk)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self._size += len(chunk)
+
+    def append_settlements(self, settlements: Sequence[Settlement]) -> None:
+        """Write ``settlements`` (positions settled at their contracts' expiry)."""
+        if not settlements:
+            return
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        lines = (orjson.dumps(wire.settlement_record(s)) for s in settlements)
         chunk = b"\n".join(lines) + b"\n"
         self._file.write(chunk)
         self._file.flush()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hmac
 import json
 import logging
@@ -43,6 +44,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from libs import trace
+from libs.contract.options import EXCHANGE_TZ
 from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
@@ -55,9 +57,11 @@ from services.paper_broker.domain.book import (
     PaperBook,
     PaperOrder,
     Refused,
+    Settlement,
     TradeUpdate,
 )
 from services.paper_broker.domain.fill_model import MarketUpdate
+from services.paper_broker.domain.settlement import OPTION_ACTIVITY_TYPES, OptionActivity
 
 log = logging.getLogger(__name__)
 
@@ -200,20 +204,48 @@ class PaperBrokerServer:
     # -------------------------------------------------------------- market
 
     def market(self, update: MarketUpdate) -> None:
-        """A price from the feed: it may fill working orders."""
+        """A price from the feed: it may fill working orders. The positions
+        whose contract expired before it are settled first (at the
+        underlying's price before it)."""
         metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
+        self._publish(self.book.expire_orders())
+        self._settle(self.book.settle_expired(update.ts_ns))
         self._publish(self.book.on_market(update))
 
     def expire_orders(self) -> None:
         """Expire the ``day`` orders whose session has closed and the orders in
         an option contract past its expiry (also done before every price, so
-        none fills after its close)."""
+        none fills after its close), then settle the positions in such a
+        contract (see ``PaperBook.settle_expired``)."""
         self._publish(self.book.expire_orders())
+        self._settle(self.book.settle_expired())
 
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
         only market orders that were waiting for a price."""
+        self._publish(self.book.expire_orders())
+        self._settle(self.book.settle_expired(update.ts_ns))
         self._publish(self.book.set_last(update.symbol, update.last, update.ts_ns))
+
+    def _settle(self, settlements: Sequence[Settlement]) -> None:
+        """Journal positions settled at expiry. Nothing is streamed: as at
+        Alpaca, a client reads them as account activities."""
+        if not settlements:
+            return
+        for s in settlements:
+            metrics.SETTLEMENTS.labels(
+                account=s.account, activity_type=s.activities[0].activity_type
+            ).inc()
+            log.info(
+                "settled %s of account %s at its expiry: %s",
+                s.symbol,
+                s.account,
+                ", ".join(f"{a.activity_type} {a.symbol} {a.qty}" for a in s.activities),
+            )
+        if self.journal is not None:
+            self.journal.append_settlements(settlements)
+            if self.journal.due:
+                self._compact(self.journal)
 
     def _publish(self, updates: Sequence[TradeUpdate]) -> list[wire.Json]:
         """Journal ``updates``, then queue them to their account's listeners;
@@ -477,11 +509,39 @@ class PaperBrokerServer:
                 closings, updates = book.close_all(account, cancel_orders=cancel_orders)
                 self._publish(updates)
                 return 207, [wire.closing_json(c) for c in closings]
-        elif path == "/v2/account/activities/FILL" and method == "GET":
-            return 200, [wire.activity_json(f) for f in _activities(book.fills(account), one)]
+        elif path.startswith("/v2/account/activities") and method == "GET":
+            return 200, self._activities(account, path, one)
         elif path == "/v2/account" and method == "GET":
             return 200, {"id": account, "account_number": account, "status": "ACTIVE"}
         raise Refused(404, CODE_NOT_FOUND, f"no endpoint {method} {path}")
+
+    def _activities(self, account: str, path: str, query: dict[str, str]) -> list[wire.Json]:
+        """``GET /v2/account/activities[/{activity_type}]``: the account's
+        fills (``FILL``) and option events' non-trade activities (``OPEXP``,
+        ``OPEXC``, ``OPASN``, ``OPTRD``), one type by the path or several
+        by ``activity_types`` (comma-separated; all when absent)."""
+        if path == "/v2/account/activities":
+            asked = query.get("activity_types")
+            types = set(asked.split(",")) if asked else {"FILL", *OPTION_ACTIVITY_TYPES}
+        elif path.startswith("/v2/account/activities/"):
+            types = {path.removeprefix("/v2/account/activities/")}
+        else:
+            raise Refused(404, CODE_NOT_FOUND, f"no endpoint GET {path}")
+        known = {"FILL", *OPTION_ACTIVITY_TYPES}
+        if types - known:
+            # Alpaca has more types (dividends, fees, ...); the paper broker makes none of them.
+            types &= known
+        fills = self.book.fills(account) if "FILL" in types else ()
+        options = [a for a in self.book.activities(account) if a.activity_type in types]
+        if not options:
+            return [wire.activity_json(f) for f in _activities(fills, query)]
+        merged: list[FillActivity | OptionActivity] = sorted(
+            [*fills, *options], key=lambda a: a.ts_ns
+        )
+        return [
+            wire.activity_json(a) if isinstance(a, FillActivity) else wire.option_activity_json(a)
+            for a in _activities(merged, query)
+        ]
 
     def _submit(self, account: str, body: Any) -> tuple[int, Any]:
         try:
@@ -557,22 +617,43 @@ def _order_page(orders: list[PaperOrder], query: dict[str, str]) -> list[PaperOr
     return picked[: _count(query, "limit", ORDERS_LIMIT_DEFAULT, ORDERS_LIMIT_MAX)]
 
 
-def _activities(fills: Sequence[FillActivity], query: dict[str, str]) -> list[FillActivity]:
-    """One page of fill activities, as Alpaca's ``GET /v2/account/activities``.
+A = TypeVar("A", FillActivity, OptionActivity, FillActivity | OptionActivity)
 
-    ``after`` / ``until`` (RFC 3339, exclusive) bound the time, ``direction``
-    is ``desc`` (newest first, the default) or ``asc``, ``page_size`` at most
-    100 (the default), ``page_token`` the id of the last activity of the page
-    before. There is no filter by order: a client keeps what is its own.
+
+def _activities(activities: Sequence[A], query: dict[str, str]) -> list[A]:
+    """One page of activities, as Alpaca's ``GET /v2/account/activities``.
+
+    ``after`` / ``until`` (RFC 3339 or a YYYY-MM-DD date, exclusive) bound
+    the time, ``date`` (YYYY-MM-DD) keeps one day's (New York; a non-trade
+    activity's ``date``), ``direction`` is ``desc`` (newest first, the
+    default) or ``asc``, ``page_size`` at most 100 (the default; with
+    ``date``, every one of the day unless asked), ``page_token`` the id of
+    the last activity of the page before. There is no filter by order: a
+    client keeps what is its own.
     """
-    picked = _window(fills, lambda f: f.ts_ns, query)
+    picked = _window(activities, lambda a: a.ts_ns, query)
+    day = query.get("date")
+    if day is not None:
+        try:
+            wanted = dt.date.fromisoformat(day[:10])
+        except ValueError:
+            raise Refused(422, CODE_UNPROCESSABLE, "date is not a YYYY-MM-DD date") from None
+        picked = [a for a in picked if _activity_date(a) == wanted]
     token = query.get("page_token")
     if token:
-        at = next((i for i, f in enumerate(picked) if f.id == token), None)
+        at = next((i for i, a in enumerate(picked) if a.id == token), None)
         if at is None:
             raise Refused(422, CODE_UNPROCESSABLE, f"page_token {token} is not in the list")
         picked = picked[at + 1 :]
+    if day is not None and "page_size" not in query:
+        return picked  # as at Alpaca: with a date, the whole day
     return picked[: _count(query, "page_size", ACTIVITIES_PAGE_SIZE, ACTIVITIES_PAGE_SIZE)]
+
+
+def _activity_date(a: FillActivity | OptionActivity) -> dt.date:
+    if isinstance(a, OptionActivity):
+        return a.date
+    return dt.datetime.fromtimestamp(a.ts_ns / 1e9, EXCHANGE_TZ).date()
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:

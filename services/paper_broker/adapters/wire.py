@@ -28,10 +28,12 @@ from services.paper_broker.domain.book import (
     Position,
     Refused,
     Restored,
+    Settlement,
     TimeInForce,
     TradeUpdate,
 )
 from services.paper_broker.domain.fill_model import OrderType
+from services.paper_broker.domain.settlement import OptionActivity
 
 ORDER_TYPES = get_args(OrderType)
 TIMES_IN_FORCE = get_args(TimeInForce)
@@ -66,6 +68,8 @@ def parse_iso(value: str | None) -> int | None:
     if value is None:
         return None
     t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:  # a date (YYYY-MM-DD, as Alpaca's after/until take) or a naive time: UTC
+        t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
@@ -212,9 +216,67 @@ def snapshot_end(counts: dict[str, int]) -> Json:
     return {SNAPSHOT_END: counts}
 
 
+def option_activity_json(a: OptionActivity) -> Json:
+    """A non-trade activity of an option event, as Alpaca lists it
+    (``OPEXP``, ``OPEXC``, ``OPASN``, ``OPTRD``; ``price`` an ``OPTRD``'s only)."""
+    data: Json = {
+        "id": a.id,
+        "activity_type": a.activity_type,
+        "date": a.date.isoformat(),
+        "net_amount": num(a.net_amount),
+        "description": a.description,
+        "symbol": a.symbol,
+        "qty": num(a.qty),
+        "status": a.status,
+    }
+    if a.price is not None:
+        data["price"] = num(a.price)
+    return data
+
+
+def _option_activity_record(a: OptionActivity) -> Json:
+    return {**option_activity_json(a), "account": a.account, "ns": a.ts_ns}
+
+
+def _option_activity_from_record(d: Json) -> OptionActivity:
+    return OptionActivity(
+        id=d["id"],
+        account=d["account"],
+        activity_type=d["activity_type"],
+        date=dt.date.fromisoformat(d["date"]),
+        symbol=d["symbol"],
+        qty=Decimal(d["qty"]),
+        net_amount=Decimal(d["net_amount"]),
+        ts_ns=d["ns"],
+        price=Decimal(d["price"]) if d.get("price") is not None else None,
+        description=d["description"],
+        status=d["status"],
+    )
+
+
+def settlement_record(s: Settlement) -> Json:
+    """A journal line: one position's settlement, its activities applied together."""
+    return {
+        "settlement": {
+            "account": s.account,
+            "symbol": s.symbol,
+            "activities": [_option_activity_record(a) for a in s.activities],
+        }
+    }
+
+
+def settlement_from_record(record: Json) -> Settlement:
+    d = record["settlement"]
+    activities = tuple(_option_activity_from_record(a) for a in d["activities"])
+    return Settlement(d["account"], d["symbol"], activities)
+
+
 def restored_record(entry: Restored) -> Json:
     """A snapshot line: a position, an order (Alpaca's object, its times to
-    the ns, ``triggered`` and ``market_ns``) or a fill activity."""
+    the ns, ``triggered`` and ``market_ns``), a fill activity or a non-trade
+    activity (``activity``)."""
+    if isinstance(entry, OptionActivity):
+        return {"activity": _option_activity_record(entry)}
     if isinstance(entry, PaperOrder):
         o = entry
         order: Json = {
@@ -258,6 +320,8 @@ def restored_record(entry: Restored) -> Json:
 
 def restored_from_record(record: Json) -> Restored:
     """The inverse of :func:`restored_record`."""
+    if "activity" in record:
+        return _option_activity_from_record(record["activity"])
     if "order" in record:
         return replace(
             order_from_json(record["account"], record["order"], record["ns"]),

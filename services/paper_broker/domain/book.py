@@ -33,7 +33,16 @@ Invariants:
   ``expired`` then, as a broker ends it, before any later price can fill it;
 - an ``opg`` or ``cls`` order fills only at its auction, at the print that
   stands for it (``auction.py``), whole or not at all, and is ``expired``
-  if that does not fill it.
+  if that does not fill it;
+- a *position* in an option contract is settled at the close of its
+  contract's expiry day (a
+  :class:`Settlement`, :meth:`PaperBook.settle_expired`): exercised or
+  assigned into 100 shares of the underlying per contract at the strike if
+  at least $0.01 in the money against the underlying's last price, else
+  expired worthless (``domain/settlement.py``), and the account's non-trade
+  activities say so. Like a trade update, a settlement is the only thing
+  that changes the books it touches (:meth:`PaperBook.apply_settlement`),
+  and the journal replays it.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from services.paper_broker.domain.fill_model import (
     on_market,
     on_submit,
 )
+from services.paper_broker.domain.settlement import OptionActivity, settle
 
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "expired", "rejected"]
@@ -217,10 +227,26 @@ class AccountPosition:
     position: Position
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One position settled at its contract's expiry: its activities (an
+    ``OPEXP``, or an ``OPEXC`` / ``OPASN`` and its ``OPTRD``), applied
+    together. Journaled as a trade update is, and replayed the same way."""
+
+    account: str
+    symbol: str
+    activities: tuple[OptionActivity, ...]
+
+
 #: What a journal's snapshot holds (:meth:`PaperBook.state`), restored as is.
-Restored = PaperOrder | FillActivity | AccountPosition
-#: One entry of a journal: a snapshot's piece or a trade update after it.
-JournalEntry = TradeUpdate | Restored
+Restored = PaperOrder | FillActivity | AccountPosition | OptionActivity
+#: One entry of a journal: a snapshot's piece or an update after it.
+JournalEntry = TradeUpdate | Settlement | Restored
+#: A position whose underlying has no price at all is settled (expired
+#: worthless) only this long after its expiry, or after the broker started,
+#: whichever is later: at start-up the feed brings each symbol's last price
+#: a moment after the journal's positions are in.
+NO_PRICE_WAIT_NS = 300 * 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +296,13 @@ def _expiry_ns(created_s: int, close: dt.time) -> int:
 
 @dataclass(slots=True)
 class _Account:
+    name: str
     orders: dict[str, PaperOrder] = field(default_factory=dict)  # by id, in creation order
     by_client_id: dict[str, str] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     fills: list[FillActivity] = field(default_factory=list)
+    #: Non-trade activities of option events (settlements), in the order they happened.
+    activities: list[OptionActivity] = field(default_factory=list)
 
 
 def _avg(old_avg: Decimal | None, old_qty: Decimal, price: Decimal, qty: Decimal) -> Decimal:
@@ -317,13 +346,17 @@ class PaperBook:
         # (auction ns + AUCTION_WAIT_NS, account, order id) of the opg and cls
         # orders taken in open, the soonest first (see _auctions_past).
         self._auctions: list[tuple[int, str, str]] = []
+        # (expiry ns, account, symbol) of the option positions taken in, the
+        # soonest first (see settle_expired).
+        self._settlements: list[tuple[int, str, str]] = []
+        self._started_ns = clock.now_ns()
 
     # ------------------------------------------------------------- queries
 
     def _account(self, account: str) -> _Account:
         acct = self._accounts.get(account)
         if acct is None:
-            acct = self._accounts[account] = _Account()
+            acct = self._accounts[account] = _Account(account)
         return acct
 
     def last_price(self, symbol: str) -> Decimal | None:
@@ -367,6 +400,11 @@ class PaperBook:
         if order_id is None:
             return fills
         return [f for f in fills if f.order_id == order_id]
+
+    def activities(self, account: str) -> Sequence[OptionActivity]:
+        """The account's non-trade activities of option events, in the order
+        they happened: the book's own list (read it before the book changes)."""
+        return self._account(account).activities
 
     # ------------------------------------------------------------ commands
 
@@ -522,6 +560,78 @@ class PaperBook:
                 out.append(self._emit(TradeUpdate("expired", after, now)))
         return out
 
+    def settle_expired(self, market_ns: int = 0) -> list[Settlement]:
+        """Settle every position in an option contract whose expiry day has
+        closed: by the broker's clock, or by the market's (``market_ns``, the
+        time of a price about to be taken in: one stamped after the close is
+        settled before, so the underlying's price it is settled at is its
+        last at or before the close). Soonest expiry first.
+
+        The underlying's price is its last the book holds: at or before the
+        close, unless the book has seen none of it since before the close (a
+        broker started after it: then the newest it has). With no price of
+        the underlying at all, the settlement waits for one, up to
+        :data:`NO_PRICE_WAIT_NS` past the expiry or the broker's start
+        (prices come a moment after the journal at start-up), then the
+        contract expires worthless and its activity says why: nothing tells
+        the broker it was in the money, and a position kept for ever would
+        block every close-all of the account and the gate's caps."""
+        now = self.clock.now_ns()
+        due_at = max(now, market_ns)
+        pending = self._settlements
+        out: list[Settlement] = []
+        waiting: list[tuple[int, str, str]] = []
+        while pending and pending[0][0] <= due_at:
+            item = heapq.heappop(pending)
+            expiry, account, symbol = item
+            position = self._account(account).positions.get(symbol)
+            if position is None:
+                continue  # closed before its expiry (or settled: an entry per opening)
+            contract = parse_option(symbol)
+            underlying = self._last.get(contract.root)
+            note = ""
+            if underlying is None:
+                if now < max(expiry, self._started_ns) + NO_PRICE_WAIT_NS:
+                    waiting.append(item)
+                    continue
+                note = f"no price of {contract.root} known to the paper broker"
+            activities = settle(
+                account=account,
+                symbol=symbol,
+                contract=contract,
+                position_qty=position.qty,
+                underlying=underlying,
+                now_ns=now,
+                ids=self._activity_id,
+                note=note,
+            )
+            settlement = Settlement(account, symbol, activities)
+            self.apply_settlement(settlement)
+            out.append(settlement)
+        for item in waiting:
+            heapq.heappush(pending, item)
+        return out
+
+    def _activity_id(self) -> str:
+        # Alpaca's activity ids: the time to the millisecond, "::", a uuid.
+        at = dt.datetime.fromtimestamp(self.clock.now_ns() / 1e9, dt.UTC)
+        return f"{at:%Y%m%d%H%M%S}{at.microsecond // 1000:03d}::{self.ids()}"
+
+    def apply_settlement(self, settlement: Settlement) -> None:
+        """Take a settlement into the books (live, and when replaying the
+        journal): the contract's position goes, the underlying's takes the
+        shares at the strike, and the activities are listed."""
+        acct = self._account(settlement.account)
+        for a in settlement.activities:
+            if a.activity_type == "OPTRD":
+                assert a.price is not None
+                self._book(acct, a.symbol, "us_equity", a.qty, a.price)
+            else:
+                pos = acct.positions.get(a.symbol)
+                if pos is not None:
+                    self._book(acct, a.symbol, pos.asset_class, a.qty, pos.avg_entry_price)
+            acct.activities.append(a)
+
     def set_last(self, symbol: str, price: Decimal, ts_ns: int = 0) -> list[TradeUpdate]:
         """``price`` (of ``ts_ns``), from before the broker was there, becomes
         ``symbol``'s last price. A limit or stop order is not filled or
@@ -608,9 +718,12 @@ class PaperBook:
         )
 
     def take(self, entry: JournalEntry) -> None:
-        """Take one journal entry in: a trade update, or a piece of a snapshot."""
+        """Take one journal entry in: a trade update, a settlement, or a piece
+        of a snapshot."""
         if isinstance(entry, TradeUpdate):
             self.apply(entry)
+        elif isinstance(entry, Settlement):
+            self.apply_settlement(entry)
         else:
             self.restore(entry)
 
@@ -630,7 +743,8 @@ class PaperBook:
         price: not recomputed from fills, which may be forgotten; the book
         keeps no cash or realized P&L), then the orders (open ones with their
         fills so far and whether their stop was reached), then each account's
-        fill activities in the order they happened. :meth:`restore` of each, in this order, into an
+        fill activities in the order they happened, then their non-trade
+        activities (settlements). :meth:`restore` of each, in this order, into an
         empty book gives this book back (its last prices aside: they are not
         journaled and come from the feed)."""
         for name, acct in self._accounts.items():
@@ -643,6 +757,8 @@ class PaperBook:
         yield from heapq.merge(*(a.orders.values() for a in self._accounts.values()), key=_created)
         for acct in self._accounts.values():
             yield from acct.fills
+        for acct in self._accounts.values():
+            yield from acct.activities
 
     def restore(self, entry: Restored) -> None:
         """Take one piece of a snapshot (:meth:`state`) in, as it was.
@@ -659,18 +775,25 @@ class PaperBook:
             acct = self._account(entry.account)
             if entry.order_id in acct.orders:
                 acct.fills.append(entry)
+        elif isinstance(entry, OptionActivity):
+            # Listed only: the positions it changed are restored as they stand.
+            self._account(entry.account).activities.append(entry)
         else:
             p = entry.position
             self._account(entry.account).positions[p.symbol] = p
+            self._await_expiry(entry.account, p.symbol)
 
     def forget_finished(self, before_ns: int) -> int:
         """Forget orders finished (filled, canceled, rejected) before
         ``before_ns`` (by their last change), with their fill activities;
         returns how many. Open orders, whatever their age, and positions are
         kept whole. A forgotten order is no longer listed or found, and its
-        client order id may be used again."""
+        client order id may be used again. Non-trade activities (settlements)
+        from before ``before_ns`` are forgotten too."""
         forgotten = 0
         for acct in self._accounts.values():
+            if acct.activities and acct.activities[0].ts_ns < before_ns:
+                acct.activities = [a for a in acct.activities if a.ts_ns >= before_ns]
             old = [o for o in acct.orders.values() if not o.is_open and o.updated_at_ns < before_ns]
             if not old:
                 continue
@@ -914,19 +1037,38 @@ class PaperBook:
         after = replace(order, status="canceled", updated_at_ns=now, canceled_at_ns=now)
         return self._emit(TradeUpdate("canceled", after, now))
 
-    @staticmethod
-    def _book_position(acct: _Account, order: PaperOrder, qty: Decimal, price: Decimal) -> None:
-        pos = acct.positions.get(order.symbol)
+    def _book_position(
+        self, acct: _Account, order: PaperOrder, qty: Decimal, price: Decimal
+    ) -> None:
+        self._book(acct, order.symbol, order.asset_class, _signed(order.side, qty), price)
+
+    def _book(
+        self, acct: _Account, symbol: str, asset_class: str, delta: Decimal, price: Decimal
+    ) -> None:
+        """Move ``symbol``'s position by ``delta`` (signed) at ``price``."""
+        pos = acct.positions.get(symbol)
         old = pos.qty if pos else Decimal(0)
-        delta = _signed(order.side, qty)
         new = WIDE.add(old, delta)
         if new == 0:
-            acct.positions.pop(order.symbol, None)
+            acct.positions.pop(symbol, None)
             return
+        if pos is None and symbol.startswith(OPTION_PREFIX):
+            self._await_expiry(acct.name, symbol)
         if pos is None or old == 0 or (old > 0) == (delta > 0):
-            avg = _avg(pos.avg_entry_price if pos else None, abs(old), price, qty)
+            avg = _avg(pos.avg_entry_price if pos else None, abs(old), price, abs(delta))
         elif (old > 0) != (new > 0):
             avg = price  # flipped through zero: the new side's entry is this fill
         else:
             avg = pos.avg_entry_price  # reduced: the entry price of what is left stays
-        acct.positions[order.symbol] = Position(order.symbol, order.asset_class, new, avg)
+        acct.positions[symbol] = Position(symbol, asset_class, new, avg)
+
+    def _await_expiry(self, account: str, symbol: str) -> None:
+        """Have a position just opened in ``symbol`` settled at its contract's
+        expiry (an equity, or a symbol no contract names, never is)."""
+        if not symbol.startswith(OPTION_PREFIX):
+            return
+        try:
+            contract = parse_option(symbol)
+        except ValueError:
+            return  # taken before the contract refused such a symbol (an old journal)
+        heapq.heappush(self._settlements, (contract.expires_at_ns, account, symbol))

@@ -513,8 +513,12 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     marks = state.marks
     current = marks.get(p.symbol)
     accounts = {p.account}
-    if (current is None or current.ts_ns <= event.market_ns) and not stamped_ahead(
-        state, event, p.symbol
+    # A settlement (an option's expiry: the contract at 0, the underlying at
+    # the strike) is booked, but it is no market price.
+    if (
+        p.settlement is None
+        and (current is None or current.ts_ns <= event.market_ns)
+        and not stamped_ahead(state, event, p.symbol)
     ):
         marks = with_item(marks, p.symbol, Mark(p.price, event.market_ns))
         # The fill's price marks the symbol for every account holding it, as

@@ -156,10 +156,11 @@ ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 
 # The symbol's newest fill by market time, of any strategy or account: its
 # price marks every holder of the symbol, as live (``Router.markers``), when
-# it is the newest. One probe of ix_events_newest_fill (migration 0013).
+# it is the newest. One probe of ix_events_newest_fill (migration 0013). A
+# settlement (an option's expiry, FillPayload.settlement) is no price.
 LAST_FILL_SQL = f"""
 SELECT {COLUMNS} FROM events
-WHERE symbol = $1 AND seq <= $2 AND type = 'FillReceived'
+WHERE symbol = $1 AND seq <= $2 AND type = 'FillReceived' AND payload->>'settlement' IS NULL
 ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 

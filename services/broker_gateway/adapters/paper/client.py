@@ -49,6 +49,7 @@ from libs import trace
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.domain.model import (
+    BrokerActivity,
     BrokerEvent,
     BrokerFill,
     BrokerOrder,
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 #: Alpaca's largest page of account activities (also its default).
 ACTIVITY_PAGE_SIZE = 100
+#: Alpaca's non-trade activity types of option events.
+OPTION_ACTIVITY_TYPES = ("OPEXP", "OPEXC", "OPASN", "OPTRD")
 #: How far back ``order_fills`` reads the account's activities for one order.
 MAX_ACTIVITY_PAGES = 50
 #: Alpaca's largest ``limit`` of ``GET /v2/orders`` (its default is 50).
@@ -628,6 +631,40 @@ class PaperBroker:
                 MAX_ACTIVITY_PAGES,
             )
         return sorted(fills, key=lambda f: f.cumulative_quantity)
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        """The account's non-trade activities of option events (``OPEXP``,
+        ``OPEXC``, ``OPASN``, ``OPTRD``) after ``after`` (exclusive), oldest
+        first: ``GET /v2/account/activities?activity_types=...&after=...
+        &direction=asc&page_size=100``, then ``page_token`` = the last
+        activity's ``id`` until a page comes back short (at most
+        ``MAX_ACTIVITY_PAGES`` pages: then what was read, said)."""
+        query = {
+            "activity_types": ",".join(OPTION_ACTIVITY_TYPES),
+            "after": after.isoformat(),
+            "direction": "asc",
+            "page_size": str(ACTIVITY_PAGE_SIZE),
+        }
+        out: list[BrokerActivity] = []
+        for _ in range(MAX_ACTIVITY_PAGES):
+            path = f"/v2/account/activities?{urlencode(query)}"
+            response = await self._call("option_activities", "GET", path)
+            body = self._check(response, "option_activities")
+            page = self._read_list(schemas.OptionActivity, body, "activities")
+            out += [
+                parse.option_activity(a) for a in page if a.activity_type in OPTION_ACTIVITY_TYPES
+            ]
+            if len(page) < ACTIVITY_PAGE_SIZE:
+                break
+            query["page_token"] = page[-1].id
+        else:
+            log.warning(
+                "broker %s: option activities after %s read in %d pages, more may follow",
+                self.account,
+                after,
+                MAX_ACTIVITY_PAGES,
+            )
+        return out
 
 
 def retry_after(headers: dict[str, Any], now: float) -> float | None:

@@ -19,6 +19,7 @@ from typing import Literal, cast
 
 from services.broker_gateway.adapters.paper import schemas
 from services.broker_gateway.domain.model import (
+    BrokerActivity,
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
@@ -151,6 +152,22 @@ def fill(f: schemas.FillActivity, o: BrokerOrder) -> BrokerFill:
         leaves_quantity=f.leaves_qty,
         ts_ns=ns(f.transaction_time),
         execution_id=f.id,
+    )
+
+
+def option_activity(a: schemas.OptionActivity) -> BrokerActivity:
+    """A non-trade activity of an option event. The paper broker names a
+    contract as tradebus does (``O:`` + OCC symbol); a venue writing the OCC
+    symbol alone (Alpaca) maps it here."""
+    return BrokerActivity(
+        activity_id=a.id,
+        activity_type=a.activity_type,
+        date=dt.date.fromisoformat(a.date[:10]),
+        symbol=a.symbol,
+        quantity=a.qty,
+        price=a.price,
+        net_amount=a.net_amount,
+        description=a.description,
     )
 
 

@@ -114,6 +114,20 @@ class FillActivity(_Wire):
     transaction_time: str | None = None
 
 
+class OptionActivity(_Wire):
+    """A non-trade activity of an option event (OPEXP, OPEXC, OPASN, OPTRD)."""
+
+    id: str
+    activity_type: str
+    date: str
+    symbol: str
+    qty: Num
+    price: Num | None = None
+    net_amount: Num | None = None
+    description: str = ""
+    status: str | None = None
+
+
 class MultiStatus(_Wire):
     """One entry of a 207 answer (cancel-all, close-all)."""
 

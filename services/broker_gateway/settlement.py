@@ -1,0 +1,323 @@
+"""Option positions the broker settled at expiry, published as fills.
+
+At the close of its expiry day an option contract stops trading, and the
+broker settles every position in it: exercised (a long one) or assigned (a
+short one) into 100 shares of the underlying per contract at the strike, or
+expired worthless. No order does it, so no trade update says it: the broker
+lists it among the account's non-trade activities (Alpaca: ``OPEXP``,
+``OPEXC``, ``OPASN``, and an ``OPTRD`` of the underlying with each exercise
+or assignment; ``BrokerPort.option_activities``).
+
+:class:`Settlements` reads them for each account and publishes what they did
+to positions as ``FillReceived`` events with ``settlement`` set, which every
+consumer already books (the risk-gate, the strategies' ledgers, the store's
+``positions``) and none takes for a price:
+
+- the contract's position closed at price 0 (``OPEXP``, ``OPEXC``,
+  ``OPASN``: ``settlement`` ``expired``, ``exercised`` or ``assigned``), so
+  the premium paid is realized as lost, the premium received as kept;
+- for an exercise or assignment, the underlying bought or sold at the strike
+  (``OPTRD``), booked to the same strategies, 100 shares per contract each.
+
+Booking: each activity is split over the strategies that hold the contract as
+a flatten's closing fill is (``OrderTracker`` ``_allocate``): in strategy-name
+order, each up to its position, the rest to no strategy; one ``FillReceived``
+per strategy, same order id, consecutive cumulative quantities. The
+underlying's trade follows the split of its exercise or assignment (the
+``OPTRD`` right after it of the contract's root and 100 times its contracts);
+one that follows none (read alone) is booked to no strategy.
+
+Exactly once. An activity is an order nobody placed: its order id is derived
+from (account, activity id), its fills' event ids as the tracker derives
+every fill's (account, order id, cumulative quantity), so the stream drops a
+repeat within its window, and the tracker, which evolves every event
+published here and is rebuilt from the store at start-up, knows an activity
+whose fills are all published (it is skipped) or only some (the rest follow).
+
+When: the activities are read after ``connected`` (the start-up's first
+connection included) if the account holds any option contract (by the fills
+published), and whenever one it holds is past its expiry, every second while one is, backing off
+to ``READ_MAX_S`` until the broker has settled it (Alpaca does so overnight;
+the paper broker at the close). They are read from the day before the
+earliest such expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Clock, Event
+from libs.contract.events import (
+    OPTION_PREFIX,
+    FillPayload,
+    FillReceived,
+    Settlement,
+    Side,
+)
+from libs.contract.options import parse_option
+from services.broker_gateway.domain.model import BrokerActivity
+from services.broker_gateway.domain.tracker import OrderTracker, canon
+from services.broker_gateway.errors import BrokerError
+from services.broker_gateway.ports import BrokerPort
+
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+SHARES_PER_CONTRACT = Decimal(100)
+OUTCOMES: dict[str, Settlement] = {"OPEXP": "expired", "OPEXC": "exercised", "OPASN": "assigned"}
+#: How often the held contracts' expiries are looked at (a period, not synchronisation).
+TICK_S = 1.0
+#: Reads for a contract past its expiry that the broker has not settled yet
+#: back off from TICK_S, doubling, to this.
+READ_MAX_S = 300.0
+
+Slices = list[tuple[str | None, Decimal]]
+
+
+class Publisher(Protocol):
+    async def publish(self, events: Sequence[Event]) -> None: ...
+
+
+class Worker(Protocol):
+    """What of an account's worker (``gateway.AccountWorker``) this reads."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def port(self) -> BrokerPort: ...
+    @property
+    def tracker(self) -> OrderTracker: ...
+    @property
+    def outbox(self) -> Publisher: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def source(self) -> str: ...
+
+
+def settlement_order_id(account: str, activity_id: str) -> uuid.UUID:
+    """The order id an activity is published under."""
+    return derived_id("broker.settlement", account, activity_id)
+
+
+def _allocate(tracker: OrderTracker, symbol: str, side: Side, quantity: Decimal) -> Slices:
+    """``quantity`` of ``symbol`` split over the strategies whose positions a
+    ``side`` reduces, in strategy-name order, each up to its position; the
+    rest to no strategy (the rule of a flatten's closing fills)."""
+    holding = sorted(
+        (strategy, qty)
+        for (strategy, sym), qty in tracker.positions.items()
+        if sym == symbol and strategy is not None and (qty > 0 if side == "sell" else qty < 0)
+    )
+    out: Slices = []
+    left = quantity
+    for strategy, held in holding:
+        if left <= 0:
+            break
+        take = min(left, abs(held))
+        out.append((strategy, take))
+        left -= take
+    if left > 0:
+        out.append((None, left))
+    return out
+
+
+def settlement_events(
+    tracker: OrderTracker,
+    activities: Sequence[BrokerActivity],
+    *,
+    clock: Clock,
+    source: str,
+) -> list[Event]:
+    """The fills ``activities`` (oldest first) make that are not published
+    yet; the tracker takes each in as it is made, so the next activity is
+    split over the positions as they stand after it."""
+    out: list[Event] = []
+    # The split of the last exercise or assignment, for its OPTRD:
+    # (root, shares it delivers, outcome, expiry ns, split in contracts).
+    last: tuple[str, Decimal, Settlement, int, Slices] | None = None
+    for a in activities:
+        if a.quantity == 0:
+            continue
+        side: Side = "buy" if a.quantity > 0 else "sell"
+        quantity = abs(a.quantity)
+        if a.activity_type in OUTCOMES:
+            if not a.symbol.startswith(OPTION_PREFIX):
+                log.warning("%s: option activity %s names no contract", tracker.account, a)
+                continue
+            contract = parse_option(a.symbol)
+            outcome = OUTCOMES[a.activity_type]
+            slices = _allocate(tracker, a.symbol, side, quantity)
+            last = (
+                contract.root,
+                quantity * SHARES_PER_CONTRACT,
+                outcome,
+                contract.expires_at_ns,
+                slices,
+            )
+            expires_ns = contract.expires_at_ns
+            _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, out)
+            if outcome == "expired":
+                last = None
+        elif a.activity_type == "OPTRD":
+            if a.price is None or a.price <= 0:
+                log.warning("%s: option trade %s has no price: not booked", tracker.account, a)
+                continue
+            if last is not None and last[0] == a.symbol and last[1] == quantity:
+                _, _, outcome, expires_ns, contracts = last
+                slices = [(s, q * SHARES_PER_CONTRACT) for s, q in contracts]
+            else:
+                log.warning(
+                    "%s: option trade %s follows no exercise or assignment read with it: "
+                    "booked to no strategy",
+                    tracker.account,
+                    a,
+                )
+                outcome, expires_ns, slices = "exercised", 0, [(None, quantity)]
+            last = None
+            _publish(tracker, a, side, a.price, outcome, slices, expires_ns, clock, source, out)
+    return out
+
+
+def _publish(
+    tracker: OrderTracker,
+    a: BrokerActivity,
+    side: Side,
+    price: Decimal,
+    outcome: Settlement,
+    slices: Slices,
+    ts_ns: int,
+    clock: Clock,
+    source: str,
+    out: list[Event],
+) -> None:
+    """The activity's fills (one per slice) past what is published of it."""
+    order_id = settlement_order_id(tracker.account, a.activity_id)
+    total = abs(a.quantity)
+    t = tracker.get(order_id)
+    cumulative = t.filled if t is not None else ZERO
+    if cumulative >= total:
+        return  # published already (before a restart, or read again)
+    if cumulative > 0:
+        # Part of it was published (a crash in between): the rest, split
+        # over the positions as they stand now.
+        slices = _allocate(tracker, a.symbol, side, total - cumulative)
+    for i, (strategy, q) in enumerate(slices):
+        cumulative += q
+        leaves = total - cumulative
+        event = FillReceived.create(
+            FillPayload(
+                order_id=order_id,
+                account=tracker.account,
+                broker_order_id=a.activity_id,
+                fill_id=a.activity_id if i == 0 else f"{a.activity_id}/{strategy or '-'}",
+                symbol=a.symbol,
+                side=side,
+                quantity=q,
+                price=price,
+                cumulative_quantity=cumulative,
+                leaves_quantity=leaves,
+                status="complete" if leaves == 0 else "partial",
+                strategy=strategy,
+                settlement=outcome,
+            ),
+            source=source,
+            clock=clock,
+            ts_event=ts_ns or None,
+            event_id=derived_id("broker.fill", tracker.account, order_id, canon(cumulative)),
+        )
+        tracker.evolve(event)
+        out.append(event)
+
+
+def holds_options(tracker: OrderTracker) -> bool:
+    """Whether the account holds any option contract (by its published fills)."""
+    return any(symbol.startswith(OPTION_PREFIX) for symbol in tracker.net_positions())
+
+
+def held_expired(tracker: OrderTracker, now_ns: int) -> list[dt.date]:
+    """The expiry dates of the contracts the account holds (by its published
+    fills) whose expiry has passed by ``now_ns``."""
+    dates = set()
+    for symbol in tracker.net_positions():
+        if symbol.startswith(OPTION_PREFIX):
+            contract = parse_option(symbol)
+            if contract.expires_at_ns <= now_ns:
+                dates.add(contract.expiry)
+    return sorted(dates)
+
+
+class Settlements:
+    """Reads one account's option settlements and publishes them (see the
+    module's docstring). :meth:`wanted` asks for a read (after a
+    connection); :meth:`run` reads until cancelled."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._wanted = asyncio.Event()
+        self._wanted.set()  # at start-up
+        self._next_read_s = 0.0
+        self._backoff_s = TICK_S
+
+    def wanted(self) -> None:
+        self._wanted.set()
+
+    async def run(self) -> None:
+        w = self.worker
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._wanted.wait()  # or the period passes
+            if not w.port.connected:
+                # A read waits for the connection (a wanted one stays wanted).
+                await w.port.wait_connected()
+                continue
+            due = held_expired(w.tracker, w.clock.now_ns())
+            # After a connection: only for an account holding options (a read
+            # is a call against the broker's rate limit, which the
+            # reconnection's reconciliation needs).
+            forced = self._wanted.is_set() and holds_options(w.tracker)
+            self._wanted.clear()
+            if not forced and (not due or loop.time() < self._next_read_s):
+                continue
+            try:
+                await self.read(due[0] if due else None)
+            except BrokerError as e:
+                log.warning("option settlements of %s not read: %s", w.account, e)
+            if held_expired(w.tracker, w.clock.now_ns()):
+                # The broker has not settled them yet: read again, less often.
+                self._next_read_s = loop.time() + self._backoff_s
+                self._backoff_s = min(self._backoff_s * 2, READ_MAX_S)
+            else:
+                self._backoff_s = TICK_S
+
+    async def read(self, since: dt.date | None) -> int:
+        """Read the activities from the day before ``since`` (the earliest
+        expiry past; none held: the last week's) and publish what is new;
+        the events published."""
+        w = self.worker
+        if since is None:
+            today = dt.datetime.fromtimestamp(w.clock.now_ns() / 1e9, dt.UTC).date()
+            since = today - dt.timedelta(days=7)
+        activities = await w.port.option_activities(after=since - dt.timedelta(days=1))
+        events = settlement_events(w.tracker, activities, clock=w.clock, source=w.source)
+        if events:
+            log.info(
+                "%s: %d option settlement fills published (%s)",
+                w.account,
+                len(events),
+                ", ".join(
+                    sorted({e.payload.symbol for e in events if isinstance(e, FillReceived)})
+                ),
+            )
+            await w.outbox.publish(events)
+        return len(events)

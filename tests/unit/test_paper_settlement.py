@@ -1,0 +1,300 @@
+"""Option positions settled at expiry by the paper broker: the OCC rule
+(services/paper_broker/domain/settlement.py), the books, the journal and the
+activities endpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import SecretStr
+
+from libs.contract.options import parse_option
+from services.paper_broker.adapters.journal import Journal
+from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.domain.book import (
+    NO_PRICE_WAIT_NS,
+    BookConfig,
+    OrderSpec,
+    PaperBook,
+)
+from services.paper_broker.domain.fill_model import MarketUpdate, Side
+from services.paper_broker.domain.settlement import outcome
+from tests.unit.test_paper_server import login, request
+
+D = Decimal
+NY = ZoneInfo("America/New_York")
+CALL = "O:SPY261211C00600000"  # SPY 600 call, expires Friday 2026-12-11
+PUT = "O:SPY261211P00600000"
+
+
+def ny_ns(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=NY).timestamp()) * 1_000_000_000
+
+
+CLOSE_NS = ny_ns("2026-12-11 16:00")
+
+
+class SetClock:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+@pytest.mark.parametrize(
+    ("symbol", "qty", "underlying", "expected"),
+    [
+        (CALL, "1", "599.99", "expired"),  # out of the money
+        (CALL, "1", "600", "expired"),  # exactly at the money: not exercised
+        (CALL, "1", "600.005", "expired"),  # less than a cent in
+        (CALL, "1", "600.01", "exercised"),  # a cent in the money
+        (CALL, "-1", "600.01", "assigned"),
+        (CALL, "-1", "600", "expired"),
+        (PUT, "2", "599.99", "exercised"),
+        (PUT, "2", "600", "expired"),
+        (PUT, "-2", "599.99", "assigned"),
+        (PUT, "-2", "600.01", "expired"),
+        (CALL, "1", None, "expired"),  # no price of the underlying
+        (PUT, "-1", None, "expired"),
+    ],
+)
+def test_the_occ_rule(symbol: str, qty: str, underlying: str | None, expected: str) -> None:
+    price = D(underlying) if underlying is not None else None
+    assert outcome(parse_option(symbol), D(qty), price) == expected
+
+
+def held(symbol: str, qty: str, underlying: str | None) -> tuple[PaperBook, SetClock]:
+    """A book holding ``qty`` contracts of ``symbol`` (at 2.50 each), the
+    underlying last at ``underlying`` before the close."""
+    clock = SetClock(ny_ns("2026-12-11 10:00"))
+    counter = itertools.count(1)
+    b = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    b.on_market(MarketUpdate.trade(symbol, D("2.5"), ny_ns("2026-12-11 10:00")))
+    if underlying is not None:
+        b.on_market(MarketUpdate.trade("SPY", D(underlying), ny_ns("2026-12-11 15:59:59")))
+    side: Side = "buy" if D(qty) > 0 else "sell"
+    b.submit("A", OrderSpec(symbol, side, abs(D(qty)), asset_class="us_option"))
+    return b, clock
+
+
+@pytest.mark.parametrize(
+    ("symbol", "qty", "underlying", "activities", "shares"),
+    [
+        (CALL, "2", "610", [("OPEXC", CALL, "-2", None), ("OPTRD", "SPY", "200", "600")], "200"),
+        (PUT, "2", "590", [("OPEXC", PUT, "-2", None), ("OPTRD", "SPY", "-200", "600")], "-200"),
+        (CALL, "-2", "610", [("OPASN", CALL, "2", None), ("OPTRD", "SPY", "-200", "600")], "-200"),
+        (PUT, "-2", "590", [("OPASN", PUT, "2", None), ("OPTRD", "SPY", "200", "600")], "200"),
+        (CALL, "2", "600", [("OPEXP", CALL, "-2", None)], None),
+        (PUT, "-2", "610", [("OPEXP", PUT, "2", None)], None),
+    ],
+)
+def test_a_position_is_settled_at_the_close(
+    symbol: str,
+    qty: str,
+    underlying: str,
+    activities: list[tuple[str, str, str, str | None]],
+    shares: str | None,
+) -> None:
+    """At 16:00 New York on its expiry day a position is exercised or
+    assigned (100 shares a contract at the strike) if at least a cent in the
+    money, else expires worthless; its activities say so, as Alpaca's."""
+    b, clock = held(symbol, qty, underlying)
+    clock.ns = CLOSE_NS - 1
+    assert b.settle_expired() == []
+    clock.ns = CLOSE_NS
+    [settled] = b.settle_expired()
+    got = [
+        (a.activity_type, a.symbol, str(a.qty), None if a.price is None else str(a.price))
+        for a in settled.activities
+    ]
+    assert got == activities
+    assert b.settle_expired() == []  # once
+    assert all(a.date == dt.date(2026, 12, 11) for a in b.activities("A"))
+    positions = {p.symbol: p for p in b.positions("A")}
+    assert symbol not in positions
+    if shares is None:
+        assert positions == {}
+    else:
+        spy = positions["SPY"]
+        assert (spy.qty, spy.avg_entry_price, spy.asset_class) == (D(shares), D(600), "us_equity")
+        [trade] = [a for a in b.activities("A") if a.activity_type == "OPTRD"]
+        assert trade.net_amount == -D(shares) * 600
+
+
+def test_the_underlying_s_price_is_its_last_at_or_before_the_close() -> None:
+    """A print of the underlying stamped after the close settles the
+    contract before it is taken in: at 599 (before), not at 700 (after)."""
+    b, clock = held(CALL, "1", "599")
+    clock.ns = CLOSE_NS - 5_000_000_000  # the broker's clock a little behind the feed's
+    server_side = b.settle_expired(ny_ns("2026-12-11 16:00:01"))
+    b.on_market(MarketUpdate.trade("SPY", D(700), ny_ns("2026-12-11 16:00:01")))
+    [settled] = server_side
+    assert [a.activity_type for a in settled.activities] == ["OPEXP"]
+    assert b.positions("A") == []
+
+
+def test_without_a_price_of_the_underlying_it_waits_then_expires_worthless() -> None:
+    """No price of SPY at all: the settlement waits for one (at start-up the
+    feed brings it a moment after the journal), then expires the contract
+    worthless, saying why."""
+    b, clock = held(CALL, "1", None)
+    clock.ns = CLOSE_NS + NO_PRICE_WAIT_NS - 1
+    assert b.settle_expired() == []
+    assert [p.symbol for p in b.positions("A")] == [CALL]
+    clock.ns = CLOSE_NS + NO_PRICE_WAIT_NS
+    [settled] = b.settle_expired()
+    [expiry] = settled.activities
+    assert expiry.activity_type == "OPEXP"
+    assert "no price of SPY" in expiry.description
+    assert b.positions("A") == []
+
+
+def test_a_price_that_comes_in_the_wait_settles_it() -> None:
+    b, clock = held(PUT, "-1", None)
+    clock.ns = CLOSE_NS + 60_000_000_000
+    assert b.settle_expired() == []
+    b.set_last("SPY", D(590), ny_ns("2026-12-11 15:59"))
+    [settled] = b.settle_expired()
+    assert [a.activity_type for a in settled.activities] == ["OPASN", "OPTRD"]
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("SPY", D(100))]
+
+
+def test_shares_from_an_exercise_add_to_those_held() -> None:
+    b, clock = held(CALL, "1", "610")
+    clock.ns = ny_ns("2026-12-11 11:00")
+    b.submit("A", OrderSpec("SPY", "buy", D(100)))  # at 610
+    clock.ns = CLOSE_NS
+    b.settle_expired()
+    [spy] = b.positions("A")
+    assert (spy.qty, spy.avg_entry_price) == (D(200), D(605))
+
+
+def test_the_journal_brings_settlements_back_and_a_compaction_keeps_them(tmp_path: Path) -> None:
+    """Settled positions stay settled after a restart (the journal replays
+    the settlement), and the activities are listed again, also from a
+    compacted journal's snapshot: never settled a second time."""
+    b, clock = held_journaled(tmp_path / "j2.jsonl", CALL, "2", "610")
+    journal = Journal(tmp_path / "j2.jsonl").open()
+    server = PaperBrokerServer(b, [], journal=journal)
+    clock.ns = CLOSE_NS
+    server.expire_orders()
+    journal.close()
+    before = (b.positions("A"), list(b.activities("A")))
+    assert [p.symbol for p in before[0]] == ["SPY"]
+
+    counter = itertools.count(100)
+    for compact in (False, True):
+        j = Journal(tmp_path / "j2.jsonl")
+        again = PaperBook(BookConfig(), clock=clock, ids=lambda: f"r-{next(counter)}")
+        j.replay(again)
+        assert (again.positions("A"), list(again.activities("A"))) == before
+        assert again.settle_expired() == []
+        if compact:
+            j.compact(again)
+            snap = PaperBook(BookConfig(), clock=clock, ids=lambda: f"s-{next(counter)}")
+            Journal(tmp_path / "j2.jsonl").replay(snap)
+            assert (snap.positions("A"), list(snap.activities("A"))) == before
+            assert snap.settle_expired() == []
+
+
+def held_journaled(
+    path: Path, symbol: str, qty: str, underlying: str
+) -> tuple[PaperBook, SetClock]:
+    """:func:`held`, every trade update journaled to ``path``."""
+    clock = SetClock(ny_ns("2026-12-11 10:00"))
+    counter = itertools.count(1)
+    b = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    journal = Journal(path).open()
+    journal.append(b.on_market(MarketUpdate.trade(symbol, D("2.5"), ny_ns("2026-12-11 10:00"))))
+    journal.append(b.on_market(MarketUpdate.trade("SPY", D(underlying), ny_ns("2026-12-11 15:59"))))
+    side: Side = "buy" if D(qty) > 0 else "sell"
+    _, updates = b.submit("A", OrderSpec(symbol, side, abs(D(qty)), asset_class="us_option"))
+    journal.append(updates)
+    journal.close()
+    return b, clock
+
+
+@pytest.fixture
+async def settled_server() -> AsyncIterator[PaperBrokerServer]:
+    b, clock = held(CALL, "2", "610")
+    clock.ns = ny_ns("2026-12-11 12:00")
+    b.submit("A", OrderSpec("SPY", "buy", D(5)))
+    clock.ns = CLOSE_NS
+    creds = [Credentials("key", SecretStr("secret"), "A")]
+    async with PaperBrokerServer(b, creds) as server:
+        server.expire_orders()
+        yield server
+
+
+async def test_the_activities_endpoint_lists_them_as_alpaca_s(
+    settled_server: PaperBrokerServer,
+) -> None:
+    """``GET /v2/account/activities`` (``activity_types``, ``date``,
+    ``direction``, ``page_size``, ``page_token``) and
+    ``/v2/account/activities/{activity_type}``, with Alpaca's fields."""
+    async with await login(settled_server.port) as ws:
+        answer = await request(
+            ws, "GET", "/v2/account/activities?activity_types=OPEXP,OPEXC,OPASN,OPTRD&direction=asc"
+        )
+        assert answer["status"] == 200
+        body = answer["body"]
+        assert [strip(a) for a in body] == [
+            {
+                "activity_type": "OPEXC",
+                "date": "2026-12-11",
+                "net_amount": "0",
+                "description": "Option Exercise",
+                "symbol": CALL,
+                "qty": "-2",
+                "status": "executed",
+            },
+            {
+                "activity_type": "OPTRD",
+                "date": "2026-12-11",
+                "net_amount": "-120000",
+                "description": "Option Trade",
+                "symbol": "SPY",
+                "qty": "200",
+                "price": "600",
+                "status": "executed",
+            },
+        ]
+        assert all("::" in a["id"] for a in body)
+        newest_first = await body_of(ws, "GET", "/v2/account/activities?activity_types=OPEXC,OPTRD")
+        assert [a["activity_type"] for a in newest_first] == ["OPTRD", "OPEXC"]
+        page = await body_of(
+            ws, "GET", "/v2/account/activities?direction=asc&page_size=2"
+        )  # every type: the fills first
+        assert [a["activity_type"] for a in page] == ["FILL", "FILL"]
+        rest = await body_of(
+            ws,
+            "GET",
+            f"/v2/account/activities?direction=asc&page_size=2&page_token={page[-1]['id']}",
+        )
+        assert [a["activity_type"] for a in rest] == ["OPEXC", "OPTRD"]
+        one_type = await body_of(ws, "GET", "/v2/account/activities/OPEXC")
+        assert [a["activity_type"] for a in one_type] == ["OPEXC"]
+        that_day = await body_of(ws, "GET", "/v2/account/activities/OPTRD?date=2026-12-11")
+        assert len(that_day) == 1
+        other_day = await body_of(ws, "GET", "/v2/account/activities/OPTRD?date=2026-12-10")
+        assert other_day == []
+        positions = (await request(ws, "GET", "/v2/positions"))["body"]
+        assert [(p["symbol"], p["qty"]) for p in positions] == [("SPY", "205")]
+
+
+async def body_of(ws: Any, method: str, path: str) -> Any:
+    answer = await request(ws, method, path)
+    assert answer["status"] == 200, answer
+    return answer["body"]
+
+
+def strip(activity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in activity.items() if k != "id"}
