@@ -192,3 +192,30 @@ def test_an_expiry_is_booked_at_0_and_makes_no_shares() -> None:
     events = settle(t, [activity("a1", "OPEXP", CALL, "-3")])
     assert booked(events) == [(CALL, "sell", "3", "0", "expired", "s1")]
     assert t.net_positions() == {}
+
+
+EXERCISE = (activity("a1", "OPEXC", CALL, "-4"), activity("a2", "OPTRD", "SPY", "400", "600"))
+
+
+@pytest.mark.parametrize("published", range(6))
+def test_a_settlement_cut_by_a_restart_is_finished_as_it_began(published: int) -> None:
+    """The gateway published the first ``published`` of the exercise's 6
+    fills (3 strategies' contracts, then their shares) and died. Rebuilt
+    from what was published, it publishes the rest, exactly as an uncut
+    run would have: the same strategies, quantities and event ids, nothing
+    twice, and no fill id repeated (the risk-gate and the ledgers drop a
+    fill whose id they have seen as the same execution reported again).
+    Before, the shares were split over the contracts' holders as they stood
+    after the restart (the ones already settled hold none: their shares went
+    to nobody), the rest of a cut share trade was split as a closing fill
+    of the underlying (to strategies short of it, or nobody), and the first
+    fill after the restart took the first fill's id."""
+    holdings = opened([("s2", CALL, "2"), ("s1", CALL, "1")])
+    whole = settle(tracker(holdings), EXERCISE)
+    assert len(whole) == 6
+    before = whole[:published]
+    rest = settle(tracker([*holdings, *before]), EXERCISE)
+    assert booked([*before, *rest]) == booked(whole)
+    assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
+    fill_ids = [e.payload.fill_id for e in [*before, *rest] if isinstance(e, FillReceived)]
+    assert len(set(fill_ids)) == len(fill_ids), fill_ids
