@@ -151,10 +151,11 @@ def settlement_events(
         side: Side = "buy" if a.quantity > 0 else "sell"
         quantity = abs(a.quantity)
         if a.activity_type in OUTCOMES:
-            if not a.symbol.startswith(OPTION_PREFIX):
-                log.warning("%s: option activity %s names no contract", tracker.account, a)
+            try:
+                contract = parse_option(a.symbol)
+            except ValueError as e:
+                log.warning("%s: option activity %s names no contract: %s", tracker.account, a, e)
                 continue
-            contract = parse_option(a.symbol)
             outcome = OUTCOMES[a.activity_type]
             # What a run before a restart published of it stays as it was;
             # the rest goes to the positions as they stand now.
@@ -231,33 +232,48 @@ def _publish(
         # is still owed of its slice.
         done = _published(tracker, a)
         slices = [(s, q - done.get(s, ZERO)) for s, q in slices if q > done.get(s, ZERO)]
-    for strategy, q in slices:
-        # The first fill of the activity has its id; the others are told
-        # apart by strategy (one slice each), also when a restart cut them.
-        first = cumulative == 0
-        cumulative += q
-        leaves = total - cumulative
-        event = FillReceived.create(
-            FillPayload(
-                order_id=order_id,
-                account=tracker.account,
-                broker_order_id=a.activity_id,
-                fill_id=a.activity_id if first else f"{a.activity_id}/{strategy or '-'}",
-                symbol=a.symbol,
-                side=side,
-                quantity=q,
-                price=price,
-                cumulative_quantity=cumulative,
-                leaves_quantity=leaves,
-                status="complete" if leaves == 0 else "partial",
-                strategy=strategy,
-                settlement=outcome,
-            ),
-            source=source,
-            clock=clock,
-            ts_event=ts_ns or None,
-            event_id=derived_id("broker.fill", tracker.account, order_id, canon(cumulative)),
-        )
+    # All of them built before any is taken in: one the contract cannot
+    # carry (the venue's symbol or quantity) leaves the activity out whole,
+    # said, rather than raising out of the settlement task (which ended the
+    # account's worker, at every start-up again) with the tracker ahead of
+    # what was published.
+    built: list[FillReceived] = []
+    try:
+        for strategy, q in slices:
+            # The first fill of the activity has its id; the others are told
+            # apart by strategy (one slice each), also when a restart cut them.
+            first = cumulative == 0
+            cumulative += q
+            leaves = total - cumulative
+            built.append(
+                FillReceived.create(
+                    FillPayload(
+                        order_id=order_id,
+                        account=tracker.account,
+                        broker_order_id=a.activity_id,
+                        fill_id=a.activity_id if first else f"{a.activity_id}/{strategy or '-'}",
+                        symbol=a.symbol,
+                        side=side,
+                        quantity=q,
+                        price=price,
+                        cumulative_quantity=cumulative,
+                        leaves_quantity=leaves,
+                        status="complete" if leaves == 0 else "partial",
+                        strategy=strategy,
+                        settlement=outcome,
+                    ),
+                    source=source,
+                    clock=clock,
+                    ts_event=ts_ns or None,
+                    event_id=derived_id(
+                        "broker.fill", tracker.account, order_id, canon(cumulative)
+                    ),
+                )
+            )
+    except ValueError as e:
+        log.warning("%s: option activity %s not booked: %s", tracker.account, a, e)
+        return
+    for event in built:
         tracker.evolve(event)
         out.append(event)
 

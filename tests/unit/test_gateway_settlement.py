@@ -219,3 +219,26 @@ def test_a_settlement_cut_by_a_restart_is_finished_as_it_began(published: int) -
     assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
     fill_ids = [e.payload.fill_id for e in [*before, *rest] if isinstance(e, FillReceived)]
     assert len(set(fill_ids)) == len(fill_ids), fill_ids
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(activity("x1", "OPEXP", "O:SPY261399C00600000", "-1"), id="no-such-expiry"),
+        pytest.param(activity("x1", "OPTRD", "SPY B", "100", "600"), id="no-such-symbol"),
+        pytest.param(activity("x1", "OPEXC", CALL, "-0.0000000000001"), id="too-many-places"),
+    ],
+)
+def test_an_activity_the_contract_cannot_carry_is_left_out_and_the_rest_booked(
+    bad: BrokerActivity, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One activity a fill cannot carry (a contract symbol that names no
+    contract, a symbol the contract refuses, a quantity with 13 places):
+    logged and left out, the others booked. It raised out of the settlement
+    task, which took the account's worker (its event stream) down with it,
+    and again at every start-up: the same activity is read each time."""
+    t = tracker(opened([("s1", CALL, "1")]))
+    caplog.set_level(logging.WARNING, logger="services.broker_gateway.settlement")
+    events = settle(t, [bad, activity("a1", "OPEXP", CALL, "-1")])
+    assert booked(events) == [(CALL, "sell", "1", "0", "expired", "s1")]
+    assert any("x1" in r.getMessage() for r in caplog.records)
