@@ -32,7 +32,8 @@ from (account, activity id), its fills' event ids as the tracker derives
 every fill's (account, order id, cumulative quantity), so the stream drops a
 repeat within its window, and the tracker, which evolves every event
 published here and is rebuilt from the store at start-up, knows an activity
-whose fills are all published (it is skipped) or only some (the rest follow).
+whose fills are all published (it is skipped) or only some (the rest follow,
+split as the run before the restart began it: ``TrackedOrder.split``).
 
 When: the activities are read after ``connected`` (the start-up's first
 connection included) if the account holds any option contract (by the fills
@@ -150,12 +151,17 @@ def settlement_events(
         side: Side = "buy" if a.quantity > 0 else "sell"
         quantity = abs(a.quantity)
         if a.activity_type in OUTCOMES:
-            if not a.symbol.startswith(OPTION_PREFIX):
-                log.warning("%s: option activity %s names no contract", tracker.account, a)
+            try:
+                contract = parse_option(a.symbol)
+            except ValueError as e:
+                log.warning("%s: option activity %s names no contract: %s", tracker.account, a, e)
                 continue
-            contract = parse_option(a.symbol)
             outcome = OUTCOMES[a.activity_type]
-            slices = _allocate(tracker, a.symbol, side, quantity)
+            # What a run before a restart published of it stays as it was;
+            # the rest goes to the positions as they stand now.
+            done = _published(tracker, a)
+            rest = quantity - sum(done.values(), ZERO)
+            slices = _merged([*done.items(), *_allocate(tracker, a.symbol, side, rest)])
             last = (
                 contract.root,
                 quantity * SHARES_PER_CONTRACT,
@@ -187,6 +193,20 @@ def settlement_events(
     return out
 
 
+def _published(tracker: OrderTracker, a: BrokerActivity) -> dict[str | None, Decimal]:
+    """What is published of ``a``'s fills, per strategy, in the order published."""
+    t = tracker.get(settlement_order_id(tracker.account, a.activity_id))
+    return dict(t.split) if t is not None and t.split is not None else {}
+
+
+def _merged(slices: Slices) -> Slices:
+    """``slices`` with one entry per strategy (summed, in first-seen order)."""
+    out: dict[str | None, Decimal] = {}
+    for strategy, q in slices:
+        out[strategy] = out.get(strategy, ZERO) + q
+    return list(out.items())
+
+
 def _publish(
     tracker: OrderTracker,
     a: BrokerActivity,
@@ -199,7 +219,8 @@ def _publish(
     source: str,
     out: list[Event],
 ) -> None:
-    """The activity's fills (one per slice) past what is published of it."""
+    """The activity's fills (one per slice of its whole ``slices``) past what
+    is published of it."""
     order_id = settlement_order_id(tracker.account, a.activity_id)
     total = abs(a.quantity)
     t = tracker.get(order_id)
@@ -207,33 +228,52 @@ def _publish(
     if cumulative >= total:
         return  # published already (before a restart, or read again)
     if cumulative > 0:
-        # Part of it was published (a crash in between): the rest, split
-        # over the positions as they stand now.
-        slices = _allocate(tracker, a.symbol, side, total - cumulative)
-    for i, (strategy, q) in enumerate(slices):
-        cumulative += q
-        leaves = total - cumulative
-        event = FillReceived.create(
-            FillPayload(
-                order_id=order_id,
-                account=tracker.account,
-                broker_order_id=a.activity_id,
-                fill_id=a.activity_id if i == 0 else f"{a.activity_id}/{strategy or '-'}",
-                symbol=a.symbol,
-                side=side,
-                quantity=q,
-                price=price,
-                cumulative_quantity=cumulative,
-                leaves_quantity=leaves,
-                status="complete" if leaves == 0 else "partial",
-                strategy=strategy,
-                settlement=outcome,
-            ),
-            source=source,
-            clock=clock,
-            ts_event=ts_ns or None,
-            event_id=derived_id("broker.fill", tracker.account, order_id, canon(cumulative)),
-        )
+        # Part of it was published (a crash in between): what each strategy
+        # is still owed of its slice.
+        done = _published(tracker, a)
+        slices = [(s, q - done.get(s, ZERO)) for s, q in slices if q > done.get(s, ZERO)]
+    # All of them built before any is taken in: one the contract cannot
+    # carry (the venue's symbol or quantity) leaves the activity out whole,
+    # said, rather than raising out of the settlement task (which ended the
+    # account's worker, at every start-up again) with the tracker ahead of
+    # what was published.
+    built: list[FillReceived] = []
+    try:
+        for strategy, q in slices:
+            # The first fill of the activity has its id; the others are told
+            # apart by strategy (one slice each), also when a restart cut them.
+            first = cumulative == 0
+            cumulative += q
+            leaves = total - cumulative
+            built.append(
+                FillReceived.create(
+                    FillPayload(
+                        order_id=order_id,
+                        account=tracker.account,
+                        broker_order_id=a.activity_id,
+                        fill_id=a.activity_id if first else f"{a.activity_id}/{strategy or '-'}",
+                        symbol=a.symbol,
+                        side=side,
+                        quantity=q,
+                        price=price,
+                        cumulative_quantity=cumulative,
+                        leaves_quantity=leaves,
+                        status="complete" if leaves == 0 else "partial",
+                        strategy=strategy,
+                        settlement=outcome,
+                    ),
+                    source=source,
+                    clock=clock,
+                    ts_event=ts_ns or None,
+                    event_id=derived_id(
+                        "broker.fill", tracker.account, order_id, canon(cumulative)
+                    ),
+                )
+            )
+    except ValueError as e:
+        log.warning("%s: option activity %s not booked: %s", tracker.account, a, e)
+        return
+    for event in built:
         tracker.evolve(event)
         out.append(event)
 

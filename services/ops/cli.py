@@ -91,13 +91,23 @@ BROKER_FACTS = ("OrderAccepted", "OrderRejected", "OrderCanceled", "FillReceived
 def uncaused(chain: Sequence[Recorded]) -> str:
     """What to say of a chain whose root is a broker fact with no cause: an
     order no command of tradebus placed (by hand at the broker, another
-    program, or a close-all whose answer the gateway could not read). Its
+    program, or a close-all whose answer the gateway could not read), or an
+    option position the broker settled at expiry (a settlement's fill). Its
     audit was that one line, which did not say why there is no more."""
     root = next((r for r in chain if r.id == r.correlation_id), None)
     if root is None or root.type not in BROKER_FACTS or root.causation_id is not None:
         return ""
     payload = root.payload if isinstance(root.payload, dict) else {}
     order = payload.get("broker_order_id") or payload.get("order_id", "?")
+    if root.type == "FillReceived" and payload.get("settlement"):
+        # No order at all: the broker settled an option at its expiry
+        # (services/broker_gateway/settlement.py), booked to its holder.
+        booked = payload.get("strategy")
+        return (
+            f"the broker settled an option position at its contract's expiry "
+            f"({payload['settlement']}, its activity {order}): no order, no tradebus command; "
+            + (f"booked to {booked}" if booked else "booked to no strategy (none held it)")
+        )
     return (
         f"no tradebus command caused broker order {order}: it was placed at the broker "
         "outside tradebus (by hand or by another program), or by a flatten's close-all "

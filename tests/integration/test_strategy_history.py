@@ -441,3 +441,56 @@ async def test_the_rebuild_s_price_lookups_are_index_probes_found_or_not(
             assert read <= 2, (sql, args, scans)
     finally:
         await conn.close()
+
+
+async def test_the_rebuild_s_fill_lookup_skips_settlements_in_one_index_probe(
+    database_url: str,
+) -> None:
+    """A symbol's newest fill that is no settlement (an option's expiry,
+    ``FillPayload.settlement``: the strike is no price) is found by one
+    probe of ``ix_events_newest_fill`` (migration 0014 put the predicate in
+    the index), as the custom plan and the generic one PostgreSQL switches
+    to after five runs: 2,000 settlement fills of SPY newer than its last
+    trade's fill are not read only to be thrown away."""
+    cause = signal("s1", "SPY", at_ns=NOW)
+    await record_events(database_url, [cause])
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        # A fill of SPY at 610, then 2,000 settlement fills of SPY at the
+        # strike, newer; and 10,000 trades of other symbols around them.
+        await conn.execute(
+            """
+            INSERT INTO events (seq, id, subject, type, ts_event, ts_init, source,
+                                correlation_id, symbol, payload)
+            SELECT m + s, gen_random_uuid(), 'x', kind, $1::bigint + s, $1::bigint + s,
+                   'test', gen_random_uuid(), sym, body
+            FROM (SELECT max(seq) AS m FROM events) AS last,
+                 generate_series(1, 12001) AS s,
+                 LATERAL (
+                     SELECT CASE WHEN s = 1 OR s % 6 = 0 THEN 'FillReceived'
+                                 ELSE 'TradePrinted' END AS kind,
+                            CASE WHEN s = 1 OR s % 6 = 0 THEN 'SPY'
+                                 WHEN s % 2 = 0 THEN 'AAPL' ELSE 'MSFT' END AS sym,
+                            CASE WHEN s = 1 THEN jsonb_build_object('price', '610')
+                                 WHEN s % 6 = 0 THEN jsonb_build_object(
+                                     'price', '600', 'settlement', 'exercised')
+                                 ELSE jsonb_build_object('price', '190') END AS body
+                 ) AS pick
+            """,
+            NOW,
+        )
+        await conn.execute("ANALYZE events")
+        last_seq = await conn.fetchval("SELECT max(seq) FROM events")
+        for _ in range(7):  # past the five custom plans
+            doc = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {store.LAST_FILL_SQL}", "SPY", last_seq
+            )
+            [explained] = orjson.loads(doc)
+            scans = _events_scans(explained["Plan"])
+            read = sum(s["Actual Rows"] + s.get("Rows Removed by Filter", 0) for s in scans)
+            assert read <= 2, scans
+            assert {s.get("Index Name") for s in scans} == {"ix_events_newest_fill"}, scans
+        row = await conn.fetchrow(store.LAST_FILL_SQL, "SPY", last_seq)
+        assert orjson.loads(row["payload"]) == {"price": "610"}
+    finally:
+        await conn.close()

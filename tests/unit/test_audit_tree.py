@@ -6,7 +6,7 @@ import uuid
 from dataclasses import replace
 
 from libs.store.queries import Recorded
-from services.ops.cli import as_tree
+from services.ops.cli import as_tree, uncaused
 
 
 def ev(seq: int, name: str, cause: Recorded | None, root: uuid.UUID) -> Recorded:
@@ -48,3 +48,35 @@ def test_the_legs_of_a_two_intent_signal_read_one_after_the_other() -> None:
         ("fill B", 3),
         ("stray", 0),
     ]
+
+
+def test_a_settlement_s_fill_is_said_to_be_the_broker_s_settlement_not_a_hand_placed_order() -> (
+    None
+):
+    """A settlement's fill (an option settled at expiry) has no cause: the
+    broker did it, no order. Its audit said it was an order placed by hand
+    or a flatten's unread close-all, booked to no strategy, while it was
+    booked to the strategy that held the contract. An order placed by hand
+    is still said to be one."""
+    root = uuid.uuid4()
+    by_hand = replace(
+        ev(1, "FillReceived", None, root),
+        payload={"broker_order_id": "b-hand", "symbol": "AAPL", "strategy": None},
+    )
+    assert "no tradebus command caused broker order b-hand" in uncaused([by_hand])
+    settled = replace(
+        by_hand,
+        payload={
+            "broker_order_id": "20261211210000000::a1",
+            "symbol": "O:SPY261211C00600000",
+            "strategy": "s1",
+            "settlement": "exercised",
+        },
+    )
+    said = uncaused([settled])
+    assert "caused broker order" not in said, said
+    assert "by hand" not in said, said
+    assert "booked to no strategy" not in said, said
+    assert "settled an option position at its contract's expiry" in said, said
+    assert "20261211210000000::a1" in said, said
+    assert "booked to s1" in said, said

@@ -298,3 +298,18 @@ async def body_of(ws: Any, method: str, path: str) -> Any:
 
 def strip(activity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in activity.items() if k != "id"}
+
+
+async def test_with_a_date_the_activities_page_size_has_no_maximum(
+    settled_server: PaperBrokerServer,
+) -> None:
+    """Alpaca: "If date is specified, the default behavior is to return all
+    results, and there is no maximum page size" (without one, at most 100).
+    A page_size over 100 with a date was refused (422)."""
+    async with await login(settled_server.port) as ws:
+        day = await body_of(ws, "GET", "/v2/account/activities?date=2026-12-11&page_size=500")
+        assert [a["activity_type"] for a in day] == ["OPTRD", "OPEXC", "FILL", "FILL"]
+        one = await body_of(ws, "GET", "/v2/account/activities?date=2026-12-11&page_size=1")
+        assert [a["activity_type"] for a in one] == ["OPTRD"]
+        refused = await request(ws, "GET", "/v2/account/activities?page_size=500")
+        assert refused["status"] == 422

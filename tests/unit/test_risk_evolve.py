@@ -1087,3 +1087,85 @@ def test_a_price_stamped_a_day_ahead_does_not_hold_the_mark_without_a_max_mark_a
     assert (mark.price, mark.ts_ns) == (D(30), T0 + 10 * S)
     assert state.day_pnl("acct") == D(-700)
     assert [o.kind for o in state.obligations] == ["reduce"]
+
+
+# ------------------------------------------------------ option settlement
+
+#: SPY 600 call expiring on T0's day (2026-03-10, 16:00 New York).
+EXPIRING = "O:SPY260310C00600000"
+#: 2026-03-11 09:30 New York: the next trading day.
+NEXT_MORNING = T0 + (22 * 3600 + 1800) * S
+
+
+def settled(
+    symbol: str, side: str, quantity: int, price: str | int, outcome: str, *, leaves: int = 0
+) -> FillReceived:
+    """A settlement fill as the broker-gateway publishes it the next morning:
+    stamped at the contract's expiry (16:00 New York, 2026-03-10)."""
+    order_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{symbol}/{outcome}")
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account="acct",
+            broker_order_id="activity",
+            fill_id=uuid.uuid4().hex,
+            symbol=symbol,
+            side=side,
+            quantity=D(quantity),
+            price=D(price),
+            cumulative_quantity=D(quantity),
+            leaves_quantity=D(leaves),
+            status="partial" if leaves else "complete",
+            strategy="sma",
+            settlement=outcome,
+        ),
+        source="test/broker-gateway",
+        clock=At(NEXT_MORNING + S),
+        ts_event=T0 + 5 * 3600 * S,
+    )
+
+
+def held_overnight(buy_price: str, close_price: str) -> RiskState:
+    """sma bought 2 calls at ``buy_price`` on their expiry day; they last
+    traded at ``close_price`` before the close, SPY at 610; the next day
+    began (SPY at 611)."""
+    state = evolve(start(), fill(uuid.uuid4(), 2, buy_price, symbol=EXPIRING, strategy="sma"))
+    state = apply(state, trade(EXPIRING, close_price, T0 + 4 * 3600 * S))
+    state = apply(state, trade("SPY", 610, T0 + 5 * 3600 * S - S))
+    state = apply(state, trade("SPY", 611, NEXT_MORNING))
+    assert state.day == dt.date(2026, 3, 11)
+    return state
+
+
+def test_an_exercise_published_the_next_morning_is_booked_in_that_day_and_trips_nothing() -> None:
+    """Bought at 8, the calls closed at 10 (the day's P&L had +400 of
+    them). Exercised overnight, published the next morning stamped at the
+    expiry: booked in the day the gate is in (a day gone is never opened
+    again), the contract measured from the day's basis (its last price, 10:
+    -2,000 realized today) and the shares from the strike (+2,200 at 611),
+    so today's P&L is SPY's move since the close (+200): nothing counted
+    twice or lost. Neither leg is a price. And no daily-loss breaker (limit
+    1,000) trips between the two legs: before, the contract's leg alone
+    made the day -2,000, and the account was flattened and halted for a
+    loss it never had."""
+    state = held_overnight("8", "10")
+    state = evolve(state, settled(EXPIRING, "sell", 2, 0, "exercised"))
+    state = evolve(state, settled("SPY", "buy", 200, 600, "exercised"))
+    assert state.day == dt.date(2026, 3, 11)
+    call, spy = state.positions[("acct", EXPIRING)], state.positions[("acct", "SPY")]
+    assert (call.quantity, call.realized_total, call.realized_day) == (D(0), D(-1600), D(-2000))
+    assert (spy.quantity, spy.avg_price, spy.day_basis) == (D(200), D(600), D(600))
+    assert state.marks["SPY"].price == D(611)
+    assert state.marks[EXPIRING].price == D(10)
+    assert state.day_pnl("acct") == D(200)
+    assert state.obligations == ()
+
+
+def test_an_expiry_published_the_next_morning_is_a_loss_of_that_day() -> None:
+    """Bought at 8, last at 6 before the close (-400 on the expiry day),
+    expired worthless: the next day loses the 1,200 they were still valued
+    at, a settlement whole in itself, and its breaker trips on it."""
+    state = held_overnight("8", "6")
+    state = evolve(state, settled(EXPIRING, "sell", 2, 0, "expired"))
+    assert state.day_pnl("acct") == D(-1200)
+    assert [o.kind for o in state.obligations] == ["daily_loss"]

@@ -14,6 +14,7 @@ import pytest
 from libs.contract.codec import order_id_for
 from libs.contract.envelope import CLOCK_SKEW_NS, Event
 from libs.contract.events import (
+    FillPayload,
     FillReceived,
     MarkPayload,
     MarkUpdated,
@@ -1021,3 +1022,71 @@ def test_the_test_helpers_give_an_option_intent_and_command_the_option_class() -
     assert command.payload.asset_class == "option"
     stock = market_intent(signal("s", "AAPL", at_ns=root.ts_event, ids=ids), "paper", "buy", 1)
     assert stock.payload.asset_class == "equity"
+
+
+def settlement_fill(
+    symbol: str, side: str, quantity: int, price: str, *, strategy: str, at_ns: int
+) -> FillReceived:
+    """A fill the broker-gateway publishes for an option settled at expiry
+    (an exercise here: the contract at 0, the shares at the strike)."""
+    order_id = uuid.uuid4()
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account="paper",
+            broker_order_id=f"activity-{order_id}",
+            fill_id=f"activity-{order_id}",
+            symbol=symbol,
+            side="buy" if side == "buy" else "sell",
+            quantity=Decimal(quantity),
+            price=Decimal(price),
+            cumulative_quantity=Decimal(quantity),
+            leaves_quantity=Decimal(0),
+            status="complete",
+            strategy=strategy,
+            settlement="exercised",
+        ),
+        source="test/broker-gateway",
+        clock=At(at_ns),
+    )
+
+
+def test_a_settlement_is_booked_but_marks_nothing() -> None:
+    """p holds 2 SPY 600 calls bought at 5, q holds 10 SPY marked at 612.
+    The calls are exercised: p's contracts go at 0 (its 1,000 premium
+    realized as lost) and p buys 200 SPY at 600. The ledgers book both, and
+    neither fill marks a symbol: q's SPY stays at 612 (not the strike),
+    p's contract keeps its last price, p's new shares are unmarked until
+    SPY prints. Also after a restart from the store (``restore``)."""
+    call = "O:SPY261211C00600000"
+    flatten = uuid.uuid4()
+    for restoring in (False, True):
+        rt = InMemoryRuntime(ids=counter_ids())
+        rt.add("p", Probe, symbols=(call, "SPY"))
+        rt.add("q", Probe, symbols=("SPY",))
+        events: list[Event] = [
+            booked_fill(call, "buy", 2, "5", strategy="p", flatten=flatten, fill_id="f-p", at_ns=1),
+            booked_fill("SPY", "buy", 10, "610", strategy="q", flatten=flatten, fill_id="f-q"),
+            bar("SPY", 612, 0),
+            settlement_fill(call, "sell", 2, "0", strategy="p", at_ns=2 * MINUTE_NS),
+            settlement_fill("SPY", "buy", 200, "600", strategy="p", at_ns=2 * MINUTE_NS),
+        ]
+        if restoring:
+            for event in events:
+                rt.restore(event)
+        else:
+            rt.run(events)
+        p = rt.hosts["p"].ledger
+        contract, shares = p.position(call), p.position("SPY")
+        assert (contract.quantity, contract.realized_pnl) == (Decimal(0), Decimal(-1000))
+        assert contract.mark == Decimal(5), "a settlement is no price of the contract"
+        assert (shares.quantity, shares.average_price) == (Decimal(200), Decimal(600))
+        assert shares.mark is None
+        q = rt.hosts["q"].ledger.position("SPY")
+        assert (q.mark, q.unrealized_pnl) == (Decimal(612), Decimal(20)), "the strike is no price"
+        if not restoring:
+            assert [f.settlement for f in probe_seen(rt, "p") if isinstance(f, Fill)] == [
+                None,
+                "exercised",
+                "exercised",
+            ]

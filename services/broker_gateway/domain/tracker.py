@@ -137,6 +137,12 @@ class TrackedOrder:
     closing: bool = False
     filled: Decimal = ZERO  # the watermark: cumulative quantity published
     notional: Decimal = ZERO  # sum of quantity x price over published fills
+    #: An option settlement's (``FillPayload.settlement``): the quantity
+    #: published per strategy, in the order published. A settlement cut by a
+    #: restart is finished as it began from it, and an exercise's shares
+    #: follow it (services/broker_gateway/settlement.py). None for any other
+    #: order (it costs nothing there).
+    split: dict[str | None, Decimal] | None = None
     cancel_cause: Event | CauseRef | None = None
     #: The broker may know the order: its SubmitOrder came (a gateway before
     #: a restart may have sent it, and a submit answered "pending" leaves no
@@ -298,6 +304,10 @@ class OrderTracker:
         strategy = p.strategy if p.strategy is not None else t.strategy
         key = (strategy, p.symbol)
         self.positions[key] = self.positions.get(key, ZERO) + _signed(p.side, p.quantity)
+        if p.settlement is not None:
+            split = t.split if t.split is not None else {}
+            split[strategy] = split.get(strategy, ZERO) + p.quantity
+            t.split = split
         if p.leaves_quantity == 0:
             t.terminal = "filled"
             self._settled(t)

@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -627,7 +628,7 @@ def _activities(activities: Sequence[A], query: dict[str, str]) -> list[A]:
     the time, ``date`` (YYYY-MM-DD) keeps one day's (New York; a non-trade
     activity's ``date``), ``direction`` is ``desc`` (newest first, the
     default) or ``asc``, ``page_size`` at most 100 (the default; with
-    ``date``, every one of the day unless asked), ``page_token`` the id of
+    ``date``, every one of the day unless asked, and no most), ``page_token`` the id of
     the last activity of the page before. There is no filter by order: a
     client keeps what is its own.
     """
@@ -645,8 +646,11 @@ def _activities(activities: Sequence[A], query: dict[str, str]) -> list[A]:
         if at is None:
             raise Refused(422, CODE_UNPROCESSABLE, f"page_token {token} is not in the list")
         picked = picked[at + 1 :]
-    if day is not None and "page_size" not in query:
-        return picked  # as at Alpaca: with a date, the whole day
+    if day is not None:
+        # As at Alpaca: with a date, the whole day unless asked, and no most.
+        if "page_size" not in query:
+            return picked
+        return picked[: _count(query, "page_size", ACTIVITIES_PAGE_SIZE, sys.maxsize)]
     return picked[: _count(query, "page_size", ACTIVITIES_PAGE_SIZE, ACTIVITIES_PAGE_SIZE)]
 
 

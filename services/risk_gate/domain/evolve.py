@@ -29,10 +29,12 @@ from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    OPTION_PREFIX,
     BarClosed,
     BreakerTripped,
     BrokerConnectionChanged,
     ClosingOrdersPlaced,
+    FillPayload,
     FillReceived,
     KillSwitchEngaged,
     KillSwitchReleased,
@@ -535,7 +537,29 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
         marks=marks,
         fills_seen=state.fills_seen.add(key),
     )
+    if p.settlement is not None and not _settles_whole(p):
+        return state
     return _check_loss(state, event, accounts)
+
+
+def _settles_whole(p: FillPayload) -> bool:
+    """Whether ``p``, a settlement's fill (an option's expiry), is its last:
+    the day P&L is checked against the daily-loss breaker only then.
+
+    A settlement comes as consecutive fills, one per strategy: an expiry's,
+    or an exercise's (an assignment's) contracts at 0 and then the shares at
+    the strike. Between the two legs the day P&L is not the account's: a
+    long exercised call has lost its value and not yet got its shares (2
+    calls last at 10 with SPY at 610: -2,000 until the shares come, 0 after
+    them), and a breaker tripped there flattens and halts an account for a
+    loss it never had. A settlement is booked in the trading day the gate is
+    in when it comes (its ``ts_event``, the expiry, may be a day gone, which
+    is never opened again), measured from that day's basis, so its legs
+    together leave the day P&L with the underlying's move since the close.
+    """
+    if p.leaves_quantity > 0:
+        return False  # more of its strategies' fills follow
+    return p.settlement == "expired" or not p.symbol.startswith(OPTION_PREFIX)
 
 
 def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:

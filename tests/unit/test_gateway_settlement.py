@@ -1,0 +1,244 @@
+"""``settlement_events`` (services/broker_gateway/settlement.py): the broker's
+non-trade activities of option events turned into settlement fills, split
+over the strategies that held the contract, exactly once across restarts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+
+import pytest
+
+from libs.contract.envelope import Event
+from libs.contract.events import FillPayload, FillReceived, Side
+from libs.contract.options import parse_option
+from services.broker_gateway.domain.model import BrokerActivity
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.settlement import settlement_events
+
+D = Decimal
+ACCOUNT = "acct"
+SOURCE = "broker-gateway/test"
+CALL = "O:SPY261211C00600000"  # SPY 600 call, expires Friday 2026-12-11
+PUT = "O:SPY261211P00600000"
+EXPIRY = dt.date(2026, 12, 11)
+T0 = 1_797_000_000_000_000_000
+
+
+class Clock:
+    def now_ns(self) -> int:
+        return T0
+
+
+CLOCK = Clock()
+
+
+def opened(holdings: Sequence[tuple[str | None, str, str]]) -> list[FillReceived]:
+    """The fills that opened ``holdings`` ((strategy, symbol, signed quantity)),
+    one order each."""
+    out = []
+    for i, (strategy, symbol, qty) in enumerate(holdings):
+        side: Side = "buy" if D(qty) > 0 else "sell"
+        out.append(
+            FillReceived.create(
+                FillPayload(
+                    order_id=uuid.UUID(int=i + 1),
+                    account=ACCOUNT,
+                    broker_order_id=f"b-{i}",
+                    fill_id=f"f-{i}",
+                    symbol=symbol,
+                    side=side,
+                    quantity=abs(D(qty)),
+                    price=D("2.5"),
+                    cumulative_quantity=abs(D(qty)),
+                    leaves_quantity=D(0),
+                    status="complete",
+                    strategy=strategy,
+                ),
+                source=SOURCE,
+                clock=CLOCK,
+            )
+        )
+    return out
+
+
+def tracker(events: Sequence[Event]) -> OrderTracker:
+    """A tracker rebuilt from ``events``, as the gateway's start-up does."""
+    t = OrderTracker(ACCOUNT, clock=CLOCK, source=SOURCE)
+    for e in events:
+        t.evolve(e)  # type: ignore[arg-type]
+    return t
+
+
+def activity(
+    activity_id: str, kind: str, symbol: str, qty: str, price: str | None = None
+) -> BrokerActivity:
+    return BrokerActivity(
+        activity_id=activity_id,
+        activity_type=kind,
+        date=EXPIRY,
+        symbol=symbol,
+        quantity=D(qty),
+        price=None if price is None else D(price),
+    )
+
+
+Booked = tuple[str, str, str, str, str, str | None]
+
+
+def booked(events: Sequence[Event]) -> list[Booked]:
+    """(symbol, side, quantity, price, settlement, strategy) of each fill."""
+    out: list[Booked] = []
+    for e in events:
+        assert isinstance(e, FillReceived)
+        p = e.payload
+        assert p.settlement is not None
+        out.append((p.symbol, p.side, str(p.quantity), str(p.price), p.settlement, p.strategy))
+    return out
+
+
+def settle(t: OrderTracker, activities: Sequence[BrokerActivity]) -> list[Event]:
+    return settlement_events(t, activities, clock=CLOCK, source=SOURCE)
+
+
+def test_an_exercise_is_split_over_the_strategies_in_name_order_the_rest_to_none() -> None:
+    """s2 holds 2 calls, s1 holds 1, and the broker exercises 4 (one bought
+    outside tradebus): s1's 1, s2's 2, the rest (1) to no strategy, one
+    fill each at 0, cumulative quantities consecutive; the shares follow the
+    same split, 100 a contract at the strike. Every fill is stamped at the
+    contract's expiry (16:00 New York)."""
+    t = tracker(opened([("s2", CALL, "2"), ("s1", CALL, "1")]))
+    events = settle(
+        t, [activity("a1", "OPEXC", CALL, "-4"), activity("a2", "OPTRD", "SPY", "400", "600")]
+    )
+    assert booked(events) == [
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+        (CALL, "sell", "2", "0", "exercised", "s2"),
+        (CALL, "sell", "1", "0", "exercised", None),
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        ("SPY", "buy", "200", "600", "exercised", "s2"),
+        ("SPY", "buy", "100", "600", "exercised", None),
+    ]
+    fills = [e.payload for e in events if isinstance(e, FillReceived)]
+    assert [(f.cumulative_quantity, f.leaves_quantity, f.status) for f in fills[:3]] == [
+        (D(1), D(3), "partial"),
+        (D(3), D(1), "partial"),
+        (D(4), D(0), "complete"),
+    ]
+    assert len({f.order_id for f in fills[:3]}) == 1
+    assert len({f.order_id for f in fills[3:]}) == 1
+    assert len({f.fill_id for f in fills}) == len(fills)
+    assert len({e.id for e in events}) == len(events)
+    assert {e.ts_event for e in events} == {parse_option(CALL).expires_at_ns}
+    assert t.position(CALL, "s1") == t.position(CALL, "s2") == 0
+    assert (t.position("SPY", "s1"), t.position("SPY", "s2")) == (D(100), D(200))
+    # Read again (the next read's list holds them too): nothing twice.
+    assert (
+        settle(
+            t, [activity("a1", "OPEXC", CALL, "-4"), activity("a2", "OPTRD", "SPY", "400", "600")]
+        )
+        == []
+    )
+
+
+def test_an_option_trade_with_no_exercise_before_it_is_booked_to_nobody_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ``OPTRD`` read without its ``OPEXC`` / ``OPASN`` (the list began
+    after it, say): the shares are booked, to no strategy (nothing says whose
+    they are), stamped when published, and the gateway says so."""
+    t = tracker(opened([("s1", CALL, "1")]))
+    caplog.set_level(logging.WARNING, logger="services.broker_gateway.settlement")
+    [event] = settle(t, [activity("a2", "OPTRD", "SPY", "100", "600")])
+    assert booked([event]) == [("SPY", "buy", "100", "600", "exercised", None)]
+    assert event.ts_event == T0
+    assert t.position("SPY", None) == D(100)
+    assert t.position(CALL, "s1") == D(1), "the contract is left as it was"
+    assert any("follows no exercise or assignment" in r.getMessage() for r in caplog.records)
+
+
+def test_an_option_trade_of_another_exercise_is_not_taken_for_the_one_before_it() -> None:
+    """An ``OPTRD`` right after an exercise but of another size (or root) is
+    not that exercise's: booked to nobody."""
+    t = tracker(opened([("s1", CALL, "1")]))
+    events = settle(
+        t, [activity("a1", "OPEXC", CALL, "-1"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    )
+    assert booked(events) == [
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+        ("SPY", "buy", "200", "600", "exercised", None),
+    ]
+
+
+def test_a_short_put_assigned_buys_the_shares() -> None:
+    """s1 is short 2 puts; assigned, it buys the 2 back at 0 (its premium
+    kept) and buys 200 shares at the strike."""
+    t = tracker(opened([("s1", PUT, "-2")]))
+    events = settle(
+        t, [activity("a1", "OPASN", PUT, "2"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    )
+    assert booked(events) == [
+        (PUT, "buy", "2", "0", "assigned", "s1"),
+        ("SPY", "buy", "200", "600", "assigned", "s1"),
+    ]
+    assert (t.position(PUT, "s1"), t.position("SPY", "s1")) == (D(0), D(200))
+
+
+def test_an_expiry_is_booked_at_0_and_makes_no_shares() -> None:
+    t = tracker(opened([("s1", CALL, "3")]))
+    events = settle(t, [activity("a1", "OPEXP", CALL, "-3")])
+    assert booked(events) == [(CALL, "sell", "3", "0", "expired", "s1")]
+    assert t.net_positions() == {}
+
+
+EXERCISE = (activity("a1", "OPEXC", CALL, "-4"), activity("a2", "OPTRD", "SPY", "400", "600"))
+
+
+@pytest.mark.parametrize("published", range(6))
+def test_a_settlement_cut_by_a_restart_is_finished_as_it_began(published: int) -> None:
+    """The gateway published the first ``published`` of the exercise's 6
+    fills (3 strategies' contracts, then their shares) and died. Rebuilt
+    from what was published, it publishes the rest, exactly as an uncut
+    run would have: the same strategies, quantities and event ids, nothing
+    twice, and no fill id repeated (the risk-gate and the ledgers drop a
+    fill whose id they have seen as the same execution reported again).
+    Before, the shares were split over the contracts' holders as they stood
+    after the restart (the ones already settled hold none: their shares went
+    to nobody), the rest of a cut share trade was split as a closing fill
+    of the underlying (to strategies short of it, or nobody), and the first
+    fill after the restart took the first fill's id."""
+    holdings = opened([("s2", CALL, "2"), ("s1", CALL, "1")])
+    whole = settle(tracker(holdings), EXERCISE)
+    assert len(whole) == 6
+    before = whole[:published]
+    rest = settle(tracker([*holdings, *before]), EXERCISE)
+    assert booked([*before, *rest]) == booked(whole)
+    assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
+    fill_ids = [e.payload.fill_id for e in [*before, *rest] if isinstance(e, FillReceived)]
+    assert len(set(fill_ids)) == len(fill_ids), fill_ids
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(activity("x1", "OPEXP", "O:SPY261399C00600000", "-1"), id="no-such-expiry"),
+        pytest.param(activity("x1", "OPTRD", "SPY B", "100", "600"), id="no-such-symbol"),
+        pytest.param(activity("x1", "OPEXC", CALL, "-0.0000000000001"), id="too-many-places"),
+    ],
+)
+def test_an_activity_the_contract_cannot_carry_is_left_out_and_the_rest_booked(
+    bad: BrokerActivity, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One activity a fill cannot carry (a contract symbol that names no
+    contract, a symbol the contract refuses, a quantity with 13 places):
+    logged and left out, the others booked. It raised out of the settlement
+    task, which took the account's worker (its event stream) down with it,
+    and again at every start-up: the same activity is read each time."""
+    t = tracker(opened([("s1", CALL, "1")]))
+    caplog.set_level(logging.WARNING, logger="services.broker_gateway.settlement")
+    events = settle(t, [bad, activity("a1", "OPEXP", CALL, "-1")])
+    assert booked(events) == [(CALL, "sell", "1", "0", "expired", "s1")]
+    assert any("x1" in r.getMessage() for r in caplog.records)
