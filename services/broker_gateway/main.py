@@ -75,7 +75,11 @@ async def _rebuilt(
     A function of its own so that the recorded events are let go once the
     trackers have them (as a local of ``serve`` they lived as long as it).
     Old settled orders are left out (``rebuild_settled_s``), except those a
-    command the consumer may still deliver (after its ack floor) is about.
+    command the consumer may still deliver (after its ack floor) is about;
+    a flatten before the ack floor is not waited for (it will not come
+    again). With no consumer yet, nothing is after its floor: a new one
+    delivers each command for the first time, and a first delivery never
+    looks for an earlier run's closing orders.
     """
     try:
         info = await bus.js.consumer_info(STREAM, settings.consumer)

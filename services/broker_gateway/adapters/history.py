@@ -19,6 +19,13 @@ read, decode and hold every order ever placed, so each restart would be
 slower than the one before (the memory was also let go only after the
 rebuild). Positions do span all history: they are summed over every
 recorded fill by PostgreSQL (``POSITIONS_SQL``), not folded here.
+
+A flatten before ``pending_from_seq`` was acknowledged: it ran to its
+outcome, or was given up or dead-lettered, and JetStream will not deliver
+it again. Its tracker does not count it among the flattens a crash may have
+cut (``History.flattens_acknowledged``), whatever it recorded: else a start-up
+held back unknown market orders waiting for it to come again, which it never
+would (one given up records nothing, and it held them back at every restart).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,7 +41,7 @@ from decimal import Decimal
 import asyncpg
 
 from libs.contract.envelope import Clock
-from libs.contract.events import AnyEvent
+from libs.contract.events import AnyEvent, FlattenAccount
 from libs.store.errors import StoreUnavailable
 from libs.store.queries import stored_event
 from libs.store.urls import asyncpg_url
@@ -114,11 +122,15 @@ class History:
     positions: dict[str, Positions] = field(default_factory=dict)
     #: Settled orders not read back (see the module's docstring).
     orders_left_out: int = 0
+    #: The flattens read back that the command consumer has acknowledged
+    #: (before ``pending_from_seq``): it will not deliver them again.
+    flattens_acknowledged: set[uuid.UUID] = field(default_factory=set)
 
     def trackers(
         self, accounts: Sequence[str], *, clock: Clock, source: str
     ) -> dict[str, OrderTracker]:
-        """Each account's tracker: the events folded, the positions set over all fills."""
+        """Each account's tracker: the events folded, the positions set over
+        all fills, the acknowledged flattens no longer waited for."""
         trackers = {a: OrderTracker(a, clock=clock, source=source) for a in accounts}
         for event in self.events:
             tracker = trackers.get(str(getattr(event.payload, "account", "")))
@@ -127,6 +139,7 @@ class History:
         for name, tracker in trackers.items():
             # Over every fill, those of the orders left out included.
             tracker.positions = dict(self.positions.get(name, {}))
+            tracker.flattens_acknowledged(self.flattens_acknowledged)
         return trackers
 
 
@@ -175,8 +188,16 @@ async def order_path_history(
     positions: dict[str, Positions] = {a: {} for a in accounts}
     for r in sums:
         positions[r["account"]][(r["strategy"], r["symbol"])] = Decimal(r["quantity"])
-    events = [e for e in map(_event, rows) if e is not None]
-    return History(events, positions, int(rows[0]["left_out"]))
+    events: list[AnyEvent] = []
+    acknowledged: set[uuid.UUID] = set()
+    for row in rows:
+        event = _event(row)
+        if event is None:
+            continue
+        events.append(event)
+        if isinstance(event, FlattenAccount) and row["seq"] < pending_from_seq:
+            acknowledged.add(event.id)
+    return History(events, positions, int(rows[0]["left_out"]), acknowledged)
 
 
 def _event(row: asyncpg.Record) -> AnyEvent | None:
