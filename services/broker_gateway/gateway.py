@@ -348,8 +348,9 @@ class AccountWorker:
         #: Closing orders created after this (ns) are no earlier gateway's.
         self.started_ns = clock.now_ns()
         #: Flattens recorded before this start whose close-all is not known to
-        #: have answered, by id, until each has run here: orders they may
-        #: claim are held back meanwhile (see _holds_back).
+        #: have answered, and that the command consumer may still deliver
+        #: (after its ack floor), by id, until each has run here: orders they
+        #: may claim are held back meanwhile (see _holds_back).
         self._recoverable = {f.id: f for f in tracker.unfinished_flattens()}
         #: Those of them delivered to this gateway (see _recovery_due).
         self._recoverable_came: set[uuid.UUID] = set()

@@ -74,8 +74,13 @@ async def _rebuilt(
 
     A function of its own so that the recorded events are let go once the
     trackers have them (as a local of ``serve`` they lived as long as it).
-    Old settled orders are left out (``rebuild_settled_s``), except those a
-    command the consumer may still deliver (after its ack floor) is about.
+    Old settled orders and old flattens are left out (``rebuild_settled_s``),
+    except those a command the consumer may still deliver (after its ack
+    floor) is about, and the flattens an order kept needs; a flatten before
+    the ack floor is not waited for (it will not come again). With no
+    consumer yet, nothing is after its floor: a new one delivers each
+    command for the first time, and a first delivery never looks for an
+    earlier run's closing orders.
     """
     try:
         info = await bus.js.consumer_info(STREAM, settings.consumer)
@@ -94,11 +99,12 @@ async def _rebuilt(
     trackers = history.trackers(names, clock=clock, source=source)
     log.info(
         "rebuilt %d accounts from %d order-path events (%d orders; %d settled orders "
-        "older than %gs left out)",
+        "and %d flattens older than %gs left out)",
         len(trackers),
         len(history.events),
         sum(len(t.orders) for t in trackers.values()),
         history.orders_left_out,
+        history.flattens_left_out,
         settings.rebuild_settled_s,
     )
     del history

@@ -53,13 +53,16 @@ from services.broker_gateway import gateway as gateway_module
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
+from services.broker_gateway.config import GatewaySettings
 from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.errors import AnswerUnread
 from services.broker_gateway.gateway import (
     RECONCILE_ATTEMPTS,
     RETRY_INITIAL_S,
     AccountWorker,
     Outbox,
 )
+from services.broker_gateway.main import _rebuilt
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import (
     BookConfig,
@@ -70,6 +73,7 @@ from services.paper_broker.domain.book import (
     day_order_expiry_ns,
 )
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
+from tests.integration.recording import record_stream
 
 D = Decimal
 CLOCK = WallClock()
@@ -1056,6 +1060,83 @@ async def test_a_flatten_cut_by_a_crash_owns_its_working_closing_order_before_re
         ("s1", "4"),
     ]
     assert all(f["causation_id"] == str(flat.id) for f in fills)
+
+
+async def test_a_restart_holds_back_nothing_for_a_flatten_that_cannot_come_again(
+    bus: Bus, venues: list[Venue], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two flattens are recorded without an outcome. One was given up (its
+    close-all's answer never read, and the broker showed no closing order):
+    it records nothing and is acknowledged, so JetStream never delivers it
+    again. The other ran to its end (its ``ClosingOrdersPlaced`` is
+    recorded) and the gateway died (kill -9) before its ack. Rebuilt from
+    the store through the consumer's ack floor, the tracker counted the
+    given-up one among the flattens a crash may have cut: at every start-up
+    a market order placed by hand at the broker was held back, unknown to
+    the strategies and the risk-gate, for four ack waits (and again at each
+    restart while that flatten stayed in the store). Now it is not waited
+    for, the order is taken in by the reconnection's reconciliation, and the
+    flatten that ran, delivered again, is still a repeat: no second close-all."""
+    a = venues[0]
+    a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
+    given_up, ran = flatten(a.account), flatten(a.account)
+    died = asyncio.Event()
+    async with gateway(bus, venues[:1]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        await bus.publish(submit(a.account, "AAPL", "10"))
+        await eventually(lambda: w.tracker.position("AAPL", "s1") == D(10), timeout=10)
+        close_all = w.port.close_all
+
+        async def unread() -> None:
+            raise AnswerUnread("acct-a: no answer to close_all within 5s")
+
+        monkeypatch.setattr(w.port, "close_all", unread)
+        floor = (await bus.publish(given_up)).seq
+        await eventually(lambda: ("FlattenAccount", 1) in gw.deliveries, timeout=10)
+        await w.wait_idle()
+        assert not w.tracker.flattened(given_up.id)  # given up: nothing recorded
+
+        async def acked_never(msg: Msg) -> None:
+            died.set()
+            await asyncio.Event().wait()  # dead: its ack is never sent
+
+        monkeypatch.setattr(w.port, "close_all", close_all)
+        monkeypatch.setattr(w, "_ack_confirmed", acked_never)
+
+        async def acked_to_floor() -> bool:
+            info = await bus.js.consumer_info(STREAM, "broker-gateway-test")
+            return info.ack_floor is not None and info.ack_floor.stream_seq >= floor
+
+        await eventually(acked_to_floor, timeout=10)
+        await bus.publish(ran)
+        await eventually(died.is_set, timeout=10)
+        await eventually(lambda: _caused_by(bus, f"broker.close.{a.account}", ran.id), timeout=10)
+    assert (a.book.cancel_alls, a.book.close_alls) == (2, 1)
+    assert a.book.positions(a.account) == []
+    # While the gateway is down the trader buys 3 MSFT at the market by hand
+    # (no price yet: it works).
+    hand, _ = a.book.submit(a.account, OrderSpec(symbol="MSFT", side="buy", qty=D(3)))
+    await record_stream(bus, database_url)
+    settings = GatewaySettings(
+        database_url=SecretStr(database_url), consumer="broker-gateway-test", rebuild_wait_s=0
+    )
+    last_seq = (await bus.js.stream_info(STREAM)).state.last_seq
+    trackers = await _rebuilt(settings, bus, [a.account], last_seq, CLOCK, "broker-gateway/test")
+    tracker = trackers[a.account]
+    assert tracker.flattened(ran.id)
+    assert tracker.unfinished_flattens() == []
+    async with gateway(bus, venues[:1], trackers=trackers) as gw:
+        w = gw.workers[a.account]
+        assert not w._recoverable
+        await eventually(lambda: w._reached_end, timeout=10)
+        assert hand.id in w.tracker._by_broker  # taken in, not held back
+        await eventually(lambda: ("FlattenAccount", 2) in gw.deliveries, timeout=10)
+        await w.wait_idle()
+        assert w.tracker.flattened(ran.id)
+    assert gw.deliveries == [("FlattenAccount", 2)]  # the given-up one never comes again
+    assert (a.book.cancel_alls, a.book.close_alls) == (2, 1)  # the repeat did nothing
+    assert [o.id for o in a.book.orders(a.account, "open")] == [hand.id]
 
 
 async def _caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:

@@ -28,6 +28,7 @@ from libs.contract.envelope import Event
 from libs.contract.events import (
     CancelOrder,
     CancelOrderPayload,
+    ClosingOrdersPlaced,
     FillReceived,
     FlattenAccount,
     FlattenAccountPayload,
@@ -143,8 +144,8 @@ def _flatten(live: OrderTracker, clock: Clock) -> list[Event]:
     live.flatten_started(flatten)
     closing = [
         BrokerOrder(
-            broker_order_id=f"close-{sym}",
-            client_order_id=f"close-{sym}",
+            broker_order_id=f"close-{sym}-{flatten.id.hex[:8]}",
+            client_order_id=f"close-{sym}-{flatten.id.hex[:8]}",
             symbol=sym,
             side="sell" if q > 0 else "buy",
             quantity=abs(q),
@@ -160,7 +161,7 @@ def _flatten(live: OrderTracker, clock: Clock) -> list[Event]:
         done = dataclasses.replace(
             o, filled_quantity=o.quantity, filled_avg_price=D(99), status="filled"
         )
-        out += live.on_update(fill_update(done, str(o.quantity), "99", f"x-{o.symbol}"))
+        out += live.on_update(fill_update(done, str(o.quantity), "99", f"x-{o.broker_order_id}"))
     return out
 
 
@@ -174,7 +175,9 @@ def _history(seed: int) -> tuple[list[Event], int]:
     for i in range(150):
         clock.t = NOW - 10 * DAY_NS + i * 10**9
         events += _one_order(live, clock, rng, OUTCOMES[i % len(OUTCOMES)])
-        if i == 100:
+        if i in (40, 41, 100):
+            # The one at 41 comes when every order working has its cancel
+            # cause (the one at 40): it is left out with its closing orders.
             events += _flatten(live, clock)
         if i % 7 == 0:
             events += _one_order(other, clock, rng, "filled")
@@ -233,6 +236,7 @@ async def test_old_settled_orders_are_left_out_and_nothing_else(database_url: st
         left_out = _expected_left_out(events, full, pending_from, before)
         if pending_from > 1:
             assert len(left_out) > 50, "the history must have old settled orders to leave out"
+            assert history.flattens_left_out > 0, "and old flattens no order kept needs"
         assert history.orders_left_out == len(left_out)
         assert set(kept.orders) == set(full.orders) - left_out
         for oid, t in kept.orders.items():
@@ -350,3 +354,104 @@ async def test_a_recorded_order_the_contract_no_longer_takes_is_skipped_saying_s
     assert f"seq {seq}" in caplog.text
     assert "O:SPY" in caplog.text
     assert set(kept.orders) == set(_fold(events).orders)
+
+
+def _flatten_cmd(clock: Clock) -> FlattenAccount:
+    return FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="test"),
+        source="test/risk-gate",
+        clock=At(clock.t),
+    )
+
+
+def _flatten_answered(live: OrderTracker, clock: Clock) -> list[Event]:
+    """A flatten whose close-all answered, placing nothing (the account flat)."""
+    flatten = _flatten_cmd(clock)
+    live.flatten_started(flatten)
+    out: list[Event] = [flatten, *live.flatten_done([])]
+    live.flatten_ended()
+    return out
+
+
+async def test_old_flattens_are_left_out_unless_a_kept_order_needs_them(
+    database_url: str,
+) -> None:
+    """Every FlattenAccount (and its ClosingOrdersPlaced) ever recorded was
+    read back, as they name no order: the rebuild grew with the account's
+    whole history. A flatten is now left out when the consumer cannot
+    deliver it again (before its ack floor), it is older than the window (a
+    consumer made anew replays less), and no order kept needs it: as the
+    cancel cause of an order working when it came, as the cause of a
+    closing order's events, or as the flatten that claimed an order. The
+    orders kept are exactly what folding everything gives."""
+    rng = random.Random(1)
+    clock = Clock()
+    clock.t = NOW - 10 * DAY_NS
+    live = OrderTracker(ACCOUNT, clock=clock, source="broker-gateway/test")
+
+    def working(name: str) -> BrokerOrder:
+        return BrokerOrder(name, name, "AAPL", "sell", D(3), D(0), None, "accepted")
+
+    events = _one_order(live, clock, rng, "filled")
+    events += _flatten(live, clock)  # its closing order filled: nothing kept needs it
+    closed = events[-1]
+    assert isinstance(closed, FillReceived)
+    assert closed.payload.leaves_quantity == 0
+    events += _flatten_answered(live, clock)  # the account already flat
+    given_up = _flatten_cmd(clock)  # recorded nothing
+    events.append(given_up)
+    events += _one_order(live, clock, rng, "open")  # still working
+    events += _flatten_answered(live, clock)  # its cancel cause
+    cancels_it = events[-2]
+    events += _flatten_answered(live, clock)  # it has its cancel cause already
+    # Cut by a crash: its closing order, taken in as nobody's at the restart,
+    # is claimed when it is delivered again.
+    claims = _flatten_cmd(clock)
+    live.flatten_started(claims)
+    live.flatten_ended()
+    events.append(claims)
+    events += live.on_update(OrderUpdate("accepted", working("claimed"), clock.t))
+    live.flatten_started(claims)
+    assert live.adopt_closing_orders([working("claimed")])
+    events += live.flatten_done([working("claimed")])
+    live.flatten_ended()
+    events += _flatten_answered(live, clock)  # the claimed order's cancel cause
+    # Dead-lettered after its closing order was accepted (no answer recorded).
+    causes = _flatten_cmd(clock)
+    live.flatten_started(causes)
+    events += [causes, *live.on_update(OrderUpdate("accepted", working("caused"), clock.t))]
+    live.flatten_ended()
+    clock.t = NOW - 3600 * 10**9
+    events += _flatten_answered(live, clock)  # in the window
+    recent = events[-2]
+    pending_from = len(events) + 1
+    events += _flatten_answered(live, clock)  # may be delivered again
+    ran = events[-2]
+    cut = _flatten_cmd(clock)  # cut by a crash: waited for
+    events.append(cut)
+    await record_events(database_url, events)
+    full = _fold(events)
+
+    history, kept = await _rebuild(database_url, pending_from, NOW - WINDOW_NS)
+    needed = {cancels_it.id, claims.id, causes.id, recent.id, ran.id, cut.id}
+    flattens = [e for e in history.events if isinstance(e, FlattenAccount)]
+    assert len(flattens) == len(needed) + 1  # the claimed order's cancel cause
+    assert needed < {e.id for e in flattens}
+    # Each one's answer with it, no other.
+    answers = {e.causation_id for e in history.events if isinstance(e, ClosingOrdersPlaced)}
+    assert answers == {e.id for e in flattens} - {causes.id, cut.id}
+    assert history.flattens_left_out == 4
+    assert set(kept.orders) == {t.order_id for t in full.unsettled()}
+    assert len(kept.orders) == 3
+    for oid, t in kept.orders.items():
+        assert t == full.orders[oid], oid
+    closing = {t.broker_order_id: t for t in kept.orders.values() if t.closing}
+    assert closing["claimed"].cause == claims
+    assert closing["caused"].cause == causes
+    # Redelivered, each flatten after the ack floor is known: a repeat, or
+    # the one a crash may have cut; none before it is waited for.
+    assert kept.flattened(ran.id)
+    assert [f.id for f in kept.unfinished_flattens()] == [cut.id]
+    # A consumer made anew replays the window: the recent flatten is done.
+    assert kept.flattened(recent.id)
+    assert not kept.flattened(given_up.id)

@@ -688,6 +688,36 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     assert rebuilt.unfinished_flattens() == []
 
 
+def test_a_flatten_the_consumer_acknowledged_is_not_waited_for_and_stays_done() -> None:
+    """Flattens the command consumer acknowledged will not be delivered
+    again: one cut without an outcome (given up, dead-lettered) is not among
+    the flattens a crash may have cut, and one that ran stays done, in case
+    a consumer made anew replays it. Its closing order keeps it as its cause."""
+    live = tracker()
+    ran, cut = (
+        FlattenAccount.create(
+            FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+        )
+        for _ in range(2)
+    )
+    live.flatten_started(ran)
+    done = live.flatten_done(
+        [order(None, broker_id="c-1", client_id="close-1", symbol="AAPL", side="sell")]
+    )
+    live.flatten_ended()
+    rebuilt = tracker()
+    for e in (ran, *done, cut):
+        rebuilt.evolve(e)  # type: ignore[arg-type]
+    assert [f.id for f in rebuilt.unfinished_flattens()] == [cut.id]
+    rebuilt.flattens_acknowledged({ran.id, cut.id, uuid.uuid4()})  # another account's too
+    assert rebuilt.unfinished_flattens() == []
+    assert rebuilt.flattened(ran.id)
+    assert not rebuilt.flattened(cut.id)
+    [closing] = rebuilt.orders.values()
+    assert closing.closing
+    assert closing.cause == ran
+
+
 def test_an_order_that_ended_is_not_accepted_after_it() -> None:
     """The submit's answer can bring the venue's rejection (or a cancel can
     end the order) before the stream's ``new`` is taken in: that late ``new``,

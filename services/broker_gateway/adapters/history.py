@@ -19,6 +19,25 @@ read, decode and hold every order ever placed, so each restart would be
 slower than the one before (the memory was also let go only after the
 rebuild). Positions do span all history: they are summed over every
 recorded fill by PostgreSQL (``POSITIONS_SQL``), not folded here.
+
+Nor is every flatten read back (a ``FlattenAccount`` and its
+``ClosingOrdersPlaced`` name no order, and were all read, so the rebuild
+still grew with the account's history). One is read if the consumer may
+deliver it again (from ``pending_from_seq``: asked again, it must be known
+for a repeat or for one a crash may have cut) or a consumer made anew may
+replay it (not older than ``settled_before_ns``: such a one replays
+``max_submit_delay_s``, no more), or if an order read back needs it: the
+first flatten after the order came, if the order had not ended by then
+(its cancel cause), one its events name as their cause (its closing
+orders, its cancels), and one whose ``ClosingOrdersPlaced`` claimed it.
+Every order read back is then exactly what folding the whole history makes.
+
+A flatten before ``pending_from_seq`` was acknowledged: it ran to its
+outcome, or was given up or dead-lettered, and JetStream will not deliver
+it again. Its tracker does not count it among the flattens a crash may have
+cut (``History.flattens_acknowledged``), whatever it recorded: else a start-up
+held back unknown market orders waiting for it to come again, which it never
+would (one given up records nothing, and it held them back at every restart).
 """
 
 from __future__ import annotations
@@ -26,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,7 +53,7 @@ from decimal import Decimal
 import asyncpg
 
 from libs.contract.envelope import Clock
-from libs.contract.events import AnyEvent
+from libs.contract.events import AnyEvent, FlattenAccount
 from libs.store.errors import StoreUnavailable
 from libs.store.queries import stored_event
 from libs.store.urls import asyncpg_url
@@ -53,32 +73,87 @@ ORDER_PATH_TYPES = (
 )
 POLL_S = 0.1
 
-#: The account's order-path events, less the settled orders left out ($3:
-#: the first sequence that may still matter, $4: the oldest ts_init that may).
+#: The account's order-path events, less the settled orders and the
+#: flattens left out ($3: the first sequence that may still matter, $4: the
+#: oldest ts_init that may).
 HISTORY_SQL = """
 WITH ev AS MATERIALIZED (
     SELECT seq, id, type, ts_event, ts_init, source, correlation_id, causation_id, payload,
-           payload->>'order_id' AS order_id
+           account, payload->>'order_id' AS order_id
     FROM events
     WHERE account = ANY($1::text[]) AND type = ANY($2::text[])
 ),
-left_out AS (
-    SELECT order_id FROM ev
+orders AS (
+    SELECT order_id, min(account) AS account, min(seq) AS first_seq,
+           -- Where it ended (rejected, canceled, filled to the last share); NULL: it has not.
+           min(seq) FILTER (WHERE type IN ('OrderRejected', 'OrderCanceled')
+               OR (type = 'FillReceived' AND (payload->>'leaves_quantity')::numeric = 0)
+           ) AS end_seq,
+           max(seq) AS last_seq, max(ts_init) AS last_ts
+    FROM ev
     WHERE order_id IS NOT NULL
     GROUP BY order_id
-    HAVING bool_or(
-        type IN ('OrderRejected', 'OrderCanceled')
-        OR (type = 'FillReceived' AND (payload->>'leaves_quantity')::numeric = 0)
-    )
-    AND max(seq) < $3 AND max(ts_init) < $4
+),
+kept_orders AS (
+    SELECT * FROM orders WHERE end_seq IS NULL OR last_seq >= $3 OR last_ts >= $4
+),
+flattens AS (
+    SELECT id, seq, ts_init, account FROM ev WHERE type = 'FlattenAccount'
+),
+-- Per kept order, the first flatten of its account after its first event
+-- (ordered backwards, the running minimum is the next one).
+next_flatten AS (
+    SELECT order_id, end_seq, next_seq
+    FROM (
+        SELECT order_id, end_seq,
+               min(flatten_seq) OVER (PARTITION BY account ORDER BY seq DESC
+                                      ROWS UNBOUNDED PRECEDING) AS next_seq
+        FROM (
+            SELECT account, first_seq AS seq, order_id, end_seq, NULL::bigint AS flatten_seq
+            FROM kept_orders
+            UNION ALL
+            SELECT account, seq, NULL, NULL, seq FROM flattens
+        ) points
+    ) o
+    WHERE order_id IS NOT NULL
+),
+needed AS (
+    -- One the consumer may deliver again, or a consumer made anew replay.
+    SELECT id FROM flattens WHERE seq >= $3 OR ts_init >= $4
+    UNION
+    -- The cancel cause of a kept order working when it came (a later one
+    -- finds the cause set).
+    SELECT f.id FROM next_flatten n JOIN flattens f ON f.seq = n.next_seq
+    WHERE n.end_seq IS NULL OR n.next_seq < n.end_seq
+    UNION
+    -- The cause of a kept order's events: its closing orders, its cancels.
+    SELECT ev.causation_id FROM ev JOIN kept_orders USING (order_id)
+    WHERE ev.causation_id IN (SELECT id FROM flattens)
+    UNION
+    -- The flatten that claimed a kept order (one taken in as nobody's first).
+    SELECT c.causation_id
+    FROM ev c CROSS JOIN jsonb_array_elements(c.payload->'orders') AS placed
+    JOIN kept_orders k ON k.order_id = placed->>'order_id'
+    WHERE c.type = 'ClosingOrdersPlaced' AND c.causation_id IS NOT NULL
 ),
 kept AS (
-    SELECT ev.* FROM ev LEFT JOIN left_out USING (order_id) WHERE left_out.order_id IS NULL
+    SELECT ev.* FROM ev
+    WHERE CASE
+        WHEN ev.order_id IS NOT NULL THEN ev.order_id IN (SELECT order_id FROM kept_orders)
+        WHEN ev.type = 'FlattenAccount' THEN ev.id IN (SELECT id FROM needed)
+        WHEN ev.type = 'ClosingOrdersPlaced' THEN ev.causation_id IN (SELECT id FROM needed)
+        ELSE true
+    END
+),
+counts AS (
+    SELECT (SELECT count(*) FROM orders) - (SELECT count(*) FROM kept_orders) AS left_out,
+           (SELECT count(*) FROM flattens f
+            WHERE NOT EXISTS (SELECT 1 FROM needed n WHERE n.id = f.id)) AS flattens_left_out
 )
--- One row at least, so that the count comes back when nothing is kept.
-SELECT c.left_out, kept.seq, kept.id, kept.type, kept.ts_event, kept.ts_init, kept.source,
-       kept.correlation_id, kept.causation_id, kept.payload
-FROM (SELECT count(*) AS left_out FROM left_out) c LEFT JOIN kept ON true
+-- One row at least, so that the counts come back when nothing is kept.
+SELECT c.left_out, c.flattens_left_out, kept.seq, kept.id, kept.type, kept.ts_event,
+       kept.ts_init, kept.source, kept.correlation_id, kept.causation_id, kept.payload
+FROM counts c LEFT JOIN kept ON true
 ORDER BY kept.seq
 """
 
@@ -114,11 +189,17 @@ class History:
     positions: dict[str, Positions] = field(default_factory=dict)
     #: Settled orders not read back (see the module's docstring).
     orders_left_out: int = 0
+    #: Flattens not read back (see the module's docstring).
+    flattens_left_out: int = 0
+    #: The flattens read back that the command consumer has acknowledged
+    #: (before ``pending_from_seq``): it will not deliver them again.
+    flattens_acknowledged: set[uuid.UUID] = field(default_factory=set)
 
     def trackers(
         self, accounts: Sequence[str], *, clock: Clock, source: str
     ) -> dict[str, OrderTracker]:
-        """Each account's tracker: the events folded, the positions set over all fills."""
+        """Each account's tracker: the events folded, the positions set over
+        all fills, the acknowledged flattens no longer waited for."""
         trackers = {a: OrderTracker(a, clock=clock, source=source) for a in accounts}
         for event in self.events:
             tracker = trackers.get(str(getattr(event.payload, "account", "")))
@@ -127,6 +208,7 @@ class History:
         for name, tracker in trackers.items():
             # Over every fill, those of the orders left out included.
             tracker.positions = dict(self.positions.get(name, {}))
+            tracker.flattens_acknowledged(self.flattens_acknowledged)
         return trackers
 
 
@@ -175,8 +257,22 @@ async def order_path_history(
     positions: dict[str, Positions] = {a: {} for a in accounts}
     for r in sums:
         positions[r["account"]][(r["strategy"], r["symbol"])] = Decimal(r["quantity"])
-    events = [e for e in map(_event, rows) if e is not None]
-    return History(events, positions, int(rows[0]["left_out"]))
+    events: list[AnyEvent] = []
+    acknowledged: set[uuid.UUID] = set()
+    for row in rows:
+        event = _event(row)
+        if event is None:
+            continue
+        events.append(event)
+        if isinstance(event, FlattenAccount) and row["seq"] < pending_from_seq:
+            acknowledged.add(event.id)
+    return History(
+        events,
+        positions,
+        orders_left_out=int(rows[0]["left_out"]),
+        flattens_left_out=int(rows[0]["flattens_left_out"]),
+        flattens_acknowledged=acknowledged,
+    )
 
 
 def _event(row: asyncpg.Record) -> AnyEvent | None:

@@ -588,9 +588,26 @@ class OrderTracker:
         close-all: delivered again, it claims the closing orders it finds at
         the broker (:meth:`adopt_closing_orders`). A flatten that ran to the
         end records its ``ClosingOrdersPlaced``, with no order if it placed
-        none and nothing was refused (an account already flat).
+        none and nothing was refused (an account already flat); one the
+        command consumer acknowledged, whatever it recorded, is let go
+        (:meth:`flattens_acknowledged`): it will not come again.
         """
         return [f for fid, f in self._flattens.items() if fid not in self._flattened]
+
+    def flattens_acknowledged(self, flatten_ids: Iterable[uuid.UUID]) -> None:
+        """The flattens ``flatten_ids`` (those of this account among them)
+        were acknowledged on the command consumer: each ran to its outcome,
+        or was given up or dead-lettered, and none will be delivered again.
+        They are not among :meth:`unfinished_flattens`, whatever they
+        recorded, and the tracker lets them go: their closing orders and the
+        orders they canceled, taken in already, keep them as their causes.
+
+        Whether each is done (:meth:`flattened`) is kept: a consumer made
+        anew (lost with the server's data) replays the last
+        ``max_submit_delay_s`` of commands.
+        """
+        for fid in flatten_ids:
+            self._flattens.pop(fid, None)
 
     def flatten_started(self, command: FlattenAccount) -> None:
         """A close-all is about to be sent: orders that appear now are its.
