@@ -298,6 +298,26 @@ async def test_options_held_past_expiry_end_as_shares_or_a_lost_premium_everywhe
     order_id = derived_id("broker.settlement", ACCOUNT, book.activities(ACCOUNT)[0].id)
     assert rebuilt.get(order_id) is not None
 
+    # Nor one started after TRADEBUS_REBUILD_SETTLED_S, which leaves settled
+    # orders out of its rebuild (here every order is older than its window),
+    # reading the last week's activities as its first read does (no contract
+    # held is past its expiry). Before, the settlements left out were not
+    # known, and every fill of them was published again: the risk-gate,
+    # which forgets fill ids after a day, booked each twice.
+    history = await order_path_history(
+        database_url,
+        [ACCOUNT],
+        stream_last_seq=0,
+        wait_s=0,
+        pending_from_seq=1 << 40,
+        settled_before_ns=time.time_ns(),
+    )
+    [rebuilt] = history.trackers([ACCOUNT], clock=WALL, source="broker-gateway/test").values()
+    later = worker(port, Outbox(bus), rebuilt)
+    async with PaperBrokerServer(book, creds, port=port), running(bus, later, commands=False):
+        assert await later.settlements.read(None) == 0
+    assert len(await recorded(database_url, "FillReceived")) == before
+
 
 async def _count(database_url: str, type_: str, n: int) -> bool:
     return len(await recorded(database_url, type_)) >= n

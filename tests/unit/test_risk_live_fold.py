@@ -28,6 +28,8 @@ from libs.contract.events import (
     ClosingOrder,
     ClosingOrdersPayload,
     ClosingOrdersPlaced,
+    FillPayload,
+    FillReceived,
     KillSwitchEngaged,
     KillSwitchReleased,
     OrderCanceled,
@@ -38,7 +40,7 @@ from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.state import DayIds, RiskState
 from services.risk_gate.gate import RiskGate
 from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_evolve import LIMITS, T0, S, conn, ev, fill, intent, op, trade
+from tests.unit.test_risk_evolve import LIMITS, T0, At, S, conn, ev, fill, intent, op, trade
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: the next trading day starts.
@@ -189,13 +191,79 @@ def _closing_orders(rng: random.Random, gate: RiskGate, t: int) -> Event | None:
     return ev(ClosingOrdersPlaced, ClosingOrdersPayload(account=account, orders=tuple(orders)), t)
 
 
+#: An AAPL 100 call expiring on T0's day (2026-03-10).
+CALL = "O:AAPL260310C00100000"
+
+
+def _settlement(rng: random.Random, t: int) -> list[Event]:
+    """An option settlement as the broker-gateway publishes it, one fill per
+    strategy (leaves counting down), stamped at the expiry: a call held long
+    or short by ``acct`` expired worthless, or exercised / assigned with its
+    shares of AAPL at the strike following."""
+    account = "acct"
+    contracts = rng.randint(1, 4)
+    long = rng.random() < 0.5
+    outcome = rng.choice(["expired", "exercised" if long else "assigned"])
+    strategies: list[str | None] = rng.choice([["sma"], [None], ["sma", None]])
+    expiry = T0 + 5 * 3600 * S
+    legs: list[tuple[str, str, Decimal, Decimal]] = [
+        (CALL, "sell" if long else "buy", Decimal(contracts), Decimal(0))
+    ]
+    if outcome != "expired":
+        legs.append(("AAPL", "buy" if long else "sell", Decimal(100 * contracts), Decimal(100)))
+    out: list[Event] = []
+    for symbol, side, quantity, price in legs:
+        order_id, done = uuid.uuid4(), Decimal(0)
+        parts = [quantity] if len(strategies) == 1 or quantity < 2 else [quantity - 1, Decimal(1)]
+        for strategy, part in zip(strategies, parts, strict=False):
+            done += part
+            out.append(
+                FillReceived.create(
+                    FillPayload(
+                        order_id=order_id,
+                        account=account,
+                        broker_order_id="activity",
+                        fill_id=uuid.uuid4().hex,
+                        symbol=symbol,
+                        side=side,
+                        quantity=part,
+                        price=price,
+                        cumulative_quantity=done,
+                        leaves_quantity=quantity - done,
+                        status="complete" if done == quantity else "partial",
+                        strategy=strategy,
+                        settlement=outcome,
+                    ),
+                    source="test/broker-gateway",
+                    clock=At(t),
+                    ts_event=min(expiry, t),
+                )
+            )
+    return out
+
+
 def _random_message(
-    rng: random.Random, gate: RiskGate, stored: list[Event], t: int, *, closing: bool = False
+    rng: random.Random,
+    gate: RiskGate,
+    stored: list[Event],
+    t: int,
+    *,
+    closing: bool = False,
+    settling: list[Event] | None = None,
 ) -> Event:
     """One message another service could publish at ``t``: a print, an
     intent (two strategies, two accounts), a fill or cancel of an order the
     store holds, the kill switch, a resume, a broker connection change; with
-    ``closing``, also a flatten's closing orders (``_closing_orders``)."""
+    ``closing``, also a flatten's closing orders (``_closing_orders``); with
+    ``settling`` (a list), also option settlements' fills (``_settlement``),
+    the legs of one kept in ``settling`` and taken from it one at a time,
+    other messages landing between them."""
+    if settling is not None:
+        if settling and rng.random() < 0.5:
+            return settling.pop(0)
+        if not settling and rng.random() < 0.05:
+            settling.extend(_settlement(rng, t))
+            return settling.pop(0)
     if closing and rng.random() < 0.1:
         placed = _closing_orders(rng, gate, t)
         if placed is not None:
@@ -238,10 +306,14 @@ def _random_message(
     return conn(rng.choice(["disconnected", "connected"]), rng.choice(["acct", "b"]), t)
 
 
-@pytest.mark.parametrize("closing", [False, True], ids=["", "closing orders"])
+@pytest.mark.parametrize(
+    ("closing", "settlements"),
+    [(False, False), (True, False), (False, True)],
+    ids=["", "closing orders", "settlements"],
+)
 @pytest.mark.parametrize("seed", range(200))
 async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
-    seed: int, closing: bool
+    seed: int, closing: bool, settlements: bool
 ) -> None:
     """100 random messages over two trading days (prints, intents, fills and
     cancels, the kill switch, resumes, connection changes), the gate's own
@@ -250,8 +322,10 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
     repeated resume, of a reduce level reached as a resume lands and of a
     fill marking a symbol other accounts hold were fixed, 12 of these 200
     seeds differed. With ``closing``, flattens' closing orders come too, and
-    are filled and canceled like the gate's own."""
+    are filled and canceled like the gate's own. With ``settlements``, option
+    settlements' fills come too (no price, no loss check between their legs)."""
     rng = random.Random(seed)
+    settling: list[Event] | None = [] if settlements else None
     before: list[Event] = [trade("AAPL", 100), trade("MSFT", 50)]
     gate, clock, bus = await live_gate(before, T0)
     store = list(before)
@@ -260,7 +334,7 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
     for k in range(count):
         # Mostly a few hundred ms apart; once, across the next day's start.
         t += (17 * 3600 * S - 30 * S) if k == count // 2 else rng.randint(1, 2000) * MS
-        event = _random_message(rng, gate, store, t, closing=closing)
+        event = _random_message(rng, gate, store, t, closing=closing, settling=settling)
         clock.ns = t + rng.randint(0, 5) * MS
         await deliver(gate, event, len(store) + 1, k + 1)
         store.append(event)

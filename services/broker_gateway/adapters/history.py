@@ -20,6 +20,14 @@ slower than the one before (the memory was also let go only after the
 rebuild). Positions do span all history: they are summed over every
 recorded fill by PostgreSQL (``POSITIONS_SQL``), not folded here.
 
+An option settlement (an order of fills with ``settlement`` set,
+``settlement.py``) is read back whatever its age: the broker lists its
+activity for longer than the window (a read goes back a week, or to the
+day before the earliest expiry held), and the tracker is what says it is
+published. Left out, each of its fills was published again, which the
+risk-gate (it forgets fill ids after a day) booked a second time. There is
+one per position held at an expiry, not per order.
+
 Nor is every flatten read back (a ``FlattenAccount`` and its
 ``ClosingOrdersPlaced`` name no order, and were all read, so the rebuild
 still grew with the account's history). One is read if the consumer may
@@ -89,13 +97,16 @@ orders AS (
            min(seq) FILTER (WHERE type IN ('OrderRejected', 'OrderCanceled')
                OR (type = 'FillReceived' AND (payload->>'leaves_quantity')::numeric = 0)
            ) AS end_seq,
-           max(seq) AS last_seq, max(ts_init) AS last_ts
+           max(seq) AS last_seq, max(ts_init) AS last_ts,
+           bool_or(type = 'FillReceived' AND payload->>'settlement' IS NOT NULL) AS settlement
     FROM ev
     WHERE order_id IS NOT NULL
     GROUP BY order_id
 ),
 kept_orders AS (
-    SELECT * FROM orders WHERE end_seq IS NULL OR last_seq >= $3 OR last_ts >= $4
+    -- An option settlement whatever its age: its activity may be read again.
+    SELECT * FROM orders
+    WHERE end_seq IS NULL OR last_seq >= $3 OR last_ts >= $4 OR settlement
 ),
 flattens AS (
     SELECT id, seq, ts_init, account FROM ev WHERE type = 'FlattenAccount'
