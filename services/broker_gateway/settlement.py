@@ -140,16 +140,46 @@ def settlement_events(
 ) -> list[Event]:
     """The fills ``activities`` (oldest first) make that are not published
     yet; the tracker takes each in as it is made, so the next activity is
-    split over the positions as they stand after it."""
+    split over the positions as they stand after it.
+
+    The order of an exercise's or an assignment's legs: the risk-gate checks
+    the day P&L against the daily-loss breaker at each leg's last fill and
+    at every price of a symbol the account holds, and a print or an intent
+    can come between the two legs, which are published back to back but not
+    at once. Between them the day P&L must err on the side of a gain, never
+    show a loss the account does not have:
+
+    - an exercise (a long contract): the shares first, at the strike (worth
+      the contract's intrinsic value more than they cost), then the
+      contracts at 0. Contracts first, the account had lost the contracts'
+      value and not yet got the shares: 2 calls last at 10 made the day
+      -2,000 until the shares came, and a print in between tripped a 1,000
+      breaker, which flattened and halted the account for a loss it never
+      had;
+    - an assignment (a short contract): the contracts first, bought back at
+      0 (the premium kept), then the shares delivered at the strike.
+
+    The broker lists the contract's activity first; a read that has it and
+    not yet its OPTRD publishes the contract's alone."""
     out: list[Event] = []
     # The split of the last exercise or assignment, for its OPTRD:
     # (root, shares it delivers, outcome, expiry ns, split in contracts).
     last: tuple[str, Decimal, Settlement, int, Slices] | None = None
+    # An exercise's contract fills, published after its shares (above):
+    # held until its OPTRD, or the next activity.
+    held: list[Event] = []
     for a in activities:
         if a.quantity == 0:
             continue
         side: Side = "buy" if a.quantity > 0 else "sell"
         quantity = abs(a.quantity)
+        if held and not (
+            a.activity_type == "OPTRD"
+            and last is not None
+            and (last[0], last[1]) == (a.symbol, quantity)
+        ):
+            out += held  # no OPTRD of it next: in the broker's order
+            held = []
         if a.activity_type in OUTCOMES:
             try:
                 contract = parse_option(a.symbol)
@@ -170,7 +200,8 @@ def settlement_events(
                 slices,
             )
             expires_ns = contract.expires_at_ns
-            _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, out)
+            legs = held if outcome == "exercised" else out
+            _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, legs)
             if outcome == "expired":
                 last = None
         elif a.activity_type == "OPTRD":
@@ -190,7 +221,9 @@ def settlement_events(
                 outcome, expires_ns, slices = "exercised", 0, [(None, quantity)]
             last = None
             _publish(tracker, a, side, a.price, outcome, slices, expires_ns, clock, source, out)
-    return out
+            out += held  # an exercise's contracts after its shares
+            held = []
+    return out + held
 
 
 def _published(tracker: OrderTracker, a: BrokerActivity) -> dict[str | None, Decimal]:

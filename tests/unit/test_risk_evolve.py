@@ -1147,10 +1147,15 @@ def test_an_exercise_published_the_next_morning_is_booked_in_that_day_and_trips_
     twice or lost. Neither leg is a price. And no daily-loss breaker (limit
     1,000) trips between the two legs: before, the contract's leg alone
     made the day -2,000, and the account was flattened and halted for a
-    loss it never had."""
+    loss it never had. The gateway publishes an exercise's shares first, so
+    between the legs the day shows a gain: here a print of another symbol
+    the account holds comes between them, and still nothing trips."""
     state = held_overnight("8", "10")
-    state = evolve(state, settled(EXPIRING, "sell", 2, 0, "exercised"))
+    state = evolve(state, fill(uuid.uuid4(), 1, 100, symbol="AAPL", strategy="sma"))
     state = evolve(state, settled("SPY", "buy", 200, 600, "exercised"))
+    assert state.day_pnl("acct") > 0  # the shares' gain, the contracts not yet gone
+    state = apply(state, trade("AAPL", 100, NEXT_MORNING + 2 * S))
+    state = evolve(state, settled(EXPIRING, "sell", 2, 0, "exercised"))
     assert state.day == dt.date(2026, 3, 11)
     call, spy = state.positions[("acct", EXPIRING)], state.positions[("acct", "SPY")]
     assert (call.quantity, call.realized_total, call.realized_day) == (D(0), D(-1600), D(-2000))
@@ -1158,6 +1163,47 @@ def test_an_exercise_published_the_next_morning_is_booked_in_that_day_and_trips_
     assert state.marks["SPY"].price == D(611)
     assert state.marks[EXPIRING].price == D(10)
     assert state.day_pnl("acct") == D(200)
+    assert state.obligations == ()
+
+
+def test_an_exercise_s_last_leg_the_contracts_is_checked_against_the_breaker() -> None:
+    """The calls closed at 10 with SPY at 610; SPY opened the next morning at
+    601. The exercise's shares (first) are a gain of 200 at 601, and the
+    contracts (last) lose the 2,000 they were valued at: the day is -1,800,
+    past the 1,000 limit, and the breaker trips at that last leg. (Checked
+    only at an expiry's or the shares' fill, it waited for the next print.)"""
+    state = evolve(start(), fill(uuid.uuid4(), 2, "8", symbol=EXPIRING, strategy="sma"))
+    state = apply(state, trade(EXPIRING, "10", T0 + 4 * 3600 * S))
+    state = apply(state, trade("SPY", 610, T0 + 5 * 3600 * S - S))
+    state = apply(state, trade("SPY", 601, NEXT_MORNING))
+    state = evolve(state, settled("SPY", "buy", 200, 600, "exercised"))
+    assert state.obligations == ()
+    state = evolve(state, settled(EXPIRING, "sell", 2, 0, "exercised"))
+    assert state.day_pnl("acct") == D(200) - D(2000)
+    assert [o.kind for o in state.obligations] == ["daily_loss"]
+
+
+def test_an_assignment_s_contracts_come_first_and_a_print_between_the_legs_trips_nothing() -> None:
+    """sma sold 2 calls at 12, last at 10 before the close (SPY at 610):
+    assigned overnight, it buys the 2 back at 0 (+2,000 on the day's basis)
+    and sells 200 SPY at the strike (-2,200 at 611). The gateway publishes
+    the contracts first, so between the legs the day shows the premium kept,
+    never the shares' loss alone: a print of SPY (the account holds a share)
+    between them trips no 1,000 breaker."""
+    state = evolve(start(), fill(uuid.uuid4(), 2, 12, side="sell", symbol=EXPIRING, strategy="sma"))
+    state = apply(state, trade(EXPIRING, 10, T0 + 4 * 3600 * S))
+    state = apply(state, trade("SPY", 610, T0 + 5 * 3600 * S - S))
+    state = evolve(state, fill(uuid.uuid4(), 1, 610, symbol="SPY", strategy="sma"))
+    state = apply(state, trade("SPY", 611, NEXT_MORNING))
+    state = evolve(state, settled(EXPIRING, "buy", 2, 0, "assigned"))
+    assert state.day_pnl("acct") > 0
+    state = apply(state, trade("SPY", 611, NEXT_MORNING + 2 * S))
+    state = evolve(state, settled("SPY", "sell", 200, 600, "assigned"))
+    assert state.positions[("acct", EXPIRING)].quantity == 0
+    assert state.positions[("acct", "SPY")].quantity == D(-199)
+    # The contracts +2,000 on their basis of 10; the share held closed at
+    # 600 (-10 on its basis of 610); 199 short at 600 marked at 611 (-2,189).
+    assert state.day_pnl("acct") == D(2000) - D(10) - D(2189)
     assert state.obligations == ()
 
 

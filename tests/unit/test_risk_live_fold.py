@@ -199,7 +199,8 @@ def _settlement(rng: random.Random, t: int) -> list[Event]:
     """An option settlement as the broker-gateway publishes it, one fill per
     strategy (leaves counting down), stamped at the expiry: a call held long
     or short by ``acct`` expired worthless, or exercised / assigned with its
-    shares of AAPL at the strike following."""
+    shares of AAPL at the strike (before an exercise's contracts, after an
+    assignment's, as the gateway publishes them)."""
     account = "acct"
     contracts = rng.randint(1, 4)
     long = rng.random() < 0.5
@@ -210,7 +211,9 @@ def _settlement(rng: random.Random, t: int) -> list[Event]:
         (CALL, "sell" if long else "buy", Decimal(contracts), Decimal(0))
     ]
     if outcome != "expired":
-        legs.append(("AAPL", "buy" if long else "sell", Decimal(100 * contracts), Decimal(100)))
+        shares = ("AAPL", "buy" if long else "sell", Decimal(100 * contracts), Decimal(100))
+        # In the gateway's order: an exercise's shares first, an assignment's after.
+        legs.insert(0 if long else 1, shares)
     out: list[Event] = []
     for symbol, side, quantity, price in legs:
         order_id, done = uuid.uuid4(), Decimal(0)

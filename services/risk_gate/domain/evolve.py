@@ -29,7 +29,6 @@ from typing import Literal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
-    OPTION_PREFIX,
     BarClosed,
     BreakerTripped,
     BrokerConnectionChanged,
@@ -543,23 +542,24 @@ def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
 
 
 def _settles_whole(p: FillPayload) -> bool:
-    """Whether ``p``, a settlement's fill (an option's expiry), is its last:
-    the day P&L is checked against the daily-loss breaker only then.
+    """Whether ``p``, a settlement's fill (an option's expiry), is the last
+    of its leg: the day P&L is checked against the daily-loss breaker then.
 
-    A settlement comes as consecutive fills, one per strategy: an expiry's,
-    or an exercise's (an assignment's) contracts at 0 and then the shares at
-    the strike. Between the two legs the day P&L is not the account's: a
-    long exercised call has lost its value and not yet got its shares (2
-    calls last at 10 with SPY at 610: -2,000 until the shares come, 0 after
-    them), and a breaker tripped there flattens and halts an account for a
-    loss it never had. A settlement is booked in the trading day the gate is
+    A leg comes as consecutive fills, one per strategy (``leaves_quantity``
+    counts down to 0); between them the day P&L is part of the leg's. An
+    exercise or assignment has two legs, the contracts at 0 and the shares
+    at the strike, in the order that leaves a gain between them
+    (``services/broker_gateway/settlement.py``: an exercise's shares first,
+    an assignment's contracts first), so a check there, or at a print that
+    comes between them, never sees a loss the account does not have. (The
+    contracts of an exercise first, 2 calls last at 10 made the day -2,000
+    until the shares came, and a 1,000 breaker flattened and halted the
+    account for it.) A settlement is booked in the trading day the gate is
     in when it comes (its ``ts_event``, the expiry, may be a day gone, which
     is never opened again), measured from that day's basis, so its legs
     together leave the day P&L with the underlying's move since the close.
     """
-    if p.leaves_quantity > 0:
-        return False  # more of its strategies' fills follow
-    return p.settlement == "expired" or not p.symbol.startswith(OPTION_PREFIX)
+    return p.leaves_quantity == 0
 
 
 def _on_breaker(state: RiskState, event: BreakerTripped) -> RiskState:
