@@ -205,6 +205,21 @@ def test_the_journal_brings_settlements_back_and_a_compaction_keeps_them(tmp_pat
             assert snap.settle_expired() == []
 
 
+def test_a_compaction_long_after_keeps_the_activities() -> None:
+    """A journal compacted 30 days after a settlement (finished orders kept
+    7) forgot its activities, so a gateway away longer than that, which
+    reads them from the day before the expiry of a contract it holds, never
+    booked the settlement: the position had moved at the broker only."""
+    b, clock = held(CALL, "2", "610")
+    clock.ns = CLOSE_NS
+    assert b.settle_expired()
+    settled = list(b.activities("A"))
+    assert {a.activity_type for a in settled} >= {"OPEXC", "OPTRD"}
+    clock.ns = CLOSE_NS + 30 * 86_400 * 10**9
+    b.forget_finished(clock.ns - 7 * 86_400 * 10**9)
+    assert list(b.activities("A")) == settled
+
+
 def held_journaled(
     path: Path, symbol: str, qty: str, underlying: str
 ) -> tuple[PaperBook, SetClock]:

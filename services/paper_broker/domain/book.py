@@ -789,11 +789,13 @@ class PaperBook:
         returns how many. Open orders, whatever their age, and positions are
         kept whole. A forgotten order is no longer listed or found, and its
         client order id may be used again. Non-trade activities (settlements)
-        from before ``before_ns`` are forgotten too."""
+        are kept, whatever their age: a gateway away longer than
+        ``before_ns`` reads them from the day before the expiry of a contract
+        it holds, and one forgotten was never booked (the position moved at
+        the broker, not in tradebus). There is one per position held at an
+        expiry, and Alpaca keeps them for good too."""
         forgotten = 0
         for acct in self._accounts.values():
-            if acct.activities and acct.activities[0].ts_ns < before_ns:
-                acct.activities = [a for a in acct.activities if a.ts_ns >= before_ns]
             old = [o for o in acct.orders.values() if not o.is_open and o.updated_at_ns < before_ns]
             if not old:
                 continue
