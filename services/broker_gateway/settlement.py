@@ -24,8 +24,9 @@ a flatten's closing fill is (``OrderTracker`` ``_allocate``): in strategy-name
 order, each up to its position, the rest to no strategy; one ``FillReceived``
 per strategy, same order id, consecutive cumulative quantities. The
 underlying's trade follows the split of its exercise or assignment (the
-``OPTRD`` right after it of the contract's root and 100 times its contracts);
-one that follows none (read alone) is booked to no strategy.
+oldest one read before it of the contract's root, 100 times its contracts
+and its strike as the price); one that follows none (read alone) is booked
+to no strategy.
 
 Exactly once. An activity is an order nobody placed: its order id is derived
 from (account, activity id), its fills' event ids as the tracker derives
@@ -51,6 +52,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
@@ -162,24 +164,14 @@ def settlement_events(
     The broker lists the contract's activity first; a read that has it and
     not yet its OPTRD publishes the contract's alone."""
     out: list[Event] = []
-    # The split of the last exercise or assignment, for its OPTRD:
-    # (root, shares it delivers, outcome, expiry ns, split in contracts).
-    last: tuple[str, Decimal, Settlement, int, Slices] | None = None
-    # An exercise's contract fills, published after its shares (above):
-    # held until its OPTRD, or the next activity.
-    held: list[Event] = []
+    # The exercises and assignments read whose OPTRD has not come yet, oldest
+    # first; an exercise's contract fills are held until its shares are out.
+    pending: list[_Awaiting] = []
     for a in activities:
         if a.quantity == 0:
             continue
         side: Side = "buy" if a.quantity > 0 else "sell"
         quantity = abs(a.quantity)
-        if held and not (
-            a.activity_type == "OPTRD"
-            and last is not None
-            and (last[0], last[1]) == (a.symbol, quantity)
-        ):
-            out += held  # no OPTRD of it next: in the broker's order
-            held = []
         if a.activity_type in OUTCOMES:
             try:
                 contract = parse_option(a.symbol)
@@ -192,25 +184,45 @@ def settlement_events(
             done = _published(tracker, a)
             rest = quantity - sum(done.values(), ZERO)
             slices = _merged([*done.items(), *_allocate(tracker, a.symbol, side, rest)])
-            last = (
-                contract.root,
-                quantity * SHARES_PER_CONTRACT,
-                outcome,
-                contract.expires_at_ns,
-                slices,
-            )
             expires_ns = contract.expires_at_ns
-            legs = held if outcome == "exercised" else out
+            legs: list[Event] = []
             _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, legs)
             if outcome == "expired":
-                last = None
+                out += legs
+                continue
+            if outcome == "assigned":
+                out += legs  # the contracts first (bought back at 0)
+                legs = []
+            pending.append(
+                _Awaiting(
+                    contract.root,
+                    quantity * SHARES_PER_CONTRACT,
+                    contract.strike,
+                    outcome,
+                    expires_ns,
+                    slices,
+                    legs,
+                )
+            )
         elif a.activity_type == "OPTRD":
             if a.price is None or a.price <= 0:
                 log.warning("%s: option trade %s has no price: not booked", tracker.account, a)
                 continue
-            if last is not None and last[0] == a.symbol and last[1] == quantity:
-                _, _, outcome, expires_ns, contracts = last
-                slices = [(s, q * SHARES_PER_CONTRACT) for s, q in contracts]
+            # Its exercise or assignment: the oldest read with its root, its
+            # shares and its strike (the price), so the shares of two
+            # exercises listed before their trades each go to their own.
+            match = next(
+                (
+                    w
+                    for w in pending
+                    if (w.root, w.shares, w.strike) == (a.symbol, quantity, a.price)
+                ),
+                None,
+            )
+            if match is not None:
+                pending.remove(match)
+                outcome, expires_ns = match.outcome, match.expires_ns
+                slices = [(s, q * SHARES_PER_CONTRACT) for s, q in match.contracts]
             else:
                 log.warning(
                     "%s: option trade %s follows no exercise or assignment read with it: "
@@ -219,11 +231,29 @@ def settlement_events(
                     a,
                 )
                 outcome, expires_ns, slices = "exercised", 0, [(None, quantity)]
-            last = None
             _publish(tracker, a, side, a.price, outcome, slices, expires_ns, clock, source, out)
-            out += held  # an exercise's contracts after its shares
-            held = []
-    return out + held
+            if match is not None:
+                out += match.held  # an exercise's contracts after its shares
+    # Exercises whose OPTRD this read does not have: their contracts alone.
+    for waiting in pending:
+        out += waiting.held
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Awaiting:
+    """An exercise or assignment read, waiting for its ``OPTRD``."""
+
+    root: str
+    #: Shares it delivers: 100 a contract.
+    shares: Decimal
+    strike: Decimal
+    outcome: Settlement
+    expires_ns: int
+    #: Its split, in contracts.
+    contracts: Slices
+    #: An exercise's contract fills, published after its shares.
+    held: list[Event]
 
 
 def _published(tracker: OrderTracker, a: BrokerActivity) -> dict[str | None, Decimal]:

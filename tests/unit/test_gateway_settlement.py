@@ -165,16 +165,43 @@ def test_an_option_trade_with_no_exercise_before_it_is_booked_to_nobody_and_logg
 
 
 def test_an_option_trade_of_another_exercise_is_not_taken_for_the_one_before_it() -> None:
-    """An ``OPTRD`` right after an exercise but of another size (or root) is
-    not that exercise's: booked to nobody."""
+    """An ``OPTRD`` right after an exercise but of another size (or root, or
+    strike) is not that exercise's: booked to nobody. The exercise's
+    contracts wait for their own shares; none came in the read, so they are
+    published last, alone."""
     t = tracker(opened([("s1", CALL, "1")]))
     events = settle(
         t, [activity("a1", "OPEXC", CALL, "-1"), activity("a2", "OPTRD", "SPY", "200", "600")]
     )
     assert booked(events) == [
-        (CALL, "sell", "1", "0", "exercised", "s1"),
         ("SPY", "buy", "200", "600", "exercised", None),
+        (CALL, "sell", "1", "0", "exercised", "s1"),
     ]
+
+
+def test_two_exercises_listed_before_their_trades_each_get_their_own_shares() -> None:
+    """The broker lists two exercises, then their two trades: each trade
+    goes to the exercise of its root, shares and strike (its price), not to
+    the one read last. Matched to the last exercise alone, the 600 call's
+    shares went to nobody (and with the same sizes, to the wrong split)."""
+    low = "O:SPY261211C00590000"
+    t = tracker(opened([("s1", CALL, "1"), ("s2", low, "1")]))
+    events = settle(
+        t,
+        [
+            activity("a1", "OPEXC", CALL, "-1"),
+            activity("a2", "OPEXC", low, "-1"),
+            activity("a3", "OPTRD", "SPY", "100", "600"),
+            activity("a4", "OPTRD", "SPY", "100", "590"),
+        ],
+    )
+    assert booked(events) == [
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+        ("SPY", "buy", "100", "590", "exercised", "s2"),
+        (low, "sell", "1", "0", "exercised", "s2"),
+    ]
+    assert (t.position("SPY", "s1"), t.position("SPY", "s2")) == (D(100), D(100))
 
 
 def test_a_short_put_assigned_buys_the_shares() -> None:
