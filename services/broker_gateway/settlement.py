@@ -25,8 +25,9 @@ order, each up to its position, the rest to no strategy; one ``FillReceived``
 per strategy, same order id, consecutive cumulative quantities. The
 underlying's trade follows the split of its exercise or assignment (the
 oldest one read before it of the contract's root, 100 times its contracts
-and its strike as the price); one that follows none (read alone) is booked
-to no strategy.
+and its strike as the price; none, the first such one read after it: both
+happened at once, and nothing says the broker lists the trade second); one
+that goes with none (read alone) is booked to no strategy.
 
 Exactly once. An activity is an order nobody placed: its order id is derived
 from (account, activity id), its fills' event ids as the tracker derives
@@ -161,12 +162,16 @@ def settlement_events(
     - an assignment (a short contract): the contracts first, bought back at
       0 (the premium kept), then the shares delivered at the strike.
 
-    The broker lists the contract's activity first; a read that has it and
-    not yet its OPTRD publishes the contract's alone."""
+    A read that has the contract's activity and not yet its OPTRD publishes
+    the contract's alone. An OPTRD listed before its exercise or assignment
+    waits for it to the end of the read (then it goes to nobody)."""
     out: list[Event] = []
     # The exercises and assignments read whose OPTRD has not come yet, oldest
     # first; an exercise's contract fills are held until its shares are out.
     pending: list[_Awaiting] = []
+    # The OPTRDs read before any exercise or assignment of theirs, oldest
+    # first: one listed after them takes them; the rest go to nobody.
+    early: list[BrokerActivity] = []
     for a in activities:
         if a.quantity == 0:
             continue
@@ -193,17 +198,23 @@ def settlement_events(
             if outcome == "assigned":
                 out += legs  # the contracts first (bought back at 0)
                 legs = []
-            pending.append(
-                _Awaiting(
-                    contract.root,
-                    quantity * SHARES_PER_CONTRACT,
-                    contract.strike,
-                    outcome,
-                    expires_ns,
-                    slices,
-                    legs,
-                )
+            waiting = _Awaiting(
+                contract.root,
+                quantity * SHARES_PER_CONTRACT,
+                contract.strike,
+                outcome,
+                expires_ns,
+                slices,
+                legs,
             )
+            # Its OPTRD listed before it (nothing orders the two: they
+            # happened at once), waiting for it: its shares now.
+            trade = next((t for t in early if waiting.takes(t)), None)
+            if trade is None:
+                pending.append(waiting)
+            else:
+                early.remove(trade)
+                _shares(tracker, trade, waiting, clock, source, out)
         elif a.activity_type == "OPTRD":
             if a.price is None or a.price <= 0:
                 log.warning("%s: option trade %s has no price: not booked", tracker.account, a)
@@ -211,33 +222,45 @@ def settlement_events(
             # Its exercise or assignment: the oldest read with its root, its
             # shares and its strike (the price), so the shares of two
             # exercises listed before their trades each go to their own.
-            match = next(
-                (
-                    w
-                    for w in pending
-                    if (w.root, w.shares, w.strike) == (a.symbol, quantity, a.price)
-                ),
-                None,
-            )
-            if match is not None:
-                pending.remove(match)
-                outcome, expires_ns = match.outcome, match.expires_ns
-                slices = [(s, q * SHARES_PER_CONTRACT) for s, q in match.contracts]
+            match = next((w for w in pending if w.takes(a)), None)
+            if match is None:
+                early.append(a)  # its exercise may be listed after it
             else:
-                log.warning(
-                    "%s: option trade %s follows no exercise or assignment read with it: "
-                    "booked to no strategy",
-                    tracker.account,
-                    a,
-                )
-                outcome, expires_ns, slices = "exercised", 0, [(None, quantity)]
-            _publish(tracker, a, side, a.price, outcome, slices, expires_ns, clock, source, out)
-            if match is not None:
-                out += match.held  # an exercise's contracts after its shares
+                pending.remove(match)
+                _shares(tracker, a, match, clock, source, out)
+    for a in early:
+        log.warning(
+            "%s: option trade %s goes with no exercise or assignment read with it: "
+            "booked to no strategy",
+            tracker.account,
+            a,
+        )
+        side = "buy" if a.quantity > 0 else "sell"
+        assert a.price is not None  # one without is left out when read
+        alone: Slices = [(None, abs(a.quantity))]
+        _publish(tracker, a, side, a.price, "exercised", alone, 0, clock, source, out)
     # Exercises whose OPTRD this read does not have: their contracts alone.
     for waiting in pending:
         out += waiting.held
     return out
+
+
+def _shares(
+    tracker: OrderTracker,
+    a: BrokerActivity,
+    of: _Awaiting,
+    clock: Clock,
+    source: str,
+    out: list[Event],
+) -> None:
+    """The shares ``a`` (an ``OPTRD``) delivers for the exercise or
+    assignment ``of``, split as its contracts, then an exercise's contracts
+    (held until its shares are out)."""
+    assert a.price is not None
+    side: Side = "buy" if a.quantity > 0 else "sell"
+    slices = [(s, q * SHARES_PER_CONTRACT) for s, q in of.contracts]
+    _publish(tracker, a, side, a.price, of.outcome, slices, of.expires_ns, clock, source, out)
+    out += of.held  # an exercise's contracts after its shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +277,11 @@ class _Awaiting:
     contracts: Slices
     #: An exercise's contract fills, published after its shares.
     held: list[Event]
+
+    def takes(self, a: BrokerActivity) -> bool:
+        """Whether ``a``, an ``OPTRD``, is this one's: its root, its shares,
+        its strike (the price)."""
+        return (self.root, self.shares, self.strike) == (a.symbol, abs(a.quantity), a.price)
 
 
 def _published(tracker: OrderTracker, a: BrokerActivity) -> dict[str | None, Decimal]:

@@ -161,7 +161,7 @@ def test_an_option_trade_with_no_exercise_before_it_is_booked_to_nobody_and_logg
     assert event.ts_event == T0
     assert t.position("SPY", None) == D(100)
     assert t.position(CALL, "s1") == D(1), "the contract is left as it was"
-    assert any("follows no exercise or assignment" in r.getMessage() for r in caplog.records)
+    assert any("goes with no exercise or assignment" in r.getMessage() for r in caplog.records)
 
 
 def test_an_option_trade_of_another_exercise_is_not_taken_for_the_one_before_it() -> None:
@@ -202,6 +202,34 @@ def test_two_exercises_listed_before_their_trades_each_get_their_own_shares() ->
         (low, "sell", "1", "0", "exercised", "s2"),
     ]
     assert (t.position("SPY", "s1"), t.position("SPY", "s2")) == (D(100), D(100))
+
+
+@pytest.mark.parametrize("kind", ["OPEXC", "OPASN"])
+def test_an_option_trade_listed_before_its_exercise_follows_it(kind: str) -> None:
+    """The broker lists the exercise's (or assignment's) trade first: both
+    happened at once, and nothing orders them (Alpaca's ids of one date). The
+    trade follows the split of the exercise read after it, and the legs go
+    out in the order that leaves a gain between them (an exercise's shares
+    first, an assignment's contracts first). Matched only to an exercise
+    read before it, the shares went to nobody: s1's calls closed at 0 and
+    its shares an unowned position, the strategy's ledger short of them."""
+    long = kind == "OPEXC"
+    t = tracker(opened([("s1", CALL, "2" if long else "-2")]))
+    events = settle(
+        t,
+        [
+            activity("a2", "OPTRD", "SPY", "200" if long else "-200", "600"),
+            activity("a1", kind, CALL, "-2" if long else "2"),
+        ],
+    )
+    outcome = "exercised" if long else "assigned"
+    shares = ("SPY", "buy" if long else "sell", "200", "600", outcome, "s1")
+    contracts = (CALL, "sell" if long else "buy", "2", "0", outcome, "s1")
+    assert booked(events) == ([shares, contracts] if long else [contracts, shares])
+    assert t.position("SPY", "s1") == D(200 if long else -200)
+    assert t.position("SPY", None) == 0
+    fills = [e for e in events if isinstance(e, FillReceived)]
+    assert {e.ts_event for e in fills} == {parse_option(CALL).expires_at_ns}
 
 
 def test_a_short_put_assigned_buys_the_shares() -> None:
