@@ -65,7 +65,10 @@ def to_update(data: bytes) -> MarketUpdate | None:
     after it was made), as the risk-gate and the ledgers take it: a print
     stamped hours ahead by a bad clock was "after the close" to the book,
     settled its market-on-close orders at a mid-day price and stayed the
-    session's newest print. A bar so stamped ends then, and begins no later."""
+    session's newest print. A bar so stamped ends then and is moved back
+    whole (it keeps its length): begun when it was made, it was a bar wholly
+    after an order placed during its minute, whose low it filled at a price
+    from before the order (``PaperBook.on_market``)."""
     event = decode(data)
     if isinstance(event, TradePrinted):
         p = event.payload
@@ -73,7 +76,7 @@ def to_update(data: bytes) -> MarketUpdate | None:
     if isinstance(event, BarClosed):
         b = event.payload
         end_ns = min(b.end_ns, event.market_ns)
-        start_ns = min(b.start_ns, end_ns)
+        start_ns = min(b.start_ns, end_ns - max(b.end_ns - b.start_ns, 0))
         return MarketUpdate.bar(b.symbol, b.open, b.high, b.low, b.close, end_ns, start_ns)
     return None
 
