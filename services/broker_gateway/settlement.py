@@ -374,6 +374,34 @@ def holds_options(tracker: OrderTracker) -> bool:
     return any(symbol.startswith(OPTION_PREFIX) for symbol in tracker.net_positions())
 
 
+#: How far back a connection's read goes for a settlement whose shares may
+#: still be owed (the read's own reach: ``Settlements.read``, a week and a day).
+LATELY_NS = 8 * 86_400 * 1_000_000_000
+
+
+def settled_lately(tracker: OrderTracker, now_ns: int) -> bool:
+    """Whether an option settlement of the account was published for a
+    contract that expired in the last week: its other leg may still be owed.
+    A restart between an assignment's legs (the contracts first) left the
+    account holding no option, so no read ever came and the shares were
+    never published; an exercise's shares first, its contracts are still
+    held then."""
+    return any(
+        t.split is not None
+        and t.symbol.startswith(OPTION_PREFIX)
+        and 0 <= now_ns - parse_option(t.symbol).expires_at_ns < LATELY_NS
+        for t in tracker.orders.values()
+    )
+
+
+def read_after_connecting(tracker: OrderTracker, now_ns: int) -> bool:
+    """Whether a connection (the start-up's included) reads the activities:
+    only for an account holding options or settled lately (a read is a call
+    against the broker's rate limit, which the reconnection's
+    reconciliation needs)."""
+    return holds_options(tracker) or settled_lately(tracker, now_ns)
+
+
 def held_expired(tracker: OrderTracker, now_ns: int) -> list[dt.date]:
     """The expiry dates of the contracts the account holds (by its published
     fills) whose expiry has passed by ``now_ns``."""
@@ -412,11 +440,9 @@ class Settlements:
                 # A read waits for the connection (a wanted one stays wanted).
                 await w.port.wait_connected()
                 continue
-            due = held_expired(w.tracker, w.clock.now_ns())
-            # After a connection: only for an account holding options (a read
-            # is a call against the broker's rate limit, which the
-            # reconnection's reconciliation needs).
-            forced = self._wanted.is_set() and holds_options(w.tracker)
+            now_ns = w.clock.now_ns()
+            due = held_expired(w.tracker, now_ns)
+            forced = self._wanted.is_set() and read_after_connecting(w.tracker, now_ns)
             self._wanted.clear()
             if not forced and (not due or loop.time() < self._next_read_s):
                 continue

@@ -17,7 +17,11 @@ from libs.contract.events import FillPayload, FillReceived, Side
 from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.settlement import settlement_events
+from services.broker_gateway.settlement import (
+    holds_options,
+    read_after_connecting,
+    settlement_events,
+)
 
 D = Decimal
 ACCOUNT = "acct"
@@ -244,6 +248,26 @@ def test_a_short_put_assigned_buys_the_shares() -> None:
         ("SPY", "buy", "200", "600", "assigned", "s1"),
     ]
     assert (t.position(PUT, "s1"), t.position("SPY", "s1")) == (D(0), D(200))
+
+
+def test_a_connection_reads_for_an_assignment_whose_shares_may_be_owed() -> None:
+    """A restart between an assignment's legs (its contracts are published
+    first) leaves the account holding no option: a connection read only for
+    an account holding options, so the shares were never published. It
+    reads for a settlement of the last week too, and not for an older one."""
+    t = tracker(opened([("s1", PUT, "-2")]))
+    expiry = parse_option(PUT).expires_at_ns
+    assert read_after_connecting(t, expiry)  # it holds the puts
+    contracts_only = settle(t, [activity("a1", "OPASN", PUT, "2")])
+    assert booked(contracts_only) == [(PUT, "buy", "2", "0", "assigned", "s1")]
+    assert not holds_options(t)
+    assert read_after_connecting(t, expiry + 3600 * 10**9)
+    # As the gateway's start-up rebuilds it from the store.
+    rebuilt = tracker([*opened([("s1", PUT, "-2")]), *contracts_only])
+    assert not holds_options(rebuilt)
+    assert read_after_connecting(rebuilt, expiry + 3600 * 10**9)
+    assert not read_after_connecting(t, expiry + 9 * 86_400 * 10**9)
+    assert not read_after_connecting(tracker([]), expiry)
 
 
 def test_an_expiry_is_booked_at_0_and_makes_no_shares() -> None:
