@@ -70,6 +70,10 @@ _HERE = Path(__file__).resolve()
 _SOURCES = (
     *sorted((_HERE.parents[1] / "domain").glob("*.py")),
     _HERE.parents[3] / "libs" / "contract" / "events.py",
+    # Event.market_ns and CLOCK_SKEW_NS (marks, the trading day), and the
+    # option contracts' expiries (contract_expired, settlements).
+    _HERE.parents[3] / "libs" / "contract" / "envelope.py",
+    _HERE.parents[3] / "libs" / "contract" / "options.py",
     _HERE,
 )
 

@@ -58,6 +58,8 @@ _SOURCES = (
     _ROOT / "libs" / "strategy" / "context.py",
     _ROOT / "libs" / "strategy" / "host.py",
     _ROOT / "libs" / "strategy" / "routing.py",
+    # Event.market_ns and CLOCK_SKEW_NS: the marks' market time.
+    _ROOT / "libs" / "contract" / "envelope.py",
     _ROOT / "libs" / "contract" / "events.py",
     _HERE,
 )
