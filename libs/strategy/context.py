@@ -131,7 +131,8 @@ class StrategyContext(Protocol):
         reason: str = "",
         strength: Decimal | None = None,
     ) -> SignalGenerated:
-        """Emit a signal: the root of an order chain."""
+        """Emit a signal: the root of an order chain. In one of its
+        :attr:`symbols`, or in a symbol it holds a position in."""
         ...
 
     def order(
@@ -148,5 +149,8 @@ class StrategyContext(Protocol):
     ) -> OrderIntentCreated:
         """Emit an order intent caused by ``cause`` (one of this strategy's
         signals); one in an option contract that has :meth:`expired` is
-        refused (``StrategyUsageError``)."""
+        refused (``StrategyUsageError``), and so is one in a symbol not among
+        :attr:`symbols`, unless it reduces, never past flat, a position the
+        strategy holds in it (the underlying's shares an option's exercise
+        gave it)."""
         ...

@@ -467,7 +467,7 @@ class StrategyHost:
         strength: Decimal | None,
     ) -> SignalGenerated:
         self._refuse_in_warmup()
-        if symbol not in self.symbols:
+        if symbol not in self.symbols and self.ledger.position(symbol).quantity == 0:
             raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
         for field, text, most in (
             ("name", name, MAX_SIGNAL_NAME_CHARS),
@@ -507,7 +507,7 @@ class StrategyHost:
     ) -> OrderIntentCreated:
         self._refuse_in_warmup()
         if symbol not in self.symbols:
-            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+            self._refuse_unless_reducing(symbol, side, quantity)
         if cause.payload.strategy != self.name or not (
             cause.id in self._signals or any(e is cause for e in self._outbox)
         ):
@@ -571,6 +571,24 @@ class StrategyHost:
         )
         self._outbox.append(intent)
         return intent
+
+    def _refuse_unless_reducing(self, symbol: str, side: Side, quantity: Decimal) -> None:
+        """An order in a symbol not the strategy's own is one that reduces a
+        position it holds in it, never past flat (its open intents counted):
+        the underlying's shares an option's exercise or assignment gave it
+        (the gateway books them to the contract's strategy), which it could
+        not close otherwise. The risk-gate lets the same through (a symbol
+        not among a strategy's may be sold down, never added to)."""
+        held = self.ledger.position(symbol).quantity
+        if held == 0:
+            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+        after = held + self.pending(symbol) + signed(side, quantity)
+        if signed(side, quantity) * held >= 0 or after * held < 0:
+            raise StrategyUsageError(
+                f"{symbol!r} is not one of {self.name}'s symbols: an order in it may only "
+                f"reduce the position held ({held}, {self.pending(symbol)} pending), "
+                f"not {side} {quantity}"
+            )
 
     @contextlib.contextmanager
     def _warming_up(self) -> Iterator[None]:

@@ -37,12 +37,23 @@ published here and is rebuilt from the store at start-up, knows an activity
 whose fills are all published (it is skipped) or only some (the rest follow,
 split as the run before the restart began it: ``TrackedOrder.split``).
 
+Strategies holding opposite positions in one contract: the broker holds
+and settles only the account's net (s1 long 3 and s2 short 1 is 2 there; s1
+long 2 and s2 short 2 is nothing, and no activity). Once the broker has
+settled the contract, the offsetting part is settled here as an internal
+cross, :func:`cross_events`: as the broker settled the net (both sides at 0
+for an expiry; the long side exercising into shares at the strike and the
+short side assigned for an exercise or assignment), or, with no activity and
+no position at the broker, closed at 0 as expired. No net change to the
+account.
+
 When: the activities are read after ``connected`` (the start-up's first
-connection included) if the account holds any option contract (by the fills
-published), and whenever one it holds is past its expiry, every second while one is, backing off
-to ``READ_MAX_S`` until the broker has settled it (Alpaca does so overnight;
-the paper broker at the close). They are read from the day before the
-earliest such expiry.
+connection included) if any strategy of the account holds an option
+contract (by the fills published), and whenever one held is past its
+expiry, every second while one is, backing off to ``READ_MAX_S`` until the
+broker has settled it (Alpaca does so overnight; the paper broker at the
+close) and the offsetting part is crossed. They are read from the day
+before the earliest such expiry.
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -369,9 +380,20 @@ def _publish(
         out.append(event)
 
 
+def _held_contracts(tracker: OrderTracker) -> set[str]:
+    """The option contracts any strategy (or none) of the account holds, by
+    its published fills: a contract held long by one strategy and short by
+    another is held, net 0 or not, until it is crossed."""
+    return {
+        symbol
+        for (_, symbol), quantity in tracker.positions.items()
+        if quantity != 0 and symbol.startswith(OPTION_PREFIX)
+    }
+
+
 def holds_options(tracker: OrderTracker) -> bool:
     """Whether the account holds any option contract (by its published fills)."""
-    return any(symbol.startswith(OPTION_PREFIX) for symbol in tracker.net_positions())
+    return bool(_held_contracts(tracker))
 
 
 #: How far back a connection's read goes for a settlement whose shares may
@@ -404,14 +426,222 @@ def read_after_connecting(tracker: OrderTracker, now_ns: int) -> bool:
 
 def held_expired(tracker: OrderTracker, now_ns: int) -> list[dt.date]:
     """The expiry dates of the contracts the account holds (by its published
-    fills) whose expiry has passed by ``now_ns``."""
+    fills, per strategy) whose expiry has passed by ``now_ns``."""
     dates = set()
-    for symbol in tracker.net_positions():
-        if symbol.startswith(OPTION_PREFIX):
-            contract = parse_option(symbol)
-            if contract.expires_at_ns <= now_ns:
-                dates.add(contract.expiry)
+    for symbol in _held_contracts(tracker):
+        contract = parse_option(symbol)
+        if contract.expires_at_ns <= now_ns:
+            dates.add(contract.expiry)
     return sorted(dates)
+
+
+def cross_order_id(account: str, symbol: str, strategy: str | None, leg: str) -> uuid.UUID:
+    """The order id of one strategy's leg (``contracts`` or ``shares``) of
+    the cross of ``symbol`` (see :func:`cross_events`)."""
+    return derived_id("broker.cross", account, symbol, strategy or "-", leg)
+
+
+def crossing(tracker: OrderTracker, now_ns: int) -> bool:
+    """Whether a contract past its expiry is held long by one strategy and
+    short by another: :func:`cross_events` needs the broker's positions."""
+    for symbol in _held_contracts(tracker):
+        if parse_option(symbol).expires_at_ns <= now_ns:
+            held = _before_cross(tracker, symbol).values()
+            if any(q > 0 for q in held) and any(q < 0 for q in held):
+                return True
+    return False
+
+
+def cross_events(
+    tracker: OrderTracker,
+    activities: Sequence[BrokerActivity],
+    broker_positions: Mapping[str, Decimal] | None,
+    *,
+    now_ns: int,
+    clock: Clock,
+    source: str,
+) -> list[Event]:
+    """The settlement of what strategies of the account hold against each
+    other in contracts past their expiry, not published yet.
+
+    The broker holds the account's net: s1 long 3 calls and s2 short 1 is 2
+    at the broker, which settles those 2 (:func:`settlement_events` gives
+    them to s1), and s1 long 2, s2 short 2 is nothing there, settled and
+    listed by nobody. The offsetting part is settled here, as the broker
+    would have had each strategy held its own account: an internal cross,
+    no activity, no net change to the account.
+
+    - When: once the broker has settled the contract: this read's
+      ``activities`` (:func:`settlement_events` booked first) hold its
+      activity, or, the positions before the cross netting to 0, none is
+      listed and the broker holds none of it (``broker_positions``, read
+      after the expiry; None: not read, nothing is crossed).
+    - How: its activity's outcome: expired, both sides closed at 0; exercised
+      or assigned, in the money, so each long strategy exercises (the
+      contracts at 0, the underlying bought, a put's sold, at the strike,
+      100 shares a contract) and each short one is assigned (the other
+      way). Without an activity nothing says whether it ended in the money
+      (the gateway has no price of the underlying): closed at 0 as
+      ``expired``. The account's total is the same either way; each
+      strategy's P&L then lacks the intrinsic value the short side would
+      have paid the long one.
+    - Who: min(long, short) contracts, over the long strategies and over the
+      short ones in name order (no strategy last), each up to its position;
+      what is left (the broker settled something else) stays, and the
+      positions check reports it.
+    - Order: the long side's shares, the short side's shares, the short
+      side's contracts, the long side's contracts: the risk-gate checks the
+      day P&L at each fill (one per strategy and leg), and in between it is
+      a gain (the shares at the strike, the short contracts bought at 0),
+      never a loss the account does not have.
+    - Exactly once: one order per strategy and leg, its id from (account,
+      contract, strategy, leg), its one fill's event id from the order's as
+      every fill's. The quantities come from the positions before the cross
+      (what of it is published is taken back out), so a cross cut by a
+      restart is finished as it began.
+    """
+    outcomes: dict[str, Settlement] = {}
+    for a in activities:
+        if a.activity_type in OUTCOMES:
+            outcomes.setdefault(a.symbol, OUTCOMES[a.activity_type])
+    out: list[Event] = []
+    for symbol in sorted(_held_contracts(tracker)):
+        contract = parse_option(symbol)
+        if contract.expires_at_ns > now_ns:
+            continue
+        before = _before_cross(tracker, symbol)
+        longs = _in_order([(s, q) for s, q in before.items() if q > 0])
+        shorts = _in_order([(s, -q) for s, q in before.items() if q < 0])
+        if not longs or not shorts:
+            continue
+        outcome = outcomes.get(symbol)
+        if outcome is None:
+            if (
+                broker_positions is None
+                or broker_positions.get(symbol, ZERO) != 0
+                or sum(before.values(), ZERO) != 0
+            ):
+                continue  # the broker has not settled it yet (or may still)
+            outcome = "expired"
+        crossed = min(sum((q for _, q in longs), ZERO), sum((q for _, q in shorts), ZERO))
+        long_side, short_side = _take(longs, crossed), _take(shorts, crossed)
+        legs: list[tuple[str | None, str, Side, Decimal, Decimal, Settlement]] = []
+        if outcome == "expired":
+            legs += [(s, "contracts", "buy", q, ZERO, "expired") for s, q in short_side]
+            legs += [(s, "contracts", "sell", q, ZERO, "expired") for s, q in long_side]
+        else:
+            # A long call buys the shares, a long put sells them; the short
+            # side does the other.
+            receives: Side = "buy" if contract.right == "call" else "sell"
+            delivers: Side = "sell" if receives == "buy" else "buy"
+            # The strike as the broker's OPTRD writes it (600, not 600.000).
+            strike, shares = Decimal(canon(contract.strike)), SHARES_PER_CONTRACT
+            legs += [(s, "shares", receives, q * shares, strike, "exercised") for s, q in long_side]
+            legs += [(s, "shares", delivers, q * shares, strike, "assigned") for s, q in short_side]
+            legs += [(s, "contracts", "buy", q, ZERO, "assigned") for s, q in short_side]
+            legs += [(s, "contracts", "sell", q, ZERO, "exercised") for s, q in long_side]
+        built: list[FillReceived] = []
+        try:
+            for strategy, leg, side, quantity, price, settled in legs:
+                fill = _cross_fill(
+                    tracker,
+                    symbol if leg == "contracts" else contract.root,
+                    strategy,
+                    leg,
+                    side,
+                    quantity,
+                    price,
+                    settled,
+                    contract.expires_at_ns,
+                    clock,
+                    source,
+                    cross_order_id(tracker.account, symbol, strategy, leg),
+                )
+                if fill is not None:
+                    built.append(fill)
+        except ValueError as e:
+            log.warning("%s: the cross of %s not booked: %s", tracker.account, symbol, e)
+            continue
+        for event in built:
+            tracker.evolve(event)
+            out.append(event)
+    return out
+
+
+def _before_cross(tracker: OrderTracker, symbol: str) -> dict[str | None, Decimal]:
+    """Each strategy's position in ``symbol`` as it was before its cross:
+    what of the cross's contract legs is published taken back out."""
+    out: dict[str | None, Decimal] = {}
+    for (strategy, sym), quantity in tracker.positions.items():
+        if sym != symbol:
+            continue
+        t = tracker.get(cross_order_id(tracker.account, symbol, strategy, "contracts"))
+        if t is not None and t.filled > 0:
+            quantity += t.filled if t.side == "sell" else -t.filled
+        if quantity != 0:
+            out[strategy] = quantity
+    return out
+
+
+def _in_order(slices: Slices) -> Slices:
+    """Strategies in name order, no strategy last."""
+    return sorted(slices, key=lambda sq: (sq[0] is None, sq[0] or ""))
+
+
+def _take(slices: Slices, quantity: Decimal) -> Slices:
+    """``quantity`` taken from ``slices`` in order, each up to its own."""
+    out: Slices = []
+    for strategy, held in slices:
+        if quantity <= 0:
+            break
+        take = min(quantity, held)
+        out.append((strategy, take))
+        quantity -= take
+    return out
+
+
+def _cross_fill(
+    tracker: OrderTracker,
+    symbol: str,
+    strategy: str | None,
+    leg: str,
+    side: Side,
+    quantity: Decimal,
+    price: Decimal,
+    outcome: Settlement,
+    ts_ns: int,
+    clock: Clock,
+    source: str,
+    order_id: uuid.UUID,
+) -> FillReceived | None:
+    """One strategy's leg of a cross, as one complete fill; None if published."""
+    t = tracker.get(order_id)
+    if t is not None and t.filled > 0:
+        return None
+    # Told apart from the broker's ids and from one another: the ledgers
+    # and the risk-gate drop a fill whose ids they have seen.
+    name = f"cross/{symbol}/{strategy or '-'}/{leg}"
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account=tracker.account,
+            broker_order_id=name,
+            fill_id=name,
+            symbol=symbol,
+            side=side,
+            quantity=quantity,
+            price=price,
+            cumulative_quantity=quantity,
+            leaves_quantity=ZERO,
+            status="complete",
+            strategy=strategy,
+            settlement=outcome,
+        ),
+        source=source,
+        clock=clock,
+        ts_event=ts_ns,
+        event_id=derived_id("broker.fill", tracker.account, order_id, canon(quantity)),
+    )
 
 
 class Settlements:
@@ -467,6 +697,14 @@ class Settlements:
             since = today - dt.timedelta(days=7)
         activities = await w.port.option_activities(after=since - dt.timedelta(days=1))
         events = settlement_events(w.tracker, activities, clock=w.clock, source=w.source)
+        now_ns = w.clock.now_ns()
+        if crossing(w.tracker, now_ns):
+            # Read after the activities: a contract netting to 0 that the
+            # broker holds none of has nothing left for it to settle.
+            held = {p.symbol: p.quantity for p in await w.port.positions()}
+            events += cross_events(
+                w.tracker, activities, held, now_ns=now_ns, clock=w.clock, source=w.source
+            )
         if events:
             log.info(
                 "%s: %d option settlement fills published (%s)",

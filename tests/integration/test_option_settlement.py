@@ -35,6 +35,7 @@ from libs.contract.codec import derived_id
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
     AnyEvent,
+    Side,
     SubmitOrder,
     SubmitOrderPayload,
     TradePayload,
@@ -77,14 +78,14 @@ class SetClock:
         return self.ns
 
 
-def submit(symbol: str, qty: str) -> SubmitOrder:
+def submit(symbol: str, qty: str, strategy: str = "s1", side: Side = "buy") -> SubmitOrder:
     return SubmitOrder.create(
         SubmitOrderPayload(
             order_id=uuid.uuid4(),
-            strategy="s1",
+            strategy=strategy,
             account=ACCOUNT,
             symbol=symbol,
-            side="buy",
+            side=side,
             quantity=D(qty),
             asset_class="option",
         ),
@@ -321,3 +322,105 @@ async def test_options_held_past_expiry_end_as_shares_or_a_lost_premium_everywhe
 
 async def _count(database_url: str, type_: str, n: int) -> bool:
     return len(await recorded(database_url, type_)) >= n
+
+
+async def test_opposite_positions_of_two_strategies_are_settled_inside_tradebus(
+    bus: Bus, database_url: str, recorder: ServiceProcess
+) -> None:
+    """s1 buys 3 SPY 600 calls and s2 sells 1; s1 buys 1 SPY 650 call and
+    s2 sells 1. The paper broker holds the net: 2 of the 600s, none of the
+    650s. Past the close it exercises the 2 (200 SPY at 600, booked to s1)
+    and lists nothing of the 650. The gateway settles the rest inside
+    tradebus: the offsetting 600 is exercised by s1 (100 SPY bought at 600)
+    and assigned to s2 (100 sold), the 650s closed at 0 on both sides. In
+    the risk-gate's fold of the store and ``tradebus positions`` nobody
+    holds a contract, s1 holds 300 SPY, s2 -100, the account 200 as the
+    broker does, and the account's realized P&L is the broker's. A gateway
+    rebuilt from the store publishes nothing more. Before, s1 +1 / s2 -1 of
+    the 600 and s1 +1 / s2 -1 of the 650 stayed everywhere, for ever."""
+    clock = SetClock(ny_ns("2026-12-04 10:00"))
+    counter = itertools.count(1)
+    book = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    book.on_market(MarketUpdate.trade(ITM, D(11), ny_ns("2026-12-04 10:00")))
+    book.on_market(MarketUpdate.trade(OTM, D("0.4"), ny_ns("2026-12-04 10:00")))
+    spy = TradePrinted.create(
+        TradePayload(symbol="SPY", price=D(610), size=D(100), feed="synthetic"),
+        source="test/marketdata",
+        clock=WALL,
+        ts_event=ny_ns("2026-12-04 15:59"),
+    )
+    book.on_market(MarketUpdate.trade("SPY", D(610), spy.ts_event))
+    await bus.publish(spy)
+    port = free_port()
+    creds = [Credentials("key", SecretStr("secret"), ACCOUNT)]
+    w = worker(port, Outbox(bus), OrderTracker(ACCOUNT, clock=WALL, source="broker-gateway/test"))
+    async with PaperBrokerServer(book, creds, port=port) as server, running(bus, w, commands=True):
+        # The buys first: the broker never holds a short contract.
+        for command in (submit(ITM, "3"), submit(OTM, "1")):
+            await bus.publish(command)
+        await eventually(lambda: _count(database_url, "FillReceived", 2), timeout=20)
+        for command in (submit(ITM, "1", "s2", "sell"), submit(OTM, "1", "s2", "sell")):
+            await bus.publish(command)
+        await eventually(lambda: _count(database_url, "FillReceived", 4), timeout=20)
+        clock.ns = ny_ns("2026-12-04 16:00")
+        server.expire_orders()
+        # The broker's 2 (contracts, shares), the 600's cross (4), the 650's (2).
+        fills = await eventually(lambda: settlements(database_url, 8), timeout=30)
+    assert {p.symbol: p.qty for p in book.positions(ACCOUNT)} == {"SPY": D(200)}
+    assert sorted(a.activity_type for a in book.activities(ACCOUNT)) == ["OPEXC", "OPTRD"]
+    got = sorted(
+        (
+            f["payload"]["symbol"],
+            f["payload"]["side"],
+            f["payload"]["quantity"],
+            f["payload"]["price"],
+            f["payload"]["settlement"],
+            f["payload"]["strategy"],
+        )
+        for f in fills
+    )
+    assert got == [
+        (ITM, "buy", "1", "0", "assigned", "s2"),
+        (ITM, "sell", "1", "0", "exercised", "s1"),
+        (ITM, "sell", "2", "0", "exercised", "s1"),
+        (OTM, "buy", "1", "0", "expired", "s2"),
+        (OTM, "sell", "1", "0", "expired", "s1"),
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        ("SPY", "buy", "200", "600", "exercised", "s1"),
+        ("SPY", "sell", "100", "600", "assigned", "s2"),
+    ]
+
+    stored = [e for e in map(stored_event, await rows(database_url)) if e is not None]
+    gate = evolve_all(RiskState.initial(), tuple(stored))
+    for strategy in ("s1", "s2"):
+        for symbol in (ITM, OTM):
+            assert gate.strategy_positions[(strategy, ACCOUNT, symbol)].quantity == 0
+    assert gate.strategy_positions[("s1", ACCOUNT, "SPY")].quantity == D(300)
+    assert gate.strategy_positions[("s2", ACCOUNT, "SPY")].quantity == D(-100)
+    spy_gate = gate.positions[(ACCOUNT, "SPY")]
+    assert (spy_gate.quantity, spy_gate.avg_price) == (D(200), D(600))
+    assert gate.positions[(ACCOUNT, ITM)].quantity == gate.positions[(ACCOUNT, OTM)].quantity == 0
+    # The account lost what the broker says: the 2 calls it held, exercised.
+    assert gate.positions[(ACCOUNT, ITM)].realized_total == D(-2200)
+    assert gate.positions[(ACCOUNT, OTM)].realized_total == D(0)
+
+    rows_ = await read_positions(database_url, ACCOUNT)
+    held = {(r.strategy, r.symbol): (r.quantity, r.avg_price) for r in rows_ if r.quantity}
+    assert held == {("s1", "SPY"): (D(300), D(600)), ("s2", "SPY"): (D(-100), D(600))}
+    assert sum((r.realized_pnl for r in rows_ if r.symbol in (ITM, OTM)), D(0)) == D(-2200)
+
+    history = await order_path_history(
+        database_url,
+        [ACCOUNT],
+        stream_last_seq=0,
+        wait_s=0,
+        pending_from_seq=1 << 40,
+        settled_before_ns=time.time_ns(),
+    )
+    [rebuilt] = history.trackers([ACCOUNT], clock=WALL, source="broker-gateway/test").values()
+    assert rebuilt.positions[("s1", ITM)] == rebuilt.positions[("s2", OTM)] == 0
+    later = worker(port, Outbox(bus), rebuilt)
+    before = len(await recorded(database_url, "FillReceived"))
+    async with PaperBrokerServer(book, creds, port=port), running(bus, later, commands=False):
+        assert await later.settlements.read(dt.date(2026, 12, 4)) == 0
+    assert len(await recorded(database_url, "FillReceived")) == before

@@ -18,6 +18,8 @@ from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
+    cross_events,
+    held_expired,
     holds_options,
     read_after_connecting,
     settlement_events,
@@ -325,3 +327,122 @@ def test_an_activity_the_contract_cannot_carry_is_left_out_and_the_rest_booked(
     events = settle(t, [bad, activity("a1", "OPEXP", CALL, "-1")])
     assert booked(events) == [(CALL, "sell", "1", "0", "expired", "s1")]
     assert any("x1" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- crosses
+#
+# Strategies of one account holding opposite positions in a contract: the
+# broker holds (and settles) only the net, so the offsetting part is
+# settled inside tradebus (``cross_events``).
+
+PAST = parse_option(CALL).expires_at_ns + 1
+
+
+def cross(
+    t: OrderTracker,
+    activities: Sequence[BrokerActivity] = (),
+    broker: dict[str, Decimal] | None = None,
+    now_ns: int = PAST,
+) -> list[Event]:
+    return cross_events(t, activities, broker, now_ns=now_ns, clock=CLOCK, source=SOURCE)
+
+
+def test_opposite_positions_the_broker_never_held_are_crossed_at_0_once_it_shows_none() -> None:
+    """s1 long 2 calls, s2 short 2: the broker holds none, so it settles
+    nothing and lists no activity. Once a read after the expiry shows no
+    activity and no broker position in it, s2 buys its 2 back at 0, then s1
+    sells its 2 at 0 (``expired``: with no activity, nothing says whether it
+    was in the money): both flat, the premium realized, the account's
+    total unchanged. Before, s1 +2 and s2 -2 stayed for ever."""
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+    assert held_expired(t, PAST) == [EXPIRY], "the contract is still read for"
+    assert cross(t, broker={"SPY": D(5)}, now_ns=PAST - 2) == [], "not before the expiry"
+    assert cross(t, broker={CALL: D(1)}) == [], "the broker still holds some"
+    assert cross(t, broker=None) == [], "the broker's positions not read"
+    events = cross(t, broker={"SPY": D(5)})
+    assert booked(events) == [
+        (CALL, "buy", "2", "0", "expired", "s2"),
+        (CALL, "sell", "2", "0", "expired", "s1"),
+    ]
+    assert t.positions[("s1", CALL)] == t.positions[("s2", CALL)] == 0
+    assert held_expired(t, PAST) == []
+    assert {e.ts_event for e in events} == {parse_option(CALL).expires_at_ns}
+    assert len({e.id for e in events}) == len(events)
+    fills = [e.payload for e in events if isinstance(e, FillReceived)]
+    assert all(f.status == "complete" and f.leaves_quantity == 0 for f in fills)
+    assert len({(f.broker_order_id, f.fill_id) for f in fills}) == len(fills)
+    # Read again: nothing twice.
+    assert cross(t, broker={}) == []
+
+
+def test_the_part_of_an_exercise_the_broker_did_not_see_is_crossed_with_the_shares() -> None:
+    """s1 long 3 calls, s2 short 1: the broker holds and exercises the net 2,
+    which goes to s1 (s1 +1, s2 -1 left). The offsetting 1 is exercised
+    inside tradebus: s1 receives 100 shares at the strike, s2 delivers them
+    (assigned), both contracts closed at 0. In the order that leaves the
+    account's day P&L a gain in between: s1's shares, s2's shares, s2's
+    contract, s1's contract. s1 holds 300 SPY, s2 -100: the account's 200,
+    the broker's."""
+    t = tracker(opened([("s1", CALL, "3"), ("s2", CALL, "-1")]))
+    net = [activity("a1", "OPEXC", CALL, "-2"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    settled = settle(t, net)
+    assert (t.position(CALL, "s1"), t.position(CALL, "s2")) == (D(1), D(-1))
+    events = cross(t, net, broker={"SPY": D(200)})
+    assert booked(events) == [
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        ("SPY", "sell", "100", "600", "assigned", "s2"),
+        (CALL, "buy", "1", "0", "assigned", "s2"),
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+    ]
+    assert (t.position("SPY", "s1"), t.position("SPY", "s2")) == (D(300), D(-100))
+    assert t.net_positions() == {"SPY": D(200)}
+    assert held_expired(t, PAST) == []
+    assert len({e.id for e in [*settled, *events]}) == len(settled) + len(events)
+    assert cross(t, net, broker={"SPY": D(200)}) == []
+
+
+def test_the_offsetting_part_of_a_short_put_assigned_is_crossed_the_other_way() -> None:
+    """s1 short 2 puts, s2 long 1: the broker assigns the net 1 (to s1).
+    The other 1: s2 exercises (sells 100 at the strike), s1 is assigned
+    (buys them), the contracts closed at 0."""
+    t = tracker(opened([("s1", PUT, "-2"), ("s2", PUT, "1")]))
+    net = [activity("a1", "OPASN", PUT, "1"), activity("a2", "OPTRD", "SPY", "100", "600")]
+    settle(t, net)
+    events = cross(t, net, broker={"SPY": D(100)})
+    assert booked(events) == [
+        ("SPY", "sell", "100", "600", "exercised", "s2"),
+        ("SPY", "buy", "100", "600", "assigned", "s1"),
+        (PUT, "buy", "1", "0", "assigned", "s1"),
+        (PUT, "sell", "1", "0", "exercised", "s2"),
+    ]
+    assert (t.position("SPY", "s1"), t.position("SPY", "s2")) == (D(200), D(-100))
+    assert t.net_positions() == {"SPY": D(100)}
+
+
+def test_a_contract_the_broker_has_not_settled_yet_is_not_crossed() -> None:
+    """s1 +3, s2 -1 and no activity yet: the broker still holds the net 2,
+    and how it settles them (exercise or expiry) is what the offsetting
+    part follows: nothing is crossed until it says."""
+    t = tracker(opened([("s1", CALL, "3"), ("s2", CALL, "-1")]))
+    assert cross(t, broker={}) == []
+    assert cross(t, broker={CALL: D(2)}) == []
+
+
+@pytest.mark.parametrize("published", range(4))
+def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> None:
+    """The gateway published the first ``published`` of the cross's 4 fills
+    and died; rebuilt from what was published, it publishes the rest, the
+    same as an uncut run (quantities from the positions before the cross)."""
+    holdings = opened([("s1", CALL, "3"), ("s2", CALL, "-1")])
+    net = [activity("a1", "OPEXC", CALL, "-2"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    first = tracker(holdings)
+    settled = settle(first, net)
+    whole = cross(first, net, broker={"SPY": D(200)})
+    assert len(whole) == 4
+    before = whole[:published]
+    rebuilt = tracker([*holdings, *settled, *before])
+    assert settle(rebuilt, net) == []
+    rest = cross(rebuilt, net, broker={"SPY": D(200)})
+    assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
+    assert booked([*before, *rest]) == booked(whole)
+    assert rebuilt.positions == first.positions

@@ -1090,3 +1090,64 @@ def test_a_settlement_is_booked_but_marks_nothing() -> None:
                 "exercised",
                 "exercised",
             ]
+
+
+class SellsWhatItGets(Strategy[ProbeParams]):
+    """Options only; sells ``quantity`` of any other symbol a fill gives it
+    (the underlying's shares of an exercise)."""
+
+    def on_fill(self, fill: Fill) -> None:
+        if fill.symbol not in self.ctx.symbols and fill.side == "buy":
+            signal = self.ctx.signal(fill.symbol, "unwind", "flat", reason="exercised")
+            self.ctx.order(fill.symbol, "sell", self.params.quantity, cause=signal)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "closes"),
+    [("200", True), ("150", True), ("201", False)],
+)
+def test_an_options_only_strategy_may_close_the_shares_an_exercise_gave_it(
+    quantity: str, closes: bool
+) -> None:
+    """p trades only a SPY call; exercised, it is given 200 SPY (booked to
+    its ledger). It may sell them down (all, or part): an order in a symbol
+    not its own that reduces a position it holds. Selling past flat (201,
+    which would open a short in a symbol not its own) is still a fault.
+    Before, any order in SPY was a fault: the shares could only be closed
+    by hand (or a flatten of the whole account)."""
+    call = "O:SPY261211C00600000"
+    rt = InMemoryRuntime(ids=counter_ids())
+    rt.add("p", SellsWhatItGets, {"quantity": quantity}, symbols=(call,))
+    out = rt.run(
+        [
+            booked_fill(call, "buy", 2, "5", strategy="p", flatten=uuid.uuid4(), fill_id="f-p"),
+            settlement_fill(call, "sell", 2, "0", strategy="p", at_ns=2 * MINUTE_NS),
+            settlement_fill("SPY", "buy", 200, "600", strategy="p", at_ns=2 * MINUTE_NS),
+        ]
+    )
+    assert rt.hosts["p"].ledger.position("SPY").quantity == Decimal(200), "booked"
+    intents = of_type(out, OrderIntentCreated)
+    if closes:
+        [intent] = intents
+        assert (intent.payload.symbol, intent.payload.side, intent.payload.quantity) == (
+            "SPY",
+            "sell",
+            Decimal(quantity),
+        )
+        assert intent.payload.asset_class == "equity"
+        assert not of_type(out, StrategyFaulted)
+    else:
+        assert intents == []
+        [fault] = of_type(out, StrategyFaulted)
+        assert "only reduce" in fault.payload.error, fault.payload.error
+
+
+def test_an_order_in_a_symbol_not_its_own_and_not_held_is_still_a_fault() -> None:
+    rt = InMemoryRuntime(ids=counter_ids())
+    rt.add("p", SellsWhatItGets, {"quantity": "1"}, symbols=("AAPL",))
+    out = rt.run([booked_fill("SPY", "sell", 5, "600", strategy="p", flatten=uuid.uuid4())])
+    # Short 5 SPY it does not trade: its fill is a sell, nothing is ordered.
+    assert of_type(out, OrderIntentCreated) == []
+    host = rt.hosts["p"]
+    with pytest.raises(ValueError, match="not one of p's symbols"):
+        host.emit_signal("MSFT", "x", "flat", "", None)
