@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,18 @@ EXCHANGE_TZ = ZoneInfo("America/New_York")
 #: The close of an expiry day (New York time), after which a standard US
 #: equity option no longer trades.
 EXPIRY_CLOSE = dt.time(16, 0)
+
+#: US listed options' ticks (minimum price variations) by price level,
+#: coarsest first: under $3, 0.05 (0.01 for the penny-program classes); from
+#: $3, 0.10 (0.05 for the penny-program classes, 0.01 for SPY, QQQ and IWM).
+_TICKS_UNDER_3 = (Decimal("0.05"), Decimal("0.01"))
+_TICKS_FROM_3 = (Decimal("0.10"), Decimal("0.05"), Decimal("0.01"))
+_THREE = Decimal(3)
+_PENNY = Decimal("0.01")
+#: The roots whose contracts trade in pennies at every price.
+_PENNY_AT_EVERY_PRICE = frozenset({"SPY", "QQQ", "IWM"})
+#: A price's 26 whole digits over 0.01 already take all 28 of the default context.
+_WIDE = Context(prec=60)
 
 _OCC = re.compile(r"([A-Z0-9]{1,6})([0-9]{6})([CP])([0-9]{8})")
 _FORMAT = (
@@ -83,3 +96,26 @@ def option_symbol(value: str) -> str:
     if value.startswith(OPTION_PREFIX):
         parse_option(value)
     return value
+
+
+def option_tick(symbol: str, price: Decimal, quoted: Iterable[Decimal] = ()) -> Decimal:
+    """The tick of ``symbol``'s contract at ``price``, as far as tradebus can
+    tell: the one rule of marketdata's marks and the risk-gate's price band.
+
+    SPY's, QQQ's and IWM's contracts (by the OCC root: not an adjusted
+    contract's, nor SPX's) trade in 0.01 at every price. Nothing lists the
+    other penny-program classes (0.01 under $3, 0.05 from $3), so any other
+    contract is given the coarsest tick of ``price``'s level (0.05 under $3,
+    0.10 from $3) on whose grid every ``quoted`` price is, else 0.01: with no
+    prices (the gate has no quote in hand) the coarsest; a quote in pennies
+    (0.02 x 0.10) shows a penny class's, held to 0.01, while one on the
+    nickel grid (0.05 x 0.10) may be either's and is given the nickel.
+    """
+    if parse_option(symbol).root in _PENNY_AT_EVERY_PRICE:
+        return _PENNY
+    ladder = _TICKS_FROM_3 if price >= _THREE else _TICKS_UNDER_3
+    prices = tuple(quoted)
+    for tick in ladder:
+        if all(not _WIDE.remainder(p, tick) for p in prices):
+            return tick
+    return ladder[-1]

@@ -447,7 +447,14 @@ class AccountWorker:
             else:
                 self._failures.pop(held.command.id, None)
                 if isinstance(held.command, FlattenAccount):
-                    await self._ack_confirmed(held.msg)
+                    if await self._ack_confirmed(held.msg):
+                        # Not delivered again, but by a consumer made anew,
+                        # replaying max_submit_delay_s on the server's clock.
+                        self.tracker.flatten_acknowledged(
+                            held.command.id,
+                            now_ns=self.clock.now_ns(),
+                            replay_ns=int(self.max_submit_delay_s * 1e9) + CLOCK_SKEW_NS,
+                        )
                 else:
                     self.acks.add(held.msg)
                 self.handled += 1
@@ -475,15 +482,18 @@ class AccountWorker:
                     with contextlib.suppress(nats.errors.Error):
                         await held.msg.in_progress()
 
-    async def _ack_confirmed(self, msg: Msg) -> None:
-        """Ack now and wait for the server to have it (else: with the others)."""
+    async def _ack_confirmed(self, msg: Msg) -> bool:
+        """Ack now and wait for the server to have it (else: with the others).
+        Whether it is confirmed: the consumer will not deliver it again."""
         if not msg.reply:
-            return
+            return True  # no JetStream delivery: nothing delivers it again
         try:
             await msg.ack_sync(timeout=ACK_CONFIRM_TIMEOUT_S)
         except (nats.errors.Error, TimeoutError) as e:
             log.warning("ack of %s not confirmed (%s); sent again with the others", msg.subject, e)
             self.acks.add(msg)
+            return False
+        return True
 
     async def wait_idle(self) -> None:
         """Until the command under way (if any) is done and none is queued."""

@@ -406,6 +406,10 @@ def _checked_configs(options: UpOptions, names: list[str], printer: Printer) -> 
     risk = wiring.config_path(options.risk, "risk.yaml")
     loaded = _check_configs(_config_files(names, strategies, risk))
     loaded_strategies = loaded.strategies or []
+    # config check's warnings of the strategies' symbols, but none of
+    # marketdata's TRADEBUS_SYMBOLS: up subscribes it to those symbols itself.
+    for warning in configs.symbol_warnings(loaded.strategies, loaded.files, None):
+        printer.alert(LABEL, warning)
     if "marketdata" in names and "strategy-runner" in names:
         channels = os.environ.get("TRADEBUS_CHANNELS", wiring.DEFAULT_CHANNELS)
         for warning in wiring.bar_interval_warnings(loaded_strategies, channels):

@@ -57,6 +57,7 @@ from services.broker_gateway.config import GatewaySettings
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.errors import AnswerUnread
 from services.broker_gateway.gateway import (
+    CLOCK_SKEW_NS,
     RECONCILE_ATTEMPTS,
     RETRY_INITIAL_S,
     AccountWorker,
@@ -138,6 +139,7 @@ async def gateway(
     max_held: int = 1000,
     position_check_every_s: float = 0.0,
     trackers: dict[str, OrderTracker] | None = None,
+    max_submit_delay_s: float = 120,
 ) -> AsyncIterator[Gateway]:
     """The gateway's command path, wired as main.py wires it, ack wait 1 s;
     ``trackers`` as rebuilt after a restart (else new ones)."""
@@ -167,7 +169,7 @@ async def gateway(
             outbox,
             clock=CLOCK,
             source="broker-gateway/test",
-            max_submit_delay_s=120,
+            max_submit_delay_s=max_submit_delay_s,
             ack_wait_s=ACK_WAIT_S,
             dead_letter=dead,
             max_held=max_held,
@@ -451,6 +453,34 @@ async def test_a_flatten_that_leaves_a_position_open_says_so(bus: Bus, venues: l
         assert [(p.symbol, p.qty) for p in a.book.positions(a.account)] == [("MSFT", D(5))]
         await w.wait_idle()
         assert w.tracker.flattened(flat.id)  # done: a copy of it does not run again
+
+
+async def test_the_gateway_lets_go_of_a_flatten_no_consumer_can_deliver_again(
+    bus: Bus, venues: list[Venue]
+) -> None:
+    """The worker's tracker kept every flatten it ran for the life of the
+    gateway. Once its ack is confirmed, a flatten is let go; whether it is
+    done is kept while a consumer made anew (replaying max_submit_delay_s,
+    on clocks up to CLOCK_SKEW_NS apart) could bring it, so a copy is still
+    a repeat then, and forgotten after."""
+    a = venues[0]
+    async with gateway(bus, venues[:1], max_submit_delay_s=0.1) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        first = flatten(a.account)
+        await bus.publish(first)
+        await eventually(lambda: w.handled == 1, timeout=10)
+        acknowledged = time.time_ns()
+        assert w.tracker.flattened(first.id)  # a consumer made anew could replay it
+        assert first.id not in w.tracker._flattens
+        kept_ns = 100_000_000 + CLOCK_SKEW_NS
+        await eventually(lambda: time.time_ns() > acknowledged + kept_ns, timeout=10)
+        second = flatten(a.account)
+        await bus.publish(second)
+        await eventually(lambda: w.handled == 2, timeout=10)
+        assert w.tracker.flattened(second.id)
+        assert not w.tracker.flattened(first.id)
+        assert w.tracker._flattens == {}
 
 
 async def test_a_flatten_says_which_closing_orders_it_placed(bus: Bus, venues: list[Venue]) -> None:

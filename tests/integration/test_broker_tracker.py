@@ -688,6 +688,42 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     assert rebuilt.unfinished_flattens() == []
 
 
+def test_the_live_tracker_lets_a_flatten_go_once_no_consumer_can_bring_it_again() -> None:
+    """The live tracker kept every flatten it handled, and whether it was
+    done, for as long as the gateway ran (only a start-up's rebuild was
+    bounded). A flatten whose ack the command consumer confirmed will not be
+    delivered again by it: it is let go at once, as a rebuilt tracker lets go
+    the flattens below the ack floor; whether it is done is kept while a
+    consumer made anew, replaying ``replay_ns``, could bring it, then forgotten."""
+    s = 1_000_000_000
+    live = tracker()
+
+    def ran(at_s: int, *, acknowledged: bool = True) -> FlattenAccount:
+        f = FlattenAccount.create(
+            FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+        )
+        live.flatten_started(f)
+        live.flatten_done([])
+        live.flatten_ended()
+        if acknowledged:
+            live.flatten_acknowledged(f.id, now_ns=at_s * s, replay_ns=30 * s)
+        return f
+
+    first, second = ran(0), ran(1)
+    unacked = ran(2, acknowledged=False)  # its ack not confirmed: it may come again
+    assert [f.id for f in live.unfinished_flattens()] == []
+    assert live._flattens.keys() == {unacked.id}
+    assert live.flattened(first.id)  # a consumer made anew could replay it: a repeat
+    third = ran(30)  # the first's 30 s are over
+    assert not live.flattened(first.id)
+    assert all(live.flattened(f.id) for f in (second, unacked, third))
+    # However many it handles, it holds those of the last 30 s (and the unacked one).
+    for at in range(100, 1100):
+        ran(at)
+    assert len(live._flattened) == 30 + 1  # acknowledged at 1070 to 1099 s
+    assert live._flattens.keys() == {unacked.id}
+
+
 def test_a_flatten_the_consumer_acknowledged_is_not_waited_for_and_stays_done() -> None:
     """Flattens the command consumer acknowledged will not be delivered
     again: one cut without an outcome (given up, dead-lettered) is not among

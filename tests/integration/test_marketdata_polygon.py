@@ -283,7 +283,8 @@ async def test_option_quotes_make_marks_and_a_held_quote_is_marked_when_due(bus:
     assert all(n >= 1 for n in skipped.values()), skipped
 
 
-CHEAP = "O:SPY241220P00400000"
+#: A nickel class's contract (SPY's trade in pennies at every price: 0.05 x 0.10 is five of them).
+CHEAP = "O:AAPL241220P00100000"
 
 
 async def test_a_cheap_option_quoted_a_tick_or_two_wide_is_marked(bus: Bus) -> None:

@@ -21,6 +21,8 @@ import pytest
 
 from libs.bus.client import Bus
 from libs.contract.events import (
+    CancelOrder,
+    CancelOrderPayload,
     SignalGenerated,
     SignalPayload,
     SubmitOrder,
@@ -29,6 +31,7 @@ from libs.contract.events import (
 )
 from libs.contract.options import EXCHANGE_TZ
 from libs.testing.wait import eventually
+from services.broker_gateway import metrics
 from services.paper_broker.domain.auction import session_for
 from services.paper_broker.domain.fill_model import MarketUpdate
 from tests.integration.test_broker_commands import (
@@ -136,3 +139,48 @@ async def test_auction_orders_are_accepted_filled_and_expired_over_the_order_str
     assert "expired" in canceled["payload"]["reason"]
     assert book.orders(a.account) == []
     assert [(p.symbol, p.qty) for p in book.positions(a.account)] == [("AAPL", D(3))]
+
+
+async def test_an_opg_orders_cancel_from_0928_is_refused_and_it_fills_at_the_open(
+    bus: Bus, venue: Venue
+) -> None:
+    """As at Alpaca, the paper broker refuses to cancel an opg order from
+    09:28 New York until the open (422); the gateway takes the refusal as it
+    takes any refused cancel (``NotCancelable``: the command's outcome
+    ``not_cancelable``, no event), and the order fills at the open."""
+    a = venue
+    placed = dt.datetime.combine(dt.datetime.now(EXCHANGE_TZ).date(), dt.time(8, 0), EXCHANGE_TZ)
+    clock = SetClock()
+    clock.ns = int(placed.timestamp()) * 1_000_000_000
+    session = session_for(clock.ns, "opg")
+    assert session is not None
+    book = a.book = AuctionBook(clock)
+    await a.down()
+    await a.up()
+    refused = metrics.COMMANDS.labels(
+        account=a.account, type="CancelOrder", outcome="not_cancelable"
+    )
+    before = refused._value.get()
+    async with gateway(bus, [a]) as gw:
+        assert await gw.workers[a.account].port.wait_connected(timeout=10)
+        moo = order(a.account, "opg")
+        await bus.publish(moo)
+        await eventually(lambda: event_of(bus, f"broker.ack.{a.account}", moo), timeout=10)
+        clock.ns = session.open_ns - 60_000_000_000  # 09:29
+        await bus.publish(
+            CancelOrder.create(
+                CancelOrderPayload(
+                    order_id=moo.payload.order_id, account=a.account, reason="strategy"
+                ),
+                source="test/risk-gate",
+                clock=CLOCK,
+            )
+        )
+        await eventually(lambda: refused._value.get() == before + 1, timeout=10)
+        assert [(o.time_in_force, o.status) for o in book.orders(a.account)] == [("opg", "new")]
+        assert a.server is not None
+        clock.ns = session.open_ns + 1_000_000_000
+        a.server.market(MarketUpdate.trade("AAPL", D("101.25"), session.open_ns + 500_000_000))
+        fill = await eventually(lambda: event_of(bus, f"broker.fill.{a.account}", moo), timeout=10)
+    assert fill["payload"]["status"] == "complete"
+    assert await event_of(bus, f"broker.cancel.{a.account}", moo) is None

@@ -38,6 +38,8 @@ S = 1_000_000_000
 T0 = 1_773_154_800 * S
 OPTION = "O:SPY241220P00720000"
 OTHER = "O:SPY241220C00600000"
+#: A contract of a class quoted in nickels under $3 (SPY's trade in pennies at every price).
+NICKEL = "O:AAPL241220C00100000"
 POLICY = MarkPolicy(min_interval_ns=S, min_change=D("0.01"), refresh_ns=30 * S)
 _seq = count(1)
 
@@ -340,31 +342,42 @@ def test_a_quote_wider_than_the_max_spread_makes_no_mark(bid: str, ask: str, wid
 
 
 @pytest.mark.parametrize(
-    ("bid", "ask", "wide"),
+    ("symbol", "bid", "ask", "wide"),
     [
         # Cheap contracts quoted a tick or two wide: wide by the relative limit
         # (0.05 x 0.10 is 67 % of its 0.075 midpoint), but the market can quote
         # them no narrower, and they are marked.
-        ("0.05", "0.10", False),  # one nickel
-        ("0.05", "0.15", False),  # two nickels: 100 % of 0.10
-        ("0.01", "0.02", False),  # one penny
-        ("0.01", "0.03", False),  # two pennies
-        ("0.10", "0.20", False),  # two nickels (on the dime grid, but under $3 no tick is)
+        (NICKEL, "0.05", "0.10", False),  # one nickel
+        (NICKEL, "0.05", "0.15", False),  # two nickels: 100 % of 0.10
+        (NICKEL, "0.01", "0.02", False),  # one penny
+        (NICKEL, "0.01", "0.03", False),  # two pennies
+        (NICKEL, "0.10", "0.20", False),  # two nickels (on the dime grid, but under $3 no tick is)
         # Three ticks and more are wide: the tick is the coarsest grid both prices are on.
-        ("0.05", "0.20", True),  # three nickels: 0.15 > 0.10 and > 0.0625
-        ("0.01", "0.04", True),  # three pennies
-        ("0.02", "0.10", True),  # quoted in pennies (0.02 is no nickel): eight of them
+        (NICKEL, "0.05", "0.20", True),  # three nickels: 0.15 > 0.10 and > 0.0625
+        (NICKEL, "0.01", "0.04", True),  # three pennies
+        (NICKEL, "0.02", "0.10", True),  # quoted in pennies (0.02 is no nickel): eight of them
         # From $3 the coarsest tick is a dime; there the relative limit is the wider anyway.
-        ("3.00", "3.20", False),
+        (NICKEL, "3.00", "3.20", False),
         # The contract's largest prices, wide: no overflow finding their tick.
-        ("0.000000000001", "9" * 26 + ".999999999999", True),
+        (NICKEL, "0.000000000001", "9" * 26 + ".999999999999", True),
+        # SPY's, QQQ's and IWM's contracts trade in pennies at every price (as
+        # the gate counts them): a quote on the nickel grid is as many pennies wide.
+        (OPTION, "0.05", "0.10", True),  # five pennies: 67 % of 0.075
+        (OPTION, "0.05", "0.15", True),  # ten pennies
+        (OPTION, "0.05", "0.07", False),  # two pennies
+        (OPTION, "0.01", "0.04", True),  # three pennies
+        ("O:QQQ241220C00500000", "0.05", "0.10", True),
+        ("O:IWM241220C00200000", "0.05", "0.07", False),
+        (OPTION, "3.00", "3.20", False),  # the relative limit, wider from $3
+        # An adjusted SPY contract (its own root) is no penny class that we know of.
+        ("O:SPY1241220P00720000", "0.05", "0.15", False),
     ],
 )
 def test_a_quote_a_tick_or_two_wide_is_a_mark_whatever_its_relative_spread(
-    bid: str, ask: str, wide: bool
+    symbol: str, bid: str, ask: str, wide: bool
 ) -> None:
     marks = OptionMarks(POLICY)  # max_spread 0.5 and max_spread_ticks 2 (the defaults)
-    marked = marks.with_marks([quote(OPTION, bid, ask)])
+    marked = marks.with_marks([quote(symbol, bid, ask)])
     if wide:
         assert (marked.marks, dict(marked.skipped)) == (0, {"wide_spread": 1})
     else:
@@ -376,11 +389,11 @@ def test_a_quote_a_tick_or_two_wide_is_a_mark_whatever_its_relative_spread(
 
 def test_the_ticks_allowed_are_a_setting_of_the_policy() -> None:
     one = replace(POLICY, max_spread_ticks=1)
-    assert isinstance(OptionMarks(one).on_quote(quote(OPTION, "0.05", "0.10")), MarkUpdated)
-    assert OptionMarks(one).on_quote(quote(OPTION, "0.05", "0.15")) == "wide_spread"
+    assert isinstance(OptionMarks(one).on_quote(quote(NICKEL, "0.05", "0.10")), MarkUpdated)
+    assert OptionMarks(one).on_quote(quote(NICKEL, "0.05", "0.15")) == "wide_spread"
     # 0: the relative limit alone, as before.
     none = replace(POLICY, max_spread_ticks=0)
-    assert OptionMarks(none).on_quote(quote(OPTION, "0.05", "0.10")) == "wide_spread"
+    assert OptionMarks(none).on_quote(quote(NICKEL, "0.05", "0.10")) == "wide_spread"
     # No relative limit is no limit at all, ticks or not.
     off = replace(POLICY, max_spread=D(0), max_spread_ticks=0)
     assert isinstance(OptionMarks(off).on_quote(quote(OPTION, "0.05", "4.00")), MarkUpdated)

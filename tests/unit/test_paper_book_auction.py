@@ -281,6 +281,50 @@ def test_an_auction_order_survives_a_restart_and_can_be_canceled_before_its_auct
     assert [(u.event, u.order.id, u.price) for u in updates] == [("fill", kept.id, D(99))]
 
 
+@pytest.mark.parametrize(
+    ("placed", "at", "cancelable"),
+    [
+        ("2026-12-08 08:00", "2026-12-08 09:27:59.999", True),
+        # Alpaca: no cancel (nor replace) of an opg order from 09:28 until the open.
+        ("2026-12-08 08:00", "2026-12-08 09:28", False),
+        ("2026-12-08 08:00", "2026-12-08 09:29:59.999", False),
+        ("2026-12-07 19:00", "2026-12-08 09:29", False),  # Monday evening's, for Tuesday's open
+        ("2026-12-08 08:00", "2026-12-08 09:30", True),  # the open: its auction is due
+        # An order for the next open is not locked by today's.
+        ("2026-12-08 19:00", "2026-12-09 09:27", True),
+        ("2026-12-11 20:00", "2026-12-12 09:29", True),  # Friday's, for Monday: Saturday
+        ("2026-12-11 20:00", "2026-12-14 09:29", False),  # and Monday
+    ],
+)
+def test_an_opg_order_cannot_be_canceled_from_0928_until_the_open(
+    placed: str, at: str, cancelable: bool
+) -> None:
+    """Alpaca refuses a cancel of an opg order from 09:28 New York until the
+    open; the paper broker canceled it right up to its auction, so a shadow
+    strategy's late cancel took it out of an open its live twin was in."""
+    b, clock = book(placed)
+    moo, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="opg"))
+    clock.ns = ny_ns(at)
+    if cancelable:
+        assert seen(b.cancel("A", moo.id)) == [("canceled", moo.client_order_id, None)]
+        return
+    with pytest.raises(Refused, match="not cancelable") as e:
+        b.cancel("A", moo.id)
+    assert (e.value.status, e.value.code) == (422, 42210000)
+    assert e.value.message == (
+        "order is not cancelable (time_in_force opg, from 09:28 New York until the open "
+        "at 09:30: the opening auction has it)"
+    )
+    assert b.order("A", moo.id) == moo  # still working, for its auction
+
+
+def test_a_cls_order_is_cancelable_until_its_auction() -> None:
+    b, clock = book("2026-12-08 08:00")
+    moc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="cls"))
+    clock.ns = ny_ns("2026-12-08 15:59")
+    assert seen(b.cancel("A", moc.id)) == [("canceled", moc.client_order_id, None)]
+
+
 def test_a_day_order_placed_with_auction_orders_still_expires_at_the_close() -> None:
     b, clock = book("2026-12-08 08:00", day_orders_expire_at=dt.time(16, 0))
     b.on_market(trade("AAPL", "200", "2026-12-08 07:59"))

@@ -26,6 +26,8 @@ from libs.contract.events import (
     OrderIntentPayload,
     OrderRejected,
     OrderRejectedPayload,
+    QuotePayload,
+    QuoteUpdated,
     ReasonCode,
     ResumePayload,
     SignalGenerated,
@@ -37,6 +39,7 @@ from libs.contract.events import (
     TradingStateChanged,
     TradingStatePayload,
 )
+from services.marketdata.domain.marks import OptionMarks
 from services.risk_gate.domain.commands import decision_id_for, order_id_for
 from services.risk_gate.domain.decide import decide, reduces_position
 from services.risk_gate.domain.evolve import evolve
@@ -1075,6 +1078,56 @@ def test_a_cheap_options_orders_at_its_bid_or_ask_pass_the_band(
         ReasonCode.ACCEPTED,
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("symbol", "bid", "ask", "marked"),
+    [
+        # A nickel class: a quote one or two nickels wide is marked, three are not.
+        (OPTION, "0.05", "0.10", True),
+        (OPTION, "0.05", "0.15", True),
+        (OPTION, "0.05", "0.20", False),
+        (OPTION, "0.02", "0.04", True),
+        (OPTION, "3.00", "3.20", True),
+        # SPY's contracts trade in pennies at every price: the same quotes are
+        # that many more of its ticks wide, and the gate counts in pennies.
+        (SPY_OPTION, "0.05", "0.10", False),
+        (SPY_OPTION, "0.05", "0.15", False),
+        (SPY_OPTION, "0.10", "0.20", False),
+        (SPY_OPTION, "0.05", "0.07", True),
+        (SPY_OPTION, "0.01", "0.03", True),
+        (SPY_OPTION, "3.00", "3.20", True),
+        ("O:QQQ260320C00400000", "0.05", "0.15", False),
+        ("O:IWM260320C00200000", "0.05", "0.15", False),
+    ],
+)
+def test_the_band_passes_the_bid_and_the_ask_of_every_quote_marketdata_marks(
+    symbol: str, bid: str, ask: str, marked: bool
+) -> None:
+    """Marketdata and the gate count a contract's ticks by one rule
+    (``libs.contract.options.option_tick``). Marketdata gave a SPY contract
+    quoted on the nickel grid the nickel, and marked 0.05 x 0.15 at 0.10,
+    while the gate counted SPY's ticks in pennies: its bid, 0.05 from the
+    mark, was 2 nickels but 5 pennies away, and denied."""
+    quoted = QuoteUpdated.create(
+        QuotePayload(
+            symbol=symbol,
+            bid_price=D(bid),
+            bid_size=D(1),
+            ask_price=D(ask),
+            ask_size=D(1),
+            sequence=1,
+            feed="polygon",
+        ),
+        source="test",
+        clock=At(T0),
+    )
+    made = OptionMarks().on_quote(quoted)  # marketdata's defaults
+    assert isinstance(made, MarkUpdated) is marked, made
+    if isinstance(made, MarkUpdated):
+        state = _banded(OPTION_BAND, made)  # the band risk.yaml suggests
+        for side, price in (("buy", bid), ("sell", bid), ("buy", ask), ("sell", ask)):
+            assert _band_verdict(state, symbol, side, price) == (OK, "")
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,35 @@ def test_up_reads_the_strategies_file_once(tmp_path: Path, monkeypatch: pytest.M
     assert calls == [path]
 
 
+@pytest.mark.usefixtures("no_servers")
+def test_up_warns_of_symbols_that_differ_only_by_the_share_class_separator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``tradebus config check`` does (:func:`configs.symbol_warnings`):
+    BRK.B and BRK/B are two symbols to every subject, limit and book, so the
+    one the feed does not name gets no data. Not the TRADEBUS_SYMBOLS
+    warning: up subscribes marketdata to the strategies' symbols itself."""
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", "AAPL")  # what up does not give marketdata
+    path = deployed_with(tmp_path, "strategies.yaml", "symbols: [SPY]", "symbols: [BRK.B]")
+    path.write_text(path.read_text().replace("symbols: [NVDA]", "symbols: [BRK/B]", 1))
+    code, text = up_output(tmp_path, strategies=path)
+    assert code == 1
+    assert (
+        "!!! BRK.B (strategy orb-spy) and BRK/B (strategy bb-nvda) differ only by the "
+        "share-class separator: market data, the risk-gate and the books take them as 2 "
+        "symbols, so the one the feed does not name gets no data and a position in one is "
+        "not netted with the other. Write them alike, as the feed names them (Polygon: BRK.B)\n"
+    ) in text
+    assert "TRADEBUS_SYMBOLS" not in text
+    assert "cannot migrate the event store" in text  # a warning: it went on to start
+    # The strategies alone: marketdata runs, so its symbols are checked all the same.
+    code, text = up_output(tmp_path, strategies=path, only=("strategy-runner",))
+    assert "differ only by the share-class separator" in text
+    # Neither the runner nor marketdata: the strategies file is no one's.
+    code, text = up_output(tmp_path, strategies=path, only=("recorder",))
+    assert "share-class" not in text
+
+
 def inputs(tmp_path: Path, strategies: Path, **environ: str) -> wiring.Inputs:
     """What ``up`` hands the wiring, with servers nobody runs and ``environ``."""
     return wiring.Inputs(

@@ -45,6 +45,7 @@ strategy stay right. Orders nobody here placed are roots (no cause).
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -177,6 +178,11 @@ class OrderTracker:
         #: between the two, the flatten passed for done, and its
         #: ClosingOrdersPlaced and refusals were never published.)
         self._flattened: set[uuid.UUID] = set()
+        #: Flattens done whose ack the live gateway saw confirmed, oldest
+        #: first, with the time (ns) until which a consumer made anew could
+        #: bring them again: then they leave ``_flattened`` (see
+        #: :meth:`flatten_acknowledged`).
+        self._replayable: deque[tuple[int, uuid.UUID]] = deque()
         #: The flatten whose close-all is under way: unknown orders are its.
         self._flattening: FlattenAccount | None = None
         #: Orders whose fills must be fetched from the broker (a gap was seen),
@@ -608,6 +614,27 @@ class OrderTracker:
         """
         for fid in flatten_ids:
             self._flattens.pop(fid, None)
+
+    def flatten_acknowledged(self, flatten_id: uuid.UUID, *, now_ns: int, replay_ns: int) -> None:
+        """The live gateway's :meth:`flattens_acknowledged`: the command
+        consumer confirmed at ``now_ns`` the ack of the flatten
+        ``flatten_id``, which it will not deliver again, and the tracker lets
+        it go. Whether it is done (:meth:`flattened`) is kept for
+        ``replay_ns`` more, as far back as a consumer made anew replays (a
+        copy it brings is a repeat), then forgotten: each is checked at the
+        next flatten acknowledged.
+
+        Without this a running gateway kept every flatten it ever handled
+        (only a start-up's rebuild was bounded). What it keeps is the flattens
+        of the last ``replay_ns``, those rebuilt on start-up, and any whose
+        ack was not confirmed (it may come again).
+        """
+        self.flattens_acknowledged((flatten_id,))
+        replayable = self._replayable
+        while replayable and replayable[0][0] <= now_ns:
+            self._flattened.discard(replayable.popleft()[1])
+        if flatten_id in self._flattened:
+            replayable.append((now_ns + replay_ns, flatten_id))
 
     def flatten_started(self, command: FlattenAccount) -> None:
         """A close-all is about to be sent: orders that appear now are its.

@@ -109,6 +109,7 @@ from libs.contract.events import (
     QuoteUpdated,
     asset_class_of,
 )
+from libs.contract.options import option_tick
 
 #: Why an option quote made no mark (the metric's ``reason`` label).
 SkipReason = Literal[
@@ -139,12 +140,6 @@ FEED_LOST = frozenset(
 MARKET_CARRIES: dict[str, AssetClass] = {"stocks": "equity", "options": "option"}
 
 NS = 1_000_000_000
-#: The ticks (minimum price variations) of US listed options, coarsest first:
-#: under $3, 0.05 (0.01 for the penny-program classes); from $3, 0.10 (0.05
-#: for the penny-program classes, 0.01 for SPY, QQQ and IWM).
-_TICKS_UNDER_3 = (Decimal("0.05"), Decimal("0.01"))
-_TICKS_FROM_3 = (Decimal("0.10"), Decimal("0.05"), Decimal("0.01"))
-_THREE = Decimal(3)
 #: The places a price can carry (the contract's ``Price``).
 _QUANTUM = Decimal("1e-12")
 _WIDE = Context(prec=60)
@@ -209,23 +204,19 @@ def midpoint(bid: Decimal, ask: Decimal) -> Decimal:
     return mid
 
 
-def quote_tick(bid: Decimal, ask: Decimal) -> Decimal:
-    """The tick of a quote's contract, as far as the quote shows it: the
-    coarsest tick a contract at the bid's price level may have (0.05 under $3,
-    0.10 from $3) whose grid both prices are on, else 0.01.
+def quote_tick(symbol: str, bid: Decimal, ask: Decimal) -> Decimal:
+    """The tick of ``symbol``'s contract, as far as its quote shows it
+    (:func:`~libs.contract.options.option_tick`, the risk-gate's rule too):
+    0.01 for SPY's, QQQ's and IWM's contracts; for any other, the coarsest
+    tick of the bid's price level (0.05 under $3, 0.10 from $3) whose grid
+    both prices are on, else 0.01.
 
-    Neither the feed nor the OCC symbol says whether a class is in the penny
-    program, so the prices are the only evidence: a quote in pennies (0.02 x
-    0.10) is a penny class's, held to 0.01; one on the nickel grid (0.05 x
-    0.10) may be either's and is given the nickel, so a penny class's quote
-    there may be up to five times as many of its ticks wide."""
-    ladder = _TICKS_FROM_3 if bid >= _THREE else _TICKS_UNDER_3
-    for tick in ladder:
-        # In the wide context, as the midpoint: a price's 26 whole digits
-        # over 0.01 already take all 28 of the default one.
-        if not _WIDE.remainder(bid, tick) and not _WIDE.remainder(ask, tick):
-            return tick
-    return ladder[-1]
+    Neither the feed nor the OCC symbol says whether another class is in the
+    penny program, so the prices are the only evidence: a quote in pennies
+    (0.02 x 0.10) is a penny class's, held to 0.01; one on the nickel grid
+    (0.05 x 0.10) may be either's and is given the nickel, so a penny class's
+    quote there may be up to five times as many of its ticks wide."""
+    return option_tick(symbol, bid, (bid, ask))
 
 
 def make_mark(
@@ -315,7 +306,7 @@ class OptionMarks:
         if (
             p.max_spread
             and spread > p.max_spread * mid
-            and spread > p.max_spread_ticks * quote_tick(q.bid_price, q.ask_price)
+            and spread > p.max_spread_ticks * quote_tick(q.symbol, q.bid_price, q.ask_price)
         ):
             self._held.pop(symbol, None)
             self._standing.pop(symbol, None)

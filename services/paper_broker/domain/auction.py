@@ -12,6 +12,8 @@ all in New York time (``EXCHANGE_TZ``):
   Placed before 09:28 on a weekday it is for that day's open; from 09:28 to
   19:00 it is refused; from 19:00 on, or on a weekend, it is for the next
   weekday's open.
+  Nor is one canceled (or replaced) from 09:28 on its session's day until
+  the open: the opening auction has it (:func:`cancel_refusal`).
 - ``cls`` (market or limit on close) takes part in the closing auction only.
   Placed before 15:50 on a weekday it is for that day's close; from 15:50 to
   19:00 it is refused; from 19:00 on, or on a weekend, it is for the next
@@ -56,6 +58,12 @@ SESSION_CLOSE = EXPIRY_CLOSE  # 16:00
 #: until 19:00, when it takes them for the next session.
 CUTOFF: dict[str, dt.time] = {"opg": dt.time(9, 28), "cls": dt.time(15, 50)}
 NEXT_SESSION_FROM = dt.time(19, 0)
+#: From the ``opg`` cutoff until the open (2 minutes) Alpaca cancels no ``opg``
+#: order: the opening auction has it.
+_OPG_LOCKED_NS = (
+    (SESSION_OPEN.hour * 60 + SESSION_OPEN.minute)
+    - (CUTOFF["opg"].hour * 60 + CUTOFF["opg"].minute)
+) * 60_000_000_000
 #: How long after its auction (by the broker's clock) an order waits for the
 #: print that stands for it: a one-minute bar comes when it ends, a few
 #: seconds after, so the 09:30 bar (or the 15:59 one) is in by then.
@@ -109,6 +117,19 @@ def refusal(tif: str) -> str:
         f"time_in_force {tif} is not accepted from {CUTOFF[tif]:%H:%M} to "
         f"{NEXT_SESSION_FROM:%H:%M} New York: the {auction} auction takes no more "
         f"orders (from {NEXT_SESSION_FROM:%H:%M} on, an order is for the next session's)"
+    )
+
+
+def cancel_refusal(tif: str, session: Session, now_ns: int) -> str | None:
+    """Why an order of ``tif`` for ``session``'s auction cannot be canceled
+    at ``now_ns`` (Refused's message); None: it can. An ``opg`` order cannot
+    from 09:28 on its session's day until the open, as at Alpaca; from the
+    open its auction is due, and the book settles it at the opening print."""
+    if tif != "opg" or not session.open_ns - _OPG_LOCKED_NS <= now_ns < session.open_ns:
+        return None
+    return (
+        f"order is not cancelable (time_in_force opg, from {CUTOFF['opg']:%H:%M} New York "
+        f"until the open at {SESSION_OPEN:%H:%M}: the opening auction has it)"
     )
 
 

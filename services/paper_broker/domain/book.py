@@ -61,6 +61,7 @@ from services.paper_broker.domain.auction import (
     AUCTION_WAIT_NS,
     AUCTIONS,
     Session,
+    cancel_refusal,
     closing_print,
     opening_print,
     refusal,
@@ -462,14 +463,20 @@ class PaperBook:
         return self._current(order), updates
 
     def cancel(self, account: str, order_id: str) -> list[TradeUpdate]:
-        """Cancel one working order (404 unknown, 422 no longer cancelable)."""
+        """Cancel one working order (404 unknown, 422 no longer cancelable, or
+        an ``opg`` order from 09:28 until the open: :func:`cancel_refusal`)."""
         order = self.order(account, order_id)
         if order is None:
             raise Refused(404, CODE_NOT_FOUND, f"order {order_id} not found")
         if not order.is_open:
             message = f"order is not cancelable (it is {order.status})"
             raise Refused(422, CODE_UNPROCESSABLE, message)
-        return [self._cancel(order, self.clock.now_ns())]
+        now = self.clock.now_ns()
+        if order.time_in_force in AUCTIONS and (session := self._session(order)) is not None:
+            locked = cancel_refusal(order.time_in_force, session, now)
+            if locked is not None:
+                raise Refused(422, CODE_UNPROCESSABLE, locked)
+        return [self._cancel(order, now)]
 
     def cancel_all(self, account: str) -> list[TradeUpdate]:
         """Cancel every working order (``DELETE /v2/orders``)."""

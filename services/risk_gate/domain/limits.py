@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from libs.contract.envelope import SymbolToken, Token
 from libs.contract.events import asset_class_of
-from libs.contract.options import parse_option
+from libs.contract.options import option_tick
 
 GLOBAL = "global"
 
@@ -121,14 +121,7 @@ def _not_a_bool(value: Any) -> Any:
 #: A price band's allowance in ticks (:func:`price_tick`): a whole number, 0 or more.
 Ticks = Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0)]
 
-#: US listed options' ticks (minimum price variations) by price level: 0.05
-#: under $3, 0.10 from $3; the penny-program classes' are finer (0.01 under
-#: $3, 0.05 from $3), and SPY's, QQQ's and IWM's 0.01 at every price.
-_OPTION_TICK_UNDER_3 = Decimal("0.05")
-_OPTION_TICK_FROM_3 = Decimal("0.10")
 _PENNY = Decimal("0.01")
-_PENNY_AT_EVERY_PRICE = frozenset({"SPY", "QQQ", "IWM"})
-_THREE = Decimal(3)
 #: US equities' (Reg NMS rule 612): 0.01 from $1, 0.0001 below.
 _SUB_PENNY = Decimal("0.0001")
 
@@ -138,7 +131,8 @@ def price_tick(symbol: str, price: Decimal) -> Decimal:
 
     An equity's is 0.01 from $1 and 0.0001 below. An option's is 0.05 under
     $3 and 0.10 from $3, and 0.01 at every price for SPY's, QQQ's and IWM's
-    contracts (by the OCC root). The gate has no quote in hand and nothing
+    contracts (by the OCC root): :func:`~libs.contract.options.option_tick`,
+    marketdata's rule for its marks too. The gate has no quote in hand and nothing
     lists the other penny-program classes (0.01 under $3, 0.05 from $3), so
     their contracts are given the coarser tick: an allowance of N ticks is up
     to 5 N of theirs under $3 (2 N from $3). The finer tick would keep every
@@ -148,9 +142,7 @@ def price_tick(symbol: str, price: Decimal) -> Decimal:
     a share, and counts only where that is wider than the relative band.
     """
     if asset_class_of(symbol) == "option":
-        if parse_option(symbol).root in _PENNY_AT_EVERY_PRICE:
-            return _PENNY
-        return _OPTION_TICK_UNDER_3 if price < _THREE else _OPTION_TICK_FROM_3
+        return option_tick(symbol, price)  # marketdata's marks' rule too
     return _PENNY if price >= 1 else _SUB_PENNY
 
 
