@@ -404,8 +404,13 @@ def _checked_configs(options: UpOptions, names: list[str], printer: Printer) -> 
     :class:`wiring.WiringError`) before anything runs."""
     strategies = wiring.config_path(options.strategies, "strategies.yaml")
     risk = wiring.config_path(options.risk, "risk.yaml")
-    loaded = _check_configs(_config_files(names, strategies, risk))
+    loaded, notes = _check_configs(_config_files(names, strategies, risk))
     loaded_strategies = loaded.strategies or []
+    # config check's notes too (a contract already expired, an account no
+    # broker serves while its strategies run in shadow mode): up printed
+    # none of them.
+    for note in notes:
+        printer.line(LABEL, f"note: {note}")
     # config check's warnings of the strategies' symbols, but none of
     # marketdata's TRADEBUS_SYMBOLS: up subscribes it to those symbols itself.
     for warning in configs.symbol_warnings(loaded.strategies, loaded.files, None):
@@ -493,23 +498,25 @@ def _config_files(names: list[str], strategies: Path, risk: Path) -> configs.Con
     )
 
 
-def _check_configs(files: configs.ConfigFiles) -> configs.Loaded:
-    """The files, loaded; refuse to start (:class:`UpError`) unless every file
-    is valid (a service refusing its file exits 2, and the stack would stop
-    right after starting) and the files agree (:func:`configs.cross_check`:
-    else the risk-gate denies, or no gateway takes, every order of a
-    strategy or account)."""
+def _check_configs(files: configs.ConfigFiles) -> tuple[configs.Loaded, tuple[str, ...]]:
+    """The files, loaded, and the notes of their cross-check; refuse to start
+    (:class:`UpError`) unless every file is valid (a service refusing its
+    file exits 2, and the stack would stop right after starting) and the
+    files agree (:func:`configs.cross_check`: else the risk-gate denies, or
+    no gateway takes, every order of a strategy or account)."""
     loaded = configs.load_configs(files)
     if loaded.problems:
         raise UpError("\n".join(loaded.problems))
-    # The paper URLs are not compared: the stack points them at its own paper broker.
-    problems = configs.cross_check(loaded, paper_url=False).problems
-    if problems:
+    # The paper URLs are not compared: the stack points them at its own paper
+    # broker. The wall clock, as config check's: a contract already expired
+    # is a note.
+    found = configs.cross_check(loaded, paper_url=False, now_ns=time.time_ns())
+    if found.problems:
         raise UpError(
             "the config files do not agree (tradebus config check shows it too):\n"
-            + "\n".join(f"  {p}" for p in problems)
+            + "\n".join(f"  {p}" for p in found.problems)
         )
-    return loaded
+    return loaded, found.notes
 
 
 def _state(info: StackInfo, servers: LocalServers | None) -> str:

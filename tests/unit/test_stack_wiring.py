@@ -282,3 +282,22 @@ def test_no_url_with_a_secret_goes_to_the_env_file(
     plain = _stack_info(home, "nats://127.0.0.1:1", given.database_url, [], None, None, given)
     assert plain.env_file == home / "env"
     assert "nats://127.0.0.1:1" in (home / "env").read_text()
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_prints_the_notes_config_check_prints(tmp_path: Path) -> None:
+    """A pairs leg on a contract of 2024: config check notes it (live, the
+    risk-gate denies its orders in it); up printed none of config check's
+    notes, and read no clock for them."""
+    old = "O:AAPL241220C00100000"
+    strategies = deployed_with(tmp_path, "strategies.yaml", "[MSFT, AAPL]", f"[MSFT, {old}]")
+    risk = deployed_with(
+        tmp_path,
+        "risk.yaml",
+        "      AAPL: {max_position: 200}",
+        f'      "{old}": {{max_position: 2}}',
+    )
+    code, text = up_output(tmp_path, strategies=strategies, risk=risk)
+    assert code == 1
+    assert f"note: strategy pairs-msft-aapl ({strategies}) trades {old}, which expired" in text
+    assert "cannot migrate the event store" in text  # a note: it went on to start
