@@ -13,7 +13,13 @@ from decimal import Decimal
 import pytest
 
 from libs.contract.envelope import Event
-from libs.contract.events import FillPayload, FillReceived, Side
+from libs.contract.events import (
+    FillPayload,
+    FillReceived,
+    Side,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
 from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
 from services.broker_gateway.domain.tracker import OrderTracker
@@ -446,3 +452,57 @@ def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> Non
     assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
     assert booked([*before, *rest]) == booked(whole)
     assert rebuilt.positions == first.positions
+
+
+def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -> None:
+    """s1 +2 and s2 -2 by the fills published, and a buy of 1 more by s1,
+    placed before the close, whose fill is not published yet (the gateway
+    was away over the close: the reconciliation that fetches it runs beside
+    the connection's read). The broker holds the net +1 and lists it
+    expired (to s1: +1). Crossed then, s1's 1 met 1 of s2's 2, and the late
+    fill left s1 +1 and s2 -1 in the expired contract for ever (a
+    strategy's leg of a cross is one order, done once). The cross waits
+    until no order in the contract may still fill; then s1's 2 meet s2's 2."""
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+    working = SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy="s1",
+            account=ACCOUNT,
+            symbol=CALL,
+            side="buy",
+            quantity=D(1),
+            asset_class="option",
+        ),
+        source=SOURCE,
+        clock=CLOCK,
+    )
+    t.evolve(working)
+    net = [activity("a1", "OPEXP", CALL, "-1")]
+    assert booked(settle(t, net)) == [(CALL, "sell", "1", "0", "expired", "s1")]
+    assert cross(t, net, broker={}) == [], "s1's order may still fill"
+    late = FillReceived.create(
+        FillPayload(
+            order_id=working.payload.order_id,
+            account=ACCOUNT,
+            broker_order_id="b-late",
+            fill_id="f-late",
+            symbol=CALL,
+            side="buy",
+            quantity=D(1),
+            price=D("2.5"),
+            cumulative_quantity=D(1),
+            leaves_quantity=D(0),
+            status="complete",
+            strategy="s1",
+        ),
+        source=SOURCE,
+        clock=CLOCK,
+    )
+    t.evolve(late)
+    assert booked(cross(t, net, broker={})) == [
+        (CALL, "buy", "2", "0", "expired", "s2"),
+        (CALL, "sell", "2", "0", "expired", "s1"),
+    ]
+    assert t.position(CALL, "s1") == t.position(CALL, "s2") == 0
+    assert held_expired(t, PAST) == []
