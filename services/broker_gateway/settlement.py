@@ -44,8 +44,8 @@ settled the contract, the offsetting part is settled here as an internal
 cross, :func:`cross_events`: as the broker settled the net (both sides at 0
 for an expiry; the long side exercising into shares at the strike and the
 short side assigned for an exercise or assignment), or, with no activity and
-no position at the broker, closed at 0 as expired. No net change to the
-account.
+no position at the broker, closed at 0 as expired; not while an order in the
+contract may still fill. No net change to the account.
 
 When: the activities are read after ``connected`` (the start-up's first
 connection included) if any strategy of the account holds an option
@@ -475,7 +475,11 @@ def cross_events(
       ``activities`` (:func:`settlement_events` booked first) hold its
       activity, or, the positions before the cross netting to 0, none is
       listed and the broker holds none of it (``broker_positions``, read
-      after the expiry; None: not read, nothing is crossed).
+      after the expiry and before the activities; None: not read, nothing
+      is crossed at 0); and once no order in it may still fill (every one
+      the broker may know has ended: the broker ends them at the expiry,
+      and the tracker learns it from the stream or a reconciliation), so
+      the positions are final.
     - How: its activity's outcome: expired, both sides closed at 0; exercised
       or assigned, in the money, so each long strategy exercises (the
       contracts at 0, the underlying bought, a put's sold, at the strike,
@@ -505,9 +509,14 @@ def cross_events(
         if a.activity_type in OUTCOMES:
             outcomes.setdefault(a.symbol, OUTCOMES[a.activity_type])
     out: list[Event] = []
+    # Orders that may still fill (a fill not published yet: the gateway away
+    # over the close, its reconciliation running beside this read). Crossed
+    # before it came, a strategy's late fill stayed in the contract for ever:
+    # its leg of the cross is one order, done once.
+    working = {t.symbol for t in tracker.unsettled() if t.split is None}
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
-        if contract.expires_at_ns > now_ns:
+        if contract.expires_at_ns > now_ns or symbol in working:
             continue
         before = _before_cross(tracker, symbol)
         longs = _in_order([(s, q) for s, q in before.items() if q > 0])
@@ -695,16 +704,22 @@ class Settlements:
         if since is None:
             today = dt.datetime.fromtimestamp(w.clock.now_ns() / 1e9, dt.UTC).date()
             since = today - dt.timedelta(days=7)
+        now_ns = w.clock.now_ns()
+        held: dict[str, Decimal] | None = None
+        if crossing(w.tracker, now_ns):
+            # Read before the activities: a contract netting to 0 that the
+            # broker held none of then has nothing left for it to settle, and
+            # what it settled before is among the activities read after. Read
+            # after them, a settlement between the two calls was in neither,
+            # and the contract was crossed at 0 as expired though the broker
+            # had just exercised it. (Its settlement cannot make a contract
+            # crossing that was not: it reduces the holders it closes.)
+            held = {p.symbol: p.quantity for p in await w.port.positions()}
         activities = await w.port.option_activities(after=since - dt.timedelta(days=1))
         events = settlement_events(w.tracker, activities, clock=w.clock, source=w.source)
-        now_ns = w.clock.now_ns()
-        if crossing(w.tracker, now_ns):
-            # Read after the activities: a contract netting to 0 that the
-            # broker holds none of has nothing left for it to settle.
-            held = {p.symbol: p.quantity for p in await w.port.positions()}
-            events += cross_events(
-                w.tracker, activities, held, now_ns=now_ns, clock=w.clock, source=w.source
-            )
+        events += cross_events(
+            w.tracker, activities, held, now_ns=now_ns, clock=w.clock, source=w.source
+        )
         if events:
             log.info(
                 "%s: %d option settlement fills published (%s)",

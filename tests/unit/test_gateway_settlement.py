@@ -9,15 +9,23 @@ import logging
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
 from libs.contract.envelope import Event
-from libs.contract.events import FillPayload, FillReceived, Side
+from libs.contract.events import (
+    FillPayload,
+    FillReceived,
+    Side,
+    SubmitOrder,
+    SubmitOrderPayload,
+)
 from libs.contract.options import parse_option
-from services.broker_gateway.domain.model import BrokerActivity
+from services.broker_gateway.domain.model import BrokerActivity, BrokerPosition
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
+    Settlements,
     cross_events,
     held_expired,
     holds_options,
@@ -446,3 +454,125 @@ def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> Non
     assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
     assert booked([*before, *rest]) == booked(whole)
     assert rebuilt.positions == first.positions
+
+
+def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -> None:
+    """s1 +2 and s2 -2 by the fills published, and a buy of 1 more by s1,
+    placed before the close, whose fill is not published yet (the gateway
+    was away over the close: the reconciliation that fetches it runs beside
+    the connection's read). The broker holds the net +1 and lists it
+    expired (to s1: +1). Crossed then, s1's 1 met 1 of s2's 2, and the late
+    fill left s1 +1 and s2 -1 in the expired contract for ever (a
+    strategy's leg of a cross is one order, done once). The cross waits
+    until no order in the contract may still fill; then s1's 2 meet s2's 2."""
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+    working = SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy="s1",
+            account=ACCOUNT,
+            symbol=CALL,
+            side="buy",
+            quantity=D(1),
+            asset_class="option",
+        ),
+        source=SOURCE,
+        clock=CLOCK,
+    )
+    t.evolve(working)
+    net = [activity("a1", "OPEXP", CALL, "-1")]
+    assert booked(settle(t, net)) == [(CALL, "sell", "1", "0", "expired", "s1")]
+    assert cross(t, net, broker={}) == [], "s1's order may still fill"
+    late = FillReceived.create(
+        FillPayload(
+            order_id=working.payload.order_id,
+            account=ACCOUNT,
+            broker_order_id="b-late",
+            fill_id="f-late",
+            symbol=CALL,
+            side="buy",
+            quantity=D(1),
+            price=D("2.5"),
+            cumulative_quantity=D(1),
+            leaves_quantity=D(0),
+            status="complete",
+            strategy="s1",
+        ),
+        source=SOURCE,
+        clock=CLOCK,
+    )
+    t.evolve(late)
+    assert booked(cross(t, net, broker={})) == [
+        (CALL, "buy", "2", "0", "expired", "s2"),
+        (CALL, "sell", "2", "0", "expired", "s1"),
+    ]
+    assert t.position(CALL, "s1") == t.position(CALL, "s2") == 0
+    assert held_expired(t, PAST) == []
+
+
+class SettlingBroker:
+    """A broker holding 1 call more than the fills published say (bought by
+    hand, say) that settles it at the expiry at the moment of ``settles``:
+    the positions and the activities of a read are each as of their call."""
+
+    connected = True
+
+    def __init__(self, settles: str) -> None:
+        self.settles = settles
+        self.held = [BrokerPosition(CALL, D(1), D("2.5"))]
+        self.activities: list[BrokerActivity] = []
+
+    def _settle(self, call: str) -> None:
+        if call == self.settles and self.held:
+            self.held = []
+            self.activities = [
+                activity("x1", "OPEXC", CALL, "-1"),
+                activity("x2", "OPTRD", "SPY", "100", "600"),
+            ]
+
+    async def positions(self) -> list[BrokerPosition]:
+        held = list(self.held)
+        self._settle("positions")
+        return held
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        listed = list(self.activities)
+        self._settle("activities")
+        return listed
+
+
+class Published:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        self.events += events
+
+
+class PastClock:
+    def now_ns(self) -> int:
+        return PAST
+
+
+@pytest.mark.parametrize("settles", ["activities", "positions"])
+async def test_a_settlement_between_a_reads_two_calls_is_not_taken_for_none(settles: str) -> None:
+    """s1 +2 and s2 -2 by the fills published (net 0), and 1 call more at
+    the broker. It exercises that 1 just after answering one of a read's
+    two calls. Read after the activities, the positions showed none and
+    the activities nothing: the net-0 cross closed s1's and s2's calls at
+    0 as expired, though the broker had just exercised the contract. Read
+    before them, a broker holding none has nothing left to settle, and
+    what it settled before is in the activities: no cross at 0 while it
+    held some, and once the exercise is listed the offsetting part follows
+    it (exercised, with the shares)."""
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+    broker, outbox = SettlingBroker(settles), Published()
+    worker = SimpleNamespace(
+        account=ACCOUNT, port=broker, tracker=t, outbox=outbox, clock=PastClock(), source=SOURCE
+    )
+    reads = Settlements(worker)
+    await reads.read(EXPIRY)
+    await reads.read(EXPIRY)
+    crossed = [b for b in booked(outbox.events) if b[5] is not None and b[0] == CALL]
+    assert ("O:SPY261211C00600000", "sell", "2", "0", "expired", "s1") not in crossed
+    assert {b[4] for b in crossed} == {"exercised", "assigned"}

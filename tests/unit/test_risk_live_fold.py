@@ -245,6 +245,54 @@ def _settlement(rng: random.Random, t: int) -> list[Event]:
     return out
 
 
+def _cross(rng: random.Random, t: int) -> list[Event]:
+    """An internal cross as the broker-gateway publishes it
+    (``settlement.cross_events``): ``sma`` long and ``pairs`` short of the
+    same call in ``acct``, each leg of each strategy one order of one
+    complete fill, stamped at the expiry: expired (the short's contracts
+    bought back at 0, then the long's sold at 0), or exercised (the long's
+    shares bought at the strike, the short's sold, the short's contracts,
+    the long's)."""
+    contracts = Decimal(rng.randint(1, 4))
+    shares = 100 * contracts
+    expiry = T0 + 5 * 3600 * S
+    legs: list[tuple[str, str, str, Decimal, Decimal, str]] = []
+    if rng.random() < 0.5:
+        legs += [("pairs", CALL, "buy", contracts, Decimal(0), "expired")]
+        legs += [("sma", CALL, "sell", contracts, Decimal(0), "expired")]
+    else:
+        legs += [("sma", "AAPL", "buy", shares, Decimal(100), "exercised")]
+        legs += [("pairs", "AAPL", "sell", shares, Decimal(100), "assigned")]
+        legs += [("pairs", CALL, "buy", contracts, Decimal(0), "assigned")]
+        legs += [("sma", CALL, "sell", contracts, Decimal(0), "exercised")]
+    out: list[Event] = []
+    for strategy, symbol, side, quantity, price, outcome in legs:
+        name = f"cross/{symbol}/{strategy}/{uuid.uuid4().hex}"
+        out.append(
+            FillReceived.create(
+                FillPayload(
+                    order_id=uuid.uuid4(),
+                    account="acct",
+                    broker_order_id=name,
+                    fill_id=name,
+                    symbol=symbol,
+                    side=side,
+                    quantity=quantity,
+                    price=price,
+                    cumulative_quantity=quantity,
+                    leaves_quantity=Decimal(0),
+                    status="complete",
+                    strategy=strategy,
+                    settlement=outcome,
+                ),
+                source="test/broker-gateway",
+                clock=At(t),
+                ts_event=min(expiry, t),
+            )
+        )
+    return out
+
+
 def _random_message(
     rng: random.Random,
     gate: RiskGate,
@@ -253,6 +301,7 @@ def _random_message(
     *,
     closing: bool = False,
     settling: list[Event] | None = None,
+    crosses: bool = False,
 ) -> Event:
     """One message another service could publish at ``t``: a print, an
     intent (two strategies, two accounts), a fill or cancel of an order the
@@ -260,12 +309,13 @@ def _random_message(
     ``closing``, also a flatten's closing orders (``_closing_orders``); with
     ``settling`` (a list), also option settlements' fills (``_settlement``),
     the legs of one kept in ``settling`` and taken from it one at a time,
-    other messages landing between them."""
+    other messages landing between them; with ``crosses``, internal
+    crosses' fills (``_cross``) instead."""
     if settling is not None:
         if settling and rng.random() < 0.5:
             return settling.pop(0)
         if not settling and rng.random() < 0.05:
-            settling.extend(_settlement(rng, t))
+            settling.extend(_cross(rng, t) if crosses else _settlement(rng, t))
             return settling.pop(0)
     if closing and rng.random() < 0.1:
         placed = _closing_orders(rng, gate, t)
@@ -310,13 +360,13 @@ def _random_message(
 
 
 @pytest.mark.parametrize(
-    ("closing", "settlements"),
-    [(False, False), (True, False), (False, True)],
-    ids=["", "closing orders", "settlements"],
+    ("closing", "settlements", "crosses"),
+    [(False, False, False), (True, False, False), (False, True, False), (False, True, True)],
+    ids=["", "closing orders", "settlements", "crosses"],
 )
 @pytest.mark.parametrize("seed", range(200))
 async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
-    seed: int, closing: bool, settlements: bool
+    seed: int, closing: bool, settlements: bool, crosses: bool
 ) -> None:
     """100 random messages over two trading days (prints, intents, fills and
     cancels, the kill switch, resumes, connection changes), the gate's own
@@ -326,7 +376,9 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
     fill marking a symbol other accounts hold were fixed, 12 of these 200
     seeds differed. With ``closing``, flattens' closing orders come too, and
     are filled and canceled like the gate's own. With ``settlements``, option
-    settlements' fills come too (no price, no loss check between their legs)."""
+    settlements' fills come too (no price, no loss check between their legs);
+    with ``crosses``, internal crosses' fills (one complete fill per
+    strategy and leg, each checked)."""
     rng = random.Random(seed)
     settling: list[Event] | None = [] if settlements else None
     before: list[Event] = [trade("AAPL", 100), trade("MSFT", 50)]
@@ -337,7 +389,9 @@ async def test_the_live_state_is_the_fold_of_the_store_under_random_traffic(
     for k in range(count):
         # Mostly a few hundred ms apart; once, across the next day's start.
         t += (17 * 3600 * S - 30 * S) if k == count // 2 else rng.randint(1, 2000) * MS
-        event = _random_message(rng, gate, store, t, closing=closing, settling=settling)
+        event = _random_message(
+            rng, gate, store, t, closing=closing, settling=settling, crosses=crosses
+        )
         clock.ns = t + rng.randint(0, 5) * MS
         await deliver(gate, event, len(store) + 1, k + 1)
         store.append(event)
