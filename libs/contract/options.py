@@ -119,3 +119,13 @@ def option_tick(symbol: str, price: Decimal, quoted: Iterable[Decimal] = ()) -> 
         if all(not _WIDE.remainder(p, tick) for p in prices):
             return tick
     return ladder[-1]
+
+
+def underlyings(symbols: Iterable[str]) -> tuple[str, ...]:
+    """The roots of the option contracts among ``symbols`` that are not among
+    them themselves, sorted: the symbols whose shares an exercise or an
+    assignment of those contracts delivers (the broker-gateway books them
+    under the root). A ``O:`` symbol that names no contract: ValueError."""
+    held = set(symbols)
+    roots = {parse_option(s).root for s in held if s.startswith(OPTION_PREFIX)}
+    return tuple(sorted(roots - held))

@@ -56,7 +56,7 @@ from libs.contract.events import (
     TradePrinted,
     asset_class_of,
 )
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option, underlyings
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
@@ -80,6 +80,8 @@ MAX_SIGNAL_REASON_CHARS = 4000
 #: What marks a position (with fills): trades, bars' closes and marketdata's
 #: option marks; and quotes, which are shown to the strategy but mark nothing.
 MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated, MarkUpdated)
+#: What a symbol the strategy is not shown marks its position by (with fills).
+PRICES = (BarClosed, TradePrinted, MarkUpdated)
 BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
 
 
@@ -186,6 +188,10 @@ class StrategyHost:
             else strategy.params_model.model_validate(params)
         )
         self.symbols = symbols
+        #: The underlyings of its option contracts that are not among its
+        #: symbols: their prices mark the shares an exercise or an assignment
+        #: books to it (:meth:`mark_only`), and call no callback.
+        self.underlyings = underlyings(symbols)
         self.account = account
         self.clock = clock
         self.source = source
@@ -270,12 +276,34 @@ class StrategyHost:
 
     def mark_at_fill(self, event: FillReceived) -> None:
         """Another strategy's fill (or another account's) of a symbol this one
-        trades: its price marks the position, as a print would (the risk-gate
-        and ``tradebus positions`` mark it so). The strategy is not called."""
+        trades, or of one of its :attr:`underlyings`: its price marks the
+        position, as a print would (the risk-gate and ``tradebus positions``
+        mark it so). The strategy is not called."""
         fill = event.payload
-        if fill.symbol in self.symbols and fill.settlement is None:
+        if self._marks(fill.symbol) and fill.settlement is None:
             # A settlement (an option's expiry) is no market price.
             self.ledger.mark(fill.symbol, fill.price, event.market_ns)
+
+    def mark_only(self, event: Event) -> None:
+        """``event``'s price marks the position in its symbol, and the
+        strategy is not called: another's fill (:meth:`mark_at_fill`), or a
+        trade, a bar (of its ``bar_interval``) or a mark of one of its
+        :attr:`underlyings`, which it is not shown (it did not ask for them)
+        but whose shares an option's settlement may have booked to it."""
+        if isinstance(event, FillReceived):
+            self.mark_at_fill(event)
+            return
+        if not isinstance(event, PRICES) or not self._marks(event.payload.symbol):
+            return
+        if isinstance(event, BarClosed):
+            if self.bar_interval in (None, event.payload.interval):
+                self.ledger.mark(event.payload.symbol, event.payload.close, event.market_ns)
+        else:
+            self.ledger.mark(event.payload.symbol, event.payload.price, event.market_ns)
+
+    def _marks(self, symbol: str) -> bool:
+        """Whether ``symbol``'s prices mark this strategy's ledger."""
+        return symbol in self.symbols or symbol in self.underlyings
 
     def warm_up(self, event: BarClosed) -> list[Event]:
         """Show a past bar to the strategy (``on_warmup``) for its indicators.

@@ -19,6 +19,11 @@
 - A fill's price also marks its symbol for the other strategies trading it
   (:meth:`Router.markers`), as a print would: the risk-gate and ``tradebus
   positions`` mark every holder at it, so their ledgers must too.
+- The prices (trades, bars, marks, fills) of the underlyings of a strategy's
+  option contracts that are not among its symbols mark its ledger without
+  calling it (:meth:`Router.markers`): an exercise or an assignment books
+  the underlying's shares to it, and the risk-gate and ``tradebus
+  positions`` mark them.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class Router:
 
     def __init__(self, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
         self._by_symbol: dict[str, list[str]] = {}
+        #: The strategies a symbol marks without being routed to them: the
+        #: underlyings of their option contracts that they do not trade.
+        self._marked_by: dict[str, list[str]] = {}
         #: The strategies of a symbol that take bars of an interval.
         self._bars: dict[tuple[str, str], tuple[str, ...]] = {}
         self._intervals: dict[str, str | None] = {}
@@ -84,16 +92,36 @@ class Router:
     def names(self) -> frozenset[str]:
         return frozenset(self._names)
 
-    def add(self, name: str, symbols: Iterable[str], bar_interval: str | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        symbols: Iterable[str],
+        bar_interval: str | None = None,
+        *,
+        marked: Iterable[str] = (),
+    ) -> None:
         """Route ``symbols``' market data to ``name``: of bars, only those of
-        ``bar_interval`` (None: every interval)."""
+        ``bar_interval`` (None: every interval); the prices of ``marked``
+        (its option contracts' underlyings, ``StrategyHost.underlyings``) only
+        mark it (:meth:`markers`)."""
         if name in self._names:
             raise ValueError(f"strategy {name!r} is already routed")
         self._names.add(name)
         self._intervals[name] = bar_interval
+        symbols = tuple(symbols)
         for symbol in symbols:
             self._by_symbol.setdefault(symbol, []).append(name)
+        for symbol in marked:
+            if symbol not in symbols:
+                self._marked_by.setdefault(symbol, []).append(name)
         self._bars.clear()
+
+    def marked_symbols(self) -> dict[str, set[str | None]]:
+        """The symbols whose prices only mark strategies, each with the bar
+        intervals those take (None: every interval)."""
+        return {
+            symbol: {self._intervals[n] for n in names} for symbol, names in self._marked_by.items()
+        }
 
     def _bar_takers(self, symbol: str, interval: str) -> tuple[str, ...]:
         key = (symbol, interval)
@@ -119,10 +147,25 @@ class Router:
     def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
         return self._by_signal.get(signal_id)
 
-    def markers(self, event: FillReceived, owners: tuple[str, ...]) -> tuple[str, ...]:
-        """The strategies a fill marks without concerning them: those trading
-        its symbol, less ``owners`` (what :meth:`route` gave)."""
-        return tuple(n for n in self._by_symbol.get(event.payload.symbol, ()) if n not in owners)
+    def markers(self, event: Event, owners: tuple[str, ...]) -> tuple[str, ...]:
+        """The strategies ``event`` marks without concerning them (less
+        ``owners``, what :meth:`route` gave): of a fill, those trading its
+        symbol; of a fill, a trade, a bar (of the interval they take) or a
+        mark, those it is an option's underlying for and not their own."""
+        if isinstance(event, FillReceived):
+            symbol = event.payload.symbol
+            names = (*self._by_symbol.get(symbol, ()), *self._marked_by.get(symbol, ()))
+            return tuple(n for n in names if n not in owners)
+        if isinstance(event, TradePrinted | MarkUpdated):
+            return tuple(self._marked_by.get(event.payload.symbol, ()))
+        if isinstance(event, BarClosed):
+            interval = event.payload.interval
+            return tuple(
+                n
+                for n in self._marked_by.get(event.payload.symbol, ())
+                if self._intervals[n] in (None, interval)
+            )
+        return ()
 
     def route(self, event: Event) -> tuple[str, ...]:
         """The names of the strategies ``event`` concerns (possibly none)."""

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from libs.contract.envelope import Clock, Event, IdFactory
-from libs.contract.events import FillReceived
 from libs.strategy.base import Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy, StrategyHost
 from libs.strategy.routing import Router
@@ -106,7 +105,7 @@ class InMemoryRuntime:
             max_callback_s=max_callback_s,
             bar_interval=bar_interval,
         )
-        self.router.add(name, host.symbols, bar_interval)
+        self.router.add(name, host.symbols, bar_interval, marked=host.underlyings)
         self.hosts[name] = host
         return host
 
@@ -152,9 +151,8 @@ class InMemoryRuntime:
         names = self.router.route(event)
         for name in names:
             out += self._collect(name, self.hosts[name].handle(event))
-        if isinstance(event, FillReceived):
-            for name in self.router.markers(event, names):
-                self.hosts[name].mark_at_fill(event)
+        for name in self.router.markers(event, names):
+            self.hosts[name].mark_only(event)
         return out
 
     def restore(
@@ -170,11 +168,10 @@ class InMemoryRuntime:
         for name in names:
             upto = (ledgers_upto or {}).get(name)
             self.hosts[name].restore(event, ledger=upto is None or seq > upto)
-        if isinstance(event, FillReceived):
-            for name in self.router.markers(event, names):
-                upto = (ledgers_upto or {}).get(name)
-                if upto is None or seq > upto:
-                    self.hosts[name].mark_at_fill(event)
+        for name in self.router.markers(event, names):
+            upto = (ledgers_upto or {}).get(name)
+            if upto is None or seq > upto:
+                self.hosts[name].mark_only(event)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
         """Start (if not yet), feed every event; everything emitted meanwhile.

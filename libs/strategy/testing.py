@@ -262,6 +262,42 @@ def booked_fill(
     return fill.model_copy(update={"correlation_id": flatten, "causation_id": flatten})
 
 
+def settlement_fill(
+    symbol: str,
+    side: Side,
+    quantity: Decimal | int,
+    price: Decimal | int | str,
+    *,
+    strategy: str,
+    at_ns: int,
+    account: str = "paper",
+) -> FillReceived:
+    """A fill the broker-gateway publishes for an option settled at expiry,
+    booked to ``strategy`` (an exercise: the contract at 0, the underlying's
+    shares at the strike)."""
+    order_id = uuid.uuid4()
+    qty = Decimal(quantity)
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account=account,
+            broker_order_id=f"activity-{order_id}",
+            fill_id=f"activity-{order_id}",
+            symbol=symbol,
+            side=side,
+            quantity=qty,
+            price=Decimal(price),
+            cumulative_quantity=qty,
+            leaves_quantity=Decimal(0),
+            status="complete",
+            strategy=strategy,
+            settlement="exercised",
+        ),
+        source="test/broker-gateway",
+        clock=At(at_ns),
+    )
+
+
 def deny(
     intent: OrderIntentCreated,
     *,

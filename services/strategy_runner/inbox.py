@@ -33,7 +33,9 @@ OverflowAction = Literal["dropped", "waited"]
 @dataclass(frozen=True, slots=True)
 class Item:
     """One event for a strategy; ``quiet`` ones only update its books (catch-up);
-    a ``mark`` is another strategy's fill, its price only (``mark_at_fill``)."""
+    a ``mark`` is its price only (``mark_only``): another strategy's fill, or
+    a price of an option's underlying the strategy does not trade. Marks are
+    market data: dropped first, like the prints the strategy is shown."""
 
     event: Event
     quiet: bool = False

@@ -113,8 +113,7 @@ class StrategyTask:
             started = time.perf_counter()
             out: list[Event] = []
             if item.mark:
-                assert isinstance(item.event, FillReceived)
-                self.host.mark_at_fill(item.event)
+                self.host.mark_only(item.event)
             elif item.quiet:
                 # Books only; a bar that closed while the runner was down also
                 # warms the indicators up.
@@ -215,6 +214,10 @@ class Runner:
             self.tasks[loaded.spec.name] = StrategyTask(loaded, host, self.runtime)
             metrics.RUNNING.labels(strategy=loaded.spec.name).set(0)
         self.symbols = sorted({s for t in self.tasks.values() for s in t.spec.symbols})
+        #: Symbols read only to mark ledgers: the underlyings of strategies'
+        #: option contracts, not among their symbols (an exercise or an
+        #: assignment books their shares to the contract's strategy).
+        self.marked = self.runtime.router.marked_symbols()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -330,12 +333,14 @@ class Runner:
                 key = (symbol, task.host.bar_interval)
                 warmup[key] = max(warmup.get(key, 0), task.host.warmup_bars)
                 intervals.setdefault(symbol, set()).add(task.host.bar_interval)
+        for symbol, taken in self.marked.items():
+            intervals.setdefault(symbol, set()).update(taken)
         history = await self._retrying(
             "reading the event store",
             lambda: load_history(
                 url,
                 list(self.tasks),
-                self.symbols,
+                sorted(intervals),
                 warmup,
                 bar_intervals=intervals,
                 finished_before_ns=time.time_ns() - int(self.settings.rebuild_finished_s * 1e9),
@@ -375,7 +380,12 @@ class Runner:
         for task in self.tasks.values():
             for symbol in task.spec.symbols:
                 intervals.setdefault(symbol, set()).add(task.spec.bar_interval)
-        return filter_subjects(self.tasks, intervals, live=self.live if live is None else live)
+        return filter_subjects(
+            self.tasks,
+            intervals,
+            live=self.live if live is None else live,
+            marked=self.marked,
+        )
 
     async def _serve(self, bus: Bus) -> None:
         consumer = EventConsumer(
@@ -477,8 +487,9 @@ class Runner:
             self._interrupt.set()
         router = self.runtime.router
         names = router.route(event)
-        # A fill's price marks its symbol for the other strategies trading it.
-        markers = router.markers(event, names) if isinstance(event, FillReceived) else ()
+        # A fill's price marks its symbol for the other strategies trading it;
+        # an underlying's prices, the strategies whose contracts it settles into.
+        markers = router.markers(event, names)
         if not names and not markers:
             metrics.UNROUTED.labels(type=event.type).inc()
             return

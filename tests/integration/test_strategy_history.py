@@ -48,6 +48,7 @@ from libs.strategy.testing import (
     deny,
     fill_chain,
     market_intent,
+    settlement_fill,
     signal,
 )
 from services.broker_gateway.domain.model import OrderUpdate
@@ -375,6 +376,74 @@ async def test_a_restarted_runner_marks_an_option_at_its_last_mark_as_the_gate_d
     assert position == live.hosts["s1"].ledger.position(option)
     assert (position.quantity, position.mark) == (D(2), D(6))
     assert position.unrealized_pnl == D(200)  # (6 - 5) x 2 contracts x 100
+
+
+async def test_a_restarted_runner_marks_the_shares_an_option_s_exercise_gave_a_strategy(
+    database_url: str,
+) -> None:
+    """s1 trades only a SPY call: it bought 2 at 5, exercised into 200 SPY
+    at 600. Then SPY trades at 610, a minute bar closes at 612 (the newest),
+    a late trade at 590 stamped older is recorded after it, and a quote.
+    Live, s1's shares are marked as the risk-gate marks them, at 612; the
+    rebuild reads the last prices of the underlyings of its contracts too
+    (``Router.marked_symbols``, as the runner asks for them), so after a
+    restart they are marked alike. Before, it read its configured symbols'
+    only, and routed SPY's prices to no strategy: the shares unmarked, 2,400
+    of unrealized P&L missing from ``ctx.pnl()``."""
+    call = "O:SPY261211C00600000"
+    t = NOW - 3600 * 10**9
+    cause = signal("s1", call, at_ns=t)
+    intent = market_intent(cause, ACCOUNT, "buy", 2)
+
+    def trade(price: int, at_ns: int) -> TradePrinted:
+        payload = TradePayload(symbol="SPY", price=D(price), size=D(1), feed="polygon")
+        return TradePrinted.create(payload, source="test/marketdata", clock=At(at_ns))
+
+    quote = QuoteUpdated.create(
+        QuotePayload(
+            symbol="SPY",
+            bid_price=D(500),
+            bid_size=D(5),
+            ask_price=D(700),
+            ask_size=D(5),
+            feed="polygon",
+        ),
+        source="test/marketdata",
+        clock=At(t + 4 * 60 * 10**9),
+    )
+    events: list[Event] = [
+        cause,
+        intent,
+        *fill_chain(intent, "5", ids=uuid.uuid4, at_ns=t),
+        settlement_fill(call, "sell", 2, "0", strategy="s1", at_ns=t + 60 * 10**9),
+        settlement_fill("SPY", "buy", 200, "600", strategy="s1", at_ns=t + 60 * 10**9),
+        trade(610, t + 120 * 10**9),
+        bar("SPY", 612, t + 120 * 10**9),  # closes at t + 3 minutes
+        trade(590, t + 150 * 10**9).model_copy(update={"ts_init": t + 200 * 10**9}),
+        quote,
+    ]
+    assert evolve_all(RiskState.initial(), events).marks["SPY"].price == D(612)
+
+    def runtime() -> InMemoryRuntime:
+        rt = InMemoryRuntime()
+        rt.add("s1", EchoStrategy, symbols=(call,), account=ACCOUNT, bar_interval="1m")
+        return rt
+
+    live = runtime()
+    assert live.run(events) == [], "s1 is shown none of SPY's market data"
+    held = live.hosts["s1"].ledger.position("SPY")
+    assert (held.quantity, held.mark, held.unrealized_pnl) == (D(200), D(612), D(2400))
+
+    await record_events(database_url, events)
+    rebuilt = runtime()
+    marked = rebuilt.router.marked_symbols()
+    assert marked == {"SPY": {"1m"}}
+    history = await load_history(
+        database_url, ["s1"], [call, *marked], bar_intervals={call: {"1m"}, **marked}
+    )
+    history.restore_into(rebuilt)
+    assert rebuilt.hosts["s1"].ledger.positions == live.hosts["s1"].ledger.positions
+    assert rebuilt.hosts["s1"].ledger.pnl() == live.hosts["s1"].ledger.pnl()
 
 
 def _events_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:

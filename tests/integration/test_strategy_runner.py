@@ -25,7 +25,14 @@ from libs.bus.client import Bus
 from libs.contract.events import MarkPayload, MarkUpdated, OrderIntentCreated
 from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
-from libs.strategy.testing import MINUTE_NS, At, bar, booked_fill, fill_chain
+from libs.strategy.testing import (
+    MINUTE_NS,
+    At,
+    bar,
+    booked_fill,
+    fill_chain,
+    settlement_fill,
+)
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
@@ -364,6 +371,62 @@ async def test_a_restarted_runner_marks_a_minute_strategy_by_its_last_minute_bar
     assert again.terminate() == 0, again.log_text()[-3000:]
 
 
+async def test_shares_an_options_only_strategy_is_exercised_into_are_marked_by_the_underlying(
+    tmp_path: Path, bus: Bus, database_url: str, start: Start
+) -> None:
+    """opt trades only a SPY call; it holds 2, bought at 5, and they are
+    exercised: the gateway books it the contracts at 0 and 200 SPY at 600.
+    SPY's minute bar closing at 604 marks the shares: its unrealized P&L is
+    800, live and after a restart (the rebuild reads SPY's last prices).
+    opt is not shown SPY's bars (as the echo probe it would buy on each, a
+    fault in a symbol not its own): it emits nothing. The runner reads SPY's
+    prices, not its quotes. Before, nothing marked the shares: 0, whatever
+    SPY did, while the risk-gate and ``tradebus positions`` counted 800."""
+    call = "O:SPY261211C00600000"
+    config = tmp_path / "strategies.yaml"
+    config.write_text(
+        "strategies:\n"
+        f"  - {{name: opt, kind: 'libs.strategy.testing:EchoStrategy', symbols: ['{call}'],"
+        " account: paper}\n"
+    )
+    args = ["strategy-runner", "run", "--config", str(config)]
+    store = Timeline(database_url)
+    start(["recorder", "run"], "recorder")
+    runner = start(args, "runner")
+    await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+    subjects = await consumer_subjects(bus)
+    assert {"md.bar.1m.SPY", "md.trade.SPY", "md.mark.SPY"} <= subjects
+    assert "md.quote.SPY" not in subjects
+
+    await bus.publish_many(
+        [
+            booked_fill(call, "buy", 2, "5", strategy="opt", flatten=uuid.uuid4(), at_ns=T0),
+            settlement_fill(call, "sell", 2, "0", strategy="opt", at_ns=T0 + MINUTE_NS),
+            settlement_fill("SPY", "buy", 200, "600", strategy="opt", at_ns=T0 + MINUTE_NS),
+        ]
+    )
+    shares = 'tradebus_strategy_position{strategy="opt",symbol="SPY"}'
+    unrealized = 'tradebus_strategy_pnl{kind="unrealized",strategy="opt"}'
+    await eventually(lambda: metric(runner, shares) == 200.0, timeout=20)
+    assert metric(runner, unrealized) == 0.0  # the strike is no price
+    await publish_bars(bus, "SPY", [604], 2)
+    await eventually(lambda: metric(runner, unrealized) == 800.0, timeout=20)  # (604 - 600) x 200
+    health = runner.health() or {}
+    assert health["strategies"]["opt"]["emitted"] == 0, "no callback was shown SPY's bar"
+    assert health["strategies"]["opt"]["faults"] == 0
+
+    async def bar_recorded() -> bool:
+        return len(await store.of("BarClosed")) == 1
+
+    await eventually(bar_recorded, timeout=20)
+    assert runner.terminate() == 0, runner.log_text()[-3000:]
+    again = start(args, "runner2")
+    await eventually(lambda: (again.health() or {}).get("ready"), timeout=30)
+    assert metric(again, shares) == 200.0
+    assert metric(again, unrealized) == 800.0
+    assert again.terminate() == 0, again.log_text()[-3000:]
+
+
 async def test_a_restarted_runner_warms_its_strategies_up_from_the_store(
     tmp_path: Path, bus: Bus, database_url: str, start: Start
 ) -> None:
@@ -491,10 +554,12 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path, database_url
                 await md.publish(bar("NVDA", 99, T0))
             assert await record_stream(admin, database_url) == 1
         config = tmp_path / "strategies.yaml"
+        # An option contract too: its consumer also reads SPY's prices (the
+        # underlying's, which mark the shares an exercise would book to it).
         config.write_text(
             "strategies:\n"
-            "  - {name: echo, kind: 'libs.strategy.testing:EchoStrategy', symbols: [NVDA],"
-            " account: paper}\n"
+            "  - {name: echo, kind: 'libs.strategy.testing:EchoStrategy',"
+            " symbols: [NVDA, 'O:SPY261211C00600000'], account: paper}\n"
         )
         runner = ServiceProcess(
             ["strategy-runner", "run", "--config", str(config)],
@@ -508,6 +573,10 @@ async def test_runner_works_under_its_own_nats_user(tmp_path: Path, database_url
             name="runner-perm",
         ).start()
         await eventually(lambda: (runner.health() or {}).get("ready"), timeout=30)
+        async with await Bus.connect(
+            server.url, name="test-admin", user="admin", password=passwords["admin"]
+        ) as admin:
+            assert "md.trade.SPY" in await consumer_subjects(admin)
         async with await Bus.connect(
             server.url, name="test-md", user="marketdata", password=passwords["marketdata"]
         ) as md:

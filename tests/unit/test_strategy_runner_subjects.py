@@ -39,3 +39,30 @@ def test_while_catching_up_the_strategies_own_signals_and_intents_too() -> None:
     subjects = filter_subjects(["a"], {"AAPL": {"1m"}})
     assert "strategy.signal.a" in subjects
     assert "strategy.intent.a" in subjects
+
+
+def test_an_option_s_underlying_is_read_for_its_prices_not_its_quotes() -> None:
+    """The underlyings of the strategies' option contracts (``marked``):
+    their trades, the bars of the intervals the strategies take and their
+    marks mark the shares an exercise books to a strategy; their quotes,
+    which mark nothing, are not read. A symbol also traded (QQQ) is read as
+    before, its bars of both strategies' intervals, once."""
+    call, put = "O:SPY261211C00600000", "O:QQQ261211P00500000"
+    subjects = filter_subjects(
+        ["opt", "qqq"],
+        {call: {"1m"}, put: {"1m"}, "QQQ": {"1s"}},
+        live=True,
+        marked={"SPY": {"1m"}, "QQQ": {"1m"}},
+    )
+    spy = [s for s in subjects if s.endswith(".SPY")]
+    assert spy == ["md.bar.1m.SPY", "md.trade.SPY", "md.mark.SPY"]
+    qqq = [s for s in subjects if s.endswith(".QQQ")]
+    assert qqq == [
+        "md.bar.1m.QQQ",
+        "md.bar.1s.QQQ",
+        "md.trade.QQQ",
+        "md.quote.QQQ",
+        "md.mark.QQQ",
+    ]
+    assert f"md.quote.{call}" in subjects
+    assert len(set(subjects)) == len(subjects)

@@ -14,7 +14,6 @@ import pytest
 from libs.contract.codec import order_id_for
 from libs.contract.envelope import CLOCK_SKEW_NS, Event
 from libs.contract.events import (
-    FillPayload,
     FillReceived,
     MarkPayload,
     MarkUpdated,
@@ -25,6 +24,8 @@ from libs.contract.events import (
     QuoteUpdated,
     SignalGenerated,
     StrategyFaulted,
+    TradePayload,
+    TradePrinted,
 )
 from libs.contract.options import parse_option
 from libs.strategy import (
@@ -36,6 +37,7 @@ from libs.strategy import (
     Quote,
     Strategy,
     StrategyParams,
+    Trade,
 )
 from libs.strategy.context import PnL
 from libs.strategy.examples.sma_crossover import SmaCrossover
@@ -50,6 +52,7 @@ from libs.strategy.testing import (
     deny,
     fill_chain,
     market_intent,
+    settlement_fill,
     signal,
 )
 
@@ -1024,33 +1027,6 @@ def test_the_test_helpers_give_an_option_intent_and_command_the_option_class() -
     assert stock.payload.asset_class == "equity"
 
 
-def settlement_fill(
-    symbol: str, side: str, quantity: int, price: str, *, strategy: str, at_ns: int
-) -> FillReceived:
-    """A fill the broker-gateway publishes for an option settled at expiry
-    (an exercise here: the contract at 0, the shares at the strike)."""
-    order_id = uuid.uuid4()
-    return FillReceived.create(
-        FillPayload(
-            order_id=order_id,
-            account="paper",
-            broker_order_id=f"activity-{order_id}",
-            fill_id=f"activity-{order_id}",
-            symbol=symbol,
-            side="buy" if side == "buy" else "sell",
-            quantity=Decimal(quantity),
-            price=Decimal(price),
-            cumulative_quantity=Decimal(quantity),
-            leaves_quantity=Decimal(0),
-            status="complete",
-            strategy=strategy,
-            settlement="exercised",
-        ),
-        source="test/broker-gateway",
-        clock=At(at_ns),
-    )
-
-
 def test_a_settlement_is_booked_but_marks_nothing() -> None:
     """p holds 2 SPY 600 calls bought at 5, q holds 10 SPY marked at 612.
     The calls are exercised: p's contracts go at 0 (its 1,000 premium
@@ -1142,6 +1118,89 @@ def test_an_options_only_strategy_may_close_the_shares_an_exercise_gave_it(
         assert "only reduce" in fault.payload.error, fault.payload.error
 
 
+class ProbeOfTrades(Probe):
+    """The probe, shown trades too."""
+
+    def on_trade(self, trade: Trade) -> None:
+        self.seen.append(trade)
+
+
+def spy_trade(price: str, at_ns: int) -> TradePrinted:
+    payload = TradePayload(symbol="SPY", price=Decimal(price), size=Decimal(1), feed="polygon")
+    return TradePrinted.create(payload, source="test/marketdata", clock=At(at_ns))
+
+
+def spy_quote(at_ns: int) -> QuoteUpdated:
+    return QuoteUpdated.create(
+        QuotePayload(
+            symbol="SPY",
+            bid_price=Decimal(500),
+            bid_size=Decimal(1),
+            ask_price=Decimal(700),
+            ask_size=Decimal(1),
+            feed="polygon",
+        ),
+        source="test/marketdata",
+        clock=At(at_ns),
+    )
+
+
+def test_an_options_only_strategy_s_shares_from_an_exercise_follow_the_underlying() -> None:
+    """p trades only a SPY call (minute bars); exercised, it is given 200
+    SPY at the strike, 600. SPY's prices mark them as they mark the
+    risk-gate's positions: a trade at 603, a minute bar closing at 604,
+    another strategy's fill at 606; not a second bar (p takes minutes), a
+    quote, a print from before it held them, nor a late print stamped older.
+    p is shown none of them (it did not ask for SPY): its callbacks see its
+    fills only. Live and when restored (a restart). Before, nothing marked
+    the shares: ``ctx.pnl()`` showed no unrealized P&L on them whatever SPY
+    did, while the gate and ``tradebus positions`` counted it."""
+    call = "O:SPY261211C00600000"
+    for restoring in (False, True):
+        rt = InMemoryRuntime(ids=counter_ids())
+        host = rt.add("p", ProbeOfTrades, symbols=(call,), bar_interval="1m")
+        rt.add("q", Probe, symbols=("SPY",))
+        assert host.underlyings == ("SPY",)
+        q_fill = booked_fill(
+            "SPY", "buy", 1, "606", strategy="q", flatten=uuid.uuid4(), fill_id="f-q",
+            at_ns=5 * MINUTE_NS,
+        )  # fmt: skip
+        steps: list[tuple[Event, str | None]] = [
+            (booked_fill(call, "buy", 2, "5", strategy="p", flatten=uuid.uuid4(), at_ns=1), None),
+            (spy_trade("590", MINUTE_NS), None),  # not held yet: marks nothing
+            (settlement_fill(call, "sell", 2, "0", strategy="p", at_ns=2 * MINUTE_NS), None),
+            (settlement_fill("SPY", "buy", 200, "600", strategy="p", at_ns=2 * MINUTE_NS), None),
+            (spy_trade("603", 3 * MINUTE_NS), "603"),
+            (bar("SPY", 650, 3 * MINUTE_NS, interval="1s"), "603"),  # not p's interval
+            (spy_quote(3 * MINUTE_NS + 2 * 10**9), "603"),  # a quote marks nothing
+            (bar("SPY", 604, 3 * MINUTE_NS), "604"),  # closes at 4 minutes
+            (q_fill, "606"),  # another strategy's fill
+            (spy_trade("580", 4 * MINUTE_NS + 1), "606"),  # late, stamped older
+        ]
+        if not restoring:
+            rt.start()
+        for event, mark in steps:
+            if restoring:
+                rt.restore(event)
+            else:
+                assert not of_type(rt.feed(event), StrategyFaulted)
+            shares = rt.hosts["p"].ledger.position("SPY")
+            if mark is None:
+                assert shares.mark is None, event
+                continue
+            unrealized = (Decimal(mark) - 600) * 200
+            assert (shares.mark, shares.unrealized_pnl) == (Decimal(mark), unrealized), event
+            assert rt.hosts["p"].ledger.pnl() == PnL(Decimal(-1000), unrealized), event
+        if not restoring:
+            seen = probe_seen(rt, "p")
+            assert [(f.symbol, f.settlement) for f in seen if isinstance(f, Fill)] == [
+                (call, None),
+                (call, "exercised"),
+                ("SPY", "exercised"),
+            ]
+            assert len(seen) == 3, "p is shown none of SPY's market data"
+
+
 def test_an_order_in_a_symbol_not_its_own_and_not_held_is_still_a_fault() -> None:
     rt = InMemoryRuntime(ids=counter_ids())
     rt.add("p", SellsWhatItGets, {"quantity": "1"}, symbols=("AAPL",))
@@ -1151,3 +1210,14 @@ def test_an_order_in_a_symbol_not_its_own_and_not_held_is_still_a_fault() -> Non
     host = rt.hosts["p"]
     with pytest.raises(ValueError, match="not one of p's symbols"):
         host.emit_signal("MSFT", "x", "flat", "", None)
+
+
+def test_the_router_marks_an_option_strategy_by_its_underlying_only_where_not_traded() -> None:
+    """The router's symbols read to mark only: the roots of a strategy's
+    contracts it does not trade, with the bar intervals of the strategies
+    marked by them (what the runner subscribes to and the rebuild reads)."""
+    rt = InMemoryRuntime()
+    rt.add("opt", Probe, symbols=("O:SPY261211C00600000", "O:QQQ261211P00500000", "QQQ"))
+    rt.add("min", Probe, symbols=("O:SPY261218P00590000",), bar_interval="1m")
+    assert rt.hosts["opt"].underlyings == ("SPY",)
+    assert rt.router.marked_symbols() == {"SPY": {None, "1m"}}

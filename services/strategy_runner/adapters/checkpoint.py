@@ -58,6 +58,8 @@ _SOURCES = (
     _ROOT / "libs" / "strategy" / "context.py",
     _ROOT / "libs" / "strategy" / "host.py",
     _ROOT / "libs" / "strategy" / "routing.py",
+    # underlyings(): which symbols' prices mark an option strategy's shares.
+    _ROOT / "libs" / "contract" / "options.py",
     # Event.market_ns and CLOCK_SKEW_NS: the marks' market time.
     _ROOT / "libs" / "contract" / "envelope.py",
     _ROOT / "libs" / "contract" / "events.py",

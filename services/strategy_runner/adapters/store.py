@@ -17,7 +17,9 @@ consumes the stream from ``S + 1``, so every event is applied exactly once):
   ``OrderCanceled`` is then in the flatten's chain): live, they are routed
   by order id and finish their intents, so the rebuild must see them too;
 - the last bar, trade and mark (``MarkUpdated``, marketdata's, of an
-  option's quotes) of each of its symbols, for unrealized P&L (of bars, the
+  option's quotes) of each of its symbols and of the underlyings of its
+  option contracts (the runner passes both: an exercise or an assignment
+  books the underlying's shares to it), for unrealized P&L (of bars, the
   last of each interval its strategies take: as live, a strategy is marked
   by the bars it is shown only), and its last fill of any strategy (a fill
   marks every holder of its symbol, ``Router.markers``): the newest of them

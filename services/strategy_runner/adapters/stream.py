@@ -13,6 +13,9 @@ would otherwise see the same bar delivered twice.
 
 The filter is narrow on purpose: market data of the configured symbols only
 (their marks included: the ledger is marked by them, as the risk-gate is),
+the prices (trades, bars, marks; not quotes, which mark nothing) of the
+underlyings of the strategies' option contracts, which mark the shares an
+exercise or an assignment books to a strategy,
 the risk-gate's denials of the strategies' intents (not its acceptances: an
 accepted intent's order id derives from the intent's id, so the books know it
 from the start, and the accepted decision leaves the gate together with its
@@ -44,22 +47,29 @@ def filter_subjects(
     symbols: Mapping[str, Collection[str | None]],
     *,
     live: bool = False,
+    marked: Mapping[str, Collection[str | None]] | None = None,
 ) -> list[str]:
     """The subjects the runner consumes (non-overlapping, as JetStream requires):
     while catching up, or (``live``) without the strategies' own signals and
     intents. ``symbols`` maps each symbol to the bar intervals its strategies
-    take (None among them: every interval)."""
+    take (None among them: every interval); ``marked``, the same of the
+    symbols whose prices only mark ledgers (options' underlyings): their
+    quotes are not read."""
+    marked = marked or {}
     out: list[str] = []
-    for symbol in sorted(symbols):
+    for symbol in sorted({*symbols, *marked}):
         tok = symbol_token(symbol)
-        intervals = set(symbols[symbol])
+        intervals = {*symbols.get(symbol, ()), *marked.get(symbol, ())}
         if None in intervals or not intervals:
             out.append(f"md.bar.*.{tok}")
         else:
             out += [f"md.bar.{iv}.{tok}" for iv in sorted(i for i in intervals if i is not None)]
         # Marks (marketdata's, of option quotes) price the ledger as they
         # price the risk-gate's positions; none come for an equity.
-        out += [f"md.trade.{tok}", f"md.quote.{tok}", f"md.mark.{tok}"]
+        out.append(f"md.trade.{tok}")
+        if symbol in symbols:
+            out.append(f"md.quote.{tok}")
+        out.append(f"md.mark.{tok}")
     for name in sorted(set(strategies)):
         if not live:
             out += [f"strategy.signal.{name}", f"strategy.intent.{name}"]
