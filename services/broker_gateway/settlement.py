@@ -27,7 +27,10 @@ underlying's trade follows the split of its exercise or assignment (the
 oldest one read before it of the contract's root, 100 times its contracts
 and its strike as the price; none, the first such one read after it: both
 happened at once, and nothing says the broker lists the trade second); one
-that goes with none (read alone) is booked to no strategy.
+that goes with none (read alone) is booked to no strategy. An activity of a
+contract with an order that may still fill (its fill not published yet)
+waits for a later read, with its trade: split before that fill, it gave the
+fill's part to no strategy, and the late fill stayed in the contract.
 
 Exactly once. An activity is an order nobody placed: its order id is derived
 from (account, activity id), its fills' event ids as the tracker derives
@@ -183,6 +186,16 @@ def settlement_events(
     # The OPTRDs read before any exercise or assignment of theirs, oldest
     # first: one listed after them takes them; the rest go to nobody.
     early: list[BrokerActivity] = []
+    # Contracts with an order that may still fill (a fill not published yet:
+    # the gateway away over the close, its reconciliation running beside
+    # this read): their activities wait for a later read, which comes while
+    # the contract is held. Split now, over the positions without that fill,
+    # the activity gave the late fill's part to no strategy (or to another),
+    # and the late fill stayed in the contract for ever.
+    working = {t.symbol for t in tracker.unsettled() if t.split is None}
+    # (root, shares, strike) of the exercises and assignments left for a
+    # later read: their OPTRDs wait with them.
+    later: list[tuple[str, Decimal, Decimal | None]] = []
     for a in activities:
         if a.quantity == 0:
             continue
@@ -195,6 +208,21 @@ def settlement_events(
                 log.warning("%s: option activity %s names no contract: %s", tracker.account, a, e)
                 continue
             outcome = OUTCOMES[a.activity_type]
+            if a.symbol in working:
+                log.info(
+                    "%s: option activity %s waits: an order in %s may still fill",
+                    tracker.account,
+                    a.activity_id,
+                    a.symbol,
+                )
+                if outcome != "expired":
+                    key = (contract.root, quantity * SHARES_PER_CONTRACT, contract.strike)
+                    trade = next((t for t in early if _key(t) == key), None)
+                    if trade is None:
+                        later.append(key)
+                    else:
+                        early.remove(trade)
+                continue
             # What a run before a restart published of it stays as it was;
             # the rest goes to the positions as they stand now.
             done = _published(tracker, a)
@@ -234,7 +262,9 @@ def settlement_events(
             # shares and its strike (the price), so the shares of two
             # exercises listed before their trades each go to their own.
             match = next((w for w in pending if w.takes(a)), None)
-            if match is None:
+            if match is None and _key(a) in later:
+                later.remove(_key(a))  # its exercise waits: so does it
+            elif match is None:
                 early.append(a)  # its exercise may be listed after it
             else:
                 pending.remove(match)
@@ -254,6 +284,12 @@ def settlement_events(
     for waiting in pending:
         out += waiting.held
     return out
+
+
+def _key(trade: BrokerActivity) -> tuple[str, Decimal, Decimal | None]:
+    """An ``OPTRD``'s (underlying, shares, price): its exercise's or
+    assignment's (root, shares, strike)."""
+    return trade.symbol, abs(trade.quantity), trade.price
 
 
 def _shares(

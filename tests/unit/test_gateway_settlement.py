@@ -481,7 +481,7 @@ def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -
     )
     t.evolve(working)
     net = [activity("a1", "OPEXP", CALL, "-1")]
-    assert booked(settle(t, net)) == [(CALL, "sell", "1", "0", "expired", "s1")]
+    assert settle(t, net) == [], "s1's order may still fill: the broker's settlement waits too"
     assert cross(t, net, broker={}) == [], "s1's order may still fill"
     late = FillReceived.create(
         FillPayload(
@@ -502,6 +502,7 @@ def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -
         clock=CLOCK,
     )
     t.evolve(late)
+    assert booked(settle(t, net)) == [(CALL, "sell", "1", "0", "expired", "s1")]
     assert booked(cross(t, net, broker={})) == [
         (CALL, "buy", "2", "0", "expired", "s2"),
         (CALL, "sell", "2", "0", "expired", "s1"),
@@ -576,3 +577,59 @@ async def test_a_settlement_between_a_reads_two_calls_is_not_taken_for_none(sett
     crossed = [b for b in booked(outbox.events) if b[5] is not None and b[0] == CALL]
     assert ("O:SPY261211C00600000", "sell", "2", "0", "expired", "s1") not in crossed
     assert {b[4] for b in crossed} == {"exercised", "assigned"}
+
+
+def test_an_activity_of_a_contract_with_an_order_still_working_waits_for_it() -> None:
+    """s1 holds 2 calls by the fills published and a buy of 1 more, placed
+    before the close, whose fill is not published yet (the gateway away over
+    the close). The broker exercises the 3. Split now, over s1's 2, the
+    third went to no strategy with its 100 shares, and the late fill left s1
+    +1 in the expired contract for ever. The activity (and its shares,
+    listed before or after it) waits until no order in the contract may
+    still fill; the next read books all 3 to s1."""
+    t = tracker(opened([("s1", CALL, "2")]))
+    working = SubmitOrder.create(
+        SubmitOrderPayload(
+            order_id=uuid.uuid4(),
+            strategy="s1",
+            account=ACCOUNT,
+            symbol=CALL,
+            side="buy",
+            quantity=D(1),
+            asset_class="option",
+        ),
+        source=SOURCE,
+        clock=CLOCK,
+    )
+    t.evolve(working)
+    exercise = [
+        activity("a2", "OPTRD", "SPY", "300", "600"),
+        activity("a1", "OPEXC", CALL, "-3"),
+    ]
+    assert settle(t, exercise) == []
+    assert settle(t, list(reversed(exercise))) == []
+    t.evolve(
+        FillReceived.create(
+            FillPayload(
+                order_id=working.payload.order_id,
+                account=ACCOUNT,
+                broker_order_id="b-late",
+                fill_id="f-late",
+                symbol=CALL,
+                side="buy",
+                quantity=D(1),
+                price=D("2.5"),
+                cumulative_quantity=D(1),
+                leaves_quantity=D(0),
+                status="complete",
+                strategy="s1",
+            ),
+            source=SOURCE,
+            clock=CLOCK,
+        )
+    )
+    assert booked(settle(t, exercise)) == [
+        ("SPY", "buy", "300", "600", "exercised", "s1"),
+        (CALL, "sell", "3", "0", "exercised", "s1"),
+    ]
+    assert (t.position(CALL, "s1"), t.position("SPY", "s1")) == (D(0), D(300))
