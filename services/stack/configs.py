@@ -429,12 +429,16 @@ def symbol_warnings(
     - a strategy trades a symbol marketdata does not subscribe to: it would be
       shown no market data of it (``tradebus up`` subscribes to the
       strategies' symbols itself; docker compose and production read
-      ``TRADEBUS_SYMBOLS``);
+      ``TRADEBUS_SYMBOLS``); or options on an underlying it does not
+      subscribe to: the shares an exercise books would be marked by nothing
+      (``tradebus up`` subscribes to those underlyings too);
     - two symbols differ only by the share-class separator (``BRK.B``,
       ``BRK/B``): the contract takes both, and every subject, limit and book
       takes them as two symbols, so the one the feed does not name gets no
       data and the risk-gate keeps two positions of the same shares.
     """
+    from libs.contract.options import underlyings
+
     warnings: list[str] = []
     #: Each symbol named, and who names it, in the order first named.
     named: dict[str, list[str]] = {}
@@ -457,6 +461,16 @@ def symbol_warnings(
                     f"marketdata does not subscribe to ({where}): it would be shown no "
                     f"market data of it. Add {symbol} to marketdata's TRADEBUS_SYMBOLS"
                 )
+        if subscribed is not None:
+            for root in underlyings(spec.symbols):
+                if root not in subscribed:
+                    warnings.append(
+                        f"strategy {spec.name} ({files.strategies}) trades options on "
+                        f"{root}, which marketdata does not subscribe to ({where}): the "
+                        f"shares an exercise or assignment books would be marked by "
+                        f"nothing, in the risk-gate or the strategy's books. Add {root} to "
+                        f"marketdata's TRADEBUS_SYMBOLS"
+                    )
     spellings: dict[str, list[str]] = {}
     for symbol in named:
         spellings.setdefault(_share_class(symbol), []).append(symbol)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from libs.contract.options import underlyings
 from libs.yamlfile import load_yaml
 from services.marketdata.config import FRESH_RUN
 from services.stack.credentials import Credentials, password_variable
@@ -106,12 +107,16 @@ def config_path(given: Path | None, name: str) -> Path:
 
 
 def strategy_symbols(strategies: Sequence[LoadedStrategy]) -> list[str]:
-    """The symbols ``strategies`` trade, each once, in the order first named."""
+    """The symbols ``strategies`` trade, each once, in the order first named,
+    then the underlyings of their option contracts that none of them trades:
+    an exercise or assignment books their shares, which the risk-gate and
+    the strategies' ledgers mark by the underlying's prices (no feed of it,
+    nothing marked them)."""
     symbols: dict[str, None] = {}
     for strategy in strategies:
         for symbol in strategy.spec.symbols:
             symbols[symbol] = None
-    return list(symbols)
+    return [*symbols, *underlyings(symbols)]
 
 
 #: The bars each market-data channel publishes.

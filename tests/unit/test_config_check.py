@@ -334,6 +334,27 @@ def test_config_check_warns_of_a_symbol_marketdata_does_not_subscribe_to(
     assert "warning" not in result.output
 
 
+def test_config_check_warns_of_options_on_an_underlying_marketdata_does_not_subscribe_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A strategy on a TSLA contract: an exercise books it TSLA shares, which
+    # nothing marks unless marketdata publishes TSLA's prices.
+    option = "O:TSLA991217C00300000"
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", f"AAPL,MSFT,NVDA,SPY,{option}")
+    strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", f'symbols: ["{option}"]'))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:-1] == [
+        f"warning: strategy sma-aapl ({strategies}) trades options on TSLA, which marketdata "
+        f"does not subscribe to (TRADEBUS_SYMBOLS=AAPL,MSFT,NVDA,SPY,{option}): the shares an "
+        "exercise or assignment books would be marked by nothing, in the risk-gate or the "
+        "strategy's books. Add TSLA to marketdata's TRADEBUS_SYMBOLS",
+    ]
+    monkeypatch.setenv("TRADEBUS_SYMBOLS", f"AAPL,MSFT,NVDA,SPY,TSLA,{option}")
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert "warning" not in result.output
+
+
 def test_config_check_warns_of_symbols_that_differ_only_by_the_share_class_separator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

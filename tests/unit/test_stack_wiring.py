@@ -239,6 +239,24 @@ def test_marketdata_trades_the_symbols_of_the_loaded_strategies(tmp_path: Path) 
     assert plan.argv[plan.argv.index("--symbols") + 1] == "AAPL,MSFT,SPY"
 
 
+def test_marketdata_also_prices_the_underlying_of_an_option_strategy(tmp_path: Path) -> None:
+    """A strategy trading only an SPY contract: an exercise books it SPY
+    shares, which the risk-gate and its ledger mark by SPY's prices; the
+    stack's feed carried only the strategies' symbols, so nothing marked
+    them. A root some strategy trades is not named twice."""
+    option = "O:SPY991217C00600000"
+    path = tmp_path / "strategies.yaml"
+    path.write_text(
+        "strategies:"
+        + ENTRY.format(name="one", interval="").replace("[AAPL]", f'["{option}"]')
+        + ENTRY.format(name="two", interval="").replace("[AAPL]", '[AAPL, "O:AAPL991217C00100000"]')
+    )
+    (plan,) = wiring.plans(inputs(tmp_path, path), ["marketdata"])
+    assert plan.argv[plan.argv.index("--symbols") + 1] == (
+        f"{option},AAPL,O:AAPL991217C00100000,SPY"
+    )
+
+
 def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) -> None:
     """``fresh``, as docker-compose.yml sets it: marketdata draws a new salt
     at every start, so a restart's prices are not dropped as duplicates.
