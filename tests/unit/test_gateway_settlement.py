@@ -456,16 +456,9 @@ def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> Non
     assert rebuilt.positions == first.positions
 
 
-def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -> None:
-    """s1 +2 and s2 -2 by the fills published, and a buy of 1 more by s1,
-    placed before the close, whose fill is not published yet (the gateway
-    was away over the close: the reconciliation that fetches it runs beside
-    the connection's read). The broker holds the net +1 and lists it
-    expired (to s1: +1). Crossed then, s1's 1 met 1 of s2's 2, and the late
-    fill left s1 +1 and s2 -1 in the expired contract for ever (a
-    strategy's leg of a cross is one order, done once). The cross waits
-    until no order in the contract may still fill; then s1's 2 meet s2's 2."""
-    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+def buy_one_call(t: OrderTracker) -> SubmitOrder:
+    """s1's buy of 1 more call, placed before the close, taken in by ``t``:
+    its fill is not published yet (the gateway away over the close)."""
     working = SubmitOrder.create(
         SubmitOrderPayload(
             order_id=uuid.uuid4(),
@@ -480,28 +473,46 @@ def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -
         clock=CLOCK,
     )
     t.evolve(working)
-    net = [activity("a1", "OPEXP", CALL, "-1")]
-    assert settle(t, net) == [], "s1's order may still fill: the broker's settlement waits too"
-    assert cross(t, net, broker={}) == [], "s1's order may still fill"
-    late = FillReceived.create(
+    return working
+
+
+def filled(order: SubmitOrder) -> FillReceived:
+    """``order``'s fill, late: whole, at 2.50."""
+    return FillReceived.create(
         FillPayload(
-            order_id=working.payload.order_id,
+            order_id=order.payload.order_id,
             account=ACCOUNT,
             broker_order_id="b-late",
             fill_id="f-late",
-            symbol=CALL,
-            side="buy",
-            quantity=D(1),
+            symbol=order.payload.symbol,
+            side=order.payload.side,
+            quantity=order.payload.quantity,
             price=D("2.5"),
-            cumulative_quantity=D(1),
+            cumulative_quantity=order.payload.quantity,
             leaves_quantity=D(0),
             status="complete",
-            strategy="s1",
+            strategy=order.payload.strategy,
         ),
         source=SOURCE,
         clock=CLOCK,
     )
-    t.evolve(late)
+
+
+def test_a_contract_with_an_order_still_working_is_crossed_once_it_has_ended() -> None:
+    """s1 +2 and s2 -2 by the fills published, and a buy of 1 more by s1,
+    placed before the close, whose fill is not published yet (the gateway
+    was away over the close: the reconciliation that fetches it runs beside
+    the connection's read). The broker holds the net +1 and lists it
+    expired (to s1: +1). Crossed then, s1's 1 met 1 of s2's 2, and the late
+    fill left s1 +1 and s2 -1 in the expired contract for ever (a
+    strategy's leg of a cross is one order, done once). The cross waits
+    until no order in the contract may still fill; then s1's 2 meet s2's 2."""
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
+    working = buy_one_call(t)
+    net = [activity("a1", "OPEXP", CALL, "-1")]
+    assert settle(t, net) == [], "s1's order may still fill: the broker's settlement waits too"
+    assert cross(t, net, broker={}) == [], "s1's order may still fill"
+    t.evolve(filled(working))
     assert booked(settle(t, net)) == [(CALL, "sell", "1", "0", "expired", "s1")]
     assert booked(cross(t, net, broker={})) == [
         (CALL, "buy", "2", "0", "expired", "s2"),
@@ -588,46 +599,14 @@ def test_an_activity_of_a_contract_with_an_order_still_working_waits_for_it() ->
     listed before or after it) waits until no order in the contract may
     still fill; the next read books all 3 to s1."""
     t = tracker(opened([("s1", CALL, "2")]))
-    working = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=uuid.uuid4(),
-            strategy="s1",
-            account=ACCOUNT,
-            symbol=CALL,
-            side="buy",
-            quantity=D(1),
-            asset_class="option",
-        ),
-        source=SOURCE,
-        clock=CLOCK,
-    )
-    t.evolve(working)
+    working = buy_one_call(t)
     exercise = [
         activity("a2", "OPTRD", "SPY", "300", "600"),
         activity("a1", "OPEXC", CALL, "-3"),
     ]
     assert settle(t, exercise) == []
     assert settle(t, list(reversed(exercise))) == []
-    t.evolve(
-        FillReceived.create(
-            FillPayload(
-                order_id=working.payload.order_id,
-                account=ACCOUNT,
-                broker_order_id="b-late",
-                fill_id="f-late",
-                symbol=CALL,
-                side="buy",
-                quantity=D(1),
-                price=D("2.5"),
-                cumulative_quantity=D(1),
-                leaves_quantity=D(0),
-                status="complete",
-                strategy="s1",
-            ),
-            source=SOURCE,
-            clock=CLOCK,
-        )
-    )
+    t.evolve(filled(working))
     assert booked(settle(t, exercise)) == [
         ("SPY", "buy", "300", "600", "exercised", "s1"),
         (CALL, "sell", "3", "0", "exercised", "s1"),
