@@ -20,7 +20,7 @@ consumer already books (the risk-gate, the strategies' ledgers, the store's
   (``OPTRD``), booked to the same strategies, 100 shares per contract each.
 
 Booking: each activity is split over the strategies that hold the contract as
-a flatten's closing fill is (``OrderTracker`` ``_allocate``): in strategy-name
+a flatten's closing fill is (``OrderTracker.allocate``): in strategy-name
 order, each up to its position, the rest to no strategy; one ``FillReceived``
 per strategy, same order id, consecutive cumulative quantities. The
 underlying's trade follows the split of its exercise or assignment (the
@@ -82,7 +82,7 @@ from libs.contract.events import (
 )
 from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
-from services.broker_gateway.domain.tracker import OrderTracker, canon
+from services.broker_gateway.domain.tracker import OrderTracker, canon, take_in_order
 from services.broker_gateway.errors import BrokerError
 from services.broker_gateway.ports import BrokerPort
 
@@ -124,28 +124,6 @@ class Worker(Protocol):
 def settlement_order_id(account: str, activity_id: str) -> uuid.UUID:
     """The order id an activity is published under."""
     return derived_id("broker.settlement", account, activity_id)
-
-
-def _allocate(tracker: OrderTracker, symbol: str, side: Side, quantity: Decimal) -> Slices:
-    """``quantity`` of ``symbol`` split over the strategies whose positions a
-    ``side`` reduces, in strategy-name order, each up to its position; the
-    rest to no strategy (the rule of a flatten's closing fills)."""
-    holding = sorted(
-        (strategy, qty)
-        for (strategy, sym), qty in tracker.positions.items()
-        if sym == symbol and strategy is not None and (qty > 0 if side == "sell" else qty < 0)
-    )
-    out: Slices = []
-    left = quantity
-    for strategy, held in holding:
-        if left <= 0:
-            break
-        take = min(left, abs(held))
-        out.append((strategy, take))
-        left -= take
-    if left > 0:
-        out.append((None, left))
-    return out
 
 
 def settlement_events(
@@ -227,7 +205,7 @@ def settlement_events(
             # the rest goes to the positions as they stand now.
             done = _published(tracker, a)
             rest = quantity - sum(done.values(), ZERO)
-            slices = _merged([*done.items(), *_allocate(tracker, a.symbol, side, rest)])
+            slices = _merged([*done.items(), *tracker.allocate(a.symbol, side, rest)])
             expires_ns = contract.expires_at_ns
             legs: list[Event] = []
             _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, legs)
@@ -569,7 +547,7 @@ def cross_events(
                 continue  # the broker has not settled it yet (or may still)
             outcome = "expired"
         crossed = min(sum((q for _, q in longs), ZERO), sum((q for _, q in shorts), ZERO))
-        long_side, short_side = _take(longs, crossed), _take(shorts, crossed)
+        long_side, short_side = take_in_order(longs, crossed), take_in_order(shorts, crossed)
         legs: list[tuple[str | None, str, Side, Decimal, Decimal, Settlement]] = []
         if outcome == "expired":
             legs += [(s, "contracts", "buy", q, ZERO, "expired") for s, q in short_side]
@@ -631,18 +609,6 @@ def _before_cross(tracker: OrderTracker, symbol: str) -> dict[str | None, Decima
 def _in_order(slices: Slices) -> Slices:
     """Strategies in name order, no strategy last."""
     return sorted(slices, key=lambda sq: (sq[0] is None, sq[0] or ""))
-
-
-def _take(slices: Slices, quantity: Decimal) -> Slices:
-    """``quantity`` taken from ``slices`` in order, each up to its own."""
-    out: Slices = []
-    for strategy, held in slices:
-        if quantity <= 0:
-            break
-        take = min(quantity, held)
-        out.append((strategy, take))
-        quantity -= take
-    return out
 
 
 def _cross_fill(

@@ -103,6 +103,21 @@ def _plain(value: Decimal) -> Decimal:
     return Decimal((sign, digits, exponent))
 
 
+def take_in_order(
+    slices: Sequence[tuple[str | None, Decimal]], quantity: Decimal
+) -> list[tuple[str | None, Decimal]]:
+    """``quantity`` taken from ``slices`` (strategy, what it may take) in
+    their order, each up to its own."""
+    out: list[tuple[str | None, Decimal]] = []
+    for strategy, held in slices:
+        if quantity <= 0:
+            break
+        take = min(quantity, held)
+        out.append((strategy, take))
+        quantity -= take
+    return out
+
+
 def _signed(side: Side, quantity: Decimal) -> Decimal:
     return quantity if side == "buy" else -quantity
 
@@ -438,7 +453,7 @@ class OrderTracker:
         total = t.quantity if t.quantity is not None else order.quantity
         slices: list[tuple[str | None, Decimal]]
         if t.closing and t.strategy is None:
-            slices = self._allocate(order.symbol, order.side, quantity)
+            slices = self.allocate(order.symbol, order.side, quantity)
         else:
             slices = [(t.strategy, quantity)]
         cumulative = t.filled
@@ -470,10 +485,12 @@ class OrderTracker:
                 ),
             )
 
-    def _allocate(
+    def allocate(
         self, symbol: str, side: Side, quantity: Decimal
     ) -> list[tuple[str | None, Decimal]]:
-        """Split a closing fill over the strategies whose positions it reduces."""
+        """Split ``quantity`` (a closing fill, an option settlement) over the
+        strategies whose positions ``side`` reduces, in strategy-name order,
+        each up to its position; the rest to no strategy."""
         reducing = [
             (strategy, abs(qty))
             for (strategy, sym), qty in sorted(
@@ -481,14 +498,8 @@ class OrderTracker:
             )
             if sym == symbol and strategy is not None and (qty > 0 if side == "sell" else qty < 0)
         ]
-        out: list[tuple[str | None, Decimal]] = []
-        left = quantity
-        for strategy, held in reducing:
-            if left <= 0:
-                break
-            take = min(left, held)
-            out.append((strategy, take))
-            left -= take
+        out = take_in_order(reducing, quantity)
+        left = quantity - sum((q for _, q in out), ZERO)
         if left > 0:
             out.append((None, left))
         return out
@@ -772,7 +783,7 @@ class OrderTracker:
         one whose position takes all of it, as the fills would be booked now.
         """
         leaves = ZERO if t.terminal is not None else max(order.quantity - t.filled, ZERO)
-        booked = self._allocate(order.symbol, order.side, leaves) if leaves > 0 else []
+        booked = self.allocate(order.symbol, order.side, leaves) if leaves > 0 else []
         return ClosingOrder(
             order_id=t.order_id,
             symbol=order.symbol,
