@@ -1093,7 +1093,11 @@ class AccountWorker:
                         self.want_reconcile(everything=True)
                         self.settlements.wanted()
                     continue
-                if self.tracker.find(event.order) is None and self._holds_back(event.order):
+                if (
+                    self._recoverable  # empty but after a crash: no lookup per stream update
+                    and self.tracker.find(event.order) is None
+                    and self._holds_back(event.order)
+                ):
                     continue  # taken in from the broker once the flatten has run
                 try:
                     events = self.tracker.on_update(event)

@@ -74,6 +74,7 @@ from typing import Protocol
 from libs.contract.codec import derived_id
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
+    OPTION_MULTIPLIER,
     OPTION_PREFIX,
     FillPayload,
     FillReceived,
@@ -89,7 +90,6 @@ from services.broker_gateway.ports import BrokerPort
 log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
-SHARES_PER_CONTRACT = Decimal(100)
 OUTCOMES: dict[str, Settlement] = {"OPEXP": "expired", "OPEXC": "exercised", "OPASN": "assigned"}
 #: How often the held contracts' expiries are looked at (a period, not synchronisation).
 TICK_S = 1.0
@@ -98,6 +98,9 @@ TICK_S = 1.0
 READ_MAX_S = 300.0
 
 Slices = list[tuple[str | None, Decimal]]
+#: An ``OPTRD``'s (underlying, shares, price): its exercise's or
+#: assignment's (root, 100 shares a contract, strike).
+TradeKey = tuple[str, Decimal, Decimal | None]
 
 
 class Publisher(Protocol):
@@ -173,7 +176,7 @@ def settlement_events(
     working = {t.symbol for t in tracker.unsettled() if t.split is None}
     # (root, shares, strike) of the exercises and assignments left for a
     # later read: their OPTRDs wait with them.
-    later: list[tuple[str, Decimal, Decimal | None]] = []
+    later: list[TradeKey] = []
     for a in activities:
         if a.quantity == 0:
             continue
@@ -186,6 +189,8 @@ def settlement_events(
                 log.warning("%s: option activity %s names no contract: %s", tracker.account, a, e)
                 continue
             outcome = OUTCOMES[a.activity_type]
+            # What its OPTRD carries: (root, shares, strike).
+            key: TradeKey = (contract.root, quantity * OPTION_MULTIPLIER, contract.strike)
             if a.symbol in working:
                 log.info(
                     "%s: option activity %s waits: an order in %s may still fill",
@@ -194,7 +199,6 @@ def settlement_events(
                     a.symbol,
                 )
                 if outcome != "expired":
-                    key = (contract.root, quantity * SHARES_PER_CONTRACT, contract.strike)
                     trade = next((t for t in early if _key(t) == key), None)
                     if trade is None:
                         later.append(key)
@@ -215,15 +219,7 @@ def settlement_events(
             if outcome == "assigned":
                 out += legs  # the contracts first (bought back at 0)
                 legs = []
-            waiting = _Awaiting(
-                contract.root,
-                quantity * SHARES_PER_CONTRACT,
-                contract.strike,
-                outcome,
-                expires_ns,
-                slices,
-                legs,
-            )
+            waiting = _Awaiting(key, outcome, expires_ns, slices, legs)
             # Its OPTRD listed before it (nothing orders the two: they
             # happened at once), waiting for it: its shares now.
             trade = next((t for t in early if waiting.takes(t)), None)
@@ -264,7 +260,7 @@ def settlement_events(
     return out
 
 
-def _key(trade: BrokerActivity) -> tuple[str, Decimal, Decimal | None]:
+def _key(trade: BrokerActivity) -> TradeKey:
     """An ``OPTRD``'s (underlying, shares, price): its exercise's or
     assignment's (root, shares, strike)."""
     return trade.symbol, abs(trade.quantity), trade.price
@@ -283,7 +279,7 @@ def _shares(
     (held until its shares are out)."""
     assert a.price is not None
     side: Side = "buy" if a.quantity > 0 else "sell"
-    slices = [(s, q * SHARES_PER_CONTRACT) for s, q in of.contracts]
+    slices = [(s, q * OPTION_MULTIPLIER) for s, q in of.contracts]
     _publish(tracker, a, side, a.price, of.outcome, slices, of.expires_ns, clock, source, out)
     out += of.held  # an exercise's contracts after its shares
 
@@ -292,10 +288,8 @@ def _shares(
 class _Awaiting:
     """An exercise or assignment read, waiting for its ``OPTRD``."""
 
-    root: str
-    #: Shares it delivers: 100 a contract.
-    shares: Decimal
-    strike: Decimal
+    #: Its OPTRD's (root, shares: 100 a contract, strike).
+    key: TradeKey
     outcome: Settlement
     expires_ns: int
     #: Its split, in contracts.
@@ -306,7 +300,7 @@ class _Awaiting:
     def takes(self, a: BrokerActivity) -> bool:
         """Whether ``a``, an ``OPTRD``, is this one's: its root, its shares,
         its strike (the price)."""
-        return (self.root, self.shares, self.strike) == (a.symbol, abs(a.quantity), a.price)
+        return _key(a) == self.key
 
 
 def _published(tracker: OrderTracker, a: BrokerActivity) -> dict[str | None, Decimal]:
@@ -558,7 +552,7 @@ def cross_events(
             receives: Side = "buy" if contract.right == "call" else "sell"
             delivers: Side = "sell" if receives == "buy" else "buy"
             # The strike as the broker's OPTRD writes it (600, not 600.000).
-            strike, shares = Decimal(canon(contract.strike)), SHARES_PER_CONTRACT
+            strike, shares = Decimal(canon(contract.strike)), OPTION_MULTIPLIER
             legs += [(s, "shares", receives, q * shares, strike, "exercised") for s, q in long_side]
             legs += [(s, "shares", delivers, q * shares, strike, "assigned") for s, q in short_side]
             legs += [(s, "contracts", "buy", q, ZERO, "assigned") for s, q in short_side]

@@ -93,7 +93,6 @@ def activity(
     return BrokerActivity(
         activity_id=activity_id,
         activity_type=kind,
-        date=EXPIRY,
         symbol=symbol,
         quantity=D(qty),
         price=None if price is None else D(price),

@@ -9,7 +9,6 @@ quantities after it. Quantities and prices are Decimals; times are ns.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
@@ -103,12 +102,9 @@ class BrokerActivity:
 
     activity_id: str
     activity_type: str
-    date: dt.date
     symbol: str
     quantity: Decimal
     price: Decimal | None = None
-    net_amount: Decimal | None = None
-    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)

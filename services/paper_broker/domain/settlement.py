@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from libs.contract.events import OPTION_MULTIPLIER
 from libs.contract.options import OptionContract
 
 #: Alpaca's activity types of an option event: expired worthless, exercised
@@ -38,8 +39,6 @@ DESCRIPTIONS: dict[ActivityType, str] = {
 }
 #: OCC exercises by exception a contract at least this far in the money.
 EXERCISE_THRESHOLD = Decimal("0.01")
-#: Shares of the underlying per contract.
-SHARES_PER_CONTRACT = Decimal(100)
 
 Outcome = Literal["expired", "exercised", "assigned"]
 
@@ -125,7 +124,7 @@ def settle(
         return (first,)
     # A call delivers shares to its holder, a put takes them: a long call
     # (removed < 0) buys, a short call (removed > 0) sells; a put the reverse.
-    shares = SHARES_PER_CONTRACT * position_qty
+    shares = OPTION_MULTIPLIER * position_qty
     if contract.right == "put":
         shares = -shares
     strike = _plain(contract.strike)

@@ -162,12 +162,9 @@ def option_activity(a: schemas.OptionActivity) -> BrokerActivity:
     return BrokerActivity(
         activity_id=a.id,
         activity_type=a.activity_type,
-        date=dt.date.fromisoformat(a.date[:10]),
         symbol=a.symbol,
         quantity=a.qty,
         price=a.price,
-        net_amount=a.net_amount,
-        description=a.description,
     )
 
 
