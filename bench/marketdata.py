@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import json
 import logging
@@ -259,14 +260,8 @@ def mark_policy(every_quote: bool) -> MarkPolicy:
     """The service's default marks policy, or one marking every option quote."""
     policy = MarketdataSettings().mark_policy()
     if every_quote:
-        return MarkPolicy(
-            min_interval_ns=0,
-            min_change=Decimal(0),
-            refresh_ns=policy.refresh_ns,
-            max_standing_ns=policy.max_standing_ns,
-            max_spread=policy.max_spread,
-            max_spread_ticks=policy.max_spread_ticks,
-        )
+        # Every other setting the service's: a new one comes along unedited.
+        return dataclasses.replace(policy, min_interval_ns=0, min_change=Decimal(0))
     return policy
 
 

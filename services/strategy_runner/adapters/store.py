@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from libs.contract.envelope import Event
+from libs.contract.events import OPTION_PREFIX
 from libs.store import queries
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
@@ -119,6 +120,12 @@ WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
   AND e.seq > coalesce(cp.seq, 0)
 """  # noqa: S608 - constant column list, values are bind parameters
 
+#: Newest by market time (``Event.market_ns``: CLOCK_SKEW_NS, 5 s, is in
+#: the expression), the later in the stream at the same time: written exactly
+#: as migration 0013's indexes are (their ``MARKET_NS``), or the planner does
+#: not match them and a lookup reads the symbol's whole history.
+NEWEST_FIRST = "least(ts_event, ts_init + 5000000000) DESC, seq DESC"
+
 # A symbol's newest trade, and its newest bar of one interval ($3; NULL: any;
 # a bar of another is not routed to the strategies that take this one, so it
 # would mark nothing), by market time (Event.market_ns), the later in the
@@ -136,14 +143,14 @@ WHERE e.seq <= $2 AND e.type = 'FillReceived' AND e.strategy = ANY($1::text[])
 LAST_TRADE_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'TradePrinted' AND seq <= $2
-ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
+ORDER BY {NEWEST_FIRST} LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 LAST_BAR_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
   AND ($3::text IS NULL OR payload->>'interval' = $3)
-ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
+ORDER BY {NEWEST_FIRST} LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 # The symbol's newest mark by market time (marketdata's, of an option's
@@ -153,7 +160,7 @@ ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 LAST_MARK_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'MarkUpdated' AND seq <= $2
-ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
+ORDER BY {NEWEST_FIRST} LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 # The symbol's newest fill by market time, of any strategy or account: its
@@ -163,7 +170,7 @@ ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
 LAST_FILL_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND seq <= $2 AND type = 'FillReceived' AND payload->>'settlement' IS NULL
-ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT 1
+ORDER BY {NEWEST_FIRST} LIMIT 1
 """  # noqa: S608 - constant column list, values are bind parameters
 
 # A symbol's latest bars (of an interval, or any) for warm-up: the newest by
@@ -174,7 +181,7 @@ WARMUP_SQL = f"""
 SELECT {COLUMNS} FROM events
 WHERE symbol = $1 AND type = 'BarClosed' AND seq <= $2
   AND ($4::text IS NULL OR payload->>'interval' = $4)
-ORDER BY least(ts_event, ts_init + 5000000000) DESC, seq DESC LIMIT $3
+ORDER BY {NEWEST_FIRST} LIMIT $3
 """  # noqa: S608 - constant column list, values are bind parameters
 
 
@@ -256,7 +263,8 @@ async def load_history(
                 last = [await conn.fetchrow(LAST_TRADE_SQL, symbol, last_seq)]
                 for interval in sorted(intervals, key=lambda i: i or ""):
                     last.append(await conn.fetchrow(LAST_BAR_SQL, symbol, last_seq, interval))
-                last.append(await conn.fetchrow(LAST_MARK_SQL, symbol, last_seq))
+                if symbol.startswith(OPTION_PREFIX):  # marketdata marks options only
+                    last.append(await conn.fetchrow(LAST_MARK_SQL, symbol, last_seq))
                 last.append(await conn.fetchrow(LAST_FILL_SQL, symbol, last_seq))
                 rows += [row for row in last if row is not None]
             bar_rows = []
