@@ -404,9 +404,13 @@ def holds_options(tracker: OrderTracker) -> bool:
     return bool(_held_contracts(tracker))
 
 
-#: How far back a connection's read goes for a settlement whose shares may
-#: still be owed (the read's own reach: ``Settlements.read``, a week and a day).
-LATELY_NS = 8 * 86_400 * 1_000_000_000
+#: How far back a read with no expiry held goes (``Settlements.read``); every
+#: read starts the day before its first day.
+READ_BACK = dt.timedelta(days=7)
+DAY_BEFORE = dt.timedelta(days=1)
+#: How far back a connection reads for a settlement whose shares may still
+#: be owed: as far as such a read reaches.
+LATELY_NS = int((READ_BACK + DAY_BEFORE).total_seconds()) * 1_000_000_000
 
 
 def settled_lately(tracker: OrderTracker, now_ns: int) -> bool:
@@ -699,7 +703,7 @@ class Settlements:
         w = self.worker
         if since is None:
             today = dt.datetime.fromtimestamp(w.clock.now_ns() / 1e9, dt.UTC).date()
-            since = today - dt.timedelta(days=7)
+            since = today - READ_BACK
         now_ns = w.clock.now_ns()
         held: dict[str, Decimal] | None = None
         if crossing(w.tracker, now_ns):
@@ -711,7 +715,7 @@ class Settlements:
             # had just exercised it. (Its settlement cannot make a contract
             # crossing that was not: it reduces the holders it closes.)
             held = {p.symbol: p.quantity for p in await w.port.positions()}
-        activities = await w.port.option_activities(after=since - dt.timedelta(days=1))
+        activities = await w.port.option_activities(after=since - DAY_BEFORE)
         events = settlement_events(w.tracker, activities, clock=w.clock, source=w.source)
         events += cross_events(
             w.tracker, activities, held, now_ns=now_ns, clock=w.clock, source=w.source

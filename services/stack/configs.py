@@ -306,7 +306,7 @@ def _paper_problems(
     """What keeps the gateway from logging in to the paper broker of ``paper``."""
     problems = []
     for name, section in brokers.accounts.items():
-        if section.adapter != "paper":
+        if section.adapter != PAPER_ADAPTER:
             continue
         account = paper.accounts.get(name)
         if account is None:

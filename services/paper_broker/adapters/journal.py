@@ -43,7 +43,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -305,29 +305,22 @@ class Journal:
         (:func:`wire.trade_update_json`), already built for sending."""
         if not updates:
             return
-        if self._file is None:
-            self.open()
-        assert self._file is not None
         if not data:
             data = [wire.trade_update_json(u) for u in updates]
         pairs = zip(updates, data, strict=True)
-        lines = (orjson.dumps(wire.journal_record(u, d)) for u, d in pairs)
-        chunk = b"\n".join(lines) + b"\n"
-        self._file.write(chunk)
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._size += len(chunk)
+        self._write(wire.journal_record(u, d) for u, d in pairs)
 
     def append_settlements(self, settlements: Sequence[Settlement]) -> None:
         """Write ``settlements`` (positions settled at their contracts' expiry)."""
-        if not settlements:
-            return
+        if settlements:
+            self._write(wire.settlement_record(s) for s in settlements)
+
+    def _write(self, records: Iterable[wire.Json]) -> None:
+        """Append ``records``, a line each, flushed (and synced) at once."""
         if self._file is None:
             self.open()
         assert self._file is not None
-        lines = (orjson.dumps(wire.settlement_record(s)) for s in settlements)
-        chunk = b"\n".join(lines) + b"\n"
+        chunk = b"\n".join(orjson.dumps(r) for r in records) + b"\n"
         self._file.write(chunk)
         self._file.flush()
         if self.fsync:
