@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.contract.envelope import Event
-from libs.contract.events import BarClosed, MarkUpdated, QuoteUpdated, TradePrinted
+from libs.strategy.host import MARKET_DATA
 
 OverflowAction = Literal["dropped", "waited"]
 
@@ -43,9 +43,7 @@ class Item:
 
     @property
     def droppable(self) -> bool:
-        return self.mark or isinstance(
-            self.event, BarClosed | TradePrinted | QuoteUpdated | MarkUpdated
-        )
+        return self.mark or isinstance(self.event, MARKET_DATA)
 
 
 class Inbox:
