@@ -209,23 +209,22 @@ class PaperBrokerServer:
         whose contract expired before it are settled first (at the
         underlying's price before it)."""
         metrics.MARKET_UPDATES.labels(kind=update.kind).inc()
-        self._publish(self.book.expire_orders())
-        self._settle(self.book.settle_expired(update.ts_ns))
+        self.expire_orders(update.ts_ns)
         self._publish(self.book.on_market(update))
 
-    def expire_orders(self) -> None:
+    def expire_orders(self, market_ns: int = 0) -> None:
         """Expire the ``day`` orders whose session has closed and the orders in
         an option contract past its expiry (also done before every price, so
         none fills after its close), then settle the positions in such a
-        contract (see ``PaperBook.settle_expired``)."""
+        contract (see ``PaperBook.settle_expired``; before a price of
+        ``market_ns``, at the underlying's price before it)."""
         self._publish(self.book.expire_orders())
-        self._settle(self.book.settle_expired())
+        self._settle(self.book.settle_expired(market_ns))
 
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
         only market orders that were waiting for a price."""
-        self._publish(self.book.expire_orders())
-        self._settle(self.book.settle_expired(update.ts_ns))
+        self.expire_orders(update.ts_ns)
         self._publish(self.book.set_last(update.symbol, update.last, update.ts_ns))
 
     def _settle(self, settlements: Sequence[Settlement]) -> None:
