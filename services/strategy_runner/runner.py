@@ -327,12 +327,11 @@ class Runner:
             return History([])
         url = self.settings.database_url.get_secret_value()
         warmup: dict[tuple[str, str | None], int] = {}
-        intervals: dict[str, set[str | None]] = {}
         for task in self.tasks.values():
             for symbol in task.host.symbols:
                 key = (symbol, task.host.bar_interval)
                 warmup[key] = max(warmup.get(key, 0), task.host.warmup_bars)
-                intervals.setdefault(symbol, set()).add(task.host.bar_interval)
+        intervals = self._bar_intervals()
         for symbol, taken in self.marked.items():
             intervals.setdefault(symbol, set()).update(taken)
         history = await self._retrying(
@@ -375,14 +374,18 @@ class Runner:
             log.info("strategy %s restored: positions %s", task.name, positions or "flat")
         return history
 
-    def _subjects(self, *, live: bool | None = None) -> list[str]:
+    def _bar_intervals(self) -> dict[str, set[str | None]]:
+        """Each symbol the strategies trade and the bar intervals they take of it."""
         intervals: dict[str, set[str | None]] = {}
         for task in self.tasks.values():
             for symbol in task.spec.symbols:
                 intervals.setdefault(symbol, set()).add(task.spec.bar_interval)
+        return intervals
+
+    def _subjects(self, *, live: bool | None = None) -> list[str]:
         return filter_subjects(
             self.tasks,
-            intervals,
+            self._bar_intervals(),
             live=self.live if live is None else live,
             marked=self.marked,
         )
