@@ -677,6 +677,39 @@ async def test_a_rest_bar_the_contract_refuses_is_dead_lettered_and_the_gap_stil
         assert letter.id in {e.id for e in on_stream}
 
 
+async def test_a_refused_rest_bar_does_not_cost_the_gap_fill_its_last_bars(bus: Bus) -> None:
+    """The gap-fill hands its bars to the publisher ``polygon_publish_batch``
+    at a time. It cut them into batches by the count of bars published, not
+    of events: with a refused bar (a dead letter among them) and that count a
+    multiple of the batch, the last events were never handed over; a valid
+    bar so lost was in the ledger already, so nothing published it again."""
+    bars = make_minute_bars("AAPL", T0, 6)
+    bars[1] = {**bars[1], "o": 0}  # the gap's first bar: its dead letter leads
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws, rest, symbols="AAPL", channels="minute_bars", polygon_publish_batch=2
+        )
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 1)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL")
+            clock.set_ms(T0 + MINUTE_MS + 1)
+            await ws.publish([rest_bar_to_am("AAPL", bars[0])])
+            await eventually(lambda: len(sink.bars()) == 1)
+            clock.set_ms(T0 + 6 * MINUTE_MS)
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+        starts = [b.payload.start_ns // MS for b in sink.bars()]
+        assert starts == [bars[i]["t"] for i in (0, 2, 3, 4, 5)]
+        [letter] = [e for e in sink.events if isinstance(e, MessageDeadLettered)]
+        raw = json.loads(base64.b64decode(letter.payload.raw_b64))
+        assert raw["t"] == bars[1]["t"]
+
+
 async def restarted(
     bus: Bus,
     nats_url: str,

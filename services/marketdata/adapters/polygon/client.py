@@ -677,7 +677,9 @@ class PolygonSource:
                     spans = ", ".join(f"{w.symbol} {w.bars} {unit}" for w, _ in fetched)
                     # A long outage of second bars is many bars: hand them to the
                     # publisher a batch at a time (it takes each queued list whole).
-                    chunks = [events[i : i + batch] for i in range(0, count, batch)] or [[]]
+                    # Every event, dead letters included: cut by ``count`` (bars
+                    # only), the last ones were dropped, already in the ledger.
+                    chunks = [events[i : i + batch] for i in range(0, len(events), batch)] or [[]]
                     chunks[-1].append(
                         self._status(
                             "gap_filled",
