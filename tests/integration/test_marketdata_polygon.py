@@ -719,9 +719,11 @@ async def restarted(
     seconds: list[dict[str, Any]] | None = None,
     channels: str = "minute_bars",
     gap_fills: int = 1,
+    **over: Any,
 ) -> tuple[FakePolygonRest, CountingSink]:
     """A feed started at ``now_ms`` that resumes from what a previous run left
-    on the stream, run until it has reported ``gap_fills`` gap-fills."""
+    on the stream, run until it has reported ``gap_fills`` gap-fills
+    (``over``: more settings)."""
     second_bars = {"AAPL": seconds} if seconds is not None else None
     async with (
         FakePolygonWs(api_key=KEY) as ws,
@@ -734,6 +736,7 @@ async def restarted(
             channels=channels,
             nats_url=nats_url,
             polygon_resume_from_stream=True,
+            **over,
         )
         sink = CountingSink(bus)
         source = PolygonSource(settings, clock=FakeClock(now_ms), hours=AlwaysOpen())
@@ -758,6 +761,29 @@ async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
         T0 + i * MINUTE_MS for i in range(3, 7)
     ]
     assert all(b.payload.backfilled for b in sink.bars())
+
+
+async def test_a_restart_after_a_longer_stop_gap_fills_the_last_polygon_gapfill_max_s(
+    bus: Bus, nats_url: str
+) -> None:
+    """Stopped for longer than ``polygon_gapfill_max_s`` (a Friday evening's
+    last bar, started again on Monday morning), the feed gap-fills what that
+    reach allows, as an outage that long does. It used to leave a last bar
+    older than the reach unseeded, and fill nothing at all."""
+    bars = make_minute_bars("AAPL", T0, 10)
+    previous = FrameParser(source="marketdata/old", clock=FakeClock(T0)).parse(
+        encode_frame([rest_bar_to_am("AAPL", bars[0])])
+    )
+    await bus.publish(previous.events[0])
+    # Back at 9:10 reaching 5 minutes back: minutes 4 to 8.
+    rest, sink = await restarted(
+        bus, nats_url, bars, now_ms=T0 + 9 * MINUTE_MS + 10_000, polygon_gapfill_max_s=300
+    )
+    [request] = rest.agg_requests("AAPL")
+    assert request.path.endswith(f"/{T0 + 4 * MINUTE_MS}/{T0 + 8 * MINUTE_MS}")
+    assert [b.payload.start_ns // MS for b in sink.bars()] == [
+        T0 + i * MINUTE_MS for i in range(4, 9)
+    ]
 
 
 async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_stream(
