@@ -677,6 +677,39 @@ async def test_a_rest_bar_the_contract_refuses_is_dead_lettered_and_the_gap_stil
         assert letter.id in {e.id for e in on_stream}
 
 
+async def test_a_refused_rest_bar_does_not_cost_the_gap_fill_its_last_bars(bus: Bus) -> None:
+    """The gap-fill hands its bars to the publisher ``polygon_publish_batch``
+    at a time. It cut them into batches by the count of bars published, not
+    of events: with a refused bar (a dead letter among them) and that count a
+    multiple of the batch, the last events were never handed over; a valid
+    bar so lost was in the ledger already, so nothing published it again."""
+    bars = make_minute_bars("AAPL", T0, 6)
+    bars[1] = {**bars[1], "o": 0}  # the gap's first bar: its dead letter leads
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": bars}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws, rest, symbols="AAPL", channels="minute_bars", polygon_publish_batch=2
+        )
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 1)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL")
+            clock.set_ms(T0 + MINUTE_MS + 1)
+            await ws.publish([rest_bar_to_am("AAPL", bars[0])])
+            await eventually(lambda: len(sink.bars()) == 1)
+            clock.set_ms(T0 + 6 * MINUTE_MS)
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+        starts = [b.payload.start_ns // MS for b in sink.bars()]
+        assert starts == [bars[i]["t"] for i in (0, 2, 3, 4, 5)]
+        [letter] = [e for e in sink.events if isinstance(e, MessageDeadLettered)]
+        raw = json.loads(base64.b64decode(letter.payload.raw_b64))
+        assert raw["t"] == bars[1]["t"]
+
+
 async def restarted(
     bus: Bus,
     nats_url: str,
@@ -686,9 +719,11 @@ async def restarted(
     seconds: list[dict[str, Any]] | None = None,
     channels: str = "minute_bars",
     gap_fills: int = 1,
+    **over: Any,
 ) -> tuple[FakePolygonRest, CountingSink]:
     """A feed started at ``now_ms`` that resumes from what a previous run left
-    on the stream, run until it has reported ``gap_fills`` gap-fills."""
+    on the stream, run until it has reported ``gap_fills`` gap-fills
+    (``over``: more settings)."""
     second_bars = {"AAPL": seconds} if seconds is not None else None
     async with (
         FakePolygonWs(api_key=KEY) as ws,
@@ -701,6 +736,7 @@ async def restarted(
             channels=channels,
             nats_url=nats_url,
             polygon_resume_from_stream=True,
+            **over,
         )
         sink = CountingSink(bus)
         source = PolygonSource(settings, clock=FakeClock(now_ms), hours=AlwaysOpen())
@@ -725,6 +761,29 @@ async def test_a_restart_gap_fills_from_the_last_minute_bar_on_the_stream(
         T0 + i * MINUTE_MS for i in range(3, 7)
     ]
     assert all(b.payload.backfilled for b in sink.bars())
+
+
+async def test_a_restart_after_a_longer_stop_gap_fills_the_last_polygon_gapfill_max_s(
+    bus: Bus, nats_url: str
+) -> None:
+    """Stopped for longer than ``polygon_gapfill_max_s`` (a Friday evening's
+    last bar, started again on Monday morning), the feed gap-fills what that
+    reach allows, as an outage that long does. It used to leave a last bar
+    older than the reach unseeded, and fill nothing at all."""
+    bars = make_minute_bars("AAPL", T0, 10)
+    previous = FrameParser(source="marketdata/old", clock=FakeClock(T0)).parse(
+        encode_frame([rest_bar_to_am("AAPL", bars[0])])
+    )
+    await bus.publish(previous.events[0])
+    # Back at 9:10 reaching 5 minutes back: minutes 4 to 8.
+    rest, sink = await restarted(
+        bus, nats_url, bars, now_ms=T0 + 9 * MINUTE_MS + 10_000, polygon_gapfill_max_s=300
+    )
+    [request] = rest.agg_requests("AAPL")
+    assert request.path.endswith(f"/{T0 + 4 * MINUTE_MS}/{T0 + 8 * MINUTE_MS}")
+    assert [b.payload.start_ns // MS for b in sink.bars()] == [
+        T0 + i * MINUTE_MS for i in range(4, 9)
+    ]
 
 
 async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_stream(

@@ -305,14 +305,17 @@ class PolygonSource:
             raise
 
     async def _resume(self) -> None:
-        """Seed each gap-filler with the newest bar of its interval already on the stream."""
-        horizon = self.clock.now_ns() - int(self.settings.polygon_gapfill_max_s * 1e9)
+        """Seed each gap-filler with the newest bar of its interval already on the stream.
+
+        However old: the gap's window reaches back ``polygon_gapfill_max_s`` at
+        most (:meth:`GapFiller.windows`), so a stop longer than that fills what
+        it can, as an outage that long does, rather than nothing.
+        """
         for link in self.links:
             for interval, filler in link.fillers.items():
                 found = await newest_bars(self.settings, filler.symbols, interval)
                 for symbol, start_ns in found.items():
-                    if start_ns >= horizon:
-                        filler.seed(symbol, start_ns)
+                    filler.seed(symbol, start_ns)
                 if found:
                     log.info(
                         "polygon %s: resuming after the last %s bar of %d symbol(s) on the stream",
@@ -677,7 +680,9 @@ class PolygonSource:
                     spans = ", ".join(f"{w.symbol} {w.bars} {unit}" for w, _ in fetched)
                     # A long outage of second bars is many bars: hand them to the
                     # publisher a batch at a time (it takes each queued list whole).
-                    chunks = [events[i : i + batch] for i in range(0, count, batch)] or [[]]
+                    # Every event, dead letters included: cut by ``count`` (bars
+                    # only), the last ones were dropped, already in the ledger.
+                    chunks = [events[i : i + batch] for i in range(0, len(events), batch)] or [[]]
                     chunks[-1].append(
                         self._status(
                             "gap_filled",
