@@ -38,7 +38,8 @@ Invariants:
   contract's expiry day (a
   :class:`Settlement`, :meth:`PaperBook.settle_expired`): exercised or
   assigned into 100 shares of the underlying per contract at the strike if
-  at least $0.01 in the money against the underlying's last price, else
+  at least $0.01 in the money against the underlying's newest price by the
+  market's time (not a late print older than it), else
   expired worthless (``domain/settlement.py``), and the account's non-trade
   activities say so. Like a trade update, a settlement is the only thing
   that changes the books it touches (:meth:`PaperBook.apply_settlement`),
@@ -334,8 +335,9 @@ class PaperBook:
         self._market_ns: dict[str, int] = {}
         # Each symbol's newest print by its own time (a trade's, a bar's end;
         # at the same time the later to arrive) and that time: what stands
-        # for a closing auction (see _newest). Not _last, the last to arrive:
-        # a print reported late, older than one before it, is not the close.
+        # for a closing auction and prices an expired contract's underlying
+        # (see _newest_print). Not _last, the last to arrive: a print
+        # reported late, older than one before it, is not the close.
         self._newest: dict[str, tuple[Decimal, int]] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
@@ -574,9 +576,11 @@ class PaperBook:
         settled before, so the underlying's price it is settled at is its
         last at or before the close). Soonest expiry first.
 
-        The underlying's price is its last the book holds: at or before the
-        close, unless the book has seen none of it since before the close (a
-        broker started after it: then the newest it has). With no price of
+        The underlying's price is its newest by the market's time the book
+        holds (not the last to arrive: a print reported late, older than one
+        before it, is not the close's): at or before the close, unless the
+        book has seen none of it since before the close (a broker started
+        after it: then the newest it has). With no price of
         the underlying at all, the settlement waits for one, up to
         :data:`NO_PRICE_WAIT_NS` past the expiry or the broker's start
         (prices come a moment after the journal at start-up), then the
@@ -595,7 +599,7 @@ class PaperBook:
             if position is None:
                 continue  # closed before its expiry (or settled: an entry per opening)
             contract = parse_option(symbol)
-            underlying = self._last.get(contract.root)
+            underlying, _ = self._newest_print(contract.root)
             note = ""
             if underlying is None:
                 if now < max(expiry, self._started_ns) + NO_PRICE_WAIT_NS:
@@ -927,7 +931,8 @@ class PaperBook:
     def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
         """``symbol``'s newest print by the market's time and that time
         ((None, 0): none yet): a closing auction's price once the session has
-        closed. The last to arrive and the latest time seen belonged to two
+        closed, and the underlying's price an expired contract is settled at.
+        The last to arrive and the latest time seen belonged to two
         prints after a late one: the close took a trade stamped 15:30, or
         before the open, that Polygon reported after the 15:59:59 one."""
         newest = self._newest.get(symbol)
