@@ -331,13 +331,13 @@ class PaperBook:
         self.ids = ids
         self._accounts: dict[str, _Account] = {}
         self._last: dict[str, Decimal] = {}
-        # The latest trade time or bar end seen of each symbol (see on_market).
-        self._market_ns: dict[str, int] = {}
         # Each symbol's newest print by its own time (a trade's, a bar's end;
         # at the same time the later to arrive) and that time: what stands
         # for a closing auction and prices an expired contract's underlying
         # (see _newest_print). Not _last, the last to arrive: a print
-        # reported late, older than one before it, is not the close.
+        # reported late, older than one before it, is not the close. Its
+        # time is the latest trade time or bar end seen of the symbol (an
+        # order's placed_at_market_ns): _print keeps the greatest.
         self._newest: dict[str, tuple[Decimal, int]] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
@@ -440,7 +440,7 @@ class PaperBook:
             filled_avg_price=None,
             created_at_ns=now,
             updated_at_ns=now,
-            placed_at_market_ns=self._market_ns.get(spec.symbol, 0),
+            placed_at_market_ns=self._newest_print(spec.symbol)[1],
         )
         updates = [self._emit(TradeUpdate("new", order, now))]
         if order.symbol in self.config.halted_symbols:
@@ -650,7 +650,6 @@ class PaperBook:
         waiting for a price fills at it, as it would have had the price come a
         moment earlier."""
         self._last[symbol] = price
-        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
         self._print(symbol, price, ts_ns)
         out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
@@ -679,7 +678,6 @@ class PaperBook:
         # is the last: a cls order settled now closes at the print before it.
         out = self.expire_orders()  # never filled after its close
         self._last[symbol] = update.last
-        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
         self._print(symbol, update.last, update.ts_ns)
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
