@@ -57,7 +57,7 @@ from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.envelope import Clock
-from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from services.paper_broker.domain.auction import (
     AUCTION_WAIT_NS,
     AUCTIONS,
@@ -80,6 +80,7 @@ from services.paper_broker.domain.fill_model import (
     on_market,
     on_submit,
 )
+from services.paper_broker.domain.new_york import is_weekday, new_york, next_weekday, ns_at
 from services.paper_broker.domain.settlement import OptionActivity, settle
 
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
@@ -287,13 +288,11 @@ def day_order_expiry_ns(created_ns: int, close: dt.time) -> int:
 def _expiry_ns(created_s: int, close: dt.time) -> int:
     # Cached by the second: a submit does not pay for the time zone (a few
     # microseconds) when orders come many a second.
-    placed = dt.datetime.fromtimestamp(created_s, EXCHANGE_TZ)
+    placed = new_york(created_s)
     day = placed.date()
-    if placed.time() >= close or day.weekday() >= 5:
-        day += dt.timedelta(days=1)
-        while day.weekday() >= 5:
-            day += dt.timedelta(days=1)
-    return int(dt.datetime.combine(day, close, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
+    if placed.time() >= close or not is_weekday(day):
+        day = next_weekday(day)
+    return ns_at(day, close)
 
 
 @dataclass(slots=True)
