@@ -262,6 +262,15 @@ class Closing:
 
 
 @dataclass(frozen=True, slots=True)
+class Canceling:
+    """One working order's entry in a cancel-all: the order after its
+    cancellation, or the order still working and why it was not canceled."""
+
+    order: PaperOrder
+    refused: Refused | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BookConfig:
     """Everything that decides what the broker accepts and how it fills."""
 
@@ -473,19 +482,39 @@ class PaperBook:
             message = f"order is not cancelable (it is {order.status})"
             raise Refused(422, CODE_UNPROCESSABLE, message)
         now = self.clock.now_ns()
-        if order.time_in_force in AUCTIONS and (session := self._session(order)) is not None:
-            locked = cancel_refusal(order.time_in_force, session, now)
-            if locked is not None:
-                raise Refused(422, CODE_UNPROCESSABLE, locked)
+        locked = self._locked(order, now)
+        if locked is not None:
+            raise locked
         return [self._cancel(order, now)]
 
-    def cancel_all(self, account: str) -> list[TradeUpdate]:
-        """Cancel every working order (``DELETE /v2/orders``)."""
+    def cancel_all(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
+        """Cancel every working order (``DELETE /v2/orders``): an entry per
+        order, in creation order, canceled or refused on its own as
+        :meth:`cancel` would refuse it (an ``opg`` order from 09:28 until the
+        open stays working), and the updates of those canceled."""
         return self._cancel_open(account)
 
-    def _cancel_open(self, account: str) -> list[TradeUpdate]:
+    def _cancel_open(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
         now = self.clock.now_ns()
-        return [self._cancel(o, now) for o in self.orders(account, "open")]
+        entries: list[Canceling] = []
+        updates: list[TradeUpdate] = []
+        for order in self.orders(account, "open"):
+            locked = self._locked(order, now)
+            if locked is not None:
+                entries.append(Canceling(order, refused=locked))
+                continue
+            update = self._cancel(order, now)
+            entries.append(Canceling(update.order))
+            updates.append(update)
+        return entries, updates
+
+    def _locked(self, order: PaperOrder, now: int) -> Refused | None:
+        """Why the working ``order`` cannot be canceled at ``now`` (an ``opg``
+        order from 09:28 until the open: :func:`cancel_refusal`); None: it can."""
+        if order.time_in_force not in AUCTIONS or (session := self._session(order)) is None:
+            return None
+        message = cancel_refusal(order.time_in_force, session, now)
+        return None if message is None else Refused(422, CODE_UNPROCESSABLE, message)
 
     def close_all(
         self, account: str, *, cancel_orders: bool = False
@@ -494,16 +523,19 @@ class PaperBook:
 
         As at Alpaca, a position is closed or refused on its own (the answer
         is a 207 of one entry per position): with ``cancel_orders`` the open
-        orders are canceled first; without, a position some of whose shares
-        are held by open orders on its closing side is refused (403, as
-        Alpaca's "insufficient qty available"). A position in a halted symbol
+        orders are canceled first (those :meth:`cancel` would refuse to, as a
+        locked ``opg`` order, stay); a position some of whose shares are held
+        by open orders on its closing side is refused (403, as Alpaca's
+        "insufficient qty available"). A position in a halted symbol
         is refused too (403): the venue takes no order for it; and one whose
         closing order is refused as any order would be (above
         ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
-            updates.extend(self._cancel_open(account))
+            # An order its cancel leaves working (a locked opg order) keeps
+            # holding its shares: the check below refuses their position.
+            updates.extend(self._cancel_open(account)[1])
         out: list[Closing] = []
         for pos in self.positions(account):
             side: Side = "sell" if pos.qty > 0 else "buy"
