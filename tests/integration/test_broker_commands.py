@@ -67,6 +67,7 @@ from services.broker_gateway.main import _rebuilt
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import (
     BookConfig,
+    Canceling,
     Closing,
     OrderSpec,
     PaperBook,
@@ -89,7 +90,7 @@ class CountingBook(PaperBook):
         self.cancel_alls = 0
         self.close_alls = 0
 
-    def cancel_all(self, account: str) -> list[TradeUpdate]:
+    def cancel_all(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
         self.cancel_alls += 1
         return super().cancel_all(account)
 

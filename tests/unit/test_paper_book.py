@@ -127,8 +127,11 @@ def test_cancel_all_and_close_all() -> None:
     b.submit("A", OrderSpec("AAPL", "buy", D(3)))
     b.submit("A", OrderSpec("MSFT", "sell", D(2)))
     resting, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(5)))
-    canceled = b.cancel_all("A")
+    entries, canceled = b.cancel_all("A")
     assert [(u.event, u.order.id) for u in canceled] == [("canceled", resting.id)]
+    assert [(e.order.id, e.order.status, e.refused) for e in entries] == [
+        (resting.id, "canceled", None)
+    ]
     closings, updates = b.close_all("A")
     orders = [c.order for c in closings if c.order is not None]
     assert sorted((o.symbol, o.side, o.qty, o.status) for o in orders) == [

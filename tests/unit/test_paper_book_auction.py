@@ -318,6 +318,51 @@ def test_an_opg_order_cannot_be_canceled_from_0928_until_the_open(
     assert b.order("A", moo.id) == moo  # still working, for its auction
 
 
+def test_a_cancel_all_leaves_an_opg_order_from_0928_until_the_open() -> None:
+    """``DELETE /v2/orders`` cancels what it can and says, per order, what it
+    could not: an opg order from 09:28 until the open stays working for its
+    auction, as a cancel of it alone is refused. The cancel-all took it out."""
+    b, clock = book("2026-12-08 08:00")
+    b.on_market(trade("AAPL", "100", "2026-12-08 08:00"))
+    moo, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="opg"))
+    day, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(90)))
+    moc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="cls"))
+    clock.ns = ny_ns("2026-12-08 09:29")
+    entries, updates = b.cancel_all("A")
+    assert [(u.event, u.order.id) for u in updates] == [("canceled", day.id), ("canceled", moc.id)]
+    assert [(e.order.id, e.order.status, e.refused) for e in entries[1:]] == [
+        (day.id, "canceled", None),
+        (moc.id, "canceled", None),
+    ]
+    kept = entries[0]
+    assert (kept.order, kept.refused is not None) == (moo, True)
+    assert kept.refused is not None
+    assert (kept.refused.status, kept.refused.code) == (422, 42210000)
+    assert "time_in_force opg, from 09:28 New York until the open" in kept.refused.message
+    assert b.orders("A") == [moo]
+    clock.ns = ny_ns("2026-12-08 09:30:01")
+    assert seen(b.on_market(trade("AAPL", "101", "2026-12-08 09:30"))) == [
+        ("fill", moo.client_order_id, D(101))
+    ]
+
+
+def test_a_close_all_s_cancel_leaves_a_locked_opg_order_and_its_shares() -> None:
+    """``DELETE /v2/positions?cancel_orders=true`` at 09:29: the opg sell
+    stays working (its cancel is refused), so the shares it holds are not
+    available and the position is refused, as any held position is."""
+    b, clock = book("2026-12-08 08:00")
+    b.on_market(trade("AAPL", "100", "2026-12-08 08:00"))
+    b.submit("A", OrderSpec("AAPL", "buy", D(5)))
+    moo, _ = b.submit("A", OrderSpec("AAPL", "sell", D(2), time_in_force="opg"))
+    clock.ns = ny_ns("2026-12-08 09:29")
+    [closing], updates = b.close_all("A", cancel_orders=True)
+    assert updates == []
+    assert closing.refused is not None
+    assert closing.refused.status == 403
+    assert "insufficient qty available" in closing.refused.message
+    assert b.orders("A") == [moo]
+
+
 def test_a_cls_order_is_cancelable_until_its_auction() -> None:
     b, clock = book("2026-12-08 08:00")
     moc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="cls"))

@@ -88,7 +88,7 @@ def run(seed: int) -> tuple[PaperBook, list[TradeUpdate], BookConfig]:
                 if working:
                     updates += book.cancel(account, rng.choice(working).id)
             elif roll < 0.93:
-                updates += book.cancel_all(account)
+                updates += book.cancel_all(account)[1]
             else:
                 updates += book.close_all(account)[1]
         except Refused:

@@ -5,6 +5,7 @@ is taken in, a bad one is counted and logged, and the next one is still read.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import SecretStr
 
 from libs.testing.wait import eventually
 from services.broker_gateway import metrics
+from services.broker_gateway.adapters.paper import client as client_module
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
 from services.broker_gateway.domain.model import OrderUpdate
@@ -297,3 +299,118 @@ async def test_a_close_all_answer_that_cannot_be_read_is_an_answer_unread(
     answering(monkeypatch, client, 207, {"not": "a list"})
     with pytest.raises(AnswerUnread):
         await client.close_all()
+
+
+def paging(
+    monkeypatch: pytest.MonkeyPatch, client: PaperBroker, pages: list[list[dict[str, Any]]]
+) -> list[str]:
+    """Answer each call with the next of ``pages`` (the last again once they
+    run out); the paths asked, in order."""
+    asked: list[str] = []
+
+    async def call(call: str, method: str, path: str, request: Any = None) -> schemas.Response:
+        body = pages[min(len(asked), len(pages) - 1)]
+        asked.append(path)
+        return schemas.Response(id="1", status=200, body=body)
+
+    monkeypatch.setattr(client, "_call", call)
+    return asked
+
+
+def fill_activity(n: int, order_id: str, cum_qty: int = 0) -> dict[str, Any]:
+    return {
+        "id": f"f{n}",
+        "order_id": order_id,
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "5",
+        "price": "100",
+        "cum_qty": str(cum_qty or 5),
+        "leaves_qty": "0",
+    }
+
+
+async def test_an_order_s_fills_are_read_a_page_at_a_time_until_all_are_found(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oldest first from a second before the order, ``page_token`` the last
+    id of the page before; no page is asked once the order's filled
+    quantity is found, though the page was full."""
+    monkeypatch.setattr(client_module, "ACTIVITY_PAGE_SIZE", 2)
+    ours = parse.order(schemas.Order.model_validate(ORDER))  # 10 filled
+    asked = paging(
+        monkeypatch,
+        client,
+        [
+            [fill_activity(1, "OTHER"), fill_activity(2, "b-1", 5)],
+            [fill_activity(3, "b-1", 10), fill_activity(4, "OTHER")],
+            [fill_activity(5, "b-1", 15)],  # never asked
+        ],
+    )
+    fills = await client.order_fills(ours)
+    assert fills is not None
+    assert [f.execution_id for f in fills] == ["f2", "f3"]
+    assert asked == [
+        "/v2/account/activities/FILL?page_size=2&direction=asc&after=2026-12-06T14%3A59%3A59.000001Z",
+        "/v2/account/activities/FILL?page_size=2&direction=asc"
+        "&after=2026-12-06T14%3A59%3A59.000001Z&page_token=f2",
+    ]
+
+
+async def test_an_order_s_fills_stop_after_the_most_pages_said(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(client_module, "ACTIVITY_PAGE_SIZE", 1)
+    monkeypatch.setattr(client_module, "MAX_ACTIVITY_PAGES", 3)
+    unknown_time = {**ORDER, "created_at": None}  # read newest first
+    ours = parse.order(schemas.Order.model_validate(unknown_time))
+    asked = paging(monkeypatch, client, [[fill_activity(1, "b-1", 5)]])
+    with caplog.at_level("WARNING"):
+        fills = await client.order_fills(ours)
+    assert fills is not None
+    assert len(fills) == 3
+    assert asked == [
+        "/v2/account/activities/FILL?page_size=1&direction=desc",
+        "/v2/account/activities/FILL?page_size=1&direction=desc&page_token=f1",
+        "/v2/account/activities/FILL?page_size=1&direction=desc&page_token=f1",
+    ]
+    assert "fills of order c-1 not all found in 3 pages of activities" in caplog.text
+
+
+def option_activity(n: int) -> dict[str, Any]:
+    return {
+        "id": f"a{n}",
+        "activity_type": "OPEXP",
+        "date": "2026-12-11",
+        "symbol": "X",
+        "qty": "1",
+    }
+
+
+async def test_option_activities_are_read_until_a_short_page(
+    client: PaperBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(client_module, "ACTIVITY_PAGE_SIZE", 2)
+    asked = paging(
+        monkeypatch,
+        client,
+        [[option_activity(1), option_activity(2)], [option_activity(3)], [option_activity(4)]],
+    )
+    with caplog.at_level("WARNING"):
+        got = await client.option_activities(after=dt.date(2026, 12, 10))
+    assert len(got) == 3
+    query = (
+        "activity_types=OPEXP%2COPEXC%2COPASN%2COPTRD&after=2026-12-10&direction=asc&page_size=2"
+    )
+    assert asked == [
+        f"/v2/account/activities?{query}",
+        f"/v2/account/activities?{query}&page_token=a2",
+    ]
+    assert caplog.text == ""
+    monkeypatch.setattr(client_module, "MAX_ACTIVITY_PAGES", 2)
+    asked = paging(monkeypatch, client, [[option_activity(1), option_activity(2)]])
+    with caplog.at_level("WARNING"):
+        got = await client.option_activities(after=dt.date(2026, 12, 10))
+    assert len(got) == 4
+    assert len(asked) == 2
+    assert "option activities after 2026-12-10 read in 2 pages, more may follow" in caplog.text

@@ -449,6 +449,49 @@ async def test_close_all_answers_per_position_and_takes_cancel_orders(
         await ws.close()
 
 
+async def test_a_cancel_all_reports_a_locked_opg_order_with_500() -> None:
+    """Alpaca's ``DELETE /v2/orders``: 207 and an entry per order, status
+    500 for one it could not cancel. An opg order from 09:28 until the open
+    stays working; the other is canceled. Until this both were canceled."""
+
+    class SetClock:
+        ns = (
+            int(dt.datetime(2026, 12, 8, 8, 0, tzinfo=ZoneInfo("America/New_York")).timestamp())
+            * 10**9
+        )
+
+        def now_ns(self) -> int:
+            return self.ns
+
+    clock = SetClock()
+    counter = itertools.count(1)
+    b = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    moo, _ = b.submit("acct", OrderSpec("AAPL", "buy", Decimal(1), time_in_force="opg"))
+    day, _ = b.submit("acct", OrderSpec("AAPL", "buy", Decimal(1), "limit", limit_price=Decimal(9)))
+    clock.ns += (89 * 60) * 1_000_000_000  # 09:29 New York
+    async with PaperBrokerServer(b, CREDS) as server:
+        ws = await login(server.port)
+        try:
+            answer = await request(ws, "DELETE", "/v2/orders")
+            assert answer["status"] == 207
+            kept, canceled = answer["body"]
+            assert kept == {
+                "id": moo.id,
+                "status": 500,
+                "body": {
+                    "code": 42210000,
+                    "message": "order is not cancelable (time_in_force opg, from 09:28 New "
+                    "York until the open at 09:30: the opening auction has it)",
+                },
+            }
+            assert (canceled["id"], canceled["status"]) == (day.id, 200)
+            assert canceled["body"]["status"] == "canceled"
+            still = (await request(ws, "GET", "/v2/orders?status=open"))["body"]
+            assert [o["id"] for o in still] == [moo.id]
+        finally:
+            await ws.close()
+
+
 async def test_a_position_s_qty_available_leaves_out_what_open_orders_hold(
     server: PaperBrokerServer,
 ) -> None:

@@ -141,6 +141,29 @@ def test_the_underlying_s_price_is_its_last_at_or_before_the_close() -> None:
     assert b.positions("A") == []
 
 
+@pytest.mark.parametrize(
+    ("symbol", "close", "late", "expected"),
+    [
+        (CALL, "601", "599", ["OPEXC", "OPTRD"]),  # in the money at the close
+        (CALL, "599", "601", ["OPEXP"]),  # out of it at the close
+        (PUT, "599", "601", ["OPEXC", "OPTRD"]),
+    ],
+)
+def test_a_late_older_print_does_not_decide_the_settlement(
+    symbol: str, close: str, late: str, expected: list[str]
+) -> None:
+    """Polygon delivers trades out of sequence: a print stamped 15:30 that
+    arrives after the 15:59:59 one is not the underlying's price at the
+    close. The contract is settled at the newest by market time (as marks
+    are), not at the last to arrive."""
+    b, clock = held(symbol, "1", close)
+    b.on_market(MarketUpdate.trade("SPY", D(late), ny_ns("2026-12-11 15:30")))
+    assert b.last_price("SPY") == D(late)  # the last to arrive
+    clock.ns = CLOSE_NS
+    [settled] = b.settle_expired()
+    assert [a.activity_type for a in settled.activities] == expected
+
+
 def test_without_a_price_of_the_underlying_it_waits_then_expires_worthless() -> None:
     """No price of SPY at all: the settlement waits for one (at start-up the
     feed brings it a moment after the journal), then expires the contract

@@ -477,12 +477,9 @@ class PaperBrokerServer:
                 orders = book.orders(account, status)  # type: ignore[arg-type]
                 return 200, [wire.order_json(o) for o in _order_page(orders, one)]
             if method == "DELETE":
-                updates = book.cancel_all(account)
+                entries, updates = book.cancel_all(account)
                 self._publish(updates)
-                return 207, [
-                    {"id": u.order.id, "status": 200, "body": wire.order_json(u.order)}
-                    for u in updates
-                ]
+                return 207, [wire.canceling_json(e) for e in entries]
         elif path == "/v2/orders:by_client_order_id" and method == "GET":
             order = book.by_client_order_id(account, one.get("client_order_id", ""))
             if order is None:

@@ -21,6 +21,7 @@ from libs.contract.events import asset_class_of, contract_multiplier
 from services.paper_broker.domain.book import (
     CODE_UNPROCESSABLE,
     AccountPosition,
+    Canceling,
     Closing,
     FillActivity,
     OrderSpec,
@@ -39,6 +40,8 @@ ORDER_TYPES = get_args(OrderType)
 TIMES_IN_FORCE = get_args(TimeInForce)
 
 Json = dict[str, Any]
+#: Alpaca's status in a cancel-all's entry for an order it could not cancel.
+CANCEL_ALL_REFUSED = 500
 
 
 #: The last time written and its text: one order's created, submitted,
@@ -387,6 +390,20 @@ def activity_json(f: FillActivity) -> Json:
         "order_id": f.order_id,
         "cum_qty": num(f.cum_qty),
         "order_status": f.order_status,
+    }
+
+
+def canceling_json(c: Canceling) -> Json:
+    """One entry of ``DELETE /v2/orders``' 207: the canceled order (200), or,
+    as Alpaca answers for an order it could not cancel, status 500; the body
+    then says why, as a cancel of that order alone would (Alpaca documents
+    no body for it)."""
+    if c.refused is None:
+        return {"id": c.order.id, "status": 200, "body": order_json(c.order)}
+    return {
+        "id": c.order.id,
+        "status": CANCEL_ALL_REFUSED,
+        "body": error_json(c.refused.code, c.refused.message),
     }
 
 

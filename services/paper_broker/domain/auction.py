@@ -46,8 +46,9 @@ import functools
 from dataclasses import dataclass
 from decimal import Decimal
 
-from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE
+from libs.contract.options import EXPIRY_CLOSE
 from services.paper_broker.domain.fill_model import MarketUpdate
+from services.paper_broker.domain.new_york import is_weekday, new_york, next_weekday, ns_at
 
 AUCTIONS: frozenset[str] = frozenset({"opg", "cls"})
 
@@ -90,24 +91,18 @@ def session_for(placed_ns: int, tif: str) -> Session | None:
 
 @functools.lru_cache(maxsize=64)
 def _session_for(placed_s: int, tif: str) -> Session | None:
-    placed = dt.datetime.fromtimestamp(placed_s, EXCHANGE_TZ)
+    placed = new_york(placed_s)
     day = placed.date()
-    if day.weekday() < 5:
+    if is_weekday(day):
         if placed.time() < CUTOFF[tif]:
             return _session(day)
         if placed.time() < NEXT_SESSION_FROM:
             return None
-    day += dt.timedelta(days=1)
-    while day.weekday() >= 5:
-        day += dt.timedelta(days=1)
-    return _session(day)
+    return _session(next_weekday(day))
 
 
 def _session(day: dt.date) -> Session:
-    def ns(at: dt.time) -> int:
-        return int(dt.datetime.combine(day, at, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
-
-    return Session(ns(SESSION_OPEN), ns(SESSION_CLOSE))
+    return Session(ns_at(day, SESSION_OPEN), ns_at(day, SESSION_CLOSE))
 
 
 def refusal(tif: str) -> str:

@@ -38,7 +38,8 @@ Invariants:
   contract's expiry day (a
   :class:`Settlement`, :meth:`PaperBook.settle_expired`): exercised or
   assigned into 100 shares of the underlying per contract at the strike if
-  at least $0.01 in the money against the underlying's last price, else
+  at least $0.01 in the money against the underlying's newest price by the
+  market's time (not a late print older than it), else
   expired worthless (``domain/settlement.py``), and the account's non-trade
   activities say so. Like a trade update, a settlement is the only thing
   that changes the books it touches (:meth:`PaperBook.apply_settlement`),
@@ -56,7 +57,7 @@ from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.envelope import Clock
-from libs.contract.options import EXCHANGE_TZ, EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
 from services.paper_broker.domain.auction import (
     AUCTION_WAIT_NS,
     AUCTIONS,
@@ -79,6 +80,7 @@ from services.paper_broker.domain.fill_model import (
     on_market,
     on_submit,
 )
+from services.paper_broker.domain.new_york import is_weekday, new_york, next_weekday, ns_at
 from services.paper_broker.domain.settlement import OptionActivity, settle
 
 TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
@@ -260,6 +262,15 @@ class Closing:
 
 
 @dataclass(frozen=True, slots=True)
+class Canceling:
+    """One working order's entry in a cancel-all: the order after its
+    cancellation, or the order still working and why it was not canceled."""
+
+    order: PaperOrder
+    refused: Refused | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BookConfig:
     """Everything that decides what the broker accepts and how it fills."""
 
@@ -286,13 +297,11 @@ def day_order_expiry_ns(created_ns: int, close: dt.time) -> int:
 def _expiry_ns(created_s: int, close: dt.time) -> int:
     # Cached by the second: a submit does not pay for the time zone (a few
     # microseconds) when orders come many a second.
-    placed = dt.datetime.fromtimestamp(created_s, EXCHANGE_TZ)
+    placed = new_york(created_s)
     day = placed.date()
-    if placed.time() >= close or day.weekday() >= 5:
-        day += dt.timedelta(days=1)
-        while day.weekday() >= 5:
-            day += dt.timedelta(days=1)
-    return int(dt.datetime.combine(day, close, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
+    if placed.time() >= close or not is_weekday(day):
+        day = next_weekday(day)
+    return ns_at(day, close)
 
 
 @dataclass(slots=True)
@@ -330,12 +339,13 @@ class PaperBook:
         self.ids = ids
         self._accounts: dict[str, _Account] = {}
         self._last: dict[str, Decimal] = {}
-        # The latest trade time or bar end seen of each symbol (see on_market).
-        self._market_ns: dict[str, int] = {}
         # Each symbol's newest print by its own time (a trade's, a bar's end;
         # at the same time the later to arrive) and that time: what stands
-        # for a closing auction (see _newest). Not _last, the last to arrive:
-        # a print reported late, older than one before it, is not the close.
+        # for a closing auction and prices an expired contract's underlying
+        # (see _newest_print). Not _last, the last to arrive: a print
+        # reported late, older than one before it, is not the close. Its
+        # time is the latest trade time or bar end seen of the symbol (an
+        # order's placed_at_market_ns): _print keeps the greatest.
         self._newest: dict[str, tuple[Decimal, int]] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
@@ -438,7 +448,7 @@ class PaperBook:
             filled_avg_price=None,
             created_at_ns=now,
             updated_at_ns=now,
-            placed_at_market_ns=self._market_ns.get(spec.symbol, 0),
+            placed_at_market_ns=self._newest_print(spec.symbol)[1],
         )
         updates = [self._emit(TradeUpdate("new", order, now))]
         if order.symbol in self.config.halted_symbols:
@@ -472,19 +482,39 @@ class PaperBook:
             message = f"order is not cancelable (it is {order.status})"
             raise Refused(422, CODE_UNPROCESSABLE, message)
         now = self.clock.now_ns()
-        if order.time_in_force in AUCTIONS and (session := self._session(order)) is not None:
-            locked = cancel_refusal(order.time_in_force, session, now)
-            if locked is not None:
-                raise Refused(422, CODE_UNPROCESSABLE, locked)
+        locked = self._locked(order, now)
+        if locked is not None:
+            raise locked
         return [self._cancel(order, now)]
 
-    def cancel_all(self, account: str) -> list[TradeUpdate]:
-        """Cancel every working order (``DELETE /v2/orders``)."""
+    def cancel_all(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
+        """Cancel every working order (``DELETE /v2/orders``): an entry per
+        order, in creation order, canceled or refused on its own as
+        :meth:`cancel` would refuse it (an ``opg`` order from 09:28 until the
+        open stays working), and the updates of those canceled."""
         return self._cancel_open(account)
 
-    def _cancel_open(self, account: str) -> list[TradeUpdate]:
+    def _cancel_open(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
         now = self.clock.now_ns()
-        return [self._cancel(o, now) for o in self.orders(account, "open")]
+        entries: list[Canceling] = []
+        updates: list[TradeUpdate] = []
+        for order in self.orders(account, "open"):
+            locked = self._locked(order, now)
+            if locked is not None:
+                entries.append(Canceling(order, refused=locked))
+                continue
+            update = self._cancel(order, now)
+            entries.append(Canceling(update.order))
+            updates.append(update)
+        return entries, updates
+
+    def _locked(self, order: PaperOrder, now: int) -> Refused | None:
+        """Why the working ``order`` cannot be canceled at ``now`` (an ``opg``
+        order from 09:28 until the open: :func:`cancel_refusal`); None: it can."""
+        if order.time_in_force not in AUCTIONS or (session := self._session(order)) is None:
+            return None
+        message = cancel_refusal(order.time_in_force, session, now)
+        return None if message is None else Refused(422, CODE_UNPROCESSABLE, message)
 
     def close_all(
         self, account: str, *, cancel_orders: bool = False
@@ -493,16 +523,19 @@ class PaperBook:
 
         As at Alpaca, a position is closed or refused on its own (the answer
         is a 207 of one entry per position): with ``cancel_orders`` the open
-        orders are canceled first; without, a position some of whose shares
-        are held by open orders on its closing side is refused (403, as
-        Alpaca's "insufficient qty available"). A position in a halted symbol
+        orders are canceled first (those :meth:`cancel` would refuse to, as a
+        locked ``opg`` order, stay); a position some of whose shares are held
+        by open orders on its closing side is refused (403, as Alpaca's
+        "insufficient qty available"). A position in a halted symbol
         is refused too (403): the venue takes no order for it; and one whose
         closing order is refused as any order would be (above
         ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
-            updates.extend(self._cancel_open(account))
+            # An order its cancel leaves working (a locked opg order) keeps
+            # holding its shares: the check below refuses their position.
+            updates.extend(self._cancel_open(account)[1])
         out: list[Closing] = []
         for pos in self.positions(account):
             side: Side = "sell" if pos.qty > 0 else "buy"
@@ -574,9 +607,11 @@ class PaperBook:
         settled before, so the underlying's price it is settled at is its
         last at or before the close). Soonest expiry first.
 
-        The underlying's price is its last the book holds: at or before the
-        close, unless the book has seen none of it since before the close (a
-        broker started after it: then the newest it has). With no price of
+        The underlying's price is its newest by the market's time the book
+        holds (not the last to arrive: a print reported late, older than one
+        before it, is not the close's): at or before the close, unless the
+        book has seen none of it since before the close (a broker started
+        after it: then the newest it has). With no price of
         the underlying at all, the settlement waits for one, up to
         :data:`NO_PRICE_WAIT_NS` past the expiry or the broker's start
         (prices come a moment after the journal at start-up), then the
@@ -595,7 +630,7 @@ class PaperBook:
             if position is None:
                 continue  # closed before its expiry (or settled: an entry per opening)
             contract = parse_option(symbol)
-            underlying = self._last.get(contract.root)
+            underlying, _ = self._newest_print(contract.root)
             note = ""
             if underlying is None:
                 if now < max(expiry, self._started_ns) + NO_PRICE_WAIT_NS:
@@ -646,7 +681,6 @@ class PaperBook:
         waiting for a price fills at it, as it would have had the price come a
         moment earlier."""
         self._last[symbol] = price
-        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), ts_ns)
         self._print(symbol, price, ts_ns)
         out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
@@ -675,7 +709,6 @@ class PaperBook:
         # is the last: a cls order settled now closes at the print before it.
         out = self.expire_orders()  # never filled after its close
         self._last[symbol] = update.last
-        self._market_ns[symbol] = max(self._market_ns.get(symbol, 0), update.ts_ns)
         self._print(symbol, update.last, update.ts_ns)
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
@@ -927,7 +960,8 @@ class PaperBook:
     def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
         """``symbol``'s newest print by the market's time and that time
         ((None, 0): none yet): a closing auction's price once the session has
-        closed. The last to arrive and the latest time seen belonged to two
+        closed, and the underlying's price an expired contract is settled at.
+        The last to arrive and the latest time seen belonged to two
         prints after a late one: the close took a trade stamped 15:30, or
         before the open, that Polygon reported after the 15:59:59 one."""
         newest = self._newest.get(symbol)

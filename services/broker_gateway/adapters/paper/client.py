@@ -35,9 +35,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -77,8 +77,10 @@ log = logging.getLogger(__name__)
 ACTIVITY_PAGE_SIZE = 100
 #: Alpaca's non-trade activity types of option events.
 OPTION_ACTIVITY_TYPES = ("OPEXP", "OPEXC", "OPASN", "OPTRD")
-#: How far back ``order_fills`` reads the account's activities for one order.
+#: The most pages of account activities one read takes (``order_fills``, ``option_activities``).
 MAX_ACTIVITY_PAGES = 50
+#: An activity of a page :meth:`PaperBroker._activity_pages` reads.
+ActivityT = TypeVar("ActivityT", schemas.FillActivity, schemas.OptionActivity)
 #: Alpaca's largest ``limit`` of ``GET /v2/orders`` (its default is 50).
 ORDERS_PAGE_SIZE = 500
 
@@ -612,18 +614,15 @@ class PaperBroker:
         else:
             query["direction"] = "desc"
         fills: list[BrokerFill] = []
-        for _ in range(MAX_ACTIVITY_PAGES):
-            path = f"/v2/account/activities/FILL?{urlencode(query)}"
-            response = await self._call("order_fills", "GET", path)
-            body = self._check(response, "order_fills")
-            page = self._read_list(schemas.FillActivity, body, "activities")
+
+        def take(page: list[schemas.FillActivity]) -> bool:
             # The account's activities: only this order's are its fills.
-            fills += [parse.fill(a, order) for a in page if a.order_id == order.broker_order_id]
+            fills.extend(parse.fill(a, order) for a in page if a.order_id == order.broker_order_id)
             found = max((f.cumulative_quantity for f in fills), default=Decimal(0))
-            if len(page) < ACTIVITY_PAGE_SIZE or found >= order.filled_quantity:
-                break
-            query["page_token"] = page[-1].id
-        else:
+            return found >= order.filled_quantity
+
+        path = "/v2/account/activities/FILL"
+        if not await self._activity_pages("order_fills", path, query, schemas.FillActivity, take):
             log.warning(
                 "broker %s: fills of order %s not all found in %d pages of activities",
                 self.account,
@@ -646,18 +645,17 @@ class PaperBroker:
             "page_size": str(ACTIVITY_PAGE_SIZE),
         }
         out: list[BrokerActivity] = []
-        for _ in range(MAX_ACTIVITY_PAGES):
-            path = f"/v2/account/activities?{urlencode(query)}"
-            response = await self._call("option_activities", "GET", path)
-            body = self._check(response, "option_activities")
-            page = self._read_list(schemas.OptionActivity, body, "activities")
-            out += [
+
+        def take(page: list[schemas.OptionActivity]) -> bool:
+            out.extend(
                 parse.option_activity(a) for a in page if a.activity_type in OPTION_ACTIVITY_TYPES
-            ]
-            if len(page) < ACTIVITY_PAGE_SIZE:
-                break
-            query["page_token"] = page[-1].id
-        else:
+            )
+            return False  # to the list's end
+
+        path = "/v2/account/activities"
+        if not await self._activity_pages(
+            "option_activities", path, query, schemas.OptionActivity, take
+        ):
             log.warning(
                 "broker %s: option activities after %s read in %d pages, more may follow",
                 self.account,
@@ -665,6 +663,30 @@ class PaperBroker:
                 MAX_ACTIVITY_PAGES,
             )
         return out
+
+    async def _activity_pages(
+        self,
+        call: str,
+        path: str,
+        query: dict[str, str],
+        model: type[ActivityT],
+        take: Callable[[list[ActivityT]], bool],
+    ) -> bool:
+        """Read the account activities ``GET path?query`` lists, a page at a
+        time, each page to ``take``, until ``take`` says it has enough (True)
+        or a page comes back short of ``ACTIVITY_PAGE_SIZE`` (``query`` asks
+        for that ``page_size`` and its ``direction``). Alpaca pages
+        activities by ``page_token``: the ``id`` of the last activity of the
+        page before. False: ``MAX_ACTIVITY_PAGES`` full pages were read, and
+        more may follow."""
+        query = dict(query)
+        for _ in range(MAX_ACTIVITY_PAGES):
+            response = await self._call(call, "GET", f"{path}?{urlencode(query)}")
+            page = self._read_list(model, self._check(response, call), "activities")
+            if take(page) or len(page) < ACTIVITY_PAGE_SIZE:
+                return True
+            query["page_token"] = page[-1].id
+        return False
 
 
 def retry_after(headers: dict[str, Any], now: float) -> float | None:
