@@ -62,6 +62,18 @@ class OptionContract:
         close = dt.datetime.combine(self.expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
         return int(close.timestamp()) * 1_000_000_000
 
+    def expired_by(self, now_ns: int) -> bool:
+        """Whether it has expired at ``now_ns`` (from :attr:`expires_at_ns`
+        on): no venue takes an order in it, a close included, and the broker
+        settles a position in it."""
+        return now_ns >= self.expires_at_ns
+
+    @property
+    def expired_text(self) -> str:
+        """When it expires, as every message says it: ``expired at the close
+        of 2024-12-20 (16:00 New York)``."""
+        return f"expired at the close of {self.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+
 
 @functools.lru_cache(maxsize=4096)  # asked for at every event and intent of a contract
 def parse_option(symbol: str) -> OptionContract:

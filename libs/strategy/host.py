@@ -56,7 +56,7 @@ from libs.contract.events import (
     TradePrinted,
     asset_class_of,
 )
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option, underlyings
+from libs.contract.options import OPTION_PREFIX, parse_option, underlyings
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
@@ -365,7 +365,7 @@ class StrategyHost:
         host's clock (an ``O:`` symbol that names no contract: ValueError)."""
         if not symbol.startswith(OPTION_PREFIX):
             return False
-        return self.clock.now_ns() >= parse_option(symbol).expires_at_ns
+        return parse_option(symbol).expired_by(self.clock.now_ns())
 
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
@@ -561,12 +561,10 @@ class StrategyHost:
             # refuses it, a close included: a strategy that answers the
             # refusal by ordering again loops for ever (pairs_trade sent its
             # expired leg's close every minute). Refused here, at once.
-            contract = parse_option(symbol)
             raise StrategyUsageError(
-                f"{symbol} expired at the close of {contract.expiry} "
-                f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a closing "
-                f"one included (the broker settles the position); ask ctx.expired(symbol) "
-                f"before ordering it"
+                f"{symbol} {parse_option(symbol).expired_text}: no venue takes an order in it, "
+                f"a closing one included (the broker settles the position); ask "
+                f"ctx.expired(symbol) before ordering it"
             )
         asset_class = asset_class_of(symbol)
         if (

@@ -685,6 +685,10 @@ def test_an_option_symbol_names_its_contract() -> None:
     # Expiry day's close, 16:00 New York (EST: 21:00 UTC).
     close = dt.datetime(2024, 12, 20, 21, tzinfo=dt.UTC)
     assert put.expires_at_ns == int(close.timestamp()) * 10**9
+    # Expired from the close on, not a nanosecond before.
+    assert not put.expired_by(put.expires_at_ns - 1)
+    assert put.expired_by(put.expires_at_ns)
+    assert put.expired_text == "expired at the close of 2024-12-20 (16:00 New York)"
     adjusted = parse_option("O:AAPL1261218C00100500")  # an adjusted contract's root ends in 1
     assert (adjusted.root, adjusted.right, adjusted.strike) == ("AAPL1", "call", Decimal("100.5"))
     for symbol in ("OXY", "O", "BRK.B", "O:SPY241220P00720000"):  # equities starting with O too

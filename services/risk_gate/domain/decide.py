@@ -65,7 +65,7 @@ from libs.contract.events import (
     asset_class_of,
     contract_multiplier,
 )
-from libs.contract.options import EXPIRY_CLOSE, parse_option
+from libs.contract.options import parse_option
 from services.risk_gate.domain.commands import (
     SOURCE,
     decision_id_for,
@@ -220,7 +220,7 @@ def _control(state: RiskState, p: OrderIntentPayload) -> Verdict:
 def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
     # The symbol parsed when the intent was made (the contract's Symbol).
     contract = parse_option(p.symbol)
-    if now_ns < contract.expires_at_ns:
+    if not contract.expired_by(now_ns):
         return ACCEPT
     # A close too: no exchange lists the contract any more and every broker
     # refuses it (the paper broker: 422 "not tradable"); the position is
@@ -230,8 +230,7 @@ def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
     # the refusal by closing again (pairs_trade did, every minute) used up
     # the account's rate limit and denied the other strategies' orders.
     return ReasonCode.CONTRACT_EXPIRED, (
-        f"{p.symbol} expired at the close of {contract.expiry} "
-        f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a close "
+        f"{p.symbol} {contract.expired_text}: no venue takes an order in it, a close "
         f"included; the account's position of {state.account_position(p.account, p.symbol)} "
         f"is the broker's to settle"
     )
