@@ -535,7 +535,8 @@ class StrategyHost:
     ) -> OrderIntentCreated:
         self._refuse_in_warmup()
         if symbol not in self.symbols:
-            self._refuse_unless_reducing(symbol, side, quantity)
+            refused = f"{symbol!r} is not one of {self.name}'s symbols"
+            self._refuse_unless_reducing(symbol, side, quantity, refused)
         if cause.payload.strategy != self.name or not (
             cause.id in self._signals or any(e is cause for e in self._outbox)
         ):
@@ -567,6 +568,15 @@ class StrategyHost:
                 f"ctx.expired(symbol) before ordering it"
             )
         asset_class = asset_class_of(symbol)
+        why = parse_option(symbol).unsupported if asset_class == "option" else None
+        if why is not None:
+            # The risk-gate denies it too (contract_unsupported), and
+            # strategies.yaml refuses the symbol: here for a strategy hosted
+            # without it (a backtest's, a test's), or one closing a position
+            # taken before the refusal, which it may.
+            self._refuse_unless_reducing(
+                symbol, side, quantity, f"{symbol} is not supported: {why}"
+            )
         if (
             asset_class == "option"
             and isinstance(quantity, Decimal)  # an int is whole; the contract checks the rest
@@ -598,22 +608,25 @@ class StrategyHost:
         self._outbox.append(intent)
         return intent
 
-    def _refuse_unless_reducing(self, symbol: str, side: Side, quantity: Decimal) -> None:
-        """An order in a symbol not the strategy's own is one that reduces a
-        position it holds in it, never past flat (its open intents counted):
-        the underlying's shares an option's exercise or assignment gave it
-        (the gateway books them to the contract's strategy), which it could
-        not close otherwise. The risk-gate lets the same through (a symbol
+    def _refuse_unless_reducing(
+        self, symbol: str, side: Side, quantity: Decimal, refused: str
+    ) -> None:
+        """Refuse (``refused``, saying why) an order in ``symbol`` unless it
+        reduces a position the strategy holds in it, never past flat (its
+        open intents counted). For a symbol not the strategy's own: the
+        underlying's shares an option's exercise or assignment gave it (the
+        gateway books them to the contract's strategy), which it could not
+        close otherwise; for a contract tradebus cannot settle: one held
+        before it was refused. The risk-gate lets the same through (a symbol
         not among a strategy's may be sold down, never added to)."""
         held = self.ledger.position(symbol).quantity
         if held == 0:
-            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+            raise StrategyUsageError(refused)
         after = held + self.pending(symbol) + signed(side, quantity)
         if signed(side, quantity) * held >= 0 or after * held < 0:
             raise StrategyUsageError(
-                f"{symbol!r} is not one of {self.name}'s symbols: an order in it may only "
-                f"reduce the position held ({held}, {self.pending(symbol)} pending), "
-                f"not {side} {quantity}"
+                f"{refused}: an order in it may only reduce the position held ({held}, "
+                f"{self.pending(symbol)} pending), not {side} {quantity}"
             )
 
     @contextlib.contextmanager
