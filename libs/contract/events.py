@@ -307,6 +307,10 @@ class ReasonCode(StrEnum):
     #: An option contract past the close of its expiry day: no broker takes
     #: an order in it, a close included (the broker settles the position).
     CONTRACT_EXPIRED = "contract_expired"
+    #: An option contract tradebus cannot settle (a cash-settled index
+    #: option, an adjusted contract: ``OptionContract.unsupported``), in an
+    #: order that opens or adds to the strategy's position in it.
+    CONTRACT_UNSUPPORTED = "contract_unsupported"
 
 
 class RiskDecisionPayload(Frozen):

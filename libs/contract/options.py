@@ -27,6 +27,14 @@ EXCHANGE_TZ = ZoneInfo("America/New_York")
 #: equity option no longer trades.
 EXPIRY_CLOSE = dt.time(16, 0)
 
+#: The OCC roots of the cash-settled index options tradebus knows (the S&P
+#: 500's, weeklies and mini, the Nasdaq-100's, the Russell 2000's and mini,
+#: VIX's, the Dow's, the S&P 100's): an exercise or an assignment pays cash,
+#: it delivers no shares.
+CASH_SETTLED_ROOTS = frozenset(
+    {"SPX", "SPXW", "XSP", "NDX", "NDXP", "RUT", "RUTW", "MRUT", "VIX", "VIXW", "DJX", "OEX", "XEO"}
+)
+
 #: US listed options' ticks (minimum price variations) by price level,
 #: coarsest first: under $3, 0.05 (0.01 for the penny-program classes); from
 #: $3, 0.10 (0.05 for the penny-program classes, 0.01 for SPY, QQQ and IWM).
@@ -61,6 +69,42 @@ class OptionContract:
         in nanoseconds since the epoch: from then on it no longer trades."""
         close = dt.datetime.combine(self.expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
         return int(close.timestamp()) * 1_000_000_000
+
+    def expired_by(self, now_ns: int) -> bool:
+        """Whether it has expired at ``now_ns`` (from :attr:`expires_at_ns`
+        on): no venue takes an order in it, a close included, and the broker
+        settles a position in it."""
+        return now_ns >= self.expires_at_ns
+
+    @property
+    def expired_text(self) -> str:
+        """When it expires, as every message says it: ``expired at the close
+        of 2024-12-20 (16:00 New York)``."""
+        return f"expired at the close of {self.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+
+    @property
+    def unsupported(self) -> str | None:
+        """Why tradebus cannot settle it, or None. Every settlement (the
+        paper broker's, the broker-gateway's and its cross) books an
+        exercise or an assignment as 100 shares of the root at the strike:
+        wrong for a cash-settled index option, which delivers none, and for
+        an adjusted contract (an OCC root ending in a digit, ``SPY1``), whose
+        deliverable is whatever the adjustment made it. The risk-gate denies
+        an order that opens or adds to a position in one
+        (``contract_unsupported``), the SDK refuses it at the emit and
+        config check a strategy listing it."""
+        booked = f"tradebus would book 100 shares of {self.root} at the strike"
+        if self.root in CASH_SETTLED_ROOTS:
+            return (
+                f"{self.root} options are cash-settled: an exercise or assignment pays cash, "
+                f"where {booked}"
+            )
+        if self.root[-1].isdigit():
+            return (
+                f"an adjusted contract (its root {self.root} ends in a digit) delivers what "
+                f"its adjustment made it, where {booked}"
+            )
+        return None
 
 
 @functools.lru_cache(maxsize=4096)  # asked for at every event and intent of a contract

@@ -56,7 +56,7 @@ from libs.contract.events import (
     TradePrinted,
     asset_class_of,
 )
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option, underlyings
+from libs.contract.options import OPTION_PREFIX, parse_option, underlyings
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy, StrategyParams
 from libs.strategy.context import Direction, PnL, Position
 from libs.strategy.ledger import IntentBook, Ledger, signed
@@ -365,7 +365,7 @@ class StrategyHost:
         host's clock (an ``O:`` symbol that names no contract: ValueError)."""
         if not symbol.startswith(OPTION_PREFIX):
             return False
-        return self.clock.now_ns() >= parse_option(symbol).expires_at_ns
+        return parse_option(symbol).expired_by(self.clock.now_ns())
 
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
@@ -535,7 +535,8 @@ class StrategyHost:
     ) -> OrderIntentCreated:
         self._refuse_in_warmup()
         if symbol not in self.symbols:
-            self._refuse_unless_reducing(symbol, side, quantity)
+            refused = f"{symbol!r} is not one of {self.name}'s symbols"
+            self._refuse_unless_reducing(symbol, side, quantity, refused)
         if cause.payload.strategy != self.name or not (
             cause.id in self._signals or any(e is cause for e in self._outbox)
         ):
@@ -561,14 +562,21 @@ class StrategyHost:
             # refuses it, a close included: a strategy that answers the
             # refusal by ordering again loops for ever (pairs_trade sent its
             # expired leg's close every minute). Refused here, at once.
-            contract = parse_option(symbol)
             raise StrategyUsageError(
-                f"{symbol} expired at the close of {contract.expiry} "
-                f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a closing "
-                f"one included (the broker settles the position); ask ctx.expired(symbol) "
-                f"before ordering it"
+                f"{symbol} {parse_option(symbol).expired_text}: no venue takes an order in it, "
+                f"a closing one included (the broker settles the position); ask "
+                f"ctx.expired(symbol) before ordering it"
             )
         asset_class = asset_class_of(symbol)
+        why = parse_option(symbol).unsupported if asset_class == "option" else None
+        if why is not None:
+            # The risk-gate denies it too (contract_unsupported), and
+            # strategies.yaml refuses the symbol: here for a strategy hosted
+            # without it (a backtest's, a test's), or one closing a position
+            # taken before the refusal, which it may.
+            self._refuse_unless_reducing(
+                symbol, side, quantity, f"{symbol} is not supported: {why}"
+            )
         if (
             asset_class == "option"
             and isinstance(quantity, Decimal)  # an int is whole; the contract checks the rest
@@ -600,22 +608,25 @@ class StrategyHost:
         self._outbox.append(intent)
         return intent
 
-    def _refuse_unless_reducing(self, symbol: str, side: Side, quantity: Decimal) -> None:
-        """An order in a symbol not the strategy's own is one that reduces a
-        position it holds in it, never past flat (its open intents counted):
-        the underlying's shares an option's exercise or assignment gave it
-        (the gateway books them to the contract's strategy), which it could
-        not close otherwise. The risk-gate lets the same through (a symbol
+    def _refuse_unless_reducing(
+        self, symbol: str, side: Side, quantity: Decimal, refused: str
+    ) -> None:
+        """Refuse (``refused``, saying why) an order in ``symbol`` unless it
+        reduces a position the strategy holds in it, never past flat (its
+        open intents counted). For a symbol not the strategy's own: the
+        underlying's shares an option's exercise or assignment gave it (the
+        gateway books them to the contract's strategy), which it could not
+        close otherwise; for a contract tradebus cannot settle: one held
+        before it was refused. The risk-gate lets the same through (a symbol
         not among a strategy's may be sold down, never added to)."""
         held = self.ledger.position(symbol).quantity
         if held == 0:
-            raise StrategyUsageError(f"{symbol!r} is not one of {self.name}'s symbols")
+            raise StrategyUsageError(refused)
         after = held + self.pending(symbol) + signed(side, quantity)
         if signed(side, quantity) * held >= 0 or after * held < 0:
             raise StrategyUsageError(
-                f"{symbol!r} is not one of {self.name}'s symbols: an order in it may only "
-                f"reduce the position held ({held}, {self.pending(symbol)} pending), "
-                f"not {side} {quantity}"
+                f"{refused}: an order in it may only reduce the position held ({held}, "
+                f"{self.pending(symbol)} pending), not {side} {quantity}"
             )
 
     @contextlib.contextmanager

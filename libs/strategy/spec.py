@@ -30,9 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -42,6 +43,7 @@ from pydantic import (
 )
 
 from libs.contract.envelope import SymbolToken, Token
+from libs.contract.options import OPTION_PREFIX, parse_option
 from libs.strategy.base import ParamError, Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy
 from libs.strategy.registry import UnknownStrategy, resolve
@@ -50,6 +52,23 @@ Mode = Literal["live", "shadow"]
 #: A bar interval of the contract (``BarPayload.interval``).
 BarInterval = Literal["1s", "1m"]
 Overflow = Literal["drop_oldest", "block"]
+
+
+def _settled(symbol: str) -> str:
+    """``symbol``, unless it is an option contract tradebus cannot settle."""
+    if symbol.startswith(OPTION_PREFIX):
+        why = parse_option(symbol).unsupported  # a SymbolToken: it parses
+        if why is not None:
+            raise ValueError(f"{symbol} is not supported: {why}")
+    return symbol
+
+
+#: A strategy's symbol: a :data:`SymbolToken` tradebus can settle. Every
+#: settlement books an option's exercise or assignment as 100 shares of its
+#: root at the strike, so a cash-settled index option or an adjusted
+#: contract (``OptionContract.unsupported``) is refused here, naming the key,
+#: rather than traded (the risk-gate denies its orders, contract_unsupported).
+StrategySymbol = Annotated[SymbolToken, AfterValidator(_settled)]
 
 
 class StrategyConfigError(ValueError):
@@ -68,7 +87,7 @@ class StrategySpec(BaseModel):
 
     name: Token
     kind: str = Field(min_length=1)
-    symbols: tuple[SymbolToken, ...] = Field(min_length=1, max_length=500)
+    symbols: tuple[StrategySymbol, ...] = Field(min_length=1, max_length=500)
     account: Token
     mode: Mode = "live"
     shadow_account: Token | None = None

@@ -73,7 +73,7 @@ from libs.contract.events import (
     PositionsCheckedPayload,
     SubmitOrder,
 )
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import OPTION_PREFIX, parse_option
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import (
     BrokerOrder,
@@ -819,16 +819,15 @@ class AccountWorker:
             contract = parse_option(refused.symbol)
         except ValueError:
             return False
-        if self.clock.now_ns() < contract.expires_at_ns:
+        if not contract.expired_by(self.clock.now_ns()):
             return False
         log.warning(
-            "flatten %s of %s: %s expired at the close of %s (%s New York), so no order "
+            "flatten %s of %s: %s %s, so no order "
             "closes it (the broker said: %s); awaiting the broker's settlement",
             command.id,
             self.account,
             refused.symbol,
-            contract.expiry,
-            f"{EXPIRY_CLOSE:%H:%M}",
+            contract.expired_text,
             refused.reason,
         )
         return True

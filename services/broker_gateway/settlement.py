@@ -442,7 +442,7 @@ def held_expired(tracker: OrderTracker, now_ns: int) -> list[dt.date]:
     dates = set()
     for symbol in _held_contracts(tracker):
         contract = parse_option(symbol)
-        if contract.expires_at_ns <= now_ns:
+        if contract.expired_by(now_ns):
             dates.add(contract.expiry)
     return sorted(dates)
 
@@ -457,7 +457,7 @@ def crossing(tracker: OrderTracker, now_ns: int) -> bool:
     """Whether a contract past its expiry is held long by one strategy and
     short by another: :func:`cross_events` needs the broker's positions."""
     for symbol in _held_contracts(tracker):
-        if parse_option(symbol).expires_at_ns <= now_ns:
+        if parse_option(symbol).expired_by(now_ns):
             held = _before_cross(tracker, symbol).values()
             if any(q > 0 for q in held) and any(q < 0 for q in held):
                 return True
@@ -528,7 +528,7 @@ def cross_events(
     working = {t.symbol for t in tracker.unsettled() if t.split is None}
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
-        if contract.expires_at_ns > now_ns or symbol in working:
+        if not contract.expired_by(now_ns) or symbol in working:
             continue
         before = _before_cross(tracker, symbol)
         longs = _in_order([(s, q) for s, q in before.items() if q > 0])

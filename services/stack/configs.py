@@ -283,19 +283,19 @@ def _expired_contracts(
     name: str, symbols: Collection[str], files: ConfigFiles, now_ns: int
 ) -> list[str]:
     """A note per option contract of strategy ``name`` expired at ``now_ns``."""
-    from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+    from libs.contract.options import OPTION_PREFIX, parse_option
 
     notes = []
     for symbol in symbols:
         if not symbol.startswith(OPTION_PREFIX):
             continue
         contract = parse_option(symbol)  # the loader took it: it parses
-        if now_ns >= contract.expires_at_ns:
+        if contract.expired_by(now_ns):
             notes.append(
-                f"strategy {name} ({files.strategies}) trades {symbol}, which expired at the "
-                f"close of {contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York): live, the "
-                f"risk-gate would deny its orders in it, a close included "
-                f"(contract_expired). Fine for a backtest of its days; replace it to trade live"
+                f"strategy {name} ({files.strategies}) trades {symbol}, which "
+                f"{contract.expired_text}: live, the risk-gate would deny its orders in it, "
+                f"a close included (contract_expired). Fine for a backtest of its days; "
+                f"replace it to trade live"
             )
     return notes
 

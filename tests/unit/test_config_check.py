@@ -177,6 +177,20 @@ def test_an_option_contract_already_expired_is_a_note_of_config_check(tmp_path: 
     assert f"note: strategy pairs-msft-aapl ({strategies}) trades {old}" in result.output
 
 
+def test_config_check_refuses_an_option_contract_tradebus_cannot_settle(tmp_path: Path) -> None:
+    # An SPX option settles in cash; tradebus would book its exercise as 100
+    # SPX shares at the strike. A problem of the file, its key named: exit 1.
+    spx = "O:SPX261218C05000000"
+    strategies = edited(tmp_path, STRATEGIES, ("[MSFT, AAPL]", f"[MSFT, {spx}]"))
+    result = CliRunner().invoke(app, ["config", "check", "--strategies", str(strategies)])
+    assert result.exit_code == 1, result.output
+    assert f"{strategies} is invalid:\n" in result.output
+    assert (
+        f"  strategies[3].symbols[1]: {spx} is not supported: SPX options are cash-settled"
+    ) in result.output
+    assert result.output.endswith("config check: 1 problem\n")
+
+
 def test_a_strategy_trading_a_symbol_its_risk_limits_do_not_list(tmp_path: Path) -> None:
     # sma-aapl's risk limits list AAPL only: every order of it on NVDA is denied.
     strategies = edited(tmp_path, STRATEGIES, ("symbols: [AAPL]", "symbols: [AAPL, NVDA]"))

@@ -71,7 +71,7 @@ from libs.contract.events import (
     TradingStateChanged,
     TradingStatePayload,
 )
-from libs.contract.options import parse_option
+from libs.contract.options import CASH_SETTLED_ROOTS, parse_option
 from libs.contract.subjects import (
     DOMAINS,
     SubjectError,
@@ -685,10 +685,40 @@ def test_an_option_symbol_names_its_contract() -> None:
     # Expiry day's close, 16:00 New York (EST: 21:00 UTC).
     close = dt.datetime(2024, 12, 20, 21, tzinfo=dt.UTC)
     assert put.expires_at_ns == int(close.timestamp()) * 10**9
+    # Expired from the close on, not a nanosecond before.
+    assert not put.expired_by(put.expires_at_ns - 1)
+    assert put.expired_by(put.expires_at_ns)
+    assert put.expired_text == "expired at the close of 2024-12-20 (16:00 New York)"
     adjusted = parse_option("O:AAPL1261218C00100500")  # an adjusted contract's root ends in 1
     assert (adjusted.root, adjusted.right, adjusted.strike) == ("AAPL1", "call", Decimal("100.5"))
     for symbol in ("OXY", "O", "BRK.B", "O:SPY241220P00720000"):  # equities starting with O too
         assert TradePayload(symbol=symbol, price=Decimal(1), size=Decimal(1), feed="demo")
+
+
+@pytest.mark.parametrize(
+    ("symbol", "why"),
+    [
+        *(
+            (f"O:{root}261218C00100000", f"{root} options are cash-settled")
+            for root in sorted(CASH_SETTLED_ROOTS)
+        ),
+        ("O:SPY1261218C00100000", "an adjusted contract (its root SPY1 ends in a digit)"),
+        ("O:AAPL2261218P00100000", "an adjusted contract (its root AAPL2 ends in a digit)"),
+        # Options on ETFs and shares deliver 100 of them: supported.
+        ("O:SPY261218C00100000", None),
+        ("O:SPXL261218C00100000", None),
+        ("O:VIXY261218C00100000", None),
+        ("O:AAPL261218P00100000", None),
+    ],
+)
+def test_a_contract_tradebus_cannot_settle_says_why(symbol: str, why: str | None) -> None:
+    unsupported = parse_option(symbol).unsupported
+    if why is None:
+        assert unsupported is None
+    else:
+        assert unsupported is not None
+        assert unsupported.startswith(why), unsupported
+        assert "tradebus would book 100 shares of" in unsupported
 
 
 def test_subject_map_lists_every_event_type() -> None:

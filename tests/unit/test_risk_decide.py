@@ -283,6 +283,8 @@ Setup = Callable[[RiskState], RiskState]
 
 #: Expired at 16:00 New York on Friday 2026-03-06, before T0.
 EXPIRED = "O:AAPL260306C00100000"
+#: A cash-settled index option (no shares delivered), trading at T0.
+SPX = "O:SPX260320C05000000"
 
 
 def _noop(s: RiskState) -> RiskState:
@@ -335,6 +337,14 @@ CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
         0,
         ReasonCode.CONTRACT_EXPIRED,
         f"{EXPIRED} expired at the close of 2026-03-06 (16:00 New York)",
+    ),
+    (
+        "an option tradebus cannot settle",
+        lambda s: evolve(s, trade(SPX, 2)),
+        {"symbol": SPX, "asset_class": "option", "quantity": 1},
+        0,
+        ReasonCode.CONTRACT_UNSUPPORTED,
+        f"{SPX} is not supported: SPX options are cash-settled",
     ),
     ("stale intent", _noop, {}, 6 * S, ReasonCode.STALE_INTENT, "max 5s"),
     (
@@ -718,6 +728,51 @@ def test_closes_of_an_expired_contract_use_no_rate_limit_of_the_account() -> Non
     assert d.accepted, d.detail
     assert reasons == [ReasonCode.CONTRACT_EXPIRED] * 8
     assert state.account_position("acct", EXPIRED) == 5
+
+
+@pytest.mark.parametrize(
+    ("symbol", "held", "side", "quantity", "reason"),
+    [
+        # Cash-settled index options: opening or adding is denied...
+        (SPX, 0, "buy", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        (SPX, 0, "sell", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        ("O:SPXW260320P05000000", 0, "buy", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        ("O:VIX260318C00020000", 0, "sell", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        (SPX, 5, "buy", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        (SPX, -5, "sell", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        # ...and so is a close past flat, which opens the other side.
+        (SPX, 5, "sell", 6, ReasonCode.CONTRACT_UNSUPPORTED),
+        # A position held already may be closed before its expiry.
+        (SPX, 5, "sell", 5, ReasonCode.ACCEPTED),
+        (SPX, -5, "buy", 2, ReasonCode.ACCEPTED),
+        # Adjusted contracts (an OCC root ending in a digit).
+        ("O:SPY1260320P00500000", 0, "buy", 1, ReasonCode.CONTRACT_UNSUPPORTED),
+        ("O:AAPL1260320C00100000", 3, "sell", 3, ReasonCode.ACCEPTED),
+        # SPY's own options deliver 100 shares of SPY: supported.
+        ("O:SPY260320P00500000", 0, "buy", 1, ReasonCode.ACCEPTED),
+    ],
+)
+def test_an_order_that_opens_a_contract_tradebus_cannot_settle_is_denied(
+    symbol: str, held: int, side: str, quantity: int, reason: ReasonCode
+) -> None:
+    """Every settlement (the paper broker's, the gateway's, its cross) books
+    an exercise or assignment as 100 shares of the root at the strike: an
+    SPX call exercised became 100 "SPX" shares bought at 5000, which no
+    broker delivers (SPX settles in cash), and an adjusted SPY1 contract's
+    deliverable is not 100 SPY1 shares. The gate denies what would open
+    such a position, whatever the strategies.yaml check and the SDK did."""
+    state = apply(RiskState.initial(LIMITS), trade(symbol, 2))
+    if held:
+        bought = "buy" if held > 0 else "sell"
+        held_fill = fill(uuid.uuid4(), abs(held), 2, side=bought, symbol=symbol, strategy="sma")
+        state = evolve(state, held_fill)
+    i = intent(quantity, side=side, symbol=symbol, asset_class="option")
+    d = decide(evolve(state, i), i, T0)
+    assert d.reason is reason, d.detail
+    if reason is ReasonCode.CONTRACT_UNSUPPORTED:
+        assert d.detail.startswith(f"{symbol} is not supported: "), d.detail
+        assert f"An order in it may only reduce the position sma holds ({held}" in d.detail
+        assert f"not {side} {quantity}" in d.detail
 
 
 def test_every_reason_code_is_exercised() -> None:

@@ -256,6 +256,33 @@ def test_an_option_symbol_that_does_not_parse_is_refused_naming_the_key(symbol: 
     )
 
 
+@pytest.mark.parametrize(
+    ("symbol", "why"),
+    [
+        ("O:SPX261218C05000000", "SPX options are cash-settled: an exercise or assignment pays"),
+        ("O:XSP261218P00500000", "XSP options are cash-settled"),
+        ("O:AAPL1261218C00100000", "an adjusted contract (its root AAPL1 ends in a digit)"),
+    ],
+)
+def test_an_option_contract_tradebus_cannot_settle_is_refused_naming_the_key(
+    symbol: str, why: str
+) -> None:
+    # Every settlement books an exercise or assignment as 100 shares of the
+    # root at the strike: an SPX call exercised was booked as 100 SPX shares,
+    # which no broker delivers (it pays cash), and an adjusted contract's
+    # deliverable is not 100 shares of its root. Refused, not traded.
+    (problem,) = problems(entry(symbols=["NVDA", symbol]))
+    assert problem.startswith(f"strategies[0].symbols[1]: {symbol} is not supported: {why}"), (
+        problem
+    )
+    assert problem.endswith(
+        "where tradebus would book 100 shares of " + symbol[2:-15] + " at the strike"
+    )
+    # SPY's and AAPL's own contracts deliver 100 shares: taken.
+    symbols = ["O:SPY261218C00600000", "O:AAPL261218C00100000"]
+    assert validate_strategies({"strategies": [entry(symbols=symbols)]})
+
+
 @pytest.mark.parametrize("symbol", ["BRK.B", "BRK/B"])
 def test_a_share_class_symbol_is_taken_as_the_contract_takes_it(symbol: str) -> None:
     # Polygon names Berkshire's class B shares BRK.B (Alpaca BRK.B or BRK/B),

@@ -528,6 +528,54 @@ def test_an_order_in_an_expired_contract_is_a_fault_the_context_can_foresee() ->
     assert not rt.hosts["closer"].expired("SPY")
 
 
+class Trader(Strategy[ProbeParams]):
+    """Orders ``quantity`` (negative: sells) of a bar's symbol at each bar."""
+
+    def on_bar(self, bar: Bar) -> None:
+        signal = self.ctx.signal(bar.symbol, "trade", "flat")
+        quantity = self.params.quantity
+        self.ctx.order(bar.symbol, "buy" if quantity > 0 else "sell", abs(quantity), cause=signal)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "why"),
+    [
+        ("O:SPX261218C05000000", "SPX options are cash-settled"),
+        ("O:SPY1261218P00500000", "an adjusted contract (its root SPY1 ends in a digit)"),
+    ],
+)
+def test_an_order_opening_a_contract_tradebus_cannot_settle_is_a_fault(
+    symbol: str, why: str
+) -> None:
+    """Every settlement books an exercise or assignment as 100 shares of the
+    root at the strike: not what a cash-settled index option or an adjusted
+    contract delivers. strategies.yaml refuses the symbol; a strategy hosted
+    without it (a backtest's) is refused at the emit, as the risk-gate would
+    deny it (contract_unsupported). One it holds already it may close, no
+    further than flat."""
+    rt = InMemoryRuntime(ids=counter_ids())
+    rt.add("opener", Trader, {"quantity": "1"}, symbols=(symbol,))
+    rt.add("closer", Trader, {"quantity": "-2"}, symbols=(symbol,))
+    rt.add("flipper", Trader, {"quantity": "-3"}, symbols=(symbol,))
+    for name in ("closer", "flipper"):
+        flatten = uuid.uuid4()
+        rt.restore(booked_fill(symbol, "buy", 2, "5", strategy=name, flatten=flatten))
+    out = rt.run([bar(symbol, 5, 0)])
+    faults = {f.payload.strategy: f.payload.error for f in of_type(out, StrategyFaulted)}
+    assert sorted(faults) == ["flipper", "opener"]
+    refused = f"StrategyUsageError: {symbol} is not supported: {why}"
+    assert faults["opener"].startswith(refused), faults["opener"]
+    assert faults["opener"].endswith("at the strike"), faults["opener"]
+    assert faults["flipper"].startswith(refused), faults["flipper"]
+    assert faults["flipper"].endswith(
+        ": an order in it may only reduce the position held (2, 0 pending), not sell 3"
+    )
+    intents = of_type(out, OrderIntentCreated)
+    assert [(i.payload.strategy, i.payload.side, i.payload.quantity) for i in intents] == [
+        ("closer", "sell", Decimal(2))
+    ]
+
+
 @pytest.mark.parametrize(("name", "reason"), [("n" * 201, ""), ("x", "r" * 300_000)])
 def test_a_signal_text_too_long_to_record_is_a_fault(name: str, reason: str) -> None:
     """Encoded past the services' 256 KiB, a signal would be dead-lettered by

@@ -26,7 +26,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from libs.contract.events import Side, contract_multiplier
-from libs.contract.options import EXPIRY_CLOSE, parse_option
+from libs.contract.options import parse_option
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import ZERO, Direction
 from libs.strategy.examples._common import exposure
@@ -169,8 +169,7 @@ class PairsTrade(Strategy[PairsParams]):
             return False
         if not self._warned_expired:
             self._warned_expired = True
-            contract = parse_option(symbol)
-            when = f"expired at the close of {contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+            when = parse_option(symbol).expired_text
             if held == 0:
                 name = self.ctx.name
                 log.warning("pairs %s: %s %s: no pair is entered with it", name, symbol, when)

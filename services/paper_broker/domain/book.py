@@ -57,7 +57,7 @@ from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.envelope import Clock
-from libs.contract.options import EXPIRY_CLOSE, OPTION_PREFIX, parse_option
+from libs.contract.options import OPTION_PREFIX, parse_option
 from services.paper_broker.domain.auction import (
     AUCTION_WAIT_NS,
     AUCTIONS,
@@ -897,13 +897,10 @@ class PaperBook:
                 contract = parse_option(spec.symbol)
             except ValueError as e:
                 raise refuse(f"asset {spec.symbol} not found: {e}") from None
-            if now >= contract.expires_at_ns:
+            if contract.expired_by(now):
                 # As a broker does: an expired contract no longer trades,
                 # closing orders included (its position is the broker's to settle).
-                raise refuse(
-                    f"asset {spec.symbol} is not tradable: it expired at the close of "
-                    f"{contract.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
-                )
+                raise refuse(f"asset {spec.symbol} is not tradable: it {contract.expired_text}")
         limit = self.config.max_order_quantity
         if limit is not None and spec.qty > limit:
             raise refuse(

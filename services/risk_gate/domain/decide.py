@@ -17,6 +17,9 @@ asset_class                 the intent's asset class is not the one its
 contract_expired            an option past the close of its expiry day
                             (16:00 New York): no venue takes an order in
                             it, a close included
+contract_unsupported        an option tradebus cannot settle (cash-settled
+                            index options, adjusted contracts), unless the
+                            order only reduces the strategy's position
 stale_intent                the intent is older than ``max_intent_age_s``
 kill_switch                 the global kill switch is engaged
 halted                      the account or everything is halted
@@ -65,7 +68,7 @@ from libs.contract.events import (
     asset_class_of,
     contract_multiplier,
 )
-from libs.contract.options import EXPIRY_CLOSE, parse_option
+from libs.contract.options import parse_option
 from services.risk_gate.domain.commands import (
     SOURCE,
     decision_id_for,
@@ -152,9 +155,9 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
             f"(options are named {OPTION_PREFIX}<OCC symbol>)"
         )
     if named == "option":
-        verdict = _expiry(state, p, now_ns)
-        if verdict is not ACCEPT:
-            return verdict
+        for verdict in (_expiry(state, p, now_ns), _unsupported(state, p)):
+            if verdict is not ACCEPT:
+                return verdict
     if limits.max_intent_age_s is not None:
         # ts_init: when the strategy made the intent (ts_event may be market time).
         age_ns = now_ns - intent.ts_init
@@ -220,7 +223,7 @@ def _control(state: RiskState, p: OrderIntentPayload) -> Verdict:
 def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
     # The symbol parsed when the intent was made (the contract's Symbol).
     contract = parse_option(p.symbol)
-    if now_ns < contract.expires_at_ns:
+    if not contract.expired_by(now_ns):
         return ACCEPT
     # A close too: no exchange lists the contract any more and every broker
     # refuses it (the paper broker: 422 "not tradable"); the position is
@@ -230,10 +233,28 @@ def _expiry(state: RiskState, p: OrderIntentPayload, now_ns: int) -> Verdict:
     # the refusal by closing again (pairs_trade did, every minute) used up
     # the account's rate limit and denied the other strategies' orders.
     return ReasonCode.CONTRACT_EXPIRED, (
-        f"{p.symbol} expired at the close of {contract.expiry} "
-        f"({EXPIRY_CLOSE:%H:%M} New York): no venue takes an order in it, a close "
+        f"{p.symbol} {contract.expired_text}: no venue takes an order in it, a close "
         f"included; the account's position of {state.account_position(p.account, p.symbol)} "
         f"is the broker's to settle"
+    )
+
+
+def _unsupported(state: RiskState, p: OrderIntentPayload) -> Verdict:
+    why = parse_option(p.symbol).unsupported
+    if why is None:
+        return ACCEPT
+    # The last line: the strategies.yaml check and the SDK's refusal stop
+    # it before, unless bypassed. What is held already (taken before this
+    # check) may still be closed before its expiry: settled, it would be
+    # booked wrong. Anything that opens or adds to it is denied.
+    pos = state.strategy_position(p.strategy, p.account, p.symbol)
+    buys, sells = state.open_by_side(p.account, p.symbol, p.strategy)
+    if not _past(_worst_after(pos, buys, sells, p.side, p.quantity), ZERO, p.side):
+        return ACCEPT
+    return ReasonCode.CONTRACT_UNSUPPORTED, (
+        f"{p.symbol} is not supported: {why}. An order in it may only reduce the position "
+        f"{p.strategy} holds ({pos}, open orders {buys if p.side == 'buy' else sells}), "
+        f"not {p.side} {p.quantity}"
     )
 
 
