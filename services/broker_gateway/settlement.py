@@ -165,7 +165,7 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     # the contract is held. Split now, over the positions without that fill,
     # the activity gave the late fill's part to no strategy (or to another),
     # and the late fill stayed in the contract for ever.
-    working = {t.symbol for t in tracker.unsettled() if t.split is None}
+    working = {t.symbol for t in tracker.unsettled()}
     # (root, shares, strike) of the exercises and assignments left for a
     # later read: their OPTRDs wait with them.
     later: list[TradeKey] = []
@@ -497,7 +497,7 @@ def cross_events(
     # over the close, its reconciliation running beside this read). Crossed
     # before it came, a strategy's late fill stayed in the contract for ever:
     # its leg of the cross is one order, done once.
-    working = {t.symbol for t in tracker.unsettled() if t.split is None}
+    working = {t.symbol for t in tracker.unsettled()}
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
         if contract.expires_at_ns > now_ns or symbol in working:

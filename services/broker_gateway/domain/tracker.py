@@ -218,11 +218,22 @@ class OrderTracker:
         return self.orders.get(oid) if oid is not None else None
 
     def unsettled(self) -> list[TrackedOrder]:
-        """Orders the broker may know that are not done: what reconciliation checks."""
+        """Orders the broker may know that are not done: what reconciliation
+        checks, and what may still fill.
+
+        Not an option settlement's or a cross's (``split`` set): no broker
+        order stands behind it (its "broker order id" is the activity's or
+        the cross's name), and its fills come from the settlement reads
+        alone. One cut by a restart was asked for by every reconciliation,
+        the broker's 404 said and counted as a working order it no longer
+        knew.
+        """
         return [
             t
             for t in self.orders.values()
-            if t.terminal is None and (t.accepted or t.submitted or t.broker_order_id)
+            if t.terminal is None
+            and t.split is None
+            and (t.accepted or t.submitted or t.broker_order_id)
         ]
 
     def position(self, symbol: str, strategy: str | None = None) -> Decimal:
