@@ -33,8 +33,9 @@ waits for a later read, with its trade: split before that fill, it gave the
 fill's part to no strategy, and the late fill stayed in the contract.
 
 Exactly once. An activity is an order nobody placed: its order id is derived
-from (account, activity id), its fills' event ids as the tracker derives
-every fill's (account, order id, cumulative quantity), so the stream drops a
+from (account, activity id), its fills made as every fill is
+(``OrderTracker.fill_event``: event id from account, order id, cumulative
+quantity), so the stream drops a
 repeat within its window, and the tracker, which evolves every event
 published here and is rebuilt from the store at start-up, knows an activity
 whose fills are all published (it is skipped) or only some (the rest follow,
@@ -76,7 +77,6 @@ from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
     OPTION_MULTIPLIER,
     OPTION_PREFIX,
-    FillPayload,
     FillReceived,
     Settlement,
     Side,
@@ -120,8 +120,6 @@ class Worker(Protocol):
     def outbox(self) -> Publisher: ...
     @property
     def clock(self) -> Clock: ...
-    @property
-    def source(self) -> str: ...
 
 
 def settlement_order_id(account: str, activity_id: str) -> uuid.UUID:
@@ -129,13 +127,7 @@ def settlement_order_id(account: str, activity_id: str) -> uuid.UUID:
     return derived_id("broker.settlement", account, activity_id)
 
 
-def settlement_events(
-    tracker: OrderTracker,
-    activities: Sequence[BrokerActivity],
-    *,
-    clock: Clock,
-    source: str,
-) -> list[Event]:
+def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity]) -> list[Event]:
     """The fills ``activities`` (oldest first) make that are not published
     yet; the tracker takes each in as it is made, so the next activity is
     split over the positions as they stand after it.
@@ -173,7 +165,7 @@ def settlement_events(
     # the contract is held. Split now, over the positions without that fill,
     # the activity gave the late fill's part to no strategy (or to another),
     # and the late fill stayed in the contract for ever.
-    working = {t.symbol for t in tracker.unsettled() if t.split is None}
+    working = {t.symbol for t in tracker.unsettled()}
     # (root, shares, strike) of the exercises and assignments left for a
     # later read: their OPTRDs wait with them.
     later: list[TradeKey] = []
@@ -212,7 +204,7 @@ def settlement_events(
             slices = _merged([*done.items(), *tracker.allocate(a.symbol, side, rest)])
             expires_ns = contract.expires_at_ns
             legs: list[Event] = []
-            _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, clock, source, legs)
+            _publish(tracker, a, side, ZERO, outcome, slices, expires_ns, legs)
             if outcome == "expired":
                 out += legs
                 continue
@@ -227,7 +219,7 @@ def settlement_events(
                 pending.append(waiting)
             else:
                 early.remove(trade)
-                _shares(tracker, trade, waiting, clock, source, out)
+                _shares(tracker, trade, waiting, out)
         elif a.activity_type == "OPTRD":
             if a.price is None or a.price <= 0:
                 log.warning("%s: option trade %s has no price: not booked", tracker.account, a)
@@ -242,7 +234,7 @@ def settlement_events(
                 early.append(a)  # its exercise may be listed after it
             else:
                 pending.remove(match)
-                _shares(tracker, a, match, clock, source, out)
+                _shares(tracker, a, match, out)
     for a in early:
         log.warning(
             "%s: option trade %s goes with no exercise or assignment read with it: "
@@ -253,7 +245,7 @@ def settlement_events(
         side = "buy" if a.quantity > 0 else "sell"
         assert a.price is not None  # one without is left out when read
         alone: Slices = [(None, abs(a.quantity))]
-        _publish(tracker, a, side, a.price, "exercised", alone, 0, clock, source, out)
+        _publish(tracker, a, side, a.price, "exercised", alone, 0, out)
     # Exercises whose OPTRD this read does not have: their contracts alone.
     for waiting in pending:
         out += waiting.held
@@ -266,21 +258,14 @@ def _key(trade: BrokerActivity) -> TradeKey:
     return trade.symbol, abs(trade.quantity), trade.price
 
 
-def _shares(
-    tracker: OrderTracker,
-    a: BrokerActivity,
-    of: _Awaiting,
-    clock: Clock,
-    source: str,
-    out: list[Event],
-) -> None:
+def _shares(tracker: OrderTracker, a: BrokerActivity, of: _Awaiting, out: list[Event]) -> None:
     """The shares ``a`` (an ``OPTRD``) delivers for the exercise or
     assignment ``of``, split as its contracts, then an exercise's contracts
     (held until its shares are out)."""
     assert a.price is not None
     side: Side = "buy" if a.quantity > 0 else "sell"
     slices = [(s, q * OPTION_MULTIPLIER) for s, q in of.contracts]
-    _publish(tracker, a, side, a.price, of.outcome, slices, of.expires_ns, clock, source, out)
+    _publish(tracker, a, side, a.price, of.outcome, slices, of.expires_ns, out)
     out += of.held  # an exercise's contracts after its shares
 
 
@@ -325,8 +310,6 @@ def _publish(
     outcome: Settlement,
     slices: Slices,
     ts_ns: int,
-    clock: Clock,
-    source: str,
     out: list[Event],
 ) -> None:
     """The activity's fills (one per slice of its whole ``slices``) past what
@@ -354,30 +337,21 @@ def _publish(
             # apart by strategy (one slice each), also when a restart cut them.
             first = cumulative == 0
             cumulative += q
-            leaves = total - cumulative
             built.append(
-                FillReceived.create(
-                    FillPayload(
-                        order_id=order_id,
-                        account=tracker.account,
-                        broker_order_id=a.activity_id,
-                        fill_id=a.activity_id if first else f"{a.activity_id}/{strategy or '-'}",
-                        symbol=a.symbol,
-                        side=side,
-                        quantity=q,
-                        price=price,
-                        cumulative_quantity=cumulative,
-                        leaves_quantity=leaves,
-                        status="complete" if leaves == 0 else "partial",
-                        strategy=strategy,
-                        settlement=outcome,
-                    ),
-                    source=source,
-                    clock=clock,
-                    ts_event=ts_ns or None,
-                    event_id=derived_id(
-                        "broker.fill", tracker.account, order_id, canon(cumulative)
-                    ),
+                tracker.fill_event(
+                    order_id,
+                    broker_order_id=a.activity_id,
+                    fill_id=a.activity_id,
+                    symbol=a.symbol,
+                    side=side,
+                    quantity=q,
+                    price=price,
+                    cumulative=cumulative,
+                    leaves=total - cumulative,
+                    strategy=strategy,
+                    first=first,
+                    settlement=outcome,
+                    ts_ns=ts_ns,
                 )
             )
     except ValueError as e:
@@ -470,8 +444,6 @@ def cross_events(
     broker_positions: Mapping[str, Decimal] | None,
     *,
     now_ns: int,
-    clock: Clock,
-    source: str,
 ) -> list[Event]:
     """The settlement of what strategies of the account hold against each
     other in contracts past their expiry, not published yet.
@@ -525,7 +497,7 @@ def cross_events(
     # over the close, its reconciliation running beside this read). Crossed
     # before it came, a strategy's late fill stayed in the contract for ever:
     # its leg of the cross is one order, done once.
-    working = {t.symbol for t in tracker.unsettled() if t.split is None}
+    working = {t.symbol for t in tracker.unsettled()}
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
         if not contract.expired_by(now_ns) or symbol in working:
@@ -574,8 +546,6 @@ def cross_events(
                     price,
                     settled,
                     contract.expires_at_ns,
-                    clock,
-                    source,
                     cross_order_id(tracker.account, symbol, strategy, leg),
                 )
                 if fill is not None:
@@ -619,8 +589,6 @@ def _cross_fill(
     price: Decimal,
     outcome: Settlement,
     ts_ns: int,
-    clock: Clock,
-    source: str,
     order_id: uuid.UUID,
 ) -> FillReceived | None:
     """One strategy's leg of a cross, as one complete fill; None if published."""
@@ -630,26 +598,19 @@ def _cross_fill(
     # Told apart from the broker's ids and from one another: the ledgers
     # and the risk-gate drop a fill whose ids they have seen.
     name = f"cross/{symbol}/{strategy or '-'}/{leg}"
-    return FillReceived.create(
-        FillPayload(
-            order_id=order_id,
-            account=tracker.account,
-            broker_order_id=name,
-            fill_id=name,
-            symbol=symbol,
-            side=side,
-            quantity=quantity,
-            price=price,
-            cumulative_quantity=quantity,
-            leaves_quantity=ZERO,
-            status="complete",
-            strategy=strategy,
-            settlement=outcome,
-        ),
-        source=source,
-        clock=clock,
-        ts_event=ts_ns,
-        event_id=derived_id("broker.fill", tracker.account, order_id, canon(quantity)),
+    return tracker.fill_event(
+        order_id,
+        broker_order_id=name,
+        fill_id=name,
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        price=price,
+        cumulative=quantity,
+        leaves=ZERO,
+        strategy=strategy,
+        settlement=outcome,
+        ts_ns=ts_ns,
     )
 
 
@@ -716,10 +677,8 @@ class Settlements:
             # crossing that was not: it reduces the holders it closes.)
             held = {p.symbol: p.quantity for p in await w.port.positions()}
         activities = await w.port.option_activities(after=since - DAY_BEFORE)
-        events = settlement_events(w.tracker, activities, clock=w.clock, source=w.source)
-        events += cross_events(
-            w.tracker, activities, held, now_ns=now_ns, clock=w.clock, source=w.source
-        )
+        events = settlement_events(w.tracker, activities)
+        events += cross_events(w.tracker, activities, held, now_ns=now_ns)
         if events:
             log.info(
                 "%s: %d option settlement fills published (%s)",

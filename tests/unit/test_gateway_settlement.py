@@ -114,7 +114,7 @@ def booked(events: Sequence[Event]) -> list[Booked]:
 
 
 def settle(t: OrderTracker, activities: Sequence[BrokerActivity]) -> list[Event]:
-    return settlement_events(t, activities, clock=CLOCK, source=SOURCE)
+    return settlement_events(t, activities)
 
 
 def test_an_exercise_is_split_over_the_strategies_in_name_order_the_rest_to_none() -> None:
@@ -351,7 +351,7 @@ def cross(
     broker: dict[str, Decimal] | None = None,
     now_ns: int = PAST,
 ) -> list[Event]:
-    return cross_events(t, activities, broker, now_ns=now_ns, clock=CLOCK, source=SOURCE)
+    return cross_events(t, activities, broker, now_ns=now_ns)
 
 
 def test_opposite_positions_the_broker_never_held_are_crossed_at_0_once_it_shows_none() -> None:

@@ -1890,3 +1890,41 @@ async def test_a_flatten_made_after_the_start_and_delivered_again_asks_for_no_wi
     await flatten(CLOCK.now_ns() - minute)  # made before it: a crash may have cut it
     assert len(asked) == 1
     assert asked[0][0] < asked[0][1]
+
+
+async def test_a_reconciliation_asks_the_broker_about_no_settlement_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """s1 holds 1 call and s2 2; the broker lists them expired (one activity,
+    split in two fills) and the gateway died after publishing s1's. Rebuilt,
+    the settlement's order (no broker order: its id is the activity's) is not
+    done, and a reconnection's reconciliation asked the broker for it by the
+    activity's id, as if it were an order it had acknowledged: 404, "the
+    broker no longer knows order ..." said and counted, at every
+    reconnection until the next settlement read. It asks about the broker's
+    order only; the settlement's rest is still published by the next read."""
+    from services.broker_gateway.settlement import settlement_events
+    from tests.unit.test_gateway_settlement import CALL, activity, opened, tracker
+
+    holdings = opened([("s1", CALL, "1"), ("s2", CALL, "2")])
+    expired = [activity("a1", "OPEXP", CALL, "-3")]
+    s1_expired, _ = settlement_events(tracker(holdings), expired)
+    w = worker([1000.0], [], tracker=tracker([*holdings, s1_expired]))
+    accepted_order(w, 1)  # b-1, working
+    working = BrokerOrder("b-1", "c", "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted")
+    asked: list[dict[str, Any]] = []
+
+    async def get_order(**ids: Any) -> BrokerOrder | None:
+        asked.append(ids)
+        return working if ids.get("broker_order_id") == "b-1" else None
+
+    published: list[Any] = []
+    w.port = broker(get_order=get_order)
+    w.outbox = outbox_into(published)
+    with caplog.at_level("WARNING"):
+        assert await w.reconcile()
+    assert asked == [{"broker_order_id": "b-1"}]
+    assert "no longer knows" not in caplog.text
+    assert published == []
+    rest = settlement_events(w.tracker, expired)
+    assert [(e.payload.strategy, e.payload.quantity) for e in rest] == [("s2", Decimal(2))]

@@ -68,6 +68,7 @@ from libs.contract.events import (
     OrderRejected,
     OrderRejectedPayload,
     PositionDifference,
+    Settlement,
     SubmitOrder,
 )
 from services.broker_gateway.domain.model import (
@@ -217,11 +218,22 @@ class OrderTracker:
         return self.orders.get(oid) if oid is not None else None
 
     def unsettled(self) -> list[TrackedOrder]:
-        """Orders the broker may know that are not done: what reconciliation checks."""
+        """Orders the broker may know that are not done: what reconciliation
+        checks, and what may still fill.
+
+        Not an option settlement's or a cross's (``split`` set): no broker
+        order stands behind it (its "broker order id" is the activity's or
+        the cross's name), and its fills come from the settlement reads
+        alone. One cut by a restart was asked for by every reconciliation,
+        the broker's 404 said and counted as a working order it no longer
+        knew.
+        """
         return [
             t
             for t in self.orders.values()
-            if t.terminal is None and (t.accepted or t.submitted or t.broker_order_id)
+            if t.terminal is None
+            and t.split is None
+            and (t.accepted or t.submitted or t.broker_order_id)
         ]
 
     def position(self, symbol: str, strategy: str | None = None) -> Decimal:
@@ -459,31 +471,79 @@ class OrderTracker:
         cumulative = t.filled
         for i, (strategy, q) in enumerate(slices):
             cumulative += q
-            leaves = max(total - cumulative, ZERO)
             self._emit(
                 out,
-                FillReceived.create(
-                    FillPayload(
-                        order_id=t.order_id,
-                        account=self.account,
-                        broker_order_id=order.broker_order_id,
-                        fill_id=fill_id if i == 0 else f"{fill_id}/{strategy or '-'}",
-                        symbol=order.symbol,
-                        side=order.side,
-                        quantity=q,
-                        price=price,
-                        cumulative_quantity=cumulative,
-                        leaves_quantity=leaves,
-                        status="complete" if leaves == 0 else "partial",
-                        strategy=strategy,
-                    ),
-                    source=self.source,
-                    clock=self.clock,
-                    ts_event=ts_ns or None,
+                self.fill_event(
+                    t.order_id,
+                    broker_order_id=order.broker_order_id,
+                    fill_id=fill_id,
+                    symbol=order.symbol,
+                    side=order.side,
+                    quantity=q,
+                    price=price,
+                    cumulative=cumulative,
+                    leaves=max(total - cumulative, ZERO),
+                    strategy=strategy,
+                    first=i == 0,
+                    ts_ns=ts_ns,
                     cause=t.cause,
-                    event_id=derived_id("broker.fill", self.account, t.order_id, canon(cumulative)),
                 ),
             )
+
+    def fill_event(
+        self,
+        order_id: uuid.UUID,
+        *,
+        broker_order_id: str,
+        fill_id: str,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        price: Decimal,
+        cumulative: Decimal,
+        leaves: Decimal,
+        strategy: str | None,
+        first: bool = True,
+        settlement: Settlement | None = None,
+        ts_ns: int = 0,
+        cause: Event | CauseRef | None = None,
+    ) -> FillReceived:
+        """One ``FillReceived`` of the account, not yet recorded: a broker
+        order's (:meth:`_fill`), an option settlement's or a cross's
+        (services/broker_gateway/settlement.py). The one place a fill's ids
+        are made, so that all of them are made alike.
+
+        Its event id derives from (account, order id, ``cumulative``: the
+        order's quantity published with it): the same fill made again, by
+        this run or one after a restart, has the same id, which JetStream
+        drops. ``fill_id`` is the venue's (or the activity's); a fill split
+        over strategies keeps it for its ``first`` part and tells the others
+        apart by strategy ("-": nobody), as the risk-gate and the ledgers
+        drop a fill id they have seen. Raises ``ValueError`` (pydantic's)
+        for what the contract cannot carry.
+        """
+        return FillReceived.create(
+            FillPayload(
+                order_id=order_id,
+                account=self.account,
+                broker_order_id=broker_order_id,
+                fill_id=fill_id if first else f"{fill_id}/{strategy or '-'}",
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                price=price,
+                cumulative_quantity=cumulative,
+                leaves_quantity=leaves,
+                status="complete" if leaves == 0 else "partial",
+                strategy=strategy,
+                settlement=settlement,
+            ),
+            source=self.source,
+            clock=self.clock,
+            ts_event=ts_ns or None,
+            cause=cause,
+            event_id=derived_id("broker.fill", self.account, order_id, canon(cumulative)),
+        )
 
     def allocate(
         self, symbol: str, side: Side, quantity: Decimal
