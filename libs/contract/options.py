@@ -93,18 +93,16 @@ class OptionContract:
         an order that opens or adds to a position in one
         (``contract_unsupported``), the SDK refuses it at the emit and
         config check a strategy listing it."""
-        booked = f"tradebus would book 100 shares of {self.root} at the strike"
         if self.root in CASH_SETTLED_ROOTS:
-            return (
-                f"{self.root} options are cash-settled: an exercise or assignment pays cash, "
-                f"where {booked}"
-            )
-        if self.root[-1].isdigit():
-            return (
+            why = f"{self.root} options are cash-settled: an exercise or assignment pays cash"
+        elif self.root[-1].isdigit():
+            why = (
                 f"an adjusted contract (its root {self.root} ends in a digit) delivers what "
-                f"its adjustment made it, where {booked}"
+                f"its adjustment made it"
             )
-        return None
+        else:
+            return None  # asked at every option intent: nothing built
+        return f"{why}, where tradebus would book 100 shares of {self.root} at the strike"
 
 
 @functools.lru_cache(maxsize=4096)  # asked for at every event and intent of a contract
