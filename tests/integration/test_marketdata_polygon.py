@@ -950,6 +950,40 @@ async def test_force_disconnect_is_reported_and_reconnected(bus: Bus) -> None:
         assert any("after force_disconnect" in m for m in sink.status_messages("reconnecting"))
 
 
+async def test_a_channel_never_acknowledged_ends_the_session_it_is_not_subscribed(
+    bus: Bus,
+) -> None:
+    # Polygon acks every channel it serves (PROTOCOLS.md); one without an ack
+    # within the handshake timeout is not streaming, whatever else came.
+    async with FakePolygonWs(api_key=KEY, unacked={"Q.MSFT"}) as ws:
+        settings = make_settings(ws, None, polygon_connect_timeout_s=0.3)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_connections(2, timeout=10)
+            await eventually(lambda: has_status(sink, "reconnecting"), timeout=10)
+        assert "subscribed" not in sink.statuses()
+        assert any("Q.MSFT" in m for m in sink.status_messages("disconnected"))
+        assert any("after timeout" in m for m in sink.status_messages("reconnecting"))
+
+
+async def test_auth_failed_mid_stream_is_reported_and_retried_slowly(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, polygon_auth_retry_s=0.6)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            await ws.kick("auth_failed", "authentication failed")
+            kicked = time.monotonic()
+            await ws.wait_connections(2, timeout=10)
+            waited = time.monotonic() - kicked
+            await ws.wait_subscribed("T.AAPL")
+        assert waited >= 0.5
+        assert sink.status_messages("auth_failed") == ["stocks: authentication failed"]
+        assert any("after auth_failed" in m for m in sink.status_messages("reconnecting"))
+
+
 # -------------------------------------------------------------- bad input
 
 
