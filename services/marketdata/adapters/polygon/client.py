@@ -146,6 +146,8 @@ class _Outcome:
 
     reason: str  # dropped, closed, auth_failed, max_connections, ... (metric label)
     message: str
+    #: The subscribe was sent: from then on data may flow (before the acks too).
+    asked: bool = False
     subscribed: bool = False
     data: bool = False
     #: The last status the server sent that we had no use for (an unconfirmed
@@ -421,7 +423,7 @@ class PolygonSource:
                 log.exception("polygon %s: session failed", link.market)
                 outcome.reason = "error"
                 outcome.message = "internal error (see the log)"
-                if outcome.subscribed:
+                if outcome.asked:
                     self._disconnected(link)
             finally:
                 link.state = "disconnected"
@@ -476,7 +478,7 @@ class PolygonSource:
         finally:
             with contextlib.suppress(Exception):
                 await ws.close()
-        if outcome.subscribed:
+        if outcome.asked:
             self._disconnected(link)
         await self._emit([self._status("disconnected", outcome.message, link=link)])
         return outcome
@@ -534,6 +536,13 @@ class PolygonSource:
         await self._emit([self._status("authenticated", "authenticated", link=link)])
         # 3. Subscribe; the acks come one per channel.
         await ws.send(json.dumps(ws_subscribe(link.channels)))
+        # Data may come before the last ack (or the acks never all come): a
+        # session that asked for data opens a gap when it ends, and the first
+        # one marks where our bars start.
+        outcome.asked = True
+        now = self.clock.now_ns()
+        for filler in link.fillers.values():
+            filler.on_subscribed(now)
         pending = set(link.channels)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
