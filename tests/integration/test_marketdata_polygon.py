@@ -602,6 +602,40 @@ async def test_outage_in_the_middle_of_a_minute_gap_fills_exactly_the_missing_ba
         assert sorted(e.id for e in on_stream) == sorted(ids)
 
 
+async def test_a_first_session_with_data_before_its_acks_is_gap_filled_after_it_drops(
+    bus: Bus,
+) -> None:
+    aapl = make_minute_bars("AAPL", T0, 5)
+    msft = make_minute_bars("MSFT", T0, 5)
+    # The first connection streams minute bars but never acks Q.MSFT.
+    async with (
+        FakePolygonWs(api_key=KEY, unacked={"Q.MSFT"}) as ws,
+        FakePolygonRest({"AAPL": aapl, "MSFT": msft}, api_key=KEY) as rest,
+    ):
+        settings = make_settings(ws, rest, polygon_connect_timeout_s=30)
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 5_000)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL", "AM.MSFT")
+            clock.set_ms(T0 + MINUTE_MS + 1_000)
+            await ws.publish([rest_bar_to_am("AAPL", aapl[0]), rest_bar_to_am("MSFT", msft[0])])
+            await eventually(lambda: len(sink.bars()) == 2)
+            clock.set_ms(T0 + 4 * MINUTE_MS + 20_000)
+            ws.unacked = frozenset()
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+        assert "subscribed" in sink.statuses()  # the second session's
+        asked = {r.path for r in rest.agg_requests()}
+        assert asked == {
+            f"/v2/aggs/ticker/{s}/range/1/minute/{T0 + MINUTE_MS}/{T0 + 3 * MINUTE_MS}"
+            for s in ("AAPL", "MSFT")
+        }
+        assert sorted((b.payload.symbol, b.payload.start_ns // MS) for b in sink.bars()) == [
+            (s, T0 + i * MINUTE_MS) for s in ("AAPL", "MSFT") for i in range(4)
+        ]
+
+
 async def test_gap_fill_follows_next_url_pages(bus: Bus) -> None:
     bars = make_minute_bars("AAPL", T0, 40)
     async with (
@@ -948,6 +982,40 @@ async def test_force_disconnect_is_reported_and_reconnected(bus: Bus) -> None:
             await eventually(lambda: any(isinstance(e, TradePrinted) for e in sink.events))
         assert sink.status_messages("force_disconnect") == ["stocks: Server requested disconnect"]
         assert any("after force_disconnect" in m for m in sink.status_messages("reconnecting"))
+
+
+async def test_a_channel_never_acknowledged_ends_the_session_it_is_not_subscribed(
+    bus: Bus,
+) -> None:
+    # Polygon acks every channel it serves (PROTOCOLS.md); one without an ack
+    # within the handshake timeout is not streaming, whatever else came.
+    async with FakePolygonWs(api_key=KEY, unacked={"Q.MSFT"}) as ws:
+        settings = make_settings(ws, None, polygon_connect_timeout_s=0.3)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_connections(2, timeout=10)
+            await eventually(lambda: has_status(sink, "reconnecting"), timeout=10)
+        assert "subscribed" not in sink.statuses()
+        assert any("Q.MSFT" in m for m in sink.status_messages("disconnected"))
+        assert any("after timeout" in m for m in sink.status_messages("reconnecting"))
+
+
+async def test_auth_failed_mid_stream_is_reported_and_retried_slowly(bus: Bus) -> None:
+    async with FakePolygonWs(api_key=KEY) as ws:
+        settings = make_settings(ws, None, polygon_auth_retry_s=0.6)
+        sink = CountingSink(bus)
+        source = PolygonSource(settings, clock=FakeClock(T0), hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("T.AAPL")
+            await ws.kick("auth_failed", "authentication failed")
+            kicked = time.monotonic()
+            await ws.wait_connections(2, timeout=10)
+            waited = time.monotonic() - kicked
+            await ws.wait_subscribed("T.AAPL")
+        assert waited >= 0.5
+        assert sink.status_messages("auth_failed") == ["stocks: authentication failed"]
+        assert any("after auth_failed" in m for m in sink.status_messages("reconnecting"))
 
 
 # -------------------------------------------------------------- bad input

@@ -35,6 +35,11 @@ third parties). With ``refuse_newest=True`` the newcomer is the one refused
 instead: ``max_connections`` comes as its auth reply (the variant the official
 client's source allows for).
 
+``unacked`` names channels a subscribe is neither acknowledged for nor
+given: what Polygon answers for a channel it will not serve is not
+confirmed (``PROTOCOLS.md`` documents only the ``success`` ack), so the
+fake says nothing, the case a client must not take for success.
+
 Use ``async with FakePolygonWs() as ws:``; ``ws.url`` is ``ws://127.0.0.1:PORT/stocks``
 and ``ws.feed`` the ``host:port`` the official client takes.
 """
@@ -122,6 +127,7 @@ class FakePolygonWs:
         kick_close_code: int = 1008,
         refuse_newest: bool = False,
         compression: str | None = None,
+        unacked: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -132,6 +138,8 @@ class FakePolygonWs:
         self.kick_close_code = kick_close_code
         self.refuse_newest = refuse_newest
         self.compression = compression
+        #: Channels a subscribe neither acknowledges nor streams (see the module docstring).
+        self.unacked = frozenset(unacked)
         self.host = host
         self.port = port
         #: Every connection ever made, oldest first.
@@ -360,6 +368,7 @@ class FakePolygonWs:
             return
         channels = [p.strip() for p in params.split(",") if p.strip()]
         if verb == "subscribe":
+            channels = [ch for ch in channels if ch not in self.unacked]
             conn.subscriptions.update(channels)
             acks = [status("success", f"subscribed to: {ch}") for ch in channels]
         else:

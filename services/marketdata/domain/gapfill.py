@@ -16,7 +16,8 @@ The window of an outage, per symbol:
 
 - it starts at the minute after the last bar published before the
   disconnect (or, for a symbol with no bar yet, at the minute the feed first
-  subscribed: what came before we started is not ours to fill);
+  sent its subscribe, acknowledged or not: what came before we started is
+  not ours to fill);
 - it ends with the last minute *closed* at the reconnect (the bar starting at
   ``s`` is closed once ``s + 1 min <= reconnect``): the bar of the minute in
   progress comes live, and REST would only have a partial bar for it;

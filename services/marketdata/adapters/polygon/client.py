@@ -7,13 +7,16 @@ configured) it keeps one WebSocket connection up, forever:
 - **handshake** (``PROTOCOLS.md``): the ``connected`` frame, then
   ``{"action":"auth"}`` and its reply in a separate frame, then one
   ``subscribe`` for every configured channel and symbol, acknowledged per
-  channel. Each phase has the named timeout ``polygon_connect_timeout_s``.
+  channel. Each phase has the named timeout ``polygon_connect_timeout_s``;
+  a channel still not acknowledged then ends the session (``timeout``):
+  Polygon acks every channel it serves, so it is not streaming.
 - **supervision**: any end of a session (TCP drop, a close frame of any
   code, a handshake timeout, ``force_disconnect``, ``slow_consumer``) is
   reported and followed by a reconnect after exponential backoff with full
   jitter (``polygon_reconnect_initial_s`` doubling to
   ``polygon_reconnect_max_s``; back to the start after a healthy session).
-  ``auth_failed`` / ``auth_timeout`` and ``max_connections`` (another client
+  ``auth_failed`` / ``auth_timeout`` (in the auth reply or at any later
+  point of the session) and ``max_connections`` (another client
   took our one connection) are retried slowly, every
   ``polygon_auth_retry_s``, so we neither hammer the API nor keep kicking
   the other client off.
@@ -108,6 +111,8 @@ _WIRE_LOG.setLevel(logging.INFO)
 
 #: Statuses after which the server closes the connection, and ours for them.
 KICKS = ("max_connections", "force_disconnect", "slow_consumer")
+#: Statuses that withdraw our authentication, at the door or later.
+AUTH_REFUSED = ("auth_failed", "auth_timeout")
 #: Reasons retried slowly (``polygon_auth_retry_s``) rather than with backoff.
 SLOW_RETRY = ("auth_failed", "max_connections")
 #: A session that lasted this long was healthy: the backoff starts over.
@@ -141,8 +146,13 @@ class _Outcome:
 
     reason: str  # dropped, closed, auth_failed, max_connections, ... (metric label)
     message: str
+    #: The subscribe was sent: from then on data may flow (before the acks too).
+    asked: bool = False
     subscribed: bool = False
     data: bool = False
+    #: The last status the server sent that we had no use for (an unconfirmed
+    #: refusal, say), for the message if the handshake then times out.
+    said: str = ""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -413,7 +423,7 @@ class PolygonSource:
                 log.exception("polygon %s: session failed", link.market)
                 outcome.reason = "error"
                 outcome.message = "internal error (see the log)"
-                if outcome.subscribed:
+                if outcome.asked:
                     self._disconnected(link)
             finally:
                 link.state = "disconnected"
@@ -468,7 +478,7 @@ class PolygonSource:
         finally:
             with contextlib.suppress(Exception):
                 await ws.close()
-        if outcome.subscribed:
+        if outcome.asked:
             self._disconnected(link)
         await self._emit([self._status("disconnected", outcome.message, link=link)])
         return outcome
@@ -526,6 +536,13 @@ class PolygonSource:
         await self._emit([self._status("authenticated", "authenticated", link=link)])
         # 3. Subscribe; the acks come one per channel.
         await ws.send(json.dumps(ws_subscribe(link.channels)))
+        # Data may come before the last ack (or the acks never all come): a
+        # session that asked for data opens a gap when it ends, and the first
+        # one marks where our bars start.
+        outcome.asked = True
+        now = self.clock.now_ns()
+        for filler in link.fillers.values():
+            filler.on_subscribed(now)
         pending = set(link.channels)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -535,24 +552,28 @@ class PolygonSource:
                     async with asyncio.timeout(max(0.0, remaining)):
                         frame = await ws.recv(decode=False)
                 except TimeoutError:
-                    log.warning(
-                        "polygon %s: no ack for %d channel(s) within %ss; going on",
-                        link.market,
-                        len(pending),
-                        timeout,
+                    # Polygon acks every channel it serves: one without an ack
+                    # is not streaming, so this is no session (not "subscribed").
+                    named = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+                    outcome.reason = "timeout"
+                    outcome.message = (
+                        f"no ack within {timeout}s for {len(pending)} channel(s): {named}"
                     )
-                    pending.clear()
-                    await self._subscribed(link, outcome)
-                    continue
+                    if outcome.said:
+                        outcome.message += f" (the server said {outcome.said})"
+                    return
             else:
                 frame = await ws.recv(decode=False)
             parsed = self._parser.parse(frame)
+            refused = False
             if parsed.statuses:
                 was_pending = bool(pending)
-                self._server_statuses(parsed, link, outcome, pending)
-                if was_pending and not pending:
+                refused = self._server_statuses(parsed, link, outcome, pending)
+                if was_pending and not pending and not refused:
                     await self._subscribed(link, outcome)
             await self._data(parsed, link, outcome)
+            if refused:
+                return  # retried slowly; the server closes, or we do
 
     async def _subscribed(self, link: Link, outcome: _Outcome) -> None:
         now = self.clock.now_ns()
@@ -569,7 +590,9 @@ class PolygonSource:
 
     def _server_statuses(
         self, parsed: Parsed, link: Link, outcome: _Outcome, pending: set[str]
-    ) -> None:
+    ) -> bool:
+        """Act on the frame's statuses; True if the server withdrew our authentication."""
+        refused = False
         for st in parsed.statuses:
             if st.status == "success":
                 for verb in ("subscribed to: ", "unsubscribed to: "):
@@ -579,8 +602,18 @@ class PolygonSource:
                 outcome.reason = st.status
                 outcome.message = f"{st.status}: {st.message}"
                 parsed.events.append(self._status(st.status, st.message, link=link))
+            elif st.status in AUTH_REFUSED:
+                # Mid-stream (a key revoked, a plan ended): as at the door, a
+                # slow retry, not the reconnect backoff that would hammer.
+                refused = True
+                outcome.reason = "auth_failed"
+                outcome.message = f"{st.status}: {st.message}"
+                link.state = "auth_failed"
+                parsed.events.append(self._status("auth_failed", st.message, link=link))
             else:
+                outcome.said = f"{st.status}: {st.message}"
                 log.warning("polygon %s server status %s: %s", link.market, st.status, st.message)
+        return refused
 
     async def _data(self, parsed: Parsed, link: Link, outcome: _Outcome) -> None:
         events = parsed.events
