@@ -583,9 +583,8 @@ class PolygonSource:
             [self._status("subscribed", f"{len(link.channels)} channel(s)", link=link)]
         )
         for interval, filler in link.fillers.items():
-            reconnect = filler.open_gaps()
-            filler.on_subscribed(now)
-            if reconnect:
+            # Its session start was marked when the subscribe went out.
+            if filler.open_gaps():
                 self._gap_triggers[link.market, interval].put_nowait(now)
 
     def _server_statuses(
