@@ -7,15 +7,19 @@
 - A strategy's own signals and intents (read back) and the risk-gate's
   decisions name the strategy in their payload.
 - Broker events (acks, rejects, cancels, fills) do not name a strategy; they
-  carry the chain's correlation id, which is the id of the signal that
-  started it, and the order id, which the risk-gate derives from the
-  intent's id (``order_id_for``). The router remembers which strategy
-  emitted each signal and each intent's order id (and any other order id an
-  accepted decision names) and routes by those. Both maps are bounded (least
-  recently used entries go first).
-- A fill neither map knows, but booked to a strategy (``FillPayload.strategy``:
-  the closing order of a ``FlattenAccount``, which the broker-gateway books
-  to the strategies whose positions it closes), goes to that strategy.
+  carry the order id, which the risk-gate derives from the intent's id
+  (``order_id_for``), and the chain's correlation id. The router remembers
+  each intent's order id (and any other order id an accepted decision names)
+  and which strategy emitted each signal, and routes by the order id first:
+  the chain is not always the order's (the risk-gate's FlattenAccount and
+  CancelOrder carry the chain of the event that tripped them, often a fill
+  of another strategy's order, and the broker's cancels and closing fills
+  carry it on). Both maps are bounded (least recently used entries go first).
+- A fill of an order the router does not know goes to the strategy it is
+  booked to (``FillPayload.strategy``: the closing order of a
+  ``FlattenAccount``, which the broker-gateway books to the strategies whose
+  positions it closes), or to none, whatever its chain; another broker event
+  of an unknown order, by its chain.
 - A fill's price also marks its symbol for the other strategies trading it
   (:meth:`Router.markers`), as a print would: the risk-gate and ``tradebus
   positions`` mark every holder at it, so their ledgers must too.
@@ -187,14 +191,20 @@ class Router:
                 self._by_order.put(event.payload.order_id, name)
             return (name,)
         if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled | FillReceived):
-            owner = self._by_signal.get(event.correlation_id) or self._by_order.get(
-                event.payload.order_id
-            )
+            # The order id first: a chain is not always the order's. The
+            # risk-gate's reactions (FlattenAccount, CancelOrder) carry the
+            # chain of the event that tripped them, often a fill of one
+            # strategy's order, and the broker's cancels of every working
+            # order and the closing orders' fills carry it on.
+            owner = self._by_order.get(event.payload.order_id)
             if owner is None and isinstance(event, FillReceived):
                 # A fill of an order no strategy placed: the closing order of
                 # a FlattenAccount, booked by the gateway to the strategy
-                # whose position it closed. The strategy's books must see it.
+                # whose position it closed (None: to nobody, as the risk-gate
+                # books it). The strategy's books, and only its, must see it.
                 booked = event.payload.strategy
-                owner = booked if booked in self._names else None
+                return (booked,) if booked in self._names else ()
+            if owner is None:
+                owner = self._by_signal.get(event.correlation_id)
             return (owner,) if owner is not None else ()
         return ()

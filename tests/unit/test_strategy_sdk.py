@@ -18,6 +18,8 @@ from libs.contract.events import (
     MarkPayload,
     MarkUpdated,
     OrderAccepted,
+    OrderCanceled,
+    OrderCanceledPayload,
     OrderIntentCreated,
     OrderType,
     QuotePayload,
@@ -755,6 +757,57 @@ def test_a_flatten_fill_booked_to_a_strategy_reaches_its_books() -> None:
     assert isinstance(probe_seen(rt, "p")[-1], Fill)
     assert rt.hosts["other"].ledger.position("AAPL").is_flat
     assert not any(isinstance(x, Fill) for x in probe_seen(rt, "other"))
+
+
+@pytest.mark.parametrize("restoring", [False, True])
+def test_a_reaction_in_another_strategy_s_chain_reaches_the_strategy_it_books_or_cancels(
+    restoring: bool,
+) -> None:
+    """The risk-gate's reactions (FlattenAccount, CancelOrder) carry the chain
+    of the event that tripped them: a fill of ``other``'s order that takes the
+    day past the loss limit puts the flatten, its closing orders' fills and
+    the cancels of every working order in ``other``'s chain. A closing fill
+    the gateway booked to ``p``, and the cancel of ``p``'s working order,
+    belong to ``p`` all the same (by its order id, by the strategy the fill
+    names). Routed by the chain, ``other`` was booked ``p``'s closing sell
+    (short 10 AAPL it never sold) and told of a cancel not its own, while
+    ``p`` still held the 10 the risk-gate had flattened and waited for ever
+    on its canceled intent. The same rebuilt from the store (``restore``)."""
+    ids = counter_ids()
+    rt = InMemoryRuntime()
+    rt.add("p", Probe, symbols=("AAPL",))
+    rt.add("other", Probe, symbols=("AAPL",))
+    out = rt.run([bar("AAPL", 100, 0)])
+    mine, theirs = (
+        next(i for i in of_type(out, OrderIntentCreated) if i.payload.strategy == name)
+        for name in ("p", "other")
+    )
+    # p's second intent stays working until the flatten cancels it.
+    working = of_type(rt.feed(bar("AAPL", 100, MINUTE_NS)), OrderIntentCreated)
+    [working_p] = [i for i in working if i.payload.strategy == "p"]
+    feed = rt.restore if restoring else rt.feed
+    for event in (*fill_chain(mine, "100", ids=ids), *fill_chain(theirs, "100", ids=ids)):
+        feed(event)
+    chain = theirs.correlation_id  # the tripping fill's, so the flatten's
+    closing = booked_fill("AAPL", "sell", 10, "90", strategy="p", flatten=chain, fill_id="c-p")
+    canceled = OrderCanceled.create(
+        OrderCanceledPayload(order_id=order_id_for(working_p.id), account="paper"),
+        source="test/broker",
+        clock=At(2 * MINUTE_NS),
+    ).model_copy(update={"correlation_id": chain, "causation_id": uuid.uuid4()})
+    seen_other = len(probe_seen(rt, "other"))
+    feed(closing)
+    feed(canceled)
+
+    assert rt.hosts["p"].ledger.position("AAPL").is_flat
+    assert rt.hosts["p"].ledger.pnl().realized == Decimal(-100)  # (90 - 100) x 10
+    assert rt.hosts["p"].pending("AAPL") == 0
+    assert rt.hosts["p"].intents.get(working_p.id) is None
+    assert rt.hosts["other"].ledger.position("AAPL").quantity == Decimal(10)
+    assert probe_seen(rt, "other")[seen_other:] == []
+    if not restoring:
+        updates = [x for x in probe_seen(rt, "p") if isinstance(x, OrderUpdate)]
+        assert (updates[-1].kind, updates[-1].intent_id) == ("canceled", working_p.id)
 
 
 class Warmed(Probe):

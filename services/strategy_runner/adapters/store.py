@@ -105,7 +105,7 @@ kept AS (
     UNION
     SELECT correlation_id FROM working
     UNION
-    -- A fill not booked to a strategy is routed by its chain: read it whole.
+    -- A fill not booked to a strategy is routed by its order: read the chain whole.
     SELECT correlation_id FROM chains WHERE type = 'FillReceived' AND strategy IS NULL
 )
 SELECT {COLUMNS} FROM chains WHERE correlation_id IN (SELECT correlation_id FROM kept)
