@@ -211,6 +211,13 @@ class FeedStatusPayload(Frozen):
     #: (Polygon's ``stocks`` and ``options``, each its own WebSocket); None:
     #: the feed as a whole.
     market: Literal["stocks", "options"] | None = None
+    #: The connection's bar gaps not filled yet, per bar interval: symbol ->
+    #: window start (ns) of the first bar missing. Set on the statuses after
+    #: which they may have changed (Polygon's ``disconnected``,
+    #: ``reconnecting``, ``gap_filled``), ``{}`` for an interval with none
+    #: open; a restart reads the newest back and fills them. None: the status
+    #: says nothing about gaps (other statuses, and events from before it).
+    open_gaps: dict[Literal["1s", "1m"], dict[Symbol, Nanos]] | None = None
 
 
 class FeedStatusChanged(Event):

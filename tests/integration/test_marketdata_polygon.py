@@ -52,6 +52,7 @@ from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
 from services.marketdata import metrics
+from services.marketdata.adapters.polygon import resume
 from services.marketdata.adapters.polygon.client import PolygonSource
 from services.marketdata.adapters.polygon.parse import FrameParser, bar_id, rest_bar_event
 from services.marketdata.adapters.polygon.schemas import RestAgg
@@ -843,6 +844,89 @@ async def test_a_restart_resumes_after_the_newest_bar_not_the_last_one_on_the_st
     assert [b.payload.start_ns // MS for b in sink.bars()] == [
         T0 + i * MINUTE_MS for i in range(5, 9)
     ]
+
+
+async def test_a_gap_rest_could_not_fill_before_a_stop_is_filled_after_the_restart(
+    bus: Bus, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage whose gap-fill had not succeeded when the feed stopped is
+    filled by the next run. REST refuses MSFT during the first run: the
+    gap-fill of minutes 1 to 3 publishes AAPL's and leaves MSFT's open, live
+    bars of minutes 4 and 5 follow, the feed stops. The restart used to
+    resume after the newest bar on the stream (minute 5) and MSFT's minutes 1
+    to 3 were lost for good; the open gaps are now read back from the last
+    status that stated them."""
+    aapl = make_minute_bars("AAPL", T0, 9)
+    msft = make_minute_bars("MSFT", T0, 9)
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest({"AAPL": aapl, "MSFT": msft}, api_key=KEY, not_authorized=["MSFT"]) as rest,
+    ):
+        settings = make_settings(
+            ws, rest, channels="minute_bars", nats_url=nats_url, polygon_resume_from_stream=True
+        )
+        first = CountingSink(bus)
+        clock = FakeClock(T0 + 1_000)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, first):
+            await ws.wait_subscribed("AM.AAPL", "AM.MSFT")
+            clock.set_ms(T0 + MINUTE_MS + 1_000)
+            await ws.publish([rest_bar_to_am("AAPL", aapl[0]), rest_bar_to_am("MSFT", msft[0])])
+            await eventually(lambda: len(first.bars()) == 2)
+            clock.set_ms(T0 + 4 * MINUTE_MS + 10_000)
+            await ws.drop()
+            conn = await ws.wait_subscribed("AM.AAPL", "AM.MSFT")
+            await eventually(lambda: has_status(first, "gap_filled"), timeout=10)
+            await eventually(lambda: len(rest.agg_requests("MSFT")) >= 2, timeout=10)
+            clock.set_ms(T0 + 6 * MINUTE_MS + 1_000)
+            live = [
+                rest_bar_to_am(s, bars[i])
+                for i in (4, 5)
+                for s, bars in (("AAPL", aapl), ("MSFT", msft))
+            ]
+            await ws.publish(live, conn)
+            await eventually(lambda: len(first.bars()) == 2 + 3 + 4)
+        assert all(r.status == 403 for r in rest.agg_requests("MSFT"))
+        [partial] = [
+            e
+            for e in first.events
+            if isinstance(e, FeedStatusChanged) and e.payload.status == "gap_filled"
+        ]
+        assert "still open: MSFT" in partial.payload.message
+        assert partial.payload.open_gaps == {"1m": {"MSFT": (T0 + MINUTE_MS) * MS}}
+
+        # Started again at 8:05 with REST serving MSFT; the stream read back
+        # two messages a request, so the statuses and MSFT's bars take pages.
+        monkeypatch.setattr(resume, "READ_AT_MOST", 2)
+        rest.not_authorized.clear()
+        rest.requests.clear()
+        second = CountingSink(bus)
+        clock.set_ms(T0 + 8 * MINUTE_MS + 5_000)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, second):
+            await eventually(lambda: has_status(second, "gap_filled"), timeout=10)
+        assert sorted(r.path for r in rest.agg_requests()) == [
+            f"/v2/aggs/ticker/AAPL/range/1/minute/{T0 + 6 * MINUTE_MS}/{T0 + 7 * MINUTE_MS}",
+            f"/v2/aggs/ticker/MSFT/range/1/minute/{T0 + MINUTE_MS}/{T0 + 7 * MINUTE_MS}",
+        ]
+        assert [(b.payload.symbol, b.payload.start_ns // MS) for b in second.bars()] == [
+            ("MSFT", T0 + MINUTE_MS),
+            ("MSFT", T0 + 2 * MINUTE_MS),
+            ("MSFT", T0 + 3 * MINUTE_MS),
+            ("AAPL", T0 + 6 * MINUTE_MS),
+            ("MSFT", T0 + 6 * MINUTE_MS),
+            ("AAPL", T0 + 7 * MINUTE_MS),
+            ("MSFT", T0 + 7 * MINUTE_MS),
+        ]
+        # Every minute of both on the stream, once.
+        on_stream = [
+            (e.payload.symbol, e.payload.start_ns // MS)
+            for e in await stream_events(bus)
+            if isinstance(e, BarClosed)
+        ]
+        assert sorted(on_stream) == [
+            (s, T0 + i * MINUTE_MS) for s in ("AAPL", "MSFT") for i in range(8)
+        ]
 
 
 async def test_second_bars_of_an_outage_are_gap_filled(bus: Bus) -> None:

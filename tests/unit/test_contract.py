@@ -591,6 +591,25 @@ def test_decode_error_reasons(data: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
+def test_feed_status_open_gaps_round_trip_and_an_older_status_without_them_decodes() -> None:
+    payload = FeedStatusPayload(
+        feed="polygon",
+        status="gap_filled",
+        market="stocks",
+        open_gaps={"1m": {"MSFT": 1_700_000_100_000_000_000}, "1s": {}},
+    )
+    event = FeedStatusChanged.create(payload, source="marketdata/md", clock=StepClock())
+    decoded = decode(encode(event))
+    assert isinstance(decoded, FeedStatusChanged)
+    assert decoded.payload.open_gaps == {"1m": {"MSFT": 1_700_000_100_000_000_000}, "1s": {}}
+    # Written before the field existed: no open_gaps key at all.
+    older = json.loads(encode(event))
+    del older["payload"]["open_gaps"]
+    decoded = decode(json.dumps(older).encode())
+    assert isinstance(decoded, FeedStatusChanged)
+    assert decoded.payload.open_gaps is None
+
+
 def test_oversized_is_refused_before_parsing() -> None:
     data = encode(build(SAMPLES[0]))
     assert decode(data, max_bytes=len(data)) is not None

@@ -132,6 +132,31 @@ def test_seed_opens_a_gap_from_a_bar_published_before_we_started() -> None:
     assert not f.admit("AAPL", minute(3))
 
 
+def test_reopen_restores_a_gap_left_open_before_the_newest_bar_and_skips_what_was_published() -> (
+    None
+):
+    f = GapFiller(["AAPL", "MSFT"])
+    f.seed("AAPL", minute(5))  # the newest bar on the stream
+    # The last run left AAPL's gap open from minute 1; minutes 4 and 5 came live.
+    f.reopen("AAPL", minute(1), [minute(4), minute(5)])
+    f.reopen("TSLA", minute(1))  # no longer configured: ignored
+    assert f.open_gaps() == {"AAPL": minute(1)}
+    f.on_subscribed(minute(8) + 2 * S)
+    [w] = f.windows(minute(8) + 2 * S)
+    assert (w.first_start_ns, w.last_start_ns) == (minute(1), minute(7))
+    fetched = [minute(i) for i in range(1, 8)]
+    assert f.missing(w, fetched, start) == [minute(i) for i in (1, 2, 3, 6, 7)]
+    f.filled(w)
+    assert f.open_gaps() == {}
+
+
+def test_reopen_keeps_an_earlier_gap_already_open() -> None:
+    f = GapFiller(["AAPL"])
+    f.seed("AAPL", minute(0))  # gap from minute 1
+    f.reopen("AAPL", minute(3))
+    assert f.open_gaps() == {"AAPL": minute(1)}
+
+
 def test_old_ledger_entries_are_pruned_beyond_retention() -> None:
     f = GapFiller(["AAPL"], max_gap_ns=5 * M, retention_ns=10 * M)
     for i in range(200):

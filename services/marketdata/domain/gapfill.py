@@ -25,9 +25,10 @@ The window of an outage, per symbol:
 
 A second outage before the first one's gap-fill succeeded keeps the earlier
 start, so nothing is skipped; a gap whose fetch failed stays open and is
-retried. Bars inside the window that were published live meanwhile (a late
-``AM``) are skipped, and what is left is published in time order, marked
-``backfilled``.
+retried, and one still open when the feed stops is opened again by the next
+run (:meth:`GapFiller.reopen`). Bars inside the window that were published
+live meanwhile (a late ``AM``) are skipped, and what is left is published in
+time order, marked ``backfilled``.
 """
 
 from __future__ import annotations
@@ -129,6 +130,22 @@ class GapFiller:
         if symbol not in self._gap_from:
             self._gap_from[symbol] = last_start_ns + self.interval_ns
             self._generation += 1
+
+    def reopen(self, symbol: str, gap_start_ns: int, published: Iterable[int] = ()) -> None:
+        """Open again a gap a previous run left open (its statuses said so).
+
+        ``published``: the window starts of ``symbol``'s bars already published
+        since ``gap_start_ns`` (live bars after that run's reconnect, a part it
+        did fill), so that the fill publishes none of them again. The earlier
+        start wins against a gap already open (:meth:`seed`'s).
+        """
+        if symbol not in self._published:
+            return  # no longer configured
+        for start_ns in published:
+            self.admit(symbol, start_ns)
+        current = self._gap_from.get(symbol)
+        self._gap_from[symbol] = gap_start_ns if current is None else min(current, gap_start_ns)
+        self._generation += 1
 
     # ---------------------------------------------------------------- outages
 

@@ -95,7 +95,7 @@ from services.marketdata.adapters.polygon.parse import (
     statuses_text,
 )
 from services.marketdata.adapters.polygon.rest import GapFillFetchError, PolygonRest
-from services.marketdata.adapters.polygon.resume import newest_bars
+from services.marketdata.adapters.polygon.resume import resume_point
 from services.marketdata.adapters.polygon.schemas import RestAgg, ws_auth, ws_subscribe
 from services.marketdata.config import MarketdataSettings
 from services.marketdata.domain.cache import INTERVAL
@@ -115,6 +115,9 @@ KICKS = ("max_connections", "force_disconnect", "slow_consumer")
 AUTH_REFUSED = ("auth_failed", "auth_timeout")
 #: Reasons retried slowly (``polygon_auth_retry_s``) rather than with backoff.
 SLOW_RETRY = ("auth_failed", "max_connections")
+#: The statuses of a connection after which its open gaps may have changed:
+#: they state them (``open_gaps``), for a restart to read back.
+GAP_STATUSES = ("disconnected", "reconnecting", "gap_filled")
 #: A session that lasted this long was healthy: the backoff starts over.
 HEALTHY_SESSION_S = 10.0
 #: Allocations between two young-generation collections while the feed runs.
@@ -315,23 +318,38 @@ class PolygonSource:
             raise
 
     async def _resume(self) -> None:
-        """Seed each gap-filler with the newest bar of its interval already on the stream.
+        """Seed each gap-filler with the newest bar of its interval already on the stream,
+        and open again the gaps the last run's statuses left open (:mod:`.resume`).
 
         However old: the gap's window reaches back ``polygon_gapfill_max_s`` at
         most (:meth:`GapFiller.windows`), so a stop longer than that fills what
         it can, as an outage that long does, rather than nothing.
         """
+        now = self.clock.now_ns()
         for link in self.links:
             for interval, filler in link.fillers.items():
-                found = await newest_bars(self.settings, filler.symbols, interval)
-                for symbol, start_ns in found.items():
+                point = await resume_point(
+                    self.settings, link.market, filler.symbols, interval, now_ns=now
+                )
+                for symbol, start_ns in point.newest.items():
                     filler.seed(symbol, start_ns)
-                if found:
+                # A gap the last run left open starts before its newest bar.
+                for symbol, start_ns in point.gaps.items():
+                    filler.reopen(symbol, start_ns, point.published.get(symbol, ()))
+                if point.newest:
                     log.info(
                         "polygon %s: resuming after the last %s bar of %d symbol(s) on the stream",
                         link.market,
                         interval,
-                        len(found),
+                        len(point.newest),
+                    )
+                if point.gaps:
+                    log.info(
+                        "polygon %s: %d %s gap(s) left open by the last run: %s",
+                        link.market,
+                        len(point.gaps),
+                        interval,
+                        ", ".join(sorted(point.gaps)[:10]),
                     )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -384,8 +402,13 @@ class PolygonSource:
         self, status: str, message: str, *, link: Link | None = None, bars: int | None = None
     ) -> FeedStatusChanged:
         text = f"{link.market}: {message}" if link is not None else message
+        gaps = None
         if link is not None:
             link.last_status = status
+            if status in GAP_STATUSES and link.fillers:
+                # What a restart reads back (resume.py): a gap still open
+                # when we stop is filled by the next run.
+                gaps = {interval: f.open_gaps() for interval, f in link.fillers.items()}
         log.info("polygon %s: %s", status, text)
         payload = FeedStatusPayload.model_validate(
             {
@@ -394,6 +417,7 @@ class PolygonSource:
                 "message": text,
                 "gap_filled_bars": bars,
                 "market": link.market if link is not None else None,
+                "open_gaps": gaps,
             }
         )
         return FeedStatusChanged.create(
@@ -710,6 +734,9 @@ class PolygonSource:
                     metrics.GAP_FILLED_BARS.inc(count)
                     unit = "min" if interval == "1m" else "s"
                     spans = ", ".join(f"{w.symbol} {w.bars} {unit}" for w, _ in fetched)
+                    if failed:
+                        # A partial pass: its status says (and states) what is left.
+                        spans += "; still open: " + ", ".join(failed)
                     # A long outage of second bars is many bars: hand them to the
                     # publisher a batch at a time (it takes each queued list whole).
                     # Every event, dead letters included: cut by ``count`` (bars
