@@ -525,6 +525,25 @@ async def test_a_position_s_qty_available_leaves_out_what_open_orders_hold(
         await ws.close()
 
 
+async def test_a_position_s_current_price_is_the_newest_print_not_a_late_older_one(
+    server: PaperBrokerServer,
+) -> None:
+    """``GET /v2/positions`` values a position at its symbol's newest print
+    by the market's time: a trade Polygon reported late, stamped before it,
+    is not the current price."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10), ts_ns=30))
+    ws = await login(server.port)
+    try:
+        body = {"symbol": "AAPL", "qty": "2", "side": "buy"}
+        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        server.market(MarketUpdate.trade("AAPL", Decimal(12), ts_ns=50))
+        server.market(MarketUpdate.trade("AAPL", Decimal(7), ts_ns=40))  # reported late
+        [position] = (await request(ws, "GET", "/v2/positions"))["body"]
+        assert (position["current_price"], position["unrealized_pl"]) == ("12", "4")
+    finally:
+        await ws.close()
+
+
 async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
     """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
     ``page_size`` (at most 100), ``page_token`` = the last id of the page

@@ -158,7 +158,7 @@ def test_a_late_older_print_does_not_decide_the_settlement(
     are), not at the last to arrive."""
     b, clock = held(symbol, "1", close)
     b.on_market(MarketUpdate.trade("SPY", D(late), ny_ns("2026-12-11 15:30")))
-    assert b.last_price("SPY") == D(late)  # the last to arrive
+    assert b.last_price("SPY") == D(close)  # the newest by market time, not the last to arrive
     clock.ns = CLOSE_NS
     [settled] = b.settle_expired()
     assert [a.activity_type for a in settled.activities] == expected

@@ -331,21 +331,21 @@ def _signed(side: Side, qty: Decimal) -> Decimal:
 
 
 class PaperBook:
-    """Every account's orders and positions, and the last price of each symbol."""
+    """Every account's orders and positions, and the newest price of each symbol."""
 
     def __init__(self, config: BookConfig, *, clock: Clock, ids: Callable[[], str]) -> None:
         self.config = config
         self.clock = clock
         self.ids = ids
         self._accounts: dict[str, _Account] = {}
-        self._last: dict[str, Decimal] = {}
         # Each symbol's newest print by its own time (a trade's, a bar's end;
-        # at the same time the later to arrive) and that time: what stands
-        # for a closing auction and prices an expired contract's underlying
-        # (see _newest_print). Not _last, the last to arrive: a print
-        # reported late, older than one before it, is not the close. Its
-        # time is the latest trade time or bar end seen of the symbol (an
-        # order's placed_at_market_ns): _print keeps the greatest.
+        # at the same time the later to arrive) and that time: the price a
+        # market order fills at and a position is valued at, what stands for
+        # a closing auction and prices an expired contract's underlying (see
+        # _newest_print). Not the last to arrive: a print reported late,
+        # older than one before it, is not the market's price. Its time is
+        # the latest trade time or bar end seen of the symbol (an order's
+        # placed_at_market_ns): _print keeps the greatest.
         self._newest: dict[str, tuple[Decimal, int]] = {}
         # Working orders by symbol, (account, order id) in arrival order: a
         # market update looks at these only, not at every order ever placed.
@@ -371,7 +371,9 @@ class PaperBook:
         return acct
 
     def last_price(self, symbol: str) -> Decimal | None:
-        return self._last.get(symbol)
+        """``symbol``'s price now: its newest print by the market's time (not
+        a trade reported late, older than one before it); None: none yet."""
+        return self._newest_print(symbol)[0]
 
     def order(self, account: str, order_id: str) -> PaperOrder | None:
         return self._account(account).orders.get(order_id)
@@ -676,31 +678,38 @@ class PaperBook:
 
     def set_last(self, symbol: str, price: Decimal, ts_ns: int = 0) -> list[TradeUpdate]:
         """``price`` (of ``ts_ns``), from before the broker was there, becomes
-        ``symbol``'s last price. A limit or stop order is not filled or
+        ``symbol``'s last price unless a newer print by the market's time came
+        before it (:meth:`last_price`). A limit or stop order is not filled or
         triggered by it (the price may predate the order); a market order
         waiting for a price fills at it, as it would have had the price come a
-        moment earlier."""
-        self._last[symbol] = price
+        moment earlier (at the last price: an older price than one taken
+        before it is not)."""
         self._print(symbol, price, ts_ns)
+        last = self.last_price(symbol)
         out = self.expire_orders()  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market" or order.time_in_force in AUCTIONS:
                 continue
-            match = on_submit(self.config.fill_model, self._working(order), price)
+            match = on_submit(self.config.fill_model, self._working(order), last)
             if match.fills:
                 assert match.price is not None
                 out.append(self._fill(order, match.quantity, match.price, self.clock.now_ns()))
         return out
 
     def on_market(self, update: MarketUpdate) -> list[TradeUpdate]:
-        """A trade or bar: it becomes the last price and may fill working orders.
+        """A trade or bar: it becomes the last price (unless a print newer by
+        the market's time came before it) and may fill working orders.
 
         A bar comes when it closes, so one that began before an order was
         placed holds prices the order never had (its open, high or low may be
         from before it): to that order it is only its close, the bar's last
         trade. Else a limit resting below the market filled at a low printed
         before it was placed (and a stop triggered by it): paper results
-        better than the market allowed."""
+        better than the market allowed.
+
+        A print older by the market's time than the newest (a trade reported
+        late) fills what fills at the market (a market order, a triggered
+        stop) at the newest print, the last price, not at its own."""
         symbol = update.symbol
         # The newest print before this update (by the market's time): a
         # closing auction's price, if this update is the first after the close.
@@ -708,15 +717,22 @@ class PaperBook:
         # Expire (and settle the auctions past their wait) before this price
         # is the last: a cls order settled now closes at the print before it.
         out = self.expire_orders()  # never filled after its close
-        self._last[symbol] = update.last
         self._print(symbol, update.last, update.ts_ns)
+        newest, newest_ns = self._newest_print(symbol)
+        current: MarketUpdate | None = None
+        if newest is not None and update.ts_ns < newest_ns:
+            current = MarketUpdate.trade(symbol, newest, newest_ns)
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
             if order.time_in_force in AUCTIONS:
                 out.extend(self._at_auction(order, update, *before))
                 continue
             seen = update
-            if update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
+            if current is not None and (
+                order.order_type == "market" or (order.order_type == "stop" and order.triggered)
+            ):
+                seen = current
+            elif update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
@@ -956,11 +972,12 @@ class PaperBook:
 
     def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
         """``symbol``'s newest print by the market's time and that time
-        ((None, 0): none yet): a closing auction's price once the session has
-        closed, and the underlying's price an expired contract is settled at.
-        The last to arrive and the latest time seen belonged to two
-        prints after a late one: the close took a trade stamped 15:30, or
-        before the open, that Polygon reported after the 15:59:59 one."""
+        ((None, 0): none yet): its last price (:meth:`last_price`), a closing
+        auction's price once the session has closed, and the underlying's
+        price an expired contract is settled at. The last to arrive and the
+        latest time seen belonged to two prints after a late one: the close
+        took a trade stamped 15:30, or before the open, that Polygon reported
+        after the 15:59:59 one, and a market order filled at it."""
         newest = self._newest.get(symbol)
         return (None, 0) if newest is None else newest
 
