@@ -657,9 +657,12 @@ class PaperBook:
         return out
 
     def _activity_id(self) -> str:
-        # Alpaca's activity ids: the time to the millisecond, "::", a uuid.
-        at = dt.datetime.fromtimestamp(self.clock.now_ns() / 1e9, dt.UTC)
-        return f"{at:%Y%m%d%H%M%S}{at.microsecond // 1000:03d}::{self.ids()}"
+        # Alpaca's activity ids: the time (UTC) to the millisecond, "::", a
+        # uuid. In whole seconds and nanoseconds: seconds as a float rounded
+        # a time a nanosecond before a millisecond (or midnight) up to it.
+        seconds, rest = divmod(self.clock.now_ns(), 1_000_000_000)
+        at = dt.datetime.fromtimestamp(seconds, dt.UTC)
+        return f"{at:%Y%m%d%H%M%S}{rest // 1_000_000:03d}::{self.ids()}"
 
     def apply_settlement(self, settlement: Settlement) -> None:
         """Take a settlement into the books (live, and when replaying the
