@@ -47,7 +47,7 @@ its whole part (at least one contract).
 
 *Time in force.* ``gtc`` rests until filled or canceled; ``day`` too, until
 the close of its session, when the book expires it
-(``BookConfig.day_orders_expire_at``, see ``book.py``); ``ioc`` fills what one update allows at
+(``BookConfig.day_orders_expire_at``, see ``ledger.py``); ``ioc`` fills what one update allows at
 submission and cancels the rest; ``fok`` fills entirely at submission in one
 fill or not at all; ``opg`` and ``cls`` fill only at their auction (below).
 
