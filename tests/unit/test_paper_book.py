@@ -230,6 +230,50 @@ def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close(
     assert (fill.order.id, fill.price) == (late.id, D("99.7"))
 
 
+def test_a_market_order_fills_at_the_newest_print_not_a_late_older_one() -> None:
+    """Polygon reports some trades late, after newer ones: a trade stamped
+    before the newest print is not the market's price. A market order placed
+    after it fills at the newest print by the market's time, a marketable
+    limit is checked against that, and the symbol's last price is that."""
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D(101), ts_ns=30))
+    b.on_market(MarketUpdate.trade("AAPL", D(95), ts_ns=10))  # reported late
+    assert b.last_price("AAPL") == D(101)
+    _, updates = b.submit("A", OrderSpec("AAPL", "buy", D(1)))
+    assert [(u.event, u.price) for u in updates] == [("new", None), ("fill", D(101))]
+    # A buy limit at 100 is not marketable at 101: it rests.
+    limit, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(100)))
+    assert limit.status == "new"
+    # A print at the newest's time, arriving after it, is the newest.
+    b.on_market(MarketUpdate.trade("AAPL", D(102), ts_ns=30))
+    assert b.last_price("AAPL") == D(102)
+
+
+def test_the_rest_of_a_market_order_fills_at_the_newest_print_not_a_late_older_one() -> None:
+    """A market order larger than one fill fills a part at each price; a
+    trade reported late, stamped before the newest print, fills its part at
+    the newest print, not at its own. The same for a market order waiting
+    for a price when the prices stored before the broker started come."""
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(1)))
+    b.on_market(MarketUpdate.trade("AAPL", D(101), ts_ns=30))
+    _, updates = b.submit("A", OrderSpec("AAPL", "buy", D(3)))
+    updates += b.on_market(MarketUpdate.trade("AAPL", D(95), ts_ns=10))  # reported late
+    updates += b.on_market(MarketUpdate.trade("AAPL", D(102), ts_ns=40))
+    fills = [u.price for u in updates if u.execution_id is not None]
+    assert fills == [D(101), D(101), D(102)]
+    # Placed before any price: it waits, then fills a part at each stored one.
+    _, updates = b.submit("A", OrderSpec("MSFT", "sell", D(2)))
+    updates += b.set_last("MSFT", D(50), ts_ns=30)
+    updates += b.set_last("MSFT", D(45), ts_ns=20)  # an older subject's last message
+    assert [u.price for u in updates if u.execution_id is not None] == [D(50), D(50)]
+    # A triggered stop fills as a market order: its rest at the newest print too.
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=10))
+    _, updates = b.submit("A", OrderSpec("IBM", "sell", D(2), "stop", stop_price=D(100)))
+    updates += b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=30))
+    updates += b.on_market(MarketUpdate.trade("IBM", D(104), ts_ns=20))  # reported late
+    assert [u.price for u in updates if u.execution_id is not None] == [D(99), D(99)]
+
+
 def test_ioc_and_fok() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(10)))
     b.on_market(MarketUpdate.trade("AAPL", D(10)))

@@ -525,6 +525,25 @@ async def test_a_position_s_qty_available_leaves_out_what_open_orders_hold(
         await ws.close()
 
 
+async def test_a_position_s_current_price_is_the_newest_print_not_a_late_older_one(
+    server: PaperBrokerServer,
+) -> None:
+    """``GET /v2/positions`` values a position at its symbol's newest print
+    by the market's time: a trade Polygon reported late, stamped before it,
+    is not the current price."""
+    server.market(MarketUpdate.trade("AAPL", Decimal(10), ts_ns=30))
+    ws = await login(server.port)
+    try:
+        body = {"symbol": "AAPL", "qty": "2", "side": "buy"}
+        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+        server.market(MarketUpdate.trade("AAPL", Decimal(12), ts_ns=50))
+        server.market(MarketUpdate.trade("AAPL", Decimal(7), ts_ns=40))  # reported late
+        [position] = (await request(ws, "GET", "/v2/positions"))["body"]
+        assert (position["current_price"], position["unrealized_pl"]) == ("12", "4")
+    finally:
+        await ws.close()
+
+
 async def test_fill_activities_come_in_pages_as_alpaca_s(server: PaperBrokerServer) -> None:
     """``GET /v2/account/activities/FILL``: newest first unless ``direction=asc``,
     ``page_size`` (at most 100), ``page_token`` = the last id of the page
@@ -734,3 +753,28 @@ async def test_a_client_s_made_up_methods_do_not_each_make_a_request_series(
     seen = methods()
     assert not {m.upper() for m in made_up} & seen
     assert {"GET", "other"} <= seen
+
+
+@pytest.mark.parametrize("before_midnight_ns", [1, 1_000])
+async def test_a_fill_a_moment_before_midnight_new_york_is_of_that_day(
+    before_midnight_ns: int,
+) -> None:
+    """``GET /v2/account/activities?date=`` keeps a fill by its New York
+    day: one a nanosecond (or a microsecond) before midnight is of the day
+    before it, not the next (seconds as a float rounded it up to midnight)."""
+    clock = SetClock(new_york_ns("2026-12-16 00:00") - before_midnight_ns)
+    counter = itertools.count(1)
+    paper = PaperBook(BookConfig(), clock=clock, ids=lambda: f"id-{next(counter)}")
+    async with PaperBrokerServer(paper, CREDS) as server:
+        server.market(MarketUpdate.trade("AAPL", Decimal(10)))
+        ws = await login(server.port)
+        try:
+            body = {"symbol": "AAPL", "qty": "1", "side": "buy"}
+            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
+            path = "/v2/account/activities/FILL?date="
+            that_day = (await request(ws, "GET", path + "2026-12-15"))["body"]
+            next_day = (await request(ws, "GET", path + "2026-12-16"))["body"]
+        finally:
+            await ws.close()
+    assert [a["transaction_time"][:10] for a in that_day] == ["2026-12-16"]  # 05:00 UTC less a bit
+    assert next_day == []

@@ -158,10 +158,34 @@ def test_a_late_older_print_does_not_decide_the_settlement(
     are), not at the last to arrive."""
     b, clock = held(symbol, "1", close)
     b.on_market(MarketUpdate.trade("SPY", D(late), ny_ns("2026-12-11 15:30")))
-    assert b.last_price("SPY") == D(late)  # the last to arrive
+    assert b.last_price("SPY") == D(close)  # the newest by market time, not the last to arrive
     clock.ns = CLOSE_NS
     [settled] = b.settle_expired()
     assert [a.activity_type for a in settled.activities] == expected
+
+
+UTC_MIDNIGHT_NS = int(dt.datetime(2026, 12, 12, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("settled_ns", "stamp"),
+    [
+        (UTC_MIDNIGHT_NS - 1, "20261211235959999"),
+        (UTC_MIDNIGHT_NS - 1_000, "20261211235959999"),
+        (UTC_MIDNIGHT_NS - 876_000_001, "20261211235959123"),
+    ],
+)
+def test_an_activity_id_is_stamped_with_its_time_cut_to_the_millisecond(
+    settled_ns: int, stamp: str
+) -> None:
+    """Alpaca's activity ids start with the time (UTC) to the millisecond: a
+    settlement a nanosecond or a microsecond before midnight is stamped
+    23:59:59.999 of its day, and one a nanosecond before a millisecond with
+    that millisecond's predecessor (seconds as a float rounded them up)."""
+    b, clock = held(CALL, "1", "601")
+    clock.ns = settled_ns
+    [settled] = b.settle_expired()
+    assert [a.id.split("::")[0] for a in settled.activities] == [stamp, stamp]
 
 
 def test_without_a_price_of_the_underlying_it_waits_then_expires_worthless() -> None:

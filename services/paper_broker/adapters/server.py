@@ -45,7 +45,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from libs import trace
-from libs.contract.options import EXCHANGE_TZ
 from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
@@ -62,6 +61,7 @@ from services.paper_broker.domain.book import (
     TradeUpdate,
 )
 from services.paper_broker.domain.fill_model import MarketUpdate
+from services.paper_broker.domain.new_york import new_york
 from services.paper_broker.domain.settlement import OPTION_ACTIVITY_TYPES, OptionActivity
 
 log = logging.getLogger(__name__)
@@ -651,9 +651,12 @@ def _activities(activities: Sequence[A], query: dict[str, str]) -> list[A]:
 
 
 def _activity_date(a: FillActivity | OptionActivity) -> dt.date:
+    """The New York day an activity is of (``date``'s filter): a non-trade
+    activity's own ``date``, a fill's by its time. In whole seconds: as a
+    float, a time a nanosecond before midnight was rounded up to the next day."""
     if isinstance(a, OptionActivity):
         return a.date
-    return dt.datetime.fromtimestamp(a.ts_ns / 1e9, EXCHANGE_TZ).date()
+    return new_york(a.ts_ns // 1_000_000_000).date()
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:

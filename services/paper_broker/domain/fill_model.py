@@ -9,7 +9,9 @@ The rules
 
 *Reference price.* A market update is a trade print (``md.trade.*``: its
 price) or a closed bar (``md.bar.*``: open, high, low, close). The *last
-price* of a symbol is the latest trade price or bar close.
+price* of a symbol is its newest trade price or bar close by the market's
+time (the book's ``last_price``): a trade reported late, stamped before one
+that came earlier, is not it.
 
 *Market orders* fill at the last price plus slippage: a buy at
 ``last * (1 + slippage_bps / 10000)``, a sell at ``last * (1 - ...)``, rounded
@@ -45,7 +47,7 @@ its whole part (at least one contract).
 
 *Time in force.* ``gtc`` rests until filled or canceled; ``day`` too, until
 the close of its session, when the book expires it
-(``BookConfig.day_orders_expire_at``, see ``book.py``); ``ioc`` fills what one update allows at
+(``BookConfig.day_orders_expire_at``, see ``ledger.py``); ``ioc`` fills what one update allows at
 submission and cancels the rest; ``fok`` fills entirely at submission in one
 fill or not at all; ``opg`` and ``cls`` fill only at their auction (below).
 

@@ -1,6 +1,9 @@
 """New York wall-clock arithmetic shared by the paper broker's sessions: a
-``day`` order's expiry (``book.py``) and the auctions' sessions
-(``auction.py``), both in the exchange's time (``EXCHANGE_TZ``).
+``day`` order's expiry (``ledger.py``) and the auctions' sessions
+(``auction.py``), both in the exchange's time (``EXCHANGE_TZ``), and the
+day of a fill the activities endpoint filters by (``adapters/server.py``).
+Times are whole seconds (``ns // 1_000_000_000``): seconds as a float round
+a time a nanosecond before midnight up to the next day.
 
 Pure. Weekdays are trading days: holidays and early closes are not known.
 """
