@@ -57,7 +57,10 @@ contract (by the fills published), and whenever one held is past its
 expiry, every second while one is, backing off to ``READ_MAX_S`` until the
 broker has settled it (Alpaca does so overnight; the paper broker at the
 close) and the offsetting part is crossed. They are read from the day
-before the earliest such expiry.
+before the earliest such expiry. Likewise, backing off, while the last read
+listed an exercise or assignment without its ``OPTRD`` (:func:`shares_owed`):
+its contracts were published alone, so none is held, and the shares waited
+for the next connection.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -250,6 +254,27 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     for waiting in pending:
         out += waiting.held
     return out
+
+
+def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
+    """Whether ``activities`` (a read's) list an exercise or assignment
+    without its ``OPTRD`` (matched as :func:`settlement_events` does: root,
+    shares, strike; listed before or after it): its shares are owed, and a
+    later read lists them. The read reaches back a week (``READ_BACK``), so
+    one the broker never lists the trade of stops counting once it is older."""
+    owed: Counter[TradeKey] = Counter()
+    for a in activities:
+        if a.quantity == 0:
+            continue
+        if a.activity_type in ("OPEXC", "OPASN"):
+            try:
+                contract = parse_option(a.symbol)
+            except ValueError:
+                continue  # booked by nobody (said when read)
+            owed[(contract.root, abs(a.quantity) * OPTION_MULTIPLIER, contract.strike)] += 1
+        elif a.activity_type == "OPTRD" and a.price is not None and a.price > 0:
+            owed[_key(a)] -= 1
+    return any(n > 0 for n in owed.values())
 
 
 def _key(trade: BrokerActivity) -> TradeKey:
@@ -625,6 +650,8 @@ class Settlements:
         self._wanted.set()  # at start-up
         self._next_read_s = 0.0
         self._backoff_s = TICK_S
+        #: The last read listed an exercise or assignment without its shares.
+        self._shares_owed = False
 
     def wanted(self) -> None:
         self._wanted.set()
@@ -644,14 +671,15 @@ class Settlements:
             due = held_expired(w.tracker, now_ns)
             forced = self._wanted.is_set() and read_after_connecting(w.tracker, now_ns)
             self._wanted.clear()
-            if not forced and (not due or loop.time() < self._next_read_s):
+            if not forced and (not (due or self._shares_owed) or loop.time() < self._next_read_s):
                 continue
             try:
                 await self.read(due[0] if due else None)
             except BrokerError as e:
                 log.warning("option settlements of %s not read: %s", w.account, e)
-            if held_expired(w.tracker, w.clock.now_ns()):
-                # The broker has not settled them yet: read again, less often.
+            if self._shares_owed or held_expired(w.tracker, w.clock.now_ns()):
+                # The broker has not settled them yet (or listed an exercise's
+                # shares): read again, less often.
                 self._next_read_s = loop.time() + self._backoff_s
                 self._backoff_s = min(self._backoff_s * 2, READ_MAX_S)
             else:
@@ -677,6 +705,7 @@ class Settlements:
             # crossing that was not: it reduces the holders it closes.)
             held = {p.symbol: p.quantity for p in await w.port.positions()}
         activities = await w.port.option_activities(after=since - DAY_BEFORE)
+        self._shares_owed = shares_owed(activities)
         events = settlement_events(w.tracker, activities)
         events += cross_events(w.tracker, activities, held, now_ns=now_ns)
         if events:

@@ -4,6 +4,8 @@ over the strategies that held the contract, exactly once across restarts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -22,6 +24,8 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.contract.options import parse_option
+from libs.testing.wait import eventually
+from services.broker_gateway import settlement
 from services.broker_gateway.domain.model import BrokerActivity, BrokerPosition
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
@@ -31,6 +35,7 @@ from services.broker_gateway.settlement import (
     holds_options,
     read_after_connecting,
     settlement_events,
+    shares_owed,
 )
 
 D = Decimal
@@ -611,3 +616,65 @@ def test_an_activity_of_a_contract_with_an_order_still_working_waits_for_it() ->
         (CALL, "sell", "3", "0", "exercised", "s1"),
     ]
     assert (t.position(CALL, "s1"), t.position("SPY", "s1")) == (D(0), D(300))
+
+
+class ListingBroker:
+    """A connected broker whose activities list the exercise of s1's call
+    alone at the first read and its ``OPTRD`` too from the second on (the
+    broker books the shares a moment after the contracts)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        return True
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        self.reads += 1
+        listed = [activity("a1", "OPEXC", CALL, "-1")]
+        if self.reads > 1:
+            listed.append(activity("a2", "OPTRD", "SPY", "100", "600"))
+        return listed
+
+
+async def test_an_exercise_read_without_its_shares_is_read_again_until_they_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read lists s1's exercised call but not yet its ``OPTRD``: the
+    contract is published alone, and the account holds no contract past its
+    expiry. The connection holds; the shares are listed from the next read
+    on. The settlement task reads again (backing off as for a contract not
+    settled yet) and publishes the 100 shares to s1. Before, it read again
+    only for a held contract past its expiry or after a connection: the
+    shares waited for the next reconnection or restart, the positions check
+    reporting the difference meanwhile."""
+    monkeypatch.setattr(settlement, "TICK_S", 0.01)
+    t = tracker(opened([("s1", CALL, "1")]))
+    broker, outbox = ListingBroker(), Published()
+    worker = SimpleNamespace(
+        account=ACCOUNT, port=broker, tracker=t, outbox=outbox, clock=PastClock(), source=SOURCE
+    )
+    task = asyncio.create_task(Settlements(worker).run())
+    try:
+        await eventually(lambda: t.position("SPY", "s1") == D(100), timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert booked(outbox.events) == [
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+    ]
+    assert broker.reads >= 2
+    # Owed while the read lists the exercise (or assignment) without its
+    # trade, whichever is listed first; not for an expiry.
+    exercise, trade = (
+        activity("a1", "OPEXC", CALL, "-1"),
+        activity("a2", "OPTRD", "SPY", "100", "600"),
+    )
+    assert shares_owed([exercise])
+    assert not shares_owed([trade, exercise])
+    assert shares_owed([exercise, activity("a3", "OPTRD", "SPY", "100", "590")])
+    assert not shares_owed([activity("a1", "OPEXP", CALL, "-1")])
