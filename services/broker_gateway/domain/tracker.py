@@ -18,8 +18,10 @@ A fill is new only if it takes the order's cumulative quantity past what has
 been published (the *watermark*); the same fill seen again — from the stream
 and from a reconciliation query, before and after a reconnect or a restart —
 is dropped here, and if it were published again JetStream would drop it by
-its id. A fill whose cumulative quantity jumps past the watermark by more
-than its own size means fills were missed: the tracker publishes nothing for
+its id; seen again with part of it published (a closing fill whose split
+over the strategies a restart cut), only the rest is. A fill whose
+cumulative quantity jumps past the watermark by more than its own size
+means fills were missed: the tracker publishes nothing for
 it and marks the order for reconciliation, which queries the broker and
 publishes the missing fills in order (:meth:`OrderTracker.reconcile`).
 
@@ -460,8 +462,12 @@ class OrderTracker:
         fill_id: str,
         ts_ns: int,
         out: list[Event],
+        *,
+        resumed: bool = False,
     ) -> None:
-        """Publish ``quantity`` more of ``t`` at ``price`` (booked to strategies if closing)."""
+        """Publish ``quantity`` more of ``t`` at ``price`` (booked to strategies
+        if closing); ``resumed``: the rest of a fill ``fill_id`` whose first
+        part is published, so no part of it takes the fill id itself."""
         total = t.quantity if t.quantity is not None else order.quantity
         slices: list[tuple[str | None, Decimal]]
         if t.closing and t.strategy is None:
@@ -484,7 +490,7 @@ class OrderTracker:
                     cumulative=cumulative,
                     leaves=max(total - cumulative, ZERO),
                     strategy=strategy,
-                    first=i == 0,
+                    first=i == 0 and not resumed,
                     ts_ns=ts_ns,
                     cause=t.cause,
                 ),
@@ -889,7 +895,8 @@ class OrderTracker:
         if update.kind == "fill" and update.fill is not None:
             fill = update.fill
             if fill.cumulative_quantity > t.filled:
-                if fill.cumulative_quantity - fill.quantity > t.filled:
+                before = fill.cumulative_quantity - fill.quantity
+                if before > t.filled:
                     # Fills between the watermark and this one were missed.
                     self._mark(t, order)
                     return out
@@ -897,7 +904,16 @@ class OrderTracker:
                     fill.execution_id
                     or f"{order.broker_order_id}:{canon(fill.cumulative_quantity)}"
                 )
-                self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
+                if before == t.filled:
+                    self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
+                else:
+                    # Part of it is published: a closing fill whose split over
+                    # the strategies a restart cut, brought again. The rest
+                    # only, split on from where it stopped (the event ids of
+                    # the uncut run, as a reconciliation's); the whole again
+                    # sold it twice.
+                    rest = fill.cumulative_quantity - t.filled
+                    self._fill(t, order, rest, fill.price, fid, fill.ts_ns, out, resumed=True)
         elif update.kind in ("canceled", "expired"):
             if order.filled_quantity > t.filled:
                 self._mark(t, order)
