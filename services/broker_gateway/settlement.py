@@ -30,7 +30,9 @@ happened at once, and nothing says the broker lists the trade second); one
 that goes with none (read alone) is booked to no strategy. An activity of a
 contract with an order that may still fill (its fill not published yet)
 waits for a later read, with its trade: split before that fill, it gave the
-fill's part to no strategy, and the late fill stayed in the contract.
+fill's part to no strategy, and the late fill stayed in the contract. (Not
+an order the broker no longer knows, once the contract has expired:
+:func:`may_still_fill`.)
 
 Exactly once. An activity is an order nobody placed: its order id is derived
 from (account, activity id), its fills made as every fill is
@@ -169,7 +171,7 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     # the contract is held. Split now, over the positions without that fill,
     # the activity gave the late fill's part to no strategy (or to another),
     # and the late fill stayed in the contract for ever.
-    working = {t.symbol for t in tracker.unsettled()}
+    working = may_still_fill(tracker, tracker.clock.now_ns())
     # (root, shares, strike) of the exercises and assignments left for a
     # later read: their OPTRDs wait with them.
     later: list[TradeKey] = []
@@ -254,6 +256,40 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     for waiting in pending:
         out += waiting.held
     return out
+
+
+def may_still_fill(tracker: OrderTracker, now_ns: int) -> set[str]:
+    """The symbols of the account's orders that may still fill: those not
+    done (``OrderTracker.unsettled``), except one the broker answered it no
+    longer knows (404, ``OrderTracker.forgotten``) in an option contract past
+    its expiry by ``now_ns``. The broker ends every order in a contract at
+    its expiry; such an order's outcome is unknown and stays so (it stays
+    unsettled: the reconciliations ask for it and say so), but no fill of it
+    can come any more. Counted, it held its contract's settlement and cross
+    back for ever, the contract held and read for every ``READ_MAX_S``."""
+    out: set[str] = set()
+    for t in tracker.unsettled():
+        if t.order_id in tracker.forgotten and _expired(t.symbol, now_ns):
+            log.info(
+                "%s: order %s in %s, which the broker no longer knows, ended at the "
+                "contract's expiry: its settlement goes on",
+                tracker.account,
+                t.order_id,
+                t.symbol,
+            )
+            continue
+        out.add(t.symbol)
+    return out
+
+
+def _expired(symbol: str, now_ns: int) -> bool:
+    """Whether ``symbol`` is an option contract past its expiry by ``now_ns``."""
+    if not symbol.startswith(OPTION_PREFIX):
+        return False
+    try:
+        return parse_option(symbol).expired_by(now_ns)
+    except ValueError:
+        return False
 
 
 def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
@@ -487,8 +523,9 @@ def cross_events(
       after the expiry and before the activities; None: not read, nothing
       is crossed at 0); and once no order in it may still fill (every one
       the broker may know has ended: the broker ends them at the expiry,
-      and the tracker learns it from the stream or a reconciliation), so
-      the positions are final.
+      and the tracker learns it from the stream or a reconciliation, or the
+      broker no longer knows it: :func:`may_still_fill`), so the positions
+      are final.
     - How: its activity's outcome: expired, both sides closed at 0; exercised
       or assigned, in the money, so each long strategy exercises (the
       contracts at 0, the underlying bought, a put's sold, at the strike,
@@ -522,7 +559,7 @@ def cross_events(
     # over the close, its reconciliation running beside this read). Crossed
     # before it came, a strategy's late fill stayed in the contract for ever:
     # its leg of the cross is one order, done once.
-    working = {t.symbol for t in tracker.unsettled()}
+    working = may_still_fill(tracker, now_ns)
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
         if not contract.expired_by(now_ns) or symbol in working:

@@ -26,7 +26,7 @@ from libs.contract.events import (
 from libs.contract.options import parse_option
 from libs.testing.wait import eventually
 from services.broker_gateway import settlement
-from services.broker_gateway.domain.model import BrokerActivity, BrokerPosition
+from services.broker_gateway.domain.model import BrokerActivity, BrokerOrder, BrokerPosition
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
     Settlements,
@@ -678,3 +678,47 @@ async def test_an_exercise_read_without_its_shares_is_read_again_until_they_come
     assert not shares_owed([trade, exercise])
     assert shares_owed([exercise, activity("a3", "OPTRD", "SPY", "100", "590")])
     assert not shares_owed([activity("a1", "OPEXP", CALL, "-1")])
+
+
+def forgotten_buy(t: OrderTracker) -> uuid.UUID:
+    """s1's buy of 1 more call, acknowledged by the broker, which then
+    answers it does not know it (404, ``unknown_at_broker``)."""
+    order_id = buy_one_call(t).payload.order_id
+    t.submitted(
+        order_id, BrokerOrder("b-late", str(order_id), CALL, "buy", D(1), D(0), None, "accepted")
+    )
+    assert t.unsettled()[0].order_id == order_id, "it may still fill"
+    t.unknown_at_broker(order_id)
+    return order_id
+
+
+def test_an_order_the_broker_forgot_holds_an_expired_contract_back_no_more() -> None:
+    """s1 +3 and s2 -1 by the fills published, and a buy of 1 more by s1
+    that the broker acknowledged and, asked after the close, no longer knows
+    (404). Its outcome is unknown, so it stays unsettled (reconciliations ask
+    for it and say so). But past the contract's expiry no order in it can
+    fill any more (the broker ends them at the close): the net 2 the broker
+    expired goes to s1 and the offsetting 1 is crossed. Before, the order
+    counted as one that may still fill for ever: the contract stayed held,
+    its settlement and cross waited, and the settlement task read the
+    activities every 5 minutes."""
+    t = OrderTracker(ACCOUNT, clock=PastClock(), source=SOURCE)
+    for e in opened([("s1", CALL, "3"), ("s2", CALL, "-1")]):
+        t.evolve(e)
+    order_id = forgotten_buy(t)
+    assert [u.order_id for u in t.unsettled()] == [order_id], "still reported"
+    net = [activity("a1", "OPEXP", CALL, "-2")]
+    assert booked(settle(t, net)) == [(CALL, "sell", "2", "0", "expired", "s1")]
+    assert booked(cross(t, net, broker={})) == [
+        (CALL, "buy", "1", "0", "expired", "s2"),
+        (CALL, "sell", "1", "0", "expired", "s1"),
+    ]
+    assert held_expired(t, PAST) == []
+
+
+def test_an_order_the_broker_forgot_before_the_expiry_may_still_fill() -> None:
+    """The same 404 before the contract's expiry (by the tracker's clock):
+    the order could still fill, and an activity of its contract waits."""
+    t = tracker(opened([("s1", CALL, "2")]))
+    forgotten_buy(t)
+    assert settle(t, [activity("a1", "OPEXP", CALL, "-2")]) == []

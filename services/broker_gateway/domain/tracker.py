@@ -207,6 +207,10 @@ class OrderTracker:
         #: with the order as the stream showed it then: an answer older than
         #: that does not clear the mark (see :meth:`reconcile`).
         self.needs_reconcile: dict[uuid.UUID, BrokerOrder] = {}
+        #: Orders the broker acknowledged and then answered it does not know
+        #: (404): their outcome is unknown, and they stay unsettled (see
+        #: :meth:`unknown_at_broker`). Few, if any.
+        self.forgotten: set[uuid.UUID] = set()
 
     # ------------------------------------------------------------ lookups
 
@@ -943,11 +947,20 @@ class OrderTracker:
         delivered, or never): reconciliations stop asking for it. Its submit
         sets the flag again; one under way meanwhile is settled by its own
         answer (which names the broker's order id) or its retries.
+
+        One it acknowledged stays unsettled (nothing says how it ended) and
+        goes in :attr:`forgotten`: in an option contract past its expiry it
+        no longer holds the contract's settlement back (settlement.py), as
+        the broker ended every order in it at the close.
         """
         self.needs_reconcile.pop(order_id, None)
         t = self.orders.get(order_id)
-        if t is not None and t.broker_order_id is None and not t.accepted:
+        if t is None:
+            return
+        if t.broker_order_id is None and not t.accepted:
             t.submitted = False
+        else:
+            self.forgotten.add(order_id)
 
     def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
         """Bring the order up to what the broker says: ack, missed fills, final state.
@@ -961,6 +974,7 @@ class OrderTracker:
         """
         t = self.find(order) or self._external(order)
         self._index_broker(t, order.broker_order_id)
+        self.forgotten.discard(t.order_id)  # it knows it again
         seen = self.needs_reconcile.get(t.order_id)
         if seen is not None and _no_older(order, seen):
             del self.needs_reconcile[t.order_id]
