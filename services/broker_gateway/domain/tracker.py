@@ -77,6 +77,7 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    CancelRefused,
     CloseRefused,
     OrderRequest,
     OrderUpdate,
@@ -735,6 +736,7 @@ class OrderTracker:
         refused: Sequence[CloseRefused] = (),
         *,
         unexpressed: list[tuple[BrokerOrder, ValueError]] | None = None,
+        working: Sequence[CancelRefused] = (),
     ) -> list[Event]:
         """The close-all answered: its closing orders, and the positions it refused.
 
@@ -747,7 +749,11 @@ class OrderTracker:
         closing order that could not be placed (its id derived from the
         flatten and the symbol, caused by the flatten, the venue's code), so
         a flatten that left a position open never passes for done silently.
-        A refusal that names no symbol has its id derived from its place in
+        So is each order its cancel-all left ``working`` (see
+        :meth:`left_working`), under an id derived from the flatten and the
+        broker's order id: the order itself stays working here, and its
+        fills, which may come, are published and booked. A refusal that
+        names no symbol has its id derived from its place in
         the venue's answer instead: from a symbol of "?", every such refusal
         had one id, and all but the first were dropped as its repeats.
 
@@ -808,11 +814,44 @@ class OrderTracker:
             rejected = self._rejection(t, reason, r.code, None)
             if rejected is not None and all(e.id != rejected.id for e in built):
                 built.append(rejected)
+        for w in working:
+            key = w.broker_order_id or f"entry {w.entry}"
+            oid = derived_id("broker.close.working", self.account, flatten.id, key)
+            known = self._by_broker.get(w.broker_order_id) if w.broker_order_id else None
+            held = self.orders.get(known) if known is not None else None
+            if w.broker_order_id is None:
+                what = f"an order (entry {w.entry} of its answer, which names none)"
+            else:
+                what = f"order {w.broker_order_id}"
+            if held is not None:
+                what += f" ({held.side} {held.quantity} {held.symbol})"
+            t = self._order(oid, held.symbol if held is not None else "?")
+            t.close_for(flatten)
+            reason = (
+                f"flatten: the broker did not cancel {what}, which is still working "
+                f"and may fill: {w.reason}"
+            )
+            rejected = self._rejection(t, reason, w.code, None)
+            if rejected is not None and all(e.id != rejected.id for e in built):
+                built.append(rejected)
         out: list[Event] = []
         for event in built:
             self._emit(out, event)
         self._flattened.add(flatten.id)
         self._flattening = None
+        return out
+
+    def left_working(self, refused: Sequence[CancelRefused]) -> list[CancelRefused]:
+        """Of the orders a cancel-all refused to cancel, those not known to
+        have ended since (the stream, or the reconciliation before the
+        close-all, ended one that had just filled): still working at the
+        broker, they may fill after the flatten."""
+        out: list[CancelRefused] = []
+        for r in refused:
+            oid = self._by_broker.get(r.broker_order_id) if r.broker_order_id else None
+            t = self.orders.get(oid) if oid is not None else None
+            if t is None or t.terminal is None:
+                out.append(r)
         return out
 
     def adopt_closing_orders(self, orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
