@@ -77,6 +77,7 @@ from libs.contract.options import OPTION_PREFIX, parse_option
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import (
     BrokerOrder,
+    CancelRefused,
     ClosedAll,
     CloseRefused,
     ConnectionUpdate,
@@ -755,12 +756,15 @@ class AccountWorker:
         # The cancel-all's cancels are the flatten's doing.
         self.tracker.evolve(command)
         closed: ClosedAll | None = None
+        # The orders the cancel-all did not cancel; ended since or not, said
+        # once the close-all has answered (_flatten_done).
+        uncanceled: tuple[CancelRefused, ...] = ()
         try:
             window = self._earlier_close_all(command, delivery)
             if window is not None:
                 closed = await self._recover(command, *window)
             if closed is None:
-                await self._call("cancel_all", self.port.cancel_all)
+                uncanceled = (await self._call("cancel_all", self.port.cancel_all)).refused
                 await self._caught_up()
                 # From here until the close-all answers, orders the broker
                 # opens on its own are this flatten's closing orders. Not
@@ -779,10 +783,25 @@ class AccountWorker:
                     closed = await self._close_all_unread(command, unread)
                     if closed is None:
                         return "incomplete"
-            await self._flatten_done(command, closed)
+            working = await self._flatten_done(command, closed, uncanceled)
         finally:
             self.tracker.flatten_ended()
         assert closed is not None
+        if working:
+            # Published above as an OrderRejected each (caused by the
+            # flatten). The order stays working here: its fills, if it fills,
+            # are published and booked, and the account is not flat.
+            log.error(
+                "flatten %s of %s left %d orders working, the broker refused to cancel "
+                "them (they may fill): %s",
+                command.id,
+                self.account,
+                len(working),
+                "; ".join(
+                    f"{w.broker_order_id or f'entry {w.entry}'}: {w.reason} ({w.code})"
+                    for w in working
+                ),
+            )
         refused = [r for r in closed.refused if not self._settles(command, r)]
         if refused:
             # Published above as an OrderRejected per position (caused by the
@@ -800,6 +819,8 @@ class AccountWorker:
                     f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})" for r in refused
                 ),
             )
+            return "incomplete"
+        if working:
             return "incomplete"
         log.info(
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
@@ -832,13 +853,21 @@ class AccountWorker:
         )
         return True
 
-    async def _flatten_done(self, command: FlattenAccount, closed: ClosedAll) -> None:
-        """Publish what the close-all did: its closing orders, its refusals."""
+    async def _flatten_done(
+        self, command: FlattenAccount, closed: ClosedAll, uncanceled: Sequence[CancelRefused] = ()
+    ) -> list[CancelRefused]:
+        """Publish what the close-all did: its closing orders, its refusals,
+        and the orders the cancel-all before it left working (``uncanceled``
+        less those ended since: an opg order from 09:28 until the open, one
+        the close-all's own cancel left too); those are returned."""
         # Still under way after a close-all's answer; taken up again after a
         # recovery (_recover), which leaves it between its broker calls.
         self.tracker.flatten_started(command)
         unexpressed: list[tuple[BrokerOrder, ValueError]] = []
-        events = self.tracker.flatten_done(closed.orders, closed.refused, unexpressed=unexpressed)
+        working = self.tracker.left_working(uncanceled)
+        events = self.tracker.flatten_done(
+            closed.orders, closed.refused, unexpressed=unexpressed, working=working
+        )
         for order, e in unexpressed:
             # Its fills will not be expressible either: said, as the stream's are.
             metrics.MALFORMED.labels(account=self.account).inc()
@@ -854,6 +883,7 @@ class AccountWorker:
             )
         await self.outbox.publish(events)
         self._close_alls_sent.pop(command.id, None)
+        return working
 
     def _earlier_close_all(self, command: FlattenAccount, delivery: int) -> tuple[int, int] | None:
         """When an earlier run of this flatten may have sent its close-all,

@@ -56,6 +56,7 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    CanceledAll,
     ClosedAll,
     OrderRequest,
 )
@@ -106,8 +107,10 @@ class BrokerPort(Protocol):
         """
         ...
 
-    async def cancel_all(self) -> list[BrokerOrder]:
-        """Ask to cancel every open order; returns the orders concerned."""
+    async def cancel_all(self) -> CanceledAll:
+        """Ask to cancel every open order: the orders whose cancel the broker
+        took, and those it refused to cancel (still working unless they have
+        ended since); never raises for a refused order."""
         ...
 
     async def get_order(

@@ -30,7 +30,9 @@ happened at once, and nothing says the broker lists the trade second); one
 that goes with none (read alone) is booked to no strategy. An activity of a
 contract with an order that may still fill (its fill not published yet)
 waits for a later read, with its trade: split before that fill, it gave the
-fill's part to no strategy, and the late fill stayed in the contract.
+fill's part to no strategy, and the late fill stayed in the contract. (Not
+an order the broker no longer knows, once the contract has expired:
+:func:`may_still_fill`.)
 
 Exactly once. An activity is an order nobody placed: its order id is derived
 from (account, activity id), its fills made as every fill is
@@ -57,7 +59,10 @@ contract (by the fills published), and whenever one held is past its
 expiry, every second while one is, backing off to ``READ_MAX_S`` until the
 broker has settled it (Alpaca does so overnight; the paper broker at the
 close) and the offsetting part is crossed. They are read from the day
-before the earliest such expiry.
+before the earliest such expiry. Likewise, backing off, while the last read
+listed an exercise or assignment without its ``OPTRD`` (:func:`shares_owed`):
+its contracts were published alone, so none is held, and the shares waited
+for the next connection.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -165,7 +171,7 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     # the contract is held. Split now, over the positions without that fill,
     # the activity gave the late fill's part to no strategy (or to another),
     # and the late fill stayed in the contract for ever.
-    working = {t.symbol for t in tracker.unsettled()}
+    working = may_still_fill(tracker, tracker.clock.now_ns())
     # (root, shares, strike) of the exercises and assignments left for a
     # later read: their OPTRDs wait with them.
     later: list[TradeKey] = []
@@ -250,6 +256,61 @@ def settlement_events(tracker: OrderTracker, activities: Sequence[BrokerActivity
     for waiting in pending:
         out += waiting.held
     return out
+
+
+def may_still_fill(tracker: OrderTracker, now_ns: int) -> set[str]:
+    """The symbols of the account's orders that may still fill: those not
+    done (``OrderTracker.unsettled``), except one the broker answered it no
+    longer knows (404, ``OrderTracker.forgotten``) in an option contract past
+    its expiry by ``now_ns``. The broker ends every order in a contract at
+    its expiry; such an order's outcome is unknown and stays so (it stays
+    unsettled: the reconciliations ask for it and say so), but no fill of it
+    can come any more. Counted, it held its contract's settlement and cross
+    back for ever, the contract held and read for every ``READ_MAX_S``."""
+    out: set[str] = set()
+    for t in tracker.unsettled():
+        if t.order_id in tracker.forgotten and _expired(t.symbol, now_ns):
+            log.info(
+                "%s: order %s in %s, which the broker no longer knows, ended at the "
+                "contract's expiry: its settlement goes on",
+                tracker.account,
+                t.order_id,
+                t.symbol,
+            )
+            continue
+        out.add(t.symbol)
+    return out
+
+
+def _expired(symbol: str, now_ns: int) -> bool:
+    """Whether ``symbol`` is an option contract past its expiry by ``now_ns``."""
+    if not symbol.startswith(OPTION_PREFIX):
+        return False
+    try:
+        return parse_option(symbol).expired_by(now_ns)
+    except ValueError:
+        return False
+
+
+def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
+    """Whether ``activities`` (a read's) list an exercise or assignment
+    without its ``OPTRD`` (matched as :func:`settlement_events` does: root,
+    shares, strike; listed before or after it): its shares are owed, and a
+    later read lists them. The read reaches back a week (``READ_BACK``), so
+    one the broker never lists the trade of stops counting once it is older."""
+    owed: Counter[TradeKey] = Counter()
+    for a in activities:
+        if a.quantity == 0:
+            continue
+        if a.activity_type in ("OPEXC", "OPASN"):
+            try:
+                contract = parse_option(a.symbol)
+            except ValueError:
+                continue  # booked by nobody (said when read)
+            owed[(contract.root, abs(a.quantity) * OPTION_MULTIPLIER, contract.strike)] += 1
+        elif a.activity_type == "OPTRD" and a.price is not None and a.price > 0:
+            owed[_key(a)] -= 1
+    return any(n > 0 for n in owed.values())
 
 
 def _key(trade: BrokerActivity) -> TradeKey:
@@ -462,8 +523,9 @@ def cross_events(
       after the expiry and before the activities; None: not read, nothing
       is crossed at 0); and once no order in it may still fill (every one
       the broker may know has ended: the broker ends them at the expiry,
-      and the tracker learns it from the stream or a reconciliation), so
-      the positions are final.
+      and the tracker learns it from the stream or a reconciliation, or the
+      broker no longer knows it: :func:`may_still_fill`), so the positions
+      are final.
     - How: its activity's outcome: expired, both sides closed at 0; exercised
       or assigned, in the money, so each long strategy exercises (the
       contracts at 0, the underlying bought, a put's sold, at the strike,
@@ -497,7 +559,7 @@ def cross_events(
     # over the close, its reconciliation running beside this read). Crossed
     # before it came, a strategy's late fill stayed in the contract for ever:
     # its leg of the cross is one order, done once.
-    working = {t.symbol for t in tracker.unsettled()}
+    working = may_still_fill(tracker, now_ns)
     for symbol in sorted(_held_contracts(tracker)):
         contract = parse_option(symbol)
         if not contract.expired_by(now_ns) or symbol in working:
@@ -625,6 +687,8 @@ class Settlements:
         self._wanted.set()  # at start-up
         self._next_read_s = 0.0
         self._backoff_s = TICK_S
+        #: The last read listed an exercise or assignment without its shares.
+        self._shares_owed = False
 
     def wanted(self) -> None:
         self._wanted.set()
@@ -644,14 +708,15 @@ class Settlements:
             due = held_expired(w.tracker, now_ns)
             forced = self._wanted.is_set() and read_after_connecting(w.tracker, now_ns)
             self._wanted.clear()
-            if not forced and (not due or loop.time() < self._next_read_s):
+            if not forced and (not (due or self._shares_owed) or loop.time() < self._next_read_s):
                 continue
             try:
                 await self.read(due[0] if due else None)
             except BrokerError as e:
                 log.warning("option settlements of %s not read: %s", w.account, e)
-            if held_expired(w.tracker, w.clock.now_ns()):
-                # The broker has not settled them yet: read again, less often.
+            if self._shares_owed or held_expired(w.tracker, w.clock.now_ns()):
+                # The broker has not settled them yet (or listed an exercise's
+                # shares): read again, less often.
                 self._next_read_s = loop.time() + self._backoff_s
                 self._backoff_s = min(self._backoff_s * 2, READ_MAX_S)
             else:
@@ -677,6 +742,7 @@ class Settlements:
             # crossing that was not: it reduces the holders it closes.)
             held = {p.symbol: p.quantity for p in await w.port.positions()}
         activities = await w.port.option_activities(after=since - DAY_BEFORE)
+        self._shares_owed = shares_owed(activities)
         events = settlement_events(w.tracker, activities)
         events += cross_events(w.tracker, activities, held, now_ns=now_ns)
         if events:

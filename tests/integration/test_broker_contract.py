@@ -384,7 +384,8 @@ async def test_cancel_all_then_close_all_flattens(broker: Harness) -> None:
     resting = cid()
     await broker.port.submit(OrderRequest(resting, "AAPL", "buy", D(1), "limit", limit_price=D(1)))
     canceled = await broker.port.cancel_all()
-    assert [o.client_order_id for o in canceled] == [resting]
+    assert [o.client_order_id for o in canceled.orders] == [resting]
+    assert canceled.refused == ()
     closed = await broker.port.close_all()
     assert closed.refused == ()
     assert sorted((o.symbol, o.side, o.quantity) for o in closed.orders) == [

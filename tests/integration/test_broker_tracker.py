@@ -39,6 +39,7 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    CancelRefused,
     CloseRefused,
     OrderUpdate,
 )
@@ -815,6 +816,46 @@ def test_a_position_the_close_all_refused_is_published_as_a_rejection() -> None:
     for e in (flatten, rejected):
         rebuilt.evolve(e)
     assert rebuilt.flattened(flatten.id)
+
+
+def test_an_order_the_cancel_all_left_working_is_published_as_a_rejection() -> None:
+    """The cancel-all before a close-all refused two cancels: of an opg
+    buy locked until the open (still working) and of an order that filled
+    meanwhile (its fill taken in since). The one still working is an
+    ``OrderRejected`` caused by the flatten, under an id of its own, naming
+    the broker's order; the order itself stays working, and its fill later
+    is published. The filled one is not said."""
+    t = tracker()
+    moo, done = command(), command(symbol="MSFT", qty="2")
+    for c in (moo, done):
+        t.plan_submit(c)
+    t.on_update(OrderUpdate("accepted", order(moo, broker_id="b-moo"), 1))
+    filled = order(done, "2", "50", "filled", broker_id="b-done")
+    t.on_update(fill_update(filled, "2", "50", "x-done"))
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    t.flatten_started(flatten)
+    refusals = [
+        CancelRefused("b-moo", "order is not cancelable (opg)", "42210000", entry=0),
+        CancelRefused("b-done", "order is filled", "42210000", entry=1),
+    ]
+    working = t.left_working(refusals)
+    assert working == refusals[:1]
+    placed, rejected = t.flatten_done([], working=working)
+    t.flatten_ended()
+    assert isinstance(placed, ClosingOrdersPlaced)
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.causation_id == flatten.id
+    assert rejected.payload.order_id != moo.payload.order_id
+    assert rejected.payload.code == "42210000"
+    assert "order b-moo (buy 10 AAPL), which is still working" in rejected.payload.reason
+    assert t.get(moo.payload.order_id).terminal is None  # type: ignore[union-attr]
+    [fill] = t.on_update(
+        fill_update(order(moo, "10", "101", "filled", broker_id="b-moo"), "10", "101", "x-moo")
+    )
+    assert isinstance(fill, FillReceived)
+    assert t.net_positions() == {"AAPL": D(10), "MSFT": D(2)}
 
 
 def test_refused_closes_that_name_no_symbol_are_each_published() -> None:

@@ -39,6 +39,7 @@ from tests.integration.test_broker_commands import (
     CountingBook,
     SetClock,
     Venue,
+    flatten,
     gateway,
     last_event,
 )
@@ -184,3 +185,64 @@ async def test_an_opg_orders_cancel_from_0928_is_refused_and_it_fills_at_the_ope
         fill = await eventually(lambda: event_of(bus, f"broker.fill.{a.account}", moo), timeout=10)
     assert fill["payload"]["status"] == "complete"
     assert await event_of(bus, f"broker.cancel.{a.account}", moo) is None
+
+
+async def test_a_flatten_at_0929_that_cannot_cancel_an_opg_order_says_so_and_books_its_fill(
+    bus: Bus, venue: Venue
+) -> None:
+    """A market-on-open buy of 3 is working when a flatten comes at 09:29:
+    the broker's cancel-all leaves it working (its entry 500, as Alpaca's
+    for an opg order locked from 09:28 until the open), and the close-all
+    has no position to close. The flatten does not pass for done: an
+    ``OrderRejected`` caused by it names the order still working, and its
+    outcome is ``incomplete``. The order stays working in the tracker, and
+    its fill at the open is published: the account holds 3, as the broker
+    does, and nothing said it was flat. Before, the flatten said
+    ``flattened`` with the order still working, only a warning in the log."""
+    a = venue
+    placed = dt.datetime.combine(dt.datetime.now(EXCHANGE_TZ).date(), dt.time(8, 0), EXCHANGE_TZ)
+    clock = SetClock()
+    clock.ns = int(placed.timestamp()) * 1_000_000_000
+    session = session_for(clock.ns, "opg")
+    assert session is not None
+    book = a.book = AuctionBook(clock)
+    await a.down()
+    await a.up()
+    outcomes = {
+        outcome: metrics.COMMANDS.labels(account=a.account, type="FlattenAccount", outcome=outcome)
+        for outcome in ("incomplete", "flattened")
+    }
+    before = {outcome: c._value.get() for outcome, c in outcomes.items()}
+    async with gateway(bus, [a]) as gw:
+        w = gw.workers[a.account]
+        assert await w.port.wait_connected(timeout=10)
+        moo = order(a.account, "opg")
+        await bus.publish(moo)
+        await eventually(lambda: event_of(bus, f"broker.ack.{a.account}", moo), timeout=10)
+        clock.ns = session.open_ns - 60_000_000_000  # 09:29
+        flat = flatten(a.account)
+        await bus.publish(flat)
+
+        def ran() -> dict[str, float]:
+            counted = {o: c._value.get() - before[o] for o, c in outcomes.items()}
+            return {o: n for o, n in counted.items() if n}
+
+        assert await eventually(ran, timeout=10) == {"incomplete": 1}
+        rejected = await last_event(bus, f"broker.reject.{a.account}")
+        assert rejected is not None
+        assert rejected["causation_id"] == str(flat.id)
+        assert rejected["payload"]["order_id"] != str(moo.payload.order_id)
+        assert "still working" in rejected["payload"]["reason"]
+        [held] = book.orders(a.account)
+        assert held.id in rejected["payload"]["reason"]
+        tracked = w.tracker.get(moo.payload.order_id)
+        assert tracked is not None
+        assert tracked.terminal is None, "still working"
+        assert a.server is not None
+        clock.ns = session.open_ns + 1_000_000_000
+        a.server.market(MarketUpdate.trade("AAPL", D("101.25"), session.open_ns + 500_000_000))
+        fill = await eventually(lambda: event_of(bus, f"broker.fill.{a.account}", moo), timeout=10)
+        assert fill["payload"]["status"] == "complete"
+        assert await event_of(bus, f"broker.cancel.{a.account}", moo) is None
+        assert w.tracker.net_positions() == {"AAPL": D(3)}
+    assert [(p.symbol, p.qty) for p in book.positions(a.account)] == [("AAPL", D(3))]

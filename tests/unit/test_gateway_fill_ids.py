@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
+import pytest
+
 from libs.contract.codec import derived_id
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -192,6 +194,43 @@ def test_a_closing_fill_s_ids_per_strategy() -> None:
         row(oid, "c-1", "e1/s2", "5", "1", "s2", flatten.id),
         row(oid, "c-1", "e1/-", "6", "0", None, flatten.id),
     ]
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_closing_fill_cut_by_a_restart_is_finished_from_the_stream_as_it_began(
+    cut: int,
+) -> None:
+    """The closing fill of 6 above, split s1 3, s2 2, nobody 1: the gateway
+    published its first ``cut`` parts and died. Rebuilt from what was
+    recorded, it gets the same fill from the stream again (cumulative 6): it
+    publishes the rest only, split as the closing split began, with the
+    event ids and fill ids of the uncut run (those a reconciliation gives).
+    Before, the stream path published the whole fill again past the
+    watermark (cumulative 9 and more): 6 more shares sold, booked to s2 and
+    nobody, in a position the broker had closed."""
+    live = tracker()
+    recorded: list[Event] = []
+    for strategy, qty in (("s1", "3"), ("s2", "2")):
+        cmd = submit(live, strategy, "AAPL", "buy", qty)
+        done = broker_order(
+            f"b-{strategy}", str(cmd.payload.order_id), "AAPL", "buy", qty, qty, "100"
+        )
+        recorded += [cmd, *live.on_update(fill(done, qty, "100", f"x-{strategy}"))]
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    live.flatten_started(flatten)
+    recorded.append(flatten)
+    closing = broker_order("c-1", "cx", "AAPL", "sell", "6", "6", "99")
+    accepted, *whole = live.on_update(fill(closing, "6", "99", "e1"))
+    again = rebuilt([*recorded, accepted, *whole[:cut]])
+    rest = again.on_update(fill(closing, "6", "99", "e1"))
+    assert ids([*whole[:cut], *rest]) == ids(whole)
+    assert again.positions == live.positions
+    assert again.on_update(fill(closing, "6", "99", "e1")) == [], "nothing twice"
+    # A reconciliation of the rebuilt tracker publishes the same event ids.
+    reconciled = rebuilt([*recorded, accepted, *whole[:cut]]).reconcile(closing, None)
+    assert [e.id for e in reconciled] == [e.id for e in rest]
 
 
 def opened(holdings: Sequence[tuple[str, str]]) -> list[FillReceived]:

@@ -4,6 +4,8 @@ over the strategies that held the contract, exactly once across restarts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -22,7 +24,9 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.contract.options import parse_option
-from services.broker_gateway.domain.model import BrokerActivity, BrokerPosition
+from libs.testing.wait import eventually
+from services.broker_gateway import settlement
+from services.broker_gateway.domain.model import BrokerActivity, BrokerOrder, BrokerPosition
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
     Settlements,
@@ -31,6 +35,7 @@ from services.broker_gateway.settlement import (
     holds_options,
     read_after_connecting,
     settlement_events,
+    shares_owed,
 )
 
 D = Decimal
@@ -611,3 +616,109 @@ def test_an_activity_of_a_contract_with_an_order_still_working_waits_for_it() ->
         (CALL, "sell", "3", "0", "exercised", "s1"),
     ]
     assert (t.position(CALL, "s1"), t.position("SPY", "s1")) == (D(0), D(300))
+
+
+class ListingBroker:
+    """A connected broker whose activities list the exercise of s1's call
+    alone at the first read and its ``OPTRD`` too from the second on (the
+    broker books the shares a moment after the contracts)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        return True
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        self.reads += 1
+        listed = [activity("a1", "OPEXC", CALL, "-1")]
+        if self.reads > 1:
+            listed.append(activity("a2", "OPTRD", "SPY", "100", "600"))
+        return listed
+
+
+async def test_an_exercise_read_without_its_shares_is_read_again_until_they_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read lists s1's exercised call but not yet its ``OPTRD``: the
+    contract is published alone, and the account holds no contract past its
+    expiry. The connection holds; the shares are listed from the next read
+    on. The settlement task reads again (backing off as for a contract not
+    settled yet) and publishes the 100 shares to s1. Before, it read again
+    only for a held contract past its expiry or after a connection: the
+    shares waited for the next reconnection or restart, the positions check
+    reporting the difference meanwhile."""
+    monkeypatch.setattr(settlement, "TICK_S", 0.01)
+    t = tracker(opened([("s1", CALL, "1")]))
+    broker, outbox = ListingBroker(), Published()
+    worker = SimpleNamespace(
+        account=ACCOUNT, port=broker, tracker=t, outbox=outbox, clock=PastClock(), source=SOURCE
+    )
+    task = asyncio.create_task(Settlements(worker).run())
+    try:
+        await eventually(lambda: t.position("SPY", "s1") == D(100), timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert booked(outbox.events) == [
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+    ]
+    assert broker.reads >= 2
+    # Owed while the read lists the exercise (or assignment) without its
+    # trade, whichever is listed first; not for an expiry.
+    exercise, trade = (
+        activity("a1", "OPEXC", CALL, "-1"),
+        activity("a2", "OPTRD", "SPY", "100", "600"),
+    )
+    assert shares_owed([exercise])
+    assert not shares_owed([trade, exercise])
+    assert shares_owed([exercise, activity("a3", "OPTRD", "SPY", "100", "590")])
+    assert not shares_owed([activity("a1", "OPEXP", CALL, "-1")])
+
+
+def forgotten_buy(t: OrderTracker) -> uuid.UUID:
+    """s1's buy of 1 more call, acknowledged by the broker, which then
+    answers it does not know it (404, ``unknown_at_broker``)."""
+    order_id = buy_one_call(t).payload.order_id
+    t.submitted(
+        order_id, BrokerOrder("b-late", str(order_id), CALL, "buy", D(1), D(0), None, "accepted")
+    )
+    assert t.unsettled()[0].order_id == order_id, "it may still fill"
+    t.unknown_at_broker(order_id)
+    return order_id
+
+
+def test_an_order_the_broker_forgot_holds_an_expired_contract_back_no_more() -> None:
+    """s1 +3 and s2 -1 by the fills published, and a buy of 1 more by s1
+    that the broker acknowledged and, asked after the close, no longer knows
+    (404). Its outcome is unknown, so it stays unsettled (reconciliations ask
+    for it and say so). But past the contract's expiry no order in it can
+    fill any more (the broker ends them at the close): the net 2 the broker
+    expired goes to s1 and the offsetting 1 is crossed. Before, the order
+    counted as one that may still fill for ever: the contract stayed held,
+    its settlement and cross waited, and the settlement task read the
+    activities every 5 minutes."""
+    t = OrderTracker(ACCOUNT, clock=PastClock(), source=SOURCE)
+    for e in opened([("s1", CALL, "3"), ("s2", CALL, "-1")]):
+        t.evolve(e)
+    order_id = forgotten_buy(t)
+    assert [u.order_id for u in t.unsettled()] == [order_id], "still reported"
+    net = [activity("a1", "OPEXP", CALL, "-2")]
+    assert booked(settle(t, net)) == [(CALL, "sell", "2", "0", "expired", "s1")]
+    assert booked(cross(t, net, broker={})) == [
+        (CALL, "buy", "1", "0", "expired", "s2"),
+        (CALL, "sell", "1", "0", "expired", "s1"),
+    ]
+    assert held_expired(t, PAST) == []
+
+
+def test_an_order_the_broker_forgot_before_the_expiry_may_still_fill() -> None:
+    """The same 404 before the contract's expiry (by the tracker's clock):
+    the order could still fill, and an activity of its contract waits."""
+    t = tracker(opened([("s1", CALL, "2")]))
+    forgotten_buy(t)
+    assert settle(t, [activity("a1", "OPEXP", CALL, "-2")]) == []

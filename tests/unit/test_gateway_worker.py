@@ -19,7 +19,7 @@ from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
 from services.broker_gateway import gateway
-from services.broker_gateway.domain.model import BrokerOrder
+from services.broker_gateway.domain.model import BrokerOrder, CanceledAll
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
     MAX_FAILURES,
@@ -1209,8 +1209,8 @@ async def test_a_flatten_with_a_closing_order_the_contract_refuses_publishes_the
     ]
     published: list[Any] = []
 
-    async def cancel_all() -> list[BrokerOrder]:
-        return []
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
 
     async def close_all() -> ClosedAll:
         return ClosedAll(tuple(closing), (CloseRefused("MSFT", "halted", "403", entry=2),))
@@ -1360,7 +1360,7 @@ async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_n
     asked: list[str] = []
     published: list[Any] = []
 
-    async def cancel_all() -> list[BrokerOrder]:
+    async def cancel_all() -> CanceledAll:
         asked.append("cancel_all")
         if not back.is_set():
             raise BrokerUnavailable("acct: not connected to the broker")
@@ -1368,7 +1368,7 @@ async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_n
         by_hand = BrokerOrder(
             "h-1", "by-hand", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "canceled"
         )
-        return [by_hand]
+        return CanceledAll((by_hand,))
 
     async def close_all() -> ClosedAll:
         asked.append("close_all")
@@ -1456,8 +1456,8 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     w = worker([1000.0], [])
     close_alls: list[int] = []
 
-    async def cancel_all() -> list[BrokerOrder]:
-        return []
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
 
     async def close_all() -> None:
         close_alls.append(1)
@@ -1539,8 +1539,8 @@ async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_t
     )
     published: list[Any] = []
 
-    async def cancel_all() -> list[BrokerOrder]:
-        return []
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
 
     async def close_all() -> None:
         raise AnswerUnread("acct: no answer to close_all within 5s")
@@ -1616,8 +1616,8 @@ async def test_a_flatten_refused_only_an_expired_option_contract_is_done(
         w = worker([1000.0], [], account=account)
         published: list[Any] = []
 
-        async def cancel_all() -> list[BrokerOrder]:
-            return []
+        async def cancel_all() -> CanceledAll:
+            return CanceledAll()
 
         async def close_all() -> ClosedAll:
             return ClosedAll((), refused)
@@ -1858,8 +1858,8 @@ async def test_a_flatten_made_after_the_start_and_delivered_again_asks_for_no_wi
         asked.append((after_ns, until_ns))
         return []
 
-    async def cancel_all() -> list[BrokerOrder]:
-        return []
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
 
     async def close_all() -> ClosedAll:
         return ClosedAll((), ())

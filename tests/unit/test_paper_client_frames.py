@@ -18,7 +18,7 @@ from services.broker_gateway import metrics
 from services.broker_gateway.adapters.paper import client as client_module
 from services.broker_gateway.adapters.paper import parse, schemas
 from services.broker_gateway.adapters.paper.client import PaperBroker, retry_after
-from services.broker_gateway.domain.model import OrderUpdate
+from services.broker_gateway.domain.model import CancelRefused, OrderUpdate
 from services.broker_gateway.errors import AnswerUnread, BrokerUnavailable, RateLimited
 
 ORDER = {
@@ -215,7 +215,7 @@ async def test_close_all_tells_apart_refusals_that_name_no_symbol(
     assert closed.refused[2].reason == "HTTP 500"
 
 
-async def test_cancel_all_returns_the_canceled_orders_and_logs_the_failed_entries(
+async def test_cancel_all_returns_the_canceled_orders_and_the_failed_entries(
     client: PaperBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     answering(
@@ -230,7 +230,8 @@ async def test_cancel_all_returns_the_canceled_orders_and_logs_the_failed_entrie
     )
     with caplog.at_level("WARNING"):
         canceled = await client.cancel_all()
-    assert [o.broker_order_id for o in canceled] == ["b-1"]
+    assert [o.broker_order_id for o in canceled.orders] == ["b-1"]
+    assert canceled.refused == (CancelRefused("b-3", "order is filled", "422", entry=2),)
     assert "'id': 'b-3'" in caplog.text
     assert "failed with 422" in caplog.text
     assert "b-2" not in caplog.text

@@ -132,6 +132,31 @@ class CloseRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRefused:
+    """An order the broker would not cancel (a failed entry of a cancel-all:
+    Alpaca's 500 for an ``opg`` order from 09:28 until the open, a 422 for
+    one that has just filled). Unless it has ended since, it still works,
+    and may fill.
+
+    ``broker_order_id`` is None when the venue's entry names none; ``entry``
+    is the entry's place in the venue's answer (from 0)."""
+
+    broker_order_id: str | None
+    reason: str
+    code: str | None = None
+    entry: int = field(kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CanceledAll:
+    """What a cancel-all did: the orders whose cancel the broker took, and
+    those it refused to cancel (each on its own, as a close-all's positions)."""
+
+    orders: tuple[BrokerOrder, ...] = ()
+    refused: tuple[CancelRefused, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ClosedAll:
     """What a close-all did: the closing orders placed, and the positions refused.
 

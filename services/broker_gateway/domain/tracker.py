@@ -18,8 +18,10 @@ A fill is new only if it takes the order's cumulative quantity past what has
 been published (the *watermark*); the same fill seen again — from the stream
 and from a reconciliation query, before and after a reconnect or a restart —
 is dropped here, and if it were published again JetStream would drop it by
-its id. A fill whose cumulative quantity jumps past the watermark by more
-than its own size means fills were missed: the tracker publishes nothing for
+its id; seen again with part of it published (a closing fill whose split
+over the strategies a restart cut), only the rest is. A fill whose
+cumulative quantity jumps past the watermark by more than its own size
+means fills were missed: the tracker publishes nothing for
 it and marks the order for reconciliation, which queries the broker and
 publishes the missing fills in order (:meth:`OrderTracker.reconcile`).
 
@@ -75,6 +77,7 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    CancelRefused,
     CloseRefused,
     OrderRequest,
     OrderUpdate,
@@ -205,6 +208,10 @@ class OrderTracker:
         #: with the order as the stream showed it then: an answer older than
         #: that does not clear the mark (see :meth:`reconcile`).
         self.needs_reconcile: dict[uuid.UUID, BrokerOrder] = {}
+        #: Orders the broker acknowledged and then answered it does not know
+        #: (404): their outcome is unknown, and they stay unsettled (see
+        #: :meth:`unknown_at_broker`). Few, if any.
+        self.forgotten: set[uuid.UUID] = set()
 
     # ------------------------------------------------------------ lookups
 
@@ -460,8 +467,12 @@ class OrderTracker:
         fill_id: str,
         ts_ns: int,
         out: list[Event],
+        *,
+        resumed: bool = False,
     ) -> None:
-        """Publish ``quantity`` more of ``t`` at ``price`` (booked to strategies if closing)."""
+        """Publish ``quantity`` more of ``t`` at ``price`` (booked to strategies
+        if closing); ``resumed``: the rest of a fill ``fill_id`` whose first
+        part is published, so no part of it takes the fill id itself."""
         total = t.quantity if t.quantity is not None else order.quantity
         slices: list[tuple[str | None, Decimal]]
         if t.closing and t.strategy is None:
@@ -484,7 +495,7 @@ class OrderTracker:
                     cumulative=cumulative,
                     leaves=max(total - cumulative, ZERO),
                     strategy=strategy,
-                    first=i == 0,
+                    first=i == 0 and not resumed,
                     ts_ns=ts_ns,
                     cause=t.cause,
                 ),
@@ -725,6 +736,7 @@ class OrderTracker:
         refused: Sequence[CloseRefused] = (),
         *,
         unexpressed: list[tuple[BrokerOrder, ValueError]] | None = None,
+        working: Sequence[CancelRefused] = (),
     ) -> list[Event]:
         """The close-all answered: its closing orders, and the positions it refused.
 
@@ -737,7 +749,11 @@ class OrderTracker:
         closing order that could not be placed (its id derived from the
         flatten and the symbol, caused by the flatten, the venue's code), so
         a flatten that left a position open never passes for done silently.
-        A refusal that names no symbol has its id derived from its place in
+        So is each order its cancel-all left ``working`` (see
+        :meth:`left_working`), under an id derived from the flatten and the
+        broker's order id: the order itself stays working here, and its
+        fills, which may come, are published and booked. A refusal that
+        names no symbol has its id derived from its place in
         the venue's answer instead: from a symbol of "?", every such refusal
         had one id, and all but the first were dropped as its repeats.
 
@@ -798,11 +814,44 @@ class OrderTracker:
             rejected = self._rejection(t, reason, r.code, None)
             if rejected is not None and all(e.id != rejected.id for e in built):
                 built.append(rejected)
+        for w in working:
+            key = w.broker_order_id or f"entry {w.entry}"
+            oid = derived_id("broker.close.working", self.account, flatten.id, key)
+            known = self._by_broker.get(w.broker_order_id) if w.broker_order_id else None
+            held = self.orders.get(known) if known is not None else None
+            if w.broker_order_id is None:
+                what = f"an order (entry {w.entry} of its answer, which names none)"
+            else:
+                what = f"order {w.broker_order_id}"
+            if held is not None:
+                what += f" ({held.side} {held.quantity} {held.symbol})"
+            t = self._order(oid, held.symbol if held is not None else "?")
+            t.close_for(flatten)
+            reason = (
+                f"flatten: the broker did not cancel {what}, which is still working "
+                f"and may fill: {w.reason}"
+            )
+            rejected = self._rejection(t, reason, w.code, None)
+            if rejected is not None and all(e.id != rejected.id for e in built):
+                built.append(rejected)
         out: list[Event] = []
         for event in built:
             self._emit(out, event)
         self._flattened.add(flatten.id)
         self._flattening = None
+        return out
+
+    def left_working(self, refused: Sequence[CancelRefused]) -> list[CancelRefused]:
+        """Of the orders a cancel-all refused to cancel, those not known to
+        have ended since (the stream, or the reconciliation before the
+        close-all, ended one that had just filled): still working at the
+        broker, they may fill after the flatten."""
+        out: list[CancelRefused] = []
+        for r in refused:
+            oid = self._by_broker.get(r.broker_order_id) if r.broker_order_id else None
+            t = self.orders.get(oid) if oid is not None else None
+            if t is None or t.terminal is None:
+                out.append(r)
         return out
 
     def adopt_closing_orders(self, orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
@@ -889,7 +938,8 @@ class OrderTracker:
         if update.kind == "fill" and update.fill is not None:
             fill = update.fill
             if fill.cumulative_quantity > t.filled:
-                if fill.cumulative_quantity - fill.quantity > t.filled:
+                before = fill.cumulative_quantity - fill.quantity
+                if before > t.filled:
                     # Fills between the watermark and this one were missed.
                     self._mark(t, order)
                     return out
@@ -897,7 +947,16 @@ class OrderTracker:
                     fill.execution_id
                     or f"{order.broker_order_id}:{canon(fill.cumulative_quantity)}"
                 )
-                self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
+                if before == t.filled:
+                    self._fill(t, order, fill.quantity, fill.price, fid, fill.ts_ns, out)
+                else:
+                    # Part of it is published: a closing fill whose split over
+                    # the strategies a restart cut, brought again. The rest
+                    # only, split on from where it stopped (the event ids of
+                    # the uncut run, as a reconciliation's); the whole again
+                    # sold it twice.
+                    rest = fill.cumulative_quantity - t.filled
+                    self._fill(t, order, rest, fill.price, fid, fill.ts_ns, out, resumed=True)
         elif update.kind in ("canceled", "expired"):
             if order.filled_quantity > t.filled:
                 self._mark(t, order)
@@ -927,11 +986,20 @@ class OrderTracker:
         delivered, or never): reconciliations stop asking for it. Its submit
         sets the flag again; one under way meanwhile is settled by its own
         answer (which names the broker's order id) or its retries.
+
+        One it acknowledged stays unsettled (nothing says how it ended) and
+        goes in :attr:`forgotten`: in an option contract past its expiry it
+        no longer holds the contract's settlement back (settlement.py), as
+        the broker ended every order in it at the close.
         """
         self.needs_reconcile.pop(order_id, None)
         t = self.orders.get(order_id)
-        if t is not None and t.broker_order_id is None and not t.accepted:
+        if t is None:
+            return
+        if t.broker_order_id is None and not t.accepted:
             t.submitted = False
+        else:
+            self.forgotten.add(order_id)
 
     def reconcile(self, order: BrokerOrder, fills: Sequence[BrokerFill] | None) -> list[Event]:
         """Bring the order up to what the broker says: ack, missed fills, final state.
@@ -945,6 +1013,7 @@ class OrderTracker:
         """
         t = self.find(order) or self._external(order)
         self._index_broker(t, order.broker_order_id)
+        self.forgotten.discard(t.order_id)  # it knows it again
         seen = self.needs_reconcile.get(t.order_id)
         if seen is not None and _no_older(order, seen):
             del self.needs_reconcile[t.order_id]

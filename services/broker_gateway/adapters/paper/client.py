@@ -54,6 +54,8 @@ from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
     BrokerPosition,
+    CanceledAll,
+    CancelRefused,
     ClosedAll,
     CloseRefused,
     ConnectionState,
@@ -501,13 +503,16 @@ class PaperBroker:
         response = await self._call("cancel", "DELETE", f"/v2/orders/{quote(broker_order_id)}")
         self._check(response, "cancel")
 
-    async def cancel_all(self) -> list[BrokerOrder]:
+    async def cancel_all(self) -> CanceledAll:
         response = await self._call("cancel_all", "DELETE", "/v2/orders")
         body = self._check(response, "cancel_all")
         canceled, failed = self._multi_status(body)
+        refused = []
         for place, entry in failed:
             log.warning("broker %s: %s failed with %s", self.account, body[place], entry.status)
-        return canceled
+            message, code = _error_of(entry.body, entry.status)
+            refused.append(CancelRefused(entry.id or None, message, code, entry=place))
+        return CanceledAll(tuple(canceled), tuple(refused))
 
     async def get_order(
         self, *, client_order_id: str | None = None, broker_order_id: str | None = None
