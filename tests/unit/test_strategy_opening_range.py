@@ -8,6 +8,8 @@ import uuid
 from decimal import Decimal
 from typing import Literal
 
+import pytest
+
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
@@ -199,3 +201,84 @@ def test_on_second_bars_a_restart_rebuilds_the_whole_range() -> None:
     assert intents(rt.run(live)) == []  # inside the range: 101 < 102
     above = [bar("SPY", "103", ny_ns(WINTER, 9, 38) + NS, interval="1s")]
     assert intents(rt.run(above)) == [("orb_breakout", "buy", Decimal(50))]
+
+
+THANKSGIVING = dt.date(2025, 11, 27)  # the NYSE is closed
+HALF_DAY = dt.date(2025, 11, 28)  # the day after: the NYSE closes at 13:00
+FULL_DAY = dt.date(2025, 12, 1)
+
+
+def long_from_the_open(rt: InMemoryRuntime, day: dt.date) -> None:
+    out = rt.run([*opening(day), at(day, "09:33", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    for event in fill_chain(intent, 103, ids=next_id):
+        rt.feed(event)
+
+
+def test_on_an_early_close_it_flattens_as_long_before_that_close() -> None:
+    # 13:00 close: flat from 12:55, 5 minutes before it as 15:55 is before
+    # 16:00. Flattening only at 15:55 New York, no bar reached it (the last
+    # regular one ends at 13:00) and the position was held overnight.
+    rt = runtime()
+    long_from_the_open(rt, HALF_DAY)
+    assert intents(rt.run([at(HALF_DAY, "12:53", "104")])) == []
+    out = rt.run([at(HALF_DAY, "12:54", "104")])  # ends at 12:55
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+    signal = next(e for e in out if isinstance(e, SignalGenerated))
+    assert signal.payload.reason == "flatten at 12:55 (early close at 13:00)"
+
+
+def test_an_early_close_moves_a_flatten_set_at_the_close_to_that_close() -> None:
+    rt = runtime(flatten_at="16:00")
+    long_from_the_open(rt, dt.date(2025, 7, 3))  # 13:00 close
+    assert intents(rt.run([at(dt.date(2025, 7, 3), "12:58", "104")])) == []
+    out = rt.run([at(dt.date(2025, 7, 3), "12:59", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+
+
+def test_on_a_full_day_the_flatten_is_where_it_was() -> None:
+    rt = runtime()
+    long_from_the_open(rt, FULL_DAY)
+    assert intents(rt.run([at(FULL_DAY, "12:54", "104"), at(FULL_DAY, "15:53", "104")])) == []
+    out = rt.run([at(FULL_DAY, "15:54", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+    signal = next(e for e in out if isinstance(e, SignalGenerated))
+    assert signal.payload.reason == "flatten at 15:55"
+
+
+def test_on_a_day_the_exchange_is_closed_flatten_at_stands() -> None:
+    # Only synthetic data has bars on a holiday (the demo feed runs every
+    # day): there is no close to move the flatten by.
+    rt = runtime()
+    long_from_the_open(rt, THANKSGIVING)
+    assert intents(rt.run([at(THANKSGIVING, "12:54", "104")])) == []
+    out = rt.run([at(THANKSGIVING, "15:54", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+
+
+def test_without_a_calendar_flatten_at_is_kept_on_an_early_close() -> None:
+    rt = runtime(calendar=None)
+    long_from_the_open(rt, HALF_DAY)
+    assert intents(rt.run([at(HALF_DAY, "12:54", "104")])) == []
+    out = rt.run([at(HALF_DAY, "15:54", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+
+
+def test_an_early_flatten_inside_a_long_opening_range_still_flattens() -> None:
+    # range_minutes 220: the range ends at 13:10, after the half day's 12:55
+    # flatten. A position carried in from the day before (not flattened) is
+    # closed at 12:55 all the same, not held through the range's bars.
+    rt = runtime(range_minutes=220)
+    day_before = dt.date(2025, 11, 26)
+    out = rt.run([*opening(day_before), at(day_before, "13:10", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    for event in fill_chain(intent, 103, ids=next_id):
+        rt.feed(event)
+    assert intents(rt.run([at(HALF_DAY, "09:30", "104")])) == []
+    out = rt.run([at(HALF_DAY, "12:54", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
+
+
+def test_an_unknown_calendar_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown exchange calendar 'NOPE'"):
+        OpeningRangeParams.model_validate({"calendar": "NOPE"})

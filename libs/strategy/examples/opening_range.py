@@ -9,6 +9,16 @@ exited at once), and everything is flattened from
 ``flatten_at`` on, by the first bar that ends at or after it. At most
 ``max_entries`` entries per symbol per day.
 
+On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
+default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
+flatten comes as long before that close as ``flatten_at`` is before the
+full-day close: 12:55 for 15:55, whose bar would never come, the position
+held overnight and, the next morning, without a stop until the new range
+forms. On a day the exchange does not trade (only synthetic data has bars
+then) and with ``calendar: null``, ``flatten_at`` stands. The day is the
+bar's date in ``timezone``, the calendar's session date when the two zones
+agree.
+
 Times are read from the bars' own ``start_ns`` (``end_ns`` for the flatten)
 converted with ``zoneinfo``, never from a clock, so daylight saving and
 replayed history both work.
@@ -24,11 +34,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from libs.contract import sessions
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 
 NS = 1_000_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class OpeningRangeParams(StrategyParams):
@@ -39,6 +51,9 @@ class OpeningRangeParams(StrategyParams):
     timezone: str = "America/New_York"
     allow_short: bool = True
     max_entries: int = Field(default=1, ge=1, le=100)
+    #: The exchange calendar (exchange-calendars code) whose early closes move
+    #: the flatten; None: flatten_at every day.
+    calendar: str | None = "XNYS"
 
     @field_validator("timezone")
     @classmethod
@@ -48,6 +63,11 @@ class OpeningRangeParams(StrategyParams):
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise ValueError(f"unknown time zone {value!r}") from e
         return value
+
+    @field_validator("calendar")
+    @classmethod
+    def _calendar(cls, value: str | None) -> str | None:
+        return None if value is None else sessions.check(value)
 
     @field_validator("session_open", "flatten_at")
     @classmethod
@@ -74,6 +94,9 @@ class OpeningRangeParams(StrategyParams):
 @dataclass(slots=True)
 class _Day:
     date: dt.date
+    #: Flat from a bar ending here on: flatten_at, earlier on an early close.
+    flatten_ns: int
+    flatten_reason: str
     high: Decimal | None = None
     low: Decimal | None = None
     entries: int = 0
@@ -123,21 +146,21 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
         day = self._days.get(bar.symbol)
         if day is None or day.date != local.date():
-            day = self._days[bar.symbol] = _Day(local.date())
+            day = self._days[bar.symbol] = self._day(local.date())
         t = local.time()
         if t < p.session_open:
+            return
+        # Flat from the flatten on, judged by the bar's end: it is handled when
+        # it closes. By its start, a 16:00 flatten with no bar after the close
+        # (the last starts 15:59) never came and the position was held overnight.
+        # Before the range: on an early close the flatten may come inside it.
+        if bar.end_ns >= day.flatten_ns:
+            if held != 0:
+                go(bar, Decimal(0), "orb_flatten", "flat", day.flatten_reason)
             return
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
-            return
-        # Flat from flatten_at on, judged by the bar's end: it is handled when
-        # it closes. By its start, a 16:00 flatten with no bar after the close
-        # (the last starts 15:59) never came and the position was held overnight.
-        end = dt.datetime.fromtimestamp(bar.end_ns // NS, tz=self._zone).replace(tzinfo=None)
-        if end >= dt.datetime.combine(day.date, p.flatten_at):
-            if held != 0:
-                go(bar, Decimal(0), "orb_flatten", "flat", f"flatten at {p.flatten_at:%H:%M}")
             return
         if day.high is None or day.low is None:
             # No opening range today (data started late): no entry, and no
@@ -159,6 +182,21 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
                 day.entries += 1
                 reason = f"close {bar.close} < range low {day.low}"
                 go(bar, -p.quantity, "orb_breakout", "short", reason)
+
+    def _day(self, date: dt.date) -> _Day:
+        """The day's flatten: flatten_at, as much earlier as the exchange
+        closes early (asked once a day and symbol; the answer is cached)."""
+        p = self.params
+        local = dt.datetime.combine(date, p.flatten_at, tzinfo=self._zone)
+        ns = (local - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
+        session = sessions.session(p.calendar, date) if p.calendar is not None else None
+        if session is None or session.early_by_ns == 0:
+            return _Day(date, ns, f"flatten at {p.flatten_at:%H:%M}")
+        ns -= session.early_by_ns
+        flatten = dt.datetime.fromtimestamp(ns // NS, tz=self._zone)
+        close = dt.datetime.fromtimestamp(session.close_ns // NS, tz=self._zone)
+        when = "early" if session.early_by_ns > 0 else "late"
+        return _Day(date, ns, f"flatten at {flatten:%H:%M} ({when} close at {close:%H:%M})")
 
     def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> None:
         trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)
