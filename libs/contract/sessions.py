@@ -75,10 +75,17 @@ def _quietly(call: Callable[[], Any]) -> Any:
 
 def check(calendar: str) -> str:
     """``calendar`` if ``exchange-calendars`` knows it (``XNYS``, ``XLON``, ...),
-    for a config check; :class:`CalendarError` if not."""
+    for a config check; :class:`CalendarError` if not.
+
+    It also builds the calendar (a few tenths of a second): checked when a
+    strategy's parameters are loaded, so that the first :func:`session`, asked
+    in a callback, does not spend its watchdog's time (``max_callback_s``,
+    1 s by default) building it.
+    """
     names = _quietly(lambda: _library().get_calendar_names(include_aliases=True))
     if calendar not in names:
         raise CalendarError(f"unknown exchange calendar {calendar!r} (e.g. XNYS)")
+    _calendar(calendar, dt.datetime.now(dt.UTC).date())
     return calendar
 
 

@@ -58,3 +58,12 @@ def test_an_unknown_calendar_is_refused() -> None:
         sessions.check("NOPE")
     with pytest.raises(sessions.CalendarError, match="unknown exchange calendar 'NOPE'"):
         sessions.session("NOPE", dt.date(2025, 11, 28))
+
+
+def test_a_check_builds_the_calendar_so_a_callback_does_not() -> None:
+    # A strategy's parameters are checked when they load; its callbacks
+    # then ask with the calendar built (a first session() built it inside
+    # the callback's watchdog time).
+    sessions._calendars.pop("XNYS", None)
+    assert sessions.check("XNYS") == "XNYS"
+    assert "XNYS" in sessions._calendars
