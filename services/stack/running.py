@@ -56,6 +56,8 @@ def service_specs(
 ) -> tuple[list[ServiceSpec], list[Endpoint]]:
     host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
+    if ":" in shown_host:  # an IPv6 address: bracketed in a URL, else its colons read as the port's
+        shown_host = f"[{shown_host}]"
     specs: list[ServiceSpec] = []
     endpoints: list[Endpoint] = []
     taken: set[int] = set()
