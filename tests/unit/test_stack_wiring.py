@@ -319,3 +319,29 @@ def test_up_prints_the_notes_config_check_prints(tmp_path: Path) -> None:
     assert code == 1
     assert f"note: strategy pairs-msft-aapl ({strategies}) trades {old}, which expired" in text
     assert "cannot migrate the event store" in text  # a note: it went on to start
+
+
+async def test_up_reaches_services_whose_metrics_listen_on_an_ipv6_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TRADEBUS_METRICS_HOST=::1``: the services listen there, and up
+    printed ``http://::1:19100/health``, which is no URL; its /health wait
+    then raised ValueError on the port of it, and up ended with a traceback
+    as the services started."""
+    from prometheus_client import CollectorRegistry
+
+    from libs.observability.http import MetricsServer
+    from services.stack.running import _wait_healthy, service_specs
+
+    monkeypatch.setenv("TRADEBUS_METRICS_HOST", "::1")
+    given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml")
+    options = UpOptions(home=tmp_path / "home", metrics_port=0)
+    specs, endpoints = service_specs(options, ["recorder"], given, lambda text: None)
+    (spec,) = specs
+    (endpoint,) = endpoints
+    port = int(spec.env["TRADEBUS_METRICS_PORT"])
+    assert endpoint.health_url == f"http://[::1]:{port}/health"
+    assert endpoint.metrics_url == f"http://[::1]:{port}/metrics"
+    server = MetricsServer("::1", port, lambda: (True, {}), CollectorRegistry())
+    async with server:
+        assert await _wait_healthy(endpoints, timeout=10) == []
