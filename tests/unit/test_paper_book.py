@@ -260,6 +260,27 @@ def test_a_print_stamped_before_a_limit_order_was_placed_does_not_fill_it() -> N
     assert (fill.order.id, fill.price) == (stop.id, D(100))
 
 
+def test_a_print_stamped_before_a_stop_order_was_placed_does_not_trigger_it() -> None:
+    """A late trade stamped before a stop was placed (or a bar that ended
+    before it) does not trigger it: it was no price the order had, and a
+    plain stop it triggered filled at that price. One stamped after does."""
+    b = book()
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=30))
+    # Placed at market time 30, with IBM at 101: neither is triggered.
+    stop, _ = b.submit("A", OrderSpec("IBM", "sell", D(1), "stop", stop_price=D(100)))
+    spec = OrderSpec("IBM", "sell", D(1), "stop_limit", limit_price=D("99.5"), stop_price=D(100))
+    stop_limit, _ = b.submit("A", spec)
+    assert b.on_market(MarketUpdate.trade("IBM", D(95), ts_ns=10)) == []  # reported late
+    assert b.on_market(MarketUpdate.bar("IBM", D(96), D(96), D(95), D(95), 20, 0)) == []
+    assert [(o.status, o.triggered) for o in b.orders("A")] == [("new", False), ("new", False)]
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=50))
+    updates = b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=40))  # late, after them
+    assert [(u.event, u.order.id, u.price) for u in updates] == [
+        ("fill", stop.id, D(99)),
+        ("triggered", stop_limit.id, None),
+    ]
+
+
 def test_a_market_order_fills_at_the_newest_print_not_a_late_older_one() -> None:
     """Polygon reports some trades late, after newer ones: a trade stamped
     before the newest print is not the market's price. A market order placed

@@ -443,9 +443,10 @@ class PaperBook(Ledger):
         A print older by the market's time than the newest (a trade reported
         late) fills what fills at the market (a market order, a triggered
         stop) at the newest print, the last price, not at its own. One
-        stamped before a limit order was placed (a bar that ended before it)
-        fills nothing of it: as a bar's low from before the order, a price
-        it never had; one stamped after was a price the order had."""
+        stamped before a limit or stop order was placed (a bar that ended
+        before it) neither fills nor triggers it: as a bar's low from before
+        the order, a price it never had; one stamped after was a price the
+        order had."""
         symbol = update.symbol
         # The newest print before this update (by the market's time): a
         # closing auction's price, if this update is the first after the close.
@@ -468,12 +469,11 @@ class PaperBook(Ledger):
                 order.order_type == "market" or (order.order_type == "stop" and order.triggered)
             ):
                 seen = current
-            elif update.ts_ns < order.placed_at_market_ns and (
-                order.order_type == "limit" or order.triggered
-            ):
+            elif update.ts_ns < order.placed_at_market_ns:
                 # Reported late, from before the order was placed: its
                 # prices, as a bar's open, high and low from before the
-                # order, are none the order ever had.
+                # order, are none the order ever had; it neither fills a
+                # limit nor triggers a stop (which then filled at it).
                 continue
             elif update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
                 if close is None:

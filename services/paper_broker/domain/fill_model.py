@@ -40,7 +40,8 @@ order submitted before the symbol has any price waits for the first update.
 high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
 the trigger price (a trade's price; for a bar, the stop or the open if the bar
 gapped through it). *Stop-limit orders* trigger the same way, then work as
-a limit order from that same update on.
+a limit order from that same update on. As for limits, only prices the
+order had trigger it: not a print stamped before it was placed.
 
 *Partial fills.* One update fills at most ``max_fill_quantity`` of an order
 (unlimited when unset): an order larger than that fills in several partial
