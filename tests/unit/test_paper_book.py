@@ -325,6 +325,19 @@ def test_the_rest_of_a_market_order_fills_at_the_newest_print_not_a_late_older_o
     assert [u.price for u in updates if u.execution_id is not None] == [D(99), D(99)]
 
 
+def test_a_price_from_before_the_broker_is_taken_with_its_time_only() -> None:
+    """set_last takes a price's market time, no default: with 0 for a time
+    left out, a price given after a print with a real time was older than
+    it by the market's time, and silently never became the last price."""
+    b = book()
+    b.set_last("AAPL", D(100), ts_ns=30)
+    with pytest.raises(TypeError):
+        b.set_last("AAPL", D(101))  # type: ignore[call-arg]
+    assert b.last_price("AAPL") == D(100)
+    b.set_last("AAPL", D(101), ts_ns=40)
+    assert b.last_price("AAPL") == D(101)
+
+
 def test_ioc_and_fok() -> None:
     b = book(fill_model=FillModelConfig(max_fill_quantity=D(10)))
     b.on_market(MarketUpdate.trade("AAPL", D(10)))

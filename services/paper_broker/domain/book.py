@@ -409,10 +409,12 @@ class PaperBook(Ledger):
         at = dt.datetime.fromtimestamp(seconds, dt.UTC)
         return f"{at:%Y%m%d%H%M%S}{rest // 1_000_000:03d}::{self.ids()}"
 
-    def set_last(self, symbol: str, price: Decimal, ts_ns: int = 0) -> list[TradeUpdate]:
-        """``price`` (of ``ts_ns``), from before the broker was there, becomes
-        ``symbol``'s last price unless a newer print by the market's time came
-        before it (:meth:`last_price`). A limit or stop order is not filled or
+    def set_last(self, symbol: str, price: Decimal, *, ts_ns: int) -> list[TradeUpdate]:
+        """``price`` (of ``ts_ns``, its market time: no default, as a price
+        with none would be older than any print with one and silently never
+        the last), from before the broker was there, becomes ``symbol``'s
+        last price unless a newer print by the market's time came before it
+        (:meth:`last_price`). A limit or stop order is not filled or
         triggered by it (the price may predate the order); a market order
         waiting for a price fills at it, as it would have had the price come a
         moment earlier (at the last price: an older price than one taken
