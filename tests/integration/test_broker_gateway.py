@@ -704,7 +704,7 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
     from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
 
     book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    book.set_last("AAPL", D(100))
+    book.set_last("AAPL", D(100), ts_ns=CLOCK.now_ns())
     order, _ = book.submit(
         "acct",
         OrderSpec(
@@ -726,7 +726,7 @@ async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_tra
         feed.run(
             lambda u: fills.extend(book.on_market(u)),
             stop,
-            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last)),
+            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last, ts_ns=u.ts_ns)),
         )
     )
     try:
@@ -758,7 +758,7 @@ async def test_every_price_stored_before_the_feed_is_history_however_many_subjec
     from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
 
     book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    book.set_last("AAPL", D(100))
+    book.set_last("AAPL", D(100), ts_ns=CLOCK.now_ns())
     order, _ = book.submit(
         "acct",
         OrderSpec(symbol="AAPL", side="buy", qty=D(10), order_type="limit", limit_price=D(96)),
@@ -784,7 +784,7 @@ async def test_every_price_stored_before_the_feed_is_history_however_many_subjec
         feed.run(
             lambda u: fills.extend(book.on_market(u)),
             stop,
-            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last)),
+            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last, ts_ns=u.ts_ns)),
         )
     )
     try:

@@ -230,6 +230,57 @@ def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close(
     assert (fill.order.id, fill.price) == (late.id, D("99.7"))
 
 
+def test_a_print_stamped_before_a_limit_order_was_placed_does_not_fill_it() -> None:
+    """A trade Polygon reported late, stamped before a limit order was placed
+    (or a bar that ended before it), is a price the order never had: it
+    fills nothing, as a bar's low from before the order does not. A late
+    trade stamped after the order was placed was a price it had: it fills."""
+    b = book()
+    b.on_market(MarketUpdate.trade("AAPL", D(101), ts_ns=30))
+    # Placed at market time 30, with AAPL at 101: it rests.
+    buy, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(100)))
+    assert b.on_market(MarketUpdate.trade("AAPL", D(99), ts_ns=10)) == []  # reported late
+    assert b.on_market(MarketUpdate.bar("AAPL", D(98), D(98), D(98), D(98), 20, 0)) == []
+    assert [o.status for o in b.orders("A")] == ["new"]
+    b.on_market(MarketUpdate.trade("AAPL", D(102), ts_ns=50))
+    [fill] = b.on_market(MarketUpdate.trade("AAPL", D("99.5"), ts_ns=40))  # late, after it
+    assert (fill.order.id, fill.price) == (buy.id, D("99.5"))
+    # A sell limit the same way.
+    sell, _ = b.submit("A", OrderSpec("AAPL", "sell", D(1), "limit", limit_price=D(103)))
+    assert b.on_market(MarketUpdate.trade("AAPL", D(104), ts_ns=45)) == []
+    [fill] = b.on_market(MarketUpdate.trade("AAPL", D(104), ts_ns=60))
+    assert (fill.order.id, fill.price) == (sell.id, D(104))
+    # A stop-limit triggered when placed rests as a limit: the same.
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=30))
+    spec = OrderSpec("IBM", "buy", D(1), "stop_limit", limit_price=D("100.5"), stop_price=D(100))
+    stop, _ = b.submit("A", spec)
+    assert (stop.status, stop.triggered) == ("new", True)
+    assert b.on_market(MarketUpdate.trade("IBM", D(100), ts_ns=10)) == []  # reported late
+    [fill] = b.on_market(MarketUpdate.trade("IBM", D(100), ts_ns=40))
+    assert (fill.order.id, fill.price) == (stop.id, D(100))
+
+
+def test_a_print_stamped_before_a_stop_order_was_placed_does_not_trigger_it() -> None:
+    """A late trade stamped before a stop was placed (or a bar that ended
+    before it) does not trigger it: it was no price the order had, and a
+    plain stop it triggered filled at that price. One stamped after does."""
+    b = book()
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=30))
+    # Placed at market time 30, with IBM at 101: neither is triggered.
+    stop, _ = b.submit("A", OrderSpec("IBM", "sell", D(1), "stop", stop_price=D(100)))
+    spec = OrderSpec("IBM", "sell", D(1), "stop_limit", limit_price=D("99.5"), stop_price=D(100))
+    stop_limit, _ = b.submit("A", spec)
+    assert b.on_market(MarketUpdate.trade("IBM", D(95), ts_ns=10)) == []  # reported late
+    assert b.on_market(MarketUpdate.bar("IBM", D(96), D(96), D(95), D(95), 20, 0)) == []
+    assert [(o.status, o.triggered) for o in b.orders("A")] == [("new", False), ("new", False)]
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=50))
+    updates = b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=40))  # late, after them
+    assert [(u.event, u.order.id, u.price) for u in updates] == [
+        ("fill", stop.id, D(99)),
+        ("triggered", stop_limit.id, None),
+    ]
+
+
 def test_a_market_order_fills_at_the_newest_print_not_a_late_older_one() -> None:
     """Polygon reports some trades late, after newer ones: a trade stamped
     before the newest print is not the market's price. A market order placed
@@ -272,6 +323,19 @@ def test_the_rest_of_a_market_order_fills_at_the_newest_print_not_a_late_older_o
     updates += b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=30))
     updates += b.on_market(MarketUpdate.trade("IBM", D(104), ts_ns=20))  # reported late
     assert [u.price for u in updates if u.execution_id is not None] == [D(99), D(99)]
+
+
+def test_a_price_from_before_the_broker_is_taken_with_its_time_only() -> None:
+    """set_last takes a price's market time, no default: with 0 for a time
+    left out, a price given after a print with a real time was older than
+    it by the market's time, and silently never became the last price."""
+    b = book()
+    b.set_last("AAPL", D(100), ts_ns=30)
+    with pytest.raises(TypeError):
+        b.set_last("AAPL", D(101))  # type: ignore[call-arg]
+    assert b.last_price("AAPL") == D(100)
+    b.set_last("AAPL", D(101), ts_ns=40)
+    assert b.last_price("AAPL") == D(101)
 
 
 def test_ioc_and_fok() -> None:

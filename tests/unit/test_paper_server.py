@@ -274,6 +274,30 @@ def test_times_are_written_for_each_instant() -> None:
     assert wire.iso(None) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("2026-03-10T15:00:00Z", 1_773_154_800_000_000_000),
+        ("2026-03-10T15:00:00.123456Z", 1_773_154_800_123_456_000),
+        ("2026-03-10T15:00:00.123456789Z", 1_773_154_800_123_456_789),
+        ("2026-03-10T15:00:00,1234567Z", 1_773_154_800_123_456_700),
+        ("2026-03-10T17:00:00.000000001+02:00", 1_773_154_800_000_000_001),
+        ("2026-03-10T15:00:00.1234567891Z", 1_773_154_800_123_456_789),  # past the ns: cut
+        ("2026-03-10", 1_773_100_800_000_000_000),  # a date: its midnight UTC
+        ("1969-12-31T23:59:59.5Z", -500_000_000),
+        ("1969-12-31T23:59:59.999999999Z", -1),
+        ("9999-12-31T23:59:59.999999Z", 253_402_300_799_999_999_000),
+    ],
+)
+def test_times_are_read_to_the_nanosecond(text: str, ns: int) -> None:
+    """RFC 3339 times (``after`` / ``until``, a journal's) in whole
+    nanoseconds: seconds as a float cut the digits past the microsecond,
+    took half a second before 1970 as half a second after, and rounded
+    .999999 of a far year up to the next second."""
+    assert wire.parse_iso(text) == ns
+    assert wire.parse_iso(wire.iso(ns)) == ns // 1000 * 1000
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
 async def test_frames_that_leave_together_are_corked(server: PaperBrokerServer) -> None:
     # A submit's updates and answer are queued at once; the writer sends them

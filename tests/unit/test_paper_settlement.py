@@ -208,7 +208,7 @@ def test_a_price_that_comes_in_the_wait_settles_it() -> None:
     b, clock = held(PUT, "-1", None)
     clock.ns = CLOSE_NS + 60_000_000_000
     assert b.settle_expired() == []
-    b.set_last("SPY", D(590), ny_ns("2026-12-11 15:59"))
+    b.set_last("SPY", D(590), ts_ns=ny_ns("2026-12-11 15:59"))
     [settled] = b.settle_expired()
     assert [a.activity_type for a in settled.activities] == ["OPASN", "OPTRD"]
     assert [(p.symbol, p.qty) for p in b.positions("A")] == [("SPY", D(100))]

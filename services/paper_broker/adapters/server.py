@@ -225,7 +225,7 @@ class PaperBrokerServer:
         """A price from before the feed connected: the last price; it fills
         only market orders that were waiting for a price."""
         self.expire_orders(update.ts_ns)
-        self._publish(self.book.set_last(update.symbol, update.last, update.ts_ns))
+        self._publish(self.book.set_last(update.symbol, update.last, ts_ns=update.ts_ns))
 
     def _settle(self, settlements: Sequence[Settlement]) -> None:
         """Journal positions settled at expiry. Nothing is streamed: as at

@@ -11,6 +11,7 @@ follow Alpaca's order object and ``trade_updates`` stream
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -67,13 +68,28 @@ def iso(ns: int | None) -> str | None:
     return text
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: An RFC 3339 time's fraction of a second (the time's, not an offset's).
+_FRACTION = re.compile(r"\d{4}-\d{2}-\d{2}.\d{2}:\d{2}:\d{2}[.,](\d+)")
+
+
 def parse_iso(value: str | None) -> int | None:
+    """An RFC 3339 time in ns since the epoch (a YYYY-MM-DD date, as Alpaca's
+    ``after`` / ``until`` take, is its midnight; a time without an offset is
+    UTC), to the nanosecond (digits past it are cut). In integers: seconds
+    as a float cut the digits past the microsecond, took a time before 1970
+    with a fraction as after it (int() rounds toward zero) and, in a far
+    year, rounded .999999 up to the next second."""
     if value is None:
         return None
     t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if t.tzinfo is None:  # a date (YYYY-MM-DD, as Alpaca's after/until take) or a naive time: UTC
+    if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+    ns = (t - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+    # datetime keeps six digits of the fraction: the nanoseconds past them.
+    if (fraction := _FRACTION.match(value)) is not None:
+        ns += int(fraction.group(1)[6:9].ljust(3, "0"))
+    return ns
 
 
 def num(value: Decimal | None) -> str | None:

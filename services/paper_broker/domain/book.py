@@ -409,10 +409,12 @@ class PaperBook(Ledger):
         at = dt.datetime.fromtimestamp(seconds, dt.UTC)
         return f"{at:%Y%m%d%H%M%S}{rest // 1_000_000:03d}::{self.ids()}"
 
-    def set_last(self, symbol: str, price: Decimal, ts_ns: int = 0) -> list[TradeUpdate]:
-        """``price`` (of ``ts_ns``), from before the broker was there, becomes
-        ``symbol``'s last price unless a newer print by the market's time came
-        before it (:meth:`last_price`). A limit or stop order is not filled or
+    def set_last(self, symbol: str, price: Decimal, *, ts_ns: int) -> list[TradeUpdate]:
+        """``price`` (of ``ts_ns``, its market time: no default, as a price
+        with none would be older than any print with one and silently never
+        the last), from before the broker was there, becomes ``symbol``'s
+        last price unless a newer print by the market's time came before it
+        (:meth:`last_price`). A limit or stop order is not filled or
         triggered by it (the price may predate the order); a market order
         waiting for a price fills at it, as it would have had the price come a
         moment earlier (at the last price: an older price than one taken
@@ -442,7 +444,11 @@ class PaperBook(Ledger):
 
         A print older by the market's time than the newest (a trade reported
         late) fills what fills at the market (a market order, a triggered
-        stop) at the newest print, the last price, not at its own."""
+        stop) at the newest print, the last price, not at its own. One
+        stamped before a limit or stop order was placed (a bar that ended
+        before it) neither fills nor triggers it: as a bar's low from before
+        the order, a price it never had; one stamped after was a price the
+        order had."""
         symbol = update.symbol
         # The newest print before this update (by the market's time): a
         # closing auction's price, if this update is the first after the close.
@@ -465,6 +471,12 @@ class PaperBook(Ledger):
                 order.order_type == "market" or (order.order_type == "stop" and order.triggered)
             ):
                 seen = current
+            elif update.ts_ns < order.placed_at_market_ns:
+                # Reported late, from before the order was placed: its
+                # prices, as a bar's open, high and low from before the
+                # order, are none the order ever had; it neither fills a
+                # limit nor triggers a stop (which then filled at it).
+                continue
             elif update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)

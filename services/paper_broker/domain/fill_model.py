@@ -31,13 +31,17 @@ order submitted before the symbol has any price waits for the first update.
   that opened through the limit fills at the open).
   With ``limit_fill_on_touch: false`` the market must trade *through* the
   limit (strictly below a buy limit, above a sell limit), a more conservative
-  stand-in for queue position.
+  stand-in for queue position. Only prices the order had count (the book
+  decides which, by the market's time): a bar that began before the order
+  was placed is only its close to it, and a print stamped before it (a
+  trade reported late, a bar that ended before it) is nothing to it.
 
 *Stop orders* trigger when the market reaches the stop (buy: price or bar
 high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
 the trigger price (a trade's price; for a bar, the stop or the open if the bar
 gapped through it). *Stop-limit orders* trigger the same way, then work as
-a limit order from that same update on.
+a limit order from that same update on. As for limits, only prices the
+order had trigger it: not a print stamped before it was placed.
 
 *Partial fills.* One update fills at most ``max_fill_quantity`` of an order
 (unlimited when unset): an order larger than that fills in several partial
