@@ -1,4 +1,4 @@
-"""``settlement_events`` (services/broker_gateway/settlement.py): the broker's
+"""``settlement_events`` (services/broker_gateway/domain/settlement.py): the broker's
 non-trade activities of option events turned into settlement fills, split
 over the strategies that held the contract, exactly once across restarts."""
 

@@ -160,7 +160,7 @@ class TrackedOrder:
     #: An option settlement's (``FillPayload.settlement``): the quantity
     #: published per strategy, in the order published. A settlement cut by a
     #: restart is finished as it began from it, and an exercise's shares
-    #: follow it (services/broker_gateway/settlement.py). None for any other
+    #: follow it (domain/settlement.py). None for any other
     #: order (it costs nothing there).
     split: dict[str | None, Decimal] | None = None
     cancel_cause: Event | CauseRef | None = None
@@ -521,7 +521,7 @@ class OrderTracker:
     ) -> FillReceived:
         """One ``FillReceived`` of the account, not yet recorded: a broker
         order's (:meth:`_fill`), an option settlement's or a cross's
-        (services/broker_gateway/settlement.py). The one place a fill's ids
+        (domain/settlement.py, domain/cross.py). The one place a fill's ids
         are made, so that all of them are made alike.
 
         Its event id derives from (account, order id, ``cumulative``: the
@@ -989,7 +989,7 @@ class OrderTracker:
 
         One it acknowledged stays unsettled (nothing says how it ended) and
         goes in :attr:`forgotten`: in an option contract past its expiry it
-        no longer holds the contract's settlement back (settlement.py), as
+        no longer holds the contract's settlement back (domain/settlement.py), as
         the broker ended every order in it at the close.
         """
         self.needs_reconcile.pop(order_id, None)
