@@ -34,7 +34,8 @@ from services.broker_gateway.domain.settlement import (
     held_contracts,
     may_still_fill,
 )
-from services.broker_gateway.domain.tracker import OrderTracker, canon, take_in_order
+from services.broker_gateway.domain.tracked import canon, take_in_order
+from services.broker_gateway.domain.tracker import OrderTracker
 
 log = logging.getLogger(__name__)
 
