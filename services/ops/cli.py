@@ -101,7 +101,7 @@ def uncaused(chain: Sequence[Recorded]) -> str:
     order = payload.get("broker_order_id") or payload.get("order_id", "?")
     if root.type == "FillReceived" and payload.get("settlement"):
         # No order at all: the broker settled an option at its expiry
-        # (services/broker_gateway/settlement.py), booked to its holder.
+        # (services/broker_gateway/domain/settlement.py), booked to its holder.
         booked = payload.get("strategy")
         return (
             f"the broker settled an option position at its contract's expiry "

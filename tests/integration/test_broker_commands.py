@@ -49,7 +49,8 @@ from libs.contract.events import (
 from libs.contract.subjects import STREAM
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
-from services.broker_gateway import gateway as gateway_module
+from services.broker_gateway import reconciliation as reconciliation_module
+from services.broker_gateway import worker as worker_module
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
@@ -663,7 +664,7 @@ async def test_a_reconciliation_given_up_is_said_counted_and_tried_again(
     fill it was to fetch, with no reconnection in between. It used to wait
     for the next reconnection or gap: the fill stayed unpublished (and the
     risk-gate's position short) for as long as the connection held."""
-    monkeypatch.setattr(gateway_module, "RECONCILE_RETRY_INITIAL_S", 0.3)
+    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.3)
     a = venues[0]
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
 
@@ -741,7 +742,7 @@ async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_
     say. That is published as ``BrokerPositionsChecked`` with the difference,
     logged, and the account's gauge shows it; later checks that find the
     same say nothing new on the bus."""
-    monkeypatch.setattr(gateway_module, "POSITION_CONFIRM_S", 0.3)
+    monkeypatch.setattr(reconciliation_module, "POSITION_CONFIRM_S", 0.3)
     a = venues[0]
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
     subject = f"broker.positions.{a.account}"

@@ -1,4 +1,4 @@
-"""``settlement_events`` (services/broker_gateway/settlement.py): the broker's
+"""``settlement_events`` (services/broker_gateway/domain/settlement.py): the broker's
 non-trade activities of option events turned into settlement fills, split
 over the strategies that held the contract, exactly once across restarts."""
 
@@ -173,7 +173,7 @@ def test_an_option_trade_with_no_exercise_before_it_is_booked_to_nobody_and_logg
     after it, say): the shares are booked, to no strategy (nothing says whose
     they are), stamped when published, and the gateway says so."""
     t = tracker(opened([("s1", CALL, "1")]))
-    caplog.set_level(logging.WARNING, logger="services.broker_gateway.settlement")
+    caplog.set_level(logging.WARNING, logger="services.broker_gateway.domain.settlement")
     [event] = settle(t, [activity("a2", "OPTRD", "SPY", "100", "600")])
     assert booked([event]) == [("SPY", "buy", "100", "600", "exercised", None)]
     assert event.ts_event == T0
@@ -335,7 +335,7 @@ def test_an_activity_the_contract_cannot_carry_is_left_out_and_the_rest_booked(
     task, which took the account's worker (its event stream) down with it,
     and again at every start-up: the same activity is read each time."""
     t = tracker(opened([("s1", CALL, "1")]))
-    caplog.set_level(logging.WARNING, logger="services.broker_gateway.settlement")
+    caplog.set_level(logging.WARNING, logger="services.broker_gateway.domain.settlement")
     events = settle(t, [bad, activity("a1", "OPEXP", CALL, "-1")])
     assert booked(events) == [(CALL, "sell", "1", "0", "expired", "s1")]
     assert any("x1" in r.getMessage() for r in caplog.records)

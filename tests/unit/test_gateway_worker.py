@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
-from services.broker_gateway import gateway
+from services.broker_gateway import gateway, reconciliation
+from services.broker_gateway import worker as worker_module
 from services.broker_gateway.domain.model import BrokerOrder, CanceledAll
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
@@ -466,8 +467,8 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     from services.broker_gateway.errors import RateLimited
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
     account = f"refused-{uuid.uuid4().hex[:8]}"
     w = worker([1000.0], [], account=account)
     command = submit()
@@ -538,7 +539,7 @@ async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account="checked")
     fill = FillReceived.create(
         FillPayload(
@@ -670,9 +671,9 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account=f"owed-{uuid.uuid4().hex[:8]}")
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
@@ -720,7 +721,7 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
     reconciliation instead, and is done after it."""
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition, OrderUpdate
 
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}")
     w.position_check_every_s = 3600.0
     oid = accepted_order(w, 10)
@@ -760,7 +761,7 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
     back. It waits for that reconciliation instead."""
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account=f"back-{uuid.uuid4().hex[:8]}")
     w.position_check_every_s = 3600.0
     accepted_order(w, 10)
@@ -792,7 +793,7 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account=f"settled-{uuid.uuid4().hex[:8]}")
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
@@ -838,9 +839,9 @@ async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
     w = worker([1000.0], [], account=f"dropped-{uuid.uuid4().hex[:8]}")
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
@@ -890,7 +891,7 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
     from services.broker_gateway.errors import OrderRefused
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(gateway, "RECONCILE_RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
     w = worker([1000.0], [], account=f"forbidden-{uuid.uuid4().hex[:8]}")
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
@@ -941,7 +942,7 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import OrderRefused
 
-    monkeypatch.setattr(gateway, "POSITION_CONFIRM_S", 0.0)
+    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
 
     w = worker([1000.0], [], account="skipping")
     answers: dict[str, BrokerOrder] = {}
@@ -1452,7 +1453,7 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     from libs.contract.events import FlattenAccount, FlattenAccountPayload
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
     w = worker([1000.0], [])
     close_alls: list[int] = []
 
@@ -1528,7 +1529,7 @@ async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_t
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(gateway, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
     w = worker([1000.0], [])
     filled_position(w, 10)
     closing = BrokerOrder(

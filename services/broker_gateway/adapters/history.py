@@ -21,7 +21,7 @@ rebuild). Positions do span all history: they are summed over every
 recorded fill by PostgreSQL (``POSITIONS_SQL``), not folded here.
 
 An option settlement (an order of fills with ``settlement`` set,
-``settlement.py``) is read back whatever its age: the broker lists its
+``domain/settlement.py``) is read back whatever its age: the broker lists its
 activity for longer than the window (a read goes back a week, or to the
 day before the earliest expiry held), and the tracker is what says it is
 published. Left out, each of its fills was published again, which the

@@ -549,7 +549,7 @@ def _settles_whole(p: FillPayload) -> bool:
     counts down to 0); between them the day P&L is part of the leg's. An
     exercise or assignment has two legs, the contracts at 0 and the shares
     at the strike, in the order that leaves a gain between them
-    (``services/broker_gateway/settlement.py``: an exercise's shares first,
+    (``services/broker_gateway/domain/settlement.py``: an exercise's shares first,
     an assignment's contracts first), so a check there, or at a print that
     comes between them, never sees a loss the account does not have. (The
     contracts of an exercise first, 2 calls last at 10 made the day -2,000

@@ -1,0 +1,294 @@
+"""The flattens in the order tracker: whether one is done, the closing
+orders its close-all placed and those an earlier run of it placed (found at
+the broker after a crash: :meth:`Closing.adopt_closing_orders`), what it
+refused or left working, and the orders nobody here placed.
+:class:`~services.broker_gateway.domain.tracker.OrderTracker` is a
+:class:`Closing`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+from libs.contract.codec import derived_id
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    ClosingOrder,
+    ClosingOrdersPayload,
+    ClosingOrdersPlaced,
+    FlattenAccount,
+    OrderAccepted,
+    OrderRejected,
+)
+from services.broker_gateway.domain.model import (
+    BrokerOrder,
+    CancelRefused,
+    CloseRefused,
+)
+from services.broker_gateway.domain.tracked import ZERO, TrackedOrder, TrackerState
+
+
+class Closing(TrackerState):
+    """An account's flattens and the orders nobody here placed (see the
+    module docstring)."""
+
+    def flattened(self, flatten_id: uuid.UUID) -> bool:
+        """The flatten ``flatten_id`` is done: a copy of it must not run again."""
+        return flatten_id in self._flattened
+
+    def unfinished_flattens(self) -> list[FlattenAccount]:
+        """The flattens taken in whose close-all is not known to have
+        answered: no ``ClosingOrdersPlaced`` and no refusal of theirs.
+
+        In a tracker rebuilt on start-up, those include a flatten the gateway
+        before was running when it died, after the broker had acted on its
+        close-all: delivered again, it claims the closing orders it finds at
+        the broker (:meth:`adopt_closing_orders`). A flatten that ran to the
+        end records its ``ClosingOrdersPlaced``, with no order if it placed
+        none and nothing was refused (an account already flat); one the
+        command consumer acknowledged, whatever it recorded, is let go
+        (:meth:`flattens_acknowledged`): it will not come again.
+        """
+        return [f for fid, f in self._flattens.items() if fid not in self._flattened]
+
+    def flattens_acknowledged(self, flatten_ids: Iterable[uuid.UUID]) -> None:
+        """The flattens ``flatten_ids`` (those of this account among them)
+        were acknowledged on the command consumer: each ran to its outcome,
+        or was given up or dead-lettered, and none will be delivered again.
+        They are not among :meth:`unfinished_flattens`, whatever they
+        recorded, and the tracker lets them go: their closing orders and the
+        orders they canceled, taken in already, keep them as their causes.
+
+        Whether each is done (:meth:`flattened`) is kept: a consumer made
+        anew (lost with the server's data) replays the last
+        ``max_submit_delay_s`` of commands.
+        """
+        for fid in flatten_ids:
+            self._flattens.pop(fid, None)
+
+    def flatten_acknowledged(self, flatten_id: uuid.UUID, *, now_ns: int, replay_ns: int) -> None:
+        """The live gateway's :meth:`flattens_acknowledged`: the command
+        consumer confirmed at ``now_ns`` the ack of the flatten
+        ``flatten_id``, which it will not deliver again, and the tracker lets
+        it go. Whether it is done (:meth:`flattened`) is kept for
+        ``replay_ns`` more, as far back as a consumer made anew replays (a
+        copy it brings is a repeat), then forgotten: each is checked at the
+        next flatten acknowledged.
+
+        Without this a running gateway kept every flatten it ever handled
+        (only a start-up's rebuild was bounded). What it keeps is the flattens
+        of the last ``replay_ns``, those rebuilt on start-up, and any whose
+        ack was not confirmed (it may come again).
+        """
+        self.flattens_acknowledged((flatten_id,))
+        replayable = self._replayable
+        while replayable and replayable[0][0] <= now_ns:
+            self._flattened.discard(replayable.popleft()[1])
+        if flatten_id in self._flattened:
+            replayable.append((now_ns + replay_ns, flatten_id))
+
+    def flatten_started(self, command: FlattenAccount) -> None:
+        """A close-all is about to be sent: orders that appear now are its.
+
+        The flatten is taken in (:meth:`evolve`) unless it was already: the
+        gateway takes it in before its cancel-all, and again it would make
+        the cancels of orders taken in since (as nobody's) the flatten's,
+        which a tracker rebuilt from the recorded events does not.
+        """
+        if command.id not in self._flattens:
+            self.evolve(command)
+        self._flattening = command
+
+    def flatten_done(
+        self,
+        orders: Sequence[BrokerOrder],
+        refused: Sequence[CloseRefused] = (),
+        *,
+        unexpressed: list[tuple[BrokerOrder, ValueError]] | None = None,
+        working: Sequence[CancelRefused] = (),
+    ) -> list[Event]:
+        """The close-all answered: its closing orders, and the positions it refused.
+
+        The closing orders it placed are published as one ``ClosingOrdersPlaced``
+        (caused by the flatten, its id derived from it), after their
+        acceptances: the risk-gate reads no acks, and without it counted none
+        of them as open orders of the account (see :meth:`_placed`).
+
+        Each refused position is published as an ``OrderRejected`` of the
+        closing order that could not be placed (its id derived from the
+        flatten and the symbol, caused by the flatten, the venue's code), so
+        a flatten that left a position open never passes for done silently.
+        So is each order its cancel-all left ``working`` (see
+        :meth:`left_working`), under an id derived from the flatten and the
+        broker's order id: the order itself stays working here, and its
+        fills, which may come, are published and booked. A refusal that
+        names no symbol has its id derived from its place in
+        the venue's answer instead: from a symbol of "?", every such refusal
+        had one id, and all but the first were dropped as its repeats.
+
+        All of it is built before any of it is recorded. A closing order the
+        contract cannot carry (a symbol it refuses, a quantity with too many
+        places) raises ``ValueError`` with nothing recorded, or, given
+        ``unexpressed``, is added there and left out, the rest recorded: the
+        close-all has run, and the flatten is done either way. (Recorded as
+        they were built, the events before such an order marked the flatten
+        done, so its retry was a repeat, and they were never published.)
+        """
+        flatten = self._flattening
+        assert flatten is not None, "flatten_started() first"
+        built: list[OrderAccepted | ClosingOrdersPlaced | OrderRejected] = []
+        placed: list[ClosingOrder] = []
+        for order in orders:
+            t = self._closing_order(order, flatten)
+            if not (order.is_open or order.filled_quantity > 0):
+                continue
+            try:
+                accepted = self._acceptance(t, order, order.updated_ns)
+                closing = self._placed(t, order)
+            except ValueError as e:
+                if unexpressed is None:
+                    raise
+                unexpressed.append((order, e))
+                continue
+            if accepted is not None:
+                built.append(accepted)
+            placed.append(closing)
+        if placed or not refused:
+            # Also when it placed nothing and refused nothing (an account
+            # already flat): the flatten is recorded as answered, so a rebuilt
+            # tracker does not count it among the flattens a crash may have
+            # cut (unfinished_flattens), which hold back unknown orders at
+            # every start-up until they come again, and this one never would.
+            built.append(
+                ClosingOrdersPlaced.create(
+                    ClosingOrdersPayload(account=self.account, orders=tuple(placed)),
+                    source=self.source,
+                    clock=self.clock,
+                    cause=flatten,
+                    event_id=derived_id("broker.closing", self.account, flatten.id),
+                )
+            )
+        for r in refused:
+            if r.symbol:
+                oid = derived_id("broker.close", self.account, flatten.id, r.symbol)
+                what = f"the {r.symbol} position"
+            else:
+                # Deterministic all the same: the same answer, read again by a
+                # rebuilt tracker, has the same entries in the same places.
+                oid = derived_id("broker.close.entry", self.account, flatten.id, r.entry)
+                what = f"a position (entry {r.entry} of its answer, which names no symbol)"
+            t = self._order(oid, r.symbol or "?")
+            t.close_for(flatten)
+            reason = f"flatten: the broker refused to close {what}, which is still open: {r.reason}"
+            rejected = self._rejection(t, reason, r.code, None)
+            if rejected is not None and all(e.id != rejected.id for e in built):
+                built.append(rejected)
+        for w in working:
+            key = w.broker_order_id or f"entry {w.entry}"
+            oid = derived_id("broker.close.working", self.account, flatten.id, key)
+            known = self._by_broker.get(w.broker_order_id) if w.broker_order_id else None
+            held = self.orders.get(known) if known is not None else None
+            if w.broker_order_id is None:
+                what = f"an order (entry {w.entry} of its answer, which names none)"
+            else:
+                what = f"order {w.broker_order_id}"
+            if held is not None:
+                what += f" ({held.side} {held.quantity} {held.symbol})"
+            t = self._order(oid, held.symbol if held is not None else "?")
+            t.close_for(flatten)
+            reason = (
+                f"flatten: the broker did not cancel {what}, which is still working "
+                f"and may fill: {w.reason}"
+            )
+            rejected = self._rejection(t, reason, w.code, None)
+            if rejected is not None and all(e.id != rejected.id for e in built):
+                built.append(rejected)
+        out: list[Event] = []
+        for event in built:
+            self._emit(out, event)
+        self._flattened.add(flatten.id)
+        self._flattening = None
+        return out
+
+    def left_working(self, refused: Sequence[CancelRefused]) -> list[CancelRefused]:
+        """Of the orders a cancel-all refused to cancel, those not known to
+        have ended since (the stream, or the reconciliation before the
+        close-all, ended one that had just filled): still working at the
+        broker, they may fill after the flatten."""
+        out: list[CancelRefused] = []
+        for r in refused:
+            oid = self._by_broker.get(r.broker_order_id) if r.broker_order_id else None
+            t = self.orders.get(oid) if oid is not None else None
+            if t is None or t.terminal is None:
+                out.append(r)
+        return out
+
+    def adopt_closing_orders(self, orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
+        """Of ``orders``, the broker's orders created while an earlier run of
+        the flatten under way may have sent its close-all, those that are its
+        closing orders, taken in as such (their fills then booked to the
+        strategies whose positions they close); the others are left alone.
+
+        Its closing orders are market orders nobody here placed: unknown, or
+        taken in as nobody's (a reconciliation may have found one working
+        before the flatten ran again), or known as its already (taken in
+        from the stream before the crash). An order of a strategy, a
+        flatten's before it, or other than a market order is not.
+        """
+        flatten = self._flattening
+        assert flatten is not None, "flatten_started() first"
+        found: list[BrokerOrder] = []
+        for order in orders:
+            t = self.find(order)
+            if t is None or t.cause is None:
+                if order.order_type != "market":
+                    continue
+            elif not (t.closing and t.cause.id == flatten.id):
+                continue
+            self._closing_order(order, flatten)
+            found.append(order)
+        return found
+
+    def _placed(self, t: TrackedOrder, order: BrokerOrder) -> ClosingOrder:
+        """``order``, a closing order, as ``ClosingOrdersPlaced`` lists it for
+        the risk-gate, which counts what still works as an open order.
+
+        What still works is its quantity less the fills published so far
+        (events leave in the order they are made: the gate has those fills
+        before this), nothing once the stream has ended it. Not the answer's
+        own fills: one the stream has not brought yet would then be in
+        neither the gate's positions nor its open orders. Its strategy is the
+        one whose position takes all of it, as the fills would be booked now.
+        """
+        leaves = ZERO if t.terminal is not None else max(order.quantity - t.filled, ZERO)
+        booked = self.allocate(order.symbol, order.side, leaves) if leaves > 0 else []
+        return ClosingOrder(
+            order_id=t.order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=order.quantity,
+            leaves_quantity=leaves,
+            strategy=booked[0][0] if len(booked) == 1 else None,
+        )
+
+    def flatten_ended(self) -> None:
+        """The flatten is over (done or failed): unknown orders are nobody's again."""
+        self._flattening = None
+
+    def _closing_order(self, order: BrokerOrder, flatten: FlattenAccount) -> TrackedOrder:
+        t = self.find(order) or self._external(order)
+        t.close_for(flatten)
+        return t
+
+    def _external(self, order: BrokerOrder) -> TrackedOrder:
+        """An order nobody here placed: a flatten's closing order, or someone else's."""
+        oid = derived_id("broker.order", self.account, order.broker_order_id)
+        t = self._order(oid, order.symbol)
+        t.side, t.quantity = order.side, order.quantity
+        t.client_order_id = order.client_order_id
+        self._by_client[order.client_order_id] = oid
+        self._index_broker(t, order.broker_order_id)
+        if self._flattening is not None:
+            t.close_for(self._flattening)
+        return t

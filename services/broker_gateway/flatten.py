@@ -1,0 +1,320 @@
+"""A ``FlattenAccount`` at the broker: cancel-all, the unsettled orders'
+missed fills, close-all, once per flatten; and its recovery, when an
+earlier run's close-all may have acted and its answer was lost.
+
+:class:`Flattening` (on :class:`~services.broker_gateway.reconciliation.Reconciling`)
+is what :class:`~services.broker_gateway.gateway.AccountWorker` runs for a
+flatten command.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+from libs.contract.events import FlattenAccount
+from libs.contract.options import OPTION_PREFIX, parse_option
+from services.broker_gateway import metrics
+from services.broker_gateway.domain.model import BrokerOrder, CancelRefused, ClosedAll, CloseRefused
+from services.broker_gateway.errors import AnswerUnread, BrokerError
+from services.broker_gateway.reconciliation import Reconciling
+from services.broker_gateway.worker import CLOCK_SKEW_NS
+
+log = logging.getLogger(__name__)
+
+#: Attempts of a flatten's close-all whose answer was not read (none in
+#: time, or one that cannot be parsed) before the flatten gives up, saying
+#: so. The broker may have acted on each: every attempt cancels the closing
+#: orders the one before placed and places new ones, and an answer it cannot
+#: parse it cannot parse the next time either (it was tried for ever).
+CLOSE_ALL_ATTEMPTS = 3
+
+
+class Flattening(Reconciling):
+    """An account's flattens (see the module docstring)."""
+
+    async def _flatten(self, command: FlattenAccount, delivery: int = 1) -> str:
+        # Once per flatten: run again later (a copy delivered after a resume,
+        # or after more orders), its close-all would close positions opened
+        # since. Its ack is sent at once and confirmed (run_commands) before
+        # the next command runs, so a restart cannot bring it back after them.
+        if self.tracker.flattened(command.id):
+            log.info("flatten %s of %s is done already: a repeat", command.id, self.account)
+            return "repeat"
+        # The cancel-all's cancels are the flatten's doing.
+        self.tracker.evolve(command)
+        closed: ClosedAll | None = None
+        # The orders the cancel-all did not cancel; ended since or not, said
+        # once the close-all has answered (_flatten_done).
+        uncanceled: tuple[CancelRefused, ...] = ()
+        try:
+            window = self._earlier_close_all(command, delivery)
+            if window is not None:
+                closed = await self._recover(command, *window)
+            if closed is None:
+                uncanceled = (await self._call("cancel_all", self.port.cancel_all)).refused
+                await self._caught_up()
+                # From here until the close-all answers, orders the broker
+                # opens on its own are this flatten's closing orders. Not
+                # before: the cancel-all waits out an outage (the very time a
+                # flatten is sent for), and an order placed at the broker by
+                # hand meanwhile, taken in by the reconnection's
+                # reconciliation, was taken for a closing order: its fills
+                # booked to the strategies, the flatten marked done.
+                self.tracker.flatten_started(command)
+                self._close_alls_sent[command.id] = self.clock.now_ns()
+                try:
+                    closed = await self._call(
+                        "close_all", self.port.close_all, unread_attempts=CLOSE_ALL_ATTEMPTS
+                    )
+                except AnswerUnread as unread:
+                    closed = await self._close_all_unread(command, unread)
+                    if closed is None:
+                        return "incomplete"
+            working = await self._flatten_done(command, closed, uncanceled)
+        finally:
+            self.tracker.flatten_ended()
+        assert closed is not None
+        if working:
+            # Published above as an OrderRejected each (caused by the
+            # flatten). The order stays working here: its fills, if it fills,
+            # are published and booked, and the account is not flat.
+            log.error(
+                "flatten %s of %s left %d orders working, the broker refused to cancel "
+                "them (they may fill): %s",
+                command.id,
+                self.account,
+                len(working),
+                "; ".join(
+                    f"{w.broker_order_id or f'entry {w.entry}'}: {w.reason} ({w.code})"
+                    for w in working
+                ),
+            )
+        refused = [r for r in closed.refused if not self._settles(command, r)]
+        if refused:
+            # Published above as an OrderRejected per position (caused by the
+            # flatten). Not retried: a second close-all could close positions
+            # opened since, or race the first one's closing orders. The
+            # risk-gate has halted the account; an operator clears the cause
+            # (a halt, an order holding the shares) and flattens again.
+            metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(refused))
+            log.error(
+                "flatten %s of %s left %d positions open, the broker refused to close them: %s",
+                command.id,
+                self.account,
+                len(refused),
+                "; ".join(
+                    f"{r.symbol or f'entry {r.entry}'}: {r.reason} ({r.code})" for r in refused
+                ),
+            )
+            return "incomplete"
+        if working:
+            return "incomplete"
+        log.info(
+            "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
+        )
+        return "flattened"
+
+    def _settles(self, command: FlattenAccount, refused: CloseRefused) -> bool:
+        """Whether a position the close-all did not close is in an option
+        contract past its expiry: no venue closes it (every broker refuses
+        an order in it), the broker settles it (exercise, assignment or
+        lapse), and no operator can clear the refusal, so it leaves the
+        flatten done, said here. Counted as left open, it made every later
+        flatten of the account ``incomplete``."""
+        if refused.symbol is None or not refused.symbol.startswith(OPTION_PREFIX):
+            return False
+        try:
+            contract = parse_option(refused.symbol)
+        except ValueError:
+            return False
+        if not contract.expired_by(self.clock.now_ns()):
+            return False
+        log.warning(
+            "flatten %s of %s: %s %s, so no order "
+            "closes it (the broker said: %s); awaiting the broker's settlement",
+            command.id,
+            self.account,
+            refused.symbol,
+            contract.expired_text,
+            refused.reason,
+        )
+        return True
+
+    async def _flatten_done(
+        self, command: FlattenAccount, closed: ClosedAll, uncanceled: Sequence[CancelRefused] = ()
+    ) -> list[CancelRefused]:
+        """Publish what the close-all did: its closing orders, its refusals,
+        and the orders the cancel-all before it left working (``uncanceled``
+        less those ended since: an opg order from 09:28 until the open, one
+        the close-all's own cancel left too); those are returned."""
+        # Still under way after a close-all's answer; taken up again after a
+        # recovery (_recover), which leaves it between its broker calls.
+        self.tracker.flatten_started(command)
+        unexpressed: list[tuple[BrokerOrder, ValueError]] = []
+        working = self.tracker.left_working(uncanceled)
+        events = self.tracker.flatten_done(
+            closed.orders, closed.refused, unexpressed=unexpressed, working=working
+        )
+        for order, e in unexpressed:
+            # Its fills will not be expressible either: said, as the stream's are.
+            metrics.MALFORMED.labels(account=self.account).inc()
+            log.error(
+                "flatten %s of %s: cannot take in its closing order %s (%s %s %s): %s",
+                command.id,
+                self.account,
+                order.broker_order_id,
+                order.side,
+                order.quantity,
+                order.symbol,
+                e,
+            )
+        await self.outbox.publish(events)
+        self._close_alls_sent.pop(command.id, None)
+        return working
+
+    def _earlier_close_all(self, command: FlattenAccount, delivery: int) -> tuple[int, int] | None:
+        """When an earlier run of this flatten may have sent its close-all,
+        whose outcome was never recorded: the window (ns, the broker's
+        clock give or take :data:`CLOCK_SKEW_NS`) its closing orders were
+        created in; None if none can have.
+
+        This gateway sent it (and failed after): from then until now. Else
+        a delivery after the first may be a copy the gateway before a
+        restart (kill -9) was running: from the command's creation until
+        this gateway started. (Not for a first delivery: after an outage,
+        an order placed at the broker by hand since the flatten was sent
+        would be taken for its closing order. Nor for a flatten made after
+        this gateway started, clocks' skew allowed: no gateway before it can
+        have run it; delivered again, it was handed back for want of room,
+        and the broker would be asked about a window that ends before it
+        begins.)
+        """
+        sent = self._close_alls_sent.get(command.id)
+        if sent is not None:
+            return sent - CLOCK_SKEW_NS, self.clock.now_ns() + CLOCK_SKEW_NS
+        if delivery > 1:
+            after, until = command.ts_init - CLOCK_SKEW_NS, self.started_ns + CLOCK_SKEW_NS
+            return (after, until) if after < until else None
+        return None
+
+    async def _recover(
+        self, command: FlattenAccount, after_ns: int, until_ns: int
+    ) -> ClosedAll | None:
+        """What an earlier close-all of this flatten did, read back from the
+        broker: the closing orders it placed (created in the window, see
+        :meth:`OrderTracker.adopt_closing_orders`), taken in with their fills
+        and published (the fills booked to the strategies whose positions
+        they close); and as refused, each position still open at the broker
+        that none of them closes. None if it placed no closing order: then
+        it did nothing, or only refused, and the close-all is sent (again).
+
+        A kill -9 between the broker's answer to a close-all and its events
+        lost them: the closing fills made meanwhile were never published
+        (or booked to nobody), or the flatten, rebuilt as done from a
+        closing order's acceptance, lost its ClosingOrdersPlaced and
+        refusals. Everything published here has derived ids, so what the
+        gateway before the crash did publish is not published twice.
+        """
+        orders = await self._call(
+            "orders_created", lambda: self.port.orders_created(after_ns, until_ns)
+        )
+        self.tracker.flatten_started(command)
+        found = self.tracker.adopt_closing_orders(orders)
+        # Unknown orders are nobody's again at once: the closing orders are
+        # those found, and an order the stream or the reconnection's
+        # reconciliation takes in while the calls below wait (one placed at
+        # the broker by hand) is not one of them. Held until the events were
+        # published, such an order was the flatten's, its fills booked to the
+        # strategies. (_flatten_done takes the flatten up again to publish.)
+        self.tracker.flatten_ended()
+        if not found:
+            log.info(
+                "flatten %s of %s: no closing order of an earlier close-all at the broker",
+                command.id,
+                self.account,
+            )
+            return None
+        held = await self._call("positions", self.port.positions)
+        for order in found:
+            t = self.tracker.find(order)
+            fills = (
+                await self._reconciling(functools.partial(self.port.order_fills, order))
+                if t is not None and order.filled_quantity > t.filled
+                else None
+            )
+            await self.outbox.publish(self.tracker.reconcile(order, fills))
+        closing = {o.symbol for o in found}
+        refused = tuple(
+            CloseRefused(
+                p.symbol,
+                "no closing order was placed for it (found after the close-all's answer was lost)",
+                entry=place,
+            )
+            for place, p in enumerate(held)
+            if p.quantity != 0 and p.symbol not in closing
+        )
+        log.warning(
+            "flatten %s of %s: its close-all was sent before and its answer lost; "
+            "%d closing orders found at the broker, %d positions it left open",
+            command.id,
+            self.account,
+            len(found),
+            len(refused),
+        )
+        return ClosedAll(tuple(found), refused)
+
+    async def _close_all_unread(
+        self, command: FlattenAccount, error: AnswerUnread
+    ) -> ClosedAll | None:
+        """A close-all whose answer was not read ``CLOSE_ALL_ATTEMPTS`` times:
+        the broker is asked what they did (:meth:`_recover`), and the closing
+        orders found are the flatten's, as an answer's are. If it placed none
+        (or cannot say), the flatten gives up: said, counted as
+        ``incomplete``, and the account reconciled and its positions checked
+        (a closing order placed all the same is taken in as nobody's)."""
+        log.error(
+            "flatten %s of %s: the broker's answer to its close-all was not read %d times "
+            "(the last: %s); asking it for the closing orders it placed",
+            command.id,
+            self.account,
+            CLOSE_ALL_ATTEMPTS,
+            error,
+        )
+        window = self._earlier_close_all(command, 1)
+        assert window is not None
+        try:
+            closed = await self._recover(command, *window)
+        except (BrokerError, ValueError) as e:
+            log.error("flatten %s of %s: the broker cannot say (%s)", command.id, self.account, e)
+            closed = None
+        if closed is not None:
+            return closed
+        log.error(
+            "flatten %s of %s given up: it may have placed closing orders, which are not "
+            "known here: check the account's positions at the broker",
+            command.id,
+            self.account,
+        )
+        self._close_alls_sent.pop(command.id, None)
+        self._check_wanted = True
+        self.want_reconcile(everything=True)
+        return None
+
+    async def _caught_up(self) -> None:
+        """Before a close-all: each unsettled order's fills published.
+
+        The close-all's fills are booked to the strategies whose positions
+        they close, as the fills published make them. A fill the stream did
+        not bring (made while the connection was lost, the very case a flatten
+        is sent for) was left to the reconnection's reconciliation, which
+        could publish it after the closing fill: that was booked to nobody,
+        and the order's strategy kept the position the flatten closed. One
+        question per unsettled order (after the cancel-all, so each is
+        final), as a reconciliation asks; one given up is left to it.
+        """
+        for t in self.tracker.unsettled():
+            if not self.port.connected:
+                return  # the reconnection reconciles everything
+            await self._call_once(self._reconcile_one(t))

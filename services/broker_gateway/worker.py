@@ -1,0 +1,305 @@
+"""What an account's worker holds and how it calls the broker.
+
+:class:`WorkerBase` is the base of :class:`~services.broker_gateway.gateway.AccountWorker`:
+its state (the commands held, the reconciliations and positions checks
+asked for, the flattens a restart may have cut), and its broker calls,
+retried while the broker is away or does not serve them (the backoffs:
+:func:`retry_delay_s`, :func:`reconcile_retry_delay_s`). On it:
+``reconciliation.py`` (:class:`Reconciling`), ``flatten.py``
+(:class:`Flattening`), then ``gateway.py`` (the commands, the event stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+
+from libs.bus.acks import DeferredAcks
+from libs.contract.envelope import Clock
+from libs.contract.events import AnyEvent, PositionDifference
+from services.broker_gateway import metrics
+from services.broker_gateway.domain.model import BrokerOrder
+from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.errors import AnswerUnread, BrokerError, BrokerUnavailable, RateLimited
+from services.broker_gateway.outbox import Outbox
+from services.broker_gateway.ports import BrokerPort
+from services.broker_gateway.settlement import Settlements
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NAK_DELAY_S = 2.0
+#: Commands one account's worker holds (under way and queued); more are
+#: handed back to NATS until there is room, so that one account's backlog
+#: (its broker away) never stops the shared consumer serving the others.
+MAX_HELD = 1000
+#: A command handed back that has not come again after this many times its
+#: delay is given up on (see ``AccountWorker.give_up_s``).
+DEFERRED_GIVE_UP = 4
+#: Between attempts at a broker that is connected but did not serve the call
+#: (429, 5xx, no answer in time): from RETRY_INITIAL_S doubling to RETRY_MAX_S,
+#: jittered; or the Retry-After it sent, up to RETRY_AFTER_MAX_S. Retrying at
+#: once, as before, hammers a rate-limited broker into refusing us longer.
+RETRY_INITIAL_S = 0.25
+RETRY_MAX_S = 10.0
+RETRY_AFTER_MAX_S = 60.0
+#: Attempts of one call of a reconciliation that the broker rate-limits, in a
+#: row, before the reconciliation is given up for now. A call it serves
+#: starts the count again.
+RECONCILE_ATTEMPTS = 5
+#: A reconciliation given up (or a submit's fetch of its fills) while the
+#: broker is connected is tried again after a backoff: from
+#: RECONCILE_RETRY_INITIAL_S doubling to RECONCILE_RETRY_MAX_S, jittered,
+#: until one runs to the end. Until this, it waited for the next
+#: reconnection or gap, and the fills it was to fetch stayed unpublished
+#: (the risk-gate's positions short) for as long as the connection held.
+RECONCILE_RETRY_INITIAL_S = 5.0
+RECONCILE_RETRY_MAX_S = 300.0
+#: How far the broker's clock may be from ours: a flatten looks for the
+#: closing orders of an earlier close-all this much around its window.
+CLOCK_SKEW_NS = 2_000_000_000
+
+
+def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
+    """How long to wait before attempt ``attempt + 1`` (``attempt`` from 0)."""
+    if retry_after_s is not None:
+        # Jittered up (never below what was asked, never at once), capped.
+        wait = max(retry_after_s, RETRY_INITIAL_S) * random.uniform(1.0, 1.1)  # noqa: S311
+        return min(wait, RETRY_AFTER_MAX_S)
+    return _doubling(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+
+
+def reconcile_retry_delay_s(attempt: int) -> float:
+    """How long after its ``attempt + 1``-th give-up in a row (``attempt``
+    from 0) a reconciliation is tried again."""
+    return _doubling(attempt, RECONCILE_RETRY_INITIAL_S, RECONCILE_RETRY_MAX_S)
+
+
+def _doubling(attempt: int, initial: float, maximum: float) -> float:
+    # The exponent is bounded: 2**1024 would not fit a float.
+    cap = min(initial * 2 ** min(attempt, 32), maximum)
+    return random.uniform(cap / 2, cap)  # noqa: S311 - jitter
+
+
+@dataclass(slots=True)
+class Held:
+    """A command a worker holds: under way or queued, kept alive on NATS."""
+
+    command: AnyEvent
+    #: The newest delivery of it (a keep-alive or ack on an older one is
+    #: ignored by the server once it has redelivered the message).
+    msg: Msg
+    #: Its stream sequence (0 for a message that is not from JetStream).
+    seq: int
+
+
+class WorkerBase:
+    """One broker account's worker: its state and its broker calls (see the
+    module docstring)."""
+
+    def __init__(
+        self,
+        account: str,
+        port: BrokerPort,
+        tracker: OrderTracker,
+        outbox: Outbox,
+        *,
+        clock: Clock,
+        source: str,
+        max_submit_delay_s: float,
+        ack_wait_s: float,
+        dead_letter: Callable[[Msg, str], Awaitable[None]],
+        max_held: int = MAX_HELD,
+        position_check_every_s: float = 0.0,
+    ) -> None:
+        self.account = account
+        #: How often the broker's positions are compared with the recorded
+        #: fills (and after every reconnection's reconciliation); 0: never.
+        self.position_check_every_s = position_check_every_s
+        metrics.account_started(account)
+        self.port = port
+        self.tracker = tracker
+        self.outbox = outbox
+        self.clock = clock
+        self.source = source
+        #: Option positions the broker settled at expiry (settlement.py).
+        self.settlements = Settlements(self)
+        self.max_submit_delay_s = max_submit_delay_s
+        self.keepalive_s = max(ack_wait_s / 3, 0.2)
+        #: How long a command handed back for lack of room stays away.
+        self.defer_s = max(ack_wait_s, NAK_DELAY_S)
+        #: How long the first one handed back may take to come again before
+        #: the later ones are taken without it (it left the stream: else the
+        #: account would wait for it for ever).
+        self.give_up_s = DEFERRED_GIVE_UP * self.defer_s
+        self.dead_letter = dead_letter
+        self.max_held = max_held
+        self.acks = DeferredAcks()
+        self.handled = 0
+        # Held commands by event id (queued and under way); the queue in order.
+        self._held: dict[uuid.UUID, Held] = {}
+        # Read when scraped, not set at every command.
+        metrics.COMMANDS_HELD.labels(account=account).set_function(lambda: self.held)
+        self._queue: deque[Held] = deque()
+        self._queued = asyncio.Event()
+        # Stream sequences handed back for lack of room (a min-heap and its
+        # members): until the lowest has been taken, nothing later is.
+        self._deferred: list[int] = []
+        self._deferred_seqs: set[int] = set()
+        self._deferred_since = 0.0  # when the lowest became the one to wait for
+        self.monotonic = time.monotonic  # (a test's clock instead)
+        # Failures of commands that will come again (nak'd), by event id: how
+        # many, and when the command was last seen (failed or delivered).
+        self._failures: dict[uuid.UUID, tuple[int, float]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Notified each time the event stream has been taken in (see _settle).
+        self._progress = asyncio.Condition()
+        # Reconciliations asked for (see want_reconcile).
+        self._reconcile_wanted = asyncio.Event()
+        self._reconcile_everything = False
+        # A reconciliation to try again (see _retry_later): its timer, whether
+        # it is to reconcile everything, and the give-ups in a row so far.
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_everything = False
+        self._given_up = 0
+        # Whether the last reconciliation went through every order (some
+        # may have been skipped), rather than being given up part-way.
+        self._reached_end = False
+        # Positions checks (see check_positions): one is due; the periodic
+        # timer; what the last BrokerPositionsChecked said (None: none yet).
+        self._check_wanted = False
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._differences: tuple[PositionDifference, ...] | None = None
+        # Orders the broker answered 404 for, counted once each: they stay
+        # unsettled, so every later reconciliation asks for them again.
+        self._unknown_counted: set[uuid.UUID] = set()
+        #: When this gateway sent a flatten's close-all (ns), until its outcome
+        #: is published: the flatten run again looks for its closing orders.
+        self._close_alls_sent: dict[uuid.UUID, int] = {}
+        #: Closing orders created after this (ns) are no earlier gateway's.
+        self.started_ns = clock.now_ns()
+        #: Flattens recorded before this start whose close-all is not known to
+        #: have answered, and that the command consumer may still deliver
+        #: (after its ack floor), by id, until each has run here: orders they
+        #: may claim are held back meanwhile (see _holds_back).
+        self._recoverable = {f.id: f for f in tracker.unfinished_flattens()}
+        #: Those of them delivered to this gateway (see _recovery_due).
+        self._recoverable_came: set[uuid.UUID] = set()
+        #: The orders held back, by broker order id.
+        self._held_back: dict[str, BrokerOrder] = {}
+        self._recovery_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def held(self) -> int:
+        """Commands held: the one under way and those queued behind it."""
+        return len(self._held)
+
+    async def _call(
+        self, name: str, call: Callable[[], Awaitable[T]], *, unread_attempts: int | None = None
+    ) -> T:
+        """``call()``, retried whenever the broker is away (however long that
+        takes) or does not serve it (with a backoff); given ``unread_attempts``,
+        its ``AnswerUnread`` is raised once it has come that many times."""
+        attempt = 0
+        unread = 0
+        while True:
+            try:
+                return await call()
+            except BrokerUnavailable as e:
+                if isinstance(e, AnswerUnread):
+                    unread += 1
+                    if unread_attempts is not None and unread >= unread_attempts:
+                        raise
+                log.warning("%s on %s waits for the broker: %s", name, self.account, e)
+                attempt = await self._pause(e, attempt, None)
+
+    async def _pause(self, error: BrokerUnavailable, attempt: int, deadline: float | None) -> int:
+        """Before trying a call again; returns the next attempt number.
+
+        A broker that is away is waited for (until ``deadline``), and tried
+        again once back. One that is connected but did not serve the call
+        (rate-limited, an error, no answer in time) is given time first:
+        its ``Retry-After``, else a backoff that doubles with each attempt.
+        """
+        if not self.port.connected:
+            await self._wait_connected(deadline)
+            return 0
+        retry_after = error.retry_after_s if isinstance(error, RateLimited) else None
+        delay = retry_delay_s(attempt, retry_after)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.time(), 0.0))
+        if isinstance(error, RateLimited):
+            metrics.RATE_LIMITED.labels(account=self.account).inc()
+        await asyncio.sleep(delay)  # a backoff, not synchronisation
+        return attempt + 1
+
+    async def _call_once(self, call: Awaitable[int]) -> bool:
+        """``call`` (a fetch of :meth:`_reconcile_one`); False if it was given
+        up: one of its calls refused ``RECONCILE_ATTEMPTS`` times in a row
+        (said and counted as a reconciliation's is), or the broker away or
+        not answering, or any other failure a reconciliation gives up on (a
+        broker error, an answer the tracker cannot take in). The caller has
+        the order fetched later. (Those used to escape: the submit failed and
+        came again as a repeat, and the fills were never fetched.)
+        """
+        try:
+            await call
+        except RateLimited as e:
+            self._refused_too_often(f"{self.account}: fetch of an order", e)
+            return False
+        except (BrokerError, ValueError) as e:
+            log.warning("%s: fetch of an order given up: %s", self.account, e)
+            return False
+        return True
+
+    async def _wait_connected(self, deadline: float | None) -> None:
+        """Until the broker is back (or ``deadline``); ``keep_alive`` tells NATS meanwhile."""
+        while True:
+            timeout = self.keepalive_s
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.time(), 0))
+            if await self.port.wait_connected(timeout=timeout):
+                return
+            if deadline is not None and time.time() >= deadline:
+                return
+
+    async def _reconciling(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` of a reconciliation: rate-limited, it is tried again after
+        the backoff (:meth:`_pause`); refused ``RECONCILE_ATTEMPTS`` times in a
+        row, the ``RateLimited`` is raised. Until this a 429 started the whole
+        reconciliation again from the first order: with many orders and a
+        strict rate limit, it never reached the last ones."""
+        refusals = 0
+        while True:
+            try:
+                return await call()
+            except RateLimited as e:
+                refusals += 1
+                if refusals >= RECONCILE_ATTEMPTS:
+                    raise
+                log.warning("reconciliation of %s rate-limited: %s", self.account, e)
+                await self._pause(e, refusals - 1, None)
+
+    def _refused_too_often(self, what: str, error: RateLimited, published: int = 0) -> None:
+        """``what`` is given up for now (tried again later): one of its calls
+        was refused ``RECONCILE_ATTEMPTS`` times in a row. Said and counted."""
+        metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+        log.warning(
+            "%s given up after %d events: the broker refused a call %d times in a row (%s); "
+            "it is tried again later",
+            what,
+            published,
+            RECONCILE_ATTEMPTS,
+            error,
+        )
