@@ -8,7 +8,8 @@
 - ``tradebus risk resume ACCOUNT|global --reason TEXT``: asks the gate to
   return a halted (or reducing) scope to active.
 - ``tradebus risk status [--config risk.yaml] [--json]``: trading states,
-  kill switch, caps and their use, rebuilt from the event store.
+  kill switch, caps and their use, rebuilt from the event store, and the
+  positions whose day P&L rests on a price older than ``max_mark_age_s``.
 """
 
 from __future__ import annotations
@@ -339,6 +340,13 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
             ", ".join(f"{k} {v}" for k, v in a["positions"].items()) or "-",
         )
     out.print(accounts)
+    for name, a in s["accounts"].items():
+        if a["stale_marks"]:
+            marks = ", ".join(_stale(sym, m) for sym, m in a["stale_marks"].items())
+            out.print(
+                f"[yellow]{escape(name)}: day P&L marks a position at a stale price "
+                f"(the breaker counts it all the same): {marks}[/yellow]"
+            )
     strategies = table(
         "strategy",
         "account",
@@ -372,6 +380,15 @@ def _print_status(s: dict[str, Any], *, limits_given: bool) -> None:
     pending = s["pending"]
     if pending["intents"] or pending["orders"] or pending["reactions"]:
         out.print(f"pending in the gate: {pending}")
+
+
+def _stale(symbol: str, mark: dict[str, Any]) -> str:
+    """One entry of ``status``'s ``stale_marks``, for a trader to read."""
+    age, limit = mark["age_s"], mark["max_age_s"]
+    if age is None:
+        return f"{escape(symbol)} no price (not counted)"
+    where = f"stamped {age.lstrip('-')}s ahead" if age.startswith("-") else f"{age}s old"
+    return f"{escape(symbol)} {where} (max {limit:g}s)"
 
 
 def _pct(used: str | None) -> str:

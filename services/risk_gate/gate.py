@@ -60,7 +60,8 @@ from services.risk_gate.domain.decide import decide, gross_exposure
 from services.risk_gate.domain.evolve import evolve, roll_day
 from services.risk_gate.domain.limits import GLOBAL, RiskLimits
 from services.risk_gate.domain.react import react
-from services.risk_gate.domain.state import RiskState
+from services.risk_gate.domain.state import NS, RiskState
+from services.risk_gate.domain.status import held_mark_ages, stale_marks
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,8 @@ class RiskGate:
             return
         self._gauges_at = now
         # Today's figures even before today's first event: a rolled copy.
-        st = roll_day(self.state, self.clock.now_ns())
+        now_ns = self.clock.now_ns()
+        st = roll_day(self.state, now_ns)
         if self.rebuilt:
             metrics.kill_switch(st.kill_switch.engaged)
         for scope in {GLOBAL, *self.limits.accounts, *st.states}:
@@ -367,6 +369,9 @@ class RiskGate:
             loss = -pnl if pnl < 0 else 0
             metrics.DAILY_LOSS_USED.labels(account=name).set(float(loss / acct.daily_loss_limit))
             metrics.OPEN_ORDERS.labels(account=name).set(len(st.open_orders(account=name)))
+            ages = [a for a in held_mark_ages(st, name, now_ns).values() if a is not None]
+            metrics.OLDEST_MARK_AGE.labels(account=name).set(max([0, *ages]) / NS)
+            metrics.STALE_MARKS.labels(account=name).set(len(stale_marks(st, name, now_ns)))
         for name, strat in self.limits.strategies.items():
             gross = gross_exposure(st, name, strat.account)
             metrics.GROSS_NOTIONAL_USED.labels(strategy=name, account=strat.account).set(

@@ -53,6 +53,17 @@ GROSS_NOTIONAL_USED = Gauge(
     "Strategy gross notional as a fraction of its cap",
     ["strategy", "account"],
 )
+STALE_MARKS = Gauge(
+    "tradebus_risk_stale_marks",
+    "Symbols an account holds whose day P&L rests on a price older than max_mark_age_s "
+    "(or stamped that far ahead, or none): the breaker counts it all the same",
+    ["account"],
+)
+OLDEST_MARK_AGE = Gauge(
+    "tradebus_risk_oldest_mark_age_seconds",
+    "Age of the oldest price a symbol an account holds is marked at (0: holds nothing priced)",
+    ["account"],
+)
 OPEN_ORDERS = Gauge("tradebus_risk_open_orders", "Open orders per account", ["account"])
 LAST_SEQUENCE = Gauge("tradebus_risk_last_sequence", "Last stream sequence folded into the state")
 REBUILD_EVENTS = Gauge(

@@ -161,3 +161,58 @@ def test_an_operator_command_without_a_reason_is_refused(args: list[str]) -> Non
     result = runner.invoke(root.app, args)
     assert result.exit_code == 2
     assert "give the reason in words" in result.output
+
+
+def stale_state() -> tuple[RiskState, int]:
+    """``acct`` holds AAPL marked 600 s ago and MSFT 10 s ago, ``paper`` NVDA
+    at a price stamped 120 s ahead of now; the price band allows 60 s."""
+    import uuid
+
+    from tests.unit.test_risk_decide import LIMITS, T0, fill, trade
+
+    now = T0 + 600 * 10**9
+    state = RiskState.initial(LIMITS)
+    for e in (
+        fill(uuid.uuid4(), 10, 100),
+        fill(uuid.uuid4(), 5, 50, symbol="MSFT"),
+        trade("MSFT", 51, now - 10 * 10**9),
+        trade("NVDA", 20, now + 120 * 10**9),
+        fill(uuid.uuid4(), 3, 20, symbol="NVDA", account="paper", t=now - 10**9),
+    ):
+        state = evolve(state, e)
+    return state, now
+
+
+def test_status_shows_the_positions_marked_at_a_stale_price(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A price older than max_mark_age_s still marks a position's day P&L
+    (and the breaker counts it: the last price is the best estimate), but
+    status said nothing of it: a P&L standing still read as measured."""
+    state, now = stale_state()
+    summary = summarize(state, now)
+    accounts = summary["accounts"]
+    assert accounts["acct"]["stale_marks"] == {"AAPL": {"age_s": "600.0", "max_age_s": 60.0}}
+    assert accounts["paper"]["stale_marks"] == {"NVDA": {"age_s": "-120.0", "max_age_s": 60.0}}
+    assert accounts["other"]["stale_marks"] == {}
+    assert accounts["acct"]["day_pnl"] == "5.00"  # AAPL still at 100, MSFT up 1 on 5
+    console = Console(width=400, record=True)
+    monkeypatch.setattr(cli, "out", console)
+    cli._print_status({"as_of_seq": 5, **summary}, limits_given=True)
+    text = console.export_text()
+    assert "acct: day P&L marks a position at a stale price" in text
+    assert "AAPL 600.0s old (max 60s)" in text
+    assert "paper: day P&L marks a position at a stale price" in text
+    assert "NVDA stamped 120.0s ahead (max 60s)" in text
+    assert "MSFT" not in text.split("acct: day P&L")[1].splitlines()[0]
+    assert "other: day P&L" not in text
+    # A position with no price at all (an exercise's shares never printed):
+    # its open quantity is not counted.
+    from dataclasses import replace
+
+    from services.risk_gate.domain.state import without
+
+    unpriced = replace(state, marks=without(state.marks, "MSFT"))
+    stale = summarize(unpriced, now)["accounts"]["acct"]["stale_marks"]
+    assert stale["MSFT"] == {"age_s": None, "max_age_s": 60.0}
+    assert cli._stale("MSFT", stale["MSFT"]) == "MSFT no price (not counted)"

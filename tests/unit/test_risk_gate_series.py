@@ -18,6 +18,7 @@ from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.gate import RiskGate
+from tests.unit.test_risk_decide import At
 
 
 def test_the_series_the_risk_board_counts_start_at_zero() -> None:
@@ -72,3 +73,26 @@ def test_the_kill_switch_is_not_exported_until_the_state_is_rebuilt() -> None:
     # A new gate (a restart in-process) does not know it again until rebuilt.
     RiskGate(RiskGateSettings(instance="test"), limits)
     assert REGISTRY.get_sample_value("tradebus_risk_kill_switch") is None
+
+
+def test_the_gate_exports_the_positions_marked_at_a_stale_price() -> None:
+    """Per account: how many symbols it holds are marked at a price older than
+    max_mark_age_s, and the age of the oldest price it is marked at. The
+    breaker counts those positions at their last price, and nothing showed
+    the board that the figure stood still."""
+    from tests.unit.test_risk_cli import stale_state
+
+    state, now = stale_state()
+    gate = RiskGate(RiskGateSettings(instance="test"), state.limits, clock=At(now))
+    gate.state = state
+    gate._update_gauges(force=True)
+
+    def sample(name: str, account: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"account": account})
+
+    assert sample("tradebus_risk_stale_marks", "acct") == 1
+    assert sample("tradebus_risk_oldest_mark_age_seconds", "acct") == 600
+    assert sample("tradebus_risk_stale_marks", "paper") == 1  # stamped ahead
+    assert sample("tradebus_risk_oldest_mark_age_seconds", "paper") == 0
+    assert sample("tradebus_risk_stale_marks", "other") == 0
+    assert sample("tradebus_risk_oldest_mark_age_seconds", "other") == 0

@@ -29,6 +29,7 @@ from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import RiskState
 from tests.unit.test_risk_evolve import T0, S, apply, conn, op, start, trade
+from tests.unit.test_risk_evolve import intent as new_intent
 
 
 def strategy() -> tuple[InMemoryRuntime, OrderIntentCreated]:
@@ -107,16 +108,24 @@ def test_an_owed_order_goes_out_only_if_the_intent_still_passes(
     assert rebuilt.hosts["sma"].pending("AAPL") == 0
 
 
+def _decided_elsewhere(state: RiskState, t: int) -> RiskState:
+    """``state`` with an intent of ``mr`` on ``b`` seen and decided at ``t``."""
+    other = new_intent(5, t=t, strategy="mr", account="b")
+    state = apply(state, trade("AAPL", 100, t), other)
+    return apply(state, *decide(state, other, t).events)
+
+
 def test_a_withdrawal_days_after_the_decision_is_made_once() -> None:
-    """An intent accepted, its gate down for two trading days: the gate's
-    memory of decided intents has forgotten it by then, and its withdrawal
-    was taken for a first decision, so the order stayed owed and was
-    withdrawn again at every react and after every rebuild."""
+    """An intent accepted, its order still owed two trading days with
+    decisions later: the gate's memory of decided intents has forgotten it
+    by then, and its withdrawal was taken for a first decision, so the order
+    stayed owed and was withdrawn again at every react and after every
+    rebuild."""
     _, intent = strategy()
     state, _ = crashed_after_the_decision(intent)
     day = 86_400 * S
-    state = apply(state, trade("AAPL", 100, T0 + day), trade("AAPL", 100, T0 + 2 * day))
-    assert intent.id not in state.decided  # forgotten after two days
+    state = _decided_elsewhere(_decided_elsewhere(state, T0 + day), T0 + 2 * day)
+    assert intent.id not in state.decided  # forgotten after two days of decisions
     assert list(state.awaiting_order) == [intent.id]
     (withdrawal,) = react(state, T0 + 2 * day + S)
     assert isinstance(withdrawal, RiskDecisionMade)

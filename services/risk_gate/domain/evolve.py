@@ -360,7 +360,7 @@ def _on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
         # The withdrawal of an accepted intent whose order had not gone out
         # (react.owed_order): no order is owed any more, nor ever made. Known
         # by what is owed, not by ``decided``, which forgets an intent after
-        # two trading days (an order can be owed that long).
+        # two trading days with decisions (an order can be owed that long).
         return replace(
             state,
             decided=state.decided.add(p.intent_id),

@@ -305,7 +305,23 @@ def in_window(times: tuple[int, ...], ts_ns: int, window_ns: int) -> tuple[int, 
 
 @dataclass(frozen=True, slots=True)
 class DayIds:
-    """Ids remembered for today and yesterday (enough for any redelivery)."""
+    """Ids remembered for today and for the last earlier trading day that had
+    any (``yesterday``): enough for any redelivery.
+
+    Any event rolls the trading day, a weekend's operator command or
+    connection change too, so the day before today is often one with no fill
+    or intent at all. A roll from a day that added nothing keeps the older set
+    (Friday's fills on Monday, after a Sunday command; across a holiday);
+    only a day that added ids replaces it.
+
+    Rolls come at the same point of the stream live and in a fold of the
+    store, and ids of other services' events (fills, operator and connection
+    events) are added at the same point in both, so ``fills_seen`` is the same
+    set live and folded. Only the gate's own events (decisions, orders,
+    reactions), applied live as they are published, may be filed a day later
+    in a fold (as before this rule); a fold may then keep an older set the
+    live gate has dropped, never the reverse.
+    """
 
     today: IdSet = field(default_factory=IdSet)
     yesterday: IdSet = field(default_factory=IdSet)
@@ -320,6 +336,8 @@ class DayIds:
         return self if today is self.today else DayIds(today, self.yesterday)
 
     def roll(self) -> DayIds:
+        if not self.today:
+            return self  # a day that added nothing: keep the last one that did
         return DayIds(IdSet(), self.today)
 
     def __len__(self) -> int:

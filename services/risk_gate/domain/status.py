@@ -1,4 +1,5 @@
-"""A plain summary of the risk state: states, kill switch, caps and their use.
+"""A plain summary of the risk state: states, kill switch, caps and their use,
+and the positions whose day P&L rests on a stale price.
 
 What ``tradebus risk status`` prints (and ``--json`` emits). Amounts are
 decimal strings; ``used`` is the fraction of a cap in use (``"0.42"``), or
@@ -8,12 +9,56 @@ None where there is no cap.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.risk_gate.domain.decide import gross_exposure
 from services.risk_gate.domain.evolve import roll_day
 from services.risk_gate.domain.limits import GLOBAL, RateLimit
-from services.risk_gate.domain.state import ZERO, RiskState
+from services.risk_gate.domain.state import NS, ZERO, RiskState
+
+
+class StaleMark(NamedTuple):
+    """A symbol held whose price ``day_pnl`` marks it at is one ``decide``
+    would not use (:func:`stale_marks`)."""
+
+    symbol: str
+    #: Its age at the time asked (negative: stamped ahead of it); None: no price.
+    age_ns: int | None
+    #: The symbol's ``max_mark_age_s`` (None: any age, and it has no price).
+    max_age_s: float | None
+
+
+def held_mark_ages(state: RiskState, account: str, now_ns: int) -> dict[str, int | None]:
+    """Each symbol ``account`` holds, with the age at ``now_ns`` of the price
+    its day P&L is marked at (negative: stamped ahead of ``now_ns``; None:
+    no price, so its open quantity adds nothing)."""
+    ages: dict[str, int | None] = {}
+    for (acct, symbol), p in sorted(state.positions.items()):
+        if acct == account and p.quantity != 0:
+            mark = state.marks.get(symbol)
+            ages[symbol] = None if mark is None else now_ns - mark.ts_ns
+    return ages
+
+
+def stale_marks(state: RiskState, account: str, now_ns: int) -> list[StaleMark]:
+    """The symbols ``account`` holds whose price is one ``decide`` would no
+    longer trade on: older than the symbol's ``max_mark_age_s``, stamped
+    further ahead of ``now_ns`` than that, or none at all.
+
+    ``day_pnl``, and so the daily-loss breaker, marks them at that last price
+    all the same: it is the best estimate there is. This says where the
+    figure stands still, so an operator does not read it as measured.
+    """
+    stale = []
+    for symbol, age in held_mark_ages(state, account, now_ns).items():
+        max_age = state.limits.price_band.of(symbol).max_mark_age_s
+        if age is None or (max_age is not None and abs(age) > max_age * NS):
+            stale.append(StaleMark(symbol, age, max_age))
+    return stale
+
+
+def _seconds(ns: int) -> str:
+    return f"{ns / NS:.1f}"
 
 
 def _used(value: Decimal, cap: Decimal | None) -> str | None:
@@ -63,6 +108,15 @@ def summarize(state: RiskState, now_ns: int) -> dict[str, Any]:
                 if a == name and p.quantity != 0
             },
             "rate": _rate(state, f"account:{name}", acct.rate_limit if acct else None, now_ns),
+            # Held symbols whose unrealized P&L rests on a price decide would
+            # not use: seconds old (negative: stamped ahead; None: no price).
+            "stale_marks": {
+                m.symbol: {
+                    "age_s": None if m.age_ns is None else _seconds(m.age_ns),
+                    "max_age_s": m.max_age_s,
+                }
+                for m in stale_marks(state, name, now_ns)
+            },
         }
     strategies: dict[str, Any] = {}
     for name, s in sorted(limits.strategies.items()):
