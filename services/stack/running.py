@@ -13,12 +13,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
-from libs.local.servers import free_port
 from services.stack import credentials as creds
 from services.stack import wiring
 from services.stack.banner import (
@@ -28,17 +26,15 @@ from services.stack.banner import (
     env_file_text,
     render,
 )
-from services.stack.preflight import LABEL, UpOptions
-from services.stack.servers import LocalServers, choose_port
+from services.stack.ports import Ports
+from services.stack.preflight import LABEL
+from services.stack.servers import LocalServers
 from services.stack.supervisor import (
     Printer,
     ServiceSpec,
     Supervisor,
     describe_exit,
 )
-
-#: The first service's /metrics port; the next services take the next ports.
-PREFERRED_METRICS_PORT = 19100
 
 # Named timeouts (seconds).
 #: How often up checks that its server keeper still runs.
@@ -49,10 +45,9 @@ HEALTH_POLL_INTERVAL = 0.2
 
 
 def service_specs(
-    options: UpOptions,
     names: list[str],
     inputs: wiring.Inputs,
-    note: Callable[[str], None],
+    ports: Ports,
 ) -> tuple[list[ServiceSpec], list[Endpoint]]:
     host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
@@ -60,15 +55,8 @@ def service_specs(
         shown_host = f"[{shown_host}]"
     specs: list[ServiceSpec] = []
     endpoints: list[Endpoint] = []
-    taken: set[int] = set()
     for i, plan in enumerate(wiring.plans(inputs, names)):
-        requested = options.metrics_port
-        if requested is not None and requested != 0:
-            requested += i
-        port = choose_port(requested, PREFERRED_METRICS_PORT + i, f"{plan.name} metrics", note)
-        while port in taken:
-            port = free_port()
-        taken.add(port)
+        port = ports.metrics(i, plan.name)
         env = {**plan.env, "TRADEBUS_METRICS_PORT": str(port)}
         argv = [sys.executable, "-m", "services.cli", *plan.argv]
         specs.append(ServiceSpec(plan.name, argv, env))
