@@ -38,7 +38,7 @@ class Ports:
         note: Callable[[str], None],
         environ: Mapping[str, str] = os.environ,
     ) -> None:
-        self.options = options
+        self._options = options
         self._note = note
         #: Each port an option asks for, and that option as the operator gave it.
         self._asked: dict[int, str] = {}
@@ -54,18 +54,22 @@ class Ports:
                     )
 
     def nats(self) -> int:
-        return self._choose(self.options.nats_port, PREFERRED_NATS_PORT, "nats-server")
+        return self._choose(self._options.nats_port, PREFERRED_NATS_PORT, "nats-server")
+
+    def nats_monitor(self) -> int:
+        """nats-server's monitoring port: any free one unless asked for."""
+        return self._choose(self._options.nats_monitor_port, None, "nats-server monitoring")
 
     def postgres(self) -> int:
-        return self._choose(self.options.postgres_port, PREFERRED_POSTGRES_PORT, "PostgreSQL")
+        return self._choose(self._options.postgres_port, PREFERRED_POSTGRES_PORT, "PostgreSQL")
 
     def paper(self) -> int:
-        return self._choose(self.options.paper_port, PREFERRED_PAPER_PORT, "paper broker")
+        return self._choose(self._options.paper_port, PREFERRED_PAPER_PORT, "paper broker")
 
     def metrics(self, index: int, name: str) -> int:
         """The /metrics port of the ``index``-th service: ``--metrics-port`` N
         gives the first N, the next N + 1, and so on."""
-        first = self.options.metrics_port
+        first = self._options.metrics_port
         requested = first + index if first else first
         return self._choose(requested, PREFERRED_METRICS_PORT + index, f"{name} metrics")
 

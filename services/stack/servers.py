@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
-from libs.local.servers import free_port
 from services.stack import credentials as creds
 from services.stack import keeper, wiring
 from services.stack.ports import Ports
@@ -236,7 +235,7 @@ def start_servers(
     nats_port = monitor_port = postgres_port = None
     if not nats_url:
         nats_port = ports.nats()
-        monitor_port = ports.options.nats_monitor_port or free_port()
+        monitor_port = ports.nats_monitor()
     if not database_url:
         postgres_port = ports.postgres()
     what = " and ".join(

@@ -395,3 +395,29 @@ def test_a_preferred_port_another_option_asks_for_goes_to_that_option(
     what = "paper-broker metrics" if option == "--paper-port" else "paper broker"
     (note,) = notes
     assert note.startswith(f"port {port} for {what} is the one {option} {port} asks for; using ")
+
+
+def test_up_refuses_a_nats_monitor_port_in_use_naming_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other ports were checked before the servers started; this one
+    failed inside the server keeper, as "cannot start the servers: ...",
+    once nats-server had been started on it."""
+    import socket
+
+    from libs.local.servers import free_port
+
+    monkeypatch.delenv("NATS_URL", raising=False)
+    # Never reached: only nats-server is ours, and it is refused first.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, text = up_output(tmp_path, nats_port=free_port(), nats_monitor_port=port)
+    assert code == 1
+    assert (
+        f"!!! nats-server monitoring port {port} is in use (--nats-monitor-port {port}); "
+        "pick another or pass 0 for any\n"
+    ) in text
+    assert "starting nats-server" not in text
