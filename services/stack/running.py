@@ -13,7 +13,10 @@ import os
 import signal
 import sys
 import time
+import traceback
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
@@ -138,30 +141,47 @@ async def supervise(
     servers: LocalServers | None = None,
 ) -> str | None:
     """Run the services until stopped; returns why, if the supervisor stopped
-    them itself (a service refused its configuration, the keeper died)."""
+    them itself (a service refused its configuration, the keeper died, or
+    what runs beside the supervisor failed)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)
     running = asyncio.create_task(supervisor.run())
-    watching = (
-        asyncio.create_task(_watch_keeper(servers, supervisor)) if servers is not None else None
-    )
-    waiting = asyncio.create_task(_wait_healthy(endpoints, HEALTH_TIMEOUT))
-    done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if waiting in done:
-        unhealthy = waiting.result()
-        if unhealthy:
-            printer.alert(
-                LABEL, f"no /health answer yet from {', '.join(unhealthy)}; see their output"
-            )
-        printer.raw(render(info))
-    else:
-        waiting.cancel()
-    await running
-    if watching is not None:
-        watching.cancel()
+    # Beside the supervisor, each stopping it if it fails: an error leaving
+    # here would leave the services running (asyncio.run cancels the
+    # supervisor's tasks, which stops none of its processes) while up goes
+    # on to stop the servers under them.
+    beside = [asyncio.create_task(_or_stop(supervisor, _announce(endpoints, printer, info)))]
+    if servers is not None:
+        beside.append(asyncio.create_task(_or_stop(supervisor, _watch_keeper(servers, supervisor))))
+    try:
+        await running
+    finally:
+        for task in beside:
+            task.cancel()
+        await asyncio.gather(*beside, return_exceptions=True)
     return supervisor.failure
+
+
+async def _or_stop(supervisor: Supervisor, work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work``; should it fail, stop the services, saying why and where."""
+    try:
+        await work
+    except Exception as e:
+        why = f"supervising the services failed unexpectedly ({type(e).__name__}: {e})"
+        supervisor.printer.alert(LABEL, f"{why}; stopping the services")
+        for line in traceback.format_exc().rstrip().splitlines():
+            supervisor.printer.line(LABEL, line)
+        supervisor.stop_because(why)
+
+
+async def _announce(endpoints: list[Endpoint], printer: Printer, info: StackInfo) -> None:
+    """Once every service answers /health (or the wait times out), say where to look."""
+    unhealthy = await _wait_healthy(endpoints, HEALTH_TIMEOUT)
+    if unhealthy:
+        printer.alert(LABEL, f"no /health answer yet from {', '.join(unhealthy)}; see their output")
+    printer.raw(render(info))
 
 
 async def _watch_keeper(servers: LocalServers, supervisor: Supervisor) -> None:

@@ -23,7 +23,9 @@
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
    run until SIGINT/SIGTERM: services stop first, then the servers. A
    service exiting with code 2 (it refused its configuration) stops the
-   whole stack the same way, and ``up`` exits 1 (:mod:`services.stack.running`).
+   whole stack the same way, and ``up`` exits 1 (:mod:`services.stack.running`);
+   so does the keeper's death, or an error in what runs beside the
+   supervisor (the /health wait, the banner), its traceback printed.
 
 This module runs the steps in order, owns SIGINT/SIGTERM until the
 supervisor's loop takes them, and stops what started.
