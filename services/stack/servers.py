@@ -60,7 +60,11 @@ class LocalServers:
         prefix: str,
         nats_config: Path | None = None,
         env: dict[str, str] | None = None,
+        on_start: Callable[[LocalServers], None] | None = None,
     ) -> LocalServers:
+        """Start the keeper and wait for its report. ``on_start`` is given the
+        servers as soon as the keeper runs: an exception (a Ctrl-C) from then
+        until this returns must find them known to whoever stops them."""
         argv = [sys.executable, "-m", "services.stack.keeper", "--home", str(home)]
         argv += ["--prefix", prefix]
         if nats_port:
@@ -82,6 +86,8 @@ class LocalServers:
             start_new_session=True,
         )
         servers = cls(proc, {})
+        if on_start is not None:
+            on_start(servers)
         assert proc.stdout is not None
         try:
             line = proc.stdout.readline()
@@ -113,6 +119,8 @@ class LocalServers:
             self.proc.kill()
             code = self.proc.wait()
         self._stop_left_behind(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # its report, read at the start
         return code
 
     def _stop_left_behind(self, timeout: float) -> None:
@@ -223,7 +231,11 @@ def start_servers(
     printer: Printer,
     note: Callable[[str], None],
     credentials: creds.Credentials | None,
+    on_start: Callable[[LocalServers], None],
 ) -> tuple[LocalServers | None, str, str]:
+    """The servers up starts (None if NATS_URL and DATABASE_URL are both
+    set), the NATS URL and the database's. ``on_start`` is given the servers
+    as soon as their keeper runs (see :meth:`LocalServers.start`)."""
     nats_url = os.environ.get("NATS_URL")
     database_url = os.environ.get("DATABASE_URL")
     if nats_url:
@@ -251,6 +263,7 @@ def start_servers(
         prefix=printer.prefix(SERVERS_LABEL),
         nats_config=wiring.NATS_CONFIG if credentials is not None else None,
         env={**os.environ, **credentials.server_env()} if credentials is not None else None,
+        on_start=on_start,
     )
     note(f"{what} running ({time.monotonic() - started:.1f}s)")
     if not nats_url:

@@ -204,6 +204,13 @@ def _run_locked(
         printer.line(LABEL, text)
 
     servers: LocalServers | None = None
+
+    def record(started: LocalServers) -> None:
+        # As soon as the keeper runs: a Ctrl-C after it reported, before
+        # start_servers returned, left its servers to no one until up exited.
+        nonlocal servers
+        servers = started
+
     failure: str | None = None
     interrupted: Interrupted | None = None
     state_file = home / "stack.json"
@@ -217,7 +224,7 @@ def _run_locked(
                 stored = creds.load_or_create(home, wiring.NATS_USERS)
                 credentials = None if os.environ.get("NATS_URL") else stored
                 servers, nats_url, database_url = start_servers(
-                    ports, home, printer, note, credentials
+                    ports, home, printer, note, credentials, record
                 )
                 note("migrating the event store")
                 migrate(database_url)

@@ -536,6 +536,42 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert not (up.home / "stack.json").exists()
 
 
+class InterruptedWhenServersRun(io.StringIO):
+    """up's output, where a Ctrl-C arrives as up writes that its servers
+    run: after the keeper reported, before the servers' start returned."""
+
+    def write(self, text: str) -> int:
+        from services.stack.up import Interrupted
+
+        written = super().write(text)
+        if "nats-server running (" in text:
+            raise Interrupted(signal.SIGINT)
+        return written
+
+
+def test_up_stops_servers_whose_start_a_ctrl_c_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after the keeper reported its servers running, but before the
+    call starting them returned to up: up knew of no servers, and stopped
+    none; the keeper stopped them only once up had exited (its stdin closed)."""
+    from services.stack.up import UpOptions, run_up
+
+    monkeypatch.delenv("NATS_URL", raising=False)
+    # Never reached: only nats-server is ours, and the Ctrl-C comes first.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+    out = InterruptedWhenServersRun()
+    nats_port = free_port()
+    options = UpOptions(home=tmp_path / "home", nats_port=nats_port, only=("recorder",))
+    code = run_up(options, out)
+    text = out.getvalue()
+    assert code == 130, text
+    assert "up       | SIGINT while starting; stopping\nup       | stopping the servers\n" in text
+    assert text.endswith("up       | stopped\n"), text
+    assert port_is_free(nats_port)  # stopped, not left to the keeper after up exits
+    assert not (tmp_path / "home" / "stack.json").exists()
+
+
 async def test_up_on_a_nats_of_the_environment_gives_the_paper_keys(tmp_path: Path) -> None:
     """With ``NATS_URL`` set (the machine's own nats-server), ``up`` still
     hands the paper broker and the gateway the paper account's keys, as it
