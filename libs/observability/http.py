@@ -56,7 +56,9 @@ class MetricsServer:
                 + ("choose a free port (0: any free one)" if port else "choose an address here")
             ) from e
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics, health on /health", self.host, self.port)
+        # An IPv6 address is bracketed in a URL, else its colons read as the port's.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        log.info("metrics on http://%s:%d/metrics, health on /health", host, self.port)
         return self
 
     async def __aenter__(self) -> Self:

@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
-from libs.local.servers import free_port
 from services.stack import credentials as creds
 from services.stack import wiring
 from services.stack.banner import (
@@ -28,17 +29,15 @@ from services.stack.banner import (
     env_file_text,
     render,
 )
-from services.stack.preflight import LABEL, UpOptions
-from services.stack.servers import LocalServers, choose_port
+from services.stack.ports import Ports
+from services.stack.preflight import LABEL
+from services.stack.servers import LocalServers
 from services.stack.supervisor import (
     Printer,
     ServiceSpec,
     Supervisor,
     describe_exit,
 )
-
-#: The first service's /metrics port; the next services take the next ports.
-PREFERRED_METRICS_PORT = 19100
 
 # Named timeouts (seconds).
 #: How often up checks that its server keeper still runs.
@@ -49,10 +48,9 @@ HEALTH_POLL_INTERVAL = 0.2
 
 
 def service_specs(
-    options: UpOptions,
     names: list[str],
     inputs: wiring.Inputs,
-    note: Callable[[str], None],
+    ports: Ports,
 ) -> tuple[list[ServiceSpec], list[Endpoint]]:
     host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
@@ -60,15 +58,8 @@ def service_specs(
         shown_host = f"[{shown_host}]"
     specs: list[ServiceSpec] = []
     endpoints: list[Endpoint] = []
-    taken: set[int] = set()
     for i, plan in enumerate(wiring.plans(inputs, names)):
-        requested = options.metrics_port
-        if requested is not None and requested != 0:
-            requested += i
-        port = choose_port(requested, PREFERRED_METRICS_PORT + i, f"{plan.name} metrics", note)
-        while port in taken:
-            port = free_port()
-        taken.add(port)
+        port = ports.metrics(i, plan.name)
         env = {**plan.env, "TRADEBUS_METRICS_PORT": str(port)}
         argv = [sys.executable, "-m", "services.cli", *plan.argv]
         specs.append(ServiceSpec(plan.name, argv, env))
@@ -150,30 +141,47 @@ async def supervise(
     servers: LocalServers | None = None,
 ) -> str | None:
     """Run the services until stopped; returns why, if the supervisor stopped
-    them itself (a service refused its configuration, the keeper died)."""
+    them itself (a service refused its configuration, the keeper died, or
+    what runs beside the supervisor failed)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)
     running = asyncio.create_task(supervisor.run())
-    watching = (
-        asyncio.create_task(_watch_keeper(servers, supervisor)) if servers is not None else None
-    )
-    waiting = asyncio.create_task(_wait_healthy(endpoints, HEALTH_TIMEOUT))
-    done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if waiting in done:
-        unhealthy = waiting.result()
-        if unhealthy:
-            printer.alert(
-                LABEL, f"no /health answer yet from {', '.join(unhealthy)}; see their output"
-            )
-        printer.raw(render(info))
-    else:
-        waiting.cancel()
-    await running
-    if watching is not None:
-        watching.cancel()
+    # Beside the supervisor, each stopping it if it fails: an error leaving
+    # here would leave the services running (asyncio.run cancels the
+    # supervisor's tasks, which stops none of its processes) while up goes
+    # on to stop the servers under them.
+    beside = [asyncio.create_task(_or_stop(supervisor, _announce(endpoints, printer, info)))]
+    if servers is not None:
+        beside.append(asyncio.create_task(_or_stop(supervisor, _watch_keeper(servers, supervisor))))
+    try:
+        await running
+    finally:
+        for task in beside:
+            task.cancel()
+        await asyncio.gather(*beside, return_exceptions=True)
     return supervisor.failure
+
+
+async def _or_stop(supervisor: Supervisor, work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work``; should it fail, stop the services, saying why and where."""
+    try:
+        await work
+    except Exception as e:
+        why = f"supervising the services failed unexpectedly ({type(e).__name__}: {e})"
+        supervisor.printer.alert(LABEL, f"{why}; stopping the services")
+        for line in traceback.format_exc().rstrip().splitlines():
+            supervisor.printer.line(LABEL, line)
+        supervisor.stop_because(why)
+
+
+async def _announce(endpoints: list[Endpoint], printer: Printer, info: StackInfo) -> None:
+    """Once every service answers /health (or the wait times out), say where to look."""
+    unhealthy = await _wait_healthy(endpoints, HEALTH_TIMEOUT)
+    if unhealthy:
+        printer.alert(LABEL, f"no /health answer yet from {', '.join(unhealthy)}; see their output")
+    printer.raw(render(info))
 
 
 async def _watch_keeper(servers: LocalServers, supervisor: Supervisor) -> None:

@@ -2,9 +2,9 @@
 
 nats-server and PostgreSQL run under the server keeper
 (:mod:`services.stack.keeper`, its own process and session), on ports
-:func:`choose_port` picks, with their data under the home, which one up at a
-time may use (:func:`home_lock`). Then the event store is migrated and the
-stream declared.
+:class:`~services.stack.ports.Ports` picks, with their data under the home,
+which one up at a time may use (:func:`home_lock`). Then the event store is
+migrated and the stream declared.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from libs.config import masked_url
-from libs.local.servers import free_port, port_is_free
 from services.stack import credentials as creds
 from services.stack import keeper, wiring
-from services.stack.preflight import SERVERS_LABEL, UpError, UpOptions
+from services.stack.ports import Ports
+from services.stack.preflight import SERVERS_LABEL, UpError
 from services.stack.supervisor import Printer
 
-PREFERRED_NATS_PORT = 14222
-PREFERRED_POSTGRES_PORT = 15432
 DATABASE_NAME = "tradebus"
 
 #: Named timeouts (seconds).
@@ -39,26 +37,6 @@ SERVERS_STOP_TIMEOUT = 60.0
 #: How often a lock held by an earlier up's keeper is tried again.
 KEEPER_POLL_INTERVAL = 0.1
 STREAM_SETUP_TIMEOUT = 30.0
-
-
-# ------------------------------------------------------------------ ports
-
-
-def choose_port(
-    requested: int | None, preferred: int, what: str, note: Callable[[str], None]
-) -> int:
-    """The port to use for ``what`` (see :class:`UpOptions` for ``requested``)."""
-    if requested == 0:
-        return free_port()
-    if requested is not None:
-        if not port_is_free(requested):
-            raise UpError(f"{what} port {requested} is in use; pick another or pass 0 for any")
-        return requested
-    if port_is_free(preferred):
-        return preferred
-    port = free_port()
-    note(f"port {preferred} for {what} is taken; using {port}")
-    return port
 
 
 # ------------------------------------------------------------------ servers
@@ -82,7 +60,11 @@ class LocalServers:
         prefix: str,
         nats_config: Path | None = None,
         env: dict[str, str] | None = None,
+        on_start: Callable[[LocalServers], None] | None = None,
     ) -> LocalServers:
+        """Start the keeper and wait for its report. ``on_start`` is given the
+        servers as soon as the keeper runs: an exception (a Ctrl-C) from then
+        until this returns must find them known to whoever stops them."""
         argv = [sys.executable, "-m", "services.stack.keeper", "--home", str(home)]
         argv += ["--prefix", prefix]
         if nats_port:
@@ -104,6 +86,8 @@ class LocalServers:
             start_new_session=True,
         )
         servers = cls(proc, {})
+        if on_start is not None:
+            on_start(servers)
         assert proc.stdout is not None
         try:
             line = proc.stdout.readline()
@@ -135,6 +119,8 @@ class LocalServers:
             self.proc.kill()
             code = self.proc.wait()
         self._stop_left_behind(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # its report, read at the start
         return code
 
     def _stop_left_behind(self, timeout: float) -> None:
@@ -240,12 +226,16 @@ def _wait_for_keeper(home: Path, note: Callable[[str], None]) -> None:
 
 
 def start_servers(
-    options: UpOptions,
+    ports: Ports,
     home: Path,
     printer: Printer,
     note: Callable[[str], None],
     credentials: creds.Credentials | None,
+    on_start: Callable[[LocalServers], None],
 ) -> tuple[LocalServers | None, str, str]:
+    """The servers up starts (None if NATS_URL and DATABASE_URL are both
+    set), the NATS URL and the database's. ``on_start`` is given the servers
+    as soon as their keeper runs (see :meth:`LocalServers.start`)."""
     nats_url = os.environ.get("NATS_URL")
     database_url = os.environ.get("DATABASE_URL")
     if nats_url:
@@ -256,12 +246,10 @@ def start_servers(
         return None, nats_url, database_url
     nats_port = monitor_port = postgres_port = None
     if not nats_url:
-        nats_port = choose_port(options.nats_port, PREFERRED_NATS_PORT, "nats-server", note)
-        monitor_port = options.nats_monitor_port or free_port()
+        nats_port = ports.nats()
+        monitor_port = ports.nats_monitor()
     if not database_url:
-        postgres_port = choose_port(
-            options.postgres_port, PREFERRED_POSTGRES_PORT, "PostgreSQL", note
-        )
+        postgres_port = ports.postgres()
     what = " and ".join(
         n for n, p in (("nats-server", nats_port), ("PostgreSQL", postgres_port)) if p
     )
@@ -275,6 +263,7 @@ def start_servers(
         prefix=printer.prefix(SERVERS_LABEL),
         nats_config=wiring.NATS_CONFIG if credentials is not None else None,
         env={**os.environ, **credentials.server_env()} if credentials is not None else None,
+        on_start=on_start,
     )
     note(f"{what} running ({time.monotonic() - started:.1f}s)")
     if not nats_url:

@@ -23,7 +23,9 @@
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
    run until SIGINT/SIGTERM: services stop first, then the servers. A
    service exiting with code 2 (it refused its configuration) stops the
-   whole stack the same way, and ``up`` exits 1 (:mod:`services.stack.running`).
+   whole stack the same way, and ``up`` exits 1 (:mod:`services.stack.running`);
+   so does the keeper's death, or an error in what runs beside the
+   supervisor (the /health wait, the banner), its traceback printed.
 
 This module runs the steps in order, owns SIGINT/SIGTERM until the
 supervisor's loop takes them, and stops what started.
@@ -43,6 +45,12 @@ from typing import IO, Any
 
 from services.stack import configs, wiring
 from services.stack import credentials as creds
+from services.stack.ports import (
+    PREFERRED_METRICS_PORT,
+    PREFERRED_NATS_PORT,
+    PREFERRED_POSTGRES_PORT,
+    Ports,
+)
 from services.stack.preflight import (
     LABEL,
     SERVERS_LABEL,
@@ -55,7 +63,6 @@ from services.stack.running import (
     HEALTH_POLL_INTERVAL,
     HEALTH_TIMEOUT,
     KEEPER_WATCH_INTERVAL,
-    PREFERRED_METRICS_PORT,
     service_specs,
     stack_info,
     stack_state,
@@ -64,12 +71,9 @@ from services.stack.running import (
 from services.stack.servers import (
     DATABASE_NAME,
     KEEPER_POLL_INTERVAL,
-    PREFERRED_NATS_PORT,
-    PREFERRED_POSTGRES_PORT,
     SERVERS_STOP_TIMEOUT,
     STREAM_SETUP_TIMEOUT,
     LocalServers,
-    choose_port,
     ensure_stream,
     home_lock,
     migrate,
@@ -92,9 +96,9 @@ __all__ = [
     "STREAM_SETUP_TIMEOUT",
     "Interrupted",
     "LocalServers",
+    "Ports",
     "UpError",
     "UpOptions",
-    "choose_port",
     "run_up",
 ]
 
@@ -147,6 +151,13 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         return 1
     printer = Printer(out or sys.stdout, [LABEL, SERVERS_LABEL, *names])
     try:
+        # Two options asking for one port: refused before anything else, as
+        # nothing could tell the two servers apart until one fails to bind.
+        ports = Ports(options, names, lambda text: printer.line(LABEL, text))
+    except UpError as e:
+        _refuse(printer, e)
+        return 1
+    try:
         # The settings and config files, which may take a while (the
         # strategies' modules are imported): nothing runs yet, so a SIGINT or
         # SIGTERM only ends up, in one line and with the shell's code.
@@ -166,7 +177,7 @@ def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
         return 1
     try:
         with home_lock(home, lambda text: printer.line(LABEL, text)):
-            return _run_locked(options, home, names, printer, checked)
+            return _run_locked(options, ports, home, names, printer, checked)
     except (UpError, wiring.WiringError) as e:
         _refuse(printer, e)
         return 1
@@ -182,12 +193,24 @@ def _refuse(printer: Printer, error: Exception) -> None:
 
 
 def _run_locked(
-    options: UpOptions, home: Path, names: list[str], printer: Printer, checked: Checked
+    options: UpOptions,
+    ports: Ports,
+    home: Path,
+    names: list[str],
+    printer: Printer,
+    checked: Checked,
 ) -> int:
     def note(text: str) -> None:
         printer.line(LABEL, text)
 
     servers: LocalServers | None = None
+
+    def record(started: LocalServers) -> None:
+        # As soon as the keeper runs: a Ctrl-C after it reported, before
+        # start_servers returned, left its servers to no one until up exited.
+        nonlocal servers
+        servers = started
+
     failure: str | None = None
     interrupted: Interrupted | None = None
     state_file = home / "stack.json"
@@ -201,7 +224,7 @@ def _run_locked(
                 stored = creds.load_or_create(home, wiring.NATS_USERS)
                 credentials = None if os.environ.get("NATS_URL") else stored
                 servers, nats_url, database_url = start_servers(
-                    options, home, printer, note, credentials
+                    ports, home, printer, note, credentials, record
                 )
                 note("migrating the event store")
                 migrate(database_url)
@@ -215,13 +238,11 @@ def _run_locked(
                     paper_keys=stored.paper_env(),
                     strategies=checked.strategies,
                     risk=checked.risk,
-                    paper_port=choose_port(
-                        options.paper_port, wiring.PREFERRED_PAPER_PORT, "paper broker", note
-                    ),
+                    paper_port=ports.paper(),
                     md_rate=options.md_rate,
                     loaded_strategies=checked.loaded_strategies,
                 )
-                specs, endpoints = service_specs(options, names, inputs, note)
+                specs, endpoints = service_specs(names, inputs, ports)
                 info = stack_info(
                     home, nats_url, database_url, endpoints, servers, credentials, inputs
                 )

@@ -56,7 +56,6 @@ NATS_USER = {name: name for name in SERVICES}
 #: stream as it), the operator (the CLI of whoever runs the stack) and the services'.
 NATS_USERS = ("admin", "operator", *NATS_USER.values())
 
-PREFERRED_PAPER_PORT = 8765
 #: Synthetic bars the strategies see unless TRADEBUS_CHANNELS says otherwise:
 #: one-second bars, so that the example strategies trade within a minute.
 DEFAULT_CHANNELS = "trades,quotes,second_bars"

@@ -32,7 +32,7 @@ import asyncpg
 import pytest
 
 from libs.config import masked_url
-from libs.local.servers import NatsServer, free_port
+from libs.local.servers import NatsServer, free_port, port_is_free
 from libs.testing.wait import eventually
 from services.risk_gate.config import load_limits
 from services.stack.supervisor import Backoff, Printer, ServiceSpec, Supervisor
@@ -536,6 +536,42 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert not (up.home / "stack.json").exists()
 
 
+class InterruptedWhenServersRun(io.StringIO):
+    """up's output, where a Ctrl-C arrives as up writes that its servers
+    run: after the keeper reported, before the servers' start returned."""
+
+    def write(self, text: str) -> int:
+        from services.stack.up import Interrupted
+
+        written = super().write(text)
+        if "nats-server running (" in text:
+            raise Interrupted(signal.SIGINT)
+        return written
+
+
+def test_up_stops_servers_whose_start_a_ctrl_c_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after the keeper reported its servers running, but before the
+    call starting them returned to up: up knew of no servers, and stopped
+    none; the keeper stopped them only once up had exited (its stdin closed)."""
+    from services.stack.up import UpOptions, run_up
+
+    monkeypatch.delenv("NATS_URL", raising=False)
+    # Never reached: only nats-server is ours, and the Ctrl-C comes first.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+    out = InterruptedWhenServersRun()
+    nats_port = free_port()
+    options = UpOptions(home=tmp_path / "home", nats_port=nats_port, only=("recorder",))
+    code = run_up(options, out)
+    text = out.getvalue()
+    assert code == 130, text
+    assert "up       | SIGINT while starting; stopping\nup       | stopping the servers\n" in text
+    assert text.endswith("up       | stopped\n"), text
+    assert port_is_free(nats_port)  # stopped, not left to the keeper after up exits
+    assert not (tmp_path / "home" / "stack.json").exists()
+
+
 async def test_up_on_a_nats_of_the_environment_gives_the_paper_keys(tmp_path: Path) -> None:
     """With ``NATS_URL`` set (the machine's own nats-server), ``up`` still
     hands the paper broker and the gateway the paper account's keys, as it
@@ -828,6 +864,61 @@ async def test_supervisor_kills_a_service_that_ignores_sigterm() -> None:
     assert "did not stop within 0.5s; killing" in text
     assert "stubborn stopped (killed by SIGKILL)" in text
     assert not alive(pid)
+
+
+#: A service that answers /health on the port it is given, until SIGTERM.
+HEALTHY = (
+    "import http.server, signal, sys\n"
+    "class Health(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200)\n"
+    "        self.end_headers()\n"
+    "    def log_message(self, *_):\n"
+    "        pass\n"
+    "def bye(*_):\n"
+    "    print('bye', flush=True)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, bye)\n"
+    "server = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Health)\n"
+    "print('ready', flush=True)\n"
+    "server.serve_forever()\n"
+)
+
+
+async def test_supervise_stops_the_services_when_supervising_them_fails(tmp_path: Path) -> None:
+    """An error none foresaw beside the supervisor (here: printing the banner,
+    once the services answer /health, of a database URL urlsplit refuses):
+    it left ``supervise`` at once, the services still running; under ``up``
+    they only got SIGTERM from the kernel once up exited, after it had
+    stopped the servers under them. Now they are stopped first, in order,
+    and the failure is what up says it stopped for."""
+    from services.stack.banner import Endpoint, StackInfo
+    from services.stack.running import supervise
+
+    out = io.StringIO()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    endpoints = [Endpoint("healthy", f"{base}/metrics", f"{base}/health")]
+    specs = [ServiceSpec("healthy", [*python(HEALTHY), str(port)], dict(os.environ))]
+    info = StackInfo(
+        home=tmp_path,
+        nats_url="nats://127.0.0.1:1",
+        database_url="postgresql://postgres:secret@[::1/tradebus",  # no closing bracket
+        endpoints=endpoints,
+    )
+    printer = Printer(out, ["up", "healthy"], color=False)
+    failure = await asyncio.wait_for(
+        supervise(specs, endpoints, printer, info, stop_timeout=10), timeout=60
+    )
+    text = out.getvalue()
+    why = "supervising the services failed unexpectedly (ValueError: Invalid IPv6 URL)"
+    assert failure == why
+    assert "healthy | ready" in text  # it ran, and answered /health
+    assert f"up      | !!! {why}; stopping the services\n" in text
+    assert "up      | Traceback (most recent call last):" in text
+    assert "healthy | bye" in text
+    assert text.index(why) < text.index("up      | healthy stopped (exit code 0)")
+    assert port_is_free(port)
 
 
 def test_backoff_grows_to_its_cap() -> None:

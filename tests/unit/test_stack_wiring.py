@@ -4,6 +4,7 @@ gives marketdata the strategies' symbols and a fresh id salt at every start."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -331,12 +332,14 @@ async def test_up_reaches_services_whose_metrics_listen_on_an_ipv6_address(
     from prometheus_client import CollectorRegistry
 
     from libs.observability.http import MetricsServer
+    from services.stack.ports import Ports
     from services.stack.running import _wait_healthy, service_specs
 
     monkeypatch.setenv("TRADEBUS_METRICS_HOST", "::1")
     given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml")
     options = UpOptions(home=tmp_path / "home", metrics_port=0)
-    specs, endpoints = service_specs(options, ["recorder"], given, lambda text: None)
+    ports = Ports(options, ["recorder"], lambda text: None)
+    specs, endpoints = service_specs(["recorder"], given, ports)
     (spec,) = specs
     (endpoint,) = endpoints
     port = int(spec.env["TRADEBUS_METRICS_PORT"])
@@ -345,3 +348,76 @@ async def test_up_reaches_services_whose_metrics_listen_on_an_ipv6_address(
     server = MetricsServer("::1", port, lambda: (True, {}), CollectorRegistry())
     async with server:
         assert await _wait_healthy(endpoints, timeout=10) == []
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_two_options_asking_for_one_port(tmp_path: Path) -> None:
+    """``--paper-port 19101 --metrics-port 19100``: the risk-gate's /metrics
+    (19100 counts up, a port a service) and the paper broker were both given
+    19101, which looked free as neither listened yet; one then failed to bind."""
+    code, text = up_output(tmp_path, paper_port=19101, metrics_port=19100)
+    assert code == 1
+    assert (
+        "!!! --paper-port 19101 and --metrics-port 19100 (19100 to 19105, a port a service) "
+        "both ask for port 19101; give each a port of its own (0: any free one)\n"
+    ) in text
+    assert "migrating" not in text  # nothing was started
+    assert "cannot migrate" not in text
+
+
+@pytest.mark.parametrize("option", ["--paper-port", "--metrics-port"])
+def test_a_preferred_port_another_option_asks_for_goes_to_that_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    """``--paper-port 19100`` (the first /metrics port up prefers), or
+    ``--metrics-port 8765`` (the paper broker's): both servers were given
+    that port, as neither listened yet when the other's was chosen. Now the
+    option is followed, and the other server takes another port, saying why."""
+    from libs.local.servers import free_port
+    from services.stack import ports as stack_ports
+    from services.stack.running import service_specs
+
+    port = free_port()  # as the preferred port, one free here, whatever runs
+    if option == "--paper-port":
+        monkeypatch.setattr(stack_ports, "PREFERRED_METRICS_PORT", port)
+        options = UpOptions(home=tmp_path / "home", paper_port=port)
+    else:
+        monkeypatch.setattr(stack_ports, "PREFERRED_PAPER_PORT", port)
+        options = UpOptions(home=tmp_path / "home", metrics_port=port)
+    notes: list[str] = []
+    ports = stack_ports.Ports(options, ["paper-broker"], notes.append)
+    paper = ports.paper()  # chosen first, as up does
+    given = dataclasses.replace(inputs(tmp_path, CONFIG_DIR / "strategies.yaml"), paper_port=paper)
+    (spec,), _ = service_specs(["paper-broker"], given, ports)
+    metrics = int(spec.env["TRADEBUS_METRICS_PORT"])
+    assert paper != metrics
+    assert port == (paper if option == "--paper-port" else metrics)
+    what = "paper-broker metrics" if option == "--paper-port" else "paper broker"
+    (note,) = notes
+    assert note.startswith(f"port {port} for {what} is the one {option} {port} asks for; using ")
+
+
+def test_up_refuses_a_nats_monitor_port_in_use_naming_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other ports were checked before the servers started; this one
+    failed inside the server keeper, as "cannot start the servers: ...",
+    once nats-server had been started on it."""
+    import socket
+
+    from libs.local.servers import free_port
+
+    monkeypatch.delenv("NATS_URL", raising=False)
+    # Never reached: only nats-server is ours, and it is refused first.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/tradebus")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, text = up_output(tmp_path, nats_port=free_port(), nats_monitor_port=port)
+    assert code == 1
+    assert (
+        f"!!! nats-server monitoring port {port} is in use (--nats-monitor-port {port}); "
+        "pick another or pass 0 for any\n"
+    ) in text
+    assert "starting nats-server" not in text
