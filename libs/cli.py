@@ -156,7 +156,10 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             str, typer.Option(help="NATS subject pattern to replay, e.g. 'md.bar.*.AAPL'")
         ] = default_subject,
         from_seq: Annotated[int, typer.Option(min=1, help="First sequence")] = 1,
-        to_seq: Annotated[int | None, typer.Option(min=1, help="Last sequence")] = None,
+        to_seq: Annotated[
+            int | None,
+            typer.Option(min=1, help="Last sequence (default: the store's last as it starts)"),
+        ] = None,
         since: Annotated[str | None, typer.Option(help="ts_event >= this (ISO 8601)")] = None,
         until: Annotated[str | None, typer.Option(help="ts_event < this (ISO 8601)")] = None,
         rate: Annotated[str | None, typer.Option(help="Pace, e.g. 500/s (default: max)")] = None,

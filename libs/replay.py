@@ -160,11 +160,18 @@ async def replay(
             raise ReplayRefused(subject=subject, seq=seq, user=bus.user, url=bus.url, result=result)
 
     try:
+        # The range ends where the store ended as the replay started (or at
+        # --to-seq before it): the store only grows at its end, so the rows
+        # up to there are fixed, and the count is what will be read. Left
+        # open, a replay chased the recorder's newest rows, and one paced
+        # slower than a live feed never ended.
+        last = queries.last_seq_of(await queries.tail(conn))
+        to_seq = last if request.to_seq is None else min(request.to_seq, last)
         total = await queries.count_range(
             conn,
             subject=request.subject,
             from_seq=request.from_seq,
-            to_seq=request.to_seq,
+            to_seq=to_seq,
             since_ns=request.since_ns,
             until_ns=request.until_ns,
         )
@@ -177,7 +184,7 @@ async def replay(
             conn,
             subject=request.subject,
             from_seq=request.from_seq,
-            to_seq=request.to_seq,
+            to_seq=to_seq,
             since_ns=request.since_ns,
             until_ns=request.until_ns,
         ):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from libs.bus.client import Bus, Outgoing
 from libs.contract.codec import decode, encode
-from libs.contract.envelope import WallClock
+from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
     BreakerPayload,
     BreakerTripped,
@@ -40,6 +41,7 @@ from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
+from tests.integration.recording import record_events
 from tests.integration.test_recorder import order_chain
 
 
@@ -103,6 +105,38 @@ async def test_replay_round_trip_same_events_in_order_under_prefix(
         await live.next_msg(timeout=0.2)
     # The replayed copies were not recorded: the stream does not capture replay.>.
     assert (await bus.js.stream_info("TRADEBUS")).state.messages == 400
+
+
+async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_url: str) -> None:
+    """With no --to-seq a replay ends at the last sequence the store held when
+    it started: what the recorder adds meanwhile (a live feed) is left out,
+    so a replay paced slower than the feed still ends, and its progress never
+    passes its total."""
+    trades: list[Event] = list(make_trades(30, "tail"))
+    await record_events(database_url, trades[:20])
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        if not seen:  # counted, nothing read yet: the feed goes on meanwhile
+            thread = threading.Thread(
+                target=lambda: asyncio.run(record_events(database_url, trades[20:]))
+            )
+            thread.start()
+            thread.join()
+        seen.append((done, total))
+
+    got: list[Event] = []
+    sub = await bus.nc.subscribe("replay.>")
+    result = await replay(database_url, bus, ReplayRequest(), progress=progress)
+    assert await recorded_count(database_url) == 30
+    assert (result.published, result.first_seq, result.last_seq) == (20, 1, 20)
+    assert seen[0] == (0, 20)
+    assert seen[-1] == (20, 20)
+    while len(got) < 20:
+        got.append(decode((await sub.next_msg(timeout=5)).data))
+    assert got == trades[:20]
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.2)
 
 
 async def test_replay_subject_filter_and_refusals(
