@@ -33,6 +33,7 @@ from libs.contract.events import (
     SignalGenerated,
     SubmitOrder,
 )
+from libs.contract.options import parse_option
 from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
@@ -41,8 +42,11 @@ from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.settlement import cross_events
 from tests.integration.recording import record_events
 from tests.integration.test_recorder import order_chain
+from tests.unit.test_gateway_settlement import ACCOUNT, CALL, opened
+from tests.unit.test_gateway_settlement import tracker as settlement_tracker
 
 
 def cli(
@@ -475,6 +479,29 @@ async def test_audit_of_a_fill_of_an_order_placed_by_hand_says_nothing_here_caus
     lines = await audit_lines(database_url, fill.id)
     assert "FillReceived  buy 10 AAPL @ 190, complete " in lines[0]
     assert "no tradebus command caused broker order b-hand" in " ".join(lines[1:])
+
+
+async def test_audit_of_a_cross_s_fill_says_tradebus_crossed_it_not_the_broker(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """s1 long 1 call, s2 short 1 of one account: the broker held none and
+    settled nothing, so the gateway crossed them at the expiry itself
+    (``settlement.cross_events``). Each leg's fill has no cause, as a
+    settlement's; its audit said the broker had settled it, naming the
+    cross's name as the broker's activity: the operator would look for an
+    activity no broker listed."""
+    held = opened([("s1", CALL, "1"), ("s2", CALL, "-1")])
+    t = settlement_tracker(held)
+    crossed = cross_events(t, [], {}, now_ns=parse_option(CALL).expires_at_ns + 1)
+    assert len(crossed) == 2
+    await record(tmp_path, bus, nats_url, database_url, [*held, *crossed])
+    for fill, strategy in zip(crossed, ("s2", "s1"), strict=True):
+        said = " ".join(await audit_lines(database_url, fill.id))
+        assert "the broker settled" not in said, said
+        assert "no broker activity" in said, said
+        assert f"strategies of {ACCOUNT} held opposite positions in {CALL}" in said, said
+        assert f"cross/{CALL}/{strategy}/contracts" in said, said
+        assert f"booked to {strategy}" in said, said
 
 
 async def test_audit_of_a_reconciled_fill_walks_back_to_its_signal(
