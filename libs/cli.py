@@ -174,7 +174,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         """Republish recorded events from the store onto NATS, in order."""
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
-        from libs.replay import ReplayError, ReplayRefused, ReplayRequest, replay
+        from libs.replay import (
+            ReplayError,
+            ReplayInterrupted,
+            ReplayRefused,
+            ReplayRequest,
+            replay,
+        )
         from libs.store.errors import StoreUnavailable
 
         settings = settings_or_exit(ServiceSettings)
@@ -242,6 +248,20 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             asyncio.run(go())
         except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
+        except ReplayInterrupted as e:
+            report(e.result)
+            last = e.result.last_seq
+            err.print(
+                "replay interrupted: "
+                + (
+                    f"every selected event up to store sequence {last} replayed, none after "
+                    f"it; --from-seq {last + 1} resumes"
+                    if last is not None
+                    else "nothing replayed"
+                ),
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

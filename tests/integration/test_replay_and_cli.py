@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -141,6 +143,41 @@ async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_
     assert got == trades[:20]
     with pytest.raises(nats.errors.TimeoutError):
         await sub.next_msg(timeout=0.2)
+
+
+async def test_an_interrupted_replay_says_how_far_it_got(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """Ctrl-C stops a paced replay with the JSON line of its counts (exit
+    130, no traceback): every event up to its last_seq was published and
+    none after it, so --from-seq last_seq + 1 resumes it. It ended with
+    "Aborted!" alone, and the operator could not tell where to resume."""
+    await record_events(database_url, list(make_trades(200, "int")))
+    sub = await bus.nc.subscribe("replay.>")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    proc = subprocess.Popen(  # noqa: ASYNC220 - signalled while it runs
+        [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "20/s"],
+        env={**env, "DATABASE_URL": database_url, "NATS_URL": nats_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got = [await sub.next_msg(timeout=30) for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["first_seq"] == 1
+    assert 3 <= summary["last_seq"] < 200
+    assert summary["published"] == summary["last_seq"]
+    assert f"--from-seq {summary['last_seq'] + 1} resumes" in stderr
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:
+            got.append(await sub.next_msg(timeout=0.5))
+    assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(
+        range(1, summary["last_seq"] + 1)
+    )
 
 
 async def test_replay_subject_filter_and_refusals(
