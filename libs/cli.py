@@ -116,8 +116,9 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MICROSECOND = dt.timedelta(microseconds=1)
 
 
-def parse_time(value: str | None) -> int | None:
-    """Nanoseconds from an ISO 8601 time (UTC if no zone) or an integer of ns."""
+def parse_time(value: str | None, option: str | None = None) -> int | None:
+    """Nanoseconds from an ISO 8601 time (UTC if no zone) or an integer of ns;
+    a bad one is a usage error naming ``option`` (``--since``)."""
     if value is None:
         return None
     if value.isdigit():
@@ -125,7 +126,9 @@ def parse_time(value: str | None) -> int | None:
     try:
         t = dt.datetime.fromisoformat(value)
     except ValueError as e:
-        raise typer.BadParameter(f"not an ISO 8601 time or nanoseconds: {value!r}") from e
+        raise typer.BadParameter(
+            f"not an ISO 8601 time or nanoseconds: {value!r}", param_hint=_hint(option)
+        ) from e
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     # In integers: through a float of seconds, three in four millisecond
@@ -134,17 +137,28 @@ def parse_time(value: str | None) -> int | None:
     return (t - EPOCH) // MICROSECOND * 1_000
 
 
-def parse_rate(value: str | None) -> float | None:
-    """``200``, ``200/s`` or ``max`` (None) as messages per second."""
+def parse_rate(value: str | None, option: str | None = None) -> float | None:
+    """``200``, ``200/s`` or ``max`` (None) as messages per second; a bad one
+    is a usage error naming ``option`` (``--rate``)."""
     if value is None or value == "max":
         return None
     try:
         rate = float(value.removesuffix("/s"))
     except ValueError as e:
-        raise typer.BadParameter(f"rate must look like 500/s or max, got {value!r}") from e
+        raise typer.BadParameter(
+            f"rate must look like 500/s or max, got {value!r}", param_hint=_hint(option)
+        ) from e
     if rate <= 0:
-        raise typer.BadParameter("rate must be positive")
+        raise typer.BadParameter("rate must be positive", param_hint=_hint(option))
     return rate
+
+
+def _hint(option: str | None) -> str | None:
+    """How click names an option in a usage error: ``'--since'``. Checked in
+    the command's body, not by click, a bad value was "Invalid value: ..."
+    without it, and with --since and --until both given it did not say
+    which was wrong."""
+    return None if option is None else f"'{option}'"
 
 
 def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
@@ -188,9 +202,9 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             subject=subject,
             from_seq=from_seq,
             to_seq=to_seq,
-            since_ns=parse_time(since),
-            until_ns=parse_time(until),
-            rate_per_s=parse_rate(rate),
+            since_ns=parse_time(since, "--since"),
+            until_ns=parse_time(until, "--until"),
+            rate_per_s=parse_rate(rate, "--rate"),
             into=into,
             dry_run=dry_run,
             include_undecodable=include_undecodable,
