@@ -46,6 +46,11 @@ FIRST_WINDOW = 1
 WINDOW = 256
 WINDOW_S = 0.25
 
+#: Progress is reported every PROGRESS_EVERY events or PROGRESS_EVERY_S
+#: seconds, whichever comes first (a paced replay is slow in events).
+PROGRESS_EVERY = 500
+PROGRESS_EVERY_S = 0.5
+
 
 class ReplayError(ValueError):
     """The replay request cannot be carried out as asked."""
@@ -200,6 +205,7 @@ async def replay(
         )
         if progress:
             progress(0, total)
+        shown_at = time.monotonic()
         interval = 1.0 / request.rate_per_s if request.rate_per_s else 0.0
         next_at = time.monotonic()
         done = 0
@@ -245,8 +251,13 @@ async def replay(
                     await judge()
             elif not window:
                 settled_seq = row.seq
-            if progress and (done % 500 == 0 or done == total):
+            if progress and (
+                done % PROGRESS_EVERY == 0
+                or done == total
+                or time.monotonic() - shown_at >= PROGRESS_EVERY_S
+            ):
                 progress(done, total)
+                shown_at = time.monotonic()
         if window:
             await judge()
     except asyncio.CancelledError:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -143,6 +144,30 @@ async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_
     assert got == trades[:20]
     with pytest.raises(nats.errors.TimeoutError):
         await sub.next_msg(timeout=0.2)
+
+
+async def test_a_paced_replay_shows_its_progress_as_it_goes(bus: Bus, database_url: str) -> None:
+    """A replay paced at 20/s shows how far it is at least every half second:
+    its progress came every 500 events, so at --rate 10/s the bar stood at 0
+    for the first 50 seconds (and a replay of fewer than 500 showed nothing
+    until its end)."""
+    await record_events(database_url, list(make_trades(30, "pace")))
+    seen: list[int] = []
+    started = time.monotonic()
+    result = await replay(
+        database_url,
+        bus,
+        ReplayRequest(rate_per_s=20),
+        progress=lambda done, total: seen.append(done),
+    )
+    took = time.monotonic() - started
+    assert result.published == 30
+    assert took >= 29 / 20  # paced: 29 intervals
+    assert seen[0] == 0
+    assert seen[-1] == 30
+    between = [done for done in seen if 0 < done < 30]
+    assert between, seen  # took over PROGRESS_EVERY_S: shown on the way
+    assert between == sorted(between)
 
 
 async def test_an_interrupted_replay_says_how_far_it_got(
