@@ -116,8 +116,9 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MICROSECOND = dt.timedelta(microseconds=1)
 
 
-def parse_time(value: str | None) -> int | None:
-    """Nanoseconds from an ISO 8601 time (UTC if no zone) or an integer of ns."""
+def parse_time(value: str | None, option: str | None = None) -> int | None:
+    """Nanoseconds from an ISO 8601 time (UTC if no zone) or an integer of ns;
+    a bad one is a usage error naming ``option`` (``--since``)."""
     if value is None:
         return None
     if value.isdigit():
@@ -125,7 +126,9 @@ def parse_time(value: str | None) -> int | None:
     try:
         t = dt.datetime.fromisoformat(value)
     except ValueError as e:
-        raise typer.BadParameter(f"not an ISO 8601 time or nanoseconds: {value!r}") from e
+        raise typer.BadParameter(
+            f"not an ISO 8601 time or nanoseconds: {value!r}", param_hint=_hint(option)
+        ) from e
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     # In integers: through a float of seconds, three in four millisecond
@@ -134,17 +137,28 @@ def parse_time(value: str | None) -> int | None:
     return (t - EPOCH) // MICROSECOND * 1_000
 
 
-def parse_rate(value: str | None) -> float | None:
-    """``200``, ``200/s`` or ``max`` (None) as messages per second."""
+def parse_rate(value: str | None, option: str | None = None) -> float | None:
+    """``200``, ``200/s`` or ``max`` (None) as messages per second; a bad one
+    is a usage error naming ``option`` (``--rate``)."""
     if value is None or value == "max":
         return None
     try:
         rate = float(value.removesuffix("/s"))
     except ValueError as e:
-        raise typer.BadParameter(f"rate must look like 500/s or max, got {value!r}") from e
+        raise typer.BadParameter(
+            f"rate must look like 500/s or max, got {value!r}", param_hint=_hint(option)
+        ) from e
     if rate <= 0:
-        raise typer.BadParameter("rate must be positive")
+        raise typer.BadParameter("rate must be positive", param_hint=_hint(option))
     return rate
+
+
+def _hint(option: str | None) -> str | None:
+    """How click names an option in a usage error: ``'--since'``. Checked in
+    the command's body, not by click, a bad value was "Invalid value: ..."
+    without it, and with --since and --until both given it did not say
+    which was wrong."""
+    return None if option is None else f"'{option}'"
 
 
 def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
@@ -156,7 +170,10 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             str, typer.Option(help="NATS subject pattern to replay, e.g. 'md.bar.*.AAPL'")
         ] = default_subject,
         from_seq: Annotated[int, typer.Option(min=1, help="First sequence")] = 1,
-        to_seq: Annotated[int | None, typer.Option(min=1, help="Last sequence")] = None,
+        to_seq: Annotated[
+            int | None,
+            typer.Option(min=1, help="Last sequence (default: the store's last as it starts)"),
+        ] = None,
         since: Annotated[str | None, typer.Option(help="ts_event >= this (ISO 8601)")] = None,
         until: Annotated[str | None, typer.Option(help="ts_event < this (ISO 8601)")] = None,
         rate: Annotated[str | None, typer.Option(help="Pace, e.g. 500/s (default: max)")] = None,
@@ -171,7 +188,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         """Republish recorded events from the store onto NATS, in order."""
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
-        from libs.replay import ReplayError, ReplayRefused, ReplayRequest, replay
+        from libs.replay import (
+            ReplayError,
+            ReplayInterrupted,
+            ReplayRefused,
+            ReplayRequest,
+            replay,
+        )
         from libs.store.errors import StoreUnavailable
 
         settings = settings_or_exit(ServiceSettings)
@@ -179,9 +202,9 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             subject=subject,
             from_seq=from_seq,
             to_seq=to_seq,
-            since_ns=parse_time(since),
-            until_ns=parse_time(until),
-            rate_per_s=parse_rate(rate),
+            since_ns=parse_time(since, "--since"),
+            until_ns=parse_time(until, "--until"),
+            rate_per_s=parse_rate(rate, "--rate"),
             into=into,
             dry_run=dry_run,
             include_undecodable=include_undecodable,
@@ -239,6 +262,20 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             asyncio.run(go())
         except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
+        except ReplayInterrupted as e:
+            report(e.result)
+            last = e.result.last_seq
+            err.print(
+                "replay interrupted: "
+                + (
+                    f"every selected event up to store sequence {last} replayed, none after "
+                    f"it; --from-seq {last + 1} resumes"
+                    if last is not None
+                    else "nothing replayed"
+                ),
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

@@ -18,11 +18,13 @@ reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from libs.bus.client import Bus
+from libs.bus.errors import BusUnavailable
 from libs.contract.subjects import (
     REPLAY_PREFIX,
     SubjectPatternError,
@@ -43,6 +45,11 @@ ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
 FIRST_WINDOW = 1
 WINDOW = 256
 WINDOW_S = 0.25
+
+#: Progress is reported every PROGRESS_EVERY events or PROGRESS_EVERY_S
+#: seconds, whichever comes first (a paced replay is slow in events).
+PROGRESS_EVERY = 500
+PROGRESS_EVERY_S = 0.5
 
 
 class ReplayError(ValueError):
@@ -97,6 +104,21 @@ class ReplayResult:
     seconds: float = 0.0
 
 
+class ReplayInterrupted(Exception):
+    """The replay was cancelled (Ctrl-C). :attr:`result` says how far it got:
+    every selected row up to ``last_seq`` was published (or skipped) and
+    none after it, so ``--from-seq last_seq + 1`` resumes it."""
+
+    def __init__(self, result: ReplayResult) -> None:
+        self.result = result
+        super().__init__(f"replay interrupted after store sequence {result.last_seq}")
+
+
+#: How long a cancelled replay waits for the server's verdict on what it
+#: published last, so that its counts are exact.
+SETTLE_ON_STOP_S = 5.0
+
+
 class ReplayRefused(Exception):
     """The server refused to let this NATS user publish a replayed message;
     :attr:`result` counts what it did take before the replay stopped."""
@@ -131,6 +153,7 @@ async def replay(
 
     Raises :class:`ReplayError` for a request that cannot be carried out,
     :class:`ReplayRefused` when the server refuses a message,
+    :class:`ReplayInterrupted` in place of a cancellation (its counts),
     :class:`~libs.store.errors.StoreUnavailable` and
     :class:`~libs.bus.errors.BusUnavailable` when a server cannot be used.
     """
@@ -142,15 +165,20 @@ async def replay(
     window: list[tuple[int, str]] = []
     window_size = FIRST_WINDOW
     window_started = started
+    # The last row read whose fate is known: skipped, counted (dry_run), or
+    # published and judged. A cancelled replay reports it as its last_seq.
+    settled_seq: int | None = None
 
     async def judge() -> None:
-        nonlocal window_size, window_started
+        nonlocal window_size, window_started, settled_seq
         assert bus is not None
         refused = set(await bus.settle())
         bad = [(seq, subject) for seq, subject in window if subject.lower() in refused]
         if refused and not bad:  # named differently than sent: trust none of them
             bad = list(window)
         result.published += len(window) - len(bad)
+        if window and not bad:
+            settled_seq = result.last_seq
         window.clear()
         window_size, window_started = WINDOW, time.monotonic()
         if bad:
@@ -160,16 +188,24 @@ async def replay(
             raise ReplayRefused(subject=subject, seq=seq, user=bus.user, url=bus.url, result=result)
 
     try:
+        # The range ends where the store ended as the replay started (or at
+        # --to-seq before it): the store only grows at its end, so the rows
+        # up to there are fixed, and the count is what will be read. Left
+        # open, a replay chased the recorder's newest rows, and one paced
+        # slower than a live feed never ended.
+        last = queries.last_seq_of(await queries.tail(conn))
+        to_seq = last if request.to_seq is None else min(request.to_seq, last)
         total = await queries.count_range(
             conn,
             subject=request.subject,
             from_seq=request.from_seq,
-            to_seq=request.to_seq,
+            to_seq=to_seq,
             since_ns=request.since_ns,
             until_ns=request.until_ns,
         )
         if progress:
             progress(0, total)
+        shown_at = time.monotonic()
         interval = 1.0 / request.rate_per_s if request.rate_per_s else 0.0
         next_at = time.monotonic()
         done = 0
@@ -177,16 +213,17 @@ async def replay(
             conn,
             subject=request.subject,
             from_seq=request.from_seq,
-            to_seq=request.to_seq,
+            to_seq=to_seq,
             since_ns=request.since_ns,
             until_ns=request.until_ns,
         ):
             done += 1
-            result.first_seq = result.first_seq or row.seq
-            result.last_seq = row.seq
+            subject: str | None = None  # where the row goes, if published
             if not row.is_event and not (request.include_undecodable and row.raw is not None):
                 result.skipped += 1
-            elif not request.dry_run:
+            elif request.dry_run:
+                result.published += 1
+            else:
                 assert bus is not None, "a bus is needed unless dry_run"
                 if interval:
                     delay = next_at - time.monotonic()
@@ -194,6 +231,14 @@ async def replay(
                         await asyncio.sleep(delay)  # pacing to the requested rate
                     next_at = max(next_at, time.monotonic() - 1.0) + interval
                 subject = replay_subject(row.subject, request.into)
+                # In the window before the publish: a cancellation inside it
+                # may leave the message in the client's buffer, which the
+                # settling on the way out sends and judges.
+                window.append((row.seq, subject))
+            result.first_seq = result.first_seq or row.seq
+            result.last_seq = row.seq
+            if subject is not None:
+                assert bus is not None
                 await bus.publish_plain(
                     subject,
                     row.wire_bytes(),
@@ -202,15 +247,31 @@ async def replay(
                         ORIGINAL_SUBJECT_HEADER: row.subject,
                     },
                 )
-                window.append((row.seq, subject))
                 if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:
                     await judge()
-            else:
-                result.published += 1
-            if progress and (done % 500 == 0 or done == total):
+            elif not window:
+                settled_seq = row.seq
+            if progress and (
+                done % PROGRESS_EVERY == 0
+                or done == total
+                or time.monotonic() - shown_at >= PROGRESS_EVERY_S
+            ):
                 progress(done, total)
+                shown_at = time.monotonic()
         if window:
             await judge()
+    except asyncio.CancelledError:
+        # Ctrl-C: say how far it got rather than nothing. What was published
+        # last is judged first (briefly: the server may be what stalls).
+        if window:
+            with contextlib.suppress(TimeoutError, BusUnavailable):
+                async with asyncio.timeout(SETTLE_ON_STOP_S):
+                    await judge()
+        result.last_seq = settled_seq
+        if settled_seq is None:
+            result.first_seq = None
+        result.seconds = time.monotonic() - started
+        raise ReplayInterrupted(result) from None
     finally:
         await conn.close()
     result.seconds = time.monotonic() - started

@@ -86,13 +86,18 @@ def as_tree(chain: Sequence[Recorded]) -> list[tuple[Recorded, int]]:
 #: What the broker-gateway publishes about an order (``OrderTracker``): each
 #: is caused by the order's command, SubmitOrder or FlattenAccount.
 BROKER_FACTS = ("OrderAccepted", "OrderRejected", "OrderCanceled", "FillReceived")
+#: How the broker order id of an internal cross's fill starts
+#: (``services.broker_gateway.domain.cross._cross_fill``).
+CROSS_PREFIX = "cross/"
 
 
 def uncaused(chain: Sequence[Recorded]) -> str:
     """What to say of a chain whose root is a broker fact with no cause: an
     order no command of tradebus placed (by hand at the broker, another
-    program, or a close-all whose answer the gateway could not read), or an
-    option position the broker settled at expiry (a settlement's fill). Its
+    program, or a close-all whose answer the gateway could not read), an
+    option position the broker settled at expiry (a settlement's fill), or
+    the offsetting part of opposite positions the gateway crossed between
+    strategies at the expiry (a cross's fill, no broker activity). Its
     audit was that one line, which did not say why there is no more."""
     root = next((r for r in chain if r.id == r.correlation_id), None)
     if root is None or root.type not in BROKER_FACTS or root.causation_id is not None:
@@ -100,13 +105,26 @@ def uncaused(chain: Sequence[Recorded]) -> str:
     payload = root.payload if isinstance(root.payload, dict) else {}
     order = payload.get("broker_order_id") or payload.get("order_id", "?")
     if root.type == "FillReceived" and payload.get("settlement"):
+        booked = payload.get("strategy")
+        whom = f"booked to {booked}" if booked else "booked to no strategy (none held it)"
+        if str(order).startswith(CROSS_PREFIX):
+            # Not the broker's: the gateway crossed what strategies held
+            # against each other (domain/cross.py, cross_events); its name,
+            # cross/<contract>/<strategy>/<leg>, is no activity at the broker.
+            contract = str(order).split("/")[1]
+            return (
+                f"an internal cross at its contract's expiry ({payload['settlement']}, "
+                f"{order}): strategies of {payload.get('account', '?')} held opposite "
+                f"positions in {contract}, of which the broker held and settled only the "
+                "net, so the broker-gateway settled the offsetting part between them: no "
+                f"order, no tradebus command, no broker activity; {whom}"
+            )
         # No order at all: the broker settled an option at its expiry
         # (services/broker_gateway/domain/settlement.py), booked to its holder.
-        booked = payload.get("strategy")
         return (
             f"the broker settled an option position at its contract's expiry "
             f"({payload['settlement']}, its activity {order}): no order, no tradebus command; "
-            + (f"booked to {booked}" if booked else "booked to no strategy (none held it)")
+            + whom
         )
     return (
         f"no tradebus command caused broker order {order}: it was placed at the broker "

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 
 from libs.bus.client import Bus, Outgoing
 from libs.contract.codec import decode, encode
-from libs.contract.envelope import WallClock
+from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
     BreakerPayload,
     BreakerTripped,
@@ -32,6 +36,7 @@ from libs.contract.events import (
     SignalGenerated,
     SubmitOrder,
 )
+from libs.contract.options import parse_option
 from libs.contract.subjects import subject_for
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
 from libs.testing.procs import ServiceProcess
@@ -40,7 +45,11 @@ from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
 from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
+from services.broker_gateway.settlement import cross_events
+from tests.integration.recording import record_events
 from tests.integration.test_recorder import order_chain
+from tests.unit.test_gateway_settlement import ACCOUNT, CALL, opened
+from tests.unit.test_gateway_settlement import tracker as settlement_tracker
 
 
 def cli(
@@ -103,6 +112,97 @@ async def test_replay_round_trip_same_events_in_order_under_prefix(
         await live.next_msg(timeout=0.2)
     # The replayed copies were not recorded: the stream does not capture replay.>.
     assert (await bus.js.stream_info("TRADEBUS")).state.messages == 400
+
+
+async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_url: str) -> None:
+    """With no --to-seq a replay ends at the last sequence the store held when
+    it started: what the recorder adds meanwhile (a live feed) is left out,
+    so a replay paced slower than the feed still ends, and its progress never
+    passes its total."""
+    trades: list[Event] = list(make_trades(30, "tail"))
+    await record_events(database_url, trades[:20])
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        if not seen:  # counted, nothing read yet: the feed goes on meanwhile
+            thread = threading.Thread(
+                target=lambda: asyncio.run(record_events(database_url, trades[20:]))
+            )
+            thread.start()
+            thread.join()
+        seen.append((done, total))
+
+    got: list[Event] = []
+    sub = await bus.nc.subscribe("replay.>")
+    result = await replay(database_url, bus, ReplayRequest(), progress=progress)
+    assert await recorded_count(database_url) == 30
+    assert (result.published, result.first_seq, result.last_seq) == (20, 1, 20)
+    assert seen[0] == (0, 20)
+    assert seen[-1] == (20, 20)
+    while len(got) < 20:
+        got.append(decode((await sub.next_msg(timeout=5)).data))
+    assert got == trades[:20]
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.2)
+
+
+async def test_a_paced_replay_shows_its_progress_as_it_goes(bus: Bus, database_url: str) -> None:
+    """A replay paced at 20/s shows how far it is at least every half second:
+    its progress came every 500 events, so at --rate 10/s the bar stood at 0
+    for the first 50 seconds (and a replay of fewer than 500 showed nothing
+    until its end)."""
+    await record_events(database_url, list(make_trades(30, "pace")))
+    seen: list[int] = []
+    started = time.monotonic()
+    result = await replay(
+        database_url,
+        bus,
+        ReplayRequest(rate_per_s=20),
+        progress=lambda done, total: seen.append(done),
+    )
+    took = time.monotonic() - started
+    assert result.published == 30
+    assert took >= 29 / 20  # paced: 29 intervals
+    assert seen[0] == 0
+    assert seen[-1] == 30
+    between = [done for done in seen if 0 < done < 30]
+    assert between, seen  # took over PROGRESS_EVERY_S: shown on the way
+    assert between == sorted(between)
+
+
+async def test_an_interrupted_replay_says_how_far_it_got(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """Ctrl-C stops a paced replay with the JSON line of its counts (exit
+    130, no traceback): every event up to its last_seq was published and
+    none after it, so --from-seq last_seq + 1 resumes it. It ended with
+    "Aborted!" alone, and the operator could not tell where to resume."""
+    await record_events(database_url, list(make_trades(200, "int")))
+    sub = await bus.nc.subscribe("replay.>")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    proc = subprocess.Popen(  # noqa: ASYNC220 - signalled while it runs
+        [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "20/s"],
+        env={**env, "DATABASE_URL": database_url, "NATS_URL": nats_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got = [await sub.next_msg(timeout=30) for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["first_seq"] == 1
+    assert 3 <= summary["last_seq"] < 200
+    assert summary["published"] == summary["last_seq"]
+    assert f"--from-seq {summary['last_seq'] + 1} resumes" in stderr
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:
+            got.append(await sub.next_msg(timeout=0.5))
+    assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(
+        range(1, summary["last_seq"] + 1)
+    )
 
 
 async def test_replay_subject_filter_and_refusals(
@@ -441,6 +541,29 @@ async def test_audit_of_a_fill_of_an_order_placed_by_hand_says_nothing_here_caus
     lines = await audit_lines(database_url, fill.id)
     assert "FillReceived  buy 10 AAPL @ 190, complete " in lines[0]
     assert "no tradebus command caused broker order b-hand" in " ".join(lines[1:])
+
+
+async def test_audit_of_a_cross_s_fill_says_tradebus_crossed_it_not_the_broker(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """s1 long 1 call, s2 short 1 of one account: the broker held none and
+    settled nothing, so the gateway crossed them at the expiry itself
+    (``settlement.cross_events``). Each leg's fill has no cause, as a
+    settlement's; its audit said the broker had settled it, naming the
+    cross's name as the broker's activity: the operator would look for an
+    activity no broker listed."""
+    held = opened([("s1", CALL, "1"), ("s2", CALL, "-1")])
+    t = settlement_tracker(held)
+    crossed = cross_events(t, [], {}, now_ns=parse_option(CALL).expires_at_ns + 1)
+    assert len(crossed) == 2
+    await record(tmp_path, bus, nats_url, database_url, [*held, *crossed])
+    for fill, strategy in zip(crossed, ("s2", "s1"), strict=True):
+        said = " ".join(await audit_lines(database_url, fill.id))
+        assert "the broker settled" not in said, said
+        assert "no broker activity" in said, said
+        assert f"strategies of {ACCOUNT} held opposite positions in {CALL}" in said, said
+        assert f"cross/{CALL}/{strategy}/contracts" in said, said
+        assert f"booked to {strategy}" in said, said
 
 
 async def test_audit_of_a_reconciled_fill_walks_back_to_its_signal(

@@ -106,3 +106,22 @@ def test_a_replay_time_is_the_exact_nanosecond_it_names(given: str, ns: int) -> 
     # --since/--until bound ts_event exactly: an event stamped at the very
     # time given is in --since and not in --until.
     assert libs.cli.parse_time(given) == ns
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--since", "yesterday", "not an ISO 8601 time or nanoseconds: 'yesterday'"),
+        ("--until", "2026-13-01", "not an ISO 8601 time or nanoseconds: '2026-13-01'"),
+        ("--rate", "fast", "rate must look like 500/s or max, got 'fast'"),
+        ("--rate", "-5/s", "rate must be positive"),
+    ],
+)
+def test_a_bad_replay_time_or_rate_names_its_option(option: str, value: str, says: str) -> None:
+    """`replay --since A --until B` with one of them wrong said only "Invalid
+    value: not an ISO 8601 time ...", not which of the two."""
+    args = ["recorder", "replay", "--dry-run", "--since", "0", "--until", "9", option, value]
+    result = CliRunner().invoke(root.app, args, env={"DATABASE_URL": UNREACHABLE})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert f"Invalid value for '{option}': {says}" in said, result.output
