@@ -26,7 +26,12 @@ from libs.contract.events import (
 from libs.contract.options import parse_option
 from libs.testing.wait import eventually
 from services.broker_gateway import settlement
-from services.broker_gateway.domain.model import BrokerActivity, BrokerOrder, BrokerPosition
+from services.broker_gateway.domain.model import (
+    BrokerActivity,
+    BrokerOrder,
+    BrokerPosition,
+    OrderUpdate,
+)
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
     Settlements,
@@ -721,4 +726,22 @@ def test_an_order_the_broker_forgot_before_the_expiry_may_still_fill() -> None:
     the order could still fill, and an activity of its contract waits."""
     t = tracker(opened([("s1", CALL, "2")]))
     forgotten_buy(t)
+    assert settle(t, [activity("a1", "OPEXP", CALL, "-2")]) == []
+
+
+def test_an_order_the_broker_forgot_and_the_stream_brings_again_may_still_fill() -> None:
+    """s1's buy of 1 more call, acknowledged, then answered 404 (the broker
+    lost it for a while), then brought again by the stream: the broker knows
+    it, so it is not forgotten any more, and past the expiry its contract's
+    settlement waits for it as for any order that may still fill. Only a
+    reconciliation's answer cleared ``forgotten``: the stream's update left
+    the order counted as one that could no longer fill, and the net 2 the
+    broker expired went to s1 before that order's fill was published."""
+    t = OrderTracker(ACCOUNT, clock=PastClock(), source=SOURCE)
+    for e in opened([("s1", CALL, "2")]):
+        t.evolve(e)
+    order_id = forgotten_buy(t)
+    order = BrokerOrder("b-late", str(order_id), CALL, "buy", D(1), D(0), None, "accepted")
+    assert t.on_update(OrderUpdate("accepted", order, PAST)) == [], "acknowledged already"
+    assert order_id not in t.forgotten
     assert settle(t, [activity("a1", "OPEXP", CALL, "-2")]) == []
