@@ -18,7 +18,12 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from libs.contract.events import BrokerPositionsChecked, PositionDifference, PositionsCheckedPayload
+from libs.contract.events import (
+    OPTION_PREFIX,
+    BrokerPositionsChecked,
+    PositionDifference,
+    PositionsCheckedPayload,
+)
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import TrackedOrder, position_differences
@@ -412,7 +417,16 @@ class Reconciling(WorkerBase):
             return 0
         order = await self._reconciling(call)
         if order is None:
+            known = t.order_id not in self.tracker.forgotten
             self.tracker.unknown_at_broker(t.order_id)
+            forgotten = known and t.order_id in self.tracker.forgotten
+            if forgotten and t.symbol.startswith(OPTION_PREFIX):
+                # Its contract's settlement may have waited for it (past the
+                # expiry it no longer does: domain/settlement.py). Nothing
+                # recorded says a 404, so after a restart the settlements
+                # were read first and backed off: read them now, not at the
+                # backoff's next read (up to READ_MAX_S away).
+                self.settlements.wanted()
             if t.broker_order_id is not None:
                 # Acknowledged once, unknown now: whatever became of it (fills
                 # included) cannot be read back. Said, not guessed; counted

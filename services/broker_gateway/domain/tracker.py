@@ -284,7 +284,8 @@ class OrderTracker(Closing):
         the broker ended every order in it at the close. It leaves it when the
         broker shows the order again (a reconciliation's answer or a stream
         update). Only in memory: nothing published records a 404, so after a
-        restart it is empty until the first reconciliation's 404 again.
+        restart it is empty until the first reconciliation's 404 again (which
+        has the settlements read again at once: reconciliation.py).
         """
         self.needs_reconcile.pop(order_id, None)
         t = self.orders.get(order_id)
