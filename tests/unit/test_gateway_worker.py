@@ -1929,3 +1929,139 @@ async def test_a_reconciliation_asks_the_broker_about_no_settlement_order(
     assert published == []
     rest = settlement_events(w.tracker, expired)
     assert [(e.payload.strategy, e.payload.quantity) for e in rest] == [("s2", Decimal(2))]
+
+
+def working_order(w: AccountWorker, broker_order_id: str, created_ns: int) -> BrokerOrder:
+    """s's limit buy of 3 AAPL at 90, on the opening auction, acknowledged as
+    ``broker_order_id`` and working (nothing filled): the order as the broker
+    lists it."""
+    from libs.contract.events import OrderAccepted, OrderAcceptedPayload
+
+    command = submit()
+    command = command.model_copy(
+        update={
+            "payload": command.payload.model_copy(
+                update={
+                    "account": w.account,
+                    "quantity": Decimal(3),
+                    "order_type": "limit",
+                    "limit_price": Decimal(90),
+                    "time_in_force": "opg",
+                }
+            )
+        }
+    )
+    oid = command.payload.order_id
+    w.tracker.evolve(command)
+    accepted = OrderAcceptedPayload(
+        order_id=oid, account=w.account, broker_order_id=broker_order_id, symbol="AAPL"
+    )
+    w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
+    return BrokerOrder(
+        broker_order_id,
+        str(oid),
+        "AAPL",
+        "buy",
+        Decimal(3),
+        Decimal(0),
+        None,
+        "accepted",
+        order_type="limit",
+        limit_price=Decimal(90),
+        created_ns=created_ns,
+    )
+
+
+async def test_a_recovered_flatten_reports_the_orders_its_cancel_all_left_working() -> None:
+    """A flatten delivered again after a restart: its close-all was sent
+    before and its answer lost. Its closing order (c-1, s's 10 AAPL sold) is
+    found at the broker, but so is s's opg buy o-1, placed before it, which
+    the cancel-all refused (locked 09:28-09:30) and which is still working:
+    it may fill at the open, and the account is not flat. With no cancel-all
+    answer to read it was not seen, and the flatten said ``flattened``. It
+    is now published as the normal path does (an OrderRejected caused by the
+    flatten, under an id derived from it and o-1, the order kept working)
+    and the flatten is ``incomplete``. An order placed (by hand) after the
+    closing order, which no cancel-all before it can have left, is not its."""
+    from libs.contract.codec import derived_id
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
+
+    w = worker([1000.0], [], account=f"recover-{uuid.uuid4().hex[:8]}")
+    filled_position(w, 10)
+    opg = working_order(w, "o-1", created_ns=1_000)
+    closing = BrokerOrder(
+        "c-1",
+        "close-1",
+        "AAPL",
+        "sell",
+        Decimal(10),
+        Decimal(10),
+        Decimal(101),
+        "filled",
+        created_ns=2_000,
+    )
+    by_hand = BrokerOrder(
+        "h-1",
+        "by-hand",
+        "MSFT",
+        "buy",
+        Decimal(1),
+        Decimal(0),
+        None,
+        "accepted",
+        order_type="limit",
+        limit_price=Decimal(300),
+        created_ns=3_000,
+    )
+    fill = BrokerFill(
+        "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(101), Decimal(10), Decimal(0), 1
+    )
+    published: list[Any] = []
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        return [closing]
+
+    async def positions() -> list[BrokerPosition]:
+        return []
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [opg, by_hand]
+
+    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
+        return [fill]
+
+    w.port = broker(
+        orders_created=orders_created,
+        positions=positions,
+        open_orders=open_orders,
+        order_fills=order_fills,
+    )
+    w.outbox = outbox_into(published)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=w.account, reason="breaker"), source="test", clock=CLOCK
+    )
+    async with asyncio.timeout(10):
+        # Its second delivery: the gateway before a restart was running it.
+        await w.handle(Held(flatten, cast(Msg, Delivery(1, 2)), 1))
+    assert [(e.payload.broker_order_id, e.payload.strategy) for e in said_fills(published)] == [
+        ("c-1", "s")
+    ]
+    [rejected] = [e for e in published if e.type == "OrderRejected"]
+    assert rejected.causation_id == flatten.id
+    assert rejected.payload.order_id == derived_id(
+        "broker.close.working", w.account, flatten.id, "o-1"
+    )
+    assert "did not cancel order o-1 (buy 3 AAPL)" in rejected.payload.reason
+    t = w.tracker.find(opg)
+    assert t is not None
+    assert t.terminal is None, "still working: its fills are published if it fills"
+    assert w.tracker.flattened(flatten.id)
+    outcomes = {
+        outcome: REGISTRY.get_sample_value(
+            "tradebus_broker_commands_total",
+            {"account": w.account, "type": "FlattenAccount", "outcome": outcome},
+        )
+        for outcome in ("flattened", "incomplete")
+    }
+    assert outcomes == {"flattened": None, "incomplete": 1}
