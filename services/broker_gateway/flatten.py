@@ -82,6 +82,7 @@ class Flattening(Reconciling):
             # Published above as an OrderRejected each (caused by the
             # flatten). The order stays working here: its fills, if it fills,
             # are published and booked, and the account is not flat.
+            metrics.FLATTEN_WORKING.labels(account=self.account).inc(len(working))
             log.error(
                 "flatten %s of %s left %d orders working, the broker refused to cancel "
                 "them (they may fill): %s",

@@ -206,6 +206,7 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
     assert sample("tradebus_broker_flatten_refused_positions_total") is None
     w = worker([1000.0], [], max_held=1, account=account)
     assert sample("tradebus_broker_flatten_refused_positions_total") == 0
+    assert sample("tradebus_broker_flatten_working_orders_total") == 0
     assert sample("tradebus_broker_rate_limited_total") == 0
     assert sample("tradebus_broker_reconciliations_given_up_total") == 0
     assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
@@ -2065,3 +2066,9 @@ async def test_a_recovered_flatten_reports_the_orders_its_cancel_all_left_workin
         for outcome in ("flattened", "incomplete")
     }
     assert outcomes == {"flattened": None, "incomplete": 1}
+    # Counted as an order a flatten left working (the board's "Positions or
+    # orders a flatten left open"), not as a position.
+    assert [
+        REGISTRY.get_sample_value(f"tradebus_broker_flatten_{what}_total", {"account": w.account})
+        for what in ("working_orders", "refused_positions")
+    ] == [1, 0]
