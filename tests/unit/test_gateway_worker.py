@@ -18,15 +18,16 @@ from prometheus_client import REGISTRY
 from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
-from services.broker_gateway import gateway, reconciliation
-from services.broker_gateway import worker as worker_module
+from services.broker_gateway import gateway
 from services.broker_gateway.domain.model import BrokerOrder, CanceledAll
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
     MAX_FAILURES,
+    TIMINGS,
     AccountWorker,
     Held,
     Outbox,
+    Timings,
     retry_delay_s,
 )
 
@@ -70,8 +71,11 @@ def worker(
     max_held: int = 1,
     account: str = "acct",
     tracker: OrderTracker | None = None,
+    timings: Timings = TIMINGS,
 ) -> AccountWorker:
-    """A worker on the test's clock; ``tracker`` as rebuilt on start-up (else a new one)."""
+    """A worker on the test's clock; ``tracker`` as rebuilt on start-up (else
+    a new one); ``timings`` shorter than the service's where a test waits
+    out a backoff."""
 
     async def dead_letter(msg: Msg, error: str) -> None:
         dead.append(error)
@@ -87,6 +91,7 @@ def worker(
         ack_wait_s=1.0,
         dead_letter=dead_letter,
         max_held=max_held,
+        timings=timings,
     )
     w.monotonic = lambda: now[0]
     return w
@@ -468,10 +473,13 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     from services.broker_gateway.errors import RateLimited
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
     account = f"refused-{uuid.uuid4().hex[:8]}"
-    w = worker([1000.0], [], account=account)
+    w = worker(
+        [1000.0],
+        [],
+        account=account,
+        timings=Timings(retry_initial_s=0.001, reconcile_retry_initial_s=0.01),
+    )
     command = submit()
     command = command.model_copy(
         update={"payload": command.payload.model_copy(update={"account": account})}
@@ -531,17 +539,14 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     assert len(refusals) == gateway.RECONCILE_ATTEMPTS
 
 
-async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_positions_checks_publish_the_first_outcome_and_each_change_only() -> None:
     """``check_positions`` publishes ``BrokerPositionsChecked`` on the first
     check and whenever what differs changes; a difference seen in the first
     look only (a fill on its way) is not said."""
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account="checked")
+    w = worker([1000.0], [], account="checked", timings=Timings(position_confirm_s=0.0))
     fill = FillReceived.create(
         FillPayload(
             order_id=uuid.uuid4(),
@@ -658,9 +663,7 @@ def said(events: list[Any]) -> list[Any]:
     ]
 
 
-async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_and_cleared_by_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_difference_while_a_reconciliation_awaits_its_retry_is_said_and_cleared() -> None:
     """A reconnection's reconciliation is given up (the broker refused a call
     RECONCILE_ATTEMPTS times) and waits for its retry (up to
     RECONCILE_RETRY_MAX_S); the periodic positions check comes meanwhile.
@@ -672,10 +675,15 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"owed-{uuid.uuid4().hex[:8]}")
+    # A reconciliation given up is tried again 0.2-0.4 s later.
+    w = worker(
+        [1000.0],
+        [],
+        account=f"owed-{uuid.uuid4().hex[:8]}",
+        timings=Timings(
+            retry_initial_s=0.001, reconcile_retry_initial_s=0.4, position_confirm_s=0.0
+        ),
+    )
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
     filled = BrokerOrder(
@@ -710,9 +718,7 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
     assert said(published) == [[("AAPL", "5", "0")], "FillReceived", []]
 
 
-async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_meanwhile() -> None:
     """A check's first look differs (a fill the broker booked, on its way);
     the stream then brings that fill, but past a fill it lost: the order is
     marked for reconciliation, its fills not yet recorded. The second look
@@ -722,8 +728,9 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
     reconciliation instead, and is done after it."""
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition, OrderUpdate
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}", timings=Timings(position_confirm_s=0.0)
+    )
     w.position_check_every_s = 3600.0
     oid = accepted_order(w, 10)
     filled = BrokerOrder(
@@ -752,9 +759,7 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
     assert w._check_wanted  # checked again after the reconciliation
 
 
-async def test_no_positions_check_says_a_difference_while_a_reconnection_s_reconciliation_waits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_no_check_says_a_difference_while_a_reconnection_s_reconciliation_waits() -> None:
     """The broker reconnects between a check's two looks: the reconciliation
     of everything it asks for is about to run, and may publish fills the
     broker booked while it was away. The check said the difference (a
@@ -762,8 +767,12 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
     back. It waits for that reconciliation instead."""
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"back-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"back-{uuid.uuid4().hex[:8]}",
+        timings=Timings(position_confirm_s=0.0),
+    )
     w.position_check_every_s = 3600.0
     accepted_order(w, 10)
     looks = 0
@@ -784,9 +793,7 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
     assert w._check_wanted
 
 
-async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_check(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_check() -> None:
     """A submit's fetch given up marks its order (``fetch_later``); should
     the stream have brought its fill meanwhile, the order is settled and no
     reconciliation visits it again (they ask for unsettled orders only): the
@@ -794,8 +801,12 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"settled-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"settled-{uuid.uuid4().hex[:8]}",
+        timings=Timings(position_confirm_s=0.0),
+    )
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
         "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
@@ -828,9 +839,7 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     assert said(published) == [[("AAPL", "3", "1")]]
 
 
-async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_after_its_retry(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_periodic_check_whose_reconciliation_is_given_up_runs_after_its_retry() -> None:
     """The periodic check is due while an order is marked (a gap): the
     reconciliation of the gaps runs first, and the check only once it has
     run to the end. That reconciliation is given up (the broker refused a
@@ -840,10 +849,15 @@ async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"dropped-{uuid.uuid4().hex[:8]}")
+    # A reconciliation given up is tried again 0.2-0.4 s later.
+    w = worker(
+        [1000.0],
+        [],
+        account=f"dropped-{uuid.uuid4().hex[:8]}",
+        timings=Timings(
+            retry_initial_s=0.001, reconcile_retry_initial_s=0.4, position_confirm_s=0.0
+        ),
+    )
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
     filled = BrokerOrder(
@@ -892,8 +906,12 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
     from services.broker_gateway.errors import OrderRefused
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
-    w = worker([1000.0], [], account=f"forbidden-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"forbidden-{uuid.uuid4().hex[:8]}",
+        timings=Timings(reconcile_retry_initial_s=0.01),
+    )
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
         "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
@@ -932,7 +950,7 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
 
 
 async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_reconciliation(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two working orders filled unseen; the broker answers the first with an
     error of its own (a 403). The second's fill is published all the same,
@@ -943,9 +961,7 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import OrderRefused
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-
-    w = worker([1000.0], [], account="skipping")
+    w = worker([1000.0], [], account="skipping", timings=Timings(position_confirm_s=0.0))
     answers: dict[str, BrokerOrder] = {}
     for n in (1, 2):
         command = submit()
@@ -1442,7 +1458,7 @@ async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_n
 
 
 async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker answers the close-all (and may place closing orders each
     time) with what the adapter cannot parse. It was tried for ever, every
@@ -1454,8 +1470,7 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     from libs.contract.events import FlattenAccount, FlattenAccountPayload
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    w = worker([1000.0], [])
+    w = worker([1000.0], [], timings=Timings(retry_initial_s=0.001))
     close_alls: list[int] = []
 
     async def cancel_all() -> CanceledAll:
@@ -1515,9 +1530,9 @@ def filled_position(w: AccountWorker, quantity: int) -> None:
     )
 
 
-async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_the_flatten_s(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_the_flatten_s() -> (
+    None
+):
     """The close-all's answer is not read (three times) but the broker acted
     on it: it placed a closing sell of s's 10 AAPL, 4 filled so far. The
     flatten gave up and left the order to the reconciliation, which took it in
@@ -1530,8 +1545,7 @@ async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_t
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    w = worker([1000.0], [])
+    w = worker([1000.0], [], timings=Timings(retry_initial_s=0.001))
     filled_position(w, 10)
     closing = BrokerOrder(
         "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "partially_filled"
