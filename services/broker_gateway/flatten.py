@@ -52,6 +52,8 @@ class Flattening(Reconciling):
             window = self._earlier_close_all(command, delivery)
             if window is not None:
                 closed = await self._recover(command, *window)
+                if closed is not None:
+                    uncanceled = await self._left_working(command, closed)
             if closed is None:
                 uncanceled = (await self._call("cancel_all", self.port.cancel_all)).refused
                 await self._caught_up()
@@ -80,6 +82,7 @@ class Flattening(Reconciling):
             # Published above as an OrderRejected each (caused by the
             # flatten). The order stays working here: its fills, if it fills,
             # are published and booked, and the account is not flat.
+            metrics.FLATTEN_WORKING.labels(account=self.account).inc(len(working))
             log.error(
                 "flatten %s of %s left %d orders working, the broker refused to cancel "
                 "them (they may fill): %s",
@@ -264,6 +267,41 @@ class Flattening(Reconciling):
             len(refused),
         )
         return ClosedAll(tuple(found), refused)
+
+    async def _left_working(
+        self, command: FlattenAccount, closed: ClosedAll
+    ) -> tuple[CancelRefused, ...]:
+        """After a recovery (:meth:`_recover`), the orders working at the
+        broker that the earlier run's cancel-all should have canceled: each
+        open order but the flatten's closing orders, unless the broker
+        created it after the first of them (the cancel-all came before the
+        close-all; such an order was placed since, by hand say), as a
+        refusal of that cancel-all (:meth:`_flatten_done` says them).
+
+        With the cancel-all's answer lost along with the close-all's, an
+        order it refused (an opg order from 09:28 until the open) was never
+        seen, and the flatten said ``flattened`` with it working.
+        """
+        closing = {o.broker_order_id for o in closed.orders}
+        first = min((o.created_ns for o in closed.orders if o.created_ns), default=0)
+        out: list[CancelRefused] = []
+        for place, order in enumerate(await self._call("open_orders", self.port.open_orders)):
+            t = self.tracker.find(order)
+            if order.broker_order_id in closing or (
+                t is not None and t.closing and t.cause is not None and t.cause.id == command.id
+            ):
+                continue
+            if first and order.created_ns >= first:
+                continue
+            out.append(
+                CancelRefused(
+                    order.broker_order_id,
+                    "working at the broker after the flatten "
+                    "(found after its cancel-all's and close-all's answers were lost)",
+                    entry=place,
+                )
+            )
+        return tuple(out)
 
     async def _close_all_unread(
         self, command: FlattenAccount, error: AnswerUnread

@@ -81,19 +81,22 @@ from services.broker_gateway.errors import (
 )
 from services.broker_gateway.flatten import CLOSE_ALL_ATTEMPTS, Flattening
 from services.broker_gateway.outbox import Outbox
-from services.broker_gateway.reconciliation import POSITION_CONFIRM_S, Reconciling
+from services.broker_gateway.reconciliation import Reconciling
 from services.broker_gateway.worker import (
     CLOCK_SKEW_NS,
     DEFERRED_GIVE_UP,
     MAX_HELD,
     NAK_DELAY_S,
+    POSITION_CONFIRM_S,
     RECONCILE_ATTEMPTS,
     RECONCILE_RETRY_INITIAL_S,
     RECONCILE_RETRY_MAX_S,
     RETRY_AFTER_MAX_S,
     RETRY_INITIAL_S,
     RETRY_MAX_S,
+    TIMINGS,
     Held,
+    Timings,
     WorkerBase,
     reconcile_retry_delay_s,
     retry_delay_s,
@@ -115,11 +118,13 @@ __all__ = [
     "RETRY_INITIAL_S",
     "RETRY_MAX_S",
     "SETTLE_GRACE_S",
+    "TIMINGS",
     "AccountWorker",
     "Flattening",
     "Held",
     "Outbox",
     "Reconciling",
+    "Timings",
     "WorkerBase",
     "reconcile_retry_delay_s",
     "retry_delay_s",

@@ -35,7 +35,8 @@ from services.broker_gateway.adapters.history import order_path_history
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.config import BrokerAccount, GatewaySettings
 from services.broker_gateway.domain.tracker import OrderTracker
-from services.broker_gateway.gateway import AccountWorker, Outbox
+from services.broker_gateway.gateway import AccountWorker
+from services.broker_gateway.outbox import Outbox
 from services.broker_gateway.ports import BrokerPort
 
 log = logging.getLogger(__name__)

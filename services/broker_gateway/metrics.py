@@ -50,6 +50,12 @@ FLATTEN_REFUSED = Counter(
     "Positions a flatten's close-all left open: the broker refused to close them",
     ["account"],
 )
+FLATTEN_WORKING = Counter(
+    "tradebus_broker_flatten_working_orders_total",
+    "Orders a flatten's cancel-all left working: the broker refused to cancel them, "
+    "and they may fill",
+    ["account"],
+)
 RATE_LIMITED = Counter(
     "tradebus_broker_rate_limited_total",
     "Broker answers of 429 (rate limit) that made the gateway back off",
@@ -101,6 +107,7 @@ def account_started(account: str) -> None:
     count back to no more than it was: not seen as a reset).
     """
     FLATTEN_REFUSED.labels(account=account)
+    FLATTEN_WORKING.labels(account=account)
     ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)
     RECONCILIATIONS_GIVEN_UP.labels(account=account)

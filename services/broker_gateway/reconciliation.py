@@ -18,7 +18,12 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from libs.contract.events import BrokerPositionsChecked, PositionDifference, PositionsCheckedPayload
+from libs.contract.events import (
+    OPTION_PREFIX,
+    BrokerPositionsChecked,
+    PositionDifference,
+    PositionsCheckedPayload,
+)
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import TrackedOrder, position_differences
@@ -26,11 +31,6 @@ from services.broker_gateway.errors import BrokerError, BrokerUnavailable, RateL
 from services.broker_gateway.worker import CLOCK_SKEW_NS, WorkerBase, reconcile_retry_delay_s
 
 log = logging.getLogger(__name__)
-
-#: A positions check that finds a difference looks again after this long
-#: and says only what differs both times: a fill the broker has booked may
-#: still be on its way on the stream.
-POSITION_CONFIRM_S = 2.0
 
 
 class Reconciling(WorkerBase):
@@ -105,11 +105,11 @@ class Reconciling(WorkerBase):
 
     def _retry_later(self, *, everything: bool) -> None:
         """Have a reconciliation given up tried again after a backoff (see
-        :data:`RECONCILE_RETRY_INITIAL_S`); one already due keeps its time."""
+        :class:`~services.broker_gateway.worker.Timings`); one already due keeps its time."""
         self._retry_everything |= everything
         if self._retry is not None:
             return
-        delay = reconcile_retry_delay_s(self._given_up)
+        delay = reconcile_retry_delay_s(self._given_up, self.timings)
         self._given_up += 1
         log.info(
             "reconciliation of %s (%s) tried again in %.1fs",
@@ -139,7 +139,7 @@ class Reconciling(WorkerBase):
 
         Run in the reconciliation task, after a reconciliation has run to the
         end (nothing known to be missing). A difference is looked at again
-        after :data:`POSITION_CONFIRM_S` and said only if it is there both
+        after ``Timings.position_confirm_s`` and said only if it is there both
         times (a fill may be on its way). The outcome is published as
         ``BrokerPositionsChecked`` the first time and whenever it changes;
         each difference is logged; the account's differing symbols are a
@@ -154,7 +154,8 @@ class Reconciling(WorkerBase):
             held = await self._reconciling(self.port.positions)
             differences = position_differences(self.tracker.net_positions(), held)
             if differences:
-                await asyncio.sleep(POSITION_CONFIRM_S)  # a policy delay, not synchronisation
+                # A policy delay, not synchronisation.
+                await asyncio.sleep(self.timings.position_confirm_s)
                 first = {d.symbol for d in differences}
                 held = await self._reconciling(self.port.positions)
                 differences = tuple(
@@ -412,7 +413,16 @@ class Reconciling(WorkerBase):
             return 0
         order = await self._reconciling(call)
         if order is None:
+            known = t.order_id not in self.tracker.forgotten
             self.tracker.unknown_at_broker(t.order_id)
+            forgotten = known and t.order_id in self.tracker.forgotten
+            if forgotten and t.symbol.startswith(OPTION_PREFIX):
+                # Its contract's settlement may have waited for it (past the
+                # expiry it no longer does: domain/settlement.py). Nothing
+                # recorded says a 404, so after a restart the settlements
+                # were read first and backed off: read them now, not at the
+                # backoff's next read (up to READ_MAX_S away).
+                self.settlements.wanted()
             if t.broker_order_id is not None:
                 # Acknowledged once, unknown now: whatever became of it (fills
                 # included) cannot be read back. Said, not guessed; counted

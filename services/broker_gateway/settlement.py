@@ -33,7 +33,10 @@ close) and the offsetting part is crossed. They are read from the day
 before the earliest such expiry. Likewise, backing off, while the last read
 listed an exercise or assignment without its ``OPTRD`` (:func:`shares_owed`):
 its contracts were published alone, so none is held, and the shares waited
-for the next connection.
+for the next connection. And at once when a reconciliation finds an order
+in an option contract that the broker no longer knows (404): past the
+expiry it holds the settlement back no more, and after a restart, which
+forgets the 404s, the start-up's read came before that reconciliation.
 """
 
 from __future__ import annotations

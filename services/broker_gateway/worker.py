@@ -4,7 +4,8 @@
 its state (the commands held, the reconciliations and positions checks
 asked for, the flattens a restart may have cut), and its broker calls,
 retried while the broker is away or does not serve them (the backoffs:
-:func:`retry_delay_s`, :func:`reconcile_retry_delay_s`). On it:
+:func:`retry_delay_s`, :func:`reconcile_retry_delay_s`, their timings the
+worker's :class:`Timings`). On it:
 ``reconciliation.py`` (:class:`Reconciling`), ``flatten.py``
 (:class:`Flattening`), then ``gateway.py`` (the commands, the event stream).
 """
@@ -65,24 +66,48 @@ RECONCILE_ATTEMPTS = 5
 #: (the risk-gate's positions short) for as long as the connection held.
 RECONCILE_RETRY_INITIAL_S = 5.0
 RECONCILE_RETRY_MAX_S = 300.0
+#: A positions check that finds a difference looks again after this long
+#: and says only what differs both times: a fill the broker has booked may
+#: still be on its way on the stream.
+POSITION_CONFIRM_S = 2.0
 #: How far the broker's clock may be from ours: a flatten looks for the
 #: closing orders of an earlier close-all this much around its window.
 CLOCK_SKEW_NS = 2_000_000_000
 
 
-def retry_delay_s(attempt: int, retry_after_s: float | None = None) -> float:
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """A worker's retry and confirmation timings, in seconds: the constants
+    above unless a test (or a caller) gives its own to the worker. A
+    parameter, not a module constant patched where it is read: when code
+    moves to another module, such a patch silently takes effect no more."""
+
+    retry_initial_s: float = RETRY_INITIAL_S
+    retry_max_s: float = RETRY_MAX_S
+    retry_after_max_s: float = RETRY_AFTER_MAX_S
+    reconcile_retry_initial_s: float = RECONCILE_RETRY_INITIAL_S
+    reconcile_retry_max_s: float = RECONCILE_RETRY_MAX_S
+    position_confirm_s: float = POSITION_CONFIRM_S
+
+
+TIMINGS = Timings()
+
+
+def retry_delay_s(
+    attempt: int, retry_after_s: float | None = None, timings: Timings = TIMINGS
+) -> float:
     """How long to wait before attempt ``attempt + 1`` (``attempt`` from 0)."""
     if retry_after_s is not None:
         # Jittered up (never below what was asked, never at once), capped.
-        wait = max(retry_after_s, RETRY_INITIAL_S) * random.uniform(1.0, 1.1)  # noqa: S311
-        return min(wait, RETRY_AFTER_MAX_S)
-    return _doubling(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+        wait = max(retry_after_s, timings.retry_initial_s) * random.uniform(1.0, 1.1)  # noqa: S311
+        return min(wait, timings.retry_after_max_s)
+    return _doubling(attempt, timings.retry_initial_s, timings.retry_max_s)
 
 
-def reconcile_retry_delay_s(attempt: int) -> float:
+def reconcile_retry_delay_s(attempt: int, timings: Timings = TIMINGS) -> float:
     """How long after its ``attempt + 1``-th give-up in a row (``attempt``
     from 0) a reconciliation is tried again."""
-    return _doubling(attempt, RECONCILE_RETRY_INITIAL_S, RECONCILE_RETRY_MAX_S)
+    return _doubling(attempt, timings.reconcile_retry_initial_s, timings.reconcile_retry_max_s)
 
 
 def _doubling(attempt: int, initial: float, maximum: float) -> float:
@@ -121,8 +146,11 @@ class WorkerBase:
         dead_letter: Callable[[Msg, str], Awaitable[None]],
         max_held: int = MAX_HELD,
         position_check_every_s: float = 0.0,
+        timings: Timings = TIMINGS,
     ) -> None:
         self.account = account
+        #: Its backoffs and the positions check's second look (see Timings).
+        self.timings = timings
         #: How often the broker's positions are compared with the recorded
         #: fills (and after every reconnection's reconciliation); 0: never.
         self.position_check_every_s = position_check_every_s
@@ -236,7 +264,7 @@ class WorkerBase:
             await self._wait_connected(deadline)
             return 0
         retry_after = error.retry_after_s if isinstance(error, RateLimited) else None
-        delay = retry_delay_s(attempt, retry_after)
+        delay = retry_delay_s(attempt, retry_after, self.timings)
         if deadline is not None:
             delay = min(delay, max(deadline - time.time(), 0.0))
         if isinstance(error, RateLimited):

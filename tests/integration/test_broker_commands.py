@@ -49,8 +49,6 @@ from libs.contract.events import (
 from libs.contract.subjects import STREAM
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
-from services.broker_gateway import reconciliation as reconciliation_module
-from services.broker_gateway import worker as worker_module
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
 from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
@@ -61,8 +59,10 @@ from services.broker_gateway.gateway import (
     CLOCK_SKEW_NS,
     RECONCILE_ATTEMPTS,
     RETRY_INITIAL_S,
+    TIMINGS,
     AccountWorker,
     Outbox,
+    Timings,
 )
 from services.broker_gateway.main import _rebuilt
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
@@ -142,9 +142,11 @@ async def gateway(
     position_check_every_s: float = 0.0,
     trackers: dict[str, OrderTracker] | None = None,
     max_submit_delay_s: float = 120,
+    timings: Timings = TIMINGS,
 ) -> AsyncIterator[Gateway]:
     """The gateway's command path, wired as main.py wires it, ack wait 1 s;
-    ``trackers`` as rebuilt after a restart (else new ones)."""
+    ``trackers`` as rebuilt after a restart (else new ones); ``timings``
+    shorter than the service's where a test waits out a backoff."""
     trackers = trackers or {}
     outbox = Outbox(bus)
 
@@ -176,6 +178,7 @@ async def gateway(
             dead_letter=dead,
             max_held=max_held,
             position_check_every_s=position_check_every_s,
+            timings=timings,
         )
     deliveries: list[tuple[str, int]] = []
 
@@ -655,7 +658,6 @@ async def test_a_reconciliation_given_up_is_said_counted_and_tried_again(
     bus: Bus,
     venues: list[Venue],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The give-up rule: one call refused ``RECONCILE_ATTEMPTS`` times in a
     row ends the reconciliation, with a warning and
@@ -664,7 +666,6 @@ async def test_a_reconciliation_given_up_is_said_counted_and_tried_again(
     fill it was to fetch, with no reconnection in between. It used to wait
     for the next reconnection or gap: the fill stayed unpublished (and the
     risk-gate's position short) for as long as the connection held."""
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.3)
     a = venues[0]
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
 
@@ -673,7 +674,7 @@ async def test_a_reconciliation_given_up_is_said_counted_and_tried_again(
             "tradebus_broker_reconciliations_given_up_total", {"account": a.account}
         )
 
-    async with gateway(bus, venues[:1]) as gw:
+    async with gateway(bus, venues[:1], timings=Timings(reconcile_retry_initial_s=0.3)) as gw:
         w = gw.workers[a.account]
         assert await w.port.wait_connected(timeout=10)
         resting = submit(a.account, "AAPL", "1", limit="90")
@@ -732,7 +733,6 @@ async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_
     bus: Bus,
     venues: list[Venue],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The gateway compares the broker's positions with the account's
     recorded fills. First check: they agree (published once). Then, while
@@ -742,7 +742,6 @@ async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_
     say. That is published as ``BrokerPositionsChecked`` with the difference,
     logged, and the account's gauge shows it; later checks that find the
     same say nothing new on the bus."""
-    monkeypatch.setattr(reconciliation_module, "POSITION_CONFIRM_S", 0.3)
     a = venues[0]
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
     subject = f"broker.positions.{a.account}"
@@ -755,7 +754,8 @@ async def test_a_position_the_fills_do_not_explain_is_said_once_and_kept_on_the_
             or 0.0
         )
 
-    async with gateway(bus, venues[:1], position_check_every_s=0.3) as gw:
+    timings = Timings(position_confirm_s=0.3)
+    async with gateway(bus, venues[:1], position_check_every_s=0.3, timings=timings) as gw:
         w = gw.workers[a.account]
         assert await w.port.wait_connected(timeout=10)
         await bus.publish(submit(a.account, "AAPL", "1"))

@@ -71,9 +71,11 @@ RISK_STATE_METRICS = (
     "tradebus_strategy_faults_total",
 )
 #: What a trader must see of the broker side on the risk board: positions a
-#: flatten left open, rejections, held and handed-back commands, the connection.
+#: flatten left open and orders it left working, rejections, held and
+#: handed-back commands, the connection.
 RISK_BROKER_METRICS = (
     "tradebus_broker_flatten_refused_positions_total",
+    "tradebus_broker_flatten_working_orders_total",
     "tradebus_broker_events_published_total",
     "tradebus_broker_commands_held",
     "tradebus_broker_commands_total",
@@ -583,6 +585,8 @@ def test_the_risk_dashboard_shows_the_risk_state(services: dict[str, dict[str, A
     [flatten] = [p for p in board["panels"] if "flatten_refused" in _expressions({"panels": [p]})]
     assert "flatten left open" in flatten["title"]
     assert "by (account)" in flatten["targets"][0]["expr"]
+    [working] = [t for t in flatten["targets"] if "flatten_working_orders" in t["expr"]]
+    assert "by (account)" in working["expr"]
     [red] = [s for s in flatten["fieldConfig"]["defaults"]["thresholds"]["steps"] if s["value"]]
     assert (red["color"], red["value"]) == ("red", 1)
 

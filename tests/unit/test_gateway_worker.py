@@ -18,15 +18,16 @@ from prometheus_client import REGISTRY
 from libs.contract.envelope import WallClock
 from libs.contract.events import AnyEvent, SubmitOrder, SubmitOrderPayload
 from libs.testing.wait import eventually
-from services.broker_gateway import gateway, reconciliation
-from services.broker_gateway import worker as worker_module
+from services.broker_gateway import gateway
 from services.broker_gateway.domain.model import BrokerOrder, CanceledAll
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import (
     MAX_FAILURES,
+    TIMINGS,
     AccountWorker,
     Held,
     Outbox,
+    Timings,
     retry_delay_s,
 )
 
@@ -70,8 +71,11 @@ def worker(
     max_held: int = 1,
     account: str = "acct",
     tracker: OrderTracker | None = None,
+    timings: Timings = TIMINGS,
 ) -> AccountWorker:
-    """A worker on the test's clock; ``tracker`` as rebuilt on start-up (else a new one)."""
+    """A worker on the test's clock; ``tracker`` as rebuilt on start-up (else
+    a new one); ``timings`` shorter than the service's where a test waits
+    out a backoff."""
 
     async def dead_letter(msg: Msg, error: str) -> None:
         dead.append(error)
@@ -87,6 +91,7 @@ def worker(
         ack_wait_s=1.0,
         dead_letter=dead_letter,
         max_held=max_held,
+        timings=timings,
     )
     w.monotonic = lambda: now[0]
     return w
@@ -206,6 +211,7 @@ async def test_the_series_the_boards_watch_start_at_zero() -> None:
     assert sample("tradebus_broker_flatten_refused_positions_total") is None
     w = worker([1000.0], [], max_held=1, account=account)
     assert sample("tradebus_broker_flatten_refused_positions_total") == 0
+    assert sample("tradebus_broker_flatten_working_orders_total") == 0
     assert sample("tradebus_broker_rate_limited_total") == 0
     assert sample("tradebus_broker_reconciliations_given_up_total") == 0
     assert sample("tradebus_broker_events_published_total", type="OrderRejected") == 0
@@ -467,10 +473,13 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     from services.broker_gateway.errors import RateLimited
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
     account = f"refused-{uuid.uuid4().hex[:8]}"
-    w = worker([1000.0], [], account=account)
+    w = worker(
+        [1000.0],
+        [],
+        account=account,
+        timings=Timings(retry_initial_s=0.001, reconcile_retry_initial_s=0.01),
+    )
     command = submit()
     command = command.model_copy(
         update={"payload": command.payload.model_copy(update={"account": account})}
@@ -530,17 +539,14 @@ async def test_a_submit_s_fetch_refused_again_and_again_is_given_up_and_tried_ag
     assert len(refusals) == gateway.RECONCILE_ATTEMPTS
 
 
-async def test_positions_checks_publish_the_first_outcome_and_each_change_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_positions_checks_publish_the_first_outcome_and_each_change_only() -> None:
     """``check_positions`` publishes ``BrokerPositionsChecked`` on the first
     check and whenever what differs changes; a difference seen in the first
     look only (a fill on its way) is not said."""
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account="checked")
+    w = worker([1000.0], [], account="checked", timings=Timings(position_confirm_s=0.0))
     fill = FillReceived.create(
         FillPayload(
             order_id=uuid.uuid4(),
@@ -657,9 +663,7 @@ def said(events: list[Any]) -> list[Any]:
     ]
 
 
-async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_and_cleared_by_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_difference_while_a_reconciliation_awaits_its_retry_is_said_and_cleared() -> None:
     """A reconnection's reconciliation is given up (the broker refused a call
     RECONCILE_ATTEMPTS times) and waits for its retry (up to
     RECONCILE_RETRY_MAX_S); the periodic positions check comes meanwhile.
@@ -671,10 +675,15 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"owed-{uuid.uuid4().hex[:8]}")
+    # A reconciliation given up is tried again 0.2-0.4 s later.
+    w = worker(
+        [1000.0],
+        [],
+        account=f"owed-{uuid.uuid4().hex[:8]}",
+        timings=Timings(
+            retry_initial_s=0.001, reconcile_retry_initial_s=0.4, position_confirm_s=0.0
+        ),
+    )
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
     filled = BrokerOrder(
@@ -709,9 +718,7 @@ async def test_a_difference_while_a_reconciliation_waits_for_its_retry_is_said_a
     assert said(published) == [[("AAPL", "5", "0")], "FillReceived", []]
 
 
-async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_meanwhile() -> None:
     """A check's first look differs (a fill the broker booked, on its way);
     the stream then brings that fill, but past a fill it lost: the order is
     marked for reconciliation, its fills not yet recorded. The second look
@@ -721,8 +728,9 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
     reconciliation instead, and is done after it."""
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition, OrderUpdate
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0], [], account=f"gap-{uuid.uuid4().hex[:8]}", timings=Timings(position_confirm_s=0.0)
+    )
     w.position_check_every_s = 3600.0
     oid = accepted_order(w, 10)
     filled = BrokerOrder(
@@ -751,9 +759,7 @@ async def test_no_positions_check_says_a_difference_the_stream_showed_a_gap_in_m
     assert w._check_wanted  # checked again after the reconciliation
 
 
-async def test_no_positions_check_says_a_difference_while_a_reconnection_s_reconciliation_waits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_no_check_says_a_difference_while_a_reconnection_s_reconciliation_waits() -> None:
     """The broker reconnects between a check's two looks: the reconciliation
     of everything it asks for is about to run, and may publish fills the
     broker booked while it was away. The check said the difference (a
@@ -761,8 +767,12 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
     back. It waits for that reconciliation instead."""
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"back-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"back-{uuid.uuid4().hex[:8]}",
+        timings=Timings(position_confirm_s=0.0),
+    )
     w.position_check_every_s = 3600.0
     accepted_order(w, 10)
     looks = 0
@@ -783,9 +793,7 @@ async def test_no_positions_check_says_a_difference_while_a_reconnection_s_recon
     assert w._check_wanted
 
 
-async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_check(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_check() -> None:
     """A submit's fetch given up marks its order (``fetch_later``); should
     the stream have brought its fill meanwhile, the order is settled and no
     reconciliation visits it again (they ask for unsettled orders only): the
@@ -793,8 +801,12 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     from libs.contract.events import FillPayload, FillReceived
     from services.broker_gateway.domain.model import BrokerPosition
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"settled-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"settled-{uuid.uuid4().hex[:8]}",
+        timings=Timings(position_confirm_s=0.0),
+    )
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
         "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
@@ -827,9 +839,7 @@ async def test_a_mark_left_on_a_settled_order_does_not_hold_off_the_positions_ch
     assert said(published) == [[("AAPL", "3", "1")]]
 
 
-async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_after_its_retry(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_periodic_check_whose_reconciliation_is_given_up_runs_after_its_retry() -> None:
     """The periodic check is due while an order is marked (a gap): the
     reconciliation of the gaps runs first, and the check only once it has
     run to the end. That reconciliation is given up (the broker refused a
@@ -839,10 +849,15 @@ async def test_a_periodic_positions_check_whose_reconciliation_is_given_up_runs_
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import RateLimited
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.4)  # fires 0.2-0.4 s later
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-    w = worker([1000.0], [], account=f"dropped-{uuid.uuid4().hex[:8]}")
+    # A reconciliation given up is tried again 0.2-0.4 s later.
+    w = worker(
+        [1000.0],
+        [],
+        account=f"dropped-{uuid.uuid4().hex[:8]}",
+        timings=Timings(
+            retry_initial_s=0.001, reconcile_retry_initial_s=0.4, position_confirm_s=0.0
+        ),
+    )
     w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
     oid = accepted_order(w, 5)
     filled = BrokerOrder(
@@ -891,8 +906,12 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
     from services.broker_gateway.errors import OrderRefused
 
     monkeypatch.setattr(gateway, "SETTLE_GRACE_S", 0.01)
-    monkeypatch.setattr(worker_module, "RECONCILE_RETRY_INITIAL_S", 0.01)
-    w = worker([1000.0], [], account=f"forbidden-{uuid.uuid4().hex[:8]}")
+    w = worker(
+        [1000.0],
+        [],
+        account=f"forbidden-{uuid.uuid4().hex[:8]}",
+        timings=Timings(reconcile_retry_initial_s=0.01),
+    )
     oid = accepted_order(w, 1)
     answer = BrokerOrder(
         "b-1", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
@@ -931,7 +950,7 @@ async def test_a_submit_s_fetch_interrupted_by_a_broker_error_is_tried_again(
 
 
 async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_reconciliation(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two working orders filled unseen; the broker answers the first with an
     error of its own (a 403). The second's fill is published all the same,
@@ -942,9 +961,7 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
     from services.broker_gateway.domain.model import BrokerPosition
     from services.broker_gateway.errors import OrderRefused
 
-    monkeypatch.setattr(reconciliation, "POSITION_CONFIRM_S", 0.0)
-
-    w = worker([1000.0], [], account="skipping")
+    w = worker([1000.0], [], account="skipping", timings=Timings(position_confirm_s=0.0))
     answers: dict[str, BrokerOrder] = {}
     for n in (1, 2):
         command = submit()
@@ -1441,7 +1458,7 @@ async def test_an_order_placed_by_hand_while_a_flatten_waits_for_the_broker_is_n
 
 
 async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker answers the close-all (and may place closing orders each
     time) with what the adapter cannot parse. It was tried for ever, every
@@ -1453,8 +1470,7 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     from libs.contract.events import FlattenAccount, FlattenAccountPayload
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    w = worker([1000.0], [])
+    w = worker([1000.0], [], timings=Timings(retry_initial_s=0.001))
     close_alls: list[int] = []
 
     async def cancel_all() -> CanceledAll:
@@ -1514,9 +1530,9 @@ def filled_position(w: AccountWorker, quantity: int) -> None:
     )
 
 
-async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_the_flatten_s(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_the_flatten_s() -> (
+    None
+):
     """The close-all's answer is not read (three times) but the broker acted
     on it: it placed a closing sell of s's 10 AAPL, 4 filled so far. The
     flatten gave up and left the order to the reconciliation, which took it in
@@ -1529,8 +1545,7 @@ async def test_the_closing_orders_of_a_close_all_whose_answer_was_not_read_are_t
     from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
     from services.broker_gateway.errors import AnswerUnread
 
-    monkeypatch.setattr(worker_module, "RETRY_INITIAL_S", 0.001)
-    w = worker([1000.0], [])
+    w = worker([1000.0], [], timings=Timings(retry_initial_s=0.001))
     filled_position(w, 10)
     closing = BrokerOrder(
         "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(4), Decimal(101), "partially_filled"
@@ -1929,3 +1944,145 @@ async def test_a_reconciliation_asks_the_broker_about_no_settlement_order(
     assert published == []
     rest = settlement_events(w.tracker, expired)
     assert [(e.payload.strategy, e.payload.quantity) for e in rest] == [("s2", Decimal(2))]
+
+
+def working_order(w: AccountWorker, broker_order_id: str, created_ns: int) -> BrokerOrder:
+    """s's limit buy of 3 AAPL at 90, on the opening auction, acknowledged as
+    ``broker_order_id`` and working (nothing filled): the order as the broker
+    lists it."""
+    from libs.contract.events import OrderAccepted, OrderAcceptedPayload
+
+    command = submit()
+    command = command.model_copy(
+        update={
+            "payload": command.payload.model_copy(
+                update={
+                    "account": w.account,
+                    "quantity": Decimal(3),
+                    "order_type": "limit",
+                    "limit_price": Decimal(90),
+                    "time_in_force": "opg",
+                }
+            )
+        }
+    )
+    oid = command.payload.order_id
+    w.tracker.evolve(command)
+    accepted = OrderAcceptedPayload(
+        order_id=oid, account=w.account, broker_order_id=broker_order_id, symbol="AAPL"
+    )
+    w.tracker.evolve(OrderAccepted.create(accepted, source="test", clock=CLOCK, cause=command))
+    return BrokerOrder(
+        broker_order_id,
+        str(oid),
+        "AAPL",
+        "buy",
+        Decimal(3),
+        Decimal(0),
+        None,
+        "accepted",
+        order_type="limit",
+        limit_price=Decimal(90),
+        created_ns=created_ns,
+    )
+
+
+async def test_a_recovered_flatten_reports_the_orders_its_cancel_all_left_working() -> None:
+    """A flatten delivered again after a restart: its close-all was sent
+    before and its answer lost. Its closing order (c-1, s's 10 AAPL sold) is
+    found at the broker, but so is s's opg buy o-1, placed before it, which
+    the cancel-all refused (locked 09:28-09:30) and which is still working:
+    it may fill at the open, and the account is not flat. With no cancel-all
+    answer to read it was not seen, and the flatten said ``flattened``. It
+    is now published as the normal path does (an OrderRejected caused by the
+    flatten, under an id derived from it and o-1, the order kept working)
+    and the flatten is ``incomplete``. An order placed (by hand) after the
+    closing order, which no cancel-all before it can have left, is not its."""
+    from libs.contract.codec import derived_id
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.domain.model import BrokerFill, BrokerPosition
+
+    w = worker([1000.0], [], account=f"recover-{uuid.uuid4().hex[:8]}")
+    filled_position(w, 10)
+    opg = working_order(w, "o-1", created_ns=1_000)
+    closing = BrokerOrder(
+        "c-1",
+        "close-1",
+        "AAPL",
+        "sell",
+        Decimal(10),
+        Decimal(10),
+        Decimal(101),
+        "filled",
+        created_ns=2_000,
+    )
+    by_hand = BrokerOrder(
+        "h-1",
+        "by-hand",
+        "MSFT",
+        "buy",
+        Decimal(1),
+        Decimal(0),
+        None,
+        "accepted",
+        order_type="limit",
+        limit_price=Decimal(300),
+        created_ns=3_000,
+    )
+    fill = BrokerFill(
+        "c-1", "close-1", "AAPL", "sell", Decimal(10), Decimal(101), Decimal(10), Decimal(0), 1
+    )
+    published: list[Any] = []
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        return [closing]
+
+    async def positions() -> list[BrokerPosition]:
+        return []
+
+    async def open_orders() -> list[BrokerOrder]:
+        return [opg, by_hand]
+
+    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
+        return [fill]
+
+    w.port = broker(
+        orders_created=orders_created,
+        positions=positions,
+        open_orders=open_orders,
+        order_fills=order_fills,
+    )
+    w.outbox = outbox_into(published)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=w.account, reason="breaker"), source="test", clock=CLOCK
+    )
+    async with asyncio.timeout(10):
+        # Its second delivery: the gateway before a restart was running it.
+        await w.handle(Held(flatten, cast(Msg, Delivery(1, 2)), 1))
+    assert [(e.payload.broker_order_id, e.payload.strategy) for e in said_fills(published)] == [
+        ("c-1", "s")
+    ]
+    [rejected] = [e for e in published if e.type == "OrderRejected"]
+    assert rejected.causation_id == flatten.id
+    assert rejected.payload.order_id == derived_id(
+        "broker.close.working", w.account, flatten.id, "o-1"
+    )
+    assert "did not cancel order o-1 (buy 3 AAPL)" in rejected.payload.reason
+    t = w.tracker.find(opg)
+    assert t is not None
+    assert t.terminal is None, "still working: its fills are published if it fills"
+    assert w.tracker.flattened(flatten.id)
+    outcomes = {
+        outcome: REGISTRY.get_sample_value(
+            "tradebus_broker_commands_total",
+            {"account": w.account, "type": "FlattenAccount", "outcome": outcome},
+        )
+        for outcome in ("flattened", "incomplete")
+    }
+    assert outcomes == {"flattened": None, "incomplete": 1}
+    # Counted as an order a flatten left working (the board's "Positions or
+    # orders a flatten left open"), not as a position.
+    assert [
+        REGISTRY.get_sample_value(f"tradebus_broker_flatten_{what}_total", {"account": w.account})
+        for what in ("working_orders", "refused_positions")
+    ] == [1, 0]

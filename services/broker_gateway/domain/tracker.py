@@ -218,6 +218,9 @@ class OrderTracker(Closing):
         order = update.order
         t = self.find(order) or self._external(order)
         self._index_broker(t, order.broker_order_id)
+        # The broker knows it again (as a reconciliation's answer says): it
+        # may still fill, so its contract's settlement waits for it again.
+        self.forgotten.discard(t.order_id)
         out: list[Event] = []
         if update.kind == "rejected":
             self._reject(t, update.reason or "rejected by the broker", None, update.ts_ns, out)
@@ -278,7 +281,11 @@ class OrderTracker(Closing):
         One it acknowledged stays unsettled (nothing says how it ended) and
         goes in :attr:`forgotten`: in an option contract past its expiry it
         no longer holds the contract's settlement back (domain/settlement.py), as
-        the broker ended every order in it at the close.
+        the broker ended every order in it at the close. It leaves it when the
+        broker shows the order again (a reconciliation's answer or a stream
+        update). Only in memory: nothing published records a 404, so after a
+        restart it is empty until the first reconciliation's 404 again (which
+        has the settlements read again at once: reconciliation.py).
         """
         self.needs_reconcile.pop(order_id, None)
         t = self.orders.get(order_id)
