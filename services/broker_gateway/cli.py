@@ -97,8 +97,16 @@ def register(root: typer.Typer) -> None:
             )
         for (acct, symbol), net in nets(rows).items():
             listing.add_row(acct, "[b]net[/b]", symbol, plain(net), "", "", "", "")
-        for acct, (realized, unrealized) in totals(rows).items():
+        summed = totals(rows)
+        for acct, t in summed.items():
             listing.add_row(
-                acct, "[b]total[/b]", "", "", "", "", money(realized), money(unrealized)
+                acct, "[b]total[/b]", "", "", "", "", money(t.realized), money(t.unrealized)
             )
         out.print(listing)
+        for acct, t in summed.items():
+            if t.unpriced:
+                # Said, not summed as 0: an account's total looked complete.
+                out.print(
+                    f"[yellow]{acct}: the unrealized P&L leaves out {len(t.unpriced)} "
+                    f"position(s) with no price: {', '.join(t.unpriced)}[/yellow]"
+                )

@@ -71,12 +71,32 @@ async def read_positions(database_url: str, account: str | None = None) -> list[
     return [PositionRow(**dict(r)) for r in rows]
 
 
-def totals(rows: list[PositionRow]) -> dict[str, tuple[Decimal, Decimal]]:
-    """Realized and unrealized P&L per account."""
-    out: dict[str, tuple[Decimal, Decimal]] = {}
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """One account's P&L over its rows."""
+
+    realized: Decimal
+    #: Over the positions with a price only: see ``unpriced``.
+    unrealized: Decimal
+    #: The open positions with no price at all (``strategy symbol``; ``-``:
+    #: nobody's), which ``unrealized`` leaves out: shares an option's
+    #: exercise delivered in a symbol with no market data recorded, say (a
+    #: settlement's fill is never a price).
+    unpriced: tuple[str, ...] = ()
+
+
+def totals(rows: list[PositionRow]) -> dict[str, Totals]:
+    """Realized and unrealized P&L per account, and the positions the
+    unrealized P&L leaves out for want of a price."""
+    out: dict[str, Totals] = {}
     for r in rows:
-        realized, unrealized = out.get(r.account, (Decimal(0), Decimal(0)))
-        out[r.account] = (realized + r.realized_pnl, unrealized + (r.unrealized_pnl or 0))
+        t = out.get(r.account) or Totals(Decimal(0), Decimal(0))
+        unpriced = t.unpriced
+        if r.quantity and r.unrealized_pnl is None:
+            unpriced = (*unpriced, f"{r.strategy or '-'} {r.symbol}")
+        out[r.account] = Totals(
+            t.realized + r.realized_pnl, t.unrealized + (r.unrealized_pnl or 0), unpriced
+        )
     return out
 
 

@@ -625,3 +625,44 @@ async def test_positions_shows_an_account_net_where_strategies_offset(database_u
     nets = [line.split() for line in result.output.splitlines() if " net " in line]
     assert len(nets) == 1, result.output  # MSFT has one strategy: no net row
     assert [cell for cell in nets[0] if cell not in "│┃|"] == [ACCOUNT, "net", "AAPL", "0"]
+
+
+async def test_positions_says_which_positions_its_unrealized_total_leaves_out(
+    database_url: str,
+) -> None:
+    """Shares an exercise delivered in a symbol with no market data have no
+    price (a settlement's fill is never one): the account's unrealized total
+    leaves them out, and `tradebus positions` says so instead of summing 0."""
+    o = Orders()
+    o.fill(o.submit("s1", "AAPL", "buy", "5"), "5", "100")
+    exercised = uuid.uuid4()
+    shares = FillReceived.create(
+        FillPayload(
+            order_id=exercised,
+            account=ACCOUNT,
+            broker_order_id="a-1",
+            fill_id="a-1",
+            symbol="XYZ",
+            side="buy",
+            quantity=D(100),
+            price=D(600),
+            cumulative_quantity=D(100),
+            leaves_quantity=D(0),
+            status="complete",
+            strategy="s2",
+            settlement="exercised",
+        ),
+        source="test",
+        clock=CLOCK,
+    )
+    await record_events(database_url, [*o.events, shares])
+    rows = await positions.read_positions(database_url, ACCOUNT)
+    assert positions.totals(rows)[ACCOUNT].unpriced == ("s2 XYZ",)
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        root.app,
+        ["positions", "--account", ACCOUNT],
+        env={"DATABASE_URL": database_url, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "leaves out 1 position(s) with no price: s2 XYZ" in result.output, result.output
