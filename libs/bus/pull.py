@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import nats.errors
@@ -34,6 +35,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from libs.bus.client import Bus
+
+log = logging.getLogger(__name__)
 
 STATUS_HEADER = "Status"
 #: Pull requests that may go unanswered in a row (no message and no status
@@ -134,7 +137,11 @@ class PullFetcher:
             body["no_wait"] = True
         else:
             body["expires"] = int(timeout * 1e9)
-        await self.bus.nc.publish(self._next_subject, orjson.dumps(body), reply=self._inbox)
+        try:
+            await self.bus.nc.publish(self._next_subject, orjson.dumps(body), reply=self._inbox)
+        except nats.errors.Error:
+            self._remaining = 0  # never sent: nothing will answer it; the next fetch asks again
+            raise
 
     async def _check_consumer(self) -> None:
         """:data:`LOST_BEFORE_CHECK` requests in a row went unanswered (no
@@ -179,7 +186,15 @@ class PullFetcher:
         await self._until_arrival(timeout)
         msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if self._remaining == 0:
-            await self._request(batch, timeout)  # prefetch the next batch
+            # Prefetch the next batch. Should the request not go out (NATS
+            # away and the client's outgoing buffer full, or the connection
+            # closed), the batch taken is still the caller's: the error is
+            # left to the next fetch's own request. (try: free when nothing
+            # is raised; a fetch is a message on a trickle.)
+            try:
+                await self._request(batch, timeout)
+            except nats.errors.Error as e:
+                log.debug("prefetching from %s failed: %r", self.durable, e)
         return msgs
 
     async def _gather(self, batch: int, timeout: float, linger: float) -> list[Msg]:
@@ -200,8 +215,12 @@ class PullFetcher:
             await self._wait(self._expires_at)
         msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if len(msgs) == batch and self._remaining == 0:
-            # A backlog: ask for the next batch while this one is written.
-            await self._request(batch, timeout, no_wait=True)
+            # A backlog: ask for the next batch while this one is written
+            # (a request that cannot go out: as in fetch).
+            try:
+                await self._request(batch, timeout, no_wait=True)
+            except nats.errors.Error as e:
+                log.debug("prefetching from %s failed: %r", self.durable, e)
         return msgs
 
     async def close(self) -> None:

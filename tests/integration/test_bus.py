@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import nats.js.errors
 import pytest
 import uvloop
@@ -250,3 +252,52 @@ async def test_a_fetcher_whose_consumer_vanished_says_so(bus: Bus) -> None:
         assert fetches <= 4, fetches
     finally:
         await fetcher.close()
+
+
+async def test_a_prefetch_that_cannot_be_sent_loses_no_fetched_message(tmp_path: Path) -> None:
+    """fetch takes its batch from what the open pull request brought, then
+    asks for the next one. With NATS away and the client's outgoing buffer
+    full, that request cannot be sent (OutboundBufferLimitError): the batch
+    already taken is still returned, and the next fetch says the request
+    failed. The batch used to be dropped with the error, so those messages
+    reached no reader (an explicit-ack consumer redelivered them only after
+    its ack wait, one that takes no acks never)."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        setup = await Bus.connect(server.url, name="test-prefetch-setup")
+        try:
+            await setup.ensure_stream()
+            await ensure_consumer(setup, "prefetch", filter_subject="md.>")
+            await setup.publish_many(list(make_trades(10, "prefetch")))
+        finally:
+            await setup.close()
+        # A small reconnect buffer, to fill it with little.
+        nc = await nats.connect(
+            server.url, pending_size=4096, reconnect_time_wait=0.2, max_reconnect_attempts=-1
+        )
+        bus = Bus(nc, nc.jetstream())
+        fetcher = PullFetcher(bus, "TRADEBUS", "prefetch")
+        await fetcher.start()
+        try:
+            first = await fetcher.fetch(5, timeout=5)
+            assert [parse_ack_subject(m.reply)[0] for m in first] == [1, 2, 3, 4, 5]
+            # The prefetch brings 6..10 into the fetcher's buffer.
+            await eventually(lambda: len(fetcher._buffer) == 5, timeout=10)
+            server.stop(kill=True)
+            await eventually(lambda: not nc.is_connected, timeout=10)
+
+            async def fill() -> None:  # the buffer nats-py keeps while reconnecting
+                for _ in range(10_000):  # ~300 fill its 4 KiB
+                    await nc.publish("filler", b"x")
+
+            with pytest.raises(nats.errors.OutboundBufferLimitError):
+                await fill()
+            second = await fetcher.fetch(5, timeout=1)
+            assert [parse_ack_subject(m.reply)[0] for m in second] == [6, 7, 8, 9, 10]
+            with pytest.raises(nats.errors.OutboundBufferLimitError):
+                await fetcher.fetch(5, timeout=1)
+        finally:
+            await fetcher.close()
+            await bus.close()
+    finally:
+        server.stop()
