@@ -36,7 +36,8 @@ Invariants:
   expires it, before any later price can fill it. Holidays and early closes
   are not known;
 - an order in an option contract still working at the close of the
-  contract's expiry day (16:00 New York), whatever its time in force, is
+  contract's expiry day (16:00 New York, 13:00 on a half day), whatever its
+  time in force, is
   ``expired`` then, as a broker ends it, before any later price can fill it;
 - an ``opg`` or ``cls`` order fills only at its auction, at the print that
   stands for it (``auction.py``), whole or not at all, and is ``expired``
