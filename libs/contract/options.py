@@ -7,6 +7,13 @@ digits; an adjusted contract's root ends in a digit), the expiry as YYMMDD,
 with ``O:`` and does not parse so names no contract: the event contract
 refuses it (``envelope.Symbol``), rather than take it for an option no feed
 quotes and no broker knows.
+
+A contract expires at the close of its expiry day's regular session, read
+from the exchange calendar (``sessions.py``, exchange-calendars' ``XNYS``):
+16:00 New York on a full day, 13:00 on an NYSE half day (the day after
+Thanksgiving has weekly contracts expiring). The calendar is imported at
+the first expiry asked (most of a second); a service that asks on its order
+path calls :func:`warm_calendar` at start-up instead.
 """
 
 from __future__ import annotations
@@ -17,15 +24,27 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
+
+from libs.contract import sessions
 
 OPTION_PREFIX = "O:"
 #: The exchange's time zone: an option's last trading day ends in it.
 EXCHANGE_TZ = ZoneInfo("America/New_York")
-#: The close of an expiry day (New York time), after which a standard US
-#: equity option no longer trades.
+#: The close of a full trading day (New York time): an expiry day's close
+#: where the calendar has no session that day (a holiday: no contract expires
+#: then) or exchange-calendars is not installed (a bare install: every
+#: service that trades options has it in its extra and warms it).
 EXPIRY_CLOSE = dt.time(16, 0)
+#: The exchange calendar (exchange-calendars' code) an expiry day's close is
+#: read from: US equity and ETF options stop trading with the NYSE, at its
+#: 13:00 early closes too.
+EXPIRY_CALENDAR = "XNYS"
+#: How far ahead :func:`warm_calendar` builds the calendar: listed LEAPS
+#: expire up to about three years out, and a day beyond the built range
+#: widens it (about a tenth of a second) at the first question about it.
+_WARM_AHEAD = dt.timedelta(days=4 * 366)
 
 #: The OCC roots of the cash-settled index options tradebus knows (the S&P
 #: 500's, weeklies and mini, the Nasdaq-100's, the Russell 2000's and mini,
@@ -65,10 +84,10 @@ class OptionContract:
 
     @property
     def expires_at_ns(self) -> int:
-        """The close of its expiry day (:data:`EXPIRY_CLOSE`, New York time),
-        in nanoseconds since the epoch: from then on it no longer trades."""
-        close = dt.datetime.combine(self.expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
-        return int(close.timestamp()) * 1_000_000_000
+        """The close of its expiry day's regular session (:func:`expiry_close`:
+        13:00 New York on a half day, else 16:00), in nanoseconds since the
+        epoch: from then on it no longer trades."""
+        return expiry_close(self.expiry).at_ns
 
     def expired_by(self, now_ns: int) -> bool:
         """Whether it has expired at ``now_ns`` (from :attr:`expires_at_ns`
@@ -79,8 +98,8 @@ class OptionContract:
     @property
     def expired_text(self) -> str:
         """When it expires, as every message says it: ``expired at the close
-        of 2024-12-20 (16:00 New York)``."""
-        return f"expired at the close of {self.expiry} ({EXPIRY_CLOSE:%H:%M} New York)"
+        of 2024-12-20 (16:00 New York)``, ``(13:00 New York)`` on a half day."""
+        return f"expired at the close of {self.expiry} ({expiry_close(self.expiry).text} New York)"
 
     @property
     def unsupported(self) -> str | None:
@@ -103,6 +122,40 @@ class OptionContract:
         else:
             return None  # asked at every option intent: nothing built
         return f"{why}, where tradebus would book 100 shares of {self.root} at the strike"
+
+
+class ExpiryClose(NamedTuple):
+    """An expiry day's close: in ns since the epoch, and as New York's ``HH:MM``."""
+
+    at_ns: int
+    text: str
+
+
+# Asked at every intent and event of a contract (OptionContract is a frozen,
+# slotted dataclass: no cached_property), so once per expiry day.
+@functools.lru_cache(maxsize=4096)
+def expiry_close(expiry: dt.date) -> ExpiryClose:
+    """The close of ``expiry``'s regular session on :data:`EXPIRY_CALENDAR`
+    (13:00 New York on a half day); :data:`EXPIRY_CLOSE` on a day without a
+    session, or without exchange-calendars installed."""
+    try:
+        session = sessions.session(EXPIRY_CALENDAR, expiry)
+    except sessions.CalendarError:
+        session = None
+    if session is None:
+        close = dt.datetime.combine(expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
+        return ExpiryClose(int(close.timestamp()) * 1_000_000_000, f"{EXPIRY_CLOSE:%H:%M}")
+    at = dt.datetime.fromtimestamp(session.close_ns // 1_000_000_000, EXCHANGE_TZ)
+    return ExpiryClose(session.close_ns, f"{at:%H:%M}")
+
+
+def warm_calendar() -> None:
+    """Import exchange-calendars and build :data:`EXPIRY_CALENDAR` through the
+    farthest listed expiry, for a service to call at start-up: the import and
+    the build (about 0.5 s together) are then not paid by the first order in
+    an option contract. :class:`~libs.contract.sessions.CalendarError` if the
+    library is not installed (without it every expiry would be at 16:00)."""
+    sessions.check(EXPIRY_CALENDAR, through=dt.datetime.now(dt.UTC).date() + _WARM_AHEAD)
 
 
 @functools.lru_cache(maxsize=4096)  # asked for at every event and intent of a contract

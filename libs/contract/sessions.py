@@ -73,11 +73,12 @@ def _quietly(call: Callable[[], Any]) -> Any:
         return call()
 
 
-def check(calendar: str) -> str:
+def check(calendar: str, through: dt.date | None = None) -> str:
     """``calendar`` if ``exchange-calendars`` knows it (``XNYS``, ``XLON``, ...),
     for a config check; :class:`CalendarError` if not.
 
-    It also builds the calendar (a few tenths of a second): checked when a
+    It also builds the calendar (a few tenths of a second), up to ``through``
+    if that is later than its default range (a year ahead): checked when a
     strategy's parameters are loaded, so that the first :func:`session`, asked
     in a callback, does not spend its watchdog's time (``max_callback_s``,
     1 s by default) building it.
@@ -86,6 +87,8 @@ def check(calendar: str) -> str:
     if calendar not in names:
         raise CalendarError(f"unknown exchange calendar {calendar!r} (e.g. XNYS)")
     _calendar(calendar, dt.datetime.now(dt.UTC).date())
+    if through is not None:
+        _calendar(calendar, through)
     return calendar
 
 

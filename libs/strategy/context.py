@@ -118,7 +118,7 @@ class StrategyContext(Protocol):
 
     def expired(self, symbol: str) -> bool:
         """Whether ``symbol`` is an option contract past its expiry (the close
-        of its expiry day, 16:00 New York) by :attr:`clock`. No venue takes an
+        of its expiry day, 16:00 New York, 13:00 on a half day) by :attr:`clock`. No venue takes an
         order in it, a closing one included: :meth:`order` refuses one (a
         fault), and a position in it is the broker's to settle."""
         ...

@@ -43,7 +43,7 @@ from pydantic import (
 )
 
 from libs.contract.envelope import SymbolToken, Token
-from libs.contract.options import OPTION_PREFIX, parse_option
+from libs.contract.options import OPTION_PREFIX, parse_option, warm_calendar
 from libs.strategy.base import ParamError, Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy
 from libs.strategy.registry import UnknownStrategy, resolve
@@ -60,6 +60,10 @@ def _settled(symbol: str) -> str:
         why = parse_option(symbol).unsupported  # a SymbolToken: it parses
         if why is not None:
             raise ValueError(f"{symbol} is not supported: {why}")
+        # Its expiry is asked in callbacks (ctx.expired, every emit): the
+        # calendar is imported and built now, not in a callback's watchdog
+        # time; without exchange-calendars it would be taken as 16:00.
+        warm_calendar()
     return symbol
 
 

@@ -25,6 +25,8 @@ from libs.bus.consumer import header_dict
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
+from libs.contract.options import warm_calendar
+from libs.contract.sessions import CalendarError
 from libs.contract.subjects import STREAM
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
@@ -246,6 +248,12 @@ def main(settings: GatewaySettings, accounts: list[BrokerAccount]) -> int:
     from libs.store.errors import StoreError
 
     setup_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        # Not at the first order in an option contract: most of a second.
+        warm_calendar()
+    except CalendarError as missing:
+        log.error("broker-gateway cannot start: %s", missing)
+        return 2
     failed = False
     try:
         run_service(serve(settings, accounts))

@@ -39,4 +39,4 @@ def run(
     except ConfigError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
-    main(settings, paper)
+    raise typer.Exit(main(settings, paper))

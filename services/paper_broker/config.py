@@ -92,10 +92,13 @@ class PaperConfig(_Strict):
     untradable_symbols: tuple[SymbolToken, ...] = ()
     #: Symbols whose orders are accepted, then rejected by the venue (a halt).
     halted_symbols: tuple[SymbolToken, ...] = ()
-    #: Working ``day`` orders expire at this close, New York time (as
-    #: Alpaca's do at 16:00; weekends skipped, holidays and early closes not
-    #: known); null: they never expire.
-    day_orders_expire_at: dt.time | None = dt.time(16, 0)
+    #: When working ``day`` orders expire: ``close``, at the close of their
+    #: session from the exchange calendar (as Alpaca's do: 16:00 New York,
+    #: 13:00 on a half day; weekends and holidays have no session); a New
+    #: York time, then, or at the session's close if that comes first (a day
+    #: order never outlives its session: 16:00 is the same as ``close``);
+    #: null: they never expire.
+    day_orders_expire_at: dt.time | Literal["close"] | None = "close"
     market_data: MarketDataSection = MarketDataSection()
     #: Journal file: state survives restarts. None keeps everything in memory.
     journal: Path | None = None
@@ -119,9 +122,11 @@ class PaperConfig(_Strict):
 
     @field_validator("day_orders_expire_at")
     @classmethod
-    def _new_york_time(cls, value: dt.time | None) -> dt.time | None:
+    def _new_york_time(
+        cls, value: dt.time | Literal["close"] | None
+    ) -> dt.time | Literal["close"] | None:
         # Compared with New York's naive wall time: an offset is a TypeError at a day order.
-        if value is not None and value.tzinfo is not None:
+        if isinstance(value, dt.time) and value.tzinfo is not None:
             raise ValueError("must be a New York time, without an offset")
         return value
 

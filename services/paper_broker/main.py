@@ -16,6 +16,8 @@ import uuid
 from typing import Any
 
 from libs.contract.envelope import WallClock
+from libs.contract.options import warm_calendar
+from libs.contract.sessions import CalendarError
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import run_service
@@ -104,6 +106,14 @@ async def serve(settings: PaperBrokerSettings, config: PaperConfig) -> None:
     log.info("paper broker stopped")
 
 
-def main(settings: PaperBrokerSettings, config: PaperConfig) -> None:
+def main(settings: PaperBrokerSettings, config: PaperConfig) -> int:
+    """Run the paper broker; returns the process exit code."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        # Not at the first order in an option contract: most of a second.
+        warm_calendar()
+    except CalendarError as missing:
+        log.error("paper broker cannot start: %s", missing)
+        return 2
     run_service(serve(settings, config))
+    return 0

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from libs.contract.options import warm_calendar
+from libs.contract.sessions import CalendarError
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import run_service
@@ -95,6 +97,12 @@ def main(settings: RiskGateSettings, config: Path) -> int:
     The limits are read (and refused if invalid) before anything connects.
     """
     setup_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        # Not at the first order in an option contract: most of a second.
+        warm_calendar()
+    except CalendarError as missing:
+        log.error("risk-gate cannot start: %s", missing)
+        return 2
     limits = load_limits(config)
     log.info(
         "risk limits from %s: %d accounts, %d strategies",

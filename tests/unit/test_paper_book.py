@@ -20,6 +20,7 @@ from services.paper_broker.domain.book import (
     day_order_expiry_ns,
 )
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
+from services.paper_broker.domain.model import DayOrderClose
 
 D = Decimal
 
@@ -625,6 +626,40 @@ def test_a_day_order_expires_at_the_close_of_the_session_it_was_placed_for(
     placed: str, expires: str
 ) -> None:
     assert day_order_expiry_ns(ny_ns(placed), dt.time(16, 0)) == ny_ns(expires)
+    assert day_order_expiry_ns(ny_ns(placed), "close") == ny_ns(expires)
+
+
+@pytest.mark.parametrize(
+    ("placed", "expires"),
+    [
+        # 2025-11-28, the day after Thanksgiving: the NYSE closes at 13:00.
+        ("2025-11-28 10:00", "2025-11-28 13:00"),
+        ("2025-11-28 12:59:59", "2025-11-28 13:00"),
+        ("2025-11-28 13:00", "2025-12-01 16:00"),  # at the early close: Monday's
+        ("2025-11-28 15:00", "2025-12-01 16:00"),
+        ("2025-11-27 11:00", "2025-11-28 13:00"),  # on Thanksgiving: the half day's
+        ("2025-11-26 17:00", "2025-11-28 13:00"),  # the evening before: past the holiday
+        ("2025-12-24 14:00", "2025-12-26 16:00"),  # Christmas Eve after 13:00: past Christmas
+        ("2025-12-31 18:00", "2026-01-02 16:00"),  # past New Year's Day
+        ("2025-04-17 16:30", "2025-04-21 16:00"),  # past Good Friday, a weekday
+    ],
+)
+@pytest.mark.parametrize("close", ["close", dt.time(16, 0)])
+def test_a_day_order_expires_at_the_exchange_s_close_on_half_days_and_skips_holidays(
+    placed: str, expires: str, close: DayOrderClose
+) -> None:
+    """It lived until 16:00 on a half day, and a holiday counted as a
+    session: an order placed the evening before Thanksgiving expired at
+    16:00 on Thanksgiving, never having had a session to fill in."""
+    assert day_order_expiry_ns(ny_ns(placed), close) == ny_ns(expires)
+
+
+def test_a_configured_day_order_close_applies_unless_the_session_closes_earlier() -> None:
+    at_15 = dt.time(15, 0)
+    assert day_order_expiry_ns(ny_ns("2025-12-01 10:00"), at_15) == ny_ns("2025-12-01 15:00")
+    assert day_order_expiry_ns(ny_ns("2025-12-01 15:00"), at_15) == ny_ns("2025-12-02 15:00")
+    # On a half day the session's 13:00 close comes first.
+    assert day_order_expiry_ns(ny_ns("2025-11-28 10:00"), at_15) == ny_ns("2025-11-28 13:00")
 
 
 def test_working_day_orders_expire_at_the_close_and_no_later_price_fills_them() -> None:

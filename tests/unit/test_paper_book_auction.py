@@ -85,6 +85,16 @@ def seen(updates: list[TradeUpdate]) -> list[tuple[str, str, Decimal | None]]:
         ("2026-12-08 19:00", "cls", "2026-12-09 16:00"),
         ("2026-12-13 15:55", "cls", "2026-12-14 16:00"),  # Sunday: Monday's
         ("2026-03-06 20:00", "cls", "2026-03-09 16:00"),  # across the spring clock change
+        # 2025-11-28 is a half day (13:00 close); 2025-11-27 Thanksgiving.
+        ("2025-11-28 12:49:59", "cls", "2025-11-28 13:00"),
+        ("2025-11-28 12:50", "cls", None),  # ten minutes before the early close
+        ("2025-11-28 14:00", "cls", None),  # its close has passed: not for it
+        ("2025-11-28 19:00", "cls", "2025-12-01 16:00"),
+        ("2025-11-28 09:00", "opg", "2025-11-28 09:30"),
+        ("2025-11-27 12:00", "opg", "2025-11-28 09:30"),  # a holiday: no session, the next
+        ("2025-11-27 12:00", "cls", "2025-11-28 13:00"),
+        ("2025-11-26 19:00", "opg", "2025-11-28 09:30"),  # the evening before a holiday
+        ("2025-12-31 20:00", "cls", "2026-01-02 16:00"),
     ],
 )
 def test_the_auction_an_order_is_for_follows_alpacas_windows(
@@ -103,6 +113,11 @@ def test_the_auction_an_order_is_for_follows_alpacas_windows(
     [
         ("2026-12-08 09:29", OrderSpec("AAPL", "buy", D(1), time_in_force="opg"), "from 09:28"),
         ("2026-12-08 15:50", OrderSpec("AAPL", "sell", D(1), time_in_force="cls"), "from 15:50"),
+        (
+            "2025-11-28 12:55",
+            OrderSpec("AAPL", "sell", D(1), time_in_force="cls"),
+            "from 12:50 to 19:00 New York",
+        ),
         (
             "2026-12-08 08:00",
             OrderSpec("AAPL", "buy", D(1), "stop", "opg", stop_price=D(210)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
@@ -182,3 +183,21 @@ def test_a_brokers_yaml_key_given_twice_is_refused_with_its_line(tmp_path: Path)
     path.write_text("accounts: {paper: {adapter: paper, adapter: paper}}\n")
     with pytest.raises(ConfigError, match="duplicate key 'adapter' on line 1"):
         load_brokers_config(path)
+
+
+def test_day_orders_expire_at_the_session_s_close_by_default(tmp_path: Path) -> None:
+    """``close``: the exchange's close, 13:00 on a half day; a time is kept
+    (the session's close if that is earlier), null never."""
+    assert load_paper_config(None).book_config().day_orders_expire_at == "close"
+    assert load_paper_config(DEPLOY / "paper.yaml").day_orders_expire_at == "close"
+    paper = tmp_path / "paper.yaml"
+    for text, expected in (
+        ("day_orders_expire_at: close\n", "close"),
+        ("day_orders_expire_at: 15:30\n", dt.time(15, 30)),
+        ("day_orders_expire_at: null\n", None),
+    ):
+        paper.write_text(text)
+        assert load_paper_config(paper).day_orders_expire_at == expected, text
+    paper.write_text("day_orders_expire_at: closing\n")
+    with pytest.raises(ConfigError, match="day_orders_expire_at"):
+        load_paper_config(paper)

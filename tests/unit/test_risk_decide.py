@@ -1276,3 +1276,29 @@ def test_equities_keep_their_band_and_options_have_ticks_of_their_own(
     state = _banded(band, trade(symbol, last))
     got, detail = _band_verdict(state, symbol, "buy", limit)
     assert got is reason, detail
+
+
+#: 2025-11-28, the day after Thanksgiving: the NYSE closes at 13:00 New York
+#: (18:00 UTC), and weekly contracts expire at that close.
+HALF_DAY_CLOSE = 1_764_352_800 * S
+HALF_DAY = "O:AAPL251128C00100000"
+
+
+@pytest.mark.parametrize(
+    ("now", "reason"),
+    [
+        (HALF_DAY_CLOSE - S, ReasonCode.ACCEPTED),
+        (HALF_DAY_CLOSE, ReasonCode.CONTRACT_EXPIRED),
+        (HALF_DAY_CLOSE + 2 * 3600 * S, ReasonCode.CONTRACT_EXPIRED),
+    ],
+)
+def test_a_contract_expiring_on_a_half_day_is_denied_from_its_13_00_close(
+    now: int, reason: ReasonCode
+) -> None:
+    """It was taken until 16:00: three hours of orders no venue accepts."""
+    state = apply(RiskState.initial(LIMITS), trade(HALF_DAY, 2, now))
+    i = intent(1, symbol=HALF_DAY, asset_class="option", t=now)
+    d = decide(evolve(state, i), i, now)
+    assert d.reason is reason, d.detail
+    if reason is ReasonCode.CONTRACT_EXPIRED:
+        assert d.detail.startswith(f"{HALF_DAY} expired at the close of 2025-11-28 (13:00 New")

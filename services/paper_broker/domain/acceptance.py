@@ -61,7 +61,7 @@ def validate(config: BookConfig, spec: OrderSpec, now: int) -> None:
             # As at Alpaca, whose options trade day orders only.
             raise refuse(f"time_in_force {tif} is not supported for options")
         if session_for(now, tif) is None:
-            raise refuse(refusal(tif))
+            raise refuse(refusal(tif, now))
     if spec.client_order_id is not None and len(spec.client_order_id) > MAX_CLIENT_ORDER_ID:
         raise refuse(f"client_order_id must be at most {MAX_CLIENT_ORDER_ID} characters")
     if spec.symbol in config.untradable_symbols:

@@ -31,12 +31,13 @@ Invariants:
   by the venue, as an exchange rejects at routing: the asynchronous rejection
   a real broker's stream can bring;
 - a ``day`` order still working at the close of the session it was placed
-  for (``BookConfig.day_orders_expire_at``, New York time; placed after the
-  close or on a weekend, the next weekday's) is ``expired``, as Alpaca
-  expires it, before any later price can fill it. Holidays and early closes
-  are not known;
+  for (``BookConfig.day_orders_expire_at``: the session's close from the
+  exchange calendar, 13:00 New York on a half day; placed after the close or
+  on a weekend or a holiday, the next session's) is ``expired``, as Alpaca
+  expires it, before any later price can fill it;
 - an order in an option contract still working at the close of the
-  contract's expiry day (16:00 New York), whatever its time in force, is
+  contract's expiry day (16:00 New York, 13:00 on a half day), whatever its
+  time in force, is
   ``expired`` then, as a broker ends it, before any later price can fill it;
 - an ``opg`` or ``cls`` order fills only at its auction, at the print that
   stands for it (``auction.py``), whole or not at all, and is ``expired``

@@ -57,23 +57,25 @@ fill or not at all; ``opg`` and ``cls`` fill only at their auction (below).
 
 *Auctions.* An ``opg`` order (market or limit on open) takes part in the
 opening auction only, a ``cls`` order (market or limit on close) in the
-closing auction only; neither fills at submission or on any other print. The
-feed has no auction prints, so one stands for each (``auction.py`` has the
-rule, in the feed's time, New York): for the open the session's first print
-at or after 09:30 (a trade's price, or the open of the 09:30 minute bar if
-a bar comes first), for the close its last print at or before 16:00 (the
-last trade, or the 15:59 minute bar's close). At that price a market order
-fills whole, in one fill: an auction is one cross at one price for every
-order in it, so there is no slippage and no ``max_fill_quantity`` (the
-paper broker does not model an auction's imbalance); a limit order fills
-whole there if the price is at or better than its limit (buy: at or below,
-sell: at or above), at the auction's price, not its limit. An order its
-auction does not fill (its limit not reached, or no print of the session
-stands for the auction within two minutes of it, by the broker's clock) is
-``expired``. The paper broker takes ``opg`` and ``cls`` when Alpaca does:
-market and limit orders in shares (not options, which Alpaca trades ``day``
-only); ``opg`` refused from 09:28 to 19:00 New York, ``cls`` from 15:50 to
-19:00; placed from 19:00 on or on a weekend, for the next weekday's auction.
+closing auction only; neither fills at submission or on any other print.
+The feed has no auction prints, so one stands for each (``auction.py`` has
+the rule, in the feed's time, New York): for the open the session's first
+print at or after 09:30 (a trade's price, or the open of the 09:30 minute
+bar if a bar comes first), for the close its last print at or before the
+close, 16:00 or 13:00 on a half day (the last trade, or the 15:59 minute
+bar's close). At that price a market order fills whole, in one fill: an
+auction is one cross at one price for every order in it, so there is no
+slippage and no ``max_fill_quantity`` (the paper broker does not model an
+auction's imbalance); a limit order fills whole there if the price is at
+or better than its limit (buy: at or below, sell: at or above), at the
+auction's price, not its limit. An order its auction does not fill (its
+limit not reached, or no print of the session stands for the auction
+within two minutes of it, by the broker's clock) is ``expired``. The paper
+broker takes ``opg`` and ``cls`` when Alpaca does: market and limit orders
+in shares (not options, which Alpaca trades ``day`` only); ``opg`` refused
+from 09:28 to 19:00 New York, ``cls`` from 15:50 (12:50 on a half day) to
+19:00; placed from 19:00 on, or on a weekend or a holiday, for the next
+session's auction.
 """
 
 from __future__ import annotations

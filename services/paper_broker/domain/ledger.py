@@ -16,7 +16,6 @@ Pure and synchronous: no clock, no ids, no market prices.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,11 +24,14 @@ from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.options import OPTION_PREFIX, parse_option
-from services.paper_broker.domain.auction import AUCTION_WAIT_NS, AUCTIONS, Session, session_for
+from libs.contract.sessions import Session
+from services.paper_broker.domain.auction import AUCTION_WAIT_NS, AUCTIONS, session_for
+from services.paper_broker.domain.auction import Session as AuctionSession
 from services.paper_broker.domain.fill_model import WIDE, Side
 from services.paper_broker.domain.model import (
     AccountPosition,
     BookConfig,
+    DayOrderClose,
     FillActivity,
     JournalEntry,
     PaperOrder,
@@ -38,29 +40,38 @@ from services.paper_broker.domain.model import (
     Settlement,
     TradeUpdate,
 )
-from services.paper_broker.domain.new_york import is_weekday, new_york, next_weekday, ns_at
+from services.paper_broker.domain.new_york import new_york, next_session, ns_at, regular_session
 from services.paper_broker.domain.settlement import OptionActivity
 
 #: Decimal places kept in an average fill or entry price.
 AVG_QUANTUM = Decimal("1e-12")
 
 
-def day_order_expiry_ns(created_ns: int, close: dt.time) -> int:
-    """When a ``day`` order placed at ``created_ns`` expires: at ``close`` (New
-    York time) on the day it was placed, or on the next weekday if it was
-    placed at or after that close or on a weekend."""
+def day_order_expiry_ns(created_ns: int, close: DayOrderClose) -> int:
+    """When a ``day`` order placed at ``created_ns`` expires: at the close of
+    the day's regular session (13:00 New York on a half day) for ``"close"``,
+    at ``close`` (New York time) for a time, or at the session's close if
+    that is earlier (a day order never outlives its session); on the day it
+    was placed, or at the next session's if it was placed at or after that
+    or on a day without a session (a weekend, a holiday)."""
     return _expiry_ns(created_ns // 1_000_000_000, close)
 
 
+def _expiry_on(session: Session, close: DayOrderClose) -> int:
+    if close == "close":
+        return session.close_ns
+    return min(ns_at(session.day, close), session.close_ns)
+
+
 @functools.lru_cache(maxsize=64)
-def _expiry_ns(created_s: int, close: dt.time) -> int:
-    # Cached by the second: a submit does not pay for the time zone (a few
-    # microseconds) when orders come many a second.
-    placed = new_york(created_s)
-    day = placed.date()
-    if placed.time() >= close or not is_weekday(day):
-        day = next_weekday(day)
-    return ns_at(day, close)
+def _expiry_ns(created_s: int, close: DayOrderClose) -> int:
+    # Cached by the second: a submit does not pay for the time zone and the
+    # calendar (a few microseconds) when orders come many a second.
+    day = new_york(created_s).date()
+    session = regular_session(day)
+    if session is None or created_s * 1_000_000_000 >= _expiry_on(session, close):
+        session = next_session(day)
+    return _expiry_on(session, close)
 
 
 @dataclass(slots=True)
@@ -362,7 +373,7 @@ class Ledger:
         return due
 
     @staticmethod
-    def _session(order: PaperOrder) -> Session | None:
+    def _session(order: PaperOrder) -> AuctionSession | None:
         """The session whose auction an ``opg`` or ``cls`` order takes part in."""
         return session_for(order.created_at_ns, order.time_in_force)
 

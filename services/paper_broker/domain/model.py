@@ -189,6 +189,10 @@ class Canceling:
     refused: Refused | None = None
 
 
+#: When a ``day`` order expires: its session's close, or a New York time.
+DayOrderClose = dt.time | Literal["close"]
+
+
 @dataclass(frozen=True, slots=True)
 class BookConfig:
     """Everything that decides what the broker accepts and how it fills."""
@@ -200,6 +204,8 @@ class BookConfig:
     untradable_symbols: frozenset[str] = frozenset()
     #: Symbols the venue rejects after accepting the order (``new``, then ``rejected``).
     halted_symbols: frozenset[str] = frozenset()
-    #: The close (New York time) at which working ``day`` orders expire;
-    #: None: never (``paper.yaml`` defaults to 16:00).
-    day_orders_expire_at: dt.time | None = None
+    #: When working ``day`` orders expire: ``"close"``, at their session's
+    #: close (13:00 New York on a half day); a time (New York), then, or at
+    #: the session's close if that is earlier; None: never (``paper.yaml``
+    #: defaults to ``"close"``). See ``ledger.day_order_expiry_ns``.
+    day_orders_expire_at: DayOrderClose | None = None

@@ -1,18 +1,34 @@
-"""New York wall-clock arithmetic shared by the paper broker's sessions: a
-``day`` order's expiry (``ledger.py``) and the auctions' sessions
+"""New York wall-clock arithmetic and the exchange's sessions, shared by the
+paper broker's ``day`` orders' expiry (``ledger.py``) and its auctions
 (``auction.py``), both in the exchange's time (``EXCHANGE_TZ``), and the
 day of a fill the activities endpoint filters by (``adapters/server.py``).
 Times are whole seconds (``ns // 1_000_000_000``): seconds as a float round
 a time a nanosecond before midnight up to the next day.
 
-Pure. Weekdays are trading days: holidays and early closes are not known.
+Which days trade, and when each session opens and closes, come from the
+exchange calendar (:data:`CALENDAR`, ``libs/contract/sessions.py``): no
+session on a holiday, a 13:00 close on an NYSE half day. Pure: the
+calendar's answers depend on the day alone. Without exchange-calendars
+installed (the paper broker's extra has it, and its start-up warms it)
+every weekday is a 09:30 to 16:00 session, as before the calendar.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from libs.contract.options import EXCHANGE_TZ
+from libs.contract import sessions
+from libs.contract.options import EXCHANGE_TZ, EXPIRY_CALENDAR, EXPIRY_CLOSE
+from libs.contract.sessions import Session
+
+#: The exchange whose sessions the paper broker keeps: the one whose close
+#: ends an option contract's expiry day.
+CALENDAR = EXPIRY_CALENDAR
+#: A weekday's regular session when the calendar cannot be read.
+_OPEN = dt.time(9, 30)
+#: Sessions are at most a few days apart (a holiday beside a weekend): a
+#: search for the next one that finds none in this many days is a bug.
+_MAX_GAP_DAYS = 14
 
 
 def new_york(at_s: int) -> dt.datetime:
@@ -25,13 +41,22 @@ def ns_at(day: dt.date, at: dt.time) -> int:
     return int(dt.datetime.combine(day, at, tzinfo=EXCHANGE_TZ).timestamp()) * 1_000_000_000
 
 
-def is_weekday(day: dt.date) -> bool:
-    return day.weekday() < 5
+def regular_session(day: dt.date) -> Session | None:
+    """``day``'s regular session on the exchange (its close 13:00 on a half
+    day), or None: it does not trade that day (a weekend, a holiday)."""
+    try:
+        return sessions.session(CALENDAR, day)
+    except sessions.CalendarError:  # not installed: weekdays, 09:30 to 16:00
+        if day.weekday() >= 5:
+            return None
+        close = ns_at(day, EXPIRY_CLOSE)
+        return Session(CALENDAR, day, ns_at(day, _OPEN), close, close)
 
 
-def next_weekday(day: dt.date) -> dt.date:
-    """The first weekday after ``day``."""
-    day += dt.timedelta(days=1)
-    while not is_weekday(day):
-        day += dt.timedelta(days=1)
-    return day
+def next_session(day: dt.date) -> Session:
+    """The first regular session after ``day``."""
+    for gap in range(1, _MAX_GAP_DAYS + 1):
+        session = regular_session(day + dt.timedelta(days=gap))
+        if session is not None:
+            return session
+    raise AssertionError(f"no {CALENDAR} session in the {_MAX_GAP_DAYS} days after {day}")

@@ -1,8 +1,9 @@
 """Settling an option position at its contract's expiry, as a broker does.
 
-At the close of its expiry day (16:00 New York) a standard US equity option
-stops trading, and overnight the broker settles every position in it by
-OCC's exercise-by-exception rule: a contract at least $0.01 in the money
+At the close of its expiry day (16:00 New York, 13:00 on an NYSE half day:
+``OptionContract.expires_at_ns``) a standard US equity option stops
+trading, and overnight the broker settles every position in it by OCC's
+exercise-by-exception rule: a contract at least $0.01 in the money
 against the underlying's last trade at or before the close is exercised (a
 long position) or assigned (a short one), anything else expires worthless.
 An exercise or assignment delivers 100 shares of the underlying per

@@ -74,6 +74,8 @@ _SOURCES = (
     # option contracts' expiries (contract_expired, settlements).
     _HERE.parents[3] / "libs" / "contract" / "envelope.py",
     _HERE.parents[3] / "libs" / "contract" / "options.py",
+    # The expiry day's close (13:00 on a half day) options.py reads.
+    _HERE.parents[3] / "libs" / "contract" / "sessions.py",
     _HERE,
 )
 

@@ -15,8 +15,8 @@ asset_class                 the intent's asset class is not the one its
                             symbol names (options are ``O:`` + OCC symbol):
                             its notional would take the wrong multiplier
 contract_expired            an option past the close of its expiry day
-                            (16:00 New York): no venue takes an order in
-                            it, a close included
+                            (16:00 New York, 13:00 on a half day): no
+                            venue takes an order in it, a close included
 contract_unsupported        an option tradebus cannot settle (cash-settled
                             index options, adjusted contracts), unless the
                             order only reduces the strategy's position
