@@ -193,6 +193,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayInterrupted,
             ReplayRefused,
             ReplayRequest,
+            ReplayStoreLost,
             replay,
         )
         from libs.store.errors import StoreUnavailable
@@ -217,6 +218,14 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
 
         def report(result: object) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+
+        def how_far(last: int | None) -> str:
+            if last is None:
+                return "nothing replayed"
+            return (
+                f"every selected event up to store sequence {last} replayed, none after "
+                f"it; --from-seq {last + 1} resumes"
+            )
 
         async def go() -> None:
             bus = None
@@ -264,18 +273,11 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             fail(e, 1)
         except ReplayInterrupted as e:
             report(e.result)
-            last = e.result.last_seq
-            err.print(
-                "replay interrupted: "
-                + (
-                    f"every selected event up to store sequence {last} replayed, none after "
-                    f"it; --from-seq {last + 1} resumes"
-                    if last is not None
-                    else "nothing replayed"
-                ),
-                highlight=False,
-            )
+            err.print(f"replay interrupted: {how_far(e.result.last_seq)}", highlight=False)
             raise typer.Exit(130) from None
+        except ReplayStoreLost as e:
+            report(e.result)
+            fail(f"{e.cause}; {how_far(e.result.last_seq)}", 1)
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

@@ -38,7 +38,9 @@ from libs.contract.events import (
 )
 from libs.contract.options import parse_option
 from libs.contract.subjects import subject_for
+from libs.local.servers import PostgresServer
 from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
+from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count
@@ -719,3 +721,47 @@ async def test_read_commands_name_the_store_and_warn_when_it_is_empty(
         "event store: postgresql://postgres@127.0.0.1:5432/tradebus "
         "(the default: DATABASE_URL is not set)"
     ) in proc.stderr
+
+
+async def test_a_store_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
+    tmp_path: Path, bus: Bus, nats_url: str
+) -> None:
+    """PostgreSQL stops while a paced replay runs: the next page's read fails,
+    and the replay ends with the JSON line of its counts and one error line
+    naming the store and the --from-seq that resumes it (exit 1). asyncpg's
+    error went through as a traceback, with no counts."""
+    server = PostgresServer(tmp_path / "pg", fsync=False).start()
+    try:
+        url = server.url("tradebus")
+        await upgrade_async(url)
+        # More than one page (iter_range reads 2000 rows at a time), paced so
+        # that the first page takes seconds: the server is gone by the next.
+        await record_events(url, list(make_trades(2100, "lost")))
+        sub = await bus.nc.subscribe("replay.>")
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+        proc = subprocess.Popen(  # noqa: ASYNC220 - the store stops while it runs
+            [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "400/s"],
+            env={**env, "DATABASE_URL": url, "NATS_URL": nats_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        got = [await sub.next_msg(timeout=30)]
+        await asyncio.to_thread(server.stop)
+        stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    last = summary["last_seq"]
+    assert summary["first_seq"] == 1
+    assert 1 <= last < 2100
+    assert summary["published"] == last
+    [error] = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert error.startswith("error: reading the event store at postgresql://postgres@127.0.0.1:")
+    assert f"--from-seq {last + 1} resumes" in error
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:
+            got.append(await sub.next_msg(timeout=0.5))
+    assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(range(1, last + 1))
