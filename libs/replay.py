@@ -4,7 +4,11 @@ Events are republished in sequence order, by default under the ``replay.``
 prefix, which the recorded stream does not capture: live consumers and the
 audit timeline are untouched. A prefix that would land back inside the
 recorded stream is refused. Each replayed message carries headers naming
-its original sequence and subject.
+its original sequence and subject, and the event's id as ``Nats-Msg-Id``
+(as a live publish does), so that a stream an operator makes over the
+replay's subjects stores a range replayed twice once. The payload is the
+stored one, re-serialised: equal to what was published, not byte for byte
+(the store keeps ``jsonb``).
 
 Replays are plain NATS publishes (no stream captures ``replay.>``), which the
 server judges after the fact: a publish it refuses (the user lacks the
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from libs.bus.client import Bus
+from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.errors import BusUnavailable
 from libs.config import masked_url
 from libs.contract.subjects import (
@@ -294,6 +298,10 @@ async def replay(
                     subject,
                     row.wire_bytes(),
                     headers={
+                        # The event's id, as the live publishers send it: a
+                        # stream made over the replay's subjects stores a
+                        # range replayed twice (within its window) once.
+                        MSG_ID_HEADER: str(row.id),
                         ORIGINAL_SEQ_HEADER: str(row.seq),
                         ORIGINAL_SUBJECT_HEADER: row.subject,
                     },

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nats.errors
 import pytest
 
-from libs.bus.client import Bus, Outgoing
+from libs.bus.client import MSG_ID_HEADER, Bus, Outgoing
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
@@ -114,6 +114,26 @@ async def test_replay_round_trip_same_events_in_order_under_prefix(
         await live.next_msg(timeout=0.2)
     # The replayed copies were not recorded: the stream does not capture replay.>.
     assert (await bus.js.stream_info("TRADEBUS")).state.messages == 400
+
+
+async def test_a_replay_repeated_into_a_stream_is_stored_once(bus: Bus, database_url: str) -> None:
+    """Replayed messages carry the event's id as Nats-Msg-Id, as the live
+    publishers do: a stream an operator makes over replay.> stores a range
+    replayed twice once. They carried no id, and it stored both copies."""
+    trades: list[Event] = list(make_trades(20, "twice"))
+    await record_events(database_url, trades)
+    await bus.js.add_stream(name="REPLAYS", subjects=["replay.>"], duplicate_window=120)
+    sub = await bus.nc.subscribe("replay.>")
+    for _ in range(2):
+        result = await replay(database_url, bus, ReplayRequest(from_seq=3, to_seq=12))
+        assert result.published == 10
+    # Acked once the stream has taken what this connection published before it.
+    await bus.js.publish("replay.end", b"", headers={MSG_ID_HEADER: "end"})
+    info = await bus.js.stream_info("REPLAYS")
+    assert (info.state.messages, info.state.last_seq) == (11, 11)
+    got = [await sub.next_msg(timeout=5) for _ in range(10)]
+    assert [(m.headers or {}).get(MSG_ID_HEADER) for m in got] == [str(t.id) for t in trades[2:12]]
+    await sub.unsubscribe()  # the second copies are left unread
 
 
 async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_url: str) -> None:
