@@ -180,7 +180,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         into: Annotated[
             str, typer.Option(help="Subject prefix to publish under (never a live domain)")
         ] = REPLAY_PREFIX,
-        dry_run: Annotated[bool, typer.Option(help="Count and list, publish nothing")] = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                help="Publish nothing: count what would be published and skipped (the JSON "
+                "line); `tradebus events --subject` lists the events themselves"
+            ),
+        ] = False,
         include_undecodable: Annotated[
             bool, typer.Option(help="Also republish the raw bytes of undecodable messages")
         ] = False,
