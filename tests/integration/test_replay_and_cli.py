@@ -785,3 +785,34 @@ async def test_a_store_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
         while True:
             got.append(await sub.next_msg(timeout=0.5))
     assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(range(1, last + 1))
+
+
+async def test_events_refuses_a_mistyped_type_naming_the_right_one(database_url: str) -> None:
+    """`events --type Fillreceived` listed nothing and said nothing, as if no
+    fill had been recorded; it names the type meant, or every known type."""
+    chain = order_chain()
+    await record_events(database_url, chain)  # type: ignore[arg-type]
+    for given, says in (
+        ("Fillreceived", "did you mean 'FillReceived'?"),
+        ("fill_received", "did you mean 'FillReceived'?"),
+        ("Nonsense", "known types: BarClosed, BreakerTripped, "),
+    ):
+        proc = await asyncio.to_thread(cli, "events", "--type", given, database_url=database_url)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == ""
+        [error] = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+        assert error.startswith(
+            f"error: --type {given!r}: no event type of that name, and none recorded"
+        ), error
+        assert says in error, error
+    assert "DuplicateSuppressed" in error  # the recorder's own rows are types too
+    # A known type, none of it recorded: an empty listing, no error.
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--type", "DuplicateSuppressed", database_url=database_url
+    )
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--type", "FillReceived", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["type"] for line in proc.stdout.splitlines()] == ["FillReceived"]
