@@ -108,6 +108,9 @@ class ReplayResult:
     #: Messages the server refused (the replay stopped at the first of them).
     refused: int = 0
     first_seq: int | None = None
+    #: The last row replayed: once the replay is stopped (refused,
+    #: interrupted, its store lost), every selected row up to it went out
+    #: (or was skipped), so ``--from-seq last_seq + 1`` goes on from there.
     last_seq: int | None = None
     seconds: float = 0.0
 
@@ -206,10 +209,19 @@ async def replay(
         result.published += len(window) - len(bad)
         if window and not bad:
             settled_seq = result.last_seq
+        if bad:
+            # Every selected row before the first refused one went out; the
+            # rows read after it (up to a window's worth) are no part of a
+            # replay that has a hole there, even those the server took.
+            before = [seq for seq, _ in window if seq < bad[0][0]]
+            settled_seq = before[-1] if before else settled_seq
         window.clear()
         window_size, window_started = WINDOW, time.monotonic()
         if bad:
             result.refused = len(bad)
+            result.last_seq = settled_seq
+            if settled_seq is None:
+                result.first_seq = None
             result.seconds = time.monotonic() - started
             seq, subject = bad[0]
             raise ReplayRefused(subject=subject, seq=seq, user=bus.user, url=bus.url, result=result)

@@ -38,8 +38,8 @@ from libs.contract.events import (
 )
 from libs.contract.options import parse_option
 from libs.contract.subjects import subject_for
-from libs.local.servers import PostgresServer
-from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
+from libs.local.servers import NatsServer, PostgresServer
+from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRefused, ReplayRequest, replay
 from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
@@ -816,3 +816,53 @@ async def test_events_refuses_a_mistyped_type_naming_the_right_one(database_url:
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["type"] for line in proc.stdout.splitlines()] == ["FillReceived"]
+
+
+PARTIAL_PASSWORD = "pw"  # noqa: S105 - PARTIAL_NATS's, a test server's on loopback
+PARTIAL_NATS = """
+authorization {
+  users = [
+    {
+      user: partial, password: pw,
+      permissions: {
+        publish: { allow: ["replay.md.>"] },
+        subscribe: { allow: ["_INBOX_partial.>"] }
+      }
+    }
+  ]
+}
+"""
+
+
+async def test_a_refused_replay_s_last_seq_is_the_last_row_before_the_refusal(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """A user who may publish replay.md.> only: a signal among trades is
+    refused. last_seq is the last row before it, up to which every selected
+    event went out; it was the last row read, which the window (up to 256
+    messages judged together) carried past the refused one."""
+    trades = list(make_trades(10, "part"))
+    signal = order_chain()[0]
+    await record(tmp_path, bus, nats_url, database_url, [*trades[:5], signal, *trades[5:]])
+    config = tmp_path / "partial.conf"
+    config.write_text(PARTIAL_NATS)
+    server = NatsServer(tmp_path / "nats", config_file=config).start()
+    try:
+        async with await Bus.connect(
+            server.url, name="test-partial", user="partial", password=PARTIAL_PASSWORD
+        ) as partial:
+            with pytest.raises(ReplayRefused) as info:
+                await replay(database_url, partial, ReplayRequest())
+            # Refused on its first message: nothing went out.
+            with pytest.raises(ReplayRefused) as first:
+                await replay(database_url, partial, ReplayRequest(from_seq=6))
+    finally:
+        server.stop()
+    refused = info.value
+    assert refused.seq == 6
+    assert refused.subject == f"replay.{subject_for(signal)}"  # type: ignore[arg-type]
+    assert (refused.result.first_seq, refused.result.last_seq) == (1, 5)
+    assert refused.result.published >= 5
+    assert first.value.seq == 6
+    assert (first.value.result.published, first.value.result.first_seq) == (0, None)
+    assert first.value.result.last_seq is None
