@@ -180,7 +180,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         into: Annotated[
             str, typer.Option(help="Subject prefix to publish under (never a live domain)")
         ] = REPLAY_PREFIX,
-        dry_run: Annotated[bool, typer.Option(help="Count and list, publish nothing")] = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                help="Publish nothing: count what would be published and skipped (the JSON "
+                "line); `tradebus events --subject` lists the events themselves"
+            ),
+        ] = False,
         include_undecodable: Annotated[
             bool, typer.Option(help="Also republish the raw bytes of undecodable messages")
         ] = False,
@@ -193,6 +199,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayInterrupted,
             ReplayRefused,
             ReplayRequest,
+            ReplayStoreLost,
             replay,
         )
         from libs.store.errors import StoreUnavailable
@@ -217,6 +224,14 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
 
         def report(result: object) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+
+        def how_far(last: int | None) -> str:
+            if last is None:
+                return "nothing replayed"
+            return (
+                f"every selected event up to store sequence {last} replayed, none after "
+                f"it; --from-seq {last + 1} resumes"
+            )
 
         async def go() -> None:
             bus = None
@@ -264,18 +279,11 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             fail(e, 1)
         except ReplayInterrupted as e:
             report(e.result)
-            last = e.result.last_seq
-            err.print(
-                "replay interrupted: "
-                + (
-                    f"every selected event up to store sequence {last} replayed, none after "
-                    f"it; --from-seq {last + 1} resumes"
-                    if last is not None
-                    else "nothing replayed"
-                ),
-                highlight=False,
-            )
+            err.print(f"replay interrupted: {how_far(e.result.last_seq)}", highlight=False)
             raise typer.Exit(130) from None
+        except ReplayStoreLost as e:
+            report(e.result)
+            fail(f"{e.cause}; {how_far(e.result.last_seq)}", 1)
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

@@ -4,7 +4,11 @@ Events are republished in sequence order, by default under the ``replay.``
 prefix, which the recorded stream does not capture: live consumers and the
 audit timeline are untouched. A prefix that would land back inside the
 recorded stream is refused. Each replayed message carries headers naming
-its original sequence and subject.
+its original sequence and subject, and the event's id as ``Nats-Msg-Id``
+(as a live publish does), so that a stream an operator makes over the
+replay's subjects stores a range replayed twice once. The payload is the
+stored one, re-serialised: equal to what was published, not byte for byte
+(the store keeps ``jsonb``).
 
 Replays are plain NATS publishes (no stream captures ``replay.>``), which the
 server judges after the fact: a publish it refuses (the user lacks the
@@ -20,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from libs.bus.client import Bus
+import asyncpg
+
+from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.errors import BusUnavailable
+from libs.config import masked_url
 from libs.contract.subjects import (
     REPLAY_PREFIX,
     SubjectPatternError,
@@ -35,6 +42,7 @@ from libs.contract.subjects import (
 )
 from libs.store import queries
 from libs.store.connect import connect
+from libs.store.errors import StoreUnavailable
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
@@ -100,6 +108,9 @@ class ReplayResult:
     #: Messages the server refused (the replay stopped at the first of them).
     refused: int = 0
     first_seq: int | None = None
+    #: The last row replayed: once the replay is stopped (refused,
+    #: interrupted, its store lost), every selected row up to it went out
+    #: (or was skipped), so ``--from-seq last_seq + 1`` goes on from there.
     last_seq: int | None = None
     seconds: float = 0.0
 
@@ -114,8 +125,24 @@ class ReplayInterrupted(Exception):
         super().__init__(f"replay interrupted after store sequence {result.last_seq}")
 
 
-#: How long a cancelled replay waits for the server's verdict on what it
-#: published last, so that its counts are exact.
+class ReplayStoreLost(Exception):
+    """Reading the event store failed mid-replay (the server stopped, the
+    connection broke). :attr:`result` says how far it got, as
+    :class:`ReplayInterrupted`'s does; :attr:`cause` is the
+    :class:`~libs.store.errors.StoreUnavailable` naming the store."""
+
+    def __init__(self, cause: StoreUnavailable, result: ReplayResult) -> None:
+        self.cause = cause
+        self.result = result
+        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
+
+
+#: What reading the store raises when the server or the connection fails
+#: (TimeoutError is an OSError).
+STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+#: How long a stopped replay (cancelled, or its store lost) waits for the
+#: server's verdict on what it published last, so that its counts are exact.
 SETTLE_ON_STOP_S = 5.0
 
 
@@ -154,10 +181,13 @@ async def replay(
     Raises :class:`ReplayError` for a request that cannot be carried out,
     :class:`ReplayRefused` when the server refuses a message,
     :class:`ReplayInterrupted` in place of a cancellation (its counts),
+    :class:`ReplayStoreLost` when reading the store fails once rows are
+    being published (its counts),
     :class:`~libs.store.errors.StoreUnavailable` and
     :class:`~libs.bus.errors.BusUnavailable` when a server cannot be used.
     """
     request.check()
+    shown = masked_url(database_url)
     conn = await connect(database_url)
     result = ReplayResult()
     started = time.monotonic()
@@ -179,13 +209,54 @@ async def replay(
         result.published += len(window) - len(bad)
         if window and not bad:
             settled_seq = result.last_seq
+        if bad:
+            # Every selected row before the first refused one went out; the
+            # rows read after it (up to a window's worth) are no part of a
+            # replay that has a hole there, even those the server took.
+            before = [seq for seq, _ in window if seq < bad[0][0]]
+            settled_seq = before[-1] if before else settled_seq
         window.clear()
         window_size, window_started = WINDOW, time.monotonic()
         if bad:
             result.refused = len(bad)
+            result.last_seq = settled_seq
+            if settled_seq is None:
+                result.first_seq = None
             result.seconds = time.monotonic() - started
             seq, subject = bad[0]
             raise ReplayRefused(subject=subject, seq=seq, user=bus.user, url=bus.url, result=result)
+
+    def lost(e: Exception) -> StoreUnavailable:
+        reason = str(e) or type(e).__name__
+        return StoreUnavailable(f"reading the event store at {shown} failed: {reason}")
+
+    async def rows(to_seq: int) -> AsyncIterator[queries.Recorded]:
+        # The store's errors as ours, naming it; only the reads, not what
+        # the loop does with each row (the bus has errors of its own).
+        try:
+            async for row in queries.iter_range(
+                conn,
+                subject=request.subject,
+                from_seq=request.from_seq,
+                to_seq=to_seq,
+                since_ns=request.since_ns,
+                until_ns=request.until_ns,
+            ):
+                yield row
+        except STORE_ERRORS as e:
+            raise lost(e) from e
+
+    async def stop() -> None:
+        """Judge what was published last (briefly: the server may be what
+        stalls), and make last_seq the last row whose fate is known."""
+        if window:
+            with contextlib.suppress(TimeoutError, BusUnavailable):
+                async with asyncio.timeout(SETTLE_ON_STOP_S):
+                    await judge()
+        result.last_seq = settled_seq
+        if settled_seq is None:
+            result.first_seq = None
+        result.seconds = time.monotonic() - started
 
     try:
         # The range ends where the store ended as the replay started (or at
@@ -193,30 +264,26 @@ async def replay(
         # up to there are fixed, and the count is what will be read. Left
         # open, a replay chased the recorder's newest rows, and one paced
         # slower than a live feed never ended.
-        last = queries.last_seq_of(await queries.tail(conn))
-        to_seq = last if request.to_seq is None else min(request.to_seq, last)
-        total = await queries.count_range(
-            conn,
-            subject=request.subject,
-            from_seq=request.from_seq,
-            to_seq=to_seq,
-            since_ns=request.since_ns,
-            until_ns=request.until_ns,
-        )
+        try:
+            last = queries.last_seq_of(await queries.tail(conn))
+            to_seq = last if request.to_seq is None else min(request.to_seq, last)
+            total = await queries.count_range(
+                conn,
+                subject=request.subject,
+                from_seq=request.from_seq,
+                to_seq=to_seq,
+                since_ns=request.since_ns,
+                until_ns=request.until_ns,
+            )
+        except STORE_ERRORS as e:
+            raise lost(e) from e
         if progress:
             progress(0, total)
         shown_at = time.monotonic()
         interval = 1.0 / request.rate_per_s if request.rate_per_s else 0.0
         next_at = time.monotonic()
         done = 0
-        async for row in queries.iter_range(
-            conn,
-            subject=request.subject,
-            from_seq=request.from_seq,
-            to_seq=to_seq,
-            since_ns=request.since_ns,
-            until_ns=request.until_ns,
-        ):
+        async for row in rows(to_seq):
             done += 1
             subject: str | None = None  # where the row goes, if published
             if not row.is_event and not (request.include_undecodable and row.raw is not None):
@@ -243,6 +310,10 @@ async def replay(
                     subject,
                     row.wire_bytes(),
                     headers={
+                        # The event's id, as the live publishers send it: a
+                        # stream made over the replay's subjects stores a
+                        # range replayed twice (within its window) once.
+                        MSG_ID_HEADER: str(row.id),
                         ORIGINAL_SEQ_HEADER: str(row.seq),
                         ORIGINAL_SUBJECT_HEADER: row.subject,
                     },
@@ -261,18 +332,18 @@ async def replay(
         if window:
             await judge()
     except asyncio.CancelledError:
-        # Ctrl-C: say how far it got rather than nothing. What was published
-        # last is judged first (briefly: the server may be what stalls).
-        if window:
-            with contextlib.suppress(TimeoutError, BusUnavailable):
-                async with asyncio.timeout(SETTLE_ON_STOP_S):
-                    await judge()
-        result.last_seq = settled_seq
-        if settled_seq is None:
-            result.first_seq = None
-        result.seconds = time.monotonic() - started
+        # Ctrl-C: say how far it got rather than nothing.
+        await stop()
         raise ReplayInterrupted(result) from None
+    except StoreUnavailable as e:
+        # The store went away (or broke) mid-replay: what was read went out;
+        # say how far that is, so that the operator can resume from there.
+        await stop()
+        raise ReplayStoreLost(e, result) from e
     finally:
-        await conn.close()
+        # A lost connection is closed already; a broken one must not hide
+        # why the replay stopped.
+        with contextlib.suppress(*STORE_ERRORS):
+            await conn.close()
     result.seconds = time.monotonic() - started
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import difflib
 import json
 import uuid
 from collections.abc import Sequence
@@ -146,7 +147,10 @@ def register(app: typer.Typer) -> None:
         last: Annotated[
             int | None, typer.Option(min=1, help="The newest this many instead of the first")
         ] = None,
-        type_: Annotated[str | None, typer.Option("--type", help="Only this event type")] = None,
+        type_: Annotated[
+            str | None,
+            typer.Option("--type", help="Only this event type, e.g. FillReceived"),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     ) -> None:
         """Print recorded events in sequence order: the first (--limit) or the
@@ -172,6 +176,8 @@ def register(app: typer.Typer) -> None:
                 await conn.close()
 
         rows = asyncio.run(go())
+        if not rows and type_ is not None:
+            _check_type(type_)
         if as_json:
             for r in rows:
                 print(json.dumps(r.as_json(), default=str))
@@ -230,6 +236,34 @@ def register(app: typer.Typer) -> None:
         note = uncaused(chain)
         if note:
             out.print(escape(note))
+
+
+def known_types() -> list[str]:
+    """Every type a row of the store can have: the contract's events and the
+    rows the recorder writes itself (undecodable, duplicate, missing)."""
+    from libs.contract.events import EVENT_TYPES
+    from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
+
+    return sorted([*EVENT_TYPES, DUPLICATE, MISSING, UNDECODABLE])
+
+
+def _check_type(given: str) -> None:
+    """Exit 2 when ``given`` names no type tradebus knows (the listing of it
+    came out empty): with the type meant, or else every known one. Checked
+    only once nothing matched, so that rows of a type an older contract had
+    are still listed."""
+    known = known_types()
+    if given in known:
+        return
+    folded = {"".join(c for c in t.lower() if c.isalnum()): t for t in known}
+    key = "".join(c for c in given.lower() if c.isalnum())
+    close = [folded[k] for k in difflib.get_close_matches(key, folded, n=3, cutoff=0.75)]
+    hint = (
+        f"did you mean {' or '.join(repr(t) for t in close)}?"
+        if close
+        else f"known types: {', '.join(known)}"
+    )
+    fail(f"--type {given!r}: no event type of that name, and none recorded; {hint}", 2)
 
 
 async def _resolve(conn: Any, given: str) -> uuid.UUID:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nats.errors
 import pytest
 
-from libs.bus.client import Bus, Outgoing
+from libs.bus.client import MSG_ID_HEADER, Bus, Outgoing
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import Event, WallClock
 from libs.contract.events import (
@@ -38,7 +38,9 @@ from libs.contract.events import (
 )
 from libs.contract.options import parse_option
 from libs.contract.subjects import subject_for
-from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRequest, replay
+from libs.local.servers import NatsServer, PostgresServer
+from libs.replay import ORIGINAL_SEQ_HEADER, ReplayError, ReplayRefused, ReplayRequest, replay
+from libs.store.migrate import upgrade_async
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count
@@ -112,6 +114,26 @@ async def test_replay_round_trip_same_events_in_order_under_prefix(
         await live.next_msg(timeout=0.2)
     # The replayed copies were not recorded: the stream does not capture replay.>.
     assert (await bus.js.stream_info("TRADEBUS")).state.messages == 400
+
+
+async def test_a_replay_repeated_into_a_stream_is_stored_once(bus: Bus, database_url: str) -> None:
+    """Replayed messages carry the event's id as Nats-Msg-Id, as the live
+    publishers do: a stream an operator makes over replay.> stores a range
+    replayed twice once. They carried no id, and it stored both copies."""
+    trades: list[Event] = list(make_trades(20, "twice"))
+    await record_events(database_url, trades)
+    await bus.js.add_stream(name="REPLAYS", subjects=["replay.>"], duplicate_window=120)
+    sub = await bus.nc.subscribe("replay.>")
+    for _ in range(2):
+        result = await replay(database_url, bus, ReplayRequest(from_seq=3, to_seq=12))
+        assert result.published == 10
+    # Acked once the stream has taken what this connection published before it.
+    await bus.js.publish("replay.end", b"", headers={MSG_ID_HEADER: "end"})
+    info = await bus.js.stream_info("REPLAYS")
+    assert (info.state.messages, info.state.last_seq) == (11, 11)
+    got = [await sub.next_msg(timeout=5) for _ in range(10)]
+    assert [(m.headers or {}).get(MSG_ID_HEADER) for m in got] == [str(t.id) for t in trades[2:12]]
+    await sub.unsubscribe()  # the second copies are left unread
 
 
 async def test_replay_stops_at_the_store_s_end_as_it_started(bus: Bus, database_url: str) -> None:
@@ -719,3 +741,128 @@ async def test_read_commands_name_the_store_and_warn_when_it_is_empty(
         "event store: postgresql://postgres@127.0.0.1:5432/tradebus "
         "(the default: DATABASE_URL is not set)"
     ) in proc.stderr
+
+
+async def test_a_store_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
+    tmp_path: Path, bus: Bus, nats_url: str
+) -> None:
+    """PostgreSQL stops while a paced replay runs: the next page's read fails,
+    and the replay ends with the JSON line of its counts and one error line
+    naming the store and the --from-seq that resumes it (exit 1). asyncpg's
+    error went through as a traceback, with no counts."""
+    server = PostgresServer(tmp_path / "pg", fsync=False).start()
+    try:
+        url = server.url("tradebus")
+        await upgrade_async(url)
+        # More than one page (iter_range reads 2000 rows at a time), paced so
+        # that the first page takes seconds: the server is gone by the next.
+        await record_events(url, list(make_trades(2100, "lost")))
+        sub = await bus.nc.subscribe("replay.>")
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+        proc = subprocess.Popen(  # noqa: ASYNC220 - the store stops while it runs
+            [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "400/s"],
+            env={**env, "DATABASE_URL": url, "NATS_URL": nats_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        got = [await sub.next_msg(timeout=30)]
+        await asyncio.to_thread(server.stop)
+        stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    last = summary["last_seq"]
+    assert summary["first_seq"] == 1
+    assert 1 <= last < 2100
+    assert summary["published"] == last
+    [error] = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert error.startswith("error: reading the event store at postgresql://postgres@127.0.0.1:")
+    assert f"--from-seq {last + 1} resumes" in error
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:
+            got.append(await sub.next_msg(timeout=0.5))
+    assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(range(1, last + 1))
+
+
+async def test_events_refuses_a_mistyped_type_naming_the_right_one(database_url: str) -> None:
+    """`events --type Fillreceived` listed nothing and said nothing, as if no
+    fill had been recorded; it names the type meant, or every known type."""
+    chain = order_chain()
+    await record_events(database_url, chain)  # type: ignore[arg-type]
+    for given, says in (
+        ("Fillreceived", "did you mean 'FillReceived'?"),
+        ("fill_received", "did you mean 'FillReceived'?"),
+        ("Nonsense", "known types: BarClosed, BreakerTripped, "),
+    ):
+        proc = await asyncio.to_thread(cli, "events", "--type", given, database_url=database_url)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == ""
+        [error] = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+        assert error.startswith(
+            f"error: --type {given!r}: no event type of that name, and none recorded"
+        ), error
+        assert says in error, error
+    assert "DuplicateSuppressed" in error  # the recorder's own rows are types too
+    # A known type, none of it recorded: an empty listing, no error.
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--type", "DuplicateSuppressed", database_url=database_url
+    )
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    proc = await asyncio.to_thread(
+        cli, "events", "--json", "--type", "FillReceived", database_url=database_url
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["type"] for line in proc.stdout.splitlines()] == ["FillReceived"]
+
+
+PARTIAL_PASSWORD = "pw"  # noqa: S105 - PARTIAL_NATS's, a test server's on loopback
+PARTIAL_NATS = """
+authorization {
+  users = [
+    {
+      user: partial, password: pw,
+      permissions: {
+        publish: { allow: ["replay.md.>"] },
+        subscribe: { allow: ["_INBOX_partial.>"] }
+      }
+    }
+  ]
+}
+"""
+
+
+async def test_a_refused_replay_s_last_seq_is_the_last_row_before_the_refusal(
+    tmp_path: Path, bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """A user who may publish replay.md.> only: a signal among trades is
+    refused. last_seq is the last row before it, up to which every selected
+    event went out; it was the last row read, which the window (up to 256
+    messages judged together) carried past the refused one."""
+    trades = list(make_trades(10, "part"))
+    signal = order_chain()[0]
+    await record(tmp_path, bus, nats_url, database_url, [*trades[:5], signal, *trades[5:]])
+    config = tmp_path / "partial.conf"
+    config.write_text(PARTIAL_NATS)
+    server = NatsServer(tmp_path / "nats", config_file=config).start()
+    try:
+        async with await Bus.connect(
+            server.url, name="test-partial", user="partial", password=PARTIAL_PASSWORD
+        ) as partial:
+            with pytest.raises(ReplayRefused) as info:
+                await replay(database_url, partial, ReplayRequest())
+            # Refused on its first message: nothing went out.
+            with pytest.raises(ReplayRefused) as first:
+                await replay(database_url, partial, ReplayRequest(from_seq=6))
+    finally:
+        server.stop()
+    refused = info.value
+    assert refused.seq == 6
+    assert refused.subject == f"replay.{subject_for(signal)}"  # type: ignore[arg-type]
+    assert (refused.result.first_seq, refused.result.last_seq) == (1, 5)
+    assert refused.result.published >= 5
+    assert first.value.seq == 6
+    assert (first.value.result.published, first.value.result.first_seq) == (0, None)
+    assert first.value.result.last_seq is None

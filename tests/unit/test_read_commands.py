@@ -125,3 +125,16 @@ def test_a_bad_replay_time_or_rate_names_its_option(option: str, value: str, say
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.replace("│", " ").split())
     assert f"Invalid value for '{option}': {says}" in said, result.output
+
+
+def test_replay_dry_run_help_says_it_only_counts() -> None:
+    """`replay --dry-run` counts what it would publish (its JSON line) and
+    lists nothing; the help said "Count and list, publish nothing"."""
+    result = CliRunner().invoke(root.app, ["recorder", "replay", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "--dry-run" in said
+    start = said.index("--dry-run")
+    dry_run = said[start : said.index("--include-undecodable", start)]
+    assert "Publish nothing: count" in dry_run, dry_run
+    assert "tradebus events" in dry_run, dry_run  # what does list them

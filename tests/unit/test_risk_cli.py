@@ -216,3 +216,28 @@ def test_status_shows_the_positions_marked_at_a_stale_price(
     stale = summarize(unpriced, now)["accounts"]["acct"]["stale_marks"]
     assert stale["MSFT"] == {"age_s": None, "max_age_s": 60.0}
     assert cli._stale("MSFT", stale["MSFT"]) == "MSFT no price (not counted)"
+
+
+def test_kill_switch_with_no_nats_there_names_the_url_and_the_cause_at_once() -> None:
+    """Nothing listens at NATS_URL: the connection is refused, and the command
+    says so at once, naming the server. It kept trying for 12 s and said
+    "NOT published: NATS did not store it within 10s (TimeoutError: )"."""
+    import time
+
+    from libs.local.servers import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    started = time.monotonic()
+    result = runner.invoke(
+        root.app,
+        ["kill-switch", "on", "--reason", "runaway loop", "--operator", "ana"],
+        env={"NATS_URL": url, "COLUMNS": "300"},
+    )
+    took = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error.startswith(
+        f"error: KillSwitchEngaged NOT published: cannot connect to NATS at {url}"
+    )
+    assert "connection refused" in error, error
+    assert took < 5, took
