@@ -354,3 +354,29 @@ async def test_a_command_s_first_connection_with_a_wrong_password_says_so_at_onc
             assert ack.seq == 1
     finally:
         server.stop()
+
+
+async def test_a_closed_fetcher_gives_back_what_it_had_prefetched_at_once(bus: Bus) -> None:
+    """Messages the prefetch brought and nobody fetched are nak'd on close,
+    so the next reader of an explicit-ack consumer has them at once. They
+    were dropped and came back only after the ack wait (30 s here; the
+    gateway's commands: 10 s)."""
+    await ensure_consumer(bus, "handover", filter_subject="md.>", ack_wait_s=30)
+    await bus.publish_many(list(make_trades(10, "handover")))
+    first = PullFetcher(bus, "TRADEBUS", "handover")
+    await first.start()
+    try:
+        taken = await first.fetch(5, timeout=5)
+        assert [parse_ack_subject(m.reply)[0] for m in taken] == [1, 2, 3, 4, 5]
+        for m in taken:
+            await m.ack()
+        await eventually(lambda: len(first._buffer) == 5, timeout=10)  # 6..10, prefetched
+    finally:
+        await first.close()
+    second = PullFetcher(bus, "TRADEBUS", "handover")
+    await second.start()
+    try:
+        again = await second.fetch(10, timeout=5)
+        assert [parse_ack_subject(m.reply)[0] for m in again] == [6, 7, 8, 9, 10]
+    finally:
+        await second.close()
