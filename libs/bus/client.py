@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -95,6 +97,26 @@ def refused_subject(error: Exception) -> str | None:
     return m.group(1) if m else None
 
 
+def _refusal(error: BaseException) -> bool:
+    """Whether a first connection's ``error`` is the server's (or the
+    network's) answer, not its silence: trying again until a deadline would
+    only meet it again."""
+    return not isinstance(error, TimeoutError | nats.errors.TimeoutError)
+
+
+def _describe(error: BaseException) -> str:
+    """A connection error in words: ``connection refused``, the server's
+    ``authorization violation``, the TLS or OS error's own text."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is nats-server running there?)"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS: {error.reason or error}"
+    if isinstance(error, OSError):
+        return str(error.strerror or error)
+    text = str(error).removeprefix("nats: ").strip("'")
+    return text or type(error).__name__
+
+
 def _backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
@@ -159,13 +181,28 @@ class Bus:
         first_connect_deadline_s: float | None = None,
     ) -> Bus:
         """Connect; a service waits for NATS as long as it takes, a command
-        gives up after ``first_connect_deadline_s`` with :class:`BusUnavailable`."""
+        gives up after ``first_connect_deadline_s`` with :class:`BusUnavailable`.
+
+        A command's first connection also ends at the first refusal (nothing
+        listening, no such host, the user refused, TLS), naming the cause:
+        nats-py would try again until the deadline and tell nobody why. Only
+        a server that does not answer is waited for. Once connected, every
+        connection reconnects forever (a service outlives a NATS restart).
+        """
 
         refusals: list[str] = []
+        connected = False
+        loop = asyncio.get_running_loop()
+        refused: asyncio.Future[BaseException] = loop.create_future()
+        last_error: list[BaseException] = []
 
         async def on_error(e: Exception) -> None:
-            if refused := refused_subject(e):
-                refusals.append(refused)
+            if refused_ := refused_subject(e):
+                refusals.append(refused_)
+            if not connected:
+                last_error[:] = [e]
+                if first_connect_deadline_s is not None and _refusal(e) and not refused.done():
+                    refused.set_result(e)
             log.warning("nats error: %s", e)
 
         async def on_disconnect() -> None:
@@ -174,15 +211,16 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats reconnected")
 
-        try:
-            connecting = nats.connect(
+        nc = NatsClient()
+        connecting = asyncio.ensure_future(
+            nc.connect(
                 servers=[url],
                 name=name,
                 user=user,
                 password=password,
                 inbox_prefix=inbox_prefix(user or urlsplit(url).username),
-                connect_timeout=CONNECT_TIMEOUT,
-                reconnect_time_wait=RECONNECT_WAIT,
+                connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]  # nats-py takes floats; its annotation says int
+                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # as above
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 error_cb=on_error,
@@ -191,14 +229,36 @@ class Bus:
                 # Keep what is published while reconnecting; bounded (bytes).
                 pending_size=64 * 1024 * 1024,
             )
-            async with asyncio.timeout(first_connect_deadline_s):
-                nc = await connecting
-        except TimeoutError as e:
-            raise BusUnavailable(
-                f"cannot reach NATS at {masked_url(url)} within {first_connect_deadline_s} s"
-            ) from e
+        )
+        try:
+            await asyncio.wait(
+                (connecting, refused),
+                timeout=first_connect_deadline_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, OSError):
+                    await connecting
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await nc.close()
+                if refused.done():
+                    cause = refused.result()
+                    raise BusUnavailable(
+                        f"cannot connect to NATS at {masked_url(url)}: {_describe(cause)}"
+                    ) from cause
+                why = f" (last error: {_describe(last_error[0])})" if last_error else ""
+                raise BusUnavailable(
+                    f"cannot reach NATS at {masked_url(url)} within "
+                    f"{first_connect_deadline_s} s{why}"
+                )
+            connecting.result()
         except (nats.errors.NoServersError, OSError, nats.errors.Error) as e:
             raise BusUnavailable(f"cannot connect to NATS at {masked_url(url)}: {e}") from e
+        finally:
+            if not connecting.done():  # cancelled from outside
+                connecting.cancel()
+        connected = True
         js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)
         return cls(
             nc,

@@ -33,6 +33,7 @@ import nats.errors
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy
 
 from libs.bus.client import Bus
 
@@ -49,6 +50,9 @@ LOST_BEFORE_CHECK = 2
 NO_RESPONDERS = "503"
 #: Statuses that end a pull request: no messages, request expired, conflict.
 TERMINAL_STATUSES = frozenset({"404", "408", "409"})
+#: How long a close may wait for the consumer's ack policy, to give back
+#: what it had prefetched.
+GIVE_BACK_TIMEOUT = 1.0
 
 
 def _ack_tokens(reply: str) -> tuple[list[str], int]:
@@ -224,7 +228,31 @@ class PullFetcher:
         return msgs
 
     async def close(self) -> None:
+        """Stop pulling; what was prefetched and not fetched goes back.
+
+        Unfetched messages of an explicit-ack consumer are nak'd, so the
+        next reader has them at once, not after the ack wait (the gateway's
+        commands: 10 s). Its ack policy is looked up then, only when such
+        messages are left: a close costs nothing more otherwise. Messages
+        still on their way when the subscription ends are not seen and come
+        back after the ack wait, as before.
+        """
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await sub.unsubscribe()
+        left, self._buffer = self._buffer, []
+        if left and self.bus.nc.is_connected:
+            await self._give_back(left)
+
+    async def _give_back(self, msgs: list[Msg]) -> None:
+        try:
+            async with asyncio.timeout(GIVE_BACK_TIMEOUT):
+                info = await self.bus.js.consumer_info(self.stream, self.durable)
+            if info.config.ack_policy != AckPolicy.EXPLICIT:
+                return  # none: never redelivered; all: a nak would not be per message
+            for msg in msgs:
+                await msg.nak()
+        except (nats.errors.Error, TimeoutError) as e:
+            # Not given back: redelivered after the ack wait, as before.
+            log.debug("giving %d prefetched back to %s failed: %r", len(msgs), self.durable, e)

@@ -31,6 +31,25 @@ DEFAULT_MAX_BYTES = 256 * 1024
 #: them all). Small enough that the dead letter itself always decodes.
 MAX_DEAD_LETTER_RAW = 64 * 1024
 
+#: Most characters of error text a dead letter carries (a broker's error can
+#: hold a whole HTML page).
+MAX_DEAD_LETTER_ERROR = 4 * 1024
+
+#: Most characters of header names and values a dead letter carries.
+#: JetStream stores up to 64 KiB of headers, and JSON writes a control
+#: character in six bytes: copied whole, they and the error could take a dead
+#: letter past what it is decoded with (:data:`DEFAULT_MAX_BYTES`), even past
+#: NATS's max payload, and a publish refused for its size is never retried:
+#: the consumer would stop on that message. With the raw bytes' base64 (88
+#: KiB) and the error, a dead letter stays under 170 KiB whatever it holds.
+MAX_DEAD_LETTER_HEADERS = 8 * 1024
+
+#: The header a dead letter adds when it kept only some of the original's.
+HEADERS_CUT = "Tradebus-Headers-Cut"
+
+#: The original's dedup id, kept before any other header.
+_MSG_ID_HEADER = "Nats-Msg-Id"
+
 #: Namespace for ids derived from a stream position (dead letters, gaps).
 DERIVED_ID_NAMESPACE = uuid.UUID("6f0f3c47-3b0e-4c7b-9a57-2f1d0b7f0a11")
 
@@ -83,6 +102,36 @@ def order_id_for(intent_id: uuid.UUID) -> uuid.UUID:
     return derived_id("risk-gate", "order", intent_id)
 
 
+def _bounded_error(error: str) -> str:
+    if len(error) <= MAX_DEAD_LETTER_ERROR:
+        return error
+    return f"{error[:MAX_DEAD_LETTER_ERROR]}... (error cut: {len(error)} characters)"
+
+
+def _bounded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` whole if they fit in :data:`MAX_DEAD_LETTER_HEADERS`; else
+    those that fit (``Nats-Msg-Id`` first, then in order, skipping any too
+    big) and :data:`HEADERS_CUT` saying what was left out."""
+    total = sum(len(k) + len(v) for k, v in headers.items())
+    if total <= MAX_DEAD_LETTER_HEADERS:
+        return dict(headers)
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    room = MAX_DEAD_LETTER_HEADERS
+    for name, value in sorted(headers.items(), key=lambda h: h[0] != _MSG_ID_HEADER):
+        if len(name) + len(value) <= room:
+            kept[name] = value
+            room -= len(name) + len(value)
+        else:
+            dropped.append(name[:64])
+    shown = ", ".join(dropped[:8]) + (", ..." if len(dropped) > 8 else "")
+    kept[HEADERS_CUT] = (
+        f"kept {len(kept)} of {len(headers)} headers "
+        f"({MAX_DEAD_LETTER_HEADERS - room} of {total} characters); left out: {shown}"
+    )
+    return kept
+
+
 def dead_letter(
     *,
     service: str,
@@ -98,7 +147,10 @@ def dead_letter(
 
     The raw bytes ride along whole up to :data:`MAX_DEAD_LETTER_RAW` (so the
     dead letter itself fits in a NATS message); past that they are cut and
-    ``truncated`` says so. Its id derives from where the message was found (stream sequence, or the
+    ``truncated`` says so. The error text and the headers are bounded too
+    (:data:`MAX_DEAD_LETTER_ERROR`, :data:`MAX_DEAD_LETTER_HEADERS`), each
+    saying what it cut; the stream sequence and subject always identify the
+    original. Its id derives from where the message was found (stream sequence, or the
     bytes themselves), so redelivering the same bad message dead-letters it
     once.
     """
@@ -110,11 +162,11 @@ def dead_letter(
         DeadLetterPayload(
             service=service,
             original_subject=subject,
-            error=str(error),
+            error=_bounded_error(str(error)),
             raw_b64=base64.b64encode(data[:MAX_DEAD_LETTER_RAW]).decode(),
             raw_size=len(data),
             truncated=len(data) > MAX_DEAD_LETTER_RAW,
-            headers=dict(headers or {}),
+            headers=_bounded_headers(headers or {}),
             stream_seq=stream_seq,
         ),
         source=source,

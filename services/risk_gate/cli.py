@@ -177,49 +177,6 @@ def _operator(name: str | None) -> str:
 
 #: How long an operator command waits for JetStream to store its event.
 PUBLISH_TIMEOUT_S = 10.0
-#: How long the first look at NATS's address may take.
-REACH_TIMEOUT_S = 2.0
-#: Where NATS listens when its URL names no port.
-NATS_DEFAULT_PORT = 4222
-
-
-async def _reach(url: str) -> None:
-    """Open and close a TCP connection to NATS's address, or raise
-    :class:`~libs.bus.errors.BusUnavailable` naming the URL and the cause.
-
-    Bus.connect tries a server that refuses it again and again until its
-    deadline: an operator who engages the kill switch with NATS down waited
-    for that and learnt only that it timed out. The cause it met (connection
-    refused, no such host) is known at the first try; this is that try.
-    """
-    from urllib.parse import urlsplit
-
-    from libs.bus.errors import BusUnavailable
-    from libs.config import masked_url
-
-    parts = urlsplit(url)
-    if parts.port is None and parts.scheme not in ("nats", "tls"):
-        return  # a websocket's default port is not NATS's: leave it to Bus.connect
-    host, port = parts.hostname or "127.0.0.1", parts.port or NATS_DEFAULT_PORT
-    try:
-        async with asyncio.timeout(REACH_TIMEOUT_S):
-            _, writer = await asyncio.open_connection(host, port)
-    except ConnectionRefusedError as e:
-        raise BusUnavailable(
-            f"cannot connect to NATS at {masked_url(url)}: connection refused "
-            "(is nats-server running there? is NATS_URL the one `tradebus up` printed?)"
-        ) from e
-    except TimeoutError as e:
-        raise BusUnavailable(
-            f"cannot connect to NATS at {masked_url(url)}: no answer within {REACH_TIMEOUT_S:g}s"
-        ) from e
-    except OSError as e:
-        raise BusUnavailable(
-            f"cannot connect to NATS at {masked_url(url)}: {e.strerror or e}"
-        ) from e
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
 
 
 def _publish(event: Event) -> None:
@@ -235,7 +192,6 @@ def _publish(event: Event) -> None:
     logging.getLogger("libs.bus.client").setLevel(logging.CRITICAL)
 
     async def go() -> None:
-        await _reach(settings.nats_url)
         bus = await Bus.connect(
             settings.nats_url,
             name=f"operator/{settings.instance}",
@@ -248,7 +204,7 @@ def _publish(event: Event) -> None:
             stored.append(event)
 
     # Each phase has its deadline; this bounds what is left (the close's drain).
-    bound_s = REACH_TIMEOUT_S + settings.command_connect_timeout_s + PUBLISH_TIMEOUT_S + 2
+    bound_s = settings.command_connect_timeout_s + PUBLISH_TIMEOUT_S + 2
     stored: list[Event] = []
 
     async def bounded() -> None:
@@ -258,7 +214,12 @@ def _publish(event: Event) -> None:
     try:
         asyncio.run(bounded())
     except BusUnavailable as e:
-        fail(f"{event.type} NOT published: {e}", 1)
+        hint = (
+            " (is NATS_URL the one `tradebus up` printed?)"
+            if isinstance(e.__cause__, ConnectionRefusedError)
+            else ""
+        )
+        fail(f"{event.type} NOT published: {e}{hint}", 1)
     except TimeoutError:
         if not stored:  # else only the close was slow: the event is in the stream
             fail(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import uvloop
 
 from libs.bus.client import Bus, Outgoing
 from libs.bus.consumer import EventConsumer, ensure_consumer
+from libs.bus.errors import BusUnavailable
 from libs.bus.pull import PullFetcher, consumer_seq, parse_ack_subject
 from libs.contract.codec import decode
 from libs.contract.events import AnyEvent, MessageDeadLettered
-from libs.local.servers import NatsServer
+from libs.local.servers import NatsServer, free_port
 from libs.testing.producer import make_trades
 from libs.testing.wait import eventually
 
@@ -301,3 +303,80 @@ async def test_a_prefetch_that_cannot_be_sent_loses_no_fetched_message(tmp_path:
             await bus.close()
     finally:
         server.stop()
+
+
+async def test_a_command_s_first_connection_refused_says_so_at_once() -> None:
+    """Nothing listens at the URL: a command's Bus.connect (with a deadline)
+    fails at the first refusal, naming the URL and the cause. nats-py tried
+    again until the deadline and the error said only "cannot reach NATS at
+    URL within 10 s"."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BusUnavailable) as info:
+        await Bus.connect(url, name="test-refused", first_connect_deadline_s=10)
+    assert time.monotonic() - started < 5
+    assert str(info.value).startswith(f"cannot connect to NATS at {url}: connection refused")
+
+
+AUTH_NATS = "authorization { users = [ { user: ana, password: right } ] }\n"
+
+
+async def test_a_command_s_first_connection_with_a_wrong_password_says_so_at_once(
+    tmp_path: Path,
+) -> None:
+    """The server refuses the user: the command is told so at once, not after
+    its deadline without a cause; a service (no deadline) once connected
+    still outlives a NATS restart."""
+    config = tmp_path / "auth.conf"
+    config.write_text(AUTH_NATS)
+    server = NatsServer(tmp_path / "nats", config_file=config).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BusUnavailable) as info:
+            await Bus.connect(
+                server.url, name="test-auth", user="ana", password="wrong",  # noqa: S106
+                first_connect_deadline_s=10,
+            )  # fmt: skip
+        assert time.monotonic() - started < 5
+        assert "authorization violation" in str(info.value).lower(), info.value
+        assert server.url in str(info.value)
+
+        bus = await Bus.connect(
+            server.url, name="test-auth", user="ana", password="right",  # noqa: S106
+            first_connect_deadline_s=10,
+        )  # fmt: skip
+        async with bus:
+            await bus.ensure_stream()
+            server.stop()
+            await eventually(lambda: not bus.nc.is_connected, timeout=10)
+            server.start()
+            ack = await bus.publish(next(iter(make_trades(1, "again"))), deadline_s=20)
+            assert ack.seq == 1
+    finally:
+        server.stop()
+
+
+async def test_a_closed_fetcher_gives_back_what_it_had_prefetched_at_once(bus: Bus) -> None:
+    """Messages the prefetch brought and nobody fetched are nak'd on close,
+    so the next reader of an explicit-ack consumer has them at once. They
+    were dropped and came back only after the ack wait (30 s here; the
+    gateway's commands: 10 s)."""
+    await ensure_consumer(bus, "handover", filter_subject="md.>", ack_wait_s=30)
+    await bus.publish_many(list(make_trades(10, "handover")))
+    first = PullFetcher(bus, "TRADEBUS", "handover")
+    await first.start()
+    try:
+        taken = await first.fetch(5, timeout=5)
+        assert [parse_ack_subject(m.reply)[0] for m in taken] == [1, 2, 3, 4, 5]
+        for m in taken:
+            await m.ack()
+        await eventually(lambda: len(first._buffer) == 5, timeout=10)  # 6..10, prefetched
+    finally:
+        await first.close()
+    second = PullFetcher(bus, "TRADEBUS", "handover")
+    await second.start()
+    try:
+        again = await second.fetch(10, timeout=5)
+        assert [parse_ack_subject(m.reply)[0] for m in again] == [6, 7, 8, 9, 10]
+    finally:
+        await second.close()

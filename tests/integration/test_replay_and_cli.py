@@ -638,7 +638,8 @@ async def test_replay_gives_up_clearly_when_nats_is_unreachable(database_url: st
         )
     )
     assert proc.returncode == 1, proc.stderr
-    assert "cannot reach NATS at nats://replayer:***@127.0.0.1:" in proc.stderr
+    assert "cannot connect to NATS at nats://replayer:***@127.0.0.1:" in proc.stderr
+    assert "connection refused" in proc.stderr
     assert SECRET not in proc.stderr
 
 

@@ -14,7 +14,15 @@ from typing import Any, NamedTuple
 import pytest
 from pydantic import ValidationError
 
-from libs.contract.codec import DecodeError, dead_letter, decode, derived_id, encode
+from libs.contract.codec import (
+    DEFAULT_MAX_BYTES,
+    HEADERS_CUT,
+    DecodeError,
+    dead_letter,
+    decode,
+    derived_id,
+    encode,
+)
 from libs.contract.envelope import Event, Frozen
 from libs.contract.events import (
     EVENT_TYPES,
@@ -838,6 +846,39 @@ def test_dead_letter_id_without_stream_seq_follows_the_whole_message() -> None:
 
     assert first.id == again.id
     assert other.id != first.id, "messages differing only after 4 KiB must not collide"
+
+
+def test_a_dead_letter_always_fits_and_says_what_it_cut() -> None:
+    """A message at JetStream's limits (1 MiB of data, 64 KiB of headers of
+    control characters, which JSON writes six bytes each) that failed with
+    a broker's 1 MiB error page: its dead letter decodes under the default
+    limit and keeps what identifies the original. The error and headers were
+    copied whole: 3 MiB, over NATS's max payload (MaxPayloadError, never
+    retried: the consumer stopped on that message for ever)."""
+    headers = {"Nats-Msg-Id": "abc", "Big": "\x01" * 40_000}
+    headers |= {f"H-{i:03d}": "x" * 100 for i in range(200)}
+    record = dead_letter(
+        service="broker-gateway",
+        subject="orders.submit.acct-a",
+        data=b"{" * (1024 * 1024),
+        error="HTTPError: " + "<html>" * 200_000,
+        clock=StepClock(),
+        source="broker-gateway-1",
+        headers=headers,
+        stream_seq=7,
+    )
+
+    wire = encode(record)
+    assert len(wire) <= DEFAULT_MAX_BYTES, len(wire)
+    decoded = decode(wire)
+    assert isinstance(decoded, MessageDeadLettered)
+    kept = decoded.payload
+    assert (kept.original_subject, kept.stream_seq) == ("orders.submit.acct-a", 7)
+    assert kept.headers["Nats-Msg-Id"] == "abc"
+    assert kept.headers[HEADERS_CUT].startswith("kept "), kept.headers[HEADERS_CUT]
+    assert "of 202 headers" in kept.headers[HEADERS_CUT]
+    assert kept.error.startswith("HTTPError: <html>")
+    assert kept.error.endswith("(error cut: 1200011 characters)")
 
 
 def test_dotted_share_class_symbol_is_carried_and_escaped_in_its_subject() -> None:
