@@ -158,13 +158,20 @@ class Up:
 
 
 async def start_up(
-    tmp_path: Path, home: Path, run: str, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    home: Path,
+    run: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    python_args: tuple[str, ...] = ("-m", "services.cli"),
 ) -> Up:
+    """``tradebus up`` as a process; ``python_args`` run it (by default, as the
+    ``tradebus`` command does)."""
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
     log = tmp_path / f"up-{run}.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "up",
+            sys.executable, *python_args, "up",
             "--home", str(home),
             "--nats-port", str(nats_port),
             "--nats-monitor-port", str(monitor_port),
@@ -534,6 +541,71 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert text.splitlines()[-1].endswith("| stopped"), text
     assert "Traceback" not in text
     assert not (up.home / "stack.json").exists()
+
+
+#: ``tradebus up`` sending itself SIGTERM as its supervision's event loop
+#: closes: the moment closing the loop gives SIGTERM its default action back
+#: (from the loop's handler), before up's own stop of the servers begins.
+SIGTERM_AS_THE_LOOP_CLOSES = """\
+import _signal, os, signal, sys
+
+def loops_handler(handler):
+    return getattr(handler, "__name__", None) == "_sighandler_noop"
+
+before = signal.getsignal(signal.SIGTERM)
+
+def profile(frame, event, arg):
+    global before
+    if event == "c_return" and arg is _signal.signal:  # what signal.signal calls
+        now = signal.getsignal(signal.SIGTERM)
+        if now is signal.SIG_DFL and loops_handler(before):
+            sys.setprofile(None)
+            print("test: SIGTERM as the loop closes", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        before = now
+
+sys.argv[0] = "tradebus"
+from services.cli import main
+sys.setprofile(profile)
+main()
+"""
+
+
+async def test_up_stops_its_servers_on_a_sigterm_as_its_loop_closes(tmp_path: Path) -> None:
+    """Closing the supervision's event loop puts SIGTERM back to its default
+    action, and up installed its "still stopping the servers..." handler
+    only later: a SIGTERM in between killed up outright, its own stop of the
+    servers skipped (the keeper stopped them once up's end closed its stdin,
+    with nobody waiting). Now the signal waits for that handler."""
+    up = await start_up(
+        tmp_path,
+        tmp_path / "home",
+        "loop-closes",
+        "--only",
+        "recorder",
+        python_args=("-c", SIGTERM_AS_THE_LOOP_CLOSES),
+    )
+    try:
+        state = await eventually(up.state, timeout=120, message=up.tail)
+        code, _ = await stop(up)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert "test: SIGTERM as the loop closes" in text, text[-4000:]
+    assert code == 0, text[-4000:]  # killed by SIGTERM (-15) before
+    lines = [
+        line.split("| ", 1)[-1]
+        for line in text.splitlines()
+        if line.startswith(("up ", "test:"))  # not the servers' own lines
+    ]
+    assert lines[-4:] == [
+        "test: SIGTERM as the loop closes",
+        "still stopping the servers...",
+        "stopping the servers",
+        "stopped",
+    ], text[-4000:]
+    for pid in state["servers"].values():
+        assert not alive(pid), f"a server (pid {pid}) outlived up"
 
 
 class InterruptedWhenServersRun(io.StringIO):
