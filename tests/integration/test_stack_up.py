@@ -26,7 +26,7 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -986,6 +986,56 @@ async def test_supervise_stops_the_services_when_supervising_them_fails(tmp_path
     why = "supervising the services failed unexpectedly (ValueError: Invalid IPv6 URL)"
     assert failure == why
     assert "healthy | ready" in text  # it ran, and answered /health
+    assert f"up      | !!! {why}; stopping the services\n" in text
+    assert "up      | Traceback (most recent call last):" in text
+    assert "healthy | bye" in text
+    assert text.index(why) < text.index("up      | healthy stopped (exit code 0)")
+    assert port_is_free(port)
+
+
+class FailsOnceReady(asyncio.Event):
+    """A supervisor's stop request whose wait fails once its service is
+    ready: Supervisor.run raising, its service running (a bug in it, say)."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        super().__init__()
+        self.out = out
+
+    async def wait(self) -> Literal[True]:
+        await eventually(lambda: "healthy | ready" in self.out.getvalue(), timeout=20)
+        raise RuntimeError("a bug in the supervisor")
+
+
+async def test_supervise_stops_the_services_when_the_supervisor_itself_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supervisor.run raising left ``supervise`` with the services running:
+    up then stopped the servers under them, and they got SIGTERM from the
+    kernel only once up exited. Now they are stopped first, and the failure
+    is what up says it stopped for."""
+    from services.stack import running
+    from services.stack.banner import Endpoint, StackInfo
+
+    out = io.StringIO()
+
+    class Broken(Supervisor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._stop_requested = FailsOnceReady(out)
+
+    monkeypatch.setattr(running, "Supervisor", Broken)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    endpoints = [Endpoint("healthy", f"{base}/metrics", f"{base}/health")]
+    specs = [ServiceSpec("healthy", [*python(HEALTHY), str(port)], dict(os.environ))]
+    info = StackInfo(home=tmp_path, nats_url="", database_url="", endpoints=endpoints)
+    printer = Printer(out, ["up", "healthy"], color=False)
+    failure = await asyncio.wait_for(
+        running.supervise(specs, endpoints, printer, info, stop_timeout=10), timeout=60
+    )
+    text = out.getvalue()
+    why = "supervising the services failed unexpectedly (RuntimeError: a bug in the supervisor)"
+    assert failure == why, text
     assert f"up      | !!! {why}; stopping the services\n" in text
     assert "up      | Traceback (most recent call last):" in text
     assert "healthy | bye" in text
