@@ -11,6 +11,7 @@ one port before anything starts.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from libs.local.servers import free_port, port_is_free
@@ -21,6 +22,7 @@ PREFERRED_POSTGRES_PORT = 15432
 PREFERRED_PAPER_PORT = 8765
 #: The first service's /metrics port; the next services take the next ports.
 PREFERRED_METRICS_PORT = 19100
+HIGHEST_PORT = 65535
 
 
 class Ports:
@@ -40,11 +42,18 @@ class Ports:
     ) -> None:
         self._options = options
         self._note = note
+        #: Where the services' /metrics listen: their ports must be free there.
+        self._metrics_host = environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
         #: Each port an option asks for, and that option as the operator gave it.
         self._asked: dict[int, str] = {}
         #: Each port handed out, and what for.
         self._chosen: dict[int, str] = {}
         for option, ports in _asked(options, len(names), environ):
+            if ports.start < 0 or ports.stop - 1 > HIGHEST_PORT:
+                raise UpError(
+                    f"{option} asks for ports outside 1 to {HIGHEST_PORT}; "
+                    "give a lower one (0: any free one)"
+                )
             for port in ports:
                 other = self._asked.setdefault(port, option)
                 if other != option:
@@ -71,36 +80,41 @@ class Ports:
         gives the first N, the next N + 1, and so on."""
         first = self._options.metrics_port
         requested = first + index if first else first
-        return self._choose(requested, PREFERRED_METRICS_PORT + index, f"{name} metrics")
+        return self._choose(
+            requested, PREFERRED_METRICS_PORT + index, f"{name} metrics", self._metrics_host
+        )
 
-    def _choose(self, requested: int | None, preferred: int | None, what: str) -> int:
+    def _choose(
+        self, requested: int | None, preferred: int | None, what: str, host: str = "127.0.0.1"
+    ) -> int:
         if requested:
             # Asked for: no other option asks for it (checked at the start),
             # and no default is given it.
-            if not port_is_free(requested):
+            if not _free_on(requested, host):
+                where = "" if host == "127.0.0.1" else f" on {host} (TRADEBUS_METRICS_HOST)"
                 raise UpError(
-                    f"{what} port {requested} is in use ({self._asked[requested]}); "
+                    f"{what} port {requested} is in use{where} ({self._asked[requested]}); "
                     "pick another or pass 0 for any"
                 )
             port = requested
-        elif requested is None and preferred is not None and self._free(preferred):
+        elif requested is None and preferred is not None and self._free(preferred, host):
             port = preferred
         else:
-            port = self._any()
+            port = self._any(host)
             if requested is None and preferred is not None:
                 self._note(f"port {preferred} for {what} is {self._whose(preferred)}; using {port}")
         self._chosen[port] = what
         return port
 
-    def _free(self, port: int) -> bool:
-        return port not in self._asked and port not in self._chosen and port_is_free(port)
+    def _free(self, port: int, host: str) -> bool:
+        return port not in self._asked and port not in self._chosen and _free_on(port, host)
 
-    def _any(self) -> int:
+    def _any(self, host: str) -> int:
         # free_port never hands out a port twice, but may one an option asks
-        # for, or a preferred port handed out before.
+        # for, or a preferred port handed out before, or one in use on host.
         while True:
             port = free_port()
-            if port not in self._asked and port not in self._chosen:
+            if self._free(port, host):
                 return port
 
     def _whose(self, port: int) -> str:
@@ -109,6 +123,27 @@ class Ports:
         if port in self._chosen:
             return f"{self._chosen[port]}'s"
         return "taken"
+
+
+def _free_on(port: int, host: str) -> bool:
+    """A server could listen on ``port`` at ``host`` now: every address the
+    host names binds, as the services' /metrics servers bind them."""
+    if host == "127.0.0.1":
+        return port_is_free(port)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UpError(f"TRADEBUS_METRICS_HOST={host} is no address here ({e})") from e
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(address)
+            except OSError:
+                return False
+    return True
 
 
 def _asked(

@@ -142,7 +142,7 @@ async def supervise(
 ) -> str | None:
     """Run the services until stopped; returns why, if the supervisor stopped
     them itself (a service refused its configuration, the keeper died, or
-    what runs beside the supervisor failed)."""
+    the supervisor or what runs beside it failed)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -157,6 +157,11 @@ async def supervise(
         beside.append(asyncio.create_task(_or_stop(supervisor, _watch_keeper(servers, supervisor))))
     try:
         await running
+    except Exception as e:
+        # The supervisor itself failed: nothing of it may stop its services
+        # now but stop_all, and up stops the servers once we return.
+        _failed(supervisor, e)
+        await supervisor.stop_all()
     finally:
         for task in beside:
             task.cancel()
@@ -169,11 +174,17 @@ async def _or_stop(supervisor: Supervisor, work: Coroutine[Any, Any, None]) -> N
     try:
         await work
     except Exception as e:
-        why = f"supervising the services failed unexpectedly ({type(e).__name__}: {e})"
-        supervisor.printer.alert(LABEL, f"{why}; stopping the services")
-        for line in traceback.format_exc().rstrip().splitlines():
-            supervisor.printer.line(LABEL, line)
-        supervisor.stop_because(why)
+        _failed(supervisor, e)
+
+
+def _failed(supervisor: Supervisor, error: Exception) -> None:
+    """Say that supervising failed, with the traceback, and have the services stopped."""
+    why = f"supervising the services failed unexpectedly ({type(error).__name__}: {error})"
+    supervisor.printer.alert(LABEL, f"{why}; stopping the services")
+    for line in traceback.format_exception(error):
+        for part in line.rstrip().splitlines():
+            supervisor.printer.line(LABEL, part)
+    supervisor.stop_because(why)
 
 
 async def _announce(endpoints: list[Endpoint], printer: Printer, info: StackInfo) -> None:

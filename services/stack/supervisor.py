@@ -193,6 +193,8 @@ class Supervisor:
         #: Stop requests from the operator so far; the second one kills.
         self._operator_stops = 0
         self._stopping = False
+        #: Each service's keeping task, once run() made them.
+        self._tasks: list[asyncio.Task[None]] = []
         self._preexec = _parent_death_signal()
         #: Called with (name, pid) each time a service process starts.
         self.on_start: Callable[[str, int], None] | None = None
@@ -231,6 +233,7 @@ class Supervisor:
     async def run(self) -> None:
         """Start every service, keep them running, and return once all are stopped."""
         tasks = [asyncio.create_task(self._keep(s), name=s.spec.name) for s in self._services]
+        self._tasks = tasks
         await self._stop_requested.wait()
         self._stopping = True
         for s, task in reversed(list(zip(self._services, tasks, strict=True))):
@@ -238,6 +241,18 @@ class Supervisor:
             (result,) = await asyncio.gather(task, return_exceptions=True)
             if isinstance(result, BaseException):
                 self.printer.alert(self.label, f"supervising {s.spec.name} failed: {result!r}")
+
+    async def stop_all(self) -> None:
+        """Stop every service still running, in reverse start order: what
+        stops them when :meth:`run` itself failed. Each keeping task stops
+        its service; one that cannot (it failed too) leaves it to us."""
+        self._stopping = True
+        for s, task in reversed(list(zip(self._services, self._tasks, strict=True))):
+            s.stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            proc = s.proc
+            if proc is not None and proc.returncode is None:
+                await self._terminate(s, proc, asyncio.ensure_future(proc.wait()))
 
     async def _spawn(self, s: _Running) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(

@@ -125,10 +125,12 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _signals(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, handler) for s in sigs}
+    old = {s: signal.signal(s, handler) for s in _SIGNALS}
     try:
         yield
     finally:
@@ -213,6 +215,8 @@ def _run_locked(
 
     failure: str | None = None
     interrupted: Interrupted | None = None
+    #: The signal mask before SIGINT and SIGTERM were held, once they are.
+    held: set[int | signal.Signals] | None = None
     state_file = home / "stack.json"
     try:
         # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
@@ -247,14 +251,25 @@ def _run_locked(
                     home, nats_url, database_url, endpoints, servers, credentials, inputs
                 )
                 state_file.write_text(stack_state(info, servers))
-                failure = asyncio.run(
-                    supervise(specs, endpoints, printer, info, options.stop_timeout, servers)
-                )
+                runner = asyncio.Runner()
+                try:
+                    failure = runner.run(
+                        supervise(specs, endpoints, printer, info, options.stop_timeout, servers)
+                    )
+                finally:
+                    # Closing the loop gives SIGINT and SIGTERM their defaults
+                    # back, and SIGTERM's kills up outright, its stop of the
+                    # servers skipped: both are held from here until the
+                    # handler below is in.
+                    held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+                    runner.close()
             except Interrupted as e:
                 interrupted = e
                 note(f"{e} while starting; stopping")
     finally:
         with _signals(lambda signum, frame: note("still stopping the servers...")):
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one held is handled here
             if servers is not None:
                 note("stopping the servers")
                 servers.stop()

@@ -26,7 +26,7 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -158,13 +158,20 @@ class Up:
 
 
 async def start_up(
-    tmp_path: Path, home: Path, run: str, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    home: Path,
+    run: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    python_args: tuple[str, ...] = ("-m", "services.cli"),
 ) -> Up:
+    """``tradebus up`` as a process; ``python_args`` run it (by default, as the
+    ``tradebus`` command does)."""
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
     log = tmp_path / f"up-{run}.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "up",
+            sys.executable, *python_args, "up",
             "--home", str(home),
             "--nats-port", str(nats_port),
             "--nats-monitor-port", str(monitor_port),
@@ -534,6 +541,71 @@ async def test_up_interrupted_while_starting_the_servers(tmp_path: Path) -> None
     assert text.splitlines()[-1].endswith("| stopped"), text
     assert "Traceback" not in text
     assert not (up.home / "stack.json").exists()
+
+
+#: ``tradebus up`` sending itself SIGTERM as its supervision's event loop
+#: closes: the moment closing the loop gives SIGTERM its default action back
+#: (from the loop's handler), before up's own stop of the servers begins.
+SIGTERM_AS_THE_LOOP_CLOSES = """\
+import _signal, os, signal, sys
+
+def loops_handler(handler):
+    return getattr(handler, "__name__", None) == "_sighandler_noop"
+
+before = signal.getsignal(signal.SIGTERM)
+
+def profile(frame, event, arg):
+    global before
+    if event == "c_return" and arg is _signal.signal:  # what signal.signal calls
+        now = signal.getsignal(signal.SIGTERM)
+        if now is signal.SIG_DFL and loops_handler(before):
+            sys.setprofile(None)
+            print("test: SIGTERM as the loop closes", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        before = now
+
+sys.argv[0] = "tradebus"
+from services.cli import main
+sys.setprofile(profile)
+main()
+"""
+
+
+async def test_up_stops_its_servers_on_a_sigterm_as_its_loop_closes(tmp_path: Path) -> None:
+    """Closing the supervision's event loop puts SIGTERM back to its default
+    action, and up installed its "still stopping the servers..." handler
+    only later: a SIGTERM in between killed up outright, its own stop of the
+    servers skipped (the keeper stopped them once up's end closed its stdin,
+    with nobody waiting). Now the signal waits for that handler."""
+    up = await start_up(
+        tmp_path,
+        tmp_path / "home",
+        "loop-closes",
+        "--only",
+        "recorder",
+        python_args=("-c", SIGTERM_AS_THE_LOOP_CLOSES),
+    )
+    try:
+        state = await eventually(up.state, timeout=120, message=up.tail)
+        code, _ = await stop(up)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert "test: SIGTERM as the loop closes" in text, text[-4000:]
+    assert code == 0, text[-4000:]  # killed by SIGTERM (-15) before
+    lines = [
+        line.split("| ", 1)[-1]
+        for line in text.splitlines()
+        if line.startswith(("up ", "test:"))  # not the servers' own lines
+    ]
+    assert lines[-4:] == [
+        "test: SIGTERM as the loop closes",
+        "still stopping the servers...",
+        "stopping the servers",
+        "stopped",
+    ], text[-4000:]
+    for pid in state["servers"].values():
+        assert not alive(pid), f"a server (pid {pid}) outlived up"
 
 
 class InterruptedWhenServersRun(io.StringIO):
@@ -914,6 +986,56 @@ async def test_supervise_stops_the_services_when_supervising_them_fails(tmp_path
     why = "supervising the services failed unexpectedly (ValueError: Invalid IPv6 URL)"
     assert failure == why
     assert "healthy | ready" in text  # it ran, and answered /health
+    assert f"up      | !!! {why}; stopping the services\n" in text
+    assert "up      | Traceback (most recent call last):" in text
+    assert "healthy | bye" in text
+    assert text.index(why) < text.index("up      | healthy stopped (exit code 0)")
+    assert port_is_free(port)
+
+
+class FailsOnceReady(asyncio.Event):
+    """A supervisor's stop request whose wait fails once its service is
+    ready: Supervisor.run raising, its service running (a bug in it, say)."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        super().__init__()
+        self.out = out
+
+    async def wait(self) -> Literal[True]:
+        await eventually(lambda: "healthy | ready" in self.out.getvalue(), timeout=20)
+        raise RuntimeError("a bug in the supervisor")
+
+
+async def test_supervise_stops_the_services_when_the_supervisor_itself_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supervisor.run raising left ``supervise`` with the services running:
+    up then stopped the servers under them, and they got SIGTERM from the
+    kernel only once up exited. Now they are stopped first, and the failure
+    is what up says it stopped for."""
+    from services.stack import running
+    from services.stack.banner import Endpoint, StackInfo
+
+    out = io.StringIO()
+
+    class Broken(Supervisor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._stop_requested = FailsOnceReady(out)
+
+    monkeypatch.setattr(running, "Supervisor", Broken)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    endpoints = [Endpoint("healthy", f"{base}/metrics", f"{base}/health")]
+    specs = [ServiceSpec("healthy", [*python(HEALTHY), str(port)], dict(os.environ))]
+    info = StackInfo(home=tmp_path, nats_url="", database_url="", endpoints=endpoints)
+    printer = Printer(out, ["up", "healthy"], color=False)
+    failure = await asyncio.wait_for(
+        running.supervise(specs, endpoints, printer, info, stop_timeout=10), timeout=60
+    )
+    text = out.getvalue()
+    why = "supervising the services failed unexpectedly (RuntimeError: a bug in the supervisor)"
+    assert failure == why, text
     assert f"up      | !!! {why}; stopping the services\n" in text
     assert "up      | Traceback (most recent call last):" in text
     assert "healthy | bye" in text

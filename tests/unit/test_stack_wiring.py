@@ -421,3 +421,46 @@ def test_up_refuses_a_nats_monitor_port_in_use_naming_the_option(
         "pick another or pass 0 for any\n"
     ) in text
     assert "starting nats-server" not in text
+
+
+def test_up_refuses_a_metrics_port_in_use_on_the_metrics_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TRADEBUS_METRICS_HOST=127.0.0.2`` and ``--metrics-port N`` with N in
+    use there (free on 127.0.0.1): up only checked 127.0.0.1, handed N out,
+    and the service then failed to bind it."""
+    import socket
+
+    from services.stack.ports import Ports
+    from services.stack.preflight import UpError
+
+    monkeypatch.setenv("TRADEBUS_METRICS_HOST", "127.0.0.2")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = Ports(UpOptions(home=tmp_path, metrics_port=port), ["recorder"], print)
+        with pytest.raises(UpError) as refused:
+            ports.metrics(0, "recorder")
+        # Any port then: one free on 127.0.0.2, not only on 127.0.0.1.
+        monkeypatch.setattr("services.stack.ports.free_port", iter([port, port + 1]).__next__)
+        any_port = Ports(UpOptions(home=tmp_path, metrics_port=0), ["recorder"], print)
+        assert any_port.metrics(0, "recorder") == port + 1
+    assert str(refused.value) == (
+        f"recorder metrics port {port} is in use on 127.0.0.2 (TRADEBUS_METRICS_HOST) "
+        f"(--metrics-port {port}); pick another or pass 0 for any"
+    )
+
+
+@pytest.mark.usefixtures("no_servers")
+def test_up_refuses_metrics_ports_past_the_last_port(tmp_path: Path) -> None:
+    """``--metrics-port 65533`` for six services asks for 65533 to 65538: up
+    went on to start the servers, and met port 65536 only when handing the
+    services theirs (binding it raises OverflowError, a traceback)."""
+    code, text = up_output(tmp_path, metrics_port=65533)
+    assert code == 1
+    assert (
+        "!!! --metrics-port 65533 (65533 to 65538, a port a service) asks for ports outside "
+        "1 to 65535; give a lower one (0: any free one)\n"
+    ) in text
+    assert "migrating" not in text  # nothing was started
