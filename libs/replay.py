@@ -32,8 +32,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import asyncpg
-
 from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.errors import BusUnavailable
 from libs.config import masked_url
@@ -46,7 +44,7 @@ from libs.contract.subjects import (
     replay_subject,
 )
 from libs.store import queries
-from libs.store.connect import connect
+from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
@@ -159,10 +157,6 @@ class ReplayBusLost(Exception):
         self.unjudged_to = unjudged_to
         super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
 
-
-#: What reading the store raises when the server or the connection fails
-#: (TimeoutError is an OSError).
-STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 #: How long a stopped replay (cancelled, or its store lost) waits for the
 #: server's verdict on what it published last, so that its counts are exact.
