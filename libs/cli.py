@@ -195,6 +195,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         from libs.bus.client import Bus
         from libs.bus.errors import BusUnavailable
         from libs.replay import (
+            ReplayBusLost,
             ReplayError,
             ReplayInterrupted,
             ReplayRefused,
@@ -231,6 +232,22 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             return (
                 f"every selected event up to store sequence {last} replayed, none after "
                 f"it; --from-seq {last + 1} resumes"
+            )
+
+        def how_far_lost(e: ReplayBusLost) -> str:
+            """how_far, and the messages sent that NATS never judged."""
+            last = e.result.last_seq
+            if e.unjudged_to is None:
+                return how_far(last)
+            unjudged = (
+                f"the server's verdict on those sent after it, up to store sequence "
+                f"{e.unjudged_to}, never came: some of them may have gone out"
+            )
+            if last is None:
+                return f"nothing known to be replayed ({unjudged})"
+            return (
+                f"every selected event up to store sequence {last} replayed ({unjudged}); "
+                f"--from-seq {last + 1} resumes"
             )
 
         async def go() -> None:
@@ -284,6 +301,9 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         except ReplayStoreLost as e:
             report(e.result)
             fail(f"{e.cause}; {how_far(e.result.last_seq)}", 1)
+        except ReplayBusLost as e:
+            report(e.result)
+            fail(f"NATS at {e.url} was lost mid-replay ({e.cause}); {how_far_lost(e)}", 1)
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

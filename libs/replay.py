@@ -17,6 +17,11 @@ as published only once the server has judged it and not refused it
 (:meth:`libs.bus.client.Bus.settle`), and the first refusal stops the replay
 with :class:`ReplayRefused`: a replay with holes in it would mislead whoever
 reads it.
+
+A message counts as published only on a verdict from the connection it was
+sent on: nats-py answers a flush at once while it is reconnecting, and what
+it wrote to a connection that then broke may be gone, so a window whose
+connection dropped stops the replay with :class:`ReplayBusLost`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-import asyncpg
 
 from libs.bus.client import MSG_ID_HEADER, Bus
 from libs.bus.errors import BusUnavailable
@@ -41,7 +44,7 @@ from libs.contract.subjects import (
     replay_subject,
 )
 from libs.store import queries
-from libs.store.connect import connect
+from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
@@ -137,9 +140,23 @@ class ReplayStoreLost(Exception):
         super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
 
 
-#: What reading the store raises when the server or the connection fails
-#: (TimeoutError is an OSError).
-STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+class ReplayBusLost(Exception):
+    """NATS was lost mid-replay (the server stopped, the connection broke).
+    :attr:`result` says how far it got, as :class:`ReplayInterrupted`'s does:
+    every selected row up to ``last_seq`` went out. The server's verdict on
+    the rows sent after it, up to :attr:`unjudged_to`, never came: some of
+    them may have gone out too. :attr:`cause` is the
+    :class:`~libs.bus.errors.BusUnavailable`, :attr:`url` the server's."""
+
+    def __init__(
+        self, cause: BusUnavailable, result: ReplayResult, *, url: str, unjudged_to: int | None
+    ) -> None:
+        self.cause = cause
+        self.result = result
+        self.url = url
+        self.unjudged_to = unjudged_to
+        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
+
 
 #: How long a stopped replay (cancelled, or its store lost) waits for the
 #: server's verdict on what it published last, so that its counts are exact.
@@ -183,6 +200,7 @@ async def replay(
     :class:`ReplayInterrupted` in place of a cancellation (its counts),
     :class:`ReplayStoreLost` when reading the store fails once rows are
     being published (its counts),
+    :class:`ReplayBusLost` when NATS is lost once they are (its counts),
     :class:`~libs.store.errors.StoreUnavailable` and
     :class:`~libs.bus.errors.BusUnavailable` when a server cannot be used.
     """
@@ -198,11 +216,19 @@ async def replay(
     # The last row read whose fate is known: skipped, counted (dry_run), or
     # published and judged. A cancelled replay reports it as its last_seq.
     settled_seq: int | None = None
+    # The connection's reconnects when the window began: a verdict counts
+    # only from the connection the window was sent on.
+    reconnects = bus.nc.stats["reconnects"] if bus is not None else 0
 
     async def judge() -> None:
-        nonlocal window_size, window_started, settled_seq
+        nonlocal window_size, window_started, settled_seq, reconnects
         assert bus is not None
         refused = set(await bus.settle())
+        if window and (not bus.nc.is_connected or bus.nc.stats["reconnects"] != reconnects):
+            # settle() returned without the server's word (nats-py answers a
+            # flush at once while reconnecting), or after a reconnect: what
+            # was written to the broken connection may be lost.
+            raise BusUnavailable("the connection dropped before the server's verdict")
         bad = [(seq, subject) for seq, subject in window if subject.lower() in refused]
         if refused and not bad:  # named differently than sent: trust none of them
             bad = list(window)
@@ -217,6 +243,7 @@ async def replay(
             settled_seq = before[-1] if before else settled_seq
         window.clear()
         window_size, window_started = WINDOW, time.monotonic()
+        reconnects = bus.nc.stats["reconnects"]
         if bad:
             result.refused = len(bad)
             result.last_seq = settled_seq
@@ -340,6 +367,14 @@ async def replay(
         # say how far that is, so that the operator can resume from there.
         await stop()
         raise ReplayStoreLost(e, result) from e
+    except BusUnavailable as e:
+        # NATS went away (or the connection broke) mid-replay: what it judged
+        # went out; nobody is left to judge the rest, which may in part have.
+        assert bus is not None
+        unjudged_to = window[-1][0] if window else None
+        window.clear()
+        await stop()
+        raise ReplayBusLost(e, result, url=bus.url, unjudged_to=unjudged_to) from e
     finally:
         # A lost connection is closed already; a broken one must not hide
         # why the replay stopped.

@@ -22,8 +22,19 @@ from libs.store.urls import asyncpg_url
 #: How long a command waits for PostgreSQL before it gives up.
 CONNECT_TIMEOUT = 10.0
 
-#: What a store that cannot be reached (or read) raises; TimeoutError is an OSError.
-_UNREACHABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: What a store that cannot be reached or read raises, which a reader turns
+#: into :class:`StoreUnavailable` (the one list: connect, summary, replay and
+#: the risk-gate's rebuild use it). The socket's errors (TimeoutError among
+#: them: an OSError, as asyncio.TimeoutError is since 3.11), the server's and
+#: the client's (a connection closed under it). Here rather than in errors.py,
+#: which stays free of asyncpg. The recorder's writer has its own list
+#: (writer.CONNECTION_ERRORS: a lost connection alone, after which it
+#: reconnects; other server errors go through it as they are).
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 #: Where the stack's own servers are told apart from others: what
 #: ``tradebus up`` printed (and wrote into its env file).
@@ -46,7 +57,7 @@ async def connect(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> asy
         # is an InterfaceError too. asyncpg's own message may quote the URL,
         # password included: it is not shown.
         raise StoreUnavailable(f"DATABASE_URL {shown} is not a usable PostgreSQL URL") from e
-    except _UNREACHABLE as e:
+    except STORE_ERRORS as e:
         reason = str(e) or type(e).__name__
         raise StoreUnavailable(
             f"cannot reach the event store at {shown}: {reason} ({WHICH_URL})"
@@ -77,7 +88,7 @@ async def summary(database_url: str, *, timeout: float = CONNECT_TIMEOUT) -> Sto
             f"the database at {shown} holds no event store (no events table): {WHICH_URL} "
             "(`tradebus db upgrade` creates the schema)"
         ) from e
-    except _UNREACHABLE as e:
+    except STORE_ERRORS as e:
         raise StoreUnavailable(f"reading the event store at {shown} failed: {e}") from e
     finally:
         await conn.close()

@@ -789,6 +789,63 @@ async def test_a_store_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
     assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == list(range(1, last + 1))
 
 
+async def test_nats_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
+    tmp_path: Path, database_url: str
+) -> None:
+    """NATS is killed while a paced replay runs: the replay ends with the JSON
+    line of its counts and one error line naming NATS and the --from-seq that
+    resumes it (exit 1), as when the store is lost. It ended in a bare error
+    line with no counts (the flush in flight timed out), or, once the client
+    had seen the server go, went on to the end counting every message it
+    buffered for a server that was gone as published (exit 0)."""
+    total = 600
+    await record_events(database_url, list(make_trades(total, "natslost")))
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        watcher = await Bus.connect(server.url, name="test-watcher")
+        try:
+            sub = await watcher.nc.subscribe("replay.>")
+            env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+            # 100/s: six seconds to go when the server is killed, a tenth of
+            # a second in; the client sees its connection drop at once.
+            proc = subprocess.Popen(  # noqa: ASYNC220 - NATS is killed while it runs
+                [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "100/s"],
+                env={**env, "DATABASE_URL": database_url, "NATS_URL": server.url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            got = [await sub.next_msg(timeout=30) for _ in range(10)]
+            await asyncio.to_thread(server.stop, kill=True)
+            stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+            # What the server delivered before it went.
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:
+                    got.append(await sub.next_msg(timeout=0.5))
+        finally:
+            await watcher.close()
+    finally:
+        server.stop()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    last = summary["last_seq"]
+    # The first message is judged alone before any other goes out.
+    assert 1 <= last < total
+    assert summary["published"] == last
+    assert summary["first_seq"] == 1
+    # (the client's own "nats error:" log lines aside)
+    [error] = [line for line in stderr.splitlines() if line.startswith("error")]
+    assert error.startswith(f"error: NATS at {server.url} was lost mid-replay"), error
+    assert f"--from-seq {last + 1} resumes" in error
+    # Every event up to last_seq went out, in order and without a hole; those
+    # after it that the server forwarded before it died are a prefix of the
+    # rest (the error line says so), never more than was read.
+    seqs = [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) >= max(last, 10)
+
+
 async def test_events_refuses_a_mistyped_type_naming_the_right_one(database_url: str) -> None:
     """`events --type Fillreceived` listed nothing and said nothing, as if no
     fill had been recorded; it names the type meant, or every known type."""

@@ -14,17 +14,15 @@ fold as the next checkpoint when enough events came after the last one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import asyncpg
 from pydantic import ValidationError
 
 from libs.contract.events import EVENT_ADAPTER
 from libs.store import queries
-from libs.store.connect import connect
+from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
 from services.risk_gate.adapters import checkpoint
 from services.risk_gate.domain.evolve import RELEVANT_TYPES, evolve
@@ -33,13 +31,6 @@ from services.risk_gate.domain.state import RiskState
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
-#: Errors that mean "the database is not there": retry the rebuild later.
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 
 
 #: Events folded since the checkpoint that make a rebuild write a new one.
