@@ -144,6 +144,9 @@ class Bus:
         # let this connection publish to, filled by the error callback.
         self._refusals = refusals if refusals is not None else []
         self._closed = False
+        # The connection's reconnects as of the last settle (or as made): a
+        # verdict counts only from the connection the publishes went to.
+        self._settled_reconnects: int = nc.stats["reconnects"]
 
     def write_pending(self) -> None:
         """Hand what was just published to the socket now.
@@ -324,8 +327,8 @@ class Bus:
             raise BusUnavailable(f"publishing to {subject} at {self.url} failed: {e!r}") from e
 
     async def settle(self) -> list[str]:
-        """Wait until the server has judged everything published so far, and
-        return the subjects it refused since the last call (lower case).
+        """Wait until the server has judged everything published since the
+        last call, and return the subjects it refused meanwhile (lower case).
 
         A plain publish the server refuses (permissions) is dropped, and the
         refusal comes back later as ``-ERR``, handed to the error callback by
@@ -334,12 +337,27 @@ class Bus:
         refusal for them has arrived. nats-py 2.16's ``flush()`` writes its
         PING ahead of publishes still in its buffer, so one flush is not a
         barrier; the second PING goes out after them.
+
+        Only the connection the publishes went to can judge them: nats-py
+        answers a flush at once while it reconnects (its read loop is gone),
+        and what it wrote to a connection that then broke may be lost. So
+        with the client disconnected, or reconnected since the last call (or
+        since it connected, before the first), this raises
+        :class:`BusUnavailable` rather than return a verdict nobody gave;
+        the next call judges what is published on the new connection.
         """
         try:
             await self.nc.flush()
             await self.nc.flush()
         except nats.errors.Error as e:
+            self._settled_reconnects = self.nc.stats["reconnects"]
             raise BusUnavailable(f"NATS at {self.url} did not answer a flush: {e!r}") from e
+        reconnects = self.nc.stats["reconnects"]
+        if not self.nc.is_connected or reconnects != self._settled_reconnects:
+            self._settled_reconnects = reconnects
+            raise BusUnavailable(
+                f"the connection to NATS at {self.url} dropped before the server's verdict"
+            )
         refused = list(self._refusals)
         self._refusals.clear()
         return refused

@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from libs.bus.client import Bus
+from libs.bus.client import PUBLISH_DEADLINE, Bus
 from libs.bus.errors import DeliveryGap
 from libs.bus.pull import PullFetcher, consumer_seq, stream_seq
 from libs.contract.codec import DecodeError, dead_letter, decode
@@ -118,6 +118,7 @@ class EventConsumer:
         max_bytes: int = 256 * 1024,
         clock: Clock | None = None,
         on_dead_letter: DeadLetterHook | None = None,
+        dead_letter_deadline_s: float = PUBLISH_DEADLINE,
     ) -> None:
         self.bus = bus
         self.service = service
@@ -128,6 +129,11 @@ class EventConsumer:
         self.max_bytes = max_bytes
         self.clock = clock or WallClock()
         self.on_dead_letter = on_dead_letter
+        #: How long a dead letter's publish is retried before
+        #: :class:`~libs.bus.errors.PublishFailed` stops :meth:`run` (the
+        #: message is neither handled nor acked: the reader's retry sees it
+        #: again).
+        self.dead_letter_deadline_s = dead_letter_deadline_s
         self._acks = True
 
     async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
@@ -186,6 +192,6 @@ class EventConsumer:
             stream_seq=seq,
         )
         log.warning("dead-lettered message on %s: %s", msg.subject, error)
-        await self.bus.publish(record)
+        await self.bus.publish(record, deadline_s=self.dead_letter_deadline_s)
         if self.on_dead_letter is not None:
             self.on_dead_letter(error.reason)

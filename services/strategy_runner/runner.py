@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
 from libs.bus.consumer import EventConsumer
-from libs.bus.errors import BusError, BusUnavailable, DeliveryGap, StreamMismatch
+from libs.bus.errors import BusError, BusUnavailable, DeliveryGap, PublishFailed, StreamMismatch
 from libs.bus.pull import parse_ack_subject
 from libs.continuity import refuse_a_reset_stream, refused
 from libs.contract.envelope import Clock, Event, WallClock
@@ -470,7 +470,10 @@ class Runner:
                     async with asyncio.timeout(backoff):
                         await self.stopping.wait()
                 continue
-            except (nats.errors.Error, OSError, TimeoutError, DeliveryGap) as e:
+            # PublishFailed: a dead letter the stream did not take in time
+            # (the undecodable message comes again at next_seq). Not
+            # BusUnavailable: raised below on purpose, the connection closed.
+            except (nats.errors.Error, OSError, TimeoutError, DeliveryGap, PublishFailed) as e:
                 log.warning("consuming failed (%s: %s); recreating", type(e).__name__, e)
                 metrics.CONSUMER_RECREATED.labels(cause=type(e).__name__).inc()
                 recreate = True

@@ -380,3 +380,34 @@ async def test_a_closed_fetcher_gives_back_what_it_had_prefetched_at_once(bus: B
         assert [parse_ack_subject(m.reply)[0] for m in again] == [6, 7, 8, 9, 10]
     finally:
         await second.close()
+
+
+async def test_settle_is_no_verdict_from_a_connection_that_dropped(tmp_path: Path) -> None:
+    """settle() is the server's verdict on what was published since the last
+    one. nats-py answers a flush at once while it reconnects, so with the
+    server killed after the publishes settle returned [] as if the server had
+    taken them all, and after a reconnect it judged only what reached the new
+    connection. Both raise BusUnavailable; the next settle on the new
+    connection is a verdict again."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        bus = await Bus.connect(server.url, name="test-settle-lost")
+        async with bus:
+            await bus.publish_plain("replay.md.x", b"judged")
+            assert await bus.settle() == []
+            for _ in range(3):
+                await bus.publish_plain("replay.md.x", b"never judged")
+            server.stop(kill=True)
+            await eventually(lambda: not bus.nc.is_connected, timeout=10)
+            with pytest.raises(BusUnavailable, match="dropped before the server"):
+                await bus.settle()
+
+            server.start()
+            await eventually(lambda: bus.nc.is_connected, timeout=10)
+            await bus.publish_plain("replay.md.x", b"after the reconnect")
+            with pytest.raises(BusUnavailable, match="dropped before the server"):
+                await bus.settle()  # what went to the old connection may be lost
+            await bus.publish_plain("replay.md.x", b"on the new connection")
+            assert await bus.settle() == []
+    finally:
+        server.stop()

@@ -19,12 +19,15 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
+from libs.bus.consumer import EventConsumer
 from libs.contract.events import MarkPayload, MarkUpdated, OrderIntentCreated
-from libs.contract.subjects import STREAM
+from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
 from libs.local.servers import NatsServer
+from libs.strategy.spec import validate_strategies
 from libs.strategy.testing import (
     MINUTE_NS,
     At,
@@ -37,6 +40,9 @@ from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
 from libs.testing.wait import eventually
+from services.strategy_runner import metrics
+from services.strategy_runner.config import RunnerSettings
+from services.strategy_runner.runner import SERVICE, Runner
 from tests.integration.recording import record_stream, sql, wipe_nats
 
 T0 = 1_700_000_000 * 1_000_000_000
@@ -746,3 +752,52 @@ async def test_a_bar_the_server_sent_elsewhere_is_read_again_not_lost(
         or 0
     ) >= 1
     assert runner.terminate() == 0, runner.log_text()[-3000:]
+
+
+async def test_a_dead_letter_that_cannot_be_published_is_retried_not_fatal(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message that does not decode is dead-lettered before the runner reads
+    on. A dead letter the stream will not take (here: no stream captures
+    deadletter.>) ends in PublishFailed once its deadline runs out, which
+    escaped the consume loop and stopped the runner. The loop now logs it and
+    recreates the consumer where it left off, as for a lost connection: once
+    the stream takes dead letters the message is dead-lettered, once, and
+    the bar after it is read. In-process, for a short dead-letter deadline
+    (the runner's own is the bus's 30 s)."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        async with await Bus.connect(server.url, name="test-deadletter") as bus:
+            await bus.ensure_stream(subjects=[s for s in RECORDED_SUBJECTS if s != DEADLETTER_ALL])
+            await bus.js.publish("md.bar.1m.MSFT", b"not an event")
+            await bus.publish(bar("MSFT", 1, T0))
+            settings = RunnerSettings(
+                nats_url=server.url, database_url=database_url, retry_backoff_s=0.05
+            )
+            runner = Runner(settings, validate_strategies(yaml.safe_load(ECHO_CONFIG)))
+            runner.live = True
+            consumer = EventConsumer(
+                bus, service=SERVICE, durable=settings.consumer_name, dead_letter_deadline_s=0.2
+            )
+            recreated = metrics.CONSUMER_RECREATED.labels(cause="PublishFailed")
+            before = recreated._value.get()
+            consuming = asyncio.create_task(runner._consume(bus, consumer))
+            try:
+                await eventually(
+                    lambda: consuming.done() or recreated._value.get() >= before + 2, timeout=20
+                )
+                assert not consuming.done(), consuming.exception()
+                assert "consuming failed (PublishFailed" in caplog.text
+                assert runner.next_seq == 1  # nothing read past the undecodable message
+
+                await bus.ensure_stream()  # dead letters are taken now
+                await eventually(lambda: runner.next_seq == 3, timeout=20)
+                dead = await bus.js.get_last_msg(STREAM, f"deadletter.{SERVICE}")
+                assert orjson.loads(dead.data or b"")["payload"]["stream_seq"] == 1
+                info = await bus.js.stream_info(STREAM)
+                assert info.state.messages == 3  # the two and one dead letter
+            finally:
+                runner.stop()
+                await asyncio.wait_for(consuming, timeout=10)
+    finally:
+        server.stop()
