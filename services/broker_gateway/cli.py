@@ -60,15 +60,14 @@ def register(root: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     ) -> None:
         """Positions and P&L per account, strategy and symbol (from the event store)."""
-        import asyncpg
-
+        from libs.store.connect import STORE_ERRORS
         from services.broker_gateway.positions import nets, plain, read_positions, totals
 
         settings = settings_or_exit(ServiceSettings)
         url = settings.database_url.get_secret_value()
         try:
             rows = asyncio.run(read_positions(url, account))
-        except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        except STORE_ERRORS as e:
             fail(f"cannot read the event store at {masked_url(url)}: {e}", 1)
         if as_json:
             for r in rows:

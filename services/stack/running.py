@@ -47,15 +47,25 @@ HEALTH_TIMEOUT = 90.0
 HEALTH_POLL_INTERVAL = 0.2
 
 
+def url_host(host: str) -> str:
+    """Where up reaches (and prints) a service whose /metrics listens on
+    ``host``, as a URL's host: a wildcard's loopback of its own family, since
+    asyncio binds ``::`` IPv6-only (nothing answers at 127.0.0.1 then) and
+    ``0.0.0.0`` IPv4 only; an IPv6 address bracketed, else its colons read
+    as the port's."""
+    if host == "0.0.0.0":  # noqa: S104 - a host to reach, not one to bind
+        return "127.0.0.1"
+    if host == "::":
+        host = "::1"
+    return f"[{host}]" if ":" in host else host
+
+
 def service_specs(
     names: list[str],
     inputs: wiring.Inputs,
     ports: Ports,
 ) -> tuple[list[ServiceSpec], list[Endpoint]]:
-    host = os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1"
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - we only print it
-    if ":" in shown_host:  # an IPv6 address: bracketed in a URL, else its colons read as the port's
-        shown_host = f"[{shown_host}]"
+    shown_host = url_host(os.environ.get("TRADEBUS_METRICS_HOST") or "127.0.0.1")
     specs: list[ServiceSpec] = []
     endpoints: list[Endpoint] = []
     for i, plan in enumerate(wiring.plans(inputs, names)):

@@ -8,6 +8,8 @@ import logging
 import signal
 
 from libs.bus.errors import BusError
+from libs.contract.options import warm_calendar
+from libs.contract.sessions import CalendarError
 from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import leaf_errors, run_service
@@ -34,6 +36,15 @@ async def serve(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> N
 def main(settings: RunnerSettings, strategies: list[LoadedStrategy]) -> int:
     """Run the strategy-runner; returns the process exit code."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        # Not in a callback's watchdog time: a strategy may ask ctx.expired
+        # about any option contract, listed in its config or not, and the
+        # first such question would import and build the calendar (about
+        # 0.5 s of the 1 s watchdog).
+        warm_calendar()
+    except CalendarError as missing:
+        log.error("strategy-runner cannot start: %s", missing)
+        return 2
     failed = False
     try:
         run_service(serve(settings, strategies))

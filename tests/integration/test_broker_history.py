@@ -36,6 +36,7 @@ from libs.contract.events import (
     SubmitOrderPayload,
 )
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
+from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url
 from libs.strategy.testing import At
 from services.broker_gateway.adapters.history import History, order_path_history
@@ -44,6 +45,7 @@ from services.broker_gateway.domain.model import BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.main import _rebuilt
 from tests.integration.recording import record_events
+from tests.integration.store_cut import CuttingProxy
 from tests.integration.test_broker_tracker import fill_update, order
 
 D = Decimal
@@ -455,3 +457,23 @@ async def test_old_flattens_are_left_out_unless_a_kept_order_needs_them(
     # A consumer made anew replays the window: the recent flatten is done.
     assert kept.flattened(recent.id)
     assert not kept.flattened(given_up.id)
+
+
+async def test_a_connection_closed_under_the_rebuild_is_store_unavailable(
+    database_url: str,
+) -> None:
+    """The store closes the connection while the rebuild waits for the
+    recorder (the stream is ahead of the store): the next poll's asyncpg
+    InterfaceError ("connection is closed") is a StoreUnavailable, as a
+    refused connection is; it went through as asyncpg's own error."""
+    async with CuttingProxy(database_url, cut=1) as proxy:
+        with pytest.raises(StoreUnavailable, match="cannot read the event store"):
+            await order_path_history(
+                proxy.url,
+                [ACCOUNT],
+                stream_last_seq=1,
+                wait_s=30,
+                pending_from_seq=1,
+                settled_before_ns=NOW,
+            )
+        assert proxy.cut_done

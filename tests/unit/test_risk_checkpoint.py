@@ -10,6 +10,7 @@ the reactions ``react`` owes (breakers, flattens, halts), all folded by
 
 from __future__ import annotations
 
+import importlib.metadata
 import random
 import zlib
 from decimal import Decimal
@@ -27,12 +28,14 @@ from libs.contract.events import (
     TradingResumeRequested,
 )
 from services.risk_gate.adapters.checkpoint import (
+    CODE_DIGEST,
     FIELDS,
     FORMAT,
     decode,
     encode,
     field_names,
     limits_digest,
+    risk_code_digest,
 )
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
@@ -154,6 +157,16 @@ def test_the_timelines_reach_what_a_checkpoint_must_carry() -> None:
 
 def test_every_state_field_is_in_the_checkpoint() -> None:
     assert set(FIELDS) == field_names()
+
+
+def test_a_calendar_upgrade_ignores_the_old_checkpoints() -> None:
+    """The digest names the installed exchange-calendars: a version that adds
+    a holiday or an early close moves an option's expiry, so a state folded
+    under another version is not used."""
+    installed = importlib.metadata.version("exchange-calendars")
+    assert risk_code_digest(installed) == CODE_DIGEST
+    assert risk_code_digest("4.13.2") != risk_code_digest("4.13.3")
+    assert risk_code_digest(None) != risk_code_digest(installed)
 
 
 @pytest.mark.parametrize("seed", sorted(TIMELINES))

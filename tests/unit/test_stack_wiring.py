@@ -350,6 +350,50 @@ async def test_up_reaches_services_whose_metrics_listen_on_an_ipv6_address(
         assert await _wait_healthy(endpoints, timeout=10) == []
 
 
+@pytest.mark.parametrize(
+    ("host", "reached"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("::1", "[::1]"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_up_reaches_a_wildcard_metrics_host_on_the_loopback_of_its_family(
+    host: str, reached: str
+) -> None:
+    """``TRADEBUS_METRICS_HOST=::`` binds IPv6 only (asyncio sets
+    IPV6_V6ONLY), and up printed and waited on 127.0.0.1, where nothing
+    answers; now ``[::1]``."""
+    from services.stack.running import url_host
+
+    assert url_host(host) == reached
+
+
+async def test_up_reaches_services_whose_metrics_listen_on_the_ipv6_wildcard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TRADEBUS_METRICS_HOST=::``: a service's /metrics bound there answers
+    the /health wait at the URL up prints."""
+    from prometheus_client import CollectorRegistry
+
+    from libs.observability.http import MetricsServer
+    from services.stack.ports import Ports
+    from services.stack.running import _wait_healthy, service_specs
+
+    monkeypatch.setenv("TRADEBUS_METRICS_HOST", "::")
+    given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml")
+    options = UpOptions(home=tmp_path / "home", metrics_port=0)
+    ports = Ports(options, ["recorder"], lambda text: None)
+    (spec,), endpoints = service_specs(["recorder"], given, ports)
+    port = int(spec.env["TRADEBUS_METRICS_PORT"])
+    assert endpoints[0].health_url == f"http://[::1]:{port}/health"
+    server = MetricsServer("::", port, lambda: (True, {}), CollectorRegistry())
+    async with server:
+        assert await _wait_healthy(endpoints, timeout=10) == []
+
+
 @pytest.mark.usefixtures("no_servers")
 def test_up_refuses_two_options_asking_for_one_port(tmp_path: Path) -> None:
     """``--paper-port 19101 --metrics-port 19100``: the risk-gate's /metrics

@@ -62,6 +62,7 @@ import asyncpg
 
 from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, FlattenAccount
+from libs.store.connect import STORE_ERRORS
 from libs.store.errors import StoreUnavailable
 from libs.store.queries import stored_event
 from libs.store.urls import asyncpg_url
@@ -236,7 +237,7 @@ async def order_path_history(
     orders) and their positions over all recorded fills."""
     try:
         conn = await asyncpg.connect(asyncpg_url(database_url), timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+    except STORE_ERRORS as e:
         raise StoreUnavailable(f"cannot read the event store: {e}") from e
     try:
         deadline = time.monotonic() + wait_s
@@ -261,7 +262,7 @@ async def order_path_history(
                 settled_before_ns,
             )
             sums = await conn.fetch(POSITIONS_SQL, list(accounts))
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+    except STORE_ERRORS as e:
         raise StoreUnavailable(f"cannot read the event store: {e}") from e
     finally:
         await conn.close()

@@ -14,8 +14,10 @@ loading it and folding seq+1..N gives the state that folding 1..N gives
 mixed timelines). A checkpoint is used only when:
 
 - its ``code_digest`` matches: a hash of the risk-gate's domain code (the
-  state, ``evolve``, the limits model), of the event contract and of this
-  module. A new release that changes any of them ignores the old checkpoints;
+  state, ``evolve``, the limits model), of the event contract, of this
+  module and of the installed exchange-calendars version (an option's expiry
+  is its expiry day's close, which the calendar's holidays and early closes
+  decide). A new release or a calendar upgrade ignores the old checkpoints;
 - its ``limits_digest`` matches the limits the gate runs with now (``evolve``
   reads them: the daily-loss levels, the trading day);
 - the store still holds, at ``seq``, the event it was folded from.
@@ -44,7 +46,7 @@ import asyncpg
 import orjson
 
 from libs.contract.events import OrderIntentCreated
-from libs.store.checkpoints import code_digest, table_exists
+from libs.store.checkpoints import code_digest, installed_version, table_exists
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import (
     DayIds,
@@ -80,8 +82,21 @@ _SOURCES = (
 )
 
 
-#: The risk-gate's domain code and this format: what a checkpoint was folded by.
-CODE_DIGEST = code_digest(FORMAT, _SOURCES)
+#: The distribution whose answers the fold takes as code: an expiry day's
+#: close (sessions.py). An upgrade that adds a holiday or an early close moves
+#: an option's expiry, and so the state folded across it.
+CALENDAR_DISTRIBUTION = "exchange-calendars"
+
+
+def risk_code_digest(calendar_version: str | None) -> str:
+    """What a checkpoint was folded by: the risk-gate's domain code, this
+    format and the exchange-calendars version (None: not installed, every
+    weekday a full session)."""
+    return code_digest(FORMAT, _SOURCES, [(CALENDAR_DISTRIBUTION, calendar_version)])
+
+
+#: The risk-gate's domain code, this format and the installed calendar.
+CODE_DIGEST = risk_code_digest(installed_version(CALENDAR_DISTRIBUTION))
 
 
 def limits_digest(limits: RiskLimits) -> str:
