@@ -26,6 +26,9 @@ from typing import Any
 NS_PER_US = 1_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+#: Days built on either side of one asked about outside a calendar's range.
+_MARGIN_DAYS = 14
+
 #: The calendars built so far, by code; each is widened when asked about a
 #: day outside its range (see :func:`_calendar`).
 _calendars: dict[str, Any] = {}
@@ -107,8 +110,12 @@ def _calendar(code: str, day: dt.date) -> Any:
             # The default range is twenty years back to one ahead of today: a
             # backtest of older history (or a day further ahead) widens it,
             # once, for about a tenth of a second. The sessions of a day do
-            # not depend on the range, only whether it can be answered.
-            start, end = min(day, first), max(day, last)
+            # not depend on the range, only whether it can be answered. The
+            # margin keeps ``day`` inside the sessions built: a range starting
+            # (or ending) on a holiday starts at the next session, and the
+            # library refuses to answer about a day outside its sessions.
+            margin = dt.timedelta(days=_MARGIN_DAYS)
+            start, end = min(day - margin, first), max(day + margin, last)
             cal = _quietly(lambda: xc.get_calendar(code, start=start, end=end))
     except xc.errors.InvalidCalendarName as e:
         raise CalendarError(f"unknown exchange calendar {code!r} (e.g. XNYS)") from e

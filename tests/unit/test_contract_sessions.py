@@ -67,3 +67,13 @@ def test_a_check_builds_the_calendar_so_a_callback_does_not() -> None:
     sessions._calendars.pop("XNYS", None)
     assert sessions.check("XNYS") == "XNYS"
     assert "XNYS" in sessions._calendars
+
+
+def test_a_holiday_just_before_the_built_range_is_no_session() -> None:
+    # Widening the range to start on a holiday still starts it at the next
+    # session: the holiday itself was outside it, and exchange-calendars
+    # raised DateOutOfBounds rather than say it does not trade.
+    sessions._calendars.pop("XNYS", None)
+    sessions.session.cache_clear()
+    assert sessions.session("XNYS", dt.date(1999, 1, 18)) is None  # Martin Luther King Jr. Day
+    assert sessions.session("XNYS", dt.date(2099, 12, 25)) is None
