@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint unit integration bench proto clean
+.PHONY: install run test lint unit integration bench proto calendar clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(STAMP)
 ## make proto: regenerate proto/ (JSON Schemas + subject map) from the models.
 proto: $(STAMP)
 	$(PY) -m libs.contract.proto
+
+## make calendar: regenerate libs/contract/xnys_table.py (the NYSE's holidays
+## and early closes) from the installed exchange-calendars.
+calendar: $(STAMP)
+	$(PY) -m libs.contract.sessions --write-table
 
 clean:
 	rm -rf $(VENV) .tradebus .pytest_cache .mypy_cache .ruff_cache

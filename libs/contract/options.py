@@ -11,9 +11,11 @@ quotes and no broker knows.
 A contract expires at the close of its expiry day's regular session, read
 from the exchange calendar (``sessions.py``, exchange-calendars' ``XNYS``):
 16:00 New York on a full day, 13:00 on an NYSE half day (the day after
-Thanksgiving has weekly contracts expiring). The calendar is imported at
-the first expiry asked (most of a second); a service that asks on its order
-path calls :func:`warm_calendar` at start-up instead.
+Thanksgiving has weekly contracts expiring). Expiries from 2000 to 2040 are
+read from the committed table (``xnys_table.py``), without importing the
+library; a service that asks on its order path calls :func:`warm_calendar`
+at start-up, which imports and builds the library only if the table does not
+reach the farthest listed expiry.
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ EXPIRY_CLOSE = dt.time(16, 0)
 #: read from: US equity and ETF options stop trading with the NYSE, at its
 #: 13:00 early closes too.
 EXPIRY_CALENDAR = "XNYS"
-#: How far ahead :func:`warm_calendar` builds the calendar: listed LEAPS
-#: expire up to about three years out, and a day beyond the built range
-#: widens it (about a tenth of a second) at the first question about it.
+#: How far ahead :func:`warm_calendar` makes sure the calendar answers:
+#: listed LEAPS expire up to about three years out.
 _WARM_AHEAD = dt.timedelta(days=4 * 366)
 
 #: The OCC roots of the cash-settled index options tradebus knows (the S&P
@@ -150,11 +151,13 @@ def expiry_close(expiry: dt.date) -> ExpiryClose:
 
 
 def warm_calendar() -> None:
-    """Import exchange-calendars and build :data:`EXPIRY_CALENDAR` through the
-    farthest listed expiry, for a service to call at start-up: the import and
-    the build (about 0.5 s together) are then not paid by the first order in
-    an option contract. :class:`~libs.contract.sessions.CalendarError` if the
-    library is not installed (without it every expiry would be at 16:00)."""
+    """Make sure :data:`EXPIRY_CALENDAR` answers through the farthest listed
+    expiry without an import or a build on the order path, for a service to
+    call at start-up. Nothing to do while the committed table reaches that
+    far (``sessions.TABLE_LAST``); past it, exchange-calendars is imported
+    and built (about 0.5 s), and
+    :class:`~libs.contract.sessions.CalendarError` if it is not installed
+    (without it every expiry past the table would be at 16:00)."""
     sessions.check(EXPIRY_CALENDAR, through=dt.datetime.now(dt.UTC).date() + _WARM_AHEAD)
 
 

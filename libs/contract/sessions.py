@@ -9,22 +9,49 @@ plain function, the same live and in a backtest, with no bus and no clock:
     s = session("XNYS", dt.date(2025, 11, 28))  # None on a holiday or weekend
     s.close_ns - s.full_day_close_ns            # -3 hours: a half day
 
-The library (and pandas under it, most of a second to import) is imported at
-the first question, so that code that never asks pays nothing for it, and
+XNYS's days from :data:`TABLE_FIRST` to :data:`TABLE_LAST` are answered from
+a table generated from exchange-calendars and committed
+(``libs/contract/xnys_table.py``: its holidays and its special sessions,
+every other weekday 09:30 to 16:00), so that a service does not import the
+library and pandas (about a second and 100 MB a process) to know when an
+option expires. ``make calendar`` regenerates it; a test fails when the
+installed library disagrees with it. Other calendars, and XNYS's days outside
+the table, are asked of the library, imported at the first such question;
 each day's answer is kept: asking again, at every bar, is a dict lookup.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import functools
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
+
+from libs.contract import xnys_table
 
 NS_PER_US = 1_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+#: The calendar the committed table answers for, and its days (inclusive).
+TABLE_CALENDAR = "XNYS"
+TABLE_FIRST = xnys_table.FIRST
+TABLE_LAST = xnys_table.LAST
+#: Where the table is, for ``--write-table`` and the drift test.
+TABLE_PATH = Path(__file__).with_name("xnys_table.py")
+_NEW_YORK = ZoneInfo("America/New_York")
+#: XNYS's regular session (New York time) on every weekday the table does
+#: not list: its open and its full-day close.
+_REGULAR_OPEN = dt.time(9, 30)
+_REGULAR_CLOSE = dt.time(16, 0)
+
+#: Days built on either side of one asked about outside a calendar's range.
+_MARGIN_DAYS = 14
 
 #: The calendars built so far, by code; each is widened when asked about a
 #: day outside its range (see :func:`_calendar`).
@@ -77,16 +104,21 @@ def check(calendar: str, through: dt.date | None = None) -> str:
     """``calendar`` if ``exchange-calendars`` knows it (``XNYS``, ``XLON``, ...),
     for a config check; :class:`CalendarError` if not.
 
-    It also builds the calendar (a few tenths of a second), up to ``through``
+    XNYS, from today through ``through``, is in the committed table: nothing
+    is imported or built, and the library need not be installed. Otherwise
+    it also builds the calendar (a few tenths of a second), up to ``through``
     if that is later than its default range (a year ahead): checked when a
     strategy's parameters are loaded, so that the first :func:`session`, asked
     in a callback, does not spend its watchdog's time (``max_callback_s``,
     1 s by default) building it.
     """
+    today = dt.datetime.now(dt.UTC).date()
+    if calendar == TABLE_CALENDAR and today >= TABLE_FIRST and (through or today) <= TABLE_LAST:
+        return calendar  # answered from the table: nothing to import or build
     names = _quietly(lambda: _library().get_calendar_names(include_aliases=True))
     if calendar not in names:
         raise CalendarError(f"unknown exchange calendar {calendar!r} (e.g. XNYS)")
-    _calendar(calendar, dt.datetime.now(dt.UTC).date())
+    _calendar(calendar, today)
     if through is not None:
         _calendar(calendar, through)
     return calendar
@@ -107,8 +139,12 @@ def _calendar(code: str, day: dt.date) -> Any:
             # The default range is twenty years back to one ahead of today: a
             # backtest of older history (or a day further ahead) widens it,
             # once, for about a tenth of a second. The sessions of a day do
-            # not depend on the range, only whether it can be answered.
-            start, end = min(day, first), max(day, last)
+            # not depend on the range, only whether it can be answered. The
+            # margin keeps ``day`` inside the sessions built: a range starting
+            # (or ending) on a holiday starts at the next session, and the
+            # library refuses to answer about a day outside its sessions.
+            margin = dt.timedelta(days=_MARGIN_DAYS)
+            start, end = min(day - margin, first), max(day + margin, last)
             cal = _quietly(lambda: xc.get_calendar(code, start=start, end=end))
     except xc.errors.InvalidCalendarName as e:
         raise CalendarError(f"unknown exchange calendar {code!r} (e.g. XNYS)") from e
@@ -123,6 +159,23 @@ def session(calendar: str, day: dt.date) -> Session | None:
     weekend, a holiday). The day is the session's date in the exchange's own
     time zone. Kept once asked: the second question about a day costs a dict
     lookup. :class:`CalendarError` for an unknown calendar."""
+    if calendar == TABLE_CALENDAR and TABLE_FIRST <= day <= TABLE_LAST:
+        return _from_table(day)
+    return _from_library(calendar, day)
+
+
+def _at(day: dt.date, at: dt.time) -> int:
+    return _ns(dt.datetime.combine(day, at, tzinfo=_NEW_YORK))
+
+
+def _from_table(day: dt.date) -> Session | None:
+    if day.weekday() >= 5 or day in xnys_table.HOLIDAYS:
+        return None
+    opens, closes = xnys_table.SPECIAL.get(day, (_REGULAR_OPEN, _REGULAR_CLOSE))
+    return Session(TABLE_CALENDAR, day, _at(day, opens), _at(day, closes), _at(day, _REGULAR_CLOSE))
+
+
+def _from_library(calendar: str, day: dt.date) -> Session | None:
     cal = _calendar(calendar, day)
     import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; installed with exchange-calendars
 
@@ -140,3 +193,81 @@ def session(calendar: str, day: dt.date) -> Session | None:
         day + dt.timedelta(days=cal.close_offset), usual, tzinfo=cal.tz
     )
     return Session(calendar, day, _ns(opens), _ns(closes), _ns(full_day_close))
+
+
+# ------------------------------------------------------------ the table
+
+
+def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> str:
+    """``xnys_table.py`` as the installed exchange-calendars has XNYS from
+    ``first`` to ``last``: every weekday without a session, and every session
+    that does not open at 09:30 or close at 16:00 New York (on its own day)."""
+    xc = _library()
+    cal = _quietly(lambda: xc.get_calendar(TABLE_CALENDAR, start=first, end=last))
+    if cal.first_session.date() > first + dt.timedelta(days=7) or cal.last_session.date() < last:
+        raise CalendarError(f"exchange-calendars cannot answer XNYS from {first} to {last}")
+    schedule = _quietly(lambda: cal.schedule)
+    traded: set[dt.date] = set()
+    special: list[str] = []
+    for label, row in schedule.iterrows():
+        day = label.date()
+        traded.add(day)
+        if row["break_start"] == row["break_start"]:  # not NaT: XNYS has no breaks
+            raise CalendarError(f"XNYS has a break on {day}: the table cannot say so")
+        opens = row["open"].to_pydatetime().astimezone(_NEW_YORK)
+        closes = row["close"].to_pydatetime().astimezone(_NEW_YORK)
+        if opens.date() != day or closes.date() != day:
+            raise CalendarError(f"XNYS's session of {day} is not within that day in New York")
+        if (opens.time(), closes.time()) != (_REGULAR_OPEN, _REGULAR_CLOSE):
+            special.append(f"    {_date(day)}: ({_time(opens.time())}, {_time(closes.time())}),\n")
+    holidays = []
+    day = first
+    while day <= last:
+        if day.weekday() < 5 and day not in traded:
+            holidays.append(f"    {_date(day)},\n")
+        day += dt.timedelta(days=1)
+    return (
+        '"""XNYS (the NYSE) from exchange-calendars: its weekdays without a session\n'
+        "and its sessions that do not open at 09:30 or close at 16:00 New York (open,\n"
+        "close); every other weekday from FIRST to LAST is 09:30 to 16:00.\n\n"
+        "Generated by ``make calendar`` (``python -m libs.contract.sessions\n"
+        "--write-table``): do not edit. tests/unit/test_contract_sessions.py fails\n"
+        'when the installed exchange-calendars disagrees with it."""\n\n'
+        "import datetime as dt\n\n"
+        f"FIRST = {_date(first)}\n"
+        f"LAST = {_date(last)}\n\n"
+        "HOLIDAYS = frozenset(\n    {\n"
+        + "".join(f"    {line}" for line in holidays)
+        + "    }\n)\n\n"
+        "SPECIAL = {\n" + "".join(special) + "}\n"
+    )
+
+
+def _date(day: dt.date) -> str:
+    return f"dt.date({day.year}, {day.month}, {day.day})"
+
+
+def _time(at: dt.time) -> str:
+    return f"dt.time({at.hour}, {at.minute})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--write-table``: regenerate ``xnys_table.py`` from the installed
+    exchange-calendars; ``--check-table``: exit 1 if it differs."""
+    parser = argparse.ArgumentParser(prog="python -m libs.contract.sessions")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write-table", action="store_true")
+    action.add_argument("--check-table", action="store_true")
+    args = parser.parse_args(argv)
+    expected = render_table()
+    if args.check_table:
+        if TABLE_PATH.read_text(encoding="utf-8") != expected:
+            print(f"{TABLE_PATH} is stale, run `make calendar`", file=sys.stderr)
+            return 1
+        return 0
+    TABLE_PATH.write_text(expected, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

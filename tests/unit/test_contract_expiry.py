@@ -60,25 +60,37 @@ def test_the_close_is_read_once_per_expiry_day() -> None:
 
 
 @pytest.mark.usefixtures("fresh_closes")
-def test_without_exchange_calendars_an_expiry_is_at_16_00(
+def test_without_exchange_calendars_the_table_answers_and_past_it_16_00(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def missing() -> None:
         raise sessions.CalendarError("exchange-calendars is not installed")
 
     monkeypatch.setattr(sessions, "_library", missing)
-    c = parse_option("O:SPY251128C00600000")
-    assert c.expires_at_ns == ny_ns(dt.date(2025, 11, 28), 16, 0)
-    assert c.expired_text == "expired at the close of 2025-11-28 (16:00 New York)"
-    with pytest.raises(sessions.CalendarError, match="not installed"):
-        options.warm_calendar()
+    half_day = parse_option("O:SPY251128C00600000")  # in the table: its 13:00 close
+    assert half_day.expires_at_ns == ny_ns(dt.date(2025, 11, 28), 13, 0)
+    options.warm_calendar()  # the table reaches four years ahead: nothing to import
+    past = parse_option("O:SPY411129C00600000")  # the day after Thanksgiving 2041
+    assert past.expires_at_ns == ny_ns(dt.date(2041, 11, 29), 16, 0)
+    assert past.expired_text == "expired at the close of 2041-11-29 (16:00 New York)"
 
 
-def test_warming_builds_the_calendar_through_the_longest_listed_expiry() -> None:
-    """A service warms it at start-up: the import and the build (most of a
-    second) are not paid at the first order in a contract, nor is widening
-    the calendar for a LEAPS expiring three years out."""
+@pytest.mark.usefixtures("fresh_closes")
+def test_warming_past_the_table_needs_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the table no longer reaches four years ahead, a service warms the
+    library's calendar at start-up through the longest listed expiry (the
+    import and the build are not paid at the first order in a LEAPS), and
+    cannot start without it."""
+    today = dt.datetime.now(dt.UTC).date()
+    monkeypatch.setattr(sessions, "TABLE_LAST", today + dt.timedelta(days=366))
+    monkeypatch.setattr(sessions, "_calendars", {})
     options.warm_calendar()
     calendar = sessions._calendars[options.EXPIRY_CALENDAR]
-    three_years = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=3 * 366)
-    assert calendar.last_session.date() >= three_years
+    assert calendar.last_session.date() >= today + dt.timedelta(days=3 * 366)
+
+    def missing() -> None:
+        raise sessions.CalendarError("exchange-calendars is not installed")
+
+    monkeypatch.setattr(sessions, "_library", missing)
+    with pytest.raises(sessions.CalendarError, match="not installed"):
+        options.warm_calendar()

@@ -78,6 +78,8 @@ _SOURCES = (
     _HERE.parents[3] / "libs" / "contract" / "options.py",
     # The expiry day's close (13:00 on a half day) options.py reads.
     _HERE.parents[3] / "libs" / "contract" / "sessions.py",
+    # Its holidays and early closes for XNYS's days from 2000 to 2040.
+    _HERE.parents[3] / "libs" / "contract" / "xnys_table.py",
     _HERE,
 )
 
