@@ -60,9 +60,9 @@ def _settled(symbol: str) -> str:
         why = parse_option(symbol).unsupported  # a SymbolToken: it parses
         if why is not None:
             raise ValueError(f"{symbol} is not supported: {why}")
-        # Its expiry is asked in callbacks (ctx.expired, every emit): the
-        # calendar is imported and built now, not in a callback's watchdog
-        # time; without exchange-calendars it would be taken as 16:00.
+        # Its expiry is asked in callbacks (ctx.expired, every emit): made
+        # ready now, not in a callback's watchdog time (the committed table,
+        # or the library's calendar past the table's reach).
         warm_calendar()
     return symbol
 

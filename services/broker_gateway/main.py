@@ -249,7 +249,8 @@ def main(settings: GatewaySettings, accounts: list[BrokerAccount]) -> int:
 
     setup_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        # Not at the first order in an option contract: most of a second.
+        # The expiry days' closes: from the committed table (no import)
+        # while it reaches four years ahead; the library past it.
         warm_calendar()
     except CalendarError as missing:
         log.error("broker-gateway cannot start: %s", missing)

@@ -110,7 +110,8 @@ def main(settings: PaperBrokerSettings, config: PaperConfig) -> int:
     """Run the paper broker; returns the process exit code."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        # Not at the first order in an option contract: most of a second.
+        # The expiry days' closes: from the committed table (no import)
+        # while it reaches four years ahead; the library past it.
         warm_calendar()
     except CalendarError as missing:
         log.error("paper broker cannot start: %s", missing)

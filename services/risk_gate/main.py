@@ -98,7 +98,8 @@ def main(settings: RiskGateSettings, config: Path) -> int:
     """
     setup_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        # Not at the first order in an option contract: most of a second.
+        # The expiry days' closes: from the committed table (no import)
+        # while it reaches four years ahead; the library past it.
         warm_calendar()
     except CalendarError as missing:
         log.error("risk-gate cannot start: %s", missing)

@@ -8,9 +8,10 @@ a time a nanosecond before midnight up to the next day.
 Which days trade, and when each session opens and closes, come from the
 exchange calendar (:data:`CALENDAR`, ``libs/contract/sessions.py``): no
 session on a holiday, a 13:00 close on an NYSE half day. Pure: the
-calendar's answers depend on the day alone. Without exchange-calendars
-installed (the paper broker's extra has it, and its start-up warms it)
-every weekday is a 09:30 to 16:00 session, as before the calendar.
+calendar's answers depend on the day alone. XNYS's days from 2000 to 2040
+come from the committed table (``xnys_table.py``, no import of the
+library); outside it, without exchange-calendars installed, every weekday is
+a 09:30 to 16:00 session.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ _SOURCES = (
 )
 
 
-#: The distribution whose answers the fold takes as code: an expiry day's
+#: The distribution whose answers the fold takes as code for days outside
+#: the committed table (xnys_table.py, in the digest above): an expiry day's
 #: close (sessions.py). An upgrade that adds a holiday or an early close moves
 #: an option's expiry, and so the state folded across it.
 CALENDAR_DISTRIBUTION = "exchange-calendars"
