@@ -37,6 +37,7 @@ from libs.contract.events import (
     ReasonCode,
     RiskDecisionMade,
     RiskDecisionPayload,
+    Settlement,
     Side,
     SignalGenerated,
     SignalPayload,
@@ -239,25 +240,18 @@ def booked_fill(
     """A complete fill of an order no strategy placed: a ``FlattenAccount``'s
     closing order (its chain ``flatten``), which the broker-gateway booked to
     ``strategy`` (None: to nobody)."""
-    qty = Decimal(quantity)
     closing_order = uuid.uuid4()
-    fill = FillReceived.create(
-        FillPayload(
-            order_id=closing_order,
-            account=account,
-            broker_order_id=f"b-{closing_order}",
-            fill_id=fill_id,
-            symbol=symbol,
-            side=side,
-            quantity=qty,
-            price=Decimal(price),
-            cumulative_quantity=qty,
-            leaves_quantity=Decimal(0),
-            status="complete",
-            strategy=strategy,
-        ),
-        source="test/broker-gateway",
-        clock=At(at_ns),
+    fill = _complete_fill(
+        symbol,
+        side,
+        quantity,
+        price,
+        strategy,
+        account,
+        at_ns,
+        order_id=closing_order,
+        broker_order_id=f"b-{closing_order}",
+        fill_id=fill_id,
     )
     return fill.model_copy(update={"correlation_id": flatten, "causation_id": flatten})
 
@@ -276,13 +270,44 @@ def settlement_fill(
     booked to ``strategy`` (an exercise: the contract at 0, the underlying's
     shares at the strike)."""
     order_id = uuid.uuid4()
+    activity = f"activity-{order_id}"
+    return _complete_fill(
+        symbol,
+        side,
+        quantity,
+        price,
+        strategy,
+        account,
+        at_ns,
+        order_id=order_id,
+        broker_order_id=activity,
+        fill_id=activity,
+        settlement="exercised",
+    )
+
+
+def _complete_fill(
+    symbol: str,
+    side: Side,
+    quantity: Decimal | int,
+    price: Decimal | int | str,
+    strategy: str | None,
+    account: str,
+    at_ns: int,
+    *,
+    order_id: uuid.UUID,
+    broker_order_id: str,
+    fill_id: str,
+    settlement: Settlement | None = None,
+) -> FillReceived:
+    """The broker-gateway's one complete fill of an order no strategy placed."""
     qty = Decimal(quantity)
     return FillReceived.create(
         FillPayload(
             order_id=order_id,
             account=account,
-            broker_order_id=f"activity-{order_id}",
-            fill_id=f"activity-{order_id}",
+            broker_order_id=broker_order_id,
+            fill_id=fill_id,
             symbol=symbol,
             side=side,
             quantity=qty,
@@ -291,7 +316,7 @@ def settlement_fill(
             leaves_quantity=Decimal(0),
             status="complete",
             strategy=strategy,
-            settlement="exercised",
+            settlement=settlement,
         ),
         source="test/broker-gateway",
         clock=At(at_ns),
