@@ -61,7 +61,7 @@ from services.risk_gate.domain.evolve import evolve, roll_day
 from services.risk_gate.domain.limits import GLOBAL, RiskLimits
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import NS, RiskState
-from services.risk_gate.domain.status import held_mark_ages, stale_marks
+from services.risk_gate.domain.status import held_mark_ages, stale_among
 
 log = logging.getLogger(__name__)
 
@@ -369,9 +369,10 @@ class RiskGate:
             loss = -pnl if pnl < 0 else 0
             metrics.DAILY_LOSS_USED.labels(account=name).set(float(loss / acct.daily_loss_limit))
             metrics.OPEN_ORDERS.labels(account=name).set(len(st.open_orders(account=name)))
-            ages = [a for a in held_mark_ages(st, name, now_ns).values() if a is not None]
+            held = held_mark_ages(st, name, now_ns)
+            ages = [a for a in held.values() if a is not None]
             metrics.OLDEST_MARK_AGE.labels(account=name).set(max([0, *ages]) / NS)
-            metrics.STALE_MARKS.labels(account=name).set(len(stale_marks(st, name, now_ns)))
+            metrics.STALE_MARKS.labels(account=name).set(len(stale_among(st, held)))
         for name, strat in self.limits.strategies.items():
             gross = gross_exposure(st, name, strat.account)
             metrics.GROSS_NOTIONAL_USED.labels(strategy=name, account=strat.account).set(

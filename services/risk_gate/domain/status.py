@@ -49,8 +49,13 @@ def stale_marks(state: RiskState, account: str, now_ns: int) -> list[StaleMark]:
     all the same: it is the best estimate there is. This says where the
     figure stands still, so an operator does not read it as measured.
     """
+    return stale_among(state, held_mark_ages(state, account, now_ns))
+
+
+def stale_among(state: RiskState, ages: dict[str, int | None]) -> list[StaleMark]:
+    """:func:`stale_marks` of the ages :func:`held_mark_ages` gave."""
     stale = []
-    for symbol, age in held_mark_ages(state, account, now_ns).items():
+    for symbol, age in ages.items():
         max_age = state.limits.price_band.of(symbol).max_mark_age_s
         if age is None or (max_age is not None and abs(age) > max_age * NS):
             stale.append(StaleMark(symbol, age, max_age))
