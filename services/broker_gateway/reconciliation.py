@@ -280,6 +280,13 @@ class Reconciling(WorkerBase):
         except (BrokerError, ValueError) as e:
             log.warning("reconciliation of %s interrupted: %s", self.account, e)
             return False
+        except Exception:
+            # A bug's error: this reconciliation's failure (tried again later),
+            # as a command's is (gateway.run_commands). Raised, it ended this
+            # task, so the account's event task and the whole gateway, and the
+            # next start's reconnection met it again.
+            log.exception("reconciliation of %s interrupted by an unexpected error", self.account)
+            return False
         if published:
             log.info("reconciliation of %s published %d events", self.account, published)
         self._reached_end = True
@@ -386,8 +393,9 @@ class Reconciling(WorkerBase):
     async def _unless_refused(self, order: object, call: Awaitable[int]) -> int | None:
         """``call``'s events published for ``order``; None, said and counted,
         if the broker answered it with an error of its own or with what the
-        tracker cannot take in. The broker away or rate-limiting us ends the
-        reconciliation instead (raised)."""
+        tracker cannot take in, or failed on an unexpected error (a bug's).
+        The broker away or rate-limiting us ends the reconciliation instead
+        (raised)."""
         try:
             return await call
         except BrokerUnavailable:
@@ -397,6 +405,19 @@ class Reconciling(WorkerBase):
             log.warning(
                 "reconciliation of %s: order %s skipped, the others go on (%s: %s); "
                 "it is tried again later",
+                self.account,
+                order,
+                type(e).__name__,
+                e,
+            )
+            return None
+        except Exception as e:
+            # A bug's error (see reconcile): said with its traceback, and the
+            # order skipped as one the broker answered with an error is.
+            metrics.RECONCILIATIONS_GIVEN_UP.labels(account=self.account).inc()
+            log.exception(
+                "reconciliation of %s: order %s skipped after an unexpected error, the "
+                "others go on (%s: %s); it is tried again later",
                 self.account,
                 order,
                 type(e).__name__,

@@ -283,6 +283,30 @@ def test_an_inferred_fill_price_is_written_without_trailing_zeros_and_keeps_its_
     assert fills_of(events) == [("10", "100", "10", "0", "s1")]
 
 
+def test_an_inferred_fill_price_of_sixteen_digits_or_more_is_exact() -> None:
+    """The contract carries prices of 38 digits, 12 after the point, and the
+    paper broker fills up to 1e26. In Python's default 28-digit context an
+    inferred price of 1e16 or more raised ``InvalidOperation`` (no
+    ``ValueError``: it ended the reconciliation task, and with it the
+    gateway, at every reconnection), and the notional of the fills before
+    it, rounded to 28 digits, made it wrong from 1e19 on."""
+    t = tracker()
+    cmd = command(qty="10")
+    submitted(t, cmd)
+    p1 = "12345678901234567.123456789012"
+    t.on_update(fill_update(order(cmd, "4", p1, "partially_filled"), "4", p1, "x1"))
+    # 10 at an average of (4 x p1 + 6 x p2) / 10: 6 more at p2, exactly.
+    events = t.reconcile(order(cmd, "10", "12345678901234567.9493827156048", "filled"), None)
+    assert fills_of(events) == [("6", "12345678901234568.5", "10", "0", "s1")]
+    # At 1e19 the notional rounded to 28 digits was off by 0.000000005.
+    t = tracker()
+    submitted(t, cmd)
+    p1 = "12345678901234567890.123456789012"
+    t.on_update(fill_update(order(cmd, "4", p1, "partially_filled"), "4", p1, "x1"))
+    events = t.reconcile(order(cmd, "10", "12345678901234567890.9493827156048", "filled"), None)
+    assert fills_of(events) == [("6", "12345678901234567891.5", "10", "0", "s1")]
+
+
 def test_cancel_after_missed_fills_publishes_the_fills_first() -> None:
     t = tracker()
     cmd = command()

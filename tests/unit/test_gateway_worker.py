@@ -1021,6 +1021,81 @@ async def test_an_order_the_broker_answers_with_an_error_does_not_stop_the_recon
     )
 
 
+async def test_a_reconciliation_that_raises_unexpectedly_is_given_up_not_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error the gateway does not expect (a bug's, here a KeyError from
+    taking the first order's answer in, then from listing the open orders)
+    ended the reconciliation task, so the account's event task and with it
+    the whole gateway, every account; restarted, the reconnection's
+    reconciliation met it again. As a command's is (ce3702e), it is now said
+    with its traceback: the order is skipped and the others reconciled, or
+    the reconciliation given up, and either is tried again later."""
+    w = worker([1000.0], [], account="buggy")
+    answers: dict[str, BrokerOrder] = {}
+    for n in (1, 2):
+        command = submit()
+        command = command.model_copy(
+            update={"payload": command.payload.model_copy(update={"account": "buggy"})}
+        )
+        oid = command.payload.order_id
+        assert w.tracker.plan_submit(command)
+        w.tracker.request(oid)
+        acked = BrokerOrder(
+            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(0), None, "accepted"
+        )
+        w.tracker.submitted(oid, acked)
+        answers[f"b-{n}"] = BrokerOrder(
+            f"b-{n}", str(oid), "AAPL", "buy", Decimal(1), Decimal(1), Decimal(100), "filled"
+        )
+    taken_in = w.tracker.reconcile
+
+    def reconcile(order: BrokerOrder, fills: Any) -> list[Any]:
+        if order.broker_order_id == "b-1":
+            raise KeyError("a bug")
+        return taken_in(order, fills)
+
+    w.tracker.reconcile = reconcile  # type: ignore[method-assign]
+    listing_fails = False
+
+    async def get_order(**ids: Any) -> BrokerOrder:
+        return answers[ids["broker_order_id"]]
+
+    async def open_orders() -> list[BrokerOrder]:
+        if listing_fails:
+            raise KeyError("another bug")
+        return []
+
+    published: list[Any] = []
+    w.port = broker(get_order=get_order, open_orders=open_orders)
+    w.outbox = outbox_into(published)
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        with caplog.at_level("WARNING"):
+            w.want_reconcile(everything=True)
+            await eventually(lambda: published or running.done(), timeout=5)
+            await eventually(lambda: w._retry is not None or running.done(), timeout=5)
+            assert not running.done(), running
+            assert [(e.type, e.payload.broker_order_id) for e in published] == [
+                ("FillReceived", "b-2")
+            ]
+            assert "KeyError: 'a bug'" in caplog.text
+            assert "Traceback" in caplog.text
+            # Now the whole of it fails: given up, and tried again later.
+            w.tracker.reconcile = taken_in  # type: ignore[method-assign]
+            listing_fails = True
+            assert await w.reconcile() is False
+            assert "KeyError: 'another bug'" in caplog.text
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert [(e.type, e.payload.broker_order_id) for e in published] == [
+        ("FillReceived", "b-2"),
+        ("FillReceived", "b-1"),
+    ]
+
+
 @pytest.mark.parametrize("at_broker", [False, True])
 async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_it_by(
     at_broker: bool,

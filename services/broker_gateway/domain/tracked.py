@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 from libs.contract.codec import derived_id
 from libs.contract.envelope import CauseRef, Clock, Event
@@ -43,6 +43,12 @@ from services.broker_gateway.domain.model import (
 )
 
 ZERO = Decimal(0)
+#: Where a fill's notional (and a price inferred from it) is computed: the
+#: contract's quantities and prices have up to 38 digits, so a product has
+#: up to 76 and a sum of them a few more. In Python's default 28 digits a
+#: notional at a price of 1e16 or more was rounded, and the inferred price's
+#: quantize to 12 places raised ``InvalidOperation``.
+WIDE = Context(prec=90)
 
 
 def canon(value: Decimal) -> str:
@@ -276,7 +282,8 @@ class TrackerState:
             return  # already counted (the same fill recorded twice)
         t.side = t.side or p.side
         t.filled = p.cumulative_quantity
-        t.notional += p.quantity * p.price
+        with localcontext(WIDE):
+            t.notional += p.quantity * p.price
         strategy = p.strategy if p.strategy is not None else t.strategy
         key = (strategy, p.symbol)
         self.positions[key] = self.positions.get(key, ZERO) + _signed(p.side, p.quantity)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from libs.contract.codec import derived_id
 from libs.contract.envelope import Event
@@ -69,6 +69,7 @@ from services.broker_gateway.domain.model import (
     OrderUpdate,
 )
 from services.broker_gateway.domain.tracked import (
+    WIDE,
     ZERO,
     TrackedOrder,
     TrackerState,
@@ -328,8 +329,9 @@ class OrderTracker(Closing):
             self._fill(t, order, f.quantity, f.price, fid, f.ts_ns, out)
         missing = order.filled_quantity - t.filled
         if missing > 0 and order.filled_avg_price is not None:
-            total = order.filled_avg_price * order.filled_quantity
-            price = ((total - t.notional) / missing).quantize(PRICE_QUANTUM, ROUND_HALF_EVEN)
+            with localcontext(WIDE):  # exact, whatever the price's size (see WIDE)
+                total = order.filled_avg_price * order.filled_quantity
+                price = ((total - t.notional) / missing).quantize(PRICE_QUANTUM, ROUND_HALF_EVEN)
             if price <= 0:
                 price = order.filled_avg_price
             # Computed to 12 places: a fill at 190 is 190, not 190.000000000000.
