@@ -25,7 +25,9 @@ configured) it keeps one WebSocket connection up, forever:
   aggregates (:mod:`.rest`; timespan ``minute`` or ``second``, one request per
   symbol and outage, pages followed), only those not already published, in
   time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`,
-  one ledger per interval). At start-up the newest bar per symbol and
+  one ledger per interval). Bars whose window closed less than
+  ``polygon_gapfill_settle_s`` before are fetched in a second request once
+  they are final, unless their live bar came meanwhile. At start-up the newest bar per symbol and
   interval on the stream is where the last run stopped (:mod:`.resume`), so a
   restart is gap-filled too.
 - **staleness**: no data for ``stale_after_s`` while the exchange calendar
@@ -143,8 +145,9 @@ class PolygonSource:
             queue_frames=settings.polygon_queue_frames,
             batch=settings.polygon_publish_batch,
         )
-        #: Reconnect times (ns) per link and bar interval, for its gap-fill task.
-        triggers: dict[tuple[str, str], asyncio.Queue[int]] = {
+        #: Per link and bar interval, for its gap-fill task: the reconnect times (ns), each
+        #: with its ledger's disconnect count then (a fill is stale once that moved).
+        triggers: dict[tuple[str, str], asyncio.Queue[tuple[int, int]]] = {
             (link.market, interval): asyncio.Queue()
             for link in self.links
             for interval in link.fillers

@@ -92,7 +92,7 @@ class Supervisor:
         clock: Clock,
         parser: FrameParser,
         outbox: Outbox,
-        triggers: dict[tuple[str, str], asyncio.Queue[int]],
+        triggers: dict[tuple[str, str], asyncio.Queue[tuple[int, int]]],
         backoff: Backoff,
     ) -> None:
         self.settings = settings
@@ -100,7 +100,8 @@ class Supervisor:
         self.clock = clock
         self.parser = parser
         self.outbox = outbox
-        #: Reconnect times (ns) per link and bar interval, for its gap-fill task.
+        #: Per link and bar interval, for its gap-fill task: the reconnect times (ns), each
+        #: with its ledger's disconnect count then (a fill is stale once that moved).
         self.triggers = triggers
         self.backoff = backoff
         #: Told about data (a recovery is reported); set once the feed runs.
@@ -273,7 +274,7 @@ class Supervisor:
         for interval, filler in link.fillers.items():
             # Its session start was marked when the subscribe went out.
             if filler.open_gaps():
-                self.triggers[link.market, interval].put_nowait(now)
+                self.triggers[link.market, interval].put_nowait((now, filler.disconnects))
 
     def _server_statuses(
         self, parsed: Parsed, link: Link, outcome: Outcome, pending: set[str]
