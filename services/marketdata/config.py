@@ -77,6 +77,10 @@ class MarketdataSettings(ServiceSettings):
     polygon_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Longest outage gap-filled from REST (older bars are left out).
     polygon_gapfill_max_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
+    #: A bar is gap-filled from REST only once its window closed this long ago:
+    #: REST may not yet hold a just-closed window's late trades, and its live
+    #: bar may still be on the way (the two share an event id).
+    polygon_gapfill_settle_s: float = Field(default=60.0, ge=0, le=3600)
     #: Frames parsed but not yet published, at most (then the socket is not read).
     polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
     #: Most events handed to the sink in one call.

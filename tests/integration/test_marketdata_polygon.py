@@ -119,6 +119,9 @@ def make_settings(
         "stale_after_s": 60,
         "instance": "md-test",
         "polygon_resume_from_stream": False,
+        # These tests fill gaps whose bars are all final at the (frozen) reconnect;
+        # test_marketdata_polygon_settle is about those that are not yet.
+        "polygon_gapfill_settle_s": 0,
     }
     values.update(over)
     return MarketdataSettings(**values)
@@ -1218,6 +1221,10 @@ async def test_outage_and_recovery_records_every_minute_bar_of_the_day_once(
                 "TRADEBUS_POLYGON_RECONNECT_MAX_S": "0.2",
                 "TRADEBUS_CALENDAR": "24/7",
                 "TRADEBUS_LOG_LEVEL": "DEBUG",
+                # The day's bars all closed minutes before the run; with a settle
+                # the empty last minute or two of each gap (and so the second
+                # gap_filled) would come a minute or two later in wall time.
+                "TRADEBUS_POLYGON_GAPFILL_SETTLE_S": "0",
             },
             log_path=tmp_path / "marketdata.log",
             name="md",

@@ -194,3 +194,65 @@ def test_a_second_bar_filler_counts_and_closes_in_seconds() -> None:
     assert f.missing(window, rows, start) == [T0 + 10 * S, T0 + 11 * S, T0 + 39 * S]
     f.filled(window)
     assert f.open_gaps() == {}
+
+
+def test_bars_not_final_at_the_reconnect_are_left_open_and_filled_once_final() -> None:
+    f = GapFiller(["AAPL", "MSFT"], settle_ns=30 * S)
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    live(f, "MSFT", 0)
+    f.on_disconnect(minute(1) + 20 * S)
+    reconnect = minute(5) + 10 * S  # minute 4 closed 10 s ago: not final
+
+    first = f.windows(reconnect, reconnect)
+    assert [(w.symbol, w.first_start_ns, w.last_start_ns, w.final) for w in first] == [
+        ("AAPL", minute(1), minute(3), False),
+        ("MSFT", minute(1), minute(3), False),
+    ]
+    for w in first:
+        f.filled(w)
+    assert f.open_gaps() == {"AAPL": minute(4), "MSFT": minute(4)}
+    assert f.final_at(reconnect) == minute(5) + 30 * S
+    assert f.windows(reconnect, minute(5) + 29 * S) == [], "not yet"
+    live(f, "AAPL", 4)  # its live bar came meanwhile
+
+    second = f.windows(reconnect, minute(5) + 30 * S)
+    assert [(w.symbol, w.first_start_ns, w.last_start_ns, w.final) for w in second] == [
+        ("AAPL", minute(4), minute(4), True),
+        ("MSFT", minute(4), minute(4), True),
+    ]
+    assert f.missing(second[0], [minute(4)], start) == [], "the live bar stands"
+    assert f.missing(second[1], [minute(4)], start) == [minute(4)]
+    for w in second:
+        f.filled(w)
+    assert f.open_gaps() == {}
+    assert f.final_at(reconnect) is None
+
+
+def test_a_gap_with_no_final_bar_yet_gets_no_window_and_stays_open() -> None:
+    f = GapFiller(["AAPL"], settle_ns=30 * S)
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0, 1)
+    f.on_disconnect(minute(2) + 50 * S)
+    reconnect = minute(3) + 5 * S  # only minute 2 closed, 5 s ago
+
+    assert f.windows(reconnect, reconnect) == []
+    assert f.open_gaps() == {"AAPL": minute(2)}
+    assert f.final_at(reconnect) == minute(3) + 30 * S
+    [w] = f.windows(reconnect, minute(3) + 30 * S)
+    assert (w.first_start_ns, w.last_start_ns, w.final) == (minute(2), minute(2), True)
+
+
+def test_disconnects_count_the_outages_a_fill_may_have_gone_stale_by() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_disconnect(minute(1))  # never subscribed: not an outage of ours
+    assert f.disconnects == 0
+    f.on_subscribed(minute(1))
+    f.on_disconnect(minute(2))
+    f.on_disconnect(minute(3))
+    assert f.disconnects == 2
+
+
+def test_a_negative_settle_is_refused() -> None:
+    with pytest.raises(ValueError, match="settle_ns"):
+        GapFiller(["AAPL"], settle_ns=-1)

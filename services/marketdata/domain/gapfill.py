@@ -23,6 +23,14 @@ The window of an outage, per symbol:
   progress comes live, and REST would only have a partial bar for it;
 - it reaches back at most ``max_gap_ns``.
 
+A closed bar is fetched from REST only once it is *final*: its window closed
+``settle_ns`` ago. REST may not yet hold a just-closed window's late trades,
+and the live bar of that window may still be on its way (both share an event
+id: whichever came first would stand). So :meth:`GapFiller.windows` cuts a
+window at the last final bar, the gap stays open after it, and
+:meth:`GapFiller.final_at` says when the rest is final and to be fetched;
+live bars that arrived meanwhile are in the ledger, and left out then.
+
 A second outage before the first one's gap-fill succeeded keeps the earlier
 start, so nothing is skipped; a gap whose fetch failed stays open and is
 retried, and one still open when the feed stops is opened again by the next
@@ -58,6 +66,9 @@ class GapWindow:
     generation: int
     #: The bar interval (a minute, or a second for second bars).
     interval_ns: int = MINUTE_NS
+    #: False: bars closed after it at the reconnect were not final yet; once
+    #: this window is filled, the gap stays open after it (see ``settle_ns``).
+    final: bool = True
 
     def contains(self, start_ns: int) -> bool:
         return self.first_start_ns <= start_ns <= self.last_start_ns
@@ -78,10 +89,12 @@ class GapFiller:
         interval_ns: int = MINUTE_NS,
         max_gap_ns: int = 24 * 3600 * 1_000_000_000,
         retention_ns: int = 2 * 24 * 3600 * 1_000_000_000,
+        settle_ns: int = 0,
     ) -> None:
-        if interval_ns <= 0 or max_gap_ns <= 0:
-            raise ValueError("interval_ns and max_gap_ns must be positive")
+        if interval_ns <= 0 or max_gap_ns <= 0 or settle_ns < 0:
+            raise ValueError("interval_ns and max_gap_ns must be positive, settle_ns not negative")
         self.interval_ns = interval_ns
+        self.settle_ns = settle_ns
         self.max_gap_ns = max_gap_ns
         self.retention_ns = max(retention_ns, max_gap_ns + interval_ns)
         self._symbols = tuple(dict.fromkeys(symbols))
@@ -91,6 +104,8 @@ class GapFiller:
         self._gap_from: dict[str, int] = {}
         self._session_start: int | None = None
         self._generation = 0
+        #: How many times the feed went down (see :attr:`disconnects`).
+        self._disconnects = 0
 
     # ---------------------------------------------------------------- ledger
 
@@ -154,11 +169,21 @@ class GapFiller:
         if self._session_start is None:
             self._session_start = floor_to(now_ns, self.interval_ns)
 
+    @property
+    def disconnects(self) -> int:
+        """How many times the feed went down: a fill for a reconnect is stale once this moved.
+
+        Its gaps then reach past that reconnect, into an outage still going on,
+        and only the next reconnect can close them.
+        """
+        return self._disconnects
+
     def on_disconnect(self, now_ns: int) -> None:
         """The feed went down: open a gap for every symbol that has none open."""
         if self._session_start is None:
             return  # never subscribed: nothing was ours yet
         self._generation += 1
+        self._disconnects += 1
         for symbol in self._symbols:
             if symbol in self._gap_from:
                 continue  # an earlier gap is still open: keep its (earlier) start
@@ -171,27 +196,62 @@ class GapFiller:
         """Symbol -> start of its open gap."""
         return dict(self._gap_from)
 
-    def windows(self, reconnect_ns: int) -> list[GapWindow]:
+    def windows(self, reconnect_ns: int, now_ns: int | None = None) -> list[GapWindow]:
         """What to fetch now that the feed is back (one window per symbol with a gap).
 
         A gap with no closed minute in it (the feed was back within the same
-        minute) is closed here: that minute's bar comes live.
+        minute) is closed here: that minute's bar comes live. A window ends
+        at the last minute closed at the reconnect, or at the last one final
+        at ``now_ns`` (default: the reconnect) if that is earlier; a gap with
+        no final minute yet gets no window and stays open (:meth:`final_at`).
         """
-        last_closed = floor_to(reconnect_ns, self.interval_ns) - self.interval_ns
-        horizon = floor_to(reconnect_ns - self.max_gap_ns, self.interval_ns)
+        last_closed = self._last_closed(reconnect_ns)
+        now = reconnect_ns if now_ns is None else now_ns
+        last_final = min(last_closed, self._last_closed(now - self.settle_ns))
         out: list[GapWindow] = []
         for symbol in self._symbols:
-            start = self._gap_from.get(symbol)
+            start = self._window_start(symbol, reconnect_ns)
             if start is None:
                 continue
-            start = max(floor_to(start + self.interval_ns - 1, self.interval_ns), horizon)
-            if start <= last_closed:
+            if start <= last_final:
                 out.append(
-                    GapWindow(symbol, start, last_closed, self._generation, self.interval_ns)
+                    GapWindow(
+                        symbol,
+                        start,
+                        last_final,
+                        self._generation,
+                        self.interval_ns,
+                        final=last_final == last_closed,
+                    )
                 )
-            else:
+            elif start > last_closed:
                 self._gap_from.pop(symbol, None)
         return out
+
+    def final_at(self, reconnect_ns: int) -> int | None:
+        """When the gaps' bars closed at the reconnect are all final; None: no such gap open.
+
+        After a fill that left bars not yet final, fetch again then.
+        """
+        last_closed = self._last_closed(reconnect_ns)
+        waiting = any(
+            start <= last_closed
+            for start in (self._window_start(s, reconnect_ns) for s in self._symbols)
+            if start is not None
+        )
+        return last_closed + self.interval_ns + self.settle_ns if waiting else None
+
+    def _last_closed(self, at_ns: int) -> int:
+        """The start of the last window closed at ``at_ns``."""
+        return floor_to(at_ns, self.interval_ns) - self.interval_ns
+
+    def _window_start(self, symbol: str, reconnect_ns: int) -> int | None:
+        """Where ``symbol``'s open gap starts to be fetched (whole windows, ``max_gap_ns`` back)."""
+        start = self._gap_from.get(symbol)
+        if start is None:
+            return None
+        horizon = floor_to(reconnect_ns - self.max_gap_ns, self.interval_ns)
+        return max(floor_to(start + self.interval_ns - 1, self.interval_ns), horizon)
 
     def missing(
         self, window: GapWindow, bars: Iterable[T], start_of: Callable[[T], int]
@@ -215,12 +275,13 @@ class GapFiller:
     def filled(self, window: GapWindow) -> None:
         """``window`` was fetched and published: close the gap up to its end.
 
-        If the feed dropped again meanwhile (a newer generation), the gap stays
-        open from the minute after this window, so that outage is filled too.
+        If the feed dropped again meanwhile (a newer generation), or bars after
+        the window were not final yet, the gap stays open from the minute
+        after this window, so that outage (or those bars) is filled too.
         """
         if window.symbol not in self._gap_from:
             return
-        if window.generation == self._generation:
+        if window.generation == self._generation and window.final:
             del self._gap_from[window.symbol]
         else:
             self._gap_from[window.symbol] = max(
