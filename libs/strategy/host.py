@@ -395,7 +395,7 @@ class StrategyHost:
         *,
         ledger: bool = True,
     ) -> Callable[[], None] | None:
-        """Mark the ledger as the risk-gate marks (``evolve._on_price``): at a
+        """Mark the ledger as the risk-gate marks (``evolve_orders.on_price``): at a
         trade, a bar's close or a mark marketdata made of an option's quotes,
         the newest by market time; not at a quote, whose midpoint marketdata
         may refuse as a price (too wide a spread) and makes none of for an

@@ -71,7 +71,11 @@ _HERE = Path(__file__).resolve()
 #: it reads, and this codec.
 _SOURCES = (
     *sorted((_HERE.parents[1] / "domain").glob("*.py")),
+    # The event contract: the union and its families' modules.
     _HERE.parents[3] / "libs" / "contract" / "events.py",
+    _HERE.parents[3] / "libs" / "contract" / "events_market.py",
+    _HERE.parents[3] / "libs" / "contract" / "events_orders.py",
+    _HERE.parents[3] / "libs" / "contract" / "events_risk.py",
     # Event.market_ns and CLOCK_SKEW_NS (marks, the trading day), and the
     # option contracts' expiries (contract_expired, settlements).
     _HERE.parents[3] / "libs" / "contract" / "envelope.py",

@@ -59,7 +59,8 @@ from libs.contract.events import (
 )
 from services.risk_gate.domain.commands import SOURCE, make, submit_order, withdrawal
 from services.risk_gate.domain.decide import check
-from services.risk_gate.domain.evolve import RESULTING_STATE, evolve, roll_day
+from services.risk_gate.domain.evolve import evolve, roll_day
+from services.risk_gate.domain.evolve_obligations import RESULTING_STATE
 from services.risk_gate.domain.state import ZERO, Obligation, Order, RiskState
 
 E = TypeVar("E", bound=Event)

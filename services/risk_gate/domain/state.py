@@ -198,7 +198,7 @@ class Order:
 
     @property
     def is_open(self) -> bool:
-        """Nothing of a closed order remains (``evolve._close`` zeroes it)."""
+        """Nothing of a closed order remains (``evolve_orders._close`` zeroes it)."""
         return self.remaining > 0
 
 

@@ -62,7 +62,11 @@ _SOURCES = (
     _ROOT / "libs" / "contract" / "options.py",
     # Event.market_ns and CLOCK_SKEW_NS: the marks' market time.
     _ROOT / "libs" / "contract" / "envelope.py",
+    # The event contract: the union and its families' modules.
     _ROOT / "libs" / "contract" / "events.py",
+    _ROOT / "libs" / "contract" / "events_market.py",
+    _ROOT / "libs" / "contract" / "events_orders.py",
+    _ROOT / "libs" / "contract" / "events_risk.py",
     _HERE,
 )
 
