@@ -9,8 +9,9 @@ plain function, the same live and in a backtest, with no bus and no clock:
     s = session("XNYS", dt.date(2025, 11, 28))  # None on a holiday or weekend
     s.close_ns - s.full_day_close_ns            # -3 hours: a half day
 
-XNYS's days from :data:`TABLE_FIRST` to :data:`TABLE_LAST` are answered from
-a table generated from exchange-calendars and committed
+XNYS's days from :data:`TABLE_FIRST` to :data:`TABLE_LAST` (asked as ``XNYS`` or
+as one of the library's aliases of it, ``NYSE``, ``XNAS``, ...: :data:`TABLE_CODES`)
+are answered from a table generated from exchange-calendars and committed
 (``libs/contract/xnys_table.py``: its holidays and its special sessions,
 every other weekday 09:30 to 16:00), so that a service does not import the
 library and pandas (about a second and 100 MB a process) to know when an
@@ -40,6 +41,9 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: The calendar the committed table answers for, and its days (inclusive).
 TABLE_CALENDAR = "XNYS"
+#: The codes the table answers for: XNYS and the aliases exchange-calendars
+#: gives its calendar (NYSE, XNAS, ...; generated into the table).
+TABLE_CODES = frozenset({TABLE_CALENDAR, *xnys_table.ALIASES})
 TABLE_FIRST = xnys_table.FIRST
 TABLE_LAST = xnys_table.LAST
 #: Where the table is, for ``--write-table`` and the drift test.
@@ -104,8 +108,9 @@ def check(calendar: str, through: dt.date | None = None) -> str:
     """``calendar`` if ``exchange-calendars`` knows it (``XNYS``, ``XLON``, ...),
     for a config check; :class:`CalendarError` if not.
 
-    XNYS, from today through ``through``, is in the committed table: nothing
-    is imported or built, and the library need not be installed. Otherwise
+    XNYS (or an alias of it: NYSE, ...), from today through ``through``, is
+    in the committed table: nothing is imported or built, and the library
+    need not be installed. Otherwise
     it also builds the calendar (a few tenths of a second), up to ``through``
     if that is later than its default range (a year ahead): checked when a
     strategy's parameters are loaded, so that the first :func:`session`, asked
@@ -113,7 +118,7 @@ def check(calendar: str, through: dt.date | None = None) -> str:
     1 s by default) building it.
     """
     today = dt.datetime.now(dt.UTC).date()
-    if calendar == TABLE_CALENDAR and today >= TABLE_FIRST and (through or today) <= TABLE_LAST:
+    if calendar in TABLE_CODES and today >= TABLE_FIRST and (through or today) <= TABLE_LAST:
         return calendar  # answered from the table: nothing to import or build
     names = _quietly(lambda: _library().get_calendar_names(include_aliases=True))
     if calendar not in names:
@@ -159,8 +164,8 @@ def session(calendar: str, day: dt.date) -> Session | None:
     weekend, a holiday). The day is the session's date in the exchange's own
     time zone. Kept once asked: the second question about a day costs a dict
     lookup. :class:`CalendarError` for an unknown calendar."""
-    if calendar == TABLE_CALENDAR and TABLE_FIRST <= day <= TABLE_LAST:
-        return _from_table(day)
+    if calendar in TABLE_CODES and TABLE_FIRST <= day <= TABLE_LAST:
+        return _from_table(day, calendar)
     return _from_library(calendar, day)
 
 
@@ -168,11 +173,11 @@ def _at(day: dt.date, at: dt.time) -> int:
     return _ns(dt.datetime.combine(day, at, tzinfo=_NEW_YORK))
 
 
-def _from_table(day: dt.date) -> Session | None:
+def _from_table(day: dt.date, calendar: str = TABLE_CALENDAR) -> Session | None:
     if day.weekday() >= 5 or day in xnys_table.HOLIDAYS:
         return None
     opens, closes = xnys_table.SPECIAL.get(day, (_REGULAR_OPEN, _REGULAR_CLOSE))
-    return Session(TABLE_CALENDAR, day, _at(day, opens), _at(day, closes), _at(day, _REGULAR_CLOSE))
+    return Session(calendar, day, _at(day, opens), _at(day, closes), _at(day, _REGULAR_CLOSE))
 
 
 def _from_library(calendar: str, day: dt.date) -> Session | None:
@@ -201,7 +206,8 @@ def _from_library(calendar: str, day: dt.date) -> Session | None:
 def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> str:
     """``xnys_table.py`` as the installed exchange-calendars has XNYS from
     ``first`` to ``last``: every weekday without a session, and every session
-    that does not open at 09:30 or close at 16:00 New York (on its own day)."""
+    that does not open at 09:30 or close at 16:00 New York (on its own day);
+    and the other codes the library gives XNYS's calendar (its aliases)."""
     xc = _library()
     cal = _quietly(lambda: xc.get_calendar(TABLE_CALENDAR, start=first, end=last))
     if cal.first_session.date() > first + dt.timedelta(days=7) or cal.last_session.date() < last:
@@ -220,6 +226,7 @@ def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> st
             raise CalendarError(f"XNYS's session of {day} is not within that day in New York")
         if (opens.time(), closes.time()) != (_REGULAR_OPEN, _REGULAR_CLOSE):
             special.append(f"    {_date(day)}: ({_time(opens.time())}, {_time(closes.time())}),\n")
+    aliases = sorted(_quietly(lambda: xc.names_to_aliases()).get(TABLE_CALENDAR, []))
     holidays = []
     day = first
     while day <= last:
@@ -229,7 +236,8 @@ def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> st
     return (
         '"""XNYS (the NYSE) from exchange-calendars: its weekdays without a session\n'
         "and its sessions that do not open at 09:30 or close at 16:00 New York (open,\n"
-        "close); every other weekday from FIRST to LAST is 09:30 to 16:00.\n\n"
+        "close); every other weekday from FIRST to LAST is 09:30 to 16:00. ALIASES:\n"
+        "the library's other codes for XNYS's calendar, answered from this table too.\n\n"
         "Generated by ``make calendar`` (``python -m libs.contract.sessions\n"
         "--write-table``): do not edit. tests/unit/test_contract_sessions.py fails\n"
         'when the installed exchange-calendars disagrees with it."""\n\n'
@@ -239,7 +247,10 @@ def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> st
         "HOLIDAYS = frozenset(\n    {\n"
         + "".join(f"    {line}" for line in holidays)
         + "    }\n)\n\n"
-        "SPECIAL = {\n" + "".join(special) + "}\n"
+        "SPECIAL = {\n" + "".join(special) + "}\n\n"
+        "ALIASES = frozenset(\n    {\n"
+        + "".join(f'        "{alias}",\n' for alias in aliases)
+        + "    }\n)\n"
     )
 
 

@@ -46,6 +46,8 @@ SERVERS_LOCK = "servers.lock"
 #: Seconds between two checks that the servers are still running.
 WATCH_INTERVAL = 1.0
 RESTART_BACKOFF_CAP = 30.0
+#: Held (blocked) by up while it starts this process, which inherits the mask.
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 class Keeper:
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Started with them held (LocalServers.start): let through now that they
+    # stop us, before any server starts and inherits the mask. One held
+    # since (up stopping at once) is taken here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     threading.Thread(target=_watch_stdin, args=(keeper.stop_requested,), daemon=True).start()
     try:
         try:

@@ -75,19 +75,28 @@ class LocalServers:
                 argv += ["--nats-config", str(nats_config)]
         if postgres_port:
             argv += ["--postgres-port", str(postgres_port)]
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=_stdout_fd(),
-            # The NATS passwords reach the server through its environment only.
-            env=env,
-            # Its own session: a terminal's Ctrl-C must not reach the servers.
-            start_new_session=True,
-        )
-        servers = cls(proc, {})
-        if on_start is not None:
-            on_start(servers)
+        # SIGINT and SIGTERM are held from before the keeper's process exists
+        # until on_start has it: up's handler raises, and one between Popen
+        # returning (or its fork, inside it) and on_start left the keeper to
+        # no one. One that came meanwhile is raised as they are let through.
+        # The keeper inherits the mask and lets them through itself (keeper.main).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, keeper.HELD_SIGNALS)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=_stdout_fd(),
+                # The NATS passwords reach the server through its environment only.
+                env=env,
+                # Its own session: a terminal's Ctrl-C must not reach the servers.
+                start_new_session=True,
+            )
+            servers = cls(proc, {})
+            if on_start is not None:
+                on_start(servers)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         assert proc.stdout is not None
         try:
             line = proc.stdout.readline()

@@ -215,61 +215,68 @@ def _run_locked(
 
     failure: str | None = None
     interrupted: Interrupted | None = None
-    #: The signal mask before SIGINT and SIGTERM were held, once they are.
-    held: set[int | signal.Signals] | None = None
+    #: The signal mask as it was, given back once up's last handler is in.
+    unheld = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     state_file = home / "stack.json"
     try:
-        # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
-        # raises Interrupted here, and we stop whatever has started so far.
-        with _signals(_interrupt):
-            try:
-                # The home's paper keys whatever the NATS server; its NATS
-                # passwords only for ours.
-                stored = creds.load_or_create(home, wiring.NATS_USERS)
-                credentials = None if os.environ.get("NATS_URL") else stored
-                servers, nats_url, database_url = start_servers(
-                    ports, home, printer, note, credentials, record
-                )
-                note("migrating the event store")
-                migrate(database_url)
-                note("declaring the stream (as the NATS admin user)")
-                ensure_stream(nats_url, credentials)
-                inputs = wiring.Inputs(
-                    home=home,
-                    nats_url=nats_url,
-                    database_url=database_url,
-                    credentials=credentials,
-                    paper_keys=stored.paper_env(),
-                    strategies=checked.strategies,
-                    risk=checked.risk,
-                    paper_port=ports.paper(),
-                    md_rate=options.md_rate,
-                    loaded_strategies=checked.loaded_strategies,
-                )
-                specs, endpoints = service_specs(names, inputs, ports)
-                info = stack_info(
-                    home, nats_url, database_url, endpoints, servers, credentials, inputs
-                )
-                state_file.write_text(stack_state(info, servers))
-                runner = asyncio.Runner()
+        try:
+            # Until the supervisor's loop takes over SIGINT/SIGTERM, either one
+            # raises Interrupted here, and we stop whatever has started so far.
+            with _signals(_interrupt):
                 try:
-                    failure = runner.run(
-                        supervise(specs, endpoints, printer, info, options.stop_timeout, servers)
+                    # The home's paper keys whatever the NATS server; its NATS
+                    # passwords only for ours.
+                    stored = creds.load_or_create(home, wiring.NATS_USERS)
+                    credentials = None if os.environ.get("NATS_URL") else stored
+                    servers, nats_url, database_url = start_servers(
+                        ports, home, printer, note, credentials, record
                     )
+                    note("migrating the event store")
+                    migrate(database_url)
+                    note("declaring the stream (as the NATS admin user)")
+                    ensure_stream(nats_url, credentials)
+                    inputs = wiring.Inputs(
+                        home=home,
+                        nats_url=nats_url,
+                        database_url=database_url,
+                        credentials=credentials,
+                        paper_keys=stored.paper_env(),
+                        strategies=checked.strategies,
+                        risk=checked.risk,
+                        paper_port=ports.paper(),
+                        md_rate=options.md_rate,
+                        loaded_strategies=checked.loaded_strategies,
+                    )
+                    specs, endpoints = service_specs(names, inputs, ports)
+                    info = stack_info(
+                        home, nats_url, database_url, endpoints, servers, credentials, inputs
+                    )
+                    state_file.write_text(stack_state(info, servers))
+                    runner = asyncio.Runner()
+                    try:
+                        failure = runner.run(
+                            supervise(
+                                specs, endpoints, printer, info, options.stop_timeout, servers
+                            )
+                        )
+                    finally:
+                        # Closing the loop gives SIGINT and SIGTERM their
+                        # defaults back (SIGTERM's: exit at once): held first.
+                        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+                        runner.close()
                 finally:
-                    # Closing the loop gives SIGINT and SIGTERM their defaults
-                    # back, and SIGTERM's kills up outright, its stop of the
-                    # servers skipped: both are held from here until the
-                    # handler below is in.
-                    held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-                    runner.close()
-            except Interrupted as e:
-                interrupted = e
-                note(f"{e} while starting; stopping")
+                    # Leaving this block gives them back the handlers from
+                    # before up's, SIGTERM's default too, when the start-up
+                    # failed or was interrupted without reaching the loop: a
+                    # SIGTERM then killed up, its stop of the servers skipped.
+                    # Held from here until the handler below is in.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        except Interrupted as e:
+            interrupted = e
+            note(f"{e} while starting; stopping")
     finally:
         with _signals(lambda signum, frame: note("still stopping the servers...")):
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one held is handled here
+            signal.pthread_sigmask(signal.SIG_SETMASK, unheld)  # one held is handled here
             if servers is not None:
                 note("stopping the servers")
                 servers.stop()

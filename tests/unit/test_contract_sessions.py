@@ -116,6 +116,36 @@ print(sorted(m for m in ("exchange_calendars", "pandas") if m in sys.modules))
     assert done.stdout.splitlines() == ["True", "13:00", "None", "[]"]
 
 
+def test_the_library_s_aliases_of_xnys_are_answered_from_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """exchange-calendars gives XNYS's calendar other codes (NYSE, XNAS, ...);
+    asked by one of them, a session is the table's, as XNYS's is, not the
+    library's import and build (which, not installed, refused them)."""
+    import exchange_calendars  # type: ignore[import-untyped]  # no type information shipped
+
+    aliases = exchange_calendars.names_to_aliases()["XNYS"]
+    assert "NYSE" in aliases
+    assert sorted(aliases) == sorted(xnys_table.ALIASES)
+    half_day, holiday = dt.date(2025, 11, 28), dt.date(2025, 11, 27)
+    library = {code: sessions._from_library(code, half_day) for code in aliases}
+
+    def missing() -> None:
+        raise sessions.CalendarError("exchange-calendars is not installed")
+
+    monkeypatch.setattr(sessions, "_library", missing)
+    sessions.session.cache_clear()
+    for code in aliases:
+        s = sessions.session(code, half_day)
+        assert s == library[code], code
+        assert s is not None
+        assert (s.calendar, s.close_ns) == (code, ny_ns(half_day, 13, 0))
+        assert sessions.session(code, holiday) is None, code
+        assert sessions.check(code, through=dt.date(2030, 1, 1)) == code
+    with pytest.raises(sessions.CalendarError, match="not installed"):
+        sessions.session("nyse", half_day)  # the library's codes are case-sensitive
+
+
 # ------------------------------------------------------------------ the table
 
 ROOT = Path(__file__).resolve().parents[2]

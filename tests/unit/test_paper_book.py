@@ -277,9 +277,36 @@ def test_a_print_stamped_before_a_stop_order_was_placed_does_not_trigger_it() ->
     b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=50))
     updates = b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=40))  # late, after them
     assert [(u.event, u.order.id, u.price) for u in updates] == [
-        ("fill", stop.id, D(99)),
+        ("fill", stop.id, D(101)),  # the newest print: a triggered stop is a market order
         ("triggered", stop_limit.id, None),
     ]
+
+
+def test_a_stop_a_late_print_triggers_fills_at_the_newest_print_as_its_rest_does() -> None:
+    """A triggered stop is a market order: it fills at the newest print by
+    the market's time. A trade (or bar) reported late, stamped after the stop
+    was placed but before the newest print, triggers it (a price it had), and
+    the stop fills at the newest print, slipped, as the rest of a stop
+    already triggered does. Until this the part filled on triggering took the
+    late print's price (a bar's: the stop or its open), the rest the newest."""
+    b = book(fill_model=FillModelConfig(max_fill_quantity=D(1), slippage_bps=D(10)))
+    b.on_market(MarketUpdate.trade("IBM", D(101), ts_ns=30))
+    # Placed at market time 30, with IBM at 101: neither is triggered.
+    sell, _ = b.submit("A", OrderSpec("IBM", "sell", D(2), "stop", stop_price=D(100)))
+    buy, _ = b.submit("A", OrderSpec("IBM", "buy", D(1), "stop", stop_price=D(103)))
+    assert b.on_market(MarketUpdate.trade("IBM", D(102), ts_ns=50)) == []
+    updates = b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=40))  # late, after them
+    assert [(u.event, u.order.id, u.price) for u in updates] == [
+        ("partial_fill", sell.id, D("101.898")),  # 102 less 10 bps, not 99 less 10 bps
+    ]
+    # A late bar of [35, 45), wholly after the orders: its high triggers the
+    # buy stop (at 103 it filled at 103.103), its low the sell's rest.
+    updates = b.on_market(MarketUpdate.bar("IBM", D(100), D(104), D(98), D(100), 45, 35))
+    assert [(u.event, u.order.id, u.price) for u in updates] == [
+        ("fill", sell.id, D("101.898")),
+        ("fill", buy.id, D("102.102")),
+    ]
+    assert b.last_price("IBM") == D(102)
 
 
 def test_a_market_order_fills_at_the_newest_print_not_a_late_older_one() -> None:

@@ -444,8 +444,9 @@ class PaperBook(Ledger):
         better than the market allowed.
 
         A print older by the market's time than the newest (a trade reported
-        late) fills what fills at the market (a market order, a triggered
-        stop) at the newest print, the last price, not at its own. One
+        late) fills what fills at the market (a market order, a stop
+        triggered before or by it) at the newest print, the last price, not
+        at its own. One
         stamped before a limit or stop order was placed (a bar that ended
         before it) neither fills nor triggers it: as a bar's low from before
         the order, a price it never had; one stamped after was a price the
@@ -460,8 +461,9 @@ class PaperBook(Ledger):
         self._print(symbol, update.last, update.ts_ns)
         newest, newest_ns = self._newest_print(symbol)
         current: MarketUpdate | None = None
-        if newest is not None and update.ts_ns < newest_ns:
-            current = MarketUpdate.trade(symbol, newest, newest_ns)
+        late = newest if newest is not None and update.ts_ns < newest_ns else None
+        if late is not None:
+            current = MarketUpdate.trade(symbol, late, newest_ns)
         close: MarketUpdate | None = None
         for order in self._working_orders(symbol):
             if order.time_in_force in AUCTIONS:
@@ -482,7 +484,8 @@ class PaperBook(Ledger):
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
-            match = on_market(self.config.fill_model, self._working(order), seen)
+            # A stop a late print triggers fills at the newest (``last``), as its rest.
+            match = on_market(self.config.fill_model, self._working(order), seen, last=late)
             if not (match.triggered or match.fills):
                 continue
             now = self.clock.now_ns()

@@ -39,7 +39,9 @@ order submitted before the symbol has any price waits for the first update.
 *Stop orders* trigger when the market reaches the stop (buy: price or bar
 high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
 the trigger price (a trade's price; for a bar, the stop or the open if the bar
-gapped through it). *Stop-limit orders* trigger the same way, then work as
+gapped through it), unless the update is older by the market's time than the
+newest print (reported late): then, as a market order, at the last price,
+the newest print (``on_market``'s ``last``). *Stop-limit orders* trigger the same way, then work as
 a limit order from that same update on. As for limits, only prices the
 order had trigger it: not a print stamped before it was placed.
 
@@ -279,8 +281,15 @@ def on_market(
     update: MarketUpdate,
     *,
     resting: bool = True,
+    last: Decimal | None = None,
 ) -> Match:
-    """What a working order does on one market update of its symbol."""
+    """What a working order does on one market update of its symbol.
+
+    ``last`` is the symbol's last price when ``update`` is not it (a print
+    reported late, older by the market's time than the newest): the update
+    may still trigger a stop, but what fills at the market (a market order,
+    a plain stop) fills at ``last``, not at the late print.
+    """
     if order.remaining <= 0:
         return NO_MATCH
     triggered = order.triggered
@@ -294,7 +303,10 @@ def on_market(
         reference = trigger
 
     if order.order_type in ("market", "stop"):
-        price: Decimal | None = _slipped(config, order.side, reference)
+        # A triggered stop is a market order: at the last price if the
+        # update is not it, as the stop's rest fills on the next update.
+        at = reference if last is None else last
+        price: Decimal | None = _slipped(config, order.side, at)
     elif newly_triggered or not resting:
         # A stop-limit that just triggered, or a limit order arriving: marketable?
         price = _marketable_limit_price(config, order, reference)
