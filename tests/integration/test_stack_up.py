@@ -892,14 +892,31 @@ async def test_supervisor_restarts_what_dies_and_stops_in_reverse_order() -> Non
     assert not sup.pids()
 
 
-async def test_supervisor_stops_everything_when_a_service_refuses_its_config() -> None:
+async def test_supervisor_stops_everything_when_a_service_refuses_its_config(
+    tmp_path: Path,
+) -> None:
     """Exit code 2 is a service's "my configuration is invalid": restarting it
     would loop for ever while the rest ran on without it (a stack trading
     with no risk-gate). The supervisor stops on its own, saying why."""
     out = io.StringIO()
-    refuser = "import sys; print('error: risk.yaml: max_gros_notional'); sys.exit(2)"
+    # The refuser exits once steady has its SIGTERM handler in (a file steady
+    # writes after it), so "steady stopped (exit code 0)" does not depend on
+    # which of the two processes a loaded host runs first.
+    ready = tmp_path / "steady.ready"
+    steady = STEADY.replace(
+        "print('ready', flush=True)\n",
+        f"print('ready', flush=True)\nopen({str(ready)!r}, 'w').close()\n",
+    )
+    refuser = (
+        "import os, sys, time\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(ready)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('error: risk.yaml: max_gros_notional')\n"
+        "sys.exit(2)\n"
+    )
     specs = [
-        ServiceSpec("steady", python(STEADY), dict(os.environ)),
+        ServiceSpec("steady", python(steady), dict(os.environ)),
         ServiceSpec("refuser", python(refuser), dict(os.environ)),
     ]
     printer = Printer(out, ["up", "steady", "refuser"], color=False)
