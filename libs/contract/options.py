@@ -27,22 +27,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import Literal, NamedTuple
-from zoneinfo import ZoneInfo
 
 from libs.contract import sessions
 
 OPTION_PREFIX = "O:"
 #: The exchange's time zone: an option's last trading day ends in it.
-EXCHANGE_TZ = ZoneInfo("America/New_York")
+EXCHANGE_TZ = sessions.NEW_YORK
 #: The close of a full trading day (New York time): an expiry day's close
 #: where the calendar has no session that day (a holiday: no contract expires
-#: then) or exchange-calendars is not installed (a bare install: every
-#: service that trades options has it in its extra and warms it).
-EXPIRY_CLOSE = dt.time(16, 0)
+#: then) or exchange-calendars is not installed past the table
+#: (``sessions.xnys_session``: every service that trades options has it in
+#: its extra and warms it).
+EXPIRY_CLOSE = sessions.REGULAR_CLOSE
 #: The exchange calendar (exchange-calendars' code) an expiry day's close is
-#: read from: US equity and ETF options stop trading with the NYSE, at its
-#: 13:00 early closes too.
-EXPIRY_CALENDAR = "XNYS"
+#: read from (``sessions.xnys_session``): US equity and ETF options stop
+#: trading with the NYSE, at its 13:00 early closes too.
+EXPIRY_CALENDAR = sessions.XNYS
 #: How far ahead :func:`warm_calendar` makes sure the calendar answers:
 #: listed LEAPS expire up to about three years out.
 _WARM_AHEAD = dt.timedelta(days=4 * 366)
@@ -138,16 +138,10 @@ class ExpiryClose(NamedTuple):
 def expiry_close(expiry: dt.date) -> ExpiryClose:
     """The close of ``expiry``'s regular session on :data:`EXPIRY_CALENDAR`
     (13:00 New York on a half day); :data:`EXPIRY_CLOSE` on a day without a
-    session, or without exchange-calendars installed."""
-    try:
-        session = sessions.session(EXPIRY_CALENDAR, expiry)
-    except sessions.CalendarError:
-        session = None
-    if session is None:
-        close = dt.datetime.combine(expiry, EXPIRY_CLOSE, tzinfo=EXCHANGE_TZ)
-        return ExpiryClose(int(close.timestamp()) * 1_000_000_000, f"{EXPIRY_CLOSE:%H:%M}")
-    at = dt.datetime.fromtimestamp(session.close_ns // 1_000_000_000, EXCHANGE_TZ)
-    return ExpiryClose(session.close_ns, f"{at:%H:%M}")
+    session, or without exchange-calendars installed past the table."""
+    session = sessions.xnys_session(expiry)
+    close_ns = sessions.new_york_ns(expiry, EXPIRY_CLOSE) if session is None else session.close_ns
+    return ExpiryClose(close_ns, f"{sessions.new_york_time(close_ns):%H:%M}")
 
 
 def warm_calendar() -> None:

@@ -19,6 +19,13 @@ option expires. ``make calendar`` regenerates it; a test fails when the
 installed library disagrees with it. Other calendars, and XNYS's days outside
 the table, are asked of the library, imported at the first such question;
 each day's answer is kept: asking again, at every bar, is a dict lookup.
+
+The New York arithmetic every service does with XNYS is here once:
+:func:`new_york_ns` (a New York day and time in ns since the epoch),
+:func:`new_york_time` (a time in ns as New York's wall clock has it) and
+:func:`xnys_session`, the session with the one rule for a day that cannot
+be read (exchange-calendars not installed, past the table): every weekday
+09:30 to 16:00.
 """
 
 from __future__ import annotations
@@ -37,10 +44,14 @@ from zoneinfo import ZoneInfo
 from libs.contract import xnys_table
 
 NS_PER_US = 1_000
+NS_PER_S = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+#: The NYSE's exchange-calendars code: the calendar US equity and ETF
+#: options stop trading with, and the one the paper broker keeps.
+XNYS = "XNYS"
 #: The calendar the committed table answers for, and its days (inclusive).
-TABLE_CALENDAR = "XNYS"
+TABLE_CALENDAR = XNYS
 #: The codes the table answers for: XNYS and the aliases exchange-calendars
 #: gives its calendar (NYSE, XNAS, ...; generated into the table).
 TABLE_CODES = frozenset({TABLE_CALENDAR, *xnys_table.ALIASES})
@@ -48,11 +59,13 @@ TABLE_FIRST = xnys_table.FIRST
 TABLE_LAST = xnys_table.LAST
 #: Where the table is, for ``--write-table`` and the drift test.
 TABLE_PATH = Path(__file__).with_name("xnys_table.py")
-_NEW_YORK = ZoneInfo("America/New_York")
+#: XNYS's time zone: its sessions, and an option's expiry day, are New York's.
+NEW_YORK = ZoneInfo("America/New_York")
 #: XNYS's regular session (New York time) on every weekday the table does
-#: not list: its open and its full-day close.
-_REGULAR_OPEN = dt.time(9, 30)
-_REGULAR_CLOSE = dt.time(16, 0)
+#: not list, and on every weekday :func:`xnys_session` cannot read: its open
+#: and its full-day close.
+REGULAR_OPEN = dt.time(9, 30)
+REGULAR_CLOSE = dt.time(16, 0)
 
 #: Days built on either side of one asked about outside a calendar's range.
 _MARGIN_DAYS = 14
@@ -169,15 +182,39 @@ def session(calendar: str, day: dt.date) -> Session | None:
     return _from_library(calendar, day)
 
 
-def _at(day: dt.date, at: dt.time) -> int:
-    return _ns(dt.datetime.combine(day, at, tzinfo=_NEW_YORK))
+def xnys_session(day: dt.date) -> Session | None:
+    """XNYS's regular session of ``day`` (:func:`session`), or None on a day
+    it does not trade; where that cannot be read (a day outside the table
+    without exchange-calendars installed), the usual one: every weekday
+    09:30 to 16:00 New York, no session on a weekend."""
+    try:
+        return session(XNYS, day)
+    except CalendarError:
+        return None if day.weekday() >= 5 else _xnys(day, REGULAR_OPEN, REGULAR_CLOSE)
+
+
+def new_york_ns(day: dt.date, at: dt.time) -> int:
+    """``at`` (New York's wall-clock time, naive) on ``day``, in ns since the epoch."""
+    return _ns(dt.datetime.combine(day, at, tzinfo=NEW_YORK))
+
+
+def new_york_time(at_ns: int) -> dt.datetime:
+    """``at_ns`` (ns since the epoch) as New York's wall clock has it, to the
+    whole second below: seconds as a float would round a time a nanosecond
+    before midnight up to the next day."""
+    return dt.datetime.fromtimestamp(at_ns // NS_PER_S, NEW_YORK)
+
+
+def _xnys(day: dt.date, opens: dt.time, closes: dt.time, calendar: str = XNYS) -> Session:
+    full_day_close = new_york_ns(day, REGULAR_CLOSE)
+    return Session(calendar, day, new_york_ns(day, opens), new_york_ns(day, closes), full_day_close)
 
 
 def _from_table(day: dt.date, calendar: str = TABLE_CALENDAR) -> Session | None:
     if day.weekday() >= 5 or day in xnys_table.HOLIDAYS:
         return None
-    opens, closes = xnys_table.SPECIAL.get(day, (_REGULAR_OPEN, _REGULAR_CLOSE))
-    return Session(calendar, day, _at(day, opens), _at(day, closes), _at(day, _REGULAR_CLOSE))
+    opens, closes = xnys_table.SPECIAL.get(day, (REGULAR_OPEN, REGULAR_CLOSE))
+    return _xnys(day, opens, closes, calendar)
 
 
 def _from_library(calendar: str, day: dt.date) -> Session | None:
@@ -220,11 +257,11 @@ def render_table(first: dt.date = TABLE_FIRST, last: dt.date = TABLE_LAST) -> st
         traded.add(day)
         if row["break_start"] == row["break_start"]:  # not NaT: XNYS has no breaks
             raise CalendarError(f"XNYS has a break on {day}: the table cannot say so")
-        opens = row["open"].to_pydatetime().astimezone(_NEW_YORK)
-        closes = row["close"].to_pydatetime().astimezone(_NEW_YORK)
+        opens = row["open"].to_pydatetime().astimezone(NEW_YORK)
+        closes = row["close"].to_pydatetime().astimezone(NEW_YORK)
         if opens.date() != day or closes.date() != day:
             raise CalendarError(f"XNYS's session of {day} is not within that day in New York")
-        if (opens.time(), closes.time()) != (_REGULAR_OPEN, _REGULAR_CLOSE):
+        if (opens.time(), closes.time()) != (REGULAR_OPEN, REGULAR_CLOSE):
             special.append(f"    {_date(day)}: ({_time(opens.time())}, {_time(closes.time())}),\n")
     aliases = sorted(_quietly(lambda: xc.names_to_aliases()).get(TABLE_CALENDAR, []))
     holidays = []

@@ -44,6 +44,7 @@ from pydantic import (
 
 from libs.contract.envelope import SymbolToken, Token
 from libs.contract.options import OPTION_PREFIX, parse_option, warm_calendar
+from libs.contract.sessions import CalendarError
 from libs.strategy.base import ParamError, Strategy, StrategyParams
 from libs.strategy.host import RestartPolicy
 from libs.strategy.registry import UnknownStrategy, resolve
@@ -60,10 +61,6 @@ def _settled(symbol: str) -> str:
         why = parse_option(symbol).unsupported  # a SymbolToken: it parses
         if why is not None:
             raise ValueError(f"{symbol} is not supported: {why}")
-        # Its expiry is asked in callbacks (ctx.expired, every emit): made
-        # ready now, not in a callback's watchdog time (the committed table,
-        # or the library's calendar past the table's reach).
-        warm_calendar()
     return symbol
 
 
@@ -213,6 +210,22 @@ def _entry(
     return LoadedStrategy(spec, cls, typed) if spec is not None else None
 
 
+def _warm_calendar(loaded: Sequence[tuple[int, LoadedStrategy]], problems: list[str]) -> None:
+    """Warm the exchange calendar once if any strategy lists an option
+    contract; if it cannot be, say so at the first one listed. Its expiry is
+    asked in callbacks (ctx.expired, every emit): made ready now, not in a
+    callback's watchdog time (the committed table, or the library's calendar
+    past the table's reach, which each warming asks for its names)."""
+    for i, entry in loaded:
+        for j, symbol in enumerate(entry.spec.symbols):
+            if symbol.startswith(OPTION_PREFIX):
+                try:
+                    warm_calendar()
+                except CalendarError as e:
+                    problems.append(f"strategies[{i}].symbols[{j}]: {e}")
+                return
+
+
 def validate_strategies(data: Any, *, source: str = "strategies") -> list[LoadedStrategy]:
     """Validate parsed ``strategies.yaml`` content; raise :class:`StrategyConfigError`."""
     try:
@@ -220,15 +233,16 @@ def validate_strategies(data: Any, *, source: str = "strategies") -> list[Loaded
     except ValidationError as e:
         raise StrategyConfigError(source, _problems(e)) from None
     problems: list[str] = []
-    loaded: list[LoadedStrategy] = []
+    loaded: list[tuple[int, LoadedStrategy]] = []
     names: dict[str, int] = {}
     for i, raw in enumerate(parsed.strategies):
         entry = _entry(i, raw, problems, names)
         if entry is not None:
-            loaded.append(entry)
+            loaded.append((i, entry))
+    _warm_calendar(loaded, problems)
     if problems:
         raise StrategyConfigError(source, problems)
-    return loaded
+    return [entry for _, entry in loaded]
 
 
 def load_strategies(path: str | Path) -> list[LoadedStrategy]:

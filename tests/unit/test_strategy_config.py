@@ -332,3 +332,28 @@ def test_the_runner_exits_2_naming_the_kind_whose_module_raises(
         "strategies[0].kind: cannot import 'desk_zero': ZeroDivisionError: division by zero"
         in result.output
     )
+
+
+def test_the_calendar_is_warmed_once_per_file_and_its_absence_said_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Warmed for every option symbol it validated: past the committed
+    # table, each warming asks exchange-calendars for its calendar names.
+    from libs.contract import sessions
+    from libs.strategy import spec
+
+    warmed: list[None] = []
+    monkeypatch.setattr(spec, "warm_calendar", lambda: warmed.append(None))
+    contracts = ["O:SPY261218C00600000", "O:SPY261218P00500000", "O:AAPL261218C00100000"]
+    other = entry(name="other", symbols=["NVDA", *contracts[:2]])
+    assert len(validate_strategies({"strategies": [entry(symbols=contracts), other]})) == 2
+    assert len(warmed) == 1
+    assert validate_strategies({"strategies": [entry(symbols=["NVDA"])]})
+    assert len(warmed) == 1  # no option listed: nothing to warm
+
+    def missing() -> None:
+        raise sessions.CalendarError("exchange-calendars is not installed")
+
+    monkeypatch.setattr(spec, "warm_calendar", missing)
+    (problem,) = problems(entry(symbols=["NVDA", *contracts]), other)
+    assert problem == "strategies[0].symbols[1]: exchange-calendars is not installed"

@@ -396,9 +396,16 @@ def settled_lately(tracker: OrderTracker, now_ns: int) -> bool:
     return any(
         t.split is not None
         and t.symbol.startswith(OPTION_PREFIX)
-        and 0 <= now_ns - parse_option(t.symbol).expires_at_ns < LATELY_NS
+        and _expired_lately(t.symbol, now_ns)
         for t in tracker.orders.values()
     )
+
+
+def _expired_lately(symbol: str, now_ns: int) -> bool:
+    """Whether the contract ``symbol`` expired in the :data:`LATELY_NS` up to
+    ``now_ns``: expired by then, and not yet that long before."""
+    contract = parse_option(symbol)
+    return contract.expired_by(now_ns) and not contract.expired_by(now_ns - LATELY_NS)
 
 
 def read_after_connecting(tracker: OrderTracker, now_ns: int) -> bool:

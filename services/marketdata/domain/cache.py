@@ -21,15 +21,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from libs.contract.codec import derived_id
 from libs.contract.envelope import Clock
 from libs.contract.events import BarClosed, BarPayload, FeedName
+from libs.contract.sessions import new_york_time
 
-NEW_YORK = ZoneInfo("America/New_York")
 MS_NS = 1_000_000
 
 Timespan = Literal["minute", "second"]
@@ -155,7 +154,7 @@ def from_flatfile_row(row: Mapping[str, str | None]) -> tuple[str, CachedBar]:
 
 def new_york_day(t_ms: int) -> dt.date:
     """The New York calendar day a window start falls on (how Polygon names days)."""
-    return dt.datetime.fromtimestamp(t_ms / 1000, tz=NEW_YORK).date()
+    return new_york_time(t_ms * MS_NS).date()
 
 
 def days_between(start: dt.date, end: dt.date, *, weekdays_only: bool = True) -> list[dt.date]:

@@ -45,6 +45,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from libs import trace
+from libs.contract.sessions import new_york_time
 from services.paper_broker import metrics
 from services.paper_broker.adapters import wire
 from services.paper_broker.adapters.journal import Journal
@@ -61,7 +62,6 @@ from services.paper_broker.domain.book import (
     TradeUpdate,
 )
 from services.paper_broker.domain.fill_model import MarketUpdate
-from services.paper_broker.domain.new_york import new_york
 from services.paper_broker.domain.settlement import OPTION_ACTIVITY_TYPES, OptionActivity
 
 log = logging.getLogger(__name__)
@@ -656,7 +656,7 @@ def _activity_date(a: FillActivity | OptionActivity) -> dt.date:
     float, a time a nanosecond before midnight was rounded up to the next day."""
     if isinstance(a, OptionActivity):
         return a.date
-    return new_york(a.ts_ns // 1_000_000_000).date()
+    return new_york_time(a.ts_ns).date()
 
 
 def _trace_request(data: dict[str, Any], arrived: int) -> None:

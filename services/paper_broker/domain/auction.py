@@ -53,6 +53,7 @@ import functools
 from dataclasses import dataclass
 from decimal import Decimal
 
+from libs.contract import sessions
 from services.paper_broker.domain.fill_model import MarketUpdate
 from services.paper_broker.domain.new_york import new_york, next_session, regular_session
 
@@ -105,24 +106,27 @@ def _session_for(placed_s: int, tif: str) -> Session | None:
             return today
         if placed.time() < NEXT_SESSION_FROM:
             return None
-    s = next_session(day)
-    return Session(s.open_ns, s.close_ns)
+    return _auctions(next_session(day))
 
 
 def _session(day: dt.date) -> Session | None:
     s = regular_session(day)
-    return None if s is None else Session(s.open_ns, s.close_ns)
+    return None if s is None else _auctions(s)
+
+
+def _auctions(s: sessions.Session) -> Session:
+    return Session(s.open_ns, s.close_ns)
 
 
 def _hhmm(ns: int) -> str:
-    return f"{new_york(ns // 1_000_000_000):%H:%M}"
+    return f"{sessions.new_york_time(ns):%H:%M}"
 
 
 def refusal(tif: str, placed_ns: int) -> str:
     """Why an order of ``tif`` placed at ``placed_ns`` is refused (Refused's
     message): the day's cutoff, 12:50 for ``cls`` on a half day."""
     auction = "opening" if tif == "opg" else "closing"
-    today = _session(new_york(placed_ns // 1_000_000_000).date())
+    today = _session(sessions.new_york_time(placed_ns).date())
     # Refused only on a day with a session (see _session_for).
     cutoff = "its cutoff" if today is None else _hhmm(today.cutoff_ns(tif))
     return (

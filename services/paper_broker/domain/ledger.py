@@ -60,7 +60,9 @@ def day_order_expiry_ns(created_ns: int, close: DayOrderClose) -> int:
 def _expiry_on(session: Session, close: DayOrderClose) -> int:
     if close == "close":
         return session.close_ns
-    return min(ns_at(session.day, close), session.close_ns)
+    # To the whole second below, as orders' times are (_expiry_ns is cached
+    # by the second): a configured 15:59:30.5 is 15:59:30.
+    return min(ns_at(session.day, close.replace(microsecond=0)), session.close_ns)
 
 
 @functools.lru_cache(maxsize=64)

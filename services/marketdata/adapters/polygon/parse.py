@@ -39,7 +39,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha1
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import orjson
 from pydantic import ValidationError
@@ -55,6 +54,7 @@ from libs.contract.events import (
     TradePayload,
     TradePrinted,
 )
+from libs.contract.sessions import new_york_ns, new_york_time
 from services.marketdata.adapters.polygon.schemas import (
     WS_EVENT,
     WS_FRAME,
@@ -78,7 +78,6 @@ INTERVAL_OF_PREFIX = {"AM": "1m", "A": "1s"}
 #: Our channel names (metrics labels, settings) per Polygon prefix, and back.
 CHANNEL_OF_PREFIX = {"T": "trades", "Q": "quotes", "A": "second_bars", "AM": "minute_bars"}
 PREFIX_OF_CHANNEL = {v: k for k, v in CHANNEL_OF_PREFIX.items()}
-NEW_YORK = ZoneInfo("America/New_York")
 
 
 _NAMESPACE = DERIVED_ID_NAMESPACE.bytes
@@ -94,7 +93,7 @@ def _derived(name: str) -> uuid.UUID:
 
 def _midnight_ms(day: dt.date) -> int:
     # DST changes at 02:00 in New York, so midnight is never skipped or repeated.
-    return int(dt.datetime.combine(day, dt.time(), tzinfo=NEW_YORK).timestamp()) * 1000
+    return new_york_ns(day, dt.time()) // MS
 
 
 class _TradingDays:
@@ -114,7 +113,7 @@ class _TradingDays:
     def __call__(self, t_ms: int) -> str:
         if self._first <= t_ms < self._end:
             return self._name
-        day = dt.datetime.fromtimestamp(t_ms // 1000, tz=NEW_YORK).date()
+        day = new_york_time(t_ms * MS).date()
         self._first = _midnight_ms(day)
         self._end = _midnight_ms(day + dt.timedelta(days=1))
         self._name = day.isoformat()
