@@ -200,6 +200,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayInterrupted,
             ReplayRefused,
             ReplayRequest,
+            ReplayStopped,
             ReplayStoreLost,
             replay,
         )
@@ -226,27 +227,24 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         def report(result: object) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
 
-        def how_far(last: int | None) -> str:
+        def how_far(stopped: ReplayStopped) -> str:
+            """How far a stopped replay got and where it resumes; when NATS was
+            lost, also the messages sent after that which it never judged."""
+            last = stopped.result.last_seq
+            unjudged_to = stopped.unjudged_to if isinstance(stopped, ReplayBusLost) else None
+            unjudged = None
+            if unjudged_to is not None:
+                unjudged = (
+                    f"the server's verdict on those sent after it, up to store sequence "
+                    f"{unjudged_to}, never came: some of them may have gone out"
+                )
             if last is None:
-                return "nothing replayed"
-            return (
-                f"every selected event up to store sequence {last} replayed, none after "
-                f"it; --from-seq {last + 1} resumes"
-            )
-
-        def how_far_lost(e: ReplayBusLost) -> str:
-            """how_far, and the messages sent that NATS never judged."""
-            last = e.result.last_seq
-            if e.unjudged_to is None:
-                return how_far(last)
-            unjudged = (
-                f"the server's verdict on those sent after it, up to store sequence "
-                f"{e.unjudged_to}, never came: some of them may have gone out"
-            )
-            if last is None:
+                if unjudged is None:
+                    return "nothing replayed"
                 return f"nothing known to be replayed ({unjudged})"
+            aside = ", none after it" if unjudged is None else f" ({unjudged})"
             return (
-                f"every selected event up to store sequence {last} replayed ({unjudged}); "
+                f"every selected event up to store sequence {last} replayed{aside}; "
                 f"--from-seq {last + 1} resumes"
             )
 
@@ -296,14 +294,14 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             fail(e, 1)
         except ReplayInterrupted as e:
             report(e.result)
-            err.print(f"replay interrupted: {how_far(e.result.last_seq)}", highlight=False)
+            err.print(f"replay interrupted: {how_far(e)}", highlight=False)
             raise typer.Exit(130) from None
         except ReplayStoreLost as e:
             report(e.result)
-            fail(f"{e.cause}; {how_far(e.result.last_seq)}", 1)
+            fail(f"{e.cause}; {how_far(e)}", 1)
         except ReplayBusLost as e:
             report(e.result)
-            fail(f"NATS at {e.url} was lost mid-replay ({e.cause}); {how_far_lost(e)}", 1)
+            fail(f"NATS at {e.url} was lost mid-replay ({e.cause}); {how_far(e)}", 1)
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

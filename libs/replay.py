@@ -118,31 +118,35 @@ class ReplayResult:
     seconds: float = 0.0
 
 
-class ReplayInterrupted(Exception):
-    """The replay was cancelled (Ctrl-C). :attr:`result` says how far it got:
-    every selected row up to ``last_seq`` was published (or skipped) and
-    none after it, so ``--from-seq last_seq + 1`` resumes it."""
+class ReplayStopped(Exception):
+    """A replay that stopped before its end. :attr:`result` says how far it
+    got: every selected row up to ``last_seq`` was published (or skipped)
+    and none after it, so ``--from-seq last_seq + 1`` resumes it."""
+
+    def __init__(self, message: str, result: ReplayResult) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+class ReplayInterrupted(ReplayStopped):
+    """The replay was cancelled (Ctrl-C)."""
 
     def __init__(self, result: ReplayResult) -> None:
-        self.result = result
-        super().__init__(f"replay interrupted after store sequence {result.last_seq}")
+        super().__init__(f"replay interrupted after store sequence {result.last_seq}", result)
 
 
-class ReplayStoreLost(Exception):
+class ReplayStoreLost(ReplayStopped):
     """Reading the event store failed mid-replay (the server stopped, the
-    connection broke). :attr:`result` says how far it got, as
-    :class:`ReplayInterrupted`'s does; :attr:`cause` is the
+    connection broke). :attr:`cause` is the
     :class:`~libs.store.errors.StoreUnavailable` naming the store."""
 
     def __init__(self, cause: StoreUnavailable, result: ReplayResult) -> None:
         self.cause = cause
-        self.result = result
-        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
+        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})", result)
 
 
-class ReplayBusLost(Exception):
-    """NATS was lost mid-replay (the server stopped, the connection broke).
-    :attr:`result` says how far it got, as :class:`ReplayInterrupted`'s does:
+class ReplayBusLost(ReplayStopped):
+    """NATS was lost mid-replay (the server stopped, the connection broke):
     every selected row up to ``last_seq`` went out. The server's verdict on
     the rows sent after it, up to :attr:`unjudged_to`, never came: some of
     them may have gone out too. :attr:`cause` is the
@@ -152,10 +156,9 @@ class ReplayBusLost(Exception):
         self, cause: BusUnavailable, result: ReplayResult, *, url: str, unjudged_to: int | None
     ) -> None:
         self.cause = cause
-        self.result = result
         self.url = url
         self.unjudged_to = unjudged_to
-        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})")
+        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})", result)
 
 
 #: How long a stopped replay (cancelled, or its store lost) waits for the

@@ -196,16 +196,24 @@ class Bus:
         refusals: list[str] = []
         connected = False
         loop = asyncio.get_running_loop()
-        refused: asyncio.Future[BaseException] = loop.create_future()
-        last_error: list[BaseException] = []
+        # A command's first connection: the first error that is an answer
+        # (see _refusal) ends the wait at once; the last of any kind is named
+        # should the deadline run out.
+        first_refusal: asyncio.Future[BaseException] = loop.create_future()
+        last_error: BaseException | None = None
 
         async def on_error(e: Exception) -> None:
-            if refused_ := refused_subject(e):
-                refusals.append(refused_)
+            nonlocal last_error
+            if subject := refused_subject(e):
+                refusals.append(subject)
             if not connected:
-                last_error[:] = [e]
-                if first_connect_deadline_s is not None and _refusal(e) and not refused.done():
-                    refused.set_result(e)
+                last_error = e
+                if (
+                    first_connect_deadline_s is not None
+                    and _refusal(e)
+                    and not first_refusal.done()
+                ):
+                    first_refusal.set_result(e)
             log.warning("nats error: %s", e)
 
         async def on_disconnect() -> None:
@@ -235,7 +243,7 @@ class Bus:
         )
         try:
             await asyncio.wait(
-                (connecting, refused),
+                (connecting, first_refusal),
                 timeout=first_connect_deadline_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -245,12 +253,12 @@ class Bus:
                     await connecting
                 with contextlib.suppress(nats.errors.Error, OSError):
                     await nc.close()
-                if refused.done():
-                    cause = refused.result()
+                if first_refusal.done():
+                    cause = first_refusal.result()
                     raise BusUnavailable(
                         f"cannot connect to NATS at {masked_url(url)}: {_describe(cause)}"
                     ) from cause
-                why = f" (last error: {_describe(last_error[0])})" if last_error else ""
+                why = f" (last error: {_describe(last_error)})" if last_error is not None else ""
                 raise BusUnavailable(
                     f"cannot reach NATS at {masked_url(url)} within "
                     f"{first_connect_deadline_s} s{why}"

@@ -190,15 +190,7 @@ class PullFetcher:
         await self._until_arrival(timeout)
         msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if self._remaining == 0:
-            # Prefetch the next batch. Should the request not go out (NATS
-            # away and the client's outgoing buffer full, or the connection
-            # closed), the batch taken is still the caller's: the error is
-            # left to the next fetch's own request. (try: free when nothing
-            # is raised; a fetch is a message on a trickle.)
-            try:
-                await self._request(batch, timeout)
-            except nats.errors.Error as e:
-                log.debug("prefetching from %s failed: %r", self.durable, e)
+            await self._prefetch(batch, timeout)
         return msgs
 
     async def _gather(self, batch: int, timeout: float, linger: float) -> list[Msg]:
@@ -219,13 +211,20 @@ class PullFetcher:
             await self._wait(self._expires_at)
         msgs, self._buffer = self._buffer[:batch], self._buffer[batch:]
         if len(msgs) == batch and self._remaining == 0:
-            # A backlog: ask for the next batch while this one is written
-            # (a request that cannot go out: as in fetch).
-            try:
-                await self._request(batch, timeout, no_wait=True)
-            except nats.errors.Error as e:
-                log.debug("prefetching from %s failed: %r", self.durable, e)
+            # A backlog: ask for the next batch while this one is written.
+            await self._prefetch(batch, timeout, no_wait=True)
         return msgs
+
+    async def _prefetch(self, batch: int, timeout: float, *, no_wait: bool = False) -> None:
+        """Ask for the next batch ahead of the caller. Should the request not
+        go out (NATS away and the client's outgoing buffer full, or the
+        connection closed), the batch just taken is still the caller's: the
+        error is left to the next fetch's own request. (try: free when
+        nothing is raised; a fetch is a message on a trickle.)"""
+        try:
+            await self._request(batch, timeout, no_wait=no_wait)
+        except nats.errors.Error as e:
+            log.debug("prefetching from %s failed: %r", self.durable, e)
 
     async def close(self) -> None:
         """Stop pulling; what was prefetched and not fetched goes back.

@@ -17,6 +17,7 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 
+from libs.store.connect import STORE_ERRORS
 from libs.store.errors import StoreUnavailable
 from libs.store.urls import asyncpg_url, sqlalchemy_url
 
@@ -51,15 +52,18 @@ async def ensure_database(url: str) -> None:
     parts = urlsplit(asyncpg_url(url))
     name = parts.path.lstrip("/") or "postgres"
     admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    where = f"PostgreSQL at {parts.hostname}:{parts.port}"
     try:
         conn = await asyncpg.connect(admin, timeout=10)
-    except (OSError, asyncpg.PostgresError) as e:
-        raise StoreUnavailable(f"cannot reach PostgreSQL at {parts.hostname}:{parts.port}") from e
+    except STORE_ERRORS as e:
+        raise StoreUnavailable(f"cannot reach {where}") from e
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             log.info("creating database %s", name)
             await conn.execute(f'CREATE DATABASE "{name}"')
+    except STORE_ERRORS as e:
+        raise StoreUnavailable(f"cannot create database {name!r} on {where}: {e}") from e
     finally:
         await conn.close()
 

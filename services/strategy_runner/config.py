@@ -32,6 +32,10 @@ class RunnerSettings(ServiceSettings):
     checkpoint_after_fills: int = Field(default=1_000, ge=1)
     #: Pause between attempts while NATS or Postgres is unreachable at start-up.
     retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    #: How long an undecodable message's dead letter is retried before the
+    #: consumer is recreated and the message read (and dead-lettered) again:
+    #: the bus's own 30 s would hold every strategy's data back that long.
+    dead_letter_deadline_s: float = Field(default=5.0, gt=0, le=60)
     #: How long SIGTERM waits for inboxes to drain and ``on_stop`` to run.
     drain_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Most messages fetched from JetStream at once.

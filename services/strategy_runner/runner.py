@@ -398,6 +398,7 @@ class Runner:
             stream=STREAM,
             batch=self.settings.fetch_batch,
             max_bytes=self.settings.max_event_bytes,
+            dead_letter_deadline_s=self.settings.dead_letter_deadline_s,
             on_dead_letter=lambda reason: metrics.DEAD_LETTERS.labels(
                 service=SERVICE, reason=reason
             ).inc(),

@@ -14,12 +14,15 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 from alembic import command
 
 from libs.contract.events import FillPayload, FillReceived
-from libs.store.migrate import alembic_config, upgrade_async
+from libs.store.errors import StoreUnavailable
+from libs.store.migrate import alembic_config, ensure_database, upgrade_async
 from libs.store.urls import asyncpg_url
 from tests.integration.recording import record_events
+from tests.integration.store_cut import CuttingProxy
 from tests.integration.test_broker_read_models import (
     ACCOUNT,
     BEFORE_T0,
@@ -445,3 +448,43 @@ async def test_every_migration_goes_down_to_nothing_and_up_again(pg_admin_url: s
     await upgrade_async(url)
     assert await revision(url) == HEAD
     assert await fetch(url, "SELECT * FROM positions_marked") == []
+
+
+async def test_a_connection_closed_under_ensure_database_is_store_unavailable(
+    pg_admin_url: str,
+) -> None:
+    """PostgreSQL's connection is closed once it has said the database is
+    missing: the CREATE DATABASE after it fails with asyncpg's
+    ConnectionDoesNotExistError (or, had the client seen the close first, its
+    InterfaceError). That is the StoreUnavailable `tradebus db upgrade`
+    reports, as for a refused connection; it went through as asyncpg's own
+    traceback (the queries were outside the try)."""
+    async with CuttingProxy(pg_admin_url, cut=1) as proxy:
+        missing = proxy.url.rsplit("/", 1)[0] + f"/m_{uuid.uuid4().hex[:12]}"
+        with pytest.raises(StoreUnavailable, match="cannot create database 'm_") as raised:
+            await ensure_database(missing)
+        assert proxy.cut_done
+    assert isinstance(
+        raised.value.__cause__, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError
+    )
+
+
+async def test_an_interface_error_in_ensure_database_is_store_unavailable(
+    pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection the client already knows is closed (PostgreSQL went away
+    while it was idle) answers its next query with asyncpg's InterfaceError,
+    "connection is closed": neither an OSError nor a PostgresError, so it was
+    a traceback, not a StoreUnavailable. Here the connection is closed as it
+    is handed over."""
+    real_connect = asyncpg.connect
+
+    async def closed_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        conn = await real_connect(*args, **kwargs)
+        conn.terminate()
+        return conn
+
+    monkeypatch.setattr(asyncpg, "connect", closed_connect)
+    with pytest.raises(StoreUnavailable, match="connection is closed") as raised:
+        await ensure_database(pg_admin_url.rsplit("/", 1)[0] + "/m_never")
+    assert type(raised.value.__cause__) is asyncpg.InterfaceError

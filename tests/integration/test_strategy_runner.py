@@ -23,7 +23,6 @@ import yaml
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer
 from libs.contract.events import MarkPayload, MarkUpdated, OrderIntentCreated
 from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
 from libs.local.servers import NatsServer
@@ -763,8 +762,9 @@ async def test_a_dead_letter_that_cannot_be_published_is_retried_not_fatal(
     escaped the consume loop and stopped the runner. The loop now logs it and
     recreates the consumer where it left off, as for a lost connection: once
     the stream takes dead letters the message is dead-lettered, once, and
-    the bar after it is read. In-process, for a short dead-letter deadline
-    (the runner's own is the bus's 30 s)."""
+    the bar after it is read. In-process, through the runner's own consumer
+    (_serve), whose dead-letter deadline is its setting: it passed none, so
+    each attempt waited the bus's 30 s before the consumer was recreated."""
     server = NatsServer(tmp_path / "nats").start()
     try:
         async with await Bus.connect(server.url, name="test-deadletter") as bus:
@@ -772,19 +772,21 @@ async def test_a_dead_letter_that_cannot_be_published_is_retried_not_fatal(
             await bus.js.publish("md.bar.1m.MSFT", b"not an event")
             await bus.publish(bar("MSFT", 1, T0))
             settings = RunnerSettings(
-                nats_url=server.url, database_url=database_url, retry_backoff_s=0.05
+                nats_url=server.url,
+                database_url=database_url,
+                retry_backoff_s=0.05,
+                dead_letter_deadline_s=0.2,
             )
             runner = Runner(settings, validate_strategies(yaml.safe_load(ECHO_CONFIG)))
             runner.live = True
-            consumer = EventConsumer(
-                bus, service=SERVICE, durable=settings.consumer_name, dead_letter_deadline_s=0.2
-            )
             recreated = metrics.CONSUMER_RECREATED.labels(cause="PublishFailed")
             before = recreated._value.get()
-            consuming = asyncio.create_task(runner._consume(bus, consumer))
+            consuming = asyncio.create_task(runner._serve(bus))
             try:
+                # Two attempts, each within the 0.2 s deadline and a publish's
+                # own ack timeout (2 s) of the other.
                 await eventually(
-                    lambda: consuming.done() or recreated._value.get() >= before + 2, timeout=20
+                    lambda: consuming.done() or recreated._value.get() >= before + 2, timeout=8
                 )
                 assert not consuming.done(), consuming.exception()
                 assert "consuming failed (PublishFailed" in caplog.text
@@ -794,8 +796,11 @@ async def test_a_dead_letter_that_cannot_be_published_is_retried_not_fatal(
                 await eventually(lambda: runner.next_seq == 3, timeout=20)
                 dead = await bus.js.get_last_msg(STREAM, f"deadletter.{SERVICE}")
                 assert orjson.loads(dead.data or b"")["payload"]["stream_seq"] == 1
-                info = await bus.js.stream_info(STREAM)
-                assert info.state.messages == 3  # the two and one dead letter
+                # The two and one dead letter (and the echo strategy's answers to the bar).
+                info = await bus.js.stream_info(STREAM, subjects_filter=">")
+                counts = info.state.subjects or {}
+                assert counts["md.bar.1m.MSFT"] == 2
+                assert counts[f"deadletter.{SERVICE}"] == 1
             finally:
                 runner.stop()
                 await asyncio.wait_for(consuming, timeout=10)
