@@ -111,8 +111,10 @@ def _describe(error: BaseException) -> str:
         return "connection refused (is nats-server running there?)"
     if isinstance(error, ssl.SSLError):
         return f"TLS: {error.reason or error}"
+    if isinstance(error, TimeoutError | nats.errors.TimeoutError):
+        return "timed out"
     if isinstance(error, OSError):
-        return str(error.strerror or error)
+        return str(error.strerror or error) or type(error).__name__
     text = str(error).removeprefix("nats: ").strip("'")
     return text or type(error).__name__
 

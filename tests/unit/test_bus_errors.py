@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from libs.bus.client import _describe
 from libs.bus.errors import DeliveryGap
 
 
@@ -15,3 +16,12 @@ def test_a_delivery_gap_says_what_was_missed_or_delivered_again() -> None:
         "consumer risk-gate delivered message 279 after 294: "
         "its state went back: 16 delivered again"
     )
+
+
+def test_a_connection_error_is_described_even_when_it_has_no_text() -> None:
+    # TimeoutError is an OSError with no strerror and no text: the first
+    # connection's "(last error: ...)" used to read "(last error: )".
+    assert _describe(TimeoutError()) == "timed out"
+    assert _describe(OSError()) == "OSError"
+    assert _describe(ConnectionRefusedError()).startswith("connection refused")
+    assert _describe(OSError(113, "No route to host")) == "No route to host"
