@@ -48,7 +48,6 @@ class HostBooks:
 
     name: str
     symbols: tuple[str, ...]
-    underlyings: tuple[str, ...]
     bar_interval: str | None
     ledger: Ledger
     intents: IntentBook
@@ -65,9 +64,10 @@ class HostBooks:
         """Another strategy's fill (or another account's) of a symbol this one
         trades, or of one of its :attr:`underlyings`: its price marks the
         position, as a print would (the risk-gate and ``tradebus positions``
-        mark it so). The strategy is not called."""
+        mark it so). The strategy is not called. Which strategies a fill
+        marks is the caller's choice (``Router.markers``), not checked here."""
         fill = event.payload
-        if self._marks(fill.symbol) and fill.settlement is None:
+        if fill.settlement is None:
             # A settlement (an option's expiry) is no market price.
             self.ledger.mark(fill.symbol, fill.price, event.market_ns)
 
@@ -76,21 +76,18 @@ class HostBooks:
         strategy is not called: another's fill (:meth:`mark_at_fill`), or a
         trade, a bar (of its ``bar_interval``) or a mark of one of its
         :attr:`underlyings`, which it is not shown (it did not ask for them)
-        but whose shares an option's settlement may have booked to it."""
+        but whose shares an option's settlement may have booked to it. The
+        caller (``Router.markers``) picks the strategies an event marks."""
         if isinstance(event, FillReceived):
             self.mark_at_fill(event)
             return
-        if not isinstance(event, PRICES) or not self._marks(event.payload.symbol):
+        if not isinstance(event, PRICES):
             return
         if isinstance(event, BarClosed):
             if self.bar_interval in (None, event.payload.interval):
                 self.ledger.mark(event.payload.symbol, event.payload.close, event.market_ns)
         else:
             self.ledger.mark(event.payload.symbol, event.payload.price, event.market_ns)
-
-    def _marks(self, symbol: str) -> bool:
-        """Whether ``symbol``'s prices mark this strategy's ledger."""
-        return symbol in self.symbols or symbol in self.underlyings
 
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
