@@ -21,7 +21,8 @@ from libs.strategy.base import (
     Trade,
 )
 from libs.strategy.context import PnL, Position, StrategyContext
-from libs.strategy.host import StrategyHost, StrategyUsageError
+from libs.strategy.emitting import StrategyUsageError
+from libs.strategy.host import StrategyHost
 from libs.strategy.runtime import EventClock, InMemoryRuntime
 
 __all__ = [

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.contract.envelope import Event
-from libs.strategy.host import MARKET_DATA
+from libs.strategy.books import MARKET_DATA
 
 OverflowAction = Literal["dropped", "waited"]
 

@@ -1,7 +1,7 @@
 """New York wall-clock arithmetic and the exchange's sessions, shared by the
 paper broker's ``day`` orders' expiry (``ledger.py``) and its auctions
 (``auction.py``), both in the exchange's time (``EXCHANGE_TZ``), and the
-day of a fill the activities endpoint filters by (``adapters/server.py``).
+day of a fill the activities endpoint filters by (``adapters/rest.py``).
 Times are whole seconds (``sessions.new_york_time``): seconds as a float
 round a time a nanosecond before midnight up to the next day.
 

@@ -50,13 +50,14 @@ KEEP = 3
 _HERE = Path(__file__).resolve()
 _ROOT = _HERE.parents[3]
 #: The code a ledger fold depends on: the ledger, its positions, and the
-#: host and router, which decide what marks it (which events, whose fills).
+#: host (its books: which events mark it, and how) and router (whose fills).
 #: A change to any of them makes earlier checkpoints ignored once (the first
 #: start-up after it folds the fills from the start, and checkpoints again).
 _SOURCES = (
     _ROOT / "libs" / "strategy" / "ledger.py",
     _ROOT / "libs" / "strategy" / "context.py",
     _ROOT / "libs" / "strategy" / "host.py",
+    _ROOT / "libs" / "strategy" / "books.py",
     _ROOT / "libs" / "strategy" / "routing.py",
     # underlyings(): which symbols' prices mark an option strategy's shares.
     _ROOT / "libs" / "contract" / "options.py",

@@ -1,0 +1,209 @@
+"""A strategy host's books: what each event does to its positions and intents.
+
+:class:`HostBooks` is the half of :class:`~libs.strategy.host.StrategyHost`
+that keeps the books: it applies each event to the ledger (fills, and the
+prices that mark it) and to the working intents, and says which callback,
+if any, the event calls. It calls none itself and emits nothing: the host
+calls the callback under its fault policy.
+
+Books are updated before the strategy is called, and also while it is
+stopped: positions are facts, not opinions. The strategy-runner's checkpoint
+digest hashes this module (it decides what the ledger folds).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    FillReceived,
+    MarkUpdated,
+    OrderAccepted,
+    OrderCanceled,
+    OrderIntentCreated,
+    OrderRejected,
+    QuoteUpdated,
+    RiskDecisionMade,
+    SignalGenerated,
+    TradePrinted,
+)
+from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy
+from libs.strategy.ledger import IntentBook, Ledger
+
+#: What marks a position (with fills): trades, bars' closes and marketdata's
+#: option marks; and quotes, which are shown to the strategy but mark nothing.
+MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated, MarkUpdated)
+#: What a symbol the strategy is not shown marks its position by (with fills).
+PRICES = (BarClosed, TradePrinted, MarkUpdated)
+BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
+
+
+class HostBooks:
+    """Applies events to a host's ledger and intents (a mixin of
+    :class:`~libs.strategy.host.StrategyHost`, which sets these attributes)."""
+
+    name: str
+    symbols: tuple[str, ...]
+    bar_interval: str | None
+    ledger: Ledger
+    intents: IntentBook
+    _instance: Strategy[Any] | None
+    _signals: set[uuid.UUID]
+
+    def restore(self, event: Event, *, ledger: bool = True) -> None:
+        """Apply ``event`` to the books without calling the strategy (rebuild,
+        catch-up); not to the ledger if ``ledger`` is false (it has it: a
+        checkpoint's)."""
+        self._apply(event, ledger=ledger)
+
+    def mark_at_fill(self, event: FillReceived) -> None:
+        """Another strategy's fill (or another account's) of a symbol this one
+        trades, or of one of its :attr:`underlyings`: its price marks the
+        position, as a print would (the risk-gate and ``tradebus positions``
+        mark it so). The strategy is not called. Which strategies a fill
+        marks is the caller's choice (``Router.markers``), not checked here."""
+        fill = event.payload
+        if fill.settlement is None:
+            # A settlement (an option's expiry) is no market price.
+            self.ledger.mark(fill.symbol, fill.price, event.market_ns)
+
+    def mark_only(self, event: Event) -> None:
+        """``event``'s price marks the position in its symbol, and the
+        strategy is not called: another's fill (:meth:`mark_at_fill`), or a
+        trade, a bar (of its ``bar_interval``) or a mark of one of its
+        :attr:`underlyings`, which it is not shown (it did not ask for them)
+        but whose shares an option's settlement may have booked to it. The
+        caller (``Router.markers``) picks the strategies an event marks."""
+        if isinstance(event, FillReceived):
+            self.mark_at_fill(event)
+            return
+        if not isinstance(event, PRICES):
+            return
+        if isinstance(event, BarClosed):
+            if self.bar_interval in (None, event.payload.interval):
+                self.ledger.mark(event.payload.symbol, event.payload.close, event.market_ns)
+        else:
+            self.ledger.mark(event.payload.symbol, event.payload.price, event.market_ns)
+
+    def owns_signal(self, signal_id: uuid.UUID) -> bool:
+        return signal_id in self._signals
+
+    def _apply(self, event: Event, *, ledger: bool = True) -> Callable[[], None] | None:
+        """Update the books (the ledger too, unless told); return the callback
+        to call, if any."""
+        if isinstance(event, MARKET_DATA):
+            return self._apply_market_data(event, ledger=ledger)
+        if isinstance(event, RiskDecisionMade):
+            return self._apply_decision(event)
+        if isinstance(event, FillReceived):
+            return self._apply_fill(event, ledger=ledger)
+        if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled):
+            return self._apply_order_update(event)
+        # Our own emissions read back (from the store or the stream).
+        if (
+            isinstance(event, SignalGenerated | OrderIntentCreated)
+            and event.payload.strategy == self.name
+        ):
+            self._commit(event)
+        return None
+
+    def _apply_market_data(
+        self,
+        event: BarClosed | TradePrinted | QuoteUpdated | MarkUpdated,
+        *,
+        ledger: bool = True,
+    ) -> Callable[[], None] | None:
+        """Mark the ledger as the risk-gate marks (``evolve_orders.on_price``): at a
+        trade, a bar's close or a mark marketdata made of an option's quotes,
+        the newest by market time; not at a quote, whose midpoint marketdata
+        may refuse as a price (too wide a spread) and makes none of for an
+        equity. The strategy is shown what it has a callback for: not marks."""
+        symbol = event.payload.symbol
+        if symbol not in self.symbols:
+            return None
+        instance = self._instance
+        if isinstance(event, BarClosed):
+            bar = event.payload
+            if ledger:
+                self.ledger.mark(symbol, bar.close, event.market_ns)
+            return None if instance is None else lambda: instance.on_bar(bar)
+        if isinstance(event, TradePrinted):
+            trade = event.payload
+            if ledger:
+                self.ledger.mark(symbol, trade.price, event.market_ns)
+            return None if instance is None else lambda: instance.on_trade(trade)
+        if isinstance(event, MarkUpdated):
+            if ledger:
+                self.ledger.mark(symbol, event.payload.price, event.market_ns)
+            return None
+        quote = event.payload
+        return None if instance is None else lambda: instance.on_quote(quote)
+
+    def _apply_decision(self, event: RiskDecisionMade) -> Callable[[], None] | None:
+        p = event.payload
+        if p.strategy != self.name:
+            return None
+        intent = self.intents.get(p.intent_id)
+        if p.decision == "accepted":
+            self.intents.accepted(p.intent_id, p.order_id)
+            return None
+        if intent is None:
+            return None
+        self.intents.close(p.intent_id)
+        update = OrderUpdate(
+            kind="denied",
+            signal_id=event.correlation_id,
+            intent_id=p.intent_id,
+            order_id=None,
+            symbol=intent.symbol,
+            reason=f"{p.reason.value}: {p.detail}" if p.detail else p.reason.value,
+        )
+        return self._order_update_call(update)
+
+    def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
+        fill = event.payload
+        if ledger and not self.ledger.apply_fill(fill, event.market_ns):
+            return None
+        self.intents.filled(fill, event.correlation_id)
+        instance = self._instance
+        return None if instance is None else lambda: instance.on_fill(fill)
+
+    def _apply_order_update(
+        self, event: OrderAccepted | OrderRejected | OrderCanceled
+    ) -> Callable[[], None] | None:
+        p = event.payload
+        symbol = event.payload.symbol if isinstance(event, OrderAccepted) else None
+        intent = self.intents.find(p.order_id, event.correlation_id, symbol)
+        kind: OrderUpdateKind
+        if isinstance(event, OrderAccepted):
+            kind, reason = "accepted", ""
+        else:
+            kind = "rejected" if isinstance(event, OrderRejected) else "canceled"
+            reason = event.payload.reason
+            if intent is not None:
+                self.intents.close(intent.intent_id)
+        update = OrderUpdate(
+            kind=kind,
+            signal_id=event.correlation_id,
+            intent_id=intent.intent_id if intent is not None else None,
+            order_id=p.order_id,
+            symbol=intent.symbol if intent is not None else symbol,
+            reason=reason,
+        )
+        return self._order_update_call(update)
+
+    def _order_update_call(self, update: OrderUpdate) -> Callable[[], None] | None:
+        instance = self._instance
+        return None if instance is None else lambda: instance.on_order_update(update)
+
+    def _commit(self, event: Event) -> None:
+        """Make an emitted (or read-back) signal or intent part of the books."""
+        if isinstance(event, SignalGenerated):
+            self._signals.add(event.id)
+        elif isinstance(event, OrderIntentCreated):
+            self._signals.add(event.correlation_id)
+            self.intents.add(event)
