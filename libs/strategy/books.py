@@ -39,7 +39,6 @@ from libs.strategy.ledger import IntentBook, Ledger
 MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated, MarkUpdated)
 #: What a symbol the strategy is not shown marks its position by (with fills).
 PRICES = (BarClosed, TradePrinted, MarkUpdated)
-BROKER_EVENTS = (OrderAccepted, OrderRejected, OrderCanceled, FillReceived)
 
 
 class HostBooks:
