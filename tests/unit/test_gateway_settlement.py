@@ -836,3 +836,60 @@ async def test_after_a_restart_an_expired_contract_is_settled_once_its_order_is_
     assert late.payload.order_id in t.forgotten
     assert booked(outbox.events) == [(CALL, "sell", "2", "0", "expired", "s1")]
     assert broker.reads == 2, "the start-up's read, and the one after the 404"
+
+
+class BuggyBroker(ListingBroker):
+    """A broker whose first read of the activities raises what the gateway
+    does not expect (a bug's KeyError, say in the adapter); from the second
+    on it lists s1's exercise and its shares."""
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        listed = await super().option_activities(after=after)
+        if self.reads == 1:
+            raise KeyError("a bug")
+        return listed
+
+
+async def test_a_settlement_read_that_raises_unexpectedly_is_tried_again_not_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s1 holds a call past its expiry; the first read of the activities
+    raises a KeyError. Settlements.run caught only BrokerError: the error
+    ended the settlement task, so the account's event task and main's
+    TaskGroup, the whole gateway, and the start-up's read after a restart
+    met it again. It is now said with its traceback and counted as a
+    reconciliation given up, and the read is tried again after its backoff:
+    the second read books s1's exercise."""
+    from prometheus_client import REGISTRY
+
+    monkeypatch.setattr(settlement, "TICK_S", 0.01)
+    account = f"buggy-{uuid.uuid4().hex[:8]}"
+    t = OrderTracker(account, clock=CLOCK, source=SOURCE)
+    for e in opened([("s1", CALL, "1")]):
+        # An account of its own: the counter below is this test's alone.
+        payload = e.payload.model_copy(update={"account": account})
+        t.evolve(e.model_copy(update={"payload": payload}))
+    broker, outbox = BuggyBroker(), Published()
+    worker = SimpleNamespace(
+        account=account, port=broker, tracker=t, outbox=outbox, clock=PastClock(), source=SOURCE
+    )
+    task = asyncio.create_task(Settlements(worker).run())
+    try:
+        with caplog.at_level(logging.WARNING):
+            await eventually(lambda: t.position("SPY", "s1") == D(100) or task.done(), timeout=5)
+            assert not task.done(), task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert broker.reads == 2
+    assert booked(outbox.events) == [
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+    ]
+    assert "KeyError: 'a bug'" in caplog.text
+    assert "Traceback" in caplog.text
+    given_up = REGISTRY.get_sample_value(
+        "tradebus_broker_reconciliations_given_up_total", {"account": account}
+    )
+    assert given_up == 1
