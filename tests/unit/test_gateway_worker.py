@@ -1096,6 +1096,58 @@ async def test_a_reconciliation_that_raises_unexpectedly_is_given_up_not_the_gat
     ]
 
 
+async def test_a_positions_check_that_raises_unexpectedly_fails_not_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The positions check after a reconnection's reconciliation meets an
+    error the gateway does not expect (a bug's KeyError, here from the
+    broker's positions). check_positions caught only BrokerError and
+    ValueError: the error ended the reconciliation task, so the account's
+    event task and the whole gateway, and the next start's reconnection met
+    it again. It is now a failed check, said with its traceback and counted
+    as one; the reconciliations go on, and the next check publishes."""
+    from services.broker_gateway.domain.model import BrokerPosition
+
+    account = f"checked-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account, timings=Timings(position_confirm_s=0.0))
+    w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
+    looks = 0
+
+    async def positions() -> list[BrokerPosition]:
+        nonlocal looks
+        looks += 1
+        if looks == 1:
+            raise KeyError("a bug")
+        return []
+
+    published: list[Any] = []
+    w.port = broker(positions=positions)
+    w.outbox = outbox_into(published)
+
+    def failed() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_position_checks_total", {"account": account, "outcome": "failed"}
+        )
+
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        with caplog.at_level("WARNING"):
+            w.want_reconcile(everything=True)  # the reconnection's, and its check
+            await eventually(lambda: looks == 1 and (failed() or running.done()), timeout=5)
+            assert not running.done(), running
+            assert failed() == 1
+            assert "KeyError: 'a bug'" in caplog.text
+            assert "Traceback" in caplog.text
+            w._check_due()  # the next periodic check
+            await eventually(lambda: bool(published) or running.done(), timeout=5)
+            assert not running.done(), running
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert said(published) == [[]]
+
+
 @pytest.mark.parametrize("at_broker", [False, True])
 async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_it_by(
     at_broker: bool,
