@@ -1626,6 +1626,56 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     assert w.tracker._flattening is None  # unknown orders are nobody's again
 
 
+async def test_a_flatten_dead_lettered_after_its_close_all_was_sent_is_forgotten() -> None:
+    """A flatten whose close-all the broker answers with an error of its own
+    (a 403 the adapter maps to OrderRefused) fails MAX_FAILURES times, each
+    run after the first looking for an earlier one's closing orders (none),
+    and is dead-lettered. When this gateway sent its close-all stayed in
+    _close_alls_sent for the life of the process, one entry per such
+    flatten: it is forgotten once the flatten is not coming again."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.errors import OrderRefused
+
+    dead: list[str] = []
+    w = worker([1000.0], dead)
+    close_alls: list[int] = []
+    windows: list[tuple[int, int]] = []
+
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
+
+    async def close_all() -> None:
+        close_alls.append(1)
+        raise OrderRefused("forbidden", code="40310000")
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        windows.append((after_ns, until_ns))
+        return []
+
+    w.port = broker(cancel_all=cancel_all, close_all=close_all, orders_created=orders_created)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        for attempt in range(1, MAX_FAILURES + 1):
+            msg = Delivery(3, delivered=attempt)
+            await offer(w, flatten, msg)
+            await eventually(lambda msg=msg: bool(msg.answers), timeout=5)  # type: ignore[misc]
+            assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+            if attempt < MAX_FAILURES:
+                assert flatten.id in w._close_alls_sent, "the next run looks for its orders"
+        await eventually(lambda: not w._held, timeout=5)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert dead == ["OrderRefused: forbidden"]
+    assert len(close_alls) == MAX_FAILURES
+    assert len(windows) == MAX_FAILURES - 1
+    assert w._close_alls_sent == {}
+
+
 def filled_position(w: AccountWorker, quantity: int) -> None:
     """Strategy ``s`` bought ``quantity`` AAPL at 100 (order b-1, filled)."""
     from libs.contract.events import FillPayload, FillReceived
