@@ -469,6 +469,31 @@ def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> Non
     assert rebuilt.positions == first.positions
 
 
+@pytest.mark.parametrize("published", range(1, 4))
+def test_a_cross_cut_by_a_restart_keeps_its_outcome_when_the_activity_is_no_longer_listed(
+    published: int,
+) -> None:
+    """As above, but the read after the restart no longer lists the broker's
+    exercise (its activity list cut short). The positions netting to 0 and
+    the broker holding none of the contract, the rest of the cross was made
+    as ``expired``: the long side's contracts sold "expired" after its
+    shares were bought "exercised", and cut after the long side's shares,
+    the short side's shares never delivered (s1 +100 SPY and s2 none, the
+    broker 200). A cross begun is finished as it began: as an exercise once
+    one of its shares legs is published."""
+    holdings = opened([("s1", CALL, "3"), ("s2", CALL, "-1")])
+    net = [activity("a1", "OPEXC", CALL, "-2"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    first = tracker(holdings)
+    settled = settle(first, net)
+    whole = cross(first, net, broker={"SPY": D(200)})
+    before = whole[:published]
+    rebuilt = tracker([*holdings, *settled, *before])
+    rest = cross(rebuilt, [], broker={"SPY": D(200)})
+    assert booked([*before, *rest]) == booked(whole)
+    assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
+    assert rebuilt.positions == first.positions
+
+
 def buy_one_call(t: OrderTracker) -> SubmitOrder:
     """s1's buy of 1 more call, placed before the close, taken in by ``t``:
     its fill is not published yet (the gateway away over the close)."""
