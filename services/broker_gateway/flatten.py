@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Sequence
 
 from libs.contract.events import FlattenAccount
@@ -118,6 +119,14 @@ class Flattening(Reconciling):
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
         return "flattened"
+
+    def _flatten_ran(self, flatten_id: uuid.UUID) -> None:
+        """Also forgets when this gateway sent the flatten's close-all: it
+        will not run again, done or dead-lettered. (A flatten failing after
+        its close-all was sent kept it for the life of the process, one
+        entry per flatten dead-lettered so.)"""
+        self._close_alls_sent.pop(flatten_id, None)
+        super()._flatten_ran(flatten_id)
 
     def _settles(self, command: FlattenAccount, refused: CloseRefused) -> bool:
         """Whether a position the close-all did not close is in an option

@@ -64,7 +64,8 @@ RATE_LIMITED = Counter(
 RECONCILIATIONS_GIVEN_UP = Counter(
     "tradebus_broker_reconciliations_given_up_total",
     "Reconciliations given up because the broker refused one call (429) 5 times in a row, "
-    "and orders a reconciliation skipped because the broker answered them with an error "
+    "and orders a reconciliation skipped because the broker answered them with an error, "
+    "or reconciliations and option settlement reads that failed on an unexpected error "
     "(each tried again after a backoff)",
     ["account"],
 )

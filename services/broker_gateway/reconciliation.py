@@ -167,6 +167,14 @@ class Reconciling(WorkerBase):
             metrics.POSITION_CHECKS.labels(account=self.account, outcome="failed").inc()
             log.warning("positions check of %s failed: %s", self.account, e)
             return
+        except Exception:
+            # A bug's error: this check's failure (the next period's check
+            # runs), as a reconciliation's is (reconcile). Raised, it ended
+            # this task, so the account's event task and the whole gateway,
+            # and the next start's reconnection met it again.
+            metrics.POSITION_CHECKS.labels(account=self.account, outcome="failed").inc()
+            log.exception("positions check of %s failed on an unexpected error", self.account)
+            return
         if differences and self._fills_owed(differences):
             # Fills a reconciliation about to run publishes may explain them
             # (a gap the stream showed between the looks, a reconnection):

@@ -37,6 +37,9 @@ for the next connection. And at once when a reconciliation finds an order
 in an option contract that the broker no longer knows (404): past the
 expiry it holds the settlement back no more, and after a restart, which
 forgets the 404s, the start-up's read came before that reconciliation.
+A read that fails on an error the gateway does not expect (a bug's) is
+said with its traceback, counted as a reconciliation given up, and tried
+again, backing off likewise: it is not the end of the gateway.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Protocol
 
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import FillReceived
+from services.broker_gateway import metrics
 from services.broker_gateway.domain.cross import cross_events, cross_order_id, crossing
 from services.broker_gateway.domain.settlement import (
     DAY_BEFORE,
@@ -134,6 +138,8 @@ class Settlements:
         self._backoff_s = TICK_S
         #: The last read listed an exercise or assignment without its shares.
         self._shares_owed = False
+        #: The last read failed on an unexpected error: read again (backing off).
+        self._failed = False
 
     def wanted(self) -> None:
         self._wanted.set()
@@ -149,23 +155,51 @@ class Settlements:
                 # A read waits for the connection (a wanted one stays wanted).
                 await w.port.wait_connected()
                 continue
-            now_ns = w.clock.now_ns()
-            due = held_expired(w.tracker, now_ns)
-            forced = self._wanted.is_set() and read_after_connecting(w.tracker, now_ns)
+            wanted = self._wanted.is_set()
             self._wanted.clear()
-            if not forced and (not (due or self._shares_owed) or loop.time() < self._next_read_s):
-                continue
             try:
-                await self.read(due[0] if due else None)
-            except BrokerError as e:
-                log.warning("option settlements of %s not read: %s", w.account, e)
-            if self._shares_owed or held_expired(w.tracker, w.clock.now_ns()):
-                # The broker has not settled them yet (or listed an exercise's
-                # shares): read again, less often.
-                self._next_read_s = loop.time() + self._backoff_s
-                self._backoff_s = min(self._backoff_s * 2, READ_MAX_S)
-            else:
-                self._backoff_s = TICK_S
+                await self._read_if_due(wanted, loop.time())
+            except Exception:
+                # A bug's error (a read given up, as a reconciliation's is:
+                # reconciliation.py): raised, it ended this task, so the
+                # account's event task and the whole gateway, and the next
+                # start's read met it again. Read again after the backoff.
+                metrics.RECONCILIATIONS_GIVEN_UP.labels(account=w.account).inc()
+                log.exception(
+                    "option settlements of %s not read after an unexpected error; "
+                    "read again in %.0fs",
+                    w.account,
+                    self._backoff_s,
+                )
+                self._failed = True
+                self._read_later(loop.time())
+
+    async def _read_if_due(self, wanted: bool, now_s: float) -> None:
+        """Read if a connection ``wanted`` it, or one is due (a contract
+        held past its expiry, shares owed, a read failed) and its backoff
+        has passed; then set the next one's backoff."""
+        w = self.worker
+        now_ns = w.clock.now_ns()
+        due = held_expired(w.tracker, now_ns)
+        forced = wanted and read_after_connecting(w.tracker, now_ns)
+        owed = due or self._shares_owed or self._failed
+        if not forced and (not owed or now_s < self._next_read_s):
+            return
+        try:
+            await self.read(due[0] if due else None)
+        except BrokerError as e:
+            log.warning("option settlements of %s not read: %s", w.account, e)
+        self._failed = False
+        if self._shares_owed or held_expired(w.tracker, w.clock.now_ns()):
+            # The broker has not settled them yet (or listed an exercise's
+            # shares): read again, less often.
+            self._read_later(asyncio.get_running_loop().time())
+        else:
+            self._backoff_s = TICK_S
+
+    def _read_later(self, now_s: float) -> None:
+        self._next_read_s = now_s + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, READ_MAX_S)
 
     async def read(self, since: dt.date | None) -> int:
         """Read the activities from the day before ``since`` (the earliest

@@ -713,6 +713,37 @@ def test_a_flatten_is_done_once_live_or_rebuilt() -> None:
     assert rebuilt.unfinished_flattens() == []
 
 
+@pytest.mark.parametrize("status", ["canceled", "rejected", "expired"])
+def test_a_dead_order_in_a_close_all_answer_is_left_out_and_not_tracked(status: str) -> None:
+    """The close-all's answer lists, beside the MSFT closing order, an AAPL
+    one that had already ended with nothing filled. It is no closing order
+    the flatten placed (left out of ClosingOrdersPlaced, nothing published),
+    but the tracker took it in all the same, acknowledged by the broker and
+    not ended: unsettled, so the next reconciliation asked the broker for it
+    and published an OrderAccepted (and OrderCanceled, or OrderRejected) of
+    an order that never traded, which a tracker rebuilt from the recorded
+    events never knew of. It is now left out altogether."""
+    live = tracker()
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
+    )
+    live.flatten_started(flatten)
+    msft = order(None, broker_id="c-msft", client_id="close-msft", symbol="MSFT", side="sell")
+    dead = order(None, status=status, broker_id="c-aapl", client_id="close-aapl", side="sell")
+    done = live.flatten_done([dead, msft])
+    live.flatten_ended()
+    assert [e.type for e in done] == ["OrderAccepted", "ClosingOrdersPlaced"]
+    placed = done[-1]
+    assert isinstance(placed, ClosingOrdersPlaced)
+    assert [o.symbol for o in placed.payload.orders] == ["MSFT"]
+    assert live.find(dead) is None
+    assert [t.broker_order_id for t in live.unsettled()] == ["c-msft"]
+    rebuilt = tracker()
+    for e in (flatten, *done):
+        rebuilt.evolve(e)  # type: ignore[arg-type]
+    assert sorted(live.orders) == sorted(rebuilt.orders)
+
+
 def test_the_live_tracker_lets_a_flatten_go_once_no_consumer_can_bring_it_again() -> None:
     """The live tracker kept every flatten it handled, and whether it was
     done, for as long as the gateway ran (only a start-up's rebuild was

@@ -469,6 +469,31 @@ def test_a_cross_cut_by_a_restart_is_finished_as_it_began(published: int) -> Non
     assert rebuilt.positions == first.positions
 
 
+@pytest.mark.parametrize("published", range(1, 4))
+def test_a_cross_cut_by_a_restart_keeps_its_outcome_when_the_activity_is_no_longer_listed(
+    published: int,
+) -> None:
+    """As above, but the read after the restart no longer lists the broker's
+    exercise (its activity list cut short). The positions netting to 0 and
+    the broker holding none of the contract, the rest of the cross was made
+    as ``expired``: the long side's contracts sold "expired" after its
+    shares were bought "exercised", and cut after the long side's shares,
+    the short side's shares never delivered (s1 +100 SPY and s2 none, the
+    broker 200). A cross begun is finished as it began: as an exercise once
+    one of its shares legs is published."""
+    holdings = opened([("s1", CALL, "3"), ("s2", CALL, "-1")])
+    net = [activity("a1", "OPEXC", CALL, "-2"), activity("a2", "OPTRD", "SPY", "200", "600")]
+    first = tracker(holdings)
+    settled = settle(first, net)
+    whole = cross(first, net, broker={"SPY": D(200)})
+    before = whole[:published]
+    rebuilt = tracker([*holdings, *settled, *before])
+    rest = cross(rebuilt, [], broker={"SPY": D(200)})
+    assert booked([*before, *rest]) == booked(whole)
+    assert [e.id for e in [*before, *rest]] == [e.id for e in whole]
+    assert rebuilt.positions == first.positions
+
+
 def buy_one_call(t: OrderTracker) -> SubmitOrder:
     """s1's buy of 1 more call, placed before the close, taken in by ``t``:
     its fill is not published yet (the gateway away over the close)."""
@@ -836,3 +861,60 @@ async def test_after_a_restart_an_expired_contract_is_settled_once_its_order_is_
     assert late.payload.order_id in t.forgotten
     assert booked(outbox.events) == [(CALL, "sell", "2", "0", "expired", "s1")]
     assert broker.reads == 2, "the start-up's read, and the one after the 404"
+
+
+class BuggyBroker(ListingBroker):
+    """A broker whose first read of the activities raises what the gateway
+    does not expect (a bug's KeyError, say in the adapter); from the second
+    on it lists s1's exercise and its shares."""
+
+    async def option_activities(self, *, after: dt.date) -> list[BrokerActivity]:
+        listed = await super().option_activities(after=after)
+        if self.reads == 1:
+            raise KeyError("a bug")
+        return listed
+
+
+async def test_a_settlement_read_that_raises_unexpectedly_is_tried_again_not_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s1 holds a call past its expiry; the first read of the activities
+    raises a KeyError. Settlements.run caught only BrokerError: the error
+    ended the settlement task, so the account's event task and main's
+    TaskGroup, the whole gateway, and the start-up's read after a restart
+    met it again. It is now said with its traceback and counted as a
+    reconciliation given up, and the read is tried again after its backoff:
+    the second read books s1's exercise."""
+    from prometheus_client import REGISTRY
+
+    monkeypatch.setattr(settlement, "TICK_S", 0.01)
+    account = f"buggy-{uuid.uuid4().hex[:8]}"
+    t = OrderTracker(account, clock=CLOCK, source=SOURCE)
+    for e in opened([("s1", CALL, "1")]):
+        # An account of its own: the counter below is this test's alone.
+        payload = e.payload.model_copy(update={"account": account})
+        t.evolve(e.model_copy(update={"payload": payload}))
+    broker, outbox = BuggyBroker(), Published()
+    worker = SimpleNamespace(
+        account=account, port=broker, tracker=t, outbox=outbox, clock=PastClock(), source=SOURCE
+    )
+    task = asyncio.create_task(Settlements(worker).run())
+    try:
+        with caplog.at_level(logging.WARNING):
+            await eventually(lambda: t.position("SPY", "s1") == D(100) or task.done(), timeout=5)
+            assert not task.done(), task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert broker.reads == 2
+    assert booked(outbox.events) == [
+        ("SPY", "buy", "100", "600", "exercised", "s1"),
+        (CALL, "sell", "1", "0", "exercised", "s1"),
+    ]
+    assert "KeyError: 'a bug'" in caplog.text
+    assert "Traceback" in caplog.text
+    given_up = REGISTRY.get_sample_value(
+        "tradebus_broker_reconciliations_given_up_total", {"account": account}
+    )
+    assert given_up == 1

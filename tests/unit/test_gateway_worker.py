@@ -1096,6 +1096,58 @@ async def test_a_reconciliation_that_raises_unexpectedly_is_given_up_not_the_gat
     ]
 
 
+async def test_a_positions_check_that_raises_unexpectedly_fails_not_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The positions check after a reconnection's reconciliation meets an
+    error the gateway does not expect (a bug's KeyError, here from the
+    broker's positions). check_positions caught only BrokerError and
+    ValueError: the error ended the reconciliation task, so the account's
+    event task and the whole gateway, and the next start's reconnection met
+    it again. It is now a failed check, said with its traceback and counted
+    as one; the reconciliations go on, and the next check publishes."""
+    from services.broker_gateway.domain.model import BrokerPosition
+
+    account = f"checked-{uuid.uuid4().hex[:8]}"
+    w = worker([1000.0], [], account=account, timings=Timings(position_confirm_s=0.0))
+    w.position_check_every_s = 3600.0  # its own timer never fires here: _check_due below
+    looks = 0
+
+    async def positions() -> list[BrokerPosition]:
+        nonlocal looks
+        looks += 1
+        if looks == 1:
+            raise KeyError("a bug")
+        return []
+
+    published: list[Any] = []
+    w.port = broker(positions=positions)
+    w.outbox = outbox_into(published)
+
+    def failed() -> float | None:
+        return REGISTRY.get_sample_value(
+            "tradebus_broker_position_checks_total", {"account": account, "outcome": "failed"}
+        )
+
+    running = asyncio.create_task(w.run_reconciliations())
+    try:
+        with caplog.at_level("WARNING"):
+            w.want_reconcile(everything=True)  # the reconnection's, and its check
+            await eventually(lambda: looks == 1 and (failed() or running.done()), timeout=5)
+            assert not running.done(), running
+            assert failed() == 1
+            assert "KeyError: 'a bug'" in caplog.text
+            assert "Traceback" in caplog.text
+            w._check_due()  # the next periodic check
+            await eventually(lambda: bool(published) or running.done(), timeout=5)
+            assert not running.done(), running
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert said(published) == [[]]
+
+
 @pytest.mark.parametrize("at_broker", [False, True])
 async def test_a_dead_lettered_submit_is_given_an_outcome_the_risk_gate_closes_it_by(
     at_broker: bool,
@@ -1572,6 +1624,56 @@ async def test_a_close_all_whose_answer_cannot_be_read_is_given_up(
     assert w._reconcile_everything
     assert w._check_wanted
     assert w.tracker._flattening is None  # unknown orders are nobody's again
+
+
+async def test_a_flatten_dead_lettered_after_its_close_all_was_sent_is_forgotten() -> None:
+    """A flatten whose close-all the broker answers with an error of its own
+    (a 403 the adapter maps to OrderRefused) fails MAX_FAILURES times, each
+    run after the first looking for an earlier one's closing orders (none),
+    and is dead-lettered. When this gateway sent its close-all stayed in
+    _close_alls_sent for the life of the process, one entry per such
+    flatten: it is forgotten once the flatten is not coming again."""
+    from libs.contract.events import FlattenAccount, FlattenAccountPayload
+    from services.broker_gateway.errors import OrderRefused
+
+    dead: list[str] = []
+    w = worker([1000.0], dead)
+    close_alls: list[int] = []
+    windows: list[tuple[int, int]] = []
+
+    async def cancel_all() -> CanceledAll:
+        return CanceledAll()
+
+    async def close_all() -> None:
+        close_alls.append(1)
+        raise OrderRefused("forbidden", code="40310000")
+
+    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
+        windows.append((after_ns, until_ns))
+        return []
+
+    w.port = broker(cancel_all=cancel_all, close_all=close_all, orders_created=orders_created)
+    flatten = FlattenAccount.create(
+        FlattenAccountPayload(account="acct", reason="breaker"), source="test", clock=CLOCK
+    )
+    runner = asyncio.create_task(w.run_commands())
+    try:
+        for attempt in range(1, MAX_FAILURES + 1):
+            msg = Delivery(3, delivered=attempt)
+            await offer(w, flatten, msg)
+            await eventually(lambda msg=msg: bool(msg.answers), timeout=5)  # type: ignore[misc]
+            assert msg.answers == (["ack"] if attempt == MAX_FAILURES else ["nak"])
+            if attempt < MAX_FAILURES:
+                assert flatten.id in w._close_alls_sent, "the next run looks for its orders"
+        await eventually(lambda: not w._held, timeout=5)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert dead == ["OrderRefused: forbidden"]
+    assert len(close_alls) == MAX_FAILURES
+    assert len(windows) == MAX_FAILURES - 1
+    assert w._close_alls_sent == {}
 
 
 def filled_position(w: AccountWorker, quantity: int) -> None:

@@ -140,9 +140,15 @@ class Closing(TrackerState):
         built: list[OrderAccepted | ClosingOrdersPlaced | OrderRejected] = []
         placed: list[ClosingOrder] = []
         for order in orders:
-            t = self._closing_order(order, flatten)
             if not (order.is_open or order.filled_quantity > 0):
+                # Ended with nothing filled: no closing order, and not taken in
+                # either. Taken in, it was unsettled (acknowledged, not ended)
+                # and the next reconciliation published its OrderAccepted and
+                # end, of an order that never traded and that a tracker
+                # rebuilt from the events published here does not know. (One
+                # the stream brought meanwhile is the flatten's already.)
                 continue
+            t = self._closing_order(order, flatten)
             try:
                 accepted = self._acceptance(t, order, order.updated_ns)
                 closing = self._placed(t, order)

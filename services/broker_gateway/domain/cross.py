@@ -106,7 +106,8 @@ def cross_events(
       contract, strategy, leg), its one fill's event id from the order's as
       every fill's. The quantities come from the positions before the cross
       (what of it is published is taken back out), so a cross cut by a
-      restart is finished as it began.
+      restart is finished as it began; an exercise's also when the next
+      read no longer lists the activity (:func:`_begun`).
     """
     outcomes: dict[str, Settlement] = {}
     for a in activities:
@@ -127,7 +128,7 @@ def cross_events(
         shorts = _in_order([(s, -q) for s, q in before.items() if q < 0])
         if not longs or not shorts:
             continue
-        outcome = outcomes.get(symbol)
+        outcome = outcomes.get(symbol) or _begun(tracker, symbol, before)
         if outcome is None:
             if (
                 broker_positions is None
@@ -192,6 +193,24 @@ def _before_cross(tracker: OrderTracker, symbol: str) -> dict[str | None, Decima
         if quantity != 0:
             out[strategy] = quantity
     return out
+
+
+def _begun(
+    tracker: OrderTracker, symbol: str, before: Mapping[str | None, Decimal]
+) -> Settlement | None:
+    """How the cross of ``symbol`` that a restart cut short began, for a read
+    that no longer lists the broker's activity: an exercise (or assignment)
+    once one of its shares legs is published (they come first); None if
+    none is (not begun, or an expiry, which has no shares: the positions
+    decide, as for one not begun). Made ``expired`` from the positions, the
+    rest of an exercise's cross sold the long side's contracts as expired,
+    and cut after the long side's shares, the short side's were never
+    delivered."""
+    for strategy in before:
+        t = tracker.get(cross_order_id(tracker.account, symbol, strategy, "shares"))
+        if t is not None and t.filled > 0:
+            return "exercised"
+    return None
 
 
 def _in_order(slices: Slices) -> Slices:
