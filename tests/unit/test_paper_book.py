@@ -231,6 +231,33 @@ def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close(
     assert (fill.order.id, fill.price) == (late.id, D("99.7"))
 
 
+def test_with_bars_only_the_bar_forming_when_an_order_is_placed_is_only_its_close() -> None:
+    """With bars only (no trades), an order's market time is the end of the
+    last bar, which is when the next one begins: that bar was forming when
+    the order came (the order came after the last bar ended), so its open,
+    high and low may be from before the order. It is only its close to the
+    order, as a bar that began earlier is; the one after it is whole. Until
+    this its start, equal to the order's market time, did not count as
+    before it, and a limit placed mid-bar filled at an open or low printed
+    before it was placed (a stop was triggered by one)."""
+    b = book()
+    minute = 60_000_000_000
+    b.on_market(MarketUpdate.bar("AAPL", D(101), D(101), D(101), D(101), minute, 0))
+    buy, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(100)))
+    stop, _ = b.submit("A", OrderSpec("AAPL", "sell", D(1), "stop", stop_price=D(100)))
+    assert buy.placed_at_market_ns == stop.placed_at_market_ns == minute
+    # Forming when they were placed: its 99 (low) may be from before them.
+    forming = MarketUpdate.bar("AAPL", D(101), D(101), D(99), D("100.5"), 2 * minute, minute)
+    assert b.on_market(forming) == []
+    assert [(o.status, o.triggered) for o in b.orders("A")] == [("new", False), ("new", False)]
+    # The next bar began after them: whole.
+    whole = MarketUpdate.bar(
+        "AAPL", D("100.4"), D("100.4"), D("99.8"), D(100), 3 * minute, 2 * minute
+    )
+    fills = [(u.order.id, u.price) for u in b.on_market(whole) if u.event == "fill"]
+    assert fills == [(buy.id, D(100)), (stop.id, D(100))]
+
+
 def test_a_print_stamped_before_a_limit_order_was_placed_does_not_fill_it() -> None:
     """A trade Polygon reported late, stamped before a limit order was placed
     (or a bar that ended before it), is a price the order never had: it

@@ -480,7 +480,11 @@ class PaperBook(Ledger):
                 # order, are none the order ever had; it neither fills a
                 # limit nor triggers a stop (which then filled at it).
                 continue
-            elif update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
+            elif update.kind == "bar" and update.start_ns <= order.placed_at_market_ns:
+                # Begun by the order's market time (the last print it was
+                # placed after: with bars only, the end of the last bar,
+                # which is this one's start), it was forming when the order
+                # came: its open, high and low may be from before the order.
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
