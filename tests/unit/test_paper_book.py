@@ -471,6 +471,31 @@ def test_quantities_as_large_as_the_contract_carries_fill_exactly() -> None:
     assert b.positions("A") == []
 
 
+def test_a_sell_or_a_close_of_a_quantity_of_more_than_28_digits_is_booked_exactly() -> None:
+    """Negating or taking the absolute value of a Decimal rounds it to the
+    default context's 28 digits: a sell of 10000000000000000.000000000001
+    (29 digits, the contract carries 38) took 10000000000000000.00000000000
+    off the position and left 1E-12 of it for ever; a close-all ordered the
+    rounded quantity (leaving the same), and the quantity available was the
+    rounded one. Quantities are negated and made absolute exactly now."""
+    qty = D("10000000000000000.000000000001")
+    b = book()
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    b.submit("A", OrderSpec("X", "buy", qty))
+    _, updates = b.submit("A", OrderSpec("X", "sell", qty))
+    assert (updates[-1].event, updates[-1].qty, updates[-1].position_qty) == ("fill", qty, D(0))
+    assert b.positions("A") == []
+    # Short, then a close-all: the closing order is for the whole position.
+    b.submit("A", OrderSpec("X", "sell", qty))
+    [pos] = b.positions("A")
+    assert pos.qty == qty.copy_negate()  # -qty would round it
+    assert b.qty_available("A", pos) == pos.qty
+    [closing], _ = b.close_all("A")
+    assert closing.order is not None
+    assert (closing.order.qty, closing.order.status) == (qty, "filled")
+    assert b.positions("A") == []
+
+
 def test_an_amount_the_contract_cannot_carry_is_refused_and_breaks_nothing() -> None:
     """A quantity or price of 1e26 or more (the contract carries 38 digits,
     12 of them places) is refused (422). A quantity past the decimal

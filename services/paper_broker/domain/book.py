@@ -304,7 +304,7 @@ class PaperBook(Ledger):
         out: list[Closing] = []
         for pos in self.positions(account):
             side: Side = "sell" if pos.qty > 0 else "buy"
-            qty = abs(pos.qty)
+            qty = pos.qty.copy_abs()  # abs() would round to 28 digits
             if pos.symbol in self.config.halted_symbols:
                 message = f"asset {pos.symbol} is halted: the position cannot be closed now"
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
@@ -313,7 +313,7 @@ class PaperBook(Ledger):
             if held > 0:
                 message = (
                     f"insufficient qty available for order "
-                    f"(requested: {qty}, available: {max(qty - held, Decimal(0))})"
+                    f"(requested: {qty}, available: {max(WIDE.subtract(qty, held), Decimal(0))})"
                 )
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
                 continue
