@@ -790,6 +790,38 @@ def test_a_day_order_past_its_close_expires_before_a_price_can_fill_it() -> None
         assert books.positions("A") == []
 
 
+def test_a_print_stamped_after_the_close_fills_no_order_that_expires_at_it() -> None:
+    """The broker's clock a little behind the feed's: a print stamped after
+    the close (an after-hours trade) comes while the clock still reads
+    15:59:58. It expires the day order and the order in an option contract
+    expiring then, before it is taken in, as the contract's position is
+    settled before it (settle_expired); until this both filled at it, the
+    option after its contract's settlement, opening a position in it. A
+    print stamped at the close itself is still the session's: it fills."""
+    option = "O:SPY261211P00600000"  # expires Friday 2026-12-11, 16:00
+    clock = SetClock(ny_ns("2026-12-11 10:00"))
+    counter = itertools.count(1)
+    b = PaperBook(
+        BookConfig(day_orders_expire_at="close"), clock=clock, ids=lambda: f"id-{next(counter)}"
+    )
+    b.on_market(MarketUpdate.trade("AAPL", D(200), ny_ns("2026-12-11 10:00")))
+    b.on_market(MarketUpdate.trade(option, D("1.25"), ny_ns("2026-12-11 10:00")))
+    day, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(190)))
+    at_close, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(195)))
+    spec = OrderSpec(option, "buy", D(2), "limit", "gtc", limit_price=D(1), asset_class="us_option")
+    contract, _ = b.submit("A", spec)
+    clock.ns = ny_ns("2026-12-11 15:59:58")
+    [fill] = b.on_market(MarketUpdate.trade("AAPL", D(195), ny_ns("2026-12-11 16:00")))
+    assert (fill.event, fill.order.id) == ("fill", at_close.id)
+    updates = b.on_market(MarketUpdate.trade("AAPL", D(180), ny_ns("2026-12-11 16:00:01")))
+    assert [(u.event, u.order.id) for u in updates] == [
+        ("expired", day.id),
+        ("expired", contract.id),  # every order that ended at the close, whatever its symbol
+    ]
+    assert b.on_market(MarketUpdate.trade(option, D("0.5"), ny_ns("2026-12-11 16:00:01"))) == []
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D(5))]
+
+
 def test_an_order_in_an_option_contract_past_its_expiry_is_refused() -> None:
     """Alpaca refuses an order in a contract that has expired (422), and the
     paper broker filled one, at the last price it had, as if it still

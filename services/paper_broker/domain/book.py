@@ -331,16 +331,21 @@ class PaperBook(Ledger):
             updates.extend(more)
         return out, updates
 
-    def expire_orders(self) -> list[TradeUpdate]:
+    def expire_orders(self, market_ns: int = 0) -> list[TradeUpdate]:
         """Expire the ``day`` orders whose session has closed (see
         ``BookConfig.day_orders_expire_at``) and the orders, of any time in
-        force, in an option contract whose expiry day has closed, soonest first;
+        force, in an option contract whose expiry day has closed, soonest first:
+        by the broker's clock, or by the market's (``market_ns``, the time of
+        a price about to be taken in: one stamped after the close, with the
+        clock a little behind the feed's, fills no order that ended then);
         first settle the ``opg`` and ``cls`` orders past their auction's wait
         (:meth:`_auctions_past`)."""
         now = self.clock.now_ns()
         due = self._expiries
         out = self._auctions_past(now)
-        while due and due[0][0] <= now:
+        # A print stamped at the close itself is still the session's (as for
+        # the closing auction's print): only one stamped after it ends an order.
+        while due and (due[0][0] <= now or due[0][0] < market_ns):
             _, account, order_id = heapq.heappop(due)
             order = self._account(account).orders.get(order_id)
             if order is not None and order.is_open:
@@ -422,7 +427,7 @@ class PaperBook(Ledger):
         before it is not)."""
         self._print(symbol, price, ts_ns)
         last = self.last_price(symbol)
-        out = self.expire_orders()  # never filled after its close
+        out = self.expire_orders(ts_ns)  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market" or order.time_in_force in AUCTIONS:
                 continue
@@ -457,7 +462,7 @@ class PaperBook(Ledger):
         before = self._newest_print(symbol)
         # Expire (and settle the auctions past their wait) before this price
         # is the last: a cls order settled now closes at the print before it.
-        out = self.expire_orders()  # never filled after its close
+        out = self.expire_orders(update.ts_ns)  # never filled after its close
         self._print(symbol, update.last, update.ts_ns)
         newest, newest_ns = self._newest_print(symbol)
         current: MarketUpdate | None = None
