@@ -231,6 +231,33 @@ def test_a_bar_that_began_before_an_order_was_placed_fills_it_only_at_its_close(
     assert (fill.order.id, fill.price) == (late.id, D("99.7"))
 
 
+def test_with_bars_only_the_bar_forming_when_an_order_is_placed_is_only_its_close() -> None:
+    """With bars only (no trades), an order's market time is the end of the
+    last bar, which is when the next one begins: that bar was forming when
+    the order came (the order came after the last bar ended), so its open,
+    high and low may be from before the order. It is only its close to the
+    order, as a bar that began earlier is; the one after it is whole. Until
+    this its start, equal to the order's market time, did not count as
+    before it, and a limit placed mid-bar filled at an open or low printed
+    before it was placed (a stop was triggered by one)."""
+    b = book()
+    minute = 60_000_000_000
+    b.on_market(MarketUpdate.bar("AAPL", D(101), D(101), D(101), D(101), minute, 0))
+    buy, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), "limit", limit_price=D(100)))
+    stop, _ = b.submit("A", OrderSpec("AAPL", "sell", D(1), "stop", stop_price=D(100)))
+    assert buy.placed_at_market_ns == stop.placed_at_market_ns == minute
+    # Forming when they were placed: its 99 (low) may be from before them.
+    forming = MarketUpdate.bar("AAPL", D(101), D(101), D(99), D("100.5"), 2 * minute, minute)
+    assert b.on_market(forming) == []
+    assert [(o.status, o.triggered) for o in b.orders("A")] == [("new", False), ("new", False)]
+    # The next bar began after them: whole.
+    whole = MarketUpdate.bar(
+        "AAPL", D("100.4"), D("100.4"), D("99.8"), D(100), 3 * minute, 2 * minute
+    )
+    fills = [(u.order.id, u.price) for u in b.on_market(whole) if u.event == "fill"]
+    assert fills == [(buy.id, D(100)), (stop.id, D(100))]
+
+
 def test_a_print_stamped_before_a_limit_order_was_placed_does_not_fill_it() -> None:
     """A trade Polygon reported late, stamped before a limit order was placed
     (or a bar that ended before it), is a price the order never had: it
@@ -441,6 +468,31 @@ def test_quantities_as_large_as_the_contract_carries_fill_exactly() -> None:
     assert b.on_market(MarketUpdate.trade("X", D(5))) == []  # nothing left to fill
     b.submit("A", OrderSpec("X", "sell", qty))
     b.on_market(MarketUpdate.trade("X", D(5)))
+    assert b.positions("A") == []
+
+
+def test_a_sell_or_a_close_of_a_quantity_of_more_than_28_digits_is_booked_exactly() -> None:
+    """Negating or taking the absolute value of a Decimal rounds it to the
+    default context's 28 digits: a sell of 10000000000000000.000000000001
+    (29 digits, the contract carries 38) took 10000000000000000.00000000000
+    off the position and left 1E-12 of it for ever; a close-all ordered the
+    rounded quantity (leaving the same), and the quantity available was the
+    rounded one. Quantities are negated and made absolute exactly now."""
+    qty = D("10000000000000000.000000000001")
+    b = book()
+    b.on_market(MarketUpdate.trade("X", D(5)))
+    b.submit("A", OrderSpec("X", "buy", qty))
+    _, updates = b.submit("A", OrderSpec("X", "sell", qty))
+    assert (updates[-1].event, updates[-1].qty, updates[-1].position_qty) == ("fill", qty, D(0))
+    assert b.positions("A") == []
+    # Short, then a close-all: the closing order is for the whole position.
+    b.submit("A", OrderSpec("X", "sell", qty))
+    [pos] = b.positions("A")
+    assert pos.qty == qty.copy_negate()  # -qty would round it
+    assert b.qty_available("A", pos) == pos.qty
+    [closing], _ = b.close_all("A")
+    assert closing.order is not None
+    assert (closing.order.qty, closing.order.status) == (qty, "filled")
     assert b.positions("A") == []
 
 
@@ -736,6 +788,38 @@ def test_a_day_order_past_its_close_expires_before_a_price_can_fill_it() -> None
         updates = books.on_market(MarketUpdate.trade("AAPL", D(180)))
         assert [(u.event, u.order.id) for u in updates] == [("expired", day.id)]
         assert books.positions("A") == []
+
+
+def test_a_print_stamped_after_the_close_fills_no_order_that_expires_at_it() -> None:
+    """The broker's clock a little behind the feed's: a print stamped after
+    the close (an after-hours trade) comes while the clock still reads
+    15:59:58. It expires the day order and the order in an option contract
+    expiring then, before it is taken in, as the contract's position is
+    settled before it (settle_expired); until this both filled at it, the
+    option after its contract's settlement, opening a position in it. A
+    print stamped at the close itself is still the session's: it fills."""
+    option = "O:SPY261211P00600000"  # expires Friday 2026-12-11, 16:00
+    clock = SetClock(ny_ns("2026-12-11 10:00"))
+    counter = itertools.count(1)
+    b = PaperBook(
+        BookConfig(day_orders_expire_at="close"), clock=clock, ids=lambda: f"id-{next(counter)}"
+    )
+    b.on_market(MarketUpdate.trade("AAPL", D(200), ny_ns("2026-12-11 10:00")))
+    b.on_market(MarketUpdate.trade(option, D("1.25"), ny_ns("2026-12-11 10:00")))
+    day, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(190)))
+    at_close, _ = b.submit("A", OrderSpec("AAPL", "buy", D(5), "limit", limit_price=D(195)))
+    spec = OrderSpec(option, "buy", D(2), "limit", "gtc", limit_price=D(1), asset_class="us_option")
+    contract, _ = b.submit("A", spec)
+    clock.ns = ny_ns("2026-12-11 15:59:58")
+    [fill] = b.on_market(MarketUpdate.trade("AAPL", D(195), ny_ns("2026-12-11 16:00")))
+    assert (fill.event, fill.order.id) == ("fill", at_close.id)
+    updates = b.on_market(MarketUpdate.trade("AAPL", D(180), ny_ns("2026-12-11 16:00:01")))
+    assert [(u.event, u.order.id) for u in updates] == [
+        ("expired", day.id),
+        ("expired", contract.id),  # every order that ended at the close, whatever its symbol
+    ]
+    assert b.on_market(MarketUpdate.trade(option, D("0.5"), ny_ns("2026-12-11 16:00:01"))) == []
+    assert [(p.symbol, p.qty) for p in b.positions("A")] == [("AAPL", D(5))]
 
 
 def test_an_order_in_an_option_contract_past_its_expiry_is_refused() -> None:

@@ -129,6 +129,26 @@ def test_a_position_is_settled_at_the_close(
         assert trade.net_amount == -D(shares) * 600
 
 
+def test_an_exercise_s_amount_of_more_than_28_digits_is_exact() -> None:
+    """Two orders of the largest quantity taken (26 digits of contracts)
+    hold a position whose exercise at a strike of 600.50 moves 32 digits of
+    cash. In the default decimal context (28 digits) the OPTRD's net amount
+    was rounded (-1.200999999999999999999999988E+31, 120 off)."""
+    call = "O:SPY261211C00600500"
+    largest = "99999999999999999999999999"
+    b, clock = held(call, largest, "610")
+    b.submit("A", OrderSpec(call, "buy", D(largest), asset_class="us_option"))
+    clock.ns = CLOSE_NS
+    [settled] = b.settle_expired()
+    exercised, trade = settled.activities
+    assert exercised.qty == D("-199999999999999999999999998")
+    shares = D("19999999999999999999999999800")
+    assert (trade.qty, trade.price) == (shares, D("600.5"))
+    assert trade.net_amount == D("-12009999999999999999999999879900")
+    [spy] = b.positions("A")
+    assert (spy.symbol, spy.qty) == ("SPY", shares)
+
+
 def test_the_underlying_s_price_is_its_last_at_or_before_the_close() -> None:
     """A print of the underlying stamped after the close settles the
     contract before it is taken in: at 599 (before), not at 700 (after)."""

@@ -9,12 +9,13 @@ carries the order as it is *after* the change, so the journal of updates
 replays into exactly the same books (:meth:`PaperBook.apply` again), without
 the fill model.
 
-The book is in four modules: its values (``model.py``), which orders it
+The book is in five modules: its values (``model.py``), which orders it
 takes (``acceptance.py``), what the journal rebuilds (``ledger.py``: the
 accounts, the working orders, what is due when, and ``apply``, ``restore``
-and ``state``), and here :class:`PaperBook`, a ledger that trades: orders,
-prices, auctions, expiries and settlements. Their public names are imported
-from here.
+and ``state``), that ledger with each symbol's newest print and the option
+positions settled against it (``priced.py``), and here :class:`PaperBook`,
+a priced ledger that trades: orders, prices, auctions and expiries. Their
+public names are imported from here.
 
 Invariants:
 
@@ -56,14 +57,10 @@ Invariants:
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
-from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 
-from libs.contract.envelope import Clock
-from libs.contract.options import parse_option
 from services.paper_broker.domain.acceptance import MAX_AMOUNT, MAX_CLIENT_ORDER_ID, validate
 from services.paper_broker.domain.auction import (
     AUCTIONS,
@@ -83,7 +80,6 @@ from services.paper_broker.domain.fill_model import (
 )
 from services.paper_broker.domain.ledger import (
     AVG_QUANTUM,
-    Ledger,
     average,
     day_order_expiry_ns,
     signed,
@@ -113,10 +109,10 @@ from services.paper_broker.domain.model import (
     TradeUpdate,
     UpdateEvent,
 )
-from services.paper_broker.domain.settlement import settle
+from services.paper_broker.domain.priced import NO_PRICE_WAIT_NS, PricedLedger
 
 # The book's public names, from the modules it was cut into (model,
-# acceptance, ledger): importers keep importing them from here.
+# acceptance, ledger, priced): importers keep importing them from here.
 __all__ = [
     "AVG_QUANTUM",
     "CODE_DUPLICATE_CLIENT_ORDER_ID",
@@ -149,39 +145,11 @@ __all__ = [
     "day_order_expiry_ns",
 ]
 
-#: A position whose underlying has no price at all is settled (expired
-#: worthless) only this long after its expiry, or after the broker started,
-#: whichever is later: at start-up the feed brings each symbol's last price
-#: a moment after the journal's positions are in.
-NO_PRICE_WAIT_NS = 300 * 1_000_000_000
 
-
-class PaperBook(Ledger):
+class PaperBook(PricedLedger):
     """Every account's orders and positions (its :class:`Ledger`), and the
-    newest price of each symbol: takes orders and prices, and makes the
-    trade updates and settlements its ledger applies."""
-
-    def __init__(self, config: BookConfig, *, clock: Clock, ids: Callable[[], str]) -> None:
-        super().__init__(config)
-        self.clock = clock
-        self.ids = ids
-        # Each symbol's newest print by its own time (a trade's, a bar's end;
-        # at the same time the later to arrive) and that time: the price a
-        # market order fills at and a position is valued at, what stands for
-        # a closing auction and prices an expired contract's underlying (see
-        # _newest_print). Not the last to arrive: a print reported late,
-        # older than one before it, is not the market's price. Its time is
-        # the latest trade time or bar end seen of the symbol (an order's
-        # placed_at_market_ns): _print keeps the greatest.
-        self._newest: dict[str, tuple[Decimal, int]] = {}
-        self._started_ns = clock.now_ns()
-
-    # ------------------------------------------------------------- queries
-
-    def last_price(self, symbol: str) -> Decimal | None:
-        """``symbol``'s price now: its newest print by the market's time (not
-        a trade reported late, older than one before it); None: none yet."""
-        return self._newest_print(symbol)[0]
+    newest price of each symbol (:class:`PricedLedger`): takes orders and
+    prices, and makes the trade updates and settlements its ledger applies."""
 
     # ------------------------------------------------------------ commands
     def submit(self, account: str, spec: OrderSpec) -> tuple[PaperOrder, list[TradeUpdate]]:
@@ -304,7 +272,7 @@ class PaperBook(Ledger):
         out: list[Closing] = []
         for pos in self.positions(account):
             side: Side = "sell" if pos.qty > 0 else "buy"
-            qty = abs(pos.qty)
+            qty = pos.qty.copy_abs()  # abs() would round to 28 digits
             if pos.symbol in self.config.halted_symbols:
                 message = f"asset {pos.symbol} is halted: the position cannot be closed now"
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
@@ -313,7 +281,7 @@ class PaperBook(Ledger):
             if held > 0:
                 message = (
                     f"insufficient qty available for order "
-                    f"(requested: {qty}, available: {max(qty - held, Decimal(0))})"
+                    f"(requested: {qty}, available: {max(WIDE.subtract(qty, held), Decimal(0))})"
                 )
                 out.append(Closing(pos.symbol, refused=Refused(403, CODE_FORBIDDEN, message)))
                 continue
@@ -331,84 +299,27 @@ class PaperBook(Ledger):
             updates.extend(more)
         return out, updates
 
-    def expire_orders(self) -> list[TradeUpdate]:
+    def expire_orders(self, market_ns: int = 0) -> list[TradeUpdate]:
         """Expire the ``day`` orders whose session has closed (see
         ``BookConfig.day_orders_expire_at``) and the orders, of any time in
-        force, in an option contract whose expiry day has closed, soonest first;
+        force, in an option contract whose expiry day has closed, soonest first:
+        by the broker's clock, or by the market's (``market_ns``, the time of
+        a price about to be taken in: one stamped after the close, with the
+        clock a little behind the feed's, fills no order that ended then);
         first settle the ``opg`` and ``cls`` orders past their auction's wait
         (:meth:`_auctions_past`)."""
         now = self.clock.now_ns()
         due = self._expiries
         out = self._auctions_past(now)
-        while due and due[0][0] <= now:
+        # A print stamped at the close itself is still the session's (as for
+        # the closing auction's print): only one stamped after it ends an order.
+        while due and (due[0][0] <= now or due[0][0] < market_ns):
             _, account, order_id = heapq.heappop(due)
             order = self._account(account).orders.get(order_id)
             if order is not None and order.is_open:
                 after = replace(order, status="expired", updated_at_ns=now)
                 out.append(self._emit(TradeUpdate("expired", after, now)))
         return out
-
-    def settle_expired(self, market_ns: int = 0) -> list[Settlement]:
-        """Settle every position in an option contract whose expiry day has
-        closed: by the broker's clock, or by the market's (``market_ns``, the
-        time of a price about to be taken in: one stamped after the close is
-        settled before, so the underlying's price it is settled at is its
-        last at or before the close). Soonest expiry first.
-
-        The underlying's price is its newest by the market's time the book
-        holds (not the last to arrive: a print reported late, older than one
-        before it, is not the close's): at or before the close, unless the
-        book has seen none of it since before the close (a broker started
-        after it: then the newest it has). With no price of
-        the underlying at all, the settlement waits for one, up to
-        :data:`NO_PRICE_WAIT_NS` past the expiry or the broker's start
-        (prices come a moment after the journal at start-up), then the
-        contract expires worthless and its activity says why: nothing tells
-        the broker it was in the money, and a position kept for ever would
-        block every close-all of the account and the gate's caps."""
-        now = self.clock.now_ns()
-        due_at = max(now, market_ns)
-        pending = self._settlements
-        out: list[Settlement] = []
-        waiting: list[tuple[int, str, str]] = []
-        while pending and pending[0][0] <= due_at:
-            item = heapq.heappop(pending)
-            expiry, account, symbol = item
-            position = self._account(account).positions.get(symbol)
-            if position is None:
-                continue  # closed before its expiry (or settled: an entry per opening)
-            contract = parse_option(symbol)
-            underlying, _ = self._newest_print(contract.root)
-            note = ""
-            if underlying is None:
-                if now < max(expiry, self._started_ns) + NO_PRICE_WAIT_NS:
-                    waiting.append(item)
-                    continue
-                note = f"no price of {contract.root} known to the paper broker"
-            activities = settle(
-                account=account,
-                symbol=symbol,
-                contract=contract,
-                position_qty=position.qty,
-                underlying=underlying,
-                now_ns=now,
-                ids=self._activity_id,
-                note=note,
-            )
-            settlement = Settlement(account, symbol, activities)
-            self.apply_settlement(settlement)
-            out.append(settlement)
-        for item in waiting:
-            heapq.heappush(pending, item)
-        return out
-
-    def _activity_id(self) -> str:
-        # Alpaca's activity ids: the time (UTC) to the millisecond, "::", a
-        # uuid. In whole seconds and nanoseconds: seconds as a float rounded
-        # a time a nanosecond before a millisecond (or midnight) up to it.
-        seconds, rest = divmod(self.clock.now_ns(), 1_000_000_000)
-        at = dt.datetime.fromtimestamp(seconds, dt.UTC)
-        return f"{at:%Y%m%d%H%M%S}{rest // 1_000_000:03d}::{self.ids()}"
 
     def set_last(self, symbol: str, price: Decimal, *, ts_ns: int) -> list[TradeUpdate]:
         """``price`` (of ``ts_ns``, its market time: no default, as a price
@@ -422,7 +333,7 @@ class PaperBook(Ledger):
         before it is not)."""
         self._print(symbol, price, ts_ns)
         last = self.last_price(symbol)
-        out = self.expire_orders()  # never filled after its close
+        out = self.expire_orders(ts_ns)  # never filled after its close
         for order in self._working_orders(symbol):
             if order.order_type != "market" or order.time_in_force in AUCTIONS:
                 continue
@@ -457,7 +368,7 @@ class PaperBook(Ledger):
         before = self._newest_print(symbol)
         # Expire (and settle the auctions past their wait) before this price
         # is the last: a cls order settled now closes at the print before it.
-        out = self.expire_orders()  # never filled after its close
+        out = self.expire_orders(update.ts_ns)  # never filled after its close
         self._print(symbol, update.last, update.ts_ns)
         newest, newest_ns = self._newest_print(symbol)
         current: MarketUpdate | None = None
@@ -480,7 +391,11 @@ class PaperBook(Ledger):
                 # order, are none the order ever had; it neither fills a
                 # limit nor triggers a stop (which then filled at it).
                 continue
-            elif update.kind == "bar" and update.start_ns < order.placed_at_market_ns:
+            elif update.kind == "bar" and update.start_ns <= order.placed_at_market_ns:
+                # Begun by the order's market time (the last print it was
+                # placed after: with bars only, the end of the last bar,
+                # which is this one's start), it was forming when the order
+                # came: its open, high and low may be from before the order.
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
@@ -497,24 +412,6 @@ class PaperBook(Ledger):
         return out
 
     # ------------------------------------------------------------- helpers
-
-    def _print(self, symbol: str, price: Decimal, ts_ns: int) -> None:
-        """``price`` of ``ts_ns`` is ``symbol``'s newest print unless one
-        newer by the market's time came before it (a late-reported trade)."""
-        newest = self._newest.get(symbol)
-        if newest is None or ts_ns >= newest[1]:
-            self._newest[symbol] = (price, ts_ns)
-
-    def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
-        """``symbol``'s newest print by the market's time and that time
-        ((None, 0): none yet): its last price (:meth:`last_price`), a closing
-        auction's price once the session has closed, and the underlying's
-        price an expired contract is settled at. The last to arrive and the
-        latest time seen belonged to two prints after a late one: the close
-        took a trade stamped 15:30, or before the open, that Polygon reported
-        after the 15:59:59 one, and a market order filled at it."""
-        newest = self._newest.get(symbol)
-        return (None, 0) if newest is None else newest
 
     def _auctions_past(self, now: int) -> list[TradeUpdate]:
         """Settle the ``opg`` and ``cls`` orders still working

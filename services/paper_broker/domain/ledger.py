@@ -99,7 +99,9 @@ def _created(order: PaperOrder) -> int:
 
 
 def signed(side: Side, qty: Decimal) -> Decimal:
-    return qty if side == "buy" else -qty
+    # copy_negate, not -qty: unary minus (as abs()) rounds to the default
+    # context's 28 digits, and a sell of a longer quantity left a residue.
+    return qty if side == "buy" else qty.copy_negate()
 
 
 class Ledger:
@@ -158,8 +160,8 @@ class Ledger:
         ``qty_available``, the count :meth:`close_all`'s refusal names."""
         side: Side = "sell" if position.qty > 0 else "buy"
         held = self._held_for_orders(account, position.symbol, side)
-        free = max(WIDE.subtract(abs(position.qty), held), Decimal(0))
-        return -free if position.qty < 0 and free else free
+        free = max(WIDE.subtract(position.qty.copy_abs(), held), Decimal(0))
+        return free.copy_negate() if position.qty < 0 and free else free
 
     def fills(self, account: str, order_id: str | None = None) -> Sequence[FillActivity]:
         """The account's fill activities in the order they happened (``order_id``'s
@@ -177,14 +179,11 @@ class Ledger:
 
     def _held_for_orders(self, account: str, symbol: str, side: Side) -> Decimal:
         """What open orders on ``side`` of ``symbol`` hold of the account's position."""
-        return sum(
-            (
-                o.remaining
-                for o in self._working_orders(symbol)
-                if o.account == account and o.side == side
-            ),
-            Decimal(0),
-        )
+        held = Decimal(0)
+        for o in self._working_orders(symbol):
+            if o.account == account and o.side == side:
+                held = WIDE.add(held, o.remaining)  # sum() would round to 28 digits
+        return held
 
     def _working_orders(self, symbol: str) -> list[PaperOrder]:
         """The working orders of ``symbol``, every account's, in the order they
@@ -397,7 +396,9 @@ class Ledger:
         if pos is None and symbol.startswith(OPTION_PREFIX):
             self._await_expiry(acct.name, symbol)
         if pos is None or old == 0 or (old > 0) == (delta > 0):
-            avg = average(pos.avg_entry_price if pos else None, abs(old), price, abs(delta))
+            avg = average(
+                pos.avg_entry_price if pos else None, old.copy_abs(), price, delta.copy_abs()
+            )
         elif (old > 0) != (new > 0):
             avg = price  # flipped through zero: the new side's entry is this fill
         else:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Literal
 
 from libs.contract.events import OPTION_MULTIPLIER
 from libs.contract.options import OptionContract
+from services.paper_broker.domain.fill_model import WIDE
 
 #: Alpaca's activity types of an option event: expired worthless, exercised
 #: (a long position), assigned (a short one), and the trade of the
@@ -75,8 +76,8 @@ def moneyness(contract: OptionContract, underlying: Decimal) -> Decimal:
     """How far ``contract`` is in the money at the underlying's ``underlying``
     (negative: out of it)."""
     if contract.right == "call":
-        return underlying - contract.strike
-    return contract.strike - underlying
+        return WIDE.subtract(underlying, contract.strike)
+    return WIDE.subtract(contract.strike, underlying)
 
 
 def outcome(contract: OptionContract, position_qty: Decimal, underlying: Decimal | None) -> Outcome:
@@ -107,7 +108,9 @@ def settle(
     at the strike. ``note`` is added to the first one's description (why
     it expired without a price, say)."""
     result = outcome(contract, position_qty, underlying)
-    removed = -position_qty  # the contracts taken out of the position, signed as Alpaca does
+    # The contracts taken out of the position, signed as Alpaca does (copy_negate:
+    # unary minus rounds to the default context's 28 digits, as * does below).
+    removed = position_qty.copy_negate()
     kind: ActivityType = {"expired": "OPEXP", "exercised": "OPEXC", "assigned": "OPASN"}[result]  # type: ignore[assignment]
     description = DESCRIPTIONS[kind] + (f": {note}" if note else "")
     first = OptionActivity(
@@ -125,10 +128,12 @@ def settle(
         return (first,)
     # A call delivers shares to its holder, a put takes them: a long call
     # (removed < 0) buys, a short call (removed > 0) sells; a put the reverse.
-    shares = OPTION_MULTIPLIER * position_qty
-    if contract.right == "put":
-        shares = -shares
     strike = _plain(contract.strike)
+    with localcontext(WIDE):  # see fill_model.WIDE
+        shares = OPTION_MULTIPLIER * position_qty
+        if contract.right == "put":
+            shares = -shares
+        net_amount = -shares * strike
     trade = OptionActivity(
         id=ids(),
         account=account,
@@ -136,7 +141,7 @@ def settle(
         date=contract.expiry,
         symbol=contract.root,
         qty=shares,
-        net_amount=-shares * strike,
+        net_amount=net_amount,
         ts_ns=now_ns,
         price=strike,
         description=DESCRIPTIONS["OPTRD"],
