@@ -34,9 +34,10 @@ from nats.js import api as js_api
 
 from libs import trace
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer
+from libs.bus.consumer import EventConsumer, header_dict
 from libs.bus.pull import PullFetcher
-from libs.contract.codec import DecodeError, decode
+from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, SubmitOrder
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
 from services.broker_gateway import metrics
@@ -49,6 +50,32 @@ FETCH_TIMEOUT_S = 1.0
 RETRY_PAUSE_S = 0.5
 
 Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
+#: Publishes a command's dead letter, the error given as text.
+DeadLetter = Callable[[Msg, str], Awaitable[None]]
+
+
+def command_dead_letter(bus: Bus, *, service: str, clock: Clock, source: str) -> DeadLetter:
+    """How a worker dead-letters a command that failed too often: to
+    ``deadletter.<service>``, with the command's bytes, subject and stream
+    sequence, counted as ``reason="command_failed"``."""
+
+    async def dead(msg: Msg, error: str) -> None:
+        seq = msg.metadata.sequence.stream if msg.reply else None
+        await bus.publish(
+            dead_letter(
+                service=service,
+                subject=msg.subject,
+                data=msg.data,
+                error=error,
+                clock=clock,
+                source=source,
+                headers=header_dict(msg),
+                stream_seq=seq,
+            )
+        )
+        metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
+
+    return dead
 
 
 class CommandConsumer:
