@@ -165,6 +165,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
             ack_wait_s=settings.command_ack_wait_s,
             start_back_s=settings.max_submit_delay_s,
             max_bytes=settings.max_event_bytes,
+            dead_letter_deadline_s=settings.dead_letter_deadline_s,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
