@@ -125,6 +125,13 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
         names = [a.name for a in accounts]
         trackers = await _rebuilt(settings, bus, names, info.state.last_seq, clock, source)
 
+        dead = command_dead_letter(
+            bus,
+            service=SERVICE,
+            clock=clock,
+            source=source,
+            deadline_s=settings.dead_letter_deadline_s,
+        )
         outbox = Outbox(bus)
         workers = {
             a.name: AccountWorker(
@@ -136,7 +143,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                 source=source,
                 max_submit_delay_s=settings.max_submit_delay_s,
                 ack_wait_s=settings.command_ack_wait_s,
-                dead_letter=command_dead_letter(bus, service=SERVICE, clock=clock, source=source),
+                dead_letter=dead,
                 position_check_every_s=settings.position_check_every_s,
             )
             for a in accounts

@@ -12,6 +12,7 @@ account (PublishFailed).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,11 +20,14 @@ import orjson
 import pytest
 
 from libs.bus.client import Bus
+from libs.contract.events import CancelOrder, CancelOrderPayload
 from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
 from libs.testing.wait import eventually
 from services.broker_gateway import metrics
+from services.broker_gateway.adapters.commands import command_dead_letter
+from services.broker_gateway.gateway import MAX_FAILURES, Timings
 from services.paper_broker.domain.fill_model import MarketUpdate
-from tests.integration.test_broker_commands import D, Venue, gateway, submit
+from tests.integration.test_broker_commands import CLOCK, D, Venue, gateway, submit
 
 DEADLINE_S = 0.2
 RETRY_S = 0.5
@@ -113,4 +117,65 @@ async def test_an_undecodable_command_whose_dead_letter_is_not_taken_is_handed_b
         await take_dead_letters(bus)
         await eventually(lambda: dead_lettered_once(bus), timeout=10)
         assert (await last_dead_letter(bus))["payload"]["stream_seq"] == bad.seq
+        assert not gw.ended()
+
+
+async def test_a_failed_command_whose_dead_letter_is_not_taken_is_handed_back(
+    bus: Bus, venue: Venue, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that failed MAX_FAILURES times (here: a bug's error on a
+    cancel) is dead-lettered by its account's worker. Its dead letter not
+    taken, the PublishFailed came after the bus's 30 s and ended the
+    worker's command task, so the gateway, for every account. Now, after
+    the gateway's dead-letter deadline, the command is handed back (nak with
+    a delay) and, when it comes again, dead-lettered again, not carried out
+    again; the account's next command is carried out meanwhile. Once the
+    stream takes dead letters the command is dead-lettered once and acked."""
+    await refuse_dead_letters(bus)
+    not_taken = metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason="command_failed")
+    before = not_taken._value.get()
+    dead = command_dead_letter(
+        bus,
+        service="broker-gateway",
+        clock=CLOCK,
+        source="broker-gateway/test",
+        deadline_s=DEADLINE_S,
+    )
+    timings = Timings(dead_letter_retry_s=RETRY_S)
+    async with gateway(bus, [venue], dead_letter=dead, timings=timings) as gw:
+        w = gw.workers[venue.account]
+        assert await w.port.wait_connected(timeout=10)
+        tries: list[uuid.UUID] = []
+
+        async def broken(command: CancelOrder) -> str:
+            tries.append(command.id)
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(w, "_cancel", broken)
+        cancel = CancelOrder.create(
+            CancelOrderPayload(order_id=uuid.uuid4(), account=venue.account),
+            source="test/risk-gate",
+            clock=CLOCK,
+        )
+        await bus.publish(cancel)
+        # MAX_FAILURES tries NAK_DELAY_S (2 s) apart, then the dead letter's,
+        # each within the deadline and a publish's own ack timeout (2 s).
+        await eventually(lambda: gw.ended() or not_taken._value.get() >= before + 2, timeout=20)
+        assert not gw.ended()
+        assert "not taken" in caplog.text
+        assert tries == [cancel.id] * MAX_FAILURES  # not carried out again
+        assert await dead_letters(bus) == 0
+
+        await bus.publish(submit(venue.account, "AAPL", "3"))
+        await eventually(
+            lambda: gw.ended() or [p.qty for p in venue.book.positions(venue.account)] == [D(3)],
+            timeout=10,
+        )
+        assert not gw.ended()
+
+        await take_dead_letters(bus)
+        await eventually(lambda: dead_lettered_once(bus), timeout=10)
+        payload = (await last_dead_letter(bus))["payload"]
+        assert payload["error"] == "KeyError: 'a bug'"
+        assert tries == [cancel.id] * MAX_FAILURES
         assert not gw.ended()

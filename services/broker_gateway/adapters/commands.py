@@ -62,7 +62,9 @@ Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
 DeadLetter = Callable[[Msg, str], Awaitable[None]]
 
 
-def command_dead_letter(bus: Bus, *, service: str, clock: Clock, source: str) -> DeadLetter:
+def command_dead_letter(
+    bus: Bus, *, service: str, clock: Clock, source: str, deadline_s: float
+) -> DeadLetter:
     """How a worker dead-letters a command that failed too often: to
     ``deadletter.<service>``, with the command's bytes, subject and stream
     sequence, counted as ``reason="command_failed"``."""
@@ -79,7 +81,8 @@ def command_dead_letter(bus: Bus, *, service: str, clock: Clock, source: str) ->
                 source=source,
                 headers=header_dict(msg),
                 stream_seq=seq,
-            )
+            ),
+            deadline_s=deadline_s,
         )
         metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
 
