@@ -57,6 +57,11 @@ class GatewaySettings(ServiceSettings):
     #: How often each account's positions at the broker are compared with
     #: its recorded fills (also after every reconnection); 0: never.
     position_check_every_s: float = Field(default=300.0, ge=0, le=86_400)
+    #: How long a dead letter's publish is retried before the message is
+    #: handed back, to be dead-lettered again later: the bus's own 30 s held
+    #: every account's commands back (an undecodable one), then ended the
+    #: gateway.
+    dead_letter_deadline_s: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("rebuild_settled_s")
     @classmethod

@@ -219,6 +219,15 @@ class AccountWorker(Flattening):
                 self._queued.clear()
                 await self._queued.wait()
             held = self._queue.popleft()
+            due = self._dead_letters_due.get(held.command.id)
+            if due is not None:
+                # It failed MAX_FAILURES times and the stream did not take its
+                # dead letter: back to be dead-lettered, not carried out.
+                try:
+                    await self._dead_letter(held, due)
+                finally:
+                    self._let_go(held)
+                continue
             try:
                 await self.handle(held)
             except (BrokerError, ValueError) as e:
@@ -246,15 +255,16 @@ class AccountWorker(Flattening):
                     self.acks.add(held.msg)
                 self.handled += 1
             finally:
-                del self._held[held.command.id]
-                if (
-                    isinstance(held.command, FlattenAccount)
-                    and held.command.id not in self._failures
-                ):
-                    # Run to its outcome, or dead-lettered: not coming again.
-                    self._flatten_ran(held.command.id)
-                if not self._queue:
-                    self._idle.set()
+                self._let_go(held)
+
+    def _let_go(self, held: Held) -> None:
+        """``held`` is done with here: carried out, handed back or dead-lettered."""
+        del self._held[held.command.id]
+        if isinstance(held.command, FlattenAccount) and held.command.id not in self._failures:
+            # Run to its outcome, or dead-lettered: not coming again.
+            self._flatten_ran(held.command.id)
+        if not self._queue:
+            self._idle.set()
 
     async def keep_alive(self) -> None:
         """Tell NATS every ``keepalive_s`` that each held command is still being worked on.
@@ -303,11 +313,9 @@ class AccountWorker(Flattening):
         )
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="failed").inc()
         if failures >= MAX_FAILURES:
-            del self._failures[command.id]
             if isinstance(command, SubmitOrder):
                 await self._abandoned(command, error)
-            await self.dead_letter(msg, f"{type(error).__name__}: {error}")
-            await _ack(msg)
+            await self._dead_letter(held, f"{type(error).__name__}: {error}")  # and acked
         else:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
@@ -383,6 +391,7 @@ class AccountWorker(Flattening):
         ]
         for command_id in gone:
             del self._failures[command_id]
+            self._dead_letters_due.pop(command_id, None)
 
     async def handle(self, held: Held) -> None:
         command = held.command
@@ -603,9 +612,3 @@ class AccountWorker(Flattening):
 def _deliveries(msg: Msg) -> int:
     """How many times JetStream has delivered ``msg`` (1 for a plain message)."""
     return msg.metadata.num_delivered if msg.reply else 1
-
-
-async def _ack(msg: Msg) -> None:
-    # A lost ack only means a redelivery, which the tracker and the broker absorb.
-    with contextlib.suppress(nats.errors.Error):
-        await msg.ack()

@@ -21,8 +21,6 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.bus.client import Bus
-from libs.bus.consumer import header_dict
-from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.contract.events import AnyEvent
 from libs.contract.options import warm_calendar
@@ -32,7 +30,7 @@ from libs.observability.http import MetricsServer
 from libs.observability.logs import setup_logging
 from libs.runtime import keep_for_good, leaf_errors, run_service
 from services.broker_gateway import metrics
-from services.broker_gateway.adapters.commands import CommandConsumer
+from services.broker_gateway.adapters.commands import CommandConsumer, command_dead_letter
 from services.broker_gateway.adapters.history import order_path_history
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.config import BrokerAccount, GatewaySettings
@@ -127,22 +125,13 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
         names = [a.name for a in accounts]
         trackers = await _rebuilt(settings, bus, names, info.state.last_seq, clock, source)
 
-        async def dead(msg: Msg, error: str) -> None:
-            seq = msg.metadata.sequence.stream if msg.reply else None
-            await bus.publish(
-                dead_letter(
-                    service=SERVICE,
-                    subject=msg.subject,
-                    data=msg.data,
-                    error=error,
-                    clock=clock,
-                    source=source,
-                    headers=header_dict(msg),
-                    stream_seq=seq,
-                )
-            )
-            metrics.DEAD_LETTERS.labels(service=SERVICE, reason="command_failed").inc()
-
+        dead = command_dead_letter(
+            bus,
+            service=SERVICE,
+            clock=clock,
+            source=source,
+            deadline_s=settings.dead_letter_deadline_s,
+        )
         outbox = Outbox(bus)
         workers = {
             a.name: AccountWorker(
@@ -183,6 +172,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
             ack_wait_s=settings.command_ack_wait_s,
             start_back_s=settings.max_submit_delay_s,
             max_bytes=settings.max_event_bytes,
+            dead_letter_deadline_s=settings.dead_letter_deadline_s,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -81,6 +81,12 @@ POSITION_CHECKS = Counter(
     "(agree, differ, failed)",
     ["account", "outcome"],
 )
+DEAD_LETTERS_NOT_TAKEN = Counter(
+    "tradebus_broker_dead_letters_not_taken_total",
+    "Dead letters the stream did not take within TRADEBUS_DEAD_LETTER_DEADLINE_S: "
+    "their message is handed back and dead-lettered again when it comes back",
+    ["reason"],
+)
 COMMANDS_HELD = Gauge(
     "tradebus_broker_commands_held",
     "Commands held for the account: the one under way and those queued behind it "

@@ -13,6 +13,7 @@ worker's :class:`Timings`). On it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -22,9 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import nats.errors
 from nats.aio.msg import Msg
 
 from libs.bus.acks import DeferredAcks
+from libs.bus.errors import PublishFailed
 from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, PositionDifference
 from services.broker_gateway import metrics
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NAK_DELAY_S = 2.0
+#: How long a command whose dead letter the stream did not take is handed
+#: back for, to be dead-lettered (not carried out) when it comes again: each
+#: try holds the account's commands for up to the dead-letter deadline.
+DEAD_LETTER_RETRY_S = 30.0
 #: Commands one account's worker holds (under way and queued); more are
 #: handed back to NATS until there is room, so that one account's backlog
 #: (its broker away) never stops the shared consumer serving the others.
@@ -88,6 +95,7 @@ class Timings:
     reconcile_retry_initial_s: float = RECONCILE_RETRY_INITIAL_S
     reconcile_retry_max_s: float = RECONCILE_RETRY_MAX_S
     position_confirm_s: float = POSITION_CONFIRM_S
+    dead_letter_retry_s: float = DEAD_LETTER_RETRY_S
 
 
 TIMINGS = Timings()
@@ -189,6 +197,10 @@ class WorkerBase:
         # Failures of commands that will come again (nak'd), by event id: how
         # many, and when the command was last seen (failed or delivered).
         self._failures: dict[uuid.UUID, tuple[int, float]] = {}
+        # Commands whose dead letter the stream did not take, by event id: the
+        # error it is for. Handed back, each is dead-lettered when it comes
+        # again, not carried out; its failures stay counted meanwhile.
+        self._dead_letters_due: dict[uuid.UUID, str] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # Notified each time the event stream has been taken in (see _settle).
@@ -232,6 +244,37 @@ class WorkerBase:
     def held(self) -> int:
         """Commands held: the one under way and those queued behind it."""
         return len(self._held)
+
+    async def _dead_letter(self, held: Held, error: str) -> None:
+        """Dead-letter ``held``'s command and ack it; if the stream does not
+        take the dead letter within its deadline, hand the command back
+        (``dead_letter_retry_s``) to be dead-lettered when it comes again.
+
+        Raised, the PublishFailed ended the account's command task, and so
+        the gateway for every account.
+        """
+        command_id = held.command.id
+        try:
+            await self.dead_letter(held.msg, error)
+        except PublishFailed as e:
+            self._dead_letters_due[command_id] = error
+            metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason="command_failed").inc()
+            log.warning(
+                "%s %s of %s: dead letter not taken (%s); handed back, dead-lettered again in %gs",
+                held.command.type,
+                command_id,
+                self.account,
+                e,
+                self.timings.dead_letter_retry_s,
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await held.msg.nak(delay=self.timings.dead_letter_retry_s)
+            return
+        self._dead_letters_due.pop(command_id, None)
+        self._failures.pop(command_id, None)
+        # A lost ack only means a redelivery, which the tracker and the broker absorb.
+        with contextlib.suppress(nats.errors.Error):
+            await held.msg.ack()
 
     async def _call(
         self, name: str, call: Callable[[], Awaitable[T]], *, unread_attempts: int | None = None

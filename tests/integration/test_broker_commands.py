@@ -49,7 +49,12 @@ from libs.contract.events import (
 from libs.contract.subjects import STREAM
 from libs.local.servers import free_port
 from libs.testing.wait import eventually
-from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
+from services.broker_gateway.adapters.commands import (
+    DEAD_LETTER_RETRY_S,
+    MAX_ACK_PENDING,
+    CommandConsumer,
+    DeadLetter,
+)
 from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.config import GatewaySettings
@@ -131,6 +136,12 @@ class Gateway:
     workers: dict[str, AccountWorker]
     #: (command type, delivery number) of each message the consumer handed over.
     deliveries: list[tuple[str, int]]
+    #: The outbox's, each worker's and the consumer's (the last).
+    tasks: list[asyncio.Task[None]]
+
+    def ended(self) -> list[str]:
+        """How each task that ended did (none should, before the test stops it)."""
+        return [repr(t) for t in self.tasks if t.done()]
 
 
 @contextlib.asynccontextmanager
@@ -143,15 +154,21 @@ async def gateway(
     trackers: dict[str, OrderTracker] | None = None,
     max_submit_delay_s: float = 120,
     timings: Timings = TIMINGS,
+    dead_letter: DeadLetter | None = None,
+    dead_letter_deadline_s: float = 5.0,
+    dead_letter_retry_s: float = DEAD_LETTER_RETRY_S,
 ) -> AsyncIterator[Gateway]:
     """The gateway's command path, wired as main.py wires it, ack wait 1 s;
     ``trackers`` as rebuilt after a restart (else new ones); ``timings``
-    shorter than the service's where a test waits out a backoff."""
+    shorter than the service's where a test waits out a backoff; a failed
+    command is not expected to be dead-lettered unless ``dead_letter`` is given."""
     trackers = trackers or {}
     outbox = Outbox(bus)
 
-    async def dead(msg: Msg, error: str) -> None:
+    async def unexpected(msg: Msg, error: str) -> None:
         raise AssertionError(f"dead-lettered: {error}")
+
+    dead = dead_letter or unexpected
 
     workers = {}
     for v in venues:
@@ -193,6 +210,8 @@ async def gateway(
         ack_wait_s=ACK_WAIT_S,
         start_back_s=60,
         max_bytes=1 << 20,
+        dead_letter_deadline_s=dead_letter_deadline_s,
+        dead_letter_retry_s=dead_letter_retry_s,
     )
     stop = asyncio.Event()
     tasks = [asyncio.create_task(outbox.run())]
@@ -205,7 +224,7 @@ async def gateway(
         await w.port.start()
     tasks.append(asyncio.create_task(consumer.run(dispatch, stop)))
     try:
-        yield Gateway(workers, deliveries)
+        yield Gateway(workers, deliveries, tasks)
     finally:
         stop.set()
         for t in tasks:

@@ -4,7 +4,10 @@ Commands are handed to a dispatcher one by one, in stream order; the
 dispatcher acknowledges each once its broker call is done (see
 ``gateway.py``), so a command taken by a gateway that then dies is delivered
 again after ``ack_wait`` and a command is never lost. A message that is not
-a valid event is dead-lettered and acknowledged.
+a valid event is dead-lettered and acknowledged; if the stream does not take
+its dead letter within ``dead_letter_deadline_s``, it is handed back to be
+dead-lettered again ``DEAD_LETTER_RETRY_S`` later, and the commands after it
+are read on.
 
 The consumer is created once. A new one starts ``max_submit_delay_s`` in the
 past: commands that recent are still worth executing, older ones from a
@@ -34,9 +37,11 @@ from nats.js import api as js_api
 
 from libs import trace
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer
-from libs.bus.pull import PullFetcher
-from libs.contract.codec import DecodeError, decode
+from libs.bus.consumer import EventConsumer, header_dict
+from libs.bus.errors import PublishFailed
+from libs.bus.pull import PullFetcher, stream_seq
+from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, SubmitOrder
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
 from services.broker_gateway import metrics
@@ -47,8 +52,41 @@ FETCH_BATCH = 128
 MAX_ACK_PENDING = 20_000
 FETCH_TIMEOUT_S = 1.0
 RETRY_PAUSE_S = 0.5
+#: How long a command whose dead letter the stream did not take is handed
+#: back for before it is dead-lettered again: each try holds the consumer,
+#: so every account's commands, for up to the dead-letter deadline.
+DEAD_LETTER_RETRY_S = 30.0
 
 Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
+#: Publishes a command's dead letter, the error given as text.
+DeadLetter = Callable[[Msg, str], Awaitable[None]]
+
+
+def command_dead_letter(
+    bus: Bus, *, service: str, clock: Clock, source: str, deadline_s: float
+) -> DeadLetter:
+    """How a worker dead-letters a command that failed too often: to
+    ``deadletter.<service>``, with the command's bytes, subject and stream
+    sequence, counted as ``reason="command_failed"``."""
+
+    async def dead(msg: Msg, error: str) -> None:
+        seq = msg.metadata.sequence.stream if msg.reply else None
+        await bus.publish(
+            dead_letter(
+                service=service,
+                subject=msg.subject,
+                data=msg.data,
+                error=error,
+                clock=clock,
+                source=source,
+                headers=header_dict(msg),
+                stream_seq=seq,
+            ),
+            deadline_s=deadline_s,
+        )
+        metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
+
+    return dead
 
 
 class CommandConsumer:
@@ -63,16 +101,20 @@ class CommandConsumer:
         ack_wait_s: float,
         start_back_s: float,
         max_bytes: int,
+        dead_letter_deadline_s: float = 5.0,
+        dead_letter_retry_s: float = DEAD_LETTER_RETRY_S,
     ) -> None:
         self.bus = bus
         self.durable = durable
         self.ack_wait_s = ack_wait_s
         self.start_back_s = start_back_s
         self.max_bytes = max_bytes
+        self.dead_letter_retry_s = dead_letter_retry_s
         self._dead = EventConsumer(
             bus,
             service=service,
             durable=durable,
+            dead_letter_deadline_s=dead_letter_deadline_s,
             on_dead_letter=lambda reason: metrics.DEAD_LETTERS.labels(
                 service=service, reason=reason
             ).inc(),
@@ -144,11 +186,36 @@ class CommandConsumer:
                     try:
                         event = decode(msg.data, max_bytes=self.max_bytes)
                     except DecodeError as e:
-                        await self._dead.dead_letter(msg, e)
-                        await msg.ack()
+                        if await self._dead_lettered(msg, e):
+                            await msg.ack()
                         continue
                     if trace.ON and isinstance(event, SubmitOrder):
                         trace.mark("gateway: command in", event.payload.order_id, arrived)
                     await dispatch(event, msg)
         finally:
             await fetcher.close()
+
+    async def _dead_lettered(self, msg: Msg, error: DecodeError) -> bool:
+        """Dead-letter a message that is not a command; False if the stream
+        did not take the dead letter within the deadline.
+
+        Then the message is handed back for ``dead_letter_retry_s`` (and
+        dead-lettered when it comes again) and the consumer goes on: raised,
+        the PublishFailed ended the gateway for every account.
+        """
+        try:
+            await self._dead.dead_letter(msg, error)
+        except PublishFailed as e:
+            metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=error.reason).inc()
+            log.warning(
+                "dead letter of the message at stream sequence %d on %s not taken (%s); "
+                "handed back, dead-lettered again in %gs",
+                stream_seq(msg),
+                msg.subject,
+                e,
+                self.dead_letter_retry_s,
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=self.dead_letter_retry_s)
+            return False
+        return True
