@@ -187,7 +187,11 @@ class CommandConsumer:
                         event = decode(msg.data, max_bytes=self.max_bytes)
                     except DecodeError as e:
                         if await self._dead_lettered(msg, e):
-                            await msg.ack()
+                            # NATS away: redelivered after the ack wait and
+                            # dead-lettered again (the same record: its
+                            # message id makes the stream keep one).
+                            with contextlib.suppress(nats.errors.Error):
+                                await msg.ack()
                         continue
                     if trace.ON and isinstance(event, SubmitOrder):
                         trace.mark("gateway: command in", event.payload.order_id, arrived)
