@@ -81,6 +81,13 @@ class MarketdataSettings(ServiceSettings):
     #: REST may not yet hold a just-closed window's late trades, and its live
     #: bar may still be on the way (the two share an event id).
     polygon_gapfill_settle_s: float = Field(default=60.0, ge=0, le=3600)
+    #: REST's aggregates can lag the live feed: a bar REST does not return,
+    #: nor a later one of that symbol, is asked again (every
+    #: ``polygon_gapfill_recheck_s``) until its window closed this long ago,
+    #: and only then taken as a window without trades. 0: at once.
+    polygon_gapfill_lag_s: float = Field(default=600.0, ge=0, le=86_400)
+    #: How often a bar REST has not built yet is asked again.
+    polygon_gapfill_recheck_s: float = Field(default=60.0, gt=0, le=3600)
     #: Frames parsed but not yet published, at most (then the socket is not read).
     polygon_queue_frames: int = Field(default=4096, ge=1, le=1_000_000)
     #: Most events handed to the sink in one call.

@@ -6,6 +6,10 @@ its way; both share the bar's event id. The gap-fill publishes a REST bar
 only once its window closed ``polygon_gapfill_settle_s`` ago: before that it
 leaves the gap open and fetches those bars again when they are final,
 publishing only the ones the live stream did not deliver meanwhile.
+
+REST's aggregates can also lag further: a bar REST does not return (nor a
+later one of that symbol) keeps the gap open and is asked for again until
+``polygon_gapfill_lag_s`` after its close.
 """
 
 from __future__ import annotations
@@ -114,3 +118,73 @@ async def test_a_minute_closed_just_before_the_reconnect_is_filled_once_final(bu
         assert (first, second) == (4, 1)
         on_stream = [e for e in await stream_events(bus) if isinstance(e, BarClosed)]
         assert sorted(e.id for e in on_stream) == sorted(ids)
+
+
+def gap_statuses(sink: CountingSink) -> list[FeedStatusChanged]:
+    return [
+        e
+        for e in sink.events
+        if isinstance(e, FeedStatusChanged) and e.payload.status == "gap_filled"
+    ]
+
+
+async def test_a_minute_rest_has_not_built_yet_is_fetched_again_not_lost(bus: Bus) -> None:
+    """REST's aggregates can lag the live feed. MSFT's minute 3 is not in REST
+    at the reconnect (nor a later MSFT bar): the gap stays open from it and it
+    is fetched again once REST has it. NVDA's minutes 2 and 3 never come: once
+    they closed polygon_gapfill_lag_s ago they are taken as no trades, and
+    the status says so."""
+    aapl, msft, nvda = (make_minute_bars(s, T0, 4) for s in ("AAPL", "MSFT", "NVDA"))
+    lagging = {"AAPL": aapl, "MSFT": msft[:3], "NVDA": nvda[:2]}
+    async with (
+        FakePolygonWs(api_key=KEY) as ws,
+        FakePolygonRest(lagging, api_key=KEY) as rest,
+    ):
+        settings = make_settings(
+            ws,
+            rest,
+            symbols="AAPL,MSFT,NVDA",
+            channels="trades,minute_bars",
+            polygon_gapfill_lag_s=120,
+            polygon_gapfill_recheck_s=10,
+        )
+        sink = CountingSink(bus)
+        clock = FakeClock(T0 + 5_000)
+        source = PolygonSource(settings, clock=clock, hours=AlwaysOpen())
+        async with running(source, sink):
+            await ws.wait_subscribed("AM.AAPL", "AM.MSFT", "AM.NVDA")
+            clock.set_ms(minute(1) + 1_000)
+            await ws.publish([rest_bar_to_am(s, b[0]) for s, b in lagging.items()])
+            await eventually(lambda: len(sink.bars()) == 3)
+            # Down in minute 1, back half a second into minute 4: 1..3 are asked.
+            clock.set_ms(minute(4) + 500)
+            await ws.drop()
+            await eventually(lambda: has_status(sink, "gap_filled"), timeout=10)
+            [first] = gap_statuses(sink)
+            assert first.payload.open_gaps == {
+                "1m": {"MSFT": minute(3) * MS, "NVDA": minute(2) * MS}
+            }
+            assert "not in REST yet, asked again: MSFT from" in first.payload.message
+            # REST catches up on MSFT; the recheck is due 10 s after the first pass.
+            rest.set_bars("MSFT", msft)
+            clock.set_ms(minute(4) + 10_500)
+            await eventually(lambda: has_status(sink, "gap_filled", 2), timeout=10)
+            second = gap_statuses(sink)[1]
+            assert second.payload.open_gaps == {"1m": {"NVDA": minute(2) * MS}}
+            # Minute 3 closed 120 s ago: NVDA's 2 and 3 are given up on.
+            clock.set_ms(minute(6))
+            await eventually(lambda: has_status(sink, "gap_filled", 3), timeout=10)
+            third = gap_statuses(sink)[2]
+            assert third.payload.open_gaps == {"1m": {}}
+            assert "taken as no trades: NVDA from" in third.payload.message
+
+        asked = [r.path for r in rest.agg_requests()]
+        assert asked.count(f"/v2/aggs/ticker/MSFT/range/1/minute/{minute(3)}/{minute(3)}") == 1
+        assert asked.count(f"/v2/aggs/ticker/NVDA/range/1/minute/{minute(2)}/{minute(3)}") == 2
+        assert len(asked) == 3 + 2 + 1
+        ids = [b.id for b in sink.bars()]
+        assert len(ids) == len(set(ids)) == 3 + 3 + 3 + 1, "each bar once, MSFT's 3 not lost"
+        assert ("MSFT", minute(3)) in {
+            (b.payload.symbol, b.payload.start_ns // MS) for b in sink.bars()
+        }
+        assert [s.payload.gap_filled_bars for s in gap_statuses(sink)] == [6, 1, 0]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.marketdata.domain.gapfill import MINUTE_NS, GapFiller, GapWindow, time_ordered
+from services.marketdata.domain.gapfill import (
+    MINUTE_NS,
+    Filled,
+    GapFiller,
+    GapWindow,
+    time_ordered,
+)
 
 M = MINUTE_NS
 T0 = 1_700_000_040 * 1_000_000_000  # a minute boundary
@@ -256,3 +262,86 @@ def test_disconnects_count_the_outages_a_fill_may_have_gone_stale_by() -> None:
 def test_a_negative_settle_is_refused() -> None:
     with pytest.raises(ValueError, match="settle_ns"):
         GapFiller(["AAPL"], settle_ns=-1)
+
+
+def rest_lag_filler(**kw: int) -> GapFiller:
+    f = GapFiller(["AAPL", "MSFT"], lag_ns=300 * S, recheck_ns=30 * S, **kw)
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    live(f, "MSFT", 0)
+    f.on_disconnect(minute(1) + 20 * S)
+    return f
+
+
+def test_a_bar_rest_has_not_built_yet_keeps_the_gap_open_from_it_and_is_fetched_again() -> None:
+    f = rest_lag_filler()
+    reconnect = minute(5) + 10 * S
+    aapl, msft = f.windows(reconnect, reconnect)
+    assert (aapl.first_start_ns, aapl.last_start_ns) == (minute(1), minute(4))
+    live(f, "AAPL", 4)  # a late live bar: it does not say REST has minute 3
+    # REST has AAPL's minutes 1 and 2 only: 3 may be a minute it has not
+    # built yet. MSFT's minute 4 says REST has built 2 and 3: no trades then.
+    assert f.missing(aapl, [minute(1), minute(2)], start) == [minute(1), minute(2)]
+    assert f.missing(msft, [minute(1), minute(4)], start) == [minute(1), minute(4)]
+    assert f.filled(aapl, [minute(1), minute(2)], reconnect) == Filled(waiting_from_ns=minute(3))
+    assert f.filled(msft, [minute(1), minute(4)], reconnect) == Filled()
+    assert f.open_gaps() == {"AAPL": minute(3)}
+    assert f.final_at(reconnect) == reconnect + 30 * S
+
+    again = reconnect + 30 * S
+    [w] = f.windows(reconnect, again)
+    assert (w.symbol, w.first_start_ns, w.last_start_ns) == ("AAPL", minute(3), minute(4))
+    assert f.missing(w, [minute(3)], start) == [minute(3)]
+    assert f.filled(w, [minute(3)], again) == Filled()
+    assert f.open_gaps() == {}
+    assert f.final_at(reconnect) is None
+
+
+def test_a_bar_rest_never_builds_is_taken_as_no_trades_once_it_closed_the_lag_ago() -> None:
+    f = rest_lag_filler()
+    reconnect = minute(5) + 10 * S
+    rest = [minute(1), minute(2)]  # and nothing more, ever
+    passes = []
+    now = reconnect
+    while True:
+        windows = {w.symbol: w for w in f.windows(reconnect, now)}
+        if "MSFT" in windows:
+            f.filled(windows["MSFT"], [minute(4)], now)
+        w = windows["AAPL"]
+        f.missing(w, rest, start)
+        passes.append((now, f.filled(w, rest, now), f.open_gaps()))
+        due = f.final_at(reconnect)
+        if due is None:
+            break
+        assert due > now
+        now = due
+    # Fetched again every 30 s until minute 3 closed 300 s ago (at minute 9),
+    # then minute 4 (at minute 10); each given up once, in the pass past its bound.
+    assert [p[0] for p in passes] == [
+        *(reconnect + k * 30 * S for k in range(8)),
+        minute(9),
+        minute(9) + 30 * S,
+        minute(10),
+    ]
+    assert passes[0][1] == Filled(waiting_from_ns=minute(3))
+    assert passes[-3][1] == Filled(waiting_from_ns=minute(4), given_up_from_ns=minute(3))
+    assert passes[-3][2] == {"AAPL": minute(4)}
+    assert passes[-1][1] == Filled(given_up_from_ns=minute(4))
+    assert passes[-1][2] == {}
+
+
+def test_without_a_lag_a_bar_rest_lacks_is_final_at_once() -> None:
+    f = GapFiller(["AAPL"])
+    f.on_subscribed(minute(0))
+    live(f, "AAPL", 0)
+    f.on_disconnect(minute(1))
+    [w] = f.windows(minute(5), minute(5))
+    assert f.filled(w, [minute(1)], minute(5)) == Filled()
+    assert f.open_gaps() == {}
+
+
+def test_a_negative_lag_or_no_recheck_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="lag_ns"):
+        GapFiller(["AAPL"], lag_ns=-1)
+    with pytest.raises(ValueError, match="recheck_ns"):
+        GapFiller(["AAPL"], recheck_ns=0)

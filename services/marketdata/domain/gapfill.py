@@ -31,6 +31,17 @@ window at the last final bar, the gap stays open after it, and
 :meth:`GapFiller.final_at` says when the rest is final and to be fetched;
 live bars that arrived meanwhile are in the ledger, and left out then.
 
+A bar REST does not return is a window without trades only if REST returned
+a later bar of that symbol (it had built the aggregates past it), or if the
+window closed ``lag_ns`` ago: Polygon's REST aggregates can lag the live
+feed, by minutes at times, and a bar it has not built yet would otherwise be
+lost. So :meth:`GapFiller.filled` keeps the gap open from the first such bar
+that is still recent (:attr:`Filled.waiting_from_ns`), :meth:`GapFiller.final_at`
+says to fetch again ``recheck_ns`` later (or when that bar's ``lag_ns`` is
+up), and a bar still missing then is given up on
+(:attr:`Filled.given_up_from_ns`): about ``lag_ns / recheck_ns`` more
+fetches of a symbol whose REST lags, at most.
+
 A second outage before the first one's gap-fill succeeded keeps the earlier
 start, so nothing is skipped; a gap whose fetch failed stays open and is
 retried, and one still open when the feed stops is opened again by the next
@@ -79,6 +90,27 @@ class GapWindow:
         return (self.last_start_ns - self.first_start_ns) // self.interval_ns + 1
 
 
+@dataclass(frozen=True, slots=True)
+class Filled:
+    """What :meth:`GapFiller.filled` made of REST's answer for a window."""
+
+    #: REST had no bar of the symbol from this window start on (nor a later
+    #: one) and it closed less than ``lag_ns`` ago: the gap stays open from
+    #: it, to be fetched again (:meth:`GapFiller.final_at`).
+    waiting_from_ns: int | None = None
+    #: Waited for since an earlier pass, REST still had no bar from this
+    #: window start once it closed ``lag_ns`` ago: taken as no trades.
+    given_up_from_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    from_ns: int
+    #: When to fetch again; None: at the settle time (bars after the window
+    #: were not final yet, so a pass is due then anyway).
+    recheck_at_ns: int | None
+
+
 class GapFiller:
     """The ledger of published bars of one interval and the open gaps, per symbol."""
 
@@ -90,11 +122,17 @@ class GapFiller:
         max_gap_ns: int = 24 * 3600 * 1_000_000_000,
         retention_ns: int = 2 * 24 * 3600 * 1_000_000_000,
         settle_ns: int = 0,
+        lag_ns: int = 0,
+        recheck_ns: int = MINUTE_NS,
     ) -> None:
-        if interval_ns <= 0 or max_gap_ns <= 0 or settle_ns < 0:
-            raise ValueError("interval_ns and max_gap_ns must be positive, settle_ns not negative")
+        if interval_ns <= 0 or max_gap_ns <= 0 or recheck_ns <= 0:
+            raise ValueError("interval_ns, max_gap_ns and recheck_ns must be positive")
+        if settle_ns < 0 or lag_ns < 0:
+            raise ValueError("settle_ns and lag_ns must not be negative")
         self.interval_ns = interval_ns
         self.settle_ns = settle_ns
+        self.lag_ns = lag_ns
+        self.recheck_ns = recheck_ns
         self.max_gap_ns = max_gap_ns
         self.retention_ns = max(retention_ns, max_gap_ns + interval_ns)
         self._symbols = tuple(dict.fromkeys(symbols))
@@ -106,6 +144,8 @@ class GapFiller:
         self._generation = 0
         #: How many times the feed went down (see :attr:`disconnects`).
         self._disconnects = 0
+        #: Symbols whose gap stays open for bars REST may not have built yet.
+        self._waiting: dict[str, _Waiting] = {}
 
     # ---------------------------------------------------------------- ledger
 
@@ -229,17 +269,24 @@ class GapFiller:
         return out
 
     def final_at(self, reconnect_ns: int) -> int | None:
-        """When the gaps' bars closed at the reconnect are all final; None: no such gap open.
+        """When to fetch the gaps' bars closed at the reconnect again; None: no such gap open.
 
-        After a fill that left bars not yet final, fetch again then.
+        After a fill that left bars not yet final, when they are all final;
+        for a gap kept open for bars REST had not built (:class:`Filled`),
+        ``recheck_ns`` after that fill, or when the first of them closed
+        ``lag_ns`` ago if that is sooner.
         """
         last_closed = self._last_closed(reconnect_ns)
-        waiting = any(
-            start <= last_closed
-            for start in (self._window_start(s, reconnect_ns) for s in self._symbols)
-            if start is not None
-        )
-        return last_closed + self.interval_ns + self.settle_ns if waiting else None
+        final = last_closed + self.interval_ns + self.settle_ns
+        dues = []
+        for symbol in self._symbols:
+            start = self._window_start(symbol, reconnect_ns)
+            if start is None or start > last_closed:
+                continue
+            waiting = self._waiting.get(symbol)
+            recheck = None if waiting is None else waiting.recheck_at_ns
+            dues.append(final if recheck is None else recheck)
+        return min(dues, default=None)
 
     def _last_closed(self, at_ns: int) -> int:
         """The start of the last window closed at ``at_ns``."""
@@ -272,21 +319,56 @@ class GapFiller:
         ordered = sorted(chosen.items())
         return [bar for start, bar in ordered if self.admit(window.symbol, start)]
 
-    def filled(self, window: GapWindow) -> None:
+    def filled(
+        self,
+        window: GapWindow,
+        rest_starts: Iterable[int] | None = None,
+        now_ns: int | None = None,
+    ) -> Filled:
         """``window`` was fetched and published: close the gap up to its end.
 
         If the feed dropped again meanwhile (a newer generation), or bars after
         the window were not final yet, the gap stays open from the minute
         after this window, so that outage (or those bars) is filled too.
+
+        ``rest_starts``: the window starts of the bars REST returned, and
+        ``now_ns`` when it did. Bars of the window after the last of them,
+        not published and closed less than ``lag_ns`` before ``now_ns``, may
+        be bars REST has not built yet: the gap stays open from the first
+        (see :class:`Filled`). Without them, REST's answer is taken as final.
         """
-        if window.symbol not in self._gap_from:
-            return
-        if window.generation == self._generation and window.final:
-            del self._gap_from[window.symbol]
+        symbol = window.symbol
+        before = self._waiting.pop(symbol, None)
+        if symbol not in self._gap_from:
+            return Filled()
+        waiting = given_up = None
+        if rest_starts is not None and now_ns is not None:
+            newest = max((s for s in rest_starts if window.contains(s)), default=None)
+            after = window.first_start_ns if newest is None else newest + self.interval_ns
+            # The first window start that had not closed lag_ns before now.
+            recent = self._last_closed(now_ns - self.lag_ns) + self.interval_ns
+            end = window.last_start_ns + self.interval_ns
+            waiting = self._first_unpublished(symbol, max(after, recent), end)
+            if before is not None:
+                given_up = self._first_unpublished(
+                    symbol, max(after, before.from_ns), min(recent, end)
+                )
+            if waiting is not None:
+                recheck = min(now_ns + self.recheck_ns, waiting + self.interval_ns + self.lag_ns)
+                self._waiting[symbol] = _Waiting(waiting, recheck if window.final else None)
+        if window.generation == self._generation and window.final and waiting is None:
+            del self._gap_from[symbol]
         else:
-            self._gap_from[window.symbol] = max(
-                self._gap_from[window.symbol], window.last_start_ns + self.interval_ns
-            )
+            resume = window.last_start_ns + self.interval_ns if waiting is None else waiting
+            self._gap_from[symbol] = max(self._gap_from[symbol], resume)
+        return Filled(waiting, given_up)
+
+    def _first_unpublished(self, symbol: str, from_ns: int, until_ns: int) -> int | None:
+        """The first window start in ``[from_ns, until_ns)`` with no bar published."""
+        for start in range(from_ns, until_ns, self.interval_ns):
+            if not self.published(symbol, start):
+                return start
+        return None
 
 
 def time_ordered(

@@ -11,6 +11,7 @@ and publishes the bars not already published, in time order,
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 from pydantic import ValidationError
@@ -28,6 +29,11 @@ from services.marketdata.domain.cache import INTERVAL
 from services.marketdata.domain.gapfill import GapFiller, GapWindow, time_ordered
 
 log = logging.getLogger(__name__)
+
+
+def _utc(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 #: Polygon's REST timespan of each bar interval (the cache's INTERVAL, turned round).
 TIMESPAN: dict[str, str] = {interval: timespan for timespan, interval in INTERVAL.items()}
@@ -63,7 +69,9 @@ class Backfill:
         symbols, ``polygon_publish_batch`` at a time, then one ``gap_filled``.
         Bars not final yet (closed less than ``polygon_gapfill_settle_s``
         before) are fetched in a second pass once they are, less those the
-        live stream delivered meanwhile.
+        live stream delivered meanwhile; bars REST had not built yet are
+        asked again every ``polygon_gapfill_recheck_s`` until their window
+        closed ``polygon_gapfill_lag_s`` ago.
         """
         filler = link.fillers[interval]
         triggers = self.triggers[link.market, interval]
@@ -77,8 +85,9 @@ class Backfill:
                     # Down again since that reconnect: the gaps now reach into
                     # an outage not over yet, and the next reconnect fills them.
                     break
-                windows = filler.windows(reconnect, self.clock.now_ns())
-                failed = await self._fill(rest, link, interval, windows)
+                now = self.clock.now_ns()
+                windows = filler.windows(reconnect, now)
+                failed = await self._fill(rest, link, interval, windows, now)
                 if failed:
                     delay = self.backoff(attempt)
                     attempt += 1
@@ -116,8 +125,10 @@ class Backfill:
         link: Link,
         interval: str,
         windows: list[GapWindow],
+        asked_ns: int,
     ) -> list[str]:
-        """Fetch ``windows`` and publish their bars not yet published; the symbols that failed."""
+        """Fetch ``windows`` (asked for at ``asked_ns``) and publish their bars
+        not yet published; the symbols that failed."""
         filler = link.fillers[interval]
         timespan = TIMESPAN[interval]
         batch = self.settings.polygon_publish_batch
@@ -154,8 +165,22 @@ class Backfill:
                 refused += 1
                 bad = rest_bar_rejected(symbol, row, e, interval=interval)
                 events.append(self.outbox.dead_letter(link, bad))
-        for window, _rows in fetched:
-            filler.filled(window)
+        waiting: list[str] = []
+        given_up: list[str] = []
+        for window, rows in fetched:
+            outcome = filler.filled(window, [r.t * MS for r in rows], asked_ns)
+            if outcome.waiting_from_ns is not None:
+                waiting.append(f"{window.symbol} from {_utc(outcome.waiting_from_ns)}")
+            if outcome.given_up_from_ns is not None:
+                given_up.append(f"{window.symbol} from {_utc(outcome.given_up_from_ns)}")
+                log.warning(
+                    "polygon gap-fill %s %s: REST has no bar from %s on %.0fs after its close;"
+                    " taken as no trades",
+                    interval,
+                    window.symbol,
+                    _utc(outcome.given_up_from_ns),
+                    self.settings.polygon_gapfill_lag_s,
+                )
         if fetched:
             count = len(events) - refused
             self.bars += count
@@ -167,6 +192,12 @@ class Backfill:
                 spans += "; still open: " + ", ".join(failed)
             if any(not w.final for w, _ in fetched):
                 spans += "; the last bars when final"
+            if waiting:
+                spans += "; not in REST yet, asked again: " + ", ".join(waiting)
+            if given_up:
+                lag = self.settings.polygon_gapfill_lag_s
+                spans += f"; still not in REST {lag:.0f}s after, taken as no trades: "
+                spans += ", ".join(given_up)
             # A long outage of second bars is many bars: hand them to the
             # publisher a batch at a time (it takes each queued list whole).
             # Every event, dead letters included: cut by ``count`` (bars

@@ -27,7 +27,10 @@ configured) it keeps one WebSocket connection up, forever:
   time order, ``backfilled=True`` (:mod:`services.marketdata.domain.gapfill`,
   one ledger per interval). Bars whose window closed less than
   ``polygon_gapfill_settle_s`` before are fetched in a second request once
-  they are final, unless their live bar came meanwhile. At start-up the newest bar per symbol and
+  they are final, unless their live bar came meanwhile. Bars REST has not
+  built yet (none of that symbol after them) are asked again every
+  ``polygon_gapfill_recheck_s`` until they closed ``polygon_gapfill_lag_s``
+  ago, then taken as no trades. At start-up the newest bar per symbol and
   interval on the stream is where the last run stopped (:mod:`.resume`), so a
   restart is gap-filled too.
 - **staleness**: no data for ``stale_after_s`` while the exchange calendar

@@ -84,6 +84,8 @@ def links_of(settings: MarketdataSettings) -> list[Link]:
                     # The ledger need reach no further back than a gap can.
                     retention_ns=max_gap_ns + INTERVAL_NS[interval],
                     settle_ns=int(settings.polygon_gapfill_settle_s * 1e9),
+                    lag_ns=int(settings.polygon_gapfill_lag_s * 1e9),
+                    recheck_ns=int(settings.polygon_gapfill_recheck_s * 1e9),
                 )
                 for prefix, interval in INTERVAL_OF_PREFIX.items()
                 if prefix in prefixes and bar_symbols
