@@ -218,7 +218,7 @@ class PaperBrokerServer:
 
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
-        only market orders that were waiting for a price."""
+        only market orders (and triggered stops) waiting for a price."""
         self.expire_orders(update.ts_ns)
         self._publish(self.book.set_last(update.symbol, update.last, ts_ns=update.ts_ns))
 
