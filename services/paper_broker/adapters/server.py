@@ -209,7 +209,8 @@ class PaperBrokerServer:
     def expire_orders(self, market_ns: int = 0) -> None:
         """Expire the ``day`` orders whose session has closed and the orders in
         an option contract past its expiry (also done before every price, so
-        none fills after its close), then settle the positions in such a
+        none fills after its close, and before every request, so none is
+        canceled or holds shares after it), then settle the positions in such a
         contract (see ``PaperBook.settle_expired``; before a price of
         ``market_ns``, at the underlying's price before it)."""
         self._publish(self.book.expire_orders())
@@ -217,7 +218,7 @@ class PaperBrokerServer:
 
     def price(self, update: MarketUpdate) -> None:
         """A price from before the feed connected: the last price; it fills
-        only market orders that were waiting for a price."""
+        only market orders (and triggered stops) waiting for a price."""
         self.expire_orders(update.ts_ns)
         self._publish(self.book.set_last(update.symbol, update.last, ts_ns=update.ts_ns))
 
@@ -439,6 +440,12 @@ class PaperBrokerServer:
         else:
             parts = urlsplit(target)
             query = parse_qs(parts.query)
+            # The answer is of the books as of now: what the close ended is
+            # expired first (the periodic tick may be up to a second away),
+            # so a day order is not canceled after it expired, nor a sell
+            # the close ended held against a close-all. Nothing due: a look
+            # at the head of each heap.
+            self.expire_orders()
             try:
                 status, body = self._orders.route(session.account, method, parts.path, query, data)
             except Refused as e:

@@ -330,12 +330,17 @@ class PaperBook(PricedLedger):
         triggered by it (the price may predate the order); a market order
         waiting for a price fills at it, as it would have had the price come a
         moment earlier (at the last price: an older price than one taken
-        before it is not)."""
+        before it is not), and so does the rest of a triggered stop, a market
+        order since its trigger (the fill model's rule, as in
+        :meth:`on_market`; a triggered stop-limit is a limit order)."""
         self._print(symbol, price, ts_ns)
         last = self.last_price(symbol)
         out = self.expire_orders(ts_ns)  # never filled after its close
         for order in self._working_orders(symbol):
-            if order.order_type != "market" or order.time_in_force in AUCTIONS:
+            at_market = order.order_type == "market" or (
+                order.order_type == "stop" and order.triggered
+            )
+            if not at_market or order.time_in_force in AUCTIONS:
                 continue
             match = on_submit(self.config.fill_model, self._working(order), last)
             if match.fills:
