@@ -82,15 +82,15 @@ def _minutes(calendar: Any, since: dt.date, samples: int) -> Iterator[int]:
 @pytest.mark.parametrize(
     ("code", "since", "samples"),
     [
-        ("XNYS", dt.date(1900, 1, 1), 20_000),  # the library's whole default range
+        # One calendar of each kind the code tells apart (building each of
+        # the library's calendars costs seconds: 24/5, XLON and XTKS, kinds
+        # already here, were left out to keep the suite's time).
+        ("XNYS", dt.date(1900, 1, 1), 8_000),  # the library's whole default range
         ("NYSE", dt.date(2025, 1, 1), 1_000),  # an alias, answered from the table too
         ("XNAS", dt.date(2025, 1, 1), 1_000),
         ("24/7", dt.date(2026, 1, 1), 1_000),
-        ("24/5", dt.date(2026, 1, 1), 1_000),
         ("CMES", dt.date(2025, 6, 1), 1_000),  # sessions open the evening before
         ("XHKG", dt.date(2025, 6, 1), 1_000),  # a lunch break; opens before New York's midnight
-        ("XLON", dt.date(2025, 6, 1), 1_000),
-        ("XTKS", dt.date(2025, 6, 1), 1_000),
     ],
 )
 def test_open_minute_by_minute_as_exchange_calendars_says(
