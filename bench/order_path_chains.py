@@ -27,7 +27,6 @@ KEYS = {"BENCH_PAPER_KEY_ID": "bench-key", "BENCH_PAPER_SECRET_KEY": "bench-secr
 
 #: Named timeouts (seconds).
 READY_TIMEOUT = 90.0
-STOP_TIMEOUT = 15.0
 
 RISK_YAML = f"""
 max_intent_age_s: 30
