@@ -1,6 +1,6 @@
 """The gateway's dead letters when the stream will not take them: real NATS,
 the real command consumer, worker and paper adapter, and the real paper
-broker server (the command path of ``test_broker_commands``).
+broker server (the command path of ``command_path``).
 
 A dead letter the stream does not take (here: no stream captures
 ``deadletter.>``) is given up after the gateway's dead-letter deadline; its
@@ -27,7 +27,7 @@ from services.broker_gateway import metrics
 from services.broker_gateway.adapters.commands import command_dead_letter
 from services.broker_gateway.gateway import MAX_FAILURES, Timings
 from services.paper_broker.domain.fill_model import MarketUpdate
-from tests.integration.test_broker_commands import CLOCK, D, Venue, gateway, submit
+from tests.integration.command_path import CLOCK, D, Venue, gateway, submit
 
 DEADLINE_S = 0.2
 RETRY_S = 0.5

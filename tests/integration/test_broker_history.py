@@ -46,7 +46,7 @@ from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.main import _rebuilt
 from tests.integration.recording import record_events
 from tests.integration.store_cut import CuttingProxy
-from tests.integration.test_broker_tracker import fill_update, order
+from tests.integration.tracker_inputs import fill_update, order
 
 D = Decimal
 ACCOUNT = "acct"

@@ -34,7 +34,7 @@ from libs.testing.wait import eventually
 from services.broker_gateway import metrics
 from services.paper_broker.domain.auction import session_for
 from services.paper_broker.domain.fill_model import MarketUpdate
-from tests.integration.test_broker_commands import (
+from tests.integration.command_path import (
     CLOCK,
     CountingBook,
     SetClock,

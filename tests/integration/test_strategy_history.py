@@ -59,7 +59,7 @@ from services.strategy_runner.adapters import store
 from services.strategy_runner.adapters.store import History, load_history
 from tests.integration.recording import record_events
 from tests.integration.test_broker_history import ACCOUNT, DAY_NS, Clock, _flatten
-from tests.integration.test_broker_tracker import fill_update, order
+from tests.integration.tracker_inputs import fill_update, order
 
 D = Decimal
 NOW = time.time_ns()
