@@ -38,9 +38,9 @@ The tasks publish through one :class:`Outbox`, which publishes in the order
 events were produced, so an order's ``OrderAccepted`` is on the stream before
 its first ``FillReceived``.
 
-Layout: the worker's state and its broker calls with their retries are
-``worker.py`` (:class:`WorkerBase`), its reconciliations and positions
-checks ``reconciliation.py`` (:class:`Reconciling`), its flattens
+Layout: the worker's state, its dead letters and its broker calls with
+their retries are ``worker.py`` (:class:`WorkerBase`), its reconciliations
+and positions checks ``reconciliation.py`` (:class:`Reconciling`), its flattens
 ``flatten.py`` (:class:`Flattening`), the outbox ``outbox.py``; here, the
 commands and the broker's stream. Every name of them imported from here
 still is.
@@ -85,6 +85,7 @@ from services.broker_gateway.reconciliation import Reconciling
 from services.broker_gateway.worker import (
     CLOCK_SKEW_NS,
     DEFERRED_GIVE_UP,
+    MAX_FAILURES,
     MAX_HELD,
     NAK_DELAY_S,
     POSITION_CONFIRM_S,
@@ -132,11 +133,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A command that failed this many times for a reason other than the broker
-#: being away is dead-lettered instead of blocking the account for ever.
-#: Counted by the worker, not by NATS's delivery count: that also counts the
-#: deliveries handed back for lack of room and the copies after a reconnect.
-MAX_FAILURES = 5
 ACK_CONFIRM_TIMEOUT_S = 2.0
 #: How long a submit's answer may run ahead of the event stream before the
 #: worker asks the broker for the order's fills itself (see ``_settle``).
@@ -314,65 +310,11 @@ class AccountWorker(Flattening):
         metrics.COMMANDS.labels(account=self.account, type=command.type, outcome="failed").inc()
         if failures >= MAX_FAILURES:
             if isinstance(command, SubmitOrder):
-                await self._abandoned(command, error)
+                await self._abandoned(command, error, self._settle)
             await self._dead_letter(held, f"{type(error).__name__}: {error}")  # and acked
         else:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=NAK_DELAY_S)
-
-    async def _abandoned(self, command: SubmitOrder, error: Exception) -> None:
-        """A ``SubmitOrder`` about to be dead-lettered gets an outcome, unless
-        its order is acknowledged or ended already.
-
-        Without one, the risk-gate counted the order open for good (its
-        quantity and notional against the caps, whatever was canceled or
-        flattened since) and the strategy's intent never ended. An attempt
-        may have reached the broker, so it is asked first (waiting for it if
-        away, as every call of the account's commands does): an order it has
-        is taken in as a submit's answer is; one it does not have is rejected,
-        code ``failed``, the reason naming the failure. If it cannot say, the
-        order is left unsettled, for the reconciliations to ask about.
-        """
-        order_id = command.payload.order_id
-        t = self.tracker.get(order_id)
-        if t is None or t.accepted or t.terminal is not None:
-            return
-        try:
-            found = await self._call(
-                "get_order", lambda: self.port.get_order(client_order_id=str(order_id))
-            )
-            if found is not None:
-                await self.outbox.publish(self.tracker.submitted(order_id, found))
-                await self._settle(found)
-                return
-        except (BrokerError, ValueError) as e:
-            log.error(
-                "order %s of %s: its SubmitOrder is dead-lettered and the broker cannot say "
-                "whether it has the order (%s: %s); left to the reconciliations",
-                order_id,
-                self.account,
-                type(e).__name__,
-                e,
-            )
-            return
-        except Exception:
-            # The bug the submit failed on can be on this path too (taking
-            # the broker's answer in): raised from here, it ended the command
-            # task before the command was dead-lettered, as ce3702e stopped
-            # the command itself from doing.
-            log.exception(
-                "order %s of %s: its SubmitOrder is dead-lettered and taking the broker's "
-                "answer for it failed; left to the reconciliations",
-                order_id,
-                self.account,
-            )
-            return
-        reason = (
-            f"failed: not sent, the broker-gateway failed {MAX_FAILURES} times "
-            f"(the last: {type(error).__name__}: {error})"
-        )
-        log.error("rejecting order %s of %s: %s", order_id, self.account, reason)
-        await self.outbox.publish(self.tracker.refused(order_id, reason, "failed"))
 
     def _forget_failures(self, now: float) -> None:
         """Forget the failures of commands not seen for ``give_up_s``.

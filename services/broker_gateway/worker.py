@@ -2,10 +2,11 @@
 
 :class:`WorkerBase` is the base of :class:`~services.broker_gateway.gateway.AccountWorker`:
 its state (the commands held, the reconciliations and positions checks
-asked for, the flattens a restart may have cut), and its broker calls,
-retried while the broker is away or does not serve them (the backoffs:
-:func:`retry_delay_s`, :func:`reconcile_retry_delay_s`, their timings the
-worker's :class:`Timings`). On it:
+asked for, the flattens a restart may have cut), a command given up on
+(dead-lettered; a ``SubmitOrder``'s order given an outcome first), and its
+broker calls, retried while the broker is away or does not serve them (the
+backoffs: :func:`retry_delay_s`, :func:`reconcile_retry_delay_s`, their
+timings the worker's :class:`Timings`). On it:
 ``reconciliation.py`` (:class:`Reconciling`), ``flatten.py``
 (:class:`Flattening`), then ``gateway.py`` (the commands, the event stream).
 """
@@ -29,7 +30,7 @@ from nats.aio.msg import Msg
 from libs.bus.acks import DeferredAcks
 from libs.bus.errors import PublishFailed
 from libs.contract.envelope import Clock
-from libs.contract.events import AnyEvent, PositionDifference
+from libs.contract.events import AnyEvent, PositionDifference, SubmitOrder
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import OrderTracker
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: A command that failed this many times for a reason other than the broker
+#: being away is dead-lettered instead of blocking the account for ever.
+#: Counted by the worker, not by NATS's delivery count: that also counts the
+#: deliveries handed back for lack of room and the copies after a reconnect.
+MAX_FAILURES = 5
 NAK_DELAY_S = 2.0
 #: How long a command whose dead letter the stream did not take is handed
 #: back for, to be dead-lettered (not carried out) when it comes again: each
@@ -275,6 +281,68 @@ class WorkerBase:
         # A lost ack only means a redelivery, which the tracker and the broker absorb.
         with contextlib.suppress(nats.errors.Error):
             await held.msg.ack()
+
+    async def _abandoned(
+        self,
+        command: SubmitOrder,
+        error: Exception,
+        settle: Callable[[BrokerOrder], Awaitable[None]],
+    ) -> None:
+        """A ``SubmitOrder`` about to be dead-lettered gets an outcome, unless
+        its order is acknowledged or ended already.
+
+        Without one, the risk-gate counted the order open for good (its
+        quantity and notional against the caps, whatever was canceled or
+        flattened since) and the strategy's intent never ended. An attempt
+        may have reached the broker, so it is asked first (waiting for it if
+        away, as every call of the account's commands does): an order it has
+        is taken in as a submit's answer is; one it does not have is rejected,
+        code ``failed``, the reason naming the failure. If it cannot say, the
+        order is left unsettled, for the reconciliations to ask about.
+
+        ``settle``: how the worker makes sure what a submit's answer shows gets
+        published (``AccountWorker._settle``, in ``gateway.py``, above this).
+        """
+        order_id = command.payload.order_id
+        t = self.tracker.get(order_id)
+        if t is None or t.accepted or t.terminal is not None:
+            return
+        try:
+            found = await self._call(
+                "get_order", lambda: self.port.get_order(client_order_id=str(order_id))
+            )
+            if found is not None:
+                await self.outbox.publish(self.tracker.submitted(order_id, found))
+                await settle(found)
+                return
+        except (BrokerError, ValueError) as e:
+            log.error(
+                "order %s of %s: its SubmitOrder is dead-lettered and the broker cannot say "
+                "whether it has the order (%s: %s); left to the reconciliations",
+                order_id,
+                self.account,
+                type(e).__name__,
+                e,
+            )
+            return
+        except Exception:
+            # The bug the submit failed on can be on this path too (taking
+            # the broker's answer in): raised from here, it ended the command
+            # task before the command was dead-lettered, as ce3702e stopped
+            # the command itself from doing.
+            log.exception(
+                "order %s of %s: its SubmitOrder is dead-lettered and taking the broker's "
+                "answer for it failed; left to the reconciliations",
+                order_id,
+                self.account,
+            )
+            return
+        reason = (
+            f"failed: not sent, the broker-gateway failed {MAX_FAILURES} times "
+            f"(the last: {type(error).__name__}: {error})"
+        )
+        log.error("rejecting order %s of %s: %s", order_id, self.account, reason)
+        await self.outbox.publish(self.tracker.refused(order_id, reason, "failed"))
 
     async def _call(
         self, name: str, call: Callable[[], Awaitable[T]], *, unread_attempts: int | None = None

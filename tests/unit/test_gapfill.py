@@ -330,6 +330,42 @@ def test_a_bar_rest_never_builds_is_taken_as_no_trades_once_it_closed_the_lag_ag
     assert passes[-1][2] == {}
 
 
+def test_a_gap_reopened_after_a_restart_past_the_lag_is_given_up_on_and_said_so() -> None:
+    """The last run stopped while waiting for AAPL's minute 3 (its status left
+    the gap open from it); REST still has no bar from it on, now long past
+    the lag: given up on, as had that run seen it through, not taken as no
+    trades silently. MSFT's reopened gap, its minutes still recent, waits."""
+    f = GapFiller(["AAPL", "MSFT"], lag_ns=300 * S, recheck_ns=30 * S)
+    f.seed("AAPL", minute(2))  # the newest bars on the stream
+    f.seed("MSFT", minute(15))
+    f.reopen("AAPL", minute(3))
+    f.reopen("MSFT", minute(16))
+    reconnect = minute(20) + 10 * S
+    f.on_subscribed(reconnect)
+    aapl, msft = f.windows(reconnect, reconnect)
+    assert (aapl.first_start_ns, aapl.last_start_ns) == (minute(3), minute(19))
+    assert f.missing(aapl, [minute(1), minute(2)], start) == []
+    # Minutes 3-14 closed over the lag ago: given up; 15-19 are recent.
+    assert f.filled(aapl, [minute(1), minute(2)], reconnect) == Filled(
+        waiting_from_ns=minute(15), given_up_from_ns=minute(3)
+    )
+    assert f.filled(msft, [], reconnect) == Filled(waiting_from_ns=minute(16))
+    assert f.open_gaps() == {"AAPL": minute(15), "MSFT": minute(16)}
+
+
+def test_a_reopened_gap_rest_built_past_has_nothing_given_up() -> None:
+    f = GapFiller(["AAPL"], lag_ns=300 * S, recheck_ns=30 * S)
+    f.seed("AAPL", minute(2))
+    f.reopen("AAPL", minute(3))
+    reconnect = minute(20) + 10 * S
+    f.on_subscribed(reconnect)
+    [w] = f.windows(reconnect, reconnect)
+    rest = [minute(i) for i in (3, 9, 19)]  # 4-8 and 10-18: no trades
+    assert f.missing(w, rest, start) == rest
+    assert f.filled(w, rest, reconnect) == Filled()
+    assert f.open_gaps() == {}
+
+
 def test_without_a_lag_a_bar_rest_lacks_is_final_at_once() -> None:
     f = GapFiller(["AAPL"])
     f.on_subscribed(minute(0))

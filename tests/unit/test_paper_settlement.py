@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import SecretStr
 
-from libs.contract.options import parse_option
+from libs.contract.options import OptionContract, parse_option
 from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
+from services.paper_broker.domain import priced
 from services.paper_broker.domain.book import (
     NO_PRICE_WAIT_NS,
     BookConfig,
@@ -232,6 +233,63 @@ def test_a_price_that_comes_in_the_wait_settles_it() -> None:
     [settled] = b.settle_expired()
     assert [a.activity_type for a in settled.activities] == ["OPASN", "OPTRD"]
     assert [(p.symbol, p.qty) for p in b.positions("A")] == [("SPY", D(100))]
+
+
+def test_a_settlement_waiting_for_a_price_is_not_looked_at_again_until_one_may_decide_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker settles before every request: a position waiting for its
+    underlying's first price is looked at again (its symbol parsed) only once
+    a print of the underlying came or its wait is over, not on every call."""
+    b, clock = held(CALL, "1", None)
+    b.on_market(MarketUpdate.trade(PUT, D("1.5"), ny_ns("2026-12-11 10:30")))
+    b.submit("B", OrderSpec(PUT, "buy", D(1), asset_class="us_option"))
+    parsed: list[str] = []
+
+    def counting(symbol: str) -> OptionContract:
+        parsed.append(symbol)
+        return parse_option(symbol)
+
+    monkeypatch.setattr(priced, "parse_option", counting)
+    clock.ns = CLOSE_NS
+    assert b.settle_expired() == []
+    assert sorted(parsed) == sorted([CALL, PUT])
+    for step in range(1, 4):
+        clock.ns = CLOSE_NS + step * 1_000_000_000
+        assert b.settle_expired(clock.ns) == []
+    b.set_last("QQQ", D(500), ts_ns=ny_ns("2026-12-11 15:59"))  # not the underlying
+    assert b.settle_expired() == []
+    assert len(parsed) == 2
+    b.set_last("SPY", D(610), ts_ns=ny_ns("2026-12-11 15:59"))
+    settled = b.settle_expired()
+    assert [(s.account, s.symbol) for s in settled] == [("A", CALL), ("B", PUT)]
+    assert len(parsed) == 4
+    assert b.settle_expired() == []
+    assert len(parsed) == 4
+
+
+def test_a_settlement_waiting_for_a_price_is_looked_at_again_at_the_end_of_its_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b, clock = held(CALL, "1", None)
+    parsed: list[str] = []
+
+    def counting(symbol: str) -> OptionContract:
+        parsed.append(symbol)
+        return parse_option(symbol)
+
+    monkeypatch.setattr(priced, "parse_option", counting)
+    clock.ns = CLOSE_NS
+    assert b.settle_expired() == []
+    clock.ns = CLOSE_NS + NO_PRICE_WAIT_NS - 1
+    assert b.settle_expired() == []
+    assert parsed == [CALL]
+    clock.ns = CLOSE_NS + NO_PRICE_WAIT_NS
+    [settled] = b.settle_expired()
+    assert "no price of SPY" in settled.activities[0].description
+    assert parsed == [CALL, CALL]
+    assert b.settle_expired() == []
+    assert parsed == [CALL, CALL]
 
 
 def test_shares_from_an_exercise_add_to_those_held() -> None:

@@ -40,7 +40,8 @@ that is still recent (:attr:`Filled.waiting_from_ns`), :meth:`GapFiller.final_at
 says to fetch again ``recheck_ns`` later (or when that bar's ``lag_ns`` is
 up), and a bar still missing then is given up on
 (:attr:`Filled.given_up_from_ns`): about ``lag_ns / recheck_ns`` more
-fetches of a symbol whose REST lags, at most.
+fetches of a symbol whose REST lags, at most. A gap the last run left open
+(:meth:`GapFiller.reopen`) counts as waited for from its start.
 
 A second outage before the first one's gap-fill succeeded keeps the earlier
 start, so nothing is skipped; a gap whose fetch failed stays open and is
@@ -98,8 +99,9 @@ class Filled:
     #: one) and it closed less than ``lag_ns`` ago: the gap stays open from
     #: it, to be fetched again (:meth:`GapFiller.final_at`).
     waiting_from_ns: int | None = None
-    #: Waited for since an earlier pass, REST still had no bar from this
-    #: window start once it closed ``lag_ns`` ago: taken as no trades.
+    #: Waited for since an earlier pass (or left open by the last run:
+    #: :meth:`GapFiller.reopen`), REST still had no bar from this window
+    #: start once it closed ``lag_ns`` ago: taken as no trades.
     given_up_from_ns: int | None = None
 
 
@@ -107,7 +109,8 @@ class Filled:
 class _Waiting:
     from_ns: int
     #: When to fetch again; None: at the settle time (bars after the window
-    #: were not final yet, so a pass is due then anyway).
+    #: were not final yet, or a gap reopened at start-up not fetched yet, so
+    #: a pass is due then anyway).
     recheck_at_ns: int | None
 
 
@@ -193,6 +196,12 @@ class GapFiller:
         since ``gap_start_ns`` (live bars after that run's reconnect, a part it
         did fill), so that the fill publishes none of them again. The earlier
         start wins against a gap already open (:meth:`seed`'s).
+
+        The gap counts as waited for from ``gap_start_ns`` (its statuses do
+        not say why that run left it open; it may have been waiting for REST
+        to build a bar): a bar of it REST still lacks once it closed
+        ``lag_ns`` ago is given up on and said so (:attr:`Filled.given_up_from_ns`),
+        not taken as no trades silently.
         """
         if symbol not in self._published:
             return  # no longer configured
@@ -201,6 +210,10 @@ class GapFiller:
         current = self._gap_from.get(symbol)
         self._gap_from[symbol] = gap_start_ns if current is None else min(current, gap_start_ns)
         self._generation += 1
+        waiting = self._waiting.get(symbol)
+        if waiting is None or gap_start_ns < waiting.from_ns:
+            # No recheck time: the first pass is due at the reconnect anyway.
+            self._waiting[symbol] = _Waiting(gap_start_ns, None)
 
     # ---------------------------------------------------------------- outages
 

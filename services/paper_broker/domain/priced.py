@@ -48,6 +48,16 @@ class PricedLedger(Ledger):
         # placed_at_market_ns): _print keeps the greatest.
         self._newest: dict[str, tuple[Decimal, int]] = {}
         self._started_ns = clock.now_ns()
+        # The settlements (entries of _settlements) waiting for a first print
+        # of their underlying, by underlying, and (end of wait, underlying,
+        # entry) of each, the soonest first. Only such a print (_print) or
+        # the end of its wait can change what a waiting entry comes to, so
+        # it is out of _settlements till then: settle_expired, run before
+        # every request, does not pop and parse it again on every call. An
+        # entry released by a print leaves its end of wait behind here, to
+        # be skipped; a root with a print never has one waiting again.
+        self._no_price: dict[str, set[tuple[int, str, str]]] = {}
+        self._no_price_ends: list[tuple[int, str, tuple[int, str, str]]] = []
 
     # ------------------------------------------------------------- queries
 
@@ -77,8 +87,16 @@ class PricedLedger(Ledger):
         now = self.clock.now_ns()
         due_at = max(now, market_ns)
         pending = self._settlements
+        ends = self._no_price_ends
+        while ends and ends[0][0] <= now:
+            _, root, item = heapq.heappop(ends)
+            parked = self._no_price.get(root)
+            if parked is not None and item in parked:
+                parked.discard(item)
+                if not parked:
+                    del self._no_price[root]
+                heapq.heappush(pending, item)  # its expiry is past: taken below
         out: list[Settlement] = []
-        waiting: list[tuple[int, str, str]] = []
         while pending and pending[0][0] <= due_at:
             item = heapq.heappop(pending)
             expiry, account, symbol = item
@@ -89,8 +107,10 @@ class PricedLedger(Ledger):
             underlying, _ = self._newest_print(contract.root)
             note = ""
             if underlying is None:
-                if now < max(expiry, self._started_ns) + NO_PRICE_WAIT_NS:
-                    waiting.append(item)
+                ends_ns = max(expiry, self._started_ns) + NO_PRICE_WAIT_NS
+                if now < ends_ns:
+                    self._no_price.setdefault(contract.root, set()).add(item)
+                    heapq.heappush(self._no_price_ends, (ends_ns, contract.root, item))
                     continue
                 note = f"no price of {contract.root} known to the paper broker"
             activities = settle(
@@ -106,8 +126,6 @@ class PricedLedger(Ledger):
             settlement = Settlement(account, symbol, activities)
             self.apply_settlement(settlement)
             out.append(settlement)
-        for item in waiting:
-            heapq.heappush(pending, item)
         return out
 
     def _activity_id(self) -> str:
@@ -126,6 +144,8 @@ class PricedLedger(Ledger):
         newest = self._newest.get(symbol)
         if newest is None or ts_ns >= newest[1]:
             self._newest[symbol] = (price, ts_ns)
+        for item in self._no_price.pop(symbol, ()):
+            heapq.heappush(self._settlements, item)  # settled by the next settle_expired
 
     def _newest_print(self, symbol: str) -> tuple[Decimal | None, int]:
         """``symbol``'s newest print by the market's time and that time
