@@ -27,7 +27,7 @@ from libs.testing.fakes.polygon_ws import FakePolygonWs
 from libs.testing.wait import eventually
 from services.marketdata.adapters.polygon.client import PolygonSource
 from services.marketdata.domain.staleness import AlwaysOpen
-from tests.integration.test_marketdata_polygon import (
+from tests.integration.polygon_feed import (
     KEY,
     MS,
     T0,

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from services.paper_broker.domain.book import OrderSpec, TradeUpdate
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
-from tests.unit.test_paper_book import book
+from tests.unit.paper_books import book
 
 D = Decimal
 

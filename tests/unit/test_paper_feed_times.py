@@ -10,7 +10,7 @@ from libs.contract.events import TradePayload, TradePrinted
 from libs.strategy.testing import MINUTE_NS, At, bar
 from services.paper_broker.adapters.market import to_update
 from services.paper_broker.domain.book import OrderSpec
-from tests.unit.test_paper_book import book
+from tests.unit.paper_books import book
 
 NOW = 1_700_000_000 * 10**9
 HOURS_AHEAD = 3 * 3600 * 10**9

@@ -39,7 +39,7 @@ from services.paper_broker.domain.book import (
     Refused,
 )
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate, Side
-from tests.unit.test_paper_server import CREDS, login, request
+from tests.unit.paper_ws import CREDS, login, request
 
 D = Decimal
 SYMBOLS = ("AAA", "BBB", "CCC")

@@ -1,69 +1,36 @@
-"""The paper broker's WebSocket server and journal, in this process, over a real socket."""
+"""The paper broker's WebSocket server, in this process, over a real socket.
+
+Authentication, listeners and slow clients, and the REST requests it answers
+as Alpaca's do. The journal a restart replays: test_paper_journal_replay;
+what the wire module writes and reads: test_paper_wire.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import itertools
-import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
-from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from libs.contract.envelope import WallClock
 from services.paper_broker.adapters import wire
-from services.paper_broker.adapters.journal import Journal
-from services.paper_broker.adapters.server import Credentials, PaperBrokerServer, _Cork
+from services.paper_broker.adapters.server import PaperBrokerServer, _Cork
 from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook
-from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
-
-CREDS = [Credentials("key", SecretStr("secret"), "acct")]
-
-
-def book() -> PaperBook:
-    counter = itertools.count(1)
-    return PaperBook(BookConfig(), clock=WallClock(), ids=lambda: f"id-{next(counter)}")
+from services.paper_broker.domain.fill_model import MarketUpdate
+from tests.unit.paper_ws import CREDS, SetClock, book, login, new_york_ns, recv, request, send
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[PaperBrokerServer]:
     async with PaperBrokerServer(book(), CREDS, auth_timeout_s=0.5) as s:
         yield s
-
-
-async def send(ws: ClientConnection, action: str, data: dict[str, Any]) -> None:
-    await ws.send(json.dumps({"action": action, "data": data}))
-
-
-async def recv(ws: ClientConnection) -> dict[str, Any]:
-    raw = await ws.recv()
-    assert isinstance(raw, bytes), "the paper broker sends binary frames, as Alpaca's paper does"
-    message: dict[str, Any] = json.loads(raw)
-    return message
-
-
-async def login(port: int) -> ClientConnection:
-    ws = await connect(f"ws://127.0.0.1:{port}/stream")
-    await send(ws, "authenticate", {"key_id": "key", "secret_key": "secret"})
-    assert (await recv(ws))["data"] == {"status": "authorized", "action": "authenticate"}
-    return ws
-
-
-async def request(ws: ClientConnection, method: str, path: str, body: Any = None) -> Any:
-    await send(ws, "request", {"id": "r", "method": method, "path": path, "body": body})
-    while (message := await recv(ws))["stream"] != "response":
-        pass
-    return message["data"]
 
 
 async def test_a_wrong_secret_is_refused_and_disconnected(server: PaperBrokerServer) -> None:
@@ -150,83 +117,6 @@ async def test_updates_go_to_listeners_of_the_account_before_the_response(
         await other.close()
 
 
-async def test_the_journal_brings_the_books_back(tmp_path: Path) -> None:
-    path = tmp_path / "journal.jsonl"
-    first = book()
-    journal = Journal(path).open()
-    async with PaperBrokerServer(first, CREDS, journal=journal) as s:
-        s.market(MarketUpdate.trade("MSFT", Decimal(300)))
-        ws = await login(s.port)
-        body = {"symbol": "MSFT", "qty": "2", "side": "sell", "client_order_id": "c9"}
-        assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
-        await ws.close()
-    journal.close()
-    torn = b'{"account": "acct", "upd'
-    with path.open("ab") as f:
-        f.write(torn)  # a crash in the middle of a write
-    second = book()
-    assert second.apply_all(Journal(path).load()) == 2
-    assert second.positions("acct") == first.positions("acct")
-    assert second.by_client_order_id("acct", "c9") == first.by_client_order_id("acct", "c9")
-    # The torn line is dropped when the journal is opened again, so what is
-    # appended after it is read back, and the next start-up does not meet
-    # it in the middle of the journal (which would be corruption).
-    reopened = Journal(path).open()
-    more = first.submit("acct", OrderSpec("MSFT", "buy", Decimal(1), client_order_id="c10"))[1]
-    assert more
-    reopened.append(more)
-    reopened.close()
-    third = book()
-    assert third.apply_all(Journal(path).load()) == 2 + len(more)
-    assert third.positions("acct") == first.positions("acct")
-    assert torn not in path.read_bytes()
-
-
-def test_the_market_s_time_an_order_was_placed_at_survives_a_restart(tmp_path: Path) -> None:
-    """After a restart, a bar that began before an order was placed still
-    fills it only at its close: the journal and its snapshot keep that time."""
-    path = tmp_path / "journal.jsonl"
-    first = book()
-    journal = Journal(path).open()
-    journal.append(first.on_market(MarketUpdate.trade("MSFT", Decimal(301), 50)))
-    order, updates = first.submit(
-        "acct", OrderSpec("MSFT", "buy", Decimal(1), "limit", limit_price=Decimal(300))
-    )
-    journal.append(updates)
-    journal.close()
-    assert order.placed_at_market_ns == 50
-    second = book()
-    second.apply_all(Journal(path).load())
-    assert second.order("acct", order.id) == order
-    third = book()
-    for entry in list(first.state()):
-        third.restore(wire.restored_from_record(wire.restored_record(entry)))
-    assert third.order("acct", order.id) == order
-    before = MarketUpdate.bar("MSFT", Decimal(299), Decimal(301), Decimal(299), Decimal(301), 60, 0)
-    assert second.on_market(before) == third.on_market(before) == []
-
-
-def test_a_torn_line_already_ended_by_a_newline_is_cut_off_too(tmp_path: Path) -> None:
-    """Journals written before torn lines were cut off ended them with a
-    newline instead: the next append would have buried them."""
-    path = tmp_path / "journal.jsonl"
-    b = book()
-    b.on_market(MarketUpdate.trade("AAPL", Decimal(10)))
-    journal = Journal(path).open()
-    journal.append(b.submit("acct", OrderSpec("AAPL", "buy", Decimal(1)))[1])
-    journal.close()
-    good = path.read_bytes()
-    with path.open("ab") as f:
-        f.write(b'{"account": "acct", "upd\n')
-    reopened = Journal(path).open()
-    assert path.read_bytes() == good
-    reopened.append(b.submit("acct", OrderSpec("AAPL", "sell", Decimal(1)))[1])
-    reopened.close()
-    copy = book()
-    assert copy.apply_all(Journal(path).load()) == 4
-    assert copy.positions("acct") == b.positions("acct")
-
-
 async def test_a_client_that_does_not_keep_up_is_disconnected() -> None:
     async with PaperBrokerServer(book(), CREDS, max_queue=3) as s:
         listener, trader = await login(s.port), await login(s.port)
@@ -264,40 +154,6 @@ async def drain(ws: ClientConnection) -> None:
         await recv(ws)
 
 
-def test_times_are_written_for_each_instant() -> None:
-    # iso() remembers the last instant it wrote: a new one is written anew.
-    a, b = 1_773_154_800_123_456_789, 1_773_154_801_000_001_000
-    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
-    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
-    assert wire.iso(b) == "2026-03-10T15:00:01.000001Z"
-    assert wire.iso(a) == "2026-03-10T15:00:00.123456Z"
-    assert wire.iso(None) is None
-
-
-@pytest.mark.parametrize(
-    ("text", "ns"),
-    [
-        ("2026-03-10T15:00:00Z", 1_773_154_800_000_000_000),
-        ("2026-03-10T15:00:00.123456Z", 1_773_154_800_123_456_000),
-        ("2026-03-10T15:00:00.123456789Z", 1_773_154_800_123_456_789),
-        ("2026-03-10T15:00:00,1234567Z", 1_773_154_800_123_456_700),
-        ("2026-03-10T17:00:00.000000001+02:00", 1_773_154_800_000_000_001),
-        ("2026-03-10T15:00:00.1234567891Z", 1_773_154_800_123_456_789),  # past the ns: cut
-        ("2026-03-10", 1_773_100_800_000_000_000),  # a date: its midnight UTC
-        ("1969-12-31T23:59:59.5Z", -500_000_000),
-        ("1969-12-31T23:59:59.999999999Z", -1),
-        ("9999-12-31T23:59:59.999999Z", 253_402_300_799_999_999_000),
-    ],
-)
-def test_times_are_read_to_the_nanosecond(text: str, ns: int) -> None:
-    """RFC 3339 times (``after`` / ``until``, a journal's) in whole
-    nanoseconds: seconds as a float cut the digits past the microsecond,
-    took half a second before 1970 as half a second after, and rounded
-    .999999 of a far year up to the next second."""
-    assert wire.parse_iso(text) == ns
-    assert wire.parse_iso(wire.iso(ns)) == ns // 1000 * 1000
-
-
 @pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
 async def test_frames_that_leave_together_are_corked(server: PaperBrokerServer) -> None:
     # A submit's updates and answer are queued at once; the writer sends them
@@ -330,88 +186,6 @@ async def test_frames_that_leave_together_are_corked(server: PaperBrokerServer) 
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
     finally:
         await ws.close()
-
-
-def capped_book() -> PaperBook:
-    """Fills of at most 100 per market update."""
-    return PaperBook(
-        BookConfig(fill_model=FillModelConfig(max_fill_quantity=Decimal(100))),
-        clock=WallClock(),
-        ids=lambda: str(uuid.uuid4()),
-    )
-
-
-async def test_a_stop_s_trigger_survives_a_restart(tmp_path: Path) -> None:
-    """A stop reached is journaled: with the fill that follows it, or, if it
-    filled nothing (a stop-limit whose limit the market is past), as a
-    ``triggered`` update of its own, which no client is sent. After a restart
-    the order does not have to cross its stop again."""
-    path = tmp_path / "journal.jsonl"
-    first = capped_book()
-    journal = Journal(path).open()
-    async with PaperBrokerServer(first, CREDS, journal=journal) as s:
-        s.market(MarketUpdate.trade("AAPL", Decimal(100)))
-        ws = await login(s.port)
-        await send(ws, "listen", {"streams": ["trade_updates"]})
-        assert (await recv(ws))["stream"] == "listening"
-        stop = {"symbol": "AAPL", "qty": "300", "side": "sell", "type": "stop"}
-        stop_limit = {"symbol": "AAPL", "qty": "5", "side": "sell", "type": "stop_limit"}
-        for body in (
-            {**stop, "stop_price": "95", "client_order_id": "stop"},
-            {**stop_limit, "stop_price": "97", "limit_price": "96", "client_order_id": "sl"},
-        ):
-            assert (await request(ws, "POST", "/v2/orders", body))["status"] == 200
-        # 94: the stop triggers and fills 100 of 300; the stop-limit triggers,
-        # but 94 is below its limit: nothing fills.
-        s.market(MarketUpdate.trade("AAPL", Decimal(94)))
-        await send(ws, "request", {"id": "r", "method": "GET", "path": "/v2/orders"})
-        streams = []
-        while (message := await recv(ws))["stream"] != "response":
-            streams.append((message["data"]["event"], message["data"]["order"]["client_order_id"]))
-        await ws.close()
-    journal.close()
-    assert streams == [("partial_fill", "stop")]  # the stop-limit's trigger is not sent
-    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
-    assert [(r["update"]["event"], r.get("triggered")) for r in lines[-2:]] == [
-        ("partial_fill", True),
-        ("triggered", True),
-    ]
-
-    second = capped_book()
-    second.apply_all(Journal(path).load())
-    # 96.5: above both stops. Both were triggered: the stop fills 100 more, the
-    # stop-limit (now a resting sell limit at 96) fills.
-    fills = second.on_market(MarketUpdate.trade("AAPL", Decimal("96.5")))
-    assert sorted((u.order.client_order_id, u.event, str(u.qty)) for u in fills) == [
-        ("sl", "fill", "5"),
-        ("stop", "partial_fill", "100"),
-    ]
-
-
-def test_an_old_journal_s_partly_filled_stop_is_triggered(tmp_path: Path) -> None:
-    """Journals written before triggers were recorded: a stop that has filled
-    anything was triggered."""
-    path = tmp_path / "journal.jsonl"
-    b = capped_book()
-    b.on_market(MarketUpdate.trade("AAPL", Decimal(100)))
-    journal = Journal(path).open()
-    spec = OrderSpec("AAPL", "sell", Decimal(300), "stop", stop_price=Decimal(95))
-    order, updates = b.submit("acct", spec)
-    journal.append(updates)
-    journal.append(b.on_market(MarketUpdate.trade("AAPL", Decimal(94))))
-    journal.close()
-    old = b"\n".join(
-        orjson.dumps({k: v for k, v in json.loads(line).items() if k != "triggered"})
-        for line in path.read_bytes().splitlines()
-    )
-    path.write_bytes(old + b"\n")
-    assert b"triggered" not in path.read_bytes()
-    copy = book()
-    copy.apply_all(Journal(path).load())
-    replayed = copy.order("acct", order.id)
-    assert replayed is not None
-    assert replayed.triggered
-    assert replayed == b.order("acct", order.id)
 
 
 async def test_a_repeated_client_order_id_gets_alpaca_s_422(server: PaperBrokerServer) -> None:
@@ -656,94 +430,6 @@ async def test_the_order_list_is_limited_and_ordered_as_alpaca_s(
             assert (await request(ws, "GET", f"/v2/orders?{bad}"))["status"] == 422, bad
     finally:
         await ws.close()
-
-
-@pytest.mark.parametrize(
-    ("symbol", "asset_class"),
-    [("O:SPY241220P00720000", "us_option"), ("AAPL", "us_equity"), ("BRK:B", "us_equity")],
-)
-def test_an_order_is_an_option_exactly_when_tradebus_names_one(
-    symbol: str, asset_class: str
-) -> None:
-    """The paper broker tells options by tradebus's rule (O: + OCC symbol,
-    libs.contract.events.asset_class_of), not by any colon in the symbol."""
-    from services.paper_broker.adapters.wire import spec_from_json
-
-    spec = spec_from_json({"symbol": symbol, "qty": "1", "side": "buy", "type": "market"})
-    assert spec.asset_class == asset_class
-
-
-def test_an_option_position_s_dollar_amounts_count_its_contracts_100_shares() -> None:
-    """Alpaca reports an option position's cost basis, market value and P&L in
-    dollars: quantity x price x 100 (a standard contract); a share's as is."""
-    from services.paper_broker.domain.book import Position
-
-    option = Position("O:SPY241220P00720000", "us_option", Decimal(2), Decimal("1.5"))
-
-    def dollars(p: Position, last: Decimal) -> list[Decimal]:
-        got = wire.position_json(p, last, p.qty)
-        return [Decimal(got[k]) for k in ("cost_basis", "market_value", "unrealized_pl")]
-
-    assert dollars(option, Decimal("2.25")) == [300, 450, 150]
-    # The prices stay per share, as Alpaca quotes them.
-    got = wire.position_json(option, Decimal("2.25"), option.qty)
-    assert (got["avg_entry_price"], got["current_price"]) == ("1.5", "2.25")
-    short = Position("O:SPY241220P00720000", "us_option", Decimal(-1), Decimal(2))
-    assert dollars(short, Decimal(3)) == [-200, -300, -100]
-    shares = Position("AAPL", "us_equity", Decimal(2), Decimal("1.5"))
-    assert dollars(shares, Decimal("2.25")) == [3, Decimal("4.5"), Decimal("1.5")]
-
-
-class SetClock:
-    def __init__(self, ns: int) -> None:
-        self.ns = ns
-
-    def now_ns(self) -> int:
-        return self.ns
-
-
-def new_york_ns(text: str) -> int:
-    local = dt.datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("America/New_York"))
-    return int(local.timestamp()) * 1_000_000_000
-
-
-async def test_a_day_order_expired_at_the_close_is_streamed_and_journaled(tmp_path: Path) -> None:
-    """At the close a working day order goes to its account's listeners as
-    Alpaca's ``expired`` update (``expired_at`` set), and a broker restarted
-    from its journal still has it expired."""
-    clock = SetClock(new_york_ns("2026-12-15 10:00"))
-    config = BookConfig(day_orders_expire_at=dt.time(16, 0))
-    counter = itertools.count(1)
-    paper = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
-    path = tmp_path / "journal.jsonl"
-    journal = Journal(path)
-    journal.open()
-    async with PaperBrokerServer(paper, CREDS, journal=journal) as server:
-        server.market(MarketUpdate.trade("AAPL", Decimal(10)))
-        ws = await login(server.port)
-        try:
-            await send(ws, "listen", {"streams": ["trade_updates"]})
-            await recv(ws)
-            body = {"symbol": "AAPL", "qty": 3, "side": "buy", "type": "limit", "limit_price": 9}
-            placed = await request(ws, "POST", "/v2/orders", body)  # its "new" is read past
-            assert (placed["body"]["status"], placed["body"]["expired_at"]) == ("new", None)
-            server.expire_orders()  # 10:00: not yet
-            clock.ns = new_york_ns("2026-12-15 16:00")
-            server.expire_orders()
-            expired = (await recv(ws))["data"]
-        finally:
-            await ws.close()
-    journal.close()
-    assert expired["event"] == "expired"
-    assert expired["order"]["id"] == placed["body"]["id"]
-    assert expired["order"]["status"] == "expired"
-    assert expired["order"]["expired_at"] == "2026-12-15T21:00:00.000000Z"
-    again = PaperBook(config, clock=clock, ids=lambda: f"id-{next(counter)}")
-    again.apply_all(Journal(path).load())
-    order = again.order("acct", placed["body"]["id"])
-    assert order is not None
-    assert order.status == "expired"
-    assert again.orders("acct", "open") == []
 
 
 async def test_a_client_s_made_up_methods_do_not_each_make_a_request_series(

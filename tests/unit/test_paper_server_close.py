@@ -18,7 +18,7 @@ import pytest
 from services.paper_broker.adapters.server import PaperBrokerServer
 from services.paper_broker.domain.book import BookConfig, PaperBook
 from services.paper_broker.domain.fill_model import MarketUpdate
-from tests.unit.test_paper_server import CREDS, SetClock, login, new_york_ns, recv, request, send
+from tests.unit.paper_ws import CREDS, SetClock, login, new_york_ns, recv, request, send
 
 CLOSE = "2026-12-15 16:00"
 #: A moment after the close, before the next expiry tick.

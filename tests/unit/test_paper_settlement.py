@@ -27,7 +27,7 @@ from services.paper_broker.domain.book import (
 )
 from services.paper_broker.domain.fill_model import MarketUpdate, Side
 from services.paper_broker.domain.settlement import outcome
-from tests.unit.test_paper_server import login, request
+from tests.unit.paper_ws import login, request
 
 D = Decimal
 NY = ZoneInfo("America/New_York")
