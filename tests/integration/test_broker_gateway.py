@@ -92,7 +92,7 @@ class Stack:
             "untradable_symbols: [HALT]\n"
             "halted_symbols: [LULD]\n"
             # Resting limit orders here must not expire should a run cross
-            # 16:00 New York; expiry has tests of its own (test_paper_book).
+            # 16:00 New York; expiry has tests of its own (test_paper_book_expiry).
             "day_orders_expire_at: null\n"
             f"journal: {self.tmp / 'journal.jsonl'}\n"
         )

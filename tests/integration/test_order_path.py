@@ -155,7 +155,7 @@ async def running_path(
     (tmp_path / "paper.yaml").write_text(
         f"accounts:\n  {ACCOUNT}:\n"
         "    key_id_env: TEST_PAPER_KEY_ID\n    secret_key_env: TEST_PAPER_SECRET_KEY\n"
-        # No order expires should a run cross 16:00 New York (see test_paper_book).
+        # No order expires should a run cross 16:00 New York (see test_paper_book_expiry).
         "day_orders_expire_at: null\n"
         f"journal: {tmp_path / 'journal.jsonl'}\n"
     )
