@@ -2,7 +2,8 @@
 
 StoreError
 ├── StoreUnavailable   Postgres cannot be reached or the connection broke
-└── LockLost           this writer no longer holds the single-writer lock
+├── LockLost           this writer no longer holds the single-writer lock
+└── RowRefused         the store refuses one row for a value it holds
 """
 
 from __future__ import annotations
@@ -18,3 +19,15 @@ class StoreUnavailable(StoreError):
 
 class LockLost(StoreError):
     """The single-writer lock is gone (connection lost): stop writing."""
+
+
+class RowRefused(StoreError):
+    """The store refuses the row at ``seq`` on its own, for a value in it
+    (``error``: PostgreSQL's data exception, SQLSTATE class 22, such as a
+    number out of range or text an index cannot cast); every row before it
+    is committed. Writing the same row again fails the same way."""
+
+    def __init__(self, seq: int, error: Exception) -> None:
+        super().__init__(f"the store refuses the row at seq {seq}: {error}")
+        self.seq = seq
+        self.error = error

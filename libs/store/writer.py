@@ -26,7 +26,7 @@ import orjson
 
 from libs.contract.codec import derived_id
 from libs.store import queries
-from libs.store.errors import LockLost, StoreError, StoreUnavailable
+from libs.store.errors import LockLost, RowRefused, StoreError, StoreUnavailable
 from libs.store.queries import Tail
 from libs.store.schema import COPY_COLUMNS, DUPLICATE
 from libs.store.urls import asyncpg_url
@@ -165,6 +165,8 @@ class EventWriter:
 
         Rows at or below ``last_seq`` are already recorded and skipped, so
         writing the same batch twice is a no-op. Returns rows newly written.
+        Raises :class:`RowRefused` for a row the store refuses on its own,
+        once every row before it is committed (``last_seq`` says how far).
         """
         fresh = [r for r in rows if r.seq > self.last_seq]
         if not fresh:
@@ -178,8 +180,7 @@ class EventWriter:
                 )
         # One deadline for the whole transaction: a COPY cut off by a server
         # shutdown has been seen to hang instead of failing.
-        await self._fenced(self._append(fresh), WRITE_TIMEOUT, "writing")
-        self.last_seq = fresh[-1].seq
+        await self._fenced(self._append_all(fresh), WRITE_TIMEOUT, "writing")
         return len(fresh)
 
     async def _fenced(self, work: Awaitable[object], timeout: float, doing: str) -> None:
@@ -194,6 +195,43 @@ class EventWriter:
         except CONNECTION_ERRORS as e:
             self._conn.terminate()
             raise LockLost(f"event store connection lost while {doing}: {e}") from e
+
+    async def _append_all(self, rows: list[Row]) -> None:
+        pending = rows
+        while pending:
+            try:
+                await self._append(pending)
+            except asyncpg.DataError:
+                # A value the store cannot hold (an index's cast or sum out of
+                # range): the same batch would fail on every retry, and the
+                # timeline would stop there. Commit what comes before it.
+                await self._commit_until_refused(pending)
+                pending = [r for r in pending if r.seq > self.last_seq]
+                continue
+            self.last_seq = pending[-1].seq
+            return
+
+    async def _commit_until_refused(self, rows: list[Row]) -> None:
+        """``rows`` were refused as a whole: commit those before the first one
+        refused on its own and raise :class:`RowRefused` for it (a bisection:
+        a few round trips, not one per row). Commits at least one row if it
+        does not raise."""
+        low, high = 0, len(rows)  # rows[:low] committed; rows[low:high] refused as a whole
+        while high - low > 1:
+            mid = (low + high) // 2
+            try:
+                await self._append(rows[low:mid])
+            except asyncpg.DataError:
+                high = mid
+                continue
+            self.last_seq = rows[mid - 1].seq
+            low = mid
+        # Refused on its own, not only with others, before it is given up on.
+        try:
+            await self._append(rows[low : low + 1])
+        except asyncpg.DataError as e:
+            raise RowRefused(rows[low].seq, e) from e
+        self.last_seq = rows[low].seq
 
     async def _append(self, fresh: list[Row]) -> None:
         try:

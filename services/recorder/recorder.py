@@ -5,8 +5,10 @@ read the last committed sequence, point the consumer right after it, then
 loop: fetch a batch, fill any holes by reading those positions directly,
 convert every message to a row (undecodable ones included, raw bytes kept),
 write the batch in one transaction, and only then ack (ack-all) the highest
-sequence written. Dead letters are published after the commit, with ids
-derived from their position so a retry does not repeat them.
+sequence written. Dead letters are published before the commit, with ids
+derived from their position so a retry does not repeat them. A message that
+decodes but whose row the store refuses on its own (a value it cannot hold)
+is recorded as undecodable too, reason ``unstorable``, and dead-lettered.
 
 Any fault (NATS or Postgres away, lock lost) ends the cycle; the next one
 starts from what is committed, which is why a crash at any point loses
@@ -28,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import nats.errors
@@ -38,7 +40,7 @@ from libs.bus.errors import BusError
 from libs.continuity import refused
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
-from libs.store.errors import StoreError
+from libs.store.errors import RowRefused, StoreError
 from libs.store.writer import EventWriter, Row
 from services.recorder import metrics
 from services.recorder.adapters.snapshot import write_position_snapshot
@@ -47,11 +49,13 @@ from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.rows import (
     RECORDER_SOURCE,
+    UNSTORABLE,
     StreamMessage,
     merge,
     missing_row,
     plan,
     to_row,
+    unstorable_row,
 )
 from services.recorder.domain.trim import KEEP_WINDOW, STORE
 
@@ -91,6 +95,8 @@ class Prepared:
     top_seq: int
     num_pending: int
     started: float
+    #: The messages behind the rows, by sequence (not the missing positions).
+    messages: dict[int, StreamMessage] = field(default_factory=dict)
 
 
 class Recorder:
@@ -284,7 +290,8 @@ class Recorder:
             else:
                 filled.append(msg)
         dead: list[tuple[StreamMessage, str, Any]] = []
-        for m in merge(p.fresh, filled):
+        messages = merge(p.fresh, filled)
+        for m in messages:
             converted = to_row(m, max_bytes=self.settings.max_event_bytes)
             rows.append(converted.row)
             # A bad message on a dead-letter subject is recorded but not
@@ -299,7 +306,14 @@ class Recorder:
         for m, reason, error in dead:
             await self._dead_letter(bus, m, reason, error)
         top_seq = max(m.seq for m in batch.messages)
-        return Prepared(rows, batch.ack_subject, top_seq, batch.num_pending, started)
+        return Prepared(
+            rows,
+            batch.ack_subject,
+            top_seq,
+            batch.num_pending,
+            started,
+            messages={m.seq: m for m in messages},
+        )
 
     async def _write_loop(
         self, writer: EventWriter, stream: RecorderStream, queue: asyncio.Queue[Prepared | None]
@@ -315,7 +329,7 @@ class Recorder:
                 continue
             if prepared is None:
                 break
-            written = await writer.write(prepared.rows)
+            written = await self._write(writer, stream.bus, prepared)
             self.failing = None
             if reported == 0 or time.monotonic() >= report_at:
                 log.info(
@@ -336,6 +350,36 @@ class Recorder:
             metrics.CONSUMER_LAG.set(prepared.num_pending)
             metrics.BATCH_SIZE.observe(len(prepared.rows))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+
+    async def _write(self, writer: EventWriter, bus: Bus, prepared: Prepared) -> int:
+        """Commit ``prepared``; returns the rows newly written. A message whose
+        row the store refuses on its own (a value it cannot hold) is recorded
+        as undecodable (``unstorable``, its bytes kept) and dead-lettered, as
+        one that does not decode: retried as it was, its batch would fail for
+        ever and the timeline stop there."""
+        before = writer.last_seq
+        rows = prepared.rows
+        replaced: set[int] = set()
+        while True:
+            try:
+                await writer.write(rows)
+            except RowRefused as refused:
+                m = prepared.messages.get(refused.seq)
+                if m is None or refused.seq in replaced:
+                    # A row of the recorder's own making: nothing to put
+                    # in its place. Reported (/health) until it commits.
+                    raise refused.error from refused
+                replaced.add(refused.seq)
+                log.error("the store refuses stream seq %d: %s", m.seq, refused.error)
+                error = f"{UNSTORABLE}: the store refuses its row: {refused.error}"
+                if not m.subject.startswith("deadletter."):
+                    # Before the commit, as in _prepare: its id derives
+                    # from the position, so a retry does not repeat it.
+                    await self._dead_letter(bus, m, UNSTORABLE, error)
+                row = unstorable_row(m, str(refused.error))
+                rows = [row if r.seq == m.seq else r for r in rows]
+                continue
+            return writer.last_seq - before
 
     def _stream_trimmer(self, bus: Bus) -> Trimmer:
         return StreamTrimmer(bus, keep_s=self.settings.stream_keep_s, clock=self.clock)

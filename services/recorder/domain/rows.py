@@ -63,26 +63,7 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
     try:
         event = decode(msg.data, max_bytes=max_bytes)
     except DecodeError as e:
-        rid = derived_id("undecodable", msg.seq)
-        # The error can quote the input, U+0000 included.
-        payload = {"reason": e.reason, "error": storable(e.detail), "size": len(msg.data)}
-        row = Row(
-            msg.seq,
-            rid,
-            storable(msg.subject),
-            UNDECODABLE,
-            msg.ts_ns,
-            msg.ts_ns,
-            RECORDER_SOURCE,
-            rid,
-            None,
-            None,
-            None,
-            None,
-            orjson.dumps(payload).decode(),
-            msg.data,
-        )
-        return Converted(row, e)
+        return Converted(_undecodable(msg, e.reason, e.detail), e)
     # Payload fields live in the model's __dict__; .get avoids pydantic's
     # slow __getattr__ path for payloads without strategy/account/symbol.
     fields = event.payload.__dict__
@@ -111,6 +92,40 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         raw,
     )
     return Converted(row)
+
+
+#: The reason an event that decoded is recorded as undecodable: the store
+#: refused its row (see :func:`unstorable_row`).
+UNSTORABLE = "unstorable"
+
+
+def unstorable_row(msg: StreamMessage, error: str) -> Row:
+    """The row for a message that decoded but whose row the store refuses on
+    its own (a value it cannot hold: an index's cast or sum out of range).
+    Recorded as undecodable, its bytes kept, so the timeline goes on."""
+    return _undecodable(msg, UNSTORABLE, error)
+
+
+def _undecodable(msg: StreamMessage, reason: str, detail: str) -> Row:
+    rid = derived_id("undecodable", msg.seq)
+    # The error can quote the input, U+0000 included.
+    payload = {"reason": reason, "error": storable(detail), "size": len(msg.data)}
+    return Row(
+        msg.seq,
+        rid,
+        storable(msg.subject),
+        UNDECODABLE,
+        msg.ts_ns,
+        msg.ts_ns,
+        RECORDER_SOURCE,
+        rid,
+        None,
+        None,
+        None,
+        None,
+        orjson.dumps(payload).decode(),
+        msg.data,
+    )
 
 
 def missing_row(seq: int, ts_ns: int) -> Row:
