@@ -2,7 +2,8 @@
 
 StoreError
 ├── StoreUnavailable   Postgres cannot be reached or the connection broke
-└── LockLost           this writer no longer holds the single-writer lock
+├── LockLost           this writer no longer holds the single-writer lock
+└── UnknownRevision    no migration has the revision asked for
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class StoreUnavailable(StoreError):
 
 class LockLost(StoreError):
     """The single-writer lock is gone (connection lost): stop writing."""
+
+
+class UnknownRevision(StoreError):
+    """``tradebus db upgrade REVISION``: no migration has that revision."""

@@ -29,12 +29,14 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
 ) -> None:
     """Create the database if missing and migrate it (alembic)."""
-    from libs.store.errors import StoreUnavailable
+    from libs.store.errors import StoreUnavailable, UnknownRevision
     from libs.store.migrate import upgrade
 
     settings = settings_or_exit(ServiceSettings)
     try:
         upgrade(settings.database_url.get_secret_value(), revision)
+    except UnknownRevision as e:
+        fail(f"REVISION: {e}", 2)
     except StoreUnavailable as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from e

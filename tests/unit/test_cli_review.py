@@ -1,0 +1,35 @@
+"""Operator-facing CLI mistakes end in one line with the right exit code,
+naming what was wrong (a fresh-eyes review of the CLI)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from services import cli as root
+
+runner = CliRunner()
+#: Nothing listens there: a command that reaches for the store fails on it.
+NO_STORE = "postgresql://postgres@127.0.0.1:1/tradebus"
+
+
+def test_db_upgrade_refuses_an_unknown_revision_before_touching_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It used to create the database first, then end in alembic's traceback.
+    monkeypatch.setenv("DATABASE_URL", NO_STORE)
+    result = runner.invoke(root.app, ["db", "upgrade", "bogus"])
+    assert result.exit_code == 2, result.output
+    assert "REVISION: no migration has revision 'bogus'" in result.output
+    assert "cannot reach" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("revision", ["head", "0003"])
+def test_db_upgrade_takes_a_known_revision_to_the_store(
+    monkeypatch: pytest.MonkeyPatch, revision: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", NO_STORE)
+    result = runner.invoke(root.app, ["db", "upgrade", revision])
+    assert result.exit_code == 1, result.output
+    assert "cannot reach PostgreSQL at 127.0.0.1:1" in result.output
