@@ -3,7 +3,8 @@
 StoreError
 ├── StoreUnavailable   Postgres cannot be reached or the connection broke
 ├── LockLost           this writer no longer holds the single-writer lock
-└── UnknownRevision    no migration has the revision asked for
+├── UnknownRevision    no migration has the revision asked for
+└── MigrationFailed    alembic cannot migrate this store (a revision it does not know)
 """
 
 from __future__ import annotations
@@ -23,3 +24,9 @@ class LockLost(StoreError):
 
 class UnknownRevision(StoreError):
     """``tradebus db upgrade REVISION``: no migration has that revision."""
+
+
+class MigrationFailed(StoreError):
+    """Alembic refused to migrate the store: it is at a revision no migration
+    here has (a newer tradebus migrated it), or the target cannot be reached
+    from there."""

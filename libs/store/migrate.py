@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from libs.store.connect import STORE_ERRORS
-from libs.store.errors import StoreUnavailable, UnknownRevision
+from libs.store.errors import MigrationFailed, StoreUnavailable, UnknownRevision
 from libs.store.urls import asyncpg_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,22 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Create the database if needed and migrate it to ``revision``."""
     check_revision(url, revision)
     asyncio.run(ensure_database(url))
-    command.upgrade(alembic_config(url), revision)
+    _migrate(url, revision)
+
+
+def _migrate(url: str, revision: str) -> None:
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as e:
+        # Its message says which revision it could not place; no traceback.
+        raise MigrationFailed(
+            f"alembic refused: {e} (a store migrated by a newer tradebus "
+            "names a revision this one does not have)"
+        ) from e
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:
     """:func:`upgrade` from async code (alembic's env runs its own loop)."""
     check_revision(url, revision)
     await ensure_database(url)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    await asyncio.to_thread(_migrate, url, revision)
