@@ -3,6 +3,8 @@ naming what was wrong (a fresh-eyes review of the CLI)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -33,3 +35,15 @@ def test_db_upgrade_takes_a_known_revision_to_the_store(
     result = runner.invoke(root.app, ["db", "upgrade", revision])
     assert result.exit_code == 1, result.output
     assert "cannot reach PostgreSQL at 127.0.0.1:1" in result.output
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_up_refuses_a_home_it_cannot_make_in_one_line(tmp_path: Path, inside: bool) -> None:
+    # A file where the home should be (or under it): up ended in mkdir's traceback.
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    home = taken / "home" if inside else taken
+    result = runner.invoke(root.app, ["up", "--home", str(home)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"!!! --home {home}: cannot use it as the stack's home" in result.output
