@@ -47,3 +47,30 @@ def test_up_refuses_a_home_it_cannot_make_in_one_line(tmp_path: Path, inside: bo
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
     assert f"!!! --home {home}: cannot use it as the stack's home" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["marketdata", "run", "--rate", "abc"], "--rate (TRADEBUS_SYNTHETIC_RATE): "),
+        (["marketdata", "run", "--source", "bogus"], "--source (TRADEBUS_SOURCE): "),
+        (["demo", "run", "--rate", "abc"], "--rate (TRADEBUS_DEMO_RATE): "),
+    ],
+)
+def test_a_bad_option_value_is_named_by_its_option(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], named: str
+) -> None:
+    # It was named only by the variable the option overrides, which the
+    # operator never set.
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")
+    result = runner.invoke(root.app, argv)
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+
+
+def test_a_bad_variable_is_still_named_by_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("TRADEBUS_SYNTHETIC_RATE", "abc")
+    result = runner.invoke(root.app, ["marketdata", "run"])
+    assert result.exit_code == 2, result.output
+    assert "error: invalid configuration: TRADEBUS_SYNTHETIC_RATE: " in result.output
