@@ -74,3 +74,10 @@ def test_a_bad_variable_is_still_named_by_the_variable(monkeypatch: pytest.Monke
     result = runner.invoke(root.app, ["marketdata", "run"])
     assert result.exit_code == 2, result.output
     assert "error: invalid configuration: TRADEBUS_SYNTHETIC_RATE: " in result.output
+
+
+@pytest.mark.parametrize("rate", ["abc", "0"])
+def test_up_names_md_rate_when_it_is_bad(tmp_path: Path, rate: str) -> None:
+    result = runner.invoke(root.app, ["up", "--home", str(tmp_path), "--md-rate", rate])
+    assert result.exit_code == 2, result.output
+    assert "'--md-rate'" in result.output
