@@ -160,7 +160,8 @@ def register(app: typer.Typer) -> None:
         try:
             names = tuple(parse_only(only))
         except WiringError as e:
-            raise typer.BadParameter(str(e), param_hint="--only") from e
+            # The message names --only itself (up says it so when called directly).
+            raise typer.BadParameter(str(e).removeprefix("--only: "), param_hint="'--only'") from e
         options = UpOptions(
             home=home,
             only=names,

@@ -81,3 +81,10 @@ def test_up_names_md_rate_when_it_is_bad(tmp_path: Path, rate: str) -> None:
     result = runner.invoke(root.app, ["up", "--home", str(tmp_path), "--md-rate", rate])
     assert result.exit_code == 2, result.output
     assert "'--md-rate'" in result.output
+
+
+def test_up_names_only_once_when_it_is_bad(tmp_path: Path) -> None:
+    result = runner.invoke(root.app, ["up", "--home", str(tmp_path), "--only", "bogus"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("--only") == 1, result.output
+    assert "unknown service bogus" in result.output
