@@ -4,11 +4,13 @@ in one line and the right exit code, never a traceback (a fresh-eyes review)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from libs.bus.client import Bus
 from libs.store.urls import asyncpg_url
 from services import cli as root
 from services.stack.preflight import UpError
@@ -44,3 +46,16 @@ async def test_up_refuses_a_store_a_newer_tradebus_migrated(database_url: str) -
     await _stamp(database_url, "0999")
     with pytest.raises(UpError, match=r"cannot migrate the event store.*'0999'"):
         await asyncio.to_thread(migrate, database_url)
+
+
+async def test_closing_a_bus_on_purpose_warns_of_no_disconnection(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tradebus up printed a bare "nats disconnected" between its own lines
+    # (after declaring the stream), and every service logged it as a
+    # warning at its clean stop: a close we asked for is no disconnection.
+    caplog.set_level(logging.DEBUG, logger="libs.bus.client")
+    bus = await Bus.connect(nats_url, name="test-close")
+    await bus.close()
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [], [r.getMessage() for r in warned]
