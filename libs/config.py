@@ -8,6 +8,7 @@ whose message names the offending environment variable.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -108,11 +109,14 @@ S = TypeVar("S", bound=BaseSettings)
 _ALIASES = {"nats_url": "NATS_URL", "database_url": "DATABASE_URL"}
 
 
-def load_settings(cls: type[S], **overrides: Any) -> S:
+def load_settings(cls: type[S], given_as: Mapping[str, str] | None = None, **overrides: Any) -> S:
     """Build ``cls`` from the environment, turning errors into :class:`ConfigError`.
 
     The message names the environment variable (``TRADEBUS_BATCH_SIZE``), the
-    value's problem, and never echoes a secret.
+    value's problem, and never echoes a secret. A field of ``overrides`` that
+    ``given_as`` names came from a command-line option: the message names
+    the option first (``--rate (TRADEBUS_SYNTHETIC_RATE)``), since the
+    operator set no variable.
     """
     try:
         return cls(**overrides)
@@ -123,6 +127,9 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             field = str(err["loc"][0]) if err["loc"] else "?"
             # A field read through an alias (DATABASE_URL) is located by the alias.
             var = _ALIASES.get(field.lower(), f"{prefix}{field}".upper())
+            option = (given_as or {}).get(field) if field in overrides else None
+            if option is not None:
+                var = f"{option} ({var})"
             lines.append(f"{var}: {err['msg'].removeprefix('Value error, ')}")
         # Not chained: pydantic's own message quotes the input, which may be a secret.
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

@@ -197,6 +197,8 @@ class Bus:
 
         refusals: list[str] = []
         connected = False
+        #: The bus, once made (the callbacks below are set before it exists).
+        made: list[Bus] = []
         loop = asyncio.get_running_loop()
         # A command's first connection: the first error that is an answer
         # (see _refusal) ends the wait at once; the last of any kind is named
@@ -219,6 +221,11 @@ class Bus:
             log.warning("nats error: %s", e)
 
         async def on_disconnect() -> None:
+            if made and made[0]._closed:
+                # Our own close(): no disconnection to warn of (tradebus up
+                # printed it bare between its lines, services at every stop).
+                log.debug("nats connection closed")
+                return
             log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
@@ -273,13 +280,15 @@ class Bus:
                 connecting.cancel()
         connected = True
         js = nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT, publish_async_max_pending=max_pending_acks)
-        return cls(
+        bus = cls(
             nc,
             js,
             user=user or urlsplit(url).username,
             url=masked_url(url),
             refusals=refusals,
         )
+        made.append(bus)
+        return bus
 
     async def __aenter__(self) -> Self:
         return self

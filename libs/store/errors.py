@@ -3,7 +3,9 @@
 StoreError
 ├── StoreUnavailable   Postgres cannot be reached or the connection broke
 ├── LockLost           this writer no longer holds the single-writer lock
-└── RowRefused         the store refuses one row for a value it holds
+├── RowRefused         the store refuses one row for a value it holds
+├── UnknownRevision    no migration has the revision asked for
+└── MigrationFailed    alembic cannot migrate this store (a revision it does not know)
 """
 
 from __future__ import annotations
@@ -31,3 +33,13 @@ class RowRefused(StoreError):
         super().__init__(f"the store refuses the row at seq {seq}: {error}")
         self.seq = seq
         self.error = error
+
+
+class UnknownRevision(StoreError):
+    """``tradebus db upgrade REVISION``: no migration has that revision."""
+
+
+class MigrationFailed(StoreError):
+    """Alembic refused to migrate the store: it is at a revision no migration
+    here has (a newer tradebus migrated it), or the target cannot be reached
+    from there."""

@@ -16,9 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from libs.store.connect import STORE_ERRORS
-from libs.store.errors import StoreUnavailable
+from libs.store.errors import MigrationFailed, StoreUnavailable, UnknownRevision
 from libs.store.urls import asyncpg_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,42 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
+def check_revision(url: str, revision: str) -> None:
+    """Raise :class:`UnknownRevision` unless a migration has ``revision``
+    (``head``, ``0003``, ...), before the store is touched: alembic finds out
+    only once connected, after the database was created, and raises its own
+    error. A relative one (``+1``) needs the store's revision: left to alembic."""
+    if "+" in revision or "-" in revision:
+        return
+    try:
+        ScriptDirectory.from_config(alembic_config(url)).get_revisions(revision)
+    except (CommandError, AssertionError) as e:  # AssertionError: an empty one
+        raise UnknownRevision(
+            f"no migration has revision {revision!r} (give head or one of "
+            f"{', '.join(sorted(p.name.split('_')[0] for p in VERSIONS.glob('0*.py')))})"
+        ) from e
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Create the database if needed and migrate it to ``revision``."""
+    check_revision(url, revision)
     asyncio.run(ensure_database(url))
-    command.upgrade(alembic_config(url), revision)
+    _migrate(url, revision)
+
+
+def _migrate(url: str, revision: str) -> None:
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as e:
+        # Its message says which revision it could not place; no traceback.
+        raise MigrationFailed(
+            f"alembic refused: {e} (a store migrated by a newer tradebus "
+            "names a revision this one does not have)"
+        ) from e
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:
     """:func:`upgrade` from async code (alembic's env runs its own loop)."""
+    check_revision(url, revision)
     await ensure_database(url)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    await asyncio.to_thread(_migrate, url, revision)

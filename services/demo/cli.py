@@ -35,8 +35,16 @@ def run(
         "demo_seed": seed,
         "demo_chain_every_s": chain_every,
     }
+    options = {
+        "demo_rate": "--rate",
+        "demo_symbols": "--symbols",
+        "demo_seed": "--seed",
+        "demo_chain_every_s": "--chain-every",
+    }
     try:
-        settings = load_settings(DemoSettings, **{k: v for k, v in given.items() if v is not None})
+        settings = load_settings(
+            DemoSettings, options, **{k: v for k, v in given.items() if v is not None}
+        )
     except ConfigError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e

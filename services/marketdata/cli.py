@@ -19,13 +19,27 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Market data: Polygon, synthetic or cached history onto the bus.")
 
 
+#: The option that gives each setting on the command line, which a bad
+#: value's error names.
+OPTIONS = {
+    "source": "--source",
+    "symbols": "--symbols",
+    "cache_from": "--from",
+    "cache_to": "--to",
+    "cache_speed": "--speed",
+    "cache_dir": "--cache-dir",
+    "synthetic_rate": "--rate",
+    "synthetic_seed": "--seed",
+}
+
+
 def _settings(**given: Any) -> MarketdataSettings:
     """Settings from the environment, the given (non-None) options overriding them."""
     from services.marketdata.config import MarketdataSettings
 
     try:
         return load_settings(
-            MarketdataSettings, **{k: v for k, v in given.items() if v is not None}
+            MarketdataSettings, OPTIONS, **{k: v for k, v in given.items() if v is not None}
         )
     except ConfigError as e:
         err.print(f"[red]error:[/red] {e}")

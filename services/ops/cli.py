@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from libs.cli import err, fail, reads_store, settings_or_exit
-from libs.config import ServiceSettings
+from libs.config import ServiceSettings, masked_url
 from libs.tables import out, table
 from services.ops.gist import gist
 
@@ -29,12 +29,17 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
 ) -> None:
     """Create the database if missing and migrate it (alembic)."""
-    from libs.store.errors import StoreUnavailable
+    from libs.store.errors import MigrationFailed, StoreUnavailable, UnknownRevision
     from libs.store.migrate import upgrade
 
     settings = settings_or_exit(ServiceSettings)
+    url = settings.database_url.get_secret_value()
     try:
-        upgrade(settings.database_url.get_secret_value(), revision)
+        upgrade(url, revision)
+    except UnknownRevision as e:
+        fail(f"REVISION: {e}", 2)
+    except MigrationFailed as e:
+        fail(f"cannot migrate the event store at {masked_url(url)}: {e}", 1)
     except StoreUnavailable as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from e

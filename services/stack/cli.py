@@ -155,12 +155,13 @@ def register(app: typer.Typer) -> None:
         from services.stack.up import UpOptions, run_up
         from services.stack.wiring import WiringError, parse_only
 
-        if parse_rate(md_rate) is None:
-            raise typer.BadParameter("give a rate, e.g. 5/s", param_hint="--md-rate")
+        if parse_rate(md_rate, "--md-rate") is None:
+            raise typer.BadParameter("give a rate, e.g. 5/s", param_hint="'--md-rate'")
         try:
             names = tuple(parse_only(only))
         except WiringError as e:
-            raise typer.BadParameter(str(e), param_hint="--only") from e
+            # The message names --only itself (up says it so when called directly).
+            raise typer.BadParameter(str(e).removeprefix("--only: "), param_hint="'--only'") from e
         options = UpOptions(
             home=home,
             only=names,

@@ -145,7 +145,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run_up(options: UpOptions, out: IO[str] | None = None) -> int:
     """Run the stack until stopped; returns the exit code (0 after a clean stop)."""
     home = options.home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission: the operator's to fix
+        why = f"--home {home}: cannot use it as the stack's home ({e.strerror or e})"
+        _refuse(Printer(out or sys.stdout, [LABEL]), UpError(why))
+        return 1
     try:
         names = wiring.parse_only(",".join(options.only) if options.only else None)
     except wiring.WiringError as e:
