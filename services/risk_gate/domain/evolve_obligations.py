@@ -253,11 +253,16 @@ def on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState:
     ]
     # A halt makes a reduce owed to the same scope moot: reacting to it after
     # the halt would lower the scope to reducing, which only a resume may do.
-    moot = [
-        o
-        for o in state.obligations
-        if p.state == "halted" and o.kind == "reduce" and o.scope == p.scope
-    ]
+    # Not one owed after a resume still owed: the live gate had halted, then
+    # resumed and reduced (a fold reaches the halt's reaction after them).
+    moot: list[Obligation] = []
+    for o in state.obligations if p.state == "halted" else ():
+        if o.scope != p.scope:
+            continue
+        if o.kind == "resume":
+            break
+        if o.kind == "reduce":
+            moot.append(o)
     state = replace(
         state,
         states=states,
