@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import uuid
 
-from libs.contract.events import TradingResumeRequested
+import pytest
+
+from libs.contract.envelope import Event
+from libs.contract.events import ReasonCode, TradingResumeRequested
+from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.react import react
 from tests.unit.test_risk_evolve import (
     T0,
+    D,
     S,
     apply,
     conn,
     fill,
+    intent,
     op,
     settle,
     start,
@@ -51,3 +57,66 @@ def test_a_reduce_owed_after_a_resume_survives_the_halt_a_fold_reaches_late() ->
         s, _ = settle(evolve(s, again), T0 + 4 * S)
         assert s.scope_state("acct").state == "active"
         assert react(evolve(s, later), T0 + 5 * S) == []
+
+
+@pytest.mark.parametrize(
+    ("after_the_trip", "sell_passes"),
+    [
+        pytest.param([], True, id="still held"),
+        pytest.param(
+            [fill(uuid.uuid4(), 100, 88, side="sell", strategy="sma", t=T0 + 2 * S)],
+            False,
+            id="flattened",
+        ),
+    ],
+)
+def test_an_account_resumed_past_its_daily_loss_limit_reduces_as_one_past_its_reduce_level(
+    after_the_trip: list[Event], sell_passes: bool
+) -> None:
+    """The breaker (1,000) tripped and halted the account; the operator
+    resumes it the same day with the loss still past the reduce-only level
+    (600), and past the limit too. The resume overrides the breaker, not the
+    reduce-only level: the account reduces, as one resumed with a loss past
+    the reduce-only level alone does. It went back to active with any order
+    passing, and only a loss easing back under the limit put it in reducing:
+    the larger loss was the freer one."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100, strategy="sma"))
+    state = evolve(state, trade("AAPL", 88, T0 + S))  # day P&L -1,200
+    state, out = settle(state, T0 + S)
+    assert out[0].type == "BreakerTripped"
+    state = apply(state, *after_the_trip)
+    assert state.day_pnl("acct") == D(-1200)
+    resume = op(TradingResumeRequested, "acct", T0 + 3 * S)
+    state, out = settle(evolve(state, resume), T0 + 3 * S)
+    assert [e.payload.state for e in out if e.type == "TradingStateChanged"] == [
+        "active",
+        "reducing",
+    ]
+    buy = intent(10, t=T0 + 4 * S)
+    assert decide(evolve(state, buy), buy, T0 + 4 * S).reason is ReasonCode.REDUCE_ONLY
+    sell = intent(10, "sell", t=T0 + 4 * S)
+    verdict = decide(evolve(state, sell), sell, T0 + 4 * S).reason
+    assert verdict is (ReasonCode.ACCEPTED if sell_passes else ReasonCode.REDUCE_ONLY)
+    # Resumed again, the operator's word holds for the rest of the day.
+    again = op(TradingResumeRequested, "acct", T0 + 5 * S)
+    state, out = settle(evolve(state, again), T0 + 5 * S)
+    assert [e.payload.state for e in out] == ["active"]
+    state = evolve(state, trade("AAPL", 87, T0 + 6 * S))
+    assert state.obligations == ()
+    assert decide(evolve(state, buy), buy, T0 + 6 * S).accepted
+
+
+def test_a_resume_landing_before_the_breaker_s_reaction_is_folded_as_the_gate_reacted() -> None:
+    """Live, the breaker trips and halts the account, then the operator's
+    resume puts it in reducing (the loss is past the limit). In the stream
+    the resume can land ahead of the breaker's reaction: the fold must reach
+    the same state, today's reduce recorded."""
+    state = evolve(start(), fill(uuid.uuid4(), 100, 100, strategy="sma"))
+    loss = trade("AAPL", 88, T0 + S)  # day P&L -1,200
+    resume = op(TradingResumeRequested, "acct", T0 + 2 * S)
+    live, tripped = settle(evolve(state, loss), T0 + S)
+    live, resumed = settle(evolve(live, resume), T0 + 2 * S)
+    assert live.scope_state("acct").state == "reducing"
+    folded = apply(state, loss, resume, *tripped, *resumed)
+    assert folded == live
+    assert react(folded, T0 + 3 * S) == []
