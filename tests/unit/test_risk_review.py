@@ -4,6 +4,7 @@ before its fix."""
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -11,6 +12,7 @@ from libs.contract.envelope import Event
 from libs.contract.events import ReasonCode, TradingResumeRequested
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
+from services.risk_gate.domain.limits import RateLimit
 from services.risk_gate.domain.react import react
 from tests.unit.test_risk_evolve import (
     T0,
@@ -120,3 +122,12 @@ def test_a_resume_landing_before_the_breaker_s_reaction_is_folded_as_the_gate_re
     folded = apply(state, loss, resume, *tripped, *resumed)
     assert folded == live
     assert react(folded, T0 + 3 * S) == []
+
+
+@pytest.mark.parametrize("per_seconds", [0.3, 2.01, 4.1, 8.2, 33.3, 1.15])
+def test_a_rate_window_is_as_long_as_written(per_seconds: float) -> None:
+    """``per_seconds`` is a float: 4.1 x 1e9 is 4,099,999,999.9999995, and
+    int() cut the window to 4,099,999,999 ns, so an order 4.099999999 s after
+    the last, still inside the window as written, was not counted."""
+    written = Decimal(repr(per_seconds)) * 1_000_000_000
+    assert RateLimit(max_orders=1, per_seconds=per_seconds).window_ns == written
