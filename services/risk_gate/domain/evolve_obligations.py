@@ -70,8 +70,18 @@ def check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskStat
             continue
         pending = {o.kind for o in state.obligations if o.scope == account}
         pnl = state.day_pnl(account)
-        if pnl <= -limits.daily_loss_limit:
-            if state.loss_tripped.get(account) == state.day or "daily_loss" in pending:
+        # Tripped today, or owed a trip for today (a fold can reach this
+        # before the reaction the live gate had already published).
+        tripped = state.loss_tripped.get(account) == state.day or any(
+            o.kind == "daily_loss" and o.scope == account and o.day == state.day
+            for o in state.obligations
+        )
+        # Once tripped, the loss is left to the reduce-only level below: a
+        # resume overrides the breaker for the day, not that level, which a
+        # loss past the limit is past too (else the account resumed past the
+        # limit was freer than one resumed past the level alone).
+        if pnl <= -limits.daily_loss_limit and not tripped:
+            if "daily_loss" in pending:
                 continue
             shown = reportable(pnl)
             state = _oblige(
@@ -253,11 +263,16 @@ def on_state_changed(state: RiskState, event: TradingStateChanged) -> RiskState:
     ]
     # A halt makes a reduce owed to the same scope moot: reacting to it after
     # the halt would lower the scope to reducing, which only a resume may do.
-    moot = [
-        o
-        for o in state.obligations
-        if p.state == "halted" and o.kind == "reduce" and o.scope == p.scope
-    ]
+    # Not one owed after a resume still owed: the live gate had halted, then
+    # resumed and reduced (a fold reaches the halt's reaction after them).
+    moot: list[Obligation] = []
+    for o in state.obligations if p.state == "halted" else ():
+        if o.scope != p.scope:
+            continue
+        if o.kind == "resume":
+            break
+        if o.kind == "reduce":
+            moot.append(o)
     state = replace(
         state,
         states=states,

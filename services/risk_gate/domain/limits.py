@@ -58,7 +58,8 @@ class RateLimit(_Config):
 
     @property
     def window_ns(self) -> int:
-        return int(self.per_seconds * 1_000_000_000)
+        # Rounded, not cut: 4.1 * 1e9 is 4099999999.9999995 in binary.
+        return round(self.per_seconds * 1_000_000_000)
 
 
 class SymbolLimit(_Config):
