@@ -28,8 +28,8 @@ from libs.bus.client import Bus
 from libs.contract.envelope import Event
 from libs.contract.subjects import RECORDER_CONSUMER, STREAM, subject_for
 from libs.local.servers import PostgresServer
+from libs.store.layout import COPY_COLUMNS
 from libs.store.migrate import upgrade_async
-from libs.store.schema import COPY_COLUMNS
 from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 

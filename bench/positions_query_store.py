@@ -28,7 +28,7 @@ from libs.contract.events import (
     TradePayload,
     TradePrinted,
 )
-from libs.store.schema import COPY_COLUMNS
+from libs.store.layout import COPY_COLUMNS
 from libs.strategy.testing import At, ny_ns
 
 EQUITIES = (

@@ -76,7 +76,7 @@ from harness import (  # bench/harness.py
 from libs.contract.codec import DEFAULT_MAX_BYTES, encode
 from libs.contract.subjects import subject_for
 from libs.local.servers import NatsServer, PostgresServer
-from libs.store.schema import COPY_COLUMNS
+from libs.store.layout import COPY_COLUMNS
 from libs.testing.producer import make_trades
 from services.recorder.domain.rows import StreamMessage, to_row
 

@@ -31,8 +31,8 @@ from nats.js import api as js_api
 
 from libs.bus.client import Bus
 from libs.bus.errors import StreamMismatch
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 from libs.store.queries import Tail
-from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
 
 #: How often a service that found the stream reset checks it again.
 STREAM_RESET_RECHECK_S = 10.0

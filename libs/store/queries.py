@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
 from libs.contract.subjects import check_pattern
-from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
 log = logging.getLogger(__name__)
 

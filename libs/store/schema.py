@@ -19,16 +19,17 @@ from sqlalchemy import BigInteger, DateTime, Index, LargeBinary, MetaData, Text,
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from libs.store.layout import COPY_COLUMNS, DUPLICATE, MISSING, UNDECODABLE
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "pk": "pk_%(table_name)s",
 }
 
-#: Row types the recorder writes itself, for positions that hold no event.
-UNDECODABLE = "Undecodable"
-DUPLICATE = "DuplicateSuppressed"
-MISSING = "MessageMissing"
+# Row types the recorder writes itself, and its COPY's columns: in layout.py,
+# which the services import without SQLAlchemy.
+__all__ = ["COPY_COLUMNS", "DUPLICATE", "MISSING", "UNDECODABLE", "Base"]
 
 
 class Base(DeclarativeBase):
@@ -114,22 +115,3 @@ class StrategyCheckpointRow(Base):
     written_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
-
-
-#: Column order used by the recorder's COPY (everything but recorded_at).
-COPY_COLUMNS = (
-    "seq",
-    "id",
-    "subject",
-    "type",
-    "ts_event",
-    "ts_init",
-    "source",
-    "correlation_id",
-    "causation_id",
-    "strategy",
-    "account",
-    "symbol",
-    "payload",
-    "raw",
-)

@@ -27,8 +27,8 @@ import orjson
 from libs.contract.codec import derived_id
 from libs.store import queries
 from libs.store.errors import LockLost, RowRefused, StoreError, StoreUnavailable
+from libs.store.layout import COPY_COLUMNS, DUPLICATE
 from libs.store.queries import Tail
-from libs.store.schema import COPY_COLUMNS, DUPLICATE
 from libs.store.urls import asyncpg_url
 
 log = logging.getLogger(__name__)

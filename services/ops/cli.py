@@ -247,7 +247,7 @@ def known_types() -> list[str]:
     """Every type a row of the store can have: the contract's events and the
     rows the recorder writes itself (undecodable, duplicate, missing)."""
     from libs.contract.events import EVENT_TYPES
-    from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
+    from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
     return sorted([*EVENT_TYPES, DUPLICATE, MISSING, UNDECODABLE])
 

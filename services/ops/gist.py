@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
+
 Payload = dict[str, Any]
 
 
@@ -163,12 +165,10 @@ GISTS: dict[str, Callable[[Payload], str]] = {
     "BrokerPositionsChecked": _positions,
     "StrategyFaulted": _fault,
     "MarkUpdated": _mark,
-    # The rows the recorder writes itself for positions that hold no event
-    # (libs.store.schema's names, spelled out: importing it loads SQLAlchemy
-    # into every tradebus command).
-    "DuplicateSuppressed": _duplicate,
-    "Undecodable": lambda p: f"{p.get('reason', '?')}: {p.get('error', '')}",
-    "MessageMissing": lambda p: p.get("reason", ""),
+    # The rows the recorder writes itself for positions that hold no event.
+    DUPLICATE: _duplicate,
+    UNDECODABLE: lambda p: f"{p.get('reason', '?')}: {p.get('error', '')}",
+    MISSING: lambda p: p.get("reason", ""),
 }
 
 

@@ -22,7 +22,7 @@ from libs.contract.codec import DEFAULT_MAX_BYTES, encode
 from libs.contract.envelope import Event
 from libs.contract.subjects import STREAM
 from libs.local.servers import NatsServer
-from libs.store.schema import COPY_COLUMNS
+from libs.store.layout import COPY_COLUMNS
 from libs.store.urls import asyncpg_url
 from libs.store.writer import EventWriter
 from libs.testing.wait import eventually

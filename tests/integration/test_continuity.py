@@ -11,8 +11,8 @@ from libs.bus.client import Bus
 from libs.bus.errors import StreamMismatch
 from libs.continuity import refuse_a_reset_stream
 from libs.contract.subjects import STREAM, subject_for
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 from libs.store.queries import Tail
-from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
 from libs.testing.producer import make_trades
 
 

@@ -218,7 +218,7 @@ def test_a_flatten_s_closing_orders_read_as_each_order_and_what_still_works() ->
 
 def test_every_gist_names_a_type_of_the_contract_or_a_recorder_row() -> None:
     from libs.contract.events import EVENT_TYPES
-    from libs.store.schema import DUPLICATE, MISSING, UNDECODABLE
+    from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
     assert set(GISTS) <= {*EVENT_TYPES, DUPLICATE, UNDECODABLE, MISSING}
     assert {DUPLICATE, UNDECODABLE, MISSING} <= set(GISTS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from libs.contract.codec import DecodeError, decode, derived_id
-from libs.store.schema import MISSING, UNDECODABLE
+from libs.store.layout import MISSING, UNDECODABLE
 from libs.store.writer import Row
 
 RECORDER_SOURCE = "event-recorder"
