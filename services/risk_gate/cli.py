@@ -266,21 +266,32 @@ def kill_switch_off(reason: ReasonOption, operator: OperatorOption = None) -> No
     print("trading stays halted until: tradebus risk resume global --reason ...")
 
 
-@risk_app.command("resume")
-def resume(
-    scope: Annotated[str, typer.Argument(help="An account name, or 'global'")],
-    reason: ReasonOption,
-    operator: OperatorOption = None,
-) -> None:
-    """Ask the risk-gate to return a halted or reducing account (or everything) to active."""
-    from libs.contract.events import ResumePayload, TradingResumeRequested
+def _scope_token(scope: str) -> str:
+    """A scope is a subject token; a bad one is a usage error naming ACCOUNT
+    (click's "Invalid value for 'ACCOUNT'"), as the options' errors name them."""
     from libs.contract.subjects import SubjectError, token
 
     try:
         token(scope)
     except SubjectError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise typer.BadParameter(str(e)) from e
+    return scope
+
+
+@risk_app.command("resume")
+def resume(
+    scope: Annotated[
+        str,
+        typer.Argument(
+            help="An account name, or 'global'", metavar="ACCOUNT", callback=_scope_token
+        ),
+    ],
+    reason: ReasonOption,
+    operator: OperatorOption = None,
+) -> None:
+    """Ask the risk-gate to return a halted or reducing account (or everything) to active."""
+    from libs.contract.events import ResumePayload, TradingResumeRequested
+
     who = _operator(operator)
     event = TradingResumeRequested.create(
         ResumePayload(operator=who, reason=reason, scope=scope),
