@@ -183,8 +183,9 @@ def _publish(event: Event) -> None:
     """Publish ``event`` and wait for JetStream to store it, or exit 1 saying
     why, naming the server."""
     from libs.bus.client import Bus
-    from libs.bus.errors import BusError, BusUnavailable
+    from libs.bus.errors import BusError, BusUnavailable, NoStream
     from libs.config import masked_url
+    from libs.contract.subjects import subject_for
 
     settings = settings_or_exit(ServiceSettings)
     shown = masked_url(settings.nats_url)
@@ -200,7 +201,8 @@ def _publish(event: Event) -> None:
             first_connect_deadline_s=settings.command_connect_timeout_s,
         )
         async with bus:
-            await bus.publish(event, deadline_s=PUBLISH_TIMEOUT_S)
+            # No stream there is the server's answer, not its silence: say so.
+            await bus.publish(event, deadline_s=PUBLISH_TIMEOUT_S, wait_for_stream=False)
             stored.append(event)
 
     # Each phase has its deadline; this bounds what is left (the close's drain).
@@ -213,6 +215,12 @@ def _publish(event: Event) -> None:
 
     try:
         asyncio.run(bounded())
+    except NoStream:
+        fail(
+            f"{event.type} NOT published: no JetStream stream at NATS {shown} stores "
+            f"{subject_for(event)} (is NATS_URL the one `tradebus up` printed?)",
+            1,
+        )
     except BusUnavailable as e:
         hint = (
             " (is NATS_URL the one `tradebus up` printed?)"
