@@ -1,15 +1,19 @@
-"""Operator commands against a NATS that has no TRADEBUS stream."""
+"""Operator commands against a NATS without the stream; ``tradebus up`` on SIGHUP."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from libs.bus.client import Bus
+from libs.testing.wait import eventually
 from services import cli as root
+from tests.integration.test_stack_up import alive, kill_leftovers, start_up
 
 runner = CliRunner()
 
@@ -52,3 +56,26 @@ def test_an_operator_command_to_a_nats_without_the_stream_fails_at_once_saying_s
     assert f"stores {subject}" in error, error
     assert "is NATS_URL the one `tradebus up` printed?" in error, error
     assert took < 3, took
+
+
+async def test_up_stops_in_order_on_sighup(tmp_path: Path) -> None:
+    """Closing the terminal sends ``up`` SIGHUP. It died of it at once, and
+    its services were SIGTERMed (their parent gone) while the keeper, its
+    stdin closed, stopped PostgreSQL under them. Now SIGHUP is a SIGTERM:
+    services first, then the servers, exit 0."""
+    up = await start_up(tmp_path, tmp_path / "home", "sighup", "--only", "recorder")
+    try:
+        await eventually(lambda: "tradebus is up" in up.output(), timeout=180, message=up.tail)
+        state = up.state()
+        assert state is not None
+        up.proc.send_signal(signal.SIGHUP)
+        code = await asyncio.wait_for(up.proc.wait(), timeout=120)
+    finally:
+        await kill_leftovers(up)
+    text = up.output()
+    assert code == 0, text[-4000:]  # -1: killed by SIGHUP
+    assert "recorder stopped (exit code 0)" in text, text[-4000:]
+    ups = [line.split("| ", 1)[-1] for line in text.splitlines() if line.startswith("up ")]
+    assert ups[-2:] == ["stopping the servers", "stopped"], text[-4000:]
+    for pid in state["servers"].values():
+        assert not alive(pid), f"a server (pid {pid}) outlived up"
