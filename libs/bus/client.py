@@ -35,6 +35,7 @@ from libs import trace
 from libs.bus.errors import (
     RETRYABLE_PUBLISH_ERRORS,
     BusUnavailable,
+    NoStream,
     PublishFailed,
     StreamMismatch,
 )
@@ -434,14 +435,21 @@ class Bus:
         *,
         subject: str | None = None,
         deadline_s: float = PUBLISH_DEADLINE,
+        wait_for_stream: bool = True,
     ) -> js_api.PubAck:
         """Publish one event and wait for the stream to store it."""
-        return await self.publish_raw(Outgoing.of(event, subject), deadline_s=deadline_s)
+        return await self.publish_raw(
+            Outgoing.of(event, subject), deadline_s=deadline_s, wait_for_stream=wait_for_stream
+        )
 
     async def publish_raw(
-        self, out: Outgoing, *, deadline_s: float = PUBLISH_DEADLINE
+        self, out: Outgoing, *, deadline_s: float = PUBLISH_DEADLINE, wait_for_stream: bool = True
     ) -> js_api.PubAck:
-        """Publish bytes with a dedup id, retrying until ``deadline_s``."""
+        """Publish bytes with a dedup id, retrying until ``deadline_s``.
+
+        A service waits for the stream (another may be creating it); a
+        one-shot command passes ``wait_for_stream=False`` to be told at once,
+        by :class:`NoStream`, that no stream captures the subject."""
         end = time.monotonic() + deadline_s
         attempt = 0
         while True:
@@ -450,6 +458,8 @@ class Bus:
                     out.subject, out.data, headers={MSG_ID_HEADER: out.msg_id}
                 )
             except RETRYABLE_PUBLISH_ERRORS as e:
+                if not wait_for_stream and isinstance(e, nats.js.errors.NoStreamResponseError):
+                    raise NoStream(f"no stream captures {out.subject}") from e
                 if time.monotonic() >= end:
                     raise PublishFailed(f"{out.subject}: no ack within {deadline_s}s: {e!r}") from e
                 await asyncio.sleep(_backoff(attempt))

@@ -3,6 +3,7 @@
 BusError
 ├── BusUnavailable      could not connect / the connection is closed
 ├── PublishFailed       no publish ack before the deadline (retries spent)
+│   └── NoStream        no stream captures the subject (asked not to wait for one)
 ├── StreamMismatch      the stream exists with a config we cannot accept
 └── DeliveryGap         a consumer without acks lost a message on the way
 """
@@ -25,6 +26,11 @@ class BusUnavailable(BusError):
 
 class PublishFailed(BusError):
     """A publish was not acknowledged by JetStream before its deadline."""
+
+
+class NoStream(PublishFailed):
+    """The server answered that no stream captures the subject (no
+    responders), and the publisher asked not to wait for one to appear."""
 
 
 class StreamMismatch(BusError):

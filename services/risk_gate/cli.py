@@ -183,8 +183,9 @@ def _publish(event: Event) -> None:
     """Publish ``event`` and wait for JetStream to store it, or exit 1 saying
     why, naming the server."""
     from libs.bus.client import Bus
-    from libs.bus.errors import BusError, BusUnavailable
+    from libs.bus.errors import BusError, BusUnavailable, NoStream
     from libs.config import masked_url
+    from libs.contract.subjects import subject_for
 
     settings = settings_or_exit(ServiceSettings)
     shown = masked_url(settings.nats_url)
@@ -200,7 +201,8 @@ def _publish(event: Event) -> None:
             first_connect_deadline_s=settings.command_connect_timeout_s,
         )
         async with bus:
-            await bus.publish(event, deadline_s=PUBLISH_TIMEOUT_S)
+            # No stream there is the server's answer, not its silence: say so.
+            await bus.publish(event, deadline_s=PUBLISH_TIMEOUT_S, wait_for_stream=False)
             stored.append(event)
 
     # Each phase has its deadline; this bounds what is left (the close's drain).
@@ -213,6 +215,12 @@ def _publish(event: Event) -> None:
 
     try:
         asyncio.run(bounded())
+    except NoStream:
+        fail(
+            f"{event.type} NOT published: no JetStream stream at NATS {shown} stores "
+            f"{subject_for(event)} (is NATS_URL the one `tradebus up` printed?)",
+            1,
+        )
     except BusUnavailable as e:
         hint = (
             " (is NATS_URL the one `tradebus up` printed?)"
@@ -266,21 +274,32 @@ def kill_switch_off(reason: ReasonOption, operator: OperatorOption = None) -> No
     print("trading stays halted until: tradebus risk resume global --reason ...")
 
 
-@risk_app.command("resume")
-def resume(
-    scope: Annotated[str, typer.Argument(help="An account name, or 'global'")],
-    reason: ReasonOption,
-    operator: OperatorOption = None,
-) -> None:
-    """Ask the risk-gate to return a halted or reducing account (or everything) to active."""
-    from libs.contract.events import ResumePayload, TradingResumeRequested
+def _scope_token(scope: str) -> str:
+    """A scope is a subject token; a bad one is a usage error naming ACCOUNT
+    (click's "Invalid value for 'ACCOUNT'"), as the options' errors name them."""
     from libs.contract.subjects import SubjectError, token
 
     try:
         token(scope)
     except SubjectError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise typer.BadParameter(str(e)) from e
+    return scope
+
+
+@risk_app.command("resume")
+def resume(
+    scope: Annotated[
+        str,
+        typer.Argument(
+            help="An account name, or 'global'", metavar="ACCOUNT", callback=_scope_token
+        ),
+    ],
+    reason: ReasonOption,
+    operator: OperatorOption = None,
+) -> None:
+    """Ask the risk-gate to return a halted or reducing account (or everything) to active."""
+    from libs.contract.events import ResumePayload, TradingResumeRequested
+
     who = _operator(operator)
     event = TradingResumeRequested.create(
         ResumePayload(operator=who, reason=reason, scope=scope),

@@ -47,7 +47,7 @@ SERVERS_LOCK = "servers.lock"
 WATCH_INTERVAL = 1.0
 RESTART_BACKOFF_CAP = 30.0
 #: Held (blocked) by up while it starts this process, which inherits the mask.
-HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class Keeper:
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         keeper.stop_requested.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for held in HELD_SIGNALS:
+        signal.signal(held, on_signal)
     # Started with them held (LocalServers.start): let through now that they
     # stop us, before any server starts and inherits the mask. One held
     # since (up stopping at once) is taken here.

@@ -155,7 +155,7 @@ async def supervise(
     the supervisor or what runs beside it failed)."""
     supervisor = Supervisor(specs, printer, stop_timeout=stop_timeout, label=LABEL)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: the terminal closed
         loop.add_signal_handler(sig, supervisor.request_stop)
     running = asyncio.create_task(supervisor.run())
     # Beside the supervisor, each stopping it if it fails: an error leaving

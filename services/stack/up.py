@@ -6,7 +6,7 @@
    config file a service will be given (:mod:`services.stack.configs`);
    refuse to start, naming the file and the key, if one is invalid
    (:mod:`services.stack.preflight`).
-   SIGINT/SIGTERM meanwhile: one line, exit 128 + the signal (130 for Ctrl-C).
+   SIGINT/SIGTERM/SIGHUP meanwhile: one line, exit 128 + the signal (130 for Ctrl-C).
 1. Unless ``NATS_URL`` / ``DATABASE_URL`` are set, start nats-server and
    PostgreSQL from the wheels, with their data under ``--home`` (default
    ``./.tradebus``, reused across runs) on ports of their own (14222 and
@@ -16,18 +16,18 @@
    (mode 0600) and handed to the server through its environment.
 2. Migrate the event store and declare the stream (as the NATS admin user);
    steps 1 and 2 are :mod:`services.stack.servers`.
-   SIGINT/SIGTERM during steps 1 and 2: what started is stopped, and ``up``
+   SIGINT/SIGTERM/SIGHUP during steps 1 and 2: what started is stopped, and ``up``
    exits 128 + the signal, as in step 0.
 3. Run each service of the order path as its own OS process with its own
    NATS user (:mod:`services.stack.wiring`) under
    :class:`~services.stack.supervisor.Supervisor`, print where to look, and
-   run until SIGINT/SIGTERM: services stop first, then the servers. A
+   run until SIGINT/SIGTERM/SIGHUP (the terminal closed): services stop first, then the servers. A
    service exiting with code 2 (it refused its configuration) stops the
    whole stack the same way, and ``up`` exits 1 (:mod:`services.stack.running`);
    so does the keeper's death, or an error in what runs beside the
    supervisor (the /health wait, the banner), its traceback printed.
 
-This module runs the steps in order, owns SIGINT/SIGTERM until the
+This module runs the steps in order, owns SIGINT/SIGTERM/SIGHUP until the
 supervisor's loop takes them, and stops what started.
 """
 
@@ -125,7 +125,10 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: SIGHUP (the terminal closed) stops up as SIGTERM does: killed by it, up
+#: left its services to a SIGTERM as their parent died while the keeper,
+#: its stdin closed, stopped PostgreSQL under them.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
