@@ -32,6 +32,10 @@ from libs.bus.errors import PublishFailed
 from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, PositionDifference, SubmitOrder
 from services.broker_gateway import metrics
+
+# A command whose dead letter the stream did not take is handed back for
+# as long as an undecodable one (then dead-lettered, not carried out).
+from services.broker_gateway.adapters.commands import DEAD_LETTER_RETRY_S
 from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.errors import AnswerUnread, BrokerError, BrokerUnavailable, RateLimited
@@ -49,10 +53,6 @@ T = TypeVar("T")
 #: deliveries handed back for lack of room and the copies after a reconnect.
 MAX_FAILURES = 5
 NAK_DELAY_S = 2.0
-#: How long a command whose dead letter the stream did not take is handed
-#: back for, to be dead-lettered (not carried out) when it comes again: each
-#: try holds the account's commands for up to the dead-letter deadline.
-DEAD_LETTER_RETRY_S = 30.0
 #: Commands one account's worker holds (under way and queued); more are
 #: handed back to NATS until there is room, so that one account's backlog
 #: (its broker away) never stops the shared consumer serving the others.

@@ -70,7 +70,7 @@ def command_dead_letter(
     sequence, counted as ``reason="command_failed"``."""
 
     async def dead(msg: Msg, error: str) -> None:
-        seq = msg.metadata.sequence.stream if msg.reply else None
+        seq = stream_seq(msg) or None
         await bus.publish(
             dead_letter(
                 service=service,
