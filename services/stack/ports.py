@@ -48,6 +48,10 @@ class Ports:
         self._asked: dict[int, str] = {}
         #: Each port handed out, and what for.
         self._chosen: dict[int, str] = {}
+        #: The paper broker's and each service's /metrics port, once chosen:
+        #: asked again, the same port (see :meth:`choose_ahead`).
+        self._paper: int | None = None
+        self._metrics: dict[int, int] = {}
         for option, ports in _asked(options, len(names), environ):
             if ports.start < 0 or ports.stop - 1 > HIGHEST_PORT:
                 raise UpError(
@@ -73,16 +77,31 @@ class Ports:
         return self._choose(self._options.postgres_port, PREFERRED_POSTGRES_PORT, "PostgreSQL")
 
     def paper(self) -> int:
-        return self._choose(self._options.paper_port, PREFERRED_PAPER_PORT, "paper broker")
+        if self._paper is None:
+            self._paper = self._choose(
+                self._options.paper_port, PREFERRED_PAPER_PORT, "paper broker"
+            )
+        return self._paper
 
     def metrics(self, index: int, name: str) -> int:
         """The /metrics port of the ``index``-th service: ``--metrics-port`` N
         gives the first N, the next N + 1, and so on."""
-        first = self._options.metrics_port
-        requested = first + index if first else first
-        return self._choose(
-            requested, PREFERRED_METRICS_PORT + index, f"{name} metrics", self._metrics_host
-        )
+        if index not in self._metrics:
+            first = self._options.metrics_port
+            requested = first + index if first else first
+            self._metrics[index] = self._choose(
+                requested, PREFERRED_METRICS_PORT + index, f"{name} metrics", self._metrics_host
+            )
+        return self._metrics[index]
+
+    def choose_ahead(self, names: Sequence[str]) -> None:
+        """Choose the paper broker's port and the /metrics ports of ``names``
+        (in start order) now, before any server starts: one an option asks
+        for that is in use is refused while nothing runs, not once nats-server
+        and PostgreSQL are up and the store migrated."""
+        self.paper()
+        for index, name in enumerate(names):
+            self.metrics(index, name)
 
     def _choose(
         self, requested: int | None, preferred: int | None, what: str, host: str = "127.0.0.1"

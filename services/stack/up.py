@@ -234,6 +234,7 @@ def _run_locked(
                 try:
                     # The home's paper keys whatever the NATS server; its NATS
                     # passwords only for ours.
+                    ports.choose_ahead([n for n in wiring.SERVICES if n in names])
                     stored = creds.load_or_create(home, wiring.NATS_USERS)
                     credentials = None if os.environ.get("NATS_URL") else stored
                     servers, nats_url, database_url = start_servers(
