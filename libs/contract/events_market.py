@@ -178,6 +178,15 @@ class FeedStatusPayload(Frozen):
     #: open; a restart reads the newest back and fills them. None: the status
     #: says nothing about gaps (other statuses, and events from before it).
     open_gaps: dict[Literal["1s", "1m"], dict[Symbol, Nanos]] | None = None
+    #: Why they are open: of ``open_gaps``, those kept open for bars REST had
+    #: not built yet when last asked, per bar interval: symbol -> window
+    #: start (ns) of the first such bar (one still missing once it closed
+    #: the lag ago is given up on, and said so). Stated with ``open_gaps``
+    #: (``{}``: none of them). A gap open but not here is open for another
+    #: reason (an outage not filled yet, REST failing): bars REST lacks once
+    #: it answers are windows without trades. None: not stated (events from
+    #: before it); a restart then takes every gap as waited for.
+    gaps_awaiting_rest: dict[Literal["1s", "1m"], dict[Symbol, Nanos]] | None = None
 
 
 class FeedStatusChanged(Event):

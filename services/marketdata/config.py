@@ -79,7 +79,8 @@ class MarketdataSettings(ServiceSettings):
     polygon_gapfill_max_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
     #: A bar is gap-filled from REST only once its window closed this long ago:
     #: REST may not yet hold a just-closed window's late trades, and its live
-    #: bar may still be on the way (the two share an event id).
+    #: bar may still be on the way (the two share an event id). The 60 s is a
+    #: judgement: PROTOCOLS.md gives no figure (polygon/README.md, Limits).
     polygon_gapfill_settle_s: float = Field(default=60.0, ge=0, le=3600)
     #: REST's aggregates can lag the live feed: a bar REST does not return,
     #: nor a later one of that symbol, is asked again (every

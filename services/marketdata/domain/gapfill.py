@@ -41,7 +41,9 @@ says to fetch again ``recheck_ns`` later (or when that bar's ``lag_ns`` is
 up), and a bar still missing then is given up on
 (:attr:`Filled.given_up_from_ns`): about ``lag_ns / recheck_ns`` more
 fetches of a symbol whose REST lags, at most. A gap the last run left open
-(:meth:`GapFiller.reopen`) counts as waited for from its start.
+(:meth:`GapFiller.reopen`) is waited for from where that run was waiting
+(:meth:`GapFiller.awaiting_rest`, stated in its statuses), not at all if
+it was open for another reason, and from its start if that run did not say.
 
 A second outage before the first one's gap-fill succeeded keeps the earlier
 start, so nothing is skipped; a gap whose fetch failed stays open and is
@@ -53,13 +55,25 @@ time order, marked ``backfilled``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 MINUTE_NS = 60 * 1_000_000_000
 
 T = TypeVar("T")
+
+
+class Unstated(enum.Enum):
+    """The type of :data:`UNSTATED`."""
+
+    UNSTATED = "unstated"
+
+
+#: :meth:`GapFiller.reopen`'s ``waiting_from_ns`` when the last run did not
+#: say why the gap was open (its statuses predate saying so).
+UNSTATED: Final = Unstated.UNSTATED
 
 
 def floor_to(ts_ns: int, step_ns: int) -> int:
@@ -189,7 +203,14 @@ class GapFiller:
             self._gap_from[symbol] = last_start_ns + self.interval_ns
             self._generation += 1
 
-    def reopen(self, symbol: str, gap_start_ns: int, published: Iterable[int] = ()) -> None:
+    def reopen(
+        self,
+        symbol: str,
+        gap_start_ns: int,
+        published: Iterable[int] = (),
+        *,
+        waiting_from_ns: int | Unstated | None = UNSTATED,
+    ) -> None:
         """Open again a gap a previous run left open (its statuses said so).
 
         ``published``: the window starts of ``symbol``'s bars already published
@@ -197,11 +218,14 @@ class GapFiller:
         did fill), so that the fill publishes none of them again. The earlier
         start wins against a gap already open (:meth:`seed`'s).
 
-        The gap counts as waited for from ``gap_start_ns`` (its statuses do
-        not say why that run left it open; it may have been waiting for REST
-        to build a bar): a bar of it REST still lacks once it closed
-        ``lag_ns`` ago is given up on and said so (:attr:`Filled.given_up_from_ns`),
-        not taken as no trades silently.
+        ``waiting_from_ns``: where that run was waiting for REST to build the
+        gap's bars (:meth:`awaiting_rest`), None if it was not (the gap was
+        open for another reason). A bar REST still lacks from there on once
+        it closed ``lag_ns`` ago is given up on and said so
+        (:attr:`Filled.given_up_from_ns`), not taken as no trades silently;
+        before there, or with None, a bar REST lacks is a window without
+        trades, as it would have been in that run. :data:`UNSTATED` (that
+        run's statuses did not say): waited for from ``gap_start_ns``.
         """
         if symbol not in self._published:
             return  # no longer configured
@@ -210,10 +234,13 @@ class GapFiller:
         current = self._gap_from.get(symbol)
         self._gap_from[symbol] = gap_start_ns if current is None else min(current, gap_start_ns)
         self._generation += 1
+        waited = gap_start_ns if waiting_from_ns is UNSTATED else waiting_from_ns
+        if waited is None:
+            return
         waiting = self._waiting.get(symbol)
-        if waiting is None or gap_start_ns < waiting.from_ns:
+        if waiting is None or waited < waiting.from_ns:
             # No recheck time: the first pass is due at the reconnect anyway.
-            self._waiting[symbol] = _Waiting(gap_start_ns, None)
+            self._waiting[symbol] = _Waiting(waited, None)
 
     # ---------------------------------------------------------------- outages
 
@@ -248,6 +275,16 @@ class GapFiller:
     def open_gaps(self) -> dict[str, int]:
         """Symbol -> start of its open gap."""
         return dict(self._gap_from)
+
+    def awaiting_rest(self) -> dict[str, int]:
+        """Of the open gaps, those kept open for bars REST had not built yet:
+        symbol -> window start of the first such bar (see :class:`Filled`).
+
+        Why a gap is open, for a restart (:meth:`reopen`): one not here is
+        open for another reason, and a bar REST lacks once it answers is a
+        window without trades, not one given up on.
+        """
+        return {s: w.from_ns for s, w in self._waiting.items() if s in self._gap_from}
 
     def windows(self, reconnect_ns: int, now_ns: int | None = None) -> list[GapWindow]:
         """What to fetch now that the feed is back (one window per symbol with a gap).

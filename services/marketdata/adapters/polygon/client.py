@@ -90,6 +90,7 @@ from services.marketdata.adapters.polygon.rest import PolygonRest
 from services.marketdata.adapters.polygon.resume import resume_point
 from services.marketdata.adapters.polygon.session import Backoff, Supervisor
 from services.marketdata.config import MarketdataSettings
+from services.marketdata.domain.gapfill import UNSTATED
 from services.marketdata.domain.staleness import MarketHours, StaleMonitor
 from services.marketdata.feed import EventSink
 
@@ -255,7 +256,16 @@ class PolygonSource:
                     filler.seed(symbol, start_ns)
                 # A gap the last run left open starts before its newest bar.
                 for symbol, start_ns in point.gaps.items():
-                    filler.reopen(symbol, start_ns, point.published.get(symbol, ()))
+                    filler.reopen(
+                        symbol,
+                        start_ns,
+                        point.published.get(symbol, ()),
+                        waiting_from_ns=(
+                            UNSTATED
+                            if point.awaiting_rest is None
+                            else point.awaiting_rest.get(symbol)
+                        ),
+                    )
                 if point.newest:
                     log.info(
                         "polygon %s: resuming after the last %s bar of %d symbol(s) on the stream",

@@ -22,7 +22,8 @@ from services.marketdata.feed import EventSink
 log = logging.getLogger(__name__)
 
 #: The statuses of a connection after which its open gaps may have changed:
-#: they state them (``open_gaps``), for a restart to read back.
+#: they state them (``open_gaps``) and why (``gaps_awaiting_rest``), for a
+#: restart to read back.
 GAP_STATUSES = ("disconnected", "reconnecting", "gap_filled")
 
 
@@ -75,13 +76,16 @@ class Outbox:
     ) -> FeedStatusChanged:
         """A ``FeedStatusChanged`` of ``link`` (or of the feed), its open gaps stated."""
         text = f"{link.market}: {message}" if link is not None else message
-        gaps = None
+        gaps = awaiting = None
         if link is not None:
             link.last_status = status
             if status in GAP_STATUSES and link.fillers:
                 # What a restart reads back (resume.py): a gap still open
                 # when we stop is filled by the next run.
                 gaps = {interval: f.open_gaps() for interval, f in link.fillers.items()}
+                # And why: a gap waiting for REST to build its bars gives
+                # them up, and says so, where any other takes them as no trades.
+                awaiting = {interval: f.awaiting_rest() for interval, f in link.fillers.items()}
         log.info("polygon %s: %s", status, text)
         payload = FeedStatusPayload.model_validate(
             {
@@ -91,6 +95,7 @@ class Outbox:
                 "gap_filled_bars": bars,
                 "market": link.market if link is not None else None,
                 "open_gaps": gaps,
+                "gaps_awaiting_rest": awaiting,
             }
         )
         return FeedStatusChanged.create(

@@ -28,7 +28,11 @@ statuses that change a connection's open gaps state them (``open_gaps`` of
 ``FeedStatusChanged``), and :func:`resume_point` reads the newest one per
 connection and interval back (those of the last ``polygon_gapfill_max_s``)
 with, per symbol with a gap, the bars on the stream since the gap's start,
-so that the gap is filled and none of those is published again.
+so that the gap is filled and none of those is published again. The same
+status says which of those gaps were open waiting for REST to build their
+bars (``gaps_awaiting_rest``), and from where: only those are waited for
+again, and given up on (and said so) if REST still lacks the bars; a gap
+open for another reason, whose end had no trades, is not reported given up.
 
 Best effort: when the stream cannot be read (NATS down, or a NATS user
 without permission for ``$JS.API.STREAM.MSG.GET.TRADEBUS``) the feed starts
@@ -88,6 +92,9 @@ class ResumePoint:
     #: Symbol (with a gap) -> window starts of its bars on the stream since
     #: that gap's start (or ``polygon_gapfill_max_s`` ago, if later).
     published: dict[str, set[int]] = field(default_factory=dict)
+    #: Of ``gaps``, symbol -> where the last run was waiting for REST to
+    #: build its bars; None: that status did not say (it predates saying so).
+    awaiting_rest: dict[str, int] | None = None
 
 
 async def _connect(settings: MarketdataSettings) -> Bus | None:
@@ -142,7 +149,9 @@ async def resume_point(
     horizon = now_ns - int(settings.polygon_gapfill_max_s * 1e9)
     try:
         point.newest = await _newest_bars(bus, wanted, interval)
-        gaps = await _open_gaps(bus, market, interval, horizon)
+        gaps, awaiting = await _open_gaps(bus, market, interval, horizon)
+        if awaiting is not None:
+            point.awaiting_rest = {s: w for s, w in awaiting.items() if s in gaps}
         for symbol in wanted:
             start = gaps.get(symbol)
             if start is None:
@@ -198,12 +207,16 @@ def _windows(into: set[int], interval: str) -> Callable[[bytes], None]:
     return take
 
 
-async def _open_gaps(bus: Bus, market: str, interval: str, since_ns: int) -> dict[str, int]:
-    """The open gaps of the newest status of ``market`` stating them for ``interval``."""
+async def _open_gaps(
+    bus: Bus, market: str, interval: str, since_ns: int
+) -> tuple[dict[str, int], dict[str, int] | None]:
+    """The open gaps of the newest status of ``market`` stating them for
+    ``interval``, and those of them awaiting REST (None: it does not say)."""
     newest: dict[str, int] = {}
+    awaiting: dict[str, int] | None = None
 
     def take(data: bytes) -> None:
-        nonlocal newest
+        nonlocal newest, awaiting
         try:
             event = decode(data)
         except DecodeError:
@@ -212,10 +225,12 @@ async def _open_gaps(bus: Bus, market: str, interval: str, since_ns: int) -> dic
             gaps = event.payload.open_gaps
             if gaps is not None and interval in gaps:
                 newest = dict(gaps[interval])  # stream order: the last one wins
+                why = event.payload.gaps_awaiting_rest
+                awaiting = None if why is None else dict(why.get(interval, {}))
 
     if not await _read_since(bus, f"md.status.{FEED}", since_ns, take):
         log.warning("resume: cannot read the statuses; gaps left open by the last run stay open")
-    return newest
+    return newest, awaiting
 
 
 async def _read_since(bus: Bus, subject: str, since_ns: int, take: Callable[[bytes], None]) -> bool:
