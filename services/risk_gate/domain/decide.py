@@ -31,8 +31,11 @@ no_market_price             no last price for the symbol (or too old, or
                             stamped too far ahead of now)
 price_band                  a limit/stop price too far from the last price
                             (further than both max_deviation of it and
-                            max_deviation_ticks ticks), or a limit/stop
-                            order without its price
+                            max_deviation_ticks ticks), a limit/stop
+                            order without its price, or a price its order
+                            type does not take (a market order's limit or
+                            stop price, a limit order's stop price, a stop
+                            order's limit price)
 max_order_quantity          fat finger: the order's quantity
 max_order_notional          fat finger: quantity x price x multiplier
 max_strategy_position       the strategy's position in the symbol, with its
@@ -269,7 +272,26 @@ def _daily_loss(state: RiskState, p: OrderIntentPayload, account: AccountLimits)
     return ACCEPT
 
 
+#: The prices each order type takes: any other one an intent carries is denied.
+_TAKES: dict[str, tuple[str, ...]] = {
+    "market": (),
+    "limit": ("limit",),
+    "stop": ("stop",),
+    "stop_limit": ("limit", "stop"),
+}
+
+
 def _price_band(p: OrderIntentPayload, mark: Mark, band: SymbolBand) -> Verdict:
+    # A price the order type does not take would go into the SubmitOrder
+    # unchecked against the band (only the prices a type takes are): the
+    # order is safe only while every broker adapter ignores it. The SDK
+    # refuses such an intent; any other producer may still send one.
+    for name, stray in (("limit", p.limit_price), ("stop", p.stop_price)):
+        if stray is not None and name not in _TAKES[p.order_type]:
+            return ReasonCode.PRICE_BAND, (
+                f"a {p.order_type} order takes no {name} price ({name} price {stray}): "
+                f"a {name} order is order_type {' or '.join(_with(name))}"
+            )
     prices: list[tuple[str, Decimal]] = []
     if p.order_type in ("limit", "stop_limit"):
         if p.limit_price is None:
@@ -297,6 +319,11 @@ def _price_band(p: OrderIntentPayload, mark: Mark, band: SymbolBand) -> Verdict:
             f"(band {band.max_deviation:.2%}{allowance})"
         )
     return ACCEPT
+
+
+def _with(name: str) -> list[str]:
+    """The order types that take a ``name`` price."""
+    return [t for t, takes in _TAKES.items() if name in takes]
 
 
 def order_price(p: OrderIntentPayload, mark: Mark) -> Decimal:

@@ -68,10 +68,12 @@ def check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskStat
         limits = state.limits.accounts.get(account)
         if limits is None:
             continue
-        pending = {o.kind for o in state.obligations if o.scope == account}
         pnl = state.day_pnl(account)
         # Tripped today, or owed a trip for today (a fold can reach this
-        # before the reaction the live gate had already published).
+        # before the reaction the live gate had already published). A trip
+        # owed for an earlier day is no trip of today's: the live gate had
+        # reacted to it before this event, and this loss owes one of its own
+        # (skipped, a rebuild cut before the new day's reaction owed none).
         tripped = state.loss_tripped.get(account) == state.day or any(
             o.kind == "daily_loss" and o.scope == account and o.day == state.day
             for o in state.obligations
@@ -81,8 +83,6 @@ def check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskStat
         # loss past the limit is past too (else the account resumed past the
         # limit was freer than one resumed past the level alone).
         if pnl <= -limits.daily_loss_limit and not tripped:
-            if "daily_loss" in pending:
-                continue
             shown = reportable(pnl)
             state = _oblige(
                 state,

@@ -31,6 +31,7 @@ from services.risk_gate.domain.state import (
     RiskState,
     frozen_map,
     in_window,
+    trading_day,
     with_item,
     with_open,
     without,
@@ -56,6 +57,20 @@ def stamped_ahead(state: RiskState, event: Event, symbol: str) -> bool:
     return max_age is not None and event.ts_event - event.ts_init > max_age * NS
 
 
+def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
+    """Whether ``ts_ns`` (a price's market time) lies in a trading day before
+    the one ``state`` is in.
+
+    Such a price marks nothing. The day rolled from the last mark before it
+    (each carried position's day basis): a print of the old day that reaches
+    the gate after the roll (a slow feed) would move the new day's unrealized
+    P&L by the old day's move, and could trip the new day's breaker for it.
+    Evolve rolls the day on the event before this is asked, so live and a
+    fold of the store answer alike: the stream's order decides.
+    """
+    return state.day is not None and trading_day(ts_ns, state.limits.trading_day) < state.day
+
+
 def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
     """A market price of ``symbol``: a trade, a bar's close, a quote's mark
     (``MarkUpdated``, an option's quote midpoint); fills mark too (``on_fill``).
@@ -73,6 +88,8 @@ def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ris
     ts_ns = event.market_ns
     if current is not None and current.ts_ns > ts_ns:
         return state  # an older print arriving late does not move the mark back
+    if of_a_day_gone(state, ts_ns):
+        return state
     state = replace(state, marks=with_item(state.marks, symbol, Mark(price, ts_ns)))
     holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
     return check_loss(state, event, holders)
@@ -248,11 +265,13 @@ def on_fill(state: RiskState, event: FillReceived) -> RiskState:
     current = marks.get(p.symbol)
     accounts = {p.account}
     # A settlement (an option's expiry: the contract at 0, the underlying at
-    # the strike) is booked, but it is no market price.
+    # the strike) is booked, but it is no market price; nor is a fill of a
+    # day gone (booked in today's P&L, at its cost).
     if (
         p.settlement is None
         and (current is None or current.ts_ns <= event.market_ns)
         and not stamped_ahead(state, event, p.symbol)
+        and not of_a_day_gone(state, event.market_ns)
     ):
         marks = with_item(marks, p.symbol, Mark(p.price, event.market_ns))
         # The fill's price marks the symbol for every account holding it, as
