@@ -57,6 +57,34 @@ RETRY_PAUSE_S = 0.5
 #: so every account's commands, for up to the dead-letter deadline.
 DEAD_LETTER_RETRY_S = 30.0
 
+
+class DeadLetterDeadline:
+    """How long the next dead letter's publish is retried: the deadline, or,
+    once the stream has refused one (:class:`PublishFailed`), a single
+    attempt until one is taken again.
+
+    Each message handed back comes again every ``DEAD_LETTER_RETRY_S``, and
+    each try held its consumer for the whole deadline: while the stream
+    refused dead letters, a few such messages kept the commands behind them
+    waiting most of the time. One attempt still finds out when the stream takes them again (a
+    missing stream or subject answers at once), and a message whose dead
+    letter it did not take is handed back as before, so none is lost.
+    """
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.refused = False
+
+    async def attempt(self, publish: Callable[[float], Awaitable[object]]) -> None:
+        """``publish(deadline_s)``; its PublishFailed is raised."""
+        try:
+            await publish(0.0 if self.refused else self.deadline_s)
+        except PublishFailed:
+            self.refused = True
+            raise
+        self.refused = False
+
+
 Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
 #: Publishes a command's dead letter, the error given as text.
 DeadLetter = Callable[[Msg, str], Awaitable[None]]
@@ -67,23 +95,24 @@ def command_dead_letter(
 ) -> DeadLetter:
     """How a worker dead-letters a command that failed too often: to
     ``deadletter.<service>``, with the command's bytes, subject and stream
-    sequence, counted as ``reason="command_failed"``."""
+    sequence, counted as ``reason="command_failed"``; retried for
+    ``deadline_s``, one attempt while the stream refuses them
+    (:class:`DeadLetterDeadline`)."""
+    deadline = DeadLetterDeadline(deadline_s)
 
     async def dead(msg: Msg, error: str) -> None:
         seq = stream_seq(msg) or None
-        await bus.publish(
-            dead_letter(
-                service=service,
-                subject=msg.subject,
-                data=msg.data,
-                error=error,
-                clock=clock,
-                source=source,
-                headers=header_dict(msg),
-                stream_seq=seq,
-            ),
-            deadline_s=deadline_s,
+        record = dead_letter(
+            service=service,
+            subject=msg.subject,
+            data=msg.data,
+            error=error,
+            clock=clock,
+            source=source,
+            headers=header_dict(msg),
+            stream_seq=seq,
         )
+        await deadline.attempt(lambda deadline_s: bus.publish(record, deadline_s=deadline_s))
         metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
 
     return dead
@@ -110,6 +139,7 @@ class CommandConsumer:
         self.start_back_s = start_back_s
         self.max_bytes = max_bytes
         self.dead_letter_retry_s = dead_letter_retry_s
+        self._deadline = DeadLetterDeadline(dead_letter_deadline_s)
         self._dead = EventConsumer(
             bus,
             service=service,
@@ -207,8 +237,13 @@ class CommandConsumer:
         dead-lettered when it comes again) and the consumer goes on: raised,
         the PublishFailed ended the gateway for every account.
         """
+
+        def publish(deadline_s: float) -> Awaitable[None]:
+            self._dead.dead_letter_deadline_s = deadline_s
+            return self._dead.dead_letter(msg, error)
+
         try:
-            await self._dead.dead_letter(msg, error)
+            await self._deadline.attempt(publish)
         except PublishFailed as e:
             metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=error.reason).inc()
             log.warning(
