@@ -37,10 +37,10 @@ from nats.js import api as js_api
 
 from libs import trace
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer, header_dict
+from libs.bus.consumer import EventConsumer, dead_letter_of
 from libs.bus.errors import PublishFailed
 from libs.bus.pull import PullFetcher, stream_seq
-from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.codec import DecodeError, decode
 from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, SubmitOrder
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
@@ -85,6 +85,24 @@ class DeadLetterDeadline:
         self.refused = False
 
 
+async def hand_back(
+    msg: Msg, what: str, error: PublishFailed, *, reason: str, retry_s: float
+) -> None:
+    """``msg``'s dead letter was not taken (``error``): said, counted
+    (``tradebus_broker_dead_letters_not_taken_total{reason}``), and ``msg``
+    handed back (nak) for ``retry_s``, to be dead-lettered when it comes
+    again. A lost nak only means it comes back after the ack wait."""
+    metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=reason).inc()
+    log.warning(
+        "%s: dead letter not taken (%s); handed back, dead-lettered again in %gs",
+        what,
+        error,
+        retry_s,
+    )
+    with contextlib.suppress(nats.errors.Error):
+        await msg.nak(delay=retry_s)
+
+
 Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
 #: Publishes a command's dead letter, the error given as text.
 DeadLetter = Callable[[Msg, str], Awaitable[None]]
@@ -101,17 +119,7 @@ def command_dead_letter(
     deadline = DeadLetterDeadline(deadline_s)
 
     async def dead(msg: Msg, error: str) -> None:
-        seq = stream_seq(msg) or None
-        record = dead_letter(
-            service=service,
-            subject=msg.subject,
-            data=msg.data,
-            error=error,
-            clock=clock,
-            source=source,
-            headers=header_dict(msg),
-            stream_seq=seq,
-        )
+        record = dead_letter_of(msg, error, service=service, clock=clock, source=source)
         await deadline.attempt(lambda deadline_s: bus.publish(record, deadline_s=deadline_s))
         metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
 
@@ -237,24 +245,12 @@ class CommandConsumer:
         dead-lettered when it comes again) and the consumer goes on: raised,
         the PublishFailed ended the gateway for every account.
         """
-
-        def publish(deadline_s: float) -> Awaitable[None]:
-            self._dead.dead_letter_deadline_s = deadline_s
-            return self._dead.dead_letter(msg, error)
-
         try:
-            await self._deadline.attempt(publish)
-        except PublishFailed as e:
-            metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=error.reason).inc()
-            log.warning(
-                "dead letter of the message at stream sequence %d on %s not taken (%s); "
-                "handed back, dead-lettered again in %gs",
-                stream_seq(msg),
-                msg.subject,
-                e,
-                self.dead_letter_retry_s,
+            await self._deadline.attempt(
+                lambda deadline_s: self._dead.dead_letter(msg, error, deadline_s=deadline_s)
             )
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=self.dead_letter_retry_s)
+        except PublishFailed as e:
+            what = f"the message at stream sequence {stream_seq(msg)} on {msg.subject}"
+            await hand_back(msg, what, e, reason=error.reason, retry_s=self.dead_letter_retry_s)
             return False
         return True
