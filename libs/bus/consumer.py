@@ -24,7 +24,7 @@ from libs.bus.errors import DeliveryGap
 from libs.bus.pull import PullFetcher, consumer_seq, stream_seq
 from libs.contract.codec import DecodeError, dead_letter, decode
 from libs.contract.envelope import Clock, WallClock
-from libs.contract.events import AnyEvent
+from libs.contract.events import AnyEvent, MessageDeadLettered
 from libs.contract.subjects import STREAM
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,24 @@ def header_dict(msg: Msg) -> dict[str, str]:
     return {str(k): str(v) for k, v in (msg.headers or {}).items()}
 
 
+def dead_letter_of(
+    msg: Msg, error: DecodeError | str, *, service: str, clock: Clock, source: str
+) -> MessageDeadLettered:
+    """The dead letter of ``msg`` (its bytes, subject, headers and stream
+    sequence) for ``deadletter.<service>``: a message that does not decode,
+    or one a service gave up on (``error`` its text)."""
+    return dead_letter(
+        service=service,
+        subject=msg.subject,
+        data=msg.data,
+        error=error,
+        clock=clock,
+        source=source,
+        headers=header_dict(msg),
+        stream_seq=stream_seq(msg) or None,
+    )
+
+
 class EventConsumer:
     """Pull, decode, handle, ack; dead-letter what does not decode."""
 
@@ -179,19 +197,17 @@ class EventConsumer:
         if self._acks:
             await msg.ack()
 
-    async def dead_letter(self, msg: Msg, error: DecodeError) -> None:
-        seq = stream_seq(msg) or None
-        record = dead_letter(
-            service=self.service,
-            subject=msg.subject,
-            data=msg.data,
-            error=error,
-            clock=self.clock,
-            source=self.service,
-            headers=header_dict(msg),
-            stream_seq=seq,
+    async def dead_letter(
+        self, msg: Msg, error: DecodeError, *, deadline_s: float | None = None
+    ) -> None:
+        """Publish ``msg``'s dead letter, retried for ``deadline_s`` (else
+        :attr:`dead_letter_deadline_s`)."""
+        record = dead_letter_of(
+            msg, error, service=self.service, clock=self.clock, source=self.service
         )
         log.warning("dead-lettered message on %s: %s", msg.subject, error)
-        await self.bus.publish(record, deadline_s=self.dead_letter_deadline_s)
+        if deadline_s is None:
+            deadline_s = self.dead_letter_deadline_s
+        await self.bus.publish(record, deadline_s=deadline_s)
         if self.on_dead_letter is not None:
             self.on_dead_letter(error.reason)

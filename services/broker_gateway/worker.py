@@ -35,7 +35,7 @@ from services.broker_gateway import metrics
 
 # A command whose dead letter the stream did not take is handed back for
 # as long as an undecodable one (then dead-lettered, not carried out).
-from services.broker_gateway.adapters.commands import DEAD_LETTER_RETRY_S
+from services.broker_gateway.adapters.commands import DEAD_LETTER_RETRY_S, hand_back
 from services.broker_gateway.domain.model import BrokerOrder
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.errors import AnswerUnread, BrokerError, BrokerUnavailable, RateLimited
@@ -264,17 +264,14 @@ class WorkerBase:
             await self.dead_letter(held.msg, error)
         except PublishFailed as e:
             self._dead_letters_due[command_id] = error
-            metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason="command_failed").inc()
-            log.warning(
-                "%s %s of %s: dead letter not taken (%s); handed back, dead-lettered again in %gs",
-                held.command.type,
-                command_id,
-                self.account,
+            what = f"{held.command.type} {command_id} of {self.account}"
+            await hand_back(
+                held.msg,
+                what,
                 e,
-                self.timings.dead_letter_retry_s,
+                reason="command_failed",
+                retry_s=self.timings.dead_letter_retry_s,
             )
-            with contextlib.suppress(nats.errors.Error):
-                await held.msg.nak(delay=self.timings.dead_letter_retry_s)
             return
         self._dead_letters_due.pop(command_id, None)
         self._failures.pop(command_id, None)

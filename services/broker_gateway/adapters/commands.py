@@ -37,10 +37,10 @@ from nats.js import api as js_api
 
 from libs import trace
 from libs.bus.client import Bus
-from libs.bus.consumer import EventConsumer, header_dict
+from libs.bus.consumer import EventConsumer, dead_letter_of
 from libs.bus.errors import PublishFailed
 from libs.bus.pull import PullFetcher, stream_seq
-from libs.contract.codec import DecodeError, dead_letter, decode
+from libs.contract.codec import DecodeError, decode
 from libs.contract.envelope import Clock
 from libs.contract.events import AnyEvent, SubmitOrder
 from libs.contract.subjects import ORDERS_CMD_ALL, STREAM
@@ -57,6 +57,52 @@ RETRY_PAUSE_S = 0.5
 #: so every account's commands, for up to the dead-letter deadline.
 DEAD_LETTER_RETRY_S = 30.0
 
+
+class DeadLetterDeadline:
+    """How long the next dead letter's publish is retried: the deadline, or,
+    once the stream has refused one (:class:`PublishFailed`), a single
+    attempt until one is taken again.
+
+    Each message handed back comes again every ``DEAD_LETTER_RETRY_S``, and
+    each try held its consumer for the whole deadline: while the stream
+    refused dead letters, a few such messages kept the commands behind them
+    waiting most of the time. One attempt still finds out when the stream takes them again (a
+    missing stream or subject answers at once), and a message whose dead
+    letter it did not take is handed back as before, so none is lost.
+    """
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.refused = False
+
+    async def attempt(self, publish: Callable[[float], Awaitable[object]]) -> None:
+        """``publish(deadline_s)``; its PublishFailed is raised."""
+        try:
+            await publish(0.0 if self.refused else self.deadline_s)
+        except PublishFailed:
+            self.refused = True
+            raise
+        self.refused = False
+
+
+async def hand_back(
+    msg: Msg, what: str, error: PublishFailed, *, reason: str, retry_s: float
+) -> None:
+    """``msg``'s dead letter was not taken (``error``): said, counted
+    (``tradebus_broker_dead_letters_not_taken_total{reason}``), and ``msg``
+    handed back (nak) for ``retry_s``, to be dead-lettered when it comes
+    again. A lost nak only means it comes back after the ack wait."""
+    metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=reason).inc()
+    log.warning(
+        "%s: dead letter not taken (%s); handed back, dead-lettered again in %gs",
+        what,
+        error,
+        retry_s,
+    )
+    with contextlib.suppress(nats.errors.Error):
+        await msg.nak(delay=retry_s)
+
+
 Dispatch = Callable[[AnyEvent, Msg], Awaitable[None]]
 #: Publishes a command's dead letter, the error given as text.
 DeadLetter = Callable[[Msg, str], Awaitable[None]]
@@ -67,23 +113,14 @@ def command_dead_letter(
 ) -> DeadLetter:
     """How a worker dead-letters a command that failed too often: to
     ``deadletter.<service>``, with the command's bytes, subject and stream
-    sequence, counted as ``reason="command_failed"``."""
+    sequence, counted as ``reason="command_failed"``; retried for
+    ``deadline_s``, one attempt while the stream refuses them
+    (:class:`DeadLetterDeadline`)."""
+    deadline = DeadLetterDeadline(deadline_s)
 
     async def dead(msg: Msg, error: str) -> None:
-        seq = stream_seq(msg) or None
-        await bus.publish(
-            dead_letter(
-                service=service,
-                subject=msg.subject,
-                data=msg.data,
-                error=error,
-                clock=clock,
-                source=source,
-                headers=header_dict(msg),
-                stream_seq=seq,
-            ),
-            deadline_s=deadline_s,
-        )
+        record = dead_letter_of(msg, error, service=service, clock=clock, source=source)
+        await deadline.attempt(lambda deadline_s: bus.publish(record, deadline_s=deadline_s))
         metrics.DEAD_LETTERS.labels(service=service, reason="command_failed").inc()
 
     return dead
@@ -110,6 +147,7 @@ class CommandConsumer:
         self.start_back_s = start_back_s
         self.max_bytes = max_bytes
         self.dead_letter_retry_s = dead_letter_retry_s
+        self._deadline = DeadLetterDeadline(dead_letter_deadline_s)
         self._dead = EventConsumer(
             bus,
             service=service,
@@ -208,18 +246,11 @@ class CommandConsumer:
         the PublishFailed ended the gateway for every account.
         """
         try:
-            await self._dead.dead_letter(msg, error)
-        except PublishFailed as e:
-            metrics.DEAD_LETTERS_NOT_TAKEN.labels(reason=error.reason).inc()
-            log.warning(
-                "dead letter of the message at stream sequence %d on %s not taken (%s); "
-                "handed back, dead-lettered again in %gs",
-                stream_seq(msg),
-                msg.subject,
-                e,
-                self.dead_letter_retry_s,
+            await self._deadline.attempt(
+                lambda deadline_s: self._dead.dead_letter(msg, error, deadline_s=deadline_s)
             )
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=self.dead_letter_retry_s)
+        except PublishFailed as e:
+            what = f"the message at stream sequence {stream_seq(msg)} on {msg.subject}"
+            await hand_back(msg, what, e, reason=error.reason, retry_s=self.dead_letter_retry_s)
             return False
         return True

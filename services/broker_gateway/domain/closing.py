@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from libs.contract.codec import derived_id
-from libs.contract.envelope import Event
+from libs.contract.envelope import CauseRef, Event
 from libs.contract.events import (
     ClosingOrder,
     ClosingOrdersPayload,
@@ -27,6 +27,10 @@ from services.broker_gateway.domain.model import (
     CloseRefused,
 )
 from services.broker_gateway.domain.tracked import ZERO, TrackedOrder, TrackerState
+
+#: Dead closing orders remembered (``TrackerState._dead_closing``): few at
+#: most per flatten, and one the stream brings is let go.
+MAX_DEAD_CLOSING = 1000
 
 
 class Closing(TrackerState):
@@ -146,7 +150,12 @@ class Closing(TrackerState):
                 # and the next reconciliation published its OrderAccepted and
                 # end, of an order that never traded and that a tracker
                 # rebuilt from the events published here does not know. (One
-                # the stream brought meanwhile is the flatten's already.)
+                # the stream brought meanwhile is the flatten's already; one
+                # it brings later is the flatten's too: _external.)
+                if self.find(order) is None:
+                    self._dead_closing[order.broker_order_id] = CauseRef.of(flatten)
+                    while len(self._dead_closing) > MAX_DEAD_CLOSING:
+                        del self._dead_closing[next(iter(self._dead_closing))]
                 continue
             t = self._closing_order(order, flatten)
             try:
@@ -288,13 +297,21 @@ class Closing(TrackerState):
         return t
 
     def _external(self, order: BrokerOrder) -> TrackedOrder:
-        """An order nobody here placed: a flatten's closing order, or someone else's."""
+        """An order nobody here placed: a flatten's closing order, or someone else's.
+
+        A closing order its close-all's answer listed as ended with nothing
+        filled, which the stream brings after the flatten ended, is the
+        flatten's: its events were roots, and a fill of it (the answer read
+        before it) was booked to no strategy."""
         oid = derived_id("broker.order", self.account, order.broker_order_id)
         t = self._order(oid, order.symbol)
         t.side, t.quantity = order.side, order.quantity
         t.client_order_id = order.client_order_id
         self._by_client[order.client_order_id] = oid
         self._index_broker(t, order.broker_order_id)
-        if self._flattening is not None:
+        dead = self._dead_closing.pop(order.broker_order_id, None)
+        if dead is not None:
+            t.close_for(dead)
+        elif self._flattening is not None:
             t.close_for(self._flattening)
         return t

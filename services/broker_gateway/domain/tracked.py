@@ -109,7 +109,7 @@ class TrackedOrder:
     #: acknowledged (see :meth:`OrderTracker.unknown_at_broker`).
     submitted: bool = False
 
-    def close_for(self, flatten: FlattenAccount) -> None:
+    def close_for(self, flatten: FlattenAccount | CauseRef) -> None:
         """The order is one of ``flatten``'s closing orders, unless a command
         of its own caused it."""
         if self.cause is None:
@@ -146,6 +146,12 @@ class TrackerState:
         self._replayable: deque[tuple[int, uuid.UUID]] = deque()
         #: The flatten whose close-all is under way: unknown orders are its.
         self._flattening: FlattenAccount | None = None
+        #: Closing orders a close-all's answer listed as ended with nothing
+        #: filled, left out (see ``Closing.flatten_done``), by broker order
+        #: id, with their flatten: the stream may bring one after the flatten
+        #: has ended, and it is the flatten's then too. Oldest first, at most
+        #: ``MAX_DEAD_CLOSING``.
+        self._dead_closing: dict[str, CauseRef] = {}
         #: Orders whose fills must be fetched from the broker (a gap was seen),
         #: with the order as the stream showed it then: an answer older than
         #: that does not clear the mark (see :meth:`reconcile`).
