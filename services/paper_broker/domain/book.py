@@ -207,7 +207,8 @@ class PaperBook(PricedLedger):
 
     def cancel(self, account: str, order_id: str) -> list[TradeUpdate]:
         """Cancel one working order (404 unknown, 422 no longer cancelable, or
-        an ``opg`` order from 09:28 until the open: :func:`cancel_refusal`)."""
+        an ``opg`` or ``cls`` order from its cutoff until its auction settles
+        it: :func:`cancel_refusal`)."""
         order = self.order(account, order_id)
         if order is None:
             raise Refused(404, CODE_NOT_FOUND, f"order {order_id} not found")
@@ -223,8 +224,9 @@ class PaperBook(PricedLedger):
     def cancel_all(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
         """Cancel every working order (``DELETE /v2/orders``): an entry per
         order, in creation order, canceled or refused on its own as
-        :meth:`cancel` would refuse it (an ``opg`` order from 09:28 until the
-        open stays working), and the updates of those canceled."""
+        :meth:`cancel` would refuse it (an ``opg`` or ``cls`` order from its
+        cutoff until its auction stays working), and the updates of those
+        canceled."""
         return self._cancel_open(account)
 
     def _cancel_open(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
@@ -243,7 +245,8 @@ class PaperBook(PricedLedger):
 
     def _locked(self, order: PaperOrder, now: int) -> Refused | None:
         """Why the working ``order`` cannot be canceled at ``now`` (an ``opg``
-        order from 09:28 until the open: :func:`cancel_refusal`); None: it can."""
+        or ``cls`` order from its cutoff until its auction settles it:
+        :func:`cancel_refusal`); None: it can."""
         if order.time_in_force not in AUCTIONS or (session := self._session(order)) is None:
             return None
         message = cancel_refusal(order.time_in_force, session, now)
@@ -256,17 +259,17 @@ class PaperBook(PricedLedger):
 
         As at Alpaca, a position is closed or refused on its own (the answer
         is a 207 of one entry per position): with ``cancel_orders`` the open
-        orders are canceled first (those :meth:`cancel` would refuse to, as a
-        locked ``opg`` order, stay); a position some of whose shares are held
-        by open orders on its closing side is refused (403, as Alpaca's
-        "insufficient qty available"). A position in a halted symbol
+        orders are canceled first (those :meth:`cancel` would refuse to, as
+        a locked ``opg`` or ``cls`` order, stay); a position some of whose
+        shares are held by open orders on its closing side is refused (403,
+        as Alpaca's "insufficient qty available"). A position in a halted symbol
         is refused too (403): the venue takes no order for it; and one whose
         closing order is refused as any order would be (above
         ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
-            # An order its cancel leaves working (a locked opg order) keeps
+            # An order its cancel leaves working (a locked auction order) keeps
             # holding its shares: the check below refuses their position.
             updates.extend(self._cancel_open(account)[1])
         out: list[Closing] = []
