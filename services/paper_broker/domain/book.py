@@ -366,10 +366,10 @@ class PaperBook(PricedLedger):
         late) fills what fills at the market (a market order, a stop
         triggered before or by it) at the newest print, the last price, not
         at its own. One
-        stamped before a limit or stop order was placed (a bar that ended
-        before it) neither fills nor triggers it: as a bar's low from before
-        the order, a price it never had; one stamped after was a price the
-        order had."""
+        stamped before a limit or stop order was placed, or at its market
+        time (a bar that ended then or before), neither fills nor triggers
+        it: as a bar's low from before the order, a price it never had; one
+        stamped after was a price the order had."""
         symbol = update.symbol
         # The newest print before this update (by the market's time): a
         # closing auction's price, if this update is the first after the close.
@@ -393,11 +393,17 @@ class PaperBook(PricedLedger):
                 order.order_type == "market" or (order.order_type == "stop" and order.triggered)
             ):
                 seen = current
-            elif update.ts_ns < order.placed_at_market_ns:
+            elif order.placed_at_market_ns and update.ts_ns <= order.placed_at_market_ns:
                 # Reported late, from before the order was placed: its
                 # prices, as a bar's open, high and low from before the
                 # order, are none the order ever had; it neither fills a
-                # limit nor triggers a stop (which then filled at it).
+                # limit nor triggers a stop (which then filled at it). A
+                # print stamped at the order's market time is from before
+                # it too: the order came after the broker had a print of
+                # that time, so this one, of the same instant, happened
+                # before the order reached the market (as a bar that began
+                # then is only its close to the order, below). A market time
+                # of 0 is none: no print was known when it was placed.
                 continue
             elif update.kind == "bar" and update.start_ns <= order.placed_at_market_ns:
                 # Begun by the order's market time (the last print it was

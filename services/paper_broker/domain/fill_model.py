@@ -33,8 +33,9 @@ order submitted before the symbol has any price waits for the first update.
   limit (strictly below a buy limit, above a sell limit), a more conservative
   stand-in for queue position. Only prices the order had count (the book
   decides which, by the market's time): a bar that began before the order
-  was placed is only its close to it, and a print stamped before it (a
-  trade reported late, a bar that ended before it) is nothing to it.
+  was placed is only its close to it, and a print stamped before it or at
+  its market time (a trade reported late, a bar that ended before it) is
+  nothing to it.
 
 *Stop orders* trigger when the market reaches the stop (buy: price or bar
 high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
