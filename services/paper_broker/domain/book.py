@@ -413,7 +413,8 @@ class PaperBook(PricedLedger):
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
-            # A stop a late print triggers fills at the newest (``last``), as its rest.
+            # A stop a late print triggers fills at the newest (``last``), as
+            # its rest; a stop-limit's limit is checked against the newest.
             match = on_market(self.config.fill_model, self._working(order), seen, last=late)
             if not (match.triggered or match.fills):
                 continue
