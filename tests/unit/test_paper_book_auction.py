@@ -304,18 +304,18 @@ def test_an_auction_order_survives_a_restart_and_can_be_canceled_before_its_auct
         ("2026-12-08 08:00", "2026-12-08 09:28", False),
         ("2026-12-08 08:00", "2026-12-08 09:29:59.999", False),
         ("2026-12-07 19:00", "2026-12-08 09:29", False),  # Monday evening's, for Tuesday's open
-        ("2026-12-08 08:00", "2026-12-08 09:30", True),  # the open: its auction is due
+        ("2026-12-08 08:00", "2026-12-08 09:30", False),  # the open: its auction is under way
         # An order for the next open is not locked by today's.
         ("2026-12-08 19:00", "2026-12-09 09:27", True),
         ("2026-12-11 20:00", "2026-12-12 09:29", True),  # Friday's, for Monday: Saturday
         ("2026-12-11 20:00", "2026-12-14 09:29", False),  # and Monday
     ],
 )
-def test_an_opg_order_cannot_be_canceled_from_0928_until_the_open(
+def test_an_opg_order_cannot_be_canceled_from_0928_until_its_auction(
     placed: str, at: str, cancelable: bool
 ) -> None:
-    """Alpaca refuses a cancel of an opg order from 09:28 New York until the
-    open; the paper broker canceled it right up to its auction, so a shadow
+    """Alpaca refuses a cancel of an opg order from 09:28 New York; the
+    paper broker canceled it right up to its auction, so a shadow
     strategy's late cancel took it out of an open its live twin was in."""
     b, clock = book(placed)
     moo, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="opg"))
@@ -327,8 +327,8 @@ def test_an_opg_order_cannot_be_canceled_from_0928_until_the_open(
         b.cancel("A", moo.id)
     assert (e.value.status, e.value.code) == (422, 42210000)
     assert e.value.message == (
-        "order is not cancelable (time_in_force opg, from 09:28 New York until the open "
-        "at 09:30: the opening auction has it)"
+        "order is not cancelable (time_in_force opg, from 09:28 New York: "
+        "the opening auction at 09:30 has it)"
     )
     assert b.order("A", moo.id) == moo  # still working, for its auction
 
@@ -353,7 +353,7 @@ def test_a_cancel_all_leaves_an_opg_order_from_0928_until_the_open() -> None:
     assert (kept.order, kept.refused is not None) == (moo, True)
     assert kept.refused is not None
     assert (kept.refused.status, kept.refused.code) == (422, 42210000)
-    assert "time_in_force opg, from 09:28 New York until the open" in kept.refused.message
+    assert "time_in_force opg, from 09:28 New York" in kept.refused.message
     assert b.orders("A") == [moo]
     clock.ns = ny_ns("2026-12-08 09:30:01")
     assert seen(b.on_market(trade("AAPL", "101", "2026-12-08 09:30"))) == [
@@ -378,10 +378,10 @@ def test_a_close_all_s_cancel_leaves_a_locked_opg_order_and_its_shares() -> None
     assert b.orders("A") == [moo]
 
 
-def test_a_cls_order_is_cancelable_until_its_auction() -> None:
+def test_a_cls_order_is_cancelable_until_its_cutoff() -> None:
     b, clock = book("2026-12-08 08:00")
     moc, _ = b.submit("A", OrderSpec("AAPL", "buy", D(1), time_in_force="cls"))
-    clock.ns = ny_ns("2026-12-08 15:59")
+    clock.ns = ny_ns("2026-12-08 15:49")
     assert seen(b.cancel("A", moc.id)) == [("canceled", moc.client_order_id, None)]
 
 

@@ -111,7 +111,7 @@ def test_a_print_stamped_before_a_stop_order_was_placed_does_not_trigger_it() ->
     updates = b.on_market(MarketUpdate.trade("IBM", D(99), ts_ns=40))  # late, after them
     assert [(u.event, u.order.id, u.price) for u in updates] == [
         ("fill", stop.id, D(101)),  # the newest print: a triggered stop is a market order
-        ("triggered", stop_limit.id, None),
+        ("fill", stop_limit.id, D(101)),  # its limit, 99.5, checked against the newest
     ]
 
 

@@ -279,7 +279,7 @@ async def test_a_cancel_all_reports_a_locked_opg_order_with_500() -> None:
                 "body": {
                     "code": 42210000,
                     "message": "order is not cancelable (time_in_force opg, from 09:28 New "
-                    "York until the open at 09:30: the opening auction has it)",
+                    "York: the opening auction at 09:30 has it)",
                 },
             }
             assert (canceled["id"], canceled["status"]) == (day.id, 200)

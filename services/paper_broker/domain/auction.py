@@ -15,7 +15,7 @@ close on an NYSE half day):
   it is for that day's open; from 09:28 to 19:00 it is refused; from 19:00
   on, or on a day without a session, it is for the next session's open.
   Nor is one canceled (or replaced) from 09:28 on its session's day until
-  the open: the opening auction has it (:func:`cancel_refusal`).
+  its auction settles it: the opening auction has it (:func:`cancel_refusal`).
 - ``cls`` (market or limit on close) takes part in the closing auction only.
   Placed before 15:50 (ten minutes before the close) on a day with a
   session it is for that day's close; from then to 19:00 it is refused;
@@ -25,7 +25,9 @@ close on an NYSE half day):
   after 3:50pm but before 7:00pm ET will be rejected"), and the exchange's
   closing auction takes on-close orders until ten minutes before its close,
   so an order between 12:50 and 15:50 would be for an auction that has
-  stopped taking orders or has already run.
+  stopped taking orders or has already run. Nor is one canceled from its
+  cutoff until its auction settles it: the exchanges make on-close orders
+  irrevocable from their cutoff (Nasdaq's 15:50).
 
 The feed has no auction prints, so a print stands for each auction, in the
 feed's time:
@@ -65,9 +67,6 @@ AUCTIONS: frozenset[str] = frozenset({"opg", "cls"})
 #: before its auction each cutoff is.
 CUTOFF_BEFORE_NS: dict[str, int] = {"opg": 2 * 60_000_000_000, "cls": 10 * 60_000_000_000}
 NEXT_SESSION_FROM = dt.time(19, 0)
-#: From the ``opg`` cutoff until the open Alpaca cancels no ``opg`` order:
-#: the opening auction has it.
-_OPG_LOCKED_NS = CUTOFF_BEFORE_NS["opg"]
 #: How long after its auction (by the broker's clock) an order waits for the
 #: print that stands for it: a one-minute bar comes when it ends, a few
 #: seconds after, so the 09:30 bar (or the 15:59 one) is in by then.
@@ -138,14 +137,17 @@ def refusal(tif: str, placed_ns: int) -> str:
 
 def cancel_refusal(tif: str, session: Session, now_ns: int) -> str | None:
     """Why an order of ``tif`` for ``session``'s auction cannot be canceled
-    at ``now_ns`` (Refused's message); None: it can. An ``opg`` order cannot
-    from 09:28 on its session's day until the open, as at Alpaca; from the
-    open its auction is due, and the book settles it at the opening print."""
-    if tif != "opg" or not session.open_ns - _OPG_LOCKED_NS <= now_ns < session.open_ns:
+    at ``now_ns`` (Refused's message); None: it can. From its cutoff (09:28
+    for the open, 15:50 for the close, 12:50 on a half day) the auction has
+    it, until the book settles it at its print or expires it: Alpaca refuses
+    to cancel an ``opg`` order from 09:28, and the exchanges make on-close
+    orders irrevocable from their cutoff (Nasdaq's 15:50)."""
+    if now_ns < session.cutoff_ns(tif):
         return None
+    auction = "opening" if tif == "opg" else "closing"
     return (
-        f"order is not cancelable (time_in_force opg, from {_hhmm(session.cutoff_ns(tif))} "
-        f"New York until the open at {_hhmm(session.open_ns)}: the opening auction has it)"
+        f"order is not cancelable (time_in_force {tif}, from {_hhmm(session.cutoff_ns(tif))} "
+        f"New York: the {auction} auction at {_hhmm(session.auction_ns(tif))} has it)"
     )
 
 

@@ -207,7 +207,8 @@ class PaperBook(PricedLedger):
 
     def cancel(self, account: str, order_id: str) -> list[TradeUpdate]:
         """Cancel one working order (404 unknown, 422 no longer cancelable, or
-        an ``opg`` order from 09:28 until the open: :func:`cancel_refusal`)."""
+        an ``opg`` or ``cls`` order from its cutoff until its auction settles
+        it: :func:`cancel_refusal`)."""
         order = self.order(account, order_id)
         if order is None:
             raise Refused(404, CODE_NOT_FOUND, f"order {order_id} not found")
@@ -223,8 +224,9 @@ class PaperBook(PricedLedger):
     def cancel_all(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
         """Cancel every working order (``DELETE /v2/orders``): an entry per
         order, in creation order, canceled or refused on its own as
-        :meth:`cancel` would refuse it (an ``opg`` order from 09:28 until the
-        open stays working), and the updates of those canceled."""
+        :meth:`cancel` would refuse it (an ``opg`` or ``cls`` order from its
+        cutoff until its auction stays working), and the updates of those
+        canceled."""
         return self._cancel_open(account)
 
     def _cancel_open(self, account: str) -> tuple[list[Canceling], list[TradeUpdate]]:
@@ -243,7 +245,8 @@ class PaperBook(PricedLedger):
 
     def _locked(self, order: PaperOrder, now: int) -> Refused | None:
         """Why the working ``order`` cannot be canceled at ``now`` (an ``opg``
-        order from 09:28 until the open: :func:`cancel_refusal`); None: it can."""
+        or ``cls`` order from its cutoff until its auction settles it:
+        :func:`cancel_refusal`); None: it can."""
         if order.time_in_force not in AUCTIONS or (session := self._session(order)) is None:
             return None
         message = cancel_refusal(order.time_in_force, session, now)
@@ -256,17 +259,17 @@ class PaperBook(PricedLedger):
 
         As at Alpaca, a position is closed or refused on its own (the answer
         is a 207 of one entry per position): with ``cancel_orders`` the open
-        orders are canceled first (those :meth:`cancel` would refuse to, as a
-        locked ``opg`` order, stay); a position some of whose shares are held
-        by open orders on its closing side is refused (403, as Alpaca's
-        "insufficient qty available"). A position in a halted symbol
+        orders are canceled first (those :meth:`cancel` would refuse to, as
+        a locked ``opg`` or ``cls`` order, stay); a position some of whose
+        shares are held by open orders on its closing side is refused (403,
+        as Alpaca's "insufficient qty available"). A position in a halted symbol
         is refused too (403): the venue takes no order for it; and one whose
         closing order is refused as any order would be (above
         ``max_order_quantity``: 403; untradable: 422).
         """
         updates: list[TradeUpdate] = []
         if cancel_orders:
-            # An order its cancel leaves working (a locked opg order) keeps
+            # An order its cancel leaves working (a locked auction order) keeps
             # holding its shares: the check below refuses their position.
             updates.extend(self._cancel_open(account)[1])
         out: list[Closing] = []
@@ -363,10 +366,10 @@ class PaperBook(PricedLedger):
         late) fills what fills at the market (a market order, a stop
         triggered before or by it) at the newest print, the last price, not
         at its own. One
-        stamped before a limit or stop order was placed (a bar that ended
-        before it) neither fills nor triggers it: as a bar's low from before
-        the order, a price it never had; one stamped after was a price the
-        order had."""
+        stamped before a limit or stop order was placed, or at its market
+        time (a bar that ended then or before), neither fills nor triggers
+        it: as a bar's low from before the order, a price it never had; one
+        stamped after was a price the order had."""
         symbol = update.symbol
         # The newest print before this update (by the market's time): a
         # closing auction's price, if this update is the first after the close.
@@ -390,11 +393,17 @@ class PaperBook(PricedLedger):
                 order.order_type == "market" or (order.order_type == "stop" and order.triggered)
             ):
                 seen = current
-            elif update.ts_ns < order.placed_at_market_ns:
+            elif order.placed_at_market_ns and update.ts_ns <= order.placed_at_market_ns:
                 # Reported late, from before the order was placed: its
                 # prices, as a bar's open, high and low from before the
                 # order, are none the order ever had; it neither fills a
-                # limit nor triggers a stop (which then filled at it).
+                # limit nor triggers a stop (which then filled at it). A
+                # print stamped at the order's market time is from before
+                # it too: the order came after the broker had a print of
+                # that time, so this one, of the same instant, happened
+                # before the order reached the market (as a bar that began
+                # then is only its close to the order, below). A market time
+                # of 0 is none: no print was known when it was placed.
                 continue
             elif update.kind == "bar" and update.start_ns <= order.placed_at_market_ns:
                 # Begun by the order's market time (the last print it was
@@ -404,7 +413,8 @@ class PaperBook(PricedLedger):
                 if close is None:
                     close = MarketUpdate.trade(symbol, update.last, update.ts_ns)
                 seen = close
-            # A stop a late print triggers fills at the newest (``last``), as its rest.
+            # A stop a late print triggers fills at the newest (``last``), as
+            # its rest; a stop-limit's limit is checked against the newest.
             match = on_market(self.config.fill_model, self._working(order), seen, last=late)
             if not (match.triggered or match.fills):
                 continue

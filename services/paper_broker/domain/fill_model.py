@@ -33,8 +33,9 @@ order submitted before the symbol has any price waits for the first update.
   limit (strictly below a buy limit, above a sell limit), a more conservative
   stand-in for queue position. Only prices the order had count (the book
   decides which, by the market's time): a bar that began before the order
-  was placed is only its close to it, and a print stamped before it (a
-  trade reported late, a bar that ended before it) is nothing to it.
+  was placed is only its close to it, and a print stamped before it or at
+  its market time (a trade reported late, a bar that ended before it) is
+  nothing to it.
 
 *Stop orders* trigger when the market reaches the stop (buy: price or bar
 high ≥ stop; sell: price or bar low ≤ stop), then fill as a market order from
@@ -42,7 +43,9 @@ the trigger price (a trade's price; for a bar, the stop or the open if the bar
 gapped through it), unless the update is older by the market's time than the
 newest print (reported late): then, as a market order, at the last price,
 the newest print (``on_market``'s ``last``). *Stop-limit orders* trigger the same way, then work as
-a limit order from that same update on. As for limits, only prices the
+a limit order from that same update on: marketable or not against the
+trigger price, or, when the update is older than the newest print, against
+the last price (the market now, as a stop it triggers fills at). As for limits, only prices the
 order had trigger it: not a print stamped before it was placed.
 
 *Partial fills.* One update fills at most ``max_fill_quantity`` of an order
@@ -288,7 +291,8 @@ def on_market(
     ``last`` is the symbol's last price when ``update`` is not it (a print
     reported late, older by the market's time than the newest): the update
     may still trigger a stop, but what fills at the market (a market order,
-    a plain stop) fills at ``last``, not at the late print.
+    a plain stop) fills at ``last``, not at the late print, and a stop-limit
+    it triggers is marketable or not against ``last``.
     """
     if order.remaining <= 0:
         return NO_MATCH
@@ -308,8 +312,11 @@ def on_market(
         at = reference if last is None else last
         price: Decimal | None = _slipped(config, order.side, at)
     elif newly_triggered or not resting:
-        # A stop-limit that just triggered, or a limit order arriving: marketable?
-        price = _marketable_limit_price(config, order, reference)
+        # A stop-limit that just triggered, or a limit order arriving:
+        # marketable? Against the market now: the last price if the update
+        # (a late print that triggered it) is not it.
+        at = reference if last is None else last
+        price = _marketable_limit_price(config, order, at)
     else:
         price = _limit_price_when_resting(config, order, update)
     if price is None:
