@@ -159,7 +159,7 @@ class Flattening(Reconciling):
     ) -> list[CancelRefused]:
         """Publish what the close-all did: its closing orders, its refusals,
         and the orders the cancel-all before it left working (``uncanceled``
-        less those ended since: an opg order from 09:28 until the open, one
+        less those ended since: an opg or cls order from its cutoff until its auction, one
         the close-all's own cancel left too); those are returned."""
         # Still under way after a close-all's answer; taken up again after a
         # recovery (_recover), which leaves it between its broker calls.
@@ -288,7 +288,7 @@ class Flattening(Reconciling):
         refusal of that cancel-all (:meth:`_flatten_done` says them).
 
         With the cancel-all's answer lost along with the close-all's, an
-        order it refused (an opg order from 09:28 until the open) was never
+        order it refused (an opg or cls order from its cutoff until its auction) was never
         seen, and the flatten said ``flattened`` with it working.
         """
         closing = {o.broker_order_id for o in closed.orders}

@@ -134,7 +134,7 @@ class CloseRefused:
 @dataclass(frozen=True, slots=True)
 class CancelRefused:
     """An order the broker would not cancel (a failed entry of a cancel-all:
-    Alpaca's 500 for an ``opg`` order from 09:28 until the open, a 422 for
+    Alpaca's 500 for an ``opg`` or ``cls`` order from its cutoff until its auction, a 422 for
     one that has just filled). Unless it has ended since, it still works,
     and may fill.
 
