@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from libs.bus.client import Bus
 from libs.testing.wait import eventually
 from services import cli as root
-from tests.integration.test_stack_up import alive, kill_leftovers, start_up
+from tests.integration.stack_up_runs import alive, kill_leftovers, start_up
 
 runner = CliRunner()
 

@@ -19,9 +19,9 @@ from services.risk_gate.domain.evolve import RELEVANT_TYPES
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import RiskState
 from tests.integration.recording import record_stream, sql
-from tests.integration.test_risk_gate import tradebus
+from tests.integration.risk_gate_stack import tradebus
+from tests.unit.risk_evolve_inputs import LIMITS, trade
 from tests.unit.test_risk_checkpoint import fold, timeline
-from tests.unit.test_risk_evolve import LIMITS, trade
 
 EVENTS = timeline(8)
 HALF = len(EVENTS) // 2

@@ -3,7 +3,7 @@ the supervisor's event loop runs, a SIGINT or SIGTERM could leave its servers
 to no one: as the server keeper's process comes into being, and as up leaves
 its start-up's handler after the start-up failed. Each run is a real ``up``
 process that sends itself the signal at that very point (a hook in its own
-interpreter, as test_stack_up's loop-closing test does), with only
+interpreter, as test_stack_up_stopping's loop-closing test does), with only
 nats-server its own and a database URL nothing listens on."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from libs.local.servers import free_port, port_is_free
-from tests.integration.test_stack_up import alive, kill_leftovers, start_up
+from tests.integration.stack_up_runs import alive, kill_leftovers, start_up
 
 #: Nothing listens there: migrating fails at once (if up gets that far).
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/tradebus"

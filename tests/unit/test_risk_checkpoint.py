@@ -42,7 +42,7 @@ from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import LIMITS, T0, S, bar, conn, ev, fill, intent, op, trade
+from tests.unit.risk_evolve_inputs import LIMITS, T0, S, bar, conn, ev, fill, intent, op, trade
 
 D = Decimal
 HOUR = 3600 * S

@@ -87,7 +87,7 @@ def test_status_shows_a_symbol_off_the_strategy_s_list_at_its_cap_of_0() -> None
     that cap, not the strategy's general max_position with room to spare."""
     import uuid
 
-    from tests.unit.test_risk_decide import LIMITS, T0, fill, trade
+    from tests.unit.risk_decide_inputs import LIMITS, T0, fill, trade
 
     state = RiskState.initial(LIMITS)
     for e in (
@@ -168,7 +168,7 @@ def stale_state() -> tuple[RiskState, int]:
     at a price stamped 120 s ahead of now; the price band allows 60 s."""
     import uuid
 
-    from tests.unit.test_risk_decide import LIMITS, T0, fill, trade
+    from tests.unit.risk_decide_inputs import LIMITS, T0, fill, trade
 
     now = T0 + 600 * 10**9
     state = RiskState.initial(LIMITS)

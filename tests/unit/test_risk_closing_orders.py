@@ -30,7 +30,7 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import (
+from tests.unit.risk_evolve_inputs import (
     LIMITS,
     T0,
     S,

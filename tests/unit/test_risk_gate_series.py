@@ -18,7 +18,7 @@ from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.gate import RiskGate
-from tests.unit.test_risk_decide import At
+from tests.unit.risk_decide_inputs import At
 
 
 def test_the_series_the_risk_board_counts_start_at_zero() -> None:

@@ -39,8 +39,8 @@ from libs.contract.events import (
 from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.state import DayIds, RiskState
 from services.risk_gate.gate import RiskGate
+from tests.unit.risk_evolve_inputs import LIMITS, T0, At, S, conn, ev, fill, intent, op, trade
 from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_evolve import LIMITS, T0, At, S, conn, ev, fill, intent, op, trade
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: the next trading day starts.

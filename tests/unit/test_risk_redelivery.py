@@ -15,8 +15,8 @@ from libs.contract.events import FillReceived, OrderIntentCreated, TradingResume
 from services.risk_gate.domain.commands import order_id_for
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.state import RiskState
+from tests.unit.risk_evolve_inputs import LIMITS, T0, S, conn, fill, intent, op, trade
 from tests.unit.test_risk_checkpoint import TIMELINES, fold
-from tests.unit.test_risk_evolve import LIMITS, T0, S, conn, fill, intent, op, trade
 from tests.unit.test_risk_live_fold import MS, deliver, live_gate, same
 
 

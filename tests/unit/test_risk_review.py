@@ -14,7 +14,7 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RateLimit
 from services.risk_gate.domain.react import react
-from tests.unit.test_risk_evolve import (
+from tests.unit.risk_evolve_inputs import (
     T0,
     D,
     S,

@@ -28,8 +28,8 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.react import react
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import T0, S, apply, conn, op, start, trade
-from tests.unit.test_risk_evolve import intent as new_intent
+from tests.unit.risk_evolve_inputs import T0, S, apply, conn, op, start, trade
+from tests.unit.risk_evolve_inputs import intent as new_intent
 
 
 def strategy() -> tuple[InMemoryRuntime, OrderIntentCreated]:
