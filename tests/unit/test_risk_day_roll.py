@@ -27,7 +27,7 @@ from libs.contract.events import (
 )
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import T0, At, D, S, fill, start, trade
+from tests.unit.risk_evolve_inputs import T0, At, D, S, fill, start, trade
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.

@@ -19,7 +19,7 @@ from services.risk_gate.domain.commands import decision_id_for, make, order_id_f
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.react import react
-from tests.unit.test_risk_decide import T0, D, apply, base, intent
+from tests.unit.risk_decide_inputs import T0, D, apply, base, intent
 
 BAND = ReasonCode.PRICE_BAND
 

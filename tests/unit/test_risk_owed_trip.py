@@ -12,7 +12,7 @@ import uuid
 
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import T0, S, apply, fill, settle, start, trade
+from tests.unit.risk_evolve_inputs import T0, S, apply, fill, settle, start, trade
 from tests.unit.test_risk_live_fold import same
 
 MS = S // 1000
