@@ -49,9 +49,24 @@ Quantity = Annotated[
 NonNegativeQuantity = Annotated[
     Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, ge=0), _Exact
 ]
-#: Nanoseconds since the Unix epoch; at most a signed 64-bit integer, which is
-#: what the event store's BIGINT columns hold.
-Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``, and what
+#: orjson (the recorder re-parses each payload with it) reads as an integer.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+#: The latest time an event may carry: 2200-01-01T00:00:00Z, in ns since the
+#: epoch (7.26e18). A signed 64-bit integer (the store's BIGINT columns) ends
+#: at 2262-04-11, but the store also computes with times: its market-time
+#: indexes (migrations 0013, 0014) add ``CLOCK_SKEW_NS`` to ``ts_init``, and
+#: a time within 5 s of ``2**63 - 1`` made that overflow, so the store refused
+#: an event every service had already acted on. 2200 leaves 62 years of
+#: headroom for such sums and is far past any real clock (a broker's or
+#: venue's time beyond it is a bad clock, refused like any malformed value).
+NANOS_MAX = 7_258_118_400 * 1_000_000_000
+
+#: Nanoseconds since the Unix epoch, from 0 (1970) to :data:`NANOS_MAX`
+#: (2200): every time in the envelope and the payloads.
+Nanos = Annotated[int, Field(ge=0, le=NANOS_MAX)]
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
 

@@ -10,7 +10,7 @@ required field or a wrong type makes that one event invalid.
 
 The fields that become ours (symbol, prices, sizes, times) carry our
 contract's own constraints (a symbol is a subject token, a price is positive
-with at most 38 digits and 12 places, times fit in ns as int64). So a record
+with at most 38 digits and 12 places, times in ns no later than 2200). So a record
 that validates here makes a valid event, which lets :mod:`.parse` build events
 without validating twice; ``tests/unit/test_polygon_parse.py`` checks these
 constraints against ``libs.contract.envelope``.
@@ -28,6 +28,8 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from libs.contract.envelope import NANOS_MAX
 
 
 class _Wire(BaseModel):
@@ -51,8 +53,9 @@ WireMoney = Annotated[Decimal, _Exact]
 #: A ticker (``Symbol``): ``BRK.B`` is one (published on ``md.*.BRK~B``); ``BRK B``
 #: is not, so it is refused here, not later.
 WireSymbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
-#: Milliseconds that fit in int64 nanoseconds (``Nanos``).
-WireMillis = Annotated[int, Field(ge=0, le=(2**63 - 1) // 1_000_000)]
+#: Milliseconds that are a time of ours in nanoseconds (``Nanos``: up to
+#: ``NANOS_MAX``, 2200-01-01).
+WireMillis = Annotated[int, Field(ge=0, le=NANOS_MAX // 1_000_000)]
 
 
 class WsStatus(_Wire):

@@ -1,0 +1,277 @@
+"""The contract's bounds on times, ids and integers: what the store cannot
+hold exactly (or index) is refused at decode, by the decoder every service
+uses, so no service acts on an event the audit store would not keep.
+
+- A nanosecond time is at most :data:`NANOS_MAX` (2200-01-01): the store's
+  market-time indexes add ``CLOCK_SKEW_NS`` to ``ts_init`` in bigint, and a
+  value near ``2**63 - 1`` overflowed them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from libs.contract.codec import DecodeError, dead_letter, decode, encode, order_id_for
+from libs.contract.envelope import CLOCK_SKEW_NS, NANOS_MAX, Event, WallClock
+from libs.contract.events import (
+    BarClosed,
+    BarPayload,
+    BrokerPositionsChecked,
+    ClosingOrder,
+    ClosingOrdersPayload,
+    ClosingOrdersPlaced,
+    FeedStatusChanged,
+    FeedStatusPayload,
+    FillPayload,
+    FillReceived,
+    OrderIntentCreated,
+    OrderIntentPayload,
+    PositionsCheckedPayload,
+    QuotePayload,
+    QuoteUpdated,
+    ReasonCode,
+    RiskDecisionMade,
+    RiskDecisionPayload,
+    SubmitOrder,
+    SubmitOrderPayload,
+    TradePayload,
+    TradePrinted,
+)
+
+T0 = 1_700_000_000_000_000_000
+BIGINT_MAX = 2**63 - 1
+
+
+class FixedClock:
+    def now_ns(self) -> int:
+        return T0
+
+
+CLOCK = FixedClock()
+
+
+def _intent() -> OrderIntentCreated:
+    return OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy="sma", account="acct-a", symbol="AAPL", side="buy", quantity=Decimal(10)
+        ),
+        source="strategy-runner",
+        clock=CLOCK,
+    )
+
+
+def samples() -> dict[str, Event]:
+    """One event of each shape whose fields these tests reach into."""
+    intent = _intent()
+    order_id = order_id_for(intent.id)
+    submit = SubmitOrder.create(
+        SubmitOrderPayload.for_intent(intent, order_id),
+        source="risk-gate",
+        clock=CLOCK,
+        cause=intent,
+    )
+    return {
+        "submit": submit,
+        "decision": RiskDecisionMade.create(
+            RiskDecisionPayload.for_intent(intent, ReasonCode.ACCEPTED, order_id=order_id),
+            source="risk-gate",
+            clock=CLOCK,
+            cause=intent,
+        ),
+        "closing": ClosingOrdersPlaced.create(
+            ClosingOrdersPayload(
+                account="acct-a",
+                orders=(
+                    ClosingOrder(
+                        order_id=uuid.uuid4(),
+                        symbol="AAPL",
+                        side="sell",
+                        quantity=Decimal(5),
+                        leaves_quantity=Decimal(5),
+                    ),
+                ),
+            ),
+            source="broker-gateway",
+            clock=CLOCK,
+        ),
+        "fill": FillReceived.create(
+            FillPayload(
+                order_id=order_id,
+                account="acct-a",
+                broker_order_id="b-1",
+                fill_id="f-1",
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(10),
+                price=Decimal("187.19"),
+                cumulative_quantity=Decimal(10),
+                leaves_quantity=Decimal(0),
+                status="complete",
+            ),
+            source="broker-gateway",
+            clock=CLOCK,
+            cause=submit,
+        ),
+        "trade": TradePrinted.create(
+            TradePayload(
+                symbol="AAPL",
+                price=Decimal("187.19"),
+                size=Decimal(100),
+                exchange=4,
+                conditions=(12, 37),
+                tape=3,
+                sequence=1234,
+                feed="polygon",
+            ),
+            source="marketdata",
+            clock=CLOCK,
+        ),
+        "quote": QuoteUpdated.create(
+            QuotePayload(
+                symbol="AAPL",
+                bid_price=Decimal("187.18"),
+                bid_size=Decimal(2),
+                ask_price=Decimal("187.20"),
+                ask_size=Decimal(3),
+                bid_exchange=11,
+                ask_exchange=12,
+                condition=1,
+                indicators=(604,),
+                tape=3,
+                sequence=99,
+                feed="polygon",
+            ),
+            source="marketdata",
+            clock=CLOCK,
+        ),
+        "bar": BarClosed.create(
+            BarPayload(
+                symbol="AAPL",
+                interval="1m",
+                open=Decimal(1),
+                high=Decimal(2),
+                low=Decimal(1),
+                close=Decimal(2),
+                volume=Decimal(10),
+                trades=7,
+                start_ns=T0 - 60_000_000_000,
+                end_ns=T0,
+                feed="polygon",
+            ),
+            source="marketdata",
+            clock=CLOCK,
+        ),
+        "status": FeedStatusChanged.create(
+            FeedStatusPayload(
+                feed="polygon",
+                status="gap_filled",
+                gap_filled_bars=3,
+                market="stocks",
+                open_gaps={"1m": {"MSFT": T0}, "1s": {}},
+            ),
+            source="marketdata",
+            clock=CLOCK,
+        ),
+        "positions": BrokerPositionsChecked.create(
+            PositionsCheckedPayload(account="acct-a", broker="paper", broker_positions=2),
+            source="broker-gateway",
+            clock=CLOCK,
+        ),
+        "dead": dead_letter(
+            service="risk-gate",
+            subject="strategy.intent.sma",
+            data=b"not json",
+            error=DecodeError("malformed_json", "expected value"),
+            clock=CLOCK,
+            source="risk-gate",
+            stream_seq=17,
+        ),
+    }
+
+
+def _wire(sample: str) -> dict[str, Any]:
+    wire: dict[str, Any] = json.loads(encode(samples()[sample]))
+    return wire
+
+
+def _set(wire: dict[str, Any], path: tuple[str | int, ...], value: object) -> None:
+    at: Any = wire
+    for key in path[:-1]:
+        at = at[key]
+    at[path[-1]] = value
+
+
+def _decode_with(sample: str, path: tuple[str | int, ...], value: object) -> Event:
+    wire = _wire(sample)
+    _set(wire, path, value)
+    # json, not orjson: json writes an int of any size, as a producer
+    # elsewhere may; orjson refuses one beyond 64 bits.
+    return decode(json.dumps(wire).encode())
+
+
+def _refused(sample: str, path: tuple[str | int, ...], value: object) -> DecodeError:
+    with pytest.raises(DecodeError) as info:
+        _decode_with(sample, path, value)
+    assert info.value.reason == "invalid_event"
+    return info.value
+
+
+# ----------------------------------------------------------------- times
+
+NS_FIELDS = [
+    ("trade", ("ts_event",)),
+    ("trade", ("ts_init",)),
+    ("fill", ("ts_event",)),
+    ("fill", ("ts_init",)),
+    ("bar", ("payload", "start_ns")),
+    ("bar", ("payload", "end_ns")),
+    ("status", ("payload", "open_gaps", "1m", "MSFT")),
+]
+
+
+def test_the_time_bound_is_2200_and_leaves_room_for_the_store_s_arithmetic() -> None:
+    assert dt.datetime.fromtimestamp(NANOS_MAX // 10**9, dt.UTC) == dt.datetime(
+        2200, 1, 1, tzinfo=dt.UTC
+    )
+    # The market-time indexes (migrations 0013, 0014) compute ts_init + 5 s.
+    assert NANOS_MAX + CLOCK_SKEW_NS < BIGINT_MAX
+    # Decades of room above it for any other sum of times.
+    assert BIGINT_MAX - NANOS_MAX > 60 * 365 * 86_400 * 10**9
+
+
+@pytest.mark.parametrize(("sample", "path"), NS_FIELDS)
+@pytest.mark.parametrize("value", [NANOS_MAX + 1, BIGINT_MAX - 1, BIGINT_MAX])
+def test_a_time_past_the_bound_is_refused_naming_the_field(
+    sample: str, path: tuple[str, ...], value: int
+) -> None:
+    error = _refused(sample, path, value)
+    assert ".".join(path) in error.detail
+
+
+@pytest.mark.parametrize(("sample", "path"), NS_FIELDS)
+def test_a_negative_time_is_refused(sample: str, path: tuple[str, ...]) -> None:
+    assert ".".join(path) in _refused(sample, path, -1).detail
+
+
+@pytest.mark.parametrize(("sample", "path"), NS_FIELDS)
+@pytest.mark.parametrize("value", [0, T0, NANOS_MAX])
+def test_times_up_to_the_bound_decode(sample: str, path: tuple[str, ...], value: int) -> None:
+    wire = _wire(sample)
+    if path[-1] == "start_ns":
+        _set(wire, ("payload", "end_ns"), value)
+    _set(wire, path, value)
+    event = decode(json.dumps(wire).encode())
+    assert json.loads(encode(event)) == wire
+
+
+def test_the_wall_clock_is_far_inside_the_bound() -> None:
+    now = WallClock().now_ns()
+    assert abs(now - time.time_ns()) < 60 * 10**9
+    assert now < NANOS_MAX - 100 * 365 * 86_400 * 10**9
