@@ -13,6 +13,7 @@ event. Domain code never reads the wall clock; it is handed a :class:`Clock`.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Protocol, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from libs.contract.options import option_symbol
 
@@ -67,6 +77,41 @@ NANOS_MAX = 7_258_118_400 * 1_000_000_000
 #: Nanoseconds since the Unix epoch, from 0 (1970) to :data:`NANOS_MAX`
 #: (2200): every time in the envelope and the payloads.
 Nanos = Annotated[int, Field(ge=0, le=NANOS_MAX)]
+#: The one text form of an id: lower-case hex, 8-4-4-4-12 with hyphens, as
+#: ``str(uuid.UUID)`` writes it (and so ``encode``, for every id it writes).
+CANONICAL_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CANONICAL_ID = re.compile(CANONICAL_ID_PATTERN)
+
+
+def _canonical_id(value: Any) -> Any:
+    # pydantic's UUID also takes "urn:uuid:...", braces, upper case, no
+    # hyphens, even surrounding blanks; the services would act on such an id
+    # while the store keeps the payload as sent, where PostgreSQL's ::uuid
+    # (the order-path index) refuses "urn:uuid:" and a text comparison would
+    # not find the id. One form, the one we write, is the only one we read.
+    if isinstance(value, str) and not _CANONICAL_ID.fullmatch(value):
+        raise ValueError(
+            "must be a UUID in canonical form (lower-case hex, 8-4-4-4-12 with "
+            f"hyphens, as str(uuid) writes it), not {value[:80]!r}"
+        )
+    return value
+
+
+class _CanonicalIdSchema:
+    """Puts :data:`CANONICAL_ID_PATTERN` in the JSON Schema (``proto/``)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = CANONICAL_ID_PATTERN
+        return json_schema
+
+
+#: An id (an event's, its chain's, an order's, an intent's): a UUID, and on
+#: the wire only in its canonical text form (see :data:`CANONICAL_ID_PATTERN`).
+Id = Annotated[uuid.UUID, BeforeValidator(_canonical_id), _CanonicalIdSchema()]
+
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
 
@@ -167,13 +212,13 @@ class Event(Frozen):
     #: The subject template this event type is published on (see ``subjects``).
     subject_template: ClassVar[str] = ""
 
-    id: uuid.UUID
+    id: Id
     type: str
     ts_event: Nanos
     ts_init: Nanos
     source: Annotated[str, Field(min_length=1, max_length=SOURCE_MAX_LENGTH)]
-    correlation_id: uuid.UUID
-    causation_id: uuid.UUID | None = None
+    correlation_id: Id
+    causation_id: Id | None = None
     payload: Any
 
     @classmethod

@@ -18,6 +18,7 @@ from libs.contract import options
 from libs.contract.envelope import (
     Event,
     Frozen,
+    Id,
     Money,
     NonNegativeQuantity,
     Price,
@@ -113,8 +114,8 @@ class StrategyFaulted(Event):
 
 
 class SubmitOrderPayload(Frozen):
-    order_id: uuid.UUID  # also the broker's client order id: idempotency key
-    intent_id: uuid.UUID | None = None
+    order_id: Id  # also the broker's client order id: idempotency key
+    intent_id: Id | None = None
     strategy: Token
     account: Token
     symbol: Symbol
@@ -157,7 +158,7 @@ class SubmitOrder(Event):
 
 
 class CancelOrderPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     reason: str = ""
 
@@ -187,7 +188,7 @@ class FlattenAccount(Event):
 
 
 class OrderAcceptedPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str
     symbol: Symbol
@@ -202,7 +203,7 @@ class OrderAccepted(Event):
 
 
 class OrderRejectedPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     reason: str
     code: str | None = None
@@ -222,7 +223,7 @@ Settlement = Literal["expired", "exercised", "assigned"]
 
 
 class FillPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str
     fill_id: str
@@ -265,7 +266,7 @@ class FillReceived(Event):
 
 
 class OrderCanceledPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str | None = None
     reason: str = ""
@@ -282,7 +283,7 @@ class OrderCanceled(Event):
 class ClosingOrder(Frozen):
     """One order a flatten's close-all placed at the broker."""
 
-    order_id: uuid.UUID
+    order_id: Id
     symbol: Symbol
     side: Side
     quantity: Quantity

@@ -84,10 +84,12 @@ async def test_an_event_whose_market_time_would_overflow_the_store_does_not_stop
 async def test_an_order_id_postgres_cannot_cast_does_not_stop_the_store(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
-    """The contract's UUIDs take the ``urn:uuid:`` form and the store keeps a
-    payload as sent, but the order-path index (migration 0002) casts
-    ``payload->>'order_id'`` to uuid, which PostgreSQL refuses for that form:
-    such a command was refused on every retry, and the store stopped."""
+    """The store keeps a payload as sent, and the order-path index (migration
+    0002) casts ``payload->>'order_id'`` to uuid, which PostgreSQL refuses for
+    the ``urn:uuid:`` form pydantic's UUID took: such a command was refused on
+    every retry, and the store stopped. The contract now takes an id only in
+    its canonical form, so the recorder refuses it at decode, as every
+    service does."""
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
         signal, intent = order_chain()[:2]
@@ -99,7 +101,7 @@ async def test_an_order_id_postgres_cannot_cast_does_not_stop_the_store(
         sent["payload"]["order_id"] = "urn:uuid:" + sent["payload"]["order_id"]
         bad = Outgoing(subject_for(cmd), orjson.dumps(sent), sent["id"])  # type: ignore[arg-type]
         await _assert_refused_row_recorded_and_recording_goes_on(
-            bus, database_url, rec, bad, before=2, reason="unstorable"
+            bus, database_url, rec, bad, before=2, reason="invalid_event"
         )
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]

@@ -5,22 +5,38 @@ uses, so no service acts on an event the audit store would not keep.
 - A nanosecond time is at most :data:`NANOS_MAX` (2200-01-01): the store's
   market-time indexes add ``CLOCK_SKEW_NS`` to ``ts_init`` in bigint, and a
   value near ``2**63 - 1`` overflowed them.
+- An id is a UUID as the services write it (lower-case 8-4-4-4-12 hex):
+  ``urn:uuid:…``, braces, upper case or no hyphens were accepted, and the
+  store keeps a payload as sent (``urn:uuid:…`` fails its ``::uuid`` index).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import (  # type: ignore[import-untyped]  # no types-jsonschema in dev deps
+    Draft202012Validator,
+)
 
-from libs.contract.codec import DecodeError, dead_letter, decode, encode, order_id_for
-from libs.contract.envelope import CLOCK_SKEW_NS, NANOS_MAX, Event, WallClock
+from libs.contract.codec import DecodeError, dead_letter, decode, derived_id, encode, order_id_for
+from libs.contract.envelope import (
+    CANONICAL_ID_PATTERN,
+    CLOCK_SKEW_NS,
+    NANOS_MAX,
+    Event,
+    WallClock,
+)
 from libs.contract.events import (
+    EVENT_ADAPTER,
     BarClosed,
     BarPayload,
     BrokerPositionsChecked,
@@ -45,6 +61,7 @@ from libs.contract.events import (
     TradePrinted,
 )
 
+PROTO = Path(__file__).resolve().parents[2] / "proto"
 T0 = 1_700_000_000_000_000_000
 BIGINT_MAX = 2**63 - 1
 
@@ -223,6 +240,20 @@ def _refused(sample: str, path: tuple[str | int, ...], value: object) -> DecodeE
     return info.value
 
 
+def _schema() -> dict[str, Any]:
+    return EVENT_ADAPTER.json_schema(mode="validation")
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
 # ----------------------------------------------------------------- times
 
 NS_FIELDS = [
@@ -275,3 +306,76 @@ def test_the_wall_clock_is_far_inside_the_bound() -> None:
     now = WallClock().now_ns()
     assert abs(now - time.time_ns()) < 60 * 10**9
     assert now < NANOS_MAX - 100 * 365 * 86_400 * 10**9
+
+
+# ------------------------------------------------------------------- ids
+
+ID_FIELDS = [
+    ("submit", ("id",)),
+    ("submit", ("correlation_id",)),
+    ("submit", ("causation_id",)),
+    ("submit", ("payload", "order_id")),
+    ("submit", ("payload", "intent_id")),
+    ("decision", ("payload", "intent_id")),
+    ("decision", ("payload", "order_id")),
+    ("fill", ("payload", "order_id")),
+    ("closing", ("payload", "orders", 0, "order_id")),
+]
+
+_CANONICAL = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+NON_CANONICAL = [
+    "urn:uuid:" + _CANONICAL,
+    "{" + _CANONICAL + "}",
+    _CANONICAL.replace("-", ""),
+    _CANONICAL.upper(),
+    " " + _CANONICAL,
+    _CANONICAL + "\n",
+]
+
+
+@pytest.mark.parametrize(("sample", "path"), ID_FIELDS)
+@pytest.mark.parametrize("text", NON_CANONICAL)
+def test_an_id_not_in_canonical_form_is_refused_naming_the_field(
+    sample: str, path: tuple[str | int, ...], text: str
+) -> None:
+    error = _refused(sample, path, text)
+    assert ".".join(str(p) for p in path) in error.detail
+    assert "canonical" in error.detail
+
+
+@pytest.mark.parametrize(("sample", "path"), ID_FIELDS)
+def test_a_canonical_id_decodes(sample: str, path: tuple[str | int, ...]) -> None:
+    wire = _wire(sample)
+    _set(wire, path, _CANONICAL)
+    event = decode(json.dumps(wire).encode())
+    assert json.loads(encode(event)) == wire
+
+
+def test_what_the_services_make_ids_with_writes_canonical_ids() -> None:
+    pattern = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    made = [uuid.uuid4(), derived_id("x", 1), order_id_for(uuid.uuid4())]
+    assert all(pattern.fullmatch(str(u)) for u in made)
+    for event in samples().values():
+        assert decode(encode(event)) == event
+
+
+def test_every_id_in_the_contract_takes_the_canonical_form_only() -> None:
+    """A guard for fields added later: every UUID of the schema carries the
+    canonical pattern, which only the canonical-id type adds."""
+    ids = [n for n in _walk(_schema()) if n.get("format") == "uuid"]
+    assert len(ids) >= 8
+    for node in ids:
+        assert node.get("pattern") == CANONICAL_ID_PATTERN, node
+
+
+# Not the one with a trailing newline: Python's ``re`` (which the jsonschema
+# package uses) lets ``$`` match before it, unlike the ECMA-262 regexes JSON
+# Schema specifies; the decoder matches the whole text.
+@pytest.mark.parametrize("text", [t for t in NON_CANONICAL if not t.endswith("\n")])
+def test_the_published_schema_refuses_a_non_canonical_id(text: str) -> None:
+    schema = json.loads((PROTO / "events.schema.json").read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema)
+    wire = _wire("submit")
+    assert validator.is_valid(wire)
+    wire["payload"]["order_id"] = text
+    assert not validator.is_valid(wire)
