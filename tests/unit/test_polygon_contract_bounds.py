@@ -13,8 +13,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import NANOS_MAX, Nanos
-from services.marketdata.adapters.polygon.parse import FrameParser
-from services.marketdata.adapters.polygon.schemas import WireMillis
+from services.marketdata.adapters.polygon.parse import (
+    FrameParser,
+    rest_bar_event,
+    rest_bar_rejected,
+)
+from services.marketdata.adapters.polygon.schemas import RestAgg, WireMillis
 
 T_MS = 1_700_000_000_000
 
@@ -93,3 +97,23 @@ def test_records_at_the_bounds_make_events_that_decode() -> None:
     assert [e.ts_event for e in parsed.events] == [NANOS_MAX, NANOS_MAX]
     for event in parsed.events:
         assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"t": 2**70}, {"t": NANOS_MAX // 1_000_000}],
+    ids=str,
+)
+def test_a_rest_bar_past_the_bounds_is_rejected_with_its_values_exact(
+    fields: dict[str, int],
+) -> None:
+    row = RestAgg.model_validate({"o": 1, "h": 2, "l": 1, "c": 2, "v": 10, "t": T_MS, **fields})
+    with pytest.raises(ValidationError) as info:
+        rest_bar_event("AAPL", row, source="marketdata/test", ts_init=T_MS * 1_000_000)
+    # Before: orjson could not write an integer beyond 64 bits, so making the
+    # dead letter raised TypeError and ended the gap-fill.
+    rejected = rest_bar_rejected("AAPL", row, info.value)
+    assert rejected.reason == "invalid_event"
+    kept = json.loads(rejected.raw)
+    assert {k: kept[k] for k in fields} == fields
+    assert kept["ticker"] == "AAPL"
