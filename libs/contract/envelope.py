@@ -34,6 +34,12 @@ from pydantic_core import CoreSchema
 
 from libs.contract.options import option_symbol
 
+#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``. orjson,
+#: which the recorder re-parses each payload with, reads an integer outside
+#: ``[-2**63, 2**64)`` as a float; the contract takes this one range for all.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 
 def _refuse_float(value: Any) -> Any:
     # A float (a Python float, or a JSON number with a fraction or exponent,
@@ -59,11 +65,6 @@ Quantity = Annotated[
 NonNegativeQuantity = Annotated[
     Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, ge=0), _Exact
 ]
-#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``, and what
-#: orjson (the recorder re-parses each payload with it) reads as an integer.
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-
 #: The latest time an event may carry: 2200-01-01T00:00:00Z, in ns since the
 #: epoch (7.26e18). A signed 64-bit integer (the store's BIGINT columns) ends
 #: at 2262-04-11, but the store also computes with times: its market-time
@@ -111,6 +112,12 @@ class _CanonicalIdSchema:
 #: An id (an event's, its chain's, an order's, an intent's): a UUID, and on
 #: the wire only in its canonical text form (see :data:`CANONICAL_ID_PATTERN`).
 Id = Annotated[uuid.UUID, BeforeValidator(_canonical_id), _CanonicalIdSchema()]
+
+#: Every integer of the contract but a time (a venue's exchange and condition
+#: codes, sequence numbers, counts): at most 64 bits, signed. The recorder
+#: re-parses each payload with orjson, which reads a bigger integer as a
+#: float, so the store would keep other digits than the services acted on.
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]

@@ -19,6 +19,7 @@ from libs.contract.envelope import (
     Event,
     Frozen,
     Id,
+    Int64,
     Money,
     NonNegativeQuantity,
     Price,
@@ -341,7 +342,7 @@ class PositionsCheckedPayload(Frozen):
     account: Token
     broker: str
     #: Open positions the broker reported.
-    broker_positions: int = Field(ge=0)
+    broker_positions: Int64 = Field(ge=0)
     #: Empty when every position agrees.
     differences: tuple[PositionDifference, ...] = ()
 

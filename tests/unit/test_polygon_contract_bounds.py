@@ -1,7 +1,7 @@
-"""Polygon's wire schema holds records to the contract's bound on times, so
-the parser (which builds events without validating them again) never makes
-an event the decoder refuses: such a record is rejected, and dead-lettered,
-at the adapter."""
+"""Polygon's wire schema holds records to the contract's bounds on times and
+integers, so the parser (which builds events without validating them again)
+never makes an event the decoder refuses: such a record is rejected, and
+dead-lettered, at the adapter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from libs.contract.codec import decode, encode
-from libs.contract.envelope import NANOS_MAX, Nanos
+from libs.contract.envelope import INT64_MAX, NANOS_MAX, Nanos
 from services.marketdata.adapters.polygon.parse import (
     FrameParser,
     rest_bar_event,
@@ -70,7 +70,17 @@ def _quote(**fields: object) -> dict[str, object]:
 
 PAST = [
     _trade(t=NANOS_MAX // 1_000_000 + 1),
+    _trade(x=INT64_MAX + 1),
+    _trade(z=2**64),
+    _trade(q=10**30),
+    _trade(c=[1, 2**64]),
     _quote(t=NANOS_MAX // 1_000_000 + 1),
+    _quote(bx=INT64_MAX + 1),
+    _quote(ax=-(2**63) - 1),
+    _quote(c=2**64),
+    _quote(i=[2**64]),
+    _quote(q=2**70),
+    _quote(z=2**64),
 ]
 
 
@@ -89,8 +99,8 @@ def test_a_record_past_the_contract_s_bounds_is_rejected_not_made_an_event(
 
 def test_records_at_the_bounds_make_events_that_decode() -> None:
     frame = [
-        _trade(t=NANOS_MAX // 1_000_000),
-        _quote(t=NANOS_MAX // 1_000_000),
+        _trade(t=NANOS_MAX // 1_000_000, x=INT64_MAX, q=INT64_MAX, c=[INT64_MAX]),
+        _quote(t=NANOS_MAX // 1_000_000, bx=INT64_MAX, i=[INT64_MAX], z=-(2**63)),
     ]
     parsed = parser().parse(json.dumps(frame).encode())
     assert parsed.rejected == []
@@ -101,7 +111,7 @@ def test_records_at_the_bounds_make_events_that_decode() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"t": 2**70}, {"t": NANOS_MAX // 1_000_000}],
+    [{"t": 2**70}, {"t": NANOS_MAX // 1_000_000}, {"n": 2**64}, {"n": -(2**63) - 1}],
     ids=str,
 )
 def test_a_rest_bar_past_the_bounds_is_rejected_with_its_values_exact(
