@@ -13,6 +13,7 @@ event. Domain code never reads the wall clock; it is handed a :class:`Clock`.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -20,9 +21,24 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Protocol, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from libs.contract.options import option_symbol
+
+#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``. orjson,
+#: which the recorder re-parses each payload with, reads an integer outside
+#: ``[-2**63, 2**64)`` as a float; the contract takes this one range for all.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 def _refuse_float(value: Any) -> Any:
@@ -49,9 +65,60 @@ Quantity = Annotated[
 NonNegativeQuantity = Annotated[
     Decimal, Field(allow_inf_nan=False, max_digits=38, decimal_places=12, ge=0), _Exact
 ]
-#: Nanoseconds since the Unix epoch; at most a signed 64-bit integer, which is
-#: what the event store's BIGINT columns hold.
-Nanos = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The latest time an event may carry: 2200-01-01T00:00:00Z, in ns since the
+#: epoch (7.26e18). A signed 64-bit integer (the store's BIGINT columns) ends
+#: at 2262-04-11, but the store also computes with times: its market-time
+#: indexes (migrations 0013, 0014) add ``CLOCK_SKEW_NS`` to ``ts_init``, and
+#: a time within 5 s of ``2**63 - 1`` made that overflow, so the store refused
+#: an event every service had already acted on. 2200 leaves 62 years of
+#: headroom for such sums and is far past any real clock (a broker's or
+#: venue's time beyond it is a bad clock, refused like any malformed value).
+NANOS_MAX = 7_258_118_400 * 1_000_000_000
+
+#: Nanoseconds since the Unix epoch, from 0 (1970) to :data:`NANOS_MAX`
+#: (2200): every time in the envelope and the payloads.
+Nanos = Annotated[int, Field(ge=0, le=NANOS_MAX)]
+#: The one text form of an id: lower-case hex, 8-4-4-4-12 with hyphens, as
+#: ``str(uuid.UUID)`` writes it (and so ``encode``, for every id it writes).
+CANONICAL_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CANONICAL_ID = re.compile(CANONICAL_ID_PATTERN)
+
+
+def _canonical_id(value: Any) -> Any:
+    # pydantic's UUID also takes "urn:uuid:...", braces, upper case, no
+    # hyphens, even surrounding blanks; the services would act on such an id
+    # while the store keeps the payload as sent, where PostgreSQL's ::uuid
+    # (the order-path index) refuses "urn:uuid:" and a text comparison would
+    # not find the id. One form, the one we write, is the only one we read.
+    if isinstance(value, str) and not _CANONICAL_ID.fullmatch(value):
+        raise ValueError(
+            "must be a UUID in canonical form (lower-case hex, 8-4-4-4-12 with "
+            f"hyphens, as str(uuid) writes it), not {value[:80]!r}"
+        )
+    return value
+
+
+class _CanonicalIdSchema:
+    """Puts :data:`CANONICAL_ID_PATTERN` in the JSON Schema (``proto/``)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = CANONICAL_ID_PATTERN
+        return json_schema
+
+
+#: An id (an event's, its chain's, an order's, an intent's): a UUID, and on
+#: the wire only in its canonical text form (see :data:`CANONICAL_ID_PATTERN`).
+Id = Annotated[uuid.UUID, BeforeValidator(_canonical_id), _CanonicalIdSchema()]
+
+#: Every integer of the contract but a time (a venue's exchange and condition
+#: codes, sequence numbers, counts): at most 64 bits, signed. The recorder
+#: re-parses each payload with orjson, which reads a bigger integer as a
+#: float, so the store would keep other digits than the services acted on.
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
 #: A subject token: a symbol, strategy or account name.
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:\-]+$")]
 
@@ -152,13 +219,13 @@ class Event(Frozen):
     #: The subject template this event type is published on (see ``subjects``).
     subject_template: ClassVar[str] = ""
 
-    id: uuid.UUID
+    id: Id
     type: str
     ts_event: Nanos
     ts_init: Nanos
     source: Annotated[str, Field(min_length=1, max_length=SOURCE_MAX_LENGTH)]
-    correlation_id: uuid.UUID
-    causation_id: uuid.UUID | None = None
+    correlation_id: Id
+    causation_id: Id | None = None
     payload: Any
 
     @classmethod

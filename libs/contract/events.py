@@ -21,7 +21,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 
-from libs.contract.envelope import Event, Frozen, Token
+from libs.contract.envelope import Event, Frozen, Int64, Token
 from libs.contract.events_market import (
     BarClosed,
     BarPayload,
@@ -99,10 +99,10 @@ class DeadLetterPayload(Frozen):
     original_subject: str
     error: str
     raw_b64: str  # the message exactly as received, base64
-    raw_size: int
+    raw_size: Int64
     truncated: bool = False  # raw_b64 holds only the first part of a huge message
     headers: dict[str, str] = Field(default_factory=dict)
-    stream_seq: int | None = None
+    stream_seq: Int64 | None = None
 
 
 class MessageDeadLettered(Event):

@@ -13,6 +13,7 @@ from pydantic import model_validator
 from libs.contract.envelope import (
     Event,
     Frozen,
+    Int64,
     Money,
     Nanos,
     NonNegativeQuantity,
@@ -28,11 +29,11 @@ class TradePayload(Frozen):
     symbol: Symbol
     price: Price
     size: Quantity
-    exchange: int | None = None
+    exchange: Int64 | None = None
     trade_id: str | None = None
-    conditions: tuple[int, ...] = ()
-    tape: int | None = None
-    sequence: int | None = None
+    conditions: tuple[Int64, ...] = ()
+    tape: Int64 | None = None
+    sequence: Int64 | None = None
     feed: FeedName
     backfilled: bool = False
 
@@ -51,12 +52,12 @@ class QuotePayload(Frozen):
     bid_size: NonNegativeQuantity
     ask_price: Money
     ask_size: NonNegativeQuantity
-    bid_exchange: int | None = None
-    ask_exchange: int | None = None
-    condition: int | None = None
-    indicators: tuple[int, ...] = ()
-    tape: int | None = None
-    sequence: int | None = None
+    bid_exchange: Int64 | None = None
+    ask_exchange: Int64 | None = None
+    condition: Int64 | None = None
+    indicators: tuple[Int64, ...] = ()
+    tape: Int64 | None = None
+    sequence: Int64 | None = None
     feed: FeedName
 
     def unpriceable(self) -> Literal["one_sided", "crossed"] | None:
@@ -93,7 +94,7 @@ class BarPayload(Frozen):
     close: Price
     volume: NonNegativeQuantity
     vwap: Money | None = None
-    trades: int | None = None
+    trades: Int64 | None = None
     start_ns: Nanos
     end_ns: Nanos
     feed: FeedName
@@ -166,7 +167,7 @@ class FeedStatusPayload(Frozen):
         "slow_consumer",
     ]
     message: str = ""
-    gap_filled_bars: int | None = None
+    gap_filled_bars: Int64 | None = None
     #: The feed's connection the status is about, where it has several
     #: (Polygon's ``stocks`` and ``options``, each its own WebSocket); None:
     #: the feed as a whole.

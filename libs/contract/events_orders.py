@@ -18,6 +18,8 @@ from libs.contract import options
 from libs.contract.envelope import (
     Event,
     Frozen,
+    Id,
+    Int64,
     Money,
     NonNegativeQuantity,
     Price,
@@ -113,8 +115,8 @@ class StrategyFaulted(Event):
 
 
 class SubmitOrderPayload(Frozen):
-    order_id: uuid.UUID  # also the broker's client order id: idempotency key
-    intent_id: uuid.UUID | None = None
+    order_id: Id  # also the broker's client order id: idempotency key
+    intent_id: Id | None = None
     strategy: Token
     account: Token
     symbol: Symbol
@@ -157,7 +159,7 @@ class SubmitOrder(Event):
 
 
 class CancelOrderPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     reason: str = ""
 
@@ -187,7 +189,7 @@ class FlattenAccount(Event):
 
 
 class OrderAcceptedPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str
     symbol: Symbol
@@ -202,7 +204,7 @@ class OrderAccepted(Event):
 
 
 class OrderRejectedPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     reason: str
     code: str | None = None
@@ -222,7 +224,7 @@ Settlement = Literal["expired", "exercised", "assigned"]
 
 
 class FillPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str
     fill_id: str
@@ -265,7 +267,7 @@ class FillReceived(Event):
 
 
 class OrderCanceledPayload(Frozen):
-    order_id: uuid.UUID
+    order_id: Id
     account: Token
     broker_order_id: str | None = None
     reason: str = ""
@@ -282,7 +284,7 @@ class OrderCanceled(Event):
 class ClosingOrder(Frozen):
     """One order a flatten's close-all placed at the broker."""
 
-    order_id: uuid.UUID
+    order_id: Id
     symbol: Symbol
     side: Side
     quantity: Quantity
@@ -340,7 +342,7 @@ class PositionsCheckedPayload(Frozen):
     account: Token
     broker: str
     #: Open positions the broker reported.
-    broker_positions: int = Field(ge=0)
+    broker_positions: Int64 = Field(ge=0)
     #: Empty when every position agrees.
     differences: tuple[PositionDifference, ...] = ()
 

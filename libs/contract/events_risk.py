@@ -11,7 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from libs.contract.envelope import Event, Frozen, Money, Symbol, Token
+from libs.contract.envelope import Event, Frozen, Id, Money, Symbol, Token
 from libs.contract.events_orders import OrderIntentCreated
 
 TradingState = Literal["active", "reducing", "halted"]
@@ -55,14 +55,14 @@ class ReasonCode(StrEnum):
 
 
 class RiskDecisionPayload(Frozen):
-    intent_id: uuid.UUID
+    intent_id: Id
     strategy: Token
     account: Token
     symbol: Symbol
     decision: Literal["accepted", "denied"]
     reason: ReasonCode
     detail: str = ""
-    order_id: uuid.UUID | None = None
+    order_id: Id | None = None
 
     @classmethod
     def for_intent(

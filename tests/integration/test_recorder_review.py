@@ -30,11 +30,12 @@ def _diagnose(rec: ServiceProcess) -> str:
 
 
 async def _assert_refused_row_recorded_and_recording_goes_on(
-    bus: Bus, database_url: str, rec: ServiceProcess, bad: Outgoing, before: int
+    bus: Bus, database_url: str, rec: ServiceProcess, bad: Outgoing, before: int, reason: str
 ) -> None:
-    """``bad`` (published after ``before`` recorded positions) decodes, but the
-    store refuses its row: it is recorded as Undecodable with its bytes and
-    dead-lettered, and what follows is recorded as itself."""
+    """``bad`` (published after ``before`` recorded positions) is refused, for
+    ``reason`` (the contract's ``invalid_event``, or ``unstorable``: it decodes
+    but the store refuses its row): it is recorded as Undecodable with its
+    bytes and dead-lettered, and what follows is recorded as itself."""
     ack = await bus.publish_raw(bad)
     marker = next(iter(make_trades(1, "after-refused")))
     await bus.publish(marker)
@@ -48,7 +49,7 @@ async def _assert_refused_row_recorded_and_recording_goes_on(
     refused = by_seq[ack.seq]
     assert refused["type"] == "Undecodable"
     assert bytes(refused["raw"]) == bad.data
-    assert orjson.loads(refused["payload"])["reason"] == "unstorable"
+    assert orjson.loads(refused["payload"])["reason"] == reason
     (letter,) = [r for r in by_seq.values() if r["type"] == "MessageDeadLettered"]
     p = orjson.loads(letter["payload"])
     assert (p["stream_seq"], p["original_subject"]) == (ack.seq, bad.subject)
@@ -57,14 +58,15 @@ async def _assert_refused_row_recorded_and_recording_goes_on(
     await eventually(rec.healthy, timeout=10, message=lambda: _diagnose(rec))
 
 
-async def test_an_event_whose_market_time_overflows_the_store_does_not_stop_it(
+async def test_an_event_whose_market_time_would_overflow_the_store_does_not_stop_it(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
-    """The contract takes any ``ts_init`` up to 2**63 - 1, but the store's
-    market-time indexes (migrations 0013, 0014) compute ``ts_init + 5 s`` in
-    bigint for trades, bars, marks and fills: a trade stamped in the last
-    5 s of the range was refused (bigint out of range) on every retry of its
-    batch, and nothing after it was ever recorded."""
+    """The store's market-time indexes (migrations 0013, 0014) compute
+    ``ts_init + 5 s`` in bigint for trades, bars, marks and fills: a trade
+    stamped in the last 5 s of the range was refused (bigint out of range) on
+    every retry of its batch, and nothing after it was ever recorded. The
+    contract now refuses any time past 2200 (``NANOS_MAX``), so the recorder
+    refuses it at decode, as every service does."""
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
         await bus.publish_many(list(make_trades(2, "before")))
@@ -73,7 +75,7 @@ async def test_an_event_whose_market_time_overflows_the_store_does_not_stop_it(
         late = trade.model_copy(update={"ts_init": 2**63 - 1})
         bad = Outgoing(subject_for(late), encode(late), str(late.id))
         await _assert_refused_row_recorded_and_recording_goes_on(
-            bus, database_url, rec, bad, before=2
+            bus, database_url, rec, bad, before=2, reason="invalid_event"
         )
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
@@ -82,10 +84,12 @@ async def test_an_event_whose_market_time_overflows_the_store_does_not_stop_it(
 async def test_an_order_id_postgres_cannot_cast_does_not_stop_the_store(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
-    """The contract's UUIDs take the ``urn:uuid:`` form and the store keeps a
-    payload as sent, but the order-path index (migration 0002) casts
-    ``payload->>'order_id'`` to uuid, which PostgreSQL refuses for that form:
-    such a command was refused on every retry, and the store stopped."""
+    """The store keeps a payload as sent, and the order-path index (migration
+    0002) casts ``payload->>'order_id'`` to uuid, which PostgreSQL refuses for
+    the ``urn:uuid:`` form pydantic's UUID took: such a command was refused on
+    every retry, and the store stopped. The contract now takes an id only in
+    its canonical form, so the recorder refuses it at decode, as every
+    service does."""
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
         signal, intent = order_chain()[:2]
@@ -97,18 +101,19 @@ async def test_an_order_id_postgres_cannot_cast_does_not_stop_the_store(
         sent["payload"]["order_id"] = "urn:uuid:" + sent["payload"]["order_id"]
         bad = Outgoing(subject_for(cmd), orjson.dumps(sent), sent["id"])  # type: ignore[arg-type]
         await _assert_refused_row_recorded_and_recording_goes_on(
-            bus, database_url, rec, bad, before=2
+            bus, database_url, rec, bad, before=2, reason="invalid_event"
         )
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
 
 
-async def test_rows_the_store_refuses_inside_a_batch_leave_the_rest_recorded(
+async def test_rows_refused_inside_a_batch_leave_the_rest_recorded(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
-    """Two such messages among 300 trades, all waiting before the recorder
-    starts (so they come in one batch): each refused row is found, what is
-    around it recorded as itself, in stream order."""
+    """Two refused messages (times past the contract's bound) among 300
+    trades, all waiting before the recorder starts (so they come in one
+    batch): each is recorded as Undecodable, what is around it as itself, in
+    stream order."""
     trades = list(make_trades(300, "batch"))
     outgoing = [Outgoing.of(t) for t in trades]
     for at in (100, 200):

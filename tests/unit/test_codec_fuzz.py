@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from libs.contract import proto
 from libs.contract.codec import DecodeError, decode, encode
-from libs.contract.envelope import Event
+from libs.contract.envelope import NANOS_MAX, Event
 from libs.contract.events import (
     EVENT_TYPES,
     BarClosed,
@@ -88,7 +88,7 @@ def decodes_or_refuses(data: bytes, max_bytes: int | None = None) -> Event | Non
 tokens = st.from_regex(r"[A-Za-z0-9_:\-]{1,64}", fullmatch=True)
 #: An ``O:`` symbol must name an option contract (libs.contract.options).
 symbols = tokens.filter(lambda s: not s.startswith("O:")) | st.just("O:SPY241220P00720000")
-nanos = st.integers(min_value=0, max_value=2**63 - 1)
+nanos = st.integers(min_value=0, max_value=NANOS_MAX)
 small_ints = st.none() | st.integers(min_value=-(2**31), max_value=2**31)
 texts = st.text(max_size=40)
 feeds = st.sampled_from(get_args(FeedName))

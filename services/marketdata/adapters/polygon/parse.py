@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from libs.contract.codec import DERIVED_ID_NAMESPACE, DecodeError, dead_letter
 from libs.contract.envelope import Clock, Event, Frozen
@@ -292,8 +293,10 @@ def rest_bar_rejected(
 ) -> Rejected:
     """A REST aggregate our contract refuses (:func:`rest_bar_event` raised
     ``error``), to be dead-lettered as a WebSocket event would be."""
+    # pydantic's JSON writer, not orjson's: an integer past 64 bits (a
+    # likely reason for the refusal) is beyond orjson, which would raise.
     return Rejected(
-        orjson.dumps({"ticker": symbol, "interval": interval, **rec.model_dump(mode="json")}),
+        to_json({"ticker": symbol, "interval": interval, **rec.model_dump(mode="json")}),
         "invalid_event",
         f"REST {interval} bar of {symbol} at {rec.t}: {_short(error)}",
     )

@@ -8,12 +8,14 @@ times are **milliseconds**. Fields the venue adds later are ignored
 (``extra="ignore"``): a new field must not take the feed down; a missing
 required field or a wrong type makes that one event invalid.
 
-The fields that become ours (symbol, prices, sizes, times) carry our
+The fields that become ours (symbol, prices, sizes, times, codes) carry our
 contract's own constraints (a symbol is a subject token, a price is positive
-with at most 38 digits and 12 places, times fit in ns as int64). So a record
-that validates here makes a valid event, which lets :mod:`.parse` build events
-without validating twice; ``tests/unit/test_polygon_parse.py`` checks these
-constraints against ``libs.contract.envelope``.
+with at most 38 digits and 12 places, times in ns no later than 2200,
+integers of 64 bits). So a record that validates here makes a valid event,
+which lets :mod:`.parse` build events without validating twice;
+``tests/unit/test_polygon_parse.py`` and
+``tests/unit/test_polygon_contract_bounds.py`` check these constraints
+against ``libs.contract.envelope``.
 
 Numbers: Polygon writes prices as JSON numbers, produced from binary doubles
 with the shortest text that reads back to the same double. Parsing that text
@@ -28,6 +30,8 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from libs.contract.envelope import INT64_MAX, INT64_MIN, NANOS_MAX
 
 
 class _Wire(BaseModel):
@@ -51,8 +55,12 @@ WireMoney = Annotated[Decimal, _Exact]
 #: A ticker (``Symbol``): ``BRK.B`` is one (published on ``md.*.BRK~B``); ``BRK B``
 #: is not, so it is refused here, not later.
 WireSymbol = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.\-/]+$")]
-#: Milliseconds that fit in int64 nanoseconds (``Nanos``).
-WireMillis = Annotated[int, Field(ge=0, le=(2**63 - 1) // 1_000_000)]
+#: An integer we pass on (exchange, tape, condition codes, sequence number):
+#: at most 64 bits, signed (``Int64``).
+WireInt = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+#: Milliseconds that are a time of ours in nanoseconds (``Nanos``: up to
+#: ``NANOS_MAX``, 2200-01-01).
+WireMillis = Annotated[int, Field(ge=0, le=NANOS_MAX // 1_000_000)]
 
 
 class WsStatus(_Wire):
@@ -69,19 +77,19 @@ class WsTrade(_Wire):
     ev: Literal["T"]
     sym: WireSymbol
     #: Exchange id.
-    x: int | None = None
+    x: WireInt | None = None
     #: Trade id (a string).
     i: str | None = None
     #: Tape: 1 = NYSE, 2 = AMEX, 3 = Nasdaq.
-    z: int | None = None
+    z: WireInt | None = None
     p: WirePrice
     s: WireQuantity
     #: Condition codes; absent when there are none.
-    c: tuple[int, ...] = ()
+    c: tuple[WireInt, ...] = ()
     #: SIP timestamp, ms.
     t: WireMillis
     #: Sequence number, increasing per ticker (with gaps).
-    q: int | None = None
+    q: WireInt | None = None
     trfi: int | None = None
     trft: int | None = None
 
@@ -91,19 +99,19 @@ class WsQuote(_Wire):
 
     ev: Literal["Q"]
     sym: WireSymbol
-    bx: int | None = None
+    bx: WireInt | None = None
     bp: WireMoney
     bs: WireSize
-    ax: int | None = None
+    ax: WireInt | None = None
     ap: WireMoney
     as_: WireSize = Field(alias="as")
     #: Condition (one int).
-    c: int | None = None
+    c: WireInt | None = None
     #: Indicators.
-    i: tuple[int, ...] = ()
+    i: tuple[WireInt, ...] = ()
     t: WireMillis
-    q: int | None = None
-    z: int | None = None
+    q: WireInt | None = None
+    z: WireInt | None = None
 
 
 class WsAggregate(_Wire):
