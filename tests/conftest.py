@@ -13,6 +13,7 @@ from libs.bus.client import Bus
 from libs.store.migrate import upgrade_async
 from libs.store.urls import asyncpg_url
 from libs.testing.infra import provide_nats, provide_postgres
+from libs.testing.streams import delete_all_streams
 
 TEMPLATE_DB = "tradebus_template"
 
@@ -72,13 +73,11 @@ async def database_url(pg_admin_url: str, template_db: str) -> str:
 
 @pytest.fixture
 async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    """A bus on a clean slate: the recorded stream is deleted and recreated."""
+    """A bus on a clean slate: every stream is deleted (for good: see
+    libs.testing.streams) and the recorded one made again, empty."""
     b = await Bus.connect(nats_url, name="test")
     try:
-        streams = await b.js.streams_info()
-        for info in streams:
-            assert info.config.name is not None
-            await b.js.delete_stream(info.config.name)
+        await delete_all_streams(b.js)
         await b.ensure_stream()
         yield b
     finally:

@@ -19,6 +19,7 @@ import pytest
 from libs.bus.client import Bus
 from libs.bus.errors import PublishFailed
 from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import command_dead_letter
 from services.paper_broker.domain.fill_model import MarketUpdate
@@ -62,7 +63,7 @@ async def test_only_the_first_refused_dead_letter_waits_out_the_deadline(
     the first waits, the other three get one attempt each: the submit is
     carried out within two deadlines. Once the stream takes dead letters
     each of the four is dead-lettered and every message acknowledged."""
-    await bus.js.delete_stream(STREAM)
+    await delete_stream(bus.js, STREAM)
     await bus.ensure_stream(subjects=[s for s in RECORDED_SUBJECTS if s != DEADLETTER_ALL])
     for i in range(BAD):
         await bus.js.publish(f"orders.cmd.{venue.account}", f"not an event {i}".encode())

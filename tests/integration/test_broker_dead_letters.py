@@ -22,6 +22,7 @@ import pytest
 from libs.bus.client import Bus
 from libs.contract.events import CancelOrder, CancelOrderPayload
 from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 from services.broker_gateway import metrics
 from services.broker_gateway.adapters.commands import command_dead_letter
@@ -49,7 +50,7 @@ async def venue() -> AsyncIterator[Venue]:
 async def refuse_dead_letters(bus: Bus) -> None:
     """The stream made again without ``deadletter.>``: a dead letter's publish
     finds no stream (no responders) until :func:`take_dead_letters`."""
-    await bus.js.delete_stream(STREAM)
+    await delete_stream(bus.js, STREAM)
     await bus.ensure_stream(subjects=[s for s in RECORDED_SUBJECTS if s != DEADLETTER_ALL])
 
 

@@ -45,6 +45,7 @@ from libs.contract.events import (
 from libs.local.servers import free_port
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 from services.paper_broker.adapters.market import NatsPriceFeed
 
@@ -685,7 +686,7 @@ async def test_paper_price_feed_does_not_apply_a_price_again_after_a_reconnectio
         ("AAPL", "101"),
         ("AAPL", "102"),
     ]
-    await bus.js.delete_stream(STREAM)
+    await delete_stream(bus.js, STREAM)
     await bus.ensure_stream()
     await bus.publish(trade("MSFT", "40"))
     await connected_until(103)

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from libs.bus.client import Bus
+from libs.testing.streams import delete_all_streams
 from libs.testing.wait import eventually
 from services import cli as root
 from tests.integration.stack_up_runs import alive, kill_leftovers, start_up
@@ -23,9 +24,7 @@ async def _delete_streams(url: str) -> None:
     created one on this session's server)."""
     bus = await Bus.connect(url, name="test")
     async with bus:
-        for info in await bus.js.streams_info():
-            assert info.config.name is not None
-            await bus.js.delete_stream(info.config.name)
+        await delete_all_streams(bus.js)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, stream_order, timeline
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 
 CLOCK = WallClock()
@@ -278,7 +279,7 @@ async def _refused_after_a_reset(
         await eventually(lambda: _count_is(database_url, 5), timeout=30)
     finally:
         assert rec.terminate() == 0
-    await bus.js.delete_stream("TRADEBUS")
+    await delete_stream(bus.js, "TRADEBUS")
     await bus.ensure_stream()
     await bus.publish_many(list(make_trades(after, "after")))
     rec = recorder(tmp_path, nats_url, database_url, name="r2").start()

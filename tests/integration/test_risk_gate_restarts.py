@@ -15,6 +15,7 @@ from libs.contract.events import OrderIntentCreated
 from libs.local.servers import NatsServer
 from libs.store.urls import asyncpg_url
 from libs.testing.procs import ServiceProcess
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 from tests.integration import risk_gate_stack
 from tests.integration.recording import record_stream, wipe_nats
@@ -207,7 +208,7 @@ async def test_a_reset_stream_is_refused_not_read_past(stack: Stack, bus: Bus) -
     await wait_recorded(stack.database_url, "RiskDecisionMade", 1)
     stack.gate.kill()
     stack.recorder.kill()
-    await bus.js.delete_stream("TRADEBUS")
+    await delete_stream(bus.js, "TRADEBUS")
     await bus.ensure_stream()
     await bus.publish(mark("AAPL", "100"))
     sig, intent = signal_and_intent("good", 1)

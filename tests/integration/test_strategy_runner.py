@@ -38,6 +38,7 @@ from libs.strategy.testing import (
 from libs.testing.natsauth import config_users
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import rows
+from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
 from services.strategy_runner import metrics
 from services.strategy_runner.config import RunnerSettings
@@ -641,7 +642,7 @@ async def test_a_reset_stream_is_refused_not_read_past(
         await eventually(lambda: Timeline(database_url).count("SignalGenerated", "boom", 2))
         runner.kill()
         recorder.kill()
-        await bus.js.delete_stream(STREAM)
+        await delete_stream(bus.js, STREAM)
         await bus.ensure_stream()
         await publish_bars(bus, "MSFT", [12], first_minute=2)
         runner = service(run_args, tmp_path, nats_url, database_url, "runner-2").start()
