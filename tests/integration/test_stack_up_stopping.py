@@ -274,8 +274,14 @@ def test_up_waits_for_the_servers_an_up_killed_outright_left_stopping(tmp_path: 
     assert servers.proc.stdin is not None
     servers.proc.stdin.close()  # what up's death does: the keeper starts stopping
     notes: list[str] = []
+    pids = servers.pids()
+    assert "nats" in pids
     with _home_lock(tmp_path, notes.append):
-        assert servers.proc.poll() is not None, "the old keeper still runs its servers"
+        # What the lock must wait for: the old servers gone. (Not the keeper
+        # itself: it lets go of the lock as its main returns, a moment before
+        # its process exits, and a loaded host saw it still there.)
+        still = {name: pid for name, pid in pids.items() if alive(pid)}
+        assert not still, f"the old keeper still runs its servers: {still}"
     assert notes == [f"waiting for the servers of an earlier tradebus up to stop (home {tmp_path})"]
     assert servers.proc.wait() == 0
     assert servers.proc.stdout is not None
