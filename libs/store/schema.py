@@ -4,8 +4,9 @@
 JetStream stream, keyed by its stream sequence. The sequence is gapless and
 strictly increasing because the recorder writes rows only in stream order and
 writes a row for every position, including the ones it could not decode
-(``type = 'Undecodable'``, raw bytes kept), duplicates of an already recorded
-event id (``DuplicateSuppressed``) and positions missing from the stream
+(``type = 'Undecodable'``, raw bytes kept), an already recorded event sent
+again (``DuplicateSuppressed``; another event under its id is recorded as
+``Undecodable``, reason ``id_reused``) and positions missing from the stream
 (``MessageMissing``).
 """
 

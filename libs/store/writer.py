@@ -10,6 +10,12 @@ the holder dies its connection closes, Postgres frees the lock and the waiter
 takes over. Because the lock and the writes share one connection, a writer
 that lost its connection (and so its lock) cannot commit anything more: that
 is the fence.
+
+Event ids are unique in the store. An event sent again at a new stream
+position is written as a ``DuplicateSuppressed`` pointer to the first; a
+message that carries a recorded id but says something else
+(:data:`EVENT_FIELDS`) is not written as one: :class:`IdReused` hands it
+back to the caller, which records it whole.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import orjson
 
 from libs.contract.codec import derived_id
 from libs.store import queries
-from libs.store.errors import LockLost, RowRefused, StoreError, StoreUnavailable
+from libs.store.errors import IdReused, LockLost, Reuse, RowRefused, StoreError, StoreUnavailable
 from libs.store.layout import COPY_COLUMNS, DUPLICATE
 from libs.store.queries import Tail
 from libs.store.urls import asyncpg_url
@@ -166,7 +172,9 @@ class EventWriter:
         Rows at or below ``last_seq`` are already recorded and skipped, so
         writing the same batch twice is a no-op. Returns rows newly written.
         Raises :class:`RowRefused` for a row the store refuses on its own,
-        once every row before it is committed (``last_seq`` says how far).
+        once every row before it is committed (``last_seq`` says how far),
+        and :class:`IdReused` for rows that carry a recorded event's id but
+        are another event (see :data:`EVENT_FIELDS`), none of them committed.
         """
         fresh = [r for r in rows if r.seq > self.last_seq]
         if not fresh:
@@ -243,6 +251,7 @@ class EventWriter:
             # An event id we already have, arriving again at a new stream
             # position (re-published after the dedup window). Keep the
             # position, mark it as a duplicate: the sequence stays gapless.
+            # Unless it is another event under that id (IdReused).
             await self._write_with_duplicates(fresh)
 
     async def _write_with_duplicates(self, rows: list[Row]) -> None:
@@ -254,30 +263,87 @@ class EventWriter:
             # a core's worth of CPU once the table had grown.
             await self._conn.execute("SET LOCAL enable_seqscan = off")
             known = {
-                rec["id"]: rec["seq"]
+                rec["id"]: (rec["seq"], what_it_says(*(rec[f] for f in EVENT_FIELDS)))
                 for rec in await self._conn.fetch(
-                    "SELECT id, seq FROM events WHERE id = ANY($1::uuid[])", ids
+                    f"SELECT id, {', '.join(EVENT_FIELDS)}, seq FROM events "  # noqa: S608 (constants)
+                    "WHERE id = ANY($1::uuid[])",
+                    ids,
                 )
             }
-            seen: dict[uuid.UUID, int] = {}
+            in_batch: dict[uuid.UUID, Row] = {}
             out: list[Row] = []
+            duplicates: list[tuple[Row, int]] = []
+            reused: list[Reuse] = []
             for r in rows:
-                first = known.get(r.id, seen.get(r.id))
-                if first is None:
-                    seen[r.id] = r.seq
+                if r.id in known:
+                    first_seq, says = known[r.id]
+                elif (earlier := in_batch.get(r.id)) is not None:
+                    first_seq, says = earlier.seq, said_by(earlier)
+                else:
+                    in_batch[r.id] = r
                     out.append(r)
                     continue
-                log.warning("event %s at seq %d duplicates seq %d", r.id, r.seq, first)
-                dup_id = derived_id("duplicate", r.seq)
-                payload = orjson.dumps({"duplicate_of": str(r.id), "first_seq": first}).decode()
-                out.append(
-                    r._replace(
-                        id=dup_id,
-                        type=DUPLICATE,
-                        correlation_id=dup_id,
-                        causation_id=r.id,
-                        payload=payload,
-                        raw=None,
-                    )
-                )
+                differs = differences(r, says)
+                if differs:
+                    reused.append(Reuse(r.seq, r.id, first_seq, differs))
+                    continue
+                duplicates.append((r, first_seq))
+                out.append(duplicate_row(r, first_seq))
+            if reused:
+                # Another event under a recorded id: a pointer to the first
+                # would lose what it says. The caller records it otherwise.
+                raise IdReused(reused)
+            for r, first_seq in duplicates:
+                log.warning("event %s at seq %d duplicates seq %d", r.id, r.seq, first_seq)
             await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)
+
+
+#: What an event says, beyond its id: two messages with one id whose
+#: :func:`what_it_says` is equal are one event sent again (a publish retried
+#: past JetStream's duplicate window, a producer making the same fact again
+#: under its derived id after a restart), recorded as a DuplicateSuppressed
+#: pointer to the first. The payload counts as a JSON value (canonical: key
+#: order, spacing and escapes of the bytes do not count). Left out are
+#: ``ts_init`` and ``source``, when and by which instance this copy was made
+#: (a producer making it again gives new ones), and the subject; the
+#: pointer row keeps the copy's own of those (and of ``ts_event``), so
+#: nothing the copy says is lost.
+EVENT_FIELDS = ("type", "ts_event", "correlation_id", "causation_id", "payload")
+
+
+def what_it_says(
+    event_type: str,
+    ts_event: int,
+    correlation_id: uuid.UUID,
+    causation_id: uuid.UUID | None,
+    payload: str,
+) -> tuple[object, ...]:
+    """The :data:`EVENT_FIELDS` of a row, its payload (JSON text) canonical."""
+    canonical = orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    return (event_type, ts_event, correlation_id, causation_id, canonical)
+
+
+def said_by(row: Row) -> tuple[object, ...]:
+    """:func:`what_it_says` of a row."""
+    return what_it_says(*(getattr(row, f) for f in EVENT_FIELDS))
+
+
+def differences(row: Row, first: tuple[object, ...]) -> tuple[str, ...]:
+    """The :data:`EVENT_FIELDS` in which ``row`` says other than ``first``
+    (:func:`what_it_says` of the first event with its id); empty: the same event."""
+    return tuple(f for f, a, b in zip(EVENT_FIELDS, said_by(row), first, strict=True) if a != b)
+
+
+def duplicate_row(row: Row, first_seq: int) -> Row:
+    """The DuplicateSuppressed row for ``row``, the event at ``first_seq``
+    sent again: a pointer to it, with the copy's own subject, times and
+    source (and its bytes, if it was stored altered)."""
+    dup_id = derived_id("duplicate", row.seq)
+    payload = orjson.dumps({"duplicate_of": str(row.id), "first_seq": first_seq}).decode()
+    return row._replace(
+        id=dup_id,
+        type=DUPLICATE,
+        correlation_id=dup_id,
+        causation_id=row.id,
+        payload=payload,
+    )
