@@ -8,11 +8,11 @@ write the batch in one transaction, and only then ack (ack-all) the highest
 sequence written. Dead letters are published before the commit, with ids
 derived from their position so a retry does not repeat them. A message that
 decodes but whose row the store refuses on its own (a value it cannot hold)
-is recorded as undecodable too, reason ``unstorable``, and dead-lettered;
-so is one that carries the id of an event already recorded but is another
-event (reason ``id_reused``): the same event sent again is recorded as a
-``DuplicateSuppressed`` pointer to the first (``libs/store/writer.py``
-says what counts as the same).
+is recorded as undecodable too, reason ``unstorable``, and dead-lettered.
+One under the id of an event already recorded is a ``DuplicateSuppressed``
+pointer to the first, never a dead letter; if it says something else, the
+pointer keeps its bytes and names what differs, and it is counted
+(``libs/store/writer.py`` says what counts as the same).
 
 Any fault (NATS or Postgres away, lock lost) ends the cycle; the next one
 starts from what is committed, which is why a crash at any point loses
@@ -44,19 +44,17 @@ from libs.bus.errors import BusError
 from libs.continuity import refused
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
-from libs.store.errors import IdReused, RowRefused, StoreError
-from libs.store.writer import EventWriter, Row
+from libs.store.errors import RowRefused, StoreError
+from libs.store.writer import Copy, EventWriter, Row
 from services.recorder import metrics
 from services.recorder.adapters.snapshot import write_position_snapshot
 from services.recorder.adapters.stream import Batch, RecorderStream
 from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.rows import (
-    ID_REUSED,
     RECORDER_SOURCE,
     UNSTORABLE,
     StreamMessage,
-    id_reused_row,
     merge,
     missing_row,
     plan,
@@ -103,6 +101,19 @@ class Prepared:
     started: float
     #: The messages behind the rows, by sequence (not the missing positions).
     messages: dict[int, StreamMessage] = field(default_factory=dict)
+
+    def sent(self, seq: int) -> bytes | None:
+        """The bytes of the message at ``seq``, as it was sent."""
+        m = self.messages.get(seq)
+        return None if m is None else m.data
+
+
+def _count_copy(copy: Copy) -> None:
+    """A message under a recorded id, written as a pointer: counted when it
+    says something else (the writer logs each)."""
+    if copy.differs:
+        # At most the 31 combinations of EVENT_FIELDS: bounded.
+        metrics.ID_REUSES.labels(differs=",".join(copy.differs)).inc()
 
 
 class Recorder:
@@ -236,7 +247,9 @@ class Recorder:
         """Wait for the writer lock, unless asked to stop meanwhile."""
         opening = asyncio.ensure_future(
             EventWriter.open(
-                self.settings.database_url.get_secret_value(), standing_by=self._standing_by
+                self.settings.database_url.get_secret_value(),
+                standing_by=self._standing_by,
+                on_copy=_count_copy,
             )
         )
         stopping = asyncio.ensure_future(self.stopping.wait())
@@ -362,14 +375,13 @@ class Recorder:
         row the store refuses on its own (a value it cannot hold) is recorded
         as undecodable (``unstorable``, its bytes kept) and dead-lettered, as
         one that does not decode: retried as it was, its batch would fail for
-        ever and the timeline stop there. So is one that reuses a recorded
-        event's id for another event (:meth:`_record_reused`)."""
+        ever and the timeline stop there."""
         before = writer.last_seq
         rows = prepared.rows
         replaced: set[int] = set()
         while True:
             try:
-                await writer.write(rows)
+                await writer.write(rows, sent=prepared.sent)
             except RowRefused as refused:
                 m = prepared.messages.get(refused.seq)
                 if m is None or refused.seq in replaced:
@@ -386,33 +398,7 @@ class Recorder:
                 row = unstorable_row(m, str(refused.error))
                 rows = [row if r.seq == m.seq else r for r in rows]
                 continue
-            except IdReused as reused:
-                rows = await self._record_reused(bus, prepared, rows, reused, replaced)
-                continue
             return writer.last_seq - before
-
-    async def _record_reused(
-        self, bus: Bus, prepared: Prepared, rows: list[Row], reused: IdReused, replaced: set[int]
-    ) -> list[Row]:
-        """``rows`` with each message that reuses a recorded event's id for
-        another event recorded as undecodable (``id_reused``, its bytes kept)
-        and dead-lettered: as a pointer to the first, what it says was lost."""
-        by_seq: dict[int, Row] = {}
-        for reuse in reused.reused:
-            m = prepared.messages.get(reuse.seq)
-            if m is None or reuse.seq in replaced:
-                # A row of the recorder's own making: its id derives from its
-                # position, and cannot be another's. Reported (/health).
-                raise reused
-            replaced.add(reuse.seq)
-            log.warning("%s; recording it as %s", reuse, ID_REUSED)
-            error = f"{ID_REUSED}: {reuse}"
-            if not m.subject.startswith("deadletter."):
-                # Before the commit, as in _prepare: its id derives from the
-                # position, so a retry does not repeat it.
-                await self._dead_letter(bus, m, ID_REUSED, error)
-            by_seq[m.seq] = id_reused_row(m, str(reuse))
-        return [by_seq.get(r.seq, r) for r in rows]
 
     def _stream_trimmer(self, bus: Bus) -> Trimmer:
         return StreamTrimmer(bus, keep_s=self.settings.stream_keep_s, clock=self.clock)

@@ -2,15 +2,16 @@
 
 Past JetStream's duplicate window (here: published under another
 ``Nats-Msg-Id``) an event id already recorded gets a new stream position.
-The same event sent again (a retry, a producer re-making it under its
-derived id) is recorded as ``DuplicateSuppressed``, a pointer to the first.
-Another event under that id (a producer bug) is not the first one: it is
-kept whole as ``Undecodable``, reason ``id_reused``, and dead-lettered.
+Either way it is recorded as ``DuplicateSuppressed``, a pointer to the
+first, never dead-lettered: a producer making an event again under its
+derived id after a restart may make it a little differently (another
+``ts_event``, a reason text). A copy that says something else keeps its
+bytes in the pointer's ``raw`` and names what differs; it is logged and
+counted (``tradebus_recorder_id_reuses_total``).
 """
 
 from __future__ import annotations
 
-import base64
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -58,59 +59,65 @@ def _resent(trade: TradePrinted, msg_id: str) -> Outgoing:
     return Outgoing(subject_for(trade), data, msg_id)
 
 
-def _metric(rec: ServiceProcess, reason: str) -> float:
+def _reuses(rec: ServiceProcess) -> dict[str, float]:
+    """``tradebus_recorder_id_reuses_total`` by its ``differs`` label."""
+    out: dict[str, float] = {}
     for line in rec.metrics().splitlines():
-        if line.startswith("tradebus_dead_letters_total{") and f'reason="{reason}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+        if line.startswith("tradebus_recorder_id_reuses_total{"):
+            label, value = line.rsplit(" ", 1)
+            out[label.split('differs="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
 
 
-async def test_an_id_reused_for_another_event_is_kept_whole_and_dead_lettered(
+async def _no_dead_letters(database_url: str) -> None:
+    assert not [r for r in await rows(database_url) if r["type"] == "MessageDeadLettered"]
+
+
+async def test_a_copy_that_differs_is_a_pointer_keeping_its_bytes_not_a_dead_letter(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
-    """A trade is recorded; later another trade comes under its id. It was
-    recorded as ``DuplicateSuppressed``, a pointer to the first: its own
-    price was lost, and nobody was told."""
+    """A trade is recorded; later it comes again under its id, saying
+    another price. Its pointer keeps its bytes and says what differs, the
+    position is no dead letter, and the reuse is logged and counted. (The
+    pointer kept neither before: the copy's price was lost.)"""
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
         first = next(iter(make_trades(1, "first")))
         await bus.publish(first)
         await eventually(lambda: _count_is(database_url, 1), timeout=30)
         other = _other_trade(first)
-        bad = Outgoing(subject_for(other), encode(other), "another-msg-id")
-        ack = await bus.publish_raw(bad)
+        copy = Outgoing(subject_for(other), encode(other), "another-msg-id")
+        ack = await bus.publish_raw(copy)
         marker = next(iter(make_trades(1, "after-reuse")))
         await bus.publish(marker)
-        # The first trade, the reuse, its dead letter and the marker.
         await eventually(
-            lambda: _count_is(database_url, 4), timeout=30, message=lambda: _diagnose(rec)
+            lambda: _count_is(database_url, 3), timeout=30, message=lambda: _diagnose(rec)
         )
         assert (await timeline(database_url)).gapless
-        by_seq = {r["seq"]: r for r in await rows(database_url)}
-        assert by_seq[1]["type"] == "TradePrinted"
-        assert by_seq[1]["id"] == first.id
-        reused = by_seq[ack.seq]
-        assert reused["type"] == "Undecodable", reused
-        assert bytes(reused["raw"]) == bad.data
-        detail = orjson.loads(reused["payload"])
-        assert detail["reason"] == "id_reused"
-        assert str(first.id) in detail["error"]
-        assert "seq 1" in detail["error"]
-        assert "payload" in detail["error"]
-        (letter,) = [r for r in by_seq.values() if r["type"] == "MessageDeadLettered"]
-        p = orjson.loads(letter["payload"])
-        assert (p["stream_seq"], p["original_subject"]) == (ack.seq, bad.subject)
-        assert p["error"].startswith("id_reused: ")
-        assert base64.b64decode(p["raw_b64"]) == bad.data
-        assert [r["type"] for r in by_seq.values() if r["id"] == marker.id] == ["TradePrinted"]
-        assert _metric(rec, "id_reused") == 1
-        assert "reuses the id" in rec.log_text()
+        recorded = await rows(database_url)
+        assert [(r["seq"], r["type"]) for r in recorded] == [
+            (1, "TradePrinted"),
+            (ack.seq, "DuplicateSuppressed"),
+            (ack.seq + 1, "TradePrinted"),
+        ]
+        pointer = recorded[1]
+        assert pointer["causation_id"] == first.id
+        assert bytes(pointer["raw"]) == copy.data
+        assert orjson.loads(pointer["payload"]) == {
+            "duplicate_of": str(first.id),
+            "first_seq": 1,
+            "differs": ["payload"],
+        }
+        # Counted and logged once the batch is committed (the rows are read).
+        await eventually(lambda: _reuses(rec) == {"payload": 1}, timeout=10)
+        assert f"event {first.id} at seq {ack.seq} reuses the id of seq 1" in rec.log_text()
         await eventually(rec.healthy, timeout=10, message=lambda: _diagnose(rec))
+        await _no_dead_letters(database_url)
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
 
 
-async def test_a_reuse_and_a_resend_in_one_batch_are_told_apart(
+async def test_copies_in_one_batch_are_compared_with_the_first_of_their_id(
     tmp_path: Path, bus: Bus, database_url: str, nats_url: str
 ) -> None:
     """All waiting before the recorder starts, so they come in one batch:
@@ -120,37 +127,38 @@ async def test_a_reuse_and_a_resend_in_one_batch_are_told_apart(
         await bus.publish(t)
     same = await bus.publish_raw(_resent(trades[10], "resend-10"))
     other = _other_trade(trades[20])
-    bad = Outgoing(subject_for(other), encode(other), "reuse-20")
-    reused = await bus.publish_raw(bad)
-    # And an id first seen in this batch, reused in it.
+    differing = Outgoing(subject_for(other), encode(other), "reuse-20")
+    reused = await bus.publish_raw(differing)
+    # And an id first seen in this batch, sent again in it at another time.
     fresh = next(iter(make_trades(1, "fresh")))
     await bus.publish(fresh)
-    fresh_other = _other_trade(fresh)
-    bad_fresh = Outgoing(subject_for(fresh_other), encode(fresh_other), "reuse-fresh")
-    reused_fresh = await bus.publish_raw(bad_fresh)
+    later = fresh.model_copy(update={"ts_event": fresh.ts_event + 1})
+    differing_fresh = Outgoing(subject_for(later), encode(later), "reuse-fresh")
+    reused_fresh = await bus.publish_raw(differing_fresh)
     rec = recorder(tmp_path, nats_url, database_url).start()
     try:
-        # 54 positions and two dead letters.
         await eventually(
-            lambda: _count_is(database_url, 56), timeout=30, message=lambda: _diagnose(rec)
+            lambda: _count_is(database_url, 54), timeout=30, message=lambda: _diagnose(rec)
         )
         assert (await timeline(database_url)).gapless
         by_seq = {r["seq"]: r for r in await rows(database_url)}
+        assert len(by_seq) == 54
         assert by_seq[same.seq]["type"] == "DuplicateSuppressed"
         assert by_seq[same.seq]["causation_id"] == trades[10].id
-        for ack, out in ((reused, bad), (reused_fresh, bad_fresh)):
+        assert by_seq[same.seq]["raw"] is None
+        assert "differs" not in orjson.loads(by_seq[same.seq]["payload"])
+        for ack, out, first_id, differs in (
+            (reused, differing, trades[20].id, ["payload"]),
+            (reused_fresh, differing_fresh, fresh.id, ["ts_event"]),
+        ):
             row = by_seq[ack.seq]
-            assert row["type"] == "Undecodable", row
-            assert orjson.loads(row["payload"])["reason"] == "id_reused"
+            assert row["type"] == "DuplicateSuppressed", row
+            assert row["causation_id"] == first_id
             assert bytes(row["raw"]) == out.data
-        letters = [
-            orjson.loads(r["payload"])
-            for r in by_seq.values()
-            if r["type"] == "MessageDeadLettered"
-        ]
-        assert sorted(p["stream_seq"] for p in letters) == [reused.seq, reused_fresh.seq]
-        assert _metric(rec, "id_reused") == 2
+            assert orjson.loads(row["payload"])["differs"] == differs
+        await eventually(lambda: _reuses(rec) == {"payload": 1, "ts_event": 1}, timeout=10)
         await eventually(rec.healthy, timeout=10, message=lambda: _diagnose(rec))
+        await _no_dead_letters(database_url)
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]
 
@@ -184,8 +192,10 @@ async def test_the_same_event_sent_again_is_still_one_event_and_no_dead_letter(
         assert [r["seq"] for r in recorded if r["id"] == trade.id] == [first.seq]
         assert recorded[1]["causation_id"] == trade.id
         assert orjson.loads(recorded[1]["payload"])["first_seq"] == first.seq
-        assert _metric(rec, "id_reused") == 0
+        assert recorded[1]["raw"] is None
+        assert "differs" not in orjson.loads(recorded[1]["payload"])
+        assert _reuses(rec) == {}
         await eventually(rec.healthy, timeout=10, message=lambda: _diagnose(rec))
-        assert not [r for r in await rows(database_url) if r["type"] == "MessageDeadLettered"]
+        await _no_dead_letters(database_url)
     finally:
         assert rec.terminate() == 0, rec.log_text()[-2000:]

@@ -1,5 +1,6 @@
-"""When a message with a recorded event's id is that event sent again, and
-when it is another event under its id (``libs/store/writer.py``)."""
+"""A message under a recorded event's id (``libs/store/writer.py``): when it
+says what the first says, and what its DuplicateSuppressed pointer keeps
+when it does not."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 
 from libs.contract.codec import encode
 from libs.contract.events import TradePrinted
-from libs.store.errors import IdReused, Reuse
 from libs.store.layout import DUPLICATE
 from libs.store.writer import EVENT_FIELDS, Row, differences, duplicate_row, said_by, what_it_says
 from libs.testing.producer import make_trades
-from services.recorder.domain.rows import ID_REUSED, StreamMessage, id_reused_row, to_row
+from services.ops.gist import gist
+from services.recorder.domain.rows import StreamMessage, to_row
 
 TRADE = next(iter(make_trades(1, "md/a")))
 
@@ -125,16 +126,52 @@ def test_a_pointer_keeps_the_bytes_of_a_copy_stored_altered() -> None:
     assert duplicate_row(copy, first_seq=1).raw == encode(nul)
 
 
-def test_a_reused_id_is_recorded_whole_with_the_reason() -> None:
-    other = TradePrinted.model_validate_json(payload(price=TRADE.payload.price + 1))
-    data = encode(other)
-    reuse = Reuse(seq=9, id=TRADE.id, first_seq=1, differs=("payload",))
-    row = id_reused_row(StreamMessage(9, "md.trade.AAPL", data, ts_ns=5), str(reuse))
-    assert (row.seq, row.type, row.raw) == (9, "Undecodable", data)
-    assert row.id != TRADE.id
-    detail = orjson.loads(row.payload)
-    assert detail["reason"] == ID_REUSED
-    assert detail["error"] == (
-        f"event {TRADE.id} at seq 9 reuses the id of seq 1 for another event (differing in payload)"
+def test_a_pointer_to_a_copy_that_says_the_same_keeps_no_bytes() -> None:
+    copy = row_of(event(ts_init=TRADE.ts_init + 5), seq=9)
+    dup = duplicate_row(copy, first_seq=1, sent=encode(TRADE))
+    assert dup.raw is None
+    assert "differs" not in orjson.loads(dup.payload)
+
+
+def test_a_pointer_to_a_copy_that_differs_keeps_its_bytes_and_says_what_differs() -> None:
+    """A producer making an event again after a restart (another ts_event,
+    another reason text): the pointer keeps the copy's bytes as sent and
+    names what differs. Before, it kept the id and the first's seq only."""
+    data = event(
+        ts_event=TRADE.ts_event + 7, payload=TRADE.payload.model_copy(update={"size": Decimal(3)})
     )
-    assert str(IdReused([reuse, reuse])) == f"{reuse}; {reuse}"
+    copy = row_of(data, seq=9, subject="md.trade.x")
+    dup = duplicate_row(copy, first_seq=1, differs=("ts_event", "payload"), sent=data)
+    assert (dup.seq, dup.type, dup.causation_id, dup.raw) == (9, DUPLICATE, TRADE.id, data)
+    assert orjson.loads(dup.payload) == {
+        "duplicate_of": str(TRADE.id),
+        "first_seq": 1,
+        "differs": ["ts_event", "payload"],
+    }
+    assert (dup.subject, dup.ts_event) == ("md.trade.x", TRADE.ts_event + 7)
+
+
+def test_a_differing_copy_without_its_bytes_keeps_what_it_says_as_json() -> None:
+    """A caller that cannot give the bytes as sent: the pointer keeps the
+    copy as an event's JSON, everything it says, not the first's."""
+    copy = row_of(payload(price=TRADE.payload.price + 1), seq=9)
+    dup = duplicate_row(copy, first_seq=1, differs=("payload",))
+    assert dup.raw is not None
+    kept = TradePrinted.model_validate_json(dup.raw)
+    assert kept.id == TRADE.id
+    assert kept.payload.price == TRADE.payload.price + 1
+    assert (kept.ts_init, kept.source, kept.correlation_id) == (
+        TRADE.ts_init,
+        TRADE.source,
+        TRADE.correlation_id,
+    )
+
+
+def test_the_audit_line_of_a_differing_copy_says_what_differs() -> None:
+    said = {"duplicate_of": str(TRADE.id), "first_seq": 1, "differs": ["ts_event", "payload"]}
+    assert gist(DUPLICATE, said) == (
+        f"duplicate of {TRADE.id} at seq 1, differing in ts_event, payload"
+    )
+    assert gist(DUPLICATE, {"duplicate_of": str(TRADE.id), "first_seq": 1}) == (
+        f"duplicate of {TRADE.id} at seq 1"
+    )

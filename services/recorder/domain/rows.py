@@ -106,19 +106,6 @@ def unstorable_row(msg: StreamMessage, error: str) -> Row:
     return _undecodable(msg, UNSTORABLE, error)
 
 
-#: The reason an event that decoded is recorded as undecodable: its id is
-#: the id of another event the store holds (see :func:`id_reused_row`).
-ID_REUSED = "id_reused"
-
-
-def id_reused_row(msg: StreamMessage, error: str) -> Row:
-    """The row for a message that carries the id of an event already
-    recorded but is another event (a producer bug): not a pointer to the
-    first, which would lose what it says, but recorded as undecodable, its
-    bytes kept."""
-    return _undecodable(msg, ID_REUSED, error)
-
-
 def _undecodable(msg: StreamMessage, reason: str, detail: str) -> Row:
     rid = derived_id("undecodable", msg.seq)
     # The error can quote the input, U+0000 included.
