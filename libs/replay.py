@@ -46,6 +46,7 @@ from libs.contract.subjects import (
 from libs.store import queries
 from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
+from libs.store.layout import UNDECODABLE
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
@@ -309,7 +310,11 @@ async def replay(
         async for row in rows(to_seq):
             done += 1
             subject: str | None = None  # where the row goes, if published
-            if not row.is_event and not (request.include_undecodable and row.raw is not None):
+            # An undecodable message's bytes, if asked for; never a
+            # DuplicateSuppressed pointer's (a copy it keeps): the event
+            # it repeats is replayed.
+            undecodable = row.type == UNDECODABLE and row.raw is not None
+            if not row.is_event and not (request.include_undecodable and undecodable):
                 result.skipped += 1
             elif request.dry_run:
                 result.published += 1

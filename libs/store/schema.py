@@ -4,9 +4,10 @@
 JetStream stream, keyed by its stream sequence. The sequence is gapless and
 strictly increasing because the recorder writes rows only in stream order and
 writes a row for every position, including the ones it could not decode
-(``type = 'Undecodable'``, raw bytes kept), duplicates of an already recorded
-event id (``DuplicateSuppressed``) and positions missing from the stream
-(``MessageMissing``).
+(``type = 'Undecodable'``, raw bytes kept), a message under an already
+recorded event's id (``DuplicateSuppressed``, a pointer to the first,
+keeping the copy's bytes when it says something else) and positions missing
+from the stream (``MessageMissing``).
 """
 
 from __future__ import annotations

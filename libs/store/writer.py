@@ -10,6 +10,13 @@ the holder dies its connection closes, Postgres frees the lock and the waiter
 takes over. Because the lock and the writes share one connection, a writer
 that lost its connection (and so its lock) cannot commit anything more: that
 is the fence.
+
+Event ids are unique in the store. A message under a recorded id, at a new
+stream position, is written as a ``DuplicateSuppressed`` pointer to the
+first. If it says something else (:data:`EVENT_FIELDS`: a producer making
+an event again after a restart may make it a little differently), the
+pointer keeps its bytes and names what differs, so nothing it says is lost
+(:func:`duplicate_row`); the writer logs it and reports it (``on_copy``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple, Self
 
@@ -77,14 +85,51 @@ class Row(NamedTuple):
     raw: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """The message at ``seq`` carries the id ``id`` of the event at
+    ``first_seq`` and was written as a pointer to it; ``differs`` names the
+    :data:`EVENT_FIELDS` in which it says otherwise (empty: the same event
+    sent again)."""
+
+    seq: int
+    id: uuid.UUID
+    first_seq: int
+    differs: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if not self.differs:
+            return f"event {self.id} at seq {self.seq} duplicates seq {self.first_seq}"
+        return (
+            f"event {self.id} at seq {self.seq} reuses the id of seq {self.first_seq}, "
+            f"differing in {', '.join(self.differs)}; its pointer keeps its bytes"
+        )
+
+
+#: The bytes the message at a stream sequence was sent as (None: unknown).
+SentBytes = Callable[[int], bytes | None]
+
+
+def _unknown(_seq: int) -> bytes | None:
+    return None
+
+
 class EventWriter:
     """Holds the recorder lock and appends rows. Use :meth:`open`."""
 
-    def __init__(self, conn: asyncpg.Connection, tail: Tail | None) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        tail: Tail | None,
+        *,
+        on_copy: Callable[[Copy], None] | None = None,
+    ) -> None:
         self._conn = conn
         #: The store's last row when the writer opened (see libs.continuity).
         self.tail = tail
         self.last_seq = queries.last_seq_of(tail)
+        #: Called for each copy written as a pointer, once it is committed.
+        self.on_copy = on_copy
         self._closed = False
 
     @classmethod
@@ -94,9 +139,11 @@ class EventWriter:
         *,
         lock_key: int = RECORDER_LOCK_KEY,
         standing_by: Callable[[], None] | None = None,
+        on_copy: Callable[[Copy], None] | None = None,
     ) -> EventWriter:
         """Connect, wait for the single-writer lock, read the last sequence.
-        ``standing_by`` is called once if another writer holds the lock."""
+        ``standing_by`` is called once if another writer holds the lock;
+        ``on_copy`` once for each :class:`Copy` committed."""
         try:
             conn = await asyncpg.connect(
                 asyncpg_url(url),
@@ -128,7 +175,7 @@ class EventWriter:
                 raise StoreUnavailable(f"event store connection lost: {e}") from e
             raise
         log.info("holding the writer lock; last recorded sequence %d", queries.last_seq_of(last))
-        return cls(conn, last)
+        return cls(conn, last, on_copy=on_copy)
 
     async def __aenter__(self) -> Self:
         return self
@@ -160,13 +207,16 @@ class EventWriter:
         """
         await self._fenced(self._conn.fetchval("SELECT 1"), PING_TIMEOUT, "idle")
 
-    async def write(self, rows: Sequence[Row]) -> int:
+    async def write(self, rows: Sequence[Row], *, sent: SentBytes = _unknown) -> int:
         """Append ``rows`` (contiguous, starting at or before ``last_seq + 1``).
 
         Rows at or below ``last_seq`` are already recorded and skipped, so
         writing the same batch twice is a no-op. Returns rows newly written.
-        Raises :class:`RowRefused` for a row the store refuses on its own,
-        once every row before it is committed (``last_seq`` says how far).
+        A row under a recorded event's id is written as a pointer to it
+        (:func:`duplicate_row`; ``sent`` gives the bytes a copy that differs
+        was sent as, which its pointer keeps). Raises :class:`RowRefused`
+        for a row the store refuses on its own, once every row before it is
+        committed (``last_seq`` says how far).
         """
         fresh = [r for r in rows if r.seq > self.last_seq]
         if not fresh:
@@ -180,7 +230,7 @@ class EventWriter:
                 )
         # One deadline for the whole transaction: a COPY cut off by a server
         # shutdown has been seen to hang instead of failing.
-        await self._fenced(self._append_all(fresh), WRITE_TIMEOUT, "writing")
+        await self._fenced(self._append_all(fresh, sent), WRITE_TIMEOUT, "writing")
         return len(fresh)
 
     async def _fenced(self, work: Awaitable[object], timeout: float, doing: str) -> None:
@@ -196,22 +246,31 @@ class EventWriter:
             self._conn.terminate()
             raise LockLost(f"event store connection lost while {doing}: {e}") from e
 
-    async def _append_all(self, rows: list[Row]) -> None:
+    async def _append_all(self, rows: list[Row], sent: SentBytes) -> None:
         pending = rows
         while pending:
             try:
-                await self._append(pending)
+                copies = await self._append(pending, sent)
             except asyncpg.DataError:
                 # A value the store cannot hold (an index's cast or sum out of
                 # range): the same batch would fail on every retry, and the
                 # timeline would stop there. Commit what comes before it.
-                await self._commit_until_refused(pending)
+                await self._commit_until_refused(pending, sent)
                 pending = [r for r in pending if r.seq > self.last_seq]
                 continue
-            self.last_seq = pending[-1].seq
+            self._committed(pending[-1].seq, copies)
             return
 
-    async def _commit_until_refused(self, rows: list[Row]) -> None:
+    def _committed(self, last_seq: int, copies: list[Copy]) -> None:
+        """Rows up to ``last_seq`` are committed, ``copies`` among them: said
+        here, once (a transaction rolled back and redone says nothing twice)."""
+        self.last_seq = last_seq
+        for copy in copies:
+            log.warning("%s", copy)
+            if self.on_copy is not None:
+                self.on_copy(copy)
+
+    async def _commit_until_refused(self, rows: list[Row], sent: SentBytes) -> None:
         """``rows`` were refused as a whole: commit those before the first one
         refused on its own and raise :class:`RowRefused` for it (a bisection:
         a few round trips, not one per row). Commits at least one row if it
@@ -220,20 +279,21 @@ class EventWriter:
         while high - low > 1:
             mid = (low + high) // 2
             try:
-                await self._append(rows[low:mid])
+                copies = await self._append(rows[low:mid], sent)
             except asyncpg.DataError:
                 high = mid
                 continue
-            self.last_seq = rows[mid - 1].seq
+            self._committed(rows[mid - 1].seq, copies)
             low = mid
         # Refused on its own, not only with others, before it is given up on.
         try:
-            await self._append(rows[low : low + 1])
+            copies = await self._append(rows[low : low + 1], sent)
         except asyncpg.DataError as e:
             raise RowRefused(rows[low].seq, e) from e
-        self.last_seq = rows[low].seq
+        self._committed(rows[low].seq, copies)
 
-    async def _append(self, fresh: list[Row]) -> None:
+    async def _append(self, fresh: list[Row], sent: SentBytes) -> list[Copy]:
+        """Commit ``fresh``; returns the copies written as pointers."""
         try:
             async with self._conn.transaction():
                 await self._conn.copy_records_to_table(
@@ -243,9 +303,10 @@ class EventWriter:
             # An event id we already have, arriving again at a new stream
             # position (re-published after the dedup window). Keep the
             # position, mark it as a duplicate: the sequence stays gapless.
-            await self._write_with_duplicates(fresh)
+            return await self._write_with_duplicates(fresh, sent)
+        return []
 
-    async def _write_with_duplicates(self, rows: list[Row]) -> None:
+    async def _write_with_duplicates(self, rows: list[Row], sent: SentBytes) -> list[Copy]:
         ids = [r.id for r in rows]
         async with self._conn.transaction():
             # Look the ids up through the unique index. The plan cached for
@@ -254,30 +315,109 @@ class EventWriter:
             # a core's worth of CPU once the table had grown.
             await self._conn.execute("SET LOCAL enable_seqscan = off")
             known = {
-                rec["id"]: rec["seq"]
+                rec["id"]: (rec["seq"], what_it_says(*(rec[f] for f in EVENT_FIELDS)))
                 for rec in await self._conn.fetch(
-                    "SELECT id, seq FROM events WHERE id = ANY($1::uuid[])", ids
+                    f"SELECT id, {', '.join(EVENT_FIELDS)}, seq FROM events "  # noqa: S608 (constants)
+                    "WHERE id = ANY($1::uuid[])",
+                    ids,
                 )
             }
-            seen: dict[uuid.UUID, int] = {}
+            in_batch: dict[uuid.UUID, Row] = {}
             out: list[Row] = []
+            copies: list[Copy] = []
             for r in rows:
-                first = known.get(r.id, seen.get(r.id))
-                if first is None:
-                    seen[r.id] = r.seq
+                if r.id in known:
+                    first_seq, says = known[r.id]
+                elif (earlier := in_batch.get(r.id)) is not None:
+                    first_seq, says = earlier.seq, said_by(earlier)
+                else:
+                    in_batch[r.id] = r
                     out.append(r)
                     continue
-                log.warning("event %s at seq %d duplicates seq %d", r.id, r.seq, first)
-                dup_id = derived_id("duplicate", r.seq)
-                payload = orjson.dumps({"duplicate_of": str(r.id), "first_seq": first}).decode()
-                out.append(
-                    r._replace(
-                        id=dup_id,
-                        type=DUPLICATE,
-                        correlation_id=dup_id,
-                        causation_id=r.id,
-                        payload=payload,
-                        raw=None,
-                    )
-                )
+                # Not dead-lettered when it differs: producers make events
+                # again under derived ids after a restart, and some of what
+                # they say then is of that moment (a clock's ts_event, a
+                # reason text). The pointer keeps all of it.
+                differs = differences(r, says)
+                copies.append(Copy(r.seq, r.id, first_seq, differs))
+                out.append(duplicate_row(r, first_seq, differs, sent(r.seq) if differs else None))
             await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)
+        return copies
+
+
+#: What an event says, beyond its id: two messages with one id whose
+#: :func:`what_it_says` is equal are one event sent again (a publish retried
+#: past JetStream's duplicate window, a producer making the same fact again
+#: under its derived id after a restart), and the second one's
+#: DuplicateSuppressed pointer needs nothing more. The payload counts as a
+#: JSON value (canonical: key order, spacing and escapes of the bytes do not
+#: count). Left out are ``ts_init`` and ``source``, when and by which
+#: instance this copy was made (a producer making it again gives new ones),
+#: and the subject; the pointer row keeps the copy's own of those (and of
+#: ``ts_event``). A copy that differs in any of these fields keeps its bytes
+#: in its pointer too (:func:`duplicate_row`).
+EVENT_FIELDS = ("type", "ts_event", "correlation_id", "causation_id", "payload")
+
+
+def what_it_says(
+    event_type: str,
+    ts_event: int,
+    correlation_id: uuid.UUID,
+    causation_id: uuid.UUID | None,
+    payload: str,
+) -> tuple[object, ...]:
+    """The :data:`EVENT_FIELDS` of a row, its payload (JSON text) canonical."""
+    canonical = orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    return (event_type, ts_event, correlation_id, causation_id, canonical)
+
+
+def said_by(row: Row) -> tuple[object, ...]:
+    """:func:`what_it_says` of a row."""
+    return what_it_says(*(getattr(row, f) for f in EVENT_FIELDS))
+
+
+def differences(row: Row, first: tuple[object, ...]) -> tuple[str, ...]:
+    """The :data:`EVENT_FIELDS` in which ``row`` says other than ``first``
+    (:func:`what_it_says` of the first event with its id); empty: the same event."""
+    return tuple(f for f, a, b in zip(EVENT_FIELDS, said_by(row), first, strict=True) if a != b)
+
+
+def duplicate_row(
+    row: Row, first_seq: int, differs: Sequence[str] = (), sent: bytes | None = None
+) -> Row:
+    """The DuplicateSuppressed row for ``row``, under the id of the event at
+    ``first_seq``: a pointer to it, with the copy's own subject, times and
+    source (and its bytes, if it was stored altered). A copy that says
+    otherwise (``differs``, see :func:`differences`) keeps its bytes as
+    ``sent`` (without them, its event's JSON), and the pointer names what
+    differs: everything the copy says is in its row."""
+    dup_id = derived_id("duplicate", row.seq)
+    pointer: dict[str, object] = {"duplicate_of": str(row.id), "first_seq": first_seq}
+    raw = row.raw
+    if differs:
+        pointer["differs"] = list(differs)
+        raw = sent if sent is not None else raw if raw is not None else _as_sent(row)
+    return row._replace(
+        id=dup_id,
+        type=DUPLICATE,
+        correlation_id=dup_id,
+        causation_id=row.id,
+        payload=orjson.dumps(pointer).decode(),
+        raw=raw,
+    )
+
+
+def _as_sent(row: Row) -> bytes:
+    """The event of ``row`` as JSON (its bytes as sent are not known)."""
+    return orjson.dumps(
+        {
+            "id": str(row.id),
+            "type": row.type,
+            "ts_event": row.ts_event,
+            "ts_init": row.ts_init,
+            "source": row.source,
+            "correlation_id": str(row.correlation_id),
+            "causation_id": str(row.causation_id) if row.causation_id else None,
+            "payload": orjson.loads(row.payload),
+        }
+    )

@@ -140,8 +140,13 @@ def _mark(p: Payload) -> str:
 
 
 def _duplicate(p: Payload) -> str:
-    """Where the original is: its own chain is the one to audit."""
-    return f"duplicate of {p.get('duplicate_of', '?')} at seq {p.get('first_seq', '?')}"
+    """Where the original is: its own chain is the one to audit. A copy that
+    said something else keeps its bytes in the row (``raw``): said here."""
+    text = f"duplicate of {p.get('duplicate_of', '?')} at seq {p.get('first_seq', '?')}"
+    differs = p.get("differs")
+    if isinstance(differs, list) and differs:
+        text += f", differing in {', '.join(str(d) for d in differs)}"
+    return text
 
 
 GISTS: dict[str, Callable[[Payload], str]] = {

@@ -24,6 +24,12 @@ CONSUMER_LAG = KnownGauge(
     "(no sample while it is not the writer: not recording, it does not know)",
 )
 LAST_SEQUENCE = Gauge("tradebus_recorder_last_sequence", "Last committed stream sequence")
+ID_REUSES = Counter(
+    "tradebus_recorder_id_reuses_total",
+    "Messages under a recorded event's id that say something else, kept in their "
+    "DuplicateSuppressed pointer (differs: the fields that differ, comma-separated)",
+    ["differs"],
+)
 HOLES_FILLED = Counter(
     "tradebus_recorder_holes_filled_total", "Positions read directly from the stream"
 )

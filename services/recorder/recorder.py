@@ -9,6 +9,10 @@ sequence written. Dead letters are published before the commit, with ids
 derived from their position so a retry does not repeat them. A message that
 decodes but whose row the store refuses on its own (a value it cannot hold)
 is recorded as undecodable too, reason ``unstorable``, and dead-lettered.
+One under the id of an event already recorded is a ``DuplicateSuppressed``
+pointer to the first, never a dead letter; if it says something else, the
+pointer keeps its bytes and names what differs, and it is counted
+(``libs/store/writer.py`` says what counts as the same).
 
 Any fault (NATS or Postgres away, lock lost) ends the cycle; the next one
 starts from what is committed, which is why a crash at any point loses
@@ -41,7 +45,7 @@ from libs.continuity import refused
 from libs.contract.codec import dead_letter
 from libs.contract.envelope import Clock, WallClock
 from libs.store.errors import RowRefused, StoreError
-from libs.store.writer import EventWriter, Row
+from libs.store.writer import Copy, EventWriter, Row
 from services.recorder import metrics
 from services.recorder.adapters.snapshot import write_position_snapshot
 from services.recorder.adapters.stream import Batch, RecorderStream
@@ -97,6 +101,19 @@ class Prepared:
     started: float
     #: The messages behind the rows, by sequence (not the missing positions).
     messages: dict[int, StreamMessage] = field(default_factory=dict)
+
+    def sent(self, seq: int) -> bytes | None:
+        """The bytes of the message at ``seq``, as it was sent."""
+        m = self.messages.get(seq)
+        return None if m is None else m.data
+
+
+def _count_copy(copy: Copy) -> None:
+    """A message under a recorded id, written as a pointer: counted when it
+    says something else (the writer logs each)."""
+    if copy.differs:
+        # At most the 31 combinations of EVENT_FIELDS: bounded.
+        metrics.ID_REUSES.labels(differs=",".join(copy.differs)).inc()
 
 
 class Recorder:
@@ -230,7 +247,9 @@ class Recorder:
         """Wait for the writer lock, unless asked to stop meanwhile."""
         opening = asyncio.ensure_future(
             EventWriter.open(
-                self.settings.database_url.get_secret_value(), standing_by=self._standing_by
+                self.settings.database_url.get_secret_value(),
+                standing_by=self._standing_by,
+                on_copy=_count_copy,
             )
         )
         stopping = asyncio.ensure_future(self.stopping.wait())
@@ -362,7 +381,7 @@ class Recorder:
         replaced: set[int] = set()
         while True:
             try:
-                await writer.write(rows)
+                await writer.write(rows, sent=prepared.sent)
             except RowRefused as refused:
                 m = prepared.messages.get(refused.seq)
                 if m is None or refused.seq in replaced:
