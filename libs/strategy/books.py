@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from libs.contract.envelope import Event
@@ -59,7 +60,7 @@ class HostBooks:
         checkpoint's)."""
         self._apply(event, ledger=ledger)
 
-    def mark_at_fill(self, event: FillReceived) -> None:
+    def mark_at_fill(self, event: FillReceived, *, ledger: bool = True) -> None:
         """Another strategy's fill (or another account's) of a symbol this one
         trades, or of one of its :attr:`underlyings`: its price marks the
         position, as a print would (the risk-gate and ``tradebus positions``
@@ -68,25 +69,38 @@ class HostBooks:
         fill = event.payload
         if fill.settlement is None:
             # A settlement (an option's expiry) is no market price.
-            self.ledger.mark(fill.symbol, fill.price, event.market_ns)
+            self._price(fill.symbol, fill.price, event.market_ns, ledger=ledger)
 
-    def mark_only(self, event: Event) -> None:
+    def mark_only(self, event: Event, *, ledger: bool = True) -> None:
         """``event``'s price marks the position in its symbol, and the
         strategy is not called: another's fill (:meth:`mark_at_fill`), or a
         trade, a bar (of its ``bar_interval``) or a mark of one of its
         :attr:`underlyings`, which it is not shown (it did not ask for them)
         but whose shares an option's settlement may have booked to it. The
-        caller (``Router.markers``) picks the strategies an event marks."""
+        caller (``Router.markers``) picks the strategies an event marks. Not
+        ``ledger``: the ledger has it (a checkpoint's), but for the price of a
+        symbol it holds no position in (:meth:`_price`)."""
         if isinstance(event, FillReceived):
-            self.mark_at_fill(event)
+            self.mark_at_fill(event, ledger=ledger)
             return
         if not isinstance(event, PRICES):
             return
+        symbol = event.payload.symbol
         if isinstance(event, BarClosed):
             if self.bar_interval in (None, event.payload.interval):
-                self.ledger.mark(event.payload.symbol, event.payload.close, event.market_ns)
+                self._price(symbol, event.payload.close, event.market_ns, ledger=ledger)
         else:
-            self.ledger.mark(event.payload.symbol, event.payload.price, event.market_ns)
+            self._price(symbol, event.payload.price, event.market_ns, ledger=ledger)
+
+    def _price(self, symbol: str, price: Decimal, ts_ns: int, *, ledger: bool) -> None:
+        """A market price of ``symbol``: it marks the ledger; or, when the ledger
+        has the event already (a checkpoint's, ``ledger`` false), is only kept
+        for a symbol not held, as the mark a position in it opens with
+        (``Ledger.note_price``): the checkpoint stores positions only."""
+        if ledger:
+            self.ledger.mark(symbol, price, ts_ns)
+        else:
+            self.ledger.note_price(symbol, price, ts_ns)
 
     def owns_signal(self, signal_id: uuid.UUID) -> bool:
         return signal_id in self._signals
@@ -127,17 +141,14 @@ class HostBooks:
         instance = self._instance
         if isinstance(event, BarClosed):
             bar = event.payload
-            if ledger:
-                self.ledger.mark(symbol, bar.close, event.market_ns)
+            self._price(symbol, bar.close, event.market_ns, ledger=ledger)
             return None if instance is None else lambda: instance.on_bar(bar)
         if isinstance(event, TradePrinted):
             trade = event.payload
-            if ledger:
-                self.ledger.mark(symbol, trade.price, event.market_ns)
+            self._price(symbol, trade.price, event.market_ns, ledger=ledger)
             return None if instance is None else lambda: instance.on_trade(trade)
         if isinstance(event, MarkUpdated):
-            if ledger:
-                self.ledger.mark(symbol, event.payload.price, event.market_ns)
+            self._price(symbol, event.payload.price, event.market_ns, ledger=ledger)
             return None
         quote = event.payload
         return None if instance is None else lambda: instance.on_quote(quote)

@@ -18,7 +18,11 @@ the newest price by the market's own time (the host passes
 event was made, so one bad stamp ahead cannot hold the mark), a fill's price
 included, so a price arriving late with an older time does not move the mark
 back, and a fill newer than the last print marks the position at its price
-(a thin option contract may see no print for hours after it).
+(a thin option contract may see no print for hours after it). The newest
+price of a symbol not held yet is kept too: a position that opens without a
+price of its own (the underlying's shares of an option's exercise, booked at
+the strike) is marked by it at once, as the risk-gate marks it, not only at
+the symbol's next print (overnight, or over a weekend, after an expiry).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class Ledger:
     def __init__(self) -> None:
         self._positions: dict[str, Position] = {}
         self._seen_fills: set[tuple[str, str, str]] = set()
+        #: The newest price (and its market time) of each symbol marked and
+        #: not held yet: the mark a position in it opens with.
+        self._prices: dict[str, tuple[Decimal, int]] = {}
 
     @property
     def positions(self) -> dict[str, Position]:
@@ -69,10 +76,24 @@ class Ledger:
 
     def mark(self, symbol: str, price: Decimal, ts_ns: int) -> None:
         """``price`` of ``symbol`` at market time ``ts_ns`` marks its position
-        unless the mark is newer (only symbols already held matter)."""
+        unless the mark is newer; of a symbol not held yet, it is kept as the
+        mark a position in it opens with."""
         pos = self._positions.get(symbol)
-        if pos is not None and ts_ns >= pos.mark_ns:
+        if pos is None:
+            self.note_price(symbol, price, ts_ns)
+        elif ts_ns >= pos.mark_ns:
             self._positions[symbol] = replace(pos, mark=price, mark_ns=ts_ns)
+
+    def note_price(self, symbol: str, price: Decimal, ts_ns: int) -> None:
+        """Keep ``price`` (at ``ts_ns``) of ``symbol``, unless a newer one is
+        kept, as the mark a position in it opens with; nothing for a symbol
+        the ledger has a position in (a checkpoint's rebuild hands it the
+        prices its seed had seen: the seed's marks have them already)."""
+        if symbol in self._positions:
+            return
+        last = self._prices.get(symbol)
+        if last is None or ts_ns >= last[1]:
+            self._prices[symbol] = (price, ts_ns)
 
     def apply_fill(self, fill: FillPayload, ts_ns: int) -> bool:
         """Apply a fill (of market time ``ts_ns``: its event's ``market_ns``);
@@ -81,7 +102,17 @@ class Ledger:
         if key in self._seen_fills:
             return False
         self._seen_fills.add(key)
-        pos = self.position(fill.symbol)
+        pos = self._positions.get(fill.symbol)
+        if pos is None:
+            # Marked from the start by the newest price seen (the gate marks
+            # a symbol so, whoever held it then); the fill's own price, if
+            # newer, replaces it below. A settlement's price, a strike, is none.
+            last = self._prices.pop(fill.symbol, None)
+            pos = (
+                Position(fill.symbol)
+                if last is None
+                else Position(fill.symbol, mark=last[0], mark_ns=last[1])
+            )
         q0, avg0 = pos.quantity, pos.average_price
         dq = signed(fill.side, fill.quantity)
         realized = pos.realized_pnl - fill.commission

@@ -170,8 +170,7 @@ class InMemoryRuntime:
             self.hosts[name].restore(event, ledger=upto is None or seq > upto)
         for name in self.router.markers(event, names):
             upto = (ledgers_upto or {}).get(name)
-            if upto is None or seq > upto:
-                self.hosts[name].mark_only(event)
+            self.hosts[name].mark_only(event, ledger=upto is None or seq > upto)
 
     def run(self, events: Iterable[Event]) -> list[Event]:
         """Start (if not yet), feed every event; everything emitted meanwhile.

@@ -64,7 +64,9 @@ def test_a_price_marks_only_the_strategies_it_concerns_whoever_holds_the_symbol(
     if not restoring:
         rt.start()
     o_mark: Decimal | None = None
-    for i, (event, o_marked) in enumerate([(e, None) for e in held] + prices):
+    # o's shares open marked at q's fill before them (600), SPY's newest price.
+    marked_held = [(held[0], None), (held[1], None), (held[2], "600")]
+    for i, (event, o_marked) in enumerate(marked_held + prices):
         for name in rt.router.markers(event, rt.router.route(event)):
             host = rt.hosts[name]
             assert event.payload.symbol in host.symbols + host.underlyings, (name, event)

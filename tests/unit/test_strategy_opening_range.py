@@ -14,7 +14,7 @@ from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.opening_range import OpeningRangeBreakout, OpeningRangeParams
-from libs.strategy.testing import bar, fill_chain, ny_ns
+from libs.strategy.testing import bar, deny, fill_chain, ny_ns
 
 IDS = itertools.count(1)
 NS = 1_000_000_000
@@ -266,15 +266,18 @@ def test_without_a_calendar_flatten_at_is_kept_on_an_early_close() -> None:
 
 def test_an_early_flatten_inside_a_long_opening_range_still_flattens() -> None:
     # range_minutes 220: the range ends at 13:10, after the half day's 12:55
-    # flatten. A position carried in from the day before (not flattened) is
-    # closed at 12:55 all the same, not held through the range's bars.
+    # flatten. A position carried in from the day before (not flattened),
+    # whose close at the open the risk-gate denied, is closed at 12:55 all
+    # the same, not held through the range's bars.
     rt = runtime(range_minutes=220)
     day_before = dt.date(2025, 11, 26)
     out = rt.run([*opening(day_before), at(day_before, "13:10", "103")])
     (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
     for event in fill_chain(intent, 103, ids=next_id):
         rt.feed(event)
-    assert intents(rt.run([at(HALF_DAY, "09:30", "104")])) == []
+    out = rt.run([at(HALF_DAY, "09:30", "104")])
+    assert intents(out) == [("orb_flatten", "sell", Decimal(50))]  # carried in: closed
+    rt.feed(deny(next(e for e in out if isinstance(e, OrderIntentCreated)), ids=next_id))
     out = rt.run([at(HALF_DAY, "12:54", "104")])
     assert intents(out) == [("orb_flatten", "sell", Decimal(50))]
 

@@ -52,8 +52,9 @@ def test_a_settlement_is_booked_but_marks_nothing() -> None:
     The calls are exercised: p's contracts go at 0 (its 1,000 premium
     realized as lost) and p buys 200 SPY at 600. The ledgers book both, and
     neither fill marks a symbol: q's SPY stays at 612 (not the strike),
-    p's contract keeps its last price, p's new shares are unmarked until
-    SPY prints. Also after a restart from the store (``restore``)."""
+    p's contract keeps its last price, p's new shares open marked at SPY's
+    last price, 612, as the risk-gate marks them. Also after a restart from
+    the store (``restore``)."""
     call = "O:SPY261211C00600000"
     flatten = uuid.uuid4()
     for restoring in (False, True):
@@ -77,7 +78,7 @@ def test_a_settlement_is_booked_but_marks_nothing() -> None:
         assert (contract.quantity, contract.realized_pnl) == (Decimal(0), Decimal(-1000))
         assert contract.mark == Decimal(5), "a settlement is no price of the contract"
         assert (shares.quantity, shares.average_price) == (Decimal(200), Decimal(600))
-        assert shares.mark is None
+        assert shares.mark == Decimal(612), "SPY's last price, not the strike"
         q = rt.hosts["q"].ledger.position("SPY")
         assert (q.mark, q.unrealized_pnl) == (Decimal(612), Decimal(20)), "the strike is no price"
         if not restoring:
@@ -170,7 +171,8 @@ def test_an_options_only_strategy_s_shares_from_an_exercise_follow_the_underlyin
     SPY at the strike, 600. SPY's prices mark them as they mark the
     risk-gate's positions: a trade at 603, a minute bar closing at 604,
     another strategy's fill at 606; not a second bar (p takes minutes), a
-    quote, a print from before it held them, nor a late print stamped older.
+    quote, nor a late print stamped older. A print from before it held them
+    (590) marks them from the settlement on, as it marks the gate's.
     p is shown none of them (it did not ask for SPY): its callbacks see its
     fills only. Live and when restored (a restart). Before, nothing marked
     the shares: ``ctx.pnl()`` showed no unrealized P&L on them whatever SPY
@@ -187,9 +189,10 @@ def test_an_options_only_strategy_s_shares_from_an_exercise_follow_the_underlyin
         )  # fmt: skip
         steps: list[tuple[Event, str | None]] = [
             (booked_fill(call, "buy", 2, "5", strategy="p", flatten=uuid.uuid4(), at_ns=1), None),
-            (spy_trade("590", MINUTE_NS), None),  # not held yet: marks nothing
+            (spy_trade("590", MINUTE_NS), None),  # not held yet: no position
             (settlement_fill(call, "sell", 2, "0", strategy="p", at_ns=2 * MINUTE_NS), None),
-            (settlement_fill("SPY", "buy", 200, "600", strategy="p", at_ns=2 * MINUTE_NS), None),
+            # Opened at SPY's last price, as the gate marks them.
+            (settlement_fill("SPY", "buy", 200, "600", strategy="p", at_ns=2 * MINUTE_NS), "590"),
             (spy_trade("603", 3 * MINUTE_NS), "603"),
             (bar("SPY", 650, 3 * MINUTE_NS, interval="1s"), "603"),  # not p's interval
             (spy_quote(3 * MINUTE_NS + 2 * 10**9), "603"),  # a quote marks nothing

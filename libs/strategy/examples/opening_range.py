@@ -7,7 +7,10 @@ the range low, short (with ``allow_short``). Once in, the opposite side of the
 range is the stop (exit to flat; with no range today, a position held is
 exited at once), and everything is flattened from
 ``flatten_at`` on, by the first bar that ends at or after it. At most
-``max_entries`` entries per symbol per day.
+``max_entries`` entries per symbol per day. A position held on a day with no
+entry yet is an earlier day's whose flatten no bar reached (a symbol with no
+trade in the session's last minutes gets no bar): it is closed by the first
+bar from ``session_open`` on, not held through the range without a stop.
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -41,6 +44,8 @@ from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 
 NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Why a position held with no entry today is closed.
+CARRIED = "held from an earlier day (no bar reached its flatten): closed at the open"
 
 
 class OpeningRangeParams(StrategyParams):
@@ -158,9 +163,16 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
             if held != 0:
                 go(bar, Decimal(0), "orb_flatten", "flat", day.flatten_reason)
             return
+        # Held with no entry today: carried in from an earlier day whose
+        # flatten no bar reached (a symbol with no trade in the last minutes
+        # gets no bar). It was held without a stop through the range, then
+        # kept as if it were today's breakout. Closed at the open instead.
+        carried = held != 0 and day.entries == 0
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
+            if carried:
+                go(bar, Decimal(0), "orb_flatten", "flat", CARRIED)
             return
         if day.high is None or day.low is None:
             # No opening range today (data started late): no entry, and no
@@ -168,6 +180,9 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
             # so it is closed rather than held unprotected until flatten_at.
             if held != 0:
                 go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
+            return
+        if carried:
+            go(bar, Decimal(0), "orb_flatten", "flat", CARRIED)
             return
         if held > 0 and bar.close < day.low:
             go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
