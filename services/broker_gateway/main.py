@@ -192,6 +192,7 @@ async def serve(settings: GatewaySettings, accounts: list[BrokerAccount]) -> Non
                         "orders": len(w.tracker.orders),
                         "commands": w.handled,
                         "held": w.held,
+                        "settlements_unsettled": w.settlements.given_up,
                     }
                     for name, w in workers.items()
                 },

@@ -81,6 +81,13 @@ POSITION_CHECKS = Counter(
     "(agree, differ, failed)",
     ["account", "outcome"],
 )
+SETTLEMENTS_UNSETTLED = Gauge(
+    "tradebus_broker_settlements_unsettled",
+    "Option settlements the broker has not listed a week after the contract's expiry "
+    "(a contract held past it, an exercise's or assignment's shares): no longer read for "
+    "but after a connection",
+    ["account"],
+)
 DEAD_LETTERS_NOT_TAKEN = Counter(
     "tradebus_broker_dead_letters_not_taken_total",
     "Dead letters the stream did not take within TRADEBUS_DEAD_LETTER_DEADLINE_S: "
@@ -119,6 +126,7 @@ def account_started(account: str) -> None:
     RATE_LIMITED.labels(account=account)
     RECONCILIATIONS_GIVEN_UP.labels(account=account)
     POSITION_DIFFERENCES.labels(account=account)
+    SETTLEMENTS_UNSETTLED.labels(account=account)
     for outcome in ("agree", "differ", "failed"):
         POSITION_CHECKS.labels(account=account, outcome=outcome)
     EVENTS_PUBLISHED.labels(account=account, type="OrderRejected")

@@ -174,10 +174,36 @@ def cross_events(
         except ValueError as e:
             log.warning("%s: the cross of %s not booked: %s", tracker.account, symbol, e)
             continue
+        if outcome == "expired" and symbol not in outcomes and built:
+            _said_at_0(tracker, symbol, before)
         for event in built:
             tracker.evolve(event)
             out.append(event)
     return out
+
+
+def _said_at_0(tracker: OrderTracker, symbol: str, before: Mapping[str | None, Decimal]) -> None:
+    """Warn that the net-0 cross of ``symbol`` is closed at 0 with nothing
+    to tell whether it ended in the money: that needs the underlying's
+    price at the expiry's close, which the gateway does not have (the
+    strike would price the shares, not decide whether they are delivered)."""
+    contract = parse_option(symbol)
+    held = ", ".join(f"{s or 'no strategy'} {q:+}" for s, q in _in_order(list(before.items())))
+    above = "above" if contract.right == "call" else "below"
+    log.warning(
+        "%s: %s crossed at 0 as expired (%s): the broker held none and lists no settlement, "
+        "and nothing here tells whether it ended in the money (%s closing %s the %s strike); "
+        "if it did, the long side was owed the intrinsic value by the short side, 100 %s "
+        "shares a contract delivered at the strike, which this booking lacks (the account's "
+        "total is the same)",
+        tracker.account,
+        symbol,
+        held,
+        contract.root,
+        above,
+        canon(contract.strike),
+        contract.root,
+    )
 
 
 def _before_cross(tracker: OrderTracker, symbol: str) -> dict[str | None, Decimal]:

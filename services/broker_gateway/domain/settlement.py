@@ -53,6 +53,7 @@ from libs.contract.events import (
 )
 from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
+from services.broker_gateway.domain.tracked import canon
 from services.broker_gateway.domain.tracker import OrderTracker
 
 log = logging.getLogger(__name__)
@@ -232,11 +233,20 @@ def _expired(symbol: str, now_ns: int) -> bool:
 
 def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
     """Whether ``activities`` (a read's) list an exercise or assignment
-    without its ``OPTRD`` (matched as :func:`settlement_events` does: root,
-    shares, strike; listed before or after it): its shares are owed, and a
-    later read lists them. The read reaches back a week (``READ_BACK``), so
-    one the broker never lists the trade of stops counting once it is older."""
-    owed: Counter[TradeKey] = Counter()
+    without its ``OPTRD``: :func:`owed_shares`."""
+    return bool(owed_shares(activities))
+
+
+def owed_shares(activities: Sequence[BrokerActivity]) -> list[BrokerActivity]:
+    """The exercises and assignments ``activities`` (a read's) list without
+    their ``OPTRD`` (matched as :func:`settlement_events` does: root,
+    shares, strike; listed before or after it; of several alike, the last
+    listed are owed): their shares are owed, and a later read lists them.
+    The read reaches back a week (``READ_BACK``), so one the broker never
+    lists the trade of stops being read once it is older (the settlement
+    task gives it up, said, before: ``services/broker_gateway/settlement.py``)."""
+    exercises: dict[TradeKey, list[BrokerActivity]] = {}
+    trades: Counter[TradeKey] = Counter()
     for a in activities:
         if a.quantity == 0:
             continue
@@ -245,10 +255,58 @@ def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
                 contract = parse_option(a.symbol)
             except ValueError:
                 continue  # booked by nobody (said when read)
-            owed[(contract.root, abs(a.quantity) * OPTION_MULTIPLIER, contract.strike)] += 1
+            key = (contract.root, abs(a.quantity) * OPTION_MULTIPLIER, contract.strike)
+            exercises.setdefault(key, []).append(a)
         elif a.activity_type == "OPTRD" and a.price is not None and a.price > 0:
-            owed[_key(a)] -= 1
-    return any(n > 0 for n in owed.values())
+            trades[_key(a)] += 1
+    return [a for key, listed in exercises.items() for a in listed[trades[key] :]]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled:
+    """A settlement the broker has not listed yet: of a contract the account
+    holds past its expiry, or the shares of an exercise or assignment
+    listed without them."""
+
+    #: The contract.
+    symbol: str
+    #: Its expiry (``OptionContract.expires_at_ns``): how long it has waited.
+    expires_ns: int
+    #: What is unsettled, as the operator is told.
+    what: str
+
+
+def unsettled(
+    tracker: OrderTracker, owed: Sequence[BrokerActivity], now_ns: int
+) -> list[Unsettled]:
+    """What the broker has not settled of the account's options by ``now_ns``:
+    each contract held (by the published fills) past its expiry, and the
+    shares of each exercise or assignment in ``owed`` (:func:`owed_shares`
+    of the last read). Oldest expiry first."""
+    out: list[Unsettled] = []
+    for symbol in held_contracts(tracker):
+        contract = parse_option(symbol)
+        if not contract.expired_by(now_ns):
+            continue
+        held = ", ".join(
+            f"{strategy or 'no strategy'} {quantity:+}"
+            for (strategy, sym), quantity in sorted(
+                tracker.positions.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "")
+            )
+            if sym == symbol and quantity != 0
+        )
+        what = f"{symbol} held ({held}) {contract.expired_text}, and the broker lists no settlement"
+        out.append(Unsettled(symbol, contract.expires_at_ns, what))
+    for a in owed:
+        contract = parse_option(a.symbol)
+        shares = abs(a.quantity) * OPTION_MULTIPLIER
+        what = (
+            f"{shares} {contract.root} shares at {canon(contract.strike)} of the "
+            f"{OUTCOMES[a.activity_type]} {a.symbol} (activity {a.activity_id}): "
+            f"the broker lists no OPTRD for them"
+        )
+        out.append(Unsettled(a.symbol, contract.expires_at_ns, what))
+    return sorted(out, key=lambda u: (u.expires_ns, u.what))
 
 
 def _key(trade: BrokerActivity) -> TradeKey:
