@@ -15,11 +15,27 @@ expiry closes its other leg alone, on that leg's first bar after the
 expiry (the expired contract prints no more bars, so no minute pairs again):
 no venue takes an order in the expired contract, and its position is left to
 the broker's settlement (exercise or lapse), said once.
+
+No leg is left naked. Once a pair is closing, it closes whatever the spread
+does next, and no pair is entered until both legs are flat with nothing
+pending. It closes when:
+
+- a leg of its entry is denied by the risk-gate, rejected or canceled by the
+  broker (with nothing or only part filled): what each leg actually holds is
+  closed at once, a leg whose order is still working as soon as that order
+  ends (no close is sent against it);
+- the exit is signaled (``|z| < exit_z``).
+
+A close that is denied, rejected or canceled is sent again at the next bar
+of either leg (not at once: a refusal that stands would be answered by
+another order at once, for ever). A fresh instance (a restart) holding one
+leg alone closes it at its first bar.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 
@@ -27,7 +43,7 @@ from pydantic import Field, model_validator
 
 from libs.contract.events import Side, contract_multiplier
 from libs.contract.options import parse_option
-from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
+from libs.strategy.base import Bar, Fill, OrderUpdate, ParamError, Strategy, StrategyParams
 from libs.strategy.context import ZERO, Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
@@ -74,6 +90,13 @@ class PairsTrade(Strategy[PairsParams]):
         self._last: dict[str, tuple[int, Decimal]] = {}
         self._warned_unsized = False
         self._warned_expired = False
+        #: Why the pair is closing (None: it is not). Set by a failed entry
+        #: leg, the exit or a leg found held alone; cleared once both legs are
+        #: flat with nothing pending. Meanwhile no pair is entered.
+        self._closing: str | None = None
+        #: The latest entry's signal: a leg of it that ends unfilled (or part
+        #: filled) leaves the other leg unhedged.
+        self._entry: uuid.UUID | None = None
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
@@ -98,20 +121,18 @@ class PairsTrade(Strategy[PairsParams]):
         if self._partner_expired(bar):
             return
         paired = self._pair(bar)
-        if paired is None:
+        z = None if paired is None else self._zscore(paired[0])
+        if self._closing is None:
+            self._closing = self._naked()
+        if self._closing is not None:
+            # Whatever the spread: a close refused (or a leg held alone) is
+            # sent (again) at every bar until both legs are flat.
+            self._close()
+            return
+        if paired is None or z is None:
             return
         p = self.params
-        spread, price_a, price_b = paired
-        ready = self._spreads.full
-        mean = self._spreads.mean() if ready else Decimal(0)
-        sd = self._spreads.stdev() if ready else Decimal(0)
-        self._spreads.push(spread)
-        if not ready or sd <= SPREAD_NOISE:
-            # A spread that has not moved beyond the arithmetic's own rounding
-            # (a ratio held exactly: the logarithms differ in the last digit)
-            # carries no signal, and a z-score over it would be astronomic.
-            return
-        z = rounded((spread - mean) / sd)
+        _, price_a, price_b = paired
         held_a, held_b = exposure(self.ctx, self._a), exposure(self.ctx, self._b)
         if held_a == 0 and held_b == 0:
             if abs(z) <= p.entry_z:
@@ -126,17 +147,80 @@ class PairsTrade(Strategy[PairsParams]):
                 )
                 return
             if z > p.entry_z:
-                self._trade("pair_entry", "short", z, (("sell", qty_a), ("buy", qty_b)))
+                legs: tuple[tuple[Side, Decimal], ...] = (("sell", qty_a), ("buy", qty_b))
+                self._entry = self._trade("pair_entry", "short", self._reason(z), legs, z)
             else:
-                self._trade("pair_entry", "long", z, (("buy", qty_a), ("sell", qty_b)))
+                legs = (("buy", qty_a), ("sell", qty_b))
+                self._entry = self._trade("pair_entry", "long", self._reason(z), legs, z)
         elif abs(z) < p.exit_z:
-            legs: list[tuple[Side, Decimal]] = []
             for symbol, held in ((self._a, held_a), (self._b, held_b)):
-                if held != 0 and self._expired(symbol, held=held):
-                    held = ZERO  # no order in it: a leg of 0 is not sent
-                legs.append(("sell" if held > 0 else "buy", abs(held)))
-            if any(quantity > 0 for _, quantity in legs):
-                self._trade("pair_exit", "flat", z, tuple(legs))
+                if held != 0:
+                    self._expired(symbol, held=held)  # said once; its leg is not sent
+            self._closing = self._reason(z)
+            self._close(strength=z)
+
+    def on_fill(self, fill: Fill) -> None:
+        if self._closing is not None:
+            # A leg's order that was still working has ended: close what it filled.
+            self._close()
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        """A leg of the entry denied, rejected or canceled: the pair is
+        closed at once, each leg by what it holds. A refused close is not
+        answered here but at the next bar (``on_bar``)."""
+        if update.kind == "accepted" or update.signal_id != self._entry:
+            return
+        leg = update.symbol or "a leg"
+        detail = f": {update.reason}" if update.reason else ""
+        self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
+        self._close()
+
+    def _zscore(self, spread: Decimal) -> Decimal | None:
+        """The z-score of ``spread`` against the previous ``lookback`` ones
+        (None until there are that many, or over a spread that does not
+        move); ``spread`` joins them."""
+        ready = self._spreads.full
+        mean = self._spreads.mean() if ready else Decimal(0)
+        sd = self._spreads.stdev() if ready else Decimal(0)
+        self._spreads.push(spread)
+        if not ready or sd <= SPREAD_NOISE:
+            # A spread that has not moved beyond the arithmetic's own rounding
+            # (a ratio held exactly: the logarithms differ in the last digit)
+            # carries no signal, and a z-score over it would be astronomic.
+            return None
+        return rounded((spread - mean) / sd)
+
+    def _naked(self) -> str | None:
+        """Why the pair must close when exactly one leg is held (pending
+        orders counted) and the other is flat: a fresh instance, after a
+        restart, finds it so when the other leg's entry failed meanwhile. An
+        expired option leg counts as flat: it is the broker's to settle."""
+        held = {
+            symbol: ZERO if self.ctx.expired(symbol) else exposure(self.ctx, symbol)
+            for symbol in (self._a, self._b)
+        }
+        alone = [symbol for symbol, quantity in held.items() if quantity != 0]
+        if len(alone) != 1:
+            return None
+        (symbol,) = alone
+        return f"{symbol} held alone ({held[symbol]}): closed"
+
+    def _close(self, strength: Decimal | None = None) -> None:
+        """Close each leg held with no order working in it (one would be
+        sent against that order; it is closed when that order ends). Both
+        flat with nothing pending: the pair is closed. An expired option
+        leg is left to the broker's settlement."""
+        legs: list[tuple[Side, Decimal]] = []
+        working = False
+        for symbol in (self._a, self._b):
+            held = ZERO if self.ctx.expired(symbol) else self.ctx.position(symbol).quantity
+            if self.ctx.pending(symbol) != 0:
+                working, held = True, ZERO
+            legs.append(("sell" if held > 0 else "buy", abs(held)))
+        if not working and all(quantity == 0 for _, quantity in legs):
+            self._closing = None
+        elif self._closing is not None and any(quantity > 0 for _, quantity in legs):
+            self._trade("pair_exit", "flat", self._closing, tuple(legs), strength)
 
     def _partner_expired(self, bar: Bar) -> bool:
         """Whether ``bar``'s leg trades alone: its partner is an option
@@ -206,15 +290,21 @@ class PairsTrade(Strategy[PairsParams]):
             price * contract_multiplier(symbol),
         )
 
+    def _reason(self, z: Decimal) -> str:
+        return f"spread z={z} ({self._a} vs {self._b}, lookback {self.params.lookback})"
+
     def _trade(
         self,
         name: str,
         direction: Direction,
-        z: Decimal,
+        reason: str,
         legs: tuple[tuple[Side, Decimal], ...],
-    ) -> None:
-        reason = f"spread z={z} ({self._a} vs {self._b}, lookback {self.params.lookback})"
-        signal = self.ctx.signal(self._a, name, direction, reason=reason, strength=z)
+        strength: Decimal | None = None,
+    ) -> uuid.UUID:
+        """One signal (on A) causing each leg's order of a quantity above 0;
+        the signal's id."""
+        signal = self.ctx.signal(self._a, name, direction, reason=reason, strength=strength)
         for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True):
             if quantity > 0:
                 self.ctx.order(symbol, side, quantity, cause=signal)
+        return signal.id
