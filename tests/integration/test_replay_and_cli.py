@@ -50,8 +50,8 @@ from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import cross_events
 from tests.integration.recording import record_events
 from tests.integration.test_recorder import order_chain
-from tests.unit.test_gateway_settlement import ACCOUNT, CALL, opened
-from tests.unit.test_gateway_settlement import tracker as settlement_tracker
+from tests.unit.gateway_settlement_inputs import ACCOUNT, CALL, opened
+from tests.unit.gateway_settlement_inputs import tracker as settlement_tracker
 
 
 def cli(
