@@ -54,7 +54,7 @@ from libs.replay import ReplayRefused, ReplayRequest, replay
 from libs.testing.producer import make_submit_order, make_trades
 from services.marketdata.adapters.polygon.resume import newest_bars
 from services.marketdata.config import MarketdataSettings
-from tests.integration.test_replay_and_cli import record
+from tests.integration.recorded_chains import record
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 SERVICES = (

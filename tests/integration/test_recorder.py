@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -13,41 +12,17 @@ import orjson
 from libs.bus.client import Bus, Outgoing
 from libs.contract.codec import decode, encode
 from libs.contract.envelope import WallClock
-from libs.contract.events import (
-    FillPayload,
-    FillReceived,
-    OrderAccepted,
-    OrderAcceptedPayload,
-    OrderIntentCreated,
-    OrderIntentPayload,
-    SignalGenerated,
-    SignalPayload,
-    SubmitOrder,
-    SubmitOrderPayload,
-)
+from libs.contract.events import SignalGenerated, SignalPayload
 from libs.contract.subjects import STREAM
 from libs.store import queries
 from libs.store.urls import asyncpg_url
-from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, stream_order, timeline
 from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
+from tests.integration.recorded_chains import order_chain, recorder
 
 CLOCK = WallClock()
-
-
-def recorder(tmp_path: Path, nats_url: str, database_url: str, name: str = "r1") -> ServiceProcess:
-    return ServiceProcess(
-        ["recorder", "run"],
-        env={
-            "NATS_URL": nats_url,
-            "DATABASE_URL": database_url,
-            "TRADEBUS_BATCH_SIZE": "500",
-        },
-        log_path=tmp_path / f"{name}.log",
-        name=name,
-    )
 
 
 async def test_records_every_event_in_stream_order(
@@ -112,64 +87,6 @@ async def test_messages_gone_from_the_stream_before_recording_are_recorded_missi
 
 async def _count_is(database_url: str, n: int) -> bool:
     return await recorded_count(database_url) >= n
-
-
-def order_chain() -> list[object]:
-    signal = SignalGenerated.create(
-        SignalPayload(strategy="sma", symbol="AAPL", name="cross", direction="long"),
-        source="strategy-runner",
-        clock=CLOCK,
-    )
-    intent = OrderIntentCreated.create(
-        OrderIntentPayload(
-            strategy="sma", account="acct-a", symbol="AAPL", side="buy", quantity=Decimal(10)
-        ),
-        source="strategy-runner",
-        clock=CLOCK,
-        cause=signal,
-    )
-    order_id = uuid.uuid4()
-    cmd = SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=order_id,
-            intent_id=intent.id,
-            strategy="sma",
-            account="acct-a",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(10),
-        ),
-        source="risk-gate",
-        clock=CLOCK,
-        cause=intent,
-    )
-    ack = OrderAccepted.create(
-        OrderAcceptedPayload(
-            order_id=order_id, account="acct-a", broker_order_id="b-1", symbol="AAPL"
-        ),
-        source="broker-gateway",
-        clock=CLOCK,
-        cause=cmd,
-    )
-    fill = FillReceived.create(
-        FillPayload(
-            order_id=order_id,
-            account="acct-a",
-            broker_order_id="b-1",
-            fill_id="f-1",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(10),
-            price=Decimal("187.25"),
-            cumulative_quantity=Decimal(10),
-            leaves_quantity=Decimal(0),
-            status="complete",
-        ),
-        source="broker-gateway",
-        clock=CLOCK,
-        cause=ack,
-    )
-    return [signal, intent, cmd, ack, fill]
 
 
 async def test_bad_input_is_dead_lettered_recorded_and_does_not_stop_the_recorder(

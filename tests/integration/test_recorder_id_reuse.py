@@ -26,7 +26,7 @@ from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, timeline
 from libs.testing.wait import eventually
-from tests.integration.test_recorder import recorder
+from tests.integration.recorded_chains import recorder
 
 
 async def _count_is(database_url: str, n: int) -> bool:

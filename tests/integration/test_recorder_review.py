@@ -18,7 +18,7 @@ from libs.testing.procs import ServiceProcess
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, timeline
 from libs.testing.wait import eventually
-from tests.integration.test_recorder import order_chain, recorder
+from tests.integration.recorded_chains import order_chain, recorder
 
 
 async def _count_is(database_url: str, n: int) -> bool:

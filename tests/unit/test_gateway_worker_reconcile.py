@@ -519,7 +519,7 @@ async def test_a_reconciliation_asks_the_broker_about_no_settlement_order(
     reconnection until the next settlement read. It asks about the broker's
     order only; the settlement's rest is still published by the next read."""
     from services.broker_gateway.settlement import settlement_events
-    from tests.unit.test_gateway_settlement import CALL, activity, opened, tracker
+    from tests.unit.gateway_settlement_inputs import CALL, activity, opened, tracker
 
     holdings = opened([("s1", CALL, "1"), ("s2", CALL, "2")])
     expired = [activity("a1", "OPEXP", CALL, "-3")]
