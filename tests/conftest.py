@@ -17,6 +17,16 @@ from libs.testing.streams import delete_all_streams
 
 TEMPLATE_DB = "tradebus_template"
 
+# The set-ups test files share (tests/<kind>/<name>.py, not test_*.py): pytest
+# rewrites their asserts too, so one that fails says what it compared.
+pytest.register_assert_rewrite(
+    *sorted(
+        f"tests.{path.parent.name}.{path.stem}"
+        for path in Path(__file__).parent.glob("*/*.py")
+        if not path.stem.startswith(("test_", "conftest", "__"))
+    )
+)
+
 
 @pytest.fixture(scope="session")
 def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
