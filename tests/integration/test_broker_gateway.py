@@ -1,269 +1,54 @@
-"""The broker-gateway with the paper broker and the recorder, each a real process.
-
-The test plays the risk-gate: it publishes order commands on
-``orders.cmd.paper`` (and prices on ``md.trade.*``) and checks what the
-gateway publishes (read back from the event store), what the paper broker
-holds (asked over its own WebSocket), and what ``tradebus positions`` says.
-"""
+"""The broker-gateway with the paper broker and the recorder, each a real
+process: acks, fills, partials, duplicates and rejects; the gateway killed
+mid-stream; the broker lost and a flatten held until it is back; its
+command consumer deleted under it. The stack and the helpers:
+tests/integration/broker_gateway_stack.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from decimal import Decimal
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 from nats.js import api as js_api
-from websockets.asyncio.client import connect
 
 from libs.bus.client import Bus
-from libs.contract.envelope import Clock, Event, WallClock
 from libs.contract.events import (
     CancelOrder,
     CancelOrderPayload,
     FlattenAccount,
     FlattenAccountPayload,
-    SignalGenerated,
-    SignalPayload,
-    SubmitOrder,
-    SubmitOrderPayload,
-    TradePayload,
-    TradePrinted,
 )
-from libs.local.servers import free_port
 from libs.testing.procs import ServiceProcess
-from libs.testing.store import rows
-from libs.testing.streams import delete_stream
 from libs.testing.wait import eventually
-from services.paper_broker.adapters.market import NatsPriceFeed
+from tests.integration import broker_gateway_stack
+from tests.integration.broker_gateway_stack import (
+    ACCOUNT,
+    CLOCK,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TIMEOUT_S,
+    Ago,
+    D,
+    Stack,
+    again,
+    broker_connected,
+    broker_orders,
+    broker_request,
+    for_order,
+    positions_cli,
+    recorded,
+    signal_for,
+    submit,
+    trade,
+    up,
+)
 
-D = Decimal
-CLOCK = WallClock()
-ACCOUNT = "paper"
-KEY_ENV = {"TEST_PAPER_KEY_ID": "key-paper", "TEST_PAPER_SECRET_KEY": "secret-paper"}
-HEARTBEAT_INTERVAL_S = 0.3
-HEARTBEAT_TIMEOUT_S = 0.5
-
-
-# ------------------------------------------------------------------ the stack
-
-
-@dataclass
-class Stack:
-    tmp: Path
-    nats_url: str
-    database_url: str
-    broker_port: int = field(default_factory=free_port)
-    procs: list[ServiceProcess] = field(default_factory=list)
-
-    def _env(self) -> dict[str, str]:
-        return {"NATS_URL": self.nats_url, "DATABASE_URL": self.database_url, **KEY_ENV}
-
-    def _start(self, args: list[str], name: str, **env: str) -> ServiceProcess:
-        proc = ServiceProcess(
-            args, env={**self._env(), **env}, log_path=self.tmp / f"{name}.log", name=name
-        ).start()
-        self.procs.append(proc)
-        return proc
-
-    def recorder(self) -> ServiceProcess:
-        return self._start(["recorder", "run"], "recorder", TRADEBUS_BATCH_SIZE="200")
-
-    def paper(self) -> ServiceProcess:
-        config = self.tmp / "paper.yaml"
-        config.write_text(
-            "accounts:\n"
-            f"  {ACCOUNT}:\n"
-            "    key_id_env: TEST_PAPER_KEY_ID\n"
-            "    secret_key_env: TEST_PAPER_SECRET_KEY\n"
-            "fill_model:\n"
-            '  max_fill_quantity: "100"\n'
-            "untradable_symbols: [HALT]\n"
-            "halted_symbols: [LULD]\n"
-            # Resting limit orders here must not expire should a run cross
-            # 16:00 New York; expiry has tests of its own (test_paper_book_expiry).
-            "day_orders_expire_at: null\n"
-            f"journal: {self.tmp / 'journal.jsonl'}\n"
-        )
-        return self._start(
-            ["paper-broker", "run", "--config", str(config), "--port", str(self.broker_port)],
-            "paper",
-        )
-
-    def gateway(self) -> ServiceProcess:
-        config = self.tmp / "brokers.yaml"
-        config.write_text(
-            "accounts:\n"
-            f"  {ACCOUNT}:\n"
-            "    adapter: paper\n"
-            f"    url: ws://127.0.0.1:{self.broker_port}/stream\n"
-            "    credentials:\n"
-            "      key_id_env: TEST_PAPER_KEY_ID\n"
-            "      secret_key_env: TEST_PAPER_SECRET_KEY\n"
-            "    heartbeat:\n"
-            f"      interval_s: {HEARTBEAT_INTERVAL_S}\n"
-            f"      timeout_s: {HEARTBEAT_TIMEOUT_S}\n"
-            "    reconnect: {initial_s: 0.1, max_s: 0.5}\n"
-            "    request_timeout_s: 2\n"
-        )
-        return self._start(
-            ["broker-gateway", "run", "--config", str(config)],
-            "gateway",
-            TRADEBUS_COMMAND_ACK_WAIT_S="2",
-            TRADEBUS_REBUILD_WAIT_S="10",
-        )
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log_path.name}\n{p.log_text()[-3000:]}" for p in self.procs)
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.proc is not None and p.proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    p.proc.send_signal(signal.SIGCONT)
-            p.terminate(timeout=10)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, bus: Bus, nats_url: str, database_url: str) -> AsyncIterator[Stack]:
-    s = Stack(tmp_path, nats_url, database_url)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-async def up(stack: Stack) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
-    recorder, paper, gateway = stack.recorder(), stack.paper(), stack.gateway()
-    await eventually(lambda: broker_connected(gateway), timeout=30, message=stack.logs())
-    return recorder, paper, gateway
-
-
-def broker_connected(gateway: ServiceProcess) -> bool:
-    health = gateway.health()
-    return bool(health and health["accounts"][ACCOUNT]["connected"])
-
-
-# ------------------------------------------------------------------- helpers
-
-
-def trade(symbol: str, price: str) -> TradePrinted:
-    return TradePrinted.create(
-        TradePayload(symbol=symbol, price=D(price), size=D(100), feed="synthetic"),
-        source="test/marketdata",
-        clock=CLOCK,
-    )
-
-
-def signal_for(symbol: str, strategy: str = "s1") -> SignalGenerated:
-    return SignalGenerated.create(
-        SignalPayload(strategy=strategy, symbol=symbol, name="test", direction="long"),
-        source="test/strategy-runner",
-        clock=CLOCK,
-    )
-
-
-class Ago:
-    """A clock running ``seconds`` behind: a command created that long ago."""
-
-    def __init__(self, seconds: float) -> None:
-        self.behind = int(seconds * 1e9)
-
-    def now_ns(self) -> int:
-        return time.time_ns() - self.behind
-
-
-def submit(
-    cause: Event,
-    symbol: str,
-    side: str,
-    qty: str,
-    strategy: str = "s1",
-    clock: Clock = CLOCK,
-    **kw: Any,
-) -> SubmitOrder:
-    return SubmitOrder.create(
-        SubmitOrderPayload(
-            order_id=uuid.uuid4(),
-            strategy=strategy,
-            account=ACCOUNT,
-            symbol=symbol,
-            side=side,
-            quantity=D(qty),
-            **kw,
-        ),
-        source="test/risk-gate",
-        clock=clock,
-        cause=cause,
-    )
-
-
-def again(command: SubmitOrder) -> SubmitOrder:
-    """The same command re-published as a new message (a new event id)."""
-    return command.model_copy(update={"id": uuid.uuid4()})
-
-
-async def recorded(database_url: str, type_: str) -> list[dict[str, Any]]:
-    out = []
-    for r in await rows(database_url, f"WHERE type = '{type_}' ORDER BY seq"):
-        out.append({**dict(r), "payload": orjson.loads(r["payload"])})
-    return out
-
-
-async def for_order(database_url: str, type_: str, order_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [
-        e for e in await recorded(database_url, type_) if e["payload"]["order_id"] == str(order_id)
-    ]
-
-
-async def broker_request(port: int, method: str, path: str) -> Any:
-    """Ask the paper broker directly, as any client would."""
-    async with connect(f"ws://127.0.0.1:{port}/stream") as ws:
-        auth = {
-            "key_id": KEY_ENV["TEST_PAPER_KEY_ID"],
-            "secret_key": KEY_ENV["TEST_PAPER_SECRET_KEY"],
-        }
-        await ws.send(json.dumps({"action": "authenticate", "data": auth}))
-        assert json.loads(await ws.recv())["data"]["status"] == "authorized"
-        await ws.send(
-            json.dumps({"action": "request", "data": {"id": "t", "method": method, "path": path}})
-        )
-        while True:
-            message = json.loads(await ws.recv())
-            if message["stream"] == "response":
-                return message["data"]["body"]
-
-
-async def broker_orders(port: int) -> list[dict[str, Any]]:
-    body = await broker_request(port, "GET", "/v2/orders?status=all&limit=500&direction=asc")
-    assert isinstance(body, list)
-    return body
-
-
-def positions_cli(database_url: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "positions", "--account", ACCOUNT, "--json"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
-
-
-# --------------------------------------------------------------------- tests
+# The stack's fixture, registered in this module.
+stack = broker_gateway_stack.stack
 
 
 async def test_acks_fills_partials_duplicates_rejects_and_positions(stack: Stack, bus: Bus) -> None:
@@ -601,199 +386,3 @@ async def test_a_command_consumer_deleted_under_the_gateway_is_made_again(
     )
     assert "command consumer broker-gateway is gone; recreating it" in gateway.log_text()
     assert (await bus.js.consumer_info("TRADEBUS", "broker-gateway")).config.durable_name
-
-
-def price_feed(nats_url: str, subjects: list[str], linger_s: float = 0.0) -> NatsPriceFeed:
-    """The paper broker's price feed on the test's NATS (no user: no permissions)."""
-    return NatsPriceFeed(
-        url=nats_url,
-        name="test-paper-feed",
-        user=None,
-        password=None,
-        subjects=subjects,
-        consumer="paper-feed-test",
-        linger_s=linger_s,
-    )
-
-
-async def test_paper_price_feed_with_a_linger_applies_every_price_in_order(
-    bus: Bus, nats_url: str
-) -> None:
-    """The paper broker takes prices in lingering pulls: the last price of
-    each symbol from before it started, then every later print in stream
-    order (a resting limit order needs every one), none lost between pulls."""
-    from services.paper_broker.domain.fill_model import MarketUpdate
-
-    await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
-    updates: list[MarketUpdate] = []
-    stop = asyncio.Event()
-    feed = price_feed(nats_url, ["md.trade.>"], linger_s=0.05)
-    running = asyncio.create_task(feed.run(updates.append, stop))
-    try:
-
-        async def started() -> bool:
-            return len(updates) >= 2
-
-        await eventually(started, timeout=10, message="the last price of each symbol")
-        assert sorted((u.symbol, str(u.last)) for u in updates) == [
-            ("AAPL", "100"),
-            ("MSFT", "50"),
-        ]
-        prices = [f"{100 + k / 100:.2f}" for k in range(1, 301)]
-        for chunk in range(0, 300, 50):  # in bursts, while pulls linger
-            await bus.publish_many([trade("AAPL", p) for p in prices[chunk : chunk + 50]])
-
-        async def all_in() -> bool:
-            return len(updates) >= 302
-
-        await eventually(all_in, timeout=10, message="every later print")
-        assert [str(u.last) for u in updates[2:]] == prices
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, timeout=10)
-
-
-async def test_paper_price_feed_does_not_apply_a_price_again_after_a_reconnection(
-    bus: Bus, nats_url: str
-) -> None:
-    """Each (re)connection starts with the last message of each subject; what
-    the broker has taken in already is skipped, so an order placed after a
-    price is not filled by it. A stream made anew starts the count over."""
-    from libs.contract.subjects import STREAM
-    from services.paper_broker.domain.fill_model import MarketUpdate
-
-    await bus.publish_many([trade("AAPL", "99"), trade("AAPL", "100"), trade("MSFT", "50")])
-    updates: list[MarketUpdate] = []
-    feed = price_feed(nats_url, ["md.trade.>", "md.bar.>"])
-
-    async def connected_until(n: int) -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(feed.run(updates.append, stop))
-        try:
-            await eventually(lambda: feed.connected, timeout=10)
-            published = trade("AAPL", str(n))
-            await bus.publish(published)
-            await eventually(lambda: updates and updates[-1].last == D(n), timeout=10)
-        finally:
-            stop.set()
-            await asyncio.wait_for(running, timeout=10)
-
-    await connected_until(101)
-    await connected_until(102)  # a reconnection: AAPL 101 and MSFT 50 come again
-    assert [(u.symbol, str(u.last)) for u in updates] == [
-        ("AAPL", "100"),
-        ("MSFT", "50"),
-        ("AAPL", "101"),
-        ("AAPL", "102"),
-    ]
-    await delete_stream(bus.js, STREAM)
-    await bus.ensure_stream()
-    await bus.publish(trade("MSFT", "40"))
-    await connected_until(103)
-    assert [(u.symbol, str(u.last)) for u in updates[4:]] == [("MSFT", "40"), ("AAPL", "103")]
-
-
-async def test_paper_price_feed_takes_prices_stored_before_it_as_history_not_trades(
-    bus: Bus, nats_url: str
-) -> None:
-    """A paper broker (re)started with resting orders: the last price of each
-    symbol, stored while it was away, sets its last price but fills no limit
-    (it may predate the order; the broker was not there to trade on it); a
-    market order waiting for a price fills at it. What comes after the feed
-    connected trades as before. A resting buy limit at 96 with a stored print
-    at 95 stays open; a live print at 95 fills it."""
-    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
-
-    book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    book.set_last("AAPL", D(100), ts_ns=CLOCK.now_ns())
-    order, _ = book.submit(
-        "acct",
-        OrderSpec(
-            symbol="AAPL",
-            side="buy",
-            qty=D(10),
-            order_type="limit",
-            limit_price=D(96),
-            client_order_id="resting",
-        ),
-    )
-    waiting, _ = book.submit("acct", OrderSpec(symbol="MSFT", side="sell", qty=D(5)))
-    assert waiting.is_open  # no MSFT price yet
-    fills: list[TradeUpdate] = []
-    await bus.publish_many([trade("AAPL", "95"), trade("MSFT", "50")])
-    feed = price_feed(nats_url, ["md.trade.>"])
-    stop = asyncio.Event()
-    running = asyncio.create_task(
-        feed.run(
-            lambda u: fills.extend(book.on_market(u)),
-            stop,
-            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last, ts_ns=u.ts_ns)),
-        )
-    )
-    try:
-        await eventually(lambda: book.last_price("MSFT") == D(50), timeout=10)
-        assert book.last_price("AAPL") == D(95)
-        assert [(f.order.symbol, f.price) for f in fills] == [("MSFT", D(50))]
-        current = book.order("acct", order.id)
-        assert current is not None
-        assert current.is_open
-        await bus.publish(trade("AAPL", "95"))
-        await eventually(lambda: len(fills) == 2, timeout=10)
-        assert (fills[1].order.symbol, fills[1].price) == ("AAPL", D(95))
-        current = book.order("acct", order.id)
-        assert current is not None
-        assert not current.is_open
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, timeout=10)
-
-
-async def test_every_price_stored_before_the_feed_is_history_however_many_subjects(
-    bus: Bus, nats_url: str
-) -> None:
-    """A symbol stores its last price on several subjects (a bar and a trade):
-    the feed starts with one stored message per subject. Only the first was
-    taken as history; the second was traded on as a live print, and filled a
-    resting limit at a price the broker was not there for."""
-    from libs.contract.events import BarClosed, BarPayload
-    from services.paper_broker.domain.book import BookConfig, OrderSpec, PaperBook, TradeUpdate
-
-    book = PaperBook(BookConfig(), clock=WallClock(), ids=lambda: str(uuid.uuid4()))
-    book.set_last("AAPL", D(100), ts_ns=CLOCK.now_ns())
-    order, _ = book.submit(
-        "acct",
-        OrderSpec(symbol="AAPL", side="buy", qty=D(10), order_type="limit", limit_price=D(96)),
-    )
-    bar = BarClosed.create(
-        BarPayload(
-            symbol="AAPL",
-            interval="1m",
-            **dict.fromkeys(("open", "high", "low", "close"), D(99)),
-            volume=D(100),
-            start_ns=0,
-            end_ns=60_000_000_000,
-            feed="synthetic",
-        ),
-        source="test/marketdata",
-        clock=CLOCK,
-    )
-    await bus.publish_many([bar, trade("AAPL", "95")])  # both stored before the feed
-    fills: list[TradeUpdate] = []
-    feed = price_feed(nats_url, ["md.trade.>", "md.bar.>"])
-    stop = asyncio.Event()
-    running = asyncio.create_task(
-        feed.run(
-            lambda u: fills.extend(book.on_market(u)),
-            stop,
-            on_price=lambda u: fills.extend(book.set_last(u.symbol, u.last, ts_ns=u.ts_ns)),
-        )
-    )
-    try:
-        await eventually(lambda: book.last_price("AAPL") == D(95), timeout=10)
-        current = book.order("acct", order.id)
-        assert current is not None
-        assert current.is_open, fills
-        assert fills == []
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, timeout=10)

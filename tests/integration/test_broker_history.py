@@ -12,11 +12,9 @@ command the consumer may still deliver.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 import uuid
-from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -44,14 +42,12 @@ from services.broker_gateway.config import GatewaySettings
 from services.broker_gateway.domain.model import BrokerOrder, OrderUpdate
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.main import _rebuilt
+from tests.integration.order_histories import ACCOUNT, DAY_NS, Clock, D, flatten_and_close
 from tests.integration.recording import record_events
 from tests.integration.store_cut import CuttingProxy
 from tests.integration.tracker_inputs import fill_update, order
 
-D = Decimal
-ACCOUNT = "acct"
 OTHER = "other"
-DAY_NS = 86_400 * 10**9
 NOW = time.time_ns()
 WINDOW_NS = 7 * DAY_NS
 OUTCOMES = (
@@ -66,16 +62,6 @@ OUTCOMES = (
     "unanswered",
     "withdrawn",
 )
-
-
-class Clock:
-    """Set by the test: every order's events carry its own time."""
-
-    def __init__(self) -> None:
-        self.t = 0
-
-    def now_ns(self) -> int:
-        return self.t
 
 
 def _submit(clock: Clock, rng: random.Random, account: str = ACCOUNT) -> SubmitOrder:
@@ -134,39 +120,6 @@ def _one_order(live: OrderTracker, clock: Clock, rng: random.Random, outcome: st
     return out
 
 
-def _flatten(live: OrderTracker, clock: Clock) -> list[Event]:
-    """Close-all while positions are held: the closing fills go to strategies."""
-    net = {sym: sum((q for (_, s), q in live.positions.items() if s == sym), D(0))
-           for sym in ("AAPL", "MSFT")}  # fmt: skip
-    flatten = FlattenAccount.create(
-        FlattenAccountPayload(account=ACCOUNT, reason="test"),
-        source="test/risk-gate",
-        clock=At(clock.t),
-    )
-    live.flatten_started(flatten)
-    closing = [
-        BrokerOrder(
-            broker_order_id=f"close-{sym}-{flatten.id.hex[:8]}",
-            client_order_id=f"close-{sym}-{flatten.id.hex[:8]}",
-            symbol=sym,
-            side="sell" if q > 0 else "buy",
-            quantity=abs(q),
-            filled_quantity=D(0),
-            filled_avg_price=None,
-            status="accepted",
-        )
-        for sym, q in net.items()
-        if q != 0
-    ]
-    out: list[Event] = [flatten, *live.flatten_done(closing)]
-    for o in closing:
-        done = dataclasses.replace(
-            o, filled_quantity=o.quantity, filled_avg_price=D(99), status="filled"
-        )
-        out += live.on_update(fill_update(done, str(o.quantity), "99", f"x-{o.broker_order_id}"))
-    return out
-
-
 def _history(seed: int) -> tuple[list[Event], int]:
     """A recorded history, and the sequence of its first recent event."""
     rng = random.Random(seed)
@@ -180,7 +133,7 @@ def _history(seed: int) -> tuple[list[Event], int]:
         if i in (40, 41, 100):
             # The one at 41 comes when every order working has its cancel
             # cause (the one at 40): it is left out with its closing orders.
-            events += _flatten(live, clock)
+            events += flatten_and_close(live, clock)
         if i % 7 == 0:
             events += _one_order(other, clock, rng, "filled")
     first_recent = len(events) + 1
@@ -395,7 +348,7 @@ async def test_old_flattens_are_left_out_unless_a_kept_order_needs_them(
         return BrokerOrder(name, name, "AAPL", "sell", D(3), D(0), None, "accepted")
 
     events = _one_order(live, clock, rng, "filled")
-    events += _flatten(live, clock)  # its closing order filled: nothing kept needs it
+    events += flatten_and_close(live, clock)  # its closing order filled: nothing kept needs it
     closed = events[-1]
     assert isinstance(closed, FillReceived)
     assert closed.payload.leaves_quantity == 0

@@ -21,9 +21,7 @@ from libs.contract.events import FillPayload, FillReceived
 from libs.store.errors import StoreUnavailable
 from libs.store.migrate import alembic_config, ensure_database, upgrade_async
 from libs.store.urls import asyncpg_url
-from tests.integration.recording import record_events
-from tests.integration.store_cut import CuttingProxy
-from tests.integration.test_broker_read_models import (
+from tests.integration.read_model_events import (
     ACCOUNT,
     BEFORE_T0,
     CLOCK,
@@ -36,6 +34,8 @@ from tests.integration.test_broker_read_models import (
     mark_at,
     trade_at,
 )
+from tests.integration.recording import record_events
+from tests.integration.store_cut import CuttingProxy
 
 D = Decimal
 HEAD = "0014"

@@ -44,7 +44,7 @@ from services.recorder.adapters.trim import StreamTrimmer, Trimmed
 from services.recorder.config import RecorderSettings
 from services.recorder.domain.trim import KEEP_WINDOW, STORE
 from services.recorder.recorder import Recorder, Trimmer
-from tests.integration.test_strategy_runner import ECHO_CONFIG
+from tests.integration.strategy_runner_setup import ECHO_CONFIG
 
 DAY_NS = 86_400 * 1_000_000_000
 KEEP_S = 120.0

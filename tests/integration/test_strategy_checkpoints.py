@@ -25,19 +25,18 @@ from libs.strategy.runtime import InMemoryRuntime
 from libs.strategy.testing import At, EchoStrategy
 from services.strategy_runner.adapters.store import History, load_history, write_checkpoints
 from tests.conftest import make_database
+from tests.integration.order_histories import ACCOUNT, DAY_NS, STRATEGIES, SYMBOLS, strategy_chains
 from tests.integration.recording import record_events, sql
-from tests.integration.test_broker_history import ACCOUNT, DAY_NS
-from tests.integration.test_strategy_history import STRATEGIES, SYMBOLS, _history
 
 NOW = time.time_ns()
 
 
 def _timeline(seed: int, trades_until: int | None = None) -> list[Event]:
-    """The chains of ``test_strategy_history`` with trades among them (only
+    """The chains of ``strategy_chains`` with trades among them (only
     among the first ``trades_until`` events, if given)."""
     rng = random.Random(seed)
     out: list[Event] = []
-    for e in _history(seed).events:
+    for e in strategy_chains(seed).events:
         out.append(e)
         if (trades_until is None or len(out) < trades_until) and rng.random() < 0.15:
             trade = TradePayload(

@@ -12,10 +12,7 @@ and whose last event is older than the window.
 
 from __future__ import annotations
 
-import random
-import time
 import uuid
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -29,11 +26,8 @@ from libs.contract.events import (
     MarkPayload,
     MarkUpdated,
     OrderCanceled,
-    OrderIntentCreated,
     QuotePayload,
     QuoteUpdated,
-    ReasonCode,
-    Side,
     SignalGenerated,
     TradePayload,
     TradePrinted,
@@ -45,7 +39,6 @@ from libs.strategy.testing import (
     EchoStrategy,
     accept,
     bar,
-    deny,
     fill_chain,
     market_intent,
     settlement_fill,
@@ -57,112 +50,18 @@ from services.risk_gate.domain.evolve import evolve_all
 from services.risk_gate.domain.state import RiskState
 from services.strategy_runner.adapters import store
 from services.strategy_runner.adapters.store import History, load_history
-from tests.integration.recording import record_events
-from tests.integration.test_broker_history import ACCOUNT, DAY_NS, Clock, _flatten
-from tests.integration.tracker_inputs import fill_update, order
-
-D = Decimal
-NOW = time.time_ns()
-STRATEGIES = ("s1", "s2")
-SYMBOLS = ("AAPL", "MSFT")
-SIDES: tuple[Side, ...] = ("buy", "sell")
-OUTCOMES = (
-    "denied",
-    "undecided",
-    "not_yet_at_the_broker",
-    "working",
-    "working_partly_filled",
-    "filled",
-    "filled_in_parts",
-    "canceled",
-    "canceled_after_a_fill",
-    "rejected",
+from tests.integration.order_histories import (
+    ACCOUNT,
+    DAY_NS,
+    NOW,
+    STRATEGIES,
+    SYMBOLS,
+    Clock,
+    D,
+    strategy_chains,
 )
-
-
-class Chains:
-    """Signals and their intents, decided and taken to a broker as told."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.clock = Clock()
-        self.broker = OrderTracker(ACCOUNT, clock=self.clock, source="broker-gateway/test")
-        self.events: list[Event] = []
-        #: Per chain (signal id): finished or not, and when it last changed.
-        self.chains: dict[uuid.UUID, tuple[bool, int]] = {}
-
-    def chain(self, strategy: str, outcomes: list[str]) -> None:
-        cause = signal(strategy, self.rng.choice(SYMBOLS), at_ns=self.clock.t)
-        self.events.append(cause)
-        for outcome in outcomes:
-            side = self.rng.choice(SIDES)
-            made = market_intent(cause, ACCOUNT, side, self.rng.randint(2, 9))
-            self.events.append(made)
-            self._take(made, outcome)
-        working = any(o in WORKING for o in outcomes)
-        self.chains[cause.id] = (not working, self.clock.t)
-
-    def _take(self, intent: OrderIntentCreated, outcome: str) -> None:
-        if outcome == "undecided":
-            return
-        if outcome == "denied":
-            self.events.append(deny(intent, reason=ReasonCode.MAX_STRATEGY_POSITION))
-            return
-        decision, cmd = accept(intent)
-        self.events += [decision, cmd]
-        oid = cmd.payload.order_id
-        p = cmd.payload
-        self.broker.plan_submit(cmd)
-        self.broker.request(oid)
-        if outcome == "not_yet_at_the_broker":
-            return
-        bid = f"b-{oid.hex[:12]}"
-        if outcome == "rejected":
-            self.events += self.broker.submitted(oid, order(cmd, status="rejected", broker_id=bid))
-            return
-        self.events += self.broker.submitted(oid, order(cmd, broker_id=bid))
-        q = int(p.quantity)
-        parts = {
-            "working": [],
-            "canceled": [],
-            "working_partly_filled": [1],
-            "canceled_after_a_fill": [1],
-            "filled": [q],
-        }.get(outcome, [1, q - 1])
-        cum = 0
-        for k, part in enumerate(parts):
-            cum += part
-            status = "filled" if cum == q else "partially_filled"
-            o = order(cmd, str(cum), str(100 + k), status, broker_id=bid)
-            self.events += self.broker.on_update(
-                fill_update(o, str(part), str(100 + k), f"{bid}-{k}")
-            )
-        if outcome.startswith("canceled"):
-            o = order(cmd, str(cum), "100" if cum else None, "canceled", broker_id=bid)
-            self.events += self.broker.on_update(OrderUpdate("canceled", o, self.clock.t))
-
-
-WORKING = {"undecided", "not_yet_at_the_broker", "working", "working_partly_filled"}
-
-
-def _history(seed: int) -> Chains:
-    c = Chains(seed)
-    for i in range(160):
-        c.clock.t = NOW - (10 * DAY_NS if i < 120 else 3600 * 10**9) + i * 10**9
-        n = c.rng.choice([1, 1, 2])
-        outcomes = [OUTCOMES[(i + k) % len(OUTCOMES)] for k in range(n)]
-        c.chain(c.rng.choice([*STRATEGIES, "not-ours"]), outcomes)
-        if i == 90:
-            # A flatten's closing fills, booked by the gateway to strategies.
-            c.events += _flatten(c.broker, c.clock)
-    # Some old fills recorded without the strategy they are booked to (as
-    # before fills named it): the books find them through their chains.
-    for k, e in enumerate(c.events[:300]):
-        if isinstance(e, FillReceived) and k % 3 == 0:
-            c.events[k] = e.model_copy(
-                update={"payload": e.payload.model_copy(update={"strategy": None})}
-            )
-    return c
+from tests.integration.recording import record_events
+from tests.integration.tracker_inputs import order
 
 
 async def _restored(url: str, before_ns: int) -> tuple[History, dict[str, Any]]:
@@ -184,7 +83,7 @@ async def _restored(url: str, before_ns: int) -> tuple[History, dict[str, Any]]:
 
 
 async def test_old_finished_chains_are_read_as_fills_only(database_url: str) -> None:
-    c = _history(seed=1)
+    c = strategy_chains(seed=1)
     await record_events(database_url, c.events)
     before = NOW - 7 * DAY_NS
     every, books = await _restored(database_url, 0)

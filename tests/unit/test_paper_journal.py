@@ -33,12 +33,12 @@ from services.paper_broker.adapters.journal import COMPACTING_SUFFIX, Journal
 from services.paper_broker.adapters.server import PaperBrokerServer
 from services.paper_broker.domain.book import (
     CODE_DUPLICATE_CLIENT_ORDER_ID,
-    BookConfig,
     OrderSpec,
     PaperBook,
     Refused,
 )
-from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate, Side
+from services.paper_broker.domain.fill_model import MarketUpdate, Side
+from tests.unit.paper_books import Clock, new_book
 from tests.unit.paper_ws import CREDS, login, request
 
 D = Decimal
@@ -47,23 +47,6 @@ ACCOUNTS = ("x", "y")
 HOUR_NS = 3_600 * 10**9
 ROOT = Path(__file__).resolve().parents[2]
 DAY_S = 86_400
-CONFIG = BookConfig(
-    fill_model=FillModelConfig(max_fill_quantity=D(7), slippage_bps=D(3)),
-    halted_symbols=frozenset({"HALT"}),
-)
-
-
-class Clock:
-    def __init__(self, t: int = 1_700_000_000 * 10**9) -> None:
-        self.t = t
-
-    def now_ns(self) -> int:
-        return self.t
-
-
-def new_book(clock: Clock) -> PaperBook:
-    ids = itertools.count()
-    return PaperBook(CONFIG, clock=clock, ids=lambda: f"i{next(ids)}")
 
 
 def trade(
@@ -404,7 +387,7 @@ KILLER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from tests.unit.test_paper_journal import Clock, new_book
+    from tests.unit.paper_books import Clock, new_book
     from services.paper_broker.adapters.journal import Journal
 
     path = Path(sys.argv[1])

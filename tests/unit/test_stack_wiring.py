@@ -263,7 +263,7 @@ def test_each_start_of_the_stacks_marketdata_has_ids_of_its_own(tmp_path: Path) 
     at every start, so a restart's prices are not dropped as duplicates.
     The supervisor restarts it with the same environment."""
     from services.marketdata.config import MarketdataSettings
-    from tests.unit.test_compose import assert_two_starts_share_no_ids
+    from tests.unit.compose_files import assert_two_starts_share_no_ids
 
     given = inputs(tmp_path, CONFIG_DIR / "strategies.yaml", TRADEBUS_SYNTHETIC_RUN="pinned")
     (plan,) = wiring.plans(given, ["marketdata"])
