@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from libs.contract.codec import derived_id
-from libs.store import queries
+from libs.store import exact_json, queries
 from libs.store.errors import LockLost, RowRefused, StoreError, StoreUnavailable
 from libs.store.layout import COPY_COLUMNS, DUPLICATE
 from libs.store.queries import Tail
@@ -367,7 +367,7 @@ def what_it_says(
     payload: str,
 ) -> tuple[object, ...]:
     """The :data:`EVENT_FIELDS` of a row, its payload (JSON text) canonical."""
-    canonical = orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    canonical = exact_json.dumps(exact_json.loads(payload), sort_keys=True)
     return (event_type, ts_event, correlation_id, causation_id, canonical)
 
 
@@ -409,7 +409,7 @@ def duplicate_row(
 
 def _as_sent(row: Row) -> bytes:
     """The event of ``row`` as JSON (its bytes as sent are not known)."""
-    return orjson.dumps(
+    return exact_json.dumps(
         {
             "id": str(row.id),
             "type": row.type,
@@ -418,6 +418,6 @@ def _as_sent(row: Row) -> bytes:
             "source": row.source,
             "correlation_id": str(row.correlation_id),
             "causation_id": str(row.causation_id) if row.causation_id else None,
-            "payload": orjson.loads(row.payload),
+            "payload": exact_json.loads(row.payload),
         }
     )

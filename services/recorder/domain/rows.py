@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from libs.contract.codec import DecodeError, decode, derived_id
+from libs.store import exact_json
 from libs.store.layout import MISSING, UNDECODABLE
 from libs.store.writer import Row
 
@@ -67,8 +68,9 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
     # Payload fields live in the model's __dict__; .get avoids pydantic's
     # slow __getattr__ path for payloads without strategy/account/symbol.
     fields = event.payload.__dict__
-    # The payload exactly as sent (already validated), but for U+0000.
-    sent: object = orjson.loads(msg.data)["payload"]
+    # The payload exactly as sent (already validated), but for U+0000; an
+    # integer past 64 bits kept whole, as the contract decoded it.
+    sent: object = exact_json.loads(msg.data)["payload"]
     subject, source, raw = msg.subject, event.source, None
     if NUL_ESCAPE in msg.data or NUL in subject:  # (a JSON string escapes U+0000)
         scrubbed = _scrub(sent)
@@ -88,7 +90,7 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         fields.get("strategy"),
         fields.get("account"),
         fields.get("symbol"),
-        orjson.dumps(sent).decode(),
+        exact_json.dumps(sent).decode(),
         raw,
     )
     return Converted(row)
