@@ -51,6 +51,15 @@ WRITE_TIMEOUT = 10.0
 #: Most time the idle check of the writer's connection may take.
 PING_TIMEOUT = 2.0
 
+#: Errors for a row the store refuses for what it holds, the same on every
+#: retry: a value it cannot hold (SQLSTATE class 22, data exception: an
+#: index's cast or sum out of range), or one past a limit of its own (class
+#: 54, program limit exceeded: a subject longer than its index takes).
+REFUSED_ERRORS: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+)
+
 #: Errors that mean "the database went away": reconnect and start over.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -251,10 +260,11 @@ class EventWriter:
         while pending:
             try:
                 copies = await self._append(pending, sent)
-            except asyncpg.DataError:
+            except REFUSED_ERRORS:
                 # A value the store cannot hold (an index's cast or sum out of
-                # range): the same batch would fail on every retry, and the
-                # timeline would stop there. Commit what comes before it.
+                # range, a subject too long for its index): the same batch
+                # would fail on every retry, and the timeline would stop
+                # there. Commit what comes before it.
                 await self._commit_until_refused(pending, sent)
                 pending = [r for r in pending if r.seq > self.last_seq]
                 continue
@@ -280,7 +290,7 @@ class EventWriter:
             mid = (low + high) // 2
             try:
                 copies = await self._append(rows[low:mid], sent)
-            except asyncpg.DataError:
+            except REFUSED_ERRORS:
                 high = mid
                 continue
             self._committed(rows[mid - 1].seq, copies)
@@ -288,7 +298,7 @@ class EventWriter:
         # Refused on its own, not only with others, before it is given up on.
         try:
             copies = await self._append(rows[low : low + 1], sent)
-        except asyncpg.DataError as e:
+        except REFUSED_ERRORS as e:
             raise RowRefused(rows[low].seq, e) from e
         self._committed(rows[low].seq, copies)
 
