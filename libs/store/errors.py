@@ -26,8 +26,9 @@ class LockLost(StoreError):
 class RowRefused(StoreError):
     """The store refuses the row at ``seq`` on its own, for a value in it
     (``error``: PostgreSQL's data exception, SQLSTATE class 22, such as a
-    number out of range or text an index cannot cast); every row before it
-    is committed. Writing the same row again fails the same way."""
+    number out of range or text an index cannot cast, or a program limit
+    exceeded, class 54, such as a subject too long for its index); every row
+    before it is committed. Writing the same row again fails the same way."""
 
     def __init__(self, seq: int, error: Exception) -> None:
         super().__init__(f"the store refuses the row at seq {seq}: {error}")

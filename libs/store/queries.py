@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 from pydantic import ValidationError
 
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
 from libs.contract.subjects import check_pattern
+from libs.store import exact_json
 from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def stored_event(row: asyncpg.Record) -> AnyEvent | None:
         "source": row["source"],
         "correlation_id": row["correlation_id"],
         "causation_id": row["causation_id"],
-        "payload": orjson.loads(row["payload"]),
+        "payload": exact_json.loads(row["payload"]),
     }
     try:
         event: AnyEvent = EVENT_ADAPTER.validate_python(envelope)
@@ -120,7 +120,7 @@ class Recorded:
         the stored payload has as U+FFFD), else the event's JSON."""
         if self.raw is not None:
             return self.raw
-        return orjson.dumps(self.envelope())
+        return exact_json.dumps(self.envelope())
 
     def as_json(self) -> dict[str, Any]:
         out = {"seq": self.seq, "subject": self.subject, **self.envelope()}
@@ -143,7 +143,7 @@ def _row(rec: asyncpg.Record) -> Recorded:
         strategy=rec["strategy"],
         account=rec["account"],
         symbol=rec["symbol"],
-        payload=orjson.loads(rec["payload"]),
+        payload=exact_json.loads(rec["payload"]),
         raw=rec["raw"],
     )
 

@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from libs.contract.codec import derived_id
-from libs.store import queries
+from libs.store import exact_json, queries
 from libs.store.errors import LockLost, RowRefused, StoreError, StoreUnavailable
 from libs.store.layout import COPY_COLUMNS, DUPLICATE
 from libs.store.queries import Tail
@@ -50,6 +50,15 @@ COMMAND_TIMEOUT = 30.0
 WRITE_TIMEOUT = 10.0
 #: Most time the idle check of the writer's connection may take.
 PING_TIMEOUT = 2.0
+
+#: Errors for a row the store refuses for what it holds, the same on every
+#: retry: a value it cannot hold (SQLSTATE class 22, data exception: an
+#: index's cast or sum out of range), or one past a limit of its own (class
+#: 54, program limit exceeded: a subject longer than its index takes).
+REFUSED_ERRORS: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+)
 
 #: Errors that mean "the database went away": reconnect and start over.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -251,10 +260,11 @@ class EventWriter:
         while pending:
             try:
                 copies = await self._append(pending, sent)
-            except asyncpg.DataError:
+            except REFUSED_ERRORS:
                 # A value the store cannot hold (an index's cast or sum out of
-                # range): the same batch would fail on every retry, and the
-                # timeline would stop there. Commit what comes before it.
+                # range, a subject too long for its index): the same batch
+                # would fail on every retry, and the timeline would stop
+                # there. Commit what comes before it.
                 await self._commit_until_refused(pending, sent)
                 pending = [r for r in pending if r.seq > self.last_seq]
                 continue
@@ -280,7 +290,7 @@ class EventWriter:
             mid = (low + high) // 2
             try:
                 copies = await self._append(rows[low:mid], sent)
-            except asyncpg.DataError:
+            except REFUSED_ERRORS:
                 high = mid
                 continue
             self._committed(rows[mid - 1].seq, copies)
@@ -288,7 +298,7 @@ class EventWriter:
         # Refused on its own, not only with others, before it is given up on.
         try:
             copies = await self._append(rows[low : low + 1], sent)
-        except asyncpg.DataError as e:
+        except REFUSED_ERRORS as e:
             raise RowRefused(rows[low].seq, e) from e
         self._committed(rows[low].seq, copies)
 
@@ -367,7 +377,7 @@ def what_it_says(
     payload: str,
 ) -> tuple[object, ...]:
     """The :data:`EVENT_FIELDS` of a row, its payload (JSON text) canonical."""
-    canonical = orjson.dumps(orjson.loads(payload), option=orjson.OPT_SORT_KEYS)
+    canonical = exact_json.dumps(exact_json.loads(payload), sort_keys=True)
     return (event_type, ts_event, correlation_id, causation_id, canonical)
 
 
@@ -409,7 +419,7 @@ def duplicate_row(
 
 def _as_sent(row: Row) -> bytes:
     """The event of ``row`` as JSON (its bytes as sent are not known)."""
-    return orjson.dumps(
+    return exact_json.dumps(
         {
             "id": str(row.id),
             "type": row.type,
@@ -418,6 +428,6 @@ def _as_sent(row: Row) -> bytes:
             "source": row.source,
             "correlation_id": str(row.correlation_id),
             "causation_id": str(row.causation_id) if row.causation_id else None,
-            "payload": orjson.loads(row.payload),
+            "payload": exact_json.loads(row.payload),
         }
     )

@@ -12,23 +12,16 @@ from dataclasses import dataclass, field
 import orjson
 
 from libs.contract.codec import DecodeError, decode, derived_id
-from libs.store.layout import MISSING, UNDECODABLE
+from libs.store import exact_json
+from libs.store.layout import MISSING, NUL, UNDECODABLE, storable, stored_subject
 from libs.store.writer import Row
 
 RECORDER_SOURCE = "event-recorder"
 
-#: PostgreSQL's ``text`` and ``jsonb`` cannot hold U+0000, which JSON and the
-#: contract's free-text fields allow; a row stores it as U+FFFD instead (and
-#: keeps the message's own bytes in ``raw``). Unstored, one such message
-#: would stop the recorder: its batch would fail on every retry.
-NUL = "\x00"
+#: U+0000 in JSON text (a JSON string escapes it). PostgreSQL cannot hold it
+#: (``libs.store.layout.storable``); unstored, one such message would stop
+#: the recorder: its batch would fail on every retry.
 NUL_ESCAPE = b"\\u0000"
-NUL_STORED = "\ufffd"
-
-
-def storable(text: str) -> str:
-    """``text`` as PostgreSQL can store it."""
-    return text.replace(NUL, NUL_STORED) if NUL in text else text
 
 
 def _scrub(value: object) -> object:
@@ -67,10 +60,11 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
     # Payload fields live in the model's __dict__; .get avoids pydantic's
     # slow __getattr__ path for payloads without strategy/account/symbol.
     fields = event.payload.__dict__
-    # The payload exactly as sent (already validated), but for U+0000.
-    sent: object = orjson.loads(msg.data)["payload"]
+    # The payload exactly as sent (already validated), but for U+0000; an
+    # integer past 64 bits kept whole, as the contract decoded it.
+    sent: object = exact_json.loads(msg.data)["payload"]
     subject, source, raw = msg.subject, event.source, None
-    if NUL_ESCAPE in msg.data or NUL in subject:  # (a JSON string escapes U+0000)
+    if NUL_ESCAPE in msg.data or NUL in subject:
         scrubbed = _scrub(sent)
         if scrubbed != sent or NUL in subject or NUL in source:
             sent, subject, source = scrubbed, storable(subject), storable(source)
@@ -88,7 +82,7 @@ def to_row(msg: StreamMessage, *, max_bytes: int) -> Converted:
         fields.get("strategy"),
         fields.get("account"),
         fields.get("symbol"),
-        orjson.dumps(sent).decode(),
+        exact_json.dumps(sent).decode(),
         raw,
     )
     return Converted(row)
@@ -101,8 +95,9 @@ UNSTORABLE = "unstorable"
 
 def unstorable_row(msg: StreamMessage, error: str) -> Row:
     """The row for a message that decoded but whose row the store refuses on
-    its own (a value it cannot hold: an index's cast or sum out of range).
-    Recorded as undecodable, its bytes kept, so the timeline goes on."""
+    its own (a value it cannot hold: an index's cast or sum out of range, a
+    subject too long for its index). Recorded as undecodable, its bytes
+    kept, so the timeline goes on."""
     return _undecodable(msg, UNSTORABLE, error)
 
 
@@ -110,10 +105,13 @@ def _undecodable(msg: StreamMessage, reason: str, detail: str) -> Row:
     rid = derived_id("undecodable", msg.seq)
     # The error can quote the input, U+0000 included.
     payload = {"reason": reason, "error": storable(detail), "size": len(msg.data)}
+    subject = stored_subject(msg.subject)
+    if subject != storable(msg.subject):
+        payload["subject"] = storable(msg.subject)  # the row's subject is cut
     return Row(
         msg.seq,
         rid,
-        storable(msg.subject),
+        subject,
         UNDECODABLE,
         msg.ts_ns,
         msg.ts_ns,
