@@ -34,9 +34,9 @@ from pydantic_core import CoreSchema, core_schema
 
 from libs.contract.options import option_symbol
 
-#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``. orjson,
-#: which the recorder re-parses each payload with, reads an integer outside
-#: ``[-2**63, 2**64)`` as a float; the contract takes this one range for all.
+#: The range of a signed 64-bit integer: PostgreSQL's ``bigint``, and what
+#: every reader of the contract's JSON (in any language) holds in a machine
+#: integer; the contract takes this one range for all its integers.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -135,9 +135,11 @@ class _CanonicalId:
 Id = Annotated[uuid.UUID, _CanonicalId()]
 
 #: Every integer of the contract but a time (a venue's exchange and condition
-#: codes, sequence numbers, counts): at most 64 bits, signed. The recorder
-#: re-parses each payload with orjson, which reads a bigger integer as a
-#: float, so the store would keep other digits than the services acted on.
+#: codes, sequence numbers, counts): at most 64 bits, signed. None needs
+#: more, and a bigger one is refused at decode rather than carried into code
+#: and stores (or JSON readers) that hold such integers in 64 bits. A decimal
+#: (a price, a quantity) may be a JSON integer of any size: the store keeps
+#: its digits (libs/store/exact_json.py).
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 #: A subject token: a symbol, strategy or account name.
