@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    BarClosed,
     ClosingOrdersPlaced,
     FillPayload,
     FillReceived,
@@ -57,6 +58,22 @@ def stamped_ahead(state: RiskState, event: Event, symbol: str) -> bool:
     return max_age is not None and event.ts_event - event.ts_init > max_age * NS
 
 
+def day_time(event: Event) -> int:
+    """The instant that puts ``event`` in a trading day: its
+    ``Event.market_ns``, and for a bar the last instant of its window.
+
+    A bar is stamped at its window's end, the first instant not in it: every
+    trade of the 03:59-04:00 bar, its close too, printed before 04:00, in the
+    trading day that ends there. By its stamp it would roll the trading day
+    and be the new day's price, moving the new day's P&L by the old day's
+    last minute. (Its mark keeps the stamp: which price is the newest, and
+    how old it is, are as before.)
+    """
+    if isinstance(event, BarClosed):
+        return min(event.market_ns, event.payload.end_ns - 1)
+    return event.market_ns
+
+
 def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
     """Whether ``ts_ns`` (a price's market time) lies in a trading day before
     the one ``state`` is in.
@@ -88,7 +105,7 @@ def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ris
     ts_ns = event.market_ns
     if current is not None and current.ts_ns > ts_ns:
         return state  # an older print arriving late does not move the mark back
-    if of_a_day_gone(state, ts_ns):
+    if of_a_day_gone(state, day_time(event)):
         return state
     state = replace(state, marks=with_item(state.marks, symbol, Mark(price, ts_ns)))
     holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
