@@ -130,9 +130,12 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         m = state.marks.get(symbol)
         return m.price if m is not None else None
 
+    held = {k[1] for k, p in state.positions.items() if p.quantity}
+    held.update(k[2] for k, p in state.strategy_positions.items() if p.quantity)
     return replace(
         state,
         day=day,
+        unpriced_carried=frozenset(s for s in held if s not in state.marks),
         positions=frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items()),
         strategy_positions=frozen_map(
             (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
