@@ -62,8 +62,8 @@ from services.risk_gate.domain.state import (
 )
 
 #: Bumped when the encoding below changes (2: an obligation's day; 3: an
-#: order's closing flag).
-FORMAT = 3
+#: order's closing flag; 4: the symbols carried into the day unpriced).
+FORMAT = 4
 #: Checkpoints kept per digest pair; older ones are deleted as new ones land.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -229,6 +229,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Json], Callable[[Json], Any]]] = {
         lambda m: _pairs(m, _same, lambda k: [str(k.price), k.ts_ns]),
         lambda v: _map(v, _same, lambda x: Mark(Decimal(x[0]), x[1])),
     ),
+    "unpriced_carried": (sorted, frozenset),
     "positions": (
         lambda m: _pairs(m, list, _position),
         lambda v: _map(v, _tuple, _position_from),

@@ -13,7 +13,8 @@ them, so a roll on their (wall-clock) time would move the day at another
 point live than in a fold of the store. Rolled on the other events only, the
 day moves at the same point of the stream in both. An event moves it by its
 market time (``Event.market_ns``: its own, but no later than a few seconds
-after it was made): one bad stamp a day ahead must not end the real day.
+after it was made; a bar's, the last instant of its window, not its end):
+one bad stamp a day ahead must not end the real day.
 Trading states and the kill switch do not reset: what halted an account
 holds until an operator resumes it.
 
@@ -54,6 +55,7 @@ from services.risk_gate.domain.evolve_obligations import (
     on_state_changed,
 )
 from services.risk_gate.domain.evolve_orders import (
+    day_time,
     on_closing_orders,
     on_decision,
     on_fill,
@@ -128,9 +130,12 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         m = state.marks.get(symbol)
         return m.price if m is not None else None
 
+    held = {k[1] for k, p in state.positions.items() if p.quantity}
+    held.update(k[2] for k, p in state.strategy_positions.items() if p.quantity)
     return replace(
         state,
         day=day,
+        unpriced_carried=frozenset(s for s in held if s not in state.marks),
         positions=frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items()),
         strategy_positions=frozen_map(
             (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
@@ -158,7 +163,8 @@ def evolve(state: RiskState, event: Event) -> RiskState:
         # the next trading day (day P&L from 0, the breaker armed again) in
         # the middle of the real one. A publisher whose own clock runs a day
         # ahead still moves the day; nothing in an event can tell.
-        state = roll_day(state, event.market_ns)
+        # A bar by the last instant of its window (day_time), not by its end.
+        state = roll_day(state, day_time(event))
     match event:
         case TradePrinted():
             return on_price(state, event, event.payload.symbol, event.payload.price)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import TypeVar
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    BarClosed,
     ClosingOrdersPlaced,
     FillPayload,
     FillReceived,
@@ -39,6 +42,9 @@ from services.risk_gate.domain.state import (
 
 replace = dataclasses.replace
 
+#: A position's key: (account, symbol) or (strategy, account, symbol).
+_Key = TypeVar("_Key", bound=tuple[str, ...])
+
 # ------------------------------------------------------------ market data
 
 
@@ -57,6 +63,22 @@ def stamped_ahead(state: RiskState, event: Event, symbol: str) -> bool:
     return max_age is not None and event.ts_event - event.ts_init > max_age * NS
 
 
+def day_time(event: Event) -> int:
+    """The instant that puts ``event`` in a trading day: its
+    ``Event.market_ns``, and for a bar the last instant of its window.
+
+    A bar is stamped at its window's end, the first instant not in it: every
+    trade of the 03:59-04:00 bar, its close too, printed before 04:00, in the
+    trading day that ends there. By its stamp it would roll the trading day
+    and be the new day's price, moving the new day's P&L by the old day's
+    last minute. (Its mark keeps the stamp: which price is the newest, and
+    how old it is, are as before.)
+    """
+    if isinstance(event, BarClosed):
+        return min(event.market_ns, event.payload.end_ns - 1)
+    return event.market_ns
+
+
 def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
     """Whether ``ts_ns`` (a price's market time) lies in a trading day before
     the one ``state`` is in.
@@ -71,6 +93,34 @@ def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
     return state.day is not None and trading_day(ts_ns, state.limits.trading_day) < state.day
 
 
+def first_price(state: RiskState, symbol: str, price: Decimal) -> RiskState:
+    """``state`` with ``symbol``'s carried positions started from ``price``,
+    a price of a day gone, ``symbol``'s first (it has no mark).
+
+    The day rolled without a close of ``symbol``: each position carried into
+    it kept its cost as its day basis (``Position.new_day``). A price of the
+    day before that comes after the roll is that close; had it come on time
+    the roll would have started them from it. Only while ``symbol`` is in
+    ``unpriced_carried``: a fill since (a settlement, which is no price)
+    changed the positions, and their basis is no longer only the carried one.
+    """
+    if symbol not in state.unpriced_carried:
+        return state
+    return replace(
+        state,
+        unpriced_carried=state.unpriced_carried - {symbol},
+        positions=_started_from(state.positions, 1, symbol, price),
+        strategy_positions=_started_from(state.strategy_positions, 2, symbol, price),
+    )
+
+
+def _started_from(
+    positions: Mapping[_Key, Position], at: int, symbol: str, price: Decimal
+) -> Mapping[_Key, Position]:
+    changed = {k: p.new_day(price) for k, p in positions.items() if k[at] == symbol and p.quantity}
+    return frozen_map({**positions, **changed}) if changed else positions
+
+
 def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
     """A market price of ``symbol``: a trade, a bar's close, a quote's mark
     (``MarkUpdated``, an option's quote midpoint); fills mark too (``on_fill``).
@@ -83,14 +133,25 @@ def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ris
     ``max_mark_age_s``) is that of the price it holds. By the raw
     ``ts_event``, one print stamped a day ahead held the mark for a day with
     no ``max_mark_age_s`` (``stamped_ahead`` drops it only with one).
+
+    A price of a day gone (``of_a_day_gone``) marks only a symbol with no
+    mark at all: it is the last price before the day began, what the price
+    band and a carried position's day start (``first_price``) take; a symbol
+    with a mark keeps it.
     """
     current = state.marks.get(symbol)
     ts_ns = event.market_ns
     if current is not None and current.ts_ns > ts_ns:
         return state  # an older print arriving late does not move the mark back
-    if of_a_day_gone(state, ts_ns):
-        return state
-    state = replace(state, marks=with_item(state.marks, symbol, Mark(price, ts_ns)))
+    if of_a_day_gone(state, day_time(event)):
+        if current is not None:
+            return state
+        state = first_price(state, symbol, price)
+    marks = with_item(state.marks, symbol, Mark(price, ts_ns))
+    if symbol in state.unpriced_carried:  # priced now, by a price of the new day
+        state = replace(state, marks=marks, unpriced_carried=state.unpriced_carried - {symbol})
+    else:
+        state = replace(state, marks=marks)
     holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
     return check_loss(state, event, holders)
 
@@ -242,6 +303,25 @@ def on_fill(state: RiskState, event: FillReceived) -> RiskState:
                 orders=with_item(state.orders, order.order_id, replace(order, remaining=remaining)),
                 open_quantity=with_open(state.open_quantity, order, remaining - order.remaining),
             )
+    current = state.marks.get(p.symbol)
+    # A settlement (an option's expiry: the contract at 0, the underlying at
+    # the strike) is booked, but it is no market price; nor is a fill of a
+    # day gone (booked in today's P&L, at its cost), unless it is the first
+    # price of its symbol (see on_price): then the positions carried into
+    # the day start from it (first_price), before the fill adds to them.
+    marking = (
+        p.settlement is None
+        and (current is None or current.ts_ns <= event.market_ns)
+        and not stamped_ahead(state, event, p.symbol)
+    )
+    if marking and of_a_day_gone(state, event.market_ns):
+        marking = current is None
+        if marking:
+            state = first_price(state, p.symbol, p.price)
+    if p.symbol in state.unpriced_carried:
+        # Filled since the roll (marking or not): the positions are no longer
+        # the ones carried, nor their basis only the carried cost.
+        state = replace(state, unpriced_carried=state.unpriced_carried - {p.symbol})
     mult = contract_multiplier(p.symbol)
     account_key = (p.account, p.symbol)
     position = state.positions.get(account_key, Position()).fill(
@@ -262,17 +342,8 @@ def on_fill(state: RiskState, event: FillReceived) -> RiskState:
         )
         strategy_positions = with_item(strategy_positions, skey, sp)
     marks = state.marks
-    current = marks.get(p.symbol)
     accounts = {p.account}
-    # A settlement (an option's expiry: the contract at 0, the underlying at
-    # the strike) is booked, but it is no market price; nor is a fill of a
-    # day gone (booked in today's P&L, at its cost).
-    if (
-        p.settlement is None
-        and (current is None or current.ts_ns <= event.market_ns)
-        and not stamped_ahead(state, event, p.symbol)
-        and not of_a_day_gone(state, event.market_ns)
-    ):
+    if marking:
         marks = with_item(marks, p.symbol, Mark(p.price, event.market_ns))
         # The fill's price marks the symbol for every account holding it, as
         # a print would: their day P&L moved too.

@@ -386,6 +386,11 @@ class RiskState:
     #: The current trading day (None until the first event).
     day: dt.date | None = None
     marks: Mapping[str, Mark] = field(default_factory=_empty)
+    #: Symbols held into the current trading day with no mark (their
+    #: positions' day basis is their cost, for want of a close) and neither
+    #: priced nor filled since: a late price of the day before, their first,
+    #: is the close they start the day from (``evolve_orders.first_price``).
+    unpriced_carried: frozenset[str] = frozenset()
     positions: Mapping[AccountKey, Position] = field(default_factory=_empty)
     strategy_positions: Mapping[StrategyKey, Position] = field(default_factory=_empty)
     #: Open orders only; an order leaves when it is filled, canceled or rejected.
