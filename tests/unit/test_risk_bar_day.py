@@ -18,8 +18,8 @@ from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, BarPayload
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
+from tests.unit.risk_evolve_inputs import LIMITS, T0, At, D, S, fill, start, trade
 from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_evolve import LIMITS, T0, At, D, S, fill, start, trade
 from tests.unit.test_risk_live_fold import deliver, live_gate, same
 
 MS = S // 1000

@@ -27,8 +27,8 @@ import pytest
 from libs.contract.envelope import Event
 from services.risk_gate.domain.state import DayIds, RiskState
 from services.risk_gate.gate import RiskGate
+from tests.unit.risk_evolve_inputs import LIMITS, T0, S, fill, trade
 from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_evolve import LIMITS, T0, S, fill, trade
 from tests.unit.test_risk_live_fold import FakeBus, _random_message, deliver, live_gate
 
 MS = S // 1000

@@ -13,7 +13,7 @@ import pytest
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.test_risk_evolve import S, apply, intent, start, trade
+from tests.unit.risk_evolve_inputs import S, apply, intent, start, trade
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11 and 2026-03-12.
