@@ -65,7 +65,13 @@ from services.risk_gate.domain.evolve_orders import (
     order_ended,
     stamped_ahead,
 )
-from services.risk_gate.domain.state import KillSwitch, RiskState, frozen_map, trading_day
+from services.risk_gate.domain.state import (
+    KillSwitch,
+    RiskState,
+    file_own,
+    frozen_map,
+    trading_day,
+)
 
 #: Events applied once per id. A later copy (the same event published again
 #: past JetStream's duplicate window) changes nothing, as in the store, where
@@ -153,7 +159,11 @@ def evolve(state: RiskState, event: Event) -> RiskState:
     if event.type in ONCE_TYPES:
         if event.id in state.applied:
             return state
-        state = replace(state, applied=state.applied.add(event.id))
+        if event.type in GATE_TYPES:  # filed where the live gate did (file_own)
+            applied = file_own(state, state.applied, event.id, event.market_ns)
+        else:
+            applied = state.applied.add(event.id)
+        state = replace(state, applied=applied)
     if event.type in PRICE_TYPES and stamped_ahead(state, event, event.payload.symbol):
         # Not a price, nor a time to roll the trading day on: see stamped_ahead.
         return state

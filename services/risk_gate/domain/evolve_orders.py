@@ -32,6 +32,7 @@ from services.risk_gate.domain.state import (
     Order,
     Position,
     RiskState,
+    file_own,
     frozen_map,
     in_window,
     trading_day,
@@ -174,7 +175,7 @@ def on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
         # two trading days with decisions (an order can be owed that long).
         return replace(
             state,
-            decided=state.decided.add(p.intent_id),
+            decided=file_own(state, state.decided, p.intent_id, event.market_ns),
             awaiting_order=without(state.awaiting_order, p.intent_id),
         )
     if p.intent_id in state.decided:
@@ -185,7 +186,7 @@ def on_decision(state: RiskState, event: RiskDecisionMade) -> RiskState:
         awaiting = with_item(awaiting, p.intent_id, intent)
     return replace(
         state,
-        decided=state.decided.add(p.intent_id),
+        decided=file_own(state, state.decided, p.intent_id, event.market_ns),
         pending_intents=without(state.pending_intents, p.intent_id),
         awaiting_order=awaiting,
     )
@@ -196,7 +197,7 @@ def on_submit(state: RiskState, event: SubmitOrder) -> RiskState:
     if p.intent_id is not None:
         state = replace(
             state,
-            decided=state.decided.add(p.intent_id),
+            decided=file_own(state, state.decided, p.intent_id, event.market_ns),
             pending_intents=without(state.pending_intents, p.intent_id),
             awaiting_order=without(state.awaiting_order, p.intent_id),
         )

@@ -317,10 +317,15 @@ class DayIds:
     Rolls come at the same point of the stream live and in a fold of the
     store, and ids of other services' events (fills, operator and connection
     events) are added at the same point in both, so ``fills_seen`` is the same
-    set live and folded. Only the gate's own events (decisions, orders,
-    reactions), applied live as they are published, may be filed a day later
-    in a fold (as before this rule); a fold may then keep an older set the
-    live gate has dropped, never the reverse.
+    set live and folded. The gate's own events (decisions, orders,
+    reactions) are applied live as they are published, but in a fold where
+    they land in the stream, which can be after the next day's roll. Filed
+    there under the new day, such an id made that day one that added ids:
+    at the following roll the fold dropped the old day's set, which the live
+    gate (whose new day had added nothing) kept. ``add_earlier`` files them
+    under the earlier day instead, as the live gate did (see
+    ``file_own``); a fold may then keep an older set the live gate has
+    dropped, never the reverse.
     """
 
     today: IdSet = field(default_factory=IdSet)
@@ -334,6 +339,13 @@ class DayIds:
             return self
         today = self.today.add(key)
         return self if today is self.today else DayIds(today, self.yesterday)
+
+    def add_earlier(self, key: uuid.UUID | str) -> DayIds:
+        """``key`` filed under the last earlier day (``yesterday``): an id of
+        the gate's own event made on a day before today (``file_own``)."""
+        if key in self:
+            return self
+        return DayIds(self.today, self.yesterday.add(key))
 
     def roll(self) -> DayIds:
         if not self.today:
@@ -495,3 +507,20 @@ class RiskState:
         names.update(acct for (acct, _), p in self.positions.items() if p.quantity != 0)
         names.discard(GLOBAL)
         return sorted(names)
+
+
+def file_own(state: RiskState, ids: DayIds, key: uuid.UUID | str, made_ns: int) -> DayIds:
+    """``ids`` with ``key``, an id of the gate's own event made at ``made_ns``
+    (its ``Event.market_ns``: the gate's clock when it made it).
+
+    The live gate applies its own events as it publishes them, in the day its
+    state is in then; a fold of the store applies them where they land, which
+    can be after the next day's first message. One made on a day before the
+    state's is filed under the earlier day (``DayIds.add_earlier``), where the
+    live gate filed it: under the new day it would make a day that added
+    nothing live one that added ids in the fold, and the fold would drop, at
+    the next roll, the older set the live gate keeps.
+    """
+    if state.day is not None and trading_day(made_ns, state.limits.trading_day) < state.day:
+        return ids.add_earlier(key)
+    return ids.add(key)
