@@ -3,7 +3,7 @@ usable one, and what it gets is what folding the whole store gets.
 
 The store is filled the way the recorder fills it (published to JetStream,
 then recorded), with a timeline of market data, decisions, orders, fills,
-breakers and operator commands (``tests/unit/test_risk_checkpoint.py``).
+breakers and operator commands (``tests/unit/risk_timelines.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from services.risk_gate.domain.state import RiskState
 from tests.integration.recording import record_stream, sql
 from tests.integration.risk_gate_stack import tradebus
 from tests.unit.risk_evolve_inputs import LIMITS, trade
-from tests.unit.test_risk_checkpoint import fold, timeline
+from tests.unit.risk_timelines import fold, timeline
 
 EVENTS = timeline(8)
 HALF = len(EVENTS) // 2

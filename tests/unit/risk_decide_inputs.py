@@ -224,3 +224,19 @@ def mark(symbol: str, price: str, t: int = T0, spread: str = "0.10") -> MarkUpda
         source="test",
         clock=At(t),
     )
+
+
+def stale_state() -> tuple[RiskState, int]:
+    """``acct`` holds AAPL marked 600 s ago and MSFT 10 s ago, ``paper`` NVDA
+    at a price stamped 120 s ahead of now; the price band allows 60 s."""
+    now = T0 + 600 * 10**9
+    state = RiskState.initial(LIMITS)
+    for e in (
+        fill(uuid.uuid4(), 10, 100),
+        fill(uuid.uuid4(), 5, 50, symbol="MSFT"),
+        trade("MSFT", 51, now - 10 * 10**9),
+        trade("NVDA", 20, now + 120 * 10**9),
+        fill(uuid.uuid4(), 3, 20, symbol="NVDA", account="paper", t=now - 10**9),
+    ):
+        state = evolve(state, e)
+    return state, now

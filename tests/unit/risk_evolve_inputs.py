@@ -97,6 +97,31 @@ def bar(symbol: str, close: str | int, t: int = T0) -> BarClosed:
     return ev(BarClosed, payload, t)
 
 
+#: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.
+DAY_START = T0 + 17 * 3600 * S
+#: The bar intervals ``last_bar`` makes, and their windows' lengths.
+BAR_LENGTH = {"1s": S, "1m": 60 * S}
+
+
+def last_bar(interval: str, close: int, published: int, symbol: str = "AAPL") -> BarClosed:
+    """The last ``interval`` bar of day D (its window ends at the day start),
+    stamped at its end as marketdata stamps it, published at ``published``."""
+    c = D(close)
+    payload = BarPayload(
+        symbol=symbol,
+        interval="1s" if interval == "1s" else "1m",
+        open=c,
+        high=c,
+        low=c,
+        close=c,
+        volume=D(1),
+        start_ns=DAY_START - BAR_LENGTH[interval],
+        end_ns=DAY_START,
+        feed="demo",
+    )
+    return BarClosed.create(payload, source="test", clock=At(published), ts_event=DAY_START)
+
+
 def intent(quantity: int = 10, side: str = "buy", t: int = T0, **kw: Any) -> OrderIntentCreated:
     fields: dict[str, Any] = {"strategy": "sma", "account": "acct", "symbol": "AAPL"} | kw
     return ev(

@@ -18,35 +18,24 @@ from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, BarPayload
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.risk_evolve_inputs import LIMITS, T0, At, D, S, fill, start, trade
-from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_live_fold import deliver, live_gate, same
+from tests.unit.risk_evolve_inputs import (
+    BAR_LENGTH,
+    DAY_START,
+    LIMITS,
+    At,
+    D,
+    S,
+    fill,
+    last_bar,
+    start,
+    trade,
+)
+from tests.unit.risk_live_gates import deliver, live_gate, same
+from tests.unit.risk_timelines import fold
 
 MS = S // 1000
-#: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.
-DAY_START = T0 + 17 * 3600 * S
 DAY = dt.date(2026, 3, 10)
 NEXT_DAY = dt.date(2026, 3, 11)
-LENGTH = {"1s": S, "1m": 60 * S}
-
-
-def last_bar(interval: str, close: int, published: int, symbol: str = "AAPL") -> BarClosed:
-    """The last ``interval`` bar of day D (its window ends at the day start),
-    stamped at its end as marketdata stamps it, published at ``published``."""
-    c = D(close)
-    payload = BarPayload(
-        symbol=symbol,
-        interval="1s" if interval == "1s" else "1m",
-        open=c,
-        high=c,
-        low=c,
-        close=c,
-        volume=D(1),
-        start_ns=DAY_START - LENGTH[interval],
-        end_ns=DAY_START,
-        feed="demo",
-    )
-    return BarClosed.create(payload, source="test", clock=At(published), ts_event=DAY_START)
 
 
 def _holding() -> RiskState:
@@ -54,7 +43,7 @@ def _holding() -> RiskState:
     return evolve(start(), fill(uuid.uuid4(), 100, 100))
 
 
-@pytest.mark.parametrize("interval", sorted(LENGTH))
+@pytest.mark.parametrize("interval", sorted(BAR_LENGTH))
 def test_the_last_bar_of_the_day_neither_rolls_the_day_nor_counts_in_the_next(
     interval: str,
 ) -> None:
@@ -74,7 +63,7 @@ def test_the_last_bar_of_the_day_neither_rolls_the_day_nor_counts_in_the_next(
     assert state.day_pnl("acct") == D(100)
 
 
-@pytest.mark.parametrize("interval", sorted(LENGTH))
+@pytest.mark.parametrize("interval", sorted(BAR_LENGTH))
 def test_the_last_bar_of_the_day_after_the_roll_does_not_mark_the_new_day(
     interval: str,
 ) -> None:

@@ -17,7 +17,7 @@ from services.risk_gate.domain.decide import gross_exposure
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import LIMITS
-from tests.unit.test_risk_checkpoint import timeline
+from tests.unit.risk_timelines import timeline
 
 SYMBOLS = ("AAPL", "MSFT")
 

@@ -163,32 +163,14 @@ def test_an_operator_command_without_a_reason_is_refused(args: list[str]) -> Non
     assert "give the reason in words" in result.output
 
 
-def stale_state() -> tuple[RiskState, int]:
-    """``acct`` holds AAPL marked 600 s ago and MSFT 10 s ago, ``paper`` NVDA
-    at a price stamped 120 s ahead of now; the price band allows 60 s."""
-    import uuid
-
-    from tests.unit.risk_decide_inputs import LIMITS, T0, fill, trade
-
-    now = T0 + 600 * 10**9
-    state = RiskState.initial(LIMITS)
-    for e in (
-        fill(uuid.uuid4(), 10, 100),
-        fill(uuid.uuid4(), 5, 50, symbol="MSFT"),
-        trade("MSFT", 51, now - 10 * 10**9),
-        trade("NVDA", 20, now + 120 * 10**9),
-        fill(uuid.uuid4(), 3, 20, symbol="NVDA", account="paper", t=now - 10**9),
-    ):
-        state = evolve(state, e)
-    return state, now
-
-
 def test_status_shows_the_positions_marked_at_a_stale_price(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A price older than max_mark_age_s still marks a position's day P&L
     (and the breaker counts it: the last price is the best estimate), but
     status said nothing of it: a P&L standing still read as measured."""
+    from tests.unit.risk_decide_inputs import stale_state
+
     state, now = stale_state()
     summary = summarize(state, now)
     accounts = summary["accounts"]

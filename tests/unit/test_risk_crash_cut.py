@@ -28,8 +28,8 @@ from libs.contract.envelope import Event
 from services.risk_gate.domain.state import DayIds, RiskState
 from services.risk_gate.gate import RiskGate
 from tests.unit.risk_evolve_inputs import LIMITS, T0, S, fill, trade
-from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_live_fold import FakeBus, _random_message, deliver, live_gate
+from tests.unit.risk_live_gates import FakeBus, deliver, live_gate, random_message
+from tests.unit.risk_timelines import fold
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: the next trading day starts.
@@ -121,7 +121,7 @@ async def _run(seed: int, settlements: bool, closing: bool) -> int:
             last = int(mark.price) if mark is not None else 100
             event: Event = trade("AAPL", max(1, last + rng.randint(-40, 15)), t)
         else:
-            event = _random_message(rng, ref.gate, ref.store, t, closing=closing, settling=settling)
+            event = random_message(rng, ref.gate, ref.store, t, closing=closing, settling=settling)
         now = t + rng.randint(0, 5) * MS
         near = k - crossed < 6
         delay = rng.choice([2, 3, 4] if near else [0, 0, 1, 2])

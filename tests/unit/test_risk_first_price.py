@@ -31,10 +31,20 @@ from services.risk_gate.adapters.checkpoint import decode, encode
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.risk_evolve_inputs import LIMITS, T0, At, D, S, fill, intent, start, trade
-from tests.unit.test_risk_bar_day import last_bar
-from tests.unit.test_risk_checkpoint import fold
-from tests.unit.test_risk_live_fold import deliver, live_gate, same
+from tests.unit.risk_evolve_inputs import (
+    LIMITS,
+    T0,
+    At,
+    D,
+    S,
+    fill,
+    intent,
+    last_bar,
+    start,
+    trade,
+)
+from tests.unit.risk_live_gates import deliver, live_gate, same
+from tests.unit.risk_timelines import fold
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.

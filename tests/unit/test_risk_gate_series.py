@@ -18,7 +18,7 @@ from services.risk_gate.config import RiskGateSettings
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.gate import RiskGate
-from tests.unit.risk_decide_inputs import At
+from tests.unit.risk_decide_inputs import At, stale_state
 
 
 def test_the_series_the_risk_board_counts_start_at_zero() -> None:
@@ -80,8 +80,6 @@ def test_the_gate_exports_the_positions_marked_at_a_stale_price() -> None:
     max_mark_age_s, and the age of the oldest price it is marked at. The
     breaker counts those positions at their last price, and nothing showed
     the board that the figure stood still."""
-    from tests.unit.test_risk_cli import stale_state
-
     state, now = stale_state()
     gate = RiskGate(RiskGateSettings(instance="test"), state.limits, clock=At(now))
     gate.state = state

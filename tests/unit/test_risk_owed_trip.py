@@ -13,7 +13,7 @@ import uuid
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import T0, S, apply, fill, settle, start, trade
-from tests.unit.test_risk_live_fold import same
+from tests.unit.risk_live_gates import same
 
 MS = S // 1000
 #: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.

@@ -16,8 +16,8 @@ from services.risk_gate.domain.commands import order_id_for
 from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import LIMITS, T0, S, conn, fill, intent, op, trade
-from tests.unit.test_risk_checkpoint import TIMELINES, fold
-from tests.unit.test_risk_live_fold import MS, deliver, live_gate, same
+from tests.unit.risk_live_gates import MS, deliver, live_gate, same
+from tests.unit.risk_timelines import TIMELINES, fold
 
 
 @pytest.mark.parametrize("seed", sorted(TIMELINES))
