@@ -22,7 +22,7 @@ from libs.store import queries
 from libs.store.urls import asyncpg_url
 from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
-from tests.integration.test_recorder import order_chain, recorder
+from tests.integration.recorded_chains import order_chain, recorder
 
 QUANTITY = 12345678901234567890123  # 23 digits, past 2**64
 

@@ -19,10 +19,10 @@ from libs.store.layout import SUBJECT_MAX_BYTES
 from libs.testing.producer import make_trades
 from libs.testing.store import recorded_count, rows, timeline
 from libs.testing.wait import eventually
-from tests.integration.test_recorder import recorder
-from tests.integration.test_recorder_review import (
-    _assert_refused_row_recorded_and_recording_goes_on,
-    _diagnose,
+from tests.integration.recorded_chains import recorder
+from tests.integration.refused_rows import (
+    assert_refused_row_recorded_and_recording_goes_on,
+    diagnose,
 )
 
 
@@ -45,7 +45,7 @@ async def test_an_event_on_a_subject_too_long_to_index_is_refused_and_recording_
         trade = next(iter(make_trades(1, "long-subject")))
         subject = f"md.trade.{_long_token()}"
         bad = Outgoing(subject, encode(trade), str(trade.id))
-        await _assert_refused_row_recorded_and_recording_goes_on(
+        await assert_refused_row_recorded_and_recording_goes_on(
             bus, database_url, rec, bad, before=2, reason="unstorable"
         )
         (refused,) = await rows(database_url, "WHERE type = 'Undecodable'")
@@ -69,7 +69,7 @@ async def test_a_bad_message_on_a_long_subject_is_recorded_and_the_recorder_star
         await bus.publish_many(list(make_trades(2, "before")))
         ack = await bus.publish_raw(Outgoing(subject, b'{"not": "an event"', "bad-long"))
         await eventually(
-            lambda: _count_is(database_url, 3), timeout=30, message=lambda: _diagnose(rec)
+            lambda: _count_is(database_url, 3), timeout=30, message=lambda: diagnose(rec)
         )
         assert rec.alive
     finally:
@@ -83,9 +83,9 @@ async def test_a_bad_message_on_a_long_subject_is_recorded_and_the_recorder_star
         after = next(iter(make_trades(1, "after-restart")))
         await bus.publish(after)
         await eventually(
-            lambda: _count_is(database_url, 4), timeout=30, message=lambda: _diagnose(rec)
+            lambda: _count_is(database_url, 4), timeout=30, message=lambda: diagnose(rec)
         )
-        await eventually(rec.healthy, timeout=10, message=lambda: _diagnose(rec))
+        await eventually(rec.healthy, timeout=10, message=lambda: diagnose(rec))
         assert (await timeline(database_url)).gapless
         assert [r["id"] for r in await rows(database_url, "WHERE seq = 4")] == [after.id]
     finally:
