@@ -32,6 +32,7 @@ from services.broker_gateway.domain.settlement import (
     ZERO,
     Slices,
     held_contracts,
+    holders_text,
     may_still_fill,
 )
 from services.broker_gateway.domain.tracked import canon, take_in_order
@@ -188,7 +189,7 @@ def _said_at_0(tracker: OrderTracker, symbol: str, before: Mapping[str | None, D
     price at the expiry's close, which the gateway does not have (the
     strike would price the shares, not decide whether they are delivered)."""
     contract = parse_option(symbol)
-    held = ", ".join(f"{s or 'no strategy'} {q:+}" for s, q in _in_order(list(before.items())))
+    held = holders_text(before.items())
     above = "above" if contract.right == "call" else "below"
     log.warning(
         "%s: %s crossed at 0 as expired (%s): the broker held none and lists no settlement, "

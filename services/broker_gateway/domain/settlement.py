@@ -38,7 +38,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -262,6 +262,13 @@ def owed_shares(activities: Sequence[BrokerActivity]) -> list[BrokerActivity]:
     return [a for key, listed in exercises.items() for a in listed[trades[key] :]]
 
 
+def holders_text(holdings: Iterable[tuple[str | None, Decimal]]) -> str:
+    """``holdings`` ((strategy, signed quantity)) as the operator is told
+    them: strategies in name order, no strategy last ("s1 +2, s2 -2")."""
+    ordered = sorted(holdings, key=lambda sq: (sq[0] is None, sq[0] or ""))
+    return ", ".join(f"{s or 'no strategy'} {q:+}" for s, q in ordered)
+
+
 @dataclass(frozen=True, slots=True)
 class Unsettled:
     """A settlement the broker has not listed yet: of a contract the account
@@ -288,11 +295,9 @@ def unsettled(
         contract = parse_option(symbol)
         if not contract.expired_by(now_ns):
             continue
-        held = ", ".join(
-            f"{strategy or 'no strategy'} {quantity:+}"
-            for (strategy, sym), quantity in sorted(
-                tracker.positions.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "")
-            )
+        held = holders_text(
+            (strategy, quantity)
+            for (strategy, sym), quantity in tracker.positions.items()
             if sym == symbol and quantity != 0
         )
         what = f"{symbol} held ({held}) {contract.expired_text}, and the broker lists no settlement"
