@@ -122,6 +122,24 @@ def _started_from(
     return frozen_map({**positions, **changed}) if changed else positions
 
 
+def to_mark(
+    state: RiskState, symbol: str, price: Decimal, ts_ns: int, day_ns: int
+) -> RiskState | None:
+    """Whether ``price`` (at market time ``ts_ns``, in the trading day of
+    ``day_ns``: see ``day_time``) may mark ``symbol``: None if not, else
+    ``state`` ready for its mark. An older price than the mark's does not
+    move it back; one of a day gone (``of_a_day_gone``) marks only a symbol
+    with no mark, its first price (``first_price``)."""
+    current = state.marks.get(symbol)
+    if current is not None and current.ts_ns > ts_ns:
+        return None  # an older print arriving late does not move the mark back
+    if of_a_day_gone(state, day_ns):
+        if current is not None:
+            return None
+        return first_price(state, symbol, price)
+    return state
+
+
 def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> RiskState:
     """A market price of ``symbol``: a trade, a bar's close, a quote's mark
     (``MarkUpdated``, an option's quote midpoint); fills mark too (``on_fill``).
@@ -140,14 +158,11 @@ def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ris
     band and a carried position's day start (``first_price``) take; a symbol
     with a mark keeps it.
     """
-    current = state.marks.get(symbol)
     ts_ns = event.market_ns
-    if current is not None and current.ts_ns > ts_ns:
-        return state  # an older print arriving late does not move the mark back
-    if of_a_day_gone(state, day_time(event)):
-        if current is not None:
-            return state
-        state = first_price(state, symbol, price)
+    priced = to_mark(state, symbol, price, ts_ns, day_time(event))
+    if priced is None:
+        return state
+    state = priced
     marks = with_item(state.marks, symbol, Mark(price, ts_ns))
     if symbol in state.unpriced_carried:  # priced now, by a price of the new day
         state = replace(state, marks=marks, unpriced_carried=state.unpriced_carried - {symbol})
@@ -304,21 +319,16 @@ def on_fill(state: RiskState, event: FillReceived) -> RiskState:
                 orders=with_item(state.orders, order.order_id, replace(order, remaining=remaining)),
                 open_quantity=with_open(state.open_quantity, order, remaining - order.remaining),
             )
-    current = state.marks.get(p.symbol)
     # A settlement (an option's expiry: the contract at 0, the underlying at
     # the strike) is booked, but it is no market price; nor is a fill of a
     # day gone (booked in today's P&L, at its cost), unless it is the first
-    # price of its symbol (see on_price): then the positions carried into
-    # the day start from it (first_price), before the fill adds to them.
-    marking = (
-        p.settlement is None
-        and (current is None or current.ts_ns <= event.market_ns)
-        and not stamped_ahead(state, event, p.symbol)
-    )
-    if marking and of_a_day_gone(state, event.market_ns):
-        marking = current is None
-        if marking:
-            state = first_price(state, p.symbol, p.price)
+    # price of its symbol (to_mark): then the positions carried into the day
+    # start from it, before the fill adds to them.
+    marking = False
+    if p.settlement is None and not stamped_ahead(state, event, p.symbol):
+        priced = to_mark(state, p.symbol, p.price, event.market_ns, event.market_ns)
+        if priced is not None:
+            state, marking = priced, True
     if p.symbol in state.unpriced_carried:
         # Filled since the roll (marking or not): the positions are no longer
         # the ones carried, nor their basis only the carried cost.
