@@ -35,7 +35,7 @@ from services.risk_gate.domain.state import (
     file_own,
     frozen_map,
     in_window,
-    trading_day,
+    of_a_day_gone,
     with_item,
     with_open,
     without,
@@ -78,20 +78,6 @@ def day_time(event: Event) -> int:
     if isinstance(event, BarClosed):
         return min(event.market_ns, event.payload.end_ns - 1)
     return event.market_ns
-
-
-def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
-    """Whether ``ts_ns`` (a price's market time) lies in a trading day before
-    the one ``state`` is in.
-
-    Such a price marks nothing. The day rolled from the last mark before it
-    (each carried position's day basis): a print of the old day that reaches
-    the gate after the roll (a slow feed) would move the new day's unrealized
-    P&L by the old day's move, and could trip the new day's breaker for it.
-    Evolve rolls the day on the event before this is asked, so live and a
-    fold of the store answer alike: the stream's order decides.
-    """
-    return state.day is not None and trading_day(ts_ns, state.limits.trading_day) < state.day
 
 
 def first_price(state: RiskState, symbol: str, price: Decimal) -> RiskState:

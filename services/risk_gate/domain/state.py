@@ -521,6 +521,17 @@ def file_own(state: RiskState, ids: DayIds, key: uuid.UUID | str, made_ns: int) 
     nothing live one that added ids in the fold, and the fold would drop, at
     the next roll, the older set the live gate keeps.
     """
-    if state.day is not None and trading_day(made_ns, state.limits.trading_day) < state.day:
+    if of_a_day_gone(state, made_ns):
         return ids.add_earlier(key)
     return ids.add(key)
+
+
+def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
+    """Whether ``ts_ns`` (a market time) lies in a trading day before the one
+    ``state`` is in: a price of such a day marks only a symbol with no mark
+    (``evolve_orders.to_mark``), and the gate's own event made then is filed
+    under the earlier day (:func:`file_own`). Evolve rolls the day on the
+    event before this is asked, so live and a fold of the store answer
+    alike: the stream's order decides.
+    """
+    return state.day is not None and trading_day(ts_ns, state.limits.trading_day) < state.day
