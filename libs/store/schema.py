@@ -61,7 +61,11 @@ class EventRow(Base):
     raw: Mapped[bytes | None] = mapped_column(
         LargeBinary,
         nullable=True,
-        comment="the message as received, when it did not decode or was stored altered (U+0000)",
+        comment=(
+            "the message as received, when it did not decode, was stored altered (U+0000), "
+            "or is a copy under a recorded id that says otherwise (its DuplicateSuppressed "
+            "pointer)"
+        ),
     )
 
     __table_args__ = (

@@ -115,12 +115,10 @@ class Copy:
         )
 
 
-#: The bytes the message at a stream sequence was sent as (None: unknown).
+#: The bytes the message at a stream sequence was sent as (None: no message
+#: is behind its row, one the caller made itself: a position missing from
+#: the stream).
 SentBytes = Callable[[int], bytes | None]
-
-
-def _unknown(_seq: int) -> bytes | None:
-    return None
 
 
 class EventWriter:
@@ -216,7 +214,7 @@ class EventWriter:
         """
         await self._fenced(self._conn.fetchval("SELECT 1"), PING_TIMEOUT, "idle")
 
-    async def write(self, rows: Sequence[Row], *, sent: SentBytes = _unknown) -> int:
+    async def write(self, rows: Sequence[Row], *, sent: SentBytes) -> int:
         """Append ``rows`` (contiguous, starting at or before ``last_seq + 1``).
 
         Rows at or below ``last_seq`` are already recorded and skipped, so
@@ -350,7 +348,9 @@ class EventWriter:
                 # reason text). The pointer keeps all of it.
                 differs = differences(r, says)
                 copies.append(Copy(r.seq, r.id, first_seq, differs))
-                out.append(duplicate_row(r, first_seq, differs, sent(r.seq) if differs else None))
+                out.append(
+                    duplicate_row(r, first_seq, differs, sent=sent(r.seq) if differs else None)
+                )
             await self._conn.copy_records_to_table("events", records=out, columns=COPY_COLUMNS)
         return copies
 
@@ -393,14 +393,15 @@ def differences(row: Row, first: tuple[object, ...]) -> tuple[str, ...]:
 
 
 def duplicate_row(
-    row: Row, first_seq: int, differs: Sequence[str] = (), sent: bytes | None = None
+    row: Row, first_seq: int, differs: Sequence[str] = (), *, sent: bytes | None
 ) -> Row:
     """The DuplicateSuppressed row for ``row``, under the id of the event at
     ``first_seq``: a pointer to it, with the copy's own subject, times and
     source (and its bytes, if it was stored altered). A copy that says
     otherwise (``differs``, see :func:`differences`) keeps its bytes as
-    ``sent`` (without them, its event's JSON), and the pointer names what
-    differs: everything the copy says is in its row."""
+    ``sent``, and the pointer names what differs: everything the copy says
+    is in its row. ``sent`` is None for a row with no message behind it (one
+    the caller made itself): such a copy keeps its event's JSON."""
     dup_id = derived_id("duplicate", row.seq)
     pointer: dict[str, object] = {"duplicate_of": str(row.id), "first_seq": first_seq}
     raw = row.raw
@@ -418,7 +419,7 @@ def duplicate_row(
 
 
 def _as_sent(row: Row) -> bytes:
-    """The event of ``row`` as JSON (its bytes as sent are not known)."""
+    """The event of ``row`` as JSON (no message is behind it: no bytes were sent)."""
     return exact_json.dumps(
         {
             "id": str(row.id),

@@ -36,12 +36,14 @@ async def record_stream(bus: Bus, database_url: str) -> int:
     recorder's NATS user)."""
     info = await bus.js.stream_info(STREAM)
     rows = []
+    sent: dict[int, bytes] = {}
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         raw = await bus.js.get_msg(STREAM, seq=seq, direct=True)
         msg = StreamMessage(seq, raw.subject or "", raw.data or b"", dict(raw.headers or {}))
         rows.append(to_row(msg, max_bytes=DEFAULT_MAX_BYTES).row)
+        sent[seq] = msg.data
     async with await EventWriter.open(database_url) as writer:
-        return await writer.write(rows)
+        return await writer.write(rows, sent=sent.get)
 
 
 async def record_events(database_url: str, events: list[Event]) -> None:

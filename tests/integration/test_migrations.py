@@ -20,6 +20,7 @@ from alembic import command
 from libs.contract.events import FillPayload, FillReceived
 from libs.store.errors import StoreUnavailable
 from libs.store.migrate import alembic_config, ensure_database, upgrade_async
+from libs.store.schema import EventRow
 from libs.store.urls import asyncpg_url
 from tests.integration.read_model_events import (
     ACCOUNT,
@@ -38,7 +39,7 @@ from tests.integration.recording import record_events
 from tests.integration.store_cut import CuttingProxy
 
 D = Decimal
-HEAD = "0014"
+HEAD = "0015"
 READONLY_ROLE = "tradebus_readonly"
 
 
@@ -404,7 +405,7 @@ async def test_0013_values_a_position_at_the_newest_print_not_a_late_older_one(
     await upgrade_async(url, "0012")
     at_0012 = await schema_of_the_marks(url)
     await upgrade_async(url)
-    assert await revision(url) == HEAD == "0014"
+    assert await revision(url) == HEAD == "0015"
     assert await index_exists(url, "ix_events_newest_price")
     assert await index_exists(url, "ix_events_newest_fill")
     assert not await index_exists(url, "ix_events_last_price")
@@ -426,6 +427,37 @@ async def test_0013_values_a_position_at_the_newest_print_not_a_late_older_one(
     assert await last_price(url) == (D(4), T0, D(-200))
     assert await readonly_may_read(url, "positions_marked")
     assert await readonly_may_read(url, "account_pnl")
+
+
+async def raw_comment(url: str) -> str | None:
+    [row] = await fetch(
+        url,
+        "SELECT col_description('events'::regclass, attnum) AS comment FROM pg_attribute "
+        "WHERE attrelid = 'events'::regclass AND attname = 'raw'",
+    )
+    comment: str | None = row["comment"]
+    return comment
+
+
+async def test_0015_says_raw_keeps_a_differing_copys_bytes_and_goes_down_and_up(
+    pg_admin_url: str,
+) -> None:
+    """``events.raw`` also keeps the bytes of a copy under a recorded id that
+    says otherwise (its ``DuplicateSuppressed`` pointer's); at head the
+    column says so, as the model does. Down to 0014, 0005's comment."""
+    url = await fresh_database(pg_admin_url)
+    await upgrade_async(url)
+    at_head = await raw_comment(url)
+    assert at_head == EventRow.__table__.c.raw.comment
+    assert at_head is not None
+    assert "DuplicateSuppressed" in at_head
+
+    await downgrade(url, "0014")
+    assert await raw_comment(url) == (
+        "the message as received, when it did not decode or was stored altered (U+0000)"
+    )
+    await upgrade_async(url)
+    assert await raw_comment(url) == at_head
 
 
 async def test_every_migration_goes_down_to_nothing_and_up_again(pg_admin_url: str) -> None:

@@ -64,7 +64,7 @@ def test_copies_differing_only_past_64_bits_differ() -> None:
     again = fill_event(quantity=QUANTITY + 1, commission=COMMISSION)
     copy = _row_of(as_bytes(again), seq=2)
     assert differences(copy, said_by(first)) == ("payload",)
-    pointer = duplicate_row(copy, first.seq, ("payload",))
+    pointer = duplicate_row(copy, first.seq, ("payload",), sent=None)
     assert pointer.raw is not None
     assert json.loads(pointer.raw)["payload"]["quantity"] == QUANTITY + 1
 

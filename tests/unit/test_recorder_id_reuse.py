@@ -105,7 +105,7 @@ def test_the_stored_payload_compares_as_a_json_value() -> None:
 
 def test_a_pointer_keeps_what_the_copy_says_beyond_the_first() -> None:
     copy = row_of(event(ts_init=TRADE.ts_init + 5, source="md/b"), seq=9, subject="md.trade.x")
-    dup = duplicate_row(copy, first_seq=1)
+    dup = duplicate_row(copy, first_seq=1, sent=None)
     assert (dup.type, dup.causation_id) == (DUPLICATE, TRADE.id)
     assert orjson.loads(dup.payload) == {"duplicate_of": str(TRADE.id), "first_seq": 1}
     assert (dup.seq, dup.subject, dup.ts_event, dup.ts_init, dup.source) == (
@@ -123,7 +123,7 @@ def test_a_pointer_keeps_the_bytes_of_a_copy_stored_altered() -> None:
     nul = TRADE.model_copy(update={"source": "md/\x00"})
     copy = row_of(encode(nul), seq=9)
     assert copy.raw == encode(nul)
-    assert duplicate_row(copy, first_seq=1).raw == encode(nul)
+    assert duplicate_row(copy, first_seq=1, sent=None).raw == encode(nul)
 
 
 def test_a_pointer_to_a_copy_that_says_the_same_keeps_no_bytes() -> None:
@@ -152,10 +152,10 @@ def test_a_pointer_to_a_copy_that_differs_keeps_its_bytes_and_says_what_differs(
 
 
 def test_a_differing_copy_without_its_bytes_keeps_what_it_says_as_json() -> None:
-    """A caller that cannot give the bytes as sent: the pointer keeps the
-    copy as an event's JSON, everything it says, not the first's."""
+    """A row with no message behind it (no bytes were sent): the pointer
+    keeps the copy as an event's JSON, everything it says, not the first's."""
     copy = row_of(payload(price=TRADE.payload.price + 1), seq=9)
-    dup = duplicate_row(copy, first_seq=1, differs=("payload",))
+    dup = duplicate_row(copy, first_seq=1, differs=("payload",), sent=None)
     assert dup.raw is not None
     kept = TradePrinted.model_validate_json(dup.raw)
     assert kept.id == TRADE.id
