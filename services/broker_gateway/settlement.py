@@ -78,7 +78,6 @@ from services.broker_gateway.domain.settlement import (
     settled_lately,
     settlement_events,
     settlement_order_id,
-    shares_owed,
     unsettled,
 )
 from services.broker_gateway.domain.tracker import OrderTracker
@@ -104,11 +103,11 @@ __all__ = [
     "held_expired",
     "holds_options",
     "may_still_fill",
+    "owed_shares",
     "read_after_connecting",
     "settled_lately",
     "settlement_events",
     "settlement_order_id",
-    "shares_owed",
 ]
 
 log = logging.getLogger(__name__)
