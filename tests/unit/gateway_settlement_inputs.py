@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
+from libs.contract.envelope import Clock as EventClock
 from libs.contract.envelope import Event
 from libs.contract.events import (
     FillPayload,
@@ -45,9 +46,11 @@ class Clock:
 CLOCK = Clock()
 
 
-def opened(holdings: Sequence[tuple[str | None, str, str]]) -> list[FillReceived]:
-    """The fills that opened ``holdings`` ((strategy, symbol, signed quantity)),
-    one order each."""
+def opened(
+    holdings: Sequence[tuple[str | None, str, str]], account: str = ACCOUNT
+) -> list[FillReceived]:
+    """The fills that opened ``holdings`` ((strategy, symbol, signed quantity))
+    in ``account``, one order each."""
     out = []
     for i, (strategy, symbol, qty) in enumerate(holdings):
         side: Side = "buy" if D(qty) > 0 else "sell"
@@ -55,7 +58,7 @@ def opened(holdings: Sequence[tuple[str | None, str, str]]) -> list[FillReceived
             FillReceived.create(
                 FillPayload(
                     order_id=uuid.UUID(int=i + 1),
-                    account=ACCOUNT,
+                    account=account,
                     broker_order_id=f"b-{i}",
                     fill_id=f"f-{i}",
                     symbol=symbol,
@@ -74,9 +77,12 @@ def opened(holdings: Sequence[tuple[str | None, str, str]]) -> list[FillReceived
     return out
 
 
-def tracker(events: Sequence[Event]) -> OrderTracker:
-    """A tracker rebuilt from ``events``, as the gateway's start-up does."""
-    t = OrderTracker(ACCOUNT, clock=CLOCK, source=SOURCE)
+def tracker(
+    events: Sequence[Event], account: str = ACCOUNT, clock: EventClock = CLOCK
+) -> OrderTracker:
+    """``account``'s tracker on ``clock``, rebuilt from ``events`` as the
+    gateway's start-up does."""
+    t = OrderTracker(account, clock=clock, source=SOURCE)
     for e in events:
         t.evolve(e)  # type: ignore[arg-type]
     return t

@@ -5,53 +5,17 @@ the gateway has tells whether it ended in the money."""
 from __future__ import annotations
 
 import logging
-import uuid
-from decimal import Decimal
 
 import pytest
 
-from libs.contract.envelope import WallClock
-from libs.contract.events import FillPayload, FillReceived, Side
-from libs.contract.options import parse_option
-from services.broker_gateway.domain.cross import cross_events
-from services.broker_gateway.domain.model import BrokerActivity
-from services.broker_gateway.domain.tracker import OrderTracker
-
-D = Decimal
-ACCOUNT = "acct"
-SOURCE = "broker-gateway/test"
-CALL = "O:SPY261211C00600000"  # SPY 600 call, expires Friday 2026-12-11
-PAST = parse_option(CALL).expires_at_ns + 60 * 1_000_000_000
-CLOCK = WallClock()
-
-
-def holding(*positions: tuple[str, int]) -> OrderTracker:
-    """A tracker whose strategies hold ``positions`` ((strategy, signed
-    contracts)) of the call, one fill each."""
-    t = OrderTracker(ACCOUNT, clock=CLOCK, source=SOURCE)
-    for i, (strategy, quantity) in enumerate(positions):
-        side: Side = "buy" if quantity > 0 else "sell"
-        t.evolve(
-            FillReceived.create(
-                FillPayload(
-                    order_id=uuid.UUID(int=i + 1),
-                    account=ACCOUNT,
-                    broker_order_id=f"b-{i}",
-                    fill_id=f"f-{i}",
-                    symbol=CALL,
-                    side=side,
-                    quantity=D(abs(quantity)),
-                    price=D("2.5"),
-                    cumulative_quantity=D(abs(quantity)),
-                    leaves_quantity=D(0),
-                    status="complete",
-                    strategy=strategy,
-                ),
-                source=SOURCE,
-                clock=CLOCK,
-            )
-        )
-    return t
+from tests.unit.gateway_settlement_inputs import (
+    ACCOUNT,
+    CALL,
+    activity,
+    cross,
+    opened,
+    tracker,
+)
 
 
 def test_a_net_0_cross_closed_at_0_says_it_may_have_ended_in_the_money(
@@ -64,9 +28,9 @@ def test_a_net_0_cross_closed_at_0_says_it_may_have_ended_in_the_money(
     gateway has says which (the strike prices the shares, not whether
     they are delivered). Before, nothing was said; now a warning names the
     contract, the strategies, the strike and what the booking may lack."""
-    t = holding(("s1", 2), ("s2", -2))
+    t = tracker(opened([("s1", CALL, "2"), ("s2", CALL, "-2")]))
     with caplog.at_level(logging.WARNING):
-        events = cross_events(t, [], {}, now_ns=PAST)
+        events = cross(t, [], {})
     assert len(events) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
@@ -75,7 +39,7 @@ def test_a_net_0_cross_closed_at_0_says_it_may_have_ended_in_the_money(
         assert part in said, (part, said)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert cross_events(t, [], {}, now_ns=PAST) == []
+        assert cross(t, [], {}) == []
     assert not caplog.records, "said once, when crossed"
 
 
@@ -85,9 +49,9 @@ def test_a_cross_that_follows_the_brokers_settlement_says_nothing(
     """s1 long 3, s2 short 1, and the broker's exercise of the net 2 listed:
     the cross follows it (exercised, shares at the strike), and there is
     nothing to warn of."""
-    t = holding(("s1", 3), ("s2", -1))
-    exercise = [BrokerActivity("a1", "OPEXC", CALL, D(-2), None)]
+    t = tracker(opened([("s1", CALL, "3"), ("s2", CALL, "-1")]))
+    exercise = [activity("a1", "OPEXC", CALL, "-2")]
     with caplog.at_level(logging.WARNING):
-        events = cross_events(t, exercise, None, now_ns=PAST)
+        events = cross(t, exercise)
     assert events
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

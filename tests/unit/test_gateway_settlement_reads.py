@@ -8,21 +8,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.contract.events import FillPayload, FillReceived
 from libs.contract.options import parse_option
 from services.broker_gateway.domain.model import BrokerActivity
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import Settlements
+from tests.unit.gateway_settlement_inputs import (
+    CALL,
+    SOURCE,
+    D,
+    Published,
+    activity,
+    opened,
+    tracker,
+)
 
-D = Decimal
-SOURCE = "broker-gateway/test"
-CALL = "O:SPY261211C00600000"  # SPY 600 call, expires Friday 2026-12-11
 EXPIRES_NS = parse_option(CALL).expires_at_ns
 MINUTE_NS, DAY_NS = 60 * 1_000_000_000, 24 * 3600 * 1_000_000_000
 
@@ -54,41 +58,12 @@ class Broker:
         return list(self.listed)
 
 
-class Published:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    async def publish(self, events: list[object]) -> None:
-        self.events += events
-
-
 def holding_a_call(account: str, clock: Clock) -> OrderTracker:
     """s1 holds 1 call (one fill published)."""
-    t = OrderTracker(account, clock=clock, source=SOURCE)
-    t.evolve(
-        FillReceived.create(
-            FillPayload(
-                order_id=uuid.UUID(int=1),
-                account=account,
-                broker_order_id="b-1",
-                fill_id="f-1",
-                symbol=CALL,
-                side="buy",
-                quantity=D(1),
-                price=D("2.5"),
-                cumulative_quantity=D(1),
-                leaves_quantity=D(0),
-                status="complete",
-                strategy="s1",
-            ),
-            source=SOURCE,
-            clock=clock,
-        )
-    )
-    return t
+    return tracker(opened([("s1", CALL, "1")], account), account, clock)
 
 
-EXERCISE = BrokerActivity("a1", "OPEXC", CALL, D(-1), None)
+EXERCISE = activity("a1", "OPEXC", CALL, "-1")
 
 
 @pytest.mark.parametrize(

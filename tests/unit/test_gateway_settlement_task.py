@@ -18,7 +18,7 @@ from services.broker_gateway.domain.model import BrokerActivity
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.settlement import (
     Settlements,
-    shares_owed,
+    owed_shares,
 )
 from tests.unit.gateway_settlement_inputs import (
     ACCOUNT,
@@ -91,10 +91,10 @@ async def test_an_exercise_read_without_its_shares_is_read_again_until_they_come
         activity("a1", "OPEXC", CALL, "-1"),
         activity("a2", "OPTRD", "SPY", "100", "600"),
     )
-    assert shares_owed([exercise])
-    assert not shares_owed([trade, exercise])
-    assert shares_owed([exercise, activity("a3", "OPTRD", "SPY", "100", "590")])
-    assert not shares_owed([activity("a1", "OPEXP", CALL, "-1")])
+    assert owed_shares([exercise]) == [exercise]
+    assert owed_shares([trade, exercise]) == []
+    assert owed_shares([exercise, activity("a3", "OPTRD", "SPY", "100", "590")]) == [exercise]
+    assert owed_shares([activity("a1", "OPEXP", CALL, "-1")]) == []
 
 
 class BuggyBroker(ListingBroker):

@@ -231,12 +231,6 @@ def _expired(symbol: str, now_ns: int) -> bool:
         return False
 
 
-def shares_owed(activities: Sequence[BrokerActivity]) -> bool:
-    """Whether ``activities`` (a read's) list an exercise or assignment
-    without its ``OPTRD``: :func:`owed_shares`."""
-    return bool(owed_shares(activities))
-
-
 def owed_shares(activities: Sequence[BrokerActivity]) -> list[BrokerActivity]:
     """The exercises and assignments ``activities`` (a read's) list without
     their ``OPTRD`` (matched as :func:`settlement_events` does: root,
