@@ -172,7 +172,10 @@ def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
             regex_parts.append(re.escape(tok))
     regex = "^" + r"\.".join(regex_parts) + "$"
     prefix = ".".join(literal)
-    if len(literal) < len(tokens):
+    if literal and len(literal) < len(tokens):
+        # The literal tokens before the first wildcard, and their dot. A
+        # pattern that starts with a wildcard has no prefix: "." would
+        # match no subject at all.
         prefix += "."
     like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return f"(subject LIKE ${param} AND subject ~ ${param + 1})", [like, regex]
