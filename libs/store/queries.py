@@ -243,6 +243,16 @@ async def get_event(conn: asyncpg.Connection, event_id: uuid.UUID) -> Recorded |
     return _row(rec) if rec is not None else None
 
 
+async def where_recorded(
+    conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, str]]:
+    """The sequence and type of each of ``event_ids`` the store holds."""
+    rows = await conn.fetch(
+        "SELECT id, seq, type FROM events WHERE id = ANY($1::uuid[])", event_ids
+    )
+    return {r["id"]: (int(r["seq"]), r["type"]) for r in rows}
+
+
 async def causal_chain(conn: asyncpg.Connection, event_id: uuid.UUID) -> list[Recorded]:
     """Every event sharing ``event_id``'s correlation id, in sequence order.
 
