@@ -172,7 +172,10 @@ def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
             regex_parts.append(re.escape(tok))
     regex = "^" + r"\.".join(regex_parts) + "$"
     prefix = ".".join(literal)
-    if len(literal) < len(tokens):
+    if literal and len(literal) < len(tokens):
+        # The literal tokens before the first wildcard, and their dot. A
+        # pattern that starts with a wildcard has no prefix: "." would
+        # match no subject at all.
         prefix += "."
     like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return f"(subject LIKE ${param} AND subject ~ ${param + 1})", [like, regex]
@@ -238,6 +241,16 @@ async def ids_starting_with(
 async def get_event(conn: asyncpg.Connection, event_id: uuid.UUID) -> Recorded | None:
     rec = await conn.fetchrow(f"{SELECT} WHERE id = $1", event_id)
     return _row(rec) if rec is not None else None
+
+
+async def where_recorded(
+    conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, str]]:
+    """The sequence and type of each of ``event_ids`` the store holds."""
+    rows = await conn.fetch(
+        "SELECT id, seq, type FROM events WHERE id = ANY($1::uuid[])", event_ids
+    )
+    return {r["id"]: (int(r["seq"]), r["type"]) for r in rows}
 
 
 async def causal_chain(conn: asyncpg.Connection, event_id: uuid.UUID) -> list[Recorded]:

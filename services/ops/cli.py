@@ -97,6 +97,34 @@ BROKER_FACTS = ("OrderAccepted", "OrderRejected", "OrderCanceled", "FillReceived
 CROSS_PREFIX = "cross/"
 
 
+def absent_causes(chain: Sequence[Recorded]) -> dict[uuid.UUID, uuid.UUID]:
+    """The events of ``chain`` whose cause is not in it, each with that
+    cause: a link the store does not hold (a message lost before it was
+    recorded, or recorded undecodable) or, rarely, an event of another
+    chain. Without a word, the event after the gap read as one more root.
+    A DuplicateSuppressed row is left out: its cause is the event it
+    repeats, of another chain by design, and its gist names it."""
+    from libs.store.layout import DUPLICATE
+
+    ids = {r.id for r in chain}
+    return {
+        r.id: r.causation_id
+        for r in chain
+        if r.causation_id is not None and r.causation_id not in ids and r.type != DUPLICATE
+    }
+
+
+def absent_cause_note(cause: uuid.UUID, found: tuple[int, str] | None) -> str:
+    """What to say under an event whose cause is not in its chain."""
+    if found is None:
+        return (
+            f"(caused by {cause}, which is not recorded: a link of this chain is missing "
+            "from the store)"
+        )
+    seq, type_ = found
+    return f"(caused by {type_} {cause} at seq {seq}, of another chain: audit it for its own)"
+
+
 def uncaused(chain: Sequence[Recorded]) -> str:
     """What to say of a chain whose root is a broker fact with no cause: an
     order no command of tradebus placed (by hand at the broker, another
@@ -215,29 +243,39 @@ def register(app: typer.Typer) -> None:
         each event with what it says (side, quantity, price, decision, reason)."""
         from libs.store import queries
 
-        async def go() -> tuple[uuid.UUID, list[queries.Recorded]]:
+        async def go() -> tuple[
+            uuid.UUID, list[queries.Recorded], dict[uuid.UUID, tuple[int, str]]
+        ]:
             conn = await _connect()
             try:
                 eid = await _resolve(conn, event_id)
-                return eid, await queries.causal_chain(conn, eid)
+                chain = await queries.causal_chain(conn, eid)
+                causes = list(set(absent_causes(chain).values()))
+                return eid, chain, await queries.where_recorded(conn, causes)
             finally:
                 await conn.close()
 
-        eid, chain = asyncio.run(go())
+        eid, chain, elsewhere = asyncio.run(go())
         if not chain:
             fail(f"no recorded event {eid}", 1)
         if as_json:
             for r in chain:
                 print(json.dumps(r.as_json(), default=str))
             return
+        absent = absent_causes(chain)
         for r, d in as_tree(chain):
             mark = "*" if r.id == eid else " "
             said = gist(r.type, r.payload)
+            when = _when(r.ts_event)
             out.print(
-                f"{mark} {r.seq:>8}  {_when(r.ts_event)}  {'  ' * d}{r.type}  "
+                f"{mark} {r.seq:>8}  {when}  {'  ' * d}{r.type}  "
                 + (f"{escape(said)}  " if said else "")
                 + f"[dim]{r.subject} {r.id}[/dim]"
             )
+            if r.id in absent:
+                cause = absent[r.id]
+                note = absent_cause_note(cause, elsewhere.get(cause))
+                out.print(f"{' ' * (12 + len(when))}{'  ' * d}  {escape(note)}")
         note = uncaused(chain)
         if note:
             out.print(escape(note))

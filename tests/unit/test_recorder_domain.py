@@ -86,6 +86,9 @@ def test_missing_row_is_deterministic() -> None:
         ("md.>", ["md.trade.AAPL", "md.bar.1m.X"], ["md", "mdx.trade.A", "orders.cmd.a"]),
         ("orders.cmd.*", ["orders.cmd.acct-a"], ["orders.cmd.a.b"]),
         ("a_b.%", ["a_b.%"], ["aXb.%", "a_b.zz"]),
+        # No literal start: the LIKE prefix was "." and nothing matched.
+        ("*.*.acct-a", ["orders.cmd.acct-a", "broker.fill.acct-a"], ["broker.fill.acct-b"]),
+        ("*", ["md"], ["md.trade"]),
     ],
 )
 def test_subject_filter_matches_nats_semantics(
