@@ -62,8 +62,9 @@ from services.risk_gate.domain.state import (
 )
 
 #: Bumped when the encoding below changes (2: an obligation's day; 3: an
-#: order's closing flag; 4: the symbols carried into the day unpriced).
-FORMAT = 4
+#: order's closing flag; 4: the symbols carried into the day unpriced; 5: the
+#: ids of the gate's own events made on a day after the state's, DayIds.ahead).
+FORMAT = 5
 #: Checkpoints kept per digest pair; older ones are deleted as new ones land.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -181,11 +182,13 @@ def _id_set_from(v: Json) -> IdSet:
 
 
 def _day_ids(d: DayIds) -> Json:
-    return [_id_set(d.today), _id_set(d.yesterday)]
+    ahead = [[day.isoformat(), _id_set(ids)] for day, ids in d.ahead]
+    return [_id_set(d.today), _id_set(d.yesterday), ahead]
 
 
 def _day_ids_from(v: Json) -> DayIds:
-    return DayIds(_id_set_from(v[0]), _id_set_from(v[1]))
+    ahead = tuple((dt.date.fromisoformat(day), _id_set_from(ids)) for day, ids in v[2])
+    return DayIds(_id_set_from(v[0]), _id_set_from(v[1]), ahead)
 
 
 def _intent(e: OrderIntentCreated) -> Json:
