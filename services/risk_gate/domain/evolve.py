@@ -69,6 +69,7 @@ from services.risk_gate.domain.evolve_orders import (
     stamped_ahead,
 )
 from services.risk_gate.domain.state import (
+    Carried,
     KillSwitch,
     RiskState,
     file_own,
@@ -139,16 +140,25 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         m = state.marks.get(symbol)
         return m.price if m is not None else None
 
-    held = {k[1] for k, p in state.positions.items() if p.quantity}
-    held.update(k[2] for k, p in state.strategy_positions.items() if p.quantity)
+    positions = frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items())
+    strategy_positions = frozen_map(
+        (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
+    )
+    unpriced: dict[str, Carried] = {}
+    for k, p in positions.items():
+        if p.quantity and k[1] not in state.marks:
+            c = unpriced.get(k[1], Carried())
+            unpriced[k[1]] = replace(c, accounts=(*c.accounts, (k, p)))
+    for sk, p in strategy_positions.items():
+        if p.quantity and sk[2] not in state.marks:
+            c = unpriced.get(sk[2], Carried())
+            unpriced[sk[2]] = replace(c, strategies=(*c.strategies, (sk, p)))
     return replace(
         state,
         day=day,
-        unpriced_carried=frozenset(s for s in held if s not in state.marks),
-        positions=frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items()),
-        strategy_positions=frozen_map(
-            (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
-        ),
+        unpriced_carried=frozen_map(unpriced),
+        positions=positions,
+        strategy_positions=strategy_positions,
         decided=state.decided.roll(day),
         fills_seen=state.fills_seen.roll(day),
         applied=state.applied.roll(day),

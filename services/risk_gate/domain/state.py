@@ -174,6 +174,25 @@ class Position:
         basis = mark if (mark is not None and self.quantity != 0) else self.avg_price
         return replace(self, day_basis=basis, realized_day=ZERO)
 
+    def from_close(self, carried: Position, close: Decimal, mult: Decimal) -> Position:
+        """This position, ``carried`` when the day began with no close (its
+        cost its day basis: ``new_day(None)``) and filled since or not, with
+        the carried part's day started from ``close``, a late close.
+
+        Unfilled since, it starts from ``close`` (``new_day(close)``). Filled
+        since, its day basis mixes the carried cost with the fills' prices
+        (and what it sold was realized against that): measured from
+        ``close``, its day P&L differs by the carried quantity times (cost -
+        close), whatever was filled, average cost being linear in the carried
+        basis. That goes into the day's realized P&L: the day P&L (what the
+        breaker reads) is exact; which part of it is realized is not kept
+        per lot.
+        """
+        if self == carried:
+            return self.new_day(close)
+        shift = carried.quantity * (carried.day_basis - close) * mult
+        return replace(self, realized_day=self.realized_day + shift)
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -416,6 +435,17 @@ OpenSides = tuple[Decimal, Decimal]
 NONE_OPEN: OpenSides = (ZERO, ZERO)
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """The positions in one symbol carried into the trading day with no mark,
+    as the day began (their cost their day basis), per account and per
+    strategy: what a late close of the day before starts the day of
+    (``Position.from_close``), filled since or not."""
+
+    accounts: tuple[tuple[AccountKey, Position], ...] = ()
+    strategies: tuple[tuple[StrategyKey, Position], ...] = ()
+
+
 def with_open(
     open_quantity: Mapping[OpenKey, OpenSides], order: Order, change: Decimal
 ) -> Mapping[OpenKey, OpenSides]:
@@ -446,10 +476,11 @@ class RiskState:
     day: dt.date | None = None
     marks: Mapping[str, Mark] = field(default_factory=_empty)
     #: Symbols held into the current trading day with no mark (their
-    #: positions' day basis is their cost, for want of a close) and neither
-    #: priced nor filled since: a late price of the day before, their first,
-    #: is the close they start the day from (``evolve_orders.first_price``).
-    unpriced_carried: frozenset[str] = frozenset()
+    #: positions' day basis is their cost, for want of a close) and not priced
+    #: since, with those positions as the day began: a late price of the day
+    #: before, their first, is the close they start the day from, filled
+    #: since or not (``evolve_orders.first_price``).
+    unpriced_carried: Mapping[str, Carried] = field(default_factory=_empty)
     positions: Mapping[AccountKey, Position] = field(default_factory=_empty)
     strategy_positions: Mapping[StrategyKey, Position] = field(default_factory=_empty)
     #: Open orders only; an order leaves when it is filled, canceled or rejected.
