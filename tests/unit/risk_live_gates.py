@@ -66,13 +66,15 @@ class FakeStream:
 
 def same(live: RiskState, folded: RiskState) -> list[str]:
     """The fields in which the two differ. Ids remembered per day are compared
-    as sets: the live gate files an id of its own event under the day it
-    applied it, a fold under the day it reached it; either keeps it a day."""
+    as sets (all of ``DayIds``: today's, the earlier day's, those ahead): an
+    id of the gate's own event that reaches a fold after a roll the live gate
+    applied it before is filed there under the earlier day (``file_own``),
+    live under today; either keeps it a day."""
     differ = []
     for f in dataclasses.fields(RiskState):
         a, b = getattr(live, f.name), getattr(folded, f.name)
         if isinstance(a, DayIds):
-            a, b = {*a.today, *a.yesterday}, {*b.today, *b.yesterday}
+            a, b = set(a), set(b)
         if a != b:
             differ.append(f.name)
     return differ

@@ -41,9 +41,10 @@ def differ(live: RiskState, rebuilt: RiskState) -> list[str]:
     """The fields in which ``rebuilt`` (a fold, or a gate rebuilt by one)
     does not agree with ``live``.
 
-    Ids remembered per day (``DayIds``) need not be the same: the live gate
-    files its own events under the day it applied them, a fold under the day
-    it reached them, and with more than one roll a fold may still keep an
+    Ids remembered per day (``DayIds``) need not be the same: both file the
+    gate's own events under the day they were made, but one that reaches a
+    fold after a roll the live gate applied it before is filed under the
+    earlier day there, and with more than one roll a fold may still keep an
     id the live gate has forgotten (``DayIds``' docstring). It must remember
     every id the live gate does; one more only turns away a copy longer.
     """
@@ -51,7 +52,7 @@ def differ(live: RiskState, rebuilt: RiskState) -> list[str]:
     for f in dataclasses.fields(RiskState):
         a, b = getattr(live, f.name), getattr(rebuilt, f.name)
         if isinstance(a, DayIds):
-            if not {*a.today, *a.yesterday} <= {*b.today, *b.yesterday}:
+            if not set(a) <= set(b):
                 out.append(f.name)
         elif a != b:
             out.append(f.name)

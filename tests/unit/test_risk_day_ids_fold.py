@@ -4,12 +4,10 @@ live, across two trading-day starts.
 Found by ``test_risk_crash_cut`` (seed 28, settlements): a fold forgot an
 id the live gate remembers, which ``DayIds``' docstring says it never does.
 The gate's own events are now filed under the day they were made in
-(``state.file_own``), as the live gate filed them.
+(``state.file_own``), live and folded alike.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from services.risk_gate.adapters import checkpoint
 from services.risk_gate.domain.decide import decide
@@ -51,7 +49,7 @@ def test_a_fold_remembers_every_decided_intent_the_live_gate_does() -> None:
 
 
 def _remembered(state: RiskState) -> set[object]:
-    return {*state.decided.today, *state.decided.yesterday}
+    return set(state.decided)
 
 
 def test_a_late_decision_of_a_day_with_no_other_ids_joins_the_older_set() -> None:
@@ -94,7 +92,7 @@ def test_a_late_decision_is_remembered_across_days_that_add_no_ids() -> None:
 
 
 def test_ids_filed_under_the_earlier_day_survive_a_checkpoint() -> None:
-    """``add_earlier`` needs no new checkpoint format: today and yesterday
+    """``add_earlier`` needs nothing new in a checkpoint: today and yesterday
     are stored as before, and the decoded state rolls as the folded one."""
     first = intent(10, t=DAY_START - 5 * 3600 * S)
     late = intent(10, t=DAY_START - 2 * MS)
@@ -111,17 +109,15 @@ def test_ids_filed_under_the_earlier_day_survive_a_checkpoint() -> None:
     assert evolve(restored, next_roll).decided == evolve(folded, next_roll).decided
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a decision stamped (gate clock) in the new day before the live "
-    "gate folded any message of it is filed a day later in a fold",
-)
 def test_a_decision_made_after_the_day_start_before_its_first_message() -> None:
     """The intent comes at 03:59:59.998 and the gate's clock reads 04:00:00.001
     when it decides; the new day's first print (04:00:00.0005) reached the
-    stream before the decision but the live gate had not folded it. Live
-    the decision is D's; its own time says D + 1, so the fold files it under
-    D + 1 and forgets D's other ids at D + 2's start."""
+    stream before the decision but the live gate had not folded it. Its own
+    time says D + 1: live and folded, the decision is filed under D + 1 (live
+    held ahead until the roll), so D + 1 is a day that added ids on both
+    sides, and at D + 2's start both keep D + 1's set. Filed under the day it
+    was applied in, it was D's live and D + 1's in the fold: the fold forgot
+    D's other ids at D + 2's start, which the live gate kept."""
     first = intent(10, t=DAY_START - 5 * 3600 * S)
     late = intent(10, t=DAY_START - 2 * MS)
     roll = trade("MSFT", 51, DAY_START + MS // 2)
@@ -134,3 +130,5 @@ def test_a_decision_made_after_the_day_start_before_its_first_message() -> None:
     live = apply(live, late, *late_decided, roll, next_roll)
 
     assert _remembered(live) <= _remembered(folded)
+    assert live.decided == folded.decided
+    assert _remembered(live) == {late.id}

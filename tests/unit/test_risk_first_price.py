@@ -182,15 +182,17 @@ def test_the_late_first_price_is_the_day_start_of_a_position_carried_without_one
     assert state.day_pnl("acct") == (D(101) if kind == "fill" else D(100))
 
 
-def test_a_position_filled_since_the_day_start_keeps_its_basis() -> None:
+def test_a_late_price_starts_the_carried_part_of_a_position_filled_since() -> None:
     """IBM, carried without a price, was filled again in D + 1 (another
-    settlement, no price either) before D's late price came: its basis now
-    mixes D + 1's fill, and the late price marks without moving it."""
+    settlement, no price either) before D's late price came: its basis mixes
+    D + 1's fill with the carried cost. The late price starts the carried
+    100 from 58 (0 today) and marks the 100 of D + 1 at it (-200); it used
+    to leave the carried 100 measured from their cost (+800 more, +600 in
+    all). More cases: test_risk_first_price_filled."""
     state = evolve(_carried(), _settled("IBM", 100, 60, DAY_START + S, DAY_START + S))
     assert state.positions["acct", "IBM"].day_basis == D(55)  # (50 + 60) / 2
     state = evolve(state, _trade("IBM", 58))
-    assert state.positions["acct", "IBM"].day_basis == D(55)
-    assert state.day_pnl("acct") == D(600)
+    assert state.day_pnl("acct") == D(-200)
 
 
 @pytest.mark.parametrize("lag_ms", [-20, 0, 3000])
@@ -236,7 +238,7 @@ def test_a_checkpoint_keeps_the_symbols_carried_unpriced() -> None:
     """A rebuild from a checkpoint written between the roll and the late
     price starts the carried position from it as the gate that wrote it would."""
     state = _carried()
-    assert state.unpriced_carried == frozenset({"IBM"})
+    assert set(state.unpriced_carried) == {"IBM"}
     restored = decode(encode(state), LIMITS)
     assert restored.unpriced_carried == state.unpriced_carried
     late = _trade("IBM", 55)

@@ -49,6 +49,7 @@ from libs.contract.events import OrderIntentCreated
 from libs.store.checkpoints import code_digest, installed_version, table_exists
 from services.risk_gate.domain.limits import RiskLimits
 from services.risk_gate.domain.state import (
+    Carried,
     DayIds,
     IdSet,
     KillSwitch,
@@ -62,8 +63,10 @@ from services.risk_gate.domain.state import (
 )
 
 #: Bumped when the encoding below changes (2: an obligation's day; 3: an
-#: order's closing flag; 4: the symbols carried into the day unpriced).
-FORMAT = 4
+#: order's closing flag; 4: the symbols carried into the day unpriced; 5: the
+#: ids of the gate's own events made on a day after the state's, DayIds.ahead;
+#: 6: the positions carried into the day unpriced, not only their symbols).
+FORMAT = 6
 #: Checkpoints kept per digest pair; older ones are deleted as new ones land.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -180,12 +183,28 @@ def _id_set_from(v: Json) -> IdSet:
     return out
 
 
+def _carried(c: Carried) -> Json:
+    return [
+        [[list(k), _position(p)] for k, p in c.accounts],
+        [[list(k), _position(p)] for k, p in c.strategies],
+    ]
+
+
+def _carried_from(v: Json) -> Carried:
+    return Carried(
+        tuple(((k[0], k[1]), _position_from(p)) for k, p in v[0]),
+        tuple(((k[0], k[1], k[2]), _position_from(p)) for k, p in v[1]),
+    )
+
+
 def _day_ids(d: DayIds) -> Json:
-    return [_id_set(d.today), _id_set(d.yesterday)]
+    ahead = [[day.isoformat(), _id_set(ids)] for day, ids in d.ahead]
+    return [_id_set(d.today), _id_set(d.yesterday), ahead]
 
 
 def _day_ids_from(v: Json) -> DayIds:
-    return DayIds(_id_set_from(v[0]), _id_set_from(v[1]))
+    ahead = tuple((dt.date.fromisoformat(day), _id_set_from(ids)) for day, ids in v[2])
+    return DayIds(_id_set_from(v[0]), _id_set_from(v[1]), ahead)
 
 
 def _intent(e: OrderIntentCreated) -> Json:
@@ -229,7 +248,10 @@ FIELDS: dict[str, tuple[Callable[[Any], Json], Callable[[Json], Any]]] = {
         lambda m: _pairs(m, _same, lambda k: [str(k.price), k.ts_ns]),
         lambda v: _map(v, _same, lambda x: Mark(Decimal(x[0]), x[1])),
     ),
-    "unpriced_carried": (sorted, frozenset),
+    "unpriced_carried": (
+        lambda m: _pairs(m, _same, _carried),
+        lambda v: _map(v, _same, _carried_from),
+    ),
     "positions": (
         lambda m: _pairs(m, list, _position),
         lambda v: _map(v, _tuple, _position_from),

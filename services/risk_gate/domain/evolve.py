@@ -11,10 +11,13 @@ gate's own events (:data:`GATE_TYPES`) do not roll it: the live gate applies
 them as it publishes them, ahead of the messages that reach the stream before
 them, so a roll on their (wall-clock) time would move the day at another
 point live than in a fold of the store. Rolled on the other events only, the
-day moves at the same point of the stream in both. An event moves it by its
-market time (``Event.market_ns``: its own, but no later than a few seconds
-after it was made; a bar's, the last instant of its window, not its end):
-one bad stamp a day ahead must not end the real day.
+day moves at the same point of the stream in both. Their ids (decided
+intents, reactions applied) are filed by the day they were made in, not the
+day they are applied in (``state.file_own``), so that live and folded they
+count for the same day. An event moves it by its market time
+(``Event.market_ns``: its own, but no later than a few seconds after it was
+made; a bar's, the last instant of its window, not its end): one bad stamp a
+day ahead must not end the real day.
 Trading states and the kill switch do not reset: what halted an account
 holds until an operator resumes it.
 
@@ -66,6 +69,7 @@ from services.risk_gate.domain.evolve_orders import (
     stamped_ahead,
 )
 from services.risk_gate.domain.state import (
+    Carried,
     KillSwitch,
     RiskState,
     file_own,
@@ -136,19 +140,28 @@ def roll_day(state: RiskState, ts_ns: int) -> RiskState:
         m = state.marks.get(symbol)
         return m.price if m is not None else None
 
-    held = {k[1] for k, p in state.positions.items() if p.quantity}
-    held.update(k[2] for k, p in state.strategy_positions.items() if p.quantity)
+    positions = frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items())
+    strategy_positions = frozen_map(
+        (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
+    )
+    unpriced: dict[str, Carried] = {}
+    for k, p in positions.items():
+        if p.quantity and k[1] not in state.marks:
+            c = unpriced.get(k[1], Carried())
+            unpriced[k[1]] = replace(c, accounts=(*c.accounts, (k, p)))
+    for sk, p in strategy_positions.items():
+        if p.quantity and sk[2] not in state.marks:
+            c = unpriced.get(sk[2], Carried())
+            unpriced[sk[2]] = replace(c, strategies=(*c.strategies, (sk, p)))
     return replace(
         state,
         day=day,
-        unpriced_carried=frozenset(s for s in held if s not in state.marks),
-        positions=frozen_map((k, p.new_day(mark(k[1]))) for k, p in state.positions.items()),
-        strategy_positions=frozen_map(
-            (k, p.new_day(mark(k[2]))) for k, p in state.strategy_positions.items()
-        ),
-        decided=state.decided.roll(),
-        fills_seen=state.fills_seen.roll(),
-        applied=state.applied.roll(),
+        unpriced_carried=frozen_map(unpriced),
+        positions=positions,
+        strategy_positions=strategy_positions,
+        decided=state.decided.roll(day),
+        fills_seen=state.fills_seen.roll(day),
+        applied=state.applied.roll(day),
     )
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping
 from decimal import Decimal
-from typing import TypeVar
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
@@ -42,9 +40,6 @@ from services.risk_gate.domain.state import (
 )
 
 replace = dataclasses.replace
-
-#: A position's key: (account, symbol) or (strategy, account, symbol).
-_Key = TypeVar("_Key", bound=tuple[str, ...])
 
 # ------------------------------------------------------------ market data
 
@@ -87,25 +82,30 @@ def first_price(state: RiskState, symbol: str, price: Decimal) -> RiskState:
     The day rolled without a close of ``symbol``: each position carried into
     it kept its cost as its day basis (``Position.new_day``). A price of the
     day before that comes after the roll is that close; had it come on time
-    the roll would have started them from it. Only while ``symbol`` is in
-    ``unpriced_carried``: a fill since (a settlement, which is no price)
-    changed the positions, and their basis is no longer only the carried one.
+    the roll would have started them from it. A fill since (a settlement,
+    which is no price) is measured from its own price as before: only the
+    carried part starts from the close (``Position.from_close``).
     """
-    if symbol not in state.unpriced_carried:
+    carried = state.unpriced_carried.get(symbol)
+    if carried is None:
         return state
+    mult = contract_multiplier(symbol)
+    positions = state.positions
+    for key, at_start in carried.accounts:
+        p = positions.get(key, Position())
+        positions = with_item(positions, key, p.from_close(at_start, price, mult))
+    strategy_positions = state.strategy_positions
+    for skey, at_start in carried.strategies:
+        p = strategy_positions.get(skey, Position())
+        strategy_positions = with_item(
+            strategy_positions, skey, p.from_close(at_start, price, mult)
+        )
     return replace(
         state,
-        unpriced_carried=state.unpriced_carried - {symbol},
-        positions=_started_from(state.positions, 1, symbol, price),
-        strategy_positions=_started_from(state.strategy_positions, 2, symbol, price),
+        unpriced_carried=without(state.unpriced_carried, symbol),
+        positions=positions,
+        strategy_positions=strategy_positions,
     )
-
-
-def _started_from(
-    positions: Mapping[_Key, Position], at: int, symbol: str, price: Decimal
-) -> Mapping[_Key, Position]:
-    changed = {k: p.new_day(price) for k, p in positions.items() if k[at] == symbol and p.quantity}
-    return frozen_map({**positions, **changed}) if changed else positions
 
 
 def to_mark(
@@ -151,7 +151,9 @@ def on_price(state: RiskState, event: Event, symbol: str, price: Decimal) -> Ris
     state = priced
     marks = with_item(state.marks, symbol, Mark(price, ts_ns))
     if symbol in state.unpriced_carried:  # priced now, by a price of the new day
-        state = replace(state, marks=marks, unpriced_carried=state.unpriced_carried - {symbol})
+        state = replace(
+            state, marks=marks, unpriced_carried=without(state.unpriced_carried, symbol)
+        )
     else:
         state = replace(state, marks=marks)
     holders = {acct for (acct, sym), p in state.positions.items() if sym == symbol and p.quantity}
@@ -315,10 +317,11 @@ def on_fill(state: RiskState, event: FillReceived) -> RiskState:
         priced = to_mark(state, p.symbol, p.price, event.market_ns, event.market_ns)
         if priced is not None:
             state, marking = priced, True
-    if p.symbol in state.unpriced_carried:
-        # Filled since the roll (marking or not): the positions are no longer
-        # the ones carried, nor their basis only the carried cost.
-        state = replace(state, unpriced_carried=state.unpriced_carried - {p.symbol})
+    if marking and p.symbol in state.unpriced_carried:
+        # Priced now, by a fill of the new day: no close will start the day.
+        # A fill that prices nothing (a settlement) leaves the carried part
+        # to start from a late close all the same (first_price).
+        state = replace(state, unpriced_carried=without(state.unpriced_carried, p.symbol))
     mult = contract_multiplier(p.symbol)
     account_key = (p.account, p.symbol)
     position = state.positions.get(account_key, Position()).fill(

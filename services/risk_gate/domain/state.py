@@ -174,6 +174,25 @@ class Position:
         basis = mark if (mark is not None and self.quantity != 0) else self.avg_price
         return replace(self, day_basis=basis, realized_day=ZERO)
 
+    def from_close(self, carried: Position, close: Decimal, mult: Decimal) -> Position:
+        """This position, ``carried`` when the day began with no close (its
+        cost its day basis: ``new_day(None)``) and filled since or not, with
+        the carried part's day started from ``close``, a late close.
+
+        Unfilled since, it starts from ``close`` (``new_day(close)``). Filled
+        since, its day basis mixes the carried cost with the fills' prices
+        (and what it sold was realized against that): measured from
+        ``close``, its day P&L differs by the carried quantity times (cost -
+        close), whatever was filled, average cost being linear in the carried
+        basis. That goes into the day's realized P&L: the day P&L (what the
+        breaker reads) is exact; which part of it is realized is not kept
+        per lot.
+        """
+        if self == carried:
+            return self.new_day(close)
+        shift = carried.quantity * (carried.day_basis - close) * mult
+        return replace(self, realized_day=self.realized_day + shift)
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -319,41 +338,88 @@ class DayIds:
     events) are added at the same point in both, so ``fills_seen`` is the same
     set live and folded. The gate's own events (decisions, orders,
     reactions) are applied live as they are published, but in a fold where
-    they land in the stream, which can be after the next day's roll. Filed
-    there under the new day, such an id made that day one that added ids:
-    at the following roll the fold dropped the old day's set, which the live
-    gate (whose new day had added nothing) kept. ``add_earlier`` files them
-    under the earlier day instead, as the live gate did (see
-    ``file_own``); a fold may then keep an older set the live gate has
-    dropped, never the reverse.
+    they land in the stream, which can be after the next day's roll. So they
+    are filed by the day they were made in (their ``Event.market_ns``, the
+    gate's clock), wherever they are applied (``file_own``): one of a day
+    before today under the last earlier day (``add_earlier``), one of a day
+    after today (the gate's clock read the new day before the state reached
+    it) under that day, held ``ahead`` until the roll to it (``add_ahead``).
+    Filed by the day they were applied in, an id made on D + 1 was D's live
+    and D + 1's in a fold that reached it after D + 1's first message, or an
+    id made on D was D's live and D + 1's in the fold: a day that added
+    nothing on one side added ids on the other, and at the next roll the
+    fold dropped an older set the live gate kept. Filed by the day they were
+    made in, the two agree, or the fold keeps an older set the live gate has
+    dropped (an id that lands a day late: ``add_earlier`` adds it to the set
+    kept), never the reverse.
     """
 
     today: IdSet = field(default_factory=IdSet)
     yesterday: IdSet = field(default_factory=IdSet)
+    #: Ids made on trading days after today, per day, ascending: normally
+    #: empty, or the few decisions and reactions made in the milliseconds
+    #: between a day's start on the gate's clock and the state's roll to it.
+    ahead: tuple[tuple[dt.date, IdSet], ...] = ()
 
     def __contains__(self, key: object) -> bool:
-        return key in self.today or key in self.yesterday
+        if key in self.today or key in self.yesterday:
+            return True
+        if not self.ahead:
+            return False
+        return any(key in ids for _, ids in self.ahead)
+
+    def __iter__(self) -> Iterator[uuid.UUID | str]:
+        yield from self.today
+        yield from self.yesterday
+        for _, ids in self.ahead:
+            yield from ids
 
     def add(self, key: uuid.UUID | str) -> DayIds:
-        if key in self.yesterday:
+        if key in self.yesterday or (self.ahead and key in self):
             return self
         today = self.today.add(key)
-        return self if today is self.today else DayIds(today, self.yesterday)
+        return self if today is self.today else DayIds(today, self.yesterday, self.ahead)
 
     def add_earlier(self, key: uuid.UUID | str) -> DayIds:
         """``key`` filed under the last earlier day (``yesterday``): an id of
         the gate's own event made on a day before today (``file_own``)."""
         if key in self:
             return self
-        return DayIds(self.today, self.yesterday.add(key))
+        return DayIds(self.today, self.yesterday.add(key), self.ahead)
 
-    def roll(self) -> DayIds:
-        if not self.today:
-            return self  # a day that added nothing: keep the last one that did
-        return DayIds(IdSet(), self.today)
+    def add_ahead(self, key: uuid.UUID | str, day: dt.date) -> DayIds:
+        """``key`` filed under ``day``, a trading day after today: an id of the
+        gate's own event made on it (``file_own``), today's once the state
+        rolls to ``day``."""
+        if key in self:
+            return self
+        days = dict(self.ahead)
+        days[day] = days.get(day, IdSet()).add(key)
+        return DayIds(self.today, self.yesterday, tuple(sorted(days.items())))
+
+    def roll(self, day: dt.date) -> DayIds:
+        """The ids on the roll to trading day ``day``, a later one."""
+        today, yesterday = self.today, self.yesterday
+        if today:  # a day that added nothing keeps the last one that did
+            today, yesterday = IdSet(), today
+        kept = []
+        for made, ids in self.ahead:
+            if made > day:
+                kept.append((made, ids))
+            elif made == day:
+                today = ids
+            else:
+                # A day between the old today and ``day`` that added ids (the
+                # state skipped it): filed as a fold that applies them after
+                # this roll files them (``add_earlier``), with the set kept.
+                for key in ids:
+                    yesterday = yesterday.add(key)
+        if today is self.today and yesterday is self.yesterday and len(kept) == len(self.ahead):
+            return self
+        return DayIds(today, yesterday, tuple(kept))
 
     def __len__(self) -> int:
-        return len(self.today) + len(self.yesterday)
+        return len(self.today) + len(self.yesterday) + sum(len(ids) for _, ids in self.ahead)
 
 
 # ------------------------------------------------------------------ state
@@ -367,6 +433,17 @@ OpenKey = tuple[str, str | None, str]
 #: Remaining quantity of the open orders on each side: (buys, sells).
 OpenSides = tuple[Decimal, Decimal]
 NONE_OPEN: OpenSides = (ZERO, ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """The positions in one symbol carried into the trading day with no mark,
+    as the day began (their cost their day basis), per account and per
+    strategy: what a late close of the day before starts the day of
+    (``Position.from_close``), filled since or not."""
+
+    accounts: tuple[tuple[AccountKey, Position], ...] = ()
+    strategies: tuple[tuple[StrategyKey, Position], ...] = ()
 
 
 def with_open(
@@ -399,10 +476,11 @@ class RiskState:
     day: dt.date | None = None
     marks: Mapping[str, Mark] = field(default_factory=_empty)
     #: Symbols held into the current trading day with no mark (their
-    #: positions' day basis is their cost, for want of a close) and neither
-    #: priced nor filled since: a late price of the day before, their first,
-    #: is the close they start the day from (``evolve_orders.first_price``).
-    unpriced_carried: frozenset[str] = frozenset()
+    #: positions' day basis is their cost, for want of a close) and not priced
+    #: since, with those positions as the day began: a late price of the day
+    #: before, their first, is the close they start the day from, filled
+    #: since or not (``evolve_orders.first_price``).
+    unpriced_carried: Mapping[str, Carried] = field(default_factory=_empty)
     positions: Mapping[AccountKey, Position] = field(default_factory=_empty)
     strategy_positions: Mapping[StrategyKey, Position] = field(default_factory=_empty)
     #: Open orders only; an order leaves when it is filled, canceled or rejected.
@@ -511,27 +589,33 @@ class RiskState:
 
 def file_own(state: RiskState, ids: DayIds, key: uuid.UUID | str, made_ns: int) -> DayIds:
     """``ids`` with ``key``, an id of the gate's own event made at ``made_ns``
-    (its ``Event.market_ns``: the gate's clock when it made it).
+    (its ``Event.market_ns``: the gate's clock when it made it), filed under
+    the trading day it was made in, not the day the state is in.
 
     The live gate applies its own events as it publishes them, in the day its
     state is in then; a fold of the store applies them where they land, which
-    can be after the next day's first message. One made on a day before the
-    state's is filed under the earlier day (``DayIds.add_earlier``), where the
-    live gate filed it: under the new day it would make a day that added
-    nothing live one that added ids in the fold, and the fold would drop, at
-    the next roll, the older set the live gate keeps.
+    can be after the next day's first message. Filed by the day they were
+    made in, they land in the same day's set either way (see ``DayIds``):
+    one made on a day before the state's under the earlier day
+    (``DayIds.add_earlier``), one made on a later day (the gate's clock
+    passed the day start before the state rolled) under that day
+    (``DayIds.add_ahead``).
     """
-    if of_a_day_gone(state, made_ns):
+    if state.day is None:
+        return ids.add(key)
+    made = trading_day(made_ns, state.limits.trading_day)
+    if made < state.day:
         return ids.add_earlier(key)
+    if made > state.day:
+        return ids.add_ahead(key, made)
     return ids.add(key)
 
 
 def of_a_day_gone(state: RiskState, ts_ns: int) -> bool:
     """Whether ``ts_ns`` (a market time) lies in a trading day before the one
     ``state`` is in: a price of such a day marks only a symbol with no mark
-    (``evolve_orders.to_mark``), and the gate's own event made then is filed
-    under the earlier day (:func:`file_own`). Evolve rolls the day on the
-    event before this is asked, so live and a fold of the store answer
-    alike: the stream's order decides.
+    (``evolve_orders.to_mark``). Evolve rolls the day on the event before
+    this is asked, so live and a fold of the store answer alike: the
+    stream's order decides.
     """
     return state.day is not None and trading_day(ts_ns, state.limits.trading_day) < state.day
