@@ -75,6 +75,8 @@ class Flattening(Reconciling):
                     closed = await self._close_all_unread(command, unread)
                     if closed is None:
                         return "incomplete"
+                else:
+                    closed = self._left_open(closed)
             working = await self._flatten_done(command, closed, uncanceled)
         finally:
             self.tracker.flatten_ended()
@@ -98,13 +100,15 @@ class Flattening(Reconciling):
         refused = [r for r in closed.refused if not self._settles(command, r)]
         if refused:
             # Published above as an OrderRejected per position (caused by the
-            # flatten). Not retried: a second close-all could close positions
+            # flatten): refused by the broker, or its closing order ended short
+            # (_left_open, _recover). Not retried: a second close-all could close positions
             # opened since, or race the first one's closing orders. The
             # risk-gate has halted the account; an operator clears the cause
-            # (a halt, an order holding the shares) and flattens again.
+            # (a halt, an order holding the shares, what ended the closing
+            # order) and flattens again.
             metrics.FLATTEN_REFUSED.labels(account=self.account).inc(len(refused))
             log.error(
-                "flatten %s of %s left %d positions open, the broker refused to close them: %s",
+                "flatten %s of %s left %d positions open, the broker did not close them: %s",
                 command.id,
                 self.account,
                 len(refused),
@@ -127,6 +131,20 @@ class Flattening(Reconciling):
         entry per flatten dead-lettered so.)"""
         self._close_alls_sent.pop(flatten_id, None)
         super()._flatten_ran(flatten_id)
+
+    def _left_open(self, closed: ClosedAll) -> ClosedAll:
+        """A close-all's answer, with each position its closing orders leave
+        open (:meth:`OrderTracker.left_open`: a closing order ended with
+        nothing filled, say) as one more refusal: published, counted and
+        logged as one, and the flatten ``incomplete``. (A position the
+        broker refused too is refused once.)"""
+        named = {r.symbol for r in closed.refused}
+        more = tuple(
+            CloseRefused(symbol, why, entry=len(closed.refused) + place)
+            for place, (symbol, why) in enumerate(self.tracker.left_open(closed.orders).items())
+            if symbol not in named
+        )
+        return ClosedAll(closed.orders, closed.refused + more) if more else closed
 
     def _settles(self, command: FlattenAccount, refused: CloseRefused) -> bool:
         """Whether a position the close-all did not close is in an option
@@ -219,7 +237,10 @@ class Flattening(Reconciling):
         :meth:`OrderTracker.adopt_closing_orders`), taken in with their fills
         and published (the fills booked to the strategies whose positions
         they close); and as refused, each position still open at the broker
-        that none of them closes. None if it placed no closing order: then
+        that none of them closes (one whose closing orders all ended short of
+        it, a dead one say, is not closed: until this it counted as closed,
+        and the flatten said ``flattened`` with it open). None if it placed
+        no closing order: then
         it did nothing, or only refused, and the close-all is sent (again).
 
         A kill -9 between the broker's answer to a close-all and its events
@@ -257,11 +278,17 @@ class Flattening(Reconciling):
                 else None
             )
             await self.outbox.publish(self.tracker.reconcile(order, fills))
-        closing = {o.symbol for o in found}
+        # A closing order that ended short of its quantity (a dead one: canceled,
+        # expired or rejected with nothing filled) does not close its position.
+        ended = self.tracker.left_open(found)
+        closing = {o.symbol for o in found} - ended.keys()
+        lost = "found after the close-all's answer was lost"
         refused = tuple(
             CloseRefused(
                 p.symbol,
-                "no closing order was placed for it (found after the close-all's answer was lost)",
+                f"{ended[p.symbol]} ({lost})"
+                if p.symbol in ended
+                else f"no closing order was placed for it ({lost})",
                 entry=place,
             )
             for place, p in enumerate(held)

@@ -47,7 +47,8 @@ MALFORMED = Counter(
 )
 FLATTEN_REFUSED = Counter(
     "tradebus_broker_flatten_refused_positions_total",
-    "Positions a flatten's close-all left open: the broker refused to close them",
+    "Positions a flatten's close-all left open: the broker refused to close them, "
+    "or their closing orders ended short (canceled, expired or rejected)",
     ["account"],
 )
 FLATTEN_WORKING = Counter(

@@ -22,6 +22,7 @@ from nats.js import api as js_api
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
+from libs.contract import codec
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
     AnyEvent,
@@ -39,6 +40,7 @@ from services.broker_gateway.adapters.commands import (
     CommandConsumer,
     DeadLetter,
 )
+from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import TIMINGS, AccountWorker, Outbox, Timings
@@ -263,3 +265,28 @@ class SetClock:
 
     def now_ns(self) -> int:
         return self.ns
+
+
+async def rebuilt(bus: Bus, account: str) -> OrderTracker:
+    """The account's tracker as a restarted gateway rebuilds it: the stored
+    order-path events (the types the store's history reads) folded in order."""
+    subject = f"*.*.{account}"  # orders.cmd.<account>, broker.<what>.<account>
+    info = await bus.js.stream_info(STREAM, subjects_filter=subject)
+    count = sum((info.state.subjects or {}).values())
+    sub = await bus.js.subscribe(
+        subject, stream=STREAM, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
+    )
+    try:
+        decoded = [codec.decode((await sub.next_msg(timeout=5)).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+    tracker = OrderTracker(account, clock=CLOCK, source="broker-gateway/test")
+    for event in decoded:
+        if event.type in ORDER_PATH_TYPES:
+            tracker.evolve(event)
+    return tracker
+
+
+async def caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:
+    """The events stored on ``subject`` caused by ``cause``; None if none."""
+    return [e for e in await stored(bus, subject) if e["causation_id"] == str(cause)] or None

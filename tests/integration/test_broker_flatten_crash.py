@@ -10,49 +10,33 @@ back nothing for a flatten that cannot come again.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
-from libs.contract import codec
 from libs.contract.events import FlattenAccount
 from libs.contract.subjects import STREAM
 from libs.testing.wait import eventually
-from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.config import GatewaySettings
-from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.errors import AnswerUnread
 from services.broker_gateway.main import _rebuilt
 from services.paper_broker.domain.book import OrderSpec
 from services.paper_broker.domain.fill_model import FillModelConfig, MarketUpdate
-from tests.integration.command_path import CLOCK, D, Venue, flatten, gateway, stored, submit
+from tests.integration.command_path import (
+    CLOCK,
+    D,
+    Venue,
+    caused_by,
+    flatten,
+    gateway,
+    rebuilt,
+    stored,
+    submit,
+)
 from tests.integration.recording import record_stream
-
-
-async def rebuilt(bus: Bus, account: str) -> OrderTracker:
-    """The account's tracker as a restarted gateway rebuilds it: the stored
-    order-path events (the types the store's history reads) folded in order."""
-    subject = f"*.*.{account}"  # orders.cmd.<account>, broker.<what>.<account>
-    info = await bus.js.stream_info(STREAM, subjects_filter=subject)
-    count = sum((info.state.subjects or {}).values())
-    sub = await bus.js.subscribe(
-        subject, stream=STREAM, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
-    )
-    try:
-        decoded = [codec.decode((await sub.next_msg(timeout=5)).data) for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
-    tracker = OrderTracker(account, clock=CLOCK, source="broker-gateway/test")
-    for event in decoded:
-        if event.type in ORDER_PATH_TYPES:
-            tracker.evolve(event)
-    return tracker
 
 
 @pytest.mark.parametrize("published", ["nothing", "the stream's"])
@@ -94,7 +78,7 @@ async def test_a_flatten_cut_by_a_crash_after_its_close_all_loses_nothing(
             else:
                 await close_all()
                 await eventually(
-                    lambda: _caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
+                    lambda: caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
                 )
             crashed.set()
             await asyncio.Event().wait()  # dead: nothing after this runs
@@ -109,13 +93,13 @@ async def test_a_flatten_cut_by_a_crash_after_its_close_all_loses_nothing(
         await eventually(lambda: w.tracker.flattened(flat.id), timeout=20)
         await w.wait_idle()
         placed = await eventually(
-            lambda: _caused_by(bus, f"broker.close.{a.account}", flat.id), timeout=10
+            lambda: caused_by(bus, f"broker.close.{a.account}", flat.id), timeout=10
         )
         rejected = await eventually(
-            lambda: _caused_by(bus, f"broker.reject.{a.account}", flat.id), timeout=10
+            lambda: caused_by(bus, f"broker.reject.{a.account}", flat.id), timeout=10
         )
         fills = await eventually(
-            lambda: _caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
+            lambda: caused_by(bus, f"broker.fill.{a.account}", flat.id), timeout=10
         )
         assert (w.tracker.position("AAPL", "s1"), w.tracker.position("MSFT", "s1")) == (D(0), D(5))
         assert w.tracker.position("AAPL") == 0  # nothing booked to nobody
@@ -247,7 +231,7 @@ async def test_a_restart_holds_back_nothing_for_a_flatten_that_cannot_come_again
         await eventually(acked_to_floor, timeout=10)
         await bus.publish(ran)
         await eventually(died.is_set, timeout=10)
-        await eventually(lambda: _caused_by(bus, f"broker.close.{a.account}", ran.id), timeout=10)
+        await eventually(lambda: caused_by(bus, f"broker.close.{a.account}", ran.id), timeout=10)
     assert (a.book.cancel_alls, a.book.close_alls) == (2, 1)
     assert a.book.positions(a.account) == []
     # While the gateway is down the trader buys 3 MSFT at the market by hand
@@ -273,8 +257,3 @@ async def test_a_restart_holds_back_nothing_for_a_flatten_that_cannot_come_again
     assert gw.deliveries == [("FlattenAccount", 2)]  # the given-up one never comes again
     assert (a.book.cancel_alls, a.book.close_alls) == (2, 1)  # the repeat did nothing
     assert [o.id for o in a.book.orders(a.account, "open")] == [hand.id]
-
-
-async def _caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:
-    """The events stored on ``subject`` caused by ``cause``; None if none."""
-    return [e for e in await stored(bus, subject) if e["causation_id"] == str(cause)] or None

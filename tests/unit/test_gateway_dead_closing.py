@@ -1,8 +1,11 @@
 """A close-all's order that its answer lists as already ended with nothing
 filled (a "dead" one, left out of the flatten's closing orders: see
-``Closing.flatten_done``), brought by the broker's stream after the
-flatten has ended: its events are the flatten's, as they are when the
-stream brings them while it runs."""
+``Closing.flatten_done``; its position is published as left open, see
+test_gateway_dead_closing_open.py), brought by the broker's stream after
+the flatten has ended: its events are the flatten's, as they are when the
+stream brings them while it runs. Its end still in flight when the answer
+was read can come so; a fill cannot (ended is final, see
+test_gateway_dead_closing_restart.py), and its test is of a safeguard."""
 
 from __future__ import annotations
 
@@ -18,7 +21,13 @@ from libs.contract.events import (
     FlattenAccount,
     FlattenAccountPayload,
 )
-from services.broker_gateway.domain.model import BrokerFill, BrokerOrder, OrderStatus, OrderUpdate
+from services.broker_gateway.domain.model import (
+    BrokerFill,
+    BrokerOrder,
+    CloseRefused,
+    OrderStatus,
+    OrderUpdate,
+)
 from services.broker_gateway.domain.tracker import OrderTracker
 
 D = Decimal
@@ -64,7 +73,10 @@ def flattened_with_a_dead_order(t: OrderTracker, status: OrderStatus) -> Flatten
         FlattenAccountPayload(account=ACCOUNT, reason="breaker"), source="r", clock=CLOCK
     )
     t.flatten_started(flatten)
-    assert [e.type for e in t.flatten_done([closing(status)])] == ["ClosingOrdersPlaced"]
+    # As the worker passes it: its position left open (Flattening._left_open).
+    [(symbol, why)] = t.left_open([closing(status)]).items()
+    refused = [CloseRefused(symbol, why, entry=0)]
+    assert [e.type for e in t.flatten_done([closing(status)], refused)] == ["OrderRejected"]
     t.flatten_ended()
     assert t.find(closing(status)) is None, "left out (1d5cbc6)"
     return flatten
@@ -81,13 +93,15 @@ def caused_by(events: list[Event], flatten: FlattenAccount) -> None:
 
 
 def test_a_fill_of_a_dead_closing_order_after_the_flatten_is_the_flattens() -> None:
-    """The close-all's answer said the AAPL closing order had expired with
-    nothing filled; after the flatten ended, the stream brings a fill of it
-    (the answer was read before it). It was taken in as an order nobody
-    placed: its OrderAccepted and FillReceived had no cause (``tradebus
-    audit`` could not walk the fill back to the flatten) and the fill was
-    booked to no strategy, s1 left holding the 5 the broker sold. They are
-    now caused by the flatten, and the fill is booked to s1."""
+    """A safeguard, for a case that cannot happen at Alpaca or the paper
+    broker: the close-all's answer said the AAPL closing order had expired
+    with nothing filled, and after the flatten ended the stream brings a
+    fill of it. Expired is final (test_gateway_dead_closing_restart.py), so
+    no such fill comes; a broker that sent one all the same would have it
+    taken in as an order nobody placed (its OrderAccepted and FillReceived
+    with no cause, the fill booked to no strategy and s1 left holding the 5
+    sold). The dead order is remembered with its flatten, so such events
+    are caused by the flatten and the fill is booked to s1."""
     t = holding()
     flatten = flattened_with_a_dead_order(t, "expired")
     order = closing("filled", filled=5)

@@ -29,11 +29,12 @@ from libs.contract.envelope import Event
 from libs.contract.events import (
     FlattenAccount,
     FlattenAccountPayload,
+    OrderRejected,
     SubmitOrder,
     SubmitOrderPayload,
 )
 from services.broker_gateway.adapters.paper import parse, schemas
-from services.broker_gateway.domain.model import BrokerOrder, BrokerPosition
+from services.broker_gateway.domain.model import BrokerOrder, BrokerPosition, CloseRefused
 from services.broker_gateway.domain.tracker import OrderTracker, position_differences
 from services.paper_broker.adapters import wire
 from services.paper_broker.domain.book import (
@@ -161,9 +162,14 @@ def first_life(end: str) -> tuple[PaperBook, OrderTracker, list[Event], PaperOrd
     )
     live.evolve(flatten)
     live.flatten_started(flatten)
-    events = live.flatten_done([as_sent(dead)])
+    # As the worker passes it: its position left open (Flattening._left_open).
+    [(symbol, why)] = live.left_open([as_sent(dead)]).items()
+    events = live.flatten_done([as_sent(dead)], [CloseRefused(symbol, why, entry=0)])
     live.flatten_ended()
-    assert [e.type for e in events] == ["ClosingOrdersPlaced"]
+    [rejected] = events
+    assert isinstance(rejected, OrderRejected)
+    assert "AAPL position, which is still open" in rejected.payload.reason
+    assert f"was {end} with nothing filled" in rejected.payload.reason
     assert live.find(as_sent(dead)) is None, "left out, remembered in-process only"
     recorded += [flatten, *events]
     return book, live, recorded, dead

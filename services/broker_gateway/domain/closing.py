@@ -26,7 +26,7 @@ from services.broker_gateway.domain.model import (
     CancelRefused,
     CloseRefused,
 )
-from services.broker_gateway.domain.tracked import ZERO, TrackedOrder, TrackerState
+from services.broker_gateway.domain.tracked import ZERO, TrackedOrder, TrackerState, canon
 
 #: Dead closing orders remembered (``TrackerState._dead_closing``): few at
 #: most per flatten, and one the stream brings is let go.
@@ -151,7 +151,9 @@ class Closing(TrackerState):
                 # end, of an order that never traded and that a tracker
                 # rebuilt from the events published here does not know. (One
                 # the stream brought meanwhile is the flatten's already; one
-                # it brings later is the flatten's too: _external.)
+                # it brings later is the flatten's too: _external.) Its
+                # position is still open: the caller passes it among
+                # ``refused`` (see left_open).
                 if self.find(order) is None:
                     self._dead_closing[order.broker_order_id] = CauseRef.of(flatten)
                     while len(self._dead_closing) > MAX_DEAD_CLOSING:
@@ -195,7 +197,7 @@ class Closing(TrackerState):
                 what = f"a position (entry {r.entry} of its answer, which names no symbol)"
             t = self._order(oid, r.symbol or "?")
             t.close_for(flatten)
-            reason = f"flatten: the broker refused to close {what}, which is still open: {r.reason}"
+            reason = f"flatten: the broker did not close {what}, which is still open: {r.reason}"
             rejected = self._rejection(t, reason, r.code, None)
             if rejected is not None and all(e.id != rejected.id for e in built):
                 built.append(rejected)
@@ -225,6 +227,43 @@ class Closing(TrackerState):
         self._flattened.add(flatten.id)
         self._flattening = None
         return out
+
+    def left_open(self, orders: Sequence[BrokerOrder]) -> dict[str, str]:
+        """Of the symbols of ``orders`` (a close-all's closing orders, as its
+        answer or the broker lists them), those none of them closes, each
+        with why: every closing order of it ended short of its quantity.
+
+        A closing order closes its position if it still works or filled
+        whole. One that ended otherwise (canceled, expired or rejected; a
+        "dead" one with nothing filled) never fills again (final statuses),
+        and leaves its position open at the broker, or what it did not fill
+        of it. Ended as the broker lists it, or as the stream has brought it
+        here already (the answer was made before). Until this a dead one was
+        left out of the flatten's closing orders and nothing said its
+        position was still open: the flatten said ``flattened`` with it
+        open, and no positions check saw it (the fills recorded and the
+        broker's position agree). Another closing order of the symbol that
+        closes it (one of a later attempt, each of which cancels the one
+        before's) leaves it closed.
+        """
+        closes: set[str] = set()
+        ended: dict[str, str] = {}
+        for order in orders:
+            t = self.find(order)
+            filled = max(order.filled_quantity, t.filled if t is not None else ZERO)
+            if order.is_open and (t is None or t.terminal is None):
+                closes.add(order.symbol)
+                continue
+            if filled >= order.quantity:
+                closes.add(order.symbol)
+                continue
+            status = t.terminal if order.is_open and t is not None else order.status
+            what = "nothing" if filled == 0 else f"{canon(filled)} of {canon(order.quantity)}"
+            ended[order.symbol] = (
+                f"its closing order {order.broker_order_id} was {status} with {what} filled, "
+                "and fills no more"
+            )
+        return {symbol: why for symbol, why in ended.items() if symbol not in closes}
 
     def left_working(self, refused: Sequence[CancelRefused]) -> list[CancelRefused]:
         """Of the orders a cancel-all refused to cancel, those not known to
@@ -300,9 +339,12 @@ class Closing(TrackerState):
         """An order nobody here placed: a flatten's closing order, or someone else's.
 
         A closing order its close-all's answer listed as ended with nothing
-        filled, which the stream brings after the flatten ended, is the
-        flatten's: its events were roots, and a fill of it (the answer read
-        before it) was booked to no strategy."""
+        filled, which the stream brings after the flatten ended (its end,
+        still in flight when the answer was read), is the flatten's: its
+        events were roots. A fill of it cannot come (ended is final at
+        Alpaca and at the paper broker); should a broker send one all the
+        same, it is the flatten's too, booked to the strategies whose
+        positions it closes, not to nobody: a safeguard, costing nothing."""
         oid = derived_id("broker.order", self.account, order.broker_order_id)
         t = self._order(oid, order.symbol)
         t.side, t.quantity = order.side, order.quantity
