@@ -325,7 +325,9 @@ async def replay(
                     if delay > 0:
                         await asyncio.sleep(delay)  # pacing to the requested rate
                     next_at = max(next_at, time.monotonic() - 1.0) + interval
-                subject = replay_subject(row.subject, request.into)
+                # An undecodable row on a subject cut to fit the store goes
+                # out under the whole subject, as it was sent.
+                subject = replay_subject(row.sent_subject, request.into)
                 # In the window before the publish: a cancellation inside it
                 # may leave the message in the client's buffer, which the
                 # settling on the way out sends and judges.
@@ -343,7 +345,7 @@ async def replay(
                         # range replayed twice (within its window) once.
                         MSG_ID_HEADER: str(row.id),
                         ORIGINAL_SEQ_HEADER: str(row.seq),
-                        ORIGINAL_SUBJECT_HEADER: row.subject,
+                        ORIGINAL_SUBJECT_HEADER: row.sent_subject,
                     },
                 )
                 if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:

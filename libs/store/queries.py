@@ -101,6 +101,19 @@ class Recorded:
         """False for positions the recorder filled itself (bad/duplicate/missing)."""
         return self.type not in (UNDECODABLE, DUPLICATE, MISSING)
 
+    @property
+    def sent_subject(self) -> str:
+        """The subject the message was published on. The ``subject`` column,
+        but for an undecodable message on a subject too long for the
+        store's subject index: its row keeps the subject cut
+        (:func:`~libs.store.layout.stored_subject`, maybe no valid subject
+        at all) and the whole one in its payload."""
+        if self.type == UNDECODABLE and isinstance(self.payload, dict):
+            whole = self.payload.get("subject")
+            if isinstance(whole, str):
+                return whole
+        return self.subject
+
     def envelope(self) -> dict[str, Any]:
         """The event as it was published (same fields, same values)."""
         return {

@@ -1,0 +1,58 @@
+"""``replay --include-undecodable`` of a message on a subject too long for the
+store's subject index: its row's ``subject`` is cut to
+:data:`~libs.store.layout.SUBJECT_MAX_BYTES` (``stored_subject``), the whole
+subject kept in its payload (``subject``), and the replay publishes it under
+the whole one, as it was sent."""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats.errors
+
+from libs.bus.client import Bus
+from libs.contract.codec import DEFAULT_MAX_BYTES, encode
+from libs.replay import ORIGINAL_SEQ_HEADER, ORIGINAL_SUBJECT_HEADER, ReplayRequest, replay
+from libs.store.layout import SUBJECT_MAX_BYTES
+from libs.store.writer import EventWriter
+from libs.testing.producer import make_trades
+from libs.testing.store import rows
+from services.recorder.domain.rows import StreamMessage, to_row, unstorable_row
+
+#: Cut at the store's limit, right after a dot: the row keeps
+#: "md.trade.yyy…y." (no valid subject: its last token is empty), and the
+#: token "tail" is not in it at all.
+LONG = "md.trade." + "y" * (SUBJECT_MAX_BYTES - len("md.trade.") - 1) + ".tail"
+
+
+async def test_an_undecodable_row_on_a_cut_subject_is_replayed_under_the_whole_subject(
+    bus: Bus, database_url: str
+) -> None:
+    trade, other = make_trades(2, "long")
+    sent = {1: encode(trade), 2: b"{not json", 3: encode(other)}
+    msgs = {seq: StreamMessage(seq, LONG, data) for seq, data in sent.items()}
+    recorded = [
+        unstorable_row(msgs[1], "index row size exceeds btree version 4 maximum"),
+        to_row(msgs[2], max_bytes=DEFAULT_MAX_BYTES).row,
+        to_row(StreamMessage(3, "md.trade.AAPL", sent[3]), max_bytes=DEFAULT_MAX_BYTES).row,
+    ]
+    async with await EventWriter.open(database_url) as writer:
+        await writer.write(recorded, sent=sent.get)
+    stored = await rows(database_url)
+    assert [r["subject"] for r in stored[:2]] == [LONG[:SUBJECT_MAX_BYTES]] * 2
+    assert stored[0]["subject"].endswith(".")
+
+    sub = await bus.nc.subscribe("replay.>")
+    result = await replay(database_url, bus, ReplayRequest(include_undecodable=True))
+    assert (result.published, result.skipped) == (3, 0)
+    got = []
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:  # all that came: the replay was judged, so it is here or nowhere
+            got.append(await sub.next_msg(timeout=2))
+    assert [(m.subject, (m.headers or {})[ORIGINAL_SUBJECT_HEADER]) for m in got] == [
+        (f"replay.{LONG}", LONG),
+        (f"replay.{LONG}", LONG),
+        ("replay.md.trade.AAPL", "md.trade.AAPL"),
+    ]
+    assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == [1, 2, 3]
+    assert [m.data for m in got[:2]] == [sent[1], sent[2]], "the bytes as sent"
