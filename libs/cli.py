@@ -200,6 +200,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayInterrupted,
             ReplayRefused,
             ReplayRequest,
+            ReplayResult,
             ReplayStopped,
             ReplayStoreLost,
             replay,
@@ -222,7 +223,6 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             request.check()
         except ReplayError as e:
             fail(e, 2)
-        announce_store()
 
         def report(result: object) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
@@ -239,16 +239,21 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                     f"{unjudged_to}, never came: some of them may have gone out"
                 )
             if last is None:
+                resumes = f"--from-seq {from_seq} resumes"
                 if unjudged is None:
-                    return "nothing replayed"
-                return f"nothing known to be replayed ({unjudged})"
+                    return f"nothing replayed; {resumes}"
+                return f"nothing known to be replayed ({unjudged}); {resumes}"
             aside = ", none after it" if unjudged is None else f" ({unjudged})"
             return (
                 f"every selected event up to store sequence {last} replayed{aside}; "
                 f"--from-seq {last + 1} resumes"
             )
 
+        # Set once replay() runs: from then on it says how far a Ctrl-C let it get.
+        replaying = False
+
         async def go() -> None:
+            nonlocal replaying
             bus = None
             if not dry_run:
                 user = settings.nats_user or urlsplit(settings.nats_url).username
@@ -276,6 +281,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 console=err,
             ) as bar:
                 task = bar.add_task(f"replay {subject} -> {into}.", total=None)
+                replaying = True
                 try:
                     result = await replay(
                         settings.database_url.get_secret_value(),
@@ -289,7 +295,17 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             report(result)
 
         try:
-            asyncio.run(go())
+            try:
+                announce_store()
+                asyncio.run(go())
+            except KeyboardInterrupt:
+                # Ctrl-C while the store is checked or NATS connected to:
+                # nothing went out, and it ends as a later Ctrl-C does. (A
+                # second Ctrl-C while a stopped replay settles its counts
+                # leaves them unknown: it ends bare, exit 130.)
+                if replaying:
+                    raise
+                raise ReplayInterrupted(ReplayResult()) from None
         except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
         except ReplayInterrupted as e:

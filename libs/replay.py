@@ -210,8 +210,12 @@ async def replay(
     """
     request.check()
     shown = masked_url(database_url)
-    conn = await connect(database_url)
     result = ReplayResult()
+    try:
+        conn = await connect(database_url)
+    except asyncio.CancelledError:
+        # Ctrl-C while the store is reached: nothing went out, and it says so.
+        raise ReplayInterrupted(result) from None
     started = time.monotonic()
     # Published, not yet judged by the server: (store sequence, subject).
     window: list[tuple[int, str]] = []
