@@ -9,7 +9,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -20,6 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
 from libs.contract.subjects import REPLAY_PREFIX, SubjectPatternError, check_pattern
+
+if TYPE_CHECKING:
+    from libs.replay import ReplayResult
 
 S = TypeVar("S", bound=BaseSettings)
 P = ParamSpec("P")
@@ -161,6 +164,30 @@ def _hint(option: str | None) -> str | None:
     return None if option is None else f"'{option}'"
 
 
+def _skipped(result: ReplayResult) -> str:
+    """How many rows of each kind a replay left out, and why."""
+    bad, dup, missing = result.skipped_undecodable, result.skipped_duplicate, result.skipped_missing
+    kinds = [
+        (
+            bad,
+            f"undecodable (--include-undecodable republishes {'its' if bad == 1 else 'their'} "
+            "bytes)",
+        ),
+        (
+            dup,
+            "duplicate pointer (the event it repeats is replayed)"
+            if dup == 1
+            else "duplicate pointers (the events they repeat are replayed)",
+        ),
+        (
+            missing,
+            f"missing position{'' if missing == 1 else 's'} "
+            "(gone from the stream before recording)",
+        ),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in kinds if n)
+
+
 def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
     """Give a service's CLI group its ``replay`` command."""
 
@@ -224,8 +251,11 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         except ReplayError as e:
             fail(e, 2)
 
-        def report(result: object) -> None:
+        def report(result: ReplayResult) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+            if result.skipped:
+                rows = "1 row" if result.skipped == 1 else f"{result.skipped} rows"
+                err.print(f"skipped {rows}: {_skipped(result)}", highlight=False)
 
         def how_far(stopped: ReplayStopped) -> str:
             """How far a stopped replay got and where it resumes; when NATS was

@@ -46,7 +46,7 @@ from libs.contract.subjects import (
 from libs.store import queries
 from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
-from libs.store.layout import UNDECODABLE
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
@@ -107,8 +107,15 @@ class ReplayRequest:
 class ReplayResult:
     #: Messages the server took (with dry_run: that would be published).
     published: int = 0
-    #: Rows left out: not decodable as events (see include_undecodable).
+    #: Rows left out, all kinds (the three below together).
     skipped: int = 0
+    #: Messages that did not decode as events (include_undecodable
+    #: republishes their bytes instead).
+    skipped_undecodable: int = 0
+    #: DuplicateSuppressed pointers: the event each repeats is replayed.
+    skipped_duplicate: int = 0
+    #: MessageMissing positions: the stream no longer held their message.
+    skipped_missing: int = 0
     #: Messages the server refused (the replay stopped at the first of them).
     refused: int = 0
     first_seq: int | None = None
@@ -117,6 +124,16 @@ class ReplayResult:
     #: (or was skipped), so ``--from-seq last_seq + 1`` goes on from there.
     last_seq: int | None = None
     seconds: float = 0.0
+
+    def skip(self, row_type: str) -> None:
+        """Count a row left out, by its type (a row the recorder made)."""
+        self.skipped += 1
+        if row_type == DUPLICATE:
+            self.skipped_duplicate += 1
+        elif row_type == MISSING:
+            self.skipped_missing += 1
+        else:
+            self.skipped_undecodable += 1
 
 
 class ReplayStopped(Exception):
@@ -319,7 +336,7 @@ async def replay(
             # it repeats is replayed.
             undecodable = row.type == UNDECODABLE and row.raw is not None
             if not row.is_event and not (request.include_undecodable and undecodable):
-                result.skipped += 1
+                result.skip(row.type)
             elif request.dry_run:
                 result.published += 1
             else:
