@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 
+import asyncpg
 import nats.errors
+import pytest
 
 from libs.bus.client import Bus
 from libs.contract.codec import DEFAULT_MAX_BYTES, encode
 from libs.replay import ORIGINAL_SEQ_HEADER, ORIGINAL_SUBJECT_HEADER, ReplayRequest, replay
+from libs.store import queries
 from libs.store.layout import SUBJECT_MAX_BYTES
+from libs.store.urls import asyncpg_url
 from libs.store.writer import EventWriter
 from libs.testing.producer import make_trades
 from libs.testing.store import rows
@@ -56,3 +60,48 @@ async def test_an_undecodable_row_on_a_cut_subject_is_replayed_under_the_whole_s
     ]
     assert [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got] == [1, 2, 3]
     assert [m.data for m in got[:2]] == [sent[1], sent[2]], "the bytes as sent"
+
+
+#: Cut inside its third token: the row keeps "md.trade.zzz…z", one token
+#: short of the whole subject and matching md.trade.*, which it does not.
+CUT_IN_A_TOKEN = "md.trade." + "z" * SUBJECT_MAX_BYTES + ".tail"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "selected"),
+    [
+        ("md.trade.*", [3]),
+        ("md.trade.*.tail", [1, 2]),
+        ("*.*.*.tail", [1, 2]),
+        ("md.>", [1, 2, 3]),
+        (CUT_IN_A_TOKEN, [2]),  # a literal start longer than the row keeps
+        (CUT_IN_A_TOKEN[:SUBJECT_MAX_BYTES], []),
+    ],
+)
+async def test_a_subject_pattern_selects_a_row_on_a_cut_subject_by_its_whole_subject(
+    database_url: str, pattern: str, selected: list[int]
+) -> None:
+    """A pattern is matched against the subject the message was sent on, as
+    NATS would match it, not against the row's cut one: md.trade.*.tail
+    selected no such row, md.trade.* one whose cut had lost its last token."""
+    sent = {1: b"{not json", 2: b"{nor this", 3: encode(next(iter(make_trades(1, "cut"))))}
+    subjects = {1: LONG, 2: CUT_IN_A_TOKEN, 3: "md.trade.AAPL"}
+    recorded = [
+        to_row(StreamMessage(seq, subjects[seq], data), max_bytes=DEFAULT_MAX_BYTES).row
+        for seq, data in sent.items()
+    ]
+    async with await EventWriter.open(database_url) as writer:
+        await writer.write(recorded, sent=sent.get)
+    request = ReplayRequest(subject=pattern, dry_run=True, include_undecodable=True)
+    result = await replay(database_url, None, request)
+    assert (result.published, result.first_seq, result.last_seq) == (
+        len(selected),
+        selected[0] if selected else None,
+        selected[-1] if selected else None,
+    )
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        listed = await queries.list_events(conn, subject=pattern)
+    finally:
+        await conn.close()
+    assert [r.seq for r in listed] == selected
