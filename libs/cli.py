@@ -9,7 +9,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -20,6 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
 from libs.contract.subjects import REPLAY_PREFIX, SubjectPatternError, check_pattern
+
+if TYPE_CHECKING:
+    from libs.replay import ReplayResult
 
 S = TypeVar("S", bound=BaseSettings)
 P = ParamSpec("P")
@@ -161,6 +164,30 @@ def _hint(option: str | None) -> str | None:
     return None if option is None else f"'{option}'"
 
 
+def _skipped(result: ReplayResult) -> str:
+    """How many rows of each kind a replay left out, and why."""
+    bad, dup, missing = result.skipped_undecodable, result.skipped_duplicate, result.skipped_missing
+    kinds = [
+        (
+            bad,
+            f"undecodable (--include-undecodable republishes {'its' if bad == 1 else 'their'} "
+            "bytes)",
+        ),
+        (
+            dup,
+            "duplicate pointer (the event it repeats is replayed)"
+            if dup == 1
+            else "duplicate pointers (the events they repeat are replayed)",
+        ),
+        (
+            missing,
+            f"missing position{'' if missing == 1 else 's'} "
+            "(gone from the stream before recording)",
+        ),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in kinds if n)
+
+
 def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
     """Give a service's CLI group its ``replay`` command."""
 
@@ -200,6 +227,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayInterrupted,
             ReplayRefused,
             ReplayRequest,
+            ReplayResult,
             ReplayStopped,
             ReplayStoreLost,
             replay,
@@ -222,10 +250,12 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             request.check()
         except ReplayError as e:
             fail(e, 2)
-        announce_store()
 
-        def report(result: object) -> None:
+        def report(result: ReplayResult) -> None:
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
+            if result.skipped:
+                rows = "1 row" if result.skipped == 1 else f"{result.skipped} rows"
+                err.print(f"skipped {rows}: {_skipped(result)}", highlight=False)
 
         def how_far(stopped: ReplayStopped) -> str:
             """How far a stopped replay got and where it resumes; when NATS was
@@ -239,16 +269,21 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                     f"{unjudged_to}, never came: some of them may have gone out"
                 )
             if last is None:
+                resumes = f"--from-seq {from_seq} resumes"
                 if unjudged is None:
-                    return "nothing replayed"
-                return f"nothing known to be replayed ({unjudged})"
+                    return f"nothing replayed; {resumes}"
+                return f"nothing known to be replayed ({unjudged}); {resumes}"
             aside = ", none after it" if unjudged is None else f" ({unjudged})"
             return (
                 f"every selected event up to store sequence {last} replayed{aside}; "
                 f"--from-seq {last + 1} resumes"
             )
 
+        # Set once replay() runs: from then on it says how far a Ctrl-C let it get.
+        replaying = False
+
         async def go() -> None:
+            nonlocal replaying
             bus = None
             if not dry_run:
                 user = settings.nats_user or urlsplit(settings.nats_url).username
@@ -276,6 +311,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 console=err,
             ) as bar:
                 task = bar.add_task(f"replay {subject} -> {into}.", total=None)
+                replaying = True
                 try:
                     result = await replay(
                         settings.database_url.get_secret_value(),
@@ -289,7 +325,17 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             report(result)
 
         try:
-            asyncio.run(go())
+            try:
+                announce_store()
+                asyncio.run(go())
+            except KeyboardInterrupt:
+                # Ctrl-C while the store is checked or NATS connected to:
+                # nothing went out, and it ends as a later Ctrl-C does. (A
+                # second Ctrl-C while a stopped replay settles its counts
+                # leaves them unknown: it ends bare, exit 130.)
+                if replaying:
+                    raise
+                raise ReplayInterrupted(ReplayResult()) from None
         except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
         except ReplayInterrupted as e:

@@ -46,7 +46,7 @@ from libs.contract.subjects import (
 from libs.store import queries
 from libs.store.connect import STORE_ERRORS, connect
 from libs.store.errors import StoreUnavailable
-from libs.store.layout import UNDECODABLE
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
 
 ORIGINAL_SEQ_HEADER = "Tradebus-Original-Seq"
 ORIGINAL_SUBJECT_HEADER = "Tradebus-Original-Subject"
@@ -107,8 +107,15 @@ class ReplayRequest:
 class ReplayResult:
     #: Messages the server took (with dry_run: that would be published).
     published: int = 0
-    #: Rows left out: not decodable as events (see include_undecodable).
+    #: Rows left out, all kinds (the three below together).
     skipped: int = 0
+    #: Messages that did not decode as events (include_undecodable
+    #: republishes their bytes instead).
+    skipped_undecodable: int = 0
+    #: DuplicateSuppressed pointers: the event each repeats is replayed.
+    skipped_duplicate: int = 0
+    #: MessageMissing positions: the stream no longer held their message.
+    skipped_missing: int = 0
     #: Messages the server refused (the replay stopped at the first of them).
     refused: int = 0
     first_seq: int | None = None
@@ -117,6 +124,16 @@ class ReplayResult:
     #: (or was skipped), so ``--from-seq last_seq + 1`` goes on from there.
     last_seq: int | None = None
     seconds: float = 0.0
+
+    def skip(self, row_type: str) -> None:
+        """Count a row left out, by its type (a row the recorder made)."""
+        self.skipped += 1
+        if row_type == DUPLICATE:
+            self.skipped_duplicate += 1
+        elif row_type == MISSING:
+            self.skipped_missing += 1
+        else:
+            self.skipped_undecodable += 1
 
 
 class ReplayStopped(Exception):
@@ -210,8 +227,12 @@ async def replay(
     """
     request.check()
     shown = masked_url(database_url)
-    conn = await connect(database_url)
     result = ReplayResult()
+    try:
+        conn = await connect(database_url)
+    except asyncio.CancelledError:
+        # Ctrl-C while the store is reached: nothing went out, and it says so.
+        raise ReplayInterrupted(result) from None
     started = time.monotonic()
     # Published, not yet judged by the server: (store sequence, subject).
     window: list[tuple[int, str]] = []
@@ -315,7 +336,7 @@ async def replay(
             # it repeats is replayed.
             undecodable = row.type == UNDECODABLE and row.raw is not None
             if not row.is_event and not (request.include_undecodable and undecodable):
-                result.skipped += 1
+                result.skip(row.type)
             elif request.dry_run:
                 result.published += 1
             else:
@@ -325,7 +346,9 @@ async def replay(
                     if delay > 0:
                         await asyncio.sleep(delay)  # pacing to the requested rate
                     next_at = max(next_at, time.monotonic() - 1.0) + interval
-                subject = replay_subject(row.subject, request.into)
+                # An undecodable row on a subject cut to fit the store goes
+                # out under the whole subject, as it was sent.
+                subject = replay_subject(row.sent_subject, request.into)
                 # In the window before the publish: a cancellation inside it
                 # may leave the message in the client's buffer, which the
                 # settling on the way out sends and judges.
@@ -343,7 +366,7 @@ async def replay(
                         # range replayed twice (within its window) once.
                         MSG_ID_HEADER: str(row.id),
                         ORIGINAL_SEQ_HEADER: str(row.seq),
-                        ORIGINAL_SUBJECT_HEADER: row.subject,
+                        ORIGINAL_SUBJECT_HEADER: row.sent_subject,
                     },
                 )
                 if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from libs.contract.events import EVENT_ADAPTER, AnyEvent
 from libs.contract.subjects import check_pattern
 from libs.store import exact_json
-from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE
+from libs.store.layout import DUPLICATE, MISSING, UNDECODABLE, stored_subject
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,19 @@ class Recorded:
         """False for positions the recorder filled itself (bad/duplicate/missing)."""
         return self.type not in (UNDECODABLE, DUPLICATE, MISSING)
 
+    @property
+    def sent_subject(self) -> str:
+        """The subject the message was published on. The ``subject`` column,
+        but for an undecodable message on a subject too long for the
+        store's subject index: its row keeps the subject cut
+        (:func:`~libs.store.layout.stored_subject`, maybe no valid subject
+        at all) and the whole one in its payload."""
+        if self.type == UNDECODABLE and isinstance(self.payload, dict):
+            whole = self.payload.get("subject")
+            if isinstance(whole, str):
+                return whole
+        return self.subject
+
     def envelope(self) -> dict[str, Any]:
         """The event as it was published (same fields, same values)."""
         return {
@@ -148,6 +161,13 @@ def _row(rec: asyncpg.Record) -> Recorded:
     )
 
 
+#: The subject a row's message was sent on, in SQL (see Recorded.sent_subject).
+SENT_SUBJECT = (
+    f"(CASE WHEN type = '{UNDECODABLE}' AND payload ? 'subject' "
+    "THEN payload->>'subject' ELSE subject END)"
+)
+
+
 def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
     """SQL condition (and its parameters, numbered from ``param``) for a NATS pattern.
 
@@ -177,8 +197,14 @@ def subject_filter(pattern: str, param: int) -> tuple[str, list[str]]:
         # pattern that starts with a wildcard has no prefix: "." would
         # match no subject at all.
         prefix += "."
+    # A row the recorder made for a message on a subject too long for the
+    # subject index keeps its first SUBJECT_MAX_BYTES (stored_subject) and
+    # the whole subject in its payload: the LIKE (on the index) takes such a
+    # row by the cut start of the prefix, and the regex decides on the whole
+    # subject, as NATS would.
+    prefix = stored_subject(prefix)
     like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return f"(subject LIKE ${param} AND subject ~ ${param + 1})", [like, regex]
+    return f"(subject LIKE ${param} AND {SENT_SUBJECT} ~ ${param + 1})", [like, regex]
 
 
 async def list_events(
