@@ -17,6 +17,7 @@ from decimal import Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
+    BarClosed,
     OrderCanceled,
     OrderCanceledPayload,
     OrderIntentCreated,
@@ -197,3 +198,24 @@ def test_a_whole_pair_held_across_a_restart_is_kept() -> None:
     rt = run.restarted()
     assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(100))
     assert rt.run(minute(7, "106")) == []
+
+
+def test_an_exit_working_at_a_restart_keeps_the_pair_closing() -> None:
+    # Both closes are working when the runner restarts: each leg's exposure
+    # is 0, and the fresh instance took the pair for flat. Warmed up, its
+    # first minute is wide: it entered a second pair on top of the one
+    # still held, and when both closes were refused it held that one (and
+    # the new one) as a double-size pair.
+    run = Run()
+    closes = exit_signaled(run)
+    rt = run.restarted()
+    rt.start()
+    host = rt.hosts["pair"]
+    for event in run.history:
+        if isinstance(event, BarClosed):
+            assert host.warm_up(event) == []
+    assert rt.run(minute(7, "112")) == []  # no entry while the closes work
+    assert rt.feed(deny(closes["MSFT"], ids=next_id)) == []
+    assert rt.feed(deny(closes["AAPL"], ids=next_id)) == []
+    out = rt.run(minute(8, "113"))  # wider still: the closes are sent again
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]

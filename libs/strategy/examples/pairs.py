@@ -33,7 +33,9 @@ another order at once, for ever).
 That the pair is closing lives in the instance. A fresh one (after a runner
 restart, or a fault's) knows what the books give back, positions and
 pending orders, and at its first bar closes the pair they show is not
-whole: one leg held alone, or both held at other than an entry's ratio
+whole: one leg held alone, a close working against a leg (each leg's
+exposure is then 0: no pair is entered on top, and a close refused is sent
+again at the next bar), or both held at other than an entry's ratio
 (their costs at average price differing by more than one unit of the
 dearer leg and ``RATIO_SLACK`` of the larger cost: an entry or an exit one
 of whose legs filled in part, the rest canceled or refused). Both legs
@@ -138,7 +140,7 @@ class PairsTrade(Strategy[PairsParams]):
         paired = self._pair(bar)
         z = None if paired is None else self._zscore(paired[0])
         if self._closing is None:
-            self._closing = self._naked() or self._lopsided()
+            self._closing = self._naked() or self._closing_working() or self._lopsided()
         if self._closing is not None:
             # Whatever the spread: a close refused (or a leg held alone) is
             # sent (again) at every bar until both legs are flat.
@@ -219,6 +221,18 @@ class PairsTrade(Strategy[PairsParams]):
             return None
         (symbol,) = alone
         return f"{symbol} held alone ({held[symbol]}): closed"
+
+    def _closing_working(self) -> str | None:
+        """Why the pair is closing when an order works against a leg held (a
+        close: an entry's orders add to their legs). The instance that sent
+        it knows; a fresh one, after a restart, sees each leg's exposure at 0
+        and took the pair for flat: it entered another on top and, the closes
+        refused, held both as one pair of twice the size."""
+        for symbol in (self._a, self._b):
+            held, pending = self.ctx.position(symbol).quantity, self.ctx.pending(symbol)
+            if held * pending < 0:
+                return f"a close of {symbol} ({held} held) is working: the pair is closed"
+        return None
 
     def _lopsided(self) -> str | None:
         """Why the pair must close when both legs are held, nothing pending in
