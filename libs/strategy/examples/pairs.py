@@ -28,8 +28,19 @@ pending. It closes when:
 
 A close that is denied, rejected or canceled is sent again at the next bar
 of either leg (not at once: a refusal that stands would be answered by
-another order at once, for ever). A fresh instance (a restart) holding one
-leg alone closes it at its first bar.
+another order at once, for ever).
+
+That the pair is closing lives in the instance. A fresh one (after a runner
+restart, or a fault's) knows what the books give back, positions and
+pending orders, and at its first bar closes the pair they show is not
+whole: one leg held alone, a close working against a leg (each leg's
+exposure is then 0: no pair is entered on top, and a close refused is sent
+again at the next bar), or both held at other than an entry's ratio
+(their costs at average price differing by more than one unit of the
+dearer leg and ``RATIO_SLACK`` of the larger cost: an entry or an exit one
+of whose legs filled in part, the rest canceled or refused). Both legs
+closed in part and in proportion look whole: they are held until
+``|z| < exit_z``.
 """
 
 from __future__ import annotations
@@ -52,6 +63,12 @@ log = logging.getLogger(__name__)
 
 #: Standard deviations of the log-price spread at or below this are noise.
 SPREAD_NOISE = Decimal("1e-12")
+#: Both legs held, their costs (quantity x average price x multiplier) may
+#: differ by one unit of the dearer leg (each is sized to whole units of
+#: ``leg_notional``) and this part of the larger cost (the fills' slippage
+#: from the bar's close the legs were sized at); more, and the pair is not
+#: the one an entry made: a leg of it filled or closed in part.
+RATIO_SLACK = Decimal("0.05")
 
 
 class PairsParams(StrategyParams):
@@ -123,7 +140,7 @@ class PairsTrade(Strategy[PairsParams]):
         paired = self._pair(bar)
         z = None if paired is None else self._zscore(paired[0])
         if self._closing is None:
-            self._closing = self._naked()
+            self._closing = self._naked() or self._closing_working() or self._lopsided()
         if self._closing is not None:
             # Whatever the spread: a close refused (or a leg held alone) is
             # sent (again) at every bar until both legs are flat.
@@ -204,6 +221,43 @@ class PairsTrade(Strategy[PairsParams]):
             return None
         (symbol,) = alone
         return f"{symbol} held alone ({held[symbol]}): closed"
+
+    def _closing_working(self) -> str | None:
+        """Why the pair is closing when an order works against a leg held (a
+        close: an entry's orders add to their legs). The instance that sent
+        it knows; a fresh one, after a restart, sees each leg's exposure at 0
+        and took the pair for flat: it entered another on top and, the closes
+        refused, held both as one pair of twice the size."""
+        for symbol in (self._a, self._b):
+            held, pending = self.ctx.position(symbol).quantity, self.ctx.pending(symbol)
+            if held * pending < 0:
+                return f"a close of {symbol} ({held} held) is working: the pair is closed"
+        return None
+
+    def _lopsided(self) -> str | None:
+        """Why the pair must close when both legs are held, nothing pending in
+        either, at other than the ratio an entry makes (legs of about equal
+        cost, of opposite sides): an entry or an exit one of whose legs filled
+        in part. The instance that saw it happen is closing the pair already;
+        a fresh one, after a restart, knows only the positions, and the legs'
+        costs at their average prices are what the entry sized them by. An
+        expired option leg is the broker's to settle (``_partner_expired``)."""
+        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
+        if any(
+            leg.quantity == 0 or self.ctx.pending(leg.symbol) != 0 or self.ctx.expired(leg.symbol)
+            for leg in legs
+        ):
+            return None
+        a, b = legs
+        units = [leg.average_price * contract_multiplier(leg.symbol) for leg in legs]
+        costs = [abs(leg.quantity) * unit for leg, unit in zip(legs, units, strict=True)]
+        same_side = (a.quantity > 0) == (b.quantity > 0)
+        if not same_side and abs(costs[0] - costs[1]) <= max(units) + RATIO_SLACK * max(costs):
+            return None
+        return (
+            f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
+            f"entry's ratio (costs {rounded(costs[0])} and {rounded(costs[1])}): closed"
+        )
 
     def _close(self, strength: Decimal | None = None) -> None:
         """Close each leg held with no order working in it (one would be

@@ -7,6 +7,16 @@ goes long ``quantity``; when it crosses below ("death cross") it goes short
 warm-up only sets the side; only a later change of side trades. Exposure
 (position plus pending intents) is what is compared to the target, so a
 repeated signal while an order is working does not double up.
+
+After a restart (or a fault's fresh instance) the warm-up rebuilds the
+averages and the side, but a crossing seen in it trades nothing: a cross
+that came while the runner was down is missed. So the first bar of each
+symbol whose side is known compares the side with the exposure rebuilt from
+the store: a position held against it (long with the fast average below the
+slow one; short with it above) is closed, to flat. That is the exit the
+missed cross would have made; the entry it would have made too (the short
+of a death cross, with ``allow_short``) is not made late, as no entry is
+made on the first comparison.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from pydantic import Field, model_validator
 
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
-from libs.strategy.examples._common import OrderQuantity, trade_to
+from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 from libs.strategy.indicators import Rolling, rounded
 
 
@@ -45,6 +55,8 @@ class SmaCrossover(Strategy[SmaCrossoverParams]):
     def on_start(self) -> None:
         self._closes = {s: Rolling(self.params.slow_period) for s in self.ctx.symbols}
         self._fast_above: dict[str, bool] = {}
+        #: Symbols whose exposure was compared with the side since the start.
+        self._checked: set[str] = set()
 
     def on_warmup(self, bar: Bar) -> None:
         # The averages and the side the fast one is on; a crossing in the past
@@ -70,7 +82,9 @@ class SmaCrossover(Strategy[SmaCrossoverParams]):
     def on_bar(self, bar: Bar) -> None:
         crossed = self._update(bar)
         if crossed is None:
+            self._check_side(bar.symbol)
             return
+        self._checked.add(bar.symbol)
         above, fast, slow = crossed
         p = self.params
         direction: Direction
@@ -93,3 +107,29 @@ class SmaCrossover(Strategy[SmaCrossoverParams]):
             ),
             strength=rounded((fast - slow) / slow),
         )
+
+    def _check_side(self, symbol: str) -> None:
+        """Once per symbol after the start, with the side known: close a
+        position held against it. Only a change of side trades, and the
+        warm-up's trade nothing, so a cross missed while the runner was down
+        (its exit) would otherwise wait for the next cross, which, the
+        position already on its side, trades nothing either."""
+        above = self._fast_above.get(symbol)
+        if above is None or symbol in self._checked:
+            return
+        self._checked.add(symbol)
+        held = exposure(self.ctx, symbol)
+        if (held > 0 and not above) or (held < 0 and above):
+            word = "below" if held > 0 else "above"
+            trade_to(
+                self.ctx,
+                symbol,
+                Decimal(0),
+                name="sma_cross",
+                direction="flat",
+                reason=(
+                    f"{held} held with SMA({self.params.fast_period}) {word} "
+                    f"SMA({self.params.slow_period}) at the start: a cross missed while "
+                    "not running"
+                ),
+            )

@@ -1,0 +1,221 @@
+"""Pairs trade across a runner restart: a pair left at the wrong ratio.
+
+That the pair is closing lived only in the instance. A fresh instance found
+one leg held alone and closed it, but not both legs held at a ratio other
+than the entry's: an exit one of whose legs filled in part (the rest
+canceled) while the other's close was refused, or an entry one of whose
+legs filled in part, all while the runner was down (or just before it went
+down). The fresh instance took the pair for a whole one and held it,
+mis-hedged, until the spread came back inside ``exit_z``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import (
+    BarClosed,
+    OrderCanceled,
+    OrderCanceledPayload,
+    OrderIntentCreated,
+    SignalGenerated,
+    SubmitOrder,
+)
+from libs.strategy import InMemoryRuntime
+from libs.strategy.examples.pairs import PairsTrade
+from libs.strategy.testing import MINUTE_NS, At, bar, deny, fill_chain
+
+IDS = itertools.count(1)
+T0 = 1_700_000_000 * 1_000_000_000
+PRICES = {"MSFT": Decimal(105), "AAPL": Decimal(100)}
+
+
+def next_id() -> uuid.UUID:
+    return uuid.UUID(int=next(IDS))
+
+
+def runtime() -> InMemoryRuntime:
+    rt = InMemoryRuntime()
+    rt.add(
+        "pair",
+        PairsTrade,
+        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
+        symbols=("MSFT", "AAPL"),
+    )
+    return rt
+
+
+def minute(i: int, msft: str, aapl: str = "100") -> list[Event]:
+    return [bar("MSFT", msft, T0 + i * MINUTE_NS), bar("AAPL", aapl, T0 + i * MINUTE_NS)]
+
+
+def intents(out: list[Event]) -> dict[str, OrderIntentCreated]:
+    return {e.payload.symbol: e for e in out if isinstance(e, OrderIntentCreated)}
+
+
+def legs(out: list[Event]) -> list[tuple[str, str, Decimal]]:
+    return [(e.payload.symbol, e.payload.side, e.payload.quantity) for e in intents(out).values()]
+
+
+class Run:
+    """The first runner's life: everything it emitted and was sent, in order."""
+
+    def __init__(self) -> None:
+        self.rt = runtime()
+        self.history: list[Event] = []
+        for i, msft in enumerate(["100", "101", "100", "101", "100"]):
+            self.run(minute(i, msft))
+
+    def run(self, events: list[Event]) -> list[Event]:
+        out = self.rt.run(events)
+        self.history += [*events, *out]
+        return out
+
+    def feed(self, events: list[Event]) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            self.history.append(event)
+            answer = self.rt.feed(event)
+            self.history += answer
+            out += answer
+        return out
+
+    def fill(self, intent: OrderIntentCreated, quantity: Decimal | None = None) -> list[Event]:
+        chain = fill_chain(intent, PRICES[intent.payload.symbol], ids=next_id, quantity=quantity)
+        return self.feed(chain)
+
+    def while_down(self, events: list[Event]) -> None:
+        """``events`` happened while the runner was down: recorded, not handled."""
+        self.history += events
+
+    def part_fill_then_cancel(self, intent: OrderIntentCreated, quantity: Decimal) -> list[Event]:
+        """``quantity`` of ``intent`` filled, the rest canceled by the broker."""
+        return self.feed(part_filled_then_canceled(intent, quantity))
+
+    def restarted(self) -> InMemoryRuntime:
+        """A fresh runtime, its books rebuilt from everything so far (the
+        store's and the catch-up's), not yet shown a live bar."""
+        rt = runtime()
+        for event in self.history:
+            rt.restore(event)
+        return rt
+
+    def enter_short(self) -> dict[str, OrderIntentCreated]:
+        """The wide minute: sell 95 MSFT, buy 100 AAPL."""
+        entry = intents(self.run(minute(5, "105")))
+        assert legs(list(entry.values())) == [
+            ("MSFT", "sell", Decimal(95)),
+            ("AAPL", "buy", Decimal(100)),
+        ]
+        return entry
+
+
+def part_filled_then_canceled(intent: OrderIntentCreated, quantity: Decimal) -> list[Event]:
+    """``quantity`` of ``intent`` filled, the rest canceled by the broker."""
+    decision, command, ack, fill = fill_chain(
+        intent, PRICES[intent.payload.symbol], ids=next_id, quantity=quantity
+    )
+    assert isinstance(command, SubmitOrder)
+    canceled = OrderCanceled.create(
+        OrderCanceledPayload(order_id=command.payload.order_id, account="paper", reason="ioc"),
+        source="test/broker",
+        clock=At(ack.ts_event),
+        cause=ack,
+        ids=next_id,
+    )
+    return [decision, command, ack, fill, canceled]
+
+
+def position(rt: InMemoryRuntime, symbol: str) -> Decimal:
+    return rt.hosts["pair"].ledger.position(symbol).quantity
+
+
+def exit_signaled(run: Run) -> dict[str, OrderIntentCreated]:
+    for intent in run.enter_short().values():
+        run.fill(intent)
+    closes = intents(run.run(minute(6, "100.5")))
+    assert legs(list(closes.values())) == [
+        ("MSFT", "buy", Decimal(95)),
+        ("AAPL", "sell", Decimal(100)),
+    ]
+    return closes
+
+
+def test_an_exit_part_filled_in_one_leg_and_refused_in_the_other_closes_both_after_a_restart() -> (
+    None
+):
+    # MSFT's close fills 40 of 95 (the rest canceled), AAPL's is denied: the
+    # instance would send both again at the next bar. The runner restarts.
+    run = Run()
+    closes = exit_signaled(run)
+    run.part_fill_then_cancel(closes["MSFT"], Decimal(40))
+    run.feed([deny(closes["AAPL"], ids=next_id)])
+    rt = run.restarted()
+    assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-55), Decimal(100))
+    # The spread is wide again: a whole pair would be held. This one closes.
+    out = rt.run(minute(7, "112"))
+    assert legs(out) == [("MSFT", "buy", Decimal(55)), ("AAPL", "sell", Decimal(100))]
+    (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
+    assert signal.payload.name == "pair_exit"
+    assert "ratio" in signal.payload.reason
+
+
+def test_a_restart_between_the_two_legs_outcomes_closes_the_pair_at_the_next_bar() -> None:
+    # The restart comes after MSFT's close part filled and before AAPL's
+    # was refused: the fresh instance sees that refusal live.
+    run = Run()
+    closes = exit_signaled(run)
+    run.part_fill_then_cancel(closes["MSFT"], Decimal(40))
+    rt = run.restarted()
+    rt.start()
+    out = rt.feed(deny(closes["AAPL"], ids=next_id))
+    out += rt.run(minute(7, "112"))
+    assert legs(out) == [("MSFT", "buy", Decimal(55)), ("AAPL", "sell", Decimal(100))]
+
+
+def test_an_entry_leg_part_filled_while_down_closes_the_pair_at_the_first_bar() -> None:
+    # MSFT's sell fills; the runner goes down; AAPL's buy fills 40 of 100,
+    # the rest canceled: the books hold -95 MSFT against +40 AAPL. (The
+    # instance that saw it would have closed the pair at once.)
+    run = Run()
+    entry = run.enter_short()
+    run.fill(entry["MSFT"])
+    run.while_down(part_filled_then_canceled(entry["AAPL"], Decimal(40)))
+    rt = run.restarted()
+    assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(40))
+    out = rt.run([bar("MSFT", "104", T0 + 7 * MINUTE_NS)])
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(40))]
+    assert "ratio" in next(e for e in out if isinstance(e, SignalGenerated)).payload.reason
+
+
+def test_a_whole_pair_held_across_a_restart_is_kept() -> None:
+    run = Run()
+    for intent in run.enter_short().values():
+        run.fill(intent)
+    rt = run.restarted()
+    assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(100))
+    assert rt.run(minute(7, "106")) == []
+
+
+def test_an_exit_working_at_a_restart_keeps_the_pair_closing() -> None:
+    # Both closes are working when the runner restarts: each leg's exposure
+    # is 0, and the fresh instance took the pair for flat. Warmed up, its
+    # first minute is wide: it entered a second pair on top of the one
+    # still held, and when both closes were refused it held that one (and
+    # the new one) as a double-size pair.
+    run = Run()
+    closes = exit_signaled(run)
+    rt = run.restarted()
+    rt.start()
+    host = rt.hosts["pair"]
+    for event in run.history:
+        if isinstance(event, BarClosed):
+            assert host.warm_up(event) == []
+    assert rt.run(minute(7, "112")) == []  # no entry while the closes work
+    assert rt.feed(deny(closes["MSFT"], ids=next_id)) == []
+    assert rt.feed(deny(closes["AAPL"], ids=next_id)) == []
+    out = rt.run(minute(8, "113"))  # wider still: the closes are sent again
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
