@@ -97,7 +97,7 @@ class Flattening(Reconciling):
                     for w in working
                 ),
             )
-        refused = [r for r in closed.refused if not self._settles(command, r)]
+        refused = [r for r in closed.refused if not self._settles(command.id, r)]
         if refused:
             # Published above as an OrderRejected per position (caused by the
             # flatten): refused by the broker, or its closing order ended short
@@ -132,6 +132,39 @@ class Flattening(Reconciling):
         self._close_alls_sent.pop(flatten_id, None)
         super()._flatten_ran(flatten_id)
 
+    async def _taken_in(self) -> None:
+        """Also says each position a flatten's closing order left open by
+        ending after the close-all had answered (:meth:`_left_open_late`)."""
+        self._left_open_late()
+        await super()._taken_in()
+
+    def _left_open_late(self) -> None:
+        """Each position the tracker found left open by a flatten's closing
+        order that ended after its close-all had answered (its refusal
+        published: ``Closing._ends_short``), counted and logged as one the
+        close-all's answer left open is (:meth:`_flatten`; one in an option
+        contract past its expiry too: :meth:`_settles`). The flatten's
+        outcome was counted when it ran and stays so: a counter takes nothing
+        back, and counted again, as ``incomplete``, the flatten would be two
+        commands. The account stays halted (the risk-gate halted it when it
+        sent the flatten); an operator clears the cause and flattens again."""
+        late = self.tracker.left_open_late
+        for symbol, refusal in late:
+            if self._settles(
+                refusal.causation_id, CloseRefused(symbol, refusal.payload.reason, entry=0)
+            ):
+                continue
+            metrics.FLATTEN_REFUSED.labels(account=self.account).inc()
+            log.error(
+                "flatten %s of %s left %s open, its closing order ended after its close-all "
+                "had answered: %s",
+                refusal.causation_id,
+                self.account,
+                symbol,
+                refusal.payload.reason,
+            )
+        late.clear()
+
     def _left_open(self, closed: ClosedAll) -> ClosedAll:
         """A close-all's answer, with each position its closing orders leave
         open (:meth:`OrderTracker.left_open`: a closing order ended with
@@ -146,7 +179,7 @@ class Flattening(Reconciling):
         )
         return ClosedAll(closed.orders, closed.refused + more) if more else closed
 
-    def _settles(self, command: FlattenAccount, refused: CloseRefused) -> bool:
+    def _settles(self, flatten_id: uuid.UUID | None, refused: CloseRefused) -> bool:
         """Whether a position the close-all did not close is in an option
         contract past its expiry: no venue closes it (every broker refuses
         an order in it), the broker settles it (exercise, assignment or
@@ -164,7 +197,7 @@ class Flattening(Reconciling):
         log.warning(
             "flatten %s of %s: %s %s, so no order "
             "closes it (the broker said: %s); awaiting the broker's settlement",
-            command.id,
+            flatten_id,
             self.account,
             refused.symbol,
             contract.expired_text,

@@ -13,12 +13,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
 from nats.js import api as js_api
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from libs.bus.client import Bus
@@ -44,6 +46,7 @@ from services.broker_gateway.adapters.history import ORDER_PATH_TYPES
 from services.broker_gateway.adapters.paper.client import PaperBroker
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import TIMINGS, AccountWorker, Outbox, Timings
+from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.adapters.server import Credentials, PaperBrokerServer
 from services.paper_broker.domain.book import BookConfig, Canceling, Closing, PaperBook, TradeUpdate
 
@@ -285,6 +288,31 @@ async def rebuilt(bus: Bus, account: str) -> OrderTracker:
         if event.type in ORDER_PATH_TYPES:
             tracker.evolve(event)
     return tracker
+
+
+def flattens(account: str, outcome: str) -> float:
+    """The account's flattens counted with ``outcome``, or its positions
+    flattens left open (``outcome`` "refused")."""
+    if outcome == "refused":
+        value = REGISTRY.get_sample_value(
+            "tradebus_broker_flatten_refused_positions_total", {"account": account}
+        )
+    else:
+        value = REGISTRY.get_sample_value(
+            "tradebus_broker_commands_total",
+            {"account": account, "type": "FlattenAccount", "outcome": outcome},
+        )
+    return value or 0.0
+
+
+async def restarted_without_prices(venue: Venue, journal: Path) -> None:
+    """The paper broker restarts: its books replayed from its journal (the
+    positions and orders; no price until the feed brings one)."""
+    await venue.down()
+    Journal(journal).compact(venue.book)
+    venue.book = CountingBook()
+    Journal(journal).replay(venue.book)
+    await venue.up()
 
 
 async def caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:

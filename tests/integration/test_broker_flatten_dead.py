@@ -9,41 +9,22 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from libs.bus.client import Bus
 from libs.testing.wait import eventually
-from services.paper_broker.adapters.journal import Journal
 from services.paper_broker.domain.fill_model import MarketUpdate
 from tests.integration.command_path import (
-    CountingBook,
     D,
     Venue,
     caused_by,
     flatten,
+    flattens,
     gateway,
     rebuilt,
+    restarted_without_prices,
     stored,
     submit,
 )
-
-
-def flattens(account: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "tradebus_broker_commands_total",
-        {"account": account, "type": "FlattenAccount", "outcome": outcome},
-    )
-    return value or 0.0
-
-
-async def restarted_without_prices(venue: Venue, journal: Path) -> None:
-    """The paper broker restarts: its books replayed from its journal (the
-    positions and orders; no price until the feed brings one)."""
-    await venue.down()
-    Journal(journal).compact(venue.book)
-    venue.book = CountingBook()
-    Journal(journal).replay(venue.book)
-    await venue.up()
 
 
 async def test_a_recovered_flatten_whose_closing_order_was_canceled_leaves_the_position_open(

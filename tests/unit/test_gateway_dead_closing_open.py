@@ -16,10 +16,9 @@ from typing import Any, cast
 
 import pytest
 from nats.aio.msg import Msg
-from prometheus_client import REGISTRY
 
 from libs.contract.codec import derived_id
-from libs.contract.events import FlattenAccount, FlattenAccountPayload
+from libs.contract.events import FlattenAccount
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
@@ -30,47 +29,10 @@ from services.broker_gateway.domain.model import (
     OrderUpdate,
 )
 from services.broker_gateway.gateway import AccountWorker, Held
-from tests.unit.gateway_doubles import CLOCK, Delivery, broker, filled_position, outbox_into, worker
+from tests.unit.gateway_closing_inputs import closed_by, closing, flatten_of, holding, outcomes
+from tests.unit.gateway_doubles import Delivery, broker, outbox_into
 
 D = Decimal
-
-
-def closing(
-    status: OrderStatus, *, filled: int = 0, symbol: str = "AAPL", oid: str = "c-1"
-) -> BrokerOrder:
-    """A closing sell of 10 ``symbol`` as the broker lists it."""
-    price = D(101) if filled else None
-    return BrokerOrder(
-        oid, f"close-{oid}", symbol, "sell", D(10), D(filled), price, status, created_ns=2_000
-    )
-
-
-def holding(account: str) -> AccountWorker:
-    """A worker whose strategy ``s`` holds 10 AAPL."""
-    w = worker([1000.0], [], account=account)
-    filled_position(w, 10)
-    return w
-
-
-def flatten_of(w: AccountWorker) -> FlattenAccount:
-    return FlattenAccount.create(
-        FlattenAccountPayload(account=w.account, reason="breaker"), source="test", clock=CLOCK
-    )
-
-
-def outcomes(account: str) -> dict[str, float]:
-    """The account's flattens by outcome, and the positions they left open."""
-    samples = {
-        outcome: REGISTRY.get_sample_value(
-            "tradebus_broker_commands_total",
-            {"account": account, "type": "FlattenAccount", "outcome": outcome},
-        )
-        for outcome in ("flattened", "incomplete")
-    }
-    samples["refused"] = REGISTRY.get_sample_value(
-        "tradebus_broker_flatten_refused_positions_total", {"account": account}
-    )
-    return {name: value or 0 for name, value in samples.items()}
 
 
 def said_open(published: list[Any], flatten: FlattenAccount, account: str, status: str) -> None:
@@ -82,23 +44,6 @@ def said_open(published: list[Any], flatten: FlattenAccount, account: str, statu
     assert f"c-1 was {status} with nothing filled" in rejected.payload.reason
     placed = [e for e in published if e.type == "ClosingOrdersPlaced"]
     assert all(o.symbol != "AAPL" for e in placed for o in e.payload.orders)
-
-
-async def closed_by(w: AccountWorker, answer: ClosedAll, published: list[Any]) -> FlattenAccount:
-    """A flatten run on ``w``, whose close-all answers ``answer``."""
-
-    async def cancel_all() -> CanceledAll:
-        return CanceledAll()
-
-    async def close_all() -> ClosedAll:
-        return answer
-
-    w.port = broker(cancel_all=cancel_all, close_all=close_all)
-    w.outbox = outbox_into(published)
-    flatten = flatten_of(w)
-    async with asyncio.timeout(10):
-        await w.handle(Held(flatten, cast(Msg, Delivery(1)), 1))
-    return flatten
 
 
 @pytest.mark.parametrize("status", ["canceled", "expired", "rejected"])

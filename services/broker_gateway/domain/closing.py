@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 from libs.contract.codec import derived_id
 from libs.contract.envelope import CauseRef, Event
@@ -31,6 +32,18 @@ from services.broker_gateway.domain.tracked import ZERO, TrackedOrder, TrackerSt
 #: Dead closing orders remembered (``TrackerState._dead_closing``): few at
 #: most per flatten, and one the stream brings is let go.
 MAX_DEAD_CLOSING = 1000
+
+
+def ended_short(broker_order_id: str, status: str, filled: Decimal, quantity: Decimal) -> str:
+    """Why a closing order leaves its position open: it ended (``status``)
+    short of its ``quantity``."""
+    what = "nothing" if filled == 0 else f"{canon(filled)} of {canon(quantity)}"
+    return f"its closing order {broker_order_id} was {status} with {what} filled, and fills no more"
+
+
+def still_open(what: str, why: str) -> str:
+    """The reason of a refusal of a position a flatten left open (``what``)."""
+    return f"flatten: the broker did not close {what}, which is still open: {why}"
 
 
 class Closing(TrackerState):
@@ -197,8 +210,7 @@ class Closing(TrackerState):
                 what = f"a position (entry {r.entry} of its answer, which names no symbol)"
             t = self._order(oid, r.symbol or "?")
             t.close_for(flatten)
-            reason = f"flatten: the broker did not close {what}, which is still open: {r.reason}"
-            rejected = self._rejection(t, reason, r.code, None)
+            rejected = self._rejection(t, still_open(what, r.reason), r.code, None)
             if rejected is not None and all(e.id != rejected.id for e in built):
                 built.append(rejected)
         for w in working:
@@ -257,13 +269,68 @@ class Closing(TrackerState):
             if filled >= order.quantity:
                 closes.add(order.symbol)
                 continue
-            status = t.terminal if order.is_open and t is not None else order.status
-            what = "nothing" if filled == 0 else f"{canon(filled)} of {canon(order.quantity)}"
-            ended[order.symbol] = (
-                f"its closing order {order.broker_order_id} was {status} with {what} filled, "
-                "and fills no more"
-            )
+            status = (t.terminal if order.is_open and t is not None else None) or order.status
+            ended[order.symbol] = ended_short(order.broker_order_id, status, filled, order.quantity)
         return {symbol: why for symbol, why in ended.items() if symbol not in closes}
+
+    def _ends_short(
+        self, t: TrackedOrder, order: BrokerOrder, status: str, out: list[Event]
+    ) -> None:
+        """``t`` is about to be published as ended (``status``: canceled,
+        expired or rejected) as the broker shows it in ``order``. If it is a
+        closing order of a flatten whose close-all has answered, ended short
+        of its quantity, and no other closing order of that flatten closes
+        its symbol (one still working, or filled whole), its position is
+        still open: published as the answer's refusals are (the same id,
+        derived from the flatten and the symbol, so a refusal made already,
+        at the answer or before a restart, is not made again; the same cause
+        and "which is still open"), before the order's end, and kept in
+        :attr:`left_open_late` for the worker to count and log.
+
+        Before the answer it is the answer's to say (:meth:`left_open`). Not
+        when a command after the flatten canceled it (a later flatten's
+        cancel-all, whose close-all closes the position again; a
+        ``CancelOrder``): that command answers for it. Until this the order's
+        end was all that was published: a day order placed after the close,
+        waiting for a price, expired at the next close, and nothing said the
+        position was still open (the positions check agreed with the broker).
+
+        The refusal leaves before the end: a crash between the two leaves
+        the order unsettled in the store, and the restarted gateway's
+        reconciliation ends it, the refusal found made. (After the end, a
+        crash before the refusal lost it: an ended order is asked about no
+        more.)
+        """
+        flatten = t.cause
+        if not t.closing or flatten is None or t.terminal is not None:
+            return
+        if flatten.id in self._flattens and flatten.id not in self._flattened:
+            return  # the answer is yet to come
+        if t.cancel_cause is not None and t.cancel_cause.id != flatten.id:
+            return
+        if t.filled >= order.quantity:
+            return
+        for other in self.orders.values():
+            if (
+                other is not t
+                and other.closing
+                and other.broker_order_id is not None
+                and other.cause is not None
+                and other.cause.id == flatten.id
+                and other.symbol == order.symbol
+                and other.terminal in (None, "filled")
+            ):
+                return  # it closes the symbol, or will say so when it ends
+        r = self._order(
+            derived_id("broker.close", self.account, flatten.id, order.symbol), order.symbol
+        )
+        r.close_for(CauseRef.of(flatten))
+        why = ended_short(order.broker_order_id, status, t.filled, order.quantity)
+        reason = still_open(f"the {order.symbol} position", f"{why} (after its close-all answered)")
+        rejected = self._rejection(r, reason, None, None)
+        if rejected is not None:
+            self._emit(out, rejected)
+            self.left_open_late.append((order.symbol, rejected))
 
     def left_working(self, refused: Sequence[CancelRefused]) -> list[CancelRefused]:
         """Of the orders a cancel-all refused to cancel, those not known to

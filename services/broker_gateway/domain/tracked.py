@@ -157,6 +157,11 @@ class TrackerState:
         #: has ended, and it is the flatten's then too. Oldest first, at most
         #: ``MAX_DEAD_CLOSING``.
         self._dead_closing: dict[str, CauseRef] = {}
+        #: Positions a flatten left open that only a closing order's end after
+        #: its close-all's answer showed (``Closing._ends_short``): each
+        #: symbol and its refusal, published, for the worker to count and log;
+        #: it empties it.
+        self.left_open_late: list[tuple[str, OrderRejected]] = []
         #: Orders whose fills must be fetched from the broker (a gap was seen),
         #: with the order as the stream showed it then: an answer older than
         #: that does not clear the mark (see :meth:`reconcile`).

@@ -224,6 +224,7 @@ class OrderTracker(Closing):
         self.forgotten.discard(t.order_id)
         out: list[Event] = []
         if update.kind == "rejected":
+            self._ends_short(t, order, "rejected", out)
             self._reject(t, update.reason or "rejected by the broker", None, update.ts_ns, out)
             return out
         self._ack(t, order, update.ts_ns, out)
@@ -253,6 +254,7 @@ class OrderTracker(Closing):
             if order.filled_quantity > t.filled:
                 self._mark(t, order)
                 return out  # the fills first; the reconciliation cancels it too
+            self._ends_short(t, order, update.kind, out)
             self._cancel(t, order, update.ts_ns, update.reason, out)
         return out
 
@@ -315,6 +317,7 @@ class OrderTracker(Closing):
             del self.needs_reconcile[t.order_id]
         out: list[Event] = []
         if order.status == "rejected":
+            self._ends_short(t, order, "rejected", out)
             self._reject(t, "rejected by the broker", None, order.updated_ns or None, out)
             return out
         if order.status == "pending":
@@ -339,6 +342,7 @@ class OrderTracker(Closing):
             fid = f"reconciled:{order.broker_order_id}:{canon(order.filled_quantity)}"
             self._fill(t, order, missing, price, fid, order.updated_ns, out)
         if order.status in ("canceled", "expired"):
+            self._ends_short(t, order, order.status, out)
             self._cancel(t, order, order.updated_ns, order.status, out)
         return out
 
