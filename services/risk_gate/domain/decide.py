@@ -37,7 +37,8 @@ price_band                  a limit/stop price too far from the last price
                             stop price, a limit order's stop price, a stop
                             order's limit price)
 max_order_quantity          fat finger: the order's quantity
-max_order_notional          fat finger: quantity x price x multiplier
+max_order_notional          fat finger: quantity x price x multiplier, at
+                            the most it can fill at now (order_price)
 max_strategy_position       the strategy's position in the symbol, with its
                             open orders on the same side, past its cap
 max_symbol_position         past the strategy's per-symbol cap (a symbol
@@ -327,12 +328,28 @@ def _with(name: str) -> list[str]:
 
 
 def order_price(p: OrderIntentPayload, mark: Mark) -> Decimal:
-    """What one unit of the order is valued at: its limit (or stop) price, else the market."""
-    if p.limit_price is not None and p.order_type in ("limit", "stop_limit"):
-        return p.limit_price
-    if p.stop_price is not None and p.order_type == "stop":
-        return p.stop_price
-    return mark.price
+    """What one unit of the order is valued at: the most it can fill at if it
+    reached the market now, at the last price.
+
+    A buy's limit bounds what it pays. Otherwise an order that would trade at
+    once trades at the market, whatever its own price: a sell limit below the
+    last price, a buy stop below it (triggered at once), a sell stop limit
+    once triggered (at its stop, or at once at the market if that is lower)
+    with its limit below that. Valued at its own price, such an order passed
+    the notional cap as a fraction of what it fills for: for an option within
+    the band's ticks of its mark, a sell limit at 0.01 of a contract marked
+    0.10 as a tenth. A sell stop fills at its stop or below.
+    """
+    last = mark.price
+    limit = p.limit_price if p.order_type in ("limit", "stop_limit") else None
+    stop = p.stop_price if p.order_type in ("stop", "stop_limit") else None
+    if p.side == "buy":
+        if limit is not None:
+            return limit
+        return max(stop, last) if stop is not None else last
+    if limit is not None:
+        return max(limit, min(stop, last) if stop is not None else last)
+    return stop if stop is not None else last
 
 
 def _order_size(p: OrderIntentPayload, strategy: StrategyLimits, mark: Mark) -> Verdict:
