@@ -314,12 +314,12 @@ class AccountWorker(Flattening):
             await self._dead_letter(held, f"{type(error).__name__}: {error}")  # and acked
         else:
             with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=NAK_DELAY_S)
+                await msg.nak(delay=self.timings.nak_delay_s)
 
     def _forget_failures(self, now: float) -> None:
         """Forget the failures of commands not seen for ``give_up_s``.
 
-        A failed command is handed back and comes again within ``NAK_DELAY_S``
+        A failed command is handed back and comes again within ``nak_delay_s``
         (every ``defer_s`` while there is no room for it), and its count ends
         when it is done or dead-lettered. One that does not come again has
         left the stream (aged out, deleted) or was acked meanwhile: its

@@ -102,6 +102,9 @@ class Timings:
     reconcile_retry_max_s: float = RECONCILE_RETRY_MAX_S
     position_confirm_s: float = POSITION_CONFIRM_S
     dead_letter_retry_s: float = DEAD_LETTER_RETRY_S
+    #: How long a failed command is handed back for (NAK_DELAY_S); with
+    #: the ack wait, how long one handed back for lack of room stays away.
+    nak_delay_s: float = NAK_DELAY_S
 
 
 TIMINGS = Timings()
@@ -179,7 +182,7 @@ class WorkerBase:
         self.max_submit_delay_s = max_submit_delay_s
         self.keepalive_s = max(ack_wait_s / 3, 0.2)
         #: How long a command handed back for lack of room stays away.
-        self.defer_s = max(ack_wait_s, NAK_DELAY_S)
+        self.defer_s = max(ack_wait_s, timings.nak_delay_s)
         #: How long the first one handed back may take to come again before
         #: the later ones are taken without it (it left the stream: else the
         #: account would wait for it for ever).

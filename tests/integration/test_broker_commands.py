@@ -22,6 +22,7 @@ from libs.contract.events import CancelOrder, CancelOrderPayload, TradePayload, 
 from libs.contract.subjects import STREAM
 from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import MAX_ACK_PENDING, CommandConsumer
+from services.broker_gateway.gateway import Timings
 from services.paper_broker.domain.fill_model import MarketUpdate
 from tests.integration.command_path import (
     ACK_WAIT_S,
@@ -33,6 +34,10 @@ from tests.integration.command_path import (
     last_event,
     submit,
 )
+
+#: A command handed back for lack of room stays away for the ack wait
+#: (ACK_WAIT_S), not the service's NAK_DELAY_S (2 s).
+SHORT_NAK = Timings(nak_delay_s=0.2)
 
 
 async def ack_waits_pass(bus: Bus, n: int) -> None:
@@ -111,8 +116,10 @@ async def test_one_account_s_backlog_does_not_hold_up_another(
     a, b = venues
     for v in venues:
         v.book.on_market(MarketUpdate.trade("AAPL", D(100)))
-    async with gateway(bus, venues, max_held=2) as gw:
+    # Handed back for lack of room for the ack wait (1 s), not the service's 2 s.
+    async with gateway(bus, venues, max_held=2, timings=SHORT_NAK) as gw:
         wa = gw.workers[a.account]
+        assert wa.defer_s == ACK_WAIT_S
         for w in gw.workers.values():
             assert await w.port.wait_connected(timeout=10)
         await a.down()
@@ -184,8 +191,11 @@ async def test_a_command_handed_back_that_never_returns_does_not_stall_its_accou
     the ones after it run once it is given up on, not never."""
     a, _ = venues
     a.book.on_market(MarketUpdate.trade("AAPL", D(100)))
-    async with gateway(bus, venues, max_held=2) as gw:
+    # Handed back for the ack wait (1 s), not the service's 2 s: the one
+    # that never returns is given up on after 4 s instead of 8.
+    async with gateway(bus, venues, max_held=2, timings=SHORT_NAK) as gw:
         wa = gw.workers[a.account]
+        assert wa.defer_s == ACK_WAIT_S
         assert await wa.port.wait_connected(timeout=10)
         await a.down()
         await eventually(lambda: not wa.port.connected, timeout=10)

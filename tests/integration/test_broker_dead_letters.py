@@ -32,6 +32,7 @@ from tests.integration.command_path import CLOCK, D, Venue, gateway, submit
 
 DEADLINE_S = 0.2
 RETRY_S = 0.5
+NAK_DELAY_S = 0.2  # a failed command's hand-back (the service's: 2 s)
 DEAD_SUBJECT = "deadletter.broker-gateway"
 CONSUMER = "broker-gateway-test"  # the command path's (see gateway())
 
@@ -142,7 +143,7 @@ async def test_a_failed_command_whose_dead_letter_is_not_taken_is_handed_back(
         source="broker-gateway/test",
         deadline_s=DEADLINE_S,
     )
-    timings = Timings(dead_letter_retry_s=RETRY_S)
+    timings = Timings(dead_letter_retry_s=RETRY_S, nak_delay_s=NAK_DELAY_S)
     async with gateway(bus, [venue], dead_letter=dead, timings=timings) as gw:
         w = gw.workers[venue.account]
         assert await w.port.wait_connected(timeout=10)
@@ -159,7 +160,7 @@ async def test_a_failed_command_whose_dead_letter_is_not_taken_is_handed_back(
             clock=CLOCK,
         )
         await bus.publish(cancel)
-        # MAX_FAILURES tries NAK_DELAY_S (2 s) apart, then the dead letter's,
+        # MAX_FAILURES tries NAK_DELAY_S apart, then the dead letter's,
         # each within the deadline and a publish's own ack timeout (2 s).
         await eventually(lambda: gw.ended() or not_taken._value.get() >= before + 2, timeout=20)
         assert not gw.ended()
