@@ -35,6 +35,7 @@ async def test_an_interrupted_replay_says_how_far_it_got(
     "Aborted!" alone, and the operator could not tell where to resume."""
     await record_events(database_url, list(make_trades(200, "int")))
     sub = await bus.nc.subscribe("replay.>")
+    await bus.nc.flush()  # subscribed at the server before the replay publishes
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
     proc = subprocess.Popen(  # noqa: ASYNC220 - signalled while it runs
         [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "20/s"],
@@ -102,6 +103,7 @@ async def test_a_store_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
         # stop takes well under a second; a margin for a slow host).
         await record_events(url, list(make_trades(2100, "lost")))
         sub = await bus.nc.subscribe("replay.>")
+        await bus.nc.flush()  # subscribed at the server before the replay publishes
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
         proc = subprocess.Popen(  # noqa: ASYNC220 - the store stops while it runs
             [sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "200/s"],
