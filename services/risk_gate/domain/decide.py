@@ -14,6 +14,8 @@ unknown_account             the account is not configured, or not the
 asset_class                 the intent's asset class is not the one its
                             symbol names (options are ``O:`` + OCC symbol):
                             its notional would take the wrong multiplier
+fractional_quantity         an option order for part of a contract: every
+                            venue trades them whole (a close included)
 contract_expired            an option past the close of its expiry day
                             (16:00 New York, 13:00 on a half day): no
                             venue takes an order in it, a close included
@@ -169,6 +171,14 @@ def _check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict
             f"(options are named {OPTION_PREFIX}<OCC symbol>)"
         )
     if named == "option":
+        if p.quantity != p.quantity.to_integral_value():
+            # The SDK refuses it and so does every broker (the paper broker:
+            # 422); sent past the SDK, it took a place in the rate windows
+            # and went to the broker only to be refused.
+            return ReasonCode.FRACTIONAL_QUANTITY, (
+                f"an option's quantity is a whole number of contracts, not {p.quantity:f} "
+                f"of {p.symbol}: no venue takes part of one"
+            )
         for verdict in (_expiry(state, p, now_ns), _unsupported(state, p)):
             if verdict is not ACCEPT:
                 return verdict
