@@ -52,6 +52,9 @@ class ReasonCode(StrEnum):
     #: option, an adjusted contract: ``OptionContract.unsupported``), in an
     #: order that opens or adds to the strategy's position in it.
     CONTRACT_UNSUPPORTED = "contract_unsupported"
+    #: A quantity no venue takes: an option order for part of a contract
+    #: (options trade in whole contracts).
+    FRACTIONAL_QUANTITY = "fractional_quantity"
 
 
 class RiskDecisionPayload(Frozen):

@@ -178,7 +178,7 @@ class HostEmitter:
             and quantity.is_finite()
             and quantity != quantity.to_integral_value()
         ):
-            # The risk-gate passes it; every broker rejects part of a contract.
+            # The risk-gate denies it too (fractional_quantity), as every broker does.
             raise StrategyUsageError(
                 f"an option's quantity is a whole number of contracts, not {quantity} of {symbol}"
             )

@@ -138,6 +138,14 @@ CASES: list[tuple[str, Setup, dict[str, Any], int, ReasonCode, str]] = [
         "is an option symbol, the intent says equity",
     ),
     (
+        "an option order for part of a contract",
+        lambda s: evolve(s, trade("O:AAPL260320C00100000", 2)),
+        {"symbol": "O:AAPL260320C00100000", "asset_class": "option", "quantity": D("0.5")},
+        0,
+        ReasonCode.FRACTIONAL_QUANTITY,
+        "a whole number of contracts, not 0.5 of O:AAPL260320C00100000",
+    ),
+    (
         "an option past its expiry day",
         lambda s: evolve(s, trade(EXPIRED, 2)),
         {"symbol": EXPIRED, "asset_class": "option"},

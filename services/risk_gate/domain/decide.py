@@ -14,6 +14,8 @@ unknown_account             the account is not configured, or not the
 asset_class                 the intent's asset class is not the one its
                             symbol names (options are ``O:`` + OCC symbol):
                             its notional would take the wrong multiplier
+fractional_quantity         an option order for part of a contract: every
+                            venue trades them whole (a close included)
 contract_expired            an option past the close of its expiry day
                             (16:00 New York, 13:00 on a half day): no
                             venue takes an order in it, a close included
@@ -88,11 +90,11 @@ from services.risk_gate.domain.limits import (
     SymbolBand,
     price_tick,
 )
-from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState
+from services.risk_gate.domain.state import NS, ZERO, Mark, RiskState, exact
 
 Verdict = tuple[ReasonCode, str]
-#: Wide enough for any price's digits (38) and their difference, exactly.
-_EXACT = Context(prec=80)
+#: Where a detail's percentage is worked out (a quotient: never in EXACT).
+_SHOWN = Context()
 ACCEPT: Verdict = (ReasonCode.ACCEPTED, "")
 
 
@@ -139,7 +141,17 @@ def decide(
 
 
 def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
-    """The first check ``intent`` fails, or ``(ACCEPTED, "")``."""
+    """The first check ``intent`` fails, or ``(ACCEPTED, "")``.
+
+    Every amount a cap is compared with is exact (``EXACT``): in Decimal's
+    default 28 digits a notional past its cap by less than they hold (two
+    12-place numbers make 24 places) rounded to the cap and passed.
+    """
+    with exact():
+        return _check(state, intent, now_ns)
+
+
+def _check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
     p = intent.payload
     limits = state.limits
     strategy = limits.strategies.get(p.strategy)
@@ -159,6 +171,14 @@ def check(state: RiskState, intent: OrderIntentCreated, now_ns: int) -> Verdict:
             f"(options are named {OPTION_PREFIX}<OCC symbol>)"
         )
     if named == "option":
+        if p.quantity != p.quantity.to_integral_value():
+            # The SDK refuses it and so does every broker (the paper broker:
+            # 422); sent past the SDK, it took a place in the rate windows
+            # and went to the broker only to be refused.
+            return ReasonCode.FRACTIONAL_QUANTITY, (
+                f"an option's quantity is a whole number of contracts, not {p.quantity:f} "
+                f"of {p.symbol}: no venue takes part of one"
+            )
         for verdict in (_expiry(state, p, now_ns), _unsupported(state, p)):
             if verdict is not ACCEPT:
                 return verdict
@@ -303,18 +323,19 @@ def _price_band(p: OrderIntentPayload, mark: Mark, band: SymbolBand) -> Verdict:
             return ReasonCode.PRICE_BAND, f"a {p.order_type} order needs a stop price"
         prices.append(("stop", p.stop_price))
     for name, price in prices:
-        deviation = abs(price - mark.price) / mark.price
-        if deviation <= band.max_deviation:
+        # Exact (check runs in EXACT): the distance past max_deviation of the
+        # last price, not its quotient rounded to 28 digits back onto the band.
+        distance = abs(price - mark.price)
+        if distance <= band.max_deviation * mark.price:
             continue
         ticks = band.max_deviation_ticks
         # The lower price's tick: one crossing a level is never given the
         # coarser tick for the whole distance.
         tick = price_tick(p.symbol, min(price, mark.price))
-        # Exact (prices have up to 38 digits): not rounded to the default 28.
-        distance = _EXACT.abs(_EXACT.subtract(price, mark.price))
-        if ticks and distance <= _EXACT.multiply(Decimal(ticks), tick):
+        if ticks and distance <= ticks * tick:
             continue
         allowance = f" or {ticks} ticks of {tick}" if ticks else ""
+        deviation = _SHOWN.divide(distance, mark.price)
         return ReasonCode.PRICE_BAND, (
             f"{name} price {price} is {deviation:.2%} from the last price {mark.price} "
             f"(band {band.max_deviation:.2%}{allowance})"
@@ -423,7 +444,18 @@ def gross_exposure(
     """Gross notional of ``strategy`` on ``account``: per symbol, the larger of
     position + open buys and position - open sells (in absolute value), at
     the last price; ``extra`` is one more order (symbol, side, quantity, price).
+    Exact (``EXACT``), as the cap it is compared with.
     """
+    with exact():
+        return _gross_exposure(state, strategy, account, extra)
+
+
+def _gross_exposure(
+    state: RiskState,
+    strategy: str,
+    account: str,
+    extra: tuple[str, Side, Decimal, Decimal] | None,
+) -> Decimal:
     symbols = {
         sym
         for (st, acct, sym), pos in state.strategy_positions.items()

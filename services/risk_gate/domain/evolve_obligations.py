@@ -82,7 +82,8 @@ def check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskStat
         # resume overrides the breaker for the day, not that level, which a
         # loss past the limit is past too (else the account resumed past the
         # limit was freer than one resumed past the level alone).
-        if pnl <= -limits.daily_loss_limit and not tripped:
+        # copy_negate: exact; a minus sign rounds to 28 digits (state.EXACT).
+        if pnl <= limits.daily_loss_limit.copy_negate() and not tripped:
             shown = reportable(pnl)
             state = _oblige(
                 state,
@@ -97,7 +98,10 @@ def check_loss(state: RiskState, trigger: Event, accounts: set[str]) -> RiskStat
                     day=state.day,
                 ),
             )
-        elif limits.reduce_only_at_loss is not None and pnl <= -limits.reduce_only_at_loss:
+        elif (
+            limits.reduce_only_at_loss is not None
+            and pnl <= limits.reduce_only_at_loss.copy_negate()
+        ):
             # Only from active, as the account is once what is owed to it is
             # reacted to: the stream holds the causes the gate saw before its
             # reactions to them, so a fold reaches this with a halt still owed

@@ -30,6 +30,7 @@ from services.risk_gate.domain.state import (
     Order,
     Position,
     RiskState,
+    exact,
     file_own,
     frozen_map,
     in_window,
@@ -292,6 +293,12 @@ def _close(state: RiskState, order: Order) -> RiskState:
 
 
 def on_fill(state: RiskState, event: FillReceived) -> RiskState:
+    # Positions and P&L exact (state.EXACT), entered once for both books.
+    with exact():
+        return _on_fill(state, event)
+
+
+def _on_fill(state: RiskState, event: FillReceived) -> RiskState:
     p = event.payload
     key = f"{p.account}/{p.fill_id}"
     if key in state.fills_seen:

@@ -21,8 +21,9 @@ import bisect
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Context, Decimal, getcontext, localcontext
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -36,6 +37,27 @@ from services.risk_gate.domain.limits import GLOBAL, RiskLimits, TradingDay
 
 ZERO = Decimal(0)
 NS = 1_000_000_000
+#: Where the caps' amounts are added, subtracted and multiplied: nothing
+#: rounds. The contract's quantities, prices and money have at most 38 digits,
+#: 12 after the point; caps 38 digits. A notional (quantity x price x a
+#: multiplier of 100) has at most 79, a position marked against an average
+#: cost (28 significant digits, wherever they fall) about 105, a sum of a
+#: billion of them 10 more. Decimal's default 28 digits rounded a notional or
+#: P&L past its cap by less than that to the cap, and passed it. Never divide
+#: in it: a quotient that does not end would take all 200 digits.
+EXACT = Context(prec=200)
+#: An average cost is a quotient (it cannot be exact): rounded as it always was.
+AVERAGE = Context(prec=28)
+
+
+def exact() -> AbstractContextManager[Context | None]:
+    """``EXACT`` for a block, or nothing if it is in force already: a decision
+    enters it once (``decide.check``), not once per amount it adds up."""
+    if getcontext().prec >= EXACT.prec:
+        return nullcontext()
+    return localcontext(EXACT)
+
+
 #: Closed orders remembered (for fills that arrive after a cancel or reject).
 CLOSED_KEPT = 256
 
@@ -132,13 +154,19 @@ class Position:
     def fill(
         self, side: Side, quantity: Decimal, price: Decimal, commission: Decimal, mult: Decimal
     ) -> Position:
+        with exact():
+            return self._fill(side, quantity, price, commission, mult)
+
+    def _fill(
+        self, side: Side, quantity: Decimal, price: Decimal, commission: Decimal, mult: Decimal
+    ) -> Position:
         signed = quantity if side == "buy" else -quantity
         q = self.quantity
         new_q = q + signed
         if q == 0 or (q > 0) == (signed > 0):
             size = abs(new_q)
-            avg = (abs(q) * self.avg_price + quantity * price) / size
-            basis = (abs(q) * self.day_basis + quantity * price) / size
+            avg = AVERAGE.divide(abs(q) * self.avg_price + quantity * price, size)
+            basis = AVERAGE.divide(abs(q) * self.day_basis + quantity * price, size)
             return Position(
                 new_q,
                 avg,
@@ -168,7 +196,9 @@ class Position:
         """Realized today plus the open quantity marked against the day basis."""
         if mark is None or self.quantity == 0:
             return self.realized_day
-        return self.realized_day + self.quantity * (mark - self.day_basis) * mult
+        # EXACT's methods, not exact(): this runs on every price of a held symbol.
+        moved = EXACT.multiply(self.quantity, EXACT.subtract(mark, self.day_basis))
+        return EXACT.add(self.realized_day, EXACT.multiply(moved, mult))
 
     def new_day(self, mark: Decimal | None) -> Position:
         basis = mark if (mark is not None and self.quantity != 0) else self.avg_price
@@ -190,8 +220,9 @@ class Position:
         """
         if self == carried:
             return self.new_day(close)
-        shift = carried.quantity * (carried.day_basis - close) * mult
-        return replace(self, realized_day=self.realized_day + shift)
+        with exact():
+            shift = carried.quantity * (carried.day_basis - close) * mult
+            return replace(self, realized_day=self.realized_day + shift)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,9 +486,9 @@ def with_open(
     key = (order.account, order.strategy, order.symbol)
     buys, sells = open_quantity.get(key, NONE_OPEN)
     if order.side == "buy":
-        buys += change
+        buys = EXACT.add(buys, change)
     else:
-        sells += change
+        sells = EXACT.add(sells, change)
     if buys == 0 and sells == 0:
         return without(open_quantity, key)
     return with_item(open_quantity, key, (buys, sells))
@@ -548,8 +579,8 @@ class RiskState:
         buys = sells = ZERO
         for (acct, _, sym), (b, s) in self.open_quantity.items():
             if acct == account and sym == symbol:
-                buys += b
-                sells += s
+                buys = EXACT.add(buys, b)
+                sells = EXACT.add(sells, s)
         return buys, sells
 
     def open_symbols(self, account: str, strategy: str) -> set[str]:
@@ -570,7 +601,8 @@ class RiskState:
         for (acct, symbol), pos in self.positions.items():
             if acct == account:
                 m = self.marks.get(symbol)
-                total += pos.day_pnl(m.price if m else None, contract_multiplier(symbol))
+                pnl = pos.day_pnl(m.price if m else None, contract_multiplier(symbol))
+                total = EXACT.add(total, pnl)
         return total
 
     def orders_in_window(self, key: str, now_ns: int, window_ns: int) -> int:
