@@ -61,7 +61,7 @@ from services.risk_gate.domain.commands import SOURCE, make, submit_order, withd
 from services.risk_gate.domain.decide import check
 from services.risk_gate.domain.evolve import evolve, roll_day
 from services.risk_gate.domain.evolve_obligations import RESULTING_STATE
-from services.risk_gate.domain.state import ZERO, Obligation, Order, RiskState
+from services.risk_gate.domain.state import EXACT, ZERO, Obligation, Order, RiskState
 
 E = TypeVar("E", bound=Event)
 Breaker = Literal["daily_loss", "connection_lost", "kill_switch"]
@@ -179,8 +179,10 @@ def growing_orders(state: RiskState, account: str) -> list[Order]:
     for order in sorted(state.open_orders(account=account), key=lambda o: (o.ts_ns, o.order_id)):
         position = state.account_position(account, order.symbol)
         shrinks = position < 0 if order.side == "buy" else position > 0
-        used = reducing.get(order.symbol, ZERO) + order.remaining
-        if shrinks and used <= abs(position):
+        # Exact, as every cap is (state.EXACT): a sell past the position by
+        # less than 28 digits hold would round to it and be left working.
+        used = EXACT.add(reducing.get(order.symbol, ZERO), order.remaining)
+        if shrinks and used <= position.copy_abs():
             reducing[order.symbol] = used
         else:
             growing.append(order)
