@@ -37,6 +37,7 @@ from libs.contract.events import (
 )
 from libs.contract.subjects import STREAM
 from libs.local.servers import free_port
+from libs.testing.wait import eventually
 from services.broker_gateway.adapters.commands import (
     DEAD_LETTER_RETRY_S,
     CommandConsumer,
@@ -313,6 +314,21 @@ async def restarted_without_prices(venue: Venue, journal: Path) -> None:
     venue.book = CountingBook()
     Journal(journal).replay(venue.book)
     await venue.up()
+
+
+async def holding_without_prices(
+    bus: Bus, worker: AccountWorker, venue: Venue, journal: Path
+) -> None:
+    """s1 comes to hold 10 AAPL through ``worker`` at ``venue``, whose
+    paper broker then restarts (:func:`restarted_without_prices`) with no
+    price of AAPL; the worker connected again and idle."""
+    await bus.publish(submit(venue.account, "AAPL", "10"))
+    await eventually(lambda: worker.tracker.position("AAPL", "s1") == D(10), timeout=10)
+    await worker.wait_idle()
+    await restarted_without_prices(venue, journal)
+    assert venue.book.last_price("AAPL") is None
+    assert await worker.port.wait_connected(timeout=10)  # again
+    await worker.wait_idle()
 
 
 async def caused_by(bus: Bus, subject: str, cause: uuid.UUID) -> list[dict[str, Any]] | None:

@@ -20,10 +20,9 @@ from tests.integration.command_path import (
     flatten,
     flattens,
     gateway,
+    holding_without_prices,
     rebuilt,
-    restarted_without_prices,
     stored,
-    submit,
 )
 
 
@@ -48,13 +47,7 @@ async def test_a_recovered_flatten_whose_closing_order_was_canceled_leaves_the_p
     async with gateway(bus, venues[:1]) as gw:
         w = gw.workers[a.account]
         assert await w.port.wait_connected(timeout=10)
-        await bus.publish(submit(a.account, "AAPL", "10"))
-        await eventually(lambda: w.tracker.position("AAPL", "s1") == D(10), timeout=10)
-        await w.wait_idle()
-        await restarted_without_prices(a, tmp_path / "paper.journal")
-        assert a.book.last_price("AAPL") is None
-        assert await w.port.wait_connected(timeout=10)  # again
-        await w.wait_idle()
+        await holding_without_prices(bus, w, a, tmp_path / "paper.journal")
 
         async def acted_then_died() -> None:
             a.book.close_all(a.account, cancel_orders=True)  # its news reaches no one

@@ -17,9 +17,8 @@ from tests.integration.command_path import (
     flatten,
     flattens,
     gateway,
-    restarted_without_prices,
+    holding_without_prices,
     stored,
-    submit,
 )
 
 
@@ -41,13 +40,7 @@ async def test_a_closing_order_canceled_after_the_answer_leaves_the_position_ope
     async with gateway(bus, venues[:1]) as gw:
         w = gw.workers[a.account]
         assert await w.port.wait_connected(timeout=10)
-        await bus.publish(submit(a.account, "AAPL", "10"))
-        await eventually(lambda: w.tracker.position("AAPL", "s1") == D(10), timeout=10)
-        await w.wait_idle()
-        await restarted_without_prices(a, tmp_path / "paper.journal")
-        assert a.book.last_price("AAPL") is None
-        assert await w.port.wait_connected(timeout=10)  # again
-        await w.wait_idle()
+        await holding_without_prices(bus, w, a, tmp_path / "paper.journal")
         before = {k: flattens(a.account, k) for k in ("flattened", "incomplete", "refused")}
         await bus.publish(flat)
         placed = await eventually(
