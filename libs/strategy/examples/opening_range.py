@@ -11,6 +11,12 @@ exited at once), and everything is flattened from
 entry yet is an earlier day's whose flatten no bar reached (a symbol with no
 trade in the session's last minutes gets no bar): it is closed by the first
 bar from ``session_open`` on, not held through the range without a stop.
+After a restart, today's entries are counted on the warm-up's bars; the
+context cannot tell when a position was opened (a ``Position`` keeps no
+fills' times), so when the warm-up was not shown every bar of today from the
+range's end (bars missing from the store; or no trade, which it cannot tell
+apart), a position held with no entry seen may be today's: it is closed too,
+its reason saying it cannot tell it was opened today (logged once a day).
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -30,6 +36,7 @@ replayed history both work.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -42,9 +49,12 @@ from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
 
+log = logging.getLogger(__name__)
+
 NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: Why a position held with no entry today is closed.
+#: Why a position held with no entry today is closed, every bar of today
+#: since the range's end shown (live, or in a warm-up without a gap).
 CARRIED = "held from an earlier day (no bar reached its flatten): closed at the open"
 
 
@@ -102,9 +112,17 @@ class _Day:
     #: Flat from a bar ending here on: flatten_at, earlier on an early close.
     flatten_ns: int
     flatten_reason: str
+    #: The opening range's end: entries are made on bars from here on.
+    range_end_ns: int
     high: Decimal | None = None
     low: Decimal | None = None
     entries: int = 0
+    #: The first span of today's entry time not shown before the instance
+    #: ran live (a warm-up's gap, or from its last bar to the first live
+    #: one): an entry made on a bar in it is not counted in ``entries``.
+    unseen: tuple[int, int] | None = None
+    #: That a position held with no entry seen was said (logged) today.
+    said_unseen: bool = False
 
 
 class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
@@ -132,9 +150,14 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         self._days: dict[str, _Day] = {}
         #: During warm-up: the position it would have had, to count its entries.
         self._pretended: dict[str, Decimal] = {}
+        #: Per symbol, the latest end of a bar shown (warm-up or live).
+        self._shown_end: dict[str, int] = {}
+        #: The symbols shown a live bar: from then on every bar is seen as it
+        #: closes, and a span with none is one with no trade.
+        self._live: set[str] = set()
 
     def on_bar(self, bar: Bar) -> None:
-        self._step(bar, exposure(self.ctx, bar.symbol), self._go)
+        self._step(bar, exposure(self.ctx, bar.symbol), self._go, live=True)
 
     def on_warmup(self, bar: Bar) -> None:
         # As if it had been running: today's range, and the entries it would
@@ -144,14 +167,15 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         def pretend(bar: Bar, target: Decimal, *_: str) -> None:
             self._pretended[bar.symbol] = target
 
-        self._step(bar, self._pretended.get(bar.symbol, Decimal(0)), pretend)
+        self._step(bar, self._pretended.get(bar.symbol, Decimal(0)), pretend, live=False)
 
-    def _step(self, bar: Bar, held: Decimal, go: Callable[..., None]) -> None:
+    def _step(self, bar: Bar, held: Decimal, go: Callable[..., None], *, live: bool) -> None:
         p = self.params
         local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
         day = self._days.get(bar.symbol)
         if day is None or day.date != local.date():
             day = self._days[bar.symbol] = self._day(local.date())
+        self._note_shown(bar, day, live=live)
         t = local.time()
         if t < p.session_open:
             return
@@ -172,7 +196,7 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
             if carried:
-                go(bar, Decimal(0), "orb_flatten", "flat", CARRIED)
+                go(bar, Decimal(0), "orb_flatten", "flat", self._carried(bar, day, held, live=live))
             return
         if day.high is None or day.low is None:
             # No opening range today (data started late): no entry, and no
@@ -182,7 +206,7 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
                 go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
             return
         if carried:
-            go(bar, Decimal(0), "orb_flatten", "flat", CARRIED)
+            go(bar, Decimal(0), "orb_flatten", "flat", self._carried(bar, day, held, live=live))
             return
         if held > 0 and bar.close < day.low:
             go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
@@ -198,20 +222,75 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
                 reason = f"close {bar.close} < range low {day.low}"
                 go(bar, -p.quantity, "orb_breakout", "short", reason)
 
+    def _note_shown(self, bar: Bar, day: _Day, *, live: bool) -> None:
+        """Note a span of today's entry time no bar was shown in before the
+        symbol ran live: the store missing bars (or no trade in them, which
+        the warm-up cannot tell apart). Live, every bar is seen as it closes."""
+        symbol = bar.symbol
+        last = self._shown_end.get(symbol, 0)
+        self._shown_end[symbol] = max(last, bar.end_ns)
+        if symbol in self._live:
+            return
+        if live:
+            self._live.add(symbol)
+        since = max(last, day.range_end_ns)
+        if day.unseen is None and bar.start_ns > since:
+            day.unseen = (since, bar.start_ns)
+
+    def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
+        """Why a position held with no entry counted today is closed. The
+        context cannot tell when a position was opened (a ``Position`` keeps
+        no fills' times): with every bar of today's entry time shown, it is an
+        earlier day's; with some not shown (a restart whose store missed
+        them), it may be today's, entered on one of those, and the reason
+        says so (logged once a day). Closed either way: a stop for it is
+        not known."""
+        if day.unseen is None:
+            return CARRIED
+        start, end = (
+            dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
+            for ns in day.unseen
+        )
+        reason = (
+            f"held with no entry seen today, but no bar was shown from {start} to {end} "
+            "(missing from the store, or no trade): cannot tell it was opened today; closed"
+        )
+        if live and not day.said_unseen:
+            day.said_unseen = True
+            log.warning(
+                "opening_range_breakout %s: %s %s held with no entry seen today; no bar was "
+                "shown from %s to %s before it ran live, so it cannot tell whether that "
+                "position was entered today or carried from an earlier day: it is closed",
+                self.ctx.name,
+                held,
+                bar.symbol,
+                start,
+                end,
+            )
+        return reason
+
     def _day(self, date: dt.date) -> _Day:
         """The day's flatten: flatten_at, as much earlier as the exchange
         closes early (asked once a day and symbol; the answer is cached)."""
         p = self.params
         local = dt.datetime.combine(date, p.flatten_at, tzinfo=self._zone)
         ns = (local - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
+        opens = dt.datetime.combine(date, p.session_open, tzinfo=self._zone)
+        range_ns = (
+            (opens + dt.timedelta(minutes=p.range_minutes) - _EPOCH)
+            // dt.timedelta(microseconds=1)
+            * 1_000
+        )
         session = sessions.session(p.calendar, date) if p.calendar is not None else None
         if session is None or session.early_by_ns == 0:
-            return _Day(date, ns, f"flatten at {p.flatten_at:%H:%M}")
+            return _Day(date, ns, f"flatten at {p.flatten_at:%H:%M}", range_ns)
         ns -= session.early_by_ns
         flatten = dt.datetime.fromtimestamp(ns // NS, tz=self._zone)
         close = dt.datetime.fromtimestamp(session.close_ns // NS, tz=self._zone)
         when = "early" if session.early_by_ns > 0 else "late"
-        return _Day(date, ns, f"flatten at {flatten:%H:%M} ({when} close at {close:%H:%M})")
+        return _Day(
+            date, ns, f"flatten at {flatten:%H:%M} ({when} close at {close:%H:%M})", range_ns
+        )
 
     def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> None:
         trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)

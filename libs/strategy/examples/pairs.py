@@ -40,7 +40,10 @@ again at the next bar), or both held at other than an entry's ratio
 dearer leg and ``RATIO_SLACK`` of the larger cost: an entry or an exit one
 of whose legs filled in part, the rest canceled or refused). Both legs
 closed in part and in proportion look whole: they are held until
-``|z| < exit_z``.
+``|z| < exit_z``. An order the fresh instance did not send (its entry's
+leg, or a close) refused before its pair is closing is judged by the books
+at once, not at the next bar: a leg of the entry denied after the restart
+closes the other leg then, as it would have in the instance that sent it.
 """
 
 from __future__ import annotations
@@ -114,6 +117,11 @@ class PairsTrade(Strategy[PairsParams]):
         #: The latest entry's signal: a leg of it that ends unfilled (or part
         #: filled) leaves the other leg unhedged.
         self._entry: uuid.UUID | None = None
+        #: The signals this instance sent since the pair was last flat with
+        #: nothing pending (an order of an earlier one can no longer end). A
+        #: refused order of any other signal was sent by an instance before a
+        #: restart: it is judged by the books (``on_order_update``).
+        self._sent: set[uuid.UUID] = set()
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
@@ -140,7 +148,7 @@ class PairsTrade(Strategy[PairsParams]):
         paired = self._pair(bar)
         z = None if paired is None else self._zscore(paired[0])
         if self._closing is None:
-            self._closing = self._naked() or self._closing_working() or self._lopsided()
+            self._closing = self._unwhole()
         if self._closing is not None:
             # Whatever the spread: a close refused (or a leg held alone) is
             # sent (again) at every bar until both legs are flat.
@@ -184,12 +192,28 @@ class PairsTrade(Strategy[PairsParams]):
     def on_order_update(self, update: OrderUpdate) -> None:
         """A leg of the entry denied, rejected or canceled: the pair is
         closed at once, each leg by what it holds. A refused close is not
-        answered here but at the next bar (``on_bar``)."""
-        if update.kind == "accepted" or update.signal_id != self._entry:
+        answered here but at the next bar (``on_bar``).
+
+        A refused order of a signal this instance did not send (one sent
+        before a restart: an entry's leg, or a close) is judged by the books,
+        as the first bar judges them: a leg left held alone, a close working
+        against a leg, or legs at other than an entry's ratio close the pair
+        at once. The fresh instance does not know the entry, and waiting for
+        the next bar left the other leg unhedged that long. Once the pair is
+        closing, a refused close waits for the next bar, whoever sent it."""
+        if update.kind == "accepted":
             return
         leg = update.symbol or "a leg"
         detail = f": {update.reason}" if update.reason else ""
-        self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
+        if update.signal_id == self._entry:
+            self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
+        elif self._closing is None and update.signal_id not in self._sent:
+            why = self._unwhole()
+            if why is None:
+                return
+            self._closing = f"{leg} {update.kind}{detail} (an order sent before a restart); {why}"
+        else:
+            return
         self._close()
 
     def _zscore(self, spread: Decimal) -> Decimal | None:
@@ -206,6 +230,10 @@ class PairsTrade(Strategy[PairsParams]):
             # carries no signal, and a z-score over it would be astronomic.
             return None
         return rounded((spread - mean) / sd)
+
+    def _unwhole(self) -> str | None:
+        """Why the pair the books show must close (None: it is whole, or flat)."""
+        return self._naked() or self._closing_working() or self._lopsided()
 
     def _naked(self) -> str | None:
         """Why the pair must close when exactly one leg is held (pending
@@ -273,6 +301,7 @@ class PairsTrade(Strategy[PairsParams]):
             legs.append(("sell" if held > 0 else "buy", abs(held)))
         if not working and all(quantity == 0 for _, quantity in legs):
             self._closing = None
+            self._sent.clear()
         elif self._closing is not None and any(quantity > 0 for _, quantity in legs):
             self._trade("pair_exit", "flat", self._closing, tuple(legs), strength)
 
@@ -294,6 +323,7 @@ class PairsTrade(Strategy[PairsParams]):
         self._expired(partner, held=exposure(self.ctx, partner))  # said once
         reason = f"{partner} expired: {bar.symbol} trades alone, closed"
         signal = self.ctx.signal(bar.symbol, "pair_exit", "flat", reason=reason)
+        self._sent.add(signal.id)
         self.ctx.order(bar.symbol, "sell" if held > 0 else "buy", abs(held), cause=signal)
         return True
 
@@ -358,6 +388,7 @@ class PairsTrade(Strategy[PairsParams]):
         """One signal (on A) causing each leg's order of a quantity above 0;
         the signal's id."""
         signal = self.ctx.signal(self._a, name, direction, reason=reason, strength=strength)
+        self._sent.add(signal.id)
         for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True):
             if quantity > 0:
                 self.ctx.order(symbol, side, quantity, cause=signal)
