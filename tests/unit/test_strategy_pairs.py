@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import uuid
 from decimal import Context, Decimal
 
 import pytest
@@ -16,28 +14,7 @@ from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.pairs import PairsParams, PairsTrade
 from libs.strategy.indicators import rounded
 from libs.strategy.testing import MINUTE_NS, bar, broker_reject, fill_chain
-
-IDS = itertools.count(1)
-T0 = 1_700_000_000 * 1_000_000_000
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime() -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "pair",
-        PairsTrade,
-        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
-        symbols=("MSFT", "AAPL"),
-    )
-    return rt
-
-
-def minute(i: int, msft: str, aapl: str) -> list[Event]:
-    return [bar("MSFT", msft, T0 + i * MINUTE_NS), bar("AAPL", aapl, T0 + i * MINUTE_NS)]
+from tests.unit.pairs_inputs import T0, minute, next_id, runtime
 
 
 def history() -> list[Event]:

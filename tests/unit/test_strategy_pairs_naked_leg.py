@@ -9,8 +9,6 @@ whose close of one leg failed sent it again only at a paired minute inside
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -22,31 +20,8 @@ from libs.contract.events import (
     SignalGenerated,
 )
 from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.pairs import PairsTrade
 from libs.strategy.testing import MINUTE_NS, At, bar, broker_reject, deny, fill_chain
-
-IDS = itertools.count(1)
-T0 = 1_700_000_000 * 1_000_000_000
-PRICES = {"MSFT": Decimal(105), "AAPL": Decimal(100)}
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime() -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "pair",
-        PairsTrade,
-        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
-        symbols=("MSFT", "AAPL"),
-    )
-    return rt
-
-
-def minute(i: int, msft: str, aapl: str = "100") -> list[Event]:
-    return [bar("MSFT", msft, T0 + i * MINUTE_NS), bar("AAPL", aapl, T0 + i * MINUTE_NS)]
+from tests.unit.pairs_inputs import PRICES, T0, intents, legs, minute, next_id, position, runtime
 
 
 def warmed() -> InMemoryRuntime:
@@ -55,17 +30,6 @@ def warmed() -> InMemoryRuntime:
     for i, msft in enumerate(["100", "101", "100", "101", "100"]):
         assert rt.run(minute(i, msft)) == []
     return rt
-
-
-def intents(out: list[Event]) -> dict[str, OrderIntentCreated]:
-    found = [e for e in out if isinstance(e, OrderIntentCreated)]
-    by_symbol = {e.payload.symbol: e for e in found}
-    assert len(by_symbol) == len(found)  # at most one order per leg
-    return by_symbol
-
-
-def legs(out: list[Event]) -> list[tuple[str, str, Decimal]]:
-    return [(e.payload.symbol, e.payload.side, e.payload.quantity) for e in intents(out).values()]
 
 
 def fill(rt: InMemoryRuntime, intent: OrderIntentCreated) -> list[Event]:
@@ -84,10 +48,6 @@ def refuse_at_broker(rt: InMemoryRuntime, intent: OrderIntentCreated) -> list[Ev
     for event in broker_reject(intent, "insufficient buying power", ids=next_id):
         out += rt.feed(event)
     return out
-
-
-def position(rt: InMemoryRuntime, symbol: str) -> Decimal:
-    return rt.hosts["pair"].ledger.position(symbol).quantity
 
 
 def enter_short(rt: InMemoryRuntime) -> dict[str, OrderIntentCreated]:

@@ -13,8 +13,6 @@ left the other leg naked until the next bar.
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from decimal import Decimal
 
 from libs.contract.envelope import Event
@@ -30,37 +28,7 @@ from libs.contract.options import parse_option
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.pairs import PairsTrade
 from libs.strategy.testing import MINUTE_NS, At, bar, broker_reject, deny, fill_chain
-
-IDS = itertools.count(1)
-T0 = 1_700_000_000 * 1_000_000_000
-PRICES = {"MSFT": Decimal(105), "AAPL": Decimal(100)}
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime() -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "pair",
-        PairsTrade,
-        {"lookback": 5, "entry_z": 2, "exit_z": "0.5", "leg_notional": 10_000},
-        symbols=("MSFT", "AAPL"),
-    )
-    return rt
-
-
-def minute(i: int, msft: str, aapl: str = "100") -> list[Event]:
-    return [bar("MSFT", msft, T0 + i * MINUTE_NS), bar("AAPL", aapl, T0 + i * MINUTE_NS)]
-
-
-def intents(out: list[Event]) -> dict[str, OrderIntentCreated]:
-    return {e.payload.symbol: e for e in out if isinstance(e, OrderIntentCreated)}
-
-
-def legs(out: list[Event]) -> list[tuple[str, str, Decimal]]:
-    return [(e.payload.symbol, e.payload.side, e.payload.quantity) for e in intents(out).values()]
+from tests.unit.pairs_inputs import PRICES, T0, intents, legs, minute, next_id, position, runtime
 
 
 class Run:
@@ -130,10 +98,6 @@ def part_filled_then_canceled(intent: OrderIntentCreated, quantity: Decimal) -> 
         ids=next_id,
     )
     return [decision, command, ack, fill, canceled]
-
-
-def position(rt: InMemoryRuntime, symbol: str) -> Decimal:
-    return rt.hosts["pair"].ledger.position(symbol).quantity
 
 
 def exit_signaled(run: Run) -> dict[str, OrderIntentCreated]:

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import uuid
 from decimal import Decimal
 
 import pytest
 
-from libs.contract.envelope import Event
 from libs.contract.events import OrderIntentCreated, SignalGenerated
 from libs.contract.options import parse_option
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.sma_crossover import SmaCrossover, SmaCrossoverParams
 from libs.strategy.testing import bars, fill_chain
-
-IDS = itertools.count(1)
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime(**params: object) -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "sma",
-        SmaCrossover,
-        {"fast_period": 2, "slow_period": 3, "quantity": 100, **params},
-        symbols=("AAPL",),
-    )
-    return rt
-
-
-def pairs(out: list[Event]) -> list[tuple[str, str, Decimal]]:
-    signals = {e.id: e for e in out if isinstance(e, SignalGenerated)}
-    return [
-        (signals[i.causation_id].payload.direction, i.payload.side, i.payload.quantity)
-        for i in out
-        if isinstance(i, OrderIntentCreated) and i.causation_id is not None
-    ]
+from tests.unit.sma_inputs import next_id, orders, runtime
 
 
 def test_golden_cross_buys_and_death_cross_goes_flat() -> None:
@@ -48,7 +20,7 @@ def test_golden_cross_buys_and_death_cross_goes_flat() -> None:
     # 12, 11, 10: fast below slow (first reading: sets the side, no trade);
     # 13: fast 11.5 > slow 11.33 -> golden cross; 9: still above; 8: death cross.
     out = rt.run(bars("AAPL", [12, 11, 10, 13, 9, 8]))
-    assert pairs(out) == [("long", "buy", Decimal(100)), ("flat", "sell", Decimal(100))]
+    assert orders(out) == [("long", "buy", Decimal(100)), ("flat", "sell", Decimal(100))]
     signal = next(e for e in out if isinstance(e, SignalGenerated))
     assert signal.payload.name == "sma_cross"
     assert signal.payload.reason == "SMA(2)=11.5000 crossed above SMA(3)=11.3333"
@@ -69,7 +41,7 @@ def test_death_cross_reverses_a_filled_long_when_shorting_is_allowed() -> None:
         rt.feed(event)
     assert rt.hosts["sma"].ledger.position("AAPL").quantity == 100
     out = rt.run(data[4:])
-    assert pairs(out) == [("short", "sell", Decimal(200))]
+    assert orders(out) == [("short", "sell", Decimal(200))]
 
 
 def test_warmed_up_on_past_bars_it_trades_on_the_first_live_cross() -> None:
@@ -85,7 +57,7 @@ def test_warmed_up_on_past_bars_it_trades_on_the_first_live_cross() -> None:
     warm.start()
     host = warm.hosts["sma"]
     assert all(host.warm_up(b) == [] for b in past)
-    assert pairs(warm.run(live)) == [("long", "buy", Decimal(100))]
+    assert orders(warm.run(live)) == [("long", "buy", Decimal(100))]
     assert host.ledger.position("AAPL").is_flat  # past bars move no books
     # The same live bar to a cold instance: its averages are not full yet.
     cold = runtime()
@@ -107,7 +79,7 @@ def test_a_cross_after_its_option_contract_expired_orders_nothing_and_keeps_runn
         "sma", SmaCrossover, {"fast_period": 2, "slow_period": 3, "quantity": 1}, symbols=(option,)
     )
     before = rt.run(bars(option, closes, start_ns=close - 86_400 * 10**9))
-    assert pairs(before) == [("long", "buy", Decimal(1)), ("flat", "sell", Decimal(1))]
+    assert orders(before) == [("long", "buy", Decimal(1)), ("flat", "sell", Decimal(1))]
 
     rt = InMemoryRuntime()
     rt.add(

@@ -9,42 +9,11 @@ until the next golden cross, which trades nothing either (already long).
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from decimal import Decimal
 
-from libs.contract.envelope import Event
-from libs.contract.events import OrderIntentCreated, SignalGenerated
-from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.sma_crossover import SmaCrossover
+from libs.contract.events import OrderIntentCreated
 from libs.strategy.testing import bars, fill_chain
-
-IDS = itertools.count(1)
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime(**params: object) -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "sma",
-        SmaCrossover,
-        {"fast_period": 2, "slow_period": 3, "quantity": 100, **params},
-        symbols=("AAPL",),
-    )
-    return rt
-
-
-def orders(out: list[Event]) -> list[tuple[str, str, Decimal]]:
-    signals = {e.id: e for e in out if isinstance(e, SignalGenerated)}
-    return [
-        (signals[i.causation_id].payload.direction, i.payload.side, i.payload.quantity)
-        for i in out
-        if isinstance(i, OrderIntentCreated) and i.causation_id is not None
-    ]
-
+from tests.unit.sma_inputs import next_id, orders, runtime
 
 # 12, 11, 10: the side (below); 13: golden cross, buy 100; 9: still above.
 BEFORE = [12, 11, 10, 13, 9]
