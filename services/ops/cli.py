@@ -248,7 +248,8 @@ def register(app: typer.Typer) -> None:
                 str(r.seq),
                 _when(r.ts_event),
                 r.type,
-                shown_subject(r.sent_subject),
+                # A subject may hold [ ], which rich would take for markup.
+                escape(shown_subject(r.sent_subject)),
                 str(r.id)[:SHORT_ID],
                 str(r.correlation_id)[:SHORT_ID],
             )
@@ -297,7 +298,7 @@ def register(app: typer.Typer) -> None:
             out.print(
                 f"{mark} {r.seq:>8}  {when}  {'  ' * d}{r.type}  "
                 + (f"{escape(said)}  " if said else "")
-                + f"[dim]{shown_subject(r.sent_subject)} {r.id}[/dim]"
+                + f"[dim]{escape(shown_subject(r.sent_subject))} {r.id}[/dim]"
             )
             if r.id in absent:
                 cause = absent[r.id]
