@@ -164,9 +164,12 @@ def _hint(option: str | None) -> str | None:
     return None if option is None else f"'{option}'"
 
 
-def _skipped(result: ReplayResult) -> str:
+def _skipped(result: ReplayResult, into: str) -> str:
     """How many rows of each kind a replay left out, and why."""
+    from libs.bus.client import MAX_CONTROL_LINE
+
     bad, dup, missing = result.skipped_undecodable, result.skipped_duplicate, result.skipped_missing
+    long = result.skipped_too_long
     kinds = [
         (
             bad,
@@ -183,6 +186,13 @@ def _skipped(result: ReplayResult) -> str:
             missing,
             f"missing position{'' if missing == 1 else 's'} "
             "(gone from the stream before recording)",
+        ),
+        (
+            long,
+            f"too long for NATS under '{into}.' ("
+            + ("a publish line" if long == 1 else "publish lines")
+            + f" over its {MAX_CONTROL_LINE:,}-byte max_control_line, for which the server "
+            "closes the connection)",
         ),
     ]
     return ", ".join(f"{n} {what}" for n, what in kinds if n)
@@ -255,7 +265,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             print(json.dumps({**result.__dict__, "dry_run": dry_run, "into": into}))
             if result.skipped:
                 rows = "1 row" if result.skipped == 1 else f"{result.skipped} rows"
-                err.print(f"skipped {rows}: {_skipped(result)}", highlight=False)
+                err.print(f"skipped {rows}: {escape(_skipped(result, into))}", highlight=False)
 
         def how_far(stopped: ReplayStopped) -> str:
             """How far a stopped replay got and where it resumes; when NATS was

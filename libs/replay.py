@@ -32,7 +32,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from libs.bus.client import MSG_ID_HEADER, Bus
+from libs.bus.client import (
+    MAX_CONTROL_LINE,
+    MSG_ID_HEADER,
+    SUBJECT_ALWAYS_FITS,
+    Bus,
+    publish_line_length,
+)
 from libs.bus.errors import BusUnavailable
 from libs.config import masked_url
 from libs.contract.subjects import (
@@ -107,7 +113,7 @@ class ReplayRequest:
 class ReplayResult:
     #: Messages the server took (with dry_run: that would be published).
     published: int = 0
-    #: Rows left out, all kinds (the three below together).
+    #: Rows left out, all kinds (the four below together).
     skipped: int = 0
     #: Messages that did not decode as events (include_undecodable
     #: republishes their bytes instead).
@@ -116,6 +122,10 @@ class ReplayResult:
     skipped_duplicate: int = 0
     #: MessageMissing positions: the stream no longer held their message.
     skipped_missing: int = 0
+    #: Messages whose subject under the prefix makes a publish line longer
+    #: than NATS takes (MAX_CONTROL_LINE): the server would close the
+    #: connection for it, ending the replay there.
+    skipped_too_long: int = 0
     #: Messages the server refused (the replay stopped at the first of them).
     refused: int = 0
     first_seq: int | None = None
@@ -134,6 +144,11 @@ class ReplayResult:
             self.skipped_missing += 1
         else:
             self.skipped_undecodable += 1
+
+    def skip_too_long(self) -> None:
+        """Count a message left out as too long for NATS under the prefix."""
+        self.skipped += 1
+        self.skipped_too_long += 1
 
 
 class ReplayStopped(Exception):
@@ -303,6 +318,26 @@ async def replay(
             result.first_seq = None
         result.seconds = time.monotonic() - started
 
+    def headers(row: queries.Recorded) -> dict[str, str]:
+        return {
+            # The event's id, as the live publishers send it: a stream made
+            # over the replay's subjects stores a range replayed twice
+            # (within its window) once.
+            MSG_ID_HEADER: str(row.id),
+            ORIGINAL_SEQ_HEADER: str(row.seq),
+            # An undecodable row on a subject cut to fit the store goes out
+            # under the whole subject, as it was sent.
+            ORIGINAL_SUBJECT_HEADER: row.sent_subject,
+        }
+
+    def too_long(row: queries.Recorded) -> bool:
+        """Whether the row's publish line is longer than NATS takes (its
+        subject can be, NATS having taken it without the prefix)."""
+        subject = replay_subject(row.sent_subject, request.into)
+        if len(subject) <= SUBJECT_ALWAYS_FITS:
+            return False  # fits however large: no need to size the message
+        return publish_line_length(subject, row.wire_bytes(), headers(row)) > MAX_CONTROL_LINE
+
     try:
         # The range ends where the store ended as the replay started (or at
         # --to-seq before it): the store only grows at its end, so the rows
@@ -337,6 +372,10 @@ async def replay(
             undecodable = row.type == UNDECODABLE and row.raw is not None
             if not row.is_event and not (request.include_undecodable and undecodable):
                 result.skip(row.type)
+            elif too_long(row):
+                # Sent, the server would close the connection: the replay
+                # would end there as NATS lost, whatever came after it.
+                result.skip_too_long()
             elif request.dry_run:
                 result.published += 1
             else:
@@ -346,8 +385,6 @@ async def replay(
                     if delay > 0:
                         await asyncio.sleep(delay)  # pacing to the requested rate
                     next_at = max(next_at, time.monotonic() - 1.0) + interval
-                # An undecodable row on a subject cut to fit the store goes
-                # out under the whole subject, as it was sent.
                 subject = replay_subject(row.sent_subject, request.into)
                 # In the window before the publish: a cancellation inside it
                 # may leave the message in the client's buffer, which the
@@ -357,18 +394,7 @@ async def replay(
             result.last_seq = row.seq
             if subject is not None:
                 assert bus is not None
-                await bus.publish_plain(
-                    subject,
-                    row.wire_bytes(),
-                    headers={
-                        # The event's id, as the live publishers send it: a
-                        # stream made over the replay's subjects stores a
-                        # range replayed twice (within its window) once.
-                        MSG_ID_HEADER: str(row.id),
-                        ORIGINAL_SEQ_HEADER: str(row.seq),
-                        ORIGINAL_SUBJECT_HEADER: row.sent_subject,
-                    },
-                )
+                await bus.publish_plain(subject, row.wire_bytes(), headers=headers(row))
                 if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:
                     await judge()
             elif not window:

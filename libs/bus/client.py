@@ -18,7 +18,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +35,7 @@ from libs import trace
 from libs.bus.errors import (
     RETRYABLE_PUBLISH_ERRORS,
     BusUnavailable,
+    ControlLineTooLong,
     NoStream,
     PublishFailed,
     StreamMismatch,
@@ -58,6 +59,46 @@ RECONNECT_WAIT = 0.25
 #: Whatever trims the stream keeps at least this much (the recorder's keep
 #: window is validated against it).
 DUPLICATE_WINDOW_S = 120.0
+
+
+#: The longest protocol line nats-server takes from a client: its
+#: ``max_control_line``, 4 KiB unless its config sets another (tradebus's
+#: configs do not, and the server's INFO does not say). For a longer line
+#: the server answers ``-ERR 'Maximum Control Line Exceeded'`` and closes
+#: the connection, which nats-py then closes for good, no reconnect
+#: (nats-server 2.15.1, nats-py 2.16): whatever was sent after it is lost.
+#: A subject NATS took as sent can be too long once a prefix is put before
+#: it (a replay's).
+MAX_CONTROL_LINE = 4096
+
+#: Characters of a subject whose plain publish fits MAX_CONTROL_LINE however
+#: large its message and headers: at most 4 bytes a character, and after it
+#: three spaces and two sizes of at most 20 digits.
+SUBJECT_ALWAYS_FITS = (MAX_CONTROL_LINE - 43) // 4
+
+#: A header block's first line, and the line end (also the empty line
+#: that ends the block), as nats-py writes them.
+_HEADER_FIRST_LINE = len(b"NATS/1.0\r\n")
+_CRLF = len(b"\r\n")
+
+
+def publish_line_length(subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> int:
+    """Bytes of the line of a plain publish (no reply) that nats-server
+    compares with its ``max_control_line``: what follows ``PUB`` or
+    ``HPUB``, ``<subject>  <size>`` or ``<subject>  <header size> <total
+    size>`` (nats-py writes the empty reply between two spaces). The header
+    block is sized as nats-py builds it: ``NATS/1.0``, ``Key: value`` per
+    header, each line ending in CRLF, then an empty line (checked with
+    nats-py 2.16 against nats-server 2.15.1:
+    ``tests/integration/test_bus_control_line.py``)."""
+    line = len(subject.encode()) + 2
+    if headers is None:
+        return line + len(str(len(data)))
+    block = _HEADER_FIRST_LINE + _CRLF
+    for key, value in headers.items():
+        if key.strip():  # nats-py leaves out a header with an empty name
+            block += len(key.strip().encode()) + 2 + len(value.strip().encode()) + _CRLF
+    return line + len(str(block)) + 1 + len(str(block + len(data)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +381,14 @@ class Bus:
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Publish with plain NATS (no stream, no ack), for subjects no stream
-        captures (replays). The server judges it later: see :meth:`settle`."""
+        captures (replays). The server judges it later: see :meth:`settle`.
+
+        Raises :class:`ControlLineTooLong`, sending nothing, for a line the
+        server would close the connection for (see :data:`MAX_CONTROL_LINE`)."""
+        if len(subject) > SUBJECT_ALWAYS_FITS:
+            length = publish_line_length(subject, data, headers)
+            if length > MAX_CONTROL_LINE:
+                raise ControlLineTooLong(subject, length, MAX_CONTROL_LINE)
         try:
             await self.nc.publish(subject, data, headers=headers)
         except nats.errors.Error as e:

@@ -5,6 +5,7 @@ BusError
 ├── PublishFailed       no publish ack before the deadline (retries spent)
 │   └── NoStream        no stream captures the subject (asked not to wait for one)
 ├── StreamMismatch      the stream exists with a config we cannot accept
+├── ControlLineTooLong  a publish line longer than the server takes (not sent)
 └── DeliveryGap         a consumer without acks lost a message on the way
 """
 
@@ -35,6 +36,22 @@ class NoStream(PublishFailed):
 
 class StreamMismatch(BusError):
     """The stream exists but with subjects or storage we did not ask for."""
+
+
+class ControlLineTooLong(BusError):
+    """A publish whose protocol line (its subject and sizes) is longer than
+    the server's ``max_control_line``: not sent, as the server would close
+    the connection for it (and nats-py would then close it for good).
+    :attr:`subject` is the subject, :attr:`length` the line's bytes."""
+
+    def __init__(self, subject: str, length: int, limit: int) -> None:
+        self.subject = subject
+        self.length = length
+        shown = subject if len(subject) <= 80 else f"{subject[:60]}…{subject[-20:]}"
+        super().__init__(
+            f"not published to {shown}: a {length:,}-byte publish line is over NATS's "
+            f"{limit:,}-byte max_control_line, for which the server closes the connection"
+        )
 
 
 class DeliveryGap(BusError):

@@ -136,7 +136,9 @@ class Recorded:
         return exact_json.dumps(self.envelope())
 
     def as_json(self) -> dict[str, Any]:
-        out = {"seq": self.seq, "subject": self.subject, **self.envelope()}
+        """The row for ``--json`` listings: its subject the one the message
+        was sent on (:attr:`sent_subject`), not the store's cut of it."""
+        out = {"seq": self.seq, "subject": self.sent_subject, **self.envelope()}
         if self.raw is not None:
             out["raw_size"] = len(self.raw)
         return out

@@ -54,6 +54,33 @@ LIMIT_DEFAULT_SHOWN = escape(f"[default: {DEFAULT_LIMIT}]")
 SHORT_ID = 8
 #: Ids an ambiguous prefix's error names (the listings show only SHORT_ID digits).
 AMBIGUOUS_SHOWN = 5
+#: Characters of a subject the listings show whole; tradebus's own subjects
+#: are far shorter (``md.quote.O:SPY241220P00720000``). A longer one shows
+#: its first SUBJECT_HEAD and last SUBJECT_TAIL characters.
+SUBJECT_SHOWN = 120
+SUBJECT_HEAD = 80
+SUBJECT_TAIL = 40
+
+
+def shown_subject(subject: str) -> str:
+    """``subject`` as the listings print it: whole, or if longer than
+    :data:`SUBJECT_SHOWN` characters its start and end around ``…``,
+    followed by ``(1,028 bytes, shortened here; --json has it whole)``.
+
+    Whole, a subject of a few KiB (NATS takes up to its 4 KiB control line)
+    folds over dozens of a terminal's lines and pushes the rows around it
+    apart; its end is kept, as the last tokens (symbol, account) are what
+    tell subjects apart. The note is set off by a space, which no NATS
+    subject holds, so it cannot be read as part of one; ``…`` alone could
+    (a subject may hold any other character) and be taken for the subject,
+    as the store's own cut of one on a subject too long for it was."""
+    if len(subject) <= SUBJECT_SHOWN:
+        return subject
+    size = len(subject.encode(errors="replace"))
+    return (
+        f"{subject[:SUBJECT_HEAD]}…{subject[-SUBJECT_TAIL:]} "
+        f"({size:,} bytes, shortened here; --json has it whole)"
+    )
 
 
 def _when(ns: int) -> str:
@@ -221,7 +248,8 @@ def register(app: typer.Typer) -> None:
                 str(r.seq),
                 _when(r.ts_event),
                 r.type,
-                r.subject,
+                # A subject may hold [ ], which rich would take for markup.
+                escape(shown_subject(r.sent_subject)),
                 str(r.id)[:SHORT_ID],
                 str(r.correlation_id)[:SHORT_ID],
             )
@@ -270,7 +298,7 @@ def register(app: typer.Typer) -> None:
             out.print(
                 f"{mark} {r.seq:>8}  {when}  {'  ' * d}{r.type}  "
                 + (f"{escape(said)}  " if said else "")
-                + f"[dim]{r.subject} {r.id}[/dim]"
+                + f"[dim]{escape(shown_subject(r.sent_subject))} {r.id}[/dim]"
             )
             if r.id in absent:
                 cause = absent[r.id]

@@ -73,6 +73,7 @@ async def test_the_replay_command_says_what_it_skipped_by_kind(database_url: str
         "skipped_undecodable": 2,
         "skipped_duplicate": 1,
         "skipped_missing": 1,
+        "skipped_too_long": 0,
     }
     assert (
         "skipped 4 rows: 2 undecodable (--include-undecodable republishes their bytes), "
