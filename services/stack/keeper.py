@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         keeper.watch()
     finally:
         keeper.stop()
+        # Stopped: a stop request from now on is moot. Held, not let through:
+        # once main returns, the interpreter's finalization puts the default
+        # handlers back, and a SIGTERM then (LocalServers.stop sends one to
+        # a keeper still running) would end it -15 after a clean stop.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         lock.close()
     return 0
 
