@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 
 from libs.contract.envelope import Event
@@ -69,13 +70,25 @@ def long_from_0933(day: dt.date) -> list[Event]:
     return [*out, *fill_chain(intent, 103, ids=next_id)]
 
 
-def restarted(books: list[Event], shown: list[Event]) -> InMemoryRuntime:
+def restarted(
+    books: list[Event], shown: list[Event], *, opened_known: bool = True
+) -> InMemoryRuntime:
     """A fresh runner whose books hold ``books`` and whose store gives it
-    ``shown`` to warm up on."""
+    ``shown`` to warm up on. Not ``opened_known``: its ledger is seeded with
+    their fold less the positions' open times (a position whose open time
+    the ledger was not told), as a checkpoint seeds it."""
     rt = runtime()
     host = rt.hosts["orb"]
     host.remember(shown)
-    for event in books:
-        rt.restore(event)
+    upto: dict[str, int] | None = None
+    if not opened_known:
+        folded = runtime()
+        for event in books:
+            folded.restore(event)
+        positions = folded.hosts["orb"].ledger.positions
+        host.ledger.seed({s: replace(p, opened_ns=None) for s, p in positions.items()})
+        upto = {"orb": len(books)}
+    for seq, event in enumerate(books, start=1):
+        rt.restore(event, seq=seq, ledgers_upto=upto)
     rt.start()
     return rt

@@ -1,14 +1,15 @@
 """Opening-range breakout: a position held with no entry seen today.
 
 The strategy tells a position carried in from an earlier day from today's
-by the entries it counted today, live or, after a restart, in the warm-up.
-Its context cannot tell when a position was opened (a ``Position`` has no
-fills' times). So when the store is missing today's bars (the warm-up jumps
-from the range to the first live bar), a position entered today on a bar it
-was not shown looked carried, and was closed as "held from an earlier day
-(no bar reached its flatten): closed at the open" at 09:40. It is still
-closed (nothing says where its stop is), and its reason says the truth:
-it cannot tell.
+by the entries it counted today, live or, after a restart, in the warm-up,
+and by when the position was opened (``Position.opened_ns``; see
+test_strategy_opening_range_opened.py). With no open time known (a position
+the ledger was not told it of), when the store is missing today's bars (the
+warm-up jumps from the range to the first live bar), a position entered today
+on a bar it was not shown looked carried, and was closed as "held from an
+earlier day (no bar reached its flatten): closed at the open" at 09:40. It is
+still closed (nothing says where its stop is), and its reason says the
+truth: it cannot tell.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from tests.unit.orb_inputs import (
 def test_a_position_entered_on_a_bar_missing_from_the_store_is_not_said_carried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Restarted at 09:40; the store has today's range but not 09:33 on.
-    rt = restarted(long_from_0933(DAY), opening(DAY))
+    # Restarted at 09:40; the store has today's range but not 09:33 on, and
+    # the position's open time is not known.
+    rt = restarted(long_from_0933(DAY), opening(DAY), opened_known=False)
     assert rt.hosts["orb"].ledger.position("SPY").quantity == 50
     with caplog.at_level(logging.WARNING, logger="libs.strategy.examples.opening_range"):
         out = rt.run([at(DAY, "09:40", "102.5")])
