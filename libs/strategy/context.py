@@ -43,6 +43,12 @@ class Position:
     the risk-gate marks by, so this is the P&L its daily-loss breaker trips
     on. Not a quote's midpoint: marketdata makes no mark of an equity's
     quotes, nor of an option quote it refuses as a price (too wide a spread).
+
+    ``opened_ns`` is the market time (``Event.market_ns``) of the fill that
+    last took the position from flat, or through it (a flip opens the new
+    side then); a fill that adds to it or closes part of it keeps it, one
+    that closes it clears it. None while flat, and where the ledger was not
+    told (a position built without it).
     """
 
     symbol: str
@@ -52,6 +58,8 @@ class Position:
     mark: Decimal | None = None
     #: The market time (ns) of the price ``mark`` holds (0: none).
     mark_ns: int = 0
+    #: The market time (ns) of the fill that last opened it from flat (None: flat, or unknown).
+    opened_ns: int | None = None
 
     @property
     def unrealized_pnl(self) -> Decimal:

@@ -8,7 +8,10 @@ Positions use average cost: adding to a position re-weights the average
 price; reducing it realizes ``(price - average) x closed quantity`` (sign
 by side; times 100 for an option contract, ``contract_multiplier``); crossing
 through zero realizes the closed part and opens the rest at the fill price.
-Commissions come off realized P&L.
+Commissions come off realized P&L. A position keeps the market time of the
+fill that last opened it from flat (``Position.opened_ns``): a flip through
+zero opens it again at its fill; adding and closing part keep it; closed,
+it has none.
 
 A position is marked as the risk-gate and ``tradebus positions`` mark it,
 by trades, bars' closes, marketdata's option marks and fills (never by a
@@ -117,23 +120,28 @@ class Ledger:
         dq = signed(fill.side, fill.quantity)
         realized = pos.realized_pnl - fill.commission
         new_q = q0 + dq
+        opened_ns = pos.opened_ns
         if q0 == 0 or _sign(q0) == _sign(dq):
             avg = (avg0 * abs(q0) + fill.price * abs(dq)) / abs(new_q)
+            if q0 == 0:
+                opened_ns = ts_ns
         else:
             closing = min(abs(dq), abs(q0))
             realized += (fill.price - avg0) * closing * _sign(q0) * contract_multiplier(fill.symbol)
             if new_q == 0:
-                avg = ZERO
+                avg, opened_ns = ZERO, None
             elif _sign(new_q) == _sign(q0):
                 avg = avg0
             else:
-                avg = fill.price
+                avg, opened_ns = fill.price, ts_ns
         mark, mark_ns = pos.mark, pos.mark_ns
         # A settlement (an option's expiry: the contract at 0, the underlying
         # at the strike) is booked, but it is no market price.
         if fill.settlement is None and (mark is None or ts_ns >= mark_ns):
             mark, mark_ns = fill.price, ts_ns
-        self._positions[fill.symbol] = Position(fill.symbol, new_q, avg, realized, mark, mark_ns)
+        self._positions[fill.symbol] = Position(
+            fill.symbol, new_q, avg, realized, mark, mark_ns, opened_ns
+        )
         return True
 
     def pnl(self) -> PnL:

@@ -11,12 +11,17 @@ exited at once), and everything is flattened from
 entry yet is an earlier day's whose flatten no bar reached (a symbol with no
 trade in the session's last minutes gets no bar): it is closed by the first
 bar from ``session_open`` on, not held through the range without a stop.
-After a restart, today's entries are counted on the warm-up's bars; the
-context cannot tell when a position was opened (a ``Position`` keeps no
-fills' times), so when the warm-up was not shown every bar of today from the
-range's end (bars missing from the store; or no trade, which it cannot tell
-apart), a position held with no entry seen may be today's: it is closed too,
-its reason saying it cannot tell it was opened today (logged once a day).
+After a restart, today's entries are counted on the warm-up's bars. A
+position held live with no entry counted today is judged by when it was
+opened (``Position.opened_ns``, its opening fill's market time, by the
+exchange day): opened today, it is today's entry, made on a bar the warm-up
+was not shown (missing from the store): it is kept, stopped at the range's
+other side, and counts toward ``max_entries``; opened on an earlier day, it
+is carried and closed as above. With no open time known (a position the
+ledger was not told it of) and the warm-up not shown every bar of today from
+the range's end (bars missing from the store; or no trade, which it cannot
+tell apart), such a position may be today's: it is closed too, its reason
+saying it cannot tell it was opened today (logged once a day).
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -53,8 +58,9 @@ log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: Why a position held with no entry today is closed, every bar of today
-#: since the range's end shown (live, or in a warm-up without a gap).
+#: Why a position held with no entry today is closed: opened on an earlier
+#: day, or (no open time known) every bar of today since the range's end
+#: shown (live, or in a warm-up without a gap).
 CARRIED = "held from an earlier day (no bar reached its flatten): closed at the open"
 
 
@@ -191,6 +197,17 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         # flatten no bar reached (a symbol with no trade in the last minutes
         # gets no bar). It was held without a stop through the range, then
         # kept as if it were today's breakout. Closed at the open instead.
+        # Unless it was opened today: an entry made on a bar a restart's
+        # warm-up was not shown, so not counted yet.
+        if live and held != 0 and day.entries == 0 and self._opened_today(bar.symbol, day):
+            day.entries = 1
+            log.info(
+                "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
+                "before it ran live: counted as today's entry",
+                self.ctx.name,
+                held,
+                bar.symbol,
+            )
         carried = held != 0 and day.entries == 0
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
@@ -237,15 +254,23 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         if day.unseen is None and bar.start_ns > since:
             day.unseen = (since, bar.start_ns)
 
+    def _opened_today(self, symbol: str, day: _Day) -> bool | None:
+        """Whether the position held in ``symbol`` was opened on ``day`` (the
+        exchange day of its opening fill's market time); None if not known."""
+        opened_ns = self.ctx.position(symbol).opened_ns
+        if opened_ns is None:
+            return None
+        return dt.datetime.fromtimestamp(opened_ns // NS, tz=self._zone).date() == day.date
+
     def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
-        """Why a position held with no entry counted today is closed. The
-        context cannot tell when a position was opened (a ``Position`` keeps
-        no fills' times): with every bar of today's entry time shown, it is an
-        earlier day's; with some not shown (a restart whose store missed
+        """Why a position held with no entry counted today is closed. Live,
+        one opened on an earlier day (``Position.opened_ns``) is carried. With
+        no open time known: with every bar of today's entry time shown, it is
+        an earlier day's; with some not shown (a restart whose store missed
         them), it may be today's, entered on one of those, and the reason
         says so (logged once a day). Closed either way: a stop for it is
         not known."""
-        if day.unseen is None:
+        if day.unseen is None or (live and self._opened_today(bar.symbol, day) is False):
             return CARRIED
         start, end = (
             dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")

@@ -43,8 +43,11 @@ import orjson
 from libs.store.checkpoints import code_digest, table_exists
 from libs.strategy.context import Position
 
-#: Bumped when the encoding below changes (2: the mark's market time).
-FORMAT = 2
+#: Bumped when the encoding below changes (2: the mark's market time; 3: the
+#: time each position was opened, ``Position.opened_ns``). An older format's
+#: checkpoints have another digest and are not read: the first start-up folds
+#: the fills from the start again, which gives every position its open time.
+FORMAT = 3
 #: Checkpoints kept per strategy and digest.
 KEEP = 3
 _HERE = Path(__file__).resolve()
@@ -95,6 +98,7 @@ def encode(positions: Mapping[str, Position]) -> str:
                 str(p.realized_pnl),
                 None if p.mark is None else str(p.mark),
                 p.mark_ns,
+                p.opened_ns,
             ]
             for s, p in positions.items()
         }
@@ -106,7 +110,10 @@ def decode(data: str) -> dict[str, Position]:
     if not isinstance(raw, dict):
         raise ValueError("positions are not an object")
     out: dict[str, Position] = {}
-    for symbol, (qty, avg, realized, mark, mark_ns) in raw.items():
+    for symbol, row in raw.items():
+        if not isinstance(row, list) or len(row) != 6:
+            raise ValueError(f"{symbol}: not a position of format {FORMAT}")
+        qty, avg, realized, mark, mark_ns, opened_ns = row
         out[symbol] = Position(
             symbol,
             Decimal(qty),
@@ -114,6 +121,7 @@ def decode(data: str) -> dict[str, Position]:
             Decimal(realized),
             None if mark is None else Decimal(mark),
             int(mark_ns),
+            None if opened_ns is None else int(opened_ns),
         )
     return out
 

@@ -1,0 +1,94 @@
+"""What the opening_range_breakout restart tests share: the strategy on SPY
+(a 3-minute range, 50 shares) in an in-memory runtime, bars in New York time,
+the closes it sent, a day's 09:33 long and a runner restarted on given books."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from dataclasses import replace
+from decimal import Decimal
+
+from libs.contract.envelope import Event
+from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.strategy import InMemoryRuntime
+from libs.strategy.examples.opening_range import OpeningRangeBreakout
+from libs.strategy.testing import bar, fill_chain, ny_ns
+
+IDS = itertools.count(1)
+DAY = dt.date(2024, 1, 8)
+NEXT = dt.date(2024, 1, 9)
+
+
+def next_id() -> uuid.UUID:
+    return uuid.UUID(int=next(IDS))
+
+
+def runtime() -> InMemoryRuntime:
+    rt = InMemoryRuntime()
+    rt.add("orb", OpeningRangeBreakout, {"range_minutes": 3, "quantity": 50}, symbols=("SPY",))
+    return rt
+
+
+def at(
+    day: dt.date, hhmm: str, close: str, high: str | None = None, low: str | None = None
+) -> Event:
+    h, m = (int(x) for x in hhmm.split(":"))
+    return bar("SPY", close, ny_ns(day, h, m), high=high or close, low=low or close)
+
+
+def opening(day: dt.date) -> list[Event]:
+    return [
+        at(day, "09:30", "100", high="101", low="99"),
+        at(day, "09:31", "101", high="102", low="99.5"),
+        at(day, "09:32", "99", high="101.5", low="98.5"),
+    ]
+
+
+def closes(out: list[Event]) -> list[tuple[str, str, Decimal, str]]:
+    """(signal name, side, quantity, reason) of each intent in ``out``."""
+    signals = {e.id: e for e in out if isinstance(e, SignalGenerated)}
+    return [
+        (
+            signals[e.causation_id].payload.name,
+            e.payload.side,
+            e.payload.quantity,
+            signals[e.causation_id].payload.reason,
+        )
+        for e in out
+        if isinstance(e, OrderIntentCreated) and e.causation_id is not None
+    ]
+
+
+def long_from_0933(day: dt.date) -> list[Event]:
+    """The first runner's life on ``day``: its range, its 09:33 breakout
+    (long 50) and the fill: the events its books are rebuilt from."""
+    before = runtime()
+    out = before.run([*opening(day), at(day, "09:33", "103")])
+    (intent,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    return [*out, *fill_chain(intent, 103, ids=next_id)]
+
+
+def restarted(
+    books: list[Event], shown: list[Event], *, opened_known: bool = True
+) -> InMemoryRuntime:
+    """A fresh runner whose books hold ``books`` and whose store gives it
+    ``shown`` to warm up on. Not ``opened_known``: its ledger is seeded with
+    their fold less the positions' open times (a position whose open time
+    the ledger was not told), as a checkpoint seeds it."""
+    rt = runtime()
+    host = rt.hosts["orb"]
+    host.remember(shown)
+    upto: dict[str, int] | None = None
+    if not opened_known:
+        folded = runtime()
+        for event in books:
+            folded.restore(event)
+        positions = folded.hosts["orb"].ledger.positions
+        host.ledger.seed({s: replace(p, opened_ns=None) for s, p in positions.items()})
+        upto = {"orb": len(books)}
+    for seq, event in enumerate(books, start=1):
+        rt.restore(event, seq=seq, ledgers_upto=upto)
+    rt.start()
+    return rt
