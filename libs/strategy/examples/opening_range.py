@@ -21,7 +21,10 @@ is carried and closed as above. With no open time known (a position the
 ledger was not told it of) and the warm-up not shown every bar of today from
 the range's end (bars missing from the store; or no trade, which it cannot
 tell apart), such a position may be today's: it is closed too, its reason
-saying it cannot tell it was opened today (logged once a day).
+saying it cannot tell it was opened today (logged once a day). Held only by
+an order still working with nothing filled (an entry sent before the
+restart), it is today's entry in flight: counted, not closed (a sell against
+a buy then canceled would leave it short).
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -199,15 +202,29 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         # kept as if it were today's breakout. Closed at the open instead.
         # Unless it was opened today: an entry made on a bar a restart's
         # warm-up was not shown, so not counted yet.
-        if live and held != 0 and day.entries == 0 and self._opened_today(bar.symbol, day):
-            day.entries = 1
-            log.info(
-                "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
-                "before it ran live: counted as today's entry",
-                self.ctx.name,
-                held,
-                bar.symbol,
-            )
+        # Or held only by an order still working with nothing filled: an
+        # entry sent before a restart (orders do not outlive their day), in
+        # flight. Closed, a sell against a buy that is then canceled would
+        # leave it short.
+        if live and held != 0 and day.entries == 0:
+            if self.ctx.position(bar.symbol).quantity == 0:
+                day.entries = 1
+                log.info(
+                    "opening_range_breakout %s: %s %s working with nothing filled when it "
+                    "ran live: counted as today's entry, in flight",
+                    self.ctx.name,
+                    held,
+                    bar.symbol,
+                )
+            elif self._opened_today(bar.symbol, day):
+                day.entries = 1
+                log.info(
+                    "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
+                    "before it ran live: counted as today's entry",
+                    self.ctx.name,
+                    held,
+                    bar.symbol,
+                )
         carried = held != 0 and day.entries == 0
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
