@@ -149,6 +149,7 @@ async def test_nats_lost_mid_replay_ends_in_one_line_saying_how_far_it_got(
         watcher = await Bus.connect(server.url, name="test-watcher")
         try:
             sub = await watcher.nc.subscribe("replay.>")
+            await watcher.nc.flush()  # subscribed at the server before the replay publishes
             env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
             # 100/s: six seconds to go when the server is killed, a tenth of
             # a second in; the client sees its connection drop at once.

@@ -198,6 +198,7 @@ async def test_marketdata_replays_option_marks_by_their_subject(
     trades = list(make_trades(10, "mk"))
     await record(tmp_path, bus, nats_url, database_url, [*trades[:5], *marks, *trades[5:]])
     sub = await bus.nc.subscribe("replay.md.mark.>")
+    await bus.nc.flush()  # subscribed at the server before the replay publishes
     proc = await asyncio.to_thread(
         cli,
         "marketdata",
