@@ -25,9 +25,14 @@ def next_id() -> uuid.UUID:
     return uuid.UUID(int=next(IDS))
 
 
-def runtime() -> InMemoryRuntime:
+def runtime(**params: object) -> InMemoryRuntime:
     rt = InMemoryRuntime()
-    rt.add("orb", OpeningRangeBreakout, {"range_minutes": 3, "quantity": 50}, symbols=("SPY",))
+    rt.add(
+        "orb",
+        OpeningRangeBreakout,
+        {"range_minutes": 3, "quantity": 50, **params},
+        symbols=("SPY",),
+    )
     return rt
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import uuid
 from decimal import Decimal
 from typing import Literal
 
@@ -15,33 +13,11 @@ from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.opening_range import OpeningRangeBreakout, OpeningRangeParams
 from libs.strategy.testing import bar, deny, fill_chain, ny_ns
+from tests.unit.orb_inputs import at, next_id, runtime
 
-IDS = itertools.count(1)
 NS = 1_000_000_000
 WINTER = dt.date(2024, 1, 8)  # EST, UTC-5
 SUMMER = dt.date(2024, 7, 8)  # EDT, UTC-4
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime(**params: object) -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add(
-        "orb",
-        OpeningRangeBreakout,
-        {"range_minutes": 3, "quantity": 50, **params},
-        symbols=("SPY",),
-    )
-    return rt
-
-
-def at(
-    day: dt.date, hhmm: str, close: str, high: str | None = None, low: str | None = None
-) -> Event:
-    h, m = (int(x) for x in hhmm.split(":"))
-    return bar("SPY", close, ny_ns(day, h, m), high=high or close, low=low or close)
 
 
 def intents(out: list[Event]) -> list[tuple[str, str, Decimal]]:

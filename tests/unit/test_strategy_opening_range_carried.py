@@ -10,45 +10,13 @@ entered on.
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
-import uuid
 from decimal import Decimal
 
 from libs.contract.envelope import Event
 from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
-from libs.strategy.examples.opening_range import OpeningRangeBreakout
-from libs.strategy.testing import bar, deny, fill_chain, ny_ns
-
-IDS = itertools.count(1)
-DAY = dt.date(2024, 1, 8)
-NEXT = dt.date(2024, 1, 9)
-
-
-def next_id() -> uuid.UUID:
-    return uuid.UUID(int=next(IDS))
-
-
-def runtime() -> InMemoryRuntime:
-    rt = InMemoryRuntime()
-    rt.add("orb", OpeningRangeBreakout, {"range_minutes": 3, "quantity": 50}, symbols=("SPY",))
-    return rt
-
-
-def at(
-    day: dt.date, hhmm: str, close: str, high: str | None = None, low: str | None = None
-) -> Event:
-    h, m = (int(x) for x in hhmm.split(":"))
-    return bar("SPY", close, ny_ns(day, h, m), high=high or close, low=low or close)
-
-
-def opening(day: dt.date) -> list[Event]:
-    return [
-        at(day, "09:30", "100", high="101", low="99"),
-        at(day, "09:31", "101", high="102", low="99.5"),
-        at(day, "09:32", "99", high="101.5", low="98.5"),
-    ]
+from libs.strategy.testing import deny, fill_chain
+from tests.unit.orb_inputs import DAY, NEXT, at, next_id, opening, runtime
 
 
 def intents(out: list[Event]) -> list[tuple[str, str, Decimal]]:
