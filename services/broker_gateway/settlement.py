@@ -56,13 +56,11 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
 from libs.contract.envelope import Clock, Event
 from libs.contract.events import FillReceived
-from libs.contract.options import parse_option
 from services.broker_gateway import metrics
 from services.broker_gateway.domain.cross import cross_events, cross_order_id, crossing
 from services.broker_gateway.domain.model import BrokerActivity
@@ -72,7 +70,6 @@ from services.broker_gateway.domain.settlement import (
     OUTCOMES,
     READ_BACK,
     Unsettled,
-    held_contracts,
     held_expired,
     holds_options,
     may_still_fill,
@@ -152,35 +149,6 @@ class Worker(Protocol):
     def clock(self) -> Clock: ...
 
 
-#: Later than any time the clock tells.
-FOREVER_NS = 2**63
-
-
-@dataclass(frozen=True, slots=True)
-class _Looked:
-    """What :meth:`Settlements._waiting` worked out (``waiting``, and
-    ``given_up`` set), and what it depends on: the tracker and its positions
-    (their changes counted), the last read's owed shares (that list), and the time:
-    from ``from_ns`` until ``until_ns`` (the next expiry of a contract held,
-    or the next settlement waited for to reach GIVE_UP_NS)."""
-
-    tracker: OrderTracker
-    changes: int
-    owed: list[BrokerActivity]
-    from_ns: int
-    until_ns: int
-    waiting: list[Unsettled]
-
-    def holds(self, tracker: OrderTracker, owed: list[BrokerActivity], now_ns: int) -> bool:
-        """Whether nothing it depends on has changed: the same answer now."""
-        return (
-            self.tracker is tracker
-            and self.changes == tracker.positions_changes
-            and self.owed is owed
-            and self.from_ns <= now_ns < self.until_ns
-        )
-
-
 class Settlements:
     """Reads one account's option settlements and publishes them (see the
     module's docstring). :meth:`wanted` asks for a read (after a
@@ -199,8 +167,6 @@ class Settlements:
         self.given_up: list[str] = []
         #: The last read failed on an unexpected error: read again (backing off).
         self._failed = False
-        #: What :meth:`_waiting` last worked out, while it holds.
-        self._looked: _Looked | None = None
 
     def wanted(self) -> None:
         self._wanted.set()
@@ -263,30 +229,13 @@ class Settlements:
 
     def _waiting(self, now_ns: int) -> list[Unsettled]:
         """What the broker has not settled yet and is still read for: not
-        past GIVE_UP_NS. What is past it is given up (:meth:`_given_up`).
-
-        Asked every tick while a contract is held past its expiry, and
-        worked out again (its texts, the holders of each contract) only when
-        what it depends on has changed (:class:`_Looked`)."""
-        tracker = self.worker.tracker
-        looked = self._looked
-        if looked is not None and looked.holds(tracker, self._owed, now_ns):
-            return looked.waiting
+        past GIVE_UP_NS. What is past it is given up (:meth:`_given_up`)."""
+        w = self.worker
         waiting: list[Unsettled] = []
         given_up: list[Unsettled] = []
-        for u in unsettled(tracker, self._owed, now_ns):
+        for u in unsettled(w.tracker, self._owed, now_ns):
             (waiting if now_ns - u.expires_ns < GIVE_UP_NS else given_up).append(u)
         self._given_up([u.what for u in given_up])
-        # The answer changes with the time only when a contract held expires
-        # or a settlement waited for reaches GIVE_UP_NS.
-        expiries = (parse_option(symbol).expires_at_ns for symbol in held_contracts(tracker))
-        until_ns = min(
-            [e for e in expiries if e > now_ns] + [u.expires_ns + GIVE_UP_NS for u in waiting],
-            default=FOREVER_NS,
-        )
-        self._looked = _Looked(
-            tracker, tracker.positions_changes, self._owed, now_ns, until_ns, waiting
-        )
         return waiting
 
     def _given_up(self, what: list[str]) -> None:

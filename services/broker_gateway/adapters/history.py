@@ -220,7 +220,6 @@ class History:
         for name, tracker in trackers.items():
             # Over every fill, those of the orders left out included.
             tracker.positions = dict(self.positions.get(name, {}))
-            tracker.positions_changes += 1
             tracker.flattens_acknowledged(self.flattens_acknowledged)
         return trackers
 

@@ -131,11 +131,6 @@ class TrackerState:
         self._by_broker: dict[str, uuid.UUID] = {}
         #: Net quantity per (strategy or None, symbol), from published fills.
         self.positions: dict[tuple[str | None, str], Decimal] = {}
-        #: Counts the changes to ``positions`` (each fill taken in), so what
-        #: is worked out from them can be kept until they change (the
-        #: settlement task's unsettled contracts, looked at every second).
-        #: Whoever sets ``positions`` anew counts it too.
-        self.positions_changes = 0
         self._flattens: dict[uuid.UUID, FlattenAccount] = {}
         #: Flattens known to be done: their close-all answered here, or (rebuilt)
         #: their ClosingOrdersPlaced or a refusal of theirs was recorded. Never
@@ -303,7 +298,6 @@ class TrackerState:
         strategy = p.strategy if p.strategy is not None else t.strategy
         key = (strategy, p.symbol)
         self.positions[key] = self.positions.get(key, ZERO) + _signed(p.side, p.quantity)
-        self.positions_changes += 1
         if p.settlement is not None:
             split = t.split if t.split is not None else {}
             split[strategy] = split.get(strategy, ZERO) + p.quantity
