@@ -75,9 +75,7 @@ class Flattening(Reconciling):
                     closed = await self._close_all_unread(command, unread)
                     if closed is None:
                         return "incomplete"
-                else:
-                    closed = self._left_open(closed)
-            working = await self._flatten_done(command, closed, uncanceled)
+            closed, working = await self._flatten_done(command, closed, uncanceled)
         finally:
             self.tracker.flatten_ended()
         assert closed is not None
@@ -101,7 +99,7 @@ class Flattening(Reconciling):
         if refused:
             # Published above as an OrderRejected per position (caused by the
             # flatten): refused by the broker, or its closing order ended short
-            # (_left_open, _recover). Not retried: a second close-all could close positions
+            # (_recover, _left_open). Not retried: a second close-all could close positions
             # opened since, or race the first one's closing orders. The
             # risk-gate has halted the account; an operator clears the cause
             # (a halt, an order holding the shares, what ended the closing
@@ -166,11 +164,13 @@ class Flattening(Reconciling):
         late.clear()
 
     def _left_open(self, closed: ClosedAll) -> ClosedAll:
-        """A close-all's answer, with each position its closing orders leave
-        open (:meth:`OrderTracker.left_open`: a closing order ended with
-        nothing filled, say) as one more refusal: published, counted and
-        logged as one, and the flatten ``incomplete``. (A position the
-        broker refused too is refused once.)"""
+        """A close-all's answer (or what a recovery found, :meth:`_recover`),
+        with each position its closing orders leave open as the tracker
+        knows them now (:meth:`OrderTracker.left_open`: a closing order
+        ended with nothing filled, say; listed so, or ended by the stream or
+        a reconciliation since) as one more refusal: published, counted and
+        logged as one, and the flatten ``incomplete``. (A position refused
+        already, by the broker or by the recovery, is refused once.)"""
         named = {r.symbol for r in closed.refused}
         more = tuple(
             CloseRefused(symbol, why, entry=len(closed.refused) + place)
@@ -207,14 +207,24 @@ class Flattening(Reconciling):
 
     async def _flatten_done(
         self, command: FlattenAccount, closed: ClosedAll, uncanceled: Sequence[CancelRefused] = ()
-    ) -> list[CancelRefused]:
-        """Publish what the close-all did: its closing orders, its refusals,
+    ) -> tuple[ClosedAll, list[CancelRefused]]:
+        """Publish what the close-all did: its closing orders, its refusals
+        (with each position its closing orders leave open, :meth:`_left_open`),
         and the orders the cancel-all before it left working (``uncanceled``
         less those ended since: an opg or cls order from its cutoff until its auction, one
-        the close-all's own cancel left too); those are returned."""
+        the close-all's own cancel left too). Returned: the close-all's
+        answer with those refusals, and those orders."""
         # Still under way after a close-all's answer; taken up again after a
         # recovery (_recover), which leaves it between its broker calls.
         self.tracker.flatten_started(command)
+        # What the closing orders leave open is worked out here, in the step
+        # that marks the flatten done (tracker.flatten_done), with nothing
+        # awaited between: an end the tracker took in before it is said here,
+        # one after it by Closing._ends_short (the flatten done, a late end).
+        # Worked out before an await (a recovery's, before its open_orders
+        # call), an end the stream or a reconciliation brought during it was
+        # said by neither: the flatten said ``flattened`` with it open.
+        closed = self._left_open(closed)
         unexpressed: list[tuple[BrokerOrder, ValueError]] = []
         working = self.tracker.left_working(uncanceled)
         events = self.tracker.flatten_done(
@@ -235,7 +245,7 @@ class Flattening(Reconciling):
             )
         await self.outbox.publish(events)
         self._close_alls_sent.pop(command.id, None)
-        return working
+        return closed, working
 
     def _earlier_close_all(self, command: FlattenAccount, delivery: int) -> tuple[int, int] | None:
         """When an earlier run of this flatten may have sent its close-all,
