@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 #: parse it cannot parse the next time either (it was tried for ever).
 CLOSE_ALL_ATTEMPTS = 3
 
+#: Flattens counted ``flattened`` kept to be counted again as turned
+#: incomplete by a closing order's late end (``_left_open_late``): a few a day
+#: at most, and a late end comes by the next session's close.
+MAX_FLATTENED_KEPT = 1000
+
 
 class Flattening(Reconciling):
     """An account's flattens (see the module docstring)."""
@@ -120,6 +125,9 @@ class Flattening(Reconciling):
         log.info(
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
+        self._counted_flattened[command.id] = None
+        while len(self._counted_flattened) > MAX_FLATTENED_KEPT:
+            del self._counted_flattened[next(iter(self._counted_flattened))]
         return "flattened"
 
     def _flatten_ran(self, flatten_id: uuid.UUID) -> None:
@@ -144,8 +152,11 @@ class Flattening(Reconciling):
         contract past its expiry too: :meth:`_settles`). The flatten's
         outcome was counted when it ran and stays so: a counter takes nothing
         back, and counted again, as ``incomplete``, the flatten would be two
-        commands. The account stays halted (the risk-gate halted it when it
-        sent the flatten); an operator clears the cause and flattens again."""
+        commands. A flatten counted ``flattened`` here is counted once in
+        ``tradebus_broker_flattens_incomplete_late_total`` instead (flattened
+        less those is what was flattened). The account stays halted (the
+        risk-gate halted it when it sent the flatten); an operator clears the
+        cause and flattens again."""
         late = self.tracker.left_open_late
         for symbol, refusal in late:
             if self._settles(
@@ -153,6 +164,9 @@ class Flattening(Reconciling):
             ):
                 continue
             metrics.FLATTEN_REFUSED.labels(account=self.account).inc()
+            if refusal.causation_id in self._counted_flattened:
+                del self._counted_flattened[refusal.causation_id]  # once per flatten
+                metrics.FLATTENS_INCOMPLETE_LATE.labels(account=self.account).inc()
             log.error(
                 "flatten %s of %s left %s open, its closing order ended after its close-all "
                 "had answered: %s",

@@ -5,8 +5,8 @@ test_gateway_dead_closing_recovered.py, while a recovery asks the broker):
 a worker whose strategy holds AAPL, a closing order as the broker lists it,
 a flatten run with the close-all's answer the test gives, one recovered
 after a restart from what the broker lists (its stream bringing the news
-the test gives while a given broker call is under way), and the account's
-flatten outcomes. The broker is a stand-in; the clock is the test's."""
+the test gives while a given broker call is under way), the broker's stream
+after it, and the account's flatten outcomes. The broker is a stand-in; the clock is the test's."""
 
 from __future__ import annotations
 
@@ -114,6 +114,22 @@ class Stream:
         for update in updates:
             self._updates.put_nowait(update)
         await asyncio.wait_for(self._taken.wait(), timeout=5)
+
+
+async def streamed(w: AccountWorker, updates: list[OrderUpdate], published: list[Any]) -> None:
+    """The broker's stream brings ``updates`` to ``w``'s event task; what it
+    publishes goes to ``published``."""
+    stream = Stream()
+    w.port = broker(events=stream.events)
+    outbox = outbox_into(published)
+    w.outbox = cast(Any, SimpleNamespace(publish=outbox.publish, post=outbox.publish))
+    running = asyncio.create_task(w.run_events())
+    try:
+        await stream.bring(updates)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def recovered(
