@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 #: parse it cannot parse the next time either (it was tried for ever).
 CLOSE_ALL_ATTEMPTS = 3
 
+#: Flattens counted ``flattened`` kept to be counted again as turned
+#: incomplete by a closing order's late end (``_left_open_late``): a few a day
+#: at most, and a late end comes by the next session's close.
+MAX_FLATTENED_KEPT = 1000
+
 
 class Flattening(Reconciling):
     """An account's flattens (see the module docstring)."""
@@ -75,9 +80,7 @@ class Flattening(Reconciling):
                     closed = await self._close_all_unread(command, unread)
                     if closed is None:
                         return "incomplete"
-                else:
-                    closed = self._left_open(closed)
-            working = await self._flatten_done(command, closed, uncanceled)
+            closed, working = await self._flatten_done(command, closed, uncanceled)
         finally:
             self.tracker.flatten_ended()
         assert closed is not None
@@ -101,7 +104,7 @@ class Flattening(Reconciling):
         if refused:
             # Published above as an OrderRejected per position (caused by the
             # flatten): refused by the broker, or its closing order ended short
-            # (_left_open, _recover). Not retried: a second close-all could close positions
+            # (_recover, _left_open). Not retried: a second close-all could close positions
             # opened since, or race the first one's closing orders. The
             # risk-gate has halted the account; an operator clears the cause
             # (a halt, an order holding the shares, what ended the closing
@@ -122,6 +125,9 @@ class Flattening(Reconciling):
         log.info(
             "flattened %s: %d closing orders (%s)", self.account, len(closed.orders), command.id
         )
+        self._counted_flattened[command.id] = None
+        while len(self._counted_flattened) > MAX_FLATTENED_KEPT:
+            del self._counted_flattened[next(iter(self._counted_flattened))]
         return "flattened"
 
     def _flatten_ran(self, flatten_id: uuid.UUID) -> None:
@@ -146,8 +152,11 @@ class Flattening(Reconciling):
         contract past its expiry too: :meth:`_settles`). The flatten's
         outcome was counted when it ran and stays so: a counter takes nothing
         back, and counted again, as ``incomplete``, the flatten would be two
-        commands. The account stays halted (the risk-gate halted it when it
-        sent the flatten); an operator clears the cause and flattens again."""
+        commands. A flatten counted ``flattened`` here is counted once in
+        ``tradebus_broker_flattens_incomplete_late_total`` instead (flattened
+        less those is what was flattened). The account stays halted (the
+        risk-gate halted it when it sent the flatten); an operator clears the
+        cause and flattens again."""
         late = self.tracker.left_open_late
         for symbol, refusal in late:
             if self._settles(
@@ -155,6 +164,9 @@ class Flattening(Reconciling):
             ):
                 continue
             metrics.FLATTEN_REFUSED.labels(account=self.account).inc()
+            if refusal.causation_id in self._counted_flattened:
+                del self._counted_flattened[refusal.causation_id]  # once per flatten
+                metrics.FLATTENS_INCOMPLETE_LATE.labels(account=self.account).inc()
             log.error(
                 "flatten %s of %s left %s open, its closing order ended after its close-all "
                 "had answered: %s",
@@ -166,11 +178,13 @@ class Flattening(Reconciling):
         late.clear()
 
     def _left_open(self, closed: ClosedAll) -> ClosedAll:
-        """A close-all's answer, with each position its closing orders leave
-        open (:meth:`OrderTracker.left_open`: a closing order ended with
-        nothing filled, say) as one more refusal: published, counted and
-        logged as one, and the flatten ``incomplete``. (A position the
-        broker refused too is refused once.)"""
+        """A close-all's answer (or what a recovery found, :meth:`_recover`),
+        with each position its closing orders leave open as the tracker
+        knows them now (:meth:`OrderTracker.left_open`: a closing order
+        ended with nothing filled, say; listed so, or ended by the stream or
+        a reconciliation since) as one more refusal: published, counted and
+        logged as one, and the flatten ``incomplete``. (A position refused
+        already, by the broker or by the recovery, is refused once.)"""
         named = {r.symbol for r in closed.refused}
         more = tuple(
             CloseRefused(symbol, why, entry=len(closed.refused) + place)
@@ -207,14 +221,24 @@ class Flattening(Reconciling):
 
     async def _flatten_done(
         self, command: FlattenAccount, closed: ClosedAll, uncanceled: Sequence[CancelRefused] = ()
-    ) -> list[CancelRefused]:
-        """Publish what the close-all did: its closing orders, its refusals,
+    ) -> tuple[ClosedAll, list[CancelRefused]]:
+        """Publish what the close-all did: its closing orders, its refusals
+        (with each position its closing orders leave open, :meth:`_left_open`),
         and the orders the cancel-all before it left working (``uncanceled``
         less those ended since: an opg or cls order from its cutoff until its auction, one
-        the close-all's own cancel left too); those are returned."""
+        the close-all's own cancel left too). Returned: the close-all's
+        answer with those refusals, and those orders."""
         # Still under way after a close-all's answer; taken up again after a
         # recovery (_recover), which leaves it between its broker calls.
         self.tracker.flatten_started(command)
+        # What the closing orders leave open is worked out here, in the step
+        # that marks the flatten done (tracker.flatten_done), with nothing
+        # awaited between: an end the tracker took in before it is said here,
+        # one after it by Closing._ends_short (the flatten done, a late end).
+        # Worked out before an await (a recovery's, before its open_orders
+        # call), an end the stream or a reconciliation brought during it was
+        # said by neither: the flatten said ``flattened`` with it open.
+        closed = self._left_open(closed)
         unexpressed: list[tuple[BrokerOrder, ValueError]] = []
         working = self.tracker.left_working(uncanceled)
         events = self.tracker.flatten_done(
@@ -235,7 +259,7 @@ class Flattening(Reconciling):
             )
         await self.outbox.publish(events)
         self._close_alls_sent.pop(command.id, None)
-        return working
+        return closed, working
 
     def _earlier_close_all(self, command: FlattenAccount, delivery: int) -> tuple[int, int] | None:
         """When an earlier run of this flatten may have sent its close-all,

@@ -51,6 +51,13 @@ FLATTEN_REFUSED = Counter(
     "or their closing orders ended short (canceled, expired or rejected)",
     ["account"],
 )
+FLATTENS_INCOMPLETE_LATE = Counter(
+    "tradebus_broker_flattens_incomplete_late_total",
+    "Flattens counted flattened (tradebus_broker_commands_total) that a closing order "
+    "ending short after the close-all's answer left incomplete: a position still open "
+    "(each flatten once; one run by a gateway before a restart is not counted)",
+    ["account"],
+)
 FLATTEN_WORKING = Counter(
     "tradebus_broker_flatten_working_orders_total",
     "Orders a flatten's cancel-all left working: the broker refused to cancel them, "
@@ -122,6 +129,7 @@ def account_started(account: str) -> None:
     count back to no more than it was: not seen as a reset).
     """
     FLATTEN_REFUSED.labels(account=account)
+    FLATTENS_INCOMPLETE_LATE.labels(account=account)
     FLATTEN_WORKING.labels(account=account)
     ORDERS_UNKNOWN.labels(account=account)
     RATE_LIMITED.labels(account=account)

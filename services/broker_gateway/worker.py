@@ -236,6 +236,11 @@ class WorkerBase:
         #: When this gateway sent a flatten's close-all (ns), until its outcome
         #: is published: the flatten run again looks for its closing orders.
         self._close_alls_sent: dict[uuid.UUID, int] = {}
+        #: Flattens whose outcome this gateway counted ``flattened``, oldest
+        #: first, at most ``flatten.MAX_FLATTENED_KEPT``: one a closing order's
+        #: late end leaves open is counted as turned incomplete, once (see
+        #: ``Flattening._left_open_late``).
+        self._counted_flattened: dict[uuid.UUID, None] = {}
         #: Closing orders created after this (ns) are no earlier gateway's.
         self.started_ns = clock.now_ns()
         #: Flattens recorded before this start whose close-all is not known to

@@ -13,13 +13,9 @@ clock is the test's."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -27,7 +23,6 @@ import pytest
 from libs.contract.codec import derived_id
 from libs.contract.envelope import Event
 from libs.contract.events import FillPayload, FillReceived, FlattenAccount, FlattenAccountPayload
-from libs.testing.wait import eventually
 from services.broker_gateway.domain.model import (
     BrokerFill,
     BrokerOrder,
@@ -37,8 +32,8 @@ from services.broker_gateway.domain.model import (
 )
 from services.broker_gateway.domain.tracker import OrderTracker
 from services.broker_gateway.gateway import AccountWorker
-from tests.unit.gateway_closing_inputs import closed_by, closing, holding, outcomes
-from tests.unit.gateway_doubles import CLOCK, broker, outbox_into
+from tests.unit.gateway_closing_inputs import closed_by, closing, holding, outcomes, streamed
+from tests.unit.gateway_doubles import CLOCK, broker
 
 D = Decimal
 
@@ -69,29 +64,6 @@ async def answered(account: str, published: list[Any]) -> tuple[AccountWorker, F
     assert outcomes(account) == {"flattened": 1, "incomplete": 0, "refused": 0}
     assert refusals(published) == []
     return w, flatten
-
-
-async def streamed(w: AccountWorker, updates: list[OrderUpdate], published: list[Any]) -> None:
-    """The broker's stream brings ``updates`` to ``w``'s event task."""
-    brought = asyncio.Event()
-
-    async def events() -> AsyncIterator[OrderUpdate]:
-        for update in updates:
-            yield update
-        brought.set()
-        await asyncio.Event().wait()
-
-    w.port = broker(events=events)
-    outbox = outbox_into(published)
-    w.outbox = cast(Any, SimpleNamespace(publish=outbox.publish, post=outbox.publish))
-    running = asyncio.create_task(w.run_events())
-    try:
-        # Set once the event task asks for the next update: the last one is in.
-        await eventually(brought.is_set, timeout=5)
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 @pytest.mark.parametrize(

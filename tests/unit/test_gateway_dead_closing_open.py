@@ -20,16 +20,21 @@ from nats.aio.msg import Msg
 from libs.contract.codec import derived_id
 from libs.contract.events import FlattenAccount
 from services.broker_gateway.domain.model import (
-    BrokerFill,
-    BrokerOrder,
     BrokerPosition,
     CanceledAll,
     ClosedAll,
     OrderStatus,
     OrderUpdate,
 )
-from services.broker_gateway.gateway import AccountWorker, Held
-from tests.unit.gateway_closing_inputs import closed_by, closing, flatten_of, holding, outcomes
+from services.broker_gateway.gateway import Held
+from tests.unit.gateway_closing_inputs import (
+    closed_by,
+    closing,
+    flatten_of,
+    holding,
+    outcomes,
+    recovered,
+)
 from tests.unit.gateway_doubles import Delivery, broker, outbox_into
 
 D = Decimal
@@ -125,51 +130,6 @@ async def test_closing_orders_that_filled_or_work_leave_the_account_flattened() 
     await closed_by(w, answer, published)
     assert [e for e in published if e.type == "OrderRejected"] == []
     assert outcomes(account) == {"flattened": 1, "incomplete": 0, "refused": 0}
-
-
-async def recovered(
-    w: AccountWorker, created: list[BrokerOrder], held: list[BrokerPosition], published: list[Any]
-) -> FlattenAccount:
-    """A flatten delivered again after a restart: the gateway before it
-    sent its close-all and died; the broker lists ``created`` in its window
-    and holds ``held``."""
-
-    async def orders_created(after_ns: int, until_ns: int) -> list[BrokerOrder]:
-        return created
-
-    async def positions() -> list[BrokerPosition]:
-        return held
-
-    async def get_order(**ids: str | None) -> BrokerOrder | None:
-        return next((o for o in created if o.broker_order_id == ids.get("broker_order_id")), None)
-
-    async def order_fills(order: BrokerOrder) -> list[BrokerFill]:
-        assert order.filled_quantity == order.quantity
-        return [
-            BrokerFill(
-                order.broker_order_id,
-                order.client_order_id,
-                order.symbol,
-                order.side,
-                order.quantity,
-                D(101),
-                order.quantity,
-                D(0),
-                3,
-            )
-        ]
-
-    w.port = broker(
-        orders_created=orders_created,
-        positions=positions,
-        get_order=get_order,
-        order_fills=order_fills,
-    )
-    w.outbox = outbox_into(published)
-    flatten = flatten_of(w)
-    async with asyncio.timeout(10):
-        await w.handle(Held(flatten, cast(Msg, Delivery(1, 2)), 1))
-    return flatten
 
 
 @pytest.mark.parametrize("status", ["canceled", "expired"])
