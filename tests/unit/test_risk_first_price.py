@@ -10,7 +10,6 @@ it come on time. Without it, the symbol's orders were denied
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -32,7 +31,9 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import (
+    DAY_START,
     LIMITS,
+    NEXT_DAY,
     T0,
     At,
     D,
@@ -43,13 +44,9 @@ from tests.unit.risk_evolve_inputs import (
     start,
     trade,
 )
-from tests.unit.risk_live_gates import deliver, live_gate, same
+from tests.unit.risk_live_gates import MS, lagged_store, same
 from tests.unit.risk_timelines import fold
 
-MS = S // 1000
-#: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.
-DAY_START = T0 + 17 * 3600 * S
-NEXT_DAY = dt.date(2026, 3, 11)
 #: Published 2 s into the new day, after its first event.
 LATE = DAY_START + 2 * S
 
@@ -213,17 +210,7 @@ async def test_the_live_gate_and_the_fold_agree_on_a_late_first_price(lag_ms: in
         intent(10, t=LATE + S, symbol="IBM", order_type="limit", limit_price=D(55)),
         trade("IBM", 40, DAY_START + 3 * S),  # -1,500 on D + 1: the breaker
     ]
-    gate, clock, bus = await live_gate(before, DAY_START - S)
-    store = list(before)
-    owed: list[Event] = []
-    for k, event in enumerate(stream):
-        clock.ns = event.ts_init + lag_ms * MS
-        await deliver(gate, event, len(store) + 1, k + 1)
-        store.append(event)
-        store += owed
-        owed = [e for batch in bus.batches for e in batch]
-        bus.batches.clear()
-    store += owed
+    gate, store = await lagged_store(before, stream, DAY_START - S, lag_ms)
     folded = fold(RiskState.initial(LIMITS), store)
     assert same(gate.state, folded) == []
     decisions = [e.payload.reason for e in store if e.type == "RiskDecisionMade"]
