@@ -181,6 +181,32 @@ def fill(
     )
 
 
+def assigned(symbol: str, quantity: int, price: int, t: int, side: str = "buy") -> FillReceived:
+    """``acct`` (strategy ``sma``) assigned ``quantity`` ``symbol`` at the
+    strike ``price`` (``side`` sell: called away), published at ``t``: a
+    settlement's fill, booked at no market price."""
+    q = D(quantity)
+    return FillReceived.create(
+        FillPayload(
+            order_id=uuid.uuid4(),
+            account="acct",
+            broker_order_id="activity",
+            fill_id=uuid.uuid4().hex,
+            symbol=symbol,
+            side=side,
+            quantity=q,
+            price=D(price),
+            cumulative_quantity=q,
+            leaves_quantity=D(0),
+            status="complete",
+            strategy="sma",
+            settlement="assigned",
+        ),
+        source="test/broker-gateway",
+        clock=At(t),
+    )
+
+
 def op(cls: type[Any], scope: str | None = None, t: int = T0) -> Any:
     if scope is None:
         return ev(cls, OperatorActionPayload(operator="ann", reason="why"), t)

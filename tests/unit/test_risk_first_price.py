@@ -18,8 +18,6 @@ import pytest
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
-    FillPayload,
-    FillReceived,
     MarkPayload,
     MarkUpdated,
     ReasonCode,
@@ -38,6 +36,7 @@ from tests.unit.risk_evolve_inputs import (
     At,
     D,
     S,
+    assigned,
     fill,
     intent,
     last_bar,
@@ -66,32 +65,6 @@ def _mark(symbol: str, price: int) -> Event:
         symbol=symbol, price=p, bid_price=p - D("0.01"), ask_price=p + D("0.01"), feed="demo"
     )
     return MarkUpdated.create(payload, source="test", clock=At(LATE), ts_event=DAY_START - S)
-
-
-def _settled(symbol: str, quantity: int, price: int, ts_event: int, ts_init: int) -> FillReceived:
-    """``acct`` assigned ``quantity`` shares at the strike ``price``: a
-    settlement's fill, booked but no market price."""
-    q = D(quantity)
-    return FillReceived.create(
-        FillPayload(
-            order_id=uuid.uuid4(),
-            account="acct",
-            broker_order_id="activity",
-            fill_id=uuid.uuid4().hex,
-            symbol=symbol,
-            side="buy",
-            quantity=q,
-            price=D(price),
-            cumulative_quantity=q,
-            leaves_quantity=D(0),
-            status="complete",
-            strategy="sma",
-            settlement="assigned",
-        ),
-        source="test/broker-gateway",
-        clock=At(ts_init),
-        ts_event=ts_event,
-    )
 
 
 def _fill(symbol: str, price: int) -> Event:
@@ -155,7 +128,7 @@ def test_a_late_price_of_the_day_gone_does_not_move_a_symbol_that_has_one(kind: 
 def _carried() -> RiskState:
     """Day D: acct assigned 100 IBM at 50 (a settlement: no price of IBM),
     carried into D + 1 at its cost, for want of a close."""
-    state = evolve(start(), _settled("IBM", 100, 50, T0 + S, T0 + S))
+    state = evolve(start(), assigned("IBM", 100, 50, T0 + S))
     state = evolve(state, trade("MSFT", 50, DAY_START + MS))
     assert state.mark("IBM") is None
     return state
@@ -186,7 +159,7 @@ def test_a_late_price_starts_the_carried_part_of_a_position_filled_since() -> No
     100 from 58 (0 today) and marks the 100 of D + 1 at it (-200); it used
     to leave the carried 100 measured from their cost (+800 more, +600 in
     all). More cases: test_risk_first_price_filled."""
-    state = evolve(_carried(), _settled("IBM", 100, 60, DAY_START + S, DAY_START + S))
+    state = evolve(_carried(), assigned("IBM", 100, 60, DAY_START + S))
     assert state.positions["acct", "IBM"].day_basis == D(55)  # (50 + 60) / 2
     state = evolve(state, _trade("IBM", 58))
     assert state.day_pnl("acct") == D(-200)
@@ -201,7 +174,7 @@ async def test_the_live_gate_and_the_fold_agree_on_a_late_first_price(lag_ms: in
     before = [
         trade("AAPL", 100),
         trade("MSFT", 50),
-        _settled("IBM", 100, 50, T0 + S, T0 + S),
+        assigned("IBM", 100, 50, T0 + S),
     ]
     stream = [
         trade("MSFT", 51, DAY_START + MS),
