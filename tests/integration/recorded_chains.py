@@ -16,12 +16,8 @@ from pathlib import Path
 from libs.bus.client import Bus
 from libs.contract.envelope import WallClock
 from libs.contract.events import (
-    FillPayload,
-    FillReceived,
     OrderAccepted,
     OrderAcceptedPayload,
-    OrderIntentCreated,
-    OrderIntentPayload,
     SignalGenerated,
     SignalPayload,
     SubmitOrder,
@@ -30,6 +26,7 @@ from libs.contract.events import (
 from libs.testing.procs import ServiceProcess
 from libs.testing.store import recorded_count
 from libs.testing.wait import eventually
+from tests.unit.contract_samples import all_10_aapl_filled, intent_to_buy_10_aapl
 
 CLOCK = WallClock()
 SECRET = "s3cr3t-pw"  # noqa: S105 - a fake password, to show it is never printed
@@ -75,14 +72,7 @@ def order_chain() -> list[object]:
         source="strategy-runner",
         clock=CLOCK,
     )
-    intent = OrderIntentCreated.create(
-        OrderIntentPayload(
-            strategy="sma", account="acct-a", symbol="AAPL", side="buy", quantity=Decimal(10)
-        ),
-        source="strategy-runner",
-        clock=CLOCK,
-        cause=signal,
-    )
+    intent = intent_to_buy_10_aapl(CLOCK, cause=signal)
     order_id = uuid.uuid4()
     cmd = SubmitOrder.create(
         SubmitOrderPayload(
@@ -106,24 +96,7 @@ def order_chain() -> list[object]:
         clock=CLOCK,
         cause=cmd,
     )
-    fill = FillReceived.create(
-        FillPayload(
-            order_id=order_id,
-            account="acct-a",
-            broker_order_id="b-1",
-            fill_id="f-1",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(10),
-            price=Decimal("187.25"),
-            cumulative_quantity=Decimal(10),
-            leaves_quantity=Decimal(0),
-            status="complete",
-        ),
-        source="broker-gateway",
-        clock=CLOCK,
-        cause=ack,
-    )
+    fill = all_10_aapl_filled(order_id, "187.25", CLOCK, cause=ack)
     return [signal, intent, cmd, ack, fill]
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from nats.aio.msg import Msg
 
-from libs.bus.client import Bus
+from libs.bus.client import PUBLISH_ACK_TIMEOUT, PUBLISH_DEADLINE, Bus
 from libs.contract.events import MarkPayload, MarkUpdated
 from libs.contract.subjects import DEADLETTER_ALL, RECORDED_SUBJECTS, STREAM
 from libs.local.servers import NatsServer
@@ -279,16 +279,24 @@ async def test_a_dead_letter_that_cannot_be_published_is_retried_not_fatal(
                 retry_backoff_s=0.05,
                 dead_letter_deadline_s=0.2,
             )
+            # One attempt at the longest: its dead-letter deadline, a publish
+            # sent just before it waiting out its ack timeout, the bus's last
+            # backoff sleep (capped at 2 s), then the runner's own backoff.
+            # Slack on top for the consumer's recreation (a few JetStream API
+            # round trips) on a slow host. Well under what one attempt took
+            # when the setting was not passed (the bus's PUBLISH_DEADLINE).
+            attempt_s = settings.dead_letter_deadline_s + PUBLISH_ACK_TIMEOUT + 2.0
+            two_attempts_s = 2 * (attempt_s + settings.retry_backoff_s) + 10.0
+            assert two_attempts_s < PUBLISH_DEADLINE
             runner = Runner(settings, validate_strategies(yaml.safe_load(ECHO_CONFIG)))
             runner.live = True
             recreated = metrics.CONSUMER_RECREATED.labels(cause="PublishFailed")
             before = recreated._value.get()
             consuming = asyncio.create_task(runner._serve(bus))
             try:
-                # Two attempts, each within the 0.2 s deadline and a publish's
-                # own ack timeout (2 s) of the other.
                 await eventually(
-                    lambda: consuming.done() or recreated._value.get() >= before + 2, timeout=8
+                    lambda: consuming.done() or recreated._value.get() >= before + 2,
+                    timeout=two_attempts_s,
                 )
                 assert not consuming.done(), consuming.exception()
                 assert "consuming failed (PublishFailed" in caplog.text

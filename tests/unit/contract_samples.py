@@ -1,5 +1,6 @@
 """One realistic sample of every event type of the contract, with the subject it
-travels on, and the deterministic clock and ids the contract tests build them with."""
+travels on, and the deterministic clocks and ids the contract tests build them with;
+sma's buy of 10 AAPL on acct-a, its intent and its fill, as several tests build it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from itertools import count
 from typing import Any, NamedTuple
 
 from libs.contract.codec import encode
-from libs.contract.envelope import Event, Frozen
+from libs.contract.envelope import Clock, Event, Frozen
 from libs.contract.events import (
     BarClosed,
     BarPayload,
@@ -80,6 +81,13 @@ class StepClock:
 
     def now_ns(self) -> int:
         return next(self._ticks)
+
+
+class FixedClock:
+    """A clock that always reads T0."""
+
+    def now_ns(self) -> int:
+        return T0
 
 
 def sequential_ids() -> Any:
@@ -373,3 +381,40 @@ def fill_event(**changes: Any) -> dict[str, Any]:
 
 def as_bytes(raw: dict[str, Any]) -> bytes:
     return json.dumps(raw).encode()
+
+
+def intent_to_buy_10_aapl(clock: Clock, *, cause: Event | None = None) -> OrderIntentCreated:
+    """sma's intent to buy 10 AAPL on acct-a, a market order (the defaults)."""
+    return OrderIntentCreated.create(
+        OrderIntentPayload(
+            strategy="sma", account="acct-a", symbol="AAPL", side="buy", quantity=Decimal(10)
+        ),
+        source="strategy-runner",
+        clock=clock,
+        cause=cause,
+    )
+
+
+def all_10_aapl_filled(
+    order_id: uuid.UUID, price: str, clock: Clock, *, cause: Event
+) -> FillReceived:
+    """The broker's one fill of a buy of 10 AAPL on acct-a (order b-1, fill f-1)
+    at ``price``: the whole order, complete."""
+    return FillReceived.create(
+        FillPayload(
+            order_id=order_id,
+            account="acct-a",
+            broker_order_id="b-1",
+            fill_id="f-1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(10),
+            price=Decimal(price),
+            cumulative_quantity=Decimal(10),
+            leaves_quantity=Decimal(0),
+            status="complete",
+        ),
+        source="broker-gateway",
+        clock=clock,
+        cause=cause,
+    )

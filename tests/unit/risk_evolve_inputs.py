@@ -4,6 +4,7 @@ reduce-only level and a breaker, events at T0, and the gate's steps
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -80,7 +81,8 @@ def trade(symbol: str, price: str | int, t: int = T0) -> TradePrinted:
     return ev(TradePrinted, TradePayload(symbol=symbol, price=D(price), size=D(1), feed="demo"), t)
 
 
-def bar(symbol: str, close: str | int, t: int = T0) -> BarClosed:
+def bar(symbol: str, close: str | int, t: int = T0, *, published: int | None = None) -> BarClosed:
+    """A 1-minute bar ending at ``t``, published then (or at ``published``)."""
     c = D(close)
     payload = BarPayload(
         symbol=symbol,
@@ -94,11 +96,15 @@ def bar(symbol: str, close: str | int, t: int = T0) -> BarClosed:
         end_ns=t,
         feed="demo",
     )
-    return ev(BarClosed, payload, t)
+    if published is None:
+        return ev(BarClosed, payload, t)
+    return BarClosed.create(payload, source="test", clock=At(published), ts_event=t)
 
 
 #: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.
 DAY_START = T0 + 17 * 3600 * S
+#: The trading day DAY_START starts.
+NEXT_DAY = dt.date(2026, 3, 11)
 #: The bar intervals ``last_bar`` makes, and their windows' lengths.
 BAR_LENGTH = {"1s": S, "1m": 60 * S}
 
@@ -172,6 +178,32 @@ def fill(
             strategy=strategy,
         ),
         t,
+    )
+
+
+def assigned(symbol: str, quantity: int, price: int, t: int, side: str = "buy") -> FillReceived:
+    """``acct`` (strategy ``sma``) assigned ``quantity`` ``symbol`` at the
+    strike ``price`` (``side`` sell: called away), published at ``t``: a
+    settlement's fill, booked at no market price."""
+    q = D(quantity)
+    return FillReceived.create(
+        FillPayload(
+            order_id=uuid.uuid4(),
+            account="acct",
+            broker_order_id="activity",
+            fill_id=uuid.uuid4().hex,
+            symbol=symbol,
+            side=side,
+            quantity=q,
+            price=D(price),
+            cumulative_quantity=q,
+            leaves_quantity=D(0),
+            status="complete",
+            strategy="sma",
+            settlement="assigned",
+        ),
+        source="test/broker-gateway",
+        clock=At(t),
     )
 
 

@@ -2,7 +2,8 @@
 and a set clock, messages handed to it as JetStream delivers them, random
 traffic for it, and the comparison of its state with a fold of the store:
 what the live-fold, redelivery, bar-day, first-price and crash-cut tests
-build on.
+build on; and the gate handed a stream with its own events landing in it
+late (:func:`lagged_store`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,28 @@ async def deliver(gate: RiskGate, event: Event, seq: int, delivered: int) -> Non
         headers=None,
     )
     await gate._on_message(cast(Any, msg))
+
+
+async def lagged_store(
+    before: list[Event], stream: list[Event], now_ns: int, lag_ms: int
+) -> tuple[RiskGate, list[Event]]:
+    """The real gate with ``before`` folded in, gone live at ``now_ns``, handed
+    ``stream`` one message at a time, each ``lag_ms`` after it was published
+    (``ts_init``). What the gate publishes in answer lands in the stream one
+    message late: after the next message. Returns the gate and the store
+    that makes (``before``, ``stream`` and the gate's events, in stream order)."""
+    gate, clock, bus = await live_gate(before, now_ns)
+    store = list(before)
+    owed: list[Event] = []
+    for k, event in enumerate(stream):
+        clock.ns = event.ts_init + lag_ms * MS
+        await deliver(gate, event, len(store) + 1, k + 1)
+        store.append(event)
+        store += owed
+        owed = [e for batch in bus.batches for e in batch]
+        bus.batches.clear()
+    store += owed
+    return gate, store
 
 
 def _closing_orders(rng: random.Random, gate: RiskGate, t: int) -> Event | None:

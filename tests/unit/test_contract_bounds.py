@@ -53,10 +53,6 @@ from libs.contract.events import (
     ClosingOrdersPlaced,
     FeedStatusChanged,
     FeedStatusPayload,
-    FillPayload,
-    FillReceived,
-    OrderIntentCreated,
-    OrderIntentPayload,
     PositionsCheckedPayload,
     QuotePayload,
     QuoteUpdated,
@@ -69,33 +65,16 @@ from libs.contract.events import (
     TradePrinted,
 )
 from services.recorder.domain.rows import StreamMessage, to_row
+from tests.unit.contract_samples import T0, FixedClock, all_10_aapl_filled, intent_to_buy_10_aapl
 
 PROTO = Path(__file__).resolve().parents[2] / "proto"
-T0 = 1_700_000_000_000_000_000
 BIGINT_MAX = 2**63 - 1
-
-
-class FixedClock:
-    def now_ns(self) -> int:
-        return T0
-
-
 CLOCK = FixedClock()
-
-
-def _intent() -> OrderIntentCreated:
-    return OrderIntentCreated.create(
-        OrderIntentPayload(
-            strategy="sma", account="acct-a", symbol="AAPL", side="buy", quantity=Decimal(10)
-        ),
-        source="strategy-runner",
-        clock=CLOCK,
-    )
 
 
 def samples() -> dict[str, Event]:
     """One event of each shape whose fields these tests reach into."""
-    intent = _intent()
+    intent = intent_to_buy_10_aapl(CLOCK)
     order_id = order_id_for(intent.id)
     submit = SubmitOrder.create(
         SubmitOrderPayload.for_intent(intent, order_id),
@@ -127,24 +106,7 @@ def samples() -> dict[str, Event]:
             source="broker-gateway",
             clock=CLOCK,
         ),
-        "fill": FillReceived.create(
-            FillPayload(
-                order_id=order_id,
-                account="acct-a",
-                broker_order_id="b-1",
-                fill_id="f-1",
-                symbol="AAPL",
-                side="buy",
-                quantity=Decimal(10),
-                price=Decimal("187.19"),
-                cumulative_quantity=Decimal(10),
-                leaves_quantity=Decimal(0),
-                status="complete",
-            ),
-            source="broker-gateway",
-            clock=CLOCK,
-            cause=submit,
-        ),
+        "fill": all_10_aapl_filled(order_id, "187.19", CLOCK, cause=submit),
         "trade": TradePrinted.create(
             TradePayload(
                 symbol="AAPL",

@@ -23,7 +23,6 @@ from libs.contract.events import (
     EVENT_TYPES,
     BarClosed,
     BarPayload,
-    FillPayload,
     FillReceived,
     KillSwitchEngaged,
     OperatorActionPayload,
@@ -36,16 +35,9 @@ from libs.contract.events import (
     TradePrinted,
 )
 from libs.contract.subjects import RECORDED_SUBJECTS, REPLAY_PREFIX, STREAM
+from tests.unit.contract_samples import T0, FixedClock, all_10_aapl_filled
 
 PROTO = Path(__file__).resolve().parents[2] / "proto"
-T0 = 1_700_000_000_000_000_000
-
-
-class FixedClock:
-    def now_ns(self) -> int:
-        return T0
-
-
 CLOCK = FixedClock()
 
 
@@ -197,24 +189,7 @@ def real_events() -> list[Event]:
         clock=CLOCK,
         cause=decision,
     )
-    fill = FillReceived.create(
-        FillPayload(
-            order_id=order_id,
-            account="acct-a",
-            broker_order_id="b-1",
-            fill_id="f-1",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal("10"),
-            price=Decimal("187.19"),
-            cumulative_quantity=Decimal("10"),
-            leaves_quantity=Decimal("0"),
-            status="complete",
-        ),
-        source="broker-gateway",
-        clock=CLOCK,
-        cause=order,
-    )
+    fill = all_10_aapl_filled(order_id, "187.19", CLOCK, cause=order)
     kill = KillSwitchEngaged.create(
         OperatorActionPayload(operator="jo", reason="ü — unicode is fine"),
         source="ops",

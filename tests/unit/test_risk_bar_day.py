@@ -14,28 +14,25 @@ import uuid
 
 import pytest
 
-from libs.contract.envelope import Event
-from libs.contract.events import BarClosed, BarPayload
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import (
     BAR_LENGTH,
     DAY_START,
     LIMITS,
-    At,
+    NEXT_DAY,
     D,
     S,
+    bar,
     fill,
     last_bar,
     start,
     trade,
 )
-from tests.unit.risk_live_gates import deliver, live_gate, same
+from tests.unit.risk_live_gates import MS, lagged_store, same
 from tests.unit.risk_timelines import fold
 
-MS = S // 1000
 DAY = dt.date(2026, 3, 10)
-NEXT_DAY = dt.date(2026, 3, 11)
 
 
 def _holding() -> RiskState:
@@ -82,27 +79,12 @@ def test_the_last_bar_of_the_day_after_the_roll_does_not_mark_the_new_day(
 
 def test_a_bar_of_the_new_day_marks_it() -> None:
     """The first bar of the new day (04:00-04:01) rolls the day and marks."""
-    c = D(95)
-    payload = BarPayload(
-        symbol="AAPL",
-        interval="1m",
-        open=c,
-        high=c,
-        low=c,
-        close=c,
-        volume=D(1),
-        start_ns=DAY_START,
-        end_ns=DAY_START + 60 * S,
-        feed="demo",
-    )
-    first = BarClosed.create(
-        payload, source="test", clock=At(DAY_START + 61 * S), ts_event=DAY_START + 60 * S
-    )
+    first = bar("AAPL", 95, DAY_START + 60 * S, published=DAY_START + 61 * S)
     state = evolve(_holding(), first)
     assert state.day == NEXT_DAY
     mark = state.mark("AAPL")
     assert mark is not None
-    assert mark.price == c
+    assert mark.price == D(95)
     assert state.day_pnl("acct") == D(-500)
 
 
@@ -115,21 +97,11 @@ async def test_the_live_gate_and_the_fold_agree_on_the_last_bar(
     the new day; its reactions land in the stream one message late. The
     fold of that store ends where the gate did."""
     before = [trade("AAPL", 100), trade("MSFT", 50), fill(uuid.uuid4(), 100, 100)]
-    bar = last_bar("1m", 89, DAY_START + 2 * S)
+    last = last_bar("1m", 89, DAY_START + 2 * S)
     roll = trade("MSFT", 51, DAY_START + MS)
     later = trade("AAPL", 95, DAY_START + 5 * S)
-    stream = [bar, roll, later] if bar_first else [roll, bar, later]
-    gate, clock, bus = await live_gate(before, DAY_START - S)
-    store = list(before)
-    owed: list[Event] = []
-    for k, event in enumerate(stream):
-        clock.ns = event.ts_init + lag_ms * MS
-        await deliver(gate, event, len(store) + 1, k + 1)
-        store.append(event)
-        store += owed
-        owed = [e for batch in bus.batches for e in batch]
-        bus.batches.clear()
-    store += owed
+    stream = [last, roll, later] if bar_first else [roll, last, later]
+    gate, store = await lagged_store(before, stream, DAY_START - S, lag_ms)
     folded = fold(RiskState.initial(LIMITS), store)
     assert same(gate.state, folded) == []
     assert folded.day == NEXT_DAY

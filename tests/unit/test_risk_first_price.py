@@ -10,7 +10,6 @@ it come on time. Without it, the symbol's orders were denied
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,8 +18,6 @@ import pytest
 
 from libs.contract.envelope import Event
 from libs.contract.events import (
-    FillPayload,
-    FillReceived,
     MarkPayload,
     MarkUpdated,
     ReasonCode,
@@ -32,24 +29,23 @@ from services.risk_gate.domain.decide import decide
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
 from tests.unit.risk_evolve_inputs import (
+    DAY_START,
     LIMITS,
+    NEXT_DAY,
     T0,
     At,
     D,
     S,
+    assigned,
     fill,
     intent,
     last_bar,
     start,
     trade,
 )
-from tests.unit.risk_live_gates import deliver, live_gate, same
+from tests.unit.risk_live_gates import MS, lagged_store, same
 from tests.unit.risk_timelines import fold
 
-MS = S // 1000
-#: 04:00 New York on 2026-03-11: trading day 2026-03-11 starts.
-DAY_START = T0 + 17 * 3600 * S
-NEXT_DAY = dt.date(2026, 3, 11)
 #: Published 2 s into the new day, after its first event.
 LATE = DAY_START + 2 * S
 
@@ -69,32 +65,6 @@ def _mark(symbol: str, price: int) -> Event:
         symbol=symbol, price=p, bid_price=p - D("0.01"), ask_price=p + D("0.01"), feed="demo"
     )
     return MarkUpdated.create(payload, source="test", clock=At(LATE), ts_event=DAY_START - S)
-
-
-def _settled(symbol: str, quantity: int, price: int, ts_event: int, ts_init: int) -> FillReceived:
-    """``acct`` assigned ``quantity`` shares at the strike ``price``: a
-    settlement's fill, booked but no market price."""
-    q = D(quantity)
-    return FillReceived.create(
-        FillPayload(
-            order_id=uuid.uuid4(),
-            account="acct",
-            broker_order_id="activity",
-            fill_id=uuid.uuid4().hex,
-            symbol=symbol,
-            side="buy",
-            quantity=q,
-            price=D(price),
-            cumulative_quantity=q,
-            leaves_quantity=D(0),
-            status="complete",
-            strategy="sma",
-            settlement="assigned",
-        ),
-        source="test/broker-gateway",
-        clock=At(ts_init),
-        ts_event=ts_event,
-    )
 
 
 def _fill(symbol: str, price: int) -> Event:
@@ -158,7 +128,7 @@ def test_a_late_price_of_the_day_gone_does_not_move_a_symbol_that_has_one(kind: 
 def _carried() -> RiskState:
     """Day D: acct assigned 100 IBM at 50 (a settlement: no price of IBM),
     carried into D + 1 at its cost, for want of a close."""
-    state = evolve(start(), _settled("IBM", 100, 50, T0 + S, T0 + S))
+    state = evolve(start(), assigned("IBM", 100, 50, T0 + S))
     state = evolve(state, trade("MSFT", 50, DAY_START + MS))
     assert state.mark("IBM") is None
     return state
@@ -189,7 +159,7 @@ def test_a_late_price_starts_the_carried_part_of_a_position_filled_since() -> No
     100 from 58 (0 today) and marks the 100 of D + 1 at it (-200); it used
     to leave the carried 100 measured from their cost (+800 more, +600 in
     all). More cases: test_risk_first_price_filled."""
-    state = evolve(_carried(), _settled("IBM", 100, 60, DAY_START + S, DAY_START + S))
+    state = evolve(_carried(), assigned("IBM", 100, 60, DAY_START + S))
     assert state.positions["acct", "IBM"].day_basis == D(55)  # (50 + 60) / 2
     state = evolve(state, _trade("IBM", 58))
     assert state.day_pnl("acct") == D(-200)
@@ -204,7 +174,7 @@ async def test_the_live_gate_and_the_fold_agree_on_a_late_first_price(lag_ms: in
     before = [
         trade("AAPL", 100),
         trade("MSFT", 50),
-        _settled("IBM", 100, 50, T0 + S, T0 + S),
+        assigned("IBM", 100, 50, T0 + S),
     ]
     stream = [
         trade("MSFT", 51, DAY_START + MS),
@@ -213,17 +183,7 @@ async def test_the_live_gate_and_the_fold_agree_on_a_late_first_price(lag_ms: in
         intent(10, t=LATE + S, symbol="IBM", order_type="limit", limit_price=D(55)),
         trade("IBM", 40, DAY_START + 3 * S),  # -1,500 on D + 1: the breaker
     ]
-    gate, clock, bus = await live_gate(before, DAY_START - S)
-    store = list(before)
-    owed: list[Event] = []
-    for k, event in enumerate(stream):
-        clock.ns = event.ts_init + lag_ms * MS
-        await deliver(gate, event, len(store) + 1, k + 1)
-        store.append(event)
-        store += owed
-        owed = [e for batch in bus.batches for e in batch]
-        bus.batches.clear()
-    store += owed
+    gate, store = await lagged_store(before, stream, DAY_START - S, lag_ms)
     folded = fold(RiskState.initial(LIMITS), store)
     assert same(gate.state, folded) == []
     decisions = [e.payload.reason for e in store if e.type == "RiskDecisionMade"]

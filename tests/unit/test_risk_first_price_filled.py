@@ -16,43 +16,17 @@ the day P&L by what measuring them from the close changes.
 
 from __future__ import annotations
 
-import uuid
 from decimal import Decimal
 
 import pytest
 
-from libs.contract.events import FillPayload, FillReceived, TradePayload, TradePrinted
+from libs.contract.events import TradePayload, TradePrinted
 from services.risk_gate.adapters.checkpoint import decode, encode
 from services.risk_gate.domain.evolve import evolve
 from services.risk_gate.domain.state import RiskState
-from tests.unit.risk_evolve_inputs import DAY_START, LIMITS, T0, At, S, start, trade
+from tests.unit.risk_evolve_inputs import DAY_START, LIMITS, T0, At, S, assigned, start, trade
 
 MS = S // 1000
-
-
-def _settled(quantity: int, price: int, t: int, side: str = "buy") -> FillReceived:
-    """``acct`` (strategy ``sma``) assigned ``quantity`` IBM at the strike
-    ``price`` (``side`` sell: called away)."""
-    q = Decimal(quantity)
-    return FillReceived.create(
-        FillPayload(
-            order_id=uuid.uuid4(),
-            account="acct",
-            broker_order_id="activity",
-            fill_id=uuid.uuid4().hex,
-            symbol="IBM",
-            side=side,
-            quantity=q,
-            price=Decimal(price),
-            cumulative_quantity=q,
-            leaves_quantity=Decimal(0),
-            status="complete",
-            strategy="sma",
-            settlement="assigned",
-        ),
-        source="test/broker-gateway",
-        clock=At(t),
-    )
 
 
 def _late_close(price: int) -> TradePrinted:
@@ -65,13 +39,13 @@ def _late_close(price: int) -> TradePrinted:
 
 def _carried() -> RiskState:
     """100 IBM assigned at 50 on D (no price of IBM), carried into D + 1 at that cost."""
-    state = evolve(start(), _settled(100, 50, T0 + S))
+    state = evolve(start(), assigned("IBM", 100, 50, T0 + S))
     return evolve(state, trade("MSFT", 50, DAY_START + MS))
 
 
 def _carried_then_filled(strike: int, close: int) -> RiskState:
     """100 more assigned at ``strike`` on D + 1; then D's late close."""
-    state = evolve(_carried(), _settled(100, strike, DAY_START + S))
+    state = evolve(_carried(), assigned("IBM", 100, strike, DAY_START + S))
     return evolve(state, _late_close(close))
 
 
@@ -106,7 +80,7 @@ def test_a_late_close_starts_the_carried_part_of_a_position_sold_since(
     """The carried 100 (cost 50) partly or wholly sold at 60 on D + 1 (called
     away: a settlement) before D's late close, 58: what was sold counts
     from 58, not from 50 (+1,000 realized against the cost)."""
-    state = evolve(_carried(), _settled(sold, 60, DAY_START + S, side="sell"))
+    state = evolve(_carried(), assigned("IBM", sold, 60, DAY_START + S, side="sell"))
     state = evolve(state, _late_close(58))
     assert state.day_pnl("acct") == Decimal(day_pnl)
     assert state.obligations == ()
@@ -117,7 +91,7 @@ def test_a_late_close_after_a_print_of_the_new_day_changes_nothing() -> None:
     priced it, and D's close coming after is a price of a day gone for a
     symbol with a mark, which it leaves; the carried 100 stay measured from
     their cost, as for want of a close they are."""
-    state = evolve(_carried(), _settled(100, 60, DAY_START + S))
+    state = evolve(_carried(), assigned("IBM", 100, 60, DAY_START + S))
     state = evolve(state, trade("IBM", 57, DAY_START + 2 * S))
     assert "IBM" not in state.unpriced_carried
     priced = evolve(state, _late_close(58))
@@ -128,7 +102,7 @@ def test_a_late_close_after_a_print_of_the_new_day_changes_nothing() -> None:
 def test_a_checkpoint_keeps_the_positions_carried_unpriced() -> None:
     """Written between the second assignment and the late close, a
     checkpoint starts the carried part from it as the gate that wrote it."""
-    state = evolve(_carried(), _settled(100, 60, DAY_START + S))
+    state = evolve(_carried(), assigned("IBM", 100, 60, DAY_START + S))
     assert set(state.unpriced_carried) == {"IBM"}
     restored = decode(encode(state), LIMITS)
     assert restored == state
