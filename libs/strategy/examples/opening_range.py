@@ -21,11 +21,17 @@ counts as an entry it cannot rule out, up to ``max_entries`` (logged). So it
 never enters more than ``max_entries`` times a day; after such a restart it
 may enter fewer, or none more. A position held live with no entry known
 today is judged by when it was opened (``Position.opened_ns``, its opening
-fill's market time, by the exchange day): opened today, it is today's
-entry, made on a bar the warm-up was not shown (missing from the store): it
-is kept, stopped at the range's other side, and counts toward
-``max_entries``; opened on an earlier day, it is carried and closed as
-above. With no open time known (a position the
+fill's market time): opened from the first bar of today's entry time the
+warm-up was not shown (less 5 s of clock skew), it is today's entry, made
+on a bar the warm-up was not shown (missing from the store): it is kept,
+stopped at the range's other side, and counts toward ``max_entries``;
+opened before (on an earlier day; or today where the warm-up was shown
+every bar and no entry made), it is carried and closed as above. That time
+is the broker's (the gateway's when the broker gives none, as for a fill it
+learned of the next morning), and may be a day off: an earlier day's
+position stamped inside that span is taken for today's (kept on today's
+range); today's entry stamped a day behind is closed as carried, its entry
+counted among those the warm-up cannot rule out. With no open time known (a position the
 ledger was not told it of) and the warm-up not shown every bar of today from
 the range's end (bars missing from the store; or no trade, which it cannot
 tell apart), such a position may be today's: it is closed too, its reason
@@ -61,6 +67,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from libs.contract import sessions
+from libs.contract.envelope import CLOCK_SKEW_NS
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
@@ -236,7 +243,7 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
                     held,
                     bar.symbol,
                 )
-            elif self._opened_today(bar.symbol, day):
+            elif self._opened_unseen(bar.symbol, day):
                 day.entered, day.entries = True, max(day.entries, 1)
                 log.info(
                     "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
@@ -329,13 +336,23 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
     def _hhmm(self, ns: int) -> str:
         return dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
 
-    def _opened_today(self, symbol: str, day: _Day) -> bool | None:
-        """Whether the position held in ``symbol`` was opened on ``day`` (the
-        exchange day of its opening fill's market time); None if not known."""
+    def _opened_unseen(self, symbol: str, day: _Day) -> bool | None:
+        """Whether the position held in ``symbol`` is today's entry, one the
+        warm-up did not see: opened (its opening fill's market time) from the
+        start of the first span of today's entry time it was not shown on,
+        less the clock skew a time may have; None if not known.
+
+        Not by the day alone: the time is the broker's, or the gateway's when
+        the broker gives none, and that may be a day off. An earlier day's
+        position stamped today before that span (a fill the gateway learned
+        of the next morning; the warm-up was shown every bar there, and no
+        entry made) is not today's: it is carried, closed. One stamped a day
+        behind looks carried too: closed, its entry still counted among
+        those it cannot rule out (``_count_unseen``)."""
         opened_ns = self.ctx.position(symbol).opened_ns
         if opened_ns is None:
             return None
-        return dt.datetime.fromtimestamp(opened_ns // NS, tz=self._zone).date() == day.date
+        return day.unseen is not None and opened_ns >= day.unseen[0] - CLOCK_SKEW_NS
 
     def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
         """Why a position held with no entry counted today is closed. Live,
@@ -345,7 +362,7 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         them), it may be today's, entered on one of those, and the reason
         says so (logged once a day). Closed either way: a stop for it is
         not known."""
-        if day.unseen is None or (live and self._opened_today(bar.symbol, day) is False):
+        if day.unseen is None or (live and self._opened_unseen(bar.symbol, day) is False):
             return CARRIED
         start, end = (self._hhmm(ns) for ns in day.unseen)
         reason = (
