@@ -226,32 +226,10 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         # Held with no entry today: carried in from an earlier day whose
         # flatten no bar reached (a symbol with no trade in the last minutes
         # gets no bar). It was held without a stop through the range, then
-        # kept as if it were today's breakout. Closed at the open instead.
-        # Unless it was opened today: an entry made on a bar a restart's
-        # warm-up was not shown, so not counted yet.
-        # Or held only by an order still working with nothing filled: an
-        # entry sent before a restart (orders do not outlive their day), in
-        # flight. Closed, a sell against a buy that is then canceled would
-        # leave it short.
+        # kept as if it were today's breakout. Closed at the open instead,
+        # unless a restart's warm-up missed it as today's entry.
         if live and held != 0 and not day.entered:
-            if self.ctx.position(bar.symbol).quantity == 0:
-                day.entered, day.entries = True, max(day.entries, 1)
-                log.info(
-                    "opening_range_breakout %s: %s %s working with nothing filled when it "
-                    "ran live: counted as today's entry, in flight",
-                    self.ctx.name,
-                    held,
-                    bar.symbol,
-                )
-            elif self._opened_unseen(bar.symbol, day):
-                day.entered, day.entries = True, max(day.entries, 1)
-                log.info(
-                    "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
-                    "before it ran live: counted as today's entry",
-                    self.ctx.name,
-                    held,
-                    bar.symbol,
-                )
+            self._judge_held(bar, day, held)
         carried = held != 0 and not day.entered
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
@@ -336,11 +314,14 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
     def _hhmm(self, ns: int) -> str:
         return dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
 
-    def _opened_unseen(self, symbol: str, day: _Day) -> bool | None:
-        """Whether the position held in ``symbol`` is today's entry, one the
-        warm-up did not see: opened (its opening fill's market time) from the
-        start of the first span of today's entry time it was not shown on,
-        less the clock skew a time may have; None if not known.
+    def _judge_held(self, bar: Bar, day: _Day, held: Decimal) -> None:
+        """Count as today's entry, one the warm-up did not see, a position
+        held live with none known today: held only by an order still working
+        with nothing filled (an entry sent before a restart, in flight: orders
+        do not outlive their day; closed, a sell against a buy then canceled
+        would leave it short), or opened (its opening fill's market time) from
+        the start of the first span of today's entry time it was not shown
+        on, less the clock skew a time may have. Otherwise it is carried.
 
         Not by the day alone: the time is the broker's, or the gateway's when
         the broker gives none, and that may be a day off. An earlier day's
@@ -349,20 +330,35 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         entry made) is not today's: it is carried, closed. One stamped a day
         behind looks carried too: closed, its entry still counted among
         those it cannot rule out (``_count_unseen``)."""
-        opened_ns = self.ctx.position(symbol).opened_ns
-        if opened_ns is None:
-            return None
-        return day.unseen is not None and opened_ns >= day.unseen[0] - CLOCK_SKEW_NS
+        position = self.ctx.position(bar.symbol)
+        opened_ns = position.opened_ns
+        if position.quantity == 0:
+            how = (
+                "working with nothing filled when it ran live: counted as today's entry, in flight"
+            )
+        elif (
+            opened_ns is not None
+            and day.unseen is not None
+            and opened_ns >= day.unseen[0] - CLOCK_SKEW_NS
+        ):
+            how = (
+                "held, opened today on a bar not shown before it ran live: counted as today's entry"
+            )
+        else:
+            return
+        day.entered, day.entries = True, max(day.entries, 1)
+        log.info("opening_range_breakout %s: %s %s %s", self.ctx.name, held, bar.symbol, how)
 
     def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
         """Why a position held with no entry counted today is closed. Live,
-        one opened on an earlier day (``Position.opened_ns``) is carried. With
-        no open time known: with every bar of today's entry time shown, it is
-        an earlier day's; with some not shown (a restart whose store missed
-        them), it may be today's, entered on one of those, and the reason
-        says so (logged once a day). Closed either way: a stop for it is
-        not known."""
-        if day.unseen is None or (live and self._opened_unseen(bar.symbol, day) is False):
+        one with an open time (``Position.opened_ns``) not judged today's
+        (``_judge_held``) is carried. With no open time known: with every bar
+        of today's entry time shown, it is an earlier day's; with some not
+        shown (a restart whose store missed them), it may be today's, entered
+        on one of those, and the reason says so (logged once a day). Closed
+        either way: a stop for it is not known. In the warm-up the reason is
+        not used (the position is pretended)."""
+        if not live or day.unseen is None or self.ctx.position(bar.symbol).opened_ns is not None:
             return CARRIED
         start, end = (self._hhmm(ns) for ns in day.unseen)
         reason = (
