@@ -1,6 +1,7 @@
 """What the opening_range_breakout restart tests share: the strategy on SPY
 (a 3-minute range, 50 shares) in an in-memory runtime, bars in New York time,
-the closes it sent, a day's 09:33 long and a runner restarted on given books."""
+the closes it sent, a day's 09:33 long, a day traded with every order filled
+at its bar's close, and a runner restarted on given books."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from libs.contract.envelope import Event
-from libs.contract.events import OrderIntentCreated, SignalGenerated
+from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.opening_range import OpeningRangeBreakout
 from libs.strategy.testing import bar, fill_chain, ny_ns
@@ -75,19 +76,35 @@ def long_from_0933(day: dt.date) -> list[Event]:
     return [*out, *fill_chain(intent, 103, ids=next_id)]
 
 
+def traded(bars: list[Event], **params: object) -> list[Event]:
+    """The first runner's life over ``bars`` (with ``params``), each order
+    filled at once at its bar's close: the events its books are rebuilt from."""
+    rt = runtime(**params)
+    events: list[Event] = []
+    for event in bars:
+        assert isinstance(event, BarClosed)
+        out = rt.run([event])
+        events += out
+        for intent in [e for e in out if isinstance(e, OrderIntentCreated)]:
+            fills = fill_chain(intent, event.payload.close, ids=next_id)
+            rt.run(fills)
+            events += fills
+    return events
+
+
 def restarted(
-    books: list[Event], shown: list[Event], *, opened_known: bool = True
+    books: list[Event], shown: list[Event], *, opened_known: bool = True, **params: object
 ) -> InMemoryRuntime:
-    """A fresh runner whose books hold ``books`` and whose store gives it
-    ``shown`` to warm up on. Not ``opened_known``: its ledger is seeded with
-    their fold less the positions' open times (a position whose open time
-    the ledger was not told), as a checkpoint seeds it."""
-    rt = runtime()
+    """A fresh runner (with ``params``) whose books hold ``books`` and whose
+    store gives it ``shown`` to warm up on. Not ``opened_known``: its ledger
+    is seeded with their fold less the positions' open times (a position
+    whose open time the ledger was not told), as a checkpoint seeds it."""
+    rt = runtime(**params)
     host = rt.hosts["orb"]
     host.remember(shown)
     upto: dict[str, int] | None = None
     if not opened_known:
-        folded = runtime()
+        folded = runtime(**params)
         for event in books:
             folded.restore(event)
         positions = folded.hosts["orb"].ledger.positions

@@ -136,17 +136,18 @@ def warmed(past: list[Event], **params: object) -> InMemoryRuntime:
 def test_warmed_up_after_a_restart_it_knows_todays_range() -> None:
     # 09:30 to 15:55: the session's minutes, today's range and entries.
     assert OpeningRangeBreakout.warmup_bars(OpeningRangeParams()) == 385
-    live = [at(WINTER, "09:40", "103")]  # above the range high, 102
+    live = [at(WINTER, "09:33", "103")]  # above the range high, 102
     assert intents(warmed(opening(WINTER)).run(live)) == [("orb_breakout", "buy", Decimal(50))]
     assert intents(runtime().run(live)) == []  # cold: no range today, no trade
 
 
 def test_warm_up_counts_the_entries_it_would_have_made() -> None:
-    # Before the restart it would have broken out (09:35) and been stopped
-    # out (09:36): its one entry for the day is used, so a new breakout after
-    # the restart is not taken; with two entries a day it is.
-    past = [*opening(WINTER), at(WINTER, "09:35", "103"), at(WINTER, "09:36", "98")]
-    live = [at(WINTER, "09:40", "104")]
+    # Before the restart it would have broken out (09:33) and been stopped
+    # out (09:34): its one entry for the day is used, so a new breakout after
+    # the restart is not taken; with two entries a day it is. (Every bar of
+    # today shown: a bar not shown may have carried an entry, and counts.)
+    past = [*opening(WINTER), at(WINTER, "09:33", "103"), at(WINTER, "09:34", "98")]
+    live = [at(WINTER, "09:35", "104")]
     assert intents(warmed(past).run(live)) == []
     two = warmed(past, max_entries=2)
     assert intents(two.run(live)) == [("orb_breakout", "buy", Decimal(50))]

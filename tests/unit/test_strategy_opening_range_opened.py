@@ -5,10 +5,11 @@ restart's warm-up). When the store missed bars of today, a position entered
 today on one of them was not counted: it was closed at the first live bar
 ("cannot tell it was opened today"), and, not counted, the strategy could
 enter again past ``max_entries``. A position now says when it was opened
-(``Position.opened_ns``, its opening fill's market time): opened today (by
-the exchange day), it is today's entry, kept and counted; opened on an
-earlier day, it is carried and closed as such; with no open time known, it
-is closed saying it cannot tell.
+(``Position.opened_ns``, its opening fill's market time): opened today on
+or after the first bar the warm-up was not shown, it is today's entry, kept
+and counted; opened on an earlier day, it is carried and closed as such
+(see test_strategy_opening_range_broker_time.py for a time a day off); with
+no open time known, it is closed saying it cannot tell.
 """
 
 from __future__ import annotations

@@ -11,13 +11,27 @@ exited at once), and everything is flattened from
 entry yet is an earlier day's whose flatten no bar reached (a symbol with no
 trade in the session's last minutes gets no bar): it is closed by the first
 bar from ``session_open`` on, not held through the range without a stop.
-After a restart, today's entries are counted on the warm-up's bars. A
-position held live with no entry counted today is judged by when it was
-opened (``Position.opened_ns``, its opening fill's market time, by the
-exchange day): opened today, it is today's entry, made on a bar the warm-up
-was not shown (missing from the store): it is kept, stopped at the range's
-other side, and counts toward ``max_entries``; opened on an earlier day, it
-is carried and closed as above. With no open time known (a position the
+After a restart, today's entries are counted on the warm-up's bars, as if
+it had been running. Where it was not shown bars of today's entry time
+(missing from the store; or no trade, which it cannot tell apart), an entry
+made and closed on one of them left nothing it can read (a position keeps no
+past fills, realized P&L has no day), and from there on it cannot follow the
+position: from the first such span to its first live bar, each bar interval
+counts as an entry it cannot rule out, up to ``max_entries`` (logged). So it
+never enters more than ``max_entries`` times a day; after such a restart it
+may enter fewer, or none more. A position held live with no entry known
+today is judged by when it was opened (``Position.opened_ns``, its opening
+fill's market time): opened from the first bar of today's entry time the
+warm-up was not shown (less 5 s of clock skew), it is today's entry, made
+on a bar the warm-up was not shown (missing from the store): it is kept,
+stopped at the range's other side, and counts toward ``max_entries``;
+opened before (on an earlier day; or today where the warm-up was shown
+every bar and no entry made), it is carried and closed as above. That time
+is the broker's (the gateway's when the broker gives none, as for a fill it
+learned of the next morning), and may be a day off: an earlier day's
+position stamped inside that span is taken for today's (kept on today's
+range); today's entry stamped a day behind is closed as carried, its entry
+counted among those the warm-up cannot rule out. With no open time known (a position the
 ledger was not told it of) and the warm-up not shown every bar of today from
 the range's end (bars missing from the store; or no trade, which it cannot
 tell apart), such a position may be today's: it is closed too, its reason
@@ -53,6 +67,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from libs.contract import sessions
+from libs.contract.envelope import CLOCK_SKEW_NS
 from libs.strategy.base import Bar, ParamError, Strategy, StrategyParams
 from libs.strategy.context import Direction
 from libs.strategy.examples._common import OrderQuantity, exposure, trade_to
@@ -125,11 +140,20 @@ class _Day:
     range_end_ns: int
     high: Decimal | None = None
     low: Decimal | None = None
+    #: Today's entries, toward max_entries: those made (live, or in the
+    #: warm-up as if it had been running), and from the first live bar on
+    #: those it cannot rule out on bars it was not shown (``unseen``).
     entries: int = 0
+    #: An entry of today's is known (made on a bar shown, or a position held
+    #: that was opened today): a position held is today's, not carried.
+    entered: bool = False
     #: The first span of today's entry time not shown before the instance
     #: ran live (a warm-up's gap, or from its last bar to the first live
-    #: one): an entry made on a bar in it is not counted in ``entries``.
+    #: one): an entry made on a bar in it is not seen.
     unseen: tuple[int, int] | None = None
+    #: ``entries`` when that span began: after it, the warm-up's count is
+    #: not known (its pretended position may not be the one held then).
+    entries_before_unseen: int = 0
     #: That a position held with no entry seen was said (logged) today.
     said_unseen: bool = False
 
@@ -164,6 +188,9 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         #: The symbols shown a live bar: from then on every bar is seen as it
         #: closes, and a span with none is one with no trade.
         self._live: set[str] = set()
+        #: Per symbol, the shortest bar shown (ns): a bar not shown may have
+        #: carried an entry each that long.
+        self._bar_ns: dict[str, int] = {}
 
     def on_bar(self, bar: Bar) -> None:
         self._step(bar, exposure(self.ctx, bar.symbol), self._go, live=True)
@@ -199,33 +226,11 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         # Held with no entry today: carried in from an earlier day whose
         # flatten no bar reached (a symbol with no trade in the last minutes
         # gets no bar). It was held without a stop through the range, then
-        # kept as if it were today's breakout. Closed at the open instead.
-        # Unless it was opened today: an entry made on a bar a restart's
-        # warm-up was not shown, so not counted yet.
-        # Or held only by an order still working with nothing filled: an
-        # entry sent before a restart (orders do not outlive their day), in
-        # flight. Closed, a sell against a buy that is then canceled would
-        # leave it short.
-        if live and held != 0 and day.entries == 0:
-            if self.ctx.position(bar.symbol).quantity == 0:
-                day.entries = 1
-                log.info(
-                    "opening_range_breakout %s: %s %s working with nothing filled when it "
-                    "ran live: counted as today's entry, in flight",
-                    self.ctx.name,
-                    held,
-                    bar.symbol,
-                )
-            elif self._opened_today(bar.symbol, day):
-                day.entries = 1
-                log.info(
-                    "opening_range_breakout %s: %s %s held, opened today on a bar not shown "
-                    "before it ran live: counted as today's entry",
-                    self.ctx.name,
-                    held,
-                    bar.symbol,
-                )
-        carried = held != 0 and day.entries == 0
+        # kept as if it were today's breakout. Closed at the open instead,
+        # unless a restart's warm-up missed it as today's entry.
+        if live and held != 0 and not day.entered:
+            self._judge_held(bar, day, held)
+        carried = held != 0 and not day.entered
         if t < p.range_end:
             day.high = bar.high if day.high is None else max(day.high, bar.high)
             day.low = bar.low if day.low is None else min(day.low, bar.low)
@@ -249,50 +254,113 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
         elif held == 0 and day.entries < p.max_entries:
             if bar.close > day.high:
                 day.entries += 1
+                day.entered = True
                 reason = f"close {bar.close} > range high {day.high}"
                 go(bar, p.quantity, "orb_breakout", "long", reason)
             elif bar.close < day.low and p.allow_short:
                 day.entries += 1
+                day.entered = True
                 reason = f"close {bar.close} < range low {day.low}"
                 go(bar, -p.quantity, "orb_breakout", "short", reason)
 
     def _note_shown(self, bar: Bar, day: _Day, *, live: bool) -> None:
         """Note a span of today's entry time no bar was shown in before the
         symbol ran live: the store missing bars (or no trade in them, which
-        the warm-up cannot tell apart). Live, every bar is seen as it closes."""
+        the warm-up cannot tell apart). Live, every bar is seen as it closes.
+        At the first live bar, count the entries it cannot rule out."""
         symbol = bar.symbol
         last = self._shown_end.get(symbol, 0)
         self._shown_end[symbol] = max(last, bar.end_ns)
         if symbol in self._live:
             return
-        if live:
-            self._live.add(symbol)
+        length = bar.end_ns - bar.start_ns
+        self._bar_ns[symbol] = min(self._bar_ns.get(symbol, length), length)
         since = max(last, day.range_end_ns)
         if day.unseen is None and bar.start_ns > since:
             day.unseen = (since, bar.start_ns)
+            day.entries_before_unseen = day.entries
+        if live:
+            self._live.add(symbol)
+            self._count_unseen(bar, day)
 
-    def _opened_today(self, symbol: str, day: _Day) -> bool | None:
-        """Whether the position held in ``symbol`` was opened on ``day`` (the
-        exchange day of its opening fill's market time); None if not known."""
-        opened_ns = self.ctx.position(symbol).opened_ns
-        if opened_ns is None:
-            return None
-        return dt.datetime.fromtimestamp(opened_ns // NS, tz=self._zone).date() == day.date
+    def _count_unseen(self, bar: Bar, day: _Day) -> None:
+        """Count the entries it cannot rule out before ``bar``, the first
+        live one. An entry made on a bar it was not shown, and closed since,
+        leaves nothing it can read (a position keeps no past fills, and
+        realized P&L has no day); after the first such span it cannot follow
+        the position either. So from that span's start to this bar each bar's
+        interval may have carried an entry: one each, up to max_entries."""
+        if day.unseen is None:
+            return
+        start = day.unseen[0]
+        step = max(self._bar_ns[bar.symbol], 1)
+        bars = -((start - bar.start_ns) // step)  # rounded up
+        may = min(self.params.max_entries, day.entries_before_unseen + bars)
+        if may <= day.entries:
+            return
+        day.entries = may
+        log.warning(
+            "opening_range_breakout %s: no bar of %s was shown from %s to %s before it ran "
+            "live (missing from the store, or no trade): entries counted today %d of "
+            "max_entries %d, as many as it cannot rule out",
+            self.ctx.name,
+            bar.symbol,
+            self._hhmm(start),
+            self._hhmm(bar.start_ns),
+            may,
+            self.params.max_entries,
+        )
+
+    def _hhmm(self, ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
+
+    def _judge_held(self, bar: Bar, day: _Day, held: Decimal) -> None:
+        """Count as today's entry, one the warm-up did not see, a position
+        held live with none known today: held only by an order still working
+        with nothing filled (an entry sent before a restart, in flight: orders
+        do not outlive their day; closed, a sell against a buy then canceled
+        would leave it short), or opened (its opening fill's market time) from
+        the start of the first span of today's entry time it was not shown
+        on, less the clock skew a time may have. Otherwise it is carried.
+
+        Not by the day alone: the time is the broker's, or the gateway's when
+        the broker gives none, and that may be a day off. An earlier day's
+        position stamped today before that span (a fill the gateway learned
+        of the next morning; the warm-up was shown every bar there, and no
+        entry made) is not today's: it is carried, closed. One stamped a day
+        behind looks carried too: closed, its entry still counted among
+        those it cannot rule out (``_count_unseen``)."""
+        position = self.ctx.position(bar.symbol)
+        opened_ns = position.opened_ns
+        if position.quantity == 0:
+            how = (
+                "working with nothing filled when it ran live: counted as today's entry, in flight"
+            )
+        elif (
+            opened_ns is not None
+            and day.unseen is not None
+            and opened_ns >= day.unseen[0] - CLOCK_SKEW_NS
+        ):
+            how = (
+                "held, opened today on a bar not shown before it ran live: counted as today's entry"
+            )
+        else:
+            return
+        day.entered, day.entries = True, max(day.entries, 1)
+        log.info("opening_range_breakout %s: %s %s %s", self.ctx.name, held, bar.symbol, how)
 
     def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
         """Why a position held with no entry counted today is closed. Live,
-        one opened on an earlier day (``Position.opened_ns``) is carried. With
-        no open time known: with every bar of today's entry time shown, it is
-        an earlier day's; with some not shown (a restart whose store missed
-        them), it may be today's, entered on one of those, and the reason
-        says so (logged once a day). Closed either way: a stop for it is
-        not known."""
-        if day.unseen is None or (live and self._opened_today(bar.symbol, day) is False):
+        one with an open time (``Position.opened_ns``) not judged today's
+        (``_judge_held``) is carried. With no open time known: with every bar
+        of today's entry time shown, it is an earlier day's; with some not
+        shown (a restart whose store missed them), it may be today's, entered
+        on one of those, and the reason says so (logged once a day). Closed
+        either way: a stop for it is not known. In the warm-up the reason is
+        not used (the position is pretended)."""
+        if not live or day.unseen is None or self.ctx.position(bar.symbol).opened_ns is not None:
             return CARRIED
-        start, end = (
-            dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
-            for ns in day.unseen
-        )
+        start, end = (self._hhmm(ns) for ns in day.unseen)
         reason = (
             f"held with no entry seen today, but no bar was shown from {start} to {end} "
             "(missing from the store, or no trade): cannot tell it was opened today; closed"
