@@ -83,9 +83,16 @@ class Run:
             out += answer
         return out
 
-    def fill(self, intent: OrderIntentCreated, quantity: Decimal | None = None) -> list[Event]:
-        chain = fill_chain(intent, PRICES[intent.payload.symbol], ids=next_id, quantity=quantity)
-        return self.feed(chain)
+    def fill(
+        self,
+        intent: OrderIntentCreated,
+        quantity: Decimal | None = None,
+        *,
+        price: Decimal | None = None,
+    ) -> list[Event]:
+        """``intent`` filled (``quantity`` of it, at ``price``: by default all, at ``PRICES``)."""
+        at = PRICES[intent.payload.symbol] if price is None else price
+        return self.feed(fill_chain(intent, at, ids=next_id, quantity=quantity))
 
     def while_down(self, events: list[Event]) -> None:
         """``events`` happened while the runner was down: recorded, not handled."""

@@ -30,6 +30,11 @@ A close that is denied, rejected or canceled is sent again at the next bar
 of either leg (not at once: a refusal that stands would be answered by
 another order at once, for ever).
 
+A pair is whole when each leg holds what the entry sent it. The instance
+that sent the entry judges the pair by those quantities, never by the fill
+prices: an entry filled far from the closes it was sized at (slippage) is a
+whole pair and is held; any other quantity, with nothing pending, closes it.
+
 That the pair is closing lives in the instance. A fresh one (after a runner
 restart, or a fault's) knows what the books give back, positions and
 pending orders, and at its first bar closes the pair they show is not
@@ -61,6 +66,7 @@ from libs.strategy.base import Bar, Fill, OrderUpdate, ParamError, Strategy, Str
 from libs.strategy.context import ZERO, Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
+from libs.strategy.ledger import signed
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,11 @@ class PairsTrade(Strategy[PairsParams]):
         #: The latest entry's signal: a leg of it that ends unfilled (or part
         #: filled) leaves the other leg unhedged.
         self._entry: uuid.UUID | None = None
+        #: What the latest entry this instance sent holds, whole (signed, by
+        #: leg): a pair is judged whole by these quantities, never by its fill
+        #: prices. None once the pair is flat, and in a fresh instance (after a
+        #: restart) for the pair it finds held.
+        self._legs: dict[str, Decimal] | None = None
         #: The signals this instance sent since the pair was last flat with
         #: nothing pending (an order of an earlier one can no longer end). A
         #: refused order of any other signal was sent by an instance before a
@@ -177,6 +188,10 @@ class PairsTrade(Strategy[PairsParams]):
             else:
                 legs = (("buy", qty_a), ("sell", qty_b))
                 self._entry = self._trade("pair_entry", "long", self._reason(z), legs, z)
+            self._legs = {
+                symbol: signed(side, quantity)
+                for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True)
+            }
         elif abs(z) < p.exit_z:
             for symbol, held in ((self._a, held_a), (self._b, held_b)):
                 if held != 0:
@@ -264,11 +279,14 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _lopsided(self) -> str | None:
         """Why the pair must close when both legs are held, nothing pending in
-        either, at other than the ratio an entry makes (legs of about equal
-        cost, of opposite sides): an entry or an exit one of whose legs filled
-        in part. The instance that saw it happen is closing the pair already;
-        a fresh one, after a restart, knows only the positions, and the legs'
-        costs at their average prices are what the entry sized them by. An
+        either, at other than what an entry holds: an entry or an exit one of
+        whose legs filled in part. The instance that sent the entry knows its
+        quantities (``_legs``): any other is not the pair, whatever the fill
+        prices (an entry filled away from the closes it was sized at is
+        whole). The instance that saw a leg fill in part is closing the pair
+        already; a fresh one, after a restart, knows only the positions, and
+        judges them by the legs' costs at their average prices (legs of about
+        equal cost, of opposite sides: what the entry sized them by). An
         expired option leg is the broker's to settle (``_partner_expired``)."""
         legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
         if any(
@@ -277,6 +295,13 @@ class PairsTrade(Strategy[PairsParams]):
         ):
             return None
         a, b = legs
+        if self._legs is not None:
+            if (a.quantity, b.quantity) == (self._legs[a.symbol], self._legs[b.symbol]):
+                return None
+            return (
+                f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
+                f"entry's ratio (it made {self._legs[a.symbol]} and {self._legs[b.symbol]}): closed"
+            )
         units = [leg.average_price * contract_multiplier(leg.symbol) for leg in legs]
         costs = [abs(leg.quantity) * unit for leg, unit in zip(legs, units, strict=True)]
         same_side = (a.quantity > 0) == (b.quantity > 0)
@@ -302,6 +327,7 @@ class PairsTrade(Strategy[PairsParams]):
         if not working and all(quantity == 0 for _, quantity in legs):
             self._closing = None
             self._sent.clear()
+            self._legs = None
         elif self._closing is not None and any(quantity > 0 for _, quantity in legs):
             self._trade("pair_exit", "flat", self._closing, tuple(legs), strength)
 
