@@ -102,12 +102,16 @@ class Run:
         """``quantity`` of ``intent`` filled, the rest canceled by the broker."""
         return self.feed(part_filled_then_canceled(intent, quantity))
 
-    def restarted(self) -> InMemoryRuntime:
+    def restarted(self, *, warm: bool = False) -> InMemoryRuntime:
         """A fresh runtime, its books rebuilt from everything so far (the
-        store's and the catch-up's), not yet shown a live bar."""
+        store's and the catch-up's), not yet shown a live bar; ``warm``: it
+        is warmed up at its start on the latest bars, as the runner warms it
+        on the store's (``warmup_bars`` of each leg)."""
         rt = runtime()
         for event in self.history:
             rt.restore(event)
+        if warm:
+            rt.hosts["pair"].remember(self.history)
         return rt
 
     def enter_short(self) -> dict[str, OrderIntentCreated]:

@@ -4,14 +4,20 @@
   for a lopsided pair: ``_lopsided`` compared the legs' costs at their
   average fill prices, so 95 MSFT sold at 98 (sized at 105) against 100 AAPL
   bought at 100 was "other than the entry's ratio" and the whole pair was
-  closed at the next bar, by the very instance that entered it.
+  closed at the next bar, by the very instance that entered it. A fresh
+  instance, after a restart, closed it so at its first bar.
+- An entry one of whose legs filled in part while the runner was down (the
+  rest canceled) was taken for a whole pair by the fresh instance when the
+  part missing was within one unit of the dearer leg and 5 % of the larger
+  cost: 95 MSFT against 96 AAPL (of 100) was held until ``exit_z``.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from tests.unit.pairs_inputs import Run, minute, position
+from libs.contract.events import SignalGenerated
+from tests.unit.pairs_inputs import Run, legs, minute, part_filled_then_canceled, position
 
 
 def test_an_entry_filled_7_percent_off_its_sizing_price_is_a_whole_pair_and_held() -> None:
@@ -23,3 +29,29 @@ def test_an_entry_filled_7_percent_off_its_sizing_price_is_a_whole_pair_and_held
     run.fill(entry["AAPL"])
     assert (position(run.rt, "MSFT"), position(run.rt, "AAPL")) == (Decimal(-95), Decimal(100))
     assert run.run(minute(6, "106")) == []  # the spread wider still: the pair is held
+
+
+def test_an_entry_filled_7_percent_off_its_sizing_price_is_held_after_a_restart() -> None:
+    # The fresh instance is warmed up on the latest bars, the entry's minute
+    # among them: it sizes that entry again from the minute's closes.
+    run = Run()
+    entry = run.enter_short()
+    run.fill(entry["MSFT"], price=Decimal(98))
+    run.fill(entry["AAPL"])
+    rt = run.restarted(warm=True)
+    assert rt.run(minute(6, "106")) == []
+
+
+def test_an_entry_leg_filled_96_of_100_while_down_closes_the_pair_after_a_restart() -> None:
+    # Costs 9,975 and 9,600: 375 apart, within the 604 the cost check allowed.
+    run = Run()
+    entry = run.enter_short()
+    run.fill(entry["MSFT"])
+    run.while_down(part_filled_then_canceled(entry["AAPL"], Decimal(96)))
+    rt = run.restarted(warm=True)
+    assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(96))
+    out = rt.run(minute(6, "106"))
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(96))]
+    (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
+    assert signal.payload.name == "pair_exit"
+    assert "ratio" in signal.payload.reason

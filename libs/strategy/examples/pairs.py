@@ -40,21 +40,33 @@ restart, or a fault's) knows what the books give back, positions and
 pending orders, and at its first bar closes the pair they show is not
 whole: one leg held alone, a close working against a leg (each leg's
 exposure is then 0: no pair is entered on top, and a close refused is sent
-again at the next bar), or both held at other than an entry's ratio
-(their costs at average price differing by more than one unit of the
-dearer leg and ``RATIO_SLACK`` of the larger cost: an entry or an exit one
-of whose legs filled in part, the rest canceled or refused). Both legs
-closed in part and in proportion look whole: they are held until
-``|z| < exit_z``. An order the fresh instance did not send (its entry's
-leg, or a close) refused before its pair is closing is judged by the books
-at once, not at the next bar: a leg of the entry denied after the restart
-closes the other leg then, as it would have in the instance that sent it.
+again at the next bar), or both held at other than what the entry made (an
+entry or an exit one of whose legs filled in part, the rest canceled or
+refused). It does not know the entry's quantities; it sizes the entry again
+from the closes of the minute it was sized at, when its warm-up holds that
+minute (the last paired one closed by the pair's first fill, at most a bar
+before it), and judges the pair by them, as the instance that entered it
+would; a leg held at that quantity and the other not closes the pair,
+whatever the fill prices. Without that minute (the pair entered before the
+warm-up's bars), or with neither leg at its quantity (the minute may not be
+the entry's, or ``leg_notional`` changed since), it judges by the legs'
+costs at average price: more than one unit of the dearer leg and
+``RATIO_SLACK`` of the larger cost apart closes the pair, so a part fill
+within that is held and an entry filled more than about 5 % off its closes
+is closed. Both legs closed in part and in proportion look whole: they are
+held until ``|z| < exit_z``. An order the fresh instance did not send (its
+entry's leg, or a close) refused before its pair is closing is judged by the
+books at once, not at the next bar: a leg of the entry denied after the
+restart closes the other leg then, as it would have in the instance that
+sent it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 
@@ -78,6 +90,17 @@ SPREAD_NOISE = Decimal("1e-12")
 #: from the bar's close the legs were sized at); more, and the pair is not
 #: the one an entry made: a leg of it filled or closed in part.
 RATIO_SLACK = Decimal("0.05")
+
+
+@dataclass(frozen=True, slots=True)
+class _Minute:
+    """A paired minute the instance was warmed up on: when its bars ran, and
+    each leg's close (what an entry then was sized at)."""
+
+    start_ns: int
+    end_ns: int
+    price_a: Decimal
+    price_b: Decimal
 
 
 class PairsParams(StrategyParams):
@@ -128,6 +151,10 @@ class PairsTrade(Strategy[PairsParams]):
         #: prices. None once the pair is flat, and in a fresh instance (after a
         #: restart) for the pair it finds held.
         self._legs: dict[str, Decimal] | None = None
+        #: The paired minutes of the warm-up (the store's latest bars, those
+        #: that closed while the runner was down): a fresh instance sizes the
+        #: entry of the pair it finds held again from them (``_entry_legs``).
+        self._past: deque[_Minute] = deque(maxlen=self.warmup_bars(self.params))
         #: The signals this instance sent since the pair was last flat with
         #: nothing pending (an order of an earlier one can no longer end). A
         #: refused order of any other signal was sent by an instance before a
@@ -141,7 +168,9 @@ class PairsTrade(Strategy[PairsParams]):
     def on_warmup(self, bar: Bar) -> None:
         paired = self._pair(bar)
         if paired is not None:
-            self._spreads.push(paired[0])
+            spread, price_a, price_b = paired
+            self._spreads.push(spread)
+            self._past.append(_Minute(bar.start_ns, bar.end_ns, price_a, price_b))
 
     def _pair(self, bar: Bar) -> tuple[Decimal, Decimal, Decimal] | None:
         """(spread, price A, price B) once both legs' bars of a minute are in."""
@@ -295,13 +324,18 @@ class PairsTrade(Strategy[PairsParams]):
         ):
             return None
         a, b = legs
-        if self._legs is not None:
-            if (a.quantity, b.quantity) == (self._legs[a.symbol], self._legs[b.symbol]):
+        made = self._legs if self._legs is not None else self._entry_legs()
+        if made is not None:
+            matched = [leg.quantity == made[leg.symbol] for leg in legs]
+            if all(matched):
                 return None
-            return (
-                f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
-                f"entry's ratio (it made {self._legs[a.symbol]} and {self._legs[b.symbol]}): closed"
-            )
+            # Neither leg as a minute sized it: that minute may not be the
+            # entry's (a fill later than the next bar); the costs judge.
+            if any(matched) or self._legs is not None:
+                return (
+                    f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than "
+                    f"the entry's ratio (it made {made[a.symbol]} and {made[b.symbol]}): closed"
+                )
         units = [leg.average_price * contract_multiplier(leg.symbol) for leg in legs]
         costs = [abs(leg.quantity) * unit for leg, unit in zip(legs, units, strict=True)]
         same_side = (a.quantity > 0) == (b.quantity > 0)
@@ -311,6 +345,29 @@ class PairsTrade(Strategy[PairsParams]):
             f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
             f"entry's ratio (costs {rounded(costs[0])} and {rounded(costs[1])}): closed"
         )
+
+    def _entry_legs(self) -> dict[str, Decimal] | None:
+        """What the entry of the pair held made (signed, by leg), sized again
+        from the closes of the minute it was sized at: the last paired minute
+        of the warm-up closed by the pair's first fill, and no longer than a
+        bar before it (a market order fills within a bar; a later fill, say
+        at the next day's open, leaves the minute unknown). None when the
+        warm-up holds no such minute (the pair was entered before it)."""
+        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
+        opened = [leg.opened_ns for leg in legs]
+        if None in opened:
+            return None
+        first = min(ns for ns in opened if ns is not None)
+        sized = None
+        for past in self._past:
+            if past.end_ns <= first:
+                sized = past
+        if sized is None or first - sized.end_ns > sized.end_ns - sized.start_ns:
+            return None
+        qty_a = self._leg_quantity(self._a, sized.price_a)
+        qty_b = self._leg_quantity(self._b, sized.price_b)
+        short_a = legs[0].quantity < 0
+        return {self._a: -qty_a if short_a else qty_a, self._b: qty_b if short_a else -qty_b}
 
     def _close(self, strength: Decimal | None = None) -> None:
         """Close each leg held with no order working in it (one would be
