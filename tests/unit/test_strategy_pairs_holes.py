@@ -10,6 +10,11 @@
   rest canceled) was taken for a whole pair by the fresh instance when the
   part missing was within one unit of the dearer leg and 5 % of the larger
   cost: 95 MSFT against 96 AAPL (of 100) was held until ``exit_z``.
+- An exit both of whose closes were refused left a pair that looked whole to
+  a fresh instance: held until ``exit_z`` again, though the strategy had
+  decided to be flat. One refused while the runner was down and the other
+  after the restart, it judged that refusal by the books, which showed a
+  whole pair.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from __future__ import annotations
 from decimal import Decimal
 
 from libs.contract.events import SignalGenerated
-from tests.unit.pairs_inputs import Run, legs, minute, part_filled_then_canceled, position
+from libs.strategy.testing import deny
+from tests.unit.pairs_inputs import (
+    Run,
+    exit_signaled,
+    legs,
+    minute,
+    next_id,
+    part_filled_then_canceled,
+    position,
+)
 
 
 def test_an_entry_filled_7_percent_off_its_sizing_price_is_a_whole_pair_and_held() -> None:
@@ -55,3 +69,17 @@ def test_an_entry_leg_filled_96_of_100_while_down_closes_the_pair_after_a_restar
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert signal.payload.name == "pair_exit"
     assert "ratio" in signal.payload.reason
+
+
+def test_an_exit_whose_closes_are_refused_one_while_down_one_after_a_restart_is_closed() -> None:
+    # MSFT's close is denied while the runner is down; AAPL's is still
+    # working at the restart and is denied after it, before any bar.
+    run = Run()
+    closes = exit_signaled(run)
+    run.while_down([deny(closes["MSFT"], ids=next_id)])
+    rt = run.restarted()
+    rt.start()
+    out = rt.feed(deny(closes["AAPL"], ids=next_id))
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
+    (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
+    assert "sent before a restart" in signal.payload.reason

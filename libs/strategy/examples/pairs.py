@@ -55,10 +55,12 @@ costs at average price: more than one unit of the dearer leg and
 within that is held and an entry filled more than about 5 % off its closes
 is closed. Both legs closed in part and in proportion look whole: they are
 held until ``|z| < exit_z``. An order the fresh instance did not send (its
-entry's leg, or a close) refused before its pair is closing is judged by the
-books at once, not at the next bar: a leg of the entry denied after the
-restart closes the other leg then, as it would have in the instance that
-sent it.
+entry's leg, or a close) refused before its pair is closing closes the pair
+at once, whatever the books show, not at the next bar: the instance that
+sent it was closing the pair, or would have closed it then (a leg of its
+entry). A leg of the entry denied after the restart closes the other leg
+then; a close denied after the other leg's was refused while the runner was
+down closes both, though the books show a pair that looks whole.
 """
 
 from __future__ import annotations
@@ -239,22 +241,27 @@ class PairsTrade(Strategy[PairsParams]):
         answered here but at the next bar (``on_bar``).
 
         A refused order of a signal this instance did not send (one sent
-        before a restart: an entry's leg, or a close) is judged by the books,
-        as the first bar judges them: a leg left held alone, a close working
-        against a leg, or legs at other than an entry's ratio close the pair
-        at once. The fresh instance does not know the entry, and waiting for
-        the next bar left the other leg unhedged that long. Once the pair is
-        closing, a refused close waits for the next bar, whoever sent it."""
+        before a restart: an entry's leg, or a close) closes the pair at
+        once, whatever the books show: the instance that sent it was closing
+        the pair, or would close it at this refusal (a leg of its entry), and
+        the fresh one does not know which. Its reason says what the books
+        show (a leg held alone, legs at other than the entry's ratio), if
+        anything: a close refused with the other leg's close refused already
+        (while the runner was down) leaves a pair that looks whole, and was
+        held until ``exit_z``. Once the pair is closing, a refused close
+        waits for the next bar, whoever sent it."""
         if update.kind == "accepted":
             return
         leg = update.symbol or "a leg"
         detail = f": {update.reason}" if update.reason else ""
         if update.signal_id == self._entry:
             self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
-        elif self._closing is None and update.signal_id not in self._sent:
-            why = self._unwhole()
-            if why is None:
-                return
+        elif (
+            self._closing is None
+            and update.signal_id not in self._sent
+            and update.intent_id is not None  # an order the books still had working
+        ):
+            why = self._unwhole() or "the pair is closed"
             self._closing = f"{leg} {update.kind}{detail} (an order sent before a restart); {why}"
         else:
             return
