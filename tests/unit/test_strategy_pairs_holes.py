@@ -12,9 +12,9 @@
   cost: 95 MSFT against 96 AAPL (of 100) was held until ``exit_z``.
 - An exit both of whose closes were refused left a pair that looked whole to
   a fresh instance: held until ``exit_z`` again, though the strategy had
-  decided to be flat. One refused while the runner was down and the other
-  after the restart, it judged that refusal by the books, which showed a
-  whole pair.
+  decided to be flat. Both refused while the runner was down, the fresh
+  instance saw only the positions; one refused then and the other after the
+  restart, it judged that refusal by the books, which showed a whole pair.
 """
 
 from __future__ import annotations
@@ -71,6 +71,24 @@ def test_an_entry_leg_filled_96_of_100_while_down_closes_the_pair_after_a_restar
     assert "ratio" in signal.payload.reason
 
 
+def test_an_exit_both_of_whose_closes_were_refused_while_down_is_closed_after_a_restart() -> None:
+    # The exit is signaled at minute 6 (z inside exit_z); both closes are
+    # denied while the runner is down. The fresh instance, warmed up on the
+    # latest bars, finds that minute's z inside exit_z after the pair opened:
+    # the strategy had decided to be flat. Its first minute is wide again,
+    # where a whole pair is held: this one is closed.
+    run = Run()
+    closes = exit_signaled(run)
+    run.while_down([deny(close, ids=next_id) for close in closes.values()])
+    rt = run.restarted(warm=True)
+    assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(100))
+    out = rt.run(minute(7, "112"))
+    assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
+    (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
+    assert signal.payload.name == "pair_exit"
+    assert "exit was due" in signal.payload.reason
+
+
 def test_an_exit_whose_closes_are_refused_one_while_down_one_after_a_restart_is_closed() -> None:
     # MSFT's close is denied while the runner is down; AAPL's is still
     # working at the restart and is denied after it, before any bar.
@@ -83,3 +101,12 @@ def test_an_exit_whose_closes_are_refused_one_while_down_one_after_a_restart_is_
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert "sent before a restart" in signal.payload.reason
+
+
+def test_a_whole_pair_whose_exit_was_never_due_is_held_after_a_warm_restart() -> None:
+    run = Run()
+    for intent in run.enter_short().values():
+        run.fill(intent)
+    assert run.run(minute(6, "106")) == []  # wider: no exit
+    rt = run.restarted(warm=True)
+    assert rt.run(minute(7, "107")) == []

@@ -54,13 +54,27 @@ costs at average price: more than one unit of the dearer leg and
 ``RATIO_SLACK`` of the larger cost apart closes the pair, so a part fill
 within that is held and an entry filled more than about 5 % off its closes
 is closed. Both legs closed in part and in proportion look whole: they are
-held until ``|z| < exit_z``. An order the fresh instance did not send (its
-entry's leg, or a close) refused before its pair is closing closes the pair
-at once, whatever the books show, not at the next bar: the instance that
-sent it was closing the pair, or would have closed it then (a leg of its
-entry). A leg of the entry denied after the restart closes the other leg
-then; a close denied after the other leg's was refused while the runner was
-down closes both, though the books show a pair that looks whole.
+held until ``|z| < exit_z``, unless the exit is seen due (below).
+
+A fresh instance also closes, at its first bar, a pair held whole whose exit
+was due: a paired minute of its warm-up after the pair opened had
+``|z| < exit_z``. The exit was signaled then and both closes were refused
+before the restart (the instance that sent them knew the pair was closing,
+and sent them again at each bar), or it fell due while the runner was down;
+either way the strategy had decided to be flat, and a pair that looks whole
+is not held against that decision until ``|z| < exit_z`` comes again. Its
+warm-up is ``2 x lookback`` minutes, so that the latest ``lookback`` of them
+have z-scores (worked out only once the pair is held, as each costs a pass
+over the spreads); an exit due before them is not seen, and such a pair is
+held until ``|z| < exit_z``.
+
+An order the fresh instance did not send (its entry's leg, or a close)
+refused before its pair is closing closes the pair at once, whatever the
+books show, not at the next bar: the instance that sent it was closing the
+pair, or would have closed it then (a leg of its entry). A leg of the entry
+denied after the restart closes the other leg then; a close denied after
+the other leg's was refused while the runner was down closes both, though
+the books show a pair that looks whole.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ import logging
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 
@@ -96,13 +111,15 @@ RATIO_SLACK = Decimal("0.05")
 
 @dataclass(frozen=True, slots=True)
 class _Minute:
-    """A paired minute the instance was warmed up on: when its bars ran, and
-    each leg's close (what an entry then was sized at)."""
+    """A paired minute the instance was warmed up on: when its bars ran,
+    each leg's close (what an entry then was sized at) and, in a pair held
+    since before it, the spread's z-score then (None: not worked out)."""
 
     start_ns: int
     end_ns: int
     price_a: Decimal
     price_b: Decimal
+    z: Decimal | None = None
 
 
 class PairsParams(StrategyParams):
@@ -165,14 +182,26 @@ class PairsTrade(Strategy[PairsParams]):
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
-        return params.lookback
+        """``lookback`` minutes to fill the spreads the first live z-score is
+        taken against, and ``lookback`` before them: the z-scores of the
+        latest ones, once a pair is held, say whether its exit was due
+        (``_exit_due``)."""
+        return 2 * params.lookback
 
     def on_warmup(self, bar: Bar) -> None:
         paired = self._pair(bar)
-        if paired is not None:
-            spread, price_a, price_b = paired
+        if paired is None:
+            return
+        spread, price_a, price_b = paired
+        opened = self._opened_ns()
+        z = None
+        if opened is not None and opened <= bar.end_ns:
+            # Held since before this minute: the exit rule applied to it. Only
+            # then, as each z-score costs a pass over the lookback.
+            z = self._zscore(spread)
+        else:
             self._spreads.push(spread)
-            self._past.append(_Minute(bar.start_ns, bar.end_ns, price_a, price_b))
+        self._past.append(_Minute(bar.start_ns, bar.end_ns, price_a, price_b, z))
 
     def _pair(self, bar: Bar) -> tuple[Decimal, Decimal, Decimal] | None:
         """(spread, price A, price B) once both legs' bars of a minute are in."""
@@ -284,7 +313,7 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _unwhole(self) -> str | None:
         """Why the pair the books show must close (None: it is whole, or flat)."""
-        return self._naked() or self._closing_working() or self._lopsided()
+        return self._naked() or self._closing_working() or self._lopsided() or self._exit_due()
 
     def _naked(self) -> str | None:
         """Why the pair must close when exactly one leg is held (pending
@@ -352,6 +381,39 @@ class PairsTrade(Strategy[PairsParams]):
             f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
             f"entry's ratio (costs {rounded(costs[0])} and {rounded(costs[1])}): closed"
         )
+
+    def _exit_due(self) -> str | None:
+        """Why a pair held whole must close: a paired minute of the warm-up
+        after it opened had ``|z| < exit_z``, so its exit was signaled then
+        (or due, the runner down) and both closes were refused (denied,
+        rejected, canceled) before this instance started. Only the instance
+        that sent them knew the pair was closing; a fresh one sees a whole
+        pair and held it until ``|z| < exit_z`` again, though the strategy
+        had decided to be flat. An expired option leg is the broker's to
+        settle (``_partner_expired``)."""
+        opened = self._opened_ns()
+        if opened is None or any(
+            self.ctx.pending(symbol) != 0 or self.ctx.expired(symbol)
+            for symbol in (self._a, self._b)
+        ):
+            return None
+        for past in self._past:
+            if past.z is not None and past.end_ns >= opened and abs(past.z) < self.params.exit_z:
+                ended = datetime.fromtimestamp(past.end_ns // 10**9, UTC).isoformat()
+                return (
+                    f"the exit was due at the minute ending {ended} (z={past.z}) and the pair "
+                    "is still held (its closes refused, or the runner down then): closed"
+                )
+        return None
+
+    def _opened_ns(self) -> int | None:
+        """When the pair held opened (its later leg's first fill, by market
+        time); None while a leg is flat, or the ledger does not know."""
+        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
+        opened = [leg.opened_ns for leg in legs if leg.quantity != 0]
+        if len(opened) != 2 or None in opened:
+            return None
+        return max(ns for ns in opened if ns is not None)
 
     def _entry_legs(self) -> dict[str, Decimal] | None:
         """What the entry of the pair held made (signed, by leg), sized again
