@@ -365,8 +365,9 @@ class PairsTrade(Strategy[PairsParams]):
             matched = [leg.quantity == made[leg.symbol] for leg in legs]
             if all(matched):
                 return None
-            # Neither leg as a minute sized it: that minute may not be the
-            # entry's (a fill later than the next bar); the costs judge.
+            # Neither leg at what the minute sizes it: that minute may not be
+            # the entry's (a fill later than the next bar), or leg_notional
+            # changed since; the costs judge.
             if any(matched) or self._legs is not None:
                 return (
                     f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than "
