@@ -16,99 +16,23 @@ from __future__ import annotations
 from decimal import Decimal
 
 from libs.contract.envelope import Event
-from libs.contract.events import (
-    BarClosed,
-    OrderCanceled,
-    OrderCanceledPayload,
-    OrderIntentCreated,
-    SignalGenerated,
-    SubmitOrder,
-)
+from libs.contract.events import BarClosed, SignalGenerated
 from libs.contract.options import parse_option
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.pairs import PairsTrade
-from libs.strategy.testing import MINUTE_NS, At, bar, broker_reject, deny, fill_chain
-from tests.unit.pairs_inputs import PRICES, T0, intents, legs, minute, next_id, position, runtime
-
-
-class Run:
-    """The first runner's life: everything it emitted and was sent, in order."""
-
-    def __init__(self) -> None:
-        self.rt = runtime()
-        self.history: list[Event] = []
-        for i, msft in enumerate(["100", "101", "100", "101", "100"]):
-            self.run(minute(i, msft))
-
-    def run(self, events: list[Event]) -> list[Event]:
-        out = self.rt.run(events)
-        self.history += [*events, *out]
-        return out
-
-    def feed(self, events: list[Event]) -> list[Event]:
-        out: list[Event] = []
-        for event in events:
-            self.history.append(event)
-            answer = self.rt.feed(event)
-            self.history += answer
-            out += answer
-        return out
-
-    def fill(self, intent: OrderIntentCreated, quantity: Decimal | None = None) -> list[Event]:
-        chain = fill_chain(intent, PRICES[intent.payload.symbol], ids=next_id, quantity=quantity)
-        return self.feed(chain)
-
-    def while_down(self, events: list[Event]) -> None:
-        """``events`` happened while the runner was down: recorded, not handled."""
-        self.history += events
-
-    def part_fill_then_cancel(self, intent: OrderIntentCreated, quantity: Decimal) -> list[Event]:
-        """``quantity`` of ``intent`` filled, the rest canceled by the broker."""
-        return self.feed(part_filled_then_canceled(intent, quantity))
-
-    def restarted(self) -> InMemoryRuntime:
-        """A fresh runtime, its books rebuilt from everything so far (the
-        store's and the catch-up's), not yet shown a live bar."""
-        rt = runtime()
-        for event in self.history:
-            rt.restore(event)
-        return rt
-
-    def enter_short(self) -> dict[str, OrderIntentCreated]:
-        """The wide minute: sell 95 MSFT, buy 100 AAPL."""
-        entry = intents(self.run(minute(5, "105")))
-        assert legs(list(entry.values())) == [
-            ("MSFT", "sell", Decimal(95)),
-            ("AAPL", "buy", Decimal(100)),
-        ]
-        return entry
-
-
-def part_filled_then_canceled(intent: OrderIntentCreated, quantity: Decimal) -> list[Event]:
-    """``quantity`` of ``intent`` filled, the rest canceled by the broker."""
-    decision, command, ack, fill = fill_chain(
-        intent, PRICES[intent.payload.symbol], ids=next_id, quantity=quantity
-    )
-    assert isinstance(command, SubmitOrder)
-    canceled = OrderCanceled.create(
-        OrderCanceledPayload(order_id=command.payload.order_id, account="paper", reason="ioc"),
-        source="test/broker",
-        clock=At(ack.ts_event),
-        cause=ack,
-        ids=next_id,
-    )
-    return [decision, command, ack, fill, canceled]
-
-
-def exit_signaled(run: Run) -> dict[str, OrderIntentCreated]:
-    for intent in run.enter_short().values():
-        run.fill(intent)
-    closes = intents(run.run(minute(6, "100.5")))
-    assert legs(list(closes.values())) == [
-        ("MSFT", "buy", Decimal(95)),
-        ("AAPL", "sell", Decimal(100)),
-    ]
-    return closes
+from libs.strategy.testing import MINUTE_NS, bar, broker_reject, deny, fill_chain
+from tests.unit.pairs_inputs import (
+    PRICES,
+    T0,
+    Run,
+    exit_signaled,
+    intents,
+    legs,
+    minute,
+    next_id,
+    part_filled_then_canceled,
+    position,
+)
 
 
 def test_an_exit_part_filled_in_one_leg_and_refused_in_the_other_closes_both_after_a_restart() -> (

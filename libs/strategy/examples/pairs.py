@@ -30,26 +30,60 @@ A close that is denied, rejected or canceled is sent again at the next bar
 of either leg (not at once: a refusal that stands would be answered by
 another order at once, for ever).
 
+A pair is whole when each leg holds what the entry sent it. The instance
+that sent the entry judges the pair by those quantities, never by the fill
+prices: an entry filled far from the closes it was sized at (slippage) is a
+whole pair and is held; any other quantity, with nothing pending, closes it.
+
 That the pair is closing lives in the instance. A fresh one (after a runner
 restart, or a fault's) knows what the books give back, positions and
 pending orders, and at its first bar closes the pair they show is not
 whole: one leg held alone, a close working against a leg (each leg's
 exposure is then 0: no pair is entered on top, and a close refused is sent
-again at the next bar), or both held at other than an entry's ratio
-(their costs at average price differing by more than one unit of the
-dearer leg and ``RATIO_SLACK`` of the larger cost: an entry or an exit one
-of whose legs filled in part, the rest canceled or refused). Both legs
-closed in part and in proportion look whole: they are held until
-``|z| < exit_z``. An order the fresh instance did not send (its entry's
-leg, or a close) refused before its pair is closing is judged by the books
-at once, not at the next bar: a leg of the entry denied after the restart
-closes the other leg then, as it would have in the instance that sent it.
+again at the next bar), or both held at other than what the entry made (an
+entry or an exit one of whose legs filled in part, the rest canceled or
+refused). It does not know the entry's quantities; it sizes the entry again
+from the closes of the minute it was sized at, when its warm-up holds that
+minute (the last paired one closed by the pair's first fill, at most a bar
+before it), and judges the pair by them, as the instance that entered it
+would; a leg held at that quantity and the other not closes the pair,
+whatever the fill prices. Without that minute (the pair entered before the
+warm-up's bars), or with neither leg at its quantity (the minute may not be
+the entry's, or ``leg_notional`` changed since), it judges by the legs'
+costs at average price: more than one unit of the dearer leg and
+``RATIO_SLACK`` of the larger cost apart closes the pair, so a part fill
+within that is held and an entry filled more than about 5 % off its closes
+is closed. Both legs closed in part and in proportion look whole: they are
+held until ``|z| < exit_z``, unless the exit is seen due (below).
+
+A fresh instance also closes, at its first bar, a pair held whole whose exit
+was due: a paired minute of its warm-up after the pair opened had
+``|z| < exit_z``. The exit was signaled then and both closes were refused
+before the restart (the instance that sent them knew the pair was closing,
+and sent them again at each bar), or it fell due while the runner was down;
+either way the strategy had decided to be flat, and a pair that looks whole
+is not held against that decision until ``|z| < exit_z`` comes again. Its
+warm-up is ``2 x lookback`` minutes, so that the latest ``lookback`` of them
+have z-scores (worked out only once the pair is held, as each costs a pass
+over the spreads); an exit due before them is not seen, and such a pair is
+held until ``|z| < exit_z``.
+
+An order the fresh instance did not send (its entry's leg, or a close)
+refused before its pair is closing closes the pair at once, whatever the
+books show, not at the next bar: the instance that sent it was closing the
+pair, or would have closed it then (a leg of its entry). A leg of the entry
+denied after the restart closes the other leg then; a close denied after
+the other leg's was refused while the runner was down closes both, though
+the books show a pair that looks whole.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 
@@ -61,6 +95,7 @@ from libs.strategy.base import Bar, Fill, OrderUpdate, ParamError, Strategy, Str
 from libs.strategy.context import ZERO, Direction
 from libs.strategy.examples._common import exposure
 from libs.strategy.indicators import Rolling, rounded
+from libs.strategy.ledger import signed
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +107,19 @@ SPREAD_NOISE = Decimal("1e-12")
 #: from the bar's close the legs were sized at); more, and the pair is not
 #: the one an entry made: a leg of it filled or closed in part.
 RATIO_SLACK = Decimal("0.05")
+
+
+@dataclass(frozen=True, slots=True)
+class _Minute:
+    """A paired minute the instance was warmed up on: when its bars ran,
+    each leg's close (what an entry then was sized at) and, in a pair held
+    since before it, the spread's z-score then (None: not worked out)."""
+
+    start_ns: int
+    end_ns: int
+    price_a: Decimal
+    price_b: Decimal
+    z: Decimal | None = None
 
 
 class PairsParams(StrategyParams):
@@ -117,6 +165,15 @@ class PairsTrade(Strategy[PairsParams]):
         #: The latest entry's signal: a leg of it that ends unfilled (or part
         #: filled) leaves the other leg unhedged.
         self._entry: uuid.UUID | None = None
+        #: What the latest entry this instance sent holds, whole (signed, by
+        #: leg): a pair is judged whole by these quantities, never by its fill
+        #: prices. None once the pair is flat, and in a fresh instance (after a
+        #: restart) for the pair it finds held.
+        self._legs: dict[str, Decimal] | None = None
+        #: The paired minutes of the warm-up (the store's latest bars, those
+        #: that closed while the runner was down): a fresh instance sizes the
+        #: entry of the pair it finds held again from them (``_entry_legs``).
+        self._past: deque[_Minute] = deque(maxlen=self.warmup_bars(self.params))
         #: The signals this instance sent since the pair was last flat with
         #: nothing pending (an order of an earlier one can no longer end). A
         #: refused order of any other signal was sent by an instance before a
@@ -125,12 +182,26 @@ class PairsTrade(Strategy[PairsParams]):
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
-        return params.lookback
+        """``lookback`` minutes to fill the spreads the first live z-score is
+        taken against, and ``lookback`` before them: the z-scores of the
+        latest ones, once a pair is held, say whether its exit was due
+        (``_exit_due``)."""
+        return 2 * params.lookback
 
     def on_warmup(self, bar: Bar) -> None:
         paired = self._pair(bar)
-        if paired is not None:
-            self._spreads.push(paired[0])
+        if paired is None:
+            return
+        spread, price_a, price_b = paired
+        opened = self._opened_ns()
+        z = None
+        if opened is not None and opened <= bar.end_ns:
+            # Held since before this minute: the exit rule applied to it. Only
+            # then, as each z-score costs a pass over the lookback.
+            z = self._zscore(spread)
+        else:
+            self._spreads.push(spread)
+        self._past.append(_Minute(bar.start_ns, bar.end_ns, price_a, price_b, z))
 
     def _pair(self, bar: Bar) -> tuple[Decimal, Decimal, Decimal] | None:
         """(spread, price A, price B) once both legs' bars of a minute are in."""
@@ -177,6 +248,10 @@ class PairsTrade(Strategy[PairsParams]):
             else:
                 legs = (("buy", qty_a), ("sell", qty_b))
                 self._entry = self._trade("pair_entry", "long", self._reason(z), legs, z)
+            self._legs = {
+                symbol: signed(side, quantity)
+                for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True)
+            }
         elif abs(z) < p.exit_z:
             for symbol, held in ((self._a, held_a), (self._b, held_b)):
                 if held != 0:
@@ -195,22 +270,27 @@ class PairsTrade(Strategy[PairsParams]):
         answered here but at the next bar (``on_bar``).
 
         A refused order of a signal this instance did not send (one sent
-        before a restart: an entry's leg, or a close) is judged by the books,
-        as the first bar judges them: a leg left held alone, a close working
-        against a leg, or legs at other than an entry's ratio close the pair
-        at once. The fresh instance does not know the entry, and waiting for
-        the next bar left the other leg unhedged that long. Once the pair is
-        closing, a refused close waits for the next bar, whoever sent it."""
+        before a restart: an entry's leg, or a close) closes the pair at
+        once, whatever the books show: the instance that sent it was closing
+        the pair, or would close it at this refusal (a leg of its entry), and
+        the fresh one does not know which. Its reason says what the books
+        show (a leg held alone, legs at other than the entry's ratio), if
+        anything: a close refused with the other leg's close refused already
+        (while the runner was down) leaves a pair that looks whole, and was
+        held until ``exit_z``. Once the pair is closing, a refused close
+        waits for the next bar, whoever sent it."""
         if update.kind == "accepted":
             return
         leg = update.symbol or "a leg"
         detail = f": {update.reason}" if update.reason else ""
         if update.signal_id == self._entry:
             self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
-        elif self._closing is None and update.signal_id not in self._sent:
-            why = self._unwhole()
-            if why is None:
-                return
+        elif (
+            self._closing is None
+            and update.signal_id not in self._sent
+            and update.intent_id is not None  # an order the books still had working
+        ):
+            why = self._unwhole() or "the pair is closed"
             self._closing = f"{leg} {update.kind}{detail} (an order sent before a restart); {why}"
         else:
             return
@@ -233,7 +313,7 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _unwhole(self) -> str | None:
         """Why the pair the books show must close (None: it is whole, or flat)."""
-        return self._naked() or self._closing_working() or self._lopsided()
+        return self._naked() or self._closing_working() or self._lopsided() or self._exit_due()
 
     def _naked(self) -> str | None:
         """Why the pair must close when exactly one leg is held (pending
@@ -264,11 +344,14 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _lopsided(self) -> str | None:
         """Why the pair must close when both legs are held, nothing pending in
-        either, at other than the ratio an entry makes (legs of about equal
-        cost, of opposite sides): an entry or an exit one of whose legs filled
-        in part. The instance that saw it happen is closing the pair already;
-        a fresh one, after a restart, knows only the positions, and the legs'
-        costs at their average prices are what the entry sized them by. An
+        either, at other than what an entry holds: an entry or an exit one of
+        whose legs filled in part. The instance that sent the entry knows its
+        quantities (``_legs``): any other is not the pair, whatever the fill
+        prices (an entry filled away from the closes it was sized at is
+        whole). The instance that saw a leg fill in part is closing the pair
+        already; a fresh one, after a restart, knows only the positions, and
+        judges them by the legs' costs at their average prices (legs of about
+        equal cost, of opposite sides: what the entry sized them by). An
         expired option leg is the broker's to settle (``_partner_expired``)."""
         legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
         if any(
@@ -277,6 +360,19 @@ class PairsTrade(Strategy[PairsParams]):
         ):
             return None
         a, b = legs
+        made = self._legs if self._legs is not None else self._entry_legs()
+        if made is not None:
+            matched = [leg.quantity == made[leg.symbol] for leg in legs]
+            if all(matched):
+                return None
+            # Neither leg at what the minute sizes it: that minute may not be
+            # the entry's (a fill later than the next bar), or leg_notional
+            # changed since; the costs judge.
+            if any(matched) or self._legs is not None:
+                return (
+                    f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than "
+                    f"the entry's ratio (it made {made[a.symbol]} and {made[b.symbol]}): closed"
+                )
         units = [leg.average_price * contract_multiplier(leg.symbol) for leg in legs]
         costs = [abs(leg.quantity) * unit for leg, unit in zip(legs, units, strict=True)]
         same_side = (a.quantity > 0) == (b.quantity > 0)
@@ -286,6 +382,62 @@ class PairsTrade(Strategy[PairsParams]):
             f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than the "
             f"entry's ratio (costs {rounded(costs[0])} and {rounded(costs[1])}): closed"
         )
+
+    def _exit_due(self) -> str | None:
+        """Why a pair held whole must close: a paired minute of the warm-up
+        after it opened had ``|z| < exit_z``, so its exit was signaled then
+        (or due, the runner down) and both closes were refused (denied,
+        rejected, canceled) before this instance started. Only the instance
+        that sent them knew the pair was closing; a fresh one sees a whole
+        pair and held it until ``|z| < exit_z`` again, though the strategy
+        had decided to be flat. An expired option leg is the broker's to
+        settle (``_partner_expired``)."""
+        opened = self._opened_ns()
+        if opened is None or any(
+            self.ctx.pending(symbol) != 0 or self.ctx.expired(symbol)
+            for symbol in (self._a, self._b)
+        ):
+            return None
+        for past in self._past:
+            if past.z is not None and past.end_ns >= opened and abs(past.z) < self.params.exit_z:
+                ended = datetime.fromtimestamp(past.end_ns // 10**9, UTC).isoformat()
+                return (
+                    f"the exit was due at the minute ending {ended} (z={past.z}) and the pair "
+                    "is still held (its closes refused, or the runner down then): closed"
+                )
+        return None
+
+    def _opened_ns(self) -> int | None:
+        """When the pair held opened (its later leg's first fill, by market
+        time); None while a leg is flat, or the ledger does not know."""
+        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
+        opened = [leg.opened_ns for leg in legs if leg.quantity != 0]
+        if len(opened) != 2 or None in opened:
+            return None
+        return max(ns for ns in opened if ns is not None)
+
+    def _entry_legs(self) -> dict[str, Decimal] | None:
+        """What the entry of the pair held made (signed, by leg), sized again
+        from the closes of the minute it was sized at: the last paired minute
+        of the warm-up closed by the pair's first fill, and no longer than a
+        bar before it (a market order fills within a bar; a later fill, say
+        at the next day's open, leaves the minute unknown). None when the
+        warm-up holds no such minute (the pair was entered before it)."""
+        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
+        opened = [leg.opened_ns for leg in legs]
+        if None in opened:
+            return None
+        first = min(ns for ns in opened if ns is not None)
+        sized = None
+        for past in self._past:
+            if past.end_ns <= first:
+                sized = past
+        if sized is None or first - sized.end_ns > sized.end_ns - sized.start_ns:
+            return None
+        qty_a = self._leg_quantity(self._a, sized.price_a)
+        qty_b = self._leg_quantity(self._b, sized.price_b)
+        short_a = legs[0].quantity < 0
+        return {self._a: -qty_a if short_a else qty_a, self._b: qty_b if short_a else -qty_b}
 
     def _close(self, strength: Decimal | None = None) -> None:
         """Close each leg held with no order working in it (one would be
@@ -302,6 +454,7 @@ class PairsTrade(Strategy[PairsParams]):
         if not working and all(quantity == 0 for _, quantity in legs):
             self._closing = None
             self._sent.clear()
+            self._legs = None
         elif self._closing is not None and any(quantity > 0 for _, quantity in legs):
             self._trade("pair_exit", "flat", self._closing, tuple(legs), strength)
 
