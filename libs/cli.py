@@ -238,6 +238,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayRefused,
             ReplayRequest,
             ReplayResult,
+            ReplaySoFar,
             ReplayStopped,
             ReplayStoreLost,
             replay,
@@ -269,9 +270,14 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
 
         def how_far(stopped: ReplayStopped) -> str:
             """How far a stopped replay got and where it resumes; when NATS was
-            lost, also the messages sent after that which it never judged."""
+            lost, or Ctrl-C did not wait for the server's verdict, also the
+            messages sent after that which it never judged."""
             last = stopped.result.last_seq
-            unjudged_to = stopped.unjudged_to if isinstance(stopped, ReplayBusLost) else None
+            unjudged_to = (
+                stopped.unjudged_to
+                if isinstance(stopped, ReplayBusLost | ReplayInterrupted)
+                else None
+            )
             unjudged = None
             if unjudged_to is not None:
                 unjudged = (
@@ -289,11 +295,33 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 f"--from-seq {last + 1} resumes"
             )
 
-        # Set once replay() runs: from then on it says how far a Ctrl-C let it get.
+        def interrupted(stopped: ReplayInterrupted) -> NoReturn:
+            """Say how far an interrupted replay got, and exit 130; "not
+            settled" when the server's verdict on its last messages did not come."""
+            if shown is not None:
+                shown.stop()  # the bar's last state above, not below, what is said
+            report(stopped.result)
+            settled = "" if stopped.unjudged_to is None else " (not settled)"
+            err.print(f"replay interrupted{settled}: {how_far(stopped)}", highlight=False)
+            raise typer.Exit(130)
+
+        def waiting(sent: int, seconds: float) -> None:
+            messages = "message" if sent == 1 else f"{sent} messages"
+            err.print(
+                f"replay stopping: waiting up to {seconds:g} s for the server's verdict on the "
+                f"last {messages} sent; Ctrl-C again stops waiting (it then says where to "
+                "resume as far as is known)",
+                highlight=False,
+            )
+
+        # Set once replay() runs: from then on it says how far a Ctrl-C let it
+        # get, and so_far how far it is known to have got at any moment.
         replaying = False
+        so_far = ReplaySoFar()
+        shown: Progress | None = None
 
         async def go() -> None:
-            nonlocal replaying
+            nonlocal replaying, shown
             bus = None
             if not dry_run:
                 user = settings.nats_user or urlsplit(settings.nats_url).username
@@ -321,13 +349,15 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 console=err,
             ) as bar:
                 task = bar.add_task(f"replay {subject} -> {into}.", total=None)
-                replaying = True
+                replaying, shown = True, bar
                 try:
                     result = await replay(
                         settings.database_url.get_secret_value(),
                         bus,
                         request,
                         progress=lambda done, total: bar.update(task, completed=done, total=total),
+                        so_far=so_far,
+                        waiting=waiting,
                     )
                 finally:
                     if bus is not None:
@@ -337,21 +367,28 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
         try:
             try:
                 announce_store()
-                asyncio.run(go())
             except KeyboardInterrupt:
-                # Ctrl-C while the store is checked or NATS connected to:
-                # nothing went out, and it ends as a later Ctrl-C does. (A
-                # second Ctrl-C while a stopped replay settles its counts
-                # leaves them unknown: it ends bare, exit 130.)
-                if replaying:
-                    raise
+                # Ctrl-C while the store is checked: nothing went out, and it
+                # ends as a later Ctrl-C does.
                 raise ReplayInterrupted(ReplayResult()) from None
+            with asyncio.Runner() as runner:
+                try:
+                    runner.run(go())
+                except KeyboardInterrupt:
+                    # Before replay() runs (NATS connected to): nothing went
+                    # out. Once it runs, a second Ctrl-C while the stopped
+                    # replay waits for the server's verdict on its last
+                    # messages: what is known now, those not judged said so
+                    # (it ended bare, exit 130, and nobody knew where to
+                    # resume). Said at once, before the runner's close
+                    # cancels what still runs and waits for it.
+                    interrupted(
+                        so_far.interrupted() if replaying else ReplayInterrupted(ReplayResult())
+                    )
         except (BusUnavailable, StoreUnavailable) as e:
             fail(e, 1)
         except ReplayInterrupted as e:
-            report(e.result)
-            err.print(f"replay interrupted: {how_far(e)}", highlight=False)
-            raise typer.Exit(130) from None
+            interrupted(e)
         except ReplayStoreLost as e:
             report(e.result)
             fail(f"{e.cause}; {how_far(e)}", 1)

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from libs.bus.client import (
     MAX_CONTROL_LINE,
@@ -162,9 +163,13 @@ class ReplayStopped(Exception):
 
 
 class ReplayInterrupted(ReplayStopped):
-    """The replay was cancelled (Ctrl-C)."""
+    """The replay was cancelled (Ctrl-C). When the server's verdict on the
+    rows sent after ``last_seq``, up to :attr:`unjudged_to`, did not come
+    (the wait for it timed out, NATS was lost, or a second Ctrl-C ended it),
+    some of them may have gone out too; None: nothing was left unjudged."""
 
-    def __init__(self, result: ReplayResult) -> None:
+    def __init__(self, result: ReplayResult, *, unjudged_to: int | None = None) -> None:
+        self.unjudged_to = unjudged_to
         super().__init__(f"replay interrupted after store sequence {result.last_seq}", result)
 
 
@@ -199,6 +204,41 @@ class ReplayBusLost(ReplayStopped):
 SETTLE_ON_STOP_S = 5.0
 
 
+@dataclass
+class ReplaySoFar:
+    """How far a running replay is known to have got, kept up to date as it
+    runs (:func:`replay`'s ``so_far``): for a caller that must say so
+    without the replay's own end. A second Ctrl-C ends the CLI while a
+    stopped replay still waits for the server's verdict, so the replay
+    never gets to say how far it got: the CLI says it from this."""
+
+    #: Its counts so far; ``last_seq`` is the last row read, settled or not.
+    result: ReplayResult = field(default_factory=ReplayResult)
+    #: The last row read whose fate is known: skipped, counted (dry_run), or
+    #: published and judged. Every selected row up to it went out.
+    settled_seq: int | None = None
+    #: Published, not yet judged by the server: (store sequence, subject).
+    window: list[tuple[int, str]] = field(default_factory=list)
+    #: When it started publishing (``time.monotonic()``).
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def unjudged_to(self) -> int | None:
+        """The last row sent whose verdict has not come (None: none waits)."""
+        return self.window[-1][0] if self.window else None
+
+    def interrupted(self) -> ReplayInterrupted:
+        """The replay stopped as it stands, as its Ctrl-C reports it: its
+        counts, ``last_seq`` the last row whose fate is known, and the rows
+        sent after it that the server has not judged (some may have gone out)."""
+        result = dataclasses.replace(
+            self.result, last_seq=self.settled_seq, seconds=time.monotonic() - self.started
+        )
+        if self.settled_seq is None:
+            result.first_seq = None
+        return ReplayInterrupted(result, unjudged_to=self.unjudged_to)
+
+
 class ReplayRefused(Exception):
     """The server refused to let this NATS user publish a replayed message;
     :attr:`result` counts what it did take before the replay stopped."""
@@ -228,8 +268,15 @@ async def replay(
     request: ReplayRequest,
     *,
     progress: Progress | None = None,
+    so_far: ReplaySoFar | None = None,
+    waiting: Callable[[int, float], None] | None = None,
 ) -> ReplayResult:
     """Publish the selected recorded events (or only count them with dry_run).
+
+    ``so_far``, if given, is kept up to date with how far it is known to
+    have got (its result is the one returned). ``waiting`` is called as a
+    stopped replay starts to wait for the server's verdict on the messages
+    it sent last: how many, and for at most how many seconds.
 
     Raises :class:`ReplayError` for a request that cannot be carried out,
     :class:`ReplayRefused` when the server refuses a message,
@@ -242,23 +289,24 @@ async def replay(
     """
     request.check()
     shown = masked_url(database_url)
-    result = ReplayResult()
+    state = so_far if so_far is not None else ReplaySoFar()
+    result = state.result
     try:
         conn = await connect(database_url)
     except asyncio.CancelledError:
         # Ctrl-C while the store is reached: nothing went out, and it says so.
         raise ReplayInterrupted(result) from None
-    started = time.monotonic()
-    # Published, not yet judged by the server: (store sequence, subject).
-    window: list[tuple[int, str]] = []
+    started = state.started = time.monotonic()
+    # Published, not yet judged by the server (the state's, so that a caller
+    # can say what was left unjudged; cleared, never replaced).
+    window = state.window
     window_size = FIRST_WINDOW
     window_started = started
-    # The last row read whose fate is known: skipped, counted (dry_run), or
-    # published and judged. A cancelled replay reports it as its last_seq.
-    settled_seq: int | None = None
+    # state.settled_seq: the last row read whose fate is known. A cancelled
+    # replay reports it as its last_seq.
 
     async def judge() -> None:
-        nonlocal window_size, window_started, settled_seq
+        nonlocal window_size, window_started
         assert bus is not None
         # BusUnavailable unless the verdict came from the connection the
         # window was sent on (no reconnect since the last judge).
@@ -268,19 +316,19 @@ async def replay(
             bad = list(window)
         result.published += len(window) - len(bad)
         if window and not bad:
-            settled_seq = result.last_seq
+            state.settled_seq = result.last_seq
         if bad:
             # Every selected row before the first refused one went out; the
             # rows read after it (up to a window's worth) are no part of a
             # replay that has a hole there, even those the server took.
             before = [seq for seq, _ in window if seq < bad[0][0]]
-            settled_seq = before[-1] if before else settled_seq
+            state.settled_seq = before[-1] if before else state.settled_seq
         window.clear()
         window_size, window_started = WINDOW, time.monotonic()
         if bad:
             result.refused = len(bad)
-            result.last_seq = settled_seq
-            if settled_seq is None:
+            result.last_seq = state.settled_seq
+            if state.settled_seq is None:
                 result.first_seq = None
             result.seconds = time.monotonic() - started
             seq, subject = bad[0]
@@ -306,17 +354,27 @@ async def replay(
         except STORE_ERRORS as e:
             raise lost(e) from e
 
-    async def stop() -> None:
+    async def stop() -> int | None:
         """Judge what was published last (briefly: the server may be what
-        stalls), and make last_seq the last row whose fate is known."""
+        stalls), and make last_seq the last row whose fate is known. Returns
+        the last row sent whose verdict did not come (None: all judged)."""
+        unjudged_to = None
         if window:
-            with contextlib.suppress(TimeoutError, BusUnavailable):
+            if waiting is not None:
+                waiting(len(window), SETTLE_ON_STOP_S)
+            try:
                 async with asyncio.timeout(SETTLE_ON_STOP_S):
                     await judge()
-        result.last_seq = settled_seq
-        if settled_seq is None:
+            except (TimeoutError, BusUnavailable):
+                # Reported as it stood: the rows sent after last_seq may in
+                # part have gone out. (Before, they were dropped unsaid, and
+                # "none after it" was said of them.)
+                unjudged_to = state.unjudged_to
+        result.last_seq = state.settled_seq
+        if state.settled_seq is None:
             result.first_seq = None
         result.seconds = time.monotonic() - started
+        return unjudged_to
 
     def headers(row: queries.Recorded) -> dict[str, str]:
         return {
@@ -398,7 +456,7 @@ async def replay(
                 if len(window) >= window_size or time.monotonic() - window_started >= WINDOW_S:
                     await judge()
             elif not window:
-                settled_seq = row.seq
+                state.settled_seq = row.seq
             if progress and (
                 done % PROGRESS_EVERY == 0
                 or done == total
@@ -410,8 +468,7 @@ async def replay(
             await judge()
     except asyncio.CancelledError:
         # Ctrl-C: say how far it got rather than nothing.
-        await stop()
-        raise ReplayInterrupted(result) from None
+        raise ReplayInterrupted(result, unjudged_to=await stop()) from None
     except StoreUnavailable as e:
         # The store went away (or broke) mid-replay: what was read went out;
         # say how far that is, so that the operator can resume from there.

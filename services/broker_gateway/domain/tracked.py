@@ -50,6 +50,27 @@ ZERO = Decimal(0)
 #: quantize to 12 places raised ``InvalidOperation``.
 WIDE = Context(prec=90)
 
+#: The first word of an ``OrderCanceled``'s reason when the order expired
+#: (its time in force ran out: a day order at the close) rather than was
+#: canceled. The contract has the one event for both; its reason is what
+#: tells them apart, to a reader and to a tracker rebuilt from the events
+#: (:attr:`TrackedOrder.terminal`).
+EXPIRED = "expired"
+
+
+def end_reason(kind: str, detail: str) -> str:
+    """The reason of the ``OrderCanceled`` of an order that ended ``kind``
+    (``canceled`` or ``expired``), the venue's ``detail`` kept: an expiry's
+    says ``expired`` first, whatever words its venue gave it."""
+    if kind != EXPIRED:
+        return detail or kind
+    return EXPIRED if detail in ("", EXPIRED) else f"{EXPIRED}: {detail}"
+
+
+def is_expiry(reason: str) -> bool:
+    """An ``OrderCanceled``'s ``reason`` records an expiry (:func:`end_reason`)."""
+    return reason == EXPIRED or reason.startswith(f"{EXPIRED}: ")
+
 
 def canon(value: Decimal) -> str:
     """A decimal's one spelling (``100``, not ``1E+2`` or ``100.00``), for ids."""
@@ -90,7 +111,8 @@ class TrackedOrder:
     client_order_id: str | None = None
     broker_order_id: str | None = None
     accepted: bool = False
-    #: "filled", "canceled" or "rejected" once nothing more can happen.
+    #: "filled", "canceled", "expired" or "rejected" once nothing more can
+    #: happen (an expiry is read back from its ``OrderCanceled``'s reason).
     terminal: str | None = None
     #: A closing order of a flatten: its fills are booked to strategies.
     closing: bool = False
@@ -270,7 +292,8 @@ class TrackerState:
         elif isinstance(event, OrderCanceled):
             t = self._order(event.payload.order_id, "")
             self._index_broker(t, event.payload.broker_order_id)
-            t.terminal = t.terminal or "canceled"
+            ended = "expired" if is_expiry(event.payload.reason) else "canceled"
+            t.terminal = t.terminal or ended
             self._settled(t)
         elif isinstance(event, FillReceived):
             self._evolve_fill(event)

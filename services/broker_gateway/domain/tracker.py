@@ -74,6 +74,7 @@ from services.broker_gateway.domain.tracked import (
     TrackedOrder,
     TrackerState,
     canon,
+    end_reason,
     take_in_order,
 )
 
@@ -255,7 +256,7 @@ class OrderTracker(Closing):
                 self._mark(t, order)
                 return out  # the fills first; the reconciliation cancels it too
             self._ends_short(t, order, update.kind, out)
-            self._cancel(t, order, update.ts_ns, update.reason, out)
+            self._cancel(t, order, update.ts_ns, end_reason(update.kind, update.reason), out)
         return out
 
     def _mark(self, t: TrackedOrder, order: BrokerOrder) -> None:
@@ -343,7 +344,7 @@ class OrderTracker(Closing):
             self._fill(t, order, missing, price, fid, order.updated_ns, out)
         if order.status in ("canceled", "expired"):
             self._ends_short(t, order, order.status, out)
-            self._cancel(t, order, order.updated_ns, order.status, out)
+            self._cancel(t, order, order.updated_ns, end_reason(order.status, ""), out)
         return out
 
 

@@ -1,0 +1,125 @@
+"""Ctrl-C stops a replay whose server stalls: it says it waits (up to
+SETTLE_ON_STOP_S) for the server's verdict on the messages it sent last.
+A second Ctrl-C meanwhile ends it at once, saying what is known: the JSON
+line of its counts, and the line that says how far it got, marked not
+settled, naming the messages never judged and the --from-seq that resumes;
+exit 130. It ended bare with exit 130, nothing said: whoever stopped it did
+not know where to resume. Without a second Ctrl-C the wait runs out and it
+says the same; it said "none after it" of messages the server may have
+taken (it had, here).
+
+The server stalls for real: the test's own nats-server is stopped
+(SIGSTOP) while the replay runs, and goes on (SIGCONT) once it has ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+from libs.bus.client import Bus
+from libs.local.servers import NatsServer
+from libs.replay import ORIGINAL_SEQ_HEADER
+from libs.testing.producer import make_trades
+from tests.integration.recording import record_events
+
+
+async def line_with(stream: asyncio.StreamReader, text: str, seen: list[str]) -> None:
+    """Read lines of ``stream`` into ``seen`` up to one holding ``text``."""
+    while True:
+        line = (await stream.readline()).decode()
+        if not line:
+            raise AssertionError(f"{text!r} never said: {''.join(seen)}")
+        seen.append(line)
+        if text in line:
+            return
+
+
+@pytest.mark.parametrize("again", [True, False])
+async def test_a_ctrl_c_while_the_verdict_is_awaited_says_where_to_resume(
+    again: bool, tmp_path: Path, database_url: str
+) -> None:
+    total = 600
+    await record_events(database_url, list(make_trades(total, "twice")))
+    server = NatsServer(tmp_path / "nats").start()
+    assert server.proc is not None
+    nats_pid = server.proc.pid
+    stalled = False
+    try:
+        watcher = await Bus.connect(server.url, name="test-watcher")
+        try:
+            sub = await watcher.nc.subscribe("replay.>")
+            await watcher.nc.flush()  # subscribed at the server before the replay publishes
+            env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+            # 100/s: six seconds to go when the server stalls, a tenth of a
+            # second in.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.cli",
+                "recorder",
+                "replay",
+                "--rate",
+                "100/s",
+                env={**env, "DATABASE_URL": database_url, "NATS_URL": server.url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stderr is not None
+            try:
+                got = [await sub.next_msg(timeout=30) for _ in range(10)]
+                os.kill(nats_pid, signal.SIGSTOP)
+                stalled = True
+                proc.send_signal(signal.SIGINT)
+                seen: list[str] = []
+                # The first Ctrl-C is taken: the replay waits for the verdict.
+                await asyncio.wait_for(line_with(proc.stderr, "Ctrl-C again", seen), 30)
+                if again:
+                    proc.send_signal(signal.SIGINT)
+                stdout, rest = await asyncio.wait_for(proc.communicate(), 60)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                if stalled:
+                    os.kill(nats_pid, signal.SIGCONT)
+            # What the server took before it stalled, delivered now.
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:
+                    got.append(await sub.next_msg(timeout=0.5))
+        finally:
+            await watcher.close()
+    finally:
+        if stalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nats_pid, signal.SIGCONT)
+        server.stop()
+    stderr = "".join(seen) + rest.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "Aborted" not in stderr, stderr
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    last = summary["last_seq"]
+    # The first message is judged alone before any other goes out.
+    assert 1 <= last < total
+    assert summary["published"] == last
+    assert summary["first_seq"] == 1
+    [said] = [line for line in stderr.splitlines() if line.startswith("replay interrupted")]
+    assert said.startswith("replay interrupted (not settled): "), said
+    assert f"every selected event up to store sequence {last} replayed" in said
+    assert "never came: some of them may have gone out" in said
+    assert f"--from-seq {last + 1} resumes" in said
+    unjudged_to = int(said.split("up to store sequence ")[2].split(",")[0])
+    assert last < unjudged_to < total
+    # Every event up to last_seq went out, in order and without a hole; any
+    # after it are a prefix of those never judged, never more.
+    seqs = [int((m.headers or {})[ORIGINAL_SEQ_HEADER]) for m in got]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert last <= len(seqs) <= unjudged_to
