@@ -2,7 +2,8 @@
 
 - :class:`Strategy` / :class:`StrategyParams` (``base``): the class you subclass.
 - :class:`StrategyContext` (``context``): all a strategy sees — clock,
-  positions, P&L, pending intents, ``signal()`` and ``order()``.
+  positions, P&L, pending intents, its recent orders and signals
+  (``orders()``, ``last_signal()``), ``signal()`` and ``order()``.
 - :class:`StrategyHost` (``host``): one strategy with its books and fault policy.
 - :class:`InMemoryRuntime` (``runtime``): strategies in-process, for tests and backtests.
 - ``spec``: ``strategies.yaml``; ``registry``: kinds; ``examples``: four strategies.
@@ -20,7 +21,14 @@ from libs.strategy.base import (
     StrategyParams,
     Trade,
 )
-from libs.strategy.context import PnL, Position, StrategyContext
+from libs.strategy.context import (
+    OrderRecord,
+    OrderStatus,
+    PnL,
+    Position,
+    SignalRecord,
+    StrategyContext,
+)
 from libs.strategy.emitting import StrategyUsageError
 from libs.strategy.host import StrategyHost
 from libs.strategy.runtime import EventClock, InMemoryRuntime
@@ -30,11 +38,14 @@ __all__ = [
     "EventClock",
     "Fill",
     "InMemoryRuntime",
+    "OrderRecord",
+    "OrderStatus",
     "OrderUpdate",
     "ParamError",
     "PnL",
     "Position",
     "Quote",
+    "SignalRecord",
     "Strategy",
     "StrategyContext",
     "StrategyHost",

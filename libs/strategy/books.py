@@ -1,8 +1,9 @@
-"""A strategy host's books: what each event does to its positions and intents.
+"""A strategy host's books: what each event does to its positions, intents and history.
 
 :class:`HostBooks` is the half of :class:`~libs.strategy.host.StrategyHost`
 that keeps the books: it applies each event to the ledger (fills, and the
-prices that mark it) and to the working intents, and says which callback,
+prices that mark it), to the working intents and to the order history
+(``ctx.orders()``, :mod:`libs.strategy.history`), and says which callback,
 if any, the event calls. It calls none itself and emits nothing: the host
 calls the callback under its fault policy.
 
@@ -33,6 +34,7 @@ from libs.contract.events import (
     TradePrinted,
 )
 from libs.strategy.base import OrderUpdate, OrderUpdateKind, Strategy
+from libs.strategy.history import OrderHistory
 from libs.strategy.ledger import IntentBook, Ledger
 
 #: What marks a position (with fills): trades, bars' closes and marketdata's
@@ -51,6 +53,7 @@ class HostBooks:
     bar_interval: str | None
     ledger: Ledger
     intents: IntentBook
+    history: OrderHistory
     _instance: Strategy[Any] | None
     _signals: set[uuid.UUID]
 
@@ -172,13 +175,17 @@ class HostBooks:
             symbol=intent.symbol,
             reason=f"{p.reason.value}: {p.detail}" if p.detail else p.reason.value,
         )
+        self.history.ended(p.intent_id, "denied", update.reason)
         return self._order_update_call(update)
 
     def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
         fill = event.payload
         if ledger and not self.ledger.apply_fill(fill, event.market_ns):
             return None
-        self.intents.filled(fill, event.correlation_id)
+        intent = self.intents.filled(fill, event.correlation_id)
+        if intent is not None:
+            done = self.intents.get(intent.intent_id) is None
+            self.history.filled(intent.intent_id, intent.remaining, done=done)
         instance = self._instance
         return None if instance is None else lambda: instance.on_fill(fill)
 
@@ -192,10 +199,12 @@ class HostBooks:
         if isinstance(event, OrderAccepted):
             kind, reason = "accepted", ""
         else:
-            kind = "rejected" if isinstance(event, OrderRejected) else "canceled"
+            rejected = isinstance(event, OrderRejected)
+            kind = "rejected" if rejected else "canceled"
             reason = event.payload.reason
             if intent is not None:
                 self.intents.close(intent.intent_id)
+                self.history.ended(intent.intent_id, "rejected" if rejected else "canceled", reason)
         update = OrderUpdate(
             kind=kind,
             signal_id=event.correlation_id,
@@ -212,8 +221,12 @@ class HostBooks:
 
     def _commit(self, event: Event) -> None:
         """Make an emitted (or read-back) signal or intent part of the books."""
+        # A replay (a restore's event read back again) is no new record.
         if isinstance(event, SignalGenerated):
+            if event.id not in self._signals:
+                self.history.signaled(event)
             self._signals.add(event.id)
         elif isinstance(event, OrderIntentCreated):
             self._signals.add(event.correlation_id)
-            self.intents.add(event)
+            if self.intents.add(event):
+                self.history.opened(event)

@@ -2,14 +2,16 @@
 
 The context is the strategy's whole world: a clock, its own positions and
 P&L (from its own fills and the last marks), what it has asked for and not
-yet got (pending intents), and two ways to act — emit a signal, emit an
-order intent caused by a signal. The host behind it differs live, in shadow
+yet got (pending intents), what became of its recent orders and signals
+(:class:`OrderRecord`, :class:`SignalRecord`), and two ways to act — emit a
+signal, emit an order intent caused by a signal. The host behind it differs live, in shadow
 mode and in a backtest; the strategy cannot tell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Protocol
@@ -25,6 +27,9 @@ from libs.contract.events import (
 )
 
 Direction = Literal["long", "short", "flat"]
+#: What became of an order intent: ``working`` until the risk-gate denies it,
+#: the broker rejects or cancels it (an expiry included), or it is filled whole.
+OrderStatus = Literal["working", "filled", "denied", "rejected", "canceled"]
 
 ZERO = Decimal(0)
 
@@ -84,6 +89,64 @@ class PnL:
         return self.realized + self.unrealized
 
 
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """One of the strategy's own signals, as it emitted it.
+
+    ``created_ns`` is the signal event's time (``ts_event``): the strategy's
+    clock when it emitted it (``ctx.now_ns()`` then: the wall clock live and
+    in shadow mode, the replayed market time in a backtest).
+    """
+
+    signal_id: uuid.UUID
+    symbol: str
+    name: str
+    direction: Direction
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """One of the strategy's own order intents and what became of it.
+
+    ``filled`` is what its fills have filled so far (the broker's count:
+    ``quantity`` less the order's leaves); ``status`` is ``working`` until
+    the intent is denied by the risk-gate, rejected or canceled by the broker
+    (one the broker expired is ``canceled``, its reason ``expired`` or
+    ``expired: <the venue's words>``), or completely filled. An order filled
+    in part and then canceled is ``canceled`` with ``filled`` above zero.
+    ``reason`` is the denial's (``"<reason code>: <detail>"``, as
+    ``OrderUpdate.reason``), the rejection's or the cancel's, when the event
+    gives one; empty otherwise.
+
+    ``signal_name`` and ``signal_direction`` are those of the signal that
+    caused it (``signal_id``); None only when that signal is no longer known
+    (an order caused by a signal older than the newest
+    ``OrderHistory.MAX_SIGNALS``).
+
+    ``created_ns`` is the intent event's time (``ts_event``): the strategy's
+    clock when it emitted it, so ``ctx.orders(since_ns=start_of_today)`` with
+    a start computed from ``ctx.now_ns()`` works alike live and in a backtest.
+    """
+
+    intent_id: uuid.UUID
+    signal_id: uuid.UUID
+    signal_name: str | None
+    signal_direction: Direction | None
+    symbol: str
+    side: Side
+    quantity: Decimal
+    filled: Decimal
+    status: OrderStatus
+    reason: str
+    created_ns: int
+
+    @property
+    def working(self) -> bool:
+        """Not yet finished: its unfilled rest is among ``pending``."""
+        return self.status == "working"
+
+
 class StrategyContext(Protocol):
     """The port a strategy talks to. It never reaches NATS or a broker."""
 
@@ -122,6 +185,32 @@ class StrategyContext(Protocol):
 
     def pnl(self) -> PnL:
         """Realized and unrealized P&L over all its symbols."""
+        ...
+
+    def orders(
+        self, symbol: str | None = None, *, since_ns: int | None = None
+    ) -> Sequence[OrderRecord]:
+        """Its own order intents (in ``symbol``; created at or after
+        ``since_ns`` by :attr:`clock`), oldest first, working and finished,
+        those it emitted in this callback included (working, nothing filled).
+
+        The same live, in shadow mode, in a backtest and after a restart, but
+        it reaches back only so far: the newest ``OrderHistory.MAX_FINISHED``
+        (10,000) finished ones and every working one; after a restart of the
+        strategy-runner, only what it read back from the store: every chain
+        with an intent still working, and those with an event within its
+        ``rebuild_finished_s`` (7 days by default). A fresh instance after a
+        fault sees the same (the books survive it)."""
+        ...
+
+    def last_signal(
+        self, name: str | None = None, *, symbol: str | None = None
+    ) -> SignalRecord | None:
+        """Its newest signal (of that ``name``, in that ``symbol``), one
+        emitted in this callback included; None if it has none. It remembers
+        the newest ``OrderHistory.MAX_SIGNALS`` (10,000) signals, and after a
+        restart of the strategy-runner those it read back from the store (as
+        :meth:`orders`)."""
         ...
 
     def expired(self, symbol: str) -> bool:

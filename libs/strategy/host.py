@@ -10,8 +10,9 @@ Invariants:
 - A callback's emissions are all-or-nothing. If a callback raises, whatever
   it emitted before raising is dropped (half a pair trade must never reach
   the risk-gate) and a ``StrategyFaulted`` event is emitted instead.
-- Books (positions, open intents) are updated *before* the strategy is
-  called, and also while it is stopped: positions are facts, not opinions.
+- Books (positions, open intents, the order history) are updated *before*
+  the strategy is called, and also while it is stopped: positions are
+  facts, not opinions.
 - After a fault the strategy is stopped, or — with ``restart="always"`` and
   fewer than ``max_restarts`` restarts so far — replaced by a fresh instance
   (``on_start`` again); its books survive the restart.
@@ -34,7 +35,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -52,8 +53,9 @@ from libs.contract.events import (
 from libs.contract.options import underlyings
 from libs.strategy.base import Strategy, StrategyParams
 from libs.strategy.books import HostBooks
-from libs.strategy.context import Direction, PnL, Position
+from libs.strategy.context import Direction, OrderRecord, PnL, Position, SignalRecord
 from libs.strategy.emitting import HostEmitter
+from libs.strategy.history import OrderHistory
 from libs.strategy.ledger import IntentBook, Ledger
 from libs.strategy.watchdog import Watchdog
 
@@ -99,6 +101,18 @@ class _Context:
 
     def pnl(self) -> PnL:
         return self._host.ledger.pnl()
+
+    def orders(
+        self, symbol: str | None = None, *, since_ns: int | None = None
+    ) -> Sequence[OrderRecord]:
+        host = self._host
+        return host.history.orders(symbol, since_ns=since_ns, fresh=host._outbox)
+
+    def last_signal(
+        self, name: str | None = None, *, symbol: str | None = None
+    ) -> SignalRecord | None:
+        host = self._host
+        return host.history.last_signal(name, symbol=symbol, fresh=host._outbox)
 
     def expired(self, symbol: str) -> bool:
         return self._host.expired(symbol)
@@ -182,6 +196,8 @@ class StrategyHost(HostBooks, HostEmitter):
         self.bar_interval = bar_interval
         self.ledger = Ledger()
         self.intents = IntentBook()
+        #: Its intents, working and finished, and its signals (``ctx.orders()``).
+        self.history = OrderHistory()
         self.state: HostState = "new"
         self.restarts = 0
         self.faults = 0

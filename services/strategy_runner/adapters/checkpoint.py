@@ -56,6 +56,9 @@ _ROOT = _HERE.parents[3]
 #: host (its books: which events mark it, and how) and router (whose fills).
 #: A change to any of them makes earlier checkpoints ignored once (the first
 #: start-up after it folds the fills from the start, and checkpoints again).
+#: Not ``libs/strategy/history.py``: the order history (``ctx.orders()``) is
+#: no part of a checkpoint (each start-up rebuilds it from the chains it
+#: reads), so a change to it must not discard checkpoints.
 _SOURCES = (
     _ROOT / "libs" / "strategy" / "ledger.py",
     _ROOT / "libs" / "strategy" / "context.py",
