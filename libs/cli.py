@@ -357,8 +357,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                         waiting=waiting,
                     )
                 finally:
+                    # Not drained: every message sent was judged by the server,
+                    # or is said to be unjudged (a stopped replay); a drain
+                    # would wait out a flush timeout (10 s) for a server that
+                    # stalls, after the wait for its verdict already said
+                    # what is known (SETTLE_ON_STOP_S, announced).
                     if bus is not None:
-                        await bus.close()
+                        await bus.close_now()
             report(result)
 
         try:
