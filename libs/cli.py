@@ -22,7 +22,7 @@ from libs.config import ConfigError, ServiceSettings, load_settings, masked_url
 from libs.contract.subjects import REPLAY_PREFIX, SubjectPatternError, check_pattern
 
 if TYPE_CHECKING:
-    from libs.replay import ReplayResult
+    from libs.replay import ReplayResult, ReplayStopped
 
 S = TypeVar("S", bound=BaseSettings)
 P = ParamSpec("P")
@@ -198,6 +198,31 @@ def _skipped(result: ReplayResult, into: str) -> str:
     return ", ".join(f"{n} {what}" for n, what in kinds if n)
 
 
+def how_far(stopped: ReplayStopped, from_seq: int) -> str:
+    """How far a stopped replay got and where it resumes (``from_seq``: the
+    one it was asked to start from); when the server's verdict on the
+    messages sent after that did not come (NATS lost or stalled, Ctrl-C did
+    not wait for it), also how far those went: some of them may have gone
+    out."""
+    last = stopped.result.last_seq
+    unjudged = None
+    if stopped.unjudged_to is not None:
+        unjudged = (
+            f"the server's verdict on those sent after it, up to store sequence "
+            f"{stopped.unjudged_to}, never came: some of them may have gone out"
+        )
+    if last is None:
+        resumes = f"--from-seq {from_seq} resumes"
+        if unjudged is None:
+            return f"nothing replayed; {resumes}"
+        return f"nothing known to be replayed ({unjudged}); {resumes}"
+    aside = ", none after it" if unjudged is None else f" ({unjudged})"
+    return (
+        f"every selected event up to store sequence {last} replayed{aside}; "
+        f"--from-seq {last + 1} resumes"
+    )
+
+
 def add_replay_command(group: typer.Typer, service: str, default_subject: str = ">") -> None:
     """Give a service's CLI group its ``replay`` command."""
 
@@ -239,7 +264,6 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             ReplayRequest,
             ReplayResult,
             ReplaySoFar,
-            ReplayStopped,
             ReplayStoreLost,
             replay,
         )
@@ -268,33 +292,6 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 rows = "1 row" if result.skipped == 1 else f"{result.skipped} rows"
                 err.print(f"skipped {rows}: {escape(_skipped(result, into))}", highlight=False)
 
-        def how_far(stopped: ReplayStopped) -> str:
-            """How far a stopped replay got and where it resumes; when NATS was
-            lost, or Ctrl-C did not wait for the server's verdict, also the
-            messages sent after that which it never judged."""
-            last = stopped.result.last_seq
-            unjudged_to = (
-                stopped.unjudged_to
-                if isinstance(stopped, ReplayBusLost | ReplayInterrupted)
-                else None
-            )
-            unjudged = None
-            if unjudged_to is not None:
-                unjudged = (
-                    f"the server's verdict on those sent after it, up to store sequence "
-                    f"{unjudged_to}, never came: some of them may have gone out"
-                )
-            if last is None:
-                resumes = f"--from-seq {from_seq} resumes"
-                if unjudged is None:
-                    return f"nothing replayed; {resumes}"
-                return f"nothing known to be replayed ({unjudged}); {resumes}"
-            aside = ", none after it" if unjudged is None else f" ({unjudged})"
-            return (
-                f"every selected event up to store sequence {last} replayed{aside}; "
-                f"--from-seq {last + 1} resumes"
-            )
-
         def interrupted(stopped: ReplayInterrupted) -> NoReturn:
             """Say how far an interrupted replay got, and exit 130; "not
             settled" when the server's verdict on its last messages did not come."""
@@ -302,7 +299,7 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                 shown.stop()  # the bar's last state above, not below, what is said
             report(stopped.result)
             settled = "" if stopped.unjudged_to is None else " (not settled)"
-            err.print(f"replay interrupted{settled}: {how_far(stopped)}", highlight=False)
+            err.print(f"replay interrupted{settled}: {how_far(stopped, from_seq)}", highlight=False)
             raise typer.Exit(130)
 
         def waiting(sent: int, seconds: float) -> None:
@@ -360,8 +357,13 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
                         waiting=waiting,
                     )
                 finally:
+                    # Not drained: every message sent was judged by the server,
+                    # or is said to be unjudged (a stopped replay); a drain
+                    # would wait out a flush timeout (10 s) for a server that
+                    # stalls, after the wait for its verdict already said
+                    # what is known (SETTLE_ON_STOP_S, announced).
                     if bus is not None:
-                        await bus.close()
+                        await bus.close_now()
             report(result)
 
         try:
@@ -391,10 +393,10 @@ def add_replay_command(group: typer.Typer, service: str, default_subject: str = 
             interrupted(e)
         except ReplayStoreLost as e:
             report(e.result)
-            fail(f"{e.cause}; {how_far(e)}", 1)
+            fail(f"{e.cause}; {how_far(e, from_seq)}", 1)
         except ReplayBusLost as e:
             report(e.result)
-            fail(f"NATS at {e.url} was lost mid-replay ({e.cause}); {how_far(e)}", 1)
+            fail(f"NATS at {e.url} was lost mid-replay ({e.cause}); {how_far(e, from_seq)}", 1)
         except ReplayRefused as e:
             report(e.result)
             allowed = into == REPLAY_PREFIX or into.startswith(f"{REPLAY_PREFIX}.")

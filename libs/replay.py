@@ -154,33 +154,49 @@ class ReplayResult:
 
 class ReplayStopped(Exception):
     """A replay that stopped before its end. :attr:`result` says how far it
-    got: every selected row up to ``last_seq`` was published (or skipped)
-    and none after it, so ``--from-seq last_seq + 1`` resumes it."""
+    got: every selected row up to ``last_seq`` was published (or skipped),
+    so ``--from-seq last_seq + 1`` resumes it. None after it went out,
+    unless the server's verdict on the rows sent after it, up to
+    :attr:`unjudged_to`, never came: some of them may have gone out too
+    (None: nothing was left unjudged)."""
 
-    def __init__(self, message: str, result: ReplayResult) -> None:
+    def __init__(
+        self, message: str, result: ReplayResult, *, unjudged_to: int | None = None
+    ) -> None:
         self.result = result
+        self.unjudged_to = unjudged_to
         super().__init__(message)
 
 
 class ReplayInterrupted(ReplayStopped):
-    """The replay was cancelled (Ctrl-C). When the server's verdict on the
-    rows sent after ``last_seq``, up to :attr:`unjudged_to`, did not come
-    (the wait for it timed out, NATS was lost, or a second Ctrl-C ended it),
-    some of them may have gone out too; None: nothing was left unjudged."""
+    """The replay was cancelled (Ctrl-C). Rows are left unjudged when the
+    wait for the server's verdict timed out, NATS was lost, or a second
+    Ctrl-C ended it."""
 
     def __init__(self, result: ReplayResult, *, unjudged_to: int | None = None) -> None:
-        self.unjudged_to = unjudged_to
-        super().__init__(f"replay interrupted after store sequence {result.last_seq}", result)
+        super().__init__(
+            f"replay interrupted after store sequence {result.last_seq}",
+            result,
+            unjudged_to=unjudged_to,
+        )
 
 
 class ReplayStoreLost(ReplayStopped):
     """Reading the event store failed mid-replay (the server stopped, the
     connection broke). :attr:`cause` is the
-    :class:`~libs.store.errors.StoreUnavailable` naming the store."""
+    :class:`~libs.store.errors.StoreUnavailable` naming the store. Rows are
+    left unjudged when NATS did not answer for the messages sent last
+    either (it stalled, or was lost too)."""
 
-    def __init__(self, cause: StoreUnavailable, result: ReplayResult) -> None:
+    def __init__(
+        self, cause: StoreUnavailable, result: ReplayResult, *, unjudged_to: int | None = None
+    ) -> None:
         self.cause = cause
-        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})", result)
+        super().__init__(
+            f"{cause} (replayed up to store sequence {result.last_seq})",
+            result,
+            unjudged_to=unjudged_to,
+        )
 
 
 class ReplayBusLost(ReplayStopped):
@@ -195,8 +211,11 @@ class ReplayBusLost(ReplayStopped):
     ) -> None:
         self.cause = cause
         self.url = url
-        self.unjudged_to = unjudged_to
-        super().__init__(f"{cause} (replayed up to store sequence {result.last_seq})", result)
+        super().__init__(
+            f"{cause} (replayed up to store sequence {result.last_seq})",
+            result,
+            unjudged_to=unjudged_to,
+        )
 
 
 #: How long a stopped replay (cancelled, or its store lost) waits for the
@@ -470,10 +489,12 @@ async def replay(
         # Ctrl-C: say how far it got rather than nothing.
         raise ReplayInterrupted(result, unjudged_to=await stop()) from None
     except StoreUnavailable as e:
-        # The store went away (or broke) mid-replay: what was read went out;
-        # say how far that is, so that the operator can resume from there.
-        await stop()
-        raise ReplayStoreLost(e, result) from e
+        # The store went away (or broke) mid-replay: what was read went out.
+        # NATS, still there, says (within SETTLE_ON_STOP_S) which of the
+        # messages sent last it took, and the counts are exact; should it not
+        # answer (it stalls, or is gone too), those are named as unjudged,
+        # never said not to have gone out.
+        raise ReplayStoreLost(e, result, unjudged_to=await stop()) from e
     except BusUnavailable as e:
         # NATS went away (or the connection broke) mid-replay: what it judged
         # went out; nobody is left to judge the rest, which may in part have.

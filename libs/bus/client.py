@@ -54,6 +54,9 @@ CONNECT_TIMEOUT = 2.0
 PUBLISH_ACK_TIMEOUT = 2.0
 PUBLISH_DEADLINE = 30.0
 RECONNECT_WAIT = 0.25
+#: How long Bus.close_now gives the close of a connection whose server may
+#: not answer.
+CLOSE_NOW_TIMEOUT = 1.0
 
 #: The stream's duplicate window: a publish retried within it is stored once.
 #: Whatever trims the stream keeps at least this much (the recorder's keep
@@ -357,8 +360,31 @@ class Bus:
         except (TimeoutError, nats.errors.Error) as e:
             log.debug("error while closing nats: %s", e)
 
-    def _discard_pending(self) -> None:
-        """Drop what nats-py buffered while NATS was away.
+    async def close_now(self, within_s: float = CLOSE_NOW_TIMEOUT) -> None:
+        """Close without waiting on the server: what is still buffered is
+        dropped, and the close is given up after ``within_s`` (the socket
+        then goes with the process); safe to call twice, and after close().
+
+        For a publisher that has had the server's verdict on what it sent
+        (:meth:`settle`), or has said that it could not get it (a stopped
+        replay): :meth:`close` drains, whose flush waits out nats-py's flush
+        timeout (10 s) when the server stalls, for messages nobody counts on.
+        Services keep :meth:`close`: they count on the drain to deliver what
+        is buffered.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._discard_pending("not yet sent")
+        try:
+            async with asyncio.timeout(within_s):
+                await self.nc.close()
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            log.debug("error while closing nats: %r", e)
+
+    def _discard_pending(self, what: str = "buffered while NATS was away") -> None:
+        """Drop what nats-py buffered while NATS was away (``what``: said in
+        the log line of what was dropped).
 
         Its close writes that buffer to the connection it last had, which is
         dead; under uvloop, as the services run, that write raises (checked
@@ -371,7 +397,7 @@ class Bus:
         """
         nc: Any = self.nc
         if getattr(nc, "_pending_data_size", 0):
-            log.info("dropping %d bytes buffered while NATS was away", nc._pending_data_size)
+            log.info("dropping %d bytes %s", nc._pending_data_size, what)
             nc._pending = []
             nc._pending_data_size = 0
 

@@ -29,17 +29,7 @@ from libs.local.servers import NatsServer
 from libs.replay import ORIGINAL_SEQ_HEADER
 from libs.testing.producer import make_trades
 from tests.integration.recording import record_events
-
-
-async def line_with(stream: asyncio.StreamReader, text: str, seen: list[str]) -> None:
-    """Read lines of ``stream`` into ``seen`` up to one holding ``text``."""
-    while True:
-        line = (await stream.readline()).decode()
-        if not line:
-            raise AssertionError(f"{text!r} never said: {''.join(seen)}")
-        seen.append(line)
-        if text in line:
-            return
+from tests.integration.replay_stalls import line_with
 
 
 @pytest.mark.parametrize("again", [True, False])
