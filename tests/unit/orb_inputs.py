@@ -1,7 +1,8 @@
 """What the opening_range_breakout restart tests share: the strategy on SPY
 (a 3-minute range, 50 shares) in an in-memory runtime, bars in New York time,
 the closes it sent, a day's 09:33 long, a day traded with every order filled
-at its bar's close, and a runner restarted on given books."""
+at its bar's close, and a runner restarted on given books (its order
+history rebuilt from them, as the strategy-runner's restore rebuilds it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from libs.contract.envelope import Event
-from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
+from libs.contract.events import BarClosed, FillReceived, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.opening_range import OpeningRangeBreakout
 from libs.strategy.testing import bar, fill_chain, ny_ns
@@ -76,6 +77,17 @@ def long_from_0933(day: dt.date) -> list[Event]:
     return [*out, *fill_chain(intent, 103, ids=next_id)]
 
 
+def stamped(books: list[Event], ts_event: int, ts_init: int) -> list[Event]:
+    """``books`` with their fills made at ``ts_init``, stamped ``ts_event``
+    (the broker's time: a fill's ``market_ns``, its position's ``opened_ns``)."""
+    return [
+        e.model_copy(update={"ts_event": ts_event, "ts_init": ts_init})
+        if isinstance(e, FillReceived)
+        else e
+        for e in books
+    ]
+
+
 def traded(bars: list[Event], **params: object) -> list[Event]:
     """The first runner's life over ``bars`` (with ``params``), each order
     filled at once at its bar's close: the events its books are rebuilt from."""
@@ -93,24 +105,35 @@ def traded(bars: list[Event], **params: object) -> list[Event]:
 
 
 def restarted(
-    books: list[Event], shown: list[Event], *, opened_known: bool = True, **params: object
+    books: list[Event],
+    shown: list[Event],
+    *,
+    opened_known: bool = True,
+    history: bool = True,
+    **params: object,
 ) -> InMemoryRuntime:
-    """A fresh runner (with ``params``) whose books hold ``books`` and whose
-    store gives it ``shown`` to warm up on. Not ``opened_known``: its ledger
-    is seeded with their fold less the positions' open times (a position
-    whose open time the ledger was not told), as a checkpoint seeds it."""
+    """A fresh runner (with ``params``) whose books hold ``books`` (its order
+    history too, through the restore) and whose store gives it ``shown`` to
+    warm up on. Not ``opened_known``: its ledger is seeded with their fold
+    less the positions' open times (a position whose open time the ledger was
+    not told), as a checkpoint seeds it. Not ``history``: seeded with their
+    fold and none of them read back, as for chains that finished before the
+    runner's rebuild window (``TRADEBUS_REBUILD_FINISHED_S``), folded into a
+    checkpoint: the order history holds none of them."""
     rt = runtime(**params)
     host = rt.hosts["orb"]
     host.remember(shown)
     upto: dict[str, int] | None = None
-    if not opened_known:
+    if not opened_known or not history:
         folded = runtime(**params)
         for event in books:
             folded.restore(event)
         positions = folded.hosts["orb"].ledger.positions
-        host.ledger.seed({s: replace(p, opened_ns=None) for s, p in positions.items()})
+        if not opened_known:
+            positions = {s: replace(p, opened_ns=None) for s, p in positions.items()}
+        host.ledger.seed(positions)
         upto = {"orb": len(books)}
-    for seq, event in enumerate(books, start=1):
+    for seq, event in enumerate(books if history else [], start=1):
         rt.restore(event, seq=seq, ledgers_upto=upto)
     rt.start()
     return rt

@@ -13,7 +13,7 @@ from libs.contract.events import BarClosed, OrderIntentCreated, SignalGenerated
 from libs.strategy import InMemoryRuntime
 from libs.strategy.examples.opening_range import OpeningRangeBreakout, OpeningRangeParams
 from libs.strategy.testing import bar, deny, fill_chain, ny_ns
-from tests.unit.orb_inputs import at, next_id, runtime
+from tests.unit.orb_inputs import at, next_id, restarted, runtime, traded
 
 NS = 1_000_000_000
 WINTER = dt.date(2024, 1, 8)  # EST, UTC-5
@@ -141,16 +141,18 @@ def test_warmed_up_after_a_restart_it_knows_todays_range() -> None:
     assert intents(runtime().run(live)) == []  # cold: no range today, no trade
 
 
-def test_warm_up_counts_the_entries_it_would_have_made() -> None:
-    # Before the restart it would have broken out (09:33) and been stopped
-    # out (09:34): its one entry for the day is used, so a new breakout after
-    # the restart is not taken; with two entries a day it is. (Every bar of
-    # today shown: a bar not shown may have carried an entry, and counts.)
+def test_a_restart_counts_the_entries_it_sent_not_those_its_warm_up_shows() -> None:
+    # Before the restart it broke out (09:33) and was stopped out (09:34):
+    # its one entry for the day is used (in its order history, rebuilt from
+    # the store), so a new breakout after the restart is not taken; with two
+    # entries a day it is. A breakout the warm-up shows that it never sent
+    # (the runner was down then) is no entry: it was counted as made.
     past = [*opening(WINTER), at(WINTER, "09:33", "103"), at(WINTER, "09:34", "98")]
     live = [at(WINTER, "09:35", "104")]
-    assert intents(warmed(past).run(live)) == []
-    two = warmed(past, max_entries=2)
+    assert intents(restarted(traded(past), past).run(live)) == []
+    two = restarted(traded(past, max_entries=2), past, max_entries=2)
     assert intents(two.run(live)) == [("orb_breakout", "buy", Decimal(50))]
+    assert intents(warmed(past).run(live)) == [("orb_breakout", "buy", Decimal(50))]
 
 
 def test_on_second_bars_a_restart_rebuilds_the_whole_range() -> None:

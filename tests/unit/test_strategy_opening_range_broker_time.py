@@ -1,16 +1,14 @@
 """Opening-range breakout: a held position's open time a day off.
 
-After a restart whose warm-up missed bars of today, a position held with no
-entry counted is judged by ``Position.opened_ns``: its opening fill's market
-time, the broker's own (``Event.market_ns``; no later than 5 s after the
-gateway made the fill, which it may make late: a fill it learned of the next
-morning, with no time from the broker, has the gateway's). It was judged by
-the day alone: an earlier day's position stamped today was kept as today's
-entry and stopped on a range it was not entered on. Only an open time where
-it could have missed today's entry (from the first bar of today's entry time
-it was not shown on) makes it today's; earlier, it is carried and closed.
-Stamped a day behind, today's entry looks carried: it is closed, and its
-entry still counts among those the warm-up cannot rule out.
+``Position.opened_ns`` is its opening fill's market time, the broker's own
+(``Event.market_ns``; no later than 5 s after the gateway made the fill,
+which it may make late: a fill it learned of the next morning, with no time
+from the broker, has the gateway's). Whether a position held is today's
+entry is its order history's to say (an entry order of today, on its side,
+with something filled), not that time's: an earlier day's position stamped
+today is carried and closed, today's entry stamped a day behind is kept.
+(See test_strategy_opening_range_history.py for one stamped inside the bars
+a restart's warm-up was not shown.)
 """
 
 from __future__ import annotations
@@ -19,23 +17,22 @@ from decimal import Decimal
 
 import pytest
 
-from libs.contract.envelope import Event
-from libs.contract.events import FillReceived
+from libs.contract.events import FillReceived, OrderIntentCreated
 from libs.strategy.examples.opening_range import CARRIED
-from libs.strategy.testing import ny_ns
-from tests.unit.orb_inputs import DAY, NEXT, at, closes, long_from_0933, opening, restarted
+from libs.strategy.testing import fill_chain, ny_ns
+from tests.unit.orb_inputs import (
+    DAY,
+    NEXT,
+    at,
+    closes,
+    long_from_0933,
+    next_id,
+    opening,
+    restarted,
+    stamped,
+)
 
 DAY_NS = 24 * 3600 * 1_000_000_000
-
-
-def stamped(books: list[Event], ts_event: int, ts_init: int) -> list[Event]:
-    """``books`` with their fill made at ``ts_init``, stamped ``ts_event``."""
-    return [
-        e.model_copy(update={"ts_event": ts_event, "ts_init": ts_init})
-        if isinstance(e, FillReceived)
-        else e
-        for e in books
-    ]
 
 
 def test_an_earlier_days_position_stamped_before_todays_range_ended_is_carried() -> None:
@@ -67,13 +64,16 @@ def test_a_position_stamped_where_every_bar_was_shown_is_not_todays_entry(
     assert (name, side, quantity, reason) == ("orb_flatten", "sell", Decimal(50), CARRIED)
 
 
-def test_todays_entry_stamped_a_day_behind_is_closed_and_still_counted() -> None:
+def test_todays_entry_stamped_a_day_behind_is_kept_as_todays_entry() -> None:
     # Today's 09:33 long, its fill stamped by the broker a day behind (not
-    # clamped: only a time ahead is). It looks carried and is closed; its
-    # entry is one the warm-up (09:33 to 09:40 not shown) cannot rule out.
+    # clamped: only a time ahead is). Restarted at 09:40 on a store missing
+    # 09:33 on, it looked carried and was closed; its entry is in the history.
     books = long_from_0933(DAY)
     (fill,) = [e for e in books if isinstance(e, FillReceived)]
     rt = restarted(stamped(books, fill.ts_event - DAY_NS, fill.ts_init), opening(DAY))
-    ((name, _, _, reason),) = closes(rt.run([at(DAY, "09:40", "102.5")]))
-    assert (name, reason) == ("orb_flatten", CARRIED)
-    assert closes(rt.run([at(DAY, "09:41", "104"), at(DAY, "09:42", "97")])) == []
+    assert closes(rt.run([at(DAY, "09:40", "102.5")])) == []
+    out = rt.run([at(DAY, "09:41", "98")])
+    assert [c[:3] for c in closes(out)] == [("orb_stop", "sell", Decimal(50))]
+    (stop,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    rt.run(fill_chain(stop, 98, ids=next_id))
+    assert closes(rt.run([at(DAY, "09:42", "104"), at(DAY, "09:43", "97")])) == []

@@ -1,15 +1,16 @@
-"""Opening-range breakout: a position's open time after a restart.
+"""Opening-range breakout: a position held after a restart, and its open time.
 
-The strategy counts today's entries on the bars it was shown (live, or in a
+The strategy counted today's entries on the bars it was shown (live, or in a
 restart's warm-up). When the store missed bars of today, a position entered
 today on one of them was not counted: it was closed at the first live bar
 ("cannot tell it was opened today"), and, not counted, the strategy could
-enter again past ``max_entries``. A position now says when it was opened
-(``Position.opened_ns``, its opening fill's market time): opened today on
-or after the first bar the warm-up was not shown, it is today's entry, kept
-and counted; opened on an earlier day, it is carried and closed as such
-(see test_strategy_opening_range_broker_time.py for a time a day off); with
-no open time known, it is closed saying it cannot tell.
+enter again past ``max_entries``; then it was judged by its open time
+(``Position.opened_ns``). Now its order history says: an entry of today on
+the position's side with something filled makes it today's entry, kept and
+counted, whatever its open time, known or not; held with only an earlier
+day's entry, it is carried and closed. The open time decides only where the
+history holds no order of it (see test_strategy_opening_range_unseen.py and
+test_strategy_opening_range_history.py).
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ def test_a_position_from_an_earlier_day_is_said_carried_though_bars_are_missing(
     assert (name, side, quantity, reason) == ("orb_flatten", "sell", Decimal(50), CARRIED)
 
 
-def test_with_no_open_time_known_it_still_says_it_cannot_tell() -> None:
+def test_with_no_open_time_known_its_entry_in_the_history_makes_it_todays() -> None:
+    # Its ledger seeded by a checkpoint that kept no open time: it was closed
+    # saying it cannot tell it was opened today. Its 09:33 entry is in the
+    # history: kept, stopped on today's range, and counted.
     rt = restarted(long_from_0933(DAY), opening(DAY), opened_known=False)
-    assert rt.hosts["orb"].ledger.position("SPY").quantity == 50
-    ((name, _, _, reason),) = closes(rt.run([at(DAY, "09:40", "102.5")]))
-    assert name == "orb_flatten"
-    assert "cannot tell it was opened today" in reason
+    position = rt.hosts["orb"].ledger.position("SPY")
+    assert position.quantity == 50
+    assert position.opened_ns is None
+    assert closes(rt.run([at(DAY, "09:40", "102.5")])) == []
+    out = rt.run([at(DAY, "09:41", "98")])
+    assert [c[:3] for c in closes(out)] == [("orb_stop", "sell", Decimal(50))]
+    (stop,) = [e for e in out if isinstance(e, OrderIntentCreated)]
+    rt.run(fill_chain(stop, 98, ids=next_id))
+    assert closes(rt.run([at(DAY, "09:42", "104")])) == []

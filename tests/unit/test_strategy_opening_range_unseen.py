@@ -1,15 +1,11 @@
-"""Opening-range breakout: a position held with no entry seen today.
+"""Opening-range breakout: a position held that nothing says is today's.
 
-The strategy tells a position carried in from an earlier day from today's
-by the entries it counted today, live or, after a restart, in the warm-up,
-and by when the position was opened (``Position.opened_ns``; see
-test_strategy_opening_range_opened.py). With no open time known (a position
-the ledger was not told it of), when the store is missing today's bars (the
-warm-up jumps from the range to the first live bar), a position entered today
-on a bar it was not shown looked carried, and was closed as "held from an
-earlier day (no bar reached its flatten): closed at the open" at 09:40. It is
-still closed (nothing says where its stop is), and its reason says the
-truth: it cannot tell.
+Whether a position held is today's entry is its order history's to say. Where
+the history holds no order of it (the runner's rebuild window shorter than the
+time since its entry, a checkpoint holding the position) and no open time is
+known either, it cannot tell: the position is closed (nothing says where its
+stop is), its reason saying so, logged once a day. A position whose earlier
+day's entry the history holds is carried, restarted or live.
 """
 
 from __future__ import annotations
@@ -36,16 +32,16 @@ from tests.unit.orb_inputs import (
 
 
 def said(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    """What it said of the position held (not of the entries it counts)."""
-    return [r for r in caplog.records if "position" in r.getMessage()]
+    """What it said of the position held."""
+    return [r for r in caplog.records if "held" in r.getMessage()]
 
 
-def test_a_position_entered_on_a_bar_missing_from_the_store_is_not_said_carried(
+def test_a_position_with_no_order_and_no_open_time_kept_is_closed_saying_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Restarted at 09:40; the store has today's range but not 09:33 on, and
-    # the position's open time is not known.
-    rt = restarted(long_from_0933(DAY), opening(DAY), opened_known=False)
+    # Restarted at 09:40 on a checkpoint with no open time, the chain of its
+    # 09:33 entry not read back (finished before the rebuild window).
+    rt = restarted(long_from_0933(DAY), opening(DAY), opened_known=False, history=False)
     assert rt.hosts["orb"].ledger.position("SPY").quantity == 50
     with caplog.at_level(logging.WARNING, logger="libs.strategy.examples.opening_range"):
         out = rt.run([at(DAY, "09:40", "102.5")])
@@ -53,9 +49,8 @@ def test_a_position_entered_on_a_bar_missing_from_the_store_is_not_said_carried(
     assert (name, side, quantity) == ("orb_flatten", "sell", Decimal(50))
     assert reason != CARRIED
     assert "cannot tell it was opened today" in reason
-    assert "no bar was shown from 09:33 to 09:40" in reason
     (record,) = said(caplog)
-    assert "cannot tell whether that position was entered today" in record.getMessage()
+    assert "no open time known" in record.getMessage()
     # Its close denied, it is sent again at the next bar, and not said again.
     (close,) = [e for e in out if isinstance(e, OrderIntentCreated)]
     rt.feed(deny(close, ids=next_id))
@@ -87,5 +82,12 @@ def test_a_live_instance_on_a_thin_symbol_still_says_carried() -> None:
     assert reason == CARRIED
     (close,) = [e for e in out if isinstance(e, OrderIntentCreated)]
     rt.feed(deny(close, ids=next_id))
+    ((name, _, _, reason),) = closes(rt.run([at(NEXT, "09:40", "100")]))
+    assert (name, reason) == ("orb_flatten", CARRIED)
+
+
+def test_with_no_order_kept_an_earlier_days_open_time_says_carried() -> None:
+    # No chain of it read back, its ledger's open time DAY's: carried.
+    rt = restarted(long_from_0933(DAY), opening(NEXT), history=False)
     ((name, _, _, reason),) = closes(rt.run([at(NEXT, "09:40", "100")]))
     assert (name, reason) == ("orb_flatten", CARRIED)

@@ -6,39 +6,36 @@ the first bar that closes above the range high goes long ``quantity``; below
 the range low, short (with ``allow_short``). Once in, the opposite side of the
 range is the stop (exit to flat; with no range today, a position held is
 exited at once), and everything is flattened from
-``flatten_at`` on, by the first bar that ends at or after it. At most
-``max_entries`` entries per symbol per day. A position held on a day with no
-entry yet is an earlier day's whose flatten no bar reached (a symbol with no
-trade in the session's last minutes gets no bar): it is closed by the first
-bar from ``session_open`` on, not held through the range without a stop.
-After a restart, today's entries are counted on the warm-up's bars, as if
-it had been running. Where it was not shown bars of today's entry time
-(missing from the store; or no trade, which it cannot tell apart), an entry
-made and closed on one of them left nothing it can read (a position keeps no
-past fills, realized P&L has no day), and from there on it cannot follow the
-position: from the first such span to its first live bar, each bar interval
-counts as an entry it cannot rule out, up to ``max_entries`` (logged). So it
-never enters more than ``max_entries`` times a day; after such a restart it
-may enter fewer, or none more. A position held live with no entry known
-today is judged by when it was opened (``Position.opened_ns``, its opening
-fill's market time): opened from the first bar of today's entry time the
-warm-up was not shown (less 5 s of clock skew), it is today's entry, made
-on a bar the warm-up was not shown (missing from the store): it is kept,
-stopped at the range's other side, and counts toward ``max_entries``;
-opened before (on an earlier day; or today where the warm-up was shown
-every bar and no entry made), it is carried and closed as above. That time
-is the broker's (the gateway's when the broker gives none, as for a fill it
-learned of the next morning), and may be a day off: an earlier day's
-position stamped inside that span is taken for today's (kept on today's
-range); today's entry stamped a day behind is closed as carried, its entry
-counted among those the warm-up cannot rule out. With no open time known (a position the
-ledger was not told it of) and the warm-up not shown every bar of today from
-the range's end (bars missing from the store; or no trade, which it cannot
-tell apart), such a position may be today's: it is closed too, its reason
-saying it cannot tell it was opened today (logged once a day). Held only by
-an order still working with nothing filled (an entry sent before the
-restart), it is today's entry in flight: counted, not closed (a sell against
-a buy then canceled would leave it short).
+``flatten_at`` on, by the first bar that ends at or after it.
+
+At most ``max_entries`` entries per symbol per day. Today's entries are its
+own: the ``orb_breakout`` signals it sent since today's ``session_open``
+(``ctx.orders(symbol, since_ns=...)``, by the strategy's clock), each counted
+when sent, denied, rejected or canceled ones included. A position held is
+today's entry when an ``orb_breakout`` order of today in that symbol, on the
+position's side, has something filled or is still working (an entry in
+flight: closing it, a sell against a buy then canceled would leave it
+short); otherwise it is an earlier day's whose flatten no bar reached (a
+symbol with no trade in the session's last minutes gets no bar): it is
+closed by the first bar from ``session_open`` on, not held through the range
+without a stop (``CARRIED``).
+
+That history is the same live, in a backtest and after a restart of the
+strategy-runner (rebuilt from the store), so a restart changes neither the
+count nor the judgment, whatever bars the warm-up is shown; the warm-up
+(a session's bars) only rebuilds today's range. A breakout the warm-up's
+bars show but that was never sent (the runner was down then) is no entry:
+it may enter at its first live bar. After a restart the history holds what
+the runner read back: every chain with an order working, and those with an
+event within ``TRADEBUS_REBUILD_FINISHED_S`` (7 days). With that set shorter
+than the time since today's entries (or the store missing them), it cannot
+know them: they are not counted, and where the history holds no order of a
+position's side in its symbol at all (nothing it could have been opened by),
+the position is judged by its open time instead (``Position.opened_ns``,
+from the range's end less 5 s of clock skew: today's entry, counted; earlier:
+carried; not known: closed, its reason saying it cannot tell), logged once a
+day. That time is the broker's (the gateway's when it gives none), and may be
+a day off; an order's is the strategy's own clock's when it sent it.
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -52,14 +49,14 @@ agree.
 
 Times are read from the bars' own ``start_ns`` (``end_ns`` for the flatten)
 converted with ``zoneinfo``, never from a clock, so daylight saving and
-replayed history both work.
+replayed history both work; only the orders' ``created_ns`` is the clock's
+(the wall clock live, the market time in a backtest).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,9 +73,9 @@ log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: Why a position held with no entry today is closed: opened on an earlier
-#: day, or (no open time known) every bar of today since the range's end
-#: shown (live, or in a warm-up without a gap).
+#: The signal each entry is sent under: today's entries are today's orders it caused.
+ENTRY = "orb_breakout"
+#: Why a position held with no entry of today's is closed.
 CARRIED = "held from an earlier day (no bar reached its flatten): closed at the open"
 
 
@@ -136,26 +133,21 @@ class _Day:
     #: Flat from a bar ending here on: flatten_at, earlier on an early close.
     flatten_ns: int
     flatten_reason: str
+    #: The session's open: today's orders are those created from here on.
+    open_ns: int
     #: The opening range's end: entries are made on bars from here on.
     range_end_ns: int
     high: Decimal | None = None
     low: Decimal | None = None
-    #: Today's entries, toward max_entries: those made (live, or in the
-    #: warm-up as if it had been running), and from the first live bar on
-    #: those it cannot rule out on bars it was not shown (``unseen``).
-    entries: int = 0
-    #: An entry of today's is known (made on a bar shown, or a position held
-    #: that was opened today): a position held is today's, not carried.
+    #: Today's entries, toward max_entries: read from the order history the
+    #: first time it may enter today, then counted as it sends them (the
+    #: history holds each one sent, so the two agree). None: not read yet.
+    entries: int | None = None
+    #: The position now held is today's entry (judged once while it is held).
     entered: bool = False
-    #: The first span of today's entry time not shown before the instance
-    #: ran live (a warm-up's gap, or from its last bar to the first live
-    #: one): an entry made on a bar in it is not seen.
-    unseen: tuple[int, int] | None = None
-    #: ``entries`` when that span began: after it, the warm-up's count is
-    #: not known (its pretended position may not be the one held then).
-    entries_before_unseen: int = 0
-    #: That a position held with no entry seen was said (logged) today.
-    said_unseen: bool = False
+    #: That a position was judged by its open time (no order of it in the
+    #: history) was said (logged) today.
+    said_unknown: bool = False
 
 
 class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
@@ -163,8 +155,7 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
 
     @classmethod
     def warmup_bars(cls, params: OpeningRangeParams) -> int:
-        """A session's minutes, from the open to the flatten time: today's range
-        and the entries made since the open."""
+        """A session's minutes, from the open to the flatten time: today's range."""
         day = dt.date(2000, 1, 3)
         start = dt.datetime.combine(day, params.session_open)
         end = dt.datetime.combine(day, params.flatten_at)
@@ -181,226 +172,183 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
     def on_start(self) -> None:
         self._zone = ZoneInfo(self.params.timezone)
         self._days: dict[str, _Day] = {}
-        #: During warm-up: the position it would have had, to count its entries.
-        self._pretended: dict[str, Decimal] = {}
-        #: Per symbol, the latest end of a bar shown (warm-up or live).
-        self._shown_end: dict[str, int] = {}
-        #: The symbols shown a live bar: from then on every bar is seen as it
-        #: closes, and a span with none is one with no trade.
-        self._live: set[str] = set()
-        #: Per symbol, the shortest bar shown (ns): a bar not shown may have
-        #: carried an entry each that long.
-        self._bar_ns: dict[str, int] = {}
-
-    def on_bar(self, bar: Bar) -> None:
-        self._step(bar, exposure(self.ctx, bar.symbol), self._go, live=True)
 
     def on_warmup(self, bar: Bar) -> None:
-        # As if it had been running: today's range, and the entries it would
-        # have made, so that a restart never lets it enter more than
-        # max_entries times a day (it may enter fewer). The position it would
-        # have had is only pretended, to count them; live, the real one rules.
-        def pretend(bar: Bar, target: Decimal, *_: str) -> None:
-            self._pretended[bar.symbol] = target
+        # Today's range only. What it sent today (its entries, and so whether
+        # a position held is one of them) is in its order history, the same
+        # after a restart; the bars shown may miss some, or show breakouts
+        # it never sent while the runner was down.
+        day, t = self._today(bar)
+        if self.params.session_open <= t < self.params.range_end and bar.end_ns < day.flatten_ns:
+            self._widen(day, bar)
 
-        self._step(bar, self._pretended.get(bar.symbol, Decimal(0)), pretend, live=False)
-
-    def _step(self, bar: Bar, held: Decimal, go: Callable[..., None], *, live: bool) -> None:
+    def on_bar(self, bar: Bar) -> None:
         p = self.params
-        local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
-        day = self._days.get(bar.symbol)
-        if day is None or day.date != local.date():
-            day = self._days[bar.symbol] = self._day(local.date())
-        self._note_shown(bar, day, live=live)
-        t = local.time()
+        day, t = self._today(bar)
         if t < p.session_open:
             return
+        held = exposure(self.ctx, bar.symbol)
+        if held == 0:
+            day.entered = False
         # Flat from the flatten on, judged by the bar's end: it is handled when
         # it closes. By its start, a 16:00 flatten with no bar after the close
         # (the last starts 15:59) never came and the position was held overnight.
         # Before the range: on an early close the flatten may come inside it.
         if bar.end_ns >= day.flatten_ns:
             if held != 0:
-                go(bar, Decimal(0), "orb_flatten", "flat", day.flatten_reason)
+                self._go(bar, Decimal(0), "orb_flatten", "flat", day.flatten_reason)
             return
-        # Held with no entry today: carried in from an earlier day whose
-        # flatten no bar reached (a symbol with no trade in the last minutes
-        # gets no bar). It was held without a stop through the range, then
-        # kept as if it were today's breakout. Closed at the open instead,
-        # unless a restart's warm-up missed it as today's entry.
-        if live and held != 0 and not day.entered:
-            self._judge_held(bar, day, held)
-        carried = held != 0 and not day.entered
         if t < p.range_end:
-            day.high = bar.high if day.high is None else max(day.high, bar.high)
-            day.low = bar.low if day.low is None else min(day.low, bar.low)
-            if carried:
-                go(bar, Decimal(0), "orb_flatten", "flat", self._carried(bar, day, held, live=live))
+            self._widen(day, bar)
+            # Held with no entry today: carried in from an earlier day whose
+            # flatten no bar reached (a symbol with no trade in the last
+            # minutes gets no bar), held without a stop through the range.
+            carried = self._carried(bar, day, held) if held != 0 else None
+            if carried is not None:
+                self._go(bar, Decimal(0), "orb_flatten", "flat", carried)
             return
         if day.high is None or day.low is None:
             # No opening range today (data started late): no entry, and no
             # stop for a position held (one a past flatten did not close),
             # so it is closed rather than held unprotected until flatten_at.
             if held != 0:
-                go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
+                self._go(bar, Decimal(0), "orb_stop", "flat", "no opening range today to stop at")
             return
-        if carried:
-            go(bar, Decimal(0), "orb_flatten", "flat", self._carried(bar, day, held, live=live))
+        if held != 0:
+            # Not kept as if it were today's breakout, stopped on a range it
+            # was not entered on.
+            carried = self._carried(bar, day, held)
+            if carried is not None:
+                self._go(bar, Decimal(0), "orb_flatten", "flat", carried)
+            elif held > 0 and bar.close < day.low:
+                self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
+            elif held < 0 and bar.close > day.high:
+                self._go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} > range high")
             return
-        if held > 0 and bar.close < day.low:
-            go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} < range low")
-        elif held < 0 and bar.close > day.high:
-            go(bar, Decimal(0), "orb_stop", "flat", f"close {bar.close} > range high")
-        elif held == 0 and day.entries < p.max_entries:
-            if bar.close > day.high:
-                day.entries += 1
-                day.entered = True
-                reason = f"close {bar.close} > range high {day.high}"
-                go(bar, p.quantity, "orb_breakout", "long", reason)
-            elif bar.close < day.low and p.allow_short:
-                day.entries += 1
-                day.entered = True
-                reason = f"close {bar.close} < range low {day.low}"
-                go(bar, -p.quantity, "orb_breakout", "short", reason)
-
-    def _note_shown(self, bar: Bar, day: _Day, *, live: bool) -> None:
-        """Note a span of today's entry time no bar was shown in before the
-        symbol ran live: the store missing bars (or no trade in them, which
-        the warm-up cannot tell apart). Live, every bar is seen as it closes.
-        At the first live bar, count the entries it cannot rule out."""
-        symbol = bar.symbol
-        last = self._shown_end.get(symbol, 0)
-        self._shown_end[symbol] = max(last, bar.end_ns)
-        if symbol in self._live:
-            return
-        length = bar.end_ns - bar.start_ns
-        self._bar_ns[symbol] = min(self._bar_ns.get(symbol, length), length)
-        since = max(last, day.range_end_ns)
-        if day.unseen is None and bar.start_ns > since:
-            day.unseen = (since, bar.start_ns)
-            day.entries_before_unseen = day.entries
-        if live:
-            self._live.add(symbol)
-            self._count_unseen(bar, day)
-
-    def _count_unseen(self, bar: Bar, day: _Day) -> None:
-        """Count the entries it cannot rule out before ``bar``, the first
-        live one. An entry made on a bar it was not shown, and closed since,
-        leaves nothing it can read (a position keeps no past fills, and
-        realized P&L has no day); after the first such span it cannot follow
-        the position either. So from that span's start to this bar each bar's
-        interval may have carried an entry: one each, up to max_entries."""
-        if day.unseen is None:
-            return
-        start = day.unseen[0]
-        step = max(self._bar_ns[bar.symbol], 1)
-        bars = -((start - bar.start_ns) // step)  # rounded up
-        may = min(self.params.max_entries, day.entries_before_unseen + bars)
-        if may <= day.entries:
-            return
-        day.entries = may
-        log.warning(
-            "opening_range_breakout %s: no bar of %s was shown from %s to %s before it ran "
-            "live (missing from the store, or no trade): entries counted today %d of "
-            "max_entries %d, as many as it cannot rule out",
-            self.ctx.name,
-            bar.symbol,
-            self._hhmm(start),
-            self._hhmm(bar.start_ns),
-            may,
-            self.params.max_entries,
-        )
-
-    def _hhmm(self, ns: int) -> str:
-        return dt.datetime.fromtimestamp(ns // NS, tz=self._zone).strftime("%H:%M")
-
-    def _judge_held(self, bar: Bar, day: _Day, held: Decimal) -> None:
-        """Count as today's entry, one the warm-up did not see, a position
-        held live with none known today: held only by an order still working
-        with nothing filled (an entry sent before a restart, in flight: orders
-        do not outlive their day; closed, a sell against a buy then canceled
-        would leave it short), or opened (its opening fill's market time) from
-        the start of the first span of today's entry time it was not shown
-        on, less the clock skew a time may have. Otherwise it is carried.
-
-        Not by the day alone: the time is the broker's, or the gateway's when
-        the broker gives none, and that may be a day off. An earlier day's
-        position stamped today before that span (a fill the gateway learned
-        of the next morning; the warm-up was shown every bar there, and no
-        entry made) is not today's: it is carried, closed. One stamped a day
-        behind looks carried too: closed, its entry still counted among
-        those it cannot rule out (``_count_unseen``)."""
-        position = self.ctx.position(bar.symbol)
-        opened_ns = position.opened_ns
-        if position.quantity == 0:
-            how = (
-                "working with nothing filled when it ran live: counted as today's entry, in flight"
-            )
-        elif (
-            opened_ns is not None
-            and day.unseen is not None
-            and opened_ns >= day.unseen[0] - CLOCK_SKEW_NS
-        ):
-            how = (
-                "held, opened today on a bar not shown before it ran live: counted as today's entry"
-            )
+        direction: Direction
+        if bar.close > day.high:
+            target, direction = p.quantity, "long"
+            reason = f"close {bar.close} > range high {day.high}"
+        elif bar.close < day.low and p.allow_short:
+            target, direction = -p.quantity, "short"
+            reason = f"close {bar.close} < range low {day.low}"
         else:
             return
-        day.entered, day.entries = True, max(day.entries, 1)
-        log.info("opening_range_breakout %s: %s %s %s", self.ctx.name, held, bar.symbol, how)
+        if self._entries(bar.symbol, day) < p.max_entries and self._go(
+            bar, target, ENTRY, direction, reason
+        ):
+            day.entries = self._entries(bar.symbol, day) + 1
+            day.entered = True
 
-    def _carried(self, bar: Bar, day: _Day, held: Decimal, *, live: bool) -> str:
-        """Why a position held with no entry counted today is closed. Live,
-        one with an open time (``Position.opened_ns``) not judged today's
-        (``_judge_held``) is carried. With no open time known: with every bar
-        of today's entry time shown, it is an earlier day's; with some not
-        shown (a restart whose store missed them), it may be today's, entered
-        on one of those, and the reason says so (logged once a day). Closed
-        either way: a stop for it is not known. In the warm-up the reason is
-        not used (the position is pretended)."""
-        if not live or day.unseen is None or self.ctx.position(bar.symbol).opened_ns is not None:
+    def _today(self, bar: Bar) -> tuple[_Day, dt.time]:
+        """The bar's day (its start's date in ``timezone``) and local time."""
+        local = dt.datetime.fromtimestamp(bar.start_ns // NS, tz=self._zone)
+        day = self._days.get(bar.symbol)
+        if day is None or day.date != local.date():
+            day = self._days[bar.symbol] = self._day(local.date())
+        return day, local.time()
+
+    @staticmethod
+    def _widen(day: _Day, bar: Bar) -> None:
+        day.high = bar.high if day.high is None else max(day.high, bar.high)
+        day.low = bar.low if day.low is None else min(day.low, bar.low)
+
+    def _entries(self, symbol: str, day: _Day) -> int:
+        """Today's entries in ``symbol``: the entry signals it sent today
+        (one order each), whatever became of their orders, as counted when
+        sent. Read from the history once a day; counted as sent after."""
+        if day.entries is None:
+            since = self.ctx.orders(symbol, since_ns=day.open_ns)
+            day.entries = len({r.signal_id for r in since if r.signal_name == ENTRY})
+        return day.entries
+
+    def _carried(self, bar: Bar, day: _Day, held: Decimal) -> str | None:
+        """Why a position held (``held``: with what is pending) is closed as
+        not today's entry; None when it is today's. Today's when an entry
+        order of today in its symbol, on its side, filled something or is
+        still working. Where the history holds no order of that side in the
+        symbol at all (the runner kept none: its rebuild window shorter than
+        the time since, or the store lost them), it cannot know: the open
+        time decides (``_by_open_time``). Today's holds while the position is
+        held; a carried one is judged again at each bar it is still held (its
+        close denied)."""
+        if day.entered:
+            return None
+        side = "buy" if held > 0 else "sell"
+        records = self.ctx.orders(bar.symbol)
+        if any(
+            r.created_ns >= day.open_ns
+            and r.signal_name == ENTRY
+            and r.side == side
+            and (r.filled > 0 or r.working)
+            for r in records
+        ):
+            day.entered = True
+            return None
+        if any(r.side == side and (r.filled > 0 or r.working) for r in records):
             return CARRIED
-        start, end = (self._hhmm(ns) for ns in day.unseen)
-        reason = (
-            f"held with no entry seen today, but no bar was shown from {start} to {end} "
-            "(missing from the store, or no trade): cannot tell it was opened today; closed"
-        )
-        if live and not day.said_unseen:
-            day.said_unseen = True
+        return self._by_open_time(bar, day, held)
+
+    def _by_open_time(self, bar: Bar, day: _Day, held: Decimal) -> str | None:
+        """A position held with no order of its side in the history, judged
+        by its opening fill's market time (``Position.opened_ns``): from the
+        range's end (less the clock skew a time may have), today's entry,
+        counted; before, carried; not known, closed saying it cannot tell.
+        That time is the broker's (the gateway's when it gives none) and may
+        be a day off: only here, where the history cannot say, is it used."""
+        opened_ns = self.ctx.position(bar.symbol).opened_ns
+        today = opened_ns is not None and opened_ns >= day.range_end_ns - CLOCK_SKEW_NS
+        if today:
+            day.entered = True
+            day.entries = max(self._entries(bar.symbol, day), 1)
+            reason, judged = None, "opened today: kept as today's entry, counted"
+        elif opened_ns is not None:
+            reason, judged = CARRIED, "opened before today's range ended: closed as carried"
+        else:
+            reason = (
+                "held with no order of it in the history and no open time known: "
+                "cannot tell it was opened today; closed"
+            )
+            judged = "no open time known: cannot tell it was opened today, closed"
+        if not day.said_unknown:
+            day.said_unknown = True
             log.warning(
-                "opening_range_breakout %s: %s %s held with no entry seen today; no bar was "
-                "shown from %s to %s before it ran live, so it cannot tell whether that "
-                "position was entered today or carried from an earlier day: it is closed",
+                "opening_range_breakout %s: %s %s held, and its order history holds no "
+                "order of that side in it (the runner kept none: TRADEBUS_REBUILD_FINISHED_S "
+                "shorter than the time since, or the store lost them); judged by its open "
+                "time: %s",
                 self.ctx.name,
                 held,
                 bar.symbol,
-                start,
-                end,
+                judged,
             )
         return reason
 
     def _day(self, date: dt.date) -> _Day:
-        """The day's flatten: flatten_at, as much earlier as the exchange
-        closes early (asked once a day and symbol; the answer is cached)."""
+        """The day's open, range end and flatten: flatten_at, as much earlier
+        as the exchange closes early (asked once a day and symbol; the answer
+        is cached)."""
         p = self.params
-        local = dt.datetime.combine(date, p.flatten_at, tzinfo=self._zone)
-        ns = (local - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
+        ns = _ns(dt.datetime.combine(date, p.flatten_at, tzinfo=self._zone))
         opens = dt.datetime.combine(date, p.session_open, tzinfo=self._zone)
-        range_ns = (
-            (opens + dt.timedelta(minutes=p.range_minutes) - _EPOCH)
-            // dt.timedelta(microseconds=1)
-            * 1_000
-        )
+        open_ns = _ns(opens)
+        range_ns = _ns(opens + dt.timedelta(minutes=p.range_minutes))
         session = sessions.session(p.calendar, date) if p.calendar is not None else None
         if session is None or session.early_by_ns == 0:
-            return _Day(date, ns, f"flatten at {p.flatten_at:%H:%M}", range_ns)
+            return _Day(date, ns, f"flatten at {p.flatten_at:%H:%M}", open_ns, range_ns)
         ns -= session.early_by_ns
         flatten = dt.datetime.fromtimestamp(ns // NS, tz=self._zone)
         close = dt.datetime.fromtimestamp(session.close_ns // NS, tz=self._zone)
         when = "early" if session.early_by_ns > 0 else "late"
-        return _Day(
-            date, ns, f"flatten at {flatten:%H:%M} ({when} close at {close:%H:%M})", range_ns
-        )
+        reason = f"flatten at {flatten:%H:%M} ({when} close at {close:%H:%M})"
+        return _Day(date, ns, reason, open_ns, range_ns)
 
-    def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> None:
-        trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)
+    def _go(self, bar: Bar, target: Decimal, name: str, direction: Direction, reason: str) -> bool:
+        """Trade ``bar.symbol`` to ``target``; whether a signal was sent."""
+        sent = trade_to(self.ctx, bar.symbol, target, name=name, direction=direction, reason=reason)
+        return sent is not None
+
+
+def _ns(local: dt.datetime) -> int:
+    """An aware datetime as integer ns since the epoch."""
+    return (local - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
