@@ -104,7 +104,10 @@ class Run:
 
     def restarted(self, *, warm: bool = False) -> InMemoryRuntime:
         """A fresh runtime, its books rebuilt from everything so far (the
-        store's and the catch-up's), not yet shown a live bar; ``warm``: it
+        store's and the catch-up's) through ``HostBooks.restore``, as the
+        runner rebuilds them: positions, working intents and the order
+        history (the strategy's own signals and intents, and what became of
+        them), not yet shown a live bar; ``warm``: it
         is warmed up at its start on the latest bars, as the runner warms it
         on the store's (``warmup_bars`` of each leg)."""
         rt = runtime()

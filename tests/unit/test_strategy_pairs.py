@@ -77,7 +77,7 @@ def test_warmed_up_on_past_minutes_it_trades_on_the_first_live_one() -> None:
     # The five past minutes, shown through on_warmup after a restart, fill
     # the spread history: the first live minute's wide spread trades at once.
     params = PairsParams(lookback=5, entry_z=Decimal(2), exit_z=Decimal("0.5"))
-    assert PairsTrade.warmup_bars(params) == 10  # and 5 more for the exit's z-scores
+    assert PairsTrade.warmup_bars(params) == 5
     warm = runtime()
     warm.start()
     assert all(warm.hosts["pair"].warm_up(b) == [] for b in history() if isinstance(b, BarClosed))

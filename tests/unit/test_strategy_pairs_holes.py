@@ -15,6 +15,9 @@
   decided to be flat. Both refused while the runner was down, the fresh
   instance saw only the positions; one refused then and the other after the
   restart, it judged that refusal by the books, which showed a whole pair.
+
+A fresh instance now reads the entry's quantities and the exit from its
+order history (``test_strategy_pairs_history.py``).
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def test_an_entry_filled_7_percent_off_its_sizing_price_is_a_whole_pair_and_held
 
 
 def test_an_entry_filled_7_percent_off_its_sizing_price_is_held_after_a_restart() -> None:
-    # The fresh instance is warmed up on the latest bars, the entry's minute
-    # among them: it sizes that entry again from the minute's closes.
+    # The fresh instance reads the quantities the entry asked for from its
+    # order history.
     run = Run()
     entry = run.enter_short()
     run.fill(entry["MSFT"], price=Decimal(98))
@@ -68,15 +71,15 @@ def test_an_entry_leg_filled_96_of_100_while_down_closes_the_pair_after_a_restar
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(96))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert signal.payload.name == "pair_exit"
-    assert "ratio" in signal.payload.reason
+    assert "entry leg AAPL canceled" in signal.payload.reason  # its order history says so
 
 
 def test_an_exit_both_of_whose_closes_were_refused_while_down_is_closed_after_a_restart() -> None:
     # The exit is signaled at minute 6 (z inside exit_z); both closes are
-    # denied while the runner is down. The fresh instance, warmed up on the
-    # latest bars, finds that minute's z inside exit_z after the pair opened:
-    # the strategy had decided to be flat. Its first minute is wide again,
-    # where a whole pair is held: this one is closed.
+    # denied while the runner is down. The fresh instance finds that exit,
+    # after the entry, in its order history: the strategy had decided to be
+    # flat. Its first minute is wide again, where a whole pair is held: this
+    # one is closed.
     run = Run()
     closes = exit_signaled(run)
     run.while_down([deny(close, ids=next_id) for close in closes.values()])
@@ -86,21 +89,25 @@ def test_an_exit_both_of_whose_closes_were_refused_while_down_is_closed_after_a_
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert signal.payload.name == "pair_exit"
-    assert "exit was due" in signal.payload.reason
+    assert "pair_exit signaled" in signal.payload.reason
 
 
 def test_an_exit_whose_closes_are_refused_one_while_down_one_after_a_restart_is_closed() -> None:
     # MSFT's close is denied while the runner is down; AAPL's is still
-    # working at the restart and is denied after it, before any bar.
+    # working at the restart and is denied after it, before any bar. The
+    # fresh instance knows the pair is closing (the exit is in its order
+    # history): as the instance that sent them, it sends both closes again
+    # at the next bar, not at the refusal.
     run = Run()
     closes = exit_signaled(run)
     run.while_down([deny(closes["MSFT"], ids=next_id)])
     rt = run.restarted()
     rt.start()
-    out = rt.feed(deny(closes["AAPL"], ids=next_id))
+    assert rt.feed(deny(closes["AAPL"], ids=next_id)) == []
+    out = rt.run(minute(7, "112"))
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(100))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
-    assert "sent before a restart" in signal.payload.reason
+    assert "pair_exit signaled" in signal.payload.reason
 
 
 def test_a_whole_pair_whose_exit_was_never_due_is_held_after_a_warm_restart() -> None:

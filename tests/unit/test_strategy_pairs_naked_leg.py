@@ -189,8 +189,8 @@ def test_a_leg_held_alone_after_a_restart_is_closed_at_the_first_bar() -> None:
     # The runner was down when the denial came: a fresh instance, its books
     # rebuilt from the store, sees MSFT held and AAPL flat at its first bar.
     first = warmed()
-    entry = enter_short(first)
-    history: list[Event] = list(entry.values())
+    history = first.run(minute(5, "105"))  # the entry's signal and both legs
+    entry = intents(history)
     history += fill_chain(entry["MSFT"], PRICES["MSFT"], ids=next_id)
     history.append(deny(entry["AAPL"], ids=next_id))
     rt = runtime()

@@ -51,22 +51,23 @@ def test_an_exit_part_filled_in_one_leg_and_refused_in_the_other_closes_both_aft
     assert legs(out) == [("MSFT", "buy", Decimal(55)), ("AAPL", "sell", Decimal(100))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert signal.payload.name == "pair_exit"
-    assert "ratio" in signal.payload.reason
+    assert "pair_exit signaled" in signal.payload.reason  # the exit, from the history
 
 
-def test_a_restart_between_the_two_legs_outcomes_closes_the_pair_at_the_refusal() -> None:
+def test_a_restart_between_the_two_legs_outcomes_closes_the_pair_at_the_next_bar() -> None:
     # The restart comes after MSFT's close part filled and before AAPL's
-    # was refused: the fresh instance sees that refusal live, of an order
-    # it did not send, and judges the books at once (it waited for the
-    # next bar); that bar sends nothing more.
+    # was refused: the fresh instance sees that refusal live. Its order
+    # history says it was a close of the exit, so it does what the instance
+    # that sent it would: both legs are closed at the next bar, whatever the
+    # spread.
     run = Run()
     closes = exit_signaled(run)
     run.part_fill_then_cancel(closes["MSFT"], Decimal(40))
     rt = run.restarted()
     rt.start()
-    out = rt.feed(deny(closes["AAPL"], ids=next_id))
+    assert rt.feed(deny(closes["AAPL"], ids=next_id)) == []
+    out = rt.run(minute(7, "112"))
     assert legs(out) == [("MSFT", "buy", Decimal(55)), ("AAPL", "sell", Decimal(100))]
-    assert rt.run(minute(7, "112")) == []
 
 
 def test_an_entry_leg_part_filled_while_down_closes_the_pair_at_the_first_bar() -> None:
@@ -81,7 +82,8 @@ def test_an_entry_leg_part_filled_while_down_closes_the_pair_at_the_first_bar() 
     assert (position(rt, "MSFT"), position(rt, "AAPL")) == (Decimal(-95), Decimal(40))
     out = rt.run([bar("MSFT", "104", T0 + 7 * MINUTE_NS)])
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(40))]
-    assert "ratio" in next(e for e in out if isinstance(e, SignalGenerated)).payload.reason
+    reason = next(e for e in out if isinstance(e, SignalGenerated)).payload.reason
+    assert "entry leg AAPL canceled" in reason  # its order history says so
 
 
 def test_a_whole_pair_held_across_a_restart_is_kept() -> None:
@@ -116,8 +118,9 @@ def test_an_exit_working_at_a_restart_keeps_the_pair_closing() -> None:
 
 def test_an_entry_leg_refused_after_a_restart_closes_the_other_leg_at_once() -> None:
     # MSFT's sell filled; the runner restarts with AAPL's buy still working,
-    # and it is denied. The fresh instance did not send that entry: it closed
-    # MSFT, held alone, only at the next bar of either leg.
+    # and it is denied. The fresh instance did not send that entry (it closed
+    # MSFT, held alone, only at the next bar of either leg); its order
+    # history says the order was a leg of the entry.
     run = Run()
     entry = run.enter_short()
     run.fill(entry["MSFT"])
@@ -127,7 +130,7 @@ def test_an_entry_leg_refused_after_a_restart_closes_the_other_leg_at_once() -> 
     assert legs(out) == [("MSFT", "buy", Decimal(95))]
     (signal,) = [e for e in out if isinstance(e, SignalGenerated)]
     assert signal.payload.name == "pair_exit"
-    assert "held alone" in signal.payload.reason
+    assert "entry leg AAPL denied" in signal.payload.reason
     # The close is working: the next bar does not send it again.
     assert rt.run(minute(6, "104")) == []
 
@@ -144,7 +147,8 @@ def test_an_entry_leg_part_filled_and_canceled_after_a_restart_closes_the_pair_a
     for event in part_filled_then_canceled(entry["AAPL"], Decimal(40)):
         out += rt.feed(event)
     assert legs(out) == [("MSFT", "buy", Decimal(95)), ("AAPL", "sell", Decimal(40))]
-    assert "ratio" in next(e for e in out if isinstance(e, SignalGenerated)).payload.reason
+    reason = next(e for e in out if isinstance(e, SignalGenerated)).payload.reason
+    assert "entry leg AAPL canceled" in reason
 
 
 def test_an_entry_leg_rejected_after_a_restart_with_the_other_still_working_closes_it_once() -> (

@@ -35,54 +35,52 @@ that sent the entry judges the pair by those quantities, never by the fill
 prices: an entry filled far from the closes it was sized at (slippage) is a
 whole pair and is held; any other quantity, with nothing pending, closes it.
 
-That the pair is closing lives in the instance. A fresh one (after a runner
-restart, or a fault's) knows what the books give back, positions and
-pending orders, and at its first bar closes the pair they show is not
-whole: one leg held alone, a close working against a leg (each leg's
-exposure is then 0: no pair is entered on top, and a close refused is sent
-again at the next bar), or both held at other than what the entry made (an
-entry or an exit one of whose legs filled in part, the rest canceled or
-refused). It does not know the entry's quantities; it sizes the entry again
-from the closes of the minute it was sized at, when its warm-up holds that
-minute (the last paired one closed by the pair's first fill, at most a bar
-before it), and judges the pair by them, as the instance that entered it
-would; a leg held at that quantity and the other not closes the pair,
-whatever the fill prices. Without that minute (the pair entered before the
-warm-up's bars), or with neither leg at its quantity (the minute may not be
-the entry's, or ``leg_notional`` changed since), it judges by the legs'
-costs at average price: more than one unit of the dearer leg and
-``RATIO_SLACK`` of the larger cost apart closes the pair, so a part fill
-within that is held and an entry filled more than about 5 % off its closes
-is closed. Both legs closed in part and in proportion look whole: they are
-held until ``|z| < exit_z``, unless the exit is seen due (below).
+That the pair is closing, and what its entry sent, live in the instance. A
+fresh one (after a runner restart, or a fault's) takes them up from its own
+order history (``ctx.last_signal``, ``ctx.orders``) at its first live
+callback, once the catch-up's events are in the books, with a leg held or
+pending:
 
-A fresh instance also closes, at its first bar, a pair held whole whose exit
-was due: a paired minute of its warm-up after the pair opened had
-``|z| < exit_z``. The exit was signaled then and both closes were refused
-before the restart (the instance that sent them knew the pair was closing,
-and sent them again at each bar), or it fell due while the runner was down;
-either way the strategy had decided to be flat, and a pair that looks whole
-is not held against that decision until ``|z| < exit_z`` comes again. Its
-warm-up is ``2 x lookback`` minutes, so that the latest ``lookback`` of them
-have z-scores (worked out only once the pair is held, as each costs a pass
-over the spreads); an exit due before them is not seen, and such a pair is
-held until ``|z| < exit_z``.
+- its last signal a ``pair_entry``: the quantities that entry's orders asked
+  for are the pair, and it is judged by them as by the instance that sent
+  them (a part fill of any size closes it, slippage does not); a leg of that
+  entry denied, rejected or canceled closes the pair, at the first callback
+  when it was refused while the runner was down, at once when after the
+  restart (a leg still working is closed when its order ends);
+- its last signal a ``pair_exit``: the strategy had decided to be flat, and
+  the pair is closing, whatever the spread and whatever the books show (both
+  closes refused leave a pair that looks whole). Closes refused while the
+  runner was down are sent again at the first bar, those still working are
+  waited for (no pair is entered on top), and one refused after the restart
+  is sent again at the next bar, as the instance that sent them would.
 
-An order the fresh instance did not send (its entry's leg, or a close)
-refused before its pair is closing closes the pair at once, whatever the
-books show, not at the next bar: the instance that sent it was closing the
-pair, or would have closed it then (a leg of its entry). A leg of the entry
-denied after the restart closes the other leg then; a close denied after
-the other leg's was refused while the runner was down closes both, though
-the books show a pair that looks whole.
+It also closes, at its first bar, what the books show is not a pair: one leg
+held alone, or a close working against a leg.
+
+The history reaches back as far as the runner's rebuild reads: every chain
+with an order working, and those with an event within
+``rebuild_finished_s`` (7 days by default). A pair entered beyond it (its
+entry's chain finished before that, and no signal since) is judged by the
+books alone: both legs held, nothing pending, their costs at average price
+more than one unit of the dearer leg and ``RATIO_SLACK`` of the larger cost
+apart close it, so a part fill within that is held and an entry filled more
+than about 5 % off its closes is closed; both legs closed in part and in
+proportion look whole and are held until ``|z| < exit_z``. A refused order
+whose signal the history does not know closes the pair at once, whatever
+the books show: an entry's leg or a close, the instance that sent it was
+closing the pair or would close it then; its reason says what the books
+show.
+
+An exit that fell due while the runner was down, with no instance running to
+signal it, is not acted on late: the pair is held until ``|z| < exit_z``
+comes again. The warm-up is ``lookback`` minutes, the spreads the first live
+z-score is taken against.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
@@ -101,25 +99,13 @@ log = logging.getLogger(__name__)
 
 #: Standard deviations of the log-price spread at or below this are noise.
 SPREAD_NOISE = Decimal("1e-12")
-#: Both legs held, their costs (quantity x average price x multiplier) may
-#: differ by one unit of the dearer leg (each is sized to whole units of
-#: ``leg_notional``) and this part of the larger cost (the fills' slippage
-#: from the bar's close the legs were sized at); more, and the pair is not
-#: the one an entry made: a leg of it filled or closed in part.
+#: A pair whose entry is beyond the order history's reach: both legs held,
+#: their costs (quantity x average price x multiplier) may differ by one unit
+#: of the dearer leg (each is sized to whole units of ``leg_notional``) and
+#: this part of the larger cost (the fills' slippage from the bar's close the
+#: legs were sized at); more, and the pair is not the one an entry made: a
+#: leg of it filled or closed in part.
 RATIO_SLACK = Decimal("0.05")
-
-
-@dataclass(frozen=True, slots=True)
-class _Minute:
-    """A paired minute the instance was warmed up on: when its bars ran,
-    each leg's close (what an entry then was sized at) and, in a pair held
-    since before it, the spread's z-score then (None: not worked out)."""
-
-    start_ns: int
-    end_ns: int
-    price_a: Decimal
-    price_b: Decimal
-    z: Decimal | None = None
 
 
 class PairsParams(StrategyParams):
@@ -159,49 +145,32 @@ class PairsTrade(Strategy[PairsParams]):
         self._warned_unsized = False
         self._warned_expired = False
         #: Why the pair is closing (None: it is not). Set by a failed entry
-        #: leg, the exit or a leg found held alone; cleared once both legs are
-        #: flat with nothing pending. Meanwhile no pair is entered.
+        #: leg, the exit, a leg found held alone, or the order history after a
+        #: restart (``_recall``); cleared once both legs are flat with nothing
+        #: pending. Meanwhile no pair is entered.
         self._closing: str | None = None
         #: The latest entry's signal: a leg of it that ends unfilled (or part
         #: filled) leaves the other leg unhedged.
         self._entry: uuid.UUID | None = None
-        #: What the latest entry this instance sent holds, whole (signed, by
-        #: leg): a pair is judged whole by these quantities, never by its fill
-        #: prices. None once the pair is flat, and in a fresh instance (after a
-        #: restart) for the pair it finds held.
+        #: What the latest entry holds, whole (signed, by leg): what its
+        #: orders asked for. A pair is judged whole by these quantities, never
+        #: by its fill prices. None once the pair is flat, and for a pair
+        #: whose entry the order history does not hold (``_recall``).
         self._legs: dict[str, Decimal] | None = None
-        #: The paired minutes of the warm-up (the store's latest bars, those
-        #: that closed while the runner was down): a fresh instance sizes the
-        #: entry of the pair it finds held again from them (``_entry_legs``).
-        self._past: deque[_Minute] = deque(maxlen=self.warmup_bars(self.params))
-        #: The signals this instance sent since the pair was last flat with
-        #: nothing pending (an order of an earlier one can no longer end). A
-        #: refused order of any other signal was sent by an instance before a
-        #: restart: it is judged by the books (``on_order_update``).
-        self._sent: set[uuid.UUID] = set()
+        #: Whether the instance has taken the pair up from the order history
+        #: (``_recall``), at its first live callback.
+        self._recalled = False
 
     @classmethod
     def warmup_bars(cls, params: PairsParams) -> int:
-        """``lookback`` minutes to fill the spreads the first live z-score is
-        taken against, and ``lookback`` before them: the z-scores of the
-        latest ones, once a pair is held, say whether its exit was due
-        (``_exit_due``)."""
-        return 2 * params.lookback
+        """``lookback`` minutes: the spreads the first live z-score is taken
+        against."""
+        return params.lookback
 
     def on_warmup(self, bar: Bar) -> None:
         paired = self._pair(bar)
-        if paired is None:
-            return
-        spread, price_a, price_b = paired
-        opened = self._opened_ns()
-        z = None
-        if opened is not None and opened <= bar.end_ns:
-            # Held since before this minute: the exit rule applied to it. Only
-            # then, as each z-score costs a pass over the lookback.
-            z = self._zscore(spread)
-        else:
-            self._spreads.push(spread)
-        self._past.append(_Minute(bar.start_ns, bar.end_ns, price_a, price_b, z))
+        if paired is not None:
+            self._spreads.push(paired[0])
 
     def _pair(self, bar: Bar) -> tuple[Decimal, Decimal, Decimal] | None:
         """(spread, price A, price B) once both legs' bars of a minute are in."""
@@ -214,6 +183,7 @@ class PairsTrade(Strategy[PairsParams]):
         return price_a.ln() - self.params.hedge_ratio * price_b.ln(), price_a, price_b
 
     def on_bar(self, bar: Bar) -> None:
+        self._recall()
         if self._partner_expired(bar):
             return
         paired = self._pair(bar)
@@ -260,6 +230,7 @@ class PairsTrade(Strategy[PairsParams]):
             self._close(strength=z)
 
     def on_fill(self, fill: Fill) -> None:
+        self._recall()
         if self._closing is not None:
             # A leg's order that was still working has ended: close what it filled.
             self._close()
@@ -267,34 +238,85 @@ class PairsTrade(Strategy[PairsParams]):
     def on_order_update(self, update: OrderUpdate) -> None:
         """A leg of the entry denied, rejected or canceled: the pair is
         closed at once, each leg by what it holds. A refused close is not
-        answered here but at the next bar (``on_bar``).
+        answered here but at the next bar (``on_bar``): a refusal that stands
+        would otherwise be answered at once, for ever. The same after a
+        restart: the order history says which orders were the entry's legs
+        (``_recall``) and which were closes.
 
-        A refused order of a signal this instance did not send (one sent
-        before a restart: an entry's leg, or a close) closes the pair at
-        once, whatever the books show: the instance that sent it was closing
-        the pair, or would close it at this refusal (a leg of its entry), and
-        the fresh one does not know which. Its reason says what the books
-        show (a leg held alone, legs at other than the entry's ratio), if
-        anything: a close refused with the other leg's close refused already
-        (while the runner was down) leaves a pair that looks whole, and was
-        held until ``exit_z``. Once the pair is closing, a refused close
-        waits for the next bar, whoever sent it."""
+        A refused order whose signal the history does not know (sent before
+        a restart, beyond the history's reach) closes the pair at once,
+        whatever the books show: the instance that sent it was closing the
+        pair, or would close it at this refusal (a leg of its entry). Its
+        reason says what the books show, if anything."""
         if update.kind == "accepted":
             return
+        self._recall()
         leg = update.symbol or "a leg"
         detail = f": {update.reason}" if update.reason else ""
         if update.signal_id == self._entry:
             self._closing = f"entry leg {leg} {update.kind}{detail}; the pair is closed"
         elif (
             self._closing is None
-            and update.signal_id not in self._sent
             and update.intent_id is not None  # an order the books still had working
+            and not self._known(update.intent_id)
         ):
             why = self._unwhole() or "the pair is closed"
-            self._closing = f"{leg} {update.kind}{detail} (an order sent before a restart); {why}"
+            self._closing = (
+                f"{leg} {update.kind}{detail} (an order the history does not know); {why}"
+            )
         else:
             return
         self._close()
+
+    def _recall(self) -> None:
+        """Take the pair up where the instance that sent its orders left it,
+        from the strategy's own order history, once, at the first live
+        callback (after a restart the catch-up's refusals and fills are in
+        the books by then). With a leg held or pending, the last signal says:
+
+        - a ``pair_entry``: it is the entry (``_entry``) and the pair is what
+          its orders asked for (``_legs``); a leg of it denied, rejected or
+          canceled (while the runner was down) closes the pair, as it did the
+          instance that saw it;
+        - a ``pair_exit`` (after the last entry: an entry waits until both
+          legs are flat): the pair is closing.
+
+        With no signal in the history (beyond its reach) the books judge."""
+        if self._recalled:
+            return
+        self._recalled = True
+        if all(
+            self.ctx.position(symbol).quantity == 0 and self.ctx.pending(symbol) == 0
+            for symbol in (self._a, self._b)
+        ):
+            return
+        latest = self.ctx.last_signal()
+        if latest is None:
+            return
+        if latest.name != "pair_entry":
+            when = datetime.fromtimestamp(latest.created_ns // 10**9, UTC).isoformat()
+            self._closing = (
+                f"{latest.name} signaled at {when} (before a restart) and the pair is "
+                "not yet flat: closed"
+            )
+            return
+        self._entry = latest.signal_id
+        # Not since_ns=latest.created_ns: the orders' times are the strategy's
+        # clock too, but a wall clock stepped back must not hide them.
+        orders = [o for o in self.ctx.orders() if o.signal_id == latest.signal_id]
+        made = {self._a: ZERO, self._b: ZERO}
+        for order in orders:
+            if order.symbol in made:
+                made[order.symbol] += signed(order.side, order.quantity)
+        if all(quantity != 0 for quantity in made.values()):  # every entry sends both
+            self._legs = made
+        refused = next((o for o in orders if not o.working and o.status != "filled"), None)
+        if refused is not None:
+            detail = f": {refused.reason}" if refused.reason else ""
+            self._closing = (
+                f"entry leg {refused.symbol} {refused.status}{detail} (before a restart); "
+                "the pair is closed"
+            )
 
     def _zscore(self, spread: Decimal) -> Decimal | None:
         """The z-score of ``spread`` against the previous ``lookback`` ones
@@ -313,7 +335,7 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _unwhole(self) -> str | None:
         """Why the pair the books show must close (None: it is whole, or flat)."""
-        return self._naked() or self._closing_working() or self._lopsided() or self._exit_due()
+        return self._naked() or self._closing_working() or self._lopsided()
 
     def _naked(self) -> str | None:
         """Why the pair must close when exactly one leg is held (pending
@@ -333,9 +355,10 @@ class PairsTrade(Strategy[PairsParams]):
     def _closing_working(self) -> str | None:
         """Why the pair is closing when an order works against a leg held (a
         close: an entry's orders add to their legs). The instance that sent
-        it knows; a fresh one, after a restart, sees each leg's exposure at 0
-        and took the pair for flat: it entered another on top and, the closes
-        refused, held both as one pair of twice the size."""
+        it knows, and a fresh one reads the exit from the order history
+        (``_recall``); without it, it would see each leg's exposure at 0 and
+        take the pair for flat: enter another on top and, the closes refused,
+        hold both as one pair of twice the size."""
         for symbol in (self._a, self._b):
             held, pending = self.ctx.position(symbol).quantity, self.ctx.pending(symbol)
             if held * pending < 0:
@@ -344,15 +367,15 @@ class PairsTrade(Strategy[PairsParams]):
 
     def _lopsided(self) -> str | None:
         """Why the pair must close when both legs are held, nothing pending in
-        either, at other than what an entry holds: an entry or an exit one of
-        whose legs filled in part. The instance that sent the entry knows its
-        quantities (``_legs``): any other is not the pair, whatever the fill
-        prices (an entry filled away from the closes it was sized at is
-        whole). The instance that saw a leg fill in part is closing the pair
-        already; a fresh one, after a restart, knows only the positions, and
-        judges them by the legs' costs at their average prices (legs of about
-        equal cost, of opposite sides: what the entry sized them by). An
-        expired option leg is the broker's to settle (``_partner_expired``)."""
+        either, at other than what its entry holds: an entry or an exit one
+        of whose legs filled in part. The entry's quantities (``_legs``, the
+        instance's own or recalled from the order history) judge: any other
+        is not the pair, whatever the fill prices (an entry filled away from
+        the closes it was sized at is whole). A pair entered beyond the
+        history's reach is judged by the legs' costs at their average prices
+        (legs of about equal cost, of opposite sides: what the entry sized
+        them by). An expired option leg is the broker's to settle
+        (``_partner_expired``)."""
         legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
         if any(
             leg.quantity == 0 or self.ctx.pending(leg.symbol) != 0 or self.ctx.expired(leg.symbol)
@@ -360,19 +383,14 @@ class PairsTrade(Strategy[PairsParams]):
         ):
             return None
         a, b = legs
-        made = self._legs if self._legs is not None else self._entry_legs()
+        made = self._legs
         if made is not None:
-            matched = [leg.quantity == made[leg.symbol] for leg in legs]
-            if all(matched):
+            if all(leg.quantity == made[leg.symbol] for leg in legs):
                 return None
-            # Neither leg at what the minute sizes it: that minute may not be
-            # the entry's (a fill later than the next bar), or leg_notional
-            # changed since; the costs judge.
-            if any(matched) or self._legs is not None:
-                return (
-                    f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than "
-                    f"the entry's ratio (it made {made[a.symbol]} and {made[b.symbol]}): closed"
-                )
+            return (
+                f"{a.symbol} {a.quantity} and {b.symbol} {b.quantity} held at other than "
+                f"the entry's ratio (it made {made[a.symbol]} and {made[b.symbol]}): closed"
+            )
         units = [leg.average_price * contract_multiplier(leg.symbol) for leg in legs]
         costs = [abs(leg.quantity) * unit for leg, unit in zip(legs, units, strict=True)]
         same_side = (a.quantity > 0) == (b.quantity > 0)
@@ -383,61 +401,12 @@ class PairsTrade(Strategy[PairsParams]):
             f"entry's ratio (costs {rounded(costs[0])} and {rounded(costs[1])}): closed"
         )
 
-    def _exit_due(self) -> str | None:
-        """Why a pair held whole must close: a paired minute of the warm-up
-        after it opened had ``|z| < exit_z``, so its exit was signaled then
-        (or due, the runner down) and both closes were refused (denied,
-        rejected, canceled) before this instance started. Only the instance
-        that sent them knew the pair was closing; a fresh one sees a whole
-        pair and held it until ``|z| < exit_z`` again, though the strategy
-        had decided to be flat. An expired option leg is the broker's to
-        settle (``_partner_expired``)."""
-        opened = self._opened_ns()
-        if opened is None or any(
-            self.ctx.pending(symbol) != 0 or self.ctx.expired(symbol)
-            for symbol in (self._a, self._b)
-        ):
-            return None
-        for past in self._past:
-            if past.z is not None and past.end_ns >= opened and abs(past.z) < self.params.exit_z:
-                ended = datetime.fromtimestamp(past.end_ns // 10**9, UTC).isoformat()
-                return (
-                    f"the exit was due at the minute ending {ended} (z={past.z}) and the pair "
-                    "is still held (its closes refused, or the runner down then): closed"
-                )
-        return None
-
-    def _opened_ns(self) -> int | None:
-        """When the pair held opened (its later leg's first fill, by market
-        time); None while a leg is flat, or the ledger does not know."""
-        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
-        opened = [leg.opened_ns for leg in legs if leg.quantity != 0]
-        if len(opened) != 2 or None in opened:
-            return None
-        return max(ns for ns in opened if ns is not None)
-
-    def _entry_legs(self) -> dict[str, Decimal] | None:
-        """What the entry of the pair held made (signed, by leg), sized again
-        from the closes of the minute it was sized at: the last paired minute
-        of the warm-up closed by the pair's first fill, and no longer than a
-        bar before it (a market order fills within a bar; a later fill, say
-        at the next day's open, leaves the minute unknown). None when the
-        warm-up holds no such minute (the pair was entered before it)."""
-        legs = [self.ctx.position(symbol) for symbol in (self._a, self._b)]
-        opened = [leg.opened_ns for leg in legs]
-        if None in opened:
-            return None
-        first = min(ns for ns in opened if ns is not None)
-        sized = None
-        for past in self._past:
-            if past.end_ns <= first:
-                sized = past
-        if sized is None or first - sized.end_ns > sized.end_ns - sized.start_ns:
-            return None
-        qty_a = self._leg_quantity(self._a, sized.price_a)
-        qty_b = self._leg_quantity(self._b, sized.price_b)
-        short_a = legs[0].quantity < 0
-        return {self._a: -qty_a if short_a else qty_a, self._b: qty_b if short_a else -qty_b}
+    def _known(self, intent_id: uuid.UUID) -> bool:
+        """Whether the order history knows the signal that caused the intent."""
+        return any(
+            order.intent_id == intent_id and order.signal_name is not None
+            for order in self.ctx.orders()
+        )
 
     def _close(self, strength: Decimal | None = None) -> None:
         """Close each leg held with no order working in it (one would be
@@ -453,7 +422,6 @@ class PairsTrade(Strategy[PairsParams]):
             legs.append(("sell" if held > 0 else "buy", abs(held)))
         if not working and all(quantity == 0 for _, quantity in legs):
             self._closing = None
-            self._sent.clear()
             self._legs = None
         elif self._closing is not None and any(quantity > 0 for _, quantity in legs):
             self._trade("pair_exit", "flat", self._closing, tuple(legs), strength)
@@ -476,7 +444,6 @@ class PairsTrade(Strategy[PairsParams]):
         self._expired(partner, held=exposure(self.ctx, partner))  # said once
         reason = f"{partner} expired: {bar.symbol} trades alone, closed"
         signal = self.ctx.signal(bar.symbol, "pair_exit", "flat", reason=reason)
-        self._sent.add(signal.id)
         self.ctx.order(bar.symbol, "sell" if held > 0 else "buy", abs(held), cause=signal)
         return True
 
@@ -541,7 +508,6 @@ class PairsTrade(Strategy[PairsParams]):
         """One signal (on A) causing each leg's order of a quantity above 0;
         the signal's id."""
         signal = self.ctx.signal(self._a, name, direction, reason=reason, strength=strength)
-        self._sent.add(signal.id)
         for symbol, (side, quantity) in zip((self._a, self._b), legs, strict=True):
             if quantity > 0:
                 self.ctx.order(symbol, side, quantity, cause=signal)
