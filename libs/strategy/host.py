@@ -108,6 +108,10 @@ class _Context:
         host = self._host
         return host.history.orders(symbol, since_ns=since_ns, fresh=host._outbox)
 
+    @property
+    def orders_complete_since_ns(self) -> int:
+        return self._host.history.complete_since_ns
+
     def last_signal(
         self, name: str | None = None, *, symbol: str | None = None
     ) -> SignalRecord | None:

@@ -324,7 +324,11 @@ class Runner:
     async def _rebuild(self) -> History | None:
         """Restore the books from the store; what was read (None once stopped)."""
         if not self.settings.rebuild_from_store:
-            return History([])
+            # Nothing read back: the strategies' orders before now are not in
+            # their histories (ctx.orders_complete_since_ns says so).
+            empty = History([], complete_since_ns=self.runtime.clock.now_ns())
+            empty.restore_into(self.runtime)
+            return empty
         url = self.settings.database_url.get_secret_value()
         warmup: dict[tuple[str, str | None], int] = {}
         for task in self.tasks.values():
