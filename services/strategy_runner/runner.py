@@ -211,6 +211,9 @@ class Runner:
         self.tasks: dict[str, StrategyTask] = {}
         for loaded in strategies:
             host = self.runtime.add_loaded(loaded)
+            # A chain finished longer ago is not read back at a restart
+            # either: its ids need not be kept to drop a copy.
+            host.forget_after_ns = int(settings.rebuild_finished_s * 1e9)
             self.tasks[loaded.spec.name] = StrategyTask(loaded, host, self.runtime)
             metrics.RUNNING.labels(strategy=loaded.spec.name).set(0)
         self.symbols = sorted({s for t in self.tasks.values() for s in t.spec.symbols})
