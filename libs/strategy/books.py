@@ -10,16 +10,36 @@ calls the callback under its fault policy.
 Books are updated before the strategy is called, and also while it is
 stopped: positions are facts, not opinions. The strategy-runner's checkpoint
 digest hashes this module (it decides what the ledger folds).
+
+Replays. The books drop a signal or an intent read back a second time (its
+id is known: ``_signals``, ``IntentBook``), or the history would record it
+again and the intents would reopen a finished one. Where a copy can come
+from, in the strategy-runner: its own emissions read back by the consumer
+during the catch-up (it reads the strategies' signals and intents until it
+goes live, then never again), seconds after they were committed. The
+rebuild reads each stored event once, the catch-up starts after the store's
+last sequence, and the consumer takes no acks, so nothing is redelivered.
+A read-back intent comes before the events that finish it (one stream, in
+order), so a finished intent's copy is never still to come. So the ids need
+not be kept for ever: those of intents finished, and of
+signals made (their chain no longer working), longer ago than
+``forget_after_ns`` (the runner's ``rebuild_finished_s``, by the events' own
+``ts_init``, as the rebuild judges a chain) are forgotten. A restart would
+not read those chains back either: a long-running runner is then in no state
+a restart would not put it in. Routing does not depend on them: broker
+events go by the :class:`~libs.strategy.routing.Router`'s maps.
 """
 
 from __future__ import annotations
 
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from libs.contract.envelope import Event
+from libs.contract.envelope import Clock, Event
 from libs.contract.events import (
     BarClosed,
     FillReceived,
@@ -51,11 +71,20 @@ class HostBooks:
     name: str
     symbols: tuple[str, ...]
     bar_interval: str | None
+    clock: Clock
     ledger: Ledger
     intents: IntentBook
     history: OrderHistory
+    #: How long after an intent finished (by the finishing event's
+    #: ``ts_init``), or a signal was made, its id is kept to drop a copy.
+    forget_after_ns: int
     _instance: Strategy[Any] | None
+    #: Its signals' ids (within ``forget_after_ns``, or of a working chain).
     _signals: set[uuid.UUID]
+    #: Its signals the strategy may still hold, to order with (``emit_order``).
+    _issued: weakref.WeakValueDictionary[uuid.UUID, SignalGenerated]
+    #: (time, id, is a signal) to forget, oldest first.
+    _retired: deque[tuple[int, uuid.UUID, bool]]
 
     def restore(self, event: Event, *, ledger: bool = True) -> None:
         """Apply ``event`` to the books without calling the strategy (rebuild,
@@ -104,9 +133,6 @@ class HostBooks:
             self.ledger.mark(symbol, price, ts_ns)
         else:
             self.ledger.note_price(symbol, price, ts_ns)
-
-    def owns_signal(self, signal_id: uuid.UUID) -> bool:
-        return signal_id in self._signals
 
     def _apply(self, event: Event, *, ledger: bool = True) -> Callable[[], None] | None:
         """Update the books (the ledger too, unless told); return the callback
@@ -167,6 +193,7 @@ class HostBooks:
         if intent is None:
             return None
         self.intents.close(p.intent_id)
+        self._retire(event.ts_init, p.intent_id, signal=False)
         update = OrderUpdate(
             kind="denied",
             signal_id=event.correlation_id,
@@ -186,6 +213,8 @@ class HostBooks:
         if intent is not None:
             done = self.intents.get(intent.intent_id) is None
             self.history.filled(intent.intent_id, intent.remaining, done=done)
+            if done:
+                self._retire(event.ts_init, intent.intent_id, signal=False)
         instance = self._instance
         return None if instance is None else lambda: instance.on_fill(fill)
 
@@ -205,6 +234,7 @@ class HostBooks:
             if intent is not None:
                 self.intents.close(intent.intent_id)
                 self.history.ended(intent.intent_id, "rejected" if rejected else "canceled", reason)
+                self._retire(event.ts_init, intent.intent_id, signal=False)
         update = OrderUpdate(
             kind=kind,
             signal_id=event.correlation_id,
@@ -225,8 +255,27 @@ class HostBooks:
         if isinstance(event, SignalGenerated):
             if event.id not in self._signals:
                 self.history.signaled(event)
-            self._signals.add(event.id)
-        elif isinstance(event, OrderIntentCreated):
-            self._signals.add(event.correlation_id)
-            if self.intents.add(event):
-                self.history.opened(event)
+                self._signals.add(event.id)
+                self._issued[event.id] = event
+                self._retire(event.ts_init, event.id, signal=True)
+        elif isinstance(event, OrderIntentCreated) and self.intents.add(event):
+            self.history.opened(event)
+
+    def _retire(self, at_ns: int, id_: uuid.UUID, *, signal: bool) -> None:
+        """An intent finished, or a signal was made, at ``at_ns``: its id is
+        forgotten ``forget_after_ns`` later (see the module's docstring);
+        forget those due now."""
+        retired = self._retired
+        retired.append((at_ns, id_, signal))
+        now = self.clock.now_ns()
+        cut_off = now - self.forget_after_ns
+        # Oldest first; one stamped out of order waits for those before it.
+        while retired and retired[0][0] < cut_off:
+            _, old, is_signal = retired.popleft()
+            if not is_signal:
+                self.intents.forget(old)
+            elif self.intents.working_of(old):
+                # A restart reads a working chain back whole: kept, asked again later.
+                retired.append((now, old, True))
+            else:
+                self._signals.discard(old)

@@ -200,7 +200,26 @@ class StrategyContext(Protocol):
         strategy-runner, only what it read back from the store: every chain
         with an intent still working, and those with an event within its
         ``rebuild_finished_s`` (7 days by default). A fresh instance after a
-        fault sees the same (the books survive it)."""
+        fault sees the same (the books survive it). From when it holds every
+        one: :attr:`orders_complete_since_ns`."""
+        ...
+
+    @property
+    def orders_complete_since_ns(self) -> int:
+        """The earliest clock time (ns, as ``OrderRecord.created_ns``) from
+        which :meth:`orders` holds every one of its orders:
+        ``orders(since_ns=t)`` is complete for any ``t`` at or after it, and
+        may miss some before it. 0: it holds every order it ever made (live
+        from the host's start with nothing read back, in a backtest).
+
+        After a restart of the strategy-runner: its rebuild cut-off, the
+        runner's start less ``rebuild_finished_s`` (a chain whose every order
+        finished before it is not read back), or the start itself when it
+        does not rebuild from the store (``rebuild_from_store`` off). Once the
+        cap (``OrderHistory.MAX_FINISHED``) drops a finished order: just past
+        the newest it dropped. It only moves forward. A strategy that counts
+        its orders over a period (today's entries) checks that the period
+        starts at or after it; otherwise the count may be short."""
         ...
 
     def last_signal(

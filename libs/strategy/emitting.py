@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -57,6 +58,7 @@ class HostEmitter:
     _id_key: str
     _id_n: int
     _signals: set[uuid.UUID]
+    _issued: weakref.WeakValueDictionary[uuid.UUID, SignalGenerated]
     _outbox: list[Event]
     _warming: bool
 
@@ -133,7 +135,9 @@ class HostEmitter:
             refused = f"{symbol!r} is not one of {self.name}'s symbols"
             self._refuse_unless_reducing(symbol, side, quantity, refused)
         if cause.payload.strategy != self.name or not (
-            cause.id in self._signals or any(e is cause for e in self._outbox)
+            cause.id in self._signals
+            or cause.id in self._issued  # older, still held by the strategy
+            or any(e is cause for e in self._outbox)
         ):
             raise StrategyUsageError("an order's cause must be a signal this strategy emitted")
         if order_type in ("limit", "stop_limit") and limit_price is None:

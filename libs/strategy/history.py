@@ -14,6 +14,14 @@ Memory is bounded: every working record is kept, and of the finished ones
 the newest :attr:`OrderHistory.MAX_FINISHED` by creation (an older finished
 one goes first); of the signals, the newest :attr:`OrderHistory.MAX_SIGNALS`.
 
+How far back it is complete (:attr:`OrderHistory.complete_since_ns`,
+``ctx.orders_complete_since_ns``): from the beginning (0) unless something
+was left out, and then from the latest of: the runner's rebuild cut-off (the
+chains it did not read back had every event before it, so every order of
+them was created before it: a strategy's intent is stamped ``ts_event`` =
+``ts_init`` by its clock) and just past the newest finished record the cap
+dropped. It never moves back.
+
 Not part of a ledger checkpoint: after a restart the history comes from the
 chains the rebuild reads (a checkpoint holds positions only), so this module
 is left out of the checkpoint's code digest on purpose: changing it does
@@ -73,9 +81,16 @@ class OrderHistory:
         self._orders: OrderedDict[uuid.UUID, OrderRecord] = OrderedDict()
         self._signals: OrderedDict[uuid.UUID, SignalRecord] = OrderedDict()
         self._finished = 0
+        #: Every order created at or after this clock time (ns) is here (0: every order).
+        self.complete_since_ns = 0
 
     def __len__(self) -> int:
         return len(self._orders)
+
+    def missing_before(self, ns: int) -> None:
+        """Orders created before ``ns`` may be missing (the runner's rebuild
+        did not read them back); the reach never moves back."""
+        self.complete_since_ns = max(self.complete_since_ns, ns)
 
     # ------------------------------------------------------------- updates
     # The books call these once per event they take; a replay is theirs to
@@ -115,8 +130,11 @@ class OrderHistory:
             # The oldest finished goes; working ones ahead of it stay (few:
             # an order rests at the broker for a day or until canceled).
             oldest = next(i for i, r in self._orders.items() if not r.working)
-            del self._orders[oldest]
+            dropped = self._orders.pop(oldest)
             self._finished -= 1
+            # Max, not the dropped one's time: creation order is insertion
+            # order only as long as the clock never went back.
+            self.missing_before(dropped.created_ns + 1)
 
     # ------------------------------------------------------------- queries
 

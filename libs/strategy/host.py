@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -66,6 +67,10 @@ HostState = Literal["new", "running", "stopped"]
 
 #: Longest error text carried by a ``StrategyFaulted`` event.
 MAX_ERROR_CHARS = 2000
+#: How long a host keeps the ids of finished intents and of its signals to
+#: drop a copy read back (``StrategyHost.forget_after_ns``): the runner's
+#: default ``rebuild_finished_s``.
+DEFAULT_FORGET_AFTER_NS = 7 * 86_400 * 1_000_000_000
 
 
 class _Context:
@@ -107,6 +112,10 @@ class _Context:
     ) -> Sequence[OrderRecord]:
         host = self._host
         return host.history.orders(symbol, since_ns=since_ns, fresh=host._outbox)
+
+    @property
+    def orders_complete_since_ns(self) -> int:
+        return self._host.history.complete_since_ns
 
     def last_signal(
         self, name: str | None = None, *, symbol: str | None = None
@@ -206,6 +215,14 @@ class StrategyHost(HostBooks, HostEmitter):
         self._id_key = f"init/{name}"
         self._id_n = 0
         self._signals: set[uuid.UUID] = set()
+        self._issued: weakref.WeakValueDictionary[uuid.UUID, SignalGenerated] = (
+            weakref.WeakValueDictionary()
+        )
+        self._retired: deque[tuple[int, uuid.UUID, bool]] = deque()
+        #: Ids of intents finished, and of signals made, this long ago are
+        #: forgotten (``HostBooks``: no copy comes so late); the runner sets its
+        #: ``rebuild_finished_s``.
+        self.forget_after_ns = DEFAULT_FORGET_AFTER_NS
         self._outbox: list[Event] = []
         self._instance: Strategy[Any] | None = None
         self._stopping = False

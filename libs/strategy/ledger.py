@@ -172,6 +172,9 @@ class IntentBook:
     order id (a gate that derived it otherwise) re-maps it; a broker event
     whose order id maps to nothing is matched to the oldest unmapped intent
     of its signal (its correlation id) with the same symbol and side.
+
+    The ids of the intents it took (``add``: a copy read back again is no new
+    intent) are kept until the host forgets a finished one (``forget``).
     """
 
     def __init__(self) -> None:
@@ -184,6 +187,17 @@ class IntentBook:
 
     def knows(self, intent_id: uuid.UUID) -> bool:
         return intent_id in self._seen
+
+    def forget(self, intent_id: uuid.UUID) -> None:
+        """Forget a finished intent (a working one is kept): a copy of it read
+        back after this is taken as a new intent. The host forgets only those
+        finished longer ago than any copy can come (``HostBooks._retire``)."""
+        if intent_id not in self._open:
+            self._seen.discard(intent_id)
+
+    def working_of(self, signal_id: uuid.UUID) -> bool:
+        """Whether an intent of the chain of ``signal_id`` is still working."""
+        return any(i.signal_id == signal_id for i in self._open.values())
 
     def add(self, intent: OrderIntentCreated) -> bool:
         """Open ``intent``; False when it was seen before (a replay)."""

@@ -211,6 +211,9 @@ class Runner:
         self.tasks: dict[str, StrategyTask] = {}
         for loaded in strategies:
             host = self.runtime.add_loaded(loaded)
+            # A chain finished longer ago is not read back at a restart
+            # either: its ids need not be kept to drop a copy.
+            host.forget_after_ns = int(settings.rebuild_finished_s * 1e9)
             self.tasks[loaded.spec.name] = StrategyTask(loaded, host, self.runtime)
             metrics.RUNNING.labels(strategy=loaded.spec.name).set(0)
         self.symbols = sorted({s for t in self.tasks.values() for s in t.spec.symbols})
@@ -324,7 +327,11 @@ class Runner:
     async def _rebuild(self) -> History | None:
         """Restore the books from the store; what was read (None once stopped)."""
         if not self.settings.rebuild_from_store:
-            return History([])
+            # Nothing read back: the strategies' orders before now are not in
+            # their histories (ctx.orders_complete_since_ns says so).
+            empty = History([], complete_since_ns=self.runtime.clock.now_ns())
+            empty.restore_into(self.runtime)
+            return empty
         url = self.settings.database_url.get_secret_value()
         warmup: dict[tuple[str, str | None], int] = {}
         for task in self.tasks.values():

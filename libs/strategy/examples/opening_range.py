@@ -11,8 +11,15 @@ exited at once), and everything is flattened from
 At most ``max_entries`` entries per symbol per day. Today's entries are its
 own: the ``orb_breakout`` signals it sent since today's ``session_open``
 (``ctx.orders(symbol, since_ns=...)``, by the strategy's clock), each counted
-when sent, denied, rejected or canceled ones included. A position held is
-today's entry when an ``orb_breakout`` order of today in that symbol, on the
+when sent, denied, rejected or canceled ones included. When its history is
+not complete from today's open (``ctx.orders_complete_since_ns`` after it: a
+restart whose rebuild window, ``TRADEBUS_REBUILD_FINISHED_S``, ends after the
+open, or a runner that does not rebuild started after it, or the history's
+cap dropped one of today's orders) it cannot count them, and counts
+``max_entries``: no entry more in that symbol that day (a warning says so,
+once a day); a position held is still stopped and flattened.
+
+A position held is today's entry when an ``orb_breakout`` order of today in that symbol, on the
 position's side, has something filled or is still working (an entry in
 flight: closing it, a sell against a buy then canceled would leave it
 short); otherwise it is an earlier day's whose flatten no bar reached (a
@@ -28,14 +35,15 @@ bars show but that was never sent (the runner was down then) is no entry:
 it may enter at its first live bar. After a restart the history holds what
 the runner read back: every chain with an order working, and those with an
 event within ``TRADEBUS_REBUILD_FINISHED_S`` (7 days). With that set shorter
-than the time since today's entries (or the store missing them), it cannot
-know them: they are not counted, and where the history holds no order of a
-position's side in its symbol at all (nothing it could have been opened by),
-the position is judged by its open time instead (``Position.opened_ns``,
-from the range's end less 5 s of clock skew: today's entry, counted; earlier:
-carried; not known: closed, its reason saying it cannot tell), logged once a
-day. That time is the broker's (the gateway's when it gives none), and may be
-a day off; an order's is the strategy's own clock's when it sent it.
+than the time since today's open, it cannot know today's entries and makes
+none more today (above); entries the store lost are not counted. Either way,
+where the history holds no order of a position's side in its symbol at all
+(nothing it could have been opened by), the position is judged by its open
+time instead (``Position.opened_ns``, from the range's end less 5 s of clock
+skew: today's entry, counted; earlier: carried; not known: closed, its reason
+saying it cannot tell), logged once a day. That time is the broker's (the
+gateway's when it gives none), and may be a day off; an order's is the
+strategy's own clock's when it sent it.
 
 On a day the exchange closes early (``calendar``, the NYSE's ``XNYS`` by
 default: 13:00 the day after Thanksgiving, on Christmas Eve, on July 3) the
@@ -256,10 +264,27 @@ class OpeningRangeBreakout(Strategy[OpeningRangeParams]):
     def _entries(self, symbol: str, day: _Day) -> int:
         """Today's entries in ``symbol``: the entry signals it sent today
         (one order each), whatever became of their orders, as counted when
-        sent. Read from the history once a day; counted as sent after."""
+        sent. Read from the history once a day; counted as sent after.
+        A history that does not reach back to today's open
+        (``ctx.orders_complete_since_ns`` after it) may miss some: then
+        ``max_entries``, no entry more today (said once a day)."""
         if day.entries is None:
-            since = self.ctx.orders(symbol, since_ns=day.open_ns)
-            day.entries = len({r.signal_id for r in since if r.signal_name == ENTRY})
+            reach = self.ctx.orders_complete_since_ns
+            if reach > day.open_ns:
+                day.entries = self.params.max_entries
+                log.warning(
+                    "opening_range_breakout %s: its order history is complete only from "
+                    "%s, after today's session open, so it cannot count today's entries "
+                    "(after a restart the runner reads back finished orders only within "
+                    "TRADEBUS_REBUILD_FINISHED_S, and the history keeps the newest "
+                    "OrderHistory.MAX_FINISHED finished ones): no entry in %s today",
+                    self.ctx.name,
+                    dt.datetime.fromtimestamp(reach // NS, tz=self._zone).isoformat(),
+                    symbol,
+                )
+            else:
+                since = self.ctx.orders(symbol, since_ns=day.open_ns)
+                day.entries = len({r.signal_id for r in since if r.signal_name == ENTRY})
         return day.entries
 
     def _carried(self, bar: Bar, day: _Day, held: Decimal) -> str | None:

@@ -199,6 +199,10 @@ class History:
     #: Per strategy, the newest usable checkpoint of its ledger: the events at
     #: or below its sequence are in it (``adapters/checkpoint.py``).
     checkpoints: dict[str, checkpoint.Checkpoint] = field(default_factory=dict)
+    #: The clock time before which a strategy's orders may be missing: the
+    #: read's ``finished_before_ns`` (a chain left out had every event, so
+    #: every intent's creation, before it); 0: every chain was read.
+    complete_since_ns: int = 0
 
     @property
     def last_seq(self) -> int:
@@ -207,7 +211,11 @@ class History:
     def restore_into(self, runtime: InMemoryRuntime) -> dict[str, int]:
         """Seed each strategy's ledger from its checkpoint, then apply the
         events to the books (each strategy's ledger only those after its
-        checkpoint); returns, per strategy, the fills its ledger took."""
+        checkpoint), and tell each order history from when it is complete
+        (``complete_since_ns``); returns, per strategy, the fills its
+        ledger took."""
+        for each in runtime.hosts.values():
+            each.history.missing_before(self.complete_since_ns)
         for name, cp in self.checkpoints.items():
             host = runtime.hosts.get(name)
             if host is not None:
@@ -286,7 +294,7 @@ async def load_history(
             events.append(event)
     bar_rows = sorted({r["seq"]: r for r in bar_rows}.values(), key=lambda r: r["seq"])
     bars: list[Event] = [e for e in map(queries.stored_event, bar_rows) if e is not None]
-    return History(events, tail, bars, seqs, ledgers)
+    return History(events, tail, bars, seqs, ledgers, complete_since_ns=finished_before_ns)
 
 
 async def write_checkpoints(
