@@ -14,7 +14,21 @@
   the chain is not always the order's (the risk-gate's FlattenAccount and
   CancelOrder carry the chain of the event that tripped them, often a fill
   of another strategy's order, and the broker's cancels and closing fills
-  carry it on). Both maps are bounded (least recently used entries go first).
+  carry it on).
+- The order routes of working orders are kept until the order finishes,
+  however many orders come after it (an order may rest for days, good till
+  canceled, or for hours among a burst of others): its late fill or cancel
+  must reach the books, or its intent stays working in them for ever and
+  its position misses the fill. An order finishes on the events the books
+  close its intent on (``HostBooks``): the risk-gate's denial of its intent,
+  the broker's reject or cancel, a fill with nothing left (``complete``, or
+  ``leaves_quantity`` 0). Its route is then kept among the ``max_tracked``
+  most recently used of finished orders (a fill racing a cancel, a copy
+  still routes), and the signal routes are the ``max_tracked`` most
+  recently used: both bounded by count. The working routes are bounded by
+  the orders working, which the books keep too. After a restart they are
+  rebuilt from the restored chains (the rebuild reads every working chain
+  whole, and routes each event as live: ``InMemoryRuntime.restore``).
 - A fill of an order the router does not know goes to the strategy it is
   booked to (``FillPayload.strategy``: the closing order of a
   ``FlattenAccount``, which the broker-gateway books to the strategies whose
@@ -52,7 +66,8 @@ from libs.contract.events import (
     TradePrinted,
 )
 
-#: Signals and orders remembered per router before the oldest are forgotten.
+#: Signals, and finished orders, remembered per router before the least
+#: recently used are forgotten (working orders are all kept).
 DEFAULT_MAX_TRACKED = 200_000
 
 
@@ -77,6 +92,37 @@ class _Lru:
         return value
 
 
+class _OrderRoutes:
+    """Order id -> strategy: every working order's route until the order
+    finishes, then among the ``capacity`` most recently used finished ones."""
+
+    def __init__(self, capacity: int) -> None:
+        self.working: dict[uuid.UUID, str] = {}
+        self.finished = _Lru(capacity)
+
+    def __len__(self) -> int:
+        return len(self.working) + len(self.finished)
+
+    def open(self, order_id: uuid.UUID, name: str) -> None:
+        """``order_id`` is working (an intent, an accepted decision); not if
+        it finished already: a copy read back, or a decision late in the
+        stream, does not reopen it."""
+        if self.finished.get(order_id) is None:
+            self.working[order_id] = name
+
+    def get(self, order_id: uuid.UUID) -> str | None:
+        name = self.working.get(order_id)
+        return name if name is not None else self.finished.get(order_id)
+
+    def finish(self, order_id: uuid.UUID) -> str | None:
+        """``order_id`` finished: its route moves to the finished ones."""
+        name = self.working.pop(order_id, None)
+        if name is None:
+            return self.finished.get(order_id)
+        self.finished.put(order_id, name)
+        return name
+
+
 class Router:
     """Routes events to strategy names."""
 
@@ -90,7 +136,7 @@ class Router:
         self._intervals: dict[str, str | None] = {}
         self._names: set[str] = set()
         self._by_signal = _Lru(max_tracked)
-        self._by_order = _Lru(max_tracked)
+        self._by_order = _OrderRoutes(max_tracked)
 
     @property
     def names(self) -> frozenset[str]:
@@ -146,7 +192,7 @@ class Router:
         """``name`` owns the chain of ``event`` and, for an intent, its order id."""
         self._by_signal.put(event.correlation_id, name)
         if isinstance(event, OrderIntentCreated):
-            self._by_order.put(order_id_for(event.id), name)
+            self._by_order.open(order_id_for(event.id), name)
 
     def owner_of_signal(self, signal_id: uuid.UUID) -> str | None:
         return self._by_signal.get(signal_id)
@@ -187,8 +233,16 @@ class Router:
             name = event.payload.strategy
             if name not in self._names:
                 return ()
-            if event.payload.order_id is not None:
-                self._by_order.put(event.payload.order_id, name)
+            p = event.payload
+            if p.decision == "accepted":
+                if p.order_id is not None:
+                    derived = order_id_for(p.intent_id)
+                    if p.order_id != derived:
+                        # The books re-map the intent to the gate's id (IntentBook.accepted).
+                        self._by_order.finish(derived)
+                    self._by_order.open(p.order_id, name)
+            else:
+                self._by_order.finish(order_id_for(p.intent_id))
             return (name,)
         if isinstance(event, OrderAccepted | OrderRejected | OrderCanceled | FillReceived):
             # The order id first: a chain is not always the order's. The
@@ -196,7 +250,12 @@ class Router:
             # chain of the event that tripped them, often a fill of one
             # strategy's order, and the broker's cancels of every working
             # order and the closing orders' fills carry it on.
-            owner = self._by_order.get(event.payload.order_id)
+            order_id = event.payload.order_id
+            owner = (
+                self._by_order.finish(order_id)
+                if _finishes(event)
+                else self._by_order.get(order_id)
+            )
             if owner is None and isinstance(event, FillReceived):
                 # A fill of an order no strategy placed: the closing order of
                 # a FlattenAccount, booked by the gateway to the strategy
@@ -208,3 +267,11 @@ class Router:
                 owner = self._by_signal.get(event.correlation_id)
             return (owner,) if owner is not None else ()
         return ()
+
+
+def _finishes(event: OrderAccepted | OrderRejected | OrderCanceled | FillReceived) -> bool:
+    """Whether the broker event ends its order, as the books judge it
+    (``HostBooks``: they close the intent on it)."""
+    if isinstance(event, FillReceived):
+        return event.payload.status == "complete" or event.payload.leaves_quantity == 0
+    return not isinstance(event, OrderAccepted)
