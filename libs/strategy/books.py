@@ -28,6 +28,26 @@ signals made (their chain no longer working), longer ago than
 not read those chains back either: a long-running runner is then in no state
 a restart would not put it in. Routing does not depend on them: broker
 events go by the :class:`~libs.strategy.routing.Router`'s maps.
+
+Fills. The ledger drops a fill it took before (by the broker's key:
+account, broker order id, fill id), or it would book it twice. A copy never
+comes from the runner's own reading (the above; and the store keeps one
+event per id, so the rebuild reads each fill once), only from its producer:
+the broker-gateway makes a fill again, under the same derived event id,
+when it does not know it published it (its restart's rebuild did not find
+it recorded yet). JetStream drops such a copy within its duplicate window
+(2 minutes); a later one is in the stream twice, and the runner reads both.
+The gateway makes one again only for an order its rebuild holds (settled
+within its own 7-day window, or an option settlement) whose fill the store
+lacked then: the copy comes at most as long after the first as the
+recorder was behind at the gateway's restart (normally seconds). So a
+fill's key is forgotten as the ids are, once the fill was seen (its
+``ts_init``) longer ago than ``forget_after_ns`` (``Ledger.forget_fills``).
+What that gives up: a copy made more than ``forget_after_ns`` after the
+first (a gateway restarted with its recorder that far behind) is booked
+again, as a restarted runner already books one whose first is folded into
+its ledger's checkpoint (which keeps positions, no keys). The checkpoint's
+count of fills folded (``Ledger.fills_applied``) counts forgotten ones too.
 """
 
 from __future__ import annotations
@@ -207,8 +227,11 @@ class HostBooks:
 
     def _apply_fill(self, event: FillReceived, *, ledger: bool = True) -> Callable[[], None] | None:
         fill = event.payload
-        if ledger and not self.ledger.apply_fill(fill, event.market_ns):
-            return None
+        if ledger:
+            if not self.ledger.apply_fill(fill, event.market_ns, seen_ns=event.ts_init):
+                return None
+            # Kept as long as the ids of a finished chain (the module's docstring).
+            self.ledger.forget_fills(self.clock.now_ns() - self.forget_after_ns)
         intent = self.intents.filled(fill, event.correlation_id)
         if intent is not None:
             done = self.intents.get(intent.intent_id) is None

@@ -2,7 +2,8 @@
 
 Both are pure and rebuilt by replaying the same events (from the store on
 start-up, from the bus afterwards), so they must be idempotent: a fill seen
-twice counts once.
+twice counts once (a copy as long as its key is kept: the host forgets the
+keys of fills seen longer ago than a copy comes, ``libs/strategy/books.py``).
 
 Positions use average cost: adding to a position re-weights the average
 price; reducing it realizes ``(price - average) x closed quantity`` (sign
@@ -31,6 +32,7 @@ the symbol's next print (overnight, or over a weekend, after an expiry).
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -49,12 +51,22 @@ def _sign(x: Decimal) -> int:
     return (x > 0) - (x < 0)
 
 
+#: A fill as its broker names it: (account, broker order id, fill id).
+FillKey = tuple[str, str, str]
+
+
 class Ledger:
     """Positions per symbol from fills; marks for unrealized P&L."""
 
     def __init__(self) -> None:
         self._positions: dict[str, Position] = {}
-        self._seen_fills: set[tuple[str, str, str]] = set()
+        #: The fills taken, to drop a copy (``apply_fill``) until forgotten
+        #: (``forget_fills``).
+        self._seen_fills: set[FillKey] = set()
+        #: (when seen, key) of the fills taken that may be forgotten, in the
+        #: order taken.
+        self._seen_at: deque[tuple[int, FillKey]] = deque()
+        self._fills_applied = 0
         #: The newest price (and its market time) of each symbol marked and
         #: not held yet: the mark a position in it opens with.
         self._prices: dict[str, tuple[Decimal, int]] = {}
@@ -68,12 +80,13 @@ class Ledger:
 
     @property
     def fills_applied(self) -> int:
-        """Fills this ledger took (not counting those of a seed)."""
-        return len(self._seen_fills)
+        """Fills this ledger took (not counting those of a seed), forgotten
+        ones included: what a start-up folded, for its checkpoint."""
+        return self._fills_applied
 
     def seed(self, positions: Mapping[str, Position]) -> None:
         """Start from ``positions`` (a checkpoint's fold of earlier fills)."""
-        if self._positions or self._seen_fills:
+        if self._positions or self._fills_applied:
             raise ValueError("a ledger is seeded before any fill")
         self._positions = dict(positions)
 
@@ -98,13 +111,18 @@ class Ledger:
         if last is None or ts_ns >= last[1]:
             self._prices[symbol] = (price, ts_ns)
 
-    def apply_fill(self, fill: FillPayload, ts_ns: int) -> bool:
+    def apply_fill(self, fill: FillPayload, ts_ns: int, *, seen_ns: int | None = None) -> bool:
         """Apply a fill (of market time ``ts_ns``: its event's ``market_ns``);
-        False (and nothing changes) when it was already applied."""
+        False (and nothing changes) when it was already applied and is not
+        forgotten. ``seen_ns``: when it was seen (its event's ``ts_init``),
+        what :meth:`forget_fills` judges it by; None: never forgotten."""
         key = (fill.account, fill.broker_order_id, fill.fill_id)
         if key in self._seen_fills:
             return False
         self._seen_fills.add(key)
+        self._fills_applied += 1
+        if seen_ns is not None:
+            self._seen_at.append((seen_ns, key))
         pos = self._positions.get(fill.symbol)
         if pos is None:
             # Marked from the start by the newest price seen (the gate marks
@@ -143,6 +161,16 @@ class Ledger:
             fill.symbol, new_q, avg, realized, mark, mark_ns, opened_ns
         )
         return True
+
+    def forget_fills(self, before_ns: int) -> None:
+        """Forget the fills seen before ``before_ns`` (their ``seen_ns``), oldest
+        taken first (one stamped out of order waits for those taken before
+        it): a copy of one that comes after this is applied again. The host
+        forgets only those seen longer ago than a copy can come
+        (``HostBooks._apply_fill``); their effect on the positions stays."""
+        seen_at = self._seen_at
+        while seen_at and seen_at[0][0] < before_ns:
+            self._seen_fills.discard(seen_at.popleft()[1])
 
     def pnl(self) -> PnL:
         realized = sum((p.realized_pnl for p in self._positions.values()), ZERO)

@@ -293,6 +293,10 @@ class Runner:
             tail = self._last_seen = rebuilt.tail
             start_seq = rebuilt.last_seq + 1
             self.next_seq = start_seq
+            # Every event the rebuild read (hundreds of MB of a big store) is
+            # in the books now; only its tail is needed from here. This frame
+            # lives as long as the runner: held here, they would too.
+            del rebuilt
 
             async def prepare() -> int:
                 info = await bus.js.stream_info(STREAM)
