@@ -42,8 +42,11 @@ within its own 7-day window, or an option settlement) whose fill the store
 lacked then: the copy comes at most as long after the first as the
 recorder was behind at the gateway's restart (normally seconds). So a
 fill's key is forgotten as the ids are, once the fill was seen (its
-``ts_init``) longer ago than ``forget_after_ns`` (``Ledger.forget_fills``).
-What that gives up: a copy made more than ``forget_after_ns`` after the
+``ts_init``) longer ago than ``forget_after_ns`` (``Ledger.forget_fills``),
+but never sooner than ``MIN_FILL_KEYS_NS`` (a week, the gateway's own
+window for settled orders): a short ``rebuild_finished_s`` does not shorten
+the guard against booking a fill twice.
+What that gives up: a copy made more than that after the
 first (a gateway restarted with its recorder that far behind) is booked
 again, as a restarted runner already books one whose first is folded into
 its ledger's checkpoint (which keeps positions, no keys). The checkpoint's
@@ -82,6 +85,11 @@ from libs.strategy.ledger import IntentBook, Ledger
 MARKET_DATA = (BarClosed, TradePrinted, QuoteUpdated, MarkUpdated)
 #: What a symbol the strategy is not shown marks its position by (with fills).
 PRICES = (BarClosed, TradePrinted, MarkUpdated)
+#: The least time a fill's key is kept to drop a copy, whatever
+#: ``forget_after_ns`` (the module's docstring, "Fills"): the broker-gateway's
+#: own rebuild window for settled orders (``rebuild_settled_s``, 7 days by
+#: default), the orders whose fills it can make again.
+MIN_FILL_KEYS_NS = 7 * 86_400 * 1_000_000_000
 
 
 class HostBooks:
@@ -230,8 +238,10 @@ class HostBooks:
         if ledger:
             if not self.ledger.apply_fill(fill, event.market_ns, seen_ns=event.ts_init):
                 return None
-            # Kept as long as the ids of a finished chain (the module's docstring).
-            self.ledger.forget_fills(self.clock.now_ns() - self.forget_after_ns)
+            # Kept as long as the ids of a finished chain, and at least a week
+            # (the module's docstring, "Fills").
+            kept_ns = max(self.forget_after_ns, MIN_FILL_KEYS_NS)
+            self.ledger.forget_fills(self.clock.now_ns() - kept_ns)
         intent = self.intents.filled(fill, event.correlation_id)
         if intent is not None:
             done = self.intents.get(intent.intent_id) is None
