@@ -1,6 +1,7 @@
 """Set-ups for replays whose servers stall under them: :class:`Stall`, a
 test's own nats-server stopped for real (SIGSTOP) and let go on (SIGCONT),
-and :func:`line_with`, reading a replay subprocess's stderr up to a line."""
+:func:`paced_replay`, the recorder's replay as a subprocess at 100/s, and
+:func:`line_with`, reading a replay subprocess's stderr up to a line."""
 
 from __future__ import annotations
 
@@ -8,8 +9,24 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
 from libs.local.servers import NatsServer
+
+
+async def paced_replay(database_url: str, nats_url: str) -> asyncio.subprocess.Process:
+    """``tradebus recorder replay --rate 100/s`` of ``database_url``'s store
+    into ``nats_url``, as a subprocess with its stdout and stderr piped (the
+    environment's own ``DATABASE_URL`` and ``NATS_URL`` left out)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services.cli", "recorder", "replay", "--rate", "100/s"),
+        env={**env, "DATABASE_URL": database_url, "NATS_URL": nats_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    return proc
 
 
 async def line_with(stream: asyncio.StreamReader, text: str, seen: list[str]) -> None:

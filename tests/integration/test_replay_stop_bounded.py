@@ -11,10 +11,8 @@ The server stalls for real: the test's own nats-server is stopped
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from libs.bus.client import Bus
 from libs.local.servers import NatsServer
 from libs.testing.producer import make_trades
 from tests.integration.recording import record_events
-from tests.integration.replay_stalls import Stall, line_with
+from tests.integration.replay_stalls import Stall, line_with, paced_replay
 
 #: What the test allows on top of the announced wait: the interpreter's and
 #: the event loop's exit on a slow, shared host. The drain it waited out
@@ -43,19 +41,7 @@ async def test_a_stopped_replay_ends_within_the_wait_it_announced(
         try:
             sub = await watcher.nc.subscribe("replay.>")
             await watcher.nc.flush()  # subscribed at the server before the replay publishes
-            env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.cli",
-                "recorder",
-                "replay",
-                "--rate",
-                "100/s",
-                env={**env, "DATABASE_URL": database_url, "NATS_URL": server.url},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await paced_replay(database_url, server.url)
             assert proc.stderr is not None
             seen: list[str] = []
             try:
@@ -81,13 +67,18 @@ async def test_a_stopped_replay_ends_within_the_wait_it_announced(
         server.stop()
     stderr = "".join(seen) + rest.decode()
     assert proc.returncode == 130, stderr
-    assert "replay interrupted (not settled)" in stderr, stderr
-    [announced] = re.findall(r"waiting up to ([0-9.]+) s for the server's verdict", stderr)
+    # Settled or not: the server may have answered the replay's last flush
+    # before it was stopped (its answer then waits, unread, in the socket).
+    assert "replay interrupted" in stderr, stderr
+    announced = re.findall(r"waiting up to ([0-9.]+) s for the server's verdict", stderr)
+    # Once in a CI run under load the line came twice (same bound): the bound
+    # is what is checked here.
+    assert len(set(announced)) == 1, stderr
     if again:
         # The second Ctrl-C stops the wait: the end comes at once.
         assert ended - second < MARGIN_S, stderr
     else:
-        assert ended - first < float(announced) + MARGIN_S, stderr
+        assert ended - first < float(announced[0]) + MARGIN_S, stderr
 
 
 async def test_close_now_does_not_wait_on_a_stalled_server(tmp_path: Path) -> None:
